@@ -1,0 +1,84 @@
+//! The cluster configuration: one TOML file, identical on every node.
+//!
+//! [`load`] parses the text, checks every rule it can, and returns either a
+//! [`Config`] (with warnings) or the full list of errors, each with a position
+//! and a fix. It does no I/O: the caller reads the file and tells it what it
+//! found at the key file's path ([`KeyFileFacts`]).
+//!
+//! The file format is documented in `docs/CONFIG.md`; `examples/` holds one
+//! configuration per scenario in the product brief.
+
+pub mod schema;
+mod validate;
+pub mod values;
+
+use std::path::{Path, PathBuf};
+
+use crate::diagnostic::Diagnostic;
+
+pub use validate::{
+    Config, MonitorSpec, ResourceSpec, Timing, IMPLEMENTED_GROUP_MONITORS, IMPLEMENTED_RESOURCES,
+};
+
+/// Length of a cluster key in bytes.
+pub const KEY_LEN: usize = 32;
+
+/// What the caller found at a key file's path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyFileFacts {
+    /// Nothing there.
+    Missing,
+    /// There, but could not be read (the OS error text).
+    Unreadable(String),
+    /// A regular file of `len` bytes with permission bits `mode`.
+    Present {
+        /// Size in bytes.
+        len: u64,
+        /// Permission bits (`st_mode & 0o777`).
+        mode: u32,
+    },
+}
+
+/// What [`load`] found: a configuration when there were no errors, and every
+/// diagnostic (errors first, then warnings, each in file order).
+#[derive(Debug)]
+pub struct Loaded {
+    /// The configuration, present only when no diagnostic is an error.
+    pub config: Option<Config>,
+    /// Errors and warnings.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl Loaded {
+    /// True when at least one diagnostic is an error.
+    pub fn has_errors(&self) -> bool {
+        self.diagnostics.iter().any(Diagnostic::is_error)
+    }
+}
+
+/// Parses and validates a configuration.
+///
+/// `key_facts` is asked about each key file path exactly as written in the
+/// file, resolved against `base_dir` when relative (the configuration's own
+/// directory).
+pub fn load(source: &str, base_dir: &Path, key_facts: &dyn Fn(&Path) -> KeyFileFacts) -> Loaded {
+    let file: schema::ConfigFile = match toml::from_str(source) {
+        Ok(f) => f,
+        Err(e) => {
+            return Loaded {
+                config: None,
+                diagnostics: vec![validate::from_toml_error(&e)],
+            }
+        }
+    };
+    validate::validate(file, base_dir, key_facts)
+}
+
+/// Resolves a path from the configuration against the configuration's directory.
+pub fn resolve_path(base_dir: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base_dir.join(p)
+    }
+}

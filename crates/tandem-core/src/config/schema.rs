@@ -1,0 +1,329 @@
+//! The configuration file as written: serde types that keep the position of
+//! every value an error may need to point at.
+//!
+//! Resources and monitors are deliberately flat (every field of every kind is an
+//! `Option`): serde's internally tagged enums lose positions, and a flat form
+//! lets validation say "field `command` does not apply to kind `ip`" at the
+//! field itself. [`super::validate`] turns the flat form into typed kinds.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use serde_spanned::Spanned;
+
+use super::values::{Cidr, Size};
+
+/// A whole configuration file. Identical on every node of the cluster.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// Cluster identity and secrets.
+    pub cluster: Cluster,
+    /// Heartbeat and failure-detection timing.
+    #[serde(default)]
+    pub timing: Timing,
+    /// How the cluster decides it may act.
+    #[serde(default)]
+    pub quorum: Quorum,
+    /// The networks nodes talk over (`[[link]]`).
+    #[serde(default, rename = "link")]
+    pub links: Vec<Link>,
+    /// The cluster members (`[[node]]`).
+    #[serde(default, rename = "node")]
+    pub nodes: Vec<Node>,
+    /// Fence devices (`[[fence_device]]`).
+    #[serde(default, rename = "fence_device")]
+    pub fence_devices: Vec<FenceDevice>,
+    /// Resource groups (`[[group]]`).
+    #[serde(default, rename = "group")]
+    pub groups: Vec<Group>,
+    /// Node-level monitors such as gateway pings (`[[monitor]]`).
+    #[serde(default, rename = "monitor")]
+    pub monitors: Vec<Monitor>,
+    /// Replicated volumes (`[[volume]]`).
+    #[serde(default, rename = "volume")]
+    pub volumes: Vec<Volume>,
+}
+
+/// `[cluster]`: identity, key, and where the agent keeps its state.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    /// Cluster name; packets from another cluster are dropped.
+    pub name: Spanned<String>,
+    /// File holding the 32-byte cluster key (relative paths are relative to the
+    /// configuration file).
+    pub key_file: Spanned<PathBuf>,
+    /// The key being rotated out; accepted but never used to send.
+    pub previous_key_file: Option<Spanned<PathBuf>>,
+    /// Directory for the agent's persistent state.
+    pub state_dir: Option<Spanned<PathBuf>>,
+    /// Unix socket for `tandem` commands.
+    pub control_socket: Option<Spanned<PathBuf>>,
+    /// Group allowed to use the control socket besides root.
+    pub control_group: Option<Spanned<String>>,
+}
+
+/// `[timing]`: a named profile, with optional overrides of each value.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timing {
+    /// Named profile; `default` when absent.
+    pub profile: Option<Spanned<Profile>>,
+    /// Interval between heartbeats to every peer on every link.
+    pub heartbeat_ms: Option<Spanned<u64>>,
+    /// A node is declared dead when all its links were silent this long.
+    pub deadtime_ms: Option<Spanned<u64>>,
+    /// A link silent this long is reported late (a warning, no action).
+    pub warntime_ms: Option<Spanned<u64>>,
+    /// At start-up, how long to wait for peers before acting alone.
+    pub startup_wait_ms: Option<Spanned<u64>>,
+}
+
+/// Named timing profiles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Profile {
+    /// Sub-second failover on a LAN: heartbeat 50 ms, deadtime 250 ms.
+    Default,
+    /// For loaded or virtualised hosts: heartbeat 200 ms, deadtime 1 s.
+    Relaxed,
+    /// For links across sites: heartbeat 500 ms, deadtime 5 s.
+    Wan,
+}
+
+/// `[quorum]`: majority of voters (the default), a witness, or two-node mode.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Quorum {
+    /// Address of a `tandem witness` that votes but hosts nothing.
+    pub witness: Option<Spanned<SocketAddr>>,
+    /// Two nodes, no witness: decide by fencing.
+    pub two_node: Option<Spanned<bool>>,
+    /// At first start, wait until every node was seen once (default true).
+    pub wait_for_all: Option<Spanned<bool>>,
+}
+
+/// `[[link]]`: one network the nodes heartbeat over.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Link {
+    /// Link name, e.g. `lan` or `sync`.
+    pub name: Spanned<String>,
+    /// The subnet node addresses on this link must be in.
+    pub subnet: Option<Spanned<Cidr>>,
+    /// UDP port for heartbeats on this link (default 5405).
+    pub port: Option<Spanned<u16>>,
+}
+
+/// `[[node]]`: a cluster member.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Node {
+    /// Node name, unique in the cluster.
+    pub name: Spanned<String>,
+    /// One address per link: `addresses = { lan = "10.0.0.1", sync = "10.0.1.1" }`.
+    pub addresses: Spanned<BTreeMap<Spanned<String>, Spanned<IpAddr>>>,
+}
+
+/// `[[fence_device]]`: a fence-agents compatible program.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FenceDevice {
+    /// Device name.
+    pub name: Spanned<String>,
+    /// Path of the fence agent, e.g. `/usr/sbin/fence_ipmilan`.
+    pub agent: Spanned<PathBuf>,
+    /// Level: every device of level 1 is tried before level 2 (default 1).
+    pub level: Option<Spanned<u8>>,
+    /// Limit on one run of the agent (default 30 000 ms).
+    pub timeout_ms: Option<Spanned<u64>>,
+    /// Extra attempts after a failure (default 2).
+    pub retries: Option<Spanned<u32>>,
+    /// Wait before fencing (default 0).
+    pub delay_ms: Option<Spanned<u64>>,
+    /// Node name to plug/port on this device.
+    pub hosts: Spanned<BTreeMap<Spanned<String>, Spanned<String>>>,
+    /// Further `key=value` lines for the agent (`ip`, `username`,
+    /// `password_script`, ...).
+    #[serde(default)]
+    pub options: BTreeMap<Spanned<String>, Spanned<String>>,
+}
+
+/// Failback policy of a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Failback {
+    /// Move back to a more preferred node as soon as it is available.
+    Auto,
+    /// Stay where the group runs until an operator moves it.
+    Manual,
+}
+
+/// `[[group]]`: resources started in order and stopped in reverse.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Group {
+    /// Group name.
+    pub name: Spanned<String>,
+    /// Nodes in order of preference; empty means any node.
+    #[serde(default)]
+    pub preferred: Vec<Spanned<String>>,
+    /// `auto` or `manual` (default `manual`).
+    pub failback: Option<Spanned<Failback>>,
+    /// Run on every eligible node instead of exactly one (hot standby /
+    /// load-balanced services).
+    pub clone: Option<Spanned<bool>>,
+    /// Run only on a node where this other group runs healthy.
+    pub colocate_with: Option<Spanned<String>>,
+    /// Failures on one node before the group leaves it (default 3).
+    pub migration_threshold: Option<Spanned<u32>>,
+    /// Failures older than this are forgotten (default 600 000 ms).
+    pub failure_expiry_ms: Option<Spanned<u64>>,
+    /// The resources, in start order (`[[group.resource]]`).
+    #[serde(default, rename = "resource")]
+    pub resources: Vec<Resource>,
+    /// Health checks of the group's resources (`[[group.monitor]]`).
+    #[serde(default, rename = "monitor")]
+    pub monitors: Vec<Monitor>,
+}
+
+/// `[[group.resource]]`, all kinds in one flat table; see the module docs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resource {
+    /// Resource name, unique in its group.
+    pub name: Spanned<String>,
+    /// `ip`, `process`, `exec` or `volume`.
+    pub kind: Spanned<String>,
+    /// Limit on start and stop (default 20 000 ms).
+    pub timeout_ms: Option<Spanned<u64>>,
+    /// `ip`: address with prefix length, e.g. `10.0.0.100/24`.
+    pub address: Option<Spanned<Cidr>>,
+    /// `ip`: local interfaces in order of preference.
+    pub interfaces: Option<Spanned<Vec<Spanned<String>>>>,
+    /// `ip`: the cluster link the address belongs to (default: the link whose
+    /// subnet holds it).
+    pub link: Option<Spanned<String>>,
+    /// `process`: program and arguments.
+    pub command: Option<Spanned<Vec<String>>>,
+    /// `process`: signal that asks the process to stop (default `TERM`).
+    pub stop_signal: Option<Spanned<String>>,
+    /// `process`: working directory.
+    pub working_dir: Option<Spanned<PathBuf>>,
+    /// `process`: extra environment variables.
+    pub env: Option<Spanned<BTreeMap<String, String>>>,
+    /// `exec`: LSB-style script called with `start`, `stop`, `status`.
+    pub script: Option<Spanned<PathBuf>>,
+    /// `volume`: the `[[volume]]` this resource promotes and demotes.
+    pub volume: Option<Spanned<String>>,
+}
+
+/// `[[monitor]]` (node level) or `[[group.monitor]]`, all kinds flat.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Monitor {
+    /// Monitor name.
+    pub name: Spanned<String>,
+    /// `ping` (node level), or `process`, `tcp`, `http`, `exec` (group level).
+    pub kind: Spanned<String>,
+    /// Time between checks (default 2 000 ms; ping 1 000 ms).
+    pub interval_ms: Option<Spanned<u64>>,
+    /// Limit on one check (default 1 000 ms).
+    pub timeout_ms: Option<Spanned<u64>>,
+    /// Consecutive failures before acting (default 3).
+    pub failures: Option<Spanned<u32>>,
+    /// `restart`, `move`, `fence` or `ignore` (default `restart`).
+    pub on_fail: Option<Spanned<OnFail>>,
+    /// Restarts on the same node before moving (default 2).
+    pub restarts: Option<Spanned<u32>>,
+    /// `process`/`exec`: the resource watched.
+    pub resource: Option<Spanned<String>>,
+    /// `tcp`: address to connect to.
+    pub address: Option<Spanned<SocketAddr>>,
+    /// `http`: URL to GET; 2xx and 3xx are healthy.
+    pub url: Option<Spanned<String>>,
+    /// `exec`: program and arguments; exit 0 is healthy.
+    pub command: Option<Spanned<Vec<String>>>,
+    /// `ping`: addresses; the check fails when none answers.
+    pub targets: Option<Spanned<Vec<Spanned<IpAddr>>>>,
+    /// `ping`: the link the targets are reached over.
+    pub link: Option<Spanned<String>>,
+}
+
+/// What a failed resource monitor does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnFail {
+    /// Restart in place up to `restarts` times, then move.
+    Restart,
+    /// Move the group to another node at once.
+    Move,
+    /// Fence the node.
+    Fence,
+    /// Record the failure only.
+    Ignore,
+}
+
+/// Replication protocol of a volume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum Protocol {
+    /// Acknowledge once both copies are durable.
+    C,
+    /// Acknowledge once the local copy is durable and the write is sent.
+    A,
+}
+
+/// What to do when split brain is detected on reconnect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SplitBrainPolicy {
+    /// Stay disconnected and tell the operator (the default).
+    Disconnect,
+    /// Discard the side that wrote nothing since the split.
+    DiscardZeroChanges,
+    /// Discard the side that became primary last.
+    DiscardYoungerPrimary,
+    /// Discard the side with fewer changed blocks.
+    DiscardLeastChanges,
+}
+
+/// The backing store of a volume: one path for all nodes, or one per node.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Backing {
+    /// The same path on every node.
+    Same(PathBuf),
+    /// Node name to path.
+    PerNode(BTreeMap<String, PathBuf>),
+}
+
+/// `[[volume]]`: a block volume mirrored between two nodes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Volume {
+    /// Volume name.
+    pub name: Spanned<String>,
+    /// The two nodes holding a copy.
+    pub nodes: Spanned<Vec<Spanned<String>>>,
+    /// Size, e.g. `"4GiB"`.
+    pub size: Spanned<Size>,
+    /// Backing file or block device.
+    pub backing: Spanned<Backing>,
+    /// `C` (default) or `A`.
+    pub protocol: Option<Spanned<Protocol>>,
+    /// Link replication runs over (default `sync`).
+    pub link: Option<Spanned<String>>,
+    /// TCP port for replication (default 7789).
+    pub port: Option<Spanned<u16>>,
+    /// NBD export on a Unix socket, on the primary.
+    pub nbd_socket: Option<Spanned<PathBuf>>,
+    /// NBD export on TCP, on the primary.
+    pub nbd_tcp: Option<Spanned<SocketAddr>>,
+    /// Resync rate limit in MiB/s (default 100).
+    pub resync_rate_mib_s: Option<Spanned<u32>>,
+    /// Split-brain recovery policy (default `disconnect`).
+    pub split_brain: Option<Spanned<SplitBrainPolicy>>,
+}

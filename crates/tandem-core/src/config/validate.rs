@@ -1,0 +1,1399 @@
+//! Every rule a configuration must follow, checked in one pass so the operator
+//! sees all problems at once. Each check pushes a located [`Diagnostic`] with a
+//! fix; none stops the others.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde_spanned::Spanned;
+
+use super::schema::{ConfigFile, Group, Monitor, Profile, Resource};
+use super::values::Cidr;
+use super::{resolve_path, KeyFileFacts, Loaded, KEY_LEN};
+use crate::diagnostic::Diagnostic;
+
+/// Resource kinds this version can run.
+pub const IMPLEMENTED_RESOURCES: &[&str] = &["ip", "process", "exec", "volume"];
+/// Resource kinds the product will have but this version refuses.
+const PLANNED_RESOURCES: &[(&str, &str)] = &[
+    ("ocf", "run the OCF agent through an `exec` resource with a small wrapper script for now"),
+    ("systemd", "use an `exec` resource with `script = \"/usr/local/sbin/unit-wrapper\"` calling systemctl start/stop/is-active for now"),
+    ("fs", "use an `exec` resource whose script mounts on `start`, unmounts on `stop` and checks the mount on `status`"),
+    ("filesync", "keep the files in sync with an `exec` resource (rsync) for now"),
+];
+/// Monitor kinds allowed inside a group.
+pub const IMPLEMENTED_GROUP_MONITORS: &[&str] = &["process", "tcp", "http", "exec"];
+
+/// Largest number of nodes a cluster may have.
+const MAX_NODES: usize = 64;
+/// Largest number of voters; further nodes join as non-voters.
+const MAX_VOTERS: usize = 7;
+
+/// Resolved failure-detection timing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    /// Interval between heartbeats.
+    pub heartbeat_ms: u64,
+    /// Silence on all links after which a node is dead.
+    pub deadtime_ms: u64,
+    /// Silence after which a link is reported late.
+    pub warntime_ms: u64,
+    /// Wait for peers at start-up before acting alone.
+    pub startup_wait_ms: u64,
+}
+
+impl Timing {
+    /// The values of a named profile.
+    pub fn of_profile(profile: Profile) -> Timing {
+        match profile {
+            Profile::Default => Timing {
+                heartbeat_ms: 50,
+                deadtime_ms: 250,
+                warntime_ms: 150,
+                startup_wait_ms: 5_000,
+            },
+            Profile::Relaxed => Timing {
+                heartbeat_ms: 200,
+                deadtime_ms: 1_000,
+                warntime_ms: 600,
+                startup_wait_ms: 10_000,
+            },
+            Profile::Wan => Timing {
+                heartbeat_ms: 500,
+                deadtime_ms: 5_000,
+                warntime_ms: 2_500,
+                startup_wait_ms: 30_000,
+            },
+        }
+    }
+}
+
+/// A resource after validation: only the fields of its kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResourceSpec {
+    /// A floating address.
+    Ip {
+        /// Address and prefix length.
+        address: Cidr,
+        /// Interfaces in order of preference.
+        interfaces: Vec<String>,
+        /// The cluster link the address belongs to, when known.
+        link: Option<String>,
+    },
+    /// A supervised long-running command.
+    Process {
+        /// Program and arguments.
+        command: Vec<String>,
+        /// Signal name used to stop it.
+        stop_signal: String,
+        /// Working directory.
+        working_dir: Option<PathBuf>,
+        /// Extra environment.
+        env: BTreeMap<String, String>,
+    },
+    /// An LSB-style script.
+    Exec {
+        /// Absolute path of the script.
+        script: PathBuf,
+    },
+    /// A replicated volume's role.
+    Volume {
+        /// Name of the `[[volume]]`.
+        volume: String,
+    },
+}
+
+/// A monitor after validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MonitorSpec {
+    /// Node monitor: fails when no target answers over `link`.
+    Ping {
+        /// Addresses pinged.
+        targets: Vec<IpAddr>,
+        /// The link they are reached over.
+        link: String,
+    },
+    /// The watched `process` resource is alive.
+    Process {
+        /// Resource name.
+        resource: String,
+    },
+    /// A TCP connect succeeds.
+    Tcp {
+        /// Where to connect.
+        address: SocketAddr,
+    },
+    /// An HTTP GET answers 2xx or 3xx.
+    Http {
+        /// URL.
+        url: String,
+    },
+    /// A command exits 0.
+    Exec {
+        /// Program and arguments.
+        command: Vec<String>,
+    },
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file as written (names, positions, optional values).
+    pub file: ConfigFile,
+    /// Timing after applying the profile and overrides.
+    pub timing: Timing,
+    /// Key file path, resolved.
+    pub key_file: PathBuf,
+    /// Typed resources, one list per group in file order.
+    pub resources: Vec<Vec<ResourceSpec>>,
+    /// Typed group monitors, one list per group in file order.
+    pub group_monitors: Vec<Vec<MonitorSpec>>,
+    /// Typed node monitors.
+    pub node_monitors: Vec<MonitorSpec>,
+}
+
+/// Turns a TOML/serde error into a located diagnostic with a fix.
+pub(super) fn from_toml_error(e: &toml::de::Error) -> Diagnostic {
+    let msg = plain_types(&e.message().trim().replace('\n', "; "));
+    let help = help_for_serde_message(&msg);
+    let d = Diagnostic::error(e.span(), msg);
+    match help {
+        Some(h) => d.with_help(h),
+        None => d,
+    }
+}
+
+/// Replaces Rust type names in serde messages with words an operator knows.
+fn plain_types(msg: &str) -> String {
+    const NAMES: &[(&str, &str)] = &[
+        ("expected u8", "expected a whole number from 0 to 255"),
+        ("expected u16", "expected a whole number from 0 to 65535"),
+        ("expected u32", "expected a whole number (0 or more)"),
+        ("expected u64", "expected a whole number (0 or more)"),
+        ("expected a boolean", "expected true or false"),
+        ("expected a sequence", "expected a list in [ ]"),
+        ("expected a map", "expected a table in { }"),
+    ];
+    NAMES.iter().fold(msg.to_string(), |m, (from, to)| {
+        if m.ends_with(from) {
+            format!("{}{to}", &m[..m.len() - from.len()])
+        } else {
+            m
+        }
+    })
+}
+
+fn help_for_serde_message(msg: &str) -> Option<String> {
+    if let Some(rest) = msg.strip_prefix("unknown field `") {
+        let (name, expected) = rest.split_once('`')?;
+        let choices = backticked(expected);
+        return Some(match closest(name, &choices) {
+            Some(best) => format!(
+                "did you mean `{best}`? The keys allowed here are: {}",
+                choices.join(", ")
+            ),
+            None => format!(
+                "remove `{name}`; the keys allowed here are: {}",
+                choices.join(", ")
+            ),
+        });
+    }
+    if let Some(rest) = msg.strip_prefix("unknown variant `") {
+        let (name, expected) = rest.split_once('`')?;
+        let choices = backticked(expected);
+        return Some(match closest(name, &choices) {
+            Some(best) => format!(
+                "did you mean \"{best}\"? Write one of: {}",
+                choices.join(", ")
+            ),
+            None => format!("write one of: {}", choices.join(", ")),
+        });
+    }
+    if let Some(rest) = msg.strip_prefix("missing field `") {
+        let name = rest.split('`').next()?;
+        return Some(format!(
+            "add `{name} = ...` to this table (see docs/CONFIG.md)"
+        ));
+    }
+    if msg.starts_with("invalid type") {
+        let expected = msg.split("expected ").nth(1).unwrap_or("another type");
+        return Some(format!(
+            "write {expected} here (strings in double quotes, numbers without quotes, lists in [ ])"
+        ));
+    }
+    if msg.contains("duplicate key") {
+        return Some("each key may appear once per table; remove one of them".into());
+    }
+    if msg.contains("is not an address with prefix") {
+        return Some("write it like \"10.0.0.100/24\" or \"fd00::10/64\"".into());
+    }
+    if msg.contains("is not a size") {
+        return Some(
+            "write a number with a unit: \"512MiB\", \"4GiB\", \"1TiB\" (or plain bytes)".into(),
+        );
+    }
+    if msg.contains("invalid IP address") || msg.contains("invalid socket address") {
+        return Some("write an address like \"10.0.0.1\" (for sockets \"10.0.0.1:5405\" or \"[fd00::1]:5405\")".into());
+    }
+    if msg.contains("invalid value") {
+        return Some("write a value of the expected kind and range".into());
+    }
+    Some("fix the TOML syntax here: strings need double quotes, tables are [name], lists of tables [[name]], one key = value per line".into())
+}
+
+fn backticked(s: &str) -> Vec<String> {
+    s.split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_string)
+        .collect()
+}
+
+/// The candidate within edit distance 2 of `word`, if any.
+fn closest(word: &str, choices: &[String]) -> Option<String> {
+    choices
+        .iter()
+        .map(|c| (edit_distance(word, c), c))
+        .filter(|(d, _)| *d <= 2)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c.clone())
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur.push((prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+fn span<T>(s: &Spanned<T>) -> Option<Range<usize>> {
+    Some(s.span())
+}
+
+/// Collects diagnostics; the helpers keep each rule to one or two lines.
+struct Checker<'a> {
+    diags: Vec<Diagnostic>,
+    base_dir: &'a Path,
+}
+
+impl Checker<'_> {
+    fn error(&mut self, at: Option<Range<usize>>, msg: impl Into<String>, help: impl Into<String>) {
+        self.diags.push(Diagnostic::error(at, msg).with_help(help));
+    }
+
+    fn warn(&mut self, at: Option<Range<usize>>, msg: impl Into<String>, help: impl Into<String>) {
+        self.diags
+            .push(Diagnostic::warning(at, msg).with_help(help));
+    }
+
+    /// Names are used in packets, status and file names: keep them plain.
+    fn check_name(&mut self, what: &str, name: &Spanned<String>) {
+        let n = name.get_ref();
+        let ok = !n.is_empty()
+            && n.len() <= 63
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            && n.starts_with(|c: char| c.is_ascii_alphanumeric());
+        if !ok {
+            self.error(
+                span(name),
+                format!("{what} name `{n}` is not allowed"),
+                "use 1 to 63 letters, digits, '-', '_' or '.', starting with a letter or digit",
+            );
+        }
+    }
+
+    /// Reports every name seen twice; returns the set of names.
+    fn unique_names<'n>(
+        &mut self,
+        what: &str,
+        names: impl Iterator<Item = &'n Spanned<String>>,
+    ) -> BTreeSet<String> {
+        let mut seen: BTreeMap<String, Range<usize>> = BTreeMap::new();
+        for n in names {
+            self.check_name(what, n);
+            if seen.contains_key(n.get_ref()) {
+                self.error(
+                    span(n),
+                    format!("duplicate {what} name `{}`", n.get_ref()),
+                    format!(
+                        "{what} names must be unique; rename or remove one of the two `{}`",
+                        n.get_ref()
+                    ),
+                );
+            } else {
+                seen.insert(n.get_ref().clone(), n.span());
+            }
+        }
+        seen.into_keys().collect()
+    }
+
+    fn unknown_ref(
+        &mut self,
+        what: &str,
+        name: &Spanned<String>,
+        known: &BTreeSet<String>,
+        context: &str,
+    ) {
+        if known.contains(name.get_ref()) {
+            return;
+        }
+        let list = known.iter().cloned().collect::<Vec<_>>();
+        let help = match closest(name.get_ref(), &list) {
+            Some(best) => format!(
+                "did you mean `{best}`? The {what}s are: {}",
+                list.join(", ")
+            ),
+            None if list.is_empty() => {
+                format!("no {what} is defined; add one or remove this reference")
+            }
+            None => format!(
+                "the {what}s are: {}; define `{}` or fix the name",
+                list.join(", "),
+                name.get_ref()
+            ),
+        };
+        self.error(
+            span(name),
+            format!("{context} names unknown {what} `{}`", name.get_ref()),
+            help,
+        );
+    }
+
+    fn positive(&mut self, what: &str, v: &Option<Spanned<u64>>) {
+        if let Some(v) = v {
+            if *v.get_ref() == 0 {
+                self.error(
+                    span(v),
+                    format!("`{what}` must be greater than 0"),
+                    format!("write a positive number of milliseconds for `{what}`"),
+                );
+            }
+        }
+    }
+}
+
+pub(super) fn validate(
+    file: ConfigFile,
+    base_dir: &Path,
+    key_facts: &dyn Fn(&Path) -> KeyFileFacts,
+) -> Loaded {
+    let mut c = Checker {
+        diags: Vec::new(),
+        base_dir,
+    };
+
+    c.check_name("cluster", &file.cluster.name);
+    let key_file = check_key_file(&mut c, &file.cluster.key_file, key_facts);
+    if let Some(prev) = &file.cluster.previous_key_file {
+        check_key_file(&mut c, prev, key_facts);
+    }
+
+    let timing = check_timing(&mut c, &file);
+    let links = c.unique_names("link", file.links.iter().map(|l| &l.name));
+    let nodes = c.unique_names("node", file.nodes.iter().map(|n| &n.name));
+    check_links_and_nodes(&mut c, &file);
+    check_quorum(&mut c, &file);
+    let volumes = c.unique_names("volume", file.volumes.iter().map(|v| &v.name));
+    check_fence_devices(&mut c, &file, &nodes);
+    check_volumes(&mut c, &file, &nodes, &links);
+    let node_monitors = check_node_monitors(&mut c, &file, &links);
+    let groups = c.unique_names("group", file.groups.iter().map(|g| &g.name));
+    let mut resources = Vec::new();
+    let mut group_monitors = Vec::new();
+    for g in &file.groups {
+        let (r, m) = check_group(&mut c, &file, g, &nodes, &groups, &volumes);
+        resources.push(r);
+        group_monitors.push(m);
+    }
+    check_hosting(&mut c, &file, &resources, &node_monitors);
+
+    // Errors first, each in file order, then warnings.
+    c.diags
+        .sort_by_key(|d| (d.severity, d.span.as_ref().map_or(0, |s| s.start)));
+    let has_errors = c.diags.iter().any(Diagnostic::is_error);
+    let config = (!has_errors).then_some(Config {
+        file,
+        timing,
+        key_file,
+        resources,
+        group_monitors,
+        node_monitors,
+    });
+    Loaded {
+        config,
+        diagnostics: c.diags,
+    }
+}
+
+fn check_key_file(
+    c: &mut Checker<'_>,
+    key: &Spanned<PathBuf>,
+    facts: &dyn Fn(&Path) -> KeyFileFacts,
+) -> PathBuf {
+    let path = resolve_path(c.base_dir, key.get_ref());
+    let shown = path.display();
+    match facts(&path) {
+        KeyFileFacts::Missing => c.error(
+            span(key),
+            format!("key file `{shown}` does not exist"),
+            format!("create it with `tandem keygen {shown}` and copy the same file to every node"),
+        ),
+        KeyFileFacts::Unreadable(why) => c.error(
+            span(key),
+            format!("key file `{shown}` cannot be read: {why}"),
+            "run as root, or give the agent's user read access to the key file",
+        ),
+        KeyFileFacts::Present { len, mode } => {
+            if len != KEY_LEN as u64 {
+                c.error(
+                    span(key),
+                    format!("key file `{shown}` holds {len} bytes; a cluster key is exactly {KEY_LEN} bytes"),
+                    format!("write a new key with `tandem keygen {shown}` (move the old file away first) and copy it to every node"),
+                );
+            }
+            if mode & 0o077 != 0 {
+                c.warn(
+                    span(key),
+                    format!("key file `{shown}` is readable by other users (mode {mode:04o})"),
+                    format!("run `chmod 600 {shown}` on every node; the agent refuses group- or world-readable keys"),
+                );
+            }
+        }
+    }
+    path
+}
+
+fn check_timing(c: &mut Checker<'_>, file: &ConfigFile) -> Timing {
+    let t = &file.timing;
+    let base = Timing::of_profile(
+        t.profile
+            .as_ref()
+            .map_or(Profile::Default, |p| *p.get_ref()),
+    );
+    for (name, v) in [
+        ("heartbeat_ms", &t.heartbeat_ms),
+        ("deadtime_ms", &t.deadtime_ms),
+        ("warntime_ms", &t.warntime_ms),
+        ("startup_wait_ms", &t.startup_wait_ms),
+    ] {
+        c.positive(name, v);
+    }
+    let pick = |v: &Option<Spanned<u64>>, d: u64| v.as_ref().map_or(d, |s| *s.get_ref());
+    let timing = Timing {
+        heartbeat_ms: pick(&t.heartbeat_ms, base.heartbeat_ms),
+        deadtime_ms: pick(&t.deadtime_ms, base.deadtime_ms),
+        warntime_ms: pick(&t.warntime_ms, base.warntime_ms),
+        startup_wait_ms: pick(&t.startup_wait_ms, base.startup_wait_ms),
+    };
+    let dead_at = t
+        .deadtime_ms
+        .as_ref()
+        .map(|s| s.span())
+        .or(t.heartbeat_ms.as_ref().map(|s| s.span()));
+    if timing.heartbeat_ms > 0 && timing.deadtime_ms <= timing.heartbeat_ms {
+        c.error(
+            dead_at.clone(),
+            format!(
+                "deadtime_ms ({}) must be longer than heartbeat_ms ({})",
+                timing.deadtime_ms, timing.heartbeat_ms
+            ),
+            format!(
+                "set deadtime_ms to at least {} (4 heartbeats)",
+                timing.heartbeat_ms * 4
+            ),
+        );
+    } else if timing.deadtime_ms < timing.heartbeat_ms.saturating_mul(3) {
+        c.warn(
+            dead_at,
+            format!("deadtime_ms ({}) is under 3 heartbeats ({} ms each): one or two lost packets declare a node dead", timing.deadtime_ms, timing.heartbeat_ms),
+            format!("set deadtime_ms to at least {}", timing.heartbeat_ms * 4),
+        );
+    }
+    if let Some(w) = &t.warntime_ms {
+        if timing.warntime_ms >= timing.deadtime_ms {
+            c.error(
+                span(w),
+                format!(
+                    "warntime_ms ({}) must be shorter than deadtime_ms ({})",
+                    timing.warntime_ms, timing.deadtime_ms
+                ),
+                format!(
+                    "set warntime_ms to about {} (60% of deadtime)",
+                    timing.deadtime_ms * 6 / 10
+                ),
+            );
+        }
+    }
+    timing
+}
+
+fn check_links_and_nodes(c: &mut Checker<'_>, file: &ConfigFile) {
+    // Problems of the whole file point at the cluster name, so every
+    // diagnostic has a line and column.
+    let whole_file = span(&file.cluster.name);
+    if file.links.is_empty() {
+        c.error(
+            whole_file.clone(),
+            "no [[link]] is defined",
+            "add at least one link, e.g.\n[[link]]\nname = \"lan\"\nsubnet = \"10.0.0.0/24\"",
+        );
+    } else if file.links.len() == 1 {
+        c.warn(
+            span(&file.links[0].name),
+            "only one link: a single failed switch or cable makes the nodes declare each other dead",
+            "add a second [[link]] (e.g. a dedicated `sync` network) and an address for it on every node",
+        );
+    }
+    if file.nodes.is_empty() {
+        c.error(
+            whole_file,
+            "no [[node]] is defined",
+            "add one [[node]] per cluster member with its name and addresses",
+        );
+    }
+    if file.nodes.len() > MAX_NODES {
+        c.error(
+            span(&file.nodes[MAX_NODES].name),
+            format!(
+                "{} nodes; Tandem supports at most {MAX_NODES}",
+                file.nodes.len()
+            ),
+            "split the nodes into several clusters",
+        );
+    }
+    let link_names: Vec<String> = file
+        .links
+        .iter()
+        .map(|l| l.name.get_ref().clone())
+        .collect();
+    let mut seen_addr: BTreeMap<IpAddr, String> = BTreeMap::new();
+    for node in &file.nodes {
+        for (link_name, addr) in node.addresses.get_ref() {
+            let Some(link) = file
+                .links
+                .iter()
+                .find(|l| l.name.get_ref() == link_name.get_ref())
+            else {
+                let help = match closest(link_name.get_ref(), &link_names) {
+                    Some(best) => format!(
+                        "did you mean `{best}`? The links are: {}",
+                        link_names.join(", ")
+                    ),
+                    None => format!(
+                        "the links are: {}; add a [[link]] named `{}` or remove this address",
+                        link_names.join(", "),
+                        link_name.get_ref()
+                    ),
+                };
+                c.error(
+                    span(link_name),
+                    format!(
+                        "node `{}` has an address on `{}`, which is not a link",
+                        node.name.get_ref(),
+                        link_name.get_ref()
+                    ),
+                    help,
+                );
+                continue;
+            };
+            if let Some(subnet) = &link.subnet {
+                if !subnet.get_ref().contains(*addr.get_ref()) {
+                    c.error(
+                        span(addr),
+                        format!(
+                            "address {} of node `{}` is not in link `{}`'s subnet {}",
+                            addr.get_ref(),
+                            node.name.get_ref(),
+                            link_name.get_ref(),
+                            subnet.get_ref()
+                        ),
+                        format!(
+                            "use an address inside {} or fix the link's subnet",
+                            subnet.get_ref()
+                        ),
+                    );
+                }
+            }
+            if let Some(other) = seen_addr.insert(*addr.get_ref(), node.name.get_ref().clone()) {
+                c.error(
+                    span(addr),
+                    format!(
+                        "address {} is given to node `{}` and to node `{other}`",
+                        addr.get_ref(),
+                        node.name.get_ref()
+                    ),
+                    "every node needs its own address on each link",
+                );
+            }
+        }
+        for link in &file.links {
+            if !node
+                .addresses
+                .get_ref()
+                .keys()
+                .any(|k| k.get_ref() == link.name.get_ref())
+            {
+                c.warn(span(&node.addresses), format!("node `{}` has no address on link `{}`: that link cannot carry its heartbeats", node.name.get_ref(), link.name.get_ref()), format!("add `{} = \"ADDRESS\"` to its addresses", link.name.get_ref()));
+            }
+        }
+        if node.addresses.get_ref().is_empty() {
+            c.error(
+                span(&node.addresses),
+                format!("node `{}` has no address", node.name.get_ref()),
+                "give it one address per link: addresses = { lan = \"10.0.0.1\" }",
+            );
+        }
+    }
+}
+
+fn check_quorum(c: &mut Checker<'_>, file: &ConfigFile) {
+    let q = &file.quorum;
+    let two_node = q.two_node.as_ref().is_some_and(|t| *t.get_ref());
+    if let (Some(w), true) = (&q.witness, two_node) {
+        c.error(
+            span(w),
+            "both `witness` and `two_node = true` are set",
+            "choose one: a witness gives a third vote; two_node decides by fencing",
+        );
+    }
+    let n = file.nodes.len();
+    if two_node && n != 2 {
+        c.error(
+            q.two_node.as_ref().and_then(span),
+            format!("`two_node = true` but the cluster has {n} nodes"),
+            "two_node mode is for exactly two nodes; remove it to use majority quorum",
+        );
+    }
+    if n == 2 && !two_node && q.witness.is_none() {
+        c.error(span(&file.nodes[1].name), "two nodes with neither a witness nor `two_node = true`: when one node fails the other has no quorum and nothing fails over", "add `witness = \"ADDRESS:PORT\"` (a `tandem witness` on a third machine) or `two_node = true` with fencing under [quorum]");
+    }
+    if two_node && n == 2 && q.witness.is_none() && file.fence_devices.is_empty() {
+        c.warn(q.two_node.as_ref().and_then(span), "two nodes with neither a witness nor fencing: a partition can only be resolved by waiting for leases, and a hung node is never reset", "add a [[fence_device]] for each node, or a witness");
+    }
+    if n > MAX_VOTERS {
+        c.warn(
+            span(&file.nodes[MAX_VOTERS].name),
+            format!("{n} nodes: the first {MAX_VOTERS} vote, the others join as non-voters"),
+            "this is normal; order the [[node]] entries so the most reliable nodes come first",
+        );
+    }
+}
+
+fn check_fence_devices(c: &mut Checker<'_>, file: &ConfigFile, nodes: &BTreeSet<String>) {
+    c.unique_names("fence device", file.fence_devices.iter().map(|d| &d.name));
+    for d in &file.fence_devices {
+        if !d.agent.get_ref().is_absolute() {
+            c.error(
+                span(&d.agent),
+                format!(
+                    "fence agent `{}` is not an absolute path",
+                    d.agent.get_ref().display()
+                ),
+                "write the full path, e.g. \"/usr/sbin/fence_ipmilan\"",
+            );
+        }
+        if let Some(l) = &d.level {
+            if *l.get_ref() == 0 {
+                c.error(
+                    span(l),
+                    "fence level 0 does not exist",
+                    "levels start at 1; devices of level 1 are tried first",
+                );
+            }
+        }
+        c.positive("timeout_ms", &d.timeout_ms);
+        if d.hosts.get_ref().is_empty() {
+            c.error(
+                span(&d.hosts),
+                format!("fence device `{}` fences no node", d.name.get_ref()),
+                "map each node to its plug: hosts = { n1 = \"1\", n2 = \"2\" }",
+            );
+        }
+        for node in d.hosts.get_ref().keys() {
+            c.unknown_ref(
+                "node",
+                node,
+                nodes,
+                &format!("fence device `{}`", d.name.get_ref()),
+            );
+        }
+        for key in d.options.keys() {
+            match key.get_ref().as_str() {
+                "action" | "plug" | "port" | "nodename" => c.error(span(key), format!("option `{}` is set by Tandem for each fence", key.get_ref()), "remove it; map nodes to plugs in `hosts`"),
+                "password" | "passwd" => c.warn(span(key), "a password written in the configuration is visible to anyone who can read it", "store it in a root-only file and use `password_script = \"/etc/tandem/fence-pass.sh\"` (a script that prints it)"),
+                _ => {}
+            }
+        }
+    }
+}
+
+fn check_volumes(
+    c: &mut Checker<'_>,
+    file: &ConfigFile,
+    nodes: &BTreeSet<String>,
+    links: &BTreeSet<String>,
+) {
+    for v in &file.volumes {
+        let vol_nodes = v.nodes.get_ref();
+        if vol_nodes.len() != 2 {
+            c.error(
+                span(&v.nodes),
+                format!(
+                    "volume `{}` lists {} nodes; a volume has exactly two copies",
+                    v.name.get_ref(),
+                    vol_nodes.len()
+                ),
+                "list the primary's and the secondary's node: nodes = [\"n1\", \"n2\"]",
+            );
+        } else if vol_nodes[0].get_ref() == vol_nodes[1].get_ref() {
+            c.error(
+                span(&vol_nodes[1]),
+                format!(
+                    "volume `{}` names node `{}` twice",
+                    v.name.get_ref(),
+                    vol_nodes[1].get_ref()
+                ),
+                "the two copies must live on different nodes",
+            );
+        }
+        for n in vol_nodes {
+            c.unknown_ref("node", n, nodes, &format!("volume `{}`", v.name.get_ref()));
+        }
+        if v.size.get_ref().bytes == 0 || v.size.get_ref().bytes % 4096 != 0 {
+            c.error(
+                span(&v.size),
+                format!(
+                    "volume size {} bytes is not a positive multiple of 4 KiB",
+                    v.size.get_ref().bytes
+                ),
+                "write a size such as \"4GiB\" or \"512MiB\"",
+            );
+        }
+        if let Some(l) = &v.link {
+            c.unknown_ref("link", l, links, &format!("volume `{}`", v.name.get_ref()));
+        } else if !links.contains("sync") {
+            c.error(
+                span(&v.name),
+                format!(
+                    "volume `{}` replicates over link `sync` by default, and there is no such link",
+                    v.name.get_ref()
+                ),
+                "add `link = \"NAME\"` naming the link to replicate over",
+            );
+        }
+        if v.nbd_socket.is_none() && v.nbd_tcp.is_none() {
+            c.warn(
+                span(&v.name),
+                format!(
+                    "volume `{}` has no NBD export: only the `volume` resource can use it",
+                    v.name.get_ref()
+                ),
+                "add `nbd_socket = \"/run/tandem/NAME.nbd\"` so clients can attach it",
+            );
+        }
+        if let super::schema::Backing::PerNode(map) = v.backing.get_ref() {
+            for n in vol_nodes {
+                if !map.contains_key(n.get_ref()) {
+                    c.error(
+                        span(&v.backing),
+                        format!(
+                            "volume `{}` has no backing path for node `{}`",
+                            v.name.get_ref(),
+                            n.get_ref()
+                        ),
+                        format!(
+                            "add `{} = \"/path\"` to `backing`, or give one path for all nodes",
+                            n.get_ref()
+                        ),
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn check_node_monitors(
+    c: &mut Checker<'_>,
+    file: &ConfigFile,
+    links: &BTreeSet<String>,
+) -> Vec<MonitorSpec> {
+    c.unique_names("monitor", file.monitors.iter().map(|m| &m.name));
+    let mut out = Vec::new();
+    for m in &file.monitors {
+        if m.kind.get_ref() != "ping" {
+            let help = if IMPLEMENTED_GROUP_MONITORS.contains(&m.kind.get_ref().as_str()) {
+                format!("a `{}` monitor watches a group's resource: move it into that group as [[group.monitor]]", m.kind.get_ref())
+            } else {
+                "top-level monitors are node monitors of kind \"ping\"".to_string()
+            };
+            c.error(
+                span(&m.kind),
+                format!("node monitor kind `{}` is not supported", m.kind.get_ref()),
+                help,
+            );
+            continue;
+        }
+        check_monitor_common(c, m);
+        check_fields_apply(
+            c,
+            "monitor",
+            &m.kind,
+            &monitor_fields(m),
+            &["targets", "link"],
+        );
+        let targets: Vec<IpAddr> = m
+            .targets
+            .as_ref()
+            .map(|t| t.get_ref().iter().map(|s| *s.get_ref()).collect())
+            .unwrap_or_default();
+        if targets.is_empty() {
+            c.error(
+                m.targets
+                    .as_ref()
+                    .map_or(Some(m.name.span()), |t| Some(t.span())),
+                format!("ping monitor `{}` has no targets", m.name.get_ref()),
+                "add targets = [\"GATEWAY_ADDRESS\"], e.g. the default gateway of that link",
+            );
+        }
+        match &m.link {
+            None => c.error(
+                span(&m.name),
+                format!(
+                    "ping monitor `{}` does not say which link it checks",
+                    m.name.get_ref()
+                ),
+                "add `link = \"lan\"` (groups that need this link leave a node whose pings fail)",
+            ),
+            Some(l) => c.unknown_ref("link", l, links, &format!("monitor `{}`", m.name.get_ref())),
+        }
+        out.push(MonitorSpec::Ping {
+            targets,
+            link: m
+                .link
+                .as_ref()
+                .map(|l| l.get_ref().clone())
+                .unwrap_or_default(),
+        });
+    }
+    out
+}
+
+fn check_monitor_common(c: &mut Checker<'_>, m: &Monitor) {
+    c.positive("interval_ms", &m.interval_ms);
+    c.positive("timeout_ms", &m.timeout_ms);
+    if let (Some(i), Some(t)) = (&m.interval_ms, &m.timeout_ms) {
+        if t.get_ref() > i.get_ref() {
+            c.error(span(t), format!("monitor `{}`: timeout_ms ({}) is longer than interval_ms ({})", m.name.get_ref(), t.get_ref(), i.get_ref()), "a check must end before the next one starts; lower timeout_ms or raise interval_ms");
+        }
+    }
+    if let Some(f) = &m.failures {
+        if *f.get_ref() == 0 {
+            c.error(
+                span(f),
+                "`failures` must be at least 1",
+                "write how many consecutive failed checks trigger on_fail, e.g. 3",
+            );
+        }
+    }
+}
+
+type FieldList = Vec<(&'static str, Option<Range<usize>>)>;
+
+fn monitor_fields(m: &Monitor) -> FieldList {
+    vec![
+        ("resource", m.resource.as_ref().map(Spanned::span)),
+        ("address", m.address.as_ref().map(Spanned::span)),
+        ("url", m.url.as_ref().map(Spanned::span)),
+        ("command", m.command.as_ref().map(Spanned::span)),
+        ("targets", m.targets.as_ref().map(Spanned::span)),
+        ("link", m.link.as_ref().map(Spanned::span)),
+    ]
+}
+
+fn resource_fields(r: &Resource) -> FieldList {
+    vec![
+        ("address", r.address.as_ref().map(Spanned::span)),
+        ("interfaces", r.interfaces.as_ref().map(Spanned::span)),
+        ("link", r.link.as_ref().map(Spanned::span)),
+        ("command", r.command.as_ref().map(Spanned::span)),
+        ("stop_signal", r.stop_signal.as_ref().map(Spanned::span)),
+        ("working_dir", r.working_dir.as_ref().map(Spanned::span)),
+        ("env", r.env.as_ref().map(Spanned::span)),
+        ("script", r.script.as_ref().map(Spanned::span)),
+        ("volume", r.volume.as_ref().map(Spanned::span)),
+    ]
+}
+
+/// Refuses fields that belong to another kind, so a typo'd kind or a pasted
+/// field never goes unnoticed.
+fn check_fields_apply(
+    c: &mut Checker<'_>,
+    what: &str,
+    kind: &Spanned<String>,
+    present: &FieldList,
+    allowed: &[&str],
+) {
+    for (field, at) in present {
+        if at.is_some() && !allowed.contains(field) {
+            let help = if allowed.is_empty() {
+                format!("remove `{field}`")
+            } else {
+                format!(
+                    "remove `{field}`; a `{}` {what} takes: {}",
+                    kind.get_ref(),
+                    allowed.join(", ")
+                )
+            };
+            c.error(
+                at.clone(),
+                format!(
+                    "field `{field}` does not apply to a {what} of kind `{}`",
+                    kind.get_ref()
+                ),
+                help,
+            );
+        }
+    }
+}
+
+fn require<'a, T>(
+    c: &mut Checker<'_>,
+    v: &'a Option<Spanned<T>>,
+    name: &Spanned<String>,
+    kind: &str,
+    field: &str,
+    example: &str,
+) -> Option<&'a T> {
+    if v.is_none() {
+        c.error(
+            span(name),
+            format!("{kind} `{}` needs `{field}`", name.get_ref()),
+            format!("add {example}"),
+        );
+    }
+    v.as_ref().map(Spanned::get_ref)
+}
+
+fn check_group(
+    c: &mut Checker<'_>,
+    file: &ConfigFile,
+    g: &Group,
+    nodes: &BTreeSet<String>,
+    groups: &BTreeSet<String>,
+    volumes: &BTreeSet<String>,
+) -> (Vec<ResourceSpec>, Vec<MonitorSpec>) {
+    let gname = g.name.get_ref();
+    let mut seen_pref = BTreeSet::new();
+    for p in &g.preferred {
+        c.unknown_ref("node", p, nodes, &format!("`preferred` of group `{gname}`"));
+        if !seen_pref.insert(p.get_ref().clone()) {
+            c.error(
+                span(p),
+                format!(
+                    "node `{}` is listed twice in `preferred` of group `{gname}`",
+                    p.get_ref()
+                ),
+                "list each node once, most preferred first",
+            );
+        }
+    }
+    if let Some(other) = &g.colocate_with {
+        c.unknown_ref(
+            "group",
+            other,
+            groups,
+            &format!("`colocate_with` of group `{gname}`"),
+        );
+        if other.get_ref() == gname {
+            c.error(
+                span(other),
+                format!("group `{gname}` is colocated with itself"),
+                "name another group, or remove `colocate_with`",
+            );
+        }
+    }
+    c.positive("failure_expiry_ms", &g.failure_expiry_ms);
+    if g.resources.is_empty() {
+        c.error(
+            span(&g.name),
+            format!("group `{gname}` has no resources"),
+            "add [[group.resource]] entries in start order",
+        );
+    }
+    let resource_names = c.unique_names("resource", g.resources.iter().map(|r| &r.name));
+    let mut specs = Vec::new();
+    for r in &g.resources {
+        if let Some(spec) = check_resource(c, file, gname, r, volumes) {
+            specs.push(spec);
+        }
+    }
+    c.unique_names("monitor", g.monitors.iter().map(|m| &m.name));
+    let mut monitors = Vec::new();
+    for m in &g.monitors {
+        if let Some(spec) = check_group_monitor(c, gname, m, &resource_names, &g.resources) {
+            monitors.push(spec);
+        }
+    }
+    (specs, monitors)
+}
+
+fn check_resource(
+    c: &mut Checker<'_>,
+    file: &ConfigFile,
+    group: &str,
+    r: &Resource,
+    volumes: &BTreeSet<String>,
+) -> Option<ResourceSpec> {
+    let kind = r.kind.get_ref().as_str();
+    c.positive("timeout_ms", &r.timeout_ms);
+    let fields = resource_fields(r);
+    let what = "resource";
+    match kind {
+        "ip" => {
+            check_fields_apply(
+                c,
+                what,
+                &r.kind,
+                &fields,
+                &["address", "interfaces", "link"],
+            );
+            let address = *require(
+                c,
+                &r.address,
+                &r.name,
+                "ip resource",
+                "address",
+                "address = \"10.0.0.100/24\"",
+            )?;
+            let interfaces: Vec<String> = r
+                .interfaces
+                .as_ref()
+                .map(|i| i.get_ref().iter().map(|s| s.get_ref().clone()).collect())
+                .unwrap_or_default();
+            if let Some(i) = &r.interfaces {
+                if interfaces.is_empty() {
+                    c.error(span(i), "`interfaces` is empty", "list the local interfaces in order of preference, or remove `interfaces` to use the one that holds the link's subnet");
+                }
+            }
+            let link = match &r.link {
+                Some(l) => {
+                    let links: BTreeSet<String> = file
+                        .links
+                        .iter()
+                        .map(|l| l.name.get_ref().clone())
+                        .collect();
+                    c.unknown_ref(
+                        "link",
+                        l,
+                        &links,
+                        &format!("resource `{}`", r.name.get_ref()),
+                    );
+                    Some(l.get_ref().clone())
+                }
+                None => file
+                    .links
+                    .iter()
+                    .find(|l| {
+                        l.subnet
+                            .as_ref()
+                            .is_some_and(|s| s.get_ref().contains(address.addr))
+                    })
+                    .map(|l| l.name.get_ref().clone()),
+            };
+            if interfaces.is_empty() && link.is_none() {
+                c.error(r.address.as_ref().and_then(span), format!("no interface for address {address}: it is in no link's subnet and `interfaces` is not set"), "add `interfaces = [\"eth0\"]`, or `link = \"lan\"`, or a `subnet` to the link it belongs to");
+            }
+            Some(ResourceSpec::Ip {
+                address,
+                interfaces,
+                link,
+            })
+        }
+        "process" => {
+            check_fields_apply(
+                c,
+                what,
+                &r.kind,
+                &fields,
+                &["command", "stop_signal", "working_dir", "env"],
+            );
+            let command = require(
+                c,
+                &r.command,
+                &r.name,
+                "process resource",
+                "command",
+                "command = [\"/usr/bin/program\", \"--arg\"]",
+            )?
+            .clone();
+            if command.is_empty() || command[0].is_empty() {
+                c.error(r.command.as_ref().and_then(span), "`command` is empty", "write the program and its arguments: command = [\"/usr/bin/program\", \"--arg\"]");
+            }
+            let stop_signal = r.stop_signal.as_ref().map_or("TERM".to_string(), |s| {
+                s.get_ref().trim_start_matches("SIG").to_string()
+            });
+            const SIGNALS: &[&str] = &["TERM", "INT", "QUIT", "HUP", "KILL", "USR1", "USR2"];
+            if !SIGNALS.contains(&stop_signal.as_str()) {
+                c.error(
+                    r.stop_signal.as_ref().and_then(span),
+                    format!("unknown stop signal `{stop_signal}`"),
+                    format!("write one of: {}", SIGNALS.join(", ")),
+                );
+            }
+            Some(ResourceSpec::Process {
+                command,
+                stop_signal,
+                working_dir: r.working_dir.as_ref().map(|w| w.get_ref().clone()),
+                env: r
+                    .env
+                    .as_ref()
+                    .map(|e| e.get_ref().clone())
+                    .unwrap_or_default(),
+            })
+        }
+        "exec" => {
+            check_fields_apply(c, what, &r.kind, &fields, &["script"]);
+            let script = require(
+                c,
+                &r.script,
+                &r.name,
+                "exec resource",
+                "script",
+                "script = \"/etc/init.d/apache2\"",
+            )?
+            .clone();
+            if !script.is_absolute() {
+                c.error(
+                    r.script.as_ref().and_then(span),
+                    format!("script `{}` is not an absolute path", script.display()),
+                    "write the full path, e.g. \"/etc/init.d/apache2\"",
+                );
+            }
+            Some(ResourceSpec::Exec { script })
+        }
+        "volume" => {
+            check_fields_apply(c, what, &r.kind, &fields, &["volume"]);
+            let v = r.volume.as_ref();
+            require(
+                c,
+                &r.volume,
+                &r.name,
+                "volume resource",
+                "volume",
+                "volume = \"NAME\" naming a [[volume]]",
+            )?;
+            if let Some(v) = v {
+                c.unknown_ref(
+                    "volume",
+                    v,
+                    volumes,
+                    &format!("resource `{}`", r.name.get_ref()),
+                );
+            }
+            Some(ResourceSpec::Volume {
+                volume: v?.get_ref().clone(),
+            })
+        }
+        other => {
+            if let Some((_, instead)) = PLANNED_RESOURCES.iter().find(|(k, _)| *k == other) {
+                c.error(span(&r.kind), format!("resource kind `{other}` (in group `{group}`) is not implemented in this version"), format!("{instead}; implemented kinds: {}", IMPLEMENTED_RESOURCES.join(", ")));
+            } else {
+                let known: Vec<String> = IMPLEMENTED_RESOURCES
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect();
+                let help = match closest(other, &known) {
+                    Some(best) => format!("did you mean \"{best}\"? Kinds: {}", known.join(", ")),
+                    None => format!("write one of: {}", known.join(", ")),
+                };
+                c.error(
+                    span(&r.kind),
+                    format!("unknown resource kind `{other}`"),
+                    help,
+                );
+            }
+            None
+        }
+    }
+}
+
+fn check_group_monitor(
+    c: &mut Checker<'_>,
+    group: &str,
+    m: &Monitor,
+    resource_names: &BTreeSet<String>,
+    resources: &[Resource],
+) -> Option<MonitorSpec> {
+    check_monitor_common(c, m);
+    let fields = monitor_fields(m);
+    let kind = m.kind.get_ref().as_str();
+    let spec = match kind {
+        "process" => {
+            check_fields_apply(c, "monitor", &m.kind, &fields, &["resource"]);
+            let res = m.resource.as_ref();
+            require(
+                c,
+                &m.resource,
+                &m.name,
+                "process monitor",
+                "resource",
+                "resource = \"NAME\" naming a `process` resource of this group",
+            )?;
+            let res = res?;
+            c.unknown_ref(
+                "resource",
+                res,
+                resource_names,
+                &format!("monitor `{}` of group `{group}`", m.name.get_ref()),
+            );
+            if let Some(r) = resources.iter().find(|r| r.name.get_ref() == res.get_ref()) {
+                if r.kind.get_ref() != "process" {
+                    c.error(
+                        span(res),
+                        format!(
+                            "a `process` monitor watches `process` resources; `{}` is `{}`",
+                            res.get_ref(),
+                            r.kind.get_ref()
+                        ),
+                        "use a `tcp`, `http` or `exec` monitor for it",
+                    );
+                }
+            }
+            MonitorSpec::Process {
+                resource: res.get_ref().clone(),
+            }
+        }
+        "tcp" => {
+            check_fields_apply(c, "monitor", &m.kind, &fields, &["address"]);
+            MonitorSpec::Tcp {
+                address: *require(
+                    c,
+                    &m.address,
+                    &m.name,
+                    "tcp monitor",
+                    "address",
+                    "address = \"127.0.0.1:80\"",
+                )?,
+            }
+        }
+        "http" => {
+            check_fields_apply(c, "monitor", &m.kind, &fields, &["url"]);
+            let url = require(
+                c,
+                &m.url,
+                &m.name,
+                "http monitor",
+                "url",
+                "url = \"http://127.0.0.1/health\"",
+            )?
+            .clone();
+            if !url.starts_with("http://") {
+                c.error(m.url.as_ref().and_then(span), format!("url `{url}` does not start with http://"), "write a plain-HTTP URL on the local node, e.g. \"http://127.0.0.1:8080/health\"");
+            }
+            MonitorSpec::Http { url }
+        }
+        "exec" => {
+            check_fields_apply(c, "monitor", &m.kind, &fields, &["command", "resource"]);
+            let command = require(
+                c,
+                &m.command,
+                &m.name,
+                "exec monitor",
+                "command",
+                "command = [\"/usr/local/bin/check\"]",
+            )?
+            .clone();
+            if command.is_empty() {
+                c.error(
+                    m.command.as_ref().and_then(span),
+                    "`command` is empty",
+                    "write the program and its arguments",
+                );
+            }
+            MonitorSpec::Exec { command }
+        }
+        "ping" => {
+            c.error(span(&m.kind), "`ping` is a node monitor, not a group monitor", "move it to a top-level [[monitor]]; groups whose addresses need that link leave a node whose pings fail");
+            return None;
+        }
+        other => {
+            c.error(
+                span(&m.kind),
+                format!("unknown group monitor kind `{other}`"),
+                format!("write one of: {}", IMPLEMENTED_GROUP_MONITORS.join(", ")),
+            );
+            return None;
+        }
+    };
+    Some(spec)
+}
+
+/// Warns about a group that no preferred node can host: it needs a link
+/// (through its addresses or a ping monitor) that those nodes have no address on.
+fn check_hosting(
+    c: &mut Checker<'_>,
+    file: &ConfigFile,
+    resources: &[Vec<ResourceSpec>],
+    _node_monitors: &[MonitorSpec],
+) {
+    for (g, specs) in file.groups.iter().zip(resources) {
+        let needed: BTreeSet<&str> = specs
+            .iter()
+            .filter_map(|r| match r {
+                ResourceSpec::Ip { link: Some(l), .. } => Some(l.as_str()),
+                _ => None,
+            })
+            .collect();
+        let candidates: Vec<&super::schema::Node> = if g.preferred.is_empty() {
+            file.nodes.iter().collect()
+        } else {
+            file.nodes
+                .iter()
+                .filter(|n| g.preferred.iter().any(|p| p.get_ref() == n.name.get_ref()))
+                .collect()
+        };
+        let can_host = |n: &&super::schema::Node| {
+            needed
+                .iter()
+                .all(|l| n.addresses.get_ref().keys().any(|k| k.get_ref() == l))
+        };
+        if !candidates.is_empty() && !candidates.iter().any(can_host) {
+            c.warn(
+                span(&g.name),
+                format!("no preferred node can host group `{}`: it needs link(s) {} and none of them has an address there", g.name.get_ref(), needed.iter().copied().collect::<Vec<_>>().join(", ")),
+                "add an address on that link to a preferred node, or prefer a node that has one",
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn edit_distance_basics() {
+        assert_eq!(edit_distance("deadtime", "deadtime_ms"), 3);
+        assert_eq!(edit_distance("hearbeat_ms", "heartbeat_ms"), 1);
+        assert_eq!(edit_distance("", "abc"), 3);
+    }
+
+    #[test]
+    fn profiles_keep_deadtime_above_three_heartbeats() {
+        for p in [Profile::Default, Profile::Relaxed, Profile::Wan] {
+            let t = Timing::of_profile(p);
+            assert!(t.deadtime_ms >= 3 * t.heartbeat_ms, "{p:?}");
+            assert!(t.warntime_ms < t.deadtime_ms, "{p:?}");
+        }
+    }
+}

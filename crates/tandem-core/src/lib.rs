@@ -1,0 +1,14 @@
+//! Tandem's sans-IO core.
+//!
+//! Everything in this crate is deterministic: it reads no clock, opens no socket
+//! and touches no file. Callers pass in what the world looks like (file contents,
+//! facts about key files, and later packets and `now`) and get back values or
+//! actions. That is what makes every rule testable in memory.
+//!
+//! Modules:
+//! - [`config`]: the cluster configuration file: typed schema, timing profiles
+//!   and validation that reports every problem with line and column.
+//! - [`diagnostic`]: located errors and warnings, and their rendering.
+
+pub mod config;
+pub mod diagnostic;

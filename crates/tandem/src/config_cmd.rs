@@ -1,0 +1,189 @@
+//! `tandem config validate` and `tandem config show`.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use tandem_core::config::{self, Config, Loaded, MonitorSpec, ResourceSpec};
+use tandem_core::diagnostic::{render, Severity};
+
+use crate::cli::ValidateArgs;
+use crate::keyfile;
+
+/// Reads and validates one file; the label in messages is the path as given.
+fn load_file(path: &Path) -> Result<(String, Loaded)> {
+    let source = std::fs::read_to_string(path)
+        .with_context(|| format!("reading configuration file {}", path.display()))?;
+    // An empty base keeps relative key paths relative to the working
+    // directory, as the user wrote them.
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let loaded = config::load(&source, &base, &keyfile::facts);
+    Ok((source, loaded))
+}
+
+/// Validates every file; returns whether all passed.
+pub fn validate(args: &ValidateArgs) -> Result<bool> {
+    let mut all_ok = true;
+    for path in &args.files {
+        let label = path.display().to_string();
+        let (source, loaded) = match load_file(path) {
+            Ok(x) => x,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                all_ok = false;
+                continue;
+            }
+        };
+        let errors = loaded
+            .diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .count();
+        let warnings = loaded.diagnostics.len() - errors;
+        eprint!("{}", render(&label, &source, &loaded.diagnostics));
+        let failed = errors > 0 || (args.deny_warnings && warnings > 0);
+        all_ok &= !failed;
+        if failed {
+            println!("{label}: INVALID ({errors} error(s), {warnings} warning(s))");
+        } else if !args.quiet || warnings > 0 {
+            println!("{label}: ok ({warnings} warning(s))");
+        }
+    }
+    Ok(all_ok)
+}
+
+/// Prints the effective configuration of a valid file.
+pub fn show(path: &Path) -> Result<()> {
+    let (source, loaded) = load_file(path)?;
+    let label = path.display().to_string();
+    let Some(cfg) = loaded.config else {
+        eprint!("{}", render(&label, &source, &loaded.diagnostics));
+        bail!("{label} has errors; fix them (see above) and run `tandem config show` again");
+    };
+    eprint!("{}", render(&label, &source, &loaded.diagnostics));
+    print!("{}", describe(&cfg));
+    Ok(())
+}
+
+fn describe(cfg: &Config) -> String {
+    let f = &cfg.file;
+    let t = &cfg.timing;
+    let mut o = String::new();
+    let _ = writeln!(o, "cluster {}", f.cluster.name.get_ref());
+    let _ = writeln!(o, "  key file        {}", cfg.key_file.display());
+    let _ = writeln!(
+        o,
+        "  timing          heartbeat {} ms, deadtime {} ms, warntime {} ms, start-up wait {} ms",
+        t.heartbeat_ms, t.deadtime_ms, t.warntime_ms, t.startup_wait_ms
+    );
+    let quorum = match (
+        &f.quorum.witness,
+        f.quorum.two_node.as_ref().is_some_and(|b| *b.get_ref()),
+    ) {
+        (Some(w), _) => format!("majority with witness at {}", w.get_ref()),
+        (None, true) => "two_node (decided by fencing)".to_string(),
+        (None, false) => format!("majority of {} voter(s)", f.nodes.len().min(7)),
+    };
+    let _ = writeln!(o, "  quorum          {quorum}");
+    for l in &f.links {
+        let subnet = l
+            .subnet
+            .as_ref()
+            .map_or("any subnet".to_string(), |s| s.get_ref().to_string());
+        let port = l.port.as_ref().map_or(5405, |p| *p.get_ref());
+        let _ = writeln!(
+            o,
+            "  link {:<10} {subnet}, heartbeat port {port}",
+            l.name.get_ref()
+        );
+    }
+    for n in &f.nodes {
+        let addrs: Vec<String> = n
+            .addresses
+            .get_ref()
+            .iter()
+            .map(|(k, v)| format!("{}={}", k.get_ref(), v.get_ref()))
+            .collect();
+        let _ = writeln!(o, "  node {:<10} {}", n.name.get_ref(), addrs.join(" "));
+    }
+    for d in &f.fence_devices {
+        let level = d.level.as_ref().map_or(1, |l| *l.get_ref());
+        let hosts: Vec<&str> = d
+            .hosts
+            .get_ref()
+            .keys()
+            .map(|k| k.get_ref().as_str())
+            .collect();
+        let _ = writeln!(
+            o,
+            "  fence device {} (level {level}, {}) for {}",
+            d.name.get_ref(),
+            d.agent.get_ref().display(),
+            hosts.join(", ")
+        );
+    }
+    for m in &cfg.node_monitors {
+        if let MonitorSpec::Ping { targets, link } = m {
+            let t: Vec<String> = targets.iter().map(ToString::to_string).collect();
+            let _ = writeln!(o, "  ping monitor on {link}: {}", t.join(", "));
+        }
+    }
+    for (g, res) in f.groups.iter().zip(&cfg.resources) {
+        let pref: Vec<&str> = g.preferred.iter().map(|p| p.get_ref().as_str()).collect();
+        let failback = g.failback.as_ref().map_or("manual", |f| match f.get_ref() {
+            config::schema::Failback::Auto => "auto",
+            config::schema::Failback::Manual => "manual",
+        });
+        let mode = if g.clone.as_ref().is_some_and(|c| *c.get_ref()) {
+            "clone"
+        } else {
+            "exclusive"
+        };
+        let pref = if pref.is_empty() {
+            "any node".to_string()
+        } else {
+            pref.join(" > ")
+        };
+        let _ = writeln!(
+            o,
+            "  group {} ({mode}, prefers {pref}, failback {failback})",
+            g.name.get_ref()
+        );
+        for (r, spec) in g.resources.iter().zip(res) {
+            let what = match spec {
+                ResourceSpec::Ip {
+                    address,
+                    interfaces,
+                    link,
+                } => format!(
+                    "ip {address} on {}",
+                    if interfaces.is_empty() {
+                        format!("link {}", link.as_deref().unwrap_or("?"))
+                    } else {
+                        interfaces.join(" > ")
+                    }
+                ),
+                ResourceSpec::Process { command, .. } => format!("process {}", command.join(" ")),
+                ResourceSpec::Exec { script } => format!("exec {}", script.display()),
+                ResourceSpec::Volume { volume } => format!("volume {volume}"),
+            };
+            let _ = writeln!(o, "    {:<12} {what}", r.name.get_ref());
+        }
+    }
+    for v in &f.volumes {
+        let nodes: Vec<&str> = v
+            .nodes
+            .get_ref()
+            .iter()
+            .map(|n| n.get_ref().as_str())
+            .collect();
+        let _ = writeln!(
+            o,
+            "  volume {} ({} bytes) on {}",
+            v.name.get_ref(),
+            v.size.get_ref().bytes,
+            nodes.join(" + ")
+        );
+    }
+    o
+}

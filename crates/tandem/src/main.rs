@@ -1,0 +1,81 @@
+//! The `tandem` command. Glue only: parse arguments, call the library, print.
+
+mod cli;
+mod config_cmd;
+mod keyfile;
+
+use std::io::Write as _;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{CommandFactory, Parser};
+
+use cli::{Cli, Command, ConfigCommand};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Config(ConfigCommand::Validate(args)) => Ok(if config_cmd::validate(&args)? {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }),
+        Command::Config(ConfigCommand::Show { file }) => {
+            config_cmd::show(&file).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Keygen { file } => {
+            keyfile::generate(&file)?;
+            println!(
+                "wrote a new 32-byte cluster key to {} (mode 0600); copy it to every node",
+                file.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "tandem", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { out_dir } => {
+            let cmd = Cli::command();
+            match out_dir {
+                Some(dir) => {
+                    std::fs::create_dir_all(&dir)
+                        .with_context(|| format!("creating {}", dir.display()))?;
+                    clap_mangen::generate_to(cmd, &dir)
+                        .with_context(|| format!("writing man pages to {}", dir.display()))?;
+                    println!("wrote man pages to {}", dir.display());
+                }
+                None => {
+                    let mut out = Vec::new();
+                    clap_mangen::Man::new(cmd)
+                        .render(&mut out)
+                        .context("rendering the man page")?;
+                    std::io::stdout()
+                        .write_all(&out)
+                        .context("writing the man page")?;
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

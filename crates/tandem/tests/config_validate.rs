@@ -1,0 +1,83 @@
+//! `tandem config validate` end to end: every example passes, every broken
+//! configuration fails with a located message and a fix (insta snapshots of
+//! exactly what the operator sees).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+
+fn tandem() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_tandem"))
+}
+
+/// Git does not keep file modes: make the test keys private so the snapshots
+/// do not depend on the checkout's umask.
+fn private_keys(dir: &Path) {
+    for key in ["test.key", "short.key"] {
+        std::fs::set_permissions(dir.join(key), std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+}
+
+#[test]
+fn every_example_validates() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let mut files: Vec<_> = std::fs::read_dir(&examples)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    assert!(
+        files.len() >= 6,
+        "expected one example per scenario, found {files:?}"
+    );
+    let out = tandem()
+        .arg("config")
+        .arg("validate")
+        .args(&files)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "examples failed validation:\n{stderr}"
+    );
+    assert!(!stderr.contains("error:"), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.matches(": ok (").count(), files.len(), "{stdout}");
+}
+
+#[test]
+fn broken_configs_fail_with_location_and_fix() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/broken");
+    private_keys(&dir);
+    let mut failing = 0;
+    insta::glob!("broken/*.toml", |path| {
+        let name = path.file_name().unwrap();
+        let out = tandem()
+            .current_dir(&dir)
+            .args(["config", "validate"])
+            .arg(name)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let expect_ok = name.to_string_lossy().ends_with("-warn.toml");
+        assert_eq!(out.status.success(), expect_ok, "{name:?}:\n{stderr}");
+        let label = if expect_ok { "warning: " } else { "error: " };
+        // Every diagnostic names file:line:column and carries a fix.
+        let first = stderr
+            .lines()
+            .find(|l| l.starts_with(label))
+            .unwrap_or_else(|| panic!("no {label} in {stderr}"));
+        let loc = first.split(": ").nth(1).unwrap();
+        assert_eq!(loc.split(':').count(), 3, "no line:column in {first:?}");
+        assert!(stderr.contains("= help: "), "no fix in {stderr}");
+        failing += usize::from(!expect_ok);
+        insta::assert_snapshot!(format!(
+            "exit: {}\n--- stderr\n{stderr}--- stdout\n{stdout}",
+            out.status.code().unwrap_or(-1)
+        ));
+    });
+    assert!(failing >= 15, "only {failing} broken configs");
+}
