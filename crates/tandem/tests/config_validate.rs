@@ -2,6 +2,12 @@
 //! configuration fails with a located message and a fix (insta snapshots of
 //! exactly what the operator sees).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a panic is how a test reports failure"
+)]
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
