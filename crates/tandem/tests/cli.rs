@@ -2,24 +2,38 @@
 //! completions and man page from the same definitions, keygen's refusal to
 //! overwrite.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, reason = "a panic is how a test reports failure")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a panic is how a test reports failure"
+)]
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Output};
 
 fn tandem(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tandem")).args(args).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 #[test]
 fn version_names_the_release() {
     let o = tandem(&["--version"]);
     assert!(o.status.success());
-    assert_eq!(text(&o).trim(), format!("tandem {}", env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        text(&o).trim(),
+        format!("tandem {}", env!("CARGO_PKG_VERSION"))
+    );
 }
 
 /// Every subcommand path, read from the top-level help recursively, so a
@@ -28,7 +42,12 @@ fn subcommand_paths(prefix: Vec<String>, out: &mut Vec<Vec<String>>) {
     let mut args: Vec<&str> = prefix.iter().map(String::as_str).collect();
     args.push("--help");
     let o = tandem(&args);
-    assert!(o.status.success(), "`tandem {}` failed: {}", args.join(" "), text(&o));
+    assert!(
+        o.status.success(),
+        "`tandem {}` failed: {}",
+        args.join(" "),
+        text(&o)
+    );
     let help = text(&o);
     assert!(help.contains("Usage: tandem"), "{help}");
     let mut in_commands = false;
@@ -60,8 +79,18 @@ fn help_works_on_every_subcommand() {
     let mut paths = Vec::new();
     subcommand_paths(Vec::new(), &mut paths);
     let names: Vec<String> = paths.iter().map(|p| p.join(" ")).collect();
-    for expected in ["config", "config validate", "config show", "keygen", "completions", "man"] {
-        assert!(names.iter().any(|n| n == expected), "no `{expected}` in {names:?}");
+    for expected in [
+        "config",
+        "config validate",
+        "config show",
+        "keygen",
+        "completions",
+        "man",
+    ] {
+        assert!(
+            names.iter().any(|n| n == expected),
+            "no `{expected}` in {names:?}"
+        );
     }
 }
 
@@ -76,11 +105,19 @@ fn completions_and_man_page_come_from_the_cli_definition() {
     let man = tandem(&["man"]);
     assert!(man.status.success());
     let man = String::from_utf8_lossy(&man.stdout);
-    assert!(man.contains(".TH tandem") && man.contains("keygen"), "{man}");
+    assert!(
+        man.contains(".TH tandem") && man.contains("keygen"),
+        "{man}"
+    );
     let dir = tempfile::tempdir().unwrap();
     let o = tandem(&["man", "--out-dir", dir.path().to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o));
-    for page in ["tandem.1", "tandem-config.1", "tandem-config-validate.1", "tandem-keygen.1"] {
+    for page in [
+        "tandem.1",
+        "tandem-config.1",
+        "tandem-config-validate.1",
+        "tandem-keygen.1",
+    ] {
         assert!(dir.path().join(page).exists(), "{page} missing");
     }
 }
@@ -101,19 +138,29 @@ fn keygen_writes_a_private_key_and_refuses_to_overwrite() {
     assert_eq!(std::fs::read(&key).unwrap(), before);
     let o = tandem(&["keygen", "/nonexistent-dir/x.key"]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(text(&o).contains("does its directory exist"), "{}", text(&o));
+    assert!(
+        text(&o).contains("does its directory exist"),
+        "{}",
+        text(&o)
+    );
 }
 
 #[test]
 fn config_show_prints_effective_values_and_refuses_invalid_files() {
-    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/web-two-node.toml");
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/web-two-node.toml"
+    );
     let o = tandem(&["config", "show", example]);
     assert!(o.status.success(), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("heartbeat 200 ms, deadtime 1000 ms"), "{out}");
     assert!(out.contains("two_node"), "{out}");
     assert!(out.contains("apache"), "{out}");
-    let broken = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/broken/07-group-unknown-node.toml");
+    let broken = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/broken/07-group-unknown-node.toml"
+    );
     let o = tandem(&["config", "show", broken]);
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).contains("unknown node `n4`"), "{}", text(&o));
@@ -121,10 +168,16 @@ fn config_show_prints_effective_values_and_refuses_invalid_files() {
 
 #[test]
 fn validate_reports_an_unreadable_file_and_continues() {
-    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/hot-standby.toml");
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/hot-standby.toml"
+    );
     let o = tandem(&["config", "validate", "/nonexistent.toml", example]);
     assert_eq!(o.status.code(), Some(1));
     let t = text(&o);
-    assert!(t.contains("reading configuration file /nonexistent.toml"), "{t}");
+    assert!(
+        t.contains("reading configuration file /nonexistent.toml"),
+        "{t}"
+    );
     assert!(t.contains("hot-standby.toml: ok"), "{t}");
 }
