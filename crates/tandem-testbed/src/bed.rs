@@ -110,19 +110,8 @@ impl Testbed {
         let sw = self.switch_ns();
         add_netns(&sw)?;
         for l in &self.spec.links {
-            run(
-                "ip",
-                &[
-                    "-n",
-                    &sw,
-                    "link",
-                    "add",
-                    &format!("br-{l}"),
-                    "type",
-                    "bridge",
-                ],
-            )?;
-            run("ip", &["-n", &sw, "link", "set", &format!("br-{l}"), "up"])?;
+            sys::ip(&sw, &["link", "add", &format!("br-{l}"), "type", "bridge"])?;
+            sys::ip(&sw, &["link", "set", &format!("br-{l}"), "up"])?;
         }
         for node in 1..=self.spec.nodes {
             let ns = self.node_ns(node);
@@ -170,17 +159,15 @@ impl Testbed {
         addr: &str,
     ) -> Result<()> {
         let sw = self.switch_ns();
-        run(
-            "ip",
+        sys::ip(
+            &sw,
             &[
-                "-n", &sw, "link", "add", port, "type", "veth", "peer", "name", link, "netns", ns,
+                "link", "add", port, "type", "veth", "peer", "name", link, "netns", ns,
             ],
         )?;
-        run(
-            "ip",
+        sys::ip(
+            &sw,
             &[
-                "-n",
-                &sw,
                 "link",
                 "set",
                 port,
@@ -189,8 +176,8 @@ impl Testbed {
                 "up",
             ],
         )?;
-        run("ip", &["-n", ns, "link", "set", link, "address", mac, "up"])?;
-        run("ip", &["-n", ns, "addr", "add", addr, "dev", link])?;
+        sys::ip(ns, &["link", "set", link, "address", mac, "up"])?;
+        sys::ip(ns, &["addr", "add", addr, "dev", link])?;
         Ok(())
     }
 
@@ -441,16 +428,9 @@ impl Testbed {
     fn set_port(&self, node: usize, link: &str, state: &str) -> Result<()> {
         self.check_node(node)?;
         self.link_index(link)?;
-        run(
-            "ip",
-            &[
-                "-n",
-                &self.switch_ns(),
-                "link",
-                "set",
-                &format!("n{node}-{link}"),
-                state,
-            ],
+        sys::ip(
+            &self.switch_ns(),
+            &["link", "set", &format!("n{node}-{link}"), state],
         )?;
         Ok(())
     }
@@ -517,49 +497,22 @@ impl Testbed {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let key = (node, link.to_string());
         if wires.remove(&key).is_none() {
-            run(
-                "ip",
-                &[
-                    "-n", &sw, "link", "add", &w, "type", "veth", "peer", "name", &b,
-                ],
+            sys::ip(
+                &sw,
+                &["link", "add", &w, "type", "veth", "peer", "name", &b],
             )?;
             // Packet sockets see frames as the stack built them: no
             // offloaded checksums or segmentation may cross the wire.
-            for (ns, dev) in [
-                (sw.as_str(), port.as_str()),
-                (sw.as_str(), w.as_str()),
-                (sw.as_str(), b.as_str()),
-            ] {
-                sys::run_in(
-                    ns,
-                    "ethtool",
-                    &[
-                        "-K", dev, "tx", "off", "tso", "off", "gso", "off", "gro", "off",
-                    ],
-                )?;
+            for dev in [&port, &w, &b] {
+                disable_offloads(&sw, dev)?;
             }
-            sys::run_in(
-                &self.node_ns(node),
-                "ethtool",
-                &[
-                    "-K", link, "tx", "off", "tso", "off", "gso", "off", "gro", "off",
-                ],
+            disable_offloads(&self.node_ns(node), link)?;
+            sys::ip(&sw, &["link", "set", &port, "nomaster"])?;
+            sys::ip(
+                &sw,
+                &["link", "set", &b, "master", &format!("br-{link}"), "up"],
             )?;
-            run("ip", &["-n", &sw, "link", "set", &port, "nomaster"])?;
-            run(
-                "ip",
-                &[
-                    "-n",
-                    &sw,
-                    "link",
-                    "set",
-                    &b,
-                    "master",
-                    &format!("br-{link}"),
-                    "up",
-                ],
-            )?;
-            run("ip", &["-n", &sw, "link", "set", &w, "up"])?;
+            sys::ip(&sw, &["link", "set", &w, "up"])?;
         }
         wires.insert(key, Wire::start(&sw, &port, &w, imp)?);
         Ok(())
@@ -578,18 +531,10 @@ impl Testbed {
         }
         let sw = self.switch_ns();
         let port = format!("n{node}-{link}");
-        run("ip", &["-n", &sw, "link", "del", &format!("{port}w")])?;
-        run(
-            "ip",
-            &[
-                "-n",
-                &sw,
-                "link",
-                "set",
-                &port,
-                "master",
-                &format!("br-{link}"),
-            ],
+        sys::ip(&sw, &["link", "del", &format!("{port}w")])?;
+        sys::ip(
+            &sw,
+            &["link", "set", &port, "master", &format!("br-{link}")],
         )?;
         Ok(())
     }
@@ -656,9 +601,17 @@ impl Drop for Testbed {
     }
 }
 
+fn disable_offloads(ns: &str, dev: &str) -> Result<()> {
+    let off = [
+        "-K", dev, "tx", "off", "tso", "off", "gso", "off", "gro", "off",
+    ];
+    sys::run_in(ns, "ethtool", &off)?;
+    Ok(())
+}
+
 fn add_netns(name: &str) -> Result<()> {
     run("ip", &["netns", "add", name])?;
-    run("ip", &["-n", name, "link", "set", "lo", "up"])?;
+    sys::ip(name, &["link", "set", "lo", "up"])?;
     Ok(())
 }
 

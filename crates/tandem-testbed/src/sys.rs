@@ -97,6 +97,13 @@ pub fn run_in(ns: &str, program: &str, args: &[&str]) -> Result<String, SysError
     run("ip", &full)
 }
 
+/// Runs `ip -n NS args...` (an `ip` command acting on namespace `ns`).
+pub fn ip(ns: &str, args: &[&str]) -> Result<String, SysError> {
+    let mut full = vec!["-n", ns];
+    full.extend_from_slice(args);
+    run("ip", &full)
+}
+
 /// Path of a named network namespace's handle.
 pub fn netns_path(name: &str) -> std::path::PathBuf {
     Path::new("/run/netns").join(name)

@@ -69,6 +69,13 @@ fn wait_for_answer(bed: &Testbed, target: SocketAddr, expect: &str) {
     .unwrap();
 }
 
+/// The floating address on `lan` and the responder's socket on it.
+fn vip_target(bed: &Testbed) -> (String, SocketAddr) {
+    let vip = bed.vip("lan").to_string();
+    let target = format!("{vip}:{PORT}").parse().unwrap();
+    (vip, target)
+}
+
 fn add_vip(bed: &Testbed, node: usize, vip: &str) {
     bed.exec(
         node,
@@ -91,8 +98,7 @@ fn address_moved_by_hand_gives_one_gap_and_no_dual_active() {
     }
     let bed = two_nodes();
     start_responders(&bed);
-    let vip = bed.vip("lan").to_string();
-    let target: SocketAddr = format!("{vip}:{PORT}").parse().unwrap();
+    let (vip, target) = vip_target(&bed);
     add_vip(&bed, 1, &vip);
     announce(&bed, 1, &vip);
     wait_for_answer(&bed, target, "n1");
@@ -155,8 +161,7 @@ fn address_on_two_nodes_with_client_arp_flipped_is_dual_active() {
     }
     let bed = two_nodes();
     start_responders(&bed);
-    let vip = bed.vip("lan").to_string();
-    let target: SocketAddr = format!("{vip}:{PORT}").parse().unwrap();
+    let (vip, target) = vip_target(&bed);
     add_vip(&bed, 1, &vip);
     add_vip(&bed, 2, &vip);
     let pin = |node: usize| {
