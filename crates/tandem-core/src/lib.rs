@@ -9,6 +9,10 @@
 //! - [`config`]: the cluster configuration file: typed schema, timing profiles
 //!   and validation that reports every problem with line and column.
 //! - [`diagnostic`]: located errors and warnings, and their rendering.
+//! - [`wire`]: authenticated packet formats and replay protection.
+//! - [`failure_detector`]: per-link and per-node liveness from heartbeats and time.
 
 pub mod config;
 pub mod diagnostic;
+pub mod failure_detector;
+pub mod wire;
