@@ -11,8 +11,10 @@
 //! - [`diagnostic`]: located errors and warnings, and their rendering.
 //! - [`wire`]: authenticated packet formats and replay protection.
 //! - [`failure_detector`]: per-link and per-node liveness from heartbeats and time.
+//! - [`quorum`]: the quorum rule over the membership view.
 
 pub mod config;
 pub mod diagnostic;
 pub mod failure_detector;
+pub mod quorum;
 pub mod wire;

@@ -23,6 +23,30 @@ pub struct Cli {
 /// Top-level subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the node agent in the foreground (heartbeats, failure detection,
+    /// quorum view, control socket). Stops cleanly on SIGTERM or Ctrl-C,
+    /// telling the peers it leaves so they need not wait for deadtime.
+    Agent {
+        /// The cluster configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// This node's name (default: the node whose address is on this machine).
+        #[arg(long)]
+        node: Option<String>,
+        /// Control socket path (default: the configuration's, else /run/tandem/control.sock).
+        #[arg(long, value_name = "PATH")]
+        control_socket: Option<PathBuf>,
+    },
+    /// Show nodes, links, quorum, dropped packets and recent events, as the
+    /// local agent sees them.
+    Status {
+        /// Print the agent's answer as JSON.
+        #[arg(long)]
+        json: bool,
+        /// The agent's control socket (default /run/tandem/control.sock).
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+    },
     /// Check, or show, a cluster configuration file.
     #[command(subcommand)]
     Config(ConfigCommand),

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use tandem_core::config::{self, Config, Loaded, MonitorSpec, ResourceSpec};
 use tandem_core::diagnostic::{render, Severity};
 
@@ -52,15 +52,20 @@ pub fn validate(args: &ValidateArgs) -> Result<bool> {
     Ok(all_ok)
 }
 
-/// Prints the effective configuration of a valid file.
-pub fn show(path: &Path) -> Result<()> {
+/// Loads a configuration that must be valid; prints its diagnostics (errors
+/// and warnings) to stderr either way.
+pub fn load_valid(path: &Path) -> Result<Config> {
     let (source, loaded) = load_file(path)?;
     let label = path.display().to_string();
-    let Some(cfg) = loaded.config else {
-        eprint!("{}", render(&label, &source, &loaded.diagnostics));
-        bail!("{label} has errors; fix them (see above) and run `tandem config show` again");
-    };
     eprint!("{}", render(&label, &source, &loaded.diagnostics));
+    loaded
+        .config
+        .with_context(|| format!("{label} has errors; fix them (see above) or check with `tandem config validate {label}`"))
+}
+
+/// Prints the effective configuration of a valid file.
+pub fn show(path: &Path) -> Result<()> {
+    let cfg = load_valid(path)?;
     print!("{}", describe(&cfg));
     Ok(())
 }

@@ -40,6 +40,34 @@ pub fn generate(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Reads a cluster key. Refuses a key others can read: anyone holding it
+/// can forge heartbeats and cluster decisions.
+pub fn load(path: &Path) -> Result<tandem_core::wire::Key> {
+    let meta = std::fs::metadata(path).with_context(|| {
+        format!(
+            "reading key file {} (create it with `tandem keygen`)",
+            path.display()
+        )
+    })?;
+    if meta.mode() & 0o077 != 0 {
+        bail!(
+            "key file {} is readable by other users (mode {:04o}); run `chmod 600 {}`",
+            path.display(),
+            meta.mode() & 0o777,
+            path.display()
+        );
+    }
+    let bytes =
+        std::fs::read(path).with_context(|| format!("reading key file {}", path.display()))?;
+    bytes.as_slice().try_into().map_err(|_| {
+        anyhow::anyhow!(
+            "key file {} holds {} bytes, not {KEY_LEN}; write a new one with `tandem keygen`",
+            path.display(),
+            bytes.len()
+        )
+    })
+}
+
 /// What is at `path`, for [`tandem_core::config::load`].
 pub fn facts(path: &Path) -> KeyFileFacts {
     match std::fs::metadata(path) {
@@ -80,6 +108,21 @@ mod tests {
             }
         );
         assert_eq!(facts(&dir.path().join("nope")), KeyFileFacts::Missing);
+    }
+
+    #[test]
+    fn load_refuses_readable_or_short_keys() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("k");
+        generate(&p).unwrap();
+        assert_eq!(load(&p).unwrap().to_vec(), std::fs::read(&p).unwrap());
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(load(&p).unwrap_err().to_string().contains("chmod 600"));
+        let short = dir.path().join("short");
+        std::fs::write(&short, [1u8; 16]).unwrap();
+        std::fs::set_permissions(&short, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(load(&short).unwrap_err().to_string().contains("16 bytes"));
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! The `tandem` command. Glue only: parse arguments, call the library, print.
 
+mod agent;
 mod cli;
 mod config_cmd;
 mod keyfile;
+mod status;
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -25,6 +27,26 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
+        Command::Agent {
+            config,
+            node,
+            control_socket,
+        } => {
+            let cfg = config_cmd::load_valid(&config)?;
+            agent::run(
+                cfg,
+                agent::AgentOptions {
+                    node,
+                    control_socket,
+                },
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { json, socket } => {
+            let socket = socket.unwrap_or_else(|| agent::DEFAULT_CONTROL_SOCKET.into());
+            agent::query_status(&socket, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Config(ConfigCommand::Validate(args)) => Ok(if config_cmd::validate(&args)? {
             ExitCode::SUCCESS
         } else {

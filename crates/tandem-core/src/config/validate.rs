@@ -13,6 +13,7 @@ use super::schema::{ConfigFile, Group, Monitor, Profile, Resource};
 use super::values::Cidr;
 use super::{resolve_path, KeyFileFacts, Loaded, KEY_LEN};
 use crate::diagnostic::Diagnostic;
+use crate::quorum::MAX_VOTERS;
 
 /// Resource kinds this version can run.
 pub const IMPLEMENTED_RESOURCES: &[&str] = &["ip", "process", "exec", "volume"];
@@ -28,8 +29,6 @@ pub const IMPLEMENTED_GROUP_MONITORS: &[&str] = &["process", "tcp", "http", "exe
 
 /// Largest number of nodes a cluster may have.
 const MAX_NODES: usize = 64;
-/// Largest number of voters; further nodes join as non-voters.
-const MAX_VOTERS: usize = 7;
 
 /// Resolved failure-detection timing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

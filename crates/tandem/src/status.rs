@@ -1,0 +1,176 @@
+//! What `tandem status` shows: the agent's answer on its control socket (JSON)
+//! and its rendering for people.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+/// A node's view of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// Cluster name.
+    pub cluster: String,
+    /// This node.
+    pub node: String,
+    /// This agent's incarnation.
+    pub incarnation: u64,
+    /// Time since the agent started.
+    pub uptime_ms: u64,
+    /// Heartbeat interval in force.
+    pub heartbeat_ms: u64,
+    /// Deadtime in force.
+    pub deadtime_ms: u64,
+    /// Quorum as this node sees it.
+    pub quorum: QuorumStatus,
+    /// Every other node.
+    pub peers: Vec<PeerStatus>,
+    /// Packets dropped, by reason.
+    pub dropped: BTreeMap<String, u64>,
+    /// The most recent events, oldest first.
+    pub events: Vec<EventRecord>,
+}
+
+/// Quorum as seen by one node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuorumStatus {
+    /// `majority` or `two_node`.
+    pub mode: String,
+    /// Votes heard, own included.
+    pub votes: usize,
+    /// Votes in the cluster.
+    pub expected: usize,
+    /// Whether this node may act.
+    pub quorate: bool,
+}
+
+/// One peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerStatus {
+    /// Node name.
+    pub name: String,
+    /// `unknown`, `online`, `offline` or `left`.
+    pub state: String,
+    /// Its incarnation, once heard.
+    pub incarnation: Option<u64>,
+    /// Each link to it.
+    pub links: Vec<LinkStatus>,
+}
+
+/// One link to one peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkStatus {
+    /// Link name.
+    pub link: String,
+    /// `unknown`, `up`, `late` or `down`.
+    pub state: String,
+}
+
+/// One event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventRecord {
+    /// Wall-clock time (ms since the Unix epoch).
+    pub at_unix_ms: u64,
+    /// What happened, in words.
+    pub text: String,
+}
+
+/// `YYYY-MM-DD HH:MM:SS.mmm` (UTC) for a Unix time in ms.
+pub fn format_utc(unix_ms: u64) -> String {
+    let secs = unix_ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil-from-days (proleptic Gregorian), after Howard Hinnant.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}.{:03}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        unix_ms % 1000
+    )
+}
+
+impl Status {
+    /// The human-readable form.
+    pub fn render(&self) -> String {
+        let mut o = String::new();
+        let q = &self.quorum;
+        let _ = writeln!(
+            o,
+            "cluster {}, node {} (incarnation {}, up {:.1} s)",
+            self.cluster,
+            self.node,
+            self.incarnation,
+            self.uptime_ms as f64 / 1000.0
+        );
+        let _ = writeln!(
+            o,
+            "quorum: {} ({} of {} votes, {} mode)",
+            if q.quorate {
+                "yes"
+            } else {
+                "NO — this node will not act"
+            },
+            q.votes,
+            q.expected,
+            q.mode
+        );
+        let _ = writeln!(
+            o,
+            "timing: heartbeat {} ms, deadtime {} ms",
+            self.heartbeat_ms, self.deadtime_ms
+        );
+        let _ = writeln!(o, "nodes:");
+        let _ = writeln!(o, "  {:<12} {:<8} links", self.node, "self");
+        for p in &self.peers {
+            let links: Vec<String> = p
+                .links
+                .iter()
+                .map(|l| format!("{}={}", l.link, l.state))
+                .collect();
+            let _ = writeln!(o, "  {:<12} {:<8} {}", p.name, p.state, links.join(" "));
+        }
+        let dropped: Vec<String> = self
+            .dropped
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(k, n)| format!("{k}={n}"))
+            .collect();
+        let _ = writeln!(
+            o,
+            "dropped packets: {}",
+            if dropped.is_empty() {
+                "none".to_string()
+            } else {
+                dropped.join(" ")
+            }
+        );
+        if !self.events.is_empty() {
+            let _ = writeln!(o, "recent events:");
+            for e in &self.events {
+                let _ = writeln!(o, "  {}  {}", format_utc(e.at_unix_ms), e.text);
+            }
+        }
+        o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_formatting() {
+        assert_eq!(format_utc(0), "1970-01-01 00:00:00.000");
+        assert_eq!(format_utc(951_782_400_123), "2000-02-29 00:00:00.123");
+        assert_eq!(format_utc(1_795_305_601_500), "2026-11-22 00:00:01.500");
+    }
+}
