@@ -235,10 +235,19 @@ impl Testbed {
             })
     }
 
-    /// Address of `node` on `link`: `10.77.<link index + 1>.<10 + node>`.
+    /// Third octet of `link`'s subnet (`10.77.<n>.0/24`); an unknown link
+    /// name falls back to the first link, as documented on the callers.
+    fn subnet_octet(&self, link: &str) -> u8 {
+        self.spec
+            .links
+            .iter()
+            .position(|l| l == link)
+            .map_or(1, |i| i as u8 + 1)
+    }
+
+    /// Address of `node` on `link` (the first link's if `link` is unknown): `10.77.<link index + 1>.<10 + node>`.
     pub fn address(&self, node: usize, link: &str) -> Ipv4Addr {
-        let li = self.spec.links.iter().position(|l| l == link).unwrap_or(0);
-        Ipv4Addr::new(10, 77, li as u8 + 1, 10 + node as u8)
+        Ipv4Addr::new(10, 77, self.subnet_octet(link), 10 + node as u8)
     }
 
     /// The client's address on the first link.
@@ -246,10 +255,10 @@ impl Testbed {
         Ipv4Addr::new(10, 77, 1, CLIENT_HOST)
     }
 
-    /// A free address on `link` for a floating IP (`10.77.<n>.100`).
+    /// A free address on `link` for a floating IP (`10.77.<n>.100`; the
+    /// first link's if `link` is unknown).
     pub fn vip(&self, link: &str) -> Ipv4Addr {
-        let li = self.spec.links.iter().position(|l| l == link).unwrap_or(0);
-        Ipv4Addr::new(10, 77, li as u8 + 1, 100)
+        Ipv4Addr::new(10, 77, self.subnet_octet(link), 100)
     }
 
     /// MAC address of `node`'s interface on `link`.

@@ -89,6 +89,21 @@ impl NodeCgroup {
         })
     }
 
+    /// Every existing cgroup whose name starts with `prefix`.
+    pub fn with_prefix(flavor: &Flavor, prefix: &str) -> Vec<NodeCgroup> {
+        fs::read_dir(flavor.root())
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+                    .map(|e| NodeCgroup {
+                        flavor: flavor.clone(),
+                        dir: e.path(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// The `cgroup.procs` file: writing a PID (or 0 for "myself") moves it in.
     pub fn procs_file(&self) -> PathBuf {
         self.dir.join("cgroup.procs")
@@ -153,13 +168,24 @@ impl NodeCgroup {
         Ok(())
     }
 
-    /// Thaws, then removes the cgroup. Its processes must be gone already.
+    /// Thaws, then removes the cgroup, retrying briefly while its last tasks
+    /// finish exiting. Its processes must have been killed already.
     pub fn remove(&self) -> io::Result<()> {
-        if !self.dir.exists() {
-            return Ok(());
-        }
         let _ = self.thaw();
-        fs::remove_dir(&self.dir)
+        let start = Instant::now();
+        loop {
+            match fs::remove_dir(&self.dir) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                Err(e) if start.elapsed() > SETTLE_LIMIT => {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("removing cgroup {}: {e}", self.dir.display()),
+                    ))
+                }
+                Err(_) => sleep(Duration::from_millis(10)),
+            }
+        }
     }
 
     /// The cgroup's directory.

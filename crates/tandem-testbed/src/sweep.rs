@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use rand::Rng;
 
-use crate::freezer::Flavor;
+use crate::freezer::{Flavor, NodeCgroup};
 use crate::sys::{netns_path, run};
 use crate::PREFIX;
 
@@ -148,30 +148,19 @@ pub fn remove_run(id: &str) -> Result<()> {
         .iter()
         .filter_map(|n| fs::metadata(netns_path(n)).ok().map(|m| m.ino()))
         .collect();
-    let cgroup_dirs: Vec<PathBuf> = Flavor::detect()
-        .ok()
-        .and_then(|f| fs::read_dir(f.root()).ok().map(|rd| (f, rd)))
-        .map(|(f, rd)| {
-            let _ = &f;
-            rd.flatten()
-                .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
-                .map(|e| e.path())
-                .collect()
-        })
+    let cgroups = Flavor::detect()
+        .map(|f| NodeCgroup::with_prefix(&f, &prefix))
         .unwrap_or_default();
     // Frozen processes only die once thawed.
-    for dir in &cgroup_dirs {
-        let _ = fs::write(dir.join("freezer.state"), "THAWED");
-        let _ = fs::write(dir.join("cgroup.freeze"), "0");
+    for cg in &cgroups {
+        let _ = cg.thaw();
     }
     let me = std::process::id() as i32;
     let start = Instant::now();
     loop {
         let mut pids: BTreeSet<i32> = pids_in_namespaces(&inodes).into_iter().collect();
-        for dir in &cgroup_dirs {
-            if let Ok(s) = fs::read_to_string(dir.join("cgroup.procs")) {
-                pids.extend(s.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
-            }
+        for cg in &cgroups {
+            pids.extend(cg.pids());
         }
         pids.remove(&me);
         if pids.is_empty() {
@@ -188,18 +177,8 @@ pub fn remove_run(id: &str) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    for dir in &cgroup_dirs {
-        // rmdir can race with the last exiting task; retry briefly.
-        let start = Instant::now();
-        while let Err(e) = fs::remove_dir(dir) {
-            if e.kind() == io::ErrorKind::NotFound {
-                break;
-            }
-            if start.elapsed() > KILL_LIMIT {
-                return Err(e).with_context(|| format!("removing cgroup {}", dir.display()));
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+    for cg in &cgroups {
+        cg.remove().context("removing a cgroup of the run")?;
     }
     for ns in &namespaces {
         run("ip", &["netns", "del", ns]).with_context(|| format!("deleting namespace {ns}"))?;

@@ -414,7 +414,7 @@ pub(super) fn validate(
         resources.push(r);
         group_monitors.push(m);
     }
-    check_hosting(&mut c, &file, &resources, &node_monitors);
+    check_hosting(&mut c, &file, &resources);
 
     // Errors first, each in file order, then warnings.
     c.diags
@@ -1337,14 +1337,9 @@ fn check_group_monitor(
     Some(spec)
 }
 
-/// Warns about a group that no preferred node can host: it needs a link
-/// (through its addresses or a ping monitor) that those nodes have no address on.
-fn check_hosting(
-    c: &mut Checker<'_>,
-    file: &ConfigFile,
-    resources: &[Vec<ResourceSpec>],
-    _node_monitors: &[MonitorSpec],
-) {
+/// Warns about a group that no preferred node can host: its addresses need a
+/// link that none of those nodes has an address on.
+fn check_hosting(c: &mut Checker<'_>, file: &ConfigFile, resources: &[Vec<ResourceSpec>]) {
     for (g, specs) in file.groups.iter().zip(resources) {
         let needed: BTreeSet<&str> = specs
             .iter()
