@@ -34,35 +34,63 @@ fn try_flock(f: &File) -> bool {
     unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
 }
 
+/// Creates `<id>.lock` already holding its `flock`: a private temporary file
+/// is locked first, then hard-linked into place (atomic, never overwrites).
+/// A sweeper therefore never sees the lock file of a live run unlocked.
+/// Returns None when `<id>.lock` exists already.
+fn create_locked(id: &str) -> io::Result<Option<File>> {
+    let tmp = Path::new(LOCK_DIR).join(format!(
+        ".{id}.{}.{:08x}.tmp",
+        std::process::id(),
+        rand::thread_rng().gen::<u32>()
+    ));
+    let f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+    let locked = try_flock(&f); // a fresh private file: nobody else holds it
+    let linked = if locked {
+        fs::hard_link(&tmp, lock_path(id))
+    } else {
+        Ok(())
+    };
+    let _ = fs::remove_file(&tmp);
+    match linked {
+        Ok(()) if locked => Ok(Some(f)),
+        Ok(()) => Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Picks a fresh run id and takes its lock; the file must stay open for the
 /// life of the run.
 pub fn new_run() -> Result<(String, File)> {
     fs::create_dir_all(LOCK_DIR).with_context(|| format!("creating {LOCK_DIR}"))?;
     for _ in 0..16 {
         let id = format!("{:06x}", rand::thread_rng().gen_range(0..0x100_0000u32));
-        let mut f = match OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(lock_path(&id))
-        {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e).context("creating a testbed lock file"),
-        };
-        if !try_flock(&f) {
-            continue;
+        if let Some(mut f) = create_locked(&id).context("creating a testbed lock file")? {
+            let _ = writeln!(f, "{}", std::process::id());
+            return Ok((id, f));
         }
-        let _ = writeln!(f, "{}", std::process::id());
-        return Ok((id, f));
     }
     anyhow::bail!("no free testbed run id after 16 tries; run `tandem-testbed sweep`")
 }
 
-/// True when no live process holds run `id`'s lock.
+/// True when no live process holds run `id`'s lock (a look only: nothing
+/// is claimed).
 pub fn is_stale(id: &str) -> bool {
     match File::open(lock_path(id)) {
         Ok(f) => try_flock(&f), // released when `f` drops
         Err(_) => true,
+    }
+}
+
+/// Takes run `id`'s lock when its owner is gone, so that exactly one sweeper
+/// removes it; None while a live process (or another sweeper) holds it.
+fn claim_stale(id: &str) -> io::Result<Option<File>> {
+    match File::open(lock_path(id)) {
+        Ok(f) => Ok(try_flock(&f).then_some(f)),
+        // Leftovers without a lock file: claim them by creating it.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => create_locked(id),
+        Err(e) => Err(e),
     }
 }
 
@@ -99,7 +127,9 @@ pub fn known_runs() -> BTreeSet<String> {
 pub fn sweep() -> Result<Vec<String>> {
     let mut removed = Vec::new();
     for id in known_runs() {
-        if is_stale(&id) {
+        let claim = claim_stale(&id).with_context(|| format!("checking testbed run {id}"))?;
+        if let Some(_held) = claim {
+            // The lock is held until the run is gone; remove_run unlinks it.
             remove_run(&id).with_context(|| format!("removing leftover testbed run {id}"))?;
             removed.push(id);
         }

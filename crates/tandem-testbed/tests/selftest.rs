@@ -562,3 +562,52 @@ fn sweep_removes_a_crashed_run_and_spares_live_ones() {
         "sweep removed a live run"
     );
 }
+
+/// Regression: a sweep running while another test created its run could find
+/// the new lock file before its owner had locked it, declare the run stale
+/// and delete the lock; later sweeps then removed the live run's namespaces
+/// (seen in CI as "Cannot open network namespace" mid-test). Lock files now
+/// appear already locked, and a sweeper claims a run before removing it.
+#[test]
+fn regression_sweep_never_claims_a_run_being_created() {
+    if !require_root("regression_sweep_never_claims_a_run_being_created") {
+        return;
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sweepers: Vec<_> = (0..2)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut sweeps = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && sweeps < 100_000 {
+                    sweep::sweep().unwrap();
+                    sweeps += 1;
+                }
+            })
+        })
+        .collect();
+    let creators: Vec<_> = (0..4)
+        .map(|_| {
+            std::thread::spawn(|| {
+                for _ in 0..300 {
+                    let (id, lock) = sweep::new_run().unwrap();
+                    let path = format!("{}/{id}.lock", sweep::LOCK_DIR);
+                    assert!(
+                        Path::new(&path).exists(),
+                        "a sweep removed live run {id}'s lock"
+                    );
+                    assert!(!sweep::is_stale(&id), "live run {id} looks stale");
+                    drop(lock);
+                    let _ = std::fs::remove_file(&path);
+                }
+            })
+        })
+        .collect();
+    for c in creators {
+        c.join().unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for s in sweepers {
+        s.join().unwrap();
+    }
+}
