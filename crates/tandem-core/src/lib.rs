@@ -12,7 +12,9 @@
 //! - [`wire`]: authenticated packet formats and replay protection.
 //! - [`failure_detector`]: per-link and per-node liveness from heartbeats and time.
 //! - [`quorum`]: the quorum rule over the membership view.
+//! - [`agreement`]: the replicated cluster record (a sans-IO Raft engine).
 
+pub mod agreement;
 pub mod config;
 pub mod diagnostic;
 pub mod failure_detector;

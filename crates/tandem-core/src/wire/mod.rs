@@ -47,7 +47,9 @@ pub type Key = [u8; 32];
 pub struct ClusterId(pub u64);
 
 /// Identifies a node on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct NodeId(pub u64);
 
 fn derive_id(context: &str, name: &str) -> u64 {

@@ -1,0 +1,990 @@
+//! Agreement: one replicated [`Record`] among the voters, by Raft.
+//!
+//! A sans-IO Raft engine: messages and `now` in, messages to send, state to
+//! persist and notes out. It has pre-vote (a node cut off and healed cannot
+//! depose a working leader), check-quorum (a leader that stops hearing a
+//! majority steps down within `election_min_ms`), leadership hand-off on a
+//! graceful stop, log compaction into a snapshot of the record, learners
+//! (non-voters that receive the record), and a hook for two-node clusters:
+//! a voter confirmed fenced counts as a vote (it is off, so it cannot vote
+//! elsewhere).
+//!
+//! Why not openraft: its engine is driven through async storage and network
+//! traits on a runtime, while the deterministic simulation (`tests/simulation.rs`)
+//! needs to step every node by hand with simulated time. The protocol here
+//! is the plain one from the Raft paper (sections 5 and 7, pre-vote and
+//! check-quorum from section 9.6 of the thesis) and small enough to check.
+//!
+//! The caller must apply an [`Output`] in order: write `persist` to stable
+//! storage (fsync) *before* sending any of `send`; Raft's safety rests on a
+//! vote or an appended entry being durable before anyone hears of it.
+
+pub mod record;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+pub use record::{Command, Intent, Placement, Record};
+
+use crate::wire::NodeId;
+
+/// Entries after the snapshot before the applied prefix is compacted.
+pub const COMPACT_AFTER: u64 = 128;
+/// Most uncommitted entries a leader accepts before refusing proposals.
+pub const MAX_UNCOMMITTED: u64 = 256;
+/// Most entries in one append message.
+pub const MAX_ENTRIES_PER_MESSAGE: usize = 32;
+
+/// Timers of the protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    /// A leader sends an append (maybe empty) to every peer this often.
+    pub heartbeat_ms: u64,
+    /// Election timeouts are drawn from `[election_min_ms, election_max_ms)`.
+    /// Also the window in which a leader must hear a majority.
+    pub election_min_ms: u64,
+    /// Upper bound of the election timeout.
+    pub election_max_ms: u64,
+}
+
+impl Timing {
+    /// Timers matching a membership profile: heartbeats with the
+    /// membership heartbeats, elections after about one deadtime.
+    pub fn from_membership(t: &crate::config::Timing) -> Self {
+        Timing {
+            heartbeat_ms: t.heartbeat_ms,
+            election_min_ms: t.deadtime_ms,
+            election_max_ms: t.deadtime_ms * 2,
+        }
+    }
+}
+
+/// One log entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Term of the leader that created it.
+    pub term: u64,
+    /// The change.
+    pub cmd: Command,
+}
+
+/// The record as of a log index, replacing the log before it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Last index included.
+    pub last_index: u64,
+    /// Term of that entry.
+    pub last_term: u64,
+    /// The record after applying every entry up to `last_index`.
+    pub record: Record,
+}
+
+/// What must survive a crash.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Durable {
+    /// Latest term seen.
+    pub term: u64,
+    /// Candidate voted for in `term`.
+    pub voted_for: Option<NodeId>,
+    /// Compacted prefix.
+    pub snapshot: Snapshot,
+    /// Entries after the snapshot; entry i has index `snapshot.last_index + 1 + i`.
+    pub log: Vec<Entry>,
+}
+
+/// Messages between voters and learners.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// "Would you vote for me in `term`?" (sent without changing term).
+    PreVote {
+        /// The term the sender would campaign in.
+        term: u64,
+        /// Sender's last log index.
+        last_index: u64,
+        /// Term of that entry.
+        last_term: u64,
+    },
+    /// Answer to [`Message::PreVote`].
+    PreVoteReply {
+        /// The asked term if granted, else the replier's term.
+        term: u64,
+        /// Whether it would vote.
+        granted: bool,
+    },
+    /// Request for a vote in `term`.
+    Vote {
+        /// Candidate's term.
+        term: u64,
+        /// Candidate's last log index.
+        last_index: u64,
+        /// Term of that entry.
+        last_term: u64,
+    },
+    /// Answer to [`Message::Vote`].
+    VoteReply {
+        /// Replier's term.
+        term: u64,
+        /// Whether the vote was given.
+        granted: bool,
+    },
+    /// Entries (maybe none) from the leader, and its commit index.
+    Append {
+        /// Leader's term.
+        term: u64,
+        /// Index before the first entry.
+        prev_index: u64,
+        /// Term of that entry.
+        prev_term: u64,
+        /// New entries.
+        entries: Vec<Entry>,
+        /// Leader's commit index.
+        commit: u64,
+    },
+    /// Answer to [`Message::Append`] and [`Message::InstallSnapshot`].
+    AppendReply {
+        /// Replier's term.
+        term: u64,
+        /// Whether the entries matched and were stored.
+        ok: bool,
+        /// If ok: index the replier now matches up to. Otherwise: where the
+        /// leader should retry from (the replier's last index or the index
+        /// before a conflicting term).
+        last_index: u64,
+    },
+    /// The leader's snapshot, for a follower behind the compacted prefix.
+    InstallSnapshot {
+        /// Leader's term.
+        term: u64,
+        /// The snapshot.
+        snapshot: Snapshot,
+    },
+    /// "Campaign now": the leader is stopping and hands over.
+    TimeoutNow {
+        /// Leader's term.
+        term: u64,
+    },
+}
+
+impl Message {
+    /// The term a message carries.
+    pub fn term(&self) -> u64 {
+        match self {
+            Message::PreVote { term, .. }
+            | Message::PreVoteReply { term, .. }
+            | Message::Vote { term, .. }
+            | Message::VoteReply { term, .. }
+            | Message::Append { term, .. }
+            | Message::AppendReply { term, .. }
+            | Message::InstallSnapshot { term, .. }
+            | Message::TimeoutNow { term } => *term,
+        }
+    }
+}
+
+/// Role in the current term.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Role {
+    /// Follows a leader (or waits for one).
+    Follower,
+    /// Asking whether an election could be won.
+    PreCandidate,
+    /// Campaigning.
+    Candidate,
+    /// Leads the term.
+    Leader,
+}
+
+/// Something the shell may want to log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Note {
+    /// The known leader changed (None: no leader known).
+    Leader {
+        /// Term.
+        term: u64,
+        /// Leader.
+        leader: Option<NodeId>,
+    },
+    /// Entries up to `index` are committed and applied to the record.
+    Applied {
+        /// Highest applied index.
+        index: u64,
+    },
+}
+
+/// Work for the shell, in order: persist, then send.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Output {
+    /// State to write durably before sending anything.
+    pub persist: Option<Durable>,
+    /// Messages to deliver.
+    pub send: Vec<(NodeId, Message)>,
+    /// Things that happened.
+    pub notes: Vec<Note>,
+}
+
+/// Why a proposal was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ProposeError {
+    /// Only the leader takes proposals.
+    #[error("this node is not the leader (leader: {leader:?})")]
+    NotLeader {
+        /// The leader, if known.
+        leader: Option<NodeId>,
+    },
+    /// Too many entries wait for a majority.
+    #[error("too many uncommitted entries; is a majority of voters reachable?")]
+    Busy,
+}
+
+/// A small deterministic generator for election timeouts (splitmix64).
+#[derive(Debug, Clone)]
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+/// The Raft engine of one node.
+#[derive(Debug, Clone)]
+pub struct Agreement {
+    id: NodeId,
+    voters: Vec<NodeId>,
+    learners: Vec<NodeId>,
+    fenced: BTreeSet<NodeId>,
+    timing: Timing,
+    durable: Durable,
+    dirty: bool,
+    role: Role,
+    leader: Option<NodeId>,
+    commit: u64,
+    applied: u64,
+    record: Record,
+    election_deadline_ms: u64,
+    /// When a leader was last heard (followers deny pre-votes while one is).
+    leader_contact_ms: Option<u64>,
+    rng: Rng,
+    votes: BTreeSet<NodeId>,
+    next: BTreeMap<NodeId, u64>,
+    matched: BTreeMap<NodeId, u64>,
+    last_ack_ms: BTreeMap<NodeId, u64>,
+    heartbeat_due_ms: u64,
+    quorum_check_due_ms: u64,
+    out: Output,
+}
+
+impl Agreement {
+    /// A node restarting from `durable` (default for a first start).
+    /// `seed` varies election timeouts between nodes and runs.
+    pub fn new(
+        id: NodeId,
+        voters: Vec<NodeId>,
+        learners: Vec<NodeId>,
+        timing: Timing,
+        durable: Durable,
+        now_ms: u64,
+        seed: u64,
+    ) -> Self {
+        let commit = durable.snapshot.last_index;
+        let record = durable.snapshot.record.clone();
+        let mut a = Agreement {
+            id,
+            voters,
+            learners,
+            fenced: BTreeSet::new(),
+            timing,
+            durable,
+            dirty: false,
+            role: Role::Follower,
+            leader: None,
+            commit,
+            applied: commit,
+            record,
+            election_deadline_ms: 0,
+            leader_contact_ms: None,
+            rng: Rng(seed ^ id.0),
+            votes: BTreeSet::new(),
+            next: BTreeMap::new(),
+            matched: BTreeMap::new(),
+            last_ack_ms: BTreeMap::new(),
+            heartbeat_due_ms: 0,
+            quorum_check_due_ms: 0,
+            out: Output::default(),
+        };
+        a.reset_election_timer(now_ms);
+        a
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// Current role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// Current term.
+    pub fn term(&self) -> u64 {
+        self.durable.term
+    }
+
+    /// The leader of the current term, if known.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.leader
+    }
+
+    /// Highest committed index known here.
+    pub fn commit_index(&self) -> u64 {
+        self.commit
+    }
+
+    /// Last index in the log.
+    pub fn last_index(&self) -> u64 {
+        self.durable.snapshot.last_index + self.durable.log.len() as u64
+    }
+
+    /// The record as of the committed prefix applied here.
+    pub fn record(&self) -> &Record {
+        &self.record
+    }
+
+    /// The durable state (as last handed out to persist, or loaded).
+    pub fn durable(&self) -> &Durable {
+        &self.durable
+    }
+
+    /// Term of the entry at `index`, if still held.
+    pub fn term_at(&self, index: u64) -> Option<u64> {
+        let snap = &self.durable.snapshot;
+        if index == snap.last_index {
+            return Some(snap.last_term);
+        }
+        if index < snap.last_index {
+            return None;
+        }
+        self.durable
+            .log
+            .get((index - snap.last_index - 1) as usize)
+            .map(|e| e.term)
+    }
+
+    /// The entry at `index`, if still in the log (not compacted).
+    pub fn entry(&self, index: u64) -> Option<&Entry> {
+        let snap = self.durable.snapshot.last_index;
+        if index <= snap {
+            return None;
+        }
+        self.durable.log.get((index - snap - 1) as usize)
+    }
+
+    /// When [`Agreement::on_tick`] must next be called.
+    pub fn next_deadline(&self) -> u64 {
+        match self.role {
+            Role::Leader => self.heartbeat_due_ms.min(self.quorum_check_due_ms),
+            _ => self.election_deadline_ms,
+        }
+    }
+
+    /// Takes the work accumulated so far.
+    pub fn take_output(&mut self) -> Output {
+        let mut out = std::mem::take(&mut self.out);
+        if self.dirty {
+            self.dirty = false;
+            out.persist = Some(self.durable.clone());
+        }
+        out
+    }
+
+    /// Whether `id` votes.
+    pub fn is_voter(&self, id: NodeId) -> bool {
+        self.voters.contains(&id)
+    }
+
+    /// Marks a voter as confirmed fenced (it counts as a vote and as an
+    /// acknowledgement) or clears that when it is seen alive again.
+    pub fn set_fenced(&mut self, now_ms: u64, peer: NodeId, fenced: bool) {
+        let changed = if fenced {
+            self.fenced.insert(peer)
+        } else {
+            self.fenced.remove(&peer)
+        };
+        if changed && self.role == Role::Leader {
+            self.advance_commit();
+        } else if changed && fenced && self.leader == Some(peer) {
+            self.on_peer_dead(now_ms, peer);
+        }
+    }
+
+    /// The membership layer declared `peer` dead: if it led, campaign now
+    /// instead of waiting for the election timeout.
+    pub fn on_peer_dead(&mut self, now_ms: u64, peer: NodeId) {
+        if self.leader == Some(peer) && self.role != Role::Leader {
+            self.leader_contact_ms = None;
+            self.set_leader(None);
+            if self.is_voter(self.id) {
+                // Every survivor learns this at about the same moment; a
+                // jitter of up to two heartbeats keeps them from splitting
+                // the vote.
+                let jitter = self.rng.next() % (2 * self.timing.heartbeat_ms).max(1);
+                self.election_deadline_ms = now_ms + jitter;
+            }
+        }
+    }
+
+    /// Proposes a command; returns its log index once appended here.
+    pub fn propose(&mut self, now_ms: u64, cmd: Command) -> Result<u64, ProposeError> {
+        if self.role != Role::Leader {
+            return Err(ProposeError::NotLeader {
+                leader: self.leader,
+            });
+        }
+        if self.last_index() - self.commit >= MAX_UNCOMMITTED {
+            return Err(ProposeError::Busy);
+        }
+        let index = self.append_local(cmd);
+        self.broadcast(now_ms);
+        Ok(index)
+    }
+
+    /// A graceful stop: a leader hands leadership to the most up-to-date
+    /// voter so the cluster need not wait for an election timeout.
+    pub fn hand_off(&mut self) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let last = self.last_index();
+        let best = self
+            .voters
+            .iter()
+            .filter(|v| **v != self.id && !self.fenced.contains(v))
+            .max_by_key(|v| (self.matched.get(v).copied().unwrap_or(0), v.0));
+        if let Some(&to) = best {
+            if self.matched.get(&to).copied().unwrap_or(0) == last {
+                self.out.send.push((
+                    to,
+                    Message::TimeoutNow {
+                        term: self.durable.term,
+                    },
+                ));
+            }
+        }
+    }
+
+    /// Timers: heartbeats and check-quorum for a leader, elections otherwise.
+    pub fn on_tick(&mut self, now_ms: u64) {
+        if self.role == Role::Leader {
+            if now_ms >= self.quorum_check_due_ms {
+                self.quorum_check_due_ms = now_ms + self.timing.election_min_ms;
+                let since = now_ms.saturating_sub(self.timing.election_min_ms);
+                let acks = self.last_ack_ms.clone();
+                if !self.is_majority(|v| acks.get(&v).is_some_and(|t| *t >= since)) {
+                    self.become_follower(now_ms, self.durable.term, None);
+                    return;
+                }
+            }
+            if now_ms >= self.heartbeat_due_ms {
+                self.broadcast(now_ms);
+            }
+        } else if now_ms >= self.election_deadline_ms {
+            self.reset_election_timer(now_ms);
+            if self.is_voter(self.id) {
+                self.start_pre_vote(now_ms);
+            }
+        }
+    }
+
+    /// Handles a message from `from`.
+    pub fn on_message(&mut self, now_ms: u64, from: NodeId, msg: Message) {
+        if from == self.id || !(self.is_voter(from) || self.learners.contains(&from)) {
+            return;
+        }
+        let term = self.durable.term;
+        match msg {
+            Message::PreVote {
+                term: t,
+                last_index,
+                last_term,
+            } => {
+                let leader_fresh = self.role == Role::Leader
+                    || self
+                        .leader_contact_ms
+                        .is_some_and(|c| now_ms < c + self.timing.election_min_ms);
+                let granted = t > term && !leader_fresh && self.log_ok(last_index, last_term);
+                let reply_term = if granted { t } else { term };
+                self.out.send.push((
+                    from,
+                    Message::PreVoteReply {
+                        term: reply_term,
+                        granted,
+                    },
+                ));
+            }
+            Message::PreVoteReply { term: t, granted } => {
+                if granted && self.role == Role::PreCandidate && t == term + 1 {
+                    self.votes.insert(from);
+                    self.check_pre_vote_won(now_ms);
+                } else if !granted && t > term {
+                    self.become_follower(now_ms, t, None);
+                }
+            }
+            Message::Vote {
+                term: t,
+                last_index,
+                last_term,
+            } => {
+                if t > term {
+                    self.become_follower(now_ms, t, None);
+                }
+                let term = self.durable.term;
+                let granted = t == term
+                    && self.durable.voted_for.map_or(true, |v| v == from)
+                    && self.log_ok(last_index, last_term);
+                if granted && self.durable.voted_for.is_none() {
+                    self.durable.voted_for = Some(from);
+                    self.dirty = true;
+                    self.reset_election_timer(now_ms);
+                }
+                self.out
+                    .send
+                    .push((from, Message::VoteReply { term, granted }));
+            }
+            Message::VoteReply { term: t, granted } => {
+                if t > term {
+                    self.become_follower(now_ms, t, None);
+                } else if granted && t == term && self.role == Role::Candidate {
+                    self.votes.insert(from);
+                    if self.is_majority(|v| self.votes.contains(&v)) {
+                        self.become_leader(now_ms);
+                    }
+                }
+            }
+            Message::Append {
+                term: t,
+                prev_index,
+                prev_term,
+                entries,
+                commit,
+            } => {
+                if t < term {
+                    self.refuse_append(from);
+                    return;
+                }
+                self.follow(now_ms, t, from);
+                self.on_append(from, prev_index, prev_term, entries, commit);
+            }
+            Message::InstallSnapshot { term: t, snapshot } => {
+                if t < term {
+                    self.refuse_append(from);
+                    return;
+                }
+                self.follow(now_ms, t, from);
+                self.on_snapshot(from, snapshot);
+            }
+            Message::AppendReply {
+                term: t,
+                ok,
+                last_index,
+            } => {
+                if t > term {
+                    self.become_follower(now_ms, t, None);
+                } else if t == term && self.role == Role::Leader {
+                    self.on_append_reply(now_ms, from, ok, last_index);
+                }
+            }
+            Message::TimeoutNow { term: t } => {
+                if t == term && self.leader == Some(from) && self.is_voter(self.id) {
+                    self.start_election(now_ms);
+                }
+            }
+        }
+    }
+
+    fn log_ok(&self, last_index: u64, last_term: u64) -> bool {
+        let my_term = self.term_at(self.last_index()).unwrap_or(0);
+        (last_term, last_index) >= (my_term, self.last_index())
+    }
+
+    fn is_majority(&self, yes: impl Fn(NodeId) -> bool) -> bool {
+        let count = self
+            .voters
+            .iter()
+            .filter(|&&v| v == self.id || self.fenced.contains(&v) || yes(v))
+            .count();
+        count * 2 > self.voters.len()
+    }
+
+    fn reset_election_timer(&mut self, now_ms: u64) {
+        let span = self
+            .timing
+            .election_max_ms
+            .saturating_sub(self.timing.election_min_ms)
+            .max(1);
+        self.election_deadline_ms = now_ms + self.timing.election_min_ms + self.rng.next() % span;
+    }
+
+    fn set_leader(&mut self, leader: Option<NodeId>) {
+        if self.leader != leader {
+            self.leader = leader;
+            self.out.notes.push(Note::Leader {
+                term: self.durable.term,
+                leader,
+            });
+        }
+    }
+
+    fn become_follower(&mut self, now_ms: u64, term: u64, leader: Option<NodeId>) {
+        if term > self.durable.term {
+            self.durable.term = term;
+            self.durable.voted_for = None;
+            self.dirty = true;
+        }
+        if self.role != Role::Follower {
+            self.reset_election_timer(now_ms);
+        }
+        self.role = Role::Follower;
+        self.votes.clear();
+        self.set_leader(leader);
+    }
+
+    /// Accepts `from` as the leader of `term` (an append or snapshot came).
+    fn follow(&mut self, now_ms: u64, term: u64, from: NodeId) {
+        self.become_follower(now_ms, term, Some(from));
+        self.leader_contact_ms = Some(now_ms);
+        self.reset_election_timer(now_ms);
+    }
+
+    fn start_pre_vote(&mut self, now_ms: u64) {
+        self.role = Role::PreCandidate;
+        self.set_leader(None);
+        self.votes = BTreeSet::from([self.id]);
+        let (last_index, last_term) = self.last();
+        for v in self.other_voters() {
+            self.out.send.push((
+                v,
+                Message::PreVote {
+                    term: self.durable.term + 1,
+                    last_index,
+                    last_term,
+                },
+            ));
+        }
+        self.check_pre_vote_won(now_ms);
+    }
+
+    fn check_pre_vote_won(&mut self, now_ms: u64) {
+        if self.role == Role::PreCandidate && self.is_majority(|v| self.votes.contains(&v)) {
+            self.start_election(now_ms);
+        }
+    }
+
+    fn start_election(&mut self, now_ms: u64) {
+        self.durable.term += 1;
+        self.durable.voted_for = Some(self.id);
+        self.dirty = true;
+        self.role = Role::Candidate;
+        self.set_leader(None);
+        self.votes = BTreeSet::from([self.id]);
+        self.reset_election_timer(now_ms);
+        let (last_index, last_term) = self.last();
+        for v in self.other_voters() {
+            self.out.send.push((
+                v,
+                Message::Vote {
+                    term: self.durable.term,
+                    last_index,
+                    last_term,
+                },
+            ));
+        }
+        if self.is_majority(|v| self.votes.contains(&v)) {
+            self.become_leader(now_ms);
+        }
+    }
+
+    fn become_leader(&mut self, now_ms: u64) {
+        self.role = Role::Leader;
+        self.votes.clear();
+        self.set_leader(Some(self.id));
+        let next = self.last_index() + 1;
+        let peers: Vec<NodeId> = self.peers().collect();
+        self.next = peers.iter().map(|p| (*p, next)).collect();
+        self.matched = peers.iter().map(|p| (*p, 0)).collect();
+        // Every peer gets one check-quorum window to answer.
+        self.last_ack_ms = peers.iter().map(|p| (*p, now_ms)).collect();
+        self.quorum_check_due_ms = now_ms + self.timing.election_min_ms;
+        self.append_local(Command::Noop);
+        self.broadcast(now_ms);
+    }
+
+    fn append_local(&mut self, cmd: Command) -> u64 {
+        self.durable.log.push(Entry {
+            term: self.durable.term,
+            cmd,
+        });
+        self.dirty = true;
+        let index = self.last_index();
+        self.advance_commit();
+        index
+    }
+
+    fn last(&self) -> (u64, u64) {
+        let i = self.last_index();
+        (i, self.term_at(i).unwrap_or(0))
+    }
+
+    fn other_voters(&self) -> Vec<NodeId> {
+        self.voters
+            .iter()
+            .copied()
+            .filter(|v| *v != self.id)
+            .collect()
+    }
+
+    fn peers(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.voters
+            .iter()
+            .chain(&self.learners)
+            .copied()
+            .filter(|p| *p != self.id)
+    }
+
+    fn broadcast(&mut self, now_ms: u64) {
+        self.heartbeat_due_ms = now_ms + self.timing.heartbeat_ms;
+        let peers: Vec<NodeId> = self.peers().collect();
+        for p in peers {
+            self.send_append(p);
+        }
+    }
+
+    fn send_append(&mut self, to: NodeId) {
+        let next = self.next.get(&to).copied().unwrap_or(1).max(1);
+        let snap = &self.durable.snapshot;
+        if next <= snap.last_index {
+            let msg = Message::InstallSnapshot {
+                term: self.durable.term,
+                snapshot: snap.clone(),
+            };
+            self.out.send.push((to, msg));
+            return;
+        }
+        let prev_index = next - 1;
+        let prev_term = self.term_at(prev_index).unwrap_or(0);
+        let from = (prev_index - snap.last_index) as usize;
+        let entries: Vec<Entry> = self
+            .durable
+            .log
+            .iter()
+            .skip(from)
+            .take(MAX_ENTRIES_PER_MESSAGE)
+            .cloned()
+            .collect();
+        let msg = Message::Append {
+            term: self.durable.term,
+            prev_index,
+            prev_term,
+            entries,
+            commit: self.commit,
+        };
+        self.out.send.push((to, msg));
+    }
+
+    /// Refuses an append; the last index tells the leader where to retry.
+    fn refuse_append(&mut self, to: NodeId) {
+        let msg = Message::AppendReply {
+            term: self.durable.term,
+            ok: false,
+            last_index: self.last_index(),
+        };
+        self.out.send.push((to, msg));
+    }
+
+    fn on_append(
+        &mut self,
+        from: NodeId,
+        mut prev_index: u64,
+        mut prev_term: u64,
+        mut entries: Vec<Entry>,
+        commit: u64,
+    ) {
+        let snap = self.durable.snapshot.last_index;
+        if prev_index < snap {
+            // Everything up to the snapshot is committed, so it matches.
+            let skip = (snap - prev_index) as usize;
+            if skip > entries.len() {
+                let msg = Message::AppendReply {
+                    term: self.durable.term,
+                    ok: true,
+                    last_index: snap,
+                };
+                self.out.send.push((from, msg));
+                return;
+            }
+            entries.drain(..skip);
+            prev_index = snap;
+            prev_term = self.durable.snapshot.last_term;
+        }
+        if prev_index > self.last_index() {
+            self.refuse_append(from);
+            return;
+        }
+        if let Some(t) = self.term_at(prev_index).filter(|t| *t != prev_term) {
+            // Skip back over the whole conflicting term in one round trip.
+            let mut hint = prev_index - 1;
+            while hint > snap && self.term_at(hint) == Some(t) {
+                hint -= 1;
+            }
+            let msg = Message::AppendReply {
+                term: self.durable.term,
+                ok: false,
+                last_index: hint,
+            };
+            self.out.send.push((from, msg));
+            return;
+        }
+        let mut index = prev_index;
+        for e in entries {
+            index += 1;
+            match self.term_at(index) {
+                Some(t) if t == e.term => continue,
+                Some(_) => {
+                    debug_assert!(index > self.commit, "truncating a committed entry");
+                    if index <= self.commit {
+                        // Never drop a committed entry; refuse instead.
+                        self.refuse_append(from);
+                        return;
+                    }
+                    self.durable.log.truncate((index - snap - 1) as usize);
+                    self.durable.log.push(e);
+                }
+                None => self.durable.log.push(e),
+            }
+            self.dirty = true;
+        }
+        let new_commit = commit.min(index);
+        if new_commit > self.commit {
+            self.commit = new_commit;
+            self.apply_committed();
+        }
+        let msg = Message::AppendReply {
+            term: self.durable.term,
+            ok: true,
+            last_index: index,
+        };
+        self.out.send.push((from, msg));
+    }
+
+    fn on_snapshot(&mut self, from: NodeId, snapshot: Snapshot) {
+        if snapshot.last_index <= self.commit {
+            let msg = Message::AppendReply {
+                term: self.durable.term,
+                ok: true,
+                last_index: self.commit,
+            };
+            self.out.send.push((from, msg));
+            return;
+        }
+        let keep = if self.term_at(snapshot.last_index) == Some(snapshot.last_term) {
+            let cut = (snapshot.last_index - self.durable.snapshot.last_index) as usize;
+            self.durable.log.split_off(cut.min(self.durable.log.len()))
+        } else {
+            Vec::new()
+        };
+        self.durable.log = keep;
+        self.commit = snapshot.last_index;
+        self.applied = snapshot.last_index;
+        self.record = snapshot.record.clone();
+        let index = snapshot.last_index;
+        self.durable.snapshot = snapshot;
+        self.dirty = true;
+        self.out.notes.push(Note::Applied { index });
+        let msg = Message::AppendReply {
+            term: self.durable.term,
+            ok: true,
+            last_index: index,
+        };
+        self.out.send.push((from, msg));
+    }
+
+    fn on_append_reply(&mut self, now_ms: u64, from: NodeId, ok: bool, last_index: u64) {
+        self.last_ack_ms.insert(from, now_ms);
+        let next = self.next.get(&from).copied().unwrap_or(1);
+        if ok {
+            let acked = last_index.min(self.last_index());
+            let m = self.matched.entry(from).or_insert(0);
+            *m = (*m).max(acked);
+            let m = *m;
+            self.next.insert(from, m + 1);
+            self.advance_commit();
+            if m < self.last_index() {
+                self.send_append(from);
+            }
+        } else {
+            let retry = next.saturating_sub(1).min(last_index + 1).max(1);
+            self.next.insert(from, retry);
+            self.send_append(from);
+        }
+    }
+
+    fn advance_commit(&mut self) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let term = self.durable.term;
+        let mut n = self.last_index();
+        while n > self.commit {
+            // Only entries of the current term commit by counting (Raft 5.4.2).
+            if self.term_at(n) == Some(term)
+                && self.is_majority(|v| self.matched.get(&v).is_some_and(|m| *m >= n))
+            {
+                self.commit = n;
+                self.apply_committed();
+                return;
+            }
+            n -= 1;
+        }
+    }
+
+    fn apply_committed(&mut self) {
+        let start = self.applied;
+        while self.applied < self.commit {
+            let next = self.applied + 1;
+            let Some(e) = self.entry(next) else { break };
+            let cmd = e.cmd.clone();
+            self.record.apply(&cmd);
+            self.applied = next;
+        }
+        if self.applied > start {
+            self.out.notes.push(Note::Applied {
+                index: self.applied,
+            });
+        }
+        self.compact();
+    }
+
+    fn compact(&mut self) {
+        let snap = self.durable.snapshot.last_index;
+        if self.applied - snap < COMPACT_AFTER {
+            return;
+        }
+        let last_term = self.term_at(self.applied).unwrap_or(0);
+        let drop = (self.applied - snap) as usize;
+        self.durable.log.drain(..drop);
+        self.durable.snapshot = Snapshot {
+            last_index: self.applied,
+            last_term,
+            record: self.record.clone(),
+        };
+        self.dirty = true;
+    }
+}
+
+#[cfg(test)]
+mod tests;

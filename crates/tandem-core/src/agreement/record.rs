@@ -1,0 +1,228 @@
+//! The agreed cluster record: what the cluster is doing, as every voter
+//! agrees on it, and the commands that change it.
+//!
+//! The record only changes by applying committed [`Command`]s in log order,
+//! so every node that applied the same prefix holds the same record.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Where a resource group is placed, with the epoch of that decision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    /// The node that hosts the group; None when it is stopped everywhere.
+    pub node: Option<String>,
+    /// Grows by one at every placement change of this group, so an agent
+    /// acting on an older decision can tell it is stale.
+    pub epoch: u64,
+}
+
+/// An administrator's standing wish, kept until revoked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Intent {
+    /// The node hosts nothing (`tandem node standby`).
+    Standby,
+    /// The group is left alone: not started, stopped or monitored.
+    Maintenance,
+}
+
+/// One change to the record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Appended by every new leader so that entries of earlier terms commit.
+    Noop,
+    /// The configuration the leader runs, identified by a hash of its
+    /// content; a new hash starts a new config epoch.
+    Config {
+        /// BLAKE3 of the configuration text, hex.
+        hash: String,
+        /// Member node names, in configuration order.
+        members: Vec<String>,
+    },
+    /// Places `group` on `node` (None: stopped).
+    Place {
+        /// Group name.
+        group: String,
+        /// Target node.
+        node: Option<String>,
+    },
+    /// Sets (Some) or clears (None) an intent on a node or group.
+    SetIntent {
+        /// Node or group name.
+        target: String,
+        /// The intent.
+        intent: Intent,
+        /// Whether it now holds.
+        on: bool,
+    },
+    /// Sets the fail count of `group` on `node` (0 clears it).
+    FailCount {
+        /// Group name.
+        group: String,
+        /// Node name.
+        node: String,
+        /// New count.
+        count: u32,
+    },
+    /// Records that `node` was fenced successfully at `at_unix_ms`.
+    Fenced {
+        /// Node name.
+        node: String,
+        /// When the fence device confirmed it.
+        at_unix_ms: u64,
+    },
+}
+
+/// The replicated record.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// Grows by one at every distinct configuration applied.
+    pub config_epoch: u64,
+    /// Hash of the configuration of `config_epoch`.
+    pub config_hash: String,
+    /// Member node names.
+    pub members: Vec<String>,
+    /// Placement of every group ever placed.
+    pub placements: BTreeMap<String, Placement>,
+    /// Intents in force: (target, intent).
+    pub intents: Vec<(String, Intent)>,
+    /// Fail counts: (group, node) -> count, zero counts removed.
+    pub fail_counts: BTreeMap<String, BTreeMap<String, u32>>,
+    /// Last successful fence of each node.
+    pub fenced: BTreeMap<String, u64>,
+}
+
+impl Record {
+    /// Applies one committed command.
+    pub fn apply(&mut self, cmd: &Command) {
+        match cmd {
+            Command::Noop => {}
+            Command::Config { hash, members } => {
+                if *hash != self.config_hash {
+                    self.config_epoch += 1;
+                    self.config_hash = hash.clone();
+                }
+                self.members = members.clone();
+            }
+            Command::Place { group, node } => {
+                let p = self.placements.entry(group.clone()).or_insert(Placement {
+                    node: None,
+                    epoch: 0,
+                });
+                if p.node != *node || p.epoch == 0 {
+                    p.node = node.clone();
+                    p.epoch += 1;
+                }
+            }
+            Command::SetIntent { target, intent, on } => {
+                let item = (target.clone(), *intent);
+                let present = self.intents.contains(&item);
+                if *on && !present {
+                    self.intents.push(item);
+                    self.intents.sort();
+                } else if !*on && present {
+                    self.intents.retain(|i| *i != item);
+                }
+            }
+            Command::FailCount { group, node, count } => {
+                if *count == 0 {
+                    if let Some(g) = self.fail_counts.get_mut(group) {
+                        g.remove(node);
+                        if g.is_empty() {
+                            self.fail_counts.remove(group);
+                        }
+                    }
+                } else {
+                    self.fail_counts
+                        .entry(group.clone())
+                        .or_default()
+                        .insert(node.clone(), *count);
+                }
+            }
+            Command::Fenced { node, at_unix_ms } => {
+                self.fenced.insert(node.clone(), *at_unix_ms);
+            }
+        }
+    }
+
+    /// Whether `target` has `intent` in force.
+    pub fn has_intent(&self, target: &str, intent: Intent) -> bool {
+        self.intents
+            .iter()
+            .any(|(t, i)| t == target && *i == intent)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn place(group: &str, node: Option<&str>) -> Command {
+        Command::Place {
+            group: group.into(),
+            node: node.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn placement_epochs_grow_only_on_change() {
+        let mut r = Record::default();
+        r.apply(&place("web", Some("n1")));
+        assert_eq!(r.placements["web"].epoch, 1);
+        r.apply(&place("web", Some("n1")));
+        assert_eq!(r.placements["web"].epoch, 1);
+        r.apply(&place("web", Some("n2")));
+        r.apply(&place("web", None));
+        assert_eq!(
+            r.placements["web"],
+            Placement {
+                node: None,
+                epoch: 3
+            }
+        );
+    }
+
+    #[test]
+    fn config_epoch_counts_distinct_configurations() {
+        let mut r = Record::default();
+        let cfg = |h: &str| Command::Config {
+            hash: h.into(),
+            members: vec!["n1".into()],
+        };
+        r.apply(&cfg("a"));
+        r.apply(&cfg("a"));
+        r.apply(&cfg("b"));
+        assert_eq!((r.config_epoch, r.config_hash.as_str()), (2, "b"));
+    }
+
+    #[test]
+    fn intents_and_fail_counts_set_and_clear() {
+        let mut r = Record::default();
+        let intent = |on| Command::SetIntent {
+            target: "n2".into(),
+            intent: Intent::Standby,
+            on,
+        };
+        r.apply(&intent(true));
+        r.apply(&intent(true));
+        assert_eq!(r.intents.len(), 1);
+        assert!(r.has_intent("n2", Intent::Standby));
+        r.apply(&intent(false));
+        assert!(!r.has_intent("n2", Intent::Standby));
+        let fc = |count| Command::FailCount {
+            group: "web".into(),
+            node: "n1".into(),
+            count,
+        };
+        r.apply(&fc(2));
+        assert_eq!(r.fail_counts["web"]["n1"], 2);
+        r.apply(&fc(0));
+        assert!(r.fail_counts.is_empty());
+        r.apply(&Command::Fenced {
+            node: "n2".into(),
+            at_unix_ms: 5,
+        });
+        assert_eq!(r.fenced["n2"], 5);
+    }
+}

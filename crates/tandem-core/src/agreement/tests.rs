@@ -1,0 +1,325 @@
+//! Scenario tests of the engine with a lossless, instant in-memory network.
+//! (Random faults, delays and crashes are in `tests/simulation.rs`.)
+
+use super::*;
+
+const T: Timing = Timing {
+    heartbeat_ms: 50,
+    election_min_ms: 250,
+    election_max_ms: 500,
+};
+
+fn id(i: usize) -> NodeId {
+    NodeId(i as u64 + 1)
+}
+
+/// Nodes 0..voters vote; the rest are learners.
+struct Net {
+    nodes: Vec<Agreement>,
+    durable: Vec<Durable>,
+    up: Vec<bool>,
+    /// cut[a][b]: messages from a to b are lost.
+    cut: Vec<Vec<bool>>,
+    now: u64,
+}
+
+impl Net {
+    fn new(voters: usize, learners: usize) -> Net {
+        let n = voters + learners;
+        let v: Vec<NodeId> = (0..voters).map(id).collect();
+        let l: Vec<NodeId> = (voters..n).map(id).collect();
+        Net {
+            nodes: (0..n)
+                .map(|i| Agreement::new(id(i), v.clone(), l.clone(), T, Durable::default(), 0, 7))
+                .collect(),
+            durable: vec![Durable::default(); n],
+            up: vec![true; n],
+            cut: vec![vec![false; n]; n],
+            now: 0,
+        }
+    }
+
+    /// Delivers until quiet, then advances time in 10 ms steps for `ms`.
+    fn run(&mut self, ms: u64) {
+        let end = self.now + ms;
+        loop {
+            self.deliver();
+            if self.now >= end {
+                return;
+            }
+            self.now += 10;
+            for i in 0..self.nodes.len() {
+                if self.up[i] && self.nodes[i].next_deadline() <= self.now {
+                    self.nodes[i].on_tick(self.now);
+                }
+            }
+        }
+    }
+
+    fn deliver(&mut self) {
+        for _round in 0..1000 {
+            let mut any = false;
+            for i in 0..self.nodes.len() {
+                if !self.up[i] {
+                    continue;
+                }
+                let out = self.nodes[i].take_output();
+                if let Some(d) = out.persist {
+                    self.durable[i] = d;
+                }
+                for (to, msg) in out.send {
+                    let j = (to.0 - 1) as usize;
+                    if self.up[j] && !self.cut[i][j] {
+                        any = true;
+                        self.nodes[j].on_message(self.now, id(i), msg);
+                    }
+                }
+            }
+            if !any {
+                return;
+            }
+        }
+        panic!("messages never stopped flowing");
+    }
+
+    fn leaders(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| self.up[i] && self.nodes[i].role() == Role::Leader)
+            .collect()
+    }
+
+    fn leader(&self) -> usize {
+        let l = self.leaders();
+        assert_eq!(l.len(), 1, "expected one leader, got {l:?}");
+        l[0]
+    }
+
+    fn isolate(&mut self, i: usize, cut: bool) {
+        for j in 0..self.nodes.len() {
+            self.cut[i][j] = cut;
+            self.cut[j][i] = cut;
+        }
+    }
+
+    fn crash(&mut self, i: usize) {
+        self.up[i] = false;
+    }
+
+    fn restart(&mut self, i: usize) {
+        let (v, l) = (self.nodes[i].voters.clone(), self.nodes[i].learners.clone());
+        self.nodes[i] = Agreement::new(id(i), v, l, T, self.durable[i].clone(), self.now, 99);
+        self.up[i] = true;
+    }
+
+    fn propose(&mut self, group: &str, node: &str) -> u64 {
+        let l = self.leader();
+        let cmd = Command::Place {
+            group: group.into(),
+            node: Some(node.into()),
+        };
+        self.nodes[l].propose(self.now, cmd).unwrap()
+    }
+}
+
+#[test]
+fn three_voters_elect_one_leader_and_replicate() {
+    let mut net = Net::new(3, 0);
+    net.run(1500);
+    let l = net.leader();
+    let i = net.propose("web", "n1");
+    net.run(200);
+    for n in &net.nodes {
+        assert!(n.commit_index() >= i);
+        assert_eq!(n.record().placements["web"].node.as_deref(), Some("n1"));
+        assert_eq!(n.leader(), Some(id(l)));
+    }
+}
+
+#[test]
+fn leader_crash_elects_another_that_keeps_the_record() {
+    let mut net = Net::new(3, 0);
+    net.run(1500);
+    net.propose("web", "n1");
+    net.run(200);
+    let old = net.leader();
+    let term = net.nodes[old].term();
+    net.crash(old);
+    net.run(1500);
+    let new = net.leader();
+    assert_ne!(new, old);
+    assert!(net.nodes[new].term() > term);
+    assert_eq!(net.nodes[new].record().placements["web"].epoch, 1);
+    net.restart(old);
+    net.run(500);
+    assert_eq!(
+        net.leader(),
+        new,
+        "a restarted node does not depose the leader"
+    );
+    assert_eq!(
+        net.nodes[old].record().placements["web"].node.as_deref(),
+        Some("n1")
+    );
+}
+
+#[test]
+fn peer_dead_hint_elects_within_one_deadtime() {
+    let mut net = Net::new(3, 0);
+    net.run(1500);
+    let old = net.leader();
+    net.crash(old);
+    let t0 = net.now;
+    for i in 0..3 {
+        if i != old {
+            let now = net.now;
+            net.nodes[i].on_peer_dead(now, id(old));
+        }
+    }
+    while net.leaders().is_empty() && net.now < t0 + 2000 {
+        net.run(10);
+    }
+    assert!(net.now - t0 <= 150, "new leader after {} ms", net.now - t0);
+}
+
+#[test]
+fn minority_cannot_commit_and_leader_steps_down() {
+    let mut net = Net::new(3, 0);
+    net.run(1500);
+    let l = net.leader();
+    net.isolate(l, true);
+    let now = net.now;
+    let idx = net.nodes[l].propose(now, Command::Noop).unwrap();
+    net.run(600);
+    assert!(net.nodes[l].commit_index() < idx);
+    assert_ne!(net.nodes[l].role(), Role::Leader, "check-quorum");
+    // The majority side elected someone else.
+    let others: Vec<usize> = net.leaders().into_iter().filter(|&i| i != l).collect();
+    assert_eq!(others.len(), 1);
+    net.isolate(l, false);
+    net.run(600);
+    let l2 = net.leader();
+    // The uncommitted entry of the old leader was replaced consistently.
+    let c = net.nodes[l2].commit_index();
+    for n in &net.nodes {
+        assert_eq!(n.commit_index(), c);
+        assert_eq!(n.term_at(c), net.nodes[l2].term_at(c));
+    }
+}
+
+#[test]
+fn isolated_node_does_not_inflate_its_term() {
+    let mut net = Net::new(3, 0);
+    net.run(1500);
+    let l = net.leader();
+    let f = (l + 1) % 3;
+    let term = net.nodes[f].term();
+    net.isolate(f, true);
+    net.run(5000);
+    assert_eq!(net.nodes[f].term(), term, "pre-vote keeps the term");
+    net.isolate(f, false);
+    net.run(300);
+    assert_eq!(net.leader(), l);
+}
+
+#[test]
+fn lagging_follower_gets_a_snapshot() {
+    let mut net = Net::new(3, 0);
+    net.run(1500);
+    let l = net.leader();
+    let f = (l + 1) % 3;
+    net.crash(f);
+    for g in 0..(COMPACT_AFTER * 2) {
+        net.propose(&format!("g{g}"), "n1");
+        net.run(10);
+    }
+    assert!(net.nodes[l].durable().snapshot.last_index > 0);
+    net.restart(f);
+    net.run(500);
+    assert_eq!(net.nodes[f].record(), net.nodes[l].record());
+    assert_eq!(
+        net.nodes[f].record().placements.len(),
+        2 * COMPACT_AFTER as usize
+    );
+}
+
+#[test]
+fn learner_replicates_but_neither_votes_nor_counts() {
+    let mut net = Net::new(3, 1);
+    net.run(1500);
+    net.propose("web", "n2");
+    net.run(200);
+    assert_eq!(net.nodes[3].record().placements["web"].epoch, 1);
+    assert_ne!(net.nodes[3].role(), Role::Leader);
+    // Two voters down: the leader plus a learner is no majority.
+    let l = net.leader();
+    for i in 0..3 {
+        if i != l {
+            net.crash(i);
+        }
+    }
+    net.run(1000);
+    assert!(net.leaders().is_empty());
+}
+
+#[test]
+fn two_voters_need_each_other_unless_the_peer_is_fenced() {
+    let mut net = Net::new(2, 0);
+    net.run(1500);
+    let l = net.leader();
+    let other = 1 - l;
+    net.crash(other);
+    net.run(1000);
+    assert!(
+        net.leaders().is_empty(),
+        "a lone node of two has no majority"
+    );
+    let now = net.now;
+    net.nodes[l].set_fenced(now, id(other), true);
+    net.run(1500);
+    assert_eq!(net.leader(), l);
+    let i = net.propose("web", "n1");
+    net.run(100);
+    assert!(net.nodes[l].commit_index() >= i);
+    // The fenced node comes back: it catches up and the fence is lifted.
+    net.restart(other);
+    let now = net.now;
+    net.nodes[l].set_fenced(now, id(other), false);
+    net.run(500);
+    assert_eq!(net.nodes[other].record(), net.nodes[l].record());
+}
+
+#[test]
+fn hand_off_moves_leadership_without_waiting() {
+    let mut net = Net::new(3, 0);
+    net.run(1500);
+    net.run(100);
+    let l = net.leader();
+    net.nodes[l].hand_off();
+    net.deliver();
+    net.crash(l);
+    let leaders = net.leaders();
+    assert_eq!(leaders.len(), 1, "a new leader right away");
+    assert_ne!(leaders[0], l);
+}
+
+#[test]
+fn restart_keeps_term_vote_and_committed_entries() {
+    let mut net = Net::new(3, 0);
+    net.run(1500);
+    net.propose("web", "n3");
+    net.run(200);
+    let term = net.nodes[0].term();
+    for i in 0..3 {
+        net.crash(i);
+    }
+    for i in 0..3 {
+        net.restart(i);
+    }
+    assert!(net.nodes.iter().all(|n| n.term() == term));
+    net.run(1500);
+    let l = net.leader();
+    assert_eq!(
+        net.nodes[l].record().placements["web"].node.as_deref(),
+        Some("n3")
+    );
+}
