@@ -141,6 +141,8 @@ struct Peer {
     state: NodeState,
     incarnation: Option<u64>,
     links: Vec<(LinkState, Option<u64>)>,
+    /// Per link: whether the peer's last heartbeat listed this node as heard.
+    hears_me: Vec<bool>,
 }
 
 /// The failure detector of one node.
@@ -163,6 +165,7 @@ impl FailureDetector {
                         state: NodeState::Unknown,
                         incarnation: None,
                         links: vec![(LinkState::Unknown, None); links],
+                        hears_me: vec![false; links],
                     },
                 )
             })
@@ -185,6 +188,29 @@ impl FailureDetector {
             .get(&peer)
             .and_then(|p| p.links.get(link))
             .map(|l| l.0)
+    }
+
+    /// Whether `peer`'s last heartbeat on `link` said it hears this node.
+    /// A link that is `up` but not heard back is one-way: our packets are
+    /// lost on the way to the peer.
+    pub fn peer_hears_me(&self, peer: NodeId, link: usize) -> bool {
+        self.peers
+            .get(&peer)
+            .and_then(|p| p.hears_me.get(link))
+            .copied()
+            .unwrap_or(false)
+    }
+
+    /// Records the `heard` list of a heartbeat just passed to
+    /// [`FailureDetector::on_heartbeat`]: whether it named this node.
+    pub fn on_heard_list(&mut self, peer: NodeId, link: usize, hears_me: bool) {
+        if let Some(h) = self
+            .peers
+            .get_mut(&peer)
+            .and_then(|p| p.hears_me.get_mut(link))
+        {
+            *h = hears_me;
+        }
     }
 
     /// The peers, in id order.
@@ -289,6 +315,7 @@ impl FailureDetector {
                 if matches!(l.0, LinkState::Up | LinkState::Late) && now_ms >= last + t.deadtime_ms
                 {
                     l.0 = LinkState::Down;
+                    p.hears_me[link] = false;
                     events.push(Event {
                         at_ms: last + t.deadtime_ms,
                         kind: EventKind::LinkDown { peer, link },
@@ -389,6 +416,19 @@ mod tests {
             t += 50;
         }
         ev
+    }
+
+    #[test]
+    fn heard_list_marks_one_way_links_and_resets_when_down() {
+        let mut fd = FailureDetector::new(T, &[n(2)], 2, 0);
+        fd.on_heartbeat(10, n(2), 0, 1);
+        fd.on_heard_list(n(2), 0, false);
+        assert!(!fd.peer_hears_me(n(2), 0));
+        fd.on_heard_list(n(2), 0, true);
+        assert!(fd.peer_hears_me(n(2), 0));
+        assert!(!fd.peer_hears_me(n(2), 1));
+        fd.on_tick(10 + T.deadtime_ms);
+        assert!(!fd.peer_hears_me(n(2), 0), "a dead link hears nothing");
     }
 
     #[test]

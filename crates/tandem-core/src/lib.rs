@@ -13,10 +13,12 @@
 //! - [`failure_detector`]: per-link and per-node liveness from heartbeats and time.
 //! - [`quorum`]: the quorum rule over the membership view.
 //! - [`agreement`]: the replicated cluster record (a sans-IO Raft engine).
+//! - [`member`]: one member's whole protocol state, joining the above.
 
 pub mod agreement;
 pub mod config;
 pub mod diagnostic;
 pub mod failure_detector;
+pub mod member;
 pub mod quorum;
 pub mod wire;

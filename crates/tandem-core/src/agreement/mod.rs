@@ -7,7 +7,14 @@
 //! graceful stop, log compaction into a snapshot of the record, learners
 //! (non-voters that receive the record), and a hook for two-node clusters:
 //! a voter confirmed fenced counts as a vote (it is off, so it cannot vote
-//! elsewhere).
+//! elsewhere) — but only on a node that has been *in sync* since its own
+//! start (it held everything a leader had committed, or was elected by
+//! real votes). Without that rule a node fenced earlier, rebooted and not
+//! yet caught up could fence the survivor and lose entries the survivor
+//! committed alone (found by the simulation, seed 505). A leader that
+//! counts a peer as fenced says so in its appends, so that peer, rebooted
+//! and hearing the leader while the leader cannot hear it, does not take
+//! itself for in sync.
 //!
 //! Why not openraft: its engine is driven through async storage and network
 //! traits on a runtime, while the deterministic simulation (`tests/simulation.rs`)
@@ -140,6 +147,10 @@ pub enum Message {
         entries: Vec<Entry>,
         /// Leader's commit index.
         commit: u64,
+        /// The leader counts the receiver as fenced (it may be committing
+        /// without it), so the receiver is not in sync however complete
+        /// its log looks.
+        fenced_you: bool,
     },
     /// Answer to [`Message::Append`] and [`Message::InstallSnapshot`].
     AppendReply {
@@ -258,6 +269,8 @@ pub struct Agreement {
     voters: Vec<NodeId>,
     learners: Vec<NodeId>,
     fenced: BTreeSet<NodeId>,
+    /// Since this start, this node held everything a leader had committed.
+    synced: bool,
     timing: Timing,
     durable: Durable,
     dirty: bool,
@@ -293,11 +306,14 @@ impl Agreement {
     ) -> Self {
         let commit = durable.snapshot.last_index;
         let record = durable.snapshot.record.clone();
+        // A lone voter holds everything by definition.
+        let synced = voters == [id];
         let mut a = Agreement {
             id,
             voters,
             learners,
             fenced: BTreeSet::new(),
+            synced,
             timing,
             durable,
             dirty: false,
@@ -401,6 +417,12 @@ impl Agreement {
             out.persist = Some(self.durable.clone());
         }
         out
+    }
+
+    /// Whether this node has been in sync with a leader since it started
+    /// (required before a fenced peer's vote counts).
+    pub fn synced(&self) -> bool {
+        self.synced
     }
 
     /// Whether `id` votes.
@@ -562,6 +584,9 @@ impl Agreement {
                 } else if granted && t == term && self.role == Role::Candidate {
                     self.votes.insert(from);
                     if self.is_majority(|v| self.votes.contains(&v)) {
+                        // Real votes from a majority: this log holds every
+                        // committed entry (Raft's election restriction).
+                        self.synced = true;
                         self.become_leader(now_ms);
                     }
                 }
@@ -572,13 +597,14 @@ impl Agreement {
                 prev_term,
                 entries,
                 commit,
+                fenced_you,
             } => {
                 if t < term {
                     self.refuse_append(from);
                     return;
                 }
                 self.follow(now_ms, t, from);
-                self.on_append(from, prev_index, prev_term, entries, commit);
+                self.on_append(from, prev_index, prev_term, entries, commit, fenced_you);
             }
             Message::InstallSnapshot { term: t, snapshot } => {
                 if t < term {
@@ -616,7 +642,7 @@ impl Agreement {
         let count = self
             .voters
             .iter()
-            .filter(|&&v| v == self.id || self.fenced.contains(&v) || yes(v))
+            .filter(|&&v| v == self.id || (self.synced && self.fenced.contains(&v)) || yes(v))
             .count();
         count * 2 > self.voters.len()
     }
@@ -792,6 +818,7 @@ impl Agreement {
             prev_term,
             entries,
             commit: self.commit,
+            fenced_you: self.fenced.contains(&to),
         };
         self.out.send.push((to, msg));
     }
@@ -813,6 +840,7 @@ impl Agreement {
         mut prev_term: u64,
         mut entries: Vec<Entry>,
         commit: u64,
+        fenced_you: bool,
     ) {
         let snap = self.durable.snapshot.last_index;
         if prev_index < snap {
@@ -867,6 +895,9 @@ impl Agreement {
                 None => self.durable.log.push(e),
             }
             self.dirty = true;
+        }
+        if commit <= index && !fenced_you {
+            self.synced = true;
         }
         let new_commit = commit.min(index);
         if new_commit > self.commit {

@@ -323,3 +323,34 @@ fn restart_keeps_term_vote_and_committed_entries() {
         Some("n3")
     );
 }
+
+/// Simulation seed 505: n2 fenced n1 and committed alone; n1 rebooted, was
+/// cut off before catching up, fenced n2 and committed a different entry
+/// at the same index. A node not in sync since its start may not count a
+/// fenced peer.
+#[test]
+fn regression_rebooted_node_not_in_sync_cannot_count_a_fenced_peer() {
+    let mut net = Net::new(2, 0);
+    net.run(1500);
+    let a = net.leader();
+    let b = 1 - a;
+    net.crash(b);
+    let now = net.now;
+    net.nodes[a].set_fenced(now, id(b), true);
+    net.run(100);
+    let committed_alone = net.propose("web", "alone");
+    net.run(100);
+    assert!(net.nodes[a].commit_index() >= committed_alone);
+    // b comes back cut off from a, and a is then fenced by b.
+    net.restart(b);
+    net.isolate(b, true);
+    net.crash(a);
+    let now = net.now;
+    net.nodes[b].set_fenced(now, id(a), true);
+    assert!(!net.nodes[b].synced());
+    net.run(2000);
+    assert!(
+        net.leaders().is_empty(),
+        "b must not lead without being in sync"
+    );
+}

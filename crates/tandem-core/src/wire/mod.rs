@@ -6,7 +6,7 @@
 //! offset size field
 //!      0    4 magic "TNDM"
 //!      4    1 version (1)
-//!      5    1 kind (1 = heartbeat, 2 = leave)
+//!      5    1 kind (1 = heartbeat, 2 = leave, 3 = agreement)
 //!      6    2 body length, big endian
 //!      8    8 cluster id   (derived from the cluster name)
 //!     16    8 sender node id (derived from the node name)
@@ -34,8 +34,10 @@ pub const VERSION: u8 = 1;
 pub const HEADER_LEN: usize = 40;
 /// MAC length in bytes (128-bit tag).
 pub const MAC_LEN: usize = 16;
-/// Largest packet sent or accepted; fits one Ethernet frame.
-pub const MAX_PACKET: usize = 1400;
+/// Largest packet sent or accepted. Heartbeats fit one Ethernet frame;
+/// agreement messages carrying entries or a snapshot may be larger (the
+/// kernel fragments them on the local links this runs over).
+pub const MAX_PACKET: usize = 16 * 1024;
 /// Most nodes one heartbeat can report hearing.
 pub const MAX_HEARD: usize = 64;
 
@@ -103,6 +105,9 @@ pub enum Body {
     },
     /// "I am leaving on purpose": peers need not wait for deadtime.
     Leave,
+    /// A message of the agreement protocol, encoded by
+    /// [`crate::agreement`]; authenticated here like everything else.
+    Agreement(Vec<u8>),
 }
 
 impl Body {
@@ -110,6 +115,7 @@ impl Body {
         match self {
             Body::Heartbeat { .. } => 1,
             Body::Leave => 2,
+            Body::Agreement(_) => 3,
         }
     }
 }
@@ -181,6 +187,9 @@ pub enum EncodeError {
     /// A heartbeat reports more nodes than fit.
     #[error("a heartbeat can report at most {MAX_HEARD} heard nodes, not {0}")]
     TooManyHeard(usize),
+    /// An agreement message does not fit in one packet.
+    #[error("an agreement message of {0} bytes does not fit in one packet")]
+    TooLarge(usize),
 }
 
 fn mac(key: &Key, bytes: &[u8]) -> [u8; MAC_LEN] {
@@ -205,6 +214,12 @@ pub fn encode(packet: &Packet, key: &Key) -> Result<Vec<u8>, EncodeError> {
             }
         }
         Body::Leave => {}
+        Body::Agreement(bytes) => {
+            if bytes.len() > MAX_PACKET - HEADER_LEN - MAC_LEN {
+                return Err(EncodeError::TooLarge(bytes.len()));
+            }
+            body.extend_from_slice(bytes);
+        }
     }
     let h = &packet.header;
     let mut out = Vec::with_capacity(HEADER_LEN + body.len() + MAC_LEN);
@@ -272,6 +287,7 @@ pub fn decode(bytes: &[u8], cluster: ClusterId, keys: &[&Key]) -> Result<Packet,
             Body::Heartbeat { link, heard }
         }
         2 if body.is_empty() => Body::Leave,
+        3 => Body::Agreement(body.to_vec()),
         _ => return Err(DropReason::Malformed),
     };
     Ok(Packet { header, body })
@@ -435,8 +451,13 @@ mod tests {
 
         #[test]
         fn round_trip(incarnation in any::<u64>(), seq in any::<u64>(), link in any::<u8>(),
-                      heard in proptest::collection::vec(any::<u64>(), 0..=MAX_HEARD), leave in any::<bool>()) {
-            let body = if leave { Body::Leave } else { Body::Heartbeat { link, heard: heard.into_iter().map(NodeId).collect() } };
+                      heard in proptest::collection::vec(any::<u64>(), 0..=MAX_HEARD), kind in 0u8..3,
+                      agreement in proptest::collection::vec(any::<u8>(), 0..2000)) {
+            let body = match kind {
+                0 => Body::Leave,
+                1 => Body::Agreement(agreement),
+                _ => Body::Heartbeat { link, heard: heard.into_iter().map(NodeId).collect() },
+            };
             let p = Packet { header: Header { cluster: cluster(), sender: NodeId(3), incarnation, seq }, body };
             prop_assert_eq!(decode(&encode(&p, &KEY).unwrap(), cluster(), &[&KEY]), Ok(p));
         }

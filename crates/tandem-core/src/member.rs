@@ -1,0 +1,507 @@
+//! One cluster member's protocol state: everything an agent (or a witness)
+//! knows about the cluster, as a sans-IO state machine.
+//!
+//! It joins the pieces: datagrams are authenticated ([`crate::wire`]),
+//! checked for replay, fed to the [`FailureDetector`] (heartbeats, leaves)
+//! or to the [`Agreement`] engine; the quorum view follows the detector.
+//! Out come datagrams to transmit (per peer and link), state to persist
+//! and events to log. The agent and the simulation drive exactly this code.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::agreement::{self, Agreement, Command, Durable, Note, ProposeError};
+use crate::config::Timing;
+use crate::failure_detector::{Event, EventKind, FailureDetector, LinkState, NodeState};
+use crate::quorum::{self, View};
+use crate::wire::{self, replay::ReplayGuard, Body, ClusterId, DropReason, Header, Key, NodeId};
+
+/// A peer as this member sees the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerSpec {
+    /// Its id.
+    pub id: NodeId,
+    /// Per link: whether both it and this member are on it.
+    pub links: Vec<bool>,
+    /// Whether it votes (nodes beyond the seventh and nothing else don't).
+    pub voter: bool,
+}
+
+/// Fixed facts one member is started with.
+#[derive(Debug, Clone)]
+pub struct MemberSpec {
+    /// The cluster.
+    pub cluster: ClusterId,
+    /// This member.
+    pub me: NodeId,
+    /// Whether this member votes.
+    pub voter: bool,
+    /// Every other member.
+    pub peers: Vec<PeerSpec>,
+    /// Number of links (indices into `PeerSpec::links`).
+    pub links: usize,
+    /// Quorum rule.
+    pub mode: quorum::Mode,
+    /// After each start, claim no quorum (and so fence no one) until every
+    /// voter has been seen once: a node rebooted after being fenced must
+    /// not fence the survivor in turn (corosync's wait_for_all).
+    pub wait_for_all: bool,
+    /// Membership timers.
+    pub timing: Timing,
+    /// Accepted keys, the one to send with first.
+    pub keys: Vec<Key>,
+    /// Hash of the configuration this member runs (hex).
+    pub config_hash: String,
+    /// Member names in configuration order, for the record.
+    pub member_names: Vec<String>,
+}
+
+/// What a member keeps across restarts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Persisted {
+    /// Incarnation of the last start (the next must be larger).
+    pub incarnation: u64,
+    /// The agreement engine's durable state.
+    pub agreement: Durable,
+}
+
+/// A datagram to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    /// Destination member.
+    pub to: NodeId,
+    /// Link to send it on.
+    pub link: usize,
+    /// The authenticated packet.
+    pub bytes: Vec<u8>,
+}
+
+/// Something worth logging.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemberEvent {
+    /// A failure detector event.
+    Detector(Event),
+    /// The quorum view changed.
+    Quorum(View),
+    /// The known leader of the record changed.
+    Leader {
+        /// Term.
+        term: u64,
+        /// Leader, if any.
+        leader: Option<NodeId>,
+    },
+    /// The record changed (entries up to `index` applied).
+    Applied {
+        /// Highest applied index.
+        index: u64,
+    },
+    /// An agreement message could not be sent (too large for a packet).
+    SendFailed {
+        /// Destination.
+        to: NodeId,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Work for the shell: persist first, then transmit.
+#[derive(Debug, Clone, Default)]
+pub struct MemberOutput {
+    /// State to write durably before transmitting.
+    pub persist: Option<Persisted>,
+    /// Datagrams to send.
+    pub transmit: Vec<Transmit>,
+    /// Events to log.
+    pub events: Vec<MemberEvent>,
+}
+
+/// One member's protocol state.
+#[derive(Debug, Clone)]
+pub struct Member {
+    spec: MemberSpec,
+    incarnation: u64,
+    seq: u64,
+    detector: FailureDetector,
+    replay: ReplayGuard,
+    agreement: Agreement,
+    dropped: BTreeMap<DropReason, u64>,
+    all_seen: bool,
+    seen: BTreeSet<NodeId>,
+    fenced: BTreeSet<NodeId>,
+    view: Option<View>,
+    heartbeat_due_ms: u64,
+    /// Time of the latest input, for work started from `take_output`.
+    now_ms: u64,
+    persist: bool,
+    out: MemberOutput,
+}
+
+impl Member {
+    /// Starts a member at `now_ms` with incarnation `incarnation` (larger
+    /// than `persisted.incarnation`) from what it persisted last time.
+    pub fn new(
+        spec: MemberSpec,
+        incarnation: u64,
+        persisted: Persisted,
+        now_ms: u64,
+        seed: u64,
+    ) -> Self {
+        let ids: Vec<NodeId> = spec.peers.iter().map(|p| p.id).collect();
+        let mut voters: Vec<NodeId> = spec
+            .peers
+            .iter()
+            .filter(|p| p.voter)
+            .map(|p| p.id)
+            .collect();
+        let mut learners: Vec<NodeId> = spec
+            .peers
+            .iter()
+            .filter(|p| !p.voter)
+            .map(|p| p.id)
+            .collect();
+        if spec.voter {
+            voters.push(spec.me);
+        } else {
+            learners.push(spec.me);
+        }
+        voters.sort();
+        learners.sort();
+        let agreement = Agreement::new(
+            spec.me,
+            voters,
+            learners,
+            agreement::Timing::from_membership(&spec.timing),
+            persisted.agreement,
+            now_ms,
+            seed ^ incarnation,
+        );
+        let mut m = Member {
+            detector: FailureDetector::new(spec.timing, &ids, spec.links, now_ms),
+            incarnation,
+            seq: 0,
+            replay: ReplayGuard::default(),
+            agreement,
+            dropped: DropReason::ALL.iter().map(|r| (*r, 0)).collect(),
+            all_seen: false,
+            seen: BTreeSet::new(),
+            fenced: BTreeSet::new(),
+            view: None,
+            heartbeat_due_ms: now_ms,
+            now_ms,
+            // The new incarnation must be on disk before any packet carries it.
+            persist: true,
+            out: MemberOutput::default(),
+            spec,
+        };
+        m.update_view();
+        m
+    }
+
+    /// This member's incarnation.
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
+    /// The failure detector (node and link states).
+    pub fn detector(&self) -> &FailureDetector {
+        &self.detector
+    }
+
+    /// The agreement engine (leader, term, record).
+    pub fn agreement(&self) -> &Agreement {
+        &self.agreement
+    }
+
+    /// The newest incarnation heard from `peer`.
+    pub fn peer_incarnation(&self, peer: NodeId) -> Option<u64> {
+        self.replay.incarnation(peer)
+    }
+
+    /// Dropped packets by reason.
+    pub fn dropped(&self) -> &BTreeMap<DropReason, u64> {
+        &self.dropped
+    }
+
+    /// Whether wait-for-all still holds this member back.
+    pub fn waiting_for_all(&self) -> bool {
+        self.spec.wait_for_all && !self.all_seen
+    }
+
+    /// The current quorum view.
+    pub fn view(&self) -> View {
+        let heard = self
+            .spec
+            .peers
+            .iter()
+            .filter(|p| p.voter && self.detector.node_state(p.id) == Some(NodeState::Alive))
+            .count();
+        let peer_fenced = !self.fenced.is_empty();
+        let mut v = quorum::view(self.spec.mode, self.spec.voter, heard, peer_fenced);
+        if self.waiting_for_all() {
+            v.quorate = false;
+        }
+        v
+    }
+
+    /// When [`Member::on_tick`] must next be called.
+    pub fn next_deadline(&self) -> u64 {
+        let mut d = self.heartbeat_due_ms.min(self.agreement.next_deadline());
+        if let Some(f) = self.detector.next_deadline() {
+            d = d.min(f);
+        }
+        d
+    }
+
+    /// Takes the work accumulated so far.
+    pub fn take_output(&mut self) -> MemberOutput {
+        let a = self.agreement.take_output();
+        self.absorb(a);
+        let mut out = std::mem::take(&mut self.out);
+        if self.persist {
+            self.persist = false;
+            out.persist = Some(self.persisted());
+        }
+        out
+    }
+
+    fn persisted(&self) -> Persisted {
+        Persisted {
+            incarnation: self.incarnation,
+            agreement: self.agreement.durable().clone(),
+        }
+    }
+
+    /// Timers: heartbeats, failure detection, agreement.
+    pub fn on_tick(&mut self, now_ms: u64) {
+        self.now_ms = now_ms;
+        if now_ms >= self.heartbeat_due_ms {
+            self.heartbeat_due_ms = now_ms + self.spec.timing.heartbeat_ms;
+            self.send_heartbeats();
+        }
+        let ev = self.detector.on_tick(now_ms);
+        self.on_detector(now_ms, ev);
+        if now_ms >= self.agreement.next_deadline() {
+            self.agreement.on_tick(now_ms);
+        }
+    }
+
+    /// A datagram received on `link`.
+    pub fn on_datagram(&mut self, now_ms: u64, link: usize, bytes: &[u8]) {
+        self.now_ms = now_ms;
+        let keys: Vec<&Key> = self.spec.keys.iter().collect();
+        let verdict = wire::decode(bytes, self.spec.cluster, &keys).and_then(|p| {
+            if !self.spec.peers.iter().any(|x| x.id == p.header.sender) {
+                return Err(DropReason::UnknownNode);
+            }
+            self.replay.check(&p.header)?;
+            Ok(p)
+        });
+        let p = match verdict {
+            Ok(p) => p,
+            Err(reason) => {
+                *self.dropped.entry(reason).or_default() += 1;
+                return;
+            }
+        };
+        let from = p.header.sender;
+        match p.body {
+            Body::Heartbeat {
+                link: sent_on,
+                heard,
+            } => {
+                // The link index in the packet is the sender's view; a
+                // mismatch means crossed wiring, so trust where it arrived.
+                let _ = sent_on;
+                let ev = self
+                    .detector
+                    .on_heartbeat(now_ms, from, link, p.header.incarnation);
+                self.detector
+                    .on_heard_list(from, link, heard.contains(&self.spec.me));
+                self.on_detector(now_ms, ev);
+            }
+            Body::Leave => {
+                let ev = self.detector.on_leave(now_ms, from);
+                self.on_detector(now_ms, ev);
+            }
+            Body::Agreement(bytes) => match serde_json::from_slice(&bytes) {
+                Ok(msg) => self.agreement.on_message(now_ms, from, msg),
+                Err(_) => *self.dropped.entry(DropReason::Malformed).or_default() += 1,
+            },
+        }
+    }
+
+    /// Proposes a change to the record (only the leader accepts).
+    pub fn propose(&mut self, now_ms: u64, cmd: Command) -> Result<u64, ProposeError> {
+        self.now_ms = now_ms;
+        self.agreement.propose(now_ms, cmd)
+    }
+
+    /// The fencing machinery confirmed `peer` off (or it came back).
+    pub fn set_fenced(&mut self, now_ms: u64, peer: NodeId, fenced: bool) {
+        if fenced {
+            self.fenced.insert(peer);
+        } else {
+            self.fenced.remove(&peer);
+        }
+        self.agreement.set_fenced(now_ms, peer, fenced);
+        self.update_view();
+    }
+
+    /// A graceful stop: hand leadership over and tell every peer on every
+    /// link, so nobody waits for deadtime.
+    pub fn leave(&mut self) {
+        self.agreement.hand_off();
+        let a = self.agreement.take_output();
+        self.absorb(a);
+        self.broadcast(|_| Body::Leave);
+    }
+
+    fn send_heartbeats(&mut self) {
+        let heard: Vec<Vec<NodeId>> = (0..self.spec.links)
+            .map(|l| self.detector.heard_on(l))
+            .collect();
+        self.broadcast(|link| Body::Heartbeat {
+            link: link as u8,
+            heard: heard[link].clone(),
+        });
+    }
+
+    fn broadcast(&mut self, body: impl Fn(usize) -> Body) {
+        for i in 0..self.spec.peers.len() {
+            for link in 0..self.spec.links {
+                if self.spec.peers[i].links.get(link).copied().unwrap_or(false) {
+                    let to = self.spec.peers[i].id;
+                    if let Err(e) = self.transmit(to, link, body(link)) {
+                        self.out.events.push(MemberEvent::SendFailed {
+                            to,
+                            reason: e.to_string(),
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    fn transmit(&mut self, to: NodeId, link: usize, body: Body) -> Result<(), wire::EncodeError> {
+        self.seq += 1;
+        let header = Header {
+            cluster: self.spec.cluster,
+            sender: self.spec.me,
+            incarnation: self.incarnation,
+            seq: self.seq,
+        };
+        let key = self.spec.keys.first().copied().unwrap_or([0; 32]);
+        let bytes = wire::encode(&wire::Packet { header, body }, &key)?;
+        self.out.transmit.push(Transmit { to, link, bytes });
+        Ok(())
+    }
+
+    /// Links to carry agreement traffic to `peer`: the first link that is up
+    /// both ways, or every shared link when none is known good.
+    fn agreement_links(&self, peer: NodeId) -> Vec<usize> {
+        let Some(p) = self.spec.peers.iter().find(|p| p.id == peer) else {
+            return Vec::new();
+        };
+        let shared: Vec<usize> = (0..self.spec.links)
+            .filter(|&l| p.links.get(l).copied().unwrap_or(false))
+            .collect();
+        let good = shared.iter().copied().find(|&l| {
+            self.detector.link_state(peer, l) == Some(LinkState::Up)
+                && self.detector.peer_hears_me(peer, l)
+        });
+        good.map_or(shared, |l| vec![l])
+    }
+
+    fn absorb(&mut self, a: agreement::Output) {
+        if a.persist.is_some() {
+            self.persist = true;
+        }
+        for (to, msg) in a.send {
+            let bytes = match serde_json::to_vec(&msg) {
+                Ok(b) => b,
+                Err(e) => {
+                    self.out.events.push(MemberEvent::SendFailed {
+                        to,
+                        reason: e.to_string(),
+                    });
+                    continue;
+                }
+            };
+            for link in self.agreement_links(to) {
+                if let Err(e) = self.transmit(to, link, Body::Agreement(bytes.clone())) {
+                    self.out.events.push(MemberEvent::SendFailed {
+                        to,
+                        reason: e.to_string(),
+                    });
+                }
+            }
+        }
+        for note in a.notes {
+            match note {
+                Note::Leader { term, leader } => {
+                    self.out.events.push(MemberEvent::Leader { term, leader });
+                    if leader == Some(self.spec.me) {
+                        self.propose_config();
+                    }
+                }
+                Note::Applied { index } => self.out.events.push(MemberEvent::Applied { index }),
+            }
+        }
+    }
+
+    /// A new leader records the configuration it runs, if it is new.
+    fn propose_config(&mut self) {
+        if self.agreement.record().config_hash == self.spec.config_hash {
+            return;
+        }
+        let cmd = Command::Config {
+            hash: self.spec.config_hash.clone(),
+            members: self.spec.member_names.clone(),
+        };
+        // The leader just appended its no-op; this cannot be refused.
+        let _ = self.agreement.propose(self.now_ms, cmd);
+    }
+
+    fn on_detector(&mut self, now_ms: u64, events: Vec<Event>) {
+        if events.is_empty() {
+            return;
+        }
+        for e in &events {
+            match e.kind {
+                EventKind::NodeDead { peer, .. } | EventKind::NodeLeft { peer } => {
+                    self.agreement.on_peer_dead(now_ms, peer);
+                }
+                EventKind::NodeAlive { peer, .. } | EventKind::NodeBack { peer, .. } => {
+                    self.seen.insert(peer);
+                    if self.fenced.contains(&peer) {
+                        self.set_fenced(now_ms, peer, false);
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.out
+            .events
+            .extend(events.into_iter().map(MemberEvent::Detector));
+        if !self.all_seen
+            && self
+                .spec
+                .peers
+                .iter()
+                .filter(|p| p.voter)
+                .all(|p| self.seen.contains(&p.id))
+        {
+            self.all_seen = true;
+        }
+        self.update_view();
+    }
+
+    fn update_view(&mut self) {
+        let v = self.view();
+        if self.view != Some(v) {
+            self.view = Some(v);
+            self.out.events.push(MemberEvent::Quorum(v));
+        }
+    }
+}
