@@ -1,31 +1,32 @@
-//! `tandem agent`: the node daemon's I/O shell for membership.
+//! `tandem agent` and `tandem witness`: the I/O shell around one
+//! [`Member`] core.
 //!
-//! Owns the sockets (one UDP socket per link, bound to this node's address
-//! on it), the clock, the control socket and signals; every decision is made
-//! by the sans-IO core ([`tandem_core::wire`], [`tandem_core::failure_detector`],
-//! [`tandem_core::quorum`]). Runs on one thread: the work is tiny, and one
-//! thread keeps idle CPU and memory low.
+//! Owns the sockets (one UDP socket per link, bound to this member's
+//! address on it), the clock, the state file, the control socket and
+//! signals; every decision is made by [`tandem_core::member`]. Runs on one
+//! thread: the work is tiny, and one thread keeps idle CPU and memory low.
 
-use std::collections::{BTreeMap, VecDeque};
-use std::net::{IpAddr, SocketAddr};
+use std::collections::VecDeque;
+use std::io::{Read as _, Write as _};
+use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
+use tandem_core::agreement::{Intent, Role};
 use tandem_core::config::Config;
-use tandem_core::failure_detector::{Event, EventKind, FailureDetector, LinkState, NodeState};
+use tandem_core::failure_detector::{EventKind, LinkState, NodeState};
+use tandem_core::member::{Member, MemberEvent, MemberOutput, MemberSpec, PeerSpec, Persisted};
 use tandem_core::quorum::{self, MAX_VOTERS};
-use tandem_core::wire::{
-    self, replay::ReplayGuard, Body, ClusterId, DropReason, Header, Key, NodeId, Packet,
-};
+use tandem_core::wire::{self, ClusterId, NodeId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UdpSocket, UnixListener};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
-use crate::status::{EventRecord, LinkStatus, PeerStatus, QuorumStatus, Status};
+use crate::status::{AgreementStatus, EventRecord, LinkStatus, PeerStatus, QuorumStatus, Status};
 
 /// Events kept for `tandem status`.
 const EVENT_HISTORY: usize = 100;
@@ -33,55 +34,99 @@ const EVENT_HISTORY: usize = 100;
 const RX_QUEUE: usize = 1024;
 /// Largest control request read.
 const MAX_REQUEST: usize = 256;
-/// Default control socket.
+/// Default control socket of an agent.
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/tandem/control.sock";
+/// Default control socket of a witness.
+pub const DEFAULT_WITNESS_SOCKET: &str = "/run/tandem/witness.sock";
+/// Default state directory.
+const DEFAULT_STATE_DIR: &str = "/var/lib/tandem";
 /// Default heartbeat port of a link.
 const DEFAULT_PORT: u16 = 5405;
+/// The witness's member name (reserved; no node may use it).
+pub const WITNESS_NAME: &str = "witness";
+/// Largest state file read at start.
+const MAX_STATE_FILE: u64 = 64 << 20;
 
-/// Options of `tandem agent` beyond the configuration.
+/// What this process is in the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemberRole {
+    /// A node (`tandem agent`); None: find it from local addresses.
+    Node(Option<String>),
+    /// The witness (`tandem witness`).
+    Witness,
+}
+
+/// Options beyond the configuration.
 #[derive(Debug, Clone)]
 pub struct AgentOptions {
-    /// This node's name; found from local addresses when None.
-    pub node: Option<String>,
+    /// Node or witness.
+    pub role: MemberRole,
     /// Control socket path, overriding the configuration's.
     pub control_socket: Option<PathBuf>,
+    /// State directory, overriding the configuration's.
+    pub state_dir: Option<PathBuf>,
+    /// BLAKE3 of the configuration file (hex): the config epoch's identity.
+    pub config_hash: String,
 }
 
-/// The agent's fixed facts, derived once from the configuration.
-struct Cluster {
-    name: String,
-    id: ClusterId,
-    me: usize,
+/// Every member's address per link, in configuration order; the witness
+/// (if any) last, on the one link whose subnet holds its address.
+struct Topology {
     names: Vec<String>,
     ids: Vec<NodeId>,
+    voters: Vec<bool>,
     links: Vec<String>,
-    ports: Vec<u16>,
-    mode: quorum::Mode,
+    addrs: Vec<Vec<Option<SocketAddr>>>,
 }
 
-impl Cluster {
-    fn from_config(cfg: &Config, me: usize) -> Self {
+impl Topology {
+    fn from_config(cfg: &Config) -> Topology {
         let f = &cfg.file;
-        let names: Vec<String> = f.nodes.iter().map(|n| n.name.get_ref().clone()).collect();
-        let two_node = f.quorum.two_node.as_ref().is_some_and(|t| *t.get_ref());
-        let voters = names.len().min(MAX_VOTERS) + usize::from(f.quorum.witness.is_some());
-        Cluster {
-            name: f.cluster.name.get_ref().clone(),
-            id: ClusterId::from_name(f.cluster.name.get_ref()),
-            me,
-            ids: names.iter().map(|n| NodeId::from_name(n)).collect(),
-            names,
-            links: f.links.iter().map(|l| l.name.get_ref().clone()).collect(),
-            ports: f
+        let links: Vec<String> = f.links.iter().map(|l| l.name.get_ref().clone()).collect();
+        let ports: Vec<u16> = f
+            .links
+            .iter()
+            .map(|l| l.port.as_ref().map_or(DEFAULT_PORT, |p| *p.get_ref()))
+            .collect();
+        let mut names = Vec::new();
+        let mut addrs = Vec::new();
+        for n in &f.nodes {
+            names.push(n.name.get_ref().clone());
+            let a = n.addresses.get_ref();
+            addrs.push(
+                links
+                    .iter()
+                    .zip(&ports)
+                    .map(|(l, p)| {
+                        a.iter()
+                            .find(|(k, _)| k.get_ref() == l)
+                            .map(|(_, ip)| SocketAddr::new(*ip.get_ref(), *p))
+                    })
+                    .collect(),
+            );
+        }
+        let mut voters: Vec<bool> = (0..names.len()).map(|i| i < MAX_VOTERS).collect();
+        if let Some(w) = &f.quorum.witness {
+            let w = *w.get_ref();
+            let on = f
                 .links
                 .iter()
-                .map(|l| l.port.as_ref().map_or(DEFAULT_PORT, |p| *p.get_ref()))
-                .collect(),
-            mode: if two_node {
-                quorum::Mode::TwoNode
-            } else {
-                quorum::Mode::Majority { voters }
-            },
+                .position(|l| {
+                    l.subnet
+                        .as_ref()
+                        .is_some_and(|s| s.get_ref().contains(w.ip()))
+                })
+                .unwrap_or(0);
+            names.push(WITNESS_NAME.into());
+            addrs.push((0..links.len()).map(|l| (l == on).then_some(w)).collect());
+            voters.push(true);
+        }
+        Topology {
+            ids: names.iter().map(|n| NodeId::from_name(n)).collect(),
+            names,
+            voters,
+            links,
+            addrs,
         }
     }
 
@@ -92,48 +137,44 @@ impl Cluster {
             .map_or("?", |i| &self.names[i])
     }
 
-    fn is_voter(&self, index: usize) -> bool {
-        index < MAX_VOTERS
+    fn index_of(&self, id: NodeId) -> Option<usize> {
+        self.ids.iter().position(|i| *i == id)
     }
-}
-
-/// This node's address on each link (None where it has none).
-fn addresses(cfg: &Config, node: usize, links: &[String]) -> Vec<Option<IpAddr>> {
-    let addrs = cfg.file.nodes[node].addresses.get_ref();
-    links
-        .iter()
-        .map(|l| {
-            addrs
-                .iter()
-                .find(|(k, _)| k.get_ref() == l)
-                .map(|(_, a)| *a.get_ref())
-        })
-        .collect()
 }
 
 /// Which configured node is this machine: the one whose addresses can be
 /// bound here (a non-local address cannot be bound).
-fn find_self(cfg: &Config, wanted: Option<&str>) -> Result<usize> {
+fn find_self(cfg: &Config, topo: &Topology, role: &MemberRole) -> Result<usize> {
     let nodes = &cfg.file.nodes;
-    if let Some(name) = wanted {
-        return nodes
-            .iter()
-            .position(|n| n.name.get_ref() == name)
-            .with_context(|| {
-                let all: Vec<&str> = nodes.iter().map(|n| n.name.get_ref().as_str()).collect();
-                format!(
-                    "--node {name}: no such node in the configuration (nodes: {})",
-                    all.join(", ")
-                )
-            });
+    match role {
+        MemberRole::Witness => {
+            return topo
+                .names
+                .iter()
+                .position(|n| n == WITNESS_NAME)
+                .context("the configuration has no `witness = \"ADDRESS:PORT\"` under [quorum]; add one to run a witness")
+        }
+        MemberRole::Node(Some(name)) => {
+            return nodes
+                .iter()
+                .position(|n| n.name.get_ref() == name)
+                .with_context(|| {
+                    let all: Vec<&str> =
+                        nodes.iter().map(|n| n.name.get_ref().as_str()).collect();
+                    format!(
+                        "--node {name}: no such node in the configuration (nodes: {})",
+                        all.join(", ")
+                    )
+                })
+        }
+        MemberRole::Node(None) => {}
     }
     let local: Vec<usize> = (0..nodes.len())
         .filter(|&i| {
-            nodes[i]
-                .addresses
-                .get_ref()
-                .values()
-                .any(|a| std::net::UdpSocket::bind(SocketAddr::new(*a.get_ref(), 0)).is_ok())
+            topo.addrs[i]
+                .iter()
+                .flatten()
+                .any(|a| std::net::UdpSocket::bind(SocketAddr::new(a.ip(), 0)).is_ok())
         })
         .collect();
     match local.as_slice() {
@@ -146,116 +187,222 @@ fn find_self(cfg: &Config, wanted: Option<&str>) -> Result<usize> {
     }
 }
 
+fn spec(
+    cfg: &Config,
+    topo: &Topology,
+    me: usize,
+    keys: Vec<wire::Key>,
+    hash: String,
+) -> MemberSpec {
+    let f = &cfg.file;
+    let two_node = f.quorum.two_node.as_ref().is_some_and(|t| *t.get_ref());
+    let peers = (0..topo.names.len())
+        .filter(|&j| j != me)
+        .map(|j| PeerSpec {
+            id: topo.ids[j],
+            links: (0..topo.links.len())
+                .map(|l| topo.addrs[me][l].is_some() && topo.addrs[j][l].is_some())
+                .collect(),
+            voter: topo.voters[j],
+        })
+        .collect();
+    MemberSpec {
+        cluster: ClusterId::from_name(f.cluster.name.get_ref()),
+        me: topo.ids[me],
+        voter: topo.voters[me],
+        peers,
+        links: topo.links.len(),
+        mode: if two_node {
+            quorum::Mode::TwoNode
+        } else {
+            quorum::Mode::Majority {
+                voters: topo.voters.iter().filter(|v| **v).count(),
+            }
+        },
+        wait_for_all: f
+            .quorum
+            .wait_for_all
+            .as_ref()
+            .map_or(two_node, |w| *w.get_ref()),
+        timing: cfg.timing,
+        keys,
+        config_hash: hash,
+        member_names: topo.names.clone(),
+    }
+}
+
 fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Runs the agent until SIGTERM or SIGINT.
+/// The state file: written whole to a temporary file, fsynced, renamed
+/// over the old one, and the directory fsynced, so a crash leaves either
+/// the old or the new state, never a torn one.
+struct StateFile {
+    path: PathBuf,
+}
+
+impl StateFile {
+    fn open(dir: &Path) -> Result<StateFile> {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating the state directory {}", dir.display()))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("restricting {} to root", dir.display()))?;
+        Ok(StateFile {
+            path: dir.join("state.json"),
+        })
+    }
+
+    fn load(&self) -> Result<Persisted> {
+        let file = match std::fs::File::open(&self.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Persisted::default()),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", self.path.display())),
+        };
+        let mut bytes = Vec::new();
+        std::io::Read::take(file, MAX_STATE_FILE)
+            .read_to_end(&mut bytes)
+            .with_context(|| format!("reading {}", self.path.display()))?;
+        serde_json::from_slice(&bytes).with_context(|| {
+            format!(
+                "{} is damaged; move it away to start this member afresh (it then catches up from the leader)",
+                self.path.display()
+            )
+        })
+    }
+
+    fn save(&self, p: &Persisted) -> Result<()> {
+        let tmp = self.path.with_extension("json.tmp");
+        let bytes = serde_json::to_vec(p).context("encoding the state")?;
+        let mut f =
+            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        f.write_all(&bytes)
+            .and_then(|()| f.sync_all())
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &self.path)
+            .with_context(|| format!("replacing {}", self.path.display()))?;
+        if let Some(dir) = self.path.parent() {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .with_context(|| format!("syncing {}", dir.display()))?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs the agent (or witness) until SIGTERM or SIGINT.
 pub fn run(cfg: Config, opts: AgentOptions) -> Result<()> {
-    let me = find_self(&cfg, opts.node.as_deref())?;
-    let key = crate::keyfile::load(&cfg.key_file)?;
-    let previous = match &cfg.file.cluster.previous_key_file {
-        Some(p) => Some(crate::keyfile::load(&tandem_core::config::resolve_path(
+    let topo = Topology::from_config(&cfg);
+    let me = find_self(&cfg, &topo, &opts.role)?;
+    let mut keys = vec![crate::keyfile::load(&cfg.key_file)?];
+    if let Some(p) = &cfg.file.cluster.previous_key_file {
+        keys.push(crate::keyfile::load(&tandem_core::config::resolve_path(
             cfg.key_file.parent().unwrap_or(Path::new("")),
             p.get_ref(),
-        ))?),
-        None => None,
+        ))?);
+    }
+    let witness = opts.role == MemberRole::Witness;
+    let default_socket = if witness {
+        DEFAULT_WITNESS_SOCKET
+    } else {
+        DEFAULT_CONTROL_SOCKET
     };
     let control = opts
         .control_socket
+        .clone()
         .or_else(|| {
-            cfg.file
-                .cluster
-                .control_socket
-                .as_ref()
-                .map(|p| p.get_ref().clone())
+            (!witness)
+                .then(|| {
+                    cfg.file
+                        .cluster
+                        .control_socket
+                        .as_ref()
+                        .map(|p| p.get_ref().clone())
+                })
+                .flatten()
         })
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONTROL_SOCKET));
+        .unwrap_or_else(|| PathBuf::from(default_socket));
+    // The witness keeps its own subdirectory: it may share a machine (and
+    // a configuration) with a node.
+    let state_dir = opts.state_dir.clone().unwrap_or_else(|| {
+        let base = cfg
+            .file
+            .cluster
+            .state_dir
+            .as_ref()
+            .map_or_else(|| PathBuf::from(DEFAULT_STATE_DIR), |p| p.get_ref().clone());
+        if witness {
+            base.join("witness")
+        } else {
+            base
+        }
+    });
+    let state = StateFile::open(&state_dir)?;
+    let persisted = state.load()?;
+    // Incarnations only grow: wall-clock µs, but past the last one even if
+    // the clock went back.
+    let now_us = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(1, |d| d.as_micros() as u64);
+    let incarnation = now_us.max(persisted.incarnation + 1);
+    let spec = spec(&cfg, &topo, me, keys, opts.config_hash.clone());
+    let mode = match spec.mode {
+        quorum::Mode::TwoNode => "two_node",
+        quorum::Mode::Majority { .. } => "majority",
+    };
+    let member = Member::new(spec, incarnation, persisted, 0, now_us);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the agent's runtime")?;
     // Local tasks: the per-link receivers share sockets with the main loop.
     let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, Agent::start(cfg, me, key, previous, control)?.run())
+    let agent = Agent {
+        timing: cfg.timing,
+        cluster: cfg.file.cluster.name.get_ref().clone(),
+        topo,
+        me,
+        member,
+        started: Instant::now(),
+        events: VecDeque::new(),
+        sockets: Vec::new(),
+        control_path: control,
+        control_group: cfg
+            .file
+            .cluster
+            .control_group
+            .as_ref()
+            .map(|g| g.get_ref().clone()),
+        state,
+        config_epoch: None,
+        mode,
+        last_quorate: std::cell::Cell::new(None),
+    };
+    local.block_on(&rt, agent.run())
 }
 
 struct Agent {
-    cluster: Cluster,
+    cluster: String,
     timing: tandem_core::config::Timing,
-    key: Key,
-    previous: Option<Key>,
-    incarnation: u64,
-    seq: u64,
+    topo: Topology,
+    me: usize,
+    member: Member,
     started: Instant,
-    detector: FailureDetector,
-    replay: ReplayGuard,
-    dropped: BTreeMap<DropReason, u64>,
     events: VecDeque<EventRecord>,
-    quorate: Option<bool>,
     sockets: Vec<Option<Rc<UdpSocket>>>,
-    peer_addrs: Vec<Vec<Option<SocketAddr>>>,
     control_path: PathBuf,
-    bind_plan: Vec<Option<SocketAddr>>,
+    control_group: Option<String>,
+    state: StateFile,
+    config_epoch: Option<u64>,
+    /// `majority` or `two_node`, for status.
+    mode: &'static str,
+    /// Last quorum state logged, so a change of votes alone reads as such.
+    last_quorate: std::cell::Cell<Option<bool>>,
 }
 
 impl Agent {
-    fn start(
-        cfg: Config,
-        me: usize,
-        key: Key,
-        previous: Option<Key>,
-        control_path: PathBuf,
-    ) -> Result<Agent> {
-        let cluster = Cluster::from_config(&cfg, me);
-        let mine = addresses(&cfg, me, &cluster.links);
-        let bind_plan = mine
-            .iter()
-            .zip(&cluster.ports)
-            .map(|(a, p)| a.map(|a| SocketAddr::new(a, *p)))
-            .collect();
-        let peer_addrs = (0..cluster.names.len())
-            .map(|n| {
-                addresses(&cfg, n, &cluster.links)
-                    .into_iter()
-                    .zip(&cluster.ports)
-                    .map(|(a, p)| a.map(|a| SocketAddr::new(a, *p)))
-                    .collect()
-            })
-            .collect();
-        let peers: Vec<NodeId> = cluster
-            .ids
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| *i != me)
-            .map(|(_, id)| *id)
-            .collect();
-        // Incarnations only grow across restarts: wall-clock µs at start.
-        let incarnation = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(1, |d| d.as_micros() as u64);
-        Ok(Agent {
-            detector: FailureDetector::new(cfg.timing, &peers, cluster.links.len(), 0),
-            timing: cfg.timing,
-            cluster,
-            key,
-            previous,
-            incarnation,
-            seq: 0,
-            started: Instant::now(),
-            replay: ReplayGuard::default(),
-            dropped: DropReason::ALL.iter().map(|r| (*r, 0)).collect(),
-            events: VecDeque::new(),
-            quorate: None,
-            sockets: Vec::new(),
-            peer_addrs,
-            control_path,
-            bind_plan,
-        })
-    }
-
     fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
     }
@@ -265,7 +412,7 @@ impl Agent {
         eprintln!(
             "{} tandem[{}]: {text}",
             crate::status::format_utc(at),
-            self.cluster.names[self.cluster.me]
+            self.topo.names[self.me]
         );
         if self.events.len() == EVENT_HISTORY {
             self.events.pop_front();
@@ -276,17 +423,16 @@ impl Agent {
         });
     }
 
-    async fn run(mut self) -> Result<()> {
-        let (tx, mut rx) = mpsc::channel::<(usize, Vec<u8>)>(RX_QUEUE);
-        for (link, plan) in self.bind_plan.clone().into_iter().enumerate() {
-            let Some(addr) = plan else {
+    async fn bind(&mut self, tx: &mpsc::Sender<(usize, Vec<u8>)>) -> Result<()> {
+        for link in 0..self.topo.links.len() {
+            let Some(addr) = self.topo.addrs[self.me][link] else {
                 self.sockets.push(None);
                 continue;
             };
             let sock = Rc::new(UdpSocket::bind(addr).await.with_context(|| {
                 format!(
-                    "binding heartbeat socket {addr} on link {} (is another agent running?)",
-                    self.cluster.links[link]
+                    "binding heartbeat socket {addr} on link {} (is another agent running, and is this address on this machine?)",
+                    self.topo.links[link]
                 )
             })?);
             self.sockets.push(Some(sock.clone()));
@@ -304,29 +450,38 @@ impl Agent {
                 }
             });
         }
-        let control = bind_control(&self.control_path)?;
+        Ok(())
+    }
+
+    async fn run(mut self) -> Result<()> {
+        let (tx, mut rx) = mpsc::channel::<(usize, Vec<u8>)>(RX_QUEUE);
+        self.bind(&tx).await?;
+        let control = bind_control(&self.control_path, self.control_group.as_deref())?;
         let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
         let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-        let mut heartbeat = tokio::time::interval(Duration::from_millis(self.timing.heartbeat_ms));
-        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let links = self.cluster.links.join(", ");
-        self.log(format!(
-            "started (incarnation {}, links {links}, control socket {})",
-            self.incarnation,
-            self.control_path.display()
-        ));
-        self.update_quorum();
+        let links: Vec<&str> = (0..self.topo.links.len())
+            .filter(|&l| self.sockets[l].is_some())
+            .map(|l| self.topo.links[l].as_str())
+            .collect();
+        let text = format!(
+            "started (incarnation {}, links {}, control socket {}, state {})",
+            self.member.incarnation(),
+            links.join(", "),
+            self.control_path.display(),
+            self.state.path.display()
+        );
+        self.log(text);
+        self.flush().await?;
         loop {
-            let deadline = self
-                .detector
-                .next_deadline()
-                .map(|d| self.started + Duration::from_millis(d));
+            let deadline = self.started + Duration::from_millis(self.member.next_deadline());
             tokio::select! {
-                _ = heartbeat.tick() => self.send_all(false).await,
-                Some((link, bytes)) = rx.recv() => self.receive(link, &bytes),
-                _ = sleep_until_opt(deadline) => {
-                    let ev = self.detector.on_tick(self.now_ms());
-                    self.apply(ev);
+                Some((link, bytes)) = rx.recv() => {
+                    let now = self.now_ms();
+                    self.member.on_datagram(now, link, &bytes);
+                }
+                _ = tokio::time::sleep_until(deadline.into()) => {
+                    let now = self.now_ms();
+                    self.member.on_tick(now);
                 }
                 conn = control.accept() => {
                     if let Ok((stream, _)) = conn {
@@ -337,209 +492,180 @@ impl Agent {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
             }
+            self.flush().await?;
         }
         // Leave cleanly so peers need not wait for deadtime.
-        self.send_all(true).await;
-        self.log("stopped (sent leave to every peer)".into());
+        self.member.leave();
+        self.flush().await?;
+        self.log("stopped (handed over and sent leave to every peer)".into());
         let _ = std::fs::remove_file(&self.control_path);
         Ok(())
     }
 
-    async fn send_all(&mut self, leave: bool) {
-        for link in 0..self.sockets.len() {
-            let Some(sock) = self.sockets[link].clone() else {
+    /// Applies the core's output: persist, then send, then log.
+    async fn flush(&mut self) -> Result<()> {
+        let MemberOutput {
+            persist,
+            transmit,
+            events,
+        } = self.member.take_output();
+        if let Some(p) = persist {
+            // Never send a vote or an entry that is not on disk: stop instead.
+            self.state.save(&p).context(
+                "saving the agreement state; the agent stops rather than risk its promises",
+            )?;
+        }
+        for t in transmit {
+            let (Some(sock), Some(to)) = (
+                self.sockets.get(t.link).cloned().flatten(),
+                self.topo.index_of(t.to),
+            ) else {
                 continue;
             };
-            let body = if leave {
-                Body::Leave
-            } else {
-                Body::Heartbeat {
-                    link: link as u8,
-                    heard: self.detector.heard_on(link),
-                }
-            };
-            for peer in 0..self.cluster.names.len() {
-                if peer == self.cluster.me {
-                    continue;
-                }
-                let Some(dst) = self.peer_addrs[peer][link] else {
-                    continue;
-                };
-                self.seq += 1;
-                let header = Header {
-                    cluster: self.cluster.id,
-                    sender: self.cluster.ids[self.cluster.me],
-                    incarnation: self.incarnation,
-                    seq: self.seq,
-                };
-                if let Ok(bytes) = wire::encode(
-                    &Packet {
-                        header,
-                        body: body.clone(),
-                    },
-                    &self.key,
-                ) {
-                    // Unreachable peers are the failure detector's business.
-                    let _ = sock.send_to(&bytes, dst).await;
-                }
+            if let Some(dst) = self.topo.addrs[to][t.link] {
+                // Unreachable peers are the failure detector's business.
+                let _ = sock.send_to(&t.bytes, dst).await;
             }
-        }
-    }
-
-    fn receive(&mut self, link: usize, bytes: &[u8]) {
-        let keys: Vec<&Key> = std::iter::once(&self.key)
-            .chain(self.previous.as_ref())
-            .collect();
-        let verdict = wire::decode(bytes, self.cluster.id, &keys).and_then(|p| {
-            let sender = p.header.sender;
-            if sender == self.cluster.ids[self.cluster.me] || !self.cluster.ids.contains(&sender) {
-                return Err(DropReason::UnknownNode);
-            }
-            self.replay.check(&p.header)?;
-            Ok(p)
-        });
-        match verdict {
-            Err(reason) => *self.dropped.entry(reason).or_default() += 1,
-            Ok(p) => {
-                let now = self.now_ms();
-                let ev = match p.body {
-                    Body::Heartbeat { .. } => {
-                        self.detector
-                            .on_heartbeat(now, p.header.sender, link, p.header.incarnation)
-                    }
-                    Body::Leave => self.detector.on_leave(now, p.header.sender),
-                };
-                self.apply(ev);
-            }
-        }
-    }
-
-    fn apply(&mut self, events: Vec<Event>) {
-        if events.is_empty() {
-            return;
         }
         for e in events {
-            let text = self.describe(&e.kind);
-            self.log(text);
+            if let Some(text) = self.describe(&e) {
+                self.log(text);
+            }
         }
-        self.update_quorum();
+        let epoch = self.member.agreement().record().config_epoch;
+        if epoch > 0 && self.config_epoch != Some(epoch) {
+            self.config_epoch = Some(epoch);
+            self.log(format!("config epoch {epoch}"));
+        }
+        Ok(())
     }
 
-    fn describe(&self, kind: &EventKind) -> String {
-        let c = &self.cluster;
-        match kind {
-            EventKind::LinkUp { peer, link } => {
-                format!("link {}/{} up", c.name_of(*peer), c.links[*link])
-            }
-            EventKind::LinkLate { peer, link } => {
-                format!("link {}/{} late", c.name_of(*peer), c.links[*link])
-            }
-            EventKind::LinkDown { peer, link } => {
-                format!("link {}/{} down", c.name_of(*peer), c.links[*link])
-            }
-            EventKind::NodeAlive { peer, .. } => format!("node {} online", c.name_of(*peer)),
-            EventKind::NodeBack { peer, incarnation } => {
-                format!(
+    fn describe(&self, e: &MemberEvent) -> Option<String> {
+        let t = &self.topo;
+        let link = |l: usize| t.links.get(l).map_or("?", |s| s.as_str());
+        Some(match e {
+            MemberEvent::Detector(ev) => match ev.kind {
+                EventKind::LinkUp { peer, link: l } => {
+                    format!("link {}/{} up", t.name_of(peer), link(l))
+                }
+                EventKind::LinkLate { peer, link: l } => {
+                    format!("link {}/{} late", t.name_of(peer), link(l))
+                }
+                EventKind::LinkDown { peer, link: l } => {
+                    format!("link {}/{} down", t.name_of(peer), link(l))
+                }
+                EventKind::NodeAlive { peer, .. } => format!("node {} online", t.name_of(peer)),
+                EventKind::NodeBack { peer, incarnation } => format!(
                     "node {} back (new incarnation {incarnation})",
-                    c.name_of(*peer)
-                )
+                    t.name_of(peer)
+                ),
+                EventKind::NodeDead {
+                    peer,
+                    never_seen: false,
+                } => format!("node {} dead", t.name_of(peer)),
+                EventKind::NodeDead {
+                    peer,
+                    never_seen: true,
+                } => format!("node {} dead (not seen since start)", t.name_of(peer)),
+                EventKind::NodeLeft { peer } => {
+                    format!("node {} left the cluster", t.name_of(peer))
+                }
+            },
+            MemberEvent::Quorum(v) => {
+                let votes = format!("{} of {} votes", v.votes, v.expected);
+                match (self.last_quorate.replace(Some(v.quorate)), v.quorate) {
+                    (Some(true), true) => format!("quorum kept ({votes})"),
+                    (_, true) => format!("quorum gained ({votes})"),
+                    (Some(false), false) => format!("still no quorum ({votes})"),
+                    _ if self.member.waiting_for_all() => {
+                        format!("no quorum ({votes}; waiting to see every node once since start)")
+                    }
+                    _ => format!("no quorum ({votes})"),
+                }
             }
-            EventKind::NodeDead {
-                peer,
-                never_seen: false,
-            } => format!("node {} dead", c.name_of(*peer)),
-            EventKind::NodeDead {
-                peer,
-                never_seen: true,
-            } => {
-                format!("node {} dead (not seen since start)", c.name_of(*peer))
+            MemberEvent::Leader {
+                term,
+                leader: Some(l),
+            } => format!("leader is {} (term {term})", t.name_of(*l)),
+            MemberEvent::Leader { term, leader: None } => format!("no leader (term {term})"),
+            MemberEvent::Applied { .. } => return None,
+            MemberEvent::SendFailed { to, reason } => {
+                format!("could not send to {}: {reason}", t.name_of(*to))
             }
-            EventKind::NodeLeft { peer } => format!("node {} left the cluster", c.name_of(*peer)),
-        }
-    }
-
-    fn quorum_view(&self) -> quorum::View {
-        let heard = (0..self.cluster.names.len())
-            .filter(|&i| i != self.cluster.me && self.cluster.is_voter(i))
-            .filter(|&i| self.detector.node_state(self.cluster.ids[i]) == Some(NodeState::Alive))
-            .count();
-        quorum::view(
-            self.cluster.mode,
-            self.cluster.is_voter(self.cluster.me),
-            heard,
-            false,
-        )
-    }
-
-    fn update_quorum(&mut self) {
-        let v = self.quorum_view();
-        if self.quorate != Some(v.quorate) {
-            self.quorate = Some(v.quorate);
-            let what = if v.quorate {
-                "quorum gained"
-            } else {
-                "no quorum"
-            };
-            self.log(format!("{what} ({} of {} votes)", v.votes, v.expected));
-        }
+        })
     }
 
     fn status(&self) -> Status {
-        let c = &self.cluster;
-        let v = self.quorum_view();
-        let peers = (0..c.names.len())
-            .filter(|&i| i != c.me)
+        let t = &self.topo;
+        let m = &self.member;
+        let d = m.detector();
+        let a = m.agreement();
+        let record = a.record();
+        let v = m.view();
+        let peers = (0..t.names.len())
+            .filter(|&i| i != self.me)
             .map(|i| {
-                let id = c.ids[i];
-                let state = match self.detector.node_state(id) {
+                let id = t.ids[i];
+                let state = match d.node_state(id) {
+                    _ if record.has_intent(&t.names[i], Intent::Standby) => "standby",
                     Some(NodeState::Alive) => "online",
                     Some(NodeState::Dead) => "offline",
                     Some(NodeState::Left) => "left",
                     _ => "unknown",
                 };
-                let links = c
-                    .links
-                    .iter()
-                    .enumerate()
-                    .map(|(l, name)| LinkStatus {
-                        link: name.clone(),
-                        state: match self.detector.link_state(id, l) {
+                let links = (0..t.links.len())
+                    .filter(|&l| t.addrs[self.me][l].is_some() && t.addrs[i][l].is_some())
+                    .map(|l| LinkStatus {
+                        link: t.links[l].clone(),
+                        state: match d.link_state(id, l) {
                             Some(LinkState::Up) => "up",
                             Some(LinkState::Late) => "late",
                             Some(LinkState::Down) => "down",
                             _ => "unknown",
                         }
                         .to_string(),
+                        hears_us: d.peer_hears_me(id, l),
                     })
                     .collect();
                 PeerStatus {
-                    name: c.names[i].clone(),
+                    name: t.names[i].clone(),
                     state: state.into(),
-                    incarnation: self.replay.incarnation(id),
+                    incarnation: m.peer_incarnation(id),
+                    voter: t.voters[i],
                     links,
                 }
             })
             .collect();
         Status {
-            cluster: c.name.clone(),
-            node: c.names[c.me].clone(),
-            incarnation: self.incarnation,
+            cluster: self.cluster.clone(),
+            node: t.names[self.me].clone(),
+            incarnation: m.incarnation(),
             uptime_ms: self.now_ms(),
             heartbeat_ms: self.timing.heartbeat_ms,
             deadtime_ms: self.timing.deadtime_ms,
             quorum: QuorumStatus {
-                mode: match c.mode {
-                    quorum::Mode::TwoNode => "two_node",
-                    quorum::Mode::Majority { .. } => "majority",
-                }
-                .into(),
+                mode: self.mode.into(),
                 votes: v.votes,
                 expected: v.expected,
                 quorate: v.quorate,
+                waiting_for_all: m.waiting_for_all(),
+            },
+            agreement: AgreementStatus {
+                role: match a.role() {
+                    Role::Leader => "leader",
+                    Role::Follower => "follower",
+                    Role::PreCandidate | Role::Candidate => "candidate",
+                }
+                .into(),
+                voter: t.voters[self.me],
+                term: a.term(),
+                leader: a.leader().map(|l| t.name_of(l).to_string()),
+                commit_index: a.commit_index(),
+                config_epoch: record.config_epoch,
             },
             peers,
-            dropped: self
-                .dropped
+            dropped: m
+                .dropped()
                 .iter()
                 .map(|(r, n)| (r.as_str().to_string(), *n))
                 .collect(),
@@ -548,16 +674,10 @@ impl Agent {
     }
 }
 
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d.into()).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Binds the control socket, readable and writable by root only. Refuses
-/// to replace the socket of an agent that is still answering.
-fn bind_control(path: &Path) -> Result<UnixListener> {
+/// Binds the control socket: readable and writable by root only, or also
+/// by `group` when configured. Refuses to replace the socket of an agent
+/// that is still answering.
+fn bind_control(path: &Path, group: Option<&str>) -> Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -573,9 +693,33 @@ fn bind_control(path: &Path) -> Result<UnixListener> {
     }
     let listener = UnixListener::bind(path)
         .with_context(|| format!("binding control socket {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("restricting {} to root", path.display()))?;
+    let mode = match group {
+        Some(g) => {
+            let gid = group_id(g)?;
+            std::os::unix::fs::chown(path, None, Some(gid))
+                .with_context(|| format!("giving {} to group {g}", path.display()))?;
+            0o660
+        }
+        None => 0o600,
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("restricting {}", path.display()))?;
     Ok(listener)
+}
+
+/// The numeric id of group `name`, from /etc/group.
+fn group_id(name: &str) -> Result<u32> {
+    let text = std::fs::read_to_string("/etc/group").context("reading /etc/group")?;
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split(':');
+            let n = f.next()?;
+            let gid = f.nth(1)?.parse().ok()?;
+            Some((n, gid))
+        })
+        .find(|(n, _)| *n == name)
+        .map(|(_, g)| g)
+        .with_context(|| format!("control_group {name}: no such group in /etc/group; create it or remove control_group"))
 }
 
 async fn serve_control(mut stream: tokio::net::UnixStream, status: Vec<u8>) {
@@ -594,7 +738,6 @@ async fn serve_control(mut stream: tokio::net::UnixStream, status: Vec<u8>) {
 
 /// `tandem status`: asks the agent behind `socket` and prints its answer.
 pub fn query_status(socket: &Path, json: bool) -> Result<()> {
-    use std::io::{Read, Write};
     let mut s = std::os::unix::net::UnixStream::connect(socket).with_context(|| {
         format!(
             "connecting to the agent at {} (is `tandem agent` running, and are you root?)",
@@ -615,4 +758,35 @@ pub fn query_status(socket: &Path, json: bool) -> Result<()> {
         serde_json::from_slice(&buf).context("the agent's answer is not a status")?;
     print!("{}", status.render());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_file_round_trips_and_refuses_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let sf = StateFile::open(dir.path()).unwrap();
+        assert_eq!(sf.load().unwrap(), Persisted::default());
+        let p = Persisted {
+            incarnation: 7,
+            ..Persisted::default()
+        };
+        sf.save(&p).unwrap();
+        assert_eq!(sf.load().unwrap(), p);
+        std::fs::write(&sf.path, b"{not json").unwrap();
+        let err = format!("{:#}", sf.load().unwrap_err());
+        assert!(
+            err.contains("damaged") && err.contains("move it away"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn group_lookup_says_what_to_do() {
+        assert_eq!(group_id("root").unwrap(), 0);
+        let err = format!("{:#}", group_id("no-such-group-xyz").unwrap_err());
+        assert!(err.contains("create it"), "{err}");
+    }
 }

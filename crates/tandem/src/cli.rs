@@ -24,8 +24,9 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the node agent in the foreground (heartbeats, failure detection,
-    /// quorum view, control socket). Stops cleanly on SIGTERM or Ctrl-C,
-    /// telling the peers it leaves so they need not wait for deadtime.
+    /// quorum, the replicated cluster record, control socket). Stops cleanly
+    /// on SIGTERM or Ctrl-C: hands leadership over and tells the peers it
+    /// leaves, so they need not wait for deadtime.
     Agent {
         /// The cluster configuration file.
         #[arg(long, short)]
@@ -36,9 +37,26 @@ pub enum Command {
         /// Control socket path (default: the configuration's, else /run/tandem/control.sock).
         #[arg(long, value_name = "PATH")]
         control_socket: Option<PathBuf>,
+        /// State directory (default: the configuration's, else /var/lib/tandem).
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
     },
-    /// Show nodes, links, quorum, dropped packets and recent events, as the
-    /// local agent sees them.
+    /// Run the quorum witness in the foreground: a voter that hosts no
+    /// resources, for two-node sites. Run it on a third machine reachable
+    /// at the configuration's `[quorum] witness` address.
+    Witness {
+        /// The cluster configuration file (the same as the nodes').
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Control socket path (default /run/tandem/witness.sock).
+        #[arg(long, value_name = "PATH")]
+        control_socket: Option<PathBuf>,
+        /// State directory (default: the configuration's, else /var/lib/tandem/witness).
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+    },
+    /// Show nodes, links, quorum, the record's leader and epoch, dropped
+    /// packets and recent events, as the local agent sees them.
     Status {
         /// Print the agent's answer as JSON.
         #[arg(long)]

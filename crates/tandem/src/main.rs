@@ -31,14 +31,26 @@ fn run(cli: Cli) -> Result<ExitCode> {
             config,
             node,
             control_socket,
+            state_dir,
         } => {
-            let cfg = config_cmd::load_valid(&config)?;
-            agent::run(
-                cfg,
-                agent::AgentOptions {
-                    node,
-                    control_socket,
-                },
+            run_member(
+                &config,
+                agent::MemberRole::Node(node),
+                control_socket,
+                state_dir,
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Witness {
+            config,
+            control_socket,
+            state_dir,
+        } => {
+            run_member(
+                &config,
+                agent::MemberRole::Witness,
+                control_socket,
+                state_dir,
             )?;
             Ok(ExitCode::SUCCESS)
         }
@@ -90,6 +102,26 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Loads the configuration and runs an agent or a witness.
+fn run_member(
+    config: &std::path::Path,
+    role: agent::MemberRole,
+    control_socket: Option<std::path::PathBuf>,
+    state_dir: Option<std::path::PathBuf>,
+) -> Result<()> {
+    let cfg = config_cmd::load_valid(config)?;
+    let text = std::fs::read(config).with_context(|| format!("reading {}", config.display()))?;
+    agent::run(
+        cfg,
+        agent::AgentOptions {
+            role,
+            control_socket,
+            state_dir,
+            config_hash: blake3::hash(&text).to_hex().to_string(),
+        },
+    )
 }
 
 #[cfg(test)]

@@ -23,6 +23,8 @@ pub struct Status {
     pub deadtime_ms: u64,
     /// Quorum as this node sees it.
     pub quorum: QuorumStatus,
+    /// The agreed record as this node knows it.
+    pub agreement: AgreementStatus,
     /// Every other node.
     pub peers: Vec<PeerStatus>,
     /// Packets dropped, by reason.
@@ -42,6 +44,25 @@ pub struct QuorumStatus {
     pub expected: usize,
     /// Whether this node may act.
     pub quorate: bool,
+    /// Not every node was seen since this agent started (wait_for_all).
+    pub waiting_for_all: bool,
+}
+
+/// The replicated record and its leader, as seen by one node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgreementStatus {
+    /// `leader`, `follower` or `candidate`.
+    pub role: String,
+    /// Whether this member votes.
+    pub voter: bool,
+    /// Current term.
+    pub term: u64,
+    /// The leader, if known.
+    pub leader: Option<String>,
+    /// Highest committed entry known here.
+    pub commit_index: u64,
+    /// Configuration epoch of the record.
+    pub config_epoch: u64,
 }
 
 /// One peer.
@@ -53,6 +74,8 @@ pub struct PeerStatus {
     pub state: String,
     /// Its incarnation, once heard.
     pub incarnation: Option<u64>,
+    /// Whether it votes.
+    pub voter: bool,
     /// Each link to it.
     pub links: Vec<LinkStatus>,
 }
@@ -64,6 +87,9 @@ pub struct LinkStatus {
     pub link: String,
     /// `unknown`, `up`, `late` or `down`.
     pub state: String,
+    /// Whether the peer's heartbeats say it hears this node on this link
+    /// (`up` without it: a one-way link).
+    pub hears_us: bool,
 }
 
 /// One event.
@@ -123,6 +149,23 @@ impl Status {
             q.expected,
             q.mode
         );
+        if q.waiting_for_all {
+            let _ = writeln!(
+                o,
+                "        (waiting to see every node once since start: wait_for_all)"
+            );
+        }
+        let a = &self.agreement;
+        let _ = writeln!(
+            o,
+            "record: leader {}, term {}, this node {}{}, commit index {}, config epoch {}",
+            a.leader.as_deref().unwrap_or("none"),
+            a.term,
+            a.role,
+            if a.voter { "" } else { " (non-voter)" },
+            a.commit_index,
+            a.config_epoch
+        );
         let _ = writeln!(
             o,
             "timing: heartbeat {} ms, deadtime {} ms",
@@ -134,9 +177,23 @@ impl Status {
             let links: Vec<String> = p
                 .links
                 .iter()
-                .map(|l| format!("{}={}", l.link, l.state))
+                .map(|l| {
+                    let one_way = if l.state == "up" && !l.hears_us {
+                        "(one-way: it does not hear us)"
+                    } else {
+                        ""
+                    };
+                    format!("{}={}{one_way}", l.link, l.state)
+                })
                 .collect();
-            let _ = writeln!(o, "  {:<12} {:<8} {}", p.name, p.state, links.join(" "));
+            let role = if p.voter { "" } else { " (non-voter)" };
+            let _ = writeln!(
+                o,
+                "  {:<12} {:<8} {}{role}",
+                p.name,
+                p.state,
+                links.join(" ")
+            );
         }
         let dropped: Vec<String> = self
             .dropped

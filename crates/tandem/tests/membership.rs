@@ -27,12 +27,20 @@ struct Cluster {
     dir: tempfile::TempDir,
     key: [u8; 32],
     pids: Vec<u32>,
+    /// Member index of the witness (it runs in that testbed node), if any.
+    witness: Option<usize>,
 }
 
 impl Cluster {
     fn start(nodes: usize) -> Cluster {
+        Cluster::start_with(nodes, false)
+    }
+
+    /// `nodes` agents, plus a witness in one more testbed node if asked.
+    fn start_with(nodes: usize, with_witness: bool) -> Cluster {
+        let members = nodes + usize::from(with_witness);
         let bed = Testbed::new(TestbedSpec {
-            nodes,
+            nodes: members,
             links: vec!["lan".into(), "sync".into()],
         })
         .unwrap();
@@ -42,7 +50,12 @@ impl Cluster {
         std::fs::write(&key_path, key).unwrap();
         std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
         let mut cfg = String::from("[cluster]\nname = \"tb\"\nkey_file = \"cluster.key\"\n\n");
-        if nodes == 2 {
+        if with_witness {
+            cfg += &format!(
+                "[quorum]\nwitness = \"{}:5406\"\n\n",
+                bed.address(members, "lan")
+            );
+        } else if nodes == 2 {
             cfg += "[quorum]\ntwo_node = true\n\n";
         }
         for (i, l) in ["lan", "sync"].iter().enumerate() {
@@ -64,8 +77,9 @@ impl Cluster {
             dir,
             key,
             pids: Vec::new(),
+            witness: with_witness.then_some(members),
         };
-        for n in 1..=nodes {
+        for n in 1..=members {
             let pid = c.spawn_agent(n);
             c.pids.push(pid);
         }
@@ -76,24 +90,27 @@ impl Cluster {
         self.dir.path().join(format!("n{n}.sock"))
     }
 
+    /// Starts member `n`'s agent (or the witness), with its own state
+    /// directory that survives restarts.
     fn spawn_agent(&self, n: usize) -> u32 {
         let cfg = self.dir.path().join("cluster.toml");
         let sock = self.socket(n);
-        self.bed
-            .spawn(
-                n,
-                TANDEM,
-                &[
-                    "agent",
-                    "--config",
-                    cfg.to_str().unwrap(),
-                    "--node",
-                    &format!("n{n}"),
-                    "--control-socket",
-                    sock.to_str().unwrap(),
-                ],
-            )
-            .unwrap()
+        let state = self.dir.path().join(format!("state-n{n}"));
+        let node = format!("n{n}");
+        let mut args = if self.witness == Some(n) {
+            vec!["witness"]
+        } else {
+            vec!["agent", "--node", &node]
+        };
+        args.extend([
+            "--config",
+            cfg.to_str().unwrap(),
+            "--control-socket",
+            sock.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+        ]);
+        self.bed.spawn(n, TANDEM, &args).unwrap()
     }
 
     fn status(&self, n: usize) -> Option<Value> {
@@ -355,4 +372,83 @@ fn forged_replayed_and_garbage_packets_are_dropped_and_counted() {
             s["dropped"]
         );
     }
+}
+
+fn leader(s: &Value) -> Option<String> {
+    s["agreement"]["leader"].as_str().map(String::from)
+}
+
+#[test]
+fn two_nodes_and_witness_survive_kill_9_of_the_leader_and_rejoin() {
+    if !require_root("two_nodes_and_witness_survive_kill_9_of_the_leader_and_rejoin") {
+        return;
+    }
+    let mut c = Cluster::start_with(2, true);
+    for n in 1..=3 {
+        c.wait(
+            n,
+            GENEROUS,
+            "everyone online, a leader known, config epoch 1",
+            |s| {
+                all_online(s)
+                    && s["quorum"]["quorate"] == true
+                    && leader(s).is_some()
+                    && s["agreement"]["config_epoch"] == 1
+            },
+        );
+    }
+    let s1 = c.status(1).unwrap();
+    assert_eq!(s1["quorum"]["expected"], 3, "{s1:#}");
+    let old = leader(&s1).unwrap();
+    let (victim, survivor) = match old.as_str() {
+        "n1" => (1, 2),
+        "n2" => (2, 1),
+        // The witness may lead too; then kill n1's agent.
+        _ => (1, 2),
+    };
+    println!("leader {old}; killing n{victim}'s agent with SIGKILL");
+    c.bed.kill9(c.pids[victim - 1]).unwrap();
+    let victim_name = format!("n{victim}");
+    c.wait(
+        survivor,
+        GENEROUS,
+        "victim offline, quorum kept with the witness, a live leader",
+        |s| {
+            peer(s, &victim_name)["state"] == "offline"
+                && s["quorum"]["quorate"] == true
+                && s["quorum"]["votes"] == 2
+                && leader(s).is_some_and(|l| l != victim_name)
+        },
+    );
+    let w = c.witness.unwrap();
+    let text = Command::new(TANDEM)
+        .args(["status", "--socket"])
+        .arg(c.socket(survivor))
+        .output()
+        .unwrap();
+    assert!(text.status.success());
+    let text = String::from_utf8_lossy(&text.stdout);
+    println!("n{survivor} after the kill:\n{text}");
+    assert!(text.contains("quorum: yes (2 of 3 votes"), "{text}");
+    c.wait(w, GENEROUS, "the witness agrees", |s| {
+        s["quorum"]["quorate"] == true && leader(s).is_some_and(|l| l != victim_name)
+    });
+    // Restart: it rejoins with a new incarnation and follows the leader.
+    c.pids[victim - 1] = c.spawn_agent(victim);
+    for n in [victim, survivor, w] {
+        c.wait(n, GENEROUS, "all online again with one leader", |s| {
+            all_online(s) && s["quorum"]["quorate"] == true && leader(s).is_some()
+        });
+    }
+    let a = c.status(victim).unwrap();
+    let b = c.status(survivor).unwrap();
+    assert_eq!(leader(&a), leader(&b), "{a:#}\n{b:#}");
+    assert_eq!(a["agreement"]["config_epoch"], 1);
+    let events = a["events"].as_array().unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["text"].as_str().unwrap().starts_with("leader is")),
+        "{a:#}"
+    );
 }

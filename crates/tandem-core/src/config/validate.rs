@@ -400,6 +400,15 @@ pub(super) fn validate(
     let timing = check_timing(&mut c, &file);
     let links = c.unique_names("link", file.links.iter().map(|l| &l.name));
     let nodes = c.unique_names("node", file.nodes.iter().map(|n| &n.name));
+    for n in &file.nodes {
+        if n.name.get_ref() == "witness" {
+            c.error(
+                span(&n.name),
+                "node name `witness` is reserved for the quorum witness",
+                "rename the node",
+            );
+        }
+    }
     check_links_and_nodes(&mut c, &file);
     check_quorum(&mut c, &file);
     let volumes = c.unique_names("volume", file.volumes.iter().map(|v| &v.name));
