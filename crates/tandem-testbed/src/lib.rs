@@ -11,6 +11,7 @@
 //! crashed run left behind, touching only the testbed's prefix.
 //!
 //! Modules:
+//! - [`agents`]: real tandem agents on a testbed, and reading their status.
 //! - [`bed`]: building and tearing down a run, and the fault primitives.
 //! - [`freezer`]: freezing every process of a node (cgroup v1 or v2).
 //! - [`prober`]: UDP and TCP probes from the client namespace every few ms.
@@ -21,6 +22,7 @@
 //! - [`wire`]: user-space delay, jitter and loss between two interfaces
 //!   (the testbed's `tc netem`, which not every kernel has).
 
+pub mod agents;
 pub mod bed;
 pub mod checker;
 pub mod freezer;

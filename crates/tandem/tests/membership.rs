@@ -10,120 +10,39 @@
 )]
 
 use std::net::{SocketAddr, UdpSocket};
-use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use tandem_core::wire::{self, Body, ClusterId, Header, NodeId, Packet};
+use tandem_testbed::agents::{all_online, leader, link_state, peer, AgentCluster, ClusterShape};
 use tandem_testbed::sys::enter_netns;
-use tandem_testbed::{require_root, Testbed, TestbedSpec};
+use tandem_testbed::{require_root, Testbed};
 
 const TANDEM: &str = env!("CARGO_BIN_EXE_tandem");
 
-struct Cluster {
-    bed: Testbed,
-    dir: tempfile::TempDir,
-    key: [u8; 32],
-    pids: Vec<u32>,
-    /// Member index of the witness (it runs in that testbed node), if any.
-    witness: Option<usize>,
+/// The harness, failing the test on any error.
+struct Cluster(AgentCluster);
+
+impl std::ops::Deref for Cluster {
+    type Target = AgentCluster;
+    fn deref(&self) -> &AgentCluster {
+        &self.0
+    }
 }
 
 impl Cluster {
     fn start(nodes: usize) -> Cluster {
-        Cluster::start_with(nodes, false)
+        Cluster(AgentCluster::start(TANDEM, &ClusterShape::nodes(nodes)).unwrap())
     }
 
-    /// `nodes` agents, plus a witness in one more testbed node if asked.
-    fn start_with(nodes: usize, with_witness: bool) -> Cluster {
-        let members = nodes + usize::from(with_witness);
-        let bed = Testbed::new(TestbedSpec {
-            nodes: members,
-            links: vec!["lan".into(), "sync".into()],
-        })
-        .unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let key = [0x42u8; 32];
-        let key_path = dir.path().join("cluster.key");
-        std::fs::write(&key_path, key).unwrap();
-        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let mut cfg = String::from("[cluster]\nname = \"tb\"\nkey_file = \"cluster.key\"\n\n");
-        if with_witness {
-            cfg += &format!(
-                "[quorum]\nwitness = \"{}:5406\"\n\n",
-                bed.address(members, "lan")
-            );
-        } else if nodes == 2 {
-            cfg += "[quorum]\ntwo_node = true\n\n";
-        }
-        for (i, l) in ["lan", "sync"].iter().enumerate() {
-            cfg += &format!(
-                "[[link]]\nname = \"{l}\"\nsubnet = \"10.77.{}.0/24\"\n\n",
-                i + 1
-            );
-        }
-        for n in 1..=nodes {
-            cfg += &format!(
-                "[[node]]\nname = \"n{n}\"\naddresses = {{ lan = \"{}\", sync = \"{}\" }}\n\n",
-                bed.address(n, "lan"),
-                bed.address(n, "sync")
-            );
-        }
-        std::fs::write(dir.path().join("cluster.toml"), cfg).unwrap();
-        let mut c = Cluster {
-            bed,
-            dir,
-            key,
-            pids: Vec::new(),
-            witness: with_witness.then_some(members),
+    fn start_with_witness(nodes: usize) -> Cluster {
+        let shape = ClusterShape {
+            witness: true,
+            ..ClusterShape::nodes(nodes)
         };
-        for n in 1..=members {
-            let pid = c.spawn_agent(n);
-            c.pids.push(pid);
-        }
-        c
+        Cluster(AgentCluster::start(TANDEM, &shape).unwrap())
     }
 
-    fn socket(&self, n: usize) -> PathBuf {
-        self.dir.path().join(format!("n{n}.sock"))
-    }
-
-    /// Starts member `n`'s agent (or the witness), with its own state
-    /// directory that survives restarts.
-    fn spawn_agent(&self, n: usize) -> u32 {
-        let cfg = self.dir.path().join("cluster.toml");
-        let sock = self.socket(n);
-        let state = self.dir.path().join(format!("state-n{n}"));
-        let node = format!("n{n}");
-        let mut args = if self.witness == Some(n) {
-            vec!["witness"]
-        } else {
-            vec!["agent", "--node", &node]
-        };
-        args.extend([
-            "--config",
-            cfg.to_str().unwrap(),
-            "--control-socket",
-            sock.to_str().unwrap(),
-            "--state-dir",
-            state.to_str().unwrap(),
-        ]);
-        self.bed.spawn(n, TANDEM, &args).unwrap()
-    }
-
-    fn status(&self, n: usize) -> Option<Value> {
-        let out = Command::new(TANDEM)
-            .args(["status", "--json", "--socket"])
-            .arg(self.socket(n))
-            .output()
-            .ok()?;
-        serde_json::from_slice(&out.stdout).ok()
-    }
-
-    /// Polls node `n`'s status until `pred` holds; panics with the last
-    /// status after `limit`.
     fn wait(
         &self,
         n: usize,
@@ -131,60 +50,8 @@ impl Cluster {
         what: &str,
         pred: impl Fn(&Value) -> bool,
     ) -> Duration {
-        let start = Instant::now();
-        let mut last = None;
-        while start.elapsed() < limit {
-            if let Some(s) = self.status(n) {
-                if pred(&s) {
-                    return start.elapsed();
-                }
-                last = Some(s);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let log = std::fs::read_dir(self.bed.run_dir())
-            .map(|rd| {
-                rd.flatten()
-                    .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            })
-            .unwrap_or_default();
-        panic!(
-            "n{n}: {what} not reached within {limit:?}; last status: {last:#?}\nagent logs:\n{log}"
-        );
+        self.0.wait(n, limit, what, pred).unwrap()
     }
-}
-
-fn peer<'a>(s: &'a Value, name: &str) -> &'a Value {
-    s["peers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == name)
-        .unwrap()
-}
-
-fn link_state<'a>(s: &'a Value, name: &str, link: &str) -> &'a str {
-    peer(s, name)["links"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["link"] == link)
-        .unwrap()["state"]
-        .as_str()
-        .unwrap()
-}
-
-fn all_online(s: &Value) -> bool {
-    s["peers"].as_array().unwrap().iter().all(|p| {
-        p["state"] == "online"
-            && p["links"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(|l| l["state"] == "up")
-    })
 }
 
 const GENEROUS: Duration = Duration::from_secs(10);
@@ -374,16 +241,12 @@ fn forged_replayed_and_garbage_packets_are_dropped_and_counted() {
     }
 }
 
-fn leader(s: &Value) -> Option<String> {
-    s["agreement"]["leader"].as_str().map(String::from)
-}
-
 #[test]
 fn two_nodes_and_witness_survive_kill_9_of_the_leader_and_rejoin() {
     if !require_root("two_nodes_and_witness_survive_kill_9_of_the_leader_and_rejoin") {
         return;
     }
-    let mut c = Cluster::start_with(2, true);
+    let mut c = Cluster::start_with_witness(2);
     for n in 1..=3 {
         c.wait(
             n,
@@ -421,20 +284,14 @@ fn two_nodes_and_witness_survive_kill_9_of_the_leader_and_rejoin() {
         },
     );
     let w = c.witness.unwrap();
-    let text = Command::new(TANDEM)
-        .args(["status", "--socket"])
-        .arg(c.socket(survivor))
-        .output()
-        .unwrap();
-    assert!(text.status.success());
-    let text = String::from_utf8_lossy(&text.stdout);
+    let text = c.status_text(survivor).unwrap();
     println!("n{survivor} after the kill:\n{text}");
     assert!(text.contains("quorum: yes (2 of 3 votes"), "{text}");
     c.wait(w, GENEROUS, "the witness agrees", |s| {
         s["quorum"]["quorate"] == true && leader(s).is_some_and(|l| l != victim_name)
     });
     // Restart: it rejoins with a new incarnation and follows the leader.
-    c.pids[victim - 1] = c.spawn_agent(victim);
+    c.0.pids[victim - 1] = c.spawn_agent(victim).unwrap();
     for n in [victim, survivor, w] {
         c.wait(n, GENEROUS, "all online again with one leader", |s| {
             all_online(s) && s["quorum"]["quorate"] == true && leader(s).is_some()

@@ -1,0 +1,329 @@
+//! `tandem-bench`: benchmarks on the testbed with real agents. Each prints
+//! the machine, the command and the raw figures, ready for
+//! `docs/BENCHMARKS.md`. Run through `bench/run` (builds release binaries).
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use tandem_testbed::agents::{all_online, event_time, leader, AgentCluster, ClusterShape};
+use tandem_testbed::wire::Impairment;
+
+/// Benchmarks of Tandem's membership layer on the testbed (needs root).
+#[derive(Debug, Parser)]
+struct Cli {
+    /// The tandem binary to run (build it with --release).
+    #[arg(long, default_value = "target/release/tandem")]
+    tandem: PathBuf,
+    #[command(subcommand)]
+    what: What,
+}
+
+#[derive(Debug, Subcommand)]
+enum What {
+    /// Time from cutting every link of a node to `node dead` at its peers.
+    Detect {
+        /// Number of cuts.
+        #[arg(long, default_value_t = 30)]
+        runs: usize,
+        /// Cluster size.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+    },
+    /// False `node dead` events over a long run with both cores saturated
+    /// and loss on one link.
+    Soak {
+        /// Duration in minutes.
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
+        /// Loss on n1's sync link, percent.
+        #[arg(long, default_value_t = 5.0)]
+        loss_pct: f32,
+        /// Busy threads competing for the CPU (default: one per core).
+        #[arg(long)]
+        busy: Option<usize>,
+    },
+    /// CPU and RSS of idle agents.
+    Idle {
+        /// Cluster size.
+        #[arg(long, default_value_t = 5)]
+        nodes: usize,
+        /// Measurement window in seconds.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{cores} cores, {cpu}, Linux {}", kernel.trim())
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    // Nearest rank.
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn summary(label: &str, values: &[u64]) {
+    let mut v = values.to_vec();
+    v.sort_unstable();
+    println!(
+        "{label}: n={} min={} p50={} p90={} p99={} max={} (ms)",
+        v.len(),
+        v.first().copied().unwrap_or(0),
+        percentile(&v, 50.0),
+        percentile(&v, 90.0),
+        percentile(&v, 99.0),
+        v.last().copied().unwrap_or(0)
+    );
+}
+
+const SETTLE: Duration = Duration::from_secs(20);
+
+fn wait_all_settled(c: &AgentCluster, members: usize) -> Result<()> {
+    for n in 1..=members {
+        c.wait(n, SETTLE, "all online, quorate, a leader", |s| {
+            all_online(s) && s["quorum"]["quorate"] == true && leader(s).is_some()
+        })?;
+    }
+    Ok(())
+}
+
+fn detect(tandem: PathBuf, runs: usize, nodes: usize) -> Result<()> {
+    let c = AgentCluster::start(tandem, &ClusterShape::nodes(nodes))?;
+    wait_all_settled(&c, nodes)?;
+    let victim = nodes;
+    let dead = format!("node n{victim} dead");
+    let mut figures = Vec::new();
+    let mut raw = Vec::new();
+    for run in 1..=runs {
+        // Cut at a random phase of the heartbeat cycle.
+        std::thread::sleep(Duration::from_millis(500 + (run as u64 * 37) % 50));
+        let t0 = unix_ms();
+        c.bed.cut_node(victim)?;
+        let mut row = Vec::new();
+        for n in 1..victim {
+            c.wait(n, Duration::from_secs(5), &dead, |s| {
+                event_time(s, &dead, t0).is_some()
+            })?;
+            // Events are immutable once logged: read the figure again.
+            let s = c.status(n).context("status after detection")?;
+            let at = event_time(&s, &dead, t0).context("event vanished")?;
+            row.push(at - t0);
+            figures.push(at - t0);
+        }
+        raw.push(format!("run {run}: {row:?}"));
+        c.bed.restore_node(victim)?;
+        wait_all_settled(&c, nodes)?;
+    }
+    println!("## detect: cut every link of n{victim} -> `node n{victim} dead` at each peer");
+    println!("machine: {}", machine());
+    println!("profile: default (heartbeat 50 ms, deadtime 250 ms); {nodes} nodes x 2 links");
+    for r in &raw {
+        println!("{r}");
+    }
+    summary("cut -> node dead", &figures);
+    Ok(())
+}
+
+fn count_lines(logs: &str, pred: impl Fn(&str) -> bool) -> usize {
+    logs.lines().filter(|l| pred(l)).count()
+}
+
+fn soak(tandem: PathBuf, minutes: u64, loss_pct: f32, busy: Option<usize>) -> Result<()> {
+    let nodes = 3;
+    let c = AgentCluster::start(tandem, &ClusterShape::nodes(nodes))?;
+    wait_all_settled(&c, nodes)?;
+    c.bed.impair_link(
+        1,
+        "sync",
+        Impairment {
+            delay_ms: 0,
+            jitter_ms: 0,
+            loss_pct,
+        },
+    )?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let threads =
+        busy.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let spinners: Vec<_> = (0..threads)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut x = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                }
+            })
+        })
+        .collect();
+    let start = Instant::now();
+    let end = start + Duration::from_secs(minutes * 60);
+    let mut last_report = start;
+    while Instant::now() < end {
+        std::thread::sleep(Duration::from_secs(1));
+        if last_report.elapsed() >= Duration::from_secs(60) {
+            last_report = Instant::now();
+            eprintln!("soak: {} of {minutes} min", start.elapsed().as_secs() / 60);
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for s in spinners {
+        let _ = s.join();
+    }
+    let logs = c.logs();
+    let dead = count_lines(&logs, |l| l.contains("tandem[") && l.contains(" dead"));
+    let leader_changes = count_lines(&logs, |l| l.contains(": leader is "));
+    let no_quorum = count_lines(&logs, |l| l.contains(": no quorum ("));
+    let late = count_lines(&logs, |l| l.contains("/sync late"));
+    let sync_down = count_lines(&logs, |l| l.contains("/sync down"));
+    let lan_late = count_lines(&logs, |l| l.contains("/lan late"));
+    println!("## soak: {minutes} min, {threads} busy threads, {loss_pct}% loss on n1's sync link");
+    println!("machine: {}", machine());
+    println!("profile: default; 3 nodes x 2 links");
+    println!("node dead events (all nodes, whole run): {dead}");
+    println!("leader elections logged (including the first): {leader_changes}");
+    println!("no-quorum events (including each start's first view): {no_quorum}");
+    println!("sync link late: {late}, sync link down: {sync_down}, lan link late: {lan_late}");
+    for n in 1..=nodes {
+        if let Some(s) = c.status(n) {
+            println!(
+                "n{n}: quorate={} leader={:?} term={} dropped={}",
+                s["quorum"]["quorate"],
+                s["agreement"]["leader"],
+                s["agreement"]["term"],
+                s["dropped"]
+            );
+        }
+    }
+    if dead > 0 {
+        println!("FALSE NODE DEAD EVENTS:");
+        for l in logs.lines().filter(|l| l.contains(" dead")) {
+            println!("  {l}");
+        }
+    }
+    Ok(())
+}
+
+/// utime + stime of `pid` in clock ticks.
+fn cpu_ticks(pid: u32) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which is in parentheses.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // rest[0] is field 3 (state); utime is field 14, stime 15.
+    let utime: u64 = f.get(11).context("utime")?.parse()?;
+    let stime: u64 = f.get(12).context("stime")?.parse()?;
+    Ok(utime + stime)
+}
+
+fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .context("no VmRSS")?;
+    Ok(line
+        .split_whitespace()
+        .nth(1)
+        .context("VmRSS value")?
+        .parse()?)
+}
+
+fn idle(tandem: PathBuf, nodes: usize, seconds: u64) -> Result<()> {
+    let c = AgentCluster::start(tandem, &ClusterShape::nodes(nodes))?;
+    wait_all_settled(&c, nodes)?;
+    let hz = clock_ticks_per_second();
+    let t0: Vec<u64> = c
+        .pids
+        .iter()
+        .map(|p| cpu_ticks(*p))
+        .collect::<Result<_>>()?;
+    let start = Instant::now();
+    std::thread::sleep(Duration::from_secs(seconds));
+    let wall = start.elapsed().as_secs_f64();
+    println!("## idle: {nodes} nodes x 2 links, {seconds} s window, after settling");
+    println!("machine: {}", machine());
+    let mut cpus = Vec::new();
+    let mut rsss = Vec::new();
+    for (i, pid) in c.pids.iter().enumerate() {
+        let t1 = cpu_ticks(*pid)?;
+        let cpu_pct = (t1 - t0[i]) as f64 / hz as f64 / wall * 100.0;
+        let rss = rss_kib(*pid)?;
+        println!(
+            "n{}: cpu {cpu_pct:.2}% of a core, rss {:.1} MiB",
+            i + 1,
+            rss as f64 / 1024.0
+        );
+        cpus.push(cpu_pct);
+        rsss.push(rss);
+    }
+    let max_cpu = cpus.iter().copied().fold(0.0, f64::max);
+    let max_rss = rsss.iter().copied().max().unwrap_or(0);
+    println!(
+        "max: cpu {max_cpu:.2}% of a core, rss {:.1} MiB",
+        max_rss as f64 / 1024.0
+    );
+    if c.pids.iter().any(|p| !c.bed.is_running(*p)) {
+        bail!("an agent died during the measurement");
+    }
+    Ok(())
+}
+
+fn clock_ticks_per_second() -> u64 {
+    // Linux has reported 100 ticks per second to user space (USER_HZ) on
+    // every architecture for decades; getconf confirms it when present.
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100)
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    if !tandem_testbed::is_root() {
+        bail!("the benchmarks build network namespaces: run them as root");
+    }
+    if !cli.tandem.exists() {
+        bail!(
+            "{} not found: build it with `cargo build --release -p tandem` or pass --tandem",
+            cli.tandem.display()
+        );
+    }
+    let args: Vec<String> = std::env::args().collect();
+    println!("command: {}", args.join(" "));
+    match cli.what {
+        What::Detect { runs, nodes } => detect(cli.tandem, runs, nodes),
+        What::Soak {
+            minutes,
+            loss_pct,
+            busy,
+        } => soak(cli.tandem, minutes, loss_pct, busy),
+        What::Idle { nodes, seconds } => idle(cli.tandem, nodes, seconds),
+    }
+}

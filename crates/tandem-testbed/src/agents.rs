@@ -1,0 +1,251 @@
+//! Real `tandem agent` (and `tandem witness`) processes on a [`Testbed`]:
+//! the configuration, key and per-member state directories they need, and
+//! polling of their status. Shared by the testbed tests, the benchmarks and
+//! `tandem demo`.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+use crate::{Testbed, TestbedSpec};
+
+/// Poll interval of [`AgentCluster::wait`].
+const POLL_MS: u64 = 20;
+
+/// What cluster to start.
+#[derive(Debug, Clone)]
+pub struct ClusterShape {
+    /// Agents (nodes n1..nN).
+    pub nodes: usize,
+    /// Add a witness, run in testbed node N+1, on the `lan` link, port 5406.
+    pub witness: bool,
+    /// Timing profile name (`default`, `relaxed`, `wan`).
+    pub profile: String,
+    /// Extra TOML appended to the configuration (resources, groups, ...).
+    pub extra: String,
+}
+
+impl ClusterShape {
+    /// `nodes` agents, default profile, two-node mode for two nodes.
+    pub fn nodes(nodes: usize) -> Self {
+        ClusterShape {
+            nodes,
+            witness: false,
+            profile: "default".into(),
+            extra: String::new(),
+        }
+    }
+}
+
+/// A running cluster of agents on its own testbed.
+pub struct AgentCluster {
+    /// The testbed (dropped last: tears everything down).
+    pub bed: Testbed,
+    dir: tempfile::TempDir,
+    binary: PathBuf,
+    /// The cluster key.
+    pub key: [u8; 32],
+    /// Agent process ids by member (index 0 is n1).
+    pub pids: Vec<u32>,
+    /// Member number of the witness, if any.
+    pub witness: Option<usize>,
+}
+
+impl AgentCluster {
+    /// Builds a testbed with links `lan` and `sync`, writes the
+    /// configuration and starts every member with `binary`.
+    pub fn start(binary: impl Into<PathBuf>, shape: &ClusterShape) -> Result<AgentCluster> {
+        let members = shape.nodes + usize::from(shape.witness);
+        let bed = Testbed::new(TestbedSpec {
+            nodes: members,
+            links: vec!["lan".into(), "sync".into()],
+        })?;
+        let dir = tempfile::tempdir().context("creating the cluster's directory")?;
+        let key = [0x42u8; 32];
+        let key_path = dir.path().join("cluster.key");
+        std::fs::write(&key_path, key).context("writing the key")?;
+        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600))?;
+        let mut cfg = format!(
+            "[cluster]\nname = \"tb\"\nkey_file = \"cluster.key\"\n\n[timing]\nprofile = \"{}\"\n\n",
+            shape.profile
+        );
+        if shape.witness {
+            cfg += &format!(
+                "[quorum]\nwitness = \"{}:5406\"\n\n",
+                bed.address(members, "lan")
+            );
+        } else if shape.nodes == 2 {
+            cfg += "[quorum]\ntwo_node = true\n\n";
+        }
+        for (i, l) in ["lan", "sync"].iter().enumerate() {
+            cfg += &format!(
+                "[[link]]\nname = \"{l}\"\nsubnet = \"10.77.{}.0/24\"\n\n",
+                i + 1
+            );
+        }
+        for n in 1..=shape.nodes {
+            cfg += &format!(
+                "[[node]]\nname = \"n{n}\"\naddresses = {{ lan = \"{}\", sync = \"{}\" }}\n\n",
+                bed.address(n, "lan"),
+                bed.address(n, "sync")
+            );
+        }
+        cfg += &shape.extra;
+        std::fs::write(dir.path().join("cluster.toml"), cfg).context("writing the config")?;
+        let mut c = AgentCluster {
+            bed,
+            dir,
+            binary: binary.into(),
+            key,
+            pids: Vec::new(),
+            witness: shape.witness.then_some(members),
+        };
+        for n in 1..=members {
+            let pid = c.spawn_agent(n)?;
+            c.pids.push(pid);
+        }
+        Ok(c)
+    }
+
+    /// The configuration file.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("cluster.toml")
+    }
+
+    /// Member `n`'s control socket.
+    pub fn socket(&self, n: usize) -> PathBuf {
+        self.dir.path().join(format!("n{n}.sock"))
+    }
+
+    /// Starts member `n`'s agent (or the witness), with its own state
+    /// directory that survives restarts.
+    pub fn spawn_agent(&self, n: usize) -> Result<u32> {
+        let cfg = self.config_path();
+        let sock = self.socket(n);
+        let state = self.dir.path().join(format!("state-n{n}"));
+        let node = format!("n{n}");
+        let mut args: Vec<String> = if self.witness == Some(n) {
+            vec!["witness".into()]
+        } else {
+            vec!["agent".into(), "--node".into(), node]
+        };
+        for (flag, path) in [
+            ("--config", &cfg),
+            ("--control-socket", &sock),
+            ("--state-dir", &state),
+        ] {
+            args.push(flag.into());
+            args.push(path.to_string_lossy().into_owned());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.bed.spawn(n, &self.binary.to_string_lossy(), &args)
+    }
+
+    /// Member `n`'s status as JSON, if its agent answers.
+    pub fn status(&self, n: usize) -> Option<Value> {
+        let out = Command::new(&self.binary)
+            .args(["status", "--json", "--socket"])
+            .arg(self.socket(n))
+            .output()
+            .ok()?;
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    /// Member `n`'s status for people (`tandem status`).
+    pub fn status_text(&self, n: usize) -> Result<String> {
+        let out = Command::new(&self.binary)
+            .args(["status", "--socket"])
+            .arg(self.socket(n))
+            .output()
+            .context("running tandem status")?;
+        if !out.status.success() {
+            bail!("tandem status: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Every agent's log so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_dir(self.bed.run_dir())
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+            .unwrap_or_default()
+    }
+
+    /// Polls member `n`'s status until `pred` holds and returns how long it
+    /// took; fails with the last status and every log after `limit`.
+    pub fn wait(
+        &self,
+        n: usize,
+        limit: Duration,
+        what: &str,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Result<Duration> {
+        let start = Instant::now();
+        let mut last = None;
+        while start.elapsed() < limit {
+            if let Some(s) = self.status(n) {
+                if pred(&s) {
+                    return Ok(start.elapsed());
+                }
+                last = Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(POLL_MS));
+        }
+        bail!(
+            "n{n}: {what} not reached within {limit:?}; last status: {last:#?}\nagent logs:\n{}",
+            self.logs()
+        )
+    }
+}
+
+/// The status entry of peer `name`.
+pub fn peer<'a>(s: &'a Value, name: &str) -> &'a Value {
+    s["peers"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == name))
+        .unwrap_or(&Value::Null)
+}
+
+/// The state of the link `link` to peer `name` (`up`, `down`, ...).
+pub fn link_state<'a>(s: &'a Value, name: &str, link: &str) -> &'a str {
+    peer(s, name)["links"]
+        .as_array()
+        .and_then(|ls| ls.iter().find(|l| l["link"] == link))
+        .and_then(|l| l["state"].as_str())
+        .unwrap_or("absent")
+}
+
+/// Every peer online with every link up.
+pub fn all_online(s: &Value) -> bool {
+    s["peers"].as_array().is_some_and(|ps| {
+        ps.iter().all(|p| {
+            p["state"] == "online"
+                && p["links"]
+                    .as_array()
+                    .is_some_and(|ls| ls.iter().all(|l| l["state"] == "up"))
+        })
+    })
+}
+
+/// The leader named in a status, if any.
+pub fn leader(s: &Value) -> Option<String> {
+    s["agreement"]["leader"].as_str().map(String::from)
+}
+
+/// The time (ms since the epoch) of the first event whose text is `text`
+/// at or after `since_unix_ms`.
+pub fn event_time(s: &Value, text: &str, since_unix_ms: u64) -> Option<u64> {
+    s["events"].as_array()?.iter().find_map(|e| {
+        let at = e["at_unix_ms"].as_u64()?;
+        (e["text"] == text && at >= since_unix_ms).then_some(at)
+    })
+}
