@@ -2,6 +2,8 @@
 //! the machine, the command and the raw figures, ready for
 //! `docs/BENCHMARKS.md`. Run through `bench/run` (builds release binaries).
 
+mod corosync;
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -45,6 +47,16 @@ enum What {
         /// Busy threads competing for the CPU (default: one per core).
         #[arg(long)]
         busy: Option<usize>,
+    },
+    /// The detection benchmark against Corosync (knet, two links) in the
+    /// same topology.
+    CorosyncDetect {
+        /// Number of cuts.
+        #[arg(long, default_value_t = 30)]
+        runs: usize,
+        /// Corosync's token timeout.
+        #[arg(long, default_value_t = 300)]
+        token_ms: u64,
     },
     /// CPU and RSS of idle agents.
     Idle {
@@ -119,21 +131,27 @@ fn detect(tandem: PathBuf, runs: usize, nodes: usize) -> Result<()> {
     let dead = format!("node n{victim} dead");
     let mut figures = Vec::new();
     let mut raw = Vec::new();
+    let mut cut_ms = Vec::new();
     for run in 1..=runs {
         // Cut at a random phase of the heartbeat cycle.
         std::thread::sleep(Duration::from_millis(500 + (run as u64 * 37) % 50));
-        let t0 = unix_ms();
+        // A node is cut when its last link is: time from when the cut
+        // command (one `ip link set down` per link) returned; its own
+        // duration is reported beside.
+        let before = unix_ms();
         c.bed.cut_node(victim)?;
+        let t0 = unix_ms();
+        cut_ms.push(t0 - before);
         let mut row = Vec::new();
         for n in 1..victim {
             c.wait(n, Duration::from_secs(5), &dead, |s| {
-                event_time(s, &dead, t0).is_some()
+                event_time(s, &dead, before).is_some()
             })?;
             // Events are immutable once logged: read the figure again.
             let s = c.status(n).context("status after detection")?;
-            let at = event_time(&s, &dead, t0).context("event vanished")?;
-            row.push(at - t0);
-            figures.push(at - t0);
+            let at = event_time(&s, &dead, before).context("event vanished")?;
+            row.push(at.saturating_sub(t0));
+            figures.push(at.saturating_sub(t0));
         }
         raw.push(format!("run {run}: {row:?}"));
         c.bed.restore_node(victim)?;
@@ -141,11 +159,12 @@ fn detect(tandem: PathBuf, runs: usize, nodes: usize) -> Result<()> {
     }
     println!("## detect: cut every link of n{victim} -> `node n{victim} dead` at each peer");
     println!("machine: {}", machine());
-    println!("profile: default (heartbeat 50 ms, deadtime 250 ms); {nodes} nodes x 2 links");
+    println!("profile: default (heartbeat 50 ms, deadtime 200 ms, warntime 150 ms); {nodes} nodes x 2 links");
     for r in &raw {
         println!("{r}");
     }
-    summary("cut -> node dead", &figures);
+    summary("cut command returned -> node dead", &figures);
+    summary("duration of the cut command itself", &cut_ms);
     Ok(())
 }
 
@@ -325,5 +344,19 @@ fn main() -> Result<()> {
             busy,
         } => soak(cli.tandem, minutes, loss_pct, busy),
         What::Idle { nodes, seconds } => idle(cli.tandem, nodes, seconds),
+        What::CorosyncDetect { runs, token_ms } => {
+            let rows = corosync::detect(runs, token_ms)?;
+            println!(
+                "## corosync detect: cut every link of n3 -> quorum `Members[2]` at each peer"
+            );
+            println!("machine: {}", machine());
+            println!("corosync 3.1.7, knet, links lan + sync, token {token_ms} ms; 3 nodes");
+            for (i, r) in rows.iter().enumerate() {
+                println!("run {}: {r:?}", i + 1);
+            }
+            let all: Vec<u64> = rows.into_iter().flatten().collect();
+            summary("cut -> Members[2]", &all);
+            Ok(())
+        }
     }
 }

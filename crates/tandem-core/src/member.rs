@@ -223,6 +223,11 @@ impl Member {
         &self.dropped
     }
 
+    /// Whether `peer` is confirmed fenced (and not seen since).
+    pub fn is_fenced(&self, peer: NodeId) -> bool {
+        self.fenced.contains(&peer)
+    }
+
     /// Whether wait-for-all still holds this member back.
     pub fn waiting_for_all(&self) -> bool {
         self.spec.wait_for_all && !self.all_seen

@@ -607,6 +607,7 @@ impl Agent {
             .map(|i| {
                 let id = t.ids[i];
                 let state = match d.node_state(id) {
+                    _ if m.is_fenced(id) => "fenced",
                     _ if record.has_intent(&t.names[i], Intent::Standby) => "standby",
                     Some(NodeState::Alive) => "online",
                     Some(NodeState::Dead) => "offline",

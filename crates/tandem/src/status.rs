@@ -70,7 +70,7 @@ pub struct AgreementStatus {
 pub struct PeerStatus {
     /// Node name.
     pub name: String,
-    /// `unknown`, `online`, `offline` or `left`.
+    /// `unknown`, `online`, `offline`, `left`, `standby` or `fenced`.
     pub state: String,
     /// Its incarnation, once heard.
     pub incarnation: Option<u64>,

@@ -86,7 +86,7 @@ pub struct Timing {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Profile {
-    /// Sub-second failover on a LAN: heartbeat 50 ms, deadtime 250 ms.
+    /// Sub-second failover on a LAN: heartbeat 50 ms, deadtime 200 ms.
     Default,
     /// For loaded or virtualised hosts: heartbeat 200 ms, deadtime 1 s.
     Relaxed,

@@ -49,7 +49,7 @@ impl Timing {
         match profile {
             Profile::Default => Timing {
                 heartbeat_ms: 50,
-                deadtime_ms: 250,
+                deadtime_ms: 200,
                 warntime_ms: 150,
                 startup_wait_ms: 5_000,
             },
