@@ -823,14 +823,23 @@ impl Agreement {
         self.out.send.push((to, msg));
     }
 
+    /// Answers an append or snapshot: `last_index` is what matches when
+    /// `ok`, or where the leader should retry from.
+    fn reply_append(&mut self, to: NodeId, ok: bool, last_index: u64) {
+        let term = self.durable.term;
+        self.out.send.push((
+            to,
+            Message::AppendReply {
+                term,
+                ok,
+                last_index,
+            },
+        ));
+    }
+
     /// Refuses an append; the last index tells the leader where to retry.
     fn refuse_append(&mut self, to: NodeId) {
-        let msg = Message::AppendReply {
-            term: self.durable.term,
-            ok: false,
-            last_index: self.last_index(),
-        };
-        self.out.send.push((to, msg));
+        self.reply_append(to, false, self.last_index());
     }
 
     fn on_append(
@@ -847,12 +856,7 @@ impl Agreement {
             // Everything up to the snapshot is committed, so it matches.
             let skip = (snap - prev_index) as usize;
             if skip > entries.len() {
-                let msg = Message::AppendReply {
-                    term: self.durable.term,
-                    ok: true,
-                    last_index: snap,
-                };
-                self.out.send.push((from, msg));
+                self.reply_append(from, true, snap);
                 return;
             }
             entries.drain(..skip);
@@ -869,12 +873,7 @@ impl Agreement {
             while hint > snap && self.term_at(hint) == Some(t) {
                 hint -= 1;
             }
-            let msg = Message::AppendReply {
-                term: self.durable.term,
-                ok: false,
-                last_index: hint,
-            };
-            self.out.send.push((from, msg));
+            self.reply_append(from, false, hint);
             return;
         }
         let mut index = prev_index;
@@ -904,22 +903,12 @@ impl Agreement {
             self.commit = new_commit;
             self.apply_committed();
         }
-        let msg = Message::AppendReply {
-            term: self.durable.term,
-            ok: true,
-            last_index: index,
-        };
-        self.out.send.push((from, msg));
+        self.reply_append(from, true, index);
     }
 
     fn on_snapshot(&mut self, from: NodeId, snapshot: Snapshot) {
         if snapshot.last_index <= self.commit {
-            let msg = Message::AppendReply {
-                term: self.durable.term,
-                ok: true,
-                last_index: self.commit,
-            };
-            self.out.send.push((from, msg));
+            self.reply_append(from, true, self.commit);
             return;
         }
         let keep = if self.term_at(snapshot.last_index) == Some(snapshot.last_term) {
@@ -936,12 +925,7 @@ impl Agreement {
         self.durable.snapshot = snapshot;
         self.dirty = true;
         self.out.notes.push(Note::Applied { index });
-        let msg = Message::AppendReply {
-            term: self.durable.term,
-            ok: true,
-            last_index: index,
-        };
-        self.out.send.push((from, msg));
+        self.reply_append(from, true, index);
     }
 
     fn on_append_reply(&mut self, now_ms: u64, from: NodeId, ok: bool, last_index: u64) {
