@@ -13,12 +13,23 @@
 //! - [`failure_detector`]: per-link and per-node liveness from heartbeats and time.
 //! - [`quorum`]: the quorum rule over the membership view.
 //! - [`agreement`]: the replicated cluster record (a sans-IO Raft engine).
+//! - [`lease`]: how long a node may run its groups without fresh word, and
+//!   how long the leader waits before starting a silent node's groups.
+//! - [`policy`]: where each group should run (pure placement rules).
+//! - [`handover`]: the leader's safe steps from the agreed placement to the
+//!   policy's targets (always through "stopped everywhere").
+//! - [`group`]: one node's groups: probe, ordered start, reverse stop,
+//!   failures and restarts.
 //! - [`member`]: one member's whole protocol state, joining the above.
 
 pub mod agreement;
 pub mod config;
 pub mod diagnostic;
 pub mod failure_detector;
+pub mod group;
+pub mod handover;
+pub mod lease;
 pub mod member;
+pub mod policy;
 pub mod quorum;
 pub mod wire;

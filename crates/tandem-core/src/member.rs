@@ -11,9 +11,12 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::agreement::{self, Agreement, Command, Durable, Note, ProposeError};
+use crate::agreement::{self, Agreement, Command, Durable, Intent, Note, ProposeError, Role};
 use crate::config::Timing;
 use crate::failure_detector::{Event, EventKind, FailureDetector, LinkState, NodeState};
+use crate::handover::{self, NodeView};
+use crate::lease;
+use crate::policy::{self, GroupPolicy, NodeFacts, Target};
 use crate::quorum::{self, View};
 use crate::wire::{self, replay::ReplayGuard, Body, ClusterId, DropReason, Header, Key, NodeId};
 
@@ -116,6 +119,131 @@ pub struct MemberOutput {
     pub events: Vec<MemberEvent>,
 }
 
+/// One group as a node reports it to its peers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupReport {
+    /// Group name.
+    pub name: String,
+    /// Placement epoch of this group in the sender's applied record.
+    pub epoch: u64,
+    /// Whether anything of it may run on the sender.
+    pub active: bool,
+    /// Its state there in one word (`running`, `stopped`, ...).
+    pub state: String,
+    /// Since when, ms since the Unix epoch.
+    pub since_unix_ms: u64,
+    /// The latest failure there, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+}
+
+/// The state report a member sends with each heartbeat, per recipient:
+/// lease stamps and echoes ([`crate::lease`]), and its groups.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    /// Sender's clock when sent (the stamp recipients echo).
+    pub sent_ms: u64,
+    /// Sender's agreement term.
+    pub term: u64,
+    /// Whom the sender follows (itself when it leads).
+    pub leader: Option<NodeId>,
+    /// The newest stamp the sender received from the recipient:
+    /// (recipient's incarnation, its `sent_ms`).
+    pub echo: Option<(u64, u64)>,
+    /// When the sender leads: how much of its own lease is left.
+    pub lease_left_ms: u64,
+    /// Sender's last log index (a grant counts once the recipient has
+    /// applied this far).
+    pub log_index: u64,
+    /// Sender's commit index.
+    pub commit: u64,
+    /// Groups on the sender.
+    pub groups: Vec<GroupReport>,
+    /// Links whose ping monitor fails on the sender.
+    pub failed_links: Vec<String>,
+}
+
+/// A request to the leader, from an operator (through any agent) or from a
+/// node reporting a failure.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Pin a group to a node (`tandem move`), or clear the pin (None).
+    Move {
+        /// Group.
+        group: String,
+        /// Node, or None to clear the pin.
+        node: Option<String>,
+    },
+    /// Planned failover: pin the group to the best other eligible node.
+    Failover {
+        /// Group.
+        group: String,
+    },
+    /// `tandem node standby|online`.
+    Standby {
+        /// Node.
+        node: String,
+        /// Standby on or off.
+        on: bool,
+    },
+    /// `tandem maintenance on|off` for a group (or the whole cluster with
+    /// every group named).
+    Maintenance {
+        /// Group.
+        group: String,
+        /// On or off.
+        on: bool,
+    },
+    /// `tandem cleanup`: forget a group's failures everywhere.
+    Cleanup {
+        /// Group.
+        group: String,
+    },
+    /// A node saw a group fail.
+    Failed {
+        /// Group.
+        group: String,
+        /// Where.
+        node: String,
+        /// Why.
+        reason: String,
+        /// When, ms since the Unix epoch.
+        at_unix_ms: u64,
+    },
+}
+
+/// A request with its sender's id for it (duplicates are dropped).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct RequestEnvelope {
+    id: (u64, u64),
+    request: Request,
+}
+
+/// Requests remembered to drop duplicates.
+const MAX_SEEN_REQUESTS: usize = 256;
+/// Requests waiting for a leader before the oldest is dropped.
+const MAX_QUEUED_REQUESTS: usize = 64;
+
+/// What the cluster's groups are, for members that coordinate them.
+#[derive(Debug, Clone, Default)]
+pub struct GroupsSpec {
+    /// Groups in configuration order.
+    pub groups: Vec<GroupPolicy>,
+    /// Failures older than this are forgotten, per group (ms).
+    pub failure_expiry_ms: Vec<u64>,
+    /// Nodes that may host groups (the witness excluded), config order.
+    pub hosts: Vec<String>,
+    /// Lease length (ms); the membership deadtime.
+    pub lease_ms: u64,
+}
+
+/// The latest report from a peer and when it came.
+#[derive(Debug, Clone)]
+struct PeerReport {
+    report: Report,
+    rx_ms: u64,
+}
+
 /// One member's protocol state.
 #[derive(Debug, Clone)]
 pub struct Member {
@@ -135,6 +263,25 @@ pub struct Member {
     now_ms: u64,
     persist: bool,
     out: MemberOutput,
+    /// Newest stamp received from each peer: (its incarnation, sent_ms).
+    stamps: BTreeMap<NodeId, (u64, u64)>,
+    /// Latest report from each peer.
+    reports: BTreeMap<NodeId, PeerReport>,
+    /// When this member last became leader.
+    leader_since_ms: u64,
+    /// This node's groups as the shell reports them.
+    local_groups: Vec<GroupReport>,
+    failed_links: Vec<String>,
+    groups: GroupsSpec,
+    /// Wall clock (ms since the Unix epoch) at `now_ms == 0`.
+    unix_at_zero_ms: u64,
+    request_seq: u64,
+    seen_requests: std::collections::VecDeque<(u64, u64)>,
+    queued_requests: std::collections::VecDeque<RequestEnvelope>,
+    /// Why groups wait, as the leader last computed it.
+    waiting: BTreeMap<String, String>,
+    /// When a waiting takeover becomes possible (leader's clock).
+    lead_due_ms: Option<u64>,
 }
 
 impl Member {
@@ -192,6 +339,18 @@ impl Member {
             // The new incarnation must be on disk before any packet carries it.
             persist: true,
             out: MemberOutput::default(),
+            stamps: BTreeMap::new(),
+            reports: BTreeMap::new(),
+            leader_since_ms: now_ms,
+            local_groups: Vec::new(),
+            failed_links: Vec::new(),
+            groups: GroupsSpec::default(),
+            unix_at_zero_ms: 0,
+            request_seq: 0,
+            seen_requests: std::collections::VecDeque::new(),
+            queued_requests: std::collections::VecDeque::new(),
+            waiting: BTreeMap::new(),
+            lead_due_ms: None,
             spec,
         };
         m.update_view();
@@ -255,11 +414,18 @@ impl Member {
         if let Some(f) = self.detector.next_deadline() {
             d = d.min(f);
         }
+        if let Some(l) = self.lead_due_ms {
+            d = d.min(l);
+        }
         d
     }
 
     /// Takes the work accumulated so far.
     pub fn take_output(&mut self) -> MemberOutput {
+        let a = self.agreement.take_output();
+        self.absorb(a);
+        self.flush_requests();
+        self.lead();
         let a = self.agreement.take_output();
         self.absorb(a);
         let mut out = std::mem::take(&mut self.out);
@@ -314,10 +480,17 @@ impl Member {
             Body::Heartbeat {
                 link: sent_on,
                 heard,
+                report,
             } => {
                 // The link index in the packet is the sender's view; a
                 // mismatch means crossed wiring, so trust where it arrived.
                 let _ = sent_on;
+                if !report.is_empty() {
+                    match serde_json::from_slice::<Report>(&report) {
+                        Ok(r) => self.on_report(now_ms, from, p.header.incarnation, r),
+                        Err(_) => *self.dropped.entry(DropReason::Malformed).or_default() += 1,
+                    }
+                }
                 let ev = self
                     .detector
                     .on_heartbeat(now_ms, from, link, p.header.incarnation);
@@ -331,6 +504,10 @@ impl Member {
             }
             Body::Agreement(bytes) => match serde_json::from_slice(&bytes) {
                 Ok(msg) => self.agreement.on_message(now_ms, from, msg),
+                Err(_) => *self.dropped.entry(DropReason::Malformed).or_default() += 1,
+            },
+            Body::Request(bytes) => match serde_json::from_slice::<RequestEnvelope>(&bytes) {
+                Ok(env) => self.on_request(now_ms, env),
                 Err(_) => *self.dropped.entry(DropReason::Malformed).or_default() += 1,
             },
         }
@@ -359,25 +536,35 @@ impl Member {
         self.agreement.hand_off();
         let a = self.agreement.take_output();
         self.absorb(a);
-        self.broadcast(|_| Body::Leave);
+        self.broadcast(|_, _| Body::Leave);
     }
 
     fn send_heartbeats(&mut self) {
         let heard: Vec<Vec<NodeId>> = (0..self.spec.links)
             .map(|l| self.detector.heard_on(l))
             .collect();
-        self.broadcast(|link| Body::Heartbeat {
+        let reports: BTreeMap<NodeId, Vec<u8>> = self
+            .spec
+            .peers
+            .iter()
+            .map(|p| {
+                let r = self.report_for(p.id);
+                (p.id, serde_json::to_vec(&r).unwrap_or_default())
+            })
+            .collect();
+        self.broadcast(|to, link| Body::Heartbeat {
             link: link as u8,
             heard: heard[link].clone(),
+            report: reports.get(&to).cloned().unwrap_or_default(),
         });
     }
 
-    fn broadcast(&mut self, body: impl Fn(usize) -> Body) {
+    fn broadcast(&mut self, body: impl Fn(NodeId, usize) -> Body) {
         for i in 0..self.spec.peers.len() {
             for link in 0..self.spec.links {
                 if self.spec.peers[i].links.get(link).copied().unwrap_or(false) {
                     let to = self.spec.peers[i].id;
-                    if let Err(e) = self.transmit(to, link, body(link)) {
+                    if let Err(e) = self.transmit(to, link, body(to, link)) {
                         self.out.events.push(MemberEvent::SendFailed {
                             to,
                             reason: e.to_string(),
@@ -447,6 +634,7 @@ impl Member {
                 Note::Leader { term, leader } => {
                     self.out.events.push(MemberEvent::Leader { term, leader });
                     if leader == Some(self.spec.me) {
+                        self.leader_since_ms = self.now_ms;
                         self.propose_config();
                     }
                 }
@@ -507,6 +695,418 @@ impl Member {
         if self.view != Some(v) {
             self.view = Some(v);
             self.out.events.push(MemberEvent::Quorum(v));
+        }
+    }
+}
+
+/// Leases, reports, requests and the leader's placement loop.
+impl Member {
+    /// Tells the member what groups the cluster has (every member, the
+    /// witness included, since any voter may lead) and the wall clock at
+    /// `now_ms == 0` (for failure times and their expiry).
+    pub fn set_groups(&mut self, groups: GroupsSpec, unix_at_zero_ms: u64) {
+        self.groups = groups;
+        self.unix_at_zero_ms = unix_at_zero_ms;
+    }
+
+    /// What runs on this node, and which links fail their ping monitor.
+    pub fn set_local(&mut self, groups: Vec<GroupReport>, failed_links: Vec<String>) {
+        self.local_groups = groups;
+        self.failed_links = failed_links;
+    }
+
+    /// Why groups cannot move yet (leader only; empty elsewhere).
+    pub fn waiting(&self) -> &BTreeMap<String, String> {
+        &self.waiting
+    }
+
+    /// The latest report from `peer`, with this member's time of receipt.
+    pub fn report_from(&self, peer: NodeId) -> Option<(&Report, u64)> {
+        self.reports.get(&peer).map(|r| (&r.report, r.rx_ms))
+    }
+
+    fn unix_ms(&self, now_ms: u64) -> u64 {
+        self.unix_at_zero_ms + now_ms
+    }
+
+    fn on_report(&mut self, now_ms: u64, from: NodeId, incarnation: u64, r: Report) {
+        let stamp = self.stamps.entry(from).or_insert((incarnation, r.sent_ms));
+        if incarnation > stamp.0 || (incarnation == stamp.0 && r.sent_ms > stamp.1) {
+            *stamp = (incarnation, r.sent_ms);
+        }
+        self.reports.insert(
+            from,
+            PeerReport {
+                report: r,
+                rx_ms: now_ms,
+            },
+        );
+    }
+
+    fn report_for(&self, peer: NodeId) -> Report {
+        let record = self.agreement.record();
+        let groups = self
+            .local_groups
+            .iter()
+            .map(|g| GroupReport {
+                epoch: record.placements.get(&g.name).map_or(0, |p| p.epoch),
+                ..g.clone()
+            })
+            .collect();
+        let leading = self.agreement.role() == Role::Leader;
+        Report {
+            sent_ms: self.now_ms,
+            term: self.agreement.term(),
+            leader: self.agreement.leader(),
+            echo: self.stamps.get(&peer).copied(),
+            lease_left_ms: if leading {
+                self.leader_lease_until(self.now_ms)
+                    .map_or(0, |u| u.saturating_sub(self.now_ms))
+            } else {
+                0
+            },
+            log_index: self.agreement.last_index(),
+            commit: self.agreement.commit_index(),
+            groups,
+            failed_links: self.failed_links.clone(),
+        }
+    }
+
+    fn majority(&self) -> usize {
+        match self.spec.mode {
+            quorum::Mode::Majority { voters } => voters / 2 + 1,
+            quorum::Mode::TwoNode => 2,
+        }
+    }
+
+    /// The lease of a leader: echoes from voters following it in its term.
+    fn leader_lease_until(&self, now_ms: u64) -> Option<u64> {
+        let term = self.agreement.term();
+        let echoes: Vec<u64> = self
+            .spec
+            .peers
+            .iter()
+            .filter(|p| p.voter)
+            .filter_map(|p| {
+                if self.fenced.contains(&p.id) {
+                    return Some(now_ms);
+                }
+                let r = &self.reports.get(&p.id)?.report;
+                let (inc, stamp) = r.echo?;
+                (r.term == term && r.leader == Some(self.spec.me) && inc == self.incarnation)
+                    .then_some(stamp)
+            })
+            .collect();
+        lease::leader_lease_until(now_ms, &echoes, self.majority(), self.groups.lease_ms)
+    }
+
+    /// Until when (this member's clock) it may run its groups, if at all.
+    pub fn lease_until(&self, now_ms: u64) -> Option<u64> {
+        if !self.spec.voter && self.agreement.role() == Role::Leader {
+            return None;
+        }
+        match self.agreement.role() {
+            Role::Leader => self.leader_lease_until(now_ms),
+            _ => {
+                let leader = self.agreement.leader()?;
+                let r = &self.reports.get(&leader)?.report;
+                let (inc, stamp) = r.echo?;
+                let granted = r.term == self.agreement.term()
+                    && r.leader == Some(leader)
+                    && inc == self.incarnation
+                    && self.agreement.commit_index() >= r.log_index;
+                granted.then(|| {
+                    lease::holder_lease_until(stamp, r.lease_left_ms, self.groups.lease_ms)
+                })
+            }
+        }
+    }
+
+    /// Whether this member may run its groups at `now_ms`: quorate, and
+    /// holding a lease.
+    pub fn lease_valid(&self, now_ms: u64) -> bool {
+        self.view().quorate && self.lease_until(now_ms).is_some_and(|u| now_ms < u)
+    }
+
+    /// Sends a request to the leader (handled here when this member leads;
+    /// queued while no leader is known, the oldest dropped past a limit).
+    pub fn request(&mut self, now_ms: u64, request: Request) {
+        self.now_ms = now_ms;
+        self.request_seq += 1;
+        let env = RequestEnvelope {
+            id: (self.incarnation, self.request_seq),
+            request,
+        };
+        if self.queued_requests.len() == MAX_QUEUED_REQUESTS {
+            self.queued_requests.pop_front();
+        }
+        self.queued_requests.push_back(env);
+        self.flush_requests();
+    }
+
+    fn flush_requests(&mut self) {
+        let Some(leader) = self.agreement.leader() else {
+            return;
+        };
+        while let Some(env) = self.queued_requests.pop_front() {
+            if leader == self.spec.me {
+                let now = self.now_ms;
+                self.on_request(now, env);
+                continue;
+            }
+            let bytes = match serde_json::to_vec(&env) {
+                Ok(b) => b,
+                Err(_) => continue,
+            };
+            // One link (the first that works both ways) so the leader sees
+            // each request once; the id catches the rest.
+            for link in self.agreement_links(leader).into_iter().take(1) {
+                if let Err(e) = self.transmit(leader, link, Body::Request(bytes.clone())) {
+                    self.out.events.push(MemberEvent::SendFailed {
+                        to: leader,
+                        reason: e.to_string(),
+                    });
+                }
+            }
+        }
+    }
+
+    fn on_request(&mut self, now_ms: u64, env: RequestEnvelope) {
+        if self.seen_requests.contains(&env.id) {
+            return;
+        }
+        if self.agreement.role() != Role::Leader {
+            // Not (or no longer) the leader: pass it on if one is known.
+            if self.agreement.leader().is_some_and(|l| l != self.spec.me) {
+                self.queued_requests.push_back(env);
+                self.flush_requests();
+            }
+            return;
+        }
+        if self.seen_requests.len() == MAX_SEEN_REQUESTS {
+            self.seen_requests.pop_front();
+        }
+        self.seen_requests.push_back(env.id);
+        for cmd in self.commands_for(&env.request) {
+            // A refused proposal (too many uncommitted) is lost; the
+            // operator's command then times out and says so.
+            let _ = self.agreement.propose(now_ms, cmd);
+        }
+    }
+
+    fn commands_for(&self, request: &Request) -> Vec<Command> {
+        let record = self.agreement.record();
+        match request {
+            Request::Move { group, node } => vec![Command::Pin {
+                group: group.clone(),
+                node: node.clone(),
+            }],
+            Request::Failover { group } => {
+                let current = record.placements.get(group).and_then(|p| p.node.clone());
+                let Some(g) = self.groups.groups.iter().find(|g| g.name == *group) else {
+                    return vec![];
+                };
+                let facts = self.node_facts();
+                let mut candidates: Vec<&String> = g.preferred.iter().collect();
+                candidates.extend(self.groups.hosts.iter());
+                let next = candidates.into_iter().find(|n| {
+                    Some(*n) != current.as_ref()
+                        && facts
+                            .iter()
+                            .find(|f| f.name == **n)
+                            .is_some_and(|f| policy::ineligible_reason(g, f, record).is_none())
+                });
+                next.map_or_else(Vec::new, |n| {
+                    vec![Command::Pin {
+                        group: group.clone(),
+                        node: Some(n.clone()),
+                    }]
+                })
+            }
+            Request::Standby { node, on } => vec![Command::SetIntent {
+                target: node.clone(),
+                intent: Intent::Standby,
+                on: *on,
+            }],
+            Request::Maintenance { group, on } => vec![Command::SetIntent {
+                target: group.clone(),
+                intent: Intent::Maintenance,
+                on: *on,
+            }],
+            Request::Cleanup { group } => {
+                let mut cmds: Vec<Command> = record
+                    .fail_counts
+                    .get(group)
+                    .map(|m| {
+                        m.keys()
+                            .map(|n| Command::FailCount {
+                                group: group.clone(),
+                                node: n.clone(),
+                                count: 0,
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if record.failures.contains_key(group) && cmds.is_empty() {
+                    for n in record.failures[group].keys() {
+                        cmds.push(Command::FailCount {
+                            group: group.clone(),
+                            node: n.clone(),
+                            count: 0,
+                        });
+                    }
+                }
+                cmds
+            }
+            Request::Failed {
+                group,
+                node,
+                reason,
+                at_unix_ms,
+            } => vec![
+                Command::FailCount {
+                    group: group.clone(),
+                    node: node.clone(),
+                    count: record.fail_count(group, node).saturating_add(1),
+                },
+                Command::FailedAt {
+                    group: group.clone(),
+                    node: node.clone(),
+                    at_unix_ms: *at_unix_ms,
+                    reason: reason.clone(),
+                },
+            ],
+        }
+    }
+
+    /// What the leader knows of every hosting node.
+    fn node_facts(&self) -> Vec<NodeFacts> {
+        self.groups
+            .hosts
+            .iter()
+            .map(|h| {
+                let id = NodeId::from_name(h);
+                if id == self.spec.me {
+                    return NodeFacts {
+                        name: h.clone(),
+                        online: true,
+                        failed_links: self.failed_links.clone(),
+                    };
+                }
+                NodeFacts {
+                    name: h.clone(),
+                    online: self.detector.node_state(id) == Some(NodeState::Alive)
+                        && self.reports.contains_key(&id),
+                    failed_links: self
+                        .reports
+                        .get(&id)
+                        .map(|r| r.report.failed_links.clone())
+                        .unwrap_or_default(),
+                }
+            })
+            .collect()
+    }
+
+    fn node_views(&self) -> Vec<NodeView> {
+        let record = self.agreement.record();
+        self.groups
+            .hosts
+            .iter()
+            .map(|h| {
+                let id = NodeId::from_name(h);
+                let (groups, last): (&[GroupReport], Option<u64>) = if id == self.spec.me {
+                    (&self.local_groups, Some(self.now_ms))
+                } else {
+                    match self.reports.get(&id) {
+                        Some(r) => (&r.report.groups, Some(r.rx_ms)),
+                        None => (&[], None),
+                    }
+                };
+                NodeView {
+                    name: h.clone(),
+                    last_report_ms: last,
+                    active: groups
+                        .iter()
+                        .filter(|g| g.active)
+                        .map(|g| g.name.clone())
+                        .collect(),
+                    seen: groups
+                        .iter()
+                        .map(|g| {
+                            // Our own groups see our own record.
+                            let e = if id == self.spec.me {
+                                record.placements.get(&g.name).map_or(0, |p| p.epoch)
+                            } else {
+                                g.epoch
+                            };
+                            (g.name.clone(), e)
+                        })
+                        .collect(),
+                }
+            })
+            .collect()
+    }
+
+    /// The leader's placement loop: one safe step toward the policy's
+    /// targets, once everything proposed before has committed.
+    fn lead(&mut self) {
+        if self.agreement.role() != Role::Leader
+            || self.groups.groups.is_empty()
+            || !self.view().quorate
+            || self.agreement.last_index() != self.agreement.commit_index()
+            || self.agreement.record().config_hash != self.spec.config_hash
+        {
+            self.waiting.clear();
+            self.lead_due_ms = None;
+            return;
+        }
+        let now = self.now_ms;
+        let record = self.agreement.record().clone();
+        // Expired failures first: they change eligibility.
+        let unix = self.unix_ms(now);
+        let mut cmds = Vec::new();
+        for (gi, g) in self.groups.groups.iter().enumerate() {
+            let expiry = self
+                .groups
+                .failure_expiry_ms
+                .get(gi)
+                .copied()
+                .unwrap_or(u64::MAX);
+            if let Some(fs) = record.failures.get(&g.name) {
+                for (node, (at, _)) in fs {
+                    if unix.saturating_sub(*at) >= expiry {
+                        cmds.push(Command::FailCount {
+                            group: g.name.clone(),
+                            node: node.clone(),
+                            count: 0,
+                        });
+                    }
+                }
+            }
+        }
+        if cmds.is_empty() {
+            let facts = self.node_facts();
+            let targets: BTreeMap<String, Target> =
+                policy::targets(&self.groups.groups, &facts, &record);
+            let views = self.node_views();
+            let steps = handover::steps(&handover::HandoverInput {
+                now_ms: now,
+                leader_since_ms: self.leader_since_ms,
+                lease_ms: self.groups.lease_ms,
+                margin_ms: lease::takeover_margin_ms(
+                    self.spec.timing.heartbeat_ms,
+                    self.groups.lease_ms,
+                ),
+                record: &record,
+                targets: &targets,
+                nodes: &views,
+            });
+            self.waiting = steps.waiting;
+            self.lead_due_ms = steps.retry_at_ms;
+            cmds = steps.propose;
+        }
+        for cmd in cmds {
+            let _ = self.agreement.propose(now, cmd);
         }
     }
 }

@@ -171,6 +171,7 @@ fn forged_replayed_and_garbage_packets_are_dropped_and_counted() {
         body: Body::Heartbeat {
             link: 0,
             heard: vec![],
+            report: vec![],
         },
     };
     let good_key = c.key;

@@ -65,6 +65,25 @@ pub enum Command {
         /// New count.
         count: u32,
     },
+    /// The time of the latest failure of `group` on `node` (wall clock,
+    /// for expiry and status).
+    FailedAt {
+        /// Group name.
+        group: String,
+        /// Node name.
+        node: String,
+        /// When, in ms since the Unix epoch.
+        at_unix_ms: u64,
+        /// Why, in words.
+        reason: String,
+    },
+    /// Pins `group` to `node` (`tandem move`), or removes the pin (None).
+    Pin {
+        /// Group name.
+        group: String,
+        /// The node the operator chose.
+        node: Option<String>,
+    },
     /// Records that `node` was fenced successfully at `at_unix_ms`.
     Fenced {
         /// Node name.
@@ -91,6 +110,12 @@ pub struct Record {
     pub fail_counts: BTreeMap<String, BTreeMap<String, u32>>,
     /// Last successful fence of each node.
     pub fenced: BTreeMap<String, u64>,
+    /// Operator pins: group -> node it was moved to.
+    #[serde(default)]
+    pub pins: BTreeMap<String, String>,
+    /// Latest failure per group and node: (when, why).
+    #[serde(default)]
+    pub failures: BTreeMap<String, BTreeMap<String, (u64, String)>>,
 }
 
 impl Record {
@@ -133,6 +158,12 @@ impl Record {
                             self.fail_counts.remove(group);
                         }
                     }
+                    if let Some(g) = self.failures.get_mut(group) {
+                        g.remove(node);
+                        if g.is_empty() {
+                            self.failures.remove(group);
+                        }
+                    }
                 } else {
                     self.fail_counts
                         .entry(group.clone())
@@ -143,7 +174,35 @@ impl Record {
             Command::Fenced { node, at_unix_ms } => {
                 self.fenced.insert(node.clone(), *at_unix_ms);
             }
+            Command::FailedAt {
+                group,
+                node,
+                at_unix_ms,
+                reason,
+            } => {
+                self.failures
+                    .entry(group.clone())
+                    .or_default()
+                    .insert(node.clone(), (*at_unix_ms, reason.clone()));
+            }
+            Command::Pin { group, node } => match node {
+                Some(n) => {
+                    self.pins.insert(group.clone(), n.clone());
+                }
+                None => {
+                    self.pins.remove(group);
+                }
+            },
         }
+    }
+
+    /// The fail count of `group` on `node`.
+    pub fn fail_count(&self, group: &str, node: &str) -> u32 {
+        self.fail_counts
+            .get(group)
+            .and_then(|m| m.get(node))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Whether `target` has `intent` in force.

@@ -6,7 +6,7 @@
 //! offset size field
 //!      0    4 magic "TNDM"
 //!      4    1 version (1)
-//!      5    1 kind (1 = heartbeat, 2 = leave, 3 = agreement)
+//!      5    1 kind (1 = heartbeat, 2 = leave, 3 = agreement, 4 = request)
 //!      6    2 body length, big endian
 //!      8    8 cluster id   (derived from the cluster name)
 //!     16    8 sender node id (derived from the node name)
@@ -15,6 +15,11 @@
 //!     40    n body
 //!   40+n   16 MAC: BLAKE3 keyed hash of bytes 0 .. 40+n, first 16 bytes
 //! ```
+//!
+//! A heartbeat body is `link u8 | count u8 | count x node id u64 |
+//! report`, where `report` (possibly empty) is the sender's per-recipient
+//! state report, opaque here and decoded by [`crate::member`]. A request body
+//! is opaque too: an operator's or a node's request to the leader.
 //!
 //! Decoding is total: any byte string yields a [`Packet`] or a
 //! [`DropReason`], never a panic. The MAC is checked with every accepted key
@@ -102,12 +107,17 @@ pub enum Body {
         /// Nodes the sender currently hears on this link, so a receiver
         /// learns whether its own heartbeats arrive (one-way links).
         heard: Vec<NodeId>,
+        /// The sender's state report for this recipient (leases, groups);
+        /// opaque to the wire layer, empty from senders that have none.
+        report: Vec<u8>,
     },
     /// "I am leaving on purpose": peers need not wait for deadtime.
     Leave,
     /// A message of the agreement protocol, encoded by
     /// [`crate::agreement`]; authenticated here like everything else.
     Agreement(Vec<u8>),
+    /// A request to the leader (admin command, failure report), opaque here.
+    Request(Vec<u8>),
 }
 
 impl Body {
@@ -116,6 +126,7 @@ impl Body {
             Body::Heartbeat { .. } => 1,
             Body::Leave => 2,
             Body::Agreement(_) => 3,
+            Body::Request(_) => 4,
         }
     }
 }
@@ -203,7 +214,11 @@ fn mac(key: &Key, bytes: &[u8]) -> [u8; MAC_LEN] {
 pub fn encode(packet: &Packet, key: &Key) -> Result<Vec<u8>, EncodeError> {
     let mut body = Vec::new();
     match &packet.body {
-        Body::Heartbeat { link, heard } => {
+        Body::Heartbeat {
+            link,
+            heard,
+            report,
+        } => {
             if heard.len() > MAX_HEARD {
                 return Err(EncodeError::TooManyHeard(heard.len()));
             }
@@ -212,9 +227,13 @@ pub fn encode(packet: &Packet, key: &Key) -> Result<Vec<u8>, EncodeError> {
             for n in heard {
                 body.extend_from_slice(&n.0.to_be_bytes());
             }
+            if body.len() + report.len() > MAX_PACKET - HEADER_LEN - MAC_LEN {
+                return Err(EncodeError::TooLarge(report.len()));
+            }
+            body.extend_from_slice(report);
         }
         Body::Leave => {}
-        Body::Agreement(bytes) => {
+        Body::Agreement(bytes) | Body::Request(bytes) => {
             if bytes.len() > MAX_PACKET - HEADER_LEN - MAC_LEN {
                 return Err(EncodeError::TooLarge(bytes.len()));
             }
@@ -280,14 +299,20 @@ pub fn decode(bytes: &[u8], cluster: ClusterId, keys: &[&Key]) -> Result<Packet,
             let (&link, rest) = body.split_first().ok_or(DropReason::Malformed)?;
             let (&count, ids) = rest.split_first().ok_or(DropReason::Malformed)?;
             let count = count as usize;
-            if count > MAX_HEARD || ids.len() != count * 8 {
+            if count > MAX_HEARD || ids.len() < count * 8 {
                 return Err(DropReason::Malformed);
             }
+            let (ids, report) = ids.split_at(count * 8);
             let heard = ids.chunks_exact(8).map(|c| NodeId(be_u64(c))).collect();
-            Body::Heartbeat { link, heard }
+            Body::Heartbeat {
+                link,
+                heard,
+                report: report.to_vec(),
+            }
         }
         2 if body.is_empty() => Body::Leave,
         3 => Body::Agreement(body.to_vec()),
+        4 => Body::Request(body.to_vec()),
         _ => return Err(DropReason::Malformed),
     };
     Ok(Packet { header, body })
@@ -324,6 +349,7 @@ mod tests {
             body: Body::Heartbeat {
                 link: 1,
                 heard: vec![NodeId::from_name("n2"), NodeId::from_name("n3")],
+                report: Vec::new(),
             },
         }
     }
@@ -416,6 +442,7 @@ mod tests {
         p.body = Body::Heartbeat {
             link: 0,
             heard: vec![NodeId(1); MAX_HEARD + 1],
+            report: Vec::new(),
         };
         assert_eq!(
             encode(&p, &KEY),
@@ -451,12 +478,13 @@ mod tests {
 
         #[test]
         fn round_trip(incarnation in any::<u64>(), seq in any::<u64>(), link in any::<u8>(),
-                      heard in proptest::collection::vec(any::<u64>(), 0..=MAX_HEARD), kind in 0u8..3,
+                      heard in proptest::collection::vec(any::<u64>(), 0..=MAX_HEARD), kind in 0u8..4,
                       agreement in proptest::collection::vec(any::<u8>(), 0..2000)) {
             let body = match kind {
                 0 => Body::Leave,
                 1 => Body::Agreement(agreement),
-                _ => Body::Heartbeat { link, heard: heard.into_iter().map(NodeId).collect() },
+                2 => Body::Request(agreement),
+                _ => Body::Heartbeat { link, heard: heard.into_iter().map(NodeId).collect(), report: agreement },
             };
             let p = Packet { header: Header { cluster: cluster(), sender: NodeId(3), incarnation, seq }, body };
             prop_assert_eq!(decode(&encode(&p, &KEY).unwrap(), cluster(), &[&KEY]), Ok(p));

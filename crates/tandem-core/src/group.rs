@@ -1,0 +1,601 @@
+//! One node's groups: which resource action to run next so that what runs
+//! here converges to what is wanted, in order.
+//!
+//! A sans-IO state machine. The shell tells it what is wanted of each
+//! group ([`Want`]) and the outcome of every action it asked for; it answers
+//! with the next actions. Rules:
+//!
+//! - **Probe first.** At start every resource is `Unknown` and is probed
+//!   before anything is started or stopped: an agent that restarts finds
+//!   what actually runs and never starts or stops blindly.
+//! - **Order.** A group starts in order (resource `i` only once `0..i` run)
+//!   and stops in reverse (resource `i` only once `i+1..` are stopped).
+//! - **One action per group at a time**, each with a timeout in the shell;
+//!   actions are idempotent (starting what runs, stopping what is stopped,
+//!   are no-ops), so a retry is always safe.
+//! - **Failures.** A resource that fails to start, or is found not running
+//!   by its monitor, makes the group *recover*: stop what runs after it
+//!   (reverse), then start again; every failure is reported (the leader
+//!   counts them and moves the group at the threshold). Restarts are spaced
+//!   by [`RESTART_BACKOFF_MS`]. A stop that fails is retried after the same
+//!   backoff; the group counts as active until it is known stopped.
+//! - **Maintenance** ([`Want::Leave`]): observe, never act.
+
+use std::collections::VecDeque;
+
+/// Minimum time between two start attempts of a group after a failure,
+/// and between two attempts at a stop that failed.
+pub const RESTART_BACKOFF_MS: u64 = 1_000;
+/// Failures kept for the leader before the oldest are dropped.
+pub const MAX_PENDING_FAILURES: usize = 64;
+
+/// What is wanted of a group on this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Want {
+    /// Run it (this node holds the placement and a lease).
+    Run,
+    /// Stop it (placed elsewhere, nowhere, or no lease).
+    Stop,
+    /// Maintenance: neither start nor stop.
+    Leave,
+}
+
+/// What is known of one resource here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResourceState {
+    /// Not probed yet.
+    Unknown,
+    /// Known not running.
+    Stopped,
+    /// Start in progress.
+    Starting,
+    /// Known running.
+    Running,
+    /// Stop in progress.
+    Stopping,
+    /// A start, stop or probe failed; it may or may not run.
+    Failed(String),
+}
+
+impl ResourceState {
+    /// Whether the resource may be running (anything not known stopped).
+    pub fn maybe_running(&self) -> bool {
+        !matches!(self, ResourceState::Stopped)
+    }
+}
+
+/// What the shell must do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActionKind {
+    /// Find out whether it runs.
+    Probe,
+    /// Start it.
+    Start,
+    /// Stop it.
+    Stop,
+}
+
+/// One action on one resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Action {
+    /// Group index (configuration order).
+    pub group: usize,
+    /// Resource index in the group.
+    pub resource: usize,
+    /// What to do.
+    pub kind: ActionKind,
+}
+
+/// The outcome of an action.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// It runs (after a probe or a start).
+    Running,
+    /// It does not run (after a probe or a stop).
+    Stopped,
+    /// The action failed or timed out; why.
+    Failed(String),
+}
+
+/// A group's state in one word, for status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupState {
+    /// Still probing.
+    Probing,
+    /// Nothing runs.
+    Stopped,
+    /// Starting (some resources run).
+    Starting,
+    /// Every resource runs.
+    Running,
+    /// Stopping.
+    Stopping,
+    /// A failure is being recovered from, or a stop failed.
+    Failed,
+}
+
+impl GroupState {
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupState::Probing => "probing",
+            GroupState::Stopped => "stopped",
+            GroupState::Starting => "starting",
+            GroupState::Running => "running",
+            GroupState::Stopping => "stopping",
+            GroupState::Failed => "failed",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct GroupRun {
+    resources: Vec<ResourceState>,
+    want: Want,
+    busy: bool,
+    /// Recovering from a failure: stop down to the failed resource first.
+    recovering: bool,
+    /// No start (after a failure) or stop retry before this time.
+    not_before_ms: u64,
+    /// Since when the group is in its current state (for status).
+    since_ms: u64,
+    last_state: GroupState,
+}
+
+/// A failure to report to the leader.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// Group index.
+    pub group: usize,
+    /// Resource index.
+    pub resource: usize,
+    /// Why, in words.
+    pub reason: String,
+}
+
+/// Every group of this node.
+#[derive(Debug, Clone)]
+pub struct Groups {
+    groups: Vec<GroupRun>,
+    failures: VecDeque<Failure>,
+}
+
+impl Groups {
+    /// Groups with the given number of resources each, all unknown (to be
+    /// probed), wanted stopped until told otherwise.
+    pub fn new(resource_counts: &[usize], now_ms: u64) -> Self {
+        Groups {
+            groups: resource_counts
+                .iter()
+                .map(|&n| GroupRun {
+                    resources: vec![ResourceState::Unknown; n],
+                    want: Want::Stop,
+                    busy: false,
+                    recovering: false,
+                    not_before_ms: 0,
+                    since_ms: now_ms,
+                    last_state: GroupState::Probing,
+                })
+                .collect(),
+            failures: VecDeque::new(),
+        }
+    }
+
+    /// Number of groups.
+    pub fn len(&self) -> usize {
+        self.groups.len()
+    }
+
+    /// Whether there are no groups.
+    pub fn is_empty(&self) -> bool {
+        self.groups.is_empty()
+    }
+
+    /// Sets what is wanted of group `g`.
+    pub fn set_want(&mut self, g: usize, want: Want) {
+        if let Some(run) = self.groups.get_mut(g) {
+            run.want = want;
+        }
+    }
+
+    /// What is wanted of group `g`.
+    pub fn want(&self, g: usize) -> Want {
+        self.groups.get(g).map_or(Want::Stop, |r| r.want)
+    }
+
+    /// Resource states of group `g`.
+    pub fn resources(&self, g: usize) -> &[ResourceState] {
+        self.groups.get(g).map_or(&[], |r| &r.resources)
+    }
+
+    /// Whether anything of group `g` may run here.
+    pub fn active(&self, g: usize) -> bool {
+        self.groups
+            .get(g)
+            .is_some_and(|r| r.resources.iter().any(ResourceState::maybe_running))
+    }
+
+    /// Whether every resource of every group has been probed.
+    pub fn probed(&self) -> bool {
+        self.groups
+            .iter()
+            .all(|g| !g.resources.contains(&ResourceState::Unknown))
+    }
+
+    /// Group `g`'s state and since when.
+    pub fn state(&self, g: usize) -> (GroupState, u64) {
+        self.groups
+            .get(g)
+            .map_or((GroupState::Stopped, 0), |r| (r.last_state, r.since_ms))
+    }
+
+    fn compute_state(run: &GroupRun) -> GroupState {
+        use ResourceState as R;
+        let rs = &run.resources;
+        if rs.contains(&R::Unknown) {
+            GroupState::Probing
+        } else if run.recovering || rs.iter().any(|r| matches!(r, R::Failed(_))) {
+            GroupState::Failed
+        } else if rs.iter().all(|r| *r == R::Running) && !rs.is_empty() {
+            GroupState::Running
+        } else if rs.iter().all(|r| *r == R::Stopped) {
+            GroupState::Stopped
+        } else if run.want == Want::Run {
+            GroupState::Starting
+        } else {
+            GroupState::Stopping
+        }
+    }
+
+    /// Takes the failures not yet reported.
+    pub fn take_failures(&mut self) -> Vec<Failure> {
+        self.failures.drain(..).collect()
+    }
+
+    fn fail(&mut self, g: usize, r: usize, reason: String, now_ms: u64) {
+        if self.failures.len() == MAX_PENDING_FAILURES {
+            self.failures.pop_front();
+        }
+        self.failures.push_back(Failure {
+            group: g,
+            resource: r,
+            reason,
+        });
+        if let Some(run) = self.groups.get_mut(g) {
+            run.recovering = true;
+            run.not_before_ms = now_ms + RESTART_BACKOFF_MS;
+        }
+    }
+
+    /// The outcome of an action asked for by [`Groups::poll`].
+    pub fn on_outcome(&mut self, now_ms: u64, a: Action, outcome: Outcome) {
+        let Some(run) = self.groups.get_mut(a.group) else {
+            return;
+        };
+        run.busy = false;
+        let Some(state) = run.resources.get_mut(a.resource) else {
+            return;
+        };
+        match (a.kind, outcome) {
+            (_, Outcome::Running) => *state = ResourceState::Running,
+            (_, Outcome::Stopped) => *state = ResourceState::Stopped,
+            (ActionKind::Probe, Outcome::Failed(why)) => {
+                *state = ResourceState::Failed(format!("probe failed: {why}"));
+            }
+            (ActionKind::Start, Outcome::Failed(why)) => {
+                *state = ResourceState::Failed(format!("start failed: {why}"));
+                self.fail(a.group, a.resource, format!("start failed: {why}"), now_ms);
+            }
+            (ActionKind::Stop, Outcome::Failed(why)) => {
+                *state = ResourceState::Failed(format!("stop failed: {why}"));
+                run.not_before_ms = now_ms + RESTART_BACKOFF_MS;
+            }
+        }
+        self.refresh(a.group, now_ms);
+    }
+
+    /// A monitor found resource `r` of group `g` not running (or unhealthy)
+    /// while it should run.
+    pub fn on_monitor_failure(&mut self, now_ms: u64, g: usize, r: usize, reason: String) {
+        let Some(run) = self.groups.get_mut(g) else {
+            return;
+        };
+        if run.want != Want::Run
+            || run.busy
+            || run.resources.get(r) != Some(&ResourceState::Running)
+        {
+            return;
+        }
+        run.resources[r] = ResourceState::Failed(reason.clone());
+        self.fail(g, r, reason, now_ms);
+        self.refresh(g, now_ms);
+    }
+
+    fn refresh(&mut self, g: usize, now_ms: u64) {
+        if let Some(run) = self.groups.get_mut(g) {
+            let s = Self::compute_state(run);
+            if s != run.last_state {
+                run.last_state = s;
+                run.since_ms = now_ms;
+            }
+        }
+    }
+
+    /// The next actions: at most one per group. Call after every change.
+    pub fn poll(&mut self, now_ms: u64) -> Vec<Action> {
+        let mut out = Vec::new();
+        for g in 0..self.groups.len() {
+            if let Some(a) = self.next(g, now_ms) {
+                self.groups[g].busy = true;
+                match a.kind {
+                    ActionKind::Start => {
+                        self.groups[g].resources[a.resource] = ResourceState::Starting
+                    }
+                    ActionKind::Stop => {
+                        self.groups[g].resources[a.resource] = ResourceState::Stopping
+                    }
+                    ActionKind::Probe => {}
+                }
+                out.push(a);
+            }
+            self.refresh(g, now_ms);
+        }
+        out
+    }
+
+    /// When [`Groups::poll`] may have something new without any outcome
+    /// (a backoff ends), if ever.
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.groups
+            .iter()
+            .filter(|r| !r.busy && r.not_before_ms > 0)
+            .map(|r| r.not_before_ms)
+            .min()
+    }
+
+    fn next(&mut self, g: usize, now_ms: u64) -> Option<Action> {
+        let run = &mut self.groups[g];
+        if run.busy {
+            return None;
+        }
+        let act = |resource, kind| {
+            Some(Action {
+                group: g,
+                resource,
+                kind,
+            })
+        };
+        if let Some(r) = run
+            .resources
+            .iter()
+            .position(|s| *s == ResourceState::Unknown)
+        {
+            return act(r, ActionKind::Probe);
+        }
+        let waiting = now_ms < run.not_before_ms;
+        match run.want {
+            Want::Leave => None,
+            Want::Stop => {
+                run.recovering = false;
+                let r = run
+                    .resources
+                    .iter()
+                    .rposition(ResourceState::maybe_running)?;
+                if waiting && matches!(run.resources[r], ResourceState::Failed(_)) {
+                    return None;
+                }
+                act(r, ActionKind::Stop)
+            }
+            Want::Run
+                if run.recovering
+                    || run
+                        .resources
+                        .iter()
+                        .any(|s| matches!(s, ResourceState::Failed(_))) =>
+            {
+                // A failed probe or stop counts as a failure to recover from.
+                run.recovering = true;
+                // Stop everything from the last running resource down to
+                // the first failed one, then start afresh.
+                let first_failed = run
+                    .resources
+                    .iter()
+                    .position(|s| matches!(s, ResourceState::Failed(_)));
+                let low = first_failed.unwrap_or(run.resources.len());
+                if let Some(r) = run.resources.iter().rposition(ResourceState::maybe_running) {
+                    if r >= low {
+                        return act(r, ActionKind::Stop);
+                    }
+                }
+                if waiting {
+                    return None;
+                }
+                run.recovering = false;
+                run.not_before_ms = 0;
+                let r = run
+                    .resources
+                    .iter()
+                    .position(|s| *s != ResourceState::Running)?;
+                act(r, ActionKind::Start)
+            }
+            Want::Run => {
+                // Never start past a predecessor that is not running.
+                let r = run
+                    .resources
+                    .iter()
+                    .position(|s| *s != ResourceState::Running)?;
+                act(r, ActionKind::Start)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn a(group: usize, resource: usize, kind: ActionKind) -> Action {
+        Action {
+            group,
+            resource,
+            kind,
+        }
+    }
+
+    /// Runs actions to completion with `outcome` deciding each result.
+    fn settle(gs: &mut Groups, now: u64, outcome: impl Fn(Action) -> Outcome) -> Vec<Action> {
+        let mut log = Vec::new();
+        for _ in 0..100 {
+            let acts = gs.poll(now);
+            if acts.is_empty() {
+                break;
+            }
+            for x in acts {
+                log.push(x);
+                gs.on_outcome(now, x, outcome(x));
+            }
+        }
+        log
+    }
+
+    fn ok(x: Action) -> Outcome {
+        match x.kind {
+            ActionKind::Probe | ActionKind::Stop => Outcome::Stopped,
+            ActionKind::Start => Outcome::Running,
+        }
+    }
+
+    #[test]
+    fn probes_everything_before_acting() {
+        let mut gs = Groups::new(&[3], 0);
+        gs.set_want(0, Want::Run);
+        let log = settle(&mut gs, 0, ok);
+        assert_eq!(
+            log,
+            vec![
+                a(0, 0, ActionKind::Probe),
+                a(0, 1, ActionKind::Probe),
+                a(0, 2, ActionKind::Probe),
+                a(0, 0, ActionKind::Start),
+                a(0, 1, ActionKind::Start),
+                a(0, 2, ActionKind::Start),
+            ]
+        );
+        assert_eq!(gs.state(0).0, GroupState::Running);
+        gs.set_want(0, Want::Stop);
+        let log = settle(&mut gs, 0, ok);
+        assert_eq!(
+            log,
+            vec![
+                a(0, 2, ActionKind::Stop),
+                a(0, 1, ActionKind::Stop),
+                a(0, 0, ActionKind::Stop)
+            ]
+        );
+        assert!(!gs.active(0));
+    }
+
+    #[test]
+    fn restarted_agent_finds_its_group_running_and_leaves_it() {
+        let mut gs = Groups::new(&[2], 0);
+        gs.set_want(0, Want::Run);
+        let log = settle(&mut gs, 0, |_| Outcome::Running);
+        assert_eq!(
+            log,
+            vec![a(0, 0, ActionKind::Probe), a(0, 1, ActionKind::Probe)]
+        );
+        assert_eq!(gs.state(0).0, GroupState::Running);
+    }
+
+    #[test]
+    fn maintenance_observes_only() {
+        let mut gs = Groups::new(&[2], 0);
+        gs.set_want(0, Want::Leave);
+        let log = settle(&mut gs, 0, |_| Outcome::Running);
+        assert!(log.iter().all(|x| x.kind == ActionKind::Probe));
+    }
+
+    #[test]
+    fn a_failed_start_is_reported_and_retried_after_backoff() {
+        let mut gs = Groups::new(&[2], 0);
+        gs.set_want(0, Want::Run);
+        settle(&mut gs, 0, |x| match (x.resource, x.kind) {
+            (1, ActionKind::Start) => Outcome::Failed("exit 1".into()),
+            _ => ok(x),
+        });
+        let f = gs.take_failures();
+        assert_eq!(f.len(), 1);
+        assert!(f[0].reason.contains("exit 1"));
+        // Resource 0 was stopped again (recover stops down to the failure).
+        assert_eq!(gs.state(0).0, GroupState::Failed);
+        assert!(gs.poll(500).is_empty(), "backoff");
+        let log = settle(&mut gs, RESTART_BACKOFF_MS, ok);
+        assert_eq!(
+            log.first(),
+            Some(&a(0, 1, ActionKind::Start)).or(log.first())
+        );
+        assert_eq!(gs.state(0).0, GroupState::Running);
+    }
+
+    #[test]
+    fn monitor_failure_restarts_from_the_failed_resource() {
+        let mut gs = Groups::new(&[3], 0);
+        gs.set_want(0, Want::Run);
+        settle(&mut gs, 0, ok);
+        gs.on_monitor_failure(10, 0, 1, "process exited".into());
+        let log = settle(&mut gs, 10, ok);
+        // Stops 2 and the failed 1, keeps 0 running; waits for the backoff.
+        assert_eq!(
+            log,
+            vec![a(0, 2, ActionKind::Stop), a(0, 1, ActionKind::Stop)]
+        );
+        let log = settle(&mut gs, 10 + RESTART_BACKOFF_MS, ok);
+        assert_eq!(
+            log,
+            vec![a(0, 1, ActionKind::Start), a(0, 2, ActionKind::Start)]
+        );
+    }
+
+    proptest! {
+        /// Under any sequence of wants and outcomes, a start is only ever
+        /// asked for a resource whose predecessors all run, a stop only for
+        /// one whose successors are all stopped (or failed), and nothing
+        /// happens before every resource is probed.
+        #[test]
+        fn starts_follow_order_and_stops_reverse_it(
+            sizes in proptest::collection::vec(1usize..5, 1..3),
+            script in proptest::collection::vec((0usize..3, any::<u8>()), 1..80),
+        ) {
+            let mut gs = Groups::new(&sizes, 0);
+            let mut now = 0;
+            for (g, r) in script {
+                now += 300;
+                let g = g % sizes.len();
+                match r % 7 {
+                    0 => gs.set_want(g, Want::Run),
+                    1 => gs.set_want(g, Want::Stop),
+                    2 => gs.on_monitor_failure(now, g, (r as usize / 7) % sizes[g], "x".into()),
+                    _ => {}
+                }
+                for x in gs.poll(now) {
+                    let rs = gs.resources(x.group).to_vec();
+                    match x.kind {
+                        ActionKind::Start => prop_assert!(rs[..x.resource].iter().all(|s| *s == ResourceState::Running), "{:?} {:?}", x, rs),
+                        ActionKind::Stop => prop_assert!(rs[x.resource + 1..].iter().all(|s| !s.maybe_running()), "{:?} {:?}", x, rs),
+                        ActionKind::Probe => {}
+                    }
+                    if x.kind != ActionKind::Probe {
+                        prop_assert!(!rs.contains(&ResourceState::Unknown));
+                    }
+                    let out = match (r % 3, x.kind) {
+                        (0, ActionKind::Start) => Outcome::Failed("boom".into()),
+                        (1, ActionKind::Probe) => Outcome::Running,
+                        _ => ok(x),
+                    };
+                    gs.on_outcome(now, x, out);
+                }
+            }
+        }
+    }
+}

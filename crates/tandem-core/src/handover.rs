@@ -1,0 +1,305 @@
+//! Handover: how the leader moves the agreed placement toward the policy's
+//! targets without ever letting a group run on two nodes.
+//!
+//! Every move goes through "stopped everywhere":
+//!
+//! 1. `Place(group, None)` is committed. Its holder (if alive) applies it
+//!    and stops the group; a node that never heard of it loses its lease
+//!    (it cannot renew one without applying the leader's log first, see
+//!    [`crate::lease`]).
+//! 2. `Place(group, Some(next))` is proposed only when every other node is
+//!    *known stopped* for the group: its latest report says it applied the
+//!    current placement epoch (or a later one) and runs nothing of the
+//!    group, or it has been silent long enough that any lease it could hold
+//!    has ended ([`crate::lease::takeover_at`]).
+//!
+//! Pure: the leader calls [`steps`] with what it knows and proposes the
+//! commands it returns.
+
+use std::collections::BTreeMap;
+
+use crate::agreement::{Command, Record};
+use crate::lease;
+use crate::policy::Target;
+
+/// What the leader knows of one node (not the witness).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NodeView {
+    /// Node name.
+    pub name: String,
+    /// Leader time of the latest report from that node, if any.
+    pub last_report_ms: Option<u64>,
+    /// Groups it runs or may still run (anything not known stopped).
+    pub active: Vec<String>,
+    /// Placement epoch it has applied, per group.
+    pub seen: BTreeMap<String, u64>,
+}
+
+/// Everything [`steps`] needs.
+#[derive(Debug, Clone)]
+pub struct HandoverInput<'a> {
+    /// Leader's clock.
+    pub now_ms: u64,
+    /// When this node became leader (its clock).
+    pub leader_since_ms: u64,
+    /// Lease length (the membership deadtime).
+    pub lease_ms: u64,
+    /// Extra wait after a lease ([`lease::takeover_margin_ms`]).
+    pub margin_ms: u64,
+    /// The agreed record.
+    pub record: &'a Record,
+    /// The policy's targets.
+    pub targets: &'a BTreeMap<String, Target>,
+    /// Every node (the witness excluded).
+    pub nodes: &'a [NodeView],
+}
+
+/// The leader's next proposals, and why the other groups wait.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Steps {
+    /// Commands to propose, at most one per group.
+    pub propose: Vec<Command>,
+    /// Group -> why it cannot move yet, in words.
+    pub waiting: BTreeMap<String, String>,
+    /// The earliest time a waiting lease ends (call again then).
+    pub retry_at_ms: Option<u64>,
+}
+
+/// Whether `n` can be trusted not to run `group` under the current
+/// placement, or, if not, until when (leader time) to wait.
+fn known_stopped(
+    input: &HandoverInput<'_>,
+    n: &NodeView,
+    group: &str,
+    epoch: u64,
+) -> Result<(), (String, Option<u64>)> {
+    let applied = n.seen.get(group).copied().unwrap_or(0);
+    if n.last_report_ms.is_some() && applied >= epoch && !n.active.iter().any(|g| g == group) {
+        return Ok(());
+    }
+    let at = lease::takeover_at(
+        n.last_report_ms,
+        input.leader_since_ms,
+        input.lease_ms,
+        input.margin_ms,
+    );
+    if input.now_ms >= at {
+        return Ok(());
+    }
+    Err(if n.last_report_ms.is_some() && applied >= epoch {
+        (format!("waiting for {} to stop it", n.name), None)
+    } else {
+        (
+            format!(
+                "waiting {} ms for {}'s lease to end",
+                at - input.now_ms,
+                n.name
+            ),
+            Some(at),
+        )
+    })
+}
+
+/// The commands that move the placement one safe step toward the targets.
+pub fn steps(input: &HandoverInput<'_>) -> Steps {
+    let mut out = Steps::default();
+    for (group, target) in input.targets {
+        let Target::Node(target) = target else {
+            continue;
+        };
+        let placement = input.record.placements.get(group);
+        let current = placement.and_then(|p| p.node.clone());
+        if current == *target && placement.is_some() {
+            continue;
+        }
+        match (&current, target) {
+            (Some(_), _) => out.propose.push(Command::Place {
+                group: group.clone(),
+                node: None,
+            }),
+            (None, None) => {
+                if placement.is_none() {
+                    // Record "stopped" once, so every node sees epoch 1.
+                    out.propose.push(Command::Place {
+                        group: group.clone(),
+                        node: None,
+                    });
+                }
+            }
+            (None, Some(next)) => {
+                let epoch = placement.map_or(0, |p| p.epoch);
+                let blocked: Vec<(String, Option<u64>)> = input
+                    .nodes
+                    .iter()
+                    .filter(|n| n.name != *next)
+                    .filter_map(|n| known_stopped(input, n, group, epoch).err())
+                    .collect();
+                for at in blocked.iter().filter_map(|b| b.1) {
+                    out.retry_at_ms = Some(out.retry_at_ms.map_or(at, |r| r.min(at)));
+                }
+                if blocked.is_empty() {
+                    out.propose.push(Command::Place {
+                        group: group.clone(),
+                        node: Some(next.clone()),
+                    });
+                } else {
+                    let why: Vec<String> = blocked.into_iter().map(|b| b.0).collect();
+                    out.waiting.insert(group.clone(), why.join("; "));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn view(name: &str, last: Option<u64>, active: &[&str], seen: u64) -> NodeView {
+        NodeView {
+            name: name.into(),
+            last_report_ms: last,
+            active: active.iter().map(|s| s.to_string()).collect(),
+            seen: [("web".to_string(), seen)].into_iter().collect(),
+        }
+    }
+
+    fn input<'a>(
+        now: u64,
+        record: &'a Record,
+        targets: &'a BTreeMap<String, Target>,
+        nodes: &'a [NodeView],
+    ) -> HandoverInput<'a> {
+        HandoverInput {
+            now_ms: now,
+            leader_since_ms: 0,
+            lease_ms: 200,
+            margin_ms: 50,
+            record,
+            targets,
+            nodes,
+        }
+    }
+
+    fn to(node: Option<&str>) -> BTreeMap<String, Target> {
+        [("web".to_string(), Target::Node(node.map(String::from)))]
+            .into_iter()
+            .collect()
+    }
+
+    fn place(r: &mut Record, node: Option<&str>) {
+        r.apply(&Command::Place {
+            group: "web".into(),
+            node: node.map(String::from),
+        });
+    }
+
+    #[test]
+    fn a_move_first_stops_the_group_everywhere() {
+        let mut r = Record::default();
+        place(&mut r, Some("n1"));
+        let t = to(Some("n2"));
+        let nodes = [
+            view("n1", Some(90), &["web"], 1),
+            view("n2", Some(90), &[], 1),
+        ];
+        let s = steps(&input(100, &r, &t, &nodes));
+        assert_eq!(
+            s.propose,
+            vec![Command::Place {
+                group: "web".into(),
+                node: None
+            }]
+        );
+    }
+
+    #[test]
+    fn next_node_waits_until_the_old_holder_reports_stopped() {
+        let mut r = Record::default();
+        place(&mut r, Some("n1"));
+        place(&mut r, None); // epoch 2
+        let t = to(Some("n2"));
+        // n1 still runs it.
+        let nodes = [
+            view("n1", Some(90), &["web"], 2),
+            view("n2", Some(90), &[], 2),
+        ];
+        let s = steps(&input(100, &r, &t, &nodes));
+        assert!(s.propose.is_empty());
+        assert!(s.waiting["web"].contains("n1"), "{:?}", s.waiting);
+        // n1 stopped, but has not applied epoch 2 yet: its lease decides.
+        let nodes = [view("n1", Some(90), &[], 1), view("n2", Some(90), &[], 2)];
+        assert!(steps(&input(100, &r, &t, &nodes)).propose.is_empty());
+        // n1 applied epoch 2 and runs nothing: go.
+        let nodes = [view("n1", Some(95), &[], 2), view("n2", Some(95), &[], 2)];
+        let s = steps(&input(100, &r, &t, &nodes));
+        assert_eq!(
+            s.propose,
+            vec![Command::Place {
+                group: "web".into(),
+                node: Some("n2".into())
+            }]
+        );
+    }
+
+    #[test]
+    fn a_silent_holder_is_waited_out_for_lease_plus_margin() {
+        let mut r = Record::default();
+        place(&mut r, Some("n1"));
+        place(&mut r, None);
+        let t = to(Some("n2"));
+        let nodes = [
+            view("n1", Some(1000), &["web"], 1),
+            view("n2", Some(1240), &[], 2),
+        ];
+        assert!(steps(&input(1249, &r, &t, &nodes)).propose.is_empty());
+        assert_eq!(steps(&input(1250, &r, &t, &nodes)).propose.len(), 1);
+    }
+
+    #[test]
+    fn a_new_leader_waits_from_its_election() {
+        let mut r = Record::default();
+        place(&mut r, None);
+        let t = to(Some("n2"));
+        let nodes = [view("n1", None, &[], 0), view("n2", Some(5000), &[], 1)];
+        let mut i = input(5100, &r, &t, &nodes);
+        i.leader_since_ms = 5000;
+        assert!(steps(&i).propose.is_empty());
+        i.now_ms = 5250;
+        assert_eq!(steps(&i).propose.len(), 1);
+    }
+
+    proptest! {
+        /// A group is only ever placed on a node when every other node is
+        /// known stopped or out of lease: at no time does a proposal name a
+        /// node while another reports the group active within its lease.
+        #[test]
+        fn never_places_while_another_node_may_run_it(
+            now in 0u64..2000,
+            reports in proptest::collection::vec((proptest::option::of(0u64..2000), any::<bool>(), 0u64..4), 3),
+            epoch_moves in 1usize..4,
+            target in 0usize..3,
+        ) {
+            let mut r = Record::default();
+            for i in 0..epoch_moves { place(&mut r, if i % 2 == 0 { Some("n1") } else { None }); }
+            place(&mut r, None);
+            let epoch = r.placements["web"].epoch;
+            let nodes: Vec<NodeView> = reports.iter().enumerate().map(|(i, (last, active, seen))| {
+                let last = last.map(|l| l.min(now));
+                view(&format!("n{}", i + 1), last, if *active { &["web"] } else { &[] }, *seen)
+            }).collect();
+            let name = format!("n{}", target + 1);
+            let t = to(Some(&name));
+            let s = steps(&input(now, &r, &t, &nodes));
+            if !s.propose.is_empty() {
+                for n in nodes.iter().filter(|n| n.name != name) {
+                    let stopped = n.last_report_ms.is_some() && n.seen["web"] >= epoch && n.active.is_empty();
+                    let lease_over = now >= n.last_report_ms.unwrap_or(0) + 250;
+                    prop_assert!(stopped || lease_over, "{:?}", n);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,326 @@
+//! Placement policy: where each group *should* run, as a pure function of
+//! the configuration, what the leader knows of the nodes, and the agreed
+//! record. It says nothing about *how* to get there safely; that is
+//! [`crate::handover`].
+//!
+//! Rules, in order, for each group:
+//! 1. In maintenance: leave it exactly as it is ([`Target::Unmanaged`]).
+//! 2. A node is *eligible* when it is online, not in standby, its fail
+//!    count for the group is under the threshold, none of the links the
+//!    group needs has failed its ping monitor there, and (when the group
+//!    lists preferred nodes) it is one of them or the group is pinned there.
+//! 3. Candidates in order: the pinned node (`tandem move`), then the
+//!    preferred nodes in order, then (no preference list) every node in
+//!    configuration order.
+//! 4. Where the group runs now and that node is still eligible: stay,
+//!    unless failback is `auto` and a better candidate is eligible.
+//! 5. Otherwise the first eligible candidate, or nowhere.
+
+use std::collections::BTreeMap;
+
+use crate::agreement::{Intent, Record};
+
+/// Failback policy of a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failback {
+    /// Move back to a more preferred node as soon as it is eligible.
+    Auto,
+    /// Stay put until an operator moves it.
+    Manual,
+}
+
+/// A group as the policy sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupPolicy {
+    /// Group name.
+    pub name: String,
+    /// Preferred nodes, most preferred first; empty: any node.
+    pub preferred: Vec<String>,
+    /// Failback policy.
+    pub failback: Failback,
+    /// Fail count at which a node is no longer eligible.
+    pub migration_threshold: u32,
+    /// Links the group needs (a floating address lives on one).
+    pub needs_links: Vec<String>,
+}
+
+/// What the leader knows of one node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeFacts {
+    /// Node name.
+    pub name: String,
+    /// Heard by the leader (alive, in the quorate partition).
+    pub online: bool,
+    /// Links whose ping monitor fails on that node.
+    pub failed_links: Vec<String>,
+}
+
+/// Where a group should be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// On this node, or stopped everywhere (None).
+    Node(Option<String>),
+    /// In maintenance: the cluster neither starts nor stops it.
+    Unmanaged,
+}
+
+/// Why a node cannot host a group, for status and logs.
+pub fn ineligible_reason(g: &GroupPolicy, n: &NodeFacts, record: &Record) -> Option<String> {
+    if !n.online {
+        return Some("offline".into());
+    }
+    if record.has_intent(&n.name, Intent::Standby) {
+        return Some("standby".into());
+    }
+    let fails = record
+        .fail_counts
+        .get(&g.name)
+        .and_then(|m| m.get(&n.name))
+        .copied()
+        .unwrap_or(0);
+    if fails >= g.migration_threshold {
+        return Some(format!(
+            "{fails} failures (threshold {}); `tandem cleanup {}` clears them",
+            g.migration_threshold, g.name
+        ));
+    }
+    if let Some(l) = g.needs_links.iter().find(|l| n.failed_links.contains(l)) {
+        return Some(format!("ping monitor on link {l} fails"));
+    }
+    let pinned = record.pins.get(&g.name) == Some(&n.name);
+    if !g.preferred.is_empty() && !g.preferred.contains(&n.name) && !pinned {
+        return Some("not a preferred node".into());
+    }
+    None
+}
+
+/// The target of every group: `nodes` in configuration order.
+pub fn targets(
+    groups: &[GroupPolicy],
+    nodes: &[NodeFacts],
+    record: &Record,
+) -> BTreeMap<String, Target> {
+    groups
+        .iter()
+        .map(|g| (g.name.clone(), target(g, nodes, record)))
+        .collect()
+}
+
+fn target(g: &GroupPolicy, nodes: &[NodeFacts], record: &Record) -> Target {
+    if record.has_intent(&g.name, Intent::Maintenance) {
+        return Target::Unmanaged;
+    }
+    let eligible = |name: &str| {
+        nodes
+            .iter()
+            .find(|n| n.name == name)
+            .is_some_and(|n| ineligible_reason(g, n, record).is_none())
+    };
+    let mut candidates: Vec<&str> = Vec::new();
+    if let Some(pin) = record.pins.get(&g.name) {
+        candidates.push(pin);
+    }
+    if g.preferred.is_empty() {
+        candidates.extend(nodes.iter().map(|n| n.name.as_str()));
+    } else {
+        candidates.extend(g.preferred.iter().map(String::as_str));
+    }
+    let best = candidates.iter().copied().find(|c| eligible(c));
+    let current = record
+        .placements
+        .get(&g.name)
+        .and_then(|p| p.node.as_deref());
+    match current {
+        Some(c) if eligible(c) => match g.failback {
+            Failback::Manual => Target::Node(Some(c.to_string())),
+            Failback::Auto => Target::Node(best.map(String::from)),
+        },
+        _ => Target::Node(best.map(String::from)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agreement::Command;
+    use proptest::prelude::*;
+
+    fn group(name: &str, preferred: &[&str], failback: Failback) -> GroupPolicy {
+        GroupPolicy {
+            name: name.into(),
+            preferred: preferred.iter().map(|s| s.to_string()).collect(),
+            failback,
+            migration_threshold: 3,
+            needs_links: vec!["lan".into()],
+        }
+    }
+
+    fn nodes(online: &[bool]) -> Vec<NodeFacts> {
+        online
+            .iter()
+            .enumerate()
+            .map(|(i, o)| NodeFacts {
+                name: format!("n{}", i + 1),
+                online: *o,
+                failed_links: vec![],
+            })
+            .collect()
+    }
+
+    fn placed(record: &mut Record, group: &str, node: Option<&str>) {
+        record.apply(&Command::Place {
+            group: group.into(),
+            node: node.map(String::from),
+        });
+    }
+
+    fn on(t: &BTreeMap<String, Target>, g: &str) -> Option<String> {
+        match &t[g] {
+            Target::Node(n) => n.clone(),
+            Target::Unmanaged => panic!("unmanaged"),
+        }
+    }
+
+    #[test]
+    fn first_preferred_online_node() {
+        let g = [group("web", &["n2", "n1"], Failback::Manual)];
+        let r = Record::default();
+        assert_eq!(
+            on(&targets(&g, &nodes(&[true, true, true]), &r), "web").as_deref(),
+            Some("n2")
+        );
+        assert_eq!(
+            on(&targets(&g, &nodes(&[true, false, true]), &r), "web").as_deref(),
+            Some("n1")
+        );
+        assert_eq!(
+            on(&targets(&g, &nodes(&[false, false, true]), &r), "web"),
+            None
+        );
+    }
+
+    #[test]
+    fn manual_failback_stays_auto_failback_returns() {
+        let mut r = Record::default();
+        placed(&mut r, "web", Some("n2"));
+        let all = nodes(&[true, true, true]);
+        let manual = [group("web", &["n1", "n2"], Failback::Manual)];
+        assert_eq!(
+            on(&targets(&manual, &all, &r), "web").as_deref(),
+            Some("n2")
+        );
+        let auto = [group("web", &["n1", "n2"], Failback::Auto)];
+        assert_eq!(on(&targets(&auto, &all, &r), "web").as_deref(), Some("n1"));
+    }
+
+    #[test]
+    fn standby_fail_counts_and_failed_links_make_a_node_ineligible() {
+        let g = [group("web", &["n1", "n2"], Failback::Manual)];
+        let mut r = Record::default();
+        placed(&mut r, "web", Some("n1"));
+        r.apply(&Command::SetIntent {
+            target: "n1".into(),
+            intent: Intent::Standby,
+            on: true,
+        });
+        assert_eq!(
+            on(&targets(&g, &nodes(&[true, true]), &r), "web").as_deref(),
+            Some("n2")
+        );
+        let mut r = Record::default();
+        placed(&mut r, "web", Some("n1"));
+        r.apply(&Command::FailCount {
+            group: "web".into(),
+            node: "n1".into(),
+            count: 3,
+        });
+        assert_eq!(
+            on(&targets(&g, &nodes(&[true, true]), &r), "web").as_deref(),
+            Some("n2")
+        );
+        let mut ns = nodes(&[true, true]);
+        ns[0].failed_links = vec!["lan".into()];
+        let mut r = Record::default();
+        placed(&mut r, "web", Some("n1"));
+        assert_eq!(on(&targets(&g, &ns, &r), "web").as_deref(), Some("n2"));
+    }
+
+    #[test]
+    fn pin_wins_over_preference_and_failback() {
+        let g = [group("web", &["n1", "n2"], Failback::Auto)];
+        let mut r = Record::default();
+        placed(&mut r, "web", Some("n1"));
+        r.apply(&Command::Pin {
+            group: "web".into(),
+            node: Some("n3".into()),
+        });
+        assert_eq!(
+            on(&targets(&g, &nodes(&[true, true, true]), &r), "web").as_deref(),
+            Some("n3")
+        );
+        // A pinned node that goes away: back to the preference list.
+        assert_eq!(
+            on(&targets(&g, &nodes(&[true, true, false]), &r), "web").as_deref(),
+            Some("n1")
+        );
+    }
+
+    #[test]
+    fn maintenance_leaves_the_group_alone() {
+        let g = [group("web", &["n1"], Failback::Auto)];
+        let mut r = Record::default();
+        r.apply(&Command::SetIntent {
+            target: "web".into(),
+            intent: Intent::Maintenance,
+            on: true,
+        });
+        assert_eq!(targets(&g, &nodes(&[false]), &r)["web"], Target::Unmanaged);
+    }
+
+    #[test]
+    fn mutual_takeover_spreads_groups_by_preference() {
+        let g = [
+            group("db", &["n1", "n2"], Failback::Auto),
+            group("app", &["n2", "n1"], Failback::Auto),
+        ];
+        let r = Record::default();
+        let t = targets(&g, &nodes(&[true, true]), &r);
+        assert_eq!(
+            (on(&t, "db").as_deref(), on(&t, "app").as_deref()),
+            (Some("n1"), Some("n2"))
+        );
+        let t = targets(&g, &nodes(&[false, true]), &r);
+        assert_eq!(
+            (on(&t, "db").as_deref(), on(&t, "app").as_deref()),
+            (Some("n2"), Some("n2"))
+        );
+    }
+
+    proptest! {
+        /// Whatever the facts, a target is one eligible node or nowhere,
+        /// and never a node that is offline or in standby.
+        #[test]
+        fn targets_are_single_eligible_nodes(
+            online in proptest::collection::vec(any::<bool>(), 1..6),
+            standby in proptest::collection::vec(any::<bool>(), 6),
+            current in proptest::option::of(0usize..6),
+            auto in any::<bool>(),
+            fails in proptest::collection::vec(0u32..5, 6),
+        ) {
+            let ns = nodes(&online);
+            let mut r = Record::default();
+            for (i, s) in standby.iter().enumerate() {
+                r.apply(&Command::SetIntent { target: format!("n{}", i + 1), intent: Intent::Standby, on: *s });
+                r.apply(&Command::FailCount { group: "g".into(), node: format!("n{}", i + 1), count: fails[i] });
+            }
+            if let Some(c) = current {
+                placed(&mut r, "g", Some(&format!("n{}", c + 1)));
+            }
+            let g = [group("g", &[], if auto { Failback::Auto } else { Failback::Manual })];
+            if let Target::Node(Some(n)) = &targets(&g, &ns, &r)["g"] {
+                let facts = ns.iter().find(|x| &x.name == n).unwrap();
+                prop_assert!(ineligible_reason(&g[0], facts, &r).is_none());
+            }
+        }
+    }
+}
