@@ -29,6 +29,9 @@ pub struct NodeView {
     pub name: String,
     /// Leader time of the latest report from that node, if any.
     pub last_report_ms: Option<u64>,
+    /// Leader time by which any lease it could hold has ended
+    /// ([`lease::lease_end_bound`]); None: use [`lease::takeover_at`].
+    pub lease_end_ms: Option<u64>,
     /// Groups it runs or may still run (anything not known stopped).
     pub active: Vec<String>,
     /// Placement epoch it has applied, per group.
@@ -77,12 +80,15 @@ fn known_stopped(
     if n.last_report_ms.is_some() && applied >= epoch && !n.active.iter().any(|g| g == group) {
         return Ok(());
     }
-    let at = lease::takeover_at(
-        n.last_report_ms,
-        input.leader_since_ms,
-        input.lease_ms,
-        input.margin_ms,
-    );
+    let at = match n.lease_end_ms {
+        Some(end) => end + input.margin_ms,
+        None => lease::takeover_at(
+            n.last_report_ms,
+            input.leader_since_ms,
+            input.lease_ms,
+            input.margin_ms,
+        ),
+    };
     if input.now_ms >= at {
         return Ok(());
     }
@@ -161,6 +167,7 @@ mod tests {
         NodeView {
             name: name.into(),
             last_report_ms: last,
+            lease_end_ms: None,
             active: active.iter().map(|s| s.to_string()).collect(),
             seen: [("web".to_string(), seen)].into_iter().collect(),
         }

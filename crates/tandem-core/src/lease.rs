@@ -73,6 +73,57 @@ pub fn takeover_at(
     last_heard_ms.unwrap_or(0).max(leader_since_ms) + lease_ms + margin_ms
 }
 
+/// A tighter bound on when every lease a silent node `x` could hold has
+/// ended, from what the voters that now follow this leader report.
+///
+/// `x`'s lease (as a follower) is at most a grant's echo plus `lease_ms`,
+/// and a grantor only echoes stamps it received from `x`; as a leader of
+/// an older term, its lease is the majority-th newest echo plus
+/// `lease_ms`. So with `heard[v]` an upper bound on when voter `v` last
+/// received a stamp from `x` (None: unknown), every grant is bounded:
+///
+/// - by this leader: `last_heard_x + lease_ms`;
+/// - by a voter that reported in this term (it cannot grant for an older
+///   term any more): `heard[v] + lease_ms`;
+/// - by any other voter: the election bound `leader_since_ms + lease_ms`;
+/// - by `x` itself as an old leader: the majority-th largest of `heard`
+///   (`x` counting as unbounded) plus `lease_ms`, and the election bound.
+///
+/// The result is the smaller of this and [`takeover_at`] (both are proven
+/// bounds), without the margin.
+pub fn lease_end_bound(
+    last_heard_x: Option<u64>,
+    leader_since_ms: u64,
+    lease_ms: u64,
+    x_votes: bool,
+    majority: usize,
+    heard: &[Option<u64>],
+) -> u64 {
+    let election = leader_since_ms + lease_ms;
+    let plain = last_heard_x.unwrap_or(0).max(leader_since_ms) + lease_ms;
+    let mut worst = last_heard_x.unwrap_or(0) + lease_ms;
+    for h in heard {
+        worst = worst.max(h.map_or(election, |h| h + lease_ms));
+    }
+    if x_votes {
+        // x itself is unbounded; the majority-th largest of the rest.
+        let mut known: Vec<Option<u64>> = heard.to_vec();
+        known.push(None);
+        known.sort_by(|a, b| match (a, b) {
+            (None, None) => std::cmp::Ordering::Equal,
+            (None, _) => std::cmp::Ordering::Less,
+            (_, None) => std::cmp::Ordering::Greater,
+            (Some(a), Some(b)) => b.cmp(a),
+        });
+        let as_leader = match known.get(majority.saturating_sub(1)) {
+            Some(Some(b)) => (b + lease_ms).min(election),
+            _ => election,
+        };
+        worst = worst.max(as_leader);
+    }
+    worst.min(plain)
+}
+
 /// The margin added to a takeover: one heartbeat for the old holder to
 /// finish stopping, plus 1% of the lease (plus 1 ms) for clock-rate
 /// differences between machines (real clocks drift by parts per million).
@@ -116,7 +167,41 @@ mod tests {
         assert_eq!(takeover_at(None, 500, 200, 50), 750);
     }
 
+    #[test]
+    fn followers_reports_shorten_the_wait_after_a_leader_crash() {
+        // 3 voters; x (the old leader) was last heard by this new leader at
+        // 1000 and by the other follower at 1010; elected at 1300.
+        let b = lease_end_bound(Some(1000), 1300, 200, true, 2, &[Some(1000), Some(1010)]);
+        assert_eq!(b, 1210);
+        assert!(b < takeover_at(Some(1000), 1300, 200, 0));
+        // The other follower has not reported in this term: no better
+        // than the election bound.
+        let b = lease_end_bound(Some(1000), 1300, 200, true, 2, &[Some(1000), None]);
+        assert_eq!(b, 1500);
+    }
+
+    #[test]
+    fn a_follower_that_still_hears_x_keeps_the_plain_bound() {
+        // One-sided partition: the other follower hears x now (2000).
+        let b = lease_end_bound(Some(1000), 500, 200, true, 2, &[Some(1000), Some(2000)]);
+        assert_eq!(b, takeover_at(Some(1000), 500, 200, 0));
+    }
+
     proptest! {
+        /// The tighter bound is never later than the plain one and never
+        /// earlier than what this leader's own grants allow.
+        #[test]
+        fn tight_bound_is_between_own_grants_and_plain(
+            last in proptest::option::of(0u64..5000), since in 0u64..5000,
+            heard in proptest::collection::vec(proptest::option::of(0u64..5000), 0..6),
+            votes in any::<bool>(),
+        ) {
+            let majority = (heard.len() + 2) / 2 + 1;
+            let b = lease_end_bound(last, since, 200, votes, majority, &heard);
+            prop_assert!(b <= takeover_at(last, since, 200, 0));
+            prop_assert!(b >= last.unwrap_or(0) + 200);
+        }
+
         /// Whatever the echoes, the leader's lease never ends later than
         /// the newest echo from a majority allows, and never before "now"
         /// is possible only with a majority echoing.

@@ -161,6 +161,10 @@ pub struct Report {
     pub groups: Vec<GroupReport>,
     /// Links whose ping monitor fails on the sender.
     pub failed_links: Vec<String>,
+    /// Per peer, ms since the sender last received a stamp from it (its
+    /// uptime when never): bounds leases after a leader change.
+    #[serde(default)]
+    pub silent_ms: Vec<(NodeId, u64)>,
 }
 
 /// A request to the leader, from an operator (through any agent) or from a
@@ -209,6 +213,10 @@ pub enum Request {
         reason: String,
         /// When, ms since the Unix epoch.
         at_unix_ms: u64,
+        /// Move the group off that node at once (fail count to the
+        /// threshold) instead of counting one failure.
+        #[serde(default)]
+        move_now: bool,
     },
 }
 
@@ -711,6 +719,16 @@ impl Member {
 
     /// What runs on this node, and which links fail their ping monitor.
     pub fn set_local(&mut self, groups: Vec<GroupReport>, failed_links: Vec<String>) {
+        let changed = |a: &[GroupReport], b: &[GroupReport]| {
+            a.len() != b.len()
+                || a.iter()
+                    .zip(b)
+                    .any(|(x, y)| x.active != y.active || x.state != y.state)
+        };
+        // The leader waits on these: send them now, not at the next beat.
+        if changed(&self.local_groups, &groups) || self.failed_links != failed_links {
+            self.heartbeat_due_ms = self.now_ms;
+        }
         self.local_groups = groups;
         self.failed_links = failed_links;
     }
@@ -769,7 +787,61 @@ impl Member {
             commit: self.agreement.commit_index(),
             groups,
             failed_links: self.failed_links.clone(),
+            silent_ms: self
+                .spec
+                .peers
+                .iter()
+                .map(|p| {
+                    let heard = self.reports.get(&p.id).map_or(0, |r| r.rx_ms);
+                    (p.id, self.now_ms.saturating_sub(heard))
+                })
+                .collect(),
         }
+    }
+
+    /// When (this leader's clock) every lease `x` could hold has ended.
+    fn lease_end(&self, x: NodeId) -> u64 {
+        let me = self.spec.me;
+        let term = self.agreement.term();
+        let last = self.reports.get(&x).map(|r| r.rx_ms);
+        let mut heard: Vec<Option<u64>> = Vec::new();
+        let mut x_votes = false;
+        let mut voters: Vec<NodeId> = self
+            .spec
+            .peers
+            .iter()
+            .filter(|p| p.voter)
+            .map(|p| p.id)
+            .collect();
+        if self.spec.voter {
+            voters.push(me);
+        }
+        for v in voters {
+            if v == x {
+                x_votes = true;
+                continue;
+            }
+            if v == me {
+                heard.push(Some(last.unwrap_or(0)));
+                continue;
+            }
+            let bound = self.reports.get(&v).and_then(|r| {
+                if r.report.term != term || r.report.leader != Some(me) {
+                    return None;
+                }
+                let silent = r.report.silent_ms.iter().find(|(id, _)| *id == x)?.1;
+                Some(r.rx_ms.saturating_sub(silent))
+            });
+            heard.push(bound);
+        }
+        lease::lease_end_bound(
+            last,
+            self.leader_since_ms,
+            self.groups.lease_ms,
+            x_votes,
+            self.majority(),
+            &heard,
+        )
     }
 
     fn majority(&self) -> usize {
@@ -963,11 +1035,25 @@ impl Member {
                 node,
                 reason,
                 at_unix_ms,
+                move_now,
             } => vec![
                 Command::FailCount {
                     group: group.clone(),
                     node: node.clone(),
-                    count: record.fail_count(group, node).saturating_add(1),
+                    count: {
+                        let next = record.fail_count(group, node).saturating_add(1);
+                        let threshold = self
+                            .groups
+                            .groups
+                            .iter()
+                            .find(|g| g.name == *group)
+                            .map_or(next, |g| g.migration_threshold);
+                        if *move_now {
+                            next.max(threshold)
+                        } else {
+                            next
+                        }
+                    },
                 },
                 Command::FailedAt {
                     group: group.clone(),
@@ -1025,6 +1111,7 @@ impl Member {
                 NodeView {
                     name: h.clone(),
                     last_report_ms: last,
+                    lease_end_ms: (id != self.spec.me).then(|| self.lease_end(id)),
                     active: groups
                         .iter()
                         .filter(|g| g.active)

@@ -18,7 +18,10 @@ use anyhow::{bail, Context, Result};
 use tandem_core::agreement::{Intent, Role};
 use tandem_core::config::Config;
 use tandem_core::failure_detector::{EventKind, LinkState, NodeState};
-use tandem_core::member::{Member, MemberEvent, MemberOutput, MemberSpec, PeerSpec, Persisted};
+use tandem_core::member::{
+    GroupsSpec, Member, MemberEvent, MemberOutput, MemberSpec, PeerSpec, Persisted, Request,
+};
+use tandem_core::policy::{self, GroupPolicy};
 use tandem_core::quorum::{self, MAX_VOTERS};
 use tandem_core::wire::{self, ClusterId, NodeId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -26,14 +29,22 @@ use tokio::net::{UdpSocket, UnixListener};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
-use crate::status::{AgreementStatus, EventRecord, LinkStatus, PeerStatus, QuorumStatus, Status};
+use crate::runner::{Done, Runner};
+use crate::status::{
+    AgreementStatus, EventRecord, GroupStatus, LeaseStatus, LinkStatus, PeerStatus, QuorumStatus,
+    Status,
+};
 
 /// Events kept for `tandem status`.
 const EVENT_HISTORY: usize = 100;
 /// Received datagrams waiting for the main loop before new ones are dropped.
 const RX_QUEUE: usize = 1024;
 /// Largest control request read.
-const MAX_REQUEST: usize = 256;
+const MAX_REQUEST: usize = 4096;
+/// Outcomes of resource actions and checks waiting for the main loop.
+const DONE_QUEUE: usize = 256;
+/// Longest a graceful stop waits for the groups here to stop.
+const SHUTDOWN_LIMIT: Duration = Duration::from_secs(120);
 /// Default control socket of an agent.
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/tandem/control.sock";
 /// Default control socket of a witness.
@@ -231,6 +242,66 @@ fn spec(
     }
 }
 
+/// The groups as the placement policy sees them. Refuses what this
+/// version cannot run (clone and colocated groups), so nothing configured
+/// is silently ignored.
+fn groups_spec(cfg: &Config, topo: &Topology) -> Result<GroupsSpec> {
+    use tandem_core::config::schema::Failback as F;
+    use tandem_core::config::ResourceSpec;
+    let f = &cfg.file;
+    let mut groups = Vec::new();
+    let mut expiry = Vec::new();
+    for (gi, g) in f.groups.iter().enumerate() {
+        let name = g.name.get_ref().clone();
+        if g.clone.as_ref().is_some_and(|c| *c.get_ref()) {
+            bail!("group {name}: clone groups (active on every node) are not implemented in this version; remove `clone = true` to run it on one node at a time");
+        }
+        if g.colocate_with.is_some() {
+            bail!("group {name}: `colocate_with` is not implemented in this version; put the resources in one group instead");
+        }
+        let needs_links = cfg
+            .resources
+            .get(gi)
+            .into_iter()
+            .flatten()
+            .filter_map(|r| match r {
+                ResourceSpec::Ip { link, .. } => link.clone(),
+                _ => None,
+            })
+            .collect();
+        groups.push(GroupPolicy {
+            name,
+            preferred: g.preferred.iter().map(|p| p.get_ref().clone()).collect(),
+            failback: match g.failback.as_ref().map(|f| *f.get_ref()) {
+                Some(F::Auto) => policy::Failback::Auto,
+                _ => policy::Failback::Manual,
+            },
+            migration_threshold: g
+                .migration_threshold
+                .as_ref()
+                .map_or(3, |t| *t.get_ref())
+                .max(1),
+            needs_links,
+        });
+        expiry.push(
+            g.failure_expiry_ms
+                .as_ref()
+                .map_or(600_000, |e| *e.get_ref()),
+        );
+    }
+    Ok(GroupsSpec {
+        groups,
+        failure_expiry_ms: expiry,
+        hosts: topo
+            .names
+            .iter()
+            .filter(|n| *n != WITNESS_NAME)
+            .cloned()
+            .collect(),
+        lease_ms: cfg.timing.deadtime_ms,
+    })
+}
+
 fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -352,20 +423,39 @@ pub fn run(cfg: Config, opts: AgentOptions) -> Result<()> {
         quorum::Mode::TwoNode => "two_node",
         quorum::Mode::Majority { .. } => "majority",
     };
-    let member = Member::new(spec, incarnation, persisted, 0, now_us);
+    let groups = groups_spec(&cfg, &topo)?;
+    let started = Instant::now();
+    let unix_at_zero_ms = unix_ms();
+    let mut member = Member::new(spec, incarnation, persisted, 0, now_us);
+    member.set_groups(groups, unix_at_zero_ms);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the agent's runtime")?;
     // Local tasks: the per-link receivers share sockets with the main loop.
     let local = tokio::task::LocalSet::new();
+    let (done_tx, done_rx) = mpsc::channel::<Done>(DONE_QUEUE);
+    let runner = if witness {
+        None
+    } else {
+        Some(Runner::new(
+            &cfg,
+            &topo.names[me],
+            state_dir.join("run"),
+            unix_at_zero_ms,
+            done_tx,
+        )?)
+    };
     let agent = Agent {
+        runner,
+        done_rx,
+        shutting_down: false,
         timing: cfg.timing,
         cluster: cfg.file.cluster.name.get_ref().clone(),
         topo,
         me,
         member,
-        started: Instant::now(),
+        started,
         events: VecDeque::new(),
         sockets: Vec::new(),
         control_path: control,
@@ -384,6 +474,11 @@ pub fn run(cfg: Config, opts: AgentOptions) -> Result<()> {
 }
 
 struct Agent {
+    /// This node's groups (None on the witness).
+    runner: Option<Runner>,
+    done_rx: mpsc::Receiver<Done>,
+    /// SIGTERM seen: stopping the groups here, then leaving.
+    shutting_down: bool,
     cluster: String,
     timing: tandem_core::config::Timing,
     topo: Topology,
@@ -472,8 +567,30 @@ impl Agent {
         );
         self.log(text);
         self.flush().await?;
+        let mut shutdown_deadline: Option<Instant> = None;
         loop {
-            let deadline = self.started + Duration::from_millis(self.member.next_deadline());
+            // The lease is checked before any input is handled: a node that
+            // was frozen drops its addresses first thing when it resumes.
+            self.drive();
+            self.flush().await?;
+            if self.shutting_down
+                && (!self.runner.as_ref().is_some_and(Runner::any_active)
+                    || shutdown_deadline.is_some_and(|d| Instant::now() >= d))
+            {
+                break;
+            }
+            let mut next = self.member.next_deadline();
+            if let Some(r) = &self.runner {
+                if let Some(d) = r.next_deadline() {
+                    next = next.min(d);
+                }
+                if r.any_active() {
+                    if let Some(u) = self.member.lease_until(self.now_ms()) {
+                        next = next.min(u);
+                    }
+                }
+            }
+            let deadline = self.started + Duration::from_millis(next);
             tokio::select! {
                 Some((link, bytes)) = rx.recv() => {
                     let now = self.now_ms();
@@ -483,14 +600,21 @@ impl Agent {
                     let now = self.now_ms();
                     self.member.on_tick(now);
                 }
-                conn = control.accept() => {
-                    if let Ok((stream, _)) = conn {
-                        let status = serde_json::to_vec(&self.status()).unwrap_or_default();
-                        tokio::task::spawn_local(serve_control(stream, status));
+                Some(done) = self.done_rx.recv() => {
+                    let now = self.now_ms();
+                    if let Some(r) = self.runner.as_mut() {
+                        for line in r.on_done(now, done, &mut self.member) {
+                            self.log(line);
+                        }
                     }
                 }
-                _ = term.recv() => break,
-                _ = int.recv() => break,
+                conn = control.accept() => {
+                    if let Ok((stream, _)) = conn {
+                        self.control(stream).await;
+                    }
+                }
+                _ = term.recv() => self.begin_shutdown(&mut shutdown_deadline),
+                _ = int.recv() => self.begin_shutdown(&mut shutdown_deadline),
             }
             self.flush().await?;
         }
@@ -500,6 +624,108 @@ impl Agent {
         self.log("stopped (handed over and sent leave to every peer)".into());
         let _ = std::fs::remove_file(&self.control_path);
         Ok(())
+    }
+
+    fn begin_shutdown(&mut self, deadline: &mut Option<Instant>) {
+        if self.shutting_down {
+            return;
+        }
+        self.shutting_down = true;
+        *deadline = Some(Instant::now() + SHUTDOWN_LIMIT);
+        if let Some(r) = self.runner.as_mut() {
+            r.shut_down();
+            if r.any_active() {
+                self.log("stopping: stopping the groups here first".into());
+            }
+        }
+    }
+
+    /// One runner pass (wants, actions, checks), logging what it did.
+    fn drive(&mut self) {
+        let now = self.now_ms();
+        if let Some(r) = self.runner.as_mut() {
+            for line in r.drive(now, &mut self.member) {
+                self.log(line);
+            }
+        }
+    }
+
+    /// One control connection: `status`, or a JSON request for the leader.
+    async fn control(&mut self, mut stream: tokio::net::UnixStream) {
+        let mut req = vec![0u8; MAX_REQUEST];
+        let n = match tokio::time::timeout(Duration::from_secs(2), stream.read(&mut req)).await {
+            Ok(Ok(n)) => n,
+            _ => return,
+        };
+        let text = String::from_utf8_lossy(&req[..n]).trim().to_string();
+        let reply = if text == "status" {
+            serde_json::to_vec(&self.status()).unwrap_or_default()
+        } else {
+            match serde_json::from_str::<Request>(&text) {
+                Ok(r) => match self.check_request(&r) {
+                    Ok(()) => {
+                        let now = self.now_ms();
+                        self.log(format!("operator request: {}", describe_request(&r)));
+                        self.member.request(now, r);
+                        br#"{"ok":true}"#.to_vec()
+                    }
+                    Err(e) => {
+                        serde_json::to_vec(&serde_json::json!({ "error": e })).unwrap_or_default()
+                    }
+                },
+                Err(_) => {
+                    br#"{"error":"unknown request; this agent answers `status` or a JSON request"}"#
+                        .to_vec()
+                }
+            }
+        };
+        tokio::task::spawn_local(async move {
+            let _ = stream.write_all(&reply).await;
+        });
+    }
+
+    /// Refuses requests that name unknown groups or nodes, with the names
+    /// that exist.
+    fn check_request(&self, r: &Request) -> std::result::Result<(), String> {
+        let groups: Vec<String> = self
+            .runner
+            .as_ref()
+            .map(|ru| ru.local_status().into_iter().map(|g| g.name).collect())
+            .unwrap_or_default();
+        let hosts: Vec<&String> = self
+            .topo
+            .names
+            .iter()
+            .filter(|n| *n != WITNESS_NAME)
+            .collect();
+        let group_ok = |g: &str| {
+            if groups.iter().any(|x| x == g) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "no group named {g} (groups: {})",
+                    groups.join(", ")
+                ))
+            }
+        };
+        let node_ok = |n: &str| {
+            if hosts.iter().any(|x| *x == n) {
+                Ok(())
+            } else {
+                let all: Vec<&str> = hosts.iter().map(|s| s.as_str()).collect();
+                Err(format!("no node named {n} (nodes: {})", all.join(", ")))
+            }
+        };
+        match r {
+            Request::Move { group, node } => {
+                group_ok(group)?;
+                node.as_deref().map_or(Ok(()), node_ok)
+            }
+            Request::Failover { group } | Request::Cleanup { group } => group_ok(group),
+            Request::Maintenance { group, .. } => group_ok(group),
+            Request::Standby { node, .. } => node_ok(node),
+            Request::Failed { .. } => Err("failure reports come from agents only".into()),
+        }
     }
 
     /// Applies the core's output: persist, then send, then log.
@@ -671,7 +897,134 @@ impl Agent {
                 .map(|(r, n)| (r.as_str().to_string(), *n))
                 .collect(),
             events: self.events.iter().cloned().collect(),
+            lease: self.runner.as_ref().map(|_| {
+                let now = self.now_ms();
+                let held = m.lease_valid(now);
+                LeaseStatus {
+                    held,
+                    remaining_ms: if held {
+                        m.lease_until(now).map_or(0, |u| u.saturating_sub(now))
+                    } else {
+                        0
+                    },
+                }
+            }),
+            failed_links: self
+                .runner
+                .as_ref()
+                .map(Runner::failed_links)
+                .unwrap_or_default(),
+            groups: self.groups_status(),
+            standby: record
+                .intents
+                .iter()
+                .filter(|(_, i)| *i == Intent::Standby)
+                .map(|(t, _)| t.clone())
+                .collect(),
         }
+    }
+
+    fn groups_status(&self) -> Vec<GroupStatus> {
+        let m = &self.member;
+        let record = m.agreement().record();
+        let local = self
+            .runner
+            .as_ref()
+            .map(Runner::local_status)
+            .unwrap_or_default();
+        let me = self.topo.names[self.me].clone();
+        local
+            .into_iter()
+            .map(|lg| {
+                let name = lg.name.clone();
+                let placement = record.placements.get(&name);
+                let placed_on = placement.and_then(|p| p.node.clone());
+                // Each node's own report of the group.
+                let mut per_node: Vec<(String, String, u64, bool)> = vec![(
+                    me.clone(),
+                    lg.state.clone(),
+                    lg.since_unix_ms,
+                    lg.state != "stopped",
+                )];
+                for (i, n) in self.topo.names.iter().enumerate() {
+                    if i == self.me || n == WITNESS_NAME {
+                        continue;
+                    }
+                    if let Some((rep, _)) = m.report_from(self.topo.ids[i]) {
+                        if let Some(g) = rep.groups.iter().find(|g| g.name == name) {
+                            let alive =
+                                m.detector().node_state(self.topo.ids[i]) == Some(NodeState::Alive);
+                            per_node.push((
+                                n.clone(),
+                                g.state.clone(),
+                                g.since_unix_ms,
+                                g.active && alive,
+                            ));
+                        }
+                    }
+                }
+                let (state, since) = match &placed_on {
+                    Some(p) => per_node
+                        .iter()
+                        .find(|(n, ..)| n == p)
+                        .map_or(("unknown".to_string(), None), |(_, st, t, _)| {
+                            (st.clone(), Some(*t))
+                        }),
+                    None => ("stopped".to_string(), None),
+                };
+                GroupStatus {
+                    active_on: per_node
+                        .iter()
+                        .filter(|x| x.3)
+                        .map(|x| x.0.clone())
+                        .collect(),
+                    placed_on,
+                    epoch: placement.map_or(0, |p| p.epoch),
+                    state,
+                    since_unix_ms: since,
+                    pinned: record.pins.get(&name).cloned(),
+                    maintenance: record.has_intent(&name, Intent::Maintenance),
+                    waiting: m.waiting().get(&name).cloned(),
+                    fail_counts: record.fail_counts.get(&name).cloned().unwrap_or_default(),
+                    failures: record
+                        .failures
+                        .get(&name)
+                        .map(|f| {
+                            f.iter()
+                                .map(|(n, (at, why))| (n.clone(), *at, why.clone()))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                    resources: lg.resources,
+                    name,
+                }
+            })
+            .collect()
+    }
+}
+
+/// A request in words, for the log.
+fn describe_request(r: &Request) -> String {
+    match r {
+        Request::Move {
+            group,
+            node: Some(n),
+        } => format!("move {group} to {n}"),
+        Request::Move { group, node: None } => format!("clear the move of {group}"),
+        Request::Failover { group } => format!("fail {group} over"),
+        Request::Standby { node, on } => {
+            format!("node {node} {}", if *on { "standby" } else { "online" })
+        }
+        Request::Maintenance { group, on } => {
+            format!("maintenance {} for {group}", if *on { "on" } else { "off" })
+        }
+        Request::Cleanup { group } => format!("clean up {group}"),
+        Request::Failed {
+            group,
+            node,
+            reason,
+            ..
+        } => format!("{group} failed on {node}: {reason}"),
     }
 }
 
@@ -721,20 +1074,6 @@ fn group_id(name: &str) -> Result<u32> {
         .find(|(n, _)| *n == name)
         .map(|(_, g)| g)
         .with_context(|| format!("control_group {name}: no such group in /etc/group; create it or remove control_group"))
-}
-
-async fn serve_control(mut stream: tokio::net::UnixStream, status: Vec<u8>) {
-    let mut req = vec![0u8; MAX_REQUEST];
-    let n = match tokio::time::timeout(Duration::from_secs(2), stream.read(&mut req)).await {
-        Ok(Ok(n)) => n,
-        _ => return,
-    };
-    let reply = if String::from_utf8_lossy(&req[..n]).trim() == "status" {
-        status
-    } else {
-        br#"{"error":"unknown request; this agent answers `status`"}"#.to_vec()
-    };
-    let _ = stream.write_all(&reply).await;
 }
 
 /// `tandem status`: asks the agent behind `socket` and prints its answer.

@@ -65,6 +65,76 @@ pub enum Command {
         #[arg(long, value_name = "PATH")]
         socket: Option<PathBuf>,
     },
+    /// Pin a group to a node and wait until it runs there (`--clear` removes
+    /// the pin; the placement policy decides again).
+    Move {
+        /// The group.
+        group: String,
+        /// The node to move it to.
+        #[arg(long, required_unless_present = "clear", conflicts_with = "clear")]
+        to: Option<String>,
+        /// Remove an earlier move instead.
+        #[arg(long)]
+        clear: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Planned failover: stop the group cleanly here and start it on the
+    /// next eligible node (no fencing). Without GROUP: every group placed
+    /// on the node of the agent asked.
+    Failover {
+        /// The group (default: every group on this node).
+        group: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Put a node in standby (it hosts nothing; its groups move away) or
+    /// back online.
+    Node {
+        /// `standby` or `online`.
+        action: NodeAction,
+        /// The node.
+        node: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Maintenance: the cluster neither starts, stops nor monitors the
+    /// group (all groups without GROUP) until it is turned off again.
+    Maintenance {
+        /// `on` or `off`.
+        action: OnOff,
+        /// The group (default: every group).
+        group: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Forget a group's failures (fail counts) on every node, so nodes it
+    /// failed on become eligible again.
+    Cleanup {
+        /// The group.
+        group: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// A local cluster in network namespaces that fails over, with the
+    /// outage measured: 3 nodes, a floating IP and a small HTTP service;
+    /// crashes the active node, then restores it (needs root).
+    Demo {
+        /// Keep going without pauses between the steps.
+        #[arg(long)]
+        fast: bool,
+    },
+    /// The demo's service: answers `tprobe N` on UDP and HTTP GET on TCP
+    /// with this node's name (from $TANDEM_NODE or --name).
+    #[command(hide = true)]
+    DemoService {
+        /// UDP and TCP port.
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// Name to answer with (default $TANDEM_NODE).
+        #[arg(long)]
+        name: Option<String>,
+    },
     /// Check, or show, a cluster configuration file.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -93,6 +163,38 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         out_dir: Option<PathBuf>,
     },
+}
+
+/// What every admin command takes.
+#[derive(Debug, Clone, Args)]
+pub struct AdminArgs {
+    /// The local agent's control socket (default /run/tandem/control.sock).
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Return once the leader has the request, without waiting for the outcome.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// Give up waiting after this many seconds (the request stays in force).
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub timeout: u64,
+}
+
+/// `tandem node` actions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum NodeAction {
+    /// The node hosts nothing; its groups move away.
+    Standby,
+    /// The node may host groups again.
+    Online,
+}
+
+/// On or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnOff {
+    /// Turn it on.
+    On,
+    /// Turn it off.
+    Off,
 }
 
 /// `tandem config ...`

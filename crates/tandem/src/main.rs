@@ -1,9 +1,16 @@
 //! The `tandem` command. Glue only: parse arguments, call the library, print.
 
+mod admin;
 mod agent;
+mod announce;
 mod cli;
 mod config_cmd;
+mod demo;
 mod keyfile;
+mod monitor;
+mod netlink;
+mod resources;
+mod runner;
 mod status;
 
 use std::io::Write as _;
@@ -57,6 +64,32 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Status { json, socket } => {
             let socket = socket.unwrap_or_else(|| agent::DEFAULT_CONTROL_SOCKET.into());
             agent::query_status(&socket, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Move {
+            group,
+            to,
+            clear,
+            admin,
+        } => admin::move_group(&admin, &group, if clear { None } else { to }),
+        Command::Failover { group, admin } => admin::failover(&admin, group.as_deref()),
+        Command::Node {
+            action,
+            node,
+            admin,
+        } => admin::node(&admin, &node, action == cli::NodeAction::Standby),
+        Command::Maintenance {
+            action,
+            group,
+            admin,
+        } => admin::maintenance(&admin, group.as_deref(), action == cli::OnOff::On),
+        Command::Cleanup { group, admin } => admin::cleanup(&admin, &group),
+        Command::Demo { fast } => demo::run(fast),
+        Command::DemoService { port, name } => {
+            let name = name
+                .or_else(|| std::env::var("TANDEM_NODE").ok())
+                .context("no name: pass --name or set TANDEM_NODE")?;
+            demo::serve(&name, port)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Config(ConfigCommand::Validate(args)) => Ok(if config_cmd::validate(&args)? {

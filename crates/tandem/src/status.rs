@@ -31,6 +31,57 @@ pub struct Status {
     pub dropped: BTreeMap<String, u64>,
     /// The most recent events, oldest first.
     pub events: Vec<EventRecord>,
+    /// This node's lease (None on the witness).
+    #[serde(default)]
+    pub lease: Option<LeaseStatus>,
+    /// Links whose ping monitor fails on this node.
+    #[serde(default)]
+    pub failed_links: Vec<String>,
+    /// Every group of the cluster.
+    #[serde(default)]
+    pub groups: Vec<GroupStatus>,
+    /// Nodes in standby (`tandem node standby`).
+    #[serde(default)]
+    pub standby: Vec<String>,
+}
+
+/// This node's lease on running groups.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseStatus {
+    /// Whether it holds one now.
+    pub held: bool,
+    /// How much of it is left (ms).
+    pub remaining_ms: u64,
+}
+
+/// One group, cluster-wide as this node knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupStatus {
+    /// Group name.
+    pub name: String,
+    /// Where the agreed record places it (None: stopped everywhere).
+    pub placed_on: Option<String>,
+    /// Placement epoch.
+    pub epoch: u64,
+    /// Its state where it is placed (`running`, `starting`, ...), or
+    /// `stopped`; `unknown` when that node has not reported.
+    pub state: String,
+    /// Since when (ms since the Unix epoch), when known.
+    pub since_unix_ms: Option<u64>,
+    /// Nodes where something of it may run now.
+    pub active_on: Vec<String>,
+    /// The node an operator moved it to, if pinned.
+    pub pinned: Option<String>,
+    /// In maintenance: not started, stopped or monitored.
+    pub maintenance: bool,
+    /// Why it cannot move yet (known on the leader only).
+    pub waiting: Option<String>,
+    /// Fail counts by node.
+    pub fail_counts: BTreeMap<String, u32>,
+    /// Latest failure per node: (node, when, why).
+    pub failures: Vec<(String, u64, String)>,
+    /// Its resources on this node.
+    pub resources: Vec<crate::runner::ResourceStatus>,
 }
 
 /// Quorum as seen by one node.
@@ -210,6 +261,83 @@ impl Status {
                 dropped.join(" ")
             }
         );
+        if let Some(l) = &self.lease {
+            let _ = writeln!(
+                o,
+                "lease: {}",
+                if l.held {
+                    format!("held ({} ms left)", l.remaining_ms)
+                } else {
+                    "none — this node runs no group".to_string()
+                }
+            );
+        }
+        if !self.failed_links.is_empty() {
+            let _ = writeln!(
+                o,
+                "ping monitor fails on links: {} (groups needing them leave this node)",
+                self.failed_links.join(", ")
+            );
+        }
+        if !self.groups.is_empty() {
+            let _ = writeln!(o, "groups:");
+        }
+        for g in &self.groups {
+            let place = match (&g.placed_on, g.state.as_str()) {
+                (Some(n), st) => format!("{st} on {n}"),
+                (None, _) => "stopped".to_string(),
+            };
+            let since = g
+                .since_unix_ms
+                .map(|t| format!(" since {}", format_utc(t)))
+                .unwrap_or_default();
+            let mut notes = Vec::new();
+            if g.maintenance {
+                notes.push("MAINTENANCE (unmanaged)".to_string());
+            }
+            if let Some(p) = &g.pinned {
+                notes.push(format!("moved to {p} by an operator"));
+            }
+            let others: Vec<&String> = g
+                .active_on
+                .iter()
+                .filter(|n| Some(*n) != g.placed_on.as_ref())
+                .collect();
+            if !others.is_empty() {
+                notes.push(format!(
+                    "still active on {}",
+                    others
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+            if let Some(w) = &g.waiting {
+                notes.push(w.clone());
+            }
+            let _ = writeln!(
+                o,
+                "  {:<12} {place}{since}{}",
+                g.name,
+                if notes.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", notes.join("; "))
+                }
+            );
+            for r in &g.resources {
+                let _ = writeln!(o, "    {:<10} {:<8} {} here", r.name, r.kind, r.state);
+            }
+            for (node, at, why) in &g.failures {
+                let count = g.fail_counts.get(node).copied().unwrap_or(0);
+                let _ = writeln!(
+                    o,
+                    "    failed on {node} ({count}x), last {}: {why}",
+                    format_utc(*at)
+                );
+            }
+        }
         if !self.events.is_empty() {
             let _ = writeln!(o, "recent events:");
             for e in &self.events {

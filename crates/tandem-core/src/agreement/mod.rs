@@ -961,6 +961,9 @@ impl Agreement {
             {
                 self.commit = n;
                 self.apply_committed();
+                // Tell the followers now rather than at the next beat:
+                // placements wait on this.
+                self.heartbeat_due_ms = 0;
                 return;
             }
             n -= 1;

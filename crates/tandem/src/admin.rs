@@ -1,0 +1,272 @@
+//! Operator commands (`move`, `failover`, `node`, `maintenance`,
+//! `cleanup`): send the request to the local agent, which passes it to the
+//! leader, then watch the local agent's status until the outcome shows (or
+//! `--timeout`), and say what happened.
+
+use std::io::{Read as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use tandem_core::member::Request;
+
+use crate::agent::DEFAULT_CONTROL_SOCKET;
+use crate::cli::AdminArgs;
+use crate::status::{GroupStatus, Status};
+
+/// Poll interval while waiting for an outcome.
+const POLL: Duration = Duration::from_millis(50);
+/// Largest answer read from the agent.
+const MAX_ANSWER: u64 = 16 << 20;
+
+fn socket(a: &AdminArgs) -> PathBuf {
+    a.socket
+        .clone()
+        .unwrap_or_else(|| DEFAULT_CONTROL_SOCKET.into())
+}
+
+fn ask(socket: &Path, line: &[u8]) -> Result<Vec<u8>> {
+    let mut s = std::os::unix::net::UnixStream::connect(socket).with_context(|| {
+        format!(
+            "connecting to the agent at {} (is `tandem agent` running, and are you root?)",
+            socket.display()
+        )
+    })?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(line)?;
+    s.write_all(b"\n")?;
+    let mut buf = Vec::new();
+    s.take(MAX_ANSWER)
+        .read_to_end(&mut buf)
+        .context("reading the agent's answer")?;
+    Ok(buf)
+}
+
+/// The local agent's status.
+pub fn status(socket: &Path) -> Result<Status> {
+    let buf = ask(socket, b"status")?;
+    serde_json::from_slice(&buf).context("the agent's answer is not a status")
+}
+
+fn send(socket: &Path, r: &Request) -> Result<()> {
+    let line = serde_json::to_vec(r).context("encoding the request")?;
+    let buf = ask(socket, &line)?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&buf).context("the agent's answer is not JSON")?;
+    if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
+        bail!("{e}");
+    }
+    Ok(())
+}
+
+fn group<'a>(s: &'a Status, name: &str) -> Option<&'a GroupStatus> {
+    s.groups.iter().find(|g| g.name == name)
+}
+
+fn where_is(g: &GroupStatus) -> String {
+    match &g.placed_on {
+        Some(n) => format!("{} on {n}", g.state),
+        None => "stopped".into(),
+    }
+}
+
+/// Sends `r`, then polls until `done` says the outcome is there. Prints
+/// why it waits whenever that changes.
+fn request_and_wait(
+    a: &AdminArgs,
+    r: &Request,
+    what: &str,
+    done: impl Fn(&Status) -> Option<String>,
+) -> Result<ExitCode> {
+    let sock = socket(a);
+    let before = status(&sock)?;
+    if let Some(msg) = done(&before) {
+        println!("{what}: already so ({msg})");
+        // Still send it: a pin, an intent, must be recorded all the same.
+        send(&sock, r)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    send(&sock, r)?;
+    if a.no_wait {
+        println!("{what}: requested (not waiting; `tandem status` shows the outcome)");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let t0 = Instant::now();
+    let limit = Duration::from_secs(a.timeout);
+    let mut last_note = String::new();
+    let mut last = before;
+    while t0.elapsed() < limit {
+        std::thread::sleep(POLL);
+        let Ok(s) = status(&sock) else { continue };
+        if let Some(msg) = done(&s) {
+            println!("{what}: done in {} ms — {msg}", t0.elapsed().as_millis());
+            return Ok(ExitCode::SUCCESS);
+        }
+        let note: Vec<String> = s
+            .groups
+            .iter()
+            .filter_map(|g| g.waiting.as_ref().map(|w| format!("{}: {w}", g.name)))
+            .collect();
+        let note = note.join("; ");
+        if !note.is_empty() && note != last_note {
+            println!("  waiting: {note}");
+            last_note = note;
+        }
+        last = s;
+    }
+    eprintln!(
+        "{what}: not done after {} s; the request stays in force. Now: {}",
+        a.timeout,
+        last.groups
+            .iter()
+            .map(|g| format!("{} {}", g.name, where_is(g)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    if !last.quorum.quorate {
+        eprintln!("this node has no quorum: the cluster cannot act until it does");
+    }
+    Ok(ExitCode::FAILURE)
+}
+
+/// `tandem move GROUP --to NODE` / `--clear`.
+pub fn move_group(a: &AdminArgs, name: &str, to: Option<String>) -> Result<ExitCode> {
+    let r = Request::Move {
+        group: name.to_string(),
+        node: to.clone(),
+    };
+    match to {
+        Some(node) => request_and_wait(a, &r, &format!("move {name} to {node}"), |s| {
+            let g = group(s, name)?;
+            (g.placed_on.as_deref() == Some(node.as_str()) && g.state == "running")
+                .then(|| format!("{name} runs on {node}"))
+        }),
+        None => request_and_wait(a, &r, &format!("clear the move of {name}"), |s| {
+            let g = group(s, name)?;
+            g.pinned
+                .is_none()
+                .then(|| format!("{name} is {}", where_is(g)))
+        }),
+    }
+}
+
+/// `tandem failover [GROUP]`.
+pub fn failover(a: &AdminArgs, name: Option<&str>) -> Result<ExitCode> {
+    let s = status(&socket(a))?;
+    let names: Vec<String> = match name {
+        Some(n) => {
+            if group(&s, n).is_none() {
+                bail!(
+                    "no group named {n} (groups: {})",
+                    s.groups
+                        .iter()
+                        .map(|g| g.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+            vec![n.to_string()]
+        }
+        None => s
+            .groups
+            .iter()
+            .filter(|g| g.placed_on.as_deref() == Some(s.node.as_str()))
+            .map(|g| g.name.clone())
+            .collect(),
+    };
+    if names.is_empty() {
+        bail!(
+            "no group is placed on {}; name the group to fail over",
+            s.node
+        );
+    }
+    let mut code = ExitCode::SUCCESS;
+    for n in names {
+        let Some(from) = group(&s, &n).and_then(|g| g.placed_on.clone()) else {
+            bail!("group {n} runs nowhere: use `tandem move {n} --to NODE` to start it somewhere");
+        };
+        let r = Request::Failover { group: n.clone() };
+        let c = request_and_wait(a, &r, &format!("failover {n} from {from}"), |st| {
+            let g = group(st, &n)?;
+            match &g.placed_on {
+                Some(to) if *to != from && g.state == "running" => Some(format!(
+                    "{n} runs on {to} (stopped cleanly on {from} first)"
+                )),
+                _ => None,
+            }
+        })?;
+        if c != ExitCode::SUCCESS {
+            code = c;
+        }
+    }
+    Ok(code)
+}
+
+/// `tandem node standby|online NODE`.
+pub fn node(a: &AdminArgs, node: &str, standby: bool) -> Result<ExitCode> {
+    let r = Request::Standby {
+        node: node.to_string(),
+        on: standby,
+    };
+    if standby {
+        request_and_wait(a, &r, &format!("node {node} standby"), |s| {
+            let busy = s.groups.iter().any(|g| {
+                g.placed_on.as_deref() == Some(node) || g.active_on.iter().any(|n| n == node)
+            });
+            (s.standby.iter().any(|n| n == node) && !busy)
+                .then(|| format!("{node} is in standby and runs no group"))
+        })
+    } else {
+        request_and_wait(a, &r, &format!("node {node} online"), |s| {
+            (!s.standby.iter().any(|n| n == node)).then(|| format!("{node} may host groups again"))
+        })
+    }
+}
+
+/// `tandem maintenance on|off [GROUP]`.
+pub fn maintenance(a: &AdminArgs, name: Option<&str>, on: bool) -> Result<ExitCode> {
+    let s = status(&socket(a))?;
+    let names: Vec<String> = match name {
+        Some(n) => vec![n.to_string()],
+        None => s.groups.iter().map(|g| g.name.clone()).collect(),
+    };
+    if names.is_empty() {
+        bail!("the cluster has no groups");
+    }
+    let mut code = ExitCode::SUCCESS;
+    for n in names {
+        let r = Request::Maintenance {
+            group: n.clone(),
+            on,
+        };
+        let word = if on { "on" } else { "off" };
+        let c = request_and_wait(a, &r, &format!("maintenance {word} for {n}"), |st| {
+            let g = group(st, &n)?;
+            (g.maintenance == on).then(|| {
+                if on {
+                    format!("{n} is unmanaged: nothing is started, stopped or monitored")
+                } else {
+                    format!("{n} is managed again ({})", where_is(g))
+                }
+            })
+        })?;
+        if c != ExitCode::SUCCESS {
+            code = c;
+        }
+    }
+    Ok(code)
+}
+
+/// `tandem cleanup GROUP`.
+pub fn cleanup(a: &AdminArgs, name: &str) -> Result<ExitCode> {
+    let r = Request::Cleanup {
+        group: name.to_string(),
+    };
+    request_and_wait(a, &r, &format!("cleanup {name}"), |s| {
+        let g = group(s, name)?;
+        g.fail_counts
+            .is_empty()
+            .then(|| format!("{name} has no failures recorded ({})", where_is(g)))
+    })
+}

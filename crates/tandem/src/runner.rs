@@ -1,0 +1,729 @@
+//! The agent's resource shell: joins the core's [`Groups`] state machine
+//! to the real resources ([`crate::resources`]) and monitors
+//! ([`crate::monitor`]) of this node.
+//!
+//! Each pass ([`Runner::drive`]) decides what is wanted of every group from
+//! the agreed record and this node's lease, asks the core for the next
+//! actions and runs them: address actions inline (they take well under a
+//! millisecond, and a node whose lease ended must drop its addresses before
+//! it does anything else), the others as local tasks whose outcomes come
+//! back through a channel. It also runs the periodic resource checks,
+//! group monitors, the node's ping monitors and the repeated announcements
+//! of addresses taken over.
+
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use tandem_core::agreement::{Intent, Record};
+use tandem_core::config::schema::OnFail;
+use tandem_core::config::{Config, MonitorSpec};
+use tandem_core::group::{Action, ActionKind, GroupState, Groups, Outcome, ResourceState, Want};
+use tandem_core::member::{GroupReport, Member, Request};
+use tokio::sync::mpsc;
+
+use crate::monitor::{self, Check};
+use crate::resources::{self, IpCheck, Kind, Owner, Resource, ANNOUNCE_AT_MS};
+
+/// How often running resources are checked (address present and on the
+/// right interface, process alive, script status).
+const RESOURCE_CHECK_MS: u64 = 500;
+/// Most inline passes of one drive (each pass finishes at least one action).
+const MAX_INLINE_PASSES: usize = 64;
+
+/// A finished action or check, sent back to the agent's loop.
+#[derive(Debug)]
+pub enum Done {
+    /// A resource action finished.
+    Action(Action, Outcome),
+    /// A resource's periodic check found it stopped or failing.
+    ResourceCheck {
+        /// Group.
+        group: usize,
+        /// Resource.
+        resource: usize,
+        /// Err: why it is unhealthy.
+        result: Result<(), String>,
+    },
+    /// A monitor check finished.
+    Monitor {
+        /// Index into the node or group monitors.
+        index: usize,
+        /// Node monitor (true) or group monitor.
+        node: bool,
+        /// Err: what failed.
+        result: Result<(), String>,
+    },
+}
+
+struct GroupMonitor {
+    name: String,
+    group: usize,
+    resource: Option<usize>,
+    check: Option<Check>,
+    interval_ms: u64,
+    timeout_ms: u64,
+    threshold: u32,
+    on_fail: OnFail,
+    consecutive: u32,
+    next_ms: u64,
+    busy: bool,
+}
+
+struct NodeMonitor {
+    name: String,
+    link: String,
+    check: Check,
+    interval_ms: u64,
+    timeout_ms: u64,
+    threshold: u32,
+    consecutive: u32,
+    failed: bool,
+    next_ms: u64,
+    busy: bool,
+}
+
+/// One resource in status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceStatus {
+    /// Name.
+    pub name: String,
+    /// Kind (`ip`, `process`, `exec`).
+    pub kind: String,
+    /// State on this node.
+    pub state: String,
+}
+
+/// One group on this node, for status.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LocalGroup {
+    /// Group name.
+    pub name: String,
+    /// What is wanted here (`run`, `stop`, `leave`).
+    pub want: String,
+    /// State here.
+    pub state: String,
+    /// Since when (ms since the Unix epoch).
+    pub since_unix_ms: u64,
+    /// Resources in order.
+    pub resources: Vec<ResourceStatus>,
+}
+
+/// This node's groups, resources and monitors.
+pub struct Runner {
+    node: String,
+    names: Vec<String>,
+    resources: Vec<Vec<Rc<Resource>>>,
+    groups: Groups,
+    group_monitors: Vec<GroupMonitor>,
+    node_monitors: Vec<NodeMonitor>,
+    announce: Vec<(u64, usize, usize)>,
+    next_check_ms: u64,
+    checking: Vec<Vec<bool>>,
+    last_failure: Vec<Option<String>>,
+    unix_at_zero_ms: u64,
+    lease_held: Option<bool>,
+    shutting_down: bool,
+    tx: mpsc::Sender<Done>,
+}
+
+fn kind_name(k: &Kind) -> &'static str {
+    match k {
+        Kind::Ip(_) => "ip",
+        Kind::Process(_) => "process",
+        Kind::Exec(_) => "exec",
+    }
+}
+
+impl Runner {
+    /// This node's runner. Fails (with what to do) when a configured
+    /// resource cannot run in this version.
+    pub fn new(
+        cfg: &Config,
+        node: &str,
+        run_dir: PathBuf,
+        unix_at_zero_ms: u64,
+        tx: mpsc::Sender<Done>,
+    ) -> Result<Runner> {
+        std::fs::create_dir_all(&run_dir)
+            .with_context(|| format!("creating {}", run_dir.display()))?;
+        let f = &cfg.file;
+        let mut names = Vec::new();
+        let mut resources = Vec::new();
+        for (gi, g) in f.groups.iter().enumerate() {
+            let gname = g.name.get_ref().clone();
+            let mut rs = Vec::new();
+            for (ri, spec) in cfg.resources.get(gi).into_iter().flatten().enumerate() {
+                let raw = &g.resources[ri];
+                let owner = Owner {
+                    cluster: f.cluster.name.get_ref().clone(),
+                    node: node.to_string(),
+                    group: gname.clone(),
+                    resource: raw.name.get_ref().clone(),
+                    run_dir: run_dir.clone(),
+                };
+                let timeout = raw
+                    .timeout_ms
+                    .as_ref()
+                    .map_or(resources::DEFAULT_TIMEOUT_MS, |t| *t.get_ref());
+                let r = Resource::new(spec, owner, timeout).map_err(anyhow::Error::msg)?;
+                rs.push(Rc::new(r));
+            }
+            names.push(gname);
+            resources.push(rs);
+        }
+        let mut group_monitors = Vec::new();
+        for (gi, g) in f.groups.iter().enumerate() {
+            for (mi, spec) in cfg.group_monitors.get(gi).into_iter().flatten().enumerate() {
+                let raw = &g.monitors[mi];
+                let (check, resource) = match spec {
+                    MonitorSpec::Tcp { address } => (Some(Check::Tcp(*address)), None),
+                    MonitorSpec::Http { url } => (Some(Check::Http(url.clone())), None),
+                    MonitorSpec::Exec { command } => (Some(Check::Exec(command.clone())), None),
+                    MonitorSpec::Process { resource } => (
+                        None,
+                        g.resources
+                            .iter()
+                            .position(|r| r.name.get_ref() == resource),
+                    ),
+                    MonitorSpec::Ping { .. } => continue,
+                };
+                group_monitors.push(GroupMonitor {
+                    name: raw.name.get_ref().clone(),
+                    group: gi,
+                    resource,
+                    check,
+                    interval_ms: raw.interval_ms.as_ref().map_or(2_000, |v| *v.get_ref()),
+                    timeout_ms: raw.timeout_ms.as_ref().map_or(1_000, |v| *v.get_ref()),
+                    threshold: raw.failures.as_ref().map_or(3, |v| *v.get_ref()).max(1),
+                    on_fail: raw
+                        .on_fail
+                        .as_ref()
+                        .map_or(OnFail::Restart, |v| *v.get_ref()),
+                    consecutive: 0,
+                    next_ms: 0,
+                    busy: false,
+                });
+            }
+        }
+        let my_addrs = f
+            .nodes
+            .iter()
+            .find(|n| n.name.get_ref() == node)
+            .map(|n| n.addresses.get_ref().clone())
+            .unwrap_or_default();
+        let mut node_monitors = Vec::new();
+        for (mi, spec) in cfg.node_monitors.iter().enumerate() {
+            let MonitorSpec::Ping { targets, link } = spec else {
+                continue;
+            };
+            let raw = &f.monitors[mi];
+            let source = my_addrs
+                .iter()
+                .find(|(k, _)| k.get_ref() == link)
+                .map(|(_, v)| *v.get_ref());
+            node_monitors.push(NodeMonitor {
+                name: raw.name.get_ref().clone(),
+                link: link.clone(),
+                check: Check::Ping {
+                    targets: targets.clone(),
+                    source,
+                },
+                interval_ms: raw.interval_ms.as_ref().map_or(1_000, |v| *v.get_ref()),
+                timeout_ms: raw.timeout_ms.as_ref().map_or(1_000, |v| *v.get_ref()),
+                threshold: raw.failures.as_ref().map_or(3, |v| *v.get_ref()).max(1),
+                consecutive: 0,
+                failed: false,
+                next_ms: 0,
+                busy: false,
+            });
+        }
+        let counts: Vec<usize> = resources.iter().map(Vec::len).collect();
+        Ok(Runner {
+            node: node.to_string(),
+            groups: Groups::new(&counts, 0),
+            checking: counts.iter().map(|&n| vec![false; n]).collect(),
+            last_failure: vec![None; names.len()],
+            names,
+            resources,
+            group_monitors,
+            node_monitors,
+            announce: Vec::new(),
+            next_check_ms: RESOURCE_CHECK_MS,
+            unix_at_zero_ms,
+            lease_held: None,
+            shutting_down: false,
+            tx,
+        })
+    }
+
+    /// Whether anything of any group may run here.
+    pub fn any_active(&self) -> bool {
+        (0..self.groups.len()).any(|g| self.groups.active(g))
+    }
+
+    /// Links whose ping monitor fails here.
+    pub fn failed_links(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .node_monitors
+            .iter()
+            .filter(|m| m.failed)
+            .map(|m| m.link.clone())
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// When the runner next needs a pass without any input.
+    pub fn next_deadline(&self) -> Option<u64> {
+        let mut d = self.groups.next_deadline();
+        let mut consider = |t: u64| d = Some(d.map_or(t, |x: u64| x.min(t)));
+        if !self.resources.is_empty() {
+            consider(self.next_check_ms);
+        }
+        for (t, _, _) in &self.announce {
+            consider(*t);
+        }
+        for m in self.group_monitors.iter().filter(|m| !m.busy) {
+            consider(m.next_ms);
+        }
+        for m in self.node_monitors.iter().filter(|m| !m.busy) {
+            consider(m.next_ms);
+        }
+        d
+    }
+
+    /// A graceful stop: every group here stops (maintenance or not).
+    pub fn shut_down(&mut self) {
+        self.shutting_down = true;
+    }
+
+    fn want_for(&self, g: usize, record: &Record, lease_ok: bool) -> Want {
+        let name = &self.names[g];
+        if self.shutting_down {
+            return Want::Stop;
+        }
+        if record.has_intent(name, Intent::Maintenance) {
+            return Want::Leave;
+        }
+        let here =
+            record.placements.get(name).and_then(|p| p.node.as_deref()) == Some(self.node.as_str());
+        if here && lease_ok {
+            Want::Run
+        } else {
+            Want::Stop
+        }
+    }
+
+    /// One pass: wants from the record and the lease, actions, checks.
+    /// Returns lines to log.
+    pub fn drive(&mut self, now_ms: u64, member: &mut Member) -> Vec<String> {
+        let mut log = Vec::new();
+        let lease_ok = member.lease_valid(now_ms);
+        let record = member.agreement().record().clone();
+        if self.lease_held != Some(lease_ok) {
+            let held_groups = self.any_active();
+            if self.lease_held.is_some() && (held_groups || lease_ok) {
+                log.push(if lease_ok {
+                    "lease held: this node may run its groups".to_string()
+                } else {
+                    "lease lost: stopping every group here".to_string()
+                });
+            }
+            self.lease_held = Some(lease_ok);
+        }
+        for g in 0..self.groups.len() {
+            let want = self.want_for(g, &record, lease_ok);
+            if self.groups.want(g) != want {
+                self.groups.set_want(g, want);
+            }
+        }
+        self.run_actions(now_ms, &mut log);
+        self.periodic(now_ms, &mut log);
+        for f in self.groups.take_failures() {
+            let group = self.names[f.group].clone();
+            let resource = self.resources[f.group]
+                .get(f.resource)
+                .map_or("?", |r| r.owner.resource.as_str())
+                .to_string();
+            let reason = format!("{resource}: {}", f.reason);
+            self.note_failure(&group, &reason, &mut log);
+            member.request(
+                now_ms,
+                Request::Failed {
+                    group,
+                    node: self.node.clone(),
+                    reason,
+                    at_unix_ms: self.unix_at_zero_ms + now_ms,
+                    move_now: false,
+                },
+            );
+        }
+        member.set_local(self.reports(), self.failed_links());
+        log
+    }
+
+    fn note_failure(&mut self, group: &str, reason: &str, log: &mut Vec<String>) {
+        log.push(format!("group {group} failed here: {reason}"));
+        if let Some(g) = self.names.iter().position(|n| n == group) {
+            self.last_failure[g] = Some(reason.to_string());
+        }
+    }
+
+    fn run_actions(&mut self, now_ms: u64, log: &mut Vec<String>) {
+        for _ in 0..MAX_INLINE_PASSES {
+            let actions = self.groups.poll(now_ms);
+            if actions.is_empty() {
+                return;
+            }
+            let mut inline = false;
+            for a in actions {
+                let Some(r) = self.resources[a.group].get(a.resource).cloned() else {
+                    continue;
+                };
+                if a.kind != ActionKind::Probe {
+                    log.push(format!(
+                        "{} {}/{}",
+                        match a.kind {
+                            ActionKind::Start => "starting",
+                            _ => "stopping",
+                        },
+                        r.owner.group,
+                        r.owner.resource
+                    ));
+                }
+                if let Kind::Ip(ip) = &r.kind {
+                    // Inline: sub-millisecond netlink calls, and a lost
+                    // lease must drop addresses before anything else runs.
+                    let outcome = resources::ip_action(ip, a.kind);
+                    if a.kind == ActionKind::Start && outcome == Outcome::Running {
+                        for at in ANNOUNCE_AT_MS.iter().skip(1) {
+                            self.announce.push((now_ms + at, a.group, a.resource));
+                        }
+                    }
+                    self.log_outcome(a, &r, &outcome, log);
+                    self.groups.on_outcome(now_ms, a, outcome);
+                    inline = true;
+                } else {
+                    let tx = self.tx.clone();
+                    tokio::task::spawn_local(async move {
+                        let outcome = resources::run_action(&r, a.kind).await;
+                        let _ = tx.send(Done::Action(a, outcome)).await;
+                    });
+                }
+            }
+            if !inline {
+                return;
+            }
+        }
+    }
+
+    fn log_outcome(&self, a: Action, r: &Resource, outcome: &Outcome, log: &mut Vec<String>) {
+        let what = format!("{}/{}", r.owner.group, r.owner.resource);
+        match (a.kind, outcome) {
+            (ActionKind::Probe, Outcome::Running) => log.push(format!("found {what} running")),
+            (ActionKind::Probe, Outcome::Stopped) => {}
+            (ActionKind::Start, Outcome::Running) => log.push(format!("started {what}")),
+            (ActionKind::Stop, Outcome::Stopped) => log.push(format!("stopped {what}")),
+            (k, Outcome::Failed(why)) => log.push(format!(
+                "{} of {what} failed: {why}",
+                match k {
+                    ActionKind::Probe => "probe",
+                    ActionKind::Start => "start",
+                    ActionKind::Stop => "stop",
+                }
+            )),
+            _ => {}
+        }
+    }
+
+    /// An outcome or check result from a task.
+    pub fn on_done(&mut self, now_ms: u64, done: Done, member: &mut Member) -> Vec<String> {
+        let mut log = Vec::new();
+        match done {
+            Done::Action(a, outcome) => {
+                if let Some(r) = self.resources[a.group].get(a.resource).cloned() {
+                    self.log_outcome(a, &r, &outcome, &mut log);
+                }
+                self.groups.on_outcome(now_ms, a, outcome);
+            }
+            Done::ResourceCheck {
+                group,
+                resource,
+                result,
+            } => {
+                if let Some(c) = self
+                    .checking
+                    .get_mut(group)
+                    .and_then(|v| v.get_mut(resource))
+                {
+                    *c = false;
+                }
+                if let Err(why) = result {
+                    self.groups.on_monitor_failure(now_ms, group, resource, why);
+                }
+            }
+            Done::Monitor {
+                index,
+                node: true,
+                result,
+            } => {
+                if let Some(m) = self.node_monitors.get_mut(index) {
+                    m.busy = false;
+                    m.next_ms = now_ms + m.interval_ms;
+                    match result {
+                        Ok(()) => {
+                            m.consecutive = 0;
+                            if m.failed {
+                                m.failed = false;
+                                log.push(format!(
+                                    "monitor {} (link {}) healthy again",
+                                    m.name, m.link
+                                ));
+                            }
+                        }
+                        Err(why) => {
+                            m.consecutive = m.consecutive.saturating_add(1);
+                            if m.consecutive >= m.threshold && !m.failed {
+                                m.failed = true;
+                                log.push(format!(
+                                    "monitor {} (link {}) failed {} times: {why}; groups that need link {} leave this node",
+                                    m.name, m.link, m.consecutive, m.link
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+            Done::Monitor {
+                index,
+                node: false,
+                result,
+            } => self.on_group_monitor(now_ms, index, result, member, &mut log),
+        }
+        log.extend(self.drive(now_ms, member));
+        log
+    }
+
+    fn on_group_monitor(
+        &mut self,
+        now_ms: u64,
+        index: usize,
+        result: Result<(), String>,
+        member: &mut Member,
+        log: &mut Vec<String>,
+    ) {
+        let Some(m) = self.group_monitors.get_mut(index) else {
+            return;
+        };
+        m.busy = false;
+        m.next_ms = now_ms + m.interval_ms;
+        let why = match result {
+            Ok(()) => {
+                m.consecutive = 0;
+                return;
+            }
+            Err(w) => w,
+        };
+        m.consecutive = m.consecutive.saturating_add(1);
+        if m.consecutive < m.threshold {
+            return;
+        }
+        m.consecutive = 0;
+        let (g, name, on_fail) = (m.group, m.name.clone(), m.on_fail);
+        let reason = format!("monitor {name}: {why}");
+        let group = self.names[g].clone();
+        match on_fail {
+            OnFail::Ignore => log.push(format!("group {group}: {reason} (on_fail = ignore)")),
+            OnFail::Restart => {
+                let last = self.resources[g].len().saturating_sub(1);
+                let r = self.group_monitors[index].resource.unwrap_or(last);
+                self.groups.on_monitor_failure(now_ms, g, r, reason);
+            }
+            OnFail::Move | OnFail::Fence => {
+                // Fencing arrives with the fencing work; until then a
+                // fence on-fail moves the group like `move`.
+                self.note_failure(&group, &reason, log);
+                member.request(
+                    now_ms,
+                    Request::Failed {
+                        group,
+                        node: self.node.clone(),
+                        reason,
+                        at_unix_ms: self.unix_at_zero_ms + now_ms,
+                        move_now: true,
+                    },
+                );
+            }
+        }
+    }
+
+    fn periodic(&mut self, now_ms: u64, log: &mut Vec<String>) {
+        // Repeated announcements of addresses taken over.
+        let due: Vec<(usize, usize)> = self
+            .announce
+            .iter()
+            .filter(|(t, _, _)| *t <= now_ms)
+            .map(|(_, g, r)| (*g, *r))
+            .collect();
+        self.announce.retain(|(t, _, _)| *t > now_ms);
+        for (g, r) in due {
+            if self.groups.resources(g).get(r) == Some(&ResourceState::Running) {
+                if let Kind::Ip(ip) = &self.resources[g][r].kind {
+                    resources::ip_announce(ip);
+                }
+            }
+        }
+        if now_ms >= self.next_check_ms {
+            self.next_check_ms = now_ms + RESOURCE_CHECK_MS;
+            self.check_resources(now_ms, log);
+        }
+        for i in 0..self.group_monitors.len() {
+            let m = &self.group_monitors[i];
+            let running = self.groups.state(m.group).0 == GroupState::Running;
+            if m.busy || now_ms < m.next_ms {
+                continue;
+            }
+            if !running {
+                self.group_monitors[i].consecutive = 0;
+                continue;
+            }
+            let Some(check) = m.check.clone() else {
+                // A `process` monitor is the resource check itself.
+                continue;
+            };
+            let timeout = Duration::from_millis(m.timeout_ms);
+            self.group_monitors[i].busy = true;
+            let tx = self.tx.clone();
+            tokio::task::spawn_local(async move {
+                let result = monitor::check(&check, timeout).await;
+                let _ = tx
+                    .send(Done::Monitor {
+                        index: i,
+                        node: false,
+                        result,
+                    })
+                    .await;
+            });
+        }
+        for i in 0..self.node_monitors.len() {
+            let m = &self.node_monitors[i];
+            if m.busy || now_ms < m.next_ms {
+                continue;
+            }
+            let (check, timeout) = (m.check.clone(), Duration::from_millis(m.timeout_ms));
+            self.node_monitors[i].busy = true;
+            let tx = self.tx.clone();
+            tokio::task::spawn_local(async move {
+                let result = monitor::check(&check, timeout).await;
+                let _ = tx
+                    .send(Done::Monitor {
+                        index: i,
+                        node: true,
+                        result,
+                    })
+                    .await;
+            });
+        }
+    }
+
+    fn check_resources(&mut self, now_ms: u64, log: &mut Vec<String>) {
+        for g in 0..self.groups.len() {
+            if self.groups.want(g) != Want::Run {
+                continue;
+            }
+            for r in 0..self.resources[g].len() {
+                if self.groups.resources(g).get(r) != Some(&ResourceState::Running)
+                    || self.checking[g][r]
+                {
+                    continue;
+                }
+                let res = self.resources[g][r].clone();
+                match &res.kind {
+                    Kind::Ip(ip) => match resources::ip_check(ip) {
+                        IpCheck::Fine => {}
+                        IpCheck::Moved(from, to) => log.push(format!(
+                            "{}/{}: moved {} from {from} to {to} (interface preference)",
+                            res.owner.group, res.owner.resource, ip.address.addr
+                        )),
+                        IpCheck::Failed(why) => self.groups.on_monitor_failure(now_ms, g, r, why),
+                    },
+                    Kind::Process(_) | Kind::Exec(_) => {
+                        self.checking[g][r] = true;
+                        let tx = self.tx.clone();
+                        tokio::task::spawn_local(async move {
+                            let result = match resources::run_action(&res, ActionKind::Probe).await
+                            {
+                                Outcome::Running => Ok(()),
+                                Outcome::Stopped => Err("found not running".to_string()),
+                                Outcome::Failed(w) => Err(w),
+                            };
+                            let _ = tx
+                                .send(Done::ResourceCheck {
+                                    group: g,
+                                    resource: r,
+                                    result,
+                                })
+                                .await;
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    fn reports(&self) -> Vec<GroupReport> {
+        (0..self.groups.len())
+            .map(|g| {
+                let (state, since) = self.groups.state(g);
+                GroupReport {
+                    name: self.names[g].clone(),
+                    epoch: 0,
+                    active: self.groups.active(g),
+                    state: state.as_str().to_string(),
+                    since_unix_ms: self.unix_at_zero_ms + since,
+                    failure: self.last_failure[g].clone(),
+                }
+            })
+            .collect()
+    }
+
+    /// This node's groups for status.
+    pub fn local_status(&self) -> Vec<LocalGroup> {
+        (0..self.groups.len())
+            .map(|g| {
+                let (state, since) = self.groups.state(g);
+                LocalGroup {
+                    name: self.names[g].clone(),
+                    want: match self.groups.want(g) {
+                        Want::Run => "run",
+                        Want::Stop => "stop",
+                        Want::Leave => "leave",
+                    }
+                    .into(),
+                    state: state.as_str().into(),
+                    since_unix_ms: self.unix_at_zero_ms + since,
+                    resources: self.resources[g]
+                        .iter()
+                        .zip(self.groups.resources(g))
+                        .map(|(r, s)| ResourceStatus {
+                            name: r.owner.resource.clone(),
+                            kind: kind_name(&r.kind).into(),
+                            state: match s {
+                                ResourceState::Unknown => "unknown".into(),
+                                ResourceState::Stopped => "stopped".into(),
+                                ResourceState::Starting => "starting".into(),
+                                ResourceState::Running => "running".into(),
+                                ResourceState::Stopping => "stopping".into(),
+                                ResourceState::Failed(w) => format!("failed: {w}"),
+                            },
+                        })
+                        .collect(),
+                }
+            })
+            .collect()
+    }
+}
