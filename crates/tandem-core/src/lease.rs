@@ -17,12 +17,15 @@
 //!   `e + lease_ms`.
 //! - **Holder lease (followers).** A follower's lease is granted by its
 //!   leader: each leader report echoes the follower's stamp `s` and says how
-//!   long the leader's own lease still runs (`left`). The follower holds
-//!   its lease until `s + min(lease_ms, left)`. `s` is earlier than the
-//!   leader's receipt of that stamp, which is no later than the leader's
-//!   last receipt from the follower `r`; and `s + left` is no later than the
-//!   leader's own lease end. So a follower's lease ends by
-//!   `min(r, e) + lease_ms` for any later leader elected at `e`.
+//!   long the leader's own lease runs past the moment that stamp arrived
+//!   (`left`). The follower holds its lease until `s + min(lease_ms, left)`.
+//!   `s` is earlier than the leader's receipt of that stamp, so `s + left`
+//!   is no later than the leader's own lease end, and `s + lease_ms` no
+//!   later than the leader's last receipt from the follower `r` plus
+//!   `lease_ms`. So a follower's lease ends by `min(r, e) + lease_ms` for
+//!   any later leader elected at `e`. (Counting `left` from the receipt,
+//!   not from when the grant is sent, keeps a heartbeat's worth of lease
+//!   that would otherwise be lost to the phase between the two.)
 //!   A grant counts only once the follower has applied the leader's log up
 //!   to the index the grant names, so a node cannot renew a lease and act on
 //!   a placement the leader has already changed.
@@ -231,7 +234,7 @@ mod tests {
             sent in 0u64..10_000, delay in 0u64..500, left in 0u64..400,
         ) {
             // The stamp was sent at `sent` (real time); the leader received
-            // it and sent the grant at `sent + delay` with `left` remaining.
+            // it at `sent + delay`, when its own lease had `left` to run.
             let holder = holder_lease_until(sent, left, 200);
             let leader_end = sent + delay + left;
             prop_assert!(holder <= leader_end);

@@ -150,7 +150,8 @@ pub struct Report {
     /// The newest stamp the sender received from the recipient:
     /// (recipient's incarnation, its `sent_ms`).
     pub echo: Option<(u64, u64)>,
-    /// When the sender leads: how much of its own lease is left.
+    /// When the sender leads: how much of its own lease is left, counted
+    /// from when the echoed stamp arrived at the sender.
     pub lease_left_ms: u64,
     /// Sender's last log index (a grant counts once the recipient has
     /// applied this far).
@@ -271,8 +272,9 @@ pub struct Member {
     now_ms: u64,
     persist: bool,
     out: MemberOutput,
-    /// Newest stamp received from each peer: (its incarnation, sent_ms).
-    stamps: BTreeMap<NodeId, (u64, u64)>,
+    /// Newest stamp received from each peer: (its incarnation, sent_ms),
+    /// and when it arrived (this member's clock).
+    stamps: BTreeMap<NodeId, ((u64, u64), u64)>,
     /// Latest report from each peer.
     reports: BTreeMap<NodeId, PeerReport>,
     /// When this member last became leader.
@@ -641,6 +643,8 @@ impl Member {
             match note {
                 Note::Leader { term, leader } => {
                     self.out.events.push(MemberEvent::Leader { term, leader });
+                    // Leases follow the leader: tell every peer now.
+                    self.heartbeat_due_ms = self.now_ms;
                     if leader == Some(self.spec.me) {
                         self.leader_since_ms = self.now_ms;
                         self.propose_config();
@@ -673,7 +677,16 @@ impl Member {
                 EventKind::NodeDead { peer, .. } | EventKind::NodeLeft { peer } => {
                     self.agreement.on_peer_dead(now_ms, peer);
                 }
-                EventKind::NodeAlive { peer, .. } | EventKind::NodeBack { peer, .. } => {
+                EventKind::NodeBack { peer, .. } => {
+                    // A new incarnation: the process that led, if it did,
+                    // is gone; elect now instead of waiting for a timeout.
+                    self.agreement.on_peer_dead(now_ms, peer);
+                    self.seen.insert(peer);
+                    if self.fenced.contains(&peer) {
+                        self.set_fenced(now_ms, peer, false);
+                    }
+                }
+                EventKind::NodeAlive { peer, .. } => {
                     self.seen.insert(peer);
                     if self.fenced.contains(&peer) {
                         self.set_fenced(now_ms, peer, false);
@@ -748,9 +761,12 @@ impl Member {
     }
 
     fn on_report(&mut self, now_ms: u64, from: NodeId, incarnation: u64, r: Report) {
-        let stamp = self.stamps.entry(from).or_insert((incarnation, r.sent_ms));
-        if incarnation > stamp.0 || (incarnation == stamp.0 && r.sent_ms > stamp.1) {
-            *stamp = (incarnation, r.sent_ms);
+        let stamp = self
+            .stamps
+            .entry(from)
+            .or_insert(((incarnation, r.sent_ms), now_ms));
+        if incarnation > stamp.0 .0 || (incarnation == stamp.0 .0 && r.sent_ms > stamp.0 .1) {
+            *stamp = ((incarnation, r.sent_ms), now_ms);
         }
         self.reports.insert(
             from,
@@ -776,12 +792,15 @@ impl Member {
             sent_ms: self.now_ms,
             term: self.agreement.term(),
             leader: self.agreement.leader(),
-            echo: self.stamps.get(&peer).copied(),
-            lease_left_ms: if leading {
-                self.leader_lease_until(self.now_ms)
-                    .map_or(0, |u| u.saturating_sub(self.now_ms))
-            } else {
-                0
+            echo: self.stamps.get(&peer).map(|s| s.0),
+            // Measured from when the echoed stamp arrived here, which is
+            // after the peer sent it: the peer's `stamp + left` can then
+            // never pass this leader's own lease end.
+            lease_left_ms: match (leading, self.stamps.get(&peer)) {
+                (true, Some((_, rx))) => self
+                    .leader_lease_until(self.now_ms)
+                    .map_or(0, |u| u.saturating_sub(*rx)),
+                _ => 0,
             },
             log_index: self.agreement.last_index(),
             commit: self.agreement.commit_index(),
@@ -879,18 +898,26 @@ impl Member {
         }
         match self.agreement.role() {
             Role::Leader => self.leader_lease_until(now_ms),
-            _ => {
-                let leader = self.agreement.leader()?;
-                let r = &self.reports.get(&leader)?.report;
-                let (inc, stamp) = r.echo?;
-                let granted = r.term == self.agreement.term()
-                    && r.leader == Some(leader)
-                    && inc == self.incarnation
-                    && self.agreement.commit_index() >= r.log_index;
-                granted.then(|| {
-                    lease::holder_lease_until(stamp, r.lease_left_ms, self.groups.lease_ms)
+            // A grant from any peer that claims to lead: each is bounded by
+            // that leader's own lease, and the takeover bound of any later
+            // leader covers every grantor (see `lease`). Counted only once
+            // the log is applied as far as the grantor's, so a grant never
+            // outruns a placement change the grantor already made.
+            _ => self
+                .reports
+                .iter()
+                .filter_map(|(id, pr)| {
+                    let r = &pr.report;
+                    let (inc, stamp) = r.echo?;
+                    let granted = r.leader == Some(*id)
+                        && r.term >= self.agreement.term()
+                        && inc == self.incarnation
+                        && self.agreement.commit_index() >= r.log_index;
+                    granted.then(|| {
+                        lease::holder_lease_until(stamp, r.lease_left_ms, self.groups.lease_ms)
+                    })
                 })
-            }
+                .max(),
         }
     }
 

@@ -126,6 +126,12 @@ fn target(g: &GroupPolicy, nodes: &[NodeFacts], record: &Record) -> Target {
         candidates.extend(g.preferred.iter().map(String::as_str));
     }
     let best = candidates.iter().copied().find(|c| eligible(c));
+    // An operator's move wins over "stay put" while its node can host.
+    if let Some(pin) = record.pins.get(&g.name) {
+        if eligible(pin) {
+            return Target::Node(Some(pin.clone()));
+        }
+    }
     let current = record
         .placements
         .get(&g.name)
@@ -262,6 +268,23 @@ mod tests {
         assert_eq!(
             on(&targets(&g, &nodes(&[true, true, false]), &r), "web").as_deref(),
             Some("n1")
+        );
+    }
+
+    #[test]
+    fn regression_pin_ignored_under_manual_failback() {
+        // `tandem failover` pins the group elsewhere; with failback manual
+        // the group stayed where it ran and the move never happened.
+        let g = [group("web", &["n1", "n2"], Failback::Manual)];
+        let mut r = Record::default();
+        placed(&mut r, "web", Some("n1"));
+        r.apply(&Command::Pin {
+            group: "web".into(),
+            node: Some("n2".into()),
+        });
+        assert_eq!(
+            on(&targets(&g, &nodes(&[true, true]), &r), "web").as_deref(),
+            Some("n2")
         );
     }
 

@@ -34,8 +34,11 @@ fn ask(socket: &Path, line: &[u8]) -> Result<Vec<u8>> {
         )
     })?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.write_all(line)?;
-    s.write_all(b"\n")?;
+    // One write: the agent answers as soon as it has the line.
+    let mut msg = line.to_vec();
+    msg.push(b'\n');
+    s.write_all(&msg)
+        .context("sending the request to the agent")?;
     let mut buf = Vec::new();
     s.take(MAX_ANSWER)
         .read_to_end(&mut buf)

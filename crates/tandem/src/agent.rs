@@ -43,6 +43,8 @@ const RX_QUEUE: usize = 1024;
 const MAX_REQUEST: usize = 4096;
 /// Outcomes of resource actions and checks waiting for the main loop.
 const DONE_QUEUE: usize = 256;
+/// Control requests waiting for the main loop.
+const CONTROL_QUEUE: usize = 16;
 /// Longest a graceful stop waits for the groups here to stop.
 const SHUTDOWN_LIMIT: Duration = Duration::from_secs(120);
 /// Default control socket of an agent.
@@ -438,13 +440,25 @@ pub fn run(cfg: Config, opts: AgentOptions) -> Result<()> {
     let runner = if witness {
         None
     } else {
-        Some(Runner::new(
+        let mut r = Runner::new(
             &cfg,
             &topo.names[me],
             state_dir.join("run"),
             unix_at_zero_ms,
             done_tx,
-        )?)
+        )?;
+        if r.has_resources() {
+            // The previous agent's lease, if it still runs: keep what runs.
+            if let Some(old) = crate::guard::read(r.lease_path()) {
+                let mono = crate::guard::mono_ms();
+                if old.boot_id == crate::guard::boot_id() && old.until_mono_ms > mono {
+                    let left = (old.until_mono_ms - mono).min(cfg.timing.deadtime_ms);
+                    r.inherit_lease(started.elapsed().as_millis() as u64 + left);
+                }
+            }
+            spawn_guard(r.lease_path(), &topo.names[me])?;
+        }
+        Some(r)
     };
     let agent = Agent {
         runner,
@@ -568,6 +582,7 @@ impl Agent {
         self.log(text);
         self.flush().await?;
         let mut shutdown_deadline: Option<Instant> = None;
+        let (ctl_tx, mut ctl_rx) = mpsc::channel::<ControlMsg>(CONTROL_QUEUE);
         loop {
             // The lease is checked before any input is handled: a node that
             // was frozen drops its addresses first thing when it resumes.
@@ -610,8 +625,12 @@ impl Agent {
                 }
                 conn = control.accept() => {
                     if let Ok((stream, _)) = conn {
-                        self.control(stream).await;
+                        tokio::task::spawn_local(serve_control(stream, ctl_tx.clone()));
                     }
+                }
+                Some((text, reply)) = ctl_rx.recv() => {
+                    let answer = self.control_answer(&text);
+                    let _ = reply.send(answer);
                 }
                 _ = term.recv() => self.begin_shutdown(&mut shutdown_deadline),
                 _ = int.recv() => self.begin_shutdown(&mut shutdown_deadline),
@@ -650,38 +669,29 @@ impl Agent {
         }
     }
 
-    /// One control connection: `status`, or a JSON request for the leader.
-    async fn control(&mut self, mut stream: tokio::net::UnixStream) {
-        let mut req = vec![0u8; MAX_REQUEST];
-        let n = match tokio::time::timeout(Duration::from_secs(2), stream.read(&mut req)).await {
-            Ok(Ok(n)) => n,
-            _ => return,
-        };
-        let text = String::from_utf8_lossy(&req[..n]).trim().to_string();
-        let reply = if text == "status" {
-            serde_json::to_vec(&self.status()).unwrap_or_default()
-        } else {
-            match serde_json::from_str::<Request>(&text) {
-                Ok(r) => match self.check_request(&r) {
-                    Ok(()) => {
-                        let now = self.now_ms();
-                        self.log(format!("operator request: {}", describe_request(&r)));
-                        self.member.request(now, r);
-                        br#"{"ok":true}"#.to_vec()
-                    }
-                    Err(e) => {
-                        serde_json::to_vec(&serde_json::json!({ "error": e })).unwrap_or_default()
-                    }
-                },
-                Err(_) => {
-                    br#"{"error":"unknown request; this agent answers `status` or a JSON request"}"#
-                        .to_vec()
+    /// Answers one control request line: `status`, or a JSON request for
+    /// the leader.
+    fn control_answer(&mut self, text: &str) -> Vec<u8> {
+        if text == "status" {
+            return serde_json::to_vec(&self.status()).unwrap_or_default();
+        }
+        match serde_json::from_str::<Request>(text) {
+            Ok(r) => match self.check_request(&r) {
+                Ok(()) => {
+                    let now = self.now_ms();
+                    self.log(format!("operator request: {}", describe_request(&r)));
+                    self.member.request(now, r);
+                    br#"{"ok":true}"#.to_vec()
                 }
+                Err(e) => {
+                    serde_json::to_vec(&serde_json::json!({ "error": e })).unwrap_or_default()
+                }
+            },
+            Err(_) => {
+                br#"{"error":"unknown request; this agent answers `status` or a JSON request"}"#
+                    .to_vec()
             }
-        };
-        tokio::task::spawn_local(async move {
-            let _ = stream.write_all(&reply).await;
-        });
+        }
     }
 
     /// Refuses requests that name unknown groups or nodes, with the names
@@ -1028,6 +1038,35 @@ fn describe_request(r: &Request) -> String {
     }
 }
 
+/// Starts the lease guard in its own session, so that it outlives this
+/// agent however the agent dies.
+fn spawn_guard(lease_path: &Path, node: &str) -> Result<()> {
+    use std::os::unix::process::CommandExt as _;
+    let exe = std::env::current_exe().context("finding this program to start the guard")?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(["guard", "--lease-file"])
+        .arg(lease_path)
+        .args([
+            "--agent-pid",
+            &std::process::id().to_string(),
+            "--label",
+            node,
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null());
+    // SAFETY: setsid is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn().context("starting the lease guard")?;
+    Ok(())
+}
+
 /// Binds the control socket: readable and writable by root only, or also
 /// by `group` when configured. Refuses to replace the socket of an agent
 /// that is still answering.
@@ -1074,6 +1113,40 @@ fn group_id(name: &str) -> Result<u32> {
         .find(|(n, _)| *n == name)
         .map(|(_, g)| g)
         .with_context(|| format!("control_group {name}: no such group in /etc/group; create it or remove control_group"))
+}
+
+/// A control request line and where its answer goes.
+type ControlMsg = (String, tokio::sync::oneshot::Sender<Vec<u8>>);
+
+/// Reads one request line (bounded in size and time), hands it to the main
+/// loop and writes the answer back; never blocks the loop.
+async fn serve_control(mut stream: tokio::net::UnixStream, to_loop: mpsc::Sender<ControlMsg>) {
+    let read_line = async {
+        let mut req = Vec::new();
+        let mut buf = [0u8; 512];
+        while req.len() < MAX_REQUEST && !req.contains(&b'\n') {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => req.extend_from_slice(&buf[..n]),
+            }
+        }
+        req
+    };
+    let Ok(req) = tokio::time::timeout(Duration::from_secs(2), read_line).await else {
+        return;
+    };
+    let text = String::from_utf8_lossy(&req).trim().to_string();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    // A full queue: the agent is busy; the client may retry.
+    if to_loop.try_send((text, tx)).is_err() {
+        let _ = stream
+            .write_all(br#"{"error":"the agent is busy; try again"}"#)
+            .await;
+        return;
+    }
+    if let Ok(Ok(answer)) = tokio::time::timeout(Duration::from_secs(5), rx).await {
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(&answer)).await;
+    }
 }
 
 /// `tandem status`: asks the agent behind `socket` and prints its answer.

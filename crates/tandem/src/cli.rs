@@ -124,16 +124,34 @@ pub enum Command {
         #[arg(long)]
         fast: bool,
     },
-    /// The demo's service: answers `tprobe N` on UDP and HTTP GET on TCP
-    /// with this node's name (from $TANDEM_NODE or --name).
+    /// The demo's service: answers HTTP GET on --port, and the testbed's
+    /// probes on --probe-port, with this node's name (from $TANDEM_NODE or
+    /// --name).
     #[command(hide = true)]
     DemoService {
-        /// UDP and TCP port.
+        /// HTTP port.
         #[arg(long, default_value_t = 8080)]
         port: u16,
+        /// Probe port (UDP `tprobe N`, TCP name line).
+        #[arg(long, default_value_t = 7000)]
+        probe_port: u16,
         /// Name to answer with (default $TANDEM_NODE).
         #[arg(long)]
         name: Option<String>,
+    },
+    /// The lease guard the agent starts beside itself: stops this node's
+    /// resources if the agent dies or hangs past its lease.
+    #[command(hide = true)]
+    Guard {
+        /// The agent's lease file.
+        #[arg(long)]
+        lease_file: PathBuf,
+        /// The agent's process id.
+        #[arg(long)]
+        agent_pid: u32,
+        /// Name for log lines.
+        #[arg(long, default_value = "")]
+        label: String,
     },
     /// Check, or show, a cluster configuration file.
     #[command(subcommand)]

@@ -18,8 +18,10 @@ use tandem_testbed::agents::{AgentCluster, ClusterShape};
 use tandem_testbed::checker::{analyze, CheckOptions, ProbeKind};
 use tandem_testbed::prober::{ProbeSpec, Prober};
 
-/// The service port behind the floating IP.
+/// The HTTP port behind the floating IP.
 const PORT: u16 = 8080;
+/// The probe port (UDP `tprobe`, TCP name line) behind the floating IP.
+pub const PROBE_PORT: u16 = 7000;
 /// Longest wait for any step.
 const STEP_LIMIT: Duration = Duration::from_secs(30);
 
@@ -29,16 +31,28 @@ fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// The demo service: UDP `tprobe N` -> `NAME N`; HTTP GET -> `served by
-/// NAME`. Runs until killed.
-pub fn serve(name: &str, port: u16) -> Result<()> {
+/// The demo service: HTTP GET on `port` -> `served by NAME`; on
+/// `probe_port`, the testbed's probe protocol (UDP `tprobe N` -> `NAME N`,
+/// a TCP connection -> `NAME` line). Runs until killed.
+pub fn serve(name: &str, port: u16, probe_port: u16) -> Result<()> {
     if name.is_empty() || name.contains(char::is_whitespace) || name.len() > 64 {
         bail!("the name must be 1 to 64 characters without spaces");
     }
-    let udp =
-        UdpSocket::bind(("0.0.0.0", port)).with_context(|| format!("binding UDP port {port}"))?;
+    let udp = UdpSocket::bind(("0.0.0.0", probe_port))
+        .with_context(|| format!("binding UDP port {probe_port}"))?;
+    let probe_tcp = TcpListener::bind(("0.0.0.0", probe_port))
+        .with_context(|| format!("binding TCP port {probe_port}"))?;
     let tcp =
         TcpListener::bind(("0.0.0.0", port)).with_context(|| format!("binding TCP port {port}"))?;
+    let line = format!("{name}\n");
+    std::thread::Builder::new()
+        .name("probe-tcp".into())
+        .spawn(move || {
+            for mut s in probe_tcp.incoming().flatten() {
+                let _ = s.write_all(line.as_bytes());
+            }
+        })
+        .context("starting the probe thread")?;
     let body = format!("served by {name}\n");
     std::thread::Builder::new()
         .name("http".into())
@@ -150,7 +164,7 @@ pub fn run(fast: bool) -> Result<ExitCode> {
     }
     let exe = std::env::current_exe().context("finding this program")?;
     let service = format!(
-        "[\"{}\", \"demo-service\", \"--port\", \"{PORT}\"]",
+        "[\"{}\", \"demo-service\", \"--port\", \"{PORT}\", \"--probe-port\", \"{PROBE_PORT}\"]",
         exe.display()
     );
     let extra = format!(
@@ -211,7 +225,7 @@ address = "10.77.1.100/24"
     println!("\n== crash n1: every link cut (like a power cut). The client probes 10.77.1.100 every 5 ms.");
     let spec = ProbeSpec {
         tcp: false,
-        ..ProbeSpec::new(SocketAddr::new(c.bed.vip("lan").into(), PORT), 30_000)
+        ..ProbeSpec::new(SocketAddr::new(c.bed.vip("lan").into(), PROBE_PORT), 30_000)
     };
     let prober = Prober::start(&c.bed.client_ns(), spec)?;
     std::thread::sleep(Duration::from_millis(500));

@@ -6,6 +6,7 @@ mod announce;
 mod cli;
 mod config_cmd;
 mod demo;
+mod guard;
 mod keyfile;
 mod monitor;
 mod netlink;
@@ -85,11 +86,23 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => admin::maintenance(&admin, group.as_deref(), action == cli::OnOff::On),
         Command::Cleanup { group, admin } => admin::cleanup(&admin, &group),
         Command::Demo { fast } => demo::run(fast),
-        Command::DemoService { port, name } => {
+        Command::DemoService {
+            port,
+            probe_port,
+            name,
+        } => {
             let name = name
                 .or_else(|| std::env::var("TANDEM_NODE").ok())
                 .context("no name: pass --name or set TANDEM_NODE")?;
-            demo::serve(&name, port)?;
+            demo::serve(&name, port, probe_port)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Guard {
+            lease_file,
+            agent_pid,
+            label,
+        } => {
+            guard::run(&lease_file, agent_pid, &label)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Config(ConfigCommand::Validate(args)) => Ok(if config_cmd::validate(&args)? {

@@ -67,6 +67,19 @@ impl Owner {
         ]
     }
 
+    /// The environment as owned pairs (for the guard).
+    pub fn env_vec(&self) -> Vec<(String, String)> {
+        self.env()
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// The pid file of a `process` resource.
+    pub fn pidfile(&self) -> PathBuf {
+        self.file("pid")
+    }
+
     fn file(&self, ext: &str) -> PathBuf {
         self.run_dir
             .join(format!("{}.{}.{ext}", self.group, self.resource))
@@ -95,6 +108,13 @@ pub struct ProcessResource {
 #[derive(Debug, Clone)]
 pub struct ExecResource {
     script: PathBuf,
+}
+
+impl ExecResource {
+    /// The script's path.
+    pub fn script(&self) -> &Path {
+        &self.script
+    }
 }
 
 /// One resource of this node.

@@ -24,6 +24,7 @@ use tandem_core::group::{Action, ActionKind, GroupState, Groups, Outcome, Resour
 use tandem_core::member::{GroupReport, Member, Request};
 use tokio::sync::mpsc;
 
+use crate::guard::{self, LeaseFile};
 use crate::monitor::{self, Check};
 use crate::resources::{self, IpCheck, Kind, Owner, Resource, ANNOUNCE_AT_MS};
 
@@ -127,6 +128,13 @@ pub struct Runner {
     lease_held: Option<bool>,
     shutting_down: bool,
     tx: mpsc::Sender<Done>,
+    /// The lease file the guard watches.
+    lease_path: PathBuf,
+    /// What was written there last.
+    written: Option<LeaseFile>,
+    /// The previous agent's lease end (this agent's clock), if it still ran
+    /// when this one started: what runs may be kept, not restarted.
+    inherited_until_ms: Option<u64>,
 }
 
 fn kind_name(k: &Kind) -> &'static str {
@@ -256,12 +264,20 @@ impl Runner {
             lease_held: None,
             shutting_down: false,
             tx,
+            lease_path: run_dir.join("lease.json"),
+            written: None,
+            inherited_until_ms: None,
         })
     }
 
     /// Whether anything of any group may run here.
     pub fn any_active(&self) -> bool {
         (0..self.groups.len()).any(|g| self.groups.active(g))
+    }
+
+    /// Whether any group has resources (else there is nothing to guard).
+    pub fn has_resources(&self) -> bool {
+        self.resources.iter().any(|g| !g.is_empty())
     }
 
     /// Links whose ping monitor fails here.
@@ -296,15 +312,31 @@ impl Runner {
         d
     }
 
+    /// The lease file the guard watches.
+    pub fn lease_path(&self) -> &std::path::Path {
+        &self.lease_path
+    }
+
+    /// Keeps what the previous agent ran (without restarting it) until
+    /// `until_ms` (this agent's clock), unless a lease or the record says
+    /// otherwise first.
+    pub fn inherit_lease(&mut self, until_ms: u64) {
+        self.inherited_until_ms = Some(until_ms);
+    }
+
     /// A graceful stop: every group here stops (maintenance or not).
     pub fn shut_down(&mut self) {
         self.shutting_down = true;
     }
 
-    fn want_for(&self, g: usize, record: &Record, lease_ok: bool) -> Want {
+    fn want_for(&self, g: usize, record: &Record, lease_ok: bool, now_ms: u64) -> Want {
         let name = &self.names[g];
         if self.shutting_down {
             return Want::Stop;
+        }
+        if !lease_ok && self.inherited_until_ms.is_some_and(|u| now_ms < u) {
+            // Within the previous agent's lease: hold what runs.
+            return Want::Leave;
         }
         if record.has_intent(name, Intent::Maintenance) {
             return Want::Leave;
@@ -324,6 +356,10 @@ impl Runner {
         let mut log = Vec::new();
         let lease_ok = member.lease_valid(now_ms);
         let record = member.agreement().record().clone();
+        if lease_ok {
+            // Our own lease replaces the inherited one.
+            self.inherited_until_ms = None;
+        }
         if self.lease_held != Some(lease_ok) {
             let held_groups = self.any_active();
             if self.lease_held.is_some() && (held_groups || lease_ok) {
@@ -336,7 +372,7 @@ impl Runner {
             self.lease_held = Some(lease_ok);
         }
         for g in 0..self.groups.len() {
-            let want = self.want_for(g, &record, lease_ok);
+            let want = self.want_for(g, &record, lease_ok, now_ms);
             if self.groups.want(g) != want {
                 self.groups.set_want(g, want);
             }
@@ -363,7 +399,57 @@ impl Runner {
             );
         }
         member.set_local(self.reports(), self.failed_links());
+        let until = if lease_ok {
+            member.lease_until(now_ms)
+        } else {
+            self.inherited_until_ms.filter(|u| *u > now_ms)
+        };
+        if let Err(e) = self.write_lease(now_ms, until) {
+            log.push(format!("cannot write the lease file for the guard: {e:#}"));
+        }
         log
+    }
+
+    /// Tells the guard the lease end and what may run here.
+    fn write_lease(&mut self, now_ms: u64, until_ms: Option<u64>) -> Result<()> {
+        let mono = guard::mono_ms();
+        let mut lease = LeaseFile {
+            agent_pid: std::process::id(),
+            boot_id: String::new(),
+            until_mono_ms: until_ms.map_or(mono, |u| mono + u.saturating_sub(now_ms)),
+            ..LeaseFile::default()
+        };
+        for g in 0..self.groups.len() {
+            for (r, state) in self.resources[g].iter().zip(self.groups.resources(g)) {
+                if !state.maybe_running() {
+                    continue;
+                }
+                match &r.kind {
+                    Kind::Ip(ip) => lease
+                        .addresses
+                        .push((ip.address.addr, ip.address.prefix_len)),
+                    Kind::Process(_) => lease.pidfiles.push(r.owner.pidfile()),
+                    Kind::Exec(e) => lease
+                        .scripts
+                        .push((e.script().to_path_buf(), r.owner.env_vec())),
+                }
+            }
+        }
+        // Rewrite when what is held changes, or the lease end moved by more
+        // than a few ms (it is renewed at every heartbeat).
+        let same = self.written.as_ref().is_some_and(|w| {
+            w.addresses == lease.addresses
+                && w.pidfiles == lease.pidfiles
+                && w.scripts == lease.scripts
+                && w.until_mono_ms.abs_diff(lease.until_mono_ms) < 5
+        });
+        if same {
+            return Ok(());
+        }
+        lease.boot_id = guard::boot_id();
+        guard::write(&self.lease_path, &lease)?;
+        self.written = Some(lease);
+        Ok(())
     }
 
     fn note_failure(&mut self, group: &str, reason: &str, log: &mut Vec<String>) {

@@ -1,0 +1,481 @@
+//! Resource groups and failover with real agents on the testbed (needs
+//! root; CI runs as root). A group `web` = a service process + floating IP
+//! 10.77.1.100 on a 3-node cluster; the client probes the address (UDP and
+//! TCP every 5 ms) and the checker reads the log. Each fault is repeated
+//! (`TANDEM_FAILOVER_REPS`, default 10): every time the group must answer
+//! from another node with zero dual-active instants, and — checked at the
+//! resources themselves, from the agents' event times — the old holder must
+//! have stopped before the new one started.
+//!
+//! Time bounds here are generous safety limits; gap figures belong to the
+//! benchmark (`bench/run failover`).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a panic is how a test reports failure"
+)]
+
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+use tandem_testbed::agents::{all_online, AgentCluster, ClusterShape};
+use tandem_testbed::checker::{analyze, CheckOptions};
+use tandem_testbed::prober::{ProbeSpec, Prober};
+use tandem_testbed::require_root;
+
+const TANDEM: &str = env!("CARGO_BIN_EXE_tandem");
+const GENEROUS: Duration = Duration::from_secs(20);
+const NODES: usize = 3;
+
+/// One cluster at a time: the machine has two cores.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn reps() -> usize {
+    std::env::var("TANDEM_FAILOVER_REPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10)
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn group_config(failback: &str) -> String {
+    format!(
+        r#"
+[[monitor]]
+name = "gateway"
+kind = "ping"
+link = "lan"
+targets = ["10.77.1.250"]
+interval_ms = 200
+timeout_ms = 200
+failures = 3
+
+[[group]]
+name = "web"
+preferred = ["n1", "n2", "n3"]
+failback = "{failback}"
+
+[[group.resource]]
+name = "service"
+kind = "process"
+command = ["{TANDEM}", "demo-service", "--port", "8080", "--probe-port", "7000"]
+
+[[group.resource]]
+name = "vip"
+kind = "ip"
+address = "10.77.1.100/24"
+"#
+    )
+}
+
+struct Fx {
+    c: AgentCluster,
+    gaps: Vec<f64>,
+    name: &'static str,
+    /// Check from the agents' events that the old holder stopped before
+    /// the new one started (not for a frozen node: it cannot act until
+    /// thawed, and yields its address first thing then).
+    check_order: bool,
+}
+
+fn web(s: &Value) -> Option<&Value> {
+    s["groups"].as_array()?.iter().find(|g| g["name"] == "web")
+}
+
+fn running_on(s: &Value) -> Option<usize> {
+    let g = web(s)?;
+    if g["state"] != "running" {
+        return None;
+    }
+    g["placed_on"].as_str()?.strip_prefix('n')?.parse().ok()
+}
+
+/// The wall time of the first event at or after `since` whose text is `text`.
+fn event_at(s: &Value, text: &str, since: u64) -> Option<u64> {
+    s["events"].as_array()?.iter().find_map(|e| {
+        let at = e["at_unix_ms"].as_u64()?;
+        (at >= since && e["text"] == text).then_some(at)
+    })
+}
+
+impl Fx {
+    fn start(name: &'static str) -> Fx {
+        let shape = ClusterShape {
+            extra: group_config("manual"),
+            ..ClusterShape::nodes(NODES)
+        };
+        let c = AgentCluster::start(TANDEM, &shape).unwrap();
+        let fx = Fx {
+            c,
+            gaps: Vec::new(),
+            name,
+            check_order: true,
+        };
+        fx.settle();
+        fx
+    }
+
+    /// Every agent online, quorate, and the group running somewhere.
+    fn settle(&self) {
+        for n in 1..=NODES {
+            self.c
+                .wait(n, GENEROUS, "all online, quorate, web running", |s| {
+                    all_online(s) && s["quorum"]["quorate"] == true && running_on(s).is_some()
+                })
+                .unwrap();
+        }
+    }
+
+    fn holder(&self) -> usize {
+        running_on(&self.c.status(1).or_else(|| self.c.status(2)).unwrap()).unwrap()
+    }
+
+    fn prober(&self) -> Prober {
+        let target = SocketAddr::new(self.c.bed.vip("lan").into(), 7000);
+        Prober::start(&self.c.bed.client_ns(), ProbeSpec::new(target, 120_000)).unwrap()
+    }
+
+    fn other(old: usize) -> usize {
+        old % NODES + 1
+    }
+
+    /// Waits until a node other than `old` runs the group (asking a node
+    /// that is not `old`); returns it.
+    fn wait_moved(&self, old: usize) -> usize {
+        let ask = Self::other(old);
+        self.c
+            .wait(ask, GENEROUS, "web running on another node", |s| {
+                running_on(s).is_some_and(|n| n != old)
+            })
+            .unwrap();
+        running_on(&self.c.status(ask).unwrap()).unwrap()
+    }
+
+    /// One repetition: `fault` on the holder, wait for the move, `after`
+    /// (still probing), then the checks; `recover` brings the old holder
+    /// back. Returns (old, new).
+    fn rep(
+        &mut self,
+        rep: usize,
+        fault: impl FnOnce(&Fx, usize),
+        after: impl FnOnce(&Fx, usize),
+        recover: impl FnOnce(&mut Fx, usize),
+    ) -> (usize, usize) {
+        let old = self.holder();
+        let prober = self.prober();
+        std::thread::sleep(Duration::from_millis(300));
+        let t_fault = unix_ms();
+        fault(self, old);
+        let new = self.wait_moved(old);
+        after(self, old);
+        std::thread::sleep(Duration::from_millis(500));
+        let log = prober.stop().unwrap();
+        let report = analyze(&log.records, CheckOptions::default());
+        let dual: Vec<_> = report.dual_active().collect();
+        assert!(
+            dual.is_empty(),
+            "{} rep {rep}: dual-active instants {dual:?}\nlogs:\n{}",
+            self.name,
+            self.c.logs()
+        );
+        let udp = report.kind(tandem_testbed::checker::ProbeKind::Udp);
+        let last = log
+            .records
+            .iter()
+            .rev()
+            .find_map(|r| r.responder.clone())
+            .expect("answers after the move");
+        assert_eq!(
+            last,
+            format!("n{new}"),
+            "{} rep {rep}: answers come from the new holder",
+            self.name
+        );
+        let gap = udp.max_gap_ms();
+        assert!(gap < 10_000.0, "{} rep {rep}: outage {gap} ms", self.name);
+        self.gaps.push(gap);
+        // At the resources: the new holder started after the old one
+        // stopped (when the old agent can still tell).
+        let s_new = self.c.status(new).unwrap();
+        let started = event_at(&s_new, "starting web/service", t_fault)
+            .expect("the new holder logged its start");
+        if let Some(s_old) = self.c.status(old).filter(|_| self.check_order) {
+            if let Some(stopped) = event_at(&s_old, "stopped web/vip", t_fault) {
+                assert!(
+                    stopped <= started,
+                    "{} rep {rep}: n{old} stopped its address at {stopped}, n{new} started at {started}",
+                    self.name
+                );
+            }
+        }
+        recover(self, old);
+        self.settle();
+        (old, new)
+    }
+
+    fn report(&self) {
+        let mut g = self.gaps.clone();
+        g.sort_by(f64::total_cmp);
+        println!(
+            "{}: {} repetitions, outage ms min {:.0} p50 {:.0} max {:.0}, 0 dual-active",
+            self.name,
+            g.len(),
+            g.first().copied().unwrap_or(0.0),
+            g.get(g.len() / 2).copied().unwrap_or(0.0),
+            g.last().copied().unwrap_or(0.0)
+        );
+    }
+
+    /// The address and service are gone from node `n`.
+    fn assert_nothing_left(&self, n: usize) {
+        let t0 = Instant::now();
+        loop {
+            let addrs = self.c.bed.exec(n, "ip", &["-o", "addr"]).unwrap();
+            if !addrs.contains("10.77.1.100") {
+                return;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "{}: n{n} still holds 10.77.1.100:\n{addrs}\nlogs:\n{}",
+                self.name,
+                self.c.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
+fn crash_of_the_active_node_fails_over() {
+    if !require_root("crash_of_the_active_node_fails_over") {
+        return;
+    }
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut fx = Fx::start("crash (all links cut)");
+    for rep in 0..reps() {
+        fx.rep(
+            rep,
+            |f, old| f.c.bed.cut_node(old).unwrap(),
+            |f, old| f.assert_nothing_left(old),
+            |f, old| f.c.bed.restore_node(old).unwrap(),
+        );
+    }
+    fx.report();
+}
+
+#[test]
+fn kill_9_of_the_active_agent_fails_over_and_the_guard_cleans_up() {
+    if !require_root("kill_9_of_the_active_agent_fails_over_and_the_guard_cleans_up") {
+        return;
+    }
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut fx = Fx::start("kill -9 of the active agent");
+    for rep in 0..reps() {
+        fx.rep(
+            rep,
+            |f, old| {
+                f.c.bed.kill9(f.c.pids[old - 1]).unwrap();
+            },
+            |f, old| f.assert_nothing_left(old),
+            |f, old| {
+                let pid = f.c.spawn_agent(old).unwrap();
+                f.c.pids[old - 1] = pid;
+            },
+        );
+    }
+    assert!(
+        fx.c.logs().contains("tandem-guard[") && fx.c.logs().contains("agent gone"),
+        "the guard stopped what the killed agent left"
+    );
+    fx.report();
+}
+
+#[test]
+fn freeze_of_the_active_node_fails_over_and_it_yields_on_thaw() {
+    if !require_root("freeze_of_the_active_node_fails_over_and_it_yields_on_thaw") {
+        return;
+    }
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut fx = Fx::start("freeze 5 s, thaw");
+    fx.check_order = false;
+    let frozen_at = Mutex::new(Instant::now());
+    for rep in 0..reps() {
+        fx.rep(
+            rep,
+            |f, old| {
+                *frozen_at.lock().unwrap() = Instant::now();
+                f.c.bed.freeze(old).unwrap();
+            },
+            |f, old| {
+                let since = frozen_at.lock().unwrap().elapsed();
+                std::thread::sleep(Duration::from_secs(5).saturating_sub(since));
+                f.c.bed.thaw(old).unwrap();
+                // Thawed, it checks its lease first and drops the address.
+                f.assert_nothing_left(old);
+                std::thread::sleep(Duration::from_millis(500));
+            },
+            |_, _| {},
+        );
+    }
+    fx.report();
+}
+
+#[test]
+fn active_node_partitioned_from_the_majority_yields() {
+    if !require_root("active_node_partitioned_from_the_majority_yields") {
+        return;
+    }
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut fx = Fx::start("partition from the majority");
+    for rep in 0..reps() {
+        fx.rep(
+            rep,
+            |f, old| {
+                for o in (1..=NODES).filter(|o| *o != old) {
+                    f.c.bed.drop_one_way(old, o).unwrap();
+                    f.c.bed.drop_one_way(o, old).unwrap();
+                }
+            },
+            // The client still reaches it: it must have let go itself.
+            |f, old| f.assert_nothing_left(old),
+            |f, old| {
+                for o in (1..=NODES).filter(|o| *o != old) {
+                    f.c.bed.heal_one_way(old, o).unwrap();
+                    f.c.bed.heal_one_way(o, old).unwrap();
+                }
+            },
+        );
+    }
+    fx.report();
+}
+
+#[test]
+fn planned_failover_moves_the_group_cleanly() {
+    if !require_root("planned_failover_moves_the_group_cleanly") {
+        return;
+    }
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut fx = Fx::start("tandem failover");
+    for rep in 0..reps() {
+        fx.rep(
+            rep,
+            |f, old| {
+                let out = std::process::Command::new(TANDEM)
+                    .args(["failover", "web", "--socket"])
+                    .arg(f.c.socket(old))
+                    .output()
+                    .unwrap();
+                let text = String::from_utf8_lossy(&out.stdout);
+                assert!(
+                    out.status.success() && text.contains("done in"),
+                    "tandem failover: {text}{}\nlogs:\n{}",
+                    String::from_utf8_lossy(&out.stderr),
+                    f.c.logs()
+                );
+            },
+            |_, _| {},
+            |_, _| {},
+        );
+    }
+    fx.report();
+}
+
+#[test]
+fn lan_cut_on_the_active_node_moves_the_group_by_ping_monitor() {
+    if !require_root("lan_cut_on_the_active_node_moves_the_group_by_ping_monitor") {
+        return;
+    }
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut fx = Fx::start("lan cut, sync up (ping monitor)");
+    for rep in 0..reps() {
+        fx.rep(
+            rep,
+            |f, old| f.c.bed.cut_link(old, "lan").unwrap(),
+            |f, old| {
+                // It stayed in the cluster over sync and stopped by itself.
+                let s = f.c.status(old).unwrap();
+                assert_eq!(
+                    s["quorum"]["quorate"], true,
+                    "n{old} keeps quorum over sync"
+                );
+                f.assert_nothing_left(old);
+            },
+            |f, old| {
+                f.c.bed.restore_link(old, "lan").unwrap();
+                f.c.wait(old, GENEROUS, "ping monitor healthy again", |s| {
+                    s["failed_links"].as_array().is_some_and(|l| l.is_empty())
+                })
+                .unwrap();
+            },
+        );
+    }
+    fx.report();
+}
+
+#[test]
+fn restarted_agent_finds_its_group_running_and_keeps_it() {
+    if !require_root("restarted_agent_finds_its_group_running_and_keeps_it") {
+        return;
+    }
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut fx = Fx::start("agent restart");
+    let old = fx.holder();
+    let pidfile = |f: &Fx| {
+        let s = f.c.status(old).unwrap();
+        let _ = s;
+        std::fs::read_dir(
+            f.c.config_path()
+                .parent()
+                .unwrap()
+                .join(format!("state-n{old}/run")),
+        )
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().ends_with(".pid"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .unwrap()
+    };
+    let before = pidfile(&fx);
+    let prober = fx.prober();
+    std::thread::sleep(Duration::from_millis(300));
+    let t = unix_ms();
+    fx.c.bed.kill9(fx.c.pids[old - 1]).unwrap();
+    fx.c.pids[old - 1] = fx.c.spawn_agent(old).unwrap();
+    fx.c.wait(
+        old,
+        GENEROUS,
+        "restarted agent holds a lease with web running here",
+        |s| s["lease"]["held"] == true && running_on(s) == Some(old),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let log = prober.stop().unwrap();
+    let s = fx.c.status(old).unwrap();
+    assert!(
+        event_at(&s, "found web/service running", t).is_some(),
+        "probed first: {s:#}"
+    );
+    assert!(
+        event_at(&s, "starting web/service", t).is_none(),
+        "must not restart: {}\nlogs:\n{}",
+        s["events"],
+        fx.c.logs()
+    );
+    assert_eq!(pidfile(&fx), before, "the same service process");
+    let report = analyze(&log.records, CheckOptions::default());
+    assert_eq!(report.dual_active().count(), 0);
+    fx.gaps.push(
+        report
+            .kind(tandem_testbed::checker::ProbeKind::Udp)
+            .max_gap_ms(),
+    );
+    fx.report();
+}
