@@ -242,6 +242,8 @@ pub struct GroupsSpec {
     pub failure_expiry_ms: Vec<u64>,
     /// Nodes that may host groups (the witness excluded), config order.
     pub hosts: Vec<String>,
+    /// Their ids, in the same order.
+    pub host_ids: Vec<NodeId>,
     /// Lease length (ms); the membership deadtime.
     pub lease_ms: u64,
 }
@@ -1097,8 +1099,8 @@ impl Member {
         self.groups
             .hosts
             .iter()
-            .map(|h| {
-                let id = NodeId::from_name(h);
+            .zip(&self.groups.host_ids)
+            .map(|(h, &id)| {
                 if id == self.spec.me {
                     return NodeFacts {
                         name: h.clone(),
@@ -1125,8 +1127,8 @@ impl Member {
         self.groups
             .hosts
             .iter()
-            .map(|h| {
-                let id = NodeId::from_name(h);
+            .zip(&self.groups.host_ids)
+            .map(|(h, &id)| {
                 let (groups, last): (&[GroupReport], Option<u64>) = if id == self.spec.me {
                     (&self.local_groups, Some(self.now_ms))
                 } else {

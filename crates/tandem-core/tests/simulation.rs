@@ -15,6 +15,21 @@
 //! - after every fault heals, the cluster converges within a bound: every
 //!   node sees every other, one leader known to all, equal records.
 //!
+//! With groups (`seeded_group_runs_*`), every node also runs the real group
+//! runner ([`Groups`]) over simulated resources that start and stop at once,
+//! the leader places two groups by policy and handover, operators move and
+//! fail groups over at random, and further faults hit the agent alone: a
+//! `kill -9` (its resources keep running until the lease guard stops them
+//! at the lease end, as `tandem guard` does) and a freeze (nothing of the
+//! node runs; once thawed it checks its lease before anything else). After
+//! every step:
+//!
+//! - never dual-active: no group has resources on two nodes at once (a
+//!   frozen node's resources count as inactive while frozen: they cannot
+//!   serve, and it yields them before doing anything once thawed);
+//! - after healing, every group runs on exactly one node, the one the
+//!   record names.
+//!
 //! A failure prints the seed and the command that replays it with a trace.
 //! `TANDEM_SIM_BASE=N` explores other seeds (`TANDEM_SIM_RUNS` sets how many).
 
@@ -28,7 +43,11 @@ use rand::{Rng, SeedableRng};
 use tandem_core::agreement::{Command, Record, Role};
 use tandem_core::config::Timing;
 use tandem_core::failure_detector::{LinkState, NodeState};
-use tandem_core::member::{Member, MemberSpec, PeerSpec, Persisted};
+use tandem_core::group::{ActionKind, Groups, Outcome, Want};
+use tandem_core::member::{
+    GroupReport, GroupsSpec, Member, MemberSpec, PeerSpec, Persisted, Request,
+};
+use tandem_core::policy::{Failback, GroupPolicy};
 use tandem_core::quorum::Mode;
 use tandem_core::wire::{ClusterId, NodeId};
 
@@ -45,6 +64,11 @@ const CONVERGE_BOUND_MS: u64 = 5_000;
 /// Upper bound of steps in one run, so a livelock fails instead of hanging.
 const MAX_STEPS: u64 = 2_000_000;
 const DEFAULT_RUNS: u64 = 1_000;
+/// Seeded runs with groups.
+const DEFAULT_GROUP_RUNS: u64 = 400;
+/// Groups and their resources in the group runs.
+const GROUPS: [&str; 2] = ["db", "web"];
+const RESOURCES: usize = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Shape {
@@ -68,6 +92,17 @@ struct Node {
     crashed_at: Option<u64>,
     /// Global time of the last datagram delivered from each sender.
     last_from: BTreeMap<usize, u64>,
+    /// The agent's group runner (None while the agent is down).
+    runner: Option<Groups>,
+    /// The real resources of the node: running or not, per group.
+    alive: Vec<Vec<bool>>,
+    /// Frozen until this global time: nothing of the node runs.
+    frozen_until: Option<u64>,
+    /// The agent died (kill -9) with its lease ending at this global time:
+    /// the guard stops its resources then.
+    guard_at: Option<u64>,
+    /// The previous agent's lease end (global), inherited by a restart.
+    inherited_until: Option<u64>,
 }
 
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
@@ -107,6 +142,8 @@ struct Sim {
     records: BTreeMap<u64, Record>,
     trace: bool,
     proposals: u64,
+    /// Run groups, leases and handover (and agent-only faults).
+    groups: bool,
 }
 
 fn spec_for(shape: Shape, ids: &[NodeId], voters: &[bool], me: usize, links: usize) -> MemberSpec {
@@ -144,6 +181,10 @@ fn spec_for(shape: Shape, ids: &[NodeId], voters: &[bool], me: usize, links: usi
 
 impl Sim {
     fn new(seed: u64, trace: bool) -> Sim {
+        Sim::with(seed, trace, false)
+    }
+
+    fn with(seed: u64, trace: bool, groups: bool) -> Sim {
         let mut rng = StdRng::seed_from_u64(seed);
         let shape = match rng.gen_range(0..10) {
             0..=3 => Shape::Majority(3),
@@ -173,6 +214,11 @@ impl Sim {
                     restart_at: Some(rng.gen_range(0..300)),
                     crashed_at: None,
                     last_from: BTreeMap::new(),
+                    runner: None,
+                    alive: vec![vec![false; RESOURCES]; GROUPS.len()],
+                    frozen_until: None,
+                    guard_at: None,
+                    inherited_until: None,
                 }
             })
             .collect();
@@ -200,6 +246,151 @@ impl Sim {
             records: BTreeMap::new(),
             trace,
             proposals: 0,
+            groups,
+        }
+    }
+
+    fn groups_spec(&self) -> GroupsSpec {
+        let hosts: Vec<String> = (0..self.nodes.len())
+            .filter(|&i| self.shape != Shape::Witness || i < 2)
+            .map(|i| format!("n{}", i + 1))
+            .collect();
+        let mut reversed = hosts.clone();
+        reversed.reverse();
+        GroupsSpec {
+            groups: vec![
+                GroupPolicy {
+                    name: GROUPS[0].into(),
+                    preferred: hosts.clone(),
+                    failback: Failback::Auto,
+                    migration_threshold: 3,
+                    needs_links: vec![],
+                },
+                GroupPolicy {
+                    name: GROUPS[1].into(),
+                    preferred: reversed,
+                    failback: Failback::Manual,
+                    migration_threshold: 3,
+                    needs_links: vec![],
+                },
+            ],
+            failure_expiry_ms: vec![600_000; 2],
+            host_ids: (0..hosts.len()).map(|i| self.ids[i]).collect(),
+            hosts,
+            lease_ms: TIMING.deadtime_ms,
+        }
+    }
+
+    fn hosts_groups(&self, i: usize) -> bool {
+        self.groups && (self.shape != Shape::Witness || i < 2)
+    }
+
+    /// The agent's runner pass, as `runner::Runner::drive` does it: wants
+    /// from the record and the lease, then every action at once.
+    fn drive(&mut self, i: usize) {
+        if !self.groups || self.nodes[i].frozen_until.is_some() {
+            return;
+        }
+        let local = self.local(i);
+        let me = format!("n{}", i + 1);
+        let now = self.now;
+        let node = &mut self.nodes[i];
+        let (Some(m), Some(runner)) = (node.member.as_mut(), node.runner.as_mut()) else {
+            return;
+        };
+        let lease_ok = m.lease_valid(local);
+        if lease_ok {
+            node.inherited_until = None;
+        }
+        let record = m.agreement().record();
+        for (g, name) in GROUPS.iter().enumerate() {
+            let here =
+                record.placements.get(*name).and_then(|p| p.node.as_deref()) == Some(me.as_str());
+            let want = if here && lease_ok {
+                Want::Run
+            } else if node.inherited_until.is_some_and(|u| now < u) {
+                Want::Leave
+            } else {
+                Want::Stop
+            };
+            runner.set_want(g, want);
+        }
+        // The agent's periodic resource check: what it thinks runs but
+        // does not (stopped behind its back) is a failure to recover from.
+        for g in 0..GROUPS.len() {
+            for r in 0..RESOURCES {
+                let thinks =
+                    runner.resources(g).get(r) == Some(&tandem_core::group::ResourceState::Running);
+                if thinks && !node.alive[g][r] {
+                    runner.on_monitor_failure(local, g, r, "found not running".into());
+                }
+            }
+        }
+        for _ in 0..16 {
+            let acts = runner.poll(local);
+            if acts.is_empty() {
+                break;
+            }
+            for a in acts {
+                let real = &mut node.alive[a.group][a.resource];
+                let outcome = match a.kind {
+                    ActionKind::Probe if *real => Outcome::Running,
+                    ActionKind::Probe => Outcome::Stopped,
+                    ActionKind::Start => {
+                        *real = true;
+                        Outcome::Running
+                    }
+                    ActionKind::Stop => {
+                        *real = false;
+                        Outcome::Stopped
+                    }
+                };
+                runner.on_outcome(local, a, outcome);
+            }
+        }
+        let reports = GROUPS
+            .iter()
+            .enumerate()
+            .map(|(g, name)| GroupReport {
+                name: (*name).into(),
+                epoch: 0,
+                active: runner.active(g),
+                state: runner.state(g).0.as_str().into(),
+                since_unix_ms: 0,
+                failure: None,
+            })
+            .collect();
+        m.set_local(reports, vec![]);
+        self.flush_only(i);
+    }
+
+    /// The agent of node `i` dies; its resources keep running until the
+    /// guard stops them at the lease end.
+    fn kill_agent(&mut self, i: usize, down_ms: u64) {
+        let local = self.local(i);
+        let Some(m) = self.nodes[i].member.take() else {
+            return;
+        };
+        let until = m
+            .lease_until(local)
+            .map_or(self.now, |u| self.nodes[i].start + u);
+        let until = until.max(self.nodes[i].inherited_until.unwrap_or(0));
+        self.nodes[i].guard_at = Some(until.max(self.now));
+        self.nodes[i].runner = None;
+        self.nodes[i].crashed_at = Some(self.now);
+        self.nodes[i].restart_at = Some(self.now + down_ms);
+        self.log(|| {
+            format!(
+                "n{} agent killed for {down_ms} ms (guard at {until})",
+                i + 1
+            )
+        });
+    }
+
+    fn freeze(&mut self, i: usize, ms: u64) {
+        if self.nodes[i].member.is_some() && self.nodes[i].frozen_until.is_none() {
+            self.nodes[i].frozen_until = Some(self.now + ms);
+            self.log(|| format!("n{} frozen for {ms} ms", i + 1));
         }
     }
 
@@ -219,15 +410,31 @@ impl Sim {
         self.nodes[i].start = self.now;
         let seed = self.rng.gen();
         let m = Member::new(self.nodes[i].spec.clone(), inc, p, 0, seed);
+        let mut m = m;
+        if self.groups {
+            m.set_groups(self.groups_spec(), 0);
+        }
         self.nodes[i].member = Some(m);
         self.nodes[i].restart_at = None;
         self.nodes[i].crashed_at = None;
         self.nodes[i].last_from.clear();
+        if self.hosts_groups(i) {
+            self.nodes[i].runner = Some(Groups::new(&[RESOURCES; GROUPS.len()], 0));
+            // A restarted agent keeps what the guard has not stopped yet,
+            // and from now on its own lease file governs the guard.
+            self.nodes[i].inherited_until = self.nodes[i].guard_at.take().filter(|g| *g > self.now);
+        }
         self.log(|| format!("n{} starts (incarnation {inc})", i + 1));
         self.flush(i);
     }
 
     fn crash(&mut self, i: usize, down_ms: u64) {
+        // Power off: resources go with the node, and it thaws off.
+        self.nodes[i].alive = vec![vec![false; RESOURCES]; GROUPS.len()];
+        self.nodes[i].runner = None;
+        self.nodes[i].frozen_until = None;
+        self.nodes[i].guard_at = None;
+        self.nodes[i].inherited_until = None;
         if self.nodes[i].member.take().is_some() {
             self.nodes[i].crashed_at = Some(self.now);
             self.nodes[i].restart_at = Some(self.now + down_ms);
@@ -238,6 +445,11 @@ impl Sim {
     /// Applies a member's output: persist first (as the agent does), then
     /// put its datagrams on the simulated wire.
     fn flush(&mut self, i: usize) {
+        self.flush_only(i);
+        self.drive(i);
+    }
+
+    fn flush_only(&mut self, i: usize) {
         let Some(m) = self.nodes[i].member.as_mut() else {
             return;
         };
@@ -295,10 +507,35 @@ impl Sim {
         }
         for n in &self.nodes {
             if let Some(m) = &n.member {
-                t = t.min(n.start + m.next_deadline());
+                if n.frozen_until.is_none() {
+                    t = t.min(n.start + m.next_deadline());
+                }
+                // The agent wakes at its lease end when it runs something.
+                // Every step drives every running node, so only future
+                // lease ends need a wake-up.
+                let active = n
+                    .runner
+                    .as_ref()
+                    .is_some_and(|r| (0..GROUPS.len()).any(|g| r.active(g)));
+                if active && n.frozen_until.is_none() {
+                    if let Some(u) = m.lease_until(self.now - n.start) {
+                        if n.start + u > self.now {
+                            t = t.min(n.start + u);
+                        }
+                    }
+                }
+                if let Some(u) = n.inherited_until.filter(|u| *u > self.now) {
+                    t = t.min(u);
+                }
             }
             if let Some(r) = n.restart_at {
                 t = t.min(r);
+            }
+            if let Some(f) = n.frozen_until {
+                t = t.min(f);
+            }
+            if let Some(g) = n.guard_at {
+                t = t.min(g.max(self.now));
             }
         }
         t.max(self.now)
@@ -307,12 +544,32 @@ impl Sim {
     /// Runs everything due up to and including `self.now`.
     fn step(&mut self) {
         for i in 0..self.nodes.len() {
+            if self.nodes[i].guard_at.is_some_and(|g| g <= self.now) {
+                // The guard: the dead agent's lease ended; stop everything.
+                self.nodes[i].guard_at = None;
+                self.nodes[i].alive = vec![vec![false; RESOURCES]; GROUPS.len()];
+                self.log(|| format!("n{} guard stops what the dead agent left", i + 1));
+            }
+            if self.nodes[i].frozen_until.is_some_and(|f| f <= self.now) {
+                // Thawed: the lease first, before any input.
+                self.nodes[i].frozen_until = None;
+                self.log(|| format!("n{} thawed", i + 1));
+                self.drive(i);
+            }
+        }
+        for i in 0..self.nodes.len() {
             if self.nodes[i].restart_at.is_some_and(|r| r <= self.now) {
                 self.start_node(i);
             }
         }
+        let mut deferred = Vec::new();
         while self.net.peek().is_some_and(|Reverse(f)| f.at <= self.now) {
             let Reverse(f) = self.net.pop().unwrap();
+            if let Some(until) = self.nodes[f.to].frozen_until {
+                // Waits in the socket buffer until the node thaws.
+                deferred.push(InFlight { at: until, ..f });
+                continue;
+            }
             let local = self.local(f.to);
             if let Some(m) = self.nodes[f.to].member.as_mut() {
                 m.on_datagram(local, f.link, &f.bytes);
@@ -320,13 +577,19 @@ impl Sim {
                 self.flush(f.to);
             }
         }
+        for f in deferred {
+            self.net.push(Reverse(f));
+        }
         for i in 0..self.nodes.len() {
             let local = self.local(i);
+            if self.nodes[i].frozen_until.is_some() {
+                continue;
+            }
             if let Some(m) = self.nodes[i].member.as_mut() {
                 if m.next_deadline() <= local {
                     m.on_tick(local);
-                    self.flush(i);
                 }
+                self.flush(i);
             }
         }
         if self.shape == Shape::TwoNode {
@@ -379,6 +642,24 @@ impl Sim {
     }
 
     fn check(&mut self) -> Result<(), String> {
+        if self.groups {
+            for (g, name) in GROUPS.iter().enumerate() {
+                let active: Vec<usize> = (0..self.nodes.len())
+                    .filter(|&i| self.nodes[i].frozen_until.is_none())
+                    .filter(|&i| self.nodes[i].alive[g].iter().any(|a| *a))
+                    .collect();
+                if active.len() > 1 {
+                    return Err(format!(
+                        "dual-active: group {name} runs on {}",
+                        active
+                            .iter()
+                            .map(|i| format!("n{}", i + 1))
+                            .collect::<Vec<_>>()
+                            .join(" and ")
+                    ));
+                }
+            }
+        }
         for i in 0..self.nodes.len() {
             let Some(m) = &self.nodes[i].member else {
                 continue;
@@ -420,7 +701,9 @@ impl Sim {
                 }
             }
             let view = m.view();
-            if view.quorate {
+            // A frozen member's claims are stale; it acts on none of them
+            // before it runs again (and then looks afresh).
+            if view.quorate && self.nodes[i].frozen_until.is_none() {
                 self.check_quorum_truth(i, m)?;
             }
         }
@@ -465,9 +748,21 @@ impl Sim {
 
     fn inject_fault(&mut self) {
         let n = self.nodes.len();
-        let which = self.rng.gen_range(0..10);
+        let which = self.rng.gen_range(0..if self.groups { 12 } else { 10 });
         let node = self.rng.gen_range(0..n);
         match which {
+            10 => {
+                if self.shape != Shape::TwoNode {
+                    let down = [5, 50, 400, 2_000][self.rng.gen_range(0..4)];
+                    self.kill_agent(node, down);
+                }
+            }
+            11 => {
+                if self.shape != Shape::TwoNode {
+                    let ms = self.rng.gen_range(100..3_000);
+                    self.freeze(node, ms);
+                }
+            }
             0 | 1 => {
                 // Two-node crashes go through fencing; plain crashes elsewhere.
                 if self.shape != Shape::TwoNode || self.rng.gen_bool(0.3) {
@@ -513,6 +808,34 @@ impl Sim {
     }
 
     fn propose(&mut self) {
+        if self.groups {
+            if self.rng.gen_range(0..5) != 0 {
+                return;
+            }
+            let i = self.rng.gen_range(0..self.nodes.len());
+            let group = GROUPS[self.rng.gen_range(0..GROUPS.len())].to_string();
+            let hosts = self.groups_spec().hosts;
+            let node = hosts[self.rng.gen_range(0..hosts.len())].clone();
+            let req = match self.rng.gen_range(0..4) {
+                0 => Request::Move {
+                    group,
+                    node: Some(node),
+                },
+                1 => Request::Move { group, node: None },
+                2 => Request::Failover { group },
+                _ => Request::Cleanup { group },
+            };
+            let local = self.local(i);
+            if self.nodes[i].frozen_until.is_none() && self.nodes[i].member.is_some() {
+                self.log(|| format!("n{} operator request {req:?}", i + 1));
+                if let Some(m) = self.nodes[i].member.as_mut() {
+                    m.request(local, req);
+                    self.proposals += 1;
+                    self.flush(i);
+                }
+            }
+            return;
+        }
         for i in 0..self.nodes.len() {
             let local = self.local(i);
             let group = format!("g{}", self.rng.gen_range(0..5));
@@ -600,6 +923,24 @@ impl Sim {
                 return Err("records differ after convergence".into());
             }
         }
+        if self.groups {
+            for (g, name) in GROUPS.iter().enumerate() {
+                let placed = first
+                    .record()
+                    .placements
+                    .get(*name)
+                    .and_then(|p| p.node.clone())
+                    .ok_or(format!("group {name} placed nowhere"))?;
+                let running: Vec<usize> = (0..n)
+                    .filter(|&i| self.nodes[i].alive[g].iter().all(|a| *a))
+                    .collect();
+                if running.len() != 1 || format!("n{}", running[0] + 1) != placed {
+                    return Err(format!(
+                        "group {name} placed on {placed} but running on {running:?}"
+                    ));
+                }
+            }
+        }
         Ok(())
     }
 
@@ -610,6 +951,9 @@ impl Sim {
         for i in 0..self.nodes.len() {
             if self.nodes[i].member.is_none() {
                 self.nodes[i].restart_at = Some(self.now);
+            }
+            if self.nodes[i].frozen_until.is_some() {
+                self.nodes[i].frozen_until = Some(self.now);
             }
         }
         // Converged at the first check point that passes, within the bound.
@@ -627,14 +971,18 @@ impl Sim {
     }
 }
 
-fn run_seed(seed: u64, trace: bool) -> Result<(Shape, u64, u64), String> {
-    let mut sim = Sim::new(seed, trace);
+fn run_seed_with(seed: u64, trace: bool, groups: bool) -> Result<(Shape, u64, u64), String> {
+    let mut sim = Sim::with(seed, trace, groups);
     let shape = sim.shape;
     let t = sim.run()?;
     Ok((shape, t, sim.proposals))
 }
 
 fn run_range(part: u64, parts: u64) {
+    run_range_with(part, parts, false);
+}
+
+fn run_range_with(part: u64, parts: u64, groups: bool) {
     let base: u64 = std::env::var("TANDEM_SIM_BASE")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -642,19 +990,25 @@ fn run_range(part: u64, parts: u64) {
     let runs: u64 = std::env::var("TANDEM_SIM_RUNS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(DEFAULT_RUNS);
+        .unwrap_or(if groups {
+            DEFAULT_GROUP_RUNS
+        } else {
+            DEFAULT_RUNS
+        });
     let mut worst = 0;
     let mut proposals = 0;
     let mut count = 0;
     for seed in (base..base + runs).filter(|s| s % parts == part) {
-        match run_seed(seed, false) {
+        match run_seed_with(seed, false, groups) {
             Ok((_, t, p)) => {
                 worst = worst.max(t);
                 proposals += p;
                 count += 1;
             }
             Err(e) => panic!(
-                "simulation seed {seed} failed: {e}\nreplay with a trace:\n  TANDEM_SIM_SEED={seed} cargo test -p tandem-core --test simulation replay -- --nocapture"
+                "simulation seed {seed}{} failed: {e}\nreplay with a trace:\n  TANDEM_SIM_SEED={seed}{} cargo test -p tandem-core --test simulation replay -- --nocapture",
+                if groups { " (with groups)" } else { "" },
+                if groups { " TANDEM_SIM_GROUPS=1" } else { "" },
             ),
         }
     }
@@ -683,7 +1037,18 @@ fn seeded_runs_part_4_of_4() {
     run_range(3, 4);
 }
 
-/// Replays one seed with a trace: `TANDEM_SIM_SEED=N`.
+#[test]
+fn seeded_group_runs_part_1_of_2() {
+    run_range_with(0, 2, true);
+}
+
+#[test]
+fn seeded_group_runs_part_2_of_2() {
+    run_range_with(1, 2, true);
+}
+
+/// Replays one seed with a trace: `TANDEM_SIM_SEED=N` (and
+/// `TANDEM_SIM_GROUPS=1` for a run with groups).
 #[test]
 fn replay() {
     let Some(seed) = std::env::var("TANDEM_SIM_SEED")
@@ -693,7 +1058,8 @@ fn replay() {
         println!("set TANDEM_SIM_SEED=N to replay seed N with a trace");
         return;
     };
-    match run_seed(seed, true) {
+    let groups = std::env::var("TANDEM_SIM_GROUPS").is_ok_and(|v| v == "1");
+    match run_seed_with(seed, true, groups) {
         Ok((shape, t, p)) => println!(
             "seed {seed} ({shape:?}) passed: converged {t} ms after healing, {p} proposals"
         ),

@@ -300,6 +300,13 @@ fn groups_spec(cfg: &Config, topo: &Topology) -> Result<GroupsSpec> {
             .filter(|n| *n != WITNESS_NAME)
             .cloned()
             .collect(),
+        host_ids: topo
+            .names
+            .iter()
+            .zip(&topo.ids)
+            .filter(|(n, _)| *n != WITNESS_NAME)
+            .map(|(_, id)| *id)
+            .collect(),
         lease_ms: cfg.timing.deadtime_ms,
     })
 }
