@@ -3,6 +3,7 @@
 //! `docs/BENCHMARKS.md`. Run through `bench/run` (builds release binaries).
 
 mod corosync;
+mod failover;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -57,6 +58,16 @@ enum What {
         /// Corosync's token timeout.
         #[arg(long, default_value_t = 300)]
         token_ms: u64,
+    },
+    /// Crash-to-answer failover of a floating IP: Tandem (default profile)
+    /// and keepalived (VRRPv3, advert_int 0.1 s and 1 s) in the same run.
+    Failover {
+        /// Crashes per contender.
+        #[arg(long, default_value_t = 30)]
+        runs: usize,
+        /// Skip keepalived.
+        #[arg(long)]
+        tandem_only: bool,
     },
     /// CPU and RSS of idle agents.
     Idle {
@@ -312,6 +323,34 @@ fn idle(tandem: PathBuf, nodes: usize, seconds: u64) -> Result<()> {
     Ok(())
 }
 
+fn failover_summary(label: &str, runs: &[failover::Run]) {
+    let gaps: Vec<u64> = runs.iter().map(|r| r.gap_ms.round() as u64).collect();
+    summary(&format!("{label}: crash -> answer from another node"), &gaps);
+    println!(
+        "{label}: dual-active instants over all runs (crash and restore): {}",
+        runs.iter().map(|r| r.dual).sum::<usize>()
+    );
+    println!(
+        "{label}: raw gaps (ms): {}",
+        gaps.iter().map(|g| g.to_string()).collect::<Vec<_>>().join(" ")
+    );
+}
+
+fn failover_all(tandem: &std::path::Path, runs: usize, tandem_only: bool) -> Result<()> {
+    println!("## failover: cut every link of the node holding 10.77.1.100 -> client answered from another node");
+    println!("machine: {}", machine());
+    println!("3 nodes x 2 links (lan, sync); client probes UDP every 5 ms (100 ms timeout); {runs} crashes each; both fail back after restore");
+    let t = failover::tandem(tandem, runs)?;
+    failover_summary("tandem (default profile: heartbeat 50 ms, deadtime 200 ms)", &t);
+    if !tandem_only {
+        for advert in [100, 1000] {
+            let k = failover::keepalived(tandem, runs, advert)?;
+            failover_summary(&format!("keepalived 2.2.7 VRRPv3 advert_int {:.1} s", advert as f64 / 1000.0), &k);
+        }
+    }
+    Ok(())
+}
+
 fn clock_ticks_per_second() -> u64 {
     // Linux has reported 100 ticks per second to user space (USER_HZ) on
     // every architecture for decades; getconf confirms it when present.
@@ -344,6 +383,7 @@ fn main() -> Result<()> {
             busy,
         } => soak(cli.tandem, minutes, loss_pct, busy),
         What::Idle { nodes, seconds } => idle(cli.tandem, nodes, seconds),
+        What::Failover { runs, tandem_only } => failover_all(&cli.tandem, runs, tandem_only),
         What::CorosyncDetect { runs, token_ms } => {
             let rows = corosync::detect(runs, token_ms)?;
             println!(
