@@ -61,37 +61,18 @@ fn measure(log: &ProbeLog, crash_us: u64) -> Run {
     }
 }
 
-fn group_config(tandem: &Path) -> String {
-    format!(
-        r#"
-[[group]]
-name = "web"
-preferred = ["n1", "n2", "n3"]
-failback = "auto"
-
-[[group.resource]]
-name = "service"
-kind = "process"
-command = ["{}", "demo-service", "--port", "8080", "--probe-port", "{PROBE_PORT}"]
-
-[[group.resource]]
-name = "vip"
-kind = "ip"
-address = "10.77.1.100/24"
-"#,
-        tandem.display()
-    )
-}
-
 fn web_on(s: &serde_json::Value) -> Option<String> {
-    let g = s["groups"].as_array()?.iter().find(|g| g["name"] == "web")?;
+    let g = s["groups"]
+        .as_array()?
+        .iter()
+        .find(|g| g["name"] == "web")?;
     (g["state"] == "running").then(|| g["placed_on"].as_str().map(String::from))?
 }
 
 /// Tandem, default profile.
 pub fn tandem(tandem: &Path, runs: usize) -> Result<Vec<Run>> {
     let shape = ClusterShape {
-        extra: group_config(tandem),
+        extra: tandem_testbed::agents::web_group_config(tandem, "auto", 8080, PROBE_PORT),
         ..ClusterShape::nodes(NODES)
     };
     let c = AgentCluster::start(tandem, &shape)?;
@@ -155,7 +136,11 @@ vrrp_instance web {{\n  state BACKUP\n  interface lan\n  virtual_router_id 51\n 
 /// keepalived, VRRPv3 with `advert_int` = `advert_ms`, the probe service
 /// running on every node (keepalived moves only the address).
 pub fn keepalived(tandem: &Path, runs: usize, advert_ms: u64) -> Result<Vec<Run>> {
-    if std::process::Command::new("keepalived").arg("--version").output().is_err() {
+    if std::process::Command::new("keepalived")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
         bail!("keepalived is not installed: apt-get install -y keepalived");
     }
     let bed = Testbed::new(TestbedSpec {
@@ -204,7 +189,7 @@ pub fn keepalived(tandem: &Path, runs: usize, advert_ms: u64) -> Result<Vec<Run>
     let target = SocketAddr::new(bed.vip("lan").into(), PROBE_PORT);
     // Master down detection is 3 advertisements plus skew; settling after a
     // restore is a few more (preemption, gratuitous ARPs).
-    let settle = Duration::from_millis((advert_ms * 40).max(2_000));
+    let settle = Duration::from_millis((advert_ms * 8).max(2_000));
     std::thread::sleep(settle);
     let mut out = Vec::new();
     for run in 1..=runs {
@@ -218,7 +203,7 @@ pub fn keepalived(tandem: &Path, runs: usize, advert_ms: u64) -> Result<Vec<Run>
         std::thread::sleep(Duration::from_millis(300 + (run as u64 * 17) % 50));
         bed.cut_node(1)?;
         let crash = unix_ms();
-        std::thread::sleep(Duration::from_millis((advert_ms * 10).max(1_000)));
+        std::thread::sleep(Duration::from_millis((advert_ms * 6).max(1_000)));
         bed.restore_node(1)?;
         std::thread::sleep(settle);
         let log = prober.stop()?;
@@ -228,7 +213,10 @@ pub fn keepalived(tandem: &Path, runs: usize, advert_ms: u64) -> Result<Vec<Run>
             r.gap_ms, r.dual, r.from_to.0, r.from_to.1
         );
         if r.from_to.0 != "n1" {
-            bail!("run {run}: n1 was not master before the crash ({:?})", r.from_to);
+            bail!(
+                "run {run}: n1 was not master before the crash ({:?})",
+                r.from_to
+            );
         }
         out.push(r);
     }

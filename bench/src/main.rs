@@ -325,14 +325,20 @@ fn idle(tandem: PathBuf, nodes: usize, seconds: u64) -> Result<()> {
 
 fn failover_summary(label: &str, runs: &[failover::Run]) {
     let gaps: Vec<u64> = runs.iter().map(|r| r.gap_ms.round() as u64).collect();
-    summary(&format!("{label}: crash -> answer from another node"), &gaps);
+    summary(
+        &format!("{label}: crash -> answer from another node"),
+        &gaps,
+    );
     println!(
         "{label}: dual-active instants over all runs (crash and restore): {}",
         runs.iter().map(|r| r.dual).sum::<usize>()
     );
     println!(
         "{label}: raw gaps (ms): {}",
-        gaps.iter().map(|g| g.to_string()).collect::<Vec<_>>().join(" ")
+        gaps.iter()
+            .map(|g| g.to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
     );
 }
 
@@ -341,11 +347,20 @@ fn failover_all(tandem: &std::path::Path, runs: usize, tandem_only: bool) -> Res
     println!("machine: {}", machine());
     println!("3 nodes x 2 links (lan, sync); client probes UDP every 5 ms (100 ms timeout); {runs} crashes each; both fail back after restore");
     let t = failover::tandem(tandem, runs)?;
-    failover_summary("tandem (default profile: heartbeat 50 ms, deadtime 200 ms)", &t);
+    failover_summary(
+        "tandem (default profile: heartbeat 50 ms, deadtime 200 ms)",
+        &t,
+    );
     if !tandem_only {
         for advert in [100, 1000] {
             let k = failover::keepalived(tandem, runs, advert)?;
-            failover_summary(&format!("keepalived 2.2.7 VRRPv3 advert_int {:.1} s", advert as f64 / 1000.0), &k);
+            failover_summary(
+                &format!(
+                    "keepalived 2.2.7 VRRPv3 advert_int {:.1} s",
+                    advert as f64 / 1000.0
+                ),
+                &k,
+            );
         }
     }
     Ok(())

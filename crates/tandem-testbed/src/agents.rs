@@ -4,7 +4,7 @@
 //! `tandem demo`.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -205,6 +205,47 @@ impl AgentCluster {
             self.logs()
         )
     }
+}
+
+/// A node ping monitor of the client (10.77.1.250) over `lan`: 200 ms
+/// interval and timeout, 3 failures.
+pub fn ping_monitor_config() -> String {
+    r#"
+[[monitor]]
+name = "gateway"
+kind = "ping"
+link = "lan"
+targets = ["10.77.1.250"]
+interval_ms = 200
+timeout_ms = 200
+failures = 3
+"#
+    .to_string()
+}
+
+/// Group `web`: `tandem demo-service` (HTTP on `http_port`, the probe
+/// responder on `probe_port`) then the floating IP 10.77.1.100/24, preferred
+/// on n1, n2, n3 in order, with the given failback (`auto`, `manual`).
+pub fn web_group_config(tandem: &Path, failback: &str, http_port: u16, probe_port: u16) -> String {
+    format!(
+        r#"
+[[group]]
+name = "web"
+preferred = ["n1", "n2", "n3"]
+failback = "{failback}"
+
+[[group.resource]]
+name = "service"
+kind = "process"
+command = ["{}", "demo-service", "--port", "{http_port}", "--probe-port", "{probe_port}"]
+
+[[group.resource]]
+name = "vip"
+kind = "ip"
+address = "10.77.1.100/24"
+"#,
+        tandem.display()
+    )
 }
 
 /// The status entry of peer `name`.

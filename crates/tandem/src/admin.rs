@@ -26,7 +26,8 @@ fn socket(a: &AdminArgs) -> PathBuf {
         .unwrap_or_else(|| DEFAULT_CONTROL_SOCKET.into())
 }
 
-fn ask(socket: &Path, line: &[u8]) -> Result<Vec<u8>> {
+/// Sends one request line to the agent at `socket` and reads its answer.
+pub fn ask(socket: &Path, line: &[u8]) -> Result<Vec<u8>> {
     let mut s = std::os::unix::net::UnixStream::connect(socket).with_context(|| {
         format!(
             "connecting to the agent at {} (is `tandem agent` running, and are you root?)",

@@ -1158,18 +1158,7 @@ async fn serve_control(mut stream: tokio::net::UnixStream, to_loop: mpsc::Sender
 
 /// `tandem status`: asks the agent behind `socket` and prints its answer.
 pub fn query_status(socket: &Path, json: bool) -> Result<()> {
-    let mut s = std::os::unix::net::UnixStream::connect(socket).with_context(|| {
-        format!(
-            "connecting to the agent at {} (is `tandem agent` running, and are you root?)",
-            socket.display()
-        )
-    })?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.write_all(b"status\n")?;
-    let mut buf = Vec::new();
-    s.take(16 << 20)
-        .read_to_end(&mut buf)
-        .context("reading the agent's answer")?;
+    let buf = crate::admin::ask(socket, b"status")?;
     if json {
         println!("{}", String::from_utf8_lossy(&buf));
         return Ok(());

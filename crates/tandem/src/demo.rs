@@ -8,7 +8,7 @@
 //! tears everything down.
 
 use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::{SocketAddr, TcpListener};
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -32,27 +32,11 @@ fn unix_ms() -> u64 {
 }
 
 /// The demo service: HTTP GET on `port` -> `served by NAME`; on
-/// `probe_port`, the testbed's probe protocol (UDP `tprobe N` -> `NAME N`,
+/// `probe_port`, the testbed's probe responder (UDP `tprobe N` -> `NAME N`,
 /// a TCP connection -> `NAME` line). Runs until killed.
 pub fn serve(name: &str, port: u16, probe_port: u16) -> Result<()> {
-    if name.is_empty() || name.contains(char::is_whitespace) || name.len() > 64 {
-        bail!("the name must be 1 to 64 characters without spaces");
-    }
-    let udp = UdpSocket::bind(("0.0.0.0", probe_port))
-        .with_context(|| format!("binding UDP port {probe_port}"))?;
-    let probe_tcp = TcpListener::bind(("0.0.0.0", probe_port))
-        .with_context(|| format!("binding TCP port {probe_port}"))?;
     let tcp =
         TcpListener::bind(("0.0.0.0", port)).with_context(|| format!("binding TCP port {port}"))?;
-    let line = format!("{name}\n");
-    std::thread::Builder::new()
-        .name("probe-tcp".into())
-        .spawn(move || {
-            for mut s in probe_tcp.incoming().flatten() {
-                let _ = s.write_all(line.as_bytes());
-            }
-        })
-        .context("starting the probe thread")?;
     let body = format!("served by {name}\n");
     std::thread::Builder::new()
         .name("http".into())
@@ -77,14 +61,7 @@ pub fn serve(name: &str, port: u16, probe_port: u16) -> Result<()> {
             }
         })
         .context("starting the HTTP thread")?;
-    let mut buf = [0u8; 128];
-    loop {
-        let (n, peer) = udp.recv_from(&mut buf).context("receiving a probe")?;
-        let text = String::from_utf8_lossy(&buf[..n]);
-        if let Some(seq) = text.strip_prefix("tprobe ") {
-            let _ = udp.send_to(format!("{name} {}", seq.trim()).as_bytes(), peer);
-        }
-    }
+    tandem_testbed::responder::serve(name, probe_port)
 }
 
 fn group_on(s: &Value) -> Option<(String, String)> {
@@ -157,43 +134,47 @@ fn measure(log: &tandem_testbed::prober::ProbeLog) -> (f64, usize, usize) {
     (k.max_gap_ms(), k.dual_active.len(), k.probes)
 }
 
+/// Installs the Debian packages the demo needs (`ip`, `ping`) if missing.
+fn ensure_tools() -> Result<()> {
+    let missing: Vec<&str> = [("ip", "iproute2"), ("ping", "iputils-ping")]
+        .into_iter()
+        .filter(|(cmd, _)| {
+            std::process::Command::new(cmd)
+                .arg("-V")
+                .output()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+        })
+        .map(|(_, pkg)| pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    println!("== installing {} (apt-get)", missing.join(" "));
+    let ok = std::process::Command::new("apt-get")
+        .args(["install", "-y", "-qq"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .context("running apt-get")?
+        .success();
+    if !ok {
+        bail!(
+            "apt-get could not install {}; install them and run the demo again",
+            missing.join(" ")
+        );
+    }
+    Ok(())
+}
+
 /// Runs the demo.
 pub fn run(fast: bool) -> Result<ExitCode> {
     if !tandem_testbed::is_root() {
         bail!("tandem demo builds network namespaces and needs root: run `sudo tandem demo` (or the README's cargo command as root)");
     }
+    ensure_tools()?;
     let exe = std::env::current_exe().context("finding this program")?;
-    let service = format!(
-        "[\"{}\", \"demo-service\", \"--port\", \"{PORT}\", \"--probe-port\", \"{PROBE_PORT}\"]",
-        exe.display()
-    );
-    let extra = format!(
-        r#"
-[[monitor]]
-name = "gateway"
-kind = "ping"
-link = "lan"
-targets = ["10.77.1.250"]
-interval_ms = 200
-timeout_ms = 200
-failures = 3
-
-[[group]]
-name = "web"
-preferred = ["n1", "n2", "n3"]
-failback = "auto"
-
-[[group.resource]]
-name = "service"
-kind = "process"
-command = {service}
-
-[[group.resource]]
-name = "vip"
-kind = "ip"
-address = "10.77.1.100/24"
-"#
-    );
+    let mut extra = tandem_testbed::agents::ping_monitor_config();
+    extra += &tandem_testbed::agents::web_group_config(&exe, "auto", PORT, PROBE_PORT);
     println!("== tandem demo: 3 nodes, links lan + sync, group web = HTTP service + floating IP 10.77.1.100");
     let shape = ClusterShape {
         extra,

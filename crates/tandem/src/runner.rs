@@ -68,6 +68,10 @@ struct GroupMonitor {
     timeout_ms: u64,
     threshold: u32,
     on_fail: OnFail,
+    /// Restarts in place before the group moves (`restarts`).
+    restarts: u32,
+    /// Restarts done here since the group last came to this node.
+    restarts_done: u32,
     consecutive: u32,
     next_ms: u64,
     busy: bool,
@@ -210,6 +214,8 @@ impl Runner {
                         .on_fail
                         .as_ref()
                         .map_or(OnFail::Restart, |v| *v.get_ref()),
+                    restarts: raw.restarts.as_ref().map_or(2, |v| *v.get_ref()),
+                    restarts_done: 0,
                     consecutive: 0,
                     next_ms: 0,
                     busy: false,
@@ -622,16 +628,21 @@ impl Runner {
         let (g, name, on_fail) = (m.group, m.name.clone(), m.on_fail);
         let reason = format!("monitor {name}: {why}");
         let group = self.names[g].clone();
+        let m = &mut self.group_monitors[index];
+        let restart = on_fail == OnFail::Restart && m.restarts_done < m.restarts;
+        if restart {
+            m.restarts_done += 1;
+        }
         match on_fail {
             OnFail::Ignore => log.push(format!("group {group}: {reason} (on_fail = ignore)")),
-            OnFail::Restart => {
+            OnFail::Restart if restart => {
                 let last = self.resources[g].len().saturating_sub(1);
                 let r = self.group_monitors[index].resource.unwrap_or(last);
                 self.groups.on_monitor_failure(now_ms, g, r, reason);
             }
-            OnFail::Move | OnFail::Fence => {
-                // Fencing arrives with the fencing work; until then a
-                // fence on-fail moves the group like `move`.
+            // Out of restarts here, `move`, or `fence` (fencing arrives
+            // with the fencing work; until then it moves like `move`).
+            OnFail::Restart | OnFail::Move | OnFail::Fence => {
                 self.note_failure(&group, &reason, log);
                 member.request(
                     now_ms,
@@ -669,12 +680,17 @@ impl Runner {
         }
         for i in 0..self.group_monitors.len() {
             let m = &self.group_monitors[i];
-            let running = self.groups.state(m.group).0 == GroupState::Running;
+            let group = m.group;
+            let running = self.groups.state(group).0 == GroupState::Running;
             if m.busy || now_ms < m.next_ms {
                 continue;
             }
             if !running {
                 self.group_monitors[i].consecutive = 0;
+                if self.groups.want(group) != Want::Run {
+                    // The group left: a later return starts afresh.
+                    self.group_monitors[i].restarts_done = 0;
+                }
                 continue;
             }
             let Some(check) = m.check.clone() else {
@@ -683,17 +699,7 @@ impl Runner {
             };
             let timeout = Duration::from_millis(m.timeout_ms);
             self.group_monitors[i].busy = true;
-            let tx = self.tx.clone();
-            tokio::task::spawn_local(async move {
-                let result = monitor::check(&check, timeout).await;
-                let _ = tx
-                    .send(Done::Monitor {
-                        index: i,
-                        node: false,
-                        result,
-                    })
-                    .await;
-            });
+            self.spawn_check(i, false, check, timeout);
         }
         for i in 0..self.node_monitors.len() {
             let m = &self.node_monitors[i];
@@ -702,18 +708,23 @@ impl Runner {
             }
             let (check, timeout) = (m.check.clone(), Duration::from_millis(m.timeout_ms));
             self.node_monitors[i].busy = true;
-            let tx = self.tx.clone();
-            tokio::task::spawn_local(async move {
-                let result = monitor::check(&check, timeout).await;
-                let _ = tx
-                    .send(Done::Monitor {
-                        index: i,
-                        node: true,
-                        result,
-                    })
-                    .await;
-            });
+            self.spawn_check(i, true, check, timeout);
         }
+    }
+
+    /// Runs one monitor check as a task; its result comes back as `Done`.
+    fn spawn_check(&self, index: usize, node: bool, check: Check, timeout: Duration) {
+        let tx = self.tx.clone();
+        tokio::task::spawn_local(async move {
+            let result = monitor::check(&check, timeout).await;
+            let _ = tx
+                .send(Done::Monitor {
+                    index,
+                    node,
+                    result,
+                })
+                .await;
+        });
     }
 
     fn check_resources(&mut self, now_ms: u64, log: &mut Vec<String>) {

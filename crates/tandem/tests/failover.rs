@@ -17,11 +17,12 @@
 )]
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
-use tandem_testbed::agents::{all_online, AgentCluster, ClusterShape};
+use tandem_testbed::agents::{self, all_online, AgentCluster, ClusterShape};
 use tandem_testbed::checker::{analyze, CheckOptions};
 use tandem_testbed::prober::{ProbeSpec, Prober};
 use tandem_testbed::require_root;
@@ -44,36 +45,6 @@ fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
-}
-
-fn group_config(failback: &str) -> String {
-    format!(
-        r#"
-[[monitor]]
-name = "gateway"
-kind = "ping"
-link = "lan"
-targets = ["10.77.1.250"]
-interval_ms = 200
-timeout_ms = 200
-failures = 3
-
-[[group]]
-name = "web"
-preferred = ["n1", "n2", "n3"]
-failback = "{failback}"
-
-[[group.resource]]
-name = "service"
-kind = "process"
-command = ["{TANDEM}", "demo-service", "--port", "8080", "--probe-port", "7000"]
-
-[[group.resource]]
-name = "vip"
-kind = "ip"
-address = "10.77.1.100/24"
-"#
-    )
 }
 
 struct Fx {
@@ -109,7 +80,8 @@ fn event_at(s: &Value, text: &str, since: u64) -> Option<u64> {
 impl Fx {
     fn start(name: &'static str) -> Fx {
         let shape = ClusterShape {
-            extra: group_config("manual"),
+            extra: agents::ping_monitor_config()
+                + &agents::web_group_config(Path::new(TANDEM), "manual", 8080, 7000),
             ..ClusterShape::nodes(NODES)
         };
         let c = AgentCluster::start(TANDEM, &shape).unwrap();

@@ -1030,6 +1030,29 @@ fn check_group(
             );
         }
     }
+    // Valid configuration, but the agent of this version cannot run it:
+    // say so here rather than let `tandem agent` be the first to tell.
+    if let Some(cl) = g.clone.as_ref().filter(|c| *c.get_ref()) {
+        c.warn(
+            span(cl),
+            format!("clone groups are not run by this version's agent: `tandem agent` refuses this configuration (group `{gname}`)"),
+            "remove `clone = true` to run the group on one node at a time",
+        );
+    }
+    if let Some(other) = &g.colocate_with {
+        c.warn(
+            span(other),
+            format!("`colocate_with` is not run by this version's agent: `tandem agent` refuses this configuration (group `{gname}`)"),
+            "put the resources in one group instead",
+        );
+    }
+    for r in g.resources.iter().filter(|r| r.kind.get_ref() == "volume") {
+        c.warn(
+            span(&r.kind),
+            format!("`volume` resources are not run by this version's agent (replicated volumes are not implemented yet): `tandem agent` refuses this configuration (group `{gname}`)"),
+            "remove the resource, or manage the volume with an `exec` resource for now",
+        );
+    }
     c.positive("failure_expiry_ms", &g.failure_expiry_ms);
     if g.resources.is_empty() {
         c.error(
