@@ -1035,29 +1035,28 @@ impl Member {
                 on: *on,
             }],
             Request::Cleanup { group } => {
-                let mut cmds: Vec<Command> = record
+                // Every node with a count or a recorded failure.
+                let nodes: BTreeSet<&String> = record
                     .fail_counts
                     .get(group)
-                    .map(|m| {
-                        m.keys()
-                            .map(|n| Command::FailCount {
-                                group: group.clone(),
-                                node: n.clone(),
-                                count: 0,
-                            })
-                            .collect()
+                    .into_iter()
+                    .flat_map(|m| m.keys())
+                    .chain(
+                        record
+                            .failures
+                            .get(group)
+                            .into_iter()
+                            .flat_map(|m| m.keys()),
+                    )
+                    .collect();
+                nodes
+                    .into_iter()
+                    .map(|n| Command::FailCount {
+                        group: group.clone(),
+                        node: n.clone(),
+                        count: 0,
                     })
-                    .unwrap_or_default();
-                if record.failures.contains_key(group) && cmds.is_empty() {
-                    for n in record.failures[group].keys() {
-                        cmds.push(Command::FailCount {
-                            group: group.clone(),
-                            node: n.clone(),
-                            count: 0,
-                        });
-                    }
-                }
-                cmds
+                    .collect()
             }
             Request::Failed {
                 group,

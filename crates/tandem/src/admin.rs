@@ -185,6 +185,24 @@ pub fn failover(a: &AdminArgs, name: Option<&str>) -> Result<ExitCode> {
             s.node
         );
     }
+    // Fail fast when nobody could take over (the leader would just wait).
+    let others: Vec<&str> = s
+        .peers
+        .iter()
+        .filter(|p| p.state == "online" && !s.standby.contains(&p.name) && p.name != "witness")
+        .map(|p| p.name.as_str())
+        .collect();
+    if others.is_empty() && !s.standby.contains(&s.node) {
+        let states: Vec<String> = s
+            .peers
+            .iter()
+            .map(|p| format!("{} {}", p.name, p.state))
+            .collect();
+        bail!(
+            "no other node is online to take over ({}); nothing was changed",
+            states.join(", ")
+        );
+    }
     let mut code = ExitCode::SUCCESS;
     for n in names {
         let Some(from) = group(&s, &n).and_then(|g| g.placed_on.clone()) else {

@@ -181,3 +181,31 @@ fn validate_reports_an_unreadable_file_and_continues() {
     );
     assert!(t.contains("hot-standby.toml: ok"), "{t}");
 }
+
+#[test]
+fn admin_commands_without_an_agent_say_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("none.sock");
+    let sock = sock.to_str().unwrap();
+    for args in [
+        vec!["move", "web", "--to", "n2", "--socket", sock],
+        vec!["failover", "web", "--socket", sock],
+        vec!["node", "standby", "n1", "--socket", sock],
+        vec!["maintenance", "on", "--socket", sock],
+        vec!["cleanup", "web", "--socket", sock],
+        vec!["status", "--socket", sock],
+    ] {
+        let o = tandem(&args);
+        assert!(!o.status.success(), "{args:?}");
+        let t = text(&o);
+        assert!(
+            t.contains("is `tandem agent` running") && t.contains(sock),
+            "{args:?}: {t}"
+        );
+    }
+    // `move` needs --to or --clear, not both.
+    assert!(!tandem(&["move", "web"]).status.success());
+    assert!(!tandem(&["move", "web", "--to", "n2", "--clear"])
+        .status
+        .success());
+}
