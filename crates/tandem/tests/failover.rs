@@ -451,3 +451,174 @@ fn restarted_agent_finds_its_group_running_and_keeps_it() {
     );
     fx.report();
 }
+
+fn tandem_cmd(args: &[&str], socket: &Path) -> String {
+    let out = std::process::Command::new(TANDEM)
+        .args(args)
+        .arg("--socket")
+        .arg(socket)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "tandem {args:?}: {text}");
+    text
+}
+
+#[test]
+fn operator_commands_standby_maintenance_failure_and_cleanup() {
+    if !require_root("operator_commands_standby_maintenance_failure_and_cleanup") {
+        return;
+    }
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let fx = Fx::start("operator commands");
+    let old = fx.holder();
+    let sock = fx.c.socket(old);
+
+    // Standby: the group leaves the node, and comes back only by policy.
+    let t = tandem_cmd(&["node", "standby", &format!("n{old}")], &sock);
+    assert!(t.contains("runs no group"), "{t}");
+    let s = fx.c.status(old).unwrap();
+    assert_ne!(running_on(&s), Some(old));
+    assert!(s["standby"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|n| *n == format!("n{old}")));
+    let t = tandem_cmd(&["node", "online", &format!("n{old}")], &sock);
+    assert!(t.contains("may host groups again"), "{t}");
+
+    // A service that dies is found by the resource check, restarted in
+    // place, and the failure shows in status with its reason.
+    let holder = fx.holder();
+    let pidfile =
+        fx.c.config_path()
+            .parent()
+            .unwrap()
+            .join(format!("state-n{holder}/run/web.service.pid"));
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // SAFETY: the service's own process group, started by the agent.
+    unsafe {
+        libc::kill(-pid, libc::SIGKILL);
+    }
+    fx.c.wait(
+        holder,
+        GENEROUS,
+        "failure recorded and service running again",
+        |s| {
+            let g = web(s).unwrap();
+            g["fail_counts"][format!("n{holder}")] == 1 && g["state"] == "running"
+        },
+    )
+    .unwrap();
+    let text = fx.c.status_text(holder).unwrap();
+    assert!(
+        text.contains("failed on n") && text.contains("not running"),
+        "{text}"
+    );
+    let t = tandem_cmd(&["cleanup", "web"], &fx.c.socket(holder));
+    assert!(t.contains("no failures recorded"), "{t}");
+
+    // Maintenance: nothing is restarted any more, and status says so.
+    let t = tandem_cmd(&["maintenance", "on", "web"], &fx.c.socket(holder));
+    assert!(t.contains("unmanaged"), "{t}");
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // SAFETY: as above.
+    unsafe {
+        libc::kill(-pid, libc::SIGKILL);
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let s = fx.c.status(holder).unwrap();
+    assert_eq!(web(&s).unwrap()["maintenance"], true);
+    assert!(
+        event_at(&s, "starting web/service", unix_ms() - 2_000).is_none(),
+        "maintenance must not restart: {}",
+        s["events"]
+    );
+    assert!(fx.c.status_text(holder).unwrap().contains("MAINTENANCE"));
+    let t = tandem_cmd(&["maintenance", "off", "web"], &fx.c.socket(holder));
+    assert!(t.contains("managed again"), "{t}");
+    fx.c.wait(
+        holder,
+        GENEROUS,
+        "web running again after maintenance",
+        |s| running_on(s).is_some(),
+    )
+    .unwrap();
+}
+
+#[test]
+fn address_follows_the_interface_preference_list() {
+    if !require_root("address_follows_the_interface_preference_list") {
+        return;
+    }
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let extra = r#"
+[[group]]
+name = "paths"
+preferred = ["n1"]
+
+[[group.resource]]
+name = "vip"
+kind = "ip"
+address = "10.77.1.100/24"
+interfaces = ["lan", "sync"]
+"#;
+    let shape = ClusterShape {
+        extra: extra.into(),
+        ..ClusterShape::nodes(NODES)
+    };
+    let c = AgentCluster::start(TANDEM, &shape).unwrap();
+    let on = |iface: &str| {
+        let t0 = Instant::now();
+        loop {
+            let a = c
+                .bed
+                .exec(1, "ip", &["-o", "addr", "show", "dev", iface])
+                .unwrap();
+            if a.contains("10.77.1.100") {
+                return t0.elapsed();
+            }
+            assert!(
+                t0.elapsed() < GENEROUS,
+                "10.77.1.100 never on {iface}:\n{}",
+                c.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    on("lan");
+    c.bed.cut_link(1, "lan").unwrap();
+    let moved = on("sync");
+    println!(
+        "address moved to sync {} ms after lan lost carrier",
+        moved.as_millis()
+    );
+    c.bed.restore_link(1, "lan").unwrap();
+    on("lan");
+    let s = c.status(1).unwrap();
+    assert!(
+        s["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["text"].as_str().unwrap().contains("interface preference")),
+        "{}",
+        s["events"]
+    );
+}
