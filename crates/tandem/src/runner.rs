@@ -31,6 +31,9 @@ use crate::resources::{self, IpCheck, Kind, Owner, Resource, ANNOUNCE_AT_MS};
 /// How often running resources are checked (address present and on the
 /// right interface, process alive, script status).
 const RESOURCE_CHECK_MS: u64 = 500;
+/// How often every address held here is announced again, so switches and
+/// neighbours that missed the takeover (or aged their entry) learn it.
+const ANNOUNCE_REFRESH_MS: u64 = 10_000;
 /// Most inline passes of one drive (each pass finishes at least one action).
 const MAX_INLINE_PASSES: usize = 64;
 
@@ -126,6 +129,7 @@ pub struct Runner {
     node_monitors: Vec<NodeMonitor>,
     announce: Vec<(u64, usize, usize)>,
     next_check_ms: u64,
+    next_refresh_ms: u64,
     checking: Vec<Vec<bool>>,
     last_failure: Vec<Option<String>>,
     unix_at_zero_ms: u64,
@@ -266,6 +270,7 @@ impl Runner {
             node_monitors,
             announce: Vec::new(),
             next_check_ms: RESOURCE_CHECK_MS,
+            next_refresh_ms: ANNOUNCE_REFRESH_MS,
             unix_at_zero_ms,
             lease_held: None,
             shutting_down: false,
@@ -303,8 +308,9 @@ impl Runner {
     pub fn next_deadline(&self) -> Option<u64> {
         let mut d = self.groups.next_deadline();
         let mut consider = |t: u64| d = Some(d.map_or(t, |x: u64| x.min(t)));
-        if !self.resources.is_empty() {
+        if self.has_resources() {
             consider(self.next_check_ms);
+            consider(self.next_refresh_ms);
         }
         for (t, _, _) in &self.announce {
             consider(*t);
@@ -677,6 +683,16 @@ impl Runner {
         if now_ms >= self.next_check_ms {
             self.next_check_ms = now_ms + RESOURCE_CHECK_MS;
             self.check_resources(now_ms, log);
+        }
+        if now_ms >= self.next_refresh_ms {
+            self.next_refresh_ms = now_ms + ANNOUNCE_REFRESH_MS;
+            for g in 0..self.groups.len() {
+                for (r, state) in self.resources[g].iter().zip(self.groups.resources(g)) {
+                    if let (Kind::Ip(ip), ResourceState::Running) = (&r.kind, state) {
+                        resources::ip_announce(ip);
+                    }
+                }
+            }
         }
         for i in 0..self.group_monitors.len() {
             let m = &self.group_monitors[i];

@@ -622,3 +622,31 @@ interfaces = ["lan", "sync"]
         s["events"]
     );
 }
+
+/// The README's main command, end to end.
+#[test]
+fn demo_fails_over_and_back() {
+    if !require_root("demo_fails_over_and_back") {
+        return;
+    }
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let out = std::process::Command::new(TANDEM)
+        .args(["demo", "--fast"])
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    for want in [
+        "-> served by n1",
+        "0 dual-active instants (",
+        "web back on n1",
+        "done; tearing the testbed down",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in:\n{text}");
+    }
+    assert!(
+        text.contains("-> served by n2") || text.contains("-> served by n3"),
+        "{text}"
+    );
+}
