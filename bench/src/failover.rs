@@ -30,6 +30,8 @@ pub struct Run {
     pub dual: usize,
     /// Who answered before and after.
     pub from_to: (String, String),
+    /// Each dual-active instant in words (kind, reason, when, who).
+    pub dual_detail: Vec<String>,
 }
 
 fn measure(log: &ProbeLog, crash_us: u64) -> Run {
@@ -58,6 +60,20 @@ fn measure(log: &ProbeLog, crash_us: u64) -> Run {
         gap_ms: gap,
         dual: report.dual_active().count(),
         from_to: (before, after),
+        dual_detail: report
+            .dual_active()
+            .map(|d| {
+                format!(
+                    "{:?} {:?} {}..{} ms after the cut: {} and {}",
+                    d.kind,
+                    d.reason,
+                    (d.from_us as i64 - crash_us as i64) / 1000,
+                    (d.to_us as i64 - crash_us as i64) / 1000,
+                    d.nodes.0,
+                    d.nodes.1
+                )
+            })
+            .collect(),
     }
 }
 
@@ -69,8 +85,9 @@ fn web_on(s: &serde_json::Value) -> Option<String> {
     (g["state"] == "running").then(|| g["placed_on"].as_str().map(String::from))?
 }
 
-/// Tandem, default profile.
-pub fn tandem(tandem: &Path, runs: usize) -> Result<Vec<Run>> {
+/// Tandem, default profile. The crashed node is restored `restore_ms`
+/// after the group answers elsewhere.
+pub fn tandem(tandem: &Path, runs: usize, restore_ms: u64) -> Result<Vec<Run>> {
     let shape = ClusterShape {
         extra: tandem_testbed::agents::web_group_config(tandem, "auto", 8080, PROBE_PORT),
         ..ClusterShape::nodes(NODES)
@@ -101,13 +118,13 @@ pub fn tandem(tandem: &Path, runs: usize) -> Result<Vec<Run>> {
         c.wait(2, Duration::from_secs(30), "web running elsewhere", |s| {
             web_on(s).is_some_and(|n| n != "n1")
         })?;
-        std::thread::sleep(Duration::from_millis(300));
+        std::thread::sleep(Duration::from_millis(restore_ms));
         c.bed.restore_node(1)?;
         settle(&c)?;
         std::thread::sleep(Duration::from_millis(500));
         let log = prober.stop()?;
         let r = measure(&log, on_log(&log, crash));
-        eprintln!("tandem run {run}: gap {:.0} ms, dual {}", r.gap_ms, r.dual);
+        eprintln!("tandem run {run}: gap {:.0} ms, dual {} {:?}", r.gap_ms, r.dual, r.dual_detail);
         out.push(r);
     }
     Ok(out)
@@ -209,8 +226,8 @@ pub fn keepalived(tandem: &Path, runs: usize, advert_ms: u64) -> Result<Vec<Run>
         let log = prober.stop()?;
         let r = measure(&log, on_log(&log, crash));
         eprintln!(
-            "keepalived({advert_ms} ms) run {run}: gap {:.0} ms, dual {} ({} -> {})",
-            r.gap_ms, r.dual, r.from_to.0, r.from_to.1
+            "keepalived({advert_ms} ms) run {run}: gap {:.0} ms, dual {} ({} -> {}) {:?}",
+            r.gap_ms, r.dual, r.from_to.0, r.from_to.1, r.dual_detail
         );
         if r.from_to.0 != "n1" {
             bail!(

@@ -68,6 +68,12 @@ enum What {
         /// Skip keepalived.
         #[arg(long)]
         tandem_only: bool,
+        /// Restore Tandem's crashed node this long after the group answers
+        /// elsewhere. The checker reads a return to an earlier responder
+        /// within 1 s as dual-active (A, B, A), so a failback sooner than
+        /// that would be flagged whether or not two nodes ever answered.
+        #[arg(long, default_value_t = 1_500)]
+        restore_ms: u64,
     },
     /// CPU and RSS of idle agents.
     Idle {
@@ -333,6 +339,9 @@ fn failover_summary(label: &str, runs: &[failover::Run]) {
         "{label}: dual-active instants over all runs (crash and restore): {}",
         runs.iter().map(|r| r.dual).sum::<usize>()
     );
+    for (i, r) in runs.iter().enumerate().filter(|(_, r)| r.dual > 0) {
+        println!("{label}: run {}: {}", i + 1, r.dual_detail.join("; "));
+    }
     println!(
         "{label}: raw gaps (ms): {}",
         gaps.iter()
@@ -342,11 +351,16 @@ fn failover_summary(label: &str, runs: &[failover::Run]) {
     );
 }
 
-fn failover_all(tandem: &std::path::Path, runs: usize, tandem_only: bool) -> Result<()> {
+fn failover_all(
+    tandem: &std::path::Path,
+    runs: usize,
+    tandem_only: bool,
+    restore_ms: u64,
+) -> Result<()> {
     println!("## failover: cut every link of the node holding 10.77.1.100 -> client answered from another node");
     println!("machine: {}", machine());
     println!("3 nodes x 2 links (lan, sync); client probes UDP every 5 ms (100 ms timeout); {runs} crashes each; both fail back after restore");
-    let t = failover::tandem(tandem, runs)?;
+    let t = failover::tandem(tandem, runs, restore_ms)?;
     failover_summary(
         "tandem (default profile: heartbeat 50 ms, deadtime 200 ms)",
         &t,
@@ -398,7 +412,11 @@ fn main() -> Result<()> {
             busy,
         } => soak(cli.tandem, minutes, loss_pct, busy),
         What::Idle { nodes, seconds } => idle(cli.tandem, nodes, seconds),
-        What::Failover { runs, tandem_only } => failover_all(&cli.tandem, runs, tandem_only),
+        What::Failover {
+            runs,
+            tandem_only,
+            restore_ms,
+        } => failover_all(&cli.tandem, runs, tandem_only, restore_ms),
         What::CorosyncDetect { runs, token_ms } => {
             let rows = corosync::detect(runs, token_ms)?;
             println!(
