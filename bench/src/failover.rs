@@ -124,7 +124,10 @@ pub fn tandem(tandem: &Path, runs: usize, restore_ms: u64) -> Result<Vec<Run>> {
         std::thread::sleep(Duration::from_millis(500));
         let log = prober.stop()?;
         let r = measure(&log, on_log(&log, crash));
-        eprintln!("tandem run {run}: gap {:.0} ms, dual {} {:?}", r.gap_ms, r.dual, r.dual_detail);
+        eprintln!(
+            "tandem run {run}: gap {:.0} ms, dual {} {:?}",
+            r.gap_ms, r.dual, r.dual_detail
+        );
         out.push(r);
     }
     Ok(out)

@@ -156,8 +156,6 @@ pub struct Report {
     /// Sender's last log index (a grant counts once the recipient has
     /// applied this far).
     pub log_index: u64,
-    /// Sender's commit index.
-    pub commit: u64,
     /// Groups on the sender.
     pub groups: Vec<GroupReport>,
     /// Links whose ping monitor fails on the sender.
@@ -805,7 +803,6 @@ impl Member {
                 _ => 0,
             },
             log_index: self.agreement.last_index(),
-            commit: self.agreement.commit_index(),
             groups,
             failed_links: self.failed_links.clone(),
             silent_ms: self
@@ -959,9 +956,20 @@ impl Member {
                 Ok(b) => b,
                 Err(_) => continue,
             };
-            // One link (the first that works both ways) so the leader sees
-            // each request once; the id catches the rest.
-            for link in self.agreement_links(leader).into_iter().take(1) {
+            // Every shared link, so one lossy link does not lose an
+            // operator's command; the leader drops duplicates by id.
+            let links: Vec<usize> = self
+                .spec
+                .peers
+                .iter()
+                .find(|p| p.id == leader)
+                .map(|p| {
+                    (0..self.spec.links)
+                        .filter(|&l| p.links.get(l).copied().unwrap_or(false))
+                        .collect()
+                })
+                .unwrap_or_default();
+            for link in links {
                 if let Err(e) = self.transmit(leader, link, Body::Request(bytes.clone())) {
                     self.out.events.push(MemberEvent::SendFailed {
                         to: leader,
