@@ -89,7 +89,7 @@ fn web_on(s: &serde_json::Value) -> Option<String> {
 /// after the group answers elsewhere.
 pub fn tandem(tandem: &Path, runs: usize, restore_ms: u64) -> Result<Vec<Run>> {
     let shape = ClusterShape {
-        extra: tandem_testbed::agents::web_group_config(tandem, "auto", 8080, PROBE_PORT),
+        extra: tandem_testbed::agents::web_group_config(tandem, "auto", NODES, 8080, PROBE_PORT),
         ..ClusterShape::nodes(NODES)
     };
     let c = AgentCluster::start(tandem, &shape)?;

@@ -225,13 +225,20 @@ failures = 3
 
 /// Group `web`: `tandem demo-service` (HTTP on `http_port`, the probe
 /// responder on `probe_port`) then the floating IP 10.77.1.100/24, preferred
-/// on n1, n2, n3 in order, with the given failback (`auto`, `manual`).
-pub fn web_group_config(tandem: &Path, failback: &str, http_port: u16, probe_port: u16) -> String {
+/// on n1 .. n`nodes` in order, with the given failback (`auto`, `manual`).
+pub fn web_group_config(
+    tandem: &Path,
+    failback: &str,
+    nodes: usize,
+    http_port: u16,
+    probe_port: u16,
+) -> String {
+    let preferred: Vec<String> = (1..=nodes).map(|n| format!("\"n{n}\"")).collect();
     format!(
         r#"
 [[group]]
 name = "web"
-preferred = ["n1", "n2", "n3"]
+preferred = [{}]
 failback = "{failback}"
 
 [[group.resource]]
@@ -244,6 +251,7 @@ name = "vip"
 kind = "ip"
 address = "10.77.1.100/24"
 "#,
+        preferred.join(", "),
         tandem.display()
     )
 }

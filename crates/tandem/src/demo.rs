@@ -174,7 +174,7 @@ pub fn run(fast: bool) -> Result<ExitCode> {
     ensure_tools()?;
     let exe = std::env::current_exe().context("finding this program")?;
     let mut extra = tandem_testbed::agents::ping_monitor_config();
-    extra += &tandem_testbed::agents::web_group_config(&exe, "auto", PORT, PROBE_PORT);
+    extra += &tandem_testbed::agents::web_group_config(&exe, "auto", 3, PORT, PROBE_PORT);
     println!("== tandem demo: 3 nodes, links lan + sync, group web = HTTP service + floating IP 10.77.1.100");
     let shape = ClusterShape {
         extra,

@@ -81,7 +81,7 @@ impl Fx {
     fn start(name: &'static str) -> Fx {
         let shape = ClusterShape {
             extra: agents::ping_monitor_config()
-                + &agents::web_group_config(Path::new(TANDEM), "manual", 8080, 7000),
+                + &agents::web_group_config(Path::new(TANDEM), "manual", NODES, 8080, 7000),
             ..ClusterShape::nodes(NODES)
         };
         let c = AgentCluster::start(TANDEM, &shape).unwrap();
@@ -649,4 +649,59 @@ fn demo_fails_over_and_back() {
         text.contains("-> served by n2") || text.contains("-> served by n3"),
         "{text}"
     );
+}
+
+/// Two nodes and a witness (the appliance pair): the survivor holds its
+/// lease with the witness's echoes and takes the group over.
+#[test]
+fn two_nodes_and_a_witness_fail_over() {
+    if !require_root("two_nodes_and_a_witness_fail_over") {
+        return;
+    }
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let shape = ClusterShape {
+        witness: true,
+        extra: agents::web_group_config(Path::new(TANDEM), "manual", 2, 8080, 7000),
+        ..ClusterShape::nodes(2)
+    };
+    let c = AgentCluster::start(TANDEM, &shape).unwrap();
+    for n in 1..=2 {
+        c.wait(n, GENEROUS, "online, quorate, web running", |s| {
+            all_online(s) && s["quorum"]["quorate"] == true && running_on(s).is_some()
+        })
+        .unwrap();
+    }
+    let mut gaps = Vec::new();
+    for rep in 0..reps().min(5) {
+        let old = running_on(&c.status(1).unwrap()).unwrap();
+        let other = 3 - old;
+        let target = SocketAddr::new(c.bed.vip("lan").into(), 7000);
+        let prober = Prober::start(&c.bed.client_ns(), ProbeSpec::new(target, 60_000)).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        c.bed.cut_node(old).unwrap();
+        c.wait(other, GENEROUS, "the survivor runs web", |s| {
+            running_on(s) == Some(other)
+        })
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        let log = prober.stop().unwrap();
+        let report = analyze(&log.records, CheckOptions::default());
+        assert_eq!(report.dual_active().count(), 0, "rep {rep}");
+        gaps.push(
+            report
+                .kind(tandem_testbed::checker::ProbeKind::Udp)
+                .max_gap_ms(),
+        );
+        // The cut node has no quorum and ran its group down.
+        let s = c.status(old).unwrap();
+        assert_eq!(s["quorum"]["quorate"], false);
+        c.bed.restore_node(old).unwrap();
+        for n in 1..=2 {
+            c.wait(n, GENEROUS, "both online again", |s| {
+                all_online(s) && s["quorum"]["quorate"] == true
+            })
+            .unwrap();
+        }
+    }
+    println!("two nodes + witness: crash outages (ms) {gaps:?}, 0 dual-active");
 }
