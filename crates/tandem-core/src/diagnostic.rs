@@ -128,6 +128,7 @@ fn render_snippet(out: &mut String, source: &str, span: Range<usize>, line: usiz
         .next()
         .map_or(1, |l| l.chars().count().max(1));
     let width = width.min(text.chars().count().saturating_sub(column - 1).max(1));
+    let text = mask_secrets(text);
     let _ = writeln!(out, "{:gutter$} |", "");
     let _ = writeln!(out, "{line:>gutter$} | {text}");
     let _ = writeln!(
@@ -139,9 +140,70 @@ fn render_snippet(out: &mut String, source: &str, span: Range<usize>, line: usiz
     );
 }
 
+/// Masks the quoted value after any secret-looking key on a source line
+/// (`password = "..."`, inline tables included) with as many `*`, so a
+/// diagnostic never prints a secret and its caret still lines up.
+fn mask_secrets(line: &str) -> String {
+    let mut out: Vec<char> = line.chars().collect();
+    let lower: Vec<char> = line.to_ascii_lowercase().chars().collect();
+    let mut i = 0;
+    while i < lower.len() {
+        // A key: a run of key characters.
+        if lower[i].is_ascii_alphanumeric() || lower[i] == '_' || lower[i] == '-' {
+            let start = i;
+            while i < lower.len()
+                && (lower[i].is_ascii_alphanumeric() || lower[i] == '_' || lower[i] == '-')
+            {
+                i += 1;
+            }
+            let key: String = lower[start..i].iter().collect();
+            let mut j = i;
+            while j < lower.len() && lower[j] == ' ' {
+                j += 1;
+            }
+            if crate::fence::is_secret(&key) && j < lower.len() && lower[j] == '=' {
+                j += 1;
+                while j < lower.len() && lower[j] == ' ' {
+                    j += 1;
+                }
+                if j < lower.len() && (lower[j] == '"' || lower[j] == '\'') {
+                    let quote = lower[j];
+                    j += 1;
+                    while j < lower.len() && lower[j] != quote {
+                        out[j] = '*';
+                        j += 1;
+                    }
+                }
+                i = j;
+            }
+        } else {
+            i += 1;
+        }
+    }
+    out.into_iter().collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn regression_inline_password_printed_in_a_diagnostic_snippet() {
+        // The agent logged its configuration warnings, the source line and
+        // with it the fence device's password.
+        let src = "options = { ip = \"10.0.0.1\", password = \"hunter2\" }\n";
+        let d = Diagnostic::warning(Some(31..39), "an inline password");
+        let text = render("c.toml", src, &[d]);
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(
+            text.contains("password = \"*******\"") && text.contains("10.0.0.1"),
+            "{text}"
+        );
+        assert_eq!(
+            mask_secrets("passwd='x y' other = \"z\""),
+            "passwd='***' other = \"z\""
+        );
+    }
 
     #[test]
     fn line_column_counts_from_one() {

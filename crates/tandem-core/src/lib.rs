@@ -13,6 +13,8 @@
 //! - [`failure_detector`]: per-link and per-node liveness from heartbeats and time.
 //! - [`quorum`]: the quorum rule over the membership view.
 //! - [`agreement`]: the replicated cluster record (a sans-IO Raft engine).
+//! - [`fence`]: the plan for fencing a node through its devices (levels,
+//!   delays, retries) and redaction of secrets.
 //! - [`lease`]: how long a node may run its groups without fresh word, and
 //!   how long the leader waits before starting a silent node's groups.
 //! - [`policy`]: where each group should run (pure placement rules).
@@ -26,6 +28,7 @@ pub mod agreement;
 pub mod config;
 pub mod diagnostic;
 pub mod failure_detector;
+pub mod fence;
 pub mod group;
 pub mod handover;
 pub mod lease;

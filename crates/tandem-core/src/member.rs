@@ -117,6 +117,9 @@ pub struct MemberOutput {
     pub transmit: Vec<Transmit>,
     /// Events to log.
     pub events: Vec<MemberEvent>,
+    /// Leader only: nodes to fence now (the shell runs the devices and
+    /// reports with [`Member::fence_done`]).
+    pub fence: Vec<String>,
 }
 
 /// One group as a node reports it to its peers.
@@ -196,6 +199,11 @@ pub enum Request {
         group: String,
         /// On or off.
         on: bool,
+    },
+    /// `tandem fence NODE`: the leader fences the node through its devices.
+    Fence {
+        /// The node to fence.
+        node: String,
     },
     /// `tandem cleanup`: forget a group's failures everywhere.
     Cleanup {
@@ -926,6 +934,21 @@ impl Member {
         self.view().quorate && self.lease_until(now_ms).is_some_and(|u| now_ms < u)
     }
 
+    /// The shell finished fencing `node` (on this leader): records the
+    /// outcome and every attempt in the agreed record.
+    pub fn fence_done(&mut self, now_ms: u64, node: &str, ok: bool, attempts: Vec<String>) {
+        self.now_ms = now_ms;
+        let cmd = Command::FenceLog {
+            node: node.to_string(),
+            at_unix_ms: self.unix_ms(now_ms),
+            ok,
+            attempts,
+        };
+        // Leadership may have moved meanwhile: the new leader's operator
+        // can fence again; the outcome is in this agent's log either way.
+        let _ = self.agreement.propose(now_ms, cmd);
+    }
+
     /// Sends a request to the leader (handled here when this member leads;
     /// queued while no leader is known, the oldest dropped past a limit).
     pub fn request(&mut self, now_ms: u64, request: Request) {
@@ -996,6 +1019,12 @@ impl Member {
             self.seen_requests.pop_front();
         }
         self.seen_requests.push_back(env.id);
+        if let Request::Fence { node } = &env.request {
+            if !self.out.fence.contains(node) {
+                self.out.fence.push(node.clone());
+            }
+            return;
+        }
         for cmd in self.commands_for(&env.request) {
             // A refused proposal (too many uncommitted) is lost; the
             // operator's command then times out and says so.
@@ -1042,6 +1071,8 @@ impl Member {
                 intent: Intent::Maintenance,
                 on: *on,
             }],
+            // Handled before: the shell runs the devices.
+            Request::Fence { .. } => vec![],
             Request::Cleanup { group } => {
                 // Every node with a count or a recorded failure.
                 let nodes: BTreeSet<&String> = record

@@ -292,3 +292,51 @@ pub fn cleanup(a: &AdminArgs, name: &str) -> Result<ExitCode> {
             .then(|| format!("{name} has no failures recorded ({})", where_is(g)))
     })
 }
+
+/// `tandem fence NODE [--yes]`.
+pub fn fence(a: &AdminArgs, node: &str, yes: bool) -> Result<ExitCode> {
+    use std::io::IsTerminal as _;
+    if !yes {
+        if !std::io::stdin().is_terminal() {
+            bail!("fencing powers {node} off: pass --yes to confirm when not at a terminal");
+        }
+        print!(
+            "Fence {node}? Its fence devices will power it off. Type the node name to confirm: "
+        );
+        std::io::stdout().flush()?;
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer)?;
+        if answer.trim() != node {
+            println!("not fenced");
+            return Ok(ExitCode::FAILURE);
+        }
+    }
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let r = Request::Fence {
+        node: node.to_string(),
+    };
+    let n = node.to_string();
+    let done = move |s: &Status| {
+        let f = s
+            .fences
+            .iter()
+            .rev()
+            .find(|f| f.node == n && f.at_unix_ms >= started)?;
+        let lines = f.attempts.join("\n  ");
+        Some(if f.ok {
+            format!("{n} fenced\n  {lines}")
+        } else {
+            format!("FENCING {n} FAILED\n  {lines}")
+        })
+    };
+    let code = request_and_wait(a, &r, &format!("fence {node}"), done.clone())?;
+    // request_and_wait reports "done" for a failed fence too: say it plainly.
+    if let Ok(s) = status(&socket(a)) {
+        if done(&s).is_some_and(|m| m.starts_with("FENCING")) {
+            return Ok(ExitCode::FAILURE);
+        }
+    }
+    Ok(code)
+}

@@ -45,6 +45,8 @@ const MAX_REQUEST: usize = 4096;
 const DONE_QUEUE: usize = 256;
 /// Control requests waiting for the main loop.
 const CONTROL_QUEUE: usize = 16;
+/// Fencings run at once by this agent (as leader); more wait their turn.
+const MAX_CONCURRENT_FENCES: usize = 4;
 /// Longest a graceful stop waits for the groups here to stop.
 const SHUTDOWN_LIMIT: Duration = Duration::from_secs(120);
 /// Default control socket of an agent.
@@ -467,8 +469,14 @@ pub fn run(cfg: Config, opts: AgentOptions) -> Result<()> {
         }
         Some(r)
     };
+    let (fence_tx, fence_rx) = mpsc::channel::<FenceDone>(MAX_CONCURRENT_FENCES);
     let agent = Agent {
         runner,
+        fence_devices: Rc::new(crate::fence_agent::devices(&cfg)),
+        fencing: Vec::new(),
+        fence_queue: VecDeque::new(),
+        fence_tx,
+        fence_rx,
         done_rx,
         shutting_down: false,
         timing: cfg.timing,
@@ -494,9 +502,19 @@ pub fn run(cfg: Config, opts: AgentOptions) -> Result<()> {
     local.block_on(&rt, agent.run())
 }
 
+/// A finished fencing: node, success, one line per attempt.
+type FenceDone = (String, bool, Vec<String>);
+
 struct Agent {
     /// This node's groups (None on the witness).
     runner: Option<Runner>,
+    /// The configuration's fence devices.
+    fence_devices: Rc<Vec<crate::fence_agent::FenceDevice>>,
+    /// Nodes being fenced now, and those waiting for a slot.
+    fencing: Vec<String>,
+    fence_queue: VecDeque<String>,
+    fence_tx: mpsc::Sender<FenceDone>,
+    fence_rx: mpsc::Receiver<FenceDone>,
     done_rx: mpsc::Receiver<Done>,
     /// SIGTERM seen: stopping the groups here, then leaving.
     shutting_down: bool,
@@ -635,6 +653,17 @@ impl Agent {
                         tokio::task::spawn_local(serve_control(stream, ctl_tx.clone()));
                     }
                 }
+                Some((node, ok, attempts)) = self.fence_rx.recv() => {
+                    let now = self.now_ms();
+                    self.fencing.retain(|n| *n != node);
+                    self.log(format!(
+                        "fencing {node} {}: {}",
+                        if ok { "succeeded" } else { "FAILED" },
+                        attempts.join("; ")
+                    ));
+                    self.member.fence_done(now, &node, ok, attempts);
+                    self.start_fences();
+                }
                 Some((text, reply)) = ctl_rx.recv() => {
                     let answer = self.control_answer(&text);
                     let _ = reply.send(answer);
@@ -650,6 +679,26 @@ impl Agent {
         self.log("stopped (handed over and sent leave to every peer)".into());
         let _ = std::fs::remove_file(&self.control_path);
         Ok(())
+    }
+
+    /// Starts queued fencings while slots are free.
+    fn start_fences(&mut self) {
+        while self.fencing.len() < MAX_CONCURRENT_FENCES {
+            let Some(node) = self.fence_queue.pop_front() else {
+                return;
+            };
+            self.log(format!("fencing {node} (operator request)"));
+            self.fencing.push(node.clone());
+            let (devices, tx, started) = (
+                self.fence_devices.clone(),
+                self.fence_tx.clone(),
+                self.started,
+            );
+            tokio::task::spawn_local(async move {
+                let (ok, attempts) = run_fence(&devices, &node, started).await;
+                let _ = tx.send((node, ok, attempts)).await;
+            });
+        }
     }
 
     fn begin_shutdown(&mut self, deadline: &mut Option<Instant>) {
@@ -741,6 +790,18 @@ impl Agent {
             Request::Failover { group } | Request::Cleanup { group } => group_ok(group),
             Request::Maintenance { group, .. } => group_ok(group),
             Request::Standby { node, .. } => node_ok(node),
+            Request::Fence { node } => {
+                node_ok(node)?;
+                if self
+                    .fence_devices
+                    .iter()
+                    .any(|d| d.plan.hosts.iter().any(|(n, _)| n == node))
+                {
+                    Ok(())
+                } else {
+                    Err(format!("no fence device lists node {node} in its `hosts`; add it to a [[fence_device]]"))
+                }
+            }
             Request::Failed { .. } => Err("failure reports come from agents only".into()),
         }
     }
@@ -751,7 +812,14 @@ impl Agent {
             persist,
             transmit,
             events,
+            fence,
         } = self.member.take_output();
+        for node in fence {
+            if !self.fencing.contains(&node) && !self.fence_queue.contains(&node) {
+                self.fence_queue.push_back(node);
+            }
+        }
+        self.start_fences();
         if let Some(p) = persist {
             // Never send a vote or an entry that is not on disk: stop instead.
             self.state.save(&p).context(
@@ -932,6 +1000,7 @@ impl Agent {
                 .map(Runner::failed_links)
                 .unwrap_or_default(),
             groups: self.groups_status(),
+            fences: record.fence_log.clone(),
             standby: record
                 .intents
                 .iter()
@@ -1020,6 +1089,52 @@ impl Agent {
     }
 }
 
+/// Fences `node` through the configured devices, following the core's
+/// plan (levels, delays, retries). Returns success and one line per attempt.
+async fn run_fence(
+    devices: &[crate::fence_agent::FenceDevice],
+    node: &str,
+    started: Instant,
+) -> (bool, Vec<String>) {
+    use tandem_core::fence::{Plan, Step};
+    let now = || started.elapsed().as_millis() as u64;
+    let plan_devices: Vec<tandem_core::fence::Device> =
+        devices.iter().map(|d| d.plan.clone()).collect();
+    let mut plan = match Plan::new(&plan_devices, node, now()) {
+        Ok(p) => p,
+        Err(e) => return (false, vec![e.to_string()]),
+    };
+    let ok = loop {
+        match plan.next_step() {
+            Step::Done(ok) => break ok,
+            Step::Busy => break false,
+            Step::Run {
+                device,
+                plug,
+                at_ms,
+            } => {
+                let wait = at_ms.saturating_sub(now());
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+                let r = crate::fence_agent::run(&devices[device], "off", Some(&plug), node).await;
+                plan.on_result(now(), r.code == Some(0), r.output);
+            }
+        }
+    };
+    let attempts = plan
+        .history()
+        .iter()
+        .map(|a| {
+            format!(
+                "attempt {} {}: {}",
+                a.attempt,
+                if a.ok { "ok" } else { "failed" },
+                a.output
+            )
+        })
+        .collect();
+    (ok, attempts)
+}
+
 /// A request in words, for the log.
 fn describe_request(r: &Request) -> String {
     match r {
@@ -1036,6 +1151,7 @@ fn describe_request(r: &Request) -> String {
             format!("maintenance {} for {group}", if *on { "on" } else { "off" })
         }
         Request::Cleanup { group } => format!("clean up {group}"),
+        Request::Fence { node } => format!("fence {node}"),
         Request::Failed {
             group,
             node,

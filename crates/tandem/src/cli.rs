@@ -116,6 +116,18 @@ pub enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Fence a node now through its fence devices (power it off), run by
+    /// the leader; the outcome and each device's output go to the fence
+    /// history in `tandem status`. Asks for confirmation unless --yes.
+    Fence {
+        /// The node to fence.
+        node: String,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// A local cluster in network namespaces that fails over, with the
     /// outage measured: 3 nodes, a floating IP and a small HTTP service;
     /// crashes the active node, then restores it (needs root).

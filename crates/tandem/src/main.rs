@@ -6,6 +6,7 @@ mod announce;
 mod cli;
 mod config_cmd;
 mod demo;
+mod fence_agent;
 mod guard;
 mod keyfile;
 mod monitor;
@@ -85,6 +86,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             admin,
         } => admin::maintenance(&admin, group.as_deref(), action == cli::OnOff::On),
         Command::Cleanup { group, admin } => admin::cleanup(&admin, &group),
+        Command::Fence { node, yes, admin } => admin::fence(&admin, &node, yes),
         Command::Demo { fast } => demo::run(fast),
         Command::DemoService {
             port,

@@ -67,7 +67,7 @@ pub async fn check(c: &Check, timeout: Duration) -> Result<(), String> {
                 return Err("empty command".into());
             };
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            match run_bounded(Path::new(program), &args, None, timeout).await? {
+            match run_bounded(Path::new(program), &args, None, None, timeout).await? {
                 (Some(0), _) => Ok(()),
                 (code, text) => Err(format!(
                     "{program} exited {}{}",
@@ -117,6 +117,7 @@ async fn ping(target: IpAddr, source: Option<IpAddr>, timeout: Duration) -> bool
         run_bounded(
             Path::new("ping"),
             &args,
+            None,
             None,
             timeout + Duration::from_millis(500)
         )

@@ -537,18 +537,42 @@ async fn process_stop(p: &ProcessResource, owner: &Owner, limit: Duration) -> Ou
 
 // ---- exec -------------------------------------------------------------------
 
+/// Reads a pipe to its end, keeping the first [`MAX_OUTPUT`] bytes.
+async fn drain(pipe: Option<impl tokio::io::AsyncRead + Unpin>) -> Vec<u8> {
+    let mut kept = Vec::new();
+    let Some(mut pipe) = pipe else {
+        return kept;
+    };
+    let mut buf = [0u8; 1024];
+    loop {
+        match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => return kept,
+            Ok(n) => {
+                let room = MAX_OUTPUT.saturating_sub(kept.len());
+                kept.extend_from_slice(&buf[..n.min(room)]);
+            }
+        }
+    }
+}
+
 /// Runs `program args` in its own process group with the owner's
-/// environment; returns the exit code (None: killed) and the first bytes
-/// of its output. The whole group is killed when `limit` passes.
+/// environment and `input` on stdin; returns the exit code (None: killed)
+/// and the first bytes of its output (stdout, then stderr). The whole group
+/// is killed when `limit` passes.
 pub async fn run_bounded(
     program: &Path,
     args: &[&str],
     owner: Option<&Owner>,
+    input: Option<&[u8]>,
     limit: Duration,
 ) -> Result<(Option<i32>, String), String> {
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args)
-        .stdin(Stdio::null())
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
@@ -568,35 +592,21 @@ pub async fn run_bounded(
         .spawn()
         .map_err(|e| format!("cannot run {}: {e}", program.display()))?;
     let pid = child.id().map(|p| p as i32);
-    let mut out = child.stdout.take();
-    let mut err = child.stderr.take();
+    let stdin = child.stdin.take();
+    let (out, err) = (child.stdout.take(), child.stderr.take());
     let run = async {
-        let mut text = Vec::new();
-        let mut buf = vec![0u8; 1024];
-        // Read both pipes to the end (bounded keep) so the child never
-        // blocks on a full pipe.
-        for pipe in [
-            out.as_mut()
-                .map(|p| p as &mut (dyn tokio::io::AsyncRead + Unpin)),
-            err.as_mut()
-                .map(|p| p as &mut (dyn tokio::io::AsyncRead + Unpin)),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            loop {
-                match pipe.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        if text.len() < MAX_OUTPUT {
-                            text.extend_from_slice(&buf[..n.min(MAX_OUTPUT - text.len())]);
-                        }
-                    }
-                }
+        let feed = async {
+            if let (Some(mut w), Some(bytes)) = (stdin, input) {
+                // A child that does not read its input is its own business.
+                let _ = tokio::io::AsyncWriteExt::write_all(&mut w, bytes).await;
             }
+        };
+        // Both pipes at once, so the child never blocks on a full one.
+        let ((), mut text, err_text) = tokio::join!(feed, drain(out), drain(err));
+        if text.len() < MAX_OUTPUT {
+            text.extend_from_slice(&err_text[..err_text.len().min(MAX_OUTPUT - text.len())]);
         }
-        let status = child.wait().await;
-        (status, text)
+        (child.wait().await, text)
     };
     match tokio::time::timeout(limit, run).await {
         Ok((Ok(status), text)) => Ok((
@@ -631,7 +641,7 @@ async fn exec_action(
         ActionKind::Start => "start",
         ActionKind::Stop => "stop",
     };
-    let (code, text) = match run_bounded(&e.script, &[arg], Some(owner), limit).await {
+    let (code, text) = match run_bounded(&e.script, &[arg], Some(owner), None, limit).await {
         Ok(r) => r,
         Err(err) => return Outcome::Failed(err),
     };
@@ -760,7 +770,7 @@ mod tests {
             assert_eq!(run_action(&r, ActionKind::Probe).await, Outcome::Running);
             assert_eq!(run_action(&r, ActionKind::Stop).await, Outcome::Stopped);
             let t0 = Instant::now();
-            let e = run_bounded(&script, &["hang"], None, Duration::from_millis(200)).await;
+            let e = run_bounded(&script, &["hang"], None, None, Duration::from_millis(200)).await;
             assert!(e.unwrap_err().contains("timed out"));
             assert!(t0.elapsed() < Duration::from_secs(5));
         });

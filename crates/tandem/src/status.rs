@@ -43,6 +43,9 @@ pub struct Status {
     /// Nodes in standby (`tandem node standby`).
     #[serde(default)]
     pub standby: Vec<String>,
+    /// The most recent fencings, oldest first.
+    #[serde(default)]
+    pub fences: Vec<tandem_core::agreement::FenceEntry>,
 }
 
 /// This node's lease on running groups.
@@ -336,6 +339,21 @@ impl Status {
                     "    failed on {node} ({count}x), last {}: {why}",
                     format_utc(*at)
                 );
+            }
+        }
+        if !self.fences.is_empty() {
+            let _ = writeln!(o, "fence history:");
+            for f in &self.fences {
+                let _ = writeln!(
+                    o,
+                    "  {}  {} {}",
+                    format_utc(f.at_unix_ms),
+                    f.node,
+                    if f.ok { "fenced" } else { "FENCING FAILED" }
+                );
+                for a in &f.attempts {
+                    let _ = writeln!(o, "    {a}");
+                }
             }
         }
         if !self.events.is_empty() {

@@ -705,3 +705,83 @@ fn two_nodes_and_a_witness_fail_over() {
     }
     println!("two nodes + witness: crash outages (ms) {gaps:?}, 0 dual-active");
 }
+
+/// `tandem fence` runs Debian's fence_dummy through the leader: success is
+/// recorded with the device's output, a failing device is retried as
+/// configured and its error shows in status, secrets never do.
+#[test]
+fn operator_fence_drives_fence_dummy_and_records_history() {
+    if !require_root("operator_fence_drives_fence_dummy_and_records_history") {
+        return;
+    }
+    if !Path::new("/usr/sbin/fence_dummy").exists() {
+        println!("skipped: fence_dummy not installed (scripts/install-deps installs fence-agents)");
+        return;
+    }
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let status_file = dir.path().join("n3.status");
+    std::fs::write(&status_file, "on").unwrap();
+    let extra = format!(
+        r#"
+[[fence_device]]
+name = "dummy"
+agent = "/usr/sbin/fence_dummy"
+hosts = {{ n3 = "n3" }}
+retries = 1
+options = {{ type = "file", status_file = "{}", password = "not-a-real-password" }}
+
+[[fence_device]]
+name = "broken"
+agent = "/usr/sbin/fence_dummy"
+hosts = {{ n2 = "n2" }}
+retries = 1
+options = {{ type = "fail", power_timeout = "1", password = "not-a-real-password" }}
+"#,
+        status_file.display()
+    );
+    let shape = ClusterShape {
+        extra,
+        ..ClusterShape::nodes(NODES)
+    };
+    let c = AgentCluster::start(TANDEM, &shape).unwrap();
+    for n in 1..=NODES {
+        c.wait(n, GENEROUS, "settled", |s| {
+            all_online(s) && s["quorum"]["quorate"] == true
+        })
+        .unwrap();
+    }
+    let t = tandem_cmd(&["fence", "n3", "--yes"], &c.socket(1));
+    assert!(
+        t.contains("n3 fenced") && t.contains("dummy off: exit 0"),
+        "{t}"
+    );
+    assert_eq!(std::fs::read_to_string(&status_file).unwrap(), "off");
+
+    let out = std::process::Command::new(TANDEM)
+        .args(["fence", "n2", "--yes", "--socket"])
+        .arg(c.socket(1))
+        .output()
+        .unwrap();
+    let t = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(!out.status.success(), "{t}");
+    assert!(
+        t.contains("FENCING n2 FAILED") && t.matches("attempt ").count() == 2,
+        "{t}"
+    );
+    let status = c.status_text(2).unwrap();
+    assert!(
+        status.contains("fence history") && status.contains("broken off: exit 1"),
+        "{status}"
+    );
+    assert!(!status.contains("not-a-real-password") && !c.logs().contains("not-a-real-password"));
+    // Without --yes and without a terminal, nothing is fenced.
+    let out = std::process::Command::new(TANDEM)
+        .args(["fence", "n3", "--socket"])
+        .arg(c.socket(1))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pass --yes"));
+}

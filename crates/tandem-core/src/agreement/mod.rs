@@ -32,7 +32,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-pub use record::{Command, Intent, Placement, Record};
+pub use record::{Command, FenceEntry, Intent, Placement, Record};
 
 use crate::wire::NodeId;
 

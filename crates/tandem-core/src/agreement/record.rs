@@ -77,6 +77,18 @@ pub enum Command {
         /// Why, in words.
         reason: String,
     },
+    /// The outcome of one fencing of `node`, with every attempt's
+    /// (redacted) output, for the fence history.
+    FenceLog {
+        /// The node fenced.
+        node: String,
+        /// When it ended, ms since the Unix epoch.
+        at_unix_ms: u64,
+        /// Whether it succeeded.
+        ok: bool,
+        /// One line per attempt.
+        attempts: Vec<String>,
+    },
     /// Pins `group` to `node` (`tandem move`), or removes the pin (None).
     Pin {
         /// Group name.
@@ -116,6 +128,25 @@ pub struct Record {
     /// Latest failure per group and node: (when, why).
     #[serde(default)]
     pub failures: BTreeMap<String, BTreeMap<String, (u64, String)>>,
+    /// The most recent fencings, oldest first ([`MAX_FENCE_LOG`] kept).
+    #[serde(default)]
+    pub fence_log: Vec<FenceEntry>,
+}
+
+/// Fencings kept in the record.
+pub const MAX_FENCE_LOG: usize = 20;
+
+/// One fencing in the history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FenceEntry {
+    /// The node fenced.
+    pub node: String,
+    /// When it ended, ms since the Unix epoch.
+    pub at_unix_ms: u64,
+    /// Whether it succeeded.
+    pub ok: bool,
+    /// One line per attempt (device, exit status, output).
+    pub attempts: Vec<String>,
 }
 
 impl Record {
@@ -184,6 +215,25 @@ impl Record {
                     .entry(group.clone())
                     .or_default()
                     .insert(node.clone(), (*at_unix_ms, reason.clone()));
+            }
+            Command::FenceLog {
+                node,
+                at_unix_ms,
+                ok,
+                attempts,
+            } => {
+                if self.fence_log.len() == MAX_FENCE_LOG {
+                    self.fence_log.remove(0);
+                }
+                self.fence_log.push(FenceEntry {
+                    node: node.clone(),
+                    at_unix_ms: *at_unix_ms,
+                    ok: *ok,
+                    attempts: attempts.clone(),
+                });
+                if *ok {
+                    self.fenced.insert(node.clone(), *at_unix_ms);
+                }
             }
             Command::Pin { group, node } => match node {
                 Some(n) => {
