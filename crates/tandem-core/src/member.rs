@@ -117,9 +117,10 @@ pub struct MemberOutput {
     pub transmit: Vec<Transmit>,
     /// Events to log.
     pub events: Vec<MemberEvent>,
-    /// Leader only: nodes to fence now (the shell runs the devices and
-    /// reports with [`Member::fence_done`]).
-    pub fence: Vec<String>,
+    /// Leader only: nodes to fence now, and whether to power them on
+    /// instead (the shell runs the devices and reports with
+    /// [`Member::fence_done`]).
+    pub fence: Vec<(String, bool)>,
 }
 
 /// One group as a node reports it to its peers.
@@ -200,10 +201,14 @@ pub enum Request {
         /// On or off.
         on: bool,
     },
-    /// `tandem fence NODE`: the leader fences the node through its devices.
+    /// `tandem fence NODE [--on]`: the leader fences the node through its
+    /// devices (or powers it back on).
     Fence {
         /// The node to fence.
         node: String,
+        /// Power on instead of off (after maintenance, or to unfence).
+        #[serde(default)]
+        on: bool,
     },
     /// `tandem cleanup`: forget a group's failures everywhere.
     Cleanup {
@@ -936,11 +941,19 @@ impl Member {
 
     /// The shell finished fencing `node` (on this leader): records the
     /// outcome and every attempt in the agreed record.
-    pub fn fence_done(&mut self, now_ms: u64, node: &str, ok: bool, attempts: Vec<String>) {
+    pub fn fence_done(
+        &mut self,
+        now_ms: u64,
+        node: &str,
+        on: bool,
+        ok: bool,
+        attempts: Vec<String>,
+    ) {
         self.now_ms = now_ms;
         let cmd = Command::FenceLog {
             node: node.to_string(),
             at_unix_ms: self.unix_ms(now_ms),
+            action: if on { "on" } else { "off" }.to_string(),
             ok,
             attempts,
         };
@@ -1019,9 +1032,10 @@ impl Member {
             self.seen_requests.pop_front();
         }
         self.seen_requests.push_back(env.id);
-        if let Request::Fence { node } = &env.request {
-            if !self.out.fence.contains(node) {
-                self.out.fence.push(node.clone());
+        if let Request::Fence { node, on } = &env.request {
+            let item = (node.clone(), *on);
+            if !self.out.fence.contains(&item) {
+                self.out.fence.push(item);
             }
             return;
         }

@@ -293,10 +293,10 @@ pub fn cleanup(a: &AdminArgs, name: &str) -> Result<ExitCode> {
     })
 }
 
-/// `tandem fence NODE [--yes]`.
-pub fn fence(a: &AdminArgs, node: &str, yes: bool) -> Result<ExitCode> {
+/// `tandem fence NODE [--yes] [--on]`.
+pub fn fence(a: &AdminArgs, node: &str, yes: bool, on: bool) -> Result<ExitCode> {
     use std::io::IsTerminal as _;
-    if !yes {
+    if !yes && !on {
         if !std::io::stdin().is_terminal() {
             bail!("fencing powers {node} off: pass --yes to confirm when not at a terminal");
         }
@@ -316,25 +316,33 @@ pub fn fence(a: &AdminArgs, node: &str, yes: bool) -> Result<ExitCode> {
         .map_or(0, |d| d.as_millis() as u64);
     let r = Request::Fence {
         node: node.to_string(),
+        on,
     };
     let n = node.to_string();
+    let action = if on { "on" } else { "off" };
     let done = move |s: &Status| {
         let f = s
             .fences
             .iter()
             .rev()
-            .find(|f| f.node == n && f.at_unix_ms >= started)?;
+            .find(|f| f.node == n && f.at_unix_ms >= started && f.action == action)?;
         let lines = f.attempts.join("\n  ");
-        Some(if f.ok {
-            format!("{n} fenced\n  {lines}")
-        } else {
-            format!("FENCING {n} FAILED\n  {lines}")
+        Some(match (on, f.ok) {
+            (false, true) => format!("{n} fenced\n  {lines}"),
+            (true, true) => format!("{n} powered on\n  {lines}"),
+            (false, false) => format!("FENCING {n} FAILED\n  {lines}"),
+            (true, false) => format!("FAILED to power {n} on\n  {lines}"),
         })
     };
-    let code = request_and_wait(a, &r, &format!("fence {node}"), done.clone())?;
+    let what = if on {
+        format!("power {node} on")
+    } else {
+        format!("fence {node}")
+    };
+    let code = request_and_wait(a, &r, &what, done.clone())?;
     // request_and_wait reports "done" for a failed fence too: say it plainly.
     if let Ok(s) = status(&socket(a)) {
-        if done(&s).is_some_and(|m| m.starts_with("FENCING")) {
+        if done(&s).is_some_and(|m| m.starts_with("FENCING") || m.starts_with("FAILED")) {
             return Ok(ExitCode::FAILURE);
         }
     }

@@ -502,17 +502,18 @@ pub fn run(cfg: Config, opts: AgentOptions) -> Result<()> {
     local.block_on(&rt, agent.run())
 }
 
-/// A finished fencing: node, success, one line per attempt.
-type FenceDone = (String, bool, Vec<String>);
+/// A finished fencing: node, power on (not off), success, one line per
+/// attempt.
+type FenceDone = (String, bool, bool, Vec<String>);
 
 struct Agent {
     /// This node's groups (None on the witness).
     runner: Option<Runner>,
     /// The configuration's fence devices.
     fence_devices: Rc<Vec<crate::fence_agent::FenceDevice>>,
-    /// Nodes being fenced now, and those waiting for a slot.
-    fencing: Vec<String>,
-    fence_queue: VecDeque<String>,
+    /// Nodes being fenced (or powered on) now, and those waiting for a slot.
+    fencing: Vec<(String, bool)>,
+    fence_queue: VecDeque<(String, bool)>,
     fence_tx: mpsc::Sender<FenceDone>,
     fence_rx: mpsc::Receiver<FenceDone>,
     done_rx: mpsc::Receiver<Done>,
@@ -653,15 +654,16 @@ impl Agent {
                         tokio::task::spawn_local(serve_control(stream, ctl_tx.clone()));
                     }
                 }
-                Some((node, ok, attempts)) = self.fence_rx.recv() => {
+                Some((node, on, ok, attempts)) = self.fence_rx.recv() => {
                     let now = self.now_ms();
-                    self.fencing.retain(|n| *n != node);
+                    self.fencing.retain(|n| *n != (node.clone(), on));
                     self.log(format!(
-                        "fencing {node} {}: {}",
+                        "{} {node} {}: {}",
+                        if on { "powering on" } else { "fencing" },
                         if ok { "succeeded" } else { "FAILED" },
                         attempts.join("; ")
                     ));
-                    self.member.fence_done(now, &node, ok, attempts);
+                    self.member.fence_done(now, &node, on, ok, attempts);
                     self.start_fences();
                 }
                 Some((text, reply)) = ctl_rx.recv() => {
@@ -684,19 +686,22 @@ impl Agent {
     /// Starts queued fencings while slots are free.
     fn start_fences(&mut self) {
         while self.fencing.len() < MAX_CONCURRENT_FENCES {
-            let Some(node) = self.fence_queue.pop_front() else {
+            let Some((node, on)) = self.fence_queue.pop_front() else {
                 return;
             };
-            self.log(format!("fencing {node} (operator request)"));
-            self.fencing.push(node.clone());
+            self.log(format!(
+                "{} {node} (operator request)",
+                if on { "powering on" } else { "fencing" }
+            ));
+            self.fencing.push((node.clone(), on));
             let (devices, tx, started) = (
                 self.fence_devices.clone(),
                 self.fence_tx.clone(),
                 self.started,
             );
             tokio::task::spawn_local(async move {
-                let (ok, attempts) = run_fence(&devices, &node, started).await;
-                let _ = tx.send((node, ok, attempts)).await;
+                let (ok, attempts) = run_fence(&devices, &node, on, started).await;
+                let _ = tx.send((node, on, ok, attempts)).await;
             });
         }
     }
@@ -790,7 +795,7 @@ impl Agent {
             Request::Failover { group } | Request::Cleanup { group } => group_ok(group),
             Request::Maintenance { group, .. } => group_ok(group),
             Request::Standby { node, .. } => node_ok(node),
-            Request::Fence { node } => {
+            Request::Fence { node, .. } => {
                 node_ok(node)?;
                 if self
                     .fence_devices
@@ -814,9 +819,9 @@ impl Agent {
             events,
             fence,
         } = self.member.take_output();
-        for node in fence {
-            if !self.fencing.contains(&node) && !self.fence_queue.contains(&node) {
-                self.fence_queue.push_back(node);
+        for item in fence {
+            if !self.fencing.contains(&item) && !self.fence_queue.contains(&item) {
+                self.fence_queue.push_back(item);
             }
         }
         self.start_fences();
@@ -1089,11 +1094,14 @@ impl Agent {
     }
 }
 
-/// Fences `node` through the configured devices, following the core's
-/// plan (levels, delays, retries). Returns success and one line per attempt.
+/// Fences `node` through the configured devices (or powers it on, `on`),
+/// following the core's plan (levels, delays, retries). An attempt counts
+/// only once the device's `status` confirms the new state (exit 2 off, 0
+/// on). Returns success and one line per attempt.
 async fn run_fence(
     devices: &[crate::fence_agent::FenceDevice],
     node: &str,
+    on: bool,
     started: Instant,
 ) -> (bool, Vec<String>) {
     use tandem_core::fence::{Plan, Step};
@@ -1115,8 +1123,16 @@ async fn run_fence(
             } => {
                 let wait = at_ms.saturating_sub(now());
                 tokio::time::sleep(Duration::from_millis(wait)).await;
-                let r = crate::fence_agent::run(&devices[device], "off", Some(&plug), node).await;
-                plan.on_result(now(), r.code == Some(0), r.output);
+                let dev = &devices[device];
+                let action = if on { "on" } else { "off" };
+                let r = crate::fence_agent::run(dev, action, Some(&plug), node).await;
+                if r.code != Some(0) {
+                    plan.on_result(now(), false, r.output);
+                    continue;
+                }
+                let st = crate::fence_agent::run(dev, "status", Some(&plug), node).await;
+                let confirmed = st.code == Some(if on { 0 } else { 2 });
+                plan.on_result(now(), confirmed, format!("{}; {}", r.output, st.output));
             }
         }
     };
@@ -1151,7 +1167,8 @@ fn describe_request(r: &Request) -> String {
             format!("maintenance {} for {group}", if *on { "on" } else { "off" })
         }
         Request::Cleanup { group } => format!("clean up {group}"),
-        Request::Fence { node } => format!("fence {node}"),
+        Request::Fence { node, on: false } => format!("fence {node}"),
+        Request::Fence { node, on: true } => format!("power {node} on"),
         Request::Failed {
             group,
             node,

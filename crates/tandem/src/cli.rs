@@ -118,13 +118,17 @@ pub enum Command {
     },
     /// Fence a node now through its fence devices (power it off), run by
     /// the leader; the outcome and each device's output go to the fence
-    /// history in `tandem status`. Asks for confirmation unless --yes.
+    /// history in `tandem status`. Asks for confirmation unless --yes (not
+    /// for --on). A fence counts once the device's `status` confirms it.
     Fence {
         /// The node to fence.
         node: String,
         /// Do not ask for confirmation.
         #[arg(long)]
         yes: bool,
+        /// Power the node back on instead (unfence).
+        #[arg(long)]
+        on: bool,
         #[command(flatten)]
         admin: AdminArgs,
     },

@@ -86,7 +86,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             admin,
         } => admin::maintenance(&admin, group.as_deref(), action == cli::OnOff::On),
         Command::Cleanup { group, admin } => admin::cleanup(&admin, &group),
-        Command::Fence { node, yes, admin } => admin::fence(&admin, &node, yes),
+        Command::Fence {
+            node,
+            yes,
+            on,
+            admin,
+        } => admin::fence(&admin, &node, yes, on),
         Command::Demo { fast } => demo::run(fast),
         Command::DemoService {
             port,

@@ -344,13 +344,13 @@ impl Status {
         if !self.fences.is_empty() {
             let _ = writeln!(o, "fence history:");
             for f in &self.fences {
-                let _ = writeln!(
-                    o,
-                    "  {}  {} {}",
-                    format_utc(f.at_unix_ms),
-                    f.node,
-                    if f.ok { "fenced" } else { "FENCING FAILED" }
-                );
+                let what = match (f.action.as_str(), f.ok) {
+                    ("on", true) => "powered on",
+                    ("on", false) => "POWER ON FAILED",
+                    (_, true) => "fenced",
+                    (_, false) => "FENCING FAILED",
+                };
+                let _ = writeln!(o, "  {}  {} {what}", format_utc(f.at_unix_ms), f.node);
                 for a in &f.attempts {
                     let _ = writeln!(o, "    {a}");
                 }

@@ -84,6 +84,8 @@ pub enum Command {
         node: String,
         /// When it ended, ms since the Unix epoch.
         at_unix_ms: u64,
+        /// `off` (a fence) or `on` (powered back on).
+        action: String,
         /// Whether it succeeded.
         ok: bool,
         /// One line per attempt.
@@ -143,6 +145,9 @@ pub struct FenceEntry {
     pub node: String,
     /// When it ended, ms since the Unix epoch.
     pub at_unix_ms: u64,
+    /// `off` (a fence) or `on` (powered back on).
+    #[serde(default)]
+    pub action: String,
     /// Whether it succeeded.
     pub ok: bool,
     /// One line per attempt (device, exit status, output).
@@ -219,6 +224,7 @@ impl Record {
             Command::FenceLog {
                 node,
                 at_unix_ms,
+                action,
                 ok,
                 attempts,
             } => {
@@ -228,10 +234,11 @@ impl Record {
                 self.fence_log.push(FenceEntry {
                     node: node.clone(),
                     at_unix_ms: *at_unix_ms,
+                    action: action.clone(),
                     ok: *ok,
                     attempts: attempts.clone(),
                 });
-                if *ok {
+                if *ok && action == "off" {
                     self.fenced.insert(node.clone(), *at_unix_ms);
                 }
             }
