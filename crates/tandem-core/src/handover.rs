@@ -32,6 +32,15 @@ pub struct NodeView {
     /// Leader time by which any lease it could hold has ended
     /// ([`lease::lease_end_bound`]); None: use [`lease::takeover_at`].
     pub lease_end_ms: Option<u64>,
+    /// A fence device lists it: when silent, it must be fenced before its
+    /// groups start elsewhere (its lease ending is not enough).
+    pub fence_required: bool,
+    /// The leader does not hear it.
+    pub silent: bool,
+    /// This leader fenced it after it was last heard.
+    pub fenced: bool,
+    /// Why a needed fence has not happened yet (in progress, failed...).
+    pub fence_note: Option<String>,
     /// Groups it runs or may still run (anything not known stopped).
     pub active: Vec<String>,
     /// Placement epoch it has applied, per group.
@@ -66,6 +75,8 @@ pub struct Steps {
     pub waiting: BTreeMap<String, String>,
     /// The earliest time a waiting lease ends (call again then).
     pub retry_at_ms: Option<u64>,
+    /// Silent nodes that must be fenced before a waiting group can move.
+    pub fence: Vec<String>,
 }
 
 /// Whether `n` can be trusted not to run `group` under the current
@@ -79,6 +90,17 @@ fn known_stopped(
     let applied = n.seen.get(group).copied().unwrap_or(0);
     if n.last_report_ms.is_some() && applied >= epoch && !n.active.iter().any(|g| g == group) {
         return Ok(());
+    }
+    if n.fence_required && n.silent {
+        if n.fenced {
+            return Ok(());
+        }
+        let note = n
+            .fence_note
+            .as_deref()
+            .map(|x| format!(" ({x})"))
+            .unwrap_or_default();
+        return Err((format!("waiting for {} to be fenced{note}", n.name), None));
     }
     let at = match n.lease_end_ms {
         Some(end) => end + input.margin_ms,
@@ -143,6 +165,16 @@ pub fn steps(input: &HandoverInput<'_>) -> Steps {
                 for at in blocked.iter().filter_map(|b| b.1) {
                     out.retry_at_ms = Some(out.retry_at_ms.map_or(at, |r| r.min(at)));
                 }
+                for n in input
+                    .nodes
+                    .iter()
+                    .filter(|n| n.name != *next && n.fence_required && n.silent && !n.fenced)
+                {
+                    let blocks = known_stopped(input, n, group, epoch).is_err();
+                    if blocks && !out.fence.contains(&n.name) {
+                        out.fence.push(n.name.clone());
+                    }
+                }
                 if blocked.is_empty() {
                     out.propose.push(Command::Place {
                         group: group.clone(),
@@ -168,6 +200,10 @@ mod tests {
             name: name.into(),
             last_report_ms: last,
             lease_end_ms: None,
+            fence_required: false,
+            silent: false,
+            fenced: false,
+            fence_note: None,
             active: active.iter().map(|s| s.to_string()).collect(),
             seen: [("web".to_string(), seen)].into_iter().collect(),
         }
@@ -276,6 +312,43 @@ mod tests {
         assert!(steps(&i).propose.is_empty());
         i.now_ms = 5250;
         assert_eq!(steps(&i).propose.len(), 1);
+    }
+
+    #[test]
+    fn a_silent_node_with_a_fence_device_must_be_fenced_not_waited_out() {
+        let mut r = Record::default();
+        place(&mut r, Some("n1"));
+        place(&mut r, None);
+        let t = to(Some("n2"));
+        let mut n1 = view("n1", Some(1000), &["web"], 1);
+        n1.fence_required = true;
+        n1.silent = true;
+        let nodes = [n1.clone(), view("n2", Some(9000), &[], 2)];
+        // Long after its lease: still waits, and asks for the fence.
+        let s = steps(&input(9000, &r, &t, &nodes));
+        assert!(s.propose.is_empty());
+        assert_eq!(s.fence, vec!["n1".to_string()]);
+        assert!(s.waiting["web"].contains("fenced"), "{:?}", s.waiting);
+        // Fenced after it was last heard: go at once.
+        n1.fenced = true;
+        let nodes = [n1, view("n2", Some(1100), &[], 2)];
+        let s = steps(&input(1100, &r, &t, &nodes));
+        assert_eq!(s.propose.len(), 1);
+        assert!(s.fence.is_empty());
+    }
+
+    #[test]
+    fn a_live_node_with_a_fence_device_is_not_fenced_for_a_planned_move() {
+        let mut r = Record::default();
+        place(&mut r, Some("n1"));
+        place(&mut r, None);
+        let t = to(Some("n2"));
+        let mut n1 = view("n1", Some(1000), &["web"], 2);
+        n1.fence_required = true;
+        let nodes = [n1, view("n2", Some(1000), &[], 2)];
+        let s = steps(&input(1010, &r, &t, &nodes));
+        assert!(s.propose.is_empty() && s.fence.is_empty());
+        assert!(s.waiting["web"].contains("to stop it"), "{:?}", s.waiting);
     }
 
     proptest! {

@@ -257,7 +257,13 @@ pub struct GroupsSpec {
     pub host_ids: Vec<NodeId>,
     /// Lease length (ms); the membership deadtime.
     pub lease_ms: u64,
+    /// Nodes some fence device lists: when they go silent, they are fenced
+    /// before their groups start elsewhere.
+    pub fence_hosts: Vec<String>,
 }
+
+/// After a failed fence of a node, wait this long before trying again.
+pub const FENCE_RETRY_MS: u64 = 5_000;
 
 /// The latest report from a peer and when it came.
 #[derive(Debug, Clone)]
@@ -305,6 +311,13 @@ pub struct Member {
     waiting: BTreeMap<String, String>,
     /// When a waiting takeover becomes possible (leader's clock).
     lead_due_ms: Option<u64>,
+    /// Leader: when it fenced each node (its clock), for ordering with
+    /// the node's reports.
+    fenced_at_ms: BTreeMap<String, u64>,
+    /// Leader: fences running, and when a failed one may be retried (with
+    /// the failure, for status).
+    fencing: BTreeSet<String>,
+    fence_retry: BTreeMap<String, (u64, String)>,
 }
 
 impl Member {
@@ -374,6 +387,9 @@ impl Member {
             queued_requests: std::collections::VecDeque::new(),
             waiting: BTreeMap::new(),
             lead_due_ms: None,
+            fenced_at_ms: BTreeMap::new(),
+            fencing: BTreeSet::new(),
+            fence_retry: BTreeMap::new(),
             spec,
         };
         m.update_view();
@@ -950,6 +966,18 @@ impl Member {
         attempts: Vec<String>,
     ) {
         self.now_ms = now_ms;
+        if !on {
+            self.fencing.remove(node);
+            if ok {
+                self.fenced_at_ms.insert(node.to_string(), now_ms);
+                self.fence_retry.remove(node);
+            } else {
+                let last = attempts.last().cloned().unwrap_or_default();
+                self.fence_retry
+                    .insert(node.to_string(), (now_ms + FENCE_RETRY_MS, last));
+                self.lead_due_ms = Some(now_ms + FENCE_RETRY_MS);
+            }
+        }
         let cmd = Command::FenceLog {
             node: node.to_string(),
             at_unix_ms: self.unix_ms(now_ms),
@@ -1189,10 +1217,30 @@ impl Member {
                         None => (&[], None),
                     }
                 };
+                let silent =
+                    id != self.spec.me && self.detector.node_state(id) != Some(NodeState::Alive);
+                let fenced = self
+                    .fenced_at_ms
+                    .get(h)
+                    .is_some_and(|f| last.map_or(true, |l| *f > l));
+                let fence_note = if self.fencing.contains(h) {
+                    Some("fencing in progress".to_string())
+                } else {
+                    self.fence_retry.get(h).map(|(at, why)| {
+                        format!(
+                            "fencing failed, retry in {} ms: {why}",
+                            at.saturating_sub(self.now_ms)
+                        )
+                    })
+                };
                 NodeView {
                     name: h.clone(),
                     last_report_ms: last,
                     lease_end_ms: (id != self.spec.me).then(|| self.lease_end(id)),
+                    fence_required: self.groups.fence_hosts.contains(h),
+                    silent,
+                    fenced,
+                    fence_note,
                     active: groups
                         .iter()
                         .filter(|g| g.active)
@@ -1272,6 +1320,14 @@ impl Member {
             self.waiting = steps.waiting;
             self.lead_due_ms = steps.retry_at_ms;
             cmds = steps.propose;
+            for node in steps.fence {
+                let retry = self.fence_retry.get(&node).map(|r| r.0);
+                if self.fencing.contains(&node) || retry.is_some_and(|r| now < r) {
+                    continue;
+                }
+                self.fencing.insert(node.clone());
+                self.out.fence.push((node, false));
+            }
         }
         for cmd in cmds {
             let _ = self.agreement.propose(now, cmd);

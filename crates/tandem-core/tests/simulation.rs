@@ -278,6 +278,7 @@ impl Sim {
             host_ids: (0..hosts.len()).map(|i| self.ids[i]).collect(),
             hosts,
             lease_ms: TIMING.deadtime_ms,
+            fence_hosts: vec![],
         }
     }
 

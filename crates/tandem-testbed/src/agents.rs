@@ -25,7 +25,9 @@ pub struct ClusterShape {
     pub witness: bool,
     /// Timing profile name (`default`, `relaxed`, `wan`).
     pub profile: String,
-    /// Extra TOML appended to the configuration (resources, groups, ...).
+    /// Extra TOML appended to the configuration (resources, groups, ...);
+    /// `@TESTBED_ID@` is replaced by the run's id (for the testbed fence
+    /// device).
     pub extra: String,
 }
 
@@ -94,7 +96,7 @@ impl AgentCluster {
                 bed.address(n, "sync")
             );
         }
-        cfg += &shape.extra;
+        cfg += &shape.extra.replace("@TESTBED_ID@", bed.id());
         std::fs::write(dir.path().join("cluster.toml"), cfg).context("writing the config")?;
         let mut c = AgentCluster {
             bed,

@@ -25,6 +25,7 @@
 pub mod agents;
 pub mod bed;
 pub mod checker;
+pub mod fence;
 pub mod freezer;
 pub mod prober;
 pub mod responder;

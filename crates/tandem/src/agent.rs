@@ -310,6 +310,10 @@ fn groups_spec(cfg: &Config, topo: &Topology) -> Result<GroupsSpec> {
             .map(|(_, id)| *id)
             .collect(),
         lease_ms: cfg.timing.deadtime_ms,
+        fence_hosts: crate::fence_agent::devices(cfg)
+            .iter()
+            .flat_map(|d| d.plan.hosts.iter().map(|(n, _)| n.clone()))
+            .collect(),
     })
 }
 
@@ -690,7 +694,7 @@ impl Agent {
                 return;
             };
             self.log(format!(
-                "{} {node} (operator request)",
+                "{} {node} through its fence devices",
                 if on { "powering on" } else { "fencing" }
             ));
             self.fencing.push((node.clone(), on));
@@ -1006,12 +1010,52 @@ impl Agent {
                 .unwrap_or_default(),
             groups: self.groups_status(),
             fences: record.fence_log.clone(),
+            recovery: self.recovery_text(),
             standby: record
                 .intents
                 .iter()
                 .filter(|(_, i)| *i == Intent::Standby)
                 .map(|(t, _)| t.clone())
                 .collect(),
+        }
+    }
+
+    /// How a lost node's groups are recovered, in plain words.
+    fn recovery_text(&self) -> String {
+        let hosts: Vec<&String> = self
+            .topo
+            .names
+            .iter()
+            .filter(|n| *n != WITNESS_NAME)
+            .collect();
+        let fenced: Vec<&String> = hosts
+            .iter()
+            .copied()
+            .filter(|h| {
+                self.fence_devices
+                    .iter()
+                    .any(|d| d.plan.hosts.iter().any(|(n, _)| n == *h))
+            })
+            .collect();
+        let leases: Vec<&str> = hosts
+            .iter()
+            .filter(|h| !fenced.contains(h))
+            .map(|h| h.as_str())
+            .collect();
+        if fenced.is_empty() {
+            "leases alone (no fence devices): a lost node's groups start elsewhere once its lease has ended; a node that hangs or is frozen keeps its addresses until it resumes".into()
+        } else if leases.is_empty() {
+            "fencing: a lost node is fenced before its groups start elsewhere".into()
+        } else {
+            format!(
+                "fencing for {}; leases alone for {} (no fence device lists them)",
+                fenced
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                leases.join(", ")
+            )
         }
     }
 

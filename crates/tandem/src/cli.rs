@@ -155,6 +155,11 @@ pub enum Command {
         #[arg(long)]
         name: Option<String>,
     },
+    /// The testbed's fence device (fence-agents conventions: options as
+    /// key=value lines on stdin): cuts a testbed node's ports and kills
+    /// its processes.
+    #[command(hide = true)]
+    TestbedFence,
     /// The lease guard the agent starts beside itself: stops this node's
     /// resources if the agent dies or hangs past its lease.
     #[command(hide = true)]

@@ -104,6 +104,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
             demo::serve(&name, port, probe_port)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::TestbedFence => {
+            let mut input = String::new();
+            std::io::Read::read_to_string(
+                &mut std::io::Read::take(std::io::stdin(), 64 << 10),
+                &mut input,
+            )
+            .context("reading the fence agent's options from stdin")?;
+            let (code, text) = tandem_testbed::fence::agent(&input);
+            println!("{text}");
+            Ok(ExitCode::from(code.clamp(0, 255) as u8))
+        }
         Command::Guard {
             lease_file,
             agent_pid,

@@ -46,6 +46,9 @@ pub struct Status {
     /// The most recent fencings, oldest first.
     #[serde(default)]
     pub fences: Vec<tandem_core::agreement::FenceEntry>,
+    /// How a lost node's groups are recovered, in words.
+    #[serde(default)]
+    pub recovery: String,
 }
 
 /// This node's lease on running groups.
@@ -264,6 +267,9 @@ impl Status {
                 dropped.join(" ")
             }
         );
+        if !self.recovery.is_empty() && !self.groups.is_empty() {
+            let _ = writeln!(o, "recovery: {}", self.recovery);
+        }
         if let Some(l) = &self.lease {
             let _ = writeln!(
                 o,

@@ -785,3 +785,116 @@ options = {{ type = "fail", power_timeout = "1", password = "not-a-real-password
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("pass --yes"));
 }
+
+/// With a fence device, a lost node is fenced (really: the testbed device
+/// cuts its ports and kills its processes) before its group starts
+/// elsewhere. While the device fails, the group stays stopped, the fence is
+/// retried and the error shows in status; once it works, the group starts.
+#[test]
+fn lost_node_is_fenced_before_its_group_starts_elsewhere() {
+    if !require_root("lost_node_is_fenced_before_its_group_starts_elsewhere") {
+        return;
+    }
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let agent = dir.path().join("fence_testbed");
+    std::fs::write(&agent, format!("#!/bin/sh\nexec {TANDEM} testbed-fence\n")).unwrap();
+    std::fs::set_permissions(&agent, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let fail = dir.path().join("fail");
+    let extra = format!(
+        r#"
+[[fence_device]]
+name = "power"
+agent = "{}"
+hosts = {{ n1 = "n1", n2 = "n2", n3 = "n3" }}
+retries = 0
+timeout_ms = 10000
+options = {{ testbed = "@TESTBED_ID@", fail_while = "{}" }}
+{}"#,
+        agent.display(),
+        fail.display(),
+        agents::web_group_config(Path::new(TANDEM), "manual", NODES, 8080, 7000)
+    );
+    let shape = ClusterShape {
+        extra,
+        ..ClusterShape::nodes(NODES)
+    };
+    let c = AgentCluster::start(TANDEM, &shape).unwrap();
+    for n in 1..=NODES {
+        c.wait(n, GENEROUS, "settled", |s| {
+            all_online(s) && s["quorum"]["quorate"] == true && running_on(s).is_some()
+        })
+        .unwrap();
+    }
+    let old = running_on(&c.status(1).unwrap()).unwrap();
+    let ask = old % NODES + 1;
+    assert!(c.status_text(ask).unwrap().contains("recovery: fencing"));
+    // The device fails at first.
+    std::fs::write(&fail, "").unwrap();
+    let target = SocketAddr::new(c.bed.vip("lan").into(), 7000);
+    let prober = Prober::start(&c.bed.client_ns(), ProbeSpec::new(target, 60_000)).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // A partition: the node lives on and the client still reaches it.
+    for o in (1..=NODES).filter(|o| *o != old) {
+        c.bed.drop_one_way(old, o).unwrap();
+        c.bed.drop_one_way(o, old).unwrap();
+    }
+    c.wait(ask, GENEROUS, "the fence failed and is shown", |s| {
+        s["fences"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|e| e["ok"] == false))
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let s = c.status(ask).unwrap();
+    assert!(
+        running_on(&s).is_none(),
+        "never started while the fence fails: {:#}",
+        s["groups"]
+    );
+    let text = c.status_text(ask).unwrap();
+    assert!(
+        text.contains("FENCING FAILED") && text.contains("failing on purpose"),
+        "{text}"
+    );
+    // The device works again: the next retry fences, the group starts.
+    std::fs::remove_file(&fail).unwrap();
+    c.wait(
+        ask,
+        Duration::from_secs(30),
+        "web running elsewhere after the fence",
+        |s| running_on(s).is_some_and(|n| n != old),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let log = prober.stop().unwrap();
+    let report = analyze(&log.records, CheckOptions::default());
+    assert_eq!(
+        report.dual_active().count(),
+        0,
+        "{:?}",
+        report.dual_active().collect::<Vec<_>>()
+    );
+    let s = c.status(ask).unwrap();
+    assert!(
+        s["fences"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["ok"] == true && e["node"] == format!("n{old}")),
+        "{:#}",
+        s["fences"]
+    );
+    // Really fenced: nothing of the old node runs any more.
+    assert!(
+        !c.bed.is_running(c.pids[old - 1]),
+        "the fenced node's agent is gone"
+    );
+    assert!(c.bed.node_pids(old).unwrap().is_empty());
+    println!(
+        "fenced partition: outage {:.0} ms (including the failing fence), 0 dual-active",
+        report
+            .kind(tandem_testbed::checker::ProbeKind::Udp)
+            .max_gap_ms()
+    );
+}
