@@ -152,6 +152,11 @@ impl Topology {
             .map_or("?", |i| &self.names[i])
     }
 
+    /// The nodes that may host groups (every member but the witness).
+    fn hosts(&self) -> impl Iterator<Item = &String> {
+        self.names.iter().filter(|n| *n != WITNESS_NAME)
+    }
+
     fn index_of(&self, id: NodeId) -> Option<usize> {
         self.ids.iter().position(|i| *i == id)
     }
@@ -296,12 +301,7 @@ fn groups_spec(cfg: &Config, topo: &Topology) -> Result<GroupsSpec> {
     Ok(GroupsSpec {
         groups,
         failure_expiry_ms: expiry,
-        hosts: topo
-            .names
-            .iter()
-            .filter(|n| *n != WITNESS_NAME)
-            .cloned()
-            .collect(),
+        hosts: topo.hosts().cloned().collect(),
         host_ids: topo
             .names
             .iter()
@@ -767,12 +767,7 @@ impl Agent {
             .as_ref()
             .map(|ru| ru.local_status().into_iter().map(|g| g.name).collect())
             .unwrap_or_default();
-        let hosts: Vec<&String> = self
-            .topo
-            .names
-            .iter()
-            .filter(|n| *n != WITNESS_NAME)
-            .collect();
+        let hosts: Vec<&String> = self.topo.hosts().collect();
         let group_ok = |g: &str| {
             if groups.iter().any(|x| x == g) {
                 Ok(())
@@ -801,11 +796,7 @@ impl Agent {
             Request::Standby { node, .. } => node_ok(node),
             Request::Fence { node, .. } => {
                 node_ok(node)?;
-                if self
-                    .fence_devices
-                    .iter()
-                    .any(|d| d.plan.hosts.iter().any(|(n, _)| n == node))
-                {
+                if crate::fence_agent::covers(&self.fence_devices, node) {
                     Ok(())
                 } else {
                     Err(format!("no fence device lists node {node} in its `hosts`; add it to a [[fence_device]]"))
@@ -1022,20 +1013,11 @@ impl Agent {
 
     /// How a lost node's groups are recovered, in plain words.
     fn recovery_text(&self) -> String {
-        let hosts: Vec<&String> = self
-            .topo
-            .names
-            .iter()
-            .filter(|n| *n != WITNESS_NAME)
-            .collect();
+        let hosts: Vec<&String> = self.topo.hosts().collect();
         let fenced: Vec<&String> = hosts
             .iter()
             .copied()
-            .filter(|h| {
-                self.fence_devices
-                    .iter()
-                    .any(|d| d.plan.hosts.iter().any(|(n, _)| n == *h))
-            })
+            .filter(|h| crate::fence_agent::covers(&self.fence_devices, h))
             .collect();
         let leases: Vec<&str> = hosts
             .iter()

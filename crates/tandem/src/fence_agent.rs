@@ -69,6 +69,13 @@ pub fn devices(cfg: &Config) -> Vec<FenceDevice> {
         .collect()
 }
 
+/// Whether any of `devices` lists `node` in its hosts.
+pub fn covers(devices: &[FenceDevice], node: &str) -> bool {
+    devices
+        .iter()
+        .any(|d| d.plan.hosts.iter().any(|(n, _)| n == node))
+}
+
 /// The stdin of one run.
 fn input(dev: &FenceDevice, action: &str, plug: Option<&str>, target: &str) -> Vec<u8> {
     let mut text = format!("action={action}\nnodename={target}\n");

@@ -398,17 +398,7 @@ impl Runner {
                 .map_or("?", |r| r.owner.resource.as_str())
                 .to_string();
             let reason = format!("{resource}: {}", f.reason);
-            self.note_failure(&group, &reason, &mut log);
-            member.request(
-                now_ms,
-                Request::Failed {
-                    group,
-                    node: self.node.clone(),
-                    reason,
-                    at_unix_ms: self.unix_at_zero_ms + now_ms,
-                    move_now: false,
-                },
-            );
+            self.report_failure(now_ms, member, group, reason, false, &mut log);
         }
         member.set_local(self.reports(), self.failed_links());
         let until = if lease_ok {
@@ -462,6 +452,30 @@ impl Runner {
         guard::write(&self.lease_path, &lease)?;
         self.written = Some(lease);
         Ok(())
+    }
+
+    /// Logs a failure here and reports it to the leader (`move_now`: move
+    /// the group off this node at once instead of counting one failure).
+    fn report_failure(
+        &mut self,
+        now_ms: u64,
+        member: &mut Member,
+        group: String,
+        reason: String,
+        move_now: bool,
+        log: &mut Vec<String>,
+    ) {
+        self.note_failure(&group, &reason, log);
+        member.request(
+            now_ms,
+            Request::Failed {
+                group,
+                node: self.node.clone(),
+                reason,
+                at_unix_ms: self.unix_at_zero_ms + now_ms,
+                move_now,
+            },
+        );
     }
 
     fn note_failure(&mut self, group: &str, reason: &str, log: &mut Vec<String>) {
@@ -649,17 +663,7 @@ impl Runner {
             // Out of restarts here, `move`, or `fence` (fencing arrives
             // with the fencing work; until then it moves like `move`).
             OnFail::Restart | OnFail::Move | OnFail::Fence => {
-                self.note_failure(&group, &reason, log);
-                member.request(
-                    now_ms,
-                    Request::Failed {
-                        group,
-                        node: self.node.clone(),
-                        reason,
-                        at_unix_ms: self.unix_at_zero_ms + now_ms,
-                        move_now: true,
-                    },
-                );
+                self.report_failure(now_ms, member, group, reason, true, log);
             }
         }
     }

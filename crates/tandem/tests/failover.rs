@@ -493,19 +493,20 @@ fn operator_commands_standby_maintenance_failure_and_cleanup() {
 
     // A service that dies is found by the resource check, restarted in
     // place, and the failure shows in status with its reason.
-    let holder = fx.holder();
-    let pidfile =
-        fx.c.config_path()
-            .parent()
-            .unwrap()
-            .join(format!("state-n{holder}/run/web.service.pid"));
-    let pid: i32 = std::fs::read_to_string(&pidfile)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let service_pid = |fx: &Fx| -> (usize, i32) {
+        let holder = fx.holder();
+        let pidfile =
+            fx.c.config_path()
+                .parent()
+                .unwrap()
+                .join(format!("state-n{holder}/run/web.service.pid"));
+        let text = std::fs::read_to_string(&pidfile).unwrap();
+        (
+            holder,
+            text.split_whitespace().next().unwrap().parse().unwrap(),
+        )
+    };
+    let (holder, pid) = service_pid(&fx);
     // SAFETY: the service's own process group, started by the agent.
     unsafe {
         libc::kill(-pid, libc::SIGKILL);
@@ -529,15 +530,11 @@ fn operator_commands_standby_maintenance_failure_and_cleanup() {
     assert!(t.contains("no failures recorded"), "{t}");
 
     // Maintenance: nothing is restarted any more, and status says so.
+    fx.settle();
+    let (holder, pid) = service_pid(&fx);
     let t = tandem_cmd(&["maintenance", "on", "web"], &fx.c.socket(holder));
     assert!(t.contains("unmanaged"), "{t}");
-    let pid: i32 = std::fs::read_to_string(&pidfile)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let since = unix_ms();
     // SAFETY: as above.
     unsafe {
         libc::kill(-pid, libc::SIGKILL);
@@ -546,7 +543,7 @@ fn operator_commands_standby_maintenance_failure_and_cleanup() {
     let s = fx.c.status(holder).unwrap();
     assert_eq!(web(&s).unwrap()["maintenance"], true);
     assert!(
-        event_at(&s, "starting web/service", unix_ms() - 2_000).is_none(),
+        event_at(&s, "starting web/service", since).is_none(),
         "maintenance must not restart: {}",
         s["events"]
     );
