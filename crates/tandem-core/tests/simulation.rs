@@ -144,6 +144,10 @@ struct Sim {
     proposals: u64,
     /// Run groups, leases and handover (and agent-only faults).
     groups: bool,
+    /// Failures older than this are forgotten (group runs).
+    failure_expiry_ms: u64,
+    /// No random proposals or operator requests (focused tests).
+    quiet: bool,
 }
 
 fn spec_for(shape: Shape, ids: &[NodeId], voters: &[bool], me: usize, links: usize) -> MemberSpec {
@@ -247,6 +251,8 @@ impl Sim {
             trace,
             proposals: 0,
             groups,
+            failure_expiry_ms: 600_000,
+            quiet: false,
         }
     }
 
@@ -274,7 +280,7 @@ impl Sim {
                     needs_links: vec![],
                 },
             ],
-            failure_expiry_ms: vec![600_000; 2],
+            failure_expiry_ms: vec![self.failure_expiry_ms; 2],
             host_ids: (0..hosts.len()).map(|i| self.ids[i]).collect(),
             hosts,
             lease_ms: TIMING.deadtime_ms,
@@ -809,6 +815,9 @@ impl Sim {
     }
 
     fn propose(&mut self) {
+        if self.quiet {
+            return;
+        }
         if self.groups {
             if self.rng.gen_range(0..5) != 0 {
                 return;
@@ -1066,6 +1075,55 @@ fn replay() {
         ),
         Err(e) => panic!("seed {seed} failed: {e}"),
     }
+}
+
+/// Fail counts expire: a failure recorded by the leader is forgotten after
+/// `failure_expiry_ms`, so the node is eligible again.
+#[test]
+fn fail_counts_expire() {
+    let seed = (0..1_000)
+        .find(|s| Sim::new(*s, false).shape == Shape::Majority(3))
+        .unwrap();
+    let mut sim = Sim::with(seed, false, true);
+    sim.failure_expiry_ms = 2_000;
+    sim.quiet = true;
+    let mut steps = 0;
+    sim.run_until(3_000, &mut steps, false).unwrap();
+    let leader = (0..sim.nodes.len())
+        .find(|&i| {
+            sim.nodes[i]
+                .member
+                .as_ref()
+                .is_some_and(|m| m.agreement().role() == Role::Leader)
+        })
+        .expect("a leader after 3 s");
+    let local = sim.local(leader);
+    sim.nodes[leader].member.as_mut().unwrap().request(
+        local,
+        Request::Failed {
+            group: "db".into(),
+            node: "n2".into(),
+            reason: "test".into(),
+            at_unix_ms: local,
+            move_now: false,
+        },
+    );
+    sim.flush(leader);
+    let count = |sim: &Sim| {
+        sim.nodes[leader]
+            .member
+            .as_ref()
+            .unwrap()
+            .agreement()
+            .record()
+            .fail_count("db", "n2")
+    };
+    sim.run_until(3_500, &mut steps, false).unwrap();
+    assert_eq!(count(&sim), 1, "recorded");
+    sim.run_until(4_800, &mut steps, false).unwrap();
+    assert_eq!(count(&sim), 1, "not expired before 2 s");
+    sim.run_until(6_000, &mut steps, false).unwrap();
+    assert_eq!(count(&sim), 0, "expired after 2 s");
 }
 
 /// The simulation itself must catch a broken rule: a network that lets a
