@@ -367,7 +367,6 @@ impl Runner {
     pub fn drive(&mut self, now_ms: u64, member: &mut Member) -> Vec<String> {
         let mut log = Vec::new();
         let lease_ok = member.lease_valid(now_ms);
-        let record = member.agreement().record().clone();
         if lease_ok {
             // Our own lease replaces the inherited one.
             self.inherited_until_ms = None;
@@ -383,8 +382,11 @@ impl Runner {
             }
             self.lease_held = Some(lease_ok);
         }
-        for g in 0..self.groups.len() {
-            let want = self.want_for(g, &record, lease_ok, now_ms);
+        let record = member.agreement().record();
+        let wants: Vec<Want> = (0..self.groups.len())
+            .map(|g| self.want_for(g, record, lease_ok, now_ms))
+            .collect();
+        for (g, want) in wants.into_iter().enumerate() {
             if self.groups.want(g) != want {
                 self.groups.set_want(g, want);
             }
