@@ -318,7 +318,13 @@ pub struct Member {
     /// the failure, for status).
     fencing: BTreeSet<String>,
     fence_retry: BTreeMap<String, (u64, String)>,
+    /// Fence outcomes to record once this member leads (a two-node
+    /// survivor fences before it can lead).
+    pending_fence_logs: std::collections::VecDeque<Command>,
 }
+
+/// Fence outcomes kept for the record while not leading.
+const MAX_PENDING_FENCE_LOGS: usize = 16;
 
 impl Member {
     /// Starts a member at `now_ms` with incarnation `incarnation` (larger
@@ -390,6 +396,7 @@ impl Member {
             fenced_at_ms: BTreeMap::new(),
             fencing: BTreeSet::new(),
             fence_retry: BTreeMap::new(),
+            pending_fence_logs: std::collections::VecDeque::new(),
             spec,
         };
         m.update_view();
@@ -491,8 +498,43 @@ impl Member {
         }
         let ev = self.detector.on_tick(now_ms);
         self.on_detector(now_ms, ev);
+        self.two_node_fence(now_ms);
         if now_ms >= self.agreement.next_deadline() {
             self.agreement.on_tick(now_ms);
+        }
+    }
+
+    /// Two-node mode: a node that lost its peer has no quorum until it has
+    /// fenced it, so it fences it (through the shell, [`MemberOutput::fence`]).
+    /// Both sides of a partition race; a `delay_ms` on the device that
+    /// fences the preferred node lets that node win. Never while waiting
+    /// for all (a node back from being fenced must not fence the survivor:
+    /// no fence loops), and only a peer that some device lists.
+    fn two_node_fence(&mut self, now_ms: u64) {
+        if self.spec.mode != quorum::Mode::TwoNode || self.waiting_for_all() {
+            return;
+        }
+        let peers: Vec<(String, NodeId)> = self
+            .groups
+            .hosts
+            .iter()
+            .cloned()
+            .zip(self.groups.host_ids.iter().copied())
+            .filter(|(_, id)| *id != self.spec.me)
+            .collect();
+        for (name, id) in peers {
+            let dead = self.detector.node_state(id) == Some(NodeState::Dead);
+            let retry = self.fence_retry.get(&name).map(|r| r.0);
+            if !dead
+                || self.fenced.contains(&id)
+                || !self.groups.fence_hosts.contains(&name)
+                || self.fencing.contains(&name)
+                || retry.is_some_and(|r| now_ms < r)
+            {
+                continue;
+            }
+            self.fencing.insert(name.clone());
+            self.out.fence.push((name, false));
         }
     }
 
@@ -971,6 +1013,18 @@ impl Member {
             if ok {
                 self.fenced_at_ms.insert(node.to_string(), now_ms);
                 self.fence_retry.remove(node);
+                // Two-node quorum: a peer confirmed off counts as its vote.
+                let id = self
+                    .groups
+                    .hosts
+                    .iter()
+                    .position(|h| h == node)
+                    .and_then(|i| self.groups.host_ids.get(i).copied());
+                if let (quorum::Mode::TwoNode, Some(id)) = (self.spec.mode, id) {
+                    if id != self.spec.me {
+                        self.set_fenced(now_ms, id, true);
+                    }
+                }
             } else {
                 let last = attempts.last().cloned().unwrap_or_default();
                 self.fence_retry
@@ -985,9 +1039,14 @@ impl Member {
             ok,
             attempts,
         };
-        // Leadership may have moved meanwhile: the new leader's operator
-        // can fence again; the outcome is in this agent's log either way.
-        let _ = self.agreement.propose(now_ms, cmd);
+        // Not leading (a two-node survivor fences before it can lead, or
+        // leadership moved meanwhile): record it once this member leads.
+        if self.agreement.propose(now_ms, cmd.clone()).is_err() {
+            if self.pending_fence_logs.len() == MAX_PENDING_FENCE_LOGS {
+                self.pending_fence_logs.pop_front();
+            }
+            self.pending_fence_logs.push_back(cmd);
+        }
     }
 
     /// Sends a request to the leader (handled here when this member leads;
@@ -1277,6 +1336,9 @@ impl Member {
             return;
         }
         let now = self.now_ms;
+        while let Some(cmd) = self.pending_fence_logs.pop_front() {
+            let _ = self.agreement.propose(now, cmd);
+        }
         let record = self.agreement.record().clone();
         // Expired failures first: they change eligibility.
         let unix = self.unix_ms(now);

@@ -22,7 +22,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
-use tandem_testbed::agents::{self, all_online, AgentCluster, ClusterShape};
+use tandem_testbed::agents::{self, all_online, peer, AgentCluster, ClusterShape};
 use tandem_testbed::checker::{analyze, CheckOptions};
 use tandem_testbed::prober::{ProbeSpec, Prober};
 use tandem_testbed::require_root;
@@ -903,5 +903,102 @@ options = {{ testbed = "@TESTBED_ID@", fail_while = "{}" }}
         report
             .kind(tandem_testbed::checker::ProbeKind::Udp)
             .max_gap_ms()
+    );
+}
+
+/// Two nodes without a witness (`two_node`), partitioned 20 times: each
+/// side fences the other, the device of the preferred node n1 carries a
+/// delay, so n1 wins every race: exactly one node keeps the group, the
+/// other is fenced (its processes killed), and back from the fence it does
+/// not fence the survivor (wait_for_all).
+#[test]
+fn two_nodes_partitioned_exactly_one_keeps_the_group_the_other_is_fenced() {
+    if !require_root("two_nodes_partitioned_exactly_one_keeps_the_group_the_other_is_fenced") {
+        return;
+    }
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let agent = dir.path().join("fence_testbed");
+    std::fs::write(&agent, format!("#!/bin/sh\nexec {TANDEM} testbed-fence\n")).unwrap();
+    std::fs::set_permissions(&agent, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let extra = format!(
+        r#"
+[[fence_device]]
+name = "power-n1"
+agent = "{a}"
+hosts = {{ n1 = "n1" }}
+delay_ms = 1000
+retries = 0
+options = {{ testbed = "@TESTBED_ID@" }}
+
+[[fence_device]]
+name = "power-n2"
+agent = "{a}"
+hosts = {{ n2 = "n2" }}
+retries = 0
+options = {{ testbed = "@TESTBED_ID@" }}
+{}"#,
+        agents::web_group_config(Path::new(TANDEM), "manual", 2, 8080, 7000),
+        a = agent.display(),
+    );
+    let shape = ClusterShape {
+        extra,
+        ..ClusterShape::nodes(2)
+    };
+    let mut c = AgentCluster::start(TANDEM, &shape).unwrap();
+    let settle = |c: &AgentCluster| {
+        for n in 1..=2 {
+            c.wait(n, GENEROUS, "both online, quorate, web on n1", |s| {
+                all_online(s) && s["quorum"]["quorate"] == true && running_on(s) == Some(1)
+            })
+            .unwrap();
+        }
+    };
+    settle(&c);
+    let target = SocketAddr::new(c.bed.vip("lan").into(), 7000);
+    let reps = reps() * 2;
+    let mut gaps = Vec::new();
+    for rep in 0..reps {
+        let prober = Prober::start(&c.bed.client_ns(), ProbeSpec::new(target, 60_000)).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        c.bed.drop_one_way(1, 2).unwrap();
+        c.bed.drop_one_way(2, 1).unwrap();
+        c.wait(1, GENEROUS, "n1 fenced n2 and runs web", |s| {
+            peer(s, "n2")["state"] == "fenced" && running_on(s) == Some(1)
+        })
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let log = prober.stop().unwrap();
+        let report = analyze(&log.records, CheckOptions::default());
+        assert_eq!(report.dual_active().count(), 0, "rep {rep}");
+        gaps.push(
+            report
+                .kind(tandem_testbed::checker::ProbeKind::Udp)
+                .max_gap_ms(),
+        );
+        assert!(
+            !c.bed.is_running(c.pids[1]),
+            "rep {rep}: n2's agent was fenced"
+        );
+        assert!(
+            c.bed.node_pids(2).unwrap().is_empty(),
+            "rep {rep}: nothing of n2 runs"
+        );
+        // Power n2 back on, heal, restart its agent: it waits to see n1
+        // and does not fence it.
+        tandem_cmd(&["fence", "n2", "--on"], &c.socket(1));
+        c.bed.heal_one_way(1, 2).unwrap();
+        c.bed.heal_one_way(2, 1).unwrap();
+        c.pids[1] = c.spawn_agent(2).unwrap();
+        settle(&c);
+    }
+    let s = c.status(1).unwrap();
+    let fences = s["fences"].as_array().unwrap();
+    assert!(
+        fences.iter().all(|f| f["node"] == "n2"),
+        "only n2 was ever fenced: {fences:?}"
+    );
+    println!(
+        "two_node partitions: {reps} times n1 kept the group and fenced n2; outages (ms) {gaps:?}"
     );
 }
