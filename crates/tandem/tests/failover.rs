@@ -793,6 +793,15 @@ options = {{ type = "fail", power_timeout = "1", password = "not-a-real-password
     assert!(String::from_utf8_lossy(&out.stderr).contains("pass --yes"));
 }
 
+/// The testbed's fence device as a program a `[[fence_device]]` can name
+/// (`tandem testbed-fence` behind a one-line script), written in `dir`.
+fn testbed_fence_agent(dir: &Path) -> std::path::PathBuf {
+    let agent = dir.join("fence_testbed");
+    std::fs::write(&agent, format!("#!/bin/sh\nexec {TANDEM} testbed-fence\n")).unwrap();
+    std::fs::set_permissions(&agent, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    agent
+}
+
 /// With a fence device, a lost node is fenced (really: the testbed device
 /// cuts its ports and kills its processes) before its group starts
 /// elsewhere. While the device fails, the group stays stopped, the fence is
@@ -804,9 +813,7 @@ fn lost_node_is_fenced_before_its_group_starts_elsewhere() {
     }
     let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
-    let agent = dir.path().join("fence_testbed");
-    std::fs::write(&agent, format!("#!/bin/sh\nexec {TANDEM} testbed-fence\n")).unwrap();
-    std::fs::set_permissions(&agent, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let agent = testbed_fence_agent(dir.path());
     let fail = dir.path().join("fail");
     let extra = format!(
         r#"
@@ -918,9 +925,7 @@ fn two_nodes_partitioned_exactly_one_keeps_the_group_the_other_is_fenced() {
     }
     let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
-    let agent = dir.path().join("fence_testbed");
-    std::fs::write(&agent, format!("#!/bin/sh\nexec {TANDEM} testbed-fence\n")).unwrap();
-    std::fs::set_permissions(&agent, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let agent = testbed_fence_agent(dir.path());
     let extra = format!(
         r#"
 [[fence_device]]
