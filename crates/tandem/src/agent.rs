@@ -254,7 +254,11 @@ fn spec(
 /// The groups as the placement policy sees them. Refuses what this
 /// version cannot run (clone and colocated groups), so nothing configured
 /// is silently ignored.
-fn groups_spec(cfg: &Config, topo: &Topology) -> Result<GroupsSpec> {
+fn groups_spec(
+    cfg: &Config,
+    topo: &Topology,
+    fence_devices: &[crate::fence_agent::FenceDevice],
+) -> Result<GroupsSpec> {
     use tandem_core::config::schema::Failback as F;
     use tandem_core::config::ResourceSpec;
     let f = &cfg.file;
@@ -310,9 +314,10 @@ fn groups_spec(cfg: &Config, topo: &Topology) -> Result<GroupsSpec> {
             .map(|(_, id)| *id)
             .collect(),
         lease_ms: cfg.timing.deadtime_ms,
-        fence_hosts: crate::fence_agent::devices(cfg)
-            .iter()
-            .flat_map(|d| d.plan.hosts.iter().map(|(n, _)| n.clone()))
+        fence_hosts: topo
+            .hosts()
+            .filter(|h| crate::fence_agent::covers(fence_devices, h))
+            .cloned()
             .collect(),
     })
 }
@@ -438,7 +443,8 @@ pub fn run(cfg: Config, opts: AgentOptions) -> Result<()> {
         quorum::Mode::TwoNode => "two_node",
         quorum::Mode::Majority { .. } => "majority",
     };
-    let groups = groups_spec(&cfg, &topo)?;
+    let fence_devices = Rc::new(crate::fence_agent::devices(&cfg));
+    let groups = groups_spec(&cfg, &topo, &fence_devices)?;
     let started = Instant::now();
     let unix_at_zero_ms = unix_ms();
     let mut member = Member::new(spec, incarnation, persisted, 0, now_us);
@@ -476,7 +482,7 @@ pub fn run(cfg: Config, opts: AgentOptions) -> Result<()> {
     let (fence_tx, fence_rx) = mpsc::channel::<FenceDone>(MAX_CONCURRENT_FENCES);
     let agent = Agent {
         runner,
-        fence_devices: Rc::new(crate::fence_agent::devices(&cfg)),
+        fence_devices,
         fencing: Vec::new(),
         fence_queue: VecDeque::new(),
         fence_tx,
@@ -1207,7 +1213,6 @@ fn describe_request(r: &Request) -> String {
 /// Starts the lease guard in its own session, so that it outlives this
 /// agent however the agent dies.
 fn spawn_guard(lease_path: &Path, node: &str) -> Result<()> {
-    use std::os::unix::process::CommandExt as _;
     let exe = std::env::current_exe().context("finding this program to start the guard")?;
     let mut cmd = std::process::Command::new(exe);
     cmd.args(["guard", "--lease-file"])
@@ -1220,15 +1225,7 @@ fn spawn_guard(lease_path: &Path, node: &str) -> Result<()> {
         ])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null());
-    // SAFETY: setsid is async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    crate::resources::own_session(&mut cmd);
     cmd.spawn().context("starting the lease guard")?;
     Ok(())
 }

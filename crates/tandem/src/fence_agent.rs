@@ -118,12 +118,7 @@ mod tests {
 
     const FENCE_DUMMY: &str = "/usr/sbin/fence_dummy";
 
-    fn rt() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-    }
+    use crate::resources::test_runtime as rt;
 
     fn dummy(dir: &std::path::Path, kind: &str, secret: &str) -> FenceDevice {
         FenceDevice {

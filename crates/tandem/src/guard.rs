@@ -251,17 +251,10 @@ mod tests {
     #[test]
     fn enforce_kills_the_listed_process_group() {
         let dir = tempfile::tempdir().unwrap();
-        let mut child = unsafe {
-            use std::os::unix::process::CommandExt as _;
-            std::process::Command::new("sleep")
-                .arg("30")
-                .pre_exec(|| {
-                    libc::setsid();
-                    Ok(())
-                })
-                .spawn()
-                .unwrap()
-        };
+        let mut cmd = std::process::Command::new("sleep");
+        cmd.arg("30");
+        crate::resources::own_session(&mut cmd);
+        let mut child = cmd.spawn().unwrap();
         let pidfile = dir.path().join("g.r.pid");
         std::fs::write(&pidfile, format!("{} 0\n", child.id())).unwrap();
         let did = enforce(&LeaseFile {

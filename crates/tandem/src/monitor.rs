@@ -185,12 +185,7 @@ async fn http_get(url: &str) -> Result<(), String> {
 mod tests {
     use super::*;
 
-    fn rt() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-    }
+    use crate::resources::test_runtime as rt;
 
     #[test]
     fn urls_split_into_address_host_and_path() {

@@ -139,6 +139,32 @@ pub struct Resource {
     pub kind: Kind,
 }
 
+/// Makes the child of `cmd` lead a session (and process group) of its own:
+/// signals reach it and everything it starts, and it survives whatever
+/// happens to the process group of its parent.
+pub fn own_session(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: setsid is async-signal-safe, the only call made between fork
+    // and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// A single-threaded runtime for the unit tests of the shell's modules.
+#[cfg(test)]
+pub(crate) fn test_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a test runtime")
+}
+
 /// The number of a signal name (`TERM`, `SIGINT`, `KILL`, ...).
 pub fn signal_number(name: &str) -> Option<i32> {
     let n = name.trim_start_matches("SIG");
@@ -449,17 +475,9 @@ async fn process_start(p: &ProcessResource, owner: &Owner) -> Outcome {
     if let Some(d) = &p.working_dir {
         cmd.current_dir(d);
     }
-    // SAFETY: setsid is async-signal-safe; the child gets its own session
-    // and process group, which stop signals as a whole, and outlives an
+    // Its own process group, which stop signals as a whole; it outlives an
     // agent killed with -9 (a restarted agent finds it by its pid file).
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    own_session(cmd.as_std_mut());
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => return Outcome::Failed(format!("cannot run {program}: {e}")),
@@ -579,15 +597,7 @@ pub async fn run_bounded(
     if let Some(o) = owner {
         cmd.envs(o.env());
     }
-    // SAFETY: setsid is async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    own_session(cmd.as_std_mut());
     let mut child = cmd
         .spawn()
         .map_err(|e| format!("cannot run {}: {e}", program.display()))?;
@@ -678,12 +688,7 @@ mod tests {
         }
     }
 
-    fn rt() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-    }
+    use crate::resources::test_runtime as rt;
 
     #[test]
     fn subnets_compare_by_prefix() {

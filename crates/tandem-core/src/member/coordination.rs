@@ -1,0 +1,660 @@
+//! The part of [`Member`] that coordinates groups: per-recipient reports
+//! and the leases they carry ([`crate::lease`]), requests to the leader
+//! (operator commands, failure reports), fencing triggers, and the
+//! leader's placement loop (expired fail counts, [`crate::policy`],
+//! [`crate::handover`]). Kept apart from the membership protocol in the
+//! parent module; both act on the same state.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::*;
+
+/// Leases, reports, requests and the leader's placement loop.
+impl Member {
+    /// Tells the member what groups the cluster has (every member, the
+    /// witness included, since any voter may lead) and the wall clock at
+    /// `now_ms == 0` (for failure times and their expiry).
+    pub fn set_groups(&mut self, groups: GroupsSpec, unix_at_zero_ms: u64) {
+        self.groups = groups;
+        self.unix_at_zero_ms = unix_at_zero_ms;
+    }
+
+    /// What runs on this node, and which links fail their ping monitor.
+    pub fn set_local(&mut self, groups: Vec<GroupReport>, failed_links: Vec<String>) {
+        let changed = |a: &[GroupReport], b: &[GroupReport]| {
+            a.len() != b.len()
+                || a.iter()
+                    .zip(b)
+                    .any(|(x, y)| x.active != y.active || x.state != y.state)
+        };
+        // The leader waits on these: send them now, not at the next beat.
+        if changed(&self.local_groups, &groups) || self.failed_links != failed_links {
+            self.heartbeat_due_ms = self.now_ms;
+        }
+        self.local_groups = groups;
+        self.failed_links = failed_links;
+    }
+
+    /// Why groups cannot move yet (leader only; empty elsewhere).
+    pub fn waiting(&self) -> &BTreeMap<String, String> {
+        &self.waiting
+    }
+
+    /// The latest report from `peer`, with this member's time of receipt.
+    pub fn report_from(&self, peer: NodeId) -> Option<(&Report, u64)> {
+        self.reports.get(&peer).map(|r| (&r.report, r.rx_ms))
+    }
+
+    pub(super) fn unix_ms(&self, now_ms: u64) -> u64 {
+        self.unix_at_zero_ms + now_ms
+    }
+
+    pub(super) fn on_report(&mut self, now_ms: u64, from: NodeId, incarnation: u64, r: Report) {
+        let stamp = self
+            .stamps
+            .entry(from)
+            .or_insert(((incarnation, r.sent_ms), now_ms));
+        if incarnation > stamp.0 .0 || (incarnation == stamp.0 .0 && r.sent_ms > stamp.0 .1) {
+            *stamp = ((incarnation, r.sent_ms), now_ms);
+        }
+        self.reports.insert(
+            from,
+            PeerReport {
+                report: r,
+                rx_ms: now_ms,
+            },
+        );
+    }
+
+    pub(super) fn report_for(&self, peer: NodeId) -> Report {
+        let record = self.agreement.record();
+        let groups = self
+            .local_groups
+            .iter()
+            .map(|g| GroupReport {
+                epoch: record.placements.get(&g.name).map_or(0, |p| p.epoch),
+                ..g.clone()
+            })
+            .collect();
+        let leading = self.agreement.role() == Role::Leader;
+        Report {
+            sent_ms: self.now_ms,
+            term: self.agreement.term(),
+            leader: self.agreement.leader(),
+            echo: self.stamps.get(&peer).map(|s| s.0),
+            // Measured from when the echoed stamp arrived here, which is
+            // after the peer sent it: the peer's `stamp + left` can then
+            // never pass this leader's own lease end.
+            lease_left_ms: match (leading, self.stamps.get(&peer)) {
+                (true, Some((_, rx))) => self
+                    .leader_lease_until(self.now_ms)
+                    .map_or(0, |u| u.saturating_sub(*rx)),
+                _ => 0,
+            },
+            log_index: self.agreement.last_index(),
+            groups,
+            failed_links: self.failed_links.clone(),
+            silent_ms: self
+                .spec
+                .peers
+                .iter()
+                .map(|p| {
+                    let heard = self.reports.get(&p.id).map_or(0, |r| r.rx_ms);
+                    (p.id, self.now_ms.saturating_sub(heard))
+                })
+                .collect(),
+        }
+    }
+
+    /// When (this leader's clock) every lease `x` could hold has ended.
+    pub(super) fn lease_end(&self, x: NodeId) -> u64 {
+        let me = self.spec.me;
+        let term = self.agreement.term();
+        let last = self.reports.get(&x).map(|r| r.rx_ms);
+        let mut heard: Vec<Option<u64>> = Vec::new();
+        let mut x_votes = false;
+        let mut voters: Vec<NodeId> = self
+            .spec
+            .peers
+            .iter()
+            .filter(|p| p.voter)
+            .map(|p| p.id)
+            .collect();
+        if self.spec.voter {
+            voters.push(me);
+        }
+        for v in voters {
+            if v == x {
+                x_votes = true;
+                continue;
+            }
+            if v == me {
+                heard.push(Some(last.unwrap_or(0)));
+                continue;
+            }
+            let bound = self.reports.get(&v).and_then(|r| {
+                if r.report.term != term || r.report.leader != Some(me) {
+                    return None;
+                }
+                let silent = r.report.silent_ms.iter().find(|(id, _)| *id == x)?.1;
+                Some(r.rx_ms.saturating_sub(silent))
+            });
+            heard.push(bound);
+        }
+        lease::lease_end_bound(
+            last,
+            self.leader_since_ms,
+            self.groups.lease_ms,
+            x_votes,
+            self.majority(),
+            &heard,
+        )
+    }
+
+    pub(super) fn majority(&self) -> usize {
+        match self.spec.mode {
+            quorum::Mode::Majority { voters } => voters / 2 + 1,
+            quorum::Mode::TwoNode => 2,
+        }
+    }
+
+    /// The lease of a leader: echoes from voters following it in its term.
+    pub(super) fn leader_lease_until(&self, now_ms: u64) -> Option<u64> {
+        let term = self.agreement.term();
+        let echoes: Vec<u64> = self
+            .spec
+            .peers
+            .iter()
+            .filter(|p| p.voter)
+            .filter_map(|p| {
+                if self.fenced.contains(&p.id) {
+                    return Some(now_ms);
+                }
+                let r = &self.reports.get(&p.id)?.report;
+                let (inc, stamp) = r.echo?;
+                (r.term == term && r.leader == Some(self.spec.me) && inc == self.incarnation)
+                    .then_some(stamp)
+            })
+            .collect();
+        lease::leader_lease_until(now_ms, &echoes, self.majority(), self.groups.lease_ms)
+    }
+
+    /// Until when (this member's clock) it may run its groups, if at all.
+    pub fn lease_until(&self, now_ms: u64) -> Option<u64> {
+        if !self.spec.voter && self.agreement.role() == Role::Leader {
+            return None;
+        }
+        match self.agreement.role() {
+            Role::Leader => self.leader_lease_until(now_ms),
+            // A grant from any peer that claims to lead: each is bounded by
+            // that leader's own lease, and the takeover bound of any later
+            // leader covers every grantor (see `lease`). Counted only once
+            // the log is applied as far as the grantor's, so a grant never
+            // outruns a placement change the grantor already made.
+            _ => self
+                .reports
+                .iter()
+                .filter_map(|(id, pr)| {
+                    let r = &pr.report;
+                    let (inc, stamp) = r.echo?;
+                    let granted = r.leader == Some(*id)
+                        && r.term >= self.agreement.term()
+                        && inc == self.incarnation
+                        && self.agreement.commit_index() >= r.log_index;
+                    granted.then(|| {
+                        lease::holder_lease_until(stamp, r.lease_left_ms, self.groups.lease_ms)
+                    })
+                })
+                .max(),
+        }
+    }
+
+    /// Whether this member may run its groups at `now_ms`: quorate, and
+    /// holding a lease.
+    pub fn lease_valid(&self, now_ms: u64) -> bool {
+        self.view().quorate && self.lease_until(now_ms).is_some_and(|u| now_ms < u)
+    }
+
+    /// The shell finished fencing `node` (on this leader): records the
+    /// outcome and every attempt in the agreed record.
+    pub fn fence_done(
+        &mut self,
+        now_ms: u64,
+        node: &str,
+        on: bool,
+        ok: bool,
+        attempts: Vec<String>,
+    ) {
+        self.now_ms = now_ms;
+        if !on {
+            self.fencing.remove(node);
+            if ok {
+                self.fenced_at_ms.insert(node.to_string(), now_ms);
+                self.fence_retry.remove(node);
+                // Two-node quorum: a peer confirmed off counts as its vote.
+                let id = self
+                    .groups
+                    .hosts
+                    .iter()
+                    .position(|h| h == node)
+                    .and_then(|i| self.groups.host_ids.get(i).copied());
+                if let (quorum::Mode::TwoNode, Some(id)) = (self.spec.mode, id) {
+                    if id != self.spec.me {
+                        self.set_fenced(now_ms, id, true);
+                    }
+                }
+            } else {
+                let last = attempts.last().cloned().unwrap_or_default();
+                self.fence_retry
+                    .insert(node.to_string(), (now_ms + FENCE_RETRY_MS, last));
+                self.lead_due_ms = Some(now_ms + FENCE_RETRY_MS);
+            }
+        }
+        let cmd = Command::FenceLog {
+            node: node.to_string(),
+            at_unix_ms: self.unix_ms(now_ms),
+            action: if on { "on" } else { "off" }.to_string(),
+            ok,
+            attempts,
+        };
+        // Not leading (a two-node survivor fences before it can lead, or
+        // leadership moved meanwhile): record it once this member leads.
+        if self.agreement.propose(now_ms, cmd.clone()).is_err() {
+            if self.pending_fence_logs.len() == MAX_PENDING_FENCE_LOGS {
+                self.pending_fence_logs.pop_front();
+            }
+            self.pending_fence_logs.push_back(cmd);
+        }
+    }
+
+    /// Sends a request to the leader (handled here when this member leads;
+    /// queued while no leader is known, the oldest dropped past a limit).
+    pub fn request(&mut self, now_ms: u64, request: Request) {
+        self.now_ms = now_ms;
+        self.request_seq += 1;
+        let env = RequestEnvelope {
+            id: (self.incarnation, self.request_seq),
+            request,
+        };
+        if self.queued_requests.len() == MAX_QUEUED_REQUESTS {
+            self.queued_requests.pop_front();
+        }
+        self.queued_requests.push_back(env);
+        self.flush_requests();
+    }
+
+    pub(super) fn flush_requests(&mut self) {
+        let Some(leader) = self.agreement.leader() else {
+            return;
+        };
+        while let Some(env) = self.queued_requests.pop_front() {
+            if leader == self.spec.me {
+                let now = self.now_ms;
+                self.on_request(now, env);
+                continue;
+            }
+            let bytes = match serde_json::to_vec(&env) {
+                Ok(b) => b,
+                Err(_) => continue,
+            };
+            // Every shared link, so one lossy link does not lose an
+            // operator's command; the leader drops duplicates by id.
+            let links: Vec<usize> = self
+                .spec
+                .peers
+                .iter()
+                .find(|p| p.id == leader)
+                .map(|p| {
+                    (0..self.spec.links)
+                        .filter(|&l| p.links.get(l).copied().unwrap_or(false))
+                        .collect()
+                })
+                .unwrap_or_default();
+            for link in links {
+                if let Err(e) = self.transmit(leader, link, Body::Request(bytes.clone())) {
+                    self.out.events.push(MemberEvent::SendFailed {
+                        to: leader,
+                        reason: e.to_string(),
+                    });
+                }
+            }
+        }
+    }
+
+    pub(super) fn on_request(&mut self, now_ms: u64, env: RequestEnvelope) {
+        if self.seen_requests.contains(&env.id) {
+            return;
+        }
+        if self.agreement.role() != Role::Leader {
+            // Not (or no longer) the leader: pass it on if one is known.
+            if self.agreement.leader().is_some_and(|l| l != self.spec.me) {
+                self.queued_requests.push_back(env);
+                self.flush_requests();
+            }
+            return;
+        }
+        if self.seen_requests.len() == MAX_SEEN_REQUESTS {
+            self.seen_requests.pop_front();
+        }
+        self.seen_requests.push_back(env.id);
+        if let Request::Fence { node, on } = &env.request {
+            let item = (node.clone(), *on);
+            if !self.out.fence.contains(&item) {
+                self.out.fence.push(item);
+            }
+            return;
+        }
+        for cmd in self.commands_for(&env.request) {
+            // A refused proposal (too many uncommitted) is lost; the
+            // operator's command then times out and says so.
+            let _ = self.agreement.propose(now_ms, cmd);
+        }
+    }
+
+    pub(super) fn commands_for(&self, request: &Request) -> Vec<Command> {
+        let record = self.agreement.record();
+        match request {
+            Request::Move { group, node } => vec![Command::Pin {
+                group: group.clone(),
+                node: node.clone(),
+            }],
+            Request::Failover { group } => {
+                let current = record.placements.get(group).and_then(|p| p.node.clone());
+                let Some(g) = self.groups.groups.iter().find(|g| g.name == *group) else {
+                    return vec![];
+                };
+                let facts = self.node_facts();
+                let mut candidates: Vec<&String> = g.preferred.iter().collect();
+                candidates.extend(self.groups.hosts.iter());
+                let next = candidates.into_iter().find(|n| {
+                    Some(*n) != current.as_ref()
+                        && facts
+                            .iter()
+                            .find(|f| f.name == **n)
+                            .is_some_and(|f| policy::ineligible_reason(g, f, record).is_none())
+                });
+                next.map_or_else(Vec::new, |n| {
+                    vec![Command::Pin {
+                        group: group.clone(),
+                        node: Some(n.clone()),
+                    }]
+                })
+            }
+            Request::Standby { node, on } => vec![Command::SetIntent {
+                target: node.clone(),
+                intent: Intent::Standby,
+                on: *on,
+            }],
+            Request::Maintenance { group, on } => vec![Command::SetIntent {
+                target: group.clone(),
+                intent: Intent::Maintenance,
+                on: *on,
+            }],
+            // Handled before: the shell runs the devices.
+            Request::Fence { .. } => vec![],
+            Request::Cleanup { group } => {
+                // Every node with a count or a recorded failure.
+                let nodes: BTreeSet<&String> = record
+                    .fail_counts
+                    .get(group)
+                    .into_iter()
+                    .flat_map(|m| m.keys())
+                    .chain(
+                        record
+                            .failures
+                            .get(group)
+                            .into_iter()
+                            .flat_map(|m| m.keys()),
+                    )
+                    .collect();
+                nodes
+                    .into_iter()
+                    .map(|n| Command::FailCount {
+                        group: group.clone(),
+                        node: n.clone(),
+                        count: 0,
+                    })
+                    .collect()
+            }
+            Request::Failed {
+                group,
+                node,
+                reason,
+                at_unix_ms,
+                move_now,
+            } => vec![
+                Command::FailCount {
+                    group: group.clone(),
+                    node: node.clone(),
+                    count: {
+                        let next = record.fail_count(group, node).saturating_add(1);
+                        let threshold = self
+                            .groups
+                            .groups
+                            .iter()
+                            .find(|g| g.name == *group)
+                            .map_or(next, |g| g.migration_threshold);
+                        if *move_now {
+                            next.max(threshold)
+                        } else {
+                            next
+                        }
+                    },
+                },
+                Command::FailedAt {
+                    group: group.clone(),
+                    node: node.clone(),
+                    at_unix_ms: *at_unix_ms,
+                    reason: reason.clone(),
+                },
+            ],
+        }
+    }
+
+    /// What the leader knows of every hosting node.
+    pub(super) fn node_facts(&self) -> Vec<NodeFacts> {
+        self.groups
+            .hosts
+            .iter()
+            .zip(&self.groups.host_ids)
+            .map(|(h, &id)| {
+                if id == self.spec.me {
+                    return NodeFacts {
+                        name: h.clone(),
+                        online: true,
+                        failed_links: self.failed_links.clone(),
+                    };
+                }
+                NodeFacts {
+                    name: h.clone(),
+                    online: self.detector.node_state(id) == Some(NodeState::Alive)
+                        && self.reports.contains_key(&id),
+                    failed_links: self
+                        .reports
+                        .get(&id)
+                        .map(|r| r.report.failed_links.clone())
+                        .unwrap_or_default(),
+                }
+            })
+            .collect()
+    }
+
+    pub(super) fn node_views(&self) -> Vec<NodeView> {
+        let record = self.agreement.record();
+        self.groups
+            .hosts
+            .iter()
+            .zip(&self.groups.host_ids)
+            .map(|(h, &id)| {
+                let (groups, last): (&[GroupReport], Option<u64>) = if id == self.spec.me {
+                    (&self.local_groups, Some(self.now_ms))
+                } else {
+                    match self.reports.get(&id) {
+                        Some(r) => (&r.report.groups, Some(r.rx_ms)),
+                        None => (&[], None),
+                    }
+                };
+                let silent =
+                    id != self.spec.me && self.detector.node_state(id) != Some(NodeState::Alive);
+                let fenced = self
+                    .fenced_at_ms
+                    .get(h)
+                    .is_some_and(|f| last.map_or(true, |l| *f > l));
+                let fence_note = if self.fencing.contains(h) {
+                    Some("fencing in progress".to_string())
+                } else {
+                    self.fence_retry.get(h).map(|(at, why)| {
+                        format!(
+                            "fencing failed, retry in {} ms: {why}",
+                            at.saturating_sub(self.now_ms)
+                        )
+                    })
+                };
+                NodeView {
+                    name: h.clone(),
+                    last_report_ms: last,
+                    lease_end_ms: (id != self.spec.me).then(|| self.lease_end(id)),
+                    fence_required: self.groups.fence_hosts.contains(h),
+                    silent,
+                    fenced,
+                    fence_note,
+                    active: groups
+                        .iter()
+                        .filter(|g| g.active)
+                        .map(|g| g.name.clone())
+                        .collect(),
+                    seen: groups
+                        .iter()
+                        .map(|g| {
+                            // Our own groups see our own record.
+                            let e = if id == self.spec.me {
+                                record.placements.get(&g.name).map_or(0, |p| p.epoch)
+                            } else {
+                                g.epoch
+                            };
+                            (g.name.clone(), e)
+                        })
+                        .collect(),
+                }
+            })
+            .collect()
+    }
+
+    /// The leader's placement loop: one safe step toward the policy's
+    /// targets, once everything proposed before has committed.
+    pub(super) fn lead(&mut self) {
+        if self.agreement.role() != Role::Leader
+            || self.groups.groups.is_empty()
+            || !self.view().quorate
+            || self.agreement.last_index() != self.agreement.commit_index()
+            || self.agreement.record().config_hash != self.spec.config_hash
+        {
+            self.waiting.clear();
+            self.lead_due_ms = None;
+            return;
+        }
+        let now = self.now_ms;
+        while let Some(cmd) = self.pending_fence_logs.pop_front() {
+            let _ = self.agreement.propose(now, cmd);
+        }
+        // Expired failures first: they change eligibility.
+        let mut cmds = self.expired_failures(now);
+        if cmds.is_empty() {
+            let steps = self.plan(now);
+            self.waiting = steps.waiting;
+            self.lead_due_ms = steps.retry_at_ms;
+            cmds = steps.propose;
+            for node in steps.fence {
+                let retry = self.fence_retry.get(&node).map(|r| r.0);
+                if self.fencing.contains(&node) || retry.is_some_and(|r| now < r) {
+                    continue;
+                }
+                self.fencing.insert(node.clone());
+                self.out.fence.push((node, false));
+            }
+        }
+        for cmd in cmds {
+            let _ = self.agreement.propose(now, cmd);
+        }
+    }
+
+    /// `FailCount 0` for every failure older than its group's expiry.
+    pub(super) fn expired_failures(&self, now_ms: u64) -> Vec<Command> {
+        let record = self.agreement.record();
+        let unix = self.unix_ms(now_ms);
+        let mut cmds = Vec::new();
+        for (gi, g) in self.groups.groups.iter().enumerate() {
+            let expiry = self
+                .groups
+                .failure_expiry_ms
+                .get(gi)
+                .copied()
+                .unwrap_or(u64::MAX);
+            for (node, (at, _)) in record.failures.get(&g.name).into_iter().flatten() {
+                if unix.saturating_sub(*at) >= expiry {
+                    cmds.push(Command::FailCount {
+                        group: g.name.clone(),
+                        node: node.clone(),
+                        count: 0,
+                    });
+                }
+            }
+        }
+        cmds
+    }
+
+    /// The policy's targets and the handover's next steps toward them.
+    pub(super) fn plan(&self, now_ms: u64) -> handover::Steps {
+        let record = self.agreement.record();
+        let facts = self.node_facts();
+        let targets: BTreeMap<String, Target> =
+            policy::targets(&self.groups.groups, &facts, record);
+        let views = self.node_views();
+        handover::steps(&handover::HandoverInput {
+            now_ms,
+            leader_since_ms: self.leader_since_ms,
+            lease_ms: self.groups.lease_ms,
+            margin_ms: lease::takeover_margin_ms(
+                self.spec.timing.heartbeat_ms,
+                self.groups.lease_ms,
+            ),
+            record,
+            targets: &targets,
+            nodes: &views,
+        })
+    }
+
+    /// Two-node mode: a node that lost its peer has no quorum until it has
+    /// fenced it, so it fences it (through the shell, [`MemberOutput::fence`]).
+    /// Both sides of a partition race; a `delay_ms` on the device that
+    /// fences the preferred node lets that node win. Never while waiting
+    /// for all (a node back from being fenced must not fence the survivor:
+    /// no fence loops), and only a peer that some device lists.
+    pub(super) fn two_node_fence(&mut self, now_ms: u64) {
+        if self.spec.mode != quorum::Mode::TwoNode || self.waiting_for_all() {
+            return;
+        }
+        let peers: Vec<(String, NodeId)> = self
+            .groups
+            .hosts
+            .iter()
+            .cloned()
+            .zip(self.groups.host_ids.iter().copied())
+            .filter(|(_, id)| *id != self.spec.me)
+            .collect();
+        for (name, id) in peers {
+            let dead = self.detector.node_state(id) == Some(NodeState::Dead);
+            let retry = self.fence_retry.get(&name).map(|r| r.0);
+            if !dead
+                || self.fenced.contains(&id)
+                || !self.groups.fence_hosts.contains(&name)
+                || self.fencing.contains(&name)
+                || retry.is_some_and(|r| now_ms < r)
+            {
+                continue;
+            }
+            self.fencing.insert(name.clone());
+            self.out.fence.push((name, false));
+        }
+    }
+}
