@@ -23,6 +23,8 @@
 //! - [`group`]: one node's groups: probe, ordered start, reverse stop,
 //!   failures and restarts.
 //! - [`member`]: one member's whole protocol state, joining the above.
+//! - [`watchdog`]: when the agent feeds the node's watchdog and when it
+//!   lets it reset the node.
 
 pub mod agreement;
 pub mod config;
@@ -35,4 +37,5 @@ pub mod lease;
 pub mod member;
 pub mod policy;
 pub mod quorum;
+pub mod watchdog;
 pub mod wire;

@@ -480,8 +480,12 @@ pub fn run(cfg: Config, opts: AgentOptions) -> Result<()> {
         Some(r)
     };
     let (fence_tx, fence_rx) = mpsc::channel::<FenceDone>(MAX_CONCURRENT_FENCES);
+    // The witness hosts nothing: a reset would protect nothing.
+    let watchdog =
+        crate::watchdog::Watchdog::open(if witness { None } else { cfg.watchdog.as_ref() })?;
     let agent = Agent {
         runner,
+        watchdog,
         fence_devices,
         fencing: Vec::new(),
         fence_queue: VecDeque::new(),
@@ -519,6 +523,8 @@ type FenceDone = (String, bool, bool, Vec<String>);
 struct Agent {
     /// This node's groups (None on the witness).
     runner: Option<Runner>,
+    /// The node's watchdog, fed while the rule says so.
+    watchdog: crate::watchdog::Watchdog,
     /// The configuration's fence devices.
     fence_devices: Rc<Vec<crate::fence_agent::FenceDevice>>,
     /// Nodes being fenced (or powered on) now, and those waiting for a slot.
@@ -616,6 +622,8 @@ impl Agent {
             self.state.path.display()
         );
         self.log(text);
+        let text = self.watchdog.describe();
+        self.log(text);
         self.flush().await?;
         let mut shutdown_deadline: Option<Instant> = None;
         let (ctl_tx, mut ctl_rx) = mpsc::channel::<ControlMsg>(CONTROL_QUEUE);
@@ -631,6 +639,9 @@ impl Agent {
                 break;
             }
             let mut next = self.member.next_deadline();
+            if let Some(d) = self.watchdog.next_deadline() {
+                next = next.min(d);
+            }
             if let Some(r) = &self.runner {
                 if let Some(d) = r.next_deadline() {
                     next = next.min(d);
@@ -685,6 +696,15 @@ impl Agent {
             }
             self.flush().await?;
         }
+        // Disarm only when nothing may still run here: otherwise the reset
+        // the device will do is the last way to stop it.
+        if !self.runner.as_ref().is_some_and(Runner::any_active) {
+            if let Some(line) = self.watchdog.disarm() {
+                self.log(line);
+            }
+        } else {
+            self.log("leaving with resources still active: the watchdog stays armed".into());
+        }
         // Leave cleanly so peers need not wait for deadtime.
         self.member.leave();
         self.flush().await?;
@@ -730,13 +750,19 @@ impl Agent {
         }
     }
 
-    /// One runner pass (wants, actions, checks), logging what it did.
+    /// One runner pass (wants, actions, checks), logging what it did,
+    /// then the watchdog's feeding by what the pass left.
     fn drive(&mut self) {
         let now = self.now_ms();
         if let Some(r) = self.runner.as_mut() {
             for line in r.drive(now, &mut self.member) {
                 self.log(line);
             }
+        }
+        let active = self.runner.as_ref().is_some_and(Runner::any_active);
+        let lease = self.member.lease_valid(now);
+        if let Some(line) = self.watchdog.tick(now, lease, active) {
+            self.log(line);
         }
     }
 
@@ -1008,6 +1034,10 @@ impl Agent {
             groups: self.groups_status(),
             fences: record.fence_log.clone(),
             recovery: self.recovery_text(),
+            watchdog: self
+                .runner
+                .as_ref()
+                .map(|_| self.watchdog.status(self.now_ms())),
             standby: record
                 .intents
                 .iter()

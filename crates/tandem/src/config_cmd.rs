@@ -48,6 +48,15 @@ pub fn validate(args: &ValidateArgs) -> Result<bool> {
         } else if !args.quiet || warnings > 0 {
             println!("{label}: ok ({warnings} warning(s))");
         }
+        // A fact about this machine rather than the file: a note, not a
+        // warning, so the same file validates the same everywhere.
+        if let Some(note) = loaded
+            .config
+            .as_ref()
+            .and_then(|c| crate::watchdog::machine_note(c.watchdog.as_ref()))
+        {
+            eprintln!("note: {label}: {note}");
+        }
     }
     Ok(all_ok)
 }

@@ -14,6 +14,7 @@ mod netlink;
 mod resources;
 mod runner;
 mod status;
+mod watchdog;
 
 use std::io::Write as _;
 use std::process::ExitCode;

@@ -49,6 +49,9 @@ pub struct Status {
     /// How a lost node's groups are recovered, in words.
     #[serde(default)]
     pub recovery: String,
+    /// This node's watchdog (None on the witness).
+    #[serde(default)]
+    pub watchdog: Option<crate::watchdog::WatchdogStatus>,
 }
 
 /// This node's lease on running groups.
@@ -280,6 +283,20 @@ impl Status {
                     "none — this node runs no group".to_string()
                 }
             );
+        }
+        if let Some(w) = &self.watchdog {
+            let _ = match w.state.as_str() {
+                "armed" | "starving" | "failed" => writeln!(
+                    o,
+                    "watchdog: {} {}{}: {}",
+                    w.device,
+                    w.state,
+                    w.last_fed_ms_ago
+                        .map_or(String::new(), |t| format!(" (fed {t} ms ago)")),
+                    w.note
+                ),
+                _ => writeln!(o, "watchdog: {}", w.note),
+            };
         }
         if !self.failed_links.is_empty() {
             let _ = writeln!(

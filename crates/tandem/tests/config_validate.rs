@@ -53,6 +53,68 @@ fn every_example_validates() {
     assert_eq!(stdout.matches(": ok (").count(), files.len(), "{stdout}");
 }
 
+fn without_watchdog_note(stderr: &str) -> String {
+    stderr
+        .lines()
+        .filter(|l| !(l.starts_with("note: ") && l.contains("watchdog")))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+/// `config validate` says when this machine has no watchdog device, and
+/// is silent when it has one or the configuration disables it.
+#[test]
+fn validate_says_when_the_machine_has_no_watchdog() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let file = examples.join("interface-preference.toml");
+    let dir = tempfile::tempdir().unwrap();
+    let source = std::fs::read_to_string(&file).unwrap();
+    let key = examples.join(
+        source
+            .lines()
+            .find_map(|l| l.strip_prefix("key_file = \""))
+            .and_then(|l| l.strip_suffix('"'))
+            .unwrap(),
+    );
+    let write = |name: &str, extra: &str| {
+        let text = source.replace(
+            "key_file = \"",
+            &format!("key_file = \"{}/", examples.display()),
+        ) + extra;
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    assert!(key.exists(), "{}", key.display());
+    let run = |p: &Path| {
+        let out = tandem()
+            .args(["config", "validate"])
+            .arg(p)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let default = run(&write("default.toml", ""));
+    let has_device = Path::new("/dev/watchdog").exists();
+    assert_eq!(
+        default.contains("note: ") && default.contains("/dev/watchdog does not exist"),
+        !has_device,
+        "{default}"
+    );
+    let missing = run(&write(
+        "missing.toml",
+        "\n[watchdog]\ndevice = \"/nonexistent/watchdog\"\n",
+    ));
+    assert!(
+        missing.contains("/nonexistent/watchdog does not exist on this node")
+            && missing.contains("softdog"),
+        "{missing}"
+    );
+    let off = run(&write("off.toml", "\n[watchdog]\nenabled = false\n"));
+    assert!(!off.contains("watchdog"), "{off}");
+}
+
 #[test]
 fn broken_configs_fail_with_location_and_fix() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/broken");
@@ -67,6 +129,8 @@ fn broken_configs_fail_with_location_and_fix() {
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
+        // The watchdog note depends on this machine, not the file.
+        let stderr = without_watchdog_note(&stderr);
         let stdout = String::from_utf8_lossy(&out.stdout);
         let expect_ok = name.to_string_lossy().ends_with("-warn.toml");
         assert_eq!(out.status.success(), expect_ok, "{name:?}:\n{stderr}");

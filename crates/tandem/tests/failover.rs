@@ -1007,3 +1007,111 @@ options = {{ testbed = "@TESTBED_ID@" }}
         "two_node partitions: {reps} times n1 kept the group and fenced n2; outages (ms) {gaps:?}"
     );
 }
+
+/// The watchdog (a FIFO stands in for /dev/watchdog: this kernel has no
+/// watchdog driver): every agent feeds it; the node holding a group whose
+/// stop fails stops feeding once it is cut from the quorum past its lease
+/// and the stop grace; it feeds again once the stop succeeds.
+#[test]
+fn watchdog_starves_while_a_stop_fails_without_quorum() {
+    if !require_root("watchdog_starves_while_a_stop_fails_without_quorum") {
+        return;
+    }
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("watchdog");
+    let c_path = std::ffi::CString::new(fifo.to_string_lossy().as_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    // Held open for the whole test: without a reader, feeds fail.
+    let _reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&fifo)
+        .unwrap();
+    let stuck = dir.path().join("stuck");
+    let script = dir.path().join("db");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nf={d}/$TANDEM_NODE.running\ncase \"$1\" in\n  start) touch \"$f\" ;;\n  stop) [ -e {stuck} ] && {{ echo stuck; exit 1; }}; rm -f \"$f\" ;;\n  status) [ -e \"$f\" ] || exit 3 ;;\nesac\n",
+            d = dir.path().display(),
+            stuck = stuck.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let extra = format!(
+        r#"
+[watchdog]
+device = "{}"
+timeout_s = 4
+stop_grace_ms = 1000
+
+[[group]]
+name = "web"
+preferred = ["n1", "n2", "n3"]
+
+[[group.resource]]
+name = "db"
+kind = "exec"
+script = "{}"
+"#,
+        fifo.display(),
+        script.display()
+    );
+    let shape = ClusterShape {
+        extra,
+        ..ClusterShape::nodes(NODES)
+    };
+    let c = AgentCluster::start(TANDEM, &shape).unwrap();
+    let fed = |s: &Value| -> Option<(String, u64)> {
+        let w = &s["watchdog"];
+        Some((
+            w["state"].as_str()?.to_string(),
+            w["last_fed_ms_ago"].as_u64()?,
+        ))
+    };
+    for n in 1..=NODES {
+        c.wait(n, GENEROUS, "settled, web on n1, watchdog armed", |s| {
+            all_online(s)
+                && running_on(s) == Some(1)
+                && fed(s).is_some_and(|(st, ago)| st == "armed" && ago <= 1_500)
+        })
+        .unwrap();
+    }
+    std::fs::write(&stuck, "").unwrap();
+    c.bed.cut_node(1).unwrap();
+    c.wait(1, GENEROUS, "n1 stops feeding its watchdog", |s| {
+        fed(s).is_some_and(|(st, _)| st == "starving")
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let s1 = c.status(1).unwrap();
+    let (state, ago) = fed(&s1).unwrap();
+    assert!(state == "starving" && ago >= 3_000, "{:#}", s1["watchdog"]);
+    let text = c.status_text(1).unwrap();
+    assert!(
+        text.contains("starving") && text.contains("resources still active"),
+        "{text}"
+    );
+    assert!(
+        c.logs().contains("watchdog: NOT feeding it any more"),
+        "{}",
+        c.logs()
+    );
+    // The others keep feeding theirs.
+    for n in 2..=NODES {
+        let (state, ago) = fed(&c.status(n).unwrap()).unwrap();
+        assert!(state == "armed" && ago <= 1_500, "n{n}: {state} {ago}");
+    }
+    // The stop succeeds at last: n1 feeds again.
+    std::fs::remove_file(&stuck).unwrap();
+    c.wait(1, GENEROUS, "n1 feeds its watchdog again", |s| {
+        fed(s).is_some_and(|(st, ago)| st == "armed" && ago <= 1_500)
+    })
+    .unwrap();
+    c.bed.restore_node(1).unwrap();
+    println!("watchdog: n1 starved {ago} ms+ while its stop failed without quorum, fed again once stopped; n2, n3 fed throughout");
+}

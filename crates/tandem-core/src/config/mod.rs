@@ -17,7 +17,8 @@ use std::path::{Path, PathBuf};
 use crate::diagnostic::Diagnostic;
 
 pub use validate::{
-    Config, MonitorSpec, ResourceSpec, Timing, IMPLEMENTED_GROUP_MONITORS, IMPLEMENTED_RESOURCES,
+    Config, MonitorSpec, ResourceSpec, Timing, WatchdogSpec, DEFAULT_WATCHDOG_DEVICE,
+    IMPLEMENTED_GROUP_MONITORS, IMPLEMENTED_RESOURCES,
 };
 
 /// Length of a cluster key in bytes.

@@ -45,6 +45,28 @@ pub struct ConfigFile {
     /// Replicated volumes (`[[volume]]`).
     #[serde(default, rename = "volume")]
     pub volumes: Vec<Volume>,
+    /// The hardware or software watchdog the agent feeds.
+    #[serde(default)]
+    pub watchdog: Watchdog,
+}
+
+/// `[watchdog]`: a device that resets the node unless the agent keeps
+/// writing to it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Watchdog {
+    /// Arm the device when it exists (default true).
+    pub enabled: Option<Spanned<bool>>,
+    /// Refuse to start when the device is missing or cannot be armed
+    /// (default false).
+    pub required: Option<Spanned<bool>>,
+    /// The device (default `/dev/watchdog`).
+    pub device: Option<Spanned<PathBuf>>,
+    /// Seconds without a feed before the device resets the node (default 5).
+    pub timeout_s: Option<Spanned<u32>>,
+    /// After the lease ended with resources still active here, how long the
+    /// agent keeps feeding while it stops them (default 10 000 ms).
+    pub stop_grace_ms: Option<Spanned<u64>>,
 }
 
 /// `[cluster]`: identity, key, and where the agent keeps its state.

@@ -151,6 +151,25 @@ pub struct Config {
     pub group_monitors: Vec<Vec<MonitorSpec>>,
     /// Typed node monitors.
     pub node_monitors: Vec<MonitorSpec>,
+    /// The watchdog to arm, unless `[watchdog] enabled = false`.
+    pub watchdog: Option<WatchdogSpec>,
+}
+
+/// Device path used when `[watchdog] device` is not set.
+pub const DEFAULT_WATCHDOG_DEVICE: &str = "/dev/watchdog";
+
+/// The watchdog settings after defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchdogSpec {
+    /// The device to open.
+    pub device: PathBuf,
+    /// Reset after this many seconds without a feed.
+    pub timeout_s: u32,
+    /// Feeding goes on this long after the lease ended with resources
+    /// still active here, so that a slow stop is not a reset.
+    pub stop_grace_ms: u64,
+    /// The agent refuses to start without the device.
+    pub required: bool,
 }
 
 /// Turns a TOML/serde error into a located diagnostic with a fix.
@@ -424,6 +443,7 @@ pub(super) fn validate(
         group_monitors.push(m);
     }
     check_hosting(&mut c, &file, &resources);
+    let watchdog = check_watchdog(&mut c, &file);
 
     // Errors first, each in file order, then warnings.
     c.diags
@@ -436,11 +456,57 @@ pub(super) fn validate(
         resources,
         group_monitors,
         node_monitors,
+        watchdog,
     });
     Loaded {
         config,
         diagnostics: c.diags,
     }
+}
+
+fn check_watchdog(c: &mut Checker<'_>, file: &ConfigFile) -> Option<WatchdogSpec> {
+    let w = &file.watchdog;
+    let enabled = w.enabled.as_ref().map_or(true, |e| *e.get_ref());
+    let required = w.required.as_ref().is_some_and(|r| *r.get_ref());
+    if required && !enabled {
+        c.error(
+            w.required.as_ref().and_then(span),
+            "the watchdog is both required and disabled",
+            "remove `enabled = false`, or set `required = false`",
+        );
+    }
+    if let Some(d) = &w.device {
+        if !d.get_ref().is_absolute() {
+            c.error(
+                span(d),
+                format!(
+                    "watchdog device `{}` is not an absolute path",
+                    d.get_ref().display()
+                ),
+                "write the full path, e.g. `device = \"/dev/watchdog\"`",
+            );
+        }
+    }
+    let timeout_s = w.timeout_s.as_ref().map_or(5, |t| *t.get_ref());
+    if let Some(t) = &w.timeout_s {
+        if !(1..=600).contains(t.get_ref()) {
+            c.error(
+                span(t),
+                format!("watchdog timeout_s {} is out of range", t.get_ref()),
+                "use 1 to 600 seconds; 5 (the default) resets a hung node quickly without false resets",
+            );
+        }
+    }
+    let stop_grace_ms = w.stop_grace_ms.as_ref().map_or(10_000, |g| *g.get_ref());
+    enabled.then(|| WatchdogSpec {
+        device: w.device.as_ref().map_or_else(
+            || PathBuf::from(DEFAULT_WATCHDOG_DEVICE),
+            |d| d.get_ref().clone(),
+        ),
+        timeout_s,
+        stop_grace_ms,
+        required,
+    })
 }
 
 fn check_key_file(

@@ -1,0 +1,320 @@
+//! The node's watchdog device (`/dev/watchdog`, e.g. the `softdog` module
+//! or a hardware timer): opening and arming it, feeding it while the core's
+//! [`Feeder`] says so, and the "magic close" that disarms it on a clean
+//! stop. The rule of when to feed lives in `tandem_core::watchdog`.
+
+use std::fs::{File, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+use tandem_core::config::WatchdogSpec;
+use tandem_core::watchdog::{Feeder, Verdict};
+
+/// `WDIOC_SETTIMEOUT`: `_IOWR('W', 6, int)` from `<linux/watchdog.h>`.
+const WDIOC_SETTIMEOUT: libc::c_ulong = 0xC004_5706;
+
+/// Feeds are at least this far apart (a write per loop pass would be
+/// hundreds a second for nothing).
+const MAX_FEED_INTERVAL_MS: u64 = 1_000;
+
+/// The watchdog as status shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchdogStatus {
+    /// `armed`, `starving`, `absent`, `disabled` or `failed`.
+    pub state: String,
+    /// The device path (empty when disabled).
+    pub device: String,
+    /// Seconds without a feed before it resets the node.
+    pub timeout_s: u32,
+    /// Time since the last successful feed (ms), once fed.
+    #[serde(default)]
+    pub last_fed_ms_ago: Option<u64>,
+    /// What this means, in words.
+    pub note: String,
+}
+
+/// An open (or missing) watchdog and its feeding state.
+pub struct Watchdog {
+    spec: Option<WatchdogSpec>,
+    file: Option<File>,
+    feeder: Feeder,
+    last_feed_ms: Option<u64>,
+    /// Why it is not fed, while starving.
+    starving: Option<String>,
+    /// Why it could not be opened or fed.
+    failure: Option<String>,
+    /// The device rejected the timeout; it keeps its own.
+    own_timeout: bool,
+}
+
+impl Watchdog {
+    /// Opens and arms the configured device. A missing device is not an
+    /// error unless the configuration requires it.
+    pub fn open(spec: Option<&WatchdogSpec>) -> Result<Watchdog> {
+        let mut w = Watchdog {
+            spec: spec.cloned(),
+            file: None,
+            feeder: Feeder::new(spec.map_or(0, |s| s.stop_grace_ms)),
+            last_feed_ms: None,
+            starving: None,
+            failure: None,
+            own_timeout: false,
+        };
+        let Some(spec) = spec else {
+            return Ok(w);
+        };
+        // Non-blocking: a device node never blocks, and a FIFO standing
+        // in for one must not hang the agent.
+        match OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&spec.device)
+        {
+            Ok(f) => {
+                let mut t: libc::c_int = spec.timeout_s as libc::c_int;
+                // SAFETY: WDIOC_SETTIMEOUT reads and writes one int through
+                // the pointer, which lives for the call.
+                let rc = unsafe { libc::ioctl(f.as_raw_fd(), WDIOC_SETTIMEOUT as _, &mut t) };
+                w.own_timeout = rc != 0;
+                w.file = Some(f);
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => {
+                w.failure = Some(format!("cannot open {}: {e}", spec.device.display()));
+            }
+        }
+        if spec.required && w.file.is_none() {
+            bail!(
+                "the watchdog is required but {}: load a watchdog driver (`modprobe softdog`, or the board's), make sure no other program holds it, or set `[watchdog] required = false`",
+                w.failure
+                    .clone()
+                    .unwrap_or_else(|| format!("{} does not exist", spec.device.display()))
+            );
+        }
+        Ok(w)
+    }
+
+    /// One line for the log at start.
+    pub fn describe(&self) -> String {
+        let s = self.status(0);
+        match s.state.as_str() {
+            "armed" => format!("watchdog {} armed: {}", s.device, s.note),
+            _ => format!("watchdog {}: {}", s.state, s.note),
+        }
+    }
+
+    /// Applies the rule at `now_ms`; feeds when due. Returns a line to log
+    /// when the watchdog starts or stops being fed, or a feed fails.
+    pub fn tick(&mut self, now_ms: u64, lease_valid: bool, active: bool) -> Option<String> {
+        let file = self.file.as_mut()?;
+        match self.feeder.verdict(now_ms, lease_valid, active) {
+            Verdict::Starve { reason } => {
+                let first = self.starving.is_none();
+                self.starving = Some(reason.clone());
+                first.then(|| {
+                    format!("watchdog: NOT feeding it any more ({reason}); the node resets unless that changes")
+                })
+            }
+            Verdict::Feed => {
+                let resumed = self
+                    .starving
+                    .take()
+                    .map(|_| "watchdog: feeding it again".into());
+                let due = self
+                    .last_feed_ms
+                    .map_or(true, |t| now_ms >= t + feed_interval_ms(self.spec.as_ref()));
+                if !due {
+                    return resumed;
+                }
+                match file.write_all(b"\0") {
+                    Ok(()) => {
+                        self.last_feed_ms = Some(now_ms);
+                        self.failure
+                            .take()
+                            .map(|_| "watchdog: fed again".into())
+                            .or(resumed)
+                    }
+                    Err(e) => {
+                        let first = self.failure.is_none();
+                        self.failure = Some(format!("feeding failed: {e}"));
+                        first.then(|| format!("watchdog: feeding failed: {e}"))
+                    }
+                }
+            }
+        }
+    }
+
+    /// When the next feed is due (agent clock), if armed.
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.file.as_ref()?;
+        Some(
+            self.last_feed_ms
+                .map_or(0, |t| t + feed_interval_ms(self.spec.as_ref())),
+        )
+    }
+
+    /// A clean stop with nothing active: tells the device to stop (the
+    /// magic `V`) and closes it. Without this the device keeps counting
+    /// and resets the node unless a new agent opens it in time.
+    pub fn disarm(&mut self) -> Option<String> {
+        let mut f = self.file.take()?;
+        match f.write_all(b"V") {
+            Ok(()) => Some("watchdog disarmed".into()),
+            Err(e) => Some(format!(
+                "watchdog: could not disarm it ({e}); it resets the node unless an agent starts within its timeout"
+            )),
+        }
+    }
+
+    /// For `tandem status`, at `now_ms` (agent clock).
+    pub fn status(&self, now_ms: u64) -> WatchdogStatus {
+        let Some(spec) = &self.spec else {
+            return WatchdogStatus {
+                state: "disabled".into(),
+                device: String::new(),
+                timeout_s: 0,
+                last_fed_ms_ago: None,
+                note: "disabled in the configuration: a hung node will not reset itself".into(),
+            };
+        };
+        let device = spec.device.display().to_string();
+        let (state, note) = if self.file.is_none() {
+            match &self.failure {
+                Some(f) => ("failed", format!("{f}; a hung node will not reset itself")),
+                None => ("absent", absent_note(&spec.device)),
+            }
+        } else if let Some(why) = &self.starving {
+            ("starving", format!("not fed: {why}"))
+        } else if let Some(f) = &self.failure {
+            (
+                "failed",
+                format!("{f}; it resets the node unless feeding recovers"),
+            )
+        } else {
+            (
+                "armed",
+                format!(
+                    "resets the node if the agent hangs, or if it keeps resources without a lease for {} ms; timeout {}",
+                    spec.stop_grace_ms,
+                    if self.own_timeout {
+                        "the device's own (it did not accept one)".to_string()
+                    } else {
+                        format!("{} s", spec.timeout_s)
+                    }
+                ),
+            )
+        };
+        WatchdogStatus {
+            state: state.into(),
+            device,
+            timeout_s: spec.timeout_s,
+            last_fed_ms_ago: self.last_feed_ms.map(|t| now_ms.saturating_sub(t)),
+            note,
+        }
+    }
+}
+
+fn feed_interval_ms(spec: Option<&WatchdogSpec>) -> u64 {
+    spec.map_or(MAX_FEED_INTERVAL_MS, |s| {
+        (u64::from(s.timeout_s) * 1_000 / 4).clamp(1, MAX_FEED_INTERVAL_MS)
+    })
+}
+
+/// What a missing device means, for status and `config validate`.
+pub fn absent_note(device: &std::path::Path) -> String {
+    format!(
+        "no watchdog: {} does not exist on this node, so a hung node will not reset itself (load `softdog` or the board's watchdog driver, or set `[watchdog] enabled = false`)",
+        device.display()
+    )
+}
+
+/// For `config validate`: a note when the configured device is missing
+/// on this machine.
+pub fn machine_note(spec: Option<&WatchdogSpec>) -> Option<String> {
+    let spec = spec?;
+    let device: PathBuf = spec.device.clone();
+    (!device.exists()).then(|| absent_note(&device))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn spec(device: PathBuf, required: bool) -> WatchdogSpec {
+        WatchdogSpec {
+            device,
+            timeout_s: 4,
+            stop_grace_ms: 500,
+            required,
+        }
+    }
+
+    #[test]
+    fn a_missing_device_is_reported_and_refused_only_when_required() {
+        let missing = PathBuf::from("/nonexistent/watchdog");
+        let w = Watchdog::open(Some(&spec(missing.clone(), false))).unwrap();
+        let s = w.status(0);
+        assert_eq!(s.state, "absent");
+        assert!(s.note.contains("does not exist"), "{}", s.note);
+        let e = Watchdog::open(Some(&spec(missing, true))).err().unwrap();
+        assert!(format!("{e:#}").contains("softdog"), "{e:#}");
+        assert_eq!(Watchdog::open(None).unwrap().status(0).state, "disabled");
+    }
+
+    /// A FIFO stands in for the device (no watchdog driver here): every
+    /// byte written to it is a feed.
+    #[test]
+    fn feeds_while_the_rule_says_so_and_disarms_with_the_magic_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("wd");
+        let c = std::ffi::CString::new(fifo.to_string_lossy().as_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let mut reader = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+            .unwrap();
+        let mut w = Watchdog::open(Some(&spec(fifo, false))).unwrap();
+        assert_eq!(w.status(0).state, "armed");
+        let mut read = || {
+            let mut buf = [0u8; 64];
+            match reader.read(&mut buf) {
+                Ok(n) => buf[..n].to_vec(),
+                Err(_) => Vec::new(),
+            }
+        };
+        // Fed at once, then not again before the interval (1 s for 4 s).
+        assert_eq!(w.tick(0, true, true), None);
+        assert_eq!(read(), b"\0");
+        w.tick(500, true, true);
+        assert!(read().is_empty());
+        w.tick(1_000, true, true);
+        assert_eq!(read(), b"\0");
+        // Lease lost with something active: fed through the grace, then not.
+        w.tick(2_000, false, true);
+        assert_eq!(read(), b"\0");
+        let line = w.tick(2_600, false, true).unwrap();
+        assert!(line.contains("NOT feeding"), "{line}");
+        let s = w.status(2_600);
+        assert_eq!(
+            (s.state.as_str(), s.last_fed_ms_ago),
+            ("starving", Some(600))
+        );
+        w.tick(4_000, false, true);
+        assert!(read().is_empty());
+        // The stop completed: feeding resumes.
+        assert_eq!(
+            w.tick(4_100, false, false).as_deref(),
+            Some("watchdog: feeding it again")
+        );
+        assert_eq!(read(), b"\0");
+        assert_eq!(w.disarm().as_deref(), Some("watchdog disarmed"));
+        assert_eq!(read(), b"V");
+    }
+}
