@@ -15,7 +15,7 @@ use clap::{Parser, Subcommand};
 use tandem_testbed::agents::{all_online, event_time, leader, AgentCluster, ClusterShape};
 use tandem_testbed::wire::Impairment;
 
-/// Benchmarks of Tandem's membership layer on the testbed (needs root).
+/// Benchmarks of Tandem on the testbed (needs root).
 #[derive(Debug, Parser)]
 struct Cli {
     /// The tandem binary to run (build it with --release).
@@ -74,6 +74,25 @@ enum What {
         /// that would be flagged whether or not two nodes ever answered.
         #[arg(long, default_value_t = 1_500)]
         restore_ms: u64,
+    },
+    /// The fault campaign: seeded random schedules of faults (crash,
+    /// kill -9, freeze, partitions, flaps, loss, restarts) against a
+    /// 3-node cluster and a 2-node cluster with fencing, the client probing
+    /// the floating IP; prints one line per schedule and a summary table.
+    /// Replay one schedule with `--shape S --seed N --schedules 1`.
+    Campaign {
+        /// `three`, `two-fenced` or `both`.
+        #[arg(long, default_value = "both")]
+        shape: String,
+        /// Schedules per shape.
+        #[arg(long, default_value_t = 100)]
+        schedules: u64,
+        /// First seed (then seed+1, ...).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Write each schedule's agent logs and step times here.
+        #[arg(long)]
+        logs: Option<PathBuf>,
     },
     /// CPU and RSS of idle agents.
     Idle {
@@ -391,6 +410,52 @@ fn clock_ticks_per_second() -> u64 {
         .unwrap_or(100)
 }
 
+fn campaign(
+    tandem: &std::path::Path,
+    shape: &str,
+    schedules: u64,
+    seed: u64,
+    logs: Option<&std::path::Path>,
+) -> Result<()> {
+    use tandem_testbed::campaign::{run_schedule, schedule, summary, Shape};
+    let shapes = match shape {
+        "both" => vec![Shape::Three, Shape::TwoFenced],
+        s => vec![Shape::parse(s)
+            .with_context(|| format!("unknown shape {s}: use three, two-fenced or both"))?],
+    };
+    println!("## fault campaign");
+    println!("machine: {}", machine());
+    let started = Instant::now();
+    let mut outcomes = Vec::new();
+    let total = shapes.len() as u64 * schedules;
+    for shape in shapes {
+        for s in seed..seed + schedules {
+            let o = run_schedule(tandem, &schedule(shape, s), logs)?;
+            println!("{}", o.line());
+            for d in &o.dual_active {
+                println!("    DUAL-ACTIVE {d}");
+            }
+            for u in o.unexplained() {
+                println!("    UNEXPLAINED {u}");
+            }
+            outcomes.push(o);
+            eprintln!(
+                "campaign: {}/{total} schedules, {:.0} s",
+                outcomes.len(),
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    println!(
+        "\n{} schedules in {:.0} s; outages are UDP gaps >= {} ms; replay one with `bench/run campaign --shape SHAPE --seed N --schedules 1`\n",
+        outcomes.len(),
+        started.elapsed().as_secs_f64(),
+        tandem_testbed::campaign::OUTAGE_MIN_MS
+    );
+    print!("{}", summary(&outcomes));
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     if !tandem_testbed::is_root() {
@@ -412,6 +477,12 @@ fn main() -> Result<()> {
             busy,
         } => soak(cli.tandem, minutes, loss_pct, busy),
         What::Idle { nodes, seconds } => idle(cli.tandem, nodes, seconds),
+        What::Campaign {
+            shape,
+            schedules,
+            seed,
+            logs,
+        } => campaign(&cli.tandem, &shape, schedules, seed, logs.as_deref()),
         What::Failover {
             runs,
             tandem_only,

@@ -300,3 +300,15 @@ pub fn event_time(s: &Value, text: &str, since_unix_ms: u64) -> Option<u64> {
         (e["text"] == text && at >= since_unix_ms).then_some(at)
     })
 }
+
+/// `HH:MM:SS.mmm` (UTC) of a time in ms since the epoch, as agents log it.
+pub fn format_ms(unix_ms: u64) -> String {
+    let s = unix_ms / 1_000 % 86_400;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        s / 3_600,
+        s % 3_600 / 60,
+        s % 60,
+        unix_ms % 1_000
+    )
+}

@@ -12,6 +12,8 @@
 //!
 //! Modules:
 //! - [`agents`]: real tandem agents on a testbed, and reading their status.
+//! - [`campaign`]: seeded schedules of faults against a real cluster, and
+//!   their verdicts (dual-active, outages against the failover bound).
 //! - [`bed`]: building and tearing down a run, and the fault primitives.
 //! - [`freezer`]: freezing every process of a node (cgroup v1 or v2).
 //! - [`prober`]: UDP and TCP probes from the client namespace every few ms.
@@ -24,6 +26,7 @@
 
 pub mod agents;
 pub mod bed;
+pub mod campaign;
 pub mod checker;
 pub mod fence;
 pub mod freezer;
