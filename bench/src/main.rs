@@ -423,6 +423,10 @@ fn campaign(
         s => vec![Shape::parse(s)
             .with_context(|| format!("unknown shape {s}: use three, two-fenced or both"))?],
     };
+    if let Some(dir) = logs {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating the log directory {}", dir.display()))?;
+    }
     println!("## fault campaign");
     println!("machine: {}", machine());
     let started = Instant::now();

@@ -193,6 +193,74 @@ pub fn redact(text: &str, options: &[(String, String)]) -> String {
     out
 }
 
+/// What became of a [`Slots::request`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    /// Waiting for a slot (or started by the next [`Slots::start_next`]).
+    Queued,
+    /// The same fencing is already running or waiting.
+    AlreadyUnderWay,
+    /// Too many are waiting: the caller must report a failed fence, so
+    /// that it is retried later.
+    QueueFull,
+}
+
+/// Fencings in progress and waiting: at most `max_running` at once (each
+/// runs agents that talk to power switches and management boards, which
+/// serve few clients at a time), each node at most once in either list,
+/// and at most `max_queued` waiting.
+#[derive(Debug, Clone)]
+pub struct Slots<T> {
+    max_running: usize,
+    max_queued: usize,
+    running: Vec<T>,
+    queued: std::collections::VecDeque<T>,
+}
+
+impl<T: Clone + PartialEq> Slots<T> {
+    /// Empty slots with the given bounds.
+    pub fn new(max_running: usize, max_queued: usize) -> Slots<T> {
+        Slots {
+            max_running: max_running.max(1),
+            max_queued,
+            running: Vec::new(),
+            queued: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// Asks for `item`.
+    pub fn request(&mut self, item: T) -> Request {
+        if self.running.contains(&item) || self.queued.contains(&item) {
+            return Request::AlreadyUnderWay;
+        }
+        if self.queued.len() >= self.max_queued {
+            return Request::QueueFull;
+        }
+        self.queued.push_back(item);
+        Request::Queued
+    }
+
+    /// The next item to start now, if a slot is free; it counts as running.
+    pub fn start_next(&mut self) -> Option<T> {
+        if self.running.len() >= self.max_running {
+            return None;
+        }
+        let item = self.queued.pop_front()?;
+        self.running.push(item.clone());
+        Some(item)
+    }
+
+    /// `item` finished (successfully or not): its slot is free.
+    pub fn done(&mut self, item: &T) {
+        self.running.retain(|r| r != item);
+    }
+
+    /// Items running now.
+    pub fn running(&self) -> &[T] {
+        &self.running
+    }
+}
+
 /// Whether an option's value is a secret.
 pub fn is_secret(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
@@ -204,6 +272,40 @@ pub fn is_secret(key: &str) -> bool {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever the order of requests and completions: never more than
+        /// the bound at once, never the same node twice at once, and every
+        /// accepted request starts exactly once.
+        #[test]
+        fn fence_slots_bound_concurrency_and_start_each_request_once(
+            ops in proptest::collection::vec((any::<bool>(), 0u8..8), 1..200),
+        ) {
+            let mut s = Slots::new(4, 6);
+            let mut accepted = 0usize;
+            let mut started = 0usize;
+            for (is_request, node) in ops {
+                if is_request {
+                    accepted += usize::from(s.request(node) == Request::Queued);
+                } else if let Some(&r) = s.running().first() {
+                    s.done(&r);
+                }
+                while let Some(n) = s.start_next() {
+                    started += 1;
+                    prop_assert_eq!(s.running().iter().filter(|r| **r == n).count(), 1);
+                }
+                prop_assert!(s.running().len() <= 4);
+            }
+            // Finish everything: every accepted request has started.
+            while let Some(&r) = s.running().first() {
+                s.done(&r);
+                while s.start_next().is_some() {
+                    started += 1;
+                }
+            }
+            prop_assert_eq!(accepted, started);
+        }
+    }
 
     fn dev(name: &str, level: u8, delay: u64, retries: u32, hosts: &[&str]) -> Device {
         Device {

@@ -35,6 +35,11 @@ pub struct NodeView {
     /// A fence device lists it: when silent, it must be fenced before its
     /// groups start elsewhere (its lease ending is not enough).
     pub fence_required: bool,
+    /// Its right to run its groups does not depend on the leader (two-node
+    /// mode, and a fence device lists it: it keeps its groups while it
+    /// fences a silent peer). No lease of it ever ends by time: only its
+    /// report or a fence shows it stopped.
+    pub fence_backed: bool,
     /// The leader does not hear it.
     pub silent: bool,
     /// This leader fenced it after it was last heard.
@@ -79,6 +84,29 @@ pub struct Steps {
     pub fence: Vec<String>,
 }
 
+/// Whether the time by which `n` would have stopped, were its lease bound
+/// by the leader, has passed: a fence-backed node still blocking then
+/// (heard, but not applying the leader's placement: it does not hear the
+/// leader) is fenced, as a two-node cluster decides everything it cannot
+/// see.
+fn lease_bound_passed(input: &HandoverInput<'_>, n: &NodeView) -> bool {
+    input.now_ms >= lease_bound_at(input, n)
+}
+
+/// Leader time by which any lease the leader could have granted `n` has
+/// ended.
+fn lease_bound_at(input: &HandoverInput<'_>, n: &NodeView) -> u64 {
+    match n.lease_end_ms {
+        Some(end) => end + input.margin_ms,
+        None => lease::takeover_at(
+            n.last_report_ms,
+            input.leader_since_ms,
+            input.lease_ms,
+            input.margin_ms,
+        ),
+    }
+}
+
 /// Whether `n` can be trusted not to run `group` under the current
 /// placement, or, if not, until when (leader time) to wait.
 fn known_stopped(
@@ -91,9 +119,21 @@ fn known_stopped(
     if n.last_report_ms.is_some() && applied >= epoch && !n.active.iter().any(|g| g == group) {
         return Ok(());
     }
-    if n.fence_required && n.silent {
-        if n.fenced {
+    if (n.fence_required && n.silent) || n.fence_backed {
+        if n.fenced && n.silent {
             return Ok(());
+        }
+        if !n.silent {
+            // Heard but not stopping: if it has not by the time its lease
+            // would have ended, it is fenced (see `lease_bound_passed`).
+            let at = lease_bound_at(input, n);
+            return Err((
+                format!(
+                    "waiting for {} to stop it (it is fenced if it has not by then)",
+                    n.name
+                ),
+                (input.now_ms < at).then_some(at),
+            ));
         }
         let note = n
             .fence_note
@@ -102,15 +142,7 @@ fn known_stopped(
             .unwrap_or_default();
         return Err((format!("waiting for {} to be fenced{note}", n.name), None));
     }
-    let at = match n.lease_end_ms {
-        Some(end) => end + input.margin_ms,
-        None => lease::takeover_at(
-            n.last_report_ms,
-            input.leader_since_ms,
-            input.lease_ms,
-            input.margin_ms,
-        ),
-    };
+    let at = lease_bound_at(input, n);
     if input.now_ms >= at {
         return Ok(());
     }
@@ -168,7 +200,8 @@ pub fn steps(input: &HandoverInput<'_>) -> Steps {
                 for n in input
                     .nodes
                     .iter()
-                    .filter(|n| n.name != *next && n.fence_required && n.silent && !n.fenced)
+                    .filter(|n| n.name != *next && n.fence_required && !n.fenced)
+                    .filter(|n| n.silent || (n.fence_backed && lease_bound_passed(input, n)))
                 {
                     let blocks = known_stopped(input, n, group, epoch).is_err();
                     if blocks && !out.fence.contains(&n.name) {
@@ -201,6 +234,7 @@ mod tests {
             last_report_ms: last,
             lease_end_ms: None,
             fence_required: false,
+            fence_backed: false,
             silent: false,
             fenced: false,
             fence_note: None,
@@ -287,6 +321,46 @@ mod tests {
         );
     }
 
+    /// Two-node mode with fencing: the peer keeps its groups whatever the
+    /// time, so no lease of it is ever waited out. Heard but not stopping
+    /// past its lease bound, or silent: it is fenced first.
+    #[test]
+    fn a_fence_backed_holder_is_never_waited_out_only_fenced() {
+        let mut r = Record::default();
+        place(&mut r, Some("n2"));
+        place(&mut r, None);
+        let t = to(Some("n1"));
+        let backed = |last: u64, silent: bool, fenced: bool| NodeView {
+            fence_required: true,
+            fence_backed: true,
+            silent,
+            fenced,
+            ..view("n2", Some(last), &["web"], 1)
+        };
+        // Heard, has not applied the stop: wait, not fenced yet.
+        let nodes = [view("n1", Some(1000), &[], 2), backed(1000, false, false)];
+        let s = steps(&input(1_100, &r, &t, &nodes));
+        assert!(s.propose.is_empty() && s.fence.is_empty(), "{s:?}");
+        assert_eq!(s.retry_at_ms, Some(1_250));
+        // Long after any lease would have ended: still not started; fenced.
+        let s = steps(&input(60_000, &r, &t, &nodes));
+        assert!(s.propose.is_empty(), "{s:?}");
+        assert_eq!(s.fence, vec!["n2".to_string()]);
+        // Silent: fenced; once fenced (after it was last heard), go.
+        let nodes = [view("n1", Some(1000), &[], 2), backed(1000, true, false)];
+        let s = steps(&input(60_000, &r, &t, &nodes));
+        assert!(s.propose.is_empty() && s.fence == vec!["n2".to_string()]);
+        let nodes = [view("n1", Some(1000), &[], 2), backed(1000, true, true)];
+        let s = steps(&input(60_000, &r, &t, &nodes));
+        assert_eq!(
+            s.propose,
+            vec![Command::Place {
+                group: "web".into(),
+                node: Some("n1".into())
+            }]
+        );
+    }
+
     #[test]
     fn a_silent_holder_is_waited_out_for_lease_plus_margin() {
         let mut r = Record::default();
@@ -361,6 +435,7 @@ mod tests {
             reports in proptest::collection::vec((proptest::option::of(0u64..2000), any::<bool>(), 0u64..4), 3),
             epoch_moves in 1usize..4,
             target in 0usize..3,
+            backed in proptest::collection::vec((any::<bool>(), any::<bool>(), any::<bool>()), 3),
         ) {
             let mut r = Record::default();
             for i in 0..epoch_moves { place(&mut r, if i % 2 == 0 { Some("n1") } else { None }); }
@@ -368,7 +443,14 @@ mod tests {
             let epoch = r.placements["web"].epoch;
             let nodes: Vec<NodeView> = reports.iter().enumerate().map(|(i, (last, active, seen))| {
                 let last = last.map(|l| l.min(now));
-                view(&format!("n{}", i + 1), last, if *active { &["web"] } else { &[] }, *seen)
+                let (fence_backed, silent, fenced) = backed[i];
+                NodeView {
+                    fence_required: fence_backed,
+                    fence_backed,
+                    silent,
+                    fenced,
+                    ..view(&format!("n{}", i + 1), last, if *active { &["web"] } else { &[] }, *seen)
+                }
             }).collect();
             let name = format!("n{}", target + 1);
             let t = to(Some(&name));
@@ -377,7 +459,9 @@ mod tests {
                 for n in nodes.iter().filter(|n| n.name != name) {
                     let stopped = n.last_report_ms.is_some() && n.seen["web"] >= epoch && n.active.is_empty();
                     let lease_over = now >= n.last_report_ms.unwrap_or(0) + 250;
-                    prop_assert!(stopped || lease_over, "{:?}", n);
+                    // A fence-backed node's lease never ends by time.
+                    let gone = if n.fence_backed { n.silent && n.fenced } else { lease_over };
+                    prop_assert!(stopped || gone, "{:?}", n);
                 }
             }
         }

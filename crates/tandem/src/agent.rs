@@ -47,6 +47,9 @@ const DONE_QUEUE: usize = 256;
 const CONTROL_QUEUE: usize = 16;
 /// Fencings run at once by this agent (as leader); more wait their turn.
 const MAX_CONCURRENT_FENCES: usize = 4;
+/// Fencings waiting for a slot (more than the largest cluster has nodes
+/// to fence and power on).
+const MAX_QUEUED_FENCES: usize = 128;
 /// Longest a graceful stop waits for the groups here to stop.
 const SHUTDOWN_LIMIT: Duration = Duration::from_secs(120);
 /// Default control socket of an agent.
@@ -487,8 +490,7 @@ pub fn run(cfg: Config, opts: AgentOptions) -> Result<()> {
         runner,
         watchdog,
         fence_devices,
-        fencing: Vec::new(),
-        fence_queue: VecDeque::new(),
+        fences: tandem_core::fence::Slots::new(MAX_CONCURRENT_FENCES, MAX_QUEUED_FENCES),
         fence_tx,
         fence_rx,
         done_rx,
@@ -528,8 +530,7 @@ struct Agent {
     /// The configuration's fence devices.
     fence_devices: Rc<Vec<crate::fence_agent::FenceDevice>>,
     /// Nodes being fenced (or powered on) now, and those waiting for a slot.
-    fencing: Vec<(String, bool)>,
-    fence_queue: VecDeque<(String, bool)>,
+    fences: tandem_core::fence::Slots<(String, bool)>,
     fence_tx: mpsc::Sender<FenceDone>,
     fence_rx: mpsc::Receiver<FenceDone>,
     done_rx: mpsc::Receiver<Done>,
@@ -677,7 +678,7 @@ impl Agent {
                 }
                 Some((node, on, ok, attempts)) = self.fence_rx.recv() => {
                     let now = self.now_ms();
-                    self.fencing.retain(|n| *n != (node.clone(), on));
+                    self.fences.done(&(node.clone(), on));
                     self.log(format!(
                         "{} {node} {}: {}",
                         if on { "powering on" } else { "fencing" },
@@ -715,15 +716,11 @@ impl Agent {
 
     /// Starts queued fencings while slots are free.
     fn start_fences(&mut self) {
-        while self.fencing.len() < MAX_CONCURRENT_FENCES {
-            let Some((node, on)) = self.fence_queue.pop_front() else {
-                return;
-            };
+        while let Some((node, on)) = self.fences.start_next() {
             self.log(format!(
                 "{} {node} through its fence devices",
                 if on { "powering on" } else { "fencing" }
             ));
-            self.fencing.push((node.clone(), on));
             let (devices, tx, started) = (
                 self.fence_devices.clone(),
                 self.fence_tx.clone(),
@@ -846,9 +843,15 @@ impl Agent {
             events,
             fence,
         } = self.member.take_output();
-        for item in fence {
-            if !self.fencing.contains(&item) && !self.fence_queue.contains(&item) {
-                self.fence_queue.push_back(item);
+        for (node, on) in fence {
+            if self.fences.request((node.clone(), on)) == tandem_core::fence::Request::QueueFull {
+                // A failure the core retries later, shown in status.
+                let now = self.now_ms();
+                let why = format!(
+                    "not started: {MAX_QUEUED_FENCES} fencings already waiting for one of {MAX_CONCURRENT_FENCES} slots"
+                );
+                self.log(format!("fencing {node}: {why}"));
+                self.member.fence_done(now, &node, on, false, vec![why]);
             }
         }
         self.start_fences();

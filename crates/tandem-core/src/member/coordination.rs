@@ -92,6 +92,10 @@ impl Member {
                 _ => 0,
             },
             log_index: self.agreement.last_index(),
+            commit: {
+                let c = self.agreement.commit_index();
+                (c, self.agreement.term_at(c).unwrap_or(0))
+            },
             groups,
             failed_links: self.failed_links.clone(),
             silent_ms: self
@@ -181,6 +185,14 @@ impl Member {
 
     /// Until when (this member's clock) it may run its groups, if at all.
     pub fn lease_until(&self, now_ms: u64) -> Option<u64> {
+        if self.lease_backed && self.fence_backed() {
+            return Some(now_ms + self.groups.lease_ms);
+        }
+        self.normal_lease_until(now_ms)
+    }
+
+    /// The lease from echoes (leader) or grants (follower).
+    fn normal_lease_until(&self, now_ms: u64) -> Option<u64> {
         if !self.spec.voter && self.agreement.role() == Role::Leader {
             return None;
         }
@@ -212,7 +224,44 @@ impl Member {
     /// Whether this member may run its groups at `now_ms`: quorate, and
     /// holding a lease.
     pub fn lease_valid(&self, now_ms: u64) -> bool {
-        self.view().quorate && self.lease_until(now_ms).is_some_and(|u| now_ms < u)
+        (self.lease_backed && self.fence_backed())
+            || (self.view().quorate && self.normal_lease_until(now_ms).is_some_and(|u| now_ms < u))
+    }
+
+    /// Called after every input: a fence-backed node that holds a normal
+    /// lease keeps it from then on (see [`Member::fence_backed`]). It
+    /// must have held one: that is what makes its record current, so
+    /// it never starts anything from a stale record (a node back from a
+    /// fence has to be granted a lease first).
+    pub(super) fn note_lease(&mut self) {
+        let now = self.now_ms;
+        if !self.lease_backed
+            && self.fence_backed()
+            && self.view().quorate
+            && self.normal_lease_until(now).is_some_and(|u| now < u)
+        {
+            self.lease_backed = true;
+        }
+    }
+
+    /// Two-node mode, a fence device lists this node, and it has seen its
+    /// peer since it started: the peer can start this node's groups only
+    /// after fencing it (powering it off), and the leader never counts on
+    /// its lease ending (`NodeView::fence_backed`), so once this node has
+    /// held a lease, its right to run its groups no longer depends on
+    /// hearing the peer. It keeps them while it fences a silent peer (as
+    /// Pacemaker's two-node clusters do) instead of stopping them for as
+    /// long as the fence takes, and while a fenced peer comes back.
+    pub(super) fn fence_backed(&self) -> bool {
+        self.spec.mode == quorum::Mode::TwoNode
+            && !self.waiting_for_all()
+            && self
+                .groups
+                .host_ids
+                .iter()
+                .position(|id| *id == self.spec.me)
+                .and_then(|i| self.groups.hosts.get(i))
+                .is_some_and(|me| self.groups.fence_hosts.contains(me))
     }
 
     /// The shell finished fencing `node` (on this leader): records the
@@ -239,7 +288,7 @@ impl Member {
                     .position(|h| h == node)
                     .and_then(|i| self.groups.host_ids.get(i).copied());
                 if let (quorum::Mode::TwoNode, Some(id)) = (self.spec.mode, id) {
-                    if id != self.spec.me {
+                    if id != self.spec.me && !self.behind(id) {
                         self.set_fenced(now_ms, id, true);
                     }
                 }
@@ -515,6 +564,8 @@ impl Member {
                     last_report_ms: last,
                     lease_end_ms: (id != self.spec.me).then(|| self.lease_end(id)),
                     fence_required: self.groups.fence_hosts.contains(h),
+                    fence_backed: self.spec.mode == quorum::Mode::TwoNode
+                        && self.groups.fence_hosts.contains(h),
                     silent,
                     fenced,
                     fence_note,
@@ -624,6 +675,24 @@ impl Member {
         })
     }
 
+    /// Whether the peer reported committing an entry this node's log lacks
+    /// (or holds with another term). In two-node mode such a node neither
+    /// fences its peer nor counts a fenced peer's vote: leading alone, it
+    /// would overwrite what the peer committed (a node back from a fence
+    /// that never caught up, then lost its peer again). It waits for the
+    /// peer instead; the peer, if alive, fences it.
+    pub(super) fn behind(&self, peer: NodeId) -> bool {
+        let Some(r) = self.reports.get(&peer) else {
+            return false;
+        };
+        let (index, term) = r.report.commit;
+        // Below our snapshot: committed here as well (only committed
+        // entries are compacted).
+        index > 0
+            && index >= self.agreement.durable().snapshot.last_index
+            && self.agreement.term_at(index) != Some(term)
+    }
+
     /// Two-node mode: a node that lost its peer has no quorum until it has
     /// fenced it, so it fences it (through the shell, [`MemberOutput::fence`]).
     /// Both sides of a partition race; a `delay_ms` on the device that
@@ -646,6 +715,7 @@ impl Member {
             let dead = self.detector.node_state(id) == Some(NodeState::Dead);
             let retry = self.fence_retry.get(&name).map(|r| r.0);
             if !dead
+                || self.behind(id)
                 || self.fenced.contains(&id)
                 || !self.groups.fence_hosts.contains(&name)
                 || self.fencing.contains(&name)

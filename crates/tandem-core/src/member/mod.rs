@@ -162,6 +162,11 @@ pub struct Report {
     /// Sender's last log index (a grant counts once the recipient has
     /// applied this far).
     pub log_index: u64,
+    /// Sender's commit index and the term of that entry: in two-node mode
+    /// a node whose log lacks what its peer committed must not lead alone
+    /// (`coordination::behind`).
+    #[serde(default)]
+    pub commit: (u64, u64),
     /// Groups on the sender.
     pub groups: Vec<GroupReport>,
     /// Links whose ping monitor fails on the sender.
@@ -287,6 +292,9 @@ pub struct Member {
     all_seen: bool,
     seen: BTreeSet<NodeId>,
     fenced: BTreeSet<NodeId>,
+    /// Fence-backed (two-node with fencing) and has held a lease this
+    /// incarnation: keeps it (`coordination::fence_backed`).
+    lease_backed: bool,
     view: Option<View>,
     heartbeat_due_ms: u64,
     /// Time of the latest input, for work started from `take_output`.
@@ -377,6 +385,7 @@ impl Member {
             all_seen: false,
             seen: BTreeSet::new(),
             fenced: BTreeSet::new(),
+            lease_backed: false,
             view: None,
             heartbeat_due_ms: now_ms,
             now_ms,
@@ -476,6 +485,7 @@ impl Member {
         self.lead();
         let a = self.agreement.take_output();
         self.absorb(a);
+        self.note_lease();
         let mut out = std::mem::take(&mut self.out);
         if self.persist {
             self.persist = false;
