@@ -1319,3 +1319,57 @@ fn two_node_deaf_holder_is_fenced_not_waited_out() {
     }
     panic!("no seed gave the case ({tried} tried)");
 }
+
+/// Regression (found by the fault campaign): in two-node mode with
+/// fencing, the node running a group stopped it when its standby died —
+/// its lease lapsed before the fence completed — and again, briefly, when
+/// the fenced standby came back. Now it keeps running throughout: checked
+/// at every step from the standby's crash to well after its return.
+#[test]
+fn two_node_holder_keeps_its_group_while_fencing_a_dead_standby_and_after() {
+    let mut checked = 0;
+    for seed in (0..2_000).filter(|s| Sim::new(*s, false).shape == Shape::TwoNode) {
+        let mut sim = Sim::with(seed, false, true);
+        sim.quiet = true;
+        let mut steps = 0;
+        sim.run_until(3_000, &mut steps, false).unwrap();
+        let record = sim.nodes[0]
+            .member
+            .as_ref()
+            .unwrap()
+            .agreement()
+            .record()
+            .clone();
+        let Some((g, holder)) = GROUPS.iter().enumerate().find_map(|(g, name)| {
+            let node = record.placements.get(*name)?.node.as_deref()?;
+            let h: usize = node.strip_prefix('n')?.parse().ok()?;
+            sim.nodes[h - 1].alive[g]
+                .iter()
+                .all(|a| *a)
+                .then_some((g, h - 1))
+        }) else {
+            continue;
+        };
+        let standby = 1 - holder;
+        sim.crash(standby, 2_500);
+        let end = sim.now + 6_000;
+        while sim.now < end {
+            sim.run_until(sim.now + 5, &mut steps, false)
+                .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+            assert!(
+                sim.nodes[holder].alive[g].iter().all(|a| *a),
+                "seed {seed}: n{} stopped {} at {} ms (standby n{} crashed, fenced, back)",
+                holder + 1,
+                GROUPS[g],
+                sim.now,
+                standby + 1
+            );
+        }
+        assert!(sim.fenced_by.contains_key(&standby) || sim.nodes[standby].member.is_some());
+        checked += 1;
+        if checked == 5 {
+            return;
+        }
+    }
+    panic!("only {checked} seeds gave a running group");
+}
