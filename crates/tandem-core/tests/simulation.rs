@@ -1225,6 +1225,21 @@ fn the_quorum_check_catches_a_lie() {
     );
 }
 
+/// Seeds whose cluster is two nodes (with fencing, in group runs).
+fn two_node_seeds() -> impl Iterator<Item = u64> {
+    (0..2_000).filter(|s| Sim::new(*s, false).shape == Shape::TwoNode)
+}
+
+/// A group run of `seed` without random faults, proposals or operator
+/// requests, after 3 s (settled); and its step count.
+fn settled_quiet_groups(seed: u64) -> (Sim, u64) {
+    let mut sim = Sim::with(seed, false, true);
+    sim.quiet = true;
+    let mut steps = 0;
+    sim.run_until(3_000, &mut steps, false).unwrap();
+    (sim, steps)
+}
+
 /// Two nodes with fencing: a holder keeps its groups without hearing its
 /// peer (fence-backed), so the leader must never wait its lease out. Here
 /// the holder acknowledges the leader's "stop it" entry and goes deaf
@@ -1235,11 +1250,8 @@ fn the_quorum_check_catches_a_lie() {
 #[test]
 fn two_node_deaf_holder_is_fenced_not_waited_out() {
     let mut tried = 0;
-    for seed in (0..2_000).filter(|s| Sim::new(*s, false).shape == Shape::TwoNode) {
-        let mut sim = Sim::with(seed, false, true);
-        sim.quiet = true;
-        let mut steps = 0;
-        sim.run_until(3_000, &mut steps, false).unwrap();
+    for seed in two_node_seeds() {
+        let (mut sim, mut steps) = settled_quiet_groups(seed);
         let Some(leader) = (0..2).find(|&i| {
             sim.nodes[i]
                 .member
@@ -1328,11 +1340,8 @@ fn two_node_deaf_holder_is_fenced_not_waited_out() {
 #[test]
 fn two_node_holder_keeps_its_group_while_fencing_a_dead_standby_and_after() {
     let mut checked = 0;
-    for seed in (0..2_000).filter(|s| Sim::new(*s, false).shape == Shape::TwoNode) {
-        let mut sim = Sim::with(seed, false, true);
-        sim.quiet = true;
-        let mut steps = 0;
-        sim.run_until(3_000, &mut steps, false).unwrap();
+    for seed in two_node_seeds() {
+        let (mut sim, mut steps) = settled_quiet_groups(seed);
         let record = sim.nodes[0]
             .member
             .as_ref()

@@ -312,3 +312,42 @@ pub fn format_ms(unix_ms: u64) -> String {
         unix_ms % 1_000
     )
 }
+
+/// The testbed's fence device as a program a `[[fence_device]]` can name:
+/// `tandem testbed-fence` behind a one-line script, written in `dir`.
+pub fn testbed_fence_script(dir: &Path, tandem: &Path) -> Result<PathBuf> {
+    let p = dir.join("fence_testbed");
+    std::fs::write(
+        &p,
+        format!("#!/bin/sh\nexec {} testbed-fence\n", tandem.display()),
+    )
+    .context("writing the testbed fence agent")?;
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))
+        .context("making the testbed fence agent executable")?;
+    Ok(p)
+}
+
+/// Two fence devices through `agent` (the testbed device), one per node of
+/// a two-node cluster; fencing n1, the preferred node, waits 1 s so that
+/// n1 wins a fence race. `retries` extra attempts each.
+pub fn two_node_fence_config(agent: &Path, retries: u32) -> String {
+    format!(
+        r#"
+[[fence_device]]
+name = "power-n1"
+agent = "{a}"
+hosts = {{ n1 = "n1" }}
+delay_ms = 1000
+retries = {retries}
+options = {{ testbed = "@TESTBED_ID@" }}
+
+[[fence_device]]
+name = "power-n2"
+agent = "{a}"
+hosts = {{ n2 = "n2" }}
+retries = {retries}
+options = {{ testbed = "@TESTBED_ID@" }}
+"#,
+        a = agent.display()
+    )
+}

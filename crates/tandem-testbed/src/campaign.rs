@@ -38,6 +38,8 @@ const QUIET_MS: u64 = 1_200;
 pub const OUTAGE_MIN_MS: f64 = 50.0;
 /// The longest a schedule's prober may run.
 const PROBE_LIMIT_MS: u64 = 15 * 60 * 1_000;
+/// Reboots of dead nodes while settling after one step.
+const MAX_REBOOTS: usize = 4;
 /// Longest graceful stop of an agent (it hands its groups over first).
 const STOP_LIMIT: Duration = Duration::from_secs(15);
 
@@ -370,42 +372,12 @@ fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-fn fence_agent_script(dir: &Path, tandem: &Path) -> Result<std::path::PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let p = dir.join("fence_testbed");
-    std::fs::write(
-        &p,
-        format!("#!/bin/sh\nexec {} testbed-fence\n", tandem.display()),
-    )
-    .context("writing the testbed fence agent")?;
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))?;
-    Ok(p)
-}
-
 fn cluster_shape(shape: Shape, tandem: &Path, dir: &Path) -> Result<ClusterShape> {
     let nodes = shape.nodes();
     let mut extra = agents::ping_monitor_config();
     if shape == Shape::TwoFenced {
-        let a = fence_agent_script(dir, tandem)?;
-        extra += &format!(
-            r#"
-[[fence_device]]
-name = "power-n1"
-agent = "{a}"
-hosts = {{ n1 = "n1" }}
-delay_ms = 1000
-retries = 1
-options = {{ testbed = "@TESTBED_ID@" }}
-
-[[fence_device]]
-name = "power-n2"
-agent = "{a}"
-hosts = {{ n2 = "n2" }}
-retries = 1
-options = {{ testbed = "@TESTBED_ID@" }}
-"#,
-            a = a.display()
-        );
+        let a = agents::testbed_fence_script(dir, tandem)?;
+        extra += &agents::two_node_fence_config(&a, 1);
     }
     extra += &agents::web_group_config(tandem, "manual", nodes, 8080, PROBE_PORT);
     Ok(ClusterShape {
@@ -431,10 +403,20 @@ fn holder(c: &AgentCluster, nodes: usize) -> Option<usize> {
 }
 
 /// Every agent answers, sees every peer online on every link, is quorate,
-/// and they agree where the group runs.
-fn settle(c: &AgentCluster, nodes: usize) -> Result<usize> {
+/// and they agree where the group runs. Meanwhile a node whose agent died
+/// (killed, crashed, or fenced — a fence started during a fault may land
+/// after its heal) is rebooted, as an operator or the power-on after a
+/// fence would; at most [`MAX_REBOOTS`] times.
+fn settle(c: &mut AgentCluster, nodes: usize) -> Result<usize> {
     let start = Instant::now();
+    let mut reboots = 0;
     while start.elapsed() < SETTLE_LIMIT {
+        for n in 1..=nodes {
+            if !c.bed.is_running(c.pids[n - 1]) && reboots < MAX_REBOOTS {
+                reboots += 1;
+                reboot(c, n)?;
+            }
+        }
         let views: Vec<Option<usize>> = (1..=nodes)
             .map(|n| {
                 c.status(n)
@@ -614,8 +596,8 @@ pub fn run_schedule(tandem: &Path, schedule: &Schedule, logs: Option<&Path>) -> 
         problems: Vec::new(),
         probes: (0, 0),
     };
-    if let Err(e) = settle(&c, nodes) {
-        out.problems.push(format!("before the first fault: {e}"));
+    if let Err(e) = settle(&mut c, nodes) {
+        out.problems.push(format!("before the first fault: {e:#}"));
         return Ok(out);
     }
     let target = SocketAddr::new(c.bed.vip("lan").into(), PROBE_PORT);
@@ -644,17 +626,9 @@ pub fn run_schedule(tandem: &Path, schedule: &Schedule, logs: Option<&Path>) -> 
         );
         out.injected.push(what);
         windows.push((inject, healed));
-        // Nodes whose agent died (killed, crashed or fenced) come back.
-        for n in 1..=nodes {
-            if !c.bed.is_running(c.pids[n - 1]) {
-                if let Err(e) = reboot(&mut c, n) {
-                    out.problems.push(format!("step {}: {e:#}", i + 1));
-                }
-            }
-        }
-        if let Err(e) = settle(&c, nodes) {
+        if let Err(e) = settle(&mut c, nodes) {
             out.problems
-                .push(format!("after step {} ({}): {e}", i + 1, out.injected[i]));
+                .push(format!("after step {} ({}): {e:#}", i + 1, out.injected[i]));
             break;
         }
         std::thread::sleep(Duration::from_millis(QUIET_MS));

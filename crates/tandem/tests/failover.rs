@@ -793,13 +793,8 @@ options = {{ type = "fail", power_timeout = "1", password = "not-a-real-password
     assert!(String::from_utf8_lossy(&out.stderr).contains("pass --yes"));
 }
 
-/// The testbed's fence device as a program a `[[fence_device]]` can name
-/// (`tandem testbed-fence` behind a one-line script), written in `dir`.
 fn testbed_fence_agent(dir: &Path) -> std::path::PathBuf {
-    let agent = dir.join("fence_testbed");
-    std::fs::write(&agent, format!("#!/bin/sh\nexec {TANDEM} testbed-fence\n")).unwrap();
-    std::fs::set_permissions(&agent, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    agent
+    agents::testbed_fence_script(dir, Path::new(TANDEM)).unwrap()
 }
 
 /// With a fence device, a lost node is fenced (really: the testbed device
@@ -926,26 +921,8 @@ fn two_nodes_partitioned_exactly_one_keeps_the_group_the_other_is_fenced() {
     let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let agent = testbed_fence_agent(dir.path());
-    let extra = format!(
-        r#"
-[[fence_device]]
-name = "power-n1"
-agent = "{a}"
-hosts = {{ n1 = "n1" }}
-delay_ms = 1000
-retries = 0
-options = {{ testbed = "@TESTBED_ID@" }}
-
-[[fence_device]]
-name = "power-n2"
-agent = "{a}"
-hosts = {{ n2 = "n2" }}
-retries = 0
-options = {{ testbed = "@TESTBED_ID@" }}
-{}"#,
-        agents::web_group_config(Path::new(TANDEM), "manual", 2, 8080, 7000),
-        a = agent.display(),
-    );
+    let extra = agents::two_node_fence_config(&agent, 0)
+        + &agents::web_group_config(Path::new(TANDEM), "manual", 2, 8080, 7000);
     let shape = ClusterShape {
         extra,
         ..ClusterShape::nodes(2)
