@@ -404,16 +404,24 @@ fn holder(c: &AgentCluster, nodes: usize) -> Option<usize> {
 
 /// Every agent answers, sees every peer online on every link, is quorate,
 /// and they agree where the group runs. Meanwhile a node whose agent died
-/// (killed, crashed, or fenced — a fence started during a fault may land
-/// after its heal) is rebooted, as an operator or the power-on after a
-/// fence would; at most [`MAX_REBOOTS`] times.
+/// or that a fence powered off (a fence started during a fault may land
+/// after its heal, or after the node was rebooted) is rebooted, as an
+/// operator or the power-on after a fence would; at most [`MAX_REBOOTS`]
+/// times.
 fn settle(c: &mut AgentCluster, nodes: usize) -> Result<usize> {
     let start = Instant::now();
     let mut reboots = 0;
     while start.elapsed() < SETTLE_LIMIT {
         for n in 1..=nodes {
-            if !c.bed.is_running(c.pids[n - 1]) && reboots < MAX_REBOOTS {
+            // Powered off by a fence, or its agent gone: power it on. An
+            // agent started just before a fence's power-off may live on
+            // behind cut ports: it goes too.
+            let dead = !c.bed.is_running(c.pids[n - 1]);
+            if (dead || crate::fence::is_off(c.bed.id(), n)) && reboots < MAX_REBOOTS {
                 reboots += 1;
+                if !dead {
+                    c.bed.kill9(c.pids[n - 1])?;
+                }
                 reboot(c, n)?;
             }
         }

@@ -29,6 +29,11 @@ fn marker(run: &str, node: usize) -> PathBuf {
         .join(format!("n{node}.fenced"))
 }
 
+/// Whether the testbed device has node `node` of run `run` powered off.
+pub fn is_off(run: &str, node: usize) -> bool {
+    marker(run, node).exists()
+}
+
 /// Runs the agent on `input`; returns the exit code and what to print.
 pub fn agent(input: &str) -> (i32, String) {
     let opts: BTreeMap<&str, &str> = input
