@@ -634,12 +634,27 @@ pub fn run_schedule(tandem: &Path, schedule: &Schedule, logs: Option<&Path>) -> 
         );
         out.injected.push(what);
         windows.push((inject, healed));
-        if let Err(e) = settle(&mut c, nodes) {
+        // Settled, and still so after the quiet time: a fence started
+        // during the fault may land just after the cluster looked settled,
+        // and the next fault must not meet a node that is still down.
+        let mut settled = Err(anyhow::anyhow!("not tried"));
+        for _ in 0..3 {
+            settled = settle(&mut c, nodes);
+            if settled.is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(QUIET_MS));
+            let all_up = (1..=nodes)
+                .all(|n| c.bed.is_running(c.pids[n - 1]) && !crate::fence::is_off(c.bed.id(), n));
+            if all_up {
+                break;
+            }
+        }
+        if let Err(e) = settled {
             out.problems
                 .push(format!("after step {} ({}): {e:#}", i + 1, out.injected[i]));
             break;
         }
-        std::thread::sleep(Duration::from_millis(QUIET_MS));
     }
     let log = prober.stop()?;
     let report = analyze(&log.records, CheckOptions::default());
