@@ -457,8 +457,7 @@ impl Sim {
         // What was on its way to it (or waiting in a frozen node's socket
         // buffers) is lost with the power: a rebooted node must not read
         // its previous life's mail.
-        let net = std::mem::take(&mut self.net);
-        self.net = net.into_iter().filter(|Reverse(f)| f.to != i).collect();
+        self.drop_in_flight(|f| f.to == i);
         if self.nodes[i].member.take().is_some() {
             self.nodes[i].crashed_at = Some(self.now);
             self.nodes[i].restart_at = Some(self.now + down_ms);
@@ -1225,6 +1224,22 @@ fn the_quorum_check_catches_a_lie() {
     );
 }
 
+impl Sim {
+    /// The placement of `group` in node `i`'s record (the node must run).
+    fn placement(&self, i: usize, group: &str) -> Option<tandem_core::agreement::Placement> {
+        self.nodes[i]
+            .member
+            .as_ref()
+            .and_then(|m| m.agreement().record().placements.get(group).cloned())
+    }
+
+    /// Drops every datagram in flight that `lost` selects.
+    fn drop_in_flight(&mut self, lost: impl Fn(&InFlight) -> bool) {
+        let net = std::mem::take(&mut self.net);
+        self.net = net.into_iter().filter(|Reverse(f)| !lost(f)).collect();
+    }
+}
+
 /// Seeds whose cluster is two nodes (with fencing, in group runs).
 fn two_node_seeds() -> impl Iterator<Item = u64> {
     (0..2_000).filter(|s| Sim::new(*s, false).shape == Shape::TwoNode)
@@ -1289,14 +1304,8 @@ fn two_node_deaf_holder_is_fenced_not_waited_out() {
         // leader's word to the holder (also what is already on its way).
         let limit = sim.now + 2_000;
         while sim.now < limit {
-            let committed = sim.nodes[leader]
-                .member
-                .as_ref()
-                .unwrap()
-                .agreement()
-                .record()
-                .placements
-                .get(*group)
+            let committed = sim
+                .placement(leader, group)
                 .is_some_and(|p| p.epoch > epoch && p.node.is_none());
             if committed {
                 break;
@@ -1304,19 +1313,9 @@ fn two_node_deaf_holder_is_fenced_not_waited_out() {
             sim.run_until(sim.now + 1, &mut steps, false).unwrap();
         }
         sim.faults.one_way[leader][holder] = true;
-        let net = std::mem::take(&mut sim.net);
-        sim.net = net
-            .into_iter()
-            .filter(|Reverse(f)| !(f.from == leader && f.to == holder))
-            .collect();
-        let applied = sim.nodes[holder]
-            .member
-            .as_ref()
-            .unwrap()
-            .agreement()
-            .record()
-            .placements
-            .get(*group)
+        sim.drop_in_flight(|f| f.from == leader && f.to == holder);
+        let applied = sim
+            .placement(holder, group)
             .is_some_and(|p| p.epoch > epoch);
         if applied {
             continue; // It learned the commit already: not this case.

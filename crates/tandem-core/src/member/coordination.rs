@@ -15,6 +15,13 @@ impl Member {
     /// witness included, since any voter may lead) and the wall clock at
     /// `now_ms == 0` (for failure times and their expiry).
     pub fn set_groups(&mut self, groups: GroupsSpec, unix_at_zero_ms: u64) {
+        self.fence_listed = self.spec.mode == quorum::Mode::TwoNode
+            && groups
+                .host_ids
+                .iter()
+                .position(|id| *id == self.spec.me)
+                .and_then(|i| groups.hosts.get(i))
+                .is_some_and(|me| groups.fence_hosts.contains(me));
         self.groups = groups;
         self.unix_at_zero_ms = unix_at_zero_ms;
     }
@@ -253,15 +260,7 @@ impl Member {
     /// Pacemaker's two-node clusters do) instead of stopping them for as
     /// long as the fence takes, and while a fenced peer comes back.
     pub(super) fn fence_backed(&self) -> bool {
-        self.spec.mode == quorum::Mode::TwoNode
-            && !self.waiting_for_all()
-            && self
-                .groups
-                .host_ids
-                .iter()
-                .position(|id| *id == self.spec.me)
-                .and_then(|i| self.groups.hosts.get(i))
-                .is_some_and(|me| self.groups.fence_hosts.contains(me))
+        self.fence_listed && !self.waiting_for_all()
     }
 
     /// The shell finished fencing `node` (on this leader): records the

@@ -295,6 +295,9 @@ pub struct Member {
     /// Fence-backed (two-node with fencing) and has held a lease this
     /// incarnation: keeps it (`coordination::fence_backed`).
     lease_backed: bool,
+    /// Two-node mode and a fence device lists this node (set with the
+    /// groups): the static half of `coordination::fence_backed`.
+    fence_listed: bool,
     view: Option<View>,
     heartbeat_due_ms: u64,
     /// Time of the latest input, for work started from `take_output`.
@@ -386,6 +389,7 @@ impl Member {
             seen: BTreeSet::new(),
             fenced: BTreeSet::new(),
             lease_backed: false,
+            fence_listed: false,
             view: None,
             heartbeat_due_ms: now_ms,
             now_ms,
