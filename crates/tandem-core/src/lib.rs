@@ -23,6 +23,9 @@
 //! - [`group`]: one node's groups: probe, ordered start, reverse stop,
 //!   failures and restarts.
 //! - [`member`]: one member's whole protocol state, joining the above.
+//! - [`nbd`]: the NBD protocol (handshake and request stream), server side.
+//! - [`volume`]: replicated volumes: disk states, generations, the sync
+//!   decision, the dirty bitmap and the replication link's messages.
 //! - [`watchdog`]: when the agent feeds the node's watchdog and when it
 //!   lets it reset the node.
 
@@ -35,7 +38,9 @@ pub mod group;
 pub mod handover;
 pub mod lease;
 pub mod member;
+pub mod nbd;
 pub mod policy;
 pub mod quorum;
+pub mod volume;
 pub mod watchdog;
 pub mod wire;

@@ -831,7 +831,9 @@ impl Agent {
                     Err(format!("no fence device lists node {node} in its `hosts`; add it to a [[fence_device]]"))
                 }
             }
-            Request::Failed { .. } => Err("failure reports come from agents only".into()),
+            Request::Failed { .. } | Request::Volume { .. } => {
+                Err("failure reports and volume facts come from agents only".into())
+            }
         }
     }
 
@@ -1240,6 +1242,18 @@ fn describe_request(r: &Request) -> String {
             reason,
             ..
         } => format!("{group} failed on {node}: {reason}"),
+        Request::Volume {
+            volume,
+            up_to_date,
+            ..
+        } => format!(
+            "volume {volume}: up to date on {}",
+            if up_to_date.is_empty() {
+                "no copy".to_string()
+            } else {
+                up_to_date.join(", ")
+            }
+        ),
     }
 }
 

@@ -98,6 +98,17 @@ pub enum Command {
         /// The node the operator chose.
         node: Option<String>,
     },
+    /// Sets which copies of a volume hold every acknowledged write, if
+    /// the volume's facts are still at `expect_version` (compare-and-set:
+    /// a primary that writes alone first makes this say only its copy).
+    Volume {
+        /// Volume name.
+        volume: String,
+        /// The version the proposer saw.
+        expect_version: u64,
+        /// The copies up to date from now on.
+        up_to_date: Vec<String>,
+    },
     /// Records that `node` was fenced successfully at `at_unix_ms`.
     Fenced {
         /// Node name.
@@ -133,6 +144,9 @@ pub struct Record {
     /// The most recent fencings, oldest first ([`MAX_FENCE_LOG`] kept).
     #[serde(default)]
     pub fence_log: Vec<FenceEntry>,
+    /// Replicated volumes: which copies are up to date.
+    #[serde(default)]
+    pub volumes: BTreeMap<String, crate::volume::VolumeFacts>,
 }
 
 /// Fencings kept in the record.
@@ -240,6 +254,20 @@ impl Record {
                 });
                 if *ok && action == "off" {
                     self.fenced.insert(node.clone(), *at_unix_ms);
+                }
+            }
+            Command::Volume {
+                volume,
+                expect_version,
+                up_to_date,
+            } => {
+                let facts = self.volumes.entry(volume.clone()).or_default();
+                if facts.version == *expect_version {
+                    let mut nodes = up_to_date.clone();
+                    nodes.sort();
+                    nodes.dedup();
+                    facts.up_to_date = nodes;
+                    facts.version += 1;
                 }
             }
             Command::Pin { group, node } => match node {

@@ -464,6 +464,15 @@ impl Member {
                     })
                     .collect()
             }
+            Request::Volume {
+                volume,
+                expect_version,
+                up_to_date,
+            } => vec![Command::Volume {
+                volume: volume.clone(),
+                expect_version: *expect_version,
+                up_to_date: up_to_date.clone(),
+            }],
             Request::Failed {
                 group,
                 node,

@@ -222,6 +222,16 @@ pub enum Request {
         /// Group.
         group: String,
     },
+    /// A volume's copy asks the cluster to record which copies are up to
+    /// date (compare-and-set on the facts' version).
+    Volume {
+        /// Volume name.
+        volume: String,
+        /// The facts' version the node saw.
+        expect_version: u64,
+        /// The copies up to date from now on.
+        up_to_date: Vec<String>,
+    },
     /// A node saw a group fail.
     Failed {
         /// Group.
