@@ -51,6 +51,7 @@ const REP_ACK: u32 = 1;
 const REP_SERVER: u32 = 2;
 const REP_INFO: u32 = 3;
 const REP_ERR_UNSUP: u32 = 0x8000_0001;
+const REP_ERR_POLICY: u32 = 0x8000_0002;
 const REP_ERR_INVALID: u32 = 0x8000_0003;
 const REP_ERR_UNKNOWN: u32 = 0x8000_0006;
 
@@ -119,6 +120,9 @@ pub struct ExportInfo {
     pub size: u64,
     /// Writes refused.
     pub read_only: bool,
+    /// Why this server cannot serve the export now (a secondary copy):
+    /// INFO and GO answer with a policy error that says so.
+    pub refusal: Option<String>,
 }
 
 impl ExportInfo {
@@ -283,7 +287,7 @@ impl Handshake {
         match option {
             OPT_EXPORT_NAME => {
                 self.stage = Stage::Done;
-                if !self.serves(data) {
+                if !self.serves(data) || self.export.refusal.is_some() {
                     return Next::Close(Vec::new());
                 }
                 out.extend_from_slice(&self.export.size.to_be_bytes());
@@ -324,6 +328,10 @@ impl Handshake {
                             self.export.name
                         );
                         option_reply(&mut out, option, REP_ERR_UNKNOWN, text.as_bytes());
+                    }
+                    Ok(_) if self.export.refusal.is_some() => {
+                        let text = self.export.refusal.clone().unwrap_or_default();
+                        option_reply(&mut out, option, REP_ERR_POLICY, text.as_bytes());
                     }
                     Ok((_, requests)) => {
                         self.info_replies(&mut out, option, &requests);

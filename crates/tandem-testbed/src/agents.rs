@@ -61,6 +61,35 @@ impl AgentCluster {
     /// Builds a testbed with links `lan` and `sync`, writes the
     /// configuration and starts every member with `binary`.
     pub fn start(binary: impl Into<PathBuf>, shape: &ClusterShape) -> Result<AgentCluster> {
+        let mut c = AgentCluster::prepare(binary, shape)?;
+        c.start_members()?;
+        Ok(c)
+    }
+
+    /// Starts every member not started yet (after [`AgentCluster::prepare`]).
+    pub fn start_members(&mut self) -> Result<()> {
+        let members = self.bed.nodes();
+        for n in self.pids.len() + 1..=members {
+            let pid = self.spawn_agent(n)?;
+            self.pids.push(pid);
+        }
+        Ok(())
+    }
+
+    /// Member `n`'s state directory.
+    pub fn state_dir(&self, n: usize) -> PathBuf {
+        self.dir.path().join(format!("state-n{n}"))
+    }
+
+    /// The cluster's scratch directory (removed with the cluster).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Like [`AgentCluster::start`] but starts no member: the caller can
+    /// prepare state first (volume metadata), then call
+    /// [`AgentCluster::start_members`].
+    pub fn prepare(binary: impl Into<PathBuf>, shape: &ClusterShape) -> Result<AgentCluster> {
         let members = shape.nodes + usize::from(shape.witness);
         let bed = Testbed::new(TestbedSpec {
             nodes: members,
@@ -98,19 +127,14 @@ impl AgentCluster {
         }
         cfg += &shape.extra.replace("@TESTBED_ID@", bed.id());
         std::fs::write(dir.path().join("cluster.toml"), cfg).context("writing the config")?;
-        let mut c = AgentCluster {
+        Ok(AgentCluster {
             bed,
             dir,
             binary: binary.into(),
             key,
             pids: Vec::new(),
             witness: shape.witness.then_some(members),
-        };
-        for n in 1..=members {
-            let pid = c.spawn_agent(n)?;
-            c.pids.push(pid);
-        }
-        Ok(c)
+        })
     }
 
     /// The configuration file.
@@ -128,7 +152,7 @@ impl AgentCluster {
     pub fn spawn_agent(&self, n: usize) -> Result<u32> {
         let cfg = self.config_path();
         let sock = self.socket(n);
-        let state = self.dir.path().join(format!("state-n{n}"));
+        let state = self.state_dir(n);
         let node = format!("n{n}");
         let mut args: Vec<String> = if self.witness == Some(n) {
             vec!["witness".into()]

@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
@@ -441,6 +442,7 @@ pub fn run(cfg: Config, opts: AgentOptions) -> Result<()> {
         .duration_since(UNIX_EPOCH)
         .map_or(1, |d| d.as_micros() as u64);
     let incarnation = now_us.max(persisted.incarnation + 1);
+    let volume_key = keys[0];
     let spec = spec(&cfg, &topo, me, keys, opts.config_hash.clone());
     let mode = match spec.mode {
         quorum::Mode::TwoNode => "two_node",
@@ -459,6 +461,15 @@ pub fn run(cfg: Config, opts: AgentOptions) -> Result<()> {
     // Local tasks: the per-link receivers share sockets with the main loop.
     let local = tokio::task::LocalSet::new();
     let (done_tx, done_rx) = mpsc::channel::<Done>(DONE_QUEUE);
+    let (volume_tx, volume_rx) = mpsc::channel::<Request>(crate::volume::REQUEST_QUEUE);
+    let hub = if witness {
+        None
+    } else {
+        crate::volume::Hub::start(
+            crate::volume::configs(&cfg, &topo.names[me], volume_key, &state_dir)?,
+            volume_tx,
+        )?
+    };
     let runner = if witness {
         None
     } else {
@@ -468,6 +479,7 @@ pub fn run(cfg: Config, opts: AgentOptions) -> Result<()> {
             state_dir.join("run"),
             unix_at_zero_ms,
             done_tx,
+            hub.as_ref(),
         )?;
         if r.has_resources() {
             // The previous agent's lease, if it still runs: keep what runs.
@@ -487,6 +499,8 @@ pub fn run(cfg: Config, opts: AgentOptions) -> Result<()> {
     let watchdog =
         crate::watchdog::Watchdog::open(if witness { None } else { cfg.watchdog.as_ref() })?;
     let agent = Agent {
+        hub,
+        volume_rx,
         runner,
         watchdog,
         fence_devices,
@@ -523,6 +537,10 @@ pub fn run(cfg: Config, opts: AgentOptions) -> Result<()> {
 type FenceDone = (String, bool, bool, Vec<String>);
 
 struct Agent {
+    /// This node's replicated volumes (None when it holds no copy).
+    hub: Option<Arc<crate::volume::Hub>>,
+    /// The volumes' requests to the cluster (record updates).
+    volume_rx: mpsc::Receiver<Request>,
     /// This node's groups (None on the witness).
     runner: Option<Runner>,
     /// The node's watchdog, fed while the rule says so.
@@ -673,8 +691,13 @@ impl Agent {
                 }
                 conn = control.accept() => {
                     if let Ok((stream, _)) = conn {
-                        tokio::task::spawn_local(serve_control(stream, ctl_tx.clone()));
+                        tokio::task::spawn_local(serve_control(stream, ctl_tx.clone(), self.hub.clone()));
                     }
+                }
+                Some(r) = self.volume_rx.recv() => {
+                    let now = self.now_ms();
+                    self.log(format!("volume request: {}", describe_request(&r)));
+                    self.member.request(now, r);
                 }
                 Some((node, on, ok, attempts)) = self.fence_rx.recv() => {
                     let now = self.now_ms();
@@ -705,6 +728,9 @@ impl Agent {
             }
         } else {
             self.log("leaving with resources still active: the watchdog stays armed".into());
+        }
+        if let Some(h) = &self.hub {
+            h.close();
         }
         // Leave cleanly so peers need not wait for deadtime.
         self.member.leave();
@@ -758,6 +784,10 @@ impl Agent {
         }
         let active = self.runner.as_ref().is_some_and(Runner::any_active);
         let lease = self.member.lease_valid(now);
+        if let Some(h) = &self.hub {
+            h.set_may_run(lease);
+            h.set_record(self.member.agreement().record());
+        }
         if let Some(line) = self.watchdog.tick(now, lease, active) {
             self.log(line);
         }
@@ -1043,6 +1073,7 @@ impl Agent {
                 .runner
                 .as_ref()
                 .map(|_| self.watchdog.status(self.now_ms())),
+            volumes: self.hub.as_ref().map(|h| h.status()).unwrap_or_default(),
             standby: record
                 .intents
                 .iter()
@@ -1330,7 +1361,11 @@ type ControlMsg = (String, tokio::sync::oneshot::Sender<Vec<u8>>);
 
 /// Reads one request line (bounded in size and time), hands it to the main
 /// loop and writes the answer back; never blocks the loop.
-async fn serve_control(mut stream: tokio::net::UnixStream, to_loop: mpsc::Sender<ControlMsg>) {
+async fn serve_control(
+    mut stream: tokio::net::UnixStream,
+    to_loop: mpsc::Sender<ControlMsg>,
+    hub: Option<Arc<crate::volume::Hub>>,
+) {
     let read_line = async {
         let mut req = Vec::new();
         let mut buf = [0u8; 512];
@@ -1346,6 +1381,20 @@ async fn serve_control(mut stream: tokio::net::UnixStream, to_loop: mpsc::Sender
         return;
     };
     let text = String::from_utf8_lossy(&req).trim().to_string();
+    // Volume commands are answered by the volumes' own runtime: a promote
+    // may wait for the peer, and the main loop never waits.
+    if let Ok(v) = serde_json::from_str::<crate::volume::VolumeRequest>(&text) {
+        let answer = match hub {
+            Some(h) => h.command(v.volume).await,
+            None => crate::volume::VolumeAnswer {
+                error: Some("this node holds no copy of any volume".into()),
+                ..Default::default()
+            },
+        };
+        let bytes = serde_json::to_vec(&answer).unwrap_or_default();
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(&bytes)).await;
+        return;
+    }
     let (tx, rx) = tokio::sync::oneshot::channel();
     // A full queue: the agent is busy; the client may retry.
     if to_loop.try_send((text, tx)).is_err() {

@@ -132,6 +132,11 @@ pub enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Replicated volumes: create a copy, show state and sync progress,
+    /// promote or demote by hand, verify both copies, drop or restore the
+    /// replication link.
+    #[command(subcommand)]
+    Volume(VolumeCommandArgs),
     /// A local cluster in network namespaces that fails over, with the
     /// outage measured: 3 nodes, a floating IP and a small HTTP service;
     /// crashes the active node, then restores it (needs root).
@@ -216,6 +221,99 @@ pub struct AdminArgs {
     /// Give up waiting after this many seconds (the request stays in force).
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     pub timeout: u64,
+}
+
+/// `tandem volume` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum VolumeCommandArgs {
+    /// Create this node's copy of a configured volume: the backing file
+    /// (sparse, if it does not exist) and the metadata. Run it on both
+    /// nodes, with `--source` on the one whose data is kept (a new, empty
+    /// volume: either); the other copy takes a full sync from it.
+    Create {
+        /// The volume (its `[[volume]]` name).
+        name: String,
+        /// The cluster configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// This node (default: the volume's node whose sync address is on this machine).
+        #[arg(long)]
+        node: Option<String>,
+        /// State directory (default: the configuration's, else /var/lib/tandem).
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+        /// This copy holds the data: it starts UpToDate.
+        #[arg(long)]
+        source: bool,
+        /// Replace existing metadata (the copy then syncs in full).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Role, disk states, link, sync progress with ETA, verify results and
+    /// recent events of this node's copies.
+    Status {
+        /// One volume (default: all).
+        name: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Redraw every second with a progress bar while a sync runs (Ctrl-C stops).
+        #[arg(long)]
+        watch: bool,
+        /// The local agent's control socket.
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+    },
+    /// Make this node's copy primary (serves NBD). Refused unless the copy
+    /// is UpToDate; `--force` overrides and says what may be lost.
+    Promote {
+        /// The volume.
+        name: String,
+        /// Promote an Outdated, Inconsistent or unknown copy anyway.
+        #[arg(long)]
+        force: bool,
+        /// The local agent's control socket.
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+    },
+    /// Make this node's copy secondary (NBD clients are disconnected).
+    Demote {
+        /// The volume.
+        name: String,
+        /// The local agent's control socket.
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+    },
+    /// Compare both copies by checksums while in use and report differing
+    /// blocks (they are marked and resynced from this copy).
+    Verify {
+        /// The volume.
+        name: String,
+        /// The local agent's control socket.
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+    },
+    /// Drop the replication link and stay disconnected (writes are then
+    /// tracked in the bitmap).
+    Disconnect {
+        /// The volume.
+        name: String,
+        /// The local agent's control socket.
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+    },
+    /// Connect again after `disconnect` or split brain.
+    Connect {
+        /// The volume.
+        name: String,
+        /// After split brain: this copy gives up the changes it made alone
+        /// and takes the peer's.
+        #[arg(long)]
+        discard_my_data: bool,
+        /// The local agent's control socket.
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+    },
 }
 
 /// `tandem node` actions.

@@ -14,6 +14,8 @@ mod netlink;
 mod resources;
 mod runner;
 mod status;
+mod volume;
+mod volume_cmd;
 mod watchdog;
 
 use std::io::Write as _;
@@ -93,6 +95,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             on,
             admin,
         } => admin::fence(&admin, &node, yes, on),
+        Command::Volume(v) => volume_cmd::run(v),
         Command::Demo { fast } => demo::run(fast),
         Command::DemoService {
             port,

@@ -126,6 +126,23 @@ pub enum Kind {
     Process(ProcessResource),
     /// `exec`.
     Exec(ExecResource),
+    /// `volume`: promote on start, demote on stop.
+    Volume(VolumeResource),
+}
+
+/// A `volume` resource: this node's copy of a replicated volume.
+#[derive(Clone)]
+pub struct VolumeResource {
+    /// The volume's name.
+    pub volume: String,
+    /// The node's volumes (None: this node holds no copy of it).
+    pub hub: Option<std::sync::Arc<crate::volume::Hub>>,
+}
+
+impl std::fmt::Debug for VolumeResource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "VolumeResource({})", self.volume)
+    }
 }
 
 /// A resource with its owner and limits.
@@ -183,7 +200,12 @@ pub fn signal_number(name: &str) -> Option<i32> {
 impl Resource {
     /// The shell's resource for a configured one, or why this version
     /// cannot run it.
-    pub fn new(spec: &ResourceSpec, owner: Owner, timeout_ms: u64) -> Result<Resource, String> {
+    pub fn new(
+        spec: &ResourceSpec,
+        owner: Owner,
+        timeout_ms: u64,
+        hub: Option<&std::sync::Arc<crate::volume::Hub>>,
+    ) -> Result<Resource, String> {
         let kind = match spec {
             ResourceSpec::Ip {
                 address,
@@ -209,12 +231,10 @@ impl Resource {
             ResourceSpec::Exec { script } => Kind::Exec(ExecResource {
                 script: script.clone(),
             }),
-            ResourceSpec::Volume { volume } => {
-                return Err(format!(
-                    "resource {}/{}: replicated volumes (volume `{volume}`) arrive with the replicated-volumes issue; this agent cannot run them yet — remove the resource or use an `exec` resource for now",
-                    owner.group, owner.resource
-                ))
-            }
+            ResourceSpec::Volume { volume } => Kind::Volume(VolumeResource {
+                volume: volume.clone(),
+                hub: hub.filter(|h| h.has(volume)).cloned(),
+            }),
         };
         Ok(Resource {
             owner,
@@ -234,11 +254,41 @@ pub async fn run_action(r: &Resource, kind: ActionKind) -> Outcome {
             (Kind::Process(p), ActionKind::Start) => process_start(p, &r.owner).await,
             (Kind::Process(p), ActionKind::Stop) => process_stop(p, &r.owner, limit).await,
             (Kind::Exec(e), a) => exec_action(e, &r.owner, a, limit).await,
+            (Kind::Volume(v), a) => volume_action(v, a).await,
         }
     };
     match tokio::time::timeout(limit, fut).await {
         Ok(o) => o,
         Err(_) => Outcome::Failed(format!("timed out after {} ms", r.timeout_ms)),
+    }
+}
+
+// ---- volume ---------------------------------------------------------------
+
+async fn volume_action(v: &VolumeResource, kind: ActionKind) -> Outcome {
+    let Some(hub) = &v.hub else {
+        return match kind {
+            ActionKind::Probe | ActionKind::Stop => Outcome::Stopped,
+            ActionKind::Start => Outcome::Failed(format!(
+                "volume `{}` has no copy on this node: list only the volume's two nodes in the group's `nodes`",
+                v.volume
+            )),
+        };
+    };
+    match kind {
+        ActionKind::Probe => match hub.trouble(&v.volume) {
+            None => Outcome::Running,
+            Some(_) if !hub.is_primary(&v.volume) => Outcome::Stopped,
+            Some(why) => Outcome::Failed(why),
+        },
+        ActionKind::Start => match hub.promote(&v.volume, false, true).await {
+            Ok(_) => Outcome::Running,
+            Err(e) => Outcome::Failed(e),
+        },
+        ActionKind::Stop => match hub.demote(&v.volume).await {
+            Ok(()) => Outcome::Stopped,
+            Err(e) => Outcome::Failed(e),
+        },
     }
 }
 
@@ -711,7 +761,7 @@ mod tests {
             working_dir: None,
             env: BTreeMap::new(),
         };
-        let r = Resource::new(&spec, o.clone(), 5_000).unwrap();
+        let r = Resource::new(&spec, o.clone(), 5_000, None).unwrap();
         rt().block_on(async {
             assert_eq!(run_action(&r, ActionKind::Probe).await, Outcome::Stopped);
             assert_eq!(run_action(&r, ActionKind::Start).await, Outcome::Running);
@@ -738,7 +788,7 @@ mod tests {
             working_dir: None,
             env: BTreeMap::new(),
         };
-        let r = Resource::new(&spec, owner(dir.path()), 5_000).unwrap();
+        let r = Resource::new(&spec, owner(dir.path()), 5_000, None).unwrap();
         let out = rt().block_on(run_action(&r, ActionKind::Start));
         assert!(
             matches!(&out, Outcome::Failed(m) if m.contains("exited at once")),
@@ -767,6 +817,7 @@ mod tests {
             },
             owner(dir.path()),
             5_000,
+            None,
         )
         .unwrap();
         rt().block_on(async {
@@ -782,15 +833,22 @@ mod tests {
     }
 
     #[test]
-    fn volumes_are_refused_with_what_to_do() {
-        let e = Resource::new(
+    fn a_volume_without_a_copy_here_is_stopped_and_will_not_start() {
+        let r = Resource::new(
             &ResourceSpec::Volume {
                 volume: "data".into(),
             },
             owner(Path::new("/tmp")),
-            1,
+            1_000,
+            None,
         )
-        .unwrap_err();
-        assert!(e.contains("cannot run them yet"), "{e}");
+        .unwrap();
+        rt().block_on(async {
+            assert_eq!(run_action(&r, ActionKind::Probe).await, Outcome::Stopped);
+            let Outcome::Failed(e) = run_action(&r, ActionKind::Start).await else {
+                panic!("started a volume with no copy here")
+            };
+            assert!(e.contains("no copy on this node"), "{e}");
+        });
     }
 }

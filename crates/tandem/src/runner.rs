@@ -150,6 +150,7 @@ fn kind_name(k: &Kind) -> &'static str {
         Kind::Ip(_) => "ip",
         Kind::Process(_) => "process",
         Kind::Exec(_) => "exec",
+        Kind::Volume(_) => "volume",
     }
 }
 
@@ -162,6 +163,7 @@ impl Runner {
         run_dir: PathBuf,
         unix_at_zero_ms: u64,
         tx: mpsc::Sender<Done>,
+        hub: Option<&std::sync::Arc<crate::volume::Hub>>,
     ) -> Result<Runner> {
         std::fs::create_dir_all(&run_dir)
             .with_context(|| format!("creating {}", run_dir.display()))?;
@@ -184,7 +186,7 @@ impl Runner {
                     .timeout_ms
                     .as_ref()
                     .map_or(resources::DEFAULT_TIMEOUT_MS, |t| *t.get_ref());
-                let r = Resource::new(spec, owner, timeout).map_err(anyhow::Error::msg)?;
+                let r = Resource::new(spec, owner, timeout, hub).map_err(anyhow::Error::msg)?;
                 rs.push(Rc::new(r));
             }
             names.push(gname);
@@ -436,6 +438,9 @@ impl Runner {
                     Kind::Exec(e) => lease
                         .scripts
                         .push((e.script().to_path_buf(), r.owner.env_vec())),
+                    // A copy lives in the agent's process: it stops serving
+                    // when the agent dies, with nothing for the guard to do.
+                    Kind::Volume(_) => {}
                 }
             }
         }
@@ -770,7 +775,7 @@ impl Runner {
                         )),
                         IpCheck::Failed(why) => self.groups.on_monitor_failure(now_ms, g, r, why),
                     },
-                    Kind::Process(_) | Kind::Exec(_) => {
+                    Kind::Process(_) | Kind::Exec(_) | Kind::Volume(_) => {
                         self.checking[g][r] = true;
                         let tx = self.tx.clone();
                         tokio::task::spawn_local(async move {

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 
 /// A node's view of the cluster.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Status {
     /// Cluster name.
     pub cluster: String,
@@ -52,6 +52,9 @@ pub struct Status {
     /// This node's watchdog (None on the witness).
     #[serde(default)]
     pub watchdog: Option<crate::watchdog::WatchdogStatus>,
+    /// This node's copies of replicated volumes.
+    #[serde(default)]
+    pub volumes: Vec<crate::volume::engine::VolumeStatus>,
 }
 
 /// This node's lease on running groups.
@@ -304,6 +307,12 @@ impl Status {
                 "ping monitor fails on links: {} (groups needing them leave this node)",
                 self.failed_links.join(", ")
             );
+        }
+        if !self.volumes.is_empty() {
+            let _ = writeln!(o, "volumes:");
+            for line in crate::volume_cmd::render(&self.volumes, false).lines() {
+                let _ = writeln!(o, "  {line}");
+            }
         }
         if !self.groups.is_empty() {
             let _ = writeln!(o, "groups:");

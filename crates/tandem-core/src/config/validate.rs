@@ -1112,13 +1112,6 @@ fn check_group(
             "put the resources in one group instead",
         );
     }
-    for r in g.resources.iter().filter(|r| r.kind.get_ref() == "volume") {
-        c.warn(
-            span(&r.kind),
-            format!("`volume` resources are not run by this version's agent (replicated volumes are not implemented yet): `tandem agent` refuses this configuration (group `{gname}`)"),
-            "remove the resource, or manage the volume with an `exec` resource for now",
-        );
-    }
     c.positive("failure_expiry_ms", &g.failure_expiry_ms);
     if g.resources.is_empty() {
         c.error(

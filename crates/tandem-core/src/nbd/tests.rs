@@ -7,6 +7,7 @@ fn export() -> ExportInfo {
         description: "test".into(),
         size: 1 << 20,
         read_only: false,
+        refusal: None,
     }
 }
 
@@ -127,6 +128,24 @@ fn unknown_export_and_bad_options_are_errors_not_closes() {
     assert_eq!(replies(&out)[0].1, REP_ERR_UNSUP);
     let (hd, _) = option(OPT_ABORT, &[]);
     assert!(matches!(h.on_bytes(&hd), Ok(Next::Close(_))));
+}
+
+#[test]
+fn a_refusing_export_says_why() {
+    let mut h = Handshake::new(ExportInfo {
+        refusal: Some("secondary copy".into()),
+        ..export()
+    });
+    h.on_bytes(&3u32.to_be_bytes()).unwrap_or_else(|e| panic!("{e}"));
+    let d = info_data("data", &[]);
+    let (hd, d) = option(OPT_GO, &d);
+    h.on_bytes(&hd).unwrap_or_else(|e| panic!("{e}"));
+    let Ok(Next::SendThenRead(out, 16)) = h.on_bytes(&d) else {
+        panic!("go")
+    };
+    let r = replies(&out);
+    assert_eq!(r[0].1, REP_ERR_POLICY);
+    assert_eq!(r[0].2, b"secondary copy");
 }
 
 #[test]

@@ -1,0 +1,944 @@
+//! One copy of one volume while the agent runs: its role, the write path
+//! (local copy, peer, acknowledgement), promotion and demotion, the dirty
+//! bitmap and activity log, and keeping the cluster's record of which
+//! copies are up to date.
+//!
+//! The rule behind every acknowledgement: a write is acknowledged only once
+//! it is on every copy the cluster record calls up to date. Connected, the
+//! peer's acknowledgement gives that (protocol C; protocol A acknowledges
+//! once sent). Alone, the primary first makes the record say only its own
+//! copy is up to date, so the other copy can no longer be promoted without
+//! an operator forcing it.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+use tandem_core::config::schema::Protocol;
+use tandem_core::member::Request;
+use tandem_core::nbd::errno;
+use tandem_core::volume::bitmap::{Bitmap, BLOCK};
+use tandem_core::volume::link::Msg;
+use tandem_core::volume::{self, DiskState, Knowledge, Side, VolumeFacts};
+use tokio::sync::{mpsc, oneshot, Notify};
+
+use super::store::{ActivityLog, Backing, Meta};
+use super::VolumeConfig;
+
+/// How long a write waits for the peer or for the cluster before it fails
+/// with EIO: long enough for a failover to finish, short enough that a
+/// client is told.
+pub const WRITE_WAIT: Duration = Duration::from_secs(30);
+/// How often the cluster record is asked again when a change did not land.
+const RECORD_RETRY: Duration = Duration::from_millis(500);
+/// Volume events kept for status.
+const EVENTS: usize = 20;
+
+/// The state of the link to the peer copy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LinkState {
+    /// Trying to reach the peer.
+    Connecting,
+    /// Connected: handshake done.
+    Connected,
+    /// Stopped after detecting split brain; an operator decides.
+    SplitBrain(String),
+    /// Stopped: the copies cannot be synced (unrelated data, size).
+    Refused(String),
+    /// `tandem volume disconnect`.
+    AdminDown,
+}
+
+/// What the connected session decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SyncRole {
+    /// Nothing to copy: both copies the same.
+    InSync,
+    /// Sending a sync.
+    Source,
+    /// Receiving a sync.
+    Target,
+}
+
+/// A write waiting for the peer.
+struct Pending {
+    offset: u64,
+    len: u64,
+    done: Option<oneshot::Sender<Result<(), u32>>>,
+}
+
+/// The live connection, as the write path sees it.
+pub struct Conn {
+    /// Session number: a newer session replaces an older one.
+    pub epoch: u64,
+    /// Frames to the peer, in order.
+    pub tx: mpsc::Sender<Vec<u8>>,
+    pending: HashMap<u64, Pending>,
+    next_id: u64,
+    /// Writes go to the peer (handshake done, not a sync target).
+    pub replicating: bool,
+    /// This side's role in the sync.
+    pub sync_role: SyncRole,
+    /// The peer is primary.
+    pub peer_primary: bool,
+    /// Verify replies awaited.
+    pub verify_waiters: HashMap<u64, oneshot::Sender<Vec<u64>>>,
+    /// Sync bytes sent and not yet acknowledged.
+    pub sync_unacked: u64,
+}
+
+impl Conn {
+    /// A new session's connection, before the sync decision.
+    pub fn new(epoch: u64, tx: mpsc::Sender<Vec<u8>>) -> Conn {
+        Conn {
+            epoch,
+            tx,
+            pending: HashMap::new(),
+            next_id: 1,
+            replicating: false,
+            sync_role: SyncRole::InSync,
+            peer_primary: false,
+            verify_waiters: HashMap::new(),
+            sync_unacked: 0,
+        }
+    }
+
+    /// A fresh id for a request to the peer.
+    pub fn next_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+}
+
+/// Progress of a running sync.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SyncProgress {
+    /// `source` or `target`.
+    pub direction: String,
+    /// Whole volume.
+    pub full: bool,
+    /// Bytes to copy when it started.
+    pub total_bytes: u64,
+    /// Bytes copied (acknowledged by the target).
+    pub done_bytes: u64,
+    /// When it started.
+    #[serde(skip)]
+    pub started: Option<Instant>,
+    /// Observed rate.
+    pub rate_bytes_s: f64,
+    /// Remaining seconds at that rate.
+    pub eta_s: Option<u64>,
+}
+
+/// Progress of an online verify.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct VerifyProgress {
+    /// Still running.
+    pub running: bool,
+    /// Bytes compared.
+    pub done_bytes: u64,
+    /// Bytes to compare.
+    pub total_bytes: u64,
+    /// Blocks whose checksums differ.
+    pub differing_blocks: u64,
+    /// The first differing blocks' byte offsets.
+    pub first_differing: Vec<u64>,
+    /// Why it stopped early, if it did.
+    pub error: Option<String>,
+}
+
+/// Counters since the agent started.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Counters {
+    /// Bytes sent as sync source.
+    pub resync_bytes_sent: u64,
+    /// Bytes received as sync target.
+    pub resync_bytes_received: u64,
+    /// Syncs finished.
+    pub syncs_finished: u64,
+    /// Writes replicated to the peer.
+    pub writes_replicated: u64,
+    /// Writes done while not connected (marked in the bitmap).
+    pub writes_alone: u64,
+    /// Blocks marked by crash recovery (activity log) at start.
+    pub activity_log_blocks: u64,
+}
+
+pub(super) struct State {
+    pub meta: Meta,
+    pub bitmap: Bitmap,
+    al: ActivityLog,
+    pub primary: bool,
+    /// The promotion was forced: the record may be overwritten.
+    forced: bool,
+    pub conn: Option<Conn>,
+    pub link: LinkState,
+    pub peer_disk: DiskState,
+    pub in_flight: u64,
+    pub sync: Option<SyncProgress>,
+    pub verify: Option<VerifyProgress>,
+    pub counters: Counters,
+    pub discard_my_data: bool,
+    pub bitmap_dirty: bool,
+    pub nbd_clients: u64,
+    events: VecDeque<String>,
+    last_record_request: Option<Instant>,
+}
+
+/// One copy of a volume.
+pub struct Volume {
+    /// Its configuration on this node.
+    pub cfg: VolumeConfig,
+    /// The backing store.
+    pub backing: Backing,
+    pub(super) st: Mutex<State>,
+    /// Orders "write locally, then queue for the peer" against sync reads
+    /// and verify reads, so the peer sees every block's changes in the
+    /// order the local copy took them.
+    pub order: tokio::sync::Mutex<()>,
+    /// Woken on every change of role, link, record or sync.
+    pub changed: Notify,
+    record: Mutex<Option<VolumeFacts>>,
+    requests: mpsc::Sender<Request>,
+    /// The agent holds its lease: the cluster lets this node run groups.
+    may_run: Arc<AtomicBool>,
+    epoch: std::sync::atomic::AtomicU64,
+}
+
+fn random_gen() -> u64 {
+    use rand::RngCore;
+    // Never 0: 0 means "no data".
+    rand::rngs::OsRng.next_u64() | 1
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Status of one copy, for `tandem volume status` and `tandem status`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct VolumeStatus {
+    /// Volume name.
+    pub name: String,
+    /// This node.
+    pub node: String,
+    /// The peer node.
+    pub peer: String,
+    /// `primary` or `secondary`.
+    pub role: String,
+    /// The peer's role, when connected.
+    pub peer_role: Option<String>,
+    /// This copy's disk state.
+    pub disk: DiskState,
+    /// The peer's, as last known.
+    pub peer_disk: DiskState,
+    /// Link state.
+    pub link: LinkState,
+    /// Sync decision of the current session.
+    pub sync_role: Option<SyncRole>,
+    /// `C` or `A`.
+    pub protocol: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Bytes marked dirty (to copy at the next sync).
+    pub dirty_bytes: u64,
+    /// A running sync.
+    pub sync: Option<SyncProgress>,
+    /// The last or running verify.
+    pub verify: Option<VerifyProgress>,
+    /// Counters.
+    pub counters: Counters,
+    /// Generations (hex).
+    pub generations: String,
+    /// The cluster record's up-to-date copies.
+    pub record_up_to_date: Option<Vec<String>>,
+    /// NBD clients attached.
+    pub nbd_clients: u64,
+    /// Recent events, oldest first.
+    pub events: Vec<String>,
+}
+
+impl Volume {
+    /// Opens this node's copy: backing store, metadata, and crash recovery
+    /// from the activity log.
+    pub fn open(
+        cfg: VolumeConfig,
+        requests: mpsc::Sender<Request>,
+        may_run: Arc<AtomicBool>,
+    ) -> Result<Volume> {
+        let backing = Backing::open(&cfg.backing, cfg.size)?;
+        let (mut meta, mut bitmap) = cfg.paths.load(&cfg.name, cfg.size)?;
+        let mut counters = Counters::default();
+        let al = ActivityLog::from_list(&meta.activity_log);
+        let mut events = VecDeque::new();
+        if !meta.clean {
+            let marked = al.mark(&mut bitmap, cfg.size);
+            counters.activity_log_blocks = marked;
+            events.push_back(format!(
+                "the agent did not stop cleanly: {} activity-log extents ({} blocks) marked for resync",
+                meta.activity_log.len(),
+                marked
+            ));
+            cfg.paths.save_bitmap(&bitmap)?;
+        }
+        meta.clean = false;
+        cfg.paths.save_meta(&meta)?;
+        Ok(Volume {
+            cfg,
+            backing,
+            st: Mutex::new(State {
+                meta,
+                bitmap,
+                al,
+                primary: false,
+                forced: false,
+                conn: None,
+                link: LinkState::Connecting,
+                peer_disk: DiskState::DUnknown,
+                in_flight: 0,
+                sync: None,
+                verify: None,
+                counters,
+                discard_my_data: false,
+                bitmap_dirty: false,
+                nbd_clients: 0,
+                events,
+                last_record_request: None,
+            }),
+            order: tokio::sync::Mutex::new(()),
+            changed: Notify::new(),
+            record: Mutex::new(None),
+            requests,
+            may_run,
+            epoch: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    /// The state, locked. Never held across an await.
+    pub(super) fn lock(&self) -> MutexGuard<'_, State> {
+        self.st.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Logs a volume event (stderr and the status history).
+    pub fn event(&self, text: String) {
+        eprintln!(
+            "{} tandem[{}]: volume {}: {text}",
+            crate::status::format_utc(unix_ms()),
+            self.cfg.me,
+            self.cfg.name
+        );
+        let mut st = self.lock();
+        if st.events.len() == EVENTS {
+            st.events.pop_front();
+        }
+        st.events.push_back(text);
+    }
+
+    /// A new session number.
+    pub fn next_epoch(&self) -> u64 {
+        self.epoch.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// Whether `epoch` is still the newest session.
+    pub fn current_epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    /// The cluster record's facts changed.
+    pub fn set_record(&self, facts: Option<VolumeFacts>) {
+        let mut r = self.record.lock().unwrap_or_else(|p| p.into_inner());
+        if *r != facts {
+            *r = facts;
+            drop(r);
+            self.changed.notify_waiters();
+        }
+    }
+
+    fn record(&self) -> Option<VolumeFacts> {
+        self.record.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+
+    pub(super) fn disk_state_of(&self, st: &State) -> DiskState {
+        let record = self.record();
+        let (current, behind) = match &st.conn {
+            Some(c) if c.replicating || c.sync_role == SyncRole::InSync => {
+                (c.sync_role != SyncRole::Target, false)
+            }
+            Some(c) => (false, c.sync_role == SyncRole::Target),
+            None => (false, false),
+        };
+        volume::disk_state(&Knowledge {
+            me: &self.cfg.me,
+            consistent: st.meta.consistent,
+            has_data: st.meta.gens.current != 0,
+            connected_current: current && st.conn.as_ref().is_some_and(|c| c.replicating),
+            connected_behind: behind,
+            local_up_to_date: st.meta.up_to_date,
+            record: record.as_ref(),
+        })
+    }
+
+    /// This side's view for the sync decision.
+    pub(super) fn side(&self, st: &State) -> Side {
+        Side {
+            node: self.cfg.me.clone(),
+            gens: st.meta.gens,
+            dirty_blocks: st.bitmap.count(),
+            consistent: st.meta.consistent,
+            primary: st.primary,
+            promoted_at_unix_ms: st.meta.promoted_at_unix_ms,
+            discard_my_data: st.discard_my_data,
+        }
+    }
+
+    /// Whether this copy is primary.
+    pub fn is_primary(&self) -> bool {
+        self.lock().primary
+    }
+
+    /// Starts writing apart from the peer (if not already): a new current
+    /// generation, persisted before any write is acknowledged alone.
+    fn diverge(&self, st: &mut State) -> Result<()> {
+        if st.meta.gens.bitmap == 0 {
+            st.meta.gens.diverge(random_gen());
+            self.cfg.paths.save_meta(&st.meta)?;
+        }
+        Ok(())
+    }
+
+    /// Promotes this copy. `force` overrides the disk-state rule; `cluster`
+    /// says the cluster placed the volume here (so a peer still seen as
+    /// primary is no longer allowed to be: its session is dropped).
+    pub async fn promote(&self, force: bool, cluster: bool) -> Result<Option<String>, String> {
+        // A peer that is demoting says so over the link; wait a little.
+        for _ in 0..20 {
+            let peer_primary = self
+                .lock()
+                .conn
+                .as_ref()
+                .is_some_and(|c| c.peer_primary);
+            if !peer_primary {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let Some((state, warning, conn_tx, side)) = self.promote_locked(force, cluster)? else {
+            return Ok(None);
+        };
+        if let Some(tx) = conn_tx {
+            let _ = tx.send(Msg::State(self.hello(side)).to_bytes()).await;
+        }
+        self.event(format!(
+            "promoted to primary ({state}{})",
+            if force { ", forced" } else { "" }
+        ));
+        if let Some(w) = &warning {
+            self.event(w.clone());
+        }
+        self.changed.notify_waiters();
+        Ok(warning)
+    }
+
+    /// The locked part of a promotion; None when already primary.
+    #[allow(clippy::type_complexity)]
+    fn promote_locked(
+        &self,
+        force: bool,
+        cluster: bool,
+    ) -> Result<Option<(DiskState, Option<String>, Option<mpsc::Sender<Vec<u8>>>, Side)>, String> {
+        let mut st = self.lock();
+        if st.primary {
+            return Ok(None);
+        }
+        if st.conn.as_ref().is_some_and(|c| c.peer_primary) {
+            if !cluster && !force {
+                return Err(format!(
+                    "volume `{}`: the peer {} is primary; demote it first (`tandem volume demote {}` there) — two primaries would split the data",
+                    self.cfg.name, self.cfg.peer, self.cfg.name
+                ));
+            }
+            // The cluster moved the volume here: the old primary may no
+            // longer run it, whatever the link last said.
+            st.conn = None;
+            self.epoch.fetch_add(1, Ordering::SeqCst);
+        }
+        let state = self.disk_state_of(&st);
+        let warning = volume::may_promote(&self.cfg.name, &self.cfg.me, state, force)
+            .map_err(|e| e.to_string())?;
+        if st.meta.gens.current == 0 {
+            // Forced on a copy that never held data: it becomes the data.
+            st.meta.gens.current = random_gen();
+            st.meta.consistent = true;
+        }
+        let replicating = st.conn.as_ref().is_some_and(|c| c.replicating);
+        if !replicating {
+            self.diverge(&mut st).map_err(|e| format!("{e:#}"))?;
+        }
+        st.primary = true;
+        st.forced = force && state != DiskState::UpToDate;
+        st.meta.promoted_at_unix_ms = unix_ms();
+        st.meta.up_to_date = true;
+        self.cfg.paths.save_meta(&st.meta).map_err(|e| format!("{e:#}"))?;
+        let conn_tx = st.conn.as_ref().map(|c| c.tx.clone());
+        Ok(Some((state, warning, conn_tx, self.side(&st))))
+    }
+
+    /// Demotes this copy: NBD clients are cut, writes in flight finish or
+    /// fail, and the copy becomes secondary.
+    pub async fn demote(&self) -> Result<(), String> {
+        let Some(conn_tx) = self.demote_locked() else {
+            return Ok(());
+        };
+        self.changed.notify_waiters();
+        // Writes already queued reach the peer before the role change.
+        let _order = self.order.lock().await;
+        let side = self.side(&self.lock());
+        if let Some(tx) = conn_tx {
+            let _ = tx.send(Msg::State(self.hello(side)).to_bytes()).await;
+        }
+        self.persist_bitmap();
+        self.event("demoted to secondary".into());
+        Ok(())
+    }
+
+    /// Marks the copy secondary; None when it was not primary.
+    fn demote_locked(&self) -> Option<Option<mpsc::Sender<Vec<u8>>>> {
+        let mut st = self.lock();
+        if !st.primary {
+            return None;
+        }
+        st.primary = false;
+        st.forced = false;
+        Some(st.conn.as_ref().map(|c| c.tx.clone()))
+    }
+
+    /// The sync bytes unacknowledged in session `epoch` (None: it ended).
+    pub fn sync_unacked(&self, epoch: u64) -> Option<u64> {
+        self.lock()
+            .conn
+            .as_ref()
+            .filter(|c| c.epoch == epoch)
+            .map(|c| c.sync_unacked)
+    }
+
+    /// The handshake state message for this side.
+    pub fn hello(&self, side: Side) -> tandem_core::volume::link::Hello2 {
+        tandem_core::volume::link::Hello2 {
+            size: self.cfg.size,
+            side,
+        }
+    }
+
+    /// Saves the bitmap if it changed since last saved.
+    pub fn persist_bitmap(&self) {
+        let mut st = self.lock();
+        if st.bitmap_dirty {
+            match self.cfg.paths.save_bitmap(&st.bitmap) {
+                Ok(()) => st.bitmap_dirty = false,
+                Err(e) => eprintln!("volume {}: saving the bitmap: {e:#}", self.cfg.name),
+            }
+        }
+    }
+
+    /// Logs the extents a write touches before it lands.
+    fn log_activity(&self, offset: u64, len: u64) -> Result<(), u32> {
+        let mut st = self.lock();
+        if st.al.touch(offset, len) {
+            st.meta.activity_log = st.al.to_list();
+            if st.bitmap_dirty {
+                // Extents may have left the log: their marks must be on
+                // disk before the log stops covering them.
+                if self.cfg.paths.save_bitmap(&st.bitmap).is_err() {
+                    return Err(errno::EIO);
+                }
+                st.bitmap_dirty = false;
+            }
+            if let Err(e) = self.cfg.paths.save_meta(&st.meta) {
+                eprintln!("volume {}: saving the activity log: {e:#}", self.cfg.name);
+                return Err(errno::EIO);
+            }
+        }
+        Ok(())
+    }
+
+    /// Retires the activity log when nothing is in flight and the bitmap
+    /// is on disk: a crash now would leave nothing unknown.
+    pub fn retire_activity_log(&self) {
+        let mut st = self.lock();
+        if st.in_flight > 0 || st.al.to_list().is_empty() {
+            return;
+        }
+        if st.bitmap_dirty {
+            if self.cfg.paths.save_bitmap(&st.bitmap).is_err() {
+                return;
+            }
+            st.bitmap_dirty = false;
+        }
+        st.al.clear();
+        st.meta.activity_log.clear();
+        let _ = self.cfg.paths.save_meta(&st.meta);
+    }
+
+    /// Runs one change to the copy (write, zeroes) through local disk and
+    /// peer; Ok once it may be acknowledged.
+    pub async fn write(&self, offset: u64, data: Option<Vec<u8>>, len: u64, fua: bool) -> Result<(), u32> {
+        if !self.is_primary() {
+            return Err(errno::ESHUTDOWN);
+        }
+        self.log_activity(offset, len)?;
+        let waiter = {
+            let _order = self.order.lock().await;
+            {
+                let mut st = self.lock();
+                if !st.primary {
+                    return Err(errno::ESHUTDOWN);
+                }
+                st.in_flight += 1;
+            }
+            let local = match &data {
+                Some(d) => self.backing.write_at(d, offset),
+                None => self.backing.zero(offset, len),
+            };
+            if let Err(e) = local {
+                self.lock().in_flight -= 1;
+                self.event(format!(
+                    "write of {len} bytes at {offset} to {} failed: {e}",
+                    self.backing.path().display()
+                ));
+                return Err(errno::EIO);
+            }
+            self.queue_to_peer(offset, data, len, fua).await
+        };
+        let result = self.finish_write(waiter, fua).await;
+        self.lock().in_flight -= 1;
+        result
+    }
+
+    /// Queues a change for the peer if connected and replicating; else
+    /// marks it in the bitmap. Called with the order lock held.
+    async fn queue_to_peer(
+        &self,
+        offset: u64,
+        data: Option<Vec<u8>>,
+        len: u64,
+        fua: bool,
+    ) -> Option<oneshot::Receiver<Result<(), u32>>> {
+        let (frame, tx, rx) = {
+            let mut guard = self.lock();
+            let st = &mut *guard;
+            let Some(conn) = st.conn.as_mut().filter(|c| c.replicating) else {
+                st.bitmap.set_range(offset, len);
+                st.bitmap_dirty = true;
+                st.counters.writes_alone += 1;
+                return None;
+            };
+            let id = conn.next_id();
+            let (tx, rx) = oneshot::channel();
+            conn.pending.insert(
+                id,
+                Pending {
+                    offset,
+                    len,
+                    done: Some(tx),
+                },
+            );
+            let frame = match data {
+                Some(data) => Msg::Write {
+                    id,
+                    offset,
+                    fua,
+                    data,
+                },
+                None => Msg::Zero {
+                    id,
+                    offset,
+                    length: len as u32,
+                    fua,
+                },
+            }
+            .to_bytes();
+            st.counters.writes_replicated += 1;
+            (frame, conn.tx.clone(), rx)
+        };
+        if tx.send(frame).await.is_err() {
+            // The session ended between the lock and the send: its
+            // teardown marked the range (it was pending).
+        }
+        Some(rx)
+    }
+
+    async fn finish_write(
+        &self,
+        waiter: Option<oneshot::Receiver<Result<(), u32>>>,
+        fua: bool,
+    ) -> Result<(), u32> {
+        if fua {
+            self.sync_local()?;
+        }
+        match (waiter, self.cfg.protocol) {
+            (Some(_), Protocol::A) => Ok(()),
+            (Some(w), Protocol::C) => match tokio::time::timeout(WRITE_WAIT, w).await {
+                Ok(Ok(r)) => r,
+                // The session ended first: the range is in the bitmap.
+                Ok(Err(_)) => self.wait_alone().await,
+                Err(_) => Err(errno::EIO),
+            },
+            (None, _) => self.wait_alone().await,
+        }
+    }
+
+    /// Makes the local copy durable (blocking: on the volume runtime).
+    pub fn sync_local(&self) -> Result<(), u32> {
+        tokio::task::block_in_place(|| self.backing.sync()).map_err(|e| {
+            self.event(format!("flushing {}: {e}", self.backing.path().display()));
+            errno::EIO
+        })
+    }
+
+    /// Whether this primary may acknowledge writes the peer has not seen:
+    /// the record says its copy alone is up to date.
+    fn alone_ok(&self) -> bool {
+        self.record()
+            .is_some_and(|r| r.up_to_date.len() == 1 && r.up_to_date[0] == self.cfg.me)
+    }
+
+    /// Waits until a write done alone may be acknowledged.
+    async fn wait_alone(&self) -> Result<(), u32> {
+        let deadline = Instant::now() + WRITE_WAIT;
+        loop {
+            let notified = self.changed.notified();
+            if !self.is_primary() {
+                return Err(errno::ESHUTDOWN);
+            }
+            if self.alone_ok() && self.may_run.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            if self.excluded() {
+                return Err(errno::EIO);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(errno::EIO);
+            }
+            let _ = tokio::time::timeout(left.min(Duration::from_millis(200)), notified).await;
+        }
+    }
+
+    /// The record names other copies but not this one, and no operator
+    /// forced it: this copy is outdated.
+    fn excluded(&self) -> bool {
+        let forced = self.lock().forced;
+        !forced
+            && self
+                .record()
+                .is_some_and(|r| !r.up_to_date.is_empty() && !r.up_to_date.contains(&self.cfg.me))
+    }
+
+    /// FLUSH: local copy, then the peer's (so it keeps its meaning on both).
+    pub async fn flush(&self) -> Result<(), u32> {
+        if !self.is_primary() {
+            return Err(errno::ESHUTDOWN);
+        }
+        self.sync_local()?;
+        let waiter = {
+            let mut st = self.lock();
+            match st.conn.as_mut().filter(|c| c.replicating) {
+                Some(conn) => {
+                    let id = conn.next_id();
+                    let (tx, rx) = oneshot::channel();
+                    conn.pending.insert(
+                        id,
+                        Pending {
+                            offset: 0,
+                            len: 0,
+                            done: Some(tx),
+                        },
+                    );
+                    Some((Msg::Flush { id }.to_bytes(), conn.tx.clone(), rx))
+                }
+                None => None,
+            }
+        };
+        match waiter {
+            Some((frame, tx, rx)) => {
+                let _ = tx.send(frame).await;
+                match tokio::time::timeout(WRITE_WAIT, rx).await {
+                    Ok(Ok(r)) => r,
+                    Ok(Err(_)) => self.wait_alone().await,
+                    Err(_) => Err(errno::EIO),
+                }
+            }
+            None => self.wait_alone().await,
+        }
+    }
+
+    /// The peer acknowledged (or failed) request `id`.
+    pub fn on_ack(&self, epoch: u64, id: u64, result: Result<(), u32>) {
+        let mut st = self.lock();
+        let Some(conn) = st.conn.as_mut().filter(|c| c.epoch == epoch) else {
+            return;
+        };
+        if let Some(mut p) = conn.pending.remove(&id) {
+            if result.is_err() {
+                st.bitmap.set_range(p.offset, p.len);
+                st.bitmap_dirty = true;
+            }
+            if let Some(done) = p.done.take() {
+                let _ = done.send(result);
+            }
+        }
+    }
+
+    /// Ends session `epoch`: every change the peer did not acknowledge is
+    /// marked for the next sync; a primary goes on alone.
+    pub fn teardown(&self, epoch: u64, why: &str) {
+        let mut st = self.lock();
+        if st.conn.as_ref().map_or(true, |c| c.epoch != epoch) {
+            return;
+        }
+        let Some(conn) = st.conn.take() else {
+            return;
+        };
+        let unacked = conn.pending.len();
+        for p in conn.pending.into_values() {
+            st.bitmap.set_range(p.offset, p.len);
+        }
+        st.bitmap_dirty = true;
+        if st.sync.take().is_some() {
+            st.events.push_back("sync interrupted; it resumes from the bitmap on reconnect".into());
+        }
+        st.peer_disk = DiskState::DUnknown;
+        if matches!(st.link, LinkState::Connected) {
+            st.link = LinkState::Connecting;
+        }
+        if st.primary {
+            if let Err(e) = self.diverge(&mut st) {
+                eprintln!("volume {}: {e:#}", self.cfg.name);
+            }
+        }
+        let _ = self.cfg.paths.save_bitmap(&st.bitmap);
+        st.bitmap_dirty = false;
+        drop(st);
+        self.event(format!(
+            "disconnected from {} ({why}); {unacked} changes unacknowledged, marked for resync",
+            self.cfg.peer
+        ));
+        self.changed.notify_waiters();
+    }
+
+    /// Keeps the cluster record in step with this copy: called on every
+    /// change and periodically.
+    pub fn keep_record(&self) {
+        let record = self.record();
+        let mut st = self.lock();
+        let in_sync = st
+            .conn
+            .as_ref()
+            .is_some_and(|c| c.replicating && c.sync_role == SyncRole::InSync);
+        let desired = if st.primary {
+            if in_sync {
+                let mut v = vec![self.cfg.me.clone(), self.cfg.peer.clone()];
+                v.sort();
+                v
+            } else {
+                vec![self.cfg.me.clone()]
+            }
+        } else if in_sync && self.cfg.dialer && !st.conn.as_ref().is_some_and(|c| c.peer_primary) {
+            let mut v = vec![self.cfg.me.clone(), self.cfg.peer.clone()];
+            v.sort();
+            v
+        } else {
+            return;
+        };
+        let current = record.clone().unwrap_or_default();
+        if current.up_to_date == desired {
+            return;
+        }
+        // Never write another copy out of the record unless this one is in
+        // it (or an operator forced this copy up).
+        let mine = current.up_to_date.is_empty() || current.up_to_date.contains(&self.cfg.me);
+        if !mine && !st.forced {
+            return;
+        }
+        if desired.len() == 1 && !self.may_run.load(Ordering::SeqCst) {
+            return;
+        }
+        if st
+            .last_record_request
+            .is_some_and(|t| t.elapsed() < RECORD_RETRY)
+        {
+            return;
+        }
+        st.last_record_request = Some(Instant::now());
+        drop(st);
+        let _ = self.requests.try_send(Request::Volume {
+            volume: self.cfg.name.clone(),
+            expect_version: current.version,
+            up_to_date: desired,
+        });
+    }
+
+    /// Status of this copy.
+    pub fn status(&self) -> VolumeStatus {
+        let record = self.record();
+        let st = self.lock();
+        let disk = self.disk_state_of(&st);
+        let g = st.meta.gens;
+        VolumeStatus {
+            name: self.cfg.name.clone(),
+            node: self.cfg.me.clone(),
+            peer: self.cfg.peer.clone(),
+            role: if st.primary { "primary" } else { "secondary" }.into(),
+            peer_role: st
+                .conn
+                .as_ref()
+                .map(|c| if c.peer_primary { "primary" } else { "secondary" }.to_string()),
+            disk,
+            peer_disk: if st.conn.is_some() {
+                st.peer_disk
+            } else {
+                DiskState::DUnknown
+            },
+            link: st.link.clone(),
+            sync_role: st.conn.as_ref().map(|c| c.sync_role),
+            protocol: match self.cfg.protocol {
+                Protocol::C => "C",
+                Protocol::A => "A",
+            }
+            .into(),
+            size: self.cfg.size,
+            dirty_bytes: st.bitmap.count() * BLOCK,
+            sync: st.sync.clone(),
+            verify: st.verify.clone(),
+            counters: st.counters.clone(),
+            generations: format!(
+                "{:016X}:{:016X}:{:016X}:{:016X}",
+                g.current, g.bitmap, g.history[0], g.history[1]
+            ),
+            record_up_to_date: record.map(|r| r.up_to_date),
+            nbd_clients: st.nbd_clients,
+            events: st.events.iter().cloned().collect(),
+        }
+    }
+
+
+    /// Stops cleanly: bitmap and metadata saved, marked clean if nothing
+    /// is in flight.
+    pub fn close(&self) {
+        let mut st = self.lock();
+        let _ = self.cfg.paths.save_bitmap(&st.bitmap);
+        if st.in_flight == 0 {
+            st.meta.clean = true;
+            st.al.clear();
+            st.meta.activity_log.clear();
+        }
+        let _ = self.cfg.paths.save_meta(&st.meta);
+    }
+
+}

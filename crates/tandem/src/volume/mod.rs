@@ -1,0 +1,481 @@
+//! Replicated volumes in the shell: this node's copies, the runtime they
+//! run on, and the agent's handle to them.
+//!
+//! - [`store`]: the backing store, metadata, bitmap and activity log on disk.
+//! - [`engine`]: one copy's role, write path and cluster-record keeping.
+//! - [`peer`]: the replication link (connect, authenticate, sync, verify).
+//! - [`nbd_server`]: the NBD export.
+//!
+//! Volumes run on a runtime of their own (two worker threads): disk
+//! flushes and bulk copies there never delay the agent's heartbeats.
+
+pub mod engine;
+pub mod nbd_server;
+pub mod peer;
+pub mod store;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use tandem_core::agreement::record::Record;
+use tandem_core::config::schema::{Backing as BackingSpec, Protocol, SplitBrainPolicy};
+use tandem_core::config::Config;
+use tandem_core::member::Request;
+use tokio::sync::mpsc;
+
+use engine::{LinkState, Volume, VolumeStatus};
+use store::MetaPaths;
+
+/// Replication port when the configuration gives none.
+pub const DEFAULT_PORT: u16 = 7789;
+/// Resync rate when the configuration gives none, MiB/s.
+pub const DEFAULT_RATE_MIB_S: u32 = 100;
+/// Requests from volumes to the cluster queued before they are dropped
+/// (each is retried while still needed).
+pub const REQUEST_QUEUE: usize = 64;
+
+/// One volume as this node runs it.
+#[derive(Debug, Clone)]
+pub struct VolumeConfig {
+    /// Volume name.
+    pub name: String,
+    /// This node.
+    pub me: String,
+    /// The node with the other copy.
+    pub peer: String,
+    /// This node dials the peer (the first node listed); the other accepts.
+    pub dialer: bool,
+    /// Size in bytes.
+    pub size: u64,
+    /// Backing file or device on this node.
+    pub backing: PathBuf,
+    /// `C` or `A`.
+    pub protocol: Protocol,
+    /// This node's replication address.
+    pub my_addr: SocketAddr,
+    /// The peer's replication address.
+    pub peer_addr: SocketAddr,
+    /// NBD on a Unix socket.
+    pub nbd_socket: Option<PathBuf>,
+    /// NBD on TCP.
+    pub nbd_tcp: Option<SocketAddr>,
+    /// Resync rate limit, bytes per second.
+    pub rate_bytes_s: u64,
+    /// Split-brain recovery.
+    pub split_brain: SplitBrainPolicy,
+    /// The cluster key (authenticates the peer).
+    pub key: [u8; 32],
+    /// Keepalive interval on the link.
+    pub ping_interval_ms: u64,
+    /// Silence after which the link is dropped.
+    pub peer_timeout_ms: u64,
+    /// Metadata and bitmap paths.
+    pub paths: MetaPaths,
+}
+
+/// The volumes of `cfg` that have a copy on node `me`.
+pub fn configs(cfg: &Config, me: &str, key: [u8; 32], state_dir: &Path) -> Result<Vec<VolumeConfig>> {
+    let mut out = Vec::new();
+    for v in &cfg.file.volumes {
+        let nodes: Vec<&String> = v.nodes.get_ref().iter().map(|n| n.get_ref()).collect();
+        let Some(pos) = nodes.iter().position(|n| *n == me) else {
+            continue;
+        };
+        let name = v.name.get_ref().clone();
+        let peer = nodes[1 - pos].clone();
+        let link = v.link.as_ref().map_or("sync", |l| l.get_ref().as_str());
+        let port = v.port.as_ref().map_or(DEFAULT_PORT, |p| *p.get_ref());
+        let addr_of = |node: &str| -> Result<SocketAddr> {
+            let n = cfg
+                .file
+                .nodes
+                .iter()
+                .find(|n| n.name.get_ref() == node)
+                .with_context(|| format!("volume `{name}`: node `{node}` is not in the configuration"))?;
+            let ip = n
+                .addresses
+                .get_ref()
+                .iter()
+                .find(|(l, _)| l.get_ref() == link)
+                .map(|(_, ip)| *ip.get_ref())
+                .with_context(|| {
+                    format!("volume `{name}`: node `{node}` has no address on link `{link}`; add it to the node's `addresses`")
+                })?;
+            Ok(SocketAddr::new(ip, port))
+        };
+        let backing = match v.backing.get_ref() {
+            BackingSpec::Same(p) => p.clone(),
+            BackingSpec::PerNode(m) => m
+                .get(me)
+                .cloned()
+                .with_context(|| format!("volume `{name}` has no backing path for node `{me}`"))?,
+        };
+        out.push(VolumeConfig {
+            me: me.to_string(),
+            dialer: pos == 0,
+            size: v.size.get_ref().bytes,
+            backing,
+            protocol: v.protocol.as_ref().map_or(Protocol::C, |p| *p.get_ref()),
+            my_addr: addr_of(me)?,
+            peer_addr: addr_of(&peer)?,
+            peer,
+            nbd_socket: v.nbd_socket.as_ref().map(|p| p.get_ref().clone()),
+            nbd_tcp: v.nbd_tcp.as_ref().map(|a| *a.get_ref()),
+            rate_bytes_s: u64::from(
+                v.resync_rate_mib_s
+                    .as_ref()
+                    .map_or(DEFAULT_RATE_MIB_S, |r| *r.get_ref()),
+            ) << 20,
+            split_brain: v
+                .split_brain
+                .as_ref()
+                .map_or(SplitBrainPolicy::Disconnect, |p| *p.get_ref()),
+            key,
+            ping_interval_ms: cfg.timing.heartbeat_ms.max(100),
+            peer_timeout_ms: cfg.timing.deadtime_ms.max(500),
+            paths: MetaPaths::new(state_dir, &name),
+            name,
+        });
+    }
+    Ok(out)
+}
+
+/// A `tandem volume` command sent to the agent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum VolumeCommand {
+    /// Status of one volume or all.
+    Status {
+        /// Volume (None: all).
+        name: Option<String>,
+    },
+    /// Promote this node's copy.
+    Promote {
+        /// Volume.
+        name: String,
+        /// Override the disk-state rule.
+        force: bool,
+    },
+    /// Demote this node's copy.
+    Demote {
+        /// Volume.
+        name: String,
+    },
+    /// Start an online verify (status shows its progress).
+    Verify {
+        /// Volume.
+        name: String,
+    },
+    /// Drop the link and stay disconnected.
+    Disconnect {
+        /// Volume.
+        name: String,
+    },
+    /// Connect again (after `disconnect` or split brain).
+    Connect {
+        /// Volume.
+        name: String,
+        /// This copy gives up its changes at the next sync.
+        discard_my_data: bool,
+    },
+}
+
+/// The control-socket envelope of a volume command.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VolumeRequest {
+    /// The command.
+    pub volume: VolumeCommand,
+}
+
+/// The answer to a volume command.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct VolumeAnswer {
+    /// Statuses (for `status`, and after every other command).
+    pub volumes: Vec<VolumeStatus>,
+    /// Something to tell the operator (warnings).
+    pub message: Option<String>,
+    /// Why the command failed.
+    pub error: Option<String>,
+}
+
+/// This node's volumes and the runtime they run on.
+pub struct Hub {
+    handle: tokio::runtime::Handle,
+    volumes: BTreeMap<String, Arc<Volume>>,
+    may_run: Arc<AtomicBool>,
+}
+
+impl Hub {
+    /// Opens every copy on this node and starts their links, exports and
+    /// record keeping; None when this node holds no volume.
+    pub fn start(configs: Vec<VolumeConfig>, requests: mpsc::Sender<Request>) -> Result<Option<Arc<Hub>>> {
+        if configs.is_empty() {
+            return Ok(None);
+        }
+        let may_run = Arc::new(AtomicBool::new(false));
+        let mut volumes = BTreeMap::new();
+        for c in configs {
+            let name = c.name.clone();
+            let v = Volume::open(c, requests.clone(), may_run.clone())
+                .with_context(|| format!("opening volume `{name}`"))?;
+            volumes.insert(name, Arc::new(v));
+        }
+        let (htx, hrx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("tandem-volumes".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .thread_name("tandem-volume")
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = htx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = htx.send(Ok(rt.handle().clone()));
+                // Runs until the process exits.
+                rt.block_on(std::future::pending::<()>());
+            })
+            .context("starting the volume thread")?;
+        let handle = hrx
+            .recv()
+            .context("the volume thread did not start")?
+            .context("starting the volume runtime")?;
+        let hub = Arc::new(Hub {
+            handle,
+            volumes,
+            may_run,
+        });
+        for v in hub.volumes.values() {
+            hub.handle.spawn(peer::run(v.clone()));
+            if let Some(p) = v.cfg.nbd_socket.clone() {
+                let v = v.clone();
+                hub.handle.spawn(async move {
+                    if let Err(e) = nbd_server::serve_unix(v.clone(), &p).await {
+                        v.event(format!("{e:#}"));
+                    }
+                });
+            }
+            if let Some(a) = v.cfg.nbd_tcp {
+                let v = v.clone();
+                hub.handle.spawn(async move {
+                    if let Err(e) = nbd_server::serve_tcp(v.clone(), a).await {
+                        v.event(format!("{e:#}"));
+                    }
+                });
+            }
+            hub.handle.spawn(keeper(v.clone()));
+        }
+        Ok(Some(hub))
+    }
+
+    /// Whether this node holds its lease (may run groups), from the agent.
+    pub fn set_may_run(&self, ok: bool) {
+        if self.may_run.swap(ok, Ordering::SeqCst) != ok {
+            for v in self.volumes.values() {
+                v.changed.notify_waiters();
+            }
+        }
+    }
+
+    /// The cluster record changed.
+    pub fn set_record(&self, record: &Record) {
+        for (name, v) in &self.volumes {
+            v.set_record(record.volumes.get(name).cloned());
+        }
+    }
+
+    /// Every copy's status.
+    pub fn status(&self) -> Vec<VolumeStatus> {
+        self.volumes.values().map(|v| v.status()).collect()
+    }
+
+    fn get(&self, name: &str) -> Result<Arc<Volume>, String> {
+        self.volumes.get(name).cloned().ok_or_else(|| {
+            format!(
+                "no volume named `{name}` on this node (volumes here: {})",
+                self.volumes.keys().cloned().collect::<Vec<_>>().join(", ")
+            )
+        })
+    }
+
+    /// Promotes a copy (on the volume runtime); Ok carries a warning.
+    pub async fn promote(&self, name: &str, force: bool, cluster: bool) -> Result<Option<String>, String> {
+        let v = self.get(name)?;
+        self.handle
+            .spawn(async move { v.promote(force, cluster).await })
+            .await
+            .map_err(|e| format!("promote task failed: {e}"))?
+    }
+
+    /// Demotes a copy.
+    pub async fn demote(&self, name: &str) -> Result<(), String> {
+        let v = self.get(name)?;
+        self.handle
+            .spawn(async move { v.demote().await })
+            .await
+            .map_err(|e| format!("demote task failed: {e}"))?
+    }
+
+    /// Whether this node holds a copy of `name`.
+    pub fn has(&self, name: &str) -> bool {
+        self.volumes.contains_key(name)
+    }
+
+    /// Whether a copy is primary here.
+    pub fn is_primary(&self, name: &str) -> bool {
+        self.volumes.get(name).is_some_and(|v| v.is_primary())
+    }
+
+    /// Why a primary copy cannot serve writes, if it cannot (for the
+    /// resource monitor).
+    pub fn trouble(&self, name: &str) -> Option<String> {
+        let v = self.volumes.get(name)?;
+        let s = v.status();
+        if s.role != "primary" {
+            return Some(format!("volume `{name}` is not primary here"));
+        }
+        match s.record_up_to_date {
+            Some(r) if !r.is_empty() && !r.contains(&s.node) && s.link != LinkState::Connected => Some(format!(
+                "volume `{name}`: the cluster records only {} as up to date; this copy is outdated and cannot acknowledge writes",
+                r.join(", ")
+            )),
+            _ => None,
+        }
+    }
+
+    /// Runs one `tandem volume` command.
+    pub async fn command(&self, cmd: VolumeCommand) -> VolumeAnswer {
+        let mut answer = VolumeAnswer::default();
+        let result: Result<Option<String>, String> = match &cmd {
+            VolumeCommand::Status { name } => match name {
+                Some(n) => self.get(n).map(|_| None),
+                None => Ok(None),
+            },
+            VolumeCommand::Promote { name, force } => self.promote(name, *force, false).await,
+            VolumeCommand::Demote { name } => self.demote(name).await.map(|()| None),
+            VolumeCommand::Verify { name } => self.get(name).map(|v| {
+                let vv = v.clone();
+                self.handle.spawn(async move {
+                    let _ = peer::verify(vv).await;
+                });
+                None
+            }),
+            VolumeCommand::Disconnect { name } => self.get(name).map(|v| {
+                v.lock().link = LinkState::AdminDown;
+                let epoch = v.current_epoch();
+                v.next_epoch();
+                v.teardown(epoch, "disconnected by the operator");
+                v.event("disconnected by the operator".into());
+                None
+            }),
+            VolumeCommand::Connect {
+                name,
+                discard_my_data,
+            } => self.get(name).map(|v| {
+                let mut st = v.lock();
+                st.discard_my_data = *discard_my_data;
+                st.link = LinkState::Connecting;
+                drop(st);
+                v.event(format!(
+                    "connect requested by the operator{}",
+                    if *discard_my_data {
+                        " (this copy discards its changes at the next sync)"
+                    } else {
+                        ""
+                    }
+                ));
+                None
+            }),
+        };
+        match result {
+            Ok(m) => answer.message = m,
+            Err(e) => answer.error = Some(e),
+        }
+        let only = match &cmd {
+            VolumeCommand::Status { name } => name.clone(),
+            VolumeCommand::Promote { name, .. }
+            | VolumeCommand::Demote { name }
+            | VolumeCommand::Verify { name }
+            | VolumeCommand::Disconnect { name }
+            | VolumeCommand::Connect { name, .. } => Some(name.clone()),
+        };
+        answer.volumes = self
+            .status()
+            .into_iter()
+            .filter(|s| only.as_ref().map_or(true, |n| *n == s.name))
+            .collect();
+        answer
+    }
+
+    /// Saves every copy's bitmap and metadata (clean stop).
+    pub fn close(&self) {
+        for v in self.volumes.values() {
+            v.close();
+        }
+    }
+}
+
+/// Periodic upkeep of one copy: the cluster record, the bitmap on disk,
+/// retiring the activity log.
+async fn keeper(v: Arc<Volume>) {
+    let mut tick: u64 = 0;
+    loop {
+        let n = v.changed.notified();
+        v.keep_record();
+        if tick % 5 == 0 {
+            v.persist_bitmap();
+        }
+        if tick % 25 == 0 {
+            v.retire_activity_log();
+        }
+        tick += 1;
+        let _ = tokio::time::timeout(Duration::from_millis(200), n).await;
+    }
+}
+
+/// `tandem volume create`: the backing file (if missing) and this node's
+/// metadata for one configured volume.
+pub fn create(cfg: &Config, node: &str, state_dir: &Path, name: &str, source: bool, force: bool) -> Result<String> {
+    let vc = configs(cfg, node, [0; 32], state_dir)?
+        .into_iter()
+        .find(|v| v.name == name)
+        .with_context(|| {
+            format!("no volume `{name}` with a copy on node `{node}` in the configuration")
+        })?;
+    if vc.paths.meta.exists() && !force {
+        bail!(
+            "volume `{name}` already has metadata at {} on this node; `--force` recreates it (this copy then takes a full sync from the peer, or becomes the data with `--source`)",
+            vc.paths.meta.display()
+        );
+    }
+    let created = store::Backing::create_file(&vc.backing, vc.size)?;
+    store::Backing::open(&vc.backing, vc.size)?;
+    use rand::RngCore;
+    let gen = rand::rngs::OsRng.next_u64() | 1;
+    let meta = store::Meta::new(name, vc.size, source, gen);
+    vc.paths.save_meta(&meta)?;
+    vc.paths
+        .save_bitmap(&tandem_core::volume::bitmap::Bitmap::new(vc.size))?;
+    Ok(format!(
+        "volume `{name}` on {node}: {} backing {} ({} MiB), metadata {}; {}",
+        if created { "created" } else { "using existing" },
+        vc.backing.display(),
+        vc.size >> 20,
+        vc.paths.meta.display(),
+        if source {
+            "this copy holds the data (UpToDate): the peer takes a full sync from it"
+        } else {
+            "this copy is Inconsistent until it syncs from the peer"
+        }
+    ))
+}

@@ -1,0 +1,247 @@
+//! The NBD export of a volume: listeners on a Unix socket and/or TCP,
+//! the handshake and the request loop of each client. Listeners stay open
+//! on both nodes; a secondary answers the handshake with a policy error
+//! that names the situation, and a demotion closes every client.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tandem_core::nbd::{self, errno, Event, ExportInfo, Handshake, Next, Op, RequestParser};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{mpsc, Semaphore};
+
+use super::engine::Volume;
+
+/// Requests of one client being served at once (pipelining depth).
+const MAX_IN_FLIGHT: usize = 64;
+/// Replies queued for one client's socket.
+const REPLY_QUEUE: usize = 128;
+/// Clients of one volume at once.
+const MAX_CLIENTS: usize = 64;
+/// Limit on the whole handshake.
+const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
+
+/// Serves the volume's Unix-socket export until the agent stops.
+pub async fn serve_unix(vol: Arc<Volume>, path: &Path) -> Result<()> {
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    let _ = std::fs::remove_file(path);
+    let l = UnixListener::bind(path)
+        .with_context(|| format!("binding the NBD socket {}", path.display()))?;
+    let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
+    loop {
+        let Ok((s, _)) = l.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            continue;
+        };
+        let vol = vol.clone();
+        tokio::spawn(async move {
+            client(vol, s).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Serves the volume's TCP export until the agent stops.
+pub async fn serve_tcp(vol: Arc<Volume>, addr: std::net::SocketAddr) -> Result<()> {
+    let l = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the NBD address {addr}"))?;
+    let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
+    loop {
+        let Ok((s, _)) = l.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        s.set_nodelay(true).ok();
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            continue;
+        };
+        let vol = vol.clone();
+        tokio::spawn(async move {
+            client(vol, s).await;
+            drop(permit);
+        });
+    }
+}
+
+fn export(vol: &Volume) -> ExportInfo {
+    let refusal = (!vol.is_primary()).then(|| {
+        format!(
+            "volume `{}` is secondary on {}: connect to the primary (see `tandem volume status {}`)",
+            vol.cfg.name, vol.cfg.me, vol.cfg.name
+        )
+    });
+    ExportInfo {
+        name: vol.cfg.name.clone(),
+        description: format!("Tandem replicated volume {} on {}", vol.cfg.name, vol.cfg.me),
+        size: vol.cfg.size,
+        read_only: false,
+        refusal,
+    }
+}
+
+async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(vol: &Volume, s: &mut S) -> Result<bool> {
+    s.write_all(&nbd::greeting()).await?;
+    let mut h = Handshake::new(export(vol));
+    let mut want = Handshake::first_read();
+    loop {
+        let mut buf = vec![0u8; want];
+        s.read_exact(&mut buf).await?;
+        match h.on_bytes(&buf)? {
+            Next::Read(n) => want = n,
+            Next::SendThenRead(out, n) => {
+                s.write_all(&out).await?;
+                want = n;
+            }
+            Next::Transmit(out) => {
+                s.write_all(&out).await?;
+                return Ok(true);
+            }
+            Next::Close(out) => {
+                s.write_all(&out).await?;
+                return Ok(false);
+            }
+        }
+    }
+}
+
+async fn client<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(vol: Arc<Volume>, mut s: S) {
+    match tokio::time::timeout(HANDSHAKE_LIMIT, handshake(&vol, &mut s)).await {
+        Ok(Ok(true)) => {}
+        Ok(Ok(false)) | Err(_) => return,
+        Ok(Err(e)) => {
+            vol.event(format!("NBD handshake failed: {e:#}"));
+            return;
+        }
+    }
+    // A client that attached to a primary that since was demoted is cut.
+    if !vol.is_primary() {
+        return;
+    }
+    vol.lock().nbd_clients += 1;
+    let (mut rd, mut wr) = tokio::io::split(s);
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(REPLY_QUEUE);
+    let writer = tokio::spawn(async move {
+        while let Some(b) = rx.recv().await {
+            if wr.write_all(&b).await.is_err() {
+                return;
+            }
+        }
+        let _ = wr.shutdown().await;
+    });
+    let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let mut parser = RequestParser::new(vol.cfg.size, false);
+    let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
+    let mut chunk = vec![0u8; 256 << 10];
+    'read: loop {
+        // Everything parseable first.
+        loop {
+            let (n, ev) = parser.next(&buf);
+            buf.drain(..n);
+            let Some(ev) = ev else {
+                if n == 0 {
+                    break;
+                }
+                continue;
+            };
+            match ev {
+                Event::Request { cookie, op } => {
+                    let Ok(permit) = slots.clone().acquire_owned().await else {
+                        break 'read;
+                    };
+                    let (vol, tx) = (vol.clone(), tx.clone());
+                    tokio::spawn(async move {
+                        let reply = run(&vol, cookie, op).await;
+                        let _ = tx.send(reply).await;
+                        drop(permit);
+                    });
+                }
+                Event::Refuse { cookie, errno, .. } => {
+                    if tx.send(nbd::simple_reply(cookie, errno).to_vec()).await.is_err() {
+                        break 'read;
+                    }
+                }
+                Event::Disconnect => break 'read,
+                Event::Abort(e) => {
+                    vol.event(format!("NBD client dropped: {e}"));
+                    break 'read;
+                }
+            }
+        }
+        let want = parser.wanted().max(1);
+        if buf.capacity() < want {
+            buf.reserve(want - buf.len());
+        }
+        let read = tokio::select! {
+            r = rd.read(&mut chunk) => r,
+            _ = demoted(&vol) => break 'read,
+        };
+        match read {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    // Outstanding requests finish (bounded by the write wait) before the
+    // socket closes.
+    let _ = tokio::time::timeout(
+        super::engine::WRITE_WAIT,
+        slots.acquire_many(MAX_IN_FLIGHT as u32),
+    )
+    .await;
+    drop(tx);
+    let _ = writer.await;
+    vol.lock().nbd_clients -= 1;
+}
+
+/// Resolves once the volume is no longer primary.
+async fn demoted(vol: &Volume) {
+    loop {
+        let n = vol.changed.notified();
+        if !vol.is_primary() {
+            return;
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(500), n).await;
+    }
+}
+
+async fn run(vol: &Volume, cookie: u64, op: Op) -> Vec<u8> {
+    match op {
+        Op::Read { offset, length } => {
+            if !vol.is_primary() {
+                return nbd::simple_reply(cookie, errno::ESHUTDOWN).to_vec();
+            }
+            let mut out = Vec::with_capacity(nbd::REPLY_LEN + length as usize);
+            out.extend_from_slice(&nbd::simple_reply(cookie, 0));
+            out.resize(nbd::REPLY_LEN + length as usize, 0);
+            match vol.backing.read_at(&mut out[nbd::REPLY_LEN..], offset) {
+                Ok(()) => out,
+                Err(e) => {
+                    vol.event(format!("read of {length} bytes at {offset} failed: {e}"));
+                    nbd::simple_reply(cookie, errno::EIO).to_vec()
+                }
+            }
+        }
+        Op::Write { offset, data, fua } => {
+            let len = data.len() as u64;
+            let r = vol.write(offset, Some(data), len, fua).await;
+            nbd::simple_reply(cookie, r.err().unwrap_or(0)).to_vec()
+        }
+        Op::Trim { offset, length, fua } | Op::WriteZeroes { offset, length, fua } => {
+            // Trim zeroes too: both copies must read back the same.
+            let r = vol.write(offset, None, u64::from(length), fua).await;
+            nbd::simple_reply(cookie, r.err().unwrap_or(0)).to_vec()
+        }
+        Op::Flush => {
+            let r = vol.flush().await;
+            nbd::simple_reply(cookie, r.err().unwrap_or(0)).to_vec()
+        }
+    }
+}

@@ -1,0 +1,902 @@
+//! The replication link in the shell: connecting (the first node of the
+//! volume dials, the other accepts), authenticating with the cluster key,
+//! the handshake and sync decision, applying the peer's changes, the sync
+//! itself, keepalives and online verify.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use rand::RngCore;
+use tandem_core::nbd::errno;
+use tandem_core::volume::bitmap::{Bitmap, BLOCK};
+use tandem_core::volume::link::{
+    self, auth_mac, block_hash, frame_len, mac_ok, Hello2, Msg, BITMAP_CHUNK, FRAME_HEADER,
+};
+use tandem_core::volume::{DiskState, Side, Sync};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+
+use super::engine::{Conn, LinkState, SyncProgress, SyncRole, VerifyProgress, Volume};
+
+/// Frames queued for the peer before writers wait.
+const LINK_QUEUE: usize = 1024;
+/// Sync bytes sent and not yet acknowledged before the source waits.
+const SYNC_WINDOW: u64 = 16 << 20;
+/// Blocks per sync message (1 MiB).
+const SYNC_CHUNK_BLOCKS: u64 = 256;
+/// Bytes per verify request.
+const VERIFY_CHUNK: u64 = 1 << 20;
+/// Limit on connecting and on the handshake.
+const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
+/// Pause between connection attempts.
+const RETRY: Duration = Duration::from_millis(500);
+/// Pause between attempts while split brain or refused (each attempt
+/// re-checks; an operator's `connect --discard-my-data` settles it).
+const RETRY_STOPPED: Duration = Duration::from_secs(3);
+/// Differing blocks listed in a verify result.
+const VERIFY_LISTED: usize = 20;
+
+/// Runs the link of one volume for as long as the agent runs.
+pub async fn run(vol: Arc<Volume>) {
+    if vol.cfg.dialer {
+        dial_loop(vol).await
+    } else {
+        accept_loop(vol).await
+    }
+}
+
+fn stopped(vol: &Volume) -> Option<Duration> {
+    match &vol.lock().link {
+        LinkState::AdminDown => Some(Duration::from_millis(500)),
+        LinkState::SplitBrain(_) | LinkState::Refused(_) => Some(RETRY_STOPPED),
+        _ => None,
+    }
+}
+
+async fn dial_loop(vol: Arc<Volume>) {
+    let mut last_error = String::new();
+    loop {
+        if let Some(pause) = stopped(&vol) {
+            tokio::time::sleep(pause).await;
+            if matches!(vol.lock().link, LinkState::AdminDown) {
+                continue;
+            }
+        }
+        match tokio::time::timeout(HANDSHAKE_LIMIT, dial(&vol)).await {
+            Ok(Ok(stream)) => {
+                last_error.clear();
+                session(vol.clone(), stream).await;
+            }
+            Ok(Err(e)) => {
+                let text = format!("{e:#}");
+                if text != last_error {
+                    vol.event(format!("cannot reach {}: {text}", vol.cfg.peer));
+                    last_error = text;
+                }
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(RETRY).await;
+    }
+}
+
+async fn dial(vol: &Volume) -> Result<TcpStream> {
+    let sock = if vol.cfg.peer_addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .context("creating a socket")?;
+    // Leave from this node's address on the sync link, so replication
+    // takes that link.
+    sock.bind(std::net::SocketAddr::new(vol.cfg.my_addr.ip(), 0))
+        .with_context(|| format!("binding {}", vol.cfg.my_addr.ip()))?;
+    let mut stream = sock
+        .connect(vol.cfg.peer_addr)
+        .await
+        .with_context(|| format!("connecting to {}", vol.cfg.peer_addr))?;
+    stream.set_nodelay(true).ok();
+    let mut nonce = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    write_msg(
+        &mut stream,
+        &Msg::Hello {
+            volume: vol.cfg.name.clone(),
+            node: vol.cfg.me.clone(),
+            nonce,
+        },
+    )
+    .await?;
+    let Msg::Challenge {
+        node,
+        nonce: theirs,
+        mac,
+    } = read_msg(&mut stream).await?
+    else {
+        bail!("the peer did not answer with a challenge");
+    };
+    if node != vol.cfg.peer
+        || !mac_ok(&vol.cfg.key, "acceptor", &vol.cfg.name, &nonce, &theirs, &mac)
+    {
+        bail!(
+            "{} failed authentication (is it node {} with the same cluster key?)",
+            vol.cfg.peer_addr,
+            vol.cfg.peer
+        );
+    }
+    let proof = auth_mac(&vol.cfg.key, "dialer", &vol.cfg.name, &nonce, &theirs);
+    write_msg(&mut stream, &Msg::Proof { mac: proof }).await?;
+    Ok(stream)
+}
+
+async fn accept_loop(vol: Arc<Volume>) {
+    let listener = loop {
+        match TcpListener::bind(vol.cfg.my_addr).await {
+            Ok(l) => break l,
+            Err(e) => {
+                vol.event(format!(
+                    "cannot listen for the peer on {}: {e}; retrying",
+                    vol.cfg.my_addr
+                ));
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    };
+    loop {
+        let Ok((mut stream, from)) = listener.accept().await else {
+            tokio::time::sleep(RETRY).await;
+            continue;
+        };
+        if matches!(vol.lock().link, LinkState::AdminDown) {
+            continue;
+        }
+        stream.set_nodelay(true).ok();
+        let vol = vol.clone();
+        tokio::spawn(async move {
+            match tokio::time::timeout(HANDSHAKE_LIMIT, accept(&vol, &mut stream)).await {
+                Ok(Ok(())) => session(vol, stream).await,
+                Ok(Err(e)) => vol.event(format!("refused a connection from {from}: {e:#}")),
+                Err(_) => vol.event(format!("connection from {from} timed out in authentication")),
+            }
+        });
+    }
+}
+
+async fn accept(vol: &Volume, stream: &mut TcpStream) -> Result<()> {
+    let Msg::Hello {
+        volume,
+        node,
+        nonce: theirs,
+    } = read_msg(stream).await?
+    else {
+        bail!("expected a hello");
+    };
+    if volume != vol.cfg.name || node != vol.cfg.peer {
+        bail!(
+            "it asked for volume `{volume}` as node `{node}`; this node serves `{}` with peer `{}`",
+            vol.cfg.name,
+            vol.cfg.peer
+        );
+    }
+    let mut nonce = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    let mac = auth_mac(&vol.cfg.key, "acceptor", &vol.cfg.name, &theirs, &nonce);
+    write_msg(
+        stream,
+        &Msg::Challenge {
+            node: vol.cfg.me.clone(),
+            nonce,
+            mac,
+        },
+    )
+    .await?;
+    let Msg::Proof { mac } = read_msg(stream).await? else {
+        bail!("expected a proof");
+    };
+    if !mac_ok(&vol.cfg.key, "dialer", &vol.cfg.name, &theirs, &nonce, &mac) {
+        bail!("the peer failed authentication (different cluster key?)");
+    }
+    Ok(())
+}
+
+async fn write_msg(s: &mut TcpStream, m: &Msg) -> Result<()> {
+    s.write_all(&m.to_bytes()).await.context("sending to the peer")
+}
+
+async fn read_msg<R: AsyncReadExt + Unpin>(s: &mut R) -> Result<Msg> {
+    let mut h = [0u8; FRAME_HEADER];
+    s.read_exact(&mut h).await.context("reading from the peer")?;
+    let len = frame_len(&h)?;
+    let mut body = vec![0u8; len as usize];
+    s.read_exact(&mut body).await.context("reading from the peer")?;
+    Ok(link::decode(h[0], &body)?)
+}
+
+async fn writer(mut w: OwnedWriteHalf, mut rx: mpsc::Receiver<Vec<u8>>) {
+    let mut buf = Vec::with_capacity(1 << 20);
+    while let Some(frame) = rx.recv().await {
+        buf.clear();
+        buf.extend_from_slice(&frame);
+        // Coalesce what is already queued into one write.
+        while buf.len() < (4 << 20) {
+            match rx.try_recv() {
+                Ok(f) => buf.extend_from_slice(&f),
+                Err(_) => break,
+            }
+        }
+        if w.write_all(&buf).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// One connected session, from handshake to teardown.
+async fn session(vol: Arc<Volume>, stream: TcpStream) {
+    let epoch = vol.next_epoch();
+    let (mut rd, wr) = stream.into_split();
+    let (tx, rx) = mpsc::channel::<Vec<u8>>(LINK_QUEUE);
+    let writer = tokio::spawn(writer(wr, rx));
+    let old = vol.lock().conn.as_ref().map(|c| c.epoch);
+    if let Some(old) = old {
+        vol.teardown(old, "replaced by a new connection");
+    }
+    let (side, bitmap) = {
+        let mut st = vol.lock();
+        st.conn = Some(Conn::new(epoch, tx.clone()));
+        (vol.side(&st), st.bitmap.to_bytes())
+    };
+    let reason = match handshake(&vol, epoch, &tx, &mut rd, side, bitmap).await {
+        Ok(true) => serve(&vol, epoch, &tx, &mut rd).await,
+        Ok(false) => "the sync decision stopped the connection".to_string(),
+        Err(e) => format!("{e:#}"),
+    };
+    vol.teardown(epoch, &reason);
+    writer.abort();
+}
+
+/// Exchanges states and bitmaps and acts on the sync decision; false when
+/// the connection must close (split brain, no data, unrelated copies).
+async fn handshake(
+    vol: &Arc<Volume>,
+    epoch: u64,
+    tx: &mpsc::Sender<Vec<u8>>,
+    rd: &mut OwnedReadHalf,
+    side: Side,
+    bitmap: Vec<u8>,
+) -> Result<bool> {
+    tx.send(Msg::State(vol.hello(side.clone())).to_bytes())
+        .await
+        .context("peer writer gone")?;
+    let chunks: Vec<&[u8]> = if bitmap.is_empty() {
+        vec![&[]]
+    } else {
+        bitmap.chunks(BITMAP_CHUNK).collect()
+    };
+    let n = chunks.len();
+    for (i, c) in chunks.into_iter().enumerate() {
+        tx.send(
+            Msg::Bitmap {
+                at: (i * BITMAP_CHUNK) as u64,
+                last: i + 1 == n,
+                bytes: c.to_vec(),
+            }
+            .to_bytes(),
+        )
+        .await
+        .context("peer writer gone")?;
+    }
+    let peer = tokio::time::timeout(HANDSHAKE_LIMIT, async {
+        let Msg::State(h) = read_msg(rd).await? else {
+            bail!("expected the peer's state");
+        };
+        let mut bytes = Vec::new();
+        loop {
+            let Msg::Bitmap { at, last, bytes: b } = read_msg(rd).await? else {
+                bail!("expected the peer's bitmap");
+            };
+            if at != bytes.len() as u64 || bytes.len() + b.len() > (vol.cfg.size / BLOCK / 8 + 8) as usize {
+                bail!("the peer's bitmap is out of order or too long");
+            }
+            bytes.extend_from_slice(&b);
+            if last {
+                break;
+            }
+        }
+        Ok((h, bytes))
+    })
+    .await
+    .context("the peer's handshake timed out")??;
+    let (Hello2 { size, side: theirs }, their_bits) = peer;
+    if size != vol.cfg.size {
+        let text = format!(
+            "the peer's copy is {size} bytes, this one {}; fix `size` so both agree",
+            vol.cfg.size
+        );
+        vol.lock().link = LinkState::Refused(text.clone());
+        vol.event(text);
+        return Ok(false);
+    }
+    let Some(their_bitmap) = Bitmap::from_bytes(vol.cfg.size, &their_bits) else {
+        bail!("the peer's bitmap does not fit the volume");
+    };
+    let sync = tandem_core::volume::decide(&side, &theirs, vol.cfg.split_brain);
+    let total = |st: &super::engine::State, full: bool| {
+        if full {
+            vol.cfg.size
+        } else {
+            let mut b = st.bitmap.clone();
+            b.union(&their_bitmap);
+            b.count() * BLOCK
+        }
+    };
+    let started = Some(Instant::now());
+    match sync {
+        Sync::InSync => {
+            let mut st = vol.lock();
+            let Some(c) = st.conn.as_mut().filter(|c| c.epoch == epoch) else {
+                return Ok(false);
+            };
+            c.replicating = true;
+            c.sync_role = SyncRole::InSync;
+            c.peer_primary = theirs.primary;
+            st.link = LinkState::Connected;
+            st.peer_disk = DiskState::UpToDate;
+            if !st.meta.up_to_date {
+                st.meta.up_to_date = true;
+                let _ = vol.cfg.paths.save_meta(&st.meta);
+            }
+            drop(st);
+            vol.event(format!("connected to {}: in sync", vol.cfg.peer));
+        }
+        Sync::Source { full } => {
+            let mut st = vol.lock();
+            let t = total(&st, full);
+            if full {
+                st.bitmap.set_all();
+            } else {
+                st.bitmap.union(&their_bitmap);
+            }
+            st.bitmap_dirty = true;
+            let Some(c) = st.conn.as_mut().filter(|c| c.epoch == epoch) else {
+                return Ok(false);
+            };
+            c.replicating = true;
+            c.sync_role = SyncRole::Source;
+            c.peer_primary = theirs.primary;
+            st.link = LinkState::Connected;
+            st.peer_disk = DiskState::Inconsistent;
+            st.sync = Some(SyncProgress {
+                direction: "source".into(),
+                full,
+                total_bytes: t,
+                done_bytes: 0,
+                started,
+                rate_bytes_s: 0.0,
+                eta_s: None,
+            });
+            drop(st);
+            vol.event(format!(
+                "connected to {}: this copy is the sync source ({}, {} MiB to copy)",
+                vol.cfg.peer,
+                if full { "full sync" } else { "by bitmap" },
+                t >> 20
+            ));
+            tokio::spawn(resync(vol.clone(), epoch, tx.clone()));
+        }
+        Sync::Target { full } => {
+            let mut st = vol.lock();
+            let t = total(&st, full);
+            // Persisted before the first sync block lands: a copy cut off
+            // mid-sync must never look consistent.
+            st.meta.consistent = false;
+            st.meta.up_to_date = false;
+            vol.cfg.paths.save_meta(&st.meta)?;
+            let Some(c) = st.conn.as_mut().filter(|c| c.epoch == epoch) else {
+                return Ok(false);
+            };
+            c.replicating = false;
+            c.sync_role = SyncRole::Target;
+            c.peer_primary = theirs.primary;
+            st.link = LinkState::Connected;
+            st.peer_disk = DiskState::UpToDate;
+            st.sync = Some(SyncProgress {
+                direction: "target".into(),
+                full,
+                total_bytes: t,
+                done_bytes: 0,
+                started,
+                rate_bytes_s: 0.0,
+                eta_s: None,
+            });
+            drop(st);
+            vol.event(format!(
+                "connected to {}: this copy is the sync target ({}, {} MiB to receive)",
+                vol.cfg.peer,
+                if full { "full sync" } else { "by bitmap" },
+                t >> 20
+            ));
+        }
+        Sync::SplitBrain => {
+            let text = format!(
+                "SPLIT BRAIN: both copies changed while apart (this copy: {} blocks, {}: {} blocks). No data was discarded. Decide which changes to keep, then on the other node run `tandem volume connect {} --discard-my-data`",
+                side.dirty_blocks, vol.cfg.peer, theirs.dirty_blocks, vol.cfg.name
+            );
+            let mut st = vol.lock();
+            let first = !matches!(st.link, LinkState::SplitBrain(_));
+            st.link = LinkState::SplitBrain(text.clone());
+            drop(st);
+            if first {
+                vol.event(text);
+            }
+            return Ok(false);
+        }
+        Sync::NoData => {
+            let text = format!(
+                "neither copy holds data yet: on the node whose copy is the data, run `tandem volume promote {} --force` (or create it with `--source`)",
+                vol.cfg.name
+            );
+            let first = !matches!(&vol.lock().link, LinkState::Refused(t) if *t == text);
+            vol.lock().link = LinkState::Refused(text.clone());
+            if first {
+                vol.event(text);
+            }
+            return Ok(false);
+        }
+        Sync::Unrelated => {
+            let text = format!(
+                "the copies share no history (different data): refusing to sync. If {}'s copy is the one to keep, recreate this one with `tandem volume create {} --force`",
+                vol.cfg.peer, vol.cfg.name
+            );
+            vol.lock().link = LinkState::Refused(text.clone());
+            vol.event(text);
+            return Ok(false);
+        }
+    }
+    vol.changed.notify_waiters();
+    Ok(true)
+}
+
+/// Reads and handles the peer's messages until the link fails.
+async fn serve(
+    vol: &Arc<Volume>,
+    epoch: u64,
+    tx: &mpsc::Sender<Vec<u8>>,
+    rd: &mut OwnedReadHalf,
+) -> String {
+    let ping_tx = tx.clone();
+    let interval = Duration::from_millis(vol.cfg.ping_interval_ms);
+    let pinger = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(interval).await;
+            if ping_tx.send(Msg::Ping.to_bytes()).await.is_err() {
+                return;
+            }
+        }
+    });
+    let limit = Duration::from_millis(vol.cfg.peer_timeout_ms);
+    let reason = loop {
+        if vol.current_epoch() != epoch {
+            break "replaced by a newer connection".to_string();
+        }
+        let msg = match tokio::time::timeout(limit, read_msg(rd)).await {
+            Err(_) => break format!("no word from the peer for {} ms", vol.cfg.peer_timeout_ms),
+            Ok(Err(e)) => break format!("{e:#}"),
+            Ok(Ok(m)) => m,
+        };
+        if let Err(e) = handle(vol, epoch, tx, msg).await {
+            break format!("{e:#}");
+        }
+    };
+    pinger.abort();
+    reason
+}
+
+async fn send(tx: &mpsc::Sender<Vec<u8>>, m: Msg) -> Result<()> {
+    tx.send(m.to_bytes())
+        .await
+        .map_err(|_| anyhow::anyhow!("the link's writer stopped"))
+}
+
+async fn handle(vol: &Arc<Volume>, epoch: u64, tx: &mpsc::Sender<Vec<u8>>, msg: Msg) -> Result<()> {
+    match msg {
+        Msg::Ping => send(tx, Msg::Pong).await?,
+        Msg::Pong => {}
+        Msg::State(h) => {
+            if let Some(c) = vol.lock().conn.as_mut().filter(|c| c.epoch == epoch) {
+                c.peer_primary = h.side.primary;
+            }
+            vol.changed.notify_waiters();
+        }
+        Msg::Write {
+            id,
+            offset,
+            fua,
+            data,
+        } => {
+            let r = apply(vol, offset, Some(&data), data.len() as u64, fua);
+            send(tx, r.map_or_else(|errno| Msg::Failed { id, errno }, |()| Msg::Ack { id })).await?;
+        }
+        Msg::Zero {
+            id,
+            offset,
+            length,
+            fua,
+        } => {
+            let r = apply(vol, offset, None, u64::from(length), fua);
+            send(tx, r.map_or_else(|errno| Msg::Failed { id, errno }, |()| Msg::Ack { id })).await?;
+        }
+        Msg::Flush { id } => {
+            let r = if vol.is_primary() {
+                Err(errno::ESHUTDOWN)
+            } else {
+                vol.sync_local()
+            };
+            send(tx, r.map_or_else(|errno| Msg::Failed { id, errno }, |()| Msg::Ack { id })).await?;
+        }
+        Msg::Ack { id } => vol.on_ack(epoch, id, Ok(())),
+        Msg::Failed { id, errno } => vol.on_ack(epoch, id, Err(errno)),
+        Msg::SyncData { offset, data } => {
+            if !in_range(vol, offset, data.len() as u64) || vol.is_primary() {
+                bail!("sync data outside the volume, or sent to a primary");
+            }
+            vol.backing
+                .write_at(&data, offset)
+                .with_context(|| format!("writing sync data to {}", vol.backing.path().display()))?;
+            let len = data.len() as u64;
+            {
+                let mut st = vol.lock();
+                st.counters.resync_bytes_received += len;
+                if let Some(s) = st.sync.as_mut() {
+                    advance(s, len);
+                }
+            }
+            send(tx, Msg::SyncAck { offset, length: len as u32 }).await?;
+        }
+        Msg::SyncAck { offset, length } => {
+            {
+                let mut st = vol.lock();
+                st.bitmap.clear_range(offset, u64::from(length));
+                st.bitmap_dirty = true;
+                if let Some(c) = st.conn.as_mut().filter(|c| c.epoch == epoch) {
+                    c.sync_unacked = c.sync_unacked.saturating_sub(u64::from(length));
+                }
+                if let Some(s) = st.sync.as_mut() {
+                    advance(s, u64::from(length));
+                }
+            }
+            vol.changed.notify_waiters();
+        }
+        Msg::SyncDone { gens } => sync_done(vol, epoch, tx, gens).await?,
+        Msg::Verify { id, offset, length } => {
+            if !in_range(vol, offset, u64::from(length)) {
+                bail!("verify range outside the volume");
+            }
+            let hashes = hash_range(vol, offset, u64::from(length))?;
+            send(tx, Msg::VerifyReply { id, hashes }).await?;
+        }
+        Msg::VerifyReply { id, hashes } => {
+            let mut st = vol.lock();
+            if let Some(w) = st
+                .conn
+                .as_mut()
+                .filter(|c| c.epoch == epoch)
+                .and_then(|c| c.verify_waiters.remove(&id))
+            {
+                let _ = w.send(hashes);
+            }
+        }
+        Msg::Hello { .. } | Msg::Challenge { .. } | Msg::Proof { .. } | Msg::Bitmap { .. } => {
+            bail!("handshake message after the handshake")
+        }
+    }
+    Ok(())
+}
+
+fn in_range(vol: &Volume, offset: u64, len: u64) -> bool {
+    offset.checked_add(len).is_some_and(|e| e <= vol.cfg.size)
+}
+
+fn advance(s: &mut SyncProgress, len: u64) {
+    s.done_bytes = (s.done_bytes + len).min(s.total_bytes);
+    if let Some(t) = s.started {
+        let secs = t.elapsed().as_secs_f64();
+        if secs > 0.0 {
+            s.rate_bytes_s = s.done_bytes as f64 / secs;
+        }
+    }
+    s.eta_s = tandem_core::volume::eta_s(s.total_bytes - s.done_bytes, s.rate_bytes_s);
+}
+
+/// Applies a replicated change on the secondary.
+fn apply(vol: &Volume, offset: u64, data: Option<&[u8]>, len: u64, fua: bool) -> Result<(), u32> {
+    if vol.is_primary() {
+        // An old primary still sending: this copy took over.
+        return Err(errno::ESHUTDOWN);
+    }
+    if !in_range(vol, offset, len) {
+        return Err(errno::EINVAL);
+    }
+    let r = match data {
+        Some(d) => vol.backing.write_at(d, offset),
+        None => vol.backing.zero(offset, len),
+    };
+    if let Err(e) = r {
+        vol.event(format!("applying a replicated write at {offset}: {e}"));
+        return Err(errno::EIO);
+    }
+    if fua {
+        vol.sync_local()?;
+    }
+    Ok(())
+}
+
+fn hash_range(vol: &Volume, offset: u64, len: u64) -> Result<Vec<u64>> {
+    let mut buf = vec![0u8; len as usize];
+    vol.backing
+        .read_at(&mut buf, offset)
+        .with_context(|| format!("reading {} for verify", vol.backing.path().display()))?;
+    Ok(buf.chunks(BLOCK as usize).map(block_hash).collect())
+}
+
+async fn sync_done(
+    vol: &Arc<Volume>,
+    epoch: u64,
+    tx: &mpsc::Sender<Vec<u8>>,
+    gens: tandem_core::volume::Generations,
+) -> Result<()> {
+    let role = vol
+        .lock()
+        .conn
+        .as_ref()
+        .filter(|c| c.epoch == epoch)
+        .map(|c| c.sync_role);
+    match role {
+        Some(SyncRole::Target) => {
+            vol.sync_local()
+                .map_err(|_| anyhow::anyhow!("flushing the synced copy failed"))?;
+            let (gens, took) = finish_target(vol, gens)?;
+            send(tx, Msg::SyncDone { gens }).await?;
+            vol.event(match took {
+                Some((d, b)) => format!("sync finished: received {} MiB in {:.1} s; this copy is UpToDate", b >> 20, d.as_secs_f64()),
+                None => "sync finished; this copy is UpToDate".into(),
+            });
+        }
+        Some(SyncRole::Source) => {
+            let took = finish_source(vol)?;
+            vol.event(match took {
+                Some((d, b)) => format!("sync finished: sent {} MiB in {:.1} s; both copies UpToDate", b >> 20, d.as_secs_f64()),
+                None => "sync finished; both copies UpToDate".into(),
+            });
+        }
+        _ => bail!("sync-done outside a sync"),
+    }
+    vol.changed.notify_waiters();
+    Ok(())
+}
+
+type Took = Option<(Duration, u64)>;
+
+/// The target adopts the source's generations: its copy is now the same.
+fn finish_target(
+    vol: &Volume,
+    gens: tandem_core::volume::Generations,
+) -> Result<(tandem_core::volume::Generations, Took)> {
+    let mut st = vol.lock();
+    st.meta.gens = tandem_core::volume::Generations { bitmap: 0, ..gens };
+    st.meta.consistent = true;
+    st.meta.up_to_date = true;
+    st.bitmap.clear_all();
+    vol.cfg.paths.save_bitmap(&st.bitmap)?;
+    vol.cfg.paths.save_meta(&st.meta)?;
+    st.bitmap_dirty = false;
+    st.counters.syncs_finished += 1;
+    let took = st
+        .sync
+        .take()
+        .and_then(|s| s.started.map(|t| (t.elapsed(), s.done_bytes)));
+    if let Some(c) = st.conn.as_mut() {
+        c.sync_role = SyncRole::InSync;
+        c.replicating = true;
+    }
+    st.peer_disk = DiskState::UpToDate;
+    Ok((st.meta.gens, took))
+}
+
+/// The source saw the target finish: the shared generation is history.
+fn finish_source(vol: &Volume) -> Result<Took> {
+    let mut st = vol.lock();
+    st.meta.gens.sync_finished();
+    st.meta.up_to_date = true;
+    vol.cfg.paths.save_meta(&st.meta)?;
+    vol.cfg.paths.save_bitmap(&st.bitmap)?;
+    st.bitmap_dirty = false;
+    st.counters.syncs_finished += 1;
+    let took = st
+        .sync
+        .take()
+        .and_then(|s| s.started.map(|t| (t.elapsed(), s.done_bytes)));
+    if let Some(c) = st.conn.as_mut() {
+        c.sync_role = SyncRole::InSync;
+    }
+    st.peer_disk = DiskState::UpToDate;
+    Ok(took)
+}
+
+/// The source's side of a sync: every marked block, in order, at most the
+/// configured rate, a bounded window unacknowledged; then done.
+async fn resync(vol: Arc<Volume>, epoch: u64, tx: mpsc::Sender<Vec<u8>>) {
+    let rate = vol.cfg.rate_bytes_s.max(1) as f64;
+    let started = Instant::now();
+    let mut sent: u64 = 0;
+    // Bounded: every pass sends at least one block or ends; passes repeat
+    // only for blocks the target failed to write.
+    for _pass in 0..16 {
+        let mut cursor = 0;
+        loop {
+            if vol.current_epoch() != epoch {
+                return;
+            }
+            // Window and rate.
+            loop {
+                let notified = vol.changed.notified();
+                let Some(unacked) = vol.sync_unacked(epoch) else {
+                    return;
+                };
+                let allowed = rate * started.elapsed().as_secs_f64() + (1 << 20) as f64;
+                if unacked < SYNC_WINDOW && (sent as f64) <= allowed {
+                    break;
+                }
+                let wait = if (sent as f64) > allowed {
+                    Duration::from_secs_f64(((sent as f64 - allowed) / rate).min(1.0))
+                } else {
+                    Duration::from_millis(100)
+                };
+                let _ = tokio::time::timeout(wait, notified).await;
+            }
+            let order = vol.order.lock().await;
+            let run = vol.lock().bitmap.next_run(cursor, SYNC_CHUNK_BLOCKS);
+            let Some((first, n)) = run else {
+                break;
+            };
+            let offset = first * BLOCK;
+            let len = (n * BLOCK).min(vol.cfg.size - offset);
+            let mut data = vec![0u8; len as usize];
+            if let Err(e) = vol.backing.read_at(&mut data, offset) {
+                vol.event(format!("sync read at {offset} failed: {e}; the sync stops"));
+                return;
+            }
+            {
+                let mut st = vol.lock();
+                match st.conn.as_mut().filter(|c| c.epoch == epoch) {
+                    Some(c) => c.sync_unacked += len,
+                    None => return,
+                }
+                st.counters.resync_bytes_sent += len;
+            }
+            if tx.send(Msg::SyncData { offset, data }.to_bytes()).await.is_err() {
+                return;
+            }
+            drop(order);
+            cursor = first + n;
+            sent += len;
+        }
+        // Wait for every acknowledgement, then check nothing is left.
+        loop {
+            let notified = vol.changed.notified();
+            match vol.sync_unacked(epoch) {
+                None => return,
+                Some(0) => break,
+                Some(_) => {}
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(200), notified).await;
+        }
+        let left = vol.lock().bitmap.count();
+        if left == 0 {
+            let gens = vol.lock().meta.gens;
+            let _ = tx.send(Msg::SyncDone { gens }.to_bytes()).await;
+            return;
+        }
+    }
+    vol.event("sync gave up after 16 passes: the target keeps failing writes".into());
+}
+
+/// Compares both copies block by block while in use; differing blocks are
+/// marked so the next sync copies them from this side.
+pub async fn verify(vol: Arc<Volume>) -> Result<VerifyProgress, String> {
+    let ready = {
+        let mut st = vol.lock();
+        if st.verify.as_ref().is_some_and(|v| v.running) {
+            return Err(format!("a verify of volume `{}` is already running", vol.cfg.name));
+        }
+        let ok = st
+            .conn
+            .as_ref()
+            .is_some_and(|c| c.replicating && c.sync_role == SyncRole::InSync);
+        if ok {
+            st.verify = Some(VerifyProgress {
+                running: true,
+                total_bytes: vol.cfg.size,
+                ..VerifyProgress::default()
+            });
+        }
+        ok
+    };
+    if !ready {
+        return Err(format!(
+            "volume `{}`: verify needs the peer connected and in sync (see `tandem volume status {}`)",
+            vol.cfg.name, vol.cfg.name
+        ));
+    }
+    let mut offset = 0;
+    let mut error = None;
+    while offset < vol.cfg.size {
+        let len = VERIFY_CHUNK.min(vol.cfg.size - offset);
+        let step = async {
+            let order = vol.order.lock().await;
+            let mine = hash_range(&vol, offset, len).map_err(|e| format!("{e:#}"))?;
+            let (rx, tx) = {
+                let mut st = vol.lock();
+                let Some(c) = st.conn.as_mut().filter(|c| c.replicating) else {
+                    return Err("the peer disconnected".to_string());
+                };
+                let id = c.next_id();
+                let (wtx, wrx) = oneshot::channel();
+                c.verify_waiters.insert(id, wtx);
+                (wrx, (c.tx.clone(), id))
+            };
+            let (ptx, id) = tx;
+            ptx.send(Msg::Verify { id, offset, length: len as u32 }.to_bytes())
+                .await
+                .map_err(|_| "the peer disconnected".to_string())?;
+            drop(order);
+            let theirs = tokio::time::timeout(Duration::from_secs(30), rx)
+                .await
+                .map_err(|_| "the peer did not answer".to_string())?
+                .map_err(|_| "the peer disconnected".to_string())?;
+            Ok::<_, String>((mine, theirs))
+        };
+        match step.await {
+            Ok((mine, theirs)) => {
+                let mut st = vol.lock();
+                let mut diffs = Vec::new();
+                for (i, (a, b)) in mine.iter().zip(theirs.iter().chain(std::iter::repeat(&0))).enumerate() {
+                    if a != b {
+                        diffs.push(offset + i as u64 * BLOCK);
+                    }
+                }
+                for d in &diffs {
+                    st.bitmap.set_range(*d, BLOCK);
+                    st.bitmap_dirty = true;
+                }
+                if let Some(v) = st.verify.as_mut() {
+                    v.done_bytes = offset + len;
+                    v.differing_blocks += diffs.len() as u64;
+                    let room = VERIFY_LISTED.saturating_sub(v.first_differing.len());
+                    v.first_differing.extend(diffs.into_iter().take(room));
+                }
+            }
+            Err(e) => {
+                error = Some(e);
+                break;
+            }
+        }
+        offset += len;
+    }
+    let result = {
+        let mut st = vol.lock();
+        let v = st.verify.get_or_insert_with(VerifyProgress::default);
+        v.running = false;
+        v.error = error;
+        v.clone()
+    };
+    vol.persist_bitmap();
+    vol.event(match (&result.error, result.differing_blocks) {
+        (Some(e), _) => format!("verify stopped at {} MiB: {e}", result.done_bytes >> 20),
+        (None, 0) => format!("verify: both copies identical ({} MiB compared)", result.done_bytes >> 20),
+        (None, n) => format!("verify: {n} blocks differ; they are marked and copied from this copy at the next reconnect"),
+    });
+    Ok(result)
+}
