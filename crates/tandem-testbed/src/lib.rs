@@ -15,6 +15,8 @@
 //! - [`campaign`]: seeded schedules of faults against a real cluster, and
 //!   their verdicts (dual-active, outages against the failover bound).
 //! - [`bed`]: building and tearing down a run, and the fault primitives.
+//! - [`nbd_client`]: a small blocking NBD client for exact acknowledgement
+//!   logs and malformed requests.
 //! - [`freezer`]: freezing every process of a node (cgroup v1 or v2).
 //! - [`prober`]: UDP and TCP probes from the client namespace every few ms.
 //! - [`checker`]: pure analysis of a probe log: outage gaps and dual-active.
@@ -29,6 +31,7 @@ pub mod bed;
 pub mod campaign;
 pub mod checker;
 pub mod fence;
+pub mod nbd_client;
 pub mod freezer;
 pub mod prober;
 pub mod responder;

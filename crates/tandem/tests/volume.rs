@@ -116,10 +116,16 @@ impl Vol {
             .unwrap();
     }
 
+    /// Both copies connected, UpToDate, and the cluster record says so
+    /// (until it does, only the primary's copy may be promoted).
     fn wait_in_sync(&self) {
         for n in [1, 2] {
-            self.wait_volume(n, "both copies UpToDate and connected", |v| {
-                v["disk"] == "UpToDate" && v["peer_disk"] == "UpToDate" && v["link"] == "Connected" && v["sync"].is_null()
+            self.wait_volume(n, "both copies UpToDate, connected and recorded", |v| {
+                v["disk"] == "UpToDate"
+                    && v["peer_disk"] == "UpToDate"
+                    && v["link"] == "Connected"
+                    && v["sync"].is_null()
+                    && v["record_up_to_date"] == serde_json::json!(["n1", "n2"])
             });
         }
     }
@@ -228,4 +234,206 @@ fn image_written_through_the_primary_is_identical_after_failover() {
     let cmp = v.client("qemu-img", &["compare", "-f", "raw", "-F", "raw", src.to_str().unwrap(), URI]);
     assert!(cmp.contains("identical"), "{cmp}");
     println!("{mib} MiB written through n1 in {write_s:.1} s; identical on n2 after kill -9 of n1");
+}
+
+/// What the torture writer knows about one block.
+#[derive(Default, Clone)]
+struct BlockLog {
+    /// Hash of the last acknowledged write.
+    acked: Option<[u8; 32]>,
+    /// Writes sent after it whose outcome is unknown (they may have landed).
+    maybe: Vec<[u8; 32]>,
+}
+
+struct Writer {
+    log: Mutex<std::collections::HashMap<u64, BlockLog>>,
+    acked: std::sync::atomic::AtomicU64,
+    pause: std::sync::atomic::AtomicBool,
+    idle: std::sync::atomic::AtomicBool,
+    stop: std::sync::atomic::AtomicBool,
+}
+
+const TORTURE_BLOCKS: u64 = 2048;
+
+fn torture_writer(w: &Writer, ns: &str, seed: u64) {
+    use std::sync::atomic::Ordering::SeqCst;
+    tandem_testbed::sys::enter_netns(ns).unwrap();
+    let addr: std::net::SocketAddr = "10.77.1.100:10809".parse().unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut seq: u64 = 0;
+    'connect: while !w.stop.load(SeqCst) {
+        w.idle.store(true, SeqCst);
+        let Ok(mut c) = tandem_testbed::nbd_client::NbdClient::connect(addr, "data", Duration::from_secs(5)) else {
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        };
+        loop {
+            if w.stop.load(SeqCst) {
+                return;
+            }
+            if w.pause.load(SeqCst) {
+                w.idle.store(true, SeqCst);
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+            w.idle.store(false, SeqCst);
+            if w.pause.load(SeqCst) {
+                continue;
+            }
+            seq += 1;
+            let block = rand::Rng::gen_range(&mut rng, 0..TORTURE_BLOCKS);
+            let mut data = vec![0u8; 4096];
+            rng.fill_bytes(&mut data);
+            data[..8].copy_from_slice(&seq.to_be_bytes());
+            let hash = *blake3::hash(&data).as_bytes();
+            w.log.lock().unwrap().entry(block).or_default().maybe.push(hash);
+            match c.write(block * 4096, &data, true) {
+                Ok(tandem_testbed::nbd_client::Reply::Ok(_)) => {
+                    let mut log = w.log.lock().unwrap();
+                    let e = log.entry(block).or_default();
+                    e.acked = Some(hash);
+                    e.maybe.clear();
+                    w.acked.fetch_add(1, SeqCst);
+                }
+                // An error or a dropped connection: the outcome is unknown.
+                _ => continue 'connect,
+            }
+        }
+    }
+}
+
+/// Reads every logged block through the primary: each must hold its last
+/// acknowledged write, or a later write whose outcome was unknown.
+fn verify_log(v: &Vol, w: &Writer) -> usize {
+    let log = w.log.lock().unwrap().clone();
+    let ns = v.c.bed.client_ns();
+    let addr: std::net::SocketAddr = "10.77.1.100:10809".parse().unwrap();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            tandem_testbed::sys::enter_netns(&ns).unwrap();
+            let mut c = tandem_testbed::nbd_client::NbdClient::connect(addr, "data", Duration::from_secs(10)).unwrap();
+            let mut checked = 0;
+            for (block, e) in &log {
+                let Some(acked) = e.acked else { continue };
+                let tandem_testbed::nbd_client::Reply::Ok(data) = c.read(block * 4096, 4096).unwrap() else {
+                    panic!("read of block {block} failed");
+                };
+                let h = *blake3::hash(&data).as_bytes();
+                assert!(
+                    h == acked || e.maybe.contains(&h),
+                    "block {block}: an acknowledged write is lost (holds seq {})",
+                    u64::from_be_bytes(data[..8].try_into().unwrap())
+                );
+                checked += 1;
+            }
+            checked
+        })
+        .join()
+        .unwrap()
+    })
+}
+
+fn holder(v: &Vol) -> Option<usize> {
+    for n in [1, 2] {
+        if let Some(s) = v.c.status(n) {
+            if let Some(g) = s["groups"].as_array().and_then(|gs| gs.iter().find(|g| g["name"] == "db")) {
+                if g["state"] == "running" {
+                    return g["placed_on"].as_str()?.strip_prefix('n')?.parse().ok();
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Acceptance: protocol C, a writer issuing 4 KiB FUA writes and logging
+/// each acknowledged one; the primary is crashed 20 times at random
+/// moments (kill -9 of its agent, all its links cut, frozen, or power
+/// loss shortly after its sync link failed); after each
+/// failover every acknowledged write is on the new primary. The old
+/// primary is then restored and resynced before the next crash.
+#[test]
+fn torture_acknowledged_writes_survive_twenty_crashes_of_the_primary() {
+    use std::sync::atomic::Ordering::SeqCst;
+    if !require_root("torture_acknowledged_writes_survive_twenty_crashes_of_the_primary") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let crashes: usize = std::env::var("TANDEM_TORTURE_CRASHES").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
+    let mut v = Vol::start("64MiB", "");
+    v.wait_group_on(1);
+    v.wait_in_sync();
+    let w = Writer {
+        log: Mutex::new(Default::default()),
+        acked: Default::default(),
+        pause: Default::default(),
+        idle: Default::default(),
+        stop: Default::default(),
+    };
+    let ns = v.c.bed.client_ns();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(20);
+    std::thread::scope(|s| {
+        s.spawn(|| torture_writer(&w, &ns, 7));
+        let mut summary = Vec::new();
+        for i in 0..crashes {
+            let from = holder(&v).unwrap_or_else(|| panic!("crash {i}: no holder\n{}", v.c.logs()));
+            let to = 3 - from;
+            let before = w.acked.load(SeqCst);
+            // Writes flowing, then the crash at a random moment.
+            let t = Instant::now();
+            while w.acked.load(SeqCst) < before + 20 && t.elapsed() < GENEROUS {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            std::thread::sleep(Duration::from_millis(rand::Rng::gen_range(&mut rng, 0..400)));
+            let fault = ["kill -9", "links cut", "frozen", "power loss after its sync link failed"][i % 4];
+            match i % 4 {
+                0 => {
+                    v.c.bed.kill9(v.c.pids[from - 1]).unwrap();
+                }
+                1 => v.c.bed.cut_node(from).unwrap(),
+                2 => v.c.bed.freeze(from).unwrap(),
+                _ => {
+                    // Replication stops first while clients still reach the
+                    // primary: nothing it acknowledges from then on may be
+                    // missing from the copy that takes over.
+                    v.c.bed.cut_link(from, "sync").unwrap();
+                    std::thread::sleep(Duration::from_millis(rand::Rng::gen_range(&mut rng, 100..600)));
+                    v.c.bed.cut_node(from).unwrap();
+                    v.c.bed.kill9(v.c.pids[from - 1]).unwrap();
+                }
+            }
+            v.wait_group_on(to);
+            // The writer goes on against the new primary.
+            let after = w.acked.load(SeqCst);
+            let t = Instant::now();
+            while w.acked.load(SeqCst) < after + 10 && t.elapsed() < GENEROUS {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            assert!(w.acked.load(SeqCst) >= after + 10, "crash {i}: no write acknowledged by n{to}\n{}", v.c.logs());
+            w.pause.store(true, SeqCst);
+            while !w.idle.load(SeqCst) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let checked = verify_log(&v, &w);
+            w.pause.store(false, SeqCst);
+            summary.push(format!("{i}: n{from} {fault} -> n{to}, {checked} blocks checked"));
+            // Restore the old primary; it resyncs before the next crash.
+            match i % 4 {
+                0 => {
+                    let pid = v.c.spawn_agent(from).unwrap();
+                    v.c.pids[from - 1] = pid;
+                }
+                1 => v.c.bed.restore_node(from).unwrap(),
+                2 => v.c.bed.thaw(from).unwrap(),
+                _ => {
+                    v.c.bed.restore_node(from).unwrap();
+                    let pid = v.c.spawn_agent(from).unwrap();
+                    v.c.pids[from - 1] = pid;
+                }
+            }
+            v.wait_in_sync();
+        }
+        w.stop.store(true, SeqCst);
+        println!("torture: {} writes acknowledged\n{}", w.acked.load(SeqCst), summary.join("\n"));
+    });
 }

@@ -403,7 +403,7 @@ impl Volume {
     }
 
     /// Starts writing apart from the peer (if not already): a new current
-    /// generation, persisted before any write is acknowledged alone.
+    /// generation, persisted before the first write acknowledged alone.
     fn diverge(&self, st: &mut State) -> Result<()> {
         if st.meta.gens.bitmap == 0 {
             st.meta.gens.diverge(random_gen());
@@ -475,10 +475,6 @@ impl Volume {
             // Forced on a copy that never held data: it becomes the data.
             st.meta.gens.current = random_gen();
             st.meta.consistent = true;
-        }
-        let replicating = st.conn.as_ref().is_some_and(|c| c.replicating);
-        if !replicating {
-            self.diverge(&mut st).map_err(|e| format!("{e:#}"))?;
         }
         st.primary = true;
         st.forced = force && state != DiskState::UpToDate;
@@ -717,7 +713,15 @@ impl Volume {
                 return Err(errno::ESHUTDOWN);
             }
             if self.alone_ok() && self.may_run.load(Ordering::SeqCst) {
-                return Ok(());
+                // The first write acknowledged alone starts a generation of
+                // its own. Not before: writes never acknowledged may be
+                // discarded, so a primary cut off before it could record
+                // itself alone has not split from the copy that took over.
+                let mut st = self.lock();
+                return self.diverge(&mut st).map_err(|e| {
+                    eprintln!("volume {}: {e:#}", self.cfg.name);
+                    errno::EIO
+                });
             }
             if self.excluded() {
                 return Err(errno::EIO);
@@ -816,11 +820,6 @@ impl Volume {
         st.peer_disk = DiskState::DUnknown;
         if matches!(st.link, LinkState::Connected) {
             st.link = LinkState::Connecting;
-        }
-        if st.primary {
-            if let Err(e) = self.diverge(&mut st) {
-                eprintln!("volume {}: {e:#}", self.cfg.name);
-            }
         }
         let _ = self.cfg.paths.save_bitmap(&st.bitmap);
         st.bitmap_dirty = false;

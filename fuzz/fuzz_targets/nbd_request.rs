@@ -1,0 +1,63 @@
+//! Any bytes as an NBD transmission stream, and any bytes as handshake
+//! steps: never a panic; every request the parser accepts lies inside the
+//! export; feeding the stream whole or in pieces gives the same events.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use tandem_core::nbd::{Event, ExportInfo, Handshake, Next, Op, RequestParser};
+
+const SIZE: u64 = 1 << 20;
+
+fn events(input: &[u8], chunk: usize) -> Vec<Event> {
+    let mut p = RequestParser::new(SIZE, false);
+    let mut buf = Vec::new();
+    let mut out = Vec::new();
+    for piece in input.chunks(chunk.max(1)) {
+        buf.extend_from_slice(piece);
+        loop {
+            let (n, ev) = p.next(&buf);
+            buf.drain(..n);
+            match ev {
+                Some(e) => out.push(e),
+                None if n == 0 => break,
+                None => {}
+            }
+        }
+    }
+    out
+}
+
+fuzz_target!(|data: &[u8]| {
+    let chunk = data.first().map_or(1, |b| *b as usize + 1);
+    let whole = events(data, data.len());
+    assert_eq!(whole, events(data, chunk), "chunking changed the events");
+    for ev in &whole {
+        if let Event::Request { op, .. } = ev {
+            let (off, len) = match op {
+                Op::Write { offset, data, .. } => (*offset, data.len() as u64),
+                Op::Read { offset, length }
+                | Op::Trim { offset, length, .. }
+                | Op::WriteZeroes { offset, length, .. } => (*offset, u64::from(*length)),
+                Op::Flush => (0, 0),
+            };
+            assert!(off + len <= SIZE, "accepted a request past the end");
+        }
+    }
+    let mut h = Handshake::new(ExportInfo {
+        name: "data".into(),
+        description: String::new(),
+        size: SIZE,
+        read_only: false,
+        refusal: None,
+    });
+    let mut want = Handshake::first_read();
+    let mut rest = data;
+    while rest.len() >= want {
+        let (step, tail) = rest.split_at(want);
+        rest = tail;
+        match h.on_bytes(step) {
+            Ok(Next::Read(n)) | Ok(Next::SendThenRead(_, n)) => want = n,
+            Ok(Next::Transmit(_)) | Ok(Next::Close(_)) | Err(_) => break,
+        }
+    }
+});
