@@ -437,3 +437,184 @@ fn torture_acknowledged_writes_survive_twenty_crashes_of_the_primary() {
         println!("torture: {} writes acknowledged\n{}", w.acked.load(SeqCst), summary.join("\n"));
     });
 }
+
+fn vol_status(v: &Vol, n: usize) -> Value {
+    v.volume(n).unwrap_or_else(|| panic!("n{n} shows no volume\n{}", v.c.logs()))
+}
+
+fn run_ok(v: &Vol, n: usize, args: &[&str]) -> String {
+    let out = v.tandem(n, args);
+    assert!(
+        out.status.success(),
+        "tandem {args:?} on n{n}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+/// Acceptance: disconnect the secondary, write 64 MiB into a 4 GiB volume,
+/// reconnect: the resync copies about the dirty data (counted by the
+/// volume), not the whole volume; then an online verify finds both copies
+/// identical.
+#[test]
+fn resync_after_disconnect_copies_only_what_changed() {
+    if !require_root("resync_after_disconnect_copies_only_what_changed") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let v = Vol::start("4GiB", "");
+    v.wait_group_on(1);
+    v.wait_in_sync();
+    let sent_before = vol_status(&v, 1)["counters"]["resync_bytes_sent"].as_u64().unwrap();
+    run_ok(&v, 2, &["volume", "disconnect", "data"]);
+    v.wait_volume(1, "n1 sees the link down", |s| s["link"] != "Connected");
+    // 64 MiB in 16 runs of 4 MiB spread over the volume.
+    let chunk = v.dir.path().join("chunk.raw");
+    random_file(&chunk, 4 << 20, 9);
+    for i in 0..16u64 {
+        let off = i * (256 << 20) + 12_288;
+        v.client("qemu-io", &["-f", "raw", "-c", &format!("write -s {} {off} 4M", chunk.display()), URI]);
+    }
+    let dirty = vol_status(&v, 1)["dirty_bytes"].as_u64().unwrap();
+    assert!(dirty >= 64 << 20, "only {dirty} bytes marked dirty");
+    run_ok(&v, 2, &["volume", "connect", "data"]);
+    v.wait_in_sync();
+    let sent = vol_status(&v, 1)["counters"]["resync_bytes_sent"].as_u64().unwrap() - sent_before;
+    println!("resync after 64 MiB written to a 4 GiB volume: {sent} bytes sent ({dirty} bytes were dirty)");
+    assert!(sent >= 64 << 20 && sent <= 2 * (64 << 20), "resync sent {sent} bytes");
+    let out = run_ok(&v, 1, &["volume", "verify", "data"]);
+    assert!(out.contains("0 blocks differ"), "{out}");
+}
+
+/// Acceptance: both copies made primary while disconnected and written,
+/// then reconnected: split brain is detected and reported, and under the
+/// default policy neither copy's changes are discarded. An operator's
+/// `connect --discard-my-data` on one side then resolves it.
+#[test]
+fn split_brain_is_detected_and_nothing_is_discarded() {
+    if !require_root("split_brain_is_detected_and_nothing_is_discarded") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let v = Vol::start("64MiB", "");
+    v.wait_group_on(1);
+    v.wait_in_sync();
+    // The cluster leaves the group alone from here: the operator acts.
+    let out = v.tandem(1, &["maintenance", "on", "db"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    run_ok(&v, 1, &["volume", "disconnect", "data"]);
+    run_ok(&v, 2, &["volume", "disconnect", "data"]);
+    let n1 = format!("nbd://{}:10809/data", v.c.bed.address(1, "lan"));
+    let n2 = format!("nbd://{}:10809/data", v.c.bed.address(2, "lan"));
+    v.client("qemu-io", &["-f", "raw", "-c", "write -P 0x11 0 64k", &n1]);
+    // n2 is Outdated now (the record says only n1): promotion needs force.
+    let refused = v.tandem(2, &["volume", "promote", "data"]);
+    assert!(!refused.status.success());
+    let text = String::from_utf8_lossy(&refused.stderr).to_string();
+    assert!(text.contains("Outdated") && text.contains("--force"), "{text}");
+    let forced = run_ok(&v, 2, &["volume", "promote", "data", "--force"]);
+    assert!(forced.contains("WARNING"), "{forced}");
+    v.client("qemu-io", &["-f", "raw", "-c", "write -P 0x22 1M 64k", &n2]);
+    run_ok(&v, 1, &["volume", "connect", "data"]);
+    run_ok(&v, 2, &["volume", "connect", "data"]);
+    for n in [1, 2] {
+        v.wait_volume(n, "split brain reported", |s| {
+            s["link"]["SplitBrain"].as_str().is_some_and(|t| t.contains("No data was discarded"))
+        });
+    }
+    let text = v.c.status_text(1).unwrap();
+    assert!(text.contains("SPLIT BRAIN"), "{text}");
+    // Nothing discarded: each side still holds what it wrote alone.
+    let read = |uri: &str, cmd: &str| v.client("qemu-io", &["-f", "raw", "-c", cmd, uri]);
+    assert!(!read(&n1, "read -P 0x11 0 64k").contains("Pattern verification failed"));
+    assert!(!read(&n2, "read -P 0x22 1M 64k").contains("Pattern verification failed"));
+    // The operator keeps n2's changes.
+    run_ok(&v, 1, &["volume", "demote", "data"]);
+    run_ok(&v, 1, &["volume", "connect", "data", "--discard-my-data"]);
+    for n in [1, 2] {
+        v.wait_volume(n, "resolved and in sync", |s| {
+            s["link"] == "Connected" && s["disk"] == "UpToDate" && s["peer_disk"] == "UpToDate" && s["sync"].is_null()
+        });
+    }
+    let out = run_ok(&v, 2, &["volume", "verify", "data"]);
+    assert!(out.contains("0 blocks differ"), "{out}");
+    // n1's lone write was the one given up.
+    let back = read(&n2, "read -P 0x22 1M 64k");
+    assert!(!back.contains("Pattern verification failed"), "{back}");
+}
+
+/// Acceptance: malformed requests (bad magic, past the end, unknown
+/// commands, bad flags, truncated frames) get an error reply or a clean
+/// disconnect; the server keeps serving and neither copy changes.
+#[test]
+fn malformed_requests_never_change_either_copy() {
+    use tandem_testbed::nbd_client::{NbdClient, Reply};
+    if !require_root("malformed_requests_never_change_either_copy") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let v = Vol::start("16MiB", "");
+    v.wait_group_on(1);
+    v.wait_in_sync();
+    v.client("qemu-io", &["-f", "raw", "-c", "write -P 0x5a 0 16M", URI]);
+    let ns = v.c.bed.client_ns();
+    let addr: std::net::SocketAddr = "10.77.1.100:10809".parse().unwrap();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            tandem_testbed::sys::enter_netns(&ns).unwrap();
+            let t = Duration::from_secs(10);
+            let size = 16u64 << 20;
+            let mut c = NbdClient::connect(addr, "data", t).unwrap();
+            assert_eq!(c.size, size);
+            // Past the end (payload consumed, stream stays in step).
+            let mut req = NbdClient::header(1, 0, 1, size - 2, 4);
+            req.extend_from_slice(b"evil");
+            c.send_raw(&req).unwrap();
+            assert_eq!(c.read_reply(0).unwrap(), (1, Reply::Error(22)));
+            // Offset overflow, unknown command, bad flags, huge read.
+            for (cookie, hdr) in [
+                (2, NbdClient::header(0, 0, 2, u64::MAX - 1, 4096)),
+                (3, NbdClient::header(42, 0, 3, 0, 0)),
+                (4, NbdClient::header(3, 0x80, 4, 0, 0)),
+                (5, NbdClient::header(0, 0, 5, 0, u32::MAX)),
+            ] {
+                c.send_raw(&hdr).unwrap();
+                assert_eq!(c.read_reply(0).unwrap(), (cookie, Reply::Error(22)), "cookie {cookie}");
+            }
+            // Still serving on this connection.
+            assert!(matches!(c.read(0, 4096).unwrap(), Reply::Ok(d) if d.iter().all(|&b| b == 0x5a)));
+            // Bad magic: disconnected.
+            let mut bad = NbdClient::header(1, 0, 6, 0, 4);
+            bad[0] ^= 0xff;
+            bad.extend_from_slice(b"evil");
+            c.send_raw(&bad).unwrap();
+            assert!(c.closed_within(t), "bad magic did not close the connection");
+            // A write whose payload never comes, then a hang-up.
+            let mut c = NbdClient::connect(addr, "data", t).unwrap();
+            let mut trunc = NbdClient::header(1, 0, 7, 0, 4096);
+            trunc.extend_from_slice(&[0xee; 100]);
+            c.send_raw(&trunc).unwrap();
+            drop(c);
+            // A payload larger than the maximum: disconnected.
+            let mut c = NbdClient::connect(addr, "data", t).unwrap();
+            c.send_raw(&NbdClient::header(1, 0, 8, 0, 64 << 20)).unwrap();
+            assert!(c.closed_within(t));
+            // Random garbage after a valid handshake.
+            let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+            for _ in 0..20 {
+                let mut c = NbdClient::connect(addr, "data", t).unwrap();
+                let mut junk = vec![0u8; rand::Rng::gen_range(&mut rng, 1..200)];
+                rng.fill_bytes(&mut junk);
+                let _ = c.send_raw(&junk);
+            }
+        })
+        .join()
+        .unwrap();
+    });
+    // The server still serves, and both copies are unchanged.
+    let out = v.client("qemu-io", &["-f", "raw", "-c", "read -P 0x5a 0 16M", URI]);
+    assert!(!out.contains("Pattern verification failed"), "{out}");
+    let out = run_ok(&v, 1, &["volume", "verify", "data"]);
+    assert!(out.contains("0 blocks differ"), "{out}");
+}
