@@ -4,6 +4,7 @@
 
 mod corosync;
 mod failover;
+mod volume;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,6 +28,16 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum What {
+    /// Volume throughput and latency: nbdkit's file plugin vs Tandem
+    /// unreplicated vs Tandem protocol C (fio --ioengine=nbd).
+    Volume {
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Volume size in MiB.
+        #[arg(long, default_value_t = 1024)]
+        size_mib: u64,
+    },
     /// Time from cutting every link of a node to `node dead` at its peers.
     Detect {
         /// Number of cuts.
@@ -474,6 +485,7 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     println!("command: {}", args.join(" "));
     match cli.what {
+        What::Volume { seconds, size_mib } => volume::run(&cli.tandem, seconds, size_mib),
         What::Detect { runs, nodes } => detect(cli.tandem, runs, nodes),
         What::Soak {
             minutes,

@@ -154,7 +154,9 @@ pub fn greeting() -> Vec<u8> {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HandshakeError {
     /// The client did not speak fixed newstyle.
-    #[error("client flags {0:#x} do not include fixed newstyle; this server speaks only fixed newstyle")]
+    #[error(
+        "client flags {0:#x} do not include fixed newstyle; this server speaks only fixed newstyle"
+    )]
     NotFixedNewstyle(u32),
     /// Unknown client flag bits.
     #[error("client flags {0:#x} carry unknown bits")]
@@ -347,7 +349,12 @@ impl Handshake {
             _ => {
                 // STARTTLS, STRUCTURED_REPLY, meta contexts, extended
                 // headers: refused, and every client carries on without.
-                option_reply(&mut out, option, REP_ERR_UNSUP, b"not supported by this server");
+                option_reply(
+                    &mut out,
+                    option,
+                    REP_ERR_UNSUP,
+                    b"not supported by this server",
+                );
                 Next::SendThenRead(out, 16)
             }
         }
@@ -705,7 +712,9 @@ impl RequestParser {
                     self.refuse(
                         cookie,
                         errno::EINVAL,
-                        format!("read of {length} bytes is larger than the {MAX_PAYLOAD}-byte maximum"),
+                        format!(
+                            "read of {length} bytes is larger than the {MAX_PAYLOAD}-byte maximum"
+                        ),
                     )
                 } else if !in_range {
                     self.refuse(cookie, errno::EINVAL, range_why())

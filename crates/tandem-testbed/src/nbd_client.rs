@@ -130,7 +130,15 @@ impl NbdClient {
         Ok((cookie, Reply::Ok(data)))
     }
 
-    fn request(&mut self, kind: u16, flags: u16, offset: u64, payload: &[u8], len: u32, data_len: usize) -> Result<Reply> {
+    fn request(
+        &mut self,
+        kind: u16,
+        flags: u16,
+        offset: u64,
+        payload: &[u8],
+        len: u32,
+        data_len: usize,
+    ) -> Result<Reply> {
         self.cookie += 1;
         let mut b = Self::header(kind, flags, self.cookie, offset, len);
         b.extend_from_slice(payload);

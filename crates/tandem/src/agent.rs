@@ -1274,9 +1274,7 @@ fn describe_request(r: &Request) -> String {
             ..
         } => format!("{group} failed on {node}: {reason}"),
         Request::Volume {
-            volume,
-            up_to_date,
-            ..
+            volume, up_to_date, ..
         } => format!(
             "volume {volume}: up to date on {}",
             if up_to_date.is_empty() {

@@ -54,7 +54,10 @@ pub fn run(args: VolumeCommandArgs) -> Result<ExitCode> {
                     .as_ref()
                     .map_or_else(|| PathBuf::from("/var/lib/tandem"), |p| p.get_ref().clone())
             });
-            println!("{}", crate::volume::create(&cfg, &node, &state_dir, &name, source, force)?);
+            println!(
+                "{}",
+                crate::volume::create(&cfg, &node, &state_dir, &name, source, force)?
+            );
             Ok(ExitCode::SUCCESS)
         }
         VolumeCommandArgs::Status {
@@ -134,13 +137,21 @@ fn verify(socket: &Path, name: &str) -> Result<ExitCode> {
     // The verify runs in the agent; follow its progress.
     std::thread::sleep(Duration::from_millis(200));
     loop {
-        let a = ask(socket, VolumeCommand::Status { name: Some(name.into()) })?;
+        let a = ask(
+            socket,
+            VolumeCommand::Status {
+                name: Some(name.into()),
+            },
+        )?;
         let Some(v) = a.volumes.first().and_then(|s| s.verify.clone()) else {
             anyhow::bail!("the agent shows no verify for `{name}`");
         };
         if !v.running {
             if let Some(e) = &v.error {
-                eprintln!("error: verify stopped after {} MiB: {e}", v.done_bytes >> 20);
+                eprintln!(
+                    "error: verify stopped after {} MiB: {e}",
+                    v.done_bytes >> 20
+                );
                 return Ok(ExitCode::FAILURE);
             }
             println!(
@@ -226,7 +237,9 @@ pub fn render(vols: &[VolumeStatus], detail: bool) -> String {
             ),
             LinkState::Connecting => format!("not connected to {} (trying)", v.peer),
             LinkState::SplitBrain(t) | LinkState::Refused(t) => format!("STOPPED: {t}"),
-            LinkState::AdminDown => "disconnected by the operator (`tandem volume connect` restores it)".into(),
+            LinkState::AdminDown => {
+                "disconnected by the operator (`tandem volume connect` restores it)".into()
+            }
         };
         let _ = writeln!(
             o,
@@ -255,7 +268,12 @@ pub fn render(vols: &[VolumeStatus], detail: bool) -> String {
             );
         }
         if v.dirty_bytes > 0 {
-            let _ = writeln!(o, "  out of sync: {} ({} bytes)", mib(v.dirty_bytes), v.dirty_bytes);
+            let _ = writeln!(
+                o,
+                "  out of sync: {} ({} bytes)",
+                mib(v.dirty_bytes),
+                v.dirty_bytes
+            );
         }
         if let Some(vr) = &v.verify {
             let _ = writeln!(
@@ -265,11 +283,21 @@ pub fn render(vols: &[VolumeStatus], detail: bool) -> String {
                 mib(vr.done_bytes),
                 mib(vr.total_bytes),
                 vr.differing_blocks,
-                vr.error.as_ref().map_or(String::new(), |e| format!(" (stopped: {e})"))
+                vr.error
+                    .as_ref()
+                    .map_or(String::new(), |e| format!(" (stopped: {e})"))
             );
         }
         if let Some(r) = &v.record_up_to_date {
-            let _ = writeln!(o, "  cluster record: up to date on {}", if r.is_empty() { "no copy".into() } else { r.join(", ") });
+            let _ = writeln!(
+                o,
+                "  cluster record: up to date on {}",
+                if r.is_empty() {
+                    "no copy".into()
+                } else {
+                    r.join(", ")
+                }
+            );
         }
         if v.nbd_clients > 0 {
             let _ = writeln!(o, "  NBD clients: {}", v.nbd_clients);

@@ -168,7 +168,7 @@ pub enum Message {
         /// Leader's term.
         term: u64,
         /// The snapshot.
-        snapshot: Snapshot,
+        snapshot: Box<Snapshot>,
     },
     /// "Campaign now": the leader is stopping and hands over.
     TimeoutNow {
@@ -612,7 +612,7 @@ impl Agreement {
                     return;
                 }
                 self.follow(now_ms, t, from);
-                self.on_snapshot(from, snapshot);
+                self.on_snapshot(from, *snapshot);
             }
             Message::AppendReply {
                 term: t,
@@ -796,7 +796,7 @@ impl Agreement {
         if next <= snap.last_index {
             let msg = Message::InstallSnapshot {
                 term: self.durable.term,
-                snapshot: snap.clone(),
+                snapshot: Box::new(snap.clone()),
             };
             self.out.send.push((to, msg));
             return;

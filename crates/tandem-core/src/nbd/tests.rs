@@ -136,7 +136,8 @@ fn a_refusing_export_says_why() {
         refusal: Some("secondary copy".into()),
         ..export()
     });
-    h.on_bytes(&3u32.to_be_bytes()).unwrap_or_else(|e| panic!("{e}"));
+    h.on_bytes(&3u32.to_be_bytes())
+        .unwrap_or_else(|e| panic!("{e}"));
     let d = info_data("data", &[]);
     let (hd, d) = option(OPT_GO, &d);
     h.on_bytes(&hd).unwrap_or_else(|e| panic!("{e}"));
@@ -247,11 +248,45 @@ fn requests_parse_and_bad_ones_are_refused_in_step() {
                 }
             }
         );
-        assert!(matches!(ev[2], Event::Refuse { cookie: 3, errno: errno::EINVAL, .. }));
-        assert!(matches!(ev[3], Event::Refuse { cookie: 4, errno: errno::EINVAL, .. }));
-        assert_eq!(ev[4], Event::Request { cookie: 5, op: Op::Flush });
-        assert!(matches!(ev[7], Event::Refuse { cookie: 8, errno: errno::EINVAL, .. }));
-        assert!(matches!(ev[8], Event::Refuse { cookie: 9, errno: errno::EINVAL, .. }));
+        assert!(matches!(
+            ev[2],
+            Event::Refuse {
+                cookie: 3,
+                errno: errno::EINVAL,
+                ..
+            }
+        ));
+        assert!(matches!(
+            ev[3],
+            Event::Refuse {
+                cookie: 4,
+                errno: errno::EINVAL,
+                ..
+            }
+        ));
+        assert_eq!(
+            ev[4],
+            Event::Request {
+                cookie: 5,
+                op: Op::Flush
+            }
+        );
+        assert!(matches!(
+            ev[7],
+            Event::Refuse {
+                cookie: 8,
+                errno: errno::EINVAL,
+                ..
+            }
+        ));
+        assert!(matches!(
+            ev[8],
+            Event::Refuse {
+                cookie: 9,
+                errno: errno::EINVAL,
+                ..
+            }
+        ));
         assert_eq!(ev[9], Event::Disconnect);
         assert!(p.closed());
     }
@@ -262,7 +297,10 @@ fn bad_magic_and_huge_writes_abort() {
     let mut p = RequestParser::new(1 << 20, false);
     let mut b = req(CMD_READ, 0, 1, 0, 1);
     b[0] ^= 1;
-    assert!(matches!(events(&mut p, &b, 28)[0], Event::Abort(FrameError::BadMagic(_))));
+    assert!(matches!(
+        events(&mut p, &b, 28)[0],
+        Event::Abort(FrameError::BadMagic(_))
+    ));
     let mut p = RequestParser::new(1 << 20, false);
     let b = req(CMD_WRITE, 0, 1, 0, MAX_PAYLOAD + 1);
     assert!(matches!(
@@ -273,7 +311,13 @@ fn bad_magic_and_huge_writes_abort() {
     let mut p = RequestParser::new(1 << 20, true);
     let mut b = req(CMD_WRITE, 0, 1, 0, 2);
     b.extend(b"xy");
-    assert!(matches!(events(&mut p, &b, 28)[0], Event::Refuse { errno: errno::EPERM, .. }));
+    assert!(matches!(
+        events(&mut p, &b, 28)[0],
+        Event::Refuse {
+            errno: errno::EPERM,
+            ..
+        }
+    ));
 }
 
 proptest! {

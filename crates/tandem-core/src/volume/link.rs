@@ -377,7 +377,8 @@ pub fn decode(kind: u8, body: &[u8]) -> Result<Msg, LinkError> {
         K_CHALLENGE => {
             let nonce = b.array::<16>()?;
             let mac = b.array::<32>()?;
-            let node = String::from_utf8(b.rest().to_vec()).map_err(|_| LinkError::Malformed(kind))?;
+            let node =
+                String::from_utf8(b.rest().to_vec()).map_err(|_| LinkError::Malformed(kind))?;
             Msg::Challenge { node, nonce, mac }
         }
         K_PROOF => Msg::Proof { mac: b.array()? },

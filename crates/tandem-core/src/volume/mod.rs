@@ -168,10 +168,14 @@ fn decide_by_data(me: &Side, peer: &Side, policy: SplitBrainPolicy) -> Sync {
     }
     // A sync cut short leaves the target inconsistent: it stays a target.
     if !me.consistent && peer.consistent && b.current != 0 {
-        return Sync::Target { full: a.current == 0 };
+        return Sync::Target {
+            full: a.current == 0,
+        };
     }
     if me.consistent && !peer.consistent && a.current != 0 {
-        return Sync::Source { full: b.current == 0 };
+        return Sync::Source {
+            full: b.current == 0,
+        };
     }
     if a.current == 0 {
         return Sync::Target { full: true };

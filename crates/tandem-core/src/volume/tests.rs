@@ -31,7 +31,14 @@ fn primary_that_wrote_alone_is_the_bitmap_source() {
     assert_eq!(decide(&n1, &n2, D), Sync::Target { full: false });
     // After the sync both hold Z and the shared X is history.
     n2.gens.sync_finished();
-    assert_eq!(n2.gens, Generations { current: 0x5a, bitmap: 0, history: [0x58, 0] });
+    assert_eq!(
+        n2.gens,
+        Generations {
+            current: 0x5a,
+            bitmap: 0,
+            history: [0x58, 0]
+        }
+    );
 }
 
 #[test]
@@ -68,12 +75,21 @@ fn both_written_alone_is_split_brain_and_policies_settle_it() {
 
 #[test]
 fn fresh_copies_and_history() {
-    assert_eq!(decide(&side("n1", 0, 0), &side("n2", 0, 0), D), Sync::NoData);
-    assert_eq!(decide(&side("n1", 7, 0), &side("n2", 0, 0), D), Sync::Source { full: true });
+    assert_eq!(
+        decide(&side("n1", 0, 0), &side("n2", 0, 0), D),
+        Sync::NoData
+    );
+    assert_eq!(
+        decide(&side("n1", 7, 0), &side("n2", 0, 0), D),
+        Sync::Source { full: true }
+    );
     // Too old for the bitmap: known only from history.
     let mut a = side("n1", 9, 0);
     a.gens.history = [8, 7];
-    assert_eq!(decide(&a, &side("n2", 7, 0), D), Sync::Source { full: true });
+    assert_eq!(
+        decide(&a, &side("n2", 7, 0), D),
+        Sync::Source { full: true }
+    );
     assert_eq!(decide(&a, &side("n2", 99, 0), D), Sync::Unrelated);
     // An interrupted sync target stays the target.
     let mut t = side("n2", 9, 0);
@@ -108,13 +124,29 @@ fn disk_state_follows_the_record_and_promotion_needs_up_to_date() {
         record: Some(&rec),
     };
     assert_eq!(disk_state(&k), DiskState::Outdated);
-    assert_eq!(disk_state(&Knowledge { me: "n1", ..k }), DiskState::UpToDate);
-    assert_eq!(disk_state(&Knowledge { record: None, ..k }), DiskState::UpToDate);
     assert_eq!(
-        disk_state(&Knowledge { record: None, local_up_to_date: false, ..k }),
+        disk_state(&Knowledge { me: "n1", ..k }),
+        DiskState::UpToDate
+    );
+    assert_eq!(
+        disk_state(&Knowledge { record: None, ..k }),
+        DiskState::UpToDate
+    );
+    assert_eq!(
+        disk_state(&Knowledge {
+            record: None,
+            local_up_to_date: false,
+            ..k
+        }),
         DiskState::Consistent
     );
-    assert_eq!(disk_state(&Knowledge { consistent: false, ..k }), DiskState::Inconsistent);
+    assert_eq!(
+        disk_state(&Knowledge {
+            consistent: false,
+            ..k
+        }),
+        DiskState::Inconsistent
+    );
     assert!(may_promote("v", "n2", DiskState::Outdated, false).is_err());
     let warn = may_promote("v", "n2", DiskState::Outdated, true);
     assert!(matches!(warn, Ok(Some(w)) if w.contains("newer writes")));
@@ -122,16 +154,32 @@ fn disk_state_follows_the_record_and_promotion_needs_up_to_date() {
 }
 
 fn arb_side(node: &'static str) -> impl Strategy<Value = Side> {
-    (0u64..4, 0u64..4, 0u64..4, 0u64..4, 0u64..3, any::<bool>(), any::<bool>(), 0u64..3, any::<bool>())
-        .prop_map(move |(c, b, h0, h1, dirty, consistent, primary, promoted, discard)| Side {
-            node: node.into(),
-            gens: Generations { current: c, bitmap: b, history: [h0, h1] },
-            dirty_blocks: dirty,
-            consistent,
-            primary,
-            promoted_at_unix_ms: promoted,
-            discard_my_data: discard,
-        })
+    (
+        0u64..4,
+        0u64..4,
+        0u64..4,
+        0u64..4,
+        0u64..3,
+        any::<bool>(),
+        any::<bool>(),
+        0u64..3,
+        any::<bool>(),
+    )
+        .prop_map(
+            move |(c, b, h0, h1, dirty, consistent, primary, promoted, discard)| Side {
+                node: node.into(),
+                gens: Generations {
+                    current: c,
+                    bitmap: b,
+                    history: [h0, h1],
+                },
+                dirty_blocks: dirty,
+                consistent,
+                primary,
+                promoted_at_unix_ms: promoted,
+                discard_my_data: discard,
+            },
+        )
 }
 
 proptest! {

@@ -360,9 +360,11 @@ impl Volume {
     }
 
     fn record(&self) -> Option<VolumeFacts> {
-        self.record.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.record
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
-
 
     pub(super) fn disk_state_of(&self, st: &State) -> DiskState {
         let record = self.record();
@@ -418,11 +420,7 @@ impl Volume {
     pub async fn promote(&self, force: bool, cluster: bool) -> Result<Option<String>, String> {
         // A peer that is demoting says so over the link; wait a little.
         for _ in 0..20 {
-            let peer_primary = self
-                .lock()
-                .conn
-                .as_ref()
-                .is_some_and(|c| c.peer_primary);
+            let peer_primary = self.lock().conn.as_ref().is_some_and(|c| c.peer_primary);
             if !peer_primary {
                 break;
             }
@@ -451,7 +449,15 @@ impl Volume {
         &self,
         force: bool,
         cluster: bool,
-    ) -> Result<Option<(DiskState, Option<String>, Option<mpsc::Sender<Vec<u8>>>, Side)>, String> {
+    ) -> Result<
+        Option<(
+            DiskState,
+            Option<String>,
+            Option<mpsc::Sender<Vec<u8>>>,
+            Side,
+        )>,
+        String,
+    > {
         let mut st = self.lock();
         if st.primary {
             return Ok(None);
@@ -480,7 +486,10 @@ impl Volume {
         st.forced = force && state != DiskState::UpToDate;
         st.meta.promoted_at_unix_ms = unix_ms();
         st.meta.up_to_date = true;
-        self.cfg.paths.save_meta(&st.meta).map_err(|e| format!("{e:#}"))?;
+        self.cfg
+            .paths
+            .save_meta(&st.meta)
+            .map_err(|e| format!("{e:#}"))?;
         let conn_tx = st.conn.as_ref().map(|c| c.tx.clone());
         Ok(Some((state, warning, conn_tx, self.side(&st))))
     }
@@ -583,7 +592,13 @@ impl Volume {
 
     /// Runs one change to the copy (write, zeroes) through local disk and
     /// peer; Ok once it may be acknowledged.
-    pub async fn write(&self, offset: u64, data: Option<Vec<u8>>, len: u64, fua: bool) -> Result<(), u32> {
+    pub async fn write(
+        &self,
+        offset: u64,
+        data: Option<Vec<u8>>,
+        len: u64,
+        fua: bool,
+    ) -> Result<(), u32> {
         if !self.is_primary() {
             return Err(errno::ESHUTDOWN);
         }
@@ -815,7 +830,8 @@ impl Volume {
         }
         st.bitmap_dirty = true;
         if st.sync.take().is_some() {
-            st.events.push_back("sync interrupted; it resumes from the bitmap on reconnect".into());
+            st.events
+                .push_back("sync interrupted; it resumes from the bitmap on reconnect".into());
         }
         st.peer_disk = DiskState::DUnknown;
         if matches!(st.link, LinkState::Connected) {
@@ -894,10 +910,14 @@ impl Volume {
             node: self.cfg.me.clone(),
             peer: self.cfg.peer.clone(),
             role: if st.primary { "primary" } else { "secondary" }.into(),
-            peer_role: st
-                .conn
-                .as_ref()
-                .map(|c| if c.peer_primary { "primary" } else { "secondary" }.to_string()),
+            peer_role: st.conn.as_ref().map(|c| {
+                if c.peer_primary {
+                    "primary"
+                } else {
+                    "secondary"
+                }
+                .to_string()
+            }),
             disk,
             peer_disk: if st.conn.is_some() {
                 st.peer_disk
@@ -926,7 +946,6 @@ impl Volume {
         }
     }
 
-
     /// Stops cleanly: bitmap and metadata saved, marked clean if nothing
     /// is in flight.
     pub fn close(&self) {
@@ -939,5 +958,4 @@ impl Volume {
         }
         let _ = self.cfg.paths.save_meta(&st.meta);
     }
-
 }

@@ -80,7 +80,12 @@ pub struct VolumeConfig {
 }
 
 /// The volumes of `cfg` that have a copy on node `me`.
-pub fn configs(cfg: &Config, me: &str, key: [u8; 32], state_dir: &Path) -> Result<Vec<VolumeConfig>> {
+pub fn configs(
+    cfg: &Config,
+    me: &str,
+    key: [u8; 32],
+    state_dir: &Path,
+) -> Result<Vec<VolumeConfig>> {
     let mut out = Vec::new();
     for v in &cfg.file.volumes {
         let nodes: Vec<&String> = v.nodes.get_ref().iter().map(|n| n.get_ref()).collect();
@@ -97,7 +102,9 @@ pub fn configs(cfg: &Config, me: &str, key: [u8; 32], state_dir: &Path) -> Resul
                 .nodes
                 .iter()
                 .find(|n| n.name.get_ref() == node)
-                .with_context(|| format!("volume `{name}`: node `{node}` is not in the configuration"))?;
+                .with_context(|| {
+                    format!("volume `{name}`: node `{node}` is not in the configuration")
+                })?;
             let ip = n
                 .addresses
                 .get_ref()
@@ -213,7 +220,10 @@ pub struct Hub {
 impl Hub {
     /// Opens every copy on this node and starts their links, exports and
     /// record keeping; None when this node holds no volume.
-    pub fn start(configs: Vec<VolumeConfig>, requests: mpsc::Sender<Request>) -> Result<Option<Arc<Hub>>> {
+    pub fn start(
+        configs: Vec<VolumeConfig>,
+        requests: mpsc::Sender<Request>,
+    ) -> Result<Option<Arc<Hub>>> {
         if configs.is_empty() {
             return Ok(None);
         }
@@ -309,7 +319,12 @@ impl Hub {
     }
 
     /// Promotes a copy (on the volume runtime); Ok carries a warning.
-    pub async fn promote(&self, name: &str, force: bool, cluster: bool) -> Result<Option<String>, String> {
+    pub async fn promote(
+        &self,
+        name: &str,
+        force: bool,
+        cluster: bool,
+    ) -> Result<Option<String>, String> {
         let v = self.get(name)?;
         self.handle
             .spawn(async move { v.promote(force, cluster).await })
@@ -445,7 +460,14 @@ async fn keeper(v: Arc<Volume>) {
 
 /// `tandem volume create`: the backing file (if missing) and this node's
 /// metadata for one configured volume.
-pub fn create(cfg: &Config, node: &str, state_dir: &Path, name: &str, source: bool, force: bool) -> Result<String> {
+pub fn create(
+    cfg: &Config,
+    node: &str,
+    state_dir: &Path,
+    name: &str,
+    source: bool,
+    force: bool,
+) -> Result<String> {
     let vc = configs(cfg, node, [0; 32], state_dir)?
         .into_iter()
         .find(|v| v.name == name)

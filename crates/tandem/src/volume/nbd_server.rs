@@ -81,7 +81,10 @@ fn export(vol: &Volume) -> ExportInfo {
     });
     ExportInfo {
         name: vol.cfg.name.clone(),
-        description: format!("Tandem replicated volume {} on {}", vol.cfg.name, vol.cfg.me),
+        description: format!(
+            "Tandem replicated volume {} on {}",
+            vol.cfg.name, vol.cfg.me
+        ),
         size: vol.cfg.size,
         read_only: false,
         refusal,
@@ -165,7 +168,11 @@ async fn client<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(vol: Arc<Vol
                     });
                 }
                 Event::Refuse { cookie, errno, .. } => {
-                    if tx.send(nbd::simple_reply(cookie, errno).to_vec()).await.is_err() {
+                    if tx
+                        .send(nbd::simple_reply(cookie, errno).to_vec())
+                        .await
+                        .is_err()
+                    {
                         break 'read;
                     }
                 }
@@ -234,7 +241,16 @@ async fn run(vol: &Volume, cookie: u64, op: Op) -> Vec<u8> {
             let r = vol.write(offset, Some(data), len, fua).await;
             nbd::simple_reply(cookie, r.err().unwrap_or(0)).to_vec()
         }
-        Op::Trim { offset, length, fua } | Op::WriteZeroes { offset, length, fua } => {
+        Op::Trim {
+            offset,
+            length,
+            fua,
+        }
+        | Op::WriteZeroes {
+            offset,
+            length,
+            fua,
+        } => {
             // Trim zeroes too: both copies must read back the same.
             let r = vol.write(offset, None, u64::from(length), fua).await;
             nbd::simple_reply(cookie, r.err().unwrap_or(0)).to_vec()

@@ -119,7 +119,14 @@ async fn dial(vol: &Volume) -> Result<TcpStream> {
         bail!("the peer did not answer with a challenge");
     };
     if node != vol.cfg.peer
-        || !mac_ok(&vol.cfg.key, "acceptor", &vol.cfg.name, &nonce, &theirs, &mac)
+        || !mac_ok(
+            &vol.cfg.key,
+            "acceptor",
+            &vol.cfg.name,
+            &nonce,
+            &theirs,
+            &mac,
+        )
     {
         bail!(
             "{} failed authentication (is it node {} with the same cluster key?)",
@@ -159,7 +166,9 @@ async fn accept_loop(vol: Arc<Volume>) {
             match tokio::time::timeout(HANDSHAKE_LIMIT, accept(&vol, &mut stream)).await {
                 Ok(Ok(())) => session(vol, stream).await,
                 Ok(Err(e)) => vol.event(format!("refused a connection from {from}: {e:#}")),
-                Err(_) => vol.event(format!("connection from {from} timed out in authentication")),
+                Err(_) => vol.event(format!(
+                    "connection from {from} timed out in authentication"
+                )),
             }
         });
     }
@@ -203,15 +212,21 @@ async fn accept(vol: &Volume, stream: &mut TcpStream) -> Result<()> {
 }
 
 async fn write_msg(s: &mut TcpStream, m: &Msg) -> Result<()> {
-    s.write_all(&m.to_bytes()).await.context("sending to the peer")
+    s.write_all(&m.to_bytes())
+        .await
+        .context("sending to the peer")
 }
 
 async fn read_msg<R: AsyncReadExt + Unpin>(s: &mut R) -> Result<Msg> {
     let mut h = [0u8; FRAME_HEADER];
-    s.read_exact(&mut h).await.context("reading from the peer")?;
+    s.read_exact(&mut h)
+        .await
+        .context("reading from the peer")?;
     let len = frame_len(&h)?;
     let mut body = vec![0u8; len as usize];
-    s.read_exact(&mut body).await.context("reading from the peer")?;
+    s.read_exact(&mut body)
+        .await
+        .context("reading from the peer")?;
     Ok(link::decode(h[0], &body)?)
 }
 
@@ -297,7 +312,9 @@ async fn handshake(
             let Msg::Bitmap { at, last, bytes: b } = read_msg(rd).await? else {
                 bail!("expected the peer's bitmap");
             };
-            if at != bytes.len() as u64 || bytes.len() + b.len() > (vol.cfg.size / BLOCK / 8 + 8) as usize {
+            if at != bytes.len() as u64
+                || bytes.len() + b.len() > (vol.cfg.size / BLOCK / 8 + 8) as usize
+            {
                 bail!("the peer's bitmap is out of order or too long");
             }
             bytes.extend_from_slice(&b);
@@ -517,7 +534,11 @@ async fn handle(vol: &Arc<Volume>, epoch: u64, tx: &mpsc::Sender<Vec<u8>>, msg: 
             data,
         } => {
             let r = apply(vol, offset, Some(&data), data.len() as u64, fua);
-            send(tx, r.map_or_else(|errno| Msg::Failed { id, errno }, |()| Msg::Ack { id })).await?;
+            send(
+                tx,
+                r.map_or_else(|errno| Msg::Failed { id, errno }, |()| Msg::Ack { id }),
+            )
+            .await?;
         }
         Msg::Zero {
             id,
@@ -526,7 +547,11 @@ async fn handle(vol: &Arc<Volume>, epoch: u64, tx: &mpsc::Sender<Vec<u8>>, msg: 
             fua,
         } => {
             let r = apply(vol, offset, None, u64::from(length), fua);
-            send(tx, r.map_or_else(|errno| Msg::Failed { id, errno }, |()| Msg::Ack { id })).await?;
+            send(
+                tx,
+                r.map_or_else(|errno| Msg::Failed { id, errno }, |()| Msg::Ack { id }),
+            )
+            .await?;
         }
         Msg::Flush { id } => {
             let r = if vol.is_primary() {
@@ -534,7 +559,11 @@ async fn handle(vol: &Arc<Volume>, epoch: u64, tx: &mpsc::Sender<Vec<u8>>, msg: 
             } else {
                 vol.sync_local()
             };
-            send(tx, r.map_or_else(|errno| Msg::Failed { id, errno }, |()| Msg::Ack { id })).await?;
+            send(
+                tx,
+                r.map_or_else(|errno| Msg::Failed { id, errno }, |()| Msg::Ack { id }),
+            )
+            .await?;
         }
         Msg::Ack { id } => vol.on_ack(epoch, id, Ok(())),
         Msg::Failed { id, errno } => vol.on_ack(epoch, id, Err(errno)),
@@ -542,9 +571,9 @@ async fn handle(vol: &Arc<Volume>, epoch: u64, tx: &mpsc::Sender<Vec<u8>>, msg: 
             if !in_range(vol, offset, data.len() as u64) || vol.is_primary() {
                 bail!("sync data outside the volume, or sent to a primary");
             }
-            vol.backing
-                .write_at(&data, offset)
-                .with_context(|| format!("writing sync data to {}", vol.backing.path().display()))?;
+            vol.backing.write_at(&data, offset).with_context(|| {
+                format!("writing sync data to {}", vol.backing.path().display())
+            })?;
             let len = data.len() as u64;
             {
                 let mut st = vol.lock();
@@ -553,7 +582,14 @@ async fn handle(vol: &Arc<Volume>, epoch: u64, tx: &mpsc::Sender<Vec<u8>>, msg: 
                     advance(s, len);
                 }
             }
-            send(tx, Msg::SyncAck { offset, length: len as u32 }).await?;
+            send(
+                tx,
+                Msg::SyncAck {
+                    offset,
+                    length: len as u32,
+                },
+            )
+            .await?;
         }
         Msg::SyncAck { offset, length } => {
             {
@@ -660,14 +696,22 @@ async fn sync_done(
             let (gens, took) = finish_target(vol, gens)?;
             send(tx, Msg::SyncDone { gens }).await?;
             vol.event(match took {
-                Some((d, b)) => format!("sync finished: received {} MiB in {:.1} s; this copy is UpToDate", b >> 20, d.as_secs_f64()),
+                Some((d, b)) => format!(
+                    "sync finished: received {} MiB in {:.1} s; this copy is UpToDate",
+                    b >> 20,
+                    d.as_secs_f64()
+                ),
                 None => "sync finished; this copy is UpToDate".into(),
             });
         }
         Some(SyncRole::Source) => {
             let took = finish_source(vol)?;
             vol.event(match took {
-                Some((d, b)) => format!("sync finished: sent {} MiB in {:.1} s; both copies UpToDate", b >> 20, d.as_secs_f64()),
+                Some((d, b)) => format!(
+                    "sync finished: sent {} MiB in {:.1} s; both copies UpToDate",
+                    b >> 20,
+                    d.as_secs_f64()
+                ),
                 None => "sync finished; both copies UpToDate".into(),
             });
         }
@@ -776,7 +820,11 @@ async fn resync(vol: Arc<Volume>, epoch: u64, tx: mpsc::Sender<Vec<u8>>) {
                 }
                 st.counters.resync_bytes_sent += len;
             }
-            if tx.send(Msg::SyncData { offset, data }.to_bytes()).await.is_err() {
+            if tx
+                .send(Msg::SyncData { offset, data }.to_bytes())
+                .await
+                .is_err()
+            {
                 return;
             }
             drop(order);
@@ -809,7 +857,10 @@ pub async fn verify(vol: Arc<Volume>) -> Result<VerifyProgress, String> {
     let ready = {
         let mut st = vol.lock();
         if st.verify.as_ref().is_some_and(|v| v.running) {
-            return Err(format!("a verify of volume `{}` is already running", vol.cfg.name));
+            return Err(format!(
+                "a verify of volume `{}` is already running",
+                vol.cfg.name
+            ));
         }
         let ok = st
             .conn
@@ -848,9 +899,16 @@ pub async fn verify(vol: Arc<Volume>) -> Result<VerifyProgress, String> {
                 (wrx, (c.tx.clone(), id))
             };
             let (ptx, id) = tx;
-            ptx.send(Msg::Verify { id, offset, length: len as u32 }.to_bytes())
-                .await
-                .map_err(|_| "the peer disconnected".to_string())?;
+            ptx.send(
+                Msg::Verify {
+                    id,
+                    offset,
+                    length: len as u32,
+                }
+                .to_bytes(),
+            )
+            .await
+            .map_err(|_| "the peer disconnected".to_string())?;
             drop(order);
             let theirs = tokio::time::timeout(Duration::from_secs(30), rx)
                 .await
@@ -862,7 +920,11 @@ pub async fn verify(vol: Arc<Volume>) -> Result<VerifyProgress, String> {
             Ok((mine, theirs)) => {
                 let mut st = vol.lock();
                 let mut diffs = Vec::new();
-                for (i, (a, b)) in mine.iter().zip(theirs.iter().chain(std::iter::repeat(&0))).enumerate() {
+                for (i, (a, b)) in mine
+                    .iter()
+                    .zip(theirs.iter().chain(std::iter::repeat(&0)))
+                    .enumerate()
+                {
                     if a != b {
                         diffs.push(offset + i as u64 * BLOCK);
                     }

@@ -145,7 +145,8 @@ fn replace(path: &Path, bytes: &[u8]) -> Result<()> {
     f.write_all(bytes)
         .and_then(|()| f.sync_all())
         .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} into place", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} into place", tmp.display()))?;
     File::open(dir)
         .and_then(|d| d.sync_all())
         .with_context(|| format!("syncing directory {}", dir.display()))
@@ -172,7 +173,9 @@ impl Backing {
                     path.display()
                 )
             })?;
-        let meta = file.metadata().with_context(|| format!("reading {}", path.display()))?;
+        let meta = file
+            .metadata()
+            .with_context(|| format!("reading {}", path.display()))?;
         let block_device = meta.file_type().is_block_device();
         let have = if block_device {
             device_size(&file).with_context(|| format!("reading the size of {}", path.display()))?
@@ -350,8 +353,14 @@ mod tests {
         assert_eq!((m2, b2), (m, b));
         let e = p.load("data", 2 << 20).map(|_| ()).unwrap_err();
         assert!(format!("{e:#}").contains("--force"), "{e:#}");
-        let e = MetaPaths::new(dir.path(), "other").load("other", 1).map(|_| ()).unwrap_err();
-        assert!(format!("{e:#}").contains("tandem volume create other"), "{e:#}");
+        let e = MetaPaths::new(dir.path(), "other")
+            .load("other", 1)
+            .map(|_| ())
+            .unwrap_err();
+        assert!(
+            format!("{e:#}").contains("tandem volume create other"),
+            "{e:#}"
+        );
     }
 
     #[test]
@@ -377,7 +386,8 @@ mod tests {
         let path = dir.path().join("disk");
         assert!(Backing::create_file(&path, 1 << 20).unwrap_or_else(|e| panic!("{e:#}")));
         let b = Backing::open(&path, 1 << 20).unwrap_or_else(|e| panic!("{e:#}"));
-        b.write_at(&[7; 8192], 4096).unwrap_or_else(|e| panic!("{e}"));
+        b.write_at(&[7; 8192], 4096)
+            .unwrap_or_else(|e| panic!("{e}"));
         b.zero(4096, 4096).unwrap_or_else(|e| panic!("{e}"));
         let mut buf = [1u8; 8192];
         b.read_at(&mut buf, 4096).unwrap_or_else(|e| panic!("{e}"));

@@ -1,0 +1,285 @@
+//! Volume throughput and latency, side by side in one run: nbdkit's `file`
+//! plugin (no replication), Tandem with its peer disconnected (no
+//! replication), and Tandem protocol C to the peer in another namespace.
+//! Every server runs in node n1's namespace and is reached from the client
+//! namespace over the testbed's `lan` link; fio drives them with its `nbd`
+//! engine (libnbd).
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+use tandem_testbed::agents::{AgentCluster, ClusterShape};
+
+const GENEROUS: Duration = Duration::from_secs(120);
+
+/// One fio measurement.
+#[derive(Debug, Clone)]
+pub struct Figures {
+    /// Write bandwidth, MiB/s.
+    pub mib_s: f64,
+    /// Write IOPS.
+    pub iops: f64,
+    /// Completion latency mean, µs.
+    pub lat_mean_us: f64,
+    /// Completion latency p50, µs.
+    pub lat_p50_us: f64,
+    /// Completion latency p99, µs.
+    pub lat_p99_us: f64,
+}
+
+fn fio(
+    c: &AgentCluster,
+    uri: &str,
+    rw: &str,
+    bs: &str,
+    depth: u32,
+    seconds: u64,
+) -> Result<Figures> {
+    let ns = c.bed.client_ns();
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns,
+            "fio",
+            "--name=bench",
+            "--ioengine=nbd",
+        ])
+        .arg(format!("--uri={uri}"))
+        .arg(format!("--rw={rw}"))
+        .arg(format!("--bs={bs}"))
+        .arg(format!("--iodepth={depth}"))
+        .args([
+            "--size=1G",
+            "--time_based",
+            "--ramp_time=2",
+            "--output-format=json",
+        ])
+        .arg(format!("--runtime={seconds}"))
+        .output()
+        .context("running fio")?;
+    if !out.status.success() {
+        bail!("fio on {uri}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let v: Value = serde_json::from_slice(&out.stdout).context("fio's JSON")?;
+    let w = &v["jobs"][0]["write"];
+    let clat = &w["clat_ns"];
+    let pct = |p: &str| clat["percentile"][p].as_f64().unwrap_or(0.0) / 1000.0;
+    Ok(Figures {
+        mib_s: w["bw"].as_f64().unwrap_or(0.0) / 1024.0,
+        iops: w["iops"].as_f64().unwrap_or(0.0),
+        lat_mean_us: clat["mean"].as_f64().unwrap_or(0.0) / 1000.0,
+        lat_p50_us: pct("50.000000"),
+        lat_p99_us: pct("99.000000"),
+    })
+}
+
+fn tandem(c: &AgentCluster, tandem: &Path, n: usize, args: &[&str]) -> Result<String> {
+    let out = Command::new(tandem)
+        .args(args)
+        .arg("--socket")
+        .arg(c.socket(n))
+        .output()?;
+    if !out.status.success() {
+        bail!("tandem {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn volume(c: &AgentCluster, n: usize) -> Option<Value> {
+    c.status(n)?["volumes"].as_array()?.first().cloned()
+}
+
+fn wait_in_sync(c: &AgentCluster) -> Result<()> {
+    for n in [1, 2] {
+        c.wait(n, GENEROUS, "volume in sync and recorded", |s| {
+            s["volumes"]
+                .as_array()
+                .and_then(|v| v.first())
+                .is_some_and(|v| {
+                    v["link"] == "Connected"
+                        && v["disk"] == "UpToDate"
+                        && v["peer_disk"] == "UpToDate"
+                        && v["sync"].is_null()
+                        && v["record_up_to_date"] == serde_json::json!(["n1", "n2"])
+                })
+        })?;
+    }
+    Ok(())
+}
+
+fn rtt_us(c: &AgentCluster) -> Result<f64> {
+    let to = c.bed.address(2, "sync").to_string();
+    let out = c
+        .bed
+        .exec(1, "ping", &["-q", "-c", "50", "-i", "0.01", &to])?;
+    // rtt min/avg/max/mdev = a/b/c/d ms
+    let avg = out
+        .lines()
+        .find(|l| l.contains("min/avg/max"))
+        .and_then(|l| l.split('=').nth(1))
+        .and_then(|v| v.trim().split('/').nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .context("reading ping's summary")?;
+    Ok(avg * 1000.0)
+}
+
+struct Nbdkit(Child);
+
+impl Drop for Nbdkit {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs the comparison and prints the raw figures.
+pub fn run(tandem_bin: &Path, seconds: u64, size_mib: u64) -> Result<()> {
+    let dir = tempfile::tempdir_in("/var/tmp").context("a directory for the backing files")?;
+    let mut shape = ClusterShape::nodes(2);
+    shape.witness = true;
+    shape.extra = format!(
+        r#"
+[[volume]]
+name = "data"
+nodes = ["n1", "n2"]
+size = "{size_mib}MiB"
+backing = {{ n1 = "{d}/n1.img", n2 = "{d}/n2.img" }}
+nbd_tcp = "0.0.0.0:10809"
+resync_rate_mib_s = 4000
+
+[[group]]
+name = "db"
+preferred = ["n1", "n2"]
+failback = "manual"
+
+[[group.resource]]
+name = "disk"
+kind = "volume"
+volume = "data"
+"#,
+        d = dir.path().display()
+    );
+    let mut c = AgentCluster::prepare(tandem_bin, &shape)?;
+    for (n, source) in [(1, true), (2, false)] {
+        let mut cmd = Command::new(tandem_bin);
+        cmd.args(["volume", "create", "data", "--config"])
+            .arg(c.config_path())
+            .args(["--node", &format!("n{n}"), "--state-dir"])
+            .arg(c.state_dir(n));
+        if source {
+            cmd.arg("--source");
+        }
+        let out = cmd.output()?;
+        if !out.status.success() {
+            bail!("volume create: {}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+    c.start_members()?;
+    wait_in_sync(&c)?;
+    // Fill the volume once so every run writes over allocated blocks.
+    let n1 = c.bed.address(1, "lan").to_string();
+    let tandem_uri = format!("nbd://{n1}:10809/data");
+    // nbdkit serves a file of the same size on the same filesystem.
+    let kit_file = dir.path().join("nbdkit.img");
+    std::fs::File::create(&kit_file)?.set_len(size_mib << 20)?;
+    let kit = Nbdkit(
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &c.bed.node_ns(1),
+                "nbdkit",
+                "-f",
+                "-i",
+                &n1,
+                "-p",
+                "10810",
+                "file",
+            ])
+            .arg(&kit_file)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting nbdkit")?,
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let kit_uri = format!("nbd://{n1}:10810/");
+    println!("## volume: nbdkit file plugin vs Tandem unreplicated vs Tandem protocol C");
+    println!("machine: {}", super::machine());
+    println!(
+        "nbdkit {}; fio {}; volume {size_mib} MiB on /var/tmp (ext4 on virtio disk); servers in n1's namespace, fio --ioengine=nbd in the client namespace over the lan bridge; peer n2 in its own namespace over the sync bridge; {seconds} s per measurement after 2 s ramp",
+        version("nbdkit", "--version"),
+        version("fio", "--version")
+    );
+    let rtt = rtt_us(&c)?;
+    println!("sync link round trip n1 -> n2 (ping, 50 samples): {rtt:.0} us");
+    let started = Instant::now();
+    let tests: [(&str, &str, &str, u32); 3] = [
+        ("seq 1 MiB writes QD8", "write", "1M", 8),
+        ("rand 4 KiB writes QD1", "randwrite", "4k", 1),
+        ("rand 4 KiB writes QD16", "randwrite", "4k", 16),
+    ];
+    let mut rows = Vec::new();
+    for (label, rw, bs, depth) in tests {
+        let kit_f = fio(&c, &kit_uri, rw, bs, depth, seconds)?;
+        let c_f = fio(&c, &tandem_uri, rw, bs, depth, seconds)?;
+        // Unreplicated: the peer disconnected, writes tracked in the bitmap.
+        tandem(&c, tandem_bin, 2, &["volume", "disconnect", "data"])?;
+        c.wait(1, GENEROUS, "n1 alone and recorded alone", |s| {
+            s["volumes"][0]["link"] != "Connected"
+                && s["volumes"][0]["record_up_to_date"] == serde_json::json!(["n1"])
+        })?;
+        let alone_f = fio(&c, &tandem_uri, rw, bs, depth, seconds)?;
+        tandem(&c, tandem_bin, 2, &["volume", "connect", "data"])?;
+        wait_in_sync(&c)?;
+        let sent = volume(&c, 1).map_or(0, |v| {
+            v["counters"]["resync_bytes_sent"].as_u64().unwrap_or(0)
+        });
+        rows.push((label, kit_f, alone_f, c_f, sent));
+    }
+    drop(kit);
+    println!("\n| test | server | MiB/s | IOPS | lat mean us | p50 us | p99 us |\n|---|---|---|---|---|---|---|");
+    for (label, k, a, cc, _) in &rows {
+        for (name, f) in [
+            ("nbdkit file", k),
+            ("Tandem unreplicated", a),
+            ("Tandem protocol C", cc),
+        ] {
+            println!(
+                "| {label} | {name} | {:.1} | {:.0} | {:.0} | {:.0} | {:.0} |",
+                f.mib_s, f.iops, f.lat_mean_us, f.lat_p50_us, f.lat_p99_us
+            );
+        }
+    }
+    println!();
+    for (label, k, _, cc, sent) in &rows {
+        println!(
+            "{label}: protocol C throughput {:.0}% of nbdkit's; mean latency nbdkit {:.0} us, protocol C {:.0} us (bound nbdkit + RTT + 100 = {:.0} us); resync counter after the unreplicated run: {} MiB sent in total",
+            cc.mib_s / k.mib_s.max(0.001) * 100.0,
+            k.lat_mean_us,
+            cc.lat_mean_us,
+            k.lat_mean_us + rtt + 100.0,
+            sent >> 20
+        );
+    }
+    println!("total {:.0} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn version(program: &str, flag: &str) -> String {
+    Command::new(program)
+        .arg(flag)
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string()
+        })
+        .unwrap_or_default()
+}
