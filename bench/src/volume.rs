@@ -64,7 +64,10 @@ fn fio(
     if !out.status.success() {
         bail!("fio on {uri}: {}", String::from_utf8_lossy(&out.stderr));
     }
-    let v: Value = serde_json::from_slice(&out.stdout).context("fio's JSON")?;
+    // fio may print notes before its JSON.
+    let text = String::from_utf8_lossy(&out.stdout);
+    let json = text.find('{').map_or("", |i| &text[i..]);
+    let v: Value = serde_json::from_str(json).with_context(|| format!("fio's JSON: {text}"))?;
     let w = &v["jobs"][0]["write"];
     let clat = &w["clat_ns"];
     let pct = |p: &str| clat["percentile"][p].as_f64().unwrap_or(0.0) / 1000.0;

@@ -142,13 +142,23 @@ async fn client<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(vol: Arc<Vol
     });
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut parser = RequestParser::new(vol.cfg.size, false);
-    let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
-    let mut chunk = vec![0u8; 256 << 10];
+    let mut buf: Vec<u8> = Vec::with_capacity(2 << 20);
+    // Demotion cuts the client: a watcher wakes the reader (a stored
+    // permit if the reader is busy).
+    let cut = Arc::new(tokio::sync::Notify::new());
+    let watcher = {
+        let (vol, cut) = (vol.clone(), cut.clone());
+        tokio::spawn(async move {
+            demoted(&vol).await;
+            cut.notify_one();
+        })
+    };
     'read: loop {
-        // Everything parseable first.
+        // Everything parseable first; consumed bytes are dropped once.
+        let mut start = 0;
         loop {
-            let (n, ev) = parser.next(&buf);
-            buf.drain(..n);
+            let (n, ev) = parser.next(&buf[start..]);
+            start += n;
             let Some(ev) = ev else {
                 if n == 0 {
                     break;
@@ -183,19 +193,20 @@ async fn client<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(vol: Arc<Vol
                 }
             }
         }
-        let want = parser.wanted().max(1);
-        if buf.capacity() < want {
-            buf.reserve(want - buf.len());
-        }
+        buf.drain(..start);
+        // Room for what the parser waits for, read straight into the buffer.
+        let want = parser.wanted().saturating_sub(buf.len()).max(256 << 10);
+        buf.reserve(want);
         let read = tokio::select! {
-            r = rd.read(&mut chunk) => r,
-            _ = demoted(&vol) => break 'read,
+            r = rd.read_buf(&mut buf) => r,
+            _ = cut.notified() => break 'read,
         };
         match read {
             Ok(0) | Err(_) => break,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Ok(_) => {}
         }
     }
+    watcher.abort();
     // Outstanding requests finish (bounded by the write wait) before the
     // socket closes.
     let _ = tokio::time::timeout(

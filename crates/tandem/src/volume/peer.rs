@@ -227,23 +227,35 @@ async fn read_msg<R: AsyncReadExt + Unpin>(s: &mut R) -> Result<Msg> {
     s.read_exact(&mut body)
         .await
         .context("reading from the peer")?;
-    Ok(link::decode(h[0], &body)?)
+    Ok(link::decode_owned(h[0], body)?)
 }
 
 async fn writer(mut w: OwnedWriteHalf, mut rx: mpsc::Receiver<Vec<u8>>) {
-    let mut buf = Vec::with_capacity(1 << 20);
+    let mut buf = Vec::with_capacity(256 << 10);
     while let Some(frame) = rx.recv().await {
-        buf.clear();
-        buf.extend_from_slice(&frame);
-        // Coalesce what is already queued into one write.
-        while buf.len() < (4 << 20) {
-            match rx.try_recv() {
-                Ok(f) => buf.extend_from_slice(&f),
-                Err(_) => break,
+        // Large frames go out as they are; small ones (acknowledgements,
+        // 4 KiB writes) are coalesced with what is already queued.
+        let mut next = Some(frame);
+        while let Some(f) = next.take() {
+            if f.len() >= 64 << 10 {
+                if (!buf.is_empty() && w.write_all(&buf).await.is_err())
+                    || w.write_all(&f).await.is_err()
+                {
+                    return;
+                }
+                buf.clear();
+            } else {
+                buf.extend_from_slice(&f);
+            }
+            if buf.len() < (256 << 10) {
+                next = rx.try_recv().ok();
             }
         }
-        if w.write_all(&buf).await.is_err() {
-            return;
+        if !buf.is_empty() {
+            if w.write_all(&buf).await.is_err() {
+                return;
+            }
+            buf.clear();
         }
     }
 }
@@ -251,7 +263,10 @@ async fn writer(mut w: OwnedWriteHalf, mut rx: mpsc::Receiver<Vec<u8>>) {
 /// One connected session, from handshake to teardown.
 async fn session(vol: Arc<Volume>, stream: TcpStream) {
     let epoch = vol.next_epoch();
-    let (mut rd, wr) = stream.into_split();
+    let (rd, wr) = stream.into_split();
+    // Buffered: small frames (acknowledgements, 4 KiB writes) take one
+    // read call for many.
+    let mut rd = tokio::io::BufReader::with_capacity(256 << 10, rd);
     let (tx, rx) = mpsc::channel::<Vec<u8>>(LINK_QUEUE);
     let writer = tokio::spawn(writer(wr, rx));
     let old = vol.lock().conn.as_ref().map(|c| c.epoch);
@@ -278,7 +293,7 @@ async fn handshake(
     vol: &Arc<Volume>,
     epoch: u64,
     tx: &mpsc::Sender<Vec<u8>>,
-    rd: &mut OwnedReadHalf,
+    rd: &mut tokio::io::BufReader<OwnedReadHalf>,
     side: Side,
     bitmap: Vec<u8>,
 ) -> Result<bool> {
@@ -481,7 +496,7 @@ async fn serve(
     vol: &Arc<Volume>,
     epoch: u64,
     tx: &mpsc::Sender<Vec<u8>>,
-    rd: &mut OwnedReadHalf,
+    rd: &mut tokio::io::BufReader<OwnedReadHalf>,
 ) -> String {
     let ping_tx = tx.clone();
     let interval = Duration::from_millis(vol.cfg.ping_interval_ms);
