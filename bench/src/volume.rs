@@ -144,43 +144,10 @@ pub fn run(tandem_bin: &Path, seconds: u64, size_mib: u64) -> Result<()> {
     let dir = tempfile::tempdir_in("/var/tmp").context("a directory for the backing files")?;
     let mut shape = ClusterShape::nodes(2);
     shape.witness = true;
-    shape.extra = format!(
-        r#"
-[[volume]]
-name = "data"
-nodes = ["n1", "n2"]
-size = "{size_mib}MiB"
-backing = {{ n1 = "{d}/n1.img", n2 = "{d}/n2.img" }}
-nbd_tcp = "0.0.0.0:10809"
-resync_rate_mib_s = 4000
-
-[[group]]
-name = "db"
-preferred = ["n1", "n2"]
-failback = "manual"
-
-[[group.resource]]
-name = "disk"
-kind = "volume"
-volume = "data"
-"#,
-        d = dir.path().display()
-    );
+    shape.extra =
+        tandem_testbed::agents::volume_config(dir.path(), &format!("{size_mib}MiB"), "", false);
     let mut c = AgentCluster::prepare(tandem_bin, &shape)?;
-    for (n, source) in [(1, true), (2, false)] {
-        let mut cmd = Command::new(tandem_bin);
-        cmd.args(["volume", "create", "data", "--config"])
-            .arg(c.config_path())
-            .args(["--node", &format!("n{n}"), "--state-dir"])
-            .arg(c.state_dir(n));
-        if source {
-            cmd.arg("--source");
-        }
-        let out = cmd.output()?;
-        if !out.status.success() {
-            bail!("volume create: {}", String::from_utf8_lossy(&out.stderr));
-        }
-    }
+    c.create_volume_copies("data", 1)?;
     c.start_members()?;
     wait_in_sync(&c)?;
     // Fill the volume once so every run writes over allocated blocks.

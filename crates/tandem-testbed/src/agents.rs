@@ -76,6 +76,29 @@ impl AgentCluster {
         Ok(())
     }
 
+    /// Creates both copies of `volume` with `tandem volume create` (before
+    /// [`AgentCluster::start_members`]); member `source` holds the data.
+    pub fn create_volume_copies(&self, volume: &str, source: usize) -> Result<()> {
+        for n in [1, 2] {
+            let mut cmd = Command::new(&self.binary);
+            cmd.args(["volume", "create", volume, "--config"])
+                .arg(self.config_path())
+                .args(["--node", &format!("n{n}"), "--state-dir"])
+                .arg(self.state_dir(n));
+            if n == source {
+                cmd.arg("--source");
+            }
+            let out = cmd.output().context("running tandem volume create")?;
+            if !out.status.success() {
+                bail!(
+                    "tandem volume create {volume} on n{n}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Member `n`'s state directory.
     pub fn state_dir(&self, n: usize) -> PathBuf {
         self.dir.path().join(format!("state-n{n}"))
@@ -231,6 +254,41 @@ impl AgentCluster {
             self.logs()
         )
     }
+}
+
+/// Volume `data` (copies on n1 and n2, backing files in `dir`, NBD on TCP
+/// port 10809 on every node, `extra` keys added) and group `db` = the
+/// volume, then (with `vip`) the floating IP 10.77.1.100/24.
+pub fn volume_config(dir: &Path, size: &str, extra: &str, vip: bool) -> String {
+    let mut cfg = format!(
+        r#"
+[[volume]]
+name = "data"
+nodes = ["n1", "n2"]
+size = "{size}"
+backing = {{ n1 = "{}", n2 = "{}" }}
+nbd_tcp = "0.0.0.0:10809"
+resync_rate_mib_s = 4000
+{extra}
+
+[[group]]
+name = "db"
+preferred = ["n1", "n2"]
+failback = "manual"
+
+[[group.resource]]
+name = "disk"
+kind = "volume"
+volume = "data"
+"#,
+        dir.join("n1.img").display(),
+        dir.join("n2.img").display()
+    );
+    if vip {
+        cfg +=
+            "\n[[group.resource]]\nname = \"vip\"\nkind = \"ip\"\naddress = \"10.77.1.100/24\"\n";
+    }
+    cfg
 }
 
 /// A node ping monitor of the client (10.77.1.250) over `lan`: 200 ms

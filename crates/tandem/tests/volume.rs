@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use rand::{RngCore, SeedableRng};
 use serde_json::Value;
-use tandem_testbed::agents::{AgentCluster, ClusterShape};
+use tandem_testbed::agents::{self, AgentCluster, ClusterShape};
 use tandem_testbed::require_root;
 
 const TANDEM: &str = env!("CARGO_BIN_EXE_tandem");
@@ -29,38 +29,6 @@ const URI: &str = "nbd://10.77.1.100:10809/data";
 
 /// One cluster at a time: the machine has two cores.
 static SERIAL: Mutex<()> = Mutex::new(());
-
-fn volume_config(dir: &Path, size: &str, extra: &str) -> String {
-    format!(
-        r#"
-[[volume]]
-name = "data"
-nodes = ["n1", "n2"]
-size = "{size}"
-backing = {{ n1 = "{}", n2 = "{}" }}
-nbd_tcp = "0.0.0.0:10809"
-resync_rate_mib_s = 2000
-{extra}
-
-[[group]]
-name = "db"
-preferred = ["n1", "n2"]
-failback = "manual"
-
-[[group.resource]]
-name = "disk"
-kind = "volume"
-volume = "data"
-
-[[group.resource]]
-name = "vip"
-kind = "ip"
-address = "10.77.1.100/24"
-"#,
-        dir.join("n1.img").display(),
-        dir.join("n2.img").display()
-    )
-}
 
 struct Vol {
     c: AgentCluster,
@@ -74,31 +42,10 @@ impl Vol {
         let dir = tempfile::tempdir().unwrap();
         let mut shape = ClusterShape::nodes(2);
         shape.witness = true;
-        shape.extra = volume_config(dir.path(), size, extra);
+        shape.extra = agents::volume_config(dir.path(), size, extra, true);
         let c = AgentCluster::prepare(TANDEM, &shape).unwrap();
         let mut v = Vol { c, dir };
-        for (n, source) in [(1, true), (2, false)] {
-            let mut args = vec![
-                "volume".to_string(),
-                "create".into(),
-                "data".into(),
-                "--config".into(),
-                v.c.config_path().display().to_string(),
-                "--node".into(),
-                format!("n{n}"),
-                "--state-dir".into(),
-                v.c.state_dir(n).display().to_string(),
-            ];
-            if source {
-                args.push("--source".into());
-            }
-            let out = Command::new(TANDEM).args(&args).output().unwrap();
-            assert!(
-                out.status.success(),
-                "volume create n{n}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
+        v.c.create_volume_copies("data", 1).unwrap();
         v.c.start_members().unwrap();
         v
     }
@@ -205,7 +152,7 @@ fn image_mib() -> u64 {
 /// Acceptance: a 1 GiB random image written with nbdcopy through the
 /// primary; after an unplanned failover (kill -9 of the primary's agent)
 /// the new primary serves byte-identical data (read back with nbdcopy and
-/// compared with `cmp`, and with `qemu-img compare`).
+/// compared with `cmp`, with `qemu-img compare`, and through `nbdfuse`).
 #[test]
 fn image_written_through_the_primary_is_identical_after_failover() {
     if !require_root("image_written_through_the_primary_is_identical_after_failover") {
@@ -263,7 +210,22 @@ fn image_written_through_the_primary_is_identical_after_failover() {
         ],
     );
     assert!(cmp.contains("identical"), "{cmp}");
-    println!("{mib} MiB written through n1 in {write_s:.1} s; identical on n2 after kill -9 of n1");
+    // nbdfuse: the export as a file through FUSE, read with cmp (in one
+    // shell: `ip netns exec` gives the mount a namespace of its own).
+    let mnt = v.dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let (m, f) = (mnt.display(), src.display());
+    v.client(
+        "sh",
+        &[
+            "-c",
+            &format!(
+                "nbdfuse {m} {URI} & i=0; while [ ! -e {m}/nbd ] && [ $i -lt 200 ]; do sleep 0.1; i=$((i+1)); done; \
+                 cmp {f} {m}/nbd; r=$?; fusermount3 -u {m}; wait; exit $r"
+            ),
+        ],
+    );
+    println!("{mib} MiB written through n1 in {write_s:.1} s; identical on n2 after kill -9 of n1 (nbdcopy + cmp, qemu-img compare, nbdfuse + cmp)");
 }
 
 /// What the torture writer knows about one block.

@@ -32,21 +32,7 @@ pub async fn serve_unix(vol: Arc<Volume>, path: &Path) -> Result<()> {
     let _ = std::fs::remove_file(path);
     let l = UnixListener::bind(path)
         .with_context(|| format!("binding the NBD socket {}", path.display()))?;
-    let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
-    loop {
-        let Ok((s, _)) = l.accept().await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            continue;
-        };
-        let vol = vol.clone();
-        tokio::spawn(async move {
-            client(vol, s).await;
-            drop(permit);
-        });
-    }
+    accept_loop(vol, || async { l.accept().await.map(|(s, _)| s) }).await
 }
 
 /// Serves the volume's TCP export until the agent stops.
@@ -54,13 +40,27 @@ pub async fn serve_tcp(vol: Arc<Volume>, addr: std::net::SocketAddr) -> Result<(
     let l = TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding the NBD address {addr}"))?;
+    accept_loop(vol, || async {
+        let (s, _) = l.accept().await?;
+        s.set_nodelay(true).ok();
+        Ok(s)
+    })
+    .await
+}
+
+/// Accepts clients, at most [`MAX_CLIENTS`] at once (more are closed).
+async fn accept_loop<S, F, Fut>(vol: Arc<Volume>, accept: F) -> Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<S>>,
+{
     let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
     loop {
-        let Ok((s, _)) = l.accept().await else {
+        let Ok(s) = accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        s.set_nodelay(true).ok();
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             continue;
         };

@@ -383,25 +383,44 @@ async fn handshake(
             drop(st);
             vol.event(format!("connected to {}: in sync", vol.cfg.peer));
         }
-        Sync::Source { full } => {
+        Sync::Source { full } | Sync::Target { full } => {
+            let source = matches!(sync, Sync::Source { .. });
             let mut st = vol.lock();
             let t = total(&st, full);
-            if full {
-                st.bitmap.set_all();
+            if source {
+                if full {
+                    st.bitmap.set_all();
+                } else {
+                    st.bitmap.union(&their_bitmap);
+                }
+                st.bitmap_dirty = true;
             } else {
-                st.bitmap.union(&their_bitmap);
+                // Persisted before the first sync block lands: a copy cut
+                // off mid-sync must never look consistent.
+                st.meta.consistent = false;
+                st.meta.up_to_date = false;
+                vol.cfg.paths.save_meta(&st.meta)?;
             }
-            st.bitmap_dirty = true;
             let Some(c) = st.conn.as_mut().filter(|c| c.epoch == epoch) else {
                 return Ok(false);
             };
-            c.replicating = true;
-            c.sync_role = SyncRole::Source;
+            // The source replicates new writes at once; the target only
+            // applies what it receives.
+            c.replicating = source;
+            c.sync_role = if source {
+                SyncRole::Source
+            } else {
+                SyncRole::Target
+            };
             c.peer_primary = theirs.primary;
             st.link = LinkState::Connected;
-            st.peer_disk = DiskState::Inconsistent;
+            st.peer_disk = if source {
+                DiskState::Inconsistent
+            } else {
+                DiskState::UpToDate
+            };
             st.sync = Some(SyncProgress {
-                direction: "source".into(),
+                direction: if source { "source" } else { "target" }.into(),
                 full,
                 total_bytes: t,
                 done_bytes: 0,
@@ -411,45 +430,16 @@ async fn handshake(
             });
             drop(st);
             vol.event(format!(
-                "connected to {}: this copy is the sync source ({}, {} MiB to copy)",
+                "connected to {}: this copy is the sync {} ({}, {} MiB to {})",
                 vol.cfg.peer,
+                if source { "source" } else { "target" },
                 if full { "full sync" } else { "by bitmap" },
-                t >> 20
+                t >> 20,
+                if source { "copy" } else { "receive" }
             ));
-            tokio::spawn(resync(vol.clone(), epoch, tx.clone()));
-        }
-        Sync::Target { full } => {
-            let mut st = vol.lock();
-            let t = total(&st, full);
-            // Persisted before the first sync block lands: a copy cut off
-            // mid-sync must never look consistent.
-            st.meta.consistent = false;
-            st.meta.up_to_date = false;
-            vol.cfg.paths.save_meta(&st.meta)?;
-            let Some(c) = st.conn.as_mut().filter(|c| c.epoch == epoch) else {
-                return Ok(false);
-            };
-            c.replicating = false;
-            c.sync_role = SyncRole::Target;
-            c.peer_primary = theirs.primary;
-            st.link = LinkState::Connected;
-            st.peer_disk = DiskState::UpToDate;
-            st.sync = Some(SyncProgress {
-                direction: "target".into(),
-                full,
-                total_bytes: t,
-                done_bytes: 0,
-                started,
-                rate_bytes_s: 0.0,
-                eta_s: None,
-            });
-            drop(st);
-            vol.event(format!(
-                "connected to {}: this copy is the sync target ({}, {} MiB to receive)",
-                vol.cfg.peer,
-                if full { "full sync" } else { "by bitmap" },
-                t >> 20
-            ));
+            if source {
+                tokio::spawn(resync(vol.clone(), epoch, tx.clone()));
+            }
         }
         Sync::SplitBrain => {
             let text = format!(
