@@ -759,6 +759,13 @@ impl Volume {
                 .is_some_and(|r| !r.up_to_date.is_empty() && !r.up_to_date.contains(&self.cfg.me))
     }
 
+    /// A primary the record leaves out while it is not replicating: it
+    /// cannot acknowledge writes (the resource monitor reports it).
+    pub fn outdated_primary(&self) -> bool {
+        let replicating = self.lock().conn.as_ref().is_some_and(|c| c.replicating);
+        !replicating && self.excluded()
+    }
+
     /// FLUSH: local copy, then the peer's (so it keeps its meaning on both).
     pub async fn flush(&self) -> Result<(), u32> {
         if !self.is_primary() {

@@ -355,17 +355,12 @@ impl Hub {
     /// resource monitor).
     pub fn trouble(&self, name: &str) -> Option<String> {
         let v = self.volumes.get(name)?;
-        let s = v.status();
-        if s.role != "primary" {
+        if !v.is_primary() {
             return Some(format!("volume `{name}` is not primary here"));
         }
-        match s.record_up_to_date {
-            Some(r) if !r.is_empty() && !r.contains(&s.node) && s.link != LinkState::Connected => Some(format!(
-                "volume `{name}`: the cluster records only {} as up to date; this copy is outdated and cannot acknowledge writes",
-                r.join(", ")
-            )),
-            _ => None,
-        }
+        v.outdated_primary().then(|| format!(
+            "volume `{name}`: the cluster records another copy as the only one up to date; this copy is outdated and cannot acknowledge writes"
+        ))
     }
 
     /// Runs one `tandem volume` command.

@@ -698,7 +698,7 @@ async fn sync_done(
         Some(SyncRole::Target) => {
             vol.sync_local()
                 .map_err(|_| anyhow::anyhow!("flushing the synced copy failed"))?;
-            let (gens, took) = finish_target(vol, gens)?;
+            let (gens, took) = finish_sync(vol, Some(gens))?;
             send(tx, Msg::SyncDone { gens }).await?;
             vol.event(match took {
                 Some((d, b)) => format!(
@@ -710,7 +710,7 @@ async fn sync_done(
             });
         }
         Some(SyncRole::Source) => {
-            let took = finish_source(vol)?;
+            let (_, took) = finish_sync(vol, None)?;
             vol.event(match took {
                 Some((d, b)) => format!(
                     "sync finished: sent {} MiB in {:.1} s; both copies UpToDate",
@@ -728,16 +728,23 @@ async fn sync_done(
 
 type Took = Option<(Duration, u64)>;
 
-/// The target adopts the source's generations: its copy is now the same.
-fn finish_target(
+/// Ends a sync on either side. The target adopts the source's generations
+/// (`adopt`: its copy is now the same, its bitmap empty); the source moves
+/// the shared generation into history. Both then replicate in sync.
+fn finish_sync(
     vol: &Volume,
-    gens: tandem_core::volume::Generations,
+    adopt: Option<tandem_core::volume::Generations>,
 ) -> Result<(tandem_core::volume::Generations, Took)> {
     let mut st = vol.lock();
-    st.meta.gens = tandem_core::volume::Generations { bitmap: 0, ..gens };
-    st.meta.consistent = true;
+    match adopt {
+        Some(gens) => {
+            st.meta.gens = tandem_core::volume::Generations { bitmap: 0, ..gens };
+            st.meta.consistent = true;
+            st.bitmap.clear_all();
+        }
+        None => st.meta.gens.sync_finished(),
+    }
     st.meta.up_to_date = true;
-    st.bitmap.clear_all();
     vol.cfg.paths.save_bitmap(&st.bitmap)?;
     vol.cfg.paths.save_meta(&st.meta)?;
     st.bitmap_dirty = false;
@@ -752,26 +759,6 @@ fn finish_target(
     }
     st.peer_disk = DiskState::UpToDate;
     Ok((st.meta.gens, took))
-}
-
-/// The source saw the target finish: the shared generation is history.
-fn finish_source(vol: &Volume) -> Result<Took> {
-    let mut st = vol.lock();
-    st.meta.gens.sync_finished();
-    st.meta.up_to_date = true;
-    vol.cfg.paths.save_meta(&st.meta)?;
-    vol.cfg.paths.save_bitmap(&st.bitmap)?;
-    st.bitmap_dirty = false;
-    st.counters.syncs_finished += 1;
-    let took = st
-        .sync
-        .take()
-        .and_then(|s| s.started.map(|t| (t.elapsed(), s.done_bytes)));
-    if let Some(c) = st.conn.as_mut() {
-        c.sync_role = SyncRole::InSync;
-    }
-    st.peer_disk = DiskState::UpToDate;
-    Ok(took)
 }
 
 /// The source's side of a sync: every marked block, in order, at most the
