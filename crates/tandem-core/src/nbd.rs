@@ -7,8 +7,6 @@
 //! that guards the copy on disk. Only simple replies are used (the protocol
 //! lets a server refuse structured replies; every client here falls back).
 
-use std::fmt;
-
 /// `NBDMAGIC`: the first eight bytes a server sends.
 pub const NBD_MAGIC: u64 = 0x4e42_444d_4147_4943;
 /// `IHAVEOPT`: the magic before every option, and in the greeting.
@@ -99,12 +97,6 @@ pub mod errno {
     pub const EIO: u32 = 5;
     /// Invalid argument (bad range, flags or command).
     pub const EINVAL: u32 = 22;
-    /// No space left.
-    pub const ENOSPC: u32 = 28;
-    /// Value too large (a read or write bigger than allowed).
-    pub const EOVERFLOW: u32 = 75;
-    /// Not supported.
-    pub const ENOTSUP: u32 = 95;
     /// The server is shutting down (the volume was demoted).
     pub const ESHUTDOWN: u32 = 108;
 }
@@ -482,16 +474,6 @@ pub enum Op {
     },
 }
 
-impl Op {
-    /// Whether the request changes the copy.
-    pub fn writes(&self) -> bool {
-        matches!(
-            self,
-            Op::Write { .. } | Op::Trim { .. } | Op::WriteZeroes { .. }
-        )
-    }
-}
-
 /// What the parser found next in the stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
@@ -527,12 +509,6 @@ pub enum FrameError {
     /// stay in step would let a client make the server buffer anything.
     #[error("write of {0} bytes is larger than the {MAX_PAYLOAD}-byte maximum")]
     PayloadTooLarge(u32),
-}
-
-impl fmt::Display for Event {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{self:?}")
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
