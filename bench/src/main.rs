@@ -37,6 +37,10 @@ enum What {
         /// Volume size in MiB.
         #[arg(long, default_value_t = 1024)]
         size_mib: u64,
+        /// Run only the tests whose label contains this text (e.g. `seq`,
+        /// `QD16`); all three by default.
+        #[arg(long)]
+        only: Option<String>,
     },
     /// Time from cutting every link of a node to `node dead` at its peers.
     Detect {
@@ -485,7 +489,11 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     println!("command: {}", args.join(" "));
     match cli.what {
-        What::Volume { seconds, size_mib } => volume::run(&cli.tandem, seconds, size_mib),
+        What::Volume {
+            seconds,
+            size_mib,
+            only,
+        } => volume::run(&cli.tandem, seconds, size_mib, only.as_deref()),
         What::Detect { runs, nodes } => detect(cli.tandem, runs, nodes),
         What::Soak {
             minutes,

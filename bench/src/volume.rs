@@ -140,7 +140,7 @@ impl Drop for Nbdkit {
 }
 
 /// Runs the comparison and prints the raw figures.
-pub fn run(tandem_bin: &Path, seconds: u64, size_mib: u64) -> Result<()> {
+pub fn run(tandem_bin: &Path, seconds: u64, size_mib: u64, only: Option<&str>) -> Result<()> {
     let dir = tempfile::tempdir_in("/var/tmp").context("a directory for the backing files")?;
     let mut shape = ClusterShape::nodes(2);
     shape.witness = true;
@@ -195,6 +195,9 @@ pub fn run(tandem_bin: &Path, seconds: u64, size_mib: u64) -> Result<()> {
     ];
     let mut rows = Vec::new();
     for (label, rw, bs, depth) in tests {
+        if only.is_some_and(|o| !label.contains(o)) {
+            continue;
+        }
         let kit_f = fio(&c, &kit_uri, rw, bs, depth, seconds)?;
         let c_f = fio(&c, &tandem_uri, rw, bs, depth, seconds)?;
         // Unreplicated: the peer disconnected, writes tracked in the bitmap.

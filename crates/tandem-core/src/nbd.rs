@@ -565,35 +565,54 @@ impl RequestParser {
                 None => (0, None),
                 Some(hdr) => (REQUEST_LEN, self.header(hdr)),
             },
-            ParseState::Payload {
-                cookie,
-                offset,
-                length,
-                fua,
-                refuse,
-            } => {
-                let Some(data) = input.get(..length as usize) else {
-                    return (0, None);
-                };
-                self.state = ParseState::Header;
-                let ev = match refuse {
-                    Some(errno) => Event::Refuse {
-                        cookie,
-                        errno,
-                        why: std::mem::take(&mut self.refuse_why),
-                    },
-                    None => Event::Request {
-                        cookie,
-                        op: Op::Write {
-                            offset,
-                            data: data.to_vec(),
-                            fua,
-                        },
-                    },
-                };
-                (length as usize, Some(ev))
-            }
+            ParseState::Payload { length, .. } => match input.get(..length as usize) {
+                None => (0, None),
+                Some(data) => (length as usize, self.take_payload(data.to_vec())),
+            },
         }
+    }
+
+    /// The length of the write payload the parser waits for, if it waits
+    /// for one: a caller may read it into a buffer of its own and hand it
+    /// over with [`RequestParser::take_payload`] instead of through
+    /// [`RequestParser::next`].
+    pub fn payload_wanted(&self) -> Option<usize> {
+        match self.state {
+            ParseState::Payload { length, .. } => Some(length as usize),
+            _ => None,
+        }
+    }
+
+    /// Hands over the awaited write payload as an owned buffer (its data
+    /// becomes the request's, not copied). `None` if no payload was
+    /// awaited or `data` is not exactly [`RequestParser::payload_wanted`]
+    /// bytes long; the parser's state is then unchanged.
+    pub fn take_payload(&mut self, data: Vec<u8>) -> Option<Event> {
+        let ParseState::Payload {
+            cookie,
+            offset,
+            length,
+            fua,
+            refuse,
+        } = self.state
+        else {
+            return None;
+        };
+        if data.len() != length as usize {
+            return None;
+        }
+        self.state = ParseState::Header;
+        Some(match refuse {
+            Some(errno) => Event::Refuse {
+                cookie,
+                errno,
+                why: std::mem::take(&mut self.refuse_why),
+            },
+            None => Event::Request {
+                cookie,
+                op: Op::Write { offset, data, fua },
+            },
+        })
     }
 
     /// Whether the stream was closed (DISC or a framing error).

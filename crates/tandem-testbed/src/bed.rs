@@ -109,6 +109,13 @@ impl Testbed {
     fn build(&mut self, flavor: &Flavor) -> Result<()> {
         let sw = self.switch_ns();
         add_netns(&sw)?;
+        // A switch, not a firewall: where br_netfilter is loaded, bridged
+        // frames would otherwise each pass through the iptables hooks.
+        // Only present (and per namespace) with that module.
+        for t in ["iptables", "ip6tables", "arptables"] {
+            let knob = format!("net.bridge.bridge-nf-call-{t}=0");
+            let _ = sys::run_in(&sw, "sysctl", &["-q", "-w", &knob]);
+        }
         for l in &self.spec.links {
             sys::ip(&sw, &["link", "add", &format!("br-{l}"), "type", "bridge"])?;
             sys::ip(&sw, &["link", "set", &format!("br-{l}"), "up"])?;

@@ -216,6 +216,60 @@ fn events(p: &mut RequestParser, input: &[u8], chunk: usize) -> Vec<Event> {
     out
 }
 
+/// Every event in `input` fed in pieces of `chunk` bytes, with each write
+/// payload handed over as an owned buffer the way the server reads large
+/// ones.
+fn events_taking_payloads(p: &mut RequestParser, input: &[u8], chunk: usize) -> Vec<Event> {
+    let mut buf: Vec<u8> = vec![];
+    let mut out = vec![];
+    for piece in input.chunks(chunk.max(1)) {
+        buf.extend_from_slice(piece);
+        loop {
+            if let Some(len) = p.payload_wanted() {
+                if buf.len() < len {
+                    break;
+                }
+                if len > 0 {
+                    assert_eq!(p.take_payload(buf[..len - 1].to_vec()), None);
+                }
+                let data: Vec<u8> = buf.drain(..len).collect();
+                out.extend(p.take_payload(data));
+                continue;
+            }
+            let (n, ev) = p.next(&buf);
+            buf.drain(..n);
+            if let Some(ev) = ev {
+                out.push(ev);
+            } else if n == 0 {
+                break;
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_payload_is_only_taken_when_awaited_and_whole() {
+    let mut p = RequestParser::new(1 << 20, false);
+    assert_eq!(p.payload_wanted(), None);
+    assert_eq!(p.take_payload(vec![1; 4]), None);
+    assert_eq!(p.next(&req(CMD_WRITE, 0, 5, 512, 4)), (REQUEST_LEN, None));
+    assert_eq!(p.payload_wanted(), Some(4));
+    assert_eq!(p.take_payload(vec![1; 3]), None);
+    assert_eq!(
+        p.take_payload(vec![1; 4]),
+        Some(Event::Request {
+            cookie: 5,
+            op: Op::Write {
+                offset: 512,
+                data: vec![1; 4],
+                fua: false
+            }
+        })
+    );
+    assert_eq!(p.payload_wanted(), None);
+}
+
 #[test]
 fn requests_parse_and_bad_ones_are_refused_in_step() {
     let mut s = vec![];
@@ -345,6 +399,9 @@ proptest! {
         let mut pieces = RequestParser::new(size, false);
         let b = events(&mut pieces, &s, chunk);
         prop_assert_eq!(&a, &b);
+        let mut taking = RequestParser::new(size, false);
+        let c = events_taking_payloads(&mut taking, &s, chunk);
+        prop_assert_eq!(&a, &c);
         prop_assert!(whole.wanted() <= MAX_PAYLOAD as usize);
         for ev in &a {
             if let Event::Request { op, .. } = ev {

@@ -299,6 +299,73 @@ impl Msg {
         self.encode(&mut v);
         v
     }
+
+    /// The framed message with the data of a write or sync block kept
+    /// apart, moved rather than copied: on the wire `head` then `data`.
+    pub fn into_frame(self) -> Frame {
+        match self {
+            Msg::Write {
+                id,
+                offset,
+                fua,
+                data,
+            } => {
+                let mut head = Msg::Write {
+                    id,
+                    offset,
+                    fua,
+                    data: Vec::new(),
+                }
+                .to_bytes();
+                add_len(&mut head, data.len());
+                Frame { head, data }
+            }
+            Msg::SyncData { offset, data } => {
+                let mut head = Msg::SyncData {
+                    offset,
+                    data: Vec::new(),
+                }
+                .to_bytes();
+                add_len(&mut head, data.len());
+                Frame { head, data }
+            }
+            other => Frame {
+                head: other.to_bytes(),
+                data: Vec::new(),
+            },
+        }
+    }
+}
+
+/// Grows the body length a frame header announces by `extra` bytes (data
+/// sent after the encoded part).
+fn add_len(frame: &mut [u8], extra: usize) {
+    let mut l = [0u8; 4];
+    l.copy_from_slice(&frame[1..FRAME_HEADER]);
+    let len = u32::from_be_bytes(l).saturating_add(extra as u32);
+    frame[1..FRAME_HEADER].copy_from_slice(&len.to_be_bytes());
+}
+
+/// A message ready to send: the encoded header and fields, then bulk data
+/// (empty except for writes and sync blocks).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    /// Frame header and every field but the bulk data.
+    pub head: Vec<u8>,
+    /// The bulk data, sent right after `head`.
+    pub data: Vec<u8>,
+}
+
+impl Frame {
+    /// Bytes on the wire.
+    pub fn len(&self) -> usize {
+        self.head.len() + self.data.len()
+    }
+
+    /// Whether the frame is empty (never, for an encoded message).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// The body length a frame header announces, checked against the limit.
@@ -361,27 +428,35 @@ impl<'a> Body<'a> {
     }
 }
 
-/// Decodes one frame body of `kind`, reusing the body's allocation for
-/// the data of writes and sync data (the bulk of the traffic).
-pub fn decode_owned(kind: u8, mut body: Vec<u8>) -> Result<Msg, LinkError> {
-    let fixed = match kind {
-        K_WRITE => 17,
-        K_SYNC_DATA => 8,
-        _ => return decode(kind, &body),
-    };
-    let head = decode(kind, &body[..fixed.min(body.len())])?;
-    body.drain(..fixed);
-    Ok(match head {
+/// Fixed-field bytes at the front of a frame body whose rest is bulk data
+/// (writes and sync blocks), so a reader can take the data straight into
+/// its own buffer; `None` for every other kind.
+pub fn bulk_prefix(kind: u8) -> Option<usize> {
+    match kind {
+        K_WRITE => Some(17),
+        K_SYNC_DATA => Some(8),
+        _ => None,
+    }
+}
+
+/// Decodes a bulk frame from its fixed fields (`prefix`, exactly
+/// [`bulk_prefix`] bytes) and its data, which becomes the message's data
+/// as it is.
+pub fn decode_bulk(kind: u8, prefix: &[u8], data: Vec<u8>) -> Result<Msg, LinkError> {
+    if bulk_prefix(kind) != Some(prefix.len()) {
+        return Err(LinkError::Malformed(kind));
+    }
+    Ok(match decode(kind, prefix)? {
         Msg::Write {
             id, offset, fua, ..
         } => Msg::Write {
             id,
             offset,
             fua,
-            data: body,
+            data,
         },
-        Msg::SyncData { offset, .. } => Msg::SyncData { offset, data: body },
-        other => other,
+        Msg::SyncData { offset, .. } => Msg::SyncData { offset, data },
+        _ => return Err(LinkError::Malformed(kind)),
     })
 }
 
@@ -577,10 +652,20 @@ mod tests {
             },
             Msg::Ack { id: 1 },
         ] {
+            // Split framing is the same bytes as whole framing.
             let b = m.to_bytes();
-            assert_eq!(decode_owned(b[0], b[FRAME_HEADER..].to_vec()), Ok(m));
+            let f = m.clone().into_frame();
+            assert_eq!([f.head.clone(), f.data.clone()].concat(), b);
+            match bulk_prefix(b[0]) {
+                Some(p) => {
+                    let body = &b[FRAME_HEADER..];
+                    assert_eq!(decode_bulk(b[0], &body[..p], body[p..].to_vec()), Ok(m));
+                }
+                None => assert_eq!(decode(b[0], &b[FRAME_HEADER..]), Ok(m)),
+            }
         }
-        assert!(decode_owned(K_WRITE, vec![0; 5]).is_err());
+        assert!(decode_bulk(K_WRITE, &[0; 5], vec![]).is_err());
+        assert!(decode_bulk(K_ACK, &[0; 8], vec![]).is_err());
     }
 
     #[test]

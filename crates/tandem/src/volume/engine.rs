@@ -21,7 +21,7 @@ use tandem_core::config::schema::Protocol;
 use tandem_core::member::Request;
 use tandem_core::nbd::errno;
 use tandem_core::volume::bitmap::{Bitmap, BLOCK};
-use tandem_core::volume::link::Msg;
+use tandem_core::volume::link::{Frame, Msg};
 use tandem_core::volume::{self, DiskState, Knowledge, Side, VolumeFacts};
 use tokio::sync::{mpsc, oneshot, Notify};
 
@@ -75,7 +75,7 @@ pub struct Conn {
     /// Session number: a newer session replaces an older one.
     pub epoch: u64,
     /// Frames to the peer, in order.
-    pub tx: mpsc::Sender<Vec<u8>>,
+    pub tx: mpsc::Sender<Frame>,
     pending: HashMap<u64, Pending>,
     next_id: u64,
     /// Writes go to the peer (handshake done, not a sync target).
@@ -92,7 +92,7 @@ pub struct Conn {
 
 impl Conn {
     /// A new session's connection, before the sync decision.
-    pub fn new(epoch: u64, tx: mpsc::Sender<Vec<u8>>) -> Conn {
+    pub fn new(epoch: u64, tx: mpsc::Sender<Frame>) -> Conn {
         Conn {
             epoch,
             tx,
@@ -430,7 +430,7 @@ impl Volume {
             return Ok(None);
         };
         if let Some(tx) = conn_tx {
-            let _ = tx.send(Msg::State(self.hello(side)).to_bytes()).await;
+            let _ = tx.send(Msg::State(self.hello(side)).into_frame()).await;
         }
         self.event(format!(
             "promoted to primary ({state}{})",
@@ -449,15 +449,8 @@ impl Volume {
         &self,
         force: bool,
         cluster: bool,
-    ) -> Result<
-        Option<(
-            DiskState,
-            Option<String>,
-            Option<mpsc::Sender<Vec<u8>>>,
-            Side,
-        )>,
-        String,
-    > {
+    ) -> Result<Option<(DiskState, Option<String>, Option<mpsc::Sender<Frame>>, Side)>, String>
+    {
         let mut st = self.lock();
         if st.primary {
             return Ok(None);
@@ -505,7 +498,7 @@ impl Volume {
         let _order = self.order.lock().await;
         let side = self.side(&self.lock());
         if let Some(tx) = conn_tx {
-            let _ = tx.send(Msg::State(self.hello(side)).to_bytes()).await;
+            let _ = tx.send(Msg::State(self.hello(side)).into_frame()).await;
         }
         self.persist_bitmap();
         self.event("demoted to secondary".into());
@@ -513,7 +506,7 @@ impl Volume {
     }
 
     /// Marks the copy secondary; None when it was not primary.
-    fn demote_locked(&self) -> Option<Option<mpsc::Sender<Vec<u8>>>> {
+    fn demote_locked(&self) -> Option<Option<mpsc::Sender<Frame>>> {
         let mut st = self.lock();
         if !st.primary {
             return None;
@@ -673,7 +666,7 @@ impl Volume {
                     fua,
                 },
             }
-            .to_bytes();
+            .into_frame();
             st.counters.writes_replicated += 1;
             (frame, conn.tx.clone(), rx)
         };
@@ -786,7 +779,7 @@ impl Volume {
                             done: Some(tx),
                         },
                     );
-                    Some((Msg::Flush { id }.to_bytes(), conn.tx.clone(), rx))
+                    Some((Msg::Flush { id }.into_frame(), conn.tx.clone(), rx))
                 }
                 None => None,
             }

@@ -496,3 +496,24 @@ pub fn create(
         }
     ))
 }
+
+/// Reads a payload of exactly `len` bytes into a buffer of its own: the
+/// `already` bytes the caller had buffered, then the rest straight from
+/// the stream into the buffer's spare room (no zero-fill, no second
+/// copy; write payloads are up to 32 MiB and this is the data path).
+pub(crate) async fn read_payload<R: tokio::io::AsyncRead + Unpin>(
+    r: &mut R,
+    already: &[u8],
+    len: usize,
+) -> std::io::Result<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::with_capacity(len);
+    out.extend_from_slice(&already[..already.len().min(len)]);
+    let mut rest = r.take((len - out.len()) as u64);
+    while out.len() < len {
+        if rest.read_buf(&mut out).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    Ok(out)
+}

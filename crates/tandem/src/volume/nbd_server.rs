@@ -21,6 +21,11 @@ const MAX_IN_FLIGHT: usize = 64;
 const REPLY_QUEUE: usize = 128;
 /// Clients of one volume at once.
 const MAX_CLIENTS: usize = 64;
+/// Bytes asked of the socket per read while parsing requests.
+const READ_CHUNK: usize = 64 << 10;
+/// Write payloads (and read replies) at least this long bypass the
+/// request buffer (and the reply gathering).
+const DIRECT_PAYLOAD: usize = 64 << 10;
 /// Limit on the whole handshake.
 const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
 
@@ -130,19 +135,12 @@ async fn client<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(vol: Arc<Vol
         return;
     }
     vol.lock().nbd_clients += 1;
-    let (mut rd, mut wr) = tokio::io::split(s);
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(REPLY_QUEUE);
-    let writer = tokio::spawn(async move {
-        while let Some(b) = rx.recv().await {
-            if wr.write_all(&b).await.is_err() {
-                return;
-            }
-        }
-        let _ = wr.shutdown().await;
-    });
+    let (mut rd, wr) = tokio::io::split(s);
+    let (tx, rx) = mpsc::channel::<Vec<u8>>(REPLY_QUEUE);
+    let writer = tokio::spawn(reply_writer(wr, rx));
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut parser = RequestParser::new(vol.cfg.size, false);
-    let mut buf: Vec<u8> = Vec::with_capacity(2 << 20);
+    let mut buf: Vec<u8> = Vec::with_capacity(2 * READ_CHUNK);
     // Demotion cuts the client: a watcher wakes the reader (a stored
     // permit if the reader is busy).
     let cut = Arc::new(tokio::sync::Notify::new());
@@ -153,50 +151,69 @@ async fn client<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(vol: Arc<Vol
             cut.notify_one();
         })
     };
+    let dispatch = |ev: Event| {
+        let (vol, tx, slots) = (vol.clone(), tx.clone(), slots.clone());
+        async move {
+            match ev {
+                Event::Request { cookie, op } => {
+                    let Ok(permit) = slots.acquire_owned().await else {
+                        return false;
+                    };
+                    tokio::spawn(async move {
+                        let reply = run(&vol, cookie, op).await;
+                        let _ = tx.send(reply).await;
+                        drop(permit);
+                    });
+                    true
+                }
+                Event::Refuse { cookie, errno, .. } => tx
+                    .send(nbd::simple_reply(cookie, errno).to_vec())
+                    .await
+                    .is_ok(),
+                Event::Disconnect => false,
+                Event::Abort(e) => {
+                    vol.event(format!("NBD client dropped: {e}"));
+                    false
+                }
+            }
+        }
+    };
     'read: loop {
         // Everything parseable first; consumed bytes are dropped once.
         let mut start = 0;
         loop {
             let (n, ev) = parser.next(&buf[start..]);
             start += n;
-            let Some(ev) = ev else {
-                if n == 0 {
-                    break;
-                }
-                continue;
-            };
-            match ev {
-                Event::Request { cookie, op } => {
-                    let Ok(permit) = slots.clone().acquire_owned().await else {
-                        break 'read;
-                    };
-                    let (vol, tx) = (vol.clone(), tx.clone());
-                    tokio::spawn(async move {
-                        let reply = run(&vol, cookie, op).await;
-                        let _ = tx.send(reply).await;
-                        drop(permit);
-                    });
-                }
-                Event::Refuse { cookie, errno, .. } => {
-                    if tx
-                        .send(nbd::simple_reply(cookie, errno).to_vec())
-                        .await
-                        .is_err()
-                    {
-                        break 'read;
-                    }
-                }
-                Event::Disconnect => break 'read,
-                Event::Abort(e) => {
-                    vol.event(format!("NBD client dropped: {e}"));
+            if let Some(ev) = ev {
+                if !dispatch(ev).await {
                     break 'read;
                 }
+            } else if n == 0 {
+                break;
             }
         }
+        // A large write's payload goes straight from the socket into a
+        // buffer of its own, which then travels to the disk and the peer.
+        if let Some(len) = parser
+            .payload_wanted()
+            .filter(|l| *l >= DIRECT_PAYLOAD && *l > buf.len() - start)
+        {
+            let data = tokio::select! {
+                r = super::read_payload(&mut rd, &buf[start..], len) => r,
+                _ = cut.notified() => break 'read,
+            };
+            buf.clear();
+            let Ok(data) = data else { break };
+            let Some(ev) = parser.take_payload(data) else {
+                break;
+            };
+            if !dispatch(ev).await {
+                break;
+            }
+            continue;
+        }
         buf.drain(..start);
-        // Room for what the parser waits for, read straight into the buffer.
-        let want = parser.wanted().saturating_sub(buf.len()).max(256 << 10);
-        buf.reserve(want);
+        buf.reserve(READ_CHUNK);
         let read = tokio::select! {
             r = rd.read_buf(&mut buf) => r,
             _ = cut.notified() => break 'read,
@@ -217,6 +234,39 @@ async fn client<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(vol: Arc<Vol
     drop(tx);
     let _ = writer.await;
     vol.lock().nbd_clients -= 1;
+}
+
+/// Sends replies in order of completion, gathering those already queued
+/// into one socket write (small replies are 16 bytes each).
+async fn reply_writer<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<Vec<u8>>) {
+    let mut gathered = Vec::with_capacity(READ_CHUNK);
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        while let Some(b) = next.take() {
+            if b.len() >= DIRECT_PAYLOAD {
+                // A large read reply goes out as it is, after what is
+                // gathered so far.
+                if (!gathered.is_empty() && wr.write_all(&gathered).await.is_err())
+                    || wr.write_all(&b).await.is_err()
+                {
+                    return;
+                }
+                gathered.clear();
+            } else {
+                gathered.extend_from_slice(&b);
+            }
+            if gathered.len() < READ_CHUNK {
+                next = rx.try_recv().ok();
+            }
+        }
+        if !gathered.is_empty() {
+            if wr.write_all(&gathered).await.is_err() {
+                return;
+            }
+            gathered.clear();
+        }
+    }
+    let _ = wr.shutdown().await;
 }
 
 /// Resolves once the volume is no longer primary.

@@ -11,7 +11,7 @@ use rand::RngCore;
 use tandem_core::nbd::errno;
 use tandem_core::volume::bitmap::{Bitmap, BLOCK};
 use tandem_core::volume::link::{
-    self, auth_mac, block_hash, frame_len, mac_ok, Hello2, Msg, BITMAP_CHUNK, FRAME_HEADER,
+    self, auth_mac, block_hash, frame_len, mac_ok, Frame, Hello2, Msg, BITMAP_CHUNK, FRAME_HEADER,
 };
 use tandem_core::volume::{DiskState, Side, Sync};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -222,32 +222,46 @@ async fn read_msg<R: AsyncReadExt + Unpin>(s: &mut R) -> Result<Msg> {
     s.read_exact(&mut h)
         .await
         .context("reading from the peer")?;
-    let len = frame_len(&h)?;
-    let mut body = vec![0u8; len as usize];
+    let len = frame_len(&h)? as usize;
+    if let Some(p) = link::bulk_prefix(h[0]).filter(|p| *p <= len) {
+        // Writes and sync blocks: the data lands in its own buffer.
+        let mut fixed = [0u8; 32];
+        let fixed = &mut fixed[..p];
+        s.read_exact(fixed).await.context("reading from the peer")?;
+        let data = super::read_payload(s, &[], len - p)
+            .await
+            .context("reading from the peer")?;
+        return Ok(link::decode_bulk(h[0], fixed, data)?);
+    }
+    let mut body = vec![0u8; len];
     s.read_exact(&mut body)
         .await
         .context("reading from the peer")?;
-    Ok(link::decode_owned(h[0], body)?)
+    Ok(link::decode(h[0], &body)?)
 }
 
-async fn writer(mut w: OwnedWriteHalf, mut rx: mpsc::Receiver<Vec<u8>>) {
-    let mut buf = Vec::with_capacity(256 << 10);
+/// Frames whose data is at least this long are written as they are;
+/// shorter ones (acknowledgements, 4 KiB writes) are gathered with what
+/// else is queued into one socket write of up to [`GATHER`] bytes.
+const DIRECT: usize = 64 << 10;
+/// Most bytes gathered into one socket write.
+const GATHER: usize = 256 << 10;
+
+async fn writer(mut w: OwnedWriteHalf, mut rx: mpsc::Receiver<Frame>) {
+    let mut buf = Vec::with_capacity(GATHER + DIRECT);
     while let Some(frame) = rx.recv().await {
-        // Large frames go out as they are; small ones (acknowledgements,
-        // 4 KiB writes) are coalesced with what is already queued.
         let mut next = Some(frame);
         while let Some(f) = next.take() {
-            if f.len() >= 64 << 10 {
-                if (!buf.is_empty() && w.write_all(&buf).await.is_err())
-                    || w.write_all(&f).await.is_err()
-                {
+            buf.extend_from_slice(&f.head);
+            if f.data.len() >= DIRECT {
+                if w.write_all(&buf).await.is_err() || w.write_all(&f.data).await.is_err() {
                     return;
                 }
                 buf.clear();
             } else {
-                buf.extend_from_slice(&f);
+                buf.extend_from_slice(&f.data);
             }
-            if buf.len() < (256 << 10) {
+            if buf.len() < GATHER {
                 next = rx.try_recv().ok();
             }
         }
@@ -267,7 +281,7 @@ async fn session(vol: Arc<Volume>, stream: TcpStream) {
     // Buffered: small frames (acknowledgements, 4 KiB writes) take one
     // read call for many.
     let mut rd = tokio::io::BufReader::with_capacity(256 << 10, rd);
-    let (tx, rx) = mpsc::channel::<Vec<u8>>(LINK_QUEUE);
+    let (tx, rx) = mpsc::channel::<Frame>(LINK_QUEUE);
     let writer = tokio::spawn(writer(wr, rx));
     let old = vol.lock().conn.as_ref().map(|c| c.epoch);
     if let Some(old) = old {
@@ -292,12 +306,12 @@ async fn session(vol: Arc<Volume>, stream: TcpStream) {
 async fn handshake(
     vol: &Arc<Volume>,
     epoch: u64,
-    tx: &mpsc::Sender<Vec<u8>>,
+    tx: &mpsc::Sender<Frame>,
     rd: &mut tokio::io::BufReader<OwnedReadHalf>,
     side: Side,
     bitmap: Vec<u8>,
 ) -> Result<bool> {
-    tx.send(Msg::State(vol.hello(side.clone())).to_bytes())
+    tx.send(Msg::State(vol.hello(side.clone())).into_frame())
         .await
         .context("peer writer gone")?;
     let chunks: Vec<&[u8]> = if bitmap.is_empty() {
@@ -313,7 +327,7 @@ async fn handshake(
                 last: i + 1 == n,
                 bytes: c.to_vec(),
             }
-            .to_bytes(),
+            .into_frame(),
         )
         .await
         .context("peer writer gone")?;
@@ -485,7 +499,7 @@ async fn handshake(
 async fn serve(
     vol: &Arc<Volume>,
     epoch: u64,
-    tx: &mpsc::Sender<Vec<u8>>,
+    tx: &mpsc::Sender<Frame>,
     rd: &mut tokio::io::BufReader<OwnedReadHalf>,
 ) -> String {
     let ping_tx = tx.clone();
@@ -493,7 +507,7 @@ async fn serve(
     let pinger = tokio::spawn(async move {
         loop {
             tokio::time::sleep(interval).await;
-            if ping_tx.send(Msg::Ping.to_bytes()).await.is_err() {
+            if ping_tx.send(Msg::Ping.into_frame()).await.is_err() {
                 return;
             }
         }
@@ -516,13 +530,13 @@ async fn serve(
     reason
 }
 
-async fn send(tx: &mpsc::Sender<Vec<u8>>, m: Msg) -> Result<()> {
-    tx.send(m.to_bytes())
+async fn send(tx: &mpsc::Sender<Frame>, m: Msg) -> Result<()> {
+    tx.send(m.into_frame())
         .await
         .map_err(|_| anyhow::anyhow!("the link's writer stopped"))
 }
 
-async fn handle(vol: &Arc<Volume>, epoch: u64, tx: &mpsc::Sender<Vec<u8>>, msg: Msg) -> Result<()> {
+async fn handle(vol: &Arc<Volume>, epoch: u64, tx: &mpsc::Sender<Frame>, msg: Msg) -> Result<()> {
     match msg {
         Msg::Ping => send(tx, Msg::Pong).await?,
         Msg::Pong => {}
@@ -685,7 +699,7 @@ fn hash_range(vol: &Volume, offset: u64, len: u64) -> Result<Vec<u64>> {
 async fn sync_done(
     vol: &Arc<Volume>,
     epoch: u64,
-    tx: &mpsc::Sender<Vec<u8>>,
+    tx: &mpsc::Sender<Frame>,
     gens: tandem_core::volume::Generations,
 ) -> Result<()> {
     let role = vol
@@ -763,7 +777,7 @@ fn finish_sync(
 
 /// The source's side of a sync: every marked block, in order, at most the
 /// configured rate, a bounded window unacknowledged; then done.
-async fn resync(vol: Arc<Volume>, epoch: u64, tx: mpsc::Sender<Vec<u8>>) {
+async fn resync(vol: Arc<Volume>, epoch: u64, tx: mpsc::Sender<Frame>) {
     let rate = vol.cfg.rate_bytes_s.max(1) as f64;
     let started = Instant::now();
     let mut sent: u64 = 0;
@@ -813,7 +827,7 @@ async fn resync(vol: Arc<Volume>, epoch: u64, tx: mpsc::Sender<Vec<u8>>) {
                 st.counters.resync_bytes_sent += len;
             }
             if tx
-                .send(Msg::SyncData { offset, data }.to_bytes())
+                .send(Msg::SyncData { offset, data }.into_frame())
                 .await
                 .is_err()
             {
@@ -836,7 +850,7 @@ async fn resync(vol: Arc<Volume>, epoch: u64, tx: mpsc::Sender<Vec<u8>>) {
         let left = vol.lock().bitmap.count();
         if left == 0 {
             let gens = vol.lock().meta.gens;
-            let _ = tx.send(Msg::SyncDone { gens }.to_bytes()).await;
+            let _ = tx.send(Msg::SyncDone { gens }.into_frame()).await;
             return;
         }
     }
@@ -897,7 +911,7 @@ pub async fn verify(vol: Arc<Volume>) -> Result<VerifyProgress, String> {
                     offset,
                     length: len as u32,
                 }
-                .to_bytes(),
+                .into_frame(),
             )
             .await
             .map_err(|_| "the peer disconnected".to_string())?;

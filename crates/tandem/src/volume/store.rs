@@ -160,6 +160,12 @@ pub struct Backing {
     block_device: bool,
 }
 
+/// Largest piece of one write call to the backing store (64 KiB: 16
+/// buffers per folio at most; measured here, 4 KiB writes into such
+/// folios run at 250 000/s against 37 000/s in 1 MiB ones, while large
+/// writes lose under 10%).
+pub const WRITE_PIECE: u64 = 64 << 10;
+
 impl Backing {
     /// Opens the backing store; it must hold at least `size` bytes.
     pub fn open(path: &Path, size: u64) -> Result<Backing> {
@@ -188,6 +194,17 @@ impl Backing {
                 path.display()
             );
         }
+        // Random access, as a block device's clients do: no readahead,
+        // so reads fill the page cache with one-page folios. With large
+        // folios (ext4 on recent kernels), a 4 KiB write walks every
+        // buffer of the folio it lands in, up to 2 MiB: measured 10x
+        // slower (35 000 vs 420 000 writes/s on this kind of machine),
+        // and readahead (8 MiB on this disk) behind the sync's 1 MiB
+        // reads would leave the whole copy like that. Writes are cut into
+        // pieces for the same reason (`write_at`). Advice only: a failure
+        // costs speed, not correctness.
+        // SAFETY: posix_fadvise on an fd we own, plain integer arguments.
+        let _ = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM) };
         Ok(Backing {
             file,
             path: path.to_path_buf(),
@@ -223,9 +240,20 @@ impl Backing {
         self.file.read_exact_at(buf, offset)
     }
 
-    /// Writes all of `data` at `offset`.
+    /// Writes all of `data` at `offset`, in pieces that end on
+    /// [`WRITE_PIECE`] boundaries: the page cache sizes a new folio after
+    /// the write that creates it, and a folio larger than that makes every
+    /// later small write into it slow (see [`Backing::open`]).
     pub fn write_at(&self, data: &[u8], offset: u64) -> std::io::Result<()> {
-        self.file.write_all_at(data, offset)
+        let mut done = 0;
+        while done < data.len() {
+            let at = offset + done as u64;
+            let room = (WRITE_PIECE - at % WRITE_PIECE) as usize;
+            let n = room.min(data.len() - done);
+            self.file.write_all_at(&data[done..done + n], at)?;
+            done += n;
+        }
+        Ok(())
     }
 
     /// Zeroes a range: a hole in a file (reads back zeroes, frees space),
@@ -395,5 +423,14 @@ mod tests {
         assert!(buf[4096..].iter().all(|&x| x == 7));
         let e = Backing::open(&path, 2 << 20).unwrap_err();
         assert!(format!("{e:#}").contains("less than"), "{e:#}");
+        // A write across several pieces, starting and ending mid-piece.
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let at = WRITE_PIECE - 1000;
+        b.write_at(&data, at).unwrap_or_else(|e| panic!("{e}"));
+        let mut back = vec![0u8; data.len() + 2];
+        b.read_at(&mut back, at - 1)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(&back[1..=data.len()], &data[..]);
+        assert_eq!((back[0], back[data.len() + 1]), (0, 0));
     }
 }
