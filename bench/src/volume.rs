@@ -1,6 +1,8 @@
 //! Volume throughput and latency, side by side in one run: nbdkit's `file`
-//! plugin (no replication), Tandem with its peer disconnected (no
-//! replication), and Tandem protocol C to the peer in another namespace.
+//! plugin (no replication; as it comes, and with `fadvise=random`, the
+//! advice Tandem gives the kernel for its backing file), Tandem with its
+//! peer disconnected (no replication), and Tandem protocol C to the peer
+//! in another namespace.
 //! Every server runs in node n1's namespace and is reached from the client
 //! namespace over the testbed's `lan` link; fio drives them with its `nbd`
 //! engine (libnbd).
@@ -28,6 +30,26 @@ pub struct Figures {
     pub lat_p50_us: f64,
     /// Completion latency p99, µs.
     pub lat_p99_us: f64,
+    /// Cores busy on average over the run (the whole machine: client,
+    /// servers, peer, kernel), from /proc/stat.
+    pub busy_cores: f64,
+    /// Machine CPU time per completed write, µs.
+    pub cpu_us_per_op: f64,
+}
+
+/// (busy, total) clock ticks of all CPUs since boot, from /proc/stat.
+fn cpu_ticks() -> Result<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let line = stat.lines().next().unwrap_or_default();
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    let total: u64 = v.iter().take(8).sum();
+    Ok((total.saturating_sub(idle), total))
 }
 
 fn fio(
@@ -39,6 +61,8 @@ fn fio(
     seconds: u64,
 ) -> Result<Figures> {
     let ns = c.bed.client_ns();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let (busy0, total0) = cpu_ticks()?;
     let out = Command::new("ip")
         .args([
             "netns",
@@ -61,9 +85,12 @@ fn fio(
         .arg(format!("--runtime={seconds}"))
         .output()
         .context("running fio")?;
+    let (busy1, total1) = cpu_ticks()?;
     if !out.status.success() {
         bail!("fio on {uri}: {}", String::from_utf8_lossy(&out.stderr));
     }
+    // Includes fio's ramp, which runs at the same rate.
+    let busy_cores = (busy1 - busy0) as f64 / (total1 - total0).max(1) as f64 * cores;
     // fio may print notes before its JSON.
     let text = String::from_utf8_lossy(&out.stdout);
     let json = text.find('{').map_or("", |i| &text[i..]);
@@ -71,9 +98,12 @@ fn fio(
     let w = &v["jobs"][0]["write"];
     let clat = &w["clat_ns"];
     let pct = |p: &str| clat["percentile"][p].as_f64().unwrap_or(0.0) / 1000.0;
+    let iops = w["iops"].as_f64().unwrap_or(0.0);
     Ok(Figures {
         mib_s: w["bw"].as_f64().unwrap_or(0.0) / 1024.0,
-        iops: w["iops"].as_f64().unwrap_or(0.0),
+        iops,
+        busy_cores,
+        cpu_us_per_op: busy_cores * 1e6 / iops.max(0.001),
         lat_mean_us: clat["mean"].as_f64().unwrap_or(0.0) / 1000.0,
         lat_p50_us: pct("50.000000"),
         lat_p99_us: pct("99.000000"),
@@ -153,32 +183,30 @@ pub fn run(tandem_bin: &Path, seconds: u64, size_mib: u64, only: Option<&str>) -
     // Fill the volume once so every run writes over allocated blocks.
     let n1 = c.bed.address(1, "lan").to_string();
     let tandem_uri = format!("nbd://{n1}:10809/data");
-    // nbdkit serves a file of the same size on the same filesystem.
-    let kit_file = dir.path().join("nbdkit.img");
-    std::fs::File::create(&kit_file)?.set_len(size_mib << 20)?;
-    let kit = Nbdkit(
-        Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &c.bed.node_ns(1),
-                "nbdkit",
-                "-f",
-                "-i",
-                &n1,
-                "-p",
-                "10810",
-                "file",
-            ])
-            .arg(&kit_file)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting nbdkit")?,
-    );
+    // nbdkit serves a file of the same size on the same filesystem, once
+    // as it comes and once told the access is random (as Tandem tells the
+    // kernel about its backing file).
+    let kit = |port: &str, file: &str, extra: &[&str]| -> Result<Nbdkit> {
+        let path = dir.path().join(file);
+        std::fs::File::create(&path)?.set_len(size_mib << 20)?;
+        Ok(Nbdkit(
+            Command::new("ip")
+                .args(["netns", "exec", &c.bed.node_ns(1), "nbdkit", "-f", "-i"])
+                .args([n1.as_str(), "-p", port, "file"])
+                .arg(&path)
+                .args(extra)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting nbdkit")?,
+        ))
+    };
+    let kit_default = kit("10810", "nbdkit.img", &[])?;
+    let kit_random = kit("10811", "nbdkit-random.img", &["fadvise=random"])?;
     std::thread::sleep(Duration::from_millis(500));
     let kit_uri = format!("nbd://{n1}:10810/");
-    println!("## volume: nbdkit file plugin vs Tandem unreplicated vs Tandem protocol C");
+    let kit_random_uri = format!("nbd://{n1}:10811/");
+    println!("## volume: nbdkit file plugin (default, fadvise=random) vs Tandem unreplicated vs Tandem protocol C");
     println!("machine: {}", super::machine());
     println!(
         "nbdkit {}; fio {}; volume {size_mib} MiB on /var/tmp (ext4 on virtio disk); servers in n1's namespace, fio --ioengine=nbd in the client namespace over the lan bridge; peer n2 in its own namespace over the sync bridge; {seconds} s per measurement after 2 s ramp",
@@ -199,6 +227,7 @@ pub fn run(tandem_bin: &Path, seconds: u64, size_mib: u64, only: Option<&str>) -
             continue;
         }
         let kit_f = fio(&c, &kit_uri, rw, bs, depth, seconds)?;
+        let kit_r = fio(&c, &kit_random_uri, rw, bs, depth, seconds)?;
         let c_f = fio(&c, &tandem_uri, rw, bs, depth, seconds)?;
         // Unreplicated: the peer disconnected, writes tracked in the bitmap.
         tandem(&c, tandem_bin, 2, &["volume", "disconnect", "data"])?;
@@ -212,27 +241,35 @@ pub fn run(tandem_bin: &Path, seconds: u64, size_mib: u64, only: Option<&str>) -
         let sent = volume(&c, 1).map_or(0, |v| {
             v["counters"]["resync_bytes_sent"].as_u64().unwrap_or(0)
         });
-        rows.push((label, kit_f, alone_f, c_f, sent));
+        rows.push((label, kit_f, kit_r, alone_f, c_f, sent));
     }
-    drop(kit);
-    println!("\n| test | server | MiB/s | IOPS | lat mean us | p50 us | p99 us |\n|---|---|---|---|---|---|---|");
-    for (label, k, a, cc, _) in &rows {
+    drop((kit_default, kit_random));
+    println!("\n| test | server | MiB/s | IOPS | lat mean us | p50 us | p99 us | cores busy | CPU us/write |\n|---|---|---|---|---|---|---|---|---|");
+    for (label, k, kr, a, cc, _) in &rows {
         for (name, f) in [
             ("nbdkit file", k),
+            ("nbdkit file fadvise=random", kr),
             ("Tandem unreplicated", a),
             ("Tandem protocol C", cc),
         ] {
             println!(
-                "| {label} | {name} | {:.1} | {:.0} | {:.0} | {:.0} | {:.0} |",
-                f.mib_s, f.iops, f.lat_mean_us, f.lat_p50_us, f.lat_p99_us
+                "| {label} | {name} | {:.1} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {:.0} |",
+                f.mib_s,
+                f.iops,
+                f.lat_mean_us,
+                f.lat_p50_us,
+                f.lat_p99_us,
+                f.busy_cores,
+                f.cpu_us_per_op
             );
         }
     }
     println!();
-    for (label, k, _, cc, sent) in &rows {
+    for (label, k, kr, _, cc, sent) in &rows {
         println!(
-            "{label}: protocol C throughput {:.0}% of nbdkit's; mean latency nbdkit {:.0} us, protocol C {:.0} us (bound nbdkit + RTT + 100 = {:.0} us); resync counter after the unreplicated run: {} MiB sent in total",
+            "{label}: protocol C throughput {:.0}% of nbdkit's ({:.0}% of nbdkit fadvise=random); mean latency nbdkit {:.0} us, protocol C {:.0} us (bound nbdkit + RTT + 100 = {:.0} us); resync counter after the unreplicated run: {} MiB sent in total",
             cc.mib_s / k.mib_s.max(0.001) * 100.0,
+            cc.mib_s / kr.mib_s.max(0.001) * 100.0,
             k.lat_mean_us,
             cc.lat_mean_us,
             k.lat_mean_us + rtt + 100.0,

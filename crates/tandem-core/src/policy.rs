@@ -42,6 +42,32 @@ pub struct GroupPolicy {
     pub migration_threshold: u32,
     /// Links the group needs (a floating address lives on one).
     pub needs_links: Vec<String>,
+    /// The only nodes the group can run on at all, whatever the
+    /// preference or an operator's move says; `None`: any node.
+    pub confined_to: Option<Confinement>,
+}
+
+/// A hard limit on where a group can run: the nodes holding a copy of
+/// each of its volumes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Confinement {
+    /// Each volume the group uses, with the nodes holding its copies.
+    pub volumes: Vec<(String, Vec<String>)>,
+}
+
+impl Confinement {
+    /// Why the group cannot run on `node`; `None` when it can.
+    pub fn why_not(&self, node: &str) -> Option<String> {
+        self.volumes
+            .iter()
+            .find(|(_, copies)| !copies.iter().any(|c| c == node))
+            .map(|(v, copies)| {
+                format!(
+                    "holds no copy of volume {v} (copies on {})",
+                    copies.join(", ")
+                )
+            })
+    }
 }
 
 /// What the leader knows of one node.
@@ -66,6 +92,9 @@ pub enum Target {
 
 /// Why a node cannot host a group, for status and logs.
 pub fn ineligible_reason(g: &GroupPolicy, n: &NodeFacts, record: &Record) -> Option<String> {
+    if let Some(why) = g.confined_to.as_ref().and_then(|c| c.why_not(&n.name)) {
+        return Some(why);
+    }
     if !n.online {
         return Some("offline".into());
     }
@@ -158,6 +187,7 @@ mod tests {
             failback,
             migration_threshold: 3,
             needs_links: vec!["lan".into()],
+            confined_to: None,
         }
     }
 
@@ -269,6 +299,38 @@ mod tests {
             on(&targets(&g, &nodes(&[true, true, false]), &r), "web").as_deref(),
             Some("n1")
         );
+    }
+
+    #[test]
+    fn a_confined_group_runs_nowhere_else_even_when_moved_there() {
+        let mut g = group("db", &[], Failback::Manual);
+        g.confined_to = Some(Confinement {
+            volumes: vec![("data".into(), vec!["n1".into(), "n2".into()])],
+        });
+        let g = [g];
+        let mut r = Record::default();
+        assert_eq!(
+            on(&targets(&g, &nodes(&[false, true, true]), &r), "db").as_deref(),
+            Some("n2")
+        );
+        // Only the node without a copy is left: stopped, not started there.
+        assert_eq!(
+            on(&targets(&g, &nodes(&[false, false, true]), &r), "db"),
+            None
+        );
+        r.apply(&Command::Pin {
+            group: "db".into(),
+            node: Some("n3".into()),
+        });
+        assert_eq!(
+            on(&targets(&g, &nodes(&[true, true, true]), &r), "db").as_deref(),
+            Some("n1")
+        );
+        assert_eq!(
+            ineligible_reason(&g[0], &nodes(&[true, true, true])[2], &r).as_deref(),
+            Some("holds no copy of volume data (copies on n1, n2)")
+        );
+        assert_eq!(ineligible_reason(&g[0], &nodes(&[true])[0], &r), None);
     }
 
     #[test]

@@ -283,6 +283,7 @@ impl Sim {
                     failback: Failback::Auto,
                     migration_threshold: 3,
                     needs_links: vec![],
+                    confined_to: None,
                 },
                 GroupPolicy {
                     name: GROUPS[1].into(),
@@ -290,6 +291,7 @@ impl Sim {
                     failback: Failback::Manual,
                     migration_threshold: 3,
                     needs_links: vec![],
+                    confined_to: None,
                 },
             ],
             failure_expiry_ms: vec![self.failure_expiry_ms; 2],

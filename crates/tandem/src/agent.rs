@@ -299,6 +299,7 @@ fn groups_spec(
                 .map_or(3, |t| *t.get_ref())
                 .max(1),
             needs_links,
+            confined_to: cfg.confinement(gi),
         });
         expiry.push(
             g.failure_expiry_ms

@@ -158,9 +158,21 @@ fn describe(cfg: &Config) -> String {
         } else {
             pref.join(" > ")
         };
+        let only = config::confinement(f, res).map_or(String::new(), |c| {
+            let on: Vec<&str> = f
+                .nodes
+                .iter()
+                .map(|n| n.name.get_ref().as_str())
+                .filter(|n| c.why_not(n).is_none())
+                .collect();
+            format!(
+                ", runs only where its volumes have copies: {}",
+                on.join(", ")
+            )
+        });
         let _ = writeln!(
             o,
-            "  group {} ({mode}, prefers {pref}, failback {failback})",
+            "  group {} ({mode}, prefers {pref}, failback {failback}{only})",
             g.name.get_ref()
         );
         for (r, spec) in g.resources.iter().zip(res) {

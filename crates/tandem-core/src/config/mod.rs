@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use crate::diagnostic::Diagnostic;
 
 pub use validate::{
-    Config, MonitorSpec, ResourceSpec, Timing, WatchdogSpec, DEFAULT_WATCHDOG_DEVICE,
+    confinement, Config, MonitorSpec, ResourceSpec, Timing, WatchdogSpec, DEFAULT_WATCHDOG_DEVICE,
     IMPLEMENTED_GROUP_MONITORS, IMPLEMENTED_RESOURCES,
 };
 

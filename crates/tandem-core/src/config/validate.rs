@@ -13,6 +13,7 @@ use super::schema::{ConfigFile, Group, Monitor, Profile, Resource};
 use super::values::Cidr;
 use super::{resolve_path, KeyFileFacts, Loaded, KEY_LEN};
 use crate::diagnostic::Diagnostic;
+use crate::policy::Confinement;
 use crate::quorum::MAX_VOTERS;
 
 /// Resource kinds this version can run.
@@ -1428,10 +1429,74 @@ fn check_group_monitor(
     Some(spec)
 }
 
+/// Where a group with these resources can run at all: the nodes holding
+/// a copy of every volume it uses (`None` when it uses no volume).
+pub fn confinement(file: &ConfigFile, specs: &[ResourceSpec]) -> Option<Confinement> {
+    let volumes: Vec<(String, Vec<String>)> = specs
+        .iter()
+        .filter_map(|r| match r {
+            ResourceSpec::Volume { volume } => Some(volume),
+            _ => None,
+        })
+        // An unknown volume is reported where it is named.
+        .filter_map(|volume| {
+            let v = file.volumes.iter().find(|v| v.name.get_ref() == volume)?;
+            let copies = v.nodes.get_ref().iter().map(|n| n.get_ref().clone());
+            Some((volume.clone(), copies.collect()))
+        })
+        .collect();
+    (!volumes.is_empty()).then_some(Confinement { volumes })
+}
+
+impl Config {
+    /// Where group `index` (file order) can run at all; see
+    /// [`confinement`].
+    pub fn confinement(&self, index: usize) -> Option<Confinement> {
+        confinement(&self.file, self.resources.get(index)?)
+    }
+}
+
 /// Warns about a group that no preferred node can host: its addresses need a
-/// link that none of those nodes has an address on.
+/// link that none of those nodes has an address on. A group using volumes
+/// that prefers a node without a copy, or whose volumes share no node, is
+/// an error: it could never run there.
 fn check_hosting(c: &mut Checker<'_>, file: &ConfigFile, resources: &[Vec<ResourceSpec>]) {
     for (g, specs) in file.groups.iter().zip(resources) {
+        if let Some(conf) = confinement(file, specs) {
+            if !file
+                .nodes
+                .iter()
+                .any(|n| conf.why_not(n.name.get_ref()).is_none())
+            {
+                let list: Vec<String> = conf
+                    .volumes
+                    .iter()
+                    .map(|(v, copies)| format!("{v} on {}", copies.join(", ")))
+                    .collect();
+                c.error(
+                    span(&g.name),
+                    format!(
+                        "group `{}` can run on no node: its volumes have no node in common ({})",
+                        g.name.get_ref(),
+                        list.join("; ")
+                    ),
+                    "put the group's volumes on a common pair of nodes, or split the group",
+                );
+            }
+            for p in &g.preferred {
+                if let Some(why) = conf.why_not(p.get_ref()) {
+                    c.error(
+                        span(p),
+                        format!(
+                            "group `{}` prefers node `{}`, which {why}",
+                            g.name.get_ref(),
+                            p.get_ref()
+                        ),
+                        "remove it from `preferred`: the group runs only where its volumes have a copy",
+                    );
+                }
+            }
+        }
         let needed: BTreeSet<&str> = specs
             .iter()
             .filter_map(|r| match r {
