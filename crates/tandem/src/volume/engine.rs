@@ -640,6 +640,10 @@ impl Volume {
                 st.bitmap.set_range(offset, len);
                 st.bitmap_dirty = true;
                 st.counters.writes_alone += 1;
+                drop(guard);
+                if let Some(d) = data {
+                    super::buffers::give(d);
+                }
                 return None;
             };
             let id = conn.next_id();

@@ -9,6 +9,7 @@
 //! Volumes run on a runtime of their own (two worker threads): disk
 //! flushes and bulk copies there never delay the agent's heartbeats.
 
+pub mod buffers;
 pub mod engine;
 pub mod nbd_server;
 pub mod peer;
@@ -507,7 +508,7 @@ pub(crate) async fn read_payload<R: tokio::io::AsyncRead + Unpin>(
     len: usize,
 ) -> std::io::Result<Vec<u8>> {
     use tokio::io::AsyncReadExt;
-    let mut out = Vec::with_capacity(len);
+    let mut out = buffers::take(len);
     out.extend_from_slice(&already[..already.len().min(len)]);
     let mut rest = r.take((len - out.len()) as u64);
     while out.len() < len {

@@ -252,6 +252,7 @@ async fn reply_writer<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<V
                     return;
                 }
                 gathered.clear();
+                super::buffers::give(b);
             } else {
                 gathered.extend_from_slice(&b);
             }
@@ -286,7 +287,7 @@ async fn run(vol: &Volume, cookie: u64, op: Op) -> Vec<u8> {
             if !vol.is_primary() {
                 return nbd::simple_reply(cookie, errno::ESHUTDOWN).to_vec();
             }
-            let mut out = Vec::with_capacity(nbd::REPLY_LEN + length as usize);
+            let mut out = super::buffers::take(nbd::REPLY_LEN + length as usize);
             out.extend_from_slice(&nbd::simple_reply(cookie, 0));
             out.resize(nbd::REPLY_LEN + length as usize, 0);
             match vol.backing.read_at(&mut out[nbd::REPLY_LEN..], offset) {

@@ -258,6 +258,7 @@ async fn writer(mut w: OwnedWriteHalf, mut rx: mpsc::Receiver<Frame>) {
                     return;
                 }
                 buf.clear();
+                super::buffers::give(f.data);
             } else {
                 buf.extend_from_slice(&f.data);
             }
@@ -512,22 +513,65 @@ async fn serve(
             }
         }
     });
+    // Messages are handled in order by a task of their own, so the next
+    // frame is read from the socket while the last one goes to disk; at
+    // most HANDLE_QUEUE_BYTES of frames wait between the two.
+    let (htx, mut hrx) = mpsc::channel::<(Msg, tokio::sync::OwnedSemaphorePermit)>(HANDLE_QUEUE);
+    let room = Arc::new(tokio::sync::Semaphore::new(HANDLE_QUEUE_BYTES as usize));
+    let mut handler = {
+        let (vol, tx) = (vol.clone(), tx.clone());
+        tokio::spawn(async move {
+            while let Some((msg, _room)) = hrx.recv().await {
+                if let Err(e) = handle(&vol, epoch, &tx, msg).await {
+                    return format!("{e:#}");
+                }
+            }
+            String::new()
+        })
+    };
     let limit = Duration::from_millis(vol.cfg.peer_timeout_ms);
     let reason = loop {
         if vol.current_epoch() != epoch {
             break "replaced by a newer connection".to_string();
         }
-        let msg = match tokio::time::timeout(limit, read_msg(rd)).await {
-            Err(_) => break format!("no word from the peer for {} ms", vol.cfg.peer_timeout_ms),
-            Ok(Err(e)) => break format!("{e:#}"),
-            Ok(Ok(m)) => m,
+        let msg = tokio::select! {
+            r = tokio::time::timeout(limit, read_msg(rd)) => match r {
+                Err(_) => break format!("no word from the peer for {} ms", vol.cfg.peer_timeout_ms),
+                Ok(Err(e)) => break format!("{e:#}"),
+                Ok(Ok(m)) => m,
+            },
+            r = &mut handler => break r.unwrap_or_else(|e| format!("message handler: {e}")),
         };
-        if let Err(e) = handle(vol, epoch, tx, msg).await {
-            break format!("{e:#}");
+        let size = frame_bytes(&msg).clamp(1, HANDLE_QUEUE_BYTES);
+        let permit = tokio::select! {
+            p = room.clone().acquire_many_owned(size) => p,
+            r = &mut handler => break r.unwrap_or_else(|e| format!("message handler: {e}")),
+        };
+        let Ok(permit) = permit else {
+            break "message queue closed".to_string();
+        };
+        if htx.send((msg, permit)).await.is_err() {
+            break (&mut handler)
+                .await
+                .unwrap_or_else(|e| format!("message handler: {e}"));
         }
     };
+    handler.abort();
     pinger.abort();
     reason
+}
+
+/// Messages read but not yet handled, at most.
+const HANDLE_QUEUE: usize = 256;
+/// Bytes of write and sync data read but not yet handled, at most.
+const HANDLE_QUEUE_BYTES: u32 = 64 << 20;
+
+/// Bulk bytes a message holds (what the handling queue is bounded by).
+fn frame_bytes(m: &Msg) -> u32 {
+    match m {
+        Msg::Write { data, .. } | Msg::SyncData { data, .. } => data.len() as u32,
+        _ => 0,
+    }
 }
 
 async fn send(tx: &mpsc::Sender<Frame>, m: Msg) -> Result<()> {
@@ -553,6 +597,7 @@ async fn handle(vol: &Arc<Volume>, epoch: u64, tx: &mpsc::Sender<Frame>, msg: Ms
             data,
         } => {
             let r = apply(vol, offset, Some(&data), data.len() as u64, fua);
+            super::buffers::give(data);
             send(
                 tx,
                 r.map_or_else(|errno| Msg::Failed { id, errno }, |()| Msg::Ack { id }),
@@ -594,6 +639,7 @@ async fn handle(vol: &Arc<Volume>, epoch: u64, tx: &mpsc::Sender<Frame>, msg: Ms
                 format!("writing sync data to {}", vol.backing.path().display())
             })?;
             let len = data.len() as u64;
+            super::buffers::give(data);
             {
                 let mut st = vol.lock();
                 st.counters.resync_bytes_received += len;
@@ -813,7 +859,8 @@ async fn resync(vol: Arc<Volume>, epoch: u64, tx: mpsc::Sender<Frame>) {
             };
             let offset = first * BLOCK;
             let len = (n * BLOCK).min(vol.cfg.size - offset);
-            let mut data = vec![0u8; len as usize];
+            let mut data = super::buffers::take(len as usize);
+            data.resize(len as usize, 0);
             if let Err(e) = vol.backing.read_at(&mut data, offset) {
                 vol.event(format!("sync read at {offset} failed: {e}; the sync stops"));
                 return;
