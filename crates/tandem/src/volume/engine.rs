@@ -206,6 +206,12 @@ pub struct Volume {
     /// The agent holds its lease: the cluster lets this node run groups.
     may_run: Arc<AtomicBool>,
     epoch: std::sync::atomic::AtomicU64,
+    /// `State::primary`, readable without the state lock (which may be
+    /// held across a metadata fsync): the agent's thread must never wait
+    /// for the disk.
+    primary_now: AtomicBool,
+    /// The last status built, for readers that must not wait.
+    last_status: Mutex<Option<VolumeStatus>>,
 }
 
 fn random_gen() -> u64 {
@@ -316,6 +322,8 @@ impl Volume {
             requests,
             may_run,
             epoch: std::sync::atomic::AtomicU64::new(0),
+            primary_now: AtomicBool::new(false),
+            last_status: Mutex::new(None),
         })
     }
 
@@ -399,9 +407,9 @@ impl Volume {
         }
     }
 
-    /// Whether this copy is primary.
+    /// Whether this copy is primary (never waits for the state lock).
     pub fn is_primary(&self) -> bool {
-        self.lock().primary
+        self.primary_now.load(Ordering::SeqCst)
     }
 
     /// Starts writing apart from the peer (if not already): a new current
@@ -476,6 +484,7 @@ impl Volume {
             st.meta.consistent = true;
         }
         st.primary = true;
+        self.primary_now.store(true, Ordering::SeqCst);
         st.forced = force && state != DiskState::UpToDate;
         st.meta.promoted_at_unix_ms = unix_ms();
         st.meta.up_to_date = true;
@@ -512,6 +521,7 @@ impl Volume {
             return None;
         }
         st.primary = false;
+        self.primary_now.store(false, Ordering::SeqCst);
         st.forced = false;
         Some(st.conn.as_ref().map(|c| c.tx.clone()))
     }
@@ -758,8 +768,18 @@ impl Volume {
 
     /// A primary the record leaves out while it is not replicating: it
     /// cannot acknowledge writes (the resource monitor reports it).
+    ///
+    /// Never waits for the state lock: when it is held (a metadata fsync
+    /// may take a while under heavy writeback) the answer is false and the
+    /// next check tells.
     pub fn outdated_primary(&self) -> bool {
-        let replicating = self.lock().conn.as_ref().is_some_and(|c| c.replicating);
+        let replicating = match self.st.try_lock() {
+            Ok(st) => st.conn.as_ref().is_some_and(|c| c.replicating),
+            Err(std::sync::TryLockError::Poisoned(p)) => {
+                p.into_inner().conn.as_ref().is_some_and(|c| c.replicating)
+            }
+            Err(std::sync::TryLockError::WouldBlock) => return false,
+        };
         !replicating && self.excluded()
     }
 
@@ -905,9 +925,57 @@ impl Volume {
 
     /// Status of this copy.
     pub fn status(&self) -> VolumeStatus {
-        let record = self.record();
         let st = self.lock();
-        let disk = self.disk_state_of(&st);
+        self.status_of(&st)
+    }
+
+    /// The status without waiting: the last one built while the state
+    /// lock is held elsewhere (for the agent's thread, which must keep
+    /// its heartbeats going whatever the disk does).
+    pub fn status_now(&self) -> VolumeStatus {
+        let fresh = match self.st.try_lock() {
+            Ok(st) => Some(self.status_of(&st)),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(self.status_of(&p.into_inner())),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        };
+        let mut last = self.last_status.lock().unwrap_or_else(|p| p.into_inner());
+        match fresh {
+            Some(s) => {
+                *last = Some(s.clone());
+                s
+            }
+            None => last.clone().unwrap_or_else(|| VolumeStatus {
+                name: self.cfg.name.clone(),
+                node: self.cfg.me.clone(),
+                peer: self.cfg.peer.clone(),
+                role: if self.is_primary() {
+                    "primary"
+                } else {
+                    "secondary"
+                }
+                .into(),
+                peer_role: None,
+                disk: DiskState::DUnknown,
+                peer_disk: DiskState::DUnknown,
+                link: LinkState::Connecting,
+                sync_role: None,
+                protocol: String::new(),
+                size: self.cfg.size,
+                dirty_bytes: 0,
+                sync: None,
+                verify: None,
+                counters: Counters::default(),
+                generations: String::new(),
+                record_up_to_date: None,
+                nbd_clients: 0,
+                events: vec!["busy: status not available yet".into()],
+            }),
+        }
+    }
+
+    fn status_of(&self, st: &State) -> VolumeStatus {
+        let record = self.record();
+        let disk = self.disk_state_of(st);
         let g = st.meta.gens;
         VolumeStatus {
             name: self.cfg.name.clone(),

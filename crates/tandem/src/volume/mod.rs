@@ -305,9 +305,10 @@ impl Hub {
         }
     }
 
-    /// Every copy's status.
+    /// Every copy's status, without waiting for any copy's state (the
+    /// agent's thread calls this; see [`Volume::status_now`]).
     pub fn status(&self) -> Vec<VolumeStatus> {
-        self.volumes.values().map(|v| v.status()).collect()
+        self.volumes.values().map(|v| v.status_now()).collect()
     }
 
     fn get(&self, name: &str) -> Result<Arc<Volume>, String> {
@@ -364,8 +365,20 @@ impl Hub {
         ))
     }
 
-    /// Runs one `tandem volume` command.
-    pub async fn command(&self, cmd: VolumeCommand) -> VolumeAnswer {
+    /// Runs one `tandem volume` command, on the volumes' runtime: it may
+    /// wait for a copy's state, which may wait for the disk.
+    pub async fn command(self: &Arc<Self>, cmd: VolumeCommand) -> VolumeAnswer {
+        let hub = self.clone();
+        self.handle
+            .spawn(async move { hub.run_command(cmd).await })
+            .await
+            .unwrap_or_else(|e| VolumeAnswer {
+                error: Some(format!("volume command task failed: {e}")),
+                ..Default::default()
+            })
+    }
+
+    async fn run_command(&self, cmd: VolumeCommand) -> VolumeAnswer {
         let mut answer = VolumeAnswer::default();
         let result: Result<Option<String>, String> = match &cmd {
             VolumeCommand::Status { name } => match name {
@@ -421,9 +434,10 @@ impl Hub {
             | VolumeCommand::Connect { name, .. } => Some(name.clone()),
         };
         answer.volumes = self
-            .status()
-            .into_iter()
-            .filter(|s| only.as_ref().map_or(true, |n| *n == s.name))
+            .volumes
+            .values()
+            .filter(|v| only.as_ref().map_or(true, |n| *n == v.cfg.name))
+            .map(|v| v.status())
             .collect();
         answer
     }
