@@ -1031,3 +1031,70 @@ impl Volume {
         let _ = self.cfg.paths.save_meta(&st.meta);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::volume::store::MetaPaths;
+
+    fn volume(dir: &std::path::Path) -> Volume {
+        let size = 1 << 20;
+        let cfg = VolumeConfig {
+            name: "data".into(),
+            me: "n1".into(),
+            peer: "n2".into(),
+            dialer: true,
+            size,
+            backing: dir.join("data.img"),
+            protocol: Protocol::C,
+            my_addr: "127.0.0.1:1".parse().unwrap_or_else(|e| panic!("{e}")),
+            peer_addr: "127.0.0.1:2".parse().unwrap_or_else(|e| panic!("{e}")),
+            nbd_socket: None,
+            nbd_tcp: None,
+            rate_bytes_s: 1 << 20,
+            split_brain: tandem_core::config::schema::SplitBrainPolicy::Disconnect,
+            key: [0; 32],
+            ping_interval_ms: 1000,
+            peer_timeout_ms: 3000,
+            paths: MetaPaths::new(dir, "data"),
+        };
+        Backing::create_file(&cfg.backing, size).unwrap_or_else(|e| panic!("{e:#}"));
+        cfg.paths
+            .save_meta(&Meta::new("data", size, true, 7))
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        cfg.paths
+            .save_bitmap(&Bitmap::new(size))
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        let (tx, _rx) = mpsc::channel(1);
+        Volume::open(cfg, tx, Arc::new(AtomicBool::new(true))).unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    /// The agent's thread reads a copy's role, trouble and status every
+    /// few hundred ms; it waited for the state lock, which a write holds
+    /// across a metadata fsync (seconds under heavy writeback), and the
+    /// node lost its lease mid-write.
+    #[test]
+    fn regression_agent_thread_waited_for_a_metadata_fsync() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let v = Arc::new(volume(dir.path()));
+        let before = v.status_now();
+        let held = v.lock();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = v.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send((
+                reader.is_primary(),
+                reader.outdated_primary(),
+                reader.status_now(),
+            ));
+        });
+        let got = rx.recv_timeout(Duration::from_secs(10));
+        drop(held);
+        let (primary, outdated, status) =
+            got.unwrap_or_else(|_| panic!("the agent-side reads waited for the state lock"));
+        assert!(!primary && !outdated);
+        // While busy: the last status, not a made-up one.
+        assert_eq!(status.generations, before.generations);
+        assert_eq!(status.name, "data");
+    }
+}
