@@ -118,7 +118,18 @@ impl AgentCluster {
             nodes: members,
             links: vec!["lan".into(), "sync".into()],
         })?;
-        let dir = tempfile::tempdir().context("creating the cluster's directory")?;
+        // State, configuration and logs on tmpfs where there is one: the
+        // agents' own small writes then never queue behind the journal of
+        // a filesystem that a test's volume fills with writeback (that is
+        // the deployment CONFIG.md recommends: state directory and volume
+        // backing stores on different filesystems).
+        let shm = Path::new("/dev/shm");
+        let dir = if shm.is_dir() {
+            tempfile::tempdir_in(shm)
+        } else {
+            tempfile::tempdir()
+        }
+        .context("creating the cluster's directory")?;
         let key = [0x42u8; 32];
         let key_path = dir.path().join("cluster.key");
         std::fs::write(&key_path, key).context("writing the key")?;
