@@ -1257,6 +1257,64 @@ fn settled_quiet_groups(seed: u64) -> (Sim, u64) {
     (sim, steps)
 }
 
+/// Regression (the planned-failover test in CI): a request's id was the
+/// sender's (incarnation, sequence number), and incarnations come from the
+/// clock, so two agents started in the same microsecond shared one: the
+/// leader dropped a follower's first request as a duplicate of its own
+/// first. Here every member starts at incarnation 1; the leader and a
+/// follower each send their first request, and both take effect.
+#[test]
+fn regression_first_requests_of_members_sharing_an_incarnation_both_count() {
+    let mut checked = 0;
+    for seed in 0..20 {
+        let (mut sim, mut steps) = settled_quiet_groups(seed);
+        let n = sim.nodes.len();
+        let leader = (0..n).find(|&i| {
+            sim.nodes[i]
+                .member
+                .as_ref()
+                .is_some_and(|m| m.agreement().role() == Role::Leader)
+        });
+        let Some(leader) = leader else { continue };
+        let Some(follower) = (0..n).find(|&i| i != leader && sim.nodes[i].member.is_some()) else {
+            continue;
+        };
+        let pins = [
+            (leader, GROUPS[0], format!("n{}", follower + 1)),
+            (follower, GROUPS[1], format!("n{}", leader + 1)),
+        ];
+        for (i, group, node) in &pins {
+            let local = sim.local(*i);
+            sim.nodes[*i].member.as_mut().unwrap().request(
+                local,
+                Request::Move {
+                    group: group.to_string(),
+                    node: Some(node.clone()),
+                },
+            );
+            sim.flush(*i);
+        }
+        sim.run_until(sim.now + 2_000, &mut steps, false)
+            .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        let record = sim.nodes[leader]
+            .member
+            .as_ref()
+            .unwrap()
+            .agreement()
+            .record()
+            .clone();
+        for (_, group, node) in &pins {
+            assert_eq!(
+                record.pins.get(*group),
+                Some(node),
+                "seed {seed}: the request to move {group} to {node} was lost"
+            );
+        }
+        checked += 1;
+    }
+    assert!(checked >= 5, "only {checked} seeds had a settled leader");
+}
+
 /// Two nodes with fencing: a holder keeps its groups without hearing its
 /// peer (fence-backed), so the leader must never wait its lease out. Here
 /// the holder acknowledges the leader's "stop it" entry and goes deaf

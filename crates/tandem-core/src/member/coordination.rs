@@ -321,7 +321,7 @@ impl Member {
         self.now_ms = now_ms;
         self.request_seq += 1;
         let env = RequestEnvelope {
-            id: (self.incarnation, self.request_seq),
+            id: (self.spec.me, self.incarnation, self.request_seq),
             request,
         };
         if self.queued_requests.len() == MAX_QUEUED_REQUESTS {

@@ -249,12 +249,18 @@ pub enum Request {
     },
 }
 
-/// A request with its sender's id for it (duplicates are dropped).
+/// A request with its sender's id for it (duplicates are dropped): the
+/// sending member, its incarnation and its sequence number. The member is
+/// part of it because incarnations come from the clock, and two agents
+/// started in the same microsecond share one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct RequestEnvelope {
-    id: (u64, u64),
+    id: RequestId,
     request: Request,
 }
+
+/// Who sent a request (member, incarnation) and its number there.
+type RequestId = (NodeId, u64, u64);
 
 /// Requests remembered to drop duplicates.
 const MAX_SEEN_REQUESTS: usize = 256;
@@ -328,7 +334,7 @@ pub struct Member {
     /// Wall clock (ms since the Unix epoch) at `now_ms == 0`.
     unix_at_zero_ms: u64,
     request_seq: u64,
-    seen_requests: std::collections::VecDeque<(u64, u64)>,
+    seen_requests: std::collections::VecDeque<RequestId>,
     queued_requests: std::collections::VecDeque<RequestEnvelope>,
     /// Why groups wait, as the leader last computed it.
     waiting: BTreeMap<String, String>,
