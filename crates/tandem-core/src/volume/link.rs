@@ -302,38 +302,14 @@ impl Msg {
 
     /// The framed message with the data of a write or sync block kept
     /// apart, moved rather than copied: on the wire `head` then `data`.
-    pub fn into_frame(self) -> Frame {
-        match self {
-            Msg::Write {
-                id,
-                offset,
-                fua,
-                data,
-            } => {
-                let mut head = Msg::Write {
-                    id,
-                    offset,
-                    fua,
-                    data: Vec::new(),
-                }
-                .to_bytes();
-                add_len(&mut head, data.len());
-                Frame { head, data }
-            }
-            Msg::SyncData { offset, data } => {
-                let mut head = Msg::SyncData {
-                    offset,
-                    data: Vec::new(),
-                }
-                .to_bytes();
-                add_len(&mut head, data.len());
-                Frame { head, data }
-            }
-            other => Frame {
-                head: other.to_bytes(),
-                data: Vec::new(),
-            },
-        }
+    pub fn into_frame(mut self) -> Frame {
+        let data = match &mut self {
+            Msg::Write { data, .. } | Msg::SyncData { data, .. } => std::mem::take(data),
+            _ => Vec::new(),
+        };
+        let mut head = self.to_bytes();
+        add_len(&mut head, data.len());
+        Frame { head, data }
     }
 }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tandem_core::nbd::{self, errno, Event, ExportInfo, Handshake, Next, Op, RequestParser};
+use tandem_core::volume::link::Frame;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{mpsc, Semaphore};
@@ -23,8 +24,7 @@ const REPLY_QUEUE: usize = 128;
 const MAX_CLIENTS: usize = 64;
 /// Bytes asked of the socket per read while parsing requests.
 const READ_CHUNK: usize = 64 << 10;
-/// Write payloads (and read replies) at least this long bypass the
-/// request buffer (and the reply gathering).
+/// Write payloads at least this long bypass the request buffer.
 const DIRECT_PAYLOAD: usize = 64 << 10;
 /// Limit on the whole handshake.
 const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
@@ -136,8 +136,9 @@ async fn client<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(vol: Arc<Vol
     }
     vol.lock().nbd_clients += 1;
     let (mut rd, wr) = tokio::io::split(s);
-    let (tx, rx) = mpsc::channel::<Vec<u8>>(REPLY_QUEUE);
-    let writer = tokio::spawn(reply_writer(wr, rx));
+    // Replies go out in order of completion, gathered per socket write.
+    let (tx, rx) = mpsc::channel::<Frame>(REPLY_QUEUE);
+    let writer = tokio::spawn(super::write_frames(wr, rx));
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut parser = RequestParser::new(vol.cfg.size, false);
     let mut buf: Vec<u8> = Vec::with_capacity(2 * READ_CHUNK);
@@ -166,10 +167,7 @@ async fn client<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(vol: Arc<Vol
                     });
                     true
                 }
-                Event::Refuse { cookie, errno, .. } => tx
-                    .send(nbd::simple_reply(cookie, errno).to_vec())
-                    .await
-                    .is_ok(),
+                Event::Refuse { cookie, errno, .. } => tx.send(simple(cookie, errno)).await.is_ok(),
                 Event::Disconnect => false,
                 Event::Abort(e) => {
                     vol.event(format!("NBD client dropped: {e}"));
@@ -236,40 +234,6 @@ async fn client<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(vol: Arc<Vol
     vol.lock().nbd_clients -= 1;
 }
 
-/// Sends replies in order of completion, gathering those already queued
-/// into one socket write (small replies are 16 bytes each).
-async fn reply_writer<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<Vec<u8>>) {
-    let mut gathered = Vec::with_capacity(READ_CHUNK);
-    while let Some(first) = rx.recv().await {
-        let mut next = Some(first);
-        while let Some(b) = next.take() {
-            if b.len() >= DIRECT_PAYLOAD {
-                // A large read reply goes out as it is, after what is
-                // gathered so far.
-                if (!gathered.is_empty() && wr.write_all(&gathered).await.is_err())
-                    || wr.write_all(&b).await.is_err()
-                {
-                    return;
-                }
-                gathered.clear();
-                super::buffers::give(b);
-            } else {
-                gathered.extend_from_slice(&b);
-            }
-            if gathered.len() < READ_CHUNK {
-                next = rx.try_recv().ok();
-            }
-        }
-        if !gathered.is_empty() {
-            if wr.write_all(&gathered).await.is_err() {
-                return;
-            }
-            gathered.clear();
-        }
-    }
-    let _ = wr.shutdown().await;
-}
-
 /// Resolves once the volume is no longer primary.
 async fn demoted(vol: &Volume) {
     loop {
@@ -281,27 +245,37 @@ async fn demoted(vol: &Volume) {
     }
 }
 
-async fn run(vol: &Volume, cookie: u64, op: Op) -> Vec<u8> {
+/// A reply without data.
+fn simple(cookie: u64, errno: u32) -> Frame {
+    Frame {
+        head: nbd::simple_reply(cookie, errno).to_vec(),
+        data: Vec::new(),
+    }
+}
+
+async fn run(vol: &Volume, cookie: u64, op: Op) -> Frame {
     match op {
         Op::Read { offset, length } => {
             if !vol.is_primary() {
-                return nbd::simple_reply(cookie, errno::ESHUTDOWN).to_vec();
+                return simple(cookie, errno::ESHUTDOWN);
             }
-            let mut out = super::buffers::take(nbd::REPLY_LEN + length as usize);
-            out.extend_from_slice(&nbd::simple_reply(cookie, 0));
-            out.resize(nbd::REPLY_LEN + length as usize, 0);
-            match vol.backing.read_at(&mut out[nbd::REPLY_LEN..], offset) {
-                Ok(()) => out,
+            let mut data = super::buffers::take(length as usize);
+            data.resize(length as usize, 0);
+            match vol.backing.read_at(&mut data, offset) {
+                Ok(()) => Frame {
+                    head: nbd::simple_reply(cookie, 0).to_vec(),
+                    data,
+                },
                 Err(e) => {
                     vol.event(format!("read of {length} bytes at {offset} failed: {e}"));
-                    nbd::simple_reply(cookie, errno::EIO).to_vec()
+                    simple(cookie, errno::EIO)
                 }
             }
         }
         Op::Write { offset, data, fua } => {
             let len = data.len() as u64;
             let r = vol.write(offset, Some(data), len, fua).await;
-            nbd::simple_reply(cookie, r.err().unwrap_or(0)).to_vec()
+            simple(cookie, r.err().unwrap_or(0))
         }
         Op::Trim {
             offset,
@@ -315,11 +289,11 @@ async fn run(vol: &Volume, cookie: u64, op: Op) -> Vec<u8> {
         } => {
             // Trim zeroes too: both copies must read back the same.
             let r = vol.write(offset, None, u64::from(length), fua).await;
-            nbd::simple_reply(cookie, r.err().unwrap_or(0)).to_vec()
+            simple(cookie, r.err().unwrap_or(0))
         }
         Op::Flush => {
             let r = vol.flush().await;
-            nbd::simple_reply(cookie, r.err().unwrap_or(0)).to_vec()
+            simple(cookie, r.err().unwrap_or(0))
         }
     }
 }

@@ -15,7 +15,7 @@ use tandem_core::volume::link::{
 };
 use tandem_core::volume::{DiskState, Side, Sync};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 
@@ -240,41 +240,6 @@ async fn read_msg<R: AsyncReadExt + Unpin>(s: &mut R) -> Result<Msg> {
     Ok(link::decode(h[0], &body)?)
 }
 
-/// Frames whose data is at least this long are written as they are;
-/// shorter ones (acknowledgements, 4 KiB writes) are gathered with what
-/// else is queued into one socket write of up to [`GATHER`] bytes.
-const DIRECT: usize = 64 << 10;
-/// Most bytes gathered into one socket write.
-const GATHER: usize = 256 << 10;
-
-async fn writer(mut w: OwnedWriteHalf, mut rx: mpsc::Receiver<Frame>) {
-    let mut buf = Vec::with_capacity(GATHER + DIRECT);
-    while let Some(frame) = rx.recv().await {
-        let mut next = Some(frame);
-        while let Some(f) = next.take() {
-            buf.extend_from_slice(&f.head);
-            if f.data.len() >= DIRECT {
-                if w.write_all(&buf).await.is_err() || w.write_all(&f.data).await.is_err() {
-                    return;
-                }
-                buf.clear();
-                super::buffers::give(f.data);
-            } else {
-                buf.extend_from_slice(&f.data);
-            }
-            if buf.len() < GATHER {
-                next = rx.try_recv().ok();
-            }
-        }
-        if !buf.is_empty() {
-            if w.write_all(&buf).await.is_err() {
-                return;
-            }
-            buf.clear();
-        }
-    }
-}
-
 /// One connected session, from handshake to teardown.
 async fn session(vol: Arc<Volume>, stream: TcpStream) {
     let epoch = vol.next_epoch();
@@ -283,7 +248,7 @@ async fn session(vol: Arc<Volume>, stream: TcpStream) {
     // read call for many.
     let mut rd = tokio::io::BufReader::with_capacity(256 << 10, rd);
     let (tx, rx) = mpsc::channel::<Frame>(LINK_QUEUE);
-    let writer = tokio::spawn(writer(wr, rx));
+    let writer = tokio::spawn(super::write_frames(wr, rx));
     let old = vol.lock().conn.as_ref().map(|c| c.epoch);
     if let Some(old) = old {
         vol.teardown(old, "replaced by a new connection");
