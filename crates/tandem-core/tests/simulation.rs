@@ -1161,14 +1161,7 @@ fn fail_counts_expire() {
     sim.quiet = true;
     let mut steps = 0;
     sim.run_until(3_000, &mut steps, false).unwrap();
-    let leader = (0..sim.nodes.len())
-        .find(|&i| {
-            sim.nodes[i]
-                .member
-                .as_ref()
-                .is_some_and(|m| m.agreement().role() == Role::Leader)
-        })
-        .expect("a leader after 3 s");
+    let leader = sim.leader().expect("a leader after 3 s");
     let local = sim.local(leader);
     sim.nodes[leader].member.as_mut().unwrap().request(
         local,
@@ -1227,6 +1220,25 @@ fn the_quorum_check_catches_a_lie() {
 }
 
 impl Sim {
+    /// The running member that leads, if one does.
+    fn leader(&self) -> Option<usize> {
+        (0..self.nodes.len()).find(|&i| {
+            self.nodes[i]
+                .member
+                .as_ref()
+                .is_some_and(|m| m.agreement().role() == Role::Leader)
+        })
+    }
+
+    /// Node `i`'s record (the node must run).
+    fn record(&self, i: usize) -> tandem_core::agreement::Record {
+        self.nodes[i]
+            .member
+            .as_ref()
+            .map(|m| m.agreement().record().clone())
+            .unwrap_or_else(|| panic!("n{} is not running", i + 1))
+    }
+
     /// The placement of `group` in node `i`'s record (the node must run).
     fn placement(&self, i: usize, group: &str) -> Option<tandem_core::agreement::Placement> {
         self.nodes[i]
@@ -1269,13 +1281,7 @@ fn regression_first_requests_of_members_sharing_an_incarnation_both_count() {
     for seed in 0..20 {
         let (mut sim, mut steps) = settled_quiet_groups(seed);
         let n = sim.nodes.len();
-        let leader = (0..n).find(|&i| {
-            sim.nodes[i]
-                .member
-                .as_ref()
-                .is_some_and(|m| m.agreement().role() == Role::Leader)
-        });
-        let Some(leader) = leader else { continue };
+        let Some(leader) = sim.leader() else { continue };
         let Some(follower) = (0..n).find(|&i| i != leader && sim.nodes[i].member.is_some()) else {
             continue;
         };
@@ -1296,13 +1302,7 @@ fn regression_first_requests_of_members_sharing_an_incarnation_both_count() {
         }
         sim.run_until(sim.now + 2_000, &mut steps, false)
             .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
-        let record = sim.nodes[leader]
-            .member
-            .as_ref()
-            .unwrap()
-            .agreement()
-            .record()
-            .clone();
+        let record = sim.record(leader);
         for (_, group, node) in &pins {
             assert_eq!(
                 record.pins.get(*group),
@@ -1327,22 +1327,11 @@ fn two_node_deaf_holder_is_fenced_not_waited_out() {
     let mut tried = 0;
     for seed in two_node_seeds() {
         let (mut sim, mut steps) = settled_quiet_groups(seed);
-        let Some(leader) = (0..2).find(|&i| {
-            sim.nodes[i]
-                .member
-                .as_ref()
-                .is_some_and(|m| m.agreement().role() == Role::Leader)
-        }) else {
+        let Some(leader) = sim.leader() else {
             continue;
         };
         let holder = 1 - leader;
-        let record = sim.nodes[leader]
-            .member
-            .as_ref()
-            .unwrap()
-            .agreement()
-            .record()
-            .clone();
+        let record = sim.record(leader);
         let Some(group) = GROUPS.iter().find(|g| {
             record.placements.get(**g).and_then(|p| p.node.as_deref())
                 == Some(format!("n{}", holder + 1).as_str())
