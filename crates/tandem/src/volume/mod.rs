@@ -284,6 +284,8 @@ impl Hub {
                     }
                 });
             }
+            // A first snapshot for readers that never wait (the agent).
+            v.status_now();
             hub.handle.spawn(keeper(v.clone()));
         }
         Ok(Some(hub))
