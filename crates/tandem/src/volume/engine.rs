@@ -931,7 +931,8 @@ impl Volume {
 
     /// The status without waiting: the last one built while the state
     /// lock is held elsewhere (for the agent's thread, which must keep
-    /// its heartbeats going whatever the disk does).
+    /// its heartbeats going whatever the disk does). The hub takes a first
+    /// one at start; before that, this waits.
     pub fn status_now(&self) -> VolumeStatus {
         let fresh = match self.st.try_lock() {
             Ok(st) => Some(self.status_of(&st)),
@@ -939,38 +940,12 @@ impl Volume {
             Err(std::sync::TryLockError::WouldBlock) => None,
         };
         let mut last = self.last_status.lock().unwrap_or_else(|p| p.into_inner());
-        match fresh {
-            Some(s) => {
-                *last = Some(s.clone());
-                s
-            }
-            None => last.clone().unwrap_or_else(|| VolumeStatus {
-                name: self.cfg.name.clone(),
-                node: self.cfg.me.clone(),
-                peer: self.cfg.peer.clone(),
-                role: if self.is_primary() {
-                    "primary"
-                } else {
-                    "secondary"
-                }
-                .into(),
-                peer_role: None,
-                disk: DiskState::DUnknown,
-                peer_disk: DiskState::DUnknown,
-                link: LinkState::Connecting,
-                sync_role: None,
-                protocol: String::new(),
-                size: self.cfg.size,
-                dirty_bytes: 0,
-                sync: None,
-                verify: None,
-                counters: Counters::default(),
-                generations: String::new(),
-                record_up_to_date: None,
-                nbd_clients: 0,
-                events: vec!["busy: status not available yet".into()],
-            }),
-        }
+        let s = match (fresh, last.take()) {
+            (Some(s), _) | (None, Some(s)) => s,
+            (None, None) => self.status(),
+        };
+        *last = Some(s.clone());
+        s
     }
 
     fn status_of(&self, st: &State) -> VolumeStatus {

@@ -138,7 +138,7 @@ async fn client<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(vol: Arc<Vol
     let (mut rd, wr) = tokio::io::split(s);
     // Replies go out in order of completion, gathered per socket write.
     let (tx, rx) = mpsc::channel::<Frame>(REPLY_QUEUE);
-    let writer = tokio::spawn(super::write_frames(wr, rx));
+    let writer = tokio::spawn(super::stream::write_frames(wr, rx));
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut parser = RequestParser::new(vol.cfg.size, false);
     let mut buf: Vec<u8> = Vec::with_capacity(2 * READ_CHUNK);
@@ -197,7 +197,7 @@ async fn client<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(vol: Arc<Vol
             .filter(|l| *l >= DIRECT_PAYLOAD && *l > buf.len() - start)
         {
             let data = tokio::select! {
-                r = super::read_payload(&mut rd, &buf[start..], len) => r,
+                r = super::stream::read_payload(&mut rd, &buf[start..], len) => r,
                 _ = cut.notified() => break 'read,
             };
             buf.clear();

@@ -228,7 +228,7 @@ async fn read_msg<R: AsyncReadExt + Unpin>(s: &mut R) -> Result<Msg> {
         let mut fixed = [0u8; 32];
         let fixed = &mut fixed[..p];
         s.read_exact(fixed).await.context("reading from the peer")?;
-        let data = super::read_payload(s, &[], len - p)
+        let data = super::stream::read_payload(s, &[], len - p)
             .await
             .context("reading from the peer")?;
         return Ok(link::decode_bulk(h[0], fixed, data)?);
@@ -248,7 +248,7 @@ async fn session(vol: Arc<Volume>, stream: TcpStream) {
     // read call for many.
     let mut rd = tokio::io::BufReader::with_capacity(256 << 10, rd);
     let (tx, rx) = mpsc::channel::<Frame>(LINK_QUEUE);
-    let writer = tokio::spawn(super::write_frames(wr, rx));
+    let writer = tokio::spawn(super::stream::write_frames(wr, rx));
     let old = vol.lock().conn.as_ref().map(|c| c.epoch);
     if let Some(old) = old {
         vol.teardown(old, "replaced by a new connection");
