@@ -171,7 +171,6 @@ pub(super) struct State {
     pub meta: Meta,
     pub bitmap: Bitmap,
     al: ActivityLog,
-    pub primary: bool,
     /// The promotion was forced: the record may be overwritten.
     forced: bool,
     pub conn: Option<Conn>,
@@ -206,9 +205,10 @@ pub struct Volume {
     /// The agent holds its lease: the cluster lets this node run groups.
     may_run: Arc<AtomicBool>,
     epoch: std::sync::atomic::AtomicU64,
-    /// `State::primary`, readable without the state lock (which may be
-    /// held across a metadata fsync): the agent's thread must never wait
-    /// for the disk.
+    /// Whether this copy is primary. Changed only under the state lock (so
+    /// it reads steady there), read anywhere without it: the lock may be
+    /// held across a metadata fsync, and the agent's thread must never
+    /// wait for the disk.
     primary_now: AtomicBool,
     /// The last status built, for readers that must not wait.
     last_status: Mutex<Option<VolumeStatus>>,
@@ -301,7 +301,6 @@ impl Volume {
                 meta,
                 bitmap,
                 al,
-                primary: false,
                 forced: false,
                 conn: None,
                 link: LinkState::Connecting,
@@ -330,6 +329,15 @@ impl Volume {
     /// The state, locked. Never held across an await.
     pub(super) fn lock(&self) -> MutexGuard<'_, State> {
         self.st.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The state if nobody holds it now (for readers that must not wait).
+    fn try_lock(&self) -> Option<MutexGuard<'_, State>> {
+        match self.st.try_lock() {
+            Ok(st) => Some(st),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
     }
 
     /// Logs a volume event (stderr and the status history).
@@ -401,7 +409,7 @@ impl Volume {
             gens: st.meta.gens,
             dirty_blocks: st.bitmap.count(),
             consistent: st.meta.consistent,
-            primary: st.primary,
+            primary: self.is_primary(),
             promoted_at_unix_ms: st.meta.promoted_at_unix_ms,
             discard_my_data: st.discard_my_data,
         }
@@ -460,7 +468,7 @@ impl Volume {
     ) -> Result<Option<(DiskState, Option<String>, Option<mpsc::Sender<Frame>>, Side)>, String>
     {
         let mut st = self.lock();
-        if st.primary {
+        if self.is_primary() {
             return Ok(None);
         }
         if st.conn.as_ref().is_some_and(|c| c.peer_primary) {
@@ -483,7 +491,6 @@ impl Volume {
             st.meta.gens.current = random_gen();
             st.meta.consistent = true;
         }
-        st.primary = true;
         self.primary_now.store(true, Ordering::SeqCst);
         st.forced = force && state != DiskState::UpToDate;
         st.meta.promoted_at_unix_ms = unix_ms();
@@ -517,10 +524,9 @@ impl Volume {
     /// Marks the copy secondary; None when it was not primary.
     fn demote_locked(&self) -> Option<Option<mpsc::Sender<Frame>>> {
         let mut st = self.lock();
-        if !st.primary {
+        if !self.is_primary() {
             return None;
         }
-        st.primary = false;
         self.primary_now.store(false, Ordering::SeqCst);
         st.forced = false;
         Some(st.conn.as_ref().map(|c| c.tx.clone()))
@@ -610,7 +616,7 @@ impl Volume {
             let _order = self.order.lock().await;
             {
                 let mut st = self.lock();
-                if !st.primary {
+                if !self.is_primary() {
                     return Err(errno::ESHUTDOWN);
                 }
                 st.in_flight += 1;
@@ -773,13 +779,11 @@ impl Volume {
     /// may take a while under heavy writeback) the answer is false and the
     /// next check tells.
     pub fn outdated_primary(&self) -> bool {
-        let replicating = match self.st.try_lock() {
-            Ok(st) => st.conn.as_ref().is_some_and(|c| c.replicating),
-            Err(std::sync::TryLockError::Poisoned(p)) => {
-                p.into_inner().conn.as_ref().is_some_and(|c| c.replicating)
-            }
-            Err(std::sync::TryLockError::WouldBlock) => return false,
+        let Some(st) = self.try_lock() else {
+            return false;
         };
+        let replicating = st.conn.as_ref().is_some_and(|c| c.replicating);
+        drop(st);
         !replicating && self.excluded()
     }
 
@@ -880,7 +884,7 @@ impl Volume {
             .conn
             .as_ref()
             .is_some_and(|c| c.replicating && c.sync_role == SyncRole::InSync);
-        let desired = if st.primary {
+        let desired = if self.is_primary() {
             if in_sync {
                 let mut v = vec![self.cfg.me.clone(), self.cfg.peer.clone()];
                 v.sort();
@@ -934,11 +938,7 @@ impl Volume {
     /// its heartbeats going whatever the disk does). The hub takes a first
     /// one at start; before that, this waits.
     pub fn status_now(&self) -> VolumeStatus {
-        let fresh = match self.st.try_lock() {
-            Ok(st) => Some(self.status_of(&st)),
-            Err(std::sync::TryLockError::Poisoned(p)) => Some(self.status_of(&p.into_inner())),
-            Err(std::sync::TryLockError::WouldBlock) => None,
-        };
+        let fresh = self.try_lock().map(|st| self.status_of(&st));
         let mut last = self.last_status.lock().unwrap_or_else(|p| p.into_inner());
         let s = match (fresh, last.take()) {
             (Some(s), _) | (None, Some(s)) => s,
@@ -956,7 +956,12 @@ impl Volume {
             name: self.cfg.name.clone(),
             node: self.cfg.me.clone(),
             peer: self.cfg.peer.clone(),
-            role: if st.primary { "primary" } else { "secondary" }.into(),
+            role: if self.is_primary() {
+                "primary"
+            } else {
+                "secondary"
+            }
+            .into(),
             peer_role: st.conn.as_ref().map(|c| {
                 if c.peer_primary {
                     "primary"
