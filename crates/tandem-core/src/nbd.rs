@@ -583,6 +583,32 @@ impl RequestParser {
         }
     }
 
+    /// Takes the awaited write payload as held elsewhere by the caller
+    /// (in a kernel pipe): the event is the one [`RequestParser::take_payload`]
+    /// would give with the data left empty; the caller carries the
+    /// [`RequestParser::payload_wanted`] bytes beside it. `None` if no
+    /// payload was awaited.
+    pub fn take_payload_apart(&mut self) -> Option<Event> {
+        let ParseState::Payload {
+            cookie,
+            offset,
+            fua,
+            refuse,
+            ..
+        } = self.state
+        else {
+            return None;
+        };
+        self.state = ParseState::Payload {
+            cookie,
+            offset,
+            length: 0,
+            fua,
+            refuse,
+        };
+        self.take_payload(Vec::new())
+    }
+
     /// Hands over the awaited write payload as an owned buffer (its data
     /// becomes the request's, not copied). `None` if no payload was
     /// awaited or `data` is not exactly [`RequestParser::payload_wanted`]

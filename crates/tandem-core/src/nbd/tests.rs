@@ -262,6 +262,38 @@ fn a_payload_is_only_taken_when_awaited_and_whole() {
 }
 
 #[test]
+fn a_payload_held_apart_gives_the_same_request_and_refusal() {
+    let mut p = RequestParser::new(1 << 20, false);
+    assert_eq!(p.take_payload_apart(), None);
+    assert_eq!(
+        p.next(&req(CMD_WRITE, CMD_FLAG_FUA, 5, 512, 4)),
+        (REQUEST_LEN, None)
+    );
+    assert_eq!(
+        p.take_payload_apart(),
+        Some(Event::Request {
+            cookie: 5,
+            op: Op::Write {
+                offset: 512,
+                data: vec![],
+                fua: true
+            }
+        })
+    );
+    assert_eq!(p.payload_wanted(), None);
+    // Past the end: refused, and the stream goes on with the next header.
+    assert_eq!(
+        p.next(&req(CMD_WRITE, 0, 6, (1 << 20) - 2, 4)),
+        (REQUEST_LEN, None)
+    );
+    assert!(matches!(
+        p.take_payload_apart(),
+        Some(Event::Refuse { cookie: 6, .. })
+    ));
+    assert_eq!(p.wanted(), REQUEST_LEN);
+}
+
+#[test]
 fn requests_parse_and_bad_ones_are_refused_in_step() {
     let mut s = vec![];
     s.extend(req(CMD_WRITE, CMD_FLAG_FUA, 1, 4096, 4));

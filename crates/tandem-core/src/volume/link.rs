@@ -311,6 +311,17 @@ impl Msg {
         add_len(&mut head, data.len());
         Frame { head, data }
     }
+
+    /// The framed message of a write or sync block whose `data_len` bytes
+    /// of data the caller sends right after `head` from elsewhere (a
+    /// kernel pipe, a file): the message's own data must be empty, and the
+    /// frame's `data` is.
+    pub fn into_frame_apart(self, data_len: usize) -> Frame {
+        let mut f = self.into_frame();
+        add_len(&mut f.head, data_len + f.data.len());
+        f.data.clear();
+        f
+    }
 }
 
 /// Grows the body length a frame header announces by `extra` bytes (data
@@ -592,6 +603,21 @@ mod tests {
             fua: true,
             data: vec![1, 2, 3],
         });
+        let apart = Msg::Write {
+            id: 9,
+            offset: 4096,
+            fua: true,
+            data: Vec::new(),
+        }
+        .into_frame_apart(3);
+        let whole = Msg::Write {
+            id: 9,
+            offset: 4096,
+            fua: true,
+            data: vec![1, 2, 3],
+        }
+        .to_bytes();
+        assert_eq!([apart.head, vec![1, 2, 3]].concat(), whole);
         round(Msg::Zero {
             id: 1,
             offset: 0,

@@ -21,11 +21,13 @@ use tandem_core::config::schema::Protocol;
 use tandem_core::member::Request;
 use tandem_core::nbd::errno;
 use tandem_core::volume::bitmap::{Bitmap, BLOCK};
-use tandem_core::volume::link::{Frame, Msg};
+use tandem_core::volume::link::Msg;
 use tandem_core::volume::{self, DiskState, Knowledge, Side, VolumeFacts};
 use tokio::sync::{mpsc, oneshot, Notify};
 
+use super::splice::Pipe;
 use super::store::{ActivityLog, Backing, Meta};
+use super::stream::{Outgoing, Tail};
 use super::VolumeConfig;
 
 /// How long a write waits for the peer or for the cluster before it fails
@@ -75,7 +77,7 @@ pub struct Conn {
     /// Session number: a newer session replaces an older one.
     pub epoch: u64,
     /// Frames to the peer, in order.
-    pub tx: mpsc::Sender<Frame>,
+    pub tx: mpsc::Sender<Outgoing>,
     pending: HashMap<u64, Pending>,
     next_id: u64,
     /// Writes go to the peer (handshake done, not a sync target).
@@ -92,7 +94,7 @@ pub struct Conn {
 
 impl Conn {
     /// A new session's connection, before the sync decision.
-    pub fn new(epoch: u64, tx: mpsc::Sender<Frame>) -> Conn {
+    pub fn new(epoch: u64, tx: mpsc::Sender<Outgoing>) -> Conn {
         Conn {
             epoch,
             tx,
@@ -187,12 +189,73 @@ pub(super) struct State {
     last_record_request: Option<Instant>,
 }
 
+/// One change to a copy, as the write path receives it.
+#[derive(Debug)]
+pub enum Change {
+    /// Data in memory.
+    Bytes(Vec<u8>),
+    /// Data in a kernel pipe (every byte it holds), moved into the page
+    /// cache without passing through memory of ours.
+    Piped(Pipe),
+    /// This many zero bytes (WRITE_ZEROES, TRIM).
+    Zero(u64),
+}
+
+impl Change {
+    /// Bytes changed.
+    pub(super) fn len(&self) -> u64 {
+        match self {
+            Change::Bytes(d) => d.len() as u64,
+            Change::Piped(p) => p.len() as u64,
+            Change::Zero(n) => *n,
+        }
+    }
+
+    /// The data a message carried: in `piped` if it came through a pipe
+    /// (the message's own buffer is then empty), else in `data`.
+    pub fn carried(data: Vec<u8>, piped: Option<Pipe>) -> Change {
+        match piped {
+            Some(p) => Change::Piped(p),
+            None => Change::Bytes(data),
+        }
+    }
+}
+
+/// A change once it is in the local copy: what the peer is sent.
+pub(super) enum Landed {
+    /// The data, in memory.
+    Bytes(Vec<u8>),
+    /// This many bytes, read from the store when sent.
+    InStore(usize),
+    /// Zeroes.
+    Zero(u64),
+}
+
+impl Landed {
+    /// Hands a buffer back for reuse once nothing is left to send.
+    pub(super) fn recycle(self) {
+        if let Landed::Bytes(d) = self {
+            super::buffers::give(d);
+        }
+    }
+
+    /// Bytes changed.
+    fn len(&self) -> u64 {
+        match self {
+            Landed::Bytes(d) => d.len() as u64,
+            Landed::InStore(n) => *n as u64,
+            Landed::Zero(n) => *n,
+        }
+    }
+}
+
 /// One copy of a volume.
 pub struct Volume {
     /// Its configuration on this node.
     pub cfg: VolumeConfig,
-    /// The backing store.
-    pub backing: Backing,
+    /// The backing store (shared with the link's writer, which sends
+    /// written ranges from its page cache).
+    pub backing: Arc<Backing>,
     pub(super) st: Mutex<State>,
     /// Orders "write locally, then queue for the peer" against sync reads
     /// and verify reads, so the peer sees every block's changes in the
@@ -296,7 +359,7 @@ impl Volume {
         cfg.paths.save_meta(&meta)?;
         Ok(Volume {
             cfg,
-            backing,
+            backing: Arc::new(backing),
             st: Mutex::new(State {
                 meta,
                 bitmap,
@@ -446,7 +509,9 @@ impl Volume {
             return Ok(None);
         };
         if let Some(tx) = conn_tx {
-            let _ = tx.send(Msg::State(self.hello(side)).into_frame()).await;
+            let _ = tx
+                .send(Msg::State(self.hello(side)).into_frame().into())
+                .await;
         }
         self.event(format!(
             "promoted to primary ({state}{})",
@@ -465,8 +530,15 @@ impl Volume {
         &self,
         force: bool,
         cluster: bool,
-    ) -> Result<Option<(DiskState, Option<String>, Option<mpsc::Sender<Frame>>, Side)>, String>
-    {
+    ) -> Result<
+        Option<(
+            DiskState,
+            Option<String>,
+            Option<mpsc::Sender<Outgoing>>,
+            Side,
+        )>,
+        String,
+    > {
         let mut st = self.lock();
         if self.is_primary() {
             return Ok(None);
@@ -514,7 +586,9 @@ impl Volume {
         let _order = self.order.lock().await;
         let side = self.side(&self.lock());
         if let Some(tx) = conn_tx {
-            let _ = tx.send(Msg::State(self.hello(side)).into_frame()).await;
+            let _ = tx
+                .send(Msg::State(self.hello(side)).into_frame().into())
+                .await;
         }
         self.persist_bitmap();
         self.event("demoted to secondary".into());
@@ -522,7 +596,7 @@ impl Volume {
     }
 
     /// Marks the copy secondary; None when it was not primary.
-    fn demote_locked(&self) -> Option<Option<mpsc::Sender<Frame>>> {
+    fn demote_locked(&self) -> Option<Option<mpsc::Sender<Outgoing>>> {
         let mut st = self.lock();
         if !self.is_primary() {
             return None;
@@ -601,13 +675,8 @@ impl Volume {
 
     /// Runs one change to the copy (write, zeroes) through local disk and
     /// peer; Ok once it may be acknowledged.
-    pub async fn write(
-        &self,
-        offset: u64,
-        data: Option<Vec<u8>>,
-        len: u64,
-        fua: bool,
-    ) -> Result<(), u32> {
+    pub async fn write(&self, offset: u64, change: Change, fua: bool) -> Result<(), u32> {
+        let len = change.len();
         if !self.is_primary() {
             return Err(errno::ESHUTDOWN);
         }
@@ -621,35 +690,56 @@ impl Volume {
                 }
                 st.in_flight += 1;
             }
-            let local = match &data {
-                Some(d) => self.backing.write_at(d, offset),
-                None => self.backing.zero(offset, len),
+            let landed = match self.store_change(offset, change) {
+                Ok(l) => l,
+                Err(e) => {
+                    self.lock().in_flight -= 1;
+                    self.event(format!(
+                        "write of {len} bytes at {offset} to {} failed: {e}",
+                        self.backing.path().display()
+                    ));
+                    return Err(errno::EIO);
+                }
             };
-            if let Err(e) = local {
-                self.lock().in_flight -= 1;
-                self.event(format!(
-                    "write of {len} bytes at {offset} to {} failed: {e}",
-                    self.backing.path().display()
-                ));
-                return Err(errno::EIO);
-            }
-            self.queue_to_peer(offset, data, len, fua).await
+            self.queue_to_peer(offset, landed, fua).await
         };
         let result = self.finish_write(waiter, fua).await;
         self.lock().in_flight -= 1;
         result
     }
 
+    /// Writes a change into this copy: the local half of every write
+    /// path (client writes here, replicated writes and sync blocks on a
+    /// secondary).
+    pub(super) fn store_change(&self, offset: u64, change: Change) -> std::io::Result<Landed> {
+        Ok(match change {
+            Change::Bytes(d) => {
+                self.backing.write_at(&d, offset)?;
+                Landed::Bytes(d)
+            }
+            Change::Piped(mut p) => {
+                let len = p.len();
+                p.drain_to_file(self.backing.raw_fd(), offset)?;
+                Landed::InStore(len)
+            }
+            Change::Zero(len) => {
+                self.backing.zero(offset, len)?;
+                Landed::Zero(len)
+            }
+        })
+    }
+
     /// Queues a change for the peer if connected and replicating; else
-    /// marks it in the bitmap. Called with the order lock held.
+    /// marks it in the bitmap. Called with the order lock held, after the
+    /// local write (a range sent from the store is read as it is now).
     async fn queue_to_peer(
         &self,
         offset: u64,
-        data: Option<Vec<u8>>,
-        len: u64,
+        landed: Landed,
         fua: bool,
     ) -> Option<oneshot::Receiver<Result<(), u32>>> {
-        let (frame, tx, rx) = {
+        let len = landed.len();
+        let (out, tx, rx) = {
             let mut guard = self.lock();
             let st = &mut *guard;
             let Some(conn) = st.conn.as_mut().filter(|c| c.replicating) else {
@@ -657,9 +747,7 @@ impl Volume {
                 st.bitmap_dirty = true;
                 st.counters.writes_alone += 1;
                 drop(guard);
-                if let Some(d) = data {
-                    super::buffers::give(d);
-                }
+                landed.recycle();
                 return None;
             };
             let id = conn.next_id();
@@ -672,25 +760,35 @@ impl Volume {
                     done: Some(tx),
                 },
             );
-            let frame = match data {
-                Some(data) => Msg::Write {
-                    id,
-                    offset,
-                    fua,
-                    data,
+            let write = |data| Msg::Write {
+                id,
+                offset,
+                fua,
+                data,
+            };
+            let out = match landed {
+                Landed::Bytes(data) => write(data).into_frame().into(),
+                Landed::InStore(n) => Outgoing {
+                    frame: write(Vec::new()).into_frame_apart(n),
+                    tail: Tail::File {
+                        store: self.backing.clone(),
+                        offset,
+                        len: n,
+                    },
                 },
-                None => Msg::Zero {
+                Landed::Zero(len) => Msg::Zero {
                     id,
                     offset,
                     length: len as u32,
                     fua,
-                },
-            }
-            .into_frame();
+                }
+                .into_frame()
+                .into(),
+            };
             st.counters.writes_replicated += 1;
-            (frame, conn.tx.clone(), rx)
+            (out, conn.tx.clone(), rx)
         };
-        if tx.send(frame).await.is_err() {
+        if tx.send(out).await.is_err() {
             // The session ended between the lock and the send: its
             // teardown marked the range (it was pending).
         }
@@ -807,7 +905,7 @@ impl Volume {
                             done: Some(tx),
                         },
                     );
-                    Some((Msg::Flush { id }.into_frame(), conn.tx.clone(), rx))
+                    Some((Msg::Flush { id }.into_frame().into(), conn.tx.clone(), rx))
                 }
                 None => None,
             }

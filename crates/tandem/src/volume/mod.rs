@@ -5,6 +5,8 @@
 //! - [`engine`]: one copy's role, write path and cluster-record keeping.
 //! - [`peer`]: the replication link (connect, authenticate, sync, verify).
 //! - [`nbd_server`]: the NBD export.
+//! - [`stream`], [`splice`], [`buffers`]: the data path's socket I/O, its
+//!   zero-copy moves through kernel pipes, and its reusable buffers.
 //!
 //! Volumes run on a runtime of their own (two worker threads): disk
 //! flushes and bulk copies there never delay the agent's heartbeats.
@@ -13,6 +15,7 @@ pub mod buffers;
 pub mod engine;
 pub mod nbd_server;
 pub mod peer;
+pub mod splice;
 pub mod store;
 pub mod stream;
 

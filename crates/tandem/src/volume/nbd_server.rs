@@ -14,7 +14,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{mpsc, Semaphore};
 
-use super::engine::Volume;
+use super::engine::{Change, Volume};
+use super::splice::{Filled, Pipe, Socket, MAX_SPLICED, MIN_SPLICED};
+use super::stream::Outgoing;
 
 /// Requests of one client being served at once (pipelining depth).
 const MAX_IN_FLIGHT: usize = 64;
@@ -24,8 +26,9 @@ const REPLY_QUEUE: usize = 128;
 const MAX_CLIENTS: usize = 64;
 /// Bytes asked of the socket per read while parsing requests.
 const READ_CHUNK: usize = 64 << 10;
-/// Write payloads at least this long bypass the request buffer.
-const DIRECT_PAYLOAD: usize = 64 << 10;
+/// Write payloads at least this long bypass the request buffer (and up to
+/// [`MAX_SPLICED`], the process's memory: see [`super::splice`]).
+const DIRECT_PAYLOAD: usize = MIN_SPLICED;
 /// Limit on the whole handshake.
 const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
 
@@ -53,10 +56,37 @@ pub async fn serve_tcp(vol: Arc<Volume>, addr: std::net::SocketAddr) -> Result<(
     .await
 }
 
+/// A client's connection: a stream that splits into owned halves the
+/// data path can splice from and to.
+pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// The reading half.
+    type Read: AsyncRead + Socket + Unpin + Send + Sync + 'static;
+    /// The writing half.
+    type Write: AsyncWrite + Socket + Unpin + Send + Sync + 'static;
+    /// Splits the stream.
+    fn halves(self) -> (Self::Read, Self::Write);
+}
+
+impl ClientStream for tokio::net::TcpStream {
+    type Read = tokio::net::tcp::OwnedReadHalf;
+    type Write = tokio::net::tcp::OwnedWriteHalf;
+    fn halves(self) -> (Self::Read, Self::Write) {
+        self.into_split()
+    }
+}
+
+impl ClientStream for tokio::net::UnixStream {
+    type Read = tokio::net::unix::OwnedReadHalf;
+    type Write = tokio::net::unix::OwnedWriteHalf;
+    fn halves(self) -> (Self::Read, Self::Write) {
+        self.into_split()
+    }
+}
+
 /// Accepts clients, at most [`MAX_CLIENTS`] at once (more are closed).
 async fn accept_loop<S, F, Fut>(vol: Arc<Volume>, accept: F) -> Result<()>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: ClientStream,
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = std::io::Result<S>>,
 {
@@ -121,7 +151,7 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(vol: &Volume, s: &mut S) -
     }
 }
 
-async fn client<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(vol: Arc<Volume>, mut s: S) {
+async fn client<S: ClientStream>(vol: Arc<Volume>, mut s: S) {
     match tokio::time::timeout(HANDSHAKE_LIMIT, handshake(&vol, &mut s)).await {
         Ok(Ok(true)) => {}
         Ok(Ok(false)) | Err(_) => return,
@@ -135,9 +165,9 @@ async fn client<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(vol: Arc<Vol
         return;
     }
     vol.lock().nbd_clients += 1;
-    let (mut rd, wr) = tokio::io::split(s);
+    let (mut rd, wr) = s.halves();
     // Replies go out in order of completion, gathered per socket write.
-    let (tx, rx) = mpsc::channel::<Frame>(REPLY_QUEUE);
+    let (tx, rx) = mpsc::channel::<Outgoing>(REPLY_QUEUE);
     let writer = tokio::spawn(super::stream::write_frames(wr, rx));
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut parser = RequestParser::new(vol.cfg.size, false);
@@ -152,7 +182,8 @@ async fn client<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(vol: Arc<Vol
             cut.notify_one();
         })
     };
-    let dispatch = |ev: Event| {
+    // `piped`: the payload of a write, held in a kernel pipe.
+    let dispatch = |ev: Event, piped: Option<Pipe>| {
         let (vol, tx, slots) = (vol.clone(), tx.clone(), slots.clone());
         async move {
             match ev {
@@ -161,13 +192,15 @@ async fn client<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(vol: Arc<Vol
                         return false;
                     };
                     tokio::spawn(async move {
-                        let reply = run(&vol, cookie, op).await;
-                        let _ = tx.send(reply).await;
+                        let reply = run(&vol, cookie, op, piped).await;
+                        let _ = tx.send(reply.into()).await;
                         drop(permit);
                     });
                     true
                 }
-                Event::Refuse { cookie, errno, .. } => tx.send(simple(cookie, errno)).await.is_ok(),
+                Event::Refuse { cookie, errno, .. } => {
+                    tx.send(simple(cookie, errno).into()).await.is_ok()
+                }
                 Event::Disconnect => false,
                 Event::Abort(e) => {
                     vol.event(format!("NBD client dropped: {e}"));
@@ -183,7 +216,7 @@ async fn client<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(vol: Arc<Vol
             let (n, ev) = parser.next(&buf[start..]);
             start += n;
             if let Some(ev) = ev {
-                if !dispatch(ev).await {
+                if !dispatch(ev, None).await {
                     break 'read;
                 }
             } else if n == 0 {
@@ -191,21 +224,26 @@ async fn client<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(vol: Arc<Vol
             }
         }
         // A large write's payload goes straight from the socket into a
-        // buffer of its own, which then travels to the disk and the peer.
+        // kernel pipe (or a buffer of its own), which then travels to the
+        // disk and the peer.
         if let Some(len) = parser
             .payload_wanted()
             .filter(|l| *l >= DIRECT_PAYLOAD && *l > buf.len() - start)
         {
-            let data = tokio::select! {
-                r = super::stream::read_payload(&mut rd, &buf[start..], len) => r,
+            let payload = tokio::select! {
+                r = read_payload(&mut rd, &buf[start..], len) => r,
                 _ = cut.notified() => break 'read,
             };
             buf.clear();
-            let Ok(data) = data else { break };
-            let Some(ev) = parser.take_payload(data) else {
+            let ev = match payload {
+                Ok(Payload::Piped(p)) => parser.take_payload_apart().map(|ev| (ev, Some(p))),
+                Ok(Payload::Bytes(data)) => parser.take_payload(data).map(|ev| (ev, None)),
+                Err(_) => break,
+            };
+            let Some((ev, piped)) = ev else {
                 break;
             };
-            if !dispatch(ev).await {
+            if !dispatch(ev, piped).await {
                 break;
             }
             continue;
@@ -234,6 +272,41 @@ async fn client<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(vol: Arc<Vol
     vol.lock().nbd_clients -= 1;
 }
 
+/// A write payload as read.
+enum Payload {
+    Bytes(Vec<u8>),
+    Piped(Pipe),
+}
+
+/// Reads a write payload of `len` bytes, of which the client's first
+/// `already` bytes were buffered: into a pipe by reference where one is to
+/// be had and the payload fits, else into a buffer.
+async fn read_payload<R: AsyncRead + Socket + Unpin>(
+    rd: &mut R,
+    already: &[u8],
+    len: usize,
+) -> std::io::Result<Payload> {
+    if len <= MAX_SPLICED {
+        if let Some(mut p) = Pipe::take() {
+            p.fill_from_slice(&already[..already.len().min(len)])?;
+            let rest = len - p.len();
+            if p.fill_from_socket(rd, rest).await? == Filled::All {
+                return Ok(Payload::Piped(p));
+            }
+            // Out of slots (data in many small fragments): the rest
+            // through a buffer.
+            let mut head = Vec::with_capacity(p.len());
+            p.drain_into(&mut head)?;
+            return super::stream::read_payload(rd, &head, len)
+                .await
+                .map(Payload::Bytes);
+        }
+    }
+    super::stream::read_payload(rd, already, len)
+        .await
+        .map(Payload::Bytes)
+}
+
 /// Resolves once the volume is no longer primary.
 async fn demoted(vol: &Volume) {
     loop {
@@ -253,7 +326,7 @@ fn simple(cookie: u64, errno: u32) -> Frame {
     }
 }
 
-async fn run(vol: &Volume, cookie: u64, op: Op) -> Frame {
+async fn run(vol: &Volume, cookie: u64, op: Op, piped: Option<Pipe>) -> Frame {
     match op {
         Op::Read { offset, length } => {
             if !vol.is_primary() {
@@ -273,8 +346,11 @@ async fn run(vol: &Volume, cookie: u64, op: Op) -> Frame {
             }
         }
         Op::Write { offset, data, fua } => {
-            let len = data.len() as u64;
-            let r = vol.write(offset, Some(data), len, fua).await;
+            let change = match piped {
+                Some(p) => Change::Piped(p),
+                None => Change::Bytes(data),
+            };
+            let r = vol.write(offset, change, fua).await;
             simple(cookie, r.err().unwrap_or(0))
         }
         Op::Trim {
@@ -288,7 +364,9 @@ async fn run(vol: &Volume, cookie: u64, op: Op) -> Frame {
             fua,
         } => {
             // Trim zeroes too: both copies must read back the same.
-            let r = vol.write(offset, None, u64::from(length), fua).await;
+            let r = vol
+                .write(offset, Change::Zero(u64::from(length)), fua)
+                .await;
             simple(cookie, r.err().unwrap_or(0))
         }
         Op::Flush => {

@@ -11,7 +11,7 @@ use rand::RngCore;
 use tandem_core::nbd::errno;
 use tandem_core::volume::bitmap::{Bitmap, BLOCK};
 use tandem_core::volume::link::{
-    self, auth_mac, block_hash, frame_len, mac_ok, Frame, Hello2, Msg, BITMAP_CHUNK, FRAME_HEADER,
+    self, auth_mac, block_hash, frame_len, mac_ok, Hello2, Msg, BITMAP_CHUNK, FRAME_HEADER,
 };
 use tandem_core::volume::{DiskState, Side, Sync};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -19,7 +19,9 @@ use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 
-use super::engine::{Conn, LinkState, SyncProgress, SyncRole, VerifyProgress, Volume};
+use super::engine::{Change, Conn, LinkState, SyncProgress, SyncRole, VerifyProgress, Volume};
+use super::splice::{Filled, Pipe, MAX_SPLICED, MIN_SPLICED};
+use super::stream::Outgoing;
 
 /// Frames queued for the peer before writers wait.
 const LINK_QUEUE: usize = 1024;
@@ -218,36 +220,99 @@ async fn write_msg(s: &mut TcpStream, m: &Msg) -> Result<()> {
 }
 
 async fn read_msg<R: AsyncReadExt + Unpin>(s: &mut R) -> Result<Msg> {
+    let (kind, len) = read_header(s).await?;
+    read_body(s, kind, len).await
+}
+
+/// A frame's kind and body length.
+async fn read_header<R: AsyncReadExt + Unpin>(s: &mut R) -> Result<(u8, usize)> {
     let mut h = [0u8; FRAME_HEADER];
     s.read_exact(&mut h)
         .await
         .context("reading from the peer")?;
-    let len = frame_len(&h)? as usize;
-    if let Some(p) = link::bulk_prefix(h[0]).filter(|p| *p <= len) {
+    Ok((h[0], frame_len(&h)? as usize))
+}
+
+/// The fixed fields of a write or sync block (at most 32 bytes).
+async fn read_fixed<R: AsyncReadExt + Unpin>(s: &mut R, p: usize) -> Result<[u8; 32]> {
+    let mut fixed = [0u8; 32];
+    s.read_exact(&mut fixed[..p])
+        .await
+        .context("reading from the peer")?;
+    Ok(fixed)
+}
+
+/// A frame's body, once its header is read.
+async fn read_body<R: AsyncReadExt + Unpin>(s: &mut R, kind: u8, len: usize) -> Result<Msg> {
+    if let Some(p) = link::bulk_prefix(kind).filter(|p| *p <= len) {
         // Writes and sync blocks: the data lands in its own buffer.
-        let mut fixed = [0u8; 32];
-        let fixed = &mut fixed[..p];
-        s.read_exact(fixed).await.context("reading from the peer")?;
+        let fixed = read_fixed(s, p).await?;
         let data = super::stream::read_payload(s, &[], len - p)
             .await
             .context("reading from the peer")?;
-        return Ok(link::decode_bulk(h[0], fixed, data)?);
+        return Ok(link::decode_bulk(kind, &fixed[..p], data)?);
     }
     let mut body = vec![0u8; len];
     s.read_exact(&mut body)
         .await
         .context("reading from the peer")?;
-    Ok(link::decode(h[0], &body)?)
+    Ok(link::decode(kind, &body)?)
 }
+
+/// The next message of a session, with the data of a large write or sync
+/// block held in a kernel pipe (the message's own data then empty) where
+/// one is to be had: it goes to disk without a copy of ours.
+async fn read_incoming(rd: &mut LinkReader) -> Result<(Msg, Option<Pipe>)> {
+    use tokio::io::AsyncBufRead;
+    let (kind, len) = read_header(rd).await?;
+    let spliced = link::bulk_prefix(kind)
+        .filter(|p| (MIN_SPLICED..=MAX_SPLICED).contains(&len.saturating_sub(*p)));
+    let Some((p, mut pipe)) = spliced.and_then(|p| Some((p, Pipe::take()?))) else {
+        return Ok((read_body(rd, kind, len).await?, None));
+    };
+    let fixed = read_fixed(rd, p).await?;
+    let n = len - p;
+    let buffered = rd.buffer();
+    let k = buffered.len().min(n);
+    pipe.fill_from_slice(&buffered[..k])
+        .context("buffering data from the peer")?;
+    std::pin::Pin::new(&mut *rd).consume(k);
+    let filled = pipe
+        .fill_from_socket(rd.get_ref(), n - k)
+        .await
+        .context("reading from the peer")?;
+    if filled == Filled::All {
+        return Ok((
+            link::decode_bulk(kind, &fixed[..p], Vec::new())?,
+            Some(pipe),
+        ));
+    }
+    // Out of slots: the rest through a buffer.
+    let mut head = Vec::with_capacity(pipe.len());
+    pipe.drain_into(&mut head)
+        .context("buffering data from the peer")?;
+    let data = super::stream::read_payload(rd, &head, n)
+        .await
+        .context("reading from the peer")?;
+    Ok((link::decode_bulk(kind, &fixed[..p], data)?, None))
+}
+
+/// A session's reading side: small frames (acknowledgements, 4 KiB
+/// writes) buffered, many per read call; large data spliced past the
+/// buffer.
+type LinkReader = tokio::io::BufReader<OwnedReadHalf>;
+
+/// Capacity of the session's read buffer: a dozen 4 KiB writes per read
+/// call, and little of a large write's data copied through it before
+/// the rest is spliced.
+const LINK_READ_BUFFER: usize = 64 << 10;
 
 /// One connected session, from handshake to teardown.
 async fn session(vol: Arc<Volume>, stream: TcpStream) {
     let epoch = vol.next_epoch();
     let (rd, wr) = stream.into_split();
-    // Buffered: small frames (acknowledgements, 4 KiB writes) take one
-    // read call for many.
-    let mut rd = tokio::io::BufReader::with_capacity(256 << 10, rd);
-    let (tx, rx) = mpsc::channel::<Frame>(LINK_QUEUE);
+    let mut rd: LinkReader = tokio::io::BufReader::with_capacity(LINK_READ_BUFFER, rd);
+    let (tx, rx) = mpsc::channel::<Outgoing>(LINK_QUEUE);
     let writer = tokio::spawn(super::stream::write_frames(wr, rx));
     let old = vol.lock().conn.as_ref().map(|c| c.epoch);
     if let Some(old) = old {
@@ -272,12 +337,12 @@ async fn session(vol: Arc<Volume>, stream: TcpStream) {
 async fn handshake(
     vol: &Arc<Volume>,
     epoch: u64,
-    tx: &mpsc::Sender<Frame>,
-    rd: &mut tokio::io::BufReader<OwnedReadHalf>,
+    tx: &mpsc::Sender<Outgoing>,
+    rd: &mut LinkReader,
     side: Side,
     bitmap: Vec<u8>,
 ) -> Result<bool> {
-    tx.send(Msg::State(vol.hello(side.clone())).into_frame())
+    tx.send(Msg::State(vol.hello(side.clone())).into_frame().into())
         .await
         .context("peer writer gone")?;
     let chunks: Vec<&[u8]> = if bitmap.is_empty() {
@@ -293,7 +358,8 @@ async fn handshake(
                 last: i + 1 == n,
                 bytes: c.to_vec(),
             }
-            .into_frame(),
+            .into_frame()
+            .into(),
         )
         .await
         .context("peer writer gone")?;
@@ -465,15 +531,15 @@ async fn handshake(
 async fn serve(
     vol: &Arc<Volume>,
     epoch: u64,
-    tx: &mpsc::Sender<Frame>,
-    rd: &mut tokio::io::BufReader<OwnedReadHalf>,
+    tx: &mpsc::Sender<Outgoing>,
+    rd: &mut LinkReader,
 ) -> String {
     let ping_tx = tx.clone();
     let interval = Duration::from_millis(vol.cfg.ping_interval_ms);
     let pinger = tokio::spawn(async move {
         loop {
             tokio::time::sleep(interval).await;
-            if ping_tx.send(Msg::Ping.into_frame()).await.is_err() {
+            if ping_tx.send(Msg::Ping.into_frame().into()).await.is_err() {
                 return;
             }
         }
@@ -481,13 +547,14 @@ async fn serve(
     // Messages are handled in order by a task of their own, so the next
     // frame is read from the socket while the last one goes to disk; at
     // most HANDLE_QUEUE_BYTES of frames wait between the two.
-    let (htx, mut hrx) = mpsc::channel::<(Msg, tokio::sync::OwnedSemaphorePermit)>(HANDLE_QUEUE);
+    type Queued = (Msg, Option<Pipe>, tokio::sync::OwnedSemaphorePermit);
+    let (htx, mut hrx) = mpsc::channel::<Queued>(HANDLE_QUEUE);
     let room = Arc::new(tokio::sync::Semaphore::new(HANDLE_QUEUE_BYTES as usize));
     let mut handler = {
         let (vol, tx) = (vol.clone(), tx.clone());
         tokio::spawn(async move {
-            while let Some((msg, _room)) = hrx.recv().await {
-                if let Err(e) = handle(&vol, epoch, &tx, msg).await {
+            while let Some((msg, piped, _room)) = hrx.recv().await {
+                if let Err(e) = handle(&vol, epoch, &tx, msg, piped).await {
                     return format!("{e:#}");
                 }
             }
@@ -500,14 +567,15 @@ async fn serve(
             break "replaced by a newer connection".to_string();
         }
         let msg = tokio::select! {
-            r = tokio::time::timeout(limit, read_msg(rd)) => match r {
+            r = tokio::time::timeout(limit, read_incoming(rd)) => match r {
                 Err(_) => break format!("no word from the peer for {} ms", vol.cfg.peer_timeout_ms),
                 Ok(Err(e)) => break format!("{e:#}"),
                 Ok(Ok(m)) => m,
             },
             r = &mut handler => break r.unwrap_or_else(|e| format!("message handler: {e}")),
         };
-        let size = frame_bytes(&msg).clamp(1, HANDLE_QUEUE_BYTES);
+        let (msg, piped) = msg;
+        let size = frame_bytes(&msg, piped.as_ref()).clamp(1, HANDLE_QUEUE_BYTES);
         let permit = tokio::select! {
             p = room.clone().acquire_many_owned(size) => p,
             r = &mut handler => break r.unwrap_or_else(|e| format!("message handler: {e}")),
@@ -515,7 +583,7 @@ async fn serve(
         let Ok(permit) = permit else {
             break "message queue closed".to_string();
         };
-        if htx.send((msg, permit)).await.is_err() {
+        if htx.send((msg, piped, permit)).await.is_err() {
             break (&mut handler)
                 .await
                 .unwrap_or_else(|e| format!("message handler: {e}"));
@@ -531,21 +599,31 @@ const HANDLE_QUEUE: usize = 256;
 /// Bytes of write and sync data read but not yet handled, at most.
 const HANDLE_QUEUE_BYTES: u32 = 64 << 20;
 
-/// Bulk bytes a message holds (what the handling queue is bounded by).
-fn frame_bytes(m: &Msg) -> u32 {
-    match m {
-        Msg::Write { data, .. } | Msg::SyncData { data, .. } => data.len() as u32,
+/// Bulk bytes a message holds, in itself or in its pipe (what the
+/// handling queue is bounded by).
+fn frame_bytes(m: &Msg, piped: Option<&Pipe>) -> u32 {
+    let own = match m {
+        Msg::Write { data, .. } | Msg::SyncData { data, .. } => data.len(),
         _ => 0,
-    }
+    };
+    (own + piped.map_or(0, Pipe::len)) as u32
 }
 
-async fn send(tx: &mpsc::Sender<Frame>, m: Msg) -> Result<()> {
-    tx.send(m.into_frame())
+async fn send(tx: &mpsc::Sender<Outgoing>, m: Msg) -> Result<()> {
+    tx.send(m.into_frame().into())
         .await
         .map_err(|_| anyhow::anyhow!("the link's writer stopped"))
 }
 
-async fn handle(vol: &Arc<Volume>, epoch: u64, tx: &mpsc::Sender<Frame>, msg: Msg) -> Result<()> {
+/// Handles one message; `piped` holds the data of a write or sync block
+/// read into a kernel pipe (the message's own data is then empty).
+async fn handle(
+    vol: &Arc<Volume>,
+    epoch: u64,
+    tx: &mpsc::Sender<Outgoing>,
+    msg: Msg,
+    piped: Option<Pipe>,
+) -> Result<()> {
     match msg {
         Msg::Ping => send(tx, Msg::Pong).await?,
         Msg::Pong => {}
@@ -561,8 +639,7 @@ async fn handle(vol: &Arc<Volume>, epoch: u64, tx: &mpsc::Sender<Frame>, msg: Ms
             fua,
             data,
         } => {
-            let r = apply(vol, offset, Some(&data), data.len() as u64, fua);
-            super::buffers::give(data);
+            let r = apply(vol, offset, Change::carried(data, piped), fua);
             send(
                 tx,
                 r.map_or_else(|errno| Msg::Failed { id, errno }, |()| Msg::Ack { id }),
@@ -575,7 +652,7 @@ async fn handle(vol: &Arc<Volume>, epoch: u64, tx: &mpsc::Sender<Frame>, msg: Ms
             length,
             fua,
         } => {
-            let r = apply(vol, offset, None, u64::from(length), fua);
+            let r = apply(vol, offset, Change::Zero(u64::from(length)), fua);
             send(
                 tx,
                 r.map_or_else(|errno| Msg::Failed { id, errno }, |()| Msg::Ack { id }),
@@ -597,14 +674,14 @@ async fn handle(vol: &Arc<Volume>, epoch: u64, tx: &mpsc::Sender<Frame>, msg: Ms
         Msg::Ack { id } => vol.on_ack(epoch, id, Ok(())),
         Msg::Failed { id, errno } => vol.on_ack(epoch, id, Err(errno)),
         Msg::SyncData { offset, data } => {
-            if !in_range(vol, offset, data.len() as u64) || vol.is_primary() {
+            let change = Change::carried(data, piped);
+            let len = change.len();
+            if !in_range(vol, offset, len) || vol.is_primary() {
                 bail!("sync data outside the volume, or sent to a primary");
             }
-            vol.backing.write_at(&data, offset).with_context(|| {
-                format!("writing sync data to {}", vol.backing.path().display())
-            })?;
-            let len = data.len() as u64;
-            super::buffers::give(data);
+            vol.store_change(offset, change)
+                .with_context(|| format!("writing sync data to {}", vol.backing.path().display()))?
+                .recycle();
             {
                 let mut st = vol.lock();
                 st.counters.resync_bytes_received += len;
@@ -677,19 +754,18 @@ fn advance(s: &mut SyncProgress, len: u64) {
 }
 
 /// Applies a replicated change on the secondary.
-fn apply(vol: &Volume, offset: u64, data: Option<&[u8]>, len: u64, fua: bool) -> Result<(), u32> {
+fn apply(vol: &Volume, offset: u64, change: Change, fua: bool) -> Result<(), u32> {
     if vol.is_primary() {
         // An old primary still sending: this copy took over.
         return Err(errno::ESHUTDOWN);
     }
-    if !in_range(vol, offset, len) {
+    if !in_range(vol, offset, change.len()) {
         return Err(errno::EINVAL);
     }
-    let r = match data {
-        Some(d) => vol.backing.write_at(d, offset),
-        None => vol.backing.zero(offset, len),
-    };
-    if let Err(e) = r {
+    let stored = vol
+        .store_change(offset, change)
+        .map(super::engine::Landed::recycle);
+    if let Err(e) = stored {
         vol.event(format!("applying a replicated write at {offset}: {e}"));
         return Err(errno::EIO);
     }
@@ -710,7 +786,7 @@ fn hash_range(vol: &Volume, offset: u64, len: u64) -> Result<Vec<u64>> {
 async fn sync_done(
     vol: &Arc<Volume>,
     epoch: u64,
-    tx: &mpsc::Sender<Frame>,
+    tx: &mpsc::Sender<Outgoing>,
     gens: tandem_core::volume::Generations,
 ) -> Result<()> {
     let role = vol
@@ -788,7 +864,7 @@ fn finish_sync(
 
 /// The source's side of a sync: every marked block, in order, at most the
 /// configured rate, a bounded window unacknowledged; then done.
-async fn resync(vol: Arc<Volume>, epoch: u64, tx: mpsc::Sender<Frame>) {
+async fn resync(vol: Arc<Volume>, epoch: u64, tx: mpsc::Sender<Outgoing>) {
     let rate = vol.cfg.rate_bytes_s.max(1) as f64;
     let started = Instant::now();
     let mut sent: u64 = 0;
@@ -839,7 +915,7 @@ async fn resync(vol: Arc<Volume>, epoch: u64, tx: mpsc::Sender<Frame>) {
                 st.counters.resync_bytes_sent += len;
             }
             if tx
-                .send(Msg::SyncData { offset, data }.into_frame())
+                .send(Msg::SyncData { offset, data }.into_frame().into())
                 .await
                 .is_err()
             {
@@ -862,7 +938,7 @@ async fn resync(vol: Arc<Volume>, epoch: u64, tx: mpsc::Sender<Frame>) {
         let left = vol.lock().bitmap.count();
         if left == 0 {
             let gens = vol.lock().meta.gens;
-            let _ = tx.send(Msg::SyncDone { gens }.into_frame()).await;
+            let _ = tx.send(Msg::SyncDone { gens }.into_frame().into()).await;
             return;
         }
     }
@@ -923,7 +999,8 @@ pub async fn verify(vol: Arc<Volume>) -> Result<VerifyProgress, String> {
                     offset,
                     length: len as u32,
                 }
-                .into_frame(),
+                .into_frame()
+                .into(),
             )
             .await
             .map_err(|_| "the peer disconnected".to_string())?;

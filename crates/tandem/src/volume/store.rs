@@ -230,6 +230,11 @@ impl Backing {
         Ok(true)
     }
 
+    /// The descriptor, for splicing to and from the page cache.
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        self.file.as_raw_fd()
+    }
+
     /// The path, for messages.
     pub fn path(&self) -> &Path {
         &self.path

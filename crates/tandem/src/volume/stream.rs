@@ -1,9 +1,52 @@
 //! The volume data path's socket I/O: write payloads read straight into
 //! buffers of their own, and frames (replication messages, NBD replies)
-//! written with small ones gathered and large data sent where it lies.
+//! written with small ones gathered and large data sent where it lies
+//! (in its buffer, or in the backing store's page cache: see
+//! [`super::splice`]).
+
+use std::sync::Arc;
 
 use tandem_core::volume::link::Frame;
 use tokio::sync::mpsc;
+
+use super::splice::{Pipe, Socket, MAX_SPLICED};
+use super::store::Backing;
+
+/// A frame to write and where the rest of its bulk data comes from.
+#[derive(Debug)]
+pub struct Outgoing {
+    /// The frame; its head announces the tail's bytes too.
+    pub frame: Frame,
+    /// Bulk data sent after the frame's own.
+    pub tail: Tail,
+}
+
+/// Bulk data sent after a frame, from outside it.
+#[derive(Debug)]
+pub enum Tail {
+    /// None.
+    None,
+    /// `len` bytes of the backing store from `offset`, as its page cache
+    /// holds them when the frame goes out (by reference where a pipe is
+    /// to be had).
+    File {
+        /// The backing store.
+        store: Arc<Backing>,
+        /// Byte offset.
+        offset: u64,
+        /// Bytes.
+        len: usize,
+    },
+}
+
+impl From<Frame> for Outgoing {
+    fn from(frame: Frame) -> Outgoing {
+        Outgoing {
+            frame,
+            tail: Tail::None,
+        }
+    }
+}
 
 /// Reads a payload of exactly `len` bytes into a buffer of its own: the
 /// `already` bytes the caller had buffered, then the rest straight from
@@ -36,15 +79,18 @@ const GATHER: usize = 256 << 10;
 /// Writes queued frames to a socket in order until the queue closes (or
 /// the socket fails): small ones gathered, large data written where it
 /// lies and its buffer returned to the pool.
-pub(crate) async fn write_frames<W: tokio::io::AsyncWrite + Unpin>(
+pub(crate) async fn write_frames<W: tokio::io::AsyncWrite + Socket + Unpin>(
     mut w: W,
-    mut rx: mpsc::Receiver<Frame>,
+    mut rx: mpsc::Receiver<Outgoing>,
 ) {
     use tokio::io::AsyncWriteExt;
     let mut buf = Vec::with_capacity(GATHER + DIRECT);
-    while let Some(frame) = rx.recv().await {
-        let mut next = Some(frame);
-        while let Some(f) = next.take() {
+    // The writer's own pipe for tails from the backing store, taken at the
+    // first such tail.
+    let mut pipe: Option<Pipe> = None;
+    while let Some(out) = rx.recv().await {
+        let mut next = Some(out);
+        while let Some(Outgoing { frame: f, tail }) = next.take() {
             buf.extend_from_slice(&f.head);
             if f.data.len() >= DIRECT {
                 if w.write_all(&buf).await.is_err() || w.write_all(&f.data).await.is_err() {
@@ -54,6 +100,23 @@ pub(crate) async fn write_frames<W: tokio::io::AsyncWrite + Unpin>(
                 super::buffers::give(f.data);
             } else {
                 buf.extend_from_slice(&f.data);
+            }
+            if let Tail::File { store, offset, len } = tail {
+                if w.write_all(&buf).await.is_err() {
+                    return;
+                }
+                buf.clear();
+                if !matches!(&pipe, Some(p) if p.is_empty()) {
+                    pipe = Pipe::take();
+                }
+                // The frame's head is out: a tail that fails leaves the
+                // stream unusable, so the connection ends.
+                if send_file_range(&mut w, pipe.as_mut(), &store, offset, len)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
             }
             if buf.len() < GATHER {
                 next = rx.try_recv().ok();
@@ -67,4 +130,38 @@ pub(crate) async fn write_frames<W: tokio::io::AsyncWrite + Unpin>(
         }
     }
     let _ = w.shutdown().await;
+}
+
+/// Sends `len` bytes of the backing store from `offset`: by reference
+/// through `pipe` when there is one, else through a buffer.
+async fn send_file_range<W: tokio::io::AsyncWrite + Socket + Unpin>(
+    w: &mut W,
+    pipe: Option<&mut Pipe>,
+    store: &Backing,
+    offset: u64,
+    len: usize,
+) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let mut done = 0;
+    match pipe {
+        Some(p) => {
+            while done < len {
+                let n = (len - done).min(MAX_SPLICED);
+                done += p.fill_from_file(store.raw_fd(), offset + done as u64, n)?;
+                p.drain_to_socket(w).await?;
+            }
+        }
+        None => {
+            let mut data = super::buffers::take(len.min(MAX_SPLICED));
+            while done < len {
+                let n = (len - done).min(MAX_SPLICED);
+                data.resize(n, 0);
+                store.read_at(&mut data, offset + done as u64)?;
+                w.write_all(&data).await?;
+                done += n;
+            }
+            super::buffers::give(data);
+        }
+    }
+    Ok(())
 }
