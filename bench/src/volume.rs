@@ -276,6 +276,19 @@ pub fn run(tandem_bin: &Path, seconds: u64, size_mib: u64, only: Option<&str>) -
             sent >> 20
         );
     }
+    for n in [1, 2] {
+        let v = volume(&c, n);
+        let count = |k: &str| {
+            v.as_ref()
+                .and_then(|v| v["counters"][k].as_u64())
+                .unwrap_or(0)
+        };
+        println!(
+            "n{n}: large payloads received into a pipe {}, through a buffer {}",
+            count("payloads_spliced"),
+            count("payloads_buffered")
+        );
+    }
     println!("total {:.0} s", started.elapsed().as_secs_f64());
     Ok(())
 }

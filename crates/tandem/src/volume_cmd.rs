@@ -306,13 +306,15 @@ pub fn render(vols: &[VolumeStatus], detail: bool) -> String {
             let c = &v.counters;
             let _ = writeln!(
                 o,
-                "  generations {}; resync sent {} B, received {} B, syncs finished {}; writes replicated {}, alone {}",
+                "  generations {}; resync sent {} B, received {} B, syncs finished {}; writes replicated {}, alone {}; large payloads spliced {}, buffered {}",
                 v.generations,
                 c.resync_bytes_sent,
                 c.resync_bytes_received,
                 c.syncs_finished,
                 c.writes_replicated,
-                c.writes_alone
+                c.writes_alone,
+                c.payloads_spliced,
+                c.payloads_buffered
             );
             for e in &v.events {
                 let _ = writeln!(o, "  - {e}");

@@ -25,7 +25,7 @@ use tandem_core::volume::link::Msg;
 use tandem_core::volume::{self, DiskState, Knowledge, Side, VolumeFacts};
 use tokio::sync::{mpsc, oneshot, Notify};
 
-use super::splice::Pipe;
+use super::splice::Chain;
 use super::store::{ActivityLog, Backing, Meta};
 use super::stream::{Outgoing, Tail};
 use super::VolumeConfig;
@@ -167,6 +167,25 @@ pub struct Counters {
     pub writes_alone: u64,
     /// Blocks marked by crash recovery (activity log) at start.
     pub activity_log_blocks: u64,
+    /// Large payloads (client writes, replicated writes, sync blocks of
+    /// 64 KiB to 1 MiB) received into a kernel pipe, not copied.
+    #[serde(default)]
+    pub payloads_spliced: u64,
+    /// Large payloads received through a buffer instead (no pipe to be
+    /// had, longer than 1 MiB, or arriving in fragments too small to fit).
+    #[serde(default)]
+    pub payloads_buffered: u64,
+}
+
+impl Counters {
+    /// Counts one large payload received, by the way it came.
+    pub fn count_payload(&mut self, spliced: bool) {
+        if spliced {
+            self.payloads_spliced += 1;
+        } else {
+            self.payloads_buffered += 1;
+        }
+    }
 }
 
 pub(super) struct State {
@@ -194,9 +213,9 @@ pub(super) struct State {
 pub enum Change {
     /// Data in memory.
     Bytes(Vec<u8>),
-    /// Data in a kernel pipe (every byte it holds), moved into the page
+    /// Data in kernel pipes (every byte they hold), moved into the page
     /// cache without passing through memory of ours.
-    Piped(Pipe),
+    Piped(Chain),
     /// This many zero bytes (WRITE_ZEROES, TRIM).
     Zero(u64),
 }
@@ -213,7 +232,7 @@ impl Change {
 
     /// The data a message carried: in `piped` if it came through a pipe
     /// (the message's own buffer is then empty), else in `data`.
-    pub fn carried(data: Vec<u8>, piped: Option<Pipe>) -> Change {
+    pub fn carried(data: Vec<u8>, piped: Option<Chain>) -> Change {
         match piped {
             Some(p) => Change::Piped(p),
             None => Change::Bytes(data),

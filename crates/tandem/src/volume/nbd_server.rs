@@ -15,8 +15,8 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{mpsc, Semaphore};
 
 use super::engine::{Change, Volume};
-use super::splice::{Filled, Pipe, Socket, MAX_SPLICED, MIN_SPLICED};
-use super::stream::Outgoing;
+use super::splice::{Chain, Socket, SpliceRead, MAX_SPLICED, MIN_SPLICED};
+use super::stream::{Outgoing, Payload};
 
 /// Requests of one client being served at once (pipelining depth).
 const MAX_IN_FLIGHT: usize = 64;
@@ -60,7 +60,7 @@ pub async fn serve_tcp(vol: Arc<Volume>, addr: std::net::SocketAddr) -> Result<(
 /// data path can splice from and to.
 pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// The reading half.
-    type Read: AsyncRead + Socket + Unpin + Send + Sync + 'static;
+    type Read: AsyncRead + SpliceRead + Socket + Unpin + Send + Sync + 'static;
     /// The writing half.
     type Write: AsyncWrite + Socket + Unpin + Send + Sync + 'static;
     /// Splits the stream.
@@ -183,7 +183,7 @@ async fn client<S: ClientStream>(vol: Arc<Volume>, mut s: S) {
         })
     };
     // `piped`: the payload of a write, held in a kernel pipe.
-    let dispatch = |ev: Event, piped: Option<Pipe>| {
+    let dispatch = |ev: Event, piped: Option<Chain>| {
         let (vol, tx, slots) = (vol.clone(), tx.clone(), slots.clone());
         async move {
             match ev {
@@ -235,6 +235,11 @@ async fn client<S: ClientStream>(vol: Arc<Volume>, mut s: S) {
                 _ = cut.notified() => break 'read,
             };
             buf.clear();
+            if let Ok(p) = &payload {
+                vol.lock()
+                    .counters
+                    .count_payload(matches!(p, Payload::Piped(_)));
+            }
             let ev = match payload {
                 Ok(Payload::Piped(p)) => parser.take_payload_apart().map(|ev| (ev, Some(p))),
                 Ok(Payload::Bytes(data)) => parser.take_payload(data).map(|ev| (ev, None)),
@@ -272,39 +277,22 @@ async fn client<S: ClientStream>(vol: Arc<Volume>, mut s: S) {
     vol.lock().nbd_clients -= 1;
 }
 
-/// A write payload as read.
-enum Payload {
-    Bytes(Vec<u8>),
-    Piped(Pipe),
-}
-
 /// Reads a write payload of `len` bytes, of which the client's first
-/// `already` bytes were buffered: into a pipe by reference where one is to
-/// be had and the payload fits, else into a buffer.
-async fn read_payload<R: AsyncRead + Socket + Unpin>(
+/// `already` bytes were buffered: into pipes by reference where they are
+/// to be had and the payload fits, else into a buffer.
+async fn read_payload<R: AsyncRead + SpliceRead + Unpin>(
     rd: &mut R,
     already: &[u8],
     len: usize,
 ) -> std::io::Result<Payload> {
-    if len <= MAX_SPLICED {
-        if let Some(mut p) = Pipe::take() {
-            p.fill_from_slice(&already[..already.len().min(len)])?;
-            let rest = len - p.len();
-            if p.fill_from_socket(rd, rest).await? == Filled::All {
-                return Ok(Payload::Piped(p));
-            }
-            // Out of slots (data in many small fragments): the rest
-            // through a buffer.
-            let mut head = Vec::with_capacity(p.len());
-            p.drain_into(&mut head)?;
-            return super::stream::read_payload(rd, &head, len)
-                .await
-                .map(Payload::Bytes);
-        }
-    }
-    super::stream::read_payload(rd, already, len)
-        .await
-        .map(Payload::Bytes)
+    let chain = (len <= MAX_SPLICED).then(Chain::take).flatten();
+    let Some(mut chain) = chain else {
+        return super::stream::read_payload(rd, already, len)
+            .await
+            .map(Payload::Bytes);
+    };
+    chain.fill_from_slice(&already[..already.len().min(len)])?;
+    super::stream::finish_payload(rd, chain, len).await
 }
 
 /// Resolves once the volume is no longer primary.
@@ -326,7 +314,7 @@ fn simple(cookie: u64, errno: u32) -> Frame {
     }
 }
 
-async fn run(vol: &Volume, cookie: u64, op: Op, piped: Option<Pipe>) -> Frame {
+async fn run(vol: &Volume, cookie: u64, op: Op, piped: Option<Chain>) -> Frame {
     match op {
         Op::Read { offset, length } => {
             if !vol.is_primary() {

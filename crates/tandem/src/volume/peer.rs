@@ -20,8 +20,8 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 
 use super::engine::{Change, Conn, LinkState, SyncProgress, SyncRole, VerifyProgress, Volume};
-use super::splice::{Filled, Pipe, MAX_SPLICED, MIN_SPLICED};
-use super::stream::Outgoing;
+use super::splice::{Chain, MAX_SPLICED, MIN_SPLICED};
+use super::stream::{Outgoing, Payload};
 
 /// Frames queued for the peer before writers wait.
 const LINK_QUEUE: usize = 1024;
@@ -262,39 +262,32 @@ async fn read_body<R: AsyncReadExt + Unpin>(s: &mut R, kind: u8, len: usize) -> 
 /// The next message of a session, with the data of a large write or sync
 /// block held in a kernel pipe (the message's own data then empty) where
 /// one is to be had: it goes to disk without a copy of ours.
-async fn read_incoming(rd: &mut LinkReader) -> Result<(Msg, Option<Pipe>)> {
+async fn read_incoming(rd: &mut LinkReader) -> Result<(Msg, Option<Chain>)> {
     use tokio::io::AsyncBufRead;
     let (kind, len) = read_header(rd).await?;
     let spliced = link::bulk_prefix(kind)
         .filter(|p| (MIN_SPLICED..=MAX_SPLICED).contains(&len.saturating_sub(*p)));
-    let Some((p, mut pipe)) = spliced.and_then(|p| Some((p, Pipe::take()?))) else {
+    let Some((p, mut chain)) = spliced.and_then(|p| Some((p, Chain::take()?))) else {
         return Ok((read_body(rd, kind, len).await?, None));
     };
     let fixed = read_fixed(rd, p).await?;
     let n = len - p;
     let buffered = rd.buffer();
     let k = buffered.len().min(n);
-    pipe.fill_from_slice(&buffered[..k])
+    chain
+        .fill_from_slice(&buffered[..k])
         .context("buffering data from the peer")?;
     std::pin::Pin::new(&mut *rd).consume(k);
-    let filled = pipe
-        .fill_from_socket(rd.get_ref(), n - k)
+    let payload = super::stream::finish_payload(rd, chain, n)
         .await
         .context("reading from the peer")?;
-    if filled == Filled::All {
-        return Ok((
+    Ok(match payload {
+        Payload::Piped(chain) => (
             link::decode_bulk(kind, &fixed[..p], Vec::new())?,
-            Some(pipe),
-        ));
-    }
-    // Out of slots: the rest through a buffer.
-    let mut head = Vec::with_capacity(pipe.len());
-    pipe.drain_into(&mut head)
-        .context("buffering data from the peer")?;
-    let data = super::stream::read_payload(rd, &head, n)
-        .await
-        .context("reading from the peer")?;
-    Ok((link::decode_bulk(kind, &fixed[..p], data)?, None))
+            Some(chain),
+        ),
+        Payload::Bytes(data) => (link::decode_bulk(kind, &fixed[..p], data)?, None),
+    })
 }
 
 /// A session's reading side: small frames (acknowledgements, 4 KiB
@@ -547,7 +540,7 @@ async fn serve(
     // Messages are handled in order by a task of their own, so the next
     // frame is read from the socket while the last one goes to disk; at
     // most HANDLE_QUEUE_BYTES of frames wait between the two.
-    type Queued = (Msg, Option<Pipe>, tokio::sync::OwnedSemaphorePermit);
+    type Queued = (Msg, Option<Chain>, tokio::sync::OwnedSemaphorePermit);
     let (htx, mut hrx) = mpsc::channel::<Queued>(HANDLE_QUEUE);
     let room = Arc::new(tokio::sync::Semaphore::new(HANDLE_QUEUE_BYTES as usize));
     let mut handler = {
@@ -575,7 +568,11 @@ async fn serve(
             r = &mut handler => break r.unwrap_or_else(|e| format!("message handler: {e}")),
         };
         let (msg, piped) = msg;
-        let size = frame_bytes(&msg, piped.as_ref()).clamp(1, HANDLE_QUEUE_BYTES);
+        let bytes = frame_bytes(&msg, piped.as_ref());
+        if bytes as usize >= MIN_SPLICED {
+            vol.lock().counters.count_payload(piped.is_some());
+        }
+        let size = bytes.clamp(1, HANDLE_QUEUE_BYTES);
         let permit = tokio::select! {
             p = room.clone().acquire_many_owned(size) => p,
             r = &mut handler => break r.unwrap_or_else(|e| format!("message handler: {e}")),
@@ -601,12 +598,12 @@ const HANDLE_QUEUE_BYTES: u32 = 64 << 20;
 
 /// Bulk bytes a message holds, in itself or in its pipe (what the
 /// handling queue is bounded by).
-fn frame_bytes(m: &Msg, piped: Option<&Pipe>) -> u32 {
+fn frame_bytes(m: &Msg, piped: Option<&Chain>) -> u32 {
     let own = match m {
         Msg::Write { data, .. } | Msg::SyncData { data, .. } => data.len(),
         _ => 0,
     };
-    (own + piped.map_or(0, Pipe::len)) as u32
+    (own + piped.map_or(0, Chain::len)) as u32
 }
 
 async fn send(tx: &mpsc::Sender<Outgoing>, m: Msg) -> Result<()> {
@@ -622,7 +619,7 @@ async fn handle(
     epoch: u64,
     tx: &mpsc::Sender<Outgoing>,
     msg: Msg,
-    piped: Option<Pipe>,
+    piped: Option<Chain>,
 ) -> Result<()> {
     match msg {
         Msg::Ping => send(tx, Msg::Pong).await?,

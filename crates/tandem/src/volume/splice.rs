@@ -423,6 +423,82 @@ impl Drop for Pipe {
     }
 }
 
+/// Pipes one payload may take: data from the page cache of a peer
+/// arrives a page or less per fragment, so a megabyte can need just over
+/// one 1 MiB pipe's 256 slots.
+const MAX_CHAIN: usize = 4;
+
+/// A payload held in one or more pipes, in order.
+#[derive(Debug)]
+pub struct Chain {
+    pipes: Vec<Pipe>,
+}
+
+impl Chain {
+    /// An empty chain of one pipe; `None` when no pipe is to be had.
+    pub fn take() -> Option<Chain> {
+        Some(Chain {
+            pipes: vec![Pipe::take()?],
+        })
+    }
+
+    /// Bytes held.
+    pub(crate) fn len(&self) -> usize {
+        self.pipes.iter().map(Pipe::len).sum()
+    }
+
+    fn last(&mut self) -> io::Result<&mut Pipe> {
+        self.pipes
+            .last_mut()
+            .ok_or_else(|| io::Error::other("a pipe chain without pipes"))
+    }
+
+    /// Appends bytes already in memory (at most a pipe's worth).
+    pub fn fill_from_slice(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.last()?.fill_from_slice(bytes)
+    }
+
+    /// Moves `len` bytes from a socket into the chain, by reference,
+    /// taking another pipe whenever one runs out of slots.
+    /// [`Filled::Full`] when the chain is at its bound (or no pipe is to
+    /// be had) first; what it took stays in it.
+    pub async fn fill_from_socket<S: Socket>(&mut self, s: &S, len: usize) -> io::Result<Filled> {
+        let mut left = len;
+        loop {
+            let before = self.len();
+            let filled = self.last()?.fill_from_socket(s, left).await?;
+            left -= self.len() - before;
+            if filled == Filled::All {
+                return Ok(Filled::All);
+            }
+            if self.pipes.len() >= MAX_CHAIN {
+                return Ok(Filled::Full);
+            }
+            match Pipe::take() {
+                Some(p) => self.pipes.push(p),
+                None => return Ok(Filled::Full),
+            }
+        }
+    }
+
+    /// Reads everything held onto the end of `out`.
+    pub fn drain_into(&mut self, out: &mut Vec<u8>) -> io::Result<()> {
+        self.pipes.iter_mut().try_for_each(|p| p.drain_into(out))
+    }
+
+    /// Writes everything held to `fd` at `offset` (see
+    /// [`Pipe::drain_to_file`]).
+    pub fn drain_to_file(&mut self, fd: RawFd, offset: u64) -> io::Result<()> {
+        let mut at = offset;
+        for p in &mut self.pipes {
+            let n = p.len() as u64;
+            p.drain_to_file(fd, at)?;
+            at += n;
+        }
+        Ok(())
+    }
+}
+
 /// How a fill from a socket ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Filled {
@@ -430,6 +506,14 @@ pub enum Filled {
     All,
     /// The pipe ran out of slots first.
     Full,
+}
+
+/// A reader whose data can be spliced straight from its socket.
+pub trait SpliceRead: tokio::io::AsyncRead + Unpin {
+    /// The socket.
+    type Sock: Socket + Sync;
+    /// The socket, to splice from once the reader holds nothing buffered.
+    fn socket(&self) -> &Self::Sock;
 }
 
 /// A non-blocking socket registered with the runtime that splice can
@@ -469,6 +553,27 @@ socket_half!(tokio::net::tcp::OwnedReadHalf, tokio::net::TcpStream);
 socket_half!(tokio::net::tcp::OwnedWriteHalf, tokio::net::TcpStream);
 socket_half!(tokio::net::unix::OwnedReadHalf, tokio::net::UnixStream);
 socket_half!(tokio::net::unix::OwnedWriteHalf, tokio::net::UnixStream);
+
+impl SpliceRead for tokio::net::tcp::OwnedReadHalf {
+    type Sock = Self;
+    fn socket(&self) -> &Self {
+        self
+    }
+}
+
+impl SpliceRead for tokio::net::unix::OwnedReadHalf {
+    type Sock = Self;
+    fn socket(&self) -> &Self {
+        self
+    }
+}
+
+impl<R: SpliceRead> SpliceRead for tokio::io::BufReader<R> {
+    type Sock = R::Sock;
+    fn socket(&self) -> &R::Sock {
+        self.get_ref().socket()
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -570,6 +675,35 @@ mod tests {
         drop(client.await.unwrap());
         // Its size was changed: never pooled.
         p.clean = false;
+    }
+
+    /// Data that a single pipe cannot hold fills a chain, in order.
+    #[tokio::test]
+    async fn a_chain_takes_more_pipes_and_keeps_the_order() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let len = MAX_SPLICED;
+        let data = pattern(len, 9);
+        let sent = data.clone();
+        let client = tokio::spawn(async move {
+            let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+            c.write_all(&sent).await.unwrap();
+            c
+        });
+        let (s, _) = l.accept().await.unwrap();
+        let (rd, _wr) = s.into_split();
+        let mut chain = Chain::take().expect("a pipe");
+        // A small first pipe: the chain must go on in more.
+        // SAFETY: fcntl on the pipe's own descriptor.
+        assert!(unsafe { libc::fcntl(chain.pipes[0].wr(), libc::F_SETPIPE_SZ, 64 << 10) } > 0);
+        chain.pipes[0].clean = false;
+        assert_eq!(chain.fill_from_socket(&rd, len).await.unwrap(), Filled::All);
+        assert!(chain.pipes.len() > 1);
+        assert_eq!(chain.len(), len);
+        let mut got = Vec::new();
+        chain.drain_into(&mut got).unwrap();
+        assert!(got == data, "the chain holds the payload in order");
+        drop(client.await.unwrap());
     }
 
     #[test]

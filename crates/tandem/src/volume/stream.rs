@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tandem_core::volume::link::Frame;
 use tokio::sync::mpsc;
 
-use super::splice::{Pipe, Socket, MAX_SPLICED};
+use super::splice::{Chain, Filled, Pipe, Socket, SpliceRead, MAX_SPLICED};
 use super::store::Backing;
 
 /// A frame to write and where the rest of its bulk data comes from.
@@ -57,10 +57,46 @@ pub(crate) async fn read_payload<R: tokio::io::AsyncRead + Unpin>(
     already: &[u8],
     len: usize,
 ) -> std::io::Result<Vec<u8>> {
-    use tokio::io::AsyncReadExt;
     let mut out = super::buffers::take(len);
     out.extend_from_slice(&already[..already.len().min(len)]);
-    let mut rest = r.take((len - out.len()) as u64);
+    read_payload_onto(r, out, len).await
+}
+
+/// A write payload as received.
+#[derive(Debug)]
+pub enum Payload {
+    /// In a buffer.
+    Bytes(Vec<u8>),
+    /// In kernel pipes, by reference.
+    Piped(Chain),
+}
+
+/// Reads the rest of a `len`-byte payload whose first bytes `chain`
+/// holds: by reference while pipes hold out, else (no pipe to be had,
+/// or fragments too small for the chain's slots) through a buffer. The
+/// reader must hold nothing buffered.
+pub(crate) async fn finish_payload<R: SpliceRead>(
+    r: &mut R,
+    mut chain: Chain,
+    len: usize,
+) -> std::io::Result<Payload> {
+    let rest = len.saturating_sub(chain.len());
+    if chain.fill_from_socket(r.socket(), rest).await? == Filled::All {
+        return Ok(Payload::Piped(chain));
+    }
+    let mut out = super::buffers::take(len);
+    chain.drain_into(&mut out)?;
+    read_payload_onto(r, out, len).await.map(Payload::Bytes)
+}
+
+/// Reads onto the end of `out` until it holds `len` bytes.
+async fn read_payload_onto<R: tokio::io::AsyncRead + Unpin>(
+    r: &mut R,
+    mut out: Vec<u8>,
+    len: usize,
+) -> std::io::Result<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut rest = r.take((len.saturating_sub(out.len())) as u64);
     while out.len() < len {
         if rest.read_buf(&mut out).await? == 0 {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
