@@ -348,4 +348,7 @@ pub struct Volume {
     pub resync_rate_mib_s: Option<Spanned<u32>>,
     /// Split-brain recovery policy (default `disconnect`).
     pub split_brain: Option<Spanned<SplitBrainPolicy>>,
+    /// TCP congestion control of the replication connection (default
+    /// `cubic`; `system` keeps the kernel's default).
+    pub congestion_control: Option<Spanned<String>>,
 }

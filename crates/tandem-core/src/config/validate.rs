@@ -866,6 +866,25 @@ fn check_volumes(
                 "add `link = \"NAME\"` naming the link to replicate over",
             );
         }
+        if let Some(cc) = &v.congestion_control {
+            // The kernel's names: at most 15 bytes (TCP_CA_NAME_MAX 16).
+            let name = cc.get_ref();
+            let ok = !name.is_empty()
+                && name.len() <= 15
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+            if !ok {
+                c.error(
+                    span(cc),
+                    format!(
+                        "volume `{}`: `{name}` is not a TCP congestion control name",
+                        v.name.get_ref()
+                    ),
+                    "use `cubic` (the default), `system` for the kernel's default, or a name from /proc/sys/net/ipv4/tcp_available_congestion_control",
+                );
+            }
+        }
         if v.nbd_socket.is_none() && v.nbd_tcp.is_none() {
             c.warn(
                 span(&v.name),

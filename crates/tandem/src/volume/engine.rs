@@ -1151,6 +1151,7 @@ mod tests {
             rate_bytes_s: 1 << 20,
             split_brain: tandem_core::config::schema::SplitBrainPolicy::Disconnect,
             key: [0; 32],
+            congestion_control: None,
             ping_interval_ms: 1000,
             peer_timeout_ms: 3000,
             paths: MetaPaths::new(dir, "data"),

@@ -39,6 +39,12 @@ use store::MetaPaths;
 
 /// Replication port when the configuration gives none.
 pub const DEFAULT_PORT: u16 = 7789;
+/// Congestion control of the replication connection when the
+/// configuration gives none. The kernel's default may be `bbr` (it is on
+/// the machines the benchmarks ran on): on a sub-millisecond link its
+/// pacing held bulk writes to half the throughput at 1.6 times the CPU
+/// per megabyte of `cubic`, with retransmissions (docs/BENCHMARKS.md).
+pub const DEFAULT_CONGESTION_CONTROL: &str = "cubic";
 /// Resync rate when the configuration gives none, MiB/s.
 pub const DEFAULT_RATE_MIB_S: u32 = 100;
 /// Requests from volumes to the cluster queued before they are dropped
@@ -74,6 +80,9 @@ pub struct VolumeConfig {
     pub rate_bytes_s: u64,
     /// Split-brain recovery.
     pub split_brain: SplitBrainPolicy,
+    /// TCP congestion control of the replication connection; `None`
+    /// keeps the kernel's default.
+    pub congestion_control: Option<String>,
     /// The cluster key (authenticates the peer).
     pub key: [u8; 32],
     /// Keepalive interval on the link.
@@ -148,6 +157,11 @@ pub fn configs(
                 .split_brain
                 .as_ref()
                 .map_or(SplitBrainPolicy::Disconnect, |p| *p.get_ref()),
+            congestion_control: match v.congestion_control.as_ref().map(|c| c.get_ref().as_str()) {
+                Some("system") => None,
+                Some(name) => Some(name.to_string()),
+                None => Some(DEFAULT_CONGESTION_CONTROL.to_string()),
+            },
             key,
             ping_interval_ms: cfg.timing.heartbeat_ms.max(100),
             peer_timeout_ms: cfg.timing.deadtime_ms.max(500),

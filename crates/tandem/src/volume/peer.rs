@@ -301,7 +301,33 @@ type LinkReader = tokio::io::BufReader<OwnedReadHalf>;
 const LINK_READ_BUFFER: usize = 64 << 10;
 
 /// One connected session, from handshake to teardown.
+/// Sets the connection's congestion control as configured; a name the
+/// kernel refuses is said once per session and the default kept.
+fn set_congestion_control(vol: &Volume, stream: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let Some(name) = vol.cfg.congestion_control.as_deref() else {
+        return;
+    };
+    // SAFETY: setsockopt reads `name.len()` bytes from a live string.
+    let r = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_CONGESTION,
+            name.as_ptr().cast(),
+            name.len() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        vol.event(format!(
+            "the kernel refused congestion control `{name}` for the replication link ({}); using its default (see /proc/sys/net/ipv4/tcp_available_congestion_control, or set congestion_control = \"system\")",
+            std::io::Error::last_os_error()
+        ));
+    }
+}
+
 async fn session(vol: Arc<Volume>, stream: TcpStream) {
+    set_congestion_control(&vol, &stream);
     let epoch = vol.next_epoch();
     let (rd, wr) = stream.into_split();
     let mut rd: LinkReader = tokio::io::BufReader::with_capacity(LINK_READ_BUFFER, rd);
