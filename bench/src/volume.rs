@@ -35,10 +35,14 @@ pub struct Figures {
     pub busy_cores: f64,
     /// Machine CPU time per completed write, µs.
     pub cpu_us_per_op: f64,
+    /// Share of the machine's CPU time the hypervisor stole, %.
+    pub steal_pct: f64,
 }
 
-/// (busy, total) clock ticks of all CPUs since boot, from /proc/stat.
-fn cpu_ticks() -> Result<(u64, u64)> {
+/// (busy, stolen, total) clock ticks of all CPUs since boot, from
+/// /proc/stat. Busy leaves out time the hypervisor stole: that is not
+/// this machine's work, and on a shared host it comes and goes.
+fn cpu_ticks() -> Result<(u64, u64, u64)> {
     let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
     let line = stat.lines().next().unwrap_or_default();
     let v: Vec<u64> = line
@@ -48,8 +52,9 @@ fn cpu_ticks() -> Result<(u64, u64)> {
         .collect();
     // user nice system idle iowait irq softirq steal ...
     let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    let steal = v.get(7).copied().unwrap_or(0);
     let total: u64 = v.iter().take(8).sum();
-    Ok((total.saturating_sub(idle), total))
+    Ok((total.saturating_sub(idle + steal), steal, total))
 }
 
 fn fio(
@@ -62,7 +67,12 @@ fn fio(
 ) -> Result<Figures> {
     let ns = c.bed.client_ns();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-    let (busy0, total0) = cpu_ticks()?;
+    // Every measurement starts with no dirty pages: the writeback of the
+    // one before (up to gigabytes) must not land on this one's cores.
+    Command::new("sync")
+        .status()
+        .context("running sync before a measurement")?;
+    let (busy0, steal0, total0) = cpu_ticks()?;
     let out = Command::new("ip")
         .args([
             "netns",
@@ -85,12 +95,14 @@ fn fio(
         .arg(format!("--runtime={seconds}"))
         .output()
         .context("running fio")?;
-    let (busy1, total1) = cpu_ticks()?;
+    let (busy1, steal1, total1) = cpu_ticks()?;
     if !out.status.success() {
         bail!("fio on {uri}: {}", String::from_utf8_lossy(&out.stderr));
     }
     // Includes fio's ramp, which runs at the same rate.
-    let busy_cores = (busy1 - busy0) as f64 / (total1 - total0).max(1) as f64 * cores;
+    let ticks = (total1 - total0).max(1) as f64;
+    let busy_cores = (busy1 - busy0) as f64 / ticks * cores;
+    let steal_pct = (steal1 - steal0) as f64 / ticks * 100.0;
     // fio may print notes before its JSON.
     let text = String::from_utf8_lossy(&out.stdout);
     let json = text.find('{').map_or("", |i| &text[i..]);
@@ -103,6 +115,7 @@ fn fio(
         mib_s: w["bw"].as_f64().unwrap_or(0.0) / 1024.0,
         iops,
         busy_cores,
+        steal_pct,
         cpu_us_per_op: busy_cores * 1e6 / iops.max(0.001),
         lat_mean_us: clat["mean"].as_f64().unwrap_or(0.0) / 1000.0,
         lat_p50_us: pct("50.000000"),
@@ -244,7 +257,7 @@ pub fn run(tandem_bin: &Path, seconds: u64, size_mib: u64, only: Option<&str>) -
         rows.push((label, kit_f, kit_r, alone_f, c_f, sent));
     }
     drop((kit_default, kit_random));
-    println!("\n| test | server | MiB/s | IOPS | lat mean us | p50 us | p99 us | cores busy | CPU us/write |\n|---|---|---|---|---|---|---|---|---|");
+    println!("\n| test | server | MiB/s | IOPS | lat mean us | p50 us | p99 us | cores busy | CPU us/write | stolen % |\n|---|---|---|---|---|---|---|---|---|---|");
     for (label, k, kr, a, cc, _) in &rows {
         for (name, f) in [
             ("nbdkit file", k),
@@ -253,14 +266,15 @@ pub fn run(tandem_bin: &Path, seconds: u64, size_mib: u64, only: Option<&str>) -
             ("Tandem protocol C", cc),
         ] {
             println!(
-                "| {label} | {name} | {:.1} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {:.0} |",
+                "| {label} | {name} | {:.1} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {:.0} | {:.0} |",
                 f.mib_s,
                 f.iops,
                 f.lat_mean_us,
                 f.lat_p50_us,
                 f.lat_p99_us,
                 f.busy_cores,
-                f.cpu_us_per_op
+                f.cpu_us_per_op,
+                f.steal_pct
             );
         }
     }

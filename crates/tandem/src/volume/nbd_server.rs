@@ -209,6 +209,7 @@ async fn client<S: ClientStream>(vol: Arc<Volume>, mut s: S) {
             }
         }
     };
+    let mut after_spliced = false;
     'read: loop {
         // Everything parseable first; consumed bytes are dropped once.
         let mut start = 0;
@@ -240,6 +241,7 @@ async fn client<S: ClientStream>(vol: Arc<Volume>, mut s: S) {
                     .counters
                     .count_payload(matches!(p, Payload::Piped(_)));
             }
+            after_spliced = matches!(payload, Ok(Payload::Piped(_)));
             let ev = match payload {
                 Ok(Payload::Piped(p)) => parser.take_payload_apart().map(|ev| (ev, Some(p))),
                 Ok(Payload::Bytes(data)) => parser.take_payload(data).map(|ev| (ev, None)),
@@ -255,8 +257,17 @@ async fn client<S: ClientStream>(vol: Arc<Volume>, mut s: S) {
         }
         buf.drain(..start);
         buf.reserve(READ_CHUNK);
+        // Right after a spliced payload, ask for one request header only:
+        // if another large write follows (sequential writers send them
+        // back to back), none of its payload is copied through `buf`.
+        let ask = if std::mem::take(&mut after_spliced) {
+            nbd::REQUEST_LEN
+        } else {
+            READ_CHUNK
+        };
+        let mut limited = (&mut rd).take(ask as u64);
         let read = tokio::select! {
-            r = rd.read_buf(&mut buf) => r,
+            r = limited.read_buf(&mut buf) => r,
             _ = cut.notified() => break 'read,
         };
         match read {

@@ -264,13 +264,24 @@ async fn read_body<R: AsyncReadExt + Unpin>(s: &mut R, kind: u8, len: usize) -> 
 /// one is to be had: it goes to disk without a copy of ours.
 async fn read_incoming(rd: &mut LinkReader) -> Result<(Msg, Option<Chain>)> {
     use tokio::io::AsyncBufRead;
-    let (kind, len) = read_header(rd).await?;
+    // With nothing buffered, the header comes straight from the socket:
+    // through the buffer, a refill would copy up to its capacity of a
+    // large write's data that could have been spliced instead.
+    let (kind, len) = if rd.buffer().is_empty() {
+        read_header(rd.get_mut()).await?
+    } else {
+        read_header(rd).await?
+    };
     let spliced = link::bulk_prefix(kind)
         .filter(|p| (MIN_SPLICED..=MAX_SPLICED).contains(&len.saturating_sub(*p)));
     let Some((p, mut chain)) = spliced.and_then(|p| Some((p, Chain::take()?))) else {
         return Ok((read_body(rd, kind, len).await?, None));
     };
-    let fixed = read_fixed(rd, p).await?;
+    let fixed = if rd.buffer().is_empty() {
+        read_fixed(rd.get_mut(), p).await?
+    } else {
+        read_fixed(rd, p).await?
+    };
     let n = len - p;
     let buffered = rd.buffer();
     let k = buffered.len().min(n);
