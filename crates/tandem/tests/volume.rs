@@ -246,6 +246,8 @@ struct Writer {
 }
 
 const TORTURE_BLOCKS: u64 = 2048;
+/// Blocks in the torture's large writes (128 KiB).
+const TORTURE_RUN: u64 = 32;
 
 fn torture_writer(w: &Writer, ns: &str, seed: u64) {
     use std::sync::atomic::Ordering::SeqCst;
@@ -275,24 +277,34 @@ fn torture_writer(w: &Writer, ns: &str, seed: u64) {
                 continue;
             }
             seq += 1;
-            let block = rand::Rng::gen_range(&mut rng, 0..TORTURE_BLOCKS);
-            let mut data = vec![0u8; 4096];
+            // Every eighth write is 128 KiB: large payloads take the
+            // spliced path (kernel pipes, page cache by reference), the
+            // rest the buffered one.
+            let run = if seq % 8 == 0 { TORTURE_RUN } else { 1 };
+            let first = rand::Rng::gen_range(&mut rng, 0..TORTURE_BLOCKS / run) * run;
+            let mut data = vec![0u8; 4096 * run as usize];
             rng.fill_bytes(&mut data);
-            data[..8].copy_from_slice(&seq.to_be_bytes());
-            let hash = *blake3::hash(&data).as_bytes();
-            w.log
-                .lock()
-                .unwrap()
-                .entry(block)
-                .or_default()
-                .maybe
-                .push(hash);
-            match c.write(block * 4096, &data, true) {
+            let hashes: Vec<[u8; 32]> = data
+                .chunks_mut(4096)
+                .map(|b| {
+                    b[..8].copy_from_slice(&seq.to_be_bytes());
+                    *blake3::hash(b).as_bytes()
+                })
+                .collect();
+            {
+                let mut log = w.log.lock().unwrap();
+                for (i, h) in hashes.iter().enumerate() {
+                    log.entry(first + i as u64).or_default().maybe.push(*h);
+                }
+            }
+            match c.write(first * 4096, &data, true) {
                 Ok(tandem_testbed::nbd_client::Reply::Ok(_)) => {
                     let mut log = w.log.lock().unwrap();
-                    let e = log.entry(block).or_default();
-                    e.acked = Some(hash);
-                    e.maybe.clear();
+                    for (i, h) in hashes.iter().enumerate() {
+                        let e = log.entry(first + i as u64).or_default();
+                        e.acked = Some(*h);
+                        e.maybe.clear();
+                    }
                     w.acked.fetch_add(1, SeqCst);
                 }
                 // An error or a dropped connection: the outcome is unknown.
