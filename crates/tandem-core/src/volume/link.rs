@@ -312,6 +312,23 @@ impl Msg {
         Frame { head, data }
     }
 
+    /// The same write or sync block with `data` as its data (moved, not
+    /// copied); any other message as it is.
+    pub fn with_data(self, data: Vec<u8>) -> Msg {
+        match self {
+            Msg::Write {
+                id, offset, fua, ..
+            } => Msg::Write {
+                id,
+                offset,
+                fua,
+                data,
+            },
+            Msg::SyncData { offset, .. } => Msg::SyncData { offset, data },
+            other => other,
+        }
+    }
+
     /// The framed message of a write or sync block whose `data_len` bytes
     /// of data the caller sends right after `head` from elsewhere (a
     /// kernel pipe, a file): the message's own data must be empty, and the
@@ -433,18 +450,10 @@ pub fn decode_bulk(kind: u8, prefix: &[u8], data: Vec<u8>) -> Result<Msg, LinkEr
     if bulk_prefix(kind) != Some(prefix.len()) {
         return Err(LinkError::Malformed(kind));
     }
-    Ok(match decode(kind, prefix)? {
-        Msg::Write {
-            id, offset, fua, ..
-        } => Msg::Write {
-            id,
-            offset,
-            fua,
-            data,
-        },
-        Msg::SyncData { offset, .. } => Msg::SyncData { offset, data },
-        _ => return Err(LinkError::Malformed(kind)),
-    })
+    match decode(kind, prefix)? {
+        m @ (Msg::Write { .. } | Msg::SyncData { .. }) => Ok(m.with_data(data)),
+        _ => Err(LinkError::Malformed(kind)),
+    }
 }
 
 /// Decodes one frame body of `kind`.

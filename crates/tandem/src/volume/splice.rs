@@ -587,24 +587,40 @@ mod tests {
             .collect()
     }
 
+    type Client = tokio::task::JoinHandle<(tokio::net::TcpStream, Vec<u8>)>;
+
+    /// A loopback connection whose client sends `data`, then reads
+    /// `back` bytes (returned with its stream, kept open until then); the
+    /// server's halves.
+    async fn connection(
+        data: Vec<u8>,
+        back: usize,
+    ) -> (
+        tokio::net::tcp::OwnedReadHalf,
+        tokio::net::tcp::OwnedWriteHalf,
+        Client,
+    ) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let client = tokio::spawn(async move {
+            let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+            c.write_all(&data).await.unwrap();
+            let mut got = vec![0u8; back];
+            c.read_exact(&mut got).await.unwrap();
+            (c, got)
+        });
+        let (s, _) = l.accept().await.unwrap();
+        let (rd, wr) = s.into_split();
+        (rd, wr, client)
+    }
+
     /// Socket -> pipe -> file, and file -> pipe -> socket, byte exact,
     /// with a buffered prefix and offsets that do not fall on pieces.
     #[tokio::test]
     async fn payloads_move_through_pipes_byte_exact() {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
         let len = MAX_SPLICED;
         let data = pattern(len, 7);
-        let sent = data.clone();
-        let client = tokio::spawn(async move {
-            let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
-            c.write_all(&sent[1000..]).await.unwrap();
-            let mut back = vec![0u8; len];
-            c.read_exact(&mut back).await.unwrap();
-            back
-        });
-        let (s, _) = l.accept().await.unwrap();
-        let (rd, wr) = s.into_split();
+        let (rd, wr, client) = connection(data[1000..].to_vec(), len).await;
         let mut p = Pipe::take().expect("a pipe");
         // The first 1000 bytes "were buffered" by a reader.
         p.fill_from_slice(&data[..1000]).unwrap();
@@ -639,7 +655,7 @@ mod tests {
         }
         drop(p);
         assert!(
-            client.await.unwrap() == data,
+            client.await.unwrap().1 == data,
             "the socket got the file's bytes"
         );
     }
@@ -648,18 +664,9 @@ mod tests {
     /// leaves the rest in the socket, in order (the callers' fallback).
     #[tokio::test]
     async fn a_full_pipe_says_so_and_the_rest_stays_in_the_socket() {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
         let len = MAX_SPLICED;
         let data = pattern(len, 3);
-        let sent = data.clone();
-        let client = tokio::spawn(async move {
-            let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
-            c.write_all(&sent).await.unwrap();
-            c
-        });
-        let (s, _) = l.accept().await.unwrap();
-        let (mut rd, _wr) = s.into_split();
+        let (mut rd, _wr, client) = connection(data.clone(), 0).await;
         let mut p = Pipe::take().expect("a pipe");
         // SAFETY: fcntl on the pipe's own descriptor.
         assert!(unsafe { libc::fcntl(p.wr(), libc::F_SETPIPE_SZ, 64 << 10) } > 0);
@@ -680,18 +687,9 @@ mod tests {
     /// Data that a single pipe cannot hold fills a chain, in order.
     #[tokio::test]
     async fn a_chain_takes_more_pipes_and_keeps_the_order() {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
         let len = MAX_SPLICED;
         let data = pattern(len, 9);
-        let sent = data.clone();
-        let client = tokio::spawn(async move {
-            let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
-            c.write_all(&sent).await.unwrap();
-            c
-        });
-        let (s, _) = l.accept().await.unwrap();
-        let (rd, _wr) = s.into_split();
+        let (rd, _wr, client) = connection(data.clone(), 0).await;
         let mut chain = Chain::take().expect("a pipe");
         // A small first pipe: the chain must go on in more.
         // SAFETY: fcntl on the pipe's own descriptor.
