@@ -1,6 +1,8 @@
 //! Any bytes as an NBD transmission stream, and any bytes as handshake
 //! steps: never a panic; every request the parser accepts lies inside the
-//! export; feeding the stream whole or in pieces gives the same events.
+//! export; feeding the stream whole or in pieces, or taking every write
+//! payload apart as the server does with large ones, gives the same
+//! events.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -27,10 +29,51 @@ fn events(input: &[u8], chunk: usize) -> Vec<Event> {
     out
 }
 
+/// The events with every write payload taken apart (`take_payload_apart`)
+/// and its bytes put back into the event afterwards.
+fn events_apart(input: &[u8]) -> Vec<Event> {
+    let mut p = RequestParser::new(SIZE, false);
+    let mut buf = input.to_vec();
+    let mut out = Vec::new();
+    loop {
+        if let Some(len) = p.payload_wanted().filter(|l| *l <= buf.len()) {
+            let bytes: Vec<u8> = buf.drain(..len).collect();
+            match p.take_payload_apart() {
+                Some(Event::Request {
+                    cookie,
+                    op: Op::Write { offset, data, fua },
+                }) => {
+                    assert!(data.is_empty(), "a payload taken apart came with data");
+                    out.push(Event::Request {
+                        cookie,
+                        op: Op::Write {
+                            offset,
+                            data: bytes,
+                            fua,
+                        },
+                    });
+                }
+                Some(e) => out.push(e),
+                None => panic!("an awaited payload could not be taken apart"),
+            }
+            continue;
+        }
+        let (n, ev) = p.next(&buf);
+        buf.drain(..n);
+        match ev {
+            Some(e) => out.push(e),
+            None if n == 0 => break,
+            None => {}
+        }
+    }
+    out
+}
+
 fuzz_target!(|data: &[u8]| {
     let chunk = data.first().map_or(1, |b| *b as usize + 1);
     let whole = events(data, data.len());
     assert_eq!(whole, events(data, chunk), "chunking changed the events");
+    assert_eq!(whole, events_apart(data), "taking payloads apart changed the events");
     for ev in &whole {
         if let Event::Request { op, .. } = ev {
             let (off, len) = match op {
