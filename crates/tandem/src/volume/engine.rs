@@ -177,17 +177,6 @@ pub struct Counters {
     pub payloads_buffered: u64,
 }
 
-impl Counters {
-    /// Counts one large payload received, by the way it came.
-    pub fn count_payload(&mut self, spliced: bool) {
-        if spliced {
-            self.payloads_spliced += 1;
-        } else {
-            self.payloads_buffered += 1;
-        }
-    }
-}
-
 pub(super) struct State {
     pub meta: Meta,
     pub bitmap: Bitmap,
@@ -294,6 +283,10 @@ pub struct Volume {
     primary_now: AtomicBool,
     /// The last status built, for readers that must not wait.
     last_status: Mutex<Option<VolumeStatus>>,
+    /// Large payloads received into pipes and through buffers: counted by
+    /// the socket readers, which must not wait for the state lock (held
+    /// across metadata fsyncs).
+    payloads: [std::sync::atomic::AtomicU64; 2],
 }
 
 fn random_gen() -> u64 {
@@ -405,7 +398,14 @@ impl Volume {
             epoch: std::sync::atomic::AtomicU64::new(0),
             primary_now: AtomicBool::new(false),
             last_status: Mutex::new(None),
+            payloads: Default::default(),
         })
+    }
+
+    /// Counts one large payload received, by the way it came. Never
+    /// waits.
+    pub fn count_payload(&self, spliced: bool) {
+        self.payloads[usize::from(!spliced)].fetch_add(1, Ordering::Relaxed);
     }
 
     /// The state, locked. Never held across an await.
@@ -1104,7 +1104,11 @@ impl Volume {
             dirty_bytes: st.bitmap.count() * BLOCK,
             sync: st.sync.clone(),
             verify: st.verify.clone(),
-            counters: st.counters.clone(),
+            counters: Counters {
+                payloads_spliced: self.payloads[0].load(Ordering::Relaxed),
+                payloads_buffered: self.payloads[1].load(Ordering::Relaxed),
+                ..st.counters.clone()
+            },
             generations: format!(
                 "{:016X}:{:016X}:{:016X}:{:016X}",
                 g.current, g.bitmap, g.history[0], g.history[1]

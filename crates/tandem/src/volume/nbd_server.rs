@@ -237,9 +237,7 @@ async fn client<S: ClientStream>(vol: Arc<Volume>, mut s: S) {
             };
             buf.clear();
             if let Ok(p) = &payload {
-                vol.lock()
-                    .counters
-                    .count_payload(matches!(p, Payload::Piped(_)));
+                vol.count_payload(matches!(p, Payload::Piped(_)));
             }
             after_spliced = matches!(payload, Ok(Payload::Piped(_)));
             let ev = match payload {

@@ -605,9 +605,19 @@ async fn serve(
             r = &mut handler => break r.unwrap_or_else(|e| format!("message handler: {e}")),
         };
         let (msg, piped) = msg;
+        if msg == Msg::Ping {
+            // Answered here, not behind the handler: a handler stalled in
+            // the page cache (writeback throttling under a fast full sync
+            // held it past the deadtime) is a slow disk, not a dead link,
+            // and dropping the link restarted the whole sync.
+            if send(tx, Msg::Pong).await.is_err() {
+                break "the link's writer stopped".to_string();
+            }
+            continue;
+        }
         let bytes = frame_bytes(&msg, piped.as_ref());
         if bytes as usize >= MIN_SPLICED {
-            vol.lock().counters.count_payload(piped.is_some());
+            vol.count_payload(piped.is_some());
         }
         let size = bytes.clamp(1, HANDLE_QUEUE_BYTES);
         let permit = tokio::select! {
@@ -659,8 +669,8 @@ async fn handle(
     piped: Option<Chain>,
 ) -> Result<()> {
     match msg {
-        Msg::Ping => send(tx, Msg::Pong).await?,
-        Msg::Pong => {}
+        // Pings are answered by the reader (`serve`).
+        Msg::Ping | Msg::Pong => {}
         Msg::State(h) => {
             if let Some(c) = vol.lock().conn.as_mut().filter(|c| c.epoch == epoch) {
                 c.peer_primary = h.side.primary;
