@@ -10,70 +10,64 @@ use tandem_core::nbd::{Event, ExportInfo, Handshake, Next, Op, RequestParser};
 
 const SIZE: u64 = 1 << 20;
 
-fn events(input: &[u8], chunk: usize) -> Vec<Event> {
+/// The events of `input` fed in pieces of `chunk` bytes; with `apart`,
+/// every write payload is taken apart (`take_payload_apart`, as the
+/// server does with large ones) and its bytes put back into the event.
+fn events(input: &[u8], chunk: usize, apart: bool) -> Vec<Event> {
     let mut p = RequestParser::new(SIZE, false);
     let mut buf = Vec::new();
     let mut out = Vec::new();
     for piece in input.chunks(chunk.max(1)) {
         buf.extend_from_slice(piece);
-        loop {
-            let (n, ev) = p.next(&buf);
-            buf.drain(..n);
-            match ev {
-                Some(e) => out.push(e),
-                None if n == 0 => break,
-                None => {}
-            }
-        }
+        while step(&mut p, &mut buf, &mut out, apart) {}
     }
     out
 }
 
-/// The events with every write payload taken apart (`take_payload_apart`)
-/// and its bytes put back into the event afterwards.
-fn events_apart(input: &[u8]) -> Vec<Event> {
-    let mut p = RequestParser::new(SIZE, false);
-    let mut buf = input.to_vec();
-    let mut out = Vec::new();
-    loop {
-        if let Some(len) = p.payload_wanted().filter(|l| *l <= buf.len()) {
-            let bytes: Vec<u8> = buf.drain(..len).collect();
-            match p.take_payload_apart() {
-                Some(Event::Request {
+/// One parse step over the front of `buf`; false once more input is
+/// needed.
+fn step(p: &mut RequestParser, buf: &mut Vec<u8>, out: &mut Vec<Event>, apart: bool) -> bool {
+    if let Some(len) = p.payload_wanted().filter(|l| apart && *l <= buf.len()) {
+        let bytes: Vec<u8> = buf.drain(..len).collect();
+        match p.take_payload_apart() {
+            Some(Event::Request {
+                cookie,
+                op: Op::Write { offset, data, fua },
+            }) => {
+                assert!(data.is_empty(), "a payload taken apart came with data");
+                out.push(Event::Request {
                     cookie,
-                    op: Op::Write { offset, data, fua },
-                }) => {
-                    assert!(data.is_empty(), "a payload taken apart came with data");
-                    out.push(Event::Request {
-                        cookie,
-                        op: Op::Write {
-                            offset,
-                            data: bytes,
-                            fua,
-                        },
-                    });
-                }
-                Some(e) => out.push(e),
-                None => panic!("an awaited payload could not be taken apart"),
+                    op: Op::Write {
+                        offset,
+                        data: bytes,
+                        fua,
+                    },
+                });
             }
-            continue;
-        }
-        let (n, ev) = p.next(&buf);
-        buf.drain(..n);
-        match ev {
             Some(e) => out.push(e),
-            None if n == 0 => break,
-            None => {}
+            None => panic!("an awaited payload could not be taken apart"),
         }
+        return true;
     }
-    out
+    let (n, ev) = p.next(buf);
+    buf.drain(..n);
+    match ev {
+        Some(e) => out.push(e),
+        None if n == 0 => return false,
+        None => {}
+    }
+    true
 }
 
 fuzz_target!(|data: &[u8]| {
     let chunk = data.first().map_or(1, |b| *b as usize + 1);
-    let whole = events(data, data.len());
-    assert_eq!(whole, events(data, chunk), "chunking changed the events");
-    assert_eq!(whole, events_apart(data), "taking payloads apart changed the events");
+    let whole = events(data, data.len(), false);
+    assert_eq!(whole, events(data, chunk, false), "chunking changed the events");
+    assert_eq!(
+        whole,
+        events(data, chunk, true),
+        "taking payloads apart changed the events"
+    );
     for ev in &whole {
         if let Event::Request { op, .. } = ev {
             let (off, len) = match op {

@@ -84,6 +84,27 @@ fn last_error() -> io::Error {
     io::Error::last_os_error()
 }
 
+/// One splice(2) call: bytes moved, or the error as it came.
+fn splice(
+    src: RawFd,
+    src_off: Option<&mut libc::loff_t>,
+    dst: RawFd,
+    dst_off: Option<&mut libc::loff_t>,
+    len: usize,
+    flags: libc::c_uint,
+) -> io::Result<usize> {
+    let ptr = |o: Option<&mut libc::loff_t>| o.map_or(std::ptr::null_mut(), |o| o as *mut _);
+    // SAFETY: splice between descriptors the caller keeps open across the
+    // call; the offsets, when given, point at live integers; no other
+    // memory of ours is touched.
+    let n = unsafe { libc::splice(src, ptr(src_off), dst, ptr(dst_off), len, flags) };
+    if n < 0 {
+        Err(last_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
 impl Pipe {
     /// An empty pipe, reused or new; `None` at the bound or when the
     /// kernel refuses one (callers then use buffers).
@@ -204,30 +225,16 @@ impl Pipe {
             }
             s.ready(Interest::READABLE).await?;
             let (src, dst) = (s.fd(), self.wr());
+            let flags = libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK;
             let moved = s.try_io(Interest::READABLE, || {
-                // SAFETY: splice between two descriptors that outlive
-                // the call; no memory of ours is touched.
-                let n = unsafe {
-                    libc::splice(
-                        src,
-                        std::ptr::null_mut(),
-                        dst,
-                        std::ptr::null_mut(),
-                        left,
-                        libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
-                    )
-                };
-                if n >= 0 {
-                    return Ok(Some(n as usize));
+                match splice(src, None, dst, None, left, flags) {
+                    Ok(n) => Ok(Some(n)),
+                    // EAGAIN means an empty socket or a full pipe; only
+                    // the first may clear the socket's readiness (or the
+                    // reader would wait for data that is already there).
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock && !self.has_room() => Ok(None),
+                    Err(e) => Err(e),
                 }
-                let e = last_error();
-                // EAGAIN means an empty socket or a full pipe; only the
-                // first may clear the socket's readiness (or the reader
-                // would wait for data that is already there).
-                if e.kind() == io::ErrorKind::WouldBlock && !self.has_room() {
-                    return Ok(None);
-                }
-                Err(e)
             });
             match moved {
                 Ok(Some(0)) => return Err(io::ErrorKind::UnexpectedEof.into()),
@@ -287,30 +294,22 @@ impl Pipe {
                 }
                 let piece = (FILE_PIECE - at % FILE_PIECE) as usize;
                 let mut off = at as libc::loff_t;
-                // SAFETY: splice between descriptors that outlive the
-                // call; `off` lives across it.
-                let n = unsafe {
-                    libc::splice(
-                        self.rd(),
-                        std::ptr::null_mut(),
-                        fd,
-                        &mut off,
-                        piece.min(self.held),
-                        libc::SPLICE_F_MOVE,
-                    )
+                let want = piece.min(self.held);
+                let n = match splice(
+                    self.rd(),
+                    None,
+                    fd,
+                    Some(&mut off),
+                    want,
+                    libc::SPLICE_F_MOVE,
+                ) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
                 };
-                if n < 0 {
-                    let e = last_error();
-                    if e.kind() == io::ErrorKind::Interrupted {
-                        continue;
-                    }
-                    return Err(e);
-                }
-                if n == 0 {
-                    return Err(io::ErrorKind::WriteZero.into());
-                }
                 at += n as u64;
-                self.held -= n as usize;
+                self.held -= n;
             }
             Err(io::ErrorKind::TimedOut.into())
         })();
@@ -329,31 +328,18 @@ impl Pipe {
                 if taken == len {
                     return Ok(taken);
                 }
-                // SAFETY: splice between descriptors that outlive the
-                // call; `off` lives across it.
-                let n = unsafe {
-                    libc::splice(
-                        fd,
-                        &mut off,
-                        self.wr(),
-                        std::ptr::null_mut(),
-                        len - taken,
-                        libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
-                    )
-                };
-                if n < 0 {
-                    let e = last_error();
-                    match e.kind() {
+                let flags = libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK;
+                let n = match splice(fd, Some(&mut off), self.wr(), None, len - taken, flags) {
+                    Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                    Ok(n) => n,
+                    Err(e) => match e.kind() {
                         io::ErrorKind::Interrupted => continue,
                         io::ErrorKind::WouldBlock if taken > 0 => return Ok(taken),
                         _ => return Err(e),
-                    }
-                }
-                if n == 0 {
-                    return Err(io::ErrorKind::UnexpectedEof.into());
-                }
-                taken += n as usize;
-                self.held += n as usize;
+                    },
+                };
+                taken += n;
+                self.held += n;
             }
             Err(io::ErrorKind::TimedOut.into())
         })();
@@ -375,24 +361,9 @@ impl Pipe {
             }
             s.ready(Interest::WRITABLE).await?;
             let (src, dst, left) = (self.rd(), s.fd(), self.held);
+            let flags = libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MORE;
             let moved = s.try_io(Interest::WRITABLE, || {
-                // SAFETY: splice between descriptors that outlive the
-                // call; no memory of ours is touched.
-                let n = unsafe {
-                    libc::splice(
-                        src,
-                        std::ptr::null_mut(),
-                        dst,
-                        std::ptr::null_mut(),
-                        left,
-                        libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MORE,
-                    )
-                };
-                if n < 0 {
-                    Err(last_error())
-                } else {
-                    Ok(n as usize)
-                }
+                splice(src, None, dst, None, left, flags)
             });
             match moved {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
