@@ -26,9 +26,6 @@ const REPLY_QUEUE: usize = 128;
 const MAX_CLIENTS: usize = 64;
 /// Bytes asked of the socket per read while parsing requests.
 const READ_CHUNK: usize = 64 << 10;
-/// Write payloads at least this long bypass the request buffer (and up to
-/// [`MAX_SPLICED`], the process's memory: see [`super::splice`]).
-const DIRECT_PAYLOAD: usize = MIN_SPLICED;
 /// Limit on the whole handshake.
 const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
 
@@ -229,7 +226,7 @@ async fn client<S: ClientStream>(vol: Arc<Volume>, mut s: S) {
         // disk and the peer.
         if let Some(len) = parser
             .payload_wanted()
-            .filter(|l| *l >= DIRECT_PAYLOAD && *l > buf.len() - start)
+            .filter(|l| *l >= MIN_SPLICED && *l > buf.len() - start)
         {
             let payload = tokio::select! {
                 r = read_payload(&mut rd, &buf[start..], len) => r,

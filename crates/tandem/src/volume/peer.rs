@@ -292,13 +292,11 @@ async fn read_incoming(rd: &mut LinkReader) -> Result<(Msg, Option<Chain>)> {
     let payload = super::stream::finish_payload(rd, chain, n)
         .await
         .context("reading from the peer")?;
-    Ok(match payload {
-        Payload::Piped(chain) => (
-            link::decode_bulk(kind, &fixed[..p], Vec::new())?,
-            Some(chain),
-        ),
-        Payload::Bytes(data) => (link::decode_bulk(kind, &fixed[..p], data)?, None),
-    })
+    let (data, chain) = match payload {
+        Payload::Piped(chain) => (Vec::new(), Some(chain)),
+        Payload::Bytes(data) => (data, None),
+    };
+    Ok((link::decode_bulk(kind, &fixed[..p], data)?, chain))
 }
 
 /// A session's reading side: small frames (acknowledgements, 4 KiB

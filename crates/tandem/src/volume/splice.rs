@@ -31,7 +31,8 @@ use tokio::io::Interest;
 /// allows writes up to 32 MiB) through buffers.
 pub const MAX_SPLICED: usize = 1 << 20;
 /// Payloads shorter than this use buffers: a splice costs several system
-/// calls, a copy of a few KiB less.
+/// calls, a copy of a few KiB less. (The NBD reader also reads payloads
+/// from this length on past its request buffer.)
 pub const MIN_SPLICED: usize = 64 << 10;
 /// Capacities asked for each pipe, largest first. A pipe holds one page
 /// reference per slot (capacity / 4 KiB slots), and a socket's data may
