@@ -5,13 +5,13 @@
 //!
 //! 1. `Place(group, None)` is committed. Its holder (if alive) applies it
 //!    and stops the group; a node that never heard of it loses its lease
-//!    (it cannot renew one without applying the leader's log first, see
-//!    [`crate::lease`]).
+//!    (it cannot count echoes from voters that hold the entry without
+//!    committing it first, see [`crate::lease`]).
 //! 2. `Place(group, Some(next))` is proposed only when every other node is
 //!    *known stopped* for the group: its latest report says it applied the
 //!    current placement epoch (or a later one) and runs nothing of the
-//!    group, or it has been silent long enough that any lease it could hold
-//!    has ended ([`crate::lease::takeover_at`]).
+//!    group, or any lease it could hold on a record older than step 1 has
+//!    provably ended ([`crate::lease::lease_end_bound`]).
 //!
 //! Pure: the leader calls [`steps`] with what it knows and proposes the
 //! commands it returns.
@@ -19,6 +19,7 @@
 use std::collections::BTreeMap;
 
 use crate::agreement::{Command, Record};
+#[cfg(doc)]
 use crate::lease;
 use crate::policy::Target;
 
@@ -29,9 +30,11 @@ pub struct NodeView {
     pub name: String,
     /// Leader time of the latest report from that node, if any.
     pub last_report_ms: Option<u64>,
-    /// Leader time by which any lease it could hold has ended
-    /// ([`lease::lease_end_bound`]); None: use [`lease::takeover_at`].
-    pub lease_end_ms: Option<u64>,
+    /// Per group stopped everywhere in the record: leader time by which
+    /// any lease it could hold on a record that placed the group on it has
+    /// ended ([`lease::lease_end_bound`]). A group missing here has no
+    /// bound yet (some voters have not answered since).
+    pub lease_end_ms: BTreeMap<String, u64>,
     /// A fence device lists it: when silent, it must be fenced before its
     /// groups start elsewhere (its lease ending is not enough).
     pub fence_required: bool,
@@ -57,10 +60,6 @@ pub struct NodeView {
 pub struct HandoverInput<'a> {
     /// Leader's clock.
     pub now_ms: u64,
-    /// When this node became leader (its clock).
-    pub leader_since_ms: u64,
-    /// Lease length (the membership deadtime).
-    pub lease_ms: u64,
     /// Extra wait after a lease ([`lease::takeover_margin_ms`]).
     pub margin_ms: u64,
     /// The agreed record.
@@ -84,27 +83,19 @@ pub struct Steps {
     pub fence: Vec<String>,
 }
 
-/// Whether the time by which `n` would have stopped, were its lease bound
-/// by the leader, has passed: a fence-backed node still blocking then
+/// Whether the time by which `n` would have stopped `group`, were its
+/// lease bound by time, has passed: a fence-backed node still blocking then
 /// (heard, but not applying the leader's placement: it does not hear the
 /// leader) is fenced, as a two-node cluster decides everything it cannot
 /// see.
-fn lease_bound_passed(input: &HandoverInput<'_>, n: &NodeView) -> bool {
-    input.now_ms >= lease_bound_at(input, n)
+fn lease_bound_passed(input: &HandoverInput<'_>, n: &NodeView, group: &str) -> bool {
+    lease_bound_at(input, n, group).is_some_and(|at| input.now_ms >= at)
 }
 
-/// Leader time by which any lease the leader could have granted `n` has
-/// ended.
-fn lease_bound_at(input: &HandoverInput<'_>, n: &NodeView) -> u64 {
-    match n.lease_end_ms {
-        Some(end) => end + input.margin_ms,
-        None => lease::takeover_at(
-            n.last_report_ms,
-            input.leader_since_ms,
-            input.lease_ms,
-            input.margin_ms,
-        ),
-    }
+/// Leader time by which any lease `n` could hold on a record that placed
+/// `group` on it has ended, margin included (None: not bounded yet).
+fn lease_bound_at(input: &HandoverInput<'_>, n: &NodeView, group: &str) -> Option<u64> {
+    n.lease_end_ms.get(group).map(|end| end + input.margin_ms)
 }
 
 /// Whether `n` can be trusted not to run `group` under the current
@@ -126,13 +117,13 @@ fn known_stopped(
         if !n.silent {
             // Heard but not stopping: if it has not by the time its lease
             // would have ended, it is fenced (see `lease_bound_passed`).
-            let at = lease_bound_at(input, n);
+            let at = lease_bound_at(input, n, group);
             return Err((
                 format!(
                     "waiting for {} to stop it (it is fenced if it has not by then)",
                     n.name
                 ),
-                (input.now_ms < at).then_some(at),
+                at.filter(|at| input.now_ms < *at),
             ));
         }
         let note = n
@@ -142,21 +133,29 @@ fn known_stopped(
             .unwrap_or_default();
         return Err((format!("waiting for {} to be fenced{note}", n.name), None));
     }
-    let at = lease_bound_at(input, n);
-    if input.now_ms >= at {
+    let at = lease_bound_at(input, n, group);
+    if at.is_some_and(|at| input.now_ms >= at) {
         return Ok(());
     }
-    Err(if n.last_report_ms.is_some() && applied >= epoch {
-        (format!("waiting for {} to stop it", n.name), None)
-    } else {
-        (
+    Err(match at {
+        _ if n.last_report_ms.is_some() && applied >= epoch => {
+            (format!("waiting for {} to stop it", n.name), None)
+        }
+        Some(at) => (
             format!(
                 "waiting {} ms for {}'s lease to end",
                 at - input.now_ms,
                 n.name
             ),
             Some(at),
-        )
+        ),
+        None => (
+            format!(
+                "waiting for a majority of voters to confirm that {}'s lease has ended",
+                n.name
+            ),
+            None,
+        ),
     })
 }
 
@@ -201,7 +200,7 @@ pub fn steps(input: &HandoverInput<'_>) -> Steps {
                     .nodes
                     .iter()
                     .filter(|n| n.name != *next && n.fence_required && !n.fenced)
-                    .filter(|n| n.silent || (n.fence_backed && lease_bound_passed(input, n)))
+                    .filter(|n| n.silent || (n.fence_backed && lease_bound_passed(input, n, group)))
                 {
                     let blocks = known_stopped(input, n, group, epoch).is_err();
                     if blocks && !out.fence.contains(&n.name) {
@@ -232,7 +231,11 @@ mod tests {
         NodeView {
             name: name.into(),
             last_report_ms: last,
-            lease_end_ms: None,
+            // As if this leader alone could bound it (two voters).
+            lease_end_ms: last
+                .map(|l| ("web".to_string(), l + 200))
+                .into_iter()
+                .collect(),
             fence_required: false,
             fence_backed: false,
             silent: false,
@@ -251,8 +254,6 @@ mod tests {
     ) -> HandoverInput<'a> {
         HandoverInput {
             now_ms: now,
-            leader_since_ms: 0,
-            lease_ms: 200,
             margin_ms: 50,
             record,
             targets,
@@ -376,16 +377,20 @@ mod tests {
     }
 
     #[test]
-    fn a_new_leader_waits_from_its_election() {
+    fn a_node_whose_lease_has_no_bound_yet_is_waited_for() {
         let mut r = Record::default();
         place(&mut r, None);
         let t = to(Some("n2"));
-        let nodes = [view("n1", None, &[], 0), view("n2", Some(5000), &[], 1)];
-        let mut i = input(5100, &r, &t, &nodes);
-        i.leader_since_ms = 5000;
-        assert!(steps(&i).propose.is_empty());
-        i.now_ms = 5250;
-        assert_eq!(steps(&i).propose.len(), 1);
+        let mut n1 = view("n1", None, &[], 0);
+        let nodes = [n1.clone(), view("n2", Some(5000), &[], 1)];
+        let s = steps(&input(50_000, &r, &t, &nodes));
+        assert!(s.propose.is_empty());
+        assert!(s.waiting["web"].contains("majority"), "{:?}", s.waiting);
+        // Once the voters have answered, the bound decides.
+        n1.lease_end_ms.insert("web".into(), 5200);
+        let nodes = [n1, view("n2", Some(5000), &[], 1)];
+        assert!(steps(&input(5249, &r, &t, &nodes)).propose.is_empty());
+        assert_eq!(steps(&input(5250, &r, &t, &nodes)).propose.len(), 1);
     }
 
     #[test]

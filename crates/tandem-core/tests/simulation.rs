@@ -103,6 +103,11 @@ struct Node {
     guard_at: Option<u64>,
     /// The previous agent's lease end (global), inherited by a restart.
     inherited_until: Option<u64>,
+    /// Per group: whether the runner was last told to run it.
+    wanted_run: Vec<bool>,
+    /// Global time at which a fault last touched this node (its agent
+    /// down, frozen, restarted; its links cut or dropping one way).
+    disturbed_at: u64,
 }
 
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
@@ -151,6 +156,11 @@ struct Sim {
     failure_expiry_ms: u64,
     /// No random proposals or operator requests (focused tests).
     quiet: bool,
+    /// Global time at which a fault last touched the whole network (a
+    /// link cut, loss, long delays).
+    net_disturbed_at: u64,
+    /// The first breach of "undisturbed bystanders", if any.
+    bystander_breach: Option<String>,
 }
 
 fn spec_for(shape: Shape, ids: &[NodeId], voters: &[bool], me: usize, links: usize) -> MemberSpec {
@@ -226,6 +236,8 @@ impl Sim {
                     frozen_until: None,
                     guard_at: None,
                     inherited_until: None,
+                    wanted_run: vec![false; GROUPS.len()],
+                    disturbed_at: 0,
                 }
             })
             .collect();
@@ -257,6 +269,8 @@ impl Sim {
             groups,
             failure_expiry_ms: 600_000,
             quiet: false,
+            net_disturbed_at: 0,
+            bystander_breach: None,
         }
     }
 
@@ -323,6 +337,7 @@ impl Sim {
         if lease_ok {
             node.inherited_until = None;
         }
+        let mut breach: Option<(&str, Option<u64>)> = None;
         let record = m.agreement().record();
         for (g, name) in GROUPS.iter().enumerate() {
             let here =
@@ -334,6 +349,10 @@ impl Sim {
             } else {
                 Want::Stop
             };
+            if node.wanted_run[g] && here && !lease_ok && breach.is_none() {
+                breach = Some((*name, m.lease_until(local)));
+            }
+            node.wanted_run[g] = want == Want::Run;
             runner.set_want(g, want);
         }
         // The agent's periodic resource check: what it thinks runs but
@@ -383,6 +402,79 @@ impl Sim {
             .collect();
         m.set_local(reports, vec![]);
         self.flush_only(i);
+        if let Some((group, until)) = breach {
+            self.check_bystander(i, group, until);
+        }
+    }
+
+    /// Invariant "undisturbed bystanders": node `i` lost its lease and so
+    /// stops `group`, which its record still places on it. That is a
+    /// breach when no fault touched it, nor the network, for a lease and
+    /// two heartbeats, and a majority of voters were as calm (a leader's
+    /// crash, freeze or restart does not count: that is the point). Not a
+    /// breach while some member's log holds a `Place` entry this node has
+    /// not committed: a voter holding a placement decision this node has
+    /// not applied cannot vouch for its lease (see `tandem_core::lease`);
+    /// that lasts until the next leader commits it.
+    fn check_bystander(&mut self, i: usize, group: &str, until: Option<u64>) {
+        let window = TIMING.deadtime_ms + 2 * TIMING.heartbeat_ms;
+        let calm = |j: usize| {
+            self.now >= window
+                && self.now - self.nodes[j].disturbed_at > window
+                && self.now - self.net_disturbed_at > window
+        };
+        let voters = self.voters.iter().filter(|v| **v).count();
+        let calm_voters = (0..self.nodes.len())
+            .filter(|&j| self.voters[j] && calm(j))
+            .count();
+        let majority = if self.shape == Shape::TwoNode {
+            2
+        } else {
+            voters / 2 + 1
+        };
+        if !calm(i) || calm_voters < majority || self.bystander_breach.is_some() {
+            return;
+        }
+        let me = format!("n{}", i + 1);
+        let Some(m) = self.nodes[i].member.as_ref() else {
+            return;
+        };
+        let commit = m.agreement().commit_index();
+        let on_its_way = self.nodes.iter().filter_map(|n| n.member.as_ref()).any(|o| {
+            let a = o.agreement();
+            (commit + 1..=a.last_index()).any(|k| {
+                a.entry(k)
+                    .is_some_and(|e| matches!(e.cmd, Command::Place { .. }))
+            })
+        });
+        if on_its_way {
+            return;
+        }
+        self.bystander_breach = Some(format!(
+            "bystander disturbed: {me} stops {group} (record still places it there) at lease end {until:?} (local now {}), though it and a majority of voters were calm for {window} ms",
+            self.local(i)
+        ));
+    }
+
+    /// Notes which nodes a fault touches now (for `check_bystander`).
+    fn note_disturbances(&mut self) {
+        let n = self.nodes.len();
+        let f = &self.faults;
+        if f.link_cut.iter().any(|c| *c) || f.loss_pct > 0 || f.max_delay_ms > 2 {
+            self.net_disturbed_at = self.now;
+        }
+        for i in 0..n {
+            let node = &self.nodes[i];
+            let touched = node.member.is_none()
+                || node.frozen_until.is_some()
+                || node.guard_at.is_some()
+                || node.inherited_until.is_some()
+                || f.node_cut[i]
+                || (0..n).any(|j| f.one_way[i][j] || f.one_way[j][i]);
+            if touched {
+                self.nodes[i].disturbed_at = self.now;
+            }
+        }
     }
 
     /// The agent of node `i` dies; its resources keep running until the
@@ -429,6 +521,7 @@ impl Sim {
         let p = self.nodes[i].persisted.clone();
         let inc = p.incarnation + 1;
         self.nodes[i].start = self.now;
+        self.nodes[i].disturbed_at = self.now;
         let seed = self.rng.gen();
         let m = Member::new(self.nodes[i].spec.clone(), inc, p, 0, seed);
         let mut m = m;
@@ -723,6 +816,10 @@ impl Sim {
     }
 
     fn check(&mut self) -> Result<(), String> {
+        self.note_disturbances();
+        if let Some(b) = &self.bystander_breach {
+            return Err(b.clone());
+        }
         if self.groups {
             for (g, name) in GROUPS.iter().enumerate() {
                 let active: Vec<usize> = (0..self.nodes.len())
@@ -828,6 +925,8 @@ impl Sim {
     }
 
     fn inject_fault(&mut self) {
+        // What was faulty until now counts as of now, healed or not.
+        self.note_disturbances();
         let n = self.nodes.len();
         let which = self.rng.gen_range(0..if self.groups { 12 } else { 10 });
         let node = self.rng.gen_range(0..n);
@@ -874,6 +973,7 @@ impl Sim {
     }
 
     fn heal(&mut self) {
+        self.note_disturbances();
         let n = self.nodes.len();
         self.faults = Faults {
             loss_pct: 0,

@@ -40,6 +40,8 @@ use crate::wire::NodeId;
 pub const COMPACT_AFTER: u64 = 128;
 /// Most uncommitted entries a leader accepts before refusing proposals.
 pub const MAX_UNCOMMITTED: u64 = 256;
+/// Acknowledgement times kept per peer ([`Agreement::held_since`]).
+pub const MAX_HELD_SINCE: usize = 64;
 /// Most entries in one append message.
 pub const MAX_ENTRIES_PER_MESSAGE: usize = 32;
 
@@ -286,6 +288,10 @@ pub struct Agreement {
     votes: BTreeSet<NodeId>,
     next: BTreeMap<NodeId, u64>,
     matched: BTreeMap<NodeId, u64>,
+    /// Leader: when (its clock) each peer first acknowledged holding the
+    /// leader's log up to an index, oldest first, at most
+    /// [`MAX_HELD_SINCE`] per peer (bounds leases, see [`crate::lease`]).
+    held_since: BTreeMap<NodeId, std::collections::VecDeque<(u64, u64)>>,
     last_ack_ms: BTreeMap<NodeId, u64>,
     heartbeat_due_ms: u64,
     quorum_check_due_ms: u64,
@@ -328,6 +334,7 @@ impl Agreement {
             votes: BTreeSet::new(),
             next: BTreeMap::new(),
             matched: BTreeMap::new(),
+            held_since: BTreeMap::new(),
             last_ack_ms: BTreeMap::new(),
             heartbeat_due_ms: 0,
             quorum_check_due_ms: 0,
@@ -335,6 +342,22 @@ impl Agreement {
         };
         a.reset_election_timer(now_ms);
         a
+    }
+
+    /// Leader only: the time (this leader's clock) at which `peer` first
+    /// acknowledged holding this leader's log up to `index` or beyond, in
+    /// the current term. None when it has not (or this node does not lead).
+    /// When older acknowledgements were dropped, a later time is returned,
+    /// which is still an upper bound on when the peer's log held `index`.
+    pub fn held_since(&self, peer: NodeId, index: u64) -> Option<u64> {
+        if self.role != Role::Leader {
+            return None;
+        }
+        self.held_since
+            .get(&peer)?
+            .iter()
+            .find(|(m, _)| *m >= index)
+            .map(|(_, at)| *at)
     }
 
     /// This node's id.
@@ -743,6 +766,7 @@ impl Agreement {
         let peers: Vec<NodeId> = self.peers().collect();
         self.next = peers.iter().map(|p| (*p, next)).collect();
         self.matched = peers.iter().map(|p| (*p, 0)).collect();
+        self.held_since.clear();
         // Every peer gets one check-quorum window to answer.
         self.last_ack_ms = peers.iter().map(|p| (*p, now_ms)).collect();
         self.quorum_check_due_ms = now_ms + self.timing.election_min_ms;
@@ -934,8 +958,16 @@ impl Agreement {
         if ok {
             let acked = last_index.min(self.last_index());
             let m = self.matched.entry(from).or_insert(0);
+            let grew = acked > *m;
             *m = (*m).max(acked);
             let m = *m;
+            if grew {
+                let held = self.held_since.entry(from).or_default();
+                if held.len() == MAX_HELD_SINCE {
+                    held.pop_front();
+                }
+                held.push_back((m, now_ms));
+            }
             self.next.insert(from, m + 1);
             self.advance_commit();
             if m < self.last_index() {
@@ -976,7 +1008,7 @@ impl Agreement {
             let next = self.applied + 1;
             let Some(e) = self.entry(next) else { break };
             let cmd = e.cmd.clone();
-            self.record.apply(&cmd);
+            self.record.apply_at(next, &cmd);
             self.applied = next;
         }
         if self.applied > start {

@@ -16,6 +16,12 @@ pub struct Placement {
     /// Grows by one at every placement change of this group, so an agent
     /// acting on an older decision can tell it is stale.
     pub epoch: u64,
+    /// Log index of the entry that made this decision (0 when unknown:
+    /// applied outside the log, or recorded before this field existed).
+    /// The leader bounds a silent holder's lease from when the voters
+    /// held it ([`crate::lease`]).
+    #[serde(default)]
+    pub index: u64,
 }
 
 /// An administrator's standing wish, kept until revoked.
@@ -169,8 +175,14 @@ pub struct FenceEntry {
 }
 
 impl Record {
-    /// Applies one committed command.
+    /// Applies one committed command (outside a log: placement decisions
+    /// get index 0).
     pub fn apply(&mut self, cmd: &Command) {
+        self.apply_at(0, cmd);
+    }
+
+    /// Applies the committed command at log index `index`.
+    pub fn apply_at(&mut self, index: u64, cmd: &Command) {
         match cmd {
             Command::Noop => {}
             Command::Config { hash, members } => {
@@ -184,10 +196,12 @@ impl Record {
                 let p = self.placements.entry(group.clone()).or_insert(Placement {
                     node: None,
                     epoch: 0,
+                    index: 0,
                 });
                 if p.node != *node || p.epoch == 0 {
                     p.node = node.clone();
                     p.epoch += 1;
+                    p.index = index;
                 }
             }
             Command::SetIntent { target, intent, on } => {
@@ -322,9 +336,15 @@ mod tests {
             r.placements["web"],
             Placement {
                 node: None,
-                epoch: 3
+                epoch: 3,
+                index: 0,
             }
         );
+        r.apply_at(17, &place("web", Some("n1")));
+        assert_eq!((r.placements["web"].epoch, r.placements["web"].index), (4, 17));
+        // No change, no new decision: the index stays.
+        r.apply_at(18, &place("web", Some("n1")));
+        assert_eq!(r.placements["web"].index, 17);
     }
 
     #[test]

@@ -64,6 +64,16 @@ impl Member {
         if incarnation > stamp.0 .0 || (incarnation == stamp.0 .0 && r.sent_ms > stamp.0 .1) {
             *stamp = ((incarnation, r.sent_ms), now_ms);
         }
+        let voter = self.spec.peers.iter().any(|p| p.id == from && p.voter);
+        if let (true, Some((inc, echoed))) = (voter, r.echo) {
+            if inc == self.incarnation {
+                let commit = self.agreement.commit_index();
+                self.echoes
+                    .entry(from)
+                    .or_default()
+                    .add(echoed, r.place_index, commit);
+            }
+        }
         self.reports.insert(
             from,
             PeerReport {
@@ -71,6 +81,30 @@ impl Member {
                 rx_ms: now_ms,
             },
         );
+    }
+
+    /// The index of the newest `Place` entry in this member's log,
+    /// committed or not (what its echoes ask of their recipients, see
+    /// [`crate::lease`]). Decisions compacted into the snapshot count by
+    /// the index the record keeps for them (the commit index when it was
+    /// not kept).
+    pub(super) fn place_index(&self) -> u64 {
+        let a = &self.agreement;
+        let applied = a
+            .record()
+            .placements
+            .values()
+            .map(|p| if p.index == 0 { a.commit_index() } else { p.index })
+            .max()
+            .unwrap_or(0);
+        let pending = (a.commit_index() + 1..=a.last_index())
+            .rev()
+            .find(|k| {
+                a.entry(*k)
+                    .map_or(true, |e| matches!(e.cmd, Command::Place { .. }))
+            })
+            .unwrap_or(0);
+        applied.max(pending)
     }
 
     pub(super) fn report_for(&self, peer: NodeId) -> Report {
@@ -83,22 +117,13 @@ impl Member {
                 ..g.clone()
             })
             .collect();
-        let leading = self.agreement.role() == Role::Leader;
         Report {
             sent_ms: self.now_ms,
             term: self.agreement.term(),
             leader: self.agreement.leader(),
             echo: self.stamps.get(&peer).map(|s| s.0),
-            // Measured from when the echoed stamp arrived here, which is
-            // after the peer sent it: the peer's `stamp + left` can then
-            // never pass this leader's own lease end.
-            lease_left_ms: match (leading, self.stamps.get(&peer)) {
-                (true, Some((_, rx))) => self
-                    .leader_lease_until(self.now_ms)
-                    .map_or(0, |u| u.saturating_sub(*rx)),
-                _ => 0,
-            },
             log_index: self.agreement.last_index(),
+            place_index: self.place_index(),
             commit: {
                 let c = self.agreement.commit_index();
                 (c, self.agreement.term_at(c).unwrap_or(0))
@@ -117,12 +142,12 @@ impl Member {
         }
     }
 
-    /// When (this leader's clock) every lease `x` could hold has ended.
-    pub(super) fn lease_end(&self, x: NodeId) -> u64 {
+    /// When (this leader's clock) every lease `x` could hold on a record
+    /// older than the committed entry `index` has ended, or None while it
+    /// cannot be bounded yet (see [`crate::lease`]).
+    pub(super) fn lease_end(&self, x: NodeId, index: u64) -> Option<u64> {
         let me = self.spec.me;
-        let term = self.agreement.term();
-        let last = self.reports.get(&x).map(|r| r.rx_ms);
-        let mut heard: Vec<Option<u64>> = Vec::new();
+        let mut bounds: Vec<Option<u64>> = Vec::new();
         let mut x_votes = false;
         let mut voters: Vec<NodeId> = self
             .spec
@@ -140,26 +165,43 @@ impl Member {
                 continue;
             }
             if v == me {
-                heard.push(Some(last.unwrap_or(0)));
+                // This node echoes only what it received from x.
+                bounds.push(Some(self.stamps.get(&x).map_or(0, |s| s.1)));
                 continue;
             }
-            let bound = self.reports.get(&v).and_then(|r| {
-                if r.report.term != term || r.report.leader != Some(me) {
+            let acked = self.agreement.held_since(v, index);
+            let reported = self.reports.get(&v).and_then(|r| {
+                if r.report.commit.0 < index {
                     return None;
                 }
                 let silent = r.report.silent_ms.iter().find(|(id, _)| *id == x)?.1;
                 Some(r.rx_ms.saturating_sub(silent))
             });
-            heard.push(bound);
+            bounds.push(match (acked, reported) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            });
         }
-        lease::lease_end_bound(
-            last,
-            self.leader_since_ms,
-            self.groups.lease_ms,
-            x_votes,
-            self.majority(),
-            &heard,
-        )
+        lease::lease_end_bound(x_votes, self.majority(), &bounds, self.groups.lease_ms)
+    }
+
+    /// Per group stopped everywhere in the record: when every lease `x`
+    /// could hold on a record that still placed it on `x` has ended (only
+    /// the groups with a bound so far).
+    fn lease_ends(&self, x: NodeId) -> BTreeMap<String, u64> {
+        let commit = self.agreement.commit_index();
+        self.agreement
+            .record()
+            .placements
+            .iter()
+            .filter(|(_, p)| p.node.is_none())
+            .filter_map(|(g, p)| {
+                // Unknown index (a record from before it was kept): the
+                // commit index is later, so its bound is later, still safe.
+                let index = if p.index == 0 { commit } else { p.index };
+                Some((g.clone(), self.lease_end(x, index)?))
+            })
+            .collect()
     }
 
     pub(super) fn majority(&self) -> usize {
@@ -167,27 +209,6 @@ impl Member {
             quorum::Mode::Majority { voters } => voters / 2 + 1,
             quorum::Mode::TwoNode => 2,
         }
-    }
-
-    /// The lease of a leader: echoes from voters following it in its term.
-    pub(super) fn leader_lease_until(&self, now_ms: u64) -> Option<u64> {
-        let term = self.agreement.term();
-        let echoes: Vec<u64> = self
-            .spec
-            .peers
-            .iter()
-            .filter(|p| p.voter)
-            .filter_map(|p| {
-                if self.fenced.contains(&p.id) {
-                    return Some(now_ms);
-                }
-                let r = &self.reports.get(&p.id)?.report;
-                let (inc, stamp) = r.echo?;
-                (r.term == term && r.leader == Some(self.spec.me) && inc == self.incarnation)
-                    .then_some(stamp)
-            })
-            .collect();
-        lease::leader_lease_until(now_ms, &echoes, self.majority(), self.groups.lease_ms)
     }
 
     /// Until when (this member's clock) it may run its groups, if at all.
@@ -198,34 +219,30 @@ impl Member {
         self.normal_lease_until(now_ms)
     }
 
-    /// The lease from echoes (leader) or grants (follower).
+    /// The lease from a majority of voters' counted echoes, whoever leads
+    /// ([`crate::lease`]). Voters confirmed fenced count as "now": they
+    /// are off.
     fn normal_lease_until(&self, now_ms: u64) -> Option<u64> {
-        if !self.spec.voter && self.agreement.role() == Role::Leader {
-            return None;
-        }
-        match self.agreement.role() {
-            Role::Leader => self.leader_lease_until(now_ms),
-            // A grant from any peer that claims to lead: each is bounded by
-            // that leader's own lease, and the takeover bound of any later
-            // leader covers every grantor (see `lease`). Counted only once
-            // the log is applied as far as the grantor's, so a grant never
-            // outruns a placement change the grantor already made.
-            _ => self
-                .reports
-                .iter()
-                .filter_map(|(id, pr)| {
-                    let r = &pr.report;
-                    let (inc, stamp) = r.echo?;
-                    let granted = r.leader == Some(*id)
-                        && r.term >= self.agreement.term()
-                        && inc == self.incarnation
-                        && self.agreement.commit_index() >= r.log_index;
-                    granted.then(|| {
-                        lease::holder_lease_until(stamp, r.lease_left_ms, self.groups.lease_ms)
-                    })
-                })
-                .max(),
-        }
+        let commit = self.agreement.commit_index();
+        let echoes: Vec<u64> = self
+            .spec
+            .peers
+            .iter()
+            .filter(|p| p.voter)
+            .filter_map(|p| {
+                if self.fenced.contains(&p.id) {
+                    return Some(now_ms);
+                }
+                self.echoes.get(&p.id)?.best(commit)
+            })
+            .collect();
+        lease::lease_until(
+            now_ms,
+            &echoes,
+            self.spec.voter,
+            self.majority(),
+            self.groups.lease_ms,
+        )
     }
 
     /// Whether this member may run its groups at `now_ms`: quorate, and
@@ -570,7 +587,11 @@ impl Member {
                 NodeView {
                     name: h.clone(),
                     last_report_ms: last,
-                    lease_end_ms: (id != self.spec.me).then(|| self.lease_end(id)),
+                    lease_end_ms: if id == self.spec.me {
+                        BTreeMap::new()
+                    } else {
+                        self.lease_ends(id)
+                    },
                     fence_required: self.groups.fence_hosts.contains(h),
                     fence_backed: self.spec.mode == quorum::Mode::TwoNode
                         && self.groups.fence_hosts.contains(h),
@@ -671,8 +692,6 @@ impl Member {
         let views = self.node_views();
         handover::steps(&handover::HandoverInput {
             now_ms,
-            leader_since_ms: self.leader_since_ms,
-            lease_ms: self.groups.lease_ms,
             margin_ms: lease::takeover_margin_ms(
                 self.spec.timing.heartbeat_ms,
                 self.groups.lease_ms,

@@ -156,12 +156,13 @@ pub struct Report {
     /// The newest stamp the sender received from the recipient:
     /// (recipient's incarnation, its `sent_ms`).
     pub echo: Option<(u64, u64)>,
-    /// When the sender leads: how much of its own lease is left, counted
-    /// from when the echoed stamp arrived at the sender.
-    pub lease_left_ms: u64,
-    /// Sender's last log index (a grant counts once the recipient has
-    /// applied this far).
+    /// Sender's last log index.
     pub log_index: u64,
+    /// Index of the newest `Place` entry in the sender's log, committed or
+    /// not: the recipient counts the echo toward its lease once it has
+    /// committed this far ([`crate::lease`]).
+    #[serde(default)]
+    pub place_index: u64,
     /// Sender's commit index and the term of that entry: in two-node mode
     /// a node whose log lacks what its peer committed must not lead alone
     /// (`coordination::behind`).
@@ -325,6 +326,8 @@ pub struct Member {
     stamps: BTreeMap<NodeId, ((u64, u64), u64)>,
     /// Latest report from each peer.
     reports: BTreeMap<NodeId, PeerReport>,
+    /// Echoes of this member's stamps from each voter, for its lease.
+    echoes: BTreeMap<NodeId, lease::Echoes>,
     /// When this member last became leader.
     leader_since_ms: u64,
     /// This node's groups as the shell reports them.
@@ -414,6 +417,7 @@ impl Member {
             out: MemberOutput::default(),
             stamps: BTreeMap::new(),
             reports: BTreeMap::new(),
+            echoes: BTreeMap::new(),
             leader_since_ms: now_ms,
             local_groups: Vec::new(),
             failed_links: Vec::new(),
