@@ -54,8 +54,8 @@
 //!   sent after `a_v`, and `v` heard nothing from `x` in the `s` ms before);
 //! - any other voter: no bound (`B_v = ∞`), and `x` itself if it votes.
 //!
-//! `x`'s lease needs a majority of counted echoes, and at most (majority -
-//! 1) of them can come from the largest bounds, so `x` holds no lease on a
+//! `x`'s lease needs a majority of counted echoes, and at most one less
+//! than a majority of them can come from the largest bounds, so `x` holds no lease on a
 //! record that places `g` on it after the majority-th largest `B_v` plus
 //! `lease_ms` ([`lease_end_bound`]). The leader adds a margin
 //! ([`takeover_margin_ms`]) for clock rates and the holder's stop. With a

@@ -23,6 +23,8 @@
 //! - [`group`]: one node's groups: probe, ordered start, reverse stop,
 //!   failures and restarts.
 //! - [`member`]: one member's whole protocol state, joining the above.
+//! - [`monitors`]: group monitors on one node: what is due when, and what
+//!   failures in a row lead to.
 //! - [`nbd`]: the NBD protocol (handshake and request stream), server side.
 //! - [`volume`]: replicated volumes: disk states, generations, the sync
 //!   decision, the dirty bitmap and the replication link's messages.
@@ -38,6 +40,7 @@ pub mod group;
 pub mod handover;
 pub mod lease;
 pub mod member;
+pub mod monitors;
 pub mod nbd;
 pub mod policy;
 pub mod quorum;

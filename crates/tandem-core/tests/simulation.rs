@@ -440,13 +440,17 @@ impl Sim {
             return;
         };
         let commit = m.agreement().commit_index();
-        let on_its_way = self.nodes.iter().filter_map(|n| n.member.as_ref()).any(|o| {
-            let a = o.agreement();
-            (commit + 1..=a.last_index()).any(|k| {
-                a.entry(k)
-                    .is_some_and(|e| matches!(e.cmd, Command::Place { .. }))
-            })
-        });
+        let on_its_way = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.member.as_ref())
+            .any(|o| {
+                let a = o.agreement();
+                (commit + 1..=a.last_index()).any(|k| {
+                    a.entry(k)
+                        .is_some_and(|e| matches!(e.cmd, Command::Place { .. }))
+                })
+            });
         if on_its_way {
             return;
         }

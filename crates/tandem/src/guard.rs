@@ -27,8 +27,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::netlink;
 
-/// How often the guard reads the lease file.
+/// How often a script's `stop` run by the guard is checked for its end.
 const POLL: Duration = Duration::from_millis(10);
+/// Longest the guard sleeps without reading the lease file again (a safety
+/// net: it wakes on the lease end, a new lease file while it holds nothing,
+/// and the agent's exit).
+const MAX_WAIT_MS: u64 = 5_000;
 /// Largest lease file read.
 const MAX_FILE: u64 = 1 << 20;
 /// Longest a script's `stop` may run when the guard calls it.
@@ -113,17 +117,16 @@ pub fn enforce(lease: &LeaseFile) -> Vec<String> {
         }
     }
     for p in &lease.pidfiles {
-        let Ok(text) = std::fs::read_to_string(p) else {
+        let Some((pid, start)) = crate::resources::read_pidfile(p) else {
             continue;
         };
-        let Some(pid) = text
-            .split_whitespace()
-            .next()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        if pid > 1 {
+        // The same process the agent started, not a stranger that got its
+        // PID after it exited: PID *and* start time must match.
+        let same = matches!(
+            crate::resources::proc_stat(pid),
+            Some((s, st)) if s == start && st != 'Z' && st != 'X'
+        );
+        if pid > 1 && same {
             // SAFETY: kill(2) on the process group the resource leads.
             if unsafe { libc::kill(-pid, libc::SIGKILL) } == 0 {
                 did.push(format!("killed process group {pid} ({})", p.display()));
@@ -166,8 +169,112 @@ fn stop_scripts(lease: &LeaseFile) -> Vec<String> {
     did
 }
 
+/// What the guard waits on between readings of the lease file: the lease
+/// file's directory (inotify: a new file while nothing is held) and the
+/// agent's exit (a pidfd). Either may be missing (old kernels): the guard
+/// then falls back to waking every few milliseconds.
+struct Waker {
+    inotify: Option<std::os::fd::OwnedFd>,
+    pidfd: Option<std::os::fd::OwnedFd>,
+}
+
+impl Waker {
+    fn new(path: &Path, agent_pid: u32) -> Waker {
+        use std::os::fd::FromRawFd;
+        use std::os::unix::ffi::OsStrExt;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let inotify = (|| {
+            // SAFETY: plain syscalls; the fd is owned from here on.
+            let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+            if fd < 0 {
+                return None;
+            }
+            let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+            let cdir = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+            let mask = libc::IN_MOVED_TO | libc::IN_CLOSE_WRITE | libc::IN_CREATE | libc::IN_DELETE;
+            // SAFETY: valid fd and NUL-terminated path.
+            let wd = unsafe { libc::inotify_add_watch(fd, cdir.as_ptr(), mask) };
+            (wd >= 0).then_some(owned)
+        })();
+        // SAFETY: pidfd_open(2) returns a new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, agent_pid as libc::c_int, 0) };
+        let pidfd = (fd >= 0).then(|| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) });
+        Waker { inotify, pidfd }
+    }
+
+    /// Sleeps up to `ms`, or until the agent exits, or (with `files`)
+    /// until the lease file's directory changes. Once the agent has exited
+    /// (its pidfd readable), it wakes every 10 ms until the guard is done.
+    fn wait(&mut self, ms: u64, files: bool) {
+        use std::os::fd::AsRawFd;
+        let mut fds: Vec<libc::pollfd> = Vec::new();
+        if let Some(p) = &self.pidfd {
+            fds.push(libc::pollfd {
+                fd: p.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
+        if let (true, Some(i)) = (files, &self.inotify) {
+            fds.push(libc::pollfd {
+                fd: i.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
+        let fallback = self.inotify.is_none() || self.pidfd.is_none();
+        let ms = if fallback { ms.min(10) } else { ms };
+        // SAFETY: `fds` is a valid array of pollfd for its length.
+        unsafe {
+            libc::poll(
+                fds.as_mut_ptr(),
+                fds.len() as libc::nfds_t,
+                ms as libc::c_int,
+            );
+        }
+        if fds.first().is_some_and(|f| f.revents != 0) && self.pidfd.is_some() {
+            // The agent exited: from now on, wait on time and files only.
+            self.pidfd = None;
+        }
+        self.drain();
+    }
+
+    /// Reads and forgets queued directory events (the file is read anyway).
+    fn drain(&self) {
+        use std::os::fd::AsRawFd;
+        let Some(i) = &self.inotify else { return };
+        let mut buf = [0u8; 4096];
+        for _ in 0..64 {
+            // SAFETY: reading into a local buffer of its length.
+            let n = unsafe { libc::read(i.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if n <= 0 {
+                break;
+            }
+        }
+    }
+}
+
+/// How long the guard may sleep before it must look again: until the lease
+/// end while something is held (then it must act), else the safety net.
+/// Pure, so the absence of a busy loop is tested without a clock.
+fn sleep_ms(lease: Option<&LeaseFile>, now_mono_ms: u64) -> (u64, bool) {
+    match lease {
+        Some(l) if l.holds_anything() => (
+            l.until_mono_ms
+                .saturating_sub(now_mono_ms)
+                .clamp(1, MAX_WAIT_MS),
+            false,
+        ),
+        // Nothing held: a new lease file is what to wake for.
+        _ => (MAX_WAIT_MS, true),
+    }
+}
+
 /// `tandem guard`: watches `path` for the agent `agent_pid` until that
 /// agent is gone and nothing is held, or another live agent took over.
+/// It sleeps until the lease end (renewals do not wake it: it reads the
+/// file again then), until a new lease file appears while nothing is held,
+/// or until the agent exits.
 pub fn run(path: &Path, agent_pid: u32, label: &str) -> Result<()> {
     let boot = boot_id();
     let say = |s: &str| {
@@ -179,8 +286,15 @@ pub fn run(path: &Path, agent_pid: u32, label: &str) -> Result<()> {
             crate::status::format_utc(now)
         );
     };
+    let mut waker = Waker::new(path, agent_pid);
+    let mut first = true;
     loop {
-        std::thread::sleep(POLL);
+        if !first {
+            let lease = read(path);
+            let (ms, files) = sleep_ms(lease.as_ref(), mono_ms());
+            waker.wait(ms, files);
+        }
+        first = false;
         let Some(lease) = read(path) else {
             if !alive(agent_pid) {
                 return Ok(());
@@ -256,7 +370,9 @@ mod tests {
         crate::resources::own_session(&mut cmd);
         let mut child = cmd.spawn().unwrap();
         let pidfile = dir.path().join("g.r.pid");
-        std::fs::write(&pidfile, format!("{} 0\n", child.id())).unwrap();
+        let pid = child.id() as i32;
+        let start = crate::resources::proc_stat(pid).unwrap().0;
+        std::fs::write(&pidfile, format!("{pid} {start}\n")).unwrap();
         let did = enforce(&LeaseFile {
             pidfiles: vec![pidfile],
             ..LeaseFile::default()
@@ -264,5 +380,66 @@ mod tests {
         assert_eq!(did.len(), 1, "{did:?}");
         let st = child.wait().unwrap();
         assert!(!st.success());
+    }
+
+    /// Regression (issue "keep the promises", defect 1): the guard read
+    /// its lease file every 10 ms whatever it held. It sleeps until the
+    /// lease end while it holds something, and otherwise until a new file
+    /// (or the safety net); never a zero wait.
+    #[test]
+    fn guard_sleeps_until_the_lease_end_not_in_a_poll_loop() {
+        let held = LeaseFile {
+            until_mono_ms: 10_200,
+            addresses: vec![("10.0.0.1".parse().unwrap(), 24)],
+            ..LeaseFile::default()
+        };
+        assert_eq!(sleep_ms(Some(&held), 10_000), (200, false));
+        // Past the end (it acts, then looks again soon): never zero.
+        assert_eq!(sleep_ms(Some(&held), 20_000), (1, false));
+        let empty = LeaseFile::default();
+        assert_eq!(sleep_ms(Some(&empty), 10_000), (MAX_WAIT_MS, true));
+        assert_eq!(sleep_ms(None, 10_000), (MAX_WAIT_MS, true));
+        // Over a simulated minute of renewals every 50 ms (lease 200 ms),
+        // the guard wakes once per lease at most, not 100 times a second.
+        let mut now = 0u64;
+        let mut wakes = 0;
+        while now < 60_000 {
+            let renewed = LeaseFile {
+                until_mono_ms: (now / 50) * 50 + 200,
+                ..held.clone()
+            };
+            now += sleep_ms(Some(&renewed), now).0;
+            wakes += 1;
+        }
+        assert!(wakes <= 60_000 / 150, "{wakes} wake-ups in a minute");
+    }
+
+    /// Regression (issue "keep the promises", defect 9): the guard killed
+    /// `-pid` from a pid file without checking the start time, so a
+    /// stranger that reused the PID of a resource that had exited was
+    /// killed at the lease end.
+    #[test]
+    fn enforce_spares_a_process_that_reused_the_pid() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = std::process::Command::new("sleep");
+        cmd.arg("30");
+        crate::resources::own_session(&mut cmd);
+        let mut stranger = cmd.spawn().unwrap();
+        let pid = stranger.id() as i32;
+        let start = crate::resources::proc_stat(pid).unwrap().0;
+        // The resource that wrote this pid file started at another time.
+        let pidfile = dir.path().join("g.r.pid");
+        std::fs::write(&pidfile, format!("{pid} {}\n", start + 1)).unwrap();
+        let did = enforce(&LeaseFile {
+            pidfiles: vec![pidfile],
+            ..LeaseFile::default()
+        });
+        assert!(did.is_empty(), "{did:?}");
+        assert!(
+            stranger.try_wait().unwrap().is_none(),
+            "the stranger was killed"
+        );
+        let _ = stranger.kill();
+        let _ = stranger.wait();
     }
 }

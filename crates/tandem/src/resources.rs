@@ -463,7 +463,7 @@ pub fn ip_check(ip: &IpResource) -> IpCheck {
 // ---- process ----------------------------------------------------------------
 
 /// Start time (clock ticks since boot) and state of `pid`, from /proc.
-fn proc_stat(pid: i32) -> Option<(u64, char)> {
+pub(crate) fn proc_stat(pid: i32) -> Option<(u64, char)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = stat.rsplit_once(')')?.1;
     let f: Vec<&str> = rest.split_whitespace().collect();
@@ -473,7 +473,8 @@ fn proc_stat(pid: i32) -> Option<(u64, char)> {
     Some((start, state))
 }
 
-fn read_pidfile(path: &Path) -> Option<(i32, u64)> {
+/// A pid file's process id and start time (see [`proc_stat`]).
+pub(crate) fn read_pidfile(path: &Path) -> Option<(i32, u64)> {
     let text = std::fs::read_to_string(path).ok()?;
     let mut f = text.split_whitespace();
     Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))

@@ -22,6 +22,7 @@ use tandem_core::config::schema::OnFail;
 use tandem_core::config::{Config, MonitorSpec};
 use tandem_core::group::{Action, ActionKind, GroupState, Groups, Outcome, ResourceState, Want};
 use tandem_core::member::{GroupReport, Member, Request};
+use tandem_core::monitors::{MonitorPlan, Monitors, Verdict};
 use tokio::sync::mpsc;
 
 use crate::guard::{self, LeaseFile};
@@ -60,24 +61,6 @@ pub enum Done {
         /// Err: what failed.
         result: Result<(), String>,
     },
-}
-
-struct GroupMonitor {
-    name: String,
-    group: usize,
-    resource: Option<usize>,
-    check: Option<Check>,
-    interval_ms: u64,
-    timeout_ms: u64,
-    threshold: u32,
-    on_fail: OnFail,
-    /// Restarts in place before the group moves (`restarts`).
-    restarts: u32,
-    /// Restarts done here since the group last came to this node.
-    restarts_done: u32,
-    consecutive: u32,
-    next_ms: u64,
-    busy: bool,
 }
 
 struct NodeMonitor {
@@ -125,7 +108,11 @@ pub struct Runner {
     names: Vec<String>,
     resources: Vec<Vec<Rc<Resource>>>,
     groups: Groups,
-    group_monitors: Vec<GroupMonitor>,
+    /// Group monitors: schedule and verdicts in the core, checks here
+    /// (index-aligned; None for `process` monitors).
+    monitors: Monitors,
+    monitor_checks: Vec<Option<Check>>,
+    monitor_timeouts_ms: Vec<u64>,
     node_monitors: Vec<NodeMonitor>,
     announce: Vec<(u64, usize, usize)>,
     next_check_ms: u64,
@@ -192,7 +179,9 @@ impl Runner {
             names.push(gname);
             resources.push(rs);
         }
-        let mut group_monitors = Vec::new();
+        let mut plans = Vec::new();
+        let mut monitor_checks = Vec::new();
+        let mut monitor_timeouts_ms = Vec::new();
         for (gi, g) in f.groups.iter().enumerate() {
             for (mi, spec) in cfg.group_monitors.get(gi).into_iter().flatten().enumerate() {
                 let raw = &g.monitors[mi];
@@ -208,24 +197,21 @@ impl Runner {
                     ),
                     MonitorSpec::Ping { .. } => continue,
                 };
-                group_monitors.push(GroupMonitor {
+                plans.push(MonitorPlan {
                     name: raw.name.get_ref().clone(),
                     group: gi,
                     resource,
-                    check,
+                    has_check: check.is_some(),
                     interval_ms: raw.interval_ms.as_ref().map_or(2_000, |v| *v.get_ref()),
-                    timeout_ms: raw.timeout_ms.as_ref().map_or(1_000, |v| *v.get_ref()),
                     threshold: raw.failures.as_ref().map_or(3, |v| *v.get_ref()).max(1),
                     on_fail: raw
                         .on_fail
                         .as_ref()
                         .map_or(OnFail::Restart, |v| *v.get_ref()),
                     restarts: raw.restarts.as_ref().map_or(2, |v| *v.get_ref()),
-                    restarts_done: 0,
-                    consecutive: 0,
-                    next_ms: 0,
-                    busy: false,
                 });
+                monitor_checks.push(check);
+                monitor_timeouts_ms.push(raw.timeout_ms.as_ref().map_or(1_000, |v| *v.get_ref()));
             }
         }
         let my_addrs = f
@@ -268,7 +254,9 @@ impl Runner {
             last_failure: vec![None; names.len()],
             names,
             resources,
-            group_monitors,
+            monitors: Monitors::new(plans),
+            monitor_checks,
+            monitor_timeouts_ms,
             node_monitors,
             announce: Vec::new(),
             next_check_ms: RESOURCE_CHECK_MS,
@@ -317,8 +305,8 @@ impl Runner {
         for (t, _, _) in &self.announce {
             consider(*t);
         }
-        for m in self.group_monitors.iter().filter(|m| !m.busy) {
-            consider(m.next_ms);
+        if let Some(t) = self.monitors.next_deadline() {
+            consider(t);
         }
         for m in self.node_monitors.iter().filter(|m| !m.busy) {
             consider(m.next_ms);
@@ -635,42 +623,30 @@ impl Runner {
         member: &mut Member,
         log: &mut Vec<String>,
     ) {
-        let Some(m) = self.group_monitors.get_mut(index) else {
+        let Some(group) = self.monitors.plan(index).map(|p| p.group) else {
             return;
         };
-        m.busy = false;
-        m.next_ms = now_ms + m.interval_ms;
-        let why = match result {
-            Ok(()) => {
-                m.consecutive = 0;
-                return;
+        let running = self.groups.state(group).0 == GroupState::Running;
+        match self.monitors.on_result(now_ms, index, result, running) {
+            Verdict::Nothing => {}
+            Verdict::Ignore { group, reason } => log.push(format!(
+                "group {}: {reason} (on_fail = ignore)",
+                self.names[group]
+            )),
+            Verdict::Restart {
+                group,
+                resource,
+                reason,
+            } => {
+                let last = self.resources[group].len().saturating_sub(1);
+                self.groups
+                    .on_monitor_failure(now_ms, group, resource.min(last), reason);
             }
-            Err(w) => w,
-        };
-        m.consecutive = m.consecutive.saturating_add(1);
-        if m.consecutive < m.threshold {
-            return;
-        }
-        m.consecutive = 0;
-        let (g, name, on_fail) = (m.group, m.name.clone(), m.on_fail);
-        let reason = format!("monitor {name}: {why}");
-        let group = self.names[g].clone();
-        let m = &mut self.group_monitors[index];
-        let restart = on_fail == OnFail::Restart && m.restarts_done < m.restarts;
-        if restart {
-            m.restarts_done += 1;
-        }
-        match on_fail {
-            OnFail::Ignore => log.push(format!("group {group}: {reason} (on_fail = ignore)")),
-            OnFail::Restart if restart => {
-                let last = self.resources[g].len().saturating_sub(1);
-                let r = self.group_monitors[index].resource.unwrap_or(last);
-                self.groups.on_monitor_failure(now_ms, g, r, reason);
-            }
-            // Out of restarts here, `move`, or `fence` (fencing arrives
-            // with the fencing work; until then it moves like `move`).
-            OnFail::Restart | OnFail::Move | OnFail::Fence => {
-                self.report_failure(now_ms, member, group, reason, true, log);
+            // Out of restarts here, `move`, or `fence` (until monitors
+            // fence, it moves like `move`).
+            Verdict::Move { group, reason } => {
+                let name = self.names[group].clone();
+                self.report_failure(now_ms, member, name, reason, true, log);
             }
         }
     }
@@ -705,28 +681,17 @@ impl Runner {
                 }
             }
         }
-        for i in 0..self.group_monitors.len() {
-            let m = &self.group_monitors[i];
-            let group = m.group;
-            let running = self.groups.state(group).0 == GroupState::Running;
-            if m.busy || now_ms < m.next_ms {
-                continue;
+        let groups = &self.groups;
+        let due = self.monitors.due(
+            now_ms,
+            |g| groups.state(g).0 == GroupState::Running,
+            |g| groups.want(g) == Want::Run,
+        );
+        for i in due {
+            if let Some(Some(check)) = self.monitor_checks.get(i) {
+                let timeout = Duration::from_millis(self.monitor_timeouts_ms[i]);
+                self.spawn_check(i, false, check.clone(), timeout);
             }
-            if !running {
-                self.group_monitors[i].consecutive = 0;
-                if self.groups.want(group) != Want::Run {
-                    // The group left: a later return starts afresh.
-                    self.group_monitors[i].restarts_done = 0;
-                }
-                continue;
-            }
-            let Some(check) = m.check.clone() else {
-                // A `process` monitor is the resource check itself.
-                continue;
-            };
-            let timeout = Duration::from_millis(m.timeout_ms);
-            self.group_monitors[i].busy = true;
-            self.spawn_check(i, false, check, timeout);
         }
         for i in 0..self.node_monitors.len() {
             let m = &self.node_monitors[i];

@@ -341,7 +341,10 @@ mod tests {
             }
         );
         r.apply_at(17, &place("web", Some("n1")));
-        assert_eq!((r.placements["web"].epoch, r.placements["web"].index), (4, 17));
+        assert_eq!(
+            (r.placements["web"].epoch, r.placements["web"].index),
+            (4, 17)
+        );
         // No change, no new decision: the index stays.
         r.apply_at(18, &place("web", Some("n1")));
         assert_eq!(r.placements["web"].index, 17);

@@ -94,7 +94,13 @@ impl Member {
             .record()
             .placements
             .values()
-            .map(|p| if p.index == 0 { a.commit_index() } else { p.index })
+            .map(|p| {
+                if p.index == 0 {
+                    a.commit_index()
+                } else {
+                    p.index
+                }
+            })
             .max()
             .unwrap_or(0);
         let pending = (a.commit_index() + 1..=a.last_index())
