@@ -4,6 +4,7 @@
 
 mod corosync;
 mod failover;
+mod idle;
 mod volume;
 
 use std::path::PathBuf;
@@ -109,11 +110,16 @@ enum What {
         #[arg(long)]
         logs: Option<PathBuf>,
     },
-    /// CPU and RSS of idle agents.
+    /// CPU, RSS and wake-ups of idle agents (and their guards), by
+    /// default with one group per node with monitors.
     Idle {
         /// Cluster size.
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, default_value_t = 3)]
         nodes: usize,
+        /// Without groups (the agents alone, as the first figures were
+        /// taken).
+        #[arg(long)]
+        bare: bool,
         /// Measurement window in seconds.
         #[arg(long, default_value_t = 60)]
         seconds: u64,
@@ -298,71 +304,6 @@ fn soak(tandem: PathBuf, minutes: u64, loss_pct: f32, busy: Option<usize>) -> Re
     Ok(())
 }
 
-/// utime + stime of `pid` in clock ticks.
-fn cpu_ticks(pid: u32) -> Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name, which is in parentheses.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // rest[0] is field 3 (state); utime is field 14, stime 15.
-    let utime: u64 = f.get(11).context("utime")?.parse()?;
-    let stime: u64 = f.get(12).context("stime")?.parse()?;
-    Ok(utime + stime)
-}
-
-fn rss_kib(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .context("no VmRSS")?;
-    Ok(line
-        .split_whitespace()
-        .nth(1)
-        .context("VmRSS value")?
-        .parse()?)
-}
-
-fn idle(tandem: PathBuf, nodes: usize, seconds: u64) -> Result<()> {
-    let c = AgentCluster::start(tandem, &ClusterShape::nodes(nodes))?;
-    wait_all_settled(&c, nodes)?;
-    let hz = clock_ticks_per_second();
-    let t0: Vec<u64> = c
-        .pids
-        .iter()
-        .map(|p| cpu_ticks(*p))
-        .collect::<Result<_>>()?;
-    let start = Instant::now();
-    std::thread::sleep(Duration::from_secs(seconds));
-    let wall = start.elapsed().as_secs_f64();
-    println!("## idle: {nodes} nodes x 2 links, {seconds} s window, after settling");
-    println!("machine: {}", machine());
-    let mut cpus = Vec::new();
-    let mut rsss = Vec::new();
-    for (i, pid) in c.pids.iter().enumerate() {
-        let t1 = cpu_ticks(*pid)?;
-        let cpu_pct = (t1 - t0[i]) as f64 / hz as f64 / wall * 100.0;
-        let rss = rss_kib(*pid)?;
-        println!(
-            "n{}: cpu {cpu_pct:.2}% of a core, rss {:.1} MiB",
-            i + 1,
-            rss as f64 / 1024.0
-        );
-        cpus.push(cpu_pct);
-        rsss.push(rss);
-    }
-    let max_cpu = cpus.iter().copied().fold(0.0, f64::max);
-    let max_rss = rsss.iter().copied().max().unwrap_or(0);
-    println!(
-        "max: cpu {max_cpu:.2}% of a core, rss {:.1} MiB",
-        max_rss as f64 / 1024.0
-    );
-    if c.pids.iter().any(|p| !c.bed.is_running(*p)) {
-        bail!("an agent died during the measurement");
-    }
-    Ok(())
-}
-
 fn failover_summary(label: &str, runs: &[failover::Run]) {
     let gaps: Vec<u64> = runs.iter().map(|r| r.gap_ms.round() as u64).collect();
     summary(
@@ -500,7 +441,18 @@ fn main() -> Result<()> {
             loss_pct,
             busy,
         } => soak(cli.tandem, minutes, loss_pct, busy),
-        What::Idle { nodes, seconds } => idle(cli.tandem, nodes, seconds),
+        What::Idle {
+            nodes,
+            seconds,
+            bare,
+        } => idle::run(
+            cli.tandem,
+            nodes,
+            seconds,
+            !bare,
+            clock_ticks_per_second(),
+            &machine(),
+        ),
         What::Campaign {
             shape,
             schedules,

@@ -9,9 +9,12 @@
 //!    count for the group is under the threshold, none of the links the
 //!    group needs has failed its ping monitor there, and (when the group
 //!    lists preferred nodes) it is one of them or the group is pinned there.
-//! 3. Candidates in order: the pinned node (`tandem move`), then the
-//!    preferred nodes in order, then (no preference list) every node in
-//!    configuration order.
+//! 3. Candidates in order: the node of a pending one-time move (`tandem
+//!    failover`), the pinned node (`tandem move`), then the preferred nodes
+//!    in order, then (no preference list) every node in configuration
+//!    order. A one-time move is used up when the group is placed anywhere;
+//!    afterwards the group is like any other (it stays with failback
+//!    `manual`; with `auto` it goes back to a more preferred node).
 //! 4. Where the group runs now and that node is still eligible: stay,
 //!    unless failback is `auto` and a better candidate is eligible.
 //! 5. Otherwise the first eligible candidate, or nowhere.
@@ -116,7 +119,8 @@ pub fn ineligible_reason(g: &GroupPolicy, n: &NodeFacts, record: &Record) -> Opt
     if let Some(l) = g.needs_links.iter().find(|l| n.failed_links.contains(l)) {
         return Some(format!("ping monitor on link {l} fails"));
     }
-    let pinned = record.pins.get(&g.name) == Some(&n.name);
+    let pinned =
+        record.pins.get(&g.name) == Some(&n.name) || record.moves.get(&g.name) == Some(&n.name);
     if !g.preferred.is_empty() && !g.preferred.contains(&n.name) && !pinned {
         return Some("not a preferred node".into());
     }
@@ -146,6 +150,9 @@ fn target(g: &GroupPolicy, nodes: &[NodeFacts], record: &Record) -> Target {
             .is_some_and(|n| ineligible_reason(g, n, record).is_none())
     };
     let mut candidates: Vec<&str> = Vec::new();
+    if let Some(to) = record.moves.get(&g.name) {
+        candidates.push(to);
+    }
     if let Some(pin) = record.pins.get(&g.name) {
         candidates.push(pin);
     }
@@ -156,6 +163,11 @@ fn target(g: &GroupPolicy, nodes: &[NodeFacts], record: &Record) -> Target {
     }
     let best = candidates.iter().copied().find(|c| eligible(c));
     // An operator's move wins over "stay put" while its node can host.
+    if let Some(to) = record.moves.get(&g.name) {
+        if eligible(to) {
+            return Target::Node(Some(to.clone()));
+        }
+    }
     if let Some(pin) = record.pins.get(&g.name) {
         if eligible(pin) {
             return Target::Node(Some(pin.clone()));
@@ -233,6 +245,117 @@ mod tests {
             on(&targets(&g, &nodes(&[false, false, true]), &r), "web"),
             None
         );
+    }
+
+    fn standby(r: &mut Record, node: &str, on: bool) {
+        r.apply(&Command::SetIntent {
+            target: node.into(),
+            intent: Intent::Standby,
+            on,
+        });
+    }
+
+    fn failover(r: &mut Record, to: &str) {
+        r.apply(&Command::MoveOnce {
+            group: "web".into(),
+            node: to.into(),
+        });
+    }
+
+    /// Follows the policy as the leader would (through "stopped
+    /// everywhere"), until the placement stops changing.
+    fn settle(g: &[GroupPolicy], ns: &[NodeFacts], r: &mut Record) -> Option<String> {
+        for _ in 0..4 {
+            let want = on(&targets(g, ns, r), "web");
+            let now = r.placements.get("web").and_then(|p| p.node.clone());
+            if want == now {
+                return now;
+            }
+            placed(r, "web", None);
+            placed(r, "web", want.as_deref());
+        }
+        panic!("the placement does not settle");
+    }
+
+    /// Regression (issue "keep the promises", defect 4): `tandem failover`
+    /// left a hidden pin. Afterwards `node standby n2` moved the group to
+    /// n1 while status still said "moved to n2 by an operator", and `node
+    /// online n2` moved it back although failback is manual.
+    #[test]
+    fn failover_leaves_no_pin_so_online_does_not_pull_the_group_back() {
+        let g = [group("web", &["n1", "n2"], Failback::Manual)];
+        let ns = nodes(&[true, true]);
+        let mut r = Record::default();
+        placed(&mut r, "web", Some("n1"));
+        failover(&mut r, "n2");
+        assert_eq!(settle(&g, &ns, &mut r).as_deref(), Some("n2"));
+        assert!(r.pins.is_empty() && r.moves.is_empty(), "{r:?}");
+        standby(&mut r, "n2", true);
+        assert_eq!(settle(&g, &ns, &mut r).as_deref(), Some("n1"));
+        standby(&mut r, "n2", false);
+        assert_eq!(settle(&g, &ns, &mut r).as_deref(), Some("n1"));
+    }
+
+    /// Regression (defect 4, second half): after a ping monitor drove the
+    /// group off the node it was failed over to, the hidden pin pulled it
+    /// back once the link healed.
+    #[test]
+    fn failover_then_a_failed_link_then_healed_stays_where_it_went() {
+        let g = [group("web", &["n1", "n2"], Failback::Manual)];
+        let mut ns = nodes(&[true, true]);
+        let mut r = Record::default();
+        placed(&mut r, "web", Some("n1"));
+        failover(&mut r, "n2");
+        assert_eq!(settle(&g, &ns, &mut r).as_deref(), Some("n2"));
+        ns[1].failed_links = vec!["lan".into()];
+        assert_eq!(settle(&g, &ns, &mut r).as_deref(), Some("n1"));
+        ns[1].failed_links.clear();
+        assert_eq!(settle(&g, &ns, &mut r).as_deref(), Some("n1"));
+    }
+
+    /// `tandem move` pins for as long as the operator wants; `--clear`
+    /// removes it and the group stays where it is (manual failback); a
+    /// failover replaces a pin instead of being pulled back by it.
+    #[test]
+    fn a_pin_holds_until_cleared_and_a_failover_replaces_it() {
+        let g = [group("web", &["n1", "n2", "n3"], Failback::Manual)];
+        let ns = nodes(&[true, true, true]);
+        let mut r = Record::default();
+        placed(&mut r, "web", Some("n1"));
+        r.apply(&Command::Pin {
+            group: "web".into(),
+            node: Some("n3".into()),
+        });
+        assert_eq!(settle(&g, &ns, &mut r).as_deref(), Some("n3"));
+        standby(&mut r, "n3", true);
+        assert_eq!(settle(&g, &ns, &mut r).as_deref(), Some("n1"));
+        // The pin still stands and brings it back (shown in status).
+        standby(&mut r, "n3", false);
+        assert_eq!(settle(&g, &ns, &mut r).as_deref(), Some("n3"));
+        failover(&mut r, "n2");
+        assert_eq!(settle(&g, &ns, &mut r).as_deref(), Some("n2"));
+        assert!(r.pins.is_empty(), "a failover ends the pin");
+        r.apply(&Command::Pin {
+            group: "web".into(),
+            node: None,
+        });
+        assert_eq!(settle(&g, &ns, &mut r).as_deref(), Some("n2"));
+    }
+
+    /// A failover to a node that cannot host by the time the leader acts
+    /// is used up by wherever the group goes, and never acts later.
+    #[test]
+    fn a_failover_that_cannot_happen_does_not_linger() {
+        let g = [group("web", &["n1", "n2"], Failback::Manual)];
+        let mut ns = nodes(&[true, true]);
+        let mut r = Record::default();
+        placed(&mut r, "web", None);
+        failover(&mut r, "n2");
+        ns[1].online = false;
+        assert_eq!(settle(&g, &ns, &mut r).as_deref(), Some("n1"));
+        assert!(r.moves.is_empty());
+        ns[1].online = true;
+        assert_eq!(settle(&g, &ns, &mut r).as_deref(), Some("n1"));
     }
 
     #[test]

@@ -123,6 +123,8 @@ pub struct Runner {
     lease_held: Option<bool>,
     shutting_down: bool,
     tx: mpsc::Sender<Done>,
+    /// This agent's process id (for the lease file; asked once).
+    pid: u32,
     /// The lease file the guard watches.
     lease_path: PathBuf,
     /// What was written there last.
@@ -265,6 +267,7 @@ impl Runner {
             lease_held: None,
             shutting_down: false,
             tx,
+            pid: std::process::id(),
             lease_path: run_dir.join("lease.json"),
             written: None,
             inherited_until_ms: None,
@@ -408,7 +411,7 @@ impl Runner {
     fn write_lease(&mut self, now_ms: u64, until_ms: Option<u64>) -> Result<()> {
         let mono = guard::mono_ms();
         let mut lease = LeaseFile {
-            agent_pid: std::process::id(),
+            agent_pid: self.pid,
             boot_id: String::new(),
             until_mono_ms: until_ms.map_or(mono, |u| mono + u.saturating_sub(now_ms)),
             ..LeaseFile::default()
@@ -432,13 +435,20 @@ impl Runner {
                 }
             }
         }
-        // Rewrite when what is held changes, or the lease end moved by more
-        // than a few ms (it is renewed at every heartbeat).
+        // Rewrite when what is held changes, when the lease end moves earlier,
+        // or when less than half of what the new end gives is left of the
+        // written one: renewals come with every heartbeat, and writing each
+        // of them (a file and a rename, 20-40 times a second) was a good part
+        // of an idle agent's cost. The written end is always one the agent
+        // held, so the guard never acts before the lease really ends.
         let same = self.written.as_ref().is_some_and(|w| {
+            let left = w.until_mono_ms.saturating_sub(mono);
+            let fresh = lease.until_mono_ms.saturating_sub(mono);
             w.addresses == lease.addresses
                 && w.pidfiles == lease.pidfiles
                 && w.scripts == lease.scripts
-                && w.until_mono_ms.abs_diff(lease.until_mono_ms) < 5
+                && lease.until_mono_ms >= w.until_mono_ms
+                && left.saturating_mul(2) >= fresh
         });
         if same {
             return Ok(());
@@ -553,6 +563,7 @@ impl Runner {
         match done {
             Done::Action(a, outcome) => {
                 if let Some(r) = self.resources[a.group].get(a.resource).cloned() {
+                    log.extend(r.take_notes());
                     self.log_outcome(a, &r, &outcome, &mut log);
                 }
                 self.groups.on_outcome(now_ms, a, outcome);

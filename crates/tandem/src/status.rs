@@ -82,8 +82,13 @@ pub struct GroupStatus {
     pub since_unix_ms: Option<u64>,
     /// Nodes where something of it may run now.
     pub active_on: Vec<String>,
-    /// The node an operator moved it to, if pinned.
+    /// The node an operator pinned it to (`tandem move`), until
+    /// `tandem move --clear`.
     pub pinned: Option<String>,
+    /// A failover under way (`tandem failover`): the node it is moving to
+    /// once; gone when it is placed.
+    #[serde(default)]
+    pub moving_to: Option<String>,
     /// In maintenance: not started, stopped or monitored.
     pub maintenance: bool,
     /// Why it cannot move yet (known on the leader only).
@@ -331,7 +336,13 @@ impl Status {
                 notes.push("MAINTENANCE (unmanaged)".to_string());
             }
             if let Some(p) = &g.pinned {
-                notes.push(format!("moved to {p} by an operator"));
+                notes.push(format!(
+                    "pinned to {p} by `tandem move` (`tandem move {} --clear` removes it)",
+                    g.name
+                ));
+            }
+            if let Some(m) = &g.moving_to {
+                notes.push(format!("failing over to {m}"));
             }
             let others: Vec<&String> = g
                 .active_on

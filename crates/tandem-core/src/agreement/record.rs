@@ -97,6 +97,13 @@ pub enum Command {
         /// One line per attempt.
         attempts: Vec<String>,
     },
+    /// Moves `group` to `node` once (`tandem failover`), leaving no pin.
+    MoveOnce {
+        /// Group name.
+        group: String,
+        /// The node to move to.
+        node: String,
+    },
     /// Pins `group` to `node` (`tandem move`), or removes the pin (None).
     Pin {
         /// Group name.
@@ -141,9 +148,15 @@ pub struct Record {
     pub fail_counts: BTreeMap<String, BTreeMap<String, u32>>,
     /// Last successful fence of each node.
     pub fenced: BTreeMap<String, u64>,
-    /// Operator pins: group -> node it was moved to.
+    /// Operator pins: group -> node it was moved to (`tandem move`): a
+    /// standing preference, shown in status, until `tandem move --clear`.
     #[serde(default)]
     pub pins: BTreeMap<String, String>,
+    /// One-time moves (`tandem failover`): group -> node it is to move to
+    /// once. Gone as soon as the group is placed anywhere, so it never
+    /// pulls the group back later.
+    #[serde(default)]
+    pub moves: BTreeMap<String, String>,
     /// Latest failure per group and node: (when, why).
     #[serde(default)]
     pub failures: BTreeMap<String, BTreeMap<String, (u64, String)>>,
@@ -202,6 +215,11 @@ impl Record {
                     p.node = node.clone();
                     p.epoch += 1;
                     p.index = index;
+                }
+                // A one-time move is used up once the group is placed on a
+                // node (there or, if it could not go there, elsewhere).
+                if node.is_some() {
+                    self.moves.remove(group);
                 }
             }
             Command::SetIntent { target, intent, on } => {
@@ -284,14 +302,24 @@ impl Record {
                     facts.version += 1;
                 }
             }
-            Command::Pin { group, node } => match node {
-                Some(n) => {
-                    self.pins.insert(group.clone(), n.clone());
+            Command::Pin { group, node } => {
+                // The operator's latest word replaces a pending failover.
+                self.moves.remove(group);
+                match node {
+                    Some(n) => {
+                        self.pins.insert(group.clone(), n.clone());
+                    }
+                    None => {
+                        self.pins.remove(group);
+                    }
                 }
-                None => {
-                    self.pins.remove(group);
-                }
-            },
+            }
+            Command::MoveOnce { group, node } => {
+                // A failover also ends a standing pin: the group is to
+                // leave where the operator put it.
+                self.pins.remove(group);
+                self.moves.insert(group.clone(), node.clone());
+            }
         }
     }
 

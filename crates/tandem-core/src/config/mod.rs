@@ -24,6 +24,16 @@ pub use validate::{
 /// Length of a cluster key in bytes.
 pub const KEY_LEN: usize = 32;
 
+/// Limit on one resource action (start, stop, check) unless `timeout_ms`
+/// says otherwise.
+pub const DEFAULT_RESOURCE_TIMEOUT_MS: u64 = 20_000;
+/// A `process` resource that has not exited this long after its stop
+/// signal gets SIGKILL (with the default timeout; at most half of a
+/// shorter one).
+pub const DEFAULT_KILL_AFTER_MS: u64 = 5_000;
+/// How long a stop waits for SIGKILL to take effect.
+pub const KILL_WAIT_MS: u64 = 2_000;
+
 /// What the caller found at a key file's path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyFileFacts {

@@ -233,6 +233,9 @@ pub struct Resource {
     pub command: Option<Spanned<Vec<String>>>,
     /// `process`: signal that asks the process to stop (default `TERM`).
     pub stop_signal: Option<Spanned<String>>,
+    /// `process`: how long after the stop signal the process group gets
+    /// SIGKILL (default [`crate::config::DEFAULT_KILL_AFTER_MS`]).
+    pub kill_after_ms: Option<Spanned<u64>>,
     /// `process`: working directory.
     pub working_dir: Option<Spanned<PathBuf>>,
     /// `process`: extra environment variables.

@@ -88,6 +88,9 @@ pub enum ResourceSpec {
         command: Vec<String>,
         /// Signal name used to stop it.
         stop_signal: String,
+        /// After the stop signal, SIGKILL to its process group this much
+        /// later.
+        kill_after_ms: u64,
         /// Working directory.
         working_dir: Option<PathBuf>,
         /// Extra environment.
@@ -1021,6 +1024,7 @@ fn resource_fields(r: &Resource) -> FieldList {
         ("link", r.link.as_ref().map(Spanned::span)),
         ("command", r.command.as_ref().map(Spanned::span)),
         ("stop_signal", r.stop_signal.as_ref().map(Spanned::span)),
+        ("kill_after_ms", r.kill_after_ms.as_ref().map(Spanned::span)),
         ("working_dir", r.working_dir.as_ref().map(Spanned::span)),
         ("env", r.env.as_ref().map(Spanned::span)),
         ("script", r.script.as_ref().map(Spanned::span)),
@@ -1235,7 +1239,13 @@ fn check_resource(
                 what,
                 &r.kind,
                 &fields,
-                &["command", "stop_signal", "working_dir", "env"],
+                &[
+                    "command",
+                    "stop_signal",
+                    "kill_after_ms",
+                    "working_dir",
+                    "env",
+                ],
             );
             let command = require(
                 c,
@@ -1260,8 +1270,37 @@ fn check_resource(
                     format!("write one of: {}", SIGNALS.join(", ")),
                 );
             }
+            let timeout = r
+                .timeout_ms
+                .as_ref()
+                .map_or(super::DEFAULT_RESOURCE_TIMEOUT_MS, |t| *t.get_ref());
+            let kill_after_ms = r
+                .kill_after_ms
+                .as_ref()
+                .map_or(super::DEFAULT_KILL_AFTER_MS.min(timeout / 2), |k| {
+                    *k.get_ref()
+                });
+            // SIGKILL must come, and have time to work, within the stop's
+            // limit: otherwise a hung process outlives its stop.
+            if kill_after_ms == 0 || kill_after_ms.saturating_add(super::KILL_WAIT_MS) > timeout {
+                c.error(
+                    r.kill_after_ms
+                        .as_ref()
+                        .and_then(span)
+                        .or_else(|| r.timeout_ms.as_ref().and_then(span)),
+                    format!(
+                        "kill_after_ms ({kill_after_ms}) leaves no time for SIGKILL within timeout_ms ({timeout}): the stop needs {} ms after it",
+                        super::KILL_WAIT_MS
+                    ),
+                    format!(
+                        "set kill_after_ms between 1 and {} or raise timeout_ms",
+                        timeout.saturating_sub(super::KILL_WAIT_MS).max(1)
+                    ),
+                );
+            }
             Some(ResourceSpec::Process {
                 command,
+                kill_after_ms,
                 stop_signal,
                 working_dir: r.working_dir.as_ref().map(|w| w.get_ref().clone()),
                 env: r

@@ -24,6 +24,7 @@ impl Member {
                 .is_some_and(|me| groups.fence_hosts.contains(me));
         self.groups = groups;
         self.unix_at_zero_ms = unix_at_zero_ms;
+        self.lead_dirty = true;
     }
 
     /// What runs on this node, and which links fail their ping monitor.
@@ -37,6 +38,7 @@ impl Member {
         // The leader waits on these: send them now, not at the next beat.
         if changed(&self.local_groups, &groups) || self.failed_links != failed_links {
             self.heartbeat_due_ms = self.now_ms;
+            self.lead_dirty = true;
         }
         self.local_groups = groups;
         self.failed_links = failed_links;
@@ -73,6 +75,19 @@ impl Member {
                     .or_default()
                     .add(echoed, r.place_index, commit);
             }
+        }
+        // What the placement loop reads of a report (its stamps and
+        // echoes move with every beat and matter only while a group waits).
+        let moved = self.reports.get(&from).map_or(true, |old| {
+            let o = &old.report;
+            o.groups != r.groups
+                || o.failed_links != r.failed_links
+                || o.term != r.term
+                || o.leader != r.leader
+                || o.commit != r.commit
+        });
+        if moved {
+            self.lead_dirty = true;
         }
         self.reports.insert(
             from,
@@ -297,6 +312,7 @@ impl Member {
         attempts: Vec<String>,
     ) {
         self.now_ms = now_ms;
+        self.lead_dirty = true;
         if !on {
             self.fencing.remove(node);
             if ok {
@@ -393,6 +409,7 @@ impl Member {
     }
 
     pub(super) fn on_request(&mut self, now_ms: u64, env: RequestEnvelope) {
+        self.lead_dirty = true;
         if self.seen_requests.contains(&env.id) {
             return;
         }
@@ -445,9 +462,9 @@ impl Member {
                             .is_some_and(|f| policy::ineligible_reason(g, f, record).is_none())
                 });
                 next.map_or_else(Vec::new, |n| {
-                    vec![Command::Pin {
+                    vec![Command::MoveOnce {
                         group: group.clone(),
-                        node: Some(n.clone()),
+                        node: n.clone(),
                     }]
                 })
             }
@@ -629,6 +646,8 @@ impl Member {
     /// The leader's placement loop: one safe step toward the policy's
     /// targets, once everything proposed before has committed.
     pub(super) fn lead(&mut self) {
+        self.lead_dirty = false;
+        self.last_lead_ms = self.now_ms;
         if self.agreement.role() != Role::Leader
             || self.groups.groups.is_empty()
             || !self.view().quorate

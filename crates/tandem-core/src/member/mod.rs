@@ -343,6 +343,10 @@ pub struct Member {
     waiting: BTreeMap<String, String>,
     /// When a waiting takeover becomes possible (leader's clock).
     lead_due_ms: Option<u64>,
+    /// Something the placement loop reads changed since it last ran.
+    lead_dirty: bool,
+    /// When the placement loop last ran (this member's clock).
+    last_lead_ms: u64,
     /// Leader: when it fenced each node (its clock), for ordering with
     /// the node's reports.
     fenced_at_ms: BTreeMap<String, u64>,
@@ -428,6 +432,8 @@ impl Member {
             queued_requests: std::collections::VecDeque::new(),
             waiting: BTreeMap::new(),
             lead_due_ms: None,
+            lead_dirty: true,
+            last_lead_ms: 0,
             fenced_at_ms: BTreeMap::new(),
             fencing: BTreeSet::new(),
             fence_retry: BTreeMap::new(),
@@ -506,7 +512,9 @@ impl Member {
         let a = self.agreement.take_output();
         self.absorb(a);
         self.flush_requests();
-        self.lead();
+        if self.lead_needed() {
+            self.lead();
+        }
         let a = self.agreement.take_output();
         self.absorb(a);
         self.note_lease();
@@ -516,6 +524,18 @@ impl Member {
             out.persist = Some(self.persisted());
         }
         out
+    }
+
+    /// Whether the leader's placement loop must run now: something it
+    /// reads changed (the record, a node's state or groups, a request), a
+    /// group waits (its bounds move with every report and acknowledgement),
+    /// a retry is due, or a heartbeat passed (a safety net). Running it on
+    /// every datagram was the largest single cost of an idle leader.
+    fn lead_needed(&self) -> bool {
+        self.lead_dirty
+            || !self.waiting.is_empty()
+            || self.lead_due_ms.is_some_and(|d| self.now_ms >= d)
+            || self.now_ms >= self.last_lead_ms + self.spec.timing.heartbeat_ms
     }
 
     fn persisted(&self) -> Persisted {
@@ -604,6 +624,7 @@ impl Member {
 
     /// The fencing machinery confirmed `peer` off (or it came back).
     pub fn set_fenced(&mut self, now_ms: u64, peer: NodeId, fenced: bool) {
+        self.lead_dirty = true;
         if fenced {
             self.fenced.insert(peer);
         } else {
@@ -712,6 +733,9 @@ impl Member {
                 }
             }
         }
+        if !a.notes.is_empty() {
+            self.lead_dirty = true;
+        }
         for note in a.notes {
             match note {
                 Note::Leader { term, leader } => {
@@ -745,6 +769,7 @@ impl Member {
         if events.is_empty() {
             return;
         }
+        self.lead_dirty = true;
         for e in &events {
             match e.kind {
                 EventKind::NodeDead { peer, .. } | EventKind::NodeLeft { peer } => {
