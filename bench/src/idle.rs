@@ -145,6 +145,7 @@ pub fn run(
     nodes: usize,
     seconds: u64,
     groups: bool,
+    profile: &str,
     hz: u64,
     machine: &str,
 ) -> Result<()> {
@@ -155,6 +156,7 @@ pub fn run(
     };
     let shape = ClusterShape {
         extra,
+        profile: profile.to_string(),
         ..ClusterShape::nodes(nodes)
     };
     let c = AgentCluster::start(tandem, &shape)?;
@@ -191,7 +193,7 @@ pub fn run(
         .map(|(p, g)| sample(*p, *g))
         .collect::<Result<_>>()?;
     println!(
-        "## idle: {nodes} nodes x 2 links, {seconds} s window, after settling, {}",
+        "## idle: {nodes} nodes x 2 links, timing profile {profile}, {seconds} s window, after settling, {}",
         if groups {
             "one group per node (process + ip, http + exec monitors at default intervals), guard included"
         } else {

@@ -120,6 +120,9 @@ enum What {
         /// taken).
         #[arg(long)]
         bare: bool,
+        /// Timing profile (`default`: 50 ms heartbeats; `relaxed`: 200 ms).
+        #[arg(long, default_value = "default")]
+        profile: String,
         /// Measurement window in seconds.
         #[arg(long, default_value_t = 60)]
         seconds: u64,
@@ -445,11 +448,13 @@ fn main() -> Result<()> {
             nodes,
             seconds,
             bare,
+            profile,
         } => idle::run(
             cli.tandem,
             nodes,
             seconds,
             !bare,
+            &profile,
             clock_ticks_per_second(),
             &machine(),
         ),

@@ -447,7 +447,10 @@ impl Runner {
             w.addresses == lease.addresses
                 && w.pidfiles == lease.pidfiles
                 && w.scripts == lease.scripts
-                && lease.until_mono_ms >= w.until_mono_ms
+                // (Ends within 2 ms are the same end: converting from the
+                // agent's clock to CLOCK_MONOTONIC rounds by a millisecond
+                // either way; the takeover margin is far larger.)
+                && lease.until_mono_ms + 2 >= w.until_mono_ms
                 && left.saturating_mul(2) >= fresh
         });
         if same {
