@@ -258,9 +258,9 @@ fn spec(
     }
 }
 
-/// The groups as the placement policy sees them. Refuses what this
-/// version cannot run (clone and colocated groups), so nothing configured
-/// is silently ignored.
+/// The groups as the placement policy sees them. (What this version cannot
+/// run, clone and colocated groups, never gets here: validation refuses
+/// it, for `tandem config validate` and the agent alike.)
 fn groups_spec(
     cfg: &Config,
     topo: &Topology,
@@ -273,12 +273,6 @@ fn groups_spec(
     let mut expiry = Vec::new();
     for (gi, g) in f.groups.iter().enumerate() {
         let name = g.name.get_ref().clone();
-        if g.clone.as_ref().is_some_and(|c| *c.get_ref()) {
-            bail!("group {name}: clone groups (active on every node) are not implemented in this version; remove `clone = true` to run it on one node at a time");
-        }
-        if g.colocate_with.is_some() {
-            bail!("group {name}: `colocate_with` is not implemented in this version; put the resources in one group instead");
-        }
         let needs_links = cfg
             .resources
             .get(gi)
@@ -1351,7 +1345,7 @@ fn bind_control(path: &Path, group: Option<&str>) -> Result<UnixListener> {
 }
 
 /// The numeric id of group `name`, from /etc/group.
-fn group_id(name: &str) -> Result<u32> {
+pub(crate) fn group_id(name: &str) -> Result<u32> {
     let text = std::fs::read_to_string("/etc/group").context("reading /etc/group")?;
     text.lines()
         .filter_map(|l| {

@@ -34,13 +34,29 @@ pub fn validate(args: &ValidateArgs) -> Result<bool> {
                 continue;
             }
         };
+        // What the agent would refuse on this machine is an error here too;
+        // what a fence agent says of its own options, a warning.
+        let machine = loaded
+            .config
+            .as_ref()
+            .map(machine_checks)
+            .unwrap_or_default();
         let errors = loaded
             .diagnostics
             .iter()
             .filter(|d| d.severity == Severity::Error)
-            .count();
-        let warnings = loaded.diagnostics.len() - errors;
+            .count()
+            + machine.iter().filter(|m| m.0 == Severity::Error).count();
+        let warnings = loaded.diagnostics.len() + machine.len() - errors;
         eprint!("{}", render(&label, &source, &loaded.diagnostics));
+        for (sev, text) in &machine {
+            let word = if *sev == Severity::Error {
+                "error"
+            } else {
+                "warning"
+            };
+            eprintln!("{word}: {label}: {text}");
+        }
         let failed = errors > 0 || (args.deny_warnings && warnings > 0);
         all_ok &= !failed;
         if failed {
@@ -59,6 +75,40 @@ pub fn validate(args: &ValidateArgs) -> Result<bool> {
         }
     }
     Ok(all_ok)
+}
+
+/// Checks of this machine that the agent makes at its start (errors: it
+/// refuses to start) and that the fence devices' own programs make of
+/// their options (`validate-all`; warnings: fencing would fail).
+fn machine_checks(cfg: &Config) -> Vec<(Severity, String)> {
+    let mut out = Vec::new();
+    if let Some(w) = cfg.watchdog.as_ref().filter(|w| w.required) {
+        if !w.device.exists() {
+            out.push((
+                Severity::Error,
+                format!(
+                    "the watchdog is required but {} does not exist on this machine: the agent refuses to start; load a driver (`modprobe softdog`) or set `[watchdog] required = false`",
+                    w.device.display()
+                ),
+            ));
+        }
+    }
+    if let Some(g) = &cfg.file.cluster.control_group {
+        if crate::agent::group_id(g.get_ref()).is_err() {
+            out.push((
+                Severity::Error,
+                format!(
+                    "control_group `{}` does not exist on this machine: the agent refuses to start; create it (`groupadd {}`) or remove `control_group`",
+                    g.get_ref(),
+                    g.get_ref()
+                ),
+            ));
+        }
+    }
+    for (sev, text) in crate::fence_agent::check_devices(cfg) {
+        out.push((sev, text));
+    }
+    out
 }
 
 /// Loads a configuration that must be valid; prints its diagnostics (errors

@@ -97,8 +97,11 @@ pub async fn run(dev: &FenceDevice, action: &str, plug: Option<&str>, target: &s
         Ok((code, text)) => {
             let status =
                 code.map_or_else(|| "killed by a signal".to_string(), |c| format!("exit {c}"));
+            let text = tidy(&text);
             let said = if text.is_empty() {
                 String::new()
+            } else if text.contains('\n') {
+                format!(":\n{text}")
             } else {
                 format!(": {text}")
             };
@@ -112,9 +115,94 @@ pub async fn run(dev: &FenceDevice, action: &str, plug: Option<&str>, target: &s
     }
 }
 
+/// What `config validate` learns from each device's own program, run with
+/// `action=validate-all` for every host it fences (the program checks its
+/// options, such as a device address, without touching the device):
+/// warnings for a refusal, a note-like warning when the program is not
+/// installed here.
+pub fn check_devices(cfg: &Config) -> Vec<(tandem_core::diagnostic::Severity, String)> {
+    use tandem_core::diagnostic::Severity;
+    let devices = devices(cfg);
+    if devices.is_empty() {
+        return Vec::new();
+    }
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for dev in &devices {
+        if !dev.agent.exists() {
+            out.push((
+                Severity::Warning,
+                format!(
+                    "fence device `{}`: {} is not installed on this machine (Debian: `apt install fence-agents`); its options were not checked",
+                    dev.plan.name,
+                    dev.agent.display()
+                ),
+            ));
+            continue;
+        }
+        for (node, plug) in &dev.plan.hosts {
+            // Bounded: a few seconds for a program that only reads options.
+            let mut d = dev.clone();
+            d.timeout_ms = d.timeout_ms.min(CHECK_TIMEOUT_MS);
+            let r = rt.block_on(run(&d, "validate-all", Some(plug), node));
+            if r.code != Some(0) {
+                out.push((
+                    Severity::Warning,
+                    format!(
+                        "fence device `{}` for node {node}: {} refuses its options: {}",
+                        dev.plan.name,
+                        dev.agent.display(),
+                        r.output
+                    ),
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Limit on one `validate-all` run during `config validate`.
+const CHECK_TIMEOUT_MS: u64 = 10_000;
+
+/// A fence agent's output, as status and logs show it: trimmed lines, no
+/// blank ones, no Python deprecation noise, at most [`MAX_OUTPUT_LINES`].
+fn tidy(text: &str) -> String {
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .filter(|l| !l.contains("DeprecationWarning") && !l.starts_with("from pipes import"))
+        .collect();
+    let shown = lines.len().min(MAX_OUTPUT_LINES);
+    let mut out = lines[..shown].join("\n");
+    if lines.len() > shown {
+        out += &format!("\n({} more lines)", lines.len() - shown);
+    }
+    out
+}
+
+/// Lines of an agent's output kept for status and logs.
+const MAX_OUTPUT_LINES: usize = 8;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fence_output_is_trimmed_one_line_per_line() {
+        let raw = "/usr/sbin/fence_x:5: DeprecationWarning: 'pipes' is deprecated\n  from pipes import quote\n2026-11-29 ERROR: Failed: You have to enter fence address\n\n2026-11-29 ERROR: Please use '-h' for usage\n\n";
+        assert_eq!(
+            tidy(raw),
+            "2026-11-29 ERROR: Failed: You have to enter fence address\n2026-11-29 ERROR: Please use '-h' for usage"
+        );
+        let many: String = (0..20).map(|i| format!("line {i}\n")).collect();
+        assert!(tidy(&many).ends_with("(12 more lines)"));
+    }
 
     const FENCE_DUMMY: &str = "/usr/sbin/fence_dummy";
 

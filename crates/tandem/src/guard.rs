@@ -104,9 +104,18 @@ pub fn write(path: &Path, lease: &LeaseFile) -> Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
 }
 
+/// Whether process `pid` still runs: it exists and is not a zombie (an
+/// agent that exited but was not reaped yet, as under a parent that waits
+/// late, is gone: `kill(pid, 0)` alone still finds it).
 fn alive(pid: u32) -> bool {
     // SAFETY: signal 0 only checks existence and permission.
-    pid != 0 && unsafe { libc::kill(pid as i32, 0) } == 0
+    if pid == 0 || unsafe { libc::kill(pid as i32, 0) } != 0 {
+        return false;
+    }
+    !matches!(
+        crate::resources::proc_stat(pid as i32),
+        Some((_, 'Z' | 'X')) | None
+    )
 }
 
 /// Stops everything a lease file lists; returns what it did.
@@ -417,6 +426,23 @@ mod tests {
             wakes += 1;
         }
         assert!(wakes <= 60_000 / 150, "{wakes} wake-ups in a minute");
+    }
+
+    /// An agent that exited but was not reaped yet (a zombie) is gone: the
+    /// guard once waited for it forever (and held the agent's stderr open).
+    #[test]
+    fn a_zombie_agent_counts_as_gone() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        // Not reaped yet: a zombie once it has exited.
+        let t0 = std::time::Instant::now();
+        while crate::resources::proc_stat(pid as i32).is_some_and(|(_, s)| s != 'Z') {
+            assert!(t0.elapsed() < Duration::from_secs(5));
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(!alive(pid));
+        assert!(alive(std::process::id()));
+        child.wait().unwrap();
     }
 
     /// Regression (issue "keep the promises", defect 9): the guard killed

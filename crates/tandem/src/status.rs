@@ -395,7 +395,15 @@ impl Status {
                 };
                 let _ = writeln!(o, "  {}  {} {what}", format_utc(f.at_unix_ms), f.node);
                 for a in &f.attempts {
-                    let _ = writeln!(o, "    {a}");
+                    // An attempt's first line, then the agent's output one
+                    // line per line beneath it.
+                    let mut lines = a.lines();
+                    if let Some(first) = lines.next() {
+                        let _ = writeln!(o, "    {first}");
+                    }
+                    for l in lines {
+                        let _ = writeln!(o, "      | {l}");
+                    }
                 }
             }
         }

@@ -539,11 +539,12 @@ fn check_key_file(
                     format!("write a new key with `tandem keygen {shown}` (move the old file away first) and copy it to every node"),
                 );
             }
+            // The agent refuses such a key: so does validation (one rule).
             if mode & 0o077 != 0 {
-                c.warn(
+                c.error(
                     span(key),
-                    format!("key file `{shown}` is readable by other users (mode {mode:04o})"),
-                    format!("run `chmod 600 {shown}` on every node; the agent refuses group- or world-readable keys"),
+                    format!("key file `{shown}` is readable by other users (mode {mode:04o}): anyone who reads it can forge cluster traffic"),
+                    format!("run `chmod 600 {shown}` on every node (git checks files out 0644)"),
                 );
             }
         }
@@ -857,6 +858,28 @@ fn check_volumes(
                 "write a size such as \"4GiB\" or \"512MiB\"",
             );
         }
+        let link = v.link.as_ref().map_or("sync", |l| l.get_ref().as_str());
+        for n in vol_nodes {
+            let has = file.nodes.iter().any(|node| {
+                node.name.get_ref() == n.get_ref()
+                    && node
+                        .addresses
+                        .get_ref()
+                        .iter()
+                        .any(|(l, _)| l.get_ref() == link)
+            });
+            if nodes.contains(n.get_ref()) && links.contains(link) && !has {
+                c.error(
+                    span(n),
+                    format!(
+                        "volume `{}`: node `{}` has no address on link `{link}`, which the volume replicates over",
+                        v.name.get_ref(),
+                        n.get_ref()
+                    ),
+                    format!("add `{link} = \"ADDRESS\"` to the node's `addresses`, or set the volume's `link`"),
+                );
+            }
+        }
         if let Some(l) = &v.link {
             c.unknown_ref("link", l, links, &format!("volume `{}`", v.name.get_ref()));
         } else if !links.contains("sync") {
@@ -1120,19 +1143,19 @@ fn check_group(
             );
         }
     }
-    // Valid configuration, but the agent of this version cannot run it:
-    // say so here rather than let `tandem agent` be the first to tell.
+    // Well-formed, but this version cannot run it: an error, as the agent
+    // refuses it (one rule for both).
     if let Some(cl) = g.clone.as_ref().filter(|c| *c.get_ref()) {
-        c.warn(
+        c.error(
             span(cl),
-            format!("clone groups are not run by this version's agent: `tandem agent` refuses this configuration (group `{gname}`)"),
+            format!("clone groups (active on every node) are not implemented in this version (group `{gname}`)"),
             "remove `clone = true` to run the group on one node at a time",
         );
     }
     if let Some(other) = &g.colocate_with {
-        c.warn(
+        c.error(
             span(other),
-            format!("`colocate_with` is not run by this version's agent: `tandem agent` refuses this configuration (group `{gname}`)"),
+            format!("`colocate_with` is not implemented in this version (group `{gname}`)"),
             "put the resources in one group instead",
         );
     }
