@@ -149,7 +149,10 @@ fn ensure_tools() -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    println!("== installing {} (apt-get)", missing.join(" "));
+    println!(
+        "== the demo needs `ip` and `ping`; installing the Debian package(s) {} with `apt-get install` (remove them later with `apt-get remove`)",
+        missing.join(" ")
+    );
     let ok = std::process::Command::new("apt-get")
         .args(["install", "-y", "-qq"])
         .args(&missing)
