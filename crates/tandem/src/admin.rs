@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use tandem_core::member::Request;
 
-use crate::agent::DEFAULT_CONTROL_SOCKET;
 use crate::cli::AdminArgs;
 use crate::status::{GroupStatus, Status};
 
@@ -20,10 +19,8 @@ const POLL: Duration = Duration::from_millis(50);
 /// Largest answer read from the agent.
 const MAX_ANSWER: u64 = 16 << 20;
 
-fn socket(a: &AdminArgs) -> PathBuf {
-    a.socket
-        .clone()
-        .unwrap_or_else(|| DEFAULT_CONTROL_SOCKET.into())
+fn socket(a: &AdminArgs) -> Result<PathBuf> {
+    a.at.socket()
 }
 
 /// Sends one request line to the agent at `socket` and reads its answer.
@@ -83,7 +80,7 @@ fn request_and_wait(
     what: &str,
     done: impl Fn(&Status) -> Option<String>,
 ) -> Result<ExitCode> {
-    let sock = socket(a);
+    let sock = socket(a)?;
     let before = status(&sock)?;
     if let Some(msg) = done(&before) {
         println!("{what}: already so ({msg})");
@@ -157,7 +154,7 @@ pub fn move_group(a: &AdminArgs, name: &str, to: Option<String>) -> Result<ExitC
 
 /// `tandem failover [GROUP]`.
 pub fn failover(a: &AdminArgs, name: Option<&str>) -> Result<ExitCode> {
-    let s = status(&socket(a))?;
+    let s = status(&socket(a)?)?;
     let names: Vec<String> = match name {
         Some(n) => {
             if group(&s, n).is_none() {
@@ -248,7 +245,7 @@ pub fn node(a: &AdminArgs, node: &str, standby: bool) -> Result<ExitCode> {
 
 /// `tandem maintenance on|off [GROUP]`.
 pub fn maintenance(a: &AdminArgs, name: Option<&str>, on: bool) -> Result<ExitCode> {
-    let s = status(&socket(a))?;
+    let s = status(&socket(a)?)?;
     let names: Vec<String> = match name {
         Some(n) => vec![n.to_string()],
         None => s.groups.iter().map(|g| g.name.clone()).collect(),
@@ -341,7 +338,7 @@ pub fn fence(a: &AdminArgs, node: &str, yes: bool, on: bool) -> Result<ExitCode>
     };
     let code = request_and_wait(a, &r, &what, done.clone())?;
     // request_and_wait reports "done" for a failed fence too: say it plainly.
-    if let Ok(s) = status(&socket(a)) {
+    if let Ok(s) = status(&socket(a)?) {
         if done(&s).is_some_and(|m| m.starts_with("FENCING") || m.starts_with("FAILED")) {
             return Ok(ExitCode::FAILURE);
         }

@@ -1165,6 +1165,14 @@ impl Agent {
                         }),
                     None => ("stopped".to_string(), None),
                 };
+                // In maintenance nothing checks it: say so rather than
+                // repeat the last state as if it were known.
+                let maintenance = record.has_intent(&name, Intent::Maintenance);
+                let state = if maintenance {
+                    format!("unmanaged: not checked (last known {state})")
+                } else {
+                    state
+                };
                 GroupStatus {
                     active_on: per_node
                         .iter()
@@ -1190,6 +1198,7 @@ impl Agent {
                         })
                         .unwrap_or_default(),
                     resources: lg.resources,
+                    monitors: lg.monitors,
                     name,
                 }
             })

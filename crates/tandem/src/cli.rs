@@ -61,9 +61,8 @@ pub enum Command {
         /// Print the agent's answer as JSON.
         #[arg(long)]
         json: bool,
-        /// The agent's control socket (default /run/tandem/control.sock).
-        #[arg(long, value_name = "PATH")]
-        socket: Option<PathBuf>,
+        #[command(flatten)]
+        at: AgentAt,
     },
     /// Pin a group to a node and wait until it runs there (`--clear` removes
     /// the pin; the placement policy decides again).
@@ -209,12 +208,49 @@ pub enum Command {
     },
 }
 
+/// How a command finds the local agent.
+#[derive(Debug, Clone, Args)]
+pub struct AgentAt {
+    /// The local agent's control socket (default: the configuration's
+    /// `control_socket` with --config, else /run/tandem/control.sock).
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// The cluster configuration file, to find the agent's control socket.
+    #[arg(short = 'c', long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+impl AgentAt {
+    /// The control socket: `--socket`, else the configuration's
+    /// `control_socket` (with `--config`), else the default.
+    pub fn socket(&self) -> anyhow::Result<PathBuf> {
+        use anyhow::Context as _;
+        if let Some(s) = &self.socket {
+            return Ok(s.clone());
+        }
+        if let Some(c) = &self.config {
+            let text = std::fs::read_to_string(c)
+                .with_context(|| format!("reading configuration file {}", c.display()))?;
+            let found = tandem_core::config::control_socket_of(&text).map_err(|e| {
+                anyhow::anyhow!(
+                    "{}: {e}; check it with `tandem config validate {}`",
+                    c.display(),
+                    c.display()
+                )
+            })?;
+            if let Some(s) = found {
+                return Ok(s);
+            }
+        }
+        Ok(PathBuf::from(crate::agent::DEFAULT_CONTROL_SOCKET))
+    }
+}
+
 /// What every admin command takes.
 #[derive(Debug, Clone, Args)]
 pub struct AdminArgs {
-    /// The local agent's control socket (default /run/tandem/control.sock).
-    #[arg(long, value_name = "PATH")]
-    pub socket: Option<PathBuf>,
+    #[command(flatten)]
+    pub at: AgentAt,
     /// Return once the leader has the request, without waiting for the outcome.
     #[arg(long)]
     pub no_wait: bool,
@@ -260,9 +296,8 @@ pub enum VolumeCommandArgs {
         /// Redraw every second with a progress bar while a sync runs (Ctrl-C stops).
         #[arg(long)]
         watch: bool,
-        /// The local agent's control socket.
-        #[arg(long, value_name = "PATH")]
-        socket: Option<PathBuf>,
+        #[command(flatten)]
+        at: AgentAt,
     },
     /// Make this node's copy primary (serves NBD). Refused unless the copy
     /// is UpToDate; `--force` overrides and says what may be lost.
@@ -272,35 +307,31 @@ pub enum VolumeCommandArgs {
         /// Promote an Outdated, Inconsistent or unknown copy anyway.
         #[arg(long)]
         force: bool,
-        /// The local agent's control socket.
-        #[arg(long, value_name = "PATH")]
-        socket: Option<PathBuf>,
+        #[command(flatten)]
+        at: AgentAt,
     },
     /// Make this node's copy secondary (NBD clients are disconnected).
     Demote {
         /// The volume.
         name: String,
-        /// The local agent's control socket.
-        #[arg(long, value_name = "PATH")]
-        socket: Option<PathBuf>,
+        #[command(flatten)]
+        at: AgentAt,
     },
     /// Compare both copies by checksums while in use and report differing
     /// blocks (they are marked and resynced from this copy).
     Verify {
         /// The volume.
         name: String,
-        /// The local agent's control socket.
-        #[arg(long, value_name = "PATH")]
-        socket: Option<PathBuf>,
+        #[command(flatten)]
+        at: AgentAt,
     },
     /// Drop the replication link and stay disconnected (writes are then
     /// tracked in the bitmap).
     Disconnect {
         /// The volume.
         name: String,
-        /// The local agent's control socket.
-        #[arg(long, value_name = "PATH")]
-        socket: Option<PathBuf>,
+        #[command(flatten)]
+        at: AgentAt,
     },
     /// Connect again after `disconnect` or split brain.
     Connect {
@@ -310,9 +341,8 @@ pub enum VolumeCommandArgs {
         /// and takes the peer's.
         #[arg(long)]
         discard_my_data: bool,
-        /// The local agent's control socket.
-        #[arg(long, value_name = "PATH")]
-        socket: Option<PathBuf>,
+        #[command(flatten)]
+        at: AgentAt,
     },
 }
 

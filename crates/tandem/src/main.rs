@@ -66,9 +66,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             )?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Status { json, socket } => {
-            let socket = socket.unwrap_or_else(|| agent::DEFAULT_CONTROL_SOCKET.into());
-            agent::query_status(&socket, json)?;
+        Command::Status { json, at } => {
+            agent::query_status(&at.socket()?, json)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Move {

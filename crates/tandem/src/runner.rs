@@ -87,6 +87,22 @@ pub struct ResourceStatus {
     pub state: String,
 }
 
+/// One group monitor as this node sees it, for status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MonitorStatus {
+    /// Monitor name.
+    pub name: String,
+    /// Kind (`http`, `tcp`, `exec`, `process`).
+    pub kind: String,
+    /// Interval between checks (ms).
+    pub interval_ms: u64,
+    /// Its last result here in words: `ok`, `failed: WHY`, or why it is
+    /// not checked here.
+    pub last: String,
+    /// When that result came (ms since the Unix epoch), if it is one.
+    pub at_unix_ms: Option<u64>,
+}
+
 /// One group on this node, for status.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LocalGroup {
@@ -100,6 +116,8 @@ pub struct LocalGroup {
     pub since_unix_ms: u64,
     /// Resources in order.
     pub resources: Vec<ResourceStatus>,
+    /// Its monitors, as checked here.
+    pub monitors: Vec<MonitorStatus>,
 }
 
 /// This node's groups, resources and monitors.
@@ -111,6 +129,7 @@ pub struct Runner {
     /// Group monitors: schedule and verdicts in the core, checks here
     /// (index-aligned; None for `process` monitors).
     monitors: Monitors,
+    monitor_kinds: Vec<&'static str>,
     monitor_checks: Vec<Option<Check>>,
     monitor_timeouts_ms: Vec<u64>,
     node_monitors: Vec<NodeMonitor>,
@@ -182,6 +201,7 @@ impl Runner {
             resources.push(rs);
         }
         let mut plans = Vec::new();
+        let mut monitor_kinds = Vec::new();
         let mut monitor_checks = Vec::new();
         let mut monitor_timeouts_ms = Vec::new();
         for (gi, g) in f.groups.iter().enumerate() {
@@ -211,6 +231,12 @@ impl Runner {
                         .as_ref()
                         .map_or(OnFail::Restart, |v| *v.get_ref()),
                     restarts: raw.restarts.as_ref().map_or(2, |v| *v.get_ref()),
+                });
+                monitor_kinds.push(match spec {
+                    MonitorSpec::Tcp { .. } => "tcp",
+                    MonitorSpec::Http { .. } => "http",
+                    MonitorSpec::Exec { .. } => "exec",
+                    _ => "process",
                 });
                 monitor_checks.push(check);
                 monitor_timeouts_ms.push(raw.timeout_ms.as_ref().map_or(1_000, |v| *v.get_ref()));
@@ -257,6 +283,7 @@ impl Runner {
             names,
             resources,
             monitors: Monitors::new(plans),
+            monitor_kinds,
             monitor_checks,
             monitor_timeouts_ms,
             node_monitors,
@@ -794,12 +821,46 @@ impl Runner {
             .collect()
     }
 
+    /// Group `g`'s monitors as checked here.
+    fn monitor_status(&self, g: usize) -> Vec<MonitorStatus> {
+        let running = self.groups.state(g).0 == GroupState::Running;
+        (0..self.monitors.len())
+            .filter_map(|i| {
+                let plan = self.monitors.plan(i).filter(|p| p.group == g)?;
+                let last = self.monitors.last(i);
+                let (text, at) = match (plan.has_check, running, last) {
+                    (false, _, _) => (
+                        "by the periodic resource check (every 500 ms)".to_string(),
+                        None,
+                    ),
+                    (true, false, _) => ("not checked: the group does not run here".into(), None),
+                    (true, true, None) => ("not checked yet".into(), None),
+                    (true, true, Some(l)) => (
+                        match &l.result {
+                            Ok(()) => "ok".to_string(),
+                            Err(why) => format!("failed: {why}"),
+                        },
+                        Some(self.unix_at_zero_ms + l.at_ms),
+                    ),
+                };
+                Some(MonitorStatus {
+                    name: plan.name.clone(),
+                    kind: self.monitor_kinds.get(i).copied().unwrap_or("?").into(),
+                    interval_ms: plan.interval_ms,
+                    last: text,
+                    at_unix_ms: at,
+                })
+            })
+            .collect()
+    }
+
     /// This node's groups for status.
     pub fn local_status(&self) -> Vec<LocalGroup> {
         (0..self.groups.len())
             .map(|g| {
                 let (state, since) = self.groups.state(g);
                 LocalGroup {
+                    monitors: self.monitor_status(g),
                     name: self.names[g].clone(),
                     want: match self.groups.want(g) {
                         Want::Run => "run",

@@ -99,6 +99,10 @@ pub struct GroupStatus {
     pub failures: Vec<(String, u64, String)>,
     /// Its resources on this node.
     pub resources: Vec<crate::runner::ResourceStatus>,
+    /// Its monitors as this node checks them (on the node it runs on:
+    /// the last result and when).
+    #[serde(default)]
+    pub monitors: Vec<crate::runner::MonitorStatus>,
 }
 
 /// Quorum as seen by one node.
@@ -374,6 +378,17 @@ impl Status {
             );
             for r in &g.resources {
                 let _ = writeln!(o, "    {:<10} {:<8} {} here", r.name, r.kind, r.state);
+            }
+            for m in &g.monitors {
+                let when = m
+                    .at_unix_ms
+                    .map(|t| format!(" at {}", format_utc(t)))
+                    .unwrap_or_default();
+                let _ = writeln!(
+                    o,
+                    "    monitor {:<10} {:<7} every {} ms: {}{when}",
+                    m.name, m.kind, m.interval_ms, m.last
+                );
             }
             for (node, at, why) in &g.failures {
                 let count = g.fail_counts.get(node).copied().unwrap_or(0);

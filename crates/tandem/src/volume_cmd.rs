@@ -8,17 +8,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use crate::agent::DEFAULT_CONTROL_SOCKET;
 use crate::cli::VolumeCommandArgs;
 use crate::volume::engine::{LinkState, VolumeStatus};
 use crate::volume::{VolumeAnswer, VolumeCommand, VolumeRequest};
 
 /// Longest `verify` waits for its result.
 const VERIFY_LIMIT: Duration = Duration::from_secs(24 * 3600);
-
-fn socket(s: &Option<PathBuf>) -> PathBuf {
-    s.clone().unwrap_or_else(|| DEFAULT_CONTROL_SOCKET.into())
-}
 
 fn ask(socket: &Path, cmd: VolumeCommand) -> Result<VolumeAnswer> {
     let line = serde_json::to_vec(&VolumeRequest { volume: cmd }).context("encoding")?;
@@ -64,9 +59,9 @@ pub fn run(args: VolumeCommandArgs) -> Result<ExitCode> {
             name,
             json,
             watch,
-            socket: s,
+            at,
         } => {
-            let s = socket(&s);
+            let s = at.socket()?;
             loop {
                 let a = ask(&s, VolumeCommand::Status { name: name.clone() })?;
                 if json {
@@ -88,29 +83,27 @@ pub fn run(args: VolumeCommandArgs) -> Result<ExitCode> {
                 std::thread::sleep(Duration::from_secs(1));
             }
         }
-        VolumeCommandArgs::Promote {
-            name,
-            force,
-            socket: s,
-        } => simple(&socket(&s), VolumeCommand::Promote { name, force }),
-        VolumeCommandArgs::Demote { name, socket: s } => {
-            simple(&socket(&s), VolumeCommand::Demote { name })
+        VolumeCommandArgs::Promote { name, force, at } => {
+            simple(&at.socket()?, VolumeCommand::Promote { name, force })
         }
-        VolumeCommandArgs::Disconnect { name, socket: s } => {
-            simple(&socket(&s), VolumeCommand::Disconnect { name })
+        VolumeCommandArgs::Demote { name, at } => {
+            simple(&at.socket()?, VolumeCommand::Demote { name })
+        }
+        VolumeCommandArgs::Disconnect { name, at } => {
+            simple(&at.socket()?, VolumeCommand::Disconnect { name })
         }
         VolumeCommandArgs::Connect {
             name,
             discard_my_data,
-            socket: s,
+            at,
         } => simple(
-            &socket(&s),
+            &at.socket()?,
             VolumeCommand::Connect {
                 name,
                 discard_my_data,
             },
         ),
-        VolumeCommandArgs::Verify { name, socket: s } => verify(&socket(&s), &name),
+        VolumeCommandArgs::Verify { name, at } => verify(&at.socket()?, &name),
     }
 }
 

@@ -264,6 +264,12 @@ interval_ms = 1000
         }
         let s = self.c.status(holder).unwrap();
         let g = web(&s).unwrap();
+        // Status lists the monitor with its last result (issue "keep the
+        // promises", defect 8: monitors were invisible until they failed).
+        let m = &g["monitors"][0];
+        assert_eq!(m["name"], "service-port", "{g:#}");
+        assert_eq!(m["last"], "ok", "{g:#}");
+        assert!(m["at_unix_ms"].as_u64().is_some(), "{g:#}");
         let counted: u64 = g["fail_counts"]
             .as_object()
             .map_or(0, |m| m.values().filter_map(Value::as_u64).sum());

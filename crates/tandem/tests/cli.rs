@@ -219,6 +219,31 @@ fn admin_commands_without_an_agent_say_what_to_do() {
             "{args:?}: {t}"
         );
     }
+    // Issue "keep the promises", defect 8: with --config, every command
+    // finds the agent at the configuration's control_socket.
+    let dir2 = examples();
+    let cfg = dir2.path().join("mutual-takeover.toml");
+    let text_of = std::fs::read_to_string(&cfg).unwrap().replacen(
+        "[cluster]\n",
+        &format!("[cluster]\ncontrol_socket = \"{sock}\"\n"),
+        1,
+    );
+    std::fs::write(&cfg, text_of).unwrap();
+    let cfg = cfg.to_str().unwrap();
+    for args in [
+        vec!["status", "--config", cfg],
+        vec!["move", "alpha-db", "--to", "beta", "--config", cfg],
+        vec!["node", "standby", "alpha", "-c", cfg],
+        vec!["volume", "status", "--config", cfg],
+    ] {
+        let o = tandem(&args);
+        assert!(!o.status.success(), "{args:?}");
+        let t = text(&o);
+        assert!(
+            t.contains("is `tandem agent` running") && t.contains(sock),
+            "{args:?}: {t}"
+        );
+    }
     // `move` needs --to or --clear, not both.
     assert!(!tandem(&["move", "web"]).status.success());
     assert!(!tandem(&["move", "web", "--to", "n2", "--clear"])

@@ -552,6 +552,15 @@ fn operator_commands_standby_maintenance_failure_and_cleanup() {
     std::thread::sleep(Duration::from_secs(2));
     let s = fx.c.status(holder).unwrap();
     assert_eq!(web(&s).unwrap()["maintenance"], true);
+    // Defect 8: a killed process no longer shows as running while nothing
+    // checks it.
+    assert!(
+        web(&s).unwrap()["state"]
+            .as_str()
+            .is_some_and(|st| st.starts_with("unmanaged: not checked")),
+        "{:#}",
+        web(&s).unwrap()
+    );
     assert!(
         event_at(&s, "starting web/service", since).is_none(),
         "maintenance must not restart: {}",

@@ -72,6 +72,15 @@ impl Loaded {
 /// `key_facts` is asked about each key file path exactly as written in the
 /// file, resolved against `base_dir` when relative (the configuration's own
 /// directory).
+/// The `[cluster] control_socket` of a configuration file's text, for
+/// commands that only need to find the agent (None: not set). Only the
+/// file's syntax is checked here.
+pub fn control_socket_of(source: &str) -> Result<Option<std::path::PathBuf>, String> {
+    let file: schema::ConfigFile = toml::from_str(source).map_err(|e| e.to_string())?;
+    Ok(file.cluster.control_socket.map(|s| s.into_inner()))
+}
+
+/// Parses and validates a configuration file's text.
 pub fn load(source: &str, base_dir: &Path, key_facts: &dyn Fn(&Path) -> KeyFileFacts) -> Loaded {
     let file: schema::ConfigFile = match toml::from_str(source) {
         Ok(f) => f,
