@@ -13,12 +13,22 @@
 //!   resource check is its check) is never due.
 //! - At most one check of a monitor runs at a time; the next is due
 //!   `interval_ms` after the result.
+//! - After the group starts here, its monitors *verify* it: they check
+//!   every [`VERIFY_RETRY_MS`] until each has passed once, failures not
+//!   counted, for up to `start_grace_ms`; then at their interval. The group
+//!   counts as answering ([`Monitors::verified`]) once every monitor with a
+//!   check has passed: "done" means the service answers, not that its
+//!   process was forked. Past the grace, failures count as usual.
 //! - `threshold` failures in a row trigger `on_fail`: `restart` restarts the
 //!   group from the monitored resource (or its last one) up to `restarts`
 //!   times while the group stays here, then moves it; `move` moves it at
 //!   once; `fence` (until monitors fence) moves it; `ignore` records it.
 
 use crate::config::schema::OnFail;
+
+/// How soon a monitor checks again while it verifies a group that just
+/// started (see the module docs).
+pub const VERIFY_RETRY_MS: u64 = 100;
 
 /// One monitor as configured, with its defaults applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +49,9 @@ pub struct MonitorPlan {
     pub on_fail: OnFail,
     /// Restarts in place before the group moves (`on_fail = restart`).
     pub restarts: u32,
+    /// How long after the group starts a failed check does not count yet
+    /// (the service is still coming up).
+    pub start_grace_ms: u64,
 }
 
 /// The last result of a monitor, for status.
@@ -89,6 +102,11 @@ struct Item {
     consecutive: u32,
     restarts_done: u32,
     last: Option<LastResult>,
+    /// Since when (caller's clock) its group runs here, while this monitor
+    /// has not passed yet since then; None once it has (or while idle).
+    verifying_since: Option<u64>,
+    /// It passed at least once since its group last started here.
+    verified: bool,
 }
 
 /// The group monitors of one node.
@@ -110,6 +128,8 @@ impl Monitors {
                     consecutive: 0,
                     restarts_done: 0,
                     last: None,
+                    verifying_since: None,
+                    verified: false,
                 })
                 .collect(),
         }
@@ -155,11 +175,16 @@ impl Monitors {
                 // still reports (and is then ignored).
                 m.next_ms = None;
                 m.consecutive = 0;
+                m.verifying_since = None;
+                m.verified = false;
                 if !wanted(m.plan.group) {
                     m.restarts_done = 0;
                     m.last = None;
                 }
                 continue;
+            }
+            if !m.verified && m.verifying_since.is_none() {
+                m.verifying_since = Some(now_ms);
             }
             if m.busy {
                 continue;
@@ -198,10 +223,20 @@ impl Monitors {
         let why = match result {
             Ok(()) => {
                 m.consecutive = 0;
+                m.verified = true;
+                m.verifying_since = None;
                 return Verdict::Nothing;
             }
             Err(w) => w,
         };
+        if let Some(since) = m.verifying_since {
+            if now_ms.saturating_sub(since) < m.plan.start_grace_ms {
+                // Still coming up: look again soon, count nothing.
+                m.next_ms = Some(now_ms + VERIFY_RETRY_MS.min(m.plan.interval_ms));
+                return Verdict::Nothing;
+            }
+            m.verifying_since = None;
+        }
         m.consecutive = m.consecutive.saturating_add(1);
         if m.consecutive < m.plan.threshold.max(1) {
             return Verdict::Nothing;
@@ -221,6 +256,15 @@ impl Monitors {
             }
             OnFail::Restart | OnFail::Move | OnFail::Fence => Verdict::Move { group, reason },
         }
+    }
+
+    /// Whether every monitor of group `g` that has a check of its own has
+    /// passed since the group last started here (true when it has none).
+    pub fn verified(&self, g: usize) -> bool {
+        self.items
+            .iter()
+            .filter(|m| m.plan.group == g && m.plan.has_check)
+            .all(|m| m.verified)
     }
 
     /// When [`Monitors::due`] next has something to start (None: nothing
@@ -248,6 +292,7 @@ mod tests {
             threshold: 3,
             on_fail,
             restarts: 2,
+            start_grace_ms: 0,
         }
     }
 
@@ -374,6 +419,69 @@ mod tests {
             m.on_result(5_001, 0, Err("x".into()), true),
             Verdict::Restart { .. }
         ));
+    }
+
+    /// Issue "keep the promises", defect 5: `tandem move` said "done"
+    /// 0.3 s before the service answered. A group counts as answering only
+    /// once each monitor passed after the start; failures while it comes
+    /// up are retried quickly and not counted, within the grace.
+    #[test]
+    fn a_started_group_is_verified_by_its_first_passing_checks() {
+        let mut m = Monitors::new(vec![
+            MonitorPlan {
+                start_grace_ms: 5_000,
+                ..plan(true, OnFail::Move)
+            },
+            plan(false, OnFail::Move),
+        ]);
+        assert!(!m.verified(0));
+        assert_eq!(m.due(1_000, |_| true, |_| true), vec![0]);
+        // Refused: the service is not listening yet.
+        assert_eq!(
+            m.on_result(1_005, 0, Err("refused".into()), true),
+            Verdict::Nothing
+        );
+        assert!(!m.verified(0));
+        assert_eq!(m.next_deadline(), Some(1_005 + VERIFY_RETRY_MS));
+        for _ in 1..10 {
+            let t = m.next_deadline().unwrap();
+            assert_eq!(m.due(t, |_| true, |_| true), vec![0]);
+            assert_eq!(
+                m.on_result(t + 1, 0, Err("refused".into()), true),
+                Verdict::Nothing
+            );
+        }
+        let t = m.next_deadline().unwrap();
+        assert!(t < 2_200, "retried every {VERIFY_RETRY_MS} ms: {t}");
+        assert_eq!(m.due(2_200, |_| true, |_| true), vec![0]);
+        assert_eq!(m.on_result(2_210, 0, Ok(()), true), Verdict::Nothing);
+        assert!(m.verified(0));
+        // Then at the interval again, and failures count.
+        assert_eq!(m.next_deadline(), Some(4_210));
+        // It stops and starts again: verified afresh.
+        m.due(5_000, |_| false, |_| true);
+        assert!(!m.verified(0));
+    }
+
+    #[test]
+    fn a_group_that_never_answers_fails_after_the_grace() {
+        let mut m = Monitors::new(vec![MonitorPlan {
+            start_grace_ms: 1_000,
+            threshold: 1,
+            ..plan(true, OnFail::Move)
+        }]);
+        let mut t = 0;
+        let mut verdict = Verdict::Nothing;
+        for _ in 0..100 {
+            m.due(t, |_| true, |_| true);
+            verdict = m.on_result(t + 1, 0, Err("refused".into()), true);
+            if verdict != Verdict::Nothing {
+                break;
+            }
+            t = m.next_deadline().unwrap();
+        }
+        assert!(matches!(verdict, Verdict::Move { .. }), "{verdict:?}");
+        assert!((1_000..1_200).contains(&t), "failed at {t}");
     }
 
     #[test]

@@ -65,6 +65,29 @@ fn group<'a>(s: &'a Status, name: &str) -> Option<&'a GroupStatus> {
     s.groups.iter().find(|g| g.name == name)
 }
 
+/// What "done" means for a group that runs on `node`: with monitors, it
+/// answers (they passed since it started); without, only that it runs.
+fn arrived(g: &GroupStatus, node: &str) -> String {
+    let checked: Vec<&str> = g
+        .monitors
+        .iter()
+        .filter(|m| m.kind != "process")
+        .map(|m| m.name.as_str())
+        .collect();
+    if checked.is_empty() {
+        format!(
+            "{} runs on {node} (no monitor checks that it answers)",
+            g.name
+        )
+    } else {
+        format!(
+            "{} answers on {node} (monitor {} passed)",
+            g.name,
+            checked.join(", ")
+        )
+    }
+}
+
 fn where_is(g: &GroupStatus) -> String {
     match &g.placed_on {
         Some(n) => format!("{} on {n}", g.state),
@@ -141,7 +164,7 @@ pub fn move_group(a: &AdminArgs, name: &str, to: Option<String>) -> Result<ExitC
         Some(node) => request_and_wait(a, &r, &format!("move {name} to {node}"), |s| {
             let g = group(s, name)?;
             (g.placed_on.as_deref() == Some(node.as_str()) && g.state == "running")
-                .then(|| format!("{name} runs on {node}"))
+                .then(|| arrived(g, &node))
         }),
         None => request_and_wait(a, &r, &format!("clear the move of {name}"), |s| {
             let g = group(s, name)?;
@@ -210,7 +233,8 @@ pub fn failover(a: &AdminArgs, name: Option<&str>) -> Result<ExitCode> {
             let g = group(st, &n)?;
             match &g.placed_on {
                 Some(to) if *to != from && g.state == "running" => Some(format!(
-                    "{n} runs on {to} (stopped cleanly on {from} first)"
+                    "{}; stopped cleanly on {from} first",
+                    arrived(g, to)
                 )),
                 _ => None,
             }

@@ -35,6 +35,9 @@ const RESOURCE_CHECK_MS: u64 = 500;
 /// How often every address held here is announced again, so switches and
 /// neighbours that missed the takeover (or aged their entry) learn it.
 const ANNOUNCE_REFRESH_MS: u64 = 10_000;
+/// After a group starts, how long its monitors may fail before failures
+/// count (the service is still coming up; see `tandem_core::monitors`).
+const START_GRACE_MS: u64 = 20_000;
 /// Most inline passes of one drive (each pass finishes at least one action).
 const MAX_INLINE_PASSES: usize = 64;
 
@@ -231,6 +234,7 @@ impl Runner {
                         .as_ref()
                         .map_or(OnFail::Restart, |v| *v.get_ref()),
                     restarts: raw.restarts.as_ref().map_or(2, |v| *v.get_ref()),
+                    start_grace_ms: START_GRACE_MS,
                 });
                 monitor_kinds.push(match spec {
                     MonitorSpec::Tcp { .. } => "tcp",
@@ -805,15 +809,26 @@ impl Runner {
         }
     }
 
+    /// Group `g`'s state in one word for reports and status: `running`
+    /// only once its monitors have passed since it started ("done" means
+    /// it answers), `starting` until then.
+    fn state_word(&self, g: usize) -> &'static str {
+        let (state, _) = self.groups.state(g);
+        if state == GroupState::Running && !self.monitors.verified(g) {
+            return GroupState::Starting.as_str();
+        }
+        state.as_str()
+    }
+
     fn reports(&self) -> Vec<GroupReport> {
         (0..self.groups.len())
             .map(|g| {
-                let (state, since) = self.groups.state(g);
+                let (_, since) = self.groups.state(g);
                 GroupReport {
                     name: self.names[g].clone(),
                     epoch: 0,
                     active: self.groups.active(g),
-                    state: state.as_str().to_string(),
+                    state: self.state_word(g).to_string(),
                     since_unix_ms: self.unix_at_zero_ms + since,
                     failure: self.last_failure[g].clone(),
                 }
@@ -858,7 +873,7 @@ impl Runner {
     pub fn local_status(&self) -> Vec<LocalGroup> {
         (0..self.groups.len())
             .map(|g| {
-                let (state, since) = self.groups.state(g);
+                let (_, since) = self.groups.state(g);
                 LocalGroup {
                     monitors: self.monitor_status(g),
                     name: self.names[g].clone(),
@@ -868,7 +883,7 @@ impl Runner {
                         Want::Leave => "leave",
                     }
                     .into(),
-                    state: state.as_str().into(),
+                    state: self.state_word(g).into(),
                     since_unix_ms: self.unix_at_zero_ms + since,
                     resources: self.resources[g]
                         .iter()

@@ -166,7 +166,14 @@ interval_ms = 1000
             return holder;
         }
         let to = (1..=self.hosts).find(|h| *h != leader).unwrap();
-        self.cmd(to, &["move", "web", "--to", &format!("n{to}")]);
+        let said = self.cmd(to, &["move", "web", "--to", &format!("n{to}")]);
+        // Defect 5: "done" once the service answers (its monitor passed).
+        assert!(
+            said.contains(&format!(
+                "web answers on n{to} (monitor service-port passed)"
+            )),
+            "{said}"
+        );
         self.settle();
         to
     }
