@@ -192,6 +192,8 @@ fn spec_for(shape: Shape, ids: &[NodeId], voters: &[bool], me: usize, links: usi
         timing: TIMING,
         keys: vec![[5u8; 32]],
         config_hash: "cafe".into(),
+        config_sections: vec![],
+        key_fingerprint: "fp".into(),
         member_names: (0..n).map(|i| format!("n{}", i + 1)).collect(),
     }
 }

@@ -184,7 +184,13 @@ impl AgentCluster {
     /// Starts member `n`'s agent (or the witness), with its own state
     /// directory that survives restarts.
     pub fn spawn_agent(&self, n: usize) -> Result<u32> {
-        let cfg = self.config_path();
+        self.spawn_agent_with(n, &self.config_path())
+    }
+
+    /// Starts member `n`'s agent with another configuration file (a node
+    /// whose file differs from the others').
+    pub fn spawn_agent_with(&self, n: usize, cfg: &Path) -> Result<u32> {
+        let cfg = cfg.to_path_buf();
         let sock = self.socket(n);
         let state = self.state_dir(n);
         let node = format!("n{n}");

@@ -40,6 +40,8 @@ use crate::status::{
 const EVENT_HISTORY: usize = 100;
 /// Received datagrams waiting for the main loop before new ones are dropped.
 const RX_QUEUE: usize = 1024;
+/// Packets that failed authentication count in status for this long.
+const UNAUTHENTICATED_RECENT_MS: u64 = 10_000;
 /// Datagrams already queued that one pass handles together, beyond the
 /// first (a pass per datagram was a good part of an idle agent's cost).
 const MAX_BATCH: usize = 32;
@@ -87,8 +89,8 @@ pub struct AgentOptions {
     pub control_socket: Option<PathBuf>,
     /// State directory, overriding the configuration's.
     pub state_dir: Option<PathBuf>,
-    /// BLAKE3 of the configuration file (hex): the config epoch's identity.
-    pub config_hash: String,
+    /// The configuration's identity (hash of what it says, per section).
+    pub config: tandem_core::config::identity::Identity,
 }
 
 /// Every member's address per link, in configuration order; the witness
@@ -219,9 +221,13 @@ fn spec(
     topo: &Topology,
     me: usize,
     keys: Vec<wire::Key>,
-    hash: String,
+    identity: &tandem_core::config::identity::Identity,
 ) -> MemberSpec {
     let f = &cfg.file;
+    let key_fingerprint = keys
+        .first()
+        .map(tandem_core::config::identity::key_fingerprint)
+        .unwrap_or_default();
     let two_node = f.quorum.two_node.as_ref().is_some_and(|t| *t.get_ref());
     let peers = (0..topo.names.len())
         .filter(|&j| j != me)
@@ -253,7 +259,9 @@ fn spec(
             .map_or(two_node, |w| *w.get_ref()),
         timing: cfg.timing,
         keys,
-        config_hash: hash,
+        key_fingerprint,
+        config_hash: identity.hash.clone(),
+        config_sections: identity.sections.clone(),
         member_names: topo.names.clone(),
     }
 }
@@ -441,7 +449,8 @@ pub fn run(cfg: Config, opts: AgentOptions) -> Result<()> {
         .map_or(1, |d| d.as_micros() as u64);
     let incarnation = now_us.max(persisted.incarnation + 1);
     let volume_key = keys[0];
-    let spec = spec(&cfg, &topo, me, keys, opts.config_hash.clone());
+    let key_fingerprint = tandem_core::config::identity::key_fingerprint(&keys[0]);
+    let spec = spec(&cfg, &topo, me, keys, &opts.config);
     let mode = match spec.mode {
         quorum::Mode::TwoNode => "two_node",
         quorum::Mode::Majority { .. } => "majority",
@@ -524,6 +533,9 @@ pub fn run(cfg: Config, opts: AgentOptions) -> Result<()> {
             .map(|g| g.get_ref().clone()),
         state,
         config_epoch: None,
+        config: opts.config.clone(),
+        key_fingerprint,
+        config_note: None,
         mode,
         last_quorate: std::cell::Cell::new(None),
     };
@@ -535,6 +547,13 @@ pub fn run(cfg: Config, opts: AgentOptions) -> Result<()> {
 type FenceDone = (String, bool, bool, Vec<String>);
 
 struct Agent {
+    /// This node's configuration identity.
+    config: tandem_core::config::identity::Identity,
+    /// Fingerprint of the key it sends with.
+    key_fingerprint: String,
+    /// The last thing said of this node's configuration against the
+    /// committed one (logged when it changes).
+    config_note: Option<String>,
     /// This node's replicated volumes (None when it holds no copy).
     hub: Option<Arc<crate::volume::Hub>>,
     /// The volumes' requests to the cluster (record updates).
@@ -919,6 +938,24 @@ impl Agent {
             self.config_epoch = Some(epoch);
             self.log(format!("config epoch {epoch}"));
         }
+        let note = (!self.member.config_committed()).then(|| {
+            format!(
+                "this node's configuration ({}) is not the committed one ({}): it starts nothing the cluster did not agree on and leaves what runs; `tandem status` shows which sections differ",
+                self.config.hash,
+                self.member.agreement().record().config_hash
+            )
+        });
+        if note != self.config_note {
+            if let Some(n) = &note {
+                self.log(n.clone());
+            } else if self.config_note.is_some() {
+                self.log(format!(
+                    "this node runs the committed configuration ({})",
+                    self.config.hash
+                ));
+            }
+            self.config_note = note;
+        }
         Ok(())
     }
 
@@ -1084,6 +1121,78 @@ impl Agent {
                 .filter(|(_, i)| *i == Intent::Standby)
                 .map(|(t, _)| t.clone())
                 .collect(),
+            config: self.config_status(),
+        }
+    }
+
+    /// Configurations against the committed one, and peers this node
+    /// cannot authenticate.
+    fn config_status(&self) -> crate::status::ConfigStatus {
+        use crate::status::ConfigDifference;
+        let m = &self.member;
+        let t = &self.topo;
+        let committed = m.agreement().record().config_hash.clone();
+        // The committed configuration's sections, if known here: this
+        // node's own, or those a peer running it sent.
+        let committed_sections: Option<Vec<(String, String)>> = if self.config.hash == committed {
+            Some(self.config.sections.clone())
+        } else {
+            (0..t.names.len())
+                .filter(|&i| i != self.me)
+                .filter_map(|i| m.peer_config(t.ids[i]))
+                .find(|p| p.identity == committed && !p.sections.is_empty())
+                .map(|p| p.sections.to_vec())
+        };
+        let sections_of = |theirs: &[(String, String)]| -> Vec<String> {
+            match &committed_sections {
+                Some(c) if !theirs.is_empty() => tandem_core::config::identity::Identity {
+                    hash: String::new(),
+                    sections: c.clone(),
+                }
+                .differing(theirs),
+                _ => Vec::new(),
+            }
+        };
+        let mut differing = Vec::new();
+        if !committed.is_empty() && self.config.hash != committed {
+            differing.push(ConfigDifference {
+                node: t.names[self.me].clone(),
+                identity: self.config.hash.clone(),
+                sections: sections_of(&self.config.sections),
+            });
+        }
+        for i in (0..t.names.len()).filter(|&i| i != self.me) {
+            if let Some(p) = m.peer_config(t.ids[i]) {
+                if !p.identity.is_empty() && !committed.is_empty() && p.identity != committed {
+                    differing.push(ConfigDifference {
+                        node: t.names[i].clone(),
+                        identity: p.identity.to_string(),
+                        sections: sections_of(p.sections),
+                    });
+                }
+            }
+        }
+        let now = self.now_ms();
+        let unauthenticated = m
+            .unauthenticated_peers()
+            .into_iter()
+            // Recent only: a key rotated since is no longer a problem.
+            .filter(|(_, _, at)| now.saturating_sub(*at) < UNAUTHENTICATED_RECENT_MS)
+            .map(|(id, n, at)| {
+                format!(
+                    "{} sends heartbeats this node cannot authenticate: the cluster keys differ ({n} packets, the last {} ms ago); give every node the same key file (this node's key fingerprint is {})",
+                    t.name_of(id),
+                    now.saturating_sub(at),
+                    self.key_fingerprint
+                )
+            })
+            .collect();
+        crate::status::ConfigStatus {
+            identity: self.config.hash.clone(),
+            committed,
+            key_fingerprint: self.key_fingerprint.clone(),
+            differing,
+            unauthenticated,
         }
     }
 

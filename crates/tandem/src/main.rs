@@ -179,14 +179,17 @@ fn run_member(
     state_dir: Option<std::path::PathBuf>,
 ) -> Result<()> {
     let cfg = config_cmd::load_valid(config)?;
-    let text = std::fs::read(config).with_context(|| format!("reading {}", config.display()))?;
+    let text =
+        std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
+    let identity = tandem_core::config::identity::identity(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?;
     agent::run(
         cfg,
         agent::AgentOptions {
             role,
             control_socket,
             state_dir,
-            config_hash: blake3::hash(&text).to_hex().to_string(),
+            config: identity,
         },
     )
 }

@@ -365,10 +365,26 @@ impl Runner {
         self.shutting_down = true;
     }
 
-    fn want_for(&self, g: usize, record: &Record, lease_ok: bool, now_ms: u64) -> Want {
+    fn want_for(
+        &self,
+        g: usize,
+        record: &Record,
+        lease_ok: bool,
+        config_ok: bool,
+        now_ms: u64,
+    ) -> Want {
         let name = &self.names[g];
         if self.shutting_down {
             return Want::Stop;
+        }
+        if !config_ok && lease_ok {
+            // This node's file is not the committed configuration: start
+            // nothing the cluster did not agree on; leave what runs.
+            return if self.groups.active(g) {
+                Want::Leave
+            } else {
+                Want::Stop
+            };
         }
         if !lease_ok && self.inherited_until_ms.is_some_and(|u| now_ms < u) {
             // Within the previous agent's lease: hold what runs.
@@ -407,8 +423,9 @@ impl Runner {
             self.lease_held = Some(lease_ok);
         }
         let record = member.agreement().record();
+        let config_ok = member.config_committed();
         let wants: Vec<Want> = (0..self.groups.len())
-            .map(|g| self.want_for(g, record, lease_ok, now_ms))
+            .map(|g| self.want_for(g, record, lease_ok, config_ok, now_ms))
             .collect();
         for (g, want) in wants.into_iter().enumerate() {
             if self.groups.want(g) != want {

@@ -55,6 +55,37 @@ pub struct Status {
     /// This node's copies of replicated volumes.
     #[serde(default)]
     pub volumes: Vec<crate::volume::engine::VolumeStatus>,
+    /// The configuration every node runs against the committed one.
+    #[serde(default)]
+    pub config: ConfigStatus,
+}
+
+/// Configurations and keys across the cluster, as this node sees them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigStatus {
+    /// Identity of this node's configuration (hash of what it says).
+    pub identity: String,
+    /// Identity of the committed configuration (the record's).
+    pub committed: String,
+    /// Fingerprint of the key this node sends with.
+    pub key_fingerprint: String,
+    /// Nodes whose configuration is not the committed one (this one
+    /// included), with the sections that differ when known.
+    pub differing: Vec<ConfigDifference>,
+    /// Plain sentences about peers this node cannot authenticate.
+    pub unauthenticated: Vec<String>,
+}
+
+/// One node running another configuration than the committed one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigDifference {
+    /// Node.
+    pub node: String,
+    /// Identity of the configuration it runs.
+    pub identity: String,
+    /// Sections that differ from the committed configuration (empty: not
+    /// known here).
+    pub sections: Vec<String>,
 }
 
 /// This node's lease on running groups.
@@ -398,6 +429,33 @@ impl Status {
                     format_utc(*at)
                 );
             }
+        }
+        let c = &self.config;
+        let _ = writeln!(
+            o,
+            "configuration: this node runs {}{}; key fingerprint {}",
+            c.identity,
+            if c.committed.is_empty() || c.committed == c.identity {
+                " (the committed one)".to_string()
+            } else {
+                format!(", the cluster committed {}", c.committed)
+            },
+            c.key_fingerprint
+        );
+        for d in &c.differing {
+            let which = if d.sections.is_empty() {
+                String::new()
+            } else {
+                format!(" (differs in: {})", d.sections.join(", "))
+            };
+            let _ = writeln!(
+                o,
+                "  {} runs configuration {}, not the committed one{which}: it starts nothing new until the files agree",
+                d.node, d.identity
+            );
+        }
+        for u in &c.unauthenticated {
+            let _ = writeln!(o, "  {u}");
         }
         if !self.fences.is_empty() {
             let _ = writeln!(o, "fence history:");

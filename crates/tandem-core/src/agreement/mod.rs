@@ -502,6 +502,13 @@ impl Agreement {
     /// A graceful stop: a leader hands leadership to the most up-to-date
     /// voter so the cluster need not wait for an election timeout.
     pub fn hand_off(&mut self) {
+        let all = self.voters.clone();
+        self.hand_off_to(&all);
+    }
+
+    /// Hands leadership to the most up-to-date of `candidates` (voters other
+    /// than this one), if one holds the whole log; otherwise nothing.
+    pub fn hand_off_to(&mut self, candidates: &[NodeId]) {
         if self.role != Role::Leader {
             return;
         }
@@ -509,7 +516,7 @@ impl Agreement {
         let best = self
             .voters
             .iter()
-            .filter(|v| **v != self.id && !self.fenced.contains(v))
+            .filter(|v| **v != self.id && !self.fenced.contains(v) && candidates.contains(v))
             .max_by_key(|v| (self.matched.get(v).copied().unwrap_or(0), v.0));
         if let Some(&to) = best {
             if self.matched.get(&to).copied().unwrap_or(0) == last {

@@ -8,6 +8,7 @@
 //! The file format is documented in `docs/CONFIG.md`; `examples/` holds one
 //! configuration per scenario in the product brief.
 
+pub mod identity;
 pub mod schema;
 mod validate;
 pub mod values;

@@ -151,6 +151,20 @@ impl Member {
             },
             groups,
             failed_links: self.failed_links.clone(),
+            config: self.spec.config_hash.clone(),
+            // Sections only while configurations differ somewhere: then
+            // every node can say which sections differ.
+            config_sections: if self.config_committed()
+                && self
+                    .reports
+                    .values()
+                    .all(|r| r.report.config.is_empty() || r.report.config == self.spec.config_hash)
+            {
+                Vec::new()
+            } else {
+                self.spec.config_sections.clone()
+            },
+            key_fp: self.spec.key_fingerprint.clone(),
             silent_ms: self
                 .spec
                 .peers
@@ -648,6 +662,7 @@ impl Member {
     pub(super) fn lead(&mut self) {
         self.lead_dirty = false;
         self.last_lead_ms = self.now_ms;
+        self.lead_config();
         if self.agreement.role() != Role::Leader
             || self.groups.groups.is_empty()
             || !self.view().quorate
@@ -681,6 +696,124 @@ impl Member {
         for cmd in cmds {
             let _ = self.agreement.propose(now, cmd);
         }
+    }
+
+    /// Whether this member runs the committed configuration (or none is
+    /// committed yet). A member that does not starts nothing new.
+    pub fn config_committed(&self) -> bool {
+        let committed = &self.agreement.record().config_hash;
+        committed.is_empty() || *committed == self.spec.config_hash
+    }
+
+    /// Each voter's configuration identity as this member knows it (its
+    /// own included; None: no report yet).
+    pub fn voter_configs(&self) -> Vec<(NodeId, Option<&str>)> {
+        let mut v: Vec<(NodeId, Option<&str>)> = self
+            .spec
+            .peers
+            .iter()
+            .filter(|p| p.voter)
+            .map(|p| {
+                (
+                    p.id,
+                    self.reports
+                        .get(&p.id)
+                        .map(|r| r.report.config.as_str())
+                        .filter(|c| !c.is_empty()),
+                )
+            })
+            .collect();
+        if self.spec.voter {
+            v.push((self.spec.me, Some(self.spec.config_hash.as_str())));
+        }
+        v
+    }
+
+    /// A leader may commit its configuration when none is committed yet,
+    /// or when a majority of voters run it: a node restarted with another
+    /// file never imposes it on the others; a change rolled out to a
+    /// majority takes effect.
+    pub(super) fn may_commit_config(&self) -> bool {
+        if self.agreement.record().config_hash.is_empty() {
+            return true;
+        }
+        let same = self
+            .voter_configs()
+            .iter()
+            .filter(|(_, c)| *c == Some(self.spec.config_hash.as_str()))
+            .count();
+        same >= self.majority()
+    }
+
+    /// The leader's configuration rule, once per placement pass: commit its
+    /// configuration when a majority runs it; when its own is not the
+    /// committed one and cannot become it, or a majority runs another one,
+    /// hand leadership over (at most once a deadtime) so that a node whose
+    /// configuration can be committed leads.
+    fn lead_config(&mut self) {
+        if self.agreement.role() != Role::Leader {
+            return;
+        }
+        let mine = self.spec.config_hash.clone();
+        let committed = self.agreement.record().config_hash.clone();
+        if committed != mine && self.may_commit_config() {
+            if self.agreement.last_index() == self.agreement.commit_index() {
+                let cmd = Command::Config {
+                    hash: mine,
+                    members: self.spec.member_names.clone(),
+                };
+                let _ = self.agreement.propose(self.now_ms, cmd);
+            }
+            return;
+        }
+        let configs = self.voter_configs();
+        let mut other: BTreeMap<&str, usize> = BTreeMap::new();
+        for c in configs.iter().filter_map(|(_, c)| *c) {
+            if c != mine {
+                *other.entry(c).or_default() += 1;
+            }
+        }
+        // The configuration that should lead: one a majority runs, else the
+        // committed one when this leader does not run it.
+        let target = other
+            .iter()
+            .find(|(_, n)| **n >= self.majority())
+            .map(|(c, _)| c.to_string())
+            .or_else(|| (committed != mine).then_some(committed));
+        let Some(target) = target else {
+            return;
+        };
+        let candidates: Vec<NodeId> = configs
+            .iter()
+            .filter(|(id, c)| *id != self.spec.me && *c == Some(target.as_str()))
+            .map(|(id, _)| *id)
+            .collect();
+        let recently = self
+            .config_handoff_ms
+            .is_some_and(|t| self.now_ms < t + self.spec.timing.deadtime_ms);
+        if !candidates.is_empty() && !recently {
+            self.config_handoff_ms = Some(self.now_ms);
+            self.agreement.hand_off_to(&candidates);
+        }
+    }
+
+    /// What `peer` last said of its configuration (sections only while
+    /// configurations differ).
+    pub fn peer_config(&self, peer: NodeId) -> Option<PeerConfig<'_>> {
+        self.reports.get(&peer).map(|r| PeerConfig {
+            identity: r.report.config.as_str(),
+            sections: r.report.config_sections.as_slice(),
+            key_fingerprint: r.report.key_fp.as_str(),
+        })
+    }
+
+    /// Peers whose packets this member cannot authenticate (another
+    /// cluster key): (peer, packets, this member's time of the latest).
+    pub fn unauthenticated_peers(&self) -> Vec<(NodeId, u64, u64)> {
+        self.bad_mac_from
+            .iter()
+            .map(|(id, (n, at))| (*id, *n, *at))
+            .collect()
     }
 
     /// `FailCount 0` for every failure older than its group's expiry.

@@ -56,8 +56,14 @@ pub struct MemberSpec {
     pub timing: Timing,
     /// Accepted keys, the one to send with first.
     pub keys: Vec<Key>,
-    /// Hash of the configuration this member runs (hex).
+    /// Identity of the configuration this member runs
+    /// ([`crate::config::identity`]): its hash.
     pub config_hash: String,
+    /// Its sections' hashes (sent to peers while it differs from the
+    /// committed configuration, so they can say which sections differ).
+    pub config_sections: Vec<(String, String)>,
+    /// Fingerprint of the cluster key it sends with.
+    pub key_fingerprint: String,
     /// Member names in configuration order, for the record.
     pub member_names: Vec<String>,
 }
@@ -176,6 +182,27 @@ pub struct Report {
     /// uptime when never): bounds leases after a leader change.
     #[serde(default)]
     pub silent_ms: Vec<(NodeId, u64)>,
+    /// Identity of the configuration the sender runs.
+    #[serde(default)]
+    pub config: String,
+    /// Its sections' hashes, sent only while it differs from the committed
+    /// configuration.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub config_sections: Vec<(String, String)>,
+    /// Fingerprint of the sender's cluster key.
+    #[serde(default)]
+    pub key_fp: String,
+}
+
+/// What a peer said of the configuration it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerConfig<'a> {
+    /// Identity of its configuration.
+    pub identity: &'a str,
+    /// Its sections' hashes (only while configurations differ).
+    pub sections: &'a [(String, String)],
+    /// Fingerprint of its key.
+    pub key_fingerprint: &'a str,
 }
 
 /// A request to the leader, from an operator (through any agent) or from a
@@ -357,6 +384,12 @@ pub struct Member {
     /// Fence outcomes to record once this member leads (a two-node
     /// survivor fences before it can lead).
     pending_fence_logs: std::collections::VecDeque<Command>,
+    /// Per configured peer, packets that named it as sender but failed
+    /// authentication: (count, this member's time of the latest).
+    bad_mac_from: BTreeMap<NodeId, (u64, u64)>,
+    /// Leader: when it last handed leadership over because its
+    /// configuration is not the one a majority runs.
+    config_handoff_ms: Option<u64>,
 }
 
 /// Fence outcomes kept for the record while not leading.
@@ -438,6 +471,8 @@ impl Member {
             fencing: BTreeSet::new(),
             fence_retry: BTreeMap::new(),
             pending_fence_logs: std::collections::VecDeque::new(),
+            bad_mac_from: BTreeMap::new(),
+            config_handoff_ms: None,
             spec,
         };
         m.update_view();
@@ -575,6 +610,18 @@ impl Member {
             Ok(p) => p,
             Err(reason) => {
                 *self.dropped.entry(reason).or_default() += 1;
+                // Which configured peer it claims to come from (unproven,
+                // for the operator only): a peer whose every packet fails
+                // authentication has another cluster key.
+                if reason == DropReason::BadMac {
+                    if let Some(from) = wire::claimed_sender(bytes)
+                        .filter(|id| self.spec.peers.iter().any(|p| p.id == *id))
+                    {
+                        let e = self.bad_mac_from.entry(from).or_insert((0, now_ms));
+                        e.0 = e.0.saturating_add(1);
+                        e.1 = now_ms;
+                    }
+                }
                 return;
             }
         };
@@ -752,9 +799,11 @@ impl Member {
         }
     }
 
-    /// A new leader records the configuration it runs, if it is new.
+    /// A new leader records the configuration it runs, if it is new and
+    /// may be (see [`Member::may_commit_config`]).
     fn propose_config(&mut self) {
-        if self.agreement.record().config_hash == self.spec.config_hash {
+        if self.agreement.record().config_hash == self.spec.config_hash || !self.may_commit_config()
+        {
             return;
         }
         let cmd = Command::Config {

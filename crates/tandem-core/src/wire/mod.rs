@@ -262,6 +262,15 @@ fn be_u64(b: &[u8]) -> u64 {
     u64::from_be_bytes(a)
 }
 
+/// The sender a packet claims, read without authenticating it: only for
+/// telling the operator which peer sends what this node cannot verify.
+pub fn claimed_sender(bytes: &[u8]) -> Option<NodeId> {
+    if bytes.len() < HEADER_LEN || bytes[..4] != MAGIC {
+        return None;
+    }
+    Some(NodeId(be_u64(&bytes[16..])))
+}
+
 /// Decodes and authenticates `bytes` for cluster `cluster`, accepting a MAC
 /// made with any of `keys` (current first). Checks, in order: size and magic,
 /// version, MAC, cluster, body.
