@@ -19,7 +19,6 @@
 use std::collections::BTreeMap;
 
 use crate::agreement::{Command, Record};
-#[cfg(doc)]
 use crate::lease;
 use crate::policy::Target;
 
@@ -60,6 +59,10 @@ pub struct NodeView {
 pub struct HandoverInput<'a> {
     /// Leader's clock.
     pub now_ms: u64,
+    /// When this node became leader (its clock).
+    pub leader_since_ms: u64,
+    /// Lease length (the membership deadtime).
+    pub lease_ms: u64,
     /// Extra wait after a lease ([`lease::takeover_margin_ms`]).
     pub margin_ms: u64,
     /// The agreed record.
@@ -92,10 +95,17 @@ fn lease_bound_passed(input: &HandoverInput<'_>, n: &NodeView, group: &str) -> b
     lease_bound_at(input, n, group).is_some_and(|at| input.now_ms >= at)
 }
 
-/// Leader time by which any lease `n` could hold on a record that placed
-/// `group` on it has ended, margin included (None: not bounded yet).
+/// Leader time by which `n` holds nothing of `group` any more, margin
+/// included (None: not bounded yet): the later of the end of any lease it
+/// could hold on a record that placed `group` on it, and of any stop grant
+/// a leader could have given it (this one's last receipt from it, or an
+/// older leader's, bounded by this one's election), see
+/// `Member::group_until`.
 fn lease_bound_at(input: &HandoverInput<'_>, n: &NodeView, group: &str) -> Option<u64> {
-    n.lease_end_ms.get(group).map(|end| end + input.margin_ms)
+    let grants = lease::takeover_at(n.last_report_ms, input.leader_since_ms, input.lease_ms, 0);
+    n.lease_end_ms
+        .get(group)
+        .map(|end| (*end).max(grants) + input.margin_ms)
 }
 
 /// Whether `n` can be trusted not to run `group` under the current
@@ -132,6 +142,11 @@ fn known_stopped(
             .map(|x| format!(" ({x})"))
             .unwrap_or_default();
         return Err((format!("waiting for {} to be fenced{note}", n.name), None));
+    }
+    // Heard, applied the stop, still stopping: wait for its word. Its stop
+    // may outlast any bound (a graceful stop, then kill_after_ms).
+    if !n.silent && n.last_report_ms.is_some() && applied >= epoch {
+        return Err((format!("waiting for {} to stop it", n.name), None));
     }
     let at = lease_bound_at(input, n, group);
     if at.is_some_and(|at| input.now_ms >= at) {
@@ -254,6 +269,8 @@ mod tests {
     ) -> HandoverInput<'a> {
         HandoverInput {
             now_ms: now,
+            leader_since_ms: 0,
+            lease_ms: 200,
             margin_ms: 50,
             record,
             targets,
@@ -414,6 +431,35 @@ mod tests {
         let s = steps(&input(1100, &r, &t, &nodes));
         assert_eq!(s.propose.len(), 1);
         assert!(s.fence.is_empty());
+    }
+
+    /// Found in review: with leases from a majority of echoes, a holder
+    /// that applied the stop renews its lease on the new record, so the
+    /// bound from the stop entry says nothing of a slow stop. A heard node
+    /// that applied the stop and still runs the group is waited for,
+    /// however long after that bound.
+    #[test]
+    fn a_heard_node_still_stopping_is_waited_for_past_any_bound() {
+        let mut r = Record::default();
+        place(&mut r, Some("n1"));
+        place(&mut r, None);
+        let t = to(Some("n2"));
+        let nodes = [
+            view("n1", Some(59_990), &["web"], 2),
+            view("n2", Some(59_990), &[], 2),
+        ];
+        let mut nodes = nodes;
+        nodes[0].lease_end_ms.insert("web".into(), 1_000);
+        let s = steps(&input(60_000, &r, &t, &nodes));
+        assert!(s.propose.is_empty(), "{s:?}");
+        assert!(
+            s.waiting["web"].contains("waiting for n1 to stop it"),
+            "{s:?}"
+        );
+        // Once silent, the later of the bound and any stop grant decides.
+        nodes[0].silent = true;
+        assert!(steps(&input(60_100, &r, &t, &nodes)).propose.is_empty());
+        assert_eq!(steps(&input(60_250, &r, &t, &nodes)).propose.len(), 1);
     }
 
     #[test]

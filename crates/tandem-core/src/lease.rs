@@ -65,6 +65,32 @@
 //! heard it: the same takeover time as a leader-granted lease, without its
 //! weak point.
 //!
+//! ## Groups being stopped: the lease before the decision, and stop grants
+//!
+//! Once `x` applies `Place(g, None)` (index `j`) it stops `g`, and from
+//! then on its own lease (echoes with `p >= j` count now) says nothing
+//! about `g`. What it may keep of `g` while the stop runs
+//! (`Member::group_until`) is the later of:
+//!
+//! - the lease it held on the record before `j`: the echoes that counted at
+//!   commit `j - 1`, which the bound above covers;
+//! - a *stop grant* of a leader: each leader report echoes `x`'s stamp `s`
+//!   and says how long the leader's own lease (the majority-th newest echo
+//!   of its stamps from voters following it in its term) runs past the
+//!   moment that stamp arrived (`left`): `x` may keep `g` until
+//!   `s + min(lease_ms, left)` ([`holder_lease_until`]). `s` is earlier than
+//!   the leader's receipt `r` of it, so this ends by `r + lease_ms` and by
+//!   the granting leader's own lease end; a voter that moves to a later term
+//!   never echoes for the old one again, so any later leader elected at `e`
+//!   sees every older leader's grants end by `e + lease_ms`.
+//!
+//! The leader therefore waits, for a silent `x`, for the later of the bound
+//! above and [`takeover_at`] (its last receipt from `x`, or its election,
+//! plus `lease_ms`), and for a heard `x` that applied `j` and still stops
+//! `g`, for its report. A stop that outlasts both is killed (the agent, and
+//! its guard if the agent is gone), so `g` never outlives what the leader
+//! waits for.
+//!
 //! Clocks: each node's times are its own monotonic clock (frozen processes
 //! see it move on; only rates are compared across nodes, never values).
 //! A frozen `x` that thaws finds its echoes older than `lease_ms` and stops
@@ -184,6 +210,25 @@ pub fn lease_end_bound(
     all[majority - 1].map(|b| b + lease_ms)
 }
 
+/// End of a stop grant: the echoed stamp of the holder's heartbeat plus
+/// the shorter of `lease_ms` and what the leader said was left of its own
+/// lease.
+pub fn holder_lease_until(echo_ms: u64, leader_left_ms: u64, lease_ms: u64) -> u64 {
+    echo_ms + lease_ms.min(leader_left_ms)
+}
+
+/// Earliest leader time at which every stop grant a leader may have given a
+/// node it last heard at `last_heard_ms` (None: not since it became leader)
+/// has ended, for a leader elected at `leader_since_ms`.
+pub fn takeover_at(
+    last_heard_ms: Option<u64>,
+    leader_since_ms: u64,
+    lease_ms: u64,
+    margin_ms: u64,
+) -> u64 {
+    last_heard_ms.unwrap_or(0).max(leader_since_ms) + lease_ms + margin_ms
+}
+
 /// The margin added to a takeover: one heartbeat for the old holder to
 /// finish stopping, plus 1% of the lease (plus 1 ms) for clock-rate
 /// differences between machines (real clocks drift by parts per million).
@@ -258,6 +303,14 @@ mod tests {
         }
         assert_eq!(e.pending.len(), MAX_PENDING_ECHOES);
         assert_eq!(e.best(2000), Some(99));
+    }
+
+    #[test]
+    fn a_stop_grant_takes_the_shorter_of_the_lease_and_the_leaders() {
+        assert_eq!(holder_lease_until(500, 1000, 200), 700);
+        assert_eq!(holder_lease_until(500, 50, 200), 550);
+        assert_eq!(takeover_at(Some(1000), 500, 200, 50), 1250);
+        assert_eq!(takeover_at(None, 500, 200, 50), 750);
     }
 
     #[test]

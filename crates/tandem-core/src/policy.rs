@@ -82,6 +82,9 @@ pub struct NodeFacts {
     pub online: bool,
     /// Links whose ping monitor fails on that node.
     pub failed_links: Vec<String>,
+    /// It runs the committed configuration (a node that does not starts
+    /// nothing, so nothing is placed there).
+    pub config_ok: bool,
 }
 
 /// Where a group should be.
@@ -100,6 +103,9 @@ pub fn ineligible_reason(g: &GroupPolicy, n: &NodeFacts, record: &Record) -> Opt
     }
     if !n.online {
         return Some("offline".into());
+    }
+    if !n.config_ok {
+        return Some("runs another configuration than the committed one".into());
     }
     if record.has_intent(&n.name, Intent::Standby) {
         return Some("standby".into());
@@ -210,6 +216,7 @@ mod tests {
             .map(|(i, o)| NodeFacts {
                 name: format!("n{}", i + 1),
                 online: *o,
+                config_ok: true,
                 failed_links: vec![],
             })
             .collect()

@@ -105,6 +105,12 @@ struct Node {
     inherited_until: Option<u64>,
     /// Per group: whether the runner was last told to run it.
     wanted_run: Vec<bool>,
+    /// Stops that take a while (a service shutting down slowly, or hung):
+    /// global time it exits, the incarnation start that asked, the action.
+    slow_stops: Vec<(u64, u64, tandem_core::group::Action)>,
+    /// Slow stops that ended, for the runner that asked (told on its next
+    /// pass).
+    finished_stops: Vec<tandem_core::group::Action>,
     /// Global time at which a fault last touched this node (its agent
     /// down, frozen, restarted; its links cut or dropping one way).
     disturbed_at: u64,
@@ -239,6 +245,8 @@ impl Sim {
                     guard_at: None,
                     inherited_until: None,
                     wanted_run: vec![false; GROUPS.len()],
+                    slow_stops: Vec::new(),
+                    finished_stops: Vec::new(),
                     disturbed_at: 0,
                 }
             })
@@ -331,10 +339,53 @@ impl Sim {
         let local = self.local(i);
         let me = format!("n{}", i + 1);
         let now = self.now;
+        // How long each stop of this pass takes: most at once, some slowly
+        // (a graceful shutdown, or one that hangs until killed).
+        let slow: Vec<u64> = (0..64)
+            .map(|_| {
+                if self.rng.gen_range(0..4) == 0 {
+                    self.rng.gen_range(50..1_500)
+                } else {
+                    0
+                }
+            })
+            .collect();
         let node = &mut self.nodes[i];
         let (Some(m), Some(runner)) = (node.member.as_mut(), node.runner.as_mut()) else {
             return;
         };
+        // Slow stops that ended (`step`): the runner that asked hears of it.
+        let start = node.start;
+        for a in std::mem::take(&mut node.finished_stops) {
+            runner.on_outcome(local, a, Outcome::Stopped);
+        }
+        // What this node may no longer keep is cut short, slow stop or not:
+        // a group placed here once the lease is gone (the agent writes an
+        // ended lease and its guard kills at once), a group the record moved
+        // away once what it may keep of it ends (`runner::Runner::leaving`).
+        if node.inherited_until.is_none() {
+            let lease_ok = m.lease_valid(local);
+            for (g, name) in GROUPS.iter().enumerate() {
+                if !node.alive[g].iter().any(|a| *a) {
+                    continue;
+                }
+                let here = m
+                    .agreement()
+                    .record()
+                    .placements
+                    .get(*name)
+                    .and_then(|p| p.node.as_deref())
+                    == Some(me.as_str());
+                let over = if here {
+                    !lease_ok
+                } else {
+                    m.group_until(name, local).map_or(true, |u| local >= u)
+                };
+                if over {
+                    node.alive[g] = vec![false; RESOURCES];
+                }
+            }
+        }
         let lease_ok = m.lease_valid(local);
         if lease_ok {
             node.inherited_until = None;
@@ -368,6 +419,7 @@ impl Sim {
                 }
             }
         }
+        let mut slow = slow.into_iter();
         for _ in 0..16 {
             let acts = runner.poll(local);
             if acts.is_empty() {
@@ -382,10 +434,17 @@ impl Sim {
                         *real = true;
                         Outcome::Running
                     }
-                    ActionKind::Stop => {
-                        *real = false;
-                        Outcome::Stopped
-                    }
+                    ActionKind::Stop => match slow.next().unwrap_or(0) {
+                        0 => {
+                            *real = false;
+                            Outcome::Stopped
+                        }
+                        ms if *real => {
+                            node.slow_stops.push((now + ms, start, a));
+                            continue;
+                        }
+                        _ => Outcome::Stopped,
+                    },
                 };
                 runner.on_outcome(local, a, outcome);
             }
@@ -490,9 +549,26 @@ impl Sim {
         let Some(m) = self.nodes[i].member.take() else {
             return;
         };
+        let me = format!("n{}", i + 1);
+        let leaving_end = GROUPS
+            .iter()
+            .enumerate()
+            .filter(|(g, name)| {
+                self.nodes[i].alive[*g].iter().any(|a| *a)
+                    && m.agreement()
+                        .record()
+                        .placements
+                        .get(**name)
+                        .and_then(|p| p.node.as_deref())
+                        != Some(me.as_str())
+            })
+            .map(|(_, name)| m.group_until(name, local).unwrap_or(local))
+            .min();
         let until = m
             .lease_until(local)
-            .map_or(self.now, |u| self.nodes[i].start + u);
+            .map_or(local, |u| u)
+            .min(leaving_end.unwrap_or(u64::MAX));
+        let until = self.nodes[i].start + until;
         let until = until.max(self.nodes[i].inherited_until.unwrap_or(0));
         self.nodes[i].guard_at = Some(until.max(self.now));
         self.nodes[i].runner = None;
@@ -551,6 +627,8 @@ impl Sim {
     fn crash(&mut self, i: usize, down_ms: u64) {
         // Power off: resources go with the node, and it thaws off.
         self.nodes[i].alive = vec![vec![false; RESOURCES]; GROUPS.len()];
+        self.nodes[i].slow_stops.clear();
+        self.nodes[i].finished_stops.clear();
         self.nodes[i].runner = None;
         self.nodes[i].frozen_until = None;
         self.nodes[i].guard_at = None;
@@ -674,6 +752,23 @@ impl Sim {
             if let Some(g) = n.guard_at {
                 t = t.min(g.max(self.now));
             }
+            if n.frozen_until.is_none() {
+                for (due, _, _) in &n.slow_stops {
+                    t = t.min((*due).max(self.now));
+                }
+            }
+            // The end of what a node may keep of a group moved away: the
+            // agent acts on it on time (its guard would).
+            if let Some(m) = &n.member {
+                let local = self.now - n.start;
+                for (g, name) in GROUPS.iter().enumerate() {
+                    if n.alive[g].iter().any(|a| *a) {
+                        if let Some(u) = m.group_until(name, local).filter(|u| *u > local) {
+                            t = t.min(n.start + u);
+                        }
+                    }
+                }
+            }
         }
         t.max(self.now)
     }
@@ -681,6 +776,26 @@ impl Sim {
     /// Runs everything due up to and including `self.now`.
     fn step(&mut self) {
         for i in 0..self.nodes.len() {
+            // A slowly stopping process exits on its own time, agent or not
+            // (not while its node is frozen).
+            if self.nodes[i].frozen_until.is_none() {
+                let now = self.now;
+                let n = &mut self.nodes[i];
+                let start = n.start;
+                let alive_runner = n.runner.is_some();
+                let mut still = Vec::new();
+                for (due, asked, a) in std::mem::take(&mut n.slow_stops) {
+                    if due > now {
+                        still.push((due, asked, a));
+                        continue;
+                    }
+                    n.alive[a.group][a.resource] = false;
+                    if asked == start && alive_runner {
+                        n.finished_stops.push(a);
+                    }
+                }
+                n.slow_stops = still;
+            }
             if self.nodes[i].guard_at.is_some_and(|g| g <= self.now) {
                 // The guard: the dead agent's lease ended; stop everything.
                 self.nodes[i].guard_at = None;
@@ -1118,7 +1233,36 @@ impl Sim {
                     .placements
                     .get(*name)
                     .and_then(|p| p.node.clone())
-                    .ok_or(format!("group {name} placed nowhere"))?;
+                    .ok_or_else(|| {
+                        let why = self
+                            .nodes
+                            .iter()
+                            .filter_map(|n| n.member.as_ref())
+                            .find(|m| m.agreement().role() == Role::Leader)
+                            .and_then(|m| m.waiting().get(*name).cloned())
+                            .unwrap_or_default();
+                        let nodes: Vec<String> = self
+                            .nodes
+                            .iter()
+                            .enumerate()
+                            .map(|(i, n)| {
+                                format!(
+                                    "n{}: runner {:?} want {:?} alive {:?} slow {} frozen {:?} member {}",
+                                    i + 1,
+                                    n.runner.as_ref().map(|r| r.state(g)),
+                                    n.runner.as_ref().map(|r| r.want(g)),
+                                    n.alive[g],
+                                    n.slow_stops.len(),
+                                    n.frozen_until,
+                                    n.member.is_some()
+                                )
+                            })
+                            .collect();
+                        format!(
+                            "group {name} placed nowhere (the leader: {why}); {}",
+                            nodes.join("; ")
+                        )
+                    })?;
                 let running: Vec<usize> = (0..n)
                     .filter(|&i| self.nodes[i].alive[g].iter().all(|a| *a))
                     .collect();

@@ -53,12 +53,55 @@ pub struct LeaseFile {
     pub pidfiles: Vec<PathBuf>,
     /// Scripts whose resources may run here: (script, environment).
     pub scripts: Vec<(PathBuf, Vec<(String, String)>)>,
+    /// Groups being stopped because the record moved them away, each with
+    /// its own end (see `Member::group_until`).
+    #[serde(default)]
+    pub leaving: Vec<Leaving>,
+}
+
+/// What may still run of one group the record moved away, and until when.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Leaving {
+    /// End, CLOCK_MONOTONIC ms.
+    pub until_mono_ms: u64,
+    /// Its floating addresses: (address, prefix).
+    pub addresses: Vec<(IpAddr, u8)>,
+    /// Its processes' pid files.
+    pub pidfiles: Vec<PathBuf>,
+    /// Its scripts: (script, environment).
+    pub scripts: Vec<(PathBuf, Vec<(String, String)>)>,
+}
+
+impl Leaving {
+    /// The same, as a lease file of its own (for [`enforce`]).
+    pub fn as_lease(&self) -> LeaseFile {
+        LeaseFile {
+            until_mono_ms: self.until_mono_ms,
+            addresses: self.addresses.clone(),
+            pidfiles: self.pidfiles.clone(),
+            scripts: self.scripts.clone(),
+            ..LeaseFile::default()
+        }
+    }
 }
 
 impl LeaseFile {
     /// Whether anything is listed.
     pub fn holds_anything(&self) -> bool {
-        !(self.addresses.is_empty() && self.pidfiles.is_empty() && self.scripts.is_empty())
+        !(self.addresses.is_empty()
+            && self.pidfiles.is_empty()
+            && self.scripts.is_empty()
+            && self.leaving.is_empty())
+    }
+
+    /// The earliest end of anything listed (None: nothing listed).
+    fn next_end(&self) -> Option<u64> {
+        let main =
+            (!(self.addresses.is_empty() && self.pidfiles.is_empty() && self.scripts.is_empty()))
+                .then_some(self.until_mono_ms);
+        main.into_iter()
+            .chain(self.leaving.iter().map(|l| l.until_mono_ms))
+            .min()
     }
 }
 
@@ -272,13 +315,8 @@ impl Waker {
 /// end while something is held (then it must act), else the safety net.
 /// Pure, so the absence of a busy loop is tested without a clock.
 fn sleep_ms(lease: Option<&LeaseFile>, now_mono_ms: u64) -> (u64, bool) {
-    match lease {
-        Some(l) if l.holds_anything() => (
-            l.until_mono_ms
-                .saturating_sub(now_mono_ms)
-                .clamp(1, MAX_WAIT_MS),
-            false,
-        ),
+    match lease.and_then(LeaseFile::next_end) {
+        Some(end) => (end.saturating_sub(now_mono_ms).clamp(1, MAX_WAIT_MS), false),
         // Nothing held: a new lease file is what to wake for.
         _ => (MAX_WAIT_MS, true),
     }
@@ -322,14 +360,48 @@ pub fn run(path: &Path, agent_pid: u32, label: &str) -> Result<()> {
         if lease.boot_id != boot {
             return Ok(());
         }
-        let expired = mono_ms() >= lease.until_mono_ms;
-        if expired && lease.holds_anything() {
-            let mut did = enforce(&lease);
-            did.extend(stop_scripts(&lease));
+        let now = mono_ms();
+        let expired = now >= lease.until_mono_ms;
+        let mut due: Vec<LeaseFile> = lease
+            .leaving
+            .iter()
+            .filter(|l| now >= l.until_mono_ms)
+            .map(Leaving::as_lease)
+            .collect();
+        if expired {
+            due.push(LeaseFile {
+                leaving: Vec::new(),
+                ..lease.clone()
+            });
+        }
+        if due.iter().any(LeaseFile::holds_anything) {
+            let mut did = Vec::new();
+            for d in &due {
+                did.extend(enforce(d));
+                did.extend(stop_scripts(d));
+            }
             let cleared = LeaseFile {
-                addresses: Vec::new(),
-                pidfiles: Vec::new(),
-                scripts: Vec::new(),
+                addresses: if expired {
+                    Vec::new()
+                } else {
+                    lease.addresses.clone()
+                },
+                pidfiles: if expired {
+                    Vec::new()
+                } else {
+                    lease.pidfiles.clone()
+                },
+                scripts: if expired {
+                    Vec::new()
+                } else {
+                    lease.scripts.clone()
+                },
+                leaving: lease
+                    .leaving
+                    .iter()
+                    .filter(|l| now < l.until_mono_ms)
+                    .cloned()
+                    .collect(),
                 ..lease.clone()
             };
             // Only clear what we enforced if the agent did not rewrite it.
@@ -426,6 +498,32 @@ mod tests {
             wakes += 1;
         }
         assert!(wakes <= 60_000 / 150, "{wakes} wake-ups in a minute");
+    }
+
+    /// A group being stopped after a move has its own end, earlier than
+    /// the node's lease: the guard wakes for it (found in review: a stop
+    /// that outlived what the leader waits for).
+    #[test]
+    fn the_guard_wakes_for_the_earliest_end_of_a_leaving_group() {
+        let l = LeaseFile {
+            until_mono_ms: 10_500,
+            addresses: vec![("10.0.0.1".parse().unwrap(), 24)],
+            leaving: vec![Leaving {
+                until_mono_ms: 10_120,
+                pidfiles: vec!["/nonexistent/g.r.pid".into()],
+                ..Leaving::default()
+            }],
+            ..LeaseFile::default()
+        };
+        assert_eq!(sleep_ms(Some(&l), 10_000), (120, false));
+        // Only a leaving group: its end.
+        let only = LeaseFile {
+            addresses: vec![],
+            ..l.clone()
+        };
+        assert!(only.holds_anything());
+        assert_eq!(sleep_ms(Some(&only), 10_000), (120, false));
+        assert_eq!(only.leaving[0].as_lease().pidfiles.len(), 1);
     }
 
     /// An agent that exited but was not reaped yet (a zombie) is gone: the

@@ -147,6 +147,9 @@ pub struct Runner {
     tx: mpsc::Sender<Done>,
     /// This agent's process id (for the lease file; asked once).
     pid: u32,
+    /// Groups being stopped whose end passed and whose remains were killed
+    /// (once per stop).
+    killed_leaving: std::collections::BTreeSet<usize>,
     /// The lease file the guard watches.
     lease_path: PathBuf,
     /// What was written there last.
@@ -299,6 +302,7 @@ impl Runner {
             shutting_down: false,
             tx,
             pid: std::process::id(),
+            killed_leaving: std::collections::BTreeSet::new(),
             lease_path: run_dir.join("lease.json"),
             written: None,
             inherited_until_ms: None,
@@ -377,15 +381,6 @@ impl Runner {
         if self.shutting_down {
             return Want::Stop;
         }
-        if !config_ok && lease_ok {
-            // This node's file is not the committed configuration: start
-            // nothing the cluster did not agree on; leave what runs.
-            return if self.groups.active(g) {
-                Want::Leave
-            } else {
-                Want::Stop
-            };
-        }
         if !lease_ok && self.inherited_until_ms.is_some_and(|u| now_ms < u) {
             // Within the previous agent's lease: hold what runs.
             return Want::Leave;
@@ -395,6 +390,16 @@ impl Runner {
         }
         let here =
             record.placements.get(name).and_then(|p| p.node.as_deref()) == Some(self.node.as_str());
+        if here && lease_ok && !config_ok {
+            // This node's file is not the committed configuration: start
+            // nothing the cluster did not agree on; leave what runs (a
+            // group the record moves away is still stopped, below).
+            return if self.groups.active(g) {
+                Want::Leave
+            } else {
+                Want::Stop
+            };
+        }
         if here && lease_ok {
             Want::Run
         } else {
@@ -449,38 +454,59 @@ impl Runner {
         } else {
             self.inherited_until_ms.filter(|u| *u > now_ms)
         };
-        if let Err(e) = self.write_lease(now_ms, until) {
+        let leaving = self.leaving(now_ms, member, &mut log);
+        if let Err(e) = self.write_lease(now_ms, until, &leaving) {
             log.push(format!("cannot write the lease file for the guard: {e:#}"));
         }
         log
     }
 
-    /// Tells the guard the lease end and what may run here.
-    fn write_lease(&mut self, now_ms: u64, until_ms: Option<u64>) -> Result<()> {
+    /// Tells the guard the lease end and what may run here: the groups
+    /// placed here under the node's lease, and each group being stopped
+    /// after the record moved it away under its own end (`leaving`: group
+    /// -> end on this agent's clock).
+    fn write_lease(
+        &mut self,
+        now_ms: u64,
+        until_ms: Option<u64>,
+        leaving: &[(usize, u64)],
+    ) -> Result<()> {
         let mono = guard::mono_ms();
+        let to_mono = |u: u64| mono + u.saturating_sub(now_ms);
         let mut lease = LeaseFile {
             agent_pid: self.pid,
             boot_id: String::new(),
-            until_mono_ms: until_ms.map_or(mono, |u| mono + u.saturating_sub(now_ms)),
+            until_mono_ms: until_ms.map_or(mono, to_mono),
             ..LeaseFile::default()
         };
         for g in 0..self.groups.len() {
+            let mut part = guard::Leaving::default();
             for (r, state) in self.resources[g].iter().zip(self.groups.resources(g)) {
                 if !state.maybe_running() {
                     continue;
                 }
                 match &r.kind {
-                    Kind::Ip(ip) => lease
+                    Kind::Ip(ip) => part
                         .addresses
                         .push((ip.address.addr, ip.address.prefix_len)),
-                    Kind::Process(_) => lease.pidfiles.push(r.owner.pidfile()),
-                    Kind::Exec(e) => lease
+                    Kind::Process(_) => part.pidfiles.push(r.owner.pidfile()),
+                    Kind::Exec(e) => part
                         .scripts
                         .push((e.script().to_path_buf(), r.owner.env_vec())),
                     // A copy lives in the agent's process: it stops serving
                     // when the agent dies, with nothing for the guard to do.
                     Kind::Volume(_) => {}
                 }
+            }
+            if let Some((_, end)) = leaving.iter().find(|(lg, _)| *lg == g) {
+                if part != guard::Leaving::default() {
+                    part.until_mono_ms = to_mono(*end);
+                    lease.leaving.push(part);
+                }
+            } else {
+                lease.addresses.extend(part.addresses);
+                lease.pidfiles.extend(part.pidfiles);
+                lease.scripts.extend(part.scripts);
             }
         }
         // Rewrite when what is held changes, when the lease end moves earlier,
@@ -495,6 +521,7 @@ impl Runner {
             w.addresses == lease.addresses
                 && w.pidfiles == lease.pidfiles
                 && w.scripts == lease.scripts
+                && w.leaving == lease.leaving
                 // (Ends within 2 ms are the same end: converting from the
                 // agent's clock to CLOCK_MONOTONIC rounds by a millisecond
                 // either way; the takeover margin is far larger.)
@@ -508,6 +535,62 @@ impl Runner {
         guard::write(&self.lease_path, &lease)?;
         self.written = Some(lease);
         Ok(())
+    }
+
+    /// Groups running here that the record places elsewhere, with the end
+    /// of what this node may keep of them ([`Member::group_until`]). A
+    /// stop that outlasted it is cut short now: addresses removed, process
+    /// groups killed (what the guard would do), so the group never outlives
+    /// what the leader waits for.
+    fn leaving(
+        &mut self,
+        now_ms: u64,
+        member: &Member,
+        log: &mut Vec<String>,
+    ) -> Vec<(usize, u64)> {
+        let record = member.agreement().record();
+        let mut out = Vec::new();
+        for g in 0..self.groups.len() {
+            let here = record
+                .placements
+                .get(&self.names[g])
+                .and_then(|p| p.node.as_deref())
+                == Some(self.node.as_str());
+            if here || !self.groups.active(g) || self.inherited_until_ms.is_some_and(|u| now_ms < u)
+            {
+                continue;
+            }
+            let end = member.group_until(&self.names[g], now_ms).unwrap_or(now_ms);
+            if now_ms >= end && !self.killed_leaving.contains(&g) {
+                let mut lease = LeaseFile::default();
+                for (r, state) in self.resources[g].iter().zip(self.groups.resources(g)) {
+                    if !state.maybe_running() {
+                        continue;
+                    }
+                    match &r.kind {
+                        Kind::Ip(ip) => lease
+                            .addresses
+                            .push((ip.address.addr, ip.address.prefix_len)),
+                        Kind::Process(_) => lease.pidfiles.push(r.owner.pidfile()),
+                        _ => {}
+                    }
+                }
+                let did = guard::enforce(&lease);
+                self.killed_leaving.insert(g);
+                log.push(format!(
+                    "group {}: its stop outlasted what the cluster waits for (the lease held before it was moved away): {}",
+                    self.names[g],
+                    if did.is_empty() {
+                        "nothing left to kill".to_string()
+                    } else {
+                        did.join("; ")
+                    }
+                ));
+            }
+            out.push((g, end));
+        }
+        self.killed_leaving.retain(|g| self.groups.active(*g));
+        out
     }
 
     /// Logs a failure here and reports it to the leader (`move_now`: move

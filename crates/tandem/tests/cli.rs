@@ -203,6 +203,16 @@ fn admin_commands_without_an_agent_say_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("none.sock");
     let sock = sock.to_str().unwrap();
+    // Each command fails, naming the socket it tried and what to check.
+    let names_the_socket = |args: &[&str]| {
+        let o = tandem(args);
+        assert!(!o.status.success(), "{args:?}");
+        let t = text(&o);
+        assert!(
+            t.contains("is `tandem agent` running") && t.contains(sock),
+            "{args:?}: {t}"
+        );
+    };
     for args in [
         vec!["move", "web", "--to", "n2", "--socket", sock],
         vec!["failover", "web", "--socket", sock],
@@ -211,13 +221,7 @@ fn admin_commands_without_an_agent_say_what_to_do() {
         vec!["cleanup", "web", "--socket", sock],
         vec!["status", "--socket", sock],
     ] {
-        let o = tandem(&args);
-        assert!(!o.status.success(), "{args:?}");
-        let t = text(&o);
-        assert!(
-            t.contains("is `tandem agent` running") && t.contains(sock),
-            "{args:?}: {t}"
-        );
+        names_the_socket(&args);
     }
     // Issue "keep the promises", defect 8: with --config, every command
     // finds the agent at the configuration's control_socket.
@@ -236,13 +240,7 @@ fn admin_commands_without_an_agent_say_what_to_do() {
         vec!["node", "standby", "alpha", "-c", cfg],
         vec!["volume", "status", "--config", cfg],
     ] {
-        let o = tandem(&args);
-        assert!(!o.status.success(), "{args:?}");
-        let t = text(&o);
-        assert!(
-            t.contains("is `tandem agent` running") && t.contains(sock),
-            "{args:?}: {t}"
-        );
+        names_the_socket(&args);
     }
     // `move` needs --to or --clear, not both.
     assert!(!tandem(&["move", "web"]).status.success());

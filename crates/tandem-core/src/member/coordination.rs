@@ -40,6 +40,8 @@ impl Member {
             self.heartbeat_due_ms = self.now_ms;
             self.lead_dirty = true;
         }
+        self.leaving
+            .retain(|g, _| groups.iter().any(|l| l.name == *g && l.active));
         self.local_groups = groups;
         self.failed_links = failed_links;
     }
@@ -59,6 +61,9 @@ impl Member {
     }
 
     pub(super) fn on_report(&mut self, now_ms: u64, from: NodeId, incarnation: u64, r: Report) {
+        // Entries applied since the last look: note the groups leaving
+        // before this report's echo may count on the new record.
+        self.catch_up_leaving();
         let stamp = self
             .stamps
             .entry(from)
@@ -143,6 +148,18 @@ impl Member {
             term: self.agreement.term(),
             leader: self.agreement.leader(),
             echo: self.stamps.get(&peer).map(|s| s.0),
+            // A leader's stop grant, measured from when the echoed stamp
+            // arrived here (after the peer sent it): the peer's `stamp +
+            // left` never passes this leader's own lease end.
+            lease_left_ms: match (
+                self.agreement.role() == Role::Leader,
+                self.stamps.get(&peer),
+            ) {
+                (true, Some((_, rx))) => self
+                    .leader_lease_until(self.now_ms)
+                    .map_or(0, |u| u.saturating_sub(*rx)),
+                _ => 0,
+            },
             log_index: self.agreement.last_index(),
             place_index: self.place_index(),
             commit: {
@@ -258,7 +275,13 @@ impl Member {
     /// ([`crate::lease`]). Voters confirmed fenced count as "now": they
     /// are off.
     fn normal_lease_until(&self, now_ms: u64) -> Option<u64> {
-        let commit = self.agreement.commit_index();
+        self.lease_counting_to(now_ms, self.agreement.commit_index())
+    }
+
+    /// The lease from the echoes that count once this member has committed
+    /// up to `commit`: with `j - 1`, the lease it held on a record older
+    /// than entry `j`.
+    fn lease_counting_to(&self, now_ms: u64, commit: u64) -> Option<u64> {
         let echoes: Vec<u64> = self
             .spec
             .peers
@@ -278,6 +301,139 @@ impl Member {
             self.majority(),
             self.groups.lease_ms,
         )
+    }
+
+    /// The lease of a leader in its term: the majority-th newest echo of
+    /// its stamps from voters following it in that term. It bounds the
+    /// stop grants it gives ([`Member::group_until`]).
+    pub(super) fn leader_lease_until(&self, now_ms: u64) -> Option<u64> {
+        let term = self.agreement.term();
+        let echoes: Vec<u64> = self
+            .spec
+            .peers
+            .iter()
+            .filter(|p| p.voter)
+            .filter_map(|p| {
+                if self.fenced.contains(&p.id) {
+                    return Some(now_ms);
+                }
+                let r = &self.reports.get(&p.id)?.report;
+                let (inc, stamp) = r.echo?;
+                (r.term == term && r.leader == Some(self.spec.me) && inc == self.incarnation)
+                    .then_some(stamp)
+            })
+            .collect();
+        lease::lease_until(
+            now_ms,
+            &echoes,
+            self.spec.voter,
+            self.majority(),
+            self.groups.lease_ms,
+        )
+    }
+
+    /// The latest stop grant from a node that claims to lead (in this
+    /// member's term or a later one): the echoed stamp plus the shorter of
+    /// `lease_ms` and what that leader said was left of its own lease.
+    /// Bounded by that leader's takeover wait ([`lease::takeover_at`]).
+    fn grant_until(&self) -> Option<u64> {
+        self.reports
+            .iter()
+            .filter_map(|(id, pr)| {
+                let r = &pr.report;
+                let (inc, stamp) = r.echo?;
+                (r.leader == Some(*id)
+                    && r.term >= self.agreement.term()
+                    && inc == self.incarnation)
+                    .then(|| {
+                        lease::holder_lease_until(stamp, r.lease_left_ms, self.groups.lease_ms)
+                    })
+            })
+            .max()
+    }
+
+    /// Until when (this member's clock) it may keep anything of `group`
+    /// running, if at all. Placed here: the node's lease. Placed elsewhere
+    /// (stopping it): the lease it held on the record before the decision
+    /// that moved it (which the leader's bound covers), or a stop grant of
+    /// a leader (which the leader's takeover wait covers), whichever is
+    /// later; nothing when neither. A hung stop is killed then, so the
+    /// group never outlives what the leader waits for.
+    pub fn group_until(&self, group: &str, now_ms: u64) -> Option<u64> {
+        let me = self.my_host_name();
+        let placed = self
+            .agreement
+            .record()
+            .placements
+            .get(group)
+            .and_then(|p| p.node.as_deref());
+        if me.is_some() && placed == me {
+            return self.lease_until(now_ms);
+        }
+        if self.lease_backed && self.fence_backed() {
+            // Two-node with fencing: the peer fences, it never waits out.
+            return self.lease_until(now_ms);
+        }
+        [self.leaving.get(group).copied(), self.grant_until()]
+            .into_iter()
+            .flatten()
+            .max()
+    }
+
+    /// This member's name among the hosts (None: the witness).
+    fn my_host_name(&self) -> Option<&str> {
+        self.groups
+            .host_ids
+            .iter()
+            .position(|id| *id == self.spec.me)
+            .and_then(|i| self.groups.hosts.get(i))
+            .map(String::as_str)
+    }
+
+    /// Runs [`Member::note_leaving`] once per commit index reached.
+    pub(super) fn catch_up_leaving(&mut self) {
+        let commit = self.agreement.commit_index();
+        if commit != self.leaving_commit {
+            self.leaving_commit = commit;
+            self.note_leaving();
+        }
+    }
+
+    /// After entries were applied: every group that runs here but that the
+    /// record no longer places here gets the lease this member held on the
+    /// record before that decision (its echoes that counted then), once.
+    pub(super) fn note_leaving(&mut self) {
+        let now = self.now_ms;
+        let Some(me) = self.my_host_name().map(String::from) else {
+            return;
+        };
+        let record = self.agreement.record();
+        let mut leaving = std::mem::take(&mut self.leaving);
+        leaving.retain(|g, _| {
+            let placed_here = record
+                .placements
+                .get(g)
+                .is_some_and(|p| p.node.as_deref() == Some(me.as_str()));
+            let active = self.local_groups.iter().any(|l| l.name == *g && l.active);
+            active && !placed_here
+        });
+        for l in self.local_groups.iter().filter(|l| l.active) {
+            let Some(p) = record.placements.get(&l.name) else {
+                continue;
+            };
+            if p.node.as_deref() == Some(me.as_str()) || leaving.contains_key(&l.name) {
+                continue;
+            }
+            // Index unknown (a record from before it was kept): no lease
+            // can be shown to predate it; only grants remain.
+            let until = if p.index == 0 {
+                now
+            } else {
+                self.lease_counting_to(now, p.index - 1).unwrap_or(now)
+            };
+            leaving.insert(l.name.clone(), until);
+        }
+        self.leaving = leaving;
     }
 
     /// Whether this member may run its groups at `now_ms`: quorate, and
@@ -573,13 +729,22 @@ impl Member {
                     return NodeFacts {
                         name: h.clone(),
                         online: true,
+                        config_ok: self.config_committed(),
                         failed_links: self.failed_links.clone(),
                     };
                 }
+                let committed = &self.agreement.record().config_hash;
                 NodeFacts {
                     name: h.clone(),
                     online: self.detector.node_state(id) == Some(NodeState::Alive)
                         && self.reports.contains_key(&id),
+                    // Unknown (no report, or a sender of an older version):
+                    // not held against it.
+                    config_ok: self.reports.get(&id).map_or(true, |r| {
+                        r.report.config.is_empty()
+                            || committed.is_empty()
+                            || r.report.config == *committed
+                    }),
                     failed_links: self
                         .reports
                         .get(&id)
@@ -677,8 +842,11 @@ impl Member {
         while let Some(cmd) = self.pending_fence_logs.pop_front() {
             let _ = self.agreement.propose(now, cmd);
         }
-        // Expired failures first: they change eligibility.
+        // Expired failures first: they change eligibility; then one-time
+        // moves whose node can no longer take the group (they would linger
+        // and pull it there later, as a hidden pin).
         let mut cmds = self.expired_failures(now);
+        cmds.extend(self.stale_moves());
         if cmds.is_empty() {
             let steps = self.plan(now);
             self.waiting = steps.waiting;
@@ -706,7 +874,8 @@ impl Member {
     }
 
     /// Each voter's configuration identity as this member knows it (its
-    /// own included; None: no report yet).
+    /// own included; None: no report yet, or not alive now: a dead node's
+    /// last word must not commit a configuration nor attract a hand-off).
     pub fn voter_configs(&self) -> Vec<(NodeId, Option<&str>)> {
         let mut v: Vec<(NodeId, Option<&str>)> = self
             .spec
@@ -714,6 +883,9 @@ impl Member {
             .iter()
             .filter(|p| p.voter)
             .map(|p| {
+                if self.detector.node_state(p.id) != Some(NodeState::Alive) {
+                    return (p.id, None);
+                }
                 (
                     p.id,
                     self.reports
@@ -816,6 +988,28 @@ impl Member {
             .collect()
     }
 
+    /// Clears every one-time move whose node cannot host its group now.
+    pub(super) fn stale_moves(&self) -> Vec<Command> {
+        let record = self.agreement.record();
+        let facts = self.node_facts();
+        record
+            .moves
+            .iter()
+            .filter(|(g, to)| {
+                let policy = self.groups.groups.iter().find(|p| p.name == **g);
+                let fact = facts.iter().find(|f| f.name == **to);
+                match (policy, fact) {
+                    (Some(p), Some(f)) => policy::ineligible_reason(p, f, record).is_some(),
+                    _ => true,
+                }
+            })
+            .map(|(g, _)| Command::Pin {
+                group: g.clone(),
+                node: None,
+            })
+            .collect()
+    }
+
     /// `FailCount 0` for every failure older than its group's expiry.
     pub(super) fn expired_failures(&self, now_ms: u64) -> Vec<Command> {
         let record = self.agreement.record();
@@ -850,6 +1044,8 @@ impl Member {
         let views = self.node_views();
         handover::steps(&handover::HandoverInput {
             now_ms,
+            leader_since_ms: self.leader_since_ms,
+            lease_ms: self.groups.lease_ms,
             margin_ms: lease::takeover_margin_ms(
                 self.spec.timing.heartbeat_ms,
                 self.groups.lease_ms,

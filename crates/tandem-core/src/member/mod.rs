@@ -162,12 +162,18 @@ pub struct Report {
     /// The newest stamp the sender received from the recipient:
     /// (recipient's incarnation, its `sent_ms`).
     pub echo: Option<(u64, u64)>,
+    /// When the sender leads: how much of its own lease is left, counted
+    /// from when the echoed stamp arrived at the sender (a stop grant for
+    /// groups the recipient is stopping, see `Member::group_until`).
+    #[serde(default)]
+    pub lease_left_ms: u64,
     /// Sender's last log index.
     pub log_index: u64,
     /// Index of the newest `Place` entry in the sender's log, committed or
     /// not: the recipient counts the echo toward its lease once it has
-    /// committed this far ([`crate::lease`]).
-    #[serde(default)]
+    /// committed this far ([`crate::lease`]). Missing (a sender of an older
+    /// version): never, so such an echo never extends a lease.
+    #[serde(default = "never")]
     pub place_index: u64,
     /// Sender's commit index and the term of that entry: in two-node mode
     /// a node whose log lacks what its peer committed must not lead alone
@@ -203,6 +209,10 @@ pub struct PeerConfig<'a> {
     pub sections: &'a [(String, String)],
     /// Fingerprint of its key.
     pub key_fingerprint: &'a str,
+}
+
+fn never() -> u64 {
+    u64::MAX
 }
 
 /// A request to the leader, from an operator (through any agent) or from a
@@ -355,6 +365,11 @@ pub struct Member {
     reports: BTreeMap<NodeId, PeerReport>,
     /// Echoes of this member's stamps from each voter, for its lease.
     echoes: BTreeMap<NodeId, lease::Echoes>,
+    /// Groups running here that the record moved away: the lease this
+    /// member held on the record before that decision (its clock).
+    leaving: BTreeMap<String, u64>,
+    /// The commit index `leaving` was last brought up to date at.
+    leaving_commit: u64,
     /// When this member last became leader.
     leader_since_ms: u64,
     /// This node's groups as the shell reports them.
@@ -455,6 +470,8 @@ impl Member {
             stamps: BTreeMap::new(),
             reports: BTreeMap::new(),
             echoes: BTreeMap::new(),
+            leaving: BTreeMap::new(),
+            leaving_commit: 0,
             leader_since_ms: now_ms,
             local_groups: Vec::new(),
             failed_links: Vec::new(),
@@ -783,6 +800,8 @@ impl Member {
         if !a.notes.is_empty() {
             self.lead_dirty = true;
         }
+        // Before any later echo counts on the new record.
+        self.catch_up_leaving();
         for note in a.notes {
             match note {
                 Note::Leader { term, leader } => {
