@@ -576,16 +576,16 @@ impl Runner {
                     }
                 }
                 let did = guard::enforce(&lease);
-                self.killed_leaving.insert(g);
-                log.push(format!(
-                    "group {}: its stop outlasted what the cluster waits for (the lease held before it was moved away): {}",
-                    self.names[g],
-                    if did.is_empty() {
-                        "nothing left to kill".to_string()
-                    } else {
+                // Said (and done) once per stop, and only when something
+                // was still there (not for a group still being probed).
+                if !did.is_empty() {
+                    self.killed_leaving.insert(g);
+                    log.push(format!(
+                        "group {}: its stop outlasted what the cluster waits for (the lease held before it was moved away): {}",
+                        self.names[g],
                         did.join("; ")
-                    }
-                ));
+                    ));
+                }
             }
             out.push((g, end));
         }

@@ -468,3 +468,93 @@ fn a_hundred_commits_in_a_row_stop_nothing() {
     });
     b.report("3 nodes, 100 pins set and cleared");
 }
+
+/// Found in review: a group moved away is kept only as long as the node
+/// may (the lease before the move, or a leader's stop grant). A service
+/// that takes a second to shut down, on the leader and on a follower, is
+/// waited for on a planned move: stopped by its own signal handler, not
+/// killed, and never running on two nodes.
+#[test]
+fn a_slow_stop_on_a_planned_move_is_waited_for_not_killed() {
+    if !require_root("a_slow_stop_on_a_planned_move_is_waited_for_not_killed") {
+        return;
+    }
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let shape = ClusterShape {
+        extra: r#"
+[[group]]
+name = "slow"
+preferred = ["n1", "n2", "n3"]
+failback = "manual"
+
+[[group.resource]]
+name = "svc"
+kind = "process"
+command = ["sh", "-c", "trap 'sleep 1.5; exit 0' TERM; while :; do sleep 0.1; done"]
+"#
+        .into(),
+        ..ClusterShape::nodes(3)
+    };
+    let c = AgentCluster::start(TANDEM, &shape).unwrap();
+    let slow = |s: &Value| {
+        s["groups"]
+            .as_array()
+            .and_then(|g| g.iter().find(|g| g["name"] == "slow"))
+            .cloned()
+    };
+    let running_on = |s: &Value| {
+        slow(s).and_then(|g| {
+            (g["state"] == "running")
+                .then(|| g["placed_on"].as_str().map(String::from))
+                .flatten()
+        })
+    };
+    c.wait(1, GENEROUS, "slow running", |s| running_on(s).is_some())
+        .unwrap();
+    for round in 0..2 {
+        let s = c.status(1).unwrap();
+        let leader = agents::leader(&s).unwrap();
+        let from = running_on(&s).unwrap();
+        // Round 0 from the leader, round 1 from a follower.
+        let from = if round == 0 {
+            let out = std::process::Command::new(TANDEM)
+                .args(["move", "slow", "--to", &leader, "--socket"])
+                .arg(c.socket(1))
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+            leader.clone()
+        } else {
+            from
+        };
+        let to = ["n1", "n2", "n3"]
+            .into_iter()
+            .find(|n| *n != from && (round == 0 || *n != leader))
+            .unwrap()
+            .to_string();
+        let t0 = Instant::now();
+        let out = std::process::Command::new(TANDEM)
+            .args(["move", "slow", "--to", &to, "--socket"])
+            .arg(c.socket(1))
+            .output()
+            .unwrap();
+        let took = t0.elapsed();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // The shutdown took its 1.5 s: it was waited for, not cut short.
+        assert!(took >= Duration::from_millis(1_400), "moved in {took:?}");
+        let logs = c.logs();
+        assert!(
+            !logs.contains("its stop outlasted"),
+            "round {round}: the slow stop was killed:\n{logs}"
+        );
+        println!(
+            "slow stop moved from {from} ({}) to {to} in {} ms, not killed",
+            if from == leader { "leader" } else { "follower" },
+            took.as_millis()
+        );
+    }
+}

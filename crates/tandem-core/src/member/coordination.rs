@@ -337,6 +337,14 @@ impl Member {
     /// `lease_ms` and what that leader said was left of its own lease.
     /// Bounded by that leader's takeover wait ([`lease::takeover_at`]).
     fn grant_until(&self) -> Option<u64> {
+        // A leader grants itself its own lease: no later leader starts its
+        // groups before that has ended (the election bound), and it waits
+        // for its own stop itself.
+        let own = if self.agreement.role() == Role::Leader {
+            self.leader_lease_until(self.now_ms)
+        } else {
+            None
+        };
         self.reports
             .iter()
             .filter_map(|(id, pr)| {
@@ -349,6 +357,7 @@ impl Member {
                         lease::holder_lease_until(stamp, r.lease_left_ms, self.groups.lease_ms)
                     })
             })
+            .chain(own)
             .max()
     }
 
