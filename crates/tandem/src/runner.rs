@@ -461,6 +461,30 @@ impl Runner {
         log
     }
 
+    /// What of group `g` may be running here, for the guard (its end is
+    /// set by the caller).
+    fn may_run(&self, g: usize) -> guard::Leaving {
+        let mut part = guard::Leaving::default();
+        for (r, state) in self.resources[g].iter().zip(self.groups.resources(g)) {
+            if !state.maybe_running() {
+                continue;
+            }
+            match &r.kind {
+                Kind::Ip(ip) => part
+                    .addresses
+                    .push((ip.address.addr, ip.address.prefix_len)),
+                Kind::Process(_) => part.pidfiles.push(r.owner.pidfile()),
+                Kind::Exec(e) => part
+                    .scripts
+                    .push((e.script().to_path_buf(), r.owner.env_vec())),
+                // A copy lives in the agent's process: it stops serving
+                // when the agent dies, with nothing for the guard to do.
+                Kind::Volume(_) => {}
+            }
+        }
+        part
+    }
+
     /// Tells the guard the lease end and what may run here: the groups
     /// placed here under the node's lease, and each group being stopped
     /// after the record moved it away under its own end (`leaving`: group
@@ -480,24 +504,7 @@ impl Runner {
             ..LeaseFile::default()
         };
         for g in 0..self.groups.len() {
-            let mut part = guard::Leaving::default();
-            for (r, state) in self.resources[g].iter().zip(self.groups.resources(g)) {
-                if !state.maybe_running() {
-                    continue;
-                }
-                match &r.kind {
-                    Kind::Ip(ip) => part
-                        .addresses
-                        .push((ip.address.addr, ip.address.prefix_len)),
-                    Kind::Process(_) => part.pidfiles.push(r.owner.pidfile()),
-                    Kind::Exec(e) => part
-                        .scripts
-                        .push((e.script().to_path_buf(), r.owner.env_vec())),
-                    // A copy lives in the agent's process: it stops serving
-                    // when the agent dies, with nothing for the guard to do.
-                    Kind::Volume(_) => {}
-                }
-            }
+            let mut part = self.may_run(g);
             if let Some((_, end)) = leaving.iter().find(|(lg, _)| *lg == g) {
                 if part != guard::Leaving::default() {
                     part.until_mono_ms = to_mono(*end);
@@ -562,19 +569,12 @@ impl Runner {
             }
             let end = member.group_until(&self.names[g], now_ms).unwrap_or(now_ms);
             if now_ms >= end && !self.killed_leaving.contains(&g) {
-                let mut lease = LeaseFile::default();
-                for (r, state) in self.resources[g].iter().zip(self.groups.resources(g)) {
-                    if !state.maybe_running() {
-                        continue;
-                    }
-                    match &r.kind {
-                        Kind::Ip(ip) => lease
-                            .addresses
-                            .push((ip.address.addr, ip.address.prefix_len)),
-                        Kind::Process(_) => lease.pidfiles.push(r.owner.pidfile()),
-                        _ => {}
-                    }
-                }
+                // Addresses and process groups at once; scripts' own stop
+                // is what the runner is already doing.
+                let lease = LeaseFile {
+                    scripts: Vec::new(),
+                    ..self.may_run(g).as_lease()
+                };
                 let did = guard::enforce(&lease);
                 // Said (and done) once per stop, and only when something
                 // was still there (not for a group still being probed).
