@@ -15,14 +15,11 @@ impl Member {
     /// witness included, since any voter may lead) and the wall clock at
     /// `now_ms == 0` (for failure times and their expiry).
     pub fn set_groups(&mut self, groups: GroupsSpec, unix_at_zero_ms: u64) {
-        self.fence_listed = self.spec.mode == quorum::Mode::TwoNode
-            && groups
-                .host_ids
-                .iter()
-                .position(|id| *id == self.spec.me)
-                .and_then(|i| groups.hosts.get(i))
-                .is_some_and(|me| groups.fence_hosts.contains(me));
         self.groups = groups;
+        self.fence_listed = self.spec.mode == quorum::Mode::TwoNode
+            && self
+                .my_host_name()
+                .is_some_and(|me| self.groups.fence_hosts.iter().any(|h| h == me));
         self.unix_at_zero_ms = unix_at_zero_ms;
         self.lead_dirty = true;
     }
@@ -282,25 +279,7 @@ impl Member {
     /// up to `commit`: with `j - 1`, the lease it held on a record older
     /// than entry `j`.
     fn lease_counting_to(&self, now_ms: u64, commit: u64) -> Option<u64> {
-        let echoes: Vec<u64> = self
-            .spec
-            .peers
-            .iter()
-            .filter(|p| p.voter)
-            .filter_map(|p| {
-                if self.fenced.contains(&p.id) {
-                    return Some(now_ms);
-                }
-                self.echoes.get(&p.id)?.best(commit)
-            })
-            .collect();
-        lease::lease_until(
-            now_ms,
-            &echoes,
-            self.spec.voter,
-            self.majority(),
-            self.groups.lease_ms,
-        )
+        self.lease_from_voters(now_ms, |id| self.echoes.get(&id)?.best(commit))
     }
 
     /// The lease of a leader in its term: the majority-th newest echo of
@@ -308,6 +287,21 @@ impl Member {
     /// stop grants it gives ([`Member::group_until`]).
     pub(super) fn leader_lease_until(&self, now_ms: u64) -> Option<u64> {
         let term = self.agreement.term();
+        self.lease_from_voters(now_ms, |id| {
+            let r = &self.reports.get(&id)?.report;
+            let (inc, stamp) = r.echo?;
+            (r.term == term && r.leader == Some(self.spec.me) && inc == self.incarnation)
+                .then_some(stamp)
+        })
+    }
+
+    /// A lease from one echo per voter (`echo_of`; voters confirmed fenced
+    /// count as "now": they are off), this member's own "now" when it votes.
+    fn lease_from_voters(
+        &self,
+        now_ms: u64,
+        echo_of: impl Fn(NodeId) -> Option<u64>,
+    ) -> Option<u64> {
         let echoes: Vec<u64> = self
             .spec
             .peers
@@ -317,10 +311,7 @@ impl Member {
                 if self.fenced.contains(&p.id) {
                     return Some(now_ms);
                 }
-                let r = &self.reports.get(&p.id)?.report;
-                let (inc, stamp) = r.echo?;
-                (r.term == term && r.leader == Some(self.spec.me) && inc == self.incarnation)
-                    .then_some(stamp)
+                echo_of(p.id)
             })
             .collect();
         lease::lease_until(
