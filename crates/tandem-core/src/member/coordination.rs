@@ -981,9 +981,15 @@ impl Member {
 
     /// Peers whose packets this member cannot authenticate (another
     /// cluster key): (peer, packets, this member's time of the latest).
+    ///
+    /// The claimed sender is unproven: anyone on the network can put a
+    /// peer's id in a forged packet. Only a peer that is not heard with
+    /// authentic packets is named (with another key it never is); forgeries
+    /// in the name of a live peer are counted as `bad_mac` only.
     pub fn unauthenticated_peers(&self) -> Vec<(NodeId, u64, u64)> {
         self.bad_mac_from
             .iter()
+            .filter(|(id, _)| self.detector.node_state(**id) != Some(NodeState::Alive))
             .map(|(id, (n, at))| (*id, *n, *at))
             .collect()
     }
