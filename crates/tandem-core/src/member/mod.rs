@@ -338,7 +338,9 @@ struct PeerReport {
 pub struct Member {
     spec: MemberSpec,
     incarnation: u64,
-    seq: u64,
+    /// Last sequence number sent to each recipient (one stream per
+    /// recipient, as the recipient's replay window is per sender).
+    seq: BTreeMap<NodeId, u64>,
     detector: FailureDetector,
     replay: ReplayGuard,
     agreement: Agreement,
@@ -452,7 +454,7 @@ impl Member {
         let mut m = Member {
             detector: FailureDetector::new(spec.timing, &ids, spec.links, now_ms),
             incarnation,
-            seq: 0,
+            seq: BTreeMap::new(),
             replay: ReplayGuard::default(),
             agreement,
             dropped: DropReason::ALL.iter().map(|r| (*r, 0)).collect(),
@@ -616,7 +618,7 @@ impl Member {
     pub fn on_datagram(&mut self, now_ms: u64, link: usize, bytes: &[u8]) {
         self.now_ms = now_ms;
         let keys: Vec<&Key> = self.spec.keys.iter().collect();
-        let verdict = wire::decode(bytes, self.spec.cluster, &keys).and_then(|p| {
+        let verdict = wire::decode(bytes, self.spec.cluster, self.spec.me, &keys).and_then(|p| {
             if !self.spec.peers.iter().any(|x| x.id == p.header.sender) {
                 return Err(DropReason::UnknownNode);
             }
@@ -744,12 +746,14 @@ impl Member {
     }
 
     fn transmit(&mut self, to: NodeId, link: usize, body: Body) -> Result<(), wire::EncodeError> {
-        self.seq += 1;
+        let seq = self.seq.entry(to).or_default();
+        *seq += 1;
         let header = Header {
             cluster: self.spec.cluster,
             sender: self.spec.me,
+            recipient: to,
             incarnation: self.incarnation,
-            seq: self.seq,
+            seq: *seq,
         };
         let key = self.spec.keys.first().copied().unwrap_or([0; 32]);
         let bytes = wire::encode(&wire::Packet { header, body }, &key)?;

@@ -5,16 +5,24 @@
 //! ```text
 //! offset size field
 //!      0    4 magic "TNDM"
-//!      4    1 version (1)
+//!      4    1 version (2)
 //!      5    1 kind (1 = heartbeat, 2 = leave, 3 = agreement, 4 = request)
 //!      6    2 body length, big endian
 //!      8    8 cluster id   (derived from the cluster name)
 //!     16    8 sender node id (derived from the node name)
-//!     24    8 incarnation  (changes at every agent start, only grows)
-//!     32    8 sequence     (per sender and incarnation, only grows)
-//!     40    n body
-//!   40+n   16 MAC: BLAKE3 keyed hash of bytes 0 .. 40+n, first 16 bytes
+//!     24    8 recipient node id: the one node that may accept it
+//!     32    8 incarnation  (changes at every agent start, only grows)
+//!     40    8 sequence     (per sender, recipient and incarnation, only grows)
+//!     48    n body
+//!   48+n   16 MAC: BLAKE3 keyed hash of bytes 0 .. 48+n, first 16 bytes
 //! ```
+//!
+//! The MAC covers the recipient, so a packet captured on its way to one
+//! node and sent to another is refused ([`DropReason::Misdirected`]); with
+//! sequence numbers and replay windows per sender and recipient, a capture
+//! can be accepted at most once, by the node it was meant for, and never
+//! again (version 1 bound only the sender: a capture of heartbeats to n2,
+//! replayed to n3 after the sender died, kept it "online" there).
 //!
 //! A heartbeat body is `link u8 | count u8 | count x node id u64 |
 //! report`, where `report` (possibly empty) is the sender's per-recipient
@@ -34,9 +42,9 @@ use std::fmt;
 /// Packet magic.
 pub const MAGIC: [u8; 4] = *b"TNDM";
 /// The wire version this build speaks.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Header length in bytes.
-pub const HEADER_LEN: usize = 40;
+pub const HEADER_LEN: usize = 48;
 /// MAC length in bytes (128-bit tag).
 pub const MAC_LEN: usize = 16;
 /// Largest packet sent or accepted. Heartbeats fit one Ethernet frame;
@@ -91,6 +99,8 @@ pub struct Header {
     pub cluster: ClusterId,
     /// Sender.
     pub sender: NodeId,
+    /// The node the packet is for; any other node refuses it.
+    pub recipient: NodeId,
     /// Sender's incarnation (boot id).
     pub incarnation: u64,
     /// Sender's sequence number in this incarnation.
@@ -158,11 +168,13 @@ pub enum DropReason {
     StaleIncarnation,
     /// A sender that is not in the configuration.
     UnknownNode,
+    /// Authentic, but addressed to another node: a capture replayed here.
+    Misdirected,
 }
 
 impl DropReason {
     /// Every reason, for counters.
-    pub const ALL: [DropReason; 7] = [
+    pub const ALL: [DropReason; 8] = [
         DropReason::Malformed,
         DropReason::UnknownVersion,
         DropReason::WrongCluster,
@@ -170,6 +182,7 @@ impl DropReason {
         DropReason::Replay,
         DropReason::StaleIncarnation,
         DropReason::UnknownNode,
+        DropReason::Misdirected,
     ];
 
     /// Short name for status and metrics.
@@ -182,6 +195,7 @@ impl DropReason {
             DropReason::Replay => "replay",
             DropReason::StaleIncarnation => "stale_incarnation",
             DropReason::UnknownNode => "unknown_node",
+            DropReason::Misdirected => "misdirected",
         }
     }
 }
@@ -248,6 +262,7 @@ pub fn encode(packet: &Packet, key: &Key) -> Result<Vec<u8>, EncodeError> {
     out.extend_from_slice(&(body.len() as u16).to_be_bytes());
     out.extend_from_slice(&h.cluster.0.to_be_bytes());
     out.extend_from_slice(&h.sender.0.to_be_bytes());
+    out.extend_from_slice(&h.recipient.0.to_be_bytes());
     out.extend_from_slice(&h.incarnation.to_be_bytes());
     out.extend_from_slice(&h.seq.to_be_bytes());
     out.extend_from_slice(&body);
@@ -271,10 +286,15 @@ pub fn claimed_sender(bytes: &[u8]) -> Option<NodeId> {
     Some(NodeId(be_u64(&bytes[16..])))
 }
 
-/// Decodes and authenticates `bytes` for cluster `cluster`, accepting a MAC
-/// made with any of `keys` (current first). Checks, in order: size and magic,
-/// version, MAC, cluster, body.
-pub fn decode(bytes: &[u8], cluster: ClusterId, keys: &[&Key]) -> Result<Packet, DropReason> {
+/// Decodes and authenticates `bytes` for node `me` of cluster `cluster`,
+/// accepting a MAC made with any of `keys` (current first). Checks, in
+/// order: size and magic, version, MAC, cluster, recipient, body.
+pub fn decode(
+    bytes: &[u8],
+    cluster: ClusterId,
+    me: NodeId,
+    keys: &[&Key],
+) -> Result<Packet, DropReason> {
     if bytes.len() < HEADER_LEN + MAC_LEN || bytes.len() > MAX_PACKET || bytes[..4] != MAGIC {
         return Err(DropReason::Malformed);
     }
@@ -296,11 +316,15 @@ pub fn decode(bytes: &[u8], cluster: ClusterId, keys: &[&Key]) -> Result<Packet,
     let header = Header {
         cluster: ClusterId(be_u64(&bytes[8..])),
         sender: NodeId(be_u64(&bytes[16..])),
-        incarnation: be_u64(&bytes[24..]),
-        seq: be_u64(&bytes[32..]),
+        recipient: NodeId(be_u64(&bytes[24..])),
+        incarnation: be_u64(&bytes[32..]),
+        seq: be_u64(&bytes[40..]),
     };
     if header.cluster != cluster {
         return Err(DropReason::WrongCluster);
+    }
+    if header.recipient != me {
+        return Err(DropReason::Misdirected);
     }
     let body = &bytes[HEADER_LEN..HEADER_LEN + body_len];
     let body = match bytes[5] {
@@ -347,11 +371,16 @@ mod tests {
         ClusterId::from_name("web")
     }
 
+    fn me() -> NodeId {
+        NodeId::from_name("n2")
+    }
+
     fn heartbeat(seq: u64) -> Packet {
         Packet {
             header: Header {
                 cluster: cluster(),
                 sender: NodeId::from_name("n1"),
+                recipient: me(),
                 incarnation: 5,
                 seq,
             },
@@ -368,13 +397,13 @@ mod tests {
         let p = heartbeat(42);
         let bytes = encode(&p, &KEY).unwrap();
         assert_eq!(bytes.len(), HEADER_LEN + 2 + 16 + MAC_LEN);
-        assert_eq!(decode(&bytes, cluster(), &[&KEY]), Ok(p.clone()));
+        assert_eq!(decode(&bytes, cluster(), me(), &[&KEY]), Ok(p.clone()));
         let leave = Packet {
             body: Body::Leave,
             ..p
         };
         assert_eq!(
-            decode(&encode(&leave, &KEY).unwrap(), cluster(), &[&KEY]),
+            decode(&encode(&leave, &KEY).unwrap(), cluster(), me(), &[&KEY]),
             Ok(leave)
         );
     }
@@ -382,8 +411,11 @@ mod tests {
     #[test]
     fn wrong_key_is_bad_mac_and_previous_key_is_accepted_during_rotation() {
         let bytes = encode(&heartbeat(1), &OLD).unwrap();
-        assert_eq!(decode(&bytes, cluster(), &[&KEY]), Err(DropReason::BadMac));
-        assert!(decode(&bytes, cluster(), &[&KEY, &OLD]).is_ok());
+        assert_eq!(
+            decode(&bytes, cluster(), me(), &[&KEY]),
+            Err(DropReason::BadMac)
+        );
+        assert!(decode(&bytes, cluster(), me(), &[&KEY, &OLD]).is_ok());
     }
 
     #[test]
@@ -394,7 +426,7 @@ mod tests {
                 let mut b = bytes.clone();
                 b[i] ^= 1 << bit;
                 assert!(
-                    decode(&b, cluster(), &[&KEY]).is_err(),
+                    decode(&b, cluster(), me(), &[&KEY]).is_err(),
                     "byte {i} bit {bit}"
                 );
             }
@@ -407,8 +439,28 @@ mod tests {
         p.header.cluster = ClusterId::from_name("db");
         let bytes = encode(&p, &KEY).unwrap();
         assert_eq!(
-            decode(&bytes, cluster(), &[&KEY]),
+            decode(&bytes, cluster(), me(), &[&KEY]),
             Err(DropReason::WrongCluster)
+        );
+    }
+
+    /// Issue 15, defect 4: heartbeats n1 sent to n2, captured and resent to
+    /// n3, were all accepted there (the MAC did not cover the recipient).
+    #[test]
+    fn heartbeat_replayed_to_another_recipient_is_misdirected() {
+        let bytes = encode(&heartbeat(1), &KEY).unwrap();
+        let n3 = NodeId::from_name("n3");
+        assert_eq!(
+            decode(&bytes, cluster(), n3, &[&KEY]),
+            Err(DropReason::Misdirected)
+        );
+        assert!(decode(&bytes, cluster(), me(), &[&KEY]).is_ok());
+        // Rewriting the recipient field breaks the MAC.
+        let mut moved = bytes.clone();
+        moved[24..32].copy_from_slice(&n3.0.to_be_bytes());
+        assert_eq!(
+            decode(&moved, cluster(), n3, &[&KEY]),
+            Err(DropReason::BadMac)
         );
     }
 
@@ -416,19 +468,25 @@ mod tests {
     fn size_magic_and_version_checks() {
         let bytes = encode(&heartbeat(1), &KEY).unwrap();
         assert_eq!(
-            decode(&bytes[..bytes.len() - 1], cluster(), &[&KEY]),
+            decode(&bytes[..bytes.len() - 1], cluster(), me(), &[&KEY]),
             Err(DropReason::Malformed)
         );
-        assert_eq!(decode(&[], cluster(), &[&KEY]), Err(DropReason::Malformed));
-        let mut v2 = bytes.clone();
-        v2[4] = 2;
         assert_eq!(
-            decode(&v2, cluster(), &[&KEY]),
+            decode(&[], cluster(), me(), &[&KEY]),
+            Err(DropReason::Malformed)
+        );
+        let mut v2 = bytes.clone();
+        v2[4] = 1; // the version before recipients were bound
+        assert_eq!(
+            decode(&v2, cluster(), me(), &[&KEY]),
             Err(DropReason::UnknownVersion)
         );
         let mut big = bytes;
         big.resize(MAX_PACKET + 1, 0);
-        assert_eq!(decode(&big, cluster(), &[&KEY]), Err(DropReason::Malformed));
+        assert_eq!(
+            decode(&big, cluster(), me(), &[&KEY]),
+            Err(DropReason::Malformed)
+        );
     }
 
     #[test]
@@ -440,7 +498,7 @@ mod tests {
         let tag = mac(&KEY, &bytes);
         bytes.extend_from_slice(&tag);
         assert_eq!(
-            decode(&bytes, cluster(), &[&KEY]),
+            decode(&bytes, cluster(), me(), &[&KEY]),
             Err(DropReason::Malformed)
         );
     }
@@ -469,7 +527,7 @@ mod tests {
     proptest! {
         #[test]
         fn any_bytes_decode_to_a_packet_or_a_reason(bytes in proptest::collection::vec(any::<u8>(), 0..1600)) {
-            let _ = decode(&bytes, cluster(), &[&KEY]);
+            let _ = decode(&bytes, cluster(), me(), &[&KEY]);
         }
 
         #[test]
@@ -482,7 +540,7 @@ mod tests {
             b.extend_from_slice(&tail);
             let tag = mac(&KEY, &b);
             b.extend_from_slice(&tag);
-            let _ = decode(&b, ClusterId(0), &[&KEY]);
+            let _ = decode(&b, ClusterId(0), NodeId(0), &[&KEY]);
         }
 
         #[test]
@@ -495,8 +553,8 @@ mod tests {
                 2 => Body::Request(agreement),
                 _ => Body::Heartbeat { link, heard: heard.into_iter().map(NodeId).collect(), report: agreement },
             };
-            let p = Packet { header: Header { cluster: cluster(), sender: NodeId(3), incarnation, seq }, body };
-            prop_assert_eq!(decode(&encode(&p, &KEY).unwrap(), cluster(), &[&KEY]), Ok(p));
+            let p = Packet { header: Header { cluster: cluster(), sender: NodeId(3), recipient: me(), incarnation, seq }, body };
+            prop_assert_eq!(decode(&encode(&p, &KEY).unwrap(), cluster(), me(), &[&KEY]), Ok(p));
         }
     }
 }

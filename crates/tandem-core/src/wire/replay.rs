@@ -129,6 +129,7 @@ mod tests {
         Header {
             cluster: ClusterId(1),
             sender: NodeId(9),
+            recipient: NodeId(1),
             incarnation,
             seq,
         }
