@@ -182,6 +182,11 @@ impl FailureDetector {
         self.peers.get(&peer).map(|p| p.state)
     }
 
+    /// The newest incarnation of `peer` heard (or that left).
+    pub fn incarnation(&self, peer: NodeId) -> Option<u64> {
+        self.peers.get(&peer).and_then(|p| p.incarnation)
+    }
+
     /// State of `peer`'s `link`.
     pub fn link_state(&self, peer: NodeId, link: usize) -> Option<LinkState> {
         self.peers
@@ -254,6 +259,9 @@ impl FailureDetector {
             at_ms: now_ms,
             kind,
         };
+        if p.state == NodeState::Left && p.incarnation.is_some_and(|left| incarnation <= left) {
+            return events;
+        }
         match (p.state, p.incarnation) {
             (NodeState::Alive, Some(old)) if incarnation > old => {
                 events.push(ev(EventKind::NodeBack { peer, incarnation }));
@@ -275,12 +283,20 @@ impl FailureDetector {
         events
     }
 
-    /// `peer` announced it is leaving.
-    pub fn on_leave(&mut self, now_ms: u64, peer: NodeId) -> Vec<Event> {
+    /// `peer`, in `incarnation`, announced it is leaving. That incarnation
+    /// does not come back: a heartbeat of it that arrives later (delayed on
+    /// another link) is ignored; a new incarnation is a return.
+    pub fn on_leave(&mut self, now_ms: u64, peer: NodeId, incarnation: u64) -> Vec<Event> {
         let mut events = self.on_tick(now_ms);
         let Some(p) = self.peers.get_mut(&peer) else {
             return events;
         };
+        if p.incarnation.is_some_and(|old| old > incarnation) {
+            // A leave of an older incarnation, delayed: it says nothing
+            // about the one running now.
+            return events;
+        }
+        p.incarnation = Some(incarnation);
         if p.state != NodeState::Left {
             p.state = NodeState::Left;
             for l in &mut p.links {
@@ -531,13 +547,17 @@ mod tests {
     fn leave_is_immediate() {
         let mut fd = FailureDetector::new(T, &[n(2)], 2, 0);
         beat(&mut fd, 0, 500, &[0, 1], 1);
-        let ev = fd.on_leave(510, n(2));
+        let ev = fd.on_leave(510, n(2), 1);
         assert_eq!(kinds(&ev), ["node 0000000000000002 left@510"]);
         assert_eq!(fd.node_state(n(2)), Some(NodeState::Left));
         assert!(
             fd.on_tick(5_000).is_empty(),
             "a departed node must not also die"
         );
+        // A heartbeat of the incarnation that left, delayed on the other
+        // link, does not bring it back (it would then die and be fenced).
+        assert!(fd.on_heartbeat(5_100, n(2), 1, 1).is_empty());
+        assert_eq!(fd.node_state(n(2)), Some(NodeState::Left));
         let ev = fd.on_heartbeat(6_000, n(2), 0, 2);
         assert!(matches!(
             ev[0].kind,

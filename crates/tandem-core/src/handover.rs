@@ -44,6 +44,11 @@ pub struct NodeView {
     pub fence_backed: bool,
     /// The leader does not hear it.
     pub silent: bool,
+    /// It left on purpose with a statement of what it runs (its last
+    /// report, in `active`), and has not come back since: what the
+    /// statement does not list is stopped there, with no fence and no
+    /// lease to wait out.
+    pub left_stopped: bool,
     /// This leader fenced it after it was last heard.
     pub fenced: bool,
     /// Why a needed fence has not happened yet (in progress, failed...).
@@ -117,7 +122,8 @@ fn known_stopped(
     epoch: u64,
 ) -> Result<(), (String, Option<u64>)> {
     let applied = n.seen.get(group).copied().unwrap_or(0);
-    if n.last_report_ms.is_some() && applied >= epoch && !n.active.iter().any(|g| g == group) {
+    let stopped = !n.active.iter().any(|g| g == group);
+    if n.last_report_ms.is_some() && stopped && (applied >= epoch || n.left_stopped) {
         return Ok(());
     }
     if (n.fence_required && n.silent) || n.fence_backed {
@@ -254,6 +260,7 @@ mod tests {
             fence_required: false,
             fence_backed: false,
             silent: false,
+            left_stopped: false,
             fenced: false,
             fence_note: None,
             active: active.iter().map(|s| s.to_string()).collect(),
@@ -337,6 +344,40 @@ mod tests {
                 node: Some("n2".into())
             }]
         );
+    }
+
+    /// Issue 15, defect 2: a node that left cleanly (SIGTERM: it stopped
+    /// the group and said so as it left) was fenced at once, and with a
+    /// failing device the group stayed down. Its statement is proof: the
+    /// group starts elsewhere at once, no fence, no lease wait. A leave
+    /// whose statement still lists the group is treated as silence.
+    #[test]
+    fn a_clean_leave_with_a_statement_is_not_fenced_nor_waited_out() {
+        let mut r = Record::default();
+        place(&mut r, Some("n2"));
+        place(&mut r, None);
+        let t = to(Some("n1"));
+        let left = |active: &[&str]| NodeView {
+            fence_required: true,
+            silent: true,
+            left_stopped: true,
+            // Its statement was made under the old placement.
+            ..view("n2", Some(1000), active, 1)
+        };
+        let nodes = [view("n1", Some(1000), &[], 2), left(&[])];
+        let s = steps(&input(1_001, &r, &t, &nodes));
+        assert!(s.fence.is_empty(), "{s:?}");
+        assert_eq!(
+            s.propose,
+            vec![Command::Place {
+                group: "web".into(),
+                node: Some("n1".into())
+            }]
+        );
+        let nodes = [view("n1", Some(1000), &[], 2), left(&["web"])];
+        let s = steps(&input(1_001, &r, &t, &nodes));
+        assert!(s.propose.is_empty(), "{s:?}");
+        assert_eq!(s.fence, vec!["n2".to_string()]);
     }
 
     /// Two-node mode with fencing: the peer keeps its groups whatever the

@@ -79,9 +79,15 @@ fn event_at(s: &Value, text: &str, since: u64) -> Option<u64> {
 
 impl Fx {
     fn start(name: &'static str) -> Fx {
+        Fx::start_with(name, "")
+    }
+
+    /// As [`Fx::start`], with `extra` configuration (fence devices...).
+    fn start_with(name: &'static str, extra: &str) -> Fx {
         let shape = ClusterShape {
             extra: agents::ping_monitor_config()
-                + &agents::web_group_config(Path::new(TANDEM), "manual", NODES, 8080, 7000),
+                + &agents::web_group_config(Path::new(TANDEM), "manual", NODES, 8080, 7000)
+                + extra,
             ..ClusterShape::nodes(NODES)
         };
         let c = AgentCluster::start(TANDEM, &shape).unwrap();
@@ -804,6 +810,63 @@ options = {{ type = "fail", power_timeout = "1", password = "not-a-real-password
 
 fn testbed_fence_agent(dir: &Path) -> std::path::PathBuf {
     agents::testbed_fence_script(dir, Path::new(TANDEM)).unwrap()
+}
+
+/// Issue 15, defect 2: SIGTERM to the agent holding the group (a clean
+/// shutdown) made the leader fence it at once, and with a failing device
+/// the group stayed down. Now its leave says what it still runs (nothing)
+/// and the leader takes that as proof: every repetition moves the group
+/// without a fence, even though the device fails whenever it is asked.
+#[test]
+fn clean_stop_of_the_holder_is_not_fenced() {
+    if !require_root("clean_stop_of_the_holder_is_not_fenced") {
+        return;
+    }
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let agent = testbed_fence_agent(dir.path());
+    let fail = dir.path().join("fail");
+    std::fs::write(&fail, "").unwrap();
+    let extra = format!(
+        r#"
+[[fence_device]]
+name = "power"
+agent = "{}"
+hosts = {{ n1 = "n1", n2 = "n2", n3 = "n3" }}
+retries = 0
+timeout_ms = 10000
+options = {{ testbed = "@TESTBED_ID@", fail_while = "{}" }}
+"#,
+        agent.display(),
+        fail.display(),
+    );
+    let mut fx = Fx::start_with("clean stop (SIGTERM) of the holder, fencing on", &extra);
+    for rep in 0..reps() {
+        fx.rep(
+            rep,
+            |f, old| {
+                f.c.bed
+                    .stop_gracefully(f.c.pids[old - 1], Duration::from_secs(20))
+                    .unwrap();
+            },
+            |f, old| f.assert_nothing_left(old),
+            |f, old| {
+                let pid = f.c.spawn_agent(old).unwrap();
+                f.c.pids[old - 1] = pid;
+            },
+        );
+    }
+    let mut fences = 0;
+    for n in 1..=NODES {
+        let s = fx.c.status(n).unwrap();
+        fences += s["fences"].as_array().map_or(0, Vec::len);
+    }
+    let logs = fx.c.logs();
+    let attempts = logs.matches("through its fence devices").count();
+    println!("clean stops: {fences} fences in the record, {attempts} fence attempts logged");
+    assert_eq!(fences, 0, "{logs}");
+    assert_eq!(attempts, 0, "{logs}");
+    fx.report();
 }
 
 /// With a fence device, a lost node is fenced (really: the testbed device

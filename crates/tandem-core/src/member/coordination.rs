@@ -798,6 +798,9 @@ impl Member {
                     fence_backed: self.spec.mode == quorum::Mode::TwoNode
                         && self.groups.fence_hosts.contains(h),
                     silent,
+                    left_stopped: silent
+                        && self.detector.node_state(id) == Some(NodeState::Left)
+                        && self.left_clean.get(&id).copied() == self.detector.incarnation(id),
                     fenced,
                     fence_note,
                     active: groups

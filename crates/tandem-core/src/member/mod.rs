@@ -348,6 +348,9 @@ pub struct Member {
     all_seen: bool,
     seen: BTreeSet<NodeId>,
     fenced: BTreeSet<NodeId>,
+    /// Peers that left with a statement of what they run, and the
+    /// incarnation that left (a later one is a return).
+    left_clean: BTreeMap<NodeId, u64>,
     /// Fence-backed (two-node with fencing) and has held a lease this
     /// incarnation: keeps it (`coordination::fence_backed`).
     lease_backed: bool,
@@ -460,6 +463,7 @@ impl Member {
             dropped: DropReason::ALL.iter().map(|r| (*r, 0)).collect(),
             all_seen: false,
             seen: BTreeSet::new(),
+            left_clean: BTreeMap::new(),
             fenced: BTreeSet::new(),
             lease_backed: false,
             fence_listed: false,
@@ -667,8 +671,21 @@ impl Member {
                     .on_heard_list(from, link, heard.contains(&self.spec.me));
                 self.on_detector(now_ms, ev);
             }
-            Body::Leave => {
-                let ev = self.detector.on_leave(now_ms, from);
+            Body::Leave { report } => {
+                // Its statement of what it still runs: what it says is
+                // stopped need not be fenced or waited for (it is
+                // authenticated, and this incarnation runs nothing more).
+                match serde_json::from_slice::<Report>(&report) {
+                    Ok(r) if !report.is_empty() => {
+                        self.on_report(now_ms, from, p.header.incarnation, r);
+                        self.left_clean.insert(from, p.header.incarnation);
+                    }
+                    Ok(_) | Err(_) if report.is_empty() => {}
+                    Ok(_) | Err(_) => {
+                        *self.dropped.entry(DropReason::Malformed).or_default() += 1;
+                    }
+                }
+                let ev = self.detector.on_leave(now_ms, from, p.header.incarnation);
                 self.on_detector(now_ms, ev);
             }
             Body::Agreement(bytes) => match serde_json::from_slice(&bytes) {
@@ -701,12 +718,26 @@ impl Member {
     }
 
     /// A graceful stop: hand leadership over and tell every peer on every
-    /// link, so nobody waits for deadtime.
+    /// link, so nobody waits for deadtime. Each leave carries this node's
+    /// last report (from [`Member::set_local`]): what it still runs. The
+    /// leader places what it says is stopped elsewhere at once, without a
+    /// fence and without waiting out the lease.
     pub fn leave(&mut self) {
         self.agreement.hand_off();
         let a = self.agreement.take_output();
         self.absorb(a);
-        self.broadcast(|_, _| Body::Leave);
+        let reports: BTreeMap<NodeId, Vec<u8>> = self
+            .spec
+            .peers
+            .iter()
+            .map(|p| {
+                let r = self.report_for(p.id);
+                (p.id, serde_json::to_vec(&r).unwrap_or_default())
+            })
+            .collect();
+        self.broadcast(|to, _| Body::Leave {
+            report: reports.get(&to).cloned().unwrap_or_default(),
+        });
     }
 
     fn send_heartbeats(&mut self) {

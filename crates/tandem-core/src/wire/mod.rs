@@ -26,7 +26,9 @@
 //!
 //! A heartbeat body is `link u8 | count u8 | count x node id u64 |
 //! report`, where `report` (possibly empty) is the sender's per-recipient
-//! state report, opaque here and decoded by [`crate::member`]. A request body
+//! state report, opaque here and decoded by [`crate::member`]. A leave body
+//! is the same report, sent once the node has stopped what it could: its
+//! statement of what it still runs as it goes (empty: no statement). A request body
 //! is opaque too: an operator's or a node's request to the leader.
 //!
 //! Decoding is total: any byte string yields a [`Packet`] or a
@@ -122,7 +124,11 @@ pub enum Body {
         report: Vec<u8>,
     },
     /// "I am leaving on purpose": peers need not wait for deadtime.
-    Leave,
+    Leave {
+        /// The sender's last state report for this recipient (opaque
+        /// here): what it still runs as it leaves. Empty: no statement.
+        report: Vec<u8>,
+    },
     /// A message of the agreement protocol, encoded by
     /// [`crate::agreement`]; authenticated here like everything else.
     Agreement(Vec<u8>),
@@ -134,7 +140,7 @@ impl Body {
     fn kind(&self) -> u8 {
         match self {
             Body::Heartbeat { .. } => 1,
-            Body::Leave => 2,
+            Body::Leave { .. } => 2,
             Body::Agreement(_) => 3,
             Body::Request(_) => 4,
         }
@@ -246,8 +252,7 @@ pub fn encode(packet: &Packet, key: &Key) -> Result<Vec<u8>, EncodeError> {
             }
             body.extend_from_slice(report);
         }
-        Body::Leave => {}
-        Body::Agreement(bytes) | Body::Request(bytes) => {
+        Body::Leave { report: bytes } | Body::Agreement(bytes) | Body::Request(bytes) => {
             if bytes.len() > MAX_PACKET - HEADER_LEN - MAC_LEN {
                 return Err(EncodeError::TooLarge(bytes.len()));
             }
@@ -343,7 +348,9 @@ pub fn decode(
                 report: report.to_vec(),
             }
         }
-        2 if body.is_empty() => Body::Leave,
+        2 => Body::Leave {
+            report: body.to_vec(),
+        },
         3 => Body::Agreement(body.to_vec()),
         4 => Body::Request(body.to_vec()),
         _ => return Err(DropReason::Malformed),
@@ -399,7 +406,9 @@ mod tests {
         assert_eq!(bytes.len(), HEADER_LEN + 2 + 16 + MAC_LEN);
         assert_eq!(decode(&bytes, cluster(), me(), &[&KEY]), Ok(p.clone()));
         let leave = Packet {
-            body: Body::Leave,
+            body: Body::Leave {
+                report: b"{}".to_vec(),
+            },
             ..p
         };
         assert_eq!(
@@ -548,7 +557,7 @@ mod tests {
                       heard in proptest::collection::vec(any::<u64>(), 0..=MAX_HEARD), kind in 0u8..4,
                       agreement in proptest::collection::vec(any::<u8>(), 0..2000)) {
             let body = match kind {
-                0 => Body::Leave,
+                0 => Body::Leave { report: agreement },
                 1 => Body::Agreement(agreement),
                 2 => Body::Request(agreement),
                 _ => Body::Heartbeat { link, heard: heard.into_iter().map(NodeId).collect(), report: agreement },
