@@ -114,6 +114,11 @@ struct Node {
     /// Global time at which a fault last touched this node (its agent
     /// down, frozen, restarted; its links cut or dropping one way).
     disturbed_at: u64,
+    /// It restarted from a state file edited so that its record differs
+    /// from everyone's (a damage its checksum did not catch): until its
+    /// record matches its leader's, the record invariants skip it (the
+    /// point is that it acts on none of it).
+    damaged: bool,
 }
 
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
@@ -248,6 +253,7 @@ impl Sim {
                     slow_stops: Vec::new(),
                     finished_stops: Vec::new(),
                     disturbed_at: 0,
+                    damaged: false,
                 }
             })
             .collect();
@@ -530,7 +536,8 @@ impl Sim {
         }
         for i in 0..n {
             let node = &self.nodes[i];
-            let touched = node.member.is_none()
+            // A member that lost its state is touched until it caught up.
+            let touched = node.member.as_ref().map_or(true, Member::log_lost)
                 || node.frozen_until.is_some()
                 || node.guard_at.is_some()
                 || node.inherited_until.is_some()
@@ -580,6 +587,63 @@ impl Sim {
                 i + 1
             )
         });
+    }
+
+    /// A down node's state file was found damaged (its checksum fails)
+    /// and the operator discarded it (`--discard-damaged-state`): the node
+    /// starts afresh, recovering (no vote until it has followed a leader).
+    fn discard_state(&mut self, i: usize) {
+        if self.nodes[i].member.is_some() {
+            return;
+        }
+        // One lost state at a time: with two of three voters recovering,
+        // no leader can be elected (by design: what they acknowledged may
+        // be gone), which is disaster recovery, not a fault to ride out.
+        let recovering = self.nodes.iter().any(|n| {
+            n.persisted.agreement.recovering
+                || n.member
+                    .as_ref()
+                    .is_some_and(|m| m.agreement().recovering())
+        });
+        // Two-node mode: a recovering node waits until its peer leads,
+        // which it does only once it has fenced it (CONFIG.md: stop it
+        // until the other one leads); not a fault to ride out either.
+        if recovering || self.shape == Shape::TwoNode {
+            return;
+        }
+        self.nodes[i].persisted.agreement = tandem_core::agreement::Durable {
+            recovering: true,
+            ..Default::default()
+        };
+        self.log(|| format!("n{}: state discarded, recovering", i + 1));
+    }
+
+    /// A down node's state file is edited so that a committed placement
+    /// puts a group on it, in a way its checksum does not catch (same
+    /// index and term). Returns whether there was one to edit.
+    fn edit_state(&mut self, i: usize) -> bool {
+        let me = format!("n{}", i + 1);
+        let a = &mut self.nodes[i].persisted.agreement;
+        let snap = &mut a.snapshot.record.placements;
+        let edited = if let Some(p) = snap.values_mut().find(|p| p.node.as_deref() != Some(&me)) {
+            p.node = Some(me.clone());
+            true
+        } else {
+            a.log.iter_mut().rev().any(|e| match &mut e.cmd {
+                Command::Place { node, .. } if node.as_deref() != Some(&me) => {
+                    *node = Some(me.clone());
+                    true
+                }
+                _ => false,
+            })
+        };
+        if edited {
+            self.nodes[i].damaged = true;
+            self.log(|| {
+                format!("{me}: a placement in its state file edited to place a group on it")
+            });
+        }
+        edited
     }
 
     fn freeze(&mut self, i: usize, ms: u64) {
@@ -948,8 +1012,30 @@ impl Sim {
                     .filter(|&i| self.nodes[i].alive[g].iter().any(|a| *a))
                     .collect();
                 if active.len() > 1 {
+                    // What each holder believed, for the replay.
+                    let why = active
+                        .iter()
+                        .map(|&i| {
+                            let n = &self.nodes[i];
+                            n.member.as_ref().map_or_else(
+                                || format!("n{}: agent down, guard at {:?}", i + 1, n.guard_at),
+                                |m| {
+                                    format!(
+                                        "n{}: placed on {:?} (commit {}), lease {}, verified {}, inherited {:?}",
+                                        i + 1,
+                                        m.agreement().record().placements.get(*name).map(|p| (&p.node, p.epoch)),
+                                        m.agreement().commit_index(),
+                                        m.lease_valid(self.now - n.start),
+                                        m.record_verified(),
+                                        n.inherited_until,
+                                    )
+                                },
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join("; ");
                     return Err(format!(
-                        "dual-active: group {name} runs on {}",
+                        "dual-active: group {name} runs on {} ({why})",
                         active
                             .iter()
                             .map(|i| format!("n{}", i + 1))
@@ -957,6 +1043,11 @@ impl Sim {
                             .join(" and ")
                     ));
                 }
+            }
+        }
+        for n in &mut self.nodes {
+            if n.damaged && n.member.as_ref().is_some_and(Member::record_verified) {
+                n.damaged = false;
             }
         }
         for i in 0..self.nodes.len() {
@@ -988,6 +1079,7 @@ impl Sim {
                 }
             }
             match self.records.get(&commit) {
+                _ if self.nodes[i].damaged => {}
                 Some(r) if r != a.record() => {
                     return Err(format!(
                         "n{} holds a different record at commit {commit}",
@@ -1049,7 +1141,8 @@ impl Sim {
         // What was faulty until now counts as of now, healed or not.
         self.note_disturbances();
         let n = self.nodes.len();
-        let which = self.rng.gen_range(0..if self.groups { 12 } else { 10 });
+        let which = self.rng.gen_range(0..if self.groups { 13 } else { 10 });
+        // (12: a crash whose state file is found damaged and discarded.)
         let node = self.rng.gen_range(0..n);
         match which {
             // (Group runs only; two-node group runs fence, so a killed
@@ -1061,6 +1154,11 @@ impl Sim {
             11 => {
                 let ms = self.rng.gen_range(100..3_000);
                 self.freeze(node, ms);
+            }
+            12 => {
+                let down = self.rng.gen_range(100..2_500);
+                self.crash(node, down);
+                self.discard_state(node);
             }
             0 | 1 => {
                 // Two-node crashes go through fencing; plain crashes elsewhere.
@@ -1563,6 +1661,45 @@ fn regression_first_requests_of_members_sharing_an_incarnation_both_count() {
         checked += 1;
     }
     assert!(checked >= 5, "only {checked} seeds had a settled leader");
+}
+
+/// Issue 15, defect 1: a committed `Place` edited in a stopped node's
+/// state file (same index and term, so Raft's log matching never noticed)
+/// made the node start the group on restart: dual-active. Now it compares
+/// its record with its leader's before it may hold a lease, finds it
+/// differs, discards it and fetches it again; the check never sees the
+/// group on two nodes, and the record ends equal to the leader's.
+#[test]
+fn restart_from_an_edited_state_file_never_runs_the_edited_placement() {
+    let mut tried = 0;
+    for seed in 0..40 {
+        let (mut sim, mut steps) = settled_quiet_groups(seed);
+        if sim.shape == Shape::TwoNode {
+            continue;
+        }
+        let Some(leader) = sim.leader() else { continue };
+        let n = sim.nodes.len();
+        let Some(f) =
+            (0..n).find(|&i| i != leader && sim.hosts_groups(i) && sim.nodes[i].member.is_some())
+        else {
+            continue;
+        };
+        sim.crash(f, 200);
+        if !sim.edit_state(f) {
+            continue;
+        }
+        sim.run_until(sim.now + 4_000, &mut steps, false)
+            .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        let m = sim.nodes[f].member.as_ref().expect("restarted");
+        assert!(
+            m.record_verified(),
+            "seed {seed}: n{} never verified",
+            f + 1
+        );
+        assert_eq!(sim.record(f), sim.record(leader), "seed {seed}");
+        tried += 1;
+    }
+    assert!(tried >= 5, "only {tried} seeds had an edit to make");
 }
 
 /// Two nodes with fencing: a holder keeps its groups without hearing its

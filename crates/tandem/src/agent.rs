@@ -1008,6 +1008,17 @@ impl Agent {
             } => format!("leader is {} (term {term})", t.name_of(*l)),
             MemberEvent::Leader { term, leader: None } => format!("no leader (term {term})"),
             MemberEvent::Applied { .. } => return None,
+            MemberEvent::RecordVerified { index } => {
+                format!("record matches the leader's (index {index}): leases may count")
+            }
+            MemberEvent::RecordDiverged { index } => format!(
+                "RECORD DAMAGED: this node's record differs from the leader's at index {index}; \
+                 it was discarded and is fetched again from the leader (nothing runs here until then)"
+            ),
+            MemberEvent::Recovered { term, leader } => format!(
+                "state recovered: followed leader {} in term {term}; this node votes again from the next term",
+                t.name_of(*leader)
+            ),
             MemberEvent::SendFailed { to, reason } => {
                 format!("could not send to {}: {reason}", t.name_of(*to))
             }

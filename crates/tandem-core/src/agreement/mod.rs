@@ -100,6 +100,14 @@ pub struct Durable {
     pub snapshot: Snapshot,
     /// Entries after the snapshot; entry i has index `snapshot.last_index + 1 + i`.
     pub log: Vec<Entry>,
+    /// This node lost its durable state (a damaged state file the
+    /// operator discarded): it may have voted in a term it no longer
+    /// remembers, so it neither votes nor campaigns until it has followed
+    /// a leader; it then counts as having voted for that leader in that
+    /// term, and votes only in later ones. Persisted, so a restart while
+    /// recovering does not forget it.
+    #[serde(default)]
+    pub recovering: bool,
 }
 
 /// Messages between voters and learners.
@@ -223,6 +231,14 @@ pub enum Note {
         /// Highest applied index.
         index: u64,
     },
+    /// A node that lost its state followed `leader` in `term`: it votes
+    /// again, from the next term on ([`Durable::recovering`]).
+    Recovered {
+        /// The term it followed in.
+        term: u64,
+        /// The leader of that term.
+        leader: NodeId,
+    },
 }
 
 /// Work for the shell, in order: persist, then send.
@@ -299,6 +315,25 @@ pub struct Agreement {
 }
 
 impl Agreement {
+    /// Whether this node lost its state and waits to follow a leader
+    /// before it votes ([`Durable::recovering`]).
+    pub fn recovering(&self) -> bool {
+        self.durable.recovering
+    }
+
+    /// Drops the snapshot and log (keeping term and vote): this node's
+    /// record was found to differ from the leader's at the same index, so
+    /// it is damaged; the leader sends it again from the start.
+    pub fn discard_record(&mut self) {
+        self.durable.snapshot = Snapshot::default();
+        self.durable.log.clear();
+        self.commit = 0;
+        self.applied = 0;
+        self.record = Record::default();
+        self.synced = self.voters == [self.id];
+        self.dirty = true;
+    }
+
     /// A node restarting from `durable` (default for a first start).
     /// `seed` varies election timeouts between nodes and runs.
     pub fn new(
@@ -310,10 +345,16 @@ impl Agreement {
         now_ms: u64,
         seed: u64,
     ) -> Self {
+        let mut durable = durable;
         let commit = durable.snapshot.last_index;
         let record = durable.snapshot.record.clone();
         // A lone voter holds everything by definition.
         let synced = voters == [id];
+        // ... and has no one to recover from: its state starts afresh.
+        // (Two voters still recover: in two-node mode one vote elects.)
+        if synced {
+            durable.recovering = false;
+        }
         let mut a = Agreement {
             id,
             voters,
@@ -547,7 +588,7 @@ impl Agreement {
             }
         } else if now_ms >= self.election_deadline_ms {
             self.reset_election_timer(now_ms);
-            if self.is_voter(self.id) {
+            if self.is_voter(self.id) && !self.durable.recovering {
                 self.start_pre_vote(now_ms);
             }
         }
@@ -569,7 +610,10 @@ impl Agreement {
                     || self
                         .leader_contact_ms
                         .is_some_and(|c| now_ms < c + self.timing.election_min_ms);
-                let granted = t > term && !leader_fresh && self.log_ok(last_index, last_term);
+                let granted = t > term
+                    && !leader_fresh
+                    && !self.durable.recovering
+                    && self.log_ok(last_index, last_term);
                 let reply_term = if granted { t } else { term };
                 self.out.send.push((
                     from,
@@ -597,6 +641,7 @@ impl Agreement {
                 }
                 let term = self.durable.term;
                 let granted = t == term
+                    && !self.durable.recovering
                     && self.durable.voted_for.map_or(true, |v| v == from)
                     && self.log_ok(last_index, last_term);
                 if granted && self.durable.voted_for.is_none() {
@@ -713,6 +758,16 @@ impl Agreement {
     /// Accepts `from` as the leader of `term` (an append or snapshot came).
     fn follow(&mut self, now_ms: u64, term: u64, from: NodeId) {
         self.become_follower(now_ms, term, Some(from));
+        if self.durable.recovering && term == self.durable.term {
+            // Whatever this node voted before it lost its state, `from`
+            // won this term: count the vote as its, never give another.
+            self.durable.recovering = false;
+            if self.durable.voted_for.is_none() {
+                self.durable.voted_for = Some(from);
+            }
+            self.dirty = true;
+            self.out.notes.push(Note::Recovered { term, leader: from });
+        }
         self.leader_contact_ms = Some(now_ms);
         self.reset_election_timer(now_ms);
     }

@@ -68,6 +68,10 @@ impl Member {
         if incarnation > stamp.0 .0 || (incarnation == stamp.0 .0 && r.sent_ms > stamp.0 .1) {
             *stamp = ((incarnation, r.sent_ms), now_ms);
         }
+        if let (true, Some((index, d))) = (self.agreement.leader() == Some(from), r.record_at) {
+            let v = self.record_check.note_leader(index, d);
+            self.on_record_verdict(v);
+        }
         let voter = self.spec.peers.iter().any(|p| p.id == from && p.voter);
         if let (true, Some((inc, echoed))) = (voter, r.echo) {
             if inc == self.incarnation {
@@ -105,7 +109,16 @@ impl Member {
     /// [`crate::lease`]). Decisions compacted into the snapshot count by
     /// the index the record keeps for them (the commit index when it was
     /// not kept).
+    ///
+    /// A member that lost its log (state discarded, or a record found
+    /// damaged) asks "never" until it has caught up with a leader: its
+    /// log may lack a `Place` it acknowledged before, and an echo asking
+    /// less than that would let its recipient's lease outlive the bound
+    /// the leader computed from that acknowledgement.
     pub(super) fn place_index(&self) -> u64 {
+        if self.log_lost() {
+            return never();
+        }
         let a = &self.agreement;
         let applied = a
             .record()
@@ -159,6 +172,7 @@ impl Member {
             },
             log_index: self.agreement.last_index(),
             place_index: self.place_index(),
+            record_at: self.record_check.newest(),
             commit: {
                 let c = self.agreement.commit_index();
                 (c, self.agreement.term_at(c).unwrap_or(0))
@@ -271,7 +285,13 @@ impl Member {
     /// The lease from a majority of voters' counted echoes, whoever leads
     /// ([`crate::lease`]). Voters confirmed fenced count as "now": they
     /// are off.
+    ///
+    /// None until this incarnation's record matched its leader's
+    /// ([`super::record_check`]): a damaged record is never acted on.
     fn normal_lease_until(&self, now_ms: u64) -> Option<u64> {
+        if !self.record_check.verified() {
+            return None;
+        }
         self.lease_counting_to(now_ms, self.agreement.commit_index())
     }
 

@@ -21,6 +21,7 @@ use crate::quorum::{self, View};
 use crate::wire::{self, replay::ReplayGuard, Body, ClusterId, DropReason, Header, Key, NodeId};
 
 mod coordination;
+pub mod record_check;
 
 /// A peer as this member sees the configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,6 +108,25 @@ pub enum MemberEvent {
         /// Highest applied index.
         index: u64,
     },
+    /// This node's record differed from the leader's at the same index
+    /// (a damaged state file): it was discarded and is fetched again; no
+    /// lease until it matches.
+    RecordDiverged {
+        /// The index both had.
+        index: u64,
+    },
+    /// This node's record matched the leader's: it may hold a lease.
+    RecordVerified {
+        /// The index both had.
+        index: u64,
+    },
+    /// A node that lost its state followed a leader and votes again.
+    Recovered {
+        /// Term it followed in.
+        term: u64,
+        /// Leader of that term.
+        leader: NodeId,
+    },
     /// An agreement message could not be sent (too large for a packet).
     SendFailed {
         /// Destination.
@@ -180,6 +200,11 @@ pub struct Report {
     /// (`coordination::behind`).
     #[serde(default)]
     pub commit: (u64, u64),
+    /// The sender's commit index and the digest of its record there
+    /// ([`record_check`]): a follower compares its own with its leader's
+    /// before it may hold a lease.
+    #[serde(default)]
+    pub record_at: Option<(u64, u64)>,
     /// Groups on the sender.
     pub groups: Vec<GroupReport>,
     /// Links whose ping monitor fails on the sender.
@@ -348,6 +373,12 @@ pub struct Member {
     all_seen: bool,
     seen: BTreeSet<NodeId>,
     fenced: BTreeSet<NodeId>,
+    /// Its log was lost (started recovering, or its record was found
+    /// damaged and discarded) and it has not caught up with a leader
+    /// since: see `place_index`.
+    log_lost: bool,
+    /// This incarnation's record compared with its leader's.
+    record_check: record_check::RecordCheck,
     /// Peers that left with a statement of what they run, and the
     /// incarnation that left (a later one is a return).
     left_clean: BTreeMap<NodeId, u64>,
@@ -425,6 +456,7 @@ impl Member {
         now_ms: u64,
         seed: u64,
     ) -> Self {
+        let log_lost = persisted.agreement.recovering;
         let ids: Vec<NodeId> = spec.peers.iter().map(|p| p.id).collect();
         let mut voters: Vec<NodeId> = spec
             .peers
@@ -464,6 +496,8 @@ impl Member {
             all_seen: false,
             seen: BTreeSet::new(),
             left_clean: BTreeMap::new(),
+            record_check: record_check::RecordCheck::default(),
+            log_lost,
             fenced: BTreeSet::new(),
             lease_backed: false,
             fence_listed: false,
@@ -499,6 +533,7 @@ impl Member {
             spec,
         };
         m.update_view();
+        m.note_own_digest();
         m
     }
 
@@ -576,6 +611,9 @@ impl Member {
         let a = self.agreement.take_output();
         self.absorb(a);
         self.note_lease();
+        if self.log_lost && self.agreement.synced() {
+            self.log_lost = false;
+        }
         let mut out = std::mem::take(&mut self.out);
         if self.persist {
             self.persist = false;
@@ -841,6 +879,11 @@ impl Member {
             match note {
                 Note::Leader { term, leader } => {
                     self.out.events.push(MemberEvent::Leader { term, leader });
+                    self.record_check.leader_changed();
+                    if leader == Some(self.spec.me) {
+                        // Elected by a majority: its record is the reference.
+                        self.record_check.set_verified();
+                    }
                     // Leases follow the leader: tell every peer now.
                     self.heartbeat_due_ms = self.now_ms;
                     if leader == Some(self.spec.me) {
@@ -848,7 +891,54 @@ impl Member {
                         self.propose_config();
                     }
                 }
-                Note::Applied { index } => self.out.events.push(MemberEvent::Applied { index }),
+                Note::Applied { index } => {
+                    self.out.events.push(MemberEvent::Applied { index });
+                    self.note_own_digest();
+                }
+                Note::Recovered { term, leader } => {
+                    self.out
+                        .events
+                        .push(MemberEvent::Recovered { term, leader });
+                }
+            }
+        }
+    }
+
+    /// Whether its log was lost (state discarded, or a damaged record
+    /// dropped) and it has not caught up with a leader since: its echoes
+    /// count for no lease meanwhile.
+    pub fn log_lost(&self) -> bool {
+        self.log_lost && !self.agreement.synced()
+    }
+
+    /// Whether this incarnation's record has matched its leader's (or it
+    /// leads): before that it holds no lease.
+    pub fn record_verified(&self) -> bool {
+        self.record_check.verified()
+    }
+
+    /// Digests the record at the commit index just reached and compares.
+    fn note_own_digest(&mut self) {
+        let index = self.agreement.commit_index();
+        let d = record_check::digest(self.agreement.record());
+        let v = self.record_check.note_own(index, d);
+        self.on_record_verdict(v);
+    }
+
+    /// Acts on a comparison of this node's record with the leader's.
+    pub(super) fn on_record_verdict(&mut self, v: record_check::Verdict) {
+        match v {
+            record_check::Verdict::Pending => {}
+            record_check::Verdict::Agrees { index } => {
+                self.out.events.push(MemberEvent::RecordVerified { index });
+            }
+            record_check::Verdict::Differs { index } => {
+                self.out.events.push(MemberEvent::RecordDiverged { index });
+                self.agreement.discard_record();
+                self.record_check.reset();
+                self.log_lost = true;
+                self.persist = true;
+                self.lead_dirty = true;
             }
         }
     }
