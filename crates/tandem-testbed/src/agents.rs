@@ -190,6 +190,12 @@ impl AgentCluster {
     /// Starts member `n`'s agent with another configuration file (a node
     /// whose file differs from the others').
     pub fn spawn_agent_with(&self, n: usize, cfg: &Path) -> Result<u32> {
+        self.spawn_agent_args(n, cfg, &[])
+    }
+
+    /// Starts member `n`'s agent with configuration `cfg` and `extra`
+    /// command-line arguments.
+    pub fn spawn_agent_args(&self, n: usize, cfg: &Path, extra: &[&str]) -> Result<u32> {
         let cfg = cfg.to_path_buf();
         let sock = self.socket(n);
         let state = self.state_dir(n);
@@ -207,6 +213,7 @@ impl AgentCluster {
             args.push(flag.into());
             args.push(path.to_string_lossy().into_owned());
         }
+        args.extend(extra.iter().map(|a| a.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         self.bed.spawn(n, &self.binary.to_string_lossy(), &args)
     }

@@ -7,7 +7,6 @@
 //! thread: the work is tiny, and one thread keeps idle CPU and memory low.
 
 use std::collections::VecDeque;
-use std::io::{Read as _, Write as _};
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -20,7 +19,7 @@ use tandem_core::agreement::{Intent, Role};
 use tandem_core::config::Config;
 use tandem_core::failure_detector::{EventKind, LinkState, NodeState};
 use tandem_core::member::{
-    GroupsSpec, Member, MemberEvent, MemberOutput, MemberSpec, PeerSpec, Persisted, Request,
+    GroupsSpec, Member, MemberEvent, MemberOutput, MemberSpec, PeerSpec, Request,
 };
 use tandem_core::policy::{self, GroupPolicy};
 use tandem_core::quorum::{self, MAX_VOTERS};
@@ -31,6 +30,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
 use crate::runner::{Done, Runner};
+use crate::state_file::{Loaded, StateFile};
 use crate::status::{
     AgreementStatus, EventRecord, GroupStatus, LeaseStatus, LinkStatus, PeerStatus, QuorumStatus,
     Status,
@@ -68,8 +68,6 @@ const DEFAULT_STATE_DIR: &str = "/var/lib/tandem";
 const DEFAULT_PORT: u16 = 5405;
 /// The witness's member name (reserved; no node may use it).
 pub const WITNESS_NAME: &str = "witness";
-/// Largest state file read at start.
-const MAX_STATE_FILE: u64 = 64 << 20;
 
 /// What this process is in the cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +89,8 @@ pub struct AgentOptions {
     pub state_dir: Option<PathBuf>,
     /// The configuration's identity (hash of what it says, per section).
     pub config: tandem_core::config::identity::Identity,
+    /// What to do with a state file that fails its check.
+    pub recovery: crate::state_file::Recovery,
 }
 
 /// Every member's address per link, in configuration order; the witness
@@ -338,61 +338,6 @@ fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// The state file: written whole to a temporary file, fsynced, renamed
-/// over the old one, and the directory fsynced, so a crash leaves either
-/// the old or the new state, never a torn one.
-struct StateFile {
-    path: PathBuf,
-}
-
-impl StateFile {
-    fn open(dir: &Path) -> Result<StateFile> {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("creating the state directory {}", dir.display()))?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("restricting {} to root", dir.display()))?;
-        Ok(StateFile {
-            path: dir.join("state.json"),
-        })
-    }
-
-    fn load(&self) -> Result<Persisted> {
-        let file = match std::fs::File::open(&self.path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Persisted::default()),
-            Err(e) => return Err(e).with_context(|| format!("reading {}", self.path.display())),
-        };
-        let mut bytes = Vec::new();
-        std::io::Read::take(file, MAX_STATE_FILE)
-            .read_to_end(&mut bytes)
-            .with_context(|| format!("reading {}", self.path.display()))?;
-        serde_json::from_slice(&bytes).with_context(|| {
-            format!(
-                "{} is damaged; move it away to start this member afresh (it then catches up from the leader)",
-                self.path.display()
-            )
-        })
-    }
-
-    fn save(&self, p: &Persisted) -> Result<()> {
-        let tmp = self.path.with_extension("json.tmp");
-        let bytes = serde_json::to_vec(p).context("encoding the state")?;
-        let mut f =
-            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        f.write_all(&bytes)
-            .and_then(|()| f.sync_all())
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, &self.path)
-            .with_context(|| format!("replacing {}", self.path.display()))?;
-        if let Some(dir) = self.path.parent() {
-            std::fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .with_context(|| format!("syncing {}", dir.display()))?;
-        }
-        Ok(())
-    }
-}
-
 /// Runs the agent (or witness) until SIGTERM or SIGINT.
 pub fn run(cfg: Config, opts: AgentOptions) -> Result<()> {
     let topo = Topology::from_config(&cfg);
@@ -441,7 +386,19 @@ pub fn run(cfg: Config, opts: AgentOptions) -> Result<()> {
         }
     });
     let state = StateFile::open(&state_dir)?;
-    let persisted = state.load()?;
+    let (persisted, loaded) = state.load(opts.recovery)?;
+    match &loaded {
+        Loaded::Fresh | Loaded::Checked => {}
+        Loaded::Discarded(aside) => eprintln!(
+            "tandem: {} was damaged and is kept as {}; starting empty: no vote until this node has followed the leader",
+            state.path().display(),
+            aside.display()
+        ),
+        Loaded::Unchecksummed => eprintln!(
+            "tandem: {} had no checksum (an older version wrote it); accepted, and written with one from now on",
+            state.path().display()
+        ),
+    }
     // Incarnations only grow: wall-clock µs, but past the last one even if
     // the clock went back.
     let now_us = SystemTime::now()
@@ -655,7 +612,7 @@ impl Agent {
             self.member.incarnation(),
             links.join(", "),
             self.control_path.display(),
-            self.state.path.display()
+            self.state.path().display()
         );
         self.log(text);
         let text = self.watchdog.describe();
@@ -1556,25 +1513,6 @@ pub fn query_status(socket: &Path, json: bool) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn state_file_round_trips_and_refuses_damage() {
-        let dir = tempfile::tempdir().unwrap();
-        let sf = StateFile::open(dir.path()).unwrap();
-        assert_eq!(sf.load().unwrap(), Persisted::default());
-        let p = Persisted {
-            incarnation: 7,
-            ..Persisted::default()
-        };
-        sf.save(&p).unwrap();
-        assert_eq!(sf.load().unwrap(), p);
-        std::fs::write(&sf.path, b"{not json").unwrap();
-        let err = format!("{:#}", sf.load().unwrap_err());
-        assert!(
-            err.contains("damaged") && err.contains("move it away"),
-            "{err}"
-        );
-    }
 
     #[test]
     fn group_lookup_says_what_to_do() {

@@ -40,6 +40,8 @@ pub enum Command {
         /// State directory (default: the configuration's, else /var/lib/tandem).
         #[arg(long, value_name = "DIR")]
         state_dir: Option<PathBuf>,
+        #[command(flatten)]
+        recovery: StateRecovery,
     },
     /// Run the quorum witness in the foreground: a voter that hosts no
     /// resources, for two-node sites. Run it on a third machine reachable
@@ -54,6 +56,8 @@ pub enum Command {
         /// State directory (default: the configuration's, else /var/lib/tandem/witness).
         #[arg(long, value_name = "DIR")]
         state_dir: Option<PathBuf>,
+        #[command(flatten)]
+        recovery: StateRecovery,
     },
     /// Show nodes, links, quorum, the record's leader and epoch, dropped
     /// packets and recent events, as the local agent sees them.
@@ -206,6 +210,37 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         out_dir: Option<PathBuf>,
     },
+}
+
+/// What to do when the state file fails its checksum (the default: refuse
+/// to start and say why).
+#[derive(Debug, Clone, Copy, Args)]
+pub struct StateRecovery {
+    /// If the state file is damaged, keep it aside and start empty. This
+    /// node then takes no part in elections until it has followed the
+    /// current leader, and fetches the record from it (the other voters
+    /// must be up and have a leader).
+    #[arg(long, conflicts_with = "accept_unchecksummed_state")]
+    pub discard_damaged_state: bool,
+    /// Accept a state file that has no checksum (written by a version
+    /// before checksums). A file whose checksum does not match is still
+    /// refused.
+    #[arg(long)]
+    pub accept_unchecksummed_state: bool,
+}
+
+impl StateRecovery {
+    /// The agent's setting.
+    pub fn recovery(self) -> crate::state_file::Recovery {
+        use crate::state_file::Recovery;
+        if self.discard_damaged_state {
+            Recovery::DiscardDamaged
+        } else if self.accept_unchecksummed_state {
+            Recovery::AcceptUnchecksummed
+        } else {
+            Recovery::Refuse
+        }
+    }
 }
 
 /// How a command finds the local agent.

@@ -138,13 +138,11 @@ pub fn read(path: &Path) -> Option<LeaseFile> {
     serde_json::from_slice(&bytes).ok()
 }
 
-/// Writes a lease file atomically (temporary file, rename). No fsync: the
-/// file matters to processes of this boot only.
+/// Writes a lease file atomically (temporary file, rename; mode 0600). No
+/// fsync: the file matters to processes of this boot only.
 pub fn write(path: &Path, lease: &LeaseFile) -> Result<()> {
-    let tmp = path.with_extension("json.tmp");
     let bytes = serde_json::to_vec(lease).context("encoding the lease file")?;
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
+    crate::atomic_file::replace(path, &bytes, crate::atomic_file::Durability::ThisBoot)
 }
 
 /// Whether process `pid` still runs: it exists and is not a zombie (an

@@ -3,6 +3,8 @@
 mod admin;
 mod agent;
 mod announce;
+mod atomic_file;
+mod checksum;
 mod cli;
 mod config_cmd;
 mod demo;
@@ -13,6 +15,7 @@ mod monitor;
 mod netlink;
 mod resources;
 mod runner;
+mod state_file;
 mod status;
 mod volume;
 mod volume_cmd;
@@ -44,12 +47,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             node,
             control_socket,
             state_dir,
+            recovery,
         } => {
             run_member(
                 &config,
                 agent::MemberRole::Node(node),
                 control_socket,
                 state_dir,
+                recovery.recovery(),
             )?;
             Ok(ExitCode::SUCCESS)
         }
@@ -57,12 +62,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             config,
             control_socket,
             state_dir,
+            recovery,
         } => {
             run_member(
                 &config,
                 agent::MemberRole::Witness,
                 control_socket,
                 state_dir,
+                recovery.recovery(),
             )?;
             Ok(ExitCode::SUCCESS)
         }
@@ -177,6 +184,7 @@ fn run_member(
     role: agent::MemberRole,
     control_socket: Option<std::path::PathBuf>,
     state_dir: Option<std::path::PathBuf>,
+    recovery: state_file::Recovery,
 ) -> Result<()> {
     let cfg = config_cmd::load_valid(config)?;
     let text =
@@ -190,6 +198,7 @@ fn run_member(
             control_socket,
             state_dir,
             config: identity,
+            recovery,
         },
     )
 }

@@ -8,12 +8,14 @@
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+
+use crate::atomic_file::{replace, Durability};
+use crate::checksum;
 use serde::{Deserialize, Serialize};
 use tandem_core::volume::bitmap::Bitmap;
 use tandem_core::volume::Generations;
@@ -97,7 +99,13 @@ impl MetaPaths {
                 self.meta.display()
             )
         })?;
-        let meta: Meta = serde_json::from_slice(&text).with_context(|| {
+        let text = unseal(META_KIND, &text).with_context(|| {
+            format!(
+                "volume metadata {} is damaged; recreate this copy with `tandem volume create {volume} --force` (it then takes a full sync from the peer)",
+                self.meta.display()
+            )
+        })?;
+        let meta: Meta = serde_json::from_slice(text).with_context(|| {
             format!(
                 "volume metadata {} is damaged; recreate this copy with `tandem volume create {volume} --force` (it then takes a full sync from the peer)",
                 self.meta.display()
@@ -113,7 +121,13 @@ impl MetaPaths {
             );
         }
         let bitmap = match std::fs::read(&self.bitmap) {
-            Ok(b) => Bitmap::from_bytes(size, &b).with_context(|| {
+            Ok(b) => Bitmap::from_bytes(size, unseal(BITMAP_KIND, &b).with_context(|| {
+                format!(
+                    "bitmap {} is damaged; recreate the copy with `tandem volume create {volume} --force`",
+                    self.bitmap.display()
+                )
+            })?)
+            .with_context(|| {
                 format!(
                     "bitmap {} does not match a {size}-byte volume; recreate the copy with `tandem volume create {volume} --force`",
                     self.bitmap.display()
@@ -128,28 +142,35 @@ impl MetaPaths {
     /// Replaces the metadata atomically.
     pub fn save_meta(&self, meta: &Meta) -> Result<()> {
         let bytes = serde_json::to_vec_pretty(meta).context("encoding volume metadata")?;
-        replace(&self.meta, &bytes)
+        replace(
+            &self.meta,
+            &checksum::seal(META_KIND, &bytes),
+            Durability::Synced,
+        )
     }
 
     /// Replaces the bitmap atomically.
     pub fn save_bitmap(&self, bitmap: &Bitmap) -> Result<()> {
-        replace(&self.bitmap, &bitmap.to_bytes())
+        replace(
+            &self.bitmap,
+            &checksum::seal(BITMAP_KIND, &bitmap.to_bytes()),
+            Durability::Synced,
+        )
     }
 }
 
-fn replace(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tmp = path.with_extension("tmp");
-    let mut f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(bytes)
-        .and_then(|()| f.sync_all())
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("renaming {} into place", tmp.display()))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("syncing directory {}", dir.display()))
+/// Checksum header kinds of the metadata and the bitmap.
+const META_KIND: &str = "tandem-volume-meta 1";
+const BITMAP_KIND: &str = "tandem-volume-bitmap 1";
+
+/// The payload of a sealed volume file. A file written before checksums
+/// (no header) is taken as it is: volumes made by earlier versions keep
+/// working, and their next save adds the header.
+fn unseal<'a>(kind: &str, bytes: &'a [u8]) -> Result<&'a [u8], checksum::Damage> {
+    match checksum::open(kind, bytes) {
+        Err(checksum::Damage::NoChecksum) => Ok(bytes),
+        r => r,
+    }
 }
 
 /// The backing file or block device.
@@ -220,9 +241,11 @@ impl Backing {
         if let Some(d) = path.parent() {
             std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
         }
+        // Readable by root only: it holds the service's data.
         let f = OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(path)
             .with_context(|| format!("creating backing file {}", path.display()))?;
         f.set_len(size)
