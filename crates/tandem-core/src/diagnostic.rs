@@ -140,45 +140,68 @@ fn render_snippet(out: &mut String, source: &str, span: Range<usize>, line: usiz
     );
 }
 
-/// Masks the quoted value after any secret-looking key on a source line
-/// (`password = "..."`, inline tables included) with as many `*`, so a
-/// diagnostic never prints a secret and its caret still lines up.
+/// Masks quoted values on a source line with as many `*`, so a diagnostic
+/// never prints a secret and its caret still lines up: the value after any
+/// secret-looking key ([`crate::fence::is_secret`]), and inside an inline
+/// `options = { ... }` table (a fence device's), every value whose key is
+/// not known to be safe to show ([`crate::fence::is_shown`]). Quoted keys
+/// (`"api_token" = "..."`) count as keys.
 fn mask_secrets(line: &str) -> String {
     let mut out: Vec<char> = line.chars().collect();
     let lower: Vec<char> = line.to_ascii_lowercase().chars().collect();
+    let is_key = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    let skip_spaces = |mut j: usize| {
+        while j < lower.len() && (lower[j] == ' ' || lower[j] == '\t') {
+            j += 1;
+        }
+        j
+    };
+    let mut in_options = false;
     let mut i = 0;
     while i < lower.len() {
-        // A key: a run of key characters.
-        if lower[i].is_ascii_alphanumeric() || lower[i] == '_' || lower[i] == '-' {
-            let start = i;
-            while i < lower.len()
-                && (lower[i].is_ascii_alphanumeric() || lower[i] == '_' || lower[i] == '-')
-            {
-                i += 1;
-            }
-            let key: String = lower[start..i].iter().collect();
-            let mut j = i;
-            while j < lower.len() && lower[j] == ' ' {
-                j += 1;
-            }
-            if crate::fence::is_secret(&key) && j < lower.len() && lower[j] == '=' {
-                j += 1;
-                while j < lower.len() && lower[j] == ' ' {
-                    j += 1;
-                }
-                if j < lower.len() && (lower[j] == '"' || lower[j] == '\'') {
-                    let quote = lower[j];
-                    j += 1;
-                    while j < lower.len() && lower[j] != quote {
-                        out[j] = '*';
-                        j += 1;
-                    }
-                }
-                i = j;
-            }
-        } else {
+        if in_options && lower[i] == '}' {
+            in_options = false;
+            i += 1;
+            continue;
+        }
+        if !is_key(lower[i]) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < lower.len() && is_key(lower[i]) {
             i += 1;
         }
+        let key: String = lower[start..i].iter().collect();
+        let mut j = i;
+        // The closing quote of a quoted key.
+        if start > 0
+            && j < lower.len()
+            && (lower[j] == '"' || lower[j] == '\'')
+            && lower[start - 1] == lower[j]
+        {
+            j += 1;
+        }
+        j = skip_spaces(j);
+        if j >= lower.len() || lower[j] != '=' {
+            continue;
+        }
+        j = skip_spaces(j + 1);
+        if key == "options" && j < lower.len() && lower[j] == '{' {
+            in_options = true;
+            i = j + 1;
+            continue;
+        }
+        let hide = crate::fence::is_secret(&key) || (in_options && !crate::fence::is_shown(&key));
+        if hide && j < lower.len() && (lower[j] == '"' || lower[j] == '\'') {
+            let quote = lower[j];
+            j += 1;
+            while j < lower.len() && lower[j] != quote {
+                out[j] = '*';
+                j += 1;
+            }
+        }
+        i = j.max(i);
     }
     out.into_iter().collect()
 }
@@ -203,6 +226,19 @@ mod tests {
             mask_secrets("passwd='x y' other = \"z\""),
             "passwd='***' other = \"z\""
         );
+    }
+
+    /// Issue 15, defect 9: `api_token` and `apikey` values were printed in
+    /// the `validate` snippet (masking went by a short list of names, and
+    /// missed quoted keys and tabs).
+    #[test]
+    fn every_fence_option_value_but_safe_ones_is_masked() {
+        assert_eq!(
+            mask_secrets("options = { ip = \"10.0.0.1\", api_token = \"abc\", \"apikey\"\t= 'k' }"),
+            "options = { ip = \"10.0.0.1\", api_token = \"***\", \"apikey\"\t= '*' }"
+        );
+        assert_eq!(mask_secrets("name = \"web\""), "name = \"web\"");
+        assert_eq!(mask_secrets("token = \"xyz\""), "token = \"***\"");
     }
 
     #[test]

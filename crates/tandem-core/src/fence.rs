@@ -180,17 +180,69 @@ impl Plan {
     }
 }
 
-/// Replaces the values of secret-looking options (`password`, `passwd`,
-/// ...) wherever they appear in `text`, so no secret reaches a log, the
-/// status or a report.
+/// Replaces the value of every option not known to be safe to show
+/// ([`is_shown`]) wherever it appears in `text` (trimmed), so no
+/// secret reaches a log, the status, the replicated record or a report,
+/// whatever the option is called (`api_token`, `apikey`...: redaction by
+/// name of secret let those through). Values shorter than 3 characters are
+/// left: replacing a "1" everywhere would garble the text and hide nothing.
 pub fn redact(text: &str, options: &[(String, String)]) -> String {
     let mut out = text.to_string();
-    for (k, v) in options {
-        if is_secret(k) && !v.is_empty() {
-            out = out.replace(v.as_str(), "****");
-        }
+    let mut values: Vec<&str> = options
+        .iter()
+        .filter(|(k, _)| !is_shown(k))
+        // Trimmed: the text around it may be trimmed too.
+        .map(|(_, v)| v.trim())
+        .filter(|v| v.len() >= 3)
+        .collect();
+    // Longest first: a value containing another is replaced whole.
+    values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    for v in values {
+        out = out.replace(v, "****");
     }
     out
+}
+
+/// Options whose values are shown in logs and status: where and what to
+/// fence, never how to log in. Every other option's value is redacted.
+pub const SHOWN_OPTIONS: &[&str] = &[
+    "action",
+    "plug",
+    "port",
+    "nodename",
+    "ip",
+    "ipaddr",
+    "ipport",
+    "host",
+    "hostname",
+    "login",
+    "username",
+    "ssl",
+    "ssl_secure",
+    "ssl_insecure",
+    "notls",
+    "method",
+    "delay",
+    "power_timeout",
+    "power_wait",
+    "shell_timeout",
+    "login_timeout",
+    "retry_on",
+    "verbose",
+    "inet4_only",
+    "inet6_only",
+    "cmd_prompt",
+    "secure",
+    "identity_file",
+    "password_script",
+    "use_sudo",
+    "sudo_path",
+];
+
+/// Whether an option's value may be shown (see [`SHOWN_OPTIONS`]).
+pub fn is_shown(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    SHOWN_OPTIONS.contains(&k.as_str())
 }
 
 /// What became of a [`Slots::request`].
@@ -261,11 +313,26 @@ impl<T: Clone + PartialEq> Slots<T> {
     }
 }
 
-/// Whether an option's value is a secret.
+/// Whether a key's name says it holds a credential (for warnings and for
+/// masking configuration lines outside fence options; fence option values
+/// are redacted unless shown, whatever their name).
 pub fn is_secret(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
-    (k.contains("passw") || k.contains("secret") || k.contains("community"))
+    [
+        "passw",
+        "secret",
+        "community",
+        "token",
+        "apikey",
+        "api_key",
+        "auth",
+        "credential",
+        "priv",
+    ]
+    .iter()
+    .any(|s| k.contains(s))
         && !k.ends_with("_script")
+        && !k.ends_with("_file")
 }
 
 #[cfg(test)]
@@ -403,6 +470,31 @@ mod tests {
         assert!(
             is_secret("passwd") && is_secret("snmp_community") && !is_secret("password_script")
         );
+    }
+
+    /// Issue 15, defect 9: fence options `api_token` and `apikey` appeared
+    /// in logs, status, the validate snippet and the replicated record:
+    /// redaction went by option name. Every value not known to be safe is
+    /// redacted now, however it is called, trimmed or not.
+    #[test]
+    fn every_option_value_is_redacted_unless_known_safe() {
+        let opts = vec![
+            ("api_token".to_string(), " tok-123456 ".to_string()),
+            ("apikey".to_string(), "K3Y-abcdef".to_string()),
+            ("whatever".to_string(), "s3cr3t-value".to_string()),
+            ("ip".to_string(), "10.0.0.1".to_string()),
+            ("login".to_string(), "admin".to_string()),
+        ];
+        let t = redact(
+            "Unauthorized: token tok-123456 key K3Y-abcdef s3cr3t-value for admin@10.0.0.1",
+            &opts,
+        );
+        assert_eq!(
+            t,
+            "Unauthorized: token **** key **** **** for admin@10.0.0.1"
+        );
+        assert!(is_secret("api_token") && is_secret("apikey") && !is_secret("ip"));
+        assert!(!is_secret("identity_file"));
     }
 
     proptest! {

@@ -16,7 +16,7 @@ use crate::resources::run_bounded;
 const DEFAULT_TIMEOUT_MS: u64 = 30_000;
 
 /// A configured fence device.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct FenceDevice {
     /// The plan's view of it (name, level, delay, retries, hosts).
     pub plan: Device,
@@ -26,6 +26,32 @@ pub struct FenceDevice {
     pub timeout_ms: u64,
     /// Further `key=value` lines.
     pub options: Vec<(String, String)>,
+}
+
+/// Written by hand: option values are redacted unless safe to show.
+impl std::fmt::Debug for FenceDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let options: Vec<(&str, &str)> = self
+            .options
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str(),
+                    if fence::is_shown(k) {
+                        v.as_str()
+                    } else {
+                        "****"
+                    },
+                )
+            })
+            .collect();
+        f.debug_struct("FenceDevice")
+            .field("plan", &self.plan)
+            .field("agent", &self.agent)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("options", &options)
+            .finish()
+    }
 }
 
 /// What a run of an agent gave.
@@ -97,7 +123,8 @@ pub async fn run(dev: &FenceDevice, action: &str, plug: Option<&str>, target: &s
         Ok((code, text)) => {
             let status =
                 code.map_or_else(|| "killed by a signal".to_string(), |c| format!("exit {c}"));
-            let text = tidy(&text);
+            // Redacted before tidying: trimming could split a value.
+            let text = tidy(&fence::redact(&text, &dev.options));
             let said = if text.is_empty() {
                 String::new()
             } else if text.contains('\n') {

@@ -151,7 +151,7 @@ pub struct Node {
 }
 
 /// `[[fence_device]]`: a fence-agents compatible program.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FenceDevice {
     /// Device name.
@@ -172,6 +172,37 @@ pub struct FenceDevice {
     /// `password_script`, ...).
     #[serde(default)]
     pub options: BTreeMap<Spanned<String>, Spanned<String>>,
+}
+
+/// Written by hand: option values are redacted unless safe to show.
+impl std::fmt::Debug for FenceDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let options: Vec<(&str, &str)> = self
+            .options
+            .iter()
+            .map(|(k, v)| {
+                let k = k.get_ref().as_str();
+                (
+                    k,
+                    if crate::fence::is_shown(k) {
+                        v.get_ref().as_str()
+                    } else {
+                        "****"
+                    },
+                )
+            })
+            .collect();
+        f.debug_struct("FenceDevice")
+            .field("name", &self.name)
+            .field("agent", &self.agent)
+            .field("level", &self.level)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("retries", &self.retries)
+            .field("delay_ms", &self.delay_ms)
+            .field("hosts", &self.hosts)
+            .field("options", &options)
+            .finish()
+    }
 }
 
 /// Failback policy of a group.

@@ -809,7 +809,7 @@ fn check_fence_devices(c: &mut Checker<'_>, file: &ConfigFile, nodes: &BTreeSet<
         for key in d.options.keys() {
             match key.get_ref().as_str() {
                 "action" | "plug" | "port" | "nodename" => c.error(span(key), format!("option `{}` is set by Tandem for each fence", key.get_ref()), "remove it; map nodes to plugs in `hosts`"),
-                "password" | "passwd" => c.warn(span(key), "a password written in the configuration is visible to anyone who can read it", "store it in a root-only file and use `password_script = \"/etc/tandem/fence-pass.sh\"` (a script that prints it)"),
+                k if crate::fence::is_secret(k) => c.warn(span(key), "a credential written in the configuration is visible to anyone who can read it", "store it in a root-only file and use `password_script = \"/etc/tandem/fence-pass.sh\"` (a script that prints it)"),
                 _ => {}
             }
         }

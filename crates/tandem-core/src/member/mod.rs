@@ -35,7 +35,7 @@ pub struct PeerSpec {
 }
 
 /// Fixed facts one member is started with.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct MemberSpec {
     /// The cluster.
     pub cluster: ClusterId,
@@ -67,6 +67,26 @@ pub struct MemberSpec {
     pub key_fingerprint: String,
     /// Member names in configuration order, for the record.
     pub member_names: Vec<String>,
+}
+
+/// Written by hand: the keys must never reach a log through `{:?}`.
+impl std::fmt::Debug for MemberSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemberSpec")
+            .field("cluster", &self.cluster)
+            .field("me", &self.me)
+            .field("voter", &self.voter)
+            .field("peers", &self.peers)
+            .field("links", &self.links)
+            .field("mode", &self.mode)
+            .field("wait_for_all", &self.wait_for_all)
+            .field("timing", &self.timing)
+            .field("keys", &format_args!("[{} redacted]", self.keys.len()))
+            .field("config_hash", &self.config_hash)
+            .field("key_fingerprint", &self.key_fingerprint)
+            .field("member_names", &self.member_names)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What a member keeps across restarts.

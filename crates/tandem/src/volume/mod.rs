@@ -52,7 +52,7 @@ pub const DEFAULT_RATE_MIB_S: u32 = 100;
 pub const REQUEST_QUEUE: usize = 64;
 
 /// One volume as this node runs it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct VolumeConfig {
     /// Volume name.
     pub name: String,
@@ -91,6 +91,26 @@ pub struct VolumeConfig {
     pub peer_timeout_ms: u64,
     /// Metadata and bitmap paths.
     pub paths: MetaPaths,
+}
+
+/// Written by hand: the key must never reach a log through `{:?}`.
+impl std::fmt::Debug for VolumeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VolumeConfig")
+            .field("name", &self.name)
+            .field("me", &self.me)
+            .field("peer", &self.peer)
+            .field("dialer", &self.dialer)
+            .field("size", &self.size)
+            .field("backing", &self.backing)
+            .field("protocol", &self.protocol)
+            .field("my_addr", &self.my_addr)
+            .field("peer_addr", &self.peer_addr)
+            .field("nbd_socket", &self.nbd_socket)
+            .field("nbd_tcp", &self.nbd_tcp)
+            .field("key", &"<redacted>")
+            .finish_non_exhaustive()
+    }
 }
 
 /// The volumes of `cfg` that have a copy on node `me`.
