@@ -1501,6 +1501,21 @@ fn replay() {
 /// `failure_expiry_ms`, so the node is eligible again.
 #[test]
 fn fail_counts_expire() {
+    fail_count_expiry(None);
+}
+
+/// Issue 15, defect 10: failure-count expiry compared the wall clocks of
+/// different nodes (the reporting node's stamp with the leader's clock): a
+/// failure reported by a node whose clock was far behind expired at once.
+/// The leader stamps it now.
+#[test]
+fn fail_count_expiry_uses_the_leaders_clock_not_the_reporters() {
+    fail_count_expiry(Some(0));
+}
+
+/// A failure of `db` on n2, reported by the leader with `stamp` (its own
+/// local time when None) must hold for 2 s and then expire.
+fn fail_count_expiry(stamp: Option<u64>) {
     let seed = (0..1_000)
         .find(|s| Sim::new(*s, false).shape == Shape::Majority(3))
         .unwrap();
@@ -1517,7 +1532,7 @@ fn fail_counts_expire() {
             group: "db".into(),
             node: "n2".into(),
             reason: "test".into(),
-            at_unix_ms: local,
+            at_unix_ms: stamp.unwrap_or(local),
             move_now: false,
         },
     );

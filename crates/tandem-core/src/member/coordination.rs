@@ -707,7 +707,7 @@ impl Member {
                 group,
                 node,
                 reason,
-                at_unix_ms,
+                at_unix_ms: _,
                 move_now,
             } => vec![
                 Command::FailCount {
@@ -728,10 +728,13 @@ impl Member {
                         }
                     },
                 },
+                // Stamped with the leader's clock, the one that expires it:
+                // the reporting node's clock may be far off (it expired a
+                // failure at once when it was a day behind).
                 Command::FailedAt {
                     group: group.clone(),
                     node: node.clone(),
-                    at_unix_ms: *at_unix_ms,
+                    at_unix_ms: self.unix_ms(self.now_ms),
                     reason: reason.clone(),
                 },
             ],
