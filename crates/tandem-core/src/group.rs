@@ -53,8 +53,12 @@ pub enum ResourceState {
     Running,
     /// Stop in progress.
     Stopping,
-    /// A start, stop or probe failed; it may or may not run.
+    /// A start or probe failed; it may or may not run.
     Failed(String),
+    /// A stop failed or timed out: it may still run, and nothing this node
+    /// can do is sure to stop it. The leader fences the node if a device
+    /// can, and otherwise keeps the group blocked ([`Groups::stop_failed`]).
+    StopFailed(String),
 }
 
 impl ResourceState {
@@ -215,6 +219,15 @@ impl Groups {
             .is_some_and(|r| r.resources.iter().any(ResourceState::maybe_running))
     }
 
+    /// Why a stop of group `g` failed, while any of its resources is in
+    /// that state (it may still run; see [`ResourceState::StopFailed`]).
+    pub fn stop_failed(&self, g: usize) -> Option<&str> {
+        self.groups.get(g)?.resources.iter().find_map(|r| match r {
+            ResourceState::StopFailed(why) => Some(why.as_str()),
+            _ => None,
+        })
+    }
+
     /// Whether every resource of every group has been probed.
     pub fn probed(&self) -> bool {
         self.groups
@@ -234,7 +247,11 @@ impl Groups {
         let rs = &run.resources;
         if rs.contains(&R::Unknown) {
             GroupState::Probing
-        } else if run.recovering || rs.iter().any(|r| matches!(r, R::Failed(_))) {
+        } else if run.recovering
+            || rs
+                .iter()
+                .any(|r| matches!(r, R::Failed(_) | R::StopFailed(_)))
+        {
             GroupState::Failed
         } else if rs.iter().all(|r| *r == R::Running) && !rs.is_empty() {
             GroupState::Running
@@ -287,7 +304,7 @@ impl Groups {
                 self.fail(a.group, a.resource, format!("start failed: {why}"), now_ms);
             }
             (ActionKind::Stop, Outcome::Failed(why)) => {
-                *state = ResourceState::Failed(format!("stop failed: {why}"));
+                *state = ResourceState::StopFailed(format!("stop failed: {why}"));
                 run.not_before_ms = now_ms + RESTART_BACKOFF_MS;
             }
         }
@@ -381,26 +398,29 @@ impl Groups {
                     .resources
                     .iter()
                     .rposition(ResourceState::maybe_running)?;
-                if waiting && matches!(run.resources[r], ResourceState::Failed(_)) {
+                if waiting
+                    && matches!(
+                        run.resources[r],
+                        ResourceState::Failed(_) | ResourceState::StopFailed(_)
+                    )
+                {
                     return None;
                 }
                 act(r, ActionKind::Stop)
             }
             Want::Run
                 if run.recovering
-                    || run
-                        .resources
-                        .iter()
-                        .any(|s| matches!(s, ResourceState::Failed(_))) =>
+                    || run.resources.iter().any(|s| {
+                        matches!(s, ResourceState::Failed(_) | ResourceState::StopFailed(_))
+                    }) =>
             {
                 // A failed probe or stop counts as a failure to recover from.
                 run.recovering = true;
                 // Stop everything from the last running resource down to
                 // the first failed one, then start afresh.
-                let first_failed = run
-                    .resources
-                    .iter()
-                    .position(|s| matches!(s, ResourceState::Failed(_)));
+                let first_failed = run.resources.iter().position(|s| {
+                    matches!(s, ResourceState::Failed(_) | ResourceState::StopFailed(_))
+                });
                 let low = first_failed.unwrap_or(run.resources.len());
                 if let Some(r) = run.resources.iter().rposition(ResourceState::maybe_running) {
                     if r >= low {

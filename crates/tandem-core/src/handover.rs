@@ -55,6 +55,8 @@ pub struct NodeView {
     pub fence_note: Option<String>,
     /// Groups it runs or may still run (anything not known stopped).
     pub active: Vec<String>,
+    /// Groups whose stop failed there (they may still run), and why.
+    pub stop_failed: BTreeMap<String, String>,
     /// Placement epoch it has applied, per group.
     pub seen: BTreeMap<String, u64>,
 }
@@ -149,6 +151,20 @@ fn known_stopped(
             .unwrap_or_default();
         return Err((format!("waiting for {} to be fenced{note}", n.name), None));
     }
+    // Its stop failed: only a fence settles it (`steps` asks for one when a
+    // device lists the node); otherwise the group is blocked until the
+    // operator has made sure it is stopped.
+    if let Some(why) = n.stop_failed.get(group).filter(|_| !n.silent) {
+        let next = if n.fence_required {
+            "fencing it".to_string()
+        } else {
+            format!(
+                "no fence device lists {}, so it waits: {} retries the stop; stop it there by hand if it hangs (the block clears once a stop succeeds), or add a fence device",
+                n.name, n.name
+            )
+        };
+        return Err((format!("BLOCKED: {why} on {} ({next})", n.name), None));
+    }
     // Heard, applied the stop, still stopping: wait for its word. Its stop
     // may outlast any bound (a graceful stop, then kill_after_ms).
     if !n.silent && n.last_report_ms.is_some() && applied >= epoch {
@@ -221,7 +237,11 @@ pub fn steps(input: &HandoverInput<'_>) -> Steps {
                     .nodes
                     .iter()
                     .filter(|n| n.name != *next && n.fence_required && !n.fenced)
-                    .filter(|n| n.silent || (n.fence_backed && lease_bound_passed(input, n, group)))
+                    .filter(|n| {
+                        n.silent
+                            || n.stop_failed.contains_key(group)
+                            || (n.fence_backed && lease_bound_passed(input, n, group))
+                    })
                 {
                     let blocks = known_stopped(input, n, group, epoch).is_err();
                     if blocks && !out.fence.contains(&n.name) {
@@ -264,6 +284,7 @@ mod tests {
             fenced: false,
             fence_note: None,
             active: active.iter().map(|s| s.to_string()).collect(),
+            stop_failed: BTreeMap::new(),
             seen: [("web".to_string(), seen)].into_iter().collect(),
         }
     }
@@ -351,6 +372,50 @@ mod tests {
     /// failing device the group stayed down. Its statement is proof: the
     /// group starts elsewhere at once, no fence, no lease wait. A leave
     /// whose statement still lists the group is treated as silence.
+    /// Issue 15, defect 7: with fence devices configured, a node still
+    /// heard but whose stop failed was never fenced; the group stayed down
+    /// until someone intervened. It is fenced now (Pacemaker's on-fail
+    /// for stops); without a device the group is blocked, and says why and
+    /// what to do.
+    #[test]
+    fn a_failed_stop_is_fenced_or_blocked() {
+        let mut r = Record::default();
+        place(&mut r, Some("n2"));
+        place(&mut r, None);
+        let t = to(Some("n1"));
+        let failed = |fence_required: bool| NodeView {
+            fence_required,
+            stop_failed: [("web".to_string(), "stop failed: exit 1".to_string())]
+                .into_iter()
+                .collect(),
+            ..view("n2", Some(1000), &["web"], 2)
+        };
+        let nodes = [view("n1", Some(1000), &[], 2), failed(true)];
+        let s = steps(&input(1_001, &r, &t, &nodes));
+        assert!(s.propose.is_empty(), "{s:?}");
+        assert_eq!(s.fence, vec!["n2".to_string()]);
+        // Fenced (and silent since): the group starts.
+        let nodes = [
+            view("n1", Some(1000), &[], 2),
+            NodeView {
+                fenced: true,
+                silent: true,
+                ..failed(true)
+            },
+        ];
+        let s = steps(&input(1_001, &r, &t, &nodes));
+        assert_eq!(s.propose.len(), 1, "{s:?}");
+        // No device: blocked however long it takes, with what to do.
+        let nodes = [view("n1", Some(1000), &[], 2), failed(false)];
+        let s = steps(&input(600_000, &r, &t, &nodes));
+        assert!(s.propose.is_empty() && s.fence.is_empty(), "{s:?}");
+        let why = &s.waiting["web"];
+        assert!(
+            why.contains("BLOCKED") && why.contains("stop it there by hand"),
+            "{why}"
+        );
+    }
+
     #[test]
     fn a_clean_leave_with_a_statement_is_not_fenced_nor_waited_out() {
         let mut r = Record::default();

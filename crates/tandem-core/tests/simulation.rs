@@ -465,6 +465,7 @@ impl Sim {
                 state: runner.state(g).0.as_str().into(),
                 since_unix_ms: 0,
                 failure: None,
+                stop_failed: runner.stop_failed(g).map(str::to_string),
             })
             .collect();
         m.set_local(reports, vec![]);

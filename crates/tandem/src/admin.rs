@@ -229,13 +229,24 @@ pub fn failover(a: &AdminArgs, name: Option<&str>) -> Result<ExitCode> {
             bail!("group {n} runs nowhere: use `tandem move {n} --to NODE` to start it somewhere");
         };
         let r = Request::Failover { group: n.clone() };
+        let asked_unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
         let c = request_and_wait(a, &r, &format!("failover {n} from {from}"), |st| {
             let g = group(st, &n)?;
+            // Say how it left: a node whose stop failed is fenced first.
+            let fenced = st.fences.iter().any(|f| {
+                f.node == from && f.ok && f.action != "on" && f.at_unix_ms + 1_000 >= asked_unix_ms
+            });
+            let how = if fenced {
+                format!("{from} was fenced first (its stop failed)")
+            } else {
+                format!("stopped cleanly on {from} first")
+            };
             match &g.placed_on {
-                Some(to) if *to != from && g.state == "running" => Some(format!(
-                    "{}; stopped cleanly on {from} first",
-                    arrived(g, to)
-                )),
+                Some(to) if *to != from && g.state == "running" => {
+                    Some(format!("{}; {how}", arrived(g, to)))
+                }
                 _ => None,
             }
         })?;

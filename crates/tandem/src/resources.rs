@@ -193,6 +193,20 @@ pub fn own_session(cmd: &mut std::process::Command) {
     }
 }
 
+/// Kills a process group when dropped (unless disarmed with `None`).
+struct GroupKill(Option<i32>);
+
+impl Drop for GroupKill {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.filter(|p| *p > 1) {
+            // SAFETY: plain kill(2) of the group our child leads.
+            unsafe {
+                libc::kill(-pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
 /// A single-threaded runtime for the unit tests of the shell's modules.
 #[cfg(test)]
 pub(crate) fn test_runtime() -> tokio::runtime::Runtime {
@@ -267,6 +281,10 @@ impl Resource {
     }
 }
 
+/// How long past its timeout an action's own bounds get before the outer
+/// bound gives up on it.
+const ACTION_GRACE_MS: u64 = 1_000;
+
 /// Runs one action to its outcome, bounded by the resource's timeout.
 pub async fn run_action(r: &Resource, kind: ActionKind) -> Outcome {
     let limit = Duration::from_millis(r.timeout_ms);
@@ -280,7 +298,9 @@ pub async fn run_action(r: &Resource, kind: ActionKind) -> Outcome {
             (Kind::Volume(v), a) => volume_action(v, a).await,
         }
     };
-    match tokio::time::timeout(limit, fut).await {
+    // A little past the limit: the inner bounds (which kill the action's
+    // whole process group and say what timed out) go first.
+    match tokio::time::timeout(limit + Duration::from_millis(ACTION_GRACE_MS), fut).await {
         Ok(o) => o,
         Err(_) => Outcome::Failed(format!("timed out after {} ms", r.timeout_ms)),
     }
@@ -686,6 +706,11 @@ pub async fn run_bounded(
         .spawn()
         .map_err(|e| format!("cannot run {}: {e}", program.display()))?;
     let pid = child.id().map(|p| p as i32);
+    // Until the child has exited, dropping this future (an outer timeout,
+    // a shutdown) kills its whole process group: `kill_on_drop` alone
+    // kills the child and orphans what it started (a hung start's
+    // `sleep 3600` survived that way).
+    let mut group = GroupKill(pid);
     let stdin = child.stdin.take();
     let (out, err) = (child.stdout.take(), child.stderr.take());
     let run = async {
@@ -702,19 +727,20 @@ pub async fn run_bounded(
         }
         (child.wait().await, text)
     };
-    match tokio::time::timeout(limit, run).await {
+    let outcome = tokio::time::timeout(limit, run).await;
+    if matches!(outcome, Ok((Ok(_), _))) {
+        // It exited by itself: what it left running in its group (a
+        // daemon a start script launched) is the service, not debris.
+        group.0 = None;
+    }
+    match outcome {
         Ok((Ok(status), text)) => Ok((
             status.code(),
             String::from_utf8_lossy(&text).trim().to_string(),
         )),
         Ok((Err(e), _)) => Err(format!("waiting for {}: {e}", program.display())),
         Err(_) => {
-            if let Some(pid) = pid {
-                // SAFETY: the group the child leads.
-                unsafe {
-                    libc::kill(-pid, libc::SIGKILL);
-                }
-            }
+            // `group` kills the whole group as it drops.
             Err(format!(
                 "{} timed out after {} ms",
                 program.display(),
@@ -773,6 +799,88 @@ mod tests {
     }
 
     use crate::resources::test_runtime as rt;
+
+    fn alive(pid: i32) -> bool {
+        // SAFETY: signal 0 only checks existence.
+        let exists = unsafe { libc::kill(pid, 0) == 0 };
+        exists
+            && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                s.rsplit(')')
+                    .next()
+                    .is_some_and(|r| r.trim_start().starts_with('Z'))
+            })
+    }
+
+    /// Issue 15, defect 7: a hanging start left its `sleep 3600` child as
+    /// an orphan: the outer timeout dropped the action first, and dropping
+    /// killed only the direct child. Now the whole group dies, whichever
+    /// bound fires, and a start that exits by itself keeps what it started.
+    #[test]
+    fn no_child_of_a_timed_out_action_survives() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("child.pid");
+        let script = format!("sleep 3600 & echo $! > {}; wait", pidfile.display());
+        let sh = Path::new("/bin/sh");
+        let args = ["-c", script.as_str()];
+        let rt = rt();
+        // The action's own limit fires.
+        let r = rt.block_on(run_bounded(
+            sh,
+            &args,
+            None,
+            None,
+            Duration::from_millis(300),
+        ));
+        assert!(r.is_err_and(|e| e.contains("timed out")));
+        let child: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            !alive(child),
+            "the child {child} survived the action's timeout"
+        );
+        // An outer bound drops the action first.
+        std::fs::remove_file(&pidfile).unwrap();
+        let outer = rt.block_on(async {
+            tokio::time::timeout(
+                Duration::from_millis(300),
+                run_bounded(sh, &args, None, None, Duration::from_secs(60)),
+            )
+            .await
+        });
+        assert!(outer.is_err());
+        let child: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!alive(child), "the child {child} survived an outer timeout");
+        // A script that starts a daemon and exits keeps it.
+        let daemon = format!(
+            "sleep 3600 >/dev/null 2>&1 & echo $! > {}",
+            pidfile.display()
+        );
+        let r = rt.block_on(run_bounded(
+            sh,
+            &["-c", daemon.as_str()],
+            None,
+            None,
+            Duration::from_secs(5),
+        ));
+        assert_eq!(r.map(|r| r.0), Ok(Some(0)));
+        let child: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(alive(child), "the daemon a start launched was killed");
+        // SAFETY: our own test's child.
+        unsafe { libc::kill(child, libc::SIGKILL) };
+    }
 
     #[test]
     fn subnets_compare_by_prefix() {

@@ -931,6 +931,7 @@ impl Runner {
                     state: self.state_word(g).to_string(),
                     since_unix_ms: self.unix_at_zero_ms + since,
                     failure: self.last_failure[g].clone(),
+                    stop_failed: self.groups.stop_failed(g).map(str::to_string),
                 }
             })
             .collect()
@@ -997,7 +998,9 @@ impl Runner {
                                 ResourceState::Starting => "starting".into(),
                                 ResourceState::Running => "running".into(),
                                 ResourceState::Stopping => "stopping".into(),
-                                ResourceState::Failed(w) => format!("failed: {w}"),
+                                ResourceState::Failed(w) | ResourceState::StopFailed(w) => {
+                                    format!("failed: {w}")
+                                }
                             },
                         })
                         .collect(),

@@ -869,6 +869,131 @@ options = {{ testbed = "@TESTBED_ID@", fail_while = "{}" }}
     fx.report();
 }
 
+/// Issue 15, defect 7: a node still heard whose stop fails was never
+/// fenced, though a device listed it: the group stayed down until someone
+/// intervened. Now the leader fences it (Pacemaker's on-fail for stops),
+/// then starts the group elsewhere.
+#[test]
+fn failed_stop_on_a_node_a_fence_device_lists_is_fenced_then_recovered() {
+    if !require_root("failed_stop_on_a_node_a_fence_device_lists_is_fenced_then_recovered") {
+        return;
+    }
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let agent = testbed_fence_agent(dir.path());
+    let fail_stop = dir.path().join("fail-stop");
+    let state = dir.path().join("stuck");
+    std::fs::create_dir(&state).unwrap();
+    let script = dir.path().join("stuck.sh");
+    // An LSB-style script whose stop fails while `fail-stop` exists.
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nf={}/$TANDEM_NODE\ncase \"$1\" in\n  start) touch \"$f\" ;;\n  stop) [ -e {} ] && {{ echo 'cannot stop' >&2; exit 1; }}; rm -f \"$f\" ;;\n  status) [ -e \"$f\" ] || exit 3 ;;\nesac\n",
+            state.display(),
+            fail_stop.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let extra = format!(
+        r#"
+[[fence_device]]
+name = "power"
+agent = "{}"
+hosts = {{ n1 = "n1", n2 = "n2", n3 = "n3" }}
+retries = 0
+timeout_ms = 10000
+options = {{ testbed = "@TESTBED_ID@" }}
+
+[[group]]
+name = "web"
+preferred = ["n1", "n2", "n3"]
+failback = "manual"
+
+[[group.resource]]
+name = "stuck"
+kind = "exec"
+script = "{}"
+
+[[group.resource]]
+name = "service"
+kind = "process"
+command = ["{}", "demo-service", "--port", "8080", "--probe-port", "7000"]
+
+[[group.resource]]
+name = "vip"
+kind = "ip"
+address = "10.77.1.100/24"
+"#,
+        agent.display(),
+        script.display(),
+        TANDEM
+    );
+    let shape = ClusterShape {
+        extra,
+        ..ClusterShape::nodes(NODES)
+    };
+    let c = AgentCluster::start(TANDEM, &shape).unwrap();
+    for n in 1..=NODES {
+        c.wait(n, GENEROUS, "settled", |s| {
+            all_online(s) && s["quorum"]["quorate"] == true && running_on(s).is_some()
+        })
+        .unwrap();
+    }
+    let old = running_on(&c.status(1).unwrap()).unwrap();
+    let ask = old % NODES + 1;
+    let target = SocketAddr::new(c.bed.vip("lan").into(), 7000);
+    let prober = Prober::start(&c.bed.client_ns(), ProbeSpec::new(target, 60_000)).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::write(&fail_stop, "").unwrap();
+    let out = std::process::Command::new(TANDEM)
+        .args(["failover", "web", "--socket"])
+        .arg(c.socket(ask))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    println!("failover: {said}");
+    assert!(said.contains(&format!("n{old} was fenced first")), "{said}");
+    c.wait(
+        ask,
+        GENEROUS,
+        "web running elsewhere after fencing the node whose stop failed",
+        |s| running_on(s).is_some_and(|n| n != old),
+    )
+    .unwrap();
+    std::fs::remove_file(&fail_stop).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let log = prober.stop().unwrap();
+    let report = analyze(&log.records, CheckOptions::default());
+    let dual = report.dual_active().count();
+    let s = c.status(ask).unwrap();
+    let fences: Vec<&Value> = s["fences"].as_array().unwrap().iter().collect();
+    println!(
+        "failed stop on n{old}: {} fence(s) {:?}, outage {:.0} ms, {dual} dual-active",
+        fences.len(),
+        fences
+            .iter()
+            .map(|f| (f["node"].clone(), f["ok"].clone()))
+            .collect::<Vec<_>>(),
+        report
+            .kind(tandem_testbed::checker::ProbeKind::Udp)
+            .max_gap_ms()
+    );
+    assert_eq!(dual, 0);
+    assert!(
+        fences
+            .iter()
+            .any(|f| f["ok"] == true && f["node"] == format!("n{old}")),
+        "{s:#}"
+    );
+    let logs = c.logs();
+    assert!(
+        logs.contains("stop failed") || logs.contains("cannot stop"),
+        "the failed stop is logged:\n{logs}"
+    );
+}
+
 /// With a fence device, a lost node is fenced (really: the testbed device
 /// cuts its ports and kills its processes) before its group starts
 /// elsewhere. While the device fails, the group stays stopped, the fence is

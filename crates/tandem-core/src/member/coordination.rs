@@ -831,6 +831,11 @@ impl Member {
                         .filter(|g| g.active)
                         .map(|g| g.name.clone())
                         .collect(),
+                    stop_failed: groups
+                        .iter()
+                        .filter(|g| g.active)
+                        .filter_map(|g| Some((g.name.clone(), g.stop_failed.clone()?)))
+                        .collect(),
                     seen: groups
                         .iter()
                         .map(|g| {

@@ -187,6 +187,10 @@ pub struct GroupReport {
     /// The latest failure there, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<String>,
+    /// Its stop failed there and it may still run: why. The leader fences
+    /// the node if a device can; otherwise the group stays blocked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_failed: Option<String>,
 }
 
 /// The state report a member sends with each heartbeat, per recipient:
