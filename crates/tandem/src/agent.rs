@@ -387,6 +387,13 @@ pub fn run(cfg: Config, opts: AgentOptions) -> Result<()> {
     });
     let state = StateFile::open(&state_dir)?;
     let (persisted, loaded) = state.load(opts.recovery)?;
+    if let Err(e) = state.reserve() {
+        eprintln!(
+            "tandem: cannot set {} MiB aside in {} ({e:#}): if that filesystem fills up, this node may stop without leaving cleanly",
+            crate::state_file::RESERVE_BYTES >> 20,
+            state_dir.display()
+        );
+    }
     match &loaded {
         Loaded::Fresh | Loaded::Checked => {}
         Loaded::Discarded(aside) => eprintln!(
@@ -473,6 +480,7 @@ pub fn run(cfg: Config, opts: AgentOptions) -> Result<()> {
         fence_rx,
         done_rx,
         shutting_down: false,
+        fatal: None,
         timing: cfg.timing,
         cluster: cfg.file.cluster.name.get_ref().clone(),
         topo,
@@ -528,6 +536,10 @@ struct Agent {
     done_rx: mpsc::Receiver<Done>,
     /// SIGTERM seen: stopping the groups here, then leaving.
     shutting_down: bool,
+    /// Why this agent must leave and exit with an error (its state
+    /// directory cannot be written): it stops its groups, leaves cleanly,
+    /// then exits non-zero.
+    fatal: Option<String>,
     cluster: String,
     timing: tandem_core::config::Timing,
     topo: Topology,
@@ -625,6 +637,9 @@ impl Agent {
             // was frozen drops its addresses first thing when it resumes.
             self.drive();
             self.flush().await?;
+            if self.fatal.is_some() {
+                self.begin_shutdown(&mut shutdown_deadline);
+            }
             if self.shutting_down
                 && (!self.runner.as_ref().is_some_and(Runner::any_active)
                     || shutdown_deadline.is_some_and(|d| Instant::now() >= d))
@@ -717,7 +732,10 @@ impl Agent {
         self.flush().await?;
         self.log("stopped (handed over and sent leave to every peer)".into());
         let _ = std::fs::remove_file(&self.control_path);
-        Ok(())
+        match self.fatal.take() {
+            Some(why) => Err(anyhow::anyhow!(why)),
+            None => Ok(()),
+        }
     }
 
     /// Starts queued fencings while slots are free.
@@ -762,6 +780,10 @@ impl Agent {
                 self.log(line);
             }
         }
+        if let Some(e) = self.runner.as_ref().and_then(Runner::lease_write_error) {
+            let e = e.to_string();
+            self.fail_state_dir(format!("the lease file cannot be written ({e})"));
+        }
         let active = self.runner.as_ref().is_some_and(Runner::any_active);
         let lease = self.member.lease_valid(now);
         if let Some(h) = &self.hub {
@@ -771,6 +793,29 @@ impl Agent {
         if let Some(line) = self.watchdog.tick(now, lease, active) {
             self.log(line);
         }
+    }
+
+    /// The state directory cannot be written: the lease is lost (the
+    /// guard would act on a stale file), so this node releases its space
+    /// reserve (to persist what it must on the way out), stops its groups,
+    /// leaves with a statement of what it still runs, and exits with an
+    /// error. Said once.
+    fn fail_state_dir(&mut self, why: String) {
+        if self.fatal.is_some() {
+            return;
+        }
+        let freed = if self.state.release_reserve() {
+            "; released its space reserve to leave cleanly"
+        } else {
+            ""
+        };
+        let text = format!(
+            "{why}: this node's lease is lost; stopping its groups and leaving the cluster{freed}. \
+             Free space in {} (or fix the filesystem), then start the agent again",
+            self.state.path().parent().map_or_else(String::new, |p| p.display().to_string())
+        );
+        self.log(text.clone());
+        self.fatal = Some(text);
     }
 
     /// Answers one control request line: `status`, or a JSON request for
@@ -869,9 +914,14 @@ impl Agent {
         self.start_fences();
         if let Some(p) = persist {
             // Never send a vote or an entry that is not on disk: stop instead.
-            self.state.save(&p).context(
-                "saving the agreement state; the agent stops rather than risk its promises",
-            )?;
+            if let Err(e) = self.state.save(&p) {
+                // A full filesystem: the reserve makes room to leave cleanly.
+                let e = format!("{e:#}");
+                self.fail_state_dir(format!("the state file cannot be written ({e})"));
+                self.state.save(&p).context(
+                    "saving the agreement state; the agent stops rather than risk its promises",
+                )?;
+            }
         }
         for t in transmit {
             let (Some(sock), Some(to)) = (

@@ -338,10 +338,19 @@ pub fn run(path: &Path, agent_pid: u32, label: &str) -> Result<()> {
     };
     let mut waker = Waker::new(path, agent_pid);
     let mut first = true;
+    // A lease already enforced whose cleared version could not be written
+    // (a full state directory): acting on it again would kill what the
+    // agent restarts, every few milliseconds. Wait for the file to change
+    // or the agent to exit instead.
+    let mut enforced: Option<LeaseFile> = None;
     loop {
         if !first {
             let lease = read(path);
-            let (ms, files) = sleep_ms(lease.as_ref(), mono_ms());
+            let (ms, files) = if lease.is_some() && lease == enforced {
+                (MAX_WAIT_MS, true)
+            } else {
+                sleep_ms(lease.as_ref(), mono_ms())
+            };
             waker.wait(ms, files);
         }
         first = false;
@@ -358,6 +367,13 @@ pub fn run(path: &Path, agent_pid: u32, label: &str) -> Result<()> {
         if lease.boot_id != boot {
             return Ok(());
         }
+        if enforced.as_ref() == Some(&lease) {
+            if !alive(agent_pid) {
+                return Ok(());
+            }
+            continue;
+        }
+        enforced = None;
         let now = mono_ms();
         let expired = now >= lease.until_mono_ms;
         let mut due: Vec<LeaseFile> = lease
@@ -404,7 +420,12 @@ pub fn run(path: &Path, agent_pid: u32, label: &str) -> Result<()> {
             };
             // Only clear what we enforced if the agent did not rewrite it.
             if read(path).as_ref() == Some(&lease) {
-                let _ = write(path, &cleared);
+                if let Err(e) = write(path, &cleared) {
+                    say(&format!(
+                        "cannot update the lease file ({e:#}); not acting on it again until it changes"
+                    ));
+                    enforced = Some(lease.clone());
+                }
             }
             if !did.is_empty() {
                 say(&format!(

@@ -154,6 +154,8 @@ pub struct Runner {
     lease_path: PathBuf,
     /// What was written there last.
     written: Option<LeaseFile>,
+    /// Why the last write of the lease file failed (None: it did not).
+    lease_write_error: Option<String>,
     /// The previous agent's lease end (this agent's clock), if it still ran
     /// when this one started: what runs may be kept, not restarted.
     inherited_until_ms: Option<u64>,
@@ -305,6 +307,7 @@ impl Runner {
             killed_leaving: std::collections::BTreeSet::new(),
             lease_path: run_dir.join("lease.json"),
             written: None,
+            lease_write_error: None,
             inherited_until_ms: None,
         })
     }
@@ -411,7 +414,7 @@ impl Runner {
     /// Returns lines to log.
     pub fn drive(&mut self, now_ms: u64, member: &mut Member) -> Vec<String> {
         let mut log = Vec::new();
-        let lease_ok = member.lease_valid(now_ms);
+        let lease_ok = member.lease_valid(now_ms) && self.lease_write_error.is_none();
         if lease_ok {
             // Our own lease replaces the inherited one.
             self.inherited_until_ms = None;
@@ -455,10 +458,26 @@ impl Runner {
             self.inherited_until_ms.filter(|u| *u > now_ms)
         };
         let leaving = self.leaving(now_ms, member, &mut log);
-        if let Err(e) = self.write_lease(now_ms, until, &leaving) {
-            log.push(format!("cannot write the lease file for the guard: {e:#}"));
+        match self.write_lease(now_ms, until, &leaving) {
+            Ok(()) => self.lease_write_error = None,
+            Err(e) => {
+                let e = format!("{e:#}");
+                if self.lease_write_error.is_none() {
+                    log.push(format!(
+                        "cannot write the lease file for the guard: {e}; this node's lease counts as lost"
+                    ));
+                }
+                self.lease_write_error = Some(e);
+            }
         }
         log
+    }
+
+    /// Why the lease file could not be written last time, if it could not.
+    /// The guard acts on what the file says: while it cannot be renewed,
+    /// this node holds no lease (nothing starts here; the agent leaves).
+    pub fn lease_write_error(&self) -> Option<&str> {
+        self.lease_write_error.as_deref()
     }
 
     /// What of group `g` may be running here, for the guard (its end is

@@ -21,6 +21,10 @@ use tandem_core::member::Persisted;
 use crate::atomic_file::{self, Durability};
 use crate::checksum;
 
+/// Space set aside in the state directory for a clean exit when its
+/// filesystem is full: several state files and lease files.
+pub const RESERVE_BYTES: u64 = 4 << 20;
+
 /// Largest state file read (a record far larger than any cluster's).
 const MAX_STATE_FILE: u64 = 64 << 20;
 /// The checksum header's kind.
@@ -166,6 +170,28 @@ impl StateFile {
              have a leader), and fetches the record from it",
             self.path.display()
         )
+    }
+
+    /// Sets space aside in the state directory ([`RESERVE_BYTES`]), if it
+    /// is not there yet: when the filesystem fills up, releasing it lets
+    /// this node persist what it must while it stops its groups and leaves
+    /// cleanly, instead of dying mid-way.
+    pub fn reserve(&self) -> Result<()> {
+        let path = self.reserve_path();
+        if std::fs::metadata(&path).is_ok_and(|m| m.len() == RESERVE_BYTES) {
+            return Ok(());
+        }
+        let zeros = vec![0u8; RESERVE_BYTES as usize];
+        atomic_file::replace(&path, &zeros, Durability::Synced)
+    }
+
+    /// Releases the reserve; whether there was one.
+    pub fn release_reserve(&self) -> bool {
+        std::fs::remove_file(self.reserve_path()).is_ok()
+    }
+
+    fn reserve_path(&self) -> PathBuf {
+        self.path.with_file_name("reserve")
     }
 
     /// Writes the state durably (mode 0600).

@@ -994,6 +994,138 @@ address = "10.77.1.100/24"
     );
 }
 
+/// Unmounts a tmpfs when dropped (lazily: a process may still hold it).
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// A 3-node cluster whose n1 (holding `web`) keeps its state on an 8 MiB
+/// tmpfs; a prober is running.
+fn small_state_dir_cluster() -> (AgentCluster, Mounted, std::path::PathBuf, Prober) {
+    let shape = ClusterShape {
+        extra: agents::web_group_config(Path::new(TANDEM), "manual", NODES, 8080, 7000),
+        ..ClusterShape::nodes(NODES)
+    };
+    let mut c = AgentCluster::prepare(TANDEM, &shape).unwrap();
+    let dir = c.state_dir(1);
+    std::fs::create_dir_all(&dir).unwrap();
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=8m,mode=0700", "tandem-full-test"])
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(st.success(), "mounting a tmpfs on {}", dir.display());
+    let mounted = Mounted(dir.clone());
+    c.start_members().unwrap();
+    for n in 1..=NODES {
+        c.wait(n, GENEROUS, "settled", |s| {
+            all_online(s) && s["quorum"]["quorate"] == true && running_on(s) == Some(1)
+        })
+        .unwrap();
+    }
+    let target = SocketAddr::new(c.bed.vip("lan").into(), 7000);
+    let prober = Prober::start(&c.bed.client_ns(), ProbeSpec::new(target, 60_000)).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    (c, mounted, dir, prober)
+}
+
+/// Fills the filesystem of `dir` to the last block.
+fn fill(dir: &Path) {
+    let _ = std::process::Command::new("dd")
+        .args(["if=/dev/zero", "bs=64k"])
+        .arg(format!("of={}", dir.join("fill").display()))
+        .stderr(std::process::Stdio::null())
+        .status();
+}
+
+/// The guard's side of issue 15, defect 6: the agent is killed (-9) and
+/// the state directory is full, so the guard, acting at the lease end,
+/// cannot clear the lease file. It acts once, says so once, and does not
+/// loop (it killed the service every 10 ms before).
+#[test]
+fn guard_acts_once_when_it_cannot_clear_a_full_state_directorys_lease_file() {
+    if !require_root("guard_acts_once_when_it_cannot_clear_a_full_state_directorys_lease_file") {
+        return;
+    }
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (c, _mounted, dir, prober) = small_state_dir_cluster();
+    c.bed.kill9(c.pids[0]).unwrap();
+    fill(&dir);
+    c.wait(2, GENEROUS, "web moved off n1", |s| {
+        running_on(s).is_some_and(|n| n != 1)
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let log = prober.stop().unwrap();
+    let report = analyze(&log.records, CheckOptions::default());
+    let dual = report.dual_active().count();
+    let logs = c.logs();
+    let acts = logs
+        .matches("lease ended with resources still here")
+        .count();
+    let cannot = logs.matches("cannot update the lease file").count();
+    println!("guard with a full state directory: acted {acts}, said it cannot update the file {cannot}, {dual} dual-active");
+    assert_eq!(dual, 0);
+    assert_eq!(acts, 1, "{logs}");
+    assert!(cannot <= 1, "{logs}");
+}
+
+/// Issue 15, defect 6: with the state directory's filesystem full, the
+/// lease file could not be renewed; the guard took that for "agent stuck",
+/// removed the address and SIGKILLed the service every 10 ms, and clients
+/// saw gaps of 1.4 s, twice, before the group moved. Now the agent counts
+/// its lease as lost, stops its groups and leaves cleanly (the group moves
+/// at once), and exits with an error saying what to do; the guard never
+/// has to act, and would not loop if it had to.
+#[test]
+fn full_state_directory_moves_the_group_cleanly_and_the_agent_exits() {
+    if !require_root("full_state_directory_moves_the_group_cleanly_and_the_agent_exits") {
+        return;
+    }
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (c, _mounted, dir, prober) = small_state_dir_cluster();
+    fill(&dir);
+    c.wait(2, GENEROUS, "web moved off n1", |s| {
+        running_on(s).is_some_and(|n| n != 1)
+    })
+    .unwrap();
+    let t0 = Instant::now();
+    while c.bed.is_running(c.pids[0]) {
+        assert!(t0.elapsed() < GENEROUS, "n1's agent did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let log = prober.stop().unwrap();
+    let report = analyze(&log.records, CheckOptions::default());
+    let dual = report.dual_active().count();
+    let gap = report
+        .kind(tandem_testbed::checker::ProbeKind::Udp)
+        .max_gap_ms();
+    let logs = c.logs();
+    let guard_acts = logs
+        .matches("lease ended with resources still here")
+        .count();
+    let said = logs
+        .lines()
+        .find(|l| l.contains("lease is lost"))
+        .unwrap_or_else(|| panic!("the agent did not say why it left:\n{logs}"));
+    println!("n1: {said}");
+    println!(
+        "full state directory: {dual} dual-active, longest gap {gap:.0} ms, guard acted {guard_acts} times"
+    );
+    assert_eq!(dual, 0);
+    assert_eq!(guard_acts, 0, "{logs}");
+    assert!(said.contains("Free space in"), "{said}");
+    assert!(gap < 2_000.0, "{gap} ms");
+}
+
 /// With a fence device, a lost node is fenced (really: the testbed device
 /// cuts its ports and kills its processes) before its group starts
 /// elsewhere. While the device fails, the group stays stopped, the fence is
