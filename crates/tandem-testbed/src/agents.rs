@@ -292,6 +292,8 @@ nodes = ["n1", "n2"]
 size = "{size}"
 backing = {{ n1 = "{}", n2 = "{}" }}
 nbd_tcp = "0.0.0.0:10809"
+# The testbed's client network is its own namespace.
+nbd_insecure = true
 resync_rate_mib_s = 4000
 {extra}
 

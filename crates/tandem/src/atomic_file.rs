@@ -42,7 +42,10 @@ pub fn replace(path: &Path, bytes: &[u8], durability: Durability) -> Result<()> 
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp"));
+    // One temporary name per process: the agent and its guard both
+    // rewrite the lease file, and a shared name let one rename the
+    // other's half-written file away (its rename then failed).
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let mut f = OpenOptions::new()
         .write(true)
         .create(true)

@@ -458,7 +458,12 @@ impl Runner {
             self.inherited_until_ms.filter(|u| *u > now_ms)
         };
         let leaving = self.leaving(now_ms, member, &mut log);
-        match self.write_lease(now_ms, until, &leaving) {
+        // A failure is retried once at once (a passing error); a second
+        // one in a row means the lease cannot be renewed.
+        let written = self
+            .write_lease(now_ms, until, &leaving)
+            .or_else(|_| self.write_lease(now_ms, until, &leaving));
+        match written {
             Ok(()) => self.lease_write_error = None,
             Err(e) => {
                 let e = format!("{e:#}");

@@ -724,3 +724,122 @@ fn malformed_requests_never_change_either_copy() {
     let out = run_ok(&v, 1, &["volume", "verify", "data"]);
     assert!(out.contains("0 blocks differ"), "{out}");
 }
+
+/// Resident memory of process `pid`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// Issue 15, defect 5: 8 unauthenticated connections each sending a 32 MiB
+/// frame raised an agent from 8 to 264 MiB (whole frames were read before
+/// any check, with no cap on connections). Now a frame larger than the
+/// handshake needs is refused after its 5-byte header, connections in
+/// authentication are capped and timed, each is counted, and the live
+/// link stays up.
+#[test]
+fn replication_port_refuses_large_frames_before_authentication() {
+    if !require_root("replication_port_refuses_large_frames_before_authentication") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let v = Vol::start("16MiB", "");
+    v.wait_group_on(1);
+    v.wait_in_sync();
+    let acceptor = v.c.pids[1];
+    let before = rss_kib(acceptor);
+    let target = std::net::SocketAddr::new(v.c.bed.address(2, "sync").into(), 7789);
+    let ns = v.c.bed.node_ns(1);
+    let sent = std::thread::spawn(move || {
+        use std::io::Write;
+        tandem_testbed::sys::enter_netns(&ns).unwrap();
+        let mut header = vec![1u8];
+        header.extend_from_slice(&(32u32 << 20).to_be_bytes());
+        let junk = vec![0u8; 32 << 20];
+        let mut conns = Vec::new();
+        for _ in 0..8 {
+            let Ok(mut c) = std::net::TcpStream::connect_timeout(&target, Duration::from_secs(5))
+            else {
+                continue;
+            };
+            c.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+            let _ = c.write_all(&header).and_then(|()| c.write_all(&junk));
+            conns.push(c);
+        }
+        conns.len()
+    })
+    .join()
+    .unwrap();
+    v.wait_volume(2, "the hostile connections counted", |vol| {
+        vol["counters"]["connections_refused"].as_u64().unwrap_or(0) >= 8
+    });
+    let after = rss_kib(acceptor);
+    let vol = v.volume(2).unwrap();
+    println!(
+        "8 unauthenticated 32 MiB frames: {sent} connections made, {} refused, acceptor RSS {} -> {} MiB, link {}",
+        vol["counters"]["connections_refused"],
+        before >> 10,
+        after >> 10,
+        vol["link"]
+    );
+    assert!(
+        after < before + (32 << 10),
+        "RSS grew from {before} to {after} KiB"
+    );
+    assert_eq!(vol["link"], "Connected");
+    assert_eq!(vol["counters"]["frames_forged"], 0);
+}
+
+/// Issue 15, defect 3: the NBD export was open to the LAN (the testbed
+/// itself bound 0.0.0.0), with no authentication: a client wrote both
+/// copies. With no address configured, the export is now a root-only Unix
+/// socket in the state directory: a real client (nbdinfo) uses it on the
+/// node, and nothing answers NBD from the client network.
+#[test]
+fn default_nbd_export_is_a_root_only_socket_unreachable_from_the_network() {
+    use std::os::unix::fs::PermissionsExt;
+    if !require_root("default_nbd_export_is_a_root_only_socket_unreachable_from_the_network") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let mut shape = ClusterShape::nodes(2);
+    shape.witness = true;
+    shape.extra = agents::volume_config(dir.path(), "16MiB", "", true)
+        .replace("nbd_tcp = \"0.0.0.0:10809\"\n", "")
+        .replace("nbd_insecure = true\n", "");
+    assert!(!shape.extra.contains("nbd_tcp"));
+    let c = AgentCluster::prepare(TANDEM, &shape).unwrap();
+    let mut v = Vol { c, dir };
+    v.c.create_volume_copies("data", 1).unwrap();
+    v.c.start_members().unwrap();
+    v.wait_group_on(1);
+    v.wait_in_sync();
+    let sock = v.c.state_dir(1).join("run/data.nbd");
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "{}", sock.display());
+    let info = Command::new("nbdinfo")
+        .arg(format!("nbd+unix:///data?socket={}", sock.display()))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&info.stdout);
+    assert!(info.status.success() && text.contains("16777216"), "{text}");
+    let ns = v.c.bed.client_ns();
+    let from_lan = Command::new("ip")
+        .args(["netns", "exec", &ns, "timeout", "20", "nbdinfo", URI])
+        .output()
+        .unwrap();
+    println!(
+        "default export: {} (mode {mode:o}), nbdinfo there: ok; from the client network: {}",
+        sock.display(),
+        String::from_utf8_lossy(&from_lan.stderr).trim()
+    );
+    assert!(
+        !from_lan.status.success(),
+        "the export answered from the client network"
+    );
+}

@@ -374,10 +374,16 @@ pub struct Volume {
     pub link: Option<Spanned<String>>,
     /// TCP port for replication (default 7789).
     pub port: Option<Spanned<u16>>,
-    /// NBD export on a Unix socket, on the primary.
+    /// NBD export on a Unix socket, on the primary (default
+    /// `<state_dir>/run/NAME.nbd`, mode 0600: root only).
     pub nbd_socket: Option<Spanned<PathBuf>>,
-    /// NBD export on TCP, on the primary.
+    /// NBD export on TCP, on the primary: a loopback address, or any
+    /// other with `nbd_insecure = true`.
     pub nbd_tcp: Option<Spanned<SocketAddr>>,
+    /// Accept exporting on a non-loopback `nbd_tcp` address without
+    /// authentication or encryption (NBD over TLS is not implemented yet):
+    /// anyone who can reach the address can read and write the volume.
+    pub nbd_insecure: Option<Spanned<bool>>,
     /// Resync rate limit in MiB/s (default 100).
     pub resync_rate_mib_s: Option<Spanned<u32>>,
     /// Split-brain recovery policy (default `disconnect`).

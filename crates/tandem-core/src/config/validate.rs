@@ -911,15 +911,28 @@ fn check_volumes(
                 );
             }
         }
-        if v.nbd_socket.is_none() && v.nbd_tcp.is_none() {
-            c.warn(
-                span(&v.name),
-                format!(
-                    "volume `{}` has no NBD export: only the `volume` resource can use it",
-                    v.name.get_ref()
-                ),
-                "add `nbd_socket = \"/run/tandem/NAME.nbd\"` so clients can attach it",
-            );
+        if let Some(a) = &v.nbd_tcp {
+            let insecure = v.nbd_insecure.as_ref().is_some_and(|i| *i.get_ref());
+            let addr = a.get_ref();
+            if !addr.ip().is_loopback() && !insecure {
+                c.error(
+                    span(a),
+                    format!(
+                        "volume `{}`: `nbd_tcp = \"{addr}\"` would export the volume to the network without authentication or encryption: anyone who can reach it could read and write it",
+                        v.name.get_ref()
+                    ),
+                    "bind a loopback address (`127.0.0.1:10809`), use `nbd_socket` (root only), or, on a network only trusted hosts reach, add `nbd_insecure = true`",
+                );
+            } else if !addr.ip().is_loopback() {
+                c.warn(
+                    span(a),
+                    format!(
+                        "volume `{}` is exported on {addr} without authentication or encryption (`nbd_insecure = true`): anyone who can reach it can read and write the volume",
+                        v.name.get_ref()
+                    ),
+                    "restrict who can reach that address (a dedicated VLAN, a firewall), or export on loopback or `nbd_socket` only",
+                );
+            }
         }
         if let super::schema::Backing::PerNode(map) = v.backing.get_ref() {
             for n in vol_nodes {

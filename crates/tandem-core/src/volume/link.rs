@@ -8,14 +8,19 @@
 //! Authentication: the dialing side sends a nonce, the accepting side
 //! answers with its own nonce and a MAC over both (keyed BLAKE3 with the
 //! cluster key), the dialer proves itself the same way. Neither side sends
-//! data before the other has proven it holds the key. The stream itself
-//! is not encrypted: the sync link is meant to be a dedicated cable or
-//! VLAN.
+//! data before the other has proven it holds the key. Before that, no
+//! frame larger than [`PREAUTH_MAX_FRAME`] is read. Every frame after the
+//! handshake is encrypted and authenticated ([`super::seal`]).
 
 use serde::{Deserialize, Serialize};
 
 use super::{Generations, Side};
 use crate::nbd::MAX_PAYLOAD;
+
+/// Largest frame body read before the peer has proven it holds the key:
+/// a hello (nonce, volume and node names), a challenge or a proof. A
+/// stranger's 32 MiB frame is refused after its 5-byte header.
+pub const PREAUTH_MAX_FRAME: u32 = 1024;
 
 /// Largest frame body: a full write plus its fixed fields.
 pub const MAX_FRAME: u32 = MAX_PAYLOAD + 64;
@@ -45,10 +50,9 @@ pub enum Msg {
         /// Random nonce.
         nonce: [u8; 16],
     },
-    /// Acceptor: its nonce and its proof.
+    /// Acceptor: its nonce and its proof. It names no node: a stranger
+    /// who connects learns nothing before it has proven it holds the key.
     Challenge {
-        /// Accepting node.
-        node: String,
         /// Random nonce.
         nonce: [u8; 16],
         /// MAC proving the acceptor holds the key.
@@ -201,10 +205,9 @@ impl Msg {
                 out.extend(json(&(volume, node)));
                 K_HELLO
             }
-            Msg::Challenge { node, nonce, mac } => {
+            Msg::Challenge { nonce, mac } => {
                 out.extend_from_slice(nonce);
                 out.extend_from_slice(mac);
-                out.extend(node.as_bytes());
                 K_CHALLENGE
             }
             Msg::Proof { mac } => {
@@ -472,9 +475,8 @@ pub fn decode(kind: u8, body: &[u8]) -> Result<Msg, LinkError> {
         K_CHALLENGE => {
             let nonce = b.array::<16>()?;
             let mac = b.array::<32>()?;
-            let node =
-                String::from_utf8(b.rest().to_vec()).map_err(|_| LinkError::Malformed(kind))?;
-            Msg::Challenge { node, nonce, mac }
+            b.end()?;
+            Msg::Challenge { nonce, mac }
         }
         K_PROOF => Msg::Proof { mac: b.array()? },
         K_STATE => Msg::State(b.json()?),
@@ -602,7 +604,6 @@ mod tests {
             nonce: [7; 16],
         });
         round(Msg::Challenge {
-            node: "n2".into(),
             nonce: [1; 16],
             mac: [2; 32],
         });

@@ -175,6 +175,14 @@ pub struct Counters {
     /// had, longer than 1 MiB, or arriving in fragments too small to fit).
     #[serde(default)]
     pub payloads_buffered: u64,
+    /// Frames on the replication link that failed authentication (forged,
+    /// altered or replayed): each one dropped its connection.
+    #[serde(default)]
+    pub frames_forged: u64,
+    /// Connections refused before authentication: a frame too large for
+    /// the handshake, too many at once, too slow, or a failed proof.
+    #[serde(default)]
+    pub connections_refused: u64,
 }
 
 pub(super) struct State {
@@ -287,6 +295,11 @@ pub struct Volume {
     /// the socket readers, which must not wait for the state lock (held
     /// across metadata fsyncs).
     payloads: [std::sync::atomic::AtomicU64; 2],
+    /// Link security counters (see [`Counters::frames_forged`]): forged
+    /// frames, refused connections.
+    link_refusals: [std::sync::atomic::AtomicU64; 2],
+    /// Connections in authentication now (capped).
+    pub(super) unauthenticated: std::sync::atomic::AtomicUsize,
 }
 
 fn random_gen() -> u64 {
@@ -399,7 +412,19 @@ impl Volume {
             primary_now: AtomicBool::new(false),
             last_status: Mutex::new(None),
             payloads: Default::default(),
+            link_refusals: Default::default(),
+            unauthenticated: Default::default(),
         })
+    }
+
+    /// Counts a replication frame that failed authentication. Never waits.
+    pub fn count_forged(&self) {
+        self.link_refusals[0].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a connection refused before authentication.
+    pub fn count_refused(&self) {
+        self.link_refusals[1].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts one large payload received, by the way it came. Never
@@ -1107,6 +1132,8 @@ impl Volume {
             counters: Counters {
                 payloads_spliced: self.payloads[0].load(Ordering::Relaxed),
                 payloads_buffered: self.payloads[1].load(Ordering::Relaxed),
+                frames_forged: self.link_refusals[0].load(Ordering::Relaxed),
+                connections_refused: self.link_refusals[1].load(Ordering::Relaxed),
                 ..st.counters.clone()
             },
             generations: format!(

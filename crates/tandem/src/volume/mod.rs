@@ -166,7 +166,11 @@ pub fn configs(
             my_addr: addr_of(me)?,
             peer_addr: addr_of(&peer)?,
             peer,
-            nbd_socket: v.nbd_socket.as_ref().map(|p| p.get_ref().clone()),
+            // Private by default: a root-only socket in the state directory.
+            nbd_socket: Some(v.nbd_socket.as_ref().map_or_else(
+                || state_dir.join("run").join(format!("{name}.nbd")),
+                |p| p.get_ref().clone(),
+            )),
             nbd_tcp: v.nbd_tcp.as_ref().map(|a| *a.get_ref()),
             rate_bytes_s: u64::from(
                 v.resync_rate_mib_s

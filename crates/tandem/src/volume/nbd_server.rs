@@ -29,15 +29,18 @@ const READ_CHUNK: usize = 64 << 10;
 /// Limit on the whole handshake.
 const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
 
-/// Serves the volume's Unix-socket export until the agent stops.
+/// Serves the volume's Unix-socket export until the agent stops. The
+/// socket is root-only (mode 0600): the export is not authenticated.
 pub async fn serve_unix(vol: Arc<Volume>, path: &Path) -> Result<()> {
     if let Some(d) = path.parent() {
-        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+        crate::atomic_file::private_dir(d)?;
     }
     let _ = std::fs::remove_file(path);
     let l = UnixListener::bind(path)
         .with_context(|| format!("binding the NBD socket {}", path.display()))?;
-    accept_loop(vol, || async { l.accept().await.map(|(s, _)| s) }).await
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .with_context(|| format!("restricting {} to root", path.display()))?;
+    accept_loop(vol, || async { l.accept().await.map(|(s, _)| (s, None)) }).await
 }
 
 /// Serves the volume's TCP export until the agent stops.
@@ -46,9 +49,9 @@ pub async fn serve_tcp(vol: Arc<Volume>, addr: std::net::SocketAddr) -> Result<(
         .await
         .with_context(|| format!("binding the NBD address {addr}"))?;
     accept_loop(vol, || async {
-        let (s, _) = l.accept().await?;
+        let (s, from) = l.accept().await?;
         s.set_nodelay(true).ok();
-        Ok(s)
+        Ok((s, Some(from.ip())))
     })
     .await
 }
@@ -80,27 +83,118 @@ impl ClientStream for tokio::net::UnixStream {
     }
 }
 
-/// Accepts clients, at most [`MAX_CLIENTS`] at once (more are closed).
+/// Accepts clients: at most [`MAX_CLIENTS`] at once and
+/// [`MAX_CLIENTS_PER_ADDRESS`] from one address. When every slot is taken,
+/// the client idle longest (at least [`IDLE_EVICT_AFTER`]) is closed to
+/// make room; if none is, the newcomer is closed. So idle connections
+/// from one host cannot lock every other client out.
 async fn accept_loop<S, F, Fut>(vol: Arc<Volume>, accept: F) -> Result<()>
 where
     S: ClientStream,
     F: Fn() -> Fut,
-    Fut: std::future::Future<Output = std::io::Result<S>>,
+    Fut: std::future::Future<Output = std::io::Result<(S, Option<std::net::IpAddr>)>>,
 {
-    let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
+    let clients: Arc<std::sync::Mutex<Clients>> = Arc::default();
+    let mut next_id = 0u64;
     loop {
-        let Ok(s) = accept().await else {
+        let Ok((s, from)) = accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
+        let admitted = {
+            let mut c = clients.lock().unwrap_or_else(|p| p.into_inner());
+            c.admit(next_id, from, std::time::Instant::now())
+        };
+        let Some(entry) = admitted else {
+            vol.event(format!(
+                "NBD client from {} refused: {} clients at once, {} per address, none idle for {} s",
+                from.map_or_else(|| "the socket".to_string(), |a| a.to_string()),
+                MAX_CLIENTS,
+                MAX_CLIENTS_PER_ADDRESS,
+                IDLE_EVICT_AFTER.as_secs()
+            ));
             continue;
         };
+        next_id += 1;
         let vol = vol.clone();
+        let clients = clients.clone();
         tokio::spawn(async move {
-            client(vol, s).await;
-            drop(permit);
+            client(vol, s, entry.clone()).await;
+            clients
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&entry);
         });
+    }
+}
+
+/// Clients from one address at once.
+const MAX_CLIENTS_PER_ADDRESS: usize = 8;
+/// A client idle this long may be closed to make room for a new one.
+const IDLE_EVICT_AFTER: Duration = Duration::from_secs(60);
+
+/// One connected client as the accept loop tracks it.
+#[derive(Debug, Clone)]
+struct ClientEntry {
+    id: u64,
+    from: Option<std::net::IpAddr>,
+    /// When it last sent a request (or connected).
+    last_active: Arc<std::sync::Mutex<std::time::Instant>>,
+    /// Closes it (to make room for a newcomer).
+    evict: Arc<tokio::sync::Notify>,
+}
+
+impl ClientEntry {
+    fn touch(&self) {
+        *self.last_active.lock().unwrap_or_else(|p| p.into_inner()) = std::time::Instant::now();
+    }
+
+    fn idle_since(&self) -> std::time::Instant {
+        *self.last_active.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The connected clients of one listener.
+#[derive(Debug, Default)]
+struct Clients {
+    list: Vec<ClientEntry>,
+}
+
+impl Clients {
+    /// Makes room for a client from `from` and registers it, or refuses.
+    fn admit(
+        &mut self,
+        id: u64,
+        from: Option<std::net::IpAddr>,
+        now: std::time::Instant,
+    ) -> Option<ClientEntry> {
+        if from.is_some()
+            && self.list.iter().filter(|c| c.from == from).count() >= MAX_CLIENTS_PER_ADDRESS
+        {
+            return None;
+        }
+        if self.list.len() >= MAX_CLIENTS {
+            let idlest = self
+                .list
+                .iter()
+                .filter(|c| now.duration_since(c.idle_since()) >= IDLE_EVICT_AFTER)
+                .min_by_key(|c| c.idle_since())?
+                .clone();
+            idlest.evict.notify_one();
+            self.remove(&idlest);
+        }
+        let entry = ClientEntry {
+            id,
+            from,
+            last_active: Arc::new(std::sync::Mutex::new(now)),
+            evict: Arc::default(),
+        };
+        self.list.push(entry.clone());
+        Some(entry)
+    }
+
+    fn remove(&mut self, e: &ClientEntry) {
+        self.list.retain(|c| c.id != e.id);
     }
 }
 
@@ -148,7 +242,7 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(vol: &Volume, s: &mut S) -
     }
 }
 
-async fn client<S: ClientStream>(vol: Arc<Volume>, mut s: S) {
+async fn client<S: ClientStream>(vol: Arc<Volume>, mut s: S, me: ClientEntry) {
     match tokio::time::timeout(HANDSHAKE_LIMIT, handshake(&vol, &mut s)).await {
         Ok(Ok(true)) => {}
         Ok(Ok(false)) | Err(_) => return,
@@ -173,9 +267,13 @@ async fn client<S: ClientStream>(vol: Arc<Volume>, mut s: S) {
     // permit if the reader is busy).
     let cut = Arc::new(tokio::sync::Notify::new());
     let watcher = {
-        let (vol, cut) = (vol.clone(), cut.clone());
+        let (vol, cut, evict) = (vol.clone(), cut.clone(), me.evict.clone());
         tokio::spawn(async move {
-            demoted(&vol).await;
+            // Demoted, or closed to make room (it was idle longest).
+            tokio::select! {
+                () = demoted(&vol) => {}
+                () = evict.notified() => {}
+            }
             cut.notify_one();
         })
     };
@@ -214,6 +312,7 @@ async fn client<S: ClientStream>(vol: Arc<Volume>, mut s: S) {
             let (n, ev) = parser.next(&buf[start..]);
             start += n;
             if let Some(ev) = ev {
+                me.touch();
                 if !dispatch(ev, None).await {
                     break 'read;
                 }
@@ -245,6 +344,7 @@ async fn client<S: ClientStream>(vol: Arc<Volume>, mut s: S) {
             let Some((ev, piped)) = ev else {
                 break;
             };
+            me.touch();
             if !dispatch(ev, piped).await {
                 break;
             }
@@ -367,5 +467,51 @@ async fn run(vol: &Volume, cookie: u64, op: Op, piped: Option<Chain>) -> Frame {
             let r = vol.flush().await;
             simple(cookie, r.err().unwrap_or(0))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 15, defect 3: 64 idle connections locked every new client
+    /// out. One address gets at most 8; when every slot is taken, the
+    /// client idle longest (a minute or more) makes room.
+    #[test]
+    fn one_address_cannot_take_every_slot_and_idle_clients_make_room() {
+        let t0 = std::time::Instant::now();
+        let mut c = Clients::default();
+        let a: std::net::IpAddr = "192.0.2.1".parse().unwrap();
+        for i in 0..MAX_CLIENTS_PER_ADDRESS as u64 {
+            assert!(c.admit(i, Some(a), t0).is_some());
+        }
+        assert!(
+            c.admit(99, Some(a), t0).is_none(),
+            "a ninth from one address"
+        );
+        // Fill every slot from many addresses.
+        let mut id = 100;
+        while c.list.len() < MAX_CLIENTS {
+            let from: std::net::IpAddr = format!("198.51.100.{}", id % 200).parse().unwrap();
+            let _ = c.admit(id, Some(from), t0);
+            id += 1;
+        }
+        let newcomer: std::net::IpAddr = "203.0.113.9".parse().unwrap();
+        assert!(
+            c.admit(1000, Some(newcomer), t0).is_none(),
+            "nobody idle yet"
+        );
+        // One client stays busy; later, a newcomer evicts the idlest.
+        let busy = c.list[0].clone();
+        let later = t0 + IDLE_EVICT_AFTER + Duration::from_secs(1);
+        *busy.last_active.lock().unwrap() = later;
+        let victim = c.list[1].clone();
+        let e = c.admit(1001, Some(newcomer), later).expect("room made");
+        assert_eq!(e.id, 1001);
+        assert!(
+            !c.list.iter().any(|x| x.id == victim.id),
+            "the idlest was closed"
+        );
+        assert!(c.list.iter().any(|x| x.id == busy.id), "the busy one stays");
     }
 }

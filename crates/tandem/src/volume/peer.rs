@@ -12,7 +12,9 @@ use tandem_core::nbd::errno;
 use tandem_core::volume::bitmap::{Bitmap, BLOCK};
 use tandem_core::volume::link::{
     self, auth_mac, block_hash, frame_len, mac_ok, Hello2, Msg, BITMAP_CHUNK, FRAME_HEADER,
+    PREAUTH_MAX_FRAME,
 };
+use tandem_core::volume::seal::{self, Direction, End, Session};
 use tandem_core::volume::{DiskState, Side, Sync};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedReadHalf;
@@ -20,8 +22,8 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 
 use super::engine::{Change, Conn, LinkState, SyncProgress, SyncRole, VerifyProgress, Volume};
-use super::splice::{Chain, MAX_SPLICED, MIN_SPLICED};
-use super::stream::{Outgoing, Payload};
+use super::splice::{Chain, MIN_SPLICED};
+use super::stream::Outgoing;
 
 /// Frames queued for the peer before writers wait.
 const LINK_QUEUE: usize = 1024;
@@ -33,6 +35,12 @@ const SYNC_CHUNK_BLOCKS: u64 = 256;
 const VERIFY_CHUNK: u64 = 1 << 20;
 /// Limit on connecting and on the handshake.
 const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
+/// Limit on a connection's authentication (hello, challenge, proof: three
+/// small frames): a stranger cannot hold a slot longer.
+const PREAUTH_LIMIT: Duration = Duration::from_secs(3);
+/// Connections in authentication at once; more are closed at once (a
+/// stranger's flood cannot hold memory or lock the peer out for long).
+const MAX_UNAUTHENTICATED: usize = 4;
 /// Pause between connection attempts.
 const RETRY: Duration = Duration::from_millis(500);
 /// Pause between attempts while split brain or refused (each attempt
@@ -68,9 +76,9 @@ async fn dial_loop(vol: Arc<Volume>) {
             }
         }
         match tokio::time::timeout(HANDSHAKE_LIMIT, dial(&vol)).await {
-            Ok(Ok(stream)) => {
+            Ok(Ok((stream, keys))) => {
                 last_error.clear();
-                session(vol.clone(), stream).await;
+                session(vol.clone(), stream, keys).await;
             }
             Ok(Err(e)) => {
                 let text = format!("{e:#}");
@@ -85,7 +93,7 @@ async fn dial_loop(vol: Arc<Volume>) {
     }
 }
 
-async fn dial(vol: &Volume) -> Result<TcpStream> {
+async fn dial(vol: &Volume) -> Result<(TcpStream, Session)> {
     let sock = if vol.cfg.peer_addr.is_ipv4() {
         TcpSocket::new_v4()
     } else {
@@ -112,24 +120,17 @@ async fn dial(vol: &Volume) -> Result<TcpStream> {
         },
     )
     .await?;
-    let Msg::Challenge {
-        node,
-        nonce: theirs,
-        mac,
-    } = read_msg(&mut stream).await?
-    else {
+    let Msg::Challenge { nonce: theirs, mac } = read_preauth(&mut stream).await? else {
         bail!("the peer did not answer with a challenge");
     };
-    if node != vol.cfg.peer
-        || !mac_ok(
-            &vol.cfg.key,
-            "acceptor",
-            &vol.cfg.name,
-            &nonce,
-            &theirs,
-            &mac,
-        )
-    {
+    if !mac_ok(
+        &vol.cfg.key,
+        "acceptor",
+        &vol.cfg.name,
+        &nonce,
+        &theirs,
+        &mac,
+    ) {
         bail!(
             "{} failed authentication (is it node {} with the same cluster key?)",
             vol.cfg.peer_addr,
@@ -138,7 +139,8 @@ async fn dial(vol: &Volume) -> Result<TcpStream> {
     }
     let proof = auth_mac(&vol.cfg.key, "dialer", &vol.cfg.name, &nonce, &theirs);
     write_msg(&mut stream, &Msg::Proof { mac: proof }).await?;
-    Ok(stream)
+    let keys = Session::derive(&vol.cfg.key, &vol.cfg.name, &nonce, &theirs, End::Dialer);
+    Ok((stream, keys))
 }
 
 async fn accept_loop(vol: Arc<Volume>) {
@@ -162,26 +164,40 @@ async fn accept_loop(vol: Arc<Volume>) {
         if matches!(vol.lock().link, LinkState::AdminDown) {
             continue;
         }
+        use std::sync::atomic::Ordering;
+        if vol.unauthenticated.fetch_add(1, Ordering::AcqRel) >= MAX_UNAUTHENTICATED {
+            vol.unauthenticated.fetch_sub(1, Ordering::AcqRel);
+            vol.count_refused();
+            continue;
+        }
         stream.set_nodelay(true).ok();
         let vol = vol.clone();
         tokio::spawn(async move {
-            match tokio::time::timeout(HANDSHAKE_LIMIT, accept(&vol, &mut stream)).await {
-                Ok(Ok(())) => session(vol, stream).await,
-                Ok(Err(e)) => vol.event(format!("refused a connection from {from}: {e:#}")),
-                Err(_) => vol.event(format!(
-                    "connection from {from} timed out in authentication"
-                )),
+            let r = tokio::time::timeout(PREAUTH_LIMIT, accept(&vol, &mut stream)).await;
+            vol.unauthenticated.fetch_sub(1, Ordering::AcqRel);
+            match r {
+                Ok(Ok(keys)) => session(vol, stream, keys).await,
+                Ok(Err(e)) => {
+                    vol.count_refused();
+                    vol.event(format!("refused a connection from {from}: {e:#}"));
+                }
+                Err(_) => {
+                    vol.count_refused();
+                    vol.event(format!(
+                        "connection from {from} timed out in authentication"
+                    ));
+                }
             }
         });
     }
 }
 
-async fn accept(vol: &Volume, stream: &mut TcpStream) -> Result<()> {
+async fn accept(vol: &Volume, stream: &mut TcpStream) -> Result<Session> {
     let Msg::Hello {
         volume,
         node,
         nonce: theirs,
-    } = read_msg(stream).await?
+    } = read_preauth(stream).await?
     else {
         bail!("expected a hello");
     };
@@ -195,33 +211,73 @@ async fn accept(vol: &Volume, stream: &mut TcpStream) -> Result<()> {
     let mut nonce = [0u8; 16];
     rand::rngs::OsRng.fill_bytes(&mut nonce);
     let mac = auth_mac(&vol.cfg.key, "acceptor", &vol.cfg.name, &theirs, &nonce);
-    write_msg(
-        stream,
-        &Msg::Challenge {
-            node: vol.cfg.me.clone(),
-            nonce,
-            mac,
-        },
-    )
-    .await?;
-    let Msg::Proof { mac } = read_msg(stream).await? else {
+    write_msg(stream, &Msg::Challenge { nonce, mac }).await?;
+    let Msg::Proof { mac } = read_preauth(stream).await? else {
         bail!("expected a proof");
     };
     if !mac_ok(&vol.cfg.key, "dialer", &vol.cfg.name, &theirs, &nonce, &mac) {
         bail!("the peer failed authentication (different cluster key?)");
     }
-    Ok(())
+    Ok(Session::derive(
+        &vol.cfg.key,
+        &vol.cfg.name,
+        &theirs,
+        &nonce,
+        End::Acceptor,
+    ))
+}
+
+/// A handshake frame, before the peer has proven anything: its header is
+/// checked against [`PREAUTH_MAX_FRAME`] before any of its body is read.
+async fn read_preauth(s: &mut TcpStream) -> Result<Msg> {
+    let (kind, len) = read_header(s).await?;
+    if len > PREAUTH_MAX_FRAME as usize {
+        bail!("a {len}-byte frame before authentication (at most {PREAUTH_MAX_FRAME} are read)");
+    }
+    read_body(s, kind, len).await
+}
+
+/// Reads the session's sealed frames ([`seal`]): every one is opened and
+/// checked before anything in it is looked at.
+struct SealedReader {
+    rd: LinkReader,
+    dir: Direction,
+}
+
+impl SealedReader {
+    /// The next message; an error (and the connection ends) for a frame
+    /// that fails its check, counted as forged on `vol`.
+    async fn next(&mut self, vol: &Volume) -> Result<Msg> {
+        self.next_counting(|| vol.count_forged()).await
+    }
+
+    /// As [`SealedReader::next`], calling `forged` for a frame that fails.
+    async fn next_counting(&mut self, forged: impl FnOnce()) -> Result<Msg> {
+        let mut h = [0u8; FRAME_HEADER];
+        self.rd
+            .read_exact(&mut h)
+            .await
+            .context("reading from the peer")?;
+        let len = frame_len(&h)? as usize;
+        let mut body = super::stream::read_payload(&mut self.rd, &[], len + seal::TAG_LEN)
+            .await
+            .context("reading from the peer")?;
+        let msg = match self.dir.open(&h, &mut body) {
+            Ok(plain) => link::decode(h[0], plain).map_err(anyhow::Error::from),
+            Err(e) => {
+                forged();
+                Err(anyhow::Error::from(e))
+            }
+        };
+        super::buffers::give(body);
+        msg
+    }
 }
 
 async fn write_msg(s: &mut TcpStream, m: &Msg) -> Result<()> {
     s.write_all(&m.to_bytes())
         .await
         .context("sending to the peer")
-}
-
-async fn read_msg<R: AsyncReadExt + Unpin>(s: &mut R) -> Result<Msg> {
-    let (kind, len) = read_header(s).await?;
-    read_body(s, kind, len).await
 }
 
 /// A frame's kind and body length.
@@ -257,46 +313,6 @@ async fn read_body<R: AsyncReadExt + Unpin>(s: &mut R, kind: u8, len: usize) -> 
         .await
         .context("reading from the peer")?;
     Ok(link::decode(kind, &body)?)
-}
-
-/// The next message of a session, with the data of a large write or sync
-/// block held in a kernel pipe (the message's own data then empty) where
-/// one is to be had: it goes to disk without a copy of ours.
-async fn read_incoming(rd: &mut LinkReader) -> Result<(Msg, Option<Chain>)> {
-    use tokio::io::AsyncBufRead;
-    // With nothing buffered, the header comes straight from the socket:
-    // through the buffer, a refill would copy up to its capacity of a
-    // large write's data that could have been spliced instead.
-    let (kind, len) = if rd.buffer().is_empty() {
-        read_header(rd.get_mut()).await?
-    } else {
-        read_header(rd).await?
-    };
-    let spliced = link::bulk_prefix(kind)
-        .filter(|p| (MIN_SPLICED..=MAX_SPLICED).contains(&len.saturating_sub(*p)));
-    let Some((p, mut chain)) = spliced.and_then(|p| Some((p, Chain::take()?))) else {
-        return Ok((read_body(rd, kind, len).await?, None));
-    };
-    let fixed = if rd.buffer().is_empty() {
-        read_fixed(rd.get_mut(), p).await?
-    } else {
-        read_fixed(rd, p).await?
-    };
-    let n = len - p;
-    let buffered = rd.buffer();
-    let k = buffered.len().min(n);
-    chain
-        .fill_from_slice(&buffered[..k])
-        .context("buffering data from the peer")?;
-    std::pin::Pin::new(&mut *rd).consume(k);
-    let payload = super::stream::finish_payload(rd, chain, n)
-        .await
-        .context("reading from the peer")?;
-    let (data, chain) = match payload {
-        Payload::Piped(chain) => (Vec::new(), Some(chain)),
-        Payload::Bytes(data) => (data, None),
-    };
-    Ok((link::decode_bulk(kind, &fixed[..p], data)?, chain))
 }
 
 /// A session's reading side: small frames (acknowledgements, 4 KiB
@@ -335,13 +351,16 @@ fn set_congestion_control(vol: &Volume, stream: &TcpStream) {
     }
 }
 
-async fn session(vol: Arc<Volume>, stream: TcpStream) {
+async fn session(vol: Arc<Volume>, stream: TcpStream, keys: Session) {
     set_congestion_control(&vol, &stream);
     let epoch = vol.next_epoch();
     let (rd, wr) = stream.into_split();
-    let mut rd: LinkReader = tokio::io::BufReader::with_capacity(LINK_READ_BUFFER, rd);
+    let mut rd = SealedReader {
+        rd: tokio::io::BufReader::with_capacity(LINK_READ_BUFFER, rd),
+        dir: keys.recv,
+    };
     let (tx, rx) = mpsc::channel::<Outgoing>(LINK_QUEUE);
-    let writer = tokio::spawn(super::stream::write_frames(wr, rx));
+    let writer = tokio::spawn(super::stream::write_sealed_frames(wr, rx, keys.send));
     let old = vol.lock().conn.as_ref().map(|c| c.epoch);
     if let Some(old) = old {
         vol.teardown(old, "replaced by a new connection");
@@ -366,7 +385,7 @@ async fn handshake(
     vol: &Arc<Volume>,
     epoch: u64,
     tx: &mpsc::Sender<Outgoing>,
-    rd: &mut LinkReader,
+    rd: &mut SealedReader,
     side: Side,
     bitmap: Vec<u8>,
 ) -> Result<bool> {
@@ -393,12 +412,12 @@ async fn handshake(
         .context("peer writer gone")?;
     }
     let peer = tokio::time::timeout(HANDSHAKE_LIMIT, async {
-        let Msg::State(h) = read_msg(rd).await? else {
+        let Msg::State(h) = rd.next(vol).await? else {
             bail!("expected the peer's state");
         };
         let mut bytes = Vec::new();
         loop {
-            let Msg::Bitmap { at, last, bytes: b } = read_msg(rd).await? else {
+            let Msg::Bitmap { at, last, bytes: b } = rd.next(vol).await? else {
                 bail!("expected the peer's bitmap");
             };
             if at != bytes.len() as u64
@@ -560,7 +579,7 @@ async fn serve(
     vol: &Arc<Volume>,
     epoch: u64,
     tx: &mpsc::Sender<Outgoing>,
-    rd: &mut LinkReader,
+    rd: &mut SealedReader,
 ) -> String {
     let ping_tx = tx.clone();
     let interval = Duration::from_millis(vol.cfg.ping_interval_ms);
@@ -595,10 +614,11 @@ async fn serve(
             break "replaced by a newer connection".to_string();
         }
         let msg = tokio::select! {
-            r = tokio::time::timeout(limit, read_incoming(rd)) => match r {
+            r = tokio::time::timeout(limit, rd.next(vol)) => match r {
                 Err(_) => break format!("no word from the peer for {} ms", vol.cfg.peer_timeout_ms),
                 Ok(Err(e)) => break format!("{e:#}"),
-                Ok(Ok(m)) => m,
+                // Decrypted in user space: the data is in the message.
+                Ok(Ok(m)) => (m, None),
             },
             r = &mut handler => break r.unwrap_or_else(|e| format!("message handler: {e}")),
         };
@@ -1105,29 +1125,24 @@ mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
 
-    /// What a message carried, its data drained from its pipes if it came
-    /// through them.
-    fn whole(msg: Msg, piped: Option<Chain>) -> Msg {
-        let Some(mut chain) = piped else {
-            return msg;
-        };
-        let mut bytes = Vec::new();
-        chain.drain_into(&mut bytes).unwrap();
-        assert!(
-            matches!(msg, Msg::Write { .. } | Msg::SyncData { .. }),
-            "a pipe came with {msg:?}"
-        );
-        msg.with_data(bytes)
+    fn fill(n: usize, seed: u8) -> Vec<u8> {
+        (0..n).map(|i| (i as u8).wrapping_mul(13) ^ seed).collect()
     }
 
-    /// Small and large frames back to back, sent in odd pieces: every
-    /// message reads back as sent, the large ones through pipes (header
-    /// reads that bypass the buffer must never lose or reorder bytes).
+    fn keys() -> (Session, Session) {
+        let k = [3u8; 32];
+        let (a, b) = ([1u8; 16], [2u8; 16]);
+        (
+            Session::derive(&k, "data", &a, &b, End::Dialer),
+            Session::derive(&k, "data", &a, &b, End::Acceptor),
+        )
+    }
+
+    /// Small and large frames back to back through the sealed writer and
+    /// a real socket, read back in pieces that split headers and data
+    /// anywhere: every message reads back as sent.
     #[tokio::test]
-    async fn frames_of_every_size_read_back_in_order() {
-        let fill = |n: usize, seed: u8| -> Vec<u8> {
-            (0..n).map(|i| (i as u8).wrapping_mul(13) ^ seed).collect()
-        };
+    async fn sealed_frames_of_every_size_read_back_in_order() {
         let sent = vec![
             Msg::Write {
                 id: 1,
@@ -1142,22 +1157,10 @@ mod tests {
                 data: fill(1 << 20, 2),
             },
             Msg::Ack { id: 7 },
-            Msg::Write {
-                id: 3,
-                offset: 4096,
-                fua: false,
-                data: fill(128 << 10, 3),
-            },
             Msg::Ping,
             Msg::SyncData {
                 offset: 8192,
                 data: fill(1 << 20, 4),
-            },
-            Msg::Write {
-                id: 4,
-                offset: 0,
-                fua: false,
-                data: fill(65_536 + 4096, 5),
             },
             Msg::Write {
                 id: 5,
@@ -1167,30 +1170,99 @@ mod tests {
             },
             Msg::Pong,
         ];
+        let (d, a) = keys();
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
-        let wire: Vec<u8> = sent.iter().flat_map(Msg::to_bytes).collect();
-        let writer = tokio::spawn(async move {
-            let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
-            // Pieces that split headers, fixed fields and data anywhere.
-            for piece in wire.chunks(70_001) {
-                c.write_all(piece).await.unwrap();
-                tokio::task::yield_now().await;
+        let (tx, rx) = mpsc::channel::<Outgoing>(16);
+        let c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let writer = tokio::spawn(super::super::stream::write_sealed_frames(c, rx, d.send));
+        let (s, _) = l.accept().await.unwrap();
+        let mut rd = SealedReader {
+            rd: tokio::io::BufReader::with_capacity(LINK_READ_BUFFER, s.into_split().0),
+            dir: a.recv,
+        };
+        let feed = sent.clone();
+        tokio::spawn(async move {
+            for m in feed {
+                tx.send(m.into_frame().into()).await.unwrap();
             }
-            c
+        });
+        for want in &sent {
+            let got = rd
+                .next_counting(|| panic!("a genuine frame failed"))
+                .await
+                .unwrap();
+            assert!(&got == want, "a message read back differs");
+        }
+        writer.abort();
+    }
+
+    /// Issue 15, defect 5: after the handshake no frame was authenticated,
+    /// so anyone on the path could inject blocks. A man in the middle on a
+    /// real socket passes the genuine frames and then injects a write in
+    /// the link's plain framing (what used to be applied): the reader
+    /// takes the genuine ones, refuses the forged one, counts it and ends
+    /// the connection; nothing forged is ever returned.
+    #[tokio::test]
+    async fn a_forged_block_injected_on_a_live_link_is_refused_and_counted() {
+        let (d, a) = keys();
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let mitm = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mitm_addr = mitm.local_addr().unwrap();
+        // The sender's frames, sealed.
+        let (tx, rx) = mpsc::channel::<Outgoing>(16);
+        let c = tokio::net::TcpStream::connect(mitm_addr).await.unwrap();
+        let writer = tokio::spawn(super::super::stream::write_sealed_frames(c, rx, d.send));
+        let genuine = vec![
+            Msg::Write {
+                id: 1,
+                offset: 0,
+                fua: false,
+                data: fill(4096, 1),
+            },
+            Msg::Ping,
+        ];
+        let mut wire_len = 0;
+        for m in &genuine {
+            wire_len += m.to_bytes().len() + seal::TAG_LEN;
+            tx.send(m.clone().into_frame().into()).await.unwrap();
+        }
+        // The man in the middle: forwards the genuine bytes, then injects.
+        let relay = tokio::spawn(async move {
+            let (mut from, _) = mitm.accept().await.unwrap();
+            let mut to = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let mut genuine = vec![0u8; wire_len];
+            from.read_exact(&mut genuine).await.unwrap();
+            to.write_all(&genuine).await.unwrap();
+            let forged = Msg::Write {
+                id: 2,
+                offset: 0,
+                fua: true,
+                data: vec![0x5a; 65_536],
+            };
+            let mut bytes = forged.to_bytes();
+            bytes.extend_from_slice(&[0u8; seal::TAG_LEN]);
+            to.write_all(&bytes).await.unwrap();
+            to
         });
         let (s, _) = l.accept().await.unwrap();
-        let (rd, _wr) = s.into_split();
-        let mut rd: LinkReader = tokio::io::BufReader::with_capacity(LINK_READ_BUFFER, rd);
-        let mut spliced = 0;
-        for want in &sent {
-            let (msg, piped) = read_incoming(&mut rd).await.unwrap();
-            spliced += usize::from(piped.is_some());
-            assert!(&whole(msg, piped) == want, "a message read back differs");
+        let mut rd = SealedReader {
+            rd: tokio::io::BufReader::with_capacity(LINK_READ_BUFFER, s.into_split().0),
+            dir: a.recv,
+        };
+        let mut forged = 0;
+        for want in &genuine {
+            let got = rd.next_counting(|| forged += 1).await.unwrap();
+            assert!(&got == want);
         }
-        // The 128 KiB, 68 KiB and both 1 MiB ones (2 MiB is over the
-        // limit, 4 KiB under it).
-        assert_eq!(spliced, 4);
-        drop(writer.await.unwrap());
+        let err = rd.next_counting(|| forged += 1).await.unwrap_err();
+        assert!(
+            format!("{err:#}").contains("failed authentication"),
+            "{err:#}"
+        );
+        assert_eq!(forged, 1);
+        drop(relay.await.unwrap());
+        writer.abort();
     }
 }
