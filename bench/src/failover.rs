@@ -21,6 +21,16 @@ use tandem_testbed::{Testbed, TestbedSpec};
 const NODES: usize = 3;
 const PROBE_PORT: u16 = 7000;
 
+/// What happens to the node holding the address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Every link cut (a crash, as far as the network can tell).
+    Crash,
+    /// A clean stop: SIGTERM to the agent (Tandem) or to keepalived, as a
+    /// service manager stops it.
+    CleanStop,
+}
+
 /// One run's figures.
 #[derive(Debug, Clone)]
 pub struct Run {
@@ -87,12 +97,12 @@ fn web_on(s: &serde_json::Value) -> Option<String> {
 
 /// Tandem, default profile. The crashed node is restored `restore_ms`
 /// after the group answers elsewhere.
-pub fn tandem(tandem: &Path, runs: usize, restore_ms: u64) -> Result<Vec<Run>> {
+pub fn tandem(tandem: &Path, runs: usize, restore_ms: u64, fault: Fault) -> Result<Vec<Run>> {
     let shape = ClusterShape {
         extra: tandem_testbed::agents::web_group_config(tandem, "auto", NODES, 8080, PROBE_PORT),
         ..ClusterShape::nodes(NODES)
     };
-    let c = AgentCluster::start(tandem, &shape)?;
+    let mut c = AgentCluster::start(tandem, &shape)?;
     let settle = |c: &AgentCluster| -> Result<()> {
         for n in 1..=NODES {
             c.wait(n, Duration::from_secs(30), "settled, web on n1", |s| {
@@ -113,13 +123,21 @@ pub fn tandem(tandem: &Path, runs: usize, restore_ms: u64) -> Result<Vec<Run>> {
             },
         )?;
         std::thread::sleep(Duration::from_millis(300 + (run as u64 * 17) % 50));
-        c.bed.cut_node(1)?;
         let crash = unix_ms();
+        match fault {
+            Fault::Crash => c.bed.cut_node(1)?,
+            Fault::CleanStop => {
+                c.bed.stop_gracefully(c.pids[0], Duration::from_secs(30))?;
+            }
+        }
         c.wait(2, Duration::from_secs(30), "web running elsewhere", |s| {
             web_on(s).is_some_and(|n| n != "n1")
         })?;
         std::thread::sleep(Duration::from_millis(restore_ms));
-        c.bed.restore_node(1)?;
+        match fault {
+            Fault::Crash => c.bed.restore_node(1)?,
+            Fault::CleanStop => c.pids[0] = c.spawn_agent(1)?,
+        }
         settle(&c)?;
         std::thread::sleep(Duration::from_millis(500));
         let log = prober.stop()?;
@@ -155,7 +173,7 @@ vrrp_instance web {{\n  state BACKUP\n  interface lan\n  virtual_router_id 51\n 
 
 /// keepalived, VRRPv3 with `advert_int` = `advert_ms`, the probe service
 /// running on every node (keepalived moves only the address).
-pub fn keepalived(tandem: &Path, runs: usize, advert_ms: u64) -> Result<Vec<Run>> {
+pub fn keepalived(tandem: &Path, runs: usize, advert_ms: u64, fault: Fault) -> Result<Vec<Run>> {
     if std::process::Command::new("keepalived")
         .arg("--version")
         .output()
@@ -168,7 +186,7 @@ pub fn keepalived(tandem: &Path, runs: usize, advert_ms: u64) -> Result<Vec<Run>
         links: vec!["lan".into(), "sync".into()],
     })?;
     let dir = tempfile::tempdir().context("creating the keepalived directory")?;
-    for n in 1..=NODES {
+    let start_keepalived = |n: usize| -> Result<u32> {
         let conf = dir.path().join(format!("n{n}.conf"));
         std::fs::write(&conf, keepalived_config(n, advert_ms))?;
         let pid = dir.path().join(format!("n{n}.pid"));
@@ -189,7 +207,14 @@ pub fn keepalived(tandem: &Path, runs: usize, advert_ms: u64) -> Result<Vec<Run>
                 "-r",
                 &vpid.to_string_lossy(),
             ],
-        )?;
+        )
+    };
+    let mut n1_keepalived = 0;
+    for n in 1..=NODES {
+        let pid = start_keepalived(n)?;
+        if n == 1 {
+            n1_keepalived = pid;
+        }
         let name = format!("n{n}");
         let tandem_s = tandem.to_string_lossy();
         bed.spawn(
@@ -221,10 +246,18 @@ pub fn keepalived(tandem: &Path, runs: usize, advert_ms: u64) -> Result<Vec<Run>
             },
         )?;
         std::thread::sleep(Duration::from_millis(300 + (run as u64 * 17) % 50));
-        bed.cut_node(1)?;
         let crash = unix_ms();
+        match fault {
+            Fault::Crash => bed.cut_node(1)?,
+            Fault::CleanStop => {
+                bed.stop_gracefully(n1_keepalived, Duration::from_secs(30))?;
+            }
+        }
         std::thread::sleep(Duration::from_millis((advert_ms * 6).max(1_000)));
-        bed.restore_node(1)?;
+        match fault {
+            Fault::Crash => bed.restore_node(1)?,
+            Fault::CleanStop => n1_keepalived = start_keepalived(1)?,
+        }
         std::thread::sleep(settle);
         let log = prober.stop()?;
         let r = measure(&log, on_log(&log, crash));

@@ -90,6 +90,10 @@ enum What {
         /// that would be flagged whether or not two nodes ever answered.
         #[arg(long, default_value_t = 1_500)]
         restore_ms: u64,
+        /// Stop the holder cleanly (SIGTERM to its agent, or to keepalived)
+        /// instead of cutting its links.
+        #[arg(long)]
+        clean_stop: bool,
     },
     /// The fault campaign: seeded random schedules of faults (crash,
     /// kill -9, freeze, partitions, flaps, loss, restarts) against a
@@ -307,10 +311,10 @@ fn soak(tandem: PathBuf, minutes: u64, loss_pct: f32, busy: Option<usize>) -> Re
     Ok(())
 }
 
-fn failover_summary(label: &str, runs: &[failover::Run]) {
+fn failover_summary(label: &str, what: &str, runs: &[failover::Run]) {
     let gaps: Vec<u64> = runs.iter().map(|r| r.gap_ms.round() as u64).collect();
     summary(
-        &format!("{label}: crash -> answer from another node"),
+        &format!("{label}: {what} -> answer from another node"),
         &gaps,
     );
     println!(
@@ -334,23 +338,33 @@ fn failover_all(
     runs: usize,
     tandem_only: bool,
     restore_ms: u64,
+    clean_stop: bool,
 ) -> Result<()> {
-    println!("## failover: cut every link of the node holding 10.77.1.100 -> client answered from another node");
+    let fault = if clean_stop {
+        println!("## failover: clean stop (SIGTERM) of the agent or keepalived holding 10.77.1.100 -> client answered from another node");
+        failover::Fault::CleanStop
+    } else {
+        println!("## failover: cut every link of the node holding 10.77.1.100 -> client answered from another node");
+        failover::Fault::Crash
+    };
     println!("machine: {}", machine());
-    println!("3 nodes x 2 links (lan, sync); client probes UDP every 5 ms (100 ms timeout); {runs} crashes each; both fail back after restore");
-    let t = failover::tandem(tandem, runs, restore_ms)?;
+    println!("3 nodes x 2 links (lan, sync); client probes UDP every 5 ms (100 ms timeout); {runs} runs each; both fail back after restore");
+    let t = failover::tandem(tandem, runs, restore_ms, fault)?;
+    let what = if clean_stop { "clean stop" } else { "crash" };
     failover_summary(
         "tandem (default profile: heartbeat 50 ms, deadtime 200 ms)",
+        what,
         &t,
     );
     if !tandem_only {
         for advert in [100, 1000] {
-            let k = failover::keepalived(tandem, runs, advert)?;
+            let k = failover::keepalived(tandem, runs, advert, fault)?;
             failover_summary(
                 &format!(
                     "keepalived 2.2.7 VRRPv3 advert_int {:.1} s",
                     advert as f64 / 1000.0
                 ),
+                what,
                 &k,
             );
         }
@@ -468,7 +482,8 @@ fn main() -> Result<()> {
             runs,
             tandem_only,
             restore_ms,
-        } => failover_all(&cli.tandem, runs, tandem_only, restore_ms),
+            clean_stop,
+        } => failover_all(&cli.tandem, runs, tandem_only, restore_ms, clean_stop),
         What::CorosyncDetect { runs, token_ms } => {
             let rows = corosync::detect(runs, token_ms)?;
             println!(
