@@ -239,6 +239,16 @@ pub const SHOWN_OPTIONS: &[&str] = &[
     "sudo_path",
 ];
 
+/// Options as `Debug` may print them: each value `****` unless its
+/// option is known to be safe to show.
+pub fn shown_options<'a>(
+    options: impl Iterator<Item = (&'a str, &'a str)>,
+) -> Vec<(&'a str, &'a str)> {
+    options
+        .map(|(k, v)| (k, if is_shown(k) { v } else { "****" }))
+        .collect()
+}
+
 /// Whether an option's value may be shown (see [`SHOWN_OPTIONS`]).
 pub fn is_shown(key: &str) -> bool {
     let k = key.to_ascii_lowercase();

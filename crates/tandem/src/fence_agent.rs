@@ -31,20 +31,8 @@ pub struct FenceDevice {
 /// Written by hand: option values are redacted unless safe to show.
 impl std::fmt::Debug for FenceDevice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let options: Vec<(&str, &str)> = self
-            .options
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.as_str(),
-                    if fence::is_shown(k) {
-                        v.as_str()
-                    } else {
-                        "****"
-                    },
-                )
-            })
-            .collect();
+        let options =
+            fence::shown_options(self.options.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         f.debug_struct("FenceDevice")
             .field("plan", &self.plan)
             .field("agent", &self.agent)

@@ -177,21 +177,11 @@ pub struct FenceDevice {
 /// Written by hand: option values are redacted unless safe to show.
 impl std::fmt::Debug for FenceDevice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let options: Vec<(&str, &str)> = self
-            .options
-            .iter()
-            .map(|(k, v)| {
-                let k = k.get_ref().as_str();
-                (
-                    k,
-                    if crate::fence::is_shown(k) {
-                        v.get_ref().as_str()
-                    } else {
-                        "****"
-                    },
-                )
-            })
-            .collect();
+        let options = crate::fence::shown_options(
+            self.options
+                .iter()
+                .map(|(k, v)| (k.get_ref().as_str(), v.get_ref().as_str())),
+        );
         f.debug_struct("FenceDevice")
             .field("name", &self.name)
             .field("agent", &self.agent)

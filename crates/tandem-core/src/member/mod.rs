@@ -788,33 +788,30 @@ impl Member {
         self.agreement.hand_off();
         let a = self.agreement.take_output();
         self.absorb(a);
-        let reports: BTreeMap<NodeId, Vec<u8>> = self
-            .spec
+        let reports = self.encoded_reports();
+        self.broadcast(|to, _| Body::Leave {
+            report: reports.get(&to).cloned().unwrap_or_default(),
+        });
+    }
+
+    /// This member's report for each peer, encoded (heartbeats and the
+    /// leave carry them).
+    fn encoded_reports(&self) -> BTreeMap<NodeId, Vec<u8>> {
+        self.spec
             .peers
             .iter()
             .map(|p| {
                 let r = self.report_for(p.id);
                 (p.id, serde_json::to_vec(&r).unwrap_or_default())
             })
-            .collect();
-        self.broadcast(|to, _| Body::Leave {
-            report: reports.get(&to).cloned().unwrap_or_default(),
-        });
+            .collect()
     }
 
     fn send_heartbeats(&mut self) {
         let heard: Vec<Vec<NodeId>> = (0..self.spec.links)
             .map(|l| self.detector.heard_on(l))
             .collect();
-        let reports: BTreeMap<NodeId, Vec<u8>> = self
-            .spec
-            .peers
-            .iter()
-            .map(|p| {
-                let r = self.report_for(p.id);
-                (p.id, serde_json::to_vec(&r).unwrap_or_default())
-            })
-            .collect();
+        let reports = self.encoded_reports();
         self.broadcast(|to, link| Body::Heartbeat {
             link: link as u8,
             heard: heard[link].clone(),
