@@ -229,15 +229,20 @@ pub fn failover(a: &AdminArgs, name: Option<&str>) -> Result<ExitCode> {
             bail!("group {n} runs nowhere: use `tandem move {n} --to NODE` to start it somewhere");
         };
         let r = Request::Failover { group: n.clone() };
-        let asked_unix_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        // The node's newest fence before the request: a newer one after it
+        // means the node was fenced (entries are compared, not clocks: the
+        // leader's stamp and this node's clock may differ).
+        let last_fence = |st: &Status| {
+            st.fences
+                .iter()
+                .rfind(|f| f.node == from && f.ok && f.action != "on")
+                .cloned()
+        };
+        let before = last_fence(&s);
         let c = request_and_wait(a, &r, &format!("failover {n} from {from}"), |st| {
             let g = group(st, &n)?;
             // Say how it left: a node whose stop failed is fenced first.
-            let fenced = st.fences.iter().any(|f| {
-                f.node == from && f.ok && f.action != "on" && f.at_unix_ms + 1_000 >= asked_unix_ms
-            });
+            let fenced = last_fence(st).is_some_and(|f| Some(&f) != before.as_ref());
             let how = if fenced {
                 format!("{from} was fenced first (its stop failed)")
             } else {

@@ -800,6 +800,15 @@ mod tests {
 
     use crate::resources::test_runtime as rt;
 
+    /// The pid a test script wrote to `path`.
+    fn read_pid(path: &Path) -> i32 {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
     fn alive(pid: i32) -> bool {
         // SAFETY: signal 0 only checks existence.
         let exists = unsafe { libc::kill(pid, 0) == 0 };
@@ -832,11 +841,7 @@ mod tests {
             Duration::from_millis(300),
         ));
         assert!(r.is_err_and(|e| e.contains("timed out")));
-        let child: i32 = std::fs::read_to_string(&pidfile)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
+        let child = read_pid(&pidfile);
         std::thread::sleep(Duration::from_millis(100));
         assert!(
             !alive(child),
@@ -852,11 +857,7 @@ mod tests {
             .await
         });
         assert!(outer.is_err());
-        let child: i32 = std::fs::read_to_string(&pidfile)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
+        let child = read_pid(&pidfile);
         std::thread::sleep(Duration::from_millis(100));
         assert!(!alive(child), "the child {child} survived an outer timeout");
         // A script that starts a daemon and exits keeps it.
@@ -872,11 +873,7 @@ mod tests {
             Duration::from_secs(5),
         ));
         assert_eq!(r.map(|r| r.0), Ok(Some(0)));
-        let child: i32 = std::fs::read_to_string(&pidfile)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
+        let child = read_pid(&pidfile);
         assert!(alive(child), "the daemon a start launched was killed");
         // SAFETY: our own test's child.
         unsafe { libc::kill(child, libc::SIGKILL) };
