@@ -80,13 +80,21 @@ fuzz_target!(|data: &[u8]| {
             assert!(off + len <= SIZE, "accepted a request past the end");
         }
     }
-    let mut h = Handshake::new(ExportInfo {
+    let export = ExportInfo {
         name: "data".into(),
         description: String::new(),
         size: SIZE,
         read_only: false,
         refusal: None,
-    });
+    };
+    // The first byte picks the mode: plain, or TLS required (where the
+    // fuzzer's STARTTLS stands for a completed TLS handshake).
+    let (mode, data) = data.split_first().map_or((0, data), |(m, d)| (*m, d));
+    let mut h = if mode & 1 == 0 {
+        Handshake::new(export)
+    } else {
+        Handshake::requiring_tls(export)
+    };
     let mut want = Handshake::first_read();
     let mut rest = data;
     while rest.len() >= want {
@@ -94,6 +102,10 @@ fuzz_target!(|data: &[u8]| {
         rest = tail;
         match h.on_bytes(step) {
             Ok(Next::Read(n)) | Ok(Next::SendThenRead(_, n)) => want = n,
+            Ok(Next::StartTls(_)) => {
+                h.tls_started();
+                want = 16;
+            }
             Ok(Next::Transmit(_)) | Ok(Next::Close(_)) | Err(_) => break,
         }
     }

@@ -41,6 +41,7 @@ const C_NO_ZEROES: u32 = 2;
 const OPT_EXPORT_NAME: u32 = 1;
 const OPT_ABORT: u32 = 2;
 const OPT_LIST: u32 = 3;
+const OPT_STARTTLS: u32 = 5;
 const OPT_INFO: u32 = 6;
 const OPT_GO: u32 = 7;
 
@@ -51,6 +52,7 @@ const REP_INFO: u32 = 3;
 const REP_ERR_UNSUP: u32 = 0x8000_0001;
 const REP_ERR_POLICY: u32 = 0x8000_0002;
 const REP_ERR_INVALID: u32 = 0x8000_0003;
+const REP_ERR_TLS_REQD: u32 = 0x8000_0005;
 const REP_ERR_UNKNOWN: u32 = 0x8000_0006;
 
 /// Info types.
@@ -166,6 +168,10 @@ pub enum HandshakeError {
     /// answer is to close).
     #[error("client asked for export `{0}`, which this server does not serve")]
     UnknownExport(String),
+    /// NBD_OPT_EXPORT_NAME before TLS on an export that requires it (the
+    /// protocol's only answer is to close).
+    #[error("client chose an export without starting TLS, which this export requires")]
+    TlsRequired,
 }
 
 /// What the shell does after one handshake step.
@@ -179,6 +185,23 @@ pub enum Next {
     Transmit(Vec<u8>),
     /// Send `bytes` (possibly none), then close.
     Close(Vec<u8>),
+    /// Send `bytes` (the STARTTLS acknowledgement), then run the TLS
+    /// handshake as the server, call [`Handshake::tls_started`] and read
+    /// 16 bytes (the next option header) through TLS.
+    StartTls(Vec<u8>),
+}
+
+/// Whether the export is served only over TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TlsRule {
+    /// TLS is not offered (a root-only socket, or an explicitly insecure
+    /// address).
+    Off,
+    /// Every option but STARTTLS and ABORT is refused until TLS runs.
+    Required {
+        /// The TLS handshake has completed.
+        started: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -193,6 +216,7 @@ enum Stage {
 #[derive(Debug, Clone)]
 pub struct Handshake {
     export: ExportInfo,
+    tls: TlsRule,
     stage: Stage,
     no_zeroes: bool,
     options_seen: u32,
@@ -203,10 +227,35 @@ impl Handshake {
     pub fn new(export: ExportInfo) -> Handshake {
         Handshake {
             export,
+            tls: TlsRule::Off,
             stage: Stage::ClientFlags,
             no_zeroes: false,
             options_seen: 0,
         }
+    }
+
+    /// Starts a handshake for an export served only over TLS (the
+    /// protocol's "TLS-only" server mode): until the client's STARTTLS
+    /// has run, every option but STARTTLS and ABORT is refused with
+    /// `NBD_REP_ERR_TLS_REQD`, and a plain `NBD_OPT_EXPORT_NAME` closes.
+    pub fn requiring_tls(export: ExportInfo) -> Handshake {
+        Handshake {
+            tls: TlsRule::Required { started: false },
+            ..Handshake::new(export)
+        }
+    }
+
+    /// The shell completed the TLS handshake that [`Next::StartTls`]
+    /// asked for; the next read (16 bytes) is an option header.
+    pub fn tls_started(&mut self) {
+        if let TlsRule::Required { started } = &mut self.tls {
+            *started = true;
+        }
+    }
+
+    /// Whether options are still refused until TLS runs.
+    fn awaiting_tls(&self) -> bool {
+        self.tls == TlsRule::Required { started: false }
     }
 
     /// Bytes to read before the first call to [`Handshake::on_bytes`].
@@ -261,6 +310,9 @@ impl Handshake {
                     return Ok(next);
                 }
                 if let (OPT_EXPORT_NAME, Next::Close(_)) = (option, &next) {
+                    if self.awaiting_tls() {
+                        return Err(HandshakeError::TlsRequired);
+                    }
                     return Err(HandshakeError::UnknownExport(
                         String::from_utf8_lossy(bytes).into_owned(),
                     ));
@@ -278,6 +330,34 @@ impl Handshake {
     fn option(&mut self, option: u32, data: &[u8]) -> Next {
         self.stage = Stage::OptionHeader;
         let mut out = Vec::new();
+        match (self.tls, option) {
+            (TlsRule::Required { started: false }, OPT_STARTTLS) => {
+                if !data.is_empty() {
+                    option_reply(&mut out, option, REP_ERR_INVALID, b"STARTTLS takes no data");
+                    return Next::SendThenRead(out, 16);
+                }
+                option_reply(&mut out, option, REP_ACK, &[]);
+                return Next::StartTls(out);
+            }
+            (TlsRule::Required { started: true }, OPT_STARTTLS) => {
+                option_reply(&mut out, option, REP_ERR_INVALID, b"TLS is already running");
+                return Next::SendThenRead(out, 16);
+            }
+            (TlsRule::Required { started: false }, OPT_EXPORT_NAME) => {
+                self.stage = Stage::Done;
+                return Next::Close(Vec::new());
+            }
+            (TlsRule::Required { started: false }, o) if o != OPT_ABORT => {
+                option_reply(
+                    &mut out,
+                    option,
+                    REP_ERR_TLS_REQD,
+                    b"this export is served only over TLS: connect with nbds:// and a client certificate",
+                );
+                return Next::SendThenRead(out, 16);
+            }
+            _ => {}
+        }
         match option {
             OPT_EXPORT_NAME => {
                 self.stage = Stage::Done;

@@ -38,6 +38,7 @@ pub mod responder;
 pub mod sweep;
 pub mod sys;
 pub mod wire;
+pub mod x509;
 
 pub use bed::{Testbed, TestbedSpec};
 

@@ -843,3 +843,152 @@ fn default_nbd_export_is_a_root_only_socket_unreachable_from_the_network() {
         "the export answered from the client network"
     );
 }
+
+/// Issue 15, defect 3: a volume exported on a network address could be
+/// read and written by anyone who reached it. With `nbd_tls`, the export
+/// is served only over TLS with a client certificate the CA signed: real
+/// clients (qemu-io and qemu-img with `tls-creds-x509`, nbdcopy and
+/// nbdinfo with `nbds://`) use it from the client network; a plain
+/// client, one without a certificate and one with a certificate of
+/// another CA are refused.
+#[test]
+fn nbd_export_open_to_the_lan_is_served_only_over_tls_with_a_client_certificate() {
+    use tandem_testbed::x509::Ca;
+    if !require_root("nbd_export_open_to_the_lan_is_served_only_over_tls_with_a_client_certificate")
+    {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::create(&dir.path().join("ca"), "tandem-test-ca").unwrap();
+    let server = ca
+        .issue(&dir.path().join("tls-server"), "server", &["10.77.1.100"])
+        .unwrap();
+    let client = ca
+        .issue(&dir.path().join("tls-client"), "client", &[])
+        .unwrap();
+    let rogue_ca = Ca::create(&dir.path().join("rogue-ca"), "someone-else").unwrap();
+    let rogue = rogue_ca
+        .issue(&dir.path().join("tls-rogue"), "client", &[])
+        .unwrap();
+    // The rogue skips checking the server (its directory holds its own
+    // CA) and presents a certificate its own CA signed.
+    let no_cert = dir.path().join("tls-no-cert");
+    std::fs::create_dir_all(&no_cert).unwrap();
+    std::fs::copy(&ca.cert, no_cert.join("ca-cert.pem")).unwrap();
+
+    let mut shape = ClusterShape::nodes(2);
+    shape.witness = true;
+    shape.extra = agents::volume_config(dir.path(), "16MiB", "", true).replace(
+        "nbd_insecure = true\n",
+        &format!("nbd_tls = \"{}\"\n", server.display()),
+    );
+    assert!(shape.extra.contains("nbd_tls") && !shape.extra.contains("nbd_insecure"));
+    let c = AgentCluster::prepare(TANDEM, &shape).unwrap();
+    let mut v = Vol { c, dir };
+    v.c.create_volume_copies("data", 1).unwrap();
+    v.c.start_members().unwrap();
+    v.wait_group_on(1);
+    v.wait_in_sync();
+
+    let qemu_tls = |d: &Path| format!("tls-creds-x509,id=tls0,endpoint=client,dir={}", d.display());
+    let image = "driver=nbd,host=10.77.1.100,port=10809,export=data,tls-creds=tls0";
+    v.client(
+        "qemu-io",
+        &[
+            "--object",
+            &qemu_tls(&client),
+            "--image-opts",
+            image,
+            "-c",
+            "write -P 0x5a 1M 64k",
+        ],
+    );
+    let info = v.client(
+        "qemu-img",
+        &[
+            "info",
+            "--object",
+            &qemu_tls(&client),
+            "--image-opts",
+            image,
+        ],
+    );
+    assert!(info.contains("16 MiB"), "{info}");
+    let copy = v.dir.path().join("copy.img");
+    let nbds = |d: &Path| {
+        format!(
+            "nbds://10.77.1.100:10809/data?tls-certificates={}",
+            d.display()
+        )
+    };
+    v.client("nbdcopy", &[&nbds(&client), &copy.display().to_string()]);
+    let bytes = std::fs::read(&copy).unwrap();
+    assert_eq!(bytes.len(), 16 << 20);
+    assert!(bytes[1 << 20..(1 << 20) + (64 << 10)]
+        .iter()
+        .all(|b| *b == 0x5a));
+    assert!(bytes[..1 << 20].iter().all(|b| *b == 0));
+
+    // Refused: the plain protocol, TLS without a certificate, and a
+    // certificate another CA signed.
+    let ns = v.c.bed.client_ns();
+    let refused = |what: &str, program: &str, args: &[&str]| {
+        let mut full = vec!["netns", "exec", &ns, "timeout", "60", program];
+        full.extend_from_slice(args);
+        let out = Command::new("ip").args(&full).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        println!("{what}: refused: {}", err.lines().next().unwrap_or(""));
+        assert!(!out.status.success(), "{what} was served");
+        err
+    };
+    // libnbd words NBD_REP_ERR_TLS_REQD as "not supported".
+    refused("plain nbdinfo", "nbdinfo", &[URI]);
+    refused(
+        "plain qemu-img",
+        "qemu-img",
+        &[
+            "info",
+            "--image-opts",
+            "driver=nbd,host=10.77.1.100,port=10809,export=data",
+        ],
+    );
+    refused(
+        "nbdinfo without a client certificate",
+        "nbdinfo",
+        &[&nbds(&no_cert)],
+    );
+    refused(
+        "nbdinfo with another CA's certificate",
+        "nbdinfo",
+        &[&nbds(&rogue)],
+    );
+    refused(
+        "qemu-io with another CA's certificate",
+        "qemu-io",
+        &[
+            "--object",
+            &qemu_tls(&rogue),
+            "--image-opts",
+            image,
+            "-c",
+            "write -P 0x66 0 4k",
+        ],
+    );
+    // The three TLS refusals were the server's (not only the clients'
+    // own checks): it logged each failed handshake.
+    let logs = v.c.logs();
+    let tls_refused = logs.matches("NBD handshake failed: TLS handshake").count();
+    println!("the primary refused {tls_refused} TLS handshakes");
+    assert!(tls_refused >= 3, "{logs}");
+    // The volume is as the trusted client left it, on both copies.
+    v.wait_in_sync();
+    let out = v.client("nbdcopy", &[&nbds(&client), &copy.display().to_string()]);
+    let _ = out;
+    let again = std::fs::read(&copy).unwrap();
+    assert!(
+        again[..4096].iter().all(|b| *b == 0),
+        "a refused client wrote"
+    );
+    println!("TLS export: qemu-io wrote 64 KiB, qemu-img info and nbdcopy read it back over TLS; 5 clients refused");
+}

@@ -368,10 +368,14 @@ pub struct Volume {
     /// `<state_dir>/run/NAME.nbd`, mode 0600: root only).
     pub nbd_socket: Option<Spanned<PathBuf>>,
     /// NBD export on TCP, on the primary: a loopback address, or any
-    /// other with `nbd_insecure = true`.
+    /// other with `nbd_tls` (or `nbd_insecure = true`).
     pub nbd_tcp: Option<Spanned<SocketAddr>>,
-    /// Accept exporting on a non-loopback `nbd_tcp` address without
-    /// authentication or encryption (NBD over TLS is not implemented yet):
+    /// Serve the `nbd_tcp` export only over TLS, with the x509
+    /// credentials in this directory (`ca-cert.pem`, `server-cert.pem`,
+    /// `server-key.pem`); clients must present a certificate the CA
+    /// signed.
+    pub nbd_tls: Option<Spanned<PathBuf>>,
+    /// Accept exporting on a non-loopback `nbd_tcp` address without TLS:
     /// anyone who can reach the address can read and write the volume.
     pub nbd_insecure: Option<Spanned<bool>>,
     /// Resync rate limit in MiB/s (default 100).

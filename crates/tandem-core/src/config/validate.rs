@@ -468,6 +468,66 @@ pub(super) fn validate(
     }
 }
 
+/// Who may reach a volume's TCP export: loopback, TLS with client
+/// certificates, or (explicitly) anyone on the network.
+fn check_nbd_export(c: &mut Checker<'_>, v: &super::schema::Volume) {
+    let name = v.name.get_ref();
+    let insecure = v.nbd_insecure.as_ref().filter(|i| *i.get_ref());
+    if let Some(t) = &v.nbd_tls {
+        if !t.get_ref().is_absolute() {
+            c.error(
+                span(t),
+                format!(
+                    "volume `{name}`: `nbd_tls` directory `{}` is not an absolute path",
+                    t.get_ref().display()
+                ),
+                "write the full path, e.g. `nbd_tls = \"/etc/tandem/nbd-tls\"`",
+            );
+        }
+        if v.nbd_tcp.is_none() {
+            c.warn(
+                span(t),
+                format!("volume `{name}`: `nbd_tls` has no effect without `nbd_tcp`"),
+                "add `nbd_tcp = \"ADDRESS:10809\"`, or remove `nbd_tls` (the Unix socket is root-only and needs no TLS)",
+            );
+        }
+        if let Some(i) = insecure {
+            c.error(
+                span(i),
+                format!(
+                    "volume `{name}`: `nbd_insecure = true` and `nbd_tls` contradict each other"
+                ),
+                "remove `nbd_insecure`: with `nbd_tls`, the export is served only over TLS",
+            );
+        }
+        return;
+    }
+    let Some(a) = &v.nbd_tcp else {
+        return;
+    };
+    let addr = a.get_ref();
+    if addr.ip().is_loopback() {
+        return;
+    }
+    if insecure.is_none() {
+        c.error(
+            span(a),
+            format!(
+                "volume `{name}`: `nbd_tcp = \"{addr}\"` would export the volume to the network without authentication or encryption: anyone who can reach it could read and write it"
+            ),
+            "serve it over TLS with client certificates (`nbd_tls = \"/etc/tandem/nbd-tls\"`), bind a loopback address (`127.0.0.1:10809`), use `nbd_socket` (root only), or, on a network only trusted hosts reach, add `nbd_insecure = true`",
+        );
+    } else {
+        c.warn(
+            span(a),
+            format!(
+                "volume `{name}` is exported on {addr} without authentication or encryption (`nbd_insecure = true`): anyone who can reach it can read and write the volume"
+            ),
+            "serve it over TLS (`nbd_tls`), restrict who can reach that address (a dedicated VLAN, a firewall), or export on loopback or `nbd_socket` only",
+        );
+    }
+}
+
 fn check_watchdog(c: &mut Checker<'_>, file: &ConfigFile) -> Option<WatchdogSpec> {
     let w = &file.watchdog;
     let enabled = w.enabled.as_ref().map_or(true, |e| *e.get_ref());
@@ -911,29 +971,7 @@ fn check_volumes(
                 );
             }
         }
-        if let Some(a) = &v.nbd_tcp {
-            let insecure = v.nbd_insecure.as_ref().is_some_and(|i| *i.get_ref());
-            let addr = a.get_ref();
-            if !addr.ip().is_loopback() && !insecure {
-                c.error(
-                    span(a),
-                    format!(
-                        "volume `{}`: `nbd_tcp = \"{addr}\"` would export the volume to the network without authentication or encryption: anyone who can reach it could read and write it",
-                        v.name.get_ref()
-                    ),
-                    "bind a loopback address (`127.0.0.1:10809`), use `nbd_socket` (root only), or, on a network only trusted hosts reach, add `nbd_insecure = true`",
-                );
-            } else if !addr.ip().is_loopback() {
-                c.warn(
-                    span(a),
-                    format!(
-                        "volume `{}` is exported on {addr} without authentication or encryption (`nbd_insecure = true`): anyone who can reach it can read and write the volume",
-                        v.name.get_ref()
-                    ),
-                    "restrict who can reach that address (a dedicated VLAN, a firewall), or export on loopback or `nbd_socket` only",
-                );
-            }
-        }
+        check_nbd_export(c, v);
         if let super::schema::Backing::PerNode(map) = v.backing.get_ref() {
             for n in vol_nodes {
                 if !map.contains_key(n.get_ref()) {

@@ -130,6 +130,84 @@ fn unknown_export_and_bad_options_are_errors_not_closes() {
     assert!(matches!(h.on_bytes(&hd), Ok(Next::Close(_))));
 }
 
+fn started_requiring_tls() -> Handshake {
+    let mut h = Handshake::requiring_tls(export());
+    assert_eq!(h.on_bytes(&3u32.to_be_bytes()), Ok(Next::Read(16)));
+    h
+}
+
+/// Issue 15, defect 3: the export was served to any client on the LAN,
+/// and STARTTLS was "not supported". On an export that requires TLS,
+/// nothing about the export is told, and nothing is served, before TLS.
+#[test]
+fn nbd_export_open_to_the_lan_refuses_every_option_before_tls() {
+    let mut h = started_requiring_tls();
+    for opt in [OPT_LIST, OPT_INFO, OPT_GO, 8] {
+        let d = if opt == OPT_LIST {
+            Vec::new()
+        } else {
+            info_data("data", &[])
+        };
+        let (hd, d) = option(opt, &d);
+        let out = if d.is_empty() {
+            h.on_bytes(&hd)
+        } else {
+            assert_eq!(h.on_bytes(&hd), Ok(Next::Read(d.len())));
+            h.on_bytes(&d)
+        };
+        let Ok(Next::SendThenRead(out, 16)) = out else {
+            panic!("option {opt}: {out:?}")
+        };
+        let r = replies(&out);
+        assert_eq!(r.len(), 1, "option {opt}");
+        assert_eq!(r[0].1, REP_ERR_TLS_REQD, "option {opt}");
+    }
+    // The old-style export choice cannot be refused with a reply: close.
+    let (hd, d) = option(OPT_EXPORT_NAME, b"data");
+    assert_eq!(h.on_bytes(&hd), Ok(Next::Read(4)));
+    assert_eq!(h.on_bytes(&d), Err(HandshakeError::TlsRequired));
+}
+
+#[test]
+fn starttls_then_the_export_is_served() {
+    let mut h = started_requiring_tls();
+    // STARTTLS with data is invalid, and TLS does not start.
+    let (hd, d) = option(OPT_STARTTLS, b"x");
+    assert_eq!(h.on_bytes(&hd), Ok(Next::Read(1)));
+    let Ok(Next::SendThenRead(out, 16)) = h.on_bytes(&d) else {
+        panic!("starttls with data")
+    };
+    assert_eq!(replies(&out)[0].1, REP_ERR_INVALID);
+    let (hd, _) = option(OPT_STARTTLS, &[]);
+    let Ok(Next::StartTls(out)) = h.on_bytes(&hd) else {
+        panic!("starttls")
+    };
+    assert_eq!(replies(&out), vec![(OPT_STARTTLS, REP_ACK, vec![])]);
+    h.tls_started();
+    // A second STARTTLS is invalid; the client goes on.
+    let Ok(Next::SendThenRead(out, 16)) = h.on_bytes(&hd) else {
+        panic!("second starttls")
+    };
+    assert_eq!(replies(&out)[0].1, REP_ERR_INVALID);
+    let d = info_data("data", &[]);
+    let (hd, d) = option(OPT_GO, &d);
+    assert_eq!(h.on_bytes(&hd), Ok(Next::Read(d.len())));
+    let Ok(Next::Transmit(out)) = h.on_bytes(&d) else {
+        panic!("go")
+    };
+    assert_eq!(replies(&out).last().map(|r| r.1), Some(REP_ACK));
+}
+
+#[test]
+fn abort_is_allowed_before_tls() {
+    let mut h = started_requiring_tls();
+    let (hd, _) = option(OPT_ABORT, &[]);
+    let Ok(Next::Close(out)) = h.on_bytes(&hd) else {
+        panic!("abort")
+    };
+    assert_eq!(replies(&out)[0].1, REP_ACK);
+}
+
 #[test]
 fn a_refusing_export_says_why() {
     let mut h = Handshake::new(ExportInfo {

@@ -1179,6 +1179,7 @@ mod tests {
             peer_addr: "127.0.0.1:2".parse().unwrap_or_else(|e| panic!("{e}")),
             nbd_socket: None,
             nbd_tcp: None,
+            nbd_tls: None,
             rate_bytes_s: 1 << 20,
             split_brain: tandem_core::config::schema::SplitBrainPolicy::Disconnect,
             key: [0; 32],

@@ -14,6 +14,7 @@
 pub mod buffers;
 pub mod engine;
 pub mod nbd_server;
+pub mod nbd_tls;
 pub mod peer;
 pub mod splice;
 pub mod store;
@@ -76,6 +77,8 @@ pub struct VolumeConfig {
     pub nbd_socket: Option<PathBuf>,
     /// NBD on TCP.
     pub nbd_tcp: Option<SocketAddr>,
+    /// Serve the TCP export only over TLS, with these credentials.
+    pub nbd_tls: Option<nbd_tls::NbdTls>,
     /// Resync rate limit, bytes per second.
     pub rate_bytes_s: u64,
     /// Split-brain recovery.
@@ -108,6 +111,7 @@ impl std::fmt::Debug for VolumeConfig {
             .field("peer_addr", &self.peer_addr)
             .field("nbd_socket", &self.nbd_socket)
             .field("nbd_tcp", &self.nbd_tcp)
+            .field("nbd_tls", &self.nbd_tls)
             .field("key", &"<redacted>")
             .finish_non_exhaustive()
     }
@@ -172,6 +176,14 @@ pub fn configs(
                 |p| p.get_ref().clone(),
             )),
             nbd_tcp: v.nbd_tcp.as_ref().map(|a| *a.get_ref()),
+            nbd_tls: match (&v.nbd_tcp, &v.nbd_tls) {
+                (Some(_), Some(dir)) => {
+                    Some(nbd_tls::NbdTls::load(dir.get_ref()).with_context(|| {
+                        format!("volume `{name}`: the NBD export's TLS credentials")
+                    })?)
+                }
+                _ => None,
+            },
             rate_bytes_s: u64::from(
                 v.resync_rate_mib_s
                     .as_ref()
@@ -320,8 +332,9 @@ impl Hub {
             }
             if let Some(a) = v.cfg.nbd_tcp {
                 let v = v.clone();
+                let tls = v.cfg.nbd_tls.as_ref().map(|t| t.acceptor.clone());
                 hub.handle.spawn(async move {
-                    if let Err(e) = nbd_server::serve_tcp(v.clone(), a).await {
+                    if let Err(e) = nbd_server::serve_tcp(v.clone(), a, tls).await {
                         v.event(format!("{e:#}"));
                     }
                 });

@@ -13,9 +13,10 @@ use tandem_core::volume::link::Frame;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{mpsc, Semaphore};
+use tokio_rustls::TlsAcceptor;
 
 use super::engine::{Change, Volume};
-use super::splice::{Chain, Socket, SpliceRead, MAX_SPLICED, MIN_SPLICED};
+use super::splice::{Chain, SpliceRead, MAX_SPLICED, MIN_SPLICED};
 use super::stream::{Outgoing, Payload};
 
 /// Requests of one client being served at once (pipelining depth).
@@ -40,15 +41,23 @@ pub async fn serve_unix(vol: Arc<Volume>, path: &Path) -> Result<()> {
         .with_context(|| format!("binding the NBD socket {}", path.display()))?;
     std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
         .with_context(|| format!("restricting {} to root", path.display()))?;
-    accept_loop(vol, || async { l.accept().await.map(|(s, _)| (s, None)) }).await
+    accept_loop(vol, None, || async {
+        l.accept().await.map(|(s, _)| (s, None))
+    })
+    .await
 }
 
-/// Serves the volume's TCP export until the agent stops.
-pub async fn serve_tcp(vol: Arc<Volume>, addr: std::net::SocketAddr) -> Result<()> {
+/// Serves the volume's TCP export until the agent stops: only over TLS
+/// (with a client certificate) when `tls` is given.
+pub async fn serve_tcp(
+    vol: Arc<Volume>,
+    addr: std::net::SocketAddr,
+    tls: Option<TlsAcceptor>,
+) -> Result<()> {
     let l = TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding the NBD address {addr}"))?;
-    accept_loop(vol, || async {
+    accept_loop(vol, tls, || async {
         let (s, from) = l.accept().await?;
         s.set_nodelay(true).ok();
         Ok((s, Some(from.ip())))
@@ -56,30 +65,91 @@ pub async fn serve_tcp(vol: Arc<Volume>, addr: std::net::SocketAddr) -> Result<(
     .await
 }
 
-/// A client's connection: a stream that splits into owned halves the
-/// data path can splice from and to.
+/// A client's connection in transmission: a stream that splits into
+/// halves, with the data path each kind of stream allows (a plain socket
+/// splices payloads by reference; TLS passes them through user space).
 pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// The reading half.
-    type Read: AsyncRead + SpliceRead + Socket + Unpin + Send + Sync + 'static;
+    type Read: AsyncRead + Unpin + Send + Sync + 'static;
     /// The writing half.
-    type Write: AsyncWrite + Socket + Unpin + Send + Sync + 'static;
+    type Write: AsyncWrite + Unpin + Send + Sync + 'static;
     /// Splits the stream.
     fn halves(self) -> (Self::Read, Self::Write);
+    /// Reads a write payload of `len` bytes, of which the client's first
+    /// `already` bytes were buffered.
+    fn read_payload(
+        rd: &mut Self::Read,
+        already: &[u8],
+        len: usize,
+    ) -> impl std::future::Future<Output = std::io::Result<Payload>> + Send;
+    /// Writes replies in order until the queue closes.
+    fn write_replies(
+        wr: Self::Write,
+        rx: mpsc::Receiver<Outgoing>,
+    ) -> impl std::future::Future<Output = ()> + Send;
 }
 
-impl ClientStream for tokio::net::TcpStream {
-    type Read = tokio::net::tcp::OwnedReadHalf;
-    type Write = tokio::net::tcp::OwnedWriteHalf;
+/// A plain socket: payloads and replies by reference where pipes allow.
+macro_rules! spliced_client_stream {
+    ($stream:ty, $read:ty, $write:ty) => {
+        impl ClientStream for $stream {
+            type Read = $read;
+            type Write = $write;
+            fn halves(self) -> (Self::Read, Self::Write) {
+                self.into_split()
+            }
+            fn read_payload(
+                rd: &mut Self::Read,
+                already: &[u8],
+                len: usize,
+            ) -> impl std::future::Future<Output = std::io::Result<Payload>> + Send {
+                read_spliced_payload(rd, already, len)
+            }
+            fn write_replies(
+                wr: Self::Write,
+                rx: mpsc::Receiver<Outgoing>,
+            ) -> impl std::future::Future<Output = ()> + Send {
+                super::stream::write_frames(wr, rx)
+            }
+        }
+    };
+}
+
+spliced_client_stream!(
+    tokio::net::TcpStream,
+    tokio::net::tcp::OwnedReadHalf,
+    tokio::net::tcp::OwnedWriteHalf
+);
+spliced_client_stream!(
+    tokio::net::UnixStream,
+    tokio::net::unix::OwnedReadHalf,
+    tokio::net::unix::OwnedWriteHalf
+);
+
+/// A client over TLS: the data passes through user space to be
+/// decrypted and encrypted.
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static> ClientStream
+    for tokio_rustls::server::TlsStream<S>
+{
+    type Read = tokio::io::ReadHalf<Self>;
+    type Write = tokio::io::WriteHalf<Self>;
     fn halves(self) -> (Self::Read, Self::Write) {
-        self.into_split()
+        tokio::io::split(self)
     }
-}
-
-impl ClientStream for tokio::net::UnixStream {
-    type Read = tokio::net::unix::OwnedReadHalf;
-    type Write = tokio::net::unix::OwnedWriteHalf;
-    fn halves(self) -> (Self::Read, Self::Write) {
-        self.into_split()
+    async fn read_payload(
+        rd: &mut Self::Read,
+        already: &[u8],
+        len: usize,
+    ) -> std::io::Result<Payload> {
+        super::stream::read_payload(rd, already, len)
+            .await
+            .map(Payload::Bytes)
+    }
+    fn write_replies(
+        wr: Self::Write,
+        rx: mpsc::Receiver<Outgoing>,
+    ) -> impl std::future::Future<Output = ()> + Send {
+        super::stream::write_copied_frames(wr, rx, None)
     }
 }
 
@@ -88,9 +158,9 @@ impl ClientStream for tokio::net::UnixStream {
 /// the client idle longest (at least [`IDLE_EVICT_AFTER`]) is closed to
 /// make room; if none is, the newcomer is closed. So idle connections
 /// from one host cannot lock every other client out.
-async fn accept_loop<S, F, Fut>(vol: Arc<Volume>, accept: F) -> Result<()>
+async fn accept_loop<S, F, Fut>(vol: Arc<Volume>, tls: Option<TlsAcceptor>, accept: F) -> Result<()>
 where
-    S: ClientStream,
+    S: ClientStream + Sync,
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = std::io::Result<(S, Option<std::net::IpAddr>)>>,
 {
@@ -118,8 +188,9 @@ where
         next_id += 1;
         let vol = vol.clone();
         let clients = clients.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            client(vol, s, entry.clone()).await;
+            client(vol, s, tls, entry.clone()).await;
             clients
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -217,40 +288,108 @@ fn export(vol: &Volume) -> ExportInfo {
     }
 }
 
-async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(vol: &Volume, s: &mut S) -> Result<bool> {
-    s.write_all(&nbd::greeting()).await?;
-    let mut h = Handshake::new(export(vol));
-    let mut want = Handshake::first_read();
+/// How option haggling ended.
+enum Haggled {
+    /// The client chose the export: transmission follows.
+    Transmit,
+    /// The client asked for TLS: run its handshake, then haggle on.
+    StartTls,
+    /// The connection ends.
+    Close,
+}
+
+/// Runs option haggling from a read of `want` bytes, as the core's
+/// [`Handshake`] directs.
+async fn haggle<S: AsyncRead + AsyncWrite + Unpin>(
+    h: &mut Handshake,
+    s: &mut S,
+    mut want: usize,
+) -> Result<Haggled> {
     loop {
         let mut buf = vec![0u8; want];
         s.read_exact(&mut buf).await?;
-        match h.on_bytes(&buf)? {
-            Next::Read(n) => want = n,
-            Next::SendThenRead(out, n) => {
-                s.write_all(&out).await?;
+        let (out, then) = match h.on_bytes(&buf)? {
+            Next::Read(n) => {
                 want = n;
+                continue;
             }
-            Next::Transmit(out) => {
-                s.write_all(&out).await?;
-                return Ok(true);
+            Next::SendThenRead(out, n) => {
+                want = n;
+                (out, None)
             }
-            Next::Close(out) => {
-                s.write_all(&out).await?;
-                return Ok(false);
+            Next::Transmit(out) => (out, Some(Haggled::Transmit)),
+            Next::StartTls(out) => (out, Some(Haggled::StartTls)),
+            Next::Close(out) => (out, Some(Haggled::Close)),
+        };
+        s.write_all(&out).await?;
+        s.flush().await?;
+        if let Some(then) = then {
+            return Ok(then);
+        }
+    }
+}
+
+/// The handshake of a client: greeting, options, and TLS where the
+/// export requires it. The stream to transmit on, or `None` to close.
+async fn handshake<S: ClientStream + Sync>(
+    vol: &Volume,
+    mut s: S,
+    tls: Option<TlsAcceptor>,
+) -> Result<Option<Either<S, tokio_rustls::server::TlsStream<S>>>> {
+    let mut h = match tls {
+        Some(_) => Handshake::requiring_tls(export(vol)),
+        None => Handshake::new(export(vol)),
+    };
+    s.write_all(&nbd::greeting()).await?;
+    match haggle(&mut h, &mut s, Handshake::first_read()).await? {
+        Haggled::Transmit => Ok(Some(Either::Plain(s))),
+        Haggled::Close => Ok(None),
+        Haggled::StartTls => {
+            // The core asks for TLS only of an export that requires it.
+            let acceptor = tls.context("STARTTLS on an export without TLS")?;
+            let mut t = acceptor.accept(s).await.context(
+                "TLS handshake (does the client present a certificate the export's CA signed?)",
+            )?;
+            h.tls_started();
+            match haggle(&mut h, &mut t, 16).await? {
+                Haggled::Transmit => Ok(Some(Either::Tls(t))),
+                Haggled::Close | Haggled::StartTls => Ok(None),
             }
         }
     }
 }
 
-async fn client<S: ClientStream>(vol: Arc<Volume>, mut s: S, me: ClientEntry) {
-    match tokio::time::timeout(HANDSHAKE_LIMIT, handshake(&vol, &mut s)).await {
-        Ok(Ok(true)) => {}
-        Ok(Ok(false)) | Err(_) => return,
+/// A client's stream after the handshake.
+enum Either<P, T> {
+    /// As accepted.
+    Plain(P),
+    /// Inside TLS.
+    Tls(T),
+}
+
+async fn client<S: ClientStream + Sync>(
+    vol: Arc<Volume>,
+    s: S,
+    tls: Option<TlsAcceptor>,
+    me: ClientEntry,
+) {
+    let s = match tokio::time::timeout(HANDSHAKE_LIMIT, handshake(&vol, s, tls)).await {
+        Ok(Ok(Some(s))) => s,
+        Ok(Ok(None)) | Err(_) => return,
         Ok(Err(e)) => {
             vol.event(format!("NBD handshake failed: {e:#}"));
             return;
         }
+    };
+    match s {
+        Either::Plain(s) => transmit(vol, s, me).await,
+        Either::Tls(t) => transmit(vol, t, me).await,
     }
+}
+
+/// Serves requests until the client leaves, the volume is demoted, or
+/// the client is closed to make room.
+async fn transmit<S: ClientStream>(vol: Arc<Volume>, s: S, me: ClientEntry) {
     // A client that attached to a primary that since was demoted is cut.
     if !vol.is_primary() {
         return;
@@ -259,7 +398,7 @@ async fn client<S: ClientStream>(vol: Arc<Volume>, mut s: S, me: ClientEntry) {
     let (mut rd, wr) = s.halves();
     // Replies go out in order of completion, gathered per socket write.
     let (tx, rx) = mpsc::channel::<Outgoing>(REPLY_QUEUE);
-    let writer = tokio::spawn(super::stream::write_frames(wr, rx));
+    let writer = tokio::spawn(S::write_replies(wr, rx));
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut parser = RequestParser::new(vol.cfg.size, false);
     let mut buf: Vec<u8> = Vec::with_capacity(2 * READ_CHUNK);
@@ -328,7 +467,7 @@ async fn client<S: ClientStream>(vol: Arc<Volume>, mut s: S, me: ClientEntry) {
             .filter(|l| *l >= MIN_SPLICED && *l > buf.len() - start)
         {
             let payload = tokio::select! {
-                r = read_payload(&mut rd, &buf[start..], len) => r,
+                r = S::read_payload(&mut rd, &buf[start..], len) => r,
                 _ = cut.notified() => break 'read,
             };
             buf.clear();
@@ -386,7 +525,7 @@ async fn client<S: ClientStream>(vol: Arc<Volume>, mut s: S, me: ClientEntry) {
 /// Reads a write payload of `len` bytes, of which the client's first
 /// `already` bytes were buffered: into pipes by reference where they are
 /// to be had and the payload fits, else into a buffer.
-async fn read_payload<R: AsyncRead + SpliceRead + Unpin>(
+async fn read_spliced_payload<R: AsyncRead + SpliceRead + Unpin>(
     rd: &mut R,
     already: &[u8],
     len: usize,

@@ -360,7 +360,7 @@ async fn session(vol: Arc<Volume>, stream: TcpStream, keys: Session) {
         dir: keys.recv,
     };
     let (tx, rx) = mpsc::channel::<Outgoing>(LINK_QUEUE);
-    let writer = tokio::spawn(super::stream::write_sealed_frames(wr, rx, keys.send));
+    let writer = tokio::spawn(super::stream::write_copied_frames(wr, rx, Some(keys.send)));
     let old = vol.lock().conn.as_ref().map(|c| c.epoch);
     if let Some(old) = old {
         vol.teardown(old, "replaced by a new connection");
@@ -1175,7 +1175,11 @@ mod tests {
         let addr = l.local_addr().unwrap();
         let (tx, rx) = mpsc::channel::<Outgoing>(16);
         let c = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let writer = tokio::spawn(super::super::stream::write_sealed_frames(c, rx, d.send));
+        let writer = tokio::spawn(super::super::stream::write_copied_frames(
+            c,
+            rx,
+            Some(d.send),
+        ));
         let (s, _) = l.accept().await.unwrap();
         let mut rd = SealedReader {
             rd: tokio::io::BufReader::with_capacity(LINK_READ_BUFFER, s.into_split().0),
@@ -1213,7 +1217,11 @@ mod tests {
         // The sender's frames, sealed.
         let (tx, rx) = mpsc::channel::<Outgoing>(16);
         let c = tokio::net::TcpStream::connect(mitm_addr).await.unwrap();
-        let writer = tokio::spawn(super::super::stream::write_sealed_frames(c, rx, d.send));
+        let writer = tokio::spawn(super::super::stream::write_copied_frames(
+            c,
+            rx,
+            Some(d.send),
+        ));
         let genuine = vec![
             Msg::Write {
                 id: 1,

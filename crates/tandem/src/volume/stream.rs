@@ -168,14 +168,16 @@ pub(crate) async fn write_frames<W: tokio::io::AsyncWrite + Socket + Unpin>(
     let _ = w.shutdown().await;
 }
 
-/// Writes queued frames to the replication socket, each one sealed
-/// ([`tandem_core::volume::seal`]): small ones gathered into one write,
-/// tails read from the backing store into the frame (the data must pass
-/// through user space to be encrypted, so nothing is spliced here).
-pub(crate) async fn write_sealed_frames<W: tokio::io::AsyncWrite + Unpin>(
+/// Writes queued frames through user space, each one sealed
+/// ([`tandem_core::volume::seal`]) when `seal` is given: small ones
+/// gathered into one write, tails read from the backing store into the
+/// frame. For streams the kernel cannot splice into: the replication
+/// link (data must pass through user space to be encrypted) and NBD
+/// clients over TLS. Each batch is flushed (a TLS stream buffers).
+pub(crate) async fn write_copied_frames<W: tokio::io::AsyncWrite + Unpin>(
     mut w: W,
     mut rx: mpsc::Receiver<Outgoing>,
-    mut dir: tandem_core::volume::seal::Direction,
+    mut seal: Option<tandem_core::volume::seal::Direction>,
 ) {
     use tokio::io::AsyncWriteExt;
     let mut buf = Vec::with_capacity(GATHER + DIRECT);
@@ -194,12 +196,14 @@ pub(crate) async fn write_sealed_frames<W: tokio::io::AsyncWrite + Unpin>(
                     return;
                 }
             }
-            dir.seal_at(&mut buf, start);
+            if let Some(dir) = seal.as_mut() {
+                dir.seal_at(&mut buf, start);
+            }
             if buf.len() < GATHER {
                 next = rx.try_recv().ok();
             }
         }
-        if w.write_all(&buf).await.is_err() {
+        if w.write_all(&buf).await.is_err() || w.flush().await.is_err() {
             return;
         }
         buf.clear();
