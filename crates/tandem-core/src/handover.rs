@@ -51,6 +51,12 @@ pub struct NodeView {
     pub left_stopped: bool,
     /// This leader fenced it after it was last heard.
     pub fenced: bool,
+    /// It arms a watchdog that resets it at most this long after its
+    /// lease ended ([`crate::member::GroupsSpec::watchdog_reset_ms`]):
+    /// silent that long past its lease bound, it counts as fenced; and
+    /// without a fence device, its groups wait that long too, so a node
+    /// whose agent and guard were both killed has been reset first.
+    pub watchdog_reset_ms: Option<u64>,
     /// Why a needed fence has not happened yet (in progress, failed...).
     pub fence_note: Option<String>,
     /// Groups it runs or may still run (anything not known stopped).
@@ -128,6 +134,15 @@ fn known_stopped(
     if n.last_report_ms.is_some() && stopped && (applied >= epoch || n.left_stopped) {
         return Ok(());
     }
+    // Silent and watched by its watchdog: reset once its lease bound and
+    // the watchdog's delay have passed (SBD's diskless "watchdog fencing").
+    let watchdog_at = n
+        .watchdog_reset_ms
+        .filter(|_| n.silent)
+        .and_then(|w| lease_bound_at(input, n, group).map(|at| at + w));
+    if watchdog_at.is_some_and(|at| input.now_ms >= at) {
+        return Ok(());
+    }
     if (n.fence_required && n.silent) || n.fence_backed {
         if n.fenced && n.silent {
             return Ok(());
@@ -149,7 +164,17 @@ fn known_stopped(
             .as_deref()
             .map(|x| format!(" ({x})"))
             .unwrap_or_default();
-        return Err((format!("waiting for {} to be fenced{note}", n.name), None));
+        return Err(match watchdog_at {
+            Some(at) => (
+                format!(
+                    "waiting for {} to be fenced{note}, or {} ms for its watchdog to have reset it",
+                    n.name,
+                    at - input.now_ms
+                ),
+                Some(at),
+            ),
+            None => (format!("waiting for {} to be fenced{note}", n.name), None),
+        });
     }
     // Its stop failed: only a fence settles it (`steps` asks for one when a
     // device lists the node); otherwise the group is blocked until the
@@ -169,6 +194,17 @@ fn known_stopped(
     // may outlast any bound (a graceful stop, then kill_after_ms).
     if !n.silent && n.last_report_ms.is_some() && applied >= epoch {
         return Err((format!("waiting for {} to stop it", n.name), None));
+    }
+    if let Some(at) = watchdog_at {
+        // Not yet (checked above): its watchdog may not have bitten.
+        return Err((
+            format!(
+                "waiting {} ms for {}'s lease to end and its watchdog to reset it",
+                at - input.now_ms,
+                n.name
+            ),
+            Some(at),
+        ));
     }
     let at = lease_bound_at(input, n, group);
     if at.is_some_and(|at| input.now_ms >= at) {
@@ -282,6 +318,7 @@ mod tests {
             silent: false,
             left_stopped: false,
             fenced: false,
+            watchdog_reset_ms: None,
             fence_note: None,
             active: active.iter().map(|s| s.to_string()).collect(),
             stop_failed: BTreeMap::new(),
@@ -414,6 +451,49 @@ mod tests {
             why.contains("BLOCKED") && why.contains("stop it there by hand"),
             "{why}"
         );
+    }
+
+    /// Issue 15, defect 8: without fencing, kill -9 of a node's agent and
+    /// guard left the address on two nodes, because failover waited only
+    /// for the lease, never for the armed watchdog. With every node's
+    /// watchdog required, a silent node's groups start elsewhere only once
+    /// its lease and the watchdog's reset delay have passed; and a silent
+    /// node a fence device lists counts as fenced then, even if every
+    /// fence attempt fails.
+    #[test]
+    fn kill_of_agent_and_guard_without_fencing_waits_out_the_watchdog() {
+        const RESET_MS: u64 = 15_000;
+        let mut r = Record::default();
+        place(&mut r, Some("n2"));
+        place(&mut r, None);
+        let t = to(Some("n1"));
+        let silent = |watchdog: Option<u64>, fence_required: bool| NodeView {
+            silent: true,
+            fence_required,
+            watchdog_reset_ms: watchdog,
+            fence_note: fence_required.then(|| "fencing failed".to_string()),
+            ..view("n2", Some(1000), &["web"], 1)
+        };
+        // Leases alone: the lease bound, then the group starts.
+        let nodes = [view("n1", Some(1000), &[], 2), silent(None, false)];
+        let s = steps(&input(1_001, &r, &t, &nodes));
+        let lease_at = s.retry_at_ms.unwrap_or_else(|| panic!("{s:?}"));
+        assert_eq!(steps(&input(lease_at, &r, &t, &nodes)).propose.len(), 1);
+        // Watchdog: not at the lease bound, but once it has reset the node.
+        for fence_required in [false, true] {
+            let nodes = [
+                view("n1", Some(1000), &[], 2),
+                silent(Some(RESET_MS), fence_required),
+            ];
+            let s = steps(&input(lease_at, &r, &t, &nodes));
+            assert!(s.propose.is_empty(), "{s:?}");
+            assert_eq!(s.retry_at_ms, Some(lease_at + RESET_MS), "{s:?}");
+            assert!(s.waiting["web"].contains("watchdog"), "{s:?}");
+            let s = steps(&input(lease_at + RESET_MS - 1, &r, &t, &nodes));
+            assert!(s.propose.is_empty(), "{s:?}");
+            let s = steps(&input(lease_at + RESET_MS, &r, &t, &nodes));
+            assert_eq!(s.propose.len(), 1, "fence device {fence_required}: {s:?}");
+        }
     }
 
     #[test]

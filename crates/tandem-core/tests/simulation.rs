@@ -172,7 +172,17 @@ struct Sim {
     net_disturbed_at: u64,
     /// The first breach of "undisturbed bystanders", if any.
     bystander_breach: Option<String>,
+    /// Every node arms a watchdog (`[watchdog] required = true`), so a
+    /// kill -9 may take the guard with the agent: only the watchdog's
+    /// reset then stops what ran there.
+    watchdog: bool,
 }
+
+/// The simulated watchdog's timeout: it resets a node this long after
+/// its last feed.
+const SIM_WATCHDOG_MS: u64 = 1_000;
+/// How long past its lease end an agent feeds while it stops its groups.
+const SIM_STOP_GRACE_MS: u64 = 500;
 
 fn spec_for(shape: Shape, ids: &[NodeId], voters: &[bool], me: usize, links: usize) -> MemberSpec {
     let n = ids.len();
@@ -287,6 +297,8 @@ impl Sim {
             quiet: false,
             net_disturbed_at: 0,
             bystander_breach: None,
+            // Decided by the seed alone, so other seeds replay as before.
+            watchdog: groups && shape != Shape::TwoNode && seed % 3 == 1,
         }
     }
 
@@ -329,6 +341,7 @@ impl Sim {
             hosts,
             lease_ms: TIMING.deadtime_ms,
             fence_hosts,
+            watchdog_reset_ms: self.watchdog.then_some(SIM_STOP_GRACE_MS + SIM_WATCHDOG_MS),
         }
     }
 
@@ -585,6 +598,27 @@ impl Sim {
         self.log(|| {
             format!(
                 "n{} agent killed for {down_ms} ms (guard at {until})",
+                i + 1
+            )
+        });
+    }
+
+    /// The guard of node `i` died with its agent (kill -9 of both): what
+    /// ran there runs on until the watchdog resets the node, its timeout
+    /// after the last feed. The agent fed it at most until now, and never
+    /// for more than the stop grace past the end of its lease (the
+    /// guard's time); the node is down until the reset, and comes back
+    /// with nothing running.
+    fn kill_guard_too(&mut self, i: usize) {
+        let Some(lease_end) = self.nodes[i].guard_at else {
+            return;
+        };
+        let reset = self.now.min(lease_end + SIM_STOP_GRACE_MS) + SIM_WATCHDOG_MS;
+        self.nodes[i].guard_at = Some(reset);
+        self.nodes[i].restart_at = self.nodes[i].restart_at.map(|r| r.max(reset + 1));
+        self.log(|| {
+            format!(
+                "n{} guard killed too: the watchdog resets it at {reset}",
                 i + 1
             )
         });
@@ -1151,6 +1185,9 @@ impl Sim {
             10 => {
                 let down = [5, 50, 400, 2_000][self.rng.gen_range(0..4)];
                 self.kill_agent(node, down);
+                if self.watchdog && self.rng.gen_bool(0.5) {
+                    self.kill_guard_too(node);
+                }
             }
             11 => {
                 let ms = self.rng.gen_range(100..3_000);

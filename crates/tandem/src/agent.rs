@@ -329,6 +329,10 @@ fn groups_spec(
             .filter(|h| crate::fence_agent::covers(fence_devices, h))
             .cloned()
             .collect(),
+        watchdog_reset_ms: cfg
+            .watchdog
+            .as_ref()
+            .and_then(tandem_core::config::WatchdogSpec::resets_within_ms),
     })
 }
 

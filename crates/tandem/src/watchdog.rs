@@ -79,7 +79,22 @@ impl Watchdog {
                 // SAFETY: WDIOC_SETTIMEOUT reads and writes one int through
                 // the pointer, which lives for the call.
                 let rc = unsafe { libc::ioctl(f.as_raw_fd(), WDIOC_SETTIMEOUT as _, &mut t) };
-                w.own_timeout = rc != 0;
+                // The driver writes back the timeout it set (it may round
+                // up): longer than asked is not what the leader counts on.
+                w.own_timeout = rc != 0 || i64::from(t) > i64::from(spec.timeout_s);
+                if spec.required && w.own_timeout {
+                    bail!(
+                        "the watchdog is required (the cluster counts a silent node as reset {} ms after its lease), but {} did not take timeout_s = {} ({}): set `[watchdog] timeout_s` to a value the device supports",
+                        spec.stop_grace_ms + u64::from(spec.timeout_s) * 1_000,
+                        spec.device.display(),
+                        spec.timeout_s,
+                        if rc != 0 {
+                            format!("the ioctl failed: {}", std::io::Error::last_os_error())
+                        } else {
+                            format!("it set {t} s")
+                        }
+                    );
+                }
                 w.file = Some(f);
             }
             Err(e) if e.kind() == ErrorKind::NotFound => {}

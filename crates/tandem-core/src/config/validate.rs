@@ -176,6 +176,18 @@ pub struct WatchdogSpec {
     pub required: bool,
 }
 
+impl WatchdogSpec {
+    /// When every node is sure to arm the device (`required`: an agent
+    /// refuses to start without it), how long after its lease ended a
+    /// silent node has been reset: the agent feeds for at most
+    /// `stop_grace_ms` past its lease, then the device bites within
+    /// `timeout_s`. The leader then counts the node as fenced.
+    pub fn resets_within_ms(&self) -> Option<u64> {
+        self.required
+            .then(|| self.stop_grace_ms + u64::from(self.timeout_s) * 1_000)
+    }
+}
+
 /// Turns a TOML/serde error into a located diagnostic with a fix.
 pub(super) fn from_toml_error(e: &toml::de::Error) -> Diagnostic {
     let msg = plain_types(&e.message().trim().replace('\n', "; "));

@@ -825,6 +825,7 @@ impl Member {
                         && self.detector.node_state(id) == Some(NodeState::Left)
                         && self.left_clean.get(&id).copied() == self.detector.incarnation(id),
                     fenced,
+                    watchdog_reset_ms: self.groups.watchdog_reset_ms,
                     fence_note,
                     active: groups
                         .iter()

@@ -370,6 +370,11 @@ pub struct GroupsSpec {
     /// Nodes some fence device lists: when they go silent, they are fenced
     /// before their groups start elsewhere.
     pub fence_hosts: Vec<String>,
+    /// Every node arms a watchdog (`[watchdog] required = true`): a
+    /// silent node has been reset this long after its lease ended (the
+    /// agent feeds for at most `stop_grace_ms` past its lease, then the
+    /// device bites within `timeout_s`), so it then counts as fenced.
+    pub watchdog_reset_ms: Option<u64>,
 }
 
 /// After a failed fence of a node, wait this long before trying again.

@@ -146,7 +146,12 @@ mod tests {
         let key = server.join(SERVER_KEY);
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644))
             .unwrap_or_else(|e| panic!("{e}"));
-        let e = format!("{:#}", NbdTls::load(&server).err().unwrap_or_else(|| panic!("loaded")));
+        let e = format!(
+            "{:#}",
+            NbdTls::load(&server)
+                .err()
+                .unwrap_or_else(|| panic!("loaded"))
+        );
         assert!(e.contains("chmod 600"), "{e}");
     }
 
@@ -154,7 +159,12 @@ mod tests {
     fn a_missing_file_is_named_with_what_to_do() {
         let (_dir, server) = credentials();
         std::fs::remove_file(server.join(CA_CERT)).unwrap_or_else(|e| panic!("{e}"));
-        let e = format!("{:#}", NbdTls::load(&server).err().unwrap_or_else(|| panic!("loaded")));
+        let e = format!(
+            "{:#}",
+            NbdTls::load(&server)
+                .err()
+                .unwrap_or_else(|| panic!("loaded"))
+        );
         assert!(e.contains(CA_CERT) && e.contains("CONFIG.md"), "{e}");
     }
 }
