@@ -232,6 +232,66 @@ fn known_stopped(
     })
 }
 
+/// What keeps a node that went silent from running its groups while
+/// they start elsewhere (beyond its own guard, which a kill -9 of agent
+/// and guard defeats).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protection {
+    /// A fence device lists it: it is fenced before its groups move (and,
+    /// with a required watchdog too, counts as fenced once that has reset
+    /// it).
+    FenceDevice,
+    /// Every node arms a required watchdog: its groups move once its
+    /// lease ended and the watchdog has reset it.
+    Watchdog {
+        /// After its lease, the node has been reset within this.
+        resets_within_ms: u64,
+    },
+    /// Its lease alone: if its agent and guard are both killed, what it
+    /// ran (addresses included) keeps running until its agent returns.
+    LeasesAlone,
+}
+
+impl Protection {
+    /// The protection of `node` under `spec`.
+    pub fn of(spec: &crate::member::GroupsSpec, node: &str) -> Protection {
+        if spec.fence_hosts.iter().any(|h| h == node) {
+            Protection::FenceDevice
+        } else if let Some(ms) = spec.watchdog_reset_ms {
+            Protection::Watchdog {
+                resets_within_ms: ms,
+            }
+        } else {
+            Protection::LeasesAlone
+        }
+    }
+
+    /// One word for machines (`fence-device`, `watchdog`, `leases-alone`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Protection::FenceDevice => "fence-device",
+            Protection::Watchdog { .. } => "watchdog",
+            Protection::LeasesAlone => "leases-alone",
+        }
+    }
+}
+
+impl std::fmt::Display for Protection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Protection::FenceDevice => write!(f, "fence device (fenced before its groups move)"),
+            Protection::Watchdog { resets_within_ms } => write!(
+                f,
+                "watchdog (its groups move once its lease ended and {resets_within_ms} ms more passed, when the watchdog has reset it)"
+            ),
+            Protection::LeasesAlone => write!(
+                f,
+                "leases alone (if its agent and guard are both killed, its addresses stay until the agent returns: add a fence device or `[watchdog] required = true`)"
+            ),
+        }
+    }
+}
+
 /// The commands that move the placement one safe step toward the targets.
 pub fn steps(input: &HandoverInput<'_>) -> Steps {
     let mut out = Steps::default();
@@ -494,6 +554,31 @@ mod tests {
             let s = steps(&input(lease_at + RESET_MS, &r, &t, &nodes));
             assert_eq!(s.propose.len(), 1, "fence device {fence_required}: {s:?}");
         }
+    }
+
+    #[test]
+    fn protection_says_what_keeps_each_node_from_running_on_when_silent() {
+        let spec = crate::member::GroupsSpec {
+            hosts: vec!["n1".into(), "n2".into()],
+            fence_hosts: vec!["n1".into()],
+            ..Default::default()
+        };
+        assert_eq!(Protection::of(&spec, "n1"), Protection::FenceDevice);
+        assert_eq!(Protection::of(&spec, "n2"), Protection::LeasesAlone);
+        assert!(Protection::LeasesAlone
+            .to_string()
+            .contains("required = true"));
+        let spec = crate::member::GroupsSpec {
+            watchdog_reset_ms: Some(15_000),
+            ..spec
+        };
+        assert_eq!(Protection::of(&spec, "n1"), Protection::FenceDevice);
+        assert_eq!(
+            Protection::of(&spec, "n2"),
+            Protection::Watchdog {
+                resets_within_ms: 15_000
+            }
+        );
     }
 
     #[test]

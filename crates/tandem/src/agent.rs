@@ -1137,6 +1137,15 @@ impl Agent {
                 .as_ref()
                 .map(|_| self.watchdog.status(self.now_ms())),
             volumes: self.hub.as_ref().map(|h| h.status()).unwrap_or_default(),
+            protection: m
+                .protections()
+                .into_iter()
+                .map(|(node, p)| crate::status::ProtectionStatus {
+                    node,
+                    by: p.kind().to_string(),
+                    note: p.to_string(),
+                })
+                .collect(),
             standby: record
                 .intents
                 .iter()

@@ -49,6 +49,9 @@ pub struct Status {
     /// How a lost node's groups are recovered, in words.
     #[serde(default)]
     pub recovery: String,
+    /// What protects each node that hosts groups when it goes silent.
+    #[serde(default)]
+    pub protection: Vec<ProtectionStatus>,
     /// This node's watchdog (None on the witness).
     #[serde(default)]
     pub watchdog: Option<crate::watchdog::WatchdogStatus>,
@@ -166,6 +169,17 @@ pub struct AgreementStatus {
     pub commit_index: u64,
     /// Configuration epoch of the record.
     pub config_epoch: u64,
+}
+
+/// What keeps one node that went silent from running its groups.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProtectionStatus {
+    /// Node name.
+    pub node: String,
+    /// `fence-device`, `watchdog` or `leases-alone`.
+    pub by: String,
+    /// In words, with what it costs or what to do.
+    pub note: String,
 }
 
 /// One peer.
@@ -297,6 +311,9 @@ impl Status {
                 p.state,
                 links.join(" ")
             );
+        }
+        for p in &self.protection {
+            let _ = writeln!(o, "protection of {}: {}", p.node, p.note);
         }
         let dropped: Vec<String> = self
             .dropped

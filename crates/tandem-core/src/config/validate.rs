@@ -460,6 +460,7 @@ pub(super) fn validate(
     }
     check_hosting(&mut c, &file, &resources);
     let watchdog = check_watchdog(&mut c, &file);
+    check_protection(&mut c, &file, &resources, watchdog.as_ref());
 
     // Errors first, each in file order, then warnings.
     c.diags
@@ -477,6 +478,49 @@ pub(super) fn validate(
     Loaded {
         config,
         diagnostics: c.diags,
+    }
+}
+
+/// A floating address on a node that neither a fence device nor a
+/// required watchdog protects stays there if the node's agent and guard
+/// are both killed, while it also starts elsewhere: warn.
+fn check_protection(
+    c: &mut Checker<'_>,
+    file: &ConfigFile,
+    resources: &[Vec<ResourceSpec>],
+    watchdog: Option<&WatchdogSpec>,
+) {
+    if watchdog.and_then(WatchdogSpec::resets_within_ms).is_some() {
+        return;
+    }
+    let fenced: BTreeSet<&str> = file
+        .fence_devices
+        .iter()
+        .flat_map(|d| d.hosts.get_ref().keys().map(|k| k.get_ref().as_str()))
+        .collect();
+    let bare: Vec<&str> = file
+        .nodes
+        .iter()
+        .map(|n| n.name.get_ref().as_str())
+        .filter(|n| !fenced.contains(n))
+        .collect();
+    if bare.is_empty() {
+        return;
+    }
+    for (g, rs) in file.groups.iter().zip(resources) {
+        if !rs.iter().any(|r| matches!(r, ResourceSpec::Ip { .. })) {
+            continue;
+        }
+        c.warn(
+            span(&g.name),
+            format!(
+                "group `{}` has a floating address, and {} {} neither a fence device nor a required watchdog: if a node's agent and guard are both killed, the address stays there while it also starts elsewhere",
+                g.name.get_ref(),
+                bare.join(", "),
+                if bare.len() == 1 { "has" } else { "have" }
+            ),
+            "add a `[[fence_device]]` that lists them, or `[watchdog] required = true` on nodes with a watchdog device (a silent node's groups then wait for its lease, stop_grace_ms and timeout_s)",
+        );
     }
 }
 

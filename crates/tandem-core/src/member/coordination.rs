@@ -778,6 +778,16 @@ impl Member {
             .collect()
     }
 
+    /// What keeps each node that hosts groups from running them after it
+    /// went silent, in configuration order.
+    pub fn protections(&self) -> Vec<(String, crate::handover::Protection)> {
+        self.groups
+            .hosts
+            .iter()
+            .map(|h| (h.clone(), crate::handover::Protection::of(&self.groups, h)))
+            .collect()
+    }
+
     pub(super) fn node_views(&self) -> Vec<NodeView> {
         let record = self.agreement.record();
         self.groups
