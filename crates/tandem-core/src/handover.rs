@@ -232,6 +232,110 @@ fn known_stopped(
     })
 }
 
+/// A group a heard node reports running although it applied a placement
+/// that puts it elsewhere (or nowhere): its stop is under way, stuck, or
+/// something outside Tandem keeps it running there.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Stray {
+    /// The node that runs it.
+    pub node: String,
+    /// The group.
+    pub group: String,
+}
+
+/// The groups heard nodes run against the record. Groups in maintenance
+/// are left alone (nothing is started or stopped for them); a stop already
+/// reported failed is settled by [`steps`] (fence or block).
+pub fn strays(record: &Record, nodes: &[NodeView]) -> Vec<Stray> {
+    let mut out = Vec::new();
+    for n in nodes
+        .iter()
+        .filter(|n| !n.silent && n.last_report_ms.is_some())
+    {
+        for g in &n.active {
+            if record.has_intent(g, crate::agreement::Intent::Maintenance)
+                || n.stop_failed.contains_key(g)
+            {
+                continue;
+            }
+            let Some(p) = record.placements.get(g) else {
+                continue;
+            };
+            let applied = n.seen.get(g).copied().unwrap_or(0) >= p.epoch;
+            if applied && p.node.as_deref() != Some(n.name.as_str()) {
+                out.push(Stray {
+                    node: n.name.clone(),
+                    group: g.clone(),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// What the leader does about strays that outlast their bound.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StrayVerdict {
+    /// Nodes to fence (a device lists them).
+    pub fence: Vec<String>,
+    /// Group -> what runs where against the record, and what to do.
+    pub notes: BTreeMap<String, String>,
+    /// When the next stray outlasts its bound (call again then).
+    pub due_ms: Option<u64>,
+}
+
+/// Since when each stray has been seen, so that one that outlasts its
+/// group's stop bound (every stop timeout, and room for the report) is
+/// acted on: fenced where a device lists the node, shown otherwise.
+#[derive(Debug, Clone, Default)]
+pub struct StrayWatch {
+    since: BTreeMap<Stray, u64>,
+}
+
+impl StrayWatch {
+    /// Takes the strays seen now; `bound_ms(group)` is how long a node
+    /// may take to stop the group.
+    pub fn update(
+        &mut self,
+        now_ms: u64,
+        current: Vec<Stray>,
+        bound_ms: impl Fn(&str) -> u64,
+        nodes: &[NodeView],
+    ) -> StrayVerdict {
+        self.since.retain(|s, _| current.contains(s));
+        let mut out = StrayVerdict::default();
+        for s in current {
+            let since = *self.since.entry(s.clone()).or_insert(now_ms);
+            let due = since + bound_ms(&s.group);
+            if now_ms < due {
+                out.due_ms = Some(out.due_ms.map_or(due, |d: u64| d.min(due)));
+                continue;
+            }
+            let listed = nodes.iter().any(|n| n.name == s.node && n.fence_required);
+            let what = if listed {
+                if !out.fence.contains(&s.node) {
+                    out.fence.push(s.node.clone());
+                }
+                "fencing it".to_string()
+            } else {
+                format!(
+                    "no fence device lists {}: stop it there by hand, or add a fence device",
+                    s.node
+                )
+            };
+            out.notes.insert(
+                s.group.clone(),
+                format!(
+                    "STRAY: still active on {} {} ms after it applied a placement elsewhere ({what})",
+                    s.node,
+                    now_ms - since
+                ),
+            );
+        }
+        out
+    }
+}
+
 /// What keeps a node that went silent from running its groups while
 /// they start elsewhere (beyond its own guard, which a kill -9 of agent
 /// and guard defeats).
@@ -554,6 +658,61 @@ mod tests {
             let s = steps(&input(lease_at + RESET_MS, &r, &t, &nodes));
             assert_eq!(s.propose.len(), 1, "fence device {fence_required}: {s:?}");
         }
+    }
+
+    /// Issue 15, defect 1: a node ran a group the record placed on
+    /// another node ("running on n2 (still active on n3)") and the leader
+    /// did nothing about it. A heard node that applied the placement and
+    /// still runs the group past its stop bound is fenced where a device
+    /// lists it, and shown as a stray otherwise; a stop within the bound,
+    /// the holder itself and groups in maintenance are left alone.
+    #[test]
+    fn group_still_active_where_the_record_does_not_place_it_is_fenced_or_shown() {
+        let mut r = Record::default();
+        place(&mut r, Some("n2"));
+        let running = |name: &str, fence_required: bool| NodeView {
+            fence_required,
+            ..view(name, Some(1000), &["web"], 1)
+        };
+        let nodes = [running("n2", false), running("n3", true)];
+        let found = strays(&r, &nodes);
+        assert_eq!(
+            found,
+            vec![Stray {
+                node: "n3".into(),
+                group: "web".into()
+            }]
+        );
+        let mut w = StrayWatch::default();
+        let v = w.update(1_000, found.clone(), |_| 5_000, &nodes);
+        assert!(v.fence.is_empty() && v.notes.is_empty(), "{v:?}");
+        assert_eq!(v.due_ms, Some(6_000));
+        let v = w.update(5_999, found.clone(), |_| 5_000, &nodes);
+        assert!(v.fence.is_empty(), "{v:?}");
+        let v = w.update(6_000, found.clone(), |_| 5_000, &nodes);
+        assert_eq!(v.fence, vec!["n3".to_string()]);
+        assert!(v.notes["web"].contains("STRAY"), "{v:?}");
+        // Without a device: shown, with what to do.
+        let bare = [running("n2", false), running("n3", false)];
+        let v = w.update(7_000, found.clone(), |_| 5_000, &bare);
+        assert!(
+            v.fence.is_empty() && v.notes["web"].contains("by hand"),
+            "{v:?}"
+        );
+        // Stopped: forgotten, and a new stray starts its bound afresh.
+        let v = w.update(8_000, vec![], |_| 5_000, &nodes);
+        assert_eq!(v, StrayVerdict::default());
+        let v = w.update(8_001, found, |_| 5_000, &nodes);
+        assert_eq!(v.due_ms, Some(13_001));
+        // Not applied yet, or in maintenance: not a stray.
+        let behind = [running("n2", false), view("n3", Some(1000), &["web"], 0)];
+        assert!(strays(&r, &behind).is_empty());
+        r.apply(&Command::SetIntent {
+            target: "web".into(),
+            intent: crate::agreement::Intent::Maintenance,
+            on: true,
+        });
+        assert!(strays(&r, &nodes).is_empty());
     }
 
     #[test]

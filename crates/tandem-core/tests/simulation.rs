@@ -181,6 +181,9 @@ struct Sim {
 /// The simulated watchdog's timeout: it resets a node this long after
 /// its last feed.
 const SIM_WATCHDOG_MS: u64 = 1_000;
+/// The longest a group's stop takes in the simulation (slow stops
+/// included), as the agent computes it from the resources' timeouts.
+const SIM_STOP_BOUND_MS: u64 = 5_000;
 /// How long past its lease end an agent feeds while it stops its groups.
 const SIM_STOP_GRACE_MS: u64 = 500;
 
@@ -342,6 +345,7 @@ impl Sim {
             lease_ms: TIMING.deadtime_ms,
             fence_hosts,
             watchdog_reset_ms: self.watchdog.then_some(SIM_STOP_GRACE_MS + SIM_WATCHDOG_MS),
+            stop_bound_ms: vec![SIM_STOP_BOUND_MS; GROUPS.len()],
         }
     }
 

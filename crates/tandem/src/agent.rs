@@ -333,6 +333,17 @@ fn groups_spec(
             .watchdog
             .as_ref()
             .and_then(tandem_core::config::WatchdogSpec::resets_within_ms),
+        stop_bound_ms: f
+            .groups
+            .iter()
+            .map(|g| {
+                crate::resources::group_stop_bound_ms(g.resources.iter().map(|r| {
+                    r.timeout_ms
+                        .as_ref()
+                        .map_or(crate::resources::DEFAULT_TIMEOUT_MS, |t| *t.get_ref())
+                }))
+            })
+            .collect(),
     })
 }
 

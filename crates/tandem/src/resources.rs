@@ -285,6 +285,15 @@ impl Resource {
 /// bound gives up on it.
 const ACTION_GRACE_MS: u64 = 1_000;
 
+/// The longest a group's stop may take on a node before the runner calls
+/// it failed: each resource's stop, in turn, within its timeout and the
+/// grace the outer bound gives it.
+pub fn group_stop_bound_ms(timeouts_ms: impl Iterator<Item = u64>) -> u64 {
+    timeouts_ms
+        .map(|t| t.saturating_add(ACTION_GRACE_MS))
+        .fold(0, u64::saturating_add)
+}
+
 /// Runs one action to its outcome, bounded by the resource's timeout.
 pub async fn run_action(r: &Resource, kind: ActionKind) -> Outcome {
     let limit = Duration::from_millis(r.timeout_ms);

@@ -864,6 +864,75 @@ impl Member {
             .collect()
     }
 
+    /// Asks the shell to fence `node` so that a group can move or a stray
+    /// ends, unless a fence of it is under way or waits for its retry.
+    fn fence_for_placement(&mut self, now: u64, node: String) {
+        let retry = self.fence_retry.get(&node).map(|r| r.0);
+        if self.fencing.contains(&node) || retry.is_some_and(|r| now < r) {
+            return;
+        }
+        self.fencing.insert(node.clone());
+        self.out.fence.push((node, false));
+    }
+
+    /// The leader acts on what the reports say runs: a heard node that
+    /// still runs a group its applied placement puts elsewhere, past the
+    /// group's stop bound, is fenced where a device lists it; either way
+    /// the group's status says so until it stops.
+    fn watch_strays(&mut self, now: u64) {
+        let views = self.node_views();
+        let me = self.spec.me;
+        let my_name = self
+            .groups
+            .hosts
+            .iter()
+            .zip(&self.groups.host_ids)
+            .find(|(_, id)| **id == me)
+            .map(|(h, _)| h.clone());
+        let found: Vec<handover::Stray> = handover::strays(self.agreement.record(), &views)
+            .into_iter()
+            .filter(|s| Some(&s.node) != my_name.as_ref())
+            .collect();
+        let bounds: BTreeMap<&str, u64> = self
+            .groups
+            .groups
+            .iter()
+            .enumerate()
+            .map(|(i, g)| {
+                (
+                    g.name.as_str(),
+                    self.groups
+                        .stop_bound_ms
+                        .get(i)
+                        .copied()
+                        .unwrap_or(super::DEFAULT_STOP_BOUND_MS),
+                )
+            })
+            .collect();
+        let deadtime = self.spec.timing.deadtime_ms;
+        let verdict = self.strays.update(
+            now,
+            found,
+            |g| {
+                bounds
+                    .get(g)
+                    .copied()
+                    .unwrap_or(super::DEFAULT_STOP_BOUND_MS)
+                    + deadtime
+            },
+            &views,
+        );
+        for (g, note) in verdict.notes {
+            self.waiting.insert(g, note);
+        }
+        if let Some(due) = verdict.due_ms {
+            self.lead_due_ms = Some(self.lead_due_ms.map_or(due, |d| d.min(due)));
+        }
+        for node in verdict.fence {
+            self.fence_for_placement(now, node);
+        }
+    }
+
     /// The leader's placement loop: one safe step toward the policy's
     /// targets, once everything proposed before has committed.
     pub(super) fn lead(&mut self) {
@@ -895,14 +964,10 @@ impl Member {
             self.lead_due_ms = steps.retry_at_ms;
             cmds = steps.propose;
             for node in steps.fence {
-                let retry = self.fence_retry.get(&node).map(|r| r.0);
-                if self.fencing.contains(&node) || retry.is_some_and(|r| now < r) {
-                    continue;
-                }
-                self.fencing.insert(node.clone());
-                self.out.fence.push((node, false));
+                self.fence_for_placement(now, node);
             }
         }
+        self.watch_strays(now);
         for cmd in cmds {
             let _ = self.agreement.propose(now, cmd);
         }

@@ -375,7 +375,15 @@ pub struct GroupsSpec {
     /// agent feeds for at most `stop_grace_ms` past its lease, then the
     /// device bites within `timeout_s`), so it then counts as fenced.
     pub watchdog_reset_ms: Option<u64>,
+    /// Per group (configuration order): the longest its stop may take on
+    /// a node (every resource's stop limit). A heard node that still runs
+    /// the group this long after it applied a placement elsewhere (plus a
+    /// deadtime for its report) is a stray ([`crate::handover::StrayWatch`]).
+    pub stop_bound_ms: Vec<u64>,
 }
+
+/// A group's stop bound when [`GroupsSpec::stop_bound_ms`] does not say.
+pub const DEFAULT_STOP_BOUND_MS: u64 = 60_000;
 
 /// After a failed fence of a node, wait this long before trying again.
 pub const FENCE_RETRY_MS: u64 = 5_000;
@@ -464,6 +472,8 @@ pub struct Member {
     /// Fence outcomes to record once this member leads (a two-node
     /// survivor fences before it can lead).
     pending_fence_logs: std::collections::VecDeque<Command>,
+    /// Groups heard nodes run against the record, and since when.
+    strays: crate::handover::StrayWatch,
     /// Per configured peer, packets that named it as sender but failed
     /// authentication: (count, this member's time of the latest).
     bad_mac_from: BTreeMap<NodeId, (u64, u64)>,
@@ -557,6 +567,7 @@ impl Member {
             fencing: BTreeSet::new(),
             fence_retry: BTreeMap::new(),
             pending_fence_logs: std::collections::VecDeque::new(),
+            strays: crate::handover::StrayWatch::default(),
             bad_mac_from: BTreeMap::new(),
             config_handoff_ms: None,
             spec,
