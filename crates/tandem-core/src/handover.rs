@@ -136,9 +136,11 @@ fn known_stopped(
     }
     // Silent and watched by its watchdog: reset once its lease bound and
     // the watchdog's delay have passed (SBD's diskless "watchdog fencing").
+    // (Not a fence-backed node: it keeps its lease, and so feeds its
+    // watchdog, while it is cut off; only a fence settles it.)
     let watchdog_at = n
         .watchdog_reset_ms
-        .filter(|_| n.silent)
+        .filter(|_| n.silent && !n.fence_backed)
         .and_then(|w| lease_bound_at(input, n, group).map(|at| at + w));
     if watchdog_at.is_some_and(|at| input.now_ms >= at) {
         return Ok(());
@@ -357,11 +359,11 @@ pub enum Protection {
 }
 
 impl Protection {
-    /// The protection of `node` under `spec`.
-    pub fn of(spec: &crate::member::GroupsSpec, node: &str) -> Protection {
-        if spec.fence_hosts.iter().any(|h| h == node) {
+    /// The protection of the node `n` (its watchdog as it last reported).
+    pub fn of(n: &NodeView) -> Protection {
+        if n.fence_required {
             Protection::FenceDevice
-        } else if let Some(ms) = spec.watchdog_reset_ms {
+        } else if let Some(ms) = n.watchdog_reset_ms {
             Protection::Watchdog {
                 resets_within_ms: ms,
             }
@@ -717,23 +719,23 @@ mod tests {
 
     #[test]
     fn protection_says_what_keeps_each_node_from_running_on_when_silent() {
-        let spec = crate::member::GroupsSpec {
-            hosts: vec!["n1".into(), "n2".into()],
-            fence_hosts: vec!["n1".into()],
-            ..Default::default()
+        let n1 = NodeView {
+            fence_required: true,
+            ..view("n1", Some(1), &[], 1)
         };
-        assert_eq!(Protection::of(&spec, "n1"), Protection::FenceDevice);
-        assert_eq!(Protection::of(&spec, "n2"), Protection::LeasesAlone);
+        let n2 = view("n2", Some(1), &[], 1);
+        assert_eq!(Protection::of(&n1), Protection::FenceDevice);
+        assert_eq!(Protection::of(&n2), Protection::LeasesAlone);
         assert!(Protection::LeasesAlone
             .to_string()
             .contains("required = true"));
-        let spec = crate::member::GroupsSpec {
+        let armed = |n: &NodeView| NodeView {
             watchdog_reset_ms: Some(15_000),
-            ..spec
+            ..n.clone()
         };
-        assert_eq!(Protection::of(&spec, "n1"), Protection::FenceDevice);
+        assert_eq!(Protection::of(&armed(&n1)), Protection::FenceDevice);
         assert_eq!(
-            Protection::of(&spec, "n2"),
+            Protection::of(&armed(&n2)),
             Protection::Watchdog {
                 resets_within_ms: 15_000
             }

@@ -31,6 +31,11 @@ pub struct Feeder {
     stop_grace_ms: u64,
     /// Since when the node has been without a lease with something active.
     exposed_since_ms: Option<u64>,
+    /// How long it already was before this agent started (a previous
+    /// agent's exposure, carried over a restart): a restart must not give
+    /// a stuck stop a fresh grace, or the leader's bound on the reset
+    /// would not hold.
+    carried_ms: u64,
 }
 
 impl Feeder {
@@ -39,7 +44,25 @@ impl Feeder {
         Feeder {
             stop_grace_ms,
             exposed_since_ms: None,
+            carried_ms: 0,
         }
+    }
+
+    /// A feeder for an agent that starts while the node has already been
+    /// without a lease with something active for `exposed_ms` (what the
+    /// previous agent recorded): the grace counts on from there.
+    pub fn carrying(stop_grace_ms: u64, exposed_ms: u64) -> Feeder {
+        Feeder {
+            carried_ms: exposed_ms,
+            ..Feeder::new(stop_grace_ms)
+        }
+    }
+
+    /// Since when (this agent's clock) the node has been without a lease
+    /// with something active, and how long before this agent started:
+    /// what a restarted agent must carry on from.
+    pub fn exposure(&self) -> Option<(u64, u64)> {
+        self.exposed_since_ms.map(|s| (s, self.carried_ms))
     }
 
     /// The verdict at `now_ms`: `lease_valid` is whether this node may run
@@ -47,10 +70,11 @@ impl Feeder {
     pub fn verdict(&mut self, now_ms: u64, lease_valid: bool, active: bool) -> Verdict {
         if lease_valid || !active {
             self.exposed_since_ms = None;
+            self.carried_ms = 0;
             return Verdict::Feed;
         }
         let since = *self.exposed_since_ms.get_or_insert(now_ms);
-        let waited = now_ms.saturating_sub(since);
+        let waited = now_ms.saturating_sub(since) + self.carried_ms;
         if waited < self.stop_grace_ms {
             Verdict::Feed
         } else {
@@ -68,6 +92,25 @@ impl Feeder {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// Review of issue 15, defect 8: a restarted agent began a fresh
+    /// grace, so a node whose stop hung while cut off could be fed past
+    /// the reset the leader counts on. The grace carries over.
+    #[test]
+    fn a_restart_does_not_restart_the_grace() {
+        let mut f = Feeder::carrying(1_000, 900);
+        assert_eq!(f.verdict(0, false, true), Verdict::Feed);
+        assert!(matches!(
+            f.verdict(100, false, true),
+            Verdict::Starve { .. }
+        ));
+        assert_eq!(f.exposure(), Some((0, 900)));
+        // A lease (or nothing active) ends the exposure, carried part too.
+        assert_eq!(f.verdict(200, true, true), Verdict::Feed);
+        assert_eq!(f.exposure(), None);
+        assert_eq!(f.verdict(300, false, true), Verdict::Feed);
+        assert_eq!(f.verdict(1_299, false, true), Verdict::Feed);
+    }
 
     #[test]
     fn starves_only_after_the_grace_without_a_lease_with_something_active() {

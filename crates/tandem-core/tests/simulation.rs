@@ -344,7 +344,6 @@ impl Sim {
             hosts,
             lease_ms: TIMING.deadtime_ms,
             fence_hosts,
-            watchdog_reset_ms: self.watchdog.then_some(SIM_STOP_GRACE_MS + SIM_WATCHDOG_MS),
             stop_bound_ms: vec![SIM_STOP_BOUND_MS; GROUPS.len()],
         }
     }
@@ -609,15 +608,23 @@ impl Sim {
 
     /// The guard of node `i` died with its agent (kill -9 of both): what
     /// ran there runs on until the watchdog resets the node, its timeout
-    /// after the last feed. The agent fed it at most until now, and never
-    /// for more than the stop grace past the end of its lease (the
-    /// guard's time); the node is down until the reset, and comes back
-    /// with nothing running.
+    /// after the last feed or ping. The agent fed it at most until the
+    /// stop grace past the end of its lease (the guard's time), and its
+    /// death pings it once; the node is down until the reset, and comes
+    /// back with nothing running.
     fn kill_guard_too(&mut self, i: usize) {
         let Some(lease_end) = self.nodes[i].guard_at else {
             return;
         };
-        let reset = self.now.min(lease_end + SIM_STOP_GRACE_MS) + SIM_WATCHDOG_MS;
+        // Killed, the holder's release pings the device once (no magic
+        // close); once starving past the grace plus a timeout, it has
+        // already bitten.
+        let bitten = lease_end + SIM_STOP_GRACE_MS + SIM_WATCHDOG_MS;
+        let reset = if self.now < bitten {
+            self.now + SIM_WATCHDOG_MS
+        } else {
+            bitten
+        };
         self.nodes[i].guard_at = Some(reset);
         self.nodes[i].restart_at = self.nodes[i].restart_at.map(|r| r.max(reset + 1));
         self.log(|| {
@@ -713,6 +720,12 @@ impl Sim {
         if self.groups {
             m.set_groups(self.groups_spec(), 0);
         }
+        // Each node says it arms a required watchdog, and its bound: the
+        // grace, a timeout, and one more for the ping of a dying holder.
+        m.set_watchdog_armed(
+            self.watchdog
+                .then_some(SIM_STOP_GRACE_MS + 2 * SIM_WATCHDOG_MS),
+        );
         self.nodes[i].member = Some(m);
         self.nodes[i].restart_at = None;
         self.nodes[i].crashed_at = None;

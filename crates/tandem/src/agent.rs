@@ -329,10 +329,6 @@ fn groups_spec(
             .filter(|h| crate::fence_agent::covers(fence_devices, h))
             .cloned()
             .collect(),
-        watchdog_reset_ms: cfg
-            .watchdog
-            .as_ref()
-            .and_then(tandem_core::config::WatchdogSpec::resets_within_ms),
         stop_bound_ms: f
             .groups
             .iter()
@@ -482,8 +478,11 @@ pub fn run(cfg: Config, opts: AgentOptions) -> Result<()> {
     };
     let (fence_tx, fence_rx) = mpsc::channel::<FenceDone>(MAX_CONCURRENT_FENCES);
     // The witness hosts nothing: a reset would protect nothing.
-    let watchdog =
-        crate::watchdog::Watchdog::open(if witness { None } else { cfg.watchdog.as_ref() })?;
+    let watchdog = crate::watchdog::Watchdog::open(
+        if witness { None } else { cfg.watchdog.as_ref() },
+        Some(state_dir.join("run").join("watchdog-exposure.json")),
+    )?;
+    member.set_watchdog_armed(watchdog.resets_within_ms());
     let agent = Agent {
         hub,
         volume_rx,

@@ -16,6 +16,8 @@ use tandem_core::watchdog::{Feeder, Verdict};
 
 /// `WDIOC_SETTIMEOUT`: `_IOWR('W', 6, int)` from `<linux/watchdog.h>`.
 const WDIOC_SETTIMEOUT: libc::c_ulong = 0xC004_5706;
+/// `WDIOC_GETTIMEOUT`: `_IOR('W', 7, int)`.
+const WDIOC_GETTIMEOUT: libc::c_ulong = 0x8004_5707;
 
 /// Feeds are at least this far apart (a write per loop pass would be
 /// hundreds a second for nothing).
@@ -49,20 +51,51 @@ pub struct Watchdog {
     failure: Option<String>,
     /// The device rejected the timeout; it keeps its own.
     own_timeout: bool,
+    /// Where the exposure (without a lease, something active) is kept
+    /// for a restarted agent, and what it last held.
+    exposure_file: Option<PathBuf>,
+    written_exposure: Option<u64>,
+}
+
+/// The exposure a restarted agent carries on from: since when (this
+/// boot's CLOCK_MONOTONIC ms) the node has been without a lease with
+/// something active.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Exposure {
+    boot_id: String,
+    since_mono_ms: u64,
+}
+
+/// How long the node has been exposed according to `path` (0 if not,
+/// or since another boot).
+fn carried_exposure_ms(path: &std::path::Path) -> u64 {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return 0;
+    };
+    match serde_json::from_str::<Exposure>(&text) {
+        Ok(e) if e.boot_id == crate::guard::boot_id() => {
+            crate::guard::mono_ms().saturating_sub(e.since_mono_ms)
+        }
+        _ => 0,
+    }
 }
 
 impl Watchdog {
     /// Opens and arms the configured device. A missing device is not an
-    /// error unless the configuration requires it.
-    pub fn open(spec: Option<&WatchdogSpec>) -> Result<Watchdog> {
+    /// error unless the configuration requires it. `exposure_file` keeps
+    /// the feeding rule's exposure across agent restarts.
+    pub fn open(spec: Option<&WatchdogSpec>, exposure_file: Option<PathBuf>) -> Result<Watchdog> {
+        let carried = exposure_file.as_deref().map_or(0, carried_exposure_ms);
         let mut w = Watchdog {
             spec: spec.cloned(),
             file: None,
-            feeder: Feeder::new(spec.map_or(0, |s| s.stop_grace_ms)),
+            feeder: Feeder::carrying(spec.map_or(0, |s| s.stop_grace_ms), carried),
             last_feed_ms: None,
             starving: None,
             failure: None,
             own_timeout: false,
+            exposure_file,
+            written_exposure: None,
         };
         let Some(spec) = spec else {
             return Ok(w);
@@ -76,9 +109,21 @@ impl Watchdog {
         {
             Ok(f) => {
                 let mut t: libc::c_int = spec.timeout_s as libc::c_int;
-                // SAFETY: WDIOC_SETTIMEOUT reads and writes one int through
-                // the pointer, which lives for the call.
-                let rc = unsafe { libc::ioctl(f.as_raw_fd(), WDIOC_SETTIMEOUT as _, &mut t) };
+                let mut current: libc::c_int = 0;
+                // SAFETY: WDIOC_GETTIMEOUT writes one int through the
+                // pointer, which lives for the call.
+                let got =
+                    unsafe { libc::ioctl(f.as_raw_fd(), WDIOC_GETTIMEOUT as _, &mut current) };
+                // Setting the timeout pings the device: a restarted agent
+                // whose device already has it must not (its exposure
+                // carries on, see `Feeder::carrying`).
+                let rc = if got == 0 && current == t {
+                    0
+                } else {
+                    // SAFETY: WDIOC_SETTIMEOUT reads and writes one int
+                    // through the pointer, which lives for the call.
+                    unsafe { libc::ioctl(f.as_raw_fd(), WDIOC_SETTIMEOUT as _, &mut t) }
+                };
                 // The driver writes back the timeout it set (it may round
                 // up): longer than asked is not what the leader counts on.
                 w.own_timeout = rc != 0 || i64::from(t) > i64::from(spec.timeout_s);
@@ -122,11 +167,59 @@ impl Watchdog {
         }
     }
 
+    /// When this node is sure to have been reset after its lease ended,
+    /// for the leader: only with a required device that took the
+    /// configured timeout (the agent refuses to start otherwise).
+    pub fn resets_within_ms(&self) -> Option<u64> {
+        self.file.as_ref()?;
+        if self.own_timeout {
+            return None;
+        }
+        self.spec.as_ref()?.resets_within_ms()
+    }
+
+    /// Keeps the feeding rule's exposure where a restarted agent finds it
+    /// (written when it starts, removed when it ends; best effort: a
+    /// failure only costs the carry-over).
+    fn keep_exposure(&mut self, now_ms: u64) {
+        let Some(path) = &self.exposure_file else {
+            return;
+        };
+        let since = self.feeder.exposure().map(|(s, carried)| {
+            crate::guard::mono_ms()
+                .saturating_sub(now_ms.saturating_sub(s))
+                .saturating_sub(carried)
+        });
+        if since == self.written_exposure {
+            return;
+        }
+        let done = match since {
+            Some(since_mono_ms) => serde_json::to_vec(&Exposure {
+                boot_id: crate::guard::boot_id(),
+                since_mono_ms,
+            })
+            .map_err(anyhow::Error::from)
+            .and_then(|b| {
+                crate::atomic_file::replace(path, &b, crate::atomic_file::Durability::ThisBoot)
+            }),
+            None => match std::fs::remove_file(path) {
+                Err(e) if e.kind() != ErrorKind::NotFound => Err(e.into()),
+                _ => Ok(()),
+            },
+        };
+        if done.is_ok() {
+            self.written_exposure = since;
+        }
+    }
+
     /// Applies the rule at `now_ms`; feeds when due. Returns a line to log
     /// when the watchdog starts or stops being fed, or a feed fails.
     pub fn tick(&mut self, now_ms: u64, lease_valid: bool, active: bool) -> Option<String> {
+        self.file.as_ref()?;
+        let verdict = self.feeder.verdict(now_ms, lease_valid, active);
+        self.keep_exposure(now_ms);
         let file = self.file.as_mut()?;
-        match self.feeder.verdict(now_ms, lease_valid, active) {
+        match verdict {
             Verdict::Starve { reason } => {
                 let first = self.starving.is_none();
                 self.starving = Some(reason.clone());
@@ -272,13 +365,18 @@ mod tests {
     #[test]
     fn a_missing_device_is_reported_and_refused_only_when_required() {
         let missing = PathBuf::from("/nonexistent/watchdog");
-        let w = Watchdog::open(Some(&spec(missing.clone(), false))).unwrap();
+        let w = Watchdog::open(Some(&spec(missing.clone(), false)), None).unwrap();
         let s = w.status(0);
         assert_eq!(s.state, "absent");
         assert!(s.note.contains("does not exist"), "{}", s.note);
-        let e = Watchdog::open(Some(&spec(missing, true))).err().unwrap();
+        let e = Watchdog::open(Some(&spec(missing, true)), None)
+            .err()
+            .unwrap();
         assert!(format!("{e:#}").contains("softdog"), "{e:#}");
-        assert_eq!(Watchdog::open(None).unwrap().status(0).state, "disabled");
+        assert_eq!(
+            Watchdog::open(None, None).unwrap().status(0).state,
+            "disabled"
+        );
     }
 
     /// A FIFO stands in for the device (no watchdog driver here): every
@@ -295,7 +393,11 @@ mod tests {
             .custom_flags(libc::O_NONBLOCK)
             .open(&fifo)
             .unwrap();
-        let mut w = Watchdog::open(Some(&spec(fifo, false))).unwrap();
+        let mut w = Watchdog::open(
+            Some(&spec(fifo, false)),
+            Some(dir.path().join("exposure.json")),
+        )
+        .unwrap();
         assert_eq!(w.status(0).state, "armed");
         let mut read = || {
             let mut buf = [0u8; 64];
@@ -331,5 +433,38 @@ mod tests {
         assert_eq!(read(), b"\0");
         assert_eq!(w.disarm().as_deref(), Some("watchdog disarmed"));
         assert_eq!(read(), b"V");
+    }
+
+    /// Review of issue 15, defect 8: a restarted agent gave a stuck stop
+    /// a fresh grace. The exposure is kept in a file and carried over.
+    #[test]
+    fn a_restarted_agent_carries_on_the_grace_of_the_one_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("wd");
+        let c = std::ffi::CString::new(fifo.to_string_lossy().as_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let _reader = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+            .unwrap();
+        let exposure = dir.path().join("exposure.json");
+        let mut w =
+            Watchdog::open(Some(&spec(fifo.clone(), false)), Some(exposure.clone())).unwrap();
+        w.tick(0, false, true);
+        assert!(exposure.exists());
+        std::thread::sleep(std::time::Duration::from_millis(600));
+        drop(w);
+        // The next agent starts 600 ms into a 500 ms grace: it starves.
+        let mut w =
+            Watchdog::open(Some(&spec(fifo.clone(), false)), Some(exposure.clone())).unwrap();
+        let line = w.tick(0, false, true).unwrap_or_default();
+        assert!(line.contains("NOT feeding"), "{line}");
+        // A lease ends the exposure, and the file goes.
+        w.tick(10, true, true);
+        assert!(!exposure.exists());
+        let mut w = Watchdog::open(Some(&spec(fifo, false)), Some(exposure)).unwrap();
+        assert_eq!(w.tick(0, false, true), None);
     }
 }

@@ -177,14 +177,17 @@ pub struct WatchdogSpec {
 }
 
 impl WatchdogSpec {
-    /// When every node is sure to arm the device (`required`: an agent
-    /// refuses to start without it), how long after its lease ended a
-    /// silent node has been reset: the agent feeds for at most
-    /// `stop_grace_ms` past its lease, then the device bites within
-    /// `timeout_s`. The leader then counts the node as fenced.
+    /// When the node is sure to arm the device (`required`: the agent
+    /// refuses to start without it, or when the device does not take
+    /// `timeout_s`), how long after its lease ended a silent node has been
+    /// reset: the agent feeds for at most `stop_grace_ms` past its lease
+    /// (across restarts too); then the device bites within `timeout_s`,
+    /// plus one more `timeout_s` because Linux pings a device once when
+    /// its holder dies without the magic close. The leader then counts
+    /// the node as fenced.
     pub fn resets_within_ms(&self) -> Option<u64> {
         self.required
-            .then(|| self.stop_grace_ms + u64::from(self.timeout_s) * 1_000)
+            .then(|| self.stop_grace_ms + 2 * u64::from(self.timeout_s) * 1_000)
     }
 }
 

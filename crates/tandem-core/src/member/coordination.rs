@@ -24,6 +24,14 @@ impl Member {
         self.lead_dirty = true;
     }
 
+    /// This node has armed a required watchdog that resets it at most
+    /// `reset_ms` after its lease ended (None: it has not). Reported to
+    /// the leader, which then counts this node fenced once silent that
+    /// long past its lease.
+    pub fn set_watchdog_armed(&mut self, reset_ms: Option<u64>) {
+        self.own_watchdog_reset_ms = reset_ms;
+    }
+
     /// What runs on this node, and which links fail their ping monitor.
     pub fn set_local(&mut self, groups: Vec<GroupReport>, failed_links: Vec<String>) {
         let changed = |a: &[GroupReport], b: &[GroupReport]| {
@@ -193,6 +201,7 @@ impl Member {
                 self.spec.config_sections.clone()
             },
             key_fp: self.spec.key_fingerprint.clone(),
+            watchdog_reset_ms: self.own_watchdog_reset_ms,
             silent_ms: self
                 .spec
                 .peers
@@ -781,10 +790,12 @@ impl Member {
     /// What keeps each node that hosts groups from running them after it
     /// went silent, in configuration order.
     pub fn protections(&self) -> Vec<(String, crate::handover::Protection)> {
-        self.groups
-            .hosts
-            .iter()
-            .map(|h| (h.clone(), crate::handover::Protection::of(&self.groups, h)))
+        self.node_views()
+            .into_iter()
+            .map(|n| {
+                let p = crate::handover::Protection::of(&n);
+                (n.name, p)
+            })
             .collect()
     }
 
@@ -835,7 +846,13 @@ impl Member {
                         && self.detector.node_state(id) == Some(NodeState::Left)
                         && self.left_clean.get(&id).copied() == self.detector.incarnation(id),
                     fenced,
-                    watchdog_reset_ms: self.groups.watchdog_reset_ms,
+                    watchdog_reset_ms: if id == self.spec.me {
+                        self.own_watchdog_reset_ms
+                    } else {
+                        self.reports
+                            .get(&id)
+                            .and_then(|r| r.report.watchdog_reset_ms)
+                    },
                     fence_note,
                     active: groups
                         .iter()

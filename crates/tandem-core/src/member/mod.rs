@@ -247,6 +247,13 @@ pub struct Report {
     /// Fingerprint of the sender's cluster key.
     #[serde(default)]
     pub key_fp: String,
+    /// The sender arms a required watchdog that has reset it at most this
+    /// long after its lease ended ([`crate::config::WatchdogSpec::resets_within_ms`]):
+    /// the leader counts it fenced then. Each node says so of itself, so
+    /// a node on another configuration or without the device is never
+    /// counted reset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watchdog_reset_ms: Option<u64>,
 }
 
 /// What a peer said of the configuration it runs.
@@ -370,11 +377,6 @@ pub struct GroupsSpec {
     /// Nodes some fence device lists: when they go silent, they are fenced
     /// before their groups start elsewhere.
     pub fence_hosts: Vec<String>,
-    /// Every node arms a watchdog (`[watchdog] required = true`): a
-    /// silent node has been reset this long after its lease ended (the
-    /// agent feeds for at most `stop_grace_ms` past its lease, then the
-    /// device bites within `timeout_s`), so it then counts as fenced.
-    pub watchdog_reset_ms: Option<u64>,
     /// Per group (configuration order): the longest its stop may take on
     /// a node (every resource's stop limit). A heard node that still runs
     /// the group this long after it applied a placement elsewhere (plus a
@@ -474,6 +476,9 @@ pub struct Member {
     pending_fence_logs: std::collections::VecDeque<Command>,
     /// Groups heard nodes run against the record, and since when.
     strays: crate::handover::StrayWatch,
+    /// This node arms a required watchdog that resets it this long after
+    /// its lease ended (sent in reports).
+    own_watchdog_reset_ms: Option<u64>,
     /// Per configured peer, packets that named it as sender but failed
     /// authentication: (count, this member's time of the latest).
     bad_mac_from: BTreeMap<NodeId, (u64, u64)>,
@@ -568,6 +573,7 @@ impl Member {
             fence_retry: BTreeMap::new(),
             pending_fence_logs: std::collections::VecDeque::new(),
             strays: crate::handover::StrayWatch::default(),
+            own_watchdog_reset_ms: None,
             bad_mac_from: BTreeMap::new(),
             config_handoff_ms: None,
             spec,
