@@ -246,8 +246,7 @@ pub struct Stray {
 }
 
 /// The groups heard nodes run against the record. Groups in maintenance
-/// are left alone (nothing is started or stopped for them); a stop already
-/// reported failed is settled by [`steps`] (fence or block).
+/// are left alone (nothing is started or stopped for them).
 pub fn strays(record: &Record, nodes: &[NodeView]) -> Vec<Stray> {
     let mut out = Vec::new();
     for n in nodes
@@ -255,9 +254,7 @@ pub fn strays(record: &Record, nodes: &[NodeView]) -> Vec<Stray> {
         .filter(|n| !n.silent && n.last_report_ms.is_some())
     {
         for g in &n.active {
-            if record.has_intent(g, crate::agreement::Intent::Maintenance)
-                || n.stop_failed.contains_key(g)
-            {
+            if record.has_intent(g, crate::agreement::Intent::Maintenance) {
                 continue;
             }
             let Some(p) = record.placements.get(g) else {
@@ -287,14 +284,23 @@ pub struct StrayVerdict {
 }
 
 /// Since when each stray has been seen, so that one that outlasts its
-/// group's stop bound (every stop timeout, and room for the report) is
-/// acted on: fenced where a device lists the node, shown otherwise.
+/// group's stop bound (every stop timeout, and room for the report), or
+/// whose stop the node reported failed, is acted on: fenced where a
+/// device lists the node, shown otherwise. (A failed stop is retried, so
+/// the group goes on being a stray between the reports: `since` holds
+/// while it stays active there.)
 #[derive(Debug, Clone, Default)]
 pub struct StrayWatch {
     since: BTreeMap<Stray, u64>,
 }
 
 impl StrayWatch {
+    /// Forgets every stray (this member stopped leading: a later term
+    /// starts its bounds afresh, never from an old sighting).
+    pub fn clear(&mut self) {
+        self.since.clear();
+    }
+
     /// Takes the strays seen now; `bound_ms(group)` is how long a node
     /// may take to stop the group.
     pub fn update(
@@ -308,12 +314,18 @@ impl StrayWatch {
         let mut out = StrayVerdict::default();
         for s in current {
             let since = *self.since.entry(s.clone()).or_insert(now_ms);
-            let due = since + bound_ms(&s.group);
+            let node = nodes.iter().find(|n| n.name == s.node);
+            let failed = node.and_then(|n| n.stop_failed.get(&s.group));
+            let due = if failed.is_some() {
+                since
+            } else {
+                since + bound_ms(&s.group)
+            };
             if now_ms < due {
                 out.due_ms = Some(out.due_ms.map_or(due, |d: u64| d.min(due)));
                 continue;
             }
-            let listed = nodes.iter().any(|n| n.name == s.node && n.fence_required);
+            let listed = node.is_some_and(|n| n.fence_required);
             let what = if listed {
                 if !out.fence.contains(&s.node) {
                     out.fence.push(s.node.clone());
@@ -325,10 +337,11 @@ impl StrayWatch {
                     s.node
                 )
             };
+            let why = failed.map_or(String::new(), |f| format!(", and its stop failed: {f}"));
             out.notes.insert(
                 s.group.clone(),
                 format!(
-                    "STRAY: still active on {} {} ms after it applied a placement elsewhere ({what})",
+                    "STRAY: still active on {} {} ms after it applied a placement elsewhere{why} ({what})",
                     s.node,
                     now_ms - since
                 ),
@@ -706,6 +719,23 @@ mod tests {
         assert_eq!(v, StrayVerdict::default());
         let v = w.update(8_001, found, |_| 5_000, &nodes);
         assert_eq!(v.due_ms, Some(13_001));
+        // A stop reported failed: at once, and the sighting holds while
+        // the retries flip the state (still active throughout).
+        let failing = |fence_required: bool| NodeView {
+            stop_failed: [("web".to_string(), "stop timed out".to_string())]
+                .into_iter()
+                .collect(),
+            ..running("n3", fence_required)
+        };
+        let mut w = StrayWatch::default();
+        let nodes_failed = [running("n2", false), failing(true)];
+        let v = w.update(20_000, strays(&r, &nodes_failed), |_| 5_000, &nodes_failed);
+        assert_eq!(v.fence, vec!["n3".to_string()]);
+        assert!(v.notes["web"].contains("stop timed out"), "{v:?}");
+        // A new leader starts afresh.
+        w.clear();
+        let v = w.update(20_001, strays(&r, &nodes), |_| 5_000, &nodes);
+        assert_eq!(v.due_ms, Some(25_001));
         // Not applied yet, or in maintenance: not a stray.
         let behind = [running("n2", false), view("n3", Some(1000), &["web"], 0)];
         assert!(strays(&r, &behind).is_empty());

@@ -286,12 +286,15 @@ impl Resource {
 const ACTION_GRACE_MS: u64 = 1_000;
 
 /// The longest a group's stop may take on a node before the runner calls
-/// it failed: each resource's stop, in turn, within its timeout and the
-/// grace the outer bound gives it.
+/// it failed: an action already under way (a start or probe) finishes
+/// first, then each resource's stop, in turn, each within its timeout and
+/// the grace the outer bound gives it.
 pub fn group_stop_bound_ms(timeouts_ms: impl Iterator<Item = u64>) -> u64 {
-    timeouts_ms
+    let each: Vec<u64> = timeouts_ms
         .map(|t| t.saturating_add(ACTION_GRACE_MS))
-        .fold(0, u64::saturating_add)
+        .collect();
+    let in_flight = each.iter().copied().max().unwrap_or(0);
+    each.into_iter().fold(in_flight, u64::saturating_add)
 }
 
 /// Runs one action to its outcome, bounded by the resource's timeout.

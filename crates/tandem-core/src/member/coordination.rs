@@ -897,7 +897,19 @@ impl Member {
     /// group's stop bound, is fenced where a device lists it; either way
     /// the group's status says so until it stops.
     fn watch_strays(&mut self, now: u64) {
-        let views = self.node_views();
+        // A node on another configuration may have other stop limits: it
+        // is shown, never fenced, for a stray.
+        let committed = self.agreement.record().config_hash.clone();
+        let mut views = self.node_views();
+        for (v, id) in views.iter_mut().zip(&self.groups.host_ids) {
+            let other = self
+                .reports
+                .get(id)
+                .is_some_and(|r| !r.report.config.is_empty() && r.report.config != committed);
+            if other {
+                v.fence_required = false;
+            }
+        }
         let me = self.spec.me;
         let my_name = self
             .groups
@@ -964,6 +976,7 @@ impl Member {
         {
             self.waiting.clear();
             self.lead_due_ms = None;
+            self.strays.clear();
             return;
         }
         let now = self.now_ms;
