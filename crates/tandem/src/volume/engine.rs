@@ -183,6 +183,10 @@ pub struct Counters {
     /// the handshake, too many at once, too slow, or a failed proof.
     #[serde(default)]
     pub connections_refused: u64,
+    /// NBD clients refused: a failed handshake (no or a wrong client
+    /// certificate, a plain client on a TLS export...), or no slot free.
+    #[serde(default)]
+    pub nbd_clients_refused: u64,
 }
 
 pub(super) struct State {
@@ -297,7 +301,7 @@ pub struct Volume {
     payloads: [std::sync::atomic::AtomicU64; 2],
     /// Link security counters (see [`Counters::frames_forged`]): forged
     /// frames, refused connections.
-    link_refusals: [std::sync::atomic::AtomicU64; 2],
+    link_refusals: [std::sync::atomic::AtomicU64; 3],
     /// Connections in authentication now (capped).
     pub(super) unauthenticated: std::sync::atomic::AtomicUsize,
 }
@@ -425,6 +429,11 @@ impl Volume {
     /// Counts a connection refused before authentication.
     pub fn count_refused(&self) {
         self.link_refusals[1].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts an NBD client refused (handshake failed, or no slot).
+    pub fn count_nbd_refused(&self) {
+        self.link_refusals[2].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts one large payload received, by the way it came. Never
@@ -1134,6 +1143,7 @@ impl Volume {
                 payloads_buffered: self.payloads[1].load(Ordering::Relaxed),
                 frames_forged: self.link_refusals[0].load(Ordering::Relaxed),
                 connections_refused: self.link_refusals[1].load(Ordering::Relaxed),
+                nbd_clients_refused: self.link_refusals[2].load(Ordering::Relaxed),
                 ..st.counters.clone()
             },
             generations: format!(

@@ -153,11 +153,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static> ClientStream
     }
 }
 
-/// Accepts clients: at most [`MAX_CLIENTS`] at once and
-/// [`MAX_CLIENTS_PER_ADDRESS`] from one address. When every slot is taken,
-/// the client idle longest (at least [`IDLE_EVICT_AFTER`]) is closed to
-/// make room; if none is, the newcomer is closed. So idle connections
-/// from one host cannot lock every other client out.
+/// Accepts clients. At most [`MAX_HANDSHAKING`] connections may be in
+/// the handshake (TLS included) at once, each for at most
+/// [`HANDSHAKE_LIMIT`]; only a client that completed it takes one of the
+/// [`MAX_CLIENTS`] slots, at most [`MAX_CLIENTS_PER_ADDRESS`] per address
+/// (an IPv6 /64 counts as one). When every slot is taken, the client idle
+/// longest (at least [`IDLE_EVICT_AFTER`]) is closed to make room; if none
+/// is, the newcomer is closed. So neither idle clients nor strangers that
+/// never finish a handshake can lock the export's clients out.
 async fn accept_loop<S, F, Fut>(vol: Arc<Volume>, tls: Option<TlsAcceptor>, accept: F) -> Result<()>
 where
     S: ClientStream + Sync,
@@ -165,37 +168,128 @@ where
     Fut: std::future::Future<Output = std::io::Result<(S, Option<std::net::IpAddr>)>>,
 {
     let clients: Arc<std::sync::Mutex<Clients>> = Arc::default();
+    let handshaking = Arc::new(Semaphore::new(MAX_HANDSHAKING));
+    let refusals: Arc<std::sync::Mutex<Throttle>> = Arc::default();
     let mut next_id = 0u64;
     loop {
         let Ok((s, from)) = accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        let admitted = {
-            let mut c = clients.lock().unwrap_or_else(|p| p.into_inner());
-            c.admit(next_id, from, std::time::Instant::now())
-        };
-        let Some(entry) = admitted else {
-            vol.event(format!(
-                "NBD client from {} refused: {} clients at once, {} per address, none idle for {} s",
-                from.map_or_else(|| "the socket".to_string(), |a| a.to_string()),
-                MAX_CLIENTS,
-                MAX_CLIENTS_PER_ADDRESS,
-                IDLE_EVICT_AFTER.as_secs()
-            ));
+        let from = from.map(address_key);
+        let Ok(permit) = handshaking.clone().try_acquire_owned() else {
+            refused(
+                &vol,
+                &refusals,
+                format!(
+                    "NBD client from {} refused: {MAX_HANDSHAKING} connections are already in their handshake",
+                    show(from)
+                ),
+            );
             continue;
         };
+        let id = next_id;
         next_id += 1;
-        let vol = vol.clone();
-        let clients = clients.clone();
-        let tls = tls.clone();
+        let (vol, clients, tls, refusals) =
+            (vol.clone(), clients.clone(), tls.clone(), refusals.clone());
         tokio::spawn(async move {
-            client(vol, s, tls, entry.clone()).await;
+            let s = match tokio::time::timeout(HANDSHAKE_LIMIT, handshake(&vol, s, tls)).await {
+                Ok(Ok(Some(s))) => s,
+                Ok(Ok(None)) | Err(_) => return,
+                Ok(Err(e)) => {
+                    refused(&vol, &refusals, format!("NBD handshake failed: {e:#}"));
+                    return;
+                }
+            };
+            drop(permit);
+            let admitted = {
+                let mut c = clients.lock().unwrap_or_else(|p| p.into_inner());
+                c.admit(id, from, std::time::Instant::now())
+            };
+            let Some(entry) = admitted else {
+                refused(
+                    &vol,
+                    &refusals,
+                    format!(
+                        "NBD client from {} refused: {MAX_CLIENTS} clients at once, {MAX_CLIENTS_PER_ADDRESS} per address, none idle for {} s",
+                        show(from),
+                        IDLE_EVICT_AFTER.as_secs()
+                    ),
+                );
+                return;
+            };
+            match s {
+                Either::Plain(s) => transmit(vol, s, entry.clone()).await,
+                Either::Tls(t) => transmit(vol, t, entry.clone()).await,
+            }
             clients
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&entry);
         });
+    }
+}
+
+/// Connections in their handshake at once, per export.
+const MAX_HANDSHAKING: usize = 16;
+/// Refusals and failed handshakes are logged at most this often (with a
+/// count of those left out), so a flood does not push real events out of
+/// the volume's bounded event list.
+const REFUSAL_EVENT_EVERY: Duration = Duration::from_secs(10);
+
+/// Rate limit of refusal events.
+#[derive(Debug, Default)]
+struct Throttle {
+    last: Option<std::time::Instant>,
+    left_out: u64,
+}
+
+impl Throttle {
+    /// Whether an event may go out at `now`, and how many were left out
+    /// before it.
+    fn allow(&mut self, now: std::time::Instant) -> Option<u64> {
+        if self
+            .last
+            .is_some_and(|l| now.duration_since(l) < REFUSAL_EVENT_EVERY)
+        {
+            self.left_out += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.left_out))
+    }
+}
+
+fn refused(vol: &Volume, throttle: &std::sync::Mutex<Throttle>, what: String) {
+    vol.count_nbd_refused();
+    let allowed = throttle
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .allow(std::time::Instant::now());
+    match allowed {
+        Some(0) => vol.event(what),
+        Some(n) => vol.event(format!("{what} ({n} more refusals not logged)")),
+        None => {}
+    }
+}
+
+fn show(from: Option<std::net::IpAddr>) -> String {
+    from.map_or_else(|| "the socket".to_string(), |a| a.to_string())
+}
+
+/// The address a client counts under: its IPv4 address, or its IPv6 /64
+/// (one host usually holds a whole /64).
+fn address_key(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => std::net::IpAddr::V4(v4),
+            None => {
+                let mut seg = v6.segments();
+                seg[4..].fill(0);
+                std::net::IpAddr::V6(seg.into())
+            }
+        },
+        v4 => v4,
     }
 }
 
@@ -365,26 +459,6 @@ enum Either<P, T> {
     Plain(P),
     /// Inside TLS.
     Tls(T),
-}
-
-async fn client<S: ClientStream + Sync>(
-    vol: Arc<Volume>,
-    s: S,
-    tls: Option<TlsAcceptor>,
-    me: ClientEntry,
-) {
-    let s = match tokio::time::timeout(HANDSHAKE_LIMIT, handshake(&vol, s, tls)).await {
-        Ok(Ok(Some(s))) => s,
-        Ok(Ok(None)) | Err(_) => return,
-        Ok(Err(e)) => {
-            vol.event(format!("NBD handshake failed: {e:#}"));
-            return;
-        }
-    };
-    match s {
-        Either::Plain(s) => transmit(vol, s, me).await,
-        Either::Tls(t) => transmit(vol, t, me).await,
-    }
 }
 
 /// Serves requests until the client leaves, the volume is demoted, or
@@ -652,5 +726,28 @@ mod tests {
             "the idlest was closed"
         );
         assert!(c.list.iter().any(|x| x.id == busy.id), "the busy one stays");
+    }
+
+    /// Review of issue 15, defect 3: an attacker with an IPv6 /64 had no
+    /// per-address limit, and a flood of refusals filled the event list.
+    #[test]
+    fn a_v6_slash_64_counts_as_one_address_and_refusals_are_throttled() {
+        let a: std::net::IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: std::net::IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        let c: std::net::IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(address_key(a), address_key(b));
+        assert_ne!(address_key(a), address_key(c));
+        let mapped: std::net::IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(
+            address_key(mapped),
+            "192.0.2.7".parse::<std::net::IpAddr>().unwrap()
+        );
+        let mut t = Throttle::default();
+        let t0 = std::time::Instant::now();
+        assert_eq!(t.allow(t0), Some(0));
+        for i in 1..=5 {
+            assert_eq!(t.allow(t0 + Duration::from_secs(i)), None);
+        }
+        assert_eq!(t.allow(t0 + REFUSAL_EVENT_EVERY), Some(5));
     }
 }
