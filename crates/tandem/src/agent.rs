@@ -1239,32 +1239,35 @@ impl Agent {
 
     /// How a lost node's groups are recovered, in plain words.
     fn recovery_text(&self) -> String {
-        let hosts: Vec<&String> = self.topo.hosts().collect();
-        let fenced: Vec<&String> = hosts
-            .iter()
-            .copied()
-            .filter(|h| crate::fence_agent::covers(&self.fence_devices, h))
-            .collect();
-        let leases: Vec<&str> = hosts
-            .iter()
-            .filter(|h| !fenced.contains(h))
-            .map(|h| h.as_str())
-            .collect();
-        if fenced.is_empty() {
-            "leases alone (no fence devices): a lost node's groups start elsewhere once its lease has ended; a node that hangs or is frozen keeps its addresses until it resumes".into()
-        } else if leases.is_empty() {
-            "fencing: a lost node is fenced before its groups start elsewhere".into()
-        } else {
-            format!(
-                "fencing for {}; leases alone for {} (no fence device lists them)",
-                fenced
-                    .iter()
-                    .map(|s| s.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                leases.join(", ")
-            )
+        use tandem_core::handover::Protection;
+        let mut by: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+        let mut watchdog_ms = 0;
+        for (node, p) in self.member.protections() {
+            if let Protection::Watchdog { resets_within_ms } = p {
+                watchdog_ms = watchdog_ms.max(resets_within_ms);
+            }
+            by.entry(p.kind()).or_default().push(node);
         }
+        let mut parts = Vec::new();
+        if let Some(n) = by.get("fence-device") {
+            parts.push(format!(
+                "fencing for {} (fenced before their groups start elsewhere)",
+                n.join(", ")
+            ));
+        }
+        if let Some(n) = by.get("watchdog") {
+            parts.push(format!(
+                "watchdog for {} (their groups start elsewhere {watchdog_ms} ms after their lease)",
+                n.join(", ")
+            ));
+        }
+        if let Some(n) = by.get("leases-alone") {
+            parts.push(format!(
+                "leases alone for {} (groups start elsewhere once the lease ended; a node that hangs, or whose agent and guard are both killed, keeps its addresses)",
+                n.join(", ")
+            ));
+        }
+        parts.join("; ")
     }
 
     fn groups_status(&self) -> Vec<GroupStatus> {

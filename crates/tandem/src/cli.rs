@@ -59,8 +59,10 @@ pub enum Command {
         #[command(flatten)]
         recovery: StateRecovery,
     },
-    /// Show nodes, links, quorum, the record's leader and epoch, dropped
-    /// packets and recent events, as the local agent sees them.
+    /// Show nodes, links, quorum, the record's leader and epoch, what
+    /// protects each node when it goes silent (fence device, watchdog or
+    /// leases alone), dropped packets and recent events, as the local agent
+    /// sees them.
     Status {
         /// Print the agent's answer as JSON.
         #[arg(long)]

@@ -108,6 +108,22 @@ fn machine_checks(cfg: &Config) -> Vec<(Severity, String)> {
     for (sev, text) in crate::fence_agent::check_devices(cfg) {
         out.push((sev, text));
     }
+    // A TLS export's credentials, as the agent of a node with a copy
+    // loads them at its start.
+    for v in &cfg.file.volumes {
+        let (Some(_), Some(dir)) = (&v.nbd_tcp, &v.nbd_tls) else {
+            continue;
+        };
+        if let Err(e) = crate::volume::nbd_tls::NbdTls::load(dir.get_ref()) {
+            out.push((
+                Severity::Error,
+                format!(
+                    "volume `{}`: the NBD export's TLS credentials on this machine: {e:#}; the agent of a node with a copy refuses to start",
+                    v.name.get_ref()
+                ),
+            ));
+        }
+    }
     out
 }
 

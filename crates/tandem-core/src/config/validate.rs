@@ -486,7 +486,9 @@ pub(super) fn validate(
 
 /// A floating address on a node that neither a fence device nor a
 /// required watchdog protects stays there if the node's agent and guard
-/// are both killed, while it also starts elsewhere: warn.
+/// are both killed (or the node hangs), while the group also starts
+/// elsewhere: warn once, naming the groups and the nodes that can run
+/// them.
 fn check_protection(
     c: &mut Checker<'_>,
     file: &ConfigFile,
@@ -501,30 +503,43 @@ fn check_protection(
         .iter()
         .flat_map(|d| d.hosts.get_ref().keys().map(|k| k.get_ref().as_str()))
         .collect();
-    let bare: Vec<&str> = file
-        .nodes
-        .iter()
-        .map(|n| n.name.get_ref().as_str())
-        .filter(|n| !fenced.contains(n))
-        .collect();
-    if bare.is_empty() {
-        return;
-    }
+    let mut groups = Vec::new();
+    let mut bare: BTreeSet<&str> = BTreeSet::new();
+    let mut first = None;
     for (g, rs) in file.groups.iter().zip(resources) {
         if !rs.iter().any(|r| matches!(r, ResourceSpec::Ip { .. })) {
             continue;
         }
-        c.warn(
-            span(&g.name),
-            format!(
-                "group `{}` has a floating address, and {} {} neither a fence device nor a required watchdog: if a node's agent and guard are both killed, the address stays there while it also starts elsewhere",
-                g.name.get_ref(),
-                bare.join(", "),
-                if bare.len() == 1 { "has" } else { "have" }
-            ),
-            "add a `[[fence_device]]` that lists them, or `[watchdog] required = true` on nodes with a watchdog device (a silent node's groups then wait for its lease, stop_grace_ms and timeout_s)",
-        );
+        let conf = confinement(file, rs);
+        let exposed: Vec<&str> = file
+            .nodes
+            .iter()
+            .map(|n| n.name.get_ref().as_str())
+            .filter(|n| !fenced.contains(n))
+            .filter(|n| conf.as_ref().map_or(true, |c| c.why_not(n).is_none()))
+            .collect();
+        if exposed.is_empty() {
+            continue;
+        }
+        first.get_or_insert(span(&g.name));
+        groups.push(format!("`{}`", g.name.get_ref()));
+        bare.extend(exposed);
     }
+    let Some(at) = first else {
+        return;
+    };
+    let bare: Vec<&str> = bare.into_iter().collect();
+    c.warn(
+        at,
+        format!(
+            "group{} {} {} a floating address that can run on {}, which no fence device lists, and no watchdog is required: if a node's agent and guard are both killed (or the node hangs), the address stays on it while the group starts on another node",
+            if groups.len() == 1 { "" } else { "s" },
+            groups.join(", "),
+            if groups.len() == 1 { "has" } else { "have" },
+            bare.join(", ")
+        ),
+        "add a `[[fence_device]]` that lists those nodes, or give every node a watchdog device and set `[watchdog] required = true` (a silent node's groups then start elsewhere once its lease, stop_grace_ms and twice timeout_s have passed)",
+    );
 }
 
 /// Who may reach a volume's TCP export: loopback, TLS with client
@@ -876,7 +891,7 @@ fn check_quorum(c: &mut Checker<'_>, file: &ConfigFile) {
         c.error(span(&file.nodes[1].name), "two nodes with neither a witness nor `two_node = true`: when one node fails the other has no quorum and nothing fails over", "add `witness = \"ADDRESS:PORT\"` (a `tandem witness` on a third machine) or `two_node = true` with fencing under [quorum]");
     }
     if two_node && n == 2 && q.witness.is_none() && file.fence_devices.is_empty() {
-        c.warn(q.two_node.as_ref().and_then(span), "two nodes with neither a witness nor fencing: a partition can only be resolved by waiting for leases, and a hung node is never reset", "add a [[fence_device]] for each node, or a witness");
+        c.warn(q.two_node.as_ref().and_then(span), "two nodes with neither a witness nor fencing: a partition can only be resolved by waiting for leases, and a hung node is never reset (a required watchdog does not replace fencing here: the survivor keeps quorum only by fencing its peer)", "add a [[fence_device]] for each node, or a witness");
     }
     if n > MAX_VOTERS {
         c.warn(
