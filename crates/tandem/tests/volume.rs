@@ -998,3 +998,171 @@ fn nbd_export_open_to_the_lan_is_served_only_over_tls_with_a_client_certificate(
     );
     println!("TLS export: qemu-io wrote 64 KiB, qemu-img info and nbdcopy read it back over TLS; 5 clients refused");
 }
+
+/// A man in the middle of the replication link, inside n2's namespace:
+/// nftables sends the dialer's connection to n2:7789 to a proxy, which
+/// forwards it to the acceptor and, when asked, injects one forged frame
+/// (a well-formed header, random body and tag) at a frame boundary after
+/// the handshake.
+struct LinkMitm {
+    inject: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    injected: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+const MITM_PORT: u16 = 17789;
+
+impl LinkMitm {
+    fn start(ns: &str, addr: std::net::Ipv4Addr) -> LinkMitm {
+        use std::sync::atomic::{AtomicBool, AtomicU64};
+        use std::sync::Arc;
+        let rules = format!(
+            "table ip tandem_mitm {{\n chain prerouting {{\n  type nat hook prerouting priority -100;\n  ip daddr {addr} tcp dport 7789 dnat to {addr}:{MITM_PORT}\n }}\n}}\n"
+        );
+        let mut nft = Command::new("ip")
+            .args(["netns", "exec", ns, "nft", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        {
+            use std::io::Write;
+            nft.stdin
+                .take()
+                .unwrap()
+                .write_all(rules.as_bytes())
+                .unwrap();
+        }
+        assert!(nft.wait().unwrap().success(), "nft");
+        let m = LinkMitm {
+            inject: Arc::new(AtomicBool::new(false)),
+            injected: Arc::new(AtomicU64::new(0)),
+            stop: Arc::new(AtomicBool::new(false)),
+        };
+        let (inject, injected, stop) = (m.inject.clone(), m.injected.clone(), m.stop.clone());
+        let ns = ns.to_string();
+        std::thread::spawn(move || {
+            tandem_testbed::sys::enter_netns(&ns).unwrap();
+            let l = std::net::TcpListener::bind((addr, MITM_PORT)).unwrap();
+            l.set_nonblocking(true).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(900);
+            let mut conns = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                && Instant::now() < deadline
+                && conns < 32
+            {
+                let Ok((down, _)) = l.accept() else {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                };
+                conns += 1;
+                down.set_nonblocking(false).unwrap();
+                let Ok(up) = std::net::TcpStream::connect((addr, 7789)) else {
+                    continue;
+                };
+                let (d2, u2) = (down.try_clone().unwrap(), up.try_clone().unwrap());
+                // Acceptor to dialer: as it comes.
+                std::thread::spawn(move || {
+                    let (mut r, mut w) = (u2, d2);
+                    let _ = std::io::copy(&mut r, &mut w);
+                    let _ = w.shutdown(std::net::Shutdown::Both);
+                });
+                let (inject, injected) = (inject.clone(), injected.clone());
+                // Dialer to acceptor: frame by frame (Hello and Proof in
+                // the clear, then sealed frames with a 16-byte tag).
+                std::thread::spawn(move || {
+                    use std::io::{Read, Write};
+                    let (mut r, mut w) = (down, up);
+                    let mut frames = 0u64;
+                    loop {
+                        if frames >= 2 && inject.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                            let mut forged = vec![0x05u8];
+                            forged.extend_from_slice(&4096u32.to_be_bytes());
+                            let mut body = vec![0u8; 4096 + 16];
+                            rand::thread_rng().fill_bytes(&mut body);
+                            forged.extend_from_slice(&body);
+                            if w.write_all(&forged).is_err() {
+                                break;
+                            }
+                            injected.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        }
+                        let mut h = [0u8; 5];
+                        if r.read_exact(&mut h).is_err() {
+                            break;
+                        }
+                        let len = u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize
+                            + if frames >= 2 { 16 } else { 0 };
+                        let mut body = vec![0u8; len];
+                        if r.read_exact(&mut body).is_err()
+                            || w.write_all(&h).is_err()
+                            || w.write_all(&body).is_err()
+                        {
+                            break;
+                        }
+                        frames += 1;
+                    }
+                    let _ = w.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        m
+    }
+}
+
+impl Drop for LinkMitm {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Issue 15, defect 5: after the handshake no replication frame was
+/// authenticated, so anyone on the path could inject blocks. A man in the
+/// middle of the live link injects a forged block: the secondary refuses
+/// and counts it, drops the connection, the link comes back, and both
+/// copies stay identical.
+#[test]
+fn forged_block_on_a_live_replication_link_is_refused_and_counted() {
+    use std::sync::atomic::Ordering;
+    if !require_root("forged_block_on_a_live_replication_link_is_refused_and_counted") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let mut shape = ClusterShape::nodes(2);
+    shape.witness = true;
+    shape.extra = agents::volume_config(dir.path(), "16MiB", "", true);
+    let c = AgentCluster::prepare(TANDEM, &shape).unwrap();
+    let mitm = LinkMitm::start(&c.bed.node_ns(2), c.bed.address(2, "sync"));
+    let mut v = Vol { c, dir };
+    v.c.create_volume_copies("data", 1).unwrap();
+    v.c.start_members().unwrap();
+    v.wait_group_on(1);
+    v.wait_in_sync();
+    v.client("qemu-io", &["-f", "raw", "-c", "write -P 0x11 0 1M", URI]);
+    mitm.inject.store(true, Ordering::SeqCst);
+    // Writes make frames; one of them follows the forged one.
+    let deadline = Instant::now() + GENEROUS;
+    let mut round = 0u64;
+    while mitm.injected.load(Ordering::SeqCst) == 0 && Instant::now() < deadline {
+        let cmd = format!("write -P 0x22 {}k 64k", (round % 64) * 64);
+        v.client("qemu-io", &["-f", "raw", "-c", &cmd, URI]);
+        round += 1;
+    }
+    assert_eq!(mitm.injected.load(Ordering::SeqCst), 1, "nothing injected");
+    v.wait_volume(2, "the forged frame counted", |vol| {
+        vol["counters"]["frames_forged"].as_u64().unwrap_or(0) >= 1
+    });
+    v.wait_in_sync();
+    v.client("qemu-io", &["-f", "raw", "-c", "write -P 0x33 2M 1M", URI]);
+    v.wait_in_sync();
+    let vol = v.volume(2).unwrap();
+    let a = std::fs::read(v.dir.path().join("n1.img")).unwrap();
+    let b = std::fs::read(v.dir.path().join("n2.img")).unwrap();
+    println!(
+        "forged frames injected 1, counted on n2 {}, link {}, copies identical: {}",
+        vol["counters"]["frames_forged"],
+        vol["link"],
+        a == b
+    );
+    assert!(a == b, "the copies differ");
+    assert_eq!(vol["link"], "Connected");
+}
