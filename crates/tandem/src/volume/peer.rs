@@ -262,13 +262,26 @@ impl SealedReader {
         let mut body = super::stream::read_payload(&mut self.rd, &[], len + seal::TAG_LEN)
             .await
             .context("reading from the peer")?;
-        let msg = match self.dir.open(&h, &mut body) {
-            Ok(plain) => link::decode(h[0], plain).map_err(anyhow::Error::from),
+        let plain_len = match self.dir.open(&h, &mut body) {
+            Ok(plain) => plain.len(),
             Err(e) => {
                 forged();
-                Err(anyhow::Error::from(e))
+                super::buffers::give(body);
+                return Err(anyhow::Error::from(e));
             }
         };
+        // Bulk data stays in the (pooled) buffer it was read and opened
+        // in: only its fixed fields move out, and the data moves down
+        // over them (no second buffer, no fresh allocation per frame).
+        if let Some(p) = link::bulk_prefix(h[0]).filter(|p| *p <= plain_len) {
+            let mut prefix = [0u8; 32];
+            let prefix = &mut prefix[..p];
+            prefix.copy_from_slice(&body[..p]);
+            body.truncate(plain_len);
+            body.drain(..p);
+            return link::decode_bulk(h[0], prefix, body).map_err(anyhow::Error::from);
+        }
+        let msg = link::decode(h[0], &body[..plain_len]).map_err(anyhow::Error::from);
         super::buffers::give(body);
         msg
     }
