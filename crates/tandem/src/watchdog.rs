@@ -379,20 +379,27 @@ mod tests {
         );
     }
 
+    /// A FIFO in `dir` standing in for the device (no watchdog driver
+    /// here), and its reading end: every byte written to it is a feed.
+    fn fifo_device(dir: &std::path::Path) -> (PathBuf, File) {
+        let fifo = dir.join("wd");
+        let c = std::ffi::CString::new(fifo.to_string_lossy().as_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let reader = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+            .unwrap();
+        (fifo, reader)
+    }
+
     /// A FIFO stands in for the device (no watchdog driver here): every
     /// byte written to it is a feed.
     #[test]
     fn feeds_while_the_rule_says_so_and_disarms_with_the_magic_close() {
         let dir = tempfile::tempdir().unwrap();
-        let fifo = dir.path().join("wd");
-        let c = std::ffi::CString::new(fifo.to_string_lossy().as_bytes()).unwrap();
-        // SAFETY: a valid NUL-terminated path.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-        let mut reader = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(&fifo)
-            .unwrap();
+        let (fifo, mut reader) = fifo_device(dir.path());
         let mut w = Watchdog::open(
             Some(&spec(fifo, false)),
             Some(dir.path().join("exposure.json")),
@@ -440,15 +447,7 @@ mod tests {
     #[test]
     fn a_restarted_agent_carries_on_the_grace_of_the_one_before() {
         let dir = tempfile::tempdir().unwrap();
-        let fifo = dir.path().join("wd");
-        let c = std::ffi::CString::new(fifo.to_string_lossy().as_bytes()).unwrap();
-        // SAFETY: a valid NUL-terminated path.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-        let _reader = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(&fifo)
-            .unwrap();
+        let (fifo, _reader) = fifo_device(dir.path());
         let exposure = dir.path().join("exposure.json");
         let mut w =
             Watchdog::open(Some(&spec(fifo.clone(), false)), Some(exposure.clone())).unwrap();

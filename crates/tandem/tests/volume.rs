@@ -54,6 +54,27 @@ impl Vol {
         v
     }
 
+    /// A 16 MiB volume on n1 and n2 with a witness, `edit` applied to the
+    /// configuration and `before` run on the prepared cluster; started,
+    /// with the group on n1 and both copies in sync.
+    fn started_with(
+        edit: impl FnOnce(String) -> String,
+        before: impl FnOnce(&AgentCluster),
+    ) -> Vol {
+        let dir = tempfile::tempdir().unwrap();
+        let mut shape = ClusterShape::nodes(2);
+        shape.witness = true;
+        shape.extra = edit(agents::volume_config(dir.path(), "16MiB", "", true));
+        let c = AgentCluster::prepare(TANDEM, &shape).unwrap();
+        before(&c);
+        let mut v = Vol { c, dir };
+        v.c.create_volume_copies("data", 1).unwrap();
+        v.c.start_members().unwrap();
+        v.wait_group_on(1);
+        v.wait_in_sync();
+        v
+    }
+
     fn volume(&self, n: usize) -> Option<Value> {
         let s = self.c.status(n)?;
         s["volumes"].as_array()?.first().cloned()
@@ -806,19 +827,16 @@ fn default_nbd_export_is_a_root_only_socket_unreachable_from_the_network() {
         return;
     }
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let dir = tempfile::tempdir().unwrap();
-    let mut shape = ClusterShape::nodes(2);
-    shape.witness = true;
-    shape.extra = agents::volume_config(dir.path(), "16MiB", "", true)
-        .replace("nbd_tcp = \"0.0.0.0:10809\"\n", "")
-        .replace("nbd_insecure = true\n", "");
-    assert!(!shape.extra.contains("nbd_tcp"));
-    let c = AgentCluster::prepare(TANDEM, &shape).unwrap();
-    let mut v = Vol { c, dir };
-    v.c.create_volume_copies("data", 1).unwrap();
-    v.c.start_members().unwrap();
-    v.wait_group_on(1);
-    v.wait_in_sync();
+    let v = Vol::started_with(
+        |cfg| {
+            let cfg = cfg
+                .replace("nbd_tcp = \"0.0.0.0:10809\"\n", "")
+                .replace("nbd_insecure = true\n", "");
+            assert!(!cfg.contains("nbd_tcp"));
+            cfg
+        },
+        |_| {},
+    );
     let sock = v.c.state_dir(1).join("run/data.nbd");
     let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "{}", sock.display());
@@ -859,37 +877,35 @@ fn nbd_export_open_to_the_lan_is_served_only_over_tls_with_a_client_certificate(
         return;
     }
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let dir = tempfile::tempdir().unwrap();
-    let ca = Ca::create(&dir.path().join("ca"), "tandem-test-ca").unwrap();
+    let certs = tempfile::tempdir().unwrap();
+    let ca = Ca::create(&certs.path().join("ca"), "tandem-test-ca").unwrap();
     let server = ca
-        .issue(&dir.path().join("tls-server"), "server", &["10.77.1.100"])
+        .issue(&certs.path().join("tls-server"), "server", &["10.77.1.100"])
         .unwrap();
     let client = ca
-        .issue(&dir.path().join("tls-client"), "client", &[])
+        .issue(&certs.path().join("tls-client"), "client", &[])
         .unwrap();
-    let rogue_ca = Ca::create(&dir.path().join("rogue-ca"), "someone-else").unwrap();
+    let rogue_ca = Ca::create(&certs.path().join("rogue-ca"), "someone-else").unwrap();
     let rogue = rogue_ca
-        .issue(&dir.path().join("tls-rogue"), "client", &[])
+        .issue(&certs.path().join("tls-rogue"), "client", &[])
         .unwrap();
     // The rogue skips checking the server (its directory holds its own
     // CA) and presents a certificate its own CA signed.
-    let no_cert = dir.path().join("tls-no-cert");
+    let no_cert = certs.path().join("tls-no-cert");
     std::fs::create_dir_all(&no_cert).unwrap();
     std::fs::copy(&ca.cert, no_cert.join("ca-cert.pem")).unwrap();
 
-    let mut shape = ClusterShape::nodes(2);
-    shape.witness = true;
-    shape.extra = agents::volume_config(dir.path(), "16MiB", "", true).replace(
-        "nbd_insecure = true\n",
-        &format!("nbd_tls = \"{}\"\n", server.display()),
+    let v = Vol::started_with(
+        |cfg| {
+            let cfg = cfg.replace(
+                "nbd_insecure = true\n",
+                &format!("nbd_tls = \"{}\"\n", server.display()),
+            );
+            assert!(cfg.contains("nbd_tls") && !cfg.contains("nbd_insecure"));
+            cfg
+        },
+        |_| {},
     );
-    assert!(shape.extra.contains("nbd_tls") && !shape.extra.contains("nbd_insecure"));
-    let c = AgentCluster::prepare(TANDEM, &shape).unwrap();
-    let mut v = Vol { c, dir };
-    v.c.create_volume_copies("data", 1).unwrap();
-    v.c.start_members().unwrap();
-    v.wait_group_on(1);
-    v.wait_in_sync();
 
     let qemu_tls = |d: &Path| format!("tls-creds-x509,id=tls0,endpoint=client,dir={}", d.display());
     let image = "driver=nbd,host=10.77.1.100,port=10809,export=data,tls-creds=tls0";
@@ -1126,17 +1142,12 @@ fn forged_block_on_a_live_replication_link_is_refused_and_counted() {
         return;
     }
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let dir = tempfile::tempdir().unwrap();
-    let mut shape = ClusterShape::nodes(2);
-    shape.witness = true;
-    shape.extra = agents::volume_config(dir.path(), "16MiB", "", true);
-    let c = AgentCluster::prepare(TANDEM, &shape).unwrap();
-    let mitm = LinkMitm::start(&c.bed.node_ns(2), c.bed.address(2, "sync"));
-    let mut v = Vol { c, dir };
-    v.c.create_volume_copies("data", 1).unwrap();
-    v.c.start_members().unwrap();
-    v.wait_group_on(1);
-    v.wait_in_sync();
+    let mut mitm = None;
+    let v = Vol::started_with(
+        |cfg| cfg,
+        |c| mitm = Some(LinkMitm::start(&c.bed.node_ns(2), c.bed.address(2, "sync"))),
+    );
+    let mitm = mitm.unwrap();
     v.client("qemu-io", &["-f", "raw", "-c", "write -P 0x11 0 1M", URI]);
     mitm.inject.store(true, Ordering::SeqCst);
     // Writes make frames; one of them follows the forged one.
