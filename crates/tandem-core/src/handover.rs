@@ -251,7 +251,7 @@ pub fn strays(record: &Record, nodes: &[NodeView]) -> Vec<Stray> {
     let mut out = Vec::new();
     for n in nodes
         .iter()
-        .filter(|n| !n.silent && n.last_report_ms.is_some())
+        .filter(|n| !n.silent && !n.fenced && n.last_report_ms.is_some())
     {
         for g in &n.active {
             if record.has_intent(g, crate::agreement::Intent::Maintenance) {
@@ -303,12 +303,15 @@ impl StrayWatch {
 
     /// Takes the strays seen now; `bound_ms(group)` is how long a node
     /// may take to stop the group.
+    /// `other_config` names nodes on another configuration than the
+    /// committed one (their stop limits may differ): shown, never fenced.
     pub fn update(
         &mut self,
         now_ms: u64,
         current: Vec<Stray>,
         bound_ms: impl Fn(&str) -> u64,
         nodes: &[NodeView],
+        other_config: &[String],
     ) -> StrayVerdict {
         self.since.retain(|s, _| current.contains(s));
         let mut out = StrayVerdict::default();
@@ -319,14 +322,19 @@ impl StrayWatch {
             let due = if failed.is_some() {
                 since
             } else {
-                since + bound_ms(&s.group)
+                since.saturating_add(bound_ms(&s.group))
             };
             if now_ms < due {
                 out.due_ms = Some(out.due_ms.map_or(due, |d: u64| d.min(due)));
                 continue;
             }
             let listed = node.is_some_and(|n| n.fence_required);
-            let what = if listed {
+            let what = if other_config.contains(&s.node) {
+                format!(
+                    "{} runs another configuration than the committed one, so it is not fenced for this: stop it there by hand",
+                    s.node
+                )
+            } else if listed {
                 if !out.fence.contains(&s.node) {
                     out.fence.push(s.node.clone());
                 }
@@ -699,25 +707,25 @@ mod tests {
             }]
         );
         let mut w = StrayWatch::default();
-        let v = w.update(1_000, found.clone(), |_| 5_000, &nodes);
+        let v = w.update(1_000, found.clone(), |_| 5_000, &nodes, &[]);
         assert!(v.fence.is_empty() && v.notes.is_empty(), "{v:?}");
         assert_eq!(v.due_ms, Some(6_000));
-        let v = w.update(5_999, found.clone(), |_| 5_000, &nodes);
+        let v = w.update(5_999, found.clone(), |_| 5_000, &nodes, &[]);
         assert!(v.fence.is_empty(), "{v:?}");
-        let v = w.update(6_000, found.clone(), |_| 5_000, &nodes);
+        let v = w.update(6_000, found.clone(), |_| 5_000, &nodes, &[]);
         assert_eq!(v.fence, vec!["n3".to_string()]);
         assert!(v.notes["web"].contains("STRAY"), "{v:?}");
         // Without a device: shown, with what to do.
         let bare = [running("n2", false), running("n3", false)];
-        let v = w.update(7_000, found.clone(), |_| 5_000, &bare);
+        let v = w.update(7_000, found.clone(), |_| 5_000, &bare, &[]);
         assert!(
             v.fence.is_empty() && v.notes["web"].contains("by hand"),
             "{v:?}"
         );
         // Stopped: forgotten, and a new stray starts its bound afresh.
-        let v = w.update(8_000, vec![], |_| 5_000, &nodes);
+        let v = w.update(8_000, vec![], |_| 5_000, &nodes, &[]);
         assert_eq!(v, StrayVerdict::default());
-        let v = w.update(8_001, found, |_| 5_000, &nodes);
+        let v = w.update(8_001, found, |_| 5_000, &nodes, &[]);
         assert_eq!(v.due_ms, Some(13_001));
         // A stop reported failed: at once, and the sighting holds while
         // the retries flip the state (still active throughout).
@@ -729,12 +737,31 @@ mod tests {
         };
         let mut w = StrayWatch::default();
         let nodes_failed = [running("n2", false), failing(true)];
-        let v = w.update(20_000, strays(&r, &nodes_failed), |_| 5_000, &nodes_failed);
+        let v = w.update(
+            20_000,
+            strays(&r, &nodes_failed),
+            |_| 5_000,
+            &nodes_failed,
+            &[],
+        );
         assert_eq!(v.fence, vec!["n3".to_string()]);
         assert!(v.notes["web"].contains("stop timed out"), "{v:?}");
+        // On another configuration: shown, not fenced.
+        let mut w2 = StrayWatch::default();
+        let v = w2.update(
+            20_000,
+            strays(&r, &nodes_failed),
+            |_| 5_000,
+            &nodes_failed,
+            &["n3".to_string()],
+        );
+        assert!(
+            v.fence.is_empty() && v.notes["web"].contains("another configuration"),
+            "{v:?}"
+        );
         // A new leader starts afresh.
         w.clear();
-        let v = w.update(20_001, strays(&r, &nodes), |_| 5_000, &nodes);
+        let v = w.update(20_001, strays(&r, &nodes), |_| 5_000, &nodes, &[]);
         assert_eq!(v.due_ms, Some(25_001));
         // Not applied yet, or in maintenance: not a stray.
         let behind = [running("n2", false), view("n3", Some(1000), &["web"], 0)];

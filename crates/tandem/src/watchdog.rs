@@ -18,6 +18,15 @@ use tandem_core::watchdog::{Feeder, Verdict};
 const WDIOC_SETTIMEOUT: libc::c_ulong = 0xC004_5706;
 /// `WDIOC_GETTIMEOUT`: `_IOR('W', 7, int)`.
 const WDIOC_GETTIMEOUT: libc::c_ulong = 0x8004_5707;
+/// `WDIOC_GETSUPPORT`: `_IOR('W', 0, struct watchdog_info)` (40 bytes).
+const WDIOC_GETSUPPORT: libc::c_ulong = 0x8028_5700;
+/// `WDIOF_MAGICCLOSE` in `watchdog_info.options`: the device stops only
+/// after the magic `V`; a holder that dies without it leaves it counting.
+const WDIOF_MAGICCLOSE: u32 = 0x0100;
+/// How often the rule is looked at again while the device is not fed
+/// (starving, or a feed failed): often enough to resume in time, without
+/// spinning the agent's loop.
+const RECHECK_MS: u64 = 100;
 
 /// Feeds are at least this far apart (a write per loop pass would be
 /// hundreds a second for nothing).
@@ -54,7 +63,15 @@ pub struct Watchdog {
     /// Where the exposure (without a lease, something active) is kept
     /// for a restarted agent, and what it last held.
     exposure_file: Option<PathBuf>,
-    written_exposure: Option<u64>,
+    /// The exposure's start as the file holds it (this boot's
+    /// CLOCK_MONOTONIC ms), once written or found at start: kept as it
+    /// is while the exposure lasts, however often the agent restarts.
+    exposure_since_mono: Option<u64>,
+    /// The exposure could not be recorded: not fed until it ends (a
+    /// restarted agent would otherwise start a fresh grace).
+    unrecorded: bool,
+    /// When the rule was last looked at (agent clock).
+    last_check_ms: u64,
 }
 
 /// The exposure a restarted agent carries on from: since when (this
@@ -66,18 +83,23 @@ struct Exposure {
     since_mono_ms: u64,
 }
 
-/// How long the node has been exposed according to `path` (0 if not,
-/// or since another boot).
-fn carried_exposure_ms(path: &std::path::Path) -> u64 {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return 0;
-    };
-    match serde_json::from_str::<Exposure>(&text) {
-        Ok(e) if e.boot_id == crate::guard::boot_id() => {
-            crate::guard::mono_ms().saturating_sub(e.since_mono_ms)
-        }
-        _ => 0,
-    }
+/// The exposure's start recorded in `path`, if any, and of this boot.
+fn recorded_exposure(path: &std::path::Path) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let e = serde_json::from_str::<Exposure>(&text).ok()?;
+    (e.boot_id == crate::guard::boot_id()).then_some(e.since_mono_ms)
+}
+
+/// Whether a device that stops only after the magic close (so a holder
+/// killed without it leaves it counting). A device that stops on any close
+/// is disarmed by a kill -9 of the agent: it cannot be counted as a fence.
+fn stops_only_on_magic_close(f: &File) -> bool {
+    let mut info = [0u8; 40];
+    // SAFETY: WDIOC_GETSUPPORT writes one 40-byte `struct watchdog_info`
+    // through the pointer, which lives for the call.
+    let rc = unsafe { libc::ioctl(f.as_raw_fd(), WDIOC_GETSUPPORT as _, info.as_mut_ptr()) };
+    let options = u32::from_ne_bytes([info[0], info[1], info[2], info[3]]);
+    rc == 0 && options & WDIOF_MAGICCLOSE != 0
 }
 
 impl Watchdog {
@@ -85,17 +107,19 @@ impl Watchdog {
     /// error unless the configuration requires it. `exposure_file` keeps
     /// the feeding rule's exposure across agent restarts.
     pub fn open(spec: Option<&WatchdogSpec>, exposure_file: Option<PathBuf>) -> Result<Watchdog> {
-        let carried = exposure_file.as_deref().map_or(0, carried_exposure_ms);
+        let exposure_since_mono = exposure_file.as_deref().and_then(recorded_exposure);
         let mut w = Watchdog {
             spec: spec.cloned(),
             file: None,
-            feeder: Feeder::carrying(spec.map_or(0, |s| s.stop_grace_ms), carried),
+            feeder: Feeder::new(spec.map_or(0, |s| s.stop_grace_ms)),
             last_feed_ms: None,
             starving: None,
             failure: None,
             own_timeout: false,
             exposure_file,
-            written_exposure: None,
+            exposure_since_mono,
+            unrecorded: false,
+            last_check_ms: 0,
         };
         let Some(spec) = spec else {
             return Ok(w);
@@ -127,10 +151,16 @@ impl Watchdog {
                 // The driver writes back the timeout it set (it may round
                 // up): longer than asked is not what the leader counts on.
                 w.own_timeout = rc != 0 || i64::from(t) > i64::from(spec.timeout_s);
+                if spec.required && !stops_only_on_magic_close(&f) {
+                    bail!(
+                        "the watchdog is required (it counts as a fence), but {} does not say it stops only after the magic close: a kill -9 of the agent could disarm it; use a driver with WDIOF_MAGICCLOSE (softdog has it), or set `[watchdog] required = false`",
+                        spec.device.display()
+                    );
+                }
                 if spec.required && w.own_timeout {
                     bail!(
                         "the watchdog is required (the cluster counts a silent node as reset {} ms after its lease), but {} did not take timeout_s = {} ({}): set `[watchdog] timeout_s` to a value the device supports",
-                        spec.stop_grace_ms + u64::from(spec.timeout_s) * 1_000,
+                        spec.resets_within_ms().unwrap_or(0),
                         spec.device.display(),
                         spec.timeout_s,
                         if rc != 0 {
@@ -178,37 +208,43 @@ impl Watchdog {
         self.spec.as_ref()?.resets_within_ms()
     }
 
-    /// Keeps the feeding rule's exposure where a restarted agent finds it
-    /// (written when it starts, removed when it ends; best effort: a
-    /// failure only costs the carry-over).
-    fn keep_exposure(&mut self, now_ms: u64) {
+    /// Keeps the feeding rule's exposure where a restarted agent finds it:
+    /// its start is written once when it begins (or kept as a previous
+    /// agent wrote it), and the file removed when it ends. False when it
+    /// could not be recorded.
+    fn keep_exposure(&mut self, now_ms: u64) -> bool {
         let Some(path) = &self.exposure_file else {
-            return;
+            return true;
         };
-        let since = self.feeder.exposure().map(|(s, carried)| {
-            crate::guard::mono_ms()
-                .saturating_sub(now_ms.saturating_sub(s))
-                .saturating_sub(carried)
-        });
-        if since == self.written_exposure {
-            return;
-        }
-        let done = match since {
-            Some(since_mono_ms) => serde_json::to_vec(&Exposure {
-                boot_id: crate::guard::boot_id(),
-                since_mono_ms,
-            })
-            .map_err(anyhow::Error::from)
-            .and_then(|b| {
-                crate::atomic_file::replace(path, &b, crate::atomic_file::Durability::ThisBoot)
-            }),
-            None => match std::fs::remove_file(path) {
-                Err(e) if e.kind() != ErrorKind::NotFound => Err(e.into()),
-                _ => Ok(()),
-            },
-        };
-        if done.is_ok() {
-            self.written_exposure = since;
+        match (self.feeder.exposure(), self.exposure_since_mono) {
+            (Some(_), Some(_)) => !self.unrecorded,
+            (Some((since, carried)), None) => {
+                let since_mono_ms = crate::guard::mono_ms()
+                    .saturating_sub(now_ms.saturating_sub(since))
+                    .saturating_sub(carried);
+                let written = serde_json::to_vec(&Exposure {
+                    boot_id: crate::guard::boot_id(),
+                    since_mono_ms,
+                })
+                .map_err(anyhow::Error::from)
+                .and_then(|b| {
+                    crate::atomic_file::replace(path, &b, crate::atomic_file::Durability::ThisBoot)
+                });
+                self.exposure_since_mono = Some(since_mono_ms);
+                self.unrecorded = written.is_err();
+                !self.unrecorded
+            }
+            (None, Some(_)) => {
+                match std::fs::remove_file(path) {
+                    Err(e) if e.kind() != ErrorKind::NotFound => {}
+                    _ => {
+                        self.exposure_since_mono = None;
+                        self.unrecorded = false;
+                    }
+                }
+                true
+            }
+            (None, None) => true,
         }
     }
 
@@ -216,8 +252,20 @@ impl Watchdog {
     /// when the watchdog starts or stops being fed, or a feed fails.
     pub fn tick(&mut self, now_ms: u64, lease_valid: bool, active: bool) -> Option<String> {
         self.file.as_ref()?;
-        let verdict = self.feeder.verdict(now_ms, lease_valid, active);
-        self.keep_exposure(now_ms);
+        self.last_check_ms = now_ms;
+        // A previous agent's exposure carries on from where it began (as
+        // recorded), not from this agent's start.
+        if let (None, Some(since)) = (self.feeder.exposure(), self.exposure_since_mono) {
+            let carried = crate::guard::mono_ms().saturating_sub(since);
+            self.feeder =
+                Feeder::carrying(self.spec.as_ref().map_or(0, |s| s.stop_grace_ms), carried);
+        }
+        let mut verdict = self.feeder.verdict(now_ms, lease_valid, active);
+        if !self.keep_exposure(now_ms) {
+            verdict = Verdict::Starve {
+                reason: "the exposure could not be recorded for a restarted agent (is the state directory full?)".into(),
+            };
+        }
         let file = self.file.as_mut()?;
         match verdict {
             Verdict::Starve { reason } => {
@@ -256,13 +304,14 @@ impl Watchdog {
         }
     }
 
-    /// When the next feed is due (agent clock), if armed.
+    /// When the next feed is due (agent clock), if armed; while it is not
+    /// fed (starving, or a feed failed), when to look at the rule again.
     pub fn next_deadline(&self) -> Option<u64> {
         self.file.as_ref()?;
-        Some(
-            self.last_feed_ms
-                .map_or(0, |t| t + feed_interval_ms(self.spec.as_ref())),
-        )
+        let due = self
+            .last_feed_ms
+            .map_or(0, |t| t + feed_interval_ms(self.spec.as_ref()));
+        Some(due.max(self.last_check_ms + RECHECK_MS))
     }
 
     /// A clean stop with nothing active: tells the device to stop (the

@@ -900,15 +900,23 @@ impl Member {
         // A node on another configuration may have other stop limits: it
         // is shown, never fenced, for a stray.
         let committed = self.agreement.record().config_hash.clone();
-        let mut views = self.node_views();
-        for (v, id) in views.iter_mut().zip(&self.groups.host_ids) {
-            let other = self
-                .reports
-                .get(id)
-                .is_some_and(|r| !r.report.config.is_empty() && r.report.config != committed);
-            if other {
-                v.fence_required = false;
-            }
+        let views = self.node_views();
+        let other_config: Vec<String> = self
+            .groups
+            .hosts
+            .iter()
+            .zip(&self.groups.host_ids)
+            .filter(|(_, id)| {
+                self.reports
+                    .get(id)
+                    .is_some_and(|r| !r.report.config.is_empty() && r.report.config != committed)
+            })
+            .map(|(h, _)| h.clone())
+            .collect();
+        // A new term starts every bound afresh.
+        if self.strays_term != self.agreement.term() {
+            self.strays.clear();
+            self.strays_term = self.agreement.term();
         }
         let me = self.spec.me;
         let my_name = self
@@ -947,9 +955,10 @@ impl Member {
                     .get(g)
                     .copied()
                     .unwrap_or(super::DEFAULT_STOP_BOUND_MS)
-                    + deadtime
+                    .saturating_add(deadtime)
             },
             &views,
+            &other_config,
         );
         for (g, note) in verdict.notes {
             self.waiting.insert(g, note);
@@ -976,7 +985,11 @@ impl Member {
         {
             self.waiting.clear();
             self.lead_due_ms = None;
-            self.strays.clear();
+            // Sightings last while this member leads in this term (a
+            // proposal in flight only pauses them).
+            if self.agreement.role() != Role::Leader {
+                self.strays.clear();
+            }
             return;
         }
         let now = self.now_ms;

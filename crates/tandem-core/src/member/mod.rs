@@ -476,6 +476,8 @@ pub struct Member {
     pending_fence_logs: std::collections::VecDeque<Command>,
     /// Groups heard nodes run against the record, and since when.
     strays: crate::handover::StrayWatch,
+    /// The term those sightings belong to.
+    strays_term: u64,
     /// This node arms a required watchdog that resets it this long after
     /// its lease ended (sent in reports).
     own_watchdog_reset_ms: Option<u64>,
@@ -573,6 +575,7 @@ impl Member {
             fence_retry: BTreeMap::new(),
             pending_fence_logs: std::collections::VecDeque::new(),
             strays: crate::handover::StrayWatch::default(),
+            strays_term: 0,
             own_watchdog_reset_ms: None,
             bad_mac_from: BTreeMap::new(),
             config_handoff_ms: None,

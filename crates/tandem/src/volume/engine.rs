@@ -183,8 +183,9 @@ pub struct Counters {
     /// the handshake, too many at once, too slow, or a failed proof.
     #[serde(default)]
     pub connections_refused: u64,
-    /// NBD clients refused: a failed handshake (no or a wrong client
-    /// certificate, a plain client on a TLS export...), or no slot free.
+    /// NBD clients refused: a handshake that failed (no or a wrong client
+    /// certificate, a client that hung up on `TLS required`...) or timed
+    /// out, or no slot free (see CONFIG.md, `nbd_tcp`).
     #[serde(default)]
     pub nbd_clients_refused: u64,
 }

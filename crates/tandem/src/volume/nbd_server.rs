@@ -169,6 +169,7 @@ where
 {
     let clients: Arc<std::sync::Mutex<Clients>> = Arc::default();
     let handshaking = Arc::new(Semaphore::new(MAX_HANDSHAKING));
+    let per_address: PerAddress = Arc::default();
     let refusals: Arc<std::sync::Mutex<Throttle>> = Arc::default();
     let mut next_id = 0u64;
     loop {
@@ -176,14 +177,15 @@ where
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
+        let peer = from;
         let from = from.map(address_key);
-        let Ok(permit) = handshaking.clone().try_acquire_owned() else {
+        let Some(slot) = HandshakeSlot::take(&handshaking, &per_address, from) else {
             refused(
                 &vol,
                 &refusals,
                 format!(
-                    "NBD client from {} refused: {MAX_HANDSHAKING} connections are already in their handshake",
-                    show(from)
+                    "NBD client from {} refused: {MAX_HANDSHAKING} connections in their handshake at once, {MAX_HANDSHAKING_PER_ADDRESS} per address",
+                    show(peer)
                 ),
             );
             continue;
@@ -195,13 +197,29 @@ where
         tokio::spawn(async move {
             let s = match tokio::time::timeout(HANDSHAKE_LIMIT, handshake(&vol, s, tls)).await {
                 Ok(Ok(Some(s))) => s,
-                Ok(Ok(None)) | Err(_) => return,
+                Ok(Ok(None)) => return,
                 Ok(Err(e)) => {
-                    refused(&vol, &refusals, format!("NBD handshake failed: {e:#}"));
+                    refused(
+                        &vol,
+                        &refusals,
+                        format!("NBD handshake from {} failed: {e:#}", show(peer)),
+                    );
+                    return;
+                }
+                Err(_) => {
+                    refused(
+                        &vol,
+                        &refusals,
+                        format!(
+                            "NBD client from {} did not finish its handshake within {} s",
+                            show(peer),
+                            HANDSHAKE_LIMIT.as_secs()
+                        ),
+                    );
                     return;
                 }
             };
-            drop(permit);
+            drop(slot);
             let admitted = {
                 let mut c = clients.lock().unwrap_or_else(|p| p.into_inner());
                 c.admit(id, from, std::time::Instant::now())
@@ -212,7 +230,7 @@ where
                     &refusals,
                     format!(
                         "NBD client from {} refused: {MAX_CLIENTS} clients at once, {MAX_CLIENTS_PER_ADDRESS} per address, none idle for {} s",
-                        show(from),
+                        show(peer),
                         IDLE_EVICT_AFTER.as_secs()
                     ),
                 );
@@ -232,6 +250,58 @@ where
 
 /// Connections in their handshake at once, per export.
 const MAX_HANDSHAKING: usize = 16;
+/// Of which from one address (an IPv6 /64 counts as one): one host
+/// cannot take every handshake slot.
+const MAX_HANDSHAKING_PER_ADDRESS: usize = 4;
+
+/// Handshakes under way per address.
+type PerAddress = Arc<std::sync::Mutex<std::collections::BTreeMap<std::net::IpAddr, usize>>>;
+
+/// One connection's place in the handshake limits, given back on drop.
+struct HandshakeSlot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    per_address: PerAddress,
+    from: Option<std::net::IpAddr>,
+}
+
+impl HandshakeSlot {
+    /// A place for a connection from `from`, if the limits allow one.
+    fn take(
+        all: &Arc<Semaphore>,
+        per_address: &PerAddress,
+        from: Option<std::net::IpAddr>,
+    ) -> Option<HandshakeSlot> {
+        let permit = all.clone().try_acquire_owned().ok()?;
+        if let Some(a) = from {
+            let mut m = per_address.lock().unwrap_or_else(|p| p.into_inner());
+            let n = m.entry(a).or_default();
+            if *n >= MAX_HANDSHAKING_PER_ADDRESS {
+                return None;
+            }
+            *n += 1;
+        }
+        Some(HandshakeSlot {
+            _permit: permit,
+            per_address: per_address.clone(),
+            from,
+        })
+    }
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        let Some(a) = self.from else {
+            return;
+        };
+        let mut m = self.per_address.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&a) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&a);
+            }
+        }
+    }
+}
 /// Refusals and failed handshakes are logged at most this often (with a
 /// count of those left out), so a flood does not push real events out of
 /// the volume's bounded event list.
@@ -749,5 +819,26 @@ mod tests {
             assert_eq!(t.allow(t0 + Duration::from_secs(i)), None);
         }
         assert_eq!(t.allow(t0 + REFUSAL_EVENT_EVERY), Some(5));
+    }
+
+    /// Review of issue 15, defect 3: one host holding 16 idle sockets
+    /// blocked every new client. It gets 4 handshakes at once; others
+    /// still get in, and every place is given back.
+    #[test]
+    fn one_address_cannot_take_every_handshake_slot() {
+        let all = Arc::new(Semaphore::new(MAX_HANDSHAKING));
+        let per: PerAddress = Arc::default();
+        let a = Some(address_key("2001:db8::1".parse().unwrap()));
+        let b = Some(address_key("192.0.2.1".parse().unwrap()));
+        let held: Vec<_> = (0..MAX_HANDSHAKING_PER_ADDRESS)
+            .map(|_| HandshakeSlot::take(&all, &per, a).unwrap())
+            .collect();
+        assert!(HandshakeSlot::take(&all, &per, a).is_none());
+        let other = HandshakeSlot::take(&all, &per, b);
+        assert!(other.is_some());
+        drop(held);
+        drop(other);
+        assert!(per.lock().unwrap().is_empty());
+        assert_eq!(all.available_permits(), MAX_HANDSHAKING);
     }
 }
