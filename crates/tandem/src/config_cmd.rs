@@ -276,6 +276,37 @@ fn describe(cfg: &Config) -> String {
             v.size.get_ref().bytes,
             nodes.join(" + ")
         );
+        let socket = v.nbd_socket.as_ref().map_or_else(
+            || format!("<state_dir>/run/{}.nbd", v.name.get_ref()),
+            |p| p.get_ref().display().to_string(),
+        );
+        let tcp = match (&v.nbd_tcp, &v.nbd_tls) {
+            (None, _) => String::new(),
+            (Some(a), Some(dir)) => format!(
+                ", TCP {} over TLS only (credentials {})",
+                a.get_ref(),
+                dir.get_ref().display()
+            ),
+            (Some(a), None) if a.get_ref().ip().is_loopback() => format!(", TCP {}", a.get_ref()),
+            (Some(a), None) => format!(", TCP {} WITHOUT TLS (nbd_insecure)", a.get_ref()),
+        };
+        let _ = writeln!(o, "    NBD export  socket {socket} (root only){tcp}");
     }
+    let watchdog = match &cfg.watchdog {
+        None => "disabled".to_string(),
+        Some(w) => format!(
+            "{}, timeout {} s, stop grace {} ms, {}",
+            w.device.display(),
+            w.timeout_s,
+            w.stop_grace_ms,
+            match w.resets_within_ms() {
+                Some(ms) => format!(
+                    "required: counts as a fence (a silent node's groups start elsewhere {ms} ms after its lease)"
+                ),
+                None => "not required (armed where the device exists)".to_string(),
+            }
+        ),
+    };
+    let _ = writeln!(o, "  watchdog        {watchdog}");
     o
 }

@@ -170,6 +170,17 @@ fn config_show_prints_effective_values_and_refuses_invalid_files() {
     assert!(out.contains("heartbeat 200 ms, deadtime 1000 ms"), "{out}");
     assert!(out.contains("two_node"), "{out}");
     assert!(out.contains("apache"), "{out}");
+    // The watchdog with its defaults, and what it means for failover.
+    assert!(
+        out.contains(
+            "watchdog        /dev/watchdog, timeout 5 s, stop grace 10000 ms, not required"
+        ),
+        "{out}"
+    );
+    let ordered = dir.path().join("ordered-takeover.toml");
+    let o = tandem(&["config", "show", ordered.to_str().unwrap()]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("NBD export  socket"), "{out}");
     let broken = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/broken/07-group-unknown-node.toml"
