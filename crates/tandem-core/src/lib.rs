@@ -31,6 +31,9 @@
 //! - [`watchdog`]: when the agent feeds the node's watchdog and when it
 //!   lets it reset the node.
 
+// The core decides; it never needs to reach past the type system.
+#![forbid(unsafe_code)]
+
 pub mod agreement;
 pub mod config;
 pub mod diagnostic;

@@ -343,11 +343,7 @@ fn groups_spec(
     })
 }
 
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+use crate::clock::unix_ms;
 
 /// Runs the agent (or witness) until SIGTERM or SIGINT.
 pub fn run(cfg: Config, opts: AgentOptions) -> Result<()> {

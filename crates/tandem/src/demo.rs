@@ -10,7 +10,7 @@
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener};
 use std::process::ExitCode;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
@@ -25,11 +25,7 @@ pub const PROBE_PORT: u16 = 7000;
 /// Longest wait for any step.
 const STEP_LIMIT: Duration = Duration::from_secs(30);
 
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+use crate::clock::unix_ms;
 
 /// The demo service: HTTP GET on `port` -> `served by NAME`; on
 /// `probe_port`, the testbed's probe responder (UDP `tprobe N` -> `NAME N`,

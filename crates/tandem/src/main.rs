@@ -1,4 +1,5 @@
-//! The `tandem` command. Glue only: parse arguments, call the library, print.
+//! The `tandem` command: parse arguments, dispatch to the module that
+//! holds each command, print.
 
 mod admin;
 mod agent;
@@ -6,6 +7,7 @@ mod announce;
 mod atomic_file;
 mod checksum;
 mod cli;
+mod clock;
 mod config_cmd;
 mod demo;
 mod fence_agent;

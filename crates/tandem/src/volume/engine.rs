@@ -313,11 +313,7 @@ fn random_gen() -> u64 {
     rand::rngs::OsRng.next_u64() | 1
 }
 
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+use crate::clock::unix_ms;
 
 /// Status of one copy, for `tandem volume status` and `tandem status`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
