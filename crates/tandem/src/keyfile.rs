@@ -40,8 +40,22 @@ pub fn generate(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Reads a cluster key. Refuses a key others can read: anyone holding it
-/// can forge heartbeats and cluster decisions.
+/// A secret (`what`, at `path` with metadata `meta`) that group or others
+/// can read is no longer secret: refused, with the `chmod` that fixes it.
+pub fn refuse_readable(meta: &std::fs::Metadata, path: &Path, what: &str) -> Result<()> {
+    if meta.mode() & 0o077 != 0 {
+        bail!(
+            "{what} {} is readable by other users (mode {:04o}); run `chmod 600 {}`",
+            path.display(),
+            meta.mode() & 0o777,
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Reads the cluster key; refuses a file others can read (anyone with it
+/// can forge heartbeats and cluster decisions).
 pub fn load(path: &Path) -> Result<tandem_core::wire::Key> {
     let meta = std::fs::metadata(path).with_context(|| {
         format!(
@@ -49,14 +63,7 @@ pub fn load(path: &Path) -> Result<tandem_core::wire::Key> {
             path.display()
         )
     })?;
-    if meta.mode() & 0o077 != 0 {
-        bail!(
-            "key file {} is readable by other users (mode {:04o}); run `chmod 600 {}`",
-            path.display(),
-            meta.mode() & 0o777,
-            path.display()
-        );
-    }
+    refuse_readable(&meta, path, "key file")?;
     let bytes =
         std::fs::read(path).with_context(|| format!("reading key file {}", path.display()))?;
     bytes.as_slice().try_into().map_err(|_| {

@@ -918,14 +918,7 @@ impl Member {
             self.strays.clear();
             self.strays_term = self.agreement.term();
         }
-        let me = self.spec.me;
-        let my_name = self
-            .groups
-            .hosts
-            .iter()
-            .zip(&self.groups.host_ids)
-            .find(|(_, id)| **id == me)
-            .map(|(h, _)| h.clone());
+        let my_name = self.my_host_name().map(String::from);
         let found: Vec<handover::Stray> = handover::strays(self.agreement.record(), &views)
             .into_iter()
             .filter(|s| Some(&s.node) != my_name.as_ref())

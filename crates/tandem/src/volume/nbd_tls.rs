@@ -105,17 +105,8 @@ impl NbdTls {
 /// A private key others can read is no longer private: refuse it rather
 /// than serve with it.
 fn refuse_readable_key(path: &Path) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
     let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        bail!(
-            "the private key {} has mode {mode:o}, readable by other users; run `chmod 600 {}` (and consider it exposed)",
-            path.display(),
-            path.display()
-        );
-    }
-    Ok(())
+    crate::keyfile::refuse_readable(&meta, path, "the private key")
 }
 
 #[cfg(test)]
