@@ -452,10 +452,18 @@ impl Hub {
                 None
             }),
             VolumeCommand::Disconnect { name } => self.get(name).map(|v| {
-                v.lock().link = LinkState::AdminDown;
-                let epoch = v.current_epoch();
+                // Under one lock: from here no session may install itself
+                // (`session` checks AdminDown under the same lock), and the
+                // one present, whatever its epoch, is torn down.
+                let live = {
+                    let mut st = v.lock();
+                    st.link = LinkState::AdminDown;
+                    st.conn.as_ref().map(|c| c.epoch)
+                };
                 v.next_epoch();
-                v.teardown(epoch, "disconnected by the operator");
+                if let Some(epoch) = live {
+                    v.teardown(epoch, "disconnected by the operator");
+                }
                 v.event("disconnected by the operator".into());
                 None
             }),

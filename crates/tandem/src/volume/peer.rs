@@ -380,6 +380,14 @@ async fn session(vol: Arc<Volume>, stream: TcpStream, keys: Session) {
     }
     let (side, bitmap) = {
         let mut st = vol.lock();
+        // An operator's disconnect that came while this connection was
+        // authenticating wins: it must not come back up by itself
+        // (regression: resync_after_disconnect_copies_only_what_changed).
+        if matches!(st.link, LinkState::AdminDown) {
+            drop(st);
+            writer.abort();
+            return;
+        }
         st.conn = Some(Conn::new(epoch, tx.clone()));
         (vol.side(&st), st.bitmap.to_bytes())
     };
@@ -390,6 +398,14 @@ async fn session(vol: Arc<Volume>, stream: TcpStream, keys: Session) {
     };
     vol.teardown(epoch, &reason);
     writer.abort();
+}
+
+/// Sets the link's state from a handshake's outcome, unless the operator
+/// disconnected it meanwhile: only `volume connect` ends AdminDown.
+fn keep_down_or(st: &mut super::engine::State, to: LinkState) {
+    if !matches!(st.link, LinkState::AdminDown) {
+        st.link = to;
+    }
 }
 
 /// Exchanges states and bitmaps and acts on the sync decision; false when
@@ -453,7 +469,7 @@ async fn handshake(
             "the peer's copy is {size} bytes, this one {}; fix `size` so both agree",
             vol.cfg.size
         );
-        vol.lock().link = LinkState::Refused(text.clone());
+        keep_down_or(&mut vol.lock(), LinkState::Refused(text.clone()));
         vol.event(text);
         return Ok(false);
     }
@@ -554,7 +570,7 @@ async fn handshake(
             );
             let mut st = vol.lock();
             let first = !matches!(st.link, LinkState::SplitBrain(_));
-            st.link = LinkState::SplitBrain(text.clone());
+            keep_down_or(&mut st, LinkState::SplitBrain(text.clone()));
             drop(st);
             if first {
                 vol.event(text);
@@ -567,7 +583,7 @@ async fn handshake(
                 vol.cfg.name
             );
             let first = !matches!(&vol.lock().link, LinkState::Refused(t) if *t == text);
-            vol.lock().link = LinkState::Refused(text.clone());
+            keep_down_or(&mut vol.lock(), LinkState::Refused(text.clone()));
             if first {
                 vol.event(text);
             }
@@ -578,7 +594,7 @@ async fn handshake(
                 "the copies share no history (different data): refusing to sync. If {}'s copy is the one to keep, recreate this one with `tandem volume create {} --force`",
                 vol.cfg.peer, vol.cfg.name
             );
-            vol.lock().link = LinkState::Refused(text.clone());
+            keep_down_or(&mut vol.lock(), LinkState::Refused(text.clone()));
             vol.event(text);
             return Ok(false);
         }
@@ -776,6 +792,11 @@ async fn handle(
         Msg::SyncAck { offset, length } => {
             {
                 let mut st = vol.lock();
+                // An acknowledgement from an older session must not clear
+                // bits that a write since then has set.
+                if st.conn.as_ref().map(|c| c.epoch) != Some(epoch) {
+                    return Ok(());
+                }
                 st.bitmap.clear_range(offset, u64::from(length));
                 st.bitmap_dirty = true;
                 if let Some(c) = st.conn.as_mut().filter(|c| c.epoch == epoch) {
