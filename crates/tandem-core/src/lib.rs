@@ -23,11 +23,15 @@
 //! - [`group`]: one node's groups: probe, ordered start, reverse stop,
 //!   failures and restarts.
 //! - [`member`]: one member's whole protocol state, joining the above.
+//! - [`link_monitors`]: a node's ping monitors of its links: what is due
+//!   when, and when failures mark a link failed here.
 //! - [`monitors`]: group monitors on one node: what is due when, and what
 //!   failures in a row lead to.
 //! - [`nbd`]: the NBD protocol (handshake and request stream), server side.
 //! - [`volume`]: replicated volumes: disk states, generations, the sync
 //!   decision, the dirty bitmap and the replication link's messages.
+//! - [`wants`]: what this node wants of each of its groups (run, stop,
+//!   leave) and until when it may keep a group moved away.
 //! - [`watchdog`]: when the agent feeds the node's watchdog and when it
 //!   lets it reset the node.
 
@@ -42,11 +46,13 @@ pub mod fence;
 pub mod group;
 pub mod handover;
 pub mod lease;
+pub mod link_monitors;
 pub mod member;
 pub mod monitors;
 pub mod nbd;
 pub mod policy;
 pub mod quorum;
 pub mod volume;
+pub mod wants;
 pub mod watchdog;
 pub mod wire;

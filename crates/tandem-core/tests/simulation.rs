@@ -49,6 +49,7 @@ use tandem_core::member::{
 };
 use tandem_core::policy::{Failback, GroupPolicy};
 use tandem_core::quorum::Mode;
+use tandem_core::wants::{Held, Wants};
 use tandem_core::wire::{ClusterId, NodeId};
 
 const TIMING: Timing = Timing {
@@ -101,8 +102,9 @@ struct Node {
     /// The agent died (kill -9) with its lease ending at this global time:
     /// the guard stops its resources then.
     guard_at: Option<u64>,
-    /// The previous agent's lease end (global), inherited by a restart.
-    inherited_until: Option<u64>,
+    /// What the agent wants of its groups (its own rule), with the previous
+    /// agent's lease it inherited on a restart.
+    wants: Wants,
     /// Per group: whether the runner was last told to run it.
     wanted_run: Vec<bool>,
     /// Stops that take a while (a service shutting down slowly, or hung):
@@ -261,7 +263,7 @@ impl Sim {
                     alive: vec![vec![false; RESOURCES]; GROUPS.len()],
                     frozen_until: None,
                     guard_at: None,
-                    inherited_until: None,
+                    wants: Wants::new(),
                     wanted_run: vec![false; GROUPS.len()],
                     slow_stops: Vec::new(),
                     finished_stops: Vec::new(),
@@ -359,7 +361,6 @@ impl Sim {
             return;
         }
         let local = self.local(i);
-        let me = format!("n{}", i + 1);
         let now = self.now;
         // How long each stop of this pass takes: most at once, some slowly
         // (a graceful shutdown, or one that hangs until killed).
@@ -381,54 +382,43 @@ impl Sim {
         for a in std::mem::take(&mut node.finished_stops) {
             runner.on_outcome(local, a, Outcome::Stopped);
         }
+        // What this node wants of each group: the agent's own rule.
+        let held: Vec<Held<'_>> = GROUPS
+            .iter()
+            .enumerate()
+            .map(|(g, name)| Held {
+                name,
+                active: runner.active(g),
+            })
+            .collect();
+        let pass = node.wants.decide(local, m, true, &held);
         // What this node may no longer keep is cut short, slow stop or not:
         // a group placed here once the lease is gone (the agent writes an
         // ended lease and its guard kills at once), a group the record moved
         // away once what it may keep of it ends (`runner::Runner::leaving`).
-        if node.inherited_until.is_none() {
-            let lease_ok = m.lease_valid(local);
-            for (g, name) in GROUPS.iter().enumerate() {
+        // Under an inherited lease, the previous agent's guard entry rules.
+        if node.wants.inherited_until(local).is_none() {
+            for (g, d) in pass.groups.iter().enumerate() {
                 if !node.alive[g].iter().any(|a| *a) {
                     continue;
                 }
-                let here = m
-                    .agreement()
-                    .record()
-                    .placements
-                    .get(*name)
-                    .and_then(|p| p.node.as_deref())
-                    == Some(me.as_str());
-                let over = if here {
-                    !lease_ok
+                let over = if d.placed_here {
+                    !pass.lease_ok
                 } else {
-                    m.group_until(name, local).map_or(true, |u| local >= u)
+                    d.leaving_until_ms.map_or(true, |end| local >= end)
                 };
                 if over {
                     node.alive[g] = vec![false; RESOURCES];
                 }
             }
         }
-        let lease_ok = m.lease_valid(local);
-        if lease_ok {
-            node.inherited_until = None;
-        }
         let mut breach: Option<(&str, Option<u64>)> = None;
-        let record = m.agreement().record();
-        for (g, name) in GROUPS.iter().enumerate() {
-            let here =
-                record.placements.get(*name).and_then(|p| p.node.as_deref()) == Some(me.as_str());
-            let want = if here && lease_ok {
-                Want::Run
-            } else if node.inherited_until.is_some_and(|u| now < u) {
-                Want::Leave
-            } else {
-                Want::Stop
-            };
-            if node.wanted_run[g] && here && !lease_ok && breach.is_none() {
+        for (g, (name, d)) in GROUPS.iter().zip(&pass.groups).enumerate() {
+            if node.wanted_run[g] && d.placed_here && !pass.lease_ok && breach.is_none() {
                 breach = Some((*name, m.lease_until(local)));
             }
-            node.wanted_run[g] = want == Want::Run;
-            runner.set_want(g, want);
+            node.wanted_run[g] = d.want == Want::Run;
+            runner.set_want(g, d.want);
         }
         // The agent's periodic resource check: what it thinks runs but
         // does not (stopped behind its back) is a failure to recover from.
@@ -557,7 +547,7 @@ impl Sim {
             let touched = node.member.as_ref().map_or(true, Member::log_lost)
                 || node.frozen_until.is_some()
                 || node.guard_at.is_some()
-                || node.inherited_until.is_some()
+                || node.wants.on_inherited_lease()
                 || f.node_cut[i]
                 || (0..n).any(|j| f.one_way[i][j] || f.one_way[j][i]);
             if touched {
@@ -593,7 +583,7 @@ impl Sim {
             .map_or(local, |u| u)
             .min(leaving_end.unwrap_or(u64::MAX));
         let until = self.nodes[i].start + until;
-        let until = until.max(self.nodes[i].inherited_until.unwrap_or(0));
+        let until = until.max(self.inherited_until(i).unwrap_or(0));
         self.nodes[i].guard_at = Some(until.max(self.now));
         self.nodes[i].runner = None;
         self.nodes[i].crashed_at = Some(self.now);
@@ -709,6 +699,13 @@ impl Sim {
         self.now - self.nodes[i].start
     }
 
+    /// The end (global time) of the lease node `i`'s agent inherited from
+    /// the one before it, while it lasts.
+    fn inherited_until(&self, i: usize) -> Option<u64> {
+        let n = &self.nodes[i];
+        n.wants.inherited_until(self.local(i)).map(|u| n.start + u)
+    }
+
     fn start_node(&mut self, i: usize) {
         let p = self.nodes[i].persisted.clone();
         let inc = p.incarnation + 1;
@@ -734,7 +731,11 @@ impl Sim {
             self.nodes[i].runner = Some(Groups::new(&[RESOURCES; GROUPS.len()], 0));
             // A restarted agent keeps what the guard has not stopped yet,
             // and from now on its own lease file governs the guard.
-            self.nodes[i].inherited_until = self.nodes[i].guard_at.take().filter(|g| *g > self.now);
+            let mut wants = Wants::new();
+            if let Some(g) = self.nodes[i].guard_at.take().filter(|g| *g > self.now) {
+                wants.inherit_lease(g - self.nodes[i].start);
+            }
+            self.nodes[i].wants = wants;
         }
         self.log(|| format!("n{} starts (incarnation {inc})", i + 1));
         self.flush(i);
@@ -748,7 +749,7 @@ impl Sim {
         self.nodes[i].runner = None;
         self.nodes[i].frozen_until = None;
         self.nodes[i].guard_at = None;
-        self.nodes[i].inherited_until = None;
+        self.nodes[i].wants = Wants::new();
         // What was on its way to it (or waiting in a frozen node's socket
         // buffers) is lost with the power: a rebooted node must not read
         // its previous life's mail.
@@ -855,7 +856,11 @@ impl Sim {
                         }
                     }
                 }
-                if let Some(u) = n.inherited_until.filter(|u| *u > self.now) {
+                if let Some(u) = n
+                    .wants
+                    .inherited_until(self.now - n.start)
+                    .map(|u| n.start + u)
+                {
                     t = t.min(u);
                 }
             }
@@ -1079,7 +1084,7 @@ impl Sim {
                                         m.agreement().commit_index(),
                                         m.lease_valid(self.now - n.start),
                                         m.record_verified(),
-                                        n.inherited_until,
+                                        n.wants.inherited_until(self.now - n.start),
                                     )
                                 },
                             )

@@ -17,12 +17,13 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
-use tandem_core::agreement::{Intent, Record};
 use tandem_core::config::schema::OnFail;
 use tandem_core::config::{Config, MonitorSpec};
 use tandem_core::group::{Action, ActionKind, GroupState, Groups, Outcome, ResourceState, Want};
+use tandem_core::link_monitors::{LinkMonitorPlan, LinkMonitors, LinkVerdict};
 use tandem_core::member::{GroupReport, Member, Request};
 use tandem_core::monitors::{MonitorPlan, Monitors, Verdict};
+use tandem_core::wants::{Held, Pass, Wants};
 use tokio::sync::mpsc;
 
 use crate::guard::{self, LeaseFile};
@@ -64,19 +65,6 @@ pub enum Done {
         /// Err: what failed.
         result: Result<(), String>,
     },
-}
-
-struct NodeMonitor {
-    name: String,
-    link: String,
-    check: Check,
-    interval_ms: u64,
-    timeout_ms: u64,
-    threshold: u32,
-    consecutive: u32,
-    failed: bool,
-    next_ms: u64,
-    busy: bool,
 }
 
 /// One resource in status.
@@ -135,7 +123,10 @@ pub struct Runner {
     monitor_kinds: Vec<&'static str>,
     monitor_checks: Vec<Option<Check>>,
     monitor_timeouts_ms: Vec<u64>,
-    node_monitors: Vec<NodeMonitor>,
+    /// Link monitors: schedule and thresholds in the core, pings here
+    /// (index-aligned).
+    link_monitors: LinkMonitors,
+    link_checks: Vec<(Check, Duration)>,
     announce: Vec<(u64, usize, usize)>,
     next_check_ms: u64,
     next_refresh_ms: u64,
@@ -143,7 +134,8 @@ pub struct Runner {
     last_failure: Vec<Option<String>>,
     unix_at_zero_ms: u64,
     lease_held: Option<bool>,
-    shutting_down: bool,
+    /// What this node wants of its groups (the rule lives in the core).
+    wants: Wants,
     tx: mpsc::Sender<Done>,
     /// This agent's process id (for the lease file; asked once).
     pid: u32,
@@ -156,9 +148,6 @@ pub struct Runner {
     written: Option<LeaseFile>,
     /// Why the last write of the lease file failed (None: it did not).
     lease_write_error: Option<String>,
-    /// The previous agent's lease end (this agent's clock), if it still ran
-    /// when this one started: what runs may be kept, not restarted.
-    inherited_until_ms: Option<u64>,
 }
 
 fn kind_name(k: &Kind) -> &'static str {
@@ -257,7 +246,8 @@ impl Runner {
             .find(|n| n.name.get_ref() == node)
             .map(|n| n.addresses.get_ref().clone())
             .unwrap_or_default();
-        let mut node_monitors = Vec::new();
+        let mut link_plans = Vec::new();
+        let mut link_checks = Vec::new();
         for (mi, spec) in cfg.node_monitors.iter().enumerate() {
             let MonitorSpec::Ping { targets, link } = spec else {
                 continue;
@@ -267,21 +257,19 @@ impl Runner {
                 .iter()
                 .find(|(k, _)| k.get_ref() == link)
                 .map(|(_, v)| *v.get_ref());
-            node_monitors.push(NodeMonitor {
+            link_plans.push(LinkMonitorPlan {
                 name: raw.name.get_ref().clone(),
                 link: link.clone(),
-                check: Check::Ping {
+                interval_ms: raw.interval_ms.as_ref().map_or(1_000, |v| *v.get_ref()),
+                threshold: raw.failures.as_ref().map_or(3, |v| *v.get_ref()),
+            });
+            link_checks.push((
+                Check::Ping {
                     targets: targets.clone(),
                     source,
                 },
-                interval_ms: raw.interval_ms.as_ref().map_or(1_000, |v| *v.get_ref()),
-                timeout_ms: raw.timeout_ms.as_ref().map_or(1_000, |v| *v.get_ref()),
-                threshold: raw.failures.as_ref().map_or(3, |v| *v.get_ref()).max(1),
-                consecutive: 0,
-                failed: false,
-                next_ms: 0,
-                busy: false,
-            });
+                Duration::from_millis(raw.timeout_ms.as_ref().map_or(1_000, |v| *v.get_ref())),
+            ));
         }
         let counts: Vec<usize> = resources.iter().map(Vec::len).collect();
         Ok(Runner {
@@ -295,20 +283,20 @@ impl Runner {
             monitor_kinds,
             monitor_checks,
             monitor_timeouts_ms,
-            node_monitors,
+            link_monitors: LinkMonitors::new(link_plans),
+            link_checks,
             announce: Vec::new(),
             next_check_ms: RESOURCE_CHECK_MS,
             next_refresh_ms: ANNOUNCE_REFRESH_MS,
             unix_at_zero_ms,
             lease_held: None,
-            shutting_down: false,
+            wants: Wants::new(),
             tx,
             pid: std::process::id(),
             killed_leaving: std::collections::BTreeSet::new(),
             lease_path: run_dir.join("lease.json"),
             written: None,
             lease_write_error: None,
-            inherited_until_ms: None,
         })
     }
 
@@ -324,15 +312,7 @@ impl Runner {
 
     /// Links whose ping monitor fails here.
     pub fn failed_links(&self) -> Vec<String> {
-        let mut v: Vec<String> = self
-            .node_monitors
-            .iter()
-            .filter(|m| m.failed)
-            .map(|m| m.link.clone())
-            .collect();
-        v.sort();
-        v.dedup();
-        v
+        self.link_monitors.failed_links()
     }
 
     /// When the runner next needs a pass without any input.
@@ -349,8 +329,8 @@ impl Runner {
         if let Some(t) = self.monitors.next_deadline() {
             consider(t);
         }
-        for m in self.node_monitors.iter().filter(|m| !m.busy) {
-            consider(m.next_ms);
+        if let Some(t) = self.link_monitors.next_deadline() {
+            consider(t);
         }
         d
     }
@@ -364,61 +344,32 @@ impl Runner {
     /// `until_ms` (this agent's clock), unless a lease or the record says
     /// otherwise first.
     pub fn inherit_lease(&mut self, until_ms: u64) {
-        self.inherited_until_ms = Some(until_ms);
+        self.wants.inherit_lease(until_ms);
     }
 
     /// A graceful stop: every group here stops (maintenance or not).
     pub fn shut_down(&mut self) {
-        self.shutting_down = true;
+        self.wants.shut_down();
     }
 
-    fn want_for(
-        &self,
-        g: usize,
-        record: &Record,
-        lease_ok: bool,
-        config_ok: bool,
-        now_ms: u64,
-    ) -> Want {
-        let name = &self.names[g];
-        if self.shutting_down {
-            return Want::Stop;
-        }
-        if !lease_ok && self.inherited_until_ms.is_some_and(|u| now_ms < u) {
-            // Within the previous agent's lease: hold what runs.
-            return Want::Leave;
-        }
-        if record.has_intent(name, Intent::Maintenance) {
-            return Want::Leave;
-        }
-        let here =
-            record.placements.get(name).and_then(|p| p.node.as_deref()) == Some(self.node.as_str());
-        if here && lease_ok && !config_ok {
-            // This node's file is not the committed configuration: start
-            // nothing the cluster did not agree on; leave what runs (a
-            // group the record moves away is still stopped, below).
-            return if self.groups.active(g) {
-                Want::Leave
-            } else {
-                Want::Stop
-            };
-        }
-        if here && lease_ok {
-            Want::Run
-        } else {
-            Want::Stop
-        }
+    /// What this node wants of every group now ([`Wants::decide`]).
+    fn decide(&mut self, now_ms: u64, member: &Member) -> Pass {
+        let held: Vec<Held<'_>> = (0..self.groups.len())
+            .map(|g| Held {
+                name: &self.names[g],
+                active: self.groups.active(g),
+            })
+            .collect();
+        self.wants
+            .decide(now_ms, member, self.lease_write_error.is_none(), &held)
     }
 
     /// One pass: wants from the record and the lease, actions, checks.
     /// Returns lines to log.
     pub fn drive(&mut self, now_ms: u64, member: &mut Member) -> Vec<String> {
         let mut log = Vec::new();
-        let lease_ok = member.lease_valid(now_ms) && self.lease_write_error.is_none();
-        if lease_ok {
-            // Our own lease replaces the inherited one.
-            self.inherited_until_ms = None;
-        }
+        let pass = self.decide(now_ms, member);
+        let lease_ok = pass.lease_ok;
         if self.lease_held != Some(lease_ok) {
             let held_groups = self.any_active();
             if self.lease_held.is_some() && (held_groups || lease_ok) {
@@ -430,14 +381,9 @@ impl Runner {
             }
             self.lease_held = Some(lease_ok);
         }
-        let record = member.agreement().record();
-        let config_ok = member.config_committed();
-        let wants: Vec<Want> = (0..self.groups.len())
-            .map(|g| self.want_for(g, record, lease_ok, config_ok, now_ms))
-            .collect();
-        for (g, want) in wants.into_iter().enumerate() {
-            if self.groups.want(g) != want {
-                self.groups.set_want(g, want);
+        for (g, d) in pass.groups.iter().enumerate() {
+            if self.groups.want(g) != d.want {
+                self.groups.set_want(g, d.want);
             }
         }
         self.run_actions(now_ms, &mut log);
@@ -455,7 +401,7 @@ impl Runner {
         let until = if lease_ok {
             member.lease_until(now_ms)
         } else {
-            self.inherited_until_ms.filter(|u| *u > now_ms)
+            self.wants.inherited_until(now_ms)
         };
         let leaving = self.leaving(now_ms, member, &mut log);
         // A failure is retried once at once (a passing error); a second
@@ -579,20 +525,14 @@ impl Runner {
         member: &Member,
         log: &mut Vec<String>,
     ) -> Vec<(usize, u64)> {
-        let record = member.agreement().record();
+        // Decided again: this pass's actions may have finished a stop.
+        let pass = self.decide(now_ms, member);
         let mut out = Vec::new();
-        for g in 0..self.groups.len() {
-            let here = record
-                .placements
-                .get(&self.names[g])
-                .and_then(|p| p.node.as_deref())
-                == Some(self.node.as_str());
-            if here || !self.groups.active(g) || self.inherited_until_ms.is_some_and(|u| now_ms < u)
-            {
+        for (g, d) in pass.groups.iter().enumerate() {
+            let Some(end) = d.leaving_until_ms else {
                 continue;
-            }
-            let end = member.group_until(&self.names[g], now_ms).unwrap_or(now_ms);
-            if now_ms >= end && !self.killed_leaving.contains(&g) {
+            };
+            if d.cut_short(now_ms) && !self.killed_leaving.contains(&g) {
                 // Addresses and process groups at once; scripts' own stop
                 // is what the runner is already doing.
                 let lease = LeaseFile {
@@ -747,31 +687,19 @@ impl Runner {
                 node: true,
                 result,
             } => {
-                if let Some(m) = self.node_monitors.get_mut(index) {
-                    m.busy = false;
-                    m.next_ms = now_ms + m.interval_ms;
-                    match result {
-                        Ok(()) => {
-                            m.consecutive = 0;
-                            if m.failed {
-                                m.failed = false;
-                                log.push(format!(
-                                    "monitor {} (link {}) healthy again",
-                                    m.name, m.link
-                                ));
-                            }
-                        }
-                        Err(why) => {
-                            m.consecutive = m.consecutive.saturating_add(1);
-                            if m.consecutive >= m.threshold && !m.failed {
-                                m.failed = true;
-                                log.push(format!(
-                                    "monitor {} (link {}) failed {} times: {why}; groups that need link {} leave this node",
-                                    m.name, m.link, m.consecutive, m.link
-                                ));
-                            }
-                        }
+                match self.link_monitors.on_result(now_ms, index, result) {
+                    None => {}
+                    Some(LinkVerdict::Healthy { monitor, link }) => {
+                        log.push(format!("monitor {monitor} (link {link}) healthy again"));
                     }
+                    Some(LinkVerdict::Failed {
+                        monitor,
+                        link,
+                        failures,
+                        reason,
+                    }) => log.push(format!(
+                        "monitor {monitor} (link {link}) failed {failures} times: {reason}; groups that need link {link} leave this node"
+                    )),
                 }
             }
             Done::Monitor {
@@ -862,14 +790,10 @@ impl Runner {
                 self.spawn_check(i, false, check.clone(), timeout);
             }
         }
-        for i in 0..self.node_monitors.len() {
-            let m = &self.node_monitors[i];
-            if m.busy || now_ms < m.next_ms {
-                continue;
+        for i in self.link_monitors.due(now_ms) {
+            if let Some((check, timeout)) = self.link_checks.get(i) {
+                self.spawn_check(i, true, check.clone(), *timeout);
             }
-            let (check, timeout) = (m.check.clone(), Duration::from_millis(m.timeout_ms));
-            self.node_monitors[i].busy = true;
-            self.spawn_check(i, true, check, timeout);
         }
     }
 

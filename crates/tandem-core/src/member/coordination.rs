@@ -18,7 +18,7 @@ impl Member {
         self.groups = groups;
         self.fence_listed = self.spec.mode == quorum::Mode::TwoNode
             && self
-                .my_host_name()
+                .host_name()
                 .is_some_and(|me| self.groups.fence_hosts.iter().any(|h| h == me));
         self.unix_at_zero_ms = unix_at_zero_ms;
         self.lead_dirty = true;
@@ -389,7 +389,7 @@ impl Member {
     /// later; nothing when neither. A hung stop is killed then, so the
     /// group never outlives what the leader waits for.
     pub fn group_until(&self, group: &str, now_ms: u64) -> Option<u64> {
-        let me = self.my_host_name();
+        let me = self.host_name();
         let placed = self
             .agreement
             .record()
@@ -410,7 +410,7 @@ impl Member {
     }
 
     /// This member's name among the hosts (None: the witness).
-    fn my_host_name(&self) -> Option<&str> {
+    pub fn host_name(&self) -> Option<&str> {
         self.groups
             .host_ids
             .iter()
@@ -433,7 +433,7 @@ impl Member {
     /// record before that decision (its echoes that counted then), once.
     pub(super) fn note_leaving(&mut self) {
         let now = self.now_ms;
-        let Some(me) = self.my_host_name().map(String::from) else {
+        let Some(me) = self.host_name().map(String::from) else {
             return;
         };
         let record = self.agreement.record();
@@ -918,7 +918,7 @@ impl Member {
             self.strays.clear();
             self.strays_term = self.agreement.term();
         }
-        let my_name = self.my_host_name().map(String::from);
+        let my_name = self.host_name().map(String::from);
         let found: Vec<handover::Stray> = handover::strays(self.agreement.record(), &views)
             .into_iter()
             .filter(|s| Some(&s.node) != my_name.as_ref())
