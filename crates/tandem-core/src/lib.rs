@@ -18,6 +18,7 @@
 //! - [`lease`]: how long a node may run its groups without fresh word, and
 //!   how long the leader waits before starting a silent node's groups.
 //! - [`policy`]: where each group should run (pure placement rules).
+//! - [`kinds`]: resource kinds, one file each: fields, defaults, checks.
 //! - [`handover`]: the leader's safe steps from the agreed placement to the
 //!   policy's targets (always through "stopped everywhere").
 //! - [`group`]: one node's groups: probe, ordered start, reverse stop,
@@ -45,6 +46,7 @@ pub mod failure_detector;
 pub mod fence;
 pub mod group;
 pub mod handover;
+pub mod kinds;
 pub mod lease;
 pub mod link_monitors;
 pub mod member;

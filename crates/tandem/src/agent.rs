@@ -275,7 +275,6 @@ fn groups_spec(
     fence_devices: &[crate::fence_agent::FenceDevice],
 ) -> Result<GroupsSpec> {
     use tandem_core::config::schema::Failback as F;
-    use tandem_core::config::ResourceSpec;
     let f = &cfg.file;
     let mut groups = Vec::new();
     let mut expiry = Vec::new();
@@ -286,10 +285,7 @@ fn groups_spec(
             .get(gi)
             .into_iter()
             .flatten()
-            .filter_map(|r| match r {
-                ResourceSpec::Ip { link, .. } => link.clone(),
-                _ => None,
-            })
+            .filter_map(|r| r.params.spec().link().map(String::from))
             .collect();
         groups.push(GroupPolicy {
             name,
@@ -329,16 +325,10 @@ fn groups_spec(
             .filter(|h| crate::fence_agent::covers(fence_devices, h))
             .cloned()
             .collect(),
-        stop_bound_ms: f
-            .groups
+        stop_bound_ms: cfg
+            .resources
             .iter()
-            .map(|g| {
-                crate::resources::group_stop_bound_ms(g.resources.iter().map(|r| {
-                    r.timeout_ms
-                        .as_ref()
-                        .map_or(crate::resources::DEFAULT_TIMEOUT_MS, |t| *t.get_ref())
-                }))
-            })
+            .map(|rs| crate::resources::group_stop_bound_ms(rs.iter().map(|r| r.timeout_ms)))
             .collect(),
     })
 }

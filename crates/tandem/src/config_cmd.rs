@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use tandem_core::config::{self, Config, Loaded, MonitorSpec, ResourceSpec};
+use tandem_core::config::{self, Config, Loaded, MonitorSpec};
 use tandem_core::diagnostic::{render, Severity};
 
 use crate::cli::ValidateArgs;
@@ -241,25 +241,8 @@ fn describe(cfg: &Config) -> String {
             "  group {} ({mode}, prefers {pref}, failback {failback}{only})",
             g.name.get_ref()
         );
-        for (r, spec) in g.resources.iter().zip(res) {
-            let what = match spec {
-                ResourceSpec::Ip {
-                    address,
-                    interfaces,
-                    link,
-                } => format!(
-                    "ip {address} on {}",
-                    if interfaces.is_empty() {
-                        format!("link {}", link.as_deref().unwrap_or("?"))
-                    } else {
-                        interfaces.join(" > ")
-                    }
-                ),
-                ResourceSpec::Process { command, .. } => format!("process {}", command.join(" ")),
-                ResourceSpec::Exec { script } => format!("exec {}", script.display()),
-                ResourceSpec::Volume { volume } => format!("volume {volume}"),
-            };
-            let _ = writeln!(o, "    {:<12} {what}", r.name.get_ref());
+        for spec in res {
+            let _ = writeln!(o, "    {:<12} {}", spec.name, spec.params.spec().describe());
         }
     }
     for v in &f.volumes {

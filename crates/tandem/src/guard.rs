@@ -11,7 +11,7 @@
 //! polls it; once the lease end has passed and resources are still listed,
 //! it removes the addresses and kills the process groups (SIGKILL: the
 //! lease is over, there is no time for a graceful stop), then runs the
-//! scripts' `stop`. A live agent stops its groups itself at the lease end,
+//! stop commands kinds left it (a script's `stop`). A live agent stops its groups itself at the lease end,
 //! so the guard only acts when it did not.
 //!
 //! A restarted agent reads the file first: while the previous agent's
@@ -51,8 +51,8 @@ pub struct LeaseFile {
     pub addresses: Vec<(IpAddr, u8)>,
     /// Pid files of processes that may run here.
     pub pidfiles: Vec<PathBuf>,
-    /// Scripts whose resources may run here: (script, environment).
-    pub scripts: Vec<(PathBuf, Vec<(String, String)>)>,
+    /// Commands that stop resources that may run here (a script's `stop`).
+    pub stop_commands: Vec<StopCommand>,
     /// Groups being stopped because the record moved them away, each with
     /// its own end (see `Member::group_until`).
     #[serde(default)]
@@ -68,8 +68,21 @@ pub struct Leaving {
     pub addresses: Vec<(IpAddr, u8)>,
     /// Its processes' pid files.
     pub pidfiles: Vec<PathBuf>,
-    /// Its scripts: (script, environment).
-    pub scripts: Vec<(PathBuf, Vec<(String, String)>)>,
+    /// Commands that stop its resources.
+    pub stop_commands: Vec<StopCommand>,
+}
+
+/// A command that stops a resource the agent can no longer stop itself:
+/// any kind whose stop is a program to run (a script, a unit manager, a
+/// resource agent) hands one to the guard, with no change here.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StopCommand {
+    /// The program.
+    pub program: PathBuf,
+    /// Its arguments (`["stop"]` for a script).
+    pub args: Vec<String>,
+    /// Its environment.
+    pub env: Vec<(String, String)>,
 }
 
 impl Leaving {
@@ -79,7 +92,7 @@ impl Leaving {
             until_mono_ms: self.until_mono_ms,
             addresses: self.addresses.clone(),
             pidfiles: self.pidfiles.clone(),
-            scripts: self.scripts.clone(),
+            stop_commands: self.stop_commands.clone(),
             ..LeaseFile::default()
         }
     }
@@ -90,15 +103,16 @@ impl LeaseFile {
     pub fn holds_anything(&self) -> bool {
         !(self.addresses.is_empty()
             && self.pidfiles.is_empty()
-            && self.scripts.is_empty()
+            && self.stop_commands.is_empty()
             && self.leaving.is_empty())
     }
 
     /// The earliest end of anything listed (None: nothing listed).
     fn next_end(&self) -> Option<u64> {
-        let main =
-            (!(self.addresses.is_empty() && self.pidfiles.is_empty() && self.scripts.is_empty()))
-                .then_some(self.until_mono_ms);
+        let main = (!(self.addresses.is_empty()
+            && self.pidfiles.is_empty()
+            && self.stop_commands.is_empty()))
+        .then_some(self.until_mono_ms);
         main.into_iter()
             .chain(self.leaving.iter().map(|l| l.until_mono_ms))
             .min()
@@ -191,31 +205,32 @@ pub fn enforce(lease: &LeaseFile) -> Vec<String> {
     did
 }
 
-/// Runs the scripts' `stop` (after the fast part above is done).
-fn stop_scripts(lease: &LeaseFile) -> Vec<String> {
+/// Runs the stop commands (after the fast part above is done).
+fn stop_commands(lease: &LeaseFile) -> Vec<String> {
     let mut did = Vec::new();
-    for (script, env) in &lease.scripts {
-        let mut cmd = std::process::Command::new(script);
-        cmd.arg("stop")
+    for c in &lease.stop_commands {
+        let mut cmd = std::process::Command::new(&c.program);
+        cmd.args(&c.args)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());
-        for (k, v) in env {
+        for (k, v) in &c.env {
             cmd.env(k, v);
         }
+        let what = format!("{} {}", c.program.display(), c.args.join(" "));
         let Ok(mut child) = cmd.spawn() else { continue };
         let t0 = std::time::Instant::now();
         loop {
             match child.try_wait() {
                 Ok(Some(st)) => {
-                    did.push(format!("{} stop: {st}", script.display()));
+                    did.push(format!("{what}: {st}"));
                     break;
                 }
                 Ok(None) if t0.elapsed() < SCRIPT_STOP_LIMIT => std::thread::sleep(POLL),
                 _ => {
                     let _ = child.kill();
                     let _ = child.wait();
-                    did.push(format!("{} stop: timed out", script.display()));
+                    did.push(format!("{what}: timed out"));
                     break;
                 }
             }
@@ -392,7 +407,7 @@ pub fn run(path: &Path, agent_pid: u32, label: &str) -> Result<()> {
             let mut did = Vec::new();
             for d in &due {
                 did.extend(enforce(d));
-                did.extend(stop_scripts(d));
+                did.extend(stop_commands(d));
             }
             let cleared = LeaseFile {
                 addresses: if expired {
@@ -405,10 +420,10 @@ pub fn run(path: &Path, agent_pid: u32, label: &str) -> Result<()> {
                 } else {
                     lease.pidfiles.clone()
                 },
-                scripts: if expired {
+                stop_commands: if expired {
                     Vec::new()
                 } else {
-                    lease.scripts.clone()
+                    lease.stop_commands.clone()
                 },
                 leaving: lease
                     .leaving

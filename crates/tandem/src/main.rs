@@ -13,6 +13,7 @@ mod demo;
 mod fence_agent;
 mod guard;
 mod keyfile;
+mod kinds;
 mod monitor;
 mod netlink;
 mod resources;

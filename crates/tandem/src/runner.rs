@@ -27,8 +27,9 @@ use tandem_core::wants::{Held, Pass, Wants};
 use tokio::sync::mpsc;
 
 use crate::guard::{self, LeaseFile};
+use crate::kinds::{Bind, Health};
 use crate::monitor::{self, Check};
-use crate::resources::{self, IpCheck, Kind, Owner, Resource, ANNOUNCE_AT_MS};
+use crate::resources::{self, Owner, Resource, ANNOUNCE_AT_MS};
 
 /// How often running resources are checked (address present and on the
 /// right interface, process alive, script status).
@@ -150,15 +151,6 @@ pub struct Runner {
     lease_write_error: Option<String>,
 }
 
-fn kind_name(k: &Kind) -> &'static str {
-    match k {
-        Kind::Ip(_) => "ip",
-        Kind::Process(_) => "process",
-        Kind::Exec(_) => "exec",
-        Kind::Volume(_) => "volume",
-    }
-}
-
 impl Runner {
     /// This node's runner. Fails (with what to do) when a configured
     /// resource cannot run in this version.
@@ -178,20 +170,15 @@ impl Runner {
         for (gi, g) in f.groups.iter().enumerate() {
             let gname = g.name.get_ref().clone();
             let mut rs = Vec::new();
-            for (ri, spec) in cfg.resources.get(gi).into_iter().flatten().enumerate() {
-                let raw = &g.resources[ri];
+            for spec in cfg.resources.get(gi).into_iter().flatten() {
                 let owner = Owner {
                     cluster: f.cluster.name.get_ref().clone(),
                     node: node.to_string(),
                     group: gname.clone(),
-                    resource: raw.name.get_ref().clone(),
+                    resource: spec.name.clone(),
                     run_dir: run_dir.clone(),
                 };
-                let timeout = raw
-                    .timeout_ms
-                    .as_ref()
-                    .map_or(resources::DEFAULT_TIMEOUT_MS, |t| *t.get_ref());
-                let r = Resource::new(spec, owner, timeout, hub).map_err(anyhow::Error::msg)?;
+                let r = Resource::new(spec, owner, &Bind { hub }).map_err(anyhow::Error::msg)?;
                 rs.push(Rc::new(r));
             }
             names.push(gname);
@@ -439,18 +426,7 @@ impl Runner {
             if !state.maybe_running() {
                 continue;
             }
-            match &r.kind {
-                Kind::Ip(ip) => part
-                    .addresses
-                    .push((ip.address.addr, ip.address.prefix_len)),
-                Kind::Process(_) => part.pidfiles.push(r.owner.pidfile()),
-                Kind::Exec(e) => part
-                    .scripts
-                    .push((e.script().to_path_buf(), r.owner.env_vec())),
-                // A copy lives in the agent's process: it stops serving
-                // when the agent dies, with nothing for the guard to do.
-                Kind::Volume(_) => {}
-            }
+            r.kind.guard(&r.owner, &mut part);
         }
         part
     }
@@ -483,7 +459,7 @@ impl Runner {
             } else {
                 lease.addresses.extend(part.addresses);
                 lease.pidfiles.extend(part.pidfiles);
-                lease.scripts.extend(part.scripts);
+                lease.stop_commands.extend(part.stop_commands);
             }
         }
         // Rewrite when what is held changes, when the lease end moves earlier,
@@ -497,7 +473,7 @@ impl Runner {
             let fresh = lease.until_mono_ms.saturating_sub(mono);
             w.addresses == lease.addresses
                 && w.pidfiles == lease.pidfiles
-                && w.scripts == lease.scripts
+                && w.stop_commands == lease.stop_commands
                 && w.leaving == lease.leaving
                 // (Ends within 2 ms are the same end: converting from the
                 // agent's clock to CLOCK_MONOTONIC rounds by a millisecond
@@ -536,7 +512,7 @@ impl Runner {
                 // Addresses and process groups at once; scripts' own stop
                 // is what the runner is already doing.
                 let lease = LeaseFile {
-                    scripts: Vec::new(),
+                    stop_commands: Vec::new(),
                     ..self.may_run(g).as_lease()
                 };
                 let did = guard::enforce(&lease);
@@ -610,10 +586,10 @@ impl Runner {
                         r.owner.resource
                     ));
                 }
-                if let Kind::Ip(ip) = &r.kind {
-                    // Inline: sub-millisecond netlink calls, and a lost
-                    // lease must drop addresses before anything else runs.
-                    let outcome = resources::ip_action(ip, a.kind);
+                if let Some(outcome) = r.kind.inline_action(a.kind) {
+                    // Inline (addresses): sub-millisecond netlink calls,
+                    // and a lost lease must drop addresses before anything
+                    // else runs.
                     if a.kind == ActionKind::Start && outcome == Outcome::Running {
                         for at in ANNOUNCE_AT_MS.iter().skip(1) {
                             self.announce.push((now_ms + at, a.group, a.resource));
@@ -759,9 +735,7 @@ impl Runner {
         self.announce.retain(|(t, _, _)| *t > now_ms);
         for (g, r) in due {
             if self.groups.resources(g).get(r) == Some(&ResourceState::Running) {
-                if let Kind::Ip(ip) = &self.resources[g][r].kind {
-                    resources::ip_announce(ip);
-                }
+                self.resources[g][r].kind.announce();
             }
         }
         if now_ms >= self.next_check_ms {
@@ -772,8 +746,8 @@ impl Runner {
             self.next_refresh_ms = now_ms + ANNOUNCE_REFRESH_MS;
             for g in 0..self.groups.len() {
                 for (r, state) in self.resources[g].iter().zip(self.groups.resources(g)) {
-                    if let (Kind::Ip(ip), ResourceState::Running) = (&r.kind, state) {
-                        resources::ip_announce(ip);
+                    if *state == ResourceState::Running {
+                        r.kind.announce();
                     }
                 }
             }
@@ -824,16 +798,14 @@ impl Runner {
                     continue;
                 }
                 let res = self.resources[g][r].clone();
-                match &res.kind {
-                    Kind::Ip(ip) => match resources::ip_check(ip) {
-                        IpCheck::Fine => {}
-                        IpCheck::Moved(from, to) => log.push(format!(
-                            "{}/{}: moved {} from {from} to {to} (interface preference)",
-                            res.owner.group, res.owner.resource, ip.address.addr
-                        )),
-                        IpCheck::Failed(why) => self.groups.on_monitor_failure(now_ms, g, r, why),
-                    },
-                    Kind::Process(_) | Kind::Exec(_) | Kind::Volume(_) => {
+                match res.kind.check_inline() {
+                    Some(Health::Fine) => {}
+                    Some(Health::Note(what)) => log.push(format!(
+                        "{}/{}: {what}",
+                        res.owner.group, res.owner.resource
+                    )),
+                    Some(Health::Failed(why)) => self.groups.on_monitor_failure(now_ms, g, r, why),
+                    None => {
                         self.checking[g][r] = true;
                         let tx = self.tx.clone();
                         tokio::task::spawn_local(async move {
@@ -939,7 +911,7 @@ impl Runner {
                         .zip(self.groups.resources(g))
                         .map(|(r, s)| ResourceStatus {
                             name: r.owner.resource.clone(),
-                            kind: kind_name(&r.kind).into(),
+                            kind: r.kind.kind().into(),
                             state: match s {
                                 ResourceState::Unknown => "unknown".into(),
                                 ResourceState::Stopped => "stopped".into(),

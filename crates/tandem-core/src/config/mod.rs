@@ -17,9 +17,10 @@ use std::path::{Path, PathBuf};
 
 use crate::diagnostic::Diagnostic;
 
+pub(crate) use validate::{closest, serde_diagnostic};
 pub use validate::{
     confinement, Config, MonitorSpec, ResourceSpec, Timing, WatchdogSpec, DEFAULT_WATCHDOG_DEVICE,
-    IMPLEMENTED_GROUP_MONITORS, IMPLEMENTED_RESOURCES,
+    IMPLEMENTED_GROUP_MONITORS,
 };
 
 /// Length of a cluster key in bytes.

@@ -1,10 +1,11 @@
 //! The configuration file as written: serde types that keep the position of
 //! every value an error may need to point at.
 //!
-//! Resources and monitors are deliberately flat (every field of every kind is an
+//! Monitors are deliberately flat (every field of every kind is an
 //! `Option`): serde's internally tagged enums lose positions, and a flat form
-//! lets validation say "field `command` does not apply to kind `ip`" at the
-//! field itself. [`super::validate`] turns the flat form into typed kinds.
+//! lets validation say "field `command` does not apply to kind `tcp`" at the
+//! field itself. A resource keeps its kind's fields as a map of located
+//! values, which the kind's own check reads ([`crate::kinds`]).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -233,38 +234,52 @@ pub struct Group {
     pub monitors: Vec<Monitor>,
 }
 
-/// `[[group.resource]]`, all kinds in one flat table; see the module docs.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// `[[group.resource]]`: the fields every kind has, and the others as
+/// written, each with its position, for the kind named by `kind` to take
+/// ([`crate::kinds`]): no list of every kind's fields lives here.
+#[derive(Debug, Clone)]
 pub struct Resource {
     /// Resource name, unique in its group.
     pub name: Spanned<String>,
-    /// `ip`, `process`, `exec` or `volume`.
+    /// The kind, one of [`crate::kinds::KINDS`].
     pub kind: Spanned<String>,
     /// Limit on start and stop (default 20 000 ms).
     pub timeout_ms: Option<Spanned<u64>>,
-    /// `ip`: address with prefix length, e.g. `10.0.0.100/24`.
-    pub address: Option<Spanned<Cidr>>,
-    /// `ip`: local interfaces in order of preference.
-    pub interfaces: Option<Spanned<Vec<Spanned<String>>>>,
-    /// `ip`: the cluster link the address belongs to (default: the link whose
-    /// subnet holds it).
-    pub link: Option<Spanned<String>>,
-    /// `process`: program and arguments.
-    pub command: Option<Spanned<Vec<String>>>,
-    /// `process`: signal that asks the process to stop (default `TERM`).
-    pub stop_signal: Option<Spanned<String>>,
-    /// `process`: how long after the stop signal the process group gets
-    /// SIGKILL (default [`crate::config::DEFAULT_KILL_AFTER_MS`]).
-    pub kill_after_ms: Option<Spanned<u64>>,
-    /// `process`: working directory.
-    pub working_dir: Option<Spanned<PathBuf>>,
-    /// `process`: extra environment variables.
-    pub env: Option<Spanned<BTreeMap<String, String>>>,
-    /// `exec`: LSB-style script called with `start`, `stop`, `status`.
-    pub script: Option<Spanned<PathBuf>>,
-    /// `volume`: the `[[volume]]` this resource promotes and demotes.
-    pub volume: Option<Spanned<String>>,
+    /// The kind's own fields, by key.
+    pub fields: BTreeMap<String, Spanned<toml::Value>>,
+}
+
+impl<'de> Deserialize<'de> for Resource {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Resource, D::Error> {
+        use serde::de::Error;
+        let mut fields = BTreeMap::<String, Spanned<toml::Value>>::deserialize(d)?;
+        fn take<T: serde::de::DeserializeOwned, E: Error>(
+            fields: &mut BTreeMap<String, Spanned<toml::Value>>,
+            key: &str,
+        ) -> Result<Option<Spanned<T>>, E> {
+            let Some(v) = fields.remove(key) else {
+                return Ok(None);
+            };
+            let at = v.span();
+            T::deserialize(v.into_inner())
+                .map(|t| Some(Spanned::new(at, t)))
+                .map_err(E::custom)
+        }
+        let name = take(&mut fields, "name")?.ok_or_else(|| D::Error::missing_field("name"))?;
+        let kind = take(&mut fields, "kind")?.ok_or_else(|| D::Error::missing_field("kind"))?;
+        // A `timeout_ms` of the wrong type stays among the fields, where
+        // validation reports it at its place with the others.
+        let timeout_ms = match fields.get("timeout_ms").map(|v| v.get_ref().as_integer()) {
+            Some(Some(n)) if n >= 0 => take::<u64, D::Error>(&mut fields, "timeout_ms")?,
+            _ => None,
+        };
+        Ok(Resource {
+            name,
+            kind,
+            timeout_ms,
+            fields,
+        })
+    }
 }
 
 /// `[[monitor]]` (node level) or `[[group.monitor]]`, all kinds flat.

@@ -10,14 +10,12 @@ use std::path::{Path, PathBuf};
 use serde_spanned::Spanned;
 
 use super::schema::{ConfigFile, Group, Monitor, Profile, Resource};
-use super::values::Cidr;
 use super::{resolve_path, KeyFileFacts, Loaded, KEY_LEN};
 use crate::diagnostic::Diagnostic;
+use crate::kinds::{Context, Fields, Params, KINDS};
 use crate::policy::Confinement;
 use crate::quorum::MAX_VOTERS;
 
-/// Resource kinds this version can run.
-pub const IMPLEMENTED_RESOURCES: &[&str] = &["ip", "process", "exec", "volume"];
 /// Resource kinds the product will have but this version refuses.
 const PLANNED_RESOURCES: &[(&str, &str)] = &[
     ("ocf", "run the OCF agent through an `exec` resource with a small wrapper script for now"),
@@ -70,42 +68,16 @@ impl Timing {
     }
 }
 
-/// A resource after validation: only the fields of its kind.
+/// A resource after validation: its name, limit and kind with the kind's
+/// typed fields, every default applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ResourceSpec {
-    /// A floating address.
-    Ip {
-        /// Address and prefix length.
-        address: Cidr,
-        /// Interfaces in order of preference.
-        interfaces: Vec<String>,
-        /// The cluster link the address belongs to, when known.
-        link: Option<String>,
-    },
-    /// A supervised long-running command.
-    Process {
-        /// Program and arguments.
-        command: Vec<String>,
-        /// Signal name used to stop it.
-        stop_signal: String,
-        /// After the stop signal, SIGKILL to its process group this much
-        /// later.
-        kill_after_ms: u64,
-        /// Working directory.
-        working_dir: Option<PathBuf>,
-        /// Extra environment.
-        env: BTreeMap<String, String>,
-    },
-    /// An LSB-style script.
-    Exec {
-        /// Absolute path of the script.
-        script: PathBuf,
-    },
-    /// A replicated volume's role.
-    Volume {
-        /// Name of the `[[volume]]`.
-        volume: String,
-    },
+pub struct ResourceSpec {
+    /// Name, unique in its group.
+    pub name: String,
+    /// Limit on one start, stop or check.
+    pub timeout_ms: u64,
+    /// The kind and its fields.
+    pub params: Params,
 }
 
 /// A monitor after validation.
@@ -193,9 +165,15 @@ impl WatchdogSpec {
 
 /// Turns a TOML/serde error into a located diagnostic with a fix.
 pub(super) fn from_toml_error(e: &toml::de::Error) -> Diagnostic {
-    let msg = plain_types(&e.message().trim().replace('\n', "; "));
+    serde_diagnostic(e.span(), e.message())
+}
+
+/// A serde message at `at` as a diagnostic with a fix, in the operator's
+/// words (also for a kind's field of the wrong type).
+pub(crate) fn serde_diagnostic(at: Option<Range<usize>>, message: &str) -> Diagnostic {
+    let msg = plain_types(&message.trim().replace('\n', "; "));
     let help = help_for_serde_message(&msg);
-    let d = Diagnostic::error(e.span(), msg);
+    let d = Diagnostic::error(at, msg);
     match help {
         Some(h) => d.with_help(h),
         None => d,
@@ -289,7 +267,7 @@ fn backticked(s: &str) -> Vec<String> {
 }
 
 /// The candidate within edit distance 2 of `word`, if any.
-fn closest(word: &str, choices: &[String]) -> Option<String> {
+pub(crate) fn closest(word: &str, choices: &[String]) -> Option<String> {
     choices
         .iter()
         .map(|c| (edit_distance(word, c), c))
@@ -507,7 +485,10 @@ fn check_protection(
     let mut bare: BTreeSet<&str> = BTreeSet::new();
     let mut first = None;
     for (g, rs) in file.groups.iter().zip(resources) {
-        if !rs.iter().any(|r| matches!(r, ResourceSpec::Ip { .. })) {
+        if !rs
+            .iter()
+            .any(|r| r.params.spec().floating_address().is_some())
+        {
             continue;
         }
         let conf = confinement(file, rs);
@@ -1165,21 +1146,6 @@ fn monitor_fields(m: &Monitor) -> FieldList {
     ]
 }
 
-fn resource_fields(r: &Resource) -> FieldList {
-    vec![
-        ("address", r.address.as_ref().map(Spanned::span)),
-        ("interfaces", r.interfaces.as_ref().map(Spanned::span)),
-        ("link", r.link.as_ref().map(Spanned::span)),
-        ("command", r.command.as_ref().map(Spanned::span)),
-        ("stop_signal", r.stop_signal.as_ref().map(Spanned::span)),
-        ("kill_after_ms", r.kill_after_ms.as_ref().map(Spanned::span)),
-        ("working_dir", r.working_dir.as_ref().map(Spanned::span)),
-        ("env", r.env.as_ref().map(Spanned::span)),
-        ("script", r.script.as_ref().map(Spanned::span)),
-        ("volume", r.volume.as_ref().map(Spanned::span)),
-    ]
-}
-
 /// Refuses fields that belong to another kind, so a typo'd kind or a pasted
 /// field never goes unnoticed.
 fn check_fields_apply(
@@ -1316,212 +1282,62 @@ fn check_resource(
     r: &Resource,
     volumes: &BTreeSet<String>,
 ) -> Option<ResourceSpec> {
-    let kind = r.kind.get_ref().as_str();
     c.positive("timeout_ms", &r.timeout_ms);
-    let fields = resource_fields(r);
-    let what = "resource";
-    match kind {
-        "ip" => {
-            check_fields_apply(
-                c,
-                what,
-                &r.kind,
-                &fields,
-                &["address", "interfaces", "link"],
-            );
-            let address = *require(
-                c,
-                &r.address,
-                &r.name,
-                "ip resource",
-                "address",
-                "address = \"10.0.0.100/24\"",
-            )?;
-            let interfaces: Vec<String> = r
-                .interfaces
-                .as_ref()
-                .map(|i| i.get_ref().iter().map(|s| s.get_ref().clone()).collect())
-                .unwrap_or_default();
-            if let Some(i) = &r.interfaces {
-                if interfaces.is_empty() {
-                    c.error(span(i), "`interfaces` is empty", "list the local interfaces in order of preference, or remove `interfaces` to use the one that holds the link's subnet");
-                }
-            }
-            let link = match &r.link {
-                Some(l) => {
-                    let links: BTreeSet<String> = file
-                        .links
-                        .iter()
-                        .map(|l| l.name.get_ref().clone())
-                        .collect();
-                    c.unknown_ref(
-                        "link",
-                        l,
-                        &links,
-                        &format!("resource `{}`", r.name.get_ref()),
-                    );
-                    Some(l.get_ref().clone())
-                }
-                None => file
-                    .links
-                    .iter()
-                    .find(|l| {
-                        l.subnet
-                            .as_ref()
-                            .is_some_and(|s| s.get_ref().contains(address.addr))
-                    })
-                    .map(|l| l.name.get_ref().clone()),
-            };
-            if interfaces.is_empty() && link.is_none() {
-                c.error(r.address.as_ref().and_then(span), format!("no interface for address {address}: it is in no link's subnet and `interfaces` is not set"), "add `interfaces = [\"eth0\"]`, or `link = \"lan\"`, or a `subnet` to the link it belongs to");
-            }
-            Some(ResourceSpec::Ip {
-                address,
-                interfaces,
-                link,
-            })
-        }
-        "process" => {
-            check_fields_apply(
-                c,
-                what,
-                &r.kind,
-                &fields,
-                &[
-                    "command",
-                    "stop_signal",
-                    "kill_after_ms",
-                    "working_dir",
-                    "env",
-                ],
-            );
-            let command = require(
-                c,
-                &r.command,
-                &r.name,
-                "process resource",
-                "command",
-                "command = [\"/usr/bin/program\", \"--arg\"]",
-            )?
-            .clone();
-            if command.is_empty() || command[0].is_empty() {
-                c.error(r.command.as_ref().and_then(span), "`command` is empty", "write the program and its arguments: command = [\"/usr/bin/program\", \"--arg\"]");
-            }
-            let stop_signal = r.stop_signal.as_ref().map_or("TERM".to_string(), |s| {
-                s.get_ref().trim_start_matches("SIG").to_string()
-            });
-            const SIGNALS: &[&str] = &["TERM", "INT", "QUIT", "HUP", "KILL", "USR1", "USR2"];
-            if !SIGNALS.contains(&stop_signal.as_str()) {
-                c.error(
-                    r.stop_signal.as_ref().and_then(span),
-                    format!("unknown stop signal `{stop_signal}`"),
-                    format!("write one of: {}", SIGNALS.join(", ")),
-                );
-            }
-            let timeout = r
-                .timeout_ms
-                .as_ref()
-                .map_or(super::DEFAULT_RESOURCE_TIMEOUT_MS, |t| *t.get_ref());
-            let kill_after_ms = r
-                .kill_after_ms
-                .as_ref()
-                .map_or(super::DEFAULT_KILL_AFTER_MS.min(timeout / 2), |k| {
-                    *k.get_ref()
-                });
-            // SIGKILL must come, and have time to work, within the stop's
-            // limit: otherwise a hung process outlives its stop.
-            if kill_after_ms == 0 || kill_after_ms.saturating_add(super::KILL_WAIT_MS) > timeout {
-                c.error(
-                    r.kill_after_ms
-                        .as_ref()
-                        .and_then(span)
-                        .or_else(|| r.timeout_ms.as_ref().and_then(span)),
-                    format!(
-                        "kill_after_ms ({kill_after_ms}) leaves no time for SIGKILL within timeout_ms ({timeout}): the stop needs {} ms after it",
-                        super::KILL_WAIT_MS
-                    ),
-                    format!(
-                        "set kill_after_ms between 1 and {} or raise timeout_ms",
-                        timeout.saturating_sub(super::KILL_WAIT_MS).max(1)
-                    ),
-                );
-            }
-            Some(ResourceSpec::Process {
-                command,
-                kill_after_ms,
-                stop_signal,
-                working_dir: r.working_dir.as_ref().map(|w| w.get_ref().clone()),
-                env: r
-                    .env
-                    .as_ref()
-                    .map(|e| e.get_ref().clone())
-                    .unwrap_or_default(),
-            })
-        }
-        "exec" => {
-            check_fields_apply(c, what, &r.kind, &fields, &["script"]);
-            let script = require(
-                c,
-                &r.script,
-                &r.name,
-                "exec resource",
-                "script",
-                "script = \"/etc/init.d/apache2\"",
-            )?
-            .clone();
-            if !script.is_absolute() {
-                c.error(
-                    r.script.as_ref().and_then(span),
-                    format!("script `{}` is not an absolute path", script.display()),
-                    "write the full path, e.g. \"/etc/init.d/apache2\"",
-                );
-            }
-            Some(ResourceSpec::Exec { script })
-        }
-        "volume" => {
-            check_fields_apply(c, what, &r.kind, &fields, &["volume"]);
-            let v = r.volume.as_ref();
-            require(
-                c,
-                &r.volume,
-                &r.name,
-                "volume resource",
-                "volume",
-                "volume = \"NAME\" naming a [[volume]]",
-            )?;
-            if let Some(v) = v {
-                c.unknown_ref(
-                    "volume",
-                    v,
-                    volumes,
-                    &format!("resource `{}`", r.name.get_ref()),
-                );
-            }
-            Some(ResourceSpec::Volume {
-                volume: v?.get_ref().clone(),
-            })
-        }
-        other => {
-            if let Some((_, instead)) = PLANNED_RESOURCES.iter().find(|(k, _)| *k == other) {
-                c.error(span(&r.kind), format!("resource kind `{other}` (in group `{group}`) is not implemented in this version"), format!("{instead}; implemented kinds: {}", IMPLEMENTED_RESOURCES.join(", ")));
-            } else {
-                let known: Vec<String> = IMPLEMENTED_RESOURCES
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect();
-                let help = match closest(other, &known) {
-                    Some(best) => format!("did you mean \"{best}\"? Kinds: {}", known.join(", ")),
-                    None => format!("write one of: {}", known.join(", ")),
-                };
-                c.error(
-                    span(&r.kind),
-                    format!("unknown resource kind `{other}`"),
-                    help,
-                );
-            }
+    let mut own = r.fields.clone();
+    if let Some(bad) = own.remove("timeout_ms") {
+        // Not a whole number (see `Resource`'s deserializer): say so here.
+        let e = <u64 as serde::Deserialize>::deserialize(bad.get_ref().clone()).err();
+        let msg = e.map_or_else(
+            || "`timeout_ms` is out of range".to_string(),
+            |e| e.to_string(),
+        );
+        c.diags.push(serde_diagnostic(Some(bad.span()), &msg));
+    }
+    let kind = r.kind.get_ref().as_str();
+    let cx = Context {
+        file,
+        volumes,
+        group,
+    };
+    let mut fields = Fields::new(&r.name, r.timeout_ms.as_ref(), own, &mut c.diags, cx);
+    let timeout_ms = fields.timeout_ms();
+    match Params::check(kind, &mut fields) {
+        Some(params) => Some(ResourceSpec {
+            name: r.name.get_ref().clone(),
+            timeout_ms,
+            params: params?,
+        }),
+        None => {
+            unknown_kind(c, group, r);
             None
         }
     }
+}
+
+/// A `kind` no registered kind has: planned (say what to use meanwhile)
+/// or a typo (say which one was meant).
+fn unknown_kind(c: &mut Checker<'_>, group: &str, r: &Resource) {
+    let other = r.kind.get_ref().as_str();
+    let known: Vec<String> = KINDS.iter().map(|k| k.name.to_string()).collect();
+    if let Some((_, instead)) = PLANNED_RESOURCES.iter().find(|(k, _)| *k == other) {
+        c.error(
+            span(&r.kind),
+            format!(
+                "resource kind `{other}` (in group `{group}`) is not implemented in this version"
+            ),
+            format!("{instead}; implemented kinds: {}", known.join(", ")),
+        );
+        return;
+    }
+    let help = match closest(other, &known) {
+        Some(best) => format!("did you mean \"{best}\"? Kinds: {}", known.join(", ")),
+        None => format!("write one of: {}", known.join(", ")),
+    };
+    c.error(
+        span(&r.kind),
+        format!("unknown resource kind `{other}`"),
+        help,
+    );
 }
 
 fn check_group_monitor(
@@ -1640,15 +1456,12 @@ fn check_group_monitor(
 pub fn confinement(file: &ConfigFile, specs: &[ResourceSpec]) -> Option<Confinement> {
     let volumes: Vec<(String, Vec<String>)> = specs
         .iter()
-        .filter_map(|r| match r {
-            ResourceSpec::Volume { volume } => Some(volume),
-            _ => None,
-        })
+        .filter_map(|r| r.params.spec().volume())
         // An unknown volume is reported where it is named.
         .filter_map(|volume| {
             let v = file.volumes.iter().find(|v| v.name.get_ref() == volume)?;
             let copies = v.nodes.get_ref().iter().map(|n| n.get_ref().clone());
-            Some((volume.clone(), copies.collect()))
+            Some((volume.to_string(), copies.collect()))
         })
         .collect();
     (!volumes.is_empty()).then_some(Confinement { volumes })
@@ -1705,10 +1518,7 @@ fn check_hosting(c: &mut Checker<'_>, file: &ConfigFile, resources: &[Vec<Resour
         }
         let needed: BTreeSet<&str> = specs
             .iter()
-            .filter_map(|r| match r {
-                ResourceSpec::Ip { link: Some(l), .. } => Some(l.as_str()),
-                _ => None,
-            })
+            .filter_map(|r| r.params.spec().link())
             .collect();
         let candidates: Vec<&super::schema::Node> = if g.preferred.is_empty() {
             file.nodes.iter().collect()

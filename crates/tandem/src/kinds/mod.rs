@@ -1,0 +1,89 @@
+//! The agent's side of each resource kind, one file each: probe, start and
+//! stop, its periodic check, what the guard must undo if the agent dies,
+//! and whether its actions run inline. The core's side (fields, defaults,
+//! checks) is `tandem_core::kinds`; the [`registry!`] at the end joins the
+//! two, one line per kind.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tandem_core::group::{ActionKind, Outcome};
+use tandem_core::kinds::Params;
+
+use crate::guard::Leaving;
+use crate::resources::{Owner, Resource};
+use crate::volume::Hub;
+
+/// An action under way (it borrows the resource it acts on).
+pub type Act<'a> = Pin<Box<dyn Future<Output = Outcome> + 'a>>;
+
+/// What binding a configured resource to this node can use.
+pub struct Bind<'a> {
+    /// This node's volumes, if it holds any.
+    pub hub: Option<&'a Arc<Hub>>,
+}
+
+/// What an inline periodic check found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    /// As it should be.
+    Fine,
+    /// Fine, after a change worth a log line (an address moved).
+    Note(String),
+    /// Gone or broken: a failure to recover from.
+    Failed(String),
+}
+
+/// The agent's side of one resource kind.
+pub trait Driver: std::fmt::Debug {
+    /// The kind's name (as in the configuration).
+    fn kind(&self) -> &'static str;
+
+    /// Runs a probe, start or stop to its outcome. Every action is
+    /// idempotent (starting what runs or stopping what is stopped succeeds
+    /// at once) and keeps to `r.timeout_ms` (the caller also bounds it).
+    fn action<'a>(&'a self, r: &'a Resource, action: ActionKind) -> Act<'a>;
+
+    /// The action's outcome at once, for a kind whose actions take well
+    /// under a millisecond and must not wait behind others (None: run
+    /// [`Driver::action`] as a task).
+    fn inline_action(&self, _action: ActionKind) -> Option<Outcome> {
+        None
+    }
+
+    /// The periodic check of a running resource, when the kind checks
+    /// inline (None: a probe runs as a task, and "stopped" is a failure).
+    fn check_inline(&self) -> Option<Health> {
+        None
+    }
+
+    /// Adds what the guard must undo if the agent dies while this may run.
+    fn guard(&self, _owner: &Owner, _part: &mut Leaving) {}
+
+    /// Tells the neighbours again where it is (after a takeover, and every
+    /// refresh); most kinds have nothing to say.
+    fn announce(&self) {}
+}
+
+/// Declares the agent's side of the kinds: one module per line, named as
+/// the core's kind. Generates [`bind`].
+macro_rules! registry {
+    ($($module:ident :: $ty:ident),* $(,)?) => {
+        $(pub mod $module;)*
+
+        /// The agent's side of a configured resource, or why this node
+        /// cannot run it.
+        pub fn bind(params: &Params, cx: &Bind<'_>) -> Result<Box<dyn Driver>, String> {
+            match params {
+                $(Params::$ty(p) => $module::bind(p, cx),)*
+            }
+        }
+    };
+}
+
+registry! {
+    ip::Ip,
+    process::Process,
+    volume::Volume,
+}
