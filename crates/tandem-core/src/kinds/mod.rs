@@ -344,6 +344,7 @@ macro_rules! registry {
 registry! {
     ip::Ip,
     process::Process,
+    exec::Exec,
     volume::Volume,
 }
 

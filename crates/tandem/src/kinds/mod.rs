@@ -85,5 +85,6 @@ macro_rules! registry {
 registry! {
     ip::Ip,
     process::Process,
+    exec::Exec,
     volume::Volume,
 }
