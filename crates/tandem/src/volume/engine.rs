@@ -575,7 +575,10 @@ impl Volume {
     }
 
     /// The locked part of a promotion; None when already primary.
-    #[allow(clippy::type_complexity)]
+    #[allow(
+        clippy::type_complexity,
+        reason = "a tuple of what the lock hands out, used by one caller"
+    )]
     fn promote_locked(
         &self,
         force: bool,
