@@ -7,7 +7,7 @@
 //! timestamps): the time of the `Members[2]` quorum line after the cut.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use tandem_testbed::{Testbed, TestbedSpec};
@@ -42,10 +42,7 @@ fn line_ms(line: &str) -> Option<u64> {
 }
 
 fn now_day_ms() -> u64 {
-    let ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    ms % 86_400_000
+    tandem_testbed::prober::unix_ms() % 86_400_000
 }
 
 /// The first quorum line announcing `members` members in `log` at or after

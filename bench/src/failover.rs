@@ -151,11 +151,7 @@ pub fn tandem(tandem: &Path, runs: usize, restore_ms: u64, fault: Fault) -> Resu
     Ok(out)
 }
 
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+use tandem_testbed::prober::unix_ms;
 
 /// The crash time on the probe log's clock.
 fn on_log(log: &ProbeLog, crash_unix_ms: u64) -> u64 {

@@ -10,7 +10,7 @@ mod volume;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -133,11 +133,7 @@ enum What {
     },
 }
 
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+use tandem_testbed::prober::unix_ms;
 
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")

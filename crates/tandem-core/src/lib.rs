@@ -38,6 +38,9 @@
 
 // The core decides; it never needs to reach past the type system.
 #![forbid(unsafe_code)]
+// Lengths and counts go on the wire and into files: a silent truncation
+// would be a protocol bug. (Tests build inputs freely.)
+#![cfg_attr(not(test), warn(clippy::cast_possible_truncation))]
 
 pub mod agreement;
 pub mod config;

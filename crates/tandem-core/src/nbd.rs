@@ -382,7 +382,9 @@ impl Handshake {
                 } else {
                     let name = self.export.name.as_bytes();
                     let mut body = Vec::with_capacity(4 + name.len());
-                    body.extend_from_slice(&(name.len() as u32).to_be_bytes());
+                    // Export names are short (validated); a length never past u32.
+                    let len = u32::try_from(name.len()).unwrap_or(u32::MAX);
+                    body.extend_from_slice(&len.to_be_bytes());
                     body.extend_from_slice(name);
                     option_reply(&mut out, option, REP_SERVER, &body);
                     option_reply(&mut out, option, REP_ACK, &[]);
@@ -463,7 +465,8 @@ fn option_reply(out: &mut Vec<u8>, option: u32, kind: u32, data: &[u8]) {
     out.extend_from_slice(&REP_MAGIC.to_be_bytes());
     out.extend_from_slice(&option.to_be_bytes());
     out.extend_from_slice(&kind.to_be_bytes());
-    out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    // Replies are short texts and names; a length never past u32.
+    out.extend_from_slice(&u32::try_from(data.len()).unwrap_or(u32::MAX).to_be_bytes());
     out.extend_from_slice(data);
 }
 

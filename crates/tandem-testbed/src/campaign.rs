@@ -17,7 +17,7 @@
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
@@ -366,12 +366,6 @@ impl Outcome {
     }
 }
 
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 fn cluster_shape(shape: Shape, tandem: &Path, dir: &Path) -> Result<ClusterShape> {
     let nodes = shape.nodes();
     let mut extra = agents::ping_monitor_config();
@@ -616,7 +610,7 @@ pub fn run_schedule(tandem: &Path, schedule: &Schedule, logs: Option<&Path>) -> 
     let mut windows: Vec<(u64, u64)> = Vec::new();
     for (i, step) in schedule.steps.iter().enumerate() {
         let h = holder(&c, nodes).unwrap_or(1);
-        let inject = unix_ms();
+        let inject = crate::prober::unix_ms();
         let what = match apply(&mut c, nodes, step, h) {
             Ok(w) => w,
             Err(e) => {
@@ -625,7 +619,7 @@ pub fn run_schedule(tandem: &Path, schedule: &Schedule, logs: Option<&Path>) -> 
                 break;
             }
         };
-        let healed = unix_ms();
+        let healed = crate::prober::unix_ms();
         agents_log += &format!(
             "campaign: step {} `{what}` injected at {}, healed at {}\n",
             i + 1,

@@ -222,14 +222,20 @@ struct TcpResult {
     answer: Option<(String, u64)>,
 }
 
+/// Wall-clock milliseconds since the Unix epoch (0 before 1970): the
+/// testbed's one reading, to line probe logs up with agents' logs.
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 async fn probe(
     spec: ProbeSpec,
     stop: Arc<AtomicBool>,
     ready: std::sync::mpsc::Sender<()>,
 ) -> Result<ProbeLog> {
-    let started_unix_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let started_unix_ms = unix_ms();
     let t0 = Instant::now();
     let now_us = move || t0.elapsed().as_micros() as u64;
     let sock = UdpSocket::bind("0.0.0.0:0")

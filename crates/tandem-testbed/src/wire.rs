@@ -190,9 +190,11 @@ fn receive(fd: &OwnedFd, q: &Queue, imp: Impairment, stop: &AtomicBool, stats: &
     let mut buf = vec![0u8; MAX_FRAME];
     let mut seq = 0u64;
     while !stop.load(Ordering::Relaxed) {
-        // SAFETY: zeroed sockaddr_ll is valid; buf outlives the call.
+        // SAFETY: an all-zero sockaddr_ll is a valid value of this C struct.
         let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         let mut len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+        // SAFETY: buf, sll and len outlive the call, and the lengths passed
+        // are theirs.
         let n = unsafe {
             libc::recvfrom(
                 fd.as_raw_fd(),

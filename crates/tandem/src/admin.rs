@@ -348,9 +348,7 @@ pub fn fence(a: &AdminArgs, node: &str, yes: bool, on: bool) -> Result<ExitCode>
             return Ok(ExitCode::FAILURE);
         }
     }
-    let started = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let started = crate::clock::unix_ms();
     let r = Request::Fence {
         node: node.to_string(),
         on,

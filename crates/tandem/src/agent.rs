@@ -12,7 +12,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use tandem_core::agreement::{Intent, Role};
@@ -405,9 +405,7 @@ pub fn run(cfg: Config, opts: AgentOptions) -> Result<()> {
     }
     // Incarnations only grow: wall-clock µs, but past the last one even if
     // the clock went back.
-    let now_us = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(1, |d| d.as_micros() as u64);
+    let now_us = crate::clock::unix_us();
     let incarnation = now_us.max(persisted.incarnation + 1);
     let volume_key = keys[0];
     let key_fingerprint = tandem_core::config::identity::key_fingerprint(&keys[0]);

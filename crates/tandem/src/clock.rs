@@ -7,7 +7,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Milliseconds since the Unix epoch (0 for a clock before 1970).
 pub fn unix_ms() -> u64 {
+    unix_us() / 1_000
+}
+
+/// Microseconds since the Unix epoch (0 for a clock before 1970).
+pub fn unix_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }

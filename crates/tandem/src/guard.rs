@@ -259,6 +259,7 @@ impl Waker {
             if fd < 0 {
                 return None;
             }
+            // SAFETY: a new descriptor that nothing else owns or closes.
             let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
             let cdir = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
             let mask = libc::IN_MOVED_TO | libc::IN_CLOSE_WRITE | libc::IN_CREATE | libc::IN_DELETE;
@@ -268,7 +269,10 @@ impl Waker {
         })();
         // SAFETY: pidfd_open(2) returns a new fd or -1.
         let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, agent_pid as libc::c_int, 0) };
-        let pidfd = (fd >= 0).then(|| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) });
+        let pidfd = (fd >= 0).then(|| {
+            // SAFETY: a new descriptor that nothing else owns or closes.
+            unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) }
+        });
         Waker { inotify, pidfd }
     }
 
@@ -343,9 +347,7 @@ fn sleep_ms(lease: Option<&LeaseFile>, now_mono_ms: u64) -> (u64, bool) {
 pub fn run(path: &Path, agent_pid: u32, label: &str) -> Result<()> {
     let boot = boot_id();
     let say = |s: &str| {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let now = crate::clock::unix_ms();
         eprintln!(
             "{} tandem-guard[{label}]: {s}",
             crate::status::format_utc(now)

@@ -127,9 +127,7 @@ impl StateFile {
             }
         }
         if recovery == Recovery::DiscardDamaged {
-            let stamp = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
+            let stamp = crate::clock::unix_ms() / 1_000;
             let aside = self.path.with_extension(format!("json.damaged-{stamp}"));
             std::fs::rename(&self.path, &aside).with_context(|| {
                 format!(

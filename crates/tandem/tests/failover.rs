@@ -19,7 +19,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tandem_testbed::agents::{self, all_online, peer, AgentCluster, ClusterShape};
@@ -41,11 +41,7 @@ fn reps() -> usize {
         .unwrap_or(10)
 }
 
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+use tandem_testbed::prober::unix_ms;
 
 struct Fx {
     c: AgentCluster,

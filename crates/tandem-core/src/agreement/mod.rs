@@ -452,7 +452,7 @@ impl Agreement {
         }
         self.durable
             .log
-            .get((index - snap.last_index - 1) as usize)
+            .get(slot(index - snap.last_index - 1))
             .map(|e| e.term)
     }
 
@@ -462,7 +462,7 @@ impl Agreement {
         if index <= snap {
             return None;
         }
-        self.durable.log.get((index - snap - 1) as usize)
+        self.durable.log.get(slot(index - snap - 1))
     }
 
     /// When [`Agreement::on_tick`] must next be called.
@@ -889,7 +889,7 @@ impl Agreement {
         }
         let prev_index = next - 1;
         let prev_term = self.term_at(prev_index).unwrap_or(0);
-        let from = (prev_index - snap.last_index) as usize;
+        let from = slot(prev_index - snap.last_index);
         let entries: Vec<Entry> = self
             .durable
             .log
@@ -940,7 +940,7 @@ impl Agreement {
         let snap = self.durable.snapshot.last_index;
         if prev_index < snap {
             // Everything up to the snapshot is committed, so it matches.
-            let skip = (snap - prev_index) as usize;
+            let skip = slot(snap - prev_index);
             if skip > entries.len() {
                 self.reply_append(from, true, snap);
                 return;
@@ -974,7 +974,7 @@ impl Agreement {
                         self.refuse_append(from);
                         return;
                     }
-                    self.durable.log.truncate((index - snap - 1) as usize);
+                    self.durable.log.truncate(slot(index - snap - 1));
                     self.durable.log.push(e);
                 }
                 None => self.durable.log.push(e),
@@ -998,7 +998,7 @@ impl Agreement {
             return;
         }
         let keep = if self.term_at(snapshot.last_index) == Some(snapshot.last_term) {
-            let cut = (snapshot.last_index - self.durable.snapshot.last_index) as usize;
+            let cut = slot(snapshot.last_index - self.durable.snapshot.last_index);
             self.durable.log.split_off(cut.min(self.durable.log.len()))
         } else {
             Vec::new()
@@ -1087,7 +1087,7 @@ impl Agreement {
             return;
         }
         let last_term = self.term_at(self.applied).unwrap_or(0);
-        let drop = (self.applied - snap) as usize;
+        let drop = slot(self.applied - snap);
         self.durable.log.drain(..drop);
         self.durable.snapshot = Snapshot {
             last_index: self.applied,
@@ -1100,3 +1100,9 @@ impl Agreement {
 
 #[cfg(test)]
 mod tests;
+
+/// A log position as an index into memory: on a 64-bit machine every u64
+/// fits; elsewhere an index past `usize` is past the end of any log held.
+fn slot(n: u64) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
+}

@@ -838,7 +838,8 @@ impl Member {
             .collect();
         let reports = self.encoded_reports();
         self.broadcast(|to, link| Body::Heartbeat {
-            link: link as u8,
+            // Validation allows a handful of links; never past 255.
+            link: u8::try_from(link).unwrap_or(u8::MAX),
             heard: heard[link].clone(),
             report: reports.get(&to).cloned().unwrap_or_default(),
         });

@@ -16,7 +16,8 @@ impl Bitmap {
     pub fn new(size_bytes: u64) -> Bitmap {
         let blocks = size_bytes.div_ceil(BLOCK);
         Bitmap {
-            words: vec![0; blocks.div_ceil(64) as usize],
+            // Sizes are validated; a 64-bit usize holds every u64.
+            words: vec![0; usize::try_from(blocks.div_ceil(64)).unwrap_or(usize::MAX)],
             blocks,
             set: 0,
         }

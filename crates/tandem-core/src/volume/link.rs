@@ -291,7 +291,8 @@ impl Msg {
             Msg::Ping => K_PING,
             Msg::Pong => K_PONG,
         };
-        let len = (out.len() - start - FRAME_HEADER) as u32;
+        // Messages are at most a frame (MAX_FRAME) long.
+        let len = u32::try_from(out.len() - start - FRAME_HEADER).unwrap_or(u32::MAX);
         out[start] = kind;
         out[start + 1..start + FRAME_HEADER].copy_from_slice(&len.to_be_bytes());
     }
@@ -349,7 +350,8 @@ impl Msg {
 fn add_len(frame: &mut [u8], extra: usize) {
     let mut l = [0u8; 4];
     l.copy_from_slice(&frame[1..FRAME_HEADER]);
-    let len = u32::from_be_bytes(l).saturating_add(extra as u32);
+    let extra = u32::try_from(extra).unwrap_or(u32::MAX);
+    let len = u32::from_be_bytes(l).saturating_add(extra);
     frame[1..FRAME_HEADER].copy_from_slice(&len.to_be_bytes());
 }
 

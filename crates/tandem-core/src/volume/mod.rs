@@ -368,6 +368,10 @@ pub fn may_promote(
 
 /// Remaining time of a sync at the observed rate, in seconds (None until
 /// a rate is known).
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "a float-to-integer cast saturates; an ETA past u64 seconds is no ETA anyway"
+)]
 pub fn eta_s(remaining_bytes: u64, bytes_per_s: f64) -> Option<u64> {
     (bytes_per_s >= 1.0).then(|| (remaining_bytes as f64 / bytes_per_s).ceil() as u64)
 }

@@ -239,11 +239,12 @@ pub fn encode(packet: &Packet, key: &Key) -> Result<Vec<u8>, EncodeError> {
             heard,
             report,
         } => {
-            if heard.len() > MAX_HEARD {
-                return Err(EncodeError::TooManyHeard(heard.len()));
-            }
+            let count = u8::try_from(heard.len())
+                .ok()
+                .filter(|n| usize::from(*n) <= MAX_HEARD)
+                .ok_or(EncodeError::TooManyHeard(heard.len()))?;
             body.push(*link);
-            body.push(heard.len() as u8);
+            body.push(count);
             for n in heard {
                 body.extend_from_slice(&n.0.to_be_bytes());
             }
@@ -264,7 +265,9 @@ pub fn encode(packet: &Packet, key: &Key) -> Result<Vec<u8>, EncodeError> {
     out.extend_from_slice(&MAGIC);
     out.push(VERSION);
     out.push(packet.body.kind());
-    out.extend_from_slice(&(body.len() as u16).to_be_bytes());
+    // Each body was checked against MAX_PACKET above.
+    let len = u16::try_from(body.len()).map_err(|_| EncodeError::TooLarge(body.len()))?;
+    out.extend_from_slice(&len.to_be_bytes());
     out.extend_from_slice(&h.cluster.0.to_be_bytes());
     out.extend_from_slice(&h.sender.0.to_be_bytes());
     out.extend_from_slice(&h.recipient.0.to_be_bytes());
