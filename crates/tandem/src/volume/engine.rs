@@ -993,6 +993,41 @@ impl Volume {
         }
     }
 
+    /// `tandem volume disconnect`: the link goes down and stays down until
+    /// [`Volume::connect_by_operator`]. Under one lock: from here no
+    /// session may install itself (`peer::session` checks AdminDown under
+    /// the same lock), and the one present, whatever its epoch, is torn
+    /// down.
+    pub fn disconnect_by_operator(&self) {
+        let live = {
+            let mut st = self.lock();
+            st.link = LinkState::AdminDown;
+            st.conn.as_ref().map(|c| c.epoch)
+        };
+        self.next_epoch();
+        if let Some(epoch) = live {
+            self.teardown(epoch, "disconnected by the operator");
+        }
+        self.event("disconnected by the operator".into());
+    }
+
+    /// `tandem volume connect [--discard-my-data]`: the link may come up
+    /// again.
+    pub fn connect_by_operator(&self, discard_my_data: bool) {
+        let mut st = self.lock();
+        st.discard_my_data = discard_my_data;
+        st.link = LinkState::Connecting;
+        drop(st);
+        self.event(format!(
+            "connect requested by the operator{}",
+            if discard_my_data {
+                " (this copy discards its changes at the next sync)"
+            } else {
+                ""
+            }
+        ));
+    }
+
     /// Ends session `epoch`: every change the peer did not acknowledge is
     /// marked for the next sync; a primary goes on alone.
     pub fn teardown(&self, epoch: u64, why: &str) {

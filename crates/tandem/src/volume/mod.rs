@@ -35,7 +35,7 @@ use tandem_core::config::Config;
 use tandem_core::member::Request;
 use tokio::sync::mpsc;
 
-use engine::{LinkState, Volume, VolumeStatus};
+use engine::{Volume, VolumeStatus};
 use store::MetaPaths;
 
 /// Replication port when the configuration gives none.
@@ -452,37 +452,14 @@ impl Hub {
                 None
             }),
             VolumeCommand::Disconnect { name } => self.get(name).map(|v| {
-                // Under one lock: from here no session may install itself
-                // (`session` checks AdminDown under the same lock), and the
-                // one present, whatever its epoch, is torn down.
-                let live = {
-                    let mut st = v.lock();
-                    st.link = LinkState::AdminDown;
-                    st.conn.as_ref().map(|c| c.epoch)
-                };
-                v.next_epoch();
-                if let Some(epoch) = live {
-                    v.teardown(epoch, "disconnected by the operator");
-                }
-                v.event("disconnected by the operator".into());
+                v.disconnect_by_operator();
                 None
             }),
             VolumeCommand::Connect {
                 name,
                 discard_my_data,
             } => self.get(name).map(|v| {
-                let mut st = v.lock();
-                st.discard_my_data = *discard_my_data;
-                st.link = LinkState::Connecting;
-                drop(st);
-                v.event(format!(
-                    "connect requested by the operator{}",
-                    if *discard_my_data {
-                        " (this copy discards its changes at the next sync)"
-                    } else {
-                        ""
-                    }
-                ));
+                v.connect_by_operator(*discard_my_data);
                 None
             }),
         };

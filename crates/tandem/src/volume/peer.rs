@@ -109,10 +109,17 @@ async fn dial(vol: &Volume) -> Result<(TcpStream, Session)> {
         .await
         .with_context(|| format!("connecting to {}", vol.cfg.peer_addr))?;
     stream.set_nodelay(true).ok();
+    let keys = authenticate_as_dialer(vol, &mut stream).await?;
+    Ok((stream, keys))
+}
+
+/// The dialer's half of the handshake on a connected stream: hello, the
+/// acceptor's challenge checked, our proof; the session's keys.
+async fn authenticate_as_dialer(vol: &Volume, stream: &mut TcpStream) -> Result<Session> {
     let mut nonce = [0u8; 16];
     rand::rngs::OsRng.fill_bytes(&mut nonce);
     write_msg(
-        &mut stream,
+        stream,
         &Msg::Hello {
             volume: vol.cfg.name.clone(),
             node: vol.cfg.me.clone(),
@@ -120,7 +127,7 @@ async fn dial(vol: &Volume) -> Result<(TcpStream, Session)> {
         },
     )
     .await?;
-    let Msg::Challenge { nonce: theirs, mac } = read_preauth(&mut stream).await? else {
+    let Msg::Challenge { nonce: theirs, mac } = read_preauth(stream).await? else {
         bail!("the peer did not answer with a challenge");
     };
     if !mac_ok(
@@ -138,9 +145,14 @@ async fn dial(vol: &Volume) -> Result<(TcpStream, Session)> {
         );
     }
     let proof = auth_mac(&vol.cfg.key, "dialer", &vol.cfg.name, &nonce, &theirs);
-    write_msg(&mut stream, &Msg::Proof { mac: proof }).await?;
-    let keys = Session::derive(&vol.cfg.key, &vol.cfg.name, &nonce, &theirs, End::Dialer);
-    Ok((stream, keys))
+    write_msg(stream, &Msg::Proof { mac: proof }).await?;
+    Ok(Session::derive(
+        &vol.cfg.key,
+        &vol.cfg.name,
+        &nonce,
+        &theirs,
+        End::Dialer,
+    ))
 }
 
 async fn accept_loop(vol: Arc<Volume>) {
@@ -1306,5 +1318,106 @@ mod tests {
         assert_eq!(forged, 1);
         drop(relay.await.unwrap());
         writer.abort();
+    }
+
+    /// One copy of a 1 MiB volume named `data` in `dir`, node `me` with
+    /// peer `peer`, listening (or dialing from) `my_addr`.
+    fn copy(
+        dir: &std::path::Path,
+        me: &str,
+        peer: &str,
+        dialer: bool,
+        my_addr: std::net::SocketAddr,
+        peer_addr: std::net::SocketAddr,
+    ) -> Arc<Volume> {
+        use crate::volume::store::{Backing, Meta, MetaPaths};
+        use std::sync::atomic::AtomicBool;
+        let size = 1 << 20;
+        let cfg = crate::volume::VolumeConfig {
+            name: "data".into(),
+            me: me.into(),
+            peer: peer.into(),
+            dialer,
+            size,
+            backing: dir.join("data.img"),
+            protocol: tandem_core::config::schema::Protocol::C,
+            my_addr,
+            peer_addr,
+            nbd_socket: None,
+            nbd_tcp: None,
+            nbd_tls: None,
+            rate_bytes_s: 1 << 20,
+            split_brain: tandem_core::config::schema::SplitBrainPolicy::Disconnect,
+            key: [9; 32],
+            congestion_control: None,
+            ping_interval_ms: 1000,
+            peer_timeout_ms: 3000,
+            paths: MetaPaths::new(dir, "data"),
+        };
+        Backing::create_file(&cfg.backing, size).unwrap();
+        cfg.paths
+            .save_meta(&Meta::new("data", size, true, 7))
+            .unwrap();
+        cfg.paths.save_bitmap(&Bitmap::new(size)).unwrap();
+        let (tx, _rx) = mpsc::channel(64);
+        Arc::new(Volume::open(cfg, tx, Arc::new(AtomicBool::new(true))).unwrap())
+    }
+
+    /// Regression (CI: `resync_after_disconnect_copies_only_what_changed`
+    /// found 0 dirty bytes after writes made while disconnected): a
+    /// connection that was authenticating when the operator disconnected
+    /// went on to install itself and bring the link back, so the writes
+    /// replicated. Now the disconnect wins: the acceptor drops the
+    /// connection once it is authenticated, and no session is installed.
+    #[tokio::test]
+    async fn regression_a_connection_authenticating_during_a_disconnect_brought_the_link_back() {
+        use std::sync::atomic::Ordering;
+        let dir = tempfile::tempdir().unwrap();
+        let (da, db) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::create_dir_all(&da).unwrap();
+        std::fs::create_dir_all(&db).unwrap();
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let b_addr = free.local_addr().unwrap();
+        drop(free);
+        let a_addr: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let a = copy(&da, "n1", "n2", true, a_addr, b_addr);
+        let b = copy(&db, "n2", "n1", false, b_addr, a_addr);
+        tokio::spawn(run(b.clone()));
+        let mut stream = None;
+        for _ in 0..500 {
+            if let Ok(s) = TcpStream::connect(b_addr).await {
+                stream = Some(s);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut stream = stream.expect("the acceptor never listened");
+        // The acceptor took the connection and waits for our hello.
+        for _ in 0..500 {
+            if b.unauthenticated.load(Ordering::Acquire) == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(b.unauthenticated.load(Ordering::Acquire), 1);
+        b.disconnect_by_operator();
+        // Authentication itself still completes (the acceptor answers).
+        authenticate_as_dialer(&a, &mut stream).await.unwrap();
+        // Then the acceptor must close the connection, not start a session
+        // (which would send its state at once).
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .expect("the acceptor neither closed the connection nor spoke");
+        assert!(
+            matches!(read, Ok(0)) || read.is_err(),
+            "the acceptor started a session after the disconnect ({read:?})"
+        );
+        let st = b.lock();
+        assert!(
+            st.conn.is_none(),
+            "a session was installed after the disconnect"
+        );
+        assert!(matches!(st.link, LinkState::AdminDown), "{:?}", st.link);
     }
 }
