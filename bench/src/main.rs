@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use tandem_testbed::agents::{all_online, event_time, leader, AgentCluster, ClusterShape};
+use tandem_testbed::agents::{
+    all_online, event_time, is_node_dead, leader, AgentCluster, ClusterShape,
+};
 use tandem_testbed::wire::Impairment;
 
 /// Benchmarks of Tandem on the testbed (needs root).
@@ -189,6 +191,7 @@ fn detect(tandem: PathBuf, runs: usize, nodes: usize) -> Result<()> {
     wait_all_settled(&c, nodes)?;
     let victim = nodes;
     let dead = format!("node n{victim} dead");
+    let victim_name = format!("n{victim}");
     let mut figures = Vec::new();
     let mut raw = Vec::new();
     let mut cut_ms = Vec::new();
@@ -205,11 +208,12 @@ fn detect(tandem: PathBuf, runs: usize, nodes: usize) -> Result<()> {
         let mut row = Vec::new();
         for n in 1..victim {
             c.wait(n, Duration::from_secs(5), &dead, |s| {
-                event_time(s, &dead, before).is_some()
+                event_time(s, before, |e| is_node_dead(e, &victim_name)).is_some()
             })?;
             // Events are immutable once logged: read the figure again.
             let s = c.status(n).context("status after detection")?;
-            let at = event_time(&s, &dead, before).context("event vanished")?;
+            let at = event_time(&s, before, |e| is_node_dead(e, &victim_name))
+                .context("event vanished")?;
             row.push(at.saturating_sub(t0));
             figures.push(at.saturating_sub(t0));
         }

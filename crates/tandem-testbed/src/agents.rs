@@ -400,13 +400,19 @@ pub fn leader(s: &Value) -> Option<String> {
     s["agreement"]["leader"].as_str().map(String::from)
 }
 
-/// The time (ms since the epoch) of the first event whose text is `text`
-/// at or after `since_unix_ms`.
-pub fn event_time(s: &Value, text: &str, since_unix_ms: u64) -> Option<u64> {
+/// The time (ms since the epoch) of the first typed event (the agent's
+/// `"event"` in `tandem status --json`: `{"kind": ..., fields}`) that
+/// `matches`, at or after `since_unix_ms`.
+pub fn event_time(s: &Value, since_unix_ms: u64, matches: impl Fn(&Value) -> bool) -> Option<u64> {
     s["events"].as_array()?.iter().find_map(|e| {
         let at = e["at_unix_ms"].as_u64()?;
-        (e["text"] == text && at >= since_unix_ms).then_some(at)
+        (at >= since_unix_ms && matches(&e["event"])).then_some(at)
     })
+}
+
+/// Whether typed event `e` is `node_dead` of node `node`.
+pub fn is_node_dead(e: &Value, node: &str) -> bool {
+    e["kind"] == "node_dead" && e["node"] == node
 }
 
 /// `HH:MM:SS.mmm` (UTC) of a time in ms since the epoch, as agents log it.

@@ -29,6 +29,7 @@ use tokio::net::{UdpSocket, UnixListener};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
+use crate::event::AgentEvent;
 use crate::runner::{Done, Runner};
 use crate::state_file::{Loaded, StateFile};
 use crate::status::{
@@ -561,7 +562,9 @@ impl Agent {
         self.started.elapsed().as_millis() as u64
     }
 
-    fn log(&mut self, text: String) {
+    fn log(&mut self, event: impl Into<AgentEvent>) {
+        let event = event.into();
+        let text = event.to_string();
         let at = unix_ms();
         eprintln!(
             "{} tandem[{}]: {text}",
@@ -574,6 +577,7 @@ impl Agent {
         self.events.push_back(EventRecord {
             at_unix_ms: at,
             text,
+            event: Some(event),
         });
     }
 
@@ -720,7 +724,7 @@ impl Agent {
                 self.log(line);
             }
         } else {
-            self.log("leaving with resources still active: the watchdog stays armed".into());
+            self.log("leaving with resources still active: the watchdog stays armed");
         }
         if let Some(h) = &self.hub {
             h.close();
@@ -728,7 +732,7 @@ impl Agent {
         // Leave cleanly so peers need not wait for deadtime.
         self.member.leave();
         self.flush().await?;
-        self.log("stopped (handed over and sent leave to every peer)".into());
+        self.log("stopped (handed over and sent leave to every peer)");
         let _ = std::fs::remove_file(&self.control_path);
         match self.fatal.take() {
             Some(why) => Err(anyhow::anyhow!(why)),
@@ -764,7 +768,7 @@ impl Agent {
         if let Some(r) = self.runner.as_mut() {
             r.shut_down();
             if r.any_active() {
-                self.log("stopping: stopping the groups here first".into());
+                self.log("stopping: stopping the groups here first");
             }
         }
     }
@@ -964,69 +968,57 @@ impl Agent {
         Ok(())
     }
 
-    fn describe(&self, e: &MemberEvent) -> Option<String> {
+    fn describe(&self, e: &MemberEvent) -> Option<AgentEvent> {
         let t = &self.topo;
-        let link = |l: usize| t.links.get(l).map_or("?", |s| s.as_str());
+        let link = |l: usize| t.links.get(l).map_or("?", |s| s.as_str()).to_string();
+        let name = |id| t.name_of(id).to_string();
         Some(match e {
             MemberEvent::Detector(ev) => match ev.kind {
-                EventKind::LinkUp { peer, link: l } => {
-                    format!("link {}/{} up", t.name_of(peer), link(l))
-                }
-                EventKind::LinkLate { peer, link: l } => {
-                    format!("link {}/{} late", t.name_of(peer), link(l))
-                }
-                EventKind::LinkDown { peer, link: l } => {
-                    format!("link {}/{} down", t.name_of(peer), link(l))
-                }
-                EventKind::NodeAlive { peer, .. } => format!("node {} online", t.name_of(peer)),
-                EventKind::NodeBack { peer, incarnation } => format!(
-                    "node {} back (new incarnation {incarnation})",
-                    t.name_of(peer)
-                ),
-                EventKind::NodeDead {
-                    peer,
-                    never_seen: false,
-                } => format!("node {} dead", t.name_of(peer)),
-                EventKind::NodeDead {
-                    peer,
-                    never_seen: true,
-                } => format!("node {} dead (not seen since start)", t.name_of(peer)),
-                EventKind::NodeLeft { peer } => {
-                    format!("node {} left the cluster", t.name_of(peer))
-                }
+                EventKind::LinkUp { peer, link: l } => AgentEvent::LinkUp {
+                    node: name(peer),
+                    link: link(l),
+                },
+                EventKind::LinkLate { peer, link: l } => AgentEvent::LinkLate {
+                    node: name(peer),
+                    link: link(l),
+                },
+                EventKind::LinkDown { peer, link: l } => AgentEvent::LinkDown {
+                    node: name(peer),
+                    link: link(l),
+                },
+                EventKind::NodeAlive { peer, .. } => AgentEvent::NodeOnline { node: name(peer) },
+                EventKind::NodeBack { peer, incarnation } => AgentEvent::NodeBack {
+                    node: name(peer),
+                    incarnation,
+                },
+                EventKind::NodeDead { peer, never_seen } => AgentEvent::NodeDead {
+                    node: name(peer),
+                    never_seen,
+                },
+                EventKind::NodeLeft { peer } => AgentEvent::NodeLeft { node: name(peer) },
             },
-            MemberEvent::Quorum(v) => {
-                let votes = format!("{} of {} votes", v.votes, v.expected);
-                match (self.last_quorate.replace(Some(v.quorate)), v.quorate) {
-                    (Some(true), true) => format!("quorum kept ({votes})"),
-                    (_, true) => format!("quorum gained ({votes})"),
-                    (Some(false), false) => format!("still no quorum ({votes})"),
-                    _ if self.member.waiting_for_all() => {
-                        format!("no quorum ({votes}; waiting to see every node once since start)")
-                    }
-                    _ => format!("no quorum ({votes})"),
-                }
-            }
-            MemberEvent::Leader {
-                term,
-                leader: Some(l),
-            } => format!("leader is {} (term {term})", t.name_of(*l)),
-            MemberEvent::Leader { term, leader: None } => format!("no leader (term {term})"),
+            MemberEvent::Quorum(v) => AgentEvent::Quorum {
+                quorate: v.quorate,
+                was: self.last_quorate.replace(Some(v.quorate)),
+                votes: v.votes,
+                expected: v.expected,
+                waiting_for_all: self.member.waiting_for_all(),
+            },
+            MemberEvent::Leader { term, leader } => AgentEvent::Leader {
+                term: *term,
+                leader: leader.map(name),
+            },
             MemberEvent::Applied { .. } => return None,
-            MemberEvent::RecordVerified { index } => {
-                format!("record matches the leader's (index {index}): leases may count")
-            }
-            MemberEvent::RecordDiverged { index } => format!(
-                "RECORD DAMAGED: this node's record differs from the leader's at index {index}; \
-                 it was discarded and is fetched again from the leader (nothing runs here until then)"
-            ),
-            MemberEvent::Recovered { term, leader } => format!(
-                "state recovered: followed leader {} in term {term}; this node votes again from the next term",
-                t.name_of(*leader)
-            ),
-            MemberEvent::SendFailed { to, reason } => {
-                format!("could not send to {}: {reason}", t.name_of(*to))
-            }
+            MemberEvent::RecordVerified { index } => AgentEvent::RecordVerified { index: *index },
+            MemberEvent::RecordDiverged { index } => AgentEvent::RecordDiverged { index: *index },
+            MemberEvent::Recovered { term, leader } => AgentEvent::Recovered {
+                term: *term,
+                leader: name(*leader),
+            },
+            MemberEvent::SendFailed { to, reason } => AgentEvent::SendFailed {
+                node: name(*to),
+                reason: reason.clone(),
+            },
         })
     }
 

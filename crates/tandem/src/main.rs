@@ -10,6 +10,7 @@ mod cli;
 mod clock;
 mod config_cmd;
 mod demo;
+mod event;
 mod fence_agent;
 mod guard;
 mod keyfile;

@@ -26,6 +26,7 @@ use tandem_core::monitors::{MonitorPlan, Monitors, Verdict};
 use tandem_core::wants::{Held, Pass, Wants};
 use tokio::sync::mpsc;
 
+use crate::event::AgentEvent;
 use crate::guard::{self, LeaseFile};
 use crate::kinds::{Bind, Health};
 use crate::monitor::{self, Check};
@@ -353,18 +354,14 @@ impl Runner {
 
     /// One pass: wants from the record and the lease, actions, checks.
     /// Returns lines to log.
-    pub fn drive(&mut self, now_ms: u64, member: &mut Member) -> Vec<String> {
+    pub fn drive(&mut self, now_ms: u64, member: &mut Member) -> Vec<AgentEvent> {
         let mut log = Vec::new();
         let pass = self.decide(now_ms, member);
         let lease_ok = pass.lease_ok;
         if self.lease_held != Some(lease_ok) {
             let held_groups = self.any_active();
             if self.lease_held.is_some() && (held_groups || lease_ok) {
-                log.push(if lease_ok {
-                    "lease held: this node may run its groups".to_string()
-                } else {
-                    "lease lost: stopping every group here".to_string()
-                });
+                log.push(AgentEvent::Lease { held: lease_ok });
             }
             self.lease_held = Some(lease_ok);
         }
@@ -401,9 +398,7 @@ impl Runner {
             Err(e) => {
                 let e = format!("{e:#}");
                 if self.lease_write_error.is_none() {
-                    log.push(format!(
-                        "cannot write the lease file for the guard: {e}; this node's lease counts as lost"
-                    ));
+                    log.push(AgentEvent::LeaseFileUnwritable { error: e.clone() });
                 }
                 self.lease_write_error = Some(e);
             }
@@ -499,7 +494,7 @@ impl Runner {
         &mut self,
         now_ms: u64,
         member: &Member,
-        log: &mut Vec<String>,
+        log: &mut Vec<AgentEvent>,
     ) -> Vec<(usize, u64)> {
         // Decided again: this pass's actions may have finished a stop.
         let pass = self.decide(now_ms, member);
@@ -520,11 +515,10 @@ impl Runner {
                 // was still there (not for a group still being probed).
                 if !did.is_empty() {
                     self.killed_leaving.insert(g);
-                    log.push(format!(
-                        "group {}: its stop outlasted what the cluster waits for (the lease held before it was moved away): {}",
-                        self.names[g],
-                        did.join("; ")
-                    ));
+                    log.push(AgentEvent::StopCutShort {
+                        group: self.names[g].clone(),
+                        did,
+                    });
                 }
             }
             out.push((g, end));
@@ -542,7 +536,7 @@ impl Runner {
         group: String,
         reason: String,
         move_now: bool,
-        log: &mut Vec<String>,
+        log: &mut Vec<AgentEvent>,
     ) {
         self.note_failure(&group, &reason, log);
         member.request(
@@ -557,14 +551,17 @@ impl Runner {
         );
     }
 
-    fn note_failure(&mut self, group: &str, reason: &str, log: &mut Vec<String>) {
-        log.push(format!("group {group} failed here: {reason}"));
+    fn note_failure(&mut self, group: &str, reason: &str, log: &mut Vec<AgentEvent>) {
+        log.push(AgentEvent::GroupFailed {
+            group: group.to_string(),
+            reason: reason.to_string(),
+        });
         if let Some(g) = self.names.iter().position(|n| n == group) {
             self.last_failure[g] = Some(reason.to_string());
         }
     }
 
-    fn run_actions(&mut self, now_ms: u64, log: &mut Vec<String>) {
+    fn run_actions(&mut self, now_ms: u64, log: &mut Vec<AgentEvent>) {
         for _ in 0..MAX_INLINE_PASSES {
             let actions = self.groups.poll(now_ms);
             if actions.is_empty() {
@@ -576,15 +573,11 @@ impl Runner {
                     continue;
                 };
                 if a.kind != ActionKind::Probe {
-                    log.push(format!(
-                        "{} {}/{}",
-                        match a.kind {
-                            ActionKind::Start => "starting",
-                            _ => "stopping",
-                        },
-                        r.owner.group,
-                        r.owner.resource
-                    ));
+                    log.push(AgentEvent::ActionBegun {
+                        group: r.owner.group.clone(),
+                        resource: r.owner.resource.clone(),
+                        action: a.kind.into(),
+                    });
                 }
                 if let Some(outcome) = r.kind.inline_action(a.kind) {
                     // Inline (addresses): sub-millisecond netlink calls,
@@ -612,32 +605,36 @@ impl Runner {
         }
     }
 
-    fn log_outcome(&self, a: Action, r: &Resource, outcome: &Outcome, log: &mut Vec<String>) {
-        let what = format!("{}/{}", r.owner.group, r.owner.resource);
+    fn log_outcome(&self, a: Action, r: &Resource, outcome: &Outcome, log: &mut Vec<AgentEvent>) {
+        let (group, resource) = (r.owner.group.clone(), r.owner.resource.clone());
         match (a.kind, outcome) {
-            (ActionKind::Probe, Outcome::Running) => log.push(format!("found {what} running")),
+            (ActionKind::Probe, Outcome::Running) => {
+                log.push(AgentEvent::FoundRunning { group, resource })
+            }
             (ActionKind::Probe, Outcome::Stopped) => {}
-            (ActionKind::Start, Outcome::Running) => log.push(format!("started {what}")),
-            (ActionKind::Stop, Outcome::Stopped) => log.push(format!("stopped {what}")),
-            (k, Outcome::Failed(why)) => log.push(format!(
-                "{} of {what} failed: {why}",
-                match k {
-                    ActionKind::Probe => "probe",
-                    ActionKind::Start => "start",
-                    ActionKind::Stop => "stop",
-                }
-            )),
+            (ActionKind::Start, Outcome::Running) => {
+                log.push(AgentEvent::Started { group, resource })
+            }
+            (ActionKind::Stop, Outcome::Stopped) => {
+                log.push(AgentEvent::Stopped { group, resource })
+            }
+            (k, Outcome::Failed(why)) => log.push(AgentEvent::ActionFailed {
+                group,
+                resource,
+                action: k.into(),
+                reason: why.clone(),
+            }),
             _ => {}
         }
     }
 
     /// An outcome or check result from a task.
-    pub fn on_done(&mut self, now_ms: u64, done: Done, member: &mut Member) -> Vec<String> {
+    pub fn on_done(&mut self, now_ms: u64, done: Done, member: &mut Member) -> Vec<AgentEvent> {
         let mut log = Vec::new();
         match done {
             Done::Action(a, outcome) => {
                 if let Some(r) = self.resources[a.group].get(a.resource).cloned() {
-                    log.extend(r.take_notes());
+                    log.extend(r.take_notes().into_iter().map(AgentEvent::from));
                     self.log_outcome(a, &r, &outcome, &mut log);
                 }
                 self.groups.on_outcome(now_ms, a, outcome);
@@ -662,22 +659,23 @@ impl Runner {
                 index,
                 node: true,
                 result,
-            } => {
-                match self.link_monitors.on_result(now_ms, index, result) {
-                    None => {}
-                    Some(LinkVerdict::Healthy { monitor, link }) => {
-                        log.push(format!("monitor {monitor} (link {link}) healthy again"));
-                    }
-                    Some(LinkVerdict::Failed {
-                        monitor,
-                        link,
-                        failures,
-                        reason,
-                    }) => log.push(format!(
-                        "monitor {monitor} (link {link}) failed {failures} times: {reason}; groups that need link {link} leave this node"
-                    )),
+            } => match self.link_monitors.on_result(now_ms, index, result) {
+                None => {}
+                Some(LinkVerdict::Healthy { monitor, link }) => {
+                    log.push(AgentEvent::LinkHealthy { monitor, link });
                 }
-            }
+                Some(LinkVerdict::Failed {
+                    monitor,
+                    link,
+                    failures,
+                    reason,
+                }) => log.push(AgentEvent::LinkFailed {
+                    monitor,
+                    link,
+                    failures,
+                    reason,
+                }),
+            },
             Done::Monitor {
                 index,
                 node: false,
@@ -694,7 +692,7 @@ impl Runner {
         index: usize,
         result: Result<(), String>,
         member: &mut Member,
-        log: &mut Vec<String>,
+        log: &mut Vec<AgentEvent>,
     ) {
         let Some(group) = self.monitors.plan(index).map(|p| p.group) else {
             return;
@@ -702,10 +700,10 @@ impl Runner {
         let running = self.groups.state(group).0 == GroupState::Running;
         match self.monitors.on_result(now_ms, index, result, running) {
             Verdict::Nothing => {}
-            Verdict::Ignore { group, reason } => log.push(format!(
-                "group {}: {reason} (on_fail = ignore)",
-                self.names[group]
-            )),
+            Verdict::Ignore { group, reason } => log.push(AgentEvent::FailureIgnored {
+                group: self.names[group].clone(),
+                reason,
+            }),
             Verdict::Restart {
                 group,
                 resource,
@@ -724,7 +722,7 @@ impl Runner {
         }
     }
 
-    fn periodic(&mut self, now_ms: u64, log: &mut Vec<String>) {
+    fn periodic(&mut self, now_ms: u64, log: &mut Vec<AgentEvent>) {
         // Repeated announcements of addresses taken over.
         let due: Vec<(usize, usize)> = self
             .announce
@@ -786,7 +784,7 @@ impl Runner {
         });
     }
 
-    fn check_resources(&mut self, now_ms: u64, log: &mut Vec<String>) {
+    fn check_resources(&mut self, now_ms: u64, log: &mut Vec<AgentEvent>) {
         for g in 0..self.groups.len() {
             if self.groups.want(g) != Want::Run {
                 continue;
@@ -800,10 +798,11 @@ impl Runner {
                 let res = self.resources[g][r].clone();
                 match res.kind.check_inline() {
                     Some(Health::Fine) => {}
-                    Some(Health::Note(what)) => log.push(format!(
-                        "{}/{}: {what}",
-                        res.owner.group, res.owner.resource
-                    )),
+                    Some(Health::Note(text)) => log.push(AgentEvent::ResourceNote {
+                        group: res.owner.group.clone(),
+                        resource: res.owner.resource.clone(),
+                        text,
+                    }),
                     Some(Health::Failed(why)) => self.groups.on_monitor_failure(now_ms, g, r, why),
                     None => {
                         self.checking[g][r] = true;

@@ -216,6 +216,9 @@ pub struct EventRecord {
     pub at_unix_ms: u64,
     /// What happened, in words.
     pub text: String,
+    /// What happened, typed (absent from agents before typed events).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<crate::event::AgentEvent>,
 }
 
 /// `YYYY-MM-DD HH:MM:SS.mmm` (UTC) for a Unix time in ms.

@@ -66,10 +66,32 @@ fn running_on(s: &Value) -> Option<usize> {
 }
 
 /// The wall time of the first event at or after `since` whose text is `text`.
-fn event_at(s: &Value, text: &str, since: u64) -> Option<u64> {
+/// When (ms since the Unix epoch, at or after `since`) the agent's typed
+/// event `kind` (its `"kind"` in `tandem status --json`) happened to
+/// `group/resource`: e.g. `started`, `stopped`, `found_running`, or
+/// `action_begun` (a start: use [`start_begun_at`]).
+fn event_at(s: &Value, kind: &str, what: &str, since: u64) -> Option<u64> {
+    let (group, resource) = what.split_once('/')?;
     s["events"].as_array()?.iter().find_map(|e| {
         let at = e["at_unix_ms"].as_u64()?;
-        (at >= since && e["text"] == text).then_some(at)
+        let ev = &e["event"];
+        (at >= since && ev["kind"] == kind && ev["group"] == group && ev["resource"] == resource)
+            .then_some(at)
+    })
+}
+
+/// When a start of `group/resource` began (see [`event_at`]).
+fn start_begun_at(s: &Value, what: &str, since: u64) -> Option<u64> {
+    let (group, resource) = what.split_once('/')?;
+    s["events"].as_array()?.iter().find_map(|e| {
+        let at = e["at_unix_ms"].as_u64()?;
+        let ev = &e["event"];
+        (at >= since
+            && ev["kind"] == "action_begun"
+            && ev["action"] == "start"
+            && ev["group"] == group
+            && ev["resource"] == resource)
+            .then_some(at)
     })
 }
 
@@ -179,10 +201,10 @@ impl Fx {
         // At the resources: the new holder started after the old one
         // stopped (when the old agent can still tell).
         let s_new = self.c.status(new).unwrap();
-        let started = event_at(&s_new, "starting web/service", t_fault)
+        let started = start_begun_at(&s_new, "web/service", t_fault)
             .expect("the new holder logged its start");
         if let Some(s_old) = self.c.status(old).filter(|_| self.check_order) {
-            if let Some(stopped) = event_at(&s_old, "stopped web/vip", t_fault) {
+            if let Some(stopped) = event_at(&s_old, "stopped", "web/vip", t_fault) {
                 assert!(
                     stopped <= started,
                     "{} rep {rep}: n{old} stopped its address at {stopped}, n{new} started at {started}",
@@ -444,11 +466,11 @@ fn restarted_agent_finds_its_group_running_and_keeps_it() {
     let log = prober.stop().unwrap();
     let s = fx.c.status(old).unwrap();
     assert!(
-        event_at(&s, "found web/service running", t).is_some(),
+        event_at(&s, "found_running", "web/service", t).is_some(),
         "probed first: {s:#}"
     );
     assert!(
-        event_at(&s, "starting web/service", t).is_none(),
+        start_begun_at(&s, "web/service", t).is_none(),
         "must not restart: {}\nlogs:\n{}",
         s["events"],
         fx.c.logs()
@@ -564,7 +586,7 @@ fn operator_commands_standby_maintenance_failure_and_cleanup() {
         web(&s).unwrap()
     );
     assert!(
-        event_at(&s, "starting web/service", since).is_none(),
+        start_begun_at(&s, "web/service", since).is_none(),
         "maintenance must not restart: {}",
         s["events"]
     );
@@ -635,7 +657,11 @@ interfaces = ["lan", "sync"]
             .as_array()
             .unwrap()
             .iter()
-            .any(|e| e["text"].as_str().unwrap().contains("interface preference")),
+            .any(|e| e["event"]["kind"] == "resource_note"
+                && e["event"]["text"]
+                    .as_str()
+                    .unwrap()
+                    .contains("interface preference")),
         "{}",
         s["events"]
     );

@@ -104,13 +104,9 @@ fn restart_from_an_edited_state_file_is_refused_then_recovers_without_dual_activ
         |s| {
             all_online(s)
                 && agents::leader(s).is_some()
-                && s["events"].as_array().is_some_and(|e| {
-                    e.iter().any(|e| {
-                        e["text"]
-                            .as_str()
-                            .is_some_and(|t| t.contains("state recovered"))
-                    })
-                })
+                && s["events"]
+                    .as_array()
+                    .is_some_and(|e| e.iter().any(|e| e["event"]["kind"] == "recovered"))
         },
     )
     .unwrap();

@@ -1,0 +1,449 @@
+//! What happened on this node, typed: the log line, the status event ring
+//! (and later metrics and alerts) all read it from here, so a test or a
+//! tool asks "did n2 start web/service, and when" without matching words.
+//!
+//! Each event renders as the line the log has always shown
+//! ([`std::fmt::Display`]); in `tandem status --json` each record carries
+//! both the words and the typed event (`"event": {"kind": ...}`).
+//! Messages not typed yet travel as [`AgentEvent::Note`], in words.
+
+use serde::{Deserialize, Serialize};
+use tandem_core::group::ActionKind;
+
+/// A resource action, as events name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Is it running?
+    Probe,
+    /// Start it.
+    Start,
+    /// Stop it.
+    Stop,
+}
+
+impl From<ActionKind> for Action {
+    fn from(k: ActionKind) -> Action {
+        match k {
+            ActionKind::Probe => Action::Probe,
+            ActionKind::Start => Action::Start,
+            ActionKind::Stop => Action::Stop,
+        }
+    }
+}
+
+impl Action {
+    fn word(self) -> &'static str {
+        match self {
+            Action::Probe => "probe",
+            Action::Start => "start",
+            Action::Stop => "stop",
+        }
+    }
+}
+
+/// One event on this node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum AgentEvent {
+    /// A start or stop of a resource began.
+    ActionBegun {
+        /// Group.
+        group: String,
+        /// Resource.
+        resource: String,
+        /// Start or stop.
+        action: Action,
+    },
+    /// A probe found a resource running (a restarted agent keeps it).
+    FoundRunning {
+        /// Group.
+        group: String,
+        /// Resource.
+        resource: String,
+    },
+    /// A resource started.
+    Started {
+        /// Group.
+        group: String,
+        /// Resource.
+        resource: String,
+    },
+    /// A resource stopped.
+    Stopped {
+        /// Group.
+        group: String,
+        /// Resource.
+        resource: String,
+    },
+    /// An action on a resource failed.
+    ActionFailed {
+        /// Group.
+        group: String,
+        /// Resource.
+        resource: String,
+        /// Which action.
+        action: Action,
+        /// Why, as the resource said it.
+        reason: String,
+    },
+    /// Something a resource's action or check did that the log should
+    /// say (a SIGKILL sent, an address moved to another interface).
+    ResourceNote {
+        /// Group.
+        group: String,
+        /// Resource.
+        resource: String,
+        /// What happened.
+        text: String,
+    },
+    /// A group failed here; the leader hears of it.
+    GroupFailed {
+        /// Group.
+        group: String,
+        /// Why.
+        reason: String,
+    },
+    /// A group's monitor failed with `on_fail = ignore`.
+    FailureIgnored {
+        /// Group.
+        group: String,
+        /// Why.
+        reason: String,
+    },
+    /// This node's lease came or went.
+    Lease {
+        /// Held now (may run its groups) or lost (stops them).
+        held: bool,
+    },
+    /// The guard's lease file could not be written: the lease counts as
+    /// lost.
+    LeaseFileUnwritable {
+        /// Why.
+        error: String,
+    },
+    /// A group's stop outlasted what this node may keep of it: what was
+    /// left was killed.
+    StopCutShort {
+        /// Group.
+        group: String,
+        /// What was done.
+        did: Vec<String>,
+    },
+    /// A link monitor crossed its threshold: the link is failed here.
+    LinkFailed {
+        /// Monitor.
+        monitor: String,
+        /// Link.
+        link: String,
+        /// Failures in a row.
+        failures: u32,
+        /// Why the last check failed.
+        reason: String,
+    },
+    /// A failed link monitor passed again.
+    LinkHealthy {
+        /// Monitor.
+        monitor: String,
+        /// Link.
+        link: String,
+    },
+    /// A link to a peer came up.
+    LinkUp {
+        /// Peer.
+        node: String,
+        /// Link.
+        link: String,
+    },
+    /// A link to a peer is late (heartbeats missed, not dead yet).
+    LinkLate {
+        /// Peer.
+        node: String,
+        /// Link.
+        link: String,
+    },
+    /// A link to a peer went down.
+    LinkDown {
+        /// Peer.
+        node: String,
+        /// Link.
+        link: String,
+    },
+    /// A peer is heard.
+    NodeOnline {
+        /// Peer.
+        node: String,
+    },
+    /// A peer restarted (a new incarnation while it was alive).
+    NodeBack {
+        /// Peer.
+        node: String,
+        /// Its new incarnation.
+        incarnation: u64,
+    },
+    /// A peer is dead: every link silent for the deadtime.
+    NodeDead {
+        /// Peer.
+        node: String,
+        /// Not heard once since this agent started.
+        never_seen: bool,
+    },
+    /// A peer left cleanly.
+    NodeLeft {
+        /// Peer.
+        node: String,
+    },
+    /// The quorum view changed.
+    Quorum {
+        /// Quorate now.
+        quorate: bool,
+        /// Whether it was before (None: first view).
+        was: Option<bool>,
+        /// Votes present.
+        votes: usize,
+        /// Votes expected.
+        expected: usize,
+        /// Not quorate because a rebooted node waits to see every voter once.
+        waiting_for_all: bool,
+    },
+    /// The known leader changed.
+    Leader {
+        /// Raft term.
+        term: u64,
+        /// The leader (None: none known).
+        leader: Option<String>,
+    },
+    /// This node's record matches the leader's.
+    RecordVerified {
+        /// At this commit index.
+        index: u64,
+    },
+    /// This node's record differs from the leader's: discarded, fetched
+    /// again.
+    RecordDiverged {
+        /// At this commit index.
+        index: u64,
+    },
+    /// After a damaged state file: this node followed a leader.
+    Recovered {
+        /// Term.
+        term: u64,
+        /// Leader followed.
+        leader: String,
+    },
+    /// A datagram could not be sent.
+    SendFailed {
+        /// Peer.
+        node: String,
+        /// Why.
+        reason: String,
+    },
+    /// Anything not typed yet, in words.
+    Note {
+        /// What happened.
+        text: String,
+    },
+}
+
+impl From<String> for AgentEvent {
+    fn from(text: String) -> AgentEvent {
+        AgentEvent::Note { text }
+    }
+}
+
+impl From<&str> for AgentEvent {
+    fn from(text: &str) -> AgentEvent {
+        AgentEvent::Note {
+            text: text.to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for AgentEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AgentEvent::ActionBegun {
+                group,
+                resource,
+                action,
+            } => {
+                let verb = match action {
+                    Action::Start => "starting",
+                    Action::Stop => "stopping",
+                    Action::Probe => "probing",
+                };
+                write!(f, "{verb} {group}/{resource}")
+            }
+            AgentEvent::FoundRunning { group, resource } => {
+                write!(f, "found {group}/{resource} running")
+            }
+            AgentEvent::Started { group, resource } => write!(f, "started {group}/{resource}"),
+            AgentEvent::Stopped { group, resource } => write!(f, "stopped {group}/{resource}"),
+            AgentEvent::ActionFailed {
+                group,
+                resource,
+                action,
+                reason,
+            } => write!(
+                f,
+                "{} of {group}/{resource} failed: {reason}",
+                action.word()
+            ),
+            AgentEvent::ResourceNote {
+                group,
+                resource,
+                text,
+            } => write!(f, "{group}/{resource}: {text}"),
+            AgentEvent::GroupFailed { group, reason } => {
+                write!(f, "group {group} failed here: {reason}")
+            }
+            AgentEvent::FailureIgnored { group, reason } => {
+                write!(f, "group {group}: {reason} (on_fail = ignore)")
+            }
+            AgentEvent::Lease { held: true } => {
+                f.write_str("lease held: this node may run its groups")
+            }
+            AgentEvent::Lease { held: false } => {
+                f.write_str("lease lost: stopping every group here")
+            }
+            AgentEvent::LeaseFileUnwritable { error } => write!(
+                f,
+                "cannot write the lease file for the guard: {error}; this node's lease counts as lost"
+            ),
+            AgentEvent::StopCutShort { group, did } => write!(
+                f,
+                "group {group}: its stop outlasted what the cluster waits for (the lease held before it was moved away): {}",
+                did.join("; ")
+            ),
+            AgentEvent::LinkFailed {
+                monitor,
+                link,
+                failures,
+                reason,
+            } => write!(
+                f,
+                "monitor {monitor} (link {link}) failed {failures} times: {reason}; groups that need link {link} leave this node"
+            ),
+            AgentEvent::LinkHealthy { monitor, link } => {
+                write!(f, "monitor {monitor} (link {link}) healthy again")
+            }
+            AgentEvent::LinkUp { node, link } => write!(f, "link {node}/{link} up"),
+            AgentEvent::LinkLate { node, link } => write!(f, "link {node}/{link} late"),
+            AgentEvent::LinkDown { node, link } => write!(f, "link {node}/{link} down"),
+            AgentEvent::NodeOnline { node } => write!(f, "node {node} online"),
+            AgentEvent::NodeBack { node, incarnation } => {
+                write!(f, "node {node} back (new incarnation {incarnation})")
+            }
+            AgentEvent::NodeDead {
+                node,
+                never_seen: false,
+            } => write!(f, "node {node} dead"),
+            AgentEvent::NodeDead {
+                node,
+                never_seen: true,
+            } => write!(f, "node {node} dead (not seen since start)"),
+            AgentEvent::NodeLeft { node } => write!(f, "node {node} left the cluster"),
+            AgentEvent::Quorum {
+                quorate,
+                was,
+                votes,
+                expected,
+                waiting_for_all,
+            } => {
+                let votes = format!("{votes} of {expected} votes");
+                match (was, quorate) {
+                    (Some(true), true) => write!(f, "quorum kept ({votes})"),
+                    (_, true) => write!(f, "quorum gained ({votes})"),
+                    (Some(false), false) => write!(f, "still no quorum ({votes})"),
+                    _ if *waiting_for_all => write!(
+                        f,
+                        "no quorum ({votes}; waiting to see every node once since start)"
+                    ),
+                    _ => write!(f, "no quorum ({votes})"),
+                }
+            }
+            AgentEvent::Leader {
+                term,
+                leader: Some(l),
+            } => write!(f, "leader is {l} (term {term})"),
+            AgentEvent::Leader { term, leader: None } => write!(f, "no leader (term {term})"),
+            AgentEvent::RecordVerified { index } => write!(
+                f,
+                "record matches the leader's (index {index}): leases may count"
+            ),
+            AgentEvent::RecordDiverged { index } => write!(
+                f,
+                "RECORD DAMAGED: this node's record differs from the leader's at index {index}; \
+                 it was discarded and is fetched again from the leader (nothing runs here until then)"
+            ),
+            AgentEvent::Recovered { term, leader } => write!(
+                f,
+                "state recovered: followed leader {leader} in term {term}; this node votes again from the next term"
+            ),
+            AgentEvent::SendFailed { node, reason } => {
+                write!(f, "could not send to {node}: {reason}")
+            }
+            AgentEvent::Note { text } => f.write_str(text),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The words stay what operators (and their log scrapers) know.
+    #[test]
+    fn events_render_as_the_log_lines_they_replace() {
+        let r = |group: &str, resource: &str| (group.to_string(), resource.to_string());
+        let (g, res) = r("web", "service");
+        let cases = [
+            (
+                AgentEvent::ActionBegun {
+                    group: g.clone(),
+                    resource: res.clone(),
+                    action: Action::Start,
+                },
+                "starting web/service",
+            ),
+            (
+                AgentEvent::Stopped {
+                    group: g.clone(),
+                    resource: "vip".into(),
+                },
+                "stopped web/vip",
+            ),
+            (
+                AgentEvent::ActionFailed {
+                    group: g.clone(),
+                    resource: res.clone(),
+                    action: Action::Stop,
+                    reason: "exit 1".into(),
+                },
+                "stop of web/service failed: exit 1",
+            ),
+            (
+                AgentEvent::Lease { held: false },
+                "lease lost: stopping every group here",
+            ),
+        ];
+        for (e, text) in cases {
+            assert_eq!(e.to_string(), text);
+        }
+    }
+
+    #[test]
+    fn events_carry_their_kind_and_fields_in_json() {
+        let e = AgentEvent::Started {
+            group: "web".into(),
+            resource: "vip".into(),
+        };
+        let v = serde_json::to_value(&e).unwrap_or_default();
+        assert_eq!(v["kind"], "started");
+        assert_eq!(v["group"], "web");
+        assert_eq!(v["resource"], "vip");
+        let back: AgentEvent =
+            serde_json::from_value(v).unwrap_or_else(|_| AgentEvent::from(String::new()));
+        assert_eq!(back, e);
+    }
+}
