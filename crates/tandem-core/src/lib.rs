@@ -31,6 +31,8 @@
 //! - [`nbd`]: the NBD protocol (handshake and request stream), server side.
 //! - [`volume`]: replicated volumes: disk states, generations, the sync
 //!   decision, the dirty bitmap and the replication link's messages.
+//! - `testing` (tests, or the `testing` feature): an in-memory cluster
+//!   for tests that read like stories.
 //! - [`wants`]: what this node wants of each of its groups (run, stop,
 //!   leave) and until when it may keep a group moved away.
 //! - [`watchdog`]: when the agent feeds the node's watchdog and when it
@@ -57,6 +59,8 @@ pub mod monitors;
 pub mod nbd;
 pub mod policy;
 pub mod quorum;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod volume;
 pub mod wants;
 pub mod watchdog;

@@ -1,0 +1,431 @@
+//! An in-memory cluster for tests that read like stories, in the manner of
+//! quinn-proto's `Pair`: N members joined by a simulated network, simulated
+//! time, and on every node the agent's own group runner (the real
+//! [`crate::wants`] and [`crate::group`] state machines) over resources
+//! that are simply "running or not". Nothing here is random: a story runs
+//! the same way every time.
+//!
+//! ```
+//! use tandem_core::testing::Cluster;
+//! let mut c = Cluster::new(3, &["web"]);
+//! c.run_for(5_000);
+//! let n = c.placed_on("web").expect("placed");
+//! assert_eq!(c.running_on("web"), vec![n]);
+//! ```
+//!
+//! Compiled for this crate's own tests and, for others, behind the
+//! `testing` feature. The fault campaign (`tests/simulation.rs`) adds
+//! randomised faults and invariant checks on top of the same parts.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+use crate::agreement::{Record, Role};
+use crate::config::Timing;
+use crate::group::{ActionKind, Groups, Outcome, ResourceState};
+use crate::member::{GroupReport, GroupsSpec, Member, MemberSpec, PeerSpec, Persisted};
+use crate::policy::{Failback, GroupPolicy};
+use crate::quorum::Mode;
+use crate::wants::{Held, Wants};
+use crate::wire::{ClusterId, NodeId};
+
+/// The timing of every story: the LAN profile.
+pub const TIMING: Timing = Timing {
+    heartbeat_ms: 100,
+    deadtime_ms: 1_000,
+    warntime_ms: 500,
+    startup_wait_ms: 2_000,
+};
+
+/// Delay of every datagram on the simulated network.
+const DELAY_MS: u64 = 1;
+/// Most runner passes of one drive (each finishes at least one action).
+const MAX_PASSES: usize = 16;
+
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Datagram {
+    at_ms: u64,
+    seq: u64,
+    from: usize,
+    to: usize,
+    link: usize,
+    bytes: Vec<u8>,
+}
+
+struct Node {
+    spec: MemberSpec,
+    member: Option<Member>,
+    persisted: Persisted,
+    /// Global time at which the running agent started.
+    start_ms: u64,
+    runner: Groups,
+    wants: Wants,
+    /// Per group: whether its (one) resource really runs here.
+    running: Vec<bool>,
+    /// Every link of the node is cut.
+    cut: bool,
+}
+
+/// A simulated cluster (see the module docs).
+pub struct Cluster {
+    now_ms: u64,
+    groups: Vec<String>,
+    nodes: Vec<Node>,
+    ids: Vec<NodeId>,
+    net: BinaryHeap<Reverse<Datagram>>,
+    seq: u64,
+}
+
+impl Cluster {
+    /// `n` voting nodes (`n1`...), two links, majority quorum, and these
+    /// groups, each with one resource, preferring `n1`, `n2`, ... in order,
+    /// failback manual. Every agent starts at time 0.
+    pub fn new(n: usize, groups: &[&str]) -> Cluster {
+        let ids: Vec<NodeId> = (0..n).map(|i| NodeId(100 + i as u64)).collect();
+        let names: Vec<String> = (0..n).map(|i| format!("n{}", i + 1)).collect();
+        let nodes = (0..n)
+            .map(|me| Node {
+                spec: MemberSpec {
+                    cluster: ClusterId(7),
+                    me: ids[me],
+                    voter: true,
+                    peers: (0..n)
+                        .filter(|&i| i != me)
+                        .map(|i| PeerSpec {
+                            id: ids[i],
+                            links: vec![true, true],
+                            voter: true,
+                        })
+                        .collect(),
+                    links: 2,
+                    mode: Mode::Majority { voters: n },
+                    wait_for_all: false,
+                    timing: TIMING,
+                    keys: vec![[3u8; 32]],
+                    config_hash: "story".into(),
+                    config_sections: vec![],
+                    key_fingerprint: "fp".into(),
+                    member_names: names.clone(),
+                },
+                member: None,
+                persisted: Persisted::default(),
+                start_ms: 0,
+                runner: Groups::new(&vec![1; groups.len()], 0),
+                wants: Wants::new(),
+                running: vec![false; groups.len()],
+                cut: false,
+            })
+            .collect();
+        let mut c = Cluster {
+            now_ms: 0,
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+            nodes,
+            ids,
+            net: BinaryHeap::new(),
+            seq: 0,
+        };
+        for i in 0..n {
+            c.start_agent(i, None);
+        }
+        c
+    }
+
+    fn groups_spec(&self) -> GroupsSpec {
+        let hosts: Vec<String> = (0..self.nodes.len())
+            .map(|i| format!("n{}", i + 1))
+            .collect();
+        GroupsSpec {
+            groups: self
+                .groups
+                .iter()
+                .map(|name| GroupPolicy {
+                    name: name.clone(),
+                    preferred: hosts.clone(),
+                    failback: Failback::Manual,
+                    migration_threshold: 3,
+                    needs_links: vec![],
+                    confined_to: None,
+                })
+                .collect(),
+            failure_expiry_ms: vec![600_000; self.groups.len()],
+            host_ids: self.ids.clone(),
+            hosts,
+            lease_ms: TIMING.deadtime_ms,
+            fence_hosts: vec![],
+            stop_bound_ms: vec![1_000; self.groups.len()],
+        }
+    }
+
+    /// Starts node `i`'s agent, inheriting a previous agent's lease that
+    /// ends at `inherited_until_ms` (global time), if any.
+    fn start_agent(&mut self, i: usize, inherited_until_ms: Option<u64>) {
+        let spec = self.groups_spec();
+        let now = self.now_ms;
+        let node = &mut self.nodes[i];
+        let incarnation = node.persisted.incarnation + 1;
+        let mut m = Member::new(
+            node.spec.clone(),
+            incarnation,
+            node.persisted.clone(),
+            0,
+            // Well mixed: members' election timers must differ.
+            0x9E37_79B9_7F4A_7C15_u64.wrapping_mul(i as u64 + 1) ^ (now << 20),
+        );
+        m.set_groups(spec, 0);
+        node.member = Some(m);
+        node.start_ms = now;
+        node.runner = Groups::new(&vec![1; node.running.len()], 0);
+        node.wants = Wants::new();
+        if let Some(u) = inherited_until_ms.filter(|u| *u > now) {
+            node.wants.inherit_lease(u - now);
+        }
+        self.flush(i);
+    }
+
+    /// The current simulated time (ms since the story began).
+    pub fn now_ms(&self) -> u64 {
+        self.now_ms
+    }
+
+    /// Node `i`'s member (None while its agent is down).
+    pub fn member(&self, i: usize) -> Option<&Member> {
+        self.nodes.get(i)?.member.as_ref()
+    }
+
+    /// The node whose member leads in the highest term (an old leader
+    /// may not have heard of the new one yet).
+    pub fn leader(&self) -> Option<usize> {
+        (0..self.nodes.len())
+            .filter_map(|i| {
+                let a = self.member(i)?.agreement();
+                (a.role() == Role::Leader).then(|| (a.term(), i))
+            })
+            .max()
+            .map(|(_, i)| i)
+    }
+
+    /// The record as node `i` has applied it.
+    pub fn record(&self, i: usize) -> Option<&Record> {
+        Some(self.member(i)?.agreement().record())
+    }
+
+    /// The node the leader's record places `group` on.
+    pub fn placed_on(&self, group: &str) -> Option<usize> {
+        let node = self
+            .record(self.leader()?)?
+            .placements
+            .get(group)?
+            .node
+            .clone()?;
+        node.strip_prefix('n')?
+            .parse::<usize>()
+            .ok()?
+            .checked_sub(1)
+    }
+
+    /// The nodes where `group`'s resource really runs.
+    pub fn running_on(&self, group: &str) -> Vec<usize> {
+        let Some(g) = self.groups.iter().position(|n| n == group) else {
+            return Vec::new();
+        };
+        (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].running[g])
+            .collect()
+    }
+
+    /// Node `i` loses power: its agent and resources are gone until
+    /// [`Cluster::power_on`].
+    pub fn power_off(&mut self, i: usize) {
+        let n = &mut self.nodes[i];
+        n.member = None;
+        n.running.iter_mut().for_each(|r| *r = false);
+        self.net.retain(|Reverse(d)| d.to != i);
+    }
+
+    /// Node `i` boots again: a fresh agent from its persisted state.
+    pub fn power_on(&mut self, i: usize) {
+        self.start_agent(i, None);
+    }
+
+    /// Node `i`'s agent is killed (-9) and started again at once: its
+    /// resources keep running, and the new agent inherits the lease the
+    /// old one held (what its guard would have enforced).
+    pub fn restart_agent(&mut self, i: usize) {
+        let inherited = self.nodes[i].member.as_ref().and_then(|m| {
+            let local = self.now_ms - self.nodes[i].start_ms;
+            m.lease_until(local).map(|u| self.nodes[i].start_ms + u)
+        });
+        self.nodes[i].member = None;
+        self.start_agent(i, inherited);
+    }
+
+    /// Cuts (or restores) every link of node `i`.
+    pub fn set_cut(&mut self, i: usize, cut: bool) {
+        self.nodes[i].cut = cut;
+    }
+
+    /// Runs the cluster for `ms` of simulated time.
+    pub fn run_for(&mut self, ms: u64) {
+        let end = self.now_ms + ms;
+        while self.now_ms < end {
+            self.step();
+            self.now_ms = self.next_time(end);
+        }
+    }
+
+    /// When something is next due (at most `limit`).
+    fn next_time(&self, limit: u64) -> u64 {
+        let mut t = limit;
+        if let Some(Reverse(d)) = self.net.peek() {
+            t = t.min(d.at_ms);
+        }
+        for n in &self.nodes {
+            if let Some(m) = &n.member {
+                t = t.min(n.start_ms + m.next_deadline());
+                if let Some(d) = n.runner.next_deadline() {
+                    t = t.min(n.start_ms + d);
+                }
+            }
+        }
+        t.max(self.now_ms + 1)
+    }
+
+    fn step(&mut self) {
+        while self
+            .net
+            .peek()
+            .is_some_and(|Reverse(d)| d.at_ms <= self.now_ms)
+        {
+            let Some(Reverse(d)) = self.net.pop() else {
+                break;
+            };
+            let local = self.now_ms - self.nodes[d.to].start_ms;
+            if let Some(m) = self.nodes[d.to].member.as_mut() {
+                m.on_datagram(local, d.link, &d.bytes);
+                self.flush(d.to);
+            }
+        }
+        for i in 0..self.nodes.len() {
+            let local = self.now_ms - self.nodes[i].start_ms;
+            if let Some(m) = self.nodes[i].member.as_mut() {
+                if m.next_deadline() <= local {
+                    m.on_tick(local);
+                }
+                self.flush(i);
+            }
+        }
+    }
+
+    /// A member's output onto the network, then the node's runner pass.
+    fn flush(&mut self, i: usize) {
+        self.send(i);
+        self.drive(i);
+        self.send(i);
+    }
+
+    fn send(&mut self, i: usize) {
+        let Some(m) = self.nodes[i].member.as_mut() else {
+            return;
+        };
+        let out = m.take_output();
+        if let Some(p) = out.persist {
+            self.nodes[i].persisted = p;
+        }
+        for t in out.transmit {
+            let Some(to) = self.ids.iter().position(|id| *id == t.to) else {
+                continue;
+            };
+            if self.nodes[i].cut || self.nodes[to].cut {
+                continue;
+            }
+            self.seq += 1;
+            self.net.push(Reverse(Datagram {
+                at_ms: self.now_ms + DELAY_MS,
+                seq: self.seq,
+                from: i,
+                to,
+                link: t.link,
+                bytes: t.bytes,
+            }));
+        }
+    }
+
+    /// The agent's runner pass (as `runner::Runner::drive` in the agent):
+    /// wants, then every action at once on the simulated resources.
+    fn drive(&mut self, i: usize) {
+        let local = self.now_ms - self.nodes[i].start_ms;
+        let groups = &self.groups;
+        let node = &mut self.nodes[i];
+        let Some(m) = node.member.as_mut() else {
+            return;
+        };
+        let held: Vec<Held<'_>> = groups
+            .iter()
+            .enumerate()
+            .map(|(g, name)| Held {
+                name,
+                active: node.runner.active(g),
+            })
+            .collect();
+        let pass = node.wants.decide(local, m, true, &held);
+        for (g, d) in pass.groups.iter().enumerate() {
+            // The guard's part: what may no longer run here is killed.
+            let over = if d.placed_here {
+                !pass.lease_ok && node.wants.inherited_until(local).is_none()
+            } else {
+                d.cut_short(local)
+            };
+            if over {
+                node.running[g] = false;
+            }
+            node.runner.set_want(g, d.want);
+        }
+        for _ in 0..MAX_PASSES {
+            let actions = node.runner.poll(local);
+            if actions.is_empty() {
+                break;
+            }
+            for a in actions {
+                let real = &mut node.running[a.group];
+                let outcome = match a.kind {
+                    ActionKind::Probe if *real => Outcome::Running,
+                    ActionKind::Probe => Outcome::Stopped,
+                    ActionKind::Start => {
+                        *real = true;
+                        Outcome::Running
+                    }
+                    ActionKind::Stop => {
+                        *real = false;
+                        Outcome::Stopped
+                    }
+                };
+                node.runner.on_outcome(local, a, outcome);
+            }
+        }
+        let reports = groups
+            .iter()
+            .enumerate()
+            .map(|(g, name)| GroupReport {
+                name: name.clone(),
+                epoch: 0,
+                active: node.runner.active(g),
+                state: node.runner.state(g).0.as_str().into(),
+                since_unix_ms: 0,
+                failure: None,
+                stop_failed: node.runner.stop_failed(g).map(str::to_string),
+            })
+            .collect();
+        m.set_local(reports, vec![]);
+    }
+
+    /// Whether node `i`'s runner believes `group`'s resource runs.
+    pub fn runner_says_running(&self, i: usize, group: &str) -> bool {
+        let Some(g) = self.groups.iter().position(|n| n == group) else {
+            return false;
+        };
+        self.nodes[i].runner.resources(g).first() == Some(&ResourceState::Running)
+    }
+}
+
+#[cfg(test)]
+mod stories;
