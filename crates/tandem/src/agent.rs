@@ -419,7 +419,11 @@ pub fn run(cfg: Config, opts: AgentOptions) -> Result<()> {
     let groups = groups_spec(&cfg, &topo, &fence_devices)?;
     let started = Instant::now();
     let unix_at_zero_ms = unix_ms();
-    let mut member = Member::new(spec, incarnation, persisted, 0, now_us);
+    // The election timers' seed. Not the time: the incarnation usually is
+    // the time, and the core mixes the two (`seed ^ incarnation`), which
+    // left every start of a node with the same timers.
+    let seed: u64 = rand::random();
+    let mut member = Member::new(spec, incarnation, persisted, 0, seed);
     member.set_groups(groups, unix_at_zero_ms);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
