@@ -65,8 +65,6 @@ pub const DEFAULT_CONTROL_SOCKET: &str = "/run/tandem/control.sock";
 pub const DEFAULT_WITNESS_SOCKET: &str = "/run/tandem/witness.sock";
 /// Default state directory.
 const DEFAULT_STATE_DIR: &str = "/var/lib/tandem";
-/// Default heartbeat port of a link.
-const DEFAULT_PORT: u16 = 5405;
 /// The witness's member name (reserved; no node may use it).
 pub const WITNESS_NAME: &str = "witness";
 
@@ -108,11 +106,7 @@ impl Topology {
     fn from_config(cfg: &Config) -> Topology {
         let f = &cfg.file;
         let links: Vec<String> = f.links.iter().map(|l| l.name.get_ref().clone()).collect();
-        let ports: Vec<u16> = f
-            .links
-            .iter()
-            .map(|l| l.port.as_ref().map_or(DEFAULT_PORT, |p| *p.get_ref()))
-            .collect();
+        let ports: Vec<u16> = cfg.links.iter().map(|l| l.port).collect();
         let mut names = Vec::new();
         let mut addrs = Vec::new();
         for n in &f.nodes {

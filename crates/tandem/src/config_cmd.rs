@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use tandem_core::config::{self, Config, Loaded, MonitorSpec};
+use tandem_core::config::{self, Config, Loaded, MonitorCheck};
 use tandem_core::diagnostic::{render, Severity};
 
 use crate::cli::ValidateArgs;
@@ -165,16 +165,12 @@ fn describe(cfg: &Config) -> String {
         (None, false) => format!("majority of {} voter(s)", f.nodes.len().min(7)),
     };
     let _ = writeln!(o, "  quorum          {quorum}");
-    for l in &f.links {
-        let subnet = l
-            .subnet
-            .as_ref()
-            .map_or("any subnet".to_string(), |s| s.get_ref().to_string());
-        let port = l.port.as_ref().map_or(5405, |p| *p.get_ref());
+    for l in &cfg.links {
+        let subnet = l.subnet.map_or("any subnet".to_string(), |s| s.to_string());
         let _ = writeln!(
             o,
-            "  link {:<10} {subnet}, heartbeat port {port}",
-            l.name.get_ref()
+            "  link {:<10} {subnet}, heartbeat port {}",
+            l.name, l.port
         );
     }
     for n in &f.nodes {
@@ -186,24 +182,19 @@ fn describe(cfg: &Config) -> String {
             .collect();
         let _ = writeln!(o, "  node {:<10} {}", n.name.get_ref(), addrs.join(" "));
     }
-    for d in &f.fence_devices {
-        let level = d.level.as_ref().map_or(1, |l| *l.get_ref());
-        let hosts: Vec<&str> = d
-            .hosts
-            .get_ref()
-            .keys()
-            .map(|k| k.get_ref().as_str())
-            .collect();
+    for d in &cfg.fence_devices {
+        let hosts: Vec<&str> = d.hosts.iter().map(|(n, _)| n.as_str()).collect();
         let _ = writeln!(
             o,
-            "  fence device {} (level {level}, {}) for {}",
-            d.name.get_ref(),
-            d.agent.get_ref().display(),
+            "  fence device {} (level {}, {}) for {}",
+            d.name,
+            d.level,
+            d.agent.display(),
             hosts.join(", ")
         );
     }
     for m in &cfg.node_monitors {
-        if let MonitorSpec::Ping { targets, link } = m {
+        if let MonitorCheck::Ping { targets, link } = &m.check {
             let t: Vec<String> = targets.iter().map(ToString::to_string).collect();
             let _ = writeln!(o, "  ping monitor on {link}: {}", t.join(", "));
         }

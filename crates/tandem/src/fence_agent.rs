@@ -12,9 +12,6 @@ use tandem_core::fence::{self, Device};
 
 use crate::resources::run_bounded;
 
-/// Default limit on one run of an agent.
-const DEFAULT_TIMEOUT_MS: u64 = 30_000;
-
 /// A configured fence device.
 #[derive(Clone)]
 pub struct FenceDevice {
@@ -53,32 +50,19 @@ pub struct RunResult {
 
 /// The configuration's fence devices.
 pub fn devices(cfg: &Config) -> Vec<FenceDevice> {
-    cfg.file
-        .fence_devices
+    cfg.fence_devices
         .iter()
         .map(|d| FenceDevice {
             plan: Device {
-                name: d.name.get_ref().clone(),
-                level: d.level.as_ref().map_or(1, |l| *l.get_ref()),
-                delay_ms: d.delay_ms.as_ref().map_or(0, |v| *v.get_ref()),
-                retries: d.retries.as_ref().map_or(2, |v| *v.get_ref()),
-                hosts: d
-                    .hosts
-                    .get_ref()
-                    .iter()
-                    .map(|(k, v)| (k.get_ref().clone(), v.get_ref().clone()))
-                    .collect(),
+                name: d.name.clone(),
+                level: d.level,
+                delay_ms: d.delay_ms,
+                retries: d.retries,
+                hosts: d.hosts.clone(),
             },
-            agent: d.agent.get_ref().clone(),
-            timeout_ms: d
-                .timeout_ms
-                .as_ref()
-                .map_or(DEFAULT_TIMEOUT_MS, |v| *v.get_ref()),
-            options: d
-                .options
-                .iter()
-                .map(|(k, v)| (k.get_ref().clone(), v.get_ref().clone()))
-                .collect(),
+            agent: d.agent.clone(),
+            timeout_ms: d.timeout_ms,
+            options: d.options.clone(),
         })
         .collect()
 }

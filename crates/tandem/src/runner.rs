@@ -17,8 +17,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
-use tandem_core::config::schema::OnFail;
-use tandem_core::config::{Config, MonitorSpec};
+use tandem_core::config::{Config, MonitorCheck};
 use tandem_core::group::{Action, ActionKind, GroupState, Groups, Outcome, ResourceState, Want};
 use tandem_core::link_monitors::{LinkMonitorPlan, LinkMonitors, LinkVerdict};
 use tandem_core::member::{GroupReport, Member, Request};
@@ -189,43 +188,34 @@ impl Runner {
         let mut monitor_kinds = Vec::new();
         let mut monitor_checks = Vec::new();
         let mut monitor_timeouts_ms = Vec::new();
-        for (gi, g) in f.groups.iter().enumerate() {
-            for (mi, spec) in cfg.group_monitors.get(gi).into_iter().flatten().enumerate() {
-                let raw = &g.monitors[mi];
-                let (check, resource) = match spec {
-                    MonitorSpec::Tcp { address } => (Some(Check::Tcp(*address)), None),
-                    MonitorSpec::Http { url } => (Some(Check::Http(url.clone())), None),
-                    MonitorSpec::Exec { command } => (Some(Check::Exec(command.clone())), None),
-                    MonitorSpec::Process { resource } => (
+        for (gi, monitors) in cfg.group_monitors.iter().enumerate() {
+            for spec in monitors {
+                let (check, resource) = match &spec.check {
+                    MonitorCheck::Tcp { address } => (Some(Check::Tcp(*address)), None),
+                    MonitorCheck::Http { url } => (Some(Check::Http(url.clone())), None),
+                    MonitorCheck::Exec { command } => (Some(Check::Exec(command.clone())), None),
+                    MonitorCheck::Process { resource } => (
                         None,
-                        g.resources
-                            .iter()
-                            .position(|r| r.name.get_ref() == resource),
+                        cfg.resources
+                            .get(gi)
+                            .and_then(|rs| rs.iter().position(|r| r.name == *resource)),
                     ),
-                    MonitorSpec::Ping { .. } => continue,
+                    MonitorCheck::Ping { .. } => continue,
                 };
                 plans.push(MonitorPlan {
-                    name: raw.name.get_ref().clone(),
+                    name: spec.name.clone(),
                     group: gi,
                     resource,
                     has_check: check.is_some(),
-                    interval_ms: raw.interval_ms.as_ref().map_or(2_000, |v| *v.get_ref()),
-                    threshold: raw.failures.as_ref().map_or(3, |v| *v.get_ref()).max(1),
-                    on_fail: raw
-                        .on_fail
-                        .as_ref()
-                        .map_or(OnFail::Restart, |v| *v.get_ref()),
-                    restarts: raw.restarts.as_ref().map_or(2, |v| *v.get_ref()),
+                    interval_ms: spec.interval_ms,
+                    threshold: spec.failures,
+                    on_fail: spec.on_fail,
+                    restarts: spec.restarts,
                     start_grace_ms: START_GRACE_MS,
                 });
-                monitor_kinds.push(match spec {
-                    MonitorSpec::Tcp { .. } => "tcp",
-                    MonitorSpec::Http { .. } => "http",
-                    MonitorSpec::Exec { .. } => "exec",
-                    _ => "process",
-                });
+                monitor_kinds.push(spec.kind());
                 monitor_checks.push(check);
-                monitor_timeouts_ms.push(raw.timeout_ms.as_ref().map_or(1_000, |v| *v.get_ref()));
+                monitor_timeouts_ms.push(spec.timeout_ms);
             }
         }
         let my_addrs = f
@@ -236,27 +226,26 @@ impl Runner {
             .unwrap_or_default();
         let mut link_plans = Vec::new();
         let mut link_checks = Vec::new();
-        for (mi, spec) in cfg.node_monitors.iter().enumerate() {
-            let MonitorSpec::Ping { targets, link } = spec else {
+        for spec in &cfg.node_monitors {
+            let MonitorCheck::Ping { targets, link } = &spec.check else {
                 continue;
             };
-            let raw = &f.monitors[mi];
             let source = my_addrs
                 .iter()
                 .find(|(k, _)| k.get_ref() == link)
                 .map(|(_, v)| *v.get_ref());
             link_plans.push(LinkMonitorPlan {
-                name: raw.name.get_ref().clone(),
+                name: spec.name.clone(),
                 link: link.clone(),
-                interval_ms: raw.interval_ms.as_ref().map_or(1_000, |v| *v.get_ref()),
-                threshold: raw.failures.as_ref().map_or(3, |v| *v.get_ref()),
+                interval_ms: spec.interval_ms,
+                threshold: spec.failures,
             });
             link_checks.push((
                 Check::Ping {
                     targets: targets.clone(),
                     source,
                 },
-                Duration::from_millis(raw.timeout_ms.as_ref().map_or(1_000, |v| *v.get_ref())),
+                Duration::from_millis(spec.timeout_ms),
             ));
         }
         let counts: Vec<usize> = resources.iter().map(Vec::len).collect();

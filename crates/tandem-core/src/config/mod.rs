@@ -19,7 +19,10 @@ use crate::diagnostic::Diagnostic;
 
 pub(crate) use validate::{closest, serde_diagnostic};
 pub use validate::{
-    confinement, Config, MonitorSpec, ResourceSpec, Timing, WatchdogSpec, DEFAULT_WATCHDOG_DEVICE,
+    confinement, Config, FenceDeviceSpec, LinkSpec, MonitorCheck, MonitorSpec, ResourceSpec,
+    Timing, WatchdogSpec, DEFAULT_FENCE_RETRIES, DEFAULT_FENCE_TIMEOUT_MS, DEFAULT_HEARTBEAT_PORT,
+    DEFAULT_MONITOR_FAILURES, DEFAULT_MONITOR_INTERVAL_MS, DEFAULT_MONITOR_TIMEOUT_MS,
+    DEFAULT_PING_INTERVAL_MS, DEFAULT_RESTARTS, DEFAULT_WATCHDOG_DEVICE,
     IMPLEMENTED_GROUP_MONITORS,
 };
 

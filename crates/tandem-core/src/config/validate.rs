@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 
 use serde_spanned::Spanned;
 
-use super::schema::{ConfigFile, Group, Monitor, Profile, Resource};
+use super::schema::{ConfigFile, Group, Monitor, OnFail, Profile, Resource};
+use super::values::Cidr;
 use super::{resolve_path, KeyFileFacts, Loaded, KEY_LEN};
 use crate::diagnostic::Diagnostic;
 use crate::kinds::{Context, Fields, Params, KINDS};
@@ -80,9 +81,80 @@ pub struct ResourceSpec {
     pub params: Params,
 }
 
-/// A monitor after validation.
+/// A monitor after validation: its name, schedule and thresholds with
+/// every default applied, and its check.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MonitorSpec {
+pub struct MonitorSpec {
+    /// Name, unique among its group's (or the node's) monitors.
+    pub name: String,
+    /// Time between the end of one check and the start of the next
+    /// ([`DEFAULT_MONITOR_INTERVAL_MS`]; ping [`DEFAULT_PING_INTERVAL_MS`]).
+    pub interval_ms: u64,
+    /// Limit on one check ([`DEFAULT_MONITOR_TIMEOUT_MS`]).
+    pub timeout_ms: u64,
+    /// Failures in a row before acting, at least 1
+    /// ([`DEFAULT_MONITOR_FAILURES`]).
+    pub failures: u32,
+    /// What the failures lead to (group monitors; default restart).
+    pub on_fail: OnFail,
+    /// Restarts in place before the group moves ([`DEFAULT_RESTARTS`]).
+    pub restarts: u32,
+    /// What is checked.
+    pub check: MonitorCheck,
+}
+
+/// Time between checks of a group monitor unless `interval_ms` says.
+pub const DEFAULT_MONITOR_INTERVAL_MS: u64 = 2_000;
+/// Time between checks of a ping (link) monitor unless `interval_ms` says.
+pub const DEFAULT_PING_INTERVAL_MS: u64 = 1_000;
+/// Limit on one check unless `timeout_ms` says.
+pub const DEFAULT_MONITOR_TIMEOUT_MS: u64 = 1_000;
+/// Failures in a row before acting unless `failures` says.
+pub const DEFAULT_MONITOR_FAILURES: u32 = 3;
+/// Restarts in place before moving unless `restarts` says.
+pub const DEFAULT_RESTARTS: u32 = 2;
+
+impl MonitorSpec {
+    /// `m` with its defaults applied, checking `check`.
+    fn from_raw(m: &Monitor, check: MonitorCheck) -> MonitorSpec {
+        let default_interval = match check {
+            MonitorCheck::Ping { .. } => DEFAULT_PING_INTERVAL_MS,
+            _ => DEFAULT_MONITOR_INTERVAL_MS,
+        };
+        let get = |v: &Option<Spanned<u64>>, d: u64| v.as_ref().map_or(d, |v| *v.get_ref());
+        MonitorSpec {
+            name: m.name.get_ref().clone(),
+            interval_ms: get(&m.interval_ms, default_interval),
+            timeout_ms: get(&m.timeout_ms, DEFAULT_MONITOR_TIMEOUT_MS),
+            failures: m
+                .failures
+                .as_ref()
+                .map_or(DEFAULT_MONITOR_FAILURES, |v| *v.get_ref())
+                .max(1),
+            on_fail: m.on_fail.as_ref().map_or(OnFail::Restart, |v| *v.get_ref()),
+            restarts: m
+                .restarts
+                .as_ref()
+                .map_or(DEFAULT_RESTARTS, |v| *v.get_ref()),
+            check,
+        }
+    }
+
+    /// The kind's name (`ping`, `process`, `tcp`, `http`, `exec`).
+    pub fn kind(&self) -> &'static str {
+        match self.check {
+            MonitorCheck::Ping { .. } => "ping",
+            MonitorCheck::Process { .. } => "process",
+            MonitorCheck::Tcp { .. } => "tcp",
+            MonitorCheck::Http { .. } => "http",
+            MonitorCheck::Exec { .. } => "exec",
+        }
+    }
+}
+
+/// What a monitor checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MonitorCheck {
     /// Node monitor: fails when no target answers over `link`.
     Ping {
         /// Addresses pinged.
@@ -129,6 +201,95 @@ pub struct Config {
     pub node_monitors: Vec<MonitorSpec>,
     /// The watchdog to arm, unless `[watchdog] enabled = false`.
     pub watchdog: Option<WatchdogSpec>,
+    /// The links, in file order, defaults applied.
+    pub links: Vec<LinkSpec>,
+    /// The fence devices, in file order, defaults applied.
+    pub fence_devices: Vec<FenceDeviceSpec>,
+}
+
+/// Heartbeat port of a link unless `port` says.
+pub const DEFAULT_HEARTBEAT_PORT: u16 = 5405;
+/// Limit on one fence device call unless `timeout_ms` says.
+pub const DEFAULT_FENCE_TIMEOUT_MS: u64 = 30_000;
+/// Extra attempts at a failing fence device unless `retries` says.
+pub const DEFAULT_FENCE_RETRIES: u32 = 2;
+
+/// A link after validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkSpec {
+    /// Name.
+    pub name: String,
+    /// The subnet its addresses are in, when given.
+    pub subnet: Option<Cidr>,
+    /// Heartbeat UDP port ([`DEFAULT_HEARTBEAT_PORT`]).
+    pub port: u16,
+}
+
+/// A fence device after validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FenceDeviceSpec {
+    /// Name.
+    pub name: String,
+    /// The fence agent program.
+    pub agent: PathBuf,
+    /// Level: devices of level 1 are tried first (default 1).
+    pub level: u8,
+    /// Limit on one call ([`DEFAULT_FENCE_TIMEOUT_MS`]).
+    pub timeout_ms: u64,
+    /// Extra attempts after a failure ([`DEFAULT_FENCE_RETRIES`]).
+    pub retries: u32,
+    /// Wait before the first attempt (default 0).
+    pub delay_ms: u64,
+    /// Node name -> plug on this device.
+    pub hosts: Vec<(String, String)>,
+    /// The agent's other options (secrets among them: redact on output).
+    pub options: Vec<(String, String)>,
+}
+
+/// The links and fence devices of `file`, defaults applied.
+fn link_and_fence_specs(file: &ConfigFile) -> (Vec<LinkSpec>, Vec<FenceDeviceSpec>) {
+    let links = file
+        .links
+        .iter()
+        .map(|l| LinkSpec {
+            name: l.name.get_ref().clone(),
+            subnet: l.subnet.as_ref().map(|s| *s.get_ref()),
+            port: l
+                .port
+                .as_ref()
+                .map_or(DEFAULT_HEARTBEAT_PORT, |p| *p.get_ref()),
+        })
+        .collect();
+    let devices = file
+        .fence_devices
+        .iter()
+        .map(|d| FenceDeviceSpec {
+            name: d.name.get_ref().clone(),
+            agent: d.agent.get_ref().clone(),
+            level: d.level.as_ref().map_or(1, |l| *l.get_ref()),
+            timeout_ms: d
+                .timeout_ms
+                .as_ref()
+                .map_or(DEFAULT_FENCE_TIMEOUT_MS, |v| *v.get_ref()),
+            retries: d
+                .retries
+                .as_ref()
+                .map_or(DEFAULT_FENCE_RETRIES, |v| *v.get_ref()),
+            delay_ms: d.delay_ms.as_ref().map_or(0, |v| *v.get_ref()),
+            hosts: d
+                .hosts
+                .get_ref()
+                .iter()
+                .map(|(k, v)| (k.get_ref().clone(), v.get_ref().clone()))
+                .collect(),
+            options: d
+                .options
+                .iter()
+                .map(|(k, v)| (k.get_ref().clone(), v.get_ref().clone()))
+                .collect(),
+        })
+        .collect();
+    (links, devices)
 }
 
 /// Device path used when `[watchdog] device` is not set.
@@ -447,6 +608,7 @@ pub(super) fn validate(
     c.diags
         .sort_by_key(|d| (d.severity, d.span.as_ref().map_or(0, |s| s.start)));
     let has_errors = c.diags.iter().any(Diagnostic::is_error);
+    let (links, fence_devices) = link_and_fence_specs(&file);
     let config = (!has_errors).then_some(Config {
         file,
         timing,
@@ -455,6 +617,8 @@ pub(super) fn validate(
         group_monitors,
         node_monitors,
         watchdog,
+        links,
+        fence_devices,
     });
     Loaded {
         config,
@@ -1102,14 +1266,17 @@ fn check_node_monitors(
             ),
             Some(l) => c.unknown_ref("link", l, links, &format!("monitor `{}`", m.name.get_ref())),
         }
-        out.push(MonitorSpec::Ping {
-            targets,
-            link: m
-                .link
-                .as_ref()
-                .map(|l| l.get_ref().clone())
-                .unwrap_or_default(),
-        });
+        out.push(MonitorSpec::from_raw(
+            m,
+            MonitorCheck::Ping {
+                targets,
+                link: m
+                    .link
+                    .as_ref()
+                    .map(|l| l.get_ref().clone())
+                    .unwrap_or_default(),
+            },
+        ));
     }
     out
 }
@@ -1350,7 +1517,7 @@ fn check_group_monitor(
     check_monitor_common(c, m);
     let fields = monitor_fields(m);
     let kind = m.kind.get_ref().as_str();
-    let spec = match kind {
+    let check = match kind {
         "process" => {
             check_fields_apply(c, "monitor", &m.kind, &fields, &["resource"]);
             let res = m.resource.as_ref();
@@ -1382,13 +1549,13 @@ fn check_group_monitor(
                     );
                 }
             }
-            MonitorSpec::Process {
+            MonitorCheck::Process {
                 resource: res.get_ref().clone(),
             }
         }
         "tcp" => {
             check_fields_apply(c, "monitor", &m.kind, &fields, &["address"]);
-            MonitorSpec::Tcp {
+            MonitorCheck::Tcp {
                 address: *require(
                     c,
                     &m.address,
@@ -1413,7 +1580,7 @@ fn check_group_monitor(
             if !url.starts_with("http://") {
                 c.error(m.url.as_ref().and_then(span), format!("url `{url}` does not start with http://"), "write a plain-HTTP URL on the local node, e.g. \"http://127.0.0.1:8080/health\"");
             }
-            MonitorSpec::Http { url }
+            MonitorCheck::Http { url }
         }
         "exec" => {
             check_fields_apply(c, "monitor", &m.kind, &fields, &["command", "resource"]);
@@ -1433,7 +1600,7 @@ fn check_group_monitor(
                     "write the program and its arguments",
                 );
             }
-            MonitorSpec::Exec { command }
+            MonitorCheck::Exec { command }
         }
         "ping" => {
             c.error(span(&m.kind), "`ping` is a node monitor, not a group monitor", "move it to a top-level [[monitor]]; groups whose addresses need that link leave a node whose pings fail");
@@ -1448,7 +1615,7 @@ fn check_group_monitor(
             return None;
         }
     };
-    Some(spec)
+    Some(MonitorSpec::from_raw(m, check))
 }
 
 /// Where a group with these resources can run at all: the nodes holding
@@ -1561,5 +1728,89 @@ mod tests {
             assert!(t.deadtime_ms >= 3 * t.heartbeat_ms, "{p:?}");
             assert!(t.warntime_ms < t.deadtime_ms, "{p:?}");
         }
+    }
+
+    /// Defaults are applied once, here: the agent reads typed values.
+    #[test]
+    fn monitors_links_and_fence_devices_come_with_their_defaults() {
+        let text = r#"
+[cluster]
+name = "c"
+key_file = "k"
+
+[[link]]
+name = "lan"
+subnet = "10.0.0.0/24"
+
+[[link]]
+name = "sync"
+port = 6000
+
+[[node]]
+name = "n1"
+addresses = { lan = "10.0.0.1", sync = "10.0.1.1" }
+
+[[node]]
+name = "n2"
+addresses = { lan = "10.0.0.2", sync = "10.0.1.2" }
+
+[[node]]
+name = "n3"
+addresses = { lan = "10.0.0.3", sync = "10.0.1.3" }
+
+[[fence_device]]
+name = "pdu"
+agent = "/usr/sbin/fence_dummy"
+hosts = { n1 = "1", n2 = "2", n3 = "3" }
+
+[[monitor]]
+name = "gw"
+kind = "ping"
+link = "lan"
+targets = ["10.0.0.254"]
+
+[[group]]
+name = "web"
+
+[[group.resource]]
+name = "svc"
+kind = "process"
+command = ["/bin/sleep", "100"]
+
+[[group.monitor]]
+name = "alive"
+kind = "process"
+resource = "svc"
+"#;
+        let loaded = crate::config::load(text, Path::new("/"), &|_| {
+            crate::config::KeyFileFacts::Present {
+                mode: 0o600,
+                len: KEY_LEN as u64,
+            }
+        });
+        let cfg = loaded
+            .config
+            .unwrap_or_else(|| panic!("{:?}", loaded.diagnostics));
+        let ping = &cfg.node_monitors[0];
+        assert_eq!(
+            (ping.interval_ms, ping.timeout_ms, ping.failures),
+            (
+                DEFAULT_PING_INTERVAL_MS,
+                DEFAULT_MONITOR_TIMEOUT_MS,
+                DEFAULT_MONITOR_FAILURES
+            )
+        );
+        let m = &cfg.group_monitors[0][0];
+        assert_eq!(m.interval_ms, DEFAULT_MONITOR_INTERVAL_MS);
+        assert_eq!((m.on_fail, m.restarts), (OnFail::Restart, DEFAULT_RESTARTS));
+        assert_eq!(m.kind(), "process");
+        let ports: Vec<u16> = cfg.links.iter().map(|l| l.port).collect();
+        assert_eq!(ports, vec![DEFAULT_HEARTBEAT_PORT, 6000]);
+        let d = &cfg.fence_devices[0];
+        assert_eq!(
+            (d.level, d.timeout_ms, d.retries, d.delay_ms),
+            (1, DEFAULT_FENCE_TIMEOUT_MS, DEFAULT_FENCE_RETRIES, 0)
+        );
+        assert_eq!(d.hosts.len(), 3);
     }
 }
