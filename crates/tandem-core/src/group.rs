@@ -29,6 +29,23 @@ pub const RESTART_BACKOFF_MS: u64 = 1_000;
 /// Failures kept for the leader before the oldest are dropped.
 pub const MAX_PENDING_FAILURES: usize = 64;
 
+/// How long past its timeout an action's own bounds get before the
+/// agent's outer bound gives up on it.
+pub const ACTION_GRACE_MS: u64 = 1_000;
+
+/// The longest a group's stop may take on a node, from its resources'
+/// timeouts: an action already under way (a start or probe) finishes
+/// first, then each resource's stop in turn, each within its timeout and
+/// the grace of the outer bound. The leader waits this long for a stop
+/// before it calls it failed ([`crate::member::GroupsSpec::stop_bound_ms`]).
+pub fn stop_bound_ms(timeouts_ms: impl Iterator<Item = u64>) -> u64 {
+    let each: Vec<u64> = timeouts_ms
+        .map(|t| t.saturating_add(ACTION_GRACE_MS))
+        .collect();
+    let in_flight = each.iter().copied().max().unwrap_or(0);
+    each.into_iter().fold(in_flight, u64::saturating_add)
+}
+
 /// What is wanted of a group on this node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Want {
@@ -617,5 +634,18 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_stop_bound_covers_an_action_under_way_then_every_stop_in_turn() {
+        // One resource: a start under way (20 s + grace), then its stop.
+        assert_eq!(stop_bound_ms([20_000].into_iter()), 2 * 21_000);
+        // The longest action under way, then each stop.
+        assert_eq!(
+            stop_bound_ms([1_000, 2_000].into_iter()),
+            3_000 + 2_000 + 3_000
+        );
+        assert_eq!(stop_bound_ms(std::iter::empty()), 0);
+        assert_eq!(stop_bound_ms([u64::MAX].into_iter()), u64::MAX);
     }
 }

@@ -323,7 +323,7 @@ fn groups_spec(
         stop_bound_ms: cfg
             .resources
             .iter()
-            .map(|rs| crate::resources::group_stop_bound_ms(rs.iter().map(|r| r.timeout_ms)))
+            .map(|rs| tandem_core::group::stop_bound_ms(rs.iter().map(|r| r.timeout_ms)))
             .collect(),
     })
 }

@@ -138,7 +138,8 @@ pub(crate) fn test_runtime() -> tokio::runtime::Runtime {
         .expect("a test runtime")
 }
 
-/// The number of a signal name (`TERM`, `SIGINT`, `KILL`, ...).
+/// The number of a signal name (`TERM`, `SIGINT`, `KILL`, ...): the
+/// names are the core's `STOP_SIGNALS` (a test keeps the two in step).
 pub fn signal_number(name: &str) -> Option<i32> {
     let n = name.trim_start_matches("SIG");
     Some(match n {
@@ -166,29 +167,18 @@ impl Resource {
     }
 }
 
-/// How long past its timeout an action's own bounds get before the outer
-/// bound gives up on it.
-const ACTION_GRACE_MS: u64 = 1_000;
-
-/// The longest a group's stop may take on a node before the runner calls
-/// it failed: an action already under way (a start or probe) finishes
-/// first, then each resource's stop, in turn, each within its timeout and
-/// the grace the outer bound gives it.
-pub fn group_stop_bound_ms(timeouts_ms: impl Iterator<Item = u64>) -> u64 {
-    let each: Vec<u64> = timeouts_ms
-        .map(|t| t.saturating_add(ACTION_GRACE_MS))
-        .collect();
-    let in_flight = each.iter().copied().max().unwrap_or(0);
-    each.into_iter().fold(in_flight, u64::saturating_add)
-}
-
 /// Runs one action to its outcome, bounded by the resource's timeout.
 pub async fn run_action(r: &Resource, kind: ActionKind) -> Outcome {
     let limit = Duration::from_millis(r.timeout_ms);
     let fut = r.kind.action(r, kind);
     // A little past the limit: the inner bounds (which kill the action's
     // whole process group and say what timed out) go first.
-    match tokio::time::timeout(limit + Duration::from_millis(ACTION_GRACE_MS), fut).await {
+    match tokio::time::timeout(
+        limit + Duration::from_millis(tandem_core::group::ACTION_GRACE_MS),
+        fut,
+    )
+    .await
+    {
         Ok(o) => o,
         Err(_) => Outcome::Failed(format!("timed out after {} ms", r.timeout_ms)),
     }
@@ -415,5 +405,15 @@ pub(crate) mod tests {
         assert!(alive(child), "the daemon a start launched was killed");
         // SAFETY: our own test's child.
         unsafe { libc::kill(child, libc::SIGKILL) };
+    }
+
+    /// Every stop signal validation accepts is one the agent can send.
+    #[test]
+    fn every_stop_signal_the_configuration_allows_has_a_number() {
+        for name in tandem_core::kinds::process::STOP_SIGNALS {
+            assert!(signal_number(name).is_some(), "{name}");
+            assert_eq!(signal_number(&format!("SIG{name}")), signal_number(name));
+        }
+        assert_eq!(signal_number("WINCH"), None);
     }
 }
