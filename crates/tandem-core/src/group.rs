@@ -118,8 +118,10 @@ pub enum Outcome {
     Failed(String),
 }
 
-/// A group's state in one word, for status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A group's state in one word, for status and the reports nodes send
+/// each other (`"running"`... in JSON).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum GroupState {
     /// Still probing.
     Probing,

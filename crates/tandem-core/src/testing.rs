@@ -409,7 +409,7 @@ impl Cluster {
                 name: name.clone(),
                 epoch: 0,
                 active: node.runner.active(g),
-                state: node.runner.state(g).0.as_str().into(),
+                state: node.runner.state(g).0,
                 since_unix_ms: 0,
                 failure: None,
                 stop_failed: node.runner.stop_failed(g).map(str::to_string),

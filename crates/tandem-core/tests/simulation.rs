@@ -468,7 +468,7 @@ impl Sim {
                 name: (*name).into(),
                 epoch: 0,
                 active: runner.active(g),
-                state: runner.state(g).0.as_str().into(),
+                state: runner.state(g).0,
                 since_unix_ms: 0,
                 failure: None,
                 stop_failed: runner.stop_failed(g).map(str::to_string),

@@ -209,14 +209,18 @@ pub fn failover(a: &AdminArgs, name: Option<&str>) -> Result<ExitCode> {
     let others: Vec<&str> = s
         .peers
         .iter()
-        .filter(|p| p.state == "online" && !s.standby.contains(&p.name) && p.name != "witness")
+        .filter(|p| {
+            p.state == crate::status::PeerState::Online
+                && !s.standby.contains(&p.name)
+                && p.name != "witness"
+        })
         .map(|p| p.name.as_str())
         .collect();
     if others.is_empty() && !s.standby.contains(&s.node) {
         let states: Vec<String> = s
             .peers
             .iter()
-            .map(|p| format!("{} {}", p.name, p.state))
+            .map(|p| format!("{} {}", p.name, p.state.as_str()))
             .collect();
         bail!(
             "no other node is online to take over ({}); nothing was changed",

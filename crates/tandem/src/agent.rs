@@ -33,8 +33,8 @@ use crate::event::AgentEvent;
 use crate::runner::{Done, Runner};
 use crate::state_file::{Loaded, StateFile};
 use crate::status::{
-    AgreementStatus, EventRecord, GroupStatus, LeaseStatus, LinkStatus, PeerStatus, QuorumStatus,
-    Status,
+    AgreementStatus, EventRecord, GroupStatus, LeaseStatus, LinkStatus, LinkWord, PeerState,
+    PeerStatus, QuorumStatus, Status,
 };
 
 /// Events kept for `tandem status`.
@@ -1032,30 +1032,29 @@ impl Agent {
             .map(|i| {
                 let id = t.ids[i];
                 let state = match d.node_state(id) {
-                    _ if m.is_fenced(id) => "fenced",
-                    _ if record.has_intent(&t.names[i], Intent::Standby) => "standby",
-                    Some(NodeState::Alive) => "online",
-                    Some(NodeState::Dead) => "offline",
-                    Some(NodeState::Left) => "left",
-                    _ => "unknown",
+                    _ if m.is_fenced(id) => PeerState::Fenced,
+                    _ if record.has_intent(&t.names[i], Intent::Standby) => PeerState::Standby,
+                    Some(NodeState::Alive) => PeerState::Online,
+                    Some(NodeState::Dead) => PeerState::Offline,
+                    Some(NodeState::Left) => PeerState::Left,
+                    _ => PeerState::Unknown,
                 };
                 let links = (0..t.links.len())
                     .filter(|&l| t.addrs[self.me][l].is_some() && t.addrs[i][l].is_some())
                     .map(|l| LinkStatus {
                         link: t.links[l].clone(),
                         state: match d.link_state(id, l) {
-                            Some(LinkState::Up) => "up",
-                            Some(LinkState::Late) => "late",
-                            Some(LinkState::Down) => "down",
-                            _ => "unknown",
-                        }
-                        .to_string(),
+                            Some(LinkState::Up) => LinkWord::Up,
+                            Some(LinkState::Late) => LinkWord::Late,
+                            Some(LinkState::Down) => LinkWord::Down,
+                            _ => LinkWord::Unknown,
+                        },
                         hears_us: d.peer_hears_me(id, l),
                     })
                     .collect();
                 PeerStatus {
                     name: t.names[i].clone(),
-                    state: state.into(),
+                    state,
                     incarnation: m.peer_incarnation(id),
                     voter: t.voters[i],
                     links,
@@ -1260,12 +1259,13 @@ impl Agent {
                 let placement = record.placements.get(&name);
                 let placed_on = placement.and_then(|p| p.node.clone());
                 // Each node's own report of the group.
-                let mut per_node: Vec<(String, String, u64, bool)> = vec![(
-                    me.clone(),
-                    lg.state.clone(),
-                    lg.since_unix_ms,
-                    lg.state != "stopped",
-                )];
+                let mut per_node: Vec<(String, tandem_core::group::GroupState, u64, bool)> =
+                    vec![(
+                        me.clone(),
+                        lg.state,
+                        lg.since_unix_ms,
+                        lg.state != tandem_core::group::GroupState::Stopped,
+                    )];
                 for (i, n) in self.topo.names.iter().enumerate() {
                     if i == self.me || n == WITNESS_NAME {
                         continue;
@@ -1274,12 +1274,7 @@ impl Agent {
                         if let Some(g) = rep.groups.iter().find(|g| g.name == name) {
                             let alive =
                                 m.detector().node_state(self.topo.ids[i]) == Some(NodeState::Alive);
-                            per_node.push((
-                                n.clone(),
-                                g.state.clone(),
-                                g.since_unix_ms,
-                                g.active && alive,
-                            ));
+                            per_node.push((n.clone(), g.state, g.since_unix_ms, g.active && alive));
                         }
                     }
                 }
@@ -1288,7 +1283,7 @@ impl Agent {
                         .iter()
                         .find(|(n, ..)| n == p)
                         .map_or(("unknown".to_string(), None), |(_, st, t, _)| {
-                            (st.clone(), Some(*t))
+                            (st.as_str().to_string(), Some(*t))
                         }),
                     None => ("stopped".to_string(), None),
                 };

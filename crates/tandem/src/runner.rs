@@ -103,7 +103,7 @@ pub struct LocalGroup {
     /// What is wanted here (`run`, `stop`, `leave`).
     pub want: String,
     /// State here.
-    pub state: String,
+    pub state: GroupState,
     /// Since when (ms since the Unix epoch).
     pub since_unix_ms: u64,
     /// Resources in order.
@@ -817,15 +817,15 @@ impl Runner {
         }
     }
 
-    /// Group `g`'s state in one word for reports and status: `running`
-    /// only once its monitors have passed since it started ("done" means
-    /// it answers), `starting` until then.
-    fn state_word(&self, g: usize) -> &'static str {
+    /// Group `g`'s state for reports and status: `running` only once its
+    /// monitors have passed since it started ("done" means it answers),
+    /// `starting` until then.
+    fn reported_state(&self, g: usize) -> GroupState {
         let (state, _) = self.groups.state(g);
         if state == GroupState::Running && !self.monitors.verified(g) {
-            return GroupState::Starting.as_str();
+            return GroupState::Starting;
         }
-        state.as_str()
+        state
     }
 
     fn reports(&self) -> Vec<GroupReport> {
@@ -836,7 +836,7 @@ impl Runner {
                     name: self.names[g].clone(),
                     epoch: 0,
                     active: self.groups.active(g),
-                    state: self.state_word(g).to_string(),
+                    state: self.reported_state(g),
                     since_unix_ms: self.unix_at_zero_ms + since,
                     failure: self.last_failure[g].clone(),
                     stop_failed: self.groups.stop_failed(g).map(str::to_string),
@@ -892,7 +892,7 @@ impl Runner {
                         Want::Leave => "leave",
                     }
                     .into(),
-                    state: self.state_word(g).into(),
+                    state: self.reported_state(g),
                     since_unix_ms: self.unix_at_zero_ms + since,
                     resources: self.resources[g]
                         .iter()

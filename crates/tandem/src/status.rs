@@ -187,8 +187,8 @@ pub struct ProtectionStatus {
 pub struct PeerStatus {
     /// Node name.
     pub name: String,
-    /// `unknown`, `online`, `offline`, `left`, `standby` or `fenced`.
-    pub state: String,
+    /// What this node knows of it.
+    pub state: PeerState,
     /// Its incarnation, once heard.
     pub incarnation: Option<u64>,
     /// Whether it votes.
@@ -197,13 +197,71 @@ pub struct PeerStatus {
     pub links: Vec<LinkStatus>,
 }
 
+/// What a node knows of a peer (`"online"`... in JSON).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PeerState {
+    /// Not heard since this agent started.
+    Unknown,
+    /// Heard.
+    Online,
+    /// Dead: every link silent for the deadtime.
+    Offline,
+    /// Left cleanly.
+    Left,
+    /// In standby: runs no group.
+    Standby,
+    /// Fenced.
+    Fenced,
+}
+
+/// A link's state to one peer (`"up"`... in JSON).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LinkWord {
+    /// Not heard on yet.
+    Unknown,
+    /// Heartbeats arrive.
+    Up,
+    /// Heartbeats are late.
+    Late,
+    /// Silent for the deadtime.
+    Down,
+}
+
+impl PeerState {
+    /// The word status shows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerState::Unknown => "unknown",
+            PeerState::Online => "online",
+            PeerState::Offline => "offline",
+            PeerState::Left => "left",
+            PeerState::Standby => "standby",
+            PeerState::Fenced => "fenced",
+        }
+    }
+}
+
+impl LinkWord {
+    /// The word status shows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LinkWord::Unknown => "unknown",
+            LinkWord::Up => "up",
+            LinkWord::Late => "late",
+            LinkWord::Down => "down",
+        }
+    }
+}
+
 /// One link to one peer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LinkStatus {
     /// Link name.
     pub link: String,
-    /// `unknown`, `up`, `late` or `down`.
-    pub state: String,
+    /// Heard on it, late, or silent.
+    pub state: LinkWord,
     /// Whether the peer's heartbeats say it hears this node on this link
     /// (`up` without it: a one-way link).
     pub hears_us: bool,
@@ -298,12 +356,12 @@ impl Status {
                 .links
                 .iter()
                 .map(|l| {
-                    let one_way = if l.state == "up" && !l.hears_us {
+                    let one_way = if l.state == LinkWord::Up && !l.hears_us {
                         "(one-way: it does not hear us)"
                     } else {
                         ""
                     };
-                    format!("{}={}{one_way}", l.link, l.state)
+                    format!("{}={}{one_way}", l.link, l.state.as_str())
                 })
                 .collect();
             let role = if p.voter { "" } else { " (non-voter)" };
@@ -311,7 +369,7 @@ impl Status {
                 o,
                 "  {:<12} {:<8} {}{role}",
                 p.name,
-                p.state,
+                p.state.as_str(),
                 links.join(" ")
             );
         }

@@ -180,8 +180,8 @@ pub struct GroupReport {
     pub epoch: u64,
     /// Whether anything of it may run on the sender.
     pub active: bool,
-    /// Its state there in one word (`running`, `stopped`, ...).
-    pub state: String,
+    /// Its state there.
+    pub state: crate::group::GroupState,
     /// Since when, ms since the Unix epoch.
     pub since_unix_ms: u64,
     /// The latest failure there, if any.
