@@ -67,7 +67,10 @@ pub async fn check(c: &Check, timeout: Duration) -> Result<(), String> {
                 return Err("empty command".into());
             };
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            match run_bounded(Path::new(program), &args, None, None, timeout).await? {
+            match run_bounded(Path::new(program), &args, None, None, timeout)
+                .await
+                .map_err(|e| e.to_string())?
+            {
                 (Some(0), _) => Ok(()),
                 (code, text) => Err(format!(
                     "{program} exited {}{}",

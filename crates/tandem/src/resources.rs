@@ -224,6 +224,35 @@ pub(crate) async fn drain(pipe: Option<impl tokio::io::AsyncRead + Unpin>) -> Ve
     }
 }
 
+/// Why a bounded child run did not come to an exit status.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The program could not be started.
+    #[error("cannot run {}: {source}", program.display())]
+    Spawn {
+        /// The program.
+        program: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// Waiting for it failed.
+    #[error("waiting for {}: {source}", program.display())]
+    Wait {
+        /// The program.
+        program: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// It ran past its limit; its whole process group was killed.
+    #[error("{} timed out after {limit_ms} ms", program.display())]
+    TimedOut {
+        /// The program.
+        program: PathBuf,
+        /// The limit.
+        limit_ms: u64,
+    },
+}
+
 /// Runs `program args` in its own process group with the owner's
 /// environment and `input` on stdin; returns the exit code (None: killed)
 /// and the first bytes of its output (stdout, then stderr). The whole group
@@ -234,7 +263,7 @@ pub async fn run_bounded(
     owner: Option<&Owner>,
     input: Option<&[u8]>,
     limit: Duration,
-) -> Result<(Option<i32>, String), String> {
+) -> Result<(Option<i32>, String), RunError> {
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args)
         .stdin(if input.is_some() {
@@ -249,9 +278,10 @@ pub async fn run_bounded(
         cmd.envs(o.env());
     }
     own_session(cmd.as_std_mut());
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot run {}: {e}", program.display()))?;
+    let mut child = cmd.spawn().map_err(|source| RunError::Spawn {
+        program: program.to_path_buf(),
+        source,
+    })?;
     let pid = child.id().map(|p| p as i32);
     // Until the child has exited, dropping this future (an outer timeout,
     // a shutdown) kills its whole process group: `kill_on_drop` alone
@@ -285,14 +315,16 @@ pub async fn run_bounded(
             status.code(),
             String::from_utf8_lossy(&text).trim().to_string(),
         )),
-        Ok((Err(e), _)) => Err(format!("waiting for {}: {e}", program.display())),
+        Ok((Err(source), _)) => Err(RunError::Wait {
+            program: program.to_path_buf(),
+            source,
+        }),
         Err(_) => {
             // `group` kills the whole group as it drops.
-            Err(format!(
-                "{} timed out after {} ms",
-                program.display(),
-                limit.as_millis()
-            ))
+            Err(RunError::TimedOut {
+                program: program.to_path_buf(),
+                limit_ms: u64::try_from(limit.as_millis()).unwrap_or(u64::MAX),
+            })
         }
     }
 }
@@ -368,7 +400,7 @@ pub(crate) mod tests {
             None,
             Duration::from_millis(300),
         ));
-        assert!(r.is_err_and(|e| e.contains("timed out")));
+        assert!(matches!(r, Err(RunError::TimedOut { .. })), "{r:?}");
         let child = read_pid(&pidfile);
         std::thread::sleep(Duration::from_millis(100));
         assert!(
@@ -400,7 +432,7 @@ pub(crate) mod tests {
             None,
             Duration::from_secs(5),
         ));
-        assert_eq!(r.map(|r| r.0), Ok(Some(0)));
+        assert!(matches!(r, Ok((Some(0), _))), "{r:?}");
         let child = read_pid(&pidfile);
         assert!(alive(child), "the daemon a start launched was killed");
         // SAFETY: our own test's child.

@@ -57,7 +57,7 @@ async fn exec_action(
     };
     let (code, text) = match run_bounded(&e.script, &[arg], Some(owner), None, limit).await {
         Ok(r) => r,
-        Err(err) => return Outcome::Failed(err),
+        Err(err) => return Outcome::Failed(err.to_string()),
     };
     let said = if text.is_empty() {
         String::new()
@@ -88,7 +88,7 @@ mod tests {
     use tandem_core::kinds::Params;
 
     use crate::resources::tests::resource;
-    use crate::resources::{run_action, run_bounded, test_runtime as rt};
+    use crate::resources::{run_action, run_bounded, test_runtime as rt, RunError};
 
     #[test]
     fn exec_follows_lsb_exit_codes_and_times_out() {
@@ -117,7 +117,9 @@ mod tests {
             // a moment (ETXTBSY); wait until it can run.
             for _ in 0..100 {
                 match run_bounded(&script, &["status"], None, None, Duration::from_secs(5)).await {
-                    Err(e) if e.contains("busy") => {
+                    Err(RunError::Spawn { source, .. })
+                        if source.raw_os_error() == Some(libc::ETXTBSY) =>
+                    {
                         tokio::time::sleep(Duration::from_millis(10)).await
                     }
                     _ => break,
@@ -129,7 +131,7 @@ mod tests {
             assert_eq!(run_action(&r, ActionKind::Stop).await, Outcome::Stopped);
             let t0 = Instant::now();
             let e = run_bounded(&script, &["hang"], None, None, Duration::from_millis(200)).await;
-            assert!(e.unwrap_err().contains("timed out"));
+            assert!(matches!(e, Err(RunError::TimedOut { limit_ms: 200, .. })), "{e:?}");
             assert!(t0.elapsed() < Duration::from_secs(5));
         });
     }
