@@ -697,12 +697,12 @@ impl Agent {
                 Some((node, on, ok, attempts)) = self.fence_rx.recv() => {
                     let now = self.now_ms();
                     self.fences.done(&(node.clone(), on));
-                    self.log(format!(
-                        "{} {node} {}: {}",
-                        if on { "powering on" } else { "fencing" },
-                        if ok { "succeeded" } else { "FAILED" },
-                        attempts.join("; ")
-                    ));
+                    self.log(AgentEvent::FenceDone {
+                        node: node.clone(),
+                        power_on: on,
+                        ok,
+                        attempts: attempts.clone(),
+                    });
                     self.member.fence_done(now, &node, on, ok, attempts);
                     self.start_fences();
                 }
@@ -741,10 +741,10 @@ impl Agent {
     /// Starts queued fencings while slots are free.
     fn start_fences(&mut self) {
         while let Some((node, on)) = self.fences.start_next() {
-            self.log(format!(
-                "{} {node} through its fence devices",
-                if on { "powering on" } else { "fencing" }
-            ));
+            self.log(AgentEvent::FenceBegun {
+                node: node.clone(),
+                power_on: on,
+            });
             let (devices, tx, started) = (
                 self.fence_devices.clone(),
                 self.fence_tx.clone(),
@@ -828,7 +828,9 @@ impl Agent {
             Ok(r) => match self.check_request(&r) {
                 Ok(()) => {
                     let now = self.now_ms();
-                    self.log(format!("operator request: {}", describe_request(&r)));
+                    self.log(AgentEvent::OperatorRequest {
+                        request: describe_request(&r),
+                    });
                     self.member.request(now, r);
                     br#"{"ok":true}"#.to_vec()
                 }
@@ -907,7 +909,10 @@ impl Agent {
                 let why = format!(
                     "not started: {MAX_QUEUED_FENCES} fencings already waiting for one of {MAX_CONCURRENT_FENCES} slots"
                 );
-                self.log(format!("fencing {node}: {why}"));
+                self.log(AgentEvent::FenceNotStarted {
+                    node: node.clone(),
+                    reason: why.clone(),
+                });
                 self.member.fence_done(now, &node, on, false, vec![why]);
             }
         }

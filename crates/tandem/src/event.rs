@@ -238,6 +238,36 @@ pub enum AgentEvent {
         /// Why.
         reason: String,
     },
+    /// Fencing (or powering on) a node through its devices began.
+    FenceBegun {
+        /// The node.
+        node: String,
+        /// Powering it on rather than off.
+        power_on: bool,
+    },
+    /// Fencing (or powering on) a node ended.
+    FenceDone {
+        /// The node.
+        node: String,
+        /// Powering it on rather than off.
+        power_on: bool,
+        /// Whether a device confirmed it.
+        ok: bool,
+        /// One line per attempt (secrets redacted).
+        attempts: Vec<String>,
+    },
+    /// A fencing could not even start.
+    FenceNotStarted {
+        /// The node.
+        node: String,
+        /// Why.
+        reason: String,
+    },
+    /// An operator's request reached this agent (and goes to the leader).
+    OperatorRequest {
+        /// The request in words.
+        request: String,
+    },
     /// Anything not typed yet, in words.
     Note {
         /// What happened.
@@ -383,6 +413,25 @@ impl std::fmt::Display for AgentEvent {
             AgentEvent::SendFailed { node, reason } => {
                 write!(f, "could not send to {node}: {reason}")
             }
+            AgentEvent::FenceBegun { node, power_on } => write!(
+                f,
+                "{} {node} through its fence devices",
+                if *power_on { "powering on" } else { "fencing" }
+            ),
+            AgentEvent::FenceDone {
+                node,
+                power_on,
+                ok,
+                attempts,
+            } => write!(
+                f,
+                "{} {node} {}: {}",
+                if *power_on { "powering on" } else { "fencing" },
+                if *ok { "succeeded" } else { "FAILED" },
+                attempts.join("; ")
+            ),
+            AgentEvent::FenceNotStarted { node, reason } => write!(f, "fencing {node}: {reason}"),
+            AgentEvent::OperatorRequest { request } => write!(f, "operator request: {request}"),
             AgentEvent::Note { text } => f.write_str(text),
         }
     }
