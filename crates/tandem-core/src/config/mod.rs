@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use crate::diagnostic::Diagnostic;
 
-pub(crate) use validate::{closest, serde_diagnostic};
+pub(crate) use validate::{closest, serde_diagnostic, unknown_ref};
 pub use validate::{
     confinement, Config, FenceDeviceSpec, LinkSpec, MonitorCheck, MonitorSpec, ResourceSpec,
     Timing, WatchdogSpec, DEFAULT_FENCE_RETRIES, DEFAULT_FENCE_TIMEOUT_MS, DEFAULT_HEARTBEAT_PORT,

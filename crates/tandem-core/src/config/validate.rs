@@ -455,6 +455,41 @@ fn span<T>(s: &Spanned<T>) -> Option<Range<usize>> {
     Some(s.span())
 }
 
+/// `context` names `name`, which is not among the `what`s (`known`): an
+/// error with the nearest name or the list; None when it is known.
+pub(crate) fn unknown_ref(
+    what: &str,
+    name: &Spanned<String>,
+    known: &BTreeSet<String>,
+    context: &str,
+) -> Option<Diagnostic> {
+    if known.contains(name.get_ref()) {
+        return None;
+    }
+    let list = known.iter().cloned().collect::<Vec<_>>();
+    let help = match closest(name.get_ref(), &list) {
+        Some(best) => format!(
+            "did you mean `{best}`? The {what}s are: {}",
+            list.join(", ")
+        ),
+        None if list.is_empty() => {
+            format!("no {what} is defined; add one or remove this reference")
+        }
+        None => format!(
+            "the {what}s are: {}; define `{}` or fix the name",
+            list.join(", "),
+            name.get_ref()
+        ),
+    };
+    Some(
+        Diagnostic::error(
+            span(name),
+            format!("{context} names unknown {what} `{}`", name.get_ref()),
+        )
+        .with_help(help),
+    )
+}
+
 /// Collects diagnostics; the helpers keep each rule to one or two lines.
 struct Checker<'a> {
     diags: Vec<Diagnostic>,
@@ -520,29 +555,9 @@ impl Checker<'_> {
         known: &BTreeSet<String>,
         context: &str,
     ) {
-        if known.contains(name.get_ref()) {
-            return;
+        if let Some(d) = unknown_ref(what, name, known, context) {
+            self.diags.push(d);
         }
-        let list = known.iter().cloned().collect::<Vec<_>>();
-        let help = match closest(name.get_ref(), &list) {
-            Some(best) => format!(
-                "did you mean `{best}`? The {what}s are: {}",
-                list.join(", ")
-            ),
-            None if list.is_empty() => {
-                format!("no {what} is defined; add one or remove this reference")
-            }
-            None => format!(
-                "the {what}s are: {}; define `{}` or fix the name",
-                list.join(", "),
-                name.get_ref()
-            ),
-        };
-        self.error(
-            span(name),
-            format!("{context} names unknown {what} `{}`", name.get_ref()),
-            help,
-        );
     }
 
     fn positive(&mut self, what: &str, v: &Option<Spanned<u64>>) {

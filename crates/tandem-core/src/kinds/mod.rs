@@ -191,33 +191,10 @@ impl<'a> Fields<'a> {
 
     /// Reports `name` if it is not among `known` (`what`: a volume, a link).
     pub fn unknown_ref(&mut self, what: &str, name: &Spanned<String>, known: &BTreeSet<String>) {
-        if known.contains(name.get_ref()) {
-            return;
+        let context = format!("resource `{}`", self.name.get_ref());
+        if let Some(d) = crate::config::unknown_ref(what, name, known, &context) {
+            self.diags.push(d);
         }
-        let list: Vec<String> = known.iter().cloned().collect();
-        let help = match crate::config::closest(name.get_ref(), &list) {
-            Some(best) => format!(
-                "did you mean `{best}`? The {what}s are: {}",
-                list.join(", ")
-            ),
-            None if list.is_empty() => {
-                format!("no {what} is defined; add one or remove this reference")
-            }
-            None => format!(
-                "the {what}s are: {}; define `{}` or fix the name",
-                list.join(", "),
-                name.get_ref()
-            ),
-        };
-        self.error(
-            Some(name.span()),
-            format!(
-                "resource `{}` names unknown {what} `{}`",
-                self.name.get_ref(),
-                name.get_ref()
-            ),
-            help,
-        );
     }
 
     /// Refuses every field the kind did not take: one that belongs to
