@@ -135,6 +135,11 @@ pub enum GroupState {
     Stopping,
     /// A failure is being recovered from, or a stop failed.
     Failed,
+    /// A word this version does not know, from a newer node's report: a
+    /// mixed-version cluster keeps its reports (and the lease echoes they
+    /// carry) instead of dropping them as malformed. Never produced here.
+    #[serde(other)]
+    Unknown,
 }
 
 impl GroupState {
@@ -147,6 +152,7 @@ impl GroupState {
             GroupState::Running => "running",
             GroupState::Stopping => "stopping",
             GroupState::Failed => "failed",
+            GroupState::Unknown => "unknown",
         }
     }
 }
@@ -649,5 +655,13 @@ mod tests {
         );
         assert_eq!(stop_bound_ms(std::iter::empty()), 0);
         assert_eq!(stop_bound_ms([u64::MAX].into_iter()), u64::MAX);
+    }
+
+    #[test]
+    fn a_state_word_from_a_newer_node_reads_as_unknown() {
+        let s: GroupState = serde_json::from_str("\"migrating\"").unwrap_or(GroupState::Failed);
+        assert_eq!(s, GroupState::Unknown);
+        let s: GroupState = serde_json::from_str("\"running\"").unwrap_or(GroupState::Failed);
+        assert_eq!(s, GroupState::Running);
     }
 }

@@ -13,9 +13,15 @@
 //! assert_eq!(c.running_on("web"), vec![n]);
 //! ```
 //!
+//! Every start and stop is logged with its time ([`Cluster::actions_on`]),
+//! and dual-active is checked after every runner pass
+//! ([`Cluster::dual_active`]), so a story sees what happens between its
+//! own looks.
+//!
 //! Compiled for this crate's own tests and, for others, behind the
-//! `testing` feature. The fault campaign (`tests/simulation.rs`) adds
-//! randomised faults and invariant checks on top of the same parts.
+//! `testing` feature. The seeded fault campaign (`tests/simulation.rs`)
+//! is still a harness of its own, with faults and invariants this one
+//! does not model (freezes, slow stops, fencing).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -74,6 +80,10 @@ pub struct Cluster {
     ids: Vec<NodeId>,
     net: BinaryHeap<Reverse<Datagram>>,
     seq: u64,
+    /// Every start and stop run: (time, node, group, start?).
+    actions: Vec<(u64, usize, usize, bool)>,
+    /// Every moment a group ran on two nodes: (time, group, nodes).
+    dual_active: Vec<(u64, String, Vec<usize>)>,
 }
 
 impl Cluster {
@@ -123,6 +133,8 @@ impl Cluster {
             ids,
             net: BinaryHeap::new(),
             seq: 0,
+            actions: Vec::new(),
+            dual_active: Vec::new(),
         };
         for i in 0..n {
             c.start_agent(i, None);
@@ -259,9 +271,32 @@ impl Cluster {
         self.start_agent(i, inherited);
     }
 
-    /// Cuts (or restores) every link of node `i`.
+    /// Cuts (or restores) every link of node `i` (what was on its way to
+    /// or from it is lost).
     pub fn set_cut(&mut self, i: usize, cut: bool) {
         self.nodes[i].cut = cut;
+        if cut {
+            self.net.retain(|Reverse(d)| d.to != i && d.from != i);
+        }
+    }
+
+    /// When (simulated ms) node `i` started or stopped `group`, since
+    /// `since_ms`: (time, start?) in order.
+    pub fn actions_on(&self, i: usize, group: &str, since_ms: u64) -> Vec<(u64, bool)> {
+        let Some(g) = self.groups.iter().position(|n| n == group) else {
+            return Vec::new();
+        };
+        self.actions
+            .iter()
+            .filter(|(t, n, gg, _)| *t >= since_ms && *n == i && *gg == g)
+            .map(|(t, _, _, start)| (*t, *start))
+            .collect()
+    }
+
+    /// Every moment, checked after every runner pass, a group ran on more
+    /// than one node: (time, group, nodes). Empty in a safe cluster.
+    pub fn dual_active(&self) -> &[(u64, String, Vec<usize>)] {
+        &self.dual_active
     }
 
     /// Runs the cluster for `ms` of simulated time.
@@ -284,6 +319,11 @@ impl Cluster {
                 t = t.min(n.start_ms + m.next_deadline());
                 if let Some(d) = n.runner.next_deadline() {
                     t = t.min(n.start_ms + d);
+                }
+                // The modelled guard acts when an inherited lease ends.
+                let local = self.now_ms - n.start_ms;
+                if let Some(u) = n.wants.inherited_until(local) {
+                    t = t.min(n.start_ms + u);
                 }
             }
         }
@@ -392,10 +432,12 @@ impl Cluster {
                     ActionKind::Probe => Outcome::Stopped,
                     ActionKind::Start => {
                         *real = true;
+                        self.actions.push((self.now_ms, i, a.group, true));
                         Outcome::Running
                     }
                     ActionKind::Stop => {
                         *real = false;
+                        self.actions.push((self.now_ms, i, a.group, false));
                         Outcome::Stopped
                     }
                 };
@@ -416,6 +458,14 @@ impl Cluster {
             })
             .collect();
         m.set_local(reports, vec![]);
+        for (g, name) in groups.iter().enumerate() {
+            let on: Vec<usize> = (0..self.nodes.len())
+                .filter(|&n| self.nodes[n].running[g])
+                .collect();
+            if on.len() > 1 {
+                self.dual_active.push((self.now_ms, name.clone(), on));
+            }
+        }
     }
 
     /// Whether node `i`'s runner believes `group`'s resource runs.

@@ -87,8 +87,8 @@ pub enum AgentEvent {
         /// Why, as the resource said it.
         reason: String,
     },
-    /// Something a resource's action or check did that the log should
-    /// say (a SIGKILL sent, an address moved to another interface).
+    /// Something a resource's periodic check did that the log should say
+    /// (an address moved to another interface).
     ResourceNote {
         /// Group.
         group: String,
@@ -494,5 +494,21 @@ mod tests {
         let back: AgentEvent =
             serde_json::from_value(v).unwrap_or_else(|_| AgentEvent::from(String::new()));
         assert_eq!(back, e);
+    }
+
+    /// A newer agent's event kind does not make its whole status unreadable.
+    #[test]
+    fn an_event_of_an_unknown_kind_reads_as_untyped() {
+        let r: crate::status::EventRecord = serde_json::from_str(
+            r#"{"at_unix_ms":1,"text":"something new","event":{"kind":"from_the_future","x":1}}"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.text, "something new");
+        assert_eq!(r.event, None);
+        let r: crate::status::EventRecord = serde_json::from_str(
+            r#"{"at_unix_ms":1,"text":"node n2 online","event":{"kind":"node_online","node":"n2"}}"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.event, Some(AgentEvent::NodeOnline { node: "n2".into() }));
     }
 }

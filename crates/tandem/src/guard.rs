@@ -11,7 +11,7 @@
 //! polls it; once the lease end has passed and resources are still listed,
 //! it removes the addresses and kills the process groups (SIGKILL: the
 //! lease is over, there is no time for a graceful stop), then runs the
-//! stop commands kinds left it (a script's `stop`). A live agent stops its groups itself at the lease end,
+//! stop commands listed (a script's `stop`). A live agent stops its groups itself at the lease end,
 //! so the guard only acts when it did not.
 //!
 //! A restarted agent reads the file first: while the previous agent's
@@ -48,11 +48,19 @@ pub struct LeaseFile {
     /// End of the lease, CLOCK_MONOTONIC ms (0: none).
     pub until_mono_ms: u64,
     /// Floating addresses that may be configured here: (address, prefix).
+    #[serde(default)]
     pub addresses: Vec<(IpAddr, u8)>,
     /// Pid files of processes that may run here.
+    #[serde(default)]
     pub pidfiles: Vec<PathBuf>,
     /// Commands that stop resources that may run here (a script's `stop`).
+    #[serde(default)]
     pub stop_commands: Vec<StopCommand>,
+    /// Scripts, as agents before `stop_commands` wrote them: read (a new
+    /// agent may take over from an old one), turned into stop commands by
+    /// [`read`], never written.
+    #[serde(default, skip_serializing)]
+    pub scripts: Vec<(PathBuf, Vec<(String, String)>)>,
     /// Groups being stopped because the record moved them away, each with
     /// its own end (see `Member::group_until`).
     #[serde(default)]
@@ -65,11 +73,17 @@ pub struct Leaving {
     /// End, CLOCK_MONOTONIC ms.
     pub until_mono_ms: u64,
     /// Its floating addresses: (address, prefix).
+    #[serde(default)]
     pub addresses: Vec<(IpAddr, u8)>,
     /// Its processes' pid files.
+    #[serde(default)]
     pub pidfiles: Vec<PathBuf>,
     /// Commands that stop its resources.
+    #[serde(default)]
     pub stop_commands: Vec<StopCommand>,
+    /// Scripts, as older agents wrote them (see [`LeaseFile::scripts`]).
+    #[serde(default, skip_serializing)]
+    pub scripts: Vec<(PathBuf, Vec<(String, String)>)>,
 }
 
 /// A command that stops a resource the agent can no longer stop itself:
@@ -149,7 +163,30 @@ pub fn read(path: &Path) -> Option<LeaseFile> {
     let f = std::fs::File::open(path).ok()?;
     let mut bytes = Vec::new();
     std::io::Read::read_to_end(&mut std::io::Read::take(f, MAX_FILE), &mut bytes).ok()?;
-    serde_json::from_slice(&bytes).ok()
+    let mut lease: LeaseFile = serde_json::from_slice(&bytes).ok()?;
+    lease.upgrade();
+    Some(lease)
+}
+
+/// A script's `stop`, as a stop command.
+fn script_stop((program, env): (PathBuf, Vec<(String, String)>)) -> StopCommand {
+    StopCommand {
+        program,
+        args: vec!["stop".into()],
+        env,
+    }
+}
+
+impl LeaseFile {
+    /// Turns what an older agent wrote as `scripts` into stop commands.
+    fn upgrade(&mut self) {
+        let old = std::mem::take(&mut self.scripts);
+        self.stop_commands.extend(old.into_iter().map(script_stop));
+        for l in &mut self.leaving {
+            let old = std::mem::take(&mut l.scripts);
+            l.stop_commands.extend(old.into_iter().map(script_stop));
+        }
+    }
 }
 
 /// Writes a lease file atomically (temporary file, rename; mode 0600). No
@@ -217,7 +254,10 @@ fn stop_commands(lease: &LeaseFile) -> Vec<String> {
         for (k, v) in &c.env {
             cmd.env(k, v);
         }
-        let what = format!("{} {}", c.program.display(), c.args.join(" "));
+        let what = std::iter::once(c.program.display().to_string())
+            .chain(c.args.iter().cloned())
+            .collect::<Vec<_>>()
+            .join(" ");
         let Ok(mut child) = cmd.spawn() else { continue };
         let t0 = std::time::Instant::now();
         loop {
@@ -606,5 +646,33 @@ mod tests {
         );
         let _ = stranger.kill();
         let _ = stranger.wait();
+    }
+
+    /// An agent that takes over from an older one (binary replaced, then
+    /// a crash) reads its lease file: the scripts it listed become stop
+    /// commands, so the new agent inherits the lease instead of stopping
+    /// what runs.
+    #[test]
+    fn a_lease_file_from_an_agent_before_stop_commands_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lease.json");
+        std::fs::write(
+            &path,
+            r#"{"agent_pid":1,"boot_id":"b","until_mono_ms":5,"addresses":[],"pidfiles":[],
+               "scripts":[["/etc/init.d/web",[["TANDEM_GROUP","g"]]]],
+               "leaving":[{"until_mono_ms":3,"addresses":[],"pidfiles":[],"scripts":[["/s",[]]]}]}"#,
+        )
+        .unwrap();
+        let lease = read(&path).expect("an older lease file reads");
+        assert_eq!(lease.stop_commands.len(), 1);
+        assert_eq!(lease.stop_commands[0].args, vec!["stop".to_string()]);
+        assert_eq!(
+            lease.leaving[0].stop_commands[0].program,
+            PathBuf::from("/s")
+        );
+        assert!(lease.scripts.is_empty());
+        // Written again, only the new form.
+        let text = serde_json::to_string(&lease).unwrap();
+        assert!(!text.contains("\"scripts\""), "{text}");
     }
 }

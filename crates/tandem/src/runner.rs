@@ -342,7 +342,7 @@ impl Runner {
     }
 
     /// One pass: wants from the record and the lease, actions, checks.
-    /// Returns lines to log.
+    /// Returns what happened, typed (the agent logs it).
     pub fn drive(&mut self, now_ms: u64, member: &mut Member) -> Vec<AgentEvent> {
         let mut log = Vec::new();
         let pass = self.decide(now_ms, member);

@@ -274,9 +274,23 @@ pub struct EventRecord {
     pub at_unix_ms: u64,
     /// What happened, in words.
     pub text: String,
-    /// What happened, typed (absent from agents before typed events).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// What happened, typed (absent from agents before typed events; an
+    /// event kind this version does not know reads as absent, so a newer
+    /// agent's status still reads).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient_event"
+    )]
     pub event: Option<crate::event::AgentEvent>,
+}
+
+/// A typed event, or None for one this version cannot read.
+fn lenient_event<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<crate::event::AgentEvent>, D::Error> {
+    let v = serde_json::Value::deserialize(d)?;
+    Ok(serde_json::from_value(v).ok())
 }
 
 /// `YYYY-MM-DD HH:MM:SS.mmm` (UTC) for a Unix time in ms.

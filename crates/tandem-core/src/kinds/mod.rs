@@ -65,11 +65,6 @@ pub trait Spec: std::fmt::Debug {
     fn volume(&self) -> Option<&str> {
         None
     }
-    /// Whether a `process` monitor can watch it (its check is "is it
-    /// alive", which the periodic resource check already does).
-    fn has_process(&self) -> bool {
-        false
-    }
 }
 
 /// What a kind's check can see besides its own fields.
@@ -205,8 +200,8 @@ impl<'a> Fields<'a> {
         for (key, v) in std::mem::take(&mut self.left) {
             let at = Some(v.span());
             if own_names.contains(&key.as_str()) {
-                // Taken and refused already (a wrong type), or left on
-                // purpose by the kind: nothing more to say.
+                // The kind's own field, not taken because its check had
+                // already failed on another (which it reported).
                 continue;
             }
             if KINDS.iter().any(|k| k.fields.iter().any(|f| f.name == key)) {
@@ -307,8 +302,20 @@ macro_rules! registry {
             pub(crate) fn check(kind: &str, f: &mut Fields<'_>) -> Option<Option<Params>> {
                 $(
                     if kind == <$module::$ty as Kind>::NAME {
+                        let before = f.diags.len();
                         let p = <$module::$ty as Kind>::check(f).map(Params::$ty);
                         f.refuse_the_rest(kind, <$module::$ty as Kind>::FIELDS);
+                        if p.is_none() && f.diags.len() == before {
+                            // A resource must never vanish from a valid
+                            // configuration: a check that refuses says why.
+                            let at = Some(f.name.span());
+                            let name = f.name().to_string();
+                            f.error(
+                                at,
+                                format!("resource `{name}` of kind `{kind}` was refused without a reason"),
+                                "this is a bug in Tandem's check of this kind: please report it with this configuration",
+                            );
+                        }
                         return Some(p);
                     }
                 )*

@@ -114,7 +114,4 @@ impl Spec for Process {
         format!("process {}", self.command.join(" "))
     }
 
-    fn has_process(&self) -> bool {
-        true
-    }
 }

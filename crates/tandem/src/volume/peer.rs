@@ -502,6 +502,10 @@ async fn handshake(
     match sync {
         Sync::InSync => {
             let mut st = vol.lock();
+            // An operator's disconnect (under this lock) ends it here too.
+            if matches!(st.link, LinkState::AdminDown) {
+                return Ok(false);
+            }
             let Some(c) = st.conn.as_mut().filter(|c| c.epoch == epoch) else {
                 return Ok(false);
             };
@@ -534,6 +538,9 @@ async fn handshake(
                 st.meta.consistent = false;
                 st.meta.up_to_date = false;
                 vol.cfg.paths.save_meta(&st.meta)?;
+            }
+            if matches!(st.link, LinkState::AdminDown) {
+                return Ok(false);
             }
             let Some(c) = st.conn.as_mut().filter(|c| c.epoch == epoch) else {
                 return Ok(false);
