@@ -145,6 +145,7 @@ pub enum Command {
     /// A local cluster in network namespaces that fails over, with the
     /// outage measured: 3 nodes, a floating IP and a small HTTP service;
     /// crashes the active node, then restores it (needs root).
+    #[cfg(feature = "demo")]
     Demo {
         /// Keep going without pauses between the steps.
         #[arg(long)]
@@ -153,6 +154,7 @@ pub enum Command {
     /// The demo's service: answers HTTP GET on --port, and the testbed's
     /// probes on --probe-port, with this node's name (from $TANDEM_NODE or
     /// --name).
+    #[cfg(feature = "demo")]
     #[command(hide = true)]
     DemoService {
         /// HTTP port.
@@ -168,6 +170,7 @@ pub enum Command {
     /// The testbed's fence device (fence-agents conventions: options as
     /// key=value lines on stdin): cuts a testbed node's ports and kills
     /// its processes.
+    #[cfg(feature = "demo")]
     #[command(hide = true)]
     TestbedFence,
     /// The lease guard the agent starts beside itself: stops this node's

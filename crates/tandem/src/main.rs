@@ -9,6 +9,7 @@ mod checksum;
 mod cli;
 mod clock;
 mod config_cmd;
+#[cfg(feature = "demo")]
 mod demo;
 mod event;
 mod fence_agent;
@@ -106,7 +107,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             admin,
         } => admin::fence(&admin, &node, yes, on),
         Command::Volume(v) => volume_cmd::run(v),
+        #[cfg(feature = "demo")]
         Command::Demo { fast } => demo::run(fast),
+        #[cfg(feature = "demo")]
         Command::DemoService {
             port,
             probe_port,
@@ -118,6 +121,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             demo::serve(&name, port, probe_port)?;
             Ok(ExitCode::SUCCESS)
         }
+        #[cfg(feature = "demo")]
         Command::TestbedFence => {
             let mut input = String::new();
             std::io::Read::read_to_string(
