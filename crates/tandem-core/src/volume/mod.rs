@@ -17,6 +17,7 @@
 
 pub mod bitmap;
 pub mod link;
+pub mod link_state;
 pub mod seal;
 
 use serde::{Deserialize, Serialize};

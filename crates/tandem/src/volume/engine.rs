@@ -39,20 +39,8 @@ const RECORD_RETRY: Duration = Duration::from_millis(500);
 /// Volume events kept for status.
 const EVENTS: usize = 20;
 
-/// The state of the link to the peer copy.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum LinkState {
-    /// Trying to reach the peer.
-    Connecting,
-    /// Connected: handshake done.
-    Connected,
-    /// Stopped after detecting split brain; an operator decides.
-    SplitBrain(String),
-    /// Stopped: the copies cannot be synced (unrelated data, size).
-    Refused(String),
-    /// `tandem volume disconnect`.
-    AdminDown,
-}
+/// The state of the link to the peer copy, and its rules: the core's.
+pub use tandem_core::volume::link_state::LinkState;
 
 /// What the connected session decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -1001,7 +989,7 @@ impl Volume {
     pub fn disconnect_by_operator(&self) {
         let live = {
             let mut st = self.lock();
-            st.link = LinkState::AdminDown;
+            st.link.disconnect();
             st.conn.as_ref().map(|c| c.epoch)
         };
         self.next_epoch();
@@ -1016,7 +1004,7 @@ impl Volume {
     pub fn connect_by_operator(&self, discard_my_data: bool) {
         let mut st = self.lock();
         st.discard_my_data = discard_my_data;
-        st.link = LinkState::Connecting;
+        st.link.connect();
         drop(st);
         self.event(format!(
             "connect requested by the operator{}",
@@ -1048,9 +1036,7 @@ impl Volume {
                 .push_back("sync interrupted; it resumes from the bitmap on reconnect".into());
         }
         st.peer_disk = DiskState::DUnknown;
-        if matches!(st.link, LinkState::Connected) {
-            st.link = LinkState::Connecting;
-        }
+        st.link.on_session_end();
         let _ = self.cfg.paths.save_bitmap(&st.bitmap);
         st.bitmap_dirty = false;
         drop(st);

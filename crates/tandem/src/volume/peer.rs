@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::engine::{Change, Conn, LinkState, SyncProgress, SyncRole, VerifyProgress, Volume};
 use super::splice::{Chain, MIN_SPLICED};
 use super::stream::Outgoing;
+use tandem_core::volume::link_state::Pause;
 
 /// Frames queued for the peer before writers wait.
 const LINK_QUEUE: usize = 1024;
@@ -59,11 +60,11 @@ pub async fn run(vol: Arc<Volume>) {
 }
 
 fn stopped(vol: &Volume) -> Option<Duration> {
-    match &vol.lock().link {
-        LinkState::AdminDown => Some(Duration::from_millis(500)),
-        LinkState::SplitBrain(_) | LinkState::Refused(_) => Some(RETRY_STOPPED),
-        _ => None,
-    }
+    vol.lock().link.pause().map(|p| match p {
+        // Looked at again soon: `volume connect` should act at once.
+        Pause::Operator => Duration::from_millis(500),
+        Pause::Stopped => RETRY_STOPPED,
+    })
 }
 
 async fn dial_loop(vol: Arc<Volume>) {
@@ -71,7 +72,7 @@ async fn dial_loop(vol: Arc<Volume>) {
     loop {
         if let Some(pause) = stopped(&vol) {
             tokio::time::sleep(pause).await;
-            if matches!(vol.lock().link, LinkState::AdminDown) {
+            if !vol.lock().link.admits_session() {
                 continue;
             }
         }
@@ -173,7 +174,7 @@ async fn accept_loop(vol: Arc<Volume>) {
             tokio::time::sleep(RETRY).await;
             continue;
         };
-        if matches!(vol.lock().link, LinkState::AdminDown) {
+        if !vol.lock().link.admits_session() {
             continue;
         }
         use std::sync::atomic::Ordering;
@@ -395,7 +396,7 @@ async fn session(vol: Arc<Volume>, stream: TcpStream, keys: Session) {
         // An operator's disconnect that came while this connection was
         // authenticating wins: it must not come back up by itself
         // (regression: resync_after_disconnect_copies_only_what_changed).
-        if matches!(st.link, LinkState::AdminDown) {
+        if !st.link.admits_session() {
             drop(st);
             writer.abort();
             return;
@@ -410,14 +411,6 @@ async fn session(vol: Arc<Volume>, stream: TcpStream, keys: Session) {
     };
     vol.teardown(epoch, &reason);
     writer.abort();
-}
-
-/// Sets the link's state from a handshake's outcome, unless the operator
-/// disconnected it meanwhile: only `volume connect` ends AdminDown.
-fn keep_down_or(st: &mut super::engine::State, to: LinkState) {
-    if !matches!(st.link, LinkState::AdminDown) {
-        st.link = to;
-    }
 }
 
 /// Exchanges states and bitmaps and acts on the sync decision; false when
@@ -481,7 +474,7 @@ async fn handshake(
             "the peer's copy is {size} bytes, this one {}; fix `size` so both agree",
             vol.cfg.size
         );
-        keep_down_or(&mut vol.lock(), LinkState::Refused(text.clone()));
+        vol.lock().link.settle(LinkState::Refused(text.clone()));
         vol.event(text);
         return Ok(false);
     }
@@ -503,7 +496,7 @@ async fn handshake(
         Sync::InSync => {
             let mut st = vol.lock();
             // An operator's disconnect (under this lock) ends it here too.
-            if matches!(st.link, LinkState::AdminDown) {
+            if !st.link.admits_session() {
                 return Ok(false);
             }
             let Some(c) = st.conn.as_mut().filter(|c| c.epoch == epoch) else {
@@ -512,7 +505,7 @@ async fn handshake(
             c.replicating = true;
             c.sync_role = SyncRole::InSync;
             c.peer_primary = theirs.primary;
-            st.link = LinkState::Connected;
+            st.link.settle(LinkState::Connected);
             st.peer_disk = DiskState::UpToDate;
             if !st.meta.up_to_date {
                 st.meta.up_to_date = true;
@@ -539,7 +532,7 @@ async fn handshake(
                 st.meta.up_to_date = false;
                 vol.cfg.paths.save_meta(&st.meta)?;
             }
-            if matches!(st.link, LinkState::AdminDown) {
+            if !st.link.admits_session() {
                 return Ok(false);
             }
             let Some(c) = st.conn.as_mut().filter(|c| c.epoch == epoch) else {
@@ -554,7 +547,7 @@ async fn handshake(
                 SyncRole::Target
             };
             c.peer_primary = theirs.primary;
-            st.link = LinkState::Connected;
+            st.link.settle(LinkState::Connected);
             st.peer_disk = if source {
                 DiskState::Inconsistent
             } else {
@@ -589,7 +582,7 @@ async fn handshake(
             );
             let mut st = vol.lock();
             let first = !matches!(st.link, LinkState::SplitBrain(_));
-            keep_down_or(&mut st, LinkState::SplitBrain(text.clone()));
+            st.link.settle(LinkState::SplitBrain(text.clone()));
             drop(st);
             if first {
                 vol.event(text);
@@ -602,7 +595,7 @@ async fn handshake(
                 vol.cfg.name
             );
             let first = !matches!(&vol.lock().link, LinkState::Refused(t) if *t == text);
-            keep_down_or(&mut vol.lock(), LinkState::Refused(text.clone()));
+            vol.lock().link.settle(LinkState::Refused(text.clone()));
             if first {
                 vol.event(text);
             }
@@ -613,7 +606,7 @@ async fn handshake(
                 "the copies share no history (different data): refusing to sync. If {}'s copy is the one to keep, recreate this one with `tandem volume create {} --force`",
                 vol.cfg.peer, vol.cfg.name
             );
-            keep_down_or(&mut vol.lock(), LinkState::Refused(text.clone()));
+            vol.lock().link.settle(LinkState::Refused(text.clone()));
             vol.event(text);
             return Ok(false);
         }
