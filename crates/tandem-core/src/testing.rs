@@ -35,7 +35,7 @@ use crate::quorum::Mode;
 use crate::wants::{Held, Wants};
 use crate::wire::{ClusterId, NodeId};
 
-/// The timing of every story: the LAN profile.
+/// The timing of every story: 100 ms heartbeats, a node dead after 1 s.
 pub const TIMING: Timing = Timing {
     heartbeat_ms: 100,
     deadtime_ms: 1_000,

@@ -376,7 +376,7 @@ impl Runner {
         } else {
             self.wants.inherited_until(now_ms)
         };
-        let leaving = self.leaving(now_ms, member, &mut log);
+        let leaving = self.leaving(now_ms, &pass, &mut log);
         // A failure is retried once at once (a passing error); a second
         // one in a row means the lease cannot be renewed.
         let written = self
@@ -482,11 +482,12 @@ impl Runner {
     fn leaving(
         &mut self,
         now_ms: u64,
-        member: &Member,
+        pass: &Pass,
         log: &mut Vec<AgentEvent>,
     ) -> Vec<(usize, u64)> {
-        // Decided again: this pass's actions may have finished a stop.
-        let pass = self.decide(now_ms, member);
+        // The pass decided before this pass's actions: a group whose stop
+        // finished since has nothing left to list or kill (`may_run` is
+        // empty), so deciding again would change nothing.
         let mut out = Vec::new();
         for (g, d) in pass.groups.iter().enumerate() {
             let Some(end) = d.leaving_until_ms else {

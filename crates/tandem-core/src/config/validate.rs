@@ -1476,11 +1476,7 @@ fn check_resource(
         c.diags.push(serde_diagnostic(Some(bad.span()), &msg));
     }
     let kind = r.kind.get_ref().as_str();
-    let cx = Context {
-        file,
-        volumes,
-        group,
-    };
+    let cx = Context { file, volumes };
     let mut fields = Fields::new(&r.name, r.timeout_ms.as_ref(), own, &mut c.diags, cx);
     let timeout_ms = fields.timeout_ms();
     match Params::check(kind, &mut fields) {

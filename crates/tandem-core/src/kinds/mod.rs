@@ -73,8 +73,6 @@ pub struct Context<'a> {
     pub file: &'a ConfigFile,
     /// The names of the `[[volume]]`s.
     pub volumes: &'a BTreeSet<String>,
-    /// The group's name.
-    pub group: &'a str,
 }
 
 /// A resource's own fields, handed to its kind's check: take what the
@@ -171,17 +169,6 @@ impl<'a> Fields<'a> {
         help: impl Into<String>,
     ) {
         self.diags.push(Diagnostic::error(at, msg).with_help(help));
-    }
-
-    /// Reports something risky that still runs.
-    pub fn warn(
-        &mut self,
-        at: Option<Range<usize>>,
-        msg: impl Into<String>,
-        help: impl Into<String>,
-    ) {
-        self.diags
-            .push(Diagnostic::warning(at, msg).with_help(help));
     }
 
     /// Reports `name` if it is not among `known` (`what`: a volume, a link).

@@ -1192,28 +1192,38 @@ impl Volume {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::volume::store::MetaPaths;
 
-    fn volume(dir: &std::path::Path) -> Volume {
+    /// One copy of a 1 MiB volume named `data` in `dir`: node `me` with
+    /// peer `peer`, listening on (or dialing from) `my_addr`. Shared with
+    /// the link's tests.
+    pub(crate) fn copy(
+        dir: &std::path::Path,
+        me: &str,
+        peer: &str,
+        dialer: bool,
+        my_addr: std::net::SocketAddr,
+        peer_addr: std::net::SocketAddr,
+    ) -> Volume {
         let size = 1 << 20;
         let cfg = VolumeConfig {
             name: "data".into(),
-            me: "n1".into(),
-            peer: "n2".into(),
-            dialer: true,
+            me: me.into(),
+            peer: peer.into(),
+            dialer,
             size,
             backing: dir.join("data.img"),
             protocol: Protocol::C,
-            my_addr: "127.0.0.1:1".parse().unwrap_or_else(|e| panic!("{e}")),
-            peer_addr: "127.0.0.1:2".parse().unwrap_or_else(|e| panic!("{e}")),
+            my_addr,
+            peer_addr,
             nbd_socket: None,
             nbd_tcp: None,
             nbd_tls: None,
             rate_bytes_s: 1 << 20,
             split_brain: tandem_core::config::schema::SplitBrainPolicy::Disconnect,
-            key: [0; 32],
+            key: [9; 32],
             congestion_control: None,
             ping_interval_ms: 1000,
             peer_timeout_ms: 3000,
@@ -1226,8 +1236,20 @@ mod tests {
         cfg.paths
             .save_bitmap(&Bitmap::new(size))
             .unwrap_or_else(|e| panic!("{e:#}"));
-        let (tx, _rx) = mpsc::channel(1);
+        let (tx, _rx) = mpsc::channel(64);
         Volume::open(cfg, tx, Arc::new(AtomicBool::new(true))).unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    fn volume(dir: &std::path::Path) -> Volume {
+        let addr = |s: &str| s.parse().unwrap_or_else(|e| panic!("{e}"));
+        copy(
+            dir,
+            "n1",
+            "n2",
+            true,
+            addr("127.0.0.1:1"),
+            addr("127.0.0.1:2"),
+        )
     }
 
     /// The agent's thread reads a copy's role, trouble and status every

@@ -1320,8 +1320,6 @@ mod tests {
         writer.abort();
     }
 
-    /// One copy of a 1 MiB volume named `data` in `dir`, node `me` with
-    /// peer `peer`, listening (or dialing from) `my_addr`.
     fn copy(
         dir: &std::path::Path,
         me: &str,
@@ -1330,37 +1328,9 @@ mod tests {
         my_addr: std::net::SocketAddr,
         peer_addr: std::net::SocketAddr,
     ) -> Arc<Volume> {
-        use crate::volume::store::{Backing, Meta, MetaPaths};
-        use std::sync::atomic::AtomicBool;
-        let size = 1 << 20;
-        let cfg = crate::volume::VolumeConfig {
-            name: "data".into(),
-            me: me.into(),
-            peer: peer.into(),
-            dialer,
-            size,
-            backing: dir.join("data.img"),
-            protocol: tandem_core::config::schema::Protocol::C,
-            my_addr,
-            peer_addr,
-            nbd_socket: None,
-            nbd_tcp: None,
-            nbd_tls: None,
-            rate_bytes_s: 1 << 20,
-            split_brain: tandem_core::config::schema::SplitBrainPolicy::Disconnect,
-            key: [9; 32],
-            congestion_control: None,
-            ping_interval_ms: 1000,
-            peer_timeout_ms: 3000,
-            paths: MetaPaths::new(dir, "data"),
-        };
-        Backing::create_file(&cfg.backing, size).unwrap();
-        cfg.paths
-            .save_meta(&Meta::new("data", size, true, 7))
-            .unwrap();
-        cfg.paths.save_bitmap(&Bitmap::new(size)).unwrap();
-        let (tx, _rx) = mpsc::channel(64);
-        Arc::new(Volume::open(cfg, tx, Arc::new(AtomicBool::new(true))).unwrap())
+        Arc::new(super::super::engine::tests::copy(
+            dir, me, peer, dialer, my_addr, peer_addr,
+        ))
     }
 
     /// Regression (CI: `resync_after_disconnect_copies_only_what_changed`
