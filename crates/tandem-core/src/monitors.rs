@@ -24,7 +24,7 @@
 //!   times while the group stays here, then moves it; `move` moves it at
 //!   once; `fence` (until monitors fence) moves it; `ignore` records it.
 
-use crate::config::schema::OnFail;
+use crate::config::OnFail;
 
 /// How soon a monitor checks again while it verifies a group that just
 /// started (see the module docs).

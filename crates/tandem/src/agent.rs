@@ -60,11 +60,9 @@ const MAX_QUEUED_FENCES: usize = 128;
 /// Longest a graceful stop waits for the groups here to stop.
 const SHUTDOWN_LIMIT: Duration = Duration::from_secs(120);
 /// Default control socket of an agent.
-pub const DEFAULT_CONTROL_SOCKET: &str = "/run/tandem/control.sock";
+pub use tandem_core::config::DEFAULT_CONTROL_SOCKET;
 /// Default control socket of a witness.
 pub const DEFAULT_WITNESS_SOCKET: &str = "/run/tandem/witness.sock";
-/// Default state directory.
-const DEFAULT_STATE_DIR: &str = "/var/lib/tandem";
 /// The witness's member name (reserved; no node may use it).
 pub const WITNESS_NAME: &str = "witness";
 
@@ -104,37 +102,28 @@ struct Topology {
 
 impl Topology {
     fn from_config(cfg: &Config) -> Topology {
-        let f = &cfg.file;
-        let links: Vec<String> = f.links.iter().map(|l| l.name.get_ref().clone()).collect();
-        let ports: Vec<u16> = cfg.links.iter().map(|l| l.port).collect();
+        let links: Vec<String> = cfg.links.iter().map(|l| l.name.clone()).collect();
         let mut names = Vec::new();
         let mut addrs = Vec::new();
-        for n in &f.nodes {
-            names.push(n.name.get_ref().clone());
-            let a = n.addresses.get_ref();
+        for n in &cfg.nodes {
+            names.push(n.name.clone());
             addrs.push(
-                links
+                cfg.links
                     .iter()
-                    .zip(&ports)
-                    .map(|(l, p)| {
-                        a.iter()
-                            .find(|(k, _)| k.get_ref() == l)
-                            .map(|(_, ip)| SocketAddr::new(*ip.get_ref(), *p))
+                    .map(|l| {
+                        n.addresses
+                            .get(&l.name)
+                            .map(|ip| SocketAddr::new(*ip, l.port))
                     })
                     .collect(),
             );
         }
         let mut voters: Vec<bool> = (0..names.len()).map(|i| i < MAX_VOTERS).collect();
-        if let Some(w) = &f.quorum.witness {
-            let w = *w.get_ref();
-            let on = f
+        if let Some(w) = cfg.quorum.witness {
+            let on = cfg
                 .links
                 .iter()
-                .position(|l| {
-                    l.subnet
-                        .as_ref()
-                        .is_some_and(|s| s.get_ref().contains(w.ip()))
-                })
+                .position(|l| l.subnet.is_some_and(|s| s.contains(w.ip())))
                 .unwrap_or(0);
             names.push(WITNESS_NAME.into());
             addrs.push((0..links.len()).map(|l| (l == on).then_some(w)).collect());
@@ -169,7 +158,7 @@ impl Topology {
 /// Which configured node is this machine: the one whose addresses can be
 /// bound here (a non-local address cannot be bound).
 fn find_self(cfg: &Config, topo: &Topology, role: &MemberRole) -> Result<usize> {
-    let nodes = &cfg.file.nodes;
+    let nodes = &cfg.nodes;
     match role {
         MemberRole::Witness => {
             return topo
@@ -181,10 +170,9 @@ fn find_self(cfg: &Config, topo: &Topology, role: &MemberRole) -> Result<usize> 
         MemberRole::Node(Some(name)) => {
             return nodes
                 .iter()
-                .position(|n| n.name.get_ref() == name)
+                .position(|n| n.name == *name)
                 .with_context(|| {
-                    let all: Vec<&str> =
-                        nodes.iter().map(|n| n.name.get_ref().as_str()).collect();
+                    let all: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
                     format!(
                         "--node {name}: no such node in the configuration (nodes: {})",
                         all.join(", ")
@@ -206,7 +194,7 @@ fn find_self(cfg: &Config, topo: &Topology, role: &MemberRole) -> Result<usize> 
         [] => bail!("none of the configured node addresses is on this machine; pass --node NAME or fix the addresses"),
         many => bail!(
             "several nodes' addresses are on this machine ({}); pass --node NAME",
-            many.iter().map(|&i| nodes[i].name.get_ref().as_str()).collect::<Vec<_>>().join(", ")
+            many.iter().map(|&i| nodes[i].name.as_str()).collect::<Vec<_>>().join(", ")
         ),
     }
 }
@@ -218,12 +206,11 @@ fn spec(
     keys: Vec<wire::Key>,
     identity: &tandem_core::config::identity::Identity,
 ) -> MemberSpec {
-    let f = &cfg.file;
     let key_fingerprint = keys
         .first()
         .map(tandem_core::config::identity::key_fingerprint)
         .unwrap_or_default();
-    let two_node = f.quorum.two_node.as_ref().is_some_and(|t| *t.get_ref());
+    let two_node = cfg.quorum.two_node;
     let peers = (0..topo.names.len())
         .filter(|&j| j != me)
         .map(|j| PeerSpec {
@@ -235,7 +222,7 @@ fn spec(
         })
         .collect();
     MemberSpec {
-        cluster: ClusterId::from_name(f.cluster.name.get_ref()),
+        cluster: ClusterId::from_name(&cfg.cluster.name),
         me: topo.ids[me],
         voter: topo.voters[me],
         peers,
@@ -247,11 +234,7 @@ fn spec(
                 voters: topo.voters.iter().filter(|v| **v).count(),
             }
         },
-        wait_for_all: f
-            .quorum
-            .wait_for_all
-            .as_ref()
-            .map_or(two_node, |w| *w.get_ref()),
+        wait_for_all: cfg.quorum.wait_for_all,
         timing: cfg.timing,
         keys,
         key_fingerprint,
@@ -269,39 +252,27 @@ fn groups_spec(
     topo: &Topology,
     fence_devices: &[crate::fence_agent::FenceDevice],
 ) -> Result<GroupsSpec> {
-    use tandem_core::config::schema::Failback as F;
-    let f = &cfg.file;
+    use tandem_core::config::Failback as F;
     let mut groups = Vec::new();
     let mut expiry = Vec::new();
-    for (gi, g) in f.groups.iter().enumerate() {
-        let name = g.name.get_ref().clone();
-        let needs_links = cfg
+    for (gi, g) in cfg.groups.iter().enumerate() {
+        let needs_links = g
             .resources
-            .get(gi)
-            .into_iter()
-            .flatten()
+            .iter()
             .filter_map(|r| r.params.spec().link().map(String::from))
             .collect();
         groups.push(GroupPolicy {
-            name,
-            preferred: g.preferred.iter().map(|p| p.get_ref().clone()).collect(),
-            failback: match g.failback.as_ref().map(|f| *f.get_ref()) {
-                Some(F::Auto) => policy::Failback::Auto,
-                _ => policy::Failback::Manual,
+            name: g.name.clone(),
+            preferred: g.preferred.clone(),
+            failback: match g.failback {
+                F::Auto => policy::Failback::Auto,
+                F::Manual => policy::Failback::Manual,
             },
-            migration_threshold: g
-                .migration_threshold
-                .as_ref()
-                .map_or(3, |t| *t.get_ref())
-                .max(1),
+            migration_threshold: g.migration_threshold,
             needs_links,
             confined_to: cfg.confinement(gi),
         });
-        expiry.push(
-            g.failure_expiry_ms
-                .as_ref()
-                .map_or(600_000, |e| *e.get_ref()),
-        );
+        expiry.push(g.failure_expiry_ms);
     }
     Ok(GroupsSpec {
         groups,
@@ -321,9 +292,9 @@ fn groups_spec(
             .cloned()
             .collect(),
         stop_bound_ms: cfg
-            .resources
+            .groups
             .iter()
-            .map(|rs| tandem_core::group::stop_bound_ms(rs.iter().map(|r| r.timeout_ms)))
+            .map(|g| tandem_core::group::stop_bound_ms(g.resources.iter().map(|r| r.timeout_ms)))
             .collect(),
     })
 }
@@ -334,43 +305,24 @@ use crate::clock::unix_ms;
 pub fn run(cfg: Config, opts: AgentOptions) -> Result<()> {
     let topo = Topology::from_config(&cfg);
     let me = find_self(&cfg, &topo, &opts.role)?;
-    let mut keys = vec![crate::keyfile::load(&cfg.key_file)?];
-    if let Some(p) = &cfg.file.cluster.previous_key_file {
-        keys.push(crate::keyfile::load(&tandem_core::config::resolve_path(
-            cfg.key_file.parent().unwrap_or(Path::new("")),
-            p.get_ref(),
-        ))?);
+    let mut keys = vec![crate::keyfile::load(&cfg.key_path())?];
+    if let Some(p) = cfg.previous_key_path() {
+        keys.push(crate::keyfile::load(&p)?);
     }
     let witness = opts.role == MemberRole::Witness;
-    let default_socket = if witness {
-        DEFAULT_WITNESS_SOCKET
-    } else {
-        DEFAULT_CONTROL_SOCKET
-    };
-    let control = opts
-        .control_socket
-        .clone()
-        .or_else(|| {
-            (!witness)
-                .then(|| {
-                    cfg.file
-                        .cluster
-                        .control_socket
-                        .as_ref()
-                        .map(|p| p.get_ref().clone())
-                })
-                .flatten()
-        })
-        .unwrap_or_else(|| PathBuf::from(default_socket));
+    // The witness has its own socket: it may share a machine (and a
+    // configuration) with a node.
+    let control = opts.control_socket.clone().unwrap_or_else(|| {
+        if witness {
+            PathBuf::from(DEFAULT_WITNESS_SOCKET)
+        } else {
+            cfg.cluster.control_socket.clone()
+        }
+    });
     // The witness keeps its own subdirectory: it may share a machine (and
     // a configuration) with a node.
     let state_dir = opts.state_dir.clone().unwrap_or_else(|| {
-        let base = cfg
-            .file
-            .cluster
-            .state_dir
-            .as_ref()
-            .map_or_else(|| PathBuf::from(DEFAULT_STATE_DIR), |p| p.get_ref().clone());
+        let base = cfg.cluster.state_dir.clone();
         if witness {
             base.join("witness")
         } else {
@@ -479,7 +431,7 @@ pub fn run(cfg: Config, opts: AgentOptions) -> Result<()> {
         shutting_down: false,
         fatal: None,
         timing: cfg.timing,
-        cluster: cfg.file.cluster.name.get_ref().clone(),
+        cluster: cfg.cluster.name.clone(),
         topo,
         me,
         member,
@@ -487,12 +439,7 @@ pub fn run(cfg: Config, opts: AgentOptions) -> Result<()> {
         events: VecDeque::new(),
         sockets: Vec::new(),
         control_path: control,
-        control_group: cfg
-            .file
-            .cluster
-            .control_group
-            .as_ref()
-            .map(|g| g.get_ref().clone()),
+        control_group: cfg.cluster.control_group.clone(),
         state,
         config_epoch: None,
         config: opts.config.clone(),

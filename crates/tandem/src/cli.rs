@@ -414,6 +414,22 @@ pub enum ConfigCommand {
     Show {
         /// The configuration file.
         file: PathBuf,
+        /// `summary`: one line per entry; `toml` or `json`: every setting
+        /// with its default filled in (secrets redacted).
+        #[arg(long, value_enum, default_value = "summary")]
+        format: crate::config_cmd::ShowFormat,
+    },
+    /// Print what changes from one configuration file to another, entry by
+    /// entry (paired by name, not position). Exits 0 when they say the
+    /// same, 3 when they differ, 1 when either file is invalid.
+    Diff {
+        /// The configuration as it is.
+        old: PathBuf,
+        /// The configuration as it would be.
+        new: PathBuf,
+        /// Print the changes as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 

@@ -93,14 +93,12 @@ fn machine_checks(cfg: &Config) -> Vec<(Severity, String)> {
             ));
         }
     }
-    if let Some(g) = &cfg.file.cluster.control_group {
-        if crate::agent::group_id(g.get_ref()).is_err() {
+    if let Some(g) = &cfg.cluster.control_group {
+        if crate::agent::group_id(g).is_err() {
             out.push((
                 Severity::Error,
                 format!(
-                    "control_group `{}` does not exist on this machine: the agent refuses to start; create it (`groupadd {}`) or remove `control_group`",
-                    g.get_ref(),
-                    g.get_ref()
+                    "control_group `{g}` does not exist on this machine: the agent refuses to start; create it (`groupadd {g}`) or remove `control_group`"
                 ),
             ));
         }
@@ -110,16 +108,16 @@ fn machine_checks(cfg: &Config) -> Vec<(Severity, String)> {
     }
     // A TLS export's credentials, as the agent of a node with a copy
     // loads them at its start.
-    for v in &cfg.file.volumes {
+    for v in &cfg.volumes {
         let (Some(_), Some(dir)) = (&v.nbd_tcp, &v.nbd_tls) else {
             continue;
         };
-        if let Err(e) = crate::volume::nbd_tls::NbdTls::load(dir.get_ref()) {
+        if let Err(e) = crate::volume::nbd_tls::NbdTls::load(dir) {
             out.push((
                 Severity::Error,
                 format!(
                     "volume `{}`: the NBD export's TLS credentials on this machine: {e:#}; the agent of a node with a copy refuses to start",
-                    v.name.get_ref()
+                    v.name
                 ),
             ));
         }
@@ -138,31 +136,84 @@ pub fn load_valid(path: &Path) -> Result<Config> {
         .with_context(|| format!("{label} has errors; fix them (see above) or check with `tandem config validate {label}`"))
 }
 
+/// How `config show` prints the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ShowFormat {
+    /// A summary, one line per entry.
+    Summary,
+    /// Every setting with its default filled in, as TOML (secrets
+    /// redacted).
+    Toml,
+    /// Every setting with its default filled in, as JSON (secrets
+    /// redacted).
+    Json,
+}
+
 /// Prints the effective configuration of a valid file.
-pub fn show(path: &Path) -> Result<()> {
+pub fn show(path: &Path, format: ShowFormat) -> Result<()> {
     let cfg = load_valid(path)?;
-    print!("{}", describe(&cfg));
+    match format {
+        ShowFormat::Summary => print!("{}", describe(&cfg)),
+        ShowFormat::Toml => {
+            print!(
+                "{}",
+                cfg.to_toml()
+                    .context("writing the configuration model as TOML")?
+            );
+        }
+        ShowFormat::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&cfg).context("writing the model as JSON")?
+        ),
+    }
     Ok(())
 }
 
+/// Prints what changes from one valid file to another, one change per
+/// line (name-keyed: an entry is paired by name wherever it stands).
+/// Returns whether they differ.
+pub fn diff(old: &Path, new: &Path, json: bool) -> Result<bool> {
+    let a = load_valid(old)?;
+    let b = load_valid(new)?;
+    let changes = config::diff(&a, &b);
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&changes).context("writing the changes as JSON")?
+        );
+    } else if changes.is_empty() {
+        println!("no change: both files say the same");
+    } else {
+        for c in &changes {
+            println!("{c}");
+        }
+    }
+    Ok(!changes.is_empty())
+}
+
 fn describe(cfg: &Config) -> String {
-    let f = &cfg.file;
     let t = &cfg.timing;
     let mut o = String::new();
-    let _ = writeln!(o, "cluster {}", f.cluster.name.get_ref());
-    let _ = writeln!(o, "  key file        {}", cfg.key_file.display());
+    let _ = writeln!(o, "cluster {}", cfg.cluster.name);
+    let _ = writeln!(o, "  key file        {}", cfg.key_path().display());
+    let _ = writeln!(o, "  state dir       {}", cfg.cluster.state_dir.display());
+    let _ = writeln!(
+        o,
+        "  control socket  {}",
+        cfg.cluster.control_socket.display()
+    );
     let _ = writeln!(
         o,
         "  timing          heartbeat {} ms, deadtime {} ms, warntime {} ms, start-up wait {} ms",
         t.heartbeat_ms, t.deadtime_ms, t.warntime_ms, t.startup_wait_ms
     );
-    let quorum = match (
-        &f.quorum.witness,
-        f.quorum.two_node.as_ref().is_some_and(|b| *b.get_ref()),
-    ) {
-        (Some(w), _) => format!("majority with witness at {}", w.get_ref()),
+    let quorum = match (cfg.quorum.witness, cfg.quorum.two_node) {
+        (Some(w), _) => format!("majority with witness at {w}"),
         (None, true) => "two_node (decided by fencing)".to_string(),
-        (None, false) => format!("majority of {} voter(s)", f.nodes.len().min(7)),
+        (None, false) => format!(
+            "majority of {} voter(s)",
+            cfg.nodes.len().min(tandem_core::quorum::MAX_VOTERS)
+        ),
     };
     let _ = writeln!(o, "  quorum          {quorum}");
     for l in &cfg.links {
@@ -173,14 +224,13 @@ fn describe(cfg: &Config) -> String {
             l.name, l.port
         );
     }
-    for n in &f.nodes {
+    for n in &cfg.nodes {
         let addrs: Vec<String> = n
             .addresses
-            .get_ref()
             .iter()
-            .map(|(k, v)| format!("{}={}", k.get_ref(), v.get_ref()))
+            .map(|(k, v)| format!("{k}={v}"))
             .collect();
-        let _ = writeln!(o, "  node {:<10} {}", n.name.get_ref(), addrs.join(" "));
+        let _ = writeln!(o, "  node {:<10} {}", n.name, addrs.join(" "));
     }
     for d in &cfg.fence_devices {
         let hosts: Vec<&str> = d.hosts.iter().map(|(n, _)| n.as_str()).collect();
@@ -199,27 +249,21 @@ fn describe(cfg: &Config) -> String {
             let _ = writeln!(o, "  ping monitor on {link}: {}", t.join(", "));
         }
     }
-    for (g, res) in f.groups.iter().zip(&cfg.resources) {
-        let pref: Vec<&str> = g.preferred.iter().map(|p| p.get_ref().as_str()).collect();
-        let failback = g.failback.as_ref().map_or("manual", |f| match f.get_ref() {
-            config::schema::Failback::Auto => "auto",
-            config::schema::Failback::Manual => "manual",
-        });
-        let mode = if g.clone.as_ref().is_some_and(|c| *c.get_ref()) {
-            "clone"
-        } else {
-            "exclusive"
+    for (gi, g) in cfg.groups.iter().enumerate() {
+        let failback = match g.failback {
+            config::Failback::Auto => "auto",
+            config::Failback::Manual => "manual",
         };
-        let pref = if pref.is_empty() {
+        let pref = if g.preferred.is_empty() {
             "any node".to_string()
         } else {
-            pref.join(" > ")
+            g.preferred.join(" > ")
         };
-        let only = config::confinement(f, res).map_or(String::new(), |c| {
-            let on: Vec<&str> = f
+        let only = cfg.confinement(gi).map_or(String::new(), |c| {
+            let on: Vec<&str> = cfg
                 .nodes
                 .iter()
-                .map(|n| n.name.get_ref().as_str())
+                .map(|n| n.name.as_str())
                 .filter(|n| c.why_not(n).is_none())
                 .collect();
             format!(
@@ -229,40 +273,32 @@ fn describe(cfg: &Config) -> String {
         });
         let _ = writeln!(
             o,
-            "  group {} ({mode}, prefers {pref}, failback {failback}{only})",
-            g.name.get_ref()
+            "  group {} (exclusive, prefers {pref}, failback {failback}{only})",
+            g.name
         );
-        for spec in res {
+        for spec in &g.resources {
             let _ = writeln!(o, "    {:<12} {}", spec.name, spec.params.spec().describe());
         }
     }
-    for v in &f.volumes {
-        let nodes: Vec<&str> = v
-            .nodes
-            .get_ref()
-            .iter()
-            .map(|n| n.get_ref().as_str())
-            .collect();
+    for v in &cfg.volumes {
         let _ = writeln!(
             o,
             "  volume {} ({} bytes) on {}",
-            v.name.get_ref(),
-            v.size.get_ref().bytes,
-            nodes.join(" + ")
+            v.name,
+            v.size.bytes,
+            v.nodes.join(" + ")
         );
         let socket = v.nbd_socket.as_ref().map_or_else(
-            || format!("<state_dir>/run/{}.nbd", v.name.get_ref()),
-            |p| p.get_ref().display().to_string(),
+            || format!("<state_dir>/run/{}.nbd", v.name),
+            |p| p.display().to_string(),
         );
         let tcp = match (&v.nbd_tcp, &v.nbd_tls) {
             (None, _) => String::new(),
-            (Some(a), Some(dir)) => format!(
-                ", TCP {} over TLS only (credentials {})",
-                a.get_ref(),
-                dir.get_ref().display()
-            ),
-            (Some(a), None) if a.get_ref().ip().is_loopback() => format!(", TCP {}", a.get_ref()),
-            (Some(a), None) => format!(", TCP {} WITHOUT TLS (nbd_insecure)", a.get_ref()),
+            (Some(a), Some(dir)) => {
+                format!(", TCP {a} over TLS only (credentials {})", dir.display())
+            }
+            (Some(a), None) if a.ip().is_loopback() => format!(", TCP {a}"),
+            (Some(a), None) => format!(", TCP {a} WITHOUT TLS (nbd_insecure)"),
         };
         let _ = writeln!(o, "    NBD export  socket {socket} (root only){tcp}");
     }

@@ -34,6 +34,10 @@ use clap::{CommandFactory, Parser};
 
 use cli::{Cli, Command, ConfigCommand};
 
+/// Exit status of `config diff` when the two files differ (1 is kept for
+/// errors, such as an invalid file).
+const DIFFERENT: u8 = 3;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
@@ -146,8 +150,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } else {
             ExitCode::FAILURE
         }),
-        Command::Config(ConfigCommand::Show { file }) => {
-            config_cmd::show(&file).map(|()| ExitCode::SUCCESS)
+        Command::Config(ConfigCommand::Show { file, format }) => {
+            config_cmd::show(&file, format).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Config(ConfigCommand::Diff { old, new, json }) => {
+            config_cmd::diff(&old, &new, json).map(|differ| {
+                if differ {
+                    ExitCode::from(DIFFERENT)
+                } else {
+                    ExitCode::SUCCESS
+                }
+            })
         }
         Command::Keygen { file } => {
             keyfile::generate(&file)?;
@@ -195,10 +208,7 @@ fn run_member(
     recovery: state_file::Recovery,
 ) -> Result<()> {
     let cfg = config_cmd::load_valid(config)?;
-    let text =
-        std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
-    let identity = tandem_core::config::identity::identity(&text)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?;
+    let identity = tandem_core::config::identity::of(&cfg);
     agent::run(
         cfg,
         agent::AgentOptions {

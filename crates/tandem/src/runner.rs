@@ -164,15 +164,14 @@ impl Runner {
     ) -> Result<Runner> {
         std::fs::create_dir_all(&run_dir)
             .with_context(|| format!("creating {}", run_dir.display()))?;
-        let f = &cfg.file;
         let mut names = Vec::new();
         let mut resources = Vec::new();
-        for (gi, g) in f.groups.iter().enumerate() {
-            let gname = g.name.get_ref().clone();
+        for g in &cfg.groups {
+            let gname = g.name.clone();
             let mut rs = Vec::new();
-            for spec in cfg.resources.get(gi).into_iter().flatten() {
+            for spec in &g.resources {
                 let owner = Owner {
-                    cluster: f.cluster.name.get_ref().clone(),
+                    cluster: cfg.cluster.name.clone(),
                     node: node.to_string(),
                     group: gname.clone(),
                     resource: spec.name.clone(),
@@ -188,18 +187,15 @@ impl Runner {
         let mut monitor_kinds = Vec::new();
         let mut monitor_checks = Vec::new();
         let mut monitor_timeouts_ms = Vec::new();
-        for (gi, monitors) in cfg.group_monitors.iter().enumerate() {
-            for spec in monitors {
+        for (gi, g) in cfg.groups.iter().enumerate() {
+            for spec in &g.monitors {
                 let (check, resource) = match &spec.check {
                     MonitorCheck::Tcp { address } => (Some(Check::Tcp(*address)), None),
                     MonitorCheck::Http { url } => (Some(Check::Http(url.clone())), None),
                     MonitorCheck::Exec { command } => (Some(Check::Exec(command.clone())), None),
-                    MonitorCheck::Process { resource } => (
-                        None,
-                        cfg.resources
-                            .get(gi)
-                            .and_then(|rs| rs.iter().position(|r| r.name == *resource)),
-                    ),
+                    MonitorCheck::Process { resource } => {
+                        (None, g.resources.iter().position(|r| r.name == *resource))
+                    }
                     MonitorCheck::Ping { .. } => continue,
                 };
                 plans.push(MonitorPlan {
@@ -218,11 +214,9 @@ impl Runner {
                 monitor_timeouts_ms.push(spec.timeout_ms);
             }
         }
-        let my_addrs = f
-            .nodes
-            .iter()
-            .find(|n| n.name.get_ref() == node)
-            .map(|n| n.addresses.get_ref().clone())
+        let my_addrs = cfg
+            .node(node)
+            .map(|n| n.addresses.clone())
             .unwrap_or_default();
         let mut link_plans = Vec::new();
         let mut link_checks = Vec::new();
@@ -230,10 +224,7 @@ impl Runner {
             let MonitorCheck::Ping { targets, link } = &spec.check else {
                 continue;
             };
-            let source = my_addrs
-                .iter()
-                .find(|(k, _)| k.get_ref() == link)
-                .map(|(_, v)| *v.get_ref());
+            let source = my_addrs.get(link).copied();
             link_plans.push(LinkMonitorPlan {
                 name: spec.name.clone(),
                 link: link.clone(),

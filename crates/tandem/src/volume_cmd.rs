@@ -2,7 +2,7 @@
 //! local agent, which runs the copies.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -42,13 +42,7 @@ pub fn run(args: VolumeCommandArgs) -> Result<ExitCode> {
                 Some(n) => n,
                 None => local_node(&cfg, &name)?,
             };
-            let state_dir = state_dir.unwrap_or_else(|| {
-                cfg.file
-                    .cluster
-                    .state_dir
-                    .as_ref()
-                    .map_or_else(|| PathBuf::from("/var/lib/tandem"), |p| p.get_ref().clone())
-            });
+            let state_dir = state_dir.unwrap_or_else(|| cfg.cluster.state_dir.clone());
             println!(
                 "{}",
                 crate::volume::create(&cfg, &node, &state_dir, &name, source, force)?
@@ -182,16 +176,13 @@ fn verify(socket: &Path, name: &str) -> Result<ExitCode> {
 /// The volume's node whose sync address is on this machine.
 fn local_node(cfg: &tandem_core::config::Config, name: &str) -> Result<String> {
     let v = cfg
-        .file
-        .volumes
-        .iter()
-        .find(|v| v.name.get_ref() == name)
+        .volume(name)
         .with_context(|| format!("no volume `{name}` in the configuration"))?;
-    for n in v.nodes.get_ref() {
-        if let Ok(c) = crate::volume::configs(cfg, n.get_ref(), [0; 32], Path::new("/")) {
+    for n in &v.nodes {
+        if let Ok(c) = crate::volume::configs(cfg, n, [0; 32], Path::new("/")) {
             if let Some(c) = c.iter().find(|c| c.name == name) {
                 if std::net::UdpSocket::bind((c.my_addr.ip(), 0)).is_ok() {
-                    return Ok(n.get_ref().clone());
+                    return Ok(n.clone());
                 }
             }
         }

@@ -191,6 +191,75 @@ fn config_show_prints_effective_values_and_refuses_invalid_files() {
 }
 
 #[test]
+fn config_show_writes_the_full_model_and_config_diff_pairs_entries_by_name() {
+    let dir = examples();
+    let example = dir.path().join("web-two-node.toml");
+    let o = tandem(&[
+        "config",
+        "show",
+        "--format",
+        "toml",
+        example.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let full = String::from_utf8_lossy(&o.stdout).into_owned();
+    // Defaults the file leaves out are written.
+    for key in [
+        "state_dir = ",
+        "wait_for_all = ",
+        "failure_expiry_ms = ",
+        "stop_grace_ms = ",
+    ] {
+        assert!(full.contains(key), "{key} missing:\n{full}");
+    }
+    // It is a configuration that says the same as the file.
+    let shown = dir.path().join("shown.toml");
+    std::fs::write(&shown, &full).unwrap();
+    let o = tandem(&[
+        "config",
+        "diff",
+        example.to_str().unwrap(),
+        shown.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("no change"), "{}", text(&o));
+    // A changed address and a new group, each named.
+    let original = std::fs::read_to_string(&example).unwrap();
+    let changed = original.replace("failback = \"auto\"", "failback = \"manual\"");
+    assert_ne!(
+        changed, original,
+        "the example has no automatic failback any more"
+    );
+    let edited = dir.path().join("edited.toml");
+    std::fs::write(&edited, changed).unwrap();
+    let o = tandem(&[
+        "config",
+        "diff",
+        example.to_str().unwrap(),
+        edited.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(text(&o).contains("changed: failback"), "{}", text(&o));
+    let o = tandem(&[
+        "config",
+        "diff",
+        "--json",
+        example.to_str().unwrap(),
+        edited.to_str().unwrap(),
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v[0]["section"], "group", "{v}");
+    assert_eq!(v[0]["change"], "changed", "{v}");
+    // An invalid file is an error, not a difference.
+    let broken = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/broken/07-group-unknown-node.toml"
+    );
+    let o = tandem(&["config", "diff", example.to_str().unwrap(), broken]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+}
+
+#[test]
 fn validate_reports_an_unreadable_file_and_continues() {
     let dir = examples();
     let example = dir.path().join("hot-standby.toml");

@@ -93,6 +93,14 @@ fn planted_fence_credentials_appear_nowhere() {
     let mut seen = vec![
         ("fence command", fenced),
         ("config show", run(&["config", "show", cfg])),
+        (
+            "config show --format toml",
+            run(&["config", "show", "--format", "toml", cfg]),
+        ),
+        (
+            "config show --format json",
+            run(&["config", "show", "--format", "json", cfg]),
+        ),
         ("config validate", run(&["config", "validate", cfg])),
         ("logs", c.logs()),
     ];

@@ -1,10 +1,12 @@
 //! A configuration's identity: a hash of what it says, not of how it is
-//! written. Whitespace, comments, key order within a table and quoting do
-//! not count; every value does. Each top-level section (`cluster`, `link`,
+//! written. Whitespace, comments, key order within a table, quoting and
+//! defaults written out do not count; every effective value does. Each top-level section (`cluster`, `link`,
 //! `node`, `group`, ...) has a hash of its own, so that two nodes can tell
 //! which sections differ without exchanging the files.
 
 use serde::Serialize;
+
+use super::model::Config;
 
 /// Hex digits kept of each hash (64 bits: an identity, not a MAC).
 const SHOWN: usize = 16;
@@ -46,20 +48,44 @@ fn short(h: blake3::Hash) -> String {
     h.to_hex()[..SHOWN].to_string()
 }
 
-/// The identity of a configuration file's text (its TOML syntax must be
-/// valid; nothing else is checked here).
-pub fn identity(source: &str) -> Result<Identity, String> {
-    let table: toml::Table = toml::from_str(source).map_err(|e| e.to_string())?;
-    let mut sections: Vec<(String, String)> = table
+/// The identity of a configuration: a hash of its model (every default
+/// applied, so writing a default out changes nothing), section by section
+/// as the file names them. Secrets are hashed too, though the model's
+/// serialized form hides them: a new fence password is a new identity.
+pub fn of(cfg: &Config) -> Identity {
+    let value = match serde_json::to_value(cfg) {
+        Ok(serde_json::Value::Object(map)) => map,
+        // The model always serializes to an object: a hash of nothing
+        // would make every configuration look alike, so hash its debug
+        // form instead.
+        _ => {
+            let mut m = serde_json::Map::new();
+            m.insert("model".into(), format!("{cfg:?}").into());
+            m
+        }
+    };
+    let mut sections: Vec<(String, String)> = value
         .iter()
-        .map(|(name, value)| {
+        .map(|(name, v)| {
             // serde_json writes maps in their (sorted) key order: a
-            // canonical form of the parsed values.
-            let canonical = serde_json::to_vec(value).unwrap_or_default();
+            // canonical form of the values.
+            let canonical = serde_json::to_vec(v).unwrap_or_default();
             let mut h = blake3::Hasher::new();
             h.update(name.as_bytes());
             h.update(b"\0");
             h.update(&canonical);
+            if name == "fence_device" {
+                for d in &cfg.fence_devices {
+                    for (k, v) in &d.options {
+                        h.update(d.name.as_bytes());
+                        h.update(b"\0");
+                        h.update(k.as_bytes());
+                        h.update(b"\0");
+                        h.update(v.as_bytes());
+                        h.update(b"\n");
+                    }
+                }
+            }
             (name.clone(), short(h.finalize()))
         })
         .collect();
@@ -71,10 +97,10 @@ pub fn identity(source: &str) -> Result<Identity, String> {
         h.update(hash.as_bytes());
         h.update(b"\n");
     }
-    Ok(Identity {
+    Identity {
         hash: short(h.finalize()),
         sections,
-    })
+    }
 }
 
 /// A key's fingerprint, safe to show: it names the key without revealing
@@ -93,30 +119,58 @@ mod tests {
 name = "web"   # the cluster
 key_file = "k.key"
 
+[[link]]
+name = "lan"
+
 [[node]]
 name = "n1"
 addresses = { lan = "10.0.0.1" }
 
+[[fence_device]]
+name = "f"
+agent = "/usr/sbin/fence_x"
+hosts = { n1 = "1" }
+options = { password = "one" }
+
 [[group]]
 name = "web"
+
+[[group.resource]]
+name = "d"
+kind = "process"
+command = ["/bin/d"]
 "#;
 
+    fn id(text: &str) -> Identity {
+        let facts = |_: &std::path::Path| crate::config::KeyFileFacts::Present {
+            len: 32,
+            mode: 0o600,
+        };
+        let l = crate::config::load(text, std::path::Path::new("/etc/tandem"), &facts);
+        of(l.config
+            .as_ref()
+            .unwrap_or_else(|| panic!("{:?}", l.diagnostics)))
+    }
+
     #[test]
-    fn whitespace_comments_and_key_order_do_not_count() {
-        let b = "[cluster]\nkey_file='k.key'\nname =    \"web\"\n\n[[node]]\naddresses={lan=\"10.0.0.1\"}\nname=\"n1\"\n[[group]]\nname = \"web\"\n";
-        assert_eq!(identity(A).unwrap(), identity(b).unwrap());
+    fn whitespace_comments_key_order_and_written_defaults_do_not_count() {
+        let b = "[cluster]\nkey_file='k.key'\nname =    \"web\"\n[[link]]\nport = 5405\nname=\"lan\"\n[[node]]\naddresses={lan=\"10.0.0.1\"}\nname=\"n1\"\n[[fence_device]]\nname = \"f\"\nagent = \"/usr/sbin/fence_x\"\nhosts = { n1 = \"1\" }\noptions = { password = \"one\" }\nlevel = 1\n[[group]]\nname = \"web\"\nfailback = \"manual\"\n[[group.resource]]\nkind = \"process\"\nname = \"d\"\ncommand = [\"/bin/d\"]\ntimeout_ms = 20000\n";
+        assert_eq!(id(A), id(b));
     }
 
     #[test]
     fn a_changed_value_changes_the_hash_and_names_its_section() {
-        let extra = format!("{A}\n[[group]]\nname = \"db\"\n");
-        let (a, b) = (identity(A).unwrap(), identity(&extra).unwrap());
+        let extra = format!("{A}\n[[group]]\nname = \"db\"\n[[group.resource]]\nname = \"x\"\nkind = \"process\"\ncommand = [\"/bin/x\"]\n");
+        let (a, b) = (id(A), id(&extra));
         assert_ne!(a.hash, b.hash);
         assert_eq!(a.differing(&b.sections), vec!["group".to_string()]);
-        let c = identity(&A.replace("10.0.0.1", "10.0.0.9")).unwrap();
+        let c = id(&A.replace("10.0.0.1", "10.0.0.9"));
         assert_eq!(a.differing(&c.sections), vec!["node".to_string()]);
-        let d = identity(&format!("{A}\n[timing]\nprofile = \"relaxed\"\n")).unwrap();
+        let d = id(&format!("{A}\n[timing]\nprofile = \"relaxed\"\n"));
         assert_eq!(a.differing(&d.sections), vec!["timing".to_string()]);
+        // A secret is hashed, though it is never shown.
+        let e = id(&A.replace("\"one\"", "\"two\""));
+        assert_eq!(a.differing(&e.sections), vec!["fence_device".to_string()]);
     }
 
     #[test]

@@ -8,7 +8,9 @@
 //! The file format is documented in `docs/CONFIG.md`; `examples/` holds one
 //! configuration per scenario in the product brief.
 
+mod diff;
 pub mod identity;
+pub mod model;
 pub mod schema;
 mod validate;
 pub mod values;
@@ -17,14 +19,10 @@ use std::path::{Path, PathBuf};
 
 use crate::diagnostic::Diagnostic;
 
+pub use diff::{diff, Change, ChangeKind, Section};
+pub use model::*;
+pub use validate::IMPLEMENTED_GROUP_MONITORS;
 pub(crate) use validate::{closest, serde_diagnostic, unknown_ref};
-pub use validate::{
-    confinement, Config, FenceDeviceSpec, LinkSpec, MonitorCheck, MonitorSpec, ResourceSpec,
-    Timing, WatchdogSpec, DEFAULT_FENCE_RETRIES, DEFAULT_FENCE_TIMEOUT_MS, DEFAULT_HEARTBEAT_PORT,
-    DEFAULT_MONITOR_FAILURES, DEFAULT_MONITOR_INTERVAL_MS, DEFAULT_MONITOR_TIMEOUT_MS,
-    DEFAULT_PING_INTERVAL_MS, DEFAULT_RESTARTS, DEFAULT_WATCHDOG_DEVICE,
-    IMPLEMENTED_GROUP_MONITORS,
-};
 
 /// Length of a cluster key in bytes.
 pub const KEY_LEN: usize = 32;

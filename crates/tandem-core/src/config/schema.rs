@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use serde_spanned::Spanned;
 
+pub use super::model::{Backing, Failback, OnFail, Profile, Protocol, SplitBrainPolicy};
 use super::values::{Cidr, Size};
 
 /// A whole configuration file. Identical on every node of the cluster.
@@ -105,18 +106,6 @@ pub struct Timing {
     pub startup_wait_ms: Option<Spanned<u64>>,
 }
 
-/// Named timing profiles.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Profile {
-    /// Sub-second failover on a LAN: heartbeat 50 ms, deadtime 200 ms.
-    Default,
-    /// For loaded or virtualised hosts: heartbeat 200 ms, deadtime 1 s.
-    Relaxed,
-    /// For links across sites: heartbeat 500 ms, deadtime 5 s.
-    Wan,
-}
-
 /// `[quorum]`: majority of voters (the default), a witness, or two-node mode.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -194,16 +183,6 @@ impl std::fmt::Debug for FenceDevice {
             .field("options", &options)
             .finish()
     }
-}
-
-/// Failback policy of a group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Failback {
-    /// Move back to a more preferred node as soon as it is available.
-    Auto,
-    /// Stay where the group runs until an operator moves it.
-    Manual,
 }
 
 /// `[[group]]`: resources started in order and stopped in reverse.
@@ -312,53 +291,6 @@ pub struct Monitor {
     pub targets: Option<Spanned<Vec<Spanned<IpAddr>>>>,
     /// `ping`: the link the targets are reached over.
     pub link: Option<Spanned<String>>,
-}
-
-/// What a failed resource monitor does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum OnFail {
-    /// Restart in place up to `restarts` times, then move.
-    Restart,
-    /// Move the group to another node at once.
-    Move,
-    /// Fence the node.
-    Fence,
-    /// Record the failure only.
-    Ignore,
-}
-
-/// Replication protocol of a volume.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-pub enum Protocol {
-    /// Acknowledge once both copies are durable.
-    C,
-    /// Acknowledge once the local copy is durable and the write is sent.
-    A,
-}
-
-/// What to do when split brain is detected on reconnect.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum SplitBrainPolicy {
-    /// Stay disconnected and tell the operator (the default).
-    Disconnect,
-    /// Discard the side that wrote nothing since the split.
-    DiscardZeroChanges,
-    /// Discard the side that became primary last.
-    DiscardYoungerPrimary,
-    /// Discard the side with fewer changed blocks.
-    DiscardLeastChanges,
-}
-
-/// The backing store of a volume: one path for all nodes, or one per node.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-pub enum Backing {
-    /// The same path on every node.
-    Same(PathBuf),
-    /// Node name to path.
-    PerNode(BTreeMap<String, PathBuf>),
 }
 
 /// `[[volume]]`: a block volume mirrored between two nodes.

@@ -3,14 +3,14 @@
 //! fix; none stops the others.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use serde_spanned::Spanned;
 
-use super::schema::{ConfigFile, Group, Monitor, OnFail, Profile, Resource};
-use super::values::Cidr;
+use super::model::*;
+use super::schema::{ConfigFile, Group, Monitor, Resource};
 use super::{resolve_path, KeyFileFacts, Loaded, KEY_LEN};
 use crate::diagnostic::Diagnostic;
 use crate::kinds::{Context, Fields, Params, KINDS};
@@ -30,224 +30,34 @@ pub const IMPLEMENTED_GROUP_MONITORS: &[&str] = &["process", "tcp", "http", "exe
 /// Largest number of nodes a cluster may have.
 const MAX_NODES: usize = 64;
 
-/// Resolved failure-detection timing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Timing {
-    /// Interval between heartbeats.
-    pub heartbeat_ms: u64,
-    /// Silence on all links after which a node is dead.
-    pub deadtime_ms: u64,
-    /// Silence after which a link is reported late.
-    pub warntime_ms: u64,
-    /// Wait for peers at start-up before acting alone.
-    pub startup_wait_ms: u64,
-}
-
-impl Timing {
-    /// The values of a named profile.
-    pub fn of_profile(profile: Profile) -> Timing {
-        match profile {
-            Profile::Default => Timing {
-                heartbeat_ms: 50,
-                deadtime_ms: 200,
-                warntime_ms: 150,
-                startup_wait_ms: 5_000,
-            },
-            Profile::Relaxed => Timing {
-                heartbeat_ms: 200,
-                deadtime_ms: 1_000,
-                warntime_ms: 600,
-                startup_wait_ms: 10_000,
-            },
-            Profile::Wan => Timing {
-                heartbeat_ms: 500,
-                deadtime_ms: 5_000,
-                warntime_ms: 2_500,
-                startup_wait_ms: 30_000,
-            },
-        }
-    }
-}
-
-/// A resource after validation: its name, limit and kind with the kind's
-/// typed fields, every default applied.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ResourceSpec {
-    /// Name, unique in its group.
-    pub name: String,
-    /// Limit on one start, stop or check.
-    pub timeout_ms: u64,
-    /// The kind and its fields.
-    pub params: Params,
-}
-
-/// A monitor after validation: its name, schedule and thresholds with
-/// every default applied, and its check.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MonitorSpec {
-    /// Name, unique among its group's (or the node's) monitors.
-    pub name: String,
-    /// Time between the end of one check and the start of the next
-    /// ([`DEFAULT_MONITOR_INTERVAL_MS`]; ping [`DEFAULT_PING_INTERVAL_MS`]).
-    pub interval_ms: u64,
-    /// Limit on one check ([`DEFAULT_MONITOR_TIMEOUT_MS`]).
-    pub timeout_ms: u64,
-    /// Failures in a row before acting, at least 1
-    /// ([`DEFAULT_MONITOR_FAILURES`]).
-    pub failures: u32,
-    /// What the failures lead to (group monitors; default restart).
-    pub on_fail: OnFail,
-    /// Restarts in place before the group moves ([`DEFAULT_RESTARTS`]).
-    pub restarts: u32,
-    /// What is checked.
-    pub check: MonitorCheck,
-}
-
-/// Time between checks of a group monitor unless `interval_ms` says.
-pub const DEFAULT_MONITOR_INTERVAL_MS: u64 = 2_000;
-/// Time between checks of a ping (link) monitor unless `interval_ms` says.
-pub const DEFAULT_PING_INTERVAL_MS: u64 = 1_000;
-/// Limit on one check unless `timeout_ms` says.
-pub const DEFAULT_MONITOR_TIMEOUT_MS: u64 = 1_000;
-/// Failures in a row before acting unless `failures` says.
-pub const DEFAULT_MONITOR_FAILURES: u32 = 3;
-/// Restarts in place before moving unless `restarts` says.
-pub const DEFAULT_RESTARTS: u32 = 2;
-
-impl MonitorSpec {
-    /// `m` with its defaults applied, checking `check`.
-    fn from_raw(m: &Monitor, check: MonitorCheck) -> MonitorSpec {
-        let default_interval = match check {
-            MonitorCheck::Ping { .. } => DEFAULT_PING_INTERVAL_MS,
-            _ => DEFAULT_MONITOR_INTERVAL_MS,
-        };
-        let get = |v: &Option<Spanned<u64>>, d: u64| v.as_ref().map_or(d, |v| *v.get_ref());
-        MonitorSpec {
-            name: m.name.get_ref().clone(),
-            interval_ms: get(&m.interval_ms, default_interval),
-            timeout_ms: get(&m.timeout_ms, DEFAULT_MONITOR_TIMEOUT_MS),
-            failures: m
-                .failures
-                .as_ref()
-                .map_or(DEFAULT_MONITOR_FAILURES, |v| *v.get_ref())
-                .max(1),
-            on_fail: m.on_fail.as_ref().map_or(OnFail::Restart, |v| *v.get_ref()),
-            restarts: m
-                .restarts
-                .as_ref()
-                .map_or(DEFAULT_RESTARTS, |v| *v.get_ref()),
-            check,
-        }
-    }
-
-    /// The kind's name (`ping`, `process`, `tcp`, `http`, `exec`).
-    pub fn kind(&self) -> &'static str {
-        match self.check {
-            MonitorCheck::Ping { .. } => "ping",
-            MonitorCheck::Process { .. } => "process",
-            MonitorCheck::Tcp { .. } => "tcp",
-            MonitorCheck::Http { .. } => "http",
-            MonitorCheck::Exec { .. } => "exec",
-        }
-    }
-}
-
-/// What a monitor checks.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MonitorCheck {
-    /// Node monitor: fails when no target answers over `link`.
-    Ping {
-        /// Addresses pinged.
-        targets: Vec<IpAddr>,
-        /// The link they are reached over.
-        link: String,
-    },
-    /// The watched `process` resource is alive.
-    Process {
-        /// Resource name.
-        resource: String,
-    },
-    /// A TCP connect succeeds.
-    Tcp {
-        /// Where to connect.
-        address: SocketAddr,
-    },
-    /// An HTTP GET answers 2xx or 3xx.
-    Http {
-        /// URL.
-        url: String,
-    },
-    /// A command exits 0.
-    Exec {
-        /// Program and arguments.
-        command: Vec<String>,
-    },
-}
-
-/// A validated configuration.
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// The file as written (names, positions, optional values).
-    pub file: ConfigFile,
-    /// Timing after applying the profile and overrides.
-    pub timing: Timing,
-    /// Key file path, resolved.
-    pub key_file: PathBuf,
-    /// Typed resources, one list per group in file order.
-    pub resources: Vec<Vec<ResourceSpec>>,
-    /// Typed group monitors, one list per group in file order.
-    pub group_monitors: Vec<Vec<MonitorSpec>>,
-    /// Typed node monitors.
-    pub node_monitors: Vec<MonitorSpec>,
-    /// The watchdog to arm, unless `[watchdog] enabled = false`.
-    pub watchdog: Option<WatchdogSpec>,
-    /// The links, in file order, defaults applied.
-    pub links: Vec<LinkSpec>,
-    /// The fence devices, in file order, defaults applied.
-    pub fence_devices: Vec<FenceDeviceSpec>,
-}
-
-/// Heartbeat port of a link unless `port` says.
-pub const DEFAULT_HEARTBEAT_PORT: u16 = 5405;
-/// Limit on one fence device call unless `timeout_ms` says.
-pub const DEFAULT_FENCE_TIMEOUT_MS: u64 = 30_000;
-/// Extra attempts at a failing fence device unless `retries` says.
-pub const DEFAULT_FENCE_RETRIES: u32 = 2;
-
-/// A link after validation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LinkSpec {
-    /// Name.
-    pub name: String,
-    /// The subnet its addresses are in, when given.
-    pub subnet: Option<Cidr>,
-    /// Heartbeat UDP port ([`DEFAULT_HEARTBEAT_PORT`]).
-    pub port: u16,
-}
-
-/// A fence device after validation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FenceDeviceSpec {
-    /// Name.
-    pub name: String,
-    /// The fence agent program.
-    pub agent: PathBuf,
-    /// Level: devices of level 1 are tried first (default 1).
-    pub level: u8,
-    /// Limit on one call ([`DEFAULT_FENCE_TIMEOUT_MS`]).
-    pub timeout_ms: u64,
-    /// Extra attempts after a failure ([`DEFAULT_FENCE_RETRIES`]).
-    pub retries: u32,
-    /// Wait before the first attempt (default 0).
-    pub delay_ms: u64,
-    /// Node name -> plug on this device.
-    pub hosts: Vec<(String, String)>,
-    /// The agent's other options (secrets among them: redact on output).
-    pub options: Vec<(String, String)>,
-}
-
-/// The links and fence devices of `file`, defaults applied.
-fn link_and_fence_specs(file: &ConfigFile) -> (Vec<LinkSpec>, Vec<FenceDeviceSpec>) {
+/// What `file` says, as the model: every default applied. Called once
+/// validation found no error (so every reference resolves).
+fn model(file: ConfigFile, base_dir: &Path, checked: Checked) -> Config {
+    let get = |v: &Option<Spanned<u64>>, d: u64| v.as_ref().map_or(d, |v| *v.get_ref());
+    let cluster = ClusterSpec {
+        name: file.cluster.name.get_ref().clone(),
+        key_file: file.cluster.key_file.get_ref().clone(),
+        previous_key_file: file.cluster.previous_key_file.map(Spanned::into_inner),
+        state_dir: file
+            .cluster
+            .state_dir
+            .map_or_else(|| PathBuf::from(DEFAULT_STATE_DIR), Spanned::into_inner),
+        control_socket: file.cluster.control_socket.map_or_else(
+            || PathBuf::from(DEFAULT_CONTROL_SOCKET),
+            Spanned::into_inner,
+        ),
+        control_group: file.cluster.control_group.map(Spanned::into_inner),
+    };
+    let two_node = file.quorum.two_node.as_ref().is_some_and(|t| *t.get_ref());
+    let quorum = QuorumSpec {
+        witness: file.quorum.witness.as_ref().map(|w| *w.get_ref()),
+        two_node,
+        wait_for_all: file
+            .quorum
+            .wait_for_all
+            .as_ref()
+            .map_or(two_node, |w| *w.get_ref()),
+    };
     let links = file
         .links
         .iter()
@@ -260,22 +70,32 @@ fn link_and_fence_specs(file: &ConfigFile) -> (Vec<LinkSpec>, Vec<FenceDeviceSpe
                 .map_or(DEFAULT_HEARTBEAT_PORT, |p| *p.get_ref()),
         })
         .collect();
-    let devices = file
+    let nodes = file
+        .nodes
+        .iter()
+        .map(|n| NodeSpec {
+            name: n.name.get_ref().clone(),
+            addresses: n
+                .addresses
+                .get_ref()
+                .iter()
+                .map(|(l, a)| (l.get_ref().clone(), *a.get_ref()))
+                .collect(),
+        })
+        .collect();
+    let fence_devices = file
         .fence_devices
         .iter()
         .map(|d| FenceDeviceSpec {
             name: d.name.get_ref().clone(),
             agent: d.agent.get_ref().clone(),
             level: d.level.as_ref().map_or(1, |l| *l.get_ref()),
-            timeout_ms: d
-                .timeout_ms
-                .as_ref()
-                .map_or(DEFAULT_FENCE_TIMEOUT_MS, |v| *v.get_ref()),
+            timeout_ms: get(&d.timeout_ms, DEFAULT_FENCE_TIMEOUT_MS),
             retries: d
                 .retries
                 .as_ref()
                 .map_or(DEFAULT_FENCE_RETRIES, |v| *v.get_ref()),
-            delay_ms: d.delay_ms.as_ref().map_or(0, |v| *v.get_ref()),
+            delay_ms: get(&d.delay_ms, 0),
             hosts: d
                 .hosts
                 .get_ref()
@@ -289,38 +109,117 @@ fn link_and_fence_specs(file: &ConfigFile) -> (Vec<LinkSpec>, Vec<FenceDeviceSpe
                 .collect(),
         })
         .collect();
-    (links, devices)
+    let groups = file
+        .groups
+        .iter()
+        .zip(checked.resources)
+        .zip(checked.group_monitors)
+        .map(|((g, resources), monitors)| GroupSpec {
+            name: g.name.get_ref().clone(),
+            preferred: g.preferred.iter().map(|p| p.get_ref().clone()).collect(),
+            failback: g
+                .failback
+                .as_ref()
+                .map_or(Failback::Manual, |f| *f.get_ref()),
+            migration_threshold: g
+                .migration_threshold
+                .as_ref()
+                .map_or(DEFAULT_MIGRATION_THRESHOLD, |t| *t.get_ref())
+                .max(1),
+            failure_expiry_ms: get(&g.failure_expiry_ms, DEFAULT_FAILURE_EXPIRY_MS),
+            resources,
+            monitors,
+        })
+        .collect();
+    let volumes = file
+        .volumes
+        .iter()
+        .map(|v| {
+            let name = v.name.get_ref().clone();
+            VolumeSpec {
+                nodes: v
+                    .nodes
+                    .get_ref()
+                    .iter()
+                    .map(|n| n.get_ref().clone())
+                    .collect(),
+                size: *v.size.get_ref(),
+                backing: v.backing.get_ref().clone(),
+                protocol: v.protocol.as_ref().map_or(Protocol::C, |p| *p.get_ref()),
+                link: v
+                    .link
+                    .as_ref()
+                    .map_or_else(|| DEFAULT_VOLUME_LINK.to_string(), |l| l.get_ref().clone()),
+                port: v
+                    .port
+                    .as_ref()
+                    .map_or(DEFAULT_VOLUME_PORT, |p| *p.get_ref()),
+                nbd_socket: v.nbd_socket.as_ref().map(|p| p.get_ref().clone()),
+                nbd_tcp: v.nbd_tcp.as_ref().map(|a| *a.get_ref()),
+                nbd_tls: v.nbd_tls.as_ref().map(|d| d.get_ref().clone()),
+                nbd_insecure: v.nbd_insecure.as_ref().is_some_and(|i| *i.get_ref()),
+                resync_rate_mib_s: v
+                    .resync_rate_mib_s
+                    .as_ref()
+                    .map_or(DEFAULT_RESYNC_RATE_MIB_S, |r| *r.get_ref()),
+                split_brain: v
+                    .split_brain
+                    .as_ref()
+                    .map_or(SplitBrainPolicy::Disconnect, |p| *p.get_ref()),
+                congestion_control: v.congestion_control.as_ref().map_or_else(
+                    || DEFAULT_CONGESTION_CONTROL.to_string(),
+                    |c| c.get_ref().clone(),
+                ),
+                name,
+            }
+        })
+        .collect();
+    Config {
+        base_dir: base_dir.to_path_buf(),
+        cluster,
+        timing: checked.timing,
+        quorum,
+        links,
+        nodes,
+        fence_devices,
+        groups,
+        node_monitors: checked.node_monitors,
+        volumes,
+        watchdog: checked.watchdog,
+    }
 }
 
-/// Device path used when `[watchdog] device` is not set.
-pub const DEFAULT_WATCHDOG_DEVICE: &str = "/dev/watchdog";
-
-/// The watchdog settings after defaults.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WatchdogSpec {
-    /// The device to open.
-    pub device: PathBuf,
-    /// Reset after this many seconds without a feed.
-    pub timeout_s: u32,
-    /// Feeding goes on this long after the lease ended with resources
-    /// still active here, so that a slow stop is not a reset.
-    pub stop_grace_ms: u64,
-    /// The agent refuses to start without the device.
-    pub required: bool,
+/// What the checks built on their way: the typed pieces of the model.
+struct Checked {
+    timing: Timing,
+    resources: Vec<Vec<ResourceSpec>>,
+    group_monitors: Vec<Vec<MonitorSpec>>,
+    node_monitors: Vec<MonitorSpec>,
+    watchdog: Option<WatchdogSpec>,
 }
 
-impl WatchdogSpec {
-    /// When the node is sure to arm the device (`required`: the agent
-    /// refuses to start without it, or when the device does not take
-    /// `timeout_s`), how long after its lease ended a silent node has been
-    /// reset: the agent feeds for at most `stop_grace_ms` past its lease
-    /// (across restarts too); then the device bites within `timeout_s`,
-    /// plus one more `timeout_s` because Linux pings a device once when
-    /// its holder dies without the magic close. The leader then counts
-    /// the node as fenced.
-    pub fn resets_within_ms(&self) -> Option<u64> {
-        self.required
-            .then(|| self.stop_grace_ms + 2 * u64::from(self.timeout_s) * 1_000)
+/// Monitor `m` with its defaults applied, checking `check`.
+fn monitor_spec(m: &Monitor, check: MonitorCheck) -> MonitorSpec {
+    let default_interval = match check {
+        MonitorCheck::Ping { .. } => DEFAULT_PING_INTERVAL_MS,
+        _ => DEFAULT_MONITOR_INTERVAL_MS,
+    };
+    let get = |v: &Option<Spanned<u64>>, d: u64| v.as_ref().map_or(d, |v| *v.get_ref());
+    MonitorSpec {
+        name: m.name.get_ref().clone(),
+        interval_ms: get(&m.interval_ms, default_interval),
+        timeout_ms: get(&m.timeout_ms, DEFAULT_MONITOR_TIMEOUT_MS),
+        failures: m
+            .failures
+            .as_ref()
+            .map_or(DEFAULT_MONITOR_FAILURES, |v| *v.get_ref())
+            .max(1),
+        on_fail: m.on_fail.as_ref().map_or(OnFail::Restart, |v| *v.get_ref()),
+        restarts: m
+            .restarts
+            .as_ref()
+            .map_or(DEFAULT_RESTARTS, |v| *v.get_ref()),
+        check,
     }
 }
 
@@ -584,7 +483,7 @@ pub(super) fn validate(
     };
 
     c.check_name("cluster", &file.cluster.name);
-    let key_file = check_key_file(&mut c, &file.cluster.key_file, key_facts);
+    check_key_file(&mut c, &file.cluster.key_file, key_facts);
     if let Some(prev) = &file.cluster.previous_key_file {
         check_key_file(&mut c, prev, key_facts);
     }
@@ -623,17 +522,15 @@ pub(super) fn validate(
     c.diags
         .sort_by_key(|d| (d.severity, d.span.as_ref().map_or(0, |s| s.start)));
     let has_errors = c.diags.iter().any(Diagnostic::is_error);
-    let (links, fence_devices) = link_and_fence_specs(&file);
-    let config = (!has_errors).then_some(Config {
-        file,
-        timing,
-        key_file,
-        resources,
-        group_monitors,
-        node_monitors,
-        watchdog,
-        links,
-        fence_devices,
+    let config = (!has_errors).then(|| {
+        let checked = Checked {
+            timing,
+            resources,
+            group_monitors,
+            node_monitors,
+            watchdog,
+        };
+        model(file, base_dir, checked)
     });
     Loaded {
         config,
@@ -785,7 +682,10 @@ fn check_watchdog(c: &mut Checker<'_>, file: &ConfigFile) -> Option<WatchdogSpec
             );
         }
     }
-    let timeout_s = w.timeout_s.as_ref().map_or(5, |t| *t.get_ref());
+    let timeout_s = w
+        .timeout_s
+        .as_ref()
+        .map_or(DEFAULT_WATCHDOG_TIMEOUT_S, |t| *t.get_ref());
     if let Some(t) = &w.timeout_s {
         if !(1..=600).contains(t.get_ref()) {
             c.error(
@@ -795,7 +695,10 @@ fn check_watchdog(c: &mut Checker<'_>, file: &ConfigFile) -> Option<WatchdogSpec
             );
         }
     }
-    let stop_grace_ms = w.stop_grace_ms.as_ref().map_or(10_000, |g| *g.get_ref());
+    let stop_grace_ms = w
+        .stop_grace_ms
+        .as_ref()
+        .map_or(DEFAULT_WATCHDOG_STOP_GRACE_MS, |g| *g.get_ref());
     enabled.then(|| WatchdogSpec {
         device: w.device.as_ref().map_or_else(
             || PathBuf::from(DEFAULT_WATCHDOG_DEVICE),
@@ -811,7 +714,7 @@ fn check_key_file(
     c: &mut Checker<'_>,
     key: &Spanned<PathBuf>,
     facts: &dyn Fn(&Path) -> KeyFileFacts,
-) -> PathBuf {
+) {
     let path = resolve_path(c.base_dir, key.get_ref());
     let shown = path.display();
     match facts(&path) {
@@ -843,7 +746,6 @@ fn check_key_file(
             }
         }
     }
-    path
 }
 
 fn check_timing(c: &mut Checker<'_>, file: &ConfigFile) -> Timing {
@@ -1281,7 +1183,7 @@ fn check_node_monitors(
             ),
             Some(l) => c.unknown_ref("link", l, links, &format!("monitor `{}`", m.name.get_ref())),
         }
-        out.push(MonitorSpec::from_raw(
+        out.push(monitor_spec(
             m,
             MonitorCheck::Ping {
                 targets,
@@ -1626,7 +1528,7 @@ fn check_group_monitor(
             return None;
         }
     };
-    Some(MonitorSpec::from_raw(m, check))
+    Some(monitor_spec(m, check))
 }
 
 /// Where a group with these resources can run at all: the nodes holding
@@ -1643,14 +1545,6 @@ pub fn confinement(file: &ConfigFile, specs: &[ResourceSpec]) -> Option<Confinem
         })
         .collect();
     (!volumes.is_empty()).then_some(Confinement { volumes })
-}
-
-impl Config {
-    /// Where group `index` (file order) can run at all; see
-    /// [`confinement`].
-    pub fn confinement(&self, index: usize) -> Option<Confinement> {
-        confinement(&self.file, self.resources.get(index)?)
-    }
 }
 
 /// Warns about a group that no preferred node can host: its addresses need a
@@ -1811,7 +1705,7 @@ resource = "svc"
                 DEFAULT_MONITOR_FAILURES
             )
         );
-        let m = &cfg.group_monitors[0][0];
+        let m = &cfg.groups[0].monitors[0];
         assert_eq!(m.interval_ms, DEFAULT_MONITOR_INTERVAL_MS);
         assert_eq!((m.on_fail, m.restarts), (OnFail::Restart, DEFAULT_RESTARTS));
         assert_eq!(m.kind(), "process");

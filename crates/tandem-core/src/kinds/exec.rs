@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use super::{Field, Fields, Kind, Spec};
 
 /// An LSB-style script.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Exec {
     /// Absolute path of the script.
     pub script: PathBuf,

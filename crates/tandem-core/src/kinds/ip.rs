@@ -7,12 +7,13 @@ use super::{Field, Fields, Kind, Spec};
 use crate::config::values::Cidr;
 
 /// A floating address.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Ip {
     /// Address and prefix length.
     pub address: Cidr,
     /// Interfaces in order of preference (empty: the one holding the
     /// link's subnet).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub interfaces: Vec<String>,
     /// The cluster link the address belongs to, when known.
     pub link: Option<String>,

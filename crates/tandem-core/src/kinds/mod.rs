@@ -253,8 +253,12 @@ macro_rules! registry {
     ($($module:ident :: $ty:ident),* $(,)?) => {
         $(pub mod $module;)*
 
-        /// A resource's kind with its typed fields, defaults applied.
-        #[derive(Debug, Clone, PartialEq, Eq)]
+        /// A resource's kind with its typed fields, defaults applied. It
+        /// serializes as the file writes it: `kind` and the kind's fields
+        /// (each variant's name in lower case is the kind's name, which a
+        /// test checks).
+        #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+        #[serde(tag = "kind", rename_all = "lowercase")]
         pub enum Params {
             $(
                 #[doc = concat!("A `", stringify!($module), "` resource.")]
@@ -341,6 +345,35 @@ mod tests {
                     k.name
                 );
             }
+        }
+    }
+
+    /// `Params` serializes each kind under its name, as `kind = "..."`
+    /// reads it.
+    #[test]
+    fn params_serialize_under_the_kinds_name() {
+        let all = [
+            Params::Ip(ip::Ip {
+                address: "10.0.0.1/24".parse().unwrap(),
+                interfaces: vec![],
+                link: None,
+            }),
+            Params::Process(process::Process {
+                command: vec!["/bin/x".into()],
+                stop_signal: "TERM".into(),
+                kill_after_ms: 1,
+                working_dir: None,
+                env: BTreeMap::new(),
+            }),
+            Params::Exec(exec::Exec {
+                script: "/bin/x".into(),
+            }),
+            Params::Volume(volume::Volume { volume: "v".into() }),
+        ];
+        assert_eq!(all.len(), KINDS.len(), "a kind is missing here");
+        for p in all {
+            let v = serde_json::to_value(&p).unwrap();
+            assert_eq!(v["kind"], p.kind(), "{v}");
         }
     }
 

@@ -12,7 +12,7 @@ use crate::config::{DEFAULT_KILL_AFTER_MS, KILL_WAIT_MS};
 pub const STOP_SIGNALS: &[&str] = &["TERM", "INT", "QUIT", "HUP", "KILL", "USR1", "USR2"];
 
 /// A supervised long-running command.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Process {
     /// Program and arguments.
     pub command: Vec<String>,

@@ -4,7 +4,7 @@
 use super::{Field, Fields, Kind, Spec};
 
 /// A replicated volume's role.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Volume {
     /// Name of the `[[volume]]`.
     pub volume: String,

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
-use tandem_core::config::schema::Protocol;
+use tandem_core::config::Protocol;
 use tandem_core::member::Request;
 use tandem_core::nbd::errno;
 use tandem_core::volume::bitmap::{Bitmap, BLOCK};
@@ -1222,7 +1222,7 @@ pub(crate) mod tests {
             nbd_tcp: None,
             nbd_tls: None,
             rate_bytes_s: 1 << 20,
-            split_brain: tandem_core::config::schema::SplitBrainPolicy::Disconnect,
+            split_brain: tandem_core::config::SplitBrainPolicy::Disconnect,
             key: [9; 32],
             congestion_control: None,
             ping_interval_ms: 1000,

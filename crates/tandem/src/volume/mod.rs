@@ -30,24 +30,13 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use tandem_core::agreement::record::Record;
-use tandem_core::config::schema::{Backing as BackingSpec, Protocol, SplitBrainPolicy};
-use tandem_core::config::Config;
+use tandem_core::config::{Config, Protocol, SplitBrainPolicy, SYSTEM_CONGESTION_CONTROL};
 use tandem_core::member::Request;
 use tokio::sync::mpsc;
 
 use engine::{Volume, VolumeStatus};
 use store::MetaPaths;
 
-/// Replication port when the configuration gives none.
-pub const DEFAULT_PORT: u16 = 7789;
-/// Congestion control of the replication connection when the
-/// configuration gives none. The kernel's default may be `bbr` (it is on
-/// the machines the benchmarks ran on): on a sub-millisecond link its
-/// pacing held bulk writes to half the throughput at 1.6 times the CPU
-/// per megabyte of `cubic`, with retransmissions (docs/BENCHMARKS.md).
-pub const DEFAULT_CONGESTION_CONTROL: &str = "cubic";
-/// Resync rate when the configuration gives none, MiB/s.
-pub const DEFAULT_RATE_MIB_S: u32 = 100;
 /// Requests from volumes to the cluster queued before they are dropped
 /// (each is retried while still needed).
 pub const REQUEST_QUEUE: usize = 64;
@@ -125,79 +114,53 @@ pub fn configs(
     state_dir: &Path,
 ) -> Result<Vec<VolumeConfig>> {
     let mut out = Vec::new();
-    for v in &cfg.file.volumes {
-        let nodes: Vec<&String> = v.nodes.get_ref().iter().map(|n| n.get_ref()).collect();
-        let Some(pos) = nodes.iter().position(|n| *n == me) else {
+    for v in &cfg.volumes {
+        let Some(pos) = v.nodes.iter().position(|n| n == me) else {
             continue;
         };
-        let name = v.name.get_ref().clone();
-        let peer = nodes[1 - pos].clone();
-        let link = v.link.as_ref().map_or("sync", |l| l.get_ref().as_str());
-        let port = v.port.as_ref().map_or(DEFAULT_PORT, |p| *p.get_ref());
+        let name = v.name.clone();
+        let peer = v.nodes[1 - pos].clone();
+        let link = v.link.as_str();
         let addr_of = |node: &str| -> Result<SocketAddr> {
-            let n = cfg
-                .file
-                .nodes
-                .iter()
-                .find(|n| n.name.get_ref() == node)
-                .with_context(|| {
-                    format!("volume `{name}`: node `{node}` is not in the configuration")
-                })?;
-            let ip = n
-                .addresses
-                .get_ref()
-                .iter()
-                .find(|(l, _)| l.get_ref() == link)
-                .map(|(_, ip)| *ip.get_ref())
-                .with_context(|| {
-                    format!("volume `{name}`: node `{node}` has no address on link `{link}`; add it to the node's `addresses`")
-                })?;
-            Ok(SocketAddr::new(ip, port))
+            let n = cfg.node(node).with_context(|| {
+                format!("volume `{name}`: node `{node}` is not in the configuration")
+            })?;
+            let ip = n.addresses.get(link).copied().with_context(|| {
+                format!("volume `{name}`: node `{node}` has no address on link `{link}`; add it to the node's `addresses`")
+            })?;
+            Ok(SocketAddr::new(ip, v.port))
         };
-        let backing = match v.backing.get_ref() {
-            BackingSpec::Same(p) => p.clone(),
-            BackingSpec::PerNode(m) => m
-                .get(me)
-                .cloned()
-                .with_context(|| format!("volume `{name}` has no backing path for node `{me}`"))?,
-        };
+        let backing = v
+            .backing_of(me)
+            .map(Path::to_path_buf)
+            .with_context(|| format!("volume `{name}` has no backing path for node `{me}`"))?;
         out.push(VolumeConfig {
             me: me.to_string(),
             dialer: pos == 0,
-            size: v.size.get_ref().bytes,
+            size: v.size.bytes,
             backing,
-            protocol: v.protocol.as_ref().map_or(Protocol::C, |p| *p.get_ref()),
+            protocol: v.protocol,
             my_addr: addr_of(me)?,
             peer_addr: addr_of(&peer)?,
             peer,
-            // Private by default: a root-only socket in the state directory.
-            nbd_socket: Some(v.nbd_socket.as_ref().map_or_else(
-                || state_dir.join("run").join(format!("{name}.nbd")),
-                |p| p.get_ref().clone(),
-            )),
-            nbd_tcp: v.nbd_tcp.as_ref().map(|a| *a.get_ref()),
+            // Private by default: a root-only socket in the state
+            // directory.
+            nbd_socket: Some(
+                v.nbd_socket
+                    .clone()
+                    .unwrap_or_else(|| state_dir.join("run").join(format!("{name}.nbd"))),
+            ),
+            nbd_tcp: v.nbd_tcp,
             nbd_tls: match (&v.nbd_tcp, &v.nbd_tls) {
-                (Some(_), Some(dir)) => {
-                    Some(nbd_tls::NbdTls::load(dir.get_ref()).with_context(|| {
-                        format!("volume `{name}`: the NBD export's TLS credentials")
-                    })?)
-                }
+                (Some(_), Some(dir)) => Some(nbd_tls::NbdTls::load(dir).with_context(|| {
+                    format!("volume `{name}`: the NBD export's TLS credentials")
+                })?),
                 _ => None,
             },
-            rate_bytes_s: u64::from(
-                v.resync_rate_mib_s
-                    .as_ref()
-                    .map_or(DEFAULT_RATE_MIB_S, |r| *r.get_ref()),
-            ) << 20,
-            split_brain: v
-                .split_brain
-                .as_ref()
-                .map_or(SplitBrainPolicy::Disconnect, |p| *p.get_ref()),
-            congestion_control: match v.congestion_control.as_ref().map(|c| c.get_ref().as_str()) {
-                Some("system") => None,
-                Some(name) => Some(name.to_string()),
-                None => Some(DEFAULT_CONGESTION_CONTROL.to_string()),
-            },
+            rate_bytes_s: u64::from(v.resync_rate_mib_s) << 20,
+            split_brain: v.split_brain,
+            congestion_control: (v.congestion_control != SYSTEM_CONGESTION_CONTROL)
+                .then(|| v.congestion_control.clone()),
             key,
             ping_interval_ms: cfg.timing.heartbeat_ms.max(100),
             peer_timeout_ms: cfg.timing.deadtime_ms.max(500),
