@@ -3,62 +3,43 @@
 //! leader, then watch the local agent's status until the outcome shows (or
 //! `--timeout`), and say what happened.
 
-use std::io::{Read as _, Write as _};
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
-use tandem_core::member::Request;
+use anyhow::{bail, Result};
 
 use crate::cli::AdminArgs;
+use crate::control::{Client, ControlRequest};
 use crate::status::{GroupStatus, Status};
 
 /// Poll interval while waiting for an outcome.
 const POLL: Duration = Duration::from_millis(50);
-/// Largest answer read from the agent.
-const MAX_ANSWER: u64 = 16 << 20;
 
 fn socket(a: &AdminArgs) -> Result<PathBuf> {
     a.at.socket()
 }
 
-/// Sends one request line to the agent at `socket` and reads its answer.
-pub fn ask(socket: &Path, line: &[u8]) -> Result<Vec<u8>> {
-    let mut s = std::os::unix::net::UnixStream::connect(socket).with_context(|| {
-        format!(
-            "connecting to the agent at {} (is `tandem agent` running, and are you root?)",
-            socket.display()
-        )
-    })?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    // One write: the agent answers as soon as it has the line.
-    let mut msg = line.to_vec();
-    msg.push(b'\n');
-    s.write_all(&msg)
-        .context("sending the request to the agent")?;
-    let mut buf = Vec::new();
-    s.take(MAX_ANSWER)
-        .read_to_end(&mut buf)
-        .context("reading the agent's answer")?;
-    Ok(buf)
-}
-
 /// The local agent's status.
 pub fn status(socket: &Path) -> Result<Status> {
-    let buf = ask(socket, b"status")?;
-    serde_json::from_slice(&buf).context("the agent's answer is not a status")
+    Ok(Client::new(socket).status()?)
 }
 
-fn send(socket: &Path, r: &Request) -> Result<()> {
-    let line = serde_json::to_vec(r).context("encoding the request")?;
-    let buf = ask(socket, &line)?;
-    let v: serde_json::Value =
-        serde_json::from_slice(&buf).context("the agent's answer is not JSON")?;
-    if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
-        bail!("{e}");
+/// `tandem status`: asks the agent behind `socket` and prints its view
+/// (as the agent wrote it with `json`).
+pub fn print_status(socket: &Path, json: bool) -> Result<()> {
+    let client = Client::new(socket);
+    if json {
+        println!("{}", client.status_json()?);
+    } else {
+        print!("{}", client.status()?.render());
     }
     Ok(())
+}
+
+fn send(socket: &Path, r: &ControlRequest) -> Result<()> {
+    Ok(Client::new(socket).request(r)?)
 }
 
 fn group<'a>(s: &'a Status, name: &str) -> Option<&'a GroupStatus> {
@@ -99,7 +80,7 @@ fn where_is(g: &GroupStatus) -> String {
 /// why it waits whenever that changes.
 fn request_and_wait(
     a: &AdminArgs,
-    r: &Request,
+    r: &ControlRequest,
     what: &str,
     done: impl Fn(&Status) -> Option<String>,
 ) -> Result<ExitCode> {
@@ -156,14 +137,14 @@ fn request_and_wait(
 
 /// `tandem move GROUP --to NODE` / `--clear`.
 pub fn move_group(a: &AdminArgs, name: &str, to: Option<String>) -> Result<ExitCode> {
-    let r = Request::Move {
+    let r = ControlRequest::Move {
         group: name.to_string(),
         node: to.clone(),
     };
     match to {
         Some(node) => request_and_wait(a, &r, &format!("move {name} to {node}"), |s| {
             let g = group(s, name)?;
-            (g.placed_on.as_deref() == Some(node.as_str()) && g.state == "running")
+            (g.placed_on.as_deref() == Some(node.as_str()) && g.state.is_running())
                 .then(|| arrived(g, &node))
         }),
         None => request_and_wait(a, &r, &format!("clear the move of {name}"), |s| {
@@ -232,7 +213,7 @@ pub fn failover(a: &AdminArgs, name: Option<&str>) -> Result<ExitCode> {
         let Some(from) = group(&s, &n).and_then(|g| g.placed_on.clone()) else {
             bail!("group {n} runs nowhere: use `tandem move {n} --to NODE` to start it somewhere");
         };
-        let r = Request::Failover { group: n.clone() };
+        let r = ControlRequest::Failover { group: n.clone() };
         // The node's newest fence before the request: a newer one after it
         // means the node was fenced (entries are compared, not clocks: the
         // leader's stamp and this node's clock may differ).
@@ -253,7 +234,7 @@ pub fn failover(a: &AdminArgs, name: Option<&str>) -> Result<ExitCode> {
                 format!("stopped cleanly on {from} first")
             };
             match &g.placed_on {
-                Some(to) if *to != from && g.state == "running" => {
+                Some(to) if *to != from && g.state.is_running() => {
                     Some(format!("{}; {how}", arrived(g, to)))
                 }
                 _ => None,
@@ -268,7 +249,7 @@ pub fn failover(a: &AdminArgs, name: Option<&str>) -> Result<ExitCode> {
 
 /// `tandem node standby|online NODE`.
 pub fn node(a: &AdminArgs, node: &str, standby: bool) -> Result<ExitCode> {
-    let r = Request::Standby {
+    let r = ControlRequest::Standby {
         node: node.to_string(),
         on: standby,
     };
@@ -299,7 +280,7 @@ pub fn maintenance(a: &AdminArgs, name: Option<&str>, on: bool) -> Result<ExitCo
     }
     let mut code = ExitCode::SUCCESS;
     for n in names {
-        let r = Request::Maintenance {
+        let r = ControlRequest::Maintenance {
             group: n.clone(),
             on,
         };
@@ -323,7 +304,7 @@ pub fn maintenance(a: &AdminArgs, name: Option<&str>, on: bool) -> Result<ExitCo
 
 /// `tandem cleanup GROUP`.
 pub fn cleanup(a: &AdminArgs, name: &str) -> Result<ExitCode> {
-    let r = Request::Cleanup {
+    let r = ControlRequest::Cleanup {
         group: name.to_string(),
     };
     request_and_wait(a, &r, &format!("cleanup {name}"), |s| {
@@ -353,7 +334,7 @@ pub fn fence(a: &AdminArgs, node: &str, yes: bool, on: bool) -> Result<ExitCode>
         }
     }
     let started = crate::clock::unix_ms();
-    let r = Request::Fence {
+    let r = ControlRequest::Fence {
         node: node.to_string(),
         on,
     };

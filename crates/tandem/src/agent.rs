@@ -24,18 +24,19 @@ use tandem_core::member::{
 use tandem_core::policy::{self, GroupPolicy};
 use tandem_core::quorum::{self, MAX_VOTERS};
 use tandem_core::wire::{self, ClusterId, NodeId};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UdpSocket, UnixListener};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
+use crate::control::{ControlError, ControlRequest, ControlResponse, Handler, LoopCall};
 use crate::event::AgentEvent;
 use crate::runner::{Done, Runner};
 use crate::state_file::{Loaded, StateFile};
 use crate::status::{
     AgreementStatus, EventRecord, GroupStatus, LeaseStatus, LinkStatus, LinkWord, PeerState,
-    PeerStatus, QuorumStatus, Status,
+    PeerStatus, QuorumStatus, ShownState, Status,
 };
+use tandem_core::group::GroupState;
 
 /// Events kept for `tandem status`.
 const EVENT_HISTORY: usize = 100;
@@ -46,12 +47,8 @@ const UNAUTHENTICATED_RECENT_MS: u64 = 10_000;
 /// Datagrams already queued that one pass handles together, beyond the
 /// first (a pass per datagram was a good part of an idle agent's cost).
 const MAX_BATCH: usize = 32;
-/// Largest control request read.
-const MAX_REQUEST: usize = 4096;
 /// Outcomes of resource actions and checks waiting for the main loop.
 const DONE_QUEUE: usize = 256;
-/// Control requests waiting for the main loop.
-const CONTROL_QUEUE: usize = 16;
 /// Fencings run at once by this agent (as leader); more wait their turn.
 const MAX_CONCURRENT_FENCES: usize = 4;
 /// Fencings waiting for a slot (more than the largest cluster has nodes
@@ -578,7 +575,8 @@ impl Agent {
         self.log(text);
         self.flush().await?;
         let mut shutdown_deadline: Option<Instant> = None;
-        let (ctl_tx, mut ctl_rx) = mpsc::channel::<ControlMsg>(CONTROL_QUEUE);
+        let (ctl_tx, mut ctl_rx) = mpsc::channel::<LoopCall>(crate::control::LOOP_QUEUE);
+        let handler = Handler::new(ctl_tx, self.hub.clone());
         loop {
             // The lease is checked before any input is handled: a node that
             // was frozen drops its addresses first thing when it resumes.
@@ -633,7 +631,8 @@ impl Agent {
                 }
                 conn = control.accept() => {
                     if let Ok((stream, _)) = conn {
-                        tokio::task::spawn_local(serve_control(stream, ctl_tx.clone(), self.hub.clone()));
+                        let handler = handler.clone();
+                        tokio::task::spawn_local(async move { handler.serve(stream).await });
                     }
                 }
                 Some(r) = self.volume_rx.recv() => {
@@ -653,8 +652,8 @@ impl Agent {
                     self.member.fence_done(now, &node, on, ok, attempts);
                     self.start_fences();
                 }
-                Some((text, reply)) = ctl_rx.recv() => {
-                    let answer = self.control_answer(&text);
+                Some((request, reply)) = ctl_rx.recv() => {
+                    let answer = self.answer(request);
                     let _ = reply.send(answer);
                 }
                 _ = term.recv() => self.begin_shutdown(&mut shutdown_deadline),
@@ -765,79 +764,80 @@ impl Agent {
         self.fatal = Some(text);
     }
 
-    /// Answers one control request line: `status`, or a JSON request for
-    /// the leader.
-    fn control_answer(&mut self, text: &str) -> Vec<u8> {
-        if text == "status" {
-            return serde_json::to_vec(&self.status()).unwrap_or_default();
+    /// Answers one control request that needs the loop's state (the
+    /// [`crate::control::Handler`] forwards them here).
+    fn answer(&mut self, request: ControlRequest) -> ControlResponse {
+        if request == ControlRequest::Status {
+            return ControlResponse::Status {
+                status: Box::new(self.status()),
+            };
         }
-        match serde_json::from_str::<Request>(text) {
-            Ok(r) => match self.check_request(&r) {
-                Ok(()) => {
-                    let now = self.now_ms();
-                    self.log(AgentEvent::OperatorRequest {
-                        request: describe_request(&r),
-                    });
-                    self.member.request(now, r);
-                    br#"{"ok":true}"#.to_vec()
-                }
-                Err(e) => {
-                    serde_json::to_vec(&serde_json::json!({ "error": e })).unwrap_or_default()
-                }
-            },
-            Err(_) => {
-                br#"{"error":"unknown request; this agent answers `status` or a JSON request"}"#
-                    .to_vec()
+        if let Err(e) = self.check_request(&request) {
+            return e.into();
+        }
+        let Some(r) = request.to_member() else {
+            // Volume commands never reach the loop; should one, say so
+            // rather than pretend it was done.
+            return ControlError::Malformed {
+                why: format!("`{request}` is answered by the volumes, not the agent's loop"),
             }
-        }
+            .into();
+        };
+        let now = self.now_ms();
+        self.log(AgentEvent::OperatorRequest {
+            request: request.to_string(),
+        });
+        self.member.request(now, r);
+        ControlResponse::Accepted
     }
 
     /// Refuses requests that name unknown groups or nodes, with the names
     /// that exist.
-    fn check_request(&self, r: &Request) -> std::result::Result<(), String> {
+    fn check_request(&self, r: &ControlRequest) -> std::result::Result<(), ControlError> {
         let groups: Vec<String> = self
             .runner
             .as_ref()
             .map(|ru| ru.local_status().into_iter().map(|g| g.name).collect())
             .unwrap_or_default();
-        let hosts: Vec<&String> = self.topo.hosts().collect();
+        let hosts: Vec<String> = self.topo.hosts().cloned().collect();
         let group_ok = |g: &str| {
             if groups.iter().any(|x| x == g) {
                 Ok(())
             } else {
-                Err(format!(
-                    "no group named {g} (groups: {})",
-                    groups.join(", ")
-                ))
+                Err(ControlError::UnknownGroup {
+                    name: g.to_string(),
+                    known: groups.clone(),
+                })
             }
         };
         let node_ok = |n: &str| {
-            if hosts.iter().any(|x| *x == n) {
+            if hosts.iter().any(|x| x == n) {
                 Ok(())
             } else {
-                let all: Vec<&str> = hosts.iter().map(|s| s.as_str()).collect();
-                Err(format!("no node named {n} (nodes: {})", all.join(", ")))
+                Err(ControlError::UnknownNode {
+                    name: n.to_string(),
+                    known: hosts.clone(),
+                })
             }
         };
         match r {
-            Request::Move { group, node } => {
+            ControlRequest::Move { group, node } => {
                 group_ok(group)?;
                 node.as_deref().map_or(Ok(()), node_ok)
             }
-            Request::Failover { group } | Request::Cleanup { group } => group_ok(group),
-            Request::Maintenance { group, .. } => group_ok(group),
-            Request::Standby { node, .. } => node_ok(node),
-            Request::Fence { node, .. } => {
+            ControlRequest::Failover { group }
+            | ControlRequest::Cleanup { group }
+            | ControlRequest::Maintenance { group, .. } => group_ok(group),
+            ControlRequest::Standby { node, .. } => node_ok(node),
+            ControlRequest::Fence { node, .. } => {
                 node_ok(node)?;
                 if crate::fence_agent::covers(&self.fence_devices, node) {
                     Ok(())
                 } else {
-                    Err(format!("no fence device lists node {node} in its `hosts`; add it to a [[fence_device]]"))
+                    Err(ControlError::NoFenceDevice { node: node.clone() })
                 }
             }
-            Request::Failed { .. } | Request::Volume { .. } => {
-                Err("failure reports and volume facts come from agents only".into())
-            }
+            ControlRequest::Status | ControlRequest::Volume { .. } => Ok(()),
         }
     }
 
@@ -1211,13 +1211,12 @@ impl Agent {
                 let placement = record.placements.get(&name);
                 let placed_on = placement.and_then(|p| p.node.clone());
                 // Each node's own report of the group.
-                let mut per_node: Vec<(String, tandem_core::group::GroupState, u64, bool)> =
-                    vec![(
-                        me.clone(),
-                        lg.state,
-                        lg.since_unix_ms,
-                        lg.state != tandem_core::group::GroupState::Stopped,
-                    )];
+                let mut per_node: Vec<(String, GroupState, u64, bool)> = vec![(
+                    me.clone(),
+                    lg.state,
+                    lg.since_unix_ms,
+                    lg.state != GroupState::Stopped,
+                )];
                 for (i, n) in self.topo.names.iter().enumerate() {
                     if i == self.me || n == WITNESS_NAME {
                         continue;
@@ -1234,18 +1233,18 @@ impl Agent {
                     Some(p) => per_node
                         .iter()
                         .find(|(n, ..)| n == p)
-                        .map_or(("unknown".to_string(), None), |(_, st, t, _)| {
-                            (st.as_str().to_string(), Some(*t))
+                        .map_or((ShownState::Unreported, None), |(_, st, t, _)| {
+                            (ShownState::Reported(*st), Some(*t))
                         }),
-                    None => ("stopped".to_string(), None),
+                    None => (ShownState::Reported(GroupState::Stopped), None),
                 };
                 // In maintenance nothing checks it: say so rather than
                 // repeat the last state as if it were known.
                 let maintenance = record.has_intent(&name, Intent::Maintenance);
-                let state = if maintenance {
-                    format!("unmanaged: not checked (last known {state})")
-                } else {
-                    state
+                let state = match state {
+                    ShownState::Reported(last) if maintenance => ShownState::Unmanaged(Some(last)),
+                    ShownState::Unreported if maintenance => ShownState::Unmanaged(None),
+                    other => other,
                 };
                 GroupStatus {
                     active_on: per_node
@@ -1443,70 +1442,6 @@ pub(crate) fn group_id(name: &str) -> Result<u32> {
 }
 
 /// A control request line and where its answer goes.
-type ControlMsg = (String, tokio::sync::oneshot::Sender<Vec<u8>>);
-
-/// Reads one request line (bounded in size and time), hands it to the main
-/// loop and writes the answer back; never blocks the loop.
-async fn serve_control(
-    mut stream: tokio::net::UnixStream,
-    to_loop: mpsc::Sender<ControlMsg>,
-    hub: Option<Arc<crate::volume::Hub>>,
-) {
-    let read_line = async {
-        let mut req = Vec::new();
-        let mut buf = [0u8; 512];
-        while req.len() < MAX_REQUEST && !req.contains(&b'\n') {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => req.extend_from_slice(&buf[..n]),
-            }
-        }
-        req
-    };
-    let Ok(req) = tokio::time::timeout(Duration::from_secs(2), read_line).await else {
-        return;
-    };
-    let text = String::from_utf8_lossy(&req).trim().to_string();
-    // Volume commands are answered by the volumes' own runtime: a promote
-    // may wait for the peer, and the main loop never waits.
-    if let Ok(v) = serde_json::from_str::<crate::volume::VolumeRequest>(&text) {
-        let answer = match hub {
-            Some(h) => h.command(v.volume).await,
-            None => crate::volume::VolumeAnswer {
-                error: Some("this node holds no copy of any volume".into()),
-                ..Default::default()
-            },
-        };
-        let bytes = serde_json::to_vec(&answer).unwrap_or_default();
-        let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(&bytes)).await;
-        return;
-    }
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    // A full queue: the agent is busy; the client may retry.
-    if to_loop.try_send((text, tx)).is_err() {
-        let _ = stream
-            .write_all(br#"{"error":"the agent is busy; try again"}"#)
-            .await;
-        return;
-    }
-    if let Ok(Ok(answer)) = tokio::time::timeout(Duration::from_secs(5), rx).await {
-        let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(&answer)).await;
-    }
-}
-
-/// `tandem status`: asks the agent behind `socket` and prints its answer.
-pub fn query_status(socket: &Path, json: bool) -> Result<()> {
-    let buf = crate::admin::ask(socket, b"status")?;
-    if json {
-        println!("{}", String::from_utf8_lossy(&buf));
-        return Ok(());
-    }
-    let status: Status =
-        serde_json::from_slice(&buf).context("the agent's answer is not a status")?;
-    print!("{}", status.render());
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,6 +9,7 @@ mod checksum;
 mod cli;
 mod clock;
 mod config_cmd;
+mod control;
 #[cfg(feature = "demo")]
 mod demo;
 mod event;
@@ -83,7 +84,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { json, at } => {
-            agent::query_status(&at.socket()?, json)?;
+            admin::print_status(&at.socket()?, json)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Move {

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
+use tandem_core::group::GroupState;
 
 /// A node's view of the cluster.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -109,9 +110,8 @@ pub struct GroupStatus {
     pub placed_on: Option<String>,
     /// Placement epoch.
     pub epoch: u64,
-    /// Its state where it is placed (`running`, `starting`, ...), or
-    /// `stopped`; `unknown` when that node has not reported.
-    pub state: String,
+    /// Its state where it is placed, as this node knows it.
+    pub state: ShownState,
     /// Since when (ms since the Unix epoch), when known.
     pub since_unix_ms: Option<u64>,
     /// Nodes where something of it may run now.
@@ -137,6 +137,71 @@ pub struct GroupStatus {
     /// the last result and when).
     #[serde(default)]
     pub monitors: Vec<crate::runner::MonitorStatus>,
+}
+
+/// A group's state as status shows it. In JSON it is one word (`running`,
+/// `starting`, ... `stopped`, `unknown`) or, in maintenance,
+/// `unmanaged: not checked (last known WORD)`: nothing checks the group
+/// then, so status never claims it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShownState {
+    /// What the node it is placed on reports (`Stopped`: placed nowhere).
+    Reported(GroupState),
+    /// Placed on a node that has not reported it (yet).
+    Unreported,
+    /// In maintenance: not checked; the last state known, if any.
+    Unmanaged(Option<GroupState>),
+}
+
+/// The JSON prefix of [`ShownState::Unmanaged`].
+const UNMANAGED: &str = "unmanaged: not checked (last known ";
+
+impl ShownState {
+    /// Whether it runs where it is placed, as its node reports.
+    pub fn is_running(self) -> bool {
+        self == ShownState::Reported(GroupState::Running)
+    }
+}
+
+impl std::fmt::Display for ShownState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ShownState::Reported(s) => f.write_str(s.as_str()),
+            ShownState::Unreported => f.write_str("unknown"),
+            ShownState::Unmanaged(last) => write!(
+                f,
+                "{UNMANAGED}{})",
+                last.map_or("unknown", GroupState::as_str)
+            ),
+        }
+    }
+}
+
+impl Serialize for ShownState {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ShownState {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        let word = |w: &str| {
+            GroupState::deserialize(
+                serde::de::value::StrDeserializer::<serde::de::value::Error>::new(w),
+            )
+            .unwrap_or(GroupState::Unknown)
+        };
+        Ok(if let Some(rest) = text.strip_prefix(UNMANAGED) {
+            let w = rest.trim_end_matches(')');
+            ShownState::Unmanaged((w != "unknown").then(|| word(w)))
+        } else if text == "unknown" {
+            ShownState::Unreported
+        } else {
+            // A word this version does not know reads as GroupState::Unknown.
+            ShownState::Reported(word(&text))
+        })
+    }
 }
 
 /// Quorum as seen by one node.
@@ -450,7 +515,7 @@ impl Status {
             let _ = writeln!(o, "groups:");
         }
         for g in &self.groups {
-            let place = match (&g.placed_on, g.state.as_str()) {
+            let place = match (&g.placed_on, g.state) {
                 (Some(n), st) => format!("{st} on {n}"),
                 (None, _) => "stopped".to_string(),
             };
@@ -585,6 +650,34 @@ impl Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shown_states_read_back_and_keep_their_json_words() {
+        let all = [
+            ShownState::Reported(GroupState::Running),
+            ShownState::Reported(GroupState::Stopped),
+            ShownState::Unreported,
+            ShownState::Unmanaged(Some(GroupState::Running)),
+            ShownState::Unmanaged(None),
+        ];
+        let words = [
+            "running",
+            "stopped",
+            "unknown",
+            "unmanaged: not checked (last known running)",
+            "unmanaged: not checked (last known unknown)",
+        ];
+        for (s, w) in all.iter().zip(words) {
+            let json = serde_json::to_string(s).unwrap();
+            assert_eq!(json, format!("\"{w}\""));
+            assert_eq!(serde_json::from_str::<ShownState>(&json).unwrap(), *s);
+        }
+        // A newer node's word.
+        assert_eq!(
+            serde_json::from_str::<ShownState>("\"migrating\"").unwrap(),
+            ShownState::Reported(GroupState::Unknown)
+        );
+    }
 
     #[test]
     fn utc_formatting() {

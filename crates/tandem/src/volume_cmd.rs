@@ -10,20 +10,13 @@ use anyhow::{Context, Result};
 
 use crate::cli::VolumeCommandArgs;
 use crate::volume::engine::{LinkState, VolumeStatus};
-use crate::volume::{VolumeAnswer, VolumeCommand, VolumeRequest};
+use crate::volume::{VolumeAnswer, VolumeCommand};
 
 /// Longest `verify` waits for its result.
 const VERIFY_LIMIT: Duration = Duration::from_secs(24 * 3600);
 
 fn ask(socket: &Path, cmd: VolumeCommand) -> Result<VolumeAnswer> {
-    let line = serde_json::to_vec(&VolumeRequest { volume: cmd }).context("encoding")?;
-    let buf = crate::admin::ask(socket, &line)?;
-    serde_json::from_slice(&buf).with_context(|| {
-        format!(
-            "the agent's answer is not a volume answer: {}",
-            String::from_utf8_lossy(&buf)
-        )
-    })
+    Ok(crate::control::Client::new(socket).volume(cmd)?)
 }
 
 /// Runs one `tandem volume` subcommand.

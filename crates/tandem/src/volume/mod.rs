@@ -172,7 +172,7 @@ pub fn configs(
 }
 
 /// A `tandem volume` command sent to the agent.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum VolumeCommand {
     /// Status of one volume or all.
     Status {
@@ -208,13 +208,6 @@ pub enum VolumeCommand {
         /// This copy gives up its changes at the next sync.
         discard_my_data: bool,
     },
-}
-
-/// The control-socket envelope of a volume command.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct VolumeRequest {
-    /// The command.
-    pub volume: VolumeCommand,
 }
 
 /// The answer to a volume command.

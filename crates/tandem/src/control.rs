@@ -1,0 +1,704 @@
+//! The control protocol: how `tandem status`, `tandem move`, `tandem
+//! volume ...` (and, later, the HTTP API) talk to the local agent.
+//!
+//! One request per connection, one JSON line each way:
+//!
+//! ```text
+//! -> {"v":1,"request":"move","group":"web","node":"n2"}
+//! <- {"answer":"accepted"}
+//! -> {"v":1,"request":"status"}
+//! <- {"answer":"status","status":{...}}
+//! <- {"answer":"error","error":{"kind":"unknown_group","name":"wbe","known":["web"]}}
+//! ```
+//!
+//! `v` is [`PROTOCOL_VERSION`]; an agent refuses another version with
+//! [`ControlError::Version`]. A request names only what an operator may
+//! ask ([`ControlRequest`]): the cluster's internal requests (failure
+//! reports, volume facts) cannot be written in it. Every request goes
+//! through one [`Handler`]; the agent's main loop answers what needs its
+//! state ([`Handler::handle`] forwards it), the volumes' runtime answers
+//! volume commands (which may wait for the peer; the loop never waits).
+//! [`Client`] is the other end.
+//!
+//! For an operator still running the previous `tandem` during an upgrade,
+//! the bare line `status` is answered with the bare status, and any other
+//! unversioned request with the previous shape of error (`{"error":
+//! "..."}`), which that version shows.
+
+use std::io::{Read as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tandem_core::member::Request;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::status::Status;
+use crate::volume::{Hub, VolumeAnswer, VolumeCommand};
+
+/// The protocol version this agent and client speak.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Largest request line read from a client.
+pub const MAX_REQUEST_BYTES: usize = 4096;
+/// Largest answer a client reads.
+pub const MAX_ANSWER_BYTES: u64 = 16 << 20;
+/// How long the agent waits for a client's request line.
+const READ_LIMIT: Duration = Duration::from_secs(2);
+/// How long the agent waits for its main loop's answer, and for the client
+/// to take the answer.
+const ANSWER_LIMIT: Duration = Duration::from_secs(5);
+/// How long a client waits for the agent's answer.
+const CLIENT_LIMIT: Duration = Duration::from_secs(5);
+/// Requests queued for the main loop; beyond, [`ControlError::Busy`].
+pub const LOOP_QUEUE: usize = 16;
+
+/// What an operator may ask the agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "request", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ControlRequest {
+    /// This node's view of the cluster.
+    Status,
+    /// Pin `group` to `node` (None: clear the pin).
+    Move {
+        /// Group.
+        group: String,
+        /// Node (None: clear).
+        node: Option<String>,
+    },
+    /// Move `group` to its next eligible node once.
+    Failover {
+        /// Group.
+        group: String,
+    },
+    /// Put `node` in standby (`on`) or back online.
+    Standby {
+        /// Node.
+        node: String,
+        /// Standby (true) or online (false).
+        on: bool,
+    },
+    /// Maintenance of `group` on or off.
+    Maintenance {
+        /// Group.
+        group: String,
+        /// On (true) or off.
+        on: bool,
+    },
+    /// Forget `group`'s failures.
+    Cleanup {
+        /// Group.
+        group: String,
+    },
+    /// Fence `node` (or power it on, `on`).
+    Fence {
+        /// Node.
+        node: String,
+        /// Power on (true) instead of off.
+        on: bool,
+    },
+    /// A command for this node's volumes.
+    Volume {
+        /// The command.
+        command: VolumeCommand,
+    },
+}
+
+impl ControlRequest {
+    /// The cluster request it becomes (None: answered by this node alone).
+    pub fn to_member(&self) -> Option<Request> {
+        Some(match self.clone() {
+            ControlRequest::Status | ControlRequest::Volume { .. } => return None,
+            ControlRequest::Move { group, node } => Request::Move { group, node },
+            ControlRequest::Failover { group } => Request::Failover { group },
+            ControlRequest::Standby { node, on } => Request::Standby { node, on },
+            ControlRequest::Maintenance { group, on } => Request::Maintenance { group, on },
+            ControlRequest::Cleanup { group } => Request::Cleanup { group },
+            ControlRequest::Fence { node, on } => Request::Fence { node, on },
+        })
+    }
+}
+
+impl std::fmt::Display for ControlRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ControlRequest::Status => f.write_str("status"),
+            ControlRequest::Move {
+                group,
+                node: Some(n),
+            } => write!(f, "move {group} to {n}"),
+            ControlRequest::Move { group, node: None } => write!(f, "clear the move of {group}"),
+            ControlRequest::Failover { group } => write!(f, "fail {group} over"),
+            ControlRequest::Standby { node, on } => {
+                write!(f, "node {node} {}", if *on { "standby" } else { "online" })
+            }
+            ControlRequest::Maintenance { group, on } => {
+                write!(
+                    f,
+                    "maintenance {} for {group}",
+                    if *on { "on" } else { "off" }
+                )
+            }
+            ControlRequest::Cleanup { group } => write!(f, "clean up {group}"),
+            ControlRequest::Fence { node, on: false } => write!(f, "fence {node}"),
+            ControlRequest::Fence { node, on: true } => write!(f, "power {node} on"),
+            ControlRequest::Volume { command } => write!(f, "volume {command:?}"),
+        }
+    }
+}
+
+/// A request as it travels: the version and the request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// [`PROTOCOL_VERSION`] of the sender.
+    pub v: u32,
+    /// The request.
+    #[serde(flatten)]
+    pub request: ControlRequest,
+}
+
+/// The agent's answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "answer", rename_all = "snake_case")]
+pub enum ControlResponse {
+    /// The status asked for.
+    Status {
+        /// This node's view.
+        status: Box<Status>,
+    },
+    /// The request was checked and passed to the leader; status shows its
+    /// outcome.
+    Accepted,
+    /// A volume command's answer.
+    Volume {
+        /// Statuses, message, error.
+        volume: VolumeAnswer,
+    },
+    /// The request was refused.
+    Error {
+        /// Why.
+        error: ControlError,
+    },
+}
+
+impl From<ControlError> for ControlResponse {
+    fn from(error: ControlError) -> ControlResponse {
+        ControlResponse::Error { error }
+    }
+}
+
+/// Why the agent refused a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ControlError {
+    /// No group has that name.
+    #[error("no group named {name} (groups: {})", known.join(", "))]
+    UnknownGroup {
+        /// The name asked for.
+        name: String,
+        /// The groups there are.
+        known: Vec<String>,
+    },
+    /// No node has that name.
+    #[error("no node named {name} (nodes: {})", known.join(", "))]
+    UnknownNode {
+        /// The name asked for.
+        name: String,
+        /// The nodes there are.
+        known: Vec<String>,
+    },
+    /// A fence request for a node no device lists.
+    #[error("no fence device lists node {node} in its `hosts`; add it to a [[fence_device]]")]
+    NoFenceDevice {
+        /// The node.
+        node: String,
+    },
+    /// A volume command on a node that holds no copy.
+    #[error("this node holds no copy of any volume")]
+    NoVolume,
+    /// The main loop's queue is full.
+    #[error("the agent is busy; try again")]
+    Busy,
+    /// The main loop did not answer in time (it is stopping, or stuck).
+    #[error("the agent did not answer within {limit_ms} ms; check `tandem status` and its log")]
+    NoAnswer {
+        /// The limit.
+        limit_ms: u64,
+    },
+    /// The request line is not a request.
+    #[error("malformed request: {why}")]
+    Malformed {
+        /// What is wrong.
+        why: String,
+    },
+    /// The request speaks another protocol version.
+    #[error("this agent speaks control protocol version {speaks} and the request is version {got}: use the `tandem` of the agent's version")]
+    Version {
+        /// The request's version.
+        got: u32,
+        /// The agent's.
+        speaks: u32,
+    },
+}
+
+/// A request forwarded to the main loop, with where its answer goes.
+pub type LoopCall = (ControlRequest, oneshot::Sender<ControlResponse>);
+
+/// The one entry point for every control request, whatever carried it.
+#[derive(Clone)]
+pub struct Handler {
+    /// The agent's main loop.
+    to_loop: mpsc::Sender<LoopCall>,
+    /// This node's volumes (None: it holds no copy).
+    hub: Option<Arc<Hub>>,
+}
+
+impl Handler {
+    /// A handler forwarding to `to_loop`, and volume commands to `hub`.
+    pub fn new(to_loop: mpsc::Sender<LoopCall>, hub: Option<Arc<Hub>>) -> Handler {
+        Handler { to_loop, hub }
+    }
+
+    /// Answers one request.
+    pub async fn handle(&self, request: ControlRequest) -> ControlResponse {
+        if let ControlRequest::Volume { command } = request {
+            return match &self.hub {
+                Some(h) => ControlResponse::Volume {
+                    volume: h.command(command).await,
+                },
+                None => ControlError::NoVolume.into(),
+            };
+        }
+        let (tx, rx) = oneshot::channel();
+        // A full queue: the agent is busy; the client may retry.
+        if self.to_loop.try_send((request, tx)).is_err() {
+            return ControlError::Busy.into();
+        }
+        match tokio::time::timeout(ANSWER_LIMIT, rx).await {
+            Ok(Ok(answer)) => answer,
+            _ => ControlError::NoAnswer {
+                limit_ms: ANSWER_LIMIT.as_millis() as u64,
+            }
+            .into(),
+        }
+    }
+
+    /// Answers one request line (the Unix socket's framing): the bytes
+    /// to send back.
+    pub async fn handle_line(&self, line: &str) -> Vec<u8> {
+        let line = line.trim();
+        if line == "status" {
+            // The previous version's status request.
+            return match self.handle(ControlRequest::Status).await {
+                ControlResponse::Status { status } => {
+                    serde_json::to_vec(&status).unwrap_or_default()
+                }
+                other => legacy_error(&format!("{other:?}")),
+            };
+        }
+        let answer = match parse(line) {
+            Ok(request) => self.handle(request).await,
+            Err(Parsed::Legacy) => {
+                return legacy_error(
+                    "this agent speaks a newer control protocol: use the `tandem` of the agent's version",
+                )
+            }
+            Err(Parsed::Refused(e)) => e.into(),
+        };
+        serde_json::to_vec(&answer).unwrap_or_else(|e| {
+            // A status that cannot be encoded is a bug; say so rather than
+            // close the connection without a word.
+            legacy_error(&format!("the agent could not encode its answer: {e}"))
+        })
+    }
+
+    /// Serves one connection: reads a request line (bounded in size and
+    /// time), answers it, and closes.
+    pub async fn serve(&self, mut stream: tokio::net::UnixStream) {
+        let read_line = async {
+            let mut req = Vec::new();
+            let mut buf = [0u8; 512];
+            while req.len() < MAX_REQUEST_BYTES && !req.contains(&b'\n') {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.extend_from_slice(&buf[..n]),
+                }
+            }
+            req
+        };
+        let Ok(req) = tokio::time::timeout(READ_LIMIT, read_line).await else {
+            return;
+        };
+        let answer = self.handle_line(&String::from_utf8_lossy(&req)).await;
+        let _ = tokio::time::timeout(ANSWER_LIMIT, stream.write_all(&answer)).await;
+    }
+}
+
+/// Why a line is not a request of this version.
+enum Parsed {
+    /// An unversioned request: the previous protocol.
+    Legacy,
+    /// Refused with this error.
+    Refused(ControlError),
+}
+
+fn parse(line: &str) -> Result<ControlRequest, Parsed> {
+    let value: serde_json::Value = serde_json::from_str(line).map_err(|e| {
+        Parsed::Refused(ControlError::Malformed {
+            why: format!("not JSON ({e})"),
+        })
+    })?;
+    let Some(v) = value.get("v") else {
+        return Err(Parsed::Legacy);
+    };
+    let got = v.as_u64().unwrap_or(0);
+    if got != u64::from(PROTOCOL_VERSION) {
+        return Err(Parsed::Refused(ControlError::Version {
+            got: u32::try_from(got).unwrap_or(u32::MAX),
+            speaks: PROTOCOL_VERSION,
+        }));
+    }
+    serde_json::from_value::<Envelope>(value)
+        .map(|e| e.request)
+        .map_err(|e| Parsed::Refused(ControlError::Malformed { why: e.to_string() }))
+}
+
+fn legacy_error(text: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({ "error": text })).unwrap_or_default()
+}
+
+/// Why a client's call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No agent listens there (or no permission).
+    #[error("connecting to the agent at {path} (is `tandem agent` running, and are you root?): {source}")]
+    Connect {
+        /// The socket.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The exchange broke off.
+    #[error("talking to the agent at {path}: {source}")]
+    Io {
+        /// The socket.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The answer is not one this version understands.
+    #[error(
+        "the agent's answer is not understood ({why}); is it the same version as this `tandem`?"
+    )]
+    Answer {
+        /// What is wrong with it.
+        why: String,
+    },
+    /// The agent refused the request.
+    #[error("{0}")]
+    Refused(#[from] ControlError),
+}
+
+/// A connection-per-call client of one agent's control socket.
+#[derive(Debug, Clone)]
+pub struct Client {
+    socket: PathBuf,
+}
+
+impl Client {
+    /// A client of the agent listening on `socket`.
+    pub fn new(socket: &Path) -> Client {
+        Client {
+            socket: socket.to_path_buf(),
+        }
+    }
+
+    /// Sends `request`; returns the answer as JSON (an error answer is
+    /// returned as [`ClientError::Refused`]).
+    pub fn call_json(&self, request: &ControlRequest) -> Result<serde_json::Value, ClientError> {
+        let path = || self.socket.clone();
+        let mut s = std::os::unix::net::UnixStream::connect(&self.socket).map_err(|source| {
+            ClientError::Connect {
+                path: path(),
+                source,
+            }
+        })?;
+        let io = |source| ClientError::Io {
+            path: path(),
+            source,
+        };
+        s.set_read_timeout(Some(CLIENT_LIMIT)).map_err(io)?;
+        let mut line = serde_json::to_vec(&Envelope {
+            v: PROTOCOL_VERSION,
+            request: request.clone(),
+        })
+        .map_err(|e| ClientError::Answer { why: e.to_string() })?;
+        line.push(b'\n');
+        // One write: the agent answers as soon as it has the line.
+        s.write_all(&line).map_err(io)?;
+        let mut buf = Vec::new();
+        s.take(MAX_ANSWER_BYTES).read_to_end(&mut buf).map_err(io)?;
+        let value: serde_json::Value =
+            serde_json::from_slice(&buf).map_err(|e| ClientError::Answer {
+                why: format!("{e}: {}", String::from_utf8_lossy(&buf)),
+            })?;
+        if value.get("answer").and_then(|a| a.as_str()) == Some("error") {
+            let e = serde_json::from_value::<ControlError>(value["error"].clone())
+                .map_err(|e| ClientError::Answer { why: e.to_string() })?;
+            return Err(ClientError::Refused(e));
+        }
+        if let Some(e) = value.get("error").and_then(|e| e.as_str()) {
+            // The previous version's error shape.
+            return Err(ClientError::Answer { why: e.to_string() });
+        }
+        Ok(value)
+    }
+
+    /// Sends `request` and decodes the answer.
+    pub fn call(&self, request: &ControlRequest) -> Result<ControlResponse, ClientError> {
+        let value = self.call_json(request)?;
+        serde_json::from_value(value).map_err(|e| ClientError::Answer { why: e.to_string() })
+    }
+
+    /// The agent's status as JSON, every field as the agent wrote it
+    /// (`tandem status --json`).
+    pub fn status_json(&self) -> Result<serde_json::Value, ClientError> {
+        let mut v = self.call_json(&ControlRequest::Status)?;
+        match v.get_mut("status") {
+            Some(s) => Ok(s.take()),
+            None => Err(ClientError::Answer {
+                why: "no status in the answer".into(),
+            }),
+        }
+    }
+
+    /// The agent's status.
+    pub fn status(&self) -> Result<Status, ClientError> {
+        match self.call(&ControlRequest::Status)? {
+            ControlResponse::Status { status } => Ok(*status),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Sends an operator request; Ok once the agent accepted it.
+    pub fn request(&self, request: &ControlRequest) -> Result<(), ClientError> {
+        match self.call(request)? {
+            ControlResponse::Accepted => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Sends a volume command.
+    pub fn volume(&self, command: VolumeCommand) -> Result<VolumeAnswer, ClientError> {
+        match self.call(&ControlRequest::Volume { command })? {
+            ControlResponse::Volume { volume } => Ok(volume),
+            other => Err(unexpected(&other)),
+        }
+    }
+}
+
+fn unexpected(answer: &ControlResponse) -> ClientError {
+    let word = match answer {
+        ControlResponse::Status { .. } => "status",
+        ControlResponse::Accepted => "accepted",
+        ControlResponse::Volume { .. } => "volume",
+        ControlResponse::Error { .. } => "error",
+    };
+    ClientError::Answer {
+        why: format!("an answer of kind `{word}` to another request"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handler_with_loop(
+        answer: impl Fn(ControlRequest) -> ControlResponse + 'static,
+    ) -> (Handler, tokio::task::JoinHandle<()>) {
+        let (tx, mut rx) = mpsc::channel::<LoopCall>(LOOP_QUEUE);
+        let task = tokio::task::spawn_local(async move {
+            while let Some((req, reply)) = rx.recv().await {
+                let _ = reply.send(answer(req));
+            }
+        });
+        (Handler::new(tx, None), task)
+    }
+
+    fn run<F: std::future::Future>(f: F) -> F::Output {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        tokio::task::LocalSet::new().block_on(&rt, f)
+    }
+
+    #[test]
+    fn requests_travel_versioned_and_tagged() {
+        let e = Envelope {
+            v: PROTOCOL_VERSION,
+            request: ControlRequest::Move {
+                group: "web".into(),
+                node: Some("n2".into()),
+            },
+        };
+        let text = serde_json::to_string(&e).unwrap();
+        assert_eq!(
+            text,
+            r#"{"v":1,"request":"move","group":"web","node":"n2"}"#
+        );
+        assert_eq!(serde_json::from_str::<Envelope>(&text).unwrap(), e);
+    }
+
+    #[test]
+    fn internal_requests_cannot_be_written() {
+        // The cluster's own failure report, as an operator might forge it.
+        for line in [
+            r#"{"v":1,"request":"failed","group":"web","node":"n1","reason":"x"}"#,
+            r#"{"v":1,"request":"volume_facts"}"#,
+        ] {
+            assert!(matches!(
+                parse(line),
+                Err(Parsed::Refused(ControlError::Malformed { .. }))
+            ));
+        }
+    }
+
+    #[test]
+    fn another_version_and_unversioned_requests_are_refused_with_what_to_do() {
+        match parse(r#"{"v":2,"request":"status"}"#) {
+            Err(Parsed::Refused(e @ ControlError::Version { got: 2, speaks: 1 })) => {
+                assert!(e.to_string().contains("agent's version"), "{e}");
+            }
+            _ => panic!("version 2 accepted"),
+        }
+        assert!(matches!(
+            parse(r#"{"Move":{"group":"web","node":null}}"#),
+            Err(Parsed::Legacy)
+        ));
+        assert!(matches!(
+            parse("mvoe web"),
+            Err(Parsed::Refused(ControlError::Malformed { .. }))
+        ));
+    }
+
+    #[test]
+    fn the_handler_forwards_to_the_loop_and_answers_volumes_itself() {
+        run(async {
+            let (h, _task) = handler_with_loop(|req| match req {
+                ControlRequest::Cleanup { group } if group == "web" => ControlResponse::Accepted,
+                ControlRequest::Cleanup { group } => ControlError::UnknownGroup {
+                    name: group,
+                    known: vec!["web".into()],
+                }
+                .into(),
+                _ => ControlError::Busy.into(),
+            });
+            let ok = h
+                .handle_line(r#"{"v":1,"request":"cleanup","group":"web"}"#)
+                .await;
+            assert_eq!(ok, br#"{"answer":"accepted"}"#);
+            let refused = h
+                .handle_line(r#"{"v":1,"request":"cleanup","group":"wbe"}"#)
+                .await;
+            let v: serde_json::Value = serde_json::from_slice(&refused).unwrap();
+            assert_eq!(v["error"]["kind"], "unknown_group", "{v}");
+            // No copy here: answered without the loop.
+            let vol = h
+                .handle(ControlRequest::Volume {
+                    command: VolumeCommand::Status { name: None },
+                })
+                .await;
+            assert!(matches!(
+                vol,
+                ControlResponse::Error {
+                    error: ControlError::NoVolume
+                }
+            ));
+            // The previous version's shapes.
+            let legacy = h.handle_line(r#"{"Cleanup":{"group":"web"}}"#).await;
+            let v: serde_json::Value = serde_json::from_slice(&legacy).unwrap();
+            assert!(v["error"]
+                .as_str()
+                .unwrap()
+                .contains("newer control protocol"));
+        });
+    }
+
+    #[test]
+    fn a_full_loop_queue_is_busy_not_a_hang() {
+        run(async {
+            let (tx, _rx) = mpsc::channel::<LoopCall>(1);
+            let h = Handler::new(tx, None);
+            // The first waits for an answer that never comes; the second
+            // finds the queue full.
+            let first = tokio::task::spawn_local({
+                let h = h.clone();
+                async move { h.handle(ControlRequest::Status).await }
+            });
+            tokio::task::yield_now().await;
+            let second = h.handle(ControlRequest::Status).await;
+            assert!(matches!(
+                second,
+                ControlResponse::Error {
+                    error: ControlError::Busy
+                }
+            ));
+            let first = first.await.unwrap();
+            assert!(matches!(
+                first,
+                ControlResponse::Error {
+                    error: ControlError::NoAnswer { .. }
+                }
+            ));
+        });
+    }
+
+    #[test]
+    fn client_and_handler_talk_over_a_real_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let server = std::thread::spawn(move || {
+            run(async move {
+                let listener = tokio::net::UnixListener::from_std(listener).unwrap();
+                let (h, _task) = handler_with_loop(|req| match req {
+                    ControlRequest::Fence { node, .. } => {
+                        ControlError::NoFenceDevice { node }.into()
+                    }
+                    _ => ControlResponse::Accepted,
+                });
+                for _ in 0..2 {
+                    let (stream, _) = listener.accept().await.unwrap();
+                    h.serve(stream).await;
+                }
+            })
+        });
+        let c = Client::new(&path);
+        c.request(&ControlRequest::Failover {
+            group: "web".into(),
+        })
+        .unwrap();
+        let e = c
+            .request(&ControlRequest::Fence {
+                node: "n1".into(),
+                on: false,
+            })
+            .unwrap_err();
+        assert!(
+            matches!(&e, ClientError::Refused(ControlError::NoFenceDevice { node }) if node == "n1"),
+            "{e}"
+        );
+        assert!(
+            e.to_string().contains("add it to a [[fence_device]]"),
+            "{e}"
+        );
+        server.join().unwrap();
+        let e = Client::new(&dir.path().join("none.sock"))
+            .status()
+            .unwrap_err();
+        assert!(e.to_string().contains("is `tandem agent` running"), "{e}");
+    }
+}
