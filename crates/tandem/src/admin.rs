@@ -33,7 +33,7 @@ pub fn print_status(socket: &Path, json: bool) -> Result<()> {
     if json {
         println!("{}", client.status_json()?);
     } else {
-        print!("{}", client.status()?.render());
+        print!("{}", crate::render::status(&client.status()?));
     }
     Ok(())
 }

@@ -19,6 +19,7 @@ mod keyfile;
 mod kinds;
 mod monitor;
 mod netlink;
+mod render;
 mod resources;
 mod runner;
 mod state_file;
