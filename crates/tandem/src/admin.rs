@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 
 use crate::cli::AdminArgs;
-use crate::control::{Client, ControlRequest};
-use crate::status::{GroupStatus, Status};
+use tandem_agent::control::{Client, ControlRequest};
+use tandem_agent::status::{GroupStatus, Status};
 
 /// Poll interval while waiting for an outcome.
 const POLL: Duration = Duration::from_millis(50);
@@ -191,7 +191,7 @@ pub fn failover(a: &AdminArgs, name: Option<&str>) -> Result<ExitCode> {
         .peers
         .iter()
         .filter(|p| {
-            p.state == crate::status::PeerState::Online
+            p.state == tandem_agent::status::PeerState::Online
                 && !s.standby.contains(&p.name)
                 && p.name != "witness"
         })
@@ -333,7 +333,7 @@ pub fn fence(a: &AdminArgs, node: &str, yes: bool, on: bool) -> Result<ExitCode>
             return Ok(ExitCode::FAILURE);
         }
     }
-    let started = crate::clock::unix_ms();
+    let started = tandem_agent::clock::unix_ms();
     let r = ControlRequest::Fence {
         node: node.to_string(),
         on,

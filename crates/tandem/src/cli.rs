@@ -236,8 +236,8 @@ pub struct StateRecovery {
 
 impl StateRecovery {
     /// The agent's setting.
-    pub fn recovery(self) -> crate::state_file::Recovery {
-        use crate::state_file::Recovery;
+    pub fn recovery(self) -> tandem_agent::state_file::Recovery {
+        use tandem_agent::state_file::Recovery;
         if self.discard_damaged_state {
             Recovery::DiscardDamaged
         } else if self.accept_unchecksummed_state {
@@ -282,7 +282,7 @@ impl AgentAt {
                 return Ok(s);
             }
         }
-        Ok(PathBuf::from(crate::agent::DEFAULT_CONTROL_SOCKET))
+        Ok(PathBuf::from(tandem_agent::agent::DEFAULT_CONTROL_SOCKET))
     }
 }
 

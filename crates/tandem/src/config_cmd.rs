@@ -8,7 +8,7 @@ use tandem_core::config::{self, Config, Loaded, MonitorCheck};
 use tandem_core::diagnostic::{render, Severity};
 
 use crate::cli::ValidateArgs;
-use crate::keyfile;
+use tandem_agent::keyfile;
 
 /// Reads and validates one file; the label in messages is the path as given.
 fn load_file(path: &Path) -> Result<(String, Loaded)> {
@@ -69,7 +69,7 @@ pub fn validate(args: &ValidateArgs) -> Result<bool> {
         if let Some(note) = loaded
             .config
             .as_ref()
-            .and_then(|c| crate::watchdog::machine_note(c.watchdog.as_ref()))
+            .and_then(|c| tandem_agent::watchdog::machine_note(c.watchdog.as_ref()))
         {
             eprintln!("note: {label}: {note}");
         }
@@ -94,7 +94,7 @@ fn machine_checks(cfg: &Config) -> Vec<(Severity, String)> {
         }
     }
     if let Some(g) = &cfg.cluster.control_group {
-        if crate::agent::group_id(g).is_err() {
+        if tandem_agent::agent::group_id(g).is_err() {
             out.push((
                 Severity::Error,
                 format!(
@@ -103,7 +103,7 @@ fn machine_checks(cfg: &Config) -> Vec<(Severity, String)> {
             ));
         }
     }
-    for (sev, text) in crate::fence_agent::check_devices(cfg) {
+    for (sev, text) in tandem_agent::fence_agent::check_devices(cfg) {
         out.push((sev, text));
     }
     // A TLS export's credentials, as the agent of a node with a copy
@@ -112,7 +112,7 @@ fn machine_checks(cfg: &Config) -> Vec<(Severity, String)> {
         let (Some(_), Some(dir)) = (&v.nbd_tcp, &v.nbd_tls) else {
             continue;
         };
-        if let Err(e) = crate::volume::nbd_tls::NbdTls::load(dir) {
+        if let Err(e) = tandem_agent::volume::nbd_tls::NbdTls::load(dir) {
             out.push((
                 Severity::Error,
                 format!(

@@ -25,7 +25,7 @@ pub const PROBE_PORT: u16 = 7000;
 /// Longest wait for any step.
 const STEP_LIMIT: Duration = Duration::from_secs(30);
 
-use crate::clock::unix_ms;
+use tandem_agent::clock::unix_ms;
 
 /// The demo service: HTTP GET on `port` -> `served by NAME`; on
 /// `probe_port`, the testbed's probe responder (UDP `tprobe N` -> `NAME N`,

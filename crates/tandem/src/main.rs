@@ -2,31 +2,14 @@
 //! holds each command, print.
 
 mod admin;
-mod agent;
-mod announce;
-mod atomic_file;
-mod checksum;
 mod cli;
-mod clock;
 mod config_cmd;
-mod control;
 #[cfg(feature = "demo")]
 mod demo;
-mod event;
-mod fence_agent;
-mod guard;
-mod keyfile;
-mod kinds;
-mod monitor;
-mod netlink;
 mod render;
-mod resources;
-mod runner;
-mod state_file;
-mod status;
-mod volume;
 mod volume_cmd;
-mod watchdog;
+
+use tandem_agent::{agent, guard, keyfile, state_file};
 
 use std::io::Write as _;
 use std::process::ExitCode;

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use crate::status::{format_utc, LinkWord, Status};
+use tandem_agent::status::{format_utc, LinkWord, Status};
 
 /// The human-readable form of a node's status.
 pub fn status(st: &Status) -> String {

@@ -9,14 +9,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 use crate::cli::VolumeCommandArgs;
-use crate::volume::engine::{LinkState, VolumeStatus};
-use crate::volume::{VolumeAnswer, VolumeCommand};
+use tandem_agent::volume::engine::{LinkState, VolumeStatus};
+use tandem_agent::volume::{VolumeAnswer, VolumeCommand};
 
 /// Longest `verify` waits for its result.
 const VERIFY_LIMIT: Duration = Duration::from_secs(24 * 3600);
 
 fn ask(socket: &Path, cmd: VolumeCommand) -> Result<VolumeAnswer> {
-    Ok(crate::control::Client::new(socket).volume(cmd)?)
+    Ok(tandem_agent::control::Client::new(socket).volume(cmd)?)
 }
 
 /// Runs one `tandem volume` subcommand.
@@ -38,7 +38,7 @@ pub fn run(args: VolumeCommandArgs) -> Result<ExitCode> {
             let state_dir = state_dir.unwrap_or_else(|| cfg.cluster.state_dir.clone());
             println!(
                 "{}",
-                crate::volume::create(&cfg, &node, &state_dir, &name, source, force)?
+                tandem_agent::volume::create(&cfg, &node, &state_dir, &name, source, force)?
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -172,7 +172,7 @@ fn local_node(cfg: &tandem_core::config::Config, name: &str) -> Result<String> {
         .volume(name)
         .with_context(|| format!("no volume `{name}` in the configuration"))?;
     for n in &v.nodes {
-        if let Ok(c) = crate::volume::configs(cfg, n, [0; 32], Path::new("/")) {
+        if let Ok(c) = tandem_agent::volume::configs(cfg, n, [0; 32], Path::new("/")) {
             if let Some(c) = c.iter().find(|c| c.name == name) {
                 if std::net::UdpSocket::bind((c.my_addr.ip(), 0)).is_ok() {
                     return Ok(n.clone());
@@ -207,8 +207,8 @@ pub fn render(vols: &[VolumeStatus], detail: bool) -> String {
                 v.peer,
                 v.peer_role.as_deref().unwrap_or("?"),
                 match v.sync_role {
-                    Some(crate::volume::engine::SyncRole::Source) => ", sync source",
-                    Some(crate::volume::engine::SyncRole::Target) => ", sync target",
+                    Some(tandem_agent::volume::engine::SyncRole::Source) => ", sync source",
+                    Some(tandem_agent::volume::engine::SyncRole::Target) => ", sync target",
                     _ => "",
                 }
             ),

@@ -772,7 +772,7 @@ fn bind_control(path: &Path, group: Option<&str>) -> Result<UnixListener> {
 }
 
 /// The numeric id of group `name`, from /etc/group.
-pub(crate) fn group_id(name: &str) -> Result<u32> {
+pub fn group_id(name: &str) -> Result<u32> {
     let text = std::fs::read_to_string("/etc/group").context("reading /etc/group")?;
     text.lines()
         .filter_map(|l| {
