@@ -362,11 +362,7 @@ impl Runner {
             self.report_failure(now_ms, member, group, reason, false, &mut log);
         }
         member.set_local(self.reports(), self.failed_links());
-        let until = if lease_ok {
-            member.lease_until(now_ms)
-        } else {
-            self.wants.inherited_until(now_ms)
-        };
+        let until = pass.keep_until_ms;
         let leaving = self.leaving(now_ms, &pass, &mut log);
         // A failure is retried once at once (a passing error); a second
         // one in a row means the lease cannot be renewed.

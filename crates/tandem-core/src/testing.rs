@@ -18,21 +18,24 @@
 //! ([`Cluster::dual_active`]), so a story sees what happens between its
 //! own looks.
 //!
+//! Each node runs on a [`Host`]: the agent's runner pass with the same
+//! core calls as the agent. The seeded fault campaign
+//! (`tests/simulation.rs`) runs its nodes on the same [`Host`], adding
+//! the faults and invariants a story does not need (freezes, slow stops,
+//! fencing, random schedules).
+//!
 //! Compiled for this crate's own tests and, for others, behind the
-//! `testing` feature. The seeded fault campaign (`tests/simulation.rs`)
-//! is still a harness of its own, with faults and invariants this one
-//! does not model (freezes, slow stops, fencing).
+//! `testing` feature.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
 use crate::agreement::{Record, Role};
 use crate::config::Timing;
-use crate::group::{ActionKind, Groups, Outcome, ResourceState};
-use crate::member::{GroupReport, GroupsSpec, Member, MemberSpec, PeerSpec, Persisted};
+use crate::group::ResourceState;
+use crate::member::{GroupsSpec, Member, MemberSpec, PeerSpec, Persisted};
 use crate::policy::{Failback, GroupPolicy};
 use crate::quorum::Mode;
-use crate::wants::{Held, Wants};
 use crate::wire::{ClusterId, NodeId};
 
 /// The timing of every story: 100 ms heartbeats, a node dead after 1 s.
@@ -43,10 +46,11 @@ pub const TIMING: Timing = Timing {
     startup_wait_ms: 2_000,
 };
 
+mod host;
+pub use host::{Host, HostPass};
+
 /// Delay of every datagram on the simulated network.
 const DELAY_MS: u64 = 1;
-/// Most runner passes of one drive (each finishes at least one action).
-const MAX_PASSES: usize = 16;
 
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Datagram {
@@ -64,10 +68,8 @@ struct Node {
     persisted: Persisted,
     /// Global time at which the running agent started.
     start_ms: u64,
-    runner: Groups,
-    wants: Wants,
-    /// Per group: whether its (one) resource really runs here.
-    running: Vec<bool>,
+    /// The agent's runner and the (one) resource of each group.
+    host: Host,
     /// Every link of the node is cut.
     cut: bool,
 }
@@ -120,9 +122,7 @@ impl Cluster {
                 member: None,
                 persisted: Persisted::default(),
                 start_ms: 0,
-                runner: Groups::new(&vec![1; groups.len()], 0),
-                wants: Wants::new(),
-                running: vec![false; groups.len()],
+                host: Host::new(&vec![1; groups.len()]),
                 cut: false,
             })
             .collect();
@@ -186,11 +186,8 @@ impl Cluster {
         m.set_groups(spec, 0);
         node.member = Some(m);
         node.start_ms = now;
-        node.runner = Groups::new(&vec![1; node.running.len()], 0);
-        node.wants = Wants::new();
-        if let Some(u) = inherited_until_ms.filter(|u| *u > now) {
-            node.wants.inherit_lease(u - now);
-        }
+        node.host
+            .start_agent(inherited_until_ms.filter(|u| *u > now).map(|u| u - now));
         self.flush(i);
     }
 
@@ -241,7 +238,7 @@ impl Cluster {
             return Vec::new();
         };
         (0..self.nodes.len())
-            .filter(|&i| self.nodes[i].running[g])
+            .filter(|&i| self.nodes[i].host.runs(g))
             .collect()
     }
 
@@ -250,7 +247,7 @@ impl Cluster {
     pub fn power_off(&mut self, i: usize) {
         let n = &mut self.nodes[i];
         n.member = None;
-        n.running.iter_mut().for_each(|r| *r = false);
+        n.host.power_off();
         self.net.retain(|Reverse(d)| d.to != i);
     }
 
@@ -268,6 +265,7 @@ impl Cluster {
             m.lease_until(local).map(|u| self.nodes[i].start_ms + u)
         });
         self.nodes[i].member = None;
+        self.nodes[i].host.agent_died();
         self.start_agent(i, inherited);
     }
 
@@ -317,12 +315,12 @@ impl Cluster {
         for n in &self.nodes {
             if let Some(m) = &n.member {
                 t = t.min(n.start_ms + m.next_deadline());
-                if let Some(d) = n.runner.next_deadline() {
+                if let Some(d) = n.host.runner().and_then(|r| r.next_deadline()) {
                     t = t.min(n.start_ms + d);
                 }
                 // The modelled guard acts when an inherited lease ends.
                 let local = self.now_ms - n.start_ms;
-                if let Some(u) = n.wants.inherited_until(local) {
+                if let Some(u) = n.host.wants().inherited_until(local) {
                     t = t.min(n.start_ms + u);
                 }
             }
@@ -367,6 +365,7 @@ impl Cluster {
         let Some(m) = self.nodes[i].member.as_mut() else {
             return;
         };
+        m.step();
         let out = m.take_output();
         if let Some(p) = out.persist {
             self.nodes[i].persisted = p;
@@ -390,80 +389,25 @@ impl Cluster {
         }
     }
 
-    /// The agent's runner pass (as `runner::Runner::drive` in the agent):
-    /// wants, then every action at once on the simulated resources.
+    /// The agent's runner pass ([`Host::drive`]), every start and stop
+    /// logged, then the dual-active check.
     fn drive(&mut self, i: usize) {
-        let local = self.now_ms - self.nodes[i].start_ms;
-        let groups = &self.groups;
+        let now = self.now_ms;
+        let local = now - self.nodes[i].start_ms;
         let node = &mut self.nodes[i];
         let Some(m) = node.member.as_mut() else {
             return;
         };
-        let held: Vec<Held<'_>> = groups
-            .iter()
-            .enumerate()
-            .map(|(g, name)| Held {
-                name,
-                active: node.runner.active(g),
-            })
-            .collect();
-        let pass = node.wants.decide(local, m, true, &held);
-        for (g, d) in pass.groups.iter().enumerate() {
-            // The guard's part: what may no longer run here is killed.
-            let over = if d.placed_here {
-                !pass.lease_ok && node.wants.inherited_until(local).is_none()
-            } else {
-                d.cut_short(local)
-            };
-            if over {
-                node.running[g] = false;
-            }
-            node.runner.set_want(g, d.want);
+        let did = node.host.drive(local, now, m, &self.groups, []);
+        for (g, start) in did.actions {
+            self.actions.push((now, i, g, start));
         }
-        for _ in 0..MAX_PASSES {
-            let actions = node.runner.poll(local);
-            if actions.is_empty() {
-                break;
-            }
-            for a in actions {
-                let real = &mut node.running[a.group];
-                let outcome = match a.kind {
-                    ActionKind::Probe if *real => Outcome::Running,
-                    ActionKind::Probe => Outcome::Stopped,
-                    ActionKind::Start => {
-                        *real = true;
-                        self.actions.push((self.now_ms, i, a.group, true));
-                        Outcome::Running
-                    }
-                    ActionKind::Stop => {
-                        *real = false;
-                        self.actions.push((self.now_ms, i, a.group, false));
-                        Outcome::Stopped
-                    }
-                };
-                node.runner.on_outcome(local, a, outcome);
-            }
-        }
-        let reports = groups
-            .iter()
-            .enumerate()
-            .map(|(g, name)| GroupReport {
-                name: name.clone(),
-                epoch: 0,
-                active: node.runner.active(g),
-                state: node.runner.state(g).0,
-                since_unix_ms: 0,
-                failure: None,
-                stop_failed: node.runner.stop_failed(g).map(str::to_string),
-            })
-            .collect();
-        m.set_local(reports, vec![]);
-        for (g, name) in groups.iter().enumerate() {
+        for (g, name) in self.groups.iter().enumerate() {
             let on: Vec<usize> = (0..self.nodes.len())
-                .filter(|&n| self.nodes[n].running[g])
+                .filter(|&n| self.nodes[n].host.runs(g))
                 .collect();
             if on.len() > 1 {
-                self.dual_active.push((self.now_ms, name.clone(), on));
+                self.dual_active.push((now, name.clone(), on));
             }
         }
     }
@@ -473,7 +417,10 @@ impl Cluster {
         let Some(g) = self.groups.iter().position(|n| n == group) else {
             return false;
         };
-        self.nodes[i].runner.resources(g).first() == Some(&ResourceState::Running)
+        self.nodes[i]
+            .host
+            .runner()
+            .is_some_and(|r| r.resources(g).first() == Some(&ResourceState::Running))
     }
 }
 

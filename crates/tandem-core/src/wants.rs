@@ -73,8 +73,30 @@ pub struct Pass {
     /// Whether this node may run its groups now: a valid lease that the
     /// guard was told of.
     pub lease_ok: bool,
+    /// Until when (this node's clock) what may run here of the groups not
+    /// being moved away may keep running: the node's lease while it holds
+    /// one, else the lease it inherited from the agent it replaced, else
+    /// None (not a moment longer). The agent gives the guard this end.
+    pub keep_until_ms: Option<u64>,
     /// One decision per group, in the order given.
     pub groups: Vec<Decision>,
+}
+
+impl Pass {
+    /// Whether what may still run here of group `g` must be killed at
+    /// `now_ms`: a group being moved away once its own end passed
+    /// ([`Decision::cut_short`], done by the agent), any other once the
+    /// node's end passed ([`Pass::keep_until_ms`], done by the guard).
+    /// The simulation kills its resources by this same rule.
+    pub fn kills(&self, g: usize, now_ms: u64) -> bool {
+        let Some(d) = self.groups.get(g) else {
+            return false;
+        };
+        match d.leaving_until_ms {
+            Some(end) => now_ms >= end,
+            None => self.keep_until_ms.map_or(true, |end| now_ms >= end),
+        }
+    }
 }
 
 impl Wants {
@@ -156,8 +178,14 @@ impl Wants {
                 self.decide_one(now_ms, facts, || member.group_until(g.name, now_ms))
             })
             .collect();
+        let keep_until_ms = if lease_ok {
+            member.lease_until(now_ms)
+        } else {
+            self.inherited_until(now_ms)
+        };
         Pass {
             lease_ok,
+            keep_until_ms,
             groups: decisions,
         }
     }

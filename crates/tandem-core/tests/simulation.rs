@@ -15,8 +15,11 @@
 //! - after every fault heals, the cluster converges within a bound: every
 //!   node sees every other, one leader known to all, equal records.
 //!
-//! With groups (`seeded_group_runs_*`), every node also runs the real group
-//! runner ([`Groups`]) over simulated resources that start and stop at once,
+//! With groups (`seeded_group_runs_*`), every node also runs the agent's
+//! runner pass on a [`Host`] (the crate's `testing` harness: the real
+//! group runner and wants, what may no longer run killed by the agent's
+//! own rule) over simulated resources that start at once and stop at once
+//! or slowly,
 //! the leader places two groups by policy and handover, operators move and
 //! fail groups over at random, and further faults hit the agent alone: a
 //! `kill -9` (its resources keep running until the lease guard stops them
@@ -43,13 +46,10 @@ use rand::{Rng, SeedableRng};
 use tandem_core::agreement::{Command, Record, Role};
 use tandem_core::config::Timing;
 use tandem_core::failure_detector::{LinkState, NodeState};
-use tandem_core::group::{ActionKind, Groups, Outcome, Want};
-use tandem_core::member::{
-    GroupReport, GroupsSpec, Member, MemberSpec, PeerSpec, Persisted, Request,
-};
+use tandem_core::member::{GroupsSpec, Member, MemberSpec, PeerSpec, Persisted, Request};
 use tandem_core::policy::{Failback, GroupPolicy};
 use tandem_core::quorum::Mode;
-use tandem_core::wants::{Held, Wants};
+use tandem_core::testing::Host;
 use tandem_core::wire::{ClusterId, NodeId};
 
 const TIMING: Timing = Timing {
@@ -93,26 +93,14 @@ struct Node {
     crashed_at: Option<u64>,
     /// Global time of the last datagram delivered from each sender.
     last_from: BTreeMap<usize, u64>,
-    /// The agent's group runner (None while the agent is down).
-    runner: Option<Groups>,
-    /// The real resources of the node: running or not, per group.
-    alive: Vec<Vec<bool>>,
+    /// The agent's runner and the node's real resources (the agent's
+    /// runner pass, as the agent runs it).
+    host: Host,
     /// Frozen until this global time: nothing of the node runs.
     frozen_until: Option<u64>,
     /// The agent died (kill -9) with its lease ending at this global time:
     /// the guard stops its resources then.
     guard_at: Option<u64>,
-    /// What the agent wants of its groups (its own rule), with the previous
-    /// agent's lease it inherited on a restart.
-    wants: Wants,
-    /// Per group: whether the runner was last told to run it.
-    wanted_run: Vec<bool>,
-    /// Stops that take a while (a service shutting down slowly, or hung):
-    /// global time it exits, the incarnation start that asked, the action.
-    slow_stops: Vec<(u64, u64, tandem_core::group::Action)>,
-    /// Slow stops that ended, for the runner that asked (told on its next
-    /// pass).
-    finished_stops: Vec<tandem_core::group::Action>,
     /// Global time at which a fault last touched this node (its agent
     /// down, frozen, restarted; its links cut or dropping one way).
     disturbed_at: u64,
@@ -259,14 +247,9 @@ impl Sim {
                     restart_at: Some(rng.gen_range(0..300)),
                     crashed_at: None,
                     last_from: BTreeMap::new(),
-                    runner: None,
-                    alive: vec![vec![false; RESOURCES]; GROUPS.len()],
+                    host: Host::new(&[RESOURCES; GROUPS.len()]),
                     frozen_until: None,
                     guard_at: None,
-                    wants: Wants::new(),
-                    wanted_run: vec![false; GROUPS.len()],
-                    slow_stops: Vec::new(),
-                    finished_stops: Vec::new(),
                     disturbed_at: 0,
                     damaged: false,
                 }
@@ -354,8 +337,9 @@ impl Sim {
         self.groups && (self.shape != Shape::Witness || i < 2)
     }
 
-    /// The agent's runner pass, as `runner::Runner::drive` does it: wants
-    /// from the record and the lease, then every action at once.
+    /// The agent's runner pass on the node's [`Host`] (the agent's own
+    /// pass: wants from the record and the lease, what may no longer run
+    /// killed, then every action), some stops taking a while.
     fn drive(&mut self, i: usize) {
         if !self.groups || self.nodes[i].frozen_until.is_some() {
             return;
@@ -374,107 +358,12 @@ impl Sim {
             })
             .collect();
         let node = &mut self.nodes[i];
-        let (Some(m), Some(runner)) = (node.member.as_mut(), node.runner.as_mut()) else {
+        let (Some(m), true) = (node.member.as_mut(), node.host.runner().is_some()) else {
             return;
         };
-        // Slow stops that ended (`step`): the runner that asked hears of it.
-        let start = node.start;
-        for a in std::mem::take(&mut node.finished_stops) {
-            runner.on_outcome(local, a, Outcome::Stopped);
-        }
-        // What this node wants of each group: the agent's own rule.
-        let held: Vec<Held<'_>> = GROUPS
-            .iter()
-            .enumerate()
-            .map(|(g, name)| Held {
-                name,
-                active: runner.active(g),
-            })
-            .collect();
-        let pass = node.wants.decide(local, m, true, &held);
-        // What this node may no longer keep is cut short, slow stop or not:
-        // a group placed here once the lease is gone (the agent writes an
-        // ended lease and its guard kills at once), a group the record moved
-        // away once what it may keep of it ends (`runner::Runner::leaving`).
-        // Under an inherited lease, the previous agent's guard entry rules.
-        if node.wants.inherited_until(local).is_none() {
-            for (g, d) in pass.groups.iter().enumerate() {
-                if !node.alive[g].iter().any(|a| *a) {
-                    continue;
-                }
-                let over = if d.placed_here {
-                    !pass.lease_ok
-                } else {
-                    d.leaving_until_ms.map_or(true, |end| local >= end)
-                };
-                if over {
-                    node.alive[g] = vec![false; RESOURCES];
-                }
-            }
-        }
-        let mut breach: Option<(&str, Option<u64>)> = None;
-        for (g, (name, d)) in GROUPS.iter().zip(&pass.groups).enumerate() {
-            if node.wanted_run[g] && d.placed_here && !pass.lease_ok && breach.is_none() {
-                breach = Some((*name, m.lease_until(local)));
-            }
-            node.wanted_run[g] = d.want == Want::Run;
-            runner.set_want(g, d.want);
-        }
-        // The agent's periodic resource check: what it thinks runs but
-        // does not (stopped behind its back) is a failure to recover from.
-        for g in 0..GROUPS.len() {
-            for r in 0..RESOURCES {
-                let thinks =
-                    runner.resources(g).get(r) == Some(&tandem_core::group::ResourceState::Running);
-                if thinks && !node.alive[g][r] {
-                    runner.on_monitor_failure(local, g, r, "found not running".into());
-                }
-            }
-        }
-        let mut slow = slow.into_iter();
-        for _ in 0..16 {
-            let acts = runner.poll(local);
-            if acts.is_empty() {
-                break;
-            }
-            for a in acts {
-                let real = &mut node.alive[a.group][a.resource];
-                let outcome = match a.kind {
-                    ActionKind::Probe if *real => Outcome::Running,
-                    ActionKind::Probe => Outcome::Stopped,
-                    ActionKind::Start => {
-                        *real = true;
-                        Outcome::Running
-                    }
-                    ActionKind::Stop => match slow.next().unwrap_or(0) {
-                        0 => {
-                            *real = false;
-                            Outcome::Stopped
-                        }
-                        ms if *real => {
-                            node.slow_stops.push((now + ms, start, a));
-                            continue;
-                        }
-                        _ => Outcome::Stopped,
-                    },
-                };
-                runner.on_outcome(local, a, outcome);
-            }
-        }
-        let reports = GROUPS
-            .iter()
-            .enumerate()
-            .map(|(g, name)| GroupReport {
-                name: (*name).into(),
-                epoch: 0,
-                active: runner.active(g),
-                state: runner.state(g).0,
-                since_unix_ms: 0,
-                failure: None,
-                stop_failed: runner.stop_failed(g).map(str::to_string),
-            })
-            .collect();
-        m.set_local(reports, vec![]);
+        let names: Vec<String> = GROUPS.iter().map(|g| g.to_string()).collect();
+        let did = node.host.drive(local, now, m, &names, slow);
+        let breach = did.lease_lost.map(|(g, until)| (GROUPS[g], until));
         self.flush_only(i);
         if let Some((group, until)) = breach {
             self.check_bystander(i, group, until);
@@ -547,7 +436,7 @@ impl Sim {
             let touched = node.member.as_ref().map_or(true, Member::log_lost)
                 || node.frozen_until.is_some()
                 || node.guard_at.is_some()
-                || node.wants.on_inherited_lease()
+                || node.host.wants().on_inherited_lease()
                 || f.node_cut[i]
                 || (0..n).any(|j| f.one_way[i][j] || f.one_way[j][i]);
             if touched {
@@ -568,7 +457,7 @@ impl Sim {
             .iter()
             .enumerate()
             .filter(|(g, name)| {
-                self.nodes[i].alive[*g].iter().any(|a| *a)
+                self.nodes[i].host.runs(*g)
                     && m.agreement()
                         .record()
                         .placements
@@ -585,7 +474,7 @@ impl Sim {
         let until = self.nodes[i].start + until;
         let until = until.max(self.inherited_until(i).unwrap_or(0));
         self.nodes[i].guard_at = Some(until.max(self.now));
-        self.nodes[i].runner = None;
+        self.nodes[i].host.agent_died();
         self.nodes[i].crashed_at = Some(self.now);
         self.nodes[i].restart_at = Some(self.now + down_ms);
         self.log(|| {
@@ -703,7 +592,10 @@ impl Sim {
     /// the one before it, while it lasts.
     fn inherited_until(&self, i: usize) -> Option<u64> {
         let n = &self.nodes[i];
-        n.wants.inherited_until(self.local(i)).map(|u| n.start + u)
+        n.host
+            .wants()
+            .inherited_until(self.local(i))
+            .map(|u| n.start + u)
     }
 
     fn start_node(&mut self, i: usize) {
@@ -728,14 +620,15 @@ impl Sim {
         self.nodes[i].crashed_at = None;
         self.nodes[i].last_from.clear();
         if self.hosts_groups(i) {
-            self.nodes[i].runner = Some(Groups::new(&[RESOURCES; GROUPS.len()], 0));
             // A restarted agent keeps what the guard has not stopped yet,
             // and from now on its own lease file governs the guard.
-            let mut wants = Wants::new();
-            if let Some(g) = self.nodes[i].guard_at.take().filter(|g| *g > self.now) {
-                wants.inherit_lease(g - self.nodes[i].start);
-            }
-            self.nodes[i].wants = wants;
+            let start = self.nodes[i].start;
+            let inherited = self.nodes[i]
+                .guard_at
+                .take()
+                .filter(|g| *g > self.now)
+                .map(|g| g - start);
+            self.nodes[i].host.start_agent(inherited);
         }
         self.log(|| format!("n{} starts (incarnation {inc})", i + 1));
         self.flush(i);
@@ -743,13 +636,9 @@ impl Sim {
 
     fn crash(&mut self, i: usize, down_ms: u64) {
         // Power off: resources go with the node, and it thaws off.
-        self.nodes[i].alive = vec![vec![false; RESOURCES]; GROUPS.len()];
-        self.nodes[i].slow_stops.clear();
-        self.nodes[i].finished_stops.clear();
-        self.nodes[i].runner = None;
+        self.nodes[i].host.power_off();
         self.nodes[i].frozen_until = None;
         self.nodes[i].guard_at = None;
-        self.nodes[i].wants = Wants::new();
         // What was on its way to it (or waiting in a frozen node's socket
         // buffers) is lost with the power: a rebooted node must not read
         // its previous life's mail.
@@ -772,6 +661,7 @@ impl Sim {
         let Some(m) = self.nodes[i].member.as_mut() else {
             return;
         };
+        m.step();
         let out = m.take_output();
         if self.trace {
             for e in &out.events {
@@ -846,8 +736,8 @@ impl Sim {
                 // Every step drives every running node, so only future
                 // lease ends need a wake-up.
                 let active = n
-                    .runner
-                    .as_ref()
+                    .host
+                    .runner()
                     .is_some_and(|r| (0..GROUPS.len()).any(|g| r.active(g)));
                 if active && n.frozen_until.is_none() {
                     if let Some(u) = m.lease_until(self.now - n.start) {
@@ -857,7 +747,8 @@ impl Sim {
                     }
                 }
                 if let Some(u) = n
-                    .wants
+                    .host
+                    .wants()
                     .inherited_until(self.now - n.start)
                     .map(|u| n.start + u)
                 {
@@ -874,8 +765,8 @@ impl Sim {
                 t = t.min(g.max(self.now));
             }
             if n.frozen_until.is_none() {
-                for (due, _, _) in &n.slow_stops {
-                    t = t.min((*due).max(self.now));
+                if let Some(due) = n.host.next_slow_stop_ms() {
+                    t = t.min(due.max(self.now));
                 }
             }
             // The end of what a node may keep of a group moved away: the
@@ -883,7 +774,7 @@ impl Sim {
             if let Some(m) = &n.member {
                 let local = self.now - n.start;
                 for (g, name) in GROUPS.iter().enumerate() {
-                    if n.alive[g].iter().any(|a| *a) {
+                    if n.host.runs(g) {
                         if let Some(u) = m.group_until(name, local).filter(|u| *u > local) {
                             t = t.min(n.start + u);
                         }
@@ -901,26 +792,12 @@ impl Sim {
             // (not while its node is frozen).
             if self.nodes[i].frozen_until.is_none() {
                 let now = self.now;
-                let n = &mut self.nodes[i];
-                let start = n.start;
-                let alive_runner = n.runner.is_some();
-                let mut still = Vec::new();
-                for (due, asked, a) in std::mem::take(&mut n.slow_stops) {
-                    if due > now {
-                        still.push((due, asked, a));
-                        continue;
-                    }
-                    n.alive[a.group][a.resource] = false;
-                    if asked == start && alive_runner {
-                        n.finished_stops.push(a);
-                    }
-                }
-                n.slow_stops = still;
+                self.nodes[i].host.end_slow_stops(now);
             }
             if self.nodes[i].guard_at.is_some_and(|g| g <= self.now) {
                 // The guard: the dead agent's lease ended; stop everything.
                 self.nodes[i].guard_at = None;
-                self.nodes[i].alive = vec![vec![false; RESOURCES]; GROUPS.len()];
+                self.nodes[i].host.guard_stops_all();
                 self.log(|| format!("n{} guard stops what the dead agent left", i + 1));
             }
             if self.nodes[i].frozen_until.is_some_and(|f| f <= self.now) {
@@ -1066,7 +943,7 @@ impl Sim {
             for (g, name) in GROUPS.iter().enumerate() {
                 let active: Vec<usize> = (0..self.nodes.len())
                     .filter(|&i| self.nodes[i].frozen_until.is_none())
-                    .filter(|&i| self.nodes[i].alive[g].iter().any(|a| *a))
+                    .filter(|&i| self.nodes[i].host.runs(g))
                     .collect();
                 if active.len() > 1 {
                     // What each holder believed, for the replay.
@@ -1084,7 +961,7 @@ impl Sim {
                                         m.agreement().commit_index(),
                                         m.lease_valid(self.now - n.start),
                                         m.record_verified(),
-                                        n.wants.inherited_until(self.now - n.start),
+                                        n.host.wants().inherited_until(self.now - n.start),
                                     )
                                 },
                             )
@@ -1407,10 +1284,10 @@ impl Sim {
                                 format!(
                                     "n{}: runner {:?} want {:?} alive {:?} slow {} frozen {:?} member {}",
                                     i + 1,
-                                    n.runner.as_ref().map(|r| r.state(g)),
-                                    n.runner.as_ref().map(|r| r.want(g)),
-                                    n.alive[g],
-                                    n.slow_stops.len(),
+                                    n.host.runner().map(|r| r.state(g)),
+                                    n.host.runner().map(|r| r.want(g)),
+                                    n.host.alive(g),
+                                    n.host.slow_stops(),
                                     n.frozen_until,
                                     n.member.is_some()
                                 )
@@ -1422,7 +1299,7 @@ impl Sim {
                         )
                     })?;
                 let running: Vec<usize> = (0..n)
-                    .filter(|&i| self.nodes[i].alive[g].iter().all(|a| *a))
+                    .filter(|&i| self.nodes[i].host.runs_whole(g))
                     .collect();
                 if running.len() != 1 || format!("n{}", running[0] + 1) != placed {
                     return Err(format!(
@@ -1862,10 +1739,7 @@ fn two_node_holder_keeps_its_group_while_fencing_a_dead_standby_and_after() {
         let Some((g, holder)) = GROUPS.iter().enumerate().find_map(|(g, name)| {
             let node = record.placements.get(*name)?.node.as_deref()?;
             let h: usize = node.strip_prefix('n')?.parse().ok()?;
-            sim.nodes[h - 1].alive[g]
-                .iter()
-                .all(|a| *a)
-                .then_some((g, h - 1))
+            sim.nodes[h - 1].host.runs_whole(g).then_some((g, h - 1))
         }) else {
             continue;
         };
@@ -1876,7 +1750,7 @@ fn two_node_holder_keeps_its_group_while_fencing_a_dead_standby_and_after() {
             sim.run_until(sim.now + 5, &mut steps, false)
                 .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
             assert!(
-                sim.nodes[holder].alive[g].iter().all(|a| *a),
+                sim.nodes[holder].host.runs_whole(g),
                 "seed {seed}: n{} stopped {} at {} ms (standby n{} crashed, fenced, back)",
                 holder + 1,
                 GROUPS[g],

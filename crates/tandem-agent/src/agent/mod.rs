@@ -647,7 +647,10 @@ impl Agent {
             transmit,
             events,
             fence,
-        } = self.member.take_output();
+        } = {
+            self.member.step();
+            self.member.take_output()
+        };
         for (node, on) in fence {
             if self.fences.request((node.clone(), on)) == tandem_core::fence::Request::QueueFull {
                 // A failure the core retries later, shown in status.

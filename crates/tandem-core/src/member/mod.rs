@@ -462,6 +462,8 @@ pub struct Member {
     lead_due_ms: Option<u64>,
     /// Something the placement loop reads changed since it last ran.
     lead_dirty: bool,
+    /// [`Member::step`] ran since the last [`Member::take_output`].
+    stepped: bool,
     /// When the placement loop last ran (this member's clock).
     last_lead_ms: u64,
     /// Leader: when it fenced each node (its clock), for ordering with
@@ -569,6 +571,7 @@ impl Member {
             waiting: BTreeMap::new(),
             lead_due_ms: None,
             lead_dirty: true,
+            stepped: false,
             last_lead_ms: 0,
             fenced_at_ms: BTreeMap::new(),
             fencing: BTreeSet::new(),
@@ -649,8 +652,11 @@ impl Member {
         d
     }
 
-    /// Takes the work accumulated so far.
-    pub fn take_output(&mut self) -> MemberOutput {
+    /// The step after each batch of inputs, before [`Member::take_output`]:
+    /// applies what the agreement committed, passes queued requests to the
+    /// leader, runs the leader's placement pass (`lead`) when it is
+    /// needed, and notes the lease the record now gives this member.
+    pub fn step(&mut self) {
         let a = self.agreement.take_output();
         self.absorb(a);
         self.flush_requests();
@@ -663,6 +669,17 @@ impl Member {
         if self.log_lost && self.agreement.synced() {
             self.log_lost = false;
         }
+        self.stepped = true;
+    }
+
+    /// Takes the work accumulated so far (it only drains: the decisions
+    /// were made by [`Member::step`], which must run first).
+    pub fn take_output(&mut self) -> MemberOutput {
+        debug_assert!(
+            self.stepped,
+            "take_output without step: the leader's placement pass would not run"
+        );
+        self.stepped = false;
         let mut out = std::mem::take(&mut self.out);
         if self.persist {
             self.persist = false;

@@ -138,3 +138,35 @@ fn a_group_moved_away_may_keep_running_until_its_end_then_is_cut_short() {
         assert!(!d.cut_short(u64::MAX));
     }
 }
+
+/// What the guard (or the agent, for a group moved away) kills: a group
+/// moved away once its own end passed; any other once the node's end
+/// passed, and at once without one.
+#[test]
+fn what_may_still_run_is_killed_past_its_end_and_only_then() {
+    let moving = Decision {
+        want: Want::Stop,
+        placed_here: false,
+        leaving_until_ms: Some(700),
+    };
+    let placed = Decision {
+        want: Want::Run,
+        placed_here: true,
+        leaving_until_ms: None,
+    };
+    let pass = |keep_until_ms: Option<u64>| Pass {
+        lease_ok: keep_until_ms.is_some(),
+        keep_until_ms,
+        groups: vec![moving, placed],
+    };
+    let held = pass(Some(900));
+    assert!(!held.kills(0, 699) && held.kills(0, 700), "moved away");
+    assert!(!held.kills(1, 899) && held.kills(1, 900), "placed here");
+    // Without a lease (nor an inherited one) nothing placed here may stay;
+    // the group being moved away keeps its own end.
+    let none = pass(None);
+    assert!(none.kills(1, 0));
+    assert!(!none.kills(0, 699));
+    // A group the pass does not know is not killed.
+    assert!(!held.kills(2, 10_000));
+}
