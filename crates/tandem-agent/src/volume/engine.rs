@@ -22,6 +22,7 @@ use tandem_core::member::Request;
 use tandem_core::nbd::errno;
 use tandem_core::volume::bitmap::{Bitmap, BLOCK};
 use tandem_core::volume::link::Msg;
+use tandem_core::volume::rules::{self, Ack};
 use tandem_core::volume::{self, DiskState, Knowledge, Side, VolumeFacts};
 use tokio::sync::{mpsc, oneshot, Notify};
 
@@ -844,15 +845,15 @@ impl Volume {
         if fua {
             self.sync_local()?;
         }
-        match (waiter, self.cfg.protocol) {
-            (Some(_), Protocol::A) => Ok(()),
-            (Some(w), Protocol::C) => match tokio::time::timeout(WRITE_WAIT, w).await {
+        match (rules::ack(self.cfg.protocol, waiter.is_some()), waiter) {
+            (Ack::Local, _) => Ok(()),
+            (Ack::Peer, Some(w)) => match tokio::time::timeout(WRITE_WAIT, w).await {
                 Ok(Ok(r)) => r,
                 // The session ended first: the range is in the bitmap.
                 Ok(Err(_)) => self.wait_alone().await,
                 Err(_) => Err(errno::EIO),
             },
-            (None, _) => self.wait_alone().await,
+            (Ack::Peer | Ack::Alone, _) => self.wait_alone().await,
         }
     }
 
@@ -867,8 +868,7 @@ impl Volume {
     /// Whether this primary may acknowledge writes the peer has not seen:
     /// the record says its copy alone is up to date.
     fn alone_ok(&self) -> bool {
-        self.record()
-            .is_some_and(|r| r.up_to_date.len() == 1 && r.up_to_date[0] == self.cfg.me)
+        rules::alone_ok(self.record().as_ref(), &self.cfg.me)
     }
 
     /// Waits until a write done alone may be acknowledged.
@@ -905,10 +905,7 @@ impl Volume {
     /// forced it: this copy is outdated.
     fn excluded(&self) -> bool {
         let forced = self.lock().forced;
-        !forced
-            && self
-                .record()
-                .is_some_and(|r| !r.up_to_date.is_empty() && !r.up_to_date.contains(&self.cfg.me))
+        rules::excluded(self.record().as_ref(), &self.cfg.me, forced)
     }
 
     /// A primary the record leaves out while it is not replicating: it
@@ -1052,38 +1049,21 @@ impl Volume {
     pub fn keep_record(&self) {
         let record = self.record();
         let mut st = self.lock();
-        let in_sync = st
-            .conn
-            .as_ref()
-            .is_some_and(|c| c.replicating && c.sync_role == SyncRole::InSync);
-        let desired = if self.is_primary() {
-            if in_sync {
-                let mut v = vec![self.cfg.me.clone(), self.cfg.peer.clone()];
-                v.sort();
-                v
-            } else {
-                vec![self.cfg.me.clone()]
-            }
-        } else if in_sync && self.cfg.dialer && !st.conn.as_ref().is_some_and(|c| c.peer_primary) {
-            let mut v = vec![self.cfg.me.clone(), self.cfg.peer.clone()];
-            v.sort();
-            v
-        } else {
+        let conn = st.conn.as_ref();
+        let copy = rules::Copy {
+            me: &self.cfg.me,
+            peer: &self.cfg.peer,
+            primary: self.is_primary(),
+            in_sync: conn.is_some_and(|c| c.replicating && c.sync_role == SyncRole::InSync),
+            dialer: self.cfg.dialer,
+            peer_primary: conn.is_some_and(|c| c.peer_primary),
+            forced: st.forced,
+            may_run: self.may_run.load(Ordering::SeqCst),
+        };
+        let Some(desired) = rules::record_wanted(&copy, record.as_ref()) else {
             return;
         };
-        let current = record.clone().unwrap_or_default();
-        if current.up_to_date == desired {
-            return;
-        }
-        // Never write another copy out of the record unless this one is in
-        // it (or an operator forced this copy up).
-        let mine = current.up_to_date.is_empty() || current.up_to_date.contains(&self.cfg.me);
-        if !mine && !st.forced {
-            return;
-        }
-        if desired.len() == 1 && !self.may_run.load(Ordering::SeqCst) {
-            return;
-        }
+        let current_version = record.map_or(0, |r| r.version);
         if st
             .last_record_request
             .is_some_and(|t| t.elapsed() < RECORD_RETRY)
@@ -1094,7 +1074,7 @@ impl Volume {
         drop(st);
         let _ = self.requests.try_send(Request::Volume {
             volume: self.cfg.name.clone(),
-            expect_version: current.version,
+            expect_version: current_version,
             up_to_date: desired,
         });
     }

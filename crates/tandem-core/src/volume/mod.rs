@@ -18,6 +18,7 @@
 pub mod bitmap;
 pub mod link;
 pub mod link_state;
+pub mod rules;
 pub mod seal;
 
 use serde::{Deserialize, Serialize};
