@@ -268,6 +268,13 @@ pub enum AgentEvent {
         /// The request in words.
         request: String,
     },
+    /// Something happened to a copy of a replicated volume.
+    Volume {
+        /// The volume.
+        volume: String,
+        /// What happened.
+        text: String,
+    },
     /// Anything not typed yet, in words.
     Note {
         /// What happened.
@@ -432,6 +439,7 @@ impl std::fmt::Display for AgentEvent {
             ),
             AgentEvent::FenceNotStarted { node, reason } => write!(f, "fencing {node}: {reason}"),
             AgentEvent::OperatorRequest { request } => write!(f, "operator request: {request}"),
+            AgentEvent::Volume { volume, text } => write!(f, "volume {volume}: {text}"),
             AgentEvent::Note { text } => f.write_str(text),
         }
     }

@@ -35,8 +35,71 @@ pub enum Check {
     Exec(Vec<String>),
 }
 
+/// Why a check failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    /// No ping target answered.
+    #[error("no answer from {}", targets.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))]
+    NoAnswer {
+        /// The targets.
+        targets: Vec<IpAddr>,
+    },
+    /// A TCP connection (or an HTTP request) failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was tried (`connecting to ADDRESS`, `GET URL`).
+        what: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The check did not finish in time.
+    #[error("{what}: timed out")]
+    TimedOut {
+        /// What was tried.
+        what: String,
+    },
+    /// The URL is not one the HTTP check can get.
+    #[error("{url}: {why}")]
+    Url {
+        /// The URL.
+        url: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// The server's answer is not HTTP.
+    #[error("GET {url}: not an HTTP answer")]
+    NotHttp {
+        /// The URL.
+        url: String,
+    },
+    /// The server answered with a status outside 2xx and 3xx.
+    #[error("GET {url}: status {status}")]
+    Status {
+        /// The URL.
+        url: String,
+        /// The HTTP status.
+        status: u16,
+    },
+    /// An `exec` monitor with no program.
+    #[error("empty command")]
+    EmptyCommand,
+    /// The command could not run.
+    #[error(transparent)]
+    Run(#[from] crate::resources::RunError),
+    /// The command failed.
+    #[error("{program} exited {}{}", code.map_or_else(|| "by a signal".to_string(), |c| c.to_string()), if output.is_empty() { String::new() } else { format!(": {output}") })]
+    Exited {
+        /// The program.
+        program: String,
+        /// Its exit code (None: killed by a signal).
+        code: Option<i32>,
+        /// What it printed.
+        output: String,
+    },
+}
+
 /// Runs one check within `timeout`; Err says what failed.
-pub async fn check(c: &Check, timeout: Duration) -> Result<(), String> {
+pub async fn check(c: &Check, timeout: Duration) -> Result<(), CheckError> {
     match c {
         Check::Ping { targets, source } => {
             let mut tasks = Vec::new();
@@ -47,40 +110,40 @@ pub async fn check(c: &Check, timeout: Duration) -> Result<(), String> {
             if results.iter().any(|r| *r) {
                 Ok(())
             } else {
-                let list: Vec<String> = targets.iter().map(|t| t.to_string()).collect();
-                Err(format!("no answer from {}", list.join(", ")))
+                Err(CheckError::NoAnswer {
+                    targets: targets.clone(),
+                })
             }
         }
         Check::Tcp(addr) => {
+            let what = || format!("connecting to {addr}");
             match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
                 Ok(Ok(_)) => Ok(()),
-                Ok(Err(e)) => Err(format!("connecting to {addr}: {e}")),
-                Err(_) => Err(format!("connecting to {addr}: timed out")),
+                Ok(Err(source)) => Err(CheckError::Io {
+                    what: what(),
+                    source,
+                }),
+                Err(_) => Err(CheckError::TimedOut { what: what() }),
             }
         }
         Check::Http(url) => match tokio::time::timeout(timeout, http_get(url)).await {
             Ok(r) => r,
-            Err(_) => Err(format!("GET {url}: timed out")),
+            Err(_) => Err(CheckError::TimedOut {
+                what: format!("GET {url}"),
+            }),
         },
         Check::Exec(cmd) => {
             let Some((program, args)) = cmd.split_first() else {
-                return Err("empty command".into());
+                return Err(CheckError::EmptyCommand);
             };
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            match run_bounded(Path::new(program), &args, None, None, timeout)
-                .await
-                .map_err(|e| e.to_string())?
-            {
+            match run_bounded(Path::new(program), &args, None, None, timeout).await? {
                 (Some(0), _) => Ok(()),
-                (code, text) => Err(format!(
-                    "{program} exited {}{}",
-                    code.map_or_else(|| "by a signal".to_string(), |c| c.to_string()),
-                    if text.is_empty() {
-                        String::new()
-                    } else {
-                        format!(": {text}")
-                    }
-                )),
+                (code, output) => Err(CheckError::Exited {
+                    program: program.clone(),
+                    code,
+                    output,
+                }),
             }
         }
     }
@@ -130,16 +193,20 @@ async fn ping(target: IpAddr, source: Option<IpAddr>, timeout: Duration) -> bool
 }
 
 /// Splits `http://host[:port]/path` into (host:port, host, path).
-pub fn parse_http_url(url: &str) -> Result<(String, String, String), String> {
+pub fn parse_http_url(url: &str) -> Result<(String, String, String), CheckError> {
+    let bad = |why| CheckError::Url {
+        url: url.to_string(),
+        why,
+    };
     let rest = url
         .strip_prefix("http://")
-        .ok_or_else(|| format!("{url}: only http:// URLs are supported"))?;
+        .ok_or_else(|| bad("only http:// URLs are supported"))?;
     let (hostport, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
     if hostport.is_empty() {
-        return Err(format!("{url}: no host"));
+        return Err(bad("no host"));
     }
     let host = hostport
         .rsplit_once(':')
@@ -153,34 +220,39 @@ pub fn parse_http_url(url: &str) -> Result<(String, String, String), String> {
     Ok((addr, host.to_string(), path.to_string()))
 }
 
-async fn http_get(url: &str) -> Result<(), String> {
+async fn http_get(url: &str) -> Result<(), CheckError> {
     let (addr, host, path) = parse_http_url(url)?;
-    let mut s = tokio::net::TcpStream::connect(&addr)
-        .await
-        .map_err(|e| format!("GET {url}: {e}"))?;
+    let io = |source| CheckError::Io {
+        what: format!("GET {url}"),
+        source,
+    };
+    let mut s = tokio::net::TcpStream::connect(&addr).await.map_err(io)?;
     let req = format!("GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: tandem-monitor\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes())
-        .await
-        .map_err(|e| format!("GET {url}: {e}"))?;
+    s.write_all(req.as_bytes()).await.map_err(io)?;
     let mut head = Vec::new();
     let mut buf = [0u8; 256];
     while head.len() < MAX_HTTP_HEAD && !head.contains(&b'\n') {
         match s.read(&mut buf).await {
             Ok(0) => break,
             Ok(n) => head.extend_from_slice(&buf[..n]),
-            Err(e) => return Err(format!("GET {url}: {e}")),
+            Err(e) => return Err(io(e)),
         }
     }
     let line = String::from_utf8_lossy(&head);
-    let code: u16 = line
+    let status: u16 = line
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("GET {url}: not an HTTP answer"))?;
-    if (200..400).contains(&code) {
+        .ok_or_else(|| CheckError::NotHttp {
+            url: url.to_string(),
+        })?;
+    if (200..400).contains(&status) {
         Ok(())
     } else {
-        Err(format!("GET {url}: status {code}"))
+        Err(CheckError::Status {
+            url: url.to_string(),
+            status,
+        })
     }
 }
 
@@ -224,20 +296,22 @@ mod tests {
                 }
             });
             let t = Duration::from_secs(2);
-            assert_eq!(check(&Check::Tcp(addr), t).await, Ok(()));
+            assert!(check(&Check::Tcp(addr), t).await.is_ok());
             let e = check(&Check::Http(format!("http://{addr}/")), t)
                 .await
                 .unwrap_err();
-            assert!(e.contains("503"), "{e}");
+            assert!(matches!(e, CheckError::Status { status: 503, .. }), "{e}");
+            assert!(e.to_string().contains("503"), "{e}");
             let closed = {
                 let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
                 l.local_addr().unwrap()
             };
             assert!(check(&Check::Tcp(closed), t).await.is_err());
-            assert_eq!(check(&Check::Exec(vec!["true".into()]), t).await, Ok(()));
+            assert!(check(&Check::Exec(vec!["true".into()]), t).await.is_ok());
             assert!(check(&Check::Exec(vec!["false".into()]), t)
                 .await
                 .unwrap_err()
+                .to_string()
                 .contains("exited 1"));
         });
     }
@@ -259,6 +333,6 @@ mod tests {
             },
             Duration::from_secs(2),
         ));
-        assert_eq!(ok, Ok(()));
+        assert!(ok.is_ok(), "{ok:?}");
     }
 }

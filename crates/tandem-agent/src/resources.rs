@@ -157,7 +157,11 @@ pub fn signal_number(name: &str) -> Option<i32> {
 impl Resource {
     /// The shell's resource for a configured one, or why this node cannot
     /// run it.
-    pub fn new(spec: &ResourceSpec, owner: Owner, cx: &Bind<'_>) -> Result<Resource, String> {
+    pub fn new(
+        spec: &ResourceSpec,
+        owner: Owner,
+        cx: &Bind<'_>,
+    ) -> Result<Resource, kinds::BindError> {
         Ok(Resource {
             owner,
             timeout_ms: spec.timeout_ms,

@@ -64,7 +64,7 @@ pub enum Done {
         /// Node monitor (true) or group monitor.
         node: bool,
         /// Err: what failed.
-        result: Result<(), String>,
+        result: Result<(), monitor::CheckError>,
     },
 }
 
@@ -177,7 +177,7 @@ impl Runner {
                     resource: spec.name.clone(),
                     run_dir: run_dir.clone(),
                 };
-                let r = Resource::new(spec, owner, &Bind { hub }).map_err(anyhow::Error::msg)?;
+                let r = Resource::new(spec, owner, &Bind { hub })?;
                 rs.push(Rc::new(r));
             }
             names.push(gname);
@@ -636,28 +636,41 @@ impl Runner {
                 index,
                 node: true,
                 result,
-            } => match self.link_monitors.on_result(now_ms, index, result) {
-                None => {}
-                Some(LinkVerdict::Healthy { monitor, link }) => {
-                    log.push(AgentEvent::LinkHealthy { monitor, link });
+            } => {
+                match self
+                    .link_monitors
+                    .on_result(now_ms, index, result.map_err(|e| e.to_string()))
+                {
+                    None => {}
+                    Some(LinkVerdict::Healthy { monitor, link }) => {
+                        log.push(AgentEvent::LinkHealthy { monitor, link });
+                    }
+                    Some(LinkVerdict::Failed {
+                        monitor,
+                        link,
+                        failures,
+                        reason,
+                    }) => log.push(AgentEvent::LinkFailed {
+                        monitor,
+                        link,
+                        failures,
+                        reason,
+                    }),
                 }
-                Some(LinkVerdict::Failed {
-                    monitor,
-                    link,
-                    failures,
-                    reason,
-                }) => log.push(AgentEvent::LinkFailed {
-                    monitor,
-                    link,
-                    failures,
-                    reason,
-                }),
-            },
+            }
             Done::Monitor {
                 index,
                 node: false,
                 result,
-            } => self.on_group_monitor(now_ms, index, result, member, &mut log),
+            } => self.on_group_monitor(
+                now_ms,
+                index,
+                // The core keeps the reason as text (it goes into the
+                // record and status).
+                result.map_err(|e| e.to_string()),
+                member,
+                &mut log,
+            ),
         }
         log.extend(self.drive(now_ms, member));
         log

@@ -175,12 +175,17 @@ pub fn run(cfg: Config, opts: AgentOptions) -> Result<()> {
     let local = tokio::task::LocalSet::new();
     let (done_tx, done_rx) = mpsc::channel::<Done>(DONE_QUEUE);
     let (volume_tx, volume_rx) = mpsc::channel::<Request>(crate::volume::REQUEST_QUEUE);
+    let (volume_event_tx, volume_event_rx) =
+        mpsc::channel::<AgentEvent>(crate::volume::EVENT_QUEUE);
     let hub = if witness {
         None
     } else {
         crate::volume::Hub::start(
             crate::volume::configs(&cfg, &topo.names[me], volume_key, &state_dir)?,
-            volume_tx,
+            crate::volume::ToAgent {
+                requests: volume_tx,
+                events: volume_event_tx,
+            },
         )?
     };
     let runner = if witness {
@@ -217,6 +222,7 @@ pub fn run(cfg: Config, opts: AgentOptions) -> Result<()> {
     let agent = Agent {
         hub,
         volume_rx,
+        volume_event_rx,
         runner,
         watchdog,
         fence_devices,
@@ -263,6 +269,8 @@ struct Agent {
     hub: Option<Arc<crate::volume::Hub>>,
     /// The volumes' requests to the cluster (record updates).
     volume_rx: mpsc::Receiver<Request>,
+    /// What happened to this node's copies.
+    volume_event_rx: mpsc::Receiver<AgentEvent>,
     /// This node's groups (None on the witness).
     runner: Option<Runner>,
     /// The node's watchdog, fed while the rule says so.
@@ -439,6 +447,7 @@ impl Agent {
                     self.log(format!("volume request: {}", describe_request(&r)));
                     self.member.request(now, r);
                 }
+                Some(e) = self.volume_event_rx.recv() => self.log(e),
                 Some((node, on, ok, attempts)) = self.fence_rx.recv() => {
                     let now = self.now_ms();
                     self.fences.done(&(node.clone(), on));

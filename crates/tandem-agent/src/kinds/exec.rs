@@ -7,7 +7,7 @@ use std::time::Duration;
 use tandem_core::group::{ActionKind, Outcome};
 use tandem_core::kinds::exec::Exec;
 
-use super::{Act, Bind, Driver};
+use super::{Act, BindError, Bind, Driver};
 use crate::guard::{Leaving, StopCommand};
 use crate::resources::{run_bounded, Owner, Resource};
 
@@ -18,7 +18,7 @@ pub struct ExecDriver {
 }
 
 /// The agent's side of an `exec` resource.
-pub fn bind(p: &Exec, _cx: &Bind<'_>) -> Result<Box<dyn Driver>, String> {
+pub fn bind(p: &Exec, _cx: &Bind<'_>) -> Result<Box<dyn Driver>, BindError> {
     Ok(Box::new(ExecDriver {
         script: p.script.clone(),
     }))

@@ -12,7 +12,7 @@ use tandem_core::config::values::Cidr;
 use tandem_core::group::{ActionKind, Outcome};
 use tandem_core::kinds::ip::Ip;
 
-use super::{Act, Bind, Driver, Health};
+use super::{Act, BindError, Bind, Driver, Health};
 use crate::guard::Leaving;
 use crate::resources::{Owner, Resource};
 use crate::{announce, netlink};
@@ -27,7 +27,7 @@ pub struct IpDriver {
 }
 
 /// The agent's side of an `ip` resource.
-pub fn bind(p: &Ip, _cx: &Bind<'_>) -> Result<Box<dyn Driver>, String> {
+pub fn bind(p: &Ip, _cx: &Bind<'_>) -> Result<Box<dyn Driver>, BindError> {
     Ok(Box::new(IpDriver {
         address: p.address,
         interfaces: p.interfaces.clone(),
@@ -91,10 +91,47 @@ fn same_subnet(a: IpAddr, b: IpAddr, prefix: u8) -> bool {
     }
 }
 
+/// Why an address could not be placed, found or moved.
+#[derive(Debug, thiserror::Error)]
+pub enum IpError {
+    /// Asking the kernel failed.
+    #[error(transparent)]
+    Netlink(#[from] netlink::NetlinkError),
+    /// No interface of the preference list has carrier.
+    #[error("none of the interfaces {} has carrier", interfaces.join(", "))]
+    NoCarrier {
+        /// The preference list.
+        interfaces: Vec<String>,
+    },
+    /// No interface holds an address in the floating address's subnet.
+    #[error("no interface has an address in {address}'s subnet; set `interfaces` on the resource")]
+    NoSubnet {
+        /// The floating address.
+        address: Cidr,
+    },
+    /// The interface went away while it was chosen.
+    #[error("the interface vanished")]
+    Vanished,
+    /// The interface holding the subnet has no carrier.
+    #[error("interface {name} has no carrier")]
+    Down {
+        /// The interface.
+        name: String,
+    },
+    /// Adding the address failed.
+    #[error("on {interface}: {source}")]
+    Add {
+        /// The interface.
+        interface: String,
+        /// The kernel's answer.
+        source: netlink::NetlinkError,
+    },
+}
+
 /// The interface the address should be on now: the first preferred one
 /// with carrier, or (no list) the one with an address in its subnet.
-pub fn ip_choose(ip: &IpDriver) -> Result<netlink::Link, String> {
-    let links = netlink::links().map_err(|e| e.to_string())?;
+pub fn ip_choose(ip: &IpDriver) -> Result<netlink::Link, IpError> {
+    let links = netlink::links()?;
     if !ip.interfaces.is_empty() {
         return ip
             .interfaces
@@ -102,35 +139,33 @@ pub fn ip_choose(ip: &IpDriver) -> Result<netlink::Link, String> {
             .filter_map(|name| links.iter().find(|l| &l.name == name))
             .find(|l| l.carrier)
             .cloned()
-            .ok_or_else(|| {
-                format!(
-                    "none of the interfaces {} has carrier",
-                    ip.interfaces.join(", ")
-                )
+            .ok_or_else(|| IpError::NoCarrier {
+                interfaces: ip.interfaces.clone(),
             });
     }
-    let addrs = netlink::addresses().map_err(|e| e.to_string())?;
+    let addrs = netlink::addresses()?;
     let (vip, prefix) = (ip.address.addr, ip.address.prefix_len);
     let index = addrs
         .iter()
         .find(|a| a.ip != vip && same_subnet(a.ip, vip, prefix))
         .map(|a| a.index)
-        .ok_or_else(|| format!("no interface has an address in {vip}/{prefix}'s subnet; set `interfaces` on the resource"))?;
+        .ok_or(IpError::NoSubnet {
+            address: ip.address,
+        })?;
     let l = links
         .into_iter()
         .find(|l| l.index == index)
-        .ok_or_else(|| "the interface vanished".to_string())?;
+        .ok_or(IpError::Vanished)?;
     if l.carrier {
         Ok(l)
     } else {
-        Err(format!("interface {} has no carrier", l.name))
+        Err(IpError::Down { name: l.name })
     }
 }
 
 /// Interfaces that hold the address now.
-fn ip_holders(ip: &IpDriver) -> Result<Vec<netlink::Addr>, String> {
-    Ok(netlink::addresses()
-        .map_err(|e| e.to_string())?
+fn ip_holders(ip: &IpDriver) -> Result<Vec<netlink::Addr>, IpError> {
+    Ok(netlink::addresses()?
         .into_iter()
         .filter(|a| a.ip == ip.address.addr)
         .collect())
@@ -149,14 +184,14 @@ fn ip_probe(ip: &IpDriver) -> Outcome {
     match ip_holders(ip) {
         Ok(h) if h.is_empty() => Outcome::Stopped,
         Ok(_) => Outcome::Running,
-        Err(e) => Outcome::Failed(e),
+        Err(e) => Outcome::Failed(e.to_string()),
     }
 }
 
 fn ip_start(ip: &IpDriver) -> Outcome {
     let link = match ip_choose(ip) {
         Ok(l) => l,
-        Err(e) => return Outcome::Failed(e),
+        Err(e) => return Outcome::Failed(e.to_string()),
     };
     match netlink::add_address(ip.address.addr, ip.address.prefix_len, link.index) {
         Ok(_) => {
@@ -164,14 +199,20 @@ fn ip_start(ip: &IpDriver) -> Outcome {
             let _ = announce::announce(link.index, &link.mac, ip.address.addr);
             Outcome::Running
         }
-        Err(e) => Outcome::Failed(format!("on {}: {e}", link.name)),
+        Err(source) => Outcome::Failed(
+            IpError::Add {
+                interface: link.name,
+                source,
+            }
+            .to_string(),
+        ),
     }
 }
 
 fn ip_stop(ip: &IpDriver) -> Outcome {
     let holders = match ip_holders(ip) {
         Ok(h) => h,
-        Err(e) => return Outcome::Failed(e),
+        Err(e) => return Outcome::Failed(e.to_string()),
     };
     for h in holders {
         if let Err(e) = netlink::delete_address(h.ip, h.prefix, h.index) {
@@ -208,7 +249,7 @@ pub enum IpCheck {
 pub fn ip_check(ip: &IpDriver) -> IpCheck {
     let holders = match ip_holders(ip) {
         Ok(h) => h,
-        Err(e) => return IpCheck::Failed(e),
+        Err(e) => return IpCheck::Failed(e.to_string()),
     };
     let Some(current) = holders.first().copied() else {
         return IpCheck::Failed(format!("address {} is gone", ip.address.addr));
@@ -218,7 +259,7 @@ pub fn ip_check(ip: &IpDriver) -> IpCheck {
     }
     let want = match ip_choose(ip) {
         Ok(l) => l,
-        Err(e) => return IpCheck::Failed(e),
+        Err(e) => return IpCheck::Failed(e.to_string()),
     };
     if want.index == current.index {
         return IpCheck::Fine;

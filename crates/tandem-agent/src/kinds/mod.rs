@@ -66,6 +66,18 @@ pub trait Driver: std::fmt::Debug {
     fn announce(&self) {}
 }
 
+/// Why this node cannot run a configured resource.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    /// A stop signal this agent does not know (validation refuses it; a
+    /// file another version checked might name one).
+    #[error("stop_signal {signal}: not a signal this agent knows (TERM, INT, QUIT, HUP, USR1, USR2, KILL)")]
+    UnknownSignal {
+        /// The signal as written.
+        signal: String,
+    },
+}
+
 /// Declares the agent's side of the kinds: one module per line, named as
 /// the core's kind. Generates [`bind`].
 macro_rules! registry {
@@ -74,7 +86,7 @@ macro_rules! registry {
 
         /// The agent's side of a configured resource, or why this node
         /// cannot run it.
-        pub fn bind(params: &Params, cx: &Bind<'_>) -> Result<Box<dyn Driver>, String> {
+        pub fn bind(params: &Params, cx: &Bind<'_>) -> Result<Box<dyn Driver>, BindError> {
             match params {
                 $(Params::$ty(p) => $module::bind(p, cx),)*
             }

@@ -12,7 +12,7 @@ use tandem_core::config::KILL_WAIT_MS;
 use tandem_core::group::{ActionKind, Outcome};
 use tandem_core::kinds::process::Process;
 
-use super::{Act, Bind, Driver};
+use super::{Act, BindError, Bind, Driver};
 use crate::guard::Leaving;
 use crate::resources::{own_session, proc_stat, read_pidfile, signal_number, Owner, Resource};
 
@@ -31,12 +31,12 @@ pub struct ProcessDriver {
 }
 
 /// The agent's side of a `process` resource.
-pub fn bind(p: &Process, _cx: &Bind<'_>) -> Result<Box<dyn Driver>, String> {
+pub fn bind(p: &Process, _cx: &Bind<'_>) -> Result<Box<dyn Driver>, BindError> {
     Ok(Box::new(ProcessDriver {
         command: p.command.clone(),
         kill_after_ms: p.kill_after_ms,
-        stop_signal: signal_number(&p.stop_signal).ok_or_else(|| {
-            format!("stop_signal {}: not a signal this agent knows (TERM, INT, QUIT, HUP, USR1, USR2, KILL)", p.stop_signal)
+        stop_signal: signal_number(&p.stop_signal).ok_or_else(|| BindError::UnknownSignal {
+            signal: p.stop_signal.clone(),
         })?,
         working_dir: p.working_dir.clone(),
         env: p.env.clone(),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tandem_core::group::{ActionKind, Outcome};
 use tandem_core::kinds::volume::Volume;
 
-use super::{Act, Bind, Driver};
+use super::{Act, BindError, Bind, Driver};
 use crate::resources::Resource;
 use crate::volume::Hub;
 
@@ -27,7 +27,7 @@ impl std::fmt::Debug for VolumeDriver {
 }
 
 /// The agent's side of a `volume` resource.
-pub fn bind(p: &Volume, cx: &Bind<'_>) -> Result<Box<dyn Driver>, String> {
+pub fn bind(p: &Volume, cx: &Bind<'_>) -> Result<Box<dyn Driver>, BindError> {
     Ok(Box::new(VolumeDriver {
         volume: p.volume.clone(),
         hub: cx.hub.filter(|h| h.has(&p.volume)).cloned(),
@@ -62,11 +62,11 @@ async fn volume_action(v: &VolumeDriver, kind: ActionKind) -> Outcome {
         },
         ActionKind::Start => match hub.promote(&v.volume, false, true).await {
             Ok(_) => Outcome::Running,
-            Err(e) => Outcome::Failed(e),
+            Err(e) => Outcome::Failed(e.to_string()),
         },
         ActionKind::Stop => match hub.demote(&v.volume).await {
             Ok(()) => Outcome::Stopped,
-            Err(e) => Outcome::Failed(e),
+            Err(e) => Outcome::Failed(e.to_string()),
         },
     }
 }

@@ -15,6 +15,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use super::CommandError;
+use crate::event::AgentEvent;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use tandem_core::config::Protocol;
@@ -274,7 +276,8 @@ pub struct Volume {
     /// Woken on every change of role, link, record or sync.
     pub changed: Notify,
     record: Mutex<Option<VolumeFacts>>,
-    requests: mpsc::Sender<Request>,
+    /// Requests and events for the agent's loop.
+    to_agent: super::ToAgent,
     /// The agent holds its lease: the cluster lets this node run groups.
     may_run: Arc<AtomicBool>,
     epoch: std::sync::atomic::AtomicU64,
@@ -352,7 +355,7 @@ impl Volume {
     /// from the activity log.
     pub fn open(
         cfg: VolumeConfig,
-        requests: mpsc::Sender<Request>,
+        to_agent: super::ToAgent,
         may_run: Arc<AtomicBool>,
     ) -> Result<Volume> {
         let backing = Backing::open(&cfg.backing, cfg.size)?;
@@ -396,7 +399,7 @@ impl Volume {
             order: tokio::sync::Mutex::new(()),
             changed: Notify::new(),
             record: Mutex::new(None),
-            requests,
+            to_agent,
             may_run,
             epoch: std::sync::atomic::AtomicU64::new(0),
             primary_now: AtomicBool::new(false),
@@ -442,19 +445,33 @@ impl Volume {
         }
     }
 
-    /// Logs a volume event (stderr and the status history).
+    /// Something happened to this copy: the agent's log and event history
+    /// hear of it, and the copy's own history keeps it.
     pub fn event(&self, text: String) {
-        eprintln!(
-            "{} tandem[{}]: volume {}: {text}",
-            crate::status::format_utc(unix_ms()),
-            self.cfg.me,
-            self.cfg.name
-        );
+        self.tell(text.clone());
         let mut st = self.lock();
         if st.events.len() == EVENTS {
             st.events.pop_front();
         }
         st.events.push_back(text);
+    }
+
+    /// Tells the agent's loop (never waits, never takes the state lock:
+    /// callable with it held). Should the loop's queue be full, the line
+    /// goes to stderr itself rather than nowhere.
+    fn tell(&self, text: String) {
+        let event = AgentEvent::Volume {
+            volume: self.cfg.name.clone(),
+            text,
+        };
+        if let Err(e) = self.to_agent.events.try_send(event) {
+            let event = e.into_inner();
+            eprintln!(
+                "{} tandem[{}]: {event}",
+                crate::status::format_utc(unix_ms()),
+                self.cfg.me
+            );
+        }
     }
 
     /// A new session number.
@@ -535,7 +552,11 @@ impl Volume {
     /// Promotes this copy. `force` overrides the disk-state rule; `cluster`
     /// says the cluster placed the volume here (so a peer still seen as
     /// primary is no longer allowed to be: its session is dropped).
-    pub async fn promote(&self, force: bool, cluster: bool) -> Result<Option<String>, String> {
+    pub async fn promote(
+        &self,
+        force: bool,
+        cluster: bool,
+    ) -> Result<Option<String>, CommandError> {
         // A peer that is demoting says so over the link; wait a little.
         for _ in 0..20 {
             let peer_primary = self.lock().conn.as_ref().is_some_and(|c| c.peer_primary);
@@ -579,7 +600,7 @@ impl Volume {
             Option<mpsc::Sender<Outgoing>>,
             Side,
         )>,
-        String,
+        CommandError,
     > {
         let mut st = self.lock();
         if self.is_primary() {
@@ -587,10 +608,10 @@ impl Volume {
         }
         if st.conn.as_ref().is_some_and(|c| c.peer_primary) {
             if !cluster && !force {
-                return Err(format!(
-                    "volume `{}`: the peer {} is primary; demote it first (`tandem volume demote {}` there) — two primaries would split the data",
-                    self.cfg.name, self.cfg.peer, self.cfg.name
-                ));
+                return Err(CommandError::PeerIsPrimary {
+                    volume: self.cfg.name.clone(),
+                    peer: self.cfg.peer.clone(),
+                });
             }
             // The cluster moved the volume here: the old primary may no
             // longer run it, whatever the link last said.
@@ -598,8 +619,7 @@ impl Volume {
             self.epoch.fetch_add(1, Ordering::SeqCst);
         }
         let state = self.disk_state_of(&st);
-        let warning = volume::may_promote(&self.cfg.name, &self.cfg.me, state, force)
-            .map_err(|e| e.to_string())?;
+        let warning = volume::may_promote(&self.cfg.name, &self.cfg.me, state, force)?;
         if st.meta.gens.current == 0 {
             // Forced on a copy that never held data: it becomes the data.
             st.meta.gens.current = random_gen();
@@ -612,16 +632,19 @@ impl Volume {
         self.cfg
             .paths
             .save_meta(&st.meta)
-            .map_err(|e| format!("{e:#}"))?;
+            .map_err(|e| CommandError::Metadata {
+                volume: self.cfg.name.clone(),
+                why: format!("{e:#}"),
+            })?;
         let conn_tx = st.conn.as_ref().map(|c| c.tx.clone());
         Ok(Some((state, warning, conn_tx, self.side(&st))))
     }
 
     /// Demotes this copy: NBD clients are cut, writes in flight finish or
     /// fail, and the copy becomes secondary.
-    pub async fn demote(&self) -> Result<(), String> {
+    pub async fn demote(&self) {
         let Some(conn_tx) = self.demote_locked() else {
-            return Ok(());
+            return;
         };
         self.changed.notify_waiters();
         // Writes already queued reach the peer before the role change.
@@ -634,7 +657,6 @@ impl Volume {
         }
         self.persist_bitmap();
         self.event("demoted to secondary".into());
-        Ok(())
     }
 
     /// Marks the copy secondary; None when it was not primary.
@@ -671,7 +693,7 @@ impl Volume {
         if st.bitmap_dirty {
             match self.cfg.paths.save_bitmap(&st.bitmap) {
                 Ok(()) => st.bitmap_dirty = false,
-                Err(e) => eprintln!("volume {}: saving the bitmap: {e:#}", self.cfg.name),
+                Err(e) => self.tell(format!("saving the bitmap: {e:#}")),
             }
         }
     }
@@ -690,7 +712,7 @@ impl Volume {
                 st.bitmap_dirty = false;
             }
             if let Err(e) = self.cfg.paths.save_meta(&st.meta) {
-                eprintln!("volume {}: saving the activity log: {e:#}", self.cfg.name);
+                self.tell(format!("saving the activity log: {e:#}"));
                 return Err(errno::EIO);
             }
         }
@@ -886,7 +908,7 @@ impl Volume {
                 // itself alone has not split from the copy that took over.
                 let mut st = self.lock();
                 return self.diverge(&mut st).map_err(|e| {
-                    eprintln!("volume {}: {e:#}", self.cfg.name);
+                    self.tell(format!("{e:#}"));
                     errno::EIO
                 });
             }
@@ -1072,7 +1094,7 @@ impl Volume {
         }
         st.last_record_request = Some(Instant::now());
         drop(st);
-        let _ = self.requests.try_send(Request::Volume {
+        let _ = self.to_agent.requests.try_send(Request::Volume {
             volume: self.cfg.name.clone(),
             expect_version: current_version,
             up_to_date: desired,
@@ -1216,8 +1238,12 @@ pub(crate) mod tests {
         cfg.paths
             .save_bitmap(&Bitmap::new(size))
             .unwrap_or_else(|e| panic!("{e:#}"));
-        let (tx, _rx) = mpsc::channel(64);
-        Volume::open(cfg, tx, Arc::new(AtomicBool::new(true))).unwrap_or_else(|e| panic!("{e:#}"))
+        let to_agent = crate::volume::ToAgent {
+            requests: mpsc::channel(64).0,
+            events: mpsc::channel(64).0,
+        };
+        Volume::open(cfg, to_agent, Arc::new(AtomicBool::new(true)))
+            .unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     fn volume(dir: &std::path::Path) -> Volume {

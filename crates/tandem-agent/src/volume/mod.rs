@@ -210,6 +210,74 @@ pub enum VolumeCommand {
     },
 }
 
+/// Where the volumes' requests and events go: the agent's loop. Two
+/// queues, so that a burst of events never crowds out a request for the
+/// record.
+#[derive(Debug, Clone)]
+pub struct ToAgent {
+    /// Requests for the cluster: the record's word on a volume.
+    pub requests: mpsc::Sender<Request>,
+    /// What happened to a copy, for the agent's log and event history
+    /// (the copy keeps its own for `tandem volume status`).
+    pub events: mpsc::Sender<crate::event::AgentEvent>,
+}
+
+/// Events from the volumes waiting for the agent's loop; beyond, they go
+/// to stderr directly.
+pub const EVENT_QUEUE: usize = 256;
+
+/// Why a volume command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// No copy of that name on this node.
+    #[error("no volume named `{name}` on this node (volumes here: {})", here.join(", "))]
+    NoSuchVolume {
+        /// The name asked for.
+        name: String,
+        /// The copies this node holds.
+        here: Vec<String>,
+    },
+    /// The peer is primary and the cluster did not move the volume here.
+    #[error("volume `{volume}`: the peer {peer} is primary; demote it first (`tandem volume demote {volume}` there) — two primaries would split the data")]
+    PeerIsPrimary {
+        /// Volume.
+        volume: String,
+        /// The peer's node.
+        peer: String,
+    },
+    /// The copy may not become primary ([`tandem_core::volume::may_promote`]).
+    #[error(transparent)]
+    Refused(#[from] tandem_core::volume::PromoteRefused),
+    /// The copy's metadata could not be saved.
+    #[error("volume `{volume}`: saving its metadata: {why}")]
+    Metadata {
+        /// Volume.
+        volume: String,
+        /// The error.
+        why: String,
+    },
+    /// The volume runtime's task for the command died.
+    #[error("the {what} task failed: {why}")]
+    Task {
+        /// The command.
+        what: &'static str,
+        /// The error.
+        why: String,
+    },
+    /// A verify is already running.
+    #[error("a verify of volume `{volume}` is already running")]
+    Verifying {
+        /// Volume.
+        volume: String,
+    },
+    /// A verify needs the peer connected and in sync.
+    #[error("volume `{volume}`: verify needs the peer connected and in sync (see `tandem volume status {volume}`)")]
+    NotInSync {
+        /// Volume.
+        volume: String,
+    },
+}
+
 /// The answer to a volume command.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct VolumeAnswer {
@@ -231,10 +299,7 @@ pub struct Hub {
 impl Hub {
     /// Opens every copy on this node and starts their links, exports and
     /// record keeping; None when this node holds no volume.
-    pub fn start(
-        configs: Vec<VolumeConfig>,
-        requests: mpsc::Sender<Request>,
-    ) -> Result<Option<Arc<Hub>>> {
+    pub fn start(configs: Vec<VolumeConfig>, to_agent: ToAgent) -> Result<Option<Arc<Hub>>> {
         if configs.is_empty() {
             return Ok(None);
         }
@@ -242,7 +307,7 @@ impl Hub {
         let mut volumes = BTreeMap::new();
         for c in configs {
             let name = c.name.clone();
-            let v = Volume::open(c, requests.clone(), may_run.clone())
+            let v = Volume::open(c, to_agent.clone(), may_run.clone())
                 .with_context(|| format!("opening volume `{name}`"))?;
             volumes.insert(name, Arc::new(v));
         }
@@ -324,13 +389,14 @@ impl Hub {
         self.volumes.values().map(|v| v.status_now()).collect()
     }
 
-    fn get(&self, name: &str) -> Result<Arc<Volume>, String> {
-        self.volumes.get(name).cloned().ok_or_else(|| {
-            format!(
-                "no volume named `{name}` on this node (volumes here: {})",
-                self.volumes.keys().cloned().collect::<Vec<_>>().join(", ")
-            )
-        })
+    fn get(&self, name: &str) -> Result<Arc<Volume>, CommandError> {
+        self.volumes
+            .get(name)
+            .cloned()
+            .ok_or_else(|| CommandError::NoSuchVolume {
+                name: name.to_string(),
+                here: self.volumes.keys().cloned().collect(),
+            })
     }
 
     /// Promotes a copy (on the volume runtime); Ok carries a warning.
@@ -339,21 +405,27 @@ impl Hub {
         name: &str,
         force: bool,
         cluster: bool,
-    ) -> Result<Option<String>, String> {
+    ) -> Result<Option<String>, CommandError> {
         let v = self.get(name)?;
         self.handle
             .spawn(async move { v.promote(force, cluster).await })
             .await
-            .map_err(|e| format!("promote task failed: {e}"))?
+            .map_err(|e| CommandError::Task {
+                what: "promote",
+                why: e.to_string(),
+            })?
     }
 
     /// Demotes a copy.
-    pub async fn demote(&self, name: &str) -> Result<(), String> {
+    pub async fn demote(&self, name: &str) -> Result<(), CommandError> {
         let v = self.get(name)?;
         self.handle
             .spawn(async move { v.demote().await })
             .await
-            .map_err(|e| format!("demote task failed: {e}"))?
+            .map_err(|e| CommandError::Task {
+                what: "demote",
+                why: e.to_string(),
+            })
     }
 
     /// Whether this node holds a copy of `name`.
@@ -393,7 +465,7 @@ impl Hub {
 
     async fn run_command(&self, cmd: VolumeCommand) -> VolumeAnswer {
         let mut answer = VolumeAnswer::default();
-        let result: Result<Option<String>, String> = match &cmd {
+        let result: Result<Option<String>, CommandError> = match &cmd {
             VolumeCommand::Status { name } => match name {
                 Some(n) => self.get(n).map(|_| None),
                 None => Ok(None),
@@ -421,7 +493,7 @@ impl Hub {
         };
         match result {
             Ok(m) => answer.message = m,
-            Err(e) => answer.error = Some(e),
+            Err(e) => answer.error = Some(e.to_string()),
         }
         let only = match &cmd {
             VolumeCommand::Status { name } => name.clone(),

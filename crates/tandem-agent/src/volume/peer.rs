@@ -1055,14 +1055,13 @@ async fn resync(vol: Arc<Volume>, epoch: u64, tx: mpsc::Sender<Outgoing>) {
 
 /// Compares both copies block by block while in use; differing blocks are
 /// marked so the next sync copies them from this side.
-pub async fn verify(vol: Arc<Volume>) -> Result<VerifyProgress, String> {
+pub async fn verify(vol: Arc<Volume>) -> Result<VerifyProgress, super::CommandError> {
     let ready = {
         let mut st = vol.lock();
         if st.verify.as_ref().is_some_and(|v| v.running) {
-            return Err(format!(
-                "a verify of volume `{}` is already running",
-                vol.cfg.name
-            ));
+            return Err(super::CommandError::Verifying {
+                volume: vol.cfg.name.clone(),
+            });
         }
         let ok = st
             .conn
@@ -1078,10 +1077,9 @@ pub async fn verify(vol: Arc<Volume>) -> Result<VerifyProgress, String> {
         ok
     };
     if !ready {
-        return Err(format!(
-            "volume `{}`: verify needs the peer connected and in sync (see `tandem volume status {}`)",
-            vol.cfg.name, vol.cfg.name
-        ));
+        return Err(super::CommandError::NotInSync {
+            volume: vol.cfg.name.clone(),
+        });
     }
     let mut offset = 0;
     let mut error = None;
