@@ -275,6 +275,74 @@ pub enum AgentEvent {
         /// What happened.
         text: String,
     },
+    /// The agent started.
+    AgentStarted {
+        /// Its incarnation.
+        incarnation: u64,
+        /// The links it listens on.
+        links: Vec<String>,
+        /// Its control socket.
+        control_socket: String,
+        /// Its state file.
+        state_file: String,
+    },
+    /// What protects this node against a hang: the watchdog, in words.
+    Watchdog {
+        /// The watchdog's state.
+        text: String,
+    },
+    /// The state directory cannot be written: the agent leaves.
+    StateDirFailed {
+        /// What failed.
+        why: String,
+        /// It released its space reserve to leave cleanly.
+        freed_reserve: bool,
+        /// The directory to free or fix.
+        dir: String,
+    },
+    /// The watchdog is no longer fed: the node resets unless that changes.
+    WatchdogStarving {
+        /// Why.
+        reason: String,
+    },
+    /// The watchdog is fed again: after starving (`again`), or after a
+    /// failed feed.
+    WatchdogFeeding {
+        /// It had been starved on purpose.
+        again: bool,
+    },
+    /// Feeding the watchdog failed.
+    WatchdogFeedFailed {
+        /// The OS error.
+        error: String,
+    },
+    /// The watchdog was disarmed on a clean stop (or could not be).
+    WatchdogDisarmed {
+        /// Why it could not be, if it could not.
+        error: Option<String>,
+    },
+    /// A new configuration epoch was committed.
+    ConfigEpoch {
+        /// The epoch.
+        epoch: u64,
+    },
+    /// This node's configuration is not the committed one.
+    ConfigNotCommitted {
+        /// This node's identity.
+        mine: String,
+        /// The committed one.
+        committed: String,
+    },
+    /// This node runs the committed configuration (again).
+    ConfigCommitted {
+        /// Its identity.
+        identity: String,
+    },
+    /// A volume's request for the record went to the leader.
+    VolumeRequest {
+        /// The request in words.
+        request: String,
+    },
     /// Anything not typed yet, in words.
     Note {
         /// What happened.
@@ -440,6 +508,55 @@ impl std::fmt::Display for AgentEvent {
             AgentEvent::FenceNotStarted { node, reason } => write!(f, "fencing {node}: {reason}"),
             AgentEvent::OperatorRequest { request } => write!(f, "operator request: {request}"),
             AgentEvent::Volume { volume, text } => write!(f, "volume {volume}: {text}"),
+            AgentEvent::AgentStarted {
+                incarnation,
+                links,
+                control_socket,
+                state_file,
+            } => write!(
+                f,
+                "started (incarnation {incarnation}, links {}, control socket {control_socket}, state {state_file})",
+                links.join(", ")
+            ),
+            AgentEvent::Watchdog { text } => f.write_str(text),
+            AgentEvent::StateDirFailed {
+                why,
+                freed_reserve,
+                dir,
+            } => write!(
+                f,
+                "{why}: this node's lease is lost; stopping its groups and leaving the cluster{}. Free space in {dir} (or fix the filesystem), then start the agent again",
+                if *freed_reserve {
+                    "; released its space reserve to leave cleanly"
+                } else {
+                    ""
+                }
+            ),
+            AgentEvent::WatchdogStarving { reason } => write!(
+                f,
+                "watchdog: NOT feeding it any more ({reason}); the node resets unless that changes"
+            ),
+            AgentEvent::WatchdogFeeding { again: true } => {
+                f.write_str("watchdog: feeding it again")
+            }
+            AgentEvent::WatchdogFeeding { again: false } => f.write_str("watchdog: fed again"),
+            AgentEvent::WatchdogFeedFailed { error } => {
+                write!(f, "watchdog: feeding failed: {error}")
+            }
+            AgentEvent::WatchdogDisarmed { error: None } => f.write_str("watchdog disarmed"),
+            AgentEvent::WatchdogDisarmed { error: Some(e) } => write!(
+                f,
+                "watchdog: could not disarm it ({e}); it resets the node unless an agent starts within its timeout"
+            ),
+            AgentEvent::ConfigEpoch { epoch } => write!(f, "config epoch {epoch}"),
+            AgentEvent::ConfigNotCommitted { mine, committed } => write!(
+                f,
+                "this node's configuration ({mine}) is not the committed one ({committed}): it starts nothing the cluster did not agree on and leaves what runs; `tandem status` shows which sections differ"
+            ),
+            AgentEvent::ConfigCommitted { identity } => {
+                write!(f, "this node runs the committed configuration ({identity})")
+            }
+            AgentEvent::VolumeRequest { request } => write!(f, "volume request: {request}"),
             AgentEvent::Note { text } => f.write_str(text),
         }
     }

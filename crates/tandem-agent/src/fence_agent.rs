@@ -10,7 +10,7 @@ use std::time::Duration;
 use tandem_core::config::Config;
 use tandem_core::fence::{self, Device};
 
-use crate::resources::run_bounded;
+use crate::child::run_bounded;
 
 /// A configured fence device.
 #[derive(Clone)]
@@ -205,7 +205,7 @@ mod tests {
 
     const FENCE_DUMMY: &str = "/usr/sbin/fence_dummy";
 
-    use crate::resources::test_runtime as rt;
+    use crate::child::test_runtime as rt;
 
     fn dummy(dir: &std::path::Path, kind: &str, secret: &str) -> FenceDevice {
         FenceDevice {

@@ -205,7 +205,7 @@ fn alive(pid: u32) -> bool {
         return false;
     }
     !matches!(
-        crate::resources::proc_stat(pid as i32),
+        crate::child::proc_stat(pid as i32),
         Some((_, 'Z' | 'X')) | None
     )
 }
@@ -223,13 +223,13 @@ pub fn enforce(lease: &LeaseFile) -> Vec<String> {
         }
     }
     for p in &lease.pidfiles {
-        let Some((pid, start)) = crate::resources::read_pidfile(p) else {
+        let Some((pid, start)) = crate::child::read_pidfile(p) else {
             continue;
         };
         // The same process the agent started, not a stranger that got its
         // PID after it exited: PID *and* start time must match.
         let same = matches!(
-            crate::resources::proc_stat(pid),
+            crate::child::proc_stat(pid),
             Some((s, st)) if s == start && st != 'Z' && st != 'X'
         );
         if pid > 1 && same {
@@ -390,7 +390,7 @@ pub fn run(path: &Path, agent_pid: u32, label: &str) -> Result<()> {
         let now = crate::clock::unix_ms();
         eprintln!(
             "{} tandem-guard[{label}]: {s}",
-            crate::status::format_utc(now)
+            crate::clock::format_utc(now)
         );
     };
     let mut waker = Waker::new(path, agent_pid);
@@ -529,11 +529,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut cmd = std::process::Command::new("sleep");
         cmd.arg("30");
-        crate::resources::own_session(&mut cmd);
+        crate::child::own_session(&mut cmd);
         let mut child = cmd.spawn().unwrap();
         let pidfile = dir.path().join("g.r.pid");
         let pid = child.id() as i32;
-        let start = crate::resources::proc_stat(pid).unwrap().0;
+        let start = crate::child::proc_stat(pid).unwrap().0;
         std::fs::write(&pidfile, format!("{pid} {start}\n")).unwrap();
         let did = enforce(&LeaseFile {
             pidfiles: vec![pidfile],
@@ -610,7 +610,7 @@ mod tests {
         let pid = child.id();
         // Not reaped yet: a zombie once it has exited.
         let t0 = std::time::Instant::now();
-        while crate::resources::proc_stat(pid as i32).is_some_and(|(_, s)| s != 'Z') {
+        while crate::child::proc_stat(pid as i32).is_some_and(|(_, s)| s != 'Z') {
             assert!(t0.elapsed() < Duration::from_secs(5));
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -628,10 +628,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut cmd = std::process::Command::new("sleep");
         cmd.arg("30");
-        crate::resources::own_session(&mut cmd);
+        crate::child::own_session(&mut cmd);
         let mut stranger = cmd.spawn().unwrap();
         let pid = stranger.id() as i32;
-        let start = crate::resources::proc_stat(pid).unwrap().0;
+        let start = crate::child::proc_stat(pid).unwrap().0;
         // The resource that wrote this pid file started at another time.
         let pidfile = dir.path().join("g.r.pid");
         std::fs::write(&pidfile, format!("{pid} {}\n", start + 1)).unwrap();

@@ -6,8 +6,8 @@
 //!   core's ([`tandem_core`]) events and actions between the network, the
 //!   clock, the [`runner`] and the [`control`] socket.
 //! - [`runner`] drives this node's groups: what each resource is asked to
-//!   do, by the core's decisions; [`resources`] runs one action as a child
-//!   process or inline; [`kinds`] holds one file per resource kind.
+//!   do, by the core's decisions; [`kinds`] holds a resource, its bounded
+//!   actions and one file per resource kind; [`child`] runs programs.
 //! - [`guard`] is the lease guard that stops what runs when the agent is
 //!   gone; [`watchdog`] feeds the hardware watchdog; [`fence_agent`] runs
 //!   fence devices.
@@ -27,6 +27,7 @@ pub mod agent;
 pub mod announce;
 pub mod atomic_file;
 pub mod checksum;
+pub mod child;
 pub mod clock;
 pub mod control;
 pub mod event;
@@ -36,7 +37,6 @@ pub mod keyfile;
 pub mod kinds;
 pub mod monitor;
 pub mod netlink;
-pub mod resources;
 pub mod runner;
 pub mod state_file;
 pub mod status;

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::resources::run_bounded;
+use crate::child::run_bounded;
 
 /// Most bytes of an HTTP answer read (the status line is all we need).
 const MAX_HTTP_HEAD: usize = 1024;
@@ -85,7 +85,7 @@ pub enum CheckError {
     EmptyCommand,
     /// The command could not run.
     #[error(transparent)]
-    Run(#[from] crate::resources::RunError),
+    Run(#[from] crate::child::RunError),
     /// The command failed.
     #[error("{program} exited {}{}", code.map_or_else(|| "by a signal".to_string(), |c| c.to_string()), if output.is_empty() { String::new() } else { format!(": {output}") })]
     Exited {
@@ -260,7 +260,7 @@ async fn http_get(url: &str) -> Result<(), CheckError> {
 mod tests {
     use super::*;
 
-    use crate::resources::test_runtime as rt;
+    use crate::child::test_runtime as rt;
 
     #[test]
     fn urls_split_into_address_host_and_path() {

@@ -25,11 +25,14 @@ use tandem_core::monitors::{MonitorPlan, Monitors, Verdict};
 use tandem_core::wants::{Held, Pass, Wants};
 use tokio::sync::mpsc;
 
+use crate::child::Owner;
 use crate::event::AgentEvent;
 use crate::guard::{self, LeaseFile};
+use crate::kinds::ip::ANNOUNCE_AT_MS;
+use crate::kinds::{run_action, Resource};
 use crate::kinds::{Bind, Health};
 use crate::monitor::{self, Check};
-use crate::resources::{self, Owner, Resource, ANNOUNCE_AT_MS};
+use crate::status::{MonitorShown, MonitorStatus, ResourceShown, ResourceStatus};
 
 /// How often running resources are checked (address present and on the
 /// right interface, process alive, script status).
@@ -68,40 +71,13 @@ pub enum Done {
     },
 }
 
-/// One resource in status.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ResourceStatus {
-    /// Name.
-    pub name: String,
-    /// Kind (`ip`, `process`, `exec`).
-    pub kind: String,
-    /// State on this node.
-    pub state: String,
-}
-
-/// One group monitor as this node sees it, for status.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MonitorStatus {
-    /// Monitor name.
-    pub name: String,
-    /// Kind (`http`, `tcp`, `exec`, `process`).
-    pub kind: String,
-    /// Interval between checks (ms).
-    pub interval_ms: u64,
-    /// Its last result here in words: `ok`, `failed: WHY`, or why it is
-    /// not checked here.
-    pub last: String,
-    /// When that result came (ms since the Unix epoch), if it is one.
-    pub at_unix_ms: Option<u64>,
-}
-
 /// One group on this node, for status.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LocalGroup {
     /// Group name.
     pub name: String,
-    /// What is wanted here (`run`, `stop`, `leave`).
-    pub want: String,
+    /// What is wanted here.
+    pub want: Want,
     /// State here.
     pub state: GroupState,
     /// Since when (ms since the Unix epoch).
@@ -571,7 +547,7 @@ impl Runner {
                 } else {
                     let tx = self.tx.clone();
                     tokio::task::spawn_local(async move {
-                        let outcome = resources::run_action(&r, a.kind).await;
+                        let outcome = run_action(&r, a.kind).await;
                         let _ = tx.send(Done::Action(a, outcome)).await;
                     });
                 }
@@ -798,8 +774,7 @@ impl Runner {
                         self.checking[g][r] = true;
                         let tx = self.tx.clone();
                         tokio::task::spawn_local(async move {
-                            let result = match resources::run_action(&res, ActionKind::Probe).await
-                            {
+                            let result = match run_action(&res, ActionKind::Probe).await {
                                 Outcome::Running => Ok(()),
                                 Outcome::Stopped => Err("found not running".to_string()),
                                 Outcome::Failed(w) => Err(w),
@@ -854,16 +829,13 @@ impl Runner {
                 let plan = self.monitors.plan(i).filter(|p| p.group == g)?;
                 let last = self.monitors.last(i);
                 let (text, at) = match (plan.has_check, running, last) {
-                    (false, _, _) => (
-                        "by the periodic resource check (every 500 ms)".to_string(),
-                        None,
-                    ),
-                    (true, false, _) => ("not checked: the group does not run here".into(), None),
-                    (true, true, None) => ("not checked yet".into(), None),
+                    (false, _, _) => (MonitorShown::ByResourceCheck, None),
+                    (true, false, _) => (MonitorShown::NotHere, None),
+                    (true, true, None) => (MonitorShown::NotYet, None),
                     (true, true, Some(l)) => (
                         match &l.result {
-                            Ok(()) => "ok".to_string(),
-                            Err(why) => format!("failed: {why}"),
+                            Ok(()) => MonitorShown::Ok,
+                            Err(why) => MonitorShown::Failed(why.clone()),
                         },
                         Some(self.unix_at_zero_ms + l.at_ms),
                     ),
@@ -887,12 +859,7 @@ impl Runner {
                 LocalGroup {
                     monitors: self.monitor_status(g),
                     name: self.names[g].clone(),
-                    want: match self.groups.want(g) {
-                        Want::Run => "run",
-                        Want::Stop => "stop",
-                        Want::Leave => "leave",
-                    }
-                    .into(),
+                    want: self.groups.want(g),
                     state: self.reported_state(g),
                     since_unix_ms: self.unix_at_zero_ms + since,
                     resources: self.resources[g]
@@ -902,13 +869,13 @@ impl Runner {
                             name: r.owner.resource.clone(),
                             kind: r.kind.kind().into(),
                             state: match s {
-                                ResourceState::Unknown => "unknown".into(),
-                                ResourceState::Stopped => "stopped".into(),
-                                ResourceState::Starting => "starting".into(),
-                                ResourceState::Running => "running".into(),
-                                ResourceState::Stopping => "stopping".into(),
+                                ResourceState::Unknown => ResourceShown::Unknown,
+                                ResourceState::Stopped => ResourceShown::Stopped,
+                                ResourceState::Starting => ResourceShown::Starting,
+                                ResourceState::Running => ResourceShown::Running,
+                                ResourceState::Stopping => ResourceShown::Stopping,
                                 ResourceState::Failed(w) | ResourceState::StopFailed(w) => {
-                                    format!("failed: {w}")
+                                    ResourceShown::Failed(w.clone())
                                 }
                             },
                         })

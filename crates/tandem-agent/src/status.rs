@@ -131,11 +131,11 @@ pub struct GroupStatus {
     /// Latest failure per node: (node, when, why).
     pub failures: Vec<(String, u64, String)>,
     /// Its resources on this node.
-    pub resources: Vec<crate::runner::ResourceStatus>,
+    pub resources: Vec<ResourceStatus>,
     /// Its monitors as this node checks them (on the node it runs on:
     /// the last result and when).
     #[serde(default)]
-    pub monitors: Vec<crate::runner::MonitorStatus>,
+    pub monitors: Vec<MonitorStatus>,
 }
 
 /// A group's state as status shows it. In JSON it is one word (`running`,
@@ -176,38 +176,217 @@ impl std::fmt::Display for ShownState {
     }
 }
 
-impl Serialize for ShownState {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+/// Serializes a typed word as the text it displays, and reads it back
+/// with `$from` (which never fails: an unknown word from a newer node
+/// reads as the type's unknown case).
+macro_rules! as_text {
+    ($ty:ty, $from:expr) => {
+        impl Serialize for $ty {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let text = String::deserialize(d)?;
+                let from: fn(&str) -> $ty = $from;
+                Ok(from(&text))
+            }
+        }
+    };
+}
+
+/// A word of a core enum that serializes in lower case, or its `unknown`.
+fn group_word(w: &str) -> GroupState {
+    GroupState::deserialize(serde::de::value::StrDeserializer::<serde::de::value::Error>::new(w))
+        .unwrap_or(GroupState::Unknown)
+}
+
+as_text!(ShownState, |text| {
+    if let Some(rest) = text.strip_prefix(UNMANAGED) {
+        let w = rest.trim_end_matches(')');
+        ShownState::Unmanaged((w != "unknown").then(|| group_word(w)))
+    } else if text == "unknown" {
+        ShownState::Unreported
+    } else {
+        // A word this version does not know reads as GroupState::Unknown.
+        ShownState::Reported(group_word(text))
+    }
+});
+
+/// A resource's state on this node, as status shows it: one word, or
+/// `failed: WHY`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResourceShown {
+    /// Not probed yet (or a word this version does not know).
+    Unknown,
+    /// Not running.
+    Stopped,
+    /// Being started.
+    Starting,
+    /// Running.
+    Running,
+    /// Being stopped.
+    Stopping,
+    /// Failed (a start, a check, or a stop): why.
+    Failed(String),
+}
+
+impl std::fmt::Display for ResourceShown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ResourceShown::Unknown => "unknown",
+            ResourceShown::Stopped => "stopped",
+            ResourceShown::Starting => "starting",
+            ResourceShown::Running => "running",
+            ResourceShown::Stopping => "stopping",
+            ResourceShown::Failed(why) => return write!(f, "failed: {why}"),
+        })
     }
 }
 
-impl<'de> Deserialize<'de> for ShownState {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        let word = |w: &str| {
-            GroupState::deserialize(
-                serde::de::value::StrDeserializer::<serde::de::value::Error>::new(w),
-            )
-            .unwrap_or(GroupState::Unknown)
-        };
-        Ok(if let Some(rest) = text.strip_prefix(UNMANAGED) {
-            let w = rest.trim_end_matches(')');
-            ShownState::Unmanaged((w != "unknown").then(|| word(w)))
-        } else if text == "unknown" {
-            ShownState::Unreported
-        } else {
-            // A word this version does not know reads as GroupState::Unknown.
-            ShownState::Reported(word(&text))
+as_text!(ResourceShown, |text| match text {
+    "stopped" => ResourceShown::Stopped,
+    "starting" => ResourceShown::Starting,
+    "running" => ResourceShown::Running,
+    "stopping" => ResourceShown::Stopping,
+    t => t
+        .strip_prefix("failed: ")
+        .map_or(ResourceShown::Unknown, |w| ResourceShown::Failed(
+            w.to_string()
+        )),
+});
+
+/// A group monitor's last result as status shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MonitorShown {
+    /// A `process` monitor: the resource's own periodic check.
+    ByResourceCheck,
+    /// Not checked: the group does not run here.
+    NotHere,
+    /// Not checked yet.
+    NotYet,
+    /// The last check passed.
+    Ok,
+    /// The last check failed: why.
+    Failed(String),
+    /// A word this version does not know.
+    Unknown(String),
+}
+
+impl std::fmt::Display for MonitorShown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MonitorShown::ByResourceCheck => "by the periodic resource check (every 500 ms)",
+            MonitorShown::NotHere => "not checked: the group does not run here",
+            MonitorShown::NotYet => "not checked yet",
+            MonitorShown::Ok => "ok",
+            MonitorShown::Failed(why) => return write!(f, "failed: {why}"),
+            MonitorShown::Unknown(text) => text,
         })
     }
+}
+
+as_text!(MonitorShown, |text| {
+    [
+        MonitorShown::ByResourceCheck,
+        MonitorShown::NotHere,
+        MonitorShown::NotYet,
+        MonitorShown::Ok,
+    ]
+    .into_iter()
+    .find(|m| m.to_string() == text)
+    .or_else(|| {
+        text.strip_prefix("failed: ")
+            .map(|w| MonitorShown::Failed(w.to_string()))
+    })
+    .unwrap_or_else(|| MonitorShown::Unknown(text.to_string()))
+});
+
+/// How quorum is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QuorumMode {
+    /// A majority of voters (a witness among them, if any).
+    Majority,
+    /// Two nodes deciding by fencing.
+    TwoNode,
+    /// A word this version does not know.
+    #[serde(other)]
+    Unknown,
+}
+
+impl QuorumMode {
+    /// Its word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QuorumMode::Majority => "majority",
+            QuorumMode::TwoNode => "two_node",
+            QuorumMode::Unknown => "unknown",
+        }
+    }
+}
+
+/// This member's part in the agreement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgreementRole {
+    /// It leads.
+    Leader,
+    /// It follows.
+    Follower,
+    /// It stands for election.
+    Candidate,
+    /// A word this version does not know.
+    #[serde(other)]
+    Unknown,
+}
+
+impl AgreementRole {
+    /// Its word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgreementRole::Leader => "leader",
+            AgreementRole::Follower => "follower",
+            AgreementRole::Candidate => "candidate",
+            AgreementRole::Unknown => "unknown",
+        }
+    }
+}
+
+/// One resource in status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceStatus {
+    /// Name.
+    pub name: String,
+    /// Kind (`ip`, `process`, `exec`).
+    pub kind: String,
+    /// State on this node.
+    pub state: ResourceShown,
+}
+
+/// One group monitor as this node sees it, for status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MonitorStatus {
+    /// Monitor name.
+    pub name: String,
+    /// Kind (`http`, `tcp`, `exec`, `process`).
+    pub kind: String,
+    /// Interval between checks (ms).
+    pub interval_ms: u64,
+    /// Its last result here: ok, failed and why, or why it is not
+    /// checked here.
+    pub last: MonitorShown,
+    /// When that result came (ms since the Unix epoch), if it is one.
+    pub at_unix_ms: Option<u64>,
 }
 
 /// Quorum as seen by one node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QuorumStatus {
-    /// `majority` or `two_node`.
-    pub mode: String,
+    /// How quorum is counted.
+    pub mode: QuorumMode,
     /// Votes heard, own included.
     pub votes: usize,
     /// Votes in the cluster.
@@ -221,8 +400,8 @@ pub struct QuorumStatus {
 /// The replicated record and its leader, as seen by one node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgreementStatus {
-    /// `leader`, `follower` or `candidate`.
-    pub role: String,
+    /// Its part in the agreement.
+    pub role: AgreementRole,
     /// Whether this member votes.
     pub voter: bool,
     /// Current term.
@@ -357,28 +536,7 @@ fn lenient_event<'de, D: serde::Deserializer<'de>>(
     Ok(serde_json::from_value(v).ok())
 }
 
-/// `YYYY-MM-DD HH:MM:SS.mmm` (UTC) for a Unix time in ms.
-pub fn format_utc(unix_ms: u64) -> String {
-    let secs = unix_ms / 1000;
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil-from-days (proleptic Gregorian), after Howard Hinnant.
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}.{:03}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        unix_ms % 1000
-    )
-}
+pub use crate::clock::format_utc;
 
 #[cfg(test)]
 mod tests {
@@ -409,6 +567,40 @@ mod tests {
         assert_eq!(
             serde_json::from_str::<ShownState>("\"migrating\"").unwrap(),
             ShownState::Reported(GroupState::Unknown)
+        );
+    }
+
+    #[test]
+    fn resource_and_monitor_words_read_back() {
+        for r in [
+            ResourceShown::Unknown,
+            ResourceShown::Stopped,
+            ResourceShown::Starting,
+            ResourceShown::Running,
+            ResourceShown::Stopping,
+            ResourceShown::Failed("exited 1".into()),
+        ] {
+            let json = serde_json::to_string(&r).unwrap();
+            assert_eq!(serde_json::from_str::<ResourceShown>(&json).unwrap(), r);
+        }
+        for m in [
+            MonitorShown::ByResourceCheck,
+            MonitorShown::NotHere,
+            MonitorShown::NotYet,
+            MonitorShown::Ok,
+            MonitorShown::Failed("GET http://x/: status 503".into()),
+        ] {
+            let json = serde_json::to_string(&m).unwrap();
+            assert_eq!(serde_json::from_str::<MonitorShown>(&json).unwrap(), m);
+        }
+        assert_eq!(serde_json::to_string(&MonitorShown::Ok).unwrap(), "\"ok\"");
+        assert_eq!(
+            serde_json::to_string(&QuorumMode::TwoNode).unwrap(),
+            "\"two_node\""
+        );
+        assert_eq!(
+            serde_json::from_str::<AgreementRole>("\"observer\"").unwrap(),
+            AgreementRole::Unknown
         );
     }
 

@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 use tandem_core::config::WatchdogSpec;
 use tandem_core::watchdog::{Feeder, Verdict};
 
+use crate::event::AgentEvent;
+
 /// `WDIOC_SETTIMEOUT`: `_IOWR('W', 6, int)` from `<linux/watchdog.h>`.
 const WDIOC_SETTIMEOUT: libc::c_ulong = 0xC004_5706;
 /// `WDIOC_GETTIMEOUT`: `_IOR('W', 7, int)`.
@@ -248,9 +250,9 @@ impl Watchdog {
         }
     }
 
-    /// Applies the rule at `now_ms`; feeds when due. Returns a line to log
+    /// Applies the rule at `now_ms`; feeds when due. Returns an event to log
     /// when the watchdog starts or stops being fed, or a feed fails.
-    pub fn tick(&mut self, now_ms: u64, lease_valid: bool, active: bool) -> Option<String> {
+    pub fn tick(&mut self, now_ms: u64, lease_valid: bool, active: bool) -> Option<AgentEvent> {
         self.file.as_ref()?;
         self.last_check_ms = now_ms;
         // A previous agent's exposure carries on from where it began (as
@@ -271,15 +273,13 @@ impl Watchdog {
             Verdict::Starve { reason } => {
                 let first = self.starving.is_none();
                 self.starving = Some(reason.clone());
-                first.then(|| {
-                    format!("watchdog: NOT feeding it any more ({reason}); the node resets unless that changes")
-                })
+                first.then_some(AgentEvent::WatchdogStarving { reason })
             }
             Verdict::Feed => {
                 let resumed = self
                     .starving
                     .take()
-                    .map(|_| "watchdog: feeding it again".into());
+                    .map(|_| AgentEvent::WatchdogFeeding { again: true });
                 let due = self
                     .last_feed_ms
                     .map_or(true, |t| now_ms >= t + feed_interval_ms(self.spec.as_ref()));
@@ -291,13 +291,15 @@ impl Watchdog {
                         self.last_feed_ms = Some(now_ms);
                         self.failure
                             .take()
-                            .map(|_| "watchdog: fed again".into())
+                            .map(|_| AgentEvent::WatchdogFeeding { again: false })
                             .or(resumed)
                     }
                     Err(e) => {
                         let first = self.failure.is_none();
                         self.failure = Some(format!("feeding failed: {e}"));
-                        first.then(|| format!("watchdog: feeding failed: {e}"))
+                        first.then(|| AgentEvent::WatchdogFeedFailed {
+                            error: e.to_string(),
+                        })
                     }
                 }
             }
@@ -317,14 +319,11 @@ impl Watchdog {
     /// A clean stop with nothing active: tells the device to stop (the
     /// magic `V`) and closes it. Without this the device keeps counting
     /// and resets the node unless a new agent opens it in time.
-    pub fn disarm(&mut self) -> Option<String> {
+    pub fn disarm(&mut self) -> Option<AgentEvent> {
         let mut f = self.file.take()?;
-        match f.write_all(b"V") {
-            Ok(()) => Some("watchdog disarmed".into()),
-            Err(e) => Some(format!(
-                "watchdog: could not disarm it ({e}); it resets the node unless an agent starts within its timeout"
-            )),
-        }
+        Some(AgentEvent::WatchdogDisarmed {
+            error: f.write_all(b"V").err().map(|e| e.to_string()),
+        })
     }
 
     /// For `tandem status`, at `now_ms` (agent clock).
@@ -473,7 +472,11 @@ mod tests {
         w.tick(2_000, false, true);
         assert_eq!(read(), b"\0");
         let line = w.tick(2_600, false, true).unwrap();
-        assert!(line.contains("NOT feeding"), "{line}");
+        assert!(
+            matches!(line, AgentEvent::WatchdogStarving { .. }),
+            "{line}"
+        );
+        assert!(line.to_string().contains("NOT feeding"), "{line}");
         let s = w.status(2_600);
         assert_eq!(
             (s.state.as_str(), s.last_fed_ms_ago),
@@ -483,11 +486,16 @@ mod tests {
         assert!(read().is_empty());
         // The stop completed: feeding resumes.
         assert_eq!(
-            w.tick(4_100, false, false).as_deref(),
+            w.tick(4_100, false, false)
+                .map(|e| e.to_string())
+                .as_deref(),
             Some("watchdog: feeding it again")
         );
         assert_eq!(read(), b"\0");
-        assert_eq!(w.disarm().as_deref(), Some("watchdog disarmed"));
+        assert_eq!(
+            w.disarm().map(|e| e.to_string()).as_deref(),
+            Some("watchdog disarmed")
+        );
         assert_eq!(read(), b"V");
     }
 
@@ -507,7 +515,10 @@ mod tests {
         // The next agent starts 600 ms into a 500 ms grace: it starves.
         let mut w =
             Watchdog::open(Some(&spec(fifo.clone(), false)), Some(exposure.clone())).unwrap();
-        let line = w.tick(0, false, true).unwrap_or_default();
+        let line = w
+            .tick(0, false, true)
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(line.contains("NOT feeding"), "{line}");
         // A lease ends the exposure, and the file goes.
         w.tick(10, true, true);

@@ -46,8 +46,10 @@ pub fn stop_bound_ms(timeouts_ms: impl Iterator<Item = u64>) -> u64 {
     each.into_iter().fold(in_flight, u64::saturating_add)
 }
 
-/// What is wanted of a group on this node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What is wanted of a group on this node (`"run"`, `"stop"`, `"leave"` in
+/// JSON).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Want {
     /// Run it (this node holds the placement and a lease).
     Run,

@@ -22,6 +22,7 @@
 use std::collections::BTreeMap;
 
 use crate::agreement::{Intent, Record};
+pub use crate::config::model::Confinement;
 
 /// Failback policy of a group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,29 +49,6 @@ pub struct GroupPolicy {
     /// The only nodes the group can run on at all, whatever the
     /// preference or an operator's move says; `None`: any node.
     pub confined_to: Option<Confinement>,
-}
-
-/// A hard limit on where a group can run: the nodes holding a copy of
-/// each of its volumes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Confinement {
-    /// Each volume the group uses, with the nodes holding its copies.
-    pub volumes: Vec<(String, Vec<String>)>,
-}
-
-impl Confinement {
-    /// Why the group cannot run on `node`; `None` when it can.
-    pub fn why_not(&self, node: &str) -> Option<String> {
-        self.volumes
-            .iter()
-            .find(|(_, copies)| !copies.iter().any(|c| c == node))
-            .map(|(v, copies)| {
-                format!(
-                    "holds no copy of volume {v} (copies on {})",
-                    copies.join(", ")
-                )
-            })
-    }
 }
 
 /// What the leader knows of one node.

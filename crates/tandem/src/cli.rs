@@ -417,7 +417,7 @@ pub enum ConfigCommand {
         /// `summary`: one line per entry; `toml` or `json`: every setting
         /// with its default filled in (secrets redacted).
         #[arg(long, value_enum, default_value = "summary")]
-        format: crate::config_cmd::ShowFormat,
+        format: ShowFormat,
     },
     /// Print what changes from one configuration file to another, entry by
     /// entry (paired by name, not position). Exits 0 when they say the
@@ -431,6 +431,19 @@ pub enum ConfigCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// How `config show` prints the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ShowFormat {
+    /// A summary, one line per entry.
+    Summary,
+    /// Every setting with its default filled in, as TOML (secrets
+    /// redacted).
+    Toml,
+    /// Every setting with its default filled in, as JSON (secrets
+    /// redacted).
+    Json,
 }
 
 /// Arguments of `tandem config validate`.

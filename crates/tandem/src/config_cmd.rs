@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use tandem_core::config::{self, Config, Loaded, MonitorCheck};
 use tandem_core::diagnostic::{render, Severity};
 
-use crate::cli::ValidateArgs;
+use crate::cli::{ShowFormat, ValidateArgs};
 use tandem_agent::keyfile;
 
 /// Reads and validates one file; the label in messages is the path as given.
@@ -134,19 +134,6 @@ pub fn load_valid(path: &Path) -> Result<Config> {
     loaded
         .config
         .with_context(|| format!("{label} has errors; fix them (see above) or check with `tandem config validate {label}`"))
-}
-
-/// How `config show` prints the model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ShowFormat {
-    /// A summary, one line per entry.
-    Summary,
-    /// Every setting with its default filled in, as TOML (secrets
-    /// redacted).
-    Toml,
-    /// Every setting with its default filled in, as JSON (secrets
-    /// redacted).
-    Json,
 }
 
 /// Prints the effective configuration of a valid file.

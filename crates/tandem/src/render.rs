@@ -26,7 +26,7 @@ pub fn status(st: &Status) -> String {
         },
         q.votes,
         q.expected,
-        q.mode
+        q.mode.as_str()
     );
     if q.waiting_for_all {
         let _ = writeln!(
@@ -40,7 +40,7 @@ pub fn status(st: &Status) -> String {
         "record: leader {}, term {}, this node {}{}, commit index {}, config epoch {}",
         a.leader.as_deref().unwrap_or("none"),
         a.term,
-        a.role,
+        a.role.as_str(),
         if a.voter { "" } else { " (non-voter)" },
         a.commit_index,
         a.config_epoch

@@ -141,10 +141,14 @@ fn a_node_with_another_configuration_is_named_and_starts_nothing_new() {
         );
     }
     assert!(!pidfile.exists(), "n3 started a group the cluster lacks");
-    let logs = c.logs();
+    // n3 says why it starts nothing (a typed event, in its status).
+    let s3 = c.status(3).unwrap();
     assert!(
-        logs.contains("is not the committed one"),
-        "n3 says why it starts nothing"
+        agents::event_time(&s3, 0, |e| e["kind"] == "config_not_committed"
+            && e["committed"] != e["mine"])
+        .is_some(),
+        "n3 does not say why it starts nothing: {:#}",
+        s3["events"]
     );
     // Back to the committed file: nobody differs any more.
     c.bed

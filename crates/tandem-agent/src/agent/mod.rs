@@ -154,8 +154,8 @@ pub fn run(cfg: Config, opts: AgentOptions) -> Result<()> {
     let key_fingerprint = tandem_core::config::identity::key_fingerprint(&keys[0]);
     let spec = spec(&cfg, &topo, me, keys, &opts.config);
     let mode = match spec.mode {
-        quorum::Mode::TwoNode => "two_node",
-        quorum::Mode::Majority { .. } => "majority",
+        quorum::Mode::TwoNode => crate::status::QuorumMode::TwoNode,
+        quorum::Mode::Majority { .. } => crate::status::QuorumMode::Majority,
     };
     let fence_devices = Rc::new(crate::fence_agent::devices(&cfg));
     let groups = groups_spec(&cfg, &topo, &fence_devices)?;
@@ -264,7 +264,7 @@ struct Agent {
     key_fingerprint: String,
     /// The last thing said of this node's configuration against the
     /// committed one (logged when it changes).
-    config_note: Option<String>,
+    config_note: Option<AgentEvent>,
     /// This node's replicated volumes (None when it holds no copy).
     hub: Option<Arc<crate::volume::Hub>>,
     /// The volumes' requests to the cluster (record updates).
@@ -301,7 +301,7 @@ struct Agent {
     state: StateFile,
     config_epoch: Option<u64>,
     /// `majority` or `two_node`, for status.
-    mode: &'static str,
+    mode: crate::status::QuorumMode,
     /// Last quorum state logged, so a change of votes alone reads as such.
     last_quorate: std::cell::Cell<Option<bool>>,
 }
@@ -317,7 +317,7 @@ impl Agent {
         let at = unix_ms();
         eprintln!(
             "{} tandem[{}]: {text}",
-            crate::status::format_utc(at),
+            crate::clock::format_utc(at),
             self.topo.names[self.me]
         );
         if self.events.len() == EVENT_HISTORY {
@@ -370,16 +370,15 @@ impl Agent {
             .filter(|&l| self.sockets[l].is_some())
             .map(|l| self.topo.links[l].as_str())
             .collect();
-        let text = format!(
-            "started (incarnation {}, links {}, control socket {}, state {})",
-            self.member.incarnation(),
-            links.join(", "),
-            self.control_path.display(),
-            self.state.path().display()
-        );
-        self.log(text);
+        let started = AgentEvent::AgentStarted {
+            incarnation: self.member.incarnation(),
+            links: links.iter().map(|l| l.to_string()).collect(),
+            control_socket: self.control_path.display().to_string(),
+            state_file: self.state.path().display().to_string(),
+        };
+        self.log(started);
         let text = self.watchdog.describe();
-        self.log(text);
+        self.log(AgentEvent::Watchdog { text });
         self.flush().await?;
         let mut shutdown_deadline: Option<Instant> = None;
         let (ctl_tx, mut ctl_rx) = mpsc::channel::<LoopCall>(crate::control::LOOP_QUEUE);
@@ -444,7 +443,9 @@ impl Agent {
                 }
                 Some(r) = self.volume_rx.recv() => {
                     let now = self.now_ms();
-                    self.log(format!("volume request: {}", describe_request(&r)));
+                    self.log(AgentEvent::VolumeRequest {
+                        request: describe_request(&r),
+                    });
                     self.member.request(now, r);
                 }
                 Some(e) = self.volume_event_rx.recv() => self.log(e),
@@ -558,18 +559,17 @@ impl Agent {
         if self.fatal.is_some() {
             return;
         }
-        let freed = if self.state.release_reserve() {
-            "; released its space reserve to leave cleanly"
-        } else {
-            ""
+        let event = AgentEvent::StateDirFailed {
+            why,
+            freed_reserve: self.state.release_reserve(),
+            dir: self
+                .state
+                .path()
+                .parent()
+                .map_or_else(String::new, |p| p.display().to_string()),
         };
-        let text = format!(
-            "{why}: this node's lease is lost; stopping its groups and leaving the cluster{freed}. \
-             Free space in {} (or fix the filesystem), then start the agent again",
-            self.state.path().parent().map_or_else(String::new, |p| p.display().to_string())
-        );
-        self.log(text.clone());
-        self.fatal = Some(text);
+        self.fatal = Some(event.to_string());
+        self.log(event);
     }
 
     /// Answers one control request that needs the loop's state (the
@@ -706,23 +706,19 @@ impl Agent {
         let epoch = self.member.agreement().record().config_epoch;
         if epoch > 0 && self.config_epoch != Some(epoch) {
             self.config_epoch = Some(epoch);
-            self.log(format!("config epoch {epoch}"));
+            self.log(AgentEvent::ConfigEpoch { epoch });
         }
-        let note = (!self.member.config_committed()).then(|| {
-            format!(
-                "this node's configuration ({}) is not the committed one ({}): it starts nothing the cluster did not agree on and leaves what runs; `tandem status` shows which sections differ",
-                self.config.hash,
-                self.member.agreement().record().config_hash
-            )
+        let note = (!self.member.config_committed()).then(|| AgentEvent::ConfigNotCommitted {
+            mine: self.config.hash.clone(),
+            committed: self.member.agreement().record().config_hash.clone(),
         });
         if note != self.config_note {
             if let Some(n) = &note {
                 self.log(n.clone());
             } else if self.config_note.is_some() {
-                self.log(format!(
-                    "this node runs the committed configuration ({})",
-                    self.config.hash
-                ));
+                self.log(AgentEvent::ConfigCommitted {
+                    identity: self.config.hash.clone(),
+                });
             }
             self.config_note = note;
         }
@@ -745,7 +741,7 @@ fn spawn_guard(lease_path: &Path, node: &str) -> Result<()> {
         ])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null());
-    crate::resources::own_session(&mut cmd);
+    crate::child::own_session(&mut cmd);
     cmd.spawn().context("starting the lease guard")?;
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! requests.
 
 use super::*;
+use crate::status::AgreementRole;
 
 impl Agent {
     pub(super) fn describe(&self, e: &MemberEvent) -> Option<AgentEvent> {
@@ -108,7 +109,7 @@ impl Agent {
             heartbeat_ms: self.timing.heartbeat_ms,
             deadtime_ms: self.timing.deadtime_ms,
             quorum: QuorumStatus {
-                mode: self.mode.into(),
+                mode: self.mode,
                 votes: v.votes,
                 expected: v.expected,
                 quorate: v.quorate,
@@ -116,11 +117,10 @@ impl Agent {
             },
             agreement: AgreementStatus {
                 role: match a.role() {
-                    Role::Leader => "leader",
-                    Role::Follower => "follower",
-                    Role::PreCandidate | Role::Candidate => "candidate",
-                }
-                .into(),
+                    Role::Leader => AgreementRole::Leader,
+                    Role::Follower => AgreementRole::Follower,
+                    Role::PreCandidate | Role::Candidate => AgreementRole::Candidate,
+                },
                 voter: t.voters[self.me],
                 term: a.term(),
                 leader: a.leader().map(|l| t.name_of(l).to_string()),

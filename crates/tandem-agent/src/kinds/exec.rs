@@ -9,7 +9,8 @@ use tandem_core::kinds::exec::Exec;
 
 use super::{Act, BindError, Bind, Driver};
 use crate::guard::{Leaving, StopCommand};
-use crate::resources::{run_bounded, Owner, Resource};
+use super::Resource;
+use crate::child::{run_bounded, Owner};
 
 /// An LSB script on this node.
 #[derive(Debug, Clone)]
@@ -87,8 +88,9 @@ mod tests {
     use tandem_core::kinds::exec::Exec;
     use tandem_core::kinds::Params;
 
-    use crate::resources::tests::resource;
-    use crate::resources::{run_action, run_bounded, test_runtime as rt, RunError};
+    use crate::kinds::tests::resource;
+    use crate::child::{run_bounded, test_runtime as rt, RunError};
+    use crate::kinds::run_action;
 
     #[test]
     fn exec_follows_lsb_exit_codes_and_times_out() {

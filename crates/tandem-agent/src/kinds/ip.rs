@@ -14,8 +14,12 @@ use tandem_core::kinds::ip::Ip;
 
 use super::{Act, BindError, Bind, Driver, Health};
 use crate::guard::Leaving;
-use crate::resources::{Owner, Resource};
+use super::Resource;
+use crate::child::Owner;
 use crate::{announce, netlink};
+
+/// Announcements after a takeover (ms after the address is added).
+pub const ANNOUNCE_AT_MS: [u64; 5] = [0, 50, 250, 1_000, 3_000];
 
 /// A floating address on this node.
 #[derive(Debug, Clone)]

@@ -1,4 +1,6 @@
-//! The agent's side of each resource kind, one file each: probe, start and
+//! A resource on this node ([`Resource`]: its owner, limit and its kind's
+//! driver, and [`run_action`], every action bounded by its timeout), and
+//! the agent's side of each resource kind, one file each: probe, start and
 //! stop, its periodic check, what the guard must undo if the agent dies,
 //! and whether its actions run inline. The core's side (fields, defaults,
 //! checks) is `tandem_core::kinds`; the [`registry!`] at the end joins the
@@ -8,11 +10,14 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use std::time::Duration;
+
+use tandem_core::config::ResourceSpec;
 use tandem_core::group::{ActionKind, Outcome};
 use tandem_core::kinds::Params;
 
+use crate::child::Owner;
 use crate::guard::Leaving;
-use crate::resources::{Owner, Resource};
 use crate::volume::Hub;
 
 /// An action under way (it borrows the resource it acts on).
@@ -66,6 +71,66 @@ pub trait Driver: std::fmt::Debug {
     fn announce(&self) {}
 }
 
+/// A resource with its owner and limits.
+#[derive(Debug)]
+pub struct Resource {
+    /// Who it belongs to.
+    pub owner: Owner,
+    /// Limit on one action.
+    pub timeout_ms: u64,
+    /// Its kind's side in the agent.
+    pub kind: Box<dyn Driver>,
+    /// What its last actions did that the log should say (a SIGKILL...);
+    /// taken by the caller ([`Resource::take_notes`]).
+    notes: std::cell::RefCell<Vec<String>>,
+}
+
+impl Resource {
+    /// Lines for the log from the actions run so far.
+    pub fn take_notes(&self) -> Vec<String> {
+        std::mem::take(&mut *self.notes.borrow_mut())
+    }
+
+    /// Keeps a line for the log (a SIGKILL sent...).
+    pub(crate) fn note(&self, line: String) {
+        let mut n = self.notes.borrow_mut();
+        // Bounded: the caller takes them after every action.
+        if n.len() < 16 {
+            n.push(line);
+        }
+    }
+}
+
+impl Resource {
+    /// The shell's resource for a configured one, or why this node cannot
+    /// run it.
+    pub fn new(spec: &ResourceSpec, owner: Owner, cx: &Bind<'_>) -> Result<Resource, BindError> {
+        Ok(Resource {
+            owner,
+            timeout_ms: spec.timeout_ms,
+            kind: bind(&spec.params, cx)?,
+            notes: std::cell::RefCell::new(Vec::new()),
+        })
+    }
+}
+
+/// Runs one action to its outcome, bounded by the resource's timeout.
+pub async fn run_action(r: &Resource, kind: ActionKind) -> Outcome {
+    let limit = Duration::from_millis(r.timeout_ms);
+    let fut = r.kind.action(r, kind);
+    // A little past the limit: the inner bounds (which kill the action's
+    // whole process group and say what timed out) go first.
+    match tokio::time::timeout(
+        limit + Duration::from_millis(tandem_core::group::ACTION_GRACE_MS),
+        fut,
+    )
+    .await
+    {
+        Ok(o) => o,
+        Err(_) => Outcome::Failed(format!("timed out after {} ms", r.timeout_ms)),
+    }
+}
+
 /// Why this node cannot run a configured resource.
 #[derive(Debug, thiserror::Error)]
 pub enum BindError {
@@ -99,4 +164,26 @@ registry! {
     process::Process,
     exec::Exec,
     volume::Volume,
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::child::tests::owner;
+
+    /// Resource `r` of group `g` with these fields, its files in `dir`.
+    pub(crate) fn resource(
+        params: tandem_core::kinds::Params,
+        timeout_ms: u64,
+        dir: &Path,
+    ) -> Resource {
+        let spec = ResourceSpec {
+            name: "r".into(),
+            timeout_ms,
+            params,
+        };
+        Resource::new(&spec, owner(dir), &crate::kinds::Bind { hub: None }).unwrap()
+    }
 }

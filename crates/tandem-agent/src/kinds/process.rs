@@ -14,7 +14,8 @@ use tandem_core::kinds::process::Process;
 
 use super::{Act, BindError, Bind, Driver};
 use crate::guard::Leaving;
-use crate::resources::{own_session, proc_stat, read_pidfile, signal_number, Owner, Resource};
+use super::Resource;
+use crate::child::{own_session, proc_stat, read_pidfile, signal_number, Owner};
 
 /// A process that exits within this time of its start failed to start.
 const START_SETTLE_MS: u64 = 20;
@@ -210,8 +211,10 @@ mod tests {
     use tandem_core::kinds::Params;
 
     use super::process_probe;
-    use crate::resources::tests::{owner, resource};
-    use crate::resources::{run_action, test_runtime as rt};
+    use crate::child::tests::owner;
+    use crate::kinds::tests::resource;
+    use crate::child::test_runtime as rt;
+    use crate::kinds::run_action;
 
     /// Regression (issue "keep the promises", defect 6): a hung service
     /// took 18 s to stop, because SIGKILL came only 2 s before the 20 s

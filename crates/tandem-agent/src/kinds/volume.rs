@@ -8,7 +8,7 @@ use tandem_core::group::{ActionKind, Outcome};
 use tandem_core::kinds::volume::Volume;
 
 use super::{Act, BindError, Bind, Driver};
-use crate::resources::Resource;
+use super::Resource;
 use crate::volume::Hub;
 
 /// A `volume` resource on this node.
@@ -78,8 +78,9 @@ mod tests {
     use tandem_core::kinds::volume::Volume;
     use tandem_core::kinds::Params;
 
-    use crate::resources::tests::resource;
-    use crate::resources::{run_action, test_runtime as rt};
+    use crate::kinds::tests::resource;
+    use crate::child::test_runtime as rt;
+    use crate::kinds::run_action;
 
     #[test]
     fn a_volume_without_a_copy_here_is_stopped_and_will_not_start() {

@@ -468,7 +468,7 @@ impl Volume {
             let event = e.into_inner();
             eprintln!(
                 "{} tandem[{}]: {event}",
-                crate::status::format_utc(unix_ms()),
+                crate::clock::format_utc(unix_ms()),
                 self.cfg.me
             );
         }

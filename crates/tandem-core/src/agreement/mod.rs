@@ -60,7 +60,7 @@ pub struct Timing {
 impl Timing {
     /// Timers matching a membership profile: heartbeats with the
     /// membership heartbeats, elections after about one deadtime.
-    pub fn from_membership(t: &crate::config::Timing) -> Self {
+    pub fn from_membership(t: &crate::config::model::Timing) -> Self {
         Timing {
             heartbeat_ms: t.heartbeat_ms,
             election_min_ms: t.deadtime_ms,

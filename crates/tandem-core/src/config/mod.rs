@@ -9,6 +9,7 @@
 //! configuration per scenario in the product brief.
 
 mod diff;
+pub(crate) mod help;
 pub mod identity;
 pub mod model;
 pub mod schema;
@@ -22,20 +23,12 @@ use crate::diagnostic::Diagnostic;
 pub use diff::{diff, Change, ChangeKind, Section};
 pub use model::*;
 pub use validate::IMPLEMENTED_GROUP_MONITORS;
-pub(crate) use validate::{closest, serde_diagnostic, unknown_ref};
 
 /// Length of a cluster key in bytes.
 pub const KEY_LEN: usize = 32;
 
-/// Limit on one resource action (start, stop, check) unless `timeout_ms`
-/// says otherwise.
-pub const DEFAULT_RESOURCE_TIMEOUT_MS: u64 = 20_000;
-/// A `process` resource that has not exited this long after its stop
-/// signal gets SIGKILL (with the default timeout; at most half of a
-/// shorter one).
-pub const DEFAULT_KILL_AFTER_MS: u64 = 5_000;
-/// How long a stop waits for SIGKILL to take effect.
-pub const KILL_WAIT_MS: u64 = 2_000;
+pub use crate::kinds::process::{DEFAULT_KILL_AFTER_MS, KILL_WAIT_MS};
+pub use crate::kinds::DEFAULT_RESOURCE_TIMEOUT_MS;
 
 /// What the caller found at a key file's path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,7 +83,7 @@ pub fn load(source: &str, base_dir: &Path, key_facts: &dyn Fn(&Path) -> KeyFileF
         Err(e) => {
             return Loaded {
                 config: None,
-                diagnostics: vec![validate::from_toml_error(&e)],
+                diagnostics: vec![help::from_toml_error(&e)],
             }
         }
     };

@@ -15,11 +15,11 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Serialize, Serializer};
 
+pub use super::values::{Backing, Failback, OnFail, Profile, Protocol, SplitBrainPolicy};
 use super::values::{Cidr, Size};
 use crate::kinds::Params;
-use crate::policy::Confinement;
 
 /// Where the agent keeps its state unless `[cluster] state_dir` says.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/tandem";
@@ -152,6 +152,29 @@ impl Config {
     }
 }
 
+/// A hard limit on where a group can run: the nodes holding a copy of
+/// each of its volumes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Confinement {
+    /// Each volume the group uses, with the nodes holding its copies.
+    pub volumes: Vec<(String, Vec<String>)>,
+}
+
+impl Confinement {
+    /// Why the group cannot run on `node`; `None` when it can.
+    pub fn why_not(&self, node: &str) -> Option<String> {
+        self.volumes
+            .iter()
+            .find(|(_, copies)| !copies.iter().any(|c| c == node))
+            .map(|(v, copies)| {
+                format!(
+                    "holds no copy of volume {v} (copies on {})",
+                    copies.join(", ")
+                )
+            })
+    }
+}
+
 /// `[cluster]`: the cluster's name, keys and where the agent keeps things.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ClusterSpec {
@@ -169,18 +192,6 @@ pub struct ClusterSpec {
     /// The Unix group allowed to use the control socket besides root.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub control_group: Option<String>,
-}
-
-/// Timing profiles: named sets of [`Timing`] values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Profile {
-    /// Sub-second failover on a LAN.
-    Default,
-    /// Slower, for busy or virtualized machines.
-    Relaxed,
-    /// For links across sites.
-    Wan,
 }
 
 /// Resolved failure-detection timing.
@@ -282,16 +293,6 @@ pub struct FenceDeviceSpec {
     pub options: Vec<(String, String)>,
 }
 
-/// Whether a group comes back to its preferred node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Failback {
-    /// When the preferred node returns, the group moves back.
-    Auto,
-    /// It stays where it is until the operator moves it.
-    Manual,
-}
-
 /// A group: resources started in order on one node at a time.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct GroupSpec {
@@ -325,20 +326,6 @@ pub struct ResourceSpec {
     /// The kind and its fields.
     #[serde(flatten)]
     pub params: Params,
-}
-
-/// What a monitor does after `failures` failed checks in a row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum OnFail {
-    /// Restart the group in place (up to `restarts` times), then move it.
-    Restart,
-    /// Move the group to another node.
-    Move,
-    /// Fence this node.
-    Fence,
-    /// Record the failure only.
-    Ignore,
 }
 
 /// A monitor after validation: its name, schedule and thresholds with
@@ -408,39 +395,6 @@ pub enum MonitorCheck {
         /// Program and arguments.
         command: Vec<String>,
     },
-}
-
-/// Replication protocol of a volume.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Protocol {
-    /// A write completes once both copies have it.
-    C,
-    /// A write completes once the local copy has it.
-    A,
-}
-
-/// What a volume does when both copies were written apart.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum SplitBrainPolicy {
-    /// Stay disconnected until the operator chooses.
-    Disconnect,
-    /// Discard the copy that was not written to, if only one was.
-    DiscardZeroChanges,
-    /// Discard the copy that became primary last.
-    DiscardYoungerPrimary,
-    /// Discard the copy with fewer changed blocks.
-    DiscardLeastChanges,
-}
-
-/// Where a volume's copy lives on each node.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum Backing {
-    /// The same path on every node.
-    Same(PathBuf),
-    /// Node name -> path.
-    PerNode(BTreeMap<String, PathBuf>),
 }
 
 /// A replicated volume after validation.

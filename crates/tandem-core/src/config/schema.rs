@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use serde_spanned::Spanned;
 
-pub use super::model::{Backing, Failback, OnFail, Profile, Protocol, SplitBrainPolicy};
+pub use super::values::{Backing, Failback, OnFail, Profile, Protocol, SplitBrainPolicy};
 use super::values::{Cidr, Size};
 
 /// A whole configuration file. Identical on every node of the cluster.

@@ -1,11 +1,13 @@
 //! Small value types written as strings in the configuration: an address with
 //! prefix length (`10.0.0.100/24`) and a byte size (`4GiB`).
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::str::FromStr;
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// Why a value string was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -118,6 +120,75 @@ impl<'de> Deserialize<'de> for Size {
         let s = String::deserialize(d)?;
         s.parse().map_err(serde::de::Error::custom)
     }
+}
+
+/// Timing profiles: named sets of [`Timing`] values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Profile {
+    /// Sub-second failover on a LAN.
+    Default,
+    /// Slower, for busy or virtualized machines.
+    Relaxed,
+    /// For links across sites.
+    Wan,
+}
+
+/// Whether a group comes back to its preferred node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Failback {
+    /// When the preferred node returns, the group moves back.
+    Auto,
+    /// It stays where it is until the operator moves it.
+    Manual,
+}
+
+/// What a monitor does after `failures` failed checks in a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnFail {
+    /// Restart the group in place (up to `restarts` times), then move it.
+    Restart,
+    /// Move the group to another node.
+    Move,
+    /// Fence this node.
+    Fence,
+    /// Record the failure only.
+    Ignore,
+}
+
+/// Replication protocol of a volume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Protocol {
+    /// A write completes once both copies have it.
+    C,
+    /// A write completes once the local copy has it.
+    A,
+}
+
+/// What a volume does when both copies were written apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SplitBrainPolicy {
+    /// Stay disconnected until the operator chooses.
+    Disconnect,
+    /// Discard the copy that was not written to, if only one was.
+    DiscardZeroChanges,
+    /// Discard the copy that became primary last.
+    DiscardYoungerPrimary,
+    /// Discard the copy with fewer changed blocks.
+    DiscardLeastChanges,
+}
+
+/// Where a volume's copy lives on each node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Backing {
+    /// The same path on every node.
+    Same(PathBuf),
+    /// Node name -> path.
+    PerNode(BTreeMap<String, PathBuf>),
 }
 
 #[cfg(test)]

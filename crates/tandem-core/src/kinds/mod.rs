@@ -21,6 +21,10 @@ use crate::config::schema::ConfigFile;
 use crate::config::values::Cidr;
 use crate::diagnostic::Diagnostic;
 
+/// Limit on one resource action (start, stop, check) unless `timeout_ms`
+/// says otherwise.
+pub const DEFAULT_RESOURCE_TIMEOUT_MS: u64 = 20_000;
+
 /// One field of a kind, for checks, messages and documentation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Field {
@@ -103,8 +107,7 @@ impl<'a> Fields<'a> {
     ) -> Fields<'a> {
         Fields {
             name,
-            timeout_ms: timeout
-                .map_or(crate::config::DEFAULT_RESOURCE_TIMEOUT_MS, |t| *t.get_ref()),
+            timeout_ms: timeout.map_or(DEFAULT_RESOURCE_TIMEOUT_MS, |t| *t.get_ref()),
             timeout_at: timeout.map(Spanned::span),
             left: fields,
             diags,
@@ -135,7 +138,7 @@ impl<'a> Fields<'a> {
         match T::deserialize(v.into_inner()) {
             Ok(t) => Some(Spanned::new(at, t)),
             Err(e) => {
-                let d = crate::config::serde_diagnostic(Some(at), &e.to_string());
+                let d = crate::config::help::serde_diagnostic(Some(at), &e.to_string());
                 self.diags.push(d);
                 None
             }
@@ -174,7 +177,7 @@ impl<'a> Fields<'a> {
     /// Reports `name` if it is not among `known` (`what`: a volume, a link).
     pub fn unknown_ref(&mut self, what: &str, name: &Spanned<String>, known: &BTreeSet<String>) {
         let context = format!("resource `{}`", self.name.get_ref());
-        if let Some(d) = crate::config::unknown_ref(what, name, known, &context) {
+        if let Some(d) = crate::config::help::unknown_ref(what, name, known, &context) {
             self.diags.push(d);
         }
     }
@@ -213,7 +216,7 @@ impl<'a> Fields<'a> {
                 .map(|s| s.to_string())
                 .collect();
             choices.dedup();
-            let help = match crate::config::closest(&key, &choices) {
+            let help = match crate::config::help::closest(&key, &choices) {
                 Some(best) => format!(
                     "did you mean `{best}`? A `{kind}` resource takes: {}",
                     choices.join(", ")

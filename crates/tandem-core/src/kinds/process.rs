@@ -6,7 +6,13 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use super::{Field, Fields, Kind, Spec};
-use crate::config::{DEFAULT_KILL_AFTER_MS, KILL_WAIT_MS};
+
+/// A `process` resource that has not exited this long after its stop
+/// signal gets SIGKILL (with the default timeout; at most half of a
+/// shorter one).
+pub const DEFAULT_KILL_AFTER_MS: u64 = 5_000;
+/// How long a stop waits for SIGKILL to take effect.
+pub const KILL_WAIT_MS: u64 = 2_000;
 
 /// Stop signals a `process` may name (with or without `SIG`).
 pub const STOP_SIGNALS: &[&str] = &["TERM", "INT", "QUIT", "HUP", "KILL", "USR1", "USR2"];

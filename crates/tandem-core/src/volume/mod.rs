@@ -23,7 +23,7 @@ pub mod seal;
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::config::SplitBrainPolicy;
+pub use crate::config::values::SplitBrainPolicy;
 
 /// The state of one copy's data, as DRBD names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -18,7 +18,7 @@
 //!    is in it itself (or forced).
 
 use super::VolumeFacts;
-use crate::config::Protocol;
+use crate::config::values::Protocol;
 
 /// How a write (or a flush) is to be acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,8 +1,8 @@
-//! A resource on this node: who it belongs to, its limit and its kind's
-//! driver ([`crate::kinds`]), and what every kind shares: bounded actions
-//! ([`run_action`]), children in sessions of their own whose whole process
-//! group is killed on a timeout ([`run_bounded`]), pid files checked
-//! against the process's start time, and signal names.
+//! Child processes, which every kind that runs programs shares: who a
+//! resource belongs to ([`Owner`]: its environment and file names),
+//! children in sessions of their own whose whole process group is killed
+//! on a timeout ([`run_bounded`]), pid files checked against the process's
+//! start time, and signal names.
 //!
 //! Every child gets `TANDEM_CLUSTER`, `TANDEM_NODE`, `TANDEM_GROUP` and
 //! `TANDEM_RESOURCE` in its environment.
@@ -11,16 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use tandem_core::config::ResourceSpec;
-use tandem_core::group::{ActionKind, Outcome};
 use tokio::io::AsyncReadExt as _;
-
-use crate::kinds::{self, Bind, Driver};
 
 /// Most output of a script kept for an error message.
 const MAX_OUTPUT: usize = 2048;
-/// Announcements after a takeover (ms after the address is added).
-pub const ANNOUNCE_AT_MS: [u64; 5] = [0, 50, 250, 1_000, 3_000];
 
 /// Who a resource belongs to (for the environment and file names).
 #[derive(Debug, Clone)]
@@ -65,36 +59,6 @@ impl Owner {
     pub(crate) fn file(&self, ext: &str) -> PathBuf {
         self.run_dir
             .join(format!("{}.{}.{ext}", self.group, self.resource))
-    }
-}
-
-/// A resource with its owner and limits.
-#[derive(Debug)]
-pub struct Resource {
-    /// Who it belongs to.
-    pub owner: Owner,
-    /// Limit on one action.
-    pub timeout_ms: u64,
-    /// Its kind's side in the agent.
-    pub kind: Box<dyn Driver>,
-    /// What its last actions did that the log should say (a SIGKILL...);
-    /// taken by the caller ([`Resource::take_notes`]).
-    notes: std::cell::RefCell<Vec<String>>,
-}
-
-impl Resource {
-    /// Lines for the log from the actions run so far.
-    pub fn take_notes(&self) -> Vec<String> {
-        std::mem::take(&mut *self.notes.borrow_mut())
-    }
-
-    /// Keeps a line for the log (a SIGKILL sent...).
-    pub(crate) fn note(&self, line: String) {
-        let mut n = self.notes.borrow_mut();
-        // Bounded: the caller takes them after every action.
-        if n.len() < 16 {
-            n.push(line);
-        }
     }
 }
 
@@ -152,40 +116,6 @@ pub fn signal_number(name: &str) -> Option<i32> {
         "USR2" => libc::SIGUSR2,
         _ => return None,
     })
-}
-
-impl Resource {
-    /// The shell's resource for a configured one, or why this node cannot
-    /// run it.
-    pub fn new(
-        spec: &ResourceSpec,
-        owner: Owner,
-        cx: &Bind<'_>,
-    ) -> Result<Resource, kinds::BindError> {
-        Ok(Resource {
-            owner,
-            timeout_ms: spec.timeout_ms,
-            kind: kinds::bind(&spec.params, cx)?,
-            notes: std::cell::RefCell::new(Vec::new()),
-        })
-    }
-}
-
-/// Runs one action to its outcome, bounded by the resource's timeout.
-pub async fn run_action(r: &Resource, kind: ActionKind) -> Outcome {
-    let limit = Duration::from_millis(r.timeout_ms);
-    let fut = r.kind.action(r, kind);
-    // A little past the limit: the inner bounds (which kill the action's
-    // whole process group and say what timed out) go first.
-    match tokio::time::timeout(
-        limit + Duration::from_millis(tandem_core::group::ACTION_GRACE_MS),
-        fut,
-    )
-    .await
-    {
-        Ok(o) => o,
-        Err(_) => Outcome::Failed(format!("timed out after {} ms", r.timeout_ms)),
-    }
 }
 
 // ---- process ----------------------------------------------------------------
@@ -348,22 +278,6 @@ pub(crate) mod tests {
         }
     }
 
-    use crate::resources::test_runtime as rt;
-
-    /// Resource `r` of group `g` with these fields, its files in `dir`.
-    pub(crate) fn resource(
-        params: tandem_core::kinds::Params,
-        timeout_ms: u64,
-        dir: &Path,
-    ) -> Resource {
-        let spec = ResourceSpec {
-            name: "r".into(),
-            timeout_ms,
-            params,
-        };
-        Resource::new(&spec, owner(dir), &crate::kinds::Bind { hub: None }).unwrap()
-    }
-
     /// The pid a test script wrote to `path`.
     pub(crate) fn read_pid(path: &Path) -> i32 {
         std::fs::read_to_string(path)
@@ -395,7 +309,7 @@ pub(crate) mod tests {
         let script = format!("sleep 3600 & echo $! > {}; wait", pidfile.display());
         let sh = Path::new("/bin/sh");
         let args = ["-c", script.as_str()];
-        let rt = rt();
+        let rt = test_runtime();
         // The action's own limit fires.
         let r = rt.block_on(run_bounded(
             sh,
