@@ -9,6 +9,8 @@
 //! -> {"v":1,"request":"status"}
 //! <- {"answer":"status","status":{...}}
 //! <- {"answer":"error","error":{"kind":"unknown_group","name":"wbe","known":["web"]}}
+//! -> {"v":1,"request":"volume","command":{"command":"promote","name":"data","force":false}}
+//! <- {"answer":"volume","volume":{"volumes":[...],"message":null,"error":null}}
 //! ```
 //!
 //! `v` is [`PROTOCOL_VERSION`]; an agent refuses another version with
@@ -49,8 +51,10 @@ const READ_LIMIT: Duration = Duration::from_secs(2);
 /// How long the agent waits for its main loop's answer, and for the client
 /// to take the answer.
 const ANSWER_LIMIT: Duration = Duration::from_secs(5);
-/// How long a client waits for the agent's answer.
-const CLIENT_LIMIT: Duration = Duration::from_secs(5);
+/// How long a client waits for the agent's answer: longer than the agent
+/// waits for its loop, so that a slow loop is reported as
+/// [`ControlError::NoAnswer`] rather than as a client timeout.
+const CLIENT_LIMIT: Duration = Duration::from_secs(8);
 /// Requests queued for the main loop; beyond, [`ControlError::Busy`].
 pub const LOOP_QUEUE: usize = 16;
 
@@ -398,6 +402,13 @@ pub enum ClientError {
     /// The agent refused the request.
     #[error("{0}")]
     Refused(#[from] ControlError),
+    /// The agent is of the previous version (it answered in that
+    /// version's words): restart it with this version.
+    #[error("the agent runs an older version of tandem ({why}); restart it with this version")]
+    Older {
+        /// What it said.
+        why: String,
+    },
 }
 
 /// A connection-per-call client of one agent's control socket.
@@ -414,9 +425,8 @@ impl Client {
         }
     }
 
-    /// Sends `request`; returns the answer as JSON (an error answer is
-    /// returned as [`ClientError::Refused`]).
-    pub fn call_json(&self, request: &ControlRequest) -> Result<serde_json::Value, ClientError> {
+    /// Sends one line and reads the whole answer.
+    fn exchange(&self, line: &[u8]) -> Result<Vec<u8>, ClientError> {
         let path = || self.socket.clone();
         let mut s = std::os::unix::net::UnixStream::connect(&self.socket).map_err(|source| {
             ClientError::Connect {
@@ -429,55 +439,85 @@ impl Client {
             source,
         };
         s.set_read_timeout(Some(CLIENT_LIMIT)).map_err(io)?;
-        let mut line = serde_json::to_vec(&Envelope {
+        let mut msg = line.to_vec();
+        msg.push(b'\n');
+        // One write: the agent answers as soon as it has the line.
+        s.write_all(&msg).map_err(io)?;
+        let mut buf = Vec::new();
+        s.take(MAX_ANSWER_BYTES).read_to_end(&mut buf).map_err(io)?;
+        Ok(buf)
+    }
+
+    /// Sends `request`; returns the answer's bytes as the agent wrote
+    /// them, once it is known not to be an error.
+    fn call_bytes(&self, request: &ControlRequest) -> Result<Vec<u8>, ClientError> {
+        let line = serde_json::to_vec(&Envelope {
             v: PROTOCOL_VERSION,
             request: request.clone(),
         })
         .map_err(|e| ClientError::Answer { why: e.to_string() })?;
-        line.push(b'\n');
-        // One write: the agent answers as soon as it has the line.
-        s.write_all(&line).map_err(io)?;
-        let mut buf = Vec::new();
-        s.take(MAX_ANSWER_BYTES).read_to_end(&mut buf).map_err(io)?;
-        let value: serde_json::Value =
-            serde_json::from_slice(&buf).map_err(|e| ClientError::Answer {
-                why: format!("{e}: {}", String::from_utf8_lossy(&buf)),
-            })?;
-        if value.get("answer").and_then(|a| a.as_str()) == Some("error") {
-            let e = serde_json::from_value::<ControlError>(value["error"].clone())
-                .map_err(|e| ClientError::Answer { why: e.to_string() })?;
-            return Err(ClientError::Refused(e));
+        let buf = self.exchange(&line)?;
+        #[derive(Deserialize)]
+        struct Head {
+            answer: Option<String>,
+            error: Option<serde_json::Value>,
         }
-        if let Some(e) = value.get("error").and_then(|e| e.as_str()) {
-            // The previous version's error shape.
-            return Err(ClientError::Answer { why: e.to_string() });
+        let head: Head = serde_json::from_slice(&buf).map_err(|e| ClientError::Answer {
+            why: format!("{e}: {}", String::from_utf8_lossy(&buf)),
+        })?;
+        match (head.answer.as_deref(), head.error) {
+            (Some("error"), Some(e)) => Err(ClientError::Refused(
+                serde_json::from_value::<ControlError>(e)
+                    .map_err(|e| ClientError::Answer { why: e.to_string() })?,
+            )),
+            // The previous version's error shape: an agent older than this
+            // client, which knows only its own requests.
+            (None, Some(serde_json::Value::String(e))) => Err(ClientError::Older { why: e }),
+            _ => Ok(buf),
         }
-        Ok(value)
     }
 
     /// Sends `request` and decodes the answer.
     pub fn call(&self, request: &ControlRequest) -> Result<ControlResponse, ClientError> {
-        let value = self.call_json(request)?;
-        serde_json::from_value(value).map_err(|e| ClientError::Answer { why: e.to_string() })
+        let buf = self.call_bytes(request)?;
+        serde_json::from_slice(&buf).map_err(|e| ClientError::Answer { why: e.to_string() })
     }
 
-    /// The agent's status as JSON, every field as the agent wrote it
-    /// (`tandem status --json`).
-    pub fn status_json(&self) -> Result<serde_json::Value, ClientError> {
-        let mut v = self.call_json(&ControlRequest::Status)?;
-        match v.get_mut("status") {
-            Some(s) => Ok(s.take()),
-            None => Err(ClientError::Answer {
-                why: "no status in the answer".into(),
-            }),
+    /// The agent's status as JSON, exactly as the agent wrote it
+    /// (`tandem status --json`). An agent of the previous version is asked
+    /// in its own words.
+    pub fn status_json(&self) -> Result<String, ClientError> {
+        let buf = match self.call_bytes(&ControlRequest::Status) {
+            Err(ClientError::Older { .. }) => return self.older_status(),
+            other => other?,
+        };
+        #[derive(Deserialize)]
+        struct Answer<'a> {
+            #[serde(borrow)]
+            status: &'a serde_json::value::RawValue,
         }
+        let a: Answer<'_> = serde_json::from_slice(&buf).map_err(|e| ClientError::Answer {
+            why: format!("no status in the answer ({e})"),
+        })?;
+        Ok(a.status.get().to_string())
+    }
+
+    /// The bare `status` line of the previous version, and its bare answer.
+    fn older_status(&self) -> Result<String, ClientError> {
+        let buf = self.exchange(b"status")?;
+        String::from_utf8(buf).map_err(|e| ClientError::Answer { why: e.to_string() })
     }
 
     /// The agent's status.
     pub fn status(&self) -> Result<Status, ClientError> {
-        match self.call(&ControlRequest::Status)? {
-            ControlResponse::Status { status } => Ok(*status),
-            other => Err(unexpected(&other)),
+        match self.call(&ControlRequest::Status) {
+            Ok(ControlResponse::Status { status }) => Ok(*status),
+            Ok(other) => Err(unexpected(&other)),
+            Err(ClientError::Older { .. }) => {
+                let text = self.older_status()?;
+                serde_json::from_str(&text).map_err(|e| ClientError::Answer { why: e.to_string() })
+            }
+            Err(e) => Err(e),
         }
     }
 
@@ -547,6 +587,25 @@ mod tests {
         assert_eq!(
             text,
             r#"{"v":1,"request":"move","group":"web","node":"n2"}"#
+        );
+        assert_eq!(serde_json::from_str::<Envelope>(&text).unwrap(), e);
+    }
+
+    #[test]
+    fn volume_commands_travel_tagged_in_snake_case() {
+        let e = Envelope {
+            v: PROTOCOL_VERSION,
+            request: ControlRequest::Volume {
+                command: VolumeCommand::Promote {
+                    name: "data".into(),
+                    force: false,
+                },
+            },
+        };
+        let text = serde_json::to_string(&e).unwrap();
+        assert_eq!(
+            text,
+            r#"{"v":1,"request":"volume","command":{"command":"promote","name":"data","force":false}}"#
         );
         assert_eq!(serde_json::from_str::<Envelope>(&text).unwrap(), e);
     }

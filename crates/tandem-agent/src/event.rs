@@ -338,6 +338,12 @@ pub enum AgentEvent {
         /// Its identity.
         identity: String,
     },
+    /// An operator's request waited so long in the queue that its asker
+    /// gave up: it was not acted on.
+    RequestDropped {
+        /// The request in words.
+        request: String,
+    },
     /// A volume's request for the record went to the leader.
     VolumeRequest {
         /// The request in words.
@@ -557,6 +563,10 @@ impl std::fmt::Display for AgentEvent {
                 write!(f, "this node runs the committed configuration ({identity})")
             }
             AgentEvent::VolumeRequest { request } => write!(f, "volume request: {request}"),
+            AgentEvent::RequestDropped { request } => write!(
+                f,
+                "operator request not acted on: `{request}` waited longer than its asker (who was told there was no answer)"
+            ),
             AgentEvent::Note { text } => f.write_str(text),
         }
     }

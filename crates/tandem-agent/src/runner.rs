@@ -1,5 +1,5 @@
 //! The agent's resource shell: joins the core's [`Groups`] state machine
-//! to the real resources ([`crate::resources`]) and monitors
+//! to the real resources ([`crate::kinds`]) and monitors
 //! ([`crate::monitor`]) of this node.
 //!
 //! Each pass ([`Runner::drive`]) decides what is wanted of every group from
@@ -456,7 +456,7 @@ impl Runner {
             let Some(end) = d.leaving_until_ms else {
                 continue;
             };
-            if d.cut_short(now_ms) && !self.killed_leaving.contains(&g) {
+            if pass.kills(g, now_ms) && !self.killed_leaving.contains(&g) {
                 // Addresses and process groups at once; scripts' own stop
                 // is what the runner is already doing.
                 let lease = LeaseFile {

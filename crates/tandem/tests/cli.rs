@@ -223,7 +223,24 @@ fn config_show_writes_the_full_model_and_config_diff_pairs_entries_by_name() {
     ]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(text(&o).contains("no change"), "{}", text(&o));
-    // A changed address and a new group, each named.
+    // A secret is masked, and validation refuses the mark rather than let
+    // a file made from the output fence with it.
+    let ordered = dir.path().join("ordered-takeover.toml");
+    let o = tandem(&[
+        "config",
+        "show",
+        "--format",
+        "toml",
+        ordered.to_str().unwrap(),
+    ]);
+    let masked = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(masked.contains("community = \"****\""), "{masked}");
+    assert!(!masked.contains("private"), "{masked}");
+    std::fs::write(&shown, &masked).unwrap();
+    let o = tandem(&["config", "validate", shown.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("write the real value"), "{}", text(&o));
+    // A changed failback, named with its group.
     let original = std::fs::read_to_string(&example).unwrap();
     let changed = original.replace("failback = \"auto\"", "failback = \"manual\"");
     assert_ne!(

@@ -462,8 +462,16 @@ impl Agent {
                     self.start_fences();
                 }
                 Some((request, reply)) = ctl_rx.recv() => {
-                    let answer = self.answer(request);
-                    let _ = reply.send(answer);
+                    // Whoever asked gave up waiting (and was told there
+                    // was no answer): do not act on it behind their back.
+                    if reply.is_closed() {
+                        self.log(AgentEvent::RequestDropped {
+                            request: request.to_string(),
+                        });
+                    } else {
+                        let answer = self.answer(request);
+                        let _ = reply.send(answer);
+                    }
                 }
                 _ = term.recv() => self.begin_shutdown(&mut shutdown_deadline),
                 _ = int.recv() => self.begin_shutdown(&mut shutdown_deadline),
@@ -794,7 +802,6 @@ pub fn group_id(name: &str) -> Result<u32> {
         .with_context(|| format!("control_group {name}: no such group in /etc/group; create it or remove control_group"))
 }
 
-/// A control request line and where its answer goes.
 #[cfg(test)]
 mod tests {
     use super::*;

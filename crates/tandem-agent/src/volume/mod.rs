@@ -173,6 +173,7 @@ pub fn configs(
 
 /// A `tandem volume` command sent to the agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case", deny_unknown_fields)]
 pub enum VolumeCommand {
     /// Status of one volume or all.
     Status {

@@ -74,7 +74,10 @@ pub enum ChangeKind {
     },
     /// The entries both configurations have are in another order (nodes:
     /// who votes; resources: start order). `name` is the list's owner.
-    Reordered,
+    Reordered {
+        /// The list (`node`, `resource`, `monitor`...).
+        list: Section,
+    },
 }
 
 /// One change between two configurations.
@@ -102,10 +105,10 @@ impl fmt::Display for Change {
             ChangeKind::Added => write!(f, "{what} added"),
             ChangeKind::Removed => write!(f, "{what} removed"),
             ChangeKind::Changed { fields } => write!(f, "{what} changed: {}", fields.join(", ")),
-            ChangeKind::Reordered if self.name.is_empty() => {
-                write!(f, "{}s reordered", self.section.word())
+            ChangeKind::Reordered { list } if self.name.is_empty() => {
+                write!(f, "{}s reordered", list.word())
             }
-            ChangeKind::Reordered => write!(f, "{what}: {}s reordered", Section::Resource.word()),
+            ChangeKind::Reordered { list } => write!(f, "{what}: {}s reordered", list.word()),
         }
     }
 }
@@ -208,12 +211,16 @@ impl Differ {
         let mut order_new: Vec<&String> = new.iter().map(&name).collect();
         order_new.retain(|n| order_old.contains(n));
         if order_old != order_new {
-            let (section, name) = if owner.is_empty() {
+            let (owner_section, name) = if owner.is_empty() {
                 (section, String::new())
             } else {
                 (Section::Group, owner.to_string())
             };
-            self.push(section, &name, ChangeKind::Reordered);
+            self.push(
+                owner_section,
+                &name,
+                ChangeKind::Reordered { list: section },
+            );
         }
         both
     }
@@ -463,6 +470,26 @@ command = ["/usr/bin/db"]
                 "group `web` changed: preferred"
             ]
         );
+    }
+
+    #[test]
+    fn a_reordering_names_the_list() {
+        let a = cfg(BASE);
+        let two = "[[group.monitor]]\nname = \"alive\"\nkind = \"process\"\nresource = \"daemon\"\n\n[[group.monitor]]\nname = \"port\"\nkind = \"tcp\"\naddress = \"127.0.0.1:80\"\n";
+        let swapped = "[[group.monitor]]\nname = \"port\"\nkind = \"tcp\"\naddress = \"127.0.0.1:80\"\n\n[[group.monitor]]\nname = \"alive\"\nkind = \"process\"\nresource = \"daemon\"\n";
+        let one =
+            "[[group.monitor]]\nname = \"alive\"\nkind = \"process\"\nresource = \"daemon\"\n";
+        let b = cfg(&BASE.replace(one, two));
+        let c = cfg(&BASE.replace(one, swapped));
+        let changes = diff(&b, &c);
+        assert_eq!(shown(&changes), vec!["group `web`: monitors reordered"]);
+        assert_eq!(
+            changes[0].kind,
+            ChangeKind::Reordered {
+                list: Section::Monitor
+            }
+        );
+        assert_eq!(shown(&diff(&a, &b)), vec!["monitor `web/port` added"]);
     }
 
     #[test]

@@ -64,6 +64,7 @@ pub fn of(cfg: &Config) -> Identity {
             m
         }
     };
+    let secrets = cfg.secrets();
     let mut sections: Vec<(String, String)> = value
         .iter()
         .map(|(name, v)| {
@@ -74,17 +75,9 @@ pub fn of(cfg: &Config) -> Identity {
             h.update(name.as_bytes());
             h.update(b"\0");
             h.update(&canonical);
-            if name == "fence_device" {
-                for d in &cfg.fence_devices {
-                    for (k, v) in &d.options {
-                        h.update(d.name.as_bytes());
-                        h.update(b"\0");
-                        h.update(k.as_bytes());
-                        h.update(b"\0");
-                        h.update(v.as_bytes());
-                        h.update(b"\n");
-                    }
-                }
+            for (_, secret) in secrets.iter().filter(|(section, _)| section == name) {
+                h.update(secret.as_bytes());
+                h.update(b"\n");
             }
             (name.clone(), short(h.finalize()))
         })

@@ -7,7 +7,7 @@
 //! votes, a resource's its start order) and every entry has a name that is
 //! unique in its list, which is how [`super::diff`] pairs two models.
 //! The model serializes to the shape of the file it came from (`config
-//! show --full`), with secrets redacted; [`super::identity`] hashes that
+//! show --format toml`), with secrets redacted; [`super::identity`] hashes that
 //! form (and the secrets themselves), so two files that say the same thing
 //! have the same identity however they are written.
 
@@ -20,6 +20,9 @@ use serde::{Serialize, Serializer};
 pub use super::values::{Backing, Failback, OnFail, Profile, Protocol, SplitBrainPolicy};
 use super::values::{Cidr, Size};
 use crate::kinds::Params;
+
+/// What is written in place of a secret wherever the model is shown.
+pub const REDACTED: &str = "****";
 
 /// Where the agent keeps its state unless `[cluster] state_dir` says.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/tandem";
@@ -99,6 +102,7 @@ pub struct Config {
     #[serde(rename = "volume")]
     pub volumes: Vec<VolumeSpec>,
     /// The watchdog to arm; None when `[watchdog] enabled = false`.
+    #[serde(serialize_with = "watchdog_table")]
     pub watchdog: Option<WatchdogSpec>,
 }
 
@@ -128,6 +132,37 @@ impl Config {
     /// Node `name`.
     pub fn node(&self, name: &str) -> Option<&NodeSpec> {
         self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// Every secret the serialized model hides, by the section that holds
+    /// it: the identity hashes them (a new password is a new
+    /// configuration) without ever writing them.
+    pub fn secrets(&self) -> Vec<(&'static str, &str)> {
+        let mut out = Vec::new();
+        for d in &self.fence_devices {
+            for (k, v) in &d.options {
+                if !crate::fence::is_shown(k) {
+                    out.push(("fence_device", v.as_str()));
+                }
+            }
+        }
+        for g in &self.groups {
+            for r in &g.resources {
+                if let Params::Process(p) = &r.params {
+                    for (k, v) in &p.env {
+                        if crate::fence::is_secret(k) {
+                            out.push(("group", v.as_str()));
+                        }
+                    }
+                }
+            }
+            for m in &g.monitors {
+                if let MonitorCheck::Http { url } = &m.check {
+                    out.push(("group", url.as_str()));
+                }
+            }
+        }
+        out
     }
 
     /// Volume `name`.
@@ -387,7 +422,8 @@ pub enum MonitorCheck {
     },
     /// An HTTP GET answers 2xx or 3xx.
     Http {
-        /// URL.
+        /// URL (a password in it is written redacted).
+        #[serde(serialize_with = "redacted_url")]
         url: String,
     },
     /// A command exits 0.
@@ -476,6 +512,42 @@ impl WatchdogSpec {
     }
 }
 
+/// `[watchdog]` as the file writes it: `enabled` and, when enabled, its
+/// settings (a disabled one must say so: the file's default is enabled).
+fn watchdog_table<S: Serializer>(w: &Option<WatchdogSpec>, s: S) -> Result<S::Ok, S::Error> {
+    #[derive(Serialize)]
+    struct Table<'a> {
+        enabled: bool,
+        #[serde(flatten)]
+        spec: Option<&'a WatchdogSpec>,
+    }
+    Table {
+        enabled: w.is_some(),
+        spec: w.as_ref(),
+    }
+    .serialize(s)
+}
+
+/// `url` with the password of its user information masked.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((user, host)) => {
+            let user = user.split_once(':').map_or(user, |(u, _)| u);
+            format!("{scheme}://{user}:{REDACTED}@{host}{path}")
+        }
+        None => url.to_string(),
+    }
+}
+
+fn redacted_url<S: Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&redact_url(url))
+}
+
 fn display_opt<T: std::fmt::Display, S: Serializer>(
     v: &Option<T>,
     s: S,
@@ -542,26 +614,87 @@ mod tests {
             .unwrap_or_else(|| panic!("{name}: {:?}", l.diagnostics))
     }
 
+    /// Stands in for a secret when a test reads a shown model back.
+    const PUT_BACK: &str = "put-back-by-hand";
+
+    /// `cfg` with every secret as a file made from `config show` has it
+    /// once the operator replaced each mark (here by [`PUT_BACK`]).
+    fn with_secrets_put_back(cfg: &Config) -> Config {
+        let mut c = cfg.clone();
+        for d in &mut c.fence_devices {
+            for (k, v) in &mut d.options {
+                if !crate::fence::is_shown(k) {
+                    *v = PUT_BACK.into();
+                }
+            }
+        }
+        for g in &mut c.groups {
+            for r in &mut g.resources {
+                if let Params::Process(p) = &mut r.params {
+                    for (k, v) in &mut p.env {
+                        if crate::fence::is_secret(k) {
+                            *v = PUT_BACK.into();
+                        }
+                    }
+                }
+            }
+            for m in &mut g.monitors {
+                if let MonitorCheck::Http { url } = &mut m.check {
+                    *url = redact_url(url).replace(REDACTED, PUT_BACK);
+                }
+            }
+        }
+        c
+    }
+
     /// What `config show --format toml` prints is a configuration that
-    /// says the same (only secrets differ: they are printed redacted).
+    /// says the same, once its masked secrets are written back; with the
+    /// marks left in, validation refuses it rather than fence with `****`.
     #[test]
     fn the_model_written_as_toml_reads_back_as_the_same_model() {
-        for (name, text) in EXAMPLES {
+        let disabled = EXAMPLES[5].1.to_string() + "\n[watchdog]\nenabled = false\n";
+        let secrets = EXAMPLES[0].1.replace(
+            "command = [",
+            "env = { API_TOKEN = \"s3cr3t\", MODE = \"fast\" }\ncommand = [",
+        );
+        let extra = [
+            ("watchdog disabled", disabled.as_str()),
+            ("process env", secrets.as_str()),
+        ];
+        for (name, text) in EXAMPLES.iter().copied().chain(extra) {
             let cfg = model(name, text);
             let written = cfg.to_toml().unwrap_or_else(|e| panic!("{name}: {e}"));
-            let mut again = model(name, &written);
-            let mut expected = cfg.clone();
-            for d in &mut expected.fence_devices {
-                d.options = crate::fence::shown_options(
-                    d.options.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-                )
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect();
+            let mut again = model(name, &written.replace(REDACTED, PUT_BACK));
+            again.base_dir.clone_from(&cfg.base_dir);
+            assert_eq!(again, with_secrets_put_back(&cfg), "{name}:\n{written}");
+            if written.contains(REDACTED) {
+                let facts = |_: &Path| KeyFileFacts::Present {
+                    len: 32,
+                    mode: 0o600,
+                };
+                let l = load(&written, Path::new("/etc/tandem"), &facts);
+                assert!(l.config.is_none(), "{name}: `{REDACTED}` accepted");
             }
-            again.base_dir.clone_from(&expected.base_dir);
-            assert_eq!(again, expected, "{name}:\n{written}");
         }
+        let c = model("process env", &secrets);
+        let written = c.to_toml().unwrap();
+        assert!(
+            written.contains("MODE = \"fast\"") && !written.contains("s3cr3t"),
+            "{written}"
+        );
+        let d = model("watchdog disabled", &disabled);
+        assert_eq!(d.watchdog, None);
+        assert!(d.to_toml().unwrap().contains("[watchdog]\nenabled = false"));
+    }
+
+    #[test]
+    fn a_password_in_a_url_is_masked() {
+        assert_eq!(
+            redact_url("http://admin:pw@10.0.0.1:8080/health"),
+            "http://admin:****@10.0.0.1:8080/health"
+        );
+        assert_eq!(redact_url("http://10.0.0.1/a@b"), "http://10.0.0.1/a@b");
+        assert_eq!(redact_url("not a url"), "not a url");
     }
 
     #[test]

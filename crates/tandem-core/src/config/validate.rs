@@ -840,7 +840,18 @@ fn check_fence_devices(c: &mut Checker<'_>, file: &ConfigFile, nodes: &BTreeSet<
                 &format!("fence device `{}`", d.name.get_ref()),
             );
         }
-        for key in d.options.keys() {
+        for (key, value) in &d.options {
+            if value.get_ref() == REDACTED {
+                c.error(
+                    span(value),
+                    format!(
+                        "option `{}` of fence device `{}` is `{REDACTED}`, the mark `tandem config show` writes in place of a secret",
+                        key.get_ref(),
+                        d.name.get_ref()
+                    ),
+                    "write the real value (or use `password_script`): a file made from `config show` output has its secrets masked",
+                );
+            }
             match key.get_ref().as_str() {
                 "action" | "plug" | "port" | "nodename" => c.error(span(key), format!("option `{}` is set by Tandem for each fence", key.get_ref()), "remove it; map nodes to plugs in `hosts`"),
                 k if crate::fence::is_secret(k) => c.warn(span(key), "a credential written in the configuration is visible to anyone who can read it", "store it in a root-only file and use `password_script = \"/etc/tandem/fence-pass.sh\"` (a script that prints it)"),

@@ -28,8 +28,25 @@ pub struct Process {
     pub kill_after_ms: u64,
     /// Working directory.
     pub working_dir: Option<PathBuf>,
-    /// Extra environment.
+    /// Extra environment (a value whose name says it is a credential is
+    /// written redacted, as everything shown is).
+    #[serde(serialize_with = "redacted_env")]
     pub env: BTreeMap<String, String>,
+}
+
+/// The environment with credentials masked (`fence::is_secret` names).
+fn redacted_env<S: serde::Serializer>(
+    env: &BTreeMap<String, String>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_map(env.iter().map(|(k, v)| {
+        let shown = if crate::fence::is_secret(k) {
+            crate::config::REDACTED
+        } else {
+            v.as_str()
+        };
+        (k, shown)
+    }))
 }
 
 impl Kind for Process {
@@ -103,6 +120,19 @@ impl Kind for Process {
                     "set kill_after_ms between 1 and {} or raise timeout_ms",
                     timeout.saturating_sub(KILL_WAIT_MS).max(1)
                 ),
+            );
+        }
+        if let Some((k, _)) = env
+            .as_ref()
+            .and_then(|e| e.get_ref().iter().find(|(_, v)| *v == crate::config::REDACTED))
+        {
+            f.error(
+                env.as_ref().map(|e| e.span()),
+                format!(
+                    "`env` {k} is `{}`, the mark `tandem config show` writes in place of a secret",
+                    crate::config::REDACTED
+                ),
+                "write the real value: a file made from `config show` output has its secrets masked",
             );
         }
         Some(Process {

@@ -42,7 +42,9 @@ pub fn ack(protocol: Protocol, sent_to_peer: bool) -> Ack {
     }
 }
 
-/// Rule 2: the record says copy `me` alone is up to date.
+/// Rule 2, the record's half: the record says copy `me` alone is up to
+/// date. (The other half, that the node may run, is the engine's to ask:
+/// it holds the lease flag.)
 pub fn alone_ok(record: Option<&VolumeFacts>, me: &str) -> bool {
     record.is_some_and(|r| r.up_to_date.len() == 1 && r.up_to_date[0] == me)
 }
