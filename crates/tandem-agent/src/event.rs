@@ -5,7 +5,8 @@
 //! Each event renders as the line the log has always shown
 //! ([`std::fmt::Display`]); in `tandem status --json` each record carries
 //! both the words and the typed event (`"event": {"kind": ...}`).
-//! Messages not typed yet travel as [`AgentEvent::Note`], in words.
+//! Every event is typed; [`AgentEvent::Note`] only reads back what agents
+//! of an earlier version logged in words.
 
 use serde::{Deserialize, Serialize};
 use tandem_core::group::ActionKind;
@@ -349,25 +350,19 @@ pub enum AgentEvent {
         /// The request in words.
         request: String,
     },
-    /// Anything not typed yet, in words.
+    /// A graceful stop was asked for: the groups here stop first.
+    AgentStopping,
+    /// The agent stopped: it handed over and told every peer it left.
+    AgentStopped,
+    /// The agent leaves with resources still active here: the watchdog
+    /// stays armed.
+    LeavingActive,
+    /// Words only: what agents of an earlier version logged before their
+    /// events were typed (read back from their status).
     Note {
         /// What happened.
         text: String,
     },
-}
-
-impl From<String> for AgentEvent {
-    fn from(text: String) -> AgentEvent {
-        AgentEvent::Note { text }
-    }
-}
-
-impl From<&str> for AgentEvent {
-    fn from(text: &str) -> AgentEvent {
-        AgentEvent::Note {
-            text: text.to_string(),
-        }
-    }
 }
 
 impl std::fmt::Display for AgentEvent {
@@ -567,6 +562,13 @@ impl std::fmt::Display for AgentEvent {
                 f,
                 "operator request not acted on: `{request}` waited longer than its asker (who was told there was no answer)"
             ),
+            AgentEvent::AgentStopping => f.write_str("stopping: stopping the groups here first"),
+            AgentEvent::AgentStopped => {
+                f.write_str("stopped (handed over and sent leave to every peer)")
+            }
+            AgentEvent::LeavingActive => {
+                f.write_str("leaving with resources still active: the watchdog stays armed")
+            }
             AgentEvent::Note { text } => f.write_str(text),
         }
     }
@@ -626,8 +628,9 @@ mod tests {
         assert_eq!(v["kind"], "started");
         assert_eq!(v["group"], "web");
         assert_eq!(v["resource"], "vip");
-        let back: AgentEvent =
-            serde_json::from_value(v).unwrap_or_else(|_| AgentEvent::from(String::new()));
+        let back: AgentEvent = serde_json::from_value(v).unwrap_or_else(|_| AgentEvent::Note {
+            text: String::new(),
+        });
         assert_eq!(back, e);
     }
 

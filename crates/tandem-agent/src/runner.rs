@@ -587,7 +587,15 @@ impl Runner {
         match done {
             Done::Action(a, outcome) => {
                 if let Some(r) = self.resources[a.group].get(a.resource).cloned() {
-                    log.extend(r.take_notes().into_iter().map(AgentEvent::from));
+                    log.extend(
+                        r.take_notes()
+                            .into_iter()
+                            .map(|text| AgentEvent::ResourceNote {
+                                group: r.owner.group.clone(),
+                                resource: r.owner.resource.clone(),
+                                text,
+                            }),
+                    );
                     self.log_outcome(a, &r, &outcome, &mut log);
                 }
                 self.groups.on_outcome(now_ms, a, outcome);

@@ -430,8 +430,8 @@ impl Agent {
                 Some(done) = self.done_rx.recv() => {
                     let now = self.now_ms();
                     if let Some(r) = self.runner.as_mut() {
-                        for line in r.on_done(now, done, &mut self.member) {
-                            self.log(line);
+                        for event in r.on_done(now, done, &mut self.member) {
+                            self.log(event);
                         }
                     }
                 }
@@ -481,11 +481,11 @@ impl Agent {
         // Disarm only when nothing may still run here: otherwise the reset
         // the device will do is the last way to stop it.
         if !self.runner.as_ref().is_some_and(Runner::any_active) {
-            if let Some(line) = self.watchdog.disarm() {
-                self.log(line);
+            if let Some(event) = self.watchdog.disarm() {
+                self.log(event);
             }
         } else {
-            self.log("leaving with resources still active: the watchdog stays armed");
+            self.log(AgentEvent::LeavingActive);
         }
         if let Some(h) = &self.hub {
             h.close();
@@ -493,7 +493,7 @@ impl Agent {
         // Leave cleanly so peers need not wait for deadtime.
         self.member.leave();
         self.flush().await?;
-        self.log("stopped (handed over and sent leave to every peer)");
+        self.log(AgentEvent::AgentStopped);
         let _ = std::fs::remove_file(&self.control_path);
         match self.fatal.take() {
             Some(why) => Err(anyhow::anyhow!(why)),
@@ -529,7 +529,7 @@ impl Agent {
         if let Some(r) = self.runner.as_mut() {
             r.shut_down();
             if r.any_active() {
-                self.log("stopping: stopping the groups here first");
+                self.log(AgentEvent::AgentStopping);
             }
         }
     }
@@ -539,8 +539,8 @@ impl Agent {
     fn drive(&mut self) {
         let now = self.now_ms();
         if let Some(r) = self.runner.as_mut() {
-            for line in r.drive(now, &mut self.member) {
-                self.log(line);
+            for event in r.drive(now, &mut self.member) {
+                self.log(event);
             }
         }
         if let Some(e) = self.runner.as_ref().and_then(Runner::lease_write_error) {
@@ -553,8 +553,8 @@ impl Agent {
             h.set_may_run(lease);
             h.set_record(self.member.agreement().record());
         }
-        if let Some(line) = self.watchdog.tick(now, lease, active) {
-            self.log(line);
+        if let Some(event) = self.watchdog.tick(now, lease, active) {
+            self.log(event);
         }
     }
 
@@ -707,8 +707,8 @@ impl Agent {
             }
         }
         for e in events {
-            if let Some(text) = self.describe(&e) {
-                self.log(text);
+            if let Some(event) = self.describe(&e) {
+                self.log(event);
             }
         }
         let epoch = self.member.agreement().record().config_epoch;

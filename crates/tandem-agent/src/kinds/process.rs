@@ -184,9 +184,7 @@ async fn process_stop(p: &ProcessDriver, r: &Resource, limit: Duration) -> Outco
         libc::kill(-pid, libc::SIGKILL);
     }
     r.note(format!(
-        "{}/{}: still running {} ms after the stop signal: sent SIGKILL to process group {pid}",
-        owner.group,
-        owner.resource,
+        "still running {} ms after the stop signal: sent SIGKILL to process group {pid}",
         soft.as_millis()
     ));
     let t1 = Instant::now();
