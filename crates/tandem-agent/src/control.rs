@@ -25,7 +25,10 @@
 //! For an operator still running the previous `tandem` during an upgrade,
 //! the bare line `status` is answered with the bare status, and any other
 //! unversioned request with the previous shape of error (`{"error":
-//! "..."}`), which that version shows.
+//! "..."}`), which that version shows. The other way round, a client
+//! facing an agent of the previous version asks it for its status in its
+//! own words, and says to restart it for anything else
+//! ([`ClientError::Older`]).
 
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
