@@ -122,7 +122,7 @@ impl Cluster {
                 member: None,
                 persisted: Persisted::default(),
                 start_ms: 0,
-                host: Host::new(&vec![1; groups.len()]),
+                host: Host::new(groups, 1),
                 cut: false,
             })
             .collect();
@@ -398,7 +398,7 @@ impl Cluster {
         let Some(m) = node.member.as_mut() else {
             return;
         };
-        let did = node.host.drive(local, now, m, &self.groups, []);
+        let did = node.host.drive(local, now, m, []);
         for (g, start) in did.actions {
             self.actions.push((now, i, g, start));
         }

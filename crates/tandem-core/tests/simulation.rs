@@ -247,7 +247,7 @@ impl Sim {
                     restart_at: Some(rng.gen_range(0..300)),
                     crashed_at: None,
                     last_from: BTreeMap::new(),
-                    host: Host::new(&[RESOURCES; GROUPS.len()]),
+                    host: Host::new(&GROUPS, RESOURCES),
                     frozen_until: None,
                     guard_at: None,
                     disturbed_at: 0,
@@ -361,8 +361,7 @@ impl Sim {
         let (Some(m), true) = (node.member.as_mut(), node.host.runner().is_some()) else {
             return;
         };
-        let names: Vec<String> = GROUPS.iter().map(|g| g.to_string()).collect();
-        let did = node.host.drive(local, now, m, &names, slow);
+        let did = node.host.drive(local, now, m, slow);
         let breach = did.lease_lost.map(|(g, until)| (GROUPS[g], until));
         self.flush_only(i);
         if let Some((group, until)) = breach {

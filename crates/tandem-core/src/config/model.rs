@@ -173,17 +173,9 @@ impl Config {
     /// Where group `index` (file order) can run at all: the nodes holding
     /// a copy of every volume it uses (None when it uses no volume).
     pub fn confinement(&self, index: usize) -> Option<Confinement> {
-        let g = self.groups.get(index)?;
-        let volumes: Vec<(String, Vec<String>)> = g
-            .resources
-            .iter()
-            .filter_map(|r| r.params.spec().volume())
-            .filter_map(|name| {
-                let v = self.volume(name)?;
-                Some((name.to_string(), v.nodes.clone()))
-            })
-            .collect();
-        (!volumes.is_empty()).then_some(Confinement { volumes })
+        Confinement::of(&self.groups.get(index)?.resources, |name| {
+            self.volume(name).map(|v| v.nodes.clone())
+        })
     }
 }
 
@@ -196,6 +188,22 @@ pub struct Confinement {
 }
 
 impl Confinement {
+    /// Where a group with these resources can run at all: the nodes
+    /// holding a copy of every volume it uses (`copies` of a volume; one
+    /// it does not know is left out: it is reported where it is named).
+    /// None when the group uses no volume.
+    pub fn of(
+        resources: &[ResourceSpec],
+        copies: impl Fn(&str) -> Option<Vec<String>>,
+    ) -> Option<Confinement> {
+        let volumes: Vec<(String, Vec<String>)> = resources
+            .iter()
+            .filter_map(|r| r.params.spec().volume())
+            .filter_map(|name| Some((name.to_string(), copies(name)?)))
+            .collect();
+        (!volumes.is_empty()).then_some(Confinement { volumes })
+    }
+
     /// Why the group cannot run on `node`; `None` when it can.
     pub fn why_not(&self, node: &str) -> Option<String> {
         self.volumes

@@ -1380,20 +1380,19 @@ fn check_group_monitor(
     Some(monitor_spec(m, check))
 }
 
-/// Where a group with these resources can run at all: the nodes holding
-/// a copy of every volume it uses (`None` when it uses no volume).
-pub fn confinement(file: &ConfigFile, specs: &[ResourceSpec]) -> Option<Confinement> {
-    let volumes: Vec<(String, Vec<String>)> = specs
-        .iter()
-        .filter_map(|r| r.params.spec().volume())
-        // An unknown volume is reported where it is named.
-        .filter_map(|volume| {
-            let v = file.volumes.iter().find(|v| v.name.get_ref() == volume)?;
-            let copies = v.nodes.get_ref().iter().map(|n| n.get_ref().clone());
-            Some((volume.to_string(), copies.collect()))
-        })
-        .collect();
-    (!volumes.is_empty()).then_some(Confinement { volumes })
+/// [`Confinement::of`] the raw file's volumes (validation runs before the
+/// model exists).
+fn confinement(file: &ConfigFile, specs: &[ResourceSpec]) -> Option<Confinement> {
+    Confinement::of(specs, |volume| {
+        let v = file.volumes.iter().find(|v| v.name.get_ref() == volume)?;
+        Some(
+            v.nodes
+                .get_ref()
+                .iter()
+                .map(|n| n.get_ref().clone())
+                .collect(),
+        )
+    })
 }
 
 /// Warns about a group that no preferred node can host: its addresses need a

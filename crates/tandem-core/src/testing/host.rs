@@ -45,6 +45,8 @@ pub struct Host {
     runner: Option<Groups>,
     /// The agent's own situation.
     wants: Wants,
+    /// The groups' names, in the runner's order.
+    names: Vec<String>,
     /// Resources per group.
     resources: Vec<usize>,
     /// Per group and resource: whether it really runs here.
@@ -61,15 +63,17 @@ pub struct Host {
 }
 
 impl Host {
-    /// A node whose groups have these many resources each, nothing
+    /// A node with these groups of `resources` resources each, nothing
     /// running, no agent yet.
-    pub fn new(resources: &[usize]) -> Host {
+    pub fn new(names: &[&str], per_group: usize) -> Host {
+        let resources = vec![per_group; names.len()];
         Host {
+            names: names.iter().map(|n| n.to_string()).collect(),
             runner: None,
             wants: Wants::new(),
-            resources: resources.to_vec(),
-            alive: resources.iter().map(|n| vec![false; *n]).collect(),
-            wanted_run: vec![false; resources.len()],
+            resources,
+            alive: vec![vec![false; per_group]; names.len()],
+            wanted_run: vec![false; names.len()],
             slow_stops: Vec::new(),
             finished: Vec::new(),
             generation: 0,
@@ -191,10 +195,10 @@ impl Host {
         local_ms: u64,
         now_ms: u64,
         member: &mut Member,
-        names: &[String],
         stop_ms: impl IntoIterator<Item = u64>,
     ) -> HostPass {
         let mut out = HostPass::default();
+        let names = &self.names;
         let Some(runner) = self.runner.as_mut() else {
             return out;
         };
