@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt as _;
 
 /// Most output of a script kept for an error message.
-const MAX_OUTPUT: usize = 2048;
+pub const MAX_OUTPUT: usize = 2048;
 
 /// Who a resource belongs to (for the environment and file names).
 #[derive(Debug, Clone)]
@@ -140,24 +140,6 @@ pub(crate) fn read_pidfile(path: &Path) -> Option<(i32, u64)> {
 
 // ---- exec -------------------------------------------------------------------
 
-/// Reads a pipe to its end, keeping the first [`MAX_OUTPUT`] bytes.
-pub(crate) async fn drain(pipe: Option<impl tokio::io::AsyncRead + Unpin>) -> Vec<u8> {
-    let mut kept = Vec::new();
-    let Some(mut pipe) = pipe else {
-        return kept;
-    };
-    let mut buf = [0u8; 1024];
-    loop {
-        match pipe.read(&mut buf).await {
-            Ok(0) | Err(_) => return kept,
-            Ok(n) => {
-                let room = MAX_OUTPUT.saturating_sub(kept.len());
-                kept.extend_from_slice(&buf[..n.min(room)]);
-            }
-        }
-    }
-}
-
 /// Why a bounded child run did not come to an exit status.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -198,6 +180,44 @@ pub async fn run_bounded(
     input: Option<&[u8]>,
     limit: Duration,
 ) -> Result<(Option<i32>, String), RunError> {
+    let env = owner.map(Owner::env_vec).unwrap_or_default();
+    let ran = run(program, args, &env, input, limit, MAX_OUTPUT).await?;
+    let mut text = ran.stdout;
+    if text.len() < MAX_OUTPUT {
+        text.extend_from_slice(&ran.stderr[..ran.stderr.len().min(MAX_OUTPUT - text.len())]);
+    }
+    Ok((ran.code, String::from_utf8_lossy(&text).trim().to_string()))
+}
+
+/// How long output is still read after the program exited: a daemon it
+/// started may hold its pipes open for ever.
+const AFTER_EXIT_READ_MS: u64 = 200;
+
+/// What a bounded run of a program gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ran {
+    /// Its exit code (None: killed by a signal).
+    pub code: Option<i32>,
+    /// The first bytes of its stdout (as many as the caller keeps).
+    pub stdout: Vec<u8>,
+    /// The first bytes of its stderr.
+    pub stderr: Vec<u8>,
+}
+
+/// Runs `program args` in its own process group with `env` added to the
+/// agent's environment and `input` on stdin, to its exit or `limit`
+/// (then the whole group is killed), keeping the first `keep_bytes` of
+/// each of its outputs. Output is read until the program
+/// exits and a moment after, not until every pipe closes: a daemon that a
+/// start script left running with the pipes open does not hold it up.
+pub async fn run(
+    program: &Path,
+    args: &[&str],
+    env: &[(String, String)],
+    input: Option<&[u8]>,
+    limit: Duration,
+    keep_bytes: usize,
+) -> Result<Ran, RunError> {
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args)
         .stdin(if input.is_some() {
@@ -207,10 +227,8 @@ pub async fn run_bounded(
         })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    if let Some(o) = owner {
-        cmd.envs(o.env());
-    }
+        .kill_on_drop(true)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     own_session(cmd.as_std_mut());
     let mut child = cmd.spawn().map_err(|source| RunError::Spawn {
         program: program.to_path_buf(),
@@ -224,6 +242,8 @@ pub async fn run_bounded(
     let mut group = GroupKill(pid);
     let stdin = child.stdin.take();
     let (out, err) = (child.stdout.take(), child.stderr.take());
+    let kept_out = std::cell::RefCell::new(Vec::new());
+    let kept_err = std::cell::RefCell::new(Vec::new());
     let run = async {
         let feed = async {
             if let (Some(mut w), Some(bytes)) = (stdin, input) {
@@ -232,24 +252,37 @@ pub async fn run_bounded(
             }
         };
         // Both pipes at once, so the child never blocks on a full one.
-        let ((), mut text, err_text) = tokio::join!(feed, drain(out), drain(err));
-        if text.len() < MAX_OUTPUT {
-            text.extend_from_slice(&err_text[..err_text.len().min(MAX_OUTPUT - text.len())]);
-        }
-        (child.wait().await, text)
+        let reading = async {
+            tokio::join!(
+                feed,
+                drain_into(out, &kept_out, keep_bytes),
+                drain_into(err, &kept_err, keep_bytes)
+            );
+        };
+        tokio::pin!(reading);
+        let status = tokio::select! {
+            status = child.wait() => {
+                let grace = Duration::from_millis(AFTER_EXIT_READ_MS);
+                let _ = tokio::time::timeout(grace, &mut reading).await;
+                status
+            }
+            () = &mut reading => child.wait().await,
+        };
+        status
     };
     let outcome = tokio::time::timeout(limit, run).await;
-    if matches!(outcome, Ok((Ok(_), _))) {
+    if matches!(outcome, Ok(Ok(_))) {
         // It exited by itself: what it left running in its group (a
         // daemon a start script launched) is the service, not debris.
         group.0 = None;
     }
     match outcome {
-        Ok((Ok(status), text)) => Ok((
-            status.code(),
-            String::from_utf8_lossy(&text).trim().to_string(),
-        )),
-        Ok((Err(source), _)) => Err(RunError::Wait {
+        Ok(Ok(status)) => Ok(Ran {
+            code: status.code(),
+            stdout: kept_out.into_inner(),
+            stderr: kept_err.into_inner(),
+        }),
+        Ok(Err(source)) => Err(RunError::Wait {
             program: program.to_path_buf(),
             source,
         }),
@@ -259,6 +292,29 @@ pub async fn run_bounded(
                 program: program.to_path_buf(),
                 limit_ms: u64::try_from(limit.as_millis()).unwrap_or(u64::MAX),
             })
+        }
+    }
+}
+
+/// Reads a pipe to its end into `kept`, keeping the first `keep_bytes`
+/// (what was read so far stays there if the read is given up).
+async fn drain_into(
+    pipe: Option<impl tokio::io::AsyncRead + Unpin>,
+    kept: &std::cell::RefCell<Vec<u8>>,
+    keep_bytes: usize,
+) {
+    let Some(mut pipe) = pipe else {
+        return;
+    };
+    let mut buf = [0u8; 1024];
+    loop {
+        match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                let mut k = kept.borrow_mut();
+                let room = keep_bytes.saturating_sub(k.len());
+                k.extend_from_slice(&buf[..n.min(room)]);
+            }
         }
     }
 }

@@ -18,7 +18,9 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use tandem_core::config::{Config, MonitorCheck};
-use tandem_core::group::{Action, ActionKind, GroupState, Groups, Outcome, ResourceState, Want};
+use tandem_core::group::{
+    Action, ActionKind, Bar, GroupState, Groups, Outcome, ResourceState, Want,
+};
 use tandem_core::link_monitors::{LinkMonitorPlan, LinkMonitors, LinkVerdict};
 use tandem_core::member::{GroupReport, Member, Request};
 use tandem_core::monitors::{MonitorPlan, Monitors, Verdict};
@@ -29,7 +31,7 @@ use crate::child::Owner;
 use crate::event::AgentEvent;
 use crate::guard::{self, LeaseFile};
 use crate::kinds::ip::ANNOUNCE_AT_MS;
-use crate::kinds::{run_action, Resource};
+use crate::kinds::{run_action, run_check, Resource};
 use crate::kinds::{Bind, Health};
 use crate::monitor::{self, Check};
 use crate::status::{MonitorShown, MonitorStatus, ResourceShown, ResourceStatus};
@@ -57,8 +59,9 @@ pub enum Done {
         group: usize,
         /// Resource.
         resource: usize,
-        /// Err: why it is unhealthy.
-        result: Result<(), String>,
+        /// Err: why it is unhealthy, and where that bars its group from
+        /// (None: one failure, recovered in place).
+        result: Result<(), (String, Option<Bar>)>,
     },
     /// A monitor check finished.
     Monitor {
@@ -108,6 +111,9 @@ pub struct Runner {
     next_check_ms: u64,
     next_refresh_ms: u64,
     checking: Vec<Vec<bool>>,
+    /// When each resource's next check (run as a task) is due; 0: not
+    /// scheduled (the resource does not run).
+    check_due_ms: Vec<Vec<u64>>,
     last_failure: Vec<Option<String>>,
     unix_at_zero_ms: u64,
     lease_held: Option<bool>,
@@ -220,6 +226,7 @@ impl Runner {
             node: node.to_string(),
             groups: Groups::new(&counts, 0),
             checking: counts.iter().map(|&n| vec![false; n]).collect(),
+            check_due_ms: counts.iter().map(|&n| vec![0; n]).collect(),
             last_failure: vec![None; names.len()],
             names,
             resources,
@@ -335,7 +342,7 @@ impl Runner {
                 .map_or("?", |r| r.owner.resource.as_str())
                 .to_string();
             let reason = format!("{resource}: {}", f.reason);
-            self.report_failure(now_ms, member, group, reason, false, &mut log);
+            self.report_failure(now_ms, member, group, reason, f.bar, &mut log);
         }
         member.set_local(self.reports(), self.failed_links());
         let until = pass.keep_until_ms;
@@ -480,15 +487,16 @@ impl Runner {
         out
     }
 
-    /// Logs a failure here and reports it to the leader (`move_now`: move
-    /// the group off this node at once instead of counting one failure).
+    /// Logs a failure here and reports it to the leader (`bar`: move the
+    /// group off this node, or off every node, at once instead of counting
+    /// one failure).
     fn report_failure(
         &mut self,
         now_ms: u64,
         member: &mut Member,
         group: String,
         reason: String,
-        move_now: bool,
+        bar: Option<Bar>,
         log: &mut Vec<AgentEvent>,
     ) {
         self.note_failure(&group, &reason, log);
@@ -499,7 +507,10 @@ impl Runner {
                 node: self.node.clone(),
                 reason,
                 at_unix_ms: self.unix_at_zero_ms + now_ms,
-                move_now,
+                // Set for either bar, so that a leader of the previous
+                // version (which reads only this) at least moves it.
+                move_now: bar.is_some(),
+                everywhere: bar == Some(Bar::Everywhere),
             },
         );
     }
@@ -571,12 +582,14 @@ impl Runner {
             (ActionKind::Stop, Outcome::Stopped) => {
                 log.push(AgentEvent::Stopped { group, resource })
             }
-            (k, Outcome::Failed(why)) => log.push(AgentEvent::ActionFailed {
-                group,
-                resource,
-                action: k.into(),
-                reason: why.clone(),
-            }),
+            (k, Outcome::Failed(why) | Outcome::Barred { why, .. }) => {
+                log.push(AgentEvent::ActionFailed {
+                    group,
+                    resource,
+                    action: k.into(),
+                    reason: why.clone(),
+                })
+            }
             _ => {}
         }
     }
@@ -612,8 +625,9 @@ impl Runner {
                 {
                     *c = false;
                 }
-                if let Err(why) = result {
-                    self.groups.on_monitor_failure(now_ms, group, resource, why);
+                if let Err((why, bar)) = result {
+                    self.groups
+                        .on_monitor_failure(now_ms, group, resource, why, bar);
                 }
             }
             Done::Monitor {
@@ -685,13 +699,13 @@ impl Runner {
             } => {
                 let last = self.resources[group].len().saturating_sub(1);
                 self.groups
-                    .on_monitor_failure(now_ms, group, resource.min(last), reason);
+                    .on_monitor_failure(now_ms, group, resource.min(last), reason, None);
             }
             // Out of restarts here, `move`, or `fence` (until monitors
             // fence, it moves like `move`).
             Verdict::Move { group, reason } => {
                 let name = self.names[group].clone();
-                self.report_failure(now_ms, member, name, reason, true, log);
+                self.report_failure(now_ms, member, name, reason, Some(Bar::Node), log);
             }
         }
     }
@@ -764,9 +778,11 @@ impl Runner {
                 continue;
             }
             for r in 0..self.resources[g].len() {
-                if self.groups.resources(g).get(r) != Some(&ResourceState::Running)
-                    || self.checking[g][r]
-                {
+                if self.groups.resources(g).get(r) != Some(&ResourceState::Running) {
+                    self.check_due_ms[g][r] = 0;
+                    continue;
+                }
+                if self.checking[g][r] {
                     continue;
                 }
                 let res = self.resources[g][r].clone();
@@ -777,15 +793,28 @@ impl Runner {
                         resource: res.owner.resource.clone(),
                         text,
                     }),
-                    Some(Health::Failed(why)) => self.groups.on_monitor_failure(now_ms, g, r, why),
+                    Some(Health::Failed(why)) => {
+                        self.groups.on_monitor_failure(now_ms, g, r, why, None)
+                    }
                     None => {
+                        // The first check one interval after it was seen
+                        // running, then one interval after each check.
+                        let due = &mut self.check_due_ms[g][r];
+                        if *due == 0 {
+                            *due = now_ms + res.kind.check_interval_ms();
+                        }
+                        if now_ms < *due {
+                            continue;
+                        }
+                        *due = now_ms + res.kind.check_interval_ms();
                         self.checking[g][r] = true;
                         let tx = self.tx.clone();
                         tokio::task::spawn_local(async move {
-                            let result = match run_action(&res, ActionKind::Probe).await {
+                            let result = match run_check(&res).await {
                                 Outcome::Running => Ok(()),
-                                Outcome::Stopped => Err("found not running".to_string()),
-                                Outcome::Failed(w) => Err(w),
+                                Outcome::Stopped => Err(("found not running".to_string(), None)),
+                                Outcome::Failed(w) => Err((w, None)),
+                                Outcome::Barred { bar, why } => Err((why, Some(bar))),
                             };
                             let _ = tx
                                 .send(Done::ResourceCheck {

@@ -116,8 +116,30 @@ pub enum Outcome {
     Running,
     /// It does not run (after a probe or a stop).
     Stopped,
-    /// The action failed or timed out; why.
+    /// The action failed or timed out; why. Recovery may retry it here
+    /// (each failure counts toward the group's migration threshold).
     Failed(String),
+    /// The action failed in a way that retrying cannot mend (OCF's hard
+    /// and fatal errors: a missing binary, a wrong parameter): the group
+    /// may not run where `bar` says until `tandem cleanup`.
+    Barred {
+        /// Where the group may no longer run.
+        bar: Bar,
+        /// Why, in words.
+        why: String,
+    },
+}
+
+/// Where a failure that retrying cannot mend bars its group from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Bar {
+    /// From the node it failed on (OCF's hard errors: the node lacks
+    /// something another node may have).
+    Node,
+    /// From every node (OCF's fatal error, "not configured": the same
+    /// configuration fails wherever it runs).
+    Everywhere,
 }
 
 /// A group's state in one word, for status and the reports nodes send
@@ -182,6 +204,9 @@ pub struct Failure {
     pub resource: usize,
     /// Why, in words.
     pub reason: String,
+    /// Where the failure bars the group from (None: it counts one
+    /// failure toward the migration threshold).
+    pub bar: Option<Bar>,
 }
 
 /// Every group of this node.
@@ -296,7 +321,7 @@ impl Groups {
         self.failures.drain(..).collect()
     }
 
-    fn fail(&mut self, g: usize, r: usize, reason: String, now_ms: u64) {
+    fn fail(&mut self, g: usize, r: usize, reason: String, bar: Option<Bar>, now_ms: u64) {
         if self.failures.len() == MAX_PENDING_FAILURES {
             self.failures.pop_front();
         }
@@ -304,6 +329,7 @@ impl Groups {
             group: g,
             resource: r,
             reason,
+            bar,
         });
         if let Some(run) = self.groups.get_mut(g) {
             run.recovering = true;
@@ -326,11 +352,32 @@ impl Groups {
             (ActionKind::Probe, Outcome::Failed(why)) => {
                 *state = ResourceState::Failed(format!("probe failed: {why}"));
             }
+            // A probe that says this node cannot run it at all (an OCF
+            // agent's binary missing here) is reported, so that the leader
+            // places the group elsewhere.
+            (ActionKind::Probe, Outcome::Barred { bar, why }) => {
+                let why = format!("probe failed: {why}");
+                *state = ResourceState::Failed(why.clone());
+                self.fail(a.group, a.resource, why, Some(bar), now_ms);
+            }
             (ActionKind::Start, Outcome::Failed(why)) => {
                 *state = ResourceState::Failed(format!("start failed: {why}"));
-                self.fail(a.group, a.resource, format!("start failed: {why}"), now_ms);
+                self.fail(
+                    a.group,
+                    a.resource,
+                    format!("start failed: {why}"),
+                    None,
+                    now_ms,
+                );
             }
-            (ActionKind::Stop, Outcome::Failed(why)) => {
+            (ActionKind::Start, Outcome::Barred { bar, why }) => {
+                let why = format!("start failed: {why}");
+                *state = ResourceState::Failed(why.clone());
+                self.fail(a.group, a.resource, why, Some(bar), now_ms);
+            }
+            // A failed stop is a failed stop whatever its kind says: the
+            // resource may still run (the leader fences or blocks).
+            (ActionKind::Stop, Outcome::Failed(why) | Outcome::Barred { why, .. }) => {
                 *state = ResourceState::StopFailed(format!("stop failed: {why}"));
                 run.not_before_ms = now_ms + RESTART_BACKOFF_MS;
             }
@@ -340,7 +387,16 @@ impl Groups {
 
     /// A monitor found resource `r` of group `g` not running (or unhealthy)
     /// while it should run.
-    pub fn on_monitor_failure(&mut self, now_ms: u64, g: usize, r: usize, reason: String) {
+    /// `bar`: where the failure bars the group from, if retrying cannot
+    /// mend it.
+    pub fn on_monitor_failure(
+        &mut self,
+        now_ms: u64,
+        g: usize,
+        r: usize,
+        reason: String,
+        bar: Option<Bar>,
+    ) {
         let Some(run) = self.groups.get_mut(g) else {
             return;
         };
@@ -351,7 +407,7 @@ impl Groups {
             return;
         }
         run.resources[r] = ResourceState::Failed(reason.clone());
-        self.fail(g, r, reason, now_ms);
+        self.fail(g, r, reason, bar, now_ms);
         self.refresh(g, now_ms);
     }
 
@@ -563,6 +619,38 @@ mod tests {
         assert!(log.iter().all(|x| x.kind == ActionKind::Probe));
     }
 
+    /// A failure retrying cannot mend is reported with its bar (from a
+    /// probe too: the leader must place the group elsewhere), and a barred
+    /// stop is a failed stop like any other.
+    #[test]
+    fn a_barred_outcome_is_reported_with_its_bar_and_a_barred_stop_is_a_stop_failure() {
+        let barred = |bar| Outcome::Barred {
+            bar,
+            why: "not installed".into(),
+        };
+        let mut gs = Groups::new(&[1], 0);
+        gs.set_want(0, Want::Run);
+        settle(&mut gs, 0, |x| match x.kind {
+            ActionKind::Start => barred(Bar::Node),
+            _ => Outcome::Stopped,
+        });
+        let f = gs.take_failures();
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0].bar, Some(Bar::Node));
+        assert!(f[0].reason.starts_with("start failed: not installed"));
+
+        let mut gs = Groups::new(&[1], 0);
+        gs.set_want(0, Want::Stop);
+        settle(&mut gs, 0, |_| barred(Bar::Everywhere));
+        let f = gs.take_failures();
+        assert_eq!(f.len(), 1, "the probe's failure: {f:?}");
+        assert_eq!(f[0].bar, Some(Bar::Everywhere));
+        // It may run (the probe could not tell), so it is stopped after
+        // the backoff, and the stop's barred outcome leaves it stop-failed.
+        settle(&mut gs, RESTART_BACKOFF_MS, |_| barred(Bar::Everywhere));
+        assert!(gs.stop_failed(0).is_some());
+    }
+
     #[test]
     fn a_failed_start_is_reported_and_retried_after_backoff() {
         let mut gs = Groups::new(&[2], 0);
@@ -590,7 +678,7 @@ mod tests {
         let mut gs = Groups::new(&[3], 0);
         gs.set_want(0, Want::Run);
         settle(&mut gs, 0, ok);
-        gs.on_monitor_failure(10, 0, 1, "process exited".into());
+        gs.on_monitor_failure(10, 0, 1, "process exited".into(), None);
         let log = settle(&mut gs, 10, ok);
         // Stops 2 and the failed 1, keeps 0 running; waits for the backoff.
         assert_eq!(
@@ -622,7 +710,7 @@ mod tests {
                 match r % 7 {
                     0 => gs.set_want(g, Want::Run),
                     1 => gs.set_want(g, Want::Stop),
-                    2 => gs.on_monitor_failure(now, g, (r as usize / 7) % sizes[g], "x".into()),
+                    2 => gs.on_monitor_failure(now, g, (r as usize / 7) % sizes[g], "x".into(), None),
                     _ => {}
                 }
                 for x in gs.poll(now) {

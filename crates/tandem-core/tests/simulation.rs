@@ -1470,6 +1470,7 @@ fn fail_count_expiry(stamp: Option<u64>) {
             reason: "test".into(),
             at_unix_ms: stamp.unwrap_or(local),
             move_now: false,
+            everywhere: false,
         },
     );
     sim.flush(leader);
@@ -1488,6 +1489,52 @@ fn fail_count_expiry(stamp: Option<u64>) {
     assert_eq!(count(&sim), 1, "not expired before 2 s");
     sim.run_until(6_000, &mut steps, false).unwrap();
     assert_eq!(count(&sim), 0, "expired after 2 s");
+}
+
+/// A failure that retrying cannot mend (an OCF agent's hard or fatal
+/// error) bars its group: from the reporting node (`move_now`), or from
+/// every hosting node (`everywhere`, OCF's "not configured"), each fail
+/// count at the group's threshold until cleanup.
+#[test]
+fn a_barred_failure_reaches_the_reporting_node_or_every_host() {
+    for (move_now, everywhere) in [(true, false), (false, true)] {
+        let seed = (0..1_000)
+            .find(|s| Sim::new(*s, false).shape == Shape::Majority(3))
+            .unwrap();
+        let mut sim = Sim::with(seed, false, true);
+        sim.quiet = true;
+        let mut steps = 0;
+        sim.run_until(3_000, &mut steps, false).unwrap();
+        let leader = sim.leader().expect("a leader after 3 s");
+        let local = sim.local(leader);
+        sim.nodes[leader].member.as_mut().unwrap().request(
+            local,
+            Request::Failed {
+                group: "db".into(),
+                node: "n2".into(),
+                reason: "test".into(),
+                at_unix_ms: local,
+                move_now,
+                everywhere,
+            },
+        );
+        sim.flush(leader);
+        sim.run_until(3_500, &mut steps, false).unwrap();
+        let m = sim.nodes[leader].member.as_ref().unwrap();
+        let record = m.agreement().record();
+        // The simulation's groups' migration threshold; n1..n3 host them.
+        let threshold = 3;
+        assert_eq!(record.fail_count("db", "n2"), threshold, "the reporter");
+        let others: Vec<u32> = ["n1", "n3"]
+            .iter()
+            .map(|h| record.fail_count("db", h))
+            .collect();
+        let want = if everywhere { threshold } else { 0 };
+        assert!(
+            others.iter().all(|c| *c == want),
+            "move_now {move_now}, everywhere {everywhere}: {others:?}"
+        );
+    }
 }
 
 /// The simulation itself must catch a broken rule: a network that lets a

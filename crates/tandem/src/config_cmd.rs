@@ -78,8 +78,9 @@ pub fn validate(args: &ValidateArgs) -> Result<bool> {
 }
 
 /// Checks of this machine that the agent makes at its start (errors: it
-/// refuses to start) and that the fence devices' own programs make of
-/// their options (`validate-all`; warnings: fencing would fail).
+/// refuses to start), that the fence devices' own programs make of their
+/// options (`validate-all`; warnings: fencing would fail), and of OCF
+/// resources against their agents' meta-data.
 fn machine_checks(cfg: &Config) -> Vec<(Severity, String)> {
     let mut out = Vec::new();
     if let Some(w) = cfg.watchdog.as_ref().filter(|w| w.required) {
@@ -106,6 +107,9 @@ fn machine_checks(cfg: &Config) -> Vec<(Severity, String)> {
     for (sev, text) in tandem_agent::fence_agent::check_devices(cfg) {
         out.push((sev, text));
     }
+    // OCF agents: installed here, parameters as their meta-data says,
+    // and what their own validate-all says.
+    out.extend(tandem_agent::kinds::ocf::check_resources(cfg));
     // A TLS export's credentials, as the agent of a node with a copy
     // loads them at its start.
     for v in &cfg.volumes {

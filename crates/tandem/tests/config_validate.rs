@@ -232,3 +232,95 @@ fn broken_configs_fail_with_location_and_fix() {
     });
     assert!(failing >= 15, "only {failing} broken configs");
 }
+
+/// An OCF resource is checked against its agent's own meta-data on this
+/// machine (Debian's resource-agents): a missing required parameter and a
+/// typo'd one (with a "did you mean") are errors, an agent that is not
+/// installed is an error that says what to install, and a correct one
+/// passes (its `validate-all` has its say).
+#[test]
+fn ocf_parameters_are_checked_against_the_agents_meta_data() {
+    if !Path::new("/usr/lib/ocf/resource.d/heartbeat/IPaddr2").exists() {
+        println!(
+            "skipped: needs Debian's resource-agents (scripts/install-deps installs it as root)"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("test.key");
+    std::fs::write(&key, [7u8; 32]).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let base = r#"
+[cluster]
+name = "t"
+key_file = "test.key"
+
+[[link]]
+name = "lan"
+subnet = "10.0.0.0/24"
+
+[[node]]
+name = "n1"
+addresses = { lan = "10.0.0.1" }
+
+[[node]]
+name = "n2"
+addresses = { lan = "10.0.0.2" }
+
+[[node]]
+name = "n3"
+addresses = { lan = "10.0.0.3" }
+
+[[group]]
+name = "web"
+"#;
+    let validate = |resources: &str| {
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, format!("{base}{resources}")).unwrap();
+        let out = tandem()
+            .args(["config", "validate"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, said) = validate(
+        r#"
+[[group.resource]]
+name = "vip"
+kind = "ocf"
+agent = "ocf:heartbeat:IPaddr2"
+params = { cidr_netmsk = 24 }
+"#,
+    );
+    assert!(!ok, "{said}");
+    assert!(said.contains("the agent requires parameter `ip`"), "{said}");
+    assert!(
+        said.contains("no parameter `cidr_netmsk`: did you mean `cidr_netmask`?"),
+        "{said}"
+    );
+    assert!(said.contains("group `web` resource `vip`"), "{said}");
+    let (ok, said) = validate(
+        r#"
+[[group.resource]]
+name = "db"
+kind = "ocf"
+agent = "ocf:heartbeat:NoSuchAgent"
+"#,
+    );
+    assert!(!ok, "{said}");
+    assert!(said.contains("resource-agents"), "{said}");
+    let (ok, said) = validate(
+        r#"
+[[group.resource]]
+name = "dummy"
+kind = "ocf"
+agent = "ocf:heartbeat:Dummy"
+params = { fake = "x" }
+"#,
+    );
+    assert!(ok, "{said}");
+}

@@ -1,11 +1,13 @@
 //! `exec`: an LSB-style script called with `start`, `stop`, `status`
-//! (status 0 = running, 1-3 = stopped), so `/etc/init.d` scripts work.
+//! (status 0 = running, 1-3 = stopped), so `/etc/init.d` scripts work;
+//! or a heartbeat `resource.d` script, its arguments first and its status
+//! read from its words.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use tandem_core::group::{ActionKind, Outcome};
-use tandem_core::kinds::exec::Exec;
+use tandem_core::kinds::exec::{says_running, Exec, StatusFrom};
 
 use super::{Act, BindError, Bind, Driver};
 use crate::guard::{Leaving, StopCommand};
@@ -16,12 +18,16 @@ use crate::child::{run_bounded, Owner};
 #[derive(Debug, Clone)]
 pub struct ExecDriver {
     script: PathBuf,
+    args: Vec<String>,
+    status_from: StatusFrom,
 }
 
 /// The agent's side of an `exec` resource.
 pub fn bind(p: &Exec, _cx: &Bind<'_>) -> Result<Box<dyn Driver>, BindError> {
     Ok(Box::new(ExecDriver {
         script: p.script.clone(),
+        args: p.args.clone(),
+        status_from: p.status_from,
     }))
 }
 
@@ -39,7 +45,7 @@ impl Driver for ExecDriver {
     fn guard(&self, owner: &Owner, part: &mut Leaving) {
         part.stop_commands.push(StopCommand {
             program: self.script.clone(),
-            args: vec!["stop".into()],
+            args: self.args.iter().cloned().chain(["stop".to_string()]).collect(),
             env: owner.env_vec(),
         });
     }
@@ -56,10 +62,20 @@ async fn exec_action(
         ActionKind::Start => "start",
         ActionKind::Stop => "stop",
     };
-    let (code, text) = match run_bounded(&e.script, &[arg], Some(owner), None, limit).await {
+    let mut args: Vec<&str> = e.args.iter().map(String::as_str).collect();
+    args.push(arg);
+    let (code, text) = match run_bounded(&e.script, &args, Some(owner), None, limit).await {
         Ok(r) => r,
         Err(err) => return Outcome::Failed(err.to_string()),
     };
+    if kind == ActionKind::Probe && e.status_from == StatusFrom::Output {
+        // Heartbeat read only the words: the exit code says nothing.
+        return if says_running(&text) {
+            Outcome::Running
+        } else {
+            Outcome::Stopped
+        };
+    }
     let said = if text.is_empty() {
         String::new()
     } else {
@@ -72,8 +88,9 @@ async fn exec_action(
         (ActionKind::Start, Some(0)) => Outcome::Running,
         (ActionKind::Stop, Some(0)) => Outcome::Stopped,
         (_, c) => Outcome::Failed(format!(
-            "{} {arg} exited {}{said}",
+            "{} {} exited {}{said}",
             e.script.display(),
+            args.join(" "),
             c.map_or_else(|| "by a signal".to_string(), |c| c.to_string())
         )),
     }
@@ -85,7 +102,7 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use tandem_core::group::{ActionKind, Outcome};
-    use tandem_core::kinds::exec::Exec;
+    use tandem_core::kinds::exec::{Exec, StatusFrom};
     use tandem_core::kinds::Params;
 
     use crate::kinds::tests::resource;
@@ -110,6 +127,8 @@ mod tests {
         let r = resource(
             Params::Exec(Exec {
                 script: script.clone(),
+                args: vec![],
+                status_from: StatusFrom::Exit,
             }),
             5_000,
             dir.path(),
@@ -138,4 +157,53 @@ mod tests {
         });
     }
 
+
+    /// Heartbeat's `resource.d` convention: `Script::a1::a2` is called as
+    /// `script a1 a2 start|stop|status`, and its status is read from its
+    /// words (this script exits 0 whatever it says).
+    #[test]
+    fn a_heartbeat_script_gets_its_arguments_first_and_its_status_from_its_words() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("hb");
+        let state = dir.path().join("state");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\necho \"$@\" >> {s}.calls\n[ \"$1 $2\" = 'drbd0 /data' ] || exit 9\ncase \"$3\" in\n start) touch {s};;\n stop) rm -f {s};;\n status) [ -e {s} ] && echo 'hb: running' || echo 'hb: not running';;\nesac\nexit 0\n",
+                s = state.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let r = resource(
+            Params::Exec(Exec {
+                script: script.clone(),
+                args: vec!["drbd0".into(), "/data".into()],
+                status_from: StatusFrom::Output,
+            }),
+            5_000,
+            dir.path(),
+        );
+        rt().block_on(async {
+            for _ in 0..100 {
+                match run_bounded(&script, &["drbd0", "/data", "x"], None, None, Duration::from_secs(5)).await {
+                    Err(RunError::Spawn { source, .. })
+                        if source.raw_os_error() == Some(libc::ETXTBSY) =>
+                    {
+                        tokio::time::sleep(Duration::from_millis(10)).await
+                    }
+                    _ => break,
+                }
+            }
+            assert_eq!(run_action(&r, ActionKind::Probe).await, Outcome::Stopped);
+            assert_eq!(run_action(&r, ActionKind::Start).await, Outcome::Running);
+            assert_eq!(run_action(&r, ActionKind::Probe).await, Outcome::Running);
+            assert_eq!(run_action(&r, ActionKind::Stop).await, Outcome::Stopped);
+            assert_eq!(run_action(&r, ActionKind::Probe).await, Outcome::Stopped);
+        });
+        let calls = std::fs::read_to_string(format!("{}.calls", state.display())).unwrap();
+        assert!(calls.lines().any(|l| l == "drbd0 /data start"), "{calls}");
+        assert!(calls.lines().any(|l| l == "drbd0 /data status"), "{calls}");
+    }
 }

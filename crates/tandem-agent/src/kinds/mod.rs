@@ -50,6 +50,21 @@ pub trait Driver: std::fmt::Debug {
     /// at once) and keeps to `r.timeout_ms` (the caller also bounds it).
     fn action<'a>(&'a self, r: &'a Resource, action: ActionKind) -> Act<'a>;
 
+    /// The periodic check of a running resource, run as a task (its
+    /// outcome: running, or why not). By default the probe; a kind whose
+    /// check differs from its probe (an OCF agent's `monitor` with its
+    /// interval and depth) says so here.
+    fn check<'a>(&'a self, r: &'a Resource) -> Act<'a> {
+        self.action(r, ActionKind::Probe)
+    }
+
+    /// How often a running resource is checked (for kinds that do not
+    /// check inline). Each check of a script costs a fork and whatever the
+    /// script runs, so kinds that run scripts check less often.
+    fn check_interval_ms(&self) -> u64 {
+        DEFAULT_CHECK_INTERVAL_MS
+    }
+
     /// The action's outcome at once, for a kind whose actions take well
     /// under a millisecond and must not wait behind others (None: run
     /// [`Driver::action`] as a task).
@@ -114,10 +129,22 @@ impl Resource {
     }
 }
 
+/// How often a running resource is checked unless its kind says
+/// otherwise ([`Driver::check_interval_ms`]).
+pub const DEFAULT_CHECK_INTERVAL_MS: u64 = 500;
+
 /// Runs one action to its outcome, bounded by the resource's timeout.
 pub async fn run_action(r: &Resource, kind: ActionKind) -> Outcome {
+    bounded(r, r.kind.action(r, kind)).await
+}
+
+/// Runs the periodic check of a running resource, bounded by its timeout.
+pub async fn run_check(r: &Resource) -> Outcome {
+    bounded(r, r.kind.check(r)).await
+}
+
+async fn bounded(r: &Resource, fut: Act<'_>) -> Outcome {
     let limit = Duration::from_millis(r.timeout_ms);
-    let fut = r.kind.action(r, kind);
     // A little past the limit: the inner bounds (which kill the action's
     // whole process group and say what timed out) go first.
     match tokio::time::timeout(
@@ -164,6 +191,7 @@ registry! {
     process::Process,
     exec::Exec,
     volume::Volume,
+    ocf::Ocf,
 }
 
 #[cfg(test)]

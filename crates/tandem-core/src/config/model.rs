@@ -148,13 +148,7 @@ impl Config {
         }
         for g in &self.groups {
             for r in &g.resources {
-                if let Params::Process(p) = &r.params {
-                    for (k, v) in &p.env {
-                        if crate::fence::is_secret(k) {
-                            out.push(("group", v.as_str()));
-                        }
-                    }
-                }
+                out.extend(r.params.spec().secrets().into_iter().map(|v| ("group", v)));
             }
             for m in &g.monitors {
                 if let MonitorCheck::Http { url } = &m.check {

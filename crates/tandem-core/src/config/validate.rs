@@ -19,7 +19,6 @@ use crate::quorum::MAX_VOTERS;
 
 /// Resource kinds the product will have but this version refuses.
 const PLANNED_RESOURCES: &[(&str, &str)] = &[
-    ("ocf", "run the OCF agent through an `exec` resource with a small wrapper script for now"),
     ("systemd", "use an `exec` resource with `script = \"/usr/local/sbin/unit-wrapper\"` calling systemctl start/stop/is-active for now"),
     ("fs", "use an `exec` resource whose script mounts on `start`, unmounts on `stop` and checks the mount on `status`"),
     ("filesync", "keep the files in sync with an `exec` resource (rsync) for now"),

@@ -69,6 +69,28 @@ pub trait Spec: std::fmt::Debug {
     fn volume(&self) -> Option<&str> {
         None
     }
+    /// The secrets among its fields (credentials in an environment or a
+    /// parameter), so that what is shown can be checked to hold none.
+    fn secrets(&self) -> Vec<&str> {
+        Vec::new()
+    }
+}
+
+/// A map of names to values with credentials masked (names that
+/// [`crate::fence::is_secret`] calls a credential): how a kind's `env` or
+/// `params` is written by `config show`.
+pub(crate) fn redacted_map<S: serde::Serializer>(
+    map: &BTreeMap<String, String>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_map(map.iter().map(|(k, v)| {
+        let shown = if crate::fence::is_secret(k) {
+            crate::config::REDACTED
+        } else {
+            v.as_str()
+        };
+        (k, shown)
+    }))
 }
 
 /// What a kind's check can see besides its own fields.
@@ -324,6 +346,7 @@ registry! {
     process::Process,
     exec::Exec,
     volume::Volume,
+    ocf::Ocf,
 }
 
 #[cfg(test)]
@@ -370,8 +393,17 @@ mod tests {
             }),
             Params::Exec(exec::Exec {
                 script: "/bin/x".into(),
+                args: vec![],
+                status_from: exec::StatusFrom::Exit,
             }),
             Params::Volume(volume::Volume { volume: "v".into() }),
+            Params::Ocf(ocf::Ocf {
+                agent: "ocf:heartbeat:Dummy".into(),
+                params: BTreeMap::new(),
+                ocf_root: ocf::DEFAULT_OCF_ROOT.into(),
+                check_interval_ms: ocf::DEFAULT_OCF_CHECK_INTERVAL_MS,
+                check_level: None,
+            }),
         ];
         assert_eq!(all.len(), KINDS.len(), "a kind is missing here");
         for p in all {

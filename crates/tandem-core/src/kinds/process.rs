@@ -30,23 +30,8 @@ pub struct Process {
     pub working_dir: Option<PathBuf>,
     /// Extra environment (a value whose name says it is a credential is
     /// written redacted, as everything shown is).
-    #[serde(serialize_with = "redacted_env")]
+    #[serde(serialize_with = "super::redacted_map")]
     pub env: BTreeMap<String, String>,
-}
-
-/// The environment with credentials masked (`fence::is_secret` names).
-fn redacted_env<S: serde::Serializer>(
-    env: &BTreeMap<String, String>,
-    s: S,
-) -> Result<S::Ok, S::Error> {
-    s.collect_map(env.iter().map(|(k, v)| {
-        let shown = if crate::fence::is_secret(k) {
-            crate::config::REDACTED
-        } else {
-            v.as_str()
-        };
-        (k, shown)
-    }))
 }
 
 impl Kind for Process {
@@ -150,4 +135,11 @@ impl Spec for Process {
         format!("process {}", self.command.join(" "))
     }
 
+    fn secrets(&self) -> Vec<&str> {
+        self.env
+            .iter()
+            .filter(|(k, _)| crate::fence::is_secret(k))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
 }

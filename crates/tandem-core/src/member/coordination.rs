@@ -718,35 +718,47 @@ impl Member {
                 reason,
                 at_unix_ms: _,
                 move_now,
-            } => vec![
-                Command::FailCount {
+                everywhere,
+            } => {
+                let threshold = self
+                    .groups
+                    .groups
+                    .iter()
+                    .find(|g| g.name == *group)
+                    .map(|g| g.migration_threshold);
+                let next = record.fail_count(group, node).saturating_add(1);
+                let count = match threshold {
+                    Some(t) if *move_now || *everywhere => next.max(t),
+                    _ => next,
+                };
+                let mut cmds = vec![Command::FailCount {
                     group: group.clone(),
                     node: node.clone(),
-                    count: {
-                        let next = record.fail_count(group, node).saturating_add(1);
-                        let threshold = self
-                            .groups
-                            .groups
-                            .iter()
-                            .find(|g| g.name == *group)
-                            .map_or(next, |g| g.migration_threshold);
-                        if *move_now {
-                            next.max(threshold)
-                        } else {
-                            next
-                        }
-                    },
-                },
+                    count,
+                }];
+                if let (true, Some(t)) = (*everywhere, threshold) {
+                    // Every other host too: what fails for its
+                    // configuration fails wherever it runs, so the group
+                    // stops everywhere until `tandem cleanup`.
+                    for other in self.groups.hosts.iter().filter(|h| *h != node) {
+                        cmds.push(Command::FailCount {
+                            group: group.clone(),
+                            node: other.clone(),
+                            count: record.fail_count(group, other).max(t),
+                        });
+                    }
+                }
                 // Stamped with the leader's clock, the one that expires it:
                 // the reporting node's clock may be far off (it expired a
                 // failure at once when it was a day behind).
-                Command::FailedAt {
+                cmds.push(Command::FailedAt {
                     group: group.clone(),
                     node: node.clone(),
                     at_unix_ms: self.unix_ms(self.now_ms),
                     reason: reason.clone(),
-                },
-            ],
+                });
+                cmds
+            }
         }
     }
 

@@ -340,6 +340,11 @@ pub enum Request {
         /// threshold) instead of counting one failure.
         #[serde(default)]
         move_now: bool,
+        /// Bar the group from every hosting node (fail count to the
+        /// threshold everywhere): the failure is in its configuration and
+        /// would recur wherever it ran (OCF's "not configured").
+        #[serde(default)]
+        everywhere: bool,
     },
 }
 

@@ -229,7 +229,7 @@ impl Host {
         for (g, alive) in self.alive.iter().enumerate() {
             for (r, up) in alive.iter().enumerate() {
                 if runner.resources(g).get(r) == Some(&ResourceState::Running) && !up {
-                    runner.on_monitor_failure(local_ms, g, r, "found not running".into());
+                    runner.on_monitor_failure(local_ms, g, r, "found not running".into(), None);
                 }
             }
         }

@@ -1,0 +1,417 @@
+//! `ocf`: the agent's side of an OCF resource agent. It calls the agent
+//! program with the API 1.1 environment (`OCF_ROOT`, `OCF_RA_VERSION_*`,
+//! `OCF_RESOURCE_*`, `OCF_RESKEY_*`, and Pacemaker's
+//! `OCF_RESKEY_CRM_meta_timeout`/`_interval` in milliseconds), and reads
+//! its exit code with the core's rule ([`tandem_core::kinds::ocf::outcome`]).
+//! It also reads and checks an agent's meta-data for `config validate`
+//! ([`check_resources`]).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tandem_core::config::Config;
+use tandem_core::diagnostic::Severity;
+use tandem_core::group::{ActionKind, Outcome};
+use tandem_core::kinds::ocf::metadata::{check_params, Metadata};
+use tandem_core::kinds::ocf::{exit_reason, outcome, Ocf, OcfAction};
+use tandem_core::kinds::Params;
+
+use super::{Act, Bind, BindError, Driver, Resource};
+use crate::child::{run, Owner, RunError, MAX_OUTPUT};
+use tandem_core::kinds::ocf::metadata::MAX_METADATA_BYTES;
+use crate::guard::{Leaving, StopCommand};
+
+/// Where agents keep their state (`HA_RSCTMP`, as `ocf-directories` sets
+/// it). On a systemd system tmpfiles creates it; elsewhere nothing does,
+/// and agents such as Dummy then fail, so the agent makes it.
+pub const HA_RSCTMP: &str = "/run/resource-agents";
+/// Limit on `meta-data` and `validate-all` during `config validate`.
+const VALIDATE_LIMIT_MS: u64 = 10_000;
+
+/// An OCF agent on this node.
+#[derive(Debug, Clone)]
+pub struct OcfDriver {
+    spec: Ocf,
+}
+
+/// The agent's side of an `ocf` resource.
+pub fn bind(p: &Ocf, _cx: &Bind<'_>) -> Result<Box<dyn Driver>, BindError> {
+    Ok(Box::new(OcfDriver { spec: p.clone() }))
+}
+
+/// The environment of one call: `interval_ms` is the monitor's interval
+/// (0 for probes and other actions).
+fn environment(
+    spec: &Ocf,
+    owner: &Owner,
+    timeout_ms: u64,
+    interval_ms: u64,
+    check_level: Option<u32>,
+) -> Vec<(String, String)> {
+    let mut env = owner.env_vec();
+    let pairs = [
+        ("OCF_ROOT", spec.ocf_root.display().to_string()),
+        ("OCF_RA_VERSION_MAJOR", "1".to_string()),
+        ("OCF_RA_VERSION_MINOR", "1".to_string()),
+        // Unique on the node: resource names are unique only in a group.
+        (
+            "OCF_RESOURCE_INSTANCE",
+            format!("{}-{}", owner.group, owner.resource),
+        ),
+        ("OCF_RESOURCE_TYPE", spec.agent_type().to_string()),
+        ("OCF_RESOURCE_PROVIDER", spec.provider().to_string()),
+        ("OCF_RESKEY_CRM_meta_timeout", timeout_ms.to_string()),
+        ("OCF_RESKEY_CRM_meta_interval", interval_ms.to_string()),
+    ];
+    env.extend(pairs.into_iter().map(|(k, v)| (k.to_string(), v)));
+    if let Some(l) = check_level {
+        env.push(("OCF_CHECK_LEVEL".into(), l.to_string()));
+    }
+    env.extend(
+        spec.params
+            .iter()
+            .map(|(k, v)| (format!("OCF_RESKEY_{k}"), v.clone())),
+    );
+    env
+}
+
+/// Calls `verb` of the agent and returns its exit code and exit reason.
+async fn call(
+    program: &Path,
+    verb: &str,
+    env: &[(String, String)],
+    limit: Duration,
+) -> Result<(Option<i32>, Option<String>), RunError> {
+    // Agents keep state there; without systemd nothing creates it.
+    let _ = std::fs::create_dir_all(HA_RSCTMP);
+    let ran = run(program, &[verb], env, None, limit, MAX_OUTPUT).await?;
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&ran.stdout),
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    Ok((ran.code, exit_reason(&text).map(str::to_string)))
+}
+
+impl OcfDriver {
+    async fn act(&self, r: &Resource, action: OcfAction) -> Outcome {
+        let (interval_ms, level) = match action {
+            OcfAction::Check => (self.spec.check_interval_ms, self.spec.check_level),
+            _ => (0, None),
+        };
+        let env = environment(&self.spec, &r.owner, r.timeout_ms, interval_ms, level);
+        let limit = Duration::from_millis(r.timeout_ms);
+        match call(&self.spec.program(), action.verb(), &env, limit).await {
+            Ok((code, reason)) => outcome(action, code, reason.as_deref()),
+            Err(e) => Outcome::Failed(format!("{}: {e}", self.spec.agent)),
+        }
+    }
+}
+
+impl Driver for OcfDriver {
+    fn kind(&self) -> &'static str {
+        "ocf"
+    }
+
+    fn action<'a>(&'a self, r: &'a Resource, action: ActionKind) -> Act<'a> {
+        let action = match action {
+            ActionKind::Probe => OcfAction::Probe,
+            ActionKind::Start => OcfAction::Start,
+            ActionKind::Stop => OcfAction::Stop,
+        };
+        Box::pin(self.act(r, action))
+    }
+
+    fn check<'a>(&'a self, r: &'a Resource) -> Act<'a> {
+        Box::pin(self.act(r, OcfAction::Check))
+    }
+
+    fn check_interval_ms(&self) -> u64 {
+        self.spec.check_interval_ms
+    }
+
+    /// The guard calls the agent's `stop` when the agent is gone.
+    fn guard(&self, owner: &Owner, part: &mut Leaving) {
+        let timeout_ms = tandem_core::kinds::DEFAULT_RESOURCE_TIMEOUT_MS;
+        part.stop_commands.push(StopCommand {
+            program: self.spec.program(),
+            args: vec!["stop".into()],
+            env: environment(&self.spec, owner, timeout_ms, 0, None),
+        });
+    }
+}
+
+/// What `config validate` finds of the configuration's OCF resources on
+/// this machine: an agent that is not installed (an error: this node
+/// could not run it), parameters its meta-data says are missing or
+/// unknown (errors), and what its `validate-all` says (a warning: it may
+/// check things of this node that differ on the other).
+pub fn check_resources(cfg: &Config) -> Vec<(Severity, String)> {
+    let mut out = Vec::new();
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return vec![(
+            Severity::Warning,
+            "cannot check the OCF agents: no runtime for their programs".into(),
+        )];
+    };
+    for g in &cfg.groups {
+        for r in &g.resources {
+            let Params::Ocf(spec) = &r.params else {
+                continue;
+            };
+            let at = format!("group `{}` resource `{}` ({})", g.name, r.name, spec.agent);
+            out.extend(
+                rt.block_on(check_one(spec, &cfg.cluster.name, &g.name, &r.name))
+                    .into_iter()
+                    .map(|(sev, text)| (sev, format!("{at}: {text}"))),
+            );
+        }
+    }
+    out
+}
+
+async fn check_one(
+    spec: &Ocf,
+    cluster: &str,
+    group: &str,
+    resource: &str,
+) -> Vec<(Severity, String)> {
+    let program = spec.program();
+    if !is_executable(&program) {
+        return vec![(
+            Severity::Error,
+            format!(
+                "{} is not an executable agent on this machine: install it (Debian: `apt install resource-agents`) or correct `agent`/`ocf_root`",
+                program.display()
+            ),
+        )];
+    }
+    let owner = Owner {
+        cluster: cluster.into(),
+        node: String::new(),
+        group: group.into(),
+        resource: resource.into(),
+        run_dir: PathBuf::from(HA_RSCTMP),
+    };
+    let env = environment(spec, &owner, VALIDATE_LIMIT_MS, 0, None);
+    let limit = Duration::from_millis(VALIDATE_LIMIT_MS);
+    let md = match run(&program, &["meta-data"], &env, None, limit, MAX_METADATA_BYTES).await {
+        Ok(ran) if ran.code == Some(0) => Metadata::parse(&String::from_utf8_lossy(&ran.stdout)),
+        Ok(ran) => {
+            return vec![(
+                Severity::Warning,
+                format!(
+                    "its meta-data exited {:?}: parameters not checked",
+                    ran.code
+                ),
+            )]
+        }
+        Err(e) => return vec![(Severity::Warning, format!("{e}: parameters not checked"))],
+    };
+    let md = match md {
+        Ok(md) => md,
+        Err(e) => return vec![(Severity::Warning, format!("{e}: parameters not checked"))],
+    };
+    let mut out: Vec<(Severity, String)> = check_params(&md, &spec.params)
+        .into_iter()
+        .map(|p| (Severity::Error, p.to_string()))
+        .collect();
+    if out.is_empty() && md.has_action("validate-all") {
+        match call(&program, "validate-all", &env, limit).await {
+            Ok((Some(0), _)) => {}
+            Ok((code, reason)) => out.push((
+                Severity::Warning,
+                format!(
+                    "its validate-all on this machine says: {}",
+                    match outcome(OcfAction::Start, code, reason.as_deref()) {
+                        Outcome::Failed(w) | Outcome::Barred { why: w, .. } =>
+                            w.replacen("start", "validate-all", 1),
+                        _ => format!("exit {code:?}"),
+                    }
+                ),
+            )),
+            Err(e) => out.push((Severity::Warning, format!("validate-all: {e}"))),
+        }
+    }
+    out
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::Path;
+
+    use tandem_core::group::{ActionKind, Bar, Outcome};
+    use tandem_core::kinds::ocf::{Ocf, DEFAULT_OCF_ROOT};
+    use tandem_core::kinds::Params;
+
+    use crate::child::test_runtime as rt;
+    use crate::kinds::tests::resource;
+    use crate::kinds::{run_action, run_check};
+
+    /// Debian's resource-agents, or why a test cannot use them.
+    fn debian_agents() -> Option<&'static Path> {
+        let root = Path::new(DEFAULT_OCF_ROOT);
+        if !root.join("resource.d/heartbeat/Dummy").exists() {
+            println!("skipped: needs Debian's resource-agents (scripts/install-deps installs it as root)");
+            return None;
+        }
+        // Agents keep state in HA_RSCTMP, which only root may create.
+        // SAFETY: geteuid(2) has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            println!("skipped: needs root");
+            return None;
+        }
+        Some(root)
+    }
+
+    fn ocf(agent: &str, root: &Path, params: &[(&str, &str)]) -> Params {
+        Params::Ocf(Ocf {
+            agent: agent.into(),
+            params: params
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>(),
+            ocf_root: root.to_path_buf(),
+            check_interval_ms: 1_000,
+            check_level: Some(10),
+        })
+    }
+
+    /// Debian's Dummy, unchanged: probe, start, check, stop, probe.
+    #[test]
+    fn debians_dummy_starts_is_checked_and_stops() {
+        let Some(root) = debian_agents() else { return };
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("dummy.state");
+        let p = ocf("ocf:heartbeat:Dummy", root, &[("state", state.to_str().unwrap())]);
+        let r = resource(p, 20_000, dir.path());
+        rt().block_on(async {
+            assert_eq!(run_action(&r, ActionKind::Probe).await, Outcome::Stopped);
+            assert_eq!(run_action(&r, ActionKind::Start).await, Outcome::Running);
+            assert!(state.exists(), "Dummy keeps its state file");
+            assert_eq!(run_action(&r, ActionKind::Probe).await, Outcome::Running);
+            assert_eq!(run_check(&r).await, Outcome::Running);
+            assert_eq!(run_action(&r, ActionKind::Stop).await, Outcome::Stopped);
+            assert_eq!(run_action(&r, ActionKind::Probe).await, Outcome::Stopped);
+            // Idempotent, as the API requires.
+            assert_eq!(run_action(&r, ActionKind::Stop).await, Outcome::Stopped);
+        });
+    }
+
+    /// Debian's `anything` runs a daemon; the check finds it gone after it
+    /// is killed behind the agent's back. Its daemon keeps no pipe of ours
+    /// open, and the start does not wait for it.
+    #[test]
+    fn debians_anything_runs_a_daemon_and_notices_it_dying() {
+        let Some(root) = debian_agents() else { return };
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("sleep.pid");
+        let p = ocf(
+            "ocf:heartbeat:anything",
+            root,
+            &[
+                ("binfile", "/bin/sleep"),
+                ("cmdline_options", "3600"),
+                ("pidfile", pidfile.to_str().unwrap()),
+            ],
+        );
+        let r = resource(p, 20_000, dir.path());
+        rt().block_on(async {
+            assert_eq!(run_action(&r, ActionKind::Probe).await, Outcome::Stopped);
+            assert_eq!(run_action(&r, ActionKind::Start).await, Outcome::Running);
+            assert_eq!(run_check(&r).await, Outcome::Running);
+            let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+            // SAFETY: kill(2) of the daemon this test started.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            // Until its parent (init, here) reaps it, `kill -0` in the
+            // agent still finds it: bounded wait.
+            let mut found = Outcome::Running;
+            for _ in 0..100 {
+                found = run_check(&r).await;
+                if found != Outcome::Running {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            // anything says "generic error" when its pid file outlives the
+            // daemon: a failure either way.
+            assert_ne!(found, Outcome::Running);
+            assert_eq!(run_action(&r, ActionKind::Stop).await, Outcome::Stopped);
+        });
+    }
+
+    /// An agent of our own in a private OCF root: the environment of the
+    /// API (and Pacemaker's meta variables, in milliseconds), the exit
+    /// reason in the failure, and a fatal error barring every node.
+    #[test]
+    fn an_agent_gets_the_apis_environment_and_its_exit_reason_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("ocf");
+        let agents = root.join("resource.d/acme");
+        std::fs::create_dir_all(&agents).unwrap();
+        let seen = dir.path().join("seen");
+        std::fs::write(
+            agents.join("Probe"),
+            format!(
+                "#!/bin/sh\nenv | grep -E '^(OCF_|TANDEM_)' | sort > {seen}.$1\ncase $1 in\n monitor) exit 7;;\n start) echo 'ocf-exit-reason:the colour is wrong' >&2; exit 6;;\n stop) exit 0;;\nesac\nexit 3\n",
+                seen = seen.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(
+            agents.join("Probe"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let p = ocf("ocf:acme:Probe", &root, &[("colour", "blue")]);
+        let r = resource(p, 7_000, dir.path());
+        rt().block_on(async {
+            // ETXTBSY from another test's fork holding the write descriptor.
+            for _ in 0..100 {
+                if run_action(&r, ActionKind::Probe).await == Outcome::Stopped {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            assert_eq!(run_action(&r, ActionKind::Probe).await, Outcome::Stopped);
+            assert_eq!(run_check(&r).await, Outcome::Stopped);
+            let started = run_action(&r, ActionKind::Start).await;
+            assert_eq!(
+                started,
+                Outcome::Barred {
+                    bar: Bar::Everywhere,
+                    why: "start exited 6 (OCF_ERR_CONFIGURED): the colour is wrong".into()
+                }
+            );
+        });
+        let env = std::fs::read_to_string(format!("{}.start", seen.display())).unwrap();
+        for want in [
+            format!("OCF_ROOT={}", root.display()),
+            "OCF_RA_VERSION_MAJOR=1".into(),
+            "OCF_RA_VERSION_MINOR=1".into(),
+            "OCF_RESOURCE_INSTANCE=g-r".into(),
+            "OCF_RESOURCE_TYPE=Probe".into(),
+            "OCF_RESOURCE_PROVIDER=acme".into(),
+            "OCF_RESKEY_colour=blue".into(),
+            "OCF_RESKEY_CRM_meta_timeout=7000".into(),
+            "OCF_RESKEY_CRM_meta_interval=0".into(),
+            "TANDEM_GROUP=g".into(),
+        ] {
+            assert!(env.lines().any(|l| l == want), "{want} not in:\n{env}");
+        }
+        assert!(!env.contains("OCF_CHECK_LEVEL"), "a probe is depth 0:\n{env}");
+        // The check is a monitor with its interval and depth.
+        let checked = std::fs::read_to_string(format!("{}.monitor", seen.display())).unwrap();
+        assert!(checked.contains("OCF_RESKEY_CRM_meta_interval=1000"), "{checked}");
+        assert!(checked.contains("OCF_CHECK_LEVEL=10"), "{checked}");
+    }
+}
