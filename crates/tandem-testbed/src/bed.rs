@@ -1,9 +1,11 @@
 //! One testbed run: namespaces, bridges, addresses, processes and faults.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -25,6 +27,9 @@ pub const MAX_NODES: usize = 64;
 pub const MAX_LINKS: usize = 8;
 /// The client's host number on the first link.
 const CLIENT_HOST: u8 = 250;
+/// Where OCF resource agents keep their state (`HA_RSCTMP`); each node
+/// spawned by the testbed has its own.
+const RESOURCE_AGENTS_TMP: &str = "/run/resource-agents";
 
 /// What to build.
 #[derive(Debug, Clone)]
@@ -315,17 +320,59 @@ impl Testbed {
             .open(&log_path)
             .with_context(|| format!("creating {}", log_path.display()))?;
         let (ns_fd, procs_fd) = (ns.as_raw_fd(), procs.as_raw_fd());
+        // A node of its own: its hostname, and a mount namespace where the
+        // resource agents' state directory is the node's (agents keep
+        // their state in /run/resource-agents and ask `uname -n` who they
+        // are; on one machine the nodes would otherwise share both).
+        let own_tmp = self.run_dir.join(format!("n{node}-resource-agents"));
+        std::fs::create_dir_all(&own_tmp)
+            .with_context(|| format!("creating {}", own_tmp.display()))?;
+        std::fs::create_dir_all(RESOURCE_AGENTS_TMP)
+            .with_context(|| format!("creating {RESOURCE_AGENTS_TMP}"))?;
+        let own_tmp = CString::new(own_tmp.as_os_str().as_bytes())?;
+        let agents_tmp = CString::new(RESOURCE_AGENTS_TMP)?;
+        let root = CString::new("/")?;
+        let hostname = format!("n{node}");
         let mut cmd = Command::new(program);
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .process_group(0);
-        // SAFETY: only async-signal-safe calls (setns, write, prctl) on fds
-        // opened before fork, which stay open until after this closure.
+        // SAFETY: only async-signal-safe calls (setns, unshare, mount,
+        // sethostname, write, prctl) on fds and strings made before fork,
+        // which stay alive until after this closure.
         unsafe {
             cmd.pre_exec(move || {
                 if libc::setns(ns_fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWUTS) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // Slave: the machine's mounts still reach the node, the
+                // node's own do not leak out.
+                if libc::mount(
+                    std::ptr::null(),
+                    root.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_SLAVE,
+                    std::ptr::null(),
+                ) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::mount(
+                    own_tmp.as_ptr(),
+                    agents_tmp.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                ) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::sethostname(hostname.as_ptr().cast(), hostname.len()) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 if libc::write(procs_fd, b"0\n".as_ptr().cast(), 2) < 0 {

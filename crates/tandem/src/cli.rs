@@ -152,8 +152,8 @@ pub enum Command {
         fast: bool,
     },
     /// The demo's service: answers HTTP GET on --port, and the testbed's
-    /// probes on --probe-port, with this node's name (from $TANDEM_NODE or
-    /// --name).
+    /// probes on --probe-port, with this node's name (--name, else
+    /// $TANDEM_NODE, else the host's name).
     #[cfg(feature = "demo")]
     #[command(hide = true)]
     DemoService {
@@ -163,7 +163,7 @@ pub enum Command {
         /// Probe port (UDP `tprobe N`, TCP name line).
         #[arg(long, default_value_t = 7000)]
         probe_port: u16,
-        /// Name to answer with (default $TANDEM_NODE).
+        /// Name to answer with (default $TANDEM_NODE, else the host's name).
         #[arg(long)]
         name: Option<String>,
     },

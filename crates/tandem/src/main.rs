@@ -104,8 +104,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
             probe_port,
             name,
         } => {
+            // A service started through `su -` (OCF's `anything`) has a
+            // fresh environment: then the host's name (the testbed gives
+            // each node its own).
             let name = name
                 .or_else(|| std::env::var("TANDEM_NODE").ok())
+                .or_else(|| {
+                    std::fs::read_to_string("/proc/sys/kernel/hostname")
+                        .ok()
+                        .map(|h| h.trim().to_string())
+                        .filter(|h| !h.is_empty())
+                })
                 .context("no name: pass --name or set TANDEM_NODE")?;
             demo::serve(&name, port, probe_port)?;
             Ok(ExitCode::SUCCESS)

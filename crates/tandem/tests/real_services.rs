@@ -1,0 +1,329 @@
+//! Real services on the testbed (needs root and Debian's resource-agents;
+//! CI has both): a group made only of Debian's OCF agents, unchanged
+//! (`anything` running the probe responder, `IPaddr2` holding the floating
+//! address, `Dummy` keeping its state file), on a 3-node cluster. Each
+//! node has its own hostname and its own `/run/resource-agents`, as real
+//! nodes do. Faults: the holder cut off from every link, and its agent
+//! killed with -9 (then the guard runs the agents' `stop`); each time the
+//! group must answer from another node with zero dual-active instants.
+//! Then restart safety: an agent restarted while the group runs probes
+//! every agent, finds each running, and starts none again.
+//!
+//! `TANDEM_SCENARIO_REPS` repetitions of each fault (default 2 here; the
+//! full count runs once for the note). Time bounds are generous safety
+//! limits; figures belong to the benchmark.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a panic is how a test reports failure"
+)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tandem_testbed::agents::{self, all_online, AgentCluster, ClusterShape};
+use tandem_testbed::checker::{analyze, CheckOptions, ProbeKind};
+use tandem_testbed::prober::{unix_ms, ProbeSpec, Prober};
+use tandem_testbed::require_root;
+
+const TANDEM: &str = env!("CARGO_BIN_EXE_tandem");
+const GENEROUS: Duration = Duration::from_secs(30);
+const NODES: usize = 3;
+const VIP: &str = "10.77.1.100";
+const RESOURCES: [&str; 3] = ["service", "vip", "state"];
+
+fn reps() -> usize {
+    std::env::var("TANDEM_SCENARIO_REPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2)
+}
+
+/// Debian's agents, or why this test cannot run.
+fn have_agents(test: &str) -> bool {
+    if !require_root(test) {
+        return false;
+    }
+    if !Path::new("/usr/lib/ocf/resource.d/heartbeat/IPaddr2").exists() {
+        println!(
+            "{test}: skipped: needs Debian's resource-agents (scripts/install-deps installs it)"
+        );
+        return false;
+    }
+    true
+}
+
+/// Group `web`: the probe responder run by `ocf:heartbeat:anything`, the
+/// address by `ocf:heartbeat:IPaddr2`, and `ocf:heartbeat:Dummy`.
+fn ocf_group() -> String {
+    let preferred: Vec<String> = (1..=NODES).map(|n| format!("\"n{n}\"")).collect();
+    format!(
+        r#"
+[[group]]
+name = "web"
+preferred = [{preferred}]
+failback = "manual"
+
+[[group.resource]]
+name = "service"
+kind = "ocf"
+agent = "ocf:heartbeat:anything"
+params = {{ binfile = "{TANDEM}", cmdline_options = "demo-service --port 8080 --probe-port 7000", pidfile = "/run/resource-agents/web-service.pid" }}
+check_interval_ms = 1000
+
+[[group.resource]]
+name = "vip"
+kind = "ocf"
+agent = "ocf:heartbeat:IPaddr2"
+params = {{ ip = "{VIP}", cidr_netmask = 24 }}
+check_interval_ms = 1000
+
+[[group.resource]]
+name = "state"
+kind = "ocf"
+agent = "ocf:heartbeat:Dummy"
+check_interval_ms = 1000
+"#,
+        preferred = preferred.join(", ")
+    )
+}
+
+fn web(s: &Value) -> Option<&Value> {
+    s["groups"].as_array()?.iter().find(|g| g["name"] == "web")
+}
+
+fn running_on(s: &Value) -> Option<usize> {
+    let g = web(s)?;
+    if g["state"] != "running" {
+        return None;
+    }
+    g["placed_on"].as_str()?.strip_prefix('n')?.parse().ok()
+}
+
+/// Events of `kind` for `web/<resource>` at or after `since`.
+fn events(s: &Value, kind: &str, resource: &str, since: u64) -> usize {
+    s["events"].as_array().map_or(0, |es| {
+        es.iter()
+            .filter(|e| {
+                let ev = &e["event"];
+                e["at_unix_ms"].as_u64().is_some_and(|at| at >= since)
+                    && ev["kind"] == kind
+                    && ev["group"] == "web"
+                    && ev["resource"] == resource
+                    && (kind != "action_begun" || ev["action"] == "start")
+            })
+            .count()
+    })
+}
+
+struct Fx {
+    c: AgentCluster,
+    gaps: Vec<f64>,
+}
+
+impl Fx {
+    fn start() -> Fx {
+        let shape = ClusterShape {
+            extra: agents::ping_monitor_config() + &ocf_group(),
+            // Scripts take tens of milliseconds each: the profile for busy
+            // machines, so that a loaded CI machine does not count a slow
+            // agent as a dead node.
+            profile: "relaxed".into(),
+            ..ClusterShape::nodes(NODES)
+        };
+        let fx = Fx {
+            c: AgentCluster::start(TANDEM, &shape).unwrap(),
+            gaps: Vec::new(),
+        };
+        fx.settle();
+        fx
+    }
+
+    fn settle(&self) {
+        for n in 1..=NODES {
+            self.c
+                .wait(n, GENEROUS, "all online, quorate, web running", |s| {
+                    all_online(s) && s["quorum"]["quorate"] == true && running_on(s).is_some()
+                })
+                .unwrap_or_else(|e| panic!("{e:#}\nlogs:\n{}", self.c.logs()));
+        }
+    }
+
+    fn holder(&self) -> usize {
+        running_on(&self.c.status(1).or_else(|| self.c.status(2)).unwrap()).unwrap()
+    }
+
+    fn prober(&self) -> Prober {
+        let target = SocketAddr::new(self.c.bed.vip("lan").into(), 7000);
+        Prober::start(&self.c.bed.client_ns(), ProbeSpec::new(target, 120_000)).unwrap()
+    }
+
+    /// Node `n` no longer holds the address (IPaddr2's stop, or the
+    /// guard's call of it, removed it).
+    fn assert_address_gone(&self, n: usize) {
+        let t0 = Instant::now();
+        loop {
+            let addrs = self.c.bed.exec(n, "ip", &["-o", "addr"]).unwrap();
+            if !addrs.contains(VIP) {
+                return;
+            }
+            assert!(
+                t0.elapsed() < GENEROUS,
+                "n{n} still holds {VIP}:\n{addrs}\nlogs:\n{}",
+                self.c.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// One fault on the holder: the group must answer from another node,
+    /// never from two at once.
+    fn rep(
+        &mut self,
+        what: &str,
+        fault: impl FnOnce(&Fx, usize),
+        recover: impl FnOnce(&mut Fx, usize),
+    ) {
+        let old = self.holder();
+        let prober = self.prober();
+        std::thread::sleep(Duration::from_millis(300));
+        fault(self, old);
+        let ask = old % NODES + 1;
+        self.c
+            .wait(ask, GENEROUS, "web running on another node", |s| {
+                running_on(s).is_some_and(|n| n != old)
+            })
+            .unwrap_or_else(|e| panic!("{what}: {e:#}\nlogs:\n{}", self.c.logs()));
+        let new = running_on(&self.c.status(ask).unwrap()).unwrap();
+        self.assert_address_gone(old);
+        std::thread::sleep(Duration::from_millis(500));
+        let log = prober.stop().unwrap();
+        let report = analyze(&log.records, CheckOptions::default());
+        let dual: Vec<_> = report.dual_active().collect();
+        assert!(
+            dual.is_empty(),
+            "{what}: dual-active {dual:?}\nlogs:\n{}",
+            self.c.logs()
+        );
+        let last = log.records.iter().rev().find_map(|r| r.responder.clone());
+        assert_eq!(
+            last,
+            Some(format!("n{new}")),
+            "{what}: answers from the new holder ({} probes)\nlogs:\n{}",
+            log.records.len(),
+            self.c.logs()
+        );
+        let gap = report.kind(ProbeKind::Udp).max_gap_ms();
+        assert!(gap < 20_000.0, "{what}: outage {gap} ms");
+        self.gaps.push(gap);
+        recover(self, old);
+        self.settle();
+    }
+}
+
+#[test]
+fn a_group_of_debians_ocf_agents_fails_over_and_survives_an_agent_restart() {
+    let test = "a_group_of_debians_ocf_agents_fails_over_and_survives_an_agent_restart";
+    if !have_agents(test) {
+        return;
+    }
+    let mut fx = Fx::start();
+    // Each node is its own host to the agents.
+    let holder = fx.holder();
+    let s = fx.c.status(holder).unwrap();
+    for r in RESOURCES {
+        assert!(
+            events(&s, "started", r, 0) + events(&s, "found_running", r, 0) >= 1,
+            "n{holder} started {r}: {}",
+            s["events"]
+        );
+    }
+    for rep in 0..reps() {
+        fx.rep(
+            "the holder cut off from every link",
+            |f, old| f.c.bed.cut_node(old).unwrap(),
+            |f, old| f.c.bed.restore_node(old).unwrap(),
+        );
+        fx.rep(
+            "kill -9 of the holder's agent",
+            |f, old| {
+                f.c.bed.kill9(f.c.pids[old - 1]).unwrap();
+            },
+            |f, old| {
+                f.c.pids[old - 1] = f.c.spawn_agent(old).unwrap();
+            },
+        );
+        println!("rep {rep} done");
+    }
+    assert!(
+        fx.c.logs().contains("tandem-guard["),
+        "the guard called the agents' stop after kill -9"
+    );
+
+    // Restart safety: the holder's agent (not the leader's: a restarted
+    // leader needs an election before any new lease) is killed and
+    // started again while the group runs.
+    let leader: usize = agents::leader(&fx.c.status(1).unwrap())
+        .and_then(|l| l.strip_prefix('n').and_then(|n| n.parse().ok()))
+        .unwrap();
+    let target = leader % NODES + 1;
+    let out = std::process::Command::new(TANDEM)
+        .args(["move", "web", "--to", &format!("n{target}"), "--socket"])
+        .arg(fx.c.socket(1))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fx.c.wait(target, GENEROUS, "web running on the target", |s| {
+        running_on(s) == Some(target)
+    })
+    .unwrap();
+    let prober = fx.prober();
+    std::thread::sleep(Duration::from_millis(300));
+    let t = unix_ms();
+    fx.c.bed.kill9(fx.c.pids[target - 1]).unwrap();
+    fx.c.pids[target - 1] = fx.c.spawn_agent(target).unwrap();
+    fx.c.wait(
+        target,
+        GENEROUS,
+        "restarted agent holds a lease with web running",
+        |s| s["lease"]["held"] == true && running_on(s) == Some(target),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(1_500));
+    let log = prober.stop().unwrap();
+    let s = fx.c.status(target).unwrap();
+    for r in RESOURCES {
+        assert_eq!(
+            events(&s, "found_running", r, t),
+            1,
+            "{r} probed and found running: {}",
+            s["events"]
+        );
+        assert_eq!(
+            events(&s, "action_begun", r, t),
+            0,
+            "{r} must not be started again: {}\nlogs:\n{}",
+            s["events"],
+            fx.c.logs()
+        );
+    }
+    let report = analyze(&log.records, CheckOptions::default());
+    assert_eq!(report.dual_active().count(), 0);
+    let mut g = fx.gaps.clone();
+    g.sort_by(f64::total_cmp);
+    println!(
+        "ocf group: {} failovers, outage ms min {:.0} p50 {:.0} max {:.0}; agent restart: outage {:.0} ms; 0 dual-active",
+        g.len(),
+        g.first().copied().unwrap_or(0.0),
+        g.get(g.len() / 2).copied().unwrap_or(0.0),
+        g.last().copied().unwrap_or(0.0),
+        report.kind(ProbeKind::Udp).max_gap_ms()
+    );
+}
