@@ -23,6 +23,8 @@
 //! - [`responder`]: the tiny UDP/TCP service that answers with its node name.
 //! - [`sweep`]: removal of leftovers from crashed runs.
 //! - [`sys`]: small helpers for running commands and entering namespaces.
+//! - [`user_manager`]: a real `systemd --user` manager with its own bus,
+//!   where PID 1 is not systemd.
 //! - [`wire`]: user-space delay, jitter and loss between two interfaces
 //!   (the testbed's `tc netem`, which not every kernel has).
 
@@ -37,6 +39,7 @@ pub mod prober;
 pub mod responder;
 pub mod sweep;
 pub mod sys;
+pub mod user_manager;
 pub mod wire;
 pub mod x509;
 

@@ -110,6 +110,8 @@ fn machine_checks(cfg: &Config) -> Vec<(Severity, String)> {
     // OCF agents: installed here, parameters as their meta-data says,
     // and what their own validate-all says.
     out.extend(tandem_agent::kinds::ocf::check_resources(cfg));
+    // systemd units: known to the manager, and not enabled at boot.
+    out.extend(tandem_agent::kinds::systemd::check_resources(cfg));
     // A TLS export's credentials, as the agent of a node with a copy
     // loads them at its start.
     for v in &cfg.volumes {

@@ -327,3 +327,180 @@ fn a_group_of_debians_ocf_agents_fails_over_and_survives_an_agent_restart() {
         report.kind(ProbeKind::Udp).max_gap_ms()
     );
 }
+
+/// Lines of `file` as the agent of node `n` sees it (its own mount
+/// namespace: the testbed gives each node one).
+fn read_in_node(c: &AgentCluster, n: usize, file: &Path) -> Vec<String> {
+    let out = std::process::Command::new("nsenter")
+        .args(["--target", &c.pids[n - 1].to_string(), "--mount", "cat"])
+        .arg(file)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn db_on(s: &Value) -> Option<usize> {
+    let g = s["groups"].as_array()?.iter().find(|g| g["name"] == "db")?;
+    if g["state"] != "running" {
+        return None;
+    }
+    g["placed_on"].as_str()?.strip_prefix('n')?.parse().ok()
+}
+
+/// Brief scenario 2's storage half: a replicated volume -> an ext4 `fs` on
+/// it (attached with nbdfuse and a loop device: this kernel has no nbd)
+/// -> a writer that appends a numbered line and fsyncs it every 10 ms.
+/// A planned move and a kill -9 of the holder's agent (the guard kills the
+/// writer, unmounts and detaches) each bring the group to the other node,
+/// where every line the old holder had synced is there, in order.
+#[test]
+fn an_ext4_on_a_replicated_volume_moves_with_its_group_and_keeps_every_synced_line() {
+    let test = "an_ext4_on_a_replicated_volume_moves_with_its_group_and_keeps_every_synced_line";
+    if !require_root(test) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("db");
+    let log = mnt.join("log");
+    // The source copy holds an ext4 from the start; n2 syncs it in full.
+    let img = dir.path().join("n1.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(32 << 20)
+        .unwrap();
+    assert!(std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F"])
+        .arg(&img)
+        .status()
+        .unwrap()
+        .success());
+    let writer = format!(
+        "i=$(wc -l < {log} 2>/dev/null || echo 0); while :; do i=$((i+1)); echo $i >> {log}; sync {log}; sleep 0.01; done",
+        log = log.display()
+    );
+    let extra = format!(
+        r#"
+[[group.resource]]
+name = "fs"
+kind = "fs"
+volume = "data"
+directory = "{mnt}"
+fstype = "ext4"
+fsck = true
+
+[[group.resource]]
+name = "writer"
+kind = "process"
+command = ["sh", "-c", "{writer}"]
+"#,
+        mnt = mnt.display(),
+        writer = writer.replace('"', "\\\"")
+    );
+    let mut shape = ClusterShape::nodes(2);
+    shape.witness = true;
+    shape.profile = "relaxed".into();
+    shape.extra = agents::volume_config(dir.path(), "32MiB", "", false) + &extra;
+    let mut c = AgentCluster::prepare(TANDEM, &shape).unwrap();
+    c.create_volume_copies("data", 1).unwrap();
+    c.start_members().unwrap();
+    let on = |c: &AgentCluster, n: usize, what: &str| {
+        c.wait(n, GENEROUS, what, |s| {
+            db_on(s) == Some(n)
+                && s["volumes"][0]["disk"] == "UpToDate"
+                && s["volumes"][0]["peer_disk"] == "UpToDate"
+        })
+        .unwrap_or_else(|e| panic!("{e:#}\nlogs:\n{}", c.logs()));
+    };
+    on(&c, 1, "db on n1, both copies up to date");
+    std::thread::sleep(Duration::from_millis(1_000));
+
+    // Planned move to n2.
+    let before = read_in_node(&c, 1, &log);
+    assert!(before.len() > 10, "the writer writes on n1: {before:?}");
+    let out = std::process::Command::new(TANDEM)
+        .args(["move", "db", "--to", "n2", "--socket"])
+        .arg(c.socket(1))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    on(&c, 2, "db on n2 after the move");
+    std::thread::sleep(Duration::from_millis(500));
+    let after = read_in_node(&c, 2, &log);
+    assert!(
+        after.len() > before.len() && after[..before.len()] == before[..],
+        "every line n1 synced is on n2, and n2 writes on: {} then {} lines\nlogs:\n{}",
+        before.len(),
+        after.len(),
+        c.logs()
+    );
+    assert!(
+        after
+            .iter()
+            .enumerate()
+            .all(|(i, l)| *l == (i + 1).to_string()),
+        "numbered without a gap: {after:?}"
+    );
+
+    // kill -9 of n2's agent: the guard kills the writer, unmounts and
+    // detaches; n1 takes the group with its up-to-date copy.
+    let synced = read_in_node(&c, 2, &log);
+    c.bed.kill9(c.pids[1]).unwrap();
+    c.wait(1, GENEROUS, "db on n1 after kill -9 of n2's agent", |s| {
+        db_on(s) == Some(1)
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\nlogs:\n{}", c.logs()));
+    std::thread::sleep(Duration::from_millis(500));
+    let now = read_in_node(&c, 1, &log);
+    assert!(
+        now.len() > synced.len() && now[..synced.len()] == synced[..],
+        "every line n2 had synced is on n1: {} then {} lines\nlogs:\n{}",
+        synced.len(),
+        now.len(),
+        c.logs()
+    );
+    assert!(
+        c.logs().contains("tandem-guard[n2]") && c.logs().contains("fusermount3"),
+        "the guard undid n2's mount and attach:\n{}",
+        c.logs()
+    );
+    c.pids[1] = c.spawn_agent(2).unwrap();
+    // Both nodes in standby: the group stops everywhere, so the loop
+    // device and the FUSE mount go before the testbed does.
+    for n in ["n1", "n2"] {
+        let out = std::process::Command::new(TANDEM)
+            .args(["node", "standby", n, "--socket"])
+            .arg(c.socket(1))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    c.wait(1, GENEROUS, "db stopped everywhere", |s| {
+        s["groups"][0]["state"] == "stopped" && s["groups"][0]["placed_on"].is_null()
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\nlogs:\n{}", c.logs()));
+    let loops = std::process::Command::new("losetup")
+        .arg("-a")
+        .output()
+        .unwrap();
+    let loops = String::from_utf8_lossy(&loops.stdout);
+    assert!(
+        !loops.contains("/nbd"),
+        "a loop device over nbdfuse is left: {loops}"
+    );
+    println!(
+        "fs on a volume: {} lines kept across a planned move, {} across kill -9 of the holder's agent",
+        before.len(),
+        synced.len()
+    );
+}

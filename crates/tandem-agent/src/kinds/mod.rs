@@ -168,6 +168,14 @@ pub enum BindError {
         /// The signal as written.
         signal: String,
     },
+    /// Something this version of the agent cannot run yet.
+    #[error("{what} cannot run in this version: {instead}")]
+    Unsupported {
+        /// What.
+        what: String,
+        /// What to do instead.
+        instead: String,
+    },
 }
 
 /// Declares the agent's side of the kinds: one module per line, named as
@@ -192,6 +200,8 @@ registry! {
     exec::Exec,
     volume::Volume,
     ocf::Ocf,
+    systemd::Systemd,
+    fs::Fs,
 }
 
 #[cfg(test)]

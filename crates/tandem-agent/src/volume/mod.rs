@@ -429,6 +429,11 @@ impl Hub {
             })
     }
 
+    /// The Unix socket of volume `name`'s NBD export on this node.
+    pub fn nbd_socket(&self, name: &str) -> Option<PathBuf> {
+        self.volumes.get(name)?.cfg.nbd_socket.clone()
+    }
+
     /// Whether this node holds a copy of `name`.
     pub fn has(&self, name: &str) -> bool {
         self.volumes.contains_key(name)

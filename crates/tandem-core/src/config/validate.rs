@@ -18,11 +18,10 @@ use crate::kinds::{Context, Fields, Params, KINDS};
 use crate::quorum::MAX_VOTERS;
 
 /// Resource kinds the product will have but this version refuses.
-const PLANNED_RESOURCES: &[(&str, &str)] = &[
-    ("systemd", "use an `exec` resource with `script = \"/usr/local/sbin/unit-wrapper\"` calling systemctl start/stop/is-active for now"),
-    ("fs", "use an `exec` resource whose script mounts on `start`, unmounts on `stop` and checks the mount on `status`"),
-    ("filesync", "keep the files in sync with an `exec` resource (rsync) for now"),
-];
+const PLANNED_RESOURCES: &[(&str, &str)] = &[(
+    "filesync",
+    "keep the files in sync with an `exec` resource (rsync) for now",
+)];
 /// Monitor kinds allowed inside a group.
 pub const IMPLEMENTED_GROUP_MONITORS: &[&str] = &["process", "tcp", "http", "exec"];
 

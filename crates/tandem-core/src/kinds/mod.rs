@@ -347,6 +347,8 @@ registry! {
     exec::Exec,
     volume::Volume,
     ocf::Ocf,
+    systemd::Systemd,
+    fs::Fs,
 }
 
 #[cfg(test)]
@@ -403,6 +405,18 @@ mod tests {
                 ocf_root: ocf::DEFAULT_OCF_ROOT.into(),
                 check_interval_ms: ocf::DEFAULT_OCF_CHECK_INTERVAL_MS,
                 check_level: None,
+            }),
+            Params::Systemd(systemd::Systemd {
+                unit: "a.service".into(),
+                bus: None,
+                dropin_dir: systemd::DEFAULT_DROPIN_DIR.into(),
+            }),
+            Params::Fs(fs::Fs {
+                source: fs::Source::Device("/dev/sdb1".into()),
+                directory: "/srv".into(),
+                fstype: "ext4".into(),
+                options: String::new(),
+                fsck: false,
             }),
         ];
         assert_eq!(all.len(), KINDS.len(), "a kind is missing here");

@@ -1,0 +1,590 @@
+//! `fs`: the agent's side of a filesystem. Start: check it (`fsck -a`)
+//! if asked, then `mount`. Stop: `umount`; while the mount is busy, the
+//! processes holding it (open files, working or root directory, mapped
+//! files under it) get SIGTERM, then SIGKILL, bounded and logged, as
+//! Filesystem's `force_unmount` does. Probe: the kernel's mount table,
+//! read with the core's rule ([`tandem_core::kinds::fs::mounted`]); the
+//! check also writes and removes a file there (not on a read-only mount).
+//!
+//! On a replicated volume, the filesystem's device is the volume's NBD
+//! export on this node, attached without the kernel's `nbd` module (which
+//! not every kernel has): `nbdfuse` shows the export as a file, and a loop
+//! device over that file is what gets mounted. Stop undoes it in reverse.
+//! The loop device's name is kept in the run directory, so that a
+//! restarted agent (and the guard) finds it.
+
+use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use tandem_core::group::{ActionKind, Bar, Outcome};
+use tandem_core::kinds::fs::{mounted, Fs, Mounted, Source};
+
+use super::{Act, Bind, BindError, Driver, Resource};
+use crate::child::{run_bounded, Owner};
+use crate::guard::{Leaving, StopCommand};
+
+/// Most processes signalled in one stop.
+const MAX_HOLDERS: usize = 1024;
+/// Holders get SIGKILL this long after SIGTERM (at most a third of the
+/// stop's limit).
+const HOLDERS_TERM_MS: u64 = 2_000;
+
+/// Longest wait for `nbdfuse` to show the export.
+const ATTACH_WAIT_MS: u64 = 10_000;
+
+/// A filesystem on this node.
+#[derive(Debug, Clone)]
+pub struct FsDriver {
+    spec: Fs,
+    /// The volume's NBD socket here (for `volume = ...`; None otherwise,
+    /// or when this node holds no copy of it).
+    nbd_socket: Option<PathBuf>,
+}
+
+/// The agent's side of an `fs` resource.
+pub fn bind(p: &Fs, cx: &Bind<'_>) -> Result<Box<dyn Driver>, BindError> {
+    let nbd_socket = match &p.source {
+        Source::Volume(v) => cx.hub.and_then(|h| h.nbd_socket(v)),
+        Source::Device(_) => None,
+    };
+    Ok(Box::new(FsDriver {
+        spec: p.clone(),
+        nbd_socket,
+    }))
+}
+
+/// Where an attached volume's pieces are, in the run directory.
+struct Attach {
+    /// The FUSE mount point of `nbdfuse`, holding the file `nbd`.
+    fuse_dir: PathBuf,
+    /// `nbdfuse`'s pid file.
+    pidfile: PathBuf,
+    /// The file naming the loop device.
+    loop_file: PathBuf,
+}
+
+impl Attach {
+    fn of(owner: &Owner) -> Attach {
+        Attach {
+            fuse_dir: owner.file("fuse"),
+            pidfile: owner.file("nbdfuse.pid"),
+            loop_file: owner.file("loop"),
+        }
+    }
+
+    /// The loop device recorded, if any.
+    fn loop_dev(&self) -> Option<PathBuf> {
+        let text = std::fs::read_to_string(&self.loop_file).ok()?;
+        let dev = PathBuf::from(text.trim());
+        dev.starts_with("/dev/").then_some(dev)
+    }
+}
+
+impl FsDriver {
+    /// The device to mount: the configured one, or the loop device over
+    /// the attached volume (None: not attached).
+    fn device(&self, owner: &Owner) -> Option<PathBuf> {
+        match &self.spec.source {
+            Source::Device(d) => Some(d.clone()),
+            Source::Volume(_) => Attach::of(owner).loop_dev(),
+        }
+    }
+
+    /// The device's number, or why this node cannot mount it.
+    fn devno(&self, owner: &Owner) -> Result<(u32, u32), String> {
+        let Some(dev) = self.device(owner) else {
+            return Err("the volume is not attached here".into());
+        };
+        let dev = dev.as_path();
+        let md = std::fs::metadata(dev).map_err(|e| format!("{}: {e}", dev.display()))?;
+        if !md.file_type().is_block_device() {
+            return Err(format!("{} is not a block device", dev.display()));
+        }
+        let rdev = md.rdev();
+        Ok((libc::major(rdev), libc::minor(rdev)))
+    }
+
+    fn state(&self, devno: (u32, u32)) -> Result<Mounted, String> {
+        let table = std::fs::read_to_string("/proc/self/mountinfo")
+            .map_err(|e| format!("reading /proc/self/mountinfo: {e}"))?;
+        Ok(mounted(&table, &self.spec.directory, devno))
+    }
+
+    async fn act(&self, r: &Resource, action: ActionKind) -> Outcome {
+        let dir = &self.spec.directory;
+        if let Source::Volume(v) = &self.spec.source {
+            match action {
+                ActionKind::Start if self.devno(&r.owner).is_err() => {
+                    if let Err(why) = self.attach(r, v).await {
+                        if let Err(left) = self.detach(r).await {
+                            r.note(format!("undoing the failed attach: {left}"));
+                        }
+                        return Outcome::Failed(why);
+                    }
+                }
+                // Not mounted: what is attached goes (a probe leaves it).
+                ActionKind::Stop if self.devno(&r.owner).is_err() => {
+                    return match self.detach(r).await {
+                        Ok(()) => Outcome::Stopped,
+                        Err(why) => Outcome::Failed(why),
+                    };
+                }
+                _ => {}
+            }
+        }
+        let devno = match self.devno(&r.owner) {
+            Ok(d) => d,
+            // What is not here is not mounted here; starting it here
+            // cannot work (another node may have the device).
+            Err(why) => {
+                return match action {
+                    ActionKind::Probe | ActionKind::Stop => Outcome::Stopped,
+                    ActionKind::Start => Outcome::Barred { bar: Bar::Node, why },
+                }
+            }
+        };
+        let state = match self.state(devno) {
+            Ok(s) => s,
+            Err(e) => return Outcome::Failed(e),
+        };
+        let limit = Duration::from_millis(r.timeout_ms);
+        match (action, state) {
+            (ActionKind::Probe, Mounted::Yes) | (ActionKind::Start, Mounted::Yes) => {
+                Outcome::Running
+            }
+            (ActionKind::Probe, _) | (ActionKind::Stop, Mounted::No | Mounted::Other(_)) => {
+                Outcome::Stopped
+            }
+            (ActionKind::Start, Mounted::Other(src)) => Outcome::Failed(format!(
+                "{} is already mounted from {src}: unmount it first",
+                dir.display()
+            )),
+            (ActionKind::Start, Mounted::No) => self.mount(r, limit).await,
+            (ActionKind::Stop, Mounted::Yes) => match self.unmount(r, devno, limit).await {
+                Outcome::Stopped => match self.detach(r).await {
+                    Ok(()) => Outcome::Stopped,
+                    Err(why) => Outcome::Failed(why),
+                },
+                other => other,
+            },
+        }
+    }
+
+    /// Attaches volume `v`'s export here: `nbdfuse` (in a session of its
+    /// own, so that it outlives a restart of the agent), then a loop
+    /// device over its file.
+    async fn attach(&self, r: &Resource, v: &str) -> Result<(), String> {
+        let Some(socket) = &self.nbd_socket else {
+            return Err(format!("volume `{v}` has no copy on this node"));
+        };
+        let a = Attach::of(&r.owner);
+        std::fs::create_dir_all(&a.fuse_dir)
+            .map_err(|e| format!("creating {}: {e}", a.fuse_dir.display()))?;
+        let _ = std::fs::remove_file(&a.pidfile);
+        let mut cmd = tokio::process::Command::new("nbdfuse");
+        cmd.arg("-P")
+            .arg(&a.pidfile)
+            .arg(&a.fuse_dir)
+            .arg("--unix")
+            .arg(socket)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        crate::child::own_session(cmd.as_std_mut());
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot run nbdfuse (package libnbd-bin): {e}"))?;
+        let file = a.fuse_dir.join("nbd");
+        let t0 = Instant::now();
+        while !a.pidfile.exists() {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!(
+                    "nbdfuse exited ({status}) before showing volume `{v}` from {}",
+                    socket.display()
+                ));
+            }
+            if t0.elapsed() > Duration::from_millis(ATTACH_WAIT_MS) {
+                return Err(format!("nbdfuse did not show volume `{v}` within {ATTACH_WAIT_MS} ms"));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let limit = Duration::from_millis(r.timeout_ms);
+        let file_s = file.to_string_lossy().into_owned();
+        let dev = match run_bounded(
+            Path::new("losetup"),
+            &["--find", "--show", &file_s],
+            Some(&r.owner),
+            None,
+            limit,
+        )
+        .await
+        {
+            Ok((Some(0), dev)) if dev.starts_with("/dev/") => dev,
+            Ok((code, said)) => return Err(format!("losetup --find {file_s} exited {code:?}: {said}")),
+            Err(e) => return Err(e.to_string()),
+        };
+        std::fs::write(&a.loop_file, format!("{dev}\n"))
+            .map_err(|e| format!("writing {}: {e}", a.loop_file.display()))?;
+        Ok(())
+    }
+
+    /// Undoes [`FsDriver::attach`]: the loop device, then the FUSE mount
+    /// (whose `nbdfuse` then exits); each step only if it is there.
+    async fn detach(&self, r: &Resource) -> Result<(), String> {
+        if !matches!(self.spec.source, Source::Volume(_)) {
+            return Ok(());
+        }
+        let a = Attach::of(&r.owner);
+        let limit = Duration::from_millis(r.timeout_ms);
+        if let Some(dev) = a.loop_dev() {
+            let dev_s = dev.to_string_lossy().into_owned();
+            if dev.exists() {
+                match run_bounded(Path::new("losetup"), &["-d", &dev_s], Some(&r.owner), None, limit).await {
+                    Ok((Some(0), _)) => {}
+                    Ok((code, said)) => return Err(format!("losetup -d {dev_s} exited {code:?}: {said}")),
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+            let _ = std::fs::remove_file(&a.loop_file);
+        }
+        let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let fuse = a.fuse_dir.to_string_lossy().into_owned();
+        if table.lines().any(|l| l.split(' ').nth(4) == Some(fuse.as_str())) {
+            match run_bounded(Path::new("fusermount3"), &["-u", &fuse], Some(&r.owner), None, limit).await {
+                Ok((Some(0), _)) => {}
+                Ok((code, said)) => return Err(format!("fusermount3 -u {fuse} exited {code:?}: {said}")),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        let _ = std::fs::remove_file(&a.pidfile);
+        Ok(())
+    }
+
+    async fn mount(&self, r: &Resource, limit: Duration) -> Outcome {
+        let dir = &self.spec.directory;
+        let Some(dev) = self.device(&r.owner) else {
+            return Outcome::Failed("the volume is not attached here".into());
+        };
+        let dev = dev.to_string_lossy().into_owned();
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            return Outcome::Failed(format!("creating {}: {e}", dir.display()));
+        }
+        if self.spec.fsck {
+            let fsck = Path::new("fsck");
+            // 0 clean, 1 errors corrected: mountable; more is not.
+            match run_bounded(fsck, &["-a", "-t", &self.spec.fstype, &dev], Some(&r.owner), None, limit).await {
+                Ok((Some(0), _)) => {}
+                Ok((Some(1), _)) => r.note(format!("fsck corrected errors on {dev}")),
+                Ok((code, said)) => {
+                    return Outcome::Failed(format!(
+                        "fsck -a {dev} exited {}: {said}; check it by hand before mounting",
+                        code.map_or("by a signal".into(), |c| c.to_string())
+                    ))
+                }
+                Err(e) => return Outcome::Failed(e.to_string()),
+            }
+        }
+        let dir_s = dir.to_string_lossy().into_owned();
+        let mut args = vec!["-t", self.spec.fstype.as_str()];
+        if !self.spec.options.is_empty() {
+            args.extend(["-o", self.spec.options.as_str()]);
+        }
+        args.extend([dev.as_str(), dir_s.as_str()]);
+        match run_bounded(Path::new("mount"), &args, Some(&r.owner), None, limit).await {
+            Ok((Some(0), _)) => Outcome::Running,
+            Ok((code, said)) => Outcome::Failed(format!(
+                "mount {dev} {dir_s} exited {}: {said}",
+                code.map_or("by a signal".into(), |c| c.to_string())
+            )),
+            Err(e) => Outcome::Failed(e.to_string()),
+        }
+    }
+
+    async fn unmount(&self, r: &Resource, devno: (u32, u32), limit: Duration) -> Outcome {
+        let dir = &self.spec.directory;
+        let dir_s = dir.to_string_lossy().into_owned();
+        let t0 = Instant::now();
+        let term_ms = HOLDERS_TERM_MS.min(r.timeout_ms / 3);
+        let mut signalled = 0;
+        for round in 0..3 {
+            let left = limit.saturating_sub(t0.elapsed());
+            match run_bounded(Path::new("umount"), &[&dir_s], Some(&r.owner), None, left).await {
+                Ok((Some(0), _)) => return Outcome::Stopped,
+                Ok(_) | Err(_) if self.state(devno) != Ok(Mounted::Yes) => return Outcome::Stopped,
+                Ok(_) => {}
+                Err(e) => return Outcome::Failed(e.to_string()),
+            }
+            // Busy: its holders go, TERM first, then KILL.
+            let signal = if round == 0 { libc::SIGTERM } else { libc::SIGKILL };
+            let pids = holders(dir);
+            if pids.is_empty() && round > 0 {
+                break;
+            }
+            for pid in &pids {
+                // SAFETY: kill(2) of a process found holding the mount.
+                unsafe { libc::kill(*pid, signal) };
+            }
+            signalled += pids.len();
+            if !pids.is_empty() {
+                r.note(format!(
+                    "{} held {dir_s}: sent {} to {}",
+                    pids.len(),
+                    if signal == libc::SIGTERM { "SIGTERM" } else { "SIGKILL" },
+                    pids.iter().map(i32::to_string).collect::<Vec<_>>().join(" ")
+                ));
+            }
+            let wait = Duration::from_millis(if round == 0 { term_ms } else { 200 });
+            let until = Instant::now() + wait;
+            while Instant::now() < until && pids.iter().any(|p| holders_alive(*p)) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        Outcome::Failed(format!(
+            "{dir_s} stays busy after signalling {signalled} holder(s)"
+        ))
+    }
+
+    /// Mounted where expected, and (unless read-only) writable.
+    async fn check(&self, r: &Resource) -> Outcome {
+        let o = self.act(r, ActionKind::Probe).await;
+        if o != Outcome::Running || self.spec.read_only() {
+            return o;
+        }
+        let probe = self
+            .spec
+            .directory
+            .join(format!(".tandem-check-{}", std::process::id()));
+        // In a thread: a write to a dead device can block for ever, and
+        // the caller's bound must still hold.
+        let written = tokio::task::spawn_blocking(move || {
+            std::fs::write(&probe, b"tandem\n").and_then(|()| std::fs::remove_file(&probe))
+        })
+        .await;
+        match written {
+            Ok(Ok(())) => Outcome::Running,
+            Ok(Err(e)) => Outcome::Failed(format!(
+                "{} is mounted but not writable: {e}",
+                self.spec.directory.display()
+            )),
+            Err(e) => Outcome::Failed(format!("the write check did not finish: {e}")),
+        }
+    }
+}
+
+fn holders_alive(pid: i32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Processes with a file, working directory, root or mapping under `dir`
+/// (not this process), at most [`MAX_HOLDERS`].
+pub fn holders(dir: &Path) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    let under = |p: &Path| p == dir || p.starts_with(dir);
+    let mut out = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in procs.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        if pid == me || out.len() >= MAX_HOLDERS {
+            continue;
+        }
+        let base = e.path();
+        let link = |name: &str| std::fs::read_link(base.join(name)).ok();
+        let mut held = ["cwd", "root"]
+            .iter()
+            .filter_map(|n| link(n))
+            .any(|p| under(&p) && p != Path::new("/"));
+        if !held {
+            held = std::fs::read_dir(base.join("fd"))
+                .map(|fds| {
+                    fds.flatten()
+                        .filter_map(|f| std::fs::read_link(f.path()).ok())
+                        .any(|p| under(&p))
+                })
+                .unwrap_or(false);
+        }
+        if !held {
+            held = std::fs::read_to_string(base.join("maps"))
+                .map(|m| {
+                    m.lines()
+                        .filter_map(|l| l.split_whitespace().nth(5))
+                        .any(|p| under(Path::new(p)))
+                })
+                .unwrap_or(false);
+        }
+        if held {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+impl Driver for FsDriver {
+    fn kind(&self) -> &'static str {
+        "fs"
+    }
+
+    fn action<'a>(&'a self, r: &'a Resource, action: ActionKind) -> Act<'a> {
+        Box::pin(self.act(r, action))
+    }
+
+    fn check<'a>(&'a self, r: &'a Resource) -> Act<'a> {
+        Box::pin(FsDriver::check(self, r))
+    }
+
+    /// The guard kills what holds the mount and unmounts it when the agent
+    /// is gone (`fuser -km`, then `umount`).
+    fn guard(&self, owner: &Owner, part: &mut Leaving) {
+        let dir = self.spec.directory.to_string_lossy().into_owned();
+        let cmd = |program: &str, args: &[&str]| StopCommand {
+            program: PathBuf::from(program),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            env: vec![],
+        };
+        part.stop_commands.push(cmd("fuser", &["-k", "-m", &dir]));
+        part.stop_commands.push(cmd("umount", &[&dir]));
+        if matches!(self.spec.source, Source::Volume(_)) {
+            let a = Attach::of(owner);
+            if let Some(dev) = a.loop_dev() {
+                part.stop_commands
+                    .push(cmd("losetup", &["-d", &dev.to_string_lossy()]));
+            }
+            part.stop_commands
+                .push(cmd("fusermount3", &["-u", &a.fuse_dir.to_string_lossy()]));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+
+    use tandem_core::group::{ActionKind, Bar, Outcome};
+    use tandem_core::kinds::fs::{Fs, Source};
+    use tandem_core::kinds::Params;
+
+    use crate::child::test_runtime as rt;
+    use crate::kinds::tests::resource;
+    use crate::kinds::{run_action, run_check};
+
+    /// An ext4 filesystem on a loop device, detached on drop.
+    struct Loop {
+        dev: PathBuf,
+    }
+
+    impl Loop {
+        fn new(dir: &Path) -> Loop {
+            let img = dir.join("disk.img");
+            let f = std::fs::File::create(&img).unwrap();
+            f.set_len(32 << 20).unwrap();
+            let ok = Command::new("mkfs.ext4")
+                .args(["-q", "-F"])
+                .arg(&img)
+                .status()
+                .unwrap();
+            assert!(ok.success());
+            let out = Command::new("losetup")
+                .args(["--find", "--show"])
+                .arg(&img)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            Loop {
+                dev: PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()),
+            }
+        }
+    }
+
+    impl Drop for Loop {
+        fn drop(&mut self) {
+            let _ = Command::new("losetup").arg("-d").arg(&self.dev).status();
+        }
+    }
+
+    fn fs(dev: &Path, dir: &Path) -> Params {
+        Params::Fs(Fs {
+            source: Source::Device(dev.to_path_buf()),
+            directory: dir.to_path_buf(),
+            fstype: "ext4".into(),
+            options: "noatime".into(),
+            fsck: true,
+        })
+    }
+
+    /// Mount, probe, write check, then a stop while processes hold the
+    /// mount (a working directory, an open file): they are signalled, the
+    /// stop says so, and the filesystem is unmounted.
+    #[test]
+    fn an_ext4_on_a_loop_device_mounts_is_checked_and_unmounts_past_its_holders() {
+        if !tandem_testbed::require_root("an_ext4_on_a_loop_device_mounts_is_checked_and_unmounts_past_its_holders") {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let disk = Loop::new(dir.path());
+        let mnt = dir.path().join("mnt");
+        let r = resource(fs(&disk.dev, &mnt), 20_000, dir.path());
+        let mut holders = Vec::new();
+        rt().block_on(async {
+            assert_eq!(run_action(&r, ActionKind::Probe).await, Outcome::Stopped);
+            assert_eq!(run_action(&r, ActionKind::Start).await, Outcome::Running);
+            assert_eq!(run_action(&r, ActionKind::Probe).await, Outcome::Running);
+            assert_eq!(run_check(&r).await, Outcome::Running);
+            // Idempotent start.
+            assert_eq!(run_action(&r, ActionKind::Start).await, Outcome::Running);
+            std::fs::write(mnt.join("data"), b"x").unwrap();
+            holders.push(
+                Command::new("sleep")
+                    .arg("3600")
+                    .current_dir(&mnt)
+                    .spawn()
+                    .unwrap(),
+            );
+            holders.push(
+                Command::new("sh")
+                    .args(["-c", "exec 3<data; trap '' TERM; while :; do sleep 1; done"])
+                    .current_dir(&mnt)
+                    .spawn()
+                    .unwrap(),
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            assert_eq!(run_action(&r, ActionKind::Stop).await, Outcome::Stopped);
+            let notes = r.take_notes().join("\n");
+            assert!(notes.contains("SIGTERM"), "{notes}");
+            assert!(notes.contains("SIGKILL"), "the one ignoring TERM: {notes}");
+            assert_eq!(run_action(&r, ActionKind::Probe).await, Outcome::Stopped);
+            assert_eq!(run_action(&r, ActionKind::Stop).await, Outcome::Stopped);
+        });
+        for mut h in holders {
+            let _ = h.kill();
+            let _ = h.wait();
+        }
+        // Unmounted behind the cluster's back: the check finds it gone.
+        rt().block_on(async {
+            assert_eq!(run_action(&r, ActionKind::Start).await, Outcome::Running);
+            assert!(Command::new("umount").arg(&mnt).status().unwrap().success());
+            assert_eq!(run_check(&r).await, Outcome::Stopped);
+        });
+    }
+
+    /// A device this node does not have: not mounted here, and a start
+    /// bars the node.
+    #[test]
+    fn a_missing_device_is_stopped_and_a_start_bars_the_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = resource(
+            fs(Path::new("/dev/tandem-no-such-disk"), &dir.path().join("m")),
+            5_000,
+            dir.path(),
+        );
+        rt().block_on(async {
+            assert_eq!(run_action(&r, ActionKind::Probe).await, Outcome::Stopped);
+            let o = run_action(&r, ActionKind::Start).await;
+            assert!(matches!(o, Outcome::Barred { bar: Bar::Node, .. }), "{o:?}");
+        });
+    }
+}
