@@ -119,6 +119,7 @@ pub fn tandem(tandem: &Path, runs: usize, restore_ms: u64, fault: Fault) -> Resu
             &c.bed.client_ns(),
             ProbeSpec {
                 tcp: false,
+                http_port: None,
                 ..ProbeSpec::new(target, 60_000)
             },
         )?;
@@ -238,6 +239,7 @@ pub fn keepalived(tandem: &Path, runs: usize, advert_ms: u64, fault: Fault) -> R
             &bed.client_ns(),
             ProbeSpec {
                 tcp: false,
+                http_port: None,
                 ..ProbeSpec::new(target, 120_000)
             },
         )?;

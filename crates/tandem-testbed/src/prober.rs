@@ -22,7 +22,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
@@ -34,6 +34,8 @@ use crate::sys::enter_netns;
 pub const MAX_DURATION_MS: u64 = 3_600_000;
 /// Largest answer read from a responder.
 const MAX_ANSWER: usize = 128;
+/// Longest HTTP answer read (headers and the first line of the body).
+const MAX_HTTP_ANSWER: usize = 4096;
 
 /// What to probe and how.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +50,10 @@ pub struct ProbeSpec {
     pub duration_ms: u64,
     /// Also open a TCP connection per interval.
     pub tcp: bool,
+    /// Make each TCP probe an HTTP GET of `/` to this port instead, whose
+    /// body's first line is the responder's name (a web server serving a
+    /// page per node).
+    pub http_port: Option<u16>,
 }
 
 impl ProbeSpec {
@@ -59,6 +65,7 @@ impl ProbeSpec {
             timeout_ms: 100,
             duration_ms,
             tcp: true,
+            http_port: None,
         }
     }
 }
@@ -116,6 +123,7 @@ impl ProbeLog {
                 .context("line 1: bad timeout_ms")?,
             duration_ms: 0,
             tcp: false,
+            http_port: None,
         };
         let started_unix_ms = get("started_unix_ms")?
             .parse()
@@ -272,21 +280,37 @@ async fn probe(
                 udp_sent.push((t_us, Vec::new()));
                 if spec.tcp {
                     let tx = tcp_tx.clone();
-                    let target = spec.target;
+                    let http = spec.http_port;
+                    let target = match http {
+                        Some(port) => SocketAddr::new(spec.target.ip(), port),
+                        None => spec.target,
+                    };
                     tokio::spawn(async move {
                         let start = Instant::now();
                         let answer = tokio::time::timeout(timeout, async {
                             let mut s = TcpStream::connect(target).await.ok()?;
-                            let mut b = [0u8; MAX_ANSWER];
+                            if http.is_some() {
+                                s.write_all(b"GET / HTTP/1.0\r\nHost: probe\r\n\r\n").await.ok()?;
+                            }
+                            let mut b = [0u8; MAX_HTTP_ANSWER];
                             let mut n = 0;
                             while n < b.len() {
                                 match s.read(&mut b[n..]).await.ok()? {
                                     0 => break,
                                     k => n += k,
                                 }
-                                if b[..n].contains(&b'\n') { break; }
+                                if http.is_none() && b[..n].contains(&b'\n') { break; }
                             }
-                            let name = String::from_utf8_lossy(&b[..n]).trim().to_string();
+                            let text = String::from_utf8_lossy(&b[..n]).into_owned();
+                            let name = match http {
+                                // The body's first line, after a 200.
+                                Some(_) => {
+                                    let (head, body) = text.split_once("\r\n\r\n")?;
+                                    if !head.starts_with("HTTP/1.") || !head.contains(" 200 ") { return None; }
+                                    body.lines().next()?.trim().to_string()
+                                }
+                                None => text.trim().to_string(),
+                            };
                             (!name.is_empty() && !name.contains(char::is_whitespace)).then_some(name)
                         }).await.ok().flatten();
                         let rtt = start.elapsed().as_micros() as u64;
@@ -370,6 +394,7 @@ mod tests {
                 timeout_ms: 100,
                 duration_ms: 0,
                 tcp: true,
+                http_port: None,
             },
             started_unix_ms: 1_700_000_000_000,
             records: vec![

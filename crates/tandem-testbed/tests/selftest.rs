@@ -430,6 +430,7 @@ fn fault_primitives_cut_drop_delay_freeze_and_kill() {
         &bed.client_ns(),
         ProbeSpec {
             tcp: false,
+            http_port: None,
             ..ProbeSpec::new(target, 300)
         },
     )

@@ -205,6 +205,7 @@ pub fn run(fast: bool) -> Result<ExitCode> {
     println!("\n== crash n1: every link cut (like a power cut). The client probes 10.77.1.100 every 5 ms.");
     let spec = ProbeSpec {
         tcp: false,
+        http_port: None,
         ..ProbeSpec::new(SocketAddr::new(c.bed.vip("lan").into(), PROBE_PORT), 30_000)
     };
     let prober = Prober::start(&c.bed.client_ns(), spec)?;

@@ -283,6 +283,8 @@ mod tests {
             ocf_root: root.to_path_buf(),
             check_interval_ms: 1_000,
             check_level: Some(10),
+            floating: None,
+            link: None,
         })
     }
 

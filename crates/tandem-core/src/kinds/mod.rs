@@ -405,6 +405,8 @@ mod tests {
                 ocf_root: ocf::DEFAULT_OCF_ROOT.into(),
                 check_interval_ms: ocf::DEFAULT_OCF_CHECK_INTERVAL_MS,
                 check_level: None,
+                floating: None,
+                link: None,
             }),
             Params::Systemd(systemd::Systemd {
                 unit: "a.service".into(),

@@ -141,6 +141,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 timeout_ms,
                 duration_ms,
                 tcp: !no_tcp,
+                http_port: None,
             };
             let log = Prober::start(&ns, spec)?.join()?;
             std::fs::write(&out, log.to_text())

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use super::{Field, Fields, Kind, Spec};
+use crate::config::values::Cidr;
 use crate::group::{Bar, Outcome};
 
 /// Where OCF agents live unless `ocf_root` says otherwise
@@ -40,7 +41,19 @@ pub struct Ocf {
     pub check_interval_ms: u64,
     /// `OCF_CHECK_LEVEL` of those checks (None: the agent's default, 0).
     pub check_level: Option<u32>,
+    /// The floating address it holds, for the address agents
+    /// ([`ADDRESS_AGENTS`] with an `ip` parameter); not written back.
+    #[serde(skip)]
+    pub floating: Option<Cidr>,
+    /// The link whose subnet holds that address; not written back.
+    #[serde(skip)]
+    pub link: Option<String>,
 }
+
+/// Agents whose `ip` parameter is a floating address, which the group then
+/// needs a link for (its ping monitor moves the group when the link
+/// fails), as for a resource of kind `ip`.
+pub const ADDRESS_AGENTS: &[&str] = &["ocf:heartbeat:IPaddr2", "ocf:heartbeat:IPaddr"];
 
 impl Ocf {
     /// The provider (`heartbeat` in `ocf:heartbeat:IPaddr2`).
@@ -193,12 +206,29 @@ impl Kind for Ocf {
                 "each check forks the agent's script: check at most every 200 ms",
             );
         }
+        let floating = ADDRESS_AGENTS
+            .contains(&agent.get_ref().as_str())
+            .then(|| values.get("ip"))
+            .flatten()
+            .and_then(|ip| {
+                let mask = values.get("cidr_netmask").map_or("32", String::as_str);
+                format!("{ip}/{mask}").parse::<Cidr>().ok()
+            });
+        let link = floating.and_then(|a| {
+            f.cx.file
+                .links
+                .iter()
+                .find(|l| l.subnet.as_ref().is_some_and(|s| s.get_ref().contains(a.addr)))
+                .map(|l| l.name.get_ref().clone())
+        });
         Some(Ocf {
             agent: agent.into_inner(),
             params: values,
             ocf_root,
             check_interval_ms,
             check_level: level.map(|l| l.into_inner()),
+            floating,
+            link,
         })
     }
 }
@@ -221,6 +251,14 @@ impl Spec for Ocf {
         } else {
             format!("{} {}", self.agent, shown.join(" "))
         }
+    }
+
+    fn floating_address(&self) -> Option<Cidr> {
+        self.floating
+    }
+
+    fn link(&self) -> Option<&str> {
+        self.link.as_deref()
     }
 
     fn secrets(&self) -> Vec<&str> {
@@ -426,6 +464,8 @@ mod tests {
             ocf_root: DEFAULT_OCF_ROOT.into(),
             check_interval_ms: 1,
             check_level: None,
+            floating: None,
+            link: None,
         };
         assert_eq!(
             o.program(),
