@@ -243,6 +243,13 @@ pub fn enforce(lease: &LeaseFile) -> Vec<String> {
 }
 
 /// Runs the stop commands (after the fast part above is done).
+/// Runs a lease's stop commands, each bounded; what each did (for the
+/// kinds' tests of what their guard commands do).
+#[cfg(test)]
+pub(crate) fn run_stop_commands(lease: &LeaseFile) -> Vec<String> {
+    stop_commands(lease)
+}
+
 fn stop_commands(lease: &LeaseFile) -> Vec<String> {
     let mut did = Vec::new();
     for c in &lease.stop_commands {

@@ -376,7 +376,10 @@ impl Runner {
     /// set by the caller).
     fn may_run(&self, g: usize) -> guard::Leaving {
         let mut part = guard::Leaving::default();
-        for (r, state) in self.resources[g].iter().zip(self.groups.resources(g)) {
+        // In stop order, the reverse of the group's: the guard runs the
+        // stop commands in the order listed, and a filesystem cannot be
+        // unmounted before the database on it has stopped.
+        for (r, state) in self.resources[g].iter().zip(self.groups.resources(g)).rev() {
             if !state.maybe_running() {
                 continue;
             }

@@ -73,11 +73,18 @@ impl Attach {
         }
     }
 
-    /// The loop device recorded, if any.
+    /// The loop device recorded, if it is still ours: its backing file is
+    /// this resource's FUSE file (a name left from before a reboot may
+    /// since have been given to another loop device).
     fn loop_dev(&self) -> Option<PathBuf> {
         let text = std::fs::read_to_string(&self.loop_file).ok()?;
         let dev = PathBuf::from(text.trim());
-        dev.starts_with("/dev/").then_some(dev)
+        let name = dev.strip_prefix("/dev/").ok()?.to_str()?.to_string();
+        if !name.starts_with("loop") || name.contains('/') {
+            return None;
+        }
+        let backing = std::fs::read_to_string(format!("/sys/block/{name}/loop/backing_file")).ok()?;
+        (Path::new(backing.trim()) == self.fuse_dir.join("nbd")).then_some(dev)
     }
 }
 
@@ -437,7 +444,11 @@ impl Driver for FsDriver {
     }
 
     /// The guard kills what holds the mount and unmounts it when the agent
-    /// is gone (`fuser -km`, then `umount`).
+    /// is gone. `fuser -M` acts only if the directory *is* a mount point:
+    /// plain `fuser -km` on a directory that is not mounted names the
+    /// filesystem it lies on, the root, and kills every process using it
+    /// (the guard runs these commands whenever the lease ends while the
+    /// resource may run, mounted or not).
     fn guard(&self, owner: &Owner, part: &mut Leaving) {
         let dir = self.spec.directory.to_string_lossy().into_owned();
         let cmd = |program: &str, args: &[&str]| StopCommand {
@@ -445,7 +456,7 @@ impl Driver for FsDriver {
             args: args.iter().map(|a| a.to_string()).collect(),
             env: vec![],
         };
-        part.stop_commands.push(cmd("fuser", &["-k", "-m", &dir]));
+        part.stop_commands.push(cmd("fuser", &["-k", "-M", "-m", &dir]));
         part.stop_commands.push(cmd("umount", &[&dir]));
         if matches!(self.spec.source, Source::Volume(_)) {
             let a = Attach::of(owner);
@@ -569,6 +580,35 @@ mod tests {
             assert!(Command::new("umount").arg(&mnt).status().unwrap().success());
             assert_eq!(run_check(&r).await, Outcome::Stopped);
         });
+    }
+
+    /// Regression: the guard's commands for a filesystem that is not
+    /// mounted (as at every agent start, when the guard stops what may run
+    /// before a lease) were `fuser -km DIR`, which on a directory that is
+    /// no mount point kills every process on the filesystem holding it: the
+    /// root. It killed the test harness's own shell. Now they leave a
+    /// process working in a directory beside it alone.
+    #[test]
+    fn the_guards_commands_for_an_unmounted_filesystem_kill_nothing() {
+        if !tandem_testbed::require_root("the_guards_commands_for_an_unmounted_filesystem_kill_nothing") {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let r = resource(fs(Path::new("/dev/loop-none"), &dir.path().join("mnt")), 5_000, dir.path());
+        let mut part = crate::guard::Leaving::default();
+        r.kind.guard(&r.owner, &mut part);
+        assert!(!part.stop_commands.is_empty());
+        let mut canary = Command::new("sleep")
+            .arg("60")
+            .current_dir(dir.path())
+            .spawn()
+            .unwrap();
+        let did = crate::guard::run_stop_commands(&part.as_lease());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let alive = canary.try_wait().unwrap().is_none();
+        let _ = canary.kill();
+        let _ = canary.wait();
+        assert!(alive, "the guard killed a bystander: {did:?}");
     }
 
     /// A device this node does not have: not mounted here, and a start
