@@ -30,6 +30,15 @@ const MAX_HOLDERS: usize = 1024;
 /// stop's limit).
 const HOLDERS_TERM_MS: u64 = 2_000;
 
+/// The guard's unmount: `$1` the mount point, `$2` the device's
+/// `major:minor`. Holders are killed (`fuser -M`: only on a mount point)
+/// and the mount point unmounted only while that device is mounted there.
+/// (The directory is absolute, so it cannot read as an option; `fuser`
+/// takes no `--`.)
+const GUARD_UNMOUNT: &str = r#"[ "$(findmnt -n -o MAJ:MIN --mountpoint "$1" | tr -d ' ' | grep -x -- "$2")" = "$2" ] || exit 0
+fuser -k -M -m "$1"
+umount -- "$1""#;
+
 /// Longest wait for `nbdfuse` to show the export.
 const ATTACH_WAIT_MS: u64 = 10_000;
 
@@ -37,6 +46,9 @@ const ATTACH_WAIT_MS: u64 = 10_000;
 #[derive(Debug, Clone)]
 pub struct FsDriver {
     spec: Fs,
+    /// A write check is still under way (a hung device): the next check
+    /// fails at once instead of leaving one more thread blocked.
+    writing: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// The volume's NBD socket here (for `volume = ...`; None otherwise,
     /// or when this node holds no copy of it).
     nbd_socket: Option<PathBuf>,
@@ -50,6 +62,7 @@ pub fn bind(p: &Fs, cx: &Bind<'_>) -> Result<Box<dyn Driver>, BindError> {
     };
     Ok(Box::new(FsDriver {
         spec: p.clone(),
+        writing: std::sync::Arc::default(),
         nbd_socket,
     }))
 }
@@ -160,6 +173,14 @@ impl FsDriver {
             (ActionKind::Probe, Mounted::Yes) | (ActionKind::Start, Mounted::Yes) => {
                 Outcome::Running
             }
+            // Mounted, at another place: it may be in use, so it counts as
+            // running, and neither a start nor a stop here can settle it.
+            (ActionKind::Probe, Mounted::Elsewhere(_)) => Outcome::Running,
+            (ActionKind::Start | ActionKind::Stop, Mounted::Elsewhere(at)) => Outcome::Failed(format!(
+                "{} is mounted at {at}, not at {}: unmount it by hand",
+                self.device(&r.owner).map_or_else(String::new, |d| d.display().to_string()),
+                dir.display()
+            )),
             (ActionKind::Probe, _) | (ActionKind::Stop, Mounted::No | Mounted::Other(_)) => {
                 Outcome::Stopped
             }
@@ -316,15 +337,23 @@ impl FsDriver {
         let mut signalled = 0;
         for round in 0..3 {
             let left = limit.saturating_sub(t0.elapsed());
-            match run_bounded(Path::new("umount"), &[&dir_s], Some(&r.owner), None, left).await {
-                Ok((Some(0), _)) => return Outcome::Stopped,
-                Ok(_) | Err(_) if self.state(devno) != Ok(Mounted::Yes) => return Outcome::Stopped,
-                Ok(_) => {}
-                Err(e) => return Outcome::Failed(e.to_string()),
+            // Done only when the device is mounted nowhere (an umount may
+            // have taken off something mounted over it).
+            let result = run_bounded(Path::new("umount"), &[&dir_s], Some(&r.owner), None, left).await;
+            match self.state(devno) {
+                Ok(Mounted::No | Mounted::Other(_)) => return Outcome::Stopped,
+                Ok(Mounted::Elsewhere(at)) => {
+                    return Outcome::Failed(format!("the device is still mounted at {at}"))
+                }
+                Ok(Mounted::Yes) => {}
+                Err(e) => return Outcome::Failed(e),
+            }
+            if let Err(e) = result {
+                return Outcome::Failed(e.to_string());
             }
             // Busy: its holders go, TERM first, then KILL.
             let signal = if round == 0 { libc::SIGTERM } else { libc::SIGKILL };
-            let pids = holders(dir);
+            let pids = holders(devno);
             if pids.is_empty() && round > 0 {
                 break;
             }
@@ -363,9 +392,19 @@ impl FsDriver {
             .directory
             .join(format!(".tandem-check-{}", std::process::id()));
         // In a thread: a write to a dead device can block for ever, and
-        // the caller's bound must still hold.
+        // the caller's bound must still hold. One at a time.
+        use std::sync::atomic::Ordering;
+        if self.writing.swap(true, Ordering::SeqCst) {
+            return Outcome::Failed(format!(
+                "the previous write check on {} has not finished: the device hangs",
+                self.spec.directory.display()
+            ));
+        }
+        let writing = self.writing.clone();
         let written = tokio::task::spawn_blocking(move || {
-            std::fs::write(&probe, b"tandem\n").and_then(|()| std::fs::remove_file(&probe))
+            let r = std::fs::write(&probe, b"tandem\n").and_then(|()| std::fs::remove_file(&probe));
+            writing.store(false, Ordering::SeqCst);
+            r
         })
         .await;
         match written {
@@ -383,11 +422,16 @@ fn holders_alive(pid: i32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
-/// Processes with a file, working directory, root or mapping under `dir`
-/// (not this process), at most [`MAX_HOLDERS`].
-pub fn holders(dir: &Path) -> Vec<i32> {
+/// Processes with a file, working directory, root or mapping on the
+/// filesystem of device `dev` (not this process, not PID 1), at most
+/// [`MAX_HOLDERS`]. By device number, not by path: the same path in
+/// another mount namespace, or the directory under the mount, is someone
+/// else's.
+pub fn holders(dev: (u32, u32)) -> Vec<i32> {
     let me = std::process::id() as i32;
-    let under = |p: &Path| p == dir || p.starts_with(dir);
+    let on_dev = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| (libc::major(m.dev()), libc::minor(m.dev())) == dev)
+    };
     let mut out = Vec::new();
     let Ok(procs) = std::fs::read_dir("/proc") else {
         return out;
@@ -396,30 +440,29 @@ pub fn holders(dir: &Path) -> Vec<i32> {
         let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
             continue;
         };
-        if pid == me || out.len() >= MAX_HOLDERS {
+        if pid == me || pid == 1 || out.len() >= MAX_HOLDERS {
             continue;
         }
         let base = e.path();
-        let link = |name: &str| std::fs::read_link(base.join(name)).ok();
-        let mut held = ["cwd", "root"]
-            .iter()
-            .filter_map(|n| link(n))
-            .any(|p| under(&p) && p != Path::new("/"));
+        let mut held = ["cwd", "root"].iter().any(|n| on_dev(&base.join(n)));
         if !held {
             held = std::fs::read_dir(base.join("fd"))
-                .map(|fds| {
-                    fds.flatten()
-                        .filter_map(|f| std::fs::read_link(f.path()).ok())
-                        .any(|p| under(&p))
-                })
+                .map(|fds| fds.flatten().take(65_536).any(|f| on_dev(&f.path())))
                 .unwrap_or(false);
         }
         if !held {
+            // maps: address perms offset dev(hex maj:min) inode path
             held = std::fs::read_to_string(base.join("maps"))
                 .map(|m| {
-                    m.lines()
-                        .filter_map(|l| l.split_whitespace().nth(5))
-                        .any(|p| under(Path::new(p)))
+                    m.lines().any(|l| {
+                        l.split_whitespace()
+                            .nth(3)
+                            .and_then(|d| d.split_once(':'))
+                            .and_then(|(a, b)| {
+                                Some((u32::from_str_radix(a, 16).ok()?, u32::from_str_radix(b, 16).ok()?))
+                            })
+                            == Some(dev)
+                    })
                 })
                 .unwrap_or(false);
         }
@@ -456,8 +499,22 @@ impl Driver for FsDriver {
             args: args.iter().map(|a| a.to_string()).collect(),
             env: vec![],
         };
-        part.stop_commands.push(cmd("fuser", &["-k", "-M", "-m", &dir]));
-        part.stop_commands.push(cmd("umount", &[&dir]));
+        // Only when this resource's device is what is mounted there: the
+        // guard runs these whenever the resource may run, mounted or not,
+        // and whatever else is mounted there is someone else's.
+        let Ok((major, minor)) = self.devno(owner) else {
+            return;
+        };
+        part.stop_commands.push(cmd(
+            "sh",
+            &[
+                "-c",
+                GUARD_UNMOUNT,
+                "tandem-guard-fs",
+                &dir,
+                &format!("{major}:{minor}"),
+            ],
+        ));
         if matches!(self.spec.source, Source::Volume(_)) {
             let a = Attach::of(owner);
             if let Some(dev) = a.loop_dev() {
@@ -594,21 +651,52 @@ mod tests {
             return;
         }
         let dir = tempfile::tempdir().unwrap();
-        let r = resource(fs(Path::new("/dev/loop-none"), &dir.path().join("mnt")), 5_000, dir.path());
+        let disk = Loop::new(dir.path());
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir_all(&mnt).unwrap();
+        let r = resource(fs(&disk.dev, &mnt), 5_000, dir.path());
         let mut part = crate::guard::Leaving::default();
         r.kind.guard(&r.owner, &mut part);
         assert!(!part.stop_commands.is_empty());
-        let mut canary = Command::new("sleep")
-            .arg("60")
-            .current_dir(dir.path())
-            .spawn()
-            .unwrap();
+        // Not mounted; then someone else's filesystem mounted there.
+        for other in [false, true] {
+            if other {
+                assert!(Command::new("mount")
+                    .args(["-t", "tmpfs", "other", mnt.to_str().unwrap()])
+                    .status()
+                    .unwrap()
+                    .success());
+            }
+            let mut canary = Command::new("sleep")
+                .arg("60")
+                .current_dir(if other { &mnt } else { dir.path() })
+                .spawn()
+                .unwrap();
+            let did = crate::guard::run_stop_commands(&part.as_lease());
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            let alive = canary.try_wait().unwrap().is_none();
+            let _ = canary.kill();
+            let _ = canary.wait();
+            assert!(alive, "the guard killed a bystander (other mount: {other}): {did:?}");
+        }
+        let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let still = table.contains(&format!(" {} ", mnt.display()));
+        let _ = Command::new("umount").arg(&mnt).status();
+        assert!(still, "the guard unmounted someone else's filesystem");
+        // Its own filesystem mounted there: unmounted, holders killed.
+        rt().block_on(async {
+            assert_eq!(run_action(&r, ActionKind::Start).await, Outcome::Running);
+        });
+        let mut holder = Command::new("sleep").arg("60").current_dir(&mnt).spawn().unwrap();
         let did = crate::guard::run_stop_commands(&part.as_lease());
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        let alive = canary.try_wait().unwrap().is_none();
-        let _ = canary.kill();
-        let _ = canary.wait();
-        assert!(alive, "the guard killed a bystander: {did:?}");
+        let t0 = std::time::Instant::now();
+        while holder.try_wait().unwrap().is_none() && t0.elapsed() < std::time::Duration::from_secs(5) {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(holder.try_wait().unwrap().is_some(), "{did:?}");
+        rt().block_on(async {
+            assert_eq!(run_action(&r, ActionKind::Probe).await, Outcome::Stopped, "{did:?}");
+        });
     }
 
     /// A device this node does not have: not mounted here, and a start

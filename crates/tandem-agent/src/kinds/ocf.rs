@@ -103,6 +103,19 @@ impl OcfDriver {
         let limit = Duration::from_millis(r.timeout_ms);
         match call(&self.spec.program(), action.verb(), &env, limit).await {
             Ok((code, reason)) => outcome(action, code, reason.as_deref()),
+            // No agent program here (resource-agents not installed): it
+            // cannot run here, as an agent's own "not installed" (5) says
+            // for a probe; a stop has nothing to stop, a start bars the
+            // node.
+            Err(RunError::Spawn { source, .. })
+                if matches!(source.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied) =>
+            {
+                let why = format!("{}: {} cannot run here: {source}", self.spec.agent, self.spec.program().display());
+                match action {
+                    OcfAction::Probe | OcfAction::Stop => Outcome::Stopped,
+                    OcfAction::Start | OcfAction::Check => Outcome::Barred { bar: tandem_core::group::Bar::Node, why },
+                }
+            }
             Err(e) => Outcome::Failed(format!("{}: {e}", self.spec.agent)),
         }
     }

@@ -215,7 +215,9 @@ impl SystemdDriver {
     async fn try_act(&self, action: ActionKind) -> Result<Outcome, BusError> {
         let conn = self.conn().await?;
         let (active, load) = self.states(&conn).await?;
-        if load == "not-found" {
+        // A unit whose file is gone may still run (deleted, then a
+        // daemon-reload): only a stopped one is "not here".
+        if load == "not-found" && probe_outcome(unit_state(&active)) == Outcome::Stopped {
             return Err(BusError::NotFound(format!("LoadState {load}")));
         }
         match action {
@@ -260,9 +262,9 @@ impl Driver for SystemdDriver {
     /// The guard asks systemctl to stop the unit when the agent is gone.
     fn guard(&self, _owner: &Owner, part: &mut Leaving) {
         let (args, env) = match &self.spec.bus {
-            None => (vec!["stop".into(), self.spec.unit.clone()], vec![]),
+            None => (vec!["stop".into(), "--".into(), self.spec.unit.clone()], vec![]),
             Some(addr) => (
-                vec!["--user".into(), "stop".into(), self.spec.unit.clone()],
+                vec!["--user".into(), "stop".into(), "--".into(), self.spec.unit.clone()],
                 vec![("DBUS_SESSION_BUS_ADDRESS".to_string(), addr.clone())],
             ),
         };

@@ -117,7 +117,8 @@ pub fn says_running(output: &str) -> bool {
         .map(str::to_ascii_lowercase)
         .collect();
     words.iter().enumerate().any(|(i, w)| {
-        w == "ok" || (w == "running" && !(i > 0 && ["not", "isn", "no"].contains(&words[i - 1].as_str())))
+        let negated = i > 0 && ["not", "isn", "no"].contains(&words[i - 1].as_str());
+        (w == "ok" || w == "running") && !negated
     })
 }
 
@@ -138,6 +139,7 @@ mod tests {
             "no running instance",
             "broken",
             "token expired",
+            "NOT OK",
         ] {
             assert!(!says_running(no), "{no}");
         }

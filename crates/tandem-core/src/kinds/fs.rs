@@ -10,7 +10,10 @@ use super::{Field, Fields, Kind, Spec};
 /// Longest mount option string.
 pub const MAX_OPTIONS: usize = 1024;
 /// Filesystem types `fsck` may be asked to check before mounting.
-pub const FSCK_TYPES: &[&str] = &["ext2", "ext3", "ext4", "xfs", "btrfs", "vfat"];
+pub const FSCK_TYPES: &[&str] = &["ext2", "ext3", "ext4", "xfs", "vfat"];
+/// Filesystems whose mount table entry shows an anonymous device number
+/// (not the block device's), so that the mount could not be recognised.
+pub const UNSUPPORTED_TYPES: &[&str] = &["btrfs", "zfs", "overlay", "tmpfs", "nfs", "nfs4"];
 
 /// What the filesystem lives on.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -125,11 +128,15 @@ impl Kind for Fs {
         };
         let directory = directory?;
         let fstype = fstype?;
-        if !directory.get_ref().is_absolute() || directory.get_ref() == Path::new("/") {
+        let dotted = directory
+            .get_ref()
+            .components()
+            .any(|c| matches!(c, std::path::Component::CurDir | std::path::Component::ParentDir));
+        if !directory.get_ref().is_absolute() || directory.get_ref() == Path::new("/") || dotted {
             f.error(
                 Some(directory.span()),
                 format!("directory `{}` is not a mount point the cluster may use", directory.get_ref().display()),
-                "write an absolute path other than /, e.g. \"/srv/data\"",
+                "write an absolute path other than /, without . or .., e.g. \"/srv/data\"",
             );
         }
         if fstype.get_ref().is_empty()
@@ -139,6 +146,13 @@ impl Kind for Fs {
                 Some(fstype.span()),
                 format!("`{}` is not a filesystem type", fstype.get_ref()),
                 "write the type as mount -t takes it, e.g. \"ext4\"",
+            );
+        }
+        if UNSUPPORTED_TYPES.contains(&fstype.get_ref().as_str()) {
+            f.error(
+                Some(fstype.span()),
+                format!("a `{}` filesystem cannot be run by the `fs` kind in this version", fstype.get_ref()),
+                "its mount table entry does not name its device, so the cluster could not tell where it is mounted: use ext4 or xfs",
             );
         }
         let opts = options.as_ref().map_or(String::new(), |o| o.get_ref().clone());
@@ -184,45 +198,62 @@ impl Spec for Fs {
     }
 }
 
-/// What the mount table says of a mount point.
+/// What the mount table says of a mount point and the device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mounted {
-    /// Nothing is mounted there.
+    /// Nothing is mounted there, and the device is mounted nowhere.
     No,
-    /// The expected device is mounted there.
+    /// The device is mounted there (something may be mounted over it:
+    /// it is still mounted, and in use).
     Yes,
-    /// Something else is: its source as the table names it.
+    /// Something else is mounted there (its source as the table names
+    /// it), and the device is mounted nowhere.
     Other(String),
+    /// The device is mounted, but not there: at this mount point.
+    Elsewhere(String),
 }
 
-/// Reads `/proc/self/mountinfo` for `directory`: the topmost mount there,
-/// compared with device number `dev` (major, minor). Mount points with
-/// spaces are written `\040` by the kernel.
+/// Reads `/proc/self/mountinfo` for device number `dev` (major, minor)
+/// and `directory`. Mount points with spaces are written `\040` by the
+/// kernel. The device mounted anywhere counts: a device hidden under
+/// another mount, or mounted at another place, is still mounted, and a
+/// second node must not mount it too.
 pub fn mounted(mountinfo: &str, directory: &Path, dev: (u32, u32)) -> Mounted {
     let want = directory.to_string_lossy();
-    let mut top = Mounted::No;
+    let mut here: Option<String> = None;
+    let mut elsewhere: Option<String> = None;
     for line in mountinfo.lines() {
         let fields: Vec<&str> = line.split(' ').collect();
         // id parent major:minor root mount-point options ... - type source
         let (Some(devno), Some(point)) = (fields.get(2), fields.get(4)) else {
             continue;
         };
-        if unescape(point) != want {
-            continue;
-        }
-        let source = fields
-            .iter()
-            .position(|f| *f == "-")
-            .and_then(|i| fields.get(i + 2))
-            .map_or_else(|| devno.to_string(), |s| unescape(s));
+        let point = unescape(point);
         let same = devno
             .split_once(':')
             .and_then(|(a, b)| Some((a.parse::<u32>().ok()?, b.parse::<u32>().ok()?)))
             == Some(dev);
-        // Later lines are mounted on top of earlier ones.
-        top = if same { Mounted::Yes } else { Mounted::Other(source) };
+        if same {
+            if point == want {
+                return Mounted::Yes;
+            }
+            elsewhere.get_or_insert(point);
+            continue;
+        }
+        if point == want {
+            let source = fields
+                .iter()
+                .position(|f| *f == "-")
+                .and_then(|i| fields.get(i + 2))
+                .map_or_else(|| devno.to_string(), |s| unescape(s));
+            here = Some(source);
+        }
     }
-    top
+    match (elsewhere, here) {
+        (Some(at), _) => Mounted::Elsewhere(at),
+        (None, Some(other)) => Mounted::Other(other),
+        (None, None) => Mounted::No,
+    }
 }
 
 /// Undoes the kernel's octal escapes (`\040` for a space).
@@ -255,20 +286,23 @@ mod tests {
 42 40 0:50 / /srv/data rw - tmpfs tmpfs rw
 ";
 
+    /// Regression (review): only the topmost mount counted, so a device
+    /// hidden under another mount read as not mounted, and another node
+    /// could mount it too.
     #[test]
-    fn the_mount_table_is_read_by_device_number_and_the_topmost_mount_counts() {
-        assert_eq!(mounted(TABLE, Path::new("/srv/nothing"), (7, 3)), Mounted::No);
+    fn the_mount_table_is_read_by_device_number_and_a_hidden_or_moved_mount_still_counts() {
+        assert_eq!(mounted(TABLE, Path::new("/srv/nothing"), (7, 9)), Mounted::No);
         assert_eq!(mounted(TABLE, Path::new("/srv/my data"), (7, 4)), Mounted::Yes);
-        // A tmpfs mounted over it hides it.
+        // A tmpfs mounted over it hides it: still mounted.
+        assert_eq!(mounted(TABLE, Path::new("/srv/data"), (7, 3)), Mounted::Yes);
         assert_eq!(
-            mounted(TABLE, Path::new("/srv/data"), (7, 3)),
+            mounted(TABLE, Path::new("/srv/data"), (7, 9)),
             Mounted::Other("tmpfs".into())
         );
-        let below = TABLE.lines().take(2).collect::<Vec<_>>().join("\n");
-        assert_eq!(mounted(&below, Path::new("/srv/data"), (7, 3)), Mounted::Yes);
+        // Mounted, but at another place.
         assert_eq!(
-            mounted(&below, Path::new("/srv/data"), (7, 9)),
-            Mounted::Other("/dev/loop3".into())
+            mounted(TABLE, Path::new("/srv/nothing"), (7, 4)),
+            Mounted::Elsewhere("/srv/my data".into())
         );
     }
 }

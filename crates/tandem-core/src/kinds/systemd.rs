@@ -37,6 +37,7 @@ pub fn is_unit_name(name: &str) -> bool {
             .any(|s| name.len() > s.len() && name.ends_with(s))
         && !name.starts_with('@')
         && !name.starts_with('.')
+        && !name.starts_with('-')
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || ":-_.\\@".contains(c))
@@ -202,7 +203,7 @@ mod tests {
         for ok in ["apache2.service", "postgresql@15-main.service", "data.mount", "x\\x2dy.socket"] {
             assert!(is_unit_name(ok), "{ok}");
         }
-        for bad in ["apache2", ".service", "@x.service", "../x.service", "a b.service", "a/b.service"] {
+        for bad in ["apache2", ".service", "@x.service", "-x.service", "../x.service", "a b.service", "a/b.service"] {
             assert!(!is_unit_name(bad), "{bad}");
         }
     }
