@@ -94,12 +94,17 @@ impl Drop for GroupKill {
 }
 
 /// A single-threaded runtime for the unit tests of the shell's modules.
-#[cfg(test)]
-pub(crate) fn test_runtime() -> tokio::runtime::Runtime {
+/// A single-threaded runtime for running a few bounded children outside
+/// the agent's loop (`config validate`'s checks of agents and devices).
+pub fn checks_runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .expect("a test runtime")
+}
+
+#[cfg(test)]
+pub(crate) fn test_runtime() -> tokio::runtime::Runtime {
+    checks_runtime().expect("a test runtime")
 }
 
 /// The number of a signal name (`TERM`, `SIGINT`, `KILL`, ...): the

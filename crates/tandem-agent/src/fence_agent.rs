@@ -125,10 +125,7 @@ pub fn check_devices(cfg: &Config) -> Vec<(tandem_core::diagnostic::Severity, St
     if devices.is_empty() {
         return Vec::new();
     }
-    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    else {
+    let Ok(rt) = crate::child::checks_runtime() else {
         return Vec::new();
     };
     let mut out = Vec::new();

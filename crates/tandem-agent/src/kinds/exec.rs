@@ -109,6 +109,19 @@ mod tests {
     use crate::child::{run_bounded, test_runtime as rt, RunError};
     use crate::kinds::run_action;
 
+    /// Another test's fork may hold a just-written script's write
+    /// descriptor for a moment (ETXTBSY): waits until it can run.
+    async fn until_runnable(script: &std::path::Path, args: &[&str]) {
+        for _ in 0..100 {
+            match run_bounded(script, args, None, None, Duration::from_secs(5)).await {
+                Err(RunError::Spawn { source, .. }) if source.raw_os_error() == Some(libc::ETXTBSY) => {
+                    tokio::time::sleep(Duration::from_millis(10)).await
+                }
+                _ => return,
+            }
+        }
+    }
+
     #[test]
     fn exec_follows_lsb_exit_codes_and_times_out() {
         let dir = tempfile::tempdir().unwrap();
@@ -134,18 +147,7 @@ mod tests {
             dir.path(),
         );
         rt().block_on(async {
-            // Another test's fork may hold the script's write descriptor for
-            // a moment (ETXTBSY); wait until it can run.
-            for _ in 0..100 {
-                match run_bounded(&script, &["status"], None, None, Duration::from_secs(5)).await {
-                    Err(RunError::Spawn { source, .. })
-                        if source.raw_os_error() == Some(libc::ETXTBSY) =>
-                    {
-                        tokio::time::sleep(Duration::from_millis(10)).await
-                    }
-                    _ => break,
-                }
-            }
+            until_runnable(&script, &["status"]).await;
             assert_eq!(run_action(&r, ActionKind::Probe).await, Outcome::Stopped);
             assert_eq!(run_action(&r, ActionKind::Start).await, Outcome::Running);
             assert_eq!(run_action(&r, ActionKind::Probe).await, Outcome::Running);
@@ -186,16 +188,7 @@ mod tests {
             dir.path(),
         );
         rt().block_on(async {
-            for _ in 0..100 {
-                match run_bounded(&script, &["drbd0", "/data", "x"], None, None, Duration::from_secs(5)).await {
-                    Err(RunError::Spawn { source, .. })
-                        if source.raw_os_error() == Some(libc::ETXTBSY) =>
-                    {
-                        tokio::time::sleep(Duration::from_millis(10)).await
-                    }
-                    _ => break,
-                }
-            }
+            until_runnable(&script, &["drbd0", "/data", "x"]).await;
             assert_eq!(run_action(&r, ActionKind::Probe).await, Outcome::Stopped);
             assert_eq!(run_action(&r, ActionKind::Start).await, Outcome::Running);
             assert_eq!(run_action(&r, ActionKind::Probe).await, Outcome::Running);

@@ -133,27 +133,30 @@ impl FsDriver {
 
     async fn act(&self, r: &Resource, action: ActionKind) -> Outcome {
         let dir = &self.spec.directory;
-        if let Source::Volume(v) = &self.spec.source {
+        let mut devno = self.devno(&r.owner);
+        if let (Source::Volume(v), Err(_)) = (&self.spec.source, &devno) {
             match action {
-                ActionKind::Start if self.devno(&r.owner).is_err() => {
+                ActionKind::Start => {
                     if let Err(why) = self.attach(r, v).await {
                         if let Err(left) = self.detach(r).await {
                             r.note(format!("undoing the failed attach: {left}"));
                         }
                         return Outcome::Failed(why);
                     }
+                    devno = self.devno(&r.owner);
                 }
-                // Not mounted: what is attached goes (a probe leaves it).
-                ActionKind::Stop if self.devno(&r.owner).is_err() => {
+                // Not attached: what is left of an attach goes (a probe
+                // leaves it).
+                ActionKind::Stop => {
                     return match self.detach(r).await {
                         Ok(()) => Outcome::Stopped,
                         Err(why) => Outcome::Failed(why),
                     };
                 }
-                _ => {}
+                ActionKind::Probe => {}
             }
         }
-        let devno = match self.devno(&r.owner) {
+        let devno = match devno {
             Ok(d) => d,
             // What is not here is not mounted here; starting it here
             // cannot work (another node may have the device).
@@ -387,10 +390,15 @@ impl FsDriver {
         if o != Outcome::Running || self.spec.read_only() {
             return o;
         }
-        let probe = self
-            .spec
-            .directory
-            .join(format!(".tandem-check-{}", std::process::id()));
+        // A name no one can guess, created only if absent and never
+        // through a link: the directory may be writable by local users,
+        // and a planted `.tandem-check-PID` symlink would otherwise have
+        // root write to (and delete) whatever it names.
+        let probe = self.spec.directory.join(format!(
+            ".tandem-check-{}-{:016x}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
         // In a thread: a write to a dead device can block for ever, and
         // the caller's bound must still hold. One at a time.
         use std::sync::atomic::Ordering;
@@ -402,7 +410,7 @@ impl FsDriver {
         }
         let writing = self.writing.clone();
         let written = tokio::task::spawn_blocking(move || {
-            let r = std::fs::write(&probe, b"tandem\n").and_then(|()| std::fs::remove_file(&probe));
+            let r = write_new(&probe).and_then(|()| std::fs::remove_file(&probe));
             writing.store(false, Ordering::SeqCst);
             r
         })
@@ -416,6 +424,20 @@ impl FsDriver {
             Err(e) => Outcome::Failed(format!("the write check did not finish: {e}")),
         }
     }
+}
+
+/// Writes a small file that must not exist yet (`O_EXCL`, no symlink
+/// followed).
+fn write_new(path: &Path) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(b"tandem\n")
 }
 
 fn holders_alive(pid: i32) -> bool {

@@ -161,10 +161,7 @@ impl Driver for OcfDriver {
 /// check things of this node that differ on the other).
 pub fn check_resources(cfg: &Config) -> Vec<(Severity, String)> {
     let mut out = Vec::new();
-    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    else {
+    let Ok(rt) = crate::child::checks_runtime() else {
         return vec![(
             Severity::Warning,
             "cannot check the OCF agents: no runtime for their programs".into(),

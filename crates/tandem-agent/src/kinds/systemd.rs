@@ -295,10 +295,7 @@ pub fn check_resources(cfg: &Config) -> Vec<(Severity, String)> {
     if units.is_empty() {
         return Vec::new();
     }
-    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    else {
+    let Ok(rt) = crate::child::checks_runtime() else {
         return Vec::new();
     };
     let mut out = Vec::new();
