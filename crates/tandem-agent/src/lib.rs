@@ -12,7 +12,8 @@
 //!   gone; [`watchdog`] feeds the hardware watchdog; [`fence_agent`] runs
 //!   fence devices.
 //! - [`volume`] holds the replicated volumes (engine, peer link, NBD
-//!   export); [`netlink`] and [`announce`] move floating addresses.
+//!   export); [`filesync`] keeps the `filesync` resources' files in step
+//!   between nodes; [`netlink`] and [`announce`] move floating addresses.
 //! - [`control`] is the versioned request/response protocol, its one
 //!   handler and its client; [`status`] and [`event`] are what the agent
 //!   tells, typed.
@@ -32,6 +33,7 @@ pub mod clock;
 pub mod control;
 pub mod event;
 pub mod fence_agent;
+pub mod filesync;
 pub mod guard;
 pub mod keyfile;
 pub mod kinds;

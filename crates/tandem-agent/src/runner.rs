@@ -24,6 +24,7 @@ use tandem_core::group::{
 use tandem_core::link_monitors::{LinkMonitorPlan, LinkMonitors, LinkVerdict};
 use tandem_core::member::{GroupReport, Member, Request};
 use tandem_core::monitors::{MonitorPlan, Monitors, Verdict};
+use tandem_core::on_fail::Escalation;
 use tandem_core::wants::{Held, Pass, Wants};
 use tokio::sync::mpsc;
 
@@ -143,6 +144,7 @@ impl Runner {
         unix_at_zero_ms: u64,
         tx: mpsc::Sender<Done>,
         hub: Option<&std::sync::Arc<crate::volume::Hub>>,
+        filesync: Option<&std::sync::Arc<crate::filesync::Service>>,
     ) -> Result<Runner> {
         std::fs::create_dir_all(&run_dir)
             .with_context(|| format!("creating {}", run_dir.display()))?;
@@ -159,7 +161,13 @@ impl Runner {
                     resource: spec.name.clone(),
                     run_dir: run_dir.clone(),
                 };
-                let r = Resource::new(spec, owner, &Bind { hub })?;
+                let bind = Bind {
+                    hub,
+                    filesync,
+                    group: &gname,
+                    resource: &spec.name,
+                };
+                let r = Resource::new(spec, owner, &bind)?;
                 rs.push(Rc::new(r));
             }
             names.push(gname);
@@ -222,9 +230,15 @@ impl Runner {
             ));
         }
         let counts: Vec<usize> = resources.iter().map(Vec::len).collect();
+        let mut groups = Groups::new(&counts, 0);
+        for (gi, g) in cfg.groups.iter().enumerate() {
+            for (ri, r) in g.resources.iter().enumerate() {
+                groups.set_on_fail(gi, ri, r.on_fail);
+            }
+        }
         Ok(Runner {
             node: node.to_string(),
-            groups: Groups::new(&counts, 0),
+            groups,
             checking: counts.iter().map(|&n| vec![false; n]).collect(),
             check_due_ms: counts.iter().map(|&n| vec![0; n]).collect(),
             last_failure: vec![None; names.len()],
@@ -342,7 +356,7 @@ impl Runner {
                 .map_or("?", |r| r.owner.resource.as_str())
                 .to_string();
             let reason = format!("{resource}: {}", f.reason);
-            self.report_failure(now_ms, member, group, reason, f.bar, &mut log);
+            self.report_failure(now_ms, member, group, reason, f.then, &mut log);
         }
         member.set_local(self.reports(), self.failed_links());
         let until = pass.keep_until_ms;
@@ -490,16 +504,15 @@ impl Runner {
         out
     }
 
-    /// Logs a failure here and reports it to the leader (`bar`: move the
-    /// group off this node, or off every node, at once instead of counting
-    /// one failure).
+    /// Logs a failure here and reports it to the leader with what the
+    /// leader is to do (`then`).
     fn report_failure(
         &mut self,
         now_ms: u64,
         member: &mut Member,
         group: String,
         reason: String,
-        bar: Option<Bar>,
+        then: Escalation,
         log: &mut Vec<AgentEvent>,
     ) {
         self.note_failure(&group, &reason, log);
@@ -510,10 +523,14 @@ impl Runner {
                 node: self.node.clone(),
                 reason,
                 at_unix_ms: self.unix_at_zero_ms + now_ms,
-                // Set for either bar, so that a leader of the previous
-                // version (which reads only this) at least moves it.
-                move_now: bar.is_some(),
-                everywhere: bar == Some(Bar::Everywhere),
+                // So that a leader of an older version (which reads only
+                // these) at least moves it.
+                move_now: !matches!(
+                    then,
+                    Escalation::Count | Escalation::Record | Escalation::Block
+                ),
+                everywhere: then == Escalation::BarEverywhere,
+                then,
             },
         );
     }
@@ -669,7 +686,6 @@ impl Runner {
                 // The core keeps the reason as text (it goes into the
                 // record and status).
                 result.map_err(|e| e.to_string()),
-                member,
                 &mut log,
             ),
         }
@@ -682,7 +698,6 @@ impl Runner {
         now_ms: u64,
         index: usize,
         result: Result<(), String>,
-        member: &mut Member,
         log: &mut Vec<AgentEvent>,
     ) {
         let Some(group) = self.monitors.plan(index).map(|p| p.group) else {
@@ -704,11 +719,18 @@ impl Runner {
                 self.groups
                     .on_monitor_failure(now_ms, group, resource.min(last), reason, None);
             }
-            // Out of restarts here, `move`, or `fence` (until monitors
-            // fence, it moves like `move`).
-            Verdict::Move { group, reason } => {
-                let name = self.names[group].clone();
-                self.report_failure(now_ms, member, name, reason, Some(Bar::Node), log);
+            // Out of restarts here, `move`, `fence`, `block`, `standby`:
+            // the groups decide what it means here and for the leader.
+            Verdict::Escalate {
+                group,
+                resource,
+                reason,
+                on_fail,
+            } => {
+                let last = self.resources[group].len().saturating_sub(1);
+                let resource = resource.unwrap_or(last).min(last);
+                self.groups
+                    .on_group_monitor(now_ms, group, resource, reason, on_fail);
             }
         }
     }
@@ -918,6 +940,7 @@ impl Runner {
                                     ResourceShown::Failed(w.clone())
                                 }
                             },
+                            detail: r.kind.detail(),
                         })
                         .collect(),
                 }

@@ -124,6 +124,10 @@ pub struct GroupStatus {
     pub moving_to: Option<String>,
     /// In maintenance: not started, stopped or monitored.
     pub maintenance: bool,
+    /// Blocked after a failure (`on_fail = block`): left alone like
+    /// maintenance until `tandem cleanup`.
+    #[serde(default)]
+    pub blocked: bool,
     /// Why it cannot move yet (known on the leader only).
     pub waiting: Option<String>,
     /// Fail counts by node.
@@ -364,6 +368,9 @@ pub struct ResourceStatus {
     pub kind: String,
     /// State on this node.
     pub state: ResourceShown,
+    /// What its kind adds (a filesync's last sync per node).
+    #[serde(default)]
+    pub detail: Option<String>,
 }
 
 /// One group monitor as this node sees it, for status.

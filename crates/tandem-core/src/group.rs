@@ -14,20 +14,38 @@
 //!   actions are idempotent (starting what runs, stopping what is stopped,
 //!   are no-ops), so a retry is always safe.
 //! - **Failures.** A resource that fails to start, or is found not running
-//!   by its monitor, makes the group *recover*: stop what runs after it
-//!   (reverse), then start again; every failure is reported (the leader
-//!   counts them and moves the group at the threshold). Restarts are spaced
-//!   by [`RESTART_BACKOFF_MS`]. A stop that fails is retried after the same
+//!   by its monitor, is handled as its `on_fail` says ([`crate::on_fail`]):
+//!   by default the group *recovers*: stop what runs after it (reverse),
+//!   then start again; every failure is reported with what the leader is
+//!   to do (by default count it, and move the group at the threshold).
+//!   Restarts are spaced by [`RESTART_BACKOFF_MS`]. A *held* group stops
+//!   down to the failure and starts nothing until it is wanted elsewhere
+//!   (at most [`HOLD_MAX_MS`]); a *frozen* one is neither started nor
+//!   stopped until it is left alone (maintenance, or blocked in the record)
+//!   or the node goes off. A stop that fails is retried after the same
 //!   backoff; the group counts as active until it is known stopped.
 //! - **Maintenance** ([`Want::Leave`]): observe, never act.
 
 use std::collections::VecDeque;
+
+use crate::config::OnFail;
+pub use crate::on_fail::HOLD_MAX_MS;
+use crate::on_fail::{self, Escalation, Local, Phase};
 
 /// Minimum time between two start attempts of a group after a failure,
 /// and between two attempts at a stop that failed.
 pub const RESTART_BACKOFF_MS: u64 = 1_000;
 /// Failures kept for the leader before the oldest are dropped.
 pub const MAX_PENDING_FAILURES: usize = 64;
+/// While a group is frozen (`fence`, `block`), its failure is reported
+/// again this often until the cluster takes over: a request lost on the
+/// way, or a leader that did not act on it, must not leave it frozen for
+/// good.
+pub const FROZEN_REPORT_EVERY_MS: u64 = 10_000;
+/// While a check keeps failing under `on_fail = ignore`, it is reported
+/// again at most this often (a check every 500 ms must not send the
+/// leader a request every 500 ms).
+pub const IGNORED_REPORT_EVERY_MS: u64 = 60_000;
 
 /// How long past its timeout an action's own bounds get before the
 /// agent's outer bound gives up on it.
@@ -188,6 +206,19 @@ struct GroupRun {
     busy: bool,
     /// Recovering from a failure: stop down to the failed resource first.
     recovering: bool,
+    /// Each resource's `on_fail`.
+    on_fail: Vec<OnFail>,
+    /// Held after a failure: start nothing before this time unless the
+    /// group is wanted elsewhere first.
+    hold_until_ms: Option<u64>,
+    /// Frozen after a failure: no action at all until it is left alone.
+    frozen: bool,
+    /// While frozen: the failure that froze it and when it was last
+    /// reported ([`FROZEN_REPORT_EVERY_MS`]).
+    frozen_report: Option<(u64, Failure)>,
+    /// Per resource: when a failed check ignored under `on_fail = ignore`
+    /// was last reported (until the resource is acted on again).
+    ignored_at_ms: Vec<Option<u64>>,
     /// No start (after a failure) or stop retry before this time.
     not_before_ms: u64,
     /// Since when the group is in its current state (for status).
@@ -204,9 +235,8 @@ pub struct Failure {
     pub resource: usize,
     /// Why, in words.
     pub reason: String,
-    /// Where the failure bars the group from (None: it counts one
-    /// failure toward the migration threshold).
-    pub bar: Option<Bar>,
+    /// What the leader is asked to do with it.
+    pub then: Escalation,
 }
 
 /// Every group of this node.
@@ -228,6 +258,11 @@ impl Groups {
                     want: Want::Stop,
                     busy: false,
                     recovering: false,
+                    on_fail: vec![OnFail::Restart; n],
+                    hold_until_ms: None,
+                    frozen: false,
+                    frozen_report: None,
+                    ignored_at_ms: vec![None; n],
                     not_before_ms: 0,
                     since_ms: now_ms,
                     last_state: GroupState::Probing,
@@ -247,11 +282,42 @@ impl Groups {
         self.groups.is_empty()
     }
 
-    /// Sets what is wanted of group `g`.
+    /// Sets what is wanted of group `g`. Wanted elsewhere ends a hold;
+    /// left alone ends a freeze (whoever left it alone now decides).
     pub fn set_want(&mut self, g: usize, want: Want) {
         if let Some(run) = self.groups.get_mut(g) {
             run.want = want;
+            if want != Want::Run {
+                run.hold_until_ms = None;
+            }
+            if want == Want::Leave {
+                run.frozen = false;
+                run.frozen_report = None;
+            }
         }
+    }
+
+    /// Sets resource `r` of group `g`'s `on_fail` (default `restart`).
+    pub fn set_on_fail(&mut self, g: usize, r: usize, policy: OnFail) {
+        if let Some(p) = self
+            .groups
+            .get_mut(g)
+            .and_then(|run| run.on_fail.get_mut(r))
+        {
+            *p = policy;
+        }
+    }
+
+    /// Whether group `g` is frozen after a failure (`fence`, `block`):
+    /// nothing is started or stopped until it is left alone.
+    pub fn frozen(&self, g: usize) -> bool {
+        self.groups.get(g).is_some_and(|r| r.frozen)
+    }
+
+    /// Until when group `g` is held after a failure (`move`, `standby`):
+    /// nothing is started before then unless it is wanted elsewhere.
+    pub fn held_until(&self, g: usize) -> Option<u64> {
+        self.groups.get(g).and_then(|r| r.hold_until_ms)
     }
 
     /// What is wanted of group `g`.
@@ -321,19 +387,52 @@ impl Groups {
         self.failures.drain(..).collect()
     }
 
-    fn fail(&mut self, g: usize, r: usize, reason: String, bar: Option<Bar>, now_ms: u64) {
+    /// Resource `r` of group `g`'s policy read for a failure in `phase`.
+    fn decide(&self, g: usize, r: usize, phase: Phase, bar: Option<Bar>) -> (Local, Escalation) {
+        let policy = self
+            .groups
+            .get(g)
+            .and_then(|run| run.on_fail.get(r))
+            .copied()
+            .unwrap_or_default();
+        on_fail::decide(policy, phase, bar)
+    }
+
+    /// Reports a failure and applies what it means here.
+    fn fail(
+        &mut self,
+        g: usize,
+        r: usize,
+        reason: String,
+        (local, then): (Local, Escalation),
+        now_ms: u64,
+    ) {
         if self.failures.len() == MAX_PENDING_FAILURES {
             self.failures.pop_front();
         }
-        self.failures.push_back(Failure {
+        let failure = Failure {
             group: g,
             resource: r,
             reason,
-            bar,
-        });
-        if let Some(run) = self.groups.get_mut(g) {
-            run.recovering = true;
-            run.not_before_ms = now_ms + RESTART_BACKOFF_MS;
+            then,
+        };
+        self.failures.push_back(failure.clone());
+        let Some(run) = self.groups.get_mut(g) else {
+            return;
+        };
+        match local {
+            Local::Keep => {}
+            Local::Recover | Local::Hold => {
+                run.recovering = true;
+                run.not_before_ms = now_ms + RESTART_BACKOFF_MS;
+                if local == Local::Hold && run.want == Want::Run {
+                    run.hold_until_ms = Some(now_ms + HOLD_MAX_MS);
+                }
+            }
+            Local::Freeze => {
+                run.frozen = true;
+                run.frozen_report = Some((now_ms, failure));
+            }
         }
     }
 
@@ -343,6 +442,9 @@ impl Groups {
             return;
         };
         run.busy = false;
+        if let Some(i) = run.ignored_at_ms.get_mut(a.resource) {
+            *i = None;
+        }
         let Some(state) = run.resources.get_mut(a.resource) else {
             return;
         };
@@ -358,22 +460,20 @@ impl Groups {
             (ActionKind::Probe, Outcome::Barred { bar, why }) => {
                 let why = format!("probe failed: {why}");
                 *state = ResourceState::Failed(why.clone());
-                self.fail(a.group, a.resource, why, Some(bar), now_ms);
+                let d = self.decide(a.group, a.resource, Phase::Start, Some(bar));
+                self.fail(a.group, a.resource, why, d, now_ms);
             }
             (ActionKind::Start, Outcome::Failed(why)) => {
-                *state = ResourceState::Failed(format!("start failed: {why}"));
-                self.fail(
-                    a.group,
-                    a.resource,
-                    format!("start failed: {why}"),
-                    None,
-                    now_ms,
-                );
+                let why = format!("start failed: {why}");
+                *state = ResourceState::Failed(why.clone());
+                let d = self.decide(a.group, a.resource, Phase::Start, None);
+                self.fail(a.group, a.resource, why, d, now_ms);
             }
             (ActionKind::Start, Outcome::Barred { bar, why }) => {
                 let why = format!("start failed: {why}");
                 *state = ResourceState::Failed(why.clone());
-                self.fail(a.group, a.resource, why, Some(bar), now_ms);
+                let d = self.decide(a.group, a.resource, Phase::Start, Some(bar));
+                self.fail(a.group, a.resource, why, d, now_ms);
             }
             // A failed stop is a failed stop whatever its kind says: the
             // resource may still run (the leader fences or blocks).
@@ -385,8 +485,8 @@ impl Groups {
         self.refresh(a.group, now_ms);
     }
 
-    /// A monitor found resource `r` of group `g` not running (or unhealthy)
-    /// while it should run.
+    /// Resource `r` of group `g`'s own check found it not running (or
+    /// unhealthy) while it should run; handled as its `on_fail` says.
     /// `bar`: where the failure bars the group from, if retrying cannot
     /// mend it.
     pub fn on_monitor_failure(
@@ -397,17 +497,74 @@ impl Groups {
         reason: String,
         bar: Option<Bar>,
     ) {
-        let Some(run) = self.groups.get_mut(g) else {
-            return;
-        };
-        if run.want != Want::Run
-            || run.busy
-            || run.resources.get(r) != Some(&ResourceState::Running)
-        {
+        if !self.checked_running(g, r) {
             return;
         }
-        run.resources[r] = ResourceState::Failed(reason.clone());
-        self.fail(g, r, reason, bar, now_ms);
+        let d = self.decide(g, r, Phase::Check, bar);
+        self.check_failed(now_ms, g, r, reason, d);
+    }
+
+    /// A group monitor of group `g` reached its threshold: handled as the
+    /// monitor's `policy` says, from resource `r` (its watched resource or
+    /// the group's last). Always reported, even if the group changed
+    /// meanwhile: the leader must hear of it.
+    pub fn on_group_monitor(
+        &mut self,
+        now_ms: u64,
+        g: usize,
+        r: usize,
+        reason: String,
+        policy: OnFail,
+    ) {
+        let d = on_fail::decide(policy, Phase::Check, None);
+        if self.checked_running(g, r) {
+            self.check_failed(now_ms, g, r, reason, d);
+        } else {
+            self.fail(g, r, reason, (Local::Keep, d.1), now_ms);
+        }
+    }
+
+    /// Whether a failed check of resource `r` of group `g` may act: the
+    /// group is wanted here, idle, not frozen, and the resource runs.
+    fn checked_running(&self, g: usize, r: usize) -> bool {
+        self.groups.get(g).is_some_and(|run| {
+            run.want == Want::Run
+                && !run.busy
+                && !run.frozen
+                && run.resources.get(r) == Some(&ResourceState::Running)
+        })
+    }
+
+    fn check_failed(
+        &mut self,
+        now_ms: u64,
+        g: usize,
+        r: usize,
+        reason: String,
+        d: (Local, Escalation),
+    ) {
+        if d.0 == Local::Keep {
+            let Some(at) = self
+                .groups
+                .get_mut(g)
+                .and_then(|run| run.ignored_at_ms.get_mut(r))
+            else {
+                return;
+            };
+            if at.is_some_and(|t| now_ms.saturating_sub(t) < IGNORED_REPORT_EVERY_MS) {
+                return;
+            }
+            *at = Some(now_ms);
+        } else {
+            if let Some(state) = self
+                .groups
+                .get_mut(g)
+                .and_then(|run| run.resources.get_mut(r))
+            {
+                *state = ResourceState::Failed(reason.clone());
+            }
+        }
+        self.fail(g, r, reason, d, now_ms);
         self.refresh(g, now_ms);
     }
 
@@ -424,6 +581,23 @@ impl Groups {
     /// The next actions: at most one per group. Call after every change.
     pub fn poll(&mut self, now_ms: u64) -> Vec<Action> {
         let mut out = Vec::new();
+        let again: Vec<Failure> = self
+            .groups
+            .iter_mut()
+            .filter_map(|run| {
+                let (at, f) = run.frozen_report.as_mut()?;
+                (now_ms >= at.saturating_add(FROZEN_REPORT_EVERY_MS)).then(|| {
+                    *at = now_ms;
+                    f.clone()
+                })
+            })
+            .collect();
+        for f in again {
+            if self.failures.len() == MAX_PENDING_FAILURES {
+                self.failures.pop_front();
+            }
+            self.failures.push_back(f);
+        }
         for g in 0..self.groups.len() {
             if let Some(a) = self.next(g, now_ms) {
                 self.groups[g].busy = true;
@@ -448,14 +622,23 @@ impl Groups {
     pub fn next_deadline(&self) -> Option<u64> {
         self.groups
             .iter()
-            .filter(|r| !r.busy && r.not_before_ms > 0)
-            .map(|r| r.not_before_ms)
+            .filter(|r| !r.busy)
+            // A held group wakes at the end of its hold, not at a backoff
+            // that passed meanwhile (waking then would find nothing to do,
+            // again and again: a spinning agent); a frozen one only to
+            // report its failure again.
+            .filter_map(|r| match (&r.frozen_report, r.hold_until_ms) {
+                (Some((at, _)), _) => Some(at.saturating_add(FROZEN_REPORT_EVERY_MS)),
+                _ if r.frozen => None,
+                (None, Some(h)) => Some(h.max(r.not_before_ms)),
+                (None, None) => (r.not_before_ms > 0).then_some(r.not_before_ms),
+            })
             .min()
     }
 
     fn next(&mut self, g: usize, now_ms: u64) -> Option<Action> {
         let run = &mut self.groups[g];
-        if run.busy {
+        if run.busy || run.frozen {
             return None;
         }
         let act = |resource, kind| {
@@ -509,6 +692,14 @@ impl Groups {
                     if r >= low {
                         return act(r, ActionKind::Stop);
                     }
+                }
+                if let Some(until) = run.hold_until_ms {
+                    if now_ms < until {
+                        return None;
+                    }
+                    // The leader never moved it (a lost request): recover
+                    // in place rather than leave the service down.
+                    run.hold_until_ms = None;
                 }
                 if waiting {
                     return None;
@@ -636,7 +827,7 @@ mod tests {
         });
         let f = gs.take_failures();
         assert_eq!(f.len(), 1, "{f:?}");
-        assert_eq!(f[0].bar, Some(Bar::Node));
+        assert_eq!(f[0].then, Escalation::Move);
         assert!(f[0].reason.starts_with("start failed: not installed"));
 
         let mut gs = Groups::new(&[1], 0);
@@ -644,7 +835,7 @@ mod tests {
         settle(&mut gs, 0, |_| barred(Bar::Everywhere));
         let f = gs.take_failures();
         assert_eq!(f.len(), 1, "the probe's failure: {f:?}");
-        assert_eq!(f[0].bar, Some(Bar::Everywhere));
+        assert_eq!(f[0].then, Escalation::BarEverywhere);
         // It may run (the probe could not tell), so it is stopped after
         // the backoff, and the stop's barred outcome leaves it stop-failed.
         settle(&mut gs, RESTART_BACKOFF_MS, |_| barred(Bar::Everywhere));
@@ -690,6 +881,146 @@ mod tests {
             log,
             vec![a(0, 1, ActionKind::Start), a(0, 2, ActionKind::Start)]
         );
+    }
+
+    /// `move` and `standby` hold the group: it stops down to the failure
+    /// and starts nothing while the leader moves it, but recovers in place
+    /// if no move comes within the hold (a lost request).
+    #[test]
+    fn a_held_group_stops_down_to_the_failure_and_restarts_only_after_the_hold() {
+        for policy in [OnFail::Move, OnFail::Standby] {
+            let mut gs = Groups::new(&[3], 0);
+            gs.set_on_fail(0, 1, policy);
+            gs.set_want(0, Want::Run);
+            settle(&mut gs, 0, ok);
+            gs.on_monitor_failure(10, 0, 1, "gone".into(), None);
+            let f = gs.take_failures();
+            let want = if policy == OnFail::Move {
+                Escalation::Move
+            } else {
+                Escalation::Standby
+            };
+            assert_eq!(f[0].then, want);
+            let log = settle(&mut gs, 10, ok);
+            assert_eq!(
+                log,
+                vec![a(0, 2, ActionKind::Stop), a(0, 1, ActionKind::Stop)]
+            );
+            assert!(
+                settle(&mut gs, 10 + RESTART_BACKOFF_MS, ok).is_empty(),
+                "{policy:?}"
+            );
+            assert_eq!(gs.next_deadline(), Some(10 + HOLD_MAX_MS));
+            let log = settle(&mut gs, 10 + HOLD_MAX_MS, ok);
+            assert_eq!(
+                log,
+                vec![a(0, 1, ActionKind::Start), a(0, 2, ActionKind::Start)]
+            );
+        }
+        // Wanted elsewhere: the hold ends and the rest stops at once.
+        let mut gs = Groups::new(&[2], 0);
+        gs.set_on_fail(0, 1, OnFail::Move);
+        gs.set_want(0, Want::Run);
+        settle(&mut gs, 0, ok);
+        gs.on_monitor_failure(10, 0, 1, "gone".into(), None);
+        settle(&mut gs, 10, ok);
+        gs.set_want(0, Want::Stop);
+        assert_eq!(gs.held_until(0), None);
+        assert_eq!(settle(&mut gs, 20, ok), vec![a(0, 0, ActionKind::Stop)]);
+    }
+
+    /// `fence` and `block` freeze the group: no stop, no start, no probe,
+    /// even when it is wanted stopped (the node goes off, or the operator
+    /// decides), until it is left alone.
+    #[test]
+    fn a_frozen_group_is_touched_by_nothing_until_it_is_left_alone() {
+        for (policy, then) in [
+            (OnFail::Fence, Escalation::Fence),
+            (OnFail::Block, Escalation::Block),
+        ] {
+            let mut gs = Groups::new(&[2], 0);
+            gs.set_on_fail(0, 0, policy);
+            gs.set_want(0, Want::Run);
+            settle(&mut gs, 0, ok);
+            gs.on_monitor_failure(10, 0, 0, "hung".into(), None);
+            assert_eq!(gs.take_failures()[0].then, then);
+            assert!(gs.frozen(0));
+            assert!(settle(&mut gs, 10 + HOLD_MAX_MS, ok).is_empty());
+            gs.set_want(0, Want::Stop);
+            assert!(
+                settle(&mut gs, 20 + HOLD_MAX_MS, ok).is_empty(),
+                "{policy:?}"
+            );
+            assert!(gs.active(0));
+            // It wakes only to report its failure again, every so often,
+            // until the cluster takes over.
+            assert_eq!(
+                gs.next_deadline(),
+                Some(10 + HOLD_MAX_MS + FROZEN_REPORT_EVERY_MS)
+            );
+            // (It was reported again once, at the first look past 10 s.)
+            assert_eq!(gs.take_failures().len(), 1);
+            // Further checks do not pile up failures.
+            gs.on_monitor_failure(30, 0, 1, "hung".into(), None);
+            assert!(gs.take_failures().is_empty());
+            gs.poll(10 + HOLD_MAX_MS + FROZEN_REPORT_EVERY_MS);
+            let again = gs.take_failures();
+            assert_eq!(again.len(), 1, "{again:?}");
+            assert_eq!(again[0].then, then);
+            // Left alone (blocked in the record, or maintenance) and then
+            // wanted again: recovered as usual.
+            gs.set_want(0, Want::Leave);
+            assert!(!gs.frozen(0));
+            gs.set_want(0, Want::Run);
+            let log = settle(&mut gs, 40 + HOLD_MAX_MS, ok);
+            assert_eq!(log.first(), Some(&a(0, 1, ActionKind::Stop)), "{log:?}");
+            assert_eq!(gs.state(0).0, GroupState::Running);
+        }
+    }
+
+    /// `ignore` keeps a failed check's resource running and only reports;
+    /// a failed start under `ignore` is still recovered.
+    #[test]
+    fn ignore_reports_a_failed_check_and_changes_nothing_but_a_failed_start_is_recovered() {
+        let mut gs = Groups::new(&[1], 0);
+        gs.set_on_fail(0, 0, OnFail::Ignore);
+        gs.set_want(0, Want::Run);
+        settle(&mut gs, 0, ok);
+        gs.on_monitor_failure(10, 0, 0, "slow".into(), None);
+        assert_eq!(gs.take_failures()[0].then, Escalation::Record);
+        assert_eq!(gs.state(0).0, GroupState::Running);
+        assert!(settle(&mut gs, 10, ok).is_empty());
+        // Failing on: reported again only after a while.
+        gs.on_monitor_failure(510, 0, 0, "slow".into(), None);
+        assert!(gs.take_failures().is_empty());
+        gs.on_monitor_failure(10 + IGNORED_REPORT_EVERY_MS, 0, 0, "slow".into(), None);
+        assert_eq!(gs.take_failures().len(), 1);
+
+        let mut gs = Groups::new(&[1], 0);
+        gs.set_on_fail(0, 0, OnFail::Ignore);
+        gs.set_want(0, Want::Run);
+        settle(&mut gs, 0, |x| match x.kind {
+            ActionKind::Start => Outcome::Failed("exit 1".into()),
+            _ => ok(x),
+        });
+        assert_eq!(gs.take_failures()[0].then, Escalation::Count);
+        settle(&mut gs, RESTART_BACKOFF_MS, ok);
+        assert_eq!(gs.state(0).0, GroupState::Running);
+    }
+
+    /// A group monitor's failure is reported even when its group is busy,
+    /// and acts with the monitor's policy, not the resource's.
+    #[test]
+    fn a_group_monitor_failure_uses_the_monitors_policy_and_is_always_reported() {
+        let mut gs = Groups::new(&[2], 0);
+        gs.set_want(0, Want::Run);
+        settle(&mut gs, 0, ok);
+        gs.on_group_monitor(10, 0, 1, "http 500".into(), OnFail::Block);
+        assert_eq!(gs.take_failures()[0].then, Escalation::Block);
+        assert!(gs.frozen(0));
+        // A later one while frozen is still reported (no local change).
+        gs.on_group_monitor(20, 0, 1, "http 500".into(), OnFail::Move);
+        assert_eq!(gs.take_failures()[0].then, Escalation::Move);
     }
 
     proptest! {

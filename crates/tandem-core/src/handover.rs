@@ -254,7 +254,7 @@ pub fn strays(record: &Record, nodes: &[NodeView]) -> Vec<Stray> {
         .filter(|n| !n.silent && !n.fenced && n.last_report_ms.is_some())
     {
         for g in &n.active {
-            if record.has_intent(g, crate::agreement::Intent::Maintenance) {
+            if record.unmanaged(g) {
                 continue;
             }
             let Some(p) = record.placements.get(g) else {

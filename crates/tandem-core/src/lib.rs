@@ -15,6 +15,8 @@
 //! - [`agreement`]: the replicated cluster record (a sans-IO Raft engine).
 //! - [`fence`]: the plan for fencing a node through its devices (levels,
 //!   delays, retries) and redaction of secrets.
+//! - [`filesync`]: the `filesync` kind's sync rules: manifests, plans and
+//!   which received paths may be written.
 //! - [`lease`]: how long a node may run its groups without fresh word, and
 //!   how long the leader waits before starting a silent node's groups.
 //! - [`policy`]: where each group should run (pure placement rules).
@@ -28,6 +30,7 @@
 //!   when, and when failures mark a link failed here.
 //! - [`monitors`]: group monitors on one node: what is due when, and what
 //!   failures in a row lead to.
+//! - [`on_fail`]: what a failure leads to, here and at the leader.
 //! - [`nbd`]: the NBD protocol (handshake and request stream), server side.
 //! - [`volume`]: replicated volumes: disk states, generations, the sync
 //!   decision, the dirty bitmap and the replication link's messages.
@@ -49,6 +52,7 @@ pub mod config;
 pub mod diagnostic;
 pub mod failure_detector;
 pub mod fence;
+pub mod filesync;
 pub mod group;
 pub mod handover;
 pub mod kinds;
@@ -57,6 +61,7 @@ pub mod link_monitors;
 pub mod member;
 pub mod monitors;
 pub mod nbd;
+pub mod on_fail;
 pub mod policy;
 pub mod quorum;
 #[cfg(any(test, feature = "testing"))]

@@ -21,8 +21,9 @@
 //!   process was forked. Past the grace, failures count as usual.
 //! - `threshold` failures in a row trigger `on_fail`: `restart` restarts the
 //!   group from the monitored resource (or its last one) up to `restarts`
-//!   times while the group stays here, then moves it; `move` moves it at
-//!   once; `fence` (until monitors fence) moves it; `ignore` records it.
+//!   times while the group stays here, then moves it; `ignore` records it;
+//!   `move`, `fence`, `block` and `standby` are escalated as
+//!   [`crate::on_fail`] says.
 
 use crate::config::OnFail;
 
@@ -77,12 +78,17 @@ pub enum Verdict {
         /// Why.
         reason: String,
     },
-    /// Move the group off this node at once.
-    Move {
+    /// Handle it as `on_fail` says ([`crate::on_fail`]): `move` (also
+    /// once out of restarts), `fence`, `block` or `standby`.
+    Escalate {
         /// Group.
         group: usize,
+        /// The watched resource, if any (else the group's last).
+        resource: Option<usize>,
         /// Why.
         reason: String,
+        /// What to do.
+        on_fail: OnFail,
     },
     /// Record the failure only (`on_fail = ignore`).
     Ignore {
@@ -254,7 +260,18 @@ impl Monitors {
                     reason,
                 }
             }
-            OnFail::Restart | OnFail::Move | OnFail::Fence => Verdict::Move { group, reason },
+            OnFail::Restart => Verdict::Escalate {
+                group,
+                resource: m.plan.resource,
+                reason,
+                on_fail: OnFail::Move,
+            },
+            on_fail => Verdict::Escalate {
+                group,
+                resource: m.plan.resource,
+                reason,
+                on_fail,
+            },
         }
     }
 
@@ -375,7 +392,11 @@ mod tests {
             .map(|v| match v {
                 Verdict::Nothing => ".",
                 Verdict::Restart { .. } => "R",
-                Verdict::Move { .. } => "M",
+                Verdict::Escalate {
+                    on_fail: OnFail::Move,
+                    ..
+                } => "M",
+                Verdict::Escalate { .. } => "E",
                 Verdict::Ignore { .. } => "I",
             })
             .collect();
@@ -396,6 +417,29 @@ mod tests {
     }
 
     #[test]
+    fn fence_block_and_standby_escalate_at_the_threshold_with_the_watched_resource() {
+        for on_fail in [OnFail::Move, OnFail::Fence, OnFail::Block, OnFail::Standby] {
+            let mut m = Monitors::new(vec![MonitorPlan {
+                resource: Some(1),
+                threshold: 2,
+                ..plan(true, on_fail)
+            }]);
+            m.due(0, |_| true, |_| true);
+            assert_eq!(m.on_result(1, 0, Err("x".into()), true), Verdict::Nothing);
+            m.due(3_000, |_| true, |_| true);
+            assert_eq!(
+                m.on_result(3_001, 0, Err("x".into()), true),
+                Verdict::Escalate {
+                    group: 0,
+                    resource: Some(1),
+                    reason: "monitor web: x".into(),
+                    on_fail
+                }
+            );
+        }
+    }
+
+    #[test]
     fn a_group_that_leaves_forgets_its_restarts() {
         let mut m = Monitors::new(vec![MonitorPlan {
             threshold: 1,
@@ -410,7 +454,10 @@ mod tests {
         m.due(3_000, |_| true, |_| true);
         assert!(matches!(
             m.on_result(3_001, 0, Err("x".into()), true),
-            Verdict::Move { .. }
+            Verdict::Escalate {
+                on_fail: OnFail::Move,
+                ..
+            }
         ));
         // It left (not wanted here), came back: restarts again first.
         m.due(4_000, |_| false, |_| false);
@@ -480,7 +527,16 @@ mod tests {
             }
             t = m.next_deadline().unwrap();
         }
-        assert!(matches!(verdict, Verdict::Move { .. }), "{verdict:?}");
+        assert!(
+            matches!(
+                verdict,
+                Verdict::Escalate {
+                    on_fail: OnFail::Move,
+                    ..
+                }
+            ),
+            "{verdict:?}"
+        );
         assert!((1_000..1_200).contains(&t), "failed at {t}");
     }
 

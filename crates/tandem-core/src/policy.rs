@@ -124,7 +124,7 @@ pub fn targets(
 }
 
 fn target(g: &GroupPolicy, nodes: &[NodeFacts], record: &Record) -> Target {
-    if record.has_intent(&g.name, Intent::Maintenance) {
+    if record.unmanaged(&g.name) {
         return Target::Unmanaged;
     }
     let eligible = |name: &str| {

@@ -22,7 +22,9 @@
 //! core calls as the agent. The seeded fault campaign
 //! (`tests/simulation.rs`) runs its nodes on the same [`Host`], adding
 //! the faults and invariants a story does not need (freezes, slow stops,
-//! fencing, random schedules).
+//! random schedules). A story may give every node a fence device
+//! ([`Cluster::with_fencing`]): a fence powers its target off after
+//! [`FENCE_MS`] and is confirmed to the member that asked.
 //!
 //! Compiled for this crate's own tests and, for others, behind the
 //! `testing` feature.
@@ -31,9 +33,9 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
 use crate::agreement::{Record, Role};
-use crate::config::Timing;
+use crate::config::{OnFail, Timing};
 use crate::group::ResourceState;
-use crate::member::{GroupsSpec, Member, MemberSpec, PeerSpec, Persisted};
+use crate::member::{GroupsSpec, Member, MemberSpec, PeerSpec, Persisted, Request};
 use crate::policy::{Failback, GroupPolicy};
 use crate::quorum::Mode;
 use crate::wire::{ClusterId, NodeId};
@@ -51,6 +53,9 @@ pub use host::{Host, HostPass};
 
 /// Delay of every datagram on the simulated network.
 const DELAY_MS: u64 = 1;
+
+/// How long a fence takes in a story with fencing.
+pub const FENCE_MS: u64 = 200;
 
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Datagram {
@@ -86,6 +91,12 @@ pub struct Cluster {
     actions: Vec<(u64, usize, usize, bool)>,
     /// Every moment a group ran on two nodes: (time, group, nodes).
     dual_active: Vec<(u64, String, Vec<usize>)>,
+    /// Every node is listed by a fence device.
+    fencing: bool,
+    /// Fences under way: (ends at, fencer, target).
+    fences: Vec<(u64, usize, usize)>,
+    /// Fences done: (time, target).
+    fenced: Vec<(u64, usize)>,
 }
 
 impl Cluster {
@@ -93,6 +104,15 @@ impl Cluster {
     /// groups, each with one resource, preferring `n1`, `n2`, ... in order,
     /// failback manual. Every agent starts at time 0.
     pub fn new(n: usize, groups: &[&str]) -> Cluster {
+        Cluster::build(n, groups, false)
+    }
+
+    /// As [`Cluster::new`], with a fence device listing every node.
+    pub fn with_fencing(n: usize, groups: &[&str]) -> Cluster {
+        Cluster::build(n, groups, true)
+    }
+
+    fn build(n: usize, groups: &[&str], fencing: bool) -> Cluster {
         let ids: Vec<NodeId> = (0..n).map(|i| NodeId(100 + i as u64)).collect();
         let names: Vec<String> = (0..n).map(|i| format!("n{}", i + 1)).collect();
         let nodes = (0..n)
@@ -135,6 +155,9 @@ impl Cluster {
             seq: 0,
             actions: Vec::new(),
             dual_active: Vec::new(),
+            fencing,
+            fences: Vec::new(),
+            fenced: Vec::new(),
         };
         for i in 0..n {
             c.start_agent(i, None);
@@ -146,6 +169,7 @@ impl Cluster {
         let hosts: Vec<String> = (0..self.nodes.len())
             .map(|i| format!("n{}", i + 1))
             .collect();
+        let fence_all = hosts.clone();
         GroupsSpec {
             groups: self
                 .groups
@@ -163,7 +187,7 @@ impl Cluster {
             host_ids: self.ids.clone(),
             hosts,
             lease_ms: TIMING.deadtime_ms,
-            fence_hosts: vec![],
+            fence_hosts: if self.fencing { fence_all } else { vec![] },
             stop_bound_ms: vec![1_000; self.groups.len()],
         }
     }
@@ -269,6 +293,43 @@ impl Cluster {
         self.start_agent(i, inherited);
     }
 
+    /// Every node's agent handles a failure of `group`'s resource as
+    /// `policy` says, and reports its failures to the leader.
+    pub fn set_on_fail(&mut self, group: &str, policy: OnFail) {
+        if let Some(g) = self.groups.iter().position(|n| n == group) {
+            for n in &mut self.nodes {
+                n.host.set_on_fail(g, 0, policy);
+            }
+        }
+    }
+
+    /// `group`'s resource dies on node `i` (its agent finds out at its
+    /// next pass).
+    pub fn resource_dies(&mut self, i: usize, group: &str) {
+        if let Some(g) = self.groups.iter().position(|n| n == group) {
+            self.nodes[i].host.resource_dies(g, 0);
+        }
+    }
+
+    /// Node `i` sends `request` to the leader (an operator's command).
+    pub fn request(&mut self, i: usize, request: Request) {
+        let local = self.now_ms - self.nodes[i].start_ms;
+        if let Some(m) = self.nodes[i].member.as_mut() {
+            m.request(local, request);
+        }
+        self.flush(i);
+    }
+
+    /// Every fence done: (time, node fenced).
+    pub fn fenced(&self) -> &[(u64, usize)] {
+        &self.fenced
+    }
+
+    /// Whether node `i`'s agent runs (it is powered on).
+    pub fn is_on(&self, i: usize) -> bool {
+        self.nodes[i].member.is_some()
+    }
+
     /// Cuts (or restores) every link of node `i` (what was on its way to
     /// or from it is lost).
     pub fn set_cut(&mut self, i: usize, cut: bool) {
@@ -312,6 +373,9 @@ impl Cluster {
         if let Some(Reverse(d)) = self.net.peek() {
             t = t.min(d.at_ms);
         }
+        if let Some(f) = self.fences.iter().map(|f| f.0).min() {
+            t = t.min(f);
+        }
         for n in &self.nodes {
             if let Some(m) = &n.member {
                 t = t.min(n.start_ms + m.next_deadline());
@@ -329,6 +393,22 @@ impl Cluster {
     }
 
     fn step(&mut self) {
+        let due: Vec<(u64, usize, usize)> = self
+            .fences
+            .iter()
+            .copied()
+            .filter(|f| f.0 <= self.now_ms)
+            .collect();
+        self.fences.retain(|f| f.0 > self.now_ms);
+        for (_, by, target) in due {
+            self.power_off(target);
+            self.fenced.push((self.now_ms, target));
+            let local = self.now_ms.saturating_sub(self.nodes[by].start_ms);
+            if let Some(m) = self.nodes[by].member.as_mut() {
+                m.fence_done(local, &format!("n{}", target + 1), false, true, vec![]);
+                self.flush(by);
+            }
+        }
         while self
             .net
             .peek()
@@ -369,6 +449,17 @@ impl Cluster {
         let out = m.take_output();
         if let Some(p) = out.persist {
             self.nodes[i].persisted = p;
+        }
+        for (name, on) in out.fence {
+            let target = name
+                .strip_prefix('n')
+                .and_then(|k| k.parse::<usize>().ok())
+                .and_then(|k| k.checked_sub(1));
+            if let (Some(target), false, true) = (target, on, self.fencing) {
+                if !self.fences.iter().any(|f| f.2 == target) {
+                    self.fences.push((self.now_ms + FENCE_MS, i, target));
+                }
+            }
         }
         for t in out.transmit {
             let Some(to) = self.ids.iter().position(|id| *id == t.to) else {

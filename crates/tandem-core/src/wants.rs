@@ -22,7 +22,6 @@
 //! its stop short ([`Decision::cut_short`]), so a group never outlives what
 //! the leader waits for before it starts the group elsewhere.
 
-use crate::agreement::Intent;
 use crate::group::Want;
 use crate::member::Member;
 
@@ -172,7 +171,7 @@ impl Wants {
                             .get(g.name)
                             .and_then(|p| p.node.as_deref())
                             == me,
-                    maintenance: record.has_intent(g.name, Intent::Maintenance),
+                    maintenance: record.unmanaged(g.name),
                     active: g.active,
                 };
                 self.decide_one(now_ms, facts, || member.group_until(g.name, now_ms))

@@ -1471,6 +1471,7 @@ fn fail_count_expiry(stamp: Option<u64>) {
             at_unix_ms: stamp.unwrap_or(local),
             move_now: false,
             everywhere: false,
+            then: Default::default(),
         },
     );
     sim.flush(leader);
@@ -1516,6 +1517,8 @@ fn a_barred_failure_reaches_the_reporting_node_or_every_host() {
                 at_unix_ms: local,
                 move_now,
                 everywhere,
+                // As an older sender writes it: the leader reads the bools.
+                then: Default::default(),
             },
         );
         sim.flush(leader);

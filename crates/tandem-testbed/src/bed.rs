@@ -56,6 +56,9 @@ pub struct Testbed {
     spec: TestbedSpec,
     cgroups: Vec<NodeCgroup>,
     children: Mutex<BTreeMap<u32, Child>>,
+    /// Directories each node has its own of (bind-mounted from
+    /// `<run_dir>/n<node>-<name>` in its mount namespace).
+    own_dirs: Mutex<Vec<PathBuf>>,
     one_way: Mutex<BTreeSet<(usize, usize)>>,
     wires: Mutex<BTreeMap<(usize, String), Wire>>,
     run_dir: PathBuf,
@@ -100,6 +103,7 @@ impl Testbed {
             spec,
             cgroups: Vec::new(),
             children: Mutex::new(BTreeMap::new()),
+            own_dirs: Mutex::new(vec![PathBuf::from(RESOURCE_AGENTS_TMP)]),
             one_way: Mutex::new(BTreeSet::new()),
             wires: Mutex::new(BTreeMap::new()),
             run_dir,
@@ -323,14 +327,23 @@ impl Testbed {
         // A node of its own: its hostname, and a mount namespace where the
         // resource agents' state directory is the node's (agents keep
         // their state in /run/resource-agents and ask `uname -n` who they
-        // are; on one machine the nodes would otherwise share both).
-        let own_tmp = self.run_dir.join(format!("n{node}-resource-agents"));
-        std::fs::create_dir_all(&own_tmp)
-            .with_context(|| format!("creating {}", own_tmp.display()))?;
-        std::fs::create_dir_all(RESOURCE_AGENTS_TMP)
-            .with_context(|| format!("creating {RESOURCE_AGENTS_TMP}"))?;
-        let own_tmp = CString::new(own_tmp.as_os_str().as_bytes())?;
-        let agents_tmp = CString::new(RESOURCE_AGENTS_TMP)?;
+        // are; on one machine the nodes would otherwise share both), and
+        // so is every directory a test asked for ([`Testbed::own_dir`]).
+        let dirs: Vec<PathBuf> = self
+            .own_dirs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let mut binds: Vec<(CString, CString)> = Vec::new();
+        for d in &dirs {
+            let own = self.node_dir(node, d);
+            std::fs::create_dir_all(&own).with_context(|| format!("creating {}", own.display()))?;
+            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+            binds.push((
+                CString::new(own.as_os_str().as_bytes())?,
+                CString::new(d.as_os_str().as_bytes())?,
+            ));
+        }
         let root = CString::new("/")?;
         let hostname = format!("n{node}");
         let mut cmd = Command::new(program);
@@ -362,15 +375,17 @@ impl Testbed {
                 {
                     return Err(std::io::Error::last_os_error());
                 }
-                if libc::mount(
-                    own_tmp.as_ptr(),
-                    agents_tmp.as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_BIND,
-                    std::ptr::null(),
-                ) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
+                for (own, at) in &binds {
+                    if libc::mount(
+                        own.as_ptr(),
+                        at.as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_BIND,
+                        std::ptr::null(),
+                    ) != 0
+                    {
+                        return Err(std::io::Error::last_os_error());
+                    }
                 }
                 if libc::sethostname(hostname.as_ptr().cast(), hostname.len()) != 0 {
                     return Err(std::io::Error::last_os_error());
@@ -392,6 +407,25 @@ impl Testbed {
         drop((ns, procs));
         self.lock_children().insert(pid, child);
         Ok(pid)
+    }
+
+    /// Gives every node its own `dir` for the processes spawned from now
+    /// on (an absolute path; nodes on one machine would otherwise share
+    /// it): a test can then keep files "on a node".
+    pub fn own_dir(&self, dir: &Path) {
+        self.own_dirs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(dir.to_path_buf());
+    }
+
+    /// Where node `node`'s own copy of `dir` is, seen from the machine.
+    pub fn node_dir(&self, node: usize, dir: &Path) -> PathBuf {
+        let name = dir
+            .to_string_lossy()
+            .trim_start_matches('/')
+            .replace('/', "-");
+        self.run_dir.join(format!("n{node}-{name}"))
     }
 
     fn lock_children(&self) -> std::sync::MutexGuard<'_, BTreeMap<u32, Child>> {

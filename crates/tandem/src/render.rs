@@ -149,6 +149,12 @@ pub fn status(st: &Status) -> String {
         if g.maintenance {
             notes.push("MAINTENANCE (unmanaged)".to_string());
         }
+        if g.blocked {
+            notes.push(format!(
+                "BLOCKED after a failure (on_fail = block): nothing is started, stopped or moved until `tandem cleanup {}`",
+                g.name
+            ));
+        }
         if let Some(p) = &g.pinned {
             notes.push(format!(
                 "pinned to {p} by `tandem move` (`tandem move {} --clear` removes it)",
@@ -188,6 +194,9 @@ pub fn status(st: &Status) -> String {
         );
         for r in &g.resources {
             let _ = writeln!(o, "    {:<10} {:<8} {} here", r.name, r.kind, r.state);
+            if let Some(d) = &r.detail {
+                let _ = writeln!(o, "      {d}");
+            }
         }
         for m in &g.monitors {
             let when = m

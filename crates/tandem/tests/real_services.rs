@@ -957,3 +957,131 @@ address = "{VIP}/24"
         gap.as_millis()
     );
 }
+
+/// The synced directory, which every node has its own of.
+const SYNCED: &str = "/srv/tandem-test-filesync";
+
+fn conf_on(s: &Value) -> Option<usize> {
+    let g = s["groups"]
+        .as_array()?
+        .iter()
+        .find(|g| g["name"] == "conf")?;
+    if g["state"] != "running" {
+        return None;
+    }
+    g["placed_on"].as_str()?.strip_prefix('n')?.parse().ok()
+}
+
+/// Waits until `pred` holds of node `n`'s copy of the synced tree.
+fn wait_copy(c: &AgentCluster, n: usize, what: &str, pred: impl Fn(&Path) -> bool) {
+    let dir = c.bed.node_dir(n, Path::new(SYNCED)).join("app");
+    let t0 = Instant::now();
+    while !pred(&dir) {
+        assert!(
+            t0.elapsed() < GENEROUS,
+            "n{n}: {what}\nstatus:\n{}\nlogs:\n{}",
+            c.status_text(1).unwrap_or_default(),
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The `filesync` kind between real agents: a change on the node running
+/// the group reaches the others at once (inotify; the interval is a
+/// minute), with mode and mtime kept, a deletion too; after a failover the
+/// new holder is the source, and status shows the last sync per node.
+#[test]
+fn filesync_keeps_a_directory_identical_on_every_node_and_follows_the_group() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let test = "filesync_keeps_a_directory_identical_on_every_node_and_follows_the_group";
+    if !require_root(test) {
+        return;
+    }
+    let nodes = 3;
+    let preferred: Vec<String> = (1..=nodes).map(|n| format!("\"n{n}\"")).collect();
+    let shape = ClusterShape {
+        extra: format!(
+            r#"
+[[group]]
+name = "conf"
+preferred = [{}]
+failback = "manual"
+
+[[group.resource]]
+name = "files"
+kind = "filesync"
+paths = ["{SYNCED}/app"]
+link = "sync"
+interval_ms = 60000
+"#,
+            preferred.join(", ")
+        ),
+        ..ClusterShape::nodes(nodes)
+    };
+    let mut c = AgentCluster::prepare(TANDEM, &shape).unwrap();
+    c.bed.own_dir(Path::new(SYNCED));
+    for n in 1..=nodes {
+        std::fs::create_dir_all(c.bed.node_dir(n, Path::new(SYNCED))).unwrap();
+    }
+    c.start_members().unwrap();
+    c.wait(1, GENEROUS, "conf running", |s| {
+        all_online(s) && conf_on(s).is_some()
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\nlogs:\n{}", c.logs()));
+    let holder = conf_on(&c.status(1).unwrap()).unwrap();
+    let at = |n: usize| c.bed.node_dir(n, Path::new(SYNCED)).join("app");
+
+    // A tree written on the holder appears everywhere, the same.
+    std::fs::create_dir_all(at(holder).join("conf.d")).unwrap();
+    let file = at(holder).join("conf.d/site.conf");
+    std::fs::write(&file, b"ServerName example\n").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let t0 = Instant::now();
+    for n in (1..=nodes).filter(|n| *n != holder) {
+        wait_copy(&c, n, "has site.conf as the holder has it", |d| {
+            let (Ok(a), Ok(b)) = (
+                std::fs::metadata(&file),
+                std::fs::metadata(d.join("conf.d/site.conf")),
+            ) else {
+                return false;
+            };
+            std::fs::read(d.join("conf.d/site.conf")).ok().as_deref()
+                == Some(&b"ServerName example\n"[..])
+                && (a.mode(), a.mtime(), a.mtime_nsec()) == (b.mode(), b.mtime(), b.mtime_nsec())
+        });
+    }
+    println!(
+        "first change on every node after {} ms",
+        t0.elapsed().as_millis()
+    );
+    let text = c.status_text(holder).unwrap();
+    assert!(
+        text.contains("synced at"),
+        "status shows the last sync:\n{text}"
+    );
+
+    // A deletion reaches them too.
+    std::fs::remove_file(&file).unwrap();
+    for n in (1..=nodes).filter(|n| *n != holder) {
+        wait_copy(&c, n, "site.conf removed", |d| {
+            !d.join("conf.d/site.conf").exists()
+        });
+    }
+
+    // After a failover the new holder is the source.
+    operator(&c.socket(1), &["failover", "conf"]);
+    c.wait(1, GENEROUS, "conf running elsewhere", |s| {
+        conf_on(s).is_some_and(|n| n != holder)
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\nlogs:\n{}", c.logs()));
+    let new = conf_on(&c.status(1).unwrap()).unwrap();
+    std::fs::write(at(new).join("from-the-new-holder"), b"yes\n").unwrap();
+    wait_copy(&c, holder, "has the new holder's file", |d| {
+        d.join("from-the-new-holder").exists()
+    });
+
+    // The nodes go down before their own directories are removed.
+    drop(c);
+    let _ = std::fs::remove_dir(SYNCED);
+}

@@ -188,6 +188,11 @@ pub fn run(cfg: Config, opts: AgentOptions) -> Result<()> {
             },
         )?
     };
+    let filesync = if witness {
+        None
+    } else {
+        crate::filesync::Service::start(&cfg, &topo.names[me], volume_key)?
+    };
     let runner = if witness {
         None
     } else {
@@ -198,6 +203,7 @@ pub fn run(cfg: Config, opts: AgentOptions) -> Result<()> {
             unix_at_zero_ms,
             done_tx,
             hub.as_ref(),
+            filesync.as_ref(),
         )?;
         if r.has_resources() {
             // The previous agent's lease, if it still runs: keep what runs.

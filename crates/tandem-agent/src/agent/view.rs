@@ -327,7 +327,7 @@ impl Agent {
                 };
                 // In maintenance nothing checks it: say so rather than
                 // repeat the last state as if it were known.
-                let maintenance = record.has_intent(&name, Intent::Maintenance);
+                let maintenance = record.unmanaged(&name);
                 let state = match state {
                     ShownState::Reported(last) if maintenance => ShownState::Unmanaged(Some(last)),
                     ShownState::Unreported if maintenance => ShownState::Unmanaged(None),
@@ -346,6 +346,7 @@ impl Agent {
                     pinned: record.pins.get(&name).cloned(),
                     moving_to: record.moves.get(&name).cloned(),
                     maintenance: record.has_intent(&name, Intent::Maintenance),
+                    blocked: record.has_intent(&name, Intent::Blocked),
                     waiting: m.waiting().get(&name).cloned(),
                     fail_counts: record.fail_counts.get(&name).cloned().unwrap_or_default(),
                     failures: record

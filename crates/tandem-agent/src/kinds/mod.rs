@@ -27,6 +27,12 @@ pub type Act<'a> = Pin<Box<dyn Future<Output = Outcome> + 'a>>;
 pub struct Bind<'a> {
     /// This node's volumes, if it holds any.
     pub hub: Option<&'a Arc<Hub>>,
+    /// This node's filesync service, if any resource is a `filesync`.
+    pub filesync: Option<&'a Arc<crate::filesync::Service>>,
+    /// The resource's group.
+    pub group: &'a str,
+    /// The resource's name.
+    pub resource: &'a str,
 }
 
 /// What an inline periodic check found.
@@ -84,6 +90,12 @@ pub trait Driver: std::fmt::Debug {
     /// Tells the neighbours again where it is (after a takeover, and every
     /// refresh); most kinds have nothing to say.
     fn announce(&self) {}
+
+    /// A line for status beside its state (a filesync's last sync per
+    /// node); most kinds have none.
+    fn detail(&self) -> Option<String> {
+        None
+    }
 }
 
 /// A resource with its owner and limits.
@@ -202,6 +214,7 @@ registry! {
     ocf::Ocf,
     systemd::Systemd,
     fs::Fs,
+    filesync::Filesync,
 }
 
 #[cfg(test)]
@@ -220,8 +233,15 @@ pub(crate) mod tests {
         let spec = ResourceSpec {
             name: "r".into(),
             timeout_ms,
+            on_fail: Default::default(),
             params,
         };
-        Resource::new(&spec, owner(dir), &crate::kinds::Bind { hub: None }).unwrap()
+        let bind = crate::kinds::Bind {
+            hub: None,
+            filesync: None,
+            group: "g",
+            resource: "r",
+        };
+        Resource::new(&spec, owner(dir), &bind).unwrap()
     }
 }

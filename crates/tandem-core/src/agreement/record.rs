@@ -31,6 +31,9 @@ pub enum Intent {
     Standby,
     /// The group is left alone: not started, stopped or monitored.
     Maintenance,
+    /// The group is left alone after a failure under `on_fail = block`,
+    /// until `tandem cleanup`.
+    Blocked,
 }
 
 /// One change to the record.
@@ -337,6 +340,12 @@ impl Record {
         self.intents
             .iter()
             .any(|(t, i)| t == target && *i == intent)
+    }
+
+    /// Whether the cluster leaves `group` alone: nothing started, stopped
+    /// or moved anywhere (maintenance, or blocked after a failure).
+    pub fn unmanaged(&self, group: &str) -> bool {
+        self.has_intent(group, Intent::Maintenance) || self.has_intent(group, Intent::Blocked)
     }
 }
 

@@ -360,6 +360,8 @@ pub struct ResourceSpec {
     pub name: String,
     /// Limit on one start, stop or check.
     pub timeout_ms: u64,
+    /// What a failed start or check leads to ([`crate::on_fail`]).
+    pub on_fail: OnFail,
     /// The kind and its fields.
     #[serde(flatten)]
     pub params: Params,

@@ -224,6 +224,8 @@ pub struct Resource {
     pub kind: Spanned<String>,
     /// Limit on start and stop (default 20 000 ms).
     pub timeout_ms: Option<Spanned<u64>>,
+    /// What a failed start or check leads to (default `restart`).
+    pub on_fail: Option<Spanned<OnFail>>,
     /// The kind's own fields, by key.
     pub fields: BTreeMap<String, Spanned<toml::Value>>,
 }
@@ -252,10 +254,19 @@ impl<'de> Deserialize<'de> for Resource {
             Some(Some(n)) if n >= 0 => take::<u64, D::Error>(&mut fields, "timeout_ms")?,
             _ => None,
         };
+        // Likewise an `on_fail` that is not one of the words.
+        let on_fail = match fields
+            .get("on_fail")
+            .map(|v| OnFail::deserialize(v.get_ref().clone()))
+        {
+            Some(Ok(_)) => take::<OnFail, D::Error>(&mut fields, "on_fail")?,
+            _ => None,
+        };
         Ok(Resource {
             name,
             kind,
             timeout_ms,
+            on_fail,
             fields,
         })
     }

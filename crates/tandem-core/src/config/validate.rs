@@ -17,11 +17,6 @@ use crate::diagnostic::Diagnostic;
 use crate::kinds::{Context, Fields, Params, KINDS};
 use crate::quorum::MAX_VOTERS;
 
-/// Resource kinds the product will have but this version refuses.
-const PLANNED_RESOURCES: &[(&str, &str)] = &[(
-    "filesync",
-    "keep the files in sync with an `exec` resource (rsync) for now",
-)];
 /// Monitor kinds allowed inside a group.
 pub const IMPLEMENTED_GROUP_MONITORS: &[&str] = &["process", "tcp", "http", "exec"];
 
@@ -353,6 +348,7 @@ pub(super) fn validate(
     check_hosting(&mut c, &file, &resources);
     let watchdog = check_watchdog(&mut c, &file);
     check_protection(&mut c, &file, &resources, watchdog.as_ref());
+    check_on_fail_fence(&mut c, &file, &resources);
 
     // Errors first, each in file order, then warnings.
     c.diags
@@ -433,6 +429,47 @@ fn check_protection(
         ),
         "add a `[[fence_device]]` that lists those nodes, or give every node a watchdog device and set `[watchdog] required = true` (a silent node's groups then start elsewhere once its lease, stop_grace_ms and twice timeout_s have passed)",
     );
+}
+
+/// `on_fail = fence` on a resource or monitor of a group needs a fence
+/// device for every node that can run the group: a failure there would
+/// otherwise leave the group frozen on a node nothing can fence.
+fn check_on_fail_fence(c: &mut Checker<'_>, file: &ConfigFile, resources: &[Vec<ResourceSpec>]) {
+    let fenced: BTreeSet<&str> = file
+        .fence_devices
+        .iter()
+        .flat_map(|d| d.hosts.get_ref().keys().map(|k| k.get_ref().as_str()))
+        .collect();
+    for (g, rs) in file.groups.iter().zip(resources) {
+        let at = g
+            .resources
+            .iter()
+            .filter_map(|r| r.on_fail.as_ref())
+            .chain(g.monitors.iter().filter_map(|m| m.on_fail.as_ref()))
+            .find(|p| *p.get_ref() == OnFail::Fence);
+        let Some(at) = at else {
+            continue;
+        };
+        let conf = confinement(file, rs);
+        let bare: Vec<&str> = file
+            .nodes
+            .iter()
+            .map(|n| n.name.get_ref().as_str())
+            .filter(|n| *n != "witness" && !fenced.contains(n))
+            .filter(|n| conf.as_ref().map_or(true, |c| c.why_not(n).is_none()))
+            .collect();
+        if !bare.is_empty() {
+            c.error(
+                span(at),
+                format!(
+                    "group `{}` has on_fail = \"fence\", but no fence device lists {}: a failure there would leave the group frozen on a node nothing can fence",
+                    g.name.get_ref(),
+                    bare.join(", ")
+                ),
+                "add a `[[fence_device]]` that lists those nodes, or use on_fail = \"move\"",
+            );
+        }
+    }
 }
 
 /// Who may reach a volume's TCP export: loopback, TLS with client
@@ -1192,7 +1229,7 @@ fn check_group(
     let resource_names = c.unique_names("resource", g.resources.iter().map(|r| &r.name));
     let mut specs = Vec::new();
     for r in &g.resources {
-        if let Some(spec) = check_resource(c, file, gname, r, volumes) {
+        if let Some(spec) = check_resource(c, file, r, volumes) {
             specs.push(spec);
         }
     }
@@ -1209,7 +1246,6 @@ fn check_group(
 fn check_resource(
     c: &mut Checker<'_>,
     file: &ConfigFile,
-    group: &str,
     r: &Resource,
     volumes: &BTreeSet<String>,
 ) -> Option<ResourceSpec> {
@@ -1224,6 +1260,14 @@ fn check_resource(
         );
         c.diags.push(serde_diagnostic(Some(bad.span()), &msg));
     }
+    if let Some(bad) = own.remove("on_fail") {
+        // Not one of the words (see `Resource`'s deserializer).
+        c.error(
+            Some(bad.span()),
+            format!("resource `{}`: `on_fail` is not one of restart, move, fence, block, standby, ignore", r.name.get_ref()),
+            "write on_fail = \"restart\" (the default), \"move\", \"fence\", \"block\", \"standby\" or \"ignore\"",
+        );
+    }
     let kind = r.kind.get_ref().as_str();
     let cx = Context { file, volumes };
     let mut fields = Fields::new(&r.name, r.timeout_ms.as_ref(), own, &mut c.diags, cx);
@@ -1232,30 +1276,20 @@ fn check_resource(
         Some(params) => Some(ResourceSpec {
             name: r.name.get_ref().clone(),
             timeout_ms,
+            on_fail: r.on_fail.as_ref().map_or(OnFail::Restart, |v| *v.get_ref()),
             params: params?,
         }),
         None => {
-            unknown_kind(c, group, r);
+            unknown_kind(c, r);
             None
         }
     }
 }
 
-/// A `kind` no registered kind has: planned (say what to use meanwhile)
-/// or a typo (say which one was meant).
-fn unknown_kind(c: &mut Checker<'_>, group: &str, r: &Resource) {
+/// A `kind` no registered kind has: say which one was meant.
+fn unknown_kind(c: &mut Checker<'_>, r: &Resource) {
     let other = r.kind.get_ref().as_str();
     let known: Vec<String> = KINDS.iter().map(|k| k.name.to_string()).collect();
-    if let Some((_, instead)) = PLANNED_RESOURCES.iter().find(|(k, _)| *k == other) {
-        c.error(
-            span(&r.kind),
-            format!(
-                "resource kind `{other}` (in group `{group}`) is not implemented in this version"
-            ),
-            format!("{instead}; implemented kinds: {}", known.join(", ")),
-        );
-        return;
-    }
     let help = match closest(other, &known) {
         Some(best) => format!("did you mean \"{best}\"? Kinds: {}", known.join(", ")),
         None => format!("write one of: {}", known.join(", ")),
@@ -1556,5 +1590,100 @@ resource = "svc"
             (1, DEFAULT_FENCE_TIMEOUT_MS, DEFAULT_FENCE_RETRIES, 0)
         );
         assert_eq!(d.hosts.len(), 3);
+    }
+
+    /// A resource's `on_fail` is read (default `restart`); a word that is
+    /// not a policy is refused at its place; `fence` needs a fence device
+    /// for every node that can run the group.
+    #[test]
+    fn a_resources_on_fail_is_read_checked_and_fence_needs_a_device_for_every_host() {
+        let text = |on_fail: &str, hosts: &str| {
+            format!(
+                r#"
+[cluster]
+name = "c"
+key_file = "k"
+
+[[link]]
+name = "lan"
+subnet = "10.0.0.0/24"
+
+[[node]]
+name = "n1"
+addresses = {{ lan = "10.0.0.1" }}
+
+[[node]]
+name = "n2"
+addresses = {{ lan = "10.0.0.2" }}
+
+[[node]]
+name = "n3"
+addresses = {{ lan = "10.0.0.3" }}
+
+[[fence_device]]
+name = "pdu"
+agent = "/usr/sbin/fence_dummy"
+hosts = {{ {hosts} }}
+
+[[group]]
+name = "web"
+
+[[group.resource]]
+name = "svc"
+kind = "process"
+command = ["/bin/sleep", "100"]
+{on_fail}
+"#
+            )
+        };
+        let load = |t: String| {
+            crate::config::load(&t, Path::new("/"), &|_| {
+                crate::config::KeyFileFacts::Present {
+                    mode: 0o600,
+                    len: KEY_LEN as u64,
+                }
+            })
+        };
+        let all = r#"n1 = "1", n2 = "2", n3 = "3""#;
+        let cfg = load(text("", all)).config.expect("valid");
+        assert_eq!(cfg.groups[0].resources[0].on_fail, OnFail::Restart);
+        for (word, want) in [
+            ("restart", OnFail::Restart),
+            ("move", OnFail::Move),
+            ("fence", OnFail::Fence),
+            ("block", OnFail::Block),
+            ("standby", OnFail::Standby),
+            ("ignore", OnFail::Ignore),
+        ] {
+            let loaded = load(text(&format!("on_fail = \"{word}\""), all));
+            let cfg = loaded
+                .config
+                .unwrap_or_else(|| panic!("{word}: {:?}", loaded.diagnostics));
+            assert_eq!(cfg.groups[0].resources[0].on_fail, want);
+        }
+        let loaded = load(text("on_fail = \"reboot\"", all));
+        assert!(loaded.config.is_none());
+        let msg: Vec<String> = loaded
+            .diagnostics
+            .iter()
+            .map(|d| d.message.clone())
+            .collect();
+        assert!(
+            msg.iter()
+                .any(|m| m.contains("`on_fail` is not one of restart, move, fence")),
+            "{msg:?}"
+        );
+        let loaded = load(text("on_fail = \"fence\"", r#"n1 = "1""#));
+        assert!(loaded.config.is_none());
+        let msg: Vec<String> = loaded
+            .diagnostics
+            .iter()
+            .map(|d| d.message.clone())
+            .collect();
+        assert!(
+            msg.iter()
+                .any(|m| m.contains("no fence device lists n2, n3")),
+            "{msg:?}"
+        );
     }
 }

@@ -144,17 +144,24 @@ pub enum Failback {
     Manual,
 }
 
-/// What a monitor does after `failures` failed checks in a row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// What a failure of a resource (a start or its check), or `failures`
+/// failed checks of a monitor in a row, lead to ([`crate::on_fail`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum OnFail {
-    /// Restart the group in place (up to `restarts` times), then move it.
+    /// Restart the group in place (a monitor: up to `restarts` times; a
+    /// resource: until the group's `migration_threshold`), then move it.
+    #[default]
     Restart,
-    /// Move the group to another node.
+    /// Move the group to another node at once.
     Move,
-    /// Fence this node.
+    /// Fence this node; the group starts elsewhere once it is off.
     Fence,
-    /// Record the failure only.
+    /// Touch the group nowhere until `tandem cleanup`.
+    Block,
+    /// Put this node in standby: every group leaves it.
+    Standby,
+    /// Record the failure only (a failed start is still recovered).
     Ignore,
 }
 

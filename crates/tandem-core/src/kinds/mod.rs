@@ -349,6 +349,7 @@ registry! {
     ocf::Ocf,
     systemd::Systemd,
     fs::Fs,
+    filesync::Filesync,
 }
 
 #[cfg(test)]
@@ -420,6 +421,13 @@ mod tests {
                 options: String::new(),
                 fsck: false,
             }),
+            Params::Filesync(filesync::Filesync {
+                paths: vec!["/etc/app".into()],
+                link: "lan".into(),
+                port: filesync::DEFAULT_FILESYNC_PORT,
+                interval_ms: filesync::DEFAULT_FILESYNC_INTERVAL_MS,
+                max_file_bytes: filesync::DEFAULT_MAX_FILE_BYTES,
+            }),
         ];
         assert_eq!(all.len(), KINDS.len(), "a kind is missing here");
         for p in all {
@@ -444,7 +452,7 @@ mod tests {
                     f.name
                 );
                 assert!(
-                    !["name", "kind", "timeout_ms"].contains(&f.name),
+                    !["name", "kind", "timeout_ms", "on_fail"].contains(&f.name),
                     "{}: `{}` is common to every kind",
                     k.name,
                     f.name

@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::*;
+use crate::on_fail::Escalation;
 
 /// Leases, reports, requests and the leader's placement loop.
 impl Member {
@@ -631,6 +632,15 @@ impl Member {
             }
             return;
         }
+        if let Request::Failed { node, .. } = &env.request {
+            if Self::escalation(&env.request) == Some(Escalation::Fence)
+                && self.groups.fence_hosts.contains(node)
+            {
+                // `on_fail = fence`: the group moves (below) and starts
+                // elsewhere once the fence is confirmed; the node froze it.
+                self.fence_for_placement(now_ms, node.clone());
+            }
+        }
         for cmd in self.commands_for(&env.request) {
             // A refused proposal (too many uncommitted) is lost; the
             // operator's command then times out and says so.
@@ -694,14 +704,23 @@ impl Member {
                             .flat_map(|m| m.keys()),
                     )
                     .collect();
-                nodes
+                let mut cmds: Vec<Command> = nodes
                     .into_iter()
                     .map(|n| Command::FailCount {
                         group: group.clone(),
                         node: n.clone(),
                         count: 0,
                     })
-                    .collect()
+                    .collect();
+                // `on_fail = block` ends here: the group is managed again.
+                if record.has_intent(group, Intent::Blocked) {
+                    cmds.push(Command::SetIntent {
+                        target: group.clone(),
+                        intent: Intent::Blocked,
+                        on: false,
+                    });
+                }
+                cmds
             }
             Request::Volume {
                 volume,
@@ -716,10 +735,9 @@ impl Member {
                 group,
                 node,
                 reason,
-                at_unix_ms: _,
-                move_now,
-                everywhere,
+                ..
             } => {
+                let then = Self::escalation(request).unwrap_or_default();
                 let threshold = self
                     .groups
                     .groups
@@ -727,16 +745,37 @@ impl Member {
                     .find(|g| g.name == *group)
                     .map(|g| g.migration_threshold);
                 let next = record.fail_count(group, node).saturating_add(1);
-                let count = match threshold {
-                    Some(t) if *move_now || *everywhere => next.max(t),
-                    _ => next,
+                let count = match (then, threshold) {
+                    (Escalation::Move | Escalation::Fence | Escalation::BarEverywhere, Some(t)) => {
+                        next.max(t)
+                    }
+                    (Escalation::Count, _) => next,
+                    // Recorded, not counted: the group stays where it is
+                    // (ignore, block) or leaves with the node (standby).
+                    _ => record.fail_count(group, node),
                 };
-                let mut cmds = vec![Command::FailCount {
-                    group: group.clone(),
-                    node: node.clone(),
-                    count,
-                }];
-                if let (true, Some(t)) = (*everywhere, threshold) {
+                let mut cmds = Vec::new();
+                if count != record.fail_count(group, node) {
+                    cmds.push(Command::FailCount {
+                        group: group.clone(),
+                        node: node.clone(),
+                        count,
+                    });
+                }
+                match then {
+                    Escalation::Block => cmds.push(Command::SetIntent {
+                        target: group.clone(),
+                        intent: Intent::Blocked,
+                        on: true,
+                    }),
+                    Escalation::Standby => cmds.push(Command::SetIntent {
+                        target: node.clone(),
+                        intent: Intent::Standby,
+                        on: true,
+                    }),
+                    _ => {}
+                }
+                if let (Escalation::BarEverywhere, Some(t)) = (then, threshold) {
                     // Every other host too: what fails for its
                     // configuration fails wherever it runs, so the group
                     // stops everywhere until `tandem cleanup`.
@@ -760,6 +799,26 @@ impl Member {
                 cmds
             }
         }
+    }
+
+    /// What a failure report asks of the leader, read from its fields
+    /// (an older sender's `move_now`/`everywhere` included); None for any
+    /// other request.
+    pub(super) fn escalation(request: &Request) -> Option<Escalation> {
+        let Request::Failed {
+            move_now,
+            everywhere,
+            then,
+            ..
+        } = request
+        else {
+            return None;
+        };
+        Some(match (then, everywhere, move_now) {
+            (Escalation::Count, true, _) => Escalation::BarEverywhere,
+            (Escalation::Count, false, true) => Escalation::Move,
+            (then, _, _) => *then,
+        })
     }
 
     /// What the leader knows of every hosting node.

@@ -345,6 +345,12 @@ pub enum Request {
         /// would recur wherever it ran (OCF's "not configured").
         #[serde(default)]
         everywhere: bool,
+        /// What the leader is to do ([`crate::on_fail`]). A sender of an
+        /// older version leaves it out (`count`) and says `move_now` or
+        /// `everywhere` instead; a newer sender sets those too, so that an
+        /// older leader at least moves the group.
+        #[serde(default)]
+        then: crate::on_fail::Escalation,
     },
 }
 

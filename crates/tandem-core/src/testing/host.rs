@@ -7,8 +7,9 @@
 //! simulation (`tests/simulation.rs`) both run their nodes on it, so
 //! neither re-implements a rule of the agent.
 
+use crate::config::OnFail;
 use crate::group::{Action, ActionKind, Groups, Outcome, ResourceState, Want};
-use crate::member::{GroupReport, Member};
+use crate::member::{GroupReport, Member, Request};
 use crate::wants::{Held, Pass, Wants};
 
 /// Most runner passes of one drive (each finishes at least one action).
@@ -60,6 +61,10 @@ pub struct Host {
     finished: Vec<Action>,
     /// The running agent's generation (counts agent starts).
     generation: u64,
+    /// Per group and resource: its `on_fail`, once any was set; then the
+    /// runner's failures are also reported to the leader, as the agent
+    /// does (off by default: the seeded runs model failures as restarts).
+    on_fail: Option<Vec<Vec<OnFail>>>,
 }
 
 impl Host {
@@ -77,6 +82,33 @@ impl Host {
             slow_stops: Vec::new(),
             finished: Vec::new(),
             generation: 0,
+            on_fail: None,
+        }
+    }
+
+    /// Sets resource `r` of group `g`'s `on_fail` (this agent and every
+    /// later one), and from now on reports the runner's failures to the
+    /// leader.
+    pub fn set_on_fail(&mut self, g: usize, r: usize, policy: OnFail) {
+        let all = self.on_fail.get_or_insert_with(|| {
+            self.resources
+                .iter()
+                .map(|&n| vec![OnFail::Restart; n])
+                .collect()
+        });
+        if let Some(p) = all.get_mut(g).and_then(|rs| rs.get_mut(r)) {
+            *p = policy;
+        }
+        if let Some(runner) = self.runner.as_mut() {
+            runner.set_on_fail(g, r, policy);
+        }
+    }
+
+    /// Resource `r` of group `g` dies here (its process crashed); the
+    /// agent's next periodic check finds it.
+    pub fn resource_dies(&mut self, g: usize, r: usize) {
+        if let Some(up) = self.alive.get_mut(g).and_then(|rs| rs.get_mut(r)) {
+            *up = false;
         }
     }
 
@@ -85,7 +117,13 @@ impl Host {
     /// runs is kept and probed, not restarted.
     pub fn start_agent(&mut self, inherited_until_ms: Option<u64>) {
         self.generation += 1;
-        self.runner = Some(Groups::new(&self.resources, 0));
+        let mut runner = Groups::new(&self.resources, 0);
+        for (g, rs) in self.on_fail.iter().flatten().enumerate() {
+            for (r, p) in rs.iter().enumerate() {
+                runner.set_on_fail(g, r, *p);
+            }
+        }
+        self.runner = Some(runner);
         self.wants = Wants::new();
         if let Some(u) = inherited_until_ms {
             self.wants.inherit_lease(u);
@@ -267,6 +305,26 @@ impl Host {
                     },
                 };
                 runner.on_outcome(local_ms, a, outcome);
+            }
+        }
+        let failures = runner.take_failures();
+        if self.on_fail.is_some() {
+            if let Some(node) = member.host_name().map(str::to_string) {
+                for f in failures {
+                    let then = f.then;
+                    member.request(
+                        local_ms,
+                        Request::Failed {
+                            group: names[f.group].clone(),
+                            node: node.clone(),
+                            reason: f.reason,
+                            at_unix_ms: local_ms,
+                            move_now: false,
+                            everywhere: false,
+                            then,
+                        },
+                    );
+                }
             }
         }
         let reports = names
