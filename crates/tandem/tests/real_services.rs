@@ -585,7 +585,10 @@ check_interval_ms = 2000
     };
     let mut c = AgentCluster::prepare(TANDEM, &shape).unwrap();
     for n in 1..=2 {
-        let www = c.bed.run_dir().join(format!("n{n}-resource-agents/www"));
+        let www = c
+            .bed
+            .node_dir(n, Path::new("/run/resource-agents"))
+            .join("www");
         std::fs::create_dir_all(&www).unwrap();
         std::fs::write(www.join("index.html"), format!("n{n}\n")).unwrap();
     }

@@ -133,6 +133,23 @@ impl Sync {
         parts.join(" | ")
     }
 
+    /// Records a sync with `peer` that ended: what it did there, and what
+    /// could not be resolved (on either side).
+    fn synced(&self, peer: &str, done: &wire::Done, more_problems: &[String]) {
+        self.set_status(peer, |p| {
+            p.ok_at_unix_ms = Some(crate::clock::unix_ms());
+            p.written = done.written;
+            p.removed = done.removed;
+            p.error = None;
+            p.unresolved = more_problems
+                .iter()
+                .chain(done.problems.iter())
+                .take(MAX_SHOWN_PROBLEMS)
+                .cloned()
+                .collect();
+        });
+    }
+
     fn set_status(&self, peer: &str, f: impl FnOnce(&mut PeerSync)) {
         if let Ok(mut st) = self.status.lock() {
             f(st.entry(peer.to_string()).or_default());
@@ -359,19 +376,7 @@ async fn send_loop(sync: Arc<Sync>, me: String, key: [u8; 32]) {
                 ))
             });
             match r {
-                Ok(done) => sync.set_status(&peer, |p| {
-                    p.ok_at_unix_ms = Some(crate::clock::unix_ms());
-                    p.written = done.written;
-                    p.removed = done.removed;
-                    p.error = None;
-                    p.unresolved = scan
-                        .problems
-                        .iter()
-                        .chain(done.problems.iter())
-                        .take(MAX_SHOWN_PROBLEMS)
-                        .cloned()
-                        .collect();
-                }),
+                Ok(done) => sync.synced(&peer, &done, &scan.problems),
                 Err(e) => sync.set_status(&peer, |p| p.error = Some(format!("{e:#}"))),
             }
         }
@@ -521,18 +526,7 @@ async fn receive(
         }
         Err(_) => bail!("the sync from {peer} took over {} s", SYNC_LIMIT.as_secs()),
     };
-    sync.set_status(&peer, |p| {
-        p.ok_at_unix_ms = Some(crate::clock::unix_ms());
-        p.written = done.written;
-        p.removed = done.removed;
-        p.error = None;
-        p.unresolved = done
-            .problems
-            .iter()
-            .take(MAX_SHOWN_PROBLEMS)
-            .cloned()
-            .collect();
-    });
+    sync.synced(&peer, &done, &[]);
     Ok(())
 }
 

@@ -1661,29 +1661,23 @@ command = ["/bin/sleep", "100"]
                 .unwrap_or_else(|| panic!("{word}: {:?}", loaded.diagnostics));
             assert_eq!(cfg.groups[0].resources[0].on_fail, want);
         }
-        let loaded = load(text("on_fail = \"reboot\"", all));
-        assert!(loaded.config.is_none());
-        let msg: Vec<String> = loaded
-            .diagnostics
-            .iter()
-            .map(|d| d.message.clone())
-            .collect();
-        assert!(
-            msg.iter()
-                .any(|m| m.contains("`on_fail` is not one of restart, move, fence")),
-            "{msg:?}"
+        let refused_saying = |t: String, words: &str| {
+            let loaded = load(t);
+            assert!(loaded.config.is_none());
+            let msg: Vec<&str> = loaded
+                .diagnostics
+                .iter()
+                .map(|d| d.message.as_str())
+                .collect();
+            assert!(msg.iter().any(|m| m.contains(words)), "{msg:?}");
+        };
+        refused_saying(
+            text("on_fail = \"reboot\"", all),
+            "`on_fail` is not one of restart, move, fence",
         );
-        let loaded = load(text("on_fail = \"fence\"", r#"n1 = "1""#));
-        assert!(loaded.config.is_none());
-        let msg: Vec<String> = loaded
-            .diagnostics
-            .iter()
-            .map(|d| d.message.clone())
-            .collect();
-        assert!(
-            msg.iter()
-                .any(|m| m.contains("no fence device lists n2, n3")),
-            "{msg:?}"
+        refused_saying(
+            text("on_fail = \"fence\"", r#"n1 = "1""#),
+            "no fence device lists n2, n3",
         );
     }
 }
