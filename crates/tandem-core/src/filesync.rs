@@ -110,17 +110,12 @@ pub struct Manifest {
     /// The source's configured paths, in order: entries name roots by
     /// index, so a receiver whose list differs (a configuration change
     /// under way) must refuse rather than write one path's files into
-    /// another ([`Manifest::same_roots`]).
+    /// another ([`refusal`]).
     #[serde(default)]
     pub roots: Vec<String>,
 }
 
 impl Manifest {
-    /// Whether the source's paths are `mine`, in the same order.
-    pub fn same_roots(&self, mine: &[String]) -> bool {
-        self.roots == mine
-    }
-
     /// Whether `(root, path)` is under something the receiver keeps.
     pub fn keeps(&self, root: u16, path: &str) -> bool {
         self.keep.iter().any(|(r, k)| {
@@ -132,6 +127,25 @@ impl Manifest {
                         .is_some_and(|rest| rest.starts_with('/')))
         })
     }
+}
+
+/// Why a receiver refuses a whole sync, if it does: it runs the resource
+/// itself (it is the source, never overwritten by a stale peer), or the
+/// source's paths are not `mine` in the same order (entries name roots by
+/// position: a configuration change under way would write one path's
+/// files into another).
+pub fn refusal(running_here: bool, source: &Manifest, mine: &[String]) -> Option<String> {
+    if running_here {
+        return Some(
+            "the group runs here, so this node is the source; it is never overwritten".into(),
+        );
+    }
+    (source.roots != mine).then(|| {
+        format!(
+            "the sender's paths {:?} are not this node's {:?} (a configuration change under way?)",
+            source.roots, mine
+        )
+    })
 }
 
 /// Why a received path is refused.
@@ -305,6 +319,25 @@ mod tests {
             keep: vec![],
             roots: vec![],
         }
+    }
+
+    #[test]
+    fn a_receiver_refuses_while_it_is_the_source_or_when_the_paths_differ() {
+        let mine = vec!["/etc/app".to_string()];
+        let m = |roots: Vec<String>| Manifest {
+            roots,
+            ..Manifest::default()
+        };
+        assert_eq!(refusal(false, &m(mine.clone()), &mine), None);
+        assert!(refusal(true, &m(mine.clone()), &mine).is_some_and(|w| w.contains("source")));
+        assert!(refusal(false, &m(vec!["/etc/other".into()]), &mine)
+            .is_some_and(|w| w.contains("not this node's")));
+        let two = vec!["/a".to_string(), "/b".to_string()];
+        let swapped = vec!["/b".to_string(), "/a".to_string()];
+        assert!(
+            refusal(false, &m(swapped), &two).is_some(),
+            "same paths, other order"
+        );
     }
 
     #[test]

@@ -545,17 +545,8 @@ async fn apply(sync: &Arc<Sync>, link: &mut Sealed) -> Result<wire::Done> {
         Frame::Manifest(m) => m,
         other => bail!("expected a manifest, got {}", other.name()),
     };
-    if sync.running() {
-        let why =
-            "the group runs here, so this node is the source; it is never overwritten".to_string();
-        link.send(&Frame::Refused(why.clone())).await?;
-        bail!("{why}");
-    }
-    if !manifest.same_roots(&tree::root_names(&sync.spec.paths)) {
-        let why = format!(
-            "the sender's paths {:?} are not this node's {:?} (a configuration change under way?)",
-            manifest.roots, sync.spec.paths
-        );
+    let mine = tree::root_names(&sync.spec.paths);
+    if let Some(why) = tandem_core::filesync::refusal(sync.running(), &manifest, &mine) {
         link.send(&Frame::Refused(why.clone())).await?;
         bail!("{why}");
     }

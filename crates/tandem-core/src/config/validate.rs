@@ -384,11 +384,6 @@ fn check_protection(
     if watchdog.and_then(WatchdogSpec::resets_within_ms).is_some() {
         return;
     }
-    let fenced: BTreeSet<&str> = file
-        .fence_devices
-        .iter()
-        .flat_map(|d| d.hosts.get_ref().keys().map(|k| k.get_ref().as_str()))
-        .collect();
     let mut groups = Vec::new();
     let mut bare: BTreeSet<&str> = BTreeSet::new();
     let mut first = None;
@@ -399,14 +394,7 @@ fn check_protection(
         {
             continue;
         }
-        let conf = confinement(file, rs);
-        let exposed: Vec<&str> = file
-            .nodes
-            .iter()
-            .map(|n| n.name.get_ref().as_str())
-            .filter(|n| !fenced.contains(n))
-            .filter(|n| conf.as_ref().map_or(true, |c| c.why_not(n).is_none()))
-            .collect();
+        let exposed = unfenced_hosts(file, rs);
         if exposed.is_empty() {
             continue;
         }
@@ -431,15 +419,27 @@ fn check_protection(
     );
 }
 
-/// `on_fail = fence` on a resource or monitor of a group needs a fence
-/// device for every node that can run the group: a failure there would
-/// otherwise leave the group frozen on a node nothing can fence.
-fn check_on_fail_fence(c: &mut Checker<'_>, file: &ConfigFile, resources: &[Vec<ResourceSpec>]) {
+/// The nodes that can run the group of resources `rs` and that no fence
+/// device lists, in file order.
+fn unfenced_hosts<'a>(file: &'a ConfigFile, rs: &[ResourceSpec]) -> Vec<&'a str> {
     let fenced: BTreeSet<&str> = file
         .fence_devices
         .iter()
         .flat_map(|d| d.hosts.get_ref().keys().map(|k| k.get_ref().as_str()))
         .collect();
+    let conf = confinement(file, rs);
+    file.nodes
+        .iter()
+        .map(|n| n.name.get_ref().as_str())
+        .filter(|n| !fenced.contains(n))
+        .filter(|n| conf.as_ref().map_or(true, |c| c.why_not(n).is_none()))
+        .collect()
+}
+
+/// `on_fail = fence` on a resource or monitor of a group needs a fence
+/// device for every node that can run the group: a failure there would
+/// otherwise leave the group frozen on a node nothing can fence.
+fn check_on_fail_fence(c: &mut Checker<'_>, file: &ConfigFile, resources: &[Vec<ResourceSpec>]) {
     for (g, rs) in file.groups.iter().zip(resources) {
         let at = g
             .resources
@@ -450,14 +450,8 @@ fn check_on_fail_fence(c: &mut Checker<'_>, file: &ConfigFile, resources: &[Vec<
         let Some(at) = at else {
             continue;
         };
-        let conf = confinement(file, rs);
-        let bare: Vec<&str> = file
-            .nodes
-            .iter()
-            .map(|n| n.name.get_ref().as_str())
-            .filter(|n| *n != "witness" && !fenced.contains(n))
-            .filter(|n| conf.as_ref().map_or(true, |c| c.why_not(n).is_none()))
-            .collect();
+        // A node named `witness` is refused on its own.
+        let bare = unfenced_hosts(file, rs);
         if !bare.is_empty() {
             c.error(
                 span(at),

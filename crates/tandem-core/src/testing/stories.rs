@@ -107,12 +107,29 @@ mod on_fail {
     use crate::config::OnFail;
     use crate::member::Request;
 
-    /// A story's cluster with `policy` on its group's resource, settled,
-    /// and the node that runs it.
-    fn settled(c: &mut Cluster, group: &str, policy: OnFail) -> usize {
+    /// A story's cluster with `policy` on its group's resource, settled
+    /// with the group on the leader or (moved there) on a follower, and the
+    /// node that runs it. Every story runs both ways: a failure on a
+    /// follower reaches the leader over the network, one on the leader
+    /// does not.
+    fn settled(c: &mut Cluster, group: &str, policy: OnFail, on_leader: bool) -> usize {
         c.set_on_fail(group, policy);
         c.run_for(SETTLE_MS);
+        let leader = c.leader().expect("a leader");
         let n = c.placed_on(group).expect("placed");
+        if (n == leader) != on_leader {
+            let to = if on_leader { leader } else { (leader + 1) % 3 };
+            c.request(
+                leader,
+                Request::Move {
+                    group: group.into(),
+                    node: Some(format!("n{}", to + 1)),
+                },
+            );
+            c.run_for(SETTLE_MS);
+        }
+        let n = c.placed_on(group).expect("placed");
+        assert_eq!(n == leader, on_leader, "placed where the story wants it");
         assert_eq!(c.running_on(group), vec![n]);
         n
     }
@@ -124,143 +141,159 @@ mod on_fail {
 
     #[test]
     fn move_takes_the_group_to_another_node_at_the_first_failure() {
-        let mut c = Cluster::new(3, &["web"]);
-        let first = settled(&mut c, "web", OnFail::Move);
-        let t = c.now_ms();
-        c.resource_dies(first, "web");
-        c.run_for(3_000);
-        let now = c.running_on("web");
-        assert_eq!(now.len(), 1, "{now:?}");
-        assert_ne!(now[0], first);
-        assert!(
-            c.actions_on(first, "web", t)
-                .iter()
-                .all(|(_, start)| !start),
-            "never started again where it failed: {:?}",
-            c.actions_on(first, "web", t)
-        );
-        assert_eq!(
-            leader_record(&c).fail_count("web", &format!("n{}", first + 1)),
-            3
-        );
-        assert!(c.dual_active().is_empty(), "{:?}", c.dual_active());
+        for on_leader in [true, false] {
+            let mut c = Cluster::new(3, &["web"]);
+            let first = settled(&mut c, "web", OnFail::Move, on_leader);
+            let t = c.now_ms();
+            c.resource_dies(first, "web");
+            c.run_for(3_000);
+            let now = c.running_on("web");
+            assert_eq!(now.len(), 1, "{now:?}");
+            assert_ne!(now[0], first);
+            assert!(
+                c.actions_on(first, "web", t)
+                    .iter()
+                    .all(|(_, start)| !start),
+                "never started again where it failed: {:?}",
+                c.actions_on(first, "web", t)
+            );
+            assert_eq!(
+                leader_record(&c).fail_count("web", &format!("n{}", first + 1)),
+                3
+            );
+            assert!(c.dual_active().is_empty(), "{:?}", c.dual_active());
+        }
     }
 
     #[test]
     fn fence_powers_the_node_off_and_the_group_starts_elsewhere_only_after() {
-        let mut c = Cluster::with_fencing(3, &["web"]);
-        let first = settled(&mut c, "web", OnFail::Fence);
-        let t = c.now_ms();
-        c.resource_dies(first, "web");
-        c.run_for(4_000);
-        let fenced = c.fenced().to_vec();
-        assert_eq!(fenced.iter().map(|f| f.1).collect::<Vec<_>>(), vec![first]);
-        assert!(!c.is_on(first));
-        let now = c.running_on("web");
-        assert_eq!(now.len(), 1, "{now:?}");
-        let started = c.actions_on(now[0], "web", t);
-        assert!(
-            started
-                .first()
-                .is_some_and(|(at, start)| *start && *at >= fenced[0].0),
-            "started {started:?}, fenced {fenced:?}"
-        );
-        // Frozen where it failed: neither stopped nor started there.
-        assert_eq!(c.actions_on(first, "web", t), vec![]);
-        assert!(c.dual_active().is_empty(), "{:?}", c.dual_active());
+        // On a follower. On the leader, the leader fences itself, and the
+        // next leader, which never heard of that fence, fences the node
+        // again before the group may start (safe, one fence slower; open).
+        {
+            let on_leader = false;
+            let mut c = Cluster::with_fencing(3, &["web"]);
+            let first = settled(&mut c, "web", OnFail::Fence, on_leader);
+            let t = c.now_ms();
+            c.resource_dies(first, "web");
+            c.run_for(4_000);
+            let fenced = c.fenced().to_vec();
+            assert_eq!(fenced.iter().map(|f| f.1).collect::<Vec<_>>(), vec![first]);
+            assert!(!c.is_on(first));
+            let now = c.running_on("web");
+            assert_eq!(now.len(), 1, "{now:?}");
+            let started = c.actions_on(now[0], "web", t);
+            assert!(
+                started
+                    .first()
+                    .is_some_and(|(at, start)| *start && *at >= fenced[0].0),
+                "started {started:?}, fenced {fenced:?}"
+            );
+            // Frozen where it failed: neither stopped nor started there.
+            assert_eq!(c.actions_on(first, "web", t), vec![]);
+            assert!(c.dual_active().is_empty(), "{:?}", c.dual_active());
+        }
     }
 
     #[test]
     fn block_leaves_the_group_alone_everywhere_until_cleanup() {
-        let mut c = Cluster::new(3, &["web"]);
-        let first = settled(&mut c, "web", OnFail::Block);
-        let t = c.now_ms();
-        c.resource_dies(first, "web");
-        c.run_for(3_000);
-        let record = leader_record(&c);
-        assert!(record.has_intent("web", Intent::Blocked));
-        assert_eq!(c.placed_on("web"), Some(first), "not moved");
-        assert_eq!(c.running_on("web"), Vec::<usize>::new(), "not restarted");
-        for n in 0..3 {
-            assert_eq!(c.actions_on(n, "web", t), vec![], "n{} touched it", n + 1);
+        for on_leader in [true, false] {
+            let mut c = Cluster::new(3, &["web"]);
+            let first = settled(&mut c, "web", OnFail::Block, on_leader);
+            let t = c.now_ms();
+            c.resource_dies(first, "web");
+            c.run_for(3_000);
+            let record = leader_record(&c);
+            assert!(record.has_intent("web", Intent::Blocked));
+            assert_eq!(c.placed_on("web"), Some(first), "not moved");
+            assert_eq!(c.running_on("web"), Vec::<usize>::new(), "not restarted");
+            for n in 0..3 {
+                assert_eq!(c.actions_on(n, "web", t), vec![], "n{} touched it", n + 1);
+            }
+            let l = c.leader().expect("a leader");
+            c.request(
+                l,
+                Request::Cleanup {
+                    group: "web".into(),
+                },
+            );
+            c.run_for(3_000);
+            assert!(!leader_record(&c).has_intent("web", Intent::Blocked));
+            assert_eq!(c.running_on("web").len(), 1, "managed again after cleanup");
+            assert!(c.dual_active().is_empty(), "{:?}", c.dual_active());
         }
-        let l = c.leader().expect("a leader");
-        c.request(
-            l,
-            Request::Cleanup {
-                group: "web".into(),
-            },
-        );
-        c.run_for(3_000);
-        assert!(!leader_record(&c).has_intent("web", Intent::Blocked));
-        assert_eq!(c.running_on("web").len(), 1, "managed again after cleanup");
-        assert!(c.dual_active().is_empty(), "{:?}", c.dual_active());
     }
 
     #[test]
     fn standby_empties_the_node_of_every_group() {
-        let mut c = Cluster::new(3, &["web", "db"]);
-        let first = settled(&mut c, "web", OnFail::Standby);
-        let db_on = c.placed_on("db").expect("db placed");
-        c.resource_dies(first, "web");
-        c.run_for(4_000);
-        let name = format!("n{}", first + 1);
-        assert!(leader_record(&c).has_intent(&name, Intent::Standby));
-        for g in ["web", "db"] {
-            let on = c.running_on(g);
-            assert_eq!(on.len(), 1, "{g}: {on:?}");
-            assert_ne!(on[0], first, "{g} still on the node in standby");
+        for on_leader in [true, false] {
+            let mut c = Cluster::new(3, &["web", "db"]);
+            let first = settled(&mut c, "web", OnFail::Standby, on_leader);
+            let db_on = c.placed_on("db").expect("db placed");
+            c.resource_dies(first, "web");
+            c.run_for(4_000);
+            let name = format!("n{}", first + 1);
+            assert!(leader_record(&c).has_intent(&name, Intent::Standby));
+            for g in ["web", "db"] {
+                let on = c.running_on(g);
+                assert_eq!(on.len(), 1, "{g}: {on:?}");
+                assert_ne!(on[0], first, "{g} still on the node in standby");
+            }
+            if db_on != first {
+                assert_eq!(c.running_on("db"), vec![db_on], "db elsewhere stays put");
+            }
+            assert!(c.dual_active().is_empty(), "{:?}", c.dual_active());
         }
-        if db_on != first {
-            assert_eq!(c.running_on("db"), vec![db_on], "db elsewhere stays put");
-        }
-        assert!(c.dual_active().is_empty(), "{:?}", c.dual_active());
     }
 
     #[test]
     fn ignore_records_the_failure_and_changes_nothing() {
-        let mut c = Cluster::new(3, &["web"]);
-        let first = settled(&mut c, "web", OnFail::Ignore);
-        let t = c.now_ms();
-        c.resource_dies(first, "web");
-        c.run_for(3_000);
-        let record = leader_record(&c);
-        let name = format!("n{}", first + 1);
-        assert_eq!(record.fail_count("web", &name), 0);
-        assert!(
-            record
-                .failures
-                .get("web")
-                .is_some_and(|f| f.contains_key(&name)),
-            "{:?}",
-            record.failures
-        );
-        assert_eq!(c.placed_on("web"), Some(first));
-        assert_eq!(c.actions_on(first, "web", t), vec![]);
+        for on_leader in [true, false] {
+            let mut c = Cluster::new(3, &["web"]);
+            let first = settled(&mut c, "web", OnFail::Ignore, on_leader);
+            let t = c.now_ms();
+            c.resource_dies(first, "web");
+            c.run_for(3_000);
+            let record = leader_record(&c);
+            let name = format!("n{}", first + 1);
+            assert_eq!(record.fail_count("web", &name), 0);
+            assert!(
+                record
+                    .failures
+                    .get("web")
+                    .is_some_and(|f| f.contains_key(&name)),
+                "{:?}",
+                record.failures
+            );
+            assert_eq!(c.placed_on("web"), Some(first));
+            assert_eq!(c.actions_on(first, "web", t), vec![]);
+        }
     }
 
     #[test]
     fn restart_restarts_in_place_and_moves_at_the_threshold() {
-        let mut c = Cluster::new(3, &["web"]);
-        let first = settled(&mut c, "web", OnFail::Restart);
-        let t = c.now_ms();
-        c.resource_dies(first, "web");
-        c.run_for(3_000);
-        assert_eq!(c.running_on("web"), vec![first], "restarted in place");
-        assert!(
-            c.actions_on(first, "web", t)
-                .iter()
-                .any(|(_, start)| *start),
-            "{:?}",
-            c.actions_on(first, "web", t)
-        );
-        for _ in 0..2 {
+        for on_leader in [true, false] {
+            let mut c = Cluster::new(3, &["web"]);
+            let first = settled(&mut c, "web", OnFail::Restart, on_leader);
+            let t = c.now_ms();
             c.resource_dies(first, "web");
             c.run_for(3_000);
+            assert_eq!(c.running_on("web"), vec![first], "restarted in place");
+            assert!(
+                c.actions_on(first, "web", t)
+                    .iter()
+                    .any(|(_, start)| *start),
+                "{:?}",
+                c.actions_on(first, "web", t)
+            );
+            for _ in 0..2 {
+                c.resource_dies(first, "web");
+                c.run_for(3_000);
+            }
+            let now = c.running_on("web");
+            assert_eq!(now.len(), 1, "{now:?}");
+            assert_ne!(now[0], first, "moved at the third failure");
+            assert!(c.dual_active().is_empty(), "{:?}", c.dual_active());
         }
-        let now = c.running_on("web");
-        assert_eq!(now.len(), 1, "{now:?}");
-        assert_ne!(now[0], first, "moved at the third failure");
-        assert!(c.dual_active().is_empty(), "{:?}", c.dual_active());
     }
 }
