@@ -59,6 +59,11 @@ pub struct Testbed {
     /// Directories each node has its own of (bind-mounted from
     /// `<run_dir>/n<node>-<name>` in its mount namespace).
     own_dirs: Mutex<Vec<PathBuf>>,
+    /// Per node, the process that holds its mount and UTS namespaces (a
+    /// `sleep infinity` in the node's cgroup): everything spawned in the
+    /// node joins them, so that a mount outlives the agent that made it,
+    /// as on a real machine, and is gone once the node is powered off.
+    holders: Mutex<BTreeMap<usize, u32>>,
     one_way: Mutex<BTreeSet<(usize, usize)>>,
     wires: Mutex<BTreeMap<(usize, String), Wire>>,
     run_dir: PathBuf,
@@ -104,6 +109,7 @@ impl Testbed {
             cgroups: Vec::new(),
             children: Mutex::new(BTreeMap::new()),
             own_dirs: Mutex::new(vec![PathBuf::from(RESOURCE_AGENTS_TMP)]),
+            holders: Mutex::new(BTreeMap::new()),
             one_way: Mutex::new(BTreeSet::new()),
             wires: Mutex::new(BTreeMap::new()),
             run_dir,
@@ -304,11 +310,46 @@ impl Testbed {
     }
 
     /// Starts a long-running process inside `node`: in its network namespace,
-    /// in its freezer cgroup, in a process group of its own, and killed if the
-    /// test process dies. Output goes to `<run_dir>/n<node>-<pid>.log`.
-    /// Returns its PID.
+    /// its mount and UTS namespaces (one per node, made at its first spawn
+    /// and again after a power-off), in its freezer cgroup, in a process
+    /// group of its own, and killed if the test process dies. Output goes
+    /// to `<run_dir>/n<node>-<program>.log`. Returns its PID.
     pub fn spawn(&self, node: usize, program: &str, args: &[&str]) -> Result<u32> {
         self.check_node(node)?;
+        // One holder at a time per node: two spawns must not each make one.
+        let mut holders = self
+            .holders
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let alive = holders.get(&node).copied().filter(|&h| self.is_running(h));
+        let holder = match alive {
+            Some(h) => h,
+            None => {
+                let h = self.spawn_in(node, "sleep", &["infinity"], None)?;
+                holders.insert(node, h);
+                h
+            }
+        };
+        drop(holders);
+        let mnt = File::open(format!("/proc/{holder}/ns/mnt"))
+            .with_context(|| format!("opening the mount namespace of n{node}"))?;
+        let uts = File::open(format!("/proc/{holder}/ns/uts"))
+            .with_context(|| format!("opening the UTS namespace of n{node}"))?;
+        self.spawn_in(node, program, args, Some((&mnt, &uts)))
+    }
+
+    /// [`Testbed::spawn`], joining the node's mount and UTS namespaces
+    /// `join` or, without them, making new ones: a hostname of the node's,
+    /// and the machine's mounts (as a slave) with the node's own
+    /// directories bound over them.
+    fn spawn_in(
+        &self,
+        node: usize,
+        program: &str,
+        args: &[&str],
+        join: Option<(&File, &File)>,
+    ) -> Result<u32> {
+        let join_fds = join.map(|(m, u)| (m.as_raw_fd(), u.as_raw_fd()));
         let ns = File::open(netns_path(&self.node_ns(node)))
             .with_context(|| format!("opening namespace of n{node}"))?;
         let procs = OpenOptions::new()
@@ -360,6 +401,20 @@ impl Testbed {
                 if libc::setns(ns_fd, libc::CLONE_NEWNET) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
+                if let Some((mnt_fd, uts_fd)) = join_fds {
+                    if libc::setns(mnt_fd, libc::CLONE_NEWNS) != 0
+                        || libc::setns(uts_fd, libc::CLONE_NEWUTS) != 0
+                    {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    if libc::write(procs_fd, b"0\n".as_ptr().cast(), 2) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    return Ok(());
+                }
                 if libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWUTS) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
@@ -409,9 +464,10 @@ impl Testbed {
         Ok(pid)
     }
 
-    /// Gives every node its own `dir` for the processes spawned from now
-    /// on (an absolute path; nodes on one machine would otherwise share
-    /// it): a test can then keep files "on a node".
+    /// Gives every node its own `dir` (an absolute path; nodes on one
+    /// machine would otherwise share it): a test can then keep files "on a
+    /// node". Only in nodes whose mount namespace is made from now on: call
+    /// it before the first spawn (or after a node's power-off).
     pub fn own_dir(&self, dir: &Path) {
         self.own_dirs
             .lock()

@@ -137,13 +137,19 @@ fn running_on(s: &Value) -> Option<usize> {
 
 /// Events of `kind` for `web/<resource>` at or after `since`.
 fn events(s: &Value, kind: &str, resource: &str, since: u64) -> usize {
+    group_events(s, "web", kind, resource, since)
+}
+
+/// Events of `kind` for `<group>/<resource>` at or after `since` (for
+/// `action_begun`, only starts).
+fn group_events(s: &Value, group: &str, kind: &str, resource: &str, since: u64) -> usize {
     s["events"].as_array().map_or(0, |es| {
         es.iter()
             .filter(|e| {
                 let ev = &e["event"];
                 e["at_unix_ms"].as_u64().is_some_and(|at| at >= since)
                     && ev["kind"] == kind
-                    && ev["group"] == "web"
+                    && ev["group"] == group
                     && ev["resource"] == resource
                     && (kind != "action_begun" || ev["action"] == "start")
             })
@@ -381,7 +387,10 @@ fn db_on(s: &Value) -> Option<usize> {
 /// -> a writer that appends a numbered line and fsyncs it every 10 ms.
 /// A planned move and a kill -9 of the holder's agent (the guard kills the
 /// writer, unmounts and detaches) each bring the group to the other node,
-/// where every line the old holder had synced is there, in order.
+/// where every line the old holder had synced is there, in order. Then
+/// restart safety: the holder's agent killed and started again at once
+/// restarts neither the filesystem nor the writer, whose lines go on
+/// without a gap.
 #[test]
 fn an_ext4_on_a_replicated_volume_moves_with_its_group_and_keeps_every_synced_line() {
     let test = "an_ext4_on_a_replicated_volume_moves_with_its_group_and_keeps_every_synced_line";
@@ -488,6 +497,72 @@ command = ["sh", "-c", "{writer}"]
         c.logs()
     );
     c.pids[1] = c.spawn_agent(2).unwrap();
+
+    // Restart safety: the holder's agent (n2, not the leader: n1 led
+    // while n2 was down) killed and started again while the writer
+    // writes. The volume's role lived in the dead agent, so the new one
+    // promotes its copy again (the group's only action); the filesystem
+    // and the writer are found running and never restarted, and the
+    // writer's appends wait for the new agent instead of failing: the
+    // lines go on without a gap. (The move above made n2 preferred, so
+    // the group may already be going back there.)
+    c.wait(1, GENEROUS, "db running, n2's copy resynced", |s| {
+        db_on(s).is_some()
+            && s["volumes"][0]["disk"] == "UpToDate"
+            && s["volumes"][0]["peer_disk"] == "UpToDate"
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\nlogs:\n{}", c.logs()));
+    if c.status(1).as_ref().and_then(db_on) == Some(1) {
+        operator(&c.socket(1), &["move", "db", "--to", "n2"]);
+    }
+    on(&c, 2, "db on n2 before the restart");
+    std::thread::sleep(Duration::from_millis(500));
+    let t = unix_ms();
+    let before_restart = read_in_node(&c, 2, &log);
+    c.bed.kill9(c.pids[1]).unwrap();
+    c.pids[1] = c.spawn_agent(2).unwrap();
+    c.wait(
+        2,
+        GENEROUS,
+        "n2's restarted agent holds a lease with db running",
+        |s| s["lease"]["held"] == true && db_on(s) == Some(2),
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\nlogs:\n{}", c.logs()));
+    let resumed = Instant::now();
+    let grown = loop {
+        let lines = read_in_node(&c, 2, &log);
+        if lines.len() > before_restart.len() + 50 || resumed.elapsed() > GENEROUS {
+            break lines;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let s = c.status(2).unwrap();
+    for r in ["fs", "writer"] {
+        assert_eq!(
+            group_events(&s, "db", "found_running", r, t),
+            1,
+            "{r} probed and found running: {}",
+            s["events"]
+        );
+        assert_eq!(
+            group_events(&s, "db", "action_begun", r, t),
+            0,
+            "{r} must not be started again: {}\nlogs:\n{}",
+            s["events"],
+            c.logs()
+        );
+    }
+    assert!(
+        grown.len() > before_restart.len() + 50
+            && grown
+                .iter()
+                .enumerate()
+                .all(|(i, l)| *l == (i + 1).to_string()),
+        "the writer wrote on across the restart, without a gap: {} then {} lines\nlogs:\n{}",
+        before_restart.len(),
+        grown.len(),
+        c.logs()
+    );
     stop_everywhere(&c, "db");
     let loops = std::process::Command::new("losetup")
         .arg("-a")
@@ -499,9 +574,11 @@ command = ["sh", "-c", "{writer}"]
         "a loop device over nbdfuse is left: {loops}"
     );
     println!(
-        "fs on a volume: {} lines kept across a planned move, {} across kill -9 of the holder's agent",
+        "fs on a volume: {} lines kept across a planned move, {} across kill -9 of the holder's agent; a restart of the holder's agent restarted neither fs nor writer ({} lines before, {} after)",
         before.len(),
-        synced.len()
+        synced.len(),
+        before_restart.len(),
+        grown.len()
     );
 }
 

@@ -11,7 +11,10 @@
 //! not every kernel has): `nbdfuse` shows the export as a file, and a loop
 //! device over that file is what gets mounted. Stop undoes it in reverse.
 //! The loop device's name is kept in the run directory, so that a
-//! restarted agent (and the guard) finds it.
+//! restarted agent (and the guard) finds it. `nbdfuse` reaches the export
+//! through `nbdkit`'s `retry` filter, so that the filesystem outlives a
+//! restart of the agent: its requests wait (about a second) for the
+//! restarted agent instead of failing (see [`RETRY_DELAY_S`]).
 
 use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
 use std::path::{Path, PathBuf};
@@ -41,6 +44,31 @@ umount -- "$1""#;
 
 /// Longest wait for `nbdfuse` to show the export.
 const ATTACH_WAIT_MS: u64 = 10_000;
+
+/// Between `nbdfuse` and the agent's export sits `nbdkit`'s `nbd` plugin
+/// with its `retry` filter: when the agent dies (its export with it), a
+/// request that fails is not passed up to the loop device and the
+/// filesystem (ext4 would abort its journal) but retried on a new
+/// connection, every [`RETRY_DELAY_S`] (nbdkit's smallest step), at most
+/// [`RETRIES`] times. A restarted agent promotes its copy again and the
+/// request goes through; writes and flushes are idempotent, so repeating
+/// one that the dead agent may have half done is safe. If no agent comes
+/// back, the guard ends the wait first (see [`GUARD_ABORT`]).
+const RETRY_DELAY_S: u32 = 1;
+/// See [`RETRY_DELAY_S`]: the longest a request waits for a restarted
+/// agent is about this many seconds.
+const RETRIES: u32 = 30;
+
+/// The guard's first step for a filesystem on a volume: kill `nbdfuse`
+/// and its `nbdkit` (`$1`: the pid file; they run in a session of their
+/// own, led by `nbdfuse`). The agent is gone and its lease has ended, so
+/// the requests still waiting for it must fail now: one replayed later
+/// onto a copy promoted here again could overwrite newer data. Killing
+/// the data path also lets the unmount after it finish at once.
+const GUARD_ABORT: &str = r#"pid=$(cat -- "$1" 2>/dev/null) || exit 0
+case "$pid" in ''|*[!0-9]*) exit 0 ;; esac
+[ "$(cat "/proc/$pid/comm" 2>/dev/null)" = nbdfuse ] || exit 0
+kill -s KILL -- "-$pid" 2>/dev/null || kill -s KILL -- "$pid""#;
 
 /// A filesystem on this node.
 #[derive(Debug, Clone)]
@@ -217,8 +245,11 @@ impl FsDriver {
         cmd.arg("-P")
             .arg(&a.pidfile)
             .arg(&a.fuse_dir)
-            .arg("--unix")
-            .arg(socket)
+            .args(["[", "nbdkit", "--exit-with-parent", "--filter=retry", "nbd"])
+            .arg(format!("socket={}", socket.display()))
+            .arg(format!("retries={RETRIES}"))
+            .arg(format!("retry-delay={RETRY_DELAY_S}"))
+            .args(["retry-exponential=no", "]"])
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());
@@ -231,7 +262,7 @@ impl FsDriver {
         while !a.pidfile.exists() {
             if let Ok(Some(status)) = child.try_wait() {
                 return Err(format!(
-                    "nbdfuse exited ({status}) before showing volume `{v}` from {}",
+                    "nbdfuse exited ({status}) before showing volume `{v}` from {} (it runs nbdkit's nbd plugin: package nbdkit)",
                     socket.display()
                 ));
             }
@@ -527,6 +558,13 @@ impl Driver for FsDriver {
         let Ok((major, minor)) = self.devno(owner) else {
             return;
         };
+        if matches!(self.spec.source, Source::Volume(_)) {
+            let a = Attach::of(owner);
+            part.stop_commands.push(cmd(
+                "sh",
+                &["-c", GUARD_ABORT, "tandem-guard-fs", &a.pidfile.to_string_lossy()],
+            ));
+        }
         part.stop_commands.push(cmd(
             "sh",
             &[

@@ -1,6 +1,10 @@
 //! `volume`: this node's copy of a replicated volume, promoted on start
 //! and demoted on stop. The copy lives in the agent's process: it stops
-//! serving when the agent dies, with nothing for the guard to do.
+//! serving when the agent dies, with nothing for the guard to do. A
+//! restarted agent finds its copy secondary and promotes it again, if the
+//! cluster still wants the group here, without touching what runs above
+//! it: a filesystem on the volume waits for it meanwhile (see
+//! [`crate::kinds::fs`]).
 
 use std::sync::Arc;
 
