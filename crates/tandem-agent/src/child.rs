@@ -57,9 +57,14 @@ impl Owner {
 
     /// A file of this resource in the run directory.
     pub(crate) fn file(&self, ext: &str) -> PathBuf {
-        self.run_dir
-            .join(format!("{}.{}.{ext}", self.group, self.resource))
+        run_file(&self.run_dir, &self.group, &self.resource, ext)
     }
+}
+
+/// File `ext` of resource `group/resource` in the run directory (see
+/// [`Owner::file`]).
+pub(crate) fn run_file(run_dir: &Path, group: &str, resource: &str, ext: &str) -> PathBuf {
+    run_dir.join(format!("{group}.{resource}.{ext}"))
 }
 
 /// Makes the child of `cmd` lead a session (and process group) of its own:

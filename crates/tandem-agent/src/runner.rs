@@ -166,6 +166,7 @@ impl Runner {
                     filesync,
                     group: &gname,
                     resource: &spec.name,
+                    run_dir: &run_dir,
                 };
                 let r = Resource::new(spec, owner, &bind)?;
                 rs.push(Rc::new(r));

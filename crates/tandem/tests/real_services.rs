@@ -28,6 +28,7 @@ use tandem_testbed::agents::{self, all_online, AgentCluster, ClusterShape};
 use tandem_testbed::checker::{analyze, CheckOptions, ProbeKind};
 use tandem_testbed::prober::{unix_ms, ProbeSpec, Prober};
 use tandem_testbed::require_root;
+use tandem_testbed::user_manager::UserManager;
 
 const TANDEM: &str = env!("CARGO_BIN_EXE_tandem");
 const GENEROUS: Duration = Duration::from_secs(30);
@@ -1164,4 +1165,221 @@ interval_ms = 60000
     // The nodes go down before their own directories are removed.
     drop(c);
     let _ = std::fs::remove_dir(SYNCED);
+}
+
+/// Where each node's systemd manager is reached: a directory every node
+/// has its own of, holding `bus` (a link to its manager's bus socket) and
+/// `units` (a link to its runtime unit directory, for the drop-in).
+const SYSTEMD_LINKS: &str = "/run/tandem-test-systemd";
+/// The restart test's synced directory, which every node has its own of.
+const RESTART_SYNCED: &str = "/srv/tandem-test-restart";
+
+/// Restart safety of every new kind at once: one group of a `systemd`
+/// unit (each node has its own `systemd --user` manager), an OCF agent
+/// (`Dummy`), a heartbeat-style script with an argument judged by its
+/// words, and a `filesync` directory, on 2 nodes and a witness. The
+/// holder's agent (not the leader's) is killed with -9 and started again:
+/// it probes each resource, finds each running, and starts none; systemd
+/// confirms the unit's main process is the same. (`fs` and `volume`: the
+/// replicated-volume test; `ocf` with an address: the OCF group test.)
+#[test]
+fn every_new_kind_is_found_running_by_a_restarted_agent_and_none_is_started_again() {
+    let test = "every_new_kind_is_found_running_by_a_restarted_agent_and_none_is_started_again";
+    if !have_agents(test) {
+        return;
+    }
+    if !Path::new("/lib/systemd/systemd").exists() {
+        println!("{test}: skipped: needs systemd (scripts/install-deps installs it)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("marker");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\n\
+         # heartbeat's resource.d convention: marker NAME start|stop|status\n\
+         f=/run/resource-agents/marker-$1\n\
+         case \"$2\" in\n\
+         start) touch \"$f\" ;;\n\
+         stop) rm -f \"$f\" ;;\n\
+         status) if [ -e \"$f\" ]; then echo running; else echo stopped; fi ;;\n\
+         esac\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let managers: Vec<UserManager> = (0..2).map(|_| UserManager::start().unwrap()).collect();
+    const UNIT: &str = "tandem-test-sleeper.service";
+    for m in &managers {
+        m.add_unit(UNIT, "[Service]\nExecStart=/bin/sleep infinity\n")
+            .unwrap();
+        std::fs::create_dir_all(m.dropin_dir()).unwrap();
+    }
+    let shape = ClusterShape {
+        extra: format!(
+            r#"
+[[group]]
+name = "svc"
+preferred = ["n1", "n2"]
+failback = "manual"
+
+[[group.resource]]
+name = "unit"
+kind = "systemd"
+unit = "{UNIT}"
+bus = "unix:path={SYSTEMD_LINKS}/bus"
+dropin_dir = "{SYSTEMD_LINKS}/units"
+
+[[group.resource]]
+name = "state"
+kind = "ocf"
+agent = "ocf:heartbeat:Dummy"
+check_interval_ms = 1000
+
+[[group.resource]]
+name = "script"
+kind = "exec"
+script = "{script}"
+args = ["svc"]
+status_from = "output"
+
+[[group.resource]]
+name = "files"
+kind = "filesync"
+paths = ["{RESTART_SYNCED}/app"]
+link = "sync"
+interval_ms = 60000
+"#,
+            script = script.display()
+        ),
+        witness: true,
+        profile: "relaxed".into(),
+        ..ClusterShape::nodes(2)
+    };
+    let mut c = AgentCluster::prepare(TANDEM, &shape).unwrap();
+    for d in [SYSTEMD_LINKS, RESTART_SYNCED] {
+        c.bed.own_dir(Path::new(d));
+    }
+    for (n, m) in (1..=2).zip(&managers) {
+        let links = c.bed.node_dir(n, Path::new(SYSTEMD_LINKS));
+        std::fs::create_dir_all(&links).unwrap();
+        std::os::unix::fs::symlink(m.runtime_dir().join("bus"), links.join("bus")).unwrap();
+        std::os::unix::fs::symlink(m.dropin_dir(), links.join("units")).unwrap();
+        std::fs::create_dir_all(c.bed.node_dir(n, Path::new(RESTART_SYNCED)).join("app")).unwrap();
+    }
+    std::fs::write(
+        c.bed
+            .node_dir(1, Path::new(RESTART_SYNCED))
+            .join("app/a.conf"),
+        "x = 1\n",
+    )
+    .unwrap();
+    c.start_members().unwrap();
+    let svc_on = |s: &Value| -> Option<usize> {
+        let g = s["groups"]
+            .as_array()?
+            .iter()
+            .find(|g| g["name"] == "svc")?;
+        if g["state"] != "running" {
+            return None;
+        }
+        g["placed_on"].as_str()?.strip_prefix('n')?.parse().ok()
+    };
+    c.wait(1, GENEROUS, "svc running", |s| {
+        all_online(s) && svc_on(s).is_some()
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\nlogs:\n{}", c.logs()));
+    // The holder must not be the leader: a restarted leader needs an
+    // election before any node holds a new lease.
+    let leader = agents::leader(&c.status(1).unwrap()).unwrap_or_default();
+    let target = if leader == "n1" { 2 } else { 1 };
+    operator(
+        &c.socket(1),
+        &["move", "svc", "--to", &format!("n{target}")],
+    );
+    c.wait(
+        target,
+        GENEROUS,
+        "svc on the target, its files on the other node",
+        |s| svc_on(s) == Some(target),
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\nlogs:\n{}", c.logs()));
+    let other = 3 - target;
+    let copy = c
+        .bed
+        .node_dir(other, Path::new(RESTART_SYNCED))
+        .join("app/a.conf");
+    let t0 = Instant::now();
+    while !copy.exists() {
+        assert!(
+            t0.elapsed() < GENEROUS,
+            "a.conf never reached n{other}\nlogs:\n{}",
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let m = &managers[target - 1];
+    let pid_before = m.property(UNIT, "MainPID").unwrap();
+    assert_eq!(m.property(UNIT, "ActiveState").unwrap(), "active");
+    std::thread::sleep(Duration::from_millis(1_000));
+
+    let t = unix_ms();
+    c.bed.kill9(c.pids[target - 1]).unwrap();
+    c.pids[target - 1] = c.spawn_agent(target).unwrap();
+    c.wait(
+        target,
+        GENEROUS,
+        "the restarted agent holds a lease with svc running",
+        |s| s["lease"]["held"] == true && svc_on(s) == Some(target),
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\nlogs:\n{}", c.logs()));
+    std::thread::sleep(Duration::from_millis(1_500));
+    let s = c.status(target).unwrap();
+    for r in ["unit", "state", "script", "files"] {
+        assert_eq!(
+            group_events(&s, "svc", "found_running", r, t),
+            1,
+            "{r} probed and found running: {}",
+            s["events"]
+        );
+        assert_eq!(
+            group_events(&s, "svc", "action_begun", r, t),
+            0,
+            "{r} must not be started again: {}\nlogs:\n{}",
+            s["events"],
+            c.logs()
+        );
+    }
+    let pid_after = m.property(UNIT, "MainPID").unwrap();
+    assert_eq!(pid_before, pid_after, "the unit's main process is the same");
+    assert!(
+        std::fs::read_to_string(m.dropin_dir().join(format!("{UNIT}.d/50-tandem.conf")))
+            .is_ok_and(|d| d.contains("Restart=no")),
+        "the drop-in stays while the cluster runs the unit"
+    );
+    // Still the source after the restart: a new file reaches the other node.
+    std::fs::write(
+        c.bed
+            .node_dir(target, Path::new(RESTART_SYNCED))
+            .join("app/b.conf"),
+        "y = 2\n",
+    )
+    .unwrap();
+    let copy = c
+        .bed
+        .node_dir(other, Path::new(RESTART_SYNCED))
+        .join("app/b.conf");
+    let t0 = Instant::now();
+    while !copy.exists() {
+        assert!(
+            t0.elapsed() < GENEROUS,
+            "b.conf never reached n{other}\nlogs:\n{}",
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!(
+        "restart safety: systemd unit (MainPID {pid_after} kept), ocf Dummy, heartbeat-style script, filesync: each found running by the restarted agent on n{target}, none started again"
+    );
+    stop_everywhere(&c, "svc");
+    assert_eq!(m.property(UNIT, "ActiveState").unwrap(), "inactive");
 }

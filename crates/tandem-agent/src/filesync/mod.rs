@@ -82,6 +82,26 @@ pub struct Sync {
 }
 
 impl Sync {
+    /// Resource `name` (`filesync/GROUP/RESOURCE`) with its `spec`, this
+    /// node's address on the link, and the peers to send to; not running.
+    pub(crate) fn new(
+        name: String,
+        spec: Filesync,
+        my_ip: IpAddr,
+        peers: Vec<(String, IpAddr)>,
+    ) -> Sync {
+        Sync {
+            name,
+            spec,
+            my_ip,
+            peers,
+            running: AtomicBool::new(false),
+            kick: Notify::new(),
+            status: Mutex::new(BTreeMap::new()),
+            receiving: tokio::sync::Mutex::new(()),
+        }
+    }
+
     /// Starts or stops sending (the resource's start and stop).
     pub fn set_running(&self, on: bool) {
         self.running.store(on, Ordering::SeqCst);
@@ -191,16 +211,7 @@ impl Service {
                 let name = format!("filesync/{}/{}", g.name, r.name);
                 syncs.insert(
                     name.clone(),
-                    Arc::new(Sync {
-                        name,
-                        spec: spec.clone(),
-                        my_ip,
-                        peers,
-                        running: AtomicBool::new(false),
-                        kick: Notify::new(),
-                        status: Mutex::new(BTreeMap::new()),
-                        receiving: tokio::sync::Mutex::new(()),
-                    }),
+                    Arc::new(Sync::new(name, spec.clone(), my_ip, peers)),
                 );
             }
         }
@@ -691,22 +702,18 @@ mod tests {
     use std::os::unix::fs::MetadataExt;
 
     fn sync(root: PathBuf, me: IpAddr, peer: (&str, IpAddr), port: u16) -> Arc<Sync> {
-        Arc::new(Sync {
-            name: "filesync/g/r".into(),
-            spec: Filesync {
+        Arc::new(Sync::new(
+            "filesync/g/r".into(),
+            Filesync {
                 paths: vec![root],
                 link: "lan".into(),
                 port,
                 interval_ms: 60_000,
                 max_file_bytes: 1 << 20,
             },
-            my_ip: me,
-            peers: vec![(peer.0.to_string(), peer.1)],
-            running: AtomicBool::new(false),
-            kick: Notify::new(),
-            status: Mutex::new(BTreeMap::new()),
-            receiving: tokio::sync::Mutex::new(()),
-        })
+            me,
+            vec![(peer.0.to_string(), peer.1)],
+        ))
     }
 
     fn free_port(ip: IpAddr) -> u16 {

@@ -1,9 +1,13 @@
 //! `filesync` in the agent: starting the resource makes this node the
 //! source of its paths (the sync itself runs in [`crate::filesync`]);
 //! stopping it makes it a receiver again. Nothing runs outside the agent,
-//! so its actions are inline and a restarted agent simply starts it again
-//! (no copy is lost: a receiver keeps what it has).
+//! so its actions are inline. That this node is the source is also kept
+//! in a marker in the run directory (naming this boot), so that a
+//! restarted agent's probe finds the resource running and it stays the
+//! source without a new start; the guard removes the marker when the
+//! lease ends with the agent gone.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use tandem_core::group::{ActionKind, Outcome};
@@ -18,6 +22,9 @@ pub struct FilesyncDriver {
     /// Its sync (None: this node has no address on the resource's link).
     sync: Option<Arc<Sync>>,
     link: String,
+    /// The marker: present (holding this boot's id) while this node is
+    /// the source.
+    marker: PathBuf,
 }
 
 /// Binds a configured `filesync` resource to this node's sync service.
@@ -27,6 +34,7 @@ pub fn bind(p: &Filesync, cx: &Bind<'_>) -> Result<Box<dyn Driver>, BindError> {
             .filesync
             .and_then(|s| s.get(cx.group, cx.resource)),
         link: p.link.clone(),
+        marker: crate::child::run_file(cx.run_dir, cx.group, cx.resource, "source"),
     }))
 }
 
@@ -53,6 +61,18 @@ impl Driver for FilesyncDriver {
     fn detail(&self) -> Option<String> {
         self.sync.as_ref().map(|s| s.summary())
     }
+
+    fn guard(&self, _owner: &crate::child::Owner, part: &mut crate::guard::Leaving) {
+        part.stop_commands.push(crate::guard::StopCommand {
+            program: PathBuf::from("rm"),
+            args: vec![
+                "-f".into(),
+                "--".into(),
+                self.marker.to_string_lossy().into_owned(),
+            ],
+            env: vec![],
+        });
+    }
 }
 
 impl FilesyncDriver {
@@ -68,15 +88,88 @@ impl FilesyncDriver {
         };
         match action {
             ActionKind::Probe if sync.running() => Outcome::Running,
+            // A restarted agent: this node was the source and still is.
+            ActionKind::Probe if self.marked() => {
+                sync.set_running(true);
+                Outcome::Running
+            }
             ActionKind::Probe => Outcome::Stopped,
             ActionKind::Start => {
+                let boot = crate::guard::boot_id();
+                if let Err(e) = crate::atomic_file::replace(
+                    &self.marker,
+                    boot.as_bytes(),
+                    crate::atomic_file::Durability::ThisBoot,
+                ) {
+                    return Outcome::Failed(format!(
+                        "writing {}: {e:#}",
+                        self.marker.display()
+                    ));
+                }
                 sync.set_running(true);
                 Outcome::Running
             }
             ActionKind::Stop => {
                 sync.set_running(false);
-                Outcome::Stopped
+                match std::fs::remove_file(&self.marker) {
+                    Ok(()) => Outcome::Stopped,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Outcome::Stopped,
+                    Err(e) => Outcome::Failed(format!(
+                        "removing {}: {e}",
+                        self.marker.display()
+                    )),
+                }
             }
         }
+    }
+
+    /// Whether the marker says this node is the source, in this boot (a
+    /// marker from before a reboot is stale: the group may run elsewhere
+    /// since).
+    fn marked(&self) -> bool {
+        std::fs::read_to_string(&self.marker)
+            .is_ok_and(|b| !b.is_empty() && b.trim() == crate::guard::boot_id())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn driver(dir: &std::path::Path) -> FilesyncDriver {
+        FilesyncDriver {
+            sync: Some(Arc::new(Sync::new(
+                "filesync/g/files".into(),
+                Filesync {
+                    paths: vec![dir.join("tree")],
+                    link: "sync".into(),
+                    port: 5410,
+                    interval_ms: 60_000,
+                    max_file_bytes: 1 << 20,
+                },
+                std::net::Ipv4Addr::LOCALHOST.into(),
+                vec![],
+            ))),
+            link: "sync".into(),
+            marker: dir.join("g.files.source"),
+        }
+    }
+
+    #[test]
+    fn a_restarted_agent_finds_this_node_still_the_source_but_not_after_a_reboot() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = driver(dir.path());
+        assert_eq!(d.act(ActionKind::Probe), Outcome::Stopped);
+        assert_eq!(d.act(ActionKind::Start), Outcome::Running);
+        // The agent restarts: a new driver, the same run directory.
+        let again = driver(dir.path());
+        assert_eq!(again.act(ActionKind::Probe), Outcome::Running);
+        assert!(again.sync.as_ref().is_some_and(|s| s.running()));
+        assert_eq!(again.act(ActionKind::Stop), Outcome::Stopped);
+        assert!(!d.marker.exists());
+        assert_eq!(driver(dir.path()).act(ActionKind::Probe), Outcome::Stopped);
+        // A marker from another boot is stale.
+        std::fs::write(&d.marker, "another-boot").unwrap();
+        assert_eq!(driver(dir.path()).act(ActionKind::Probe), Outcome::Stopped);
     }
 }

@@ -33,6 +33,8 @@ pub struct Bind<'a> {
     pub group: &'a str,
     /// The resource's name.
     pub resource: &'a str,
+    /// The agent's run directory (for a kind that keeps state there).
+    pub run_dir: &'a std::path::Path,
 }
 
 /// What an inline periodic check found.
@@ -241,6 +243,7 @@ pub(crate) mod tests {
             filesync: None,
             group: "g",
             resource: "r",
+            run_dir: dir,
         };
         Resource::new(&spec, owner(dir), &bind).unwrap()
     }
