@@ -239,7 +239,7 @@ fn broken_configs_fail_with_location_and_fix() {
 /// installed is an error that says what to install, and a correct one
 /// passes (its `validate-all` has its say).
 #[test]
-fn ocf_parameters_are_checked_against_the_agents_meta_data() {
+fn ocf_parameters_are_checked_and_timeouts_taken_from_the_agents_meta_data() {
     if !Path::new("/usr/lib/ocf/resource.d/heartbeat/IPaddr2").exists() {
         println!(
             "skipped: needs Debian's resource-agents (scripts/install-deps installs it as root)"
@@ -323,4 +323,60 @@ params = { fake = "x" }
 "#,
     );
     assert!(ok, "{said}");
+
+    // The agent's advertised timeouts are the default: apache's longest
+    // is its stop, 60 s; a written timeout_ms wins.
+    let timeouts = |resources: &str| {
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, format!("{base}{resources}")).unwrap();
+        let out = tandem()
+            .args(["config", "show", "--format", "json"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let t: Vec<u64> = v["group"][0]["resource"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["timeout_ms"].as_u64().unwrap())
+            .collect();
+        (t, String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (t, said) = timeouts(
+        r#"
+[[group.resource]]
+name = "site"
+kind = "ocf"
+agent = "ocf:heartbeat:apache"
+
+[[group.resource]]
+name = "site2"
+kind = "ocf"
+agent = "ocf:heartbeat:apache"
+timeout_ms = 30000
+
+[[group.resource]]
+name = "state"
+kind = "ocf"
+agent = "ocf:heartbeat:Dummy"
+"#,
+    );
+    assert_eq!(t, [60_000, 30_000, 20_000], "{said}");
+    assert!(
+        said.contains("note: ")
+            && said.contains(
+                "resource `site` (ocf:heartbeat:apache): timeout_ms 60000, as the agent advertises"
+            ),
+        "{said}"
+    );
+    assert!(
+        !said.contains("`site2`") && !said.contains("`state`"),
+        "{said}"
+    );
 }

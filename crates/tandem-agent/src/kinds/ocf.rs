@@ -4,7 +4,8 @@
 //! `OCF_RESKEY_CRM_meta_timeout`/`_interval` in milliseconds), and reads
 //! its exit code with the core's rule ([`tandem_core::kinds::ocf::outcome`]).
 //! It also reads and checks an agent's meta-data for `config validate`
-//! ([`check_resources`]).
+//! ([`check_resources`]), and takes the timeouts it advertises as the
+//! default `timeout_ms` ([`apply_advertised_timeouts`]).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -199,29 +200,9 @@ async fn check_one(
             ),
         )];
     }
-    let owner = Owner {
-        cluster: cluster.into(),
-        node: String::new(),
-        group: group.into(),
-        resource: resource.into(),
-        run_dir: PathBuf::from(HA_RSCTMP),
-    };
-    let env = environment(spec, &owner, VALIDATE_LIMIT_MS, 0, None);
+    let env = validate_env(spec, cluster, group, resource);
     let limit = Duration::from_millis(VALIDATE_LIMIT_MS);
-    let md = match run(&program, &["meta-data"], &env, None, limit, MAX_METADATA_BYTES).await {
-        Ok(ran) if ran.code == Some(0) => Metadata::parse(&String::from_utf8_lossy(&ran.stdout)),
-        Ok(ran) => {
-            return vec![(
-                Severity::Warning,
-                format!(
-                    "its meta-data exited {:?}: parameters not checked",
-                    ran.code
-                ),
-            )]
-        }
-        Err(e) => return vec![(Severity::Warning, format!("{e}: parameters not checked"))],
-    };
-    let md = match md {
+    let md = match read_metadata(&program, &env).await {
         Ok(md) => md,
         Err(e) => return vec![(Severity::Warning, format!("{e}: parameters not checked"))],
     };
@@ -244,6 +225,88 @@ async fn check_one(
                 ),
             )),
             Err(e) => out.push((Severity::Warning, format!("validate-all: {e}"))),
+        }
+    }
+    out
+}
+
+/// The environment of `meta-data` and `validate-all` outside any node's
+/// run (`config validate`, loading the configuration).
+fn validate_env(spec: &Ocf, cluster: &str, group: &str, resource: &str) -> Vec<(String, String)> {
+    let owner = Owner {
+        cluster: cluster.into(),
+        node: String::new(),
+        group: group.into(),
+        resource: resource.into(),
+        run_dir: PathBuf::from(HA_RSCTMP),
+    };
+    environment(spec, &owner, VALIDATE_LIMIT_MS, 0, None)
+}
+
+/// What agent `program` says of itself (`meta-data`, bounded in time and
+/// size), or why it could not be read.
+async fn read_metadata(program: &Path, env: &[(String, String)]) -> Result<Metadata, String> {
+    let limit = Duration::from_millis(VALIDATE_LIMIT_MS);
+    match run(program, &["meta-data"], env, None, limit, MAX_METADATA_BYTES).await {
+        Ok(ran) if ran.code == Some(0) => {
+            Metadata::parse(&String::from_utf8_lossy(&ran.stdout)).map_err(|e| e.to_string())
+        }
+        Ok(ran) => Err(format!("its meta-data exited {:?}", ran.code)),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Gives every OCF resource whose `timeout_ms` is not written the longest
+/// timeout its agent advertises for start, stop and monitor
+/// ([`Metadata::advertised_timeout_ms`]) instead of the default: apache's
+/// stop may take 60 s, pgsql's start 120 s. Each agent's meta-data is read
+/// once. An agent that is missing or says nothing keeps the default
+/// (`config validate` reports it). Returns one line per change.
+///
+/// Every node loads its configuration through this, so the agents
+/// installed on each node set its limits: nodes with the same packages
+/// agree (the leader's bound on a group's stop comes from the same
+/// numbers).
+pub fn apply_advertised_timeouts(cfg: &mut Config) -> Vec<String> {
+    let wanted = cfg
+        .groups
+        .iter()
+        .flat_map(|g| g.resources.iter())
+        .any(|r| !r.timeout_written && matches!(r.params, Params::Ocf(_)));
+    if !wanted {
+        return Vec::new();
+    }
+    let Ok(rt) = crate::child::checks_runtime() else {
+        return vec!["OCF agents' advertised timeouts not read: no runtime for their programs".into()];
+    };
+    let cluster = cfg.cluster.name.clone();
+    let mut advertised: std::collections::BTreeMap<PathBuf, Option<u64>> = Default::default();
+    let mut out = Vec::new();
+    for g in &mut cfg.groups {
+        for r in &mut g.resources {
+            let Params::Ocf(spec) = &r.params else {
+                continue;
+            };
+            if r.timeout_written {
+                continue;
+            }
+            let program = spec.program();
+            let t = *advertised.entry(program.clone()).or_insert_with(|| {
+                if !is_executable(&program) {
+                    return None;
+                }
+                let env = validate_env(spec, &cluster, &g.name, &r.name);
+                rt.block_on(read_metadata(&program, &env))
+                    .ok()
+                    .and_then(|md| md.advertised_timeout_ms())
+            });
+            if let Some(t) = t.filter(|t| *t != r.timeout_ms) {
+                out.push(format!(
+                    "group `{}` resource `{}` ({}): timeout_ms {t}, as the agent advertises (not written; the default is {})",
+                    g.name, r.name, spec.agent, r.timeout_ms
+                ));
+                r.timeout_ms = t;
+            }
         }
     }
     out

@@ -13,6 +13,13 @@ use quick_xml::Reader;
 pub const MAX_METADATA_BYTES: usize = 1 << 20;
 /// Most parameters or actions read from one agent.
 const MAX_ITEMS: usize = 512;
+/// An advertised timeout shorter than this is taken as this (an agent
+/// that says `timeout="0"` does not mean "no time at all").
+pub const MIN_ADVERTISED_TIMEOUT_MS: u64 = 1_000;
+/// An advertised timeout longer than this is taken as this: a typo in an
+/// agent's meta-data must not leave a stop bounded only by days (a longer
+/// limit can still be written as `timeout_ms`).
+pub const MAX_ADVERTISED_TIMEOUT_MS: u64 = 3_600_000;
 
 /// One parameter the agent takes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,6 +84,20 @@ impl Metadata {
     /// The first listed `action`.
     pub fn action(&self, action: &str) -> Option<&ActionMeta> {
         self.actions.iter().find(|a| a.name == action)
+    }
+
+    /// The default `timeout_ms` of a resource of this agent: the longest
+    /// timeout it advertises for an action Tandem calls (start, stop,
+    /// monitor at any depth), since one limit covers them all; at least
+    /// [`MIN_ADVERTISED_TIMEOUT_MS`] and at most
+    /// [`MAX_ADVERTISED_TIMEOUT_MS`]. None when it advertises none.
+    pub fn advertised_timeout_ms(&self) -> Option<u64> {
+        self.actions
+            .iter()
+            .filter(|a| matches!(a.name.as_str(), "start" | "stop" | "monitor"))
+            .filter_map(|a| a.timeout_ms)
+            .max()
+            .map(|t| t.clamp(MIN_ADVERTISED_TIMEOUT_MS, MAX_ADVERTISED_TIMEOUT_MS))
     }
 
     /// Parses an agent's `meta-data` output.
@@ -285,6 +306,28 @@ mod tests {
             (Some(20_000), Some(10_000), Some(0))
         );
         assert!(md.has_action("validate-all") && !md.has_action("promote"));
+    }
+
+    #[test]
+    fn the_default_timeout_is_the_longest_advertised_for_start_stop_or_monitor() {
+        let md = |actions: &str| {
+            Metadata::parse(&format!(
+                "<resource-agent name=\"x\"><actions>{actions}</actions></resource-agent>"
+            ))
+            .unwrap()
+        };
+        // apache: stop 60 s is the longest; validate-all is not called
+        // by the cluster and does not count.
+        let apache = md(r#"<action name="start" timeout="40s"/><action name="stop" timeout="60s"/>
+            <action name="monitor" timeout="20s" interval="10s"/><action name="validate-all" timeout="90s"/>"#);
+        assert_eq!(apache.advertised_timeout_ms(), Some(60_000));
+        // A deeper monitor may advertise more.
+        let deep = md(r#"<action name="start" timeout="20s"/><action name="monitor" depth="0" timeout="20s"/>
+            <action name="monitor" depth="10" timeout="2min"/>"#);
+        assert_eq!(deep.advertised_timeout_ms(), Some(120_000));
+        assert_eq!(md(r#"<action name="meta-data" timeout="5s"/>"#).advertised_timeout_ms(), None);
+        assert_eq!(md(r#"<action name="stop" timeout="0"/>"#).advertised_timeout_ms(), Some(MIN_ADVERTISED_TIMEOUT_MS));
+        assert_eq!(md(r#"<action name="stop" timeout="48h"/>"#).advertised_timeout_ms(), Some(MAX_ADVERTISED_TIMEOUT_MS));
     }
 
     #[test]
