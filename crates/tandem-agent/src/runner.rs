@@ -393,7 +393,9 @@ impl Runner {
         let mut part = guard::Leaving::default();
         // In stop order, the reverse of the group's: the guard runs the
         // stop commands in the order listed, and a filesystem cannot be
-        // unmounted before the database on it has stopped.
+        // unmounted before the database on it has stopped. (A kind may put
+        // a command first of its group: an fs on a volume cuts the dead
+        // agent's data path before anything above it stops.)
         for (r, state) in self.resources[g].iter().zip(self.groups.resources(g)).rev() {
             if !state.maybe_running() {
                 continue;

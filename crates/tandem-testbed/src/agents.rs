@@ -427,6 +427,31 @@ pub fn format_ms(unix_ms: u64) -> String {
     )
 }
 
+/// Apache's configuration for a testbed node: port 80 on every address of
+/// the node, its page and its files in the node's own
+/// `/run/resource-agents` (so each node serves its own name). For
+/// Debian's `ocf:heartbeat:apache` (`configfile`), in tests and benchmarks.
+pub const APACHE_CONF: &str = r#"ServerRoot "/etc/apache2"
+ServerName localhost
+LoadModule mpm_event_module /usr/lib/apache2/modules/mod_mpm_event.so
+LoadModule authz_core_module /usr/lib/apache2/modules/mod_authz_core.so
+LoadModule authz_host_module /usr/lib/apache2/modules/mod_authz_host.so
+LoadModule status_module /usr/lib/apache2/modules/mod_status.so
+LoadModule dir_module /usr/lib/apache2/modules/mod_dir.so
+Listen 80
+PidFile /run/resource-agents/apache.pid
+ErrorLog /run/resource-agents/apache-error.log
+DocumentRoot /run/resource-agents/www
+DirectoryIndex index.html
+<Directory /run/resource-agents/www>
+  Require all granted
+</Directory>
+<Location /server-status>
+  SetHandler server-status
+  Require local
+</Location>
+"#;
+
 /// The testbed's fence device as a program a `[[fence_device]]` can name:
 /// `tandem testbed-fence` behind a one-line script, written in `dir`.
 pub fn testbed_fence_script(dir: &Path, tandem: &Path) -> Result<PathBuf> {

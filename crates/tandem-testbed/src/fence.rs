@@ -1,7 +1,9 @@
 //! The `testbed` fence device: a fence-agents compatible agent (options as
 //! `key=value` lines on stdin) that fences a testbed node the way power or
-//! fabric fencing would: its switch ports go down and every process in its
-//! cgroup is killed (thawed first, so a frozen node dies too).
+//! fabric fencing would: its switch ports go down, every process in its
+//! cgroup is killed (thawed first, so a frozen node dies too), and the
+//! addresses added at run time leave its interfaces (as a power cycle
+//! takes them).
 //!
 //! Options: `action` (`off`, `on`, `status`, `monitor`, `list`,
 //! `metadata`), `plug` (the node, `n3` or `3`), `testbed` (the run id),
@@ -127,6 +129,9 @@ pub fn agent(input: &str) -> (i32, String) {
                 Ok(k) => k,
                 Err(e) => return (1, format!("testbed fence agent: {e}")),
             };
+            if let Err(e) = forget_runtime_addresses(run, node) {
+                return (1, format!("testbed fence agent: {e}"));
+            }
             if let Err(e) = std::fs::write(marker(run, node), b"off") {
                 return (
                     1,
@@ -147,6 +152,34 @@ pub fn agent(input: &str) -> (i32, String) {
 
 /// Kills every process of the node (thawing it so they can die); returns
 /// how many there were.
+/// What a power cycle does to a node's interfaces: every address added
+/// at run time (a floating address an agent held) is gone; the node's own
+/// (10.77.x.(10+node), as the testbed gives them) stays. Without this a
+/// node "powered off" would come back still holding the address.
+fn forget_runtime_addresses(run: &str, node: usize) -> Result<(), String> {
+    let ns = format!("{PREFIX}{run}-n{node}");
+    let out = sys::ip(&ns, &["-o", "-4", "addr", "show"]).map_err(|e| e.to_string())?;
+    for line in out.lines() {
+        // "2: lan    inet 10.77.1.11/24 brd ... scope global lan"
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (Some(dev), Some(addr)) = (f.get(1), f.get(3)) else {
+            continue;
+        };
+        if *dev == "lo" {
+            continue;
+        }
+        let own = addr
+            .split('/')
+            .next()
+            .and_then(|a| a.parse::<std::net::Ipv4Addr>().ok())
+            .is_some_and(|a| usize::from(a.octets()[3]) == 10 + node);
+        if !own {
+            sys::ip(&ns, &["addr", "del", addr, "dev", dev]).map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
+}
+
 fn kill_node(run: &str, node: usize) -> Result<usize, String> {
     let flavor = Flavor::detect().map_err(|e| format!("no cgroup freezer: {e}"))?;
     let name = format!("{PREFIX}{run}-n{node}");

@@ -612,3 +612,75 @@ fn regression_sweep_never_claims_a_run_being_created() {
         s.join().unwrap();
     }
 }
+
+/// The testbed's power switch as its fence device drives it: a node
+/// powered off loses its processes, the addresses added at run time (a
+/// floating address must not come back with the node) and its mounts
+/// (one mount namespace per node, shared by everything spawned there and
+/// outliving any one process); its own addresses stay.
+#[test]
+fn power_off_takes_processes_runtime_addresses_and_mounts_but_not_the_nodes_own_address() {
+    if !require_root(
+        "power_off_takes_processes_runtime_addresses_and_mounts_but_not_the_nodes_own_address",
+    ) {
+        return;
+    }
+    let bed = two_nodes();
+    let own = bed.address(1, "lan").to_string();
+    add_vip(&bed, 1, "10.77.1.100");
+    // A mount made by one process of the node is seen by the next one,
+    // after the first has gone.
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("m");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let script = format!(
+        "mount -t tmpfs powertest {} && exec sleep 600",
+        mnt.display()
+    );
+    let mounter = bed.spawn(1, "sh", &["-c", &script]).unwrap();
+    let mounted_in_node = |bed: &Testbed| {
+        let probe = bed.spawn(1, "sh", &["-c", "sleep 600"]).unwrap();
+        let table = std::fs::read_to_string(format!("/proc/{probe}/mountinfo")).unwrap_or_default();
+        bed.kill9(probe).unwrap();
+        table.contains(" powertest ") || table.contains(&format!(" {} ", mnt.display()))
+    };
+    let t0 = Instant::now();
+    while !mounted_in_node(&bed) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the mount never showed in the node"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bed.kill9(mounter).unwrap();
+    assert!(
+        mounted_in_node(&bed),
+        "the node's mount went with the process that made it"
+    );
+    let host = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !host.contains(" powertest "),
+        "a node's mount leaked to the machine"
+    );
+
+    let sleeper = bed.spawn(1, "sleep", &["600"]).unwrap();
+    let (code, said) =
+        tandem_testbed::fence::agent(&format!("action=off\nplug=n1\ntestbed={}\n", bed.id()));
+    assert_eq!(code, 0, "{said}");
+    assert!(!bed.is_running(sleeper), "a process outlived the power-off");
+    let addrs = bed
+        .exec(1, "ip", &["-o", "-4", "addr", "show", "dev", "lan"])
+        .unwrap();
+    assert!(
+        !addrs.contains("10.77.1.100"),
+        "the floating address came through: {addrs}"
+    );
+    assert!(addrs.contains(&own), "the node's own address went: {addrs}");
+    let (code, said) =
+        tandem_testbed::fence::agent(&format!("action=on\nplug=n1\ntestbed={}\n", bed.id()));
+    assert_eq!(code, 0, "{said}");
+    assert!(
+        !mounted_in_node(&bed),
+        "the node came back with its old mounts"
+    );
+}

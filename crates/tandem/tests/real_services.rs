@@ -583,30 +583,6 @@ command = ["sh", "-c", "{writer}"]
     );
 }
 
-/// Apache's configuration for a testbed node: port 80 on every address of
-/// the node, its page and its files in the node's own
-/// `/run/resource-agents` (so each node serves its own name).
-const APACHE_CONF: &str = r#"ServerRoot "/etc/apache2"
-ServerName localhost
-LoadModule mpm_event_module /usr/lib/apache2/modules/mod_mpm_event.so
-LoadModule authz_core_module /usr/lib/apache2/modules/mod_authz_core.so
-LoadModule authz_host_module /usr/lib/apache2/modules/mod_authz_host.so
-LoadModule status_module /usr/lib/apache2/modules/mod_status.so
-LoadModule dir_module /usr/lib/apache2/modules/mod_dir.so
-Listen 80
-PidFile /run/resource-agents/apache.pid
-ErrorLog /run/resource-agents/apache-error.log
-DocumentRoot /run/resource-agents/www
-DirectoryIndex index.html
-<Directory /run/resource-agents/www>
-  Require all granted
-</Directory>
-<Location /server-status>
-  SetHandler server-status
-  Require local
-</Location>
-"#;
-
 /// Brief scenario 3, the classic web cluster, on real parts: two nodes
 /// with fencing (the testbed's power switch), the address by
 /// `ocf:heartbeat:IPaddr2`, Debian's apache by `ocf:heartbeat:apache`,
@@ -628,7 +604,7 @@ fn web_cluster_of_ipaddr2_and_apache_with_ping_and_fencing_fails_over_on_real_pa
     }
     let dir = tempfile::tempdir().unwrap();
     let conf = dir.path().join("apache.conf");
-    std::fs::write(&conf, APACHE_CONF).unwrap();
+    std::fs::write(&conf, agents::APACHE_CONF).unwrap();
     let fence = agents::testbed_fence_script(dir.path(), Path::new(TANDEM)).unwrap();
     let extra = agents::two_node_fence_config(&fence, 0)
         + &agents::ping_monitor_config()
@@ -781,6 +757,8 @@ struct DbClient {
 }
 
 const PSQL: &str = "/usr/lib/postgresql/15/bin/psql";
+/// PostgreSQL's socket directory, which every node has its own of.
+const PG_SOCKETS: &str = "/run/tandem-test-pgsql";
 
 impl DbClient {
     fn start(ns: String) -> DbClient {
@@ -908,9 +886,9 @@ fn ordered_takeover_of_postgresql_on_a_replicated_volume_loses_no_committed_tran
         );
     };
     sh(&format!(
-        "mkfs.ext4 -q -F {img} && mkdir -p {m} && mount -o loop {img} {m} && mkdir {m}/pgdata {m}/sock && chown postgres:postgres {m}/pgdata {m}/sock \
+        "mkfs.ext4 -q -F {img} && mkdir -p {m} && mount -o loop {img} {m} && mkdir {m}/pgdata && chown postgres:postgres {m}/pgdata \
          && su postgres -s /bin/sh -c '/usr/lib/postgresql/15/bin/initdb -D {m}/pgdata --auth=trust -U postgres' >/dev/null \
-         && printf \"listen_addresses='*'\\nunix_socket_directories='{m}/sock'\\n\" >> {m}/pgdata/postgresql.conf \
+         && printf \"listen_addresses='*'\\nunix_socket_directories='{PG_SOCKETS}'\\n\" >> {m}/pgdata/postgresql.conf \
          && echo 'host all all 0.0.0.0/0 trust' >> {m}/pgdata/pg_hba.conf; r=$?; umount {m}; exit $r",
         img = img.display(),
         m = mnt.display()
@@ -929,7 +907,7 @@ fsck = true
 name = "pg"
 kind = "ocf"
 agent = "ocf:heartbeat:pgsql"
-params = {{ pgctl = "/usr/lib/postgresql/15/bin/pg_ctl", psql = "{PSQL}", pgdata = "{m}/pgdata", socketdir = "{m}/sock" }}
+params = {{ pgctl = "/usr/lib/postgresql/15/bin/pg_ctl", psql = "{PSQL}", pgdata = "{m}/pgdata", socketdir = "{PG_SOCKETS}" }}
 timeout_ms = 60000
 check_interval_ms = 2000
 
@@ -946,6 +924,22 @@ address = "{VIP}/24"
     shape.extra = agents::volume_config(dir.path(), "256MiB", "", false) + &extra;
     let mut c = AgentCluster::prepare(TANDEM, &shape).unwrap();
     c.create_volume_copies("data", 1).unwrap();
+    // Each node's own socket directory (Debian's is /var/run/postgresql,
+    // local to the machine): the socket's lock file names the postmaster's
+    // PID, and on the replicated volume the new holder would read the old
+    // holder's PID, alive on this one machine (the nodes share its PID
+    // namespace) while the guard is still killing it, and refuse to start.
+    c.bed.own_dir(Path::new(PG_SOCKETS));
+    for n in 1..=2 {
+        let d = c.bed.node_dir(n, Path::new(PG_SOCKETS));
+        std::fs::create_dir_all(&d).unwrap();
+        assert!(std::process::Command::new("chown")
+            .args(["postgres:postgres"])
+            .arg(&d)
+            .status()
+            .unwrap()
+            .success());
+    }
     c.start_members().unwrap();
     let on = |c: &AgentCluster, n: usize, what: &str| {
         c.wait(n, Duration::from_secs(120), what, |s| {

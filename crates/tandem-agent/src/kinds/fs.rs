@@ -53,19 +53,29 @@ const ATTACH_WAIT_MS: u64 = 10_000;
 /// [`RETRIES`] times. A restarted agent promotes its copy again and the
 /// request goes through; writes and flushes are idempotent, so repeating
 /// one that the dead agent may have half done is safe. If no agent comes
-/// back, the guard ends the wait first (see [`GUARD_ABORT`]).
+/// back, the guard ends the wait first (see [`GUARD_CUT`]).
 const RETRY_DELAY_S: u32 = 1;
 /// See [`RETRY_DELAY_S`]: the longest a request waits for a restarted
 /// agent is about this many seconds.
 const RETRIES: u32 = 30;
 
-/// The guard's first step for a filesystem on a volume: kill `nbdfuse`
-/// and its `nbdkit` (`$1`: the pid file; they run in a session of their
-/// own, led by `nbdfuse`). The agent is gone and its lease has ended, so
-/// the requests still waiting for it must fail now: one replayed later
-/// onto a copy promoted here again could overwrite newer data. Killing
-/// the data path also lets the unmount after it finish at once.
-const GUARD_ABORT: &str = r#"pid=$(cat -- "$1" 2>/dev/null) || exit 0
+/// The guard's first step for a group with a filesystem on a volume,
+/// before it stops anything (`$1`: `nbdfuse`'s pid file, `$2`: the mount
+/// point, `$3`: the device's `major:minor`, empty when not attached). The
+/// agent is gone and its lease has ended; the volume died with it, so
+/// whatever still holds the filesystem can neither write to the cluster's
+/// copy nor stop cleanly: its writes wait for the dead agent. So the
+/// holders are killed at once (only while this device is what is mounted
+/// there), then `nbdfuse` and its `nbdkit` (a session of their own, led
+/// by `nbdfuse`), so that the requests still waiting fail now: a
+/// database stopping above would otherwise wait for them past the lease
+/// (still running when the other node starts), and one replayed later
+/// onto a copy promoted here again could overwrite newer data. The
+/// services' own stop commands run after it, then the unmount.
+const GUARD_CUT: &str = r#"if [ -n "$3" ] && [ "$(findmnt -n -o MAJ:MIN --mountpoint "$2" | tr -d ' ' | grep -x -- "$3")" = "$3" ]; then
+  fuser -k -M -m "$2"
+fi
+pid=$(cat -- "$1" 2>/dev/null) || exit 0
 case "$pid" in ''|*[!0-9]*) exit 0 ;; esac
 [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = nbdfuse ] || exit 0
 kill -s KILL -- "-$pid" 2>/dev/null || kill -s KILL -- "$pid""#;
@@ -552,19 +562,35 @@ impl Driver for FsDriver {
             args: args.iter().map(|a| a.to_string()).collect(),
             env: vec![],
         };
+        if matches!(self.spec.source, Source::Volume(_)) {
+            // First of the whole group, before the services above stop
+            // (see GUARD_CUT). Even half attached (no loop device yet): it
+            // checks the pid file.
+            let a = Attach::of(owner);
+            let devno = self
+                .devno(owner)
+                .map_or_else(|_| String::new(), |(major, minor)| format!("{major}:{minor}"));
+            part.stop_commands.insert(
+                0,
+                cmd(
+                    "sh",
+                    &[
+                        "-c",
+                        GUARD_CUT,
+                        "tandem-guard-fs",
+                        &a.pidfile.to_string_lossy(),
+                        &dir,
+                        &devno,
+                    ],
+                ),
+            );
+        }
         // Only when this resource's device is what is mounted there: the
         // guard runs these whenever the resource may run, mounted or not,
         // and whatever else is mounted there is someone else's.
         let Ok((major, minor)) = self.devno(owner) else {
             return;
         };
-        if matches!(self.spec.source, Source::Volume(_)) {
-            let a = Attach::of(owner);
-            part.stop_commands.push(cmd(
-                "sh",
-                &["-c", GUARD_ABORT, "tandem-guard-fs", &a.pidfile.to_string_lossy()],
-            ));
-        }
         part.stop_commands.push(cmd(
             "sh",
             &[
@@ -697,6 +723,48 @@ mod tests {
             assert!(Command::new("umount").arg(&mnt).status().unwrap().success());
             assert_eq!(run_check(&r).await, Outcome::Stopped);
         });
+    }
+
+    /// Regression (the ordered-takeover scenario at 10 repetitions): after
+    /// kill -9 of the holder's agent, the guard called pgsql's stop first,
+    /// whose shutdown checkpoint waited on the volume's data path, retried
+    /// for the dead agent, until the stop timed out 20 s later; the old
+    /// PostgreSQL ran on past the lease (the other node's, seeing its PID
+    /// alive on this one machine, would not start). Killing what holds the
+    /// filesystem and cutting the data path now come first of the group.
+    #[test]
+    fn the_guard_cuts_a_volumes_data_path_before_anything_in_the_group_stops() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = resource(
+            Params::Fs(Fs {
+                source: Source::Volume("data".into()),
+                directory: dir.path().join("mnt"),
+                fstype: "ext4".into(),
+                options: String::new(),
+                fsck: false,
+            }),
+            5_000,
+            dir.path(),
+        );
+        // The database above it was asked first (stop order).
+        let mut part = crate::guard::Leaving::default();
+        part.stop_commands.push(crate::guard::StopCommand {
+            program: PathBuf::from("/usr/lib/ocf/resource.d/heartbeat/pgsql"),
+            args: vec!["stop".into()],
+            env: vec![],
+        });
+        r.kind.guard(&r.owner, &mut part);
+        let first = &part.stop_commands[0];
+        assert!(
+            first.args.iter().any(|a| a.contains("nbdfuse") && a.contains("fuser -k -M -m"))
+                && first.args.iter().any(|a| a.ends_with("nbdfuse.pid")),
+            "{:?}",
+            part.stop_commands
+        );
+        assert_eq!(part.stop_commands[1].args, ["stop"]);
+        // Nothing runs under that pid file: the command does nothing.
+        let did = crate::guard::run_stop_commands(&part.as_lease());
+        assert!(did[0].ends_with("exit status: 0"), "{did:?}");
     }
 
     /// Regression: the guard's commands for a filesystem that is not
