@@ -51,7 +51,7 @@ command = ["/bin/true"]
 
 /// CPU figures of one process from /proc: (own utime+stime, reaped
 /// children's cutime+cstime), in clock ticks.
-fn ticks(pid: u32) -> Result<(u64, u64)> {
+pub(crate) fn ticks(pid: u32) -> Result<(u64, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .with_context(|| format!("reading /proc/{pid}/stat"))?;
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
@@ -85,7 +85,7 @@ fn switches(pid: u32) -> Result<u64> {
     Ok(total)
 }
 
-fn rss_kib(pid: u32) -> Result<u64> {
+pub(crate) fn rss_kib(pid: u32) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let line = status
         .lines()

@@ -6,6 +6,7 @@ mod corosync;
 mod failover;
 mod idle;
 mod volume;
+mod web;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -96,6 +97,24 @@ enum What {
         /// instead of cutting its links.
         #[arg(long)]
         clean_stop: bool,
+    },
+    /// Brief scenario 3 (IPaddr2 + apache, two nodes, fencing) under
+    /// Tandem and under Pacemaker + Corosync with the same OCF agents:
+    /// crash and planned move to the page answering, p50/p99, and each
+    /// stack's idle CPU and memory.
+    Web {
+        /// Crashes and planned moves per stack.
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        /// Idle measurement window in seconds.
+        #[arg(long, default_value_t = 30)]
+        idle_seconds: u64,
+        /// Corosync's token timeout.
+        #[arg(long, default_value_t = 300)]
+        token_ms: u64,
+        /// Where the logs of a failed run go.
+        #[arg(long, default_value = "/tmp/tandem-bench-web")]
+        logs: PathBuf,
     },
     /// The fault campaign: seeded random schedules of faults (crash,
     /// kill -9, freeze, partitions, flaps, loss, restarts) against a
@@ -484,6 +503,46 @@ fn main() -> Result<()> {
             restore_ms,
             clean_stop,
         } => failover_all(&cli.tandem, runs, tandem_only, restore_ms, clean_stop),
+        What::Web {
+            runs,
+            idle_seconds,
+            token_ms,
+            logs,
+        } => {
+            let stacks = web::run(&cli.tandem, runs, idle_seconds, token_ms, &logs)?;
+            println!("## web: IPaddr2 + apache on two nodes with fencing, Tandem beside Pacemaker");
+            println!("machine: {}", machine());
+            println!(
+                "tandem: default profile; pacemaker 2.1.5 + corosync 3.1.7, udpu, token {token_ms} ms; {runs} runs of each fault; client GET every 5 ms"
+            );
+            for (name, f) in &stacks {
+                println!("{name} crash raw: {:?}", f.crash_ms);
+                println!("{name} planned raw: {:?}", f.planned_ms);
+                summary(&format!("{name} crash -> page answers"), &f.crash_ms);
+                summary(
+                    &format!("{name} planned move -> page answers"),
+                    &f.planned_ms,
+                );
+                println!(
+                    "{name}: dual-active instants {}; idle over {idle_seconds} s: CPU {:.2}% of one core, RSS {:.1} MiB, {} processes (both nodes, apache included)",
+                    f.dual, f.idle_cpu_pct, f.idle_rss_mib, f.idle_processes
+                );
+                println!("{name}: {} failed runs {:?}", f.failed.len(), f.failed);
+            }
+            if let [(_, t), (_, p)] = &stacks[..] {
+                let p50 = |v: &[u64]| {
+                    let mut v = v.to_vec();
+                    v.sort_unstable();
+                    percentile(&v, 50.0).max(1) as f64
+                };
+                println!(
+                    "tandem / pacemaker, p50: crash {:.2}, planned {:.2}",
+                    p50(&t.crash_ms) / p50(&p.crash_ms),
+                    p50(&t.planned_ms) / p50(&p.planned_ms)
+                );
+            }
+            Ok(())
+        }
         What::CorosyncDetect { runs, token_ms } => {
             let rows = corosync::detect(runs, token_ms)?;
             println!(

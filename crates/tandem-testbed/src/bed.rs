@@ -350,6 +350,11 @@ impl Testbed {
         join: Option<(&File, &File)>,
     ) -> Result<u32> {
         let join_fds = join.map(|(m, u)| (m.as_raw_fd(), u.as_raw_fd()));
+        // Joining a mount namespace moves the process to its root: the
+        // working directory is restored after, so that relative paths (a
+        // program, a config) mean what they meant to the caller.
+        let cwd = File::open(".").context("opening the working directory")?;
+        let cwd_fd = cwd.as_raw_fd();
         let ns = File::open(netns_path(&self.node_ns(node)))
             .with_context(|| format!("opening namespace of n{node}"))?;
         let procs = OpenOptions::new()
@@ -393,7 +398,7 @@ impl Testbed {
             .stdout(log.try_clone()?)
             .stderr(log)
             .process_group(0);
-        // SAFETY: only async-signal-safe calls (setns, unshare, mount,
+        // SAFETY: only async-signal-safe calls (setns, fchdir, unshare, mount,
         // sethostname, write, prctl) on fds and strings made before fork,
         // which stay alive until after this closure.
         unsafe {
@@ -404,6 +409,7 @@ impl Testbed {
                 if let Some((mnt_fd, uts_fd)) = join_fds {
                     if libc::setns(mnt_fd, libc::CLONE_NEWNS) != 0
                         || libc::setns(uts_fd, libc::CLONE_NEWUTS) != 0
+                        || libc::fchdir(cwd_fd) != 0
                     {
                         return Err(std::io::Error::last_os_error());
                     }
@@ -459,7 +465,7 @@ impl Testbed {
             .spawn()
             .with_context(|| format!("starting `{program}` in n{node}"))?;
         let pid = child.id();
-        drop((ns, procs));
+        drop((ns, procs, cwd));
         self.lock_children().insert(pid, child);
         Ok(pid)
     }
