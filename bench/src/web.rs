@@ -38,6 +38,8 @@ use tandem_testbed::{Testbed, TestbedSpec};
 const HTTP_PORT: u16 = 80;
 /// Longest wait for a failover, a settle or a stack's start.
 const LIMIT: Duration = Duration::from_secs(90);
+/// After a crashed node's stack is started again, before the next run.
+const SETTLE_AFTER_RESTART: Duration = Duration::from_secs(5);
 /// Fencing the preferred node waits this long (both stacks), so that it
 /// wins a fence race.
 const N1_FENCE_DELAY_MS: u64 = 1_000;
@@ -145,6 +147,23 @@ fn measure(
         let Some(old) = stack.holder() else {
             bail!("{}: no holder before run {run}", stack.name());
         };
+        // Each run starts from a page answering from the holder, three
+        // times in a row: a restarted node may still be cleaning up.
+        let url = format!("http://{}:{HTTP_PORT}/", stack.bed().vip("lan"));
+        let mut good = 0;
+        wait_for("the page answering from the holder", LIMIT, || {
+            let page = stack
+                .bed()
+                .exec_client("curl", &["-s", "-m", "1", &url])
+                .unwrap_or_default();
+            good = if page.trim() == format!("n{old}") {
+                good + 1
+            } else {
+                0
+            };
+            good >= 3
+        })
+        .with_context(|| format!("{} before {fault:?} run {run}", stack.name()))?;
         let other = 3 - old;
         let prober = Prober::start(
             &stack.bed().client_ns(),
@@ -202,6 +221,9 @@ fn measure(
             Fault::Crash => {
                 power(stack.bed(), old, "on")?;
                 stack.restart(old)?;
+                // The restarted node settles (Tandem's guard stops what its
+                // previous lease listed) before the next run.
+                std::thread::sleep(SETTLE_AFTER_RESTART);
             }
             Fault::Planned => stack.after_move()?,
         }

@@ -123,6 +123,11 @@ pub enum AgentEvent {
         /// Why.
         error: String,
     },
+    /// The guard is still stopping what an ended lease left here (at an
+    /// agent's start: what the previous one may have run): no action
+    /// starts until it is done, or the guard's stop could land after the
+    /// agent's start of the same resource.
+    WaitingForGuard,
     /// A group's stop outlasted what this node may keep of it: what was
     /// left was killed.
     StopCutShort {
@@ -415,6 +420,10 @@ impl std::fmt::Display for AgentEvent {
             AgentEvent::LeaseFileUnwritable { error } => write!(
                 f,
                 "cannot write the lease file for the guard: {error}; this node's lease counts as lost"
+            ),
+            AgentEvent::WaitingForGuard => write!(
+                f,
+                "waiting for the guard: it is still stopping what an ended lease left here; nothing starts until it is done"
             ),
             AgentEvent::StopCutShort { group, did } => write!(
                 f,

@@ -286,6 +286,49 @@ fn stop_commands(lease: &LeaseFile) -> Vec<String> {
     did
 }
 
+/// The lock the guard holds while it enforces an ended lease (beside the
+/// lease file): the agent starts no action while it is held, so that a
+/// stop the guard runs never lands after the agent's start of the same
+/// resource (at an agent's start, the guard stops what the previous one
+/// may have run while the new one already holds a lease).
+pub fn lock_path(lease_path: &Path) -> PathBuf {
+    lease_path.with_extension("guard-lock")
+}
+
+/// Holds the guard's lock until dropped (None: it could not be taken;
+/// the guard acts anyway: a lease must never outlive its end).
+fn hold_lock(lock: &Path) -> Option<std::fs::File> {
+    use std::os::fd::AsRawFd as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+        .open(lock)
+        .ok()?;
+    // SAFETY: flock on a descriptor this function owns.
+    (unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } == 0).then_some(f)
+}
+
+/// Whether the guard holds its lock now (it is enforcing an ended lease).
+pub fn busy(lock: &Path) -> bool {
+    use std::os::fd::AsRawFd as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let Ok(f) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+        .open(lock)
+    else {
+        return false;
+    };
+    // SAFETY: flock on a descriptor this function owns; closing it drops
+    // the shared lock taken.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
+    r != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EWOULDBLOCK)
+}
+
 /// What the guard waits on between readings of the lease file: the lease
 /// file's directory (inotify: a new file while nothing is held) and the
 /// agent's exit (a pidfd). Either may be missing (old kernels): the guard
@@ -453,6 +496,7 @@ pub fn run(path: &Path, agent_pid: u32, label: &str) -> Result<()> {
             });
         }
         if due.iter().any(LeaseFile::holds_anything) {
+            let _held = hold_lock(&lock_path(path));
             let mut did = Vec::new();
             for d in &due {
                 did.extend(enforce(d));
@@ -607,6 +651,71 @@ mod tests {
         assert!(only.holds_anything());
         assert_eq!(sleep_ms(Some(&only), 10_000), (120, false));
         assert_eq!(only.leaving[0].as_lease().pidfiles.len(), 1);
+    }
+
+    /// Regression (bench web, a restarted node): at an agent's start the
+    /// guard ran the stops of an ended lease (apache's took a second)
+    /// while the agent, already holding a new lease, started the group:
+    /// the guard's IPaddr2 stop removed the address the agent had just
+    /// added. The guard now holds its lock while it enforces, and the
+    /// agent starts nothing while the lock is held.
+    #[test]
+    fn the_guard_holds_its_lock_while_it_runs_the_stops_of_an_ended_lease() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lease.json");
+        let lock = lock_path(&path);
+        assert!(!busy(&lock), "no lock file: not busy");
+        // The "agent": alive while the guard acts (so it reads as stuck).
+        let mut agent = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let marker = dir.path().join("stopped");
+        write(
+            &path,
+            &LeaseFile {
+                agent_pid: agent.id(),
+                boot_id: boot_id(),
+                until_mono_ms: 1,
+                stop_commands: vec![StopCommand {
+                    program: "sh".into(),
+                    args: vec![
+                        "-c".into(),
+                        format!("sleep 0.5; touch {}", marker.display()),
+                    ],
+                    env: vec![],
+                }],
+                ..LeaseFile::default()
+            },
+        )
+        .unwrap();
+        let guard = {
+            let (path, pid) = (path.clone(), agent.id());
+            std::thread::spawn(move || run(&path, pid, "test"))
+        };
+        let t0 = std::time::Instant::now();
+        while !busy(&lock) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "the guard never took its lock"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(!marker.exists(), "busy while its stop still runs");
+        while busy(&lock) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "the guard kept its lock"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(
+            marker.exists(),
+            "the lock is released only after the stop ran"
+        );
+        agent.kill().unwrap();
+        agent.wait().unwrap();
+        guard.join().unwrap().unwrap();
     }
 
     /// An agent that exited but was not reaped yet (a zombie) is gone: the

@@ -128,6 +128,8 @@ pub struct Runner {
     killed_leaving: std::collections::BTreeSet<usize>,
     /// The lease file the guard watches.
     lease_path: PathBuf,
+    /// The guard held its lock at the last pass (said once per wait).
+    waiting_for_guard: bool,
     /// What was written there last.
     written: Option<LeaseFile>,
     /// Why the last write of the lease file failed (None: it did not).
@@ -261,6 +263,7 @@ impl Runner {
             pid: std::process::id(),
             killed_leaving: std::collections::BTreeSet::new(),
             lease_path: run_dir.join("lease.json"),
+            waiting_for_guard: false,
             written: None,
             lease_write_error: None,
         })
@@ -348,7 +351,18 @@ impl Runner {
                 self.groups.set_want(g, d.want);
             }
         }
-        self.run_actions(now_ms, &mut log);
+        // While the guard stops what an ended lease left here, nothing
+        // starts (its stop could land after our start); the next pass
+        // (heartbeats drive one every few tens of ms) tries again.
+        if guard::busy(&guard::lock_path(&self.lease_path)) {
+            if !self.waiting_for_guard {
+                log.push(AgentEvent::WaitingForGuard);
+                self.waiting_for_guard = true;
+            }
+        } else {
+            self.waiting_for_guard = false;
+            self.run_actions(now_ms, &mut log);
+        }
         self.periodic(now_ms, &mut log);
         for f in self.groups.take_failures() {
             let group = self.names[f.group].clone();
