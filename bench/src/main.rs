@@ -115,6 +115,9 @@ enum What {
         /// Where the logs of a failed run go.
         #[arg(long, default_value = "/tmp/tandem-bench-web")]
         logs: PathBuf,
+        /// Only this stack (`tandem` or `pacemaker`); both by default.
+        #[arg(long)]
+        only: Option<String>,
     },
     /// The fault campaign: seeded random schedules of faults (crash,
     /// kill -9, freeze, partitions, flaps, loss, restarts) against a
@@ -508,8 +511,16 @@ fn main() -> Result<()> {
             idle_seconds,
             token_ms,
             logs,
+            only,
         } => {
-            let stacks = web::run(&cli.tandem, runs, idle_seconds, token_ms, &logs)?;
+            let stacks = web::run(
+                &cli.tandem,
+                runs,
+                idle_seconds,
+                token_ms,
+                &logs,
+                only.as_deref(),
+            )?;
             println!("## web: IPaddr2 + apache on two nodes with fencing, Tandem beside Pacemaker");
             println!("machine: {}", machine());
             println!(

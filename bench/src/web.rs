@@ -163,7 +163,15 @@ fn measure(
             };
             good >= 3
         })
-        .with_context(|| format!("{} before {fault:?} run {run}", stack.name()))?;
+        .with_context(|| {
+            let file = logs.join(format!("{}-{fault:?}-before-run{run}.log", stack.name()));
+            let _ = std::fs::write(&file, stack.logs());
+            format!(
+                "{} before {fault:?} run {run} (logs in {})",
+                stack.name(),
+                file.display()
+            )
+        })?;
         let other = 3 - old;
         let prober = Prober::start(
             &stack.bed().client_ns(),
@@ -679,11 +687,12 @@ pub fn run(
     idle_s: u64,
     token_ms: u64,
     logs: &Path,
+    only: Option<&str>,
 ) -> Result<Vec<(&'static str, Figures)>> {
     std::fs::create_dir_all(logs).with_context(|| format!("creating {}", logs.display()))?;
     let base = tempfile::tempdir()?;
     let mut out = Vec::new();
-    {
+    if only.map_or(true, |o| o == "tandem") {
         let mut s = TandemStack::start(tandem, base.path())?;
         wait_for("tandem settled", LIMIT, || s.settled())?;
         let mut fig = Figures::default();
@@ -693,7 +702,7 @@ pub fn run(
         measure(&mut s, Fault::Crash, runs, &mut fig, logs)?;
         out.push(("tandem", fig));
     }
-    {
+    if only.map_or(true, |o| o == "pacemaker") {
         let mut s = PacemakerStack::start(base.path(), token_ms)?;
         wait_for("pacemaker settled", LIMIT, || s.settled())?;
         let mut fig = Figures::default();

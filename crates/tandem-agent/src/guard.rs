@@ -97,6 +97,11 @@ pub struct StopCommand {
     pub args: Vec<String>,
     /// Its environment.
     pub env: Vec<(String, String)>,
+    /// Run before every other stop command of the lease, whatever group
+    /// it belongs to (cutting a dead agent's data path: what stops above
+    /// it would otherwise wait for it).
+    #[serde(default)]
+    pub first: bool,
 }
 
 impl Leaving {
@@ -174,6 +179,7 @@ fn script_stop((program, env): (PathBuf, Vec<(String, String)>)) -> StopCommand 
         program,
         args: vec!["stop".into()],
         env,
+        first: false,
     }
 }
 
@@ -251,10 +257,22 @@ pub(crate) fn run_stop_commands(lease: &LeaseFile) -> Vec<String> {
 }
 
 fn stop_commands(lease: &LeaseFile) -> Vec<String> {
+    use std::os::unix::process::CommandExt as _;
     let mut did = Vec::new();
-    for c in &lease.stop_commands {
+    // Those marked first, then the rest, each in the order listed (stop
+    // order within a group).
+    let ordered = lease
+        .stop_commands
+        .iter()
+        .filter(|c| c.first)
+        .chain(lease.stop_commands.iter().filter(|c| !c.first));
+    for c in ordered {
         let mut cmd = std::process::Command::new(&c.program);
+        // A group of its own: a stop that times out is killed with
+        // whatever it started (a `sh -c`'s fuser, an agent's pg_ctl), so
+        // nothing of it runs on after the guard lets the agent start.
         cmd.args(&c.args)
+            .process_group(0)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());
@@ -275,6 +293,14 @@ fn stop_commands(lease: &LeaseFile) -> Vec<String> {
                 }
                 Ok(None) if t0.elapsed() < SCRIPT_STOP_LIMIT => std::thread::sleep(POLL),
                 _ => {
+                    if let Ok(pgid) = i32::try_from(child.id()) {
+                        // SAFETY: kill(2) of the process group this
+                        // function created (its leader is our child, not
+                        // yet reaped, so the id is not reused).
+                        unsafe {
+                            libc::kill(-pgid, libc::SIGKILL);
+                        }
+                    }
                     let _ = child.kill();
                     let _ = child.wait();
                     did.push(format!("{what}: timed out"));
@@ -296,7 +322,9 @@ pub fn lock_path(lease_path: &Path) -> PathBuf {
 }
 
 /// Holds the guard's lock until dropped (None: it could not be taken;
-/// the guard acts anyway: a lease must never outlive its end).
+/// the guard acts anyway: a lease must never outlive its end). It waits
+/// while another guard (of an agent that replaced this one's) holds it:
+/// at most that guard's stops, each bounded by [`SCRIPT_STOP_LIMIT`].
 fn hold_lock(lock: &Path) -> Option<std::fs::File> {
     use std::os::fd::AsRawFd as _;
     use std::os::unix::fs::OpenOptionsExt as _;
@@ -496,7 +524,14 @@ pub fn run(path: &Path, agent_pid: u32, label: &str) -> Result<()> {
             });
         }
         if due.iter().any(LeaseFile::holds_anything) {
-            let _held = hold_lock(&lock_path(path));
+            let held = hold_lock(&lock_path(path));
+            // While we waited for the lock, another guard may have
+            // enforced this and the agent written a new file: decide again
+            // on what it says now, not on a stale copy.
+            if read(path).as_ref() != Some(&lease) {
+                drop(held);
+                continue;
+            }
             let mut did = Vec::new();
             for d in &due {
                 did.extend(enforce(d));
@@ -684,6 +719,7 @@ mod tests {
                         format!("sleep 0.5; touch {}", marker.display()),
                     ],
                     env: vec![],
+                    first: false,
                 }],
                 ..LeaseFile::default()
             },

@@ -352,17 +352,17 @@ impl Runner {
             }
         }
         // While the guard stops what an ended lease left here, nothing
-        // starts (its stop could land after our start); the next pass
-        // (heartbeats drive one every few tens of ms) tries again.
-        if guard::busy(&guard::lock_path(&self.lease_path)) {
-            if !self.waiting_for_guard {
-                log.push(AgentEvent::WaitingForGuard);
-                self.waiting_for_guard = true;
-            }
-        } else {
-            self.waiting_for_guard = false;
-            self.run_actions(now_ms, &mut log);
+        // starts (its stop could land after our start); probes and stops
+        // go on (a node losing its lease must still stop at once). The
+        // next pass (heartbeats drive one every few tens of ms) looks
+        // again.
+        let guard_busy = guard::busy(&guard::lock_path(&self.lease_path));
+        if guard_busy && !self.waiting_for_guard {
+            log.push(AgentEvent::WaitingForGuard);
         }
+        self.waiting_for_guard = guard_busy;
+        self.groups.hold_starts(guard_busy);
+        self.run_actions(now_ms, &mut log);
         self.periodic(now_ms, &mut log);
         for f in self.groups.take_failures() {
             let group = self.names[f.group].clone();
@@ -407,9 +407,9 @@ impl Runner {
         let mut part = guard::Leaving::default();
         // In stop order, the reverse of the group's: the guard runs the
         // stop commands in the order listed, and a filesystem cannot be
-        // unmounted before the database on it has stopped. (A kind may put
-        // a command first of its group: an fs on a volume cuts the dead
-        // agent's data path before anything above it stops.)
+        // unmounted before the database on it has stopped. (A kind may mark
+        // a command `first`, run before every other: an fs on a volume
+        // cuts the dead agent's data path before anything stops.)
         for (r, state) in self.resources[g].iter().zip(self.groups.resources(g)).rev() {
             if !state.maybe_running() {
                 continue;

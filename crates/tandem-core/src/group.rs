@@ -25,6 +25,9 @@
 //!   or the node goes off. A stop that fails is retried after the same
 //!   backoff; the group counts as active until it is known stopped.
 //! - **Maintenance** ([`Want::Leave`]): observe, never act.
+//! - **Held starts** ([`Groups::hold_starts`]): while the shell's guard is
+//!   still stopping what an ended lease left here, nothing starts; probes
+//!   and stops go on.
 
 use std::collections::VecDeque;
 
@@ -244,6 +247,10 @@ pub struct Failure {
 pub struct Groups {
     groups: Vec<GroupRun>,
     failures: VecDeque<Failure>,
+    /// No resource starts while set (probes and stops go on): the shell's
+    /// guard is still stopping what an ended lease left here, and a start
+    /// now could be undone by its stop landing after it.
+    starts_held: bool,
 }
 
 impl Groups {
@@ -269,6 +276,7 @@ impl Groups {
                 })
                 .collect(),
             failures: VecDeque::new(),
+            starts_held: false,
         }
     }
 
@@ -280,6 +288,12 @@ impl Groups {
     /// Whether there are no groups.
     pub fn is_empty(&self) -> bool {
         self.groups.is_empty()
+    }
+
+    /// Holds (or lets go) every start: see [`Groups::poll`]'s rules. Probes
+    /// and stops are never held (a node losing its lease must still stop).
+    pub fn hold_starts(&mut self, held: bool) {
+        self.starts_held = held;
     }
 
     /// Sets what is wanted of group `g`. Wanted elsewhere ends a hold;
@@ -637,6 +651,7 @@ impl Groups {
     }
 
     fn next(&mut self, g: usize, now_ms: u64) -> Option<Action> {
+        let starts_held = self.starts_held;
         let run = &mut self.groups[g];
         if run.busy || run.frozen {
             return None;
@@ -704,6 +719,9 @@ impl Groups {
                 if waiting {
                     return None;
                 }
+                if starts_held {
+                    return None;
+                }
                 run.recovering = false;
                 run.not_before_ms = 0;
                 let r = run
@@ -712,6 +730,7 @@ impl Groups {
                     .position(|s| *s != ResourceState::Running)?;
                 act(r, ActionKind::Start)
             }
+            Want::Run if starts_held => None,
             Want::Run => {
                 // Never start past a predecessor that is not running.
                 let r = run
@@ -751,6 +770,40 @@ mod tests {
             }
         }
         log
+    }
+
+    /// Regression (bench web, a restarted node): the guard's stops of an
+    /// ended lease overlapped the agent's starts under its new lease.
+    /// While starts are held, a wanted group is probed but not started,
+    /// and a group wanted stopped still stops; let go, it starts.
+    #[test]
+    fn held_starts_let_probes_and_stops_through_and_nothing_start() {
+        let mut gs = Groups::new(&[2, 1], 0);
+        gs.hold_starts(true);
+        gs.set_want(0, Want::Run);
+        let log = settle(&mut gs, 0, ok);
+        assert!(log.iter().all(|x| x.kind == ActionKind::Probe), "{log:?}");
+        // Group 1 found running, wanted stopped: it stops while held.
+        let mut gs = Groups::new(&[1], 0);
+        gs.hold_starts(true);
+        let log = settle(&mut gs, 0, |x| match x.kind {
+            ActionKind::Probe => Outcome::Running,
+            _ => Outcome::Stopped,
+        });
+        assert_eq!(
+            log,
+            vec![a(0, 0, ActionKind::Probe), a(0, 0, ActionKind::Stop)]
+        );
+        let mut gs = Groups::new(&[2], 0);
+        gs.hold_starts(true);
+        gs.set_want(0, Want::Run);
+        settle(&mut gs, 0, ok);
+        gs.hold_starts(false);
+        let log = settle(&mut gs, 0, ok);
+        assert_eq!(
+            log,
+            vec![a(0, 0, ActionKind::Start), a(0, 1, ActionKind::Start)]
+        );
     }
 
     fn ok(x: Action) -> Outcome {

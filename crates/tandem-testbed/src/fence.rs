@@ -150,8 +150,6 @@ pub fn agent(input: &str) -> (i32, String) {
     }
 }
 
-/// Kills every process of the node (thawing it so they can die); returns
-/// how many there were.
 /// What a power cycle does to a node's interfaces: every address added
 /// at run time (a floating address an agent held) is gone; the node's own
 /// (10.77.x.(10+node), as the testbed gives them) stays. Without this a
@@ -180,6 +178,8 @@ fn forget_runtime_addresses(run: &str, node: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// Kills every process of the node (thawing it so they can die); returns
+/// how many there were.
 fn kill_node(run: &str, node: usize) -> Result<usize, String> {
     let flavor = Flavor::detect().map_err(|e| format!("no cgroup freezer: {e}"))?;
     let name = format!("{PREFIX}{run}-n{node}");

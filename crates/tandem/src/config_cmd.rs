@@ -10,22 +10,15 @@ use tandem_core::diagnostic::{render, Severity};
 use crate::cli::{ShowFormat, ValidateArgs};
 use tandem_agent::keyfile;
 
-/// Reads and validates one file; the label in messages is the path as
-/// given. OCF resources without a written `timeout_ms` get what their
-/// agents advertise; the lines say which.
-fn load_file(path: &Path) -> Result<(String, Loaded, Vec<String>)> {
+/// Reads and validates one file; the label in messages is the path as given.
+fn load_file(path: &Path) -> Result<(String, Loaded)> {
     let source = std::fs::read_to_string(path)
         .with_context(|| format!("reading configuration file {}", path.display()))?;
     // An empty base keeps relative key paths relative to the working
     // directory, as the user wrote them.
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let mut loaded = config::load(&source, &base, &keyfile::facts);
-    let notes = loaded
-        .config
-        .as_mut()
-        .map(tandem_agent::kinds::ocf::apply_advertised_timeouts)
-        .unwrap_or_default();
-    Ok((source, loaded, notes))
+    let loaded = config::load(&source, &base, &keyfile::facts);
+    Ok((source, loaded))
 }
 
 /// Validates every file; returns whether all passed.
@@ -33,7 +26,7 @@ pub fn validate(args: &ValidateArgs) -> Result<bool> {
     let mut all_ok = true;
     for path in &args.files {
         let label = path.display().to_string();
-        let (source, loaded, notes) = match load_file(path) {
+        let (source, loaded) = match load_file(path) {
             Ok(x) => x,
             Err(e) => {
                 eprintln!("error: {e:#}");
@@ -78,9 +71,6 @@ pub fn validate(args: &ValidateArgs) -> Result<bool> {
             .as_ref()
             .and_then(|c| tandem_agent::watchdog::machine_note(c.watchdog.as_ref()))
         {
-            eprintln!("note: {label}: {note}");
-        }
-        for note in &notes {
             eprintln!("note: {label}: {note}");
         }
     }
@@ -142,15 +132,11 @@ fn machine_checks(cfg: &Config) -> Vec<(Severity, String)> {
 }
 
 /// Loads a configuration that must be valid; prints its diagnostics (errors
-/// and warnings) to stderr either way, and the timeouts taken from OCF
-/// agents.
+/// and warnings) to stderr either way.
 pub fn load_valid(path: &Path) -> Result<Config> {
-    let (source, loaded, notes) = load_file(path)?;
+    let (source, loaded) = load_file(path)?;
     let label = path.display().to_string();
     eprint!("{}", render(&label, &source, &loaded.diagnostics));
-    for note in &notes {
-        eprintln!("note: {label}: {note}");
-    }
     loaded
         .config
         .with_context(|| format!("{label} has errors; fix them (see above) or check with `tandem config validate {label}`"))

@@ -627,7 +627,7 @@ name = "apache"
 kind = "ocf"
 agent = "ocf:heartbeat:apache"
 params = {{ configfile = "{conf}", httpd = "/usr/sbin/apache2", statusurl = "http://127.0.0.1/server-status" }}
-timeout_ms = 40000
+timeout_ms = 60000
 check_interval_ms = 2000
 "#,
             conf = conf.display()

@@ -47,6 +47,7 @@ impl Driver for ExecDriver {
             program: self.script.clone(),
             args: self.args.iter().cloned().chain(["stop".to_string()]).collect(),
             env: owner.env_vec(),
+            first: false,
         });
     }
 }

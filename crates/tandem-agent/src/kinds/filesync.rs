@@ -3,9 +3,10 @@
 //! stopping it makes it a receiver again. Nothing runs outside the agent,
 //! so its actions are inline. That this node is the source is also kept
 //! in a marker in the run directory (naming this boot), so that a
-//! restarted agent's probe finds the resource running and it stays the
-//! source without a new start; the guard removes the marker when the
-//! lease ends with the agent gone.
+//! restarted agent's probe finds the resource running and, once its first
+//! check shows the group kept here, it is the source again without a new
+//! start; the guard removes the marker when the lease ends with the agent
+//! gone.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -53,6 +54,15 @@ impl Driver for FilesyncDriver {
     }
 
     fn check_inline(&self) -> Option<Health> {
+        // A restarted agent kept the resource (found running by its
+        // marker, and still wanted here, or it would have been stopped):
+        // this node sends again from now. The probe only reports, so that
+        // a node whose group went elsewhere never sends an old tree.
+        if let Some(sync) = &self.sync {
+            if !sync.running() && self.marked() {
+                sync.set_running(true);
+            }
+        }
         // A peer that cannot be reached is shown in status, not a failure
         // of the group: the service runs whatever the copies do.
         Some(Health::Fine)
@@ -71,6 +81,7 @@ impl Driver for FilesyncDriver {
                 self.marker.to_string_lossy().into_owned(),
             ],
             env: vec![],
+            first: false,
         });
     }
 }
@@ -87,12 +98,9 @@ impl FilesyncDriver {
             };
         };
         match action {
-            ActionKind::Probe if sync.running() => Outcome::Running,
-            // A restarted agent: this node was the source and still is.
-            ActionKind::Probe if self.marked() => {
-                sync.set_running(true);
-                Outcome::Running
-            }
+            // A restarted agent: this node was the source (its first check
+            // turns the sending on again if the group stays here).
+            ActionKind::Probe if sync.running() || self.marked() => Outcome::Running,
             ActionKind::Probe => Outcome::Stopped,
             ActionKind::Start => {
                 let boot = crate::guard::boot_id();
@@ -164,6 +172,10 @@ mod tests {
         // The agent restarts: a new driver, the same run directory.
         let again = driver(dir.path());
         assert_eq!(again.act(ActionKind::Probe), Outcome::Running);
+        // The probe only reports; the first check (the group kept here)
+        // sends again.
+        assert!(again.sync.as_ref().is_some_and(|s| !s.running()));
+        assert_eq!(again.check_inline(), Some(Health::Fine));
         assert!(again.sync.as_ref().is_some_and(|s| s.running()));
         assert_eq!(again.act(ActionKind::Stop), Outcome::Stopped);
         assert!(!d.marker.exists());

@@ -561,18 +561,19 @@ impl Driver for FsDriver {
             program: PathBuf::from(program),
             args: args.iter().map(|a| a.to_string()).collect(),
             env: vec![],
+            first: false,
         };
         if matches!(self.spec.source, Source::Volume(_)) {
-            // First of the whole group, before the services above stop
+            // Before every other stop of the lease, whatever its group
             // (see GUARD_CUT). Even half attached (no loop device yet): it
             // checks the pid file.
             let a = Attach::of(owner);
             let devno = self
                 .devno(owner)
                 .map_or_else(|_| String::new(), |(major, minor)| format!("{major}:{minor}"));
-            part.stop_commands.insert(
-                0,
-                cmd(
+            part.stop_commands.push(StopCommand {
+                first: true,
+                ..cmd(
                     "sh",
                     &[
                         "-c",
@@ -582,8 +583,8 @@ impl Driver for FsDriver {
                         &dir,
                         &devno,
                     ],
-                ),
-            );
+                )
+            });
         }
         // Only when this resource's device is what is mounted there: the
         // guard runs these whenever the resource may run, mounted or not,
@@ -731,7 +732,8 @@ mod tests {
     /// for the dead agent, until the stop timed out 20 s later; the old
     /// PostgreSQL ran on past the lease (the other node's, seeing its PID
     /// alive on this one machine, would not start). Killing what holds the
-    /// filesystem and cutting the data path now come first of the group.
+    /// filesystem and cutting the data path now come first of the lease,
+    /// before any group's stops.
     #[test]
     fn the_guard_cuts_a_volumes_data_path_before_anything_in_the_group_stops() {
         let dir = tempfile::tempdir().unwrap();
@@ -746,25 +748,30 @@ mod tests {
             5_000,
             dir.path(),
         );
-        // The database above it was asked first (stop order).
+        // Another group's stop, and the database above it (stop order),
+        // were listed first; `true` stands for each.
         let mut part = crate::guard::Leaving::default();
-        part.stop_commands.push(crate::guard::StopCommand {
-            program: PathBuf::from("/usr/lib/ocf/resource.d/heartbeat/pgsql"),
-            args: vec!["stop".into()],
-            env: vec![],
-        });
+        for group in ["other", "db"] {
+            part.stop_commands.push(crate::guard::StopCommand {
+                program: PathBuf::from("true"),
+                args: vec![group.into()],
+                env: vec![],
+                first: false,
+            });
+        }
         r.kind.guard(&r.owner, &mut part);
-        let first = &part.stop_commands[0];
+        let cut = part.stop_commands.iter().find(|c| c.first).expect("a cut");
         assert!(
-            first.args.iter().any(|a| a.contains("nbdfuse") && a.contains("fuser -k -M -m"))
-                && first.args.iter().any(|a| a.ends_with("nbdfuse.pid")),
+            cut.args.iter().any(|a| a.contains("nbdfuse") && a.contains("fuser -k -M -m"))
+                && cut.args.iter().any(|a| a.ends_with("nbdfuse.pid")),
             "{:?}",
             part.stop_commands
         );
-        assert_eq!(part.stop_commands[1].args, ["stop"]);
-        // Nothing runs under that pid file: the command does nothing.
+        // The guard runs it before both. Nothing runs under that pid
+        // file: it does nothing.
         let did = crate::guard::run_stop_commands(&part.as_lease());
-        assert!(did[0].ends_with("exit status: 0"), "{did:?}");
+        assert!(did[0].starts_with("sh -c") && did[0].ends_with("exit status: 0"), "{did:?}");
+        assert!(did[1].starts_with("true other") && did[2].starts_with("true db"), "{did:?}");
     }
 
     /// Regression: the guard's commands for a filesystem that is not

@@ -235,7 +235,6 @@ pub(crate) mod tests {
         let spec = ResourceSpec {
             name: "r".into(),
             timeout_ms,
-            timeout_written: true,
             on_fail: Default::default(),
             params,
         };

@@ -4,8 +4,7 @@
 //! `OCF_RESKEY_CRM_meta_timeout`/`_interval` in milliseconds), and reads
 //! its exit code with the core's rule ([`tandem_core::kinds::ocf::outcome`]).
 //! It also reads and checks an agent's meta-data for `config validate`
-//! ([`check_resources`]), and takes the timeouts it advertises as the
-//! default `timeout_ms` ([`apply_advertised_timeouts`]).
+//! ([`check_resources`]), including the timeouts it advertises.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -151,6 +150,7 @@ impl Driver for OcfDriver {
             program: self.spec.program(),
             args: vec!["stop".into()],
             env: environment(&self.spec, owner, timeout_ms, 0, None),
+            first: false,
         });
     }
 }
@@ -158,8 +158,9 @@ impl Driver for OcfDriver {
 /// What `config validate` finds of the configuration's OCF resources on
 /// this machine: an agent that is not installed (an error: this node
 /// could not run it), parameters its meta-data says are missing or
-/// unknown (errors), and what its `validate-all` says (a warning: it may
-/// check things of this node that differ on the other).
+/// unknown (errors), a `timeout_ms` shorter than the timeouts it
+/// advertises (a warning), and what its `validate-all` says (a warning:
+/// it may check things of this node that differ on the other).
 pub fn check_resources(cfg: &Config) -> Vec<(Severity, String)> {
     let mut out = Vec::new();
     let Ok(rt) = crate::child::checks_runtime() else {
@@ -175,7 +176,7 @@ pub fn check_resources(cfg: &Config) -> Vec<(Severity, String)> {
             };
             let at = format!("group `{}` resource `{}` ({})", g.name, r.name, spec.agent);
             out.extend(
-                rt.block_on(check_one(spec, &cfg.cluster.name, &g.name, &r.name))
+                rt.block_on(check_one(spec, r.timeout_ms, &cfg.cluster.name, &g.name, &r.name))
                     .into_iter()
                     .map(|(sev, text)| (sev, format!("{at}: {text}"))),
             );
@@ -186,6 +187,7 @@ pub fn check_resources(cfg: &Config) -> Vec<(Severity, String)> {
 
 async fn check_one(
     spec: &Ocf,
+    timeout_ms: u64,
     cluster: &str,
     group: &str,
     resource: &str,
@@ -210,6 +212,18 @@ async fn check_one(
         .into_iter()
         .map(|p| (Severity::Error, p.to_string()))
         .collect();
+    // One limit covers start, stop and monitor: shorter than what the
+    // agent says it may need, a slow stop counts as failed (and the node
+    // is fenced). Advice, not a silent default: every node, the witness
+    // included, must compute the same limits from the same file.
+    if let Some(advertised) = md.advertised_timeout_ms().filter(|a| *a > timeout_ms) {
+        out.push((
+            Severity::Warning,
+            format!(
+                "timeout_ms is {timeout_ms} but the agent advertises up to {advertised} ms for start, stop or monitor: a stop that takes as long would count as failed (and its node be fenced); write timeout_ms = {advertised}"
+            ),
+        ));
+    }
     if out.is_empty() && md.has_action("validate-all") {
         match call(&program, "validate-all", &env, limit).await {
             Ok((Some(0), _)) => {}
@@ -254,62 +268,6 @@ async fn read_metadata(program: &Path, env: &[(String, String)]) -> Result<Metad
         Ok(ran) => Err(format!("its meta-data exited {:?}", ran.code)),
         Err(e) => Err(e.to_string()),
     }
-}
-
-/// Gives every OCF resource whose `timeout_ms` is not written the longest
-/// timeout its agent advertises for start, stop and monitor
-/// ([`Metadata::advertised_timeout_ms`]) instead of the default: apache's
-/// stop may take 60 s, pgsql's start 120 s. Each agent's meta-data is read
-/// once. An agent that is missing or says nothing keeps the default
-/// (`config validate` reports it). Returns one line per change.
-///
-/// Every node loads its configuration through this, so the agents
-/// installed on each node set its limits: nodes with the same packages
-/// agree (the leader's bound on a group's stop comes from the same
-/// numbers).
-pub fn apply_advertised_timeouts(cfg: &mut Config) -> Vec<String> {
-    let wanted = cfg
-        .groups
-        .iter()
-        .flat_map(|g| g.resources.iter())
-        .any(|r| !r.timeout_written && matches!(r.params, Params::Ocf(_)));
-    if !wanted {
-        return Vec::new();
-    }
-    let Ok(rt) = crate::child::checks_runtime() else {
-        return vec!["OCF agents' advertised timeouts not read: no runtime for their programs".into()];
-    };
-    let cluster = cfg.cluster.name.clone();
-    let mut advertised: std::collections::BTreeMap<PathBuf, Option<u64>> = Default::default();
-    let mut out = Vec::new();
-    for g in &mut cfg.groups {
-        for r in &mut g.resources {
-            let Params::Ocf(spec) = &r.params else {
-                continue;
-            };
-            if r.timeout_written {
-                continue;
-            }
-            let program = spec.program();
-            let t = *advertised.entry(program.clone()).or_insert_with(|| {
-                if !is_executable(&program) {
-                    return None;
-                }
-                let env = validate_env(spec, &cluster, &g.name, &r.name);
-                rt.block_on(read_metadata(&program, &env))
-                    .ok()
-                    .and_then(|md| md.advertised_timeout_ms())
-            });
-            if let Some(t) = t.filter(|t| *t != r.timeout_ms) {
-                out.push(format!(
-                    "group `{}` resource `{}` ({}): timeout_ms {t}, as the agent advertises (not written; the default is {})",
-                    g.name, r.name, spec.agent, r.timeout_ms
-                ));
-                r.timeout_ms = t;
-            }
-        }
-    }
-    out
 }
 
 fn is_executable(p: &Path) -> bool {

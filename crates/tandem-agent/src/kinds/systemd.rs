@@ -272,6 +272,7 @@ impl Driver for SystemdDriver {
             program: PathBuf::from("systemctl"),
             args,
             env,
+            first: false,
         });
     }
 }

@@ -360,12 +360,6 @@ pub struct ResourceSpec {
     pub name: String,
     /// Limit on one start, stop or check.
     pub timeout_ms: u64,
-    /// Whether `timeout_ms` was written in the file. When it was not, the
-    /// shell may replace the default by what an OCF agent advertises
-    /// ([`crate::kinds::ocf::metadata::Metadata::advertised_timeout_ms`]).
-    /// Not part of what the configuration says (identity, diff).
-    #[serde(skip)]
-    pub timeout_written: bool,
     /// What a failed start or check leads to ([`crate::on_fail`]).
     pub on_fail: OnFail,
     /// The kind and its fields.

@@ -1266,12 +1266,10 @@ fn check_resource(
     let cx = Context { file, volumes };
     let mut fields = Fields::new(&r.name, r.timeout_ms.as_ref(), own, &mut c.diags, cx);
     let timeout_ms = fields.timeout_ms();
-    let timeout_written = fields.timeout_at().is_some();
     match Params::check(kind, &mut fields) {
         Some(params) => Some(ResourceSpec {
             name: r.name.get_ref().clone(),
             timeout_ms,
-            timeout_written,
             on_fail: r.on_fail.as_ref().map_or(OnFail::Restart, |v| *v.get_ref()),
             params: params?,
         }),

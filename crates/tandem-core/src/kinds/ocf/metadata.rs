@@ -86,11 +86,12 @@ impl Metadata {
         self.actions.iter().find(|a| a.name == action)
     }
 
-    /// The default `timeout_ms` of a resource of this agent: the longest
+    /// The `timeout_ms` a resource of this agent needs: the longest
     /// timeout it advertises for an action Tandem calls (start, stop,
     /// monitor at any depth), since one limit covers them all; at least
     /// [`MIN_ADVERTISED_TIMEOUT_MS`] and at most
     /// [`MAX_ADVERTISED_TIMEOUT_MS`]. None when it advertises none.
+    /// `config validate` warns when a resource's limit is shorter.
     pub fn advertised_timeout_ms(&self) -> Option<u64> {
         self.actions
             .iter()
@@ -309,7 +310,7 @@ mod tests {
     }
 
     #[test]
-    fn the_default_timeout_is_the_longest_advertised_for_start_stop_or_monitor() {
+    fn the_timeout_needed_is_the_longest_advertised_for_start_stop_or_monitor() {
         let md = |actions: &str| {
             Metadata::parse(&format!(
                 "<resource-agent name=\"x\"><actions>{actions}</actions></resource-agent>"
