@@ -330,28 +330,9 @@ agent = "/usr/sbin/fence_dummy"
 hosts = {{ n2 = "n2" }}
 options = {{ type = "file", status_file = "{d}/fence-n2.status" }}
 
-[[group]]
-name = "web"
-preferred = ["n1", "n2"]
-failback = "manual"
-
-[[group.resource]]
-name = "vip"
-kind = "ocf"
-agent = "ocf:heartbeat:IPaddr2"
-params = {{ ip = "10.77.1.100", cidr_netmask = 24 }}
-check_interval_ms = 1000
-
-[[group.resource]]
-name = "apache"
-kind = "ocf"
-agent = "ocf:heartbeat:apache"
-params = {{ configfile = "{conf}", httpd = "/usr/sbin/apache2", statusurl = "http://127.0.0.1/server-status" }}
-check_interval_ms = 2000
 "#,
             d = dir.display(),
-            conf = conf.display()
-        );
+        ) + &tandem_testbed::agents::ocf_web_group_config("10.77.1.100", &conf, None);
         let shape = ClusterShape {
             extra,
             ..ClusterShape::nodes(2)

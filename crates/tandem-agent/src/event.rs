@@ -124,9 +124,9 @@ pub enum AgentEvent {
         error: String,
     },
     /// The guard is still stopping what an ended lease left here (at an
-    /// agent's start: what the previous one may have run): no action
-    /// starts until it is done, or the guard's stop could land after the
-    /// agent's start of the same resource.
+    /// agent's start: what the previous one may have run): nothing starts
+    /// until it is done (probes and stops go on), or the guard's stop could
+    /// land after the agent's start of the same resource.
     WaitingForGuard,
     /// A group's stop outlasted what this node may keep of it: what was
     /// left was killed.

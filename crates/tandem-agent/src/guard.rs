@@ -313,7 +313,7 @@ fn stop_commands(lease: &LeaseFile) -> Vec<String> {
 }
 
 /// The lock the guard holds while it enforces an ended lease (beside the
-/// lease file): the agent starts no action while it is held, so that a
+/// lease file): nothing starts on the agent's side while it is held, so that a
 /// stop the guard runs never lands after the agent's start of the same
 /// resource (at an agent's start, the guard stops what the previous one
 /// may have run while the new one already holds a lease).
@@ -533,9 +533,27 @@ pub fn run(path: &Path, agent_pid: u32, label: &str) -> Result<()> {
                 continue;
             }
             let mut did = Vec::new();
+            // The commands marked first, of every due entry (a group being
+            // moved away and the node's lease alike), before anything else.
+            let firsts = LeaseFile {
+                stop_commands: due
+                    .iter()
+                    .flat_map(|d| d.stop_commands.iter().filter(|c| c.first).cloned())
+                    .collect(),
+                ..LeaseFile::default()
+            };
+            did.extend(stop_commands(&firsts));
             for d in &due {
                 did.extend(enforce(d));
-                did.extend(stop_commands(d));
+                did.extend(stop_commands(&LeaseFile {
+                    stop_commands: d
+                        .stop_commands
+                        .iter()
+                        .filter(|c| !c.first)
+                        .cloned()
+                        .collect(),
+                    ..LeaseFile::default()
+                }));
             }
             let cleared = LeaseFile {
                 addresses: if expired {
@@ -752,6 +770,60 @@ mod tests {
         agent.kill().unwrap();
         agent.wait().unwrap();
         guard.join().unwrap().unwrap();
+    }
+
+    /// Found in review: a command marked first (a volume's cut) ran first
+    /// only within its own entry, so a group being moved away had its
+    /// stops run before the node's lease's cut. It now runs before every
+    /// due entry's stops.
+    #[test]
+    fn commands_marked_first_run_before_every_due_entrys_stops() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lease.json");
+        let order = dir.path().join("order");
+        let say = |word: &str, first: bool| StopCommand {
+            program: "sh".into(),
+            args: vec!["-c".into(), format!("echo {word} >> {}", order.display())],
+            env: vec![],
+            first,
+        };
+        let mut agent = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        write(
+            &path,
+            &LeaseFile {
+                agent_pid: agent.id(),
+                boot_id: boot_id(),
+                until_mono_ms: 1,
+                stop_commands: vec![say("db", false), say("cut", true)],
+                leaving: vec![Leaving {
+                    until_mono_ms: 1,
+                    stop_commands: vec![say("moved", false)],
+                    ..Leaving::default()
+                }],
+                ..LeaseFile::default()
+            },
+        )
+        .unwrap();
+        let guard = {
+            let (path, pid) = (path.clone(), agent.id());
+            std::thread::spawn(move || run(&path, pid, "test"))
+        };
+        let t0 = std::time::Instant::now();
+        while std::fs::read_to_string(&order).map_or(0, |o| o.lines().count()) < 3 {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "the guard ran too little"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        agent.kill().unwrap();
+        agent.wait().unwrap();
+        guard.join().unwrap().unwrap();
+        let ran = std::fs::read_to_string(&order).unwrap();
+        assert_eq!(ran.lines().next(), Some("cut"), "{ran}");
     }
 
     /// An agent that exited but was not reaped yet (a zombie) is gone: the

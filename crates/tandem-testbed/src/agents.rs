@@ -333,6 +333,38 @@ failures = 3
     .to_string()
 }
 
+/// Group `web` of brief scenario 3 on Debian's OCF agents: the address
+/// `vip`/24 by `ocf:heartbeat:IPaddr2` (checked every second), then apache
+/// by `ocf:heartbeat:apache` with configuration file `conf` (see
+/// [`APACHE_CONF`]; checked every 2 s, limited to `apache_timeout_ms` when
+/// given), preferred on n1 then n2, failing back by hand.
+pub fn ocf_web_group_config(vip: &str, conf: &Path, apache_timeout_ms: Option<u64>) -> String {
+    let timeout = apache_timeout_ms.map_or_else(String::new, |t| format!("timeout_ms = {t}\n"));
+    format!(
+        r#"
+[[group]]
+name = "web"
+preferred = ["n1", "n2"]
+failback = "manual"
+
+[[group.resource]]
+name = "vip"
+kind = "ocf"
+agent = "ocf:heartbeat:IPaddr2"
+params = {{ ip = "{vip}", cidr_netmask = 24 }}
+check_interval_ms = 1000
+
+[[group.resource]]
+name = "apache"
+kind = "ocf"
+agent = "ocf:heartbeat:apache"
+params = {{ configfile = "{conf}", httpd = "/usr/sbin/apache2", statusurl = "http://127.0.0.1/server-status" }}
+{timeout}check_interval_ms = 2000
+"#,
+        conf = conf.display()
+    )
+}
+
 /// Group `web`: `tandem demo-service` (HTTP on `http_port`, the probe
 /// responder on `probe_port`) then the floating IP 10.77.1.100/24, preferred
 /// on n1 .. n`nodes` in order, with the given failback (`auto`, `manual`).

@@ -608,30 +608,7 @@ fn web_cluster_of_ipaddr2_and_apache_with_ping_and_fencing_fails_over_on_real_pa
     let fence = agents::testbed_fence_script(dir.path(), Path::new(TANDEM)).unwrap();
     let extra = agents::two_node_fence_config(&fence, 0)
         + &agents::ping_monitor_config()
-        + &format!(
-            r#"
-[[group]]
-name = "web"
-preferred = ["n1", "n2"]
-failback = "manual"
-
-[[group.resource]]
-name = "vip"
-kind = "ocf"
-agent = "ocf:heartbeat:IPaddr2"
-params = {{ ip = "{VIP}", cidr_netmask = 24 }}
-check_interval_ms = 1000
-
-[[group.resource]]
-name = "apache"
-kind = "ocf"
-agent = "ocf:heartbeat:apache"
-params = {{ configfile = "{conf}", httpd = "/usr/sbin/apache2", statusurl = "http://127.0.0.1/server-status" }}
-timeout_ms = 60000
-check_interval_ms = 2000
-"#,
-            conf = conf.display()
-        );
+        + &agents::ocf_web_group_config(VIP, &conf, Some(60_000));
     let shape = ClusterShape {
         extra,
         profile: "relaxed".into(),

@@ -59,7 +59,14 @@ impl Driver for FilesyncDriver {
         // this node sends again from now. The probe only reports, so that
         // a node whose group went elsewhere never sends an old tree.
         if let Some(sync) = &self.sync {
-            if !sync.running() && self.marked() {
+            if !sync.running() {
+                if !self.marked() {
+                    // Found running by a marker the guard removed since
+                    // (it stopped what an ended lease left): start again.
+                    return Some(Health::Failed(
+                        "this node is not the source any more (its marker is gone): starting it again".into(),
+                    ));
+                }
                 sync.set_running(true);
             }
         }
@@ -177,6 +184,13 @@ mod tests {
         assert!(again.sync.as_ref().is_some_and(|s| !s.running()));
         assert_eq!(again.check_inline(), Some(Health::Fine));
         assert!(again.sync.as_ref().is_some_and(|s| s.running()));
+        // A marker removed between the probe and the check (the guard
+        // ending an old lease): the check fails, so it is started again.
+        let raced = driver(dir.path());
+        assert_eq!(raced.act(ActionKind::Probe), Outcome::Running);
+        std::fs::remove_file(&raced.marker).unwrap();
+        assert!(matches!(raced.check_inline(), Some(Health::Failed(_))));
+        assert_eq!(raced.act(ActionKind::Start), Outcome::Running);
         assert_eq!(again.act(ActionKind::Stop), Outcome::Stopped);
         assert!(!d.marker.exists());
         assert_eq!(driver(dir.path()).act(ActionKind::Probe), Outcome::Stopped);

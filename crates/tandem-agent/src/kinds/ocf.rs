@@ -224,7 +224,9 @@ async fn check_one(
             ),
         ));
     }
-    if out.is_empty() && md.has_action("validate-all") {
+    // The agent's own check runs unless a parameter is wrong (it would
+    // only say so again); the timeout advice does not stop it.
+    if !out.iter().any(|(sev, _)| *sev == Severity::Error) && md.has_action("validate-all") {
         match call(&program, "validate-all", &env, limit).await {
             Ok((Some(0), _)) => {}
             Ok((code, reason)) => out.push((
