@@ -706,6 +706,28 @@ mod tests {
         assert_eq!(only.leaving[0].as_lease().pidfiles.len(), 1);
     }
 
+    /// A guard run on `lease` (written to `path`, already ended, this boot)
+    /// for an "agent" that stays alive while the guard acts, so that it
+    /// reads as stuck: the agent to kill and the guard to join.
+    fn guard_on_an_ended_lease(
+        path: &Path,
+        lease: LeaseFile,
+    ) -> (std::process::Child, std::thread::JoinHandle<Result<()>>) {
+        let agent = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let lease = LeaseFile {
+            agent_pid: agent.id(),
+            boot_id: boot_id(),
+            until_mono_ms: 1,
+            ..lease
+        };
+        write(path, &lease).unwrap();
+        let (path, pid) = (path.to_path_buf(), agent.id());
+        (agent, std::thread::spawn(move || run(&path, pid, "test")))
+    }
+
     /// Regression (bench web, a restarted node): at an agent's start the
     /// guard ran the stops of an ended lease (apache's took a second)
     /// while the agent, already holding a new lease, started the group:
@@ -718,18 +740,10 @@ mod tests {
         let path = dir.path().join("lease.json");
         let lock = lock_path(&path);
         assert!(!busy(&lock), "no lock file: not busy");
-        // The "agent": alive while the guard acts (so it reads as stuck).
-        let mut agent = std::process::Command::new("sleep")
-            .arg("30")
-            .spawn()
-            .unwrap();
         let marker = dir.path().join("stopped");
-        write(
+        let (mut agent, guard) = guard_on_an_ended_lease(
             &path,
-            &LeaseFile {
-                agent_pid: agent.id(),
-                boot_id: boot_id(),
-                until_mono_ms: 1,
+            LeaseFile {
                 stop_commands: vec![StopCommand {
                     program: "sh".into(),
                     args: vec![
@@ -741,12 +755,7 @@ mod tests {
                 }],
                 ..LeaseFile::default()
             },
-        )
-        .unwrap();
-        let guard = {
-            let (path, pid) = (path.clone(), agent.id());
-            std::thread::spawn(move || run(&path, pid, "test"))
-        };
+        );
         let t0 = std::time::Instant::now();
         while !busy(&lock) {
             assert!(
@@ -787,16 +796,9 @@ mod tests {
             env: vec![],
             first,
         };
-        let mut agent = std::process::Command::new("sleep")
-            .arg("30")
-            .spawn()
-            .unwrap();
-        write(
+        let (mut agent, guard) = guard_on_an_ended_lease(
             &path,
-            &LeaseFile {
-                agent_pid: agent.id(),
-                boot_id: boot_id(),
-                until_mono_ms: 1,
+            LeaseFile {
                 stop_commands: vec![say("db", false), say("cut", true)],
                 leaving: vec![Leaving {
                     until_mono_ms: 1,
@@ -805,12 +807,7 @@ mod tests {
                 }],
                 ..LeaseFile::default()
             },
-        )
-        .unwrap();
-        let guard = {
-            let (path, pid) = (path.clone(), agent.id());
-            std::thread::spawn(move || run(&path, pid, "test"))
-        };
+        );
         let t0 = std::time::Instant::now();
         while std::fs::read_to_string(&order).map_or(0, |o| o.lines().count()) < 3 {
             assert!(
