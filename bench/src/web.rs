@@ -301,14 +301,7 @@ struct TandemStack {
 }
 
 fn web_on(s: &serde_json::Value) -> Option<usize> {
-    let g = s["groups"]
-        .as_array()?
-        .iter()
-        .find(|g| g["name"] == "web")?;
-    if g["state"] != "running" {
-        return None;
-    }
-    g["placed_on"].as_str()?.strip_prefix('n')?.parse().ok()
+    tandem_testbed::agents::running_on(s, "web")
 }
 
 impl TandemStack {

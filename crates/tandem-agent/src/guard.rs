@@ -248,25 +248,33 @@ pub fn enforce(lease: &LeaseFile) -> Vec<String> {
     did
 }
 
-/// Runs the stop commands (after the fast part above is done).
 /// Runs a lease's stop commands, each bounded; what each did (for the
 /// kinds' tests of what their guard commands do).
 #[cfg(test)]
 pub(crate) fn run_stop_commands(lease: &LeaseFile) -> Vec<String> {
-    stop_commands(lease)
+    let mut did = stop_commands(marked_first(std::slice::from_ref(lease)));
+    did.extend(stop_commands(not_first(lease)));
+    did
 }
 
-fn stop_commands(lease: &LeaseFile) -> Vec<String> {
+/// The stop commands of every one of `leases` marked first.
+fn marked_first(leases: &[LeaseFile]) -> impl Iterator<Item = &StopCommand> {
+    leases
+        .iter()
+        .flat_map(|l| l.stop_commands.iter().filter(|c| c.first))
+}
+
+/// The other stop commands of `lease`, in the order listed (stop order
+/// within a group).
+fn not_first(lease: &LeaseFile) -> impl Iterator<Item = &StopCommand> {
+    lease.stop_commands.iter().filter(|c| !c.first)
+}
+
+/// Runs `commands` one after another, each bounded; what each did.
+fn stop_commands<'a>(commands: impl Iterator<Item = &'a StopCommand>) -> Vec<String> {
     use std::os::unix::process::CommandExt as _;
     let mut did = Vec::new();
-    // Those marked first, then the rest, each in the order listed (stop
-    // order within a group).
-    let ordered = lease
-        .stop_commands
-        .iter()
-        .filter(|c| c.first)
-        .chain(lease.stop_commands.iter().filter(|c| !c.first));
-    for c in ordered {
+    for c in commands {
         let mut cmd = std::process::Command::new(&c.program);
         // A group of its own: a stop that times out is killed with
         // whatever it started (a `sh -c`'s fuser, an agent's pg_ctl), so
@@ -535,25 +543,10 @@ pub fn run(path: &Path, agent_pid: u32, label: &str) -> Result<()> {
             let mut did = Vec::new();
             // The commands marked first, of every due entry (a group being
             // moved away and the node's lease alike), before anything else.
-            let firsts = LeaseFile {
-                stop_commands: due
-                    .iter()
-                    .flat_map(|d| d.stop_commands.iter().filter(|c| c.first).cloned())
-                    .collect(),
-                ..LeaseFile::default()
-            };
-            did.extend(stop_commands(&firsts));
+            did.extend(stop_commands(marked_first(&due)));
             for d in &due {
                 did.extend(enforce(d));
-                did.extend(stop_commands(&LeaseFile {
-                    stop_commands: d
-                        .stop_commands
-                        .iter()
-                        .filter(|c| !c.first)
-                        .cloned()
-                        .collect(),
-                    ..LeaseFile::default()
-                }));
+                did.extend(stop_commands(not_first(d)));
             }
             let cleared = LeaseFile {
                 addresses: if expired {

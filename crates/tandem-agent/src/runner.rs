@@ -128,6 +128,8 @@ pub struct Runner {
     killed_leaving: std::collections::BTreeSet<usize>,
     /// The lease file the guard watches.
     lease_path: PathBuf,
+    /// The guard's lock beside the lease file ([`guard::lock_path`]).
+    guard_lock: PathBuf,
     /// The guard held its lock at the last pass (said once per wait).
     waiting_for_guard: bool,
     /// What was written there last.
@@ -263,6 +265,7 @@ impl Runner {
             pid: std::process::id(),
             killed_leaving: std::collections::BTreeSet::new(),
             lease_path: run_dir.join("lease.json"),
+            guard_lock: guard::lock_path(&run_dir.join("lease.json")),
             waiting_for_guard: false,
             written: None,
             lease_write_error: None,
@@ -356,7 +359,9 @@ impl Runner {
         // go on (a node losing its lease must still stop at once). The
         // next pass (heartbeats drive one every few tens of ms) looks
         // again.
-        let guard_busy = guard::busy(&guard::lock_path(&self.lease_path));
+        // (Asked only when a start could be due: an idle agent's passes,
+        // 20-40 a second, open no file for it.)
+        let guard_busy = self.groups.may_start() && guard::busy(&self.guard_lock);
         if guard_busy && !self.waiting_for_guard {
             log.push(AgentEvent::WaitingForGuard);
         }

@@ -214,8 +214,6 @@ struct GroupRun {
     /// Held after a failure: start nothing before this time unless the
     /// group is wanted elsewhere first.
     hold_until_ms: Option<u64>,
-    /// Frozen after a failure: no action at all until it is left alone.
-    frozen: bool,
     /// While frozen: the failure that froze it and when it was last
     /// reported ([`FROZEN_REPORT_EVERY_MS`]).
     frozen_report: Option<(u64, Failure)>,
@@ -227,6 +225,14 @@ struct GroupRun {
     /// Since when the group is in its current state (for status).
     since_ms: u64,
     last_state: GroupState,
+}
+
+impl GroupRun {
+    /// Frozen after a failure (its report kept until the cluster takes
+    /// over): no action at all until it is left alone.
+    fn frozen(&self) -> bool {
+        self.frozen_report.is_some()
+    }
 }
 
 /// A failure to report to the leader.
@@ -267,7 +273,6 @@ impl Groups {
                     recovering: false,
                     on_fail: vec![OnFail::Restart; n],
                     hold_until_ms: None,
-                    frozen: false,
                     frozen_report: None,
                     ignored_at_ms: vec![None; n],
                     not_before_ms: 0,
@@ -296,6 +301,19 @@ impl Groups {
         self.starts_held = held;
     }
 
+    /// Whether a start could be due: some group wanted running, neither
+    /// frozen nor in the middle of an action, has a resource not running.
+    /// (While none has, holding starts changes nothing, so the shell need
+    /// not ask whether to.)
+    pub fn may_start(&self) -> bool {
+        self.groups.iter().any(|r| {
+            r.want == Want::Run
+                && !r.frozen()
+                && !r.busy
+                && r.resources.iter().any(|s| *s != ResourceState::Running)
+        })
+    }
+
     /// Sets what is wanted of group `g`. Wanted elsewhere ends a hold;
     /// left alone ends a freeze (whoever left it alone now decides).
     pub fn set_want(&mut self, g: usize, want: Want) {
@@ -305,7 +323,6 @@ impl Groups {
                 run.hold_until_ms = None;
             }
             if want == Want::Leave {
-                run.frozen = false;
                 run.frozen_report = None;
             }
         }
@@ -325,7 +342,7 @@ impl Groups {
     /// Whether group `g` is frozen after a failure (`fence`, `block`):
     /// nothing is started or stopped until it is left alone.
     pub fn frozen(&self, g: usize) -> bool {
-        self.groups.get(g).is_some_and(|r| r.frozen)
+        self.groups.get(g).is_some_and(GroupRun::frozen)
     }
 
     /// Until when group `g` is held after a failure (`move`, `standby`):
@@ -421,16 +438,13 @@ impl Groups {
         (local, then): (Local, Escalation),
         now_ms: u64,
     ) {
-        if self.failures.len() == MAX_PENDING_FAILURES {
-            self.failures.pop_front();
-        }
         let failure = Failure {
             group: g,
             resource: r,
             reason,
             then,
         };
-        self.failures.push_back(failure.clone());
+        self.push_failure(failure.clone());
         let Some(run) = self.groups.get_mut(g) else {
             return;
         };
@@ -444,10 +458,18 @@ impl Groups {
                 }
             }
             Local::Freeze => {
-                run.frozen = true;
                 run.frozen_report = Some((now_ms, failure));
             }
         }
+    }
+
+    /// Queues a failure for the leader, dropping the oldest at
+    /// [`MAX_PENDING_FAILURES`].
+    fn push_failure(&mut self, f: Failure) {
+        if self.failures.len() == MAX_PENDING_FAILURES {
+            self.failures.pop_front();
+        }
+        self.failures.push_back(f);
     }
 
     /// The outcome of an action asked for by [`Groups::poll`].
@@ -544,7 +566,7 @@ impl Groups {
         self.groups.get(g).is_some_and(|run| {
             run.want == Want::Run
                 && !run.busy
-                && !run.frozen
+                && !run.frozen()
                 && run.resources.get(r) == Some(&ResourceState::Running)
         })
     }
@@ -607,10 +629,7 @@ impl Groups {
             })
             .collect();
         for f in again {
-            if self.failures.len() == MAX_PENDING_FAILURES {
-                self.failures.pop_front();
-            }
-            self.failures.push_back(f);
+            self.push_failure(f);
         }
         for g in 0..self.groups.len() {
             if let Some(a) = self.next(g, now_ms) {
@@ -643,7 +662,6 @@ impl Groups {
             // report its failure again.
             .filter_map(|r| match (&r.frozen_report, r.hold_until_ms) {
                 (Some((at, _)), _) => Some(at.saturating_add(FROZEN_REPORT_EVERY_MS)),
-                _ if r.frozen => None,
                 (None, Some(h)) => Some(h.max(r.not_before_ms)),
                 (None, None) => (r.not_before_ms > 0).then_some(r.not_before_ms),
             })
@@ -653,7 +671,7 @@ impl Groups {
     fn next(&mut self, g: usize, now_ms: u64) -> Option<Action> {
         let starts_held = self.starts_held;
         let run = &mut self.groups[g];
-        if run.busy || run.frozen {
+        if run.busy || run.frozen() {
             return None;
         }
         let act = |resource, kind| {
@@ -798,8 +816,10 @@ mod tests {
         gs.hold_starts(true);
         gs.set_want(0, Want::Run);
         settle(&mut gs, 0, ok);
+        assert!(gs.may_start());
         gs.hold_starts(false);
         let log = settle(&mut gs, 0, ok);
+        assert!(!gs.may_start(), "all running: no start could be due");
         assert_eq!(
             log,
             vec![a(0, 0, ActionKind::Start), a(0, 1, ActionKind::Start)]

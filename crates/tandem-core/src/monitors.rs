@@ -260,17 +260,16 @@ impl Monitors {
                     reason,
                 }
             }
-            OnFail::Restart => Verdict::Escalate {
-                group,
-                resource: m.plan.resource,
-                reason,
-                on_fail: OnFail::Move,
-            },
+            // Restarts used up: a restart policy moves the group.
             on_fail => Verdict::Escalate {
                 group,
                 resource: m.plan.resource,
                 reason,
-                on_fail,
+                on_fail: if on_fail == OnFail::Restart {
+                    OnFail::Move
+                } else {
+                    on_fail
+                },
             },
         }
     }

@@ -415,6 +415,19 @@ pub fn link_state<'a>(s: &'a Value, name: &str, link: &str) -> &'a str {
         .unwrap_or("absent")
 }
 
+/// The node (its number) that status `s` says runs group `group`, while
+/// the group's state is `running`.
+pub fn running_on(s: &Value, group: &str) -> Option<usize> {
+    let g = s["groups"]
+        .as_array()?
+        .iter()
+        .find(|g| g["name"] == group)?;
+    if g["state"] != "running" {
+        return None;
+    }
+    g["placed_on"].as_str()?.strip_prefix('n')?.parse().ok()
+}
+
 /// Every peer online with every link up.
 pub fn all_online(s: &Value) -> bool {
     s["peers"].as_array().is_some_and(|ps| {

@@ -381,14 +381,7 @@ fn cluster_shape(shape: Shape, tandem: &Path, dir: &Path) -> Result<ClusterShape
 }
 
 fn running_on(s: &Value) -> Option<usize> {
-    let g = s["groups"]
-        .as_array()?
-        .iter()
-        .find(|g| g["name"] == "web")?;
-    if g["state"] != "running" {
-        return None;
-    }
-    g["placed_on"].as_str()?.strip_prefix('n')?.parse().ok()
+    crate::agents::running_on(s, "web")
 }
 
 /// Where the group runs, asking every agent that answers.

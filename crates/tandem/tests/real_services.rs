@@ -124,16 +124,8 @@ fn stop_everywhere(c: &AgentCluster, group: &str) {
     .unwrap_or_else(|e| panic!("{e:#}\nlogs:\n{}", c.logs()));
 }
 
-fn web(s: &Value) -> Option<&Value> {
-    s["groups"].as_array()?.iter().find(|g| g["name"] == "web")
-}
-
 fn running_on(s: &Value) -> Option<usize> {
-    let g = web(s)?;
-    if g["state"] != "running" {
-        return None;
-    }
-    g["placed_on"].as_str()?.strip_prefix('n')?.parse().ok()
+    agents::running_on(s, "web")
 }
 
 /// Events of `kind` for `web/<resource>` at or after `since`.
@@ -376,11 +368,7 @@ fn read_in_node(c: &AgentCluster, n: usize, file: &Path) -> Vec<String> {
 }
 
 fn db_on(s: &Value) -> Option<usize> {
-    let g = s["groups"].as_array()?.iter().find(|g| g["name"] == "db")?;
-    if g["state"] != "running" {
-        return None;
-    }
-    g["placed_on"].as_str()?.strip_prefix('n')?.parse().ok()
+    agents::running_on(s, "db")
 }
 
 /// Brief scenario 2's storage half: a replicated volume -> an ext4 `fs` on
@@ -1014,14 +1002,7 @@ address = "{VIP}/24"
 const SYNCED: &str = "/srv/tandem-test-filesync";
 
 fn conf_on(s: &Value) -> Option<usize> {
-    let g = s["groups"]
-        .as_array()?
-        .iter()
-        .find(|g| g["name"] == "conf")?;
-    if g["state"] != "running" {
-        return None;
-    }
-    g["placed_on"].as_str()?.strip_prefix('n')?.parse().ok()
+    agents::running_on(s, "conf")
 }
 
 /// Waits until `pred` holds of node `n`'s copy of the synced tree.
@@ -1245,16 +1226,7 @@ interval_ms = 60000
     )
     .unwrap();
     c.start_members().unwrap();
-    let svc_on = |s: &Value| -> Option<usize> {
-        let g = s["groups"]
-            .as_array()?
-            .iter()
-            .find(|g| g["name"] == "svc")?;
-        if g["state"] != "running" {
-            return None;
-        }
-        g["placed_on"].as_str()?.strip_prefix('n')?.parse().ok()
-    };
+    let svc_on = |s: &Value| agents::running_on(s, "svc");
     c.wait(1, GENEROUS, "svc running", |s| {
         all_online(s) && svc_on(s).is_some()
     })
