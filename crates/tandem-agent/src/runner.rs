@@ -359,9 +359,7 @@ impl Runner {
         // go on (a node losing its lease must still stop at once). The
         // next pass (heartbeats drive one every few tens of ms) looks
         // again.
-        // (Asked only when a start could be due: an idle agent's passes,
-        // 20-40 a second, open no file for it.)
-        let guard_busy = self.groups.may_start() && guard::busy(&self.guard_lock);
+        let guard_busy = guard::busy(&self.guard_lock);
         if guard_busy && !self.waiting_for_guard {
             log.push(AgentEvent::WaitingForGuard);
         }

@@ -301,19 +301,6 @@ impl Groups {
         self.starts_held = held;
     }
 
-    /// Whether a start could be due: some group wanted running, neither
-    /// frozen nor in the middle of an action, has a resource not running.
-    /// (While none has, holding starts changes nothing, so the shell need
-    /// not ask whether to.)
-    pub fn may_start(&self) -> bool {
-        self.groups.iter().any(|r| {
-            r.want == Want::Run
-                && !r.frozen()
-                && !r.busy
-                && r.resources.iter().any(|s| *s != ResourceState::Running)
-        })
-    }
-
     /// Sets what is wanted of group `g`. Wanted elsewhere ends a hold;
     /// left alone ends a freeze (whoever left it alone now decides).
     pub fn set_want(&mut self, g: usize, want: Want) {
@@ -816,10 +803,8 @@ mod tests {
         gs.hold_starts(true);
         gs.set_want(0, Want::Run);
         settle(&mut gs, 0, ok);
-        assert!(gs.may_start());
         gs.hold_starts(false);
         let log = settle(&mut gs, 0, ok);
-        assert!(!gs.may_start(), "all running: no start could be due");
         assert_eq!(
             log,
             vec![a(0, 0, ActionKind::Start), a(0, 1, ActionKind::Start)]
