@@ -12,7 +12,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -29,6 +29,14 @@ pub struct Scan {
 
 /// Lists every root (files hashed) as a manifest; `max_file_bytes`: a
 /// larger file is kept, not sent.
+///
+/// The walk goes by descriptors: each directory is opened with
+/// `O_NOFOLLOW` from its parent's descriptor and listed from its own, and
+/// each file is read from a descriptor checked to be the very inode that
+/// was listed. A directory swapped for a symlink while the scan runs (by
+/// anyone who may write under a root) therefore ends that branch instead
+/// of leading the agent, running as root, to read and send a file from
+/// elsewhere (`/etc/shadow` to every peer).
 pub fn scan(roots: &[PathBuf], max_file_bytes: u64) -> Scan {
     let mut s = Scan::default();
     s.manifest.roots = root_names(roots);
@@ -36,8 +44,8 @@ pub fn scan(roots: &[PathBuf], max_file_bytes: u64) -> Scan {
         let Ok(r) = u16::try_from(i) else { break };
         // The root itself is followed if it is a symlink (the operator's
         // own path); nothing under it is.
-        match fs::metadata(root) {
-            Ok(_) => walk(&mut s, r, root, String::new(), max_file_bytes),
+        match stat_path(root) {
+            Ok(st) => walk(&mut s, r, root, String::new(), At::Root(st), max_file_bytes),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 s.manifest.keep.push((r, String::new()));
                 s.problems.push(format!(
@@ -70,7 +78,14 @@ fn join(root: &Path, rel: &str) -> PathBuf {
     }
 }
 
-fn walk(s: &mut Scan, root: u16, base: &Path, rel: String, max_file_bytes: u64) {
+/// Where the walk stands: at a root (stat'ed through its path) or at a
+/// name in an open directory.
+enum At<'a> {
+    Root(libc::stat),
+    In(&'a OwnedFd, CString),
+}
+
+fn walk(s: &mut Scan, root: u16, base: &Path, rel: String, at: At<'_>, max_file_bytes: u64) {
     let path = join(base, &rel);
     if s.manifest.entries.len() >= MAX_ENTRIES {
         s.problems.push(format!(
@@ -80,73 +95,87 @@ fn walk(s: &mut Scan, root: u16, base: &Path, rel: String, max_file_bytes: u64) 
         s.manifest.keep.push((root, rel));
         return;
     }
-    let meta = match if rel.is_empty() {
-        fs::metadata(&path)
-    } else {
-        fs::symlink_metadata(&path)
-    } {
-        Ok(m) => m,
-        Err(e) => {
-            s.problems.push(format!("{}: {e}", path.display()));
-            s.manifest.keep.push((root, rel));
-            return;
-        }
+    let listed = match &at {
+        At::Root(st) => Ok(*st),
+        At::In(dir, name) => stat_at(dir, name),
     };
-    let ft = meta.file_type();
-    let kind = if ft.is_dir() {
-        EntryKind::Dir
-    } else if ft.is_symlink() {
-        match fs::read_link(&path) {
-            Ok(t) if t.as_os_str().len() <= MAX_LINK_BYTES => match t.to_str() {
-                Some(t) => EntryKind::Symlink {
-                    target: t.to_string(),
-                },
-                None => return keep(s, root, rel, &path, "its target is not UTF-8"),
-            },
-            Ok(_) => return keep(s, root, rel, &path, "its target is too long"),
-            Err(e) => return keep(s, root, rel, &path, &e.to_string()),
-        }
-    } else if ft.is_file() {
-        if meta.len() > max_file_bytes {
+    let listed = match listed {
+        Ok(st) => st,
+        Err(e) => return keep(s, root, rel, &path, &e.to_string()),
+    };
+    let ty = listed.st_mode & libc::S_IFMT;
+    // What is sent is described by the descriptor that is read (`fstat`),
+    // never by a path looked up again.
+    let (kind, st, dir) = if ty == libc::S_IFLNK {
+        let At::In(dir, name) = &at else {
             return keep(
                 s,
                 root,
                 rel,
                 &path,
-                &format!(
-                    "{} bytes, over max_file_bytes ({max_file_bytes})",
-                    meta.len()
-                ),
+                "a root that is a symlink after following it",
+            );
+        };
+        match read_link_at(dir, name) {
+            Ok(Some(target)) => (EntryKind::Symlink { target }, listed, None),
+            Ok(None) => return keep(s, root, rel, &path, "its target is too long or not UTF-8"),
+            Err(e) => return keep(s, root, rel, &path, &e.to_string()),
+        }
+    } else if ty == libc::S_IFREG {
+        let size = u64::try_from(listed.st_size).unwrap_or(0);
+        if size > max_file_bytes {
+            return keep(
+                s,
+                root,
+                rel,
+                &path,
+                &format!("{size} bytes, over max_file_bytes ({max_file_bytes})"),
             );
         }
-        match hash_file(&path, max_file_bytes) {
-            Ok((size, hash)) => EntryKind::File { size, hash },
-            Err(e) => return keep(s, root, rel, &path, &format!("{e:#}")),
+        let opened = open_listed(&at, base, &listed).and_then(|fd| {
+            let st = fstat(&fd)?;
+            Ok((fd, st))
+        });
+        match opened {
+            Ok((fd, st)) => match hash_read(File::from(fd), &path, max_file_bytes) {
+                Ok((size, hash)) => (EntryKind::File { size, hash }, st, None),
+                Err(e) => return keep(s, root, rel, &path, &format!("{e:#}")),
+            },
+            Err(e) => return keep(s, root, rel, &path, &e.to_string()),
+        }
+    } else if ty == libc::S_IFDIR {
+        match open_listed(&at, base, &listed).and_then(|fd| {
+            let st = fstat(&fd)?;
+            Ok((fd, st))
+        }) {
+            Ok((fd, st)) => (EntryKind::Dir, st, Some(fd)),
+            Err(e) => {
+                // Listed, but its contents unknown: keep them on the others.
+                s.problems.push(format!("{}: {e}", path.display()));
+                s.manifest.keep.push((root, rel));
+                return;
+            }
         }
     } else {
         return keep(s, root, rel, &path, "not a file, directory or symlink");
     };
-    let is_dir = matches!(kind, EntryKind::Dir);
     s.manifest.entries.push(Entry {
         root,
         path: rel.clone(),
         kind,
         // Never setuid or setgid on another node (see `KEPT_MODE`).
-        mode: meta.mode() & KEPT_MODE,
-        uid: meta.uid(),
-        gid: meta.gid(),
-        mtime_ns: meta
-            .mtime()
+        mode: st.st_mode & KEPT_MODE,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        mtime_ns: st
+            .st_mtime
             .saturating_mul(1_000_000_000)
-            .saturating_add(meta.mtime_nsec()),
+            .saturating_add(st.st_mtime_nsec),
     });
-    if !is_dir {
-        return;
-    }
-    let mut names: Vec<String> = match fs::read_dir(&path) {
-        Ok(rd) => {
-            let (ok, bad): (Vec<_>, Vec<_>) = rd.partition(|e| e.is_ok());
-            if !bad.is_empty() {
+    let Some(dir) = dir else { return };
+    let mut names: Vec<String> = match list_dir(&dir) {
+        Ok((names, unreadable)) => {
+            if unreadable {
                 // Entries it could not read: keep the whole directory on
                 // the others rather than remove what was not seen.
                 s.problems.push(format!(
@@ -155,14 +184,15 @@ fn walk(s: &mut Scan, root: u16, base: &Path, rel: String, max_file_bytes: u64) 
                 ));
                 s.manifest.keep.push((root, rel.clone()));
             }
-            ok.into_iter()
-                .filter_map(|e| e.ok())
-                .filter_map(|e| match e.file_name().into_string() {
+            names
+                .into_iter()
+                .filter_map(|n| match String::from_utf8(n) {
                     Ok(n) => Some(n),
                     Err(n) => {
                         s.problems.push(format!(
-                            "{}: a name that is not UTF-8 is not synced: {n:?}",
-                            path.display()
+                            "{}: a name that is not UTF-8 is not synced: {:?}",
+                            path.display(),
+                            String::from_utf8_lossy(n.as_bytes())
                         ));
                         None
                     }
@@ -170,7 +200,6 @@ fn walk(s: &mut Scan, root: u16, base: &Path, rel: String, max_file_bytes: u64) 
                 .collect()
         }
         Err(e) => {
-            // Listed, but its contents unknown: keep them on the others.
             s.problems.push(format!("{}: {e}", path.display()));
             s.manifest.keep.push((root, rel));
             return;
@@ -179,12 +208,15 @@ fn walk(s: &mut Scan, root: u16, base: &Path, rel: String, max_file_bytes: u64) 
     // Sorted: the same tree gives the same manifest.
     names.sort();
     for n in names {
+        let Ok(name) = CString::new(n.as_bytes()) else {
+            continue;
+        };
         let child = if rel.is_empty() {
             n
         } else {
             format!("{rel}/{n}")
         };
-        walk(s, root, base, child, max_file_bytes);
+        walk(s, root, base, child, At::In(&dir, name), max_file_bytes);
     }
 }
 
@@ -194,27 +226,133 @@ fn keep(s: &mut Scan, root: u16, rel: String, path: &Path, why: &str) {
     s.manifest.keep.push((root, rel));
 }
 
-/// Opens `path` for reading only if it is a regular file: never a FIFO or
-/// device (which could block the sync for good), never through a final
-/// symlink.
-fn open_regular(path: &Path) -> Result<File> {
-    let f = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-        .with_context(|| format!("reading {}", path.display()))?;
-    let m = f
-        .metadata()
-        .with_context(|| format!("reading {}", path.display()))?;
-    if !m.file_type().is_file() {
-        bail!("{} is not a regular file", path.display());
+/// `stat` of the operator's own path (a root), following a symlink.
+fn stat_path(p: &Path) -> std::io::Result<libc::stat> {
+    let c = CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: an all-zero `stat` is a valid value to be overwritten.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` and `st` are valid for the call.
+    if unsafe { libc::stat(c.as_ptr(), &mut st) } == 0 {
+        Ok(st)
+    } else {
+        Err(std::io::Error::last_os_error())
     }
-    Ok(f)
 }
 
-/// A file's size and BLAKE3, reading at most `limit` bytes.
-pub fn hash_file(path: &Path, limit: u64) -> Result<(u64, String)> {
-    let f = open_regular(path)?;
+fn fstat(fd: &OwnedFd) -> std::io::Result<libc::stat> {
+    // SAFETY: an all-zero `stat` is a valid value to be overwritten.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `fd` is open and `st` valid for the call.
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } == 0 {
+        Ok(st)
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Opens what the walk listed (a directory or a regular file), never
+/// through a symlink below the root, never blocking (a FIFO swapped in),
+/// and only if it is still the inode that was listed: anything swapped in
+/// between the listing and the open is refused.
+fn open_listed(at: &At<'_>, root: &Path, listed: &libc::stat) -> std::io::Result<OwnedFd> {
+    let flags = libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC;
+    let fd = match at {
+        At::Root(_) => {
+            let c = CString::new(root.as_os_str().as_bytes())
+                .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+            // SAFETY: `c` is valid for the call.
+            unsafe { libc::open(c.as_ptr(), flags) }
+        }
+        // SAFETY: `dir` is open and `name` valid for the call.
+        At::In(dir, name) => unsafe {
+            libc::openat(dir.as_raw_fd(), name.as_ptr(), flags | libc::O_NOFOLLOW)
+        },
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just opened and is owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let now = fstat(&fd)?;
+    if (now.st_dev, now.st_ino, now.st_mode & libc::S_IFMT)
+        != (listed.st_dev, listed.st_ino, listed.st_mode & libc::S_IFMT)
+    {
+        return Err(std::io::Error::other(
+            "changed while it was scanned (replaced by something else); the next sync looks again",
+        ));
+    }
+    Ok(fd)
+}
+
+/// A symlink's target, read from its directory's descriptor; None if it
+/// is too long or not UTF-8.
+fn read_link_at(dir: &OwnedFd, name: &CString) -> std::io::Result<Option<String>> {
+    let mut buf = vec![0u8; MAX_LINK_BYTES + 1];
+    // SAFETY: `dir` is open, `name` valid, `buf` writable for its length.
+    let n = unsafe {
+        libc::readlinkat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    let Ok(n) = usize::try_from(n) else {
+        return Err(std::io::Error::last_os_error());
+    };
+    if n > MAX_LINK_BYTES {
+        return Ok(None);
+    }
+    buf.truncate(n);
+    Ok(String::from_utf8(buf).ok())
+}
+
+/// The names in an open directory (not `.` or `..`), and whether reading
+/// it stopped on an error. Read from a duplicate of the descriptor, so
+/// the walk keeps its own for the `openat`s below.
+fn list_dir(dir: &OwnedFd) -> std::io::Result<(Vec<Vec<u8>>, bool)> {
+    // SAFETY: `dir` is open for the call.
+    let dup = unsafe { libc::fcntl(dir.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+    if dup < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `dup` is a directory descriptor we own; on success the
+    // stream owns it and `closedir` closes it.
+    let d = unsafe { libc::fdopendir(dup) };
+    if d.is_null() {
+        let e = std::io::Error::last_os_error();
+        // SAFETY: `dup` is still ours when fdopendir failed.
+        unsafe { libc::close(dup) };
+        return Err(e);
+    }
+    let mut names = Vec::new();
+    let mut unreadable = false;
+    // Bounded: the scan stops at MAX_ENTRIES entries in all.
+    for _ in 0..=MAX_ENTRIES {
+        // SAFETY: errno is thread-local; cleared to tell an error from
+        // the end of the stream.
+        unsafe { *libc::__errno_location() = 0 };
+        // SAFETY: `d` is an open stream.
+        let ent = unsafe { libc::readdir64(d) };
+        if ent.is_null() {
+            unreadable = std::io::Error::last_os_error().raw_os_error() != Some(0);
+            break;
+        }
+        // SAFETY: `ent` points to an entry valid until the next readdir,
+        // and its name is NUL-terminated.
+        let name = unsafe { std::ffi::CStr::from_ptr((*ent).d_name.as_ptr()) }.to_bytes();
+        if name != b"." && name != b".." {
+            names.push(name.to_vec());
+        }
+    }
+    // SAFETY: `d` is open and closed once.
+    unsafe { libc::closedir(d) };
+    Ok((names, unreadable))
+}
+
+/// A file's size and BLAKE3, reading at most `limit` bytes from `f`.
+fn hash_read(f: File, path: &Path, limit: u64) -> Result<(u64, String)> {
     let mut h = blake3::Hasher::new();
     let mut n = 0u64;
     let mut buf = vec![0u8; 64 * 1024];
@@ -239,13 +377,40 @@ pub fn hash_file(path: &Path, limit: u64) -> Result<(u64, String)> {
 }
 
 /// A file's content as listed in `e`, or why not (changed since the scan:
-/// the next sync sends it).
+/// the next sync sends it). Opened as the scan opens it: from its
+/// directory's descriptor, reached from the root without following a
+/// symlink, and only if it is a regular file.
 pub fn read_listed(root: &Path, e: &Entry, limit: u64) -> Result<Vec<u8>> {
     let path = join(root, &e.path);
     let EntryKind::File { hash, .. } = &e.kind else {
         bail!("{} is not a file", path.display());
     };
-    let f = open_regular(&path)?;
+    let flags = libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC;
+    let fd = if e.path.is_empty() {
+        // The root: the operator's own path, followed.
+        let c = cstr(root.as_os_str().as_bytes())?;
+        // SAFETY: `c` is valid for the call.
+        unsafe { libc::open(c.as_ptr(), flags) }
+    } else {
+        let (dir, name) = parent_of(root, &e.path)?;
+        let Some(name) = name else {
+            bail!("{} has no name", path.display());
+        };
+        // SAFETY: `dir` is open and `name` valid for the call.
+        unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags | libc::O_NOFOLLOW) }
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("reading {}", path.display()));
+    }
+    // SAFETY: `fd` was just opened and is owned by nobody else.
+    let f = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    let m = f
+        .metadata()
+        .with_context(|| format!("reading {}", path.display()))?;
+    if !m.file_type().is_file() {
+        bail!("{} is not a regular file", path.display());
+    }
     let mut data = Vec::new();
     f.take(limit.saturating_add(1))
         .read_to_end(&mut data)
@@ -551,6 +716,7 @@ fn set_mtime_fd(f: &File, mtime_ns: i64) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::MetadataExt;
     use tandem_core::filesync::plan;
 
     fn apply(src_root: &Path, dst_root: &Path) -> Vec<String> {
@@ -684,7 +850,11 @@ mod tests {
         let c = CString::new(fifo.as_os_str().as_bytes()).unwrap();
         // SAFETY: a valid path for the call.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-        assert!(hash_file(&fifo, 1024).is_err());
+        let as_file = Entry {
+            path: "fifo".into(),
+            ..e.clone()
+        };
+        assert!(read_listed(&root, &as_file, 1024).is_err());
         let s = scan(std::slice::from_ref(&root), 1024);
         assert!(
             s.manifest.keep.contains(&(0, "fifo".to_string())),
@@ -705,5 +875,70 @@ mod tests {
             vec![(0, String::new()), (1, "large".to_string())]
         );
         assert_eq!(s.problems.len(), 2, "{:?}", s.problems);
+    }
+
+    /// Regression (hostile review of issue 17): the source's read went by
+    /// path, so a directory under a root swapped for a symlink after the
+    /// scan led the agent to read (and send) the file behind the symlink.
+    #[test]
+    fn a_listed_file_is_never_read_through_a_directory_swapped_for_a_symlink() {
+        let t = tempfile::tempdir().unwrap();
+        let (root, outside) = (t.path().join("root"), t.path().join("outside"));
+        fs::create_dir_all(root.join("d")).unwrap();
+        fs::create_dir_all(&outside).unwrap();
+        fs::write(root.join("d/f"), b"same").unwrap();
+        fs::write(outside.join("f"), b"same").unwrap();
+        let s = scan(std::slice::from_ref(&root), 1024);
+        let e = s
+            .manifest
+            .entries
+            .iter()
+            .find(|e| e.path == "d/f")
+            .unwrap()
+            .clone();
+        assert_eq!(read_listed(&root, &e, 1024).unwrap(), b"same");
+        fs::rename(root.join("d"), t.path().join("moved")).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("d")).unwrap();
+        // Even with the same content (so that the hash check cannot be
+        // what refuses it), the file behind the symlink is not read.
+        let err = read_listed(&root, &e, 1024).unwrap_err();
+        assert!(format!("{err:#}").contains("never followed"), "{err:#}");
+    }
+
+    /// The scan's half of the same race: what was listed is opened only
+    /// if it is still the same inode; a directory swapped (for a symlink,
+    /// another directory, or a FIFO) between the listing and the open is
+    /// refused, and nothing blocks.
+    #[test]
+    fn what_is_swapped_between_listing_and_opening_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        fs::create_dir_all(root.join("d")).unwrap();
+        fs::create_dir_all(t.path().join("outside")).unwrap();
+        fs::write(root.join("f"), b"x").unwrap();
+        let rootfd = open_dir_path(&root).unwrap();
+        let name = |n: &str| CString::new(n).unwrap();
+        let listed_d = stat_at(&rootfd, &name("d")).unwrap();
+        let listed_f = stat_at(&rootfd, &name("f")).unwrap();
+        // Unchanged: opened.
+        assert!(open_listed(&At::In(&rootfd, name("d")), &root, &listed_d).is_ok());
+        // d swapped for a symlink to a directory outside.
+        fs::rename(root.join("d"), t.path().join("d-moved")).unwrap();
+        std::os::unix::fs::symlink(t.path().join("outside"), root.join("d")).unwrap();
+        assert!(open_listed(&At::In(&rootfd, name("d")), &root, &listed_d).is_err());
+        // d swapped for another real directory.
+        fs::remove_file(root.join("d")).unwrap();
+        fs::create_dir(root.join("d")).unwrap();
+        let err = open_listed(&At::In(&rootfd, name("d")), &root, &listed_d).unwrap_err();
+        assert!(
+            err.to_string().contains("changed while it was scanned"),
+            "{err}"
+        );
+        // f swapped for a FIFO: refused at once, never a blocked scan.
+        fs::remove_file(root.join("f")).unwrap();
+        let c = CString::new(root.join("f").as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid path for the call.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        assert!(open_listed(&At::In(&rootfd, name("f")), &root, &listed_f).is_err());
     }
 }
