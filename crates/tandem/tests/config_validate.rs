@@ -324,6 +324,37 @@ params = { fake = "x" }
     );
     assert!(ok, "{said}");
 
+    // `promotable` and `notify` need the actions they call: Dummy has
+    // neither promote nor demote; Stateful has both, but no notify.
+    let (ok, said) = validate(
+        r#"
+[[group.resource]]
+name = "dummy"
+kind = "ocf"
+agent = "ocf:heartbeat:Dummy"
+promotable = true
+
+[[group.resource]]
+name = "roles"
+kind = "ocf"
+agent = "ocf:heartbeat:Stateful"
+promotable = true
+notify = true
+"#,
+    );
+    assert!(!ok, "{said}");
+    let missing: Vec<&str> = said.lines().filter(|l| l.contains("lists no `")).collect();
+    assert_eq!(missing.len(), 3, "{said}");
+    assert!(
+        missing[0].contains("resource `dummy`") && missing[0].contains("no `promote` action"),
+        "{said}"
+    );
+    assert!(missing[1].contains("no `demote` action"), "{said}");
+    assert!(
+        missing[2].contains("resource `roles`") && missing[2].contains("no `notify` action"),
+        "{said}"
+    );
+
     // A limit shorter than the agent advertises is warned about, with
     // what to write: apache's longest is its stop, 60 s.
     let (ok, said) = validate(

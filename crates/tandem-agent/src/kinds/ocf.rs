@@ -13,7 +13,9 @@ use tandem_core::config::Config;
 use tandem_core::diagnostic::Severity;
 use tandem_core::group::{ActionKind, Outcome};
 use tandem_core::kinds::ocf::metadata::{check_params, Metadata};
-use tandem_core::kinds::ocf::{exit_reason, outcome, Ocf, OcfAction};
+use tandem_core::kinds::ocf::{
+    calls, exit_reason, next, outcome, outcome_as, Next, Ocf, OcfAction,
+};
 use tandem_core::kinds::Params;
 
 use super::{Act, Bind, BindError, Driver, Resource};
@@ -39,25 +41,27 @@ pub fn bind(p: &Ocf, _cx: &Bind<'_>) -> Result<Box<dyn Driver>, BindError> {
     Ok(Box::new(OcfDriver { spec: p.clone() }))
 }
 
-/// The environment of one call: `interval_ms` is the monitor's interval
-/// (0 for probes and other actions).
+/// The environment of one call of `action`, as Pacemaker gives it: the
+/// check's interval and depth, and for a `promotable` or `notify`
+/// resource the clone meta variables of a single promoted instance.
 fn environment(
     spec: &Ocf,
     owner: &Owner,
     timeout_ms: u64,
-    interval_ms: u64,
-    check_level: Option<u32>,
+    action: OcfAction,
 ) -> Vec<(String, String)> {
+    let (interval_ms, check_level) = match action {
+        OcfAction::Check => (spec.check_interval_ms, spec.check_level),
+        _ => (0, None),
+    };
+    let instance = format!("{}-{}", owner.group, owner.resource);
     let mut env = owner.env_vec();
     let pairs = [
         ("OCF_ROOT", spec.ocf_root.display().to_string()),
         ("OCF_RA_VERSION_MAJOR", "1".to_string()),
         ("OCF_RA_VERSION_MINOR", "1".to_string()),
         // Unique on the node: resource names are unique only in a group.
-        (
-            "OCF_RESOURCE_INSTANCE",
-            format!("{}-{}", owner.group, owner.resource),
-        ),
+        ("OCF_RESOURCE_INSTANCE", instance.clone()),
         ("OCF_RESOURCE_TYPE", spec.agent_type().to_string()),
         ("OCF_RESOURCE_PROVIDER", spec.provider().to_string()),
         ("OCF_RESKEY_CRM_meta_timeout", timeout_ms.to_string()),
@@ -66,6 +70,45 @@ fn environment(
     env.extend(pairs.into_iter().map(|(k, v)| (k.to_string(), v)));
     if let Some(l) = check_level {
         env.push(("OCF_CHECK_LEVEL".into(), l.to_string()));
+    }
+    let meta = |k: &str| format!("OCF_RESKEY_CRM_meta_{k}");
+    if spec.promotable {
+        // `ocf_is_ms` reads `promotable` (and, in older agents,
+        // `master_max`): one instance, promoted.
+        for (k, v) in [
+            ("promotable", "true"),
+            ("promoted_max", "1"),
+            ("promoted_node_max", "1"),
+            ("master_max", "1"),
+            ("master_node_max", "1"),
+            ("clone_max", "1"),
+            ("clone_node_max", "1"),
+        ] {
+            env.push((meta(k), v.into()));
+        }
+        if action == OcfAction::Check {
+            env.push((meta("role"), "Promoted".into()));
+        }
+    }
+    if spec.notify {
+        env.push((meta("notify"), "true".into()));
+    }
+    if let OcfAction::Notify(when, op) = action {
+        env.push((meta("notify_type"), when.word().into()));
+        env.push((meta("notify_operation"), op.word().into()));
+        // The lists name the one instance: in the operation's own list,
+        // among the active ones (only active instances are notified),
+        // and among the promoted ones while it is promoted.
+        let mut lists = vec![op.word(), "active"];
+        if op.promoted_at(when) {
+            lists.extend(["promoted", "master"]);
+        } else if spec.promotable {
+            lists.extend(["unpromoted", "slave"]);
+        }
+        for l in lists {
+            env.push((meta(&format!("notify_{l}_resource")), instance.clone()));
+            env.push((meta(&format!("notify_{l}_uname")), owner.node.clone()));
+        }
     }
     env.extend(
         spec.params
@@ -94,15 +137,47 @@ async fn call(
 }
 
 impl OcfDriver {
-    async fn act(&self, r: &Resource, action: OcfAction) -> Outcome {
-        let (interval_ms, level) = match action {
-            OcfAction::Check => (self.spec.check_interval_ms, self.spec.check_level),
-            _ => (0, None),
-        };
-        let env = environment(&self.spec, &r.owner, r.timeout_ms, interval_ms, level);
-        let limit = Duration::from_millis(r.timeout_ms);
+    /// Runs one of the group's actions: its [`calls`] in order, within
+    /// the resource's one timeout, each call's outcome read by the core
+    /// ([`next`]).
+    async fn act(&self, r: &Resource, action: ActionKind) -> Outcome {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(r.timeout_ms);
+        let mut counted = Outcome::Stopped;
+        let mut aside: Vec<String> = Vec::new();
+        for call in calls(&self.spec, action) {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match next(call, self.call_one(r, call, left).await) {
+                Next::Counted(o) => counted = o,
+                Next::Aside(None) => {}
+                // Reported with the action's outcome, never silent.
+                Next::Aside(Some(w)) => aside.push(w),
+                Next::Done(o) => return o,
+            }
+        }
+        if !aside.is_empty() {
+            eprintln!(
+                "{}/{}: {action:?} ({}): {}",
+                r.owner.group,
+                r.owner.resource,
+                self.spec.agent,
+                aside.join("; ")
+            );
+        }
+        match counted {
+            Outcome::Failed(w) if !aside.is_empty() => {
+                Outcome::Failed(format!("{w} (before it: {})", aside.join("; ")))
+            }
+            o => o,
+        }
+    }
+
+    /// One call of the agent, within `limit`.
+    async fn call_one(&self, r: &Resource, action: OcfAction, limit: Duration) -> Outcome {
+        // The configured timeout, as Pacemaker passes it; the call is
+        // bounded by what is left of the action's.
+        let env = environment(&self.spec, &r.owner, r.timeout_ms, action);
         match call(&self.spec.program(), action.verb(), &env, limit).await {
-            Ok((code, reason)) => outcome(action, code, reason.as_deref()),
+            Ok((code, reason)) => outcome_as(action, self.spec.promotable, code, reason.as_deref()),
             // No agent program here (resource-agents not installed): it
             // cannot run here, as an agent's own "not installed" (5) says
             // for a probe; a stop has nothing to stop, a start bars the
@@ -112,11 +187,14 @@ impl OcfDriver {
             {
                 let why = format!("{}: {} cannot run here: {source}", self.spec.agent, self.spec.program().display());
                 match action {
-                    OcfAction::Probe | OcfAction::Stop => Outcome::Stopped,
-                    OcfAction::Start | OcfAction::Check => Outcome::Barred { bar: tandem_core::group::Bar::Node, why },
+                    OcfAction::Probe | OcfAction::Stop | OcfAction::Demote => Outcome::Stopped,
+                    OcfAction::Notify(..) => Outcome::Failed(why),
+                    OcfAction::Start | OcfAction::Check | OcfAction::Promote => {
+                        Outcome::Barred { bar: tandem_core::group::Bar::Node, why }
+                    }
                 }
             }
-            Err(e) => Outcome::Failed(format!("{}: {e}", self.spec.agent)),
+            Err(e) => Outcome::Failed(format!("{}: {} {e}", self.spec.agent, action.verb())),
         }
     }
 }
@@ -127,31 +205,30 @@ impl Driver for OcfDriver {
     }
 
     fn action<'a>(&'a self, r: &'a Resource, action: ActionKind) -> Act<'a> {
-        let action = match action {
-            ActionKind::Probe => OcfAction::Probe,
-            ActionKind::Start => OcfAction::Start,
-            ActionKind::Stop => OcfAction::Stop,
-        };
         Box::pin(self.act(r, action))
     }
 
     fn check<'a>(&'a self, r: &'a Resource) -> Act<'a> {
-        Box::pin(self.act(r, OcfAction::Check))
+        let limit = Duration::from_millis(r.timeout_ms);
+        Box::pin(self.call_one(r, OcfAction::Check, limit))
     }
 
     fn check_interval_ms(&self) -> u64 {
         self.spec.check_interval_ms
     }
 
-    /// The guard calls the agent's `stop` when the agent is gone.
+    /// The guard makes the stop's calls (a promotable resource's `demote`
+    /// and any notifications, then `stop`) when the agent is gone.
     fn guard(&self, owner: &Owner, part: &mut Leaving) {
         let timeout_ms = tandem_core::kinds::DEFAULT_RESOURCE_TIMEOUT_MS;
-        part.stop_commands.push(StopCommand {
-            program: self.spec.program(),
-            args: vec!["stop".into()],
-            env: environment(&self.spec, owner, timeout_ms, 0, None),
-            first: false,
-        });
+        for c in calls(&self.spec, ActionKind::Stop) {
+            part.stop_commands.push(StopCommand {
+                program: self.spec.program(),
+                args: vec![c.verb().into()],
+                env: environment(&self.spec, owner, timeout_ms, c),
+                first: false,
+            });
+        }
     }
 }
 
@@ -212,6 +289,22 @@ async fn check_one(
         .into_iter()
         .map(|p| (Severity::Error, p.to_string()))
         .collect();
+    // What the configuration asks the agent to do, it must have.
+    let wanted = [
+        (spec.promotable, "promote", "promotable"),
+        (spec.promotable, "demote", "promotable"),
+        (spec.notify, "notify", "notify"),
+    ];
+    for (asked, action, field) in wanted {
+        if asked && !md.has_action(action) {
+            out.push((
+                Severity::Error,
+                format!(
+                    "{field} = true, but the agent's meta-data lists no `{action}` action: remove `{field}` or use an agent that has it"
+                ),
+            ));
+        }
+    }
     // One limit covers start, stop and monitor: shorter than what the
     // agent says it may need, a slow stop counts as failed (and the node
     // is fenced). Advice, not a silent default: every node, the witness
@@ -256,7 +349,7 @@ fn validate_env(spec: &Ocf, cluster: &str, group: &str, resource: &str) -> Vec<(
         resource: resource.into(),
         run_dir: PathBuf::from(HA_RSCTMP),
     };
-    environment(spec, &owner, VALIDATE_LIMIT_MS, 0, None)
+    environment(spec, &owner, VALIDATE_LIMIT_MS, OcfAction::Start)
 }
 
 /// What agent `program` says of itself (`meta-data`, bounded in time and
@@ -316,9 +409,22 @@ mod tests {
             ocf_root: root.to_path_buf(),
             check_interval_ms: 1_000,
             check_level: Some(10),
+            promotable: false,
+            notify: false,
             floating: None,
             link: None,
         })
+    }
+
+    fn promotable(p: Params, notify: bool) -> Params {
+        match p {
+            Params::Ocf(o) => Params::Ocf(Ocf {
+                promotable: true,
+                notify,
+                ..o
+            }),
+            other => other,
+        }
     }
 
     /// Debian's Dummy, unchanged: probe, start, check, stop, probe.
@@ -448,5 +554,114 @@ mod tests {
         let checked = std::fs::read_to_string(format!("{}.monitor", seen.display())).unwrap();
         assert!(checked.contains("OCF_RESKEY_CRM_meta_interval=1000"), "{checked}");
         assert!(checked.contains("OCF_CHECK_LEVEL=10"), "{checked}");
+    }
+
+    /// Debian's Stateful, unchanged, as a promotable resource: the start
+    /// promotes it, the check wants it promoted, and the stop demotes it
+    /// first (Stateful refuses to stop a promoted instance: its stop
+    /// says 8), both by the agent and by the guard.
+    #[test]
+    fn debians_stateful_is_promoted_on_start_and_demoted_before_its_stop() {
+        let Some(root) = debian_agents() else { return };
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("stateful.state");
+        let plain = ocf("ocf:heartbeat:Stateful", root, &[("state", state.to_str().unwrap())]);
+        let r = resource(promotable(plain.clone(), false), 20_000, dir.path());
+        let read = || std::fs::read_to_string(&state).unwrap_or_default();
+        rt().block_on(async {
+            assert_eq!(run_action(&r, ActionKind::Probe).await, Outcome::Stopped);
+            assert_eq!(run_action(&r, ActionKind::Start).await, Outcome::Running);
+            assert_eq!(read().trim(), "master", "promoted after the start");
+            assert_eq!(run_action(&r, ActionKind::Probe).await, Outcome::Running);
+            assert_eq!(run_check(&r).await, Outcome::Running);
+            // Demoted behind Tandem's back: running, but not as wanted.
+            std::fs::write(&state, "slave\n").unwrap();
+            let o = run_check(&r).await;
+            assert!(
+                matches!(&o, Outcome::Failed(w) if w.contains("not promoted")),
+                "{o:?}"
+            );
+            std::fs::write(&state, "master\n").unwrap();
+            // The same agent without `promotable`: its stop of a promoted
+            // instance fails (what the demote is for).
+            let unpromoting = resource(plain, 20_000, dir.path());
+            let o = run_action(&unpromoting, ActionKind::Stop).await;
+            assert!(matches!(&o, Outcome::Failed(w) if w.contains("exited 8")), "{o:?}");
+            assert_eq!(run_action(&r, ActionKind::Stop).await, Outcome::Stopped);
+            assert!(!state.exists());
+            assert_eq!(run_action(&r, ActionKind::Probe).await, Outcome::Stopped);
+            // The guard's stop does the same when the agent is gone.
+            assert_eq!(run_action(&r, ActionKind::Start).await, Outcome::Running);
+        });
+        let mut part = crate::guard::Leaving::default();
+        r.kind.guard(&r.owner, &mut part);
+        let did = crate::guard::run_stop_commands(&part.as_lease());
+        assert_eq!(did.len(), 2, "{did:?}");
+        assert!(did[0].ends_with("demote: exit status: 0"), "{did:?}");
+        assert!(did[1].ends_with("stop: exit status: 0"), "{did:?}");
+        assert!(!state.exists(), "{did:?}");
+    }
+
+    /// `notify`: the agent is told before and after each of its own
+    /// operations, with Pacemaker's variables; a failing notify is
+    /// reported but does not fail the start.
+    #[test]
+    fn notifications_carry_pacemakers_variables_and_never_fail_an_action() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("ocf");
+        let agents = root.join("resource.d/acme");
+        std::fs::create_dir_all(&agents).unwrap();
+        let log = dir.path().join("log");
+        let state = dir.path().join("state");
+        std::fs::write(
+            agents.join("Roles"),
+            format!(
+                "#!/bin/sh\nm=OCF_RESKEY_CRM_meta\necho \"$1 ${{OCF_RESKEY_CRM_meta_notify_type}} ${{OCF_RESKEY_CRM_meta_notify_operation}} [${{OCF_RESKEY_CRM_meta_notify_promoted_uname}}] [${{OCF_RESKEY_CRM_meta_notify_active_resource}}] ${{OCF_RESKEY_CRM_meta_promotable}}\" >> {log}\ncase $1 in\n start) echo up > {state}; exit 0;;\n promote) echo promoted > {state}; exit 0;;\n demote) echo up > {state}; exit 0;;\n stop) rm -f {state}; exit 0;;\n notify) exit 1;;\n monitor) test -f {state} || exit 7; grep -q promoted {state} && exit 8; exit 0;;\nesac\nexit 3\n",
+                log = log.display(),
+                state = state.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(
+            agents.join("Roles"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let p = promotable(ocf("ocf:acme:Roles", &root, &[]), true);
+        let r = resource(p, 7_000, dir.path());
+        rt().block_on(async {
+            // ETXTBSY from another test's fork holding the write descriptor.
+            for _ in 0..100 {
+                if run_action(&r, ActionKind::Probe).await == Outcome::Stopped {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            assert_eq!(run_action(&r, ActionKind::Start).await, Outcome::Running);
+            assert_eq!(run_check(&r).await, Outcome::Running);
+            assert_eq!(run_action(&r, ActionKind::Stop).await, Outcome::Stopped);
+        });
+        let calls: Vec<String> = std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with("monitor"))
+            .map(str::to_string)
+            .collect();
+        let node = "n1";
+        assert_eq!(
+            calls,
+            vec![
+                "start   [] [] true".to_string(),
+                "notify post start [] [g-r] true".into(),
+                "notify pre promote [] [g-r] true".into(),
+                "promote   [] [] true".into(),
+                format!("notify post promote [{node}] [g-r] true"),
+                format!("notify pre demote [{node}] [g-r] true"),
+                "demote   [] [] true".into(),
+                "notify post demote [] [g-r] true".into(),
+                "notify pre stop [] [g-r] true".into(),
+                "stop   [] [] true".into(),
+            ]
+        );
     }
 }

@@ -406,6 +406,8 @@ mod tests {
                 ocf_root: ocf::DEFAULT_OCF_ROOT.into(),
                 check_interval_ms: ocf::DEFAULT_OCF_CHECK_INTERVAL_MS,
                 check_level: None,
+                promotable: false,
+                notify: false,
                 floating: None,
                 link: None,
             }),

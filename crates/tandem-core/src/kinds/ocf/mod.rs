@@ -41,6 +41,15 @@ pub struct Ocf {
     pub check_interval_ms: u64,
     /// `OCF_CHECK_LEVEL` of those checks (None: the agent's default, 0).
     pub check_level: Option<u32>,
+    /// Runs promoted where its group runs: `promote` after `start`,
+    /// `demote` before `stop`, and running means running promoted (exit
+    /// 8). One instance, on the group's node: a promotable clone with a
+    /// promoted and unpromoted copies needs clones, which Tandem has not.
+    pub promotable: bool,
+    /// Calls the agent's `notify` around its own start, promote, demote
+    /// and stop, with Pacemaker's `OCF_RESKEY_CRM_meta_notify_*`
+    /// variables (the only instance is this one).
+    pub notify: bool,
     /// The floating address it holds, for the address agents
     /// ([`ADDRESS_AGENTS`] with an `ip` parameter); not written back.
     #[serde(skip)]
@@ -116,6 +125,16 @@ impl Kind for Ocf {
             doc: "OCF_CHECK_LEVEL of those checks (the agent's depth: 0, 10, 20...)",
             default: Some("the agent's default (0)"),
         },
+        Field {
+            name: "promotable",
+            doc: "run it promoted where the group runs: `promote` after `start`, `demote` before `stop`; running means exit 8 (one instance: no unpromoted copy elsewhere)",
+            default: Some("false"),
+        },
+        Field {
+            name: "notify",
+            doc: "call the agent's `notify` before and after its own start, promote, demote and stop, with Pacemaker's OCF_RESKEY_CRM_meta_notify_* variables",
+            default: Some("false"),
+        },
     ];
 
     fn check(f: &mut Fields<'_>) -> Option<Ocf> {
@@ -124,6 +143,8 @@ impl Kind for Ocf {
         let root = f.take::<PathBuf>("ocf_root");
         let interval = f.take::<u64>("check_interval_ms");
         let level = f.take::<u32>("check_level");
+        let promotable = f.take::<bool>("promotable").is_some_and(|b| *b.get_ref());
+        let notify = f.take::<bool>("notify").is_some_and(|b| *b.get_ref());
         let agent = agent?;
         let parts: Vec<&str> = agent.get_ref().split(':').collect();
         match parts.as_slice() {
@@ -227,6 +248,8 @@ impl Kind for Ocf {
             ocf_root,
             check_interval_ms,
             check_level: level.map(|l| l.into_inner()),
+            promotable,
+            notify,
             floating,
             link,
         })
@@ -281,6 +304,12 @@ pub enum OcfAction {
     Probe,
     /// `monitor` of a resource that should run (its periodic check).
     Check,
+    /// `promote` (a `promotable` resource, after its start).
+    Promote,
+    /// `demote` (a `promotable` resource, before its stop).
+    Demote,
+    /// `notify`, before or after one of the others.
+    Notify(NotifyWhen, NotifyOp),
 }
 
 impl OcfAction {
@@ -290,7 +319,138 @@ impl OcfAction {
             OcfAction::Start => "start",
             OcfAction::Stop => "stop",
             OcfAction::Probe | OcfAction::Check => "monitor",
+            OcfAction::Promote => "promote",
+            OcfAction::Demote => "demote",
+            OcfAction::Notify(..) => "notify",
         }
+    }
+}
+
+/// Whether a notification comes before or after its operation
+/// (`OCF_RESKEY_CRM_meta_notify_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotifyWhen {
+    /// `pre`.
+    Pre,
+    /// `post`.
+    Post,
+}
+
+impl NotifyWhen {
+    /// As the agent reads it.
+    pub fn word(self) -> &'static str {
+        match self {
+            NotifyWhen::Pre => "pre",
+            NotifyWhen::Post => "post",
+        }
+    }
+}
+
+/// The operation a notification is about
+/// (`OCF_RESKEY_CRM_meta_notify_operation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotifyOp {
+    /// `start`.
+    Start,
+    /// `stop`.
+    Stop,
+    /// `promote`.
+    Promote,
+    /// `demote`.
+    Demote,
+}
+
+impl NotifyOp {
+    /// As the agent reads it.
+    pub fn word(self) -> &'static str {
+        match self {
+            NotifyOp::Start => "start",
+            NotifyOp::Stop => "stop",
+            NotifyOp::Promote => "promote",
+            NotifyOp::Demote => "demote",
+        }
+    }
+
+    /// Whether the instance is promoted while this notification is sent
+    /// (`notify_promoted_*` then names it).
+    pub fn promoted_at(self, when: NotifyWhen) -> bool {
+        matches!(
+            (self, when),
+            (NotifyOp::Promote, NotifyWhen::Post) | (NotifyOp::Demote, NotifyWhen::Pre)
+        )
+    }
+}
+
+/// The calls that make up one of the group's actions on `spec`, in order.
+/// Pacemaker notifies only instances that are active, so a start is
+/// notified after it (`post`), a stop before it (`pre`), and a promotion
+/// or demotion on both sides.
+pub fn calls(spec: &Ocf, action: crate::group::ActionKind) -> Vec<OcfAction> {
+    use crate::group::ActionKind;
+    use OcfAction::*;
+    let n = |when, op| spec.notify.then_some(Notify(when, op));
+    let promote = [
+        n(NotifyWhen::Pre, NotifyOp::Promote),
+        Some(Promote),
+        n(NotifyWhen::Post, NotifyOp::Promote),
+    ];
+    let demote = [
+        n(NotifyWhen::Pre, NotifyOp::Demote),
+        Some(Demote),
+        n(NotifyWhen::Post, NotifyOp::Demote),
+    ];
+    let seq: Vec<Option<OcfAction>> = match action {
+        ActionKind::Probe => vec![Some(Probe)],
+        ActionKind::Start => {
+            let mut v = vec![Some(Start), n(NotifyWhen::Post, NotifyOp::Start)];
+            if spec.promotable {
+                v.extend(promote);
+            }
+            v
+        }
+        ActionKind::Stop => {
+            let mut v = Vec::new();
+            if spec.promotable {
+                v.extend(demote);
+            }
+            v.extend([n(NotifyWhen::Pre, NotifyOp::Stop), Some(Stop)]);
+            v
+        }
+    };
+    seq.into_iter().flatten().collect()
+}
+
+/// Where a sequence of [`calls`] stands after one call's outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
+    /// Go on; this is the action's outcome unless a later call says
+    /// otherwise.
+    Counted(Outcome),
+    /// Go on; this call does not decide the action's outcome (its failure,
+    /// if any, is reported with it).
+    Aside(Option<String>),
+    /// Stop here: this is the action's outcome.
+    Done(Outcome),
+}
+
+/// What one call's outcome means for the sequence it is in:
+///
+/// - a `notify` is aside: its failure is reported but changes nothing
+///   (as in Pacemaker, it is advice to the agent);
+/// - so is a `demote`: its failure does not keep the `stop` that follows
+///   from running (a stopped instance is not promoted either), and only
+///   the stop's outcome counts;
+/// - a failed `start` or `promote` ends the start: the group's recovery
+///   stops it (demote, stop) and decides again.
+pub fn next(action: OcfAction, outcome: Outcome) -> Next {
+    match (action, outcome) {
+        (OcfAction::Notify(..) | OcfAction::Demote, Outcome::Failed(w)) => Next::Aside(Some(w)),
+        (OcfAction::Notify(..) | OcfAction::Demote, Outcome::Barred { why, .. }) => {
+            Next::Aside(Some(why))
+        }
+        (OcfAction::Notify(..) | OcfAction::Demote, _) => Next::Aside(None),
+        (_, o @ (Outcome::Running | Outcome::Stopped)) => Next::Counted(o),
+        (_, o) => Next::Done(o),
     }
 }
 
@@ -356,6 +516,20 @@ pub fn code_name(c: i32) -> &'static str {
 ///   it does not run here: stopped, as Pacemaker reads it. A start there
 ///   then bars the node.
 pub fn outcome(action: OcfAction, exit: Option<i32>, reason: Option<&str>) -> Outcome {
+    outcome_as(action, false, exit, reason)
+}
+
+/// [`outcome`] of a call on a `promotable` resource: running means
+/// running promoted (8 or 191). A probe or check that finds it running
+/// but not promoted (0 or 190) is a failure: recovery stops it and
+/// starts it again, promoted. A `demote` that says 7 (not running) has
+/// nothing to demote.
+pub fn outcome_as(
+    action: OcfAction,
+    promotable: bool,
+    exit: Option<i32>,
+    reason: Option<&str>,
+) -> Outcome {
     let Some(c) = exit else {
         return Outcome::Failed(format!("{} was killed by a signal", action.verb()));
     };
@@ -367,9 +541,17 @@ pub fn outcome(action: OcfAction, exit: Option<i32>, reason: Option<&str>) -> Ou
         }
     };
     use code::*;
+    let looked = matches!(action, OcfAction::Probe | OcfAction::Check);
     match (action, c) {
         (OcfAction::Stop, SUCCESS) => Outcome::Stopped,
         (OcfAction::Stop, _) => Outcome::Failed(why()),
+        (OcfAction::Demote, SUCCESS | NOT_RUNNING) => Outcome::Stopped,
+        (OcfAction::Demote, _) => Outcome::Failed(why()),
+        (OcfAction::Notify(..), SUCCESS) => Outcome::Running,
+        (OcfAction::Notify(..), _) => Outcome::Failed(why()),
+        (_, SUCCESS | DEGRADED) if looked && promotable => {
+            Outcome::Failed(format!("{}: running, but not promoted", why()))
+        }
         (_, SUCCESS | RUNNING_PROMOTED | DEGRADED | DEGRADED_PROMOTED) => Outcome::Running,
         (OcfAction::Probe | OcfAction::Check, NOT_RUNNING) => Outcome::Stopped,
         (OcfAction::Probe, ERR_INSTALLED) => Outcome::Stopped,
@@ -464,6 +646,8 @@ mod tests {
             ocf_root: DEFAULT_OCF_ROOT.into(),
             check_interval_ms: 1,
             check_level: None,
+            promotable: false,
+            notify: false,
             floating: None,
             link: None,
         };
@@ -471,5 +655,121 @@ mod tests {
             o.program(),
             PathBuf::from("/usr/lib/ocf/resource.d/heartbeat/IPaddr2")
         );
+    }
+
+    fn spec(promotable: bool, notify: bool) -> Ocf {
+        Ocf {
+            agent: "ocf:heartbeat:Stateful".into(),
+            params: BTreeMap::new(),
+            ocf_root: DEFAULT_OCF_ROOT.into(),
+            check_interval_ms: 1_000,
+            check_level: None,
+            promotable,
+            notify,
+            floating: None,
+            link: None,
+        }
+    }
+
+    /// The calls of each action: plain, promotable, with notifications.
+    #[test]
+    fn a_start_promotes_and_a_stop_demotes_with_notifications_around_each() {
+        use crate::group::ActionKind as K;
+        use NotifyOp as Op;
+        use NotifyWhen::*;
+        use OcfAction::*;
+        let plain = spec(false, false);
+        assert_eq!(calls(&plain, K::Start), vec![Start]);
+        assert_eq!(calls(&plain, K::Stop), vec![Stop]);
+        assert_eq!(calls(&plain, K::Probe), vec![Probe]);
+        let p = spec(true, false);
+        assert_eq!(calls(&p, K::Start), vec![Start, Promote]);
+        assert_eq!(calls(&p, K::Stop), vec![Demote, Stop]);
+        assert_eq!(calls(&p, K::Probe), vec![Probe]);
+        let pn = spec(true, true);
+        assert_eq!(
+            calls(&pn, K::Start),
+            vec![
+                Start,
+                Notify(Post, Op::Start),
+                Notify(Pre, Op::Promote),
+                Promote,
+                Notify(Post, Op::Promote)
+            ]
+        );
+        assert_eq!(
+            calls(&pn, K::Stop),
+            vec![
+                Notify(Pre, Op::Demote),
+                Demote,
+                Notify(Post, Op::Demote),
+                Notify(Pre, Op::Stop),
+                Stop
+            ]
+        );
+        assert_eq!(
+            calls(&spec(false, true), K::Stop),
+            vec![Notify(Pre, Op::Stop), Stop]
+        );
+        assert!(Op::Promote.promoted_at(Post) && Op::Demote.promoted_at(Pre));
+        assert!(!Op::Promote.promoted_at(Pre) && !Op::Start.promoted_at(Post));
+    }
+
+    /// A failed start or promote ends the start; a failed notify or
+    /// demote does not keep the stop from running.
+    #[test]
+    fn only_a_failed_start_or_promote_ends_the_sequence() {
+        let failed = || Outcome::Failed("x".into());
+        for a in [OcfAction::Start, OcfAction::Promote, OcfAction::Stop] {
+            assert_eq!(next(a, failed()), Next::Done(failed()), "{a:?}");
+            assert_eq!(next(a, Outcome::Running), Next::Counted(Outcome::Running));
+        }
+        let barred = Outcome::Barred {
+            bar: Bar::Node,
+            why: "x".into(),
+        };
+        assert_eq!(next(OcfAction::Promote, barred.clone()), Next::Done(barred));
+        for a in [
+            OcfAction::Demote,
+            OcfAction::Notify(NotifyWhen::Pre, NotifyOp::Stop),
+        ] {
+            assert_eq!(next(a, failed()), Next::Aside(Some("x".into())), "{a:?}");
+            assert_eq!(next(a, Outcome::Stopped), Next::Aside(None), "{a:?}");
+        }
+    }
+
+    /// A promotable resource runs only promoted; demote and notify read
+    /// their codes as the API says.
+    #[test]
+    fn a_promotable_resource_is_running_only_when_promoted() {
+        use OcfAction::*;
+        for look in [Probe, Check] {
+            assert_eq!(outcome_as(look, true, Some(8), None), Outcome::Running);
+            assert_eq!(outcome_as(look, true, Some(191), None), Outcome::Running);
+            assert_eq!(outcome_as(look, true, Some(7), None), Outcome::Stopped);
+            let o = outcome_as(look, true, Some(0), None);
+            assert!(
+                matches!(&o, Outcome::Failed(w) if w.contains("not promoted")),
+                "{o:?}"
+            );
+            assert_eq!(outcome_as(look, false, Some(0), None), Outcome::Running);
+        }
+        // A start leaves it unpromoted (0): the promote follows.
+        assert_eq!(outcome_as(Start, true, Some(0), None), Outcome::Running);
+        assert_eq!(outcome_as(Promote, true, Some(0), None), Outcome::Running);
+        assert!(matches!(
+            outcome_as(Promote, true, Some(1), None),
+            Outcome::Failed(_)
+        ));
+        assert!(matches!(
+            outcome_as(Promote, true, Some(5), None),
+            Outcome::Barred { bar: Bar::Node, .. }
+        ));
+        assert_eq!(outcome_as(Demote, true, Some(0), None), Outcome::Stopped);
+        assert_eq!(outcome_as(Demote, true, Some(7), None), Outcome::Stopped);
+        assert!(matches!(outcome_as(Demote, true, Some(1), None), Outcome::Failed(_)));
+        let n = Notify(NotifyWhen::Post, NotifyOp::Start);
+        assert_eq!(outcome_as(n, false, Some(0), None), Outcome::Running);
+        assert!(matches!(outcome_as(n, false, Some(3), None), Outcome::Failed(_)));
     }
 }
