@@ -36,6 +36,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tandem_core::http_access::Role;
 use tandem_core::member::Request;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::{mpsc, oneshot};
@@ -113,6 +114,19 @@ pub enum ControlRequest {
 }
 
 impl ControlRequest {
+    /// The role a request needs over the HTTP API: reading status (the
+    /// cluster's or the volumes') is [`Role::Read`]; anything that changes
+    /// something is [`Role::Operator`].
+    pub fn role(&self) -> Role {
+        match self {
+            ControlRequest::Status
+            | ControlRequest::Volume {
+                command: VolumeCommand::Status { .. },
+            } => Role::Read,
+            _ => Role::Operator,
+        }
+    }
+
     /// The cluster request it becomes (None: answered by this node alone).
     pub fn to_member(&self) -> Option<Request> {
         Some(match self.clone() {
@@ -369,6 +383,17 @@ fn parse(line: &str) -> Result<ControlRequest, Parsed> {
     serde_json::from_value::<Envelope>(value)
         .map(|e| e.request)
         .map_err(|e| Parsed::Refused(ControlError::Malformed { why: e.to_string() }))
+}
+
+/// A request as the HTTP API receives it: the control socket's request
+/// line (`{"v":1,"request":...}`), which must carry its version.
+pub fn parse_request(text: &str) -> Result<ControlRequest, ControlError> {
+    parse(text.trim()).map_err(|p| match p {
+        Parsed::Refused(e) => e,
+        Parsed::Legacy => ControlError::Malformed {
+            why: format!("no version: write {{\"v\":{PROTOCOL_VERSION},\"request\":...}}"),
+        },
+    })
 }
 
 fn legacy_error(text: &str) -> Vec<u8> {
@@ -762,5 +787,58 @@ mod tests {
             .status()
             .unwrap_err();
         assert!(e.to_string().contains("is `tandem agent` running"), "{e}");
+    }
+
+    /// Over HTTP only reading status needs no more than the read role;
+    /// every request that changes something needs the operator's.
+    #[test]
+    fn only_status_is_read_everything_else_is_an_operators() {
+        let read = [
+            ControlRequest::Status,
+            ControlRequest::Volume {
+                command: VolumeCommand::Status { name: None },
+            },
+        ];
+        for r in read {
+            assert_eq!(r.role(), Role::Read, "{r}");
+        }
+        let act = [
+            ControlRequest::Move {
+                group: "g".into(),
+                node: None,
+            },
+            ControlRequest::Failover { group: "g".into() },
+            ControlRequest::Standby {
+                node: "n".into(),
+                on: true,
+            },
+            ControlRequest::Maintenance {
+                group: "g".into(),
+                on: true,
+            },
+            ControlRequest::Cleanup { group: "g".into() },
+            ControlRequest::Fence {
+                node: "n".into(),
+                on: false,
+            },
+            ControlRequest::Volume {
+                command: VolumeCommand::Promote {
+                    name: "v".into(),
+                    force: false,
+                },
+            },
+        ];
+        for r in act {
+            assert_eq!(r.role(), Role::Operator, "{r}");
+        }
+        // The HTTP body must carry its version.
+        assert!(matches!(
+            parse_request("{\"request\":\"status\"}"),
+            Err(ControlError::Malformed { why }) if why.contains("no version")
+        ));
+        assert_eq!(
+            parse_request("{\"v\":1,\"request\":\"status\"}\n"),
+            Ok(ControlRequest::Status)
+        );
     }
 }

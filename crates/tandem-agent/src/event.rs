@@ -292,6 +292,13 @@ pub enum AgentEvent {
         /// Its state file.
         state_file: String,
     },
+    /// The HTTP API listens.
+    HttpListening {
+        /// Its address.
+        address: String,
+        /// Over TLS.
+        tls: bool,
+    },
     /// What protects this node against a hang: the watchdog, in words.
     Watchdog {
         /// The watchdog's state.
@@ -527,6 +534,11 @@ impl std::fmt::Display for AgentEvent {
                 f,
                 "started (incarnation {incarnation}, links {}, control socket {control_socket}, state {state_file})",
                 links.join(", ")
+            ),
+            AgentEvent::HttpListening { address, tls } => write!(
+                f,
+                "HTTP API on {}://{address} (GET /v1/status, POST /v1/control, GET /metrics)",
+                if *tls { "https" } else { "http" }
             ),
             AgentEvent::Watchdog { text } => f.write_str(text),
             AgentEvent::StateDirFailed {

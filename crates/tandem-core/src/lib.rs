@@ -55,6 +55,7 @@ pub mod fence;
 pub mod filesync;
 pub mod group;
 pub mod handover;
+pub mod http_access;
 pub mod kinds;
 pub mod lease;
 pub mod link_monitors;

@@ -112,6 +112,15 @@ fn machine_checks(cfg: &Config) -> Vec<(Severity, String)> {
     out.extend(tandem_agent::kinds::ocf::check_resources(cfg));
     // systemd units: known to the manager, and not enabled at boot.
     out.extend(tandem_agent::kinds::systemd::check_resources(cfg));
+    // The HTTP API's tokens and TLS identity, as the agent reads them.
+    if let Some(spec) = &cfg.http {
+        if let Err(e) = tandem_agent::http::load_files(cfg, spec) {
+            out.push((
+                Severity::Error,
+                format!("[http] on this machine: {e:#}; the agent refuses to start"),
+            ));
+        }
+    }
     // A TLS export's credentials, as the agent of a node with a copy
     // loads them at its start.
     for v in &cfg.volumes {

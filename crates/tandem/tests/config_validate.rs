@@ -389,3 +389,47 @@ agent = "ocf:heartbeat:Dummy"
         "{said}"
     );
 }
+
+/// `[http]`'s token files are checked on the machine as the agent reads
+/// them: missing, short or readable by other users, `config validate`
+/// says so before an agent refuses to start.
+#[test]
+fn http_token_files_are_checked_as_the_agent_reads_them() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("test.key"), [7u8; 32]).unwrap();
+    std::fs::set_permissions(
+        dir.path().join("test.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let token = dir.path().join("op.token");
+    let file = dir.path().join("c.toml");
+    std::fs::write(
+        &file,
+        "[cluster]\nname = \"t\"\nkey_file = \"test.key\"\n\n[quorum]\ntwo_node = true\n\n[[link]]\nname = \"lan\"\nsubnet = \"10.0.0.0/24\"\n\n[[node]]\nname = \"n1\"\naddresses = { lan = \"10.0.0.1\" }\n\n[[node]]\nname = \"n2\"\naddresses = { lan = \"10.0.0.2\" }\n\n[http]\noperator_token_file = \"op.token\"\n",
+    )
+    .unwrap();
+    let validate = || {
+        let out = tandem()
+            .args(["config", "validate"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, said) = validate();
+    assert!(!ok && said.contains("op.token"), "{said}");
+    std::fs::write(&token, "0123456789abcdef0123456789abcdef\n").unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (ok, said) = validate();
+    assert!(!ok && said.contains("readable by other users"), "{said}");
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (ok, said) = validate();
+    assert!(ok, "{said}");
+    std::fs::write(&token, "short\n").unwrap();
+    let (ok, said) = validate();
+    assert!(!ok && said.contains("at least 32"), "{said}");
+}

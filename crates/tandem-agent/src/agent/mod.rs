@@ -225,7 +225,22 @@ pub fn run(cfg: Config, opts: AgentOptions) -> Result<()> {
         Some(state_dir.join("run").join("watchdog-exposure.json")),
     )?;
     member.set_watchdog_armed(watchdog.resets_within_ms());
+    // The HTTP API's files and port, checked before anything runs: a
+    // mistake there is the operator's to fix, not a silent missing API.
+    let api = match (&cfg.http, witness) {
+        (Some(spec), false) => Some(crate::http::Api::prepare(&cfg, spec, &topo.names[me])?),
+        _ => None,
+    };
+    let tally = Arc::new(crate::metrics::Tally::new(
+        cfg.timing.deadtime_ms,
+        cfg.groups
+            .iter()
+            .filter_map(|g| Some((g.name.clone(), g.resources.last()?.name.clone())))
+            .collect(),
+    ));
     let agent = Agent {
+        api,
+        tally,
         hub,
         volume_rx,
         volume_event_rx,
@@ -264,6 +279,10 @@ pub fn run(cfg: Config, opts: AgentOptions) -> Result<()> {
 type FenceDone = (String, bool, bool, Vec<String>);
 
 struct Agent {
+    /// The HTTP API, until the loop starts serving it.
+    api: Option<crate::http::Api>,
+    /// What the metrics keep between scrapes, fed by every event.
+    tally: Arc<crate::metrics::Tally>,
     /// This node's configuration identity.
     config: tandem_core::config::identity::Identity,
     /// Fingerprint of the key it sends with.
@@ -321,6 +340,7 @@ impl Agent {
         let event = event.into();
         let text = event.to_string();
         let at = unix_ms();
+        self.tally.observe(at, &event);
         eprintln!(
             "{} tandem[{}]: {text}",
             crate::clock::format_utc(at),
@@ -389,6 +409,13 @@ impl Agent {
         let mut shutdown_deadline: Option<Instant> = None;
         let (ctl_tx, mut ctl_rx) = mpsc::channel::<LoopCall>(crate::control::LOOP_QUEUE);
         let handler = Handler::new(ctl_tx, self.hub.clone());
+        if let Some(api) = self.api.take() {
+            self.log(AgentEvent::HttpListening {
+                address: api.address.to_string(),
+                tls: api.tls(),
+            });
+            tokio::spawn(api.serve(handler.clone(), self.tally.clone()));
+        }
         loop {
             // The lease is checked before any input is handled: a node that
             // was frozen drops its addresses first thing when it resumes.

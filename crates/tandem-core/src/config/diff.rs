@@ -38,6 +38,8 @@ pub enum Section {
     Volume,
     /// `[watchdog]`.
     Watchdog,
+    /// `[http]`.
+    Http,
 }
 
 impl Section {
@@ -55,6 +57,7 @@ impl Section {
             Section::Monitor => "monitor",
             Section::Volume => "volume",
             Section::Watchdog => "watchdog",
+            Section::Http => "http",
         }
     }
 }
@@ -144,6 +147,12 @@ pub fn diff(old: &Config, new: &Config) -> Vec<Change> {
         (Some(a), Some(b)) => d.single(Section::Watchdog, a, b),
         (None, Some(_)) => d.push(Section::Watchdog, "", ChangeKind::Added),
         (Some(_), None) => d.push(Section::Watchdog, "", ChangeKind::Removed),
+        (None, None) => {}
+    }
+    match (&old.http, &new.http) {
+        (Some(a), Some(b)) => d.single(Section::Http, a, b),
+        (None, Some(_)) => d.push(Section::Http, "", ChangeKind::Added),
+        (Some(_), None) => d.push(Section::Http, "", ChangeKind::Removed),
         (None, None) => {}
     }
     d.out

@@ -104,6 +104,9 @@ pub struct Config {
     /// The watchdog to arm; None when `[watchdog] enabled = false`.
     #[serde(serialize_with = "watchdog_table")]
     pub watchdog: Option<WatchdogSpec>,
+    /// `[http]`; None: no HTTP API.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpSpec>,
 }
 
 impl Config {
@@ -485,6 +488,70 @@ impl VolumeSpec {
             Backing::PerNode(m) => m.get(node).map(PathBuf::as_path),
         }
     }
+}
+
+/// TCP port of the HTTP API when `[http]` gives none.
+pub const DEFAULT_HTTP_PORT: u16 = 9640;
+
+/// `[http]` after defaults: where the API listens and who may use it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HttpSpec {
+    /// An address, or a link (each node's own address on it).
+    #[serde(serialize_with = "display")]
+    pub listen: HttpListen,
+    /// TCP port.
+    pub port: u16,
+    /// Certificate chain and key (PEM files, as written), for TLS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// The key of `tls_cert`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// The read-only role's token file, as written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_token_file: Option<PathBuf>,
+    /// The operator role's token file, as written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub operator_token_file: Option<PathBuf>,
+}
+
+/// Where the HTTP API listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HttpListen {
+    /// This address on every node (loopback, or all addresses).
+    Address(IpAddr),
+    /// Each node's own address on this link.
+    Link(String),
+}
+
+impl std::fmt::Display for HttpListen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HttpListen::Address(a) => write!(f, "{a}"),
+            HttpListen::Link(l) => write!(f, "{l}"),
+        }
+    }
+}
+
+impl HttpSpec {
+    /// Whether only this machine can reach it (a loopback address).
+    pub fn is_loopback(&self) -> bool {
+        matches!(self.listen, HttpListen::Address(a) if a.is_loopback())
+    }
+
+    /// The socket address node `node` listens on (None: the node has no
+    /// address on the link named).
+    pub fn address_of(&self, node: &NodeSpec) -> Option<SocketAddr> {
+        let ip = match &self.listen {
+            HttpListen::Address(a) => *a,
+            HttpListen::Link(l) => *node.addresses.get(l)?,
+        };
+        Some(SocketAddr::new(ip, self.port))
+    }
+}
+
+fn display<T: std::fmt::Display, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
 }
 
 /// The watchdog settings after defaults.

@@ -50,6 +50,27 @@ pub struct ConfigFile {
     /// The hardware or software watchdog the agent feeds.
     #[serde(default)]
     pub watchdog: Watchdog,
+    /// The HTTP API; off unless the section is there.
+    pub http: Option<Http>,
+}
+
+/// `[http]`: the HTTP API (status, operator requests, Prometheus metrics).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Http {
+    /// Where it listens: an address (`127.0.0.1`, the default, or `::1`)
+    /// or a link's name (each node's own address on that link).
+    pub listen: Option<Spanned<String>>,
+    /// TCP port (default 9640).
+    pub port: Option<Spanned<u16>>,
+    /// PEM certificate chain served over TLS (required off loopback).
+    pub tls_cert: Option<Spanned<PathBuf>>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<Spanned<PathBuf>>,
+    /// File holding the token that may read (status, metrics).
+    pub read_token_file: Option<Spanned<PathBuf>>,
+    /// File holding the token that may also act (move, failover, ...).
+    pub operator_token_file: Option<Spanned<PathBuf>>,
 }
 
 /// `[watchdog]`: a device that resets the node unless the agent keeps

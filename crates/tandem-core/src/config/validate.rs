@@ -179,6 +179,7 @@ fn model(file: ConfigFile, base_dir: &Path, checked: Checked) -> Config {
         node_monitors: checked.node_monitors,
         volumes,
         watchdog: checked.watchdog,
+        http: checked.http,
     }
 }
 
@@ -189,6 +190,7 @@ struct Checked {
     group_monitors: Vec<Vec<MonitorSpec>>,
     node_monitors: Vec<MonitorSpec>,
     watchdog: Option<WatchdogSpec>,
+    http: Option<HttpSpec>,
 }
 
 /// Monitor `m` with its defaults applied, checking `check`.
@@ -347,6 +349,7 @@ pub(super) fn validate(
     }
     check_hosting(&mut c, &file, &resources);
     let watchdog = check_watchdog(&mut c, &file);
+    let http = file.http.as_ref().map(|h| check_http(&mut c, h, &links));
     check_protection(&mut c, &file, &resources, watchdog.as_ref());
     check_on_fail_fence(&mut c, &file, &resources);
 
@@ -361,6 +364,7 @@ pub(super) fn validate(
             group_monitors,
             node_monitors,
             watchdog,
+            http,
         };
         model(file, base_dir, checked)
     });
@@ -575,6 +579,77 @@ fn check_watchdog(c: &mut Checker<'_>, file: &ConfigFile) -> Option<WatchdogSpec
         stop_grace_ms,
         required,
     })
+}
+
+/// `[http]`: where it listens, and off loopback TLS and a token, never
+/// an open port on the network.
+fn check_http(c: &mut Checker<'_>, h: &super::schema::Http, links: &BTreeSet<String>) -> HttpSpec {
+    let listen = match &h.listen {
+        None => HttpListen::Address(IpAddr::from([127, 0, 0, 1])),
+        Some(l) => match l.get_ref().parse::<IpAddr>() {
+            Ok(a) if a.is_loopback() || a.is_unspecified() => HttpListen::Address(a),
+            Ok(a) => {
+                c.error(
+                    span(l),
+                    format!("[http] listen = \"{a}\" is one machine's address, but the file is the same on every node"),
+                    "write a link's name (listen = \"lan\": each node listens on its own address on that link), or 127.0.0.1",
+                );
+                HttpListen::Address(a)
+            }
+            Err(_) => {
+                if let Some(mut d) = unknown_ref("link", l, links, "[http] listen") {
+                    d.message = format!(
+                        "[http] listen = \"{}\" is neither an address (127.0.0.1, ::1, 0.0.0.0) nor a link",
+                        l.get_ref()
+                    );
+                    c.diags.push(d);
+                }
+                HttpListen::Link(l.get_ref().clone())
+            }
+        },
+    };
+    let port = h.port.as_ref().map_or(DEFAULT_HTTP_PORT, |p| *p.get_ref());
+    if port == 0 {
+        c.error(
+            h.port.as_ref().and_then(span),
+            "[http] port 0 is not a port",
+            format!("write a port, e.g. {DEFAULT_HTTP_PORT}"),
+        );
+    }
+    let path = |p: &Option<Spanned<PathBuf>>| p.as_ref().map(|p| p.get_ref().clone());
+    let spec = HttpSpec {
+        listen,
+        port,
+        tls_cert: path(&h.tls_cert),
+        tls_key: path(&h.tls_key),
+        read_token_file: path(&h.read_token_file),
+        operator_token_file: path(&h.operator_token_file),
+    };
+    let at = h.listen.as_ref().and_then(span);
+    if spec.tls_cert.is_some() != spec.tls_key.is_some() {
+        c.error(
+            h.tls_cert.as_ref().or(h.tls_key.as_ref()).and_then(span),
+            "[http] has one of tls_cert and tls_key without the other",
+            "give both: the certificate chain and its private key, as PEM files",
+        );
+    }
+    if !spec.is_loopback() {
+        if spec.tls_cert.is_none() {
+            c.error(
+                at.clone(),
+                format!("[http] listens on {} without TLS: tokens and the cluster's state would cross the network in the clear", spec.listen),
+                "give tls_cert and tls_key (PEM), or listen on 127.0.0.1",
+            );
+        }
+        if spec.read_token_file.is_none() && spec.operator_token_file.is_none() {
+            c.error(
+                at,
+                format!("[http] listens on {} with no token: anyone who reaches it could read the cluster's state", spec.listen),
+                "give read_token_file (status and metrics) and/or operator_token_file (also move, failover...): files holding a long random token, mode 0600",
+            );
+        }
+    }
+    spec
 }
 
 fn check_key_file(
@@ -1672,6 +1747,86 @@ command = ["/bin/sleep", "100"]
         refused_saying(
             text("on_fail = \"fence\"", r#"n1 = "1""#),
             "no fence device lists n2, n3",
+        );
+    }
+
+    /// `[http]`: off unless present; loopback by default; a link's name
+    /// gives each node its own address; off loopback TLS and a token are
+    /// required, and one machine's address is refused.
+    #[test]
+    fn the_http_api_is_private_unless_tls_and_a_token_guard_it() {
+        let load = |http: &str| {
+            let text = format!(
+                "[cluster]\nname = \"c\"\nkey_file = \"k\"\n\n[[link]]\nname = \"lan\"\nsubnet = \"10.0.0.0/24\"\n\n[[node]]\nname = \"n1\"\naddresses = {{ lan = \"10.0.0.1\" }}\n\n[[node]]\nname = \"n2\"\naddresses = {{ lan = \"10.0.0.2\" }}\n\n[quorum]\ntwo_node = true\n{http}"
+            );
+            crate::config::load(&text, Path::new("/etc/tandem"), &|_| {
+                crate::config::KeyFileFacts::Present {
+                    mode: 0o600,
+                    len: KEY_LEN as u64,
+                }
+            })
+        };
+        let errors = |http: &str| -> Vec<String> {
+            load(http)
+                .diagnostics
+                .iter()
+                .filter(|d| d.is_error())
+                .map(|d| format!("{} ({})", d.message, d.help.clone().unwrap_or_default()))
+                .collect()
+        };
+        assert_eq!(load("").config.unwrap().http, None);
+        let cfg = load("\n[http]\n").config.unwrap();
+        let h = cfg.http.as_ref().unwrap();
+        assert!(h.is_loopback());
+        assert_eq!(
+            h.address_of(&cfg.nodes[1]),
+            Some("127.0.0.1:9640".parse().unwrap())
+        );
+        // A link: each node its own address; TLS and a token required.
+        let e = errors("\n[http]\nlisten = \"lan\"\n");
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(
+            e[0].contains("without TLS") && e[1].contains("no token"),
+            "{e:?}"
+        );
+        let ok = "\n[http]\nlisten = \"lan\"\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\nread_token_file = \"r\"\n";
+        let cfg = load(ok).config.unwrap();
+        let h = cfg.http.as_ref().unwrap();
+        assert!(!h.is_loopback());
+        assert_eq!(
+            h.address_of(&cfg.nodes[1]),
+            Some("10.0.0.2:9640".parse().unwrap())
+        );
+        // All addresses: the same rule.
+        assert_eq!(errors("\n[http]\nlisten = \"0.0.0.0\"\n").len(), 2);
+        // One machine's address, a link that is not there, half of TLS.
+        let e = errors("\n[http]\nlisten = \"10.0.0.1\"\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\noperator_token_file = \"o\"\n");
+        assert!(
+            e.len() == 1 && e[0].contains("one machine's address"),
+            "{e:?}"
+        );
+        let e = errors("\n[http]\nlisten = \"lna\"\n");
+        assert!(
+            e.iter()
+                .any(|m| m.contains("neither an address") && m.contains("did you mean `lan`")),
+            "{e:?}"
+        );
+        let e = errors("\n[http]\ntls_cert = \"c.pem\"\n");
+        assert!(e.len() == 1 && e[0].contains("without the other"), "{e:?}");
+        let e = errors("\n[http]\nport = 0\n");
+        assert!(e.len() == 1 && e[0].contains("port 0"), "{e:?}");
+        // Shown and diffed like any section.
+        let a = load("").config.unwrap();
+        let b = load(ok).config.unwrap();
+        let shown: Vec<String> = crate::config::diff(&a, &b)
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        assert_eq!(shown, vec!["[http] added"]);
+        let toml = b.to_toml().unwrap();
+        assert!(
+            toml.contains("[http]") && toml.contains("listen = \"lan\""),
+            "{toml}"
         );
     }
 }
