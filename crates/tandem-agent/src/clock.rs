@@ -19,8 +19,17 @@ pub fn unix_us() -> u64 {
 
 /// `YYYY-MM-DD HH:MM:SS.mmm` (UTC) for a Unix time in ms.
 pub fn format_utc(unix_ms: u64) -> String {
-    let secs = unix_ms / 1000;
-    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (year, month, day, h, m, s) = civil(unix_ms / 1000);
+    format!(
+        "{year:04}-{month:02}-{day:02} {h:02}:{m:02}:{s:02}.{:03}",
+        unix_ms % 1000
+    )
+}
+
+/// The UTC calendar date and time of `unix_s`: year, month, day, hour,
+/// minute, second.
+pub fn civil(unix_s: u64) -> (i64, i64, i64, u64, u64, u64) {
+    let (days, rem) = (unix_s / 86_400, unix_s % 86_400);
     // Civil-from-days (proleptic Gregorian), after Howard Hinnant.
     let z = days as i64 + 719_468;
     let era = z.div_euclid(146_097);
@@ -31,11 +40,5 @@ pub fn format_utc(unix_ms: u64) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}.{:03}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        unix_ms % 1000
-    )
+    (year, month, day, rem / 3600, rem % 3600 / 60, rem % 60)
 }

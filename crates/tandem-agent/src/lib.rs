@@ -25,6 +25,7 @@
 //! library must offer it and call [`guard::run`].
 
 pub mod agent;
+pub mod alerts;
 pub mod announce;
 pub mod atomic_file;
 pub mod checksum;

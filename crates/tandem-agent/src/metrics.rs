@@ -449,6 +449,28 @@ fn register_status(reg: &mut Registry, status: &Status) {
             .inc_by(v.counters.writes_replicated);
         v_alone.get_or_create(&l).inc_by(v.counters.writes_alone);
     }
+
+    let alerts = Family::<Labels, Counter>::default();
+    reg.register(
+        "alerts",
+        "Alert deliveries by alert, recipient and result (sent, failed, dropped)",
+        alerts.clone(),
+    );
+    for a in &status.alerts {
+        for (result, n) in [
+            ("sent", a.sent),
+            ("failed", a.failed),
+            ("dropped", a.dropped),
+        ] {
+            alerts
+                .get_or_create(&labels(&[
+                    ("alert", &a.alert),
+                    ("recipient", &a.recipient),
+                    ("result", result),
+                ]))
+                .inc_by(n);
+        }
+    }
 }
 
 #[cfg(test)]

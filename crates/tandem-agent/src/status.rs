@@ -61,6 +61,9 @@ pub struct Status {
     /// The configuration every node runs against the committed one.
     #[serde(default)]
     pub config: ConfigStatus,
+    /// This node's alert recipients and what their deliveries came to.
+    #[serde(default)]
+    pub alerts: Vec<crate::alerts::AlertStatus>,
 }
 
 /// Configurations and keys across the cluster, as this node sees them.

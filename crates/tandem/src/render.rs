@@ -133,6 +133,29 @@ pub fn status(st: &Status) -> String {
             let _ = writeln!(o, "  {line}");
         }
     }
+    if !st.alerts.is_empty() {
+        let _ = writeln!(o, "alerts:");
+        for a in &st.alerts {
+            let to = if a.recipient.is_empty() {
+                String::new()
+            } else {
+                format!(" -> {}", a.recipient)
+            };
+            let _ = write!(
+                o,
+                "  {}{to}: {} sent, {} failed, {} dropped",
+                a.alert, a.sent, a.failed, a.dropped
+            );
+            match &a.last_error {
+                Some(e) if a.failed > 0 => {
+                    let _ = writeln!(o, " (last failure: {e})");
+                }
+                _ => {
+                    let _ = writeln!(o);
+                }
+            }
+        }
+    }
     if !st.groups.is_empty() {
         let _ = writeln!(o, "groups:");
     }

@@ -238,9 +238,12 @@ pub fn run(cfg: Config, opts: AgentOptions) -> Result<()> {
             .filter_map(|g| Some((g.name.clone(), g.resources.last()?.name.clone())))
             .collect(),
     ));
+    // The witness sends no alerts.
+    let alerts = (!witness).then(|| crate::alerts::Alerts::new(&cfg, &topo.names[me]));
     let agent = Agent {
         api,
         tally,
+        alerts,
         hub,
         volume_rx,
         volume_event_rx,
@@ -283,6 +286,8 @@ struct Agent {
     api: Option<crate::http::Api>,
     /// What the metrics keep between scrapes, fed by every event.
     tally: Arc<crate::metrics::Tally>,
+    /// The alert recipients (None on the witness).
+    alerts: Option<crate::alerts::Alerts>,
     /// This node's configuration identity.
     config: tandem_core::config::identity::Identity,
     /// Fingerprint of the key it sends with.
@@ -341,6 +346,9 @@ impl Agent {
         let text = event.to_string();
         let at = unix_ms();
         self.tally.observe(at, &event);
+        if let Some(a) = self.alerts.as_mut() {
+            a.send(crate::clock::unix_us(), &event);
+        }
         eprintln!(
             "{} tandem[{}]: {text}",
             crate::clock::format_utc(at),
@@ -390,6 +398,9 @@ impl Agent {
         let (tx, mut rx) = mpsc::channel::<(usize, Vec<u8>)>(RX_QUEUE);
         self.bind(&tx).await?;
         let control = bind_control(&self.control_path, self.control_group.as_deref())?;
+        if let Some(a) = self.alerts.as_mut() {
+            a.spawn_workers();
+        }
         let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
         let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
         let links: Vec<&str> = (0..self.topo.links.len())

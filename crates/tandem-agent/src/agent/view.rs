@@ -159,6 +159,11 @@ impl Agent {
                 .as_ref()
                 .map(|_| self.watchdog.status(self.now_ms())),
             volumes: self.hub.as_ref().map(|h| h.status()).unwrap_or_default(),
+            alerts: self
+                .alerts
+                .as_ref()
+                .map(crate::alerts::Alerts::status)
+                .unwrap_or_default(),
             protection: m
                 .protections()
                 .into_iter()

@@ -40,6 +40,8 @@ pub enum Section {
     Watchdog,
     /// `[http]`.
     Http,
+    /// An `[[alert]]`.
+    Alert,
 }
 
 impl Section {
@@ -58,6 +60,7 @@ impl Section {
             Section::Volume => "volume",
             Section::Watchdog => "watchdog",
             Section::Http => "http",
+            Section::Alert => "alert",
         }
     }
 }
@@ -149,6 +152,14 @@ pub fn diff(old: &Config, new: &Config) -> Vec<Change> {
         (Some(_), None) => d.push(Section::Watchdog, "", ChangeKind::Removed),
         (None, None) => {}
     }
+    d.list(
+        Section::Alert,
+        "",
+        &old.alerts,
+        &new.alerts,
+        |a| &a.name,
+        &[],
+    );
     match (&old.http, &new.http) {
         (Some(a), Some(b)) => d.single(Section::Http, a, b),
         (None, Some(_)) => d.push(Section::Http, "", ChangeKind::Added),

@@ -107,6 +107,9 @@ pub struct Config {
     /// `[http]`; None: no HTTP API.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http: Option<HttpSpec>,
+    /// `[[alert]]`, in file order.
+    #[serde(rename = "alert", skip_serializing_if = "Vec::is_empty")]
+    pub alerts: Vec<AlertSpec>,
 }
 
 impl Config {
@@ -488,6 +491,58 @@ impl VolumeSpec {
             Backing::PerNode(m) => m.get(node).map(PathBuf::as_path),
         }
     }
+}
+
+/// Limit on one run of an alert agent when `[[alert]]` gives none
+/// (Pacemaker's default).
+pub const DEFAULT_ALERT_TIMEOUT_MS: u64 = 30_000;
+/// `CRM_alert_timestamp`'s format when `[[alert]]` gives none
+/// (Pacemaker's default).
+pub const DEFAULT_ALERT_TIMESTAMP_FORMAT: &str = "%H:%M:%S.%06N";
+/// Most recipients of one alert (each has its own queue and runs).
+pub const MAX_ALERT_RECIPIENTS: usize = 16;
+
+/// What an alert is about (`CRM_alert_kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AlertKind {
+    /// A node joined or was lost.
+    Node,
+    /// A node was fenced (or powered on).
+    Fencing,
+    /// A resource was started or stopped, or an action on it failed.
+    Resource,
+}
+
+impl AlertKind {
+    /// Every kind.
+    pub const ALL: [AlertKind; 3] = [AlertKind::Node, AlertKind::Fencing, AlertKind::Resource];
+
+    /// As Pacemaker names it.
+    pub fn word(self) -> &'static str {
+        match self {
+            AlertKind::Node => "node",
+            AlertKind::Fencing => "fencing",
+            AlertKind::Resource => "resource",
+        }
+    }
+}
+
+/// An `[[alert]]` after defaults.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AlertSpec {
+    /// Name.
+    pub name: String,
+    /// The program.
+    pub path: PathBuf,
+    /// Recipients (empty: one run, no recipient).
+    pub recipients: Vec<String>,
+    /// The kinds it is sent.
+    pub kinds: Vec<AlertKind>,
+    /// Limit on one run.
+    pub timeout_ms: u64,
+    /// `CRM_alert_timestamp`'s format.
+    pub timestamp_format: String,
 }
 
 /// TCP port of the HTTP API when `[http]` gives none.

@@ -52,6 +52,30 @@ pub struct ConfigFile {
     pub watchdog: Watchdog,
     /// The HTTP API; off unless the section is there.
     pub http: Option<Http>,
+    /// Alert agents (`[[alert]]`), Pacemaker's alert agents among them.
+    #[serde(default, rename = "alert")]
+    pub alerts: Vec<Alert>,
+}
+
+/// `[[alert]]`: a program run for each event it selects, once per
+/// recipient, with Pacemaker's `CRM_alert_*` variables.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Alert {
+    /// Alert name.
+    pub name: Spanned<String>,
+    /// The program (absolute path).
+    pub path: Spanned<PathBuf>,
+    /// Recipients: one run per recipient, `CRM_alert_recipient` set to it
+    /// (none: one run with it empty).
+    pub recipients: Option<Spanned<Vec<Spanned<String>>>>,
+    /// The kinds sent: `node`, `fencing`, `resource` (default all).
+    pub kinds: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Limit on one run (default 30 000 ms).
+    pub timeout_ms: Option<Spanned<u64>>,
+    /// `CRM_alert_timestamp`'s format (strftime, with `%N`/`%06N` for the
+    /// fraction of the second; default `%H:%M:%S.%06N`).
+    pub timestamp_format: Option<Spanned<String>>,
 }
 
 /// `[http]`: the HTTP API (status, operator requests, Prometheus metrics).

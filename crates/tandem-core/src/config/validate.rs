@@ -180,6 +180,7 @@ fn model(file: ConfigFile, base_dir: &Path, checked: Checked) -> Config {
         volumes,
         watchdog: checked.watchdog,
         http: checked.http,
+        alerts: checked.alerts,
     }
 }
 
@@ -191,6 +192,7 @@ struct Checked {
     node_monitors: Vec<MonitorSpec>,
     watchdog: Option<WatchdogSpec>,
     http: Option<HttpSpec>,
+    alerts: Vec<AlertSpec>,
 }
 
 /// Monitor `m` with its defaults applied, checking `check`.
@@ -350,6 +352,7 @@ pub(super) fn validate(
     check_hosting(&mut c, &file, &resources);
     let watchdog = check_watchdog(&mut c, &file);
     let http = file.http.as_ref().map(|h| check_http(&mut c, h, &links));
+    let alerts = check_alerts(&mut c, &file);
     check_protection(&mut c, &file, &resources, watchdog.as_ref());
     check_on_fail_fence(&mut c, &file, &resources);
 
@@ -365,6 +368,7 @@ pub(super) fn validate(
             node_monitors,
             watchdog,
             http,
+            alerts,
         };
         model(file, base_dir, checked)
     });
@@ -579,6 +583,93 @@ fn check_watchdog(c: &mut Checker<'_>, file: &ConfigFile) -> Option<WatchdogSpec
         stop_grace_ms,
         required,
     })
+}
+
+/// `[[alert]]`: names, programs, kinds and limits.
+fn check_alerts(c: &mut Checker<'_>, file: &ConfigFile) -> Vec<AlertSpec> {
+    c.unique_names("alert", file.alerts.iter().map(|a| &a.name));
+    let mut out = Vec::new();
+    for a in &file.alerts {
+        let name = a.name.get_ref();
+        if !a.path.get_ref().is_absolute() {
+            c.error(
+                span(&a.path),
+                format!("alert `{name}`: path `{}` is not absolute", a.path.get_ref().display()),
+                "write the program's full path, e.g. \"/usr/share/pacemaker/alerts/alert_file.sh.sample\"",
+            );
+        }
+        let recipients: Vec<String> = a
+            .recipients
+            .as_ref()
+            .map(|r| r.get_ref().iter().map(|x| x.get_ref().clone()).collect())
+            .unwrap_or_default();
+        if recipients.len() > MAX_ALERT_RECIPIENTS {
+            c.error(
+                a.recipients.as_ref().and_then(span),
+                format!(
+                    "alert `{name}` has {} recipients; at most {MAX_ALERT_RECIPIENTS}",
+                    recipients.len()
+                ),
+                "let one recipient (a list, an address) fan out, or add another [[alert]]",
+            );
+        }
+        if recipients.iter().any(|r| r.contains('\0')) {
+            c.error(
+                a.recipients.as_ref().and_then(span),
+                format!("alert `{name}`: a recipient holds a NUL"),
+                "remove it",
+            );
+        }
+        let mut kinds = Vec::new();
+        match &a.kinds {
+            None => kinds.extend(AlertKind::ALL),
+            Some(list) => {
+                for k in list.get_ref() {
+                    match AlertKind::ALL.iter().find(|x| x.word() == k.get_ref()) {
+                        Some(x) if !kinds.contains(x) => kinds.push(*x),
+                        Some(_) => {}
+                        None => c.error(
+                            span(k),
+                            format!("alert `{name}`: no alert kind `{}`", k.get_ref()),
+                            "the kinds are node, fencing and resource",
+                        ),
+                    }
+                }
+                kinds.sort();
+            }
+        }
+        let timeout_ms = a
+            .timeout_ms
+            .as_ref()
+            .map_or(DEFAULT_ALERT_TIMEOUT_MS, |t| *t.get_ref());
+        if !(100..=600_000).contains(&timeout_ms) {
+            c.error(
+                a.timeout_ms.as_ref().and_then(span),
+                format!("alert `{name}`: timeout_ms {timeout_ms} is out of range"),
+                "use 100 to 600000 ms (default 30000)",
+            );
+        }
+        let timestamp_format = a.timestamp_format.as_ref().map_or_else(
+            || DEFAULT_ALERT_TIMESTAMP_FORMAT.to_string(),
+            |f| f.get_ref().clone(),
+        );
+        if timestamp_format.len() > 256 {
+            c.error(
+                a.timestamp_format.as_ref().and_then(span),
+                format!("alert `{name}`: timestamp_format is longer than 256 bytes"),
+                "shorten it",
+            );
+        }
+        out.push(AlertSpec {
+            name: name.clone(),
+            path: a.path.get_ref().clone(),
+            recipients,
+            kinds,
+            timeout_ms,
+            timestamp_format,
+        });
+    }
+    out
 }
 
 /// `[http]`: where it listens, and off loopback TLS and a token, never
@@ -1827,6 +1918,65 @@ command = ["/bin/sleep", "100"]
         assert!(
             toml.contains("[http]") && toml.contains("listen = \"lan\""),
             "{toml}"
+        );
+    }
+
+    /// `[[alert]]`: defaults as Pacemaker's, kinds checked by name,
+    /// limits on recipients and the timeout.
+    #[test]
+    fn alerts_come_with_pacemakers_defaults_and_are_checked() {
+        let load = |alerts: &str| {
+            let text = format!(
+                "[cluster]\nname = \"c\"\nkey_file = \"k\"\n\n[[link]]\nname = \"lan\"\n\n[[node]]\nname = \"n1\"\naddresses = {{ lan = \"10.0.0.1\" }}\n\n[[node]]\nname = \"n2\"\naddresses = {{ lan = \"10.0.0.2\" }}\n\n[quorum]\ntwo_node = true\n{alerts}"
+            );
+            crate::config::load(&text, Path::new("/etc/tandem"), &|_| {
+                crate::config::KeyFileFacts::Present {
+                    mode: 0o600,
+                    len: KEY_LEN as u64,
+                }
+            })
+        };
+        let errors = |alerts: &str| -> Vec<String> {
+            load(alerts)
+                .diagnostics
+                .iter()
+                .filter(|d| d.is_error())
+                .map(|d| d.message.clone())
+                .collect()
+        };
+        let cfg = load("\n[[alert]]\nname = \"file\"\npath = \"/usr/share/pacemaker/alerts/alert_file.sh.sample\"\nrecipients = [\"/var/log/a.log\"]\n").config.unwrap();
+        let a = &cfg.alerts[0];
+        assert_eq!(a.kinds, AlertKind::ALL.to_vec());
+        assert_eq!(
+            (a.timeout_ms, a.timestamp_format.as_str()),
+            (DEFAULT_ALERT_TIMEOUT_MS, DEFAULT_ALERT_TIMESTAMP_FORMAT)
+        );
+        assert_eq!(a.recipients, vec!["/var/log/a.log".to_string()]);
+        let e = errors("\n[[alert]]\nname = \"a\"\npath = \"relative.sh\"\nkinds = [\"node\", \"resouce\"]\ntimeout_ms = 10\n\n[[alert]]\nname = \"a\"\npath = \"/x\"\n");
+        assert!(e.iter().any(|m| m.contains("not absolute")), "{e:?}");
+        assert!(
+            e.iter().any(|m| m.contains("no alert kind `resouce`")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter()
+                .any(|m| m.contains("timeout_ms 10 is out of range")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter().any(|m| m.contains("duplicate alert name")),
+            "{e:?}"
+        );
+        let many: Vec<String> = (0..=MAX_ALERT_RECIPIENTS)
+            .map(|i| format!("\"r{i}\""))
+            .collect();
+        let e = errors(&format!(
+            "\n[[alert]]\nname = \"a\"\npath = \"/x\"\nrecipients = [{}]\n",
+            many.join(", ")
+        ));
+        assert!(
+            e.len() == 1 && e[0].contains("recipients; at most"),
+            "{e:?}"
         );
     }
 }
