@@ -292,6 +292,18 @@ pub enum AgentEvent {
         /// Its state file.
         state_file: String,
     },
+    /// The cluster placed a group (or stopped it everywhere): a committed
+    /// decision of the leader, logged by every node, with its reason.
+    Placed {
+        /// Group.
+        group: String,
+        /// Where it runs now (None: stopped everywhere).
+        node: Option<String>,
+        /// The placement's epoch.
+        epoch: u64,
+        /// Why, as the leader decided it.
+        reason: Option<String>,
+    },
     /// The HTTP API listens.
     HttpListening {
         /// Its address.
@@ -535,6 +547,21 @@ impl std::fmt::Display for AgentEvent {
                 "started (incarnation {incarnation}, links {}, control socket {control_socket}, state {state_file})",
                 links.join(", ")
             ),
+            AgentEvent::Placed {
+                group,
+                node,
+                epoch,
+                reason,
+            } => {
+                match node {
+                    Some(n) => write!(f, "{group} placed on {n} (epoch {epoch})")?,
+                    None => write!(f, "{group} stopped everywhere (epoch {epoch})")?,
+                }
+                match reason {
+                    Some(r) => write!(f, ": {r}"),
+                    None => Ok(()),
+                }
+            }
             AgentEvent::HttpListening { address, tls } => write!(
                 f,
                 "HTTP API on {}://{address} (GET /v1/status, POST /v1/control, GET /metrics)",

@@ -435,6 +435,7 @@ pub fn steps(input: &HandoverInput<'_>) -> Steps {
             (Some(_), _) => out.propose.push(Command::Place {
                 group: group.clone(),
                 node: None,
+                reason: None,
             }),
             (None, None) => {
                 if placement.is_none() {
@@ -442,6 +443,7 @@ pub fn steps(input: &HandoverInput<'_>) -> Steps {
                     out.propose.push(Command::Place {
                         group: group.clone(),
                         node: None,
+                        reason: None,
                     });
                 }
             }
@@ -475,6 +477,7 @@ pub fn steps(input: &HandoverInput<'_>) -> Steps {
                     out.propose.push(Command::Place {
                         group: group.clone(),
                         node: Some(next.clone()),
+                        reason: None,
                     });
                 } else {
                     let why: Vec<String> = blocked.into_iter().map(|b| b.0).collect();
@@ -540,6 +543,7 @@ mod tests {
         r.apply(&Command::Place {
             group: "web".into(),
             node: node.map(String::from),
+            reason: None,
         });
     }
 
@@ -557,7 +561,8 @@ mod tests {
             s.propose,
             vec![Command::Place {
                 group: "web".into(),
-                node: None
+                node: None,
+                reason: None
             }]
         );
     }
@@ -586,7 +591,8 @@ mod tests {
             s.propose,
             vec![Command::Place {
                 group: "web".into(),
-                node: Some("n2".into())
+                node: Some("n2".into()),
+                reason: None
             }]
         );
     }
@@ -819,7 +825,8 @@ mod tests {
             s.propose,
             vec![Command::Place {
                 group: "web".into(),
-                node: Some("n1".into())
+                node: Some("n1".into()),
+                reason: None
             }]
         );
         let nodes = [view("n1", Some(1000), &[], 2), left(&["web"])];
@@ -863,7 +870,8 @@ mod tests {
             s.propose,
             vec![Command::Place {
                 group: "web".into(),
-                node: Some("n1".into())
+                node: Some("n1".into()),
+                reason: None
             }]
         );
     }

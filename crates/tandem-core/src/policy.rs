@@ -123,6 +123,102 @@ pub fn targets(
         .collect()
 }
 
+/// Why each group's target is what it is, where that moves it (the words
+/// every node logs with the placement): `targets` as [`targets`] gave them.
+pub fn reasons(
+    groups: &[GroupPolicy],
+    nodes: &[NodeFacts],
+    record: &Record,
+    targets: &BTreeMap<String, Target>,
+) -> BTreeMap<String, String> {
+    groups
+        .iter()
+        .filter_map(|g| {
+            let t = targets.get(&g.name)?;
+            Some((g.name.clone(), reason(g, nodes, record, t)?))
+        })
+        .map(|(g, mut r)| {
+            if r.len() > crate::agreement::MAX_REASON_BYTES {
+                let mut end = crate::agreement::MAX_REASON_BYTES - 3;
+                while !r.is_char_boundary(end) {
+                    end -= 1;
+                }
+                r.truncate(end);
+                r.push_str("...");
+            }
+            (g, r)
+        })
+        .collect()
+}
+
+/// Why group `g` goes to `target` from where the record has it (None:
+/// it stays, or it is unmanaged).
+fn reason(
+    g: &GroupPolicy,
+    nodes: &[NodeFacts],
+    record: &Record,
+    target: &Target,
+) -> Option<String> {
+    let Target::Node(to) = target else {
+        return None;
+    };
+    let current = record
+        .placements
+        .get(&g.name)
+        .and_then(|p| p.node.as_deref());
+    if current.is_some() && current == to.as_deref() {
+        return None;
+    }
+    let why_not = |name: &str| -> Option<String> {
+        let n = nodes.iter().find(|n| n.name == name);
+        match n {
+            None => Some("not a member".into()),
+            Some(n) => ineligible_reason(g, n, record),
+        }
+    };
+    let by_operator = |to: &str| {
+        if record.moves.get(&g.name).map(String::as_str) == Some(to) {
+            Some(format!("the operator failed it over to {to}"))
+        } else if record.pins.get(&g.name).map(String::as_str) == Some(to) {
+            Some(format!("the operator moved it to {to}"))
+        } else {
+            None
+        }
+    };
+    Some(match (current, to.as_deref()) {
+        (Some(c), Some(t)) => match (by_operator(t), why_not(c)) {
+            (Some(op), _) => op,
+            (None, Some(why)) => format!("{c} cannot keep it ({why}); {t} is next in preference"),
+            (None, None) => format!("failback: {t} comes before {c} in its preference"),
+        },
+        (Some(c), None) => match why_not(c) {
+            Some(why) => format!(
+                "{c} cannot keep it ({why}), and no node can take it: {}",
+                no_host(g, nodes, record)
+            ),
+            None => format!("no node can host it: {}", no_host(g, nodes, record)),
+        },
+        (None, Some(t)) => match by_operator(t) {
+            Some(op) => op,
+            None => format!("{t} is the first node in its preference that can host it"),
+        },
+        (None, None) => format!("no node can host it: {}", no_host(g, nodes, record)),
+    })
+}
+
+/// Every node's reason it cannot host `g`, in words.
+fn no_host(g: &GroupPolicy, nodes: &[NodeFacts], record: &Record) -> String {
+    let list: Vec<String> = nodes
+        .iter()
+        .filter_map(|n| ineligible_reason(g, n, record).map(|w| format!("{} {w}", n.name)))
+        .collect();
+    if list.is_empty() {
+        "no node".into()
+    } else {
+        list.join("; ")
+    }
+}
+
 fn target(g: &GroupPolicy, nodes: &[NodeFacts], record: &Record) -> Target {
     if record.unmanaged(&g.name) {
         return Target::Unmanaged;
@@ -204,6 +300,7 @@ mod tests {
         record.apply(&Command::Place {
             group: group.into(),
             node: node.map(String::from),
+            reason: None,
         });
     }
 
@@ -212,6 +309,68 @@ mod tests {
             Target::Node(n) => n.clone(),
             Target::Unmanaged => panic!("unmanaged"),
         }
+    }
+
+    /// Every kind of move says why, in the words each node logs.
+    #[test]
+    fn every_move_says_why() {
+        let g = [group("web", &["n1", "n2"], Failback::Manual)];
+        let why = |online: &[bool], r: &Record| {
+            let n = nodes(online);
+            let t = targets(&g, &n, r);
+            reasons(&g, &n, r, &t).get("web").cloned()
+        };
+        let mut r = Record::default();
+        assert_eq!(
+            why(&[true, true], &r).as_deref(),
+            Some("n1 is the first node in its preference that can host it")
+        );
+        placed(&mut r, "web", Some("n1"));
+        assert_eq!(why(&[true, true], &r), None, "it stays: nothing to say");
+        assert_eq!(
+            why(&[false, true], &r).as_deref(),
+            Some("n1 cannot keep it (offline); n2 is next in preference")
+        );
+        assert_eq!(
+            why(&[false, false], &r).as_deref(),
+            Some("n1 cannot keep it (offline), and no node can take it: n1 offline; n2 offline")
+        );
+        r.apply(&Command::FailCount {
+            group: "web".into(),
+            node: "n1".into(),
+            count: 3,
+        });
+        let w = why(&[true, true], &r).unwrap();
+        assert!(
+            w.starts_with("n1 cannot keep it (3 failures (threshold 3)"),
+            "{w}"
+        );
+        r.apply(&Command::FailCount {
+            group: "web".into(),
+            node: "n1".into(),
+            count: 0,
+        });
+        r.moves.insert("web".into(), "n2".into());
+        assert_eq!(
+            why(&[true, true], &r).as_deref(),
+            Some("the operator failed it over to n2")
+        );
+        r.moves.clear();
+        r.pins.insert("web".into(), "n2".into());
+        assert_eq!(
+            why(&[true, true], &r).as_deref(),
+            Some("the operator moved it to n2")
+        );
+        r.pins.clear();
+        // Failback: n2 holds it, n1 (preferred) is back.
+        let g = [group("web", &["n1", "n2"], Failback::Auto)];
+        placed(&mut r, "web", Some("n2"));
+        let n = nodes(&[true, true]);
+        let t = targets(&g, &n, &r);
+        assert_eq!(
+            reasons(&g, &n, &r, &t).get("web").map(String::as_str),
+            Some("failback: n1 comes before n2 in its preference")
+        );
     }
 
     #[test]

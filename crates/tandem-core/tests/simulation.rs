@@ -1184,6 +1184,7 @@ impl Sim {
                 let cmd = Command::Place {
                     group,
                     node: Some(target),
+                    reason: None,
                 };
                 if m.propose(local, cmd).is_ok() {
                     self.proposals += 1;

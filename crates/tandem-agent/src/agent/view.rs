@@ -47,6 +47,17 @@ impl Agent {
                 leader: leader.map(name),
             },
             MemberEvent::Applied { .. } => return None,
+            MemberEvent::Placed {
+                group,
+                node,
+                epoch,
+                reason,
+            } => AgentEvent::Placed {
+                group: group.clone(),
+                node: node.clone(),
+                epoch: *epoch,
+                reason: reason.clone(),
+            },
             MemberEvent::RecordVerified { index } => AgentEvent::RecordVerified { index: *index },
             MemberEvent::RecordDiverged { index } => AgentEvent::RecordDiverged { index: *index },
             MemberEvent::Recovered { term, leader } => AgentEvent::Recovered {

@@ -32,7 +32,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-pub use record::{Command, FenceEntry, Intent, Placement, Record};
+pub use record::{Command, FenceEntry, Intent, Placement, Record, MAX_REASON_BYTES};
 
 use crate::wire::NodeId;
 
@@ -230,6 +230,17 @@ pub enum Note {
     Applied {
         /// Highest applied index.
         index: u64,
+    },
+    /// A committed entry changed a group's placement.
+    Placed {
+        /// Group.
+        group: String,
+        /// Where it is placed now (None: stopped everywhere).
+        node: Option<String>,
+        /// The placement's new epoch.
+        epoch: u64,
+        /// The leader's reason, if it gave one.
+        reason: Option<String>,
     },
     /// A node that lost its state followed `leader` in `term`: it votes
     /// again, from the next term on ([`Durable::recovering`]).
@@ -1070,8 +1081,24 @@ impl Agreement {
             let next = self.applied + 1;
             let Some(e) = self.entry(next) else { break };
             let cmd = e.cmd.clone();
+            let before = self.placement_epoch(&cmd);
             self.record.apply_at(next, &cmd);
             self.applied = next;
+            if let Command::Place { group, reason, .. } = &cmd {
+                if let Some(p) = self
+                    .record
+                    .placements
+                    .get(group)
+                    .filter(|p| Some(p.epoch) != before)
+                {
+                    self.out.notes.push(Note::Placed {
+                        group: group.clone(),
+                        node: p.node.clone(),
+                        epoch: p.epoch,
+                        reason: reason.clone(),
+                    });
+                }
+            }
         }
         if self.applied > start {
             self.out.notes.push(Note::Applied {
@@ -1079,6 +1106,15 @@ impl Agreement {
             });
         }
         self.compact();
+    }
+
+    /// The epoch of the placement a `Place` command changes, before it is
+    /// applied (None: not a placement, or the group was never placed).
+    fn placement_epoch(&self, cmd: &Command) -> Option<u64> {
+        match cmd {
+            Command::Place { group, .. } => self.record.placements.get(group).map(|p| p.epoch),
+            _ => None,
+        }
     }
 
     fn compact(&mut self) {

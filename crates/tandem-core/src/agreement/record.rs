@@ -36,6 +36,10 @@ pub enum Intent {
     Blocked,
 }
 
+/// Longest reason a placement carries (it travels in a datagram with up
+/// to 31 other entries).
+pub const MAX_REASON_BYTES: usize = 200;
+
 /// One change to the record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
@@ -55,6 +59,12 @@ pub enum Command {
         group: String,
         /// Target node.
         node: Option<String>,
+        /// Why the leader decided it, in words (at most
+        /// [`MAX_REASON_BYTES`]): logged by every node that applies it,
+        /// never part of the record (an agent of an earlier version, which
+        /// ignores it, holds the same record).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
     },
     /// Sets (Some) or clears (None) an intent on a node or group.
     SetIntent {
@@ -208,7 +218,7 @@ impl Record {
                 }
                 self.members = members.clone();
             }
-            Command::Place { group, node } => {
+            Command::Place { group, node, .. } => {
                 let p = self.placements.entry(group.clone()).or_insert(Placement {
                     node: None,
                     epoch: 0,
@@ -357,6 +367,7 @@ mod tests {
         Command::Place {
             group: group.into(),
             node: node.map(Into::into),
+            reason: None,
         }
     }
 

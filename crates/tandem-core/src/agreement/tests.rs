@@ -116,6 +116,7 @@ impl Net {
         let cmd = Command::Place {
             group: group.into(),
             node: Some(node.into()),
+            reason: None,
         };
         self.nodes[l].propose(self.now, cmd).unwrap()
     }

@@ -1262,7 +1262,8 @@ impl Member {
         let targets: BTreeMap<String, Target> =
             policy::targets(&self.groups.groups, &facts, record);
         let views = self.node_views();
-        handover::steps(&handover::HandoverInput {
+        let reasons = policy::reasons(&self.groups.groups, &facts, record, &targets);
+        let mut steps = handover::steps(&handover::HandoverInput {
             now_ms,
             leader_since_ms: self.leader_since_ms,
             lease_ms: self.groups.lease_ms,
@@ -1273,7 +1274,14 @@ impl Member {
             record,
             targets: &targets,
             nodes: &views,
-        })
+        });
+        // Every placement says why, in the words every node will log.
+        for cmd in &mut steps.propose {
+            if let Command::Place { group, reason, .. } = cmd {
+                *reason = reasons.get(group).cloned();
+            }
+        }
+        steps
     }
 
     /// Whether the peer reported committing an entry this node's log lacks

@@ -128,6 +128,17 @@ pub enum MemberEvent {
         /// Highest applied index.
         index: u64,
     },
+    /// A committed entry placed a group (or stopped it everywhere).
+    Placed {
+        /// Group.
+        group: String,
+        /// Its node now (None: stopped everywhere).
+        node: Option<String>,
+        /// The placement's new epoch.
+        epoch: u64,
+        /// The leader's reason.
+        reason: Option<String>,
+    },
     /// This node's record differed from the leader's at the same index
     /// (a damaged state file): it was discarded and is fetched again; no
     /// lease until it matches.
@@ -969,6 +980,19 @@ impl Member {
                 Note::Applied { index } => {
                     self.out.events.push(MemberEvent::Applied { index });
                     self.note_own_digest();
+                }
+                Note::Placed {
+                    group,
+                    node,
+                    epoch,
+                    reason,
+                } => {
+                    self.out.events.push(MemberEvent::Placed {
+                        group,
+                        node,
+                        epoch,
+                        reason,
+                    });
                 }
                 Note::Recovered { term, leader } => {
                     self.out

@@ -147,6 +147,7 @@ mod tests {
             &Command::Place {
                 group: "web".into(),
                 node: Some("n2".into()),
+                reason: None,
             },
         );
         let mut edited = Record::default();
@@ -155,6 +156,7 @@ mod tests {
             &Command::Place {
                 group: "web".into(),
                 node: Some("n3".into()),
+                reason: None,
             },
         );
         let mut c = RecordCheck::default();
