@@ -111,6 +111,15 @@ pub enum ControlRequest {
         /// The command.
         command: VolumeCommand,
     },
+    /// Every node's kept events since a time, merged (`tandem events`).
+    Events {
+        /// Since this time, ms since the Unix epoch (None: all kept).
+        #[serde(default)]
+        since_unix_ms: Option<u64>,
+        /// At most this many per node, the newest (None: the limit).
+        #[serde(default)]
+        max: Option<usize>,
+    },
 }
 
 impl ControlRequest {
@@ -120,6 +129,7 @@ impl ControlRequest {
     pub fn role(&self) -> Role {
         match self {
             ControlRequest::Status
+            | ControlRequest::Events { .. }
             | ControlRequest::Volume {
                 command: VolumeCommand::Status { .. },
             } => Role::Read,
@@ -130,7 +140,9 @@ impl ControlRequest {
     /// The cluster request it becomes (None: answered by this node alone).
     pub fn to_member(&self) -> Option<Request> {
         Some(match self.clone() {
-            ControlRequest::Status | ControlRequest::Volume { .. } => return None,
+            ControlRequest::Status
+            | ControlRequest::Volume { .. }
+            | ControlRequest::Events { .. } => return None,
             ControlRequest::Move { group, node } => Request::Move { group, node },
             ControlRequest::Failover { group } => Request::Failover { group },
             ControlRequest::Standby { node, on } => Request::Standby { node, on },
@@ -145,6 +157,7 @@ impl std::fmt::Display for ControlRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ControlRequest::Status => f.write_str("status"),
+            ControlRequest::Events { .. } => f.write_str("events"),
             ControlRequest::Move {
                 group,
                 node: Some(n),
@@ -195,6 +208,11 @@ pub enum ControlResponse {
     Volume {
         /// Statuses, message, error.
         volume: VolumeAnswer,
+    },
+    /// The cluster's events, merged.
+    Events {
+        /// Every node's events and the peers that did not answer.
+        events: crate::cluster_events::Gathered,
     },
     /// The request was refused.
     Error {
@@ -273,16 +291,41 @@ pub struct Handler {
     to_loop: mpsc::Sender<LoopCall>,
     /// This node's volumes (None: it holds no copy).
     hub: Option<Arc<Hub>>,
+    /// The cluster's event journals (None: not served, as in tests).
+    events: Option<Arc<crate::cluster_events::Events>>,
 }
 
 impl Handler {
     /// A handler forwarding to `to_loop`, and volume commands to `hub`.
     pub fn new(to_loop: mpsc::Sender<LoopCall>, hub: Option<Arc<Hub>>) -> Handler {
-        Handler { to_loop, hub }
+        Handler {
+            to_loop,
+            hub,
+            events: None,
+        }
+    }
+
+    /// The handler, answering `events` requests from `events` (this
+    /// node's journal and its peers').
+    pub fn with_events(mut self, events: Arc<crate::cluster_events::Events>) -> Handler {
+        self.events = Some(events);
+        self
     }
 
     /// Answers one request.
     pub async fn handle(&self, request: ControlRequest) -> ControlResponse {
+        if let ControlRequest::Events { since_unix_ms, max } = request {
+            let Some(e) = &self.events else {
+                return ControlError::Malformed {
+                    why: "this agent keeps no event journal".into(),
+                }
+                .into();
+            };
+            let max = max.unwrap_or(crate::cluster_events::MAX_EVENTS);
+            return ControlResponse::Events {
+                events: e.gather(since_unix_ms.unwrap_or(0), max).await,
+            };
+        }
         if let ControlRequest::Volume { command } = request {
             return match &self.hub {
                 Some(h) => ControlResponse::Volume {
@@ -549,6 +592,20 @@ impl Client {
         }
     }
 
+    /// Every node's kept events since `since_unix_ms`, merged.
+    pub fn events(
+        &self,
+        since_unix_ms: Option<u64>,
+    ) -> Result<crate::cluster_events::Gathered, ClientError> {
+        match self.call(&ControlRequest::Events {
+            since_unix_ms,
+            max: None,
+        })? {
+            ControlResponse::Events { events } => Ok(events),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// Sends an operator request; Ok once the agent accepted it.
     pub fn request(&self, request: &ControlRequest) -> Result<(), ClientError> {
         match self.call(request)? {
@@ -571,6 +628,7 @@ fn unexpected(answer: &ControlResponse) -> ClientError {
         ControlResponse::Status { .. } => "status",
         ControlResponse::Accepted => "accepted",
         ControlResponse::Volume { .. } => "volume",
+        ControlResponse::Events { .. } => "events",
         ControlResponse::Error { .. } => "error",
     };
     ClientError::Answer {

@@ -304,6 +304,12 @@ pub enum AgentEvent {
         /// Why, as the leader decided it.
         reason: Option<String>,
     },
+    /// A service for operators or peers could not start here (the event
+    /// journal's listener on an address); the rest runs.
+    ServiceUnavailable {
+        /// What, and why.
+        what: String,
+    },
     /// The HTTP API listens.
     HttpListening {
         /// Its address.
@@ -562,6 +568,7 @@ impl std::fmt::Display for AgentEvent {
                     None => Ok(()),
                 }
             }
+            AgentEvent::ServiceUnavailable { what } => f.write_str(what),
             AgentEvent::HttpListening { address, tls } => write!(
                 f,
                 "HTTP API on {}://{address} (GET /v1/status, POST /v1/control, GET /metrics)",

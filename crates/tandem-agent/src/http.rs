@@ -278,7 +278,9 @@ impl Served {
 /// The HTTP status of a control answer.
 pub fn status_code(answer: &ControlResponse) -> StatusCode {
     match answer {
-        ControlResponse::Status { .. } | ControlResponse::Accepted => StatusCode::OK,
+        ControlResponse::Status { .. }
+        | ControlResponse::Accepted
+        | ControlResponse::Events { .. } => StatusCode::OK,
         ControlResponse::Volume { volume } if volume.error.is_some() => StatusCode::CONFLICT,
         ControlResponse::Volume { .. } => StatusCode::OK,
         ControlResponse::Error { error } => match error {

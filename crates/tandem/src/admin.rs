@@ -38,6 +38,54 @@ pub fn print_status(socket: &Path, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// `tandem events`: every node's events since `since_ms` ago, merged;
+/// with `follow`, new ones every second until interrupted.
+pub fn print_events(socket: &Path, since_ms: Option<u64>, follow: bool, json: bool) -> Result<()> {
+    let client = Client::new(socket);
+    let now = tandem_agent::clock::unix_ms();
+    let mut from = since_ms.map(|s| now.saturating_sub(s));
+    // What was printed at the latest time seen, so that a poll that asks
+    // from that time again does not print it twice.
+    let mut printed_at: (u64, Vec<(String, String)>) = (0, Vec::new());
+    let mut warned = std::collections::BTreeSet::new();
+    loop {
+        let g = client.events(from)?;
+        for (node, why) in &g.unreachable {
+            if warned.insert(node.clone()) {
+                eprintln!("tandem: {node} did not answer, its events are missing: {why}");
+            }
+        }
+        for e in &g.events {
+            let at = e.record.at_unix_ms;
+            let key = (e.node.clone(), e.record.text.clone());
+            if at < printed_at.0 || (at == printed_at.0 && printed_at.1.contains(&key)) {
+                continue;
+            }
+            if at > printed_at.0 {
+                printed_at = (at, Vec::new());
+            }
+            printed_at.1.push(key);
+            if json {
+                println!("{}", serde_json::to_string(e)?);
+            } else {
+                println!(
+                    "{} {:<8} {}",
+                    tandem_agent::clock::format_utc(at),
+                    e.node,
+                    e.record.text
+                );
+            }
+        }
+        if !follow {
+            return Ok(());
+        }
+        use std::io::Write as _;
+        let _ = std::io::stdout().flush();
+        from = Some(printed_at.0.max(from.unwrap_or(0)));
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+}
+
 fn send(socket: &Path, r: &ControlRequest) -> Result<()> {
     Ok(Client::new(socket).request(r)?)
 }

@@ -70,6 +70,26 @@ pub enum Command {
         #[command(flatten)]
         at: AgentAt,
     },
+    /// Every node's events, merged by time: what happened, where, and why
+    /// each group was placed where it is (each agent keeps its own on
+    /// disk; the local agent asks its peers over the cluster's
+    /// authenticated channel and names any that do not answer).
+    Events {
+        /// Only events this recent: `30s`, `10m`, `2h`, `1d` (default: all
+        /// kept, up to 20 000 per node).
+        #[arg(long, value_name = "AGE", value_parser = parse_age_ms)]
+        since: Option<u64>,
+        /// Keep printing new events as they happen (every second), until
+        /// interrupted.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// One JSON object per event (`node`, `at_unix_ms`, `text`,
+        /// `event` with its `kind` and fields).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        at: AgentAt,
+    },
     /// Pin a group to a node and wait until it runs there (`--clear` removes
     /// the pin; the placement policy decides again).
     Move {
@@ -458,4 +478,47 @@ pub struct ValidateArgs {
     /// Print nothing for files without any diagnostic.
     #[arg(short, long)]
     pub quiet: bool,
+}
+
+/// An age such as `30s`, `10m`, `2h` or `1d`, in milliseconds.
+pub fn parse_age_ms(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("`{text}` is not an age: write a number and a unit, e.g. 10m"))?;
+    let per = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => {
+            return Err(format!(
+                "`{text}`: the unit is one of ms, s, m, h, d (e.g. 10m)"
+            ))
+        }
+    };
+    n.checked_mul(per)
+        .ok_or_else(|| format!("`{text}` is too long an age"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_read_with_their_units() {
+        assert_eq!(parse_age_ms("30s"), Ok(30_000));
+        assert_eq!(parse_age_ms("10m"), Ok(600_000));
+        assert_eq!(parse_age_ms("2h"), Ok(7_200_000));
+        assert_eq!(parse_age_ms("1d"), Ok(86_400_000));
+        assert_eq!(parse_age_ms("250ms"), Ok(250));
+        assert!(parse_age_ms("10").unwrap_err().contains("unit"));
+        assert!(parse_age_ms("m").unwrap_err().contains("not an age"));
+        assert!(parse_age_ms("99999999999999999d")
+            .unwrap_err()
+            .contains("too long"));
+    }
 }

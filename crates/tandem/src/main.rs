@@ -67,6 +67,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             )?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Events {
+            since,
+            follow,
+            json,
+            at,
+        } => {
+            admin::print_events(&at.socket()?, since, follow, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Status { json, at } => {
             admin::print_status(&at.socket()?, json)?;
             Ok(ExitCode::SUCCESS)

@@ -238,12 +238,21 @@ pub fn run(cfg: Config, opts: AgentOptions) -> Result<()> {
             .filter_map(|g| Some((g.name.clone(), g.resources.last()?.name.clone())))
             .collect(),
     ));
+    let journal = crate::event_journal::Journal::open(&state_dir);
+    let cluster_events = Arc::new(crate::cluster_events::Events::new(
+        &cfg,
+        &topo.names[me],
+        volume_key,
+        state_dir.clone(),
+    ));
     // The witness sends no alerts.
     let alerts = (!witness).then(|| crate::alerts::Alerts::new(&cfg, &topo.names[me]));
     let agent = Agent {
         api,
         tally,
         alerts,
+        journal,
+        cluster_events,
         hub,
         volume_rx,
         volume_event_rx,
@@ -286,6 +295,10 @@ struct Agent {
     api: Option<crate::http::Api>,
     /// What the metrics keep between scrapes, fed by every event.
     tally: Arc<crate::metrics::Tally>,
+    /// This node's events on disk.
+    journal: crate::event_journal::Journal,
+    /// This node's journal served to its peers, and theirs gathered.
+    cluster_events: Arc<crate::cluster_events::Events>,
     /// The alert recipients (None on the witness).
     alerts: Option<crate::alerts::Alerts>,
     /// This node's configuration identity.
@@ -357,11 +370,13 @@ impl Agent {
         if self.events.len() == EVENT_HISTORY {
             self.events.pop_front();
         }
-        self.events.push_back(EventRecord {
+        let record = EventRecord {
             at_unix_ms: at,
             text,
             event: Some(event),
-        });
+        };
+        self.journal.append(&record);
+        self.events.push_back(record);
     }
 
     async fn bind(&mut self, tx: &mpsc::Sender<(usize, Vec<u8>)>) -> Result<()> {
@@ -419,7 +434,11 @@ impl Agent {
         self.flush().await?;
         let mut shutdown_deadline: Option<Instant> = None;
         let (ctl_tx, mut ctl_rx) = mpsc::channel::<LoopCall>(crate::control::LOOP_QUEUE);
-        let handler = Handler::new(ctl_tx, self.hub.clone());
+        let handler =
+            Handler::new(ctl_tx, self.hub.clone()).with_events(self.cluster_events.clone());
+        for problem in self.cluster_events.clone().serve().await {
+            self.log(AgentEvent::ServiceUnavailable { what: problem });
+        }
         if let Some(api) = self.api.take() {
             self.log(AgentEvent::HttpListening {
                 address: api.address.to_string(),
@@ -697,7 +716,9 @@ impl Agent {
                     Err(ControlError::NoFenceDevice { node: node.clone() })
                 }
             }
-            ControlRequest::Status | ControlRequest::Volume { .. } => Ok(()),
+            ControlRequest::Status
+            | ControlRequest::Volume { .. }
+            | ControlRequest::Events { .. } => Ok(()),
         }
     }
 

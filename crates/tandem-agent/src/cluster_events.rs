@@ -1,0 +1,366 @@
+//! The whole cluster's events, merged: `tandem events` on any node.
+//!
+//! Every node serves its journal ([`crate::event_journal`]) to its peers on
+//! each of its link addresses, TCP port [`EVENTS_PORT`], behind the
+//! replication link's handshake under the name `events` (both ends prove
+//! the cluster key; only a member, from its own address, is served). The
+//! asking node reads its own journal, asks every peer at once (each over
+//! its links in turn, within [`FETCH_LIMIT`]), and merges by time; a peer
+//! that does not answer is named, not waited for.
+//!
+//! One request, one answer, then the connection closes. Frames are the
+//! replication link's (`kind u8 | length u32 | body`), sealed; bodies are
+//! JSON. At most [`MAX_UNAUTHENTICATED`] connections in authentication at
+//! once, each for at most the handshake's limit.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use tandem_core::config::Config;
+use tandem_core::volume::link::FRAME_HEADER;
+use tandem_core::volume::seal::{self, Session};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::status::EventRecord;
+
+/// TCP port every node serves its journal on, on each link address.
+pub const EVENTS_PORT: u16 = 5411;
+/// The handshake's name for this service.
+pub const NAME: &str = "events";
+/// Limit on one peer's answer, connection included.
+pub const FETCH_LIMIT: Duration = Duration::from_secs(3);
+/// Most events one answer carries (the newest).
+pub const MAX_EVENTS: usize = 20_000;
+/// Largest frame read (an answer of [`MAX_EVENTS`] events fits).
+const MAX_FRAME: usize = 16 << 20;
+/// Connections in authentication at once; more are closed at once.
+const MAX_UNAUTHENTICATED: usize = 4;
+const K_ASK: u8 = 1;
+const K_EVENTS: u8 = 2;
+
+/// One event and the node it happened on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeEvent {
+    /// The node whose agent logged it.
+    pub node: String,
+    /// The event.
+    #[serde(flatten)]
+    pub record: EventRecord,
+}
+
+/// What a node asks a peer for.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct Ask {
+    since_unix_ms: u64,
+    max: usize,
+}
+
+/// The cluster's events as one node gathers them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Gathered {
+    /// Every node's events, oldest first.
+    pub events: Vec<NodeEvent>,
+    /// Peers that did not answer, with why.
+    pub unreachable: Vec<(String, String)>,
+}
+
+/// This node's side of the service: who it is, its journal, its peers.
+#[derive(Debug, Clone)]
+pub struct Events {
+    me: String,
+    key: [u8; 32],
+    dir: PathBuf,
+    /// Each peer with its addresses (per link, in link order).
+    peers: Vec<(String, Vec<Option<IpAddr>>)>,
+    /// This node's own addresses (per link, in link order).
+    mine: Vec<Option<IpAddr>>,
+}
+
+impl Events {
+    /// The service for node `me`, journal in `state_dir`, sealed with `key`.
+    pub fn new(cfg: &Config, me: &str, key: [u8; 32], state_dir: PathBuf) -> Events {
+        let addrs = |n: &tandem_core::config::NodeSpec| -> Vec<Option<IpAddr>> {
+            cfg.links
+                .iter()
+                .map(|l| n.addresses.get(&l.name).copied())
+                .collect()
+        };
+        Events {
+            me: me.to_string(),
+            key,
+            dir: state_dir,
+            peers: cfg
+                .nodes
+                .iter()
+                .filter(|n| n.name != me)
+                .map(|n| (n.name.clone(), addrs(n)))
+                .collect(),
+            mine: cfg.node(me).map(addrs).unwrap_or_default(),
+        }
+    }
+
+    /// Binds a listener on each of this node's link addresses and serves
+    /// the journal there, as local tasks, until the runtime ends. An
+    /// address that cannot be bound is reported and skipped.
+    pub async fn serve(self: Arc<Self>) -> Vec<String> {
+        let mut problems = Vec::new();
+        let count = Arc::new(AtomicUsize::new(0));
+        for ip in self.mine.iter().flatten().copied() {
+            let at = SocketAddr::new(ip, EVENTS_PORT);
+            match TcpListener::bind(at).await {
+                Ok(l) => {
+                    let (me, count) = (self.clone(), count.clone());
+                    tokio::task::spawn_local(async move { me.accept_loop(l, count).await });
+                }
+                Err(e) => problems.push(format!("the event journal cannot be served on {at}: {e}")),
+            }
+        }
+        problems
+    }
+
+    async fn accept_loop(self: Arc<Self>, l: TcpListener, count: Arc<AtomicUsize>) {
+        loop {
+            let Ok((stream, from)) = l.accept().await else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            if count.fetch_add(1, Ordering::AcqRel) >= MAX_UNAUTHENTICATED {
+                count.fetch_sub(1, Ordering::AcqRel);
+                continue;
+            }
+            let (me, count) = (self.clone(), count.clone());
+            tokio::task::spawn_local(async move {
+                let _ = me.answer(stream, from, &count).await;
+            });
+        }
+    }
+
+    /// One peer's request: authenticate (a member, from one of its own
+    /// addresses), read the ask, send the journal's events.
+    async fn answer(
+        &self,
+        mut stream: TcpStream,
+        from: SocketAddr,
+        count: &AtomicUsize,
+    ) -> Result<()> {
+        let authed = tokio::time::timeout(
+            crate::peer_auth::PREAUTH_LIMIT,
+            crate::peer_auth::accept(&mut stream, &self.key, |name, node| {
+                (name == NAME
+                    && self
+                        .peers
+                        .iter()
+                        .any(|(n, ips)| n == node && ips.contains(&Some(from.ip()))))
+                .then_some(())
+            }),
+        )
+        .await;
+        count.fetch_sub(1, Ordering::AcqRel);
+        let ((), mut session, _) = authed.context("handshake timed out")??;
+        let work = async {
+            let ask: Ask = recv(&mut stream, &mut session, K_ASK).await?;
+            let dir = self.dir.clone();
+            let max = ask.max.min(MAX_EVENTS);
+            let events = tokio::task::spawn_blocking(move || {
+                crate::event_journal::read(&dir, ask.since_unix_ms, max)
+            })
+            .await
+            .unwrap_or_default();
+            send(&mut stream, &mut session, K_EVENTS, &events).await
+        };
+        tokio::time::timeout(FETCH_LIMIT, work)
+            .await
+            .context("answer timed out")?
+    }
+
+    /// This node's events and every peer's since `since_unix_ms` (at most
+    /// `max` per node), merged by time.
+    pub async fn gather(&self, since_unix_ms: u64, max: usize) -> Gathered {
+        let max = max.min(MAX_EVENTS);
+        let ask = Ask { since_unix_ms, max };
+        let dir = self.dir.clone();
+        let own = tokio::task::spawn_blocking(move || {
+            crate::event_journal::read(&dir, since_unix_ms, max)
+        });
+        let asks = self.peers.iter().map(|(name, ips)| async move {
+            let mut why = String::from("no address on a link this node has");
+            // Each link in turn, from this node's own address on it: the
+            // peer serves a member only from that member's addresses.
+            let pairs = ips
+                .iter()
+                .zip(&self.mine)
+                .filter_map(|(p, m)| Some(((*p)?, (*m)?)));
+            for (ip, mine) in pairs {
+                let at = SocketAddr::new(ip, EVENTS_PORT);
+                match tokio::time::timeout(FETCH_LIMIT, self.fetch(mine, at, ask)).await {
+                    Ok(Ok(events)) => return (name.clone(), Ok(events)),
+                    Ok(Err(e)) => why = format!("{at}: {e:#}"),
+                    Err(_) => why = format!("{at}: no answer within {} s", FETCH_LIMIT.as_secs()),
+                }
+            }
+            (name.clone(), Err(why))
+        });
+        let answers = futures_util::future::join_all(asks).await;
+        let mut out = Gathered::default();
+        let tag = |node: &str, events: Vec<EventRecord>| {
+            events.into_iter().map({
+                let node = node.to_string();
+                move |record| NodeEvent {
+                    node: node.clone(),
+                    record,
+                }
+            })
+        };
+        out.events
+            .extend(tag(&self.me, own.await.unwrap_or_default()));
+        for (name, answer) in answers {
+            match answer {
+                Ok(events) => out.events.extend(tag(&name, events)),
+                Err(why) => out.unreachable.push((name, why)),
+            }
+        }
+        // Stable: events of one node at the same millisecond keep their order.
+        out.events.sort_by_key(|e| e.record.at_unix_ms);
+        out
+    }
+
+    async fn fetch(&self, from: IpAddr, at: SocketAddr, ask: Ask) -> Result<Vec<EventRecord>> {
+        let socket = if from.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        }
+        .context("a socket")?;
+        socket
+            .bind(SocketAddr::new(from, 0))
+            .with_context(|| format!("binding to this node's address {from}"))?;
+        let mut stream = socket.connect(at).await.context("connecting")?;
+        let mut session = crate::peer_auth::dial(&mut stream, &self.key, NAME, &self.me).await?;
+        send(&mut stream, &mut session, K_ASK, &ask).await?;
+        recv(&mut stream, &mut session, K_EVENTS).await
+    }
+}
+
+async fn send<T: Serialize>(
+    s: &mut TcpStream,
+    session: &mut Session,
+    kind: u8,
+    body: &T,
+) -> Result<()> {
+    let body = serde_json::to_vec(body)?;
+    let len = u32::try_from(body.len()).context("a frame over 4 GiB")?;
+    let mut out = Vec::with_capacity(FRAME_HEADER + body.len() + seal::TAG_LEN);
+    out.push(kind);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&body);
+    session.send.seal(&mut out);
+    s.write_all(&out).await.context("sending to the peer")
+}
+
+async fn recv<T: for<'de> Deserialize<'de>>(
+    s: &mut TcpStream,
+    session: &mut Session,
+    kind: u8,
+) -> Result<T> {
+    let mut h = [0u8; FRAME_HEADER];
+    s.read_exact(&mut h)
+        .await
+        .context("reading from the peer")?;
+    let len = u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize;
+    if len > MAX_FRAME {
+        bail!("a {len}-byte frame (at most {MAX_FRAME} are read)");
+    }
+    let mut body = vec![0u8; len + seal::TAG_LEN];
+    s.read_exact(&mut body)
+        .await
+        .context("reading from the peer")?;
+    let plain = session.recv.open(&h, &mut body)?;
+    if h[0] != kind {
+        bail!("unexpected frame kind {}", h[0]);
+    }
+    serde_json::from_slice(plain).context("a malformed answer")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two services on loopback addresses: the asker merges both
+    /// journals; a stranger's key gets nothing; a dead peer is named.
+    #[test]
+    fn a_node_gathers_its_peers_journals_and_names_the_silent_ones() {
+        // Needs 127.0.0.2/.3 (Linux routes all of 127/8 to loopback).
+        let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+        let text = "[cluster]\nname = \"c\"\nkey_file = \"k\"\n\n[[link]]\nname = \"lan\"\n\n[[node]]\nname = \"n1\"\naddresses = { lan = \"127.0.0.21\" }\n\n[[node]]\nname = \"n2\"\naddresses = { lan = \"127.0.0.22\" }\n\n[[node]]\nname = \"n3\"\naddresses = { lan = \"127.0.0.23\" }\n";
+        let cfg = tandem_core::config::load(text, std::path::Path::new("/"), &|_| {
+            tandem_core::config::KeyFileFacts::Present {
+                mode: 0o600,
+                len: 32,
+            }
+        })
+        .config
+        .unwrap();
+        for (i, d) in dirs.iter().enumerate() {
+            let mut j = crate::event_journal::Journal::open(d.path());
+            for at in [10 + i as u64, 20 + i as u64] {
+                let event = crate::event::AgentEvent::NodeOnline {
+                    node: format!("x{at}"),
+                };
+                j.append(&EventRecord {
+                    at_unix_ms: at,
+                    text: event.to_string(),
+                    event: Some(event),
+                });
+            }
+        }
+        let key = [9u8; 32];
+        let node = |i: usize, key: [u8; 32]| {
+            Arc::new(Events::new(
+                &cfg,
+                &format!("n{}", i + 1),
+                key,
+                dirs[i].path().to_path_buf(),
+            ))
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&rt, async {
+            // n1 and n2 serve; n3 does not run.
+            for i in [0, 1] {
+                assert!(node(i, key).serve().await.is_empty());
+            }
+            let g = node(0, key).gather(0, 100).await;
+            let seen: Vec<(String, u64)> = g
+                .events
+                .iter()
+                .map(|e| (e.node.clone(), e.record.at_unix_ms))
+                .collect();
+            assert_eq!(
+                seen,
+                vec![
+                    ("n1".into(), 10),
+                    ("n2".into(), 11),
+                    ("n1".into(), 20),
+                    ("n2".into(), 21)
+                ]
+            );
+            assert_eq!(g.unreachable.len(), 1);
+            assert_eq!(g.unreachable[0].0, "n3");
+            let g = node(0, key).gather(15, 100).await;
+            assert_eq!(g.events.len(), 2, "since");
+            // Asked with another key: n2 refuses; only n1's own events.
+            let g = node(0, [1u8; 32]).gather(0, 100).await;
+            assert!(g.events.iter().all(|e| e.node == "n1"), "{g:?}");
+            assert!(g.unreachable.iter().any(|(n, _)| n == "n2"), "{g:?}");
+        });
+    }
+}
