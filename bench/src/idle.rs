@@ -139,21 +139,37 @@ fn sample(agent: u32, guard: Option<u32>) -> Result<Sample> {
     })
 }
 
+/// What one idle run measures.
+pub struct Shape<'a> {
+    /// Cluster size.
+    pub nodes: usize,
+    /// Measurement window.
+    pub seconds: u64,
+    /// One group per node (see [`groups_config`]).
+    pub groups: bool,
+    /// The HTTP API on, scraped every 15 s.
+    pub http: bool,
+    /// Timing profile.
+    pub profile: &'a str,
+}
+
 /// Runs the idle benchmark and prints its figures.
-pub fn run(
-    tandem: PathBuf,
-    nodes: usize,
-    seconds: u64,
-    groups: bool,
-    profile: &str,
-    hz: u64,
-    machine: &str,
-) -> Result<()> {
-    let extra = if groups {
+pub fn run(tandem: PathBuf, shape: Shape<'_>, hz: u64, machine: &str) -> Result<()> {
+    let Shape {
+        nodes,
+        seconds,
+        groups,
+        http,
+        profile,
+    } = shape;
+    let mut extra = if groups {
         groups_config(&tandem, nodes)
     } else {
         String::new()
     };
+    if http {
+        extra.push_str("\n[http]\n");
+    }
     let shape = ClusterShape {
         extra,
         profile: profile.to_string(),
@@ -184,7 +200,27 @@ pub fn run(
         .map(|(p, g)| sample(*p, *g))
         .collect::<Result<_>>()?;
     let start = Instant::now();
-    std::thread::sleep(Duration::from_secs(seconds));
+    let window = Duration::from_secs(seconds);
+    let mut scrapes = 0u32;
+    if http {
+        // As Prometheus would: every node's /metrics every 15 s.
+        while start.elapsed() < window {
+            for n in 1..=nodes {
+                let out = c.bed.exec(
+                    n,
+                    "curl",
+                    &["-sf", "--max-time", "5", "http://127.0.0.1:9640/metrics"],
+                )?;
+                if !out.contains("tandem_quorate 1") {
+                    bail!("n{n}'s metrics do not say it is quorate:\n{out}");
+                }
+                scrapes += 1;
+            }
+            std::thread::sleep(Duration::from_secs(15).min(window.saturating_sub(start.elapsed())));
+        }
+    } else {
+        std::thread::sleep(window);
+    }
     let wall = start.elapsed().as_secs_f64();
     let after: Vec<Sample> = c
         .pids
@@ -200,6 +236,11 @@ pub fn run(
             "no groups"
         }
     );
+    if http {
+        println!(
+            "HTTP API on (loopback), /metrics scraped on every node every 15 s: {scrapes} scrapes"
+        );
+    }
     println!("machine: {machine}");
     let pct = |t: u64| t as f64 / hz as f64 / wall * 100.0;
     let mut worst_cpu = 0.0f64;

@@ -154,6 +154,10 @@ enum What {
         /// Measurement window in seconds.
         #[arg(long, default_value_t = 60)]
         seconds: u64,
+        /// With the HTTP API on (loopback), its metrics scraped from every
+        /// node every 15 s during the window, as Prometheus would.
+        #[arg(long)]
+        http: bool,
     },
 }
 
@@ -485,12 +489,16 @@ fn main() -> Result<()> {
             seconds,
             bare,
             profile,
+            http,
         } => idle::run(
             cli.tandem,
-            nodes,
-            seconds,
-            !bare,
-            &profile,
+            idle::Shape {
+                nodes,
+                seconds,
+                groups: !bare,
+                http,
+                profile: &profile,
+            },
             clock_ticks_per_second(),
             &machine(),
         ),

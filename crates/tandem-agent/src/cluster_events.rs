@@ -1,4 +1,6 @@
-//! The whole cluster's events, merged: `tandem events` on any node.
+//! The whole cluster's events, merged: `tandem events` on any node; and
+//! each node's part of `tandem report` ([`crate::node_report`]), asked
+//! the same way under the name `report`.
 //!
 //! Every node serves its journal ([`crate::event_journal`]) to its peers on
 //! each of its link addresses, TCP port [`EVENTS_PORT`], behind the
@@ -33,6 +35,11 @@ use crate::status::EventRecord;
 pub const EVENTS_PORT: u16 = 5411;
 /// The handshake's name for this service.
 pub const NAME: &str = "events";
+/// The handshake's name for a node's part of a report.
+pub const REPORT: &str = "report";
+/// Limit on one peer's report, connection included (within the control
+/// client's 8 s).
+pub const REPORT_LIMIT: Duration = Duration::from_secs(6);
 /// Limit on one peer's answer, connection included.
 pub const FETCH_LIMIT: Duration = Duration::from_secs(3);
 /// Most events one answer carries (the newest).
@@ -71,8 +78,15 @@ pub struct Gathered {
 }
 
 /// This node's side of the service: who it is, its journal, its peers.
-#[derive(Debug, Clone)]
 pub struct Events {
+    /// Its configuration as `config show` writes it (secrets redacted).
+    config: String,
+    /// Its configuration's secrets, scrubbed from whatever a report of
+    /// this node sends (an agent's failure text that echoed a password).
+    secrets: Vec<String>,
+    /// Its control handler, for its own status in a report (set once the
+    /// loop runs).
+    handler: std::sync::OnceLock<crate::control::Handler>,
     me: String,
     key: [u8; 32],
     dir: PathBuf,
@@ -92,6 +106,17 @@ impl Events {
                 .collect()
         };
         Events {
+            config: cfg
+                .to_toml()
+                .unwrap_or_else(|e| format!("# the configuration could not be written: {e}\n")),
+            handler: std::sync::OnceLock::new(),
+            secrets: cfg
+                .secrets()
+                .into_iter()
+                .map(|(_, v)| v.to_string())
+                // A short value would scrub ordinary words.
+                .filter(|v| v.len() >= 4)
+                .collect(),
             me: me.to_string(),
             key,
             dir: state_dir,
@@ -103,6 +128,66 @@ impl Events {
                 .collect(),
             mine: cfg.node(me).map(addrs).unwrap_or_default(),
         }
+    }
+
+    /// The control handler whose status a report of this node carries.
+    pub fn set_handler(&self, h: crate::control::Handler) {
+        let _ = self.handler.set(h);
+    }
+
+    /// This node's part of a report: its events since `since_unix_ms`.
+    pub async fn own_report(&self, since_unix_ms: u64) -> crate::node_report::NodeReport {
+        let status = match self.handler.get() {
+            Some(h) => match h.ask_loop(crate::control::ControlRequest::Status).await {
+                crate::control::ControlResponse::Status { status } => {
+                    serde_json::to_value(&status).ok()
+                }
+                _ => None,
+            },
+            None => None,
+        };
+        let r = crate::node_report::gather(
+            &self.me,
+            self.config.clone(),
+            status,
+            &self.dir,
+            since_unix_ms,
+        )
+        .await;
+        crate::node_report::scrub(r, &self.secrets)
+    }
+
+    /// Node `node`'s part of a report (this node's own, or a peer's over
+    /// its links in turn), or why not.
+    pub async fn report_of(
+        &self,
+        node: &str,
+        since_unix_ms: u64,
+    ) -> Result<crate::node_report::NodeReport, String> {
+        if node == self.me {
+            return Ok(self.own_report(since_unix_ms).await);
+        }
+        let Some((_, ips)) = self.peers.iter().find(|(n, _)| n == node) else {
+            return Err(format!("no node named {node}"));
+        };
+        let ask = Ask {
+            since_unix_ms,
+            max: crate::node_report::MAX_REPORT_EVENTS,
+        };
+        let mut why = String::from("no address on a link this node has");
+        let pairs = ips
+            .iter()
+            .zip(&self.mine)
+            .filter_map(|(p, m)| Some(((*p)?, (*m)?)));
+        for (ip, mine) in pairs {
+            let at = SocketAddr::new(ip, EVENTS_PORT);
+            match tokio::time::timeout(REPORT_LIMIT, self.ask(REPORT, mine, at, ask)).await {
+                Ok(Ok(r)) => return Ok(r),
+                Ok(Err(e)) => why = format!("{at}: {e:#}"),
+                Err(_) => why = format!("{at}: no answer within {} s", REPORT_LIMIT.as_secs()),
+            }
+        }
+        Err(why)
     }
 
     /// Binds a listener on each of this node's link addresses and serves
@@ -152,17 +237,27 @@ impl Events {
         let authed = tokio::time::timeout(
             crate::peer_auth::PREAUTH_LIMIT,
             crate::peer_auth::accept(&mut stream, &self.key, |name, node| {
-                (name == NAME
+                ((name == NAME || name == REPORT)
                     && self
                         .peers
                         .iter()
                         .any(|(n, ips)| n == node && ips.contains(&Some(from.ip()))))
-                .then_some(())
+                .then(|| name.to_string())
             }),
         )
         .await;
         count.fetch_sub(1, Ordering::AcqRel);
-        let ((), mut session, _) = authed.context("handshake timed out")??;
+        let (name, mut session, _) = authed.context("handshake timed out")??;
+        if name == REPORT {
+            let work = async {
+                let ask: Ask = recv(&mut stream, &mut session, K_ASK).await?;
+                let r = self.own_report(ask.since_unix_ms).await;
+                send(&mut stream, &mut session, K_EVENTS, &r).await
+            };
+            return tokio::time::timeout(REPORT_LIMIT, work)
+                .await
+                .context("report timed out")?;
+        }
         let work = async {
             let ask: Ask = recv(&mut stream, &mut session, K_ASK).await?;
             let dir = self.dir.clone();
@@ -231,6 +326,18 @@ impl Events {
     }
 
     async fn fetch(&self, from: IpAddr, at: SocketAddr, ask: Ask) -> Result<Vec<EventRecord>> {
+        self.ask(NAME, from, at, ask).await
+    }
+
+    /// One request to the peer at `at`, from this node's address `from`,
+    /// under the handshake's `name`.
+    async fn ask<T: for<'de> Deserialize<'de>>(
+        &self,
+        name: &str,
+        from: IpAddr,
+        at: SocketAddr,
+        ask: Ask,
+    ) -> Result<T> {
         let socket = if from.is_ipv4() {
             tokio::net::TcpSocket::new_v4()
         } else {
@@ -241,7 +348,7 @@ impl Events {
             .bind(SocketAddr::new(from, 0))
             .with_context(|| format!("binding to this node's address {from}"))?;
         let mut stream = socket.connect(at).await.context("connecting")?;
-        let mut session = crate::peer_auth::dial(&mut stream, &self.key, NAME, &self.me).await?;
+        let mut session = crate::peer_auth::dial(&mut stream, &self.key, name, &self.me).await?;
         send(&mut stream, &mut session, K_ASK, &ask).await?;
         recv(&mut stream, &mut session, K_EVENTS).await
     }

@@ -111,6 +111,14 @@ pub enum ControlRequest {
         /// The command.
         command: VolumeCommand,
     },
+    /// One node's part of `tandem report` (this node's or a peer's).
+    Report {
+        /// The node.
+        node: String,
+        /// Its events since this time, ms since the Unix epoch.
+        #[serde(default)]
+        since_unix_ms: Option<u64>,
+    },
     /// Every node's kept events since a time, merged (`tandem events`).
     Events {
         /// Since this time, ms since the Unix epoch (None: all kept).
@@ -142,7 +150,8 @@ impl ControlRequest {
         Some(match self.clone() {
             ControlRequest::Status
             | ControlRequest::Volume { .. }
-            | ControlRequest::Events { .. } => return None,
+            | ControlRequest::Events { .. }
+            | ControlRequest::Report { .. } => return None,
             ControlRequest::Move { group, node } => Request::Move { group, node },
             ControlRequest::Failover { group } => Request::Failover { group },
             ControlRequest::Standby { node, on } => Request::Standby { node, on },
@@ -158,6 +167,7 @@ impl std::fmt::Display for ControlRequest {
         match self {
             ControlRequest::Status => f.write_str("status"),
             ControlRequest::Events { .. } => f.write_str("events"),
+            ControlRequest::Report { node, .. } => write!(f, "report of {node}"),
             ControlRequest::Move {
                 group,
                 node: Some(n),
@@ -209,6 +219,11 @@ pub enum ControlResponse {
         /// Statuses, message, error.
         volume: VolumeAnswer,
     },
+    /// One node's part of a report.
+    Report {
+        /// What it gathered.
+        report: Box<crate::node_report::NodeReport>,
+    },
     /// The cluster's events, merged.
     Events {
         /// Every node's events and the peers that did not answer.
@@ -259,6 +274,14 @@ pub enum ControlError {
     /// The main loop's queue is full.
     #[error("the agent is busy; try again")]
     Busy,
+    /// A peer asked for its part did not answer.
+    #[error("{node} did not answer: {why}")]
+    Unreachable {
+        /// The node.
+        node: String,
+        /// Why.
+        why: String,
+    },
     /// The main loop did not answer in time (it is stopping, or stuck).
     #[error("the agent did not answer within {limit_ms} ms; check `tandem status` and its log")]
     NoAnswer {
@@ -314,6 +337,28 @@ impl Handler {
 
     /// Answers one request.
     pub async fn handle(&self, request: ControlRequest) -> ControlResponse {
+        if let ControlRequest::Report {
+            node,
+            since_unix_ms,
+        } = &request
+        {
+            let Some(e) = &self.events else {
+                return ControlError::Malformed {
+                    why: "this agent keeps no event journal".into(),
+                }
+                .into();
+            };
+            return match e.report_of(node, since_unix_ms.unwrap_or(0)).await {
+                Ok(r) => ControlResponse::Report {
+                    report: Box::new(r),
+                },
+                Err(why) => ControlError::Unreachable {
+                    node: node.clone(),
+                    why,
+                }
+                .into(),
+            };
+        }
         if let ControlRequest::Events { since_unix_ms, max } = request {
             let Some(e) = &self.events else {
                 return ControlError::Malformed {
@@ -334,6 +379,12 @@ impl Handler {
                 None => ControlError::NoVolume.into(),
             };
         }
+        self.ask_loop(request).await
+    }
+
+    /// Asks the agent's main loop (what needs its state: status, the
+    /// operator's requests), within [`ANSWER_LIMIT`].
+    pub async fn ask_loop(&self, request: ControlRequest) -> ControlResponse {
         let (tx, rx) = oneshot::channel();
         // A full queue: the agent is busy; the client may retry.
         if self.to_loop.try_send((request, tx)).is_err() {
@@ -592,6 +643,21 @@ impl Client {
         }
     }
 
+    /// Node `node`'s part of a report, its events since `since_unix_ms`.
+    pub fn report(
+        &self,
+        node: &str,
+        since_unix_ms: Option<u64>,
+    ) -> Result<crate::node_report::NodeReport, ClientError> {
+        match self.call(&ControlRequest::Report {
+            node: node.to_string(),
+            since_unix_ms,
+        })? {
+            ControlResponse::Report { report } => Ok(*report),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// Every node's kept events since `since_unix_ms`, merged.
     pub fn events(
         &self,
@@ -629,6 +695,7 @@ fn unexpected(answer: &ControlResponse) -> ClientError {
         ControlResponse::Accepted => "accepted",
         ControlResponse::Volume { .. } => "volume",
         ControlResponse::Events { .. } => "events",
+        ControlResponse::Report { .. } => "report",
         ControlResponse::Error { .. } => "error",
     };
     ClientError::Answer {

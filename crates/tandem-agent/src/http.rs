@@ -6,6 +6,8 @@
 //! | `GET /v1/status` | read | `{"answer":"status","status":{...}}`, as `tandem status --json` |
 //! | `POST /v1/control` | read for `status` and `volume status`, operator otherwise | a [`ControlResponse`]; the body is the control socket's request line (`{"v":1,"request":"move",...}`) |
 //! | `GET /metrics` | read | Prometheus text ([`crate::metrics`]) |
+//! | `GET /v1/status/stream` | read | server-sent events: the status each time it changes (checked every 500 ms) |
+//! | `GET /` | none | the dashboard: a page with no data in it, embedded in the binary (no CDN); it reads the stream above with the token the operator types |
 //!
 //! Who may ask what is [`tandem_core::http_access`]'s rule. Off loopback
 //! the configuration requires TLS and a token (`config validate` refuses
@@ -235,6 +237,8 @@ fn router(s: Served) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/control", post(control))
         .route("/metrics", get(metrics))
+        .route("/v1/status/stream", get(status_stream))
+        .route("/", get(dashboard))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
         .with_state(s)
@@ -280,7 +284,8 @@ pub fn status_code(answer: &ControlResponse) -> StatusCode {
     match answer {
         ControlResponse::Status { .. }
         | ControlResponse::Accepted
-        | ControlResponse::Events { .. } => StatusCode::OK,
+        | ControlResponse::Events { .. }
+        | ControlResponse::Report { .. } => StatusCode::OK,
         ControlResponse::Volume { volume } if volume.error.is_some() => StatusCode::CONFLICT,
         ControlResponse::Volume { .. } => StatusCode::OK,
         ControlResponse::Error { error } => match error {
@@ -289,7 +294,9 @@ pub fn status_code(answer: &ControlResponse) -> StatusCode {
             | ControlError::NoVolume => StatusCode::NOT_FOUND,
             ControlError::NoFenceDevice { .. } => StatusCode::CONFLICT,
             ControlError::Busy => StatusCode::SERVICE_UNAVAILABLE,
-            ControlError::NoAnswer { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ControlError::NoAnswer { .. } | ControlError::Unreachable { .. } => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
             ControlError::Malformed { .. } | ControlError::Version { .. } => {
                 StatusCode::BAD_REQUEST
             }
@@ -346,10 +353,87 @@ async fn metrics(State(s): State<Served>, headers: HeaderMap) -> Response {
         .into_response()
 }
 
+/// The dashboard's page (its script reads `/v1/status/stream`).
+const DASHBOARD: &str = include_str!("dashboard.html");
+/// How often a stream looks at the status.
+const STREAM_EVERY: Duration = Duration::from_millis(500);
+/// How often a stream that sent nothing says it is alive.
+const STREAM_KEEPALIVE: Duration = Duration::from_secs(10);
+
+async fn dashboard() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            // Everything is in the page; it may talk to this origin only.
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self'; frame-ancestors 'none'",
+            ),
+            (header::X_FRAME_OPTIONS, "DENY"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        DASHBOARD,
+    )
+        .into_response()
+}
+
+/// Server-sent events: the status (as `GET /v1/status` answers it) each
+/// time it changes, looked at every [`STREAM_EVERY`]; a comment every
+/// [`STREAM_KEEPALIVE`] otherwise. Ends with the connection's limit (the
+/// page reconnects).
+async fn status_stream(State(s): State<Served>, headers: HeaderMap) -> Response {
+    if let Err(r) = s.authorize(&headers, Role::Read) {
+        return refused(r);
+    }
+    struct At {
+        handler: Handler,
+        last: Vec<u8>,
+        quiet: Duration,
+        first: bool,
+    }
+    let start = At {
+        handler: s.handler.clone(),
+        last: Vec::new(),
+        quiet: Duration::ZERO,
+        first: true,
+    };
+    let stream = futures_util::stream::unfold(start, |mut at| async move {
+        loop {
+            if !at.first {
+                tokio::time::sleep(STREAM_EVERY).await;
+            }
+            at.first = false;
+            let answer = at.handler.handle(ControlRequest::Status).await;
+            let json = serde_json::to_vec(&answer).unwrap_or_default();
+            if json != at.last {
+                at.quiet = Duration::ZERO;
+                let mut chunk = b"data: ".to_vec();
+                chunk.extend_from_slice(&json);
+                chunk.extend_from_slice(b"\n\n");
+                at.last = json;
+                return Some((Ok::<_, std::convert::Infallible>(Bytes::from(chunk)), at));
+            }
+            at.quiet += STREAM_EVERY;
+            if at.quiet >= STREAM_KEEPALIVE {
+                at.quiet = Duration::ZERO;
+                return Some((Ok(Bytes::from_static(b": alive\n\n")), at));
+            }
+        }
+    });
+    (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response()
+}
+
 async fn not_found() -> Response {
     error(
         StatusCode::NOT_FOUND,
         "not_found",
-        "no such endpoint: GET /v1/status, POST /v1/control, GET /metrics",
+        "no such endpoint: GET /, GET /v1/status, GET /v1/status/stream, POST /v1/control, GET /metrics",
     )
 }

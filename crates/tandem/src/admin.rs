@@ -38,6 +38,56 @@ pub fn print_status(socket: &Path, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// The lines of `now`, each marked `*` if `before` (the previous view)
+/// did not have it and `before` existed, else with two spaces.
+pub fn mark_changes(before: Option<&str>, now: &str) -> String {
+    let old: std::collections::HashSet<&str> =
+        before.map(|b| b.lines().collect()).unwrap_or_default();
+    let mut out = String::with_capacity(now.len() + 2 * now.lines().count());
+    for line in now.lines() {
+        let changed = before.is_some() && !old.contains(line);
+        out.push_str(if changed { "* " } else { "  " });
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+/// `tandem status --watch`: the status every `every`, changed lines
+/// marked, until interrupted. An agent that stops answering is said so,
+/// and watched for until it answers again.
+pub fn watch_status(socket: &Path, every: std::time::Duration) -> Result<()> {
+    use std::io::{IsTerminal as _, Write as _};
+    let client = Client::new(socket);
+    let tty = std::io::stdout().is_terminal();
+    let mut before: Option<String> = None;
+    loop {
+        let now = match client.status() {
+            Ok(s) => crate::render::status(&s),
+            Err(e) => format!("the agent at {} does not answer: {e}\n", socket.display()),
+        };
+        let shown = mark_changes(before.as_deref(), &now);
+        let mut out = std::io::stdout().lock();
+        if tty {
+            // Clear the screen and go home, as watch(1) does.
+            let _ = write!(out, "\x1b[2J\x1b[H");
+        }
+        let _ = writeln!(
+            out,
+            "every {}s: {} (* changed)\n",
+            every.as_secs(),
+            tandem_agent::clock::format_utc(tandem_agent::clock::unix_ms())
+        );
+        let _ = write!(out, "{shown}");
+        if !tty {
+            let _ = writeln!(out, "---");
+        }
+        let _ = out.flush();
+        before = Some(now);
+        std::thread::sleep(every);
+    }
+}
+
 /// `tandem events`: every node's events since `since_ms` ago, merged;
 /// with `follow`, new ones every second until interrupted.
 pub fn print_events(socket: &Path, since_ms: Option<u64>, follow: bool, json: bool) -> Result<()> {
@@ -415,4 +465,15 @@ pub fn fence(a: &AdminArgs, node: &str, yes: bool, on: bool) -> Result<ExitCode>
         }
     }
     Ok(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changed_lines_are_marked_after_the_first_view() {
+        assert_eq!(mark_changes(None, "a\nb\n"), "  a\n  b\n");
+        assert_eq!(mark_changes(Some("a\nb\n"), "a\nc\n"), "  a\n* c\n");
+    }
 }

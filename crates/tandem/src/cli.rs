@@ -67,6 +67,13 @@ pub enum Command {
         /// Print the agent's answer as JSON.
         #[arg(long)]
         json: bool,
+        /// Refresh every `--interval` seconds until interrupted, marking
+        /// with `*` the lines that changed since the previous view.
+        #[arg(long, short, conflicts_with = "json")]
+        watch: bool,
+        /// Seconds between refreshes with `--watch` (at least 1).
+        #[arg(long, value_name = "SECS", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        interval: u64,
         #[command(flatten)]
         at: AgentAt,
     },
@@ -87,6 +94,23 @@ pub enum Command {
         /// `event` with its `kind` and fields).
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        at: AgentAt,
+    },
+    /// Collect a diagnostic bundle from every node (over the cluster's
+    /// authenticated channel, not ssh): configurations with secrets
+    /// redacted, status, events, state and volume metadata, system facts,
+    /// plus a summary and an analysis (quorum, leaders, deaths, moves and
+    /// why, fencing, failures), as one .tar.gz.
+    Report {
+        /// Only events this recent: `30s`, `10m`, `2h`, `1d` (default: all
+        /// kept).
+        #[arg(long, value_name = "AGE", value_parser = parse_age_ms)]
+        since: Option<u64>,
+        /// Where to write it (default: tandem-report-CLUSTER-TIME.tar.gz
+        /// here).
+        #[arg(long, short, value_name = "FILE")]
+        out: Option<PathBuf>,
         #[command(flatten)]
         at: AgentAt,
     },
@@ -231,7 +255,8 @@ pub enum Command {
     ///
     /// Example: tandem man | man -l -
     Man {
-        /// Write tandem.1, tandem-config.1, ... into this directory instead.
+        /// Write tandem.8, tandem-config.8, ... and tandem.toml.5 (the
+        /// configuration's format) into this directory instead.
         #[arg(long, value_name = "DIR")]
         out_dir: Option<PathBuf>,
     },

@@ -6,7 +6,9 @@ mod cli;
 mod config_cmd;
 #[cfg(feature = "demo")]
 mod demo;
+mod man;
 mod render;
+mod report;
 mod volume_cmd;
 
 use tandem_agent::{agent, guard, keyfile, state_file};
@@ -76,8 +78,23 @@ fn run(cli: Cli) -> Result<ExitCode> {
             admin::print_events(&at.socket()?, since, follow, json)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Status { json, at } => {
-            admin::print_status(&at.socket()?, json)?;
+        Command::Report { since, out, at } => {
+            let written = report::run(&at.socket()?, since, out)?;
+            let size = std::fs::metadata(&written).map_or(0, |m| m.len());
+            println!("wrote {} ({} KiB)", written.display(), size.div_ceil(1024));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status {
+            json,
+            watch,
+            interval,
+            at,
+        } => {
+            if watch {
+                admin::watch_status(&at.socket()?, std::time::Duration::from_secs(interval))?;
+            } else {
+                admin::print_status(&at.socket()?, json)?;
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Move {
@@ -183,13 +200,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Some(dir) => {
                     std::fs::create_dir_all(&dir)
                         .with_context(|| format!("creating {}", dir.display()))?;
-                    clap_mangen::generate_to(cmd, &dir)
+                    man::write_pages(cmd, &dir)
                         .with_context(|| format!("writing man pages to {}", dir.display()))?;
                     println!("wrote man pages to {}", dir.display());
                 }
                 None => {
                     let mut out = Vec::new();
                     clap_mangen::Man::new(cmd)
+                        .section(man::SECTION)
                         .render(&mut out)
                         .context("rendering the man page")?;
                     std::io::stdout()

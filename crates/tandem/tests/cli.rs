@@ -128,10 +128,12 @@ fn completions_and_man_page_come_from_the_cli_definition() {
     let o = tandem(&["man", "--out-dir", dir.path().to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o));
     for page in [
-        "tandem.1",
-        "tandem-config.1",
-        "tandem-config-validate.1",
-        "tandem-keygen.1",
+        "tandem.8",
+        "tandem-config.8",
+        "tandem-config-validate.8",
+        "tandem-keygen.8",
+        "tandem-events.8",
+        "tandem.toml.5",
     ] {
         assert!(dir.path().join(page).exists(), "{page} missing");
     }
@@ -344,4 +346,23 @@ fn admin_commands_without_an_agent_say_what_to_do() {
     assert!(!tandem(&["move", "web", "--to", "n2", "--clear"])
         .status
         .success());
+}
+
+/// `status --watch` refreshes until interrupted, and says when no agent
+/// answers rather than stopping.
+#[test]
+fn status_watch_refreshes_and_says_when_the_agent_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .args(["status", "--watch", "--interval", "1", "--socket"])
+        .arg(dir.path().join("none.sock"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2_500));
+    child.kill().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.matches("does not answer").count() >= 2, "{text}");
+    assert!(text.contains("every 1s:") && text.contains("---"), "{text}");
 }

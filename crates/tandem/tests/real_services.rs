@@ -858,6 +858,16 @@ fn ordered_takeover_of_postgresql_on_a_replicated_volume_loses_no_committed_tran
         img = img.display(),
         m = mnt.display()
     ));
+    // PostgreSQL's own log (the agent's default is /dev/null), shown when
+    // a start fails: writable by the postgres user, outside the volume.
+    let pg_logs = dir.path().join("pglogs");
+    std::fs::create_dir_all(&pg_logs).unwrap();
+    std::fs::set_permissions(
+        &pg_logs,
+        std::os::unix::fs::PermissionsExt::from_mode(0o1777),
+    )
+    .unwrap();
+    let pg_log = pg_logs.join("postgresql.log");
     let extra = format!(
         r#"
 [[group.resource]]
@@ -872,7 +882,7 @@ fsck = true
 name = "pg"
 kind = "ocf"
 agent = "ocf:heartbeat:pgsql"
-params = {{ pgctl = "/usr/lib/postgresql/15/bin/pg_ctl", psql = "{PSQL}", pgdata = "{m}/pgdata", socketdir = "{PG_SOCKETS}" }}
+params = {{ pgctl = "/usr/lib/postgresql/15/bin/pg_ctl", psql = "{PSQL}", pgdata = "{m}/pgdata", socketdir = "{PG_SOCKETS}", logfile = "{log}" }}
 timeout_ms = 60000
 check_interval_ms = 2000
 
@@ -881,7 +891,8 @@ name = "vip"
 kind = "ip"
 address = "{VIP}/24"
 "#,
-        m = mnt.display()
+        m = mnt.display(),
+        log = pg_log.display()
     );
     let mut shape = ClusterShape::nodes(2);
     shape.witness = true;
@@ -912,7 +923,13 @@ address = "{VIP}/24"
                 && s["volumes"][0]["disk"] == "UpToDate"
                 && s["volumes"][0]["peer_disk"] == "UpToDate"
         })
-        .unwrap_or_else(|e| panic!("{e:#}\nlogs:\n{}", c.logs()));
+        .unwrap_or_else(|e| {
+            panic!(
+                "{e:#}\nlogs:\n{}\npostgresql's log:\n{}",
+                c.logs(),
+                std::fs::read_to_string(&pg_log).unwrap_or_default()
+            )
+        });
     };
     on(&c, 1, "db on n1, both copies up to date");
     let client = DbClient::start(c.bed.client_ns());

@@ -248,6 +248,7 @@ pub fn run(cfg: Config, opts: AgentOptions) -> Result<()> {
     // The witness sends no alerts.
     let alerts = (!witness).then(|| crate::alerts::Alerts::new(&cfg, &topo.names[me]));
     let agent = Agent {
+        sd: crate::sd_notify::Notifier::from_env(),
         api,
         tally,
         alerts,
@@ -291,6 +292,8 @@ pub fn run(cfg: Config, opts: AgentOptions) -> Result<()> {
 type FenceDone = (String, bool, bool, Vec<String>);
 
 struct Agent {
+    /// systemd's notification socket (does nothing outside systemd).
+    sd: crate::sd_notify::Notifier,
     /// The HTTP API, until the loop starts serving it.
     api: Option<crate::http::Api>,
     /// What the metrics keep between scrapes, fed by every event.
@@ -436,6 +439,7 @@ impl Agent {
         let (ctl_tx, mut ctl_rx) = mpsc::channel::<LoopCall>(crate::control::LOOP_QUEUE);
         let handler =
             Handler::new(ctl_tx, self.hub.clone()).with_events(self.cluster_events.clone());
+        self.cluster_events.set_handler(handler.clone());
         for problem in self.cluster_events.clone().serve().await {
             self.log(AgentEvent::ServiceUnavailable { what: problem });
         }
@@ -446,6 +450,17 @@ impl Agent {
             });
             tokio::spawn(api.serve(handler.clone(), self.tally.clone()));
         }
+        // systemd (Type=notify): ready once the loop runs; the watchdog
+        // is fed from the loop itself, so a hung loop is restarted.
+        self.sd.notify(&format!(
+            "READY=1\nSTATUS=member of cluster {} as {}",
+            self.cluster, self.topo.names[self.me]
+        ));
+        let sd_every_ms = self
+            .sd
+            .watchdog_interval()
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let mut sd_due_ms = sd_every_ms.map(|e| self.now_ms() + e);
         loop {
             // The lease is checked before any input is handled: a node that
             // was frozen drops its addresses first thing when it resumes.
@@ -460,8 +475,18 @@ impl Agent {
             {
                 break;
             }
+            if let (Some(due), Some(every)) = (sd_due_ms, sd_every_ms) {
+                let now = self.now_ms();
+                if now >= due {
+                    self.sd.notify("WATCHDOG=1");
+                    sd_due_ms = Some(now + every);
+                }
+            }
             let mut next = self.member.next_deadline();
             if let Some(d) = self.watchdog.next_deadline() {
+                next = next.min(d);
+            }
+            if let Some(d) = sd_due_ms {
                 next = next.min(d);
             }
             if let Some(r) = &self.runner {
@@ -588,6 +613,7 @@ impl Agent {
             return;
         }
         self.shutting_down = true;
+        self.sd.notify("STOPPING=1");
         *deadline = Some(Instant::now() + SHUTDOWN_LIMIT);
         if let Some(r) = self.runner.as_mut() {
             r.shut_down();
@@ -718,7 +744,8 @@ impl Agent {
             }
             ControlRequest::Status
             | ControlRequest::Volume { .. }
-            | ControlRequest::Events { .. } => Ok(()),
+            | ControlRequest::Events { .. }
+            | ControlRequest::Report { .. } => Ok(()),
         }
     }
 
