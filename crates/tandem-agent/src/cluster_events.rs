@@ -174,20 +174,7 @@ impl Events {
             since_unix_ms,
             max: crate::node_report::MAX_REPORT_EVENTS,
         };
-        let mut why = String::from("no address on a link this node has");
-        let pairs = ips
-            .iter()
-            .zip(&self.mine)
-            .filter_map(|(p, m)| Some(((*p)?, (*m)?)));
-        for (ip, mine) in pairs {
-            let at = SocketAddr::new(ip, EVENTS_PORT);
-            match tokio::time::timeout(REPORT_LIMIT, self.ask(REPORT, mine, at, ask)).await {
-                Ok(Ok(r)) => return Ok(r),
-                Ok(Err(e)) => why = format!("{at}: {e:#}"),
-                Err(_) => why = format!("{at}: no answer within {} s", REPORT_LIMIT.as_secs()),
-            }
-        }
-        Err(why)
+        self.ask_peer(REPORT, ips, ask, REPORT_LIMIT).await
     }
 
     /// Binds a listener on each of this node's link addresses and serves
@@ -284,22 +271,10 @@ impl Events {
             crate::event_journal::read(&dir, since_unix_ms, max)
         });
         let asks = self.peers.iter().map(|(name, ips)| async move {
-            let mut why = String::from("no address on a link this node has");
-            // Each link in turn, from this node's own address on it: the
-            // peer serves a member only from that member's addresses.
-            let pairs = ips
-                .iter()
-                .zip(&self.mine)
-                .filter_map(|(p, m)| Some(((*p)?, (*m)?)));
-            for (ip, mine) in pairs {
-                let at = SocketAddr::new(ip, EVENTS_PORT);
-                match tokio::time::timeout(FETCH_LIMIT, self.fetch(mine, at, ask)).await {
-                    Ok(Ok(events)) => return (name.clone(), Ok(events)),
-                    Ok(Err(e)) => why = format!("{at}: {e:#}"),
-                    Err(_) => why = format!("{at}: no answer within {} s", FETCH_LIMIT.as_secs()),
-                }
-            }
-            (name.clone(), Err(why))
+            (
+                name.clone(),
+                self.ask_peer(NAME, ips, ask, FETCH_LIMIT).await,
+            )
         });
         let answers = futures_util::future::join_all(asks).await;
         let mut out = Gathered::default();
@@ -325,8 +300,31 @@ impl Events {
         out
     }
 
-    async fn fetch(&self, from: IpAddr, at: SocketAddr, ask: Ask) -> Result<Vec<EventRecord>> {
-        self.ask(NAME, from, at, ask).await
+    /// One request to the peer whose link addresses are `ips`: each link
+    /// in turn, from this node's own address on it (the peer serves a
+    /// member only from that member's addresses), each within `limit`;
+    /// the answer, or why the last link failed.
+    async fn ask_peer<T: for<'de> Deserialize<'de>>(
+        &self,
+        name: &str,
+        ips: &[Option<IpAddr>],
+        ask: Ask,
+        limit: Duration,
+    ) -> Result<T, String> {
+        let mut why = String::from("no address on a link this node has");
+        let pairs = ips
+            .iter()
+            .zip(&self.mine)
+            .filter_map(|(p, m)| Some(((*p)?, (*m)?)));
+        for (ip, mine) in pairs {
+            let at = SocketAddr::new(ip, EVENTS_PORT);
+            match tokio::time::timeout(limit, self.ask(name, mine, at, ask)).await {
+                Ok(Ok(answer)) => return Ok(answer),
+                Ok(Err(e)) => why = format!("{at}: {e:#}"),
+                Err(_) => why = format!("{at}: no answer within {} s", limit.as_secs()),
+            }
+        }
+        Err(why)
     }
 
     /// One request to the peer at `at`, from this node's address `from`,

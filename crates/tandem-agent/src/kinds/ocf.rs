@@ -416,6 +416,32 @@ mod tests {
         })
     }
 
+    /// An agent of our own, `ocf:acme:NAME`, in a private OCF root under
+    /// `dir` (returned): the shell `script`.
+    fn acme_agent(dir: &Path, name: &str, script: &str) -> std::path::PathBuf {
+        let root = dir.join("ocf");
+        let agents = root.join("resource.d/acme");
+        std::fs::create_dir_all(&agents).unwrap();
+        std::fs::write(agents.join(name), script).unwrap();
+        std::fs::set_permissions(
+            agents.join(name),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        root
+    }
+
+    /// Probes `r` until its new script can run (ETXTBSY while another
+    /// test's fork still holds the write descriptor), bounded.
+    async fn first_probe(r: &crate::kinds::Resource) {
+        for _ in 0..100 {
+            if run_action(r, ActionKind::Probe).await == Outcome::Stopped {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
     fn promotable(p: Params, notify: bool) -> Params {
         match p {
             Params::Ocf(o) => Params::Ocf(Ocf {
@@ -496,33 +522,19 @@ mod tests {
     #[test]
     fn an_agent_gets_the_apis_environment_and_its_exit_reason_is_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("ocf");
-        let agents = root.join("resource.d/acme");
-        std::fs::create_dir_all(&agents).unwrap();
         let seen = dir.path().join("seen");
-        std::fs::write(
-            agents.join("Probe"),
-            format!(
+        let root = acme_agent(
+            dir.path(),
+            "Probe",
+            &format!(
                 "#!/bin/sh\nenv | grep -E '^(OCF_|TANDEM_)' | sort > {seen}.$1\ncase $1 in\n monitor) exit 7;;\n start) echo 'ocf-exit-reason:the colour is wrong' >&2; exit 6;;\n stop) exit 0;;\nesac\nexit 3\n",
                 seen = seen.display()
             ),
-        )
-        .unwrap();
-        std::fs::set_permissions(
-            agents.join("Probe"),
-            std::os::unix::fs::PermissionsExt::from_mode(0o755),
-        )
-        .unwrap();
+        );
         let p = ocf("ocf:acme:Probe", &root, &[("colour", "blue")]);
         let r = resource(p, 7_000, dir.path());
         rt().block_on(async {
-            // ETXTBSY from another test's fork holding the write descriptor.
-            for _ in 0..100 {
-                if run_action(&r, ActionKind::Probe).await == Outcome::Stopped {
-                    break;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            }
+            first_probe(&r).await;
             assert_eq!(run_action(&r, ActionKind::Probe).await, Outcome::Stopped);
             assert_eq!(run_check(&r).await, Outcome::Stopped);
             let started = run_action(&r, ActionKind::Start).await;
@@ -608,35 +620,21 @@ mod tests {
     #[test]
     fn notifications_carry_pacemakers_variables_and_never_fail_an_action() {
         let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("ocf");
-        let agents = root.join("resource.d/acme");
-        std::fs::create_dir_all(&agents).unwrap();
         let log = dir.path().join("log");
         let state = dir.path().join("state");
-        std::fs::write(
-            agents.join("Roles"),
-            format!(
+        let root = acme_agent(
+            dir.path(),
+            "Roles",
+            &format!(
                 "#!/bin/sh\nm=OCF_RESKEY_CRM_meta\necho \"$1 ${{OCF_RESKEY_CRM_meta_notify_type}} ${{OCF_RESKEY_CRM_meta_notify_operation}} [${{OCF_RESKEY_CRM_meta_notify_promoted_uname}}] [${{OCF_RESKEY_CRM_meta_notify_active_resource}}] ${{OCF_RESKEY_CRM_meta_promotable}}\" >> {log}\ncase $1 in\n start) echo up > {state}; exit 0;;\n promote) echo promoted > {state}; exit 0;;\n demote) echo up > {state}; exit 0;;\n stop) rm -f {state}; exit 0;;\n notify) exit 1;;\n monitor) test -f {state} || exit 7; grep -q promoted {state} && exit 8; exit 0;;\nesac\nexit 3\n",
                 log = log.display(),
                 state = state.display()
             ),
-        )
-        .unwrap();
-        std::fs::set_permissions(
-            agents.join("Roles"),
-            std::os::unix::fs::PermissionsExt::from_mode(0o755),
-        )
-        .unwrap();
+        );
         let p = promotable(ocf("ocf:acme:Roles", &root, &[]), true);
         let r = resource(p, 7_000, dir.path());
         rt().block_on(async {
-            // ETXTBSY from another test's fork holding the write descriptor.
-            for _ in 0..100 {
-                if run_action(&r, ActionKind::Probe).await == Outcome::Stopped {
-                    break;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            }
+            first_probe(&r).await;
             assert_eq!(run_action(&r, ActionKind::Start).await, Outcome::Running);
             assert_eq!(run_check(&r).await, Outcome::Running);
             assert_eq!(run_action(&r, ActionKind::Stop).await, Outcome::Stopped);
