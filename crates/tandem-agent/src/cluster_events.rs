@@ -94,6 +94,9 @@ pub struct Events {
     peers: Vec<(String, Vec<Option<IpAddr>>)>,
     /// This node's own addresses (per link, in link order).
     mine: Vec<Option<IpAddr>>,
+    /// One gathering at a time (each may move megabytes through the
+    /// agent's thread): another waits for it.
+    gathering: tokio::sync::Mutex<()>,
 }
 
 impl Events {
@@ -114,8 +117,6 @@ impl Events {
                 .secrets()
                 .into_iter()
                 .map(|(_, v)| v.to_string())
-                // A short value would scrub ordinary words.
-                .filter(|v| v.len() >= 4)
                 .collect(),
             me: me.to_string(),
             key,
@@ -127,6 +128,7 @@ impl Events {
                 .map(|n| (n.name.clone(), addrs(n)))
                 .collect(),
             mine: cfg.node(me).map(addrs).unwrap_or_default(),
+            gathering: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -164,6 +166,7 @@ impl Events {
         node: &str,
         since_unix_ms: u64,
     ) -> Result<crate::node_report::NodeReport, String> {
+        let _one_at_a_time = self.gathering.lock().await;
         if node == self.me {
             return Ok(self.own_report(since_unix_ms).await);
         }
@@ -202,6 +205,15 @@ impl Events {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             };
+            // Only a member's address takes one of the few slots: a
+            // stranger's connections are closed at once.
+            if !self
+                .peers
+                .iter()
+                .any(|(_, ips)| ips.contains(&Some(from.ip())))
+            {
+                continue;
+            }
             if count.fetch_add(1, Ordering::AcqRel) >= MAX_UNAUTHENTICATED {
                 count.fetch_sub(1, Ordering::AcqRel);
                 continue;
@@ -264,6 +276,7 @@ impl Events {
     /// This node's events and every peer's since `since_unix_ms` (at most
     /// `max` per node), merged by time.
     pub async fn gather(&self, since_unix_ms: u64, max: usize) -> Gathered {
+        let _one_at_a_time = self.gathering.lock().await;
         let max = max.min(MAX_EVENTS);
         let ask = Ask { since_unix_ms, max };
         let dir = self.dir.clone();
@@ -302,7 +315,7 @@ impl Events {
 
     /// One request to the peer whose link addresses are `ips`: each link
     /// in turn, from this node's own address on it (the peer serves a
-    /// member only from that member's addresses), each within `limit`;
+    /// member only from that member's addresses), all within `limit`;
     /// the answer, or why the last link failed.
     async fn ask_peer<T: for<'de> Deserialize<'de>>(
         &self,
@@ -316,9 +329,14 @@ impl Events {
             .iter()
             .zip(&self.mine)
             .filter_map(|(p, m)| Some(((*p)?, (*m)?)));
+        let deadline = tokio::time::Instant::now() + limit;
         for (ip, mine) in pairs {
             let at = SocketAddr::new(ip, EVENTS_PORT);
-            match tokio::time::timeout(limit, self.ask(name, mine, at, ask)).await {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match tokio::time::timeout(left, self.ask(name, mine, at, ask)).await {
                 Ok(Ok(answer)) => return Ok(answer),
                 Ok(Err(e)) => why = format!("{at}: {e:#}"),
                 Err(_) => why = format!("{at}: no answer within {} s", limit.as_secs()),

@@ -137,7 +137,6 @@ impl ControlRequest {
     pub fn role(&self) -> Role {
         match self {
             ControlRequest::Status
-            | ControlRequest::Events { .. }
             | ControlRequest::Volume {
                 command: VolumeCommand::Status { .. },
             } => Role::Read,
@@ -915,7 +914,9 @@ mod tests {
     }
 
     /// Over HTTP only reading status needs no more than the read role;
-    /// every request that changes something needs the operator's.
+    /// every request that changes something, or gathers from every node
+    /// (events, reports: heavy, and what peers logged), needs the
+    /// operator's.
     #[test]
     fn only_status_is_read_everything_else_is_an_operators() {
         let read = [

@@ -388,7 +388,9 @@ pub enum AgentEvent {
     /// stays armed.
     LeavingActive,
     /// Words only: what agents of an earlier version logged before their
-    /// events were typed (read back from their status).
+    /// events were typed (read back from their status), or an event
+    /// withheld because it could not be scrubbed of the configuration's
+    /// secrets.
     Note {
         /// What happened.
         text: String,
@@ -629,9 +631,49 @@ impl std::fmt::Display for AgentEvent {
     }
 }
 
+/// `value` with every one of `secrets` replaced by the redaction mark
+/// wherever it appears in it (an agent's failure text that echoed a
+/// password), or None if it could not be read back. Values shorter than 4
+/// characters are not secrets here: they would scrub ordinary words.
+pub fn scrubbed<T>(value: T, secrets: &[String]) -> Option<T>
+where
+    T: Serialize + for<'de> Deserialize<'de>,
+{
+    let mut text = serde_json::to_string(&value).ok()?;
+    let mut changed = false;
+    for s in secrets.iter().filter(|s| s.len() >= 4) {
+        // As the JSON text writes it (quotes and backslashes escaped).
+        let Ok(quoted) = serde_json::to_string(s) else {
+            continue;
+        };
+        let inner = &quoted[1..quoted.len() - 1];
+        if text.contains(inner) {
+            text = text.replace(inner, tandem_core::config::REDACTED);
+            changed = true;
+        }
+    }
+    if !changed {
+        return Some(value);
+    }
+    serde_json::from_str(&text).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_are_scrubbed_from_an_event_wherever_they_appear() {
+        let e = AgentEvent::ActionFailed {
+            group: "db".into(),
+            resource: "pg".into(),
+            action: Action::Start,
+            reason: "login failed: pa\"ss-1234".into(),
+        };
+        let s = scrubbed(e.clone(), &["pa\"ss-1234".to_string(), "ab".into()]).unwrap();
+        assert_eq!(s.to_string(), "start of db/pg failed: login failed: ****");
+        assert_eq!(scrubbed(e.clone(), &[]), Some(e));
+    }
 
     /// The words stay what operators (and their log scrapers) know.
     #[test]

@@ -140,7 +140,21 @@ fn gauges(reg: &mut Registry, name: &str, help: &str) -> Family<Labels, Gauge> {
 fn labels(pairs: &[(&str, &str)]) -> Labels {
     pairs
         .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .map(|(k, v)| (k.to_string(), label_safe(v)))
+        .collect()
+}
+
+/// A label value the text format carries as written: the encoder does not
+/// escape quotes, backslashes or newlines, and an alert's recipient (free
+/// text) may hold any.
+fn label_safe(v: &str) -> String {
+    v.chars()
+        .map(|c| match c {
+            '"' => '\'',
+            '\\' => '/',
+            c if c.is_control() => ' ',
+            c => c,
+        })
         .collect()
 }
 
@@ -554,6 +568,12 @@ mod tests {
         t.observe(20_000 + FAILOVER_WINDOW_MS + 1, &begun("web"));
         t.observe(20_000 + FAILOVER_WINDOW_MS + 2, &started("web", "apache"));
         assert_eq!(histogram(&t).0, 1);
+    }
+
+    #[test]
+    fn label_values_never_break_the_text_format() {
+        assert_eq!(label_safe("a\"b\\c\nd"), "a'b/c d");
+        assert_eq!(label_safe("/var/log/x.log"), "/var/log/x.log");
     }
 
     #[test]

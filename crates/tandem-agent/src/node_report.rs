@@ -83,9 +83,11 @@ pub async fn gather(
         .unwrap_or_default();
     let (events, files, listing) = files;
     let mut facts = Vec::new();
-    for (name, program, args) in FACTS {
-        facts.push((name.to_string(), fact(program, args).await));
-    }
+    // At once, each within FACT_LIMIT: the whole stays within it.
+    let runs = FACTS
+        .iter()
+        .map(|(name, program, args)| async move { (name.to_string(), fact(program, args).await) });
+    facts.extend(futures_util::future::join_all(runs).await);
     NodeReport {
         node: node.to_string(),
         version: env!("CARGO_PKG_VERSION").to_string(),
@@ -102,25 +104,10 @@ pub async fn gather(
 /// wherever it appears (defence in depth: what is gathered is already
 /// redacted where Tandem knows it).
 pub fn scrub(r: NodeReport, secrets: &[String]) -> NodeReport {
-    if secrets.is_empty() {
-        return r;
-    }
-    let Ok(mut text) = serde_json::to_string(&r) else {
-        return r;
-    };
-    for s in secrets {
-        // As the JSON text writes it (quotes and backslashes escaped).
-        let Ok(quoted) = serde_json::to_string(s) else {
-            continue;
-        };
-        let inner = &quoted[1..quoted.len() - 1];
-        if !inner.is_empty() {
-            text = text.replace(inner, tandem_core::config::REDACTED);
-        }
-    }
-    serde_json::from_str(&text).unwrap_or_else(|_| NodeReport {
-        node: r.node.clone(),
-        version: r.version.clone(),
+    let (node, version) = (r.node.clone(), r.version.clone());
+    crate::event::scrubbed(r, secrets).unwrap_or_else(|| NodeReport {
+        node,
+        version,
         config: "# withheld: the report could not be scrubbed of secrets\n".into(),
         ..NodeReport::default()
     })
@@ -144,7 +131,7 @@ async fn fact(program: &str, args: &[&str]) -> String {
                 t.push_str(&format!(
                     "\n({}: {})",
                     out.status,
-                    String::from_utf8_lossy(&out.stderr).trim()
+                    String::from_utf8_lossy(&out.stderr[..out.stderr.len().min(4096)]).trim()
                 ));
             }
             t

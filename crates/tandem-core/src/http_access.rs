@@ -13,8 +13,9 @@
 //!   operator requests over HTTP are refused; the `tandem` command on the
 //!   node still works.
 //! - A read needs a token (either role's) unless the API is on loopback
-//!   and no read token is configured: on one machine, status is what
-//!   `tandem status` shows to the same users anyway.
+//!   and no read token is configured: then every local user can read
+//!   status and metrics (as a node exporter's users can); set
+//!   `read_token_file` to keep them to the token's holders.
 //! - Tokens are compared through their BLAKE3 hashes, whose equality is
 //!   constant-time: the time of a refusal says nothing of the token.
 

@@ -71,7 +71,8 @@ impl Browser<'_> {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("{what}: {js} gave {last} (not {want}) within {limit:?}");
+        let page = self.script("return document.getElementById('conn').textContent + ' | ' + document.getElementById('outcome').textContent + ' | ' + document.body.innerText.slice(0, 400)");
+        panic!("{what}: {js} gave {last} (not {want}) within {limit:?}; the page says: {page}");
     }
 
     fn screenshot(&self, name: &str) {
@@ -240,12 +241,36 @@ fn the_dashboard_shows_the_cluster_moves_a_group_and_sees_a_node_die() {
     println!("cluster up; starting the browser");
     let b = start_browser(&c);
     println!("browser session {}", b.session);
-    let page = format!(
-        "https://{}:{PORT}/#token={OPERATOR}",
-        c.bed.address(1, "lan")
-    );
+    let page = format!("https://{}:{PORT}/", c.bed.address(1, "lan"));
     b.call("POST", "/url", Some(json!({ "url": page })));
     println!("page loaded");
+    // Without a token the page says so; the operator types it in.
+    b.until(
+        "return document.getElementById('conn').textContent",
+        &json!("enter a token"),
+        GENEROUS,
+        "asks for a token",
+    );
+    let input = b.call(
+        "POST",
+        "/element",
+        Some(json!({ "using": "css selector", "value": "#token" })),
+    );
+    let input = input["value"]
+        .as_object()
+        .unwrap()
+        .values()
+        .next()
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .to_string();
+    b.call(
+        "POST",
+        &format!("/element/{input}/value"),
+        Some(json!({ "text": OPERATOR })),
+    );
+    b.script("document.getElementById('token').dispatchEvent(new Event('change')); return true");
     // Nodes and groups are shown, live.
     b.until(
         "return document.querySelectorAll('#nodes tr').length",

@@ -227,9 +227,14 @@ pub fn run(cfg: Config, opts: AgentOptions) -> Result<()> {
     member.set_watchdog_armed(watchdog.resets_within_ms());
     // The HTTP API's files and port, checked before anything runs: a
     // mistake there is the operator's to fix, not a silent missing API.
-    let api = match (&cfg.http, witness) {
-        (Some(spec), false) => Some(crate::http::Api::prepare(&cfg, spec, &topo.names[me])?),
-        _ => None,
+    // A problem there turns the API off, said in the log and status: an
+    // optional way in must not keep the agent (and its groups) down.
+    let (api, api_problem) = match (&cfg.http, witness) {
+        (Some(spec), false) => match crate::http::Api::prepare(&cfg, spec, &topo.names[me]) {
+            Ok(api) => (Some(api), None),
+            Err(e) => (None, Some(format!("the HTTP API is off: {e:#}"))),
+        },
+        _ => (None, None),
     };
     let tally = Arc::new(crate::metrics::Tally::new(
         cfg.timing.deadtime_ms,
@@ -248,6 +253,12 @@ pub fn run(cfg: Config, opts: AgentOptions) -> Result<()> {
     // The witness sends no alerts.
     let alerts = (!witness).then(|| crate::alerts::Alerts::new(&cfg, &topo.names[me]));
     let agent = Agent {
+        api_problem,
+        secrets: cfg
+            .secrets()
+            .into_iter()
+            .map(|(_, v)| v.to_string())
+            .collect(),
         sd: crate::sd_notify::Notifier::from_env(),
         api,
         tally,
@@ -292,6 +303,10 @@ pub fn run(cfg: Config, opts: AgentOptions) -> Result<()> {
 type FenceDone = (String, bool, bool, Vec<String>);
 
 struct Agent {
+    /// Why the HTTP API is off although configured, to log once running.
+    api_problem: Option<String>,
+    /// The configuration's secrets, scrubbed from every event.
+    secrets: Vec<String>,
     /// systemd's notification socket (does nothing outside systemd).
     sd: crate::sd_notify::Notifier,
     /// The HTTP API, until the loop starts serving it.
@@ -359,6 +374,11 @@ impl Agent {
 
     fn log(&mut self, event: impl Into<AgentEvent>) {
         let event = event.into();
+        // The configuration's secrets never reach the log, the journal,
+        // status, the API or alert programs (a failure text may echo one).
+        let event = crate::event::scrubbed(event, &self.secrets).unwrap_or(AgentEvent::Note {
+            text: "(an event withheld: it could not be scrubbed of secrets)".into(),
+        });
         let text = event.to_string();
         let at = unix_ms();
         self.tally.observe(at, &event);
@@ -442,6 +462,9 @@ impl Agent {
         self.cluster_events.set_handler(handler.clone());
         for problem in self.cluster_events.clone().serve().await {
             self.log(AgentEvent::ServiceUnavailable { what: problem });
+        }
+        if let Some(what) = self.api_problem.take() {
+            self.log(AgentEvent::ServiceUnavailable { what });
         }
         if let Some(api) = self.api.take() {
             self.log(AgentEvent::HttpListening {
