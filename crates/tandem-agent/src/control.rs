@@ -226,7 +226,7 @@ pub enum ControlResponse {
     /// The cluster's events, merged.
     Events {
         /// Every node's events and the peers that did not answer.
-        events: crate::cluster_events::Gathered,
+        events: crate::peer_service::Gathered,
     },
     /// The request was refused.
     Error {
@@ -314,7 +314,7 @@ pub struct Handler {
     /// This node's volumes (None: it holds no copy).
     hub: Option<Arc<Hub>>,
     /// The cluster's event journals (None: not served, as in tests).
-    events: Option<Arc<crate::cluster_events::Events>>,
+    events: Option<Arc<crate::peer_service::PeerService>>,
 }
 
 impl Handler {
@@ -329,7 +329,7 @@ impl Handler {
 
     /// The handler, answering `events` requests from `events` (this
     /// node's journal and its peers').
-    pub fn with_events(mut self, events: Arc<crate::cluster_events::Events>) -> Handler {
+    pub fn with_events(mut self, events: Arc<crate::peer_service::PeerService>) -> Handler {
         self.events = Some(events);
         self
     }
@@ -365,7 +365,7 @@ impl Handler {
                 }
                 .into();
             };
-            let max = max.unwrap_or(crate::cluster_events::MAX_EVENTS);
+            let max = max.unwrap_or(crate::peer_service::MAX_EVENTS);
             return ControlResponse::Events {
                 events: e.gather(since_unix_ms.unwrap_or(0), max).await,
             };
@@ -661,7 +661,7 @@ impl Client {
     pub fn events(
         &self,
         since_unix_ms: Option<u64>,
-    ) -> Result<crate::cluster_events::Gathered, ClientError> {
+    ) -> Result<crate::peer_service::Gathered, ClientError> {
         match self.call(&ControlRequest::Events {
             since_unix_ms,
             max: None,

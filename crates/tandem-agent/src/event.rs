@@ -573,7 +573,7 @@ impl std::fmt::Display for AgentEvent {
             AgentEvent::ServiceUnavailable { what } => f.write_str(what),
             AgentEvent::HttpListening { address, tls } => write!(
                 f,
-                "HTTP API on {}://{address} (GET /v1/status, POST /v1/control, GET /metrics)",
+                "HTTP API on {}://{address} (GET / the dashboard, GET /v1/status, GET /v1/status/stream, POST /v1/control, GET /metrics)",
                 if *tls { "https" } else { "http" }
             ),
             AgentEvent::Watchdog { text } => f.write_str(text),

@@ -3,7 +3,7 @@
 //! each event is logged) and `events.1.jsonl` (the one before). When the
 //! current file passes [`MAX_FILE_BYTES`] it becomes the previous one,
 //! which is dropped: at most twice that is kept. `tandem events` reads
-//! both, here and on every peer ([`crate::cluster_events`]).
+//! both, here and on every peer ([`crate::peer_service`]).
 //!
 //! Appends are plain writes (the page cache keeps them across an agent's
 //! crash; a node's crash may lose the last ones). A line that cannot be

@@ -137,6 +137,22 @@ fn gauges(reg: &mut Registry, name: &str, help: &str) -> Family<Labels, Gauge> {
     f
 }
 
+/// A counter family registered under `name` with `help` (and `unit`, if
+/// any: it names the family's unit suffix).
+fn counters(
+    reg: &mut Registry,
+    name: &str,
+    help: &str,
+    unit: Option<Unit>,
+) -> Family<Labels, Counter> {
+    let f = Family::<Labels, Counter>::default();
+    match unit {
+        Some(u) => reg.register_with_unit(name, help, u, f.clone()),
+        None => reg.register(name, help, f.clone()),
+    }
+    f
+}
+
 fn labels(pairs: &[(&str, &str)]) -> Labels {
     pairs
         .iter()
@@ -369,11 +385,11 @@ fn register_status(reg: &mut Registry, status: &Status) {
         }
     }
 
-    let dropped = Family::<Labels, Counter>::default();
-    reg.register(
+    let dropped = counters(
+        reg,
         "dropped_packets",
         "Packets dropped on receipt, by reason",
-        dropped.clone(),
+        None,
     );
     for (why, n) in &status.dropped {
         dropped
@@ -405,31 +421,29 @@ fn register_status(reg: &mut Registry, status: &Status) {
         Unit::Bytes,
         v_dirty.clone(),
     );
-    let v_sent = Family::<Labels, Counter>::default();
-    reg.register_with_unit(
+    let v_sent = counters(
+        reg,
         "volume_resync_sent",
         "Data sent as sync source",
-        Unit::Bytes,
-        v_sent.clone(),
+        Some(Unit::Bytes),
     );
-    let v_recv = Family::<Labels, Counter>::default();
-    reg.register_with_unit(
+    let v_recv = counters(
+        reg,
         "volume_resync_received",
         "Data received as sync target",
-        Unit::Bytes,
-        v_recv.clone(),
+        Some(Unit::Bytes),
     );
-    let v_repl = Family::<Labels, Counter>::default();
-    reg.register(
+    let v_repl = counters(
+        reg,
         "volume_writes_replicated",
         "Writes replicated to the peer copy",
-        v_repl.clone(),
+        None,
     );
-    let v_alone = Family::<Labels, Counter>::default();
-    reg.register(
+    let v_alone = counters(
+        reg,
         "volume_writes_alone",
         "Writes done while not connected (marked for the next sync)",
-        v_alone.clone(),
+        None,
     );
     for v in &status.volumes {
         let l = labels(&[("volume", &v.name)]);
@@ -464,11 +478,11 @@ fn register_status(reg: &mut Registry, status: &Status) {
         v_alone.get_or_create(&l).inc_by(v.counters.writes_alone);
     }
 
-    let alerts = Family::<Labels, Counter>::default();
-    reg.register(
+    let alerts = counters(
+        reg,
         "alerts",
         "Alert deliveries by alert, recipient and result (sent, failed, dropped)",
-        alerts.clone(),
+        None,
     );
     for a in &status.alerts {
         for (result, n) in [

@@ -2,7 +2,7 @@
 //! redacted, its status, its events, its state and volume metadata, a
 //! listing of its state directory, and system facts (kernel, addresses,
 //! routes, versions). Gathered by the node itself, for the asking node,
-//! over the cluster's authenticated channel ([`crate::cluster_events`]).
+//! over the cluster's authenticated channel ([`crate::peer_service`]).
 //!
 //! Only files known to hold no secret are copied (`state.json`, volume
 //! metadata); the lease file (whose stop commands carry agents'

@@ -12,10 +12,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use tandem_agent::clock::format_utc;
-use tandem_agent::cluster_events::NodeEvent;
 use tandem_agent::control::Client;
 use tandem_agent::event::AgentEvent;
 use tandem_agent::node_report::NodeReport;
+use tandem_agent::peer_service::NodeEvent;
 
 /// What `analysis.txt` says of `events` (every node's, merged by time).
 pub fn analysis(events: &[NodeEvent]) -> String {
@@ -345,6 +345,10 @@ pub fn run(socket: &Path, since_ms: Option<u64>, out: Option<PathBuf>) -> Result
         if !st.success() {
             bail!("tar -czf {} failed ({st})", out.display());
         }
+        // Every node's status, events and facts: for its maker alone.
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("making {} private", out.display()))?;
         Ok(())
     })();
     let _ = std::fs::remove_dir_all(&staging);

@@ -49,6 +49,21 @@ impl Browser<'_> {
         )
     }
 
+    /// The WebDriver id of the element `css` selects.
+    fn element(&self, css: &str) -> String {
+        let e = self.call(
+            "POST",
+            "/element",
+            Some(json!({ "using": "css selector", "value": css })),
+        );
+        e["value"]
+            .as_object()
+            .and_then(|o| o.values().next())
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("no element {css}: {e}"))
+            .to_string()
+    }
+
     fn script(&self, js: &str) -> Value {
         self.call(
             "POST",
@@ -251,20 +266,7 @@ fn the_dashboard_shows_the_cluster_moves_a_group_and_sees_a_node_die() {
         GENEROUS,
         "asks for a token",
     );
-    let input = b.call(
-        "POST",
-        "/element",
-        Some(json!({ "using": "css selector", "value": "#token" })),
-    );
-    let input = input["value"]
-        .as_object()
-        .unwrap()
-        .values()
-        .next()
-        .unwrap()
-        .as_str()
-        .unwrap()
-        .to_string();
+    let input = b.element("#token");
     b.call(
         "POST",
         &format!("/element/{input}/value"),
@@ -301,20 +303,7 @@ fn the_dashboard_shows_the_cluster_moves_a_group_and_sees_a_node_die() {
     b.script(&format!(
         "document.querySelector('tr[data-group=web] select').value = 'n{target}'; return true"
     ));
-    let button = b.call(
-        "POST",
-        "/element",
-        Some(json!({ "using": "css selector", "value": "tr[data-group=web] button.move" })),
-    );
-    let id = button["value"]
-        .as_object()
-        .unwrap()
-        .values()
-        .next()
-        .unwrap()
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = b.element("tr[data-group=web] button.move");
     b.call("POST", &format!("/element/{id}/click"), Some(json!({})));
     let asked = b.call("GET", "/alert/text", None)["value"]
         .as_str()

@@ -225,9 +225,8 @@ pub fn run(cfg: Config, opts: AgentOptions) -> Result<()> {
         Some(state_dir.join("run").join("watchdog-exposure.json")),
     )?;
     member.set_watchdog_armed(watchdog.resets_within_ms());
-    // The HTTP API's files and port, checked before anything runs: a
-    // mistake there is the operator's to fix, not a silent missing API.
-    // A problem there turns the API off, said in the log and status: an
+    // The HTTP API's files and port, checked before anything runs. A
+    // problem there turns the API off, said in the log and status: an
     // optional way in must not keep the agent (and its groups) down.
     let (api, api_problem) = match (&cfg.http, witness) {
         (Some(spec), false) => match crate::http::Api::prepare(&cfg, spec, &topo.names[me]) {
@@ -244,27 +243,30 @@ pub fn run(cfg: Config, opts: AgentOptions) -> Result<()> {
             .collect(),
     ));
     let journal = crate::event_journal::Journal::open(&state_dir);
-    let cluster_events = Arc::new(crate::cluster_events::Events::new(
+    // Scrubbed from every event and every report this node sends.
+    let secrets: Vec<String> = cfg
+        .secrets()
+        .into_iter()
+        .map(|(_, v)| v.to_string())
+        .collect();
+    let peer_service = Arc::new(crate::peer_service::PeerService::new(
         &cfg,
         &topo.names[me],
         volume_key,
         state_dir.clone(),
+        secrets.clone(),
     ));
     // The witness sends no alerts.
     let alerts = (!witness).then(|| crate::alerts::Alerts::new(&cfg, &topo.names[me]));
     let agent = Agent {
         api_problem,
-        secrets: cfg
-            .secrets()
-            .into_iter()
-            .map(|(_, v)| v.to_string())
-            .collect(),
+        secrets,
         sd: crate::sd_notify::Notifier::from_env(),
         api,
         tally,
         alerts,
         journal,
-        cluster_events,
+        peer_service,
         hub,
         volume_rx,
         volume_event_rx,
@@ -316,7 +318,7 @@ struct Agent {
     /// This node's events on disk.
     journal: crate::event_journal::Journal,
     /// This node's journal served to its peers, and theirs gathered.
-    cluster_events: Arc<crate::cluster_events::Events>,
+    peer_service: Arc<crate::peer_service::PeerService>,
     /// The alert recipients (None on the witness).
     alerts: Option<crate::alerts::Alerts>,
     /// This node's configuration identity.
@@ -457,10 +459,9 @@ impl Agent {
         self.flush().await?;
         let mut shutdown_deadline: Option<Instant> = None;
         let (ctl_tx, mut ctl_rx) = mpsc::channel::<LoopCall>(crate::control::LOOP_QUEUE);
-        let handler =
-            Handler::new(ctl_tx, self.hub.clone()).with_events(self.cluster_events.clone());
-        self.cluster_events.set_handler(handler.clone());
-        for problem in self.cluster_events.clone().serve().await {
+        let handler = Handler::new(ctl_tx, self.hub.clone()).with_events(self.peer_service.clone());
+        self.peer_service.set_handler(handler.clone());
+        for problem in self.peer_service.clone().serve().await {
             self.log(AgentEvent::ServiceUnavailable { what: problem });
         }
         if let Some(what) = self.api_problem.take() {

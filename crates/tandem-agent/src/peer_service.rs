@@ -1,6 +1,6 @@
-//! The whole cluster's events, merged: `tandem events` on any node; and
-//! each node's part of `tandem report` ([`crate::node_report`]), asked
-//! the same way under the name `report`.
+//! What agents serve each other for operators: each node's event journal
+//! (merged across the cluster for `tandem events` on any node) and each
+//! node's part of `tandem report` ([`crate::node_report`]).
 //!
 //! Every node serves its journal ([`crate::event_journal`]) to its peers on
 //! each of its link addresses, TCP port [`EVENTS_PORT`], behind the
@@ -78,7 +78,7 @@ pub struct Gathered {
 }
 
 /// This node's side of the service: who it is, its journal, its peers.
-pub struct Events {
+pub struct PeerService {
     /// Its configuration as `config show` writes it (secrets redacted).
     config: String,
     /// Its configuration's secrets, scrubbed from whatever a report of
@@ -99,25 +99,28 @@ pub struct Events {
     gathering: tokio::sync::Mutex<()>,
 }
 
-impl Events {
-    /// The service for node `me`, journal in `state_dir`, sealed with `key`.
-    pub fn new(cfg: &Config, me: &str, key: [u8; 32], state_dir: PathBuf) -> Events {
+impl PeerService {
+    /// The service for node `me`, journal in `state_dir`, sealed with
+    /// `key`; `secrets` (the configuration's) are scrubbed from its reports.
+    pub fn new(
+        cfg: &Config,
+        me: &str,
+        key: [u8; 32],
+        state_dir: PathBuf,
+        secrets: Vec<String>,
+    ) -> PeerService {
         let addrs = |n: &tandem_core::config::NodeSpec| -> Vec<Option<IpAddr>> {
             cfg.links
                 .iter()
                 .map(|l| n.addresses.get(&l.name).copied())
                 .collect()
         };
-        Events {
+        PeerService {
             config: cfg
                 .to_toml()
                 .unwrap_or_else(|e| format!("# the configuration could not be written: {e}\n")),
             handler: std::sync::OnceLock::new(),
-            secrets: cfg
-                .secrets()
-                .into_iter()
-                .map(|(_, v)| v.to_string())
-                .collect(),
+            secrets,
             me: me.to_string(),
             key,
             dir: state_dir,
@@ -444,11 +447,12 @@ mod tests {
         }
         let key = [9u8; 32];
         let node = |i: usize, key: [u8; 32]| {
-            Arc::new(Events::new(
+            Arc::new(PeerService::new(
                 &cfg,
                 &format!("n{}", i + 1),
                 key,
                 dirs[i].path().to_path_buf(),
+                Vec::new(),
             ))
         };
         let rt = tokio::runtime::Builder::new_current_thread()
