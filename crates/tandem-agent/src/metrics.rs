@@ -153,6 +153,49 @@ fn counters(
     f
 }
 
+/// A histogram counted elsewhere (the core's heartbeat round trips per
+/// link), encoded as it stands at the scrape.
+#[derive(Debug, Default)]
+struct CountedHistogram {
+    /// Sum (seconds), count, and per bucket (upper bound in seconds,
+    /// `f64::MAX` for +Inf; samples in it, not cumulative).
+    inner: Mutex<(f64, u64, Vec<(f64, u64)>)>,
+}
+
+impl CountedHistogram {
+    fn set_rtt(&self, r: &tandem_core::link_rtt::RttStats) {
+        let bounds = tandem_core::link_rtt::BUCKETS_MS
+            .iter()
+            .map(|ms| *ms as f64 / 1000.0)
+            .chain([f64::MAX]);
+        let buckets = bounds
+            .zip(r.buckets.iter().copied().chain(std::iter::repeat(0)))
+            .collect();
+        if let Ok(mut g) = self.inner.lock() {
+            *g = (r.sum_ms as f64 / 1000.0, r.count, buckets);
+        }
+    }
+}
+
+impl prometheus_client::metrics::TypedMetric for CountedHistogram {
+    const TYPE: prometheus_client::metrics::MetricType =
+        prometheus_client::metrics::MetricType::Histogram;
+}
+
+impl prometheus_client::encoding::EncodeMetric for CountedHistogram {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let g = self.inner.lock().map_err(|_| std::fmt::Error)?;
+        encoder.encode_histogram::<prometheus_client::encoding::NoLabelSet>(g.0, g.1, &g.2, None)
+    }
+
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        <Self as prometheus_client::metrics::TypedMetric>::TYPE
+    }
+}
+
 fn labels(pairs: &[(&str, &str)]) -> Labels {
     pairs
         .iter()
@@ -284,6 +327,13 @@ fn register_status(reg: &mut Registry, status: &Status) {
         "link_up",
         "1 while heartbeats arrive from the peer on the link",
     );
+    let rtt = Family::<Labels, CountedHistogram>::default();
+    reg.register_with_unit(
+        "link_heartbeat_rtt",
+        "Heartbeat round trips to the peer on the link, out and back on that link (1 ms resolution: the protocol's clock)",
+        Unit::Seconds,
+        rtt.clone(),
+    );
     for p in &status.peers {
         let s = word(&p.state);
         *by_state.entry(s.clone()).or_default() += 1;
@@ -291,6 +341,10 @@ fn register_status(reg: &mut Registry, status: &Status) {
         for l in &p.links {
             let up = i64::from(l.state == LinkWord::Up);
             set(&link_up, &[("peer", &p.name), ("link", &l.link)], up);
+            if let Some(r) = &l.rtt {
+                rtt.get_or_create(&labels(&[("peer", &p.name), ("link", &l.link)]))
+                    .set_rtt(r);
+            }
         }
     }
     for (s, n) in &by_state {

@@ -518,6 +518,10 @@ pub struct LinkStatus {
     /// Whether the peer's heartbeats say it hears this node on this link
     /// (`up` without it: a one-way link).
     pub hears_us: bool,
+    /// Heartbeat round trips on it, once measured (absent from agents
+    /// before this field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt: Option<tandem_core::link_rtt::RttStats>,
 }
 
 /// One event.

@@ -59,6 +59,7 @@ pub mod http_access;
 pub mod kinds;
 pub mod lease;
 pub mod link_monitors;
+pub mod link_rtt;
 pub mod member;
 pub mod monitors;
 pub mod nbd;

@@ -62,7 +62,11 @@ pub fn status(st: &Status) -> String {
                 } else {
                     ""
                 };
-                format!("{}={}{one_way}", l.link, l.state.as_str())
+                let rtt = match (&l.rtt, l.state) {
+                    (Some(r), LinkWord::Up) if r.count > 0 => format!("({}ms)", r.last_ms),
+                    _ => String::new(),
+                };
+                format!("{}={}{rtt}{one_way}", l.link, l.state.as_str())
             })
             .collect();
         let role = if p.voter { "" } else { " (non-voter)" };

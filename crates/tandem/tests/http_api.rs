@@ -234,6 +234,17 @@ fn the_api_serves_status_actions_and_metrics_over_tls_to_token_holders_only() {
     let m = metrics(&c, &ca_cert, other);
     promtool(&m);
     assert_eq!(sample(&m, "tandem_quorate"), Some(1.0), "{m}");
+    // Heartbeat round trips, per peer and link: every link to both peers
+    // has samples.
+    let rtt_counts: Vec<f64> = m
+        .lines()
+        .filter(|l| l.starts_with("tandem_link_heartbeat_rtt_seconds_count{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    assert!(
+        rtt_counts.len() >= 2 && rtt_counts.iter().all(|n| *n > 0.0),
+        "round trips per peer and link: {rtt_counts:?}\n{m}"
+    );
     assert_eq!(
         sample(&m, "tandem_nodes{state=\"online\"}"),
         Some(3.0),

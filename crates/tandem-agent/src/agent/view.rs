@@ -101,6 +101,7 @@ impl Agent {
                             _ => LinkWord::Unknown,
                         },
                         hears_us: d.peer_hears_me(id, l),
+                        rtt: m.link_rtt(id, l).cloned(),
                     })
                     .collect();
                 PeerStatus {

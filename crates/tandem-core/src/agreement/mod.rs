@@ -48,8 +48,16 @@ pub const MAX_ENTRIES_PER_MESSAGE: usize = 32;
 /// Timers of the protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timing {
-    /// A leader sends an append (maybe empty) to every peer this often.
+    /// A leader's timer for appends: a peer that lacks entries, or the
+    /// latest commit index, or whose membership heartbeats do not show it
+    /// following this leader, gets an append (maybe empty) this often.
     pub heartbeat_ms: u64,
+    /// Every peer gets an append at least this often, even one whose
+    /// membership heartbeats already say it follows and is up to date
+    /// (those heartbeats keep elections away and feed check-quorum; see
+    /// [`Agreement::on_leader_beat`]). Idle clusters send a fraction of
+    /// the packets they would with an empty append every heartbeat.
+    pub idle_append_ms: u64,
     /// Election timeouts are drawn from `[election_min_ms, election_max_ms)`.
     /// Also the window in which a leader must hear a majority.
     pub election_min_ms: u64,
@@ -63,6 +71,7 @@ impl Timing {
     pub fn from_membership(t: &crate::config::model::Timing) -> Self {
         Timing {
             heartbeat_ms: t.heartbeat_ms,
+            idle_append_ms: t.deadtime_ms * 2,
             election_min_ms: t.deadtime_ms,
             election_max_ms: t.deadtime_ms * 2,
         }
@@ -320,6 +329,11 @@ pub struct Agreement {
     /// [`MAX_HELD_SINCE`] per peer (bounds leases, see [`crate::lease`]).
     held_since: BTreeMap<NodeId, std::collections::VecDeque<(u64, u64)>>,
     last_ack_ms: BTreeMap<NodeId, u64>,
+    /// Leader: per peer, when its membership heartbeat last said it
+    /// follows this leader in this term, and its commit index then.
+    beats: BTreeMap<NodeId, (u64, u64)>,
+    /// Leader: when every peer next gets an append, up to date or not.
+    idle_append_due_ms: u64,
     heartbeat_due_ms: u64,
     quorum_check_due_ms: u64,
     out: Output,
@@ -388,6 +402,8 @@ impl Agreement {
             matched: BTreeMap::new(),
             held_since: BTreeMap::new(),
             last_ack_ms: BTreeMap::new(),
+            beats: BTreeMap::new(),
+            idle_append_due_ms: 0,
             heartbeat_due_ms: 0,
             quorum_check_due_ms: 0,
             out: Output::default(),
@@ -595,13 +611,89 @@ impl Agreement {
                 }
             }
             if now_ms >= self.heartbeat_due_ms {
-                self.broadcast(now_ms);
+                self.beat(now_ms);
             }
         } else if now_ms >= self.election_deadline_ms {
             self.reset_election_timer(now_ms);
             if self.is_voter(self.id) && !self.durable.recovering {
                 self.start_pre_vote(now_ms);
             }
+        }
+    }
+
+    /// Follower: the membership heartbeat of `from` says it leads `term`
+    /// and has committed `commit` (index, term of that entry). When that
+    /// is this node's leader and term, it counts as contact (no election,
+    /// pre-votes denied), as an empty append would; and the commit index
+    /// is learnt when this log holds that very entry: by Log Matching the
+    /// whole prefix is then the leader's, so it is committed here too.
+    pub fn on_leader_beat(&mut self, now_ms: u64, from: NodeId, term: u64, commit: (u64, u64)) {
+        if self.role != Role::Follower || self.leader != Some(from) || term != self.durable.term {
+            return;
+        }
+        self.leader_contact_ms = Some(now_ms);
+        self.reset_election_timer(now_ms);
+        let (index, entry_term) = commit;
+        if index > self.commit
+            && index <= self.last_index()
+            && self.term_at(index) == Some(entry_term)
+        {
+            self.commit = index;
+            self.apply_committed();
+        }
+    }
+
+    /// Leader: the membership heartbeat of `from` says that in `term` it
+    /// follows `follows` and has committed up to `commit`. Following this
+    /// leader in its term counts for check-quorum as an append reply does,
+    /// and spares it the empty appends while nothing is missing there.
+    pub fn on_follower_beat(
+        &mut self,
+        now_ms: u64,
+        from: NodeId,
+        term: u64,
+        follows: Option<NodeId>,
+        commit: u64,
+    ) {
+        if self.role != Role::Leader || term != self.durable.term || follows != Some(self.id) {
+            return;
+        }
+        if !self.peers().any(|p| p == from) {
+            return;
+        }
+        self.last_ack_ms.insert(from, now_ms);
+        self.beats.insert(from, (now_ms, commit));
+    }
+
+    /// Whether `peer` needs an append at this beat: it lacks entries or
+    /// the commit index, or its heartbeats are not fresh evidence that it
+    /// follows (a witness or an older agent sends none).
+    fn needs_append(&self, peer: NodeId, now_ms: u64) -> bool {
+        if self.matched.get(&peer).copied().unwrap_or(0) < self.last_index() {
+            return true;
+        }
+        match self.beats.get(&peer) {
+            Some((at, commit)) => {
+                *commit < self.commit || now_ms.saturating_sub(*at) > 2 * self.timing.heartbeat_ms
+            }
+            None => true,
+        }
+    }
+
+    /// The leader's timer: appends to the peers that need one, and to
+    /// every peer once per [`Timing::idle_append_ms`].
+    fn beat(&mut self, now_ms: u64) {
+        self.heartbeat_due_ms = now_ms + self.timing.heartbeat_ms;
+        let all = now_ms >= self.idle_append_due_ms;
+        if all {
+            self.idle_append_due_ms = now_ms + self.timing.idle_append_ms;
+        }
+        let peers: Vec<NodeId> = self
+            .peers()
+            .filter(|p| all || self.needs_append(*p, now_ms))
+            .collect();
+        for p in peers {
+            self.send_append(p);
         }
     }
 
@@ -840,6 +932,7 @@ impl Agreement {
         self.next = peers.iter().map(|p| (*p, next)).collect();
         self.matched = peers.iter().map(|p| (*p, 0)).collect();
         self.held_since.clear();
+        self.beats.clear();
         // Every peer gets one check-quorum window to answer.
         self.last_ack_ms = peers.iter().map(|p| (*p, now_ms)).collect();
         self.quorum_check_due_ms = now_ms + self.timing.election_min_ms;
@@ -881,6 +974,7 @@ impl Agreement {
 
     fn broadcast(&mut self, now_ms: u64) {
         self.heartbeat_due_ms = now_ms + self.timing.heartbeat_ms;
+        self.idle_append_due_ms = now_ms + self.timing.idle_append_ms;
         let peers: Vec<NodeId> = self.peers().collect();
         for p in peers {
             self.send_append(p);

@@ -5,6 +5,7 @@ use super::*;
 
 const T: Timing = Timing {
     heartbeat_ms: 50,
+    idle_append_ms: 500,
     election_min_ms: 250,
     election_max_ms: 500,
 };
@@ -20,6 +21,13 @@ struct Net {
     up: Vec<bool>,
     /// cut[a][b]: messages from a to b are lost.
     cut: Vec<Vec<bool>>,
+    /// Membership heartbeats every 50 ms (what the member layer feeds
+    /// [`Agreement::on_leader_beat`] and [`Agreement::on_follower_beat`]),
+    /// lost where `beat_cut[a][b]`; off: the agreement alone.
+    beats: bool,
+    beat_cut: Vec<Vec<bool>>,
+    /// Appends sent so far.
+    appends: usize,
     now: u64,
 }
 
@@ -35,7 +43,37 @@ impl Net {
             durable: vec![Durable::default(); n],
             up: vec![true; n],
             cut: vec![vec![false; n]; n],
+            beats: false,
+            beat_cut: vec![vec![false; n]; n],
+            appends: 0,
             now: 0,
+        }
+    }
+
+    fn with_beats(mut self) -> Net {
+        self.beats = true;
+        self
+    }
+
+    /// Each node's membership heartbeat to every other, as the member
+    /// layer hands its report to the agreement.
+    fn beat(&mut self) {
+        for i in 0..self.nodes.len() {
+            let (term, leader, commit) = {
+                let n = &self.nodes[i];
+                let c = n.commit_index();
+                (n.term(), n.leader(), (c, n.term_at(c).unwrap_or(0)))
+            };
+            for j in 0..self.nodes.len() {
+                if i == j || !self.up[i] || !self.up[j] || self.beat_cut[i][j] {
+                    continue;
+                }
+                let now = self.now;
+                if leader == Some(id(i)) {
+                    self.nodes[j].on_leader_beat(now, id(i), term, commit);
+                }
+                self.nodes[j].on_follower_beat(now, id(i), term, leader, commit.0);
+            }
         }
     }
 
@@ -48,6 +86,9 @@ impl Net {
                 return;
             }
             self.now += 10;
+            if self.beats && self.now % 50 == 0 {
+                self.beat();
+            }
             for i in 0..self.nodes.len() {
                 if self.up[i] && self.nodes[i].next_deadline() <= self.now {
                     self.nodes[i].on_tick(self.now);
@@ -68,6 +109,9 @@ impl Net {
                     self.durable[i] = d;
                 }
                 for (to, msg) in out.send {
+                    if matches!(msg, Message::Append { .. }) {
+                        self.appends += 1;
+                    }
                     let j = (to.0 - 1) as usize;
                     if self.up[j] && !self.cut[i][j] {
                         any = true;
@@ -134,6 +178,81 @@ fn three_voters_elect_one_leader_and_replicate() {
         assert_eq!(n.record().placements["web"].node.as_deref(), Some("n1"));
         assert_eq!(n.leader(), Some(id(l)));
     }
+}
+
+#[test]
+fn an_idle_leader_whose_followers_beat_sends_appends_only_at_the_idle_interval() {
+    for beats in [false, true] {
+        let mut net = Net::new(3, 0);
+        if beats {
+            net = net.with_beats();
+        }
+        net.run(1500);
+        let (l, term) = (net.leader(), net.nodes[net.leader()].term());
+        net.appends = 0;
+        net.run(2000);
+        assert_eq!((net.leader(), net.nodes[l].term()), (l, term), "beats={beats}");
+        if beats {
+            // 2 peers x (2000 / 500 + 1) at most.
+            assert!(net.appends <= 10, "{} appends with beats", net.appends);
+        } else {
+            assert!(net.appends >= 70, "{} appends without beats", net.appends);
+        }
+    }
+}
+
+#[test]
+fn a_follower_learns_the_commit_index_from_its_leaders_heartbeat() {
+    let mut net = Net::new(3, 0).with_beats();
+    net.run(1500);
+    let l = net.leader();
+    let f = (l + 1) % 3;
+    let idx = net.propose("web", "n1");
+    // The entries arrive, the append that would carry the commit does not.
+    net.deliver();
+    assert!(net.nodes[l].commit_index() >= idx);
+    assert!(net.nodes[f].commit_index() < idx);
+    net.cut[l][f] = true;
+    net.run(200);
+    assert!(net.nodes[f].commit_index() >= idx);
+    assert_eq!(net.nodes[f].record().placements["web"].epoch, 1);
+}
+
+#[test]
+fn a_commit_index_is_not_learnt_for_an_entry_this_log_lacks() {
+    let mut net = Net::new(3, 0).with_beats();
+    net.run(1500);
+    let l = net.leader();
+    let f = (l + 1) % 3;
+    net.cut[l][f] = true;
+    let idx = net.propose("web", "n1");
+    net.run(300);
+    assert!(net.nodes[l].commit_index() >= idx, "the other follower acks");
+    assert!(net.nodes[f].last_index() < idx);
+    assert!(net.nodes[f].commit_index() < idx);
+    assert!(!net.nodes[f].record().placements.contains_key("web"));
+    net.cut[l][f] = false;
+    net.run(300);
+    assert_eq!(net.nodes[f].record().placements["web"].epoch, 1);
+}
+
+#[test]
+fn followers_heartbeats_keep_a_leader_through_check_quorum() {
+    let mut net = Net::new(3, 0).with_beats();
+    net.run(1500);
+    let (l, term) = (net.leader(), net.nodes[net.leader()].term());
+    // Agreement messages lost both ways, membership heartbeats arrive:
+    // the followers still follow, so nobody campaigns or steps down.
+    net.isolate(l, true);
+    net.run(1000);
+    assert_eq!((net.leader(), net.nodes[l].term()), (l, term));
+    // Heartbeats lost too: check-quorum steps it down.
+    for j in 0..3 {
+        net.beat_cut[l][j] = true;
+        net.beat_cut[j][l] = true;
+    }
+    net.run(1000);
+    assert_ne!(net.nodes[l].role(), Role::Leader);
 }
 
 #[test]

@@ -77,6 +77,15 @@ impl Member {
         if incarnation > stamp.0 .0 || (incarnation == stamp.0 .0 && r.sent_ms > stamp.0 .1) {
             *stamp = ((incarnation, r.sent_ms), now_ms);
         }
+        // The heartbeat stands in for the agreement's empty appends and
+        // their replies: contact with the leader, its commit index, and
+        // for a leader, a follower that follows it.
+        if r.leader == Some(from) {
+            self.agreement
+                .on_leader_beat(now_ms, from, r.term, r.commit);
+        }
+        self.agreement
+            .on_follower_beat(now_ms, from, r.term, r.leader, r.commit.0);
         if let (true, Some((index, d))) = (self.agreement.leader() == Some(from), r.record_at) {
             let v = self.record_check.note_leader(index, d);
             self.on_record_verdict(v);
@@ -202,6 +211,12 @@ impl Member {
                 self.spec.config_sections.clone()
             },
             key_fp: self.spec.key_fingerprint.clone(),
+            link_echo: (0..self.spec.links)
+                .filter_map(|l| {
+                    let s = self.link_stamps.get(&(peer, l))?;
+                    Some(s.echo(u8::try_from(l).ok()?, self.now_ms))
+                })
+                .collect(),
             watchdog_reset_ms: self.own_watchdog_reset_ms,
             silent_ms: self
                 .spec

@@ -265,6 +265,10 @@ pub struct Report {
     /// counted reset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watchdog_reset_ms: Option<u64>,
+    /// Per link, the newest stamp the sender received from the recipient
+    /// on it: the recipient's round trip on each link ([`crate::link_rtt`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub link_echo: Vec<crate::link_rtt::LinkEcho>,
 }
 
 /// What a peer said of the configuration it runs.
@@ -458,6 +462,11 @@ pub struct Member {
     /// Newest stamp received from each peer: (its incarnation, sent_ms),
     /// and when it arrived (this member's clock).
     stamps: BTreeMap<NodeId, ((u64, u64), u64)>,
+    /// Newest stamp received from each peer on each link (bounded by the
+    /// configuration: peers x links).
+    link_stamps: BTreeMap<(NodeId, usize), crate::link_rtt::Stamp>,
+    /// Round trips to each peer on each link.
+    rtt: BTreeMap<(NodeId, usize), crate::link_rtt::RttStats>,
     /// Latest report from each peer.
     reports: BTreeMap<NodeId, PeerReport>,
     /// Echoes of this member's stamps from each voter, for its lease.
@@ -578,6 +587,8 @@ impl Member {
             persist: true,
             out: MemberOutput::default(),
             stamps: BTreeMap::new(),
+            link_stamps: BTreeMap::new(),
+            rtt: BTreeMap::new(),
             reports: BTreeMap::new(),
             echoes: BTreeMap::new(),
             leaving: BTreeMap::new(),
@@ -786,7 +797,10 @@ impl Member {
                 let _ = sent_on;
                 if !report.is_empty() {
                     match serde_json::from_slice::<Report>(&report) {
-                        Ok(r) => self.on_report(now_ms, from, p.header.incarnation, r),
+                        Ok(r) => {
+                            self.on_link_stamp(now_ms, from, link, p.header.incarnation, &r);
+                            self.on_report(now_ms, from, p.header.incarnation, r)
+                        }
                         Err(_) => *self.dropped.entry(DropReason::Malformed).or_default() += 1,
                     }
                 }
@@ -823,6 +837,37 @@ impl Member {
                 Err(_) => *self.dropped.entry(DropReason::Malformed).or_default() += 1,
             },
         }
+    }
+
+    /// A report that arrived on `link`: the newest stamp from `from` there,
+    /// and a round trip if it echoes one of this member's on that link.
+    fn on_link_stamp(&mut self, now_ms: u64, from: NodeId, link: usize, incarnation: u64, r: &Report) {
+        if link >= self.spec.links {
+            return;
+        }
+        let stamp = crate::link_rtt::Stamp {
+            incarnation,
+            sent_ms: r.sent_ms,
+            rx_ms: now_ms,
+        };
+        let newer = self
+            .link_stamps
+            .get(&(from, link))
+            .is_none_or(|s| (s.incarnation, s.sent_ms) < (incarnation, r.sent_ms));
+        if newer {
+            self.link_stamps.insert((from, link), stamp);
+        }
+        if let Some(e) = r.link_echo.iter().find(|e| usize::from(e.link) == link) {
+            self.rtt
+                .entry((from, link))
+                .or_default()
+                .on_echo(now_ms, self.incarnation, e);
+        }
+    }
+
+    /// Round trips measured to `peer` on `link`.
+    pub fn link_rtt(&self, peer: NodeId, link: usize) -> Option<&crate::link_rtt::RttStats> {
+        self.rtt.get(&(peer, link))
     }
 
     /// Proposes a change to the record (only the leader accepts).
