@@ -397,6 +397,51 @@ pub enum AgentEvent {
     },
 }
 
+impl AgentEvent {
+    /// How severe it is, for the log's level (and `journalctl -p`): an
+    /// error wants the operator (a fence unconfirmed, a lease file that
+    /// cannot be written, a damaged record); a warning is a failure the
+    /// cluster acts on; the rest says what the cluster did.
+    pub fn severity(&self) -> crate::logging::Severity {
+        use crate::logging::Severity::{Error, Info, Warn};
+        match self {
+            AgentEvent::LeaseFileUnwritable { .. }
+            | AgentEvent::RecordDiverged { .. }
+            | AgentEvent::FenceNotStarted { .. }
+            | AgentEvent::FenceDone { ok: false, .. }
+            | AgentEvent::StateDirFailed { .. }
+            | AgentEvent::WatchdogFeedFailed { .. }
+            | AgentEvent::WatchdogDisarmed { error: Some(_) } => Error,
+            AgentEvent::ActionFailed { .. }
+            | AgentEvent::GroupFailed { .. }
+            | AgentEvent::FailureIgnored { .. }
+            | AgentEvent::Lease { held: false }
+            | AgentEvent::StopCutShort { .. }
+            | AgentEvent::LinkFailed { .. }
+            | AgentEvent::LinkLate { .. }
+            | AgentEvent::LinkDown { .. }
+            | AgentEvent::NodeDead { .. }
+            | AgentEvent::SendFailed { .. }
+            | AgentEvent::Quorum { quorate: false, .. }
+            | AgentEvent::FenceBegun { .. }
+            | AgentEvent::ServiceUnavailable { .. }
+            | AgentEvent::WatchdogStarving { .. }
+            | AgentEvent::ConfigNotCommitted { .. }
+            | AgentEvent::RequestDropped { .. } => Warn,
+            _ => Info,
+        }
+    }
+
+    /// Its kind, as the JSON of status and the journal name it
+    /// (`node_dead`, ...).
+    pub fn kind(&self) -> String {
+        serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.get("kind")?.as_str().map(str::to_string))
+            .unwrap_or_default()
+    }
+}
+
 impl std::fmt::Display for AgentEvent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

@@ -473,11 +473,13 @@ fn sleep_ms(lease: Option<&LeaseFile>, now_mono_ms: u64) -> (u64, bool) {
 pub fn run(path: &Path, agent_pid: u32, label: &str) -> Result<()> {
     let boot = boot_id();
     let say = |s: &str| {
-        let now = crate::clock::unix_ms();
-        eprintln!(
-            "{} tandem-guard[{label}]: {s}",
-            crate::clock::format_utc(now)
-        );
+        crate::logging::emit(
+            crate::logging::Program::Guard,
+            crate::logging::Severity::Warn,
+            label,
+            "guard",
+            s,
+        )
     };
     let mut waker = Waker::new(path, agent_pid);
     let mut first = true;

@@ -96,7 +96,13 @@ impl Api {
     /// own, at most [`MAX_CONNECTIONS`] at once.
     pub async fn serve(self, handler: Handler, tally: Arc<Tally>) {
         let Ok(listener) = tokio::net::TcpListener::from_std(self.listener) else {
-            eprintln!("tandem: the HTTP API's listener could not join the runtime; no HTTP API");
+            crate::logging::emit(
+                crate::logging::Program::Agent,
+                crate::logging::Severity::Error,
+                "",
+                "http",
+                "the HTTP API's listener could not join the runtime; no HTTP API",
+            );
             return;
         };
         let router = router(Served {

@@ -40,6 +40,7 @@ pub mod guard;
 pub mod http;
 pub mod keyfile;
 pub mod kinds;
+pub mod logging;
 pub mod metrics;
 pub mod monitor;
 pub mod netlink;

@@ -153,13 +153,15 @@ fn counters(
     f
 }
 
+/// A histogram's sum (seconds), count, and per bucket its upper bound
+/// (seconds, `f64::MAX` for +Inf) and samples (not cumulative).
+type Counts = (f64, u64, Vec<(f64, u64)>);
+
 /// A histogram counted elsewhere (the core's heartbeat round trips per
 /// link), encoded as it stands at the scrape.
 #[derive(Debug, Default)]
 struct CountedHistogram {
-    /// Sum (seconds), count, and per bucket (upper bound in seconds,
-    /// `f64::MAX` for +Inf; samples in it, not cumulative).
-    inner: Mutex<(f64, u64, Vec<(f64, u64)>)>,
+    inner: Mutex<Counts>,
 }
 
 impl CountedHistogram {

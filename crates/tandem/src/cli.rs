@@ -42,6 +42,8 @@ pub enum Command {
         state_dir: Option<PathBuf>,
         #[command(flatten)]
         recovery: StateRecovery,
+        #[command(flatten)]
+        log: LogArgs,
     },
     /// Run the quorum witness in the foreground: a voter that hosts no
     /// resources, for two-node sites. Run it on a third machine reachable
@@ -58,6 +60,8 @@ pub enum Command {
         state_dir: Option<PathBuf>,
         #[command(flatten)]
         recovery: StateRecovery,
+        #[command(flatten)]
+        log: LogArgs,
     },
     /// Show nodes, links, quorum, the record's leader and epoch, what
     /// protects each node when it goes silent (fence device, watchdog or
@@ -230,6 +234,8 @@ pub enum Command {
         /// Name for log lines.
         #[arg(long, default_value = "")]
         label: String,
+        #[command(flatten)]
+        log: LogArgs,
     },
     /// Check, or show, a cluster configuration file.
     #[command(subcommand)]
@@ -260,6 +266,70 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         out_dir: Option<PathBuf>,
     },
+}
+
+/// Where log lines go and in which shape.
+#[derive(Debug, Clone, Args)]
+pub struct LogArgs {
+    /// Log lines as `text`, `json` (one object per line: timestamp,
+    /// level, target, node, kind, message), `journald` (systemd's journal,
+    /// with priorities: `journalctl -u tandem-agent -p warning`), or
+    /// `auto`: journald when systemd sends standard error to the journal,
+    /// text otherwise.
+    #[arg(long, value_enum, default_value_t = LogFormatArg::Auto, value_name = "FORMAT")]
+    pub log_format: LogFormatArg,
+    /// Append log lines to this file instead of standard error (text or
+    /// json; reopen-free, so rotate with logrotate's copytruncate).
+    #[arg(long, value_name = "PATH")]
+    pub log_file: Option<PathBuf>,
+    /// The least severe lines logged: `error`, `warn` or `info`.
+    #[arg(long, value_enum, default_value_t = LogLevelArg::Info, value_name = "LEVEL")]
+    pub log_level: LogLevelArg,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormatArg {
+    /// journald under systemd, text otherwise.
+    Auto,
+    /// Text lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+    /// systemd's journal.
+    Journald,
+}
+
+/// `--log-level`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogLevelArg {
+    /// Errors only.
+    Error,
+    /// Errors and warnings.
+    Warn,
+    /// Everything the agent says.
+    Info,
+}
+
+impl LogArgs {
+    /// The agent's logging options.
+    pub fn options(&self) -> tandem_agent::logging::LogOptions {
+        use tandem_agent::logging::{LogFormat, LogOptions, Severity};
+        LogOptions {
+            format: match self.log_format {
+                LogFormatArg::Auto => LogFormat::Auto,
+                LogFormatArg::Text => LogFormat::Text,
+                LogFormatArg::Json => LogFormat::Json,
+                LogFormatArg::Journald => LogFormat::Journald,
+            },
+            file: self.log_file.clone(),
+            level: match self.log_level {
+                LogLevelArg::Error => Severity::Error,
+                LogLevelArg::Warn => Severity::Warn,
+                LogLevelArg::Info => Severity::Info,
+            },
+        }
+    }
 }
 
 /// What to do when the state file fails its checksum (the default: refuse

@@ -44,7 +44,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             control_socket,
             state_dir,
             recovery,
+            log,
         } => {
+            tandem_agent::logging::init(&log.options())?;
             run_member(
                 &config,
                 agent::MemberRole::Node(node),
@@ -59,7 +61,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             control_socket,
             state_dir,
             recovery,
+            log,
         } => {
+            tandem_agent::logging::init(&log.options())?;
             run_member(
                 &config,
                 agent::MemberRole::Witness,
@@ -161,7 +165,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             lease_file,
             agent_pid,
             label,
+            log,
         } => {
+            tandem_agent::logging::init(&log.options())?;
             guard::run(&lease_file, agent_pid, &label)?;
             Ok(ExitCode::SUCCESS)
         }

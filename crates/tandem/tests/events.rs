@@ -58,7 +58,16 @@ fn every_node_tells_the_whole_story_of_a_failover_with_reasons() {
         extra: web_group_config(Path::new(TANDEM), "manual", 3, 8080, 8081),
         ..ClusterShape::nodes(3)
     };
-    let mut c = AgentCluster::start(TANDEM, &shape).unwrap();
+    // The agents log JSON lines to files (the structured log's test).
+    let mut c = AgentCluster::prepare(TANDEM, &shape).unwrap();
+    let logs = c.dir().to_path_buf();
+    let log = |n: usize| logs.join(format!("n{n}.log.jsonl"));
+    for n in 1..=3 {
+        let file = log(n).to_string_lossy().into_owned();
+        let args = ["--log-format", "json", "--log-file", &file];
+        let pid = c.spawn_agent_args(n, &c.config_path(), &args).unwrap();
+        c.pids.push(pid);
+    }
     c.wait(1, GENEROUS, "all online, web running", |s| {
         all_online(s) && running_on(s, "web").is_some()
     })
@@ -142,6 +151,31 @@ fn every_node_tells_the_whole_story_of_a_failover_with_reasons() {
         .unwrap()
         .contains("can host it"));
     assert!(placed[0]["at_unix_ms"].as_u64().is_some() && placed[0]["node"].is_string());
+
+    // The survivor's log: one JSON object per line, with level, program,
+    // node, kind and text; the death a warning, the placement info.
+    let text = std::fs::read_to_string(log(survivor)).unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let me = format!("n{survivor}");
+    assert!(lines.iter().all(|v| v["node"] == me.as_str()
+        && v["target"] == "tandem"
+        && v["timestamp"].is_string()
+        && v["message"].is_string()));
+    let dead = lines
+        .iter()
+        .find(|v| v["kind"] == "node_dead")
+        .unwrap_or_else(|| panic!("no node_dead line:\n{text}"));
+    assert_eq!(dead["level"], "WARN", "{dead}");
+    assert!(dead["message"].as_str().unwrap().contains(&h), "{dead}");
+    assert!(
+        lines
+            .iter()
+            .any(|v| v["kind"] == "placed" && v["level"] == "INFO"),
+        "{text}"
+    );
 
     // An agent that is down is named, and the rest is shown.
     // SAFETY: as above.

@@ -127,23 +127,41 @@ pub fn run(cfg: Config, opts: AgentOptions) -> Result<()> {
     });
     let state = StateFile::open(&state_dir)?;
     let (persisted, loaded) = state.load(opts.recovery)?;
+    let say = |severity, text: String| {
+        crate::logging::emit(
+            crate::logging::Program::Agent,
+            severity,
+            &topo.names[me],
+            "state_file",
+            &text,
+        )
+    };
     if let Err(e) = state.reserve() {
-        eprintln!(
-            "tandem: cannot set {} MiB aside in {} ({e:#}): if that filesystem fills up, this node may stop without leaving cleanly",
-            crate::state_file::RESERVE_BYTES >> 20,
-            state_dir.display()
+        say(
+            crate::logging::Severity::Warn,
+            format!(
+                "cannot set {} MiB aside in {} ({e:#}): if that filesystem fills up, this node may stop without leaving cleanly",
+                crate::state_file::RESERVE_BYTES >> 20,
+                state_dir.display()
+            ),
         );
     }
     match &loaded {
         Loaded::Fresh | Loaded::Checked => {}
-        Loaded::Discarded(aside) => eprintln!(
-            "tandem: {} was damaged and is kept as {}; starting empty: no vote until this node has followed the leader",
-            state.path().display(),
-            aside.display()
+        Loaded::Discarded(aside) => say(
+            crate::logging::Severity::Error,
+            format!(
+                "{} was damaged and is kept as {}; starting empty: no vote until this node has followed the leader",
+                state.path().display(),
+                aside.display()
+            ),
         ),
-        Loaded::Unchecksummed => eprintln!(
-            "tandem: {} had no checksum (an older version wrote it); accepted, and written with one from now on",
-            state.path().display()
+        Loaded::Unchecksummed => say(
+            crate::logging::Severity::Info,
+            format!(
+                "{} had no checksum (an older version wrote it); accepted, and written with one from now on",
+                state.path().display()
+            ),
         ),
     }
     // Incarnations only grow: wall-clock µs, but past the last one even if
@@ -387,10 +405,12 @@ impl Agent {
         if let Some(a) = self.alerts.as_mut() {
             a.send(crate::clock::unix_us(), &event);
         }
-        eprintln!(
-            "{} tandem[{}]: {text}",
-            crate::clock::format_utc(at),
-            self.topo.names[self.me]
+        crate::logging::emit(
+            crate::logging::Program::Agent,
+            event.severity(),
+            &self.topo.names[self.me],
+            &event.kind(),
+            &text,
         );
         if self.events.len() == EVENT_HISTORY {
             self.events.pop_front();
@@ -863,6 +883,8 @@ fn spawn_guard(lease_path: &Path, node: &str) -> Result<()> {
             "--label",
             node,
         ])
+        // The guard logs where and as the agent does.
+        .args(crate::logging::options().to_args())
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null());
     crate::child::own_session(&mut cmd);

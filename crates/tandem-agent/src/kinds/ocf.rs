@@ -155,13 +155,13 @@ impl OcfDriver {
             }
         }
         if !aside.is_empty() {
-            eprintln!(
-                "{}/{}: {action:?} ({}): {}",
-                r.owner.group,
-                r.owner.resource,
+            // Into the agent's log and event history with the action's
+            // outcome (a failed demote or notify never decides it).
+            r.note(format!(
+                "{action:?} ({}): {}",
                 self.spec.agent,
                 aside.join("; ")
-            );
+            ));
         }
         match counted {
             Outcome::Failed(w) if !aside.is_empty() => {

@@ -466,10 +466,12 @@ impl Volume {
         };
         if let Err(e) = self.to_agent.events.try_send(event) {
             let event = e.into_inner();
-            eprintln!(
-                "{} tandem[{}]: {event}",
-                crate::clock::format_utc(unix_ms()),
-                self.cfg.me
+            crate::logging::emit(
+                crate::logging::Program::Agent,
+                event.severity(),
+                &self.cfg.me,
+                &event.kind(),
+                &event.to_string(),
             );
         }
     }

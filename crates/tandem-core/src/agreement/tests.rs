@@ -191,7 +191,11 @@ fn an_idle_leader_whose_followers_beat_sends_appends_only_at_the_idle_interval()
         let (l, term) = (net.leader(), net.nodes[net.leader()].term());
         net.appends = 0;
         net.run(2000);
-        assert_eq!((net.leader(), net.nodes[l].term()), (l, term), "beats={beats}");
+        assert_eq!(
+            (net.leader(), net.nodes[l].term()),
+            (l, term),
+            "beats={beats}"
+        );
         if beats {
             // 2 peers x (2000 / 500 + 1) at most.
             assert!(net.appends <= 10, "{} appends with beats", net.appends);
@@ -227,7 +231,10 @@ fn a_commit_index_is_not_learnt_for_an_entry_this_log_lacks() {
     net.cut[l][f] = true;
     let idx = net.propose("web", "n1");
     net.run(300);
-    assert!(net.nodes[l].commit_index() >= idx, "the other follower acks");
+    assert!(
+        net.nodes[l].commit_index() >= idx,
+        "the other follower acks"
+    );
     assert!(net.nodes[f].last_index() < idx);
     assert!(net.nodes[f].commit_index() < idx);
     assert!(!net.nodes[f].record().placements.contains_key("web"));

@@ -841,7 +841,14 @@ impl Member {
 
     /// A report that arrived on `link`: the newest stamp from `from` there,
     /// and a round trip if it echoes one of this member's on that link.
-    fn on_link_stamp(&mut self, now_ms: u64, from: NodeId, link: usize, incarnation: u64, r: &Report) {
+    fn on_link_stamp(
+        &mut self,
+        now_ms: u64,
+        from: NodeId,
+        link: usize,
+        incarnation: u64,
+        r: &Report,
+    ) {
         if link >= self.spec.links {
             return;
         }
@@ -853,7 +860,7 @@ impl Member {
         let newer = self
             .link_stamps
             .get(&(from, link))
-            .is_none_or(|s| (s.incarnation, s.sent_ms) < (incarnation, r.sent_ms));
+            .map_or(true, |s| (s.incarnation, s.sent_ms) < (incarnation, r.sent_ms));
         if newer {
             self.link_stamps.insert((from, link), stamp);
         }
