@@ -102,6 +102,67 @@ fn promtool(text: &str) {
     );
 }
 
+/// A real Prometheus (Debian's) in member `node`'s namespace scrapes
+/// every node over TLS with the read token, once a second; returns its
+/// answer to `query` once it covers `series` series (bounded wait).
+fn prometheus_query(
+    c: &AgentCluster,
+    dir: &Path,
+    ca: &Path,
+    token_file: &Path,
+    node: usize,
+    query: &str,
+    series: usize,
+) -> Value {
+    let targets: Vec<String> = (1..=3)
+        .map(|n| format!("\"{}:{PORT}\"", c.bed.address(n, "lan")))
+        .collect();
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: tandem\n    scheme: https\n    tls_config:\n      ca_file: {}\n    authorization:\n      credentials_file: {}\n    static_configs:\n      - targets: [{}]\n",
+            ca.display(),
+            token_file.display(),
+            targets.join(", ")
+        ),
+    )
+    .unwrap();
+    let (cfg, data) = (config.display().to_string(), dir.join("tsdb"));
+    let data = data.display().to_string();
+    let pid = c
+        .bed
+        .spawn(
+            node,
+            "prometheus",
+            &[
+                "--config.file",
+                &cfg,
+                "--storage.tsdb.path",
+                &data,
+                "--web.listen-address",
+                "127.0.0.1:9090",
+            ],
+        )
+        .unwrap();
+    let url = format!("http://127.0.0.1:9090/api/v1/query?query={query}");
+    let deadline = std::time::Instant::now() + GENEROUS;
+    let answer = loop {
+        let out = c
+            .bed
+            .exec(node, "curl", &["-sS", "--max-time", "5", &url])
+            .unwrap_or_default();
+        let v: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
+        let n = v["data"]["result"].as_array().map_or(0, Vec::len);
+        if n >= series || std::time::Instant::now() > deadline {
+            break v;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    c.bed.kill9(pid).unwrap();
+    answer
+}
+
 fn metrics(c: &AgentCluster, ca: &Path, node: usize) -> String {
     let (code, text) = curl(c, ca, node, "GET", "/metrics", Some(READ), None);
     assert_eq!(code, 200, "{text}");
@@ -234,6 +295,26 @@ fn the_api_serves_status_actions_and_metrics_over_tls_to_token_holders_only() {
     let m = metrics(&c, &ca_cert, other);
     promtool(&m);
     assert_eq!(sample(&m, "tandem_quorate"), Some(1.0), "{m}");
+    // A real Prometheus scrapes the three nodes and answers a query.
+    let answer = prometheus_query(
+        &c,
+        files.path(),
+        &ca_cert,
+        &f("read.token"),
+        holder,
+        "tandem_quorate",
+        3,
+    );
+    println!("Prometheus: tandem_quorate -> {answer}");
+    let result = answer["data"]["result"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(result.len(), 3, "{answer}");
+    for r in &result {
+        assert_eq!(r["metric"]["job"], "tandem", "{answer}");
+        assert_eq!(r["value"][1], "1", "{answer}");
+    }
     // Heartbeat round trips, per peer and link: every link to both peers
     // has samples.
     let rtt_counts: Vec<f64> = m

@@ -857,10 +857,9 @@ impl Member {
             sent_ms: r.sent_ms,
             rx_ms: now_ms,
         };
-        let newer = self
-            .link_stamps
-            .get(&(from, link))
-            .map_or(true, |s| (s.incarnation, s.sent_ms) < (incarnation, r.sent_ms));
+        let newer = self.link_stamps.get(&(from, link)).map_or(true, |s| {
+            (s.incarnation, s.sent_ms) < (incarnation, r.sent_ms)
+        });
         if newer {
             self.link_stamps.insert((from, link), stamp);
         }
