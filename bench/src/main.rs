@@ -4,6 +4,7 @@
 
 mod corosync;
 mod failover;
+mod floor;
 mod idle;
 mod volume;
 mod web;
@@ -140,6 +141,40 @@ enum What {
     },
     /// CPU, RSS and wake-ups of idle agents (and their guards), by
     /// default with one group per node with monitors.
+    /// The floor under `idle`: per node, only heartbeat-sized datagrams
+    /// to every peer on every link at the agents' rate, and their reads
+    /// (no agent runs). What no agent sending as many packets can beat.
+    Floor {
+        /// Cluster size.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Measurement window in seconds.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Between beats (the default profile's heartbeat: 50 ms).
+        #[arg(long, default_value_t = 50)]
+        interval_ms: u64,
+        /// Bytes per datagram (an agent's heartbeat with its report).
+        #[arg(long, default_value_t = 600)]
+        size: usize,
+    },
+    /// One node of `floor` (started by it inside a node's namespace).
+    #[command(hide = true)]
+    BeatFloor {
+        /// This node's address on each link, comma-separated.
+        #[arg(long)]
+        me: String,
+        /// A peer's address on each link, comma-separated (repeated).
+        #[arg(long)]
+        peer: Vec<String>,
+        #[arg(long)]
+        interval_ms: u64,
+        #[arg(long)]
+        size: usize,
+        /// Exits after this long whatever happens.
+        #[arg(long)]
+        lifetime_s: u64,
+    },
     Idle {
         /// Cluster size.
         #[arg(long, default_value_t = 3)]
@@ -484,6 +519,35 @@ fn main() -> Result<()> {
             loss_pct,
             busy,
         } => soak(cli.tandem, minutes, loss_pct, busy),
+        What::Floor {
+            nodes,
+            seconds,
+            interval_ms,
+            size,
+        } => floor::run(
+            cli.tandem,
+            nodes,
+            seconds,
+            interval_ms,
+            size,
+            clock_ticks_per_second(),
+            &machine(),
+        ),
+        What::BeatFloor {
+            me,
+            peer,
+            interval_ms,
+            size,
+            lifetime_s,
+        } => {
+            let parse = |s: &str| -> Result<Vec<std::net::Ipv4Addr>> {
+                s.split(',')
+                    .map(|a| a.parse().with_context(|| format!("address {a:?}")))
+                    .collect()
+            };
+            let peers = peer.iter().map(|p| parse(p)).collect::<Result<Vec<_>>>()?;
+            floor::beat(&parse(&me)?, &peers, interval_ms, size, lifetime_s)
+        }
         What::Idle {
             nodes,
             seconds,
