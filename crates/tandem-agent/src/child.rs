@@ -67,11 +67,20 @@ pub(crate) fn run_file(run_dir: &Path, group: &str, resource: &str, ext: &str) -
     run_dir.join(format!("{group}.{resource}.{ext}"))
 }
 
+/// systemd's notification variables: the agent's own, never a child's (a
+/// daemon started as a resource would otherwise tell systemd, in the
+/// agent's name, that it is ready or alive).
+pub const NOTIFY_VARIABLES: [&str; 3] = ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"];
+
 /// Makes the child of `cmd` lead a session (and process group) of its own:
 /// signals reach it and everything it starts, and it survives whatever
-/// happens to the process group of its parent.
+/// happens to the process group of its parent. It does not inherit
+/// systemd's notification socket ([`NOTIFY_VARIABLES`]).
 pub fn own_session(cmd: &mut std::process::Command) {
     use std::os::unix::process::CommandExt as _;
+    for v in NOTIFY_VARIABLES {
+        cmd.env_remove(v);
+    }
     // SAFETY: setsid is async-signal-safe, the only call made between fork
     // and exec.
     unsafe {
@@ -362,6 +371,20 @@ pub(crate) mod tests {
                     .next()
                     .is_some_and(|r| r.trim_start().starts_with('Z'))
             })
+    }
+
+    #[test]
+    fn a_child_never_gets_systemds_notification_socket() {
+        let mut cmd = std::process::Command::new("env");
+        cmd.env("NOTIFY_SOCKET", "/run/systemd/notify")
+            .env("WATCHDOG_USEC", "10000000")
+            .env("KEPT", "1");
+        own_session(&mut cmd);
+        let out = String::from_utf8(cmd.output().unwrap().stdout).unwrap();
+        assert!(out.lines().any(|l| l == "KEPT=1"), "{out}");
+        for v in NOTIFY_VARIABLES {
+            assert!(!out.contains(&format!("{v}=")), "{v} passed on:\n{out}");
+        }
     }
 
     /// Issue 15, defect 7: a hanging start left its `sleep 3600` child as

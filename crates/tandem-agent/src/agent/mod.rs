@@ -492,7 +492,34 @@ impl Agent {
                 address: api.address.to_string(),
                 tls: api.tls(),
             });
-            tokio::spawn(api.serve(handler.clone(), self.tally.clone()));
+            // A thread and runtime of its own: TLS handshakes and requests
+            // (a stranger may open them by the dozen) never hold up the
+            // heartbeats; what the API asks of the loop goes through the
+            // handler's bounded queue like the control socket's.
+            let (h, tally) = (handler.clone(), self.tally.clone());
+            let me = self.topo.names[self.me].clone();
+            let spawned = std::thread::Builder::new()
+                .name("tandem-http".into())
+                .spawn(move || {
+                    match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(rt) => rt.block_on(api.serve(h, tally)),
+                        Err(e) => crate::logging::emit(
+                            crate::logging::Program::Agent,
+                            crate::logging::Severity::Error,
+                            &me,
+                            "service_unavailable",
+                            &format!("the HTTP API's runtime could not start ({e}); no HTTP API"),
+                        ),
+                    }
+                });
+            if let Err(e) = spawned {
+                self.log(AgentEvent::ServiceUnavailable {
+                    what: format!("the HTTP API's thread could not start ({e}); no HTTP API"),
+                });
+            }
         }
         // systemd (Type=notify): ready once the loop runs; the watchdog
         // is fed from the loop itself, so a hung loop is restarted.
