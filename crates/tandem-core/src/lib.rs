@@ -56,6 +56,7 @@ pub mod filesync;
 pub mod group;
 pub mod handover;
 pub mod http_access;
+pub mod import;
 pub mod kinds;
 pub mod lease;
 pub mod link_monitors;

@@ -240,6 +240,10 @@ pub enum Command {
     /// Check, or show, a cluster configuration file.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Write a Tandem configuration from another cluster manager's files,
+    /// with a report on standard error of what became of every line.
+    #[command(subcommand)]
+    Import(ImportCommand),
     /// Write a new random 32-byte cluster key (mode 0600); never overwrites.
     ///
     /// Copy the same key file to every node. To rotate a key, write the new
@@ -266,6 +270,46 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         out_dir: Option<PathBuf>,
     },
+}
+
+/// `tandem import ...`.
+#[derive(Debug, Subcommand)]
+pub enum ImportCommand {
+    /// heartbeat (Linux-HA v1): the directory holding `ha.cf`,
+    /// `haresources` and `authkeys` (usually /etc/ha.d).
+    ///
+    /// ha.cf names interfaces, not addresses: give each node's address on
+    /// each interface with --address. The configuration is checked as
+    /// `tandem config validate` checks it before it is written.
+    ///
+    /// Example: tandem import heartbeat /etc/ha.d --key /etc/tandem/web.key
+    /// --address lnx31:eth0=192.168.1.31/24 --address lnx41:eth0=192.168.1.41/24
+    /// --out /etc/tandem/tandem.toml
+    Heartbeat(ImportHeartbeatArgs),
+}
+
+/// `tandem import heartbeat`.
+#[derive(Debug, Clone, Args)]
+pub struct ImportHeartbeatArgs {
+    /// The directory holding ha.cf, haresources and authkeys.
+    pub dir: PathBuf,
+    /// The cluster key the configuration names; created (as `tandem
+    /// keygen` does, mode 0600) when it does not exist. heartbeat's
+    /// authkeys secrets are never reused.
+    #[arg(long, value_name = "FILE")]
+    pub key: PathBuf,
+    /// A node's address on an interface of ha.cf's media lines:
+    /// NODE:IFACE=IP, or IP/PREFIX to give the link's subnet (repeat for
+    /// every node and interface).
+    #[arg(long = "address", value_name = "NODE:IFACE=IP[/PREFIX]")]
+    pub addresses: Vec<String>,
+    /// The cluster's name.
+    #[arg(long, default_value = "ha")]
+    pub name: String,
+    /// Write the configuration here (never over an existing file) instead
+    /// of standard output.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
 }
 
 /// Where log lines go and in which shape.

@@ -34,47 +34,77 @@ pub fn validate(args: &ValidateArgs) -> Result<bool> {
                 continue;
             }
         };
-        // What the agent would refuse on this machine is an error here too;
-        // what a fence agent says of its own options, a warning.
-        let machine = loaded
-            .config
-            .as_ref()
-            .map(machine_checks)
-            .unwrap_or_default();
-        let errors = loaded
-            .diagnostics
-            .iter()
-            .filter(|d| d.severity == Severity::Error)
-            .count()
-            + machine.iter().filter(|m| m.0 == Severity::Error).count();
-        let warnings = loaded.diagnostics.len() + machine.len() - errors;
-        eprint!("{}", render(&label, &source, &loaded.diagnostics));
-        for (sev, text) in &machine {
-            let word = if *sev == Severity::Error {
-                "error"
-            } else {
-                "warning"
-            };
-            eprintln!("{word}: {label}: {text}");
-        }
-        let failed = errors > 0 || (args.deny_warnings && warnings > 0);
-        all_ok &= !failed;
-        if failed {
-            println!("{label}: INVALID ({errors} error(s), {warnings} warning(s))");
-        } else if !args.quiet || warnings > 0 {
-            println!("{label}: ok ({warnings} warning(s))");
-        }
-        // A fact about this machine rather than the file: a note, not a
-        // warning, so the same file validates the same everywhere.
-        if let Some(note) = loaded
-            .config
-            .as_ref()
-            .and_then(|c| tandem_agent::watchdog::machine_note(c.watchdog.as_ref()))
-        {
-            eprintln!("note: {label}: {note}");
-        }
+        all_ok &= check(&label, &source, &loaded, args.deny_warnings, args.quiet);
     }
     Ok(all_ok)
+}
+
+/// Prints the diagnostics of one loaded file (and this machine's checks of
+/// it) and its verdict; returns whether it passed.
+pub fn check(label: &str, source: &str, loaded: &Loaded, deny_warnings: bool, quiet: bool) -> bool {
+    check_into(
+        label,
+        source,
+        loaded,
+        deny_warnings,
+        quiet,
+        &mut std::io::stdout(),
+    )
+}
+
+/// [`check`] with the verdict on stderr too (where stdout holds the
+/// configuration itself, as `tandem import` prints it).
+pub fn check_to_stderr(label: &str, source: &str, loaded: &Loaded) -> bool {
+    check_into(label, source, loaded, false, false, &mut std::io::stderr())
+}
+
+fn check_into(
+    label: &str,
+    source: &str,
+    loaded: &Loaded,
+    deny_warnings: bool,
+    quiet: bool,
+    verdict: &mut dyn std::io::Write,
+) -> bool {
+    // What the agent would refuse on this machine is an error here too;
+    // what a fence agent says of its own options, a warning.
+    let machine = loaded
+        .config
+        .as_ref()
+        .map(machine_checks)
+        .unwrap_or_default();
+    let errors = loaded
+        .diagnostics
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .count()
+        + machine.iter().filter(|m| m.0 == Severity::Error).count();
+    let warnings = loaded.diagnostics.len() + machine.len() - errors;
+    eprint!("{}", render(label, source, &loaded.diagnostics));
+    for (sev, text) in &machine {
+        let word = if *sev == Severity::Error {
+        "error"
+        } else {
+        "warning"
+        };
+        eprintln!("{word}: {label}: {text}");
+    }
+    let failed = errors > 0 || (deny_warnings && warnings > 0);
+        if failed {
+        let _ = writeln!(verdict, "{label}: INVALID ({errors} error(s), {warnings} warning(s))");
+    } else if !quiet || warnings > 0 {
+        let _ = writeln!(verdict, "{label}: ok ({warnings} warning(s))");
+    }
+    // A fact about this machine rather than the file: a note, not a
+    // warning, so the same file validates the same everywhere.
+    if let Some(note) = loaded
+        .config
+        .as_ref()
+        .and_then(|c| tandem_agent::watchdog::machine_note(c.watchdog.as_ref()))
+    {
+        eprintln!("note: {label}: {note}");
+    }
+    !failed
 }
 
 /// Checks of this machine that the agent makes at its start (errors: it

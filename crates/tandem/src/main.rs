@@ -4,6 +4,7 @@
 mod admin;
 mod cli;
 mod config_cmd;
+mod import_cmd;
 #[cfg(feature = "demo")]
 mod demo;
 mod man;
@@ -19,7 +20,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{CommandFactory, Parser};
 
-use cli::{Cli, Command, ConfigCommand};
+use cli::{Cli, Command, ConfigCommand, ImportCommand};
 
 /// Exit status of `config diff` when the two files differ (1 is kept for
 /// errors, such as an invalid file).
@@ -188,6 +189,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
             })
         }
+        Command::Import(ImportCommand::Heartbeat(args)) => Ok(if import_cmd::heartbeat(&args)? {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }),
         Command::Keygen { file } => {
             keyfile::generate(&file)?;
             println!(

@@ -1,0 +1,155 @@
+//! `tandem import ...`: reads another cluster manager's files, runs the
+//! core's importer, writes the key and the configuration, prints the
+//! report, and checks the result as `tandem config validate` does.
+
+use std::io::Write as _;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use tandem_core::import::{heartbeat, Imported};
+
+use crate::cli::ImportHeartbeatArgs;
+
+/// Largest input file read (heartbeat's files are a few KiB).
+const MAX_INPUT_BYTES: u64 = 1 << 20;
+
+fn read(path: &Path) -> Result<String> {
+    let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    if meta.len() > MAX_INPUT_BYTES {
+        bail!(
+            "{} is {} bytes: not a configuration file (at most {MAX_INPUT_BYTES})",
+            path.display(),
+            meta.len()
+        );
+    }
+    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// `NODE:IFACE=IP[/PREFIX]`.
+fn parse_address(text: &str) -> Result<heartbeat::Address> {
+    let bad = || {
+        anyhow::anyhow!("--address {text}: write NODE:IFACE=IP or NODE:IFACE=IP/PREFIX, e.g. lnx31:eth0=192.168.1.31/24")
+    };
+    let (who, addr) = text.split_once('=').ok_or_else(bad)?;
+    let (node, interface) = who.split_once(':').ok_or_else(bad)?;
+    let (ip, prefix) = match addr.split_once('/') {
+        Some((ip, p)) => (ip, Some(p.parse::<u8>().ok().filter(|p| *p <= 32).ok_or_else(bad)?)),
+        None => (addr, None),
+    };
+    let ip: Ipv4Addr = ip.parse().map_err(|_| bad())?;
+    if node.is_empty() || interface.is_empty() {
+        return Err(bad());
+    }
+    Ok(heartbeat::Address {
+        node: node.into(),
+        interface: interface.into(),
+        ip,
+        prefix,
+    })
+}
+
+/// `tandem import heartbeat DIR`: whether the result passed validation.
+pub fn heartbeat(args: &ImportHeartbeatArgs) -> Result<bool> {
+    let dir = &args.dir;
+    let ha_cf = read(&dir.join("ha.cf"))?;
+    let haresources = match read(&dir.join("haresources")) {
+        Ok(t) => t,
+        // With `crm yes` there is none; the importer says what to do.
+        Err(_) if ha_cf.contains("crm") => String::new(),
+        Err(e) => return Err(e),
+    };
+    let authkeys = read(&dir.join("authkeys")).ok();
+    let resource_d: Vec<String> = std::fs::read_dir(dir.join("resource.d"))
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().to_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    let addresses = args
+        .addresses
+        .iter()
+        .map(|a| parse_address(a))
+        .collect::<Result<Vec<_>>>()?;
+    let key = std::path::absolute(&args.key)
+        .with_context(|| format!("resolving {}", args.key.display()))?;
+    let facts = heartbeat::Facts {
+        cluster: args.name.clone(),
+        key_file: key.display().to_string(),
+        dir: std::path::absolute(dir)
+            .unwrap_or_else(|_| dir.clone())
+            .display()
+            .to_string(),
+        resource_d,
+        addresses,
+    };
+    let input = heartbeat::Input {
+        ha_cf: &ha_cf,
+        haresources: &haresources,
+        authkeys: authkeys.as_deref(),
+    };
+    let imported = heartbeat::import(&input, &facts).map_err(|e| anyhow::anyhow!("{e}"))?;
+    finish(&imported, &key, args.out.as_deref())
+}
+
+/// Prints the report, creates the key if missing, writes the
+/// configuration and validates it; returns whether it passed.
+fn finish(imported: &Imported, key: &Path, out: Option<&Path>) -> Result<bool> {
+    for line in &imported.report {
+        eprintln!("{line}");
+    }
+    if !key.exists() {
+        tandem_agent::keyfile::generate(key)?;
+        eprintln!(
+            "created    {:<16} a new 32-byte cluster key (mode 0600): copy it to every node",
+            key.display()
+        );
+    }
+    // Checked before it is written: a file that would not validate is
+    // still written (the operator fixes what the report says) but the
+    // command fails.
+    let label = out.map_or_else(|| "(imported)".to_string(), |p| p.display().to_string());
+    let base = out
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(PathBuf::new);
+    let loaded = tandem_core::config::load(&imported.config, &base, &tandem_agent::keyfile::facts);
+    match out {
+        Some(path) => {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(path)
+                .with_context(|| {
+                    format!("writing {} (an existing file is never replaced)", path.display())
+                })?;
+            f.write_all(imported.config.as_bytes())
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        None => print!("{}", imported.config),
+    }
+    // The verdict goes to stderr: stdout holds the configuration.
+    Ok(crate::config_cmd::check_to_stderr(
+        &label,
+        &imported.config,
+        &loaded,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_read_and_bad_ones_say_how_to_write_them() {
+        let a = parse_address("lnx31:eth0=192.168.1.31/24").unwrap();
+        assert_eq!((a.node.as_str(), a.interface.as_str()), ("lnx31", "eth0"));
+        assert_eq!((a.ip, a.prefix), (Ipv4Addr::new(192, 168, 1, 31), Some(24)));
+        assert_eq!(parse_address("n1:eth1=10.0.0.1").unwrap().prefix, None);
+        for bad in ["n1=10.0.0.1", "n1:eth0", "n1:eth0=10.0.0.1/40", ":eth0=10.0.0.1", "n1:eth0=host"] {
+            let e = parse_address(bad).unwrap_err().to_string();
+            assert!(e.contains("NODE:IFACE=IP"), "{bad}: {e}");
+        }
+    }
+}
