@@ -83,15 +83,18 @@ fn check_into(
     eprint!("{}", render(label, source, &loaded.diagnostics));
     for (sev, text) in &machine {
         let word = if *sev == Severity::Error {
-        "error"
+            "error"
         } else {
-        "warning"
+            "warning"
         };
         eprintln!("{word}: {label}: {text}");
     }
     let failed = errors > 0 || (deny_warnings && warnings > 0);
-        if failed {
-        let _ = writeln!(verdict, "{label}: INVALID ({errors} error(s), {warnings} warning(s))");
+    if failed {
+        let _ = writeln!(
+            verdict,
+            "{label}: INVALID ({errors} error(s), {warnings} warning(s))"
+        );
     } else if !quiet || warnings > 0 {
         let _ = writeln!(verdict, "{label}: ok ({warnings} warning(s))");
     }

@@ -4,7 +4,7 @@
 
 use std::io::Write as _;
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use tandem_core::import::{heartbeat, Imported};
@@ -34,7 +34,10 @@ fn parse_address(text: &str) -> Result<heartbeat::Address> {
     let (who, addr) = text.split_once('=').ok_or_else(bad)?;
     let (node, interface) = who.split_once(':').ok_or_else(bad)?;
     let (ip, prefix) = match addr.split_once('/') {
-        Some((ip, p)) => (ip, Some(p.parse::<u8>().ok().filter(|p| *p <= 32).ok_or_else(bad)?)),
+        Some((ip, p)) => (
+            ip,
+            Some(p.parse::<u8>().ok().filter(|p| *p <= 32).ok_or_else(bad)?),
+        ),
         None => (addr, None),
     };
     let ip: Ipv4Addr = ip.parse().map_err(|_| bad())?;
@@ -113,7 +116,7 @@ fn finish(imported: &Imported, key: &Path, out: Option<&Path>) -> Result<bool> {
     let base = out
         .and_then(Path::parent)
         .map(Path::to_path_buf)
-        .unwrap_or_else(PathBuf::new);
+        .unwrap_or_default();
     let loaded = tandem_core::config::load(&imported.config, &base, &tandem_agent::keyfile::facts);
     match out {
         Some(path) => {
@@ -122,7 +125,10 @@ fn finish(imported: &Imported, key: &Path, out: Option<&Path>) -> Result<bool> {
                 .create_new(true)
                 .open(path)
                 .with_context(|| {
-                    format!("writing {} (an existing file is never replaced)", path.display())
+                    format!(
+                        "writing {} (an existing file is never replaced)",
+                        path.display()
+                    )
                 })?;
             f.write_all(imported.config.as_bytes())
                 .with_context(|| format!("writing {}", path.display()))?;
@@ -147,7 +153,13 @@ mod tests {
         assert_eq!((a.node.as_str(), a.interface.as_str()), ("lnx31", "eth0"));
         assert_eq!((a.ip, a.prefix), (Ipv4Addr::new(192, 168, 1, 31), Some(24)));
         assert_eq!(parse_address("n1:eth1=10.0.0.1").unwrap().prefix, None);
-        for bad in ["n1=10.0.0.1", "n1:eth0", "n1:eth0=10.0.0.1/40", ":eth0=10.0.0.1", "n1:eth0=host"] {
+        for bad in [
+            "n1=10.0.0.1",
+            "n1:eth0",
+            "n1:eth0=10.0.0.1/40",
+            ":eth0=10.0.0.1",
+            "n1:eth0=host",
+        ] {
             let e = parse_address(bad).unwrap_err().to_string();
             assert!(e.contains("NODE:IFACE=IP"), "{bad}: {e}");
         }

@@ -4,9 +4,9 @@
 mod admin;
 mod cli;
 mod config_cmd;
-mod import_cmd;
 #[cfg(feature = "demo")]
 mod demo;
+mod import_cmd;
 mod man;
 mod render;
 mod report;

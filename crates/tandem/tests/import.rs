@@ -52,9 +52,15 @@ fn golden(tmp: &Path, o: &Output) -> (String, String) {
         .replace(&t, "TMP")
         .lines()
         .filter(|l| {
-            ["mapped ", "changed ", "not mapped ", "not needed ", "created "]
-                .iter()
-                .any(|w| l.starts_with(w))
+            [
+                "mapped ",
+                "changed ",
+                "not mapped ",
+                "not needed ",
+                "created ",
+            ]
+            .iter()
+            .any(|w| l.starts_with(w))
         })
         .map(|l| format!("{l}\n"))
         .collect();
@@ -224,7 +230,10 @@ fn debians_heartbeat_samples_import() {
     assert!(hr.lines().any(|l| l == example), "{hr}");
     std::fs::write(
         dir.join("haresources"),
-        hr.replace(example, "ken3  10.0.0.170 Filesystem::/dev/sda1::/data1::ext2"),
+        hr.replace(
+            example,
+            "ken3  10.0.0.170 Filesystem::/dev/sda1::/data1::ext2",
+        ),
     )
     .unwrap();
     std::fs::copy(samples.join("authkeys"), dir.join("authkeys")).unwrap();
@@ -250,4 +259,107 @@ fn debians_heartbeat_samples_import() {
     insta::assert_snapshot!("heartbeat_debian_sample_config", config);
     insta::assert_snapshot!("heartbeat_debian_sample_report", report);
     validates(&out);
+}
+
+/// An imported heartbeat cluster runs: three nodes on the testbed's two
+/// links, an `haresources` line of a floating address and a resource.d
+/// script with an argument (heartbeat's `webd::8080`). It starts on its
+/// node, answers at the address, and fails over when that node's agent is
+/// killed.
+#[test]
+fn an_imported_heartbeat_cluster_runs_and_fails_over() {
+    use std::time::Duration;
+    use tandem_testbed::agents::{running_on, AgentCluster, ClusterShape};
+    if !tandem_testbed::require_root("an_imported_heartbeat_cluster_runs_and_fails_over") {
+        return;
+    }
+    let generous = Duration::from_secs(30);
+    let mut c = AgentCluster::prepare(TANDEM, &ClusterShape::nodes(3)).unwrap();
+    let ha_d = c.dir().join("ha.d");
+    std::fs::create_dir_all(ha_d.join("resource.d")).unwrap();
+    std::fs::write(
+        ha_d.join("ha.cf"),
+        "keepalive 50ms\ndeadtime 1\nwarntime 500ms\ninitdead 3\nbcast lan sync\nauto_failback off\nnode n1\nnode n2\nnode n3\n",
+    )
+    .unwrap();
+    std::fs::write(ha_d.join("haresources"), "n1 10.77.1.100/24 webd::8080\n").unwrap();
+    // A heartbeat resource.d script: `webd PORT start|stop|status`, status
+    // said in words.
+    let pids = c.dir().join("pids");
+    std::fs::create_dir_all(&pids).unwrap();
+    let script = ha_d.join("resource.d/webd");
+    std::fs::write(
+        &script,
+        format!(
+            r#"#!/bin/sh
+port=$1
+pidf={pids}/$(cat /proc/sys/kernel/hostname).$port
+case "$2" in
+start) {TANDEM} demo-service --port "$port" >/dev/null 2>&1 &
+       echo $! > "$pidf"; echo "webd started";;
+stop) [ -f "$pidf" ] && kill "$(cat "$pidf")" 2>/dev/null; rm -f "$pidf"; echo "webd stopped";;
+status) if [ -f "$pidf" ] && kill -0 "$(cat "$pidf")" 2>/dev/null; then echo "webd is running"; else echo "webd is stopped"; fi;;
+esac
+exit 0
+"#,
+            pids = pids.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = c.dir().join("imported");
+    std::fs::create_dir_all(&out).unwrap();
+    let mut args: Vec<String> = Vec::new();
+    for n in 1..=3 {
+        for l in ["lan", "sync"] {
+            args.push("--address".into());
+            args.push(format!("n{n}:{l}={}/24", c.bed.address(n, l)));
+        }
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = import(&ha_d, &out, &args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let cfg = out.join("tandem.toml");
+    for n in 1..=3 {
+        let pid = c.spawn_agent_with(n, &cfg).unwrap();
+        c.pids.push(pid);
+    }
+    let group = "webd";
+    c.wait(1, generous, "webd running on n1", |s| {
+        running_on(s, group) == Some(1)
+    })
+    .unwrap();
+    let answer = |c: &AgentCluster| {
+        c.bed
+            .exec_client(
+                "curl",
+                &["-s", "--max-time", "2", "http://10.77.1.100:8080/"],
+            )
+            .unwrap_or_default()
+    };
+    let deadline = std::time::Instant::now() + generous;
+    while !answer(&c).contains("n1") && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        answer(&c).contains("n1"),
+        "the address does not answer from n1"
+    );
+    // n1's agent dies: the group moves, and the address answers from there.
+    // SAFETY: kill(2) of an agent this test started.
+    unsafe { libc::kill(c.pids[0] as i32, libc::SIGKILL) };
+    c.wait(2, generous, "webd running on a survivor", |s| {
+        running_on(s, group).is_some_and(|n| n != 1)
+    })
+    .unwrap();
+    let taker = running_on(&c.status(2).unwrap(), group).unwrap();
+    let deadline = std::time::Instant::now() + generous;
+    while !answer(&c).contains(&format!("n{taker}")) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        answer(&c).contains(&format!("n{taker}")),
+        "the address does not answer from n{taker}: {}",
+        c.logs()
+    );
 }

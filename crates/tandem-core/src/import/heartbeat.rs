@@ -70,15 +70,33 @@ pub struct Facts {
 
 /// heartbeat's settings that have no meaning for Tandem.
 const NOT_NEEDED: &[(&str, &str)] = &[
-    ("logfile", "Tandem logs to the journal or stderr (--log-file FILE)"),
-    ("debugfile", "Tandem logs to the journal or stderr (--log-file FILE)"),
+    (
+        "logfile",
+        "Tandem logs to the journal or stderr (--log-file FILE)",
+    ),
+    (
+        "debugfile",
+        "Tandem logs to the journal or stderr (--log-file FILE)",
+    ),
     ("logfacility", "Tandem logs to the journal or stderr"),
     ("use_logd", "Tandem logs to the journal or stderr"),
     ("debug", "use --log-level"),
-    ("udpport", "Tandem's links use their own port (5405 unless `port` is set)"),
-    ("apiauth", "heartbeat's client API; Tandem's control socket is root's (or `control_group`'s)"),
-    ("hopfudge", "heartbeat's ring topology; Tandem's links are direct"),
-    ("deadping", "Tandem's ping monitors count failures (`failures`)"),
+    (
+        "udpport",
+        "Tandem's links use their own port (5405 unless `port` is set)",
+    ),
+    (
+        "apiauth",
+        "heartbeat's client API; Tandem's control socket is root's (or `control_group`'s)",
+    ),
+    (
+        "hopfudge",
+        "heartbeat's ring topology; Tandem's links are direct",
+    ),
+    (
+        "deadping",
+        "Tandem's ping monitors count failures (`failures`)",
+    ),
     ("hbgenmethod", "Tandem's incarnations need no setting"),
     ("realtime", "Tandem needs no real-time priority"),
     ("msgfmt", "Tandem has one wire format"),
@@ -89,20 +107,39 @@ const NOT_NEEDED: &[(&str, &str)] = &[
     ("coredumps", "systemd handles core dumps"),
     ("autojoin", "nodes are listed in the configuration"),
     ("uuidfrom", "nodes are known by name"),
-    ("max_rexmit_delay", "Tandem has no retransmission protocol to tune"),
+    (
+        "max_rexmit_delay",
+        "Tandem has no retransmission protocol to tune",
+    ),
     ("rtprio", "Tandem needs no real-time priority"),
-    ("generation_file_save_interval", "Tandem's incarnations need no setting"),
-    ("hbaping", "Fibre Channel pings are not supported; use a ping or exec monitor"),
+    (
+        "generation_file_save_interval",
+        "Tandem's incarnations need no setting",
+    ),
+    (
+        "hbaping",
+        "Fibre Channel pings are not supported; use a ping or exec monitor",
+    ),
 ];
+
+/// Longest time read (a day): heartbeat's values are seconds or minutes.
+const MAX_TIME_MS: u64 = 86_400_000;
 
 /// A timing value: seconds (`2`, `0.5`) or milliseconds (`500ms`).
 fn duration_ms(v: &str) -> Option<u64> {
-    if let Some(ms) = v.strip_suffix("ms") {
-        return ms.parse().ok();
-    }
-    let s = v.strip_suffix('s').unwrap_or(v);
-    let secs: f64 = s.parse().ok()?;
-    (secs.is_finite() && secs >= 0.0).then(|| (secs * 1000.0).round() as u64)
+    let ms = if let Some(ms) = v.strip_suffix("ms") {
+        ms.parse().ok()?
+    } else {
+        let s = v.strip_suffix('s').unwrap_or(v);
+        let (whole, frac) = s.split_once('.').unwrap_or((s, ""));
+        if frac.len() > 3 || !frac.chars().all(|c| c.is_ascii_digit()) {
+            return None;
+        }
+        let whole: u64 = whole.parse().ok()?;
+        let frac_ms: u64 = format!("{frac:0<3}").parse().ok()?;
+        whole.checked_mul(1000)?.checked_add(frac_ms)?
+    };
+    (ms <= MAX_TIME_MS).then_some(ms)
 }
 
 /// `text` without comments, as (1-based line number, words).
@@ -321,7 +358,10 @@ impl Importer<'_> {
         if cf.nodes.len() < 2 {
             return Err(ImportError::Input {
                 source_at: "ha.cf".into(),
-                what: format!("{} `node` line(s): a cluster needs two or more nodes", cf.nodes.len()),
+                what: format!(
+                    "{} `node` line(s): a cluster needs two or more nodes",
+                    cf.nodes.len()
+                ),
                 fix: "list every node with `node NAME` (their `uname -n`)".into(),
             });
         }
@@ -342,7 +382,12 @@ impl Importer<'_> {
         let mut missing = Vec::new();
         for node in &cf.nodes {
             for i in &cf.interfaces {
-                match self.facts.addresses.iter().find(|a| &a.node == node && &a.interface == i) {
+                match self
+                    .facts
+                    .addresses
+                    .iter()
+                    .find(|a| &a.node == node && &a.interface == i)
+                {
                     Some(a) => {
                         out.insert((node.clone(), i.clone()), a.clone());
                     }
@@ -350,11 +395,23 @@ impl Importer<'_> {
                 }
             }
         }
-        if let Some(a) = self.facts.addresses.iter().find(|a| !cf.nodes.contains(&a.node) || !cf.interfaces.contains(&a.interface)) {
+        if let Some(a) = self
+            .facts
+            .addresses
+            .iter()
+            .find(|a| !cf.nodes.contains(&a.node) || !cf.interfaces.contains(&a.interface))
+        {
             return Err(ImportError::Input {
                 source_at: "--address".into(),
-                what: format!("{}:{} is not a node and interface of ha.cf", a.node, a.interface),
-                fix: format!("nodes: {}; interfaces: {}", cf.nodes.join(", "), cf.interfaces.join(", ")),
+                what: format!(
+                    "{}:{} is not a node and interface of ha.cf",
+                    a.node, a.interface
+                ),
+                fix: format!(
+                    "nodes: {}; interfaces: {}",
+                    cf.nodes.join(", "),
+                    cf.interfaces.join(", ")
+                ),
             });
         }
         if missing.is_empty() {
@@ -363,13 +420,23 @@ impl Importer<'_> {
         let hint = if cf.ucast.is_empty() {
             String::new()
         } else {
-            let u: Vec<String> = cf.ucast.iter().map(|(i, a)| format!("{a} on {i}")).collect();
+            let u: Vec<String> = cf
+                .ucast
+                .iter()
+                .map(|(i, a)| format!("{a} on {i}"))
+                .collect();
             format!("; ucast lines name {} without saying whose", u.join(", "))
         };
         Err(ImportError::Input {
             source_at: "ha.cf".into(),
-            what: format!("no address for {}: ha.cf names interfaces, not addresses{hint}", missing.join(", ")),
-            fix: format!("add --address NODE:IFACE=IP[/PREFIX] for each, e.g. --address {}=192.0.2.1/24", missing[0]),
+            what: format!(
+                "no address for {}: ha.cf names interfaces, not addresses{hint}",
+                missing.join(", ")
+            ),
+            fix: format!(
+                "add --address NODE:IFACE=IP[/PREFIX] for each, e.g. --address {}=192.0.2.1/24",
+                missing[0]
+            ),
         })
     }
 
@@ -420,7 +487,15 @@ impl Res {
     fn base_name(&self) -> String {
         match self {
             Res::Ip { .. } => "ip".into(),
-            Res::Fs { directory, .. } => format!("fs-{}", safe_name(directory.rsplit('/').find(|s| !s.is_empty()).unwrap_or("root"))),
+            Res::Fs { directory, .. } => format!(
+                "fs-{}",
+                safe_name(
+                    directory
+                        .rsplit('/')
+                        .find(|s| !s.is_empty())
+                        .unwrap_or("root")
+                )
+            ),
             Res::Exec { name, .. } => safe_name(name),
         }
     }
@@ -434,7 +509,12 @@ impl Res {
                     t.push_str(&format!("interfaces = {}\n", quoted_list(&[i])));
                 }
             }
-            Res::Fs { device, directory, fstype, options } => {
+            Res::Fs {
+                device,
+                directory,
+                fstype,
+                options,
+            } => {
                 t.push_str(&format!(
                     "kind = \"fs\"\ndevice = {}\ndirectory = {}\nfstype = {}\n",
                     quoted(device),
@@ -462,7 +542,11 @@ fn prefix_for(ip: Ipv4Addr, subnets: &[(String, Ipv4Addr, u8)]) -> Option<(u8, S
     subnets
         .iter()
         .find(|(_, net, p)| {
-            let mask = if *p == 0 { 0 } else { u32::MAX << (32 - u32::from(*p)) };
+            let mask = if *p == 0 {
+                0
+            } else {
+                u32::MAX << (32 - u32::from(*p))
+            };
             u32::from(ip) & mask == u32::from(*net) & mask
         })
         .map(|(l, _, p)| (*p, l.clone()))
@@ -481,7 +565,10 @@ pub fn import(input: &Input<'_>, facts: &Facts) -> Result<Imported, ImportError>
         None => im.report.push(ReportLine {
             source: "authkeys".into(),
             verdict: Verdict::Changed,
-            text: format!("absent; every Tandem packet carries a BLAKE3 MAC under the key {}", facts.key_file),
+            text: format!(
+                "absent; every Tandem packet carries a BLAKE3 MAC under the key {}",
+                facts.key_file
+            ),
         }),
     }
     // Each link's subnet, where an --address gave a prefix.
@@ -489,7 +576,10 @@ pub fn import(input: &Input<'_>, facts: &Facts) -> Result<Imported, ImportError>
         .interfaces
         .iter()
         .filter_map(|i| {
-            let a = addrs.iter().find(|((_, ai), a)| ai == i && a.prefix.is_some())?.1;
+            let a = addrs
+                .iter()
+                .find(|((_, ai), a)| ai == i && a.prefix.is_some())?
+                .1;
             Some((i.clone(), a.ip, a.prefix?))
         })
         .collect();
@@ -525,8 +615,15 @@ pub fn import(input: &Input<'_>, facts: &Facts) -> Result<Imported, ImportError>
     for i in &cf.interfaces {
         t.push_str(&format!("[[link]]\nname = {}\n", quoted(&safe_name(i))));
         if let Some((_, net, p)) = subnets.iter().find(|(l, _, _)| l == i) {
-            let mask = if *p == 0 { 0 } else { u32::MAX << (32 - u32::from(*p)) };
-            t.push_str(&format!("subnet = \"{}/{p}\"\n", Ipv4Addr::from(u32::from(*net) & mask)));
+            let mask = if *p == 0 {
+                0
+            } else {
+                u32::MAX << (32 - u32::from(*p))
+            };
+            t.push_str(&format!(
+                "subnet = \"{}/{p}\"\n",
+                Ipv4Addr::from(u32::from(*net) & mask)
+            ));
         }
         t.push('\n');
     }
@@ -534,9 +631,17 @@ pub fn import(input: &Input<'_>, facts: &Facts) -> Result<Imported, ImportError>
         let a: Vec<String> = cf
             .interfaces
             .iter()
-            .filter_map(|i| addrs.get(&(node.clone(), i.clone())).map(|a| format!("{} = \"{}\"", safe_name(i), a.ip)))
+            .filter_map(|i| {
+                addrs
+                    .get(&(node.clone(), i.clone()))
+                    .map(|a| format!("{} = \"{}\"", safe_name(i), a.ip))
+            })
             .collect();
-        t.push_str(&format!("[[node]]\nname = {}\naddresses = {{ {} }}\n\n", quoted(&safe_name(node)), a.join(", ")));
+        t.push_str(&format!(
+            "[[node]]\nname = {}\naddresses = {{ {} }}\n\n",
+            quoted(&safe_name(node)),
+            a.join(", ")
+        ));
     }
     for (name, targets) in &cf.pings {
         let targets: Vec<String> = targets.iter().map(ToString::to_string).collect();
@@ -583,7 +688,10 @@ fn groups(
             return Err(ImportError::Input {
                 source_at: format!("haresources:{n}"),
                 what: format!("`{node}` is not a node of ha.cf"),
-                fix: format!("the first word of each line is the node that normally runs it: one of {}", cf.nodes.join(", ")),
+                fix: format!(
+                    "the first word of each line is the node that normally runs it: one of {}",
+                    cf.nodes.join(", ")
+                ),
             });
         }
         let mut res: Vec<Res> = Vec::new();
@@ -591,7 +699,12 @@ fn groups(
             let mut parts = token.split("::");
             let head = parts.next().unwrap_or("");
             let args: Vec<String> = parts.map(str::to_string).collect();
-            let ip_spec = if head.parse::<Ipv4Addr>().is_ok() || head.split('/').next().is_some_and(|h| h.parse::<Ipv4Addr>().is_ok()) {
+            let ip_spec = if head.parse::<Ipv4Addr>().is_ok()
+                || head
+                    .split('/')
+                    .next()
+                    .is_some_and(|h| h.parse::<Ipv4Addr>().is_ok())
+            {
                 Some(head.to_string())
             } else if matches!(head, "IPaddr" | "IPaddr2") {
                 args.first().cloned()
@@ -605,7 +718,11 @@ fn groups(
                     what: format!("`{token}`: `{}` is not an IPv4 address", f[0]),
                     fix: "write IPaddr::ADDRESS[/PREFIX[/IFACE]]".into(),
                 })?;
-                let prefix = match f.get(1).and_then(|p| p.parse::<u8>().ok()).filter(|p| *p <= 32) {
+                let prefix = match f
+                    .get(1)
+                    .and_then(|p| p.parse::<u8>().ok())
+                    .filter(|p| *p <= 32)
+                {
                     Some(p) => p,
                     None => match prefix_for(ip, subnets) {
                         Some((p, _)) => p,
@@ -625,9 +742,19 @@ fn groups(
                     interface = Some(first);
                 }
                 if f.get(3).is_some() {
-                    im.say("haresources", n, Verdict::NotNeeded, format!("{token}: the broadcast address is computed from the prefix"));
+                    im.say(
+                        "haresources",
+                        n,
+                        Verdict::NotNeeded,
+                        format!("{token}: the broadcast address is computed from the prefix"),
+                    );
                 }
-                im.say("haresources", n, Verdict::Mapped, format!("{token} -> ip resource {ip}/{prefix}"));
+                im.say(
+                    "haresources",
+                    n,
+                    Verdict::Mapped,
+                    format!("{token} -> ip resource {ip}/{prefix}"),
+                );
                 res.push(Res::Ip {
                     address: format!("{ip}/{prefix}"),
                     interface,
@@ -690,7 +817,12 @@ fn groups(
             }
         }
         if res.is_empty() {
-            im.say("haresources", n, Verdict::NotMapped, format!("{}: nothing Tandem can run on this line", w.join(" ")));
+            im.say(
+                "haresources",
+                n,
+                Verdict::NotMapped,
+                format!("{}: nothing Tandem can run on this line", w.join(" ")),
+            );
             continue;
         }
         // The group is named for its service (the first script), else its
@@ -753,6 +885,9 @@ mod tests {
         assert_eq!(duration_ms("10s"), Some(10_000));
         assert_eq!(duration_ms("soon"), None);
         assert_eq!(duration_ms("-1"), None);
+        assert_eq!(duration_ms("1.25"), Some(1250));
+        assert_eq!(duration_ms("1.2345"), None);
+        assert_eq!(duration_ms("99999999"), None, "a limit");
     }
 
     #[test]
@@ -826,7 +961,11 @@ mod tests {
             &facts(),
         )
         .unwrap();
-        assert!(i.config.contains("address = \"10.0.0.100/24\""), "{}", i.config);
+        assert!(
+            i.config.contains("address = \"10.0.0.100/24\""),
+            "{}",
+            i.config
+        );
         assert!(i.config.contains("address = \"192.168.9.9/24\""));
         assert!(i
             .report
