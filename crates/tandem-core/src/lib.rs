@@ -57,6 +57,7 @@ pub mod group;
 pub mod handover;
 pub mod http_access;
 pub mod import;
+pub mod init;
 pub mod kinds;
 pub mod lease;
 pub mod link_monitors;

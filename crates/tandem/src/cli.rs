@@ -240,6 +240,15 @@ pub enum Command {
     /// Check, or show, a cluster configuration file.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Write a new cluster's key and a short, commented configuration from
+    /// a few facts; each link's subnet is found from this machine's
+    /// interfaces. The result is checked as `config validate` checks it.
+    ///
+    /// Example (two nodes, a witness, an address and apache):
+    /// tandem init --name web --node n1=10.0.0.11 --node n2=10.0.0.12
+    /// --witness 10.0.0.5:5405 --vip 10.0.0.100/24 --service systemd:apache2
+    /// --out /etc/tandem/tandem.toml
+    Init(InitArgs),
     /// Write a Tandem configuration from another cluster manager's files,
     /// with a report on standard error of what became of every line.
     #[command(subcommand)]
@@ -270,6 +279,43 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         out_dir: Option<PathBuf>,
     },
+}
+
+/// `tandem init`.
+#[derive(Debug, Clone, Args)]
+pub struct InitArgs {
+    /// The cluster's name.
+    #[arg(long, default_value = "ha")]
+    pub name: String,
+    /// A node: NAME=ADDRESS, or NAME=LAN_ADDRESS,SYNC_ADDRESS for two
+    /// links (repeat for every node, in order of preference).
+    #[arg(long = "node", value_name = "NAME=IP[,IP]", required = true)]
+    pub nodes: Vec<String>,
+    /// The links' names, in the order of each node's addresses.
+    #[arg(long, value_delimiter = ',', default_value = "lan,sync")]
+    pub links: Vec<String>,
+    /// A witness's address (a `tandem witness` on a third machine); two
+    /// nodes without one decide a partition by fencing.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub witness: Option<std::net::SocketAddr>,
+    /// The floating address clients use, with its prefix.
+    #[arg(long, value_name = "IP/PREFIX")]
+    pub vip: Option<String>,
+    /// A service, started after the address in the order given:
+    /// systemd:UNIT, ocf:PROVIDER:AGENT, exec:/PATH or process:PROGRAM ARGS.
+    #[arg(long = "service", value_name = "KIND:WHAT")]
+    pub services: Vec<String>,
+    /// The group's name (default: the first service's).
+    #[arg(long)]
+    pub group: Option<String>,
+    /// The cluster key, created (mode 0600) when missing
+    /// (default /etc/tandem/NAME.key).
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// Write the configuration here (never over an existing file) instead
+    /// of standard output.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
 }
 
 /// `tandem import ...`.

@@ -355,3 +355,44 @@ fn describe(cfg: &Config) -> String {
     let _ = writeln!(o, "  watchdog        {watchdog}");
     o
 }
+
+/// Writes a new configuration (`tandem import`, `tandem init`): creates
+/// `key` as `tandem keygen` does when it is missing, writes `config` to
+/// `out` (never over an existing file) or stdout, and checks it as
+/// `config validate` does, the verdict on stderr. Returns whether it
+/// passed (a file that does not is still written: the report says what
+/// to fix).
+pub fn write_new(config: &str, key: &Path, out: Option<&Path>) -> Result<bool> {
+    use std::io::Write as _;
+    if !key.exists() {
+        keyfile::generate(key)?;
+        eprintln!(
+            "created    {:<16} a new 32-byte cluster key (mode 0600): copy it to every node",
+            key.display()
+        );
+    }
+    let label = out.map_or_else(|| "(written)".to_string(), |p| p.display().to_string());
+    let base = out
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let loaded = config::load(config, &base, &keyfile::facts);
+    match out {
+        Some(path) => {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(path)
+                .with_context(|| {
+                    format!(
+                        "writing {} (an existing file is never replaced)",
+                        path.display()
+                    )
+                })?;
+            f.write_all(config.as_bytes())
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        None => print!("{config}"),
+    }
+    Ok(check_to_stderr(&label, config, &loaded))
+}

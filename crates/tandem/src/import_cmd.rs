@@ -2,7 +2,6 @@
 //! core's importer, writes the key and the configuration, prints the
 //! report, and checks the result as `tandem config validate` does.
 
-use std::io::Write as _;
 use std::net::Ipv4Addr;
 use std::path::Path;
 
@@ -96,51 +95,13 @@ pub fn heartbeat(args: &ImportHeartbeatArgs) -> Result<bool> {
     finish(&imported, &key, args.out.as_deref())
 }
 
-/// Prints the report, creates the key if missing, writes the
-/// configuration and validates it; returns whether it passed.
+/// Prints the report, then writes the key (if missing) and the
+/// configuration, checked; returns whether it passed.
 fn finish(imported: &Imported, key: &Path, out: Option<&Path>) -> Result<bool> {
     for line in &imported.report {
         eprintln!("{line}");
     }
-    if !key.exists() {
-        tandem_agent::keyfile::generate(key)?;
-        eprintln!(
-            "created    {:<16} a new 32-byte cluster key (mode 0600): copy it to every node",
-            key.display()
-        );
-    }
-    // Checked before it is written: a file that would not validate is
-    // still written (the operator fixes what the report says) but the
-    // command fails.
-    let label = out.map_or_else(|| "(imported)".to_string(), |p| p.display().to_string());
-    let base = out
-        .and_then(Path::parent)
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
-    let loaded = tandem_core::config::load(&imported.config, &base, &tandem_agent::keyfile::facts);
-    match out {
-        Some(path) => {
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(path)
-                .with_context(|| {
-                    format!(
-                        "writing {} (an existing file is never replaced)",
-                        path.display()
-                    )
-                })?;
-            f.write_all(imported.config.as_bytes())
-                .with_context(|| format!("writing {}", path.display()))?;
-        }
-        None => print!("{}", imported.config),
-    }
-    // The verdict goes to stderr: stdout holds the configuration.
-    Ok(crate::config_cmd::check_to_stderr(
-        &label,
-        &imported.config,
-        &loaded,
-    ))
+    crate::config_cmd::write_new(&imported.config, key, out)
 }
 
 #[cfg(test)]

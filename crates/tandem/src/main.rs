@@ -7,6 +7,7 @@ mod config_cmd;
 #[cfg(feature = "demo")]
 mod demo;
 mod import_cmd;
+mod init_cmd;
 mod man;
 mod render;
 mod report;
@@ -189,6 +190,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
             })
         }
+        Command::Init(args) => Ok(if init_cmd::run(&args)? {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }),
         Command::Import(ImportCommand::Heartbeat(args)) => Ok(if import_cmd::heartbeat(&args)? {
             ExitCode::SUCCESS
         } else {

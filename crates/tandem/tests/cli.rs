@@ -366,3 +366,58 @@ fn status_watch_refreshes_and_says_when_the_agent_is_gone() {
     assert!(text.matches("does not answer").count() >= 2, "{text}");
     assert!(text.contains("every 1s:") && text.contains("---"), "{text}");
 }
+
+#[test]
+fn init_writes_a_valid_two_node_cluster_with_a_witness_in_under_ten_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, out) = (dir.path().join("web.key"), dir.path().join("web.toml"));
+    let o = tandem(&[
+        "init",
+        "--name",
+        "web",
+        "--node",
+        "n1=10.0.0.11,10.1.0.11",
+        "--node",
+        "n2=10.0.0.12,10.1.0.12",
+        "--witness",
+        "10.0.0.5:5405",
+        "--vip",
+        "10.0.0.100/24",
+        "--service",
+        "process:/usr/bin/sleep infinity",
+        "--key",
+        key.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let written = std::fs::read_to_string(&out).unwrap();
+    let settings = written
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        .count();
+    assert!(settings < 10, "{settings} lines:\n{written}");
+    assert!(written.contains("witness = \"10.0.0.5:5405\""), "{written}");
+    let v = tandem(&["config", "validate", out.to_str().unwrap()]);
+    assert!(v.status.success(), "{}", text(&v));
+    assert_eq!(std::fs::metadata(&key).unwrap().len(), 32);
+    // Never over an existing file, and what is missing is named.
+    let again = tandem(&[
+        "init",
+        "--node",
+        "n1=10.0.0.11",
+        "--node",
+        "n2=10.0.0.12",
+        "--vip",
+        "10.0.0.100/24",
+        "--key",
+        key.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!again.status.success());
+    assert!(text(&again).contains("never replaced"), "{}", text(&again));
+    let one = tandem(&["init", "--node", "n1=10.0.0.11", "--vip", "10.0.0.100/24"]);
+    assert!(!one.status.success());
+    assert!(text(&one).contains("--node NAME=ADDRESS"), "{}", text(&one));
+}
