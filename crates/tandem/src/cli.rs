@@ -332,6 +332,38 @@ pub enum ImportCommand {
     /// --address lnx31:eth0=192.168.1.31/24 --address lnx41:eth0=192.168.1.41/24
     /// --out /etc/tandem/tandem.toml
     Heartbeat(ImportHeartbeatArgs),
+    /// keepalived: every node's keepalived.conf (its VRRP instances).
+    ///
+    /// Node names come from each file's router_id, addresses from
+    /// unicast_src_ip (or --address where a file has none).
+    ///
+    /// Example: tandem import keepalived lb1/keepalived.conf
+    /// lb2/keepalived.conf --key /etc/tandem/lb.key --out /etc/tandem/tandem.toml
+    Keepalived(ImportKeepalivedArgs),
+}
+
+/// `tandem import keepalived`.
+#[derive(Debug, Clone, Args)]
+pub struct ImportKeepalivedArgs {
+    /// Every node's keepalived.conf, one per node.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// The cluster key the configuration names; created (as `tandem
+    /// keygen` does, mode 0600) when it does not exist. VRRP passwords are
+    /// never reused.
+    #[arg(long, value_name = "FILE")]
+    pub key: PathBuf,
+    /// A node's address on an interface, where its file has no
+    /// unicast_src_ip: NODE:IFACE=IP[/PREFIX] (repeat).
+    #[arg(long = "address", value_name = "NODE:IFACE=IP[/PREFIX]")]
+    pub addresses: Vec<String>,
+    /// The cluster's name.
+    #[arg(long, default_value = "ha")]
+    pub name: String,
+    /// Write the configuration here (never over an existing file) instead
+    /// of standard output.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
 }
 
 /// `tandem import heartbeat`.

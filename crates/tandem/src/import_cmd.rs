@@ -6,9 +6,9 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use tandem_core::import::{heartbeat, Imported};
+use tandem_core::import::{heartbeat, keepalived, Imported};
 
-use crate::cli::ImportHeartbeatArgs;
+use crate::cli::{ImportHeartbeatArgs, ImportKeepalivedArgs};
 
 /// Largest input file read (heartbeat's files are a few KiB).
 const MAX_INPUT_BYTES: u64 = 1 << 20;
@@ -26,7 +26,7 @@ fn read(path: &Path) -> Result<String> {
 }
 
 /// `NODE:IFACE=IP[/PREFIX]`.
-fn parse_address(text: &str) -> Result<heartbeat::Address> {
+fn parse_address(text: &str) -> Result<tandem_core::import::Address> {
     let bad = || {
         anyhow::anyhow!("--address {text}: write NODE:IFACE=IP or NODE:IFACE=IP/PREFIX, e.g. lnx31:eth0=192.168.1.31/24")
     };
@@ -43,7 +43,7 @@ fn parse_address(text: &str) -> Result<heartbeat::Address> {
     if node.is_empty() || interface.is_empty() {
         return Err(bad());
     }
-    Ok(heartbeat::Address {
+    Ok(tandem_core::import::Address {
         node: node.into(),
         interface: interface.into(),
         ip,
@@ -92,6 +92,30 @@ pub fn heartbeat(args: &ImportHeartbeatArgs) -> Result<bool> {
         authkeys: authkeys.as_deref(),
     };
     let imported = heartbeat::import(&input, &facts).map_err(|e| anyhow::anyhow!("{e}"))?;
+    finish(&imported, &key, args.out.as_deref())
+}
+
+/// `tandem import keepalived FILE...`: whether the result passed
+/// validation.
+pub fn keepalived(args: &ImportKeepalivedArgs) -> Result<bool> {
+    let files = args
+        .files
+        .iter()
+        .map(|p| Ok((p.display().to_string(), read(p)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let addresses = args
+        .addresses
+        .iter()
+        .map(|a| parse_address(a))
+        .collect::<Result<Vec<_>>>()?;
+    let key = std::path::absolute(&args.key)
+        .with_context(|| format!("resolving {}", args.key.display()))?;
+    let facts = keepalived::Facts {
+        cluster: args.name.clone(),
+        key_file: key.display().to_string(),
+        addresses,
+    };
+    let imported = keepalived::import(&files, &facts).map_err(|e| anyhow::anyhow!("{e}"))?;
     finish(&imported, &key, args.out.as_deref())
 }
 

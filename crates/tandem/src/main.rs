@@ -195,6 +195,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } else {
             ExitCode::FAILURE
         }),
+        Command::Import(ImportCommand::Keepalived(args)) => Ok(if import_cmd::keepalived(&args)? {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }),
         Command::Import(ImportCommand::Heartbeat(args)) => Ok(if import_cmd::heartbeat(&args)? {
             ExitCode::SUCCESS
         } else {

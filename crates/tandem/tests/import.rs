@@ -363,3 +363,91 @@ exit 0
         c.logs()
     );
 }
+
+const KEEPALIVED_SAMPLES: &str = "/usr/local/share/tandem-test/keepalived";
+
+fn keepalived_fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/import/keepalived")
+}
+
+/// Runs `tandem import keepalived FILES ...` writing into `tmp`.
+fn import_keepalived(files: &[PathBuf], tmp: &Path, extra: &[&str]) -> Output {
+    Command::new(TANDEM)
+        .args(["import", "keepalived"])
+        .args(files)
+        .arg("--key")
+        .arg(tmp.join("cluster.key"))
+        .arg("--out")
+        .arg(tmp.join("tandem.toml"))
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_unicast_keepalived_pair_imports_and_validates() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = keepalived_fixture().join("pair");
+    let files = [dir.join("lb1.conf"), dir.join("lb2.conf")];
+    let o = import_keepalived(&files, tmp.path(), &["--name", "lb"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (config, report) = golden(tmp.path(), &o);
+    let report = report.replace(&dir.display().to_string(), "FIXTURE");
+    insta::assert_snapshot!("keepalived_pair_config", config);
+    insta::assert_snapshot!("keepalived_pair_report", report);
+    validates(tmp.path());
+    assert!(!config.contains("s3cr3tVR") && !report.contains("s3cr3tVR"));
+}
+
+/// Debian's samples: one file is one node (the import says so); the
+/// `vrrp` sample as a site copies it to its backup (priorities lowered,
+/// router_id left the same) imports with the addresses given.
+#[test]
+fn debians_keepalived_samples_import() {
+    let samples = Path::new(KEEPALIVED_SAMPLES);
+    if !samples.join("keepalived.conf.vrrp").exists() {
+        println!(
+            "skipped: {KEEPALIVED_SAMPLES} is missing (scripts/install-deps extracts it as root)"
+        );
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let o = import_keepalived(&[samples.join("keepalived.conf.vrrp")], tmp.path(), &[]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("every node's file"));
+
+    let master = std::fs::read_to_string(samples.join("keepalived.conf.vrrp")).unwrap();
+    assert!(master.contains("priority 100") && master.contains("priority 50"));
+    let backup = master
+        .replace("priority 100", "priority 90")
+        .replace("priority 50", "priority 40")
+        .replace("state MASTER", "state BACKUP");
+    let files = [
+        tmp.path().join("master.conf"),
+        tmp.path().join("backup.conf"),
+    ];
+    std::fs::write(&files[0], &master).unwrap();
+    std::fs::write(&files[1], &backup).unwrap();
+    let out = tmp.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let o = import_keepalived(
+        &files,
+        &out,
+        &[
+            "--address",
+            "node1:eth0=192.168.200.1/24",
+            "--address",
+            "node2:eth0=192.168.200.2/24",
+            "--address",
+            "node1:eth1=192.168.201.1/24",
+            "--address",
+            "node2:eth1=192.168.201.2/24",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (config, report) = golden(&out, &o);
+    let report = report.replace(&tmp.path().display().to_string(), "TMP");
+    insta::assert_snapshot!("keepalived_debian_vrrp_config", config);
+    insta::assert_snapshot!("keepalived_debian_vrrp_report", report);
+    validates(&out);
+}

@@ -37,19 +37,7 @@ pub struct Input<'a> {
     pub authkeys: Option<&'a str>,
 }
 
-/// A node's address on an interface, which heartbeat's files do not
-/// hold (`--address NODE:IFACE=IP[/PREFIX]`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Address {
-    /// The node (as in `ha.cf`'s `node` lines).
-    pub node: String,
-    /// The interface (as in the media lines).
-    pub interface: String,
-    /// Its address there.
-    pub ip: Ipv4Addr,
-    /// The subnet's prefix length, if known.
-    pub prefix: Option<u8>,
-}
+pub use super::Address;
 
 /// What the caller knows besides the files.
 #[derive(Debug, Clone, Default)]

@@ -7,8 +7,24 @@
 //! result with `config validate`.
 
 pub mod heartbeat;
+pub mod keepalived;
 
 use std::fmt;
+use std::net::Ipv4Addr;
+
+/// A node's address on an interface, which the old files do not always
+/// hold (`--address NODE:IFACE=IP[/PREFIX]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Address {
+    /// The node.
+    pub node: String,
+    /// The interface.
+    pub interface: String,
+    /// Its address there.
+    pub ip: Ipv4Addr,
+    /// The subnet's prefix length, if known.
+    pub prefix: Option<u8>,
+}
 
 /// What became of one input line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

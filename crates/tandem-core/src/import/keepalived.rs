@@ -1,0 +1,730 @@
+//! `tandem import keepalived FILE...`: every node's `keepalived.conf`
+//! (its VRRP side) as one Tandem configuration.
+//!
+//! | keepalived | Tandem |
+//! |---|---|
+//! | one file per node, `router_id` | a `[[node]]` named by it (else `node1`, ...) |
+//! | `unicast_src_ip` (or `--address`) on the instance's `interface` | the node's address on the `[[link]]` named for the interface |
+//! | `vrrp_instance` (or a `vrrp_sync_group` of them) | a `[[group]]` |
+//! | `virtual_ipaddress` entries | `ip` resources on the instance's interface (or `dev`); no prefix: /32, as keepalived |
+//! | `priority` in each file | the group's `preferred` order, highest first |
+//! | `nopreempt` / preemption (default), `preempt_delay` | `failback = "manual"` / `"auto"` |
+//! | `track_script` (`vrrp_script`: `script`, `interval`, `timeout`, `fall`) | an `exec` group monitor, `on_fail = "move"` |
+//! | `track_interface` | an `exec` group monitor on the interface's operstate, `on_fail = "move"` |
+//! | `notify_master`/`_backup`/`_fault`/`notify` | an `[[alert]]` running the script (with Pacemaker's variables, not keepalived's arguments) |
+//!
+//! Reported, not mapped: `virtual_server` (load balancing does not exist
+//! yet), `static_*`/`virtual_routes`/`virtual_rules`, `include`, the SMTP
+//! settings (an `[[alert]]` with `alert_smtp.sh.sample`). `auth_pass` is
+//! never reused; `advert_int` gives way to Tandem's heartbeats.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use super::{quoted, quoted_list, safe_name, Address, ImportError, Imported, ReportLine, Verdict};
+
+/// Deepest nesting of blocks read.
+const MAX_DEPTH: usize = 16;
+/// Most items read from one file.
+const MAX_ITEMS: usize = 20_000;
+
+/// What the caller knows besides the files.
+#[derive(Debug, Clone, Default)]
+pub struct Facts {
+    /// The cluster's name.
+    pub cluster: String,
+    /// The key file the configuration names.
+    pub key_file: String,
+    /// Addresses the files do not hold (no `unicast_src_ip`).
+    pub addresses: Vec<Address>,
+}
+
+/// One `keyword args... [{ block }]` of a file.
+#[derive(Debug, Clone, Default)]
+struct Item {
+    key: String,
+    args: Vec<String>,
+    line: usize,
+    block: Vec<Item>,
+}
+
+impl Item {
+    fn all(&self) -> String {
+        std::iter::once(self.key.as_str())
+            .chain(self.args.iter().map(String::as_str))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    fn arg(&self) -> Option<&str> {
+        self.args.first().map(String::as_str)
+    }
+
+    fn child(&self, key: &str) -> Option<&Item> {
+        self.block.iter().find(|i| i.key == key)
+    }
+}
+
+/// A line's words: quoted strings kept whole, braces apart, comments
+/// (`!` or `#` outside quotes) dropped.
+fn words(line: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut was_quoted = false;
+    for c in line.chars() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                was_quoted = true;
+            }
+            '!' | '#' if !quoted => break,
+            '{' | '}' if !quoted => {
+                if !cur.is_empty() || was_quoted {
+                    out.push(std::mem::take(&mut cur));
+                }
+                was_quoted = false;
+                out.push(c.to_string());
+            }
+            c if c.is_whitespace() && !quoted => {
+                if !cur.is_empty() || was_quoted {
+                    out.push(std::mem::take(&mut cur));
+                }
+                was_quoted = false;
+            }
+            c => cur.push(c),
+        }
+    }
+    if !cur.is_empty() || was_quoted {
+        out.push(cur);
+    }
+    out
+}
+
+/// The file as a tree of items.
+fn parse(file: &str, text: &str) -> Result<Vec<Item>, ImportError> {
+    let mut stack: Vec<Vec<Item>> = vec![Vec::new()];
+    let mut count = 0usize;
+    for (i, line) in text.lines().enumerate() {
+        let n = i + 1;
+        let mut cur: Option<Item> = None;
+        for w in words(line) {
+            match w.as_str() {
+                "{" => {
+                    if stack.len() > MAX_DEPTH {
+                        return Err(ImportError::Input {
+                            source_at: format!("{file}:{n}"),
+                            what: format!("blocks nested deeper than {MAX_DEPTH}"),
+                            fix: "check the braces".into(),
+                        });
+                    }
+                    // The block belongs to this line's item, or to the
+                    // previous line's (`{` alone on a line).
+                    let owner = match cur.take() {
+                        Some(it) => it,
+                        None => stack.last_mut().and_then(Vec::pop).ok_or_else(|| {
+                            ImportError::Input {
+                                source_at: format!("{file}:{n}"),
+                                what: "a block with no keyword before it".into(),
+                                fix: "write `keyword {`".into(),
+                            }
+                        })?,
+                    };
+                    if let Some(level) = stack.last_mut() {
+                        level.push(owner);
+                    }
+                    stack.push(Vec::new());
+                }
+                "}" => {
+                    if let Some(it) = cur.take() {
+                        if let Some(level) = stack.last_mut() {
+                            level.push(it);
+                        }
+                    }
+                    if stack.len() < 2 {
+                        return Err(ImportError::Input {
+                            source_at: format!("{file}:{n}"),
+                            what: "a `}` that closes nothing".into(),
+                            fix: "check the braces".into(),
+                        });
+                    }
+                    let block = stack.pop().unwrap_or_default();
+                    if let Some(owner) = stack.last_mut().and_then(|l| l.last_mut()) {
+                        owner.block = block;
+                    }
+                }
+                _ => {
+                    count += 1;
+                    if count > MAX_ITEMS {
+                        return Err(ImportError::Input {
+                            source_at: file.into(),
+                            what: format!("more than {MAX_ITEMS} items"),
+                            fix: "this is not a keepalived.conf".into(),
+                        });
+                    }
+                    match &mut cur {
+                        Some(it) => it.args.push(w),
+                        None => {
+                            cur = Some(Item {
+                                key: w,
+                                line: n,
+                                ..Item::default()
+                            })
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(it) = cur.take() {
+            if let Some(level) = stack.last_mut() {
+                level.push(it);
+            }
+        }
+    }
+    if stack.len() != 1 {
+        return Err(ImportError::Input {
+            source_at: file.into(),
+            what: format!("{} block(s) left open", stack.len() - 1),
+            fix: "check the braces".into(),
+        });
+    }
+    Ok(stack.pop().unwrap_or_default())
+}
+
+/// One node's file, read.
+struct NodeFile {
+    file: String,
+    router_id: Option<String>,
+    items: Vec<Item>,
+}
+
+/// A VRRP instance as one node's file has it.
+struct Instance<'a> {
+    node: usize,
+    item: &'a Item,
+}
+
+struct Importer {
+    report: Vec<ReportLine>,
+}
+
+impl Importer {
+    fn say(&mut self, file: &str, line: usize, verdict: Verdict, text: String) {
+        self.report.push(ReportLine {
+            source: format!("{file}:{line}"),
+            verdict,
+            text,
+        });
+    }
+}
+
+/// What the top level of a file says that is not an instance.
+fn top_level(im: &mut Importer, f: &NodeFile) {
+    for it in &f.items {
+        let (file, n) = (f.file.as_str(), it.line);
+        match it.key.as_str() {
+            "global_defs" => {
+                for g in &it.block {
+                    match g.key.as_str() {
+                        "router_id" => im.say(file, g.line, Verdict::Mapped, format!("{} -> the node's name", g.all())),
+                        "notification_email" | "notification_email_from" | "smtp_server" | "smtp_connect_timeout" => im.say(
+                            file,
+                            g.line,
+                            Verdict::NotMapped,
+                            format!("{}: mail on changes: add an [[alert]] running Pacemaker's alert_smtp.sh.sample", g.key),
+                        ),
+                        _ => im.say(file, g.line, Verdict::NotNeeded, format!("{}: keepalived's own setting", g.all())),
+                    }
+                }
+            }
+            "vrrp_instance" | "vrrp_script" | "vrrp_sync_group" => {}
+            "virtual_server" | "virtual_server_group" => im.say(
+                file,
+                n,
+                Verdict::NotMapped,
+                format!("{}: load balancing (LVS) does not exist in Tandem yet; keep running it beside Tandem, or use haproxy as a group's service", it.all()),
+            ),
+            "static_ipaddress" | "static_routes" | "static_rules" => im.say(
+                file,
+                n,
+                Verdict::NotMapped,
+                format!("{}: configure these with the system's network configuration", it.key),
+            ),
+            "include" => im.say(
+                file,
+                n,
+                Verdict::NotMapped,
+                format!("{}: give the included file's content to the importer too (it does not follow includes)", it.all()),
+            ),
+            _ => im.say(file, n, Verdict::NotMapped, format!("{}: a keyword this importer does not know", it.all())),
+        }
+    }
+}
+
+/// `addr[/prefix] [dev IF] [label L] [brd B] ...` of `virtual_ipaddress`.
+fn vip(it: &Item, default_if: &str) -> Option<(Ipv4Addr, u8, String)> {
+    let (ip, p) = match it.key.split_once('/') {
+        Some((ip, p)) => (ip.parse().ok()?, p.parse().ok().filter(|p| *p <= 32)?),
+        None => (it.key.parse().ok()?, 32),
+    };
+    let dev = it
+        .args
+        .iter()
+        .position(|a| a == "dev")
+        .and_then(|i| it.args.get(i + 1))
+        .cloned()
+        .unwrap_or_else(|| default_if.to_string());
+    Some((ip, p, dev))
+}
+
+/// Imports every node's `keepalived.conf` (`files`: name, text).
+pub fn import(files: &[(String, String)], facts: &Facts) -> Result<Imported, ImportError> {
+    let mut im = Importer { report: Vec::new() };
+    let mut nodes: Vec<NodeFile> = Vec::new();
+    for (name, text) in files {
+        let items = parse(name, text)?;
+        let router_id = items
+            .iter()
+            .find(|i| i.key == "global_defs")
+            .and_then(|g| g.child("router_id"))
+            .and_then(|r| r.arg().map(str::to_string));
+        nodes.push(NodeFile {
+            file: name.clone(),
+            router_id,
+            items,
+        });
+    }
+    if nodes.len() < 2 {
+        return Err(ImportError::Input {
+            source_at: files.first().map_or_else(String::new, |f| f.0.clone()),
+            what: format!("{} file(s): each node has its own keepalived.conf, and a cluster needs two or more", nodes.len()),
+            fix: "give every node's file, e.g. tandem import keepalived lb1/keepalived.conf lb2/keepalived.conf".into(),
+        });
+    }
+    // Node names: router_id where every file has its own.
+    let ids: Vec<Option<String>> = nodes.iter().map(|n| n.router_id.clone()).collect();
+    let unique = ids.iter().all(Option::is_some)
+        && ids.iter().collect::<std::collections::BTreeSet<_>>().len() == ids.len();
+    let names: Vec<String> = if unique {
+        ids.iter()
+            .map(|i| safe_name(i.as_deref().unwrap_or("")))
+            .collect()
+    } else {
+        im.report.push(ReportLine {
+            source: "router_id".into(),
+            verdict: Verdict::Changed,
+            text: format!("not one per file ({ids:?}): the nodes are node1, node2, ... in the order of the files"),
+        });
+        (1..=nodes.len()).map(|i| format!("node{i}")).collect()
+    };
+    for f in &nodes {
+        top_level(&mut im, f);
+    }
+    // Instances by name, per node.
+    let mut instances: BTreeMap<String, Vec<Instance<'_>>> = BTreeMap::new();
+    let mut order: Vec<String> = Vec::new();
+    let mut scripts: BTreeMap<(usize, String), &Item> = BTreeMap::new();
+    let mut sync: Vec<(String, Vec<String>, &Item)> = Vec::new();
+    for (k, f) in nodes.iter().enumerate() {
+        for it in &f.items {
+            match it.key.as_str() {
+                "vrrp_instance" => {
+                    let name = it.arg().unwrap_or("").to_string();
+                    if !order.contains(&name) {
+                        order.push(name.clone());
+                    }
+                    instances
+                        .entry(name)
+                        .or_default()
+                        .push(Instance { node: k, item: it });
+                }
+                "vrrp_script" => {
+                    scripts.insert((k, it.arg().unwrap_or("").to_string()), it);
+                }
+                "vrrp_sync_group" if k == 0 => {
+                    let members = it
+                        .child("group")
+                        .map(|g| g.block.iter().map(|m| m.key.clone()).collect())
+                        .unwrap_or_default();
+                    sync.push((it.arg().unwrap_or("").to_string(), members, it));
+                }
+                _ => {}
+            }
+        }
+    }
+    if order.is_empty() {
+        return Err(ImportError::Input {
+            source_at: nodes[0].file.clone(),
+            what: "no vrrp_instance: nothing for Tandem to keep available".into(),
+            fix: "give the files with the vrrp_instance blocks".into(),
+        });
+    }
+    // Links: the instances' interfaces, in order of first use.
+    let mut links: Vec<String> = Vec::new();
+    for name in &order {
+        for inst in &instances[name] {
+            if let Some(i) = inst.item.child("interface").and_then(Item::arg) {
+                if !links.iter().any(|l| l == i) {
+                    links.push(i.to_string());
+                }
+            }
+        }
+    }
+    if links.is_empty() {
+        return Err(ImportError::Input {
+            source_at: nodes[0].file.clone(),
+            what: "no vrrp_instance names an `interface`".into(),
+            fix: "every vrrp_instance has `interface IF`".into(),
+        });
+    }
+    // Each node's address on each link: unicast_src_ip of an instance on
+    // it, else --address.
+    let mut addr: BTreeMap<(usize, String), (Ipv4Addr, Option<u8>)> = BTreeMap::new();
+    for name in &order {
+        for inst in &instances[name] {
+            let iface = inst
+                .item
+                .child("interface")
+                .and_then(Item::arg)
+                .unwrap_or("");
+            if let Some(src) = inst
+                .item
+                .child("unicast_src_ip")
+                .and_then(Item::arg)
+                .and_then(|a| a.parse().ok())
+            {
+                addr.entry((inst.node, iface.to_string()))
+                    .or_insert((src, None));
+            }
+        }
+    }
+    for a in &facts.addresses {
+        let Some(k) = names.iter().position(|n| *n == a.node) else {
+            return Err(ImportError::Input {
+                source_at: "--address".into(),
+                what: format!(
+                    "`{}` is not a node (the nodes are {})",
+                    a.node,
+                    names.join(", ")
+                ),
+                fix: "name nodes by their router_id".into(),
+            });
+        };
+        addr.insert((k, a.interface.clone()), (a.ip, a.prefix));
+    }
+    let mut missing = Vec::new();
+    for (k, n) in names.iter().enumerate() {
+        for l in &links {
+            if !addr.contains_key(&(k, l.clone())) {
+                missing.push(format!("{n}:{l}"));
+            }
+        }
+    }
+    if !missing.is_empty() {
+        return Err(ImportError::Input {
+            source_at: "keepalived.conf".into(),
+            what: format!(
+                "no address for {}: the files have no unicast_src_ip there",
+                missing.join(", ")
+            ),
+            fix: format!(
+                "add --address NODE:IFACE=IP[/PREFIX] for each, e.g. --address {}=192.0.2.1/24",
+                missing[0]
+            ),
+        });
+    }
+
+    let mut t = String::new();
+    t.push_str("# Imported from every node's keepalived.conf by `tandem import keepalived`;\n");
+    t.push_str("# its report says what became of every line.\n\n");
+    t.push_str(&format!(
+        "[cluster]\nname = {}\nkey_file = {}\n\n",
+        quoted(&safe_name(&facts.cluster)),
+        quoted(&facts.key_file)
+    ));
+    if names.len() == 2 {
+        t.push_str("# Two nodes, as VRRP ran them: the survivor acts alone (add a\n");
+        t.push_str("# [[fence_device]] per node, or a witness instead, against split brain).\n");
+        t.push_str("[quorum]\ntwo_node = true\n\n");
+    }
+    for l in &links {
+        t.push_str(&format!("[[link]]\nname = {}\n", quoted(&safe_name(l))));
+        let prefixed = (0..names.len()).find_map(|k| {
+            let (ip, p) = addr.get(&(k, l.clone()))?;
+            Some((*ip, (*p)?))
+        });
+        if let Some((ip, p)) = prefixed {
+            let mask = if p == 0 {
+                0
+            } else {
+                u32::MAX << (32 - u32::from(p))
+            };
+            t.push_str(&format!(
+                "subnet = \"{}/{p}\"\n",
+                Ipv4Addr::from(u32::from(ip) & mask)
+            ));
+        }
+        t.push('\n');
+    }
+    for (k, n) in names.iter().enumerate() {
+        let a: Vec<String> = links
+            .iter()
+            .filter_map(|l| {
+                addr.get(&(k, l.clone()))
+                    .map(|(ip, _)| format!("{} = \"{ip}\"", safe_name(l)))
+            })
+            .collect();
+        t.push_str(&format!(
+            "[[node]]\nname = {}\naddresses = {{ {} }}\n\n",
+            quoted(n),
+            a.join(", ")
+        ));
+    }
+
+    // Groups: a sync group's instances together, every other instance
+    // alone.
+    let mut groups: Vec<(String, Vec<String>)> = Vec::new();
+    for (name, members, it) in &sync {
+        im.say(
+            &nodes[0].file,
+            it.line,
+            Verdict::Mapped,
+            format!(
+                "vrrp_sync_group {name} -> one group of {}",
+                members.join(", ")
+            ),
+        );
+        groups.push((name.clone(), members.clone()));
+    }
+    for name in &order {
+        if !groups.iter().any(|(_, m)| m.contains(name)) {
+            groups.push((name.clone(), vec![name.clone()]));
+        }
+    }
+    let mut alerts: Vec<(String, String)> = Vec::new();
+    for (gname, members) in &groups {
+        let mut prio: BTreeMap<usize, i64> = BTreeMap::new();
+        let mut failback = "auto";
+        let mut resources: Vec<String> = Vec::new();
+        let mut monitors: Vec<String> = Vec::new();
+        let mut used: Vec<String> = Vec::new();
+        let mut seen_vips: Vec<(Ipv4Addr, u8)> = Vec::new();
+        let unique = |base: String, used: &mut Vec<String>| {
+            let mut name = base.clone();
+            let mut k = 2;
+            while used.contains(&name) {
+                name = format!("{base}-{k}");
+                k += 1;
+            }
+            used.push(name.clone());
+            name
+        };
+        for m in members {
+            let Some(insts) = instances.get(m) else {
+                continue;
+            };
+            for inst in insts {
+                let file = nodes[inst.node].file.clone();
+                let it = inst.item;
+                let first = inst.node == insts[0].node;
+                let p = it
+                    .child("priority")
+                    .and_then(Item::arg)
+                    .and_then(|p| p.parse().ok())
+                    .unwrap_or(100);
+                *prio.entry(inst.node).or_default() += p;
+                let iface = it
+                    .child("interface")
+                    .and_then(Item::arg)
+                    .unwrap_or("")
+                    .to_string();
+                for c in &it.block {
+                    let (n, all) = (c.line, c.all());
+                    match c.key.as_str() {
+                        "priority" => im.say(&file, n, Verdict::Mapped, format!("{all} -> {}'s place in {gname}'s preferred order", names[inst.node])),
+                        "interface" | "unicast_src_ip" => im.say(&file, n, Verdict::Mapped, format!("{all} -> the link {} and the node's address on it", safe_name(&iface))),
+                        "virtual_router_id" => im.say(&file, n, Verdict::NotNeeded, format!("{all}: VRRP's router id; Tandem's groups are known by name")),
+                        "state" => im.say(&file, n, Verdict::Changed, format!("{all}: the first holder is the most preferred node that is up")),
+                        "nopreempt" => {
+                            failback = "manual";
+                            im.say(&file, n, Verdict::Mapped, format!("{all} -> failback = \"manual\""));
+                        }
+                        "preempt_delay" => im.say(&file, n, Verdict::Changed, format!("{all} -> failback = \"auto\", at once (a delay is not kept)")),
+                        "advert_int" => im.say(&file, n, Verdict::Changed, format!("{all}: Tandem's heartbeats replace VRRP adverts (every 50 ms on every link by default)")),
+                        "authentication" => im.say(&file, n, Verdict::Changed, format!("authentication: its password is not reused; every Tandem packet carries a BLAKE3 MAC under {}", facts.key_file)),
+                        "unicast_peer" => im.say(&file, n, Verdict::Mapped, "unicast_peer -> the other nodes (heartbeats go to each peer's address)".into()),
+                        "virtual_ipaddress" if first => {
+                            for v in &c.block {
+                                match vip(v, &iface) {
+                                    Some((ip, p, _)) if seen_vips.contains(&(ip, p)) => {
+                                        im.say(&file, v.line, Verdict::NotNeeded, format!("{}: {ip}/{p} is already listed", v.all()));
+                                    }
+                                    Some((ip, p, dev)) => {
+                                        seen_vips.push((ip, p));
+                                        let name = unique("vip".into(), &mut used);
+                                        resources.push(format!(
+                                            "[[group.resource]]\nname = {}\nkind = \"ip\"\naddress = \"{ip}/{p}\"\ninterfaces = {}\n",
+                                            quoted(&name),
+                                            quoted_list(&[dev.as_str()])
+                                        ));
+                                        im.say(&file, v.line, Verdict::Mapped, format!("{} -> ip resource {ip}/{p} on {dev}", v.all()));
+                                    }
+                                    None => im.say(&file, v.line, Verdict::NotMapped, format!("{}: not an IPv4 address (IPv6 is not supported yet)", v.all())),
+                                }
+                            }
+                        }
+                        "track_script" if first => {
+                            for s in &c.block {
+                                let Some(script) = scripts.get(&(inst.node, s.key.clone())) else {
+                                    im.say(&file, s.line, Verdict::NotMapped, format!("{}: no vrrp_script of that name", s.key));
+                                    continue;
+                                };
+                                let cmd = script.child("script").and_then(Item::arg).unwrap_or("true").to_string();
+                                let interval = script.child("interval").and_then(Item::arg).and_then(|v| v.parse::<u64>().ok()).unwrap_or(1).max(1);
+                                let timeout = script.child("timeout").and_then(Item::arg).and_then(|v| v.parse::<u64>().ok());
+                                let fall = script.child("fall").and_then(Item::arg).and_then(|v| v.parse::<u32>().ok()).unwrap_or(1).max(1);
+                                let name = unique(safe_name(&s.key), &mut used);
+                                let mut m = format!(
+                                    "[[group.monitor]]\nname = {}\nkind = \"exec\"\ncommand = {}\ninterval_ms = {}\nfailures = {fall}\non_fail = \"move\"\n",
+                                    quoted(&name),
+                                    quoted_list(&["/bin/sh", "-c", cmd.as_str()]),
+                                    interval * 1000
+                                );
+                                if let Some(to) = timeout {
+                                    m.push_str(&format!("timeout_ms = {}\n", to.max(1) * 1000));
+                                }
+                                monitors.push(m);
+                                let weight = if s.args.is_empty() { script.child("weight").map(Item::all) } else { Some(s.all()) };
+                                let how = match weight {
+                                    Some(w) if !w.contains("weight 0") => format!(" ({w}: Tandem moves the group when the check fails, rather than weighing priorities)"),
+                                    _ => String::new(),
+                                };
+                                im.say(&file, s.line, Verdict::Changed, format!("track_script {} -> exec monitor `{cmd}` every {interval} s, {fall} failure(s) then move{how}", s.key));
+                            }
+                        }
+                        "track_interface" if first => {
+                            for i in &c.block {
+                                let name = unique(format!("if-{}", safe_name(&i.key)), &mut used);
+                                let check = format!("grep -qx up /sys/class/net/{}/operstate", i.key);
+                                monitors.push(format!(
+                                    "[[group.monitor]]\nname = {}\nkind = \"exec\"\ncommand = {}\ninterval_ms = 1000\non_fail = \"move\"\n",
+                                    quoted(&name),
+                                    quoted_list(&["/bin/sh", "-c", check.as_str()])
+                                ));
+                                im.say(&file, i.line, Verdict::Changed, format!("track_interface {} -> exec monitor of its operstate, then move (weights are not kept)", i.all()));
+                            }
+                        }
+                        "notify_master" | "notify_backup" | "notify_fault" | "notify_stop" | "notify" if first => {
+                            let prog = c.arg().and_then(|a| a.split_whitespace().next()).unwrap_or("").to_string();
+                            if !alerts.iter().any(|(_, p)| *p == prog) {
+                                alerts.push((format!("{}-notify", safe_name(gname)), prog.clone()));
+                            }
+                            im.say(&file, n, Verdict::Changed, format!("{all} -> [[alert]] running {prog} with Pacemaker's CRM_alert_* variables (not keepalived's arguments: adapt the script)"));
+                        }
+                        "virtual_ipaddress" | "track_script" | "track_interface" | "notify_master" | "notify_backup" | "notify_fault" | "notify_stop" | "notify" => {
+                            im.say(&file, n, Verdict::Mapped, format!("{}: as on {}", c.key, names[insts[0].node]));
+                        }
+                        "virtual_ipaddress_excluded" | "virtual_routes" | "virtual_rules" => im.say(&file, n, Verdict::NotMapped, format!("{}: not supported; configure them in the group's service", c.key)),
+                        "smtp_alert" => im.say(&file, n, Verdict::NotMapped, "smtp_alert: add an [[alert]] running Pacemaker's alert_smtp.sh.sample".into()),
+                        _ => im.say(&file, n, Verdict::NotNeeded, format!("{all}: VRRP's own setting")),
+                    }
+                }
+            }
+        }
+        if resources.is_empty() {
+            im.report.push(ReportLine {
+                source: gname.clone(),
+                verdict: Verdict::NotMapped,
+                text: "no IPv4 virtual address: no group".into(),
+            });
+            continue;
+        }
+        let mut preferred: Vec<(usize, i64)> = prio.into_iter().collect();
+        preferred.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        let mut pref: Vec<String> = preferred.iter().map(|(k, _)| names[*k].clone()).collect();
+        for n in &names {
+            if !pref.contains(n) {
+                pref.push(n.clone());
+            }
+        }
+        t.push_str(&format!(
+            "[[group]]\nname = {}\npreferred = {}\nfailback = \"{failback}\"\n\n",
+            quoted(&safe_name(gname)),
+            quoted_list(&pref)
+        ));
+        for r in &resources {
+            t.push_str(r);
+            t.push('\n');
+        }
+        for m in &monitors {
+            t.push_str(m);
+            t.push('\n');
+        }
+    }
+    for (name, prog) in &alerts {
+        if prog.starts_with('/') {
+            t.push_str(&format!(
+                "[[alert]]\nname = {}\npath = {}\nkinds = [\"resource\"]\n\n",
+                quoted(name),
+                quoted(prog)
+            ));
+        } else {
+            im.report.push(ReportLine {
+                source: name.clone(),
+                verdict: Verdict::NotMapped,
+                text: format!("`{prog}` is not an absolute path: write the [[alert]] by hand"),
+            });
+        }
+    }
+    Ok(Imported {
+        config: t.trim_end().to_string() + "\n",
+        report: im.report,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_keep_quotes_and_drop_comments() {
+        assert_eq!(
+            words(r#"  script "killall -0 sshd"   # cheaper than pidof"#),
+            ["script", "killall -0 sshd"]
+        );
+        assert_eq!(
+            words("vrrp_instance VI_1 {"),
+            ["vrrp_instance", "VI_1", "{"]
+        );
+        assert_eq!(words("! a comment"), Vec::<String>::new());
+        assert_eq!(words("group { A B }"), ["group", "{", "A", "B", "}"]);
+    }
+
+    #[test]
+    fn blocks_nest_and_bad_braces_are_named() {
+        let items = parse("f", "a 1 {\n  b {\n    10.0.0.1 dev eth0\n  }\n}\nc\n").unwrap();
+        assert_eq!(items.len(), 2);
+        assert_eq!(items[0].block[0].block[0].key, "10.0.0.1");
+        assert_eq!(items[0].block[0].block[0].args, ["dev", "eth0"]);
+        let e = parse("f", "a {\n").unwrap_err().to_string();
+        assert!(e.contains("left open"), "{e}");
+        let e = parse("f", "}\n").unwrap_err().to_string();
+        assert!(e.contains("closes nothing"), "{e}");
+        let deep = "a {\n".repeat(40);
+        assert!(parse("f", &deep)
+            .unwrap_err()
+            .to_string()
+            .contains("deeper"));
+    }
+
+    #[test]
+    fn one_file_is_not_a_cluster() {
+        let e = import(
+            &[("k.conf".into(), "vrrp_instance V { }\n".into())],
+            &Facts::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("every node's file"), "{e}");
+    }
+}
