@@ -155,14 +155,41 @@ fn stderr_is_journal() -> bool {
     dev.parse() == Ok(meta.dev()) && ino.parse() == Ok(meta.ino())
 }
 
-/// Installs the log's destination and shape for this process. Called
-/// once, first thing; later calls change nothing.
-pub fn init(opts: &LogOptions) -> Result<()> {
+/// Installs the log's destination and shape for this process (`program`
+/// names it in the journal). Called once, first thing; later calls change
+/// nothing. `auto` falls back to text on stderr when the journal does not
+/// answer; an explicit `journald` that does not is an error.
+pub fn init(opts: &LogOptions, program: Program) -> Result<()> {
     let format = match opts.format {
         LogFormat::Auto if opts.file.is_none() && stderr_is_journal() => LogFormat::Journald,
         LogFormat::Auto => LogFormat::Text,
         f => f,
     };
+    if format == LogFormat::Journald && opts.format == LogFormat::Auto {
+        if let Err(e) = init(
+            &LogOptions {
+                format: LogFormat::Journald,
+                ..opts.clone()
+            },
+            program,
+        ) {
+            init(
+                &LogOptions {
+                    format: LogFormat::Text,
+                    ..opts.clone()
+                },
+                program,
+            )?;
+            emit(
+                program,
+                Severity::Warn,
+                "",
+                "logging",
+                &format!("the journal did not answer ({e:#}): logging text to stderr"),
+            );
+        }
+        return Ok(());
+    }
     if format == LogFormat::Journald && opts.file.is_some() {
         anyhow::bail!("--log-file goes with --log-format text or json, not journald");
     }
@@ -184,7 +211,7 @@ pub fn init(opts: &LogOptions) -> Result<()> {
             Sink::File(std::sync::Arc::new(Mutex::new(f)))
         }
     };
-    let subscriber = build(format, writer, opts.level)?;
+    let subscriber = build(format, writer, opts.level, program)?;
     if tracing::subscriber::set_global_default(subscriber).is_ok() {
         let _ = INSTALLED.set(LogOptions {
             format,
@@ -196,13 +223,24 @@ pub fn init(opts: &LogOptions) -> Result<()> {
 
 /// The subscriber writing `format` lines at `level` and above to `sink`
 /// (`Auto` reads as text: [`init`] resolves it).
-fn build(format: LogFormat, sink: Sink, level: Severity) -> Result<impl Subscriber + Send + Sync> {
+fn build(
+    format: LogFormat,
+    sink: Sink,
+    level: Severity,
+    program: Program,
+) -> Result<impl Subscriber + Send + Sync> {
     let layer: Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync> =
         match format {
             LogFormat::Journald => Box::new(
                 tracing_journald::layer()
                     .context("connecting to systemd's journal (is systemd-journald running?); use --log-format text")?
-                    .with_syslog_identifier("tandem".into())
+                    .with_syslog_identifier(
+                        match program {
+                            Program::Agent => "tandem",
+                            Program::Guard => "tandem-guard",
+                        }
+                        .into(),
+                    )
                     .with_field_prefix(Some("TANDEM".into())),
             ),
             LogFormat::Json => Box::new(
@@ -357,7 +395,7 @@ mod tests {
     fn lines(format: LogFormat, level: Severity) -> Vec<String> {
         let file = tempfile::NamedTempFile::new().unwrap();
         let sink = Sink::File(std::sync::Arc::new(Mutex::new(file.reopen().unwrap())));
-        let sub = build(format, sink, level).unwrap();
+        let sub = build(format, sink, level, Program::Agent).unwrap();
         tracing::subscriber::with_default(sub, || {
             emit(
                 Program::Agent,

@@ -55,12 +55,12 @@ fn parse_address(text: &str) -> Result<tandem_core::import::Address> {
 pub fn heartbeat(args: &ImportHeartbeatArgs) -> Result<bool> {
     let dir = &args.dir;
     let ha_cf = read(&dir.join("ha.cf"))?;
-    let haresources = match read(&dir.join("haresources")) {
-        Ok(t) => t,
-        // With `crm yes` there is none; the importer says what to do.
-        Err(_) if ha_cf.contains("crm") => String::new(),
-        Err(e) => return Err(e),
-    };
+    // Absent with `crm yes`; the importer says what to do either way.
+    let haresources = dir
+        .join("haresources")
+        .exists()
+        .then(|| read(&dir.join("haresources")))
+        .transpose()?;
     let authkeys = read(&dir.join("authkeys")).ok();
     let resource_d: Vec<String> = std::fs::read_dir(dir.join("resource.d"))
         .map(|rd| {
@@ -88,7 +88,7 @@ pub fn heartbeat(args: &ImportHeartbeatArgs) -> Result<bool> {
     };
     let input = heartbeat::Input {
         ha_cf: &ha_cf,
-        haresources: &haresources,
+        haresources: haresources.as_deref(),
         authkeys: authkeys.as_deref(),
     };
     let imported = heartbeat::import(&input, &facts).map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -48,7 +48,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             recovery,
             log,
         } => {
-            tandem_agent::logging::init(&log.options())?;
+            tandem_agent::logging::init(&log.options(), tandem_agent::logging::Program::Agent)?;
             run_member(
                 &config,
                 agent::MemberRole::Node(node),
@@ -65,7 +65,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             recovery,
             log,
         } => {
-            tandem_agent::logging::init(&log.options())?;
+            tandem_agent::logging::init(&log.options(), tandem_agent::logging::Program::Agent)?;
             run_member(
                 &config,
                 agent::MemberRole::Witness,
@@ -169,7 +169,25 @@ fn run(cli: Cli) -> Result<ExitCode> {
             label,
             log,
         } => {
-            tandem_agent::logging::init(&log.options())?;
+            // The guard must run whatever becomes of its log: text on
+            // stderr if the chosen destination fails.
+            if let Err(e) =
+                tandem_agent::logging::init(&log.options(), tandem_agent::logging::Program::Guard)
+            {
+                let text = tandem_agent::logging::LogOptions {
+                    format: tandem_agent::logging::LogFormat::Text,
+                    file: None,
+                    ..log.options()
+                };
+                let _ = tandem_agent::logging::init(&text, tandem_agent::logging::Program::Guard);
+                tandem_agent::logging::emit(
+                    tandem_agent::logging::Program::Guard,
+                    tandem_agent::logging::Severity::Warn,
+                    &label,
+                    "logging",
+                    &format!("{e:#}: logging text to stderr"),
+                );
+            }
             guard::run(&lease_file, agent_pid, &label)?;
             Ok(ExitCode::SUCCESS)
         }

@@ -667,7 +667,7 @@ impl Agreement {
 
     /// Whether `peer` needs an append at this beat: it lacks entries or
     /// the commit index, or its heartbeats are not fresh evidence that it
-    /// follows (a witness or an older agent sends none).
+    /// follows (a witness sends none; an older agent's do not count).
     fn needs_append(&self, peer: NodeId, now_ms: u64) -> bool {
         if self.matched.get(&peer).copied().unwrap_or(0) < self.last_index() {
             return true;

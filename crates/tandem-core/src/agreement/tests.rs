@@ -26,6 +26,10 @@ struct Net {
     /// lost where `beat_cut[a][b]`; off: the agreement alone.
     beats: bool,
     beat_cut: Vec<Vec<bool>>,
+    /// Agents of a version before membership beats stood in for appends:
+    /// they neither take their leader's beats as contact nor say that
+    /// their own count.
+    old: Vec<bool>,
     /// Appends sent so far.
     appends: usize,
     now: u64,
@@ -45,6 +49,7 @@ impl Net {
             cut: vec![vec![false; n]; n],
             beats: false,
             beat_cut: vec![vec![false; n]; n],
+            old: vec![false; n],
             appends: 0,
             now: 0,
         }
@@ -69,10 +74,12 @@ impl Net {
                     continue;
                 }
                 let now = self.now;
-                if leader == Some(id(i)) {
+                if leader == Some(id(i)) && !self.old[j] {
                     self.nodes[j].on_leader_beat(now, id(i), term, commit);
                 }
-                self.nodes[j].on_follower_beat(now, id(i), term, leader, commit.0);
+                if !self.old[i] {
+                    self.nodes[j].on_follower_beat(now, id(i), term, leader, commit.0);
+                }
             }
         }
     }
@@ -203,6 +210,23 @@ fn an_idle_leader_whose_followers_beat_sends_appends_only_at_the_idle_interval()
             assert!(net.appends >= 70, "{} appends without beats", net.appends);
         }
     }
+}
+
+/// From a hostile review: an older agent's reports carry term, leader
+/// and commit too; counted as beats, its leader spared it the empty
+/// appends its election timer needs, and it deposed the leader every
+/// cycle. Only beats that say they count (`Report::beats_count`) spare
+/// appends.
+#[test]
+fn an_older_follower_that_does_not_count_beats_still_gets_its_appends() {
+    let mut net = Net::new(3, 0).with_beats();
+    net.run(1500);
+    let (l, term) = (net.leader(), net.nodes[net.leader()].term());
+    let f = (l + 1) % 3;
+    net.old[f] = true;
+    net.run(3000);
+    assert_eq!((net.leader(), net.nodes[l].term()), (l, term));
+    assert_eq!(net.nodes[f].leader(), Some(id(l)));
 }
 
 #[test]

@@ -7,8 +7,8 @@
 //! | `node` | `[[node]]` (two: `two_node = true`) |
 //! | `bcast`/`udp`/`mcast`/`ucast IF ...` | a `[[link]]` per interface; addresses from `--address` |
 //! | `keepalive`/`deadtime`/`warntime`/`initdead` | `[timing]` `heartbeat_ms`/`deadtime_ms`/`warntime_ms`/`startup_wait_ms` |
-//! | `auto_failback on`/`off`/`legacy` | each group's `failback = "auto"`/`"manual"` |
-//! | `ping`/`ping_group` | a `ping` `[[monitor]]` |
+//! | `auto_failback on`/`legacy` (the default)/`off` | each group's `failback = "auto"`/`"auto"`/`"manual"` |
+//! | `ping`/`ping_group`, with `respawn ... ipfail` | a `ping` `[[monitor]]` (without ipfail: reported) |
 //! | `watchdog DEV` | `[watchdog] device` |
 //! | `haresources` line | a `[[group]]` preferring its node |
 //! | `10.0.0.1[/24[/eth0]]`, `IPaddr[2]::...` | an `ip` resource |
@@ -31,8 +31,8 @@ use super::{quoted, quoted_list, safe_name, ImportError, Imported, ReportLine, V
 pub struct Input<'a> {
     /// `ha.cf`.
     pub ha_cf: &'a str,
-    /// `haresources`.
-    pub haresources: &'a str,
+    /// `haresources` (absent: an error, unless `crm yes`).
+    pub haresources: Option<&'a str>,
     /// `authkeys`, if there is one.
     pub authkeys: Option<&'a str>,
 }
@@ -172,7 +172,10 @@ struct HaCf {
     warntime_ms: Option<(u64, usize)>,
     initdead_ms: Option<(u64, usize)>,
     failback_auto: Option<bool>,
-    pings: Vec<(String, Vec<IpAddr>)>,
+    /// Ping nodes: monitor name, targets, line, the line's text.
+    pings: Vec<(String, Vec<IpAddr>, usize, String)>,
+    /// `respawn ... ipfail`: ping nodes decide where groups run.
+    ipfail: bool,
     watchdog: Option<String>,
     crm: bool,
 }
@@ -274,8 +277,8 @@ impl Importer<'_> {
                         "on" | "yes" | "true" | "1" => true,
                         "off" | "no" | "false" | "0" => false,
                         "legacy" => {
-                            self.say("ha.cf", n, Verdict::Changed, format!("{all} -> failback = \"manual\" (legacy decided by whether every node ran a version with auto_failback; Tandem stays where it is)"));
-                            cf.failback_auto = Some(false);
+                            self.say("ha.cf", n, Verdict::Changed, format!("{all} -> failback = \"auto\" in every group (legacy failed back, as heartbeat's default)"));
+                            cf.failback_auto = Some(true);
                             continue;
                         }
                         _ => return Err(bad("on, off or legacy")),
@@ -304,8 +307,7 @@ impl Importer<'_> {
                     if targets.is_empty() {
                         return Err(bad("no address to ping"));
                     }
-                    self.say("ha.cf", n, Verdict::Mapped, format!("{all} -> ping [[monitor]] `{}`: a node that reaches none of them gives up its groups (ipfail's job)", safe_name(&name)));
-                    cf.pings.push((safe_name(&name), targets));
+                    cf.pings.push((safe_name(&name), targets, n, all.clone()));
                 }
                 "watchdog" => {
                     let dev = args.first().cloned().ok_or_else(|| bad("no device"))?;
@@ -319,6 +321,9 @@ impl Importer<'_> {
                     } else {
                         format!("`{prog}` ran on every node, restarted when it exits: Tandem runs resources in groups on one node; run it as a systemd service (Restart=always) on each node")
                     };
+                    if prog.ends_with("ipfail") {
+                        cf.ipfail = true;
+                    }
                     let verdict = if prog.ends_with("ipfail") { Verdict::NotNeeded } else { Verdict::NotMapped };
                     self.say("ha.cf", n, verdict, format!("{all}: {why}"));
                 }
@@ -343,6 +348,24 @@ impl Importer<'_> {
                 },
             }
         }
+        // Ping nodes decided nothing without ipfail: heartbeat only
+        // reported them.
+        let pings = std::mem::take(&mut cf.pings);
+        for (name, targets, n, all) in pings {
+            if cf.ipfail {
+                self.say("ha.cf", n, Verdict::Changed, format!("{all} -> ping [[monitor]] `{name}`: a node that reaches none of them counts its link failed and its groups go where the link works (ipfail compared the nodes' counts of reachable ping nodes)"));
+                cf.pings.push((name, targets, n, all));
+            } else {
+                self.say("ha.cf", n, Verdict::NotMapped, format!("{all}: without `respawn ... ipfail` heartbeat only watched ping nodes; add a ping [[monitor]] to act on them"));
+            }
+        }
+        // In the file's order (ping lines were judged at the end).
+        self.report.sort_by_key(|r| {
+            r.source
+                .strip_prefix("ha.cf:")
+                .and_then(|l| l.parse::<usize>().ok())
+                .unwrap_or(0)
+        });
         if cf.nodes.len() < 2 {
             return Err(ImportError::Input {
                 source_at: "ha.cf".into(),
@@ -568,7 +591,7 @@ pub fn import(input: &Input<'_>, facts: &Facts) -> Result<Imported, ImportError>
                 .iter()
                 .find(|((_, ai), a)| ai == i && a.prefix.is_some())?
                 .1;
-            Some((i.clone(), a.ip, a.prefix?))
+            Some((i.clone(), a.ip, a.prefix.filter(|p| *p <= 32)?))
         })
         .collect();
 
@@ -622,7 +645,7 @@ pub fn import(input: &Input<'_>, facts: &Facts) -> Result<Imported, ImportError>
             .filter_map(|i| {
                 addrs
                     .get(&(node.clone(), i.clone()))
-                    .map(|a| format!("{} = \"{}\"", safe_name(i), a.ip))
+                    .map(|a| format!("{} = \"{}\"", quoted(&safe_name(i)), a.ip))
             })
             .collect();
         t.push_str(&format!(
@@ -631,7 +654,7 @@ pub fn import(input: &Input<'_>, facts: &Facts) -> Result<Imported, ImportError>
             a.join(", ")
         ));
     }
-    for (name, targets) in &cf.pings {
+    for (name, targets, _, _) in &cf.pings {
         let targets: Vec<String> = targets.iter().map(ToString::to_string).collect();
         let link = targets
             .first()
@@ -646,8 +669,16 @@ pub fn import(input: &Input<'_>, facts: &Facts) -> Result<Imported, ImportError>
             quoted_list(&targets)
         ));
     }
-    if !cf.crm {
-        t.push_str(&groups(&mut im, input.haresources, &cf, &subnets)?);
+    match (cf.crm, input.haresources) {
+        (true, _) => {}
+        (false, Some(h)) => t.push_str(&groups(&mut im, h, &cf, &subnets)?),
+        (false, None) => {
+            return Err(ImportError::Input {
+                source_at: "haresources".into(),
+                what: "missing, and ha.cf does not say `crm yes`".into(),
+                fix: "give the directory that holds haresources beside ha.cf".into(),
+            })
+        }
     }
     Ok(Imported {
         config: t.trim_end().to_string() + "\n",
@@ -665,10 +696,9 @@ fn groups(
     let mut t = String::new();
     let mut group_names: Vec<String> = Vec::new();
     let failback = match cf.failback_auto {
-        Some(true) => "auto",
         Some(false) => "manual",
-        // heartbeat's default was auto_failback legacy: nodes stay put.
-        None => "manual",
+        // heartbeat's default was auto_failback legacy, which failed back.
+        Some(true) | None => "auto",
     };
     for (n, w) in lines(text) {
         let node = &w[0];
@@ -855,7 +885,8 @@ fn groups(
         im.report.push(ReportLine {
             source: "ha.cf".into(),
             verdict: Verdict::Changed,
-            text: "no auto_failback: heartbeat's default (legacy) kept groups where they ran: failback = \"manual\"".into(),
+            text: "no auto_failback: heartbeat's default (legacy) failed back: failback = \"auto\""
+                .into(),
         });
     }
     Ok(t)
@@ -912,7 +943,7 @@ mod tests {
         let e = import(
             &Input {
                 ha_cf: "node n1 n2\nucast eth0 10.0.0.12\n",
-                haresources: "",
+                haresources: Some(""),
                 authkeys: None,
             },
             &f,
@@ -929,7 +960,7 @@ mod tests {
         let e = import(
             &Input {
                 ha_cf: "node n1 n2\nbcast eth0\n",
-                haresources: "n3 10.0.0.100 apache\n",
+                haresources: Some("n3 10.0.0.100 apache\n"),
                 authkeys: None,
             },
             &facts(),
@@ -943,7 +974,7 @@ mod tests {
         let i = import(
             &Input {
                 ha_cf: "node n1 n2\nbcast eth0\n",
-                haresources: "n1 10.0.0.100 192.168.9.9 apache\n",
+                haresources: Some("n1 10.0.0.100 192.168.9.9 apache\n"),
                 authkeys: None,
             },
             &facts(),

@@ -6,8 +6,10 @@
 //! line reads the files, writes the key, prints the report and checks the
 //! result with `config validate`.
 
+mod blocks;
 pub mod heartbeat;
 pub mod keepalived;
+pub mod pacemaker;
 
 use std::fmt;
 use std::net::Ipv4Addr;

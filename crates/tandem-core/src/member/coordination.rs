@@ -66,26 +66,44 @@ impl Member {
         self.unix_at_zero_ms + now_ms
     }
 
-    pub(super) fn on_report(&mut self, now_ms: u64, from: NodeId, incarnation: u64, r: Report) {
+    /// A report from `from`: with a heartbeat (`beat`), or with its leave.
+    pub(super) fn on_report(
+        &mut self,
+        now_ms: u64,
+        from: NodeId,
+        incarnation: u64,
+        r: Report,
+        beat: bool,
+    ) {
         // Entries applied since the last look: note the groups leaving
         // before this report's echo may count on the new record.
         self.catch_up_leaving();
-        let stamp = self
-            .stamps
-            .entry(from)
-            .or_insert(((incarnation, r.sent_ms), now_ms));
-        if incarnation > stamp.0 .0 || (incarnation == stamp.0 .0 && r.sent_ms > stamp.0 .1) {
-            *stamp = ((incarnation, r.sent_ms), now_ms);
+        let fresh = self.stamps.get(&from).map_or(true, |s| {
+            incarnation > s.0 .0 || (incarnation == s.0 .0 && r.sent_ms > s.0 .1)
+        });
+        if fresh {
+            self.stamps.insert(from, ((incarnation, r.sent_ms), now_ms));
         }
-        // The heartbeat stands in for the agreement's empty appends and
-        // their replies: contact with the leader, its commit index, and
-        // for a leader, a follower that follows it.
-        if r.leader == Some(from) {
-            self.agreement
-                .on_leader_beat(now_ms, from, r.term, r.commit);
+        // A fresh heartbeat stands in for the agreement's empty appends
+        // and their replies: contact with the leader and its commit
+        // index; for a leader, a follower that follows it (only from
+        // agents that count their leader's heartbeats likewise: an older
+        // agent needs its empty appends). A late or repeated report, or a
+        // leave, is no such evidence.
+        if beat && fresh {
+            if r.leader == Some(from) {
+                self.agreement
+                    .on_leader_beat(now_ms, from, r.term, r.commit);
+            }
+            if r.beats_count {
+                self.agreement
+                    .on_follower_beat(now_ms, from, r.term, r.leader, r.commit.0);
+            }
+            // What that heartbeat committed here is noted as leaving
+            // before its echo counts (the lease's proof excludes echoes on
+            // a record not yet noted).
+            self.catch_up_leaving();
         }
-        self.agreement
-            .on_follower_beat(now_ms, from, r.term, r.leader, r.commit.0);
         if let (true, Some((index, d))) = (self.agreement.leader() == Some(from), r.record_at) {
             let v = self.record_check.note_leader(index, d);
             self.on_record_verdict(v);
@@ -211,6 +229,7 @@ impl Member {
                 self.spec.config_sections.clone()
             },
             key_fp: self.spec.key_fingerprint.clone(),
+            beats_count: true,
             link_echo: (0..self.spec.links)
                 .filter_map(|l| {
                     let s = self.link_stamps.get(&(peer, l))?;

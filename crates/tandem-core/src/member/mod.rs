@@ -265,6 +265,12 @@ pub struct Report {
     /// counted reset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watchdog_reset_ms: Option<u64>,
+    /// The sender counts its leader's heartbeats as contact and learns
+    /// the commit index from them, so its leader may spare it empty
+    /// appends (absent from agents before this: they get an append every
+    /// heartbeat, or their election timers would fire).
+    #[serde(default)]
+    pub beats_count: bool,
     /// Per link, the newest stamp the sender received from the recipient
     /// on it: the recipient's round trip on each link ([`crate::link_rtt`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -799,7 +805,7 @@ impl Member {
                     match serde_json::from_slice::<Report>(&report) {
                         Ok(r) => {
                             self.on_link_stamp(now_ms, from, link, p.header.incarnation, &r);
-                            self.on_report(now_ms, from, p.header.incarnation, r)
+                            self.on_report(now_ms, from, p.header.incarnation, r, true)
                         }
                         Err(_) => *self.dropped.entry(DropReason::Malformed).or_default() += 1,
                     }
@@ -817,7 +823,7 @@ impl Member {
                 // authenticated, and this incarnation runs nothing more).
                 match serde_json::from_slice::<Report>(&report) {
                     Ok(r) if !report.is_empty() => {
-                        self.on_report(now_ms, from, p.header.incarnation, r);
+                        self.on_report(now_ms, from, p.header.incarnation, r, false);
                         self.left_clean.insert(from, p.header.incarnation);
                     }
                     Ok(_) | Err(_) if report.is_empty() => {}
