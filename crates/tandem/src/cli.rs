@@ -340,6 +340,40 @@ pub enum ImportCommand {
     /// Example: tandem import keepalived lb1/keepalived.conf
     /// lb2/keepalived.conf --key /etc/tandem/lb.key --out /etc/tandem/tandem.toml
     Keepalived(ImportKeepalivedArgs),
+    /// Pacemaker: a CIB (`cibadmin -Q`, `pcs cluster cib`) and Corosync's
+    /// node list for the addresses.
+    ///
+    /// Example: cibadmin -Q > cib.xml; tandem import pacemaker cib.xml
+    /// --corosync /etc/corosync/corosync.conf --key /etc/tandem/ha.key
+    /// --out /etc/tandem/tandem.toml
+    Pacemaker(ImportPacemakerArgs),
+}
+
+/// `tandem import pacemaker`.
+#[derive(Debug, Clone, Args)]
+pub struct ImportPacemakerArgs {
+    /// The CIB, as `cibadmin -Q` prints it.
+    pub cib: PathBuf,
+    /// Corosync's configuration: the nodes' addresses (ringN_addr) and
+    /// the cluster's name.
+    #[arg(long, value_name = "FILE")]
+    pub corosync: Option<PathBuf>,
+    /// The cluster key the configuration names; created (as `tandem
+    /// keygen` does, mode 0600) when it does not exist.
+    #[arg(long, value_name = "FILE")]
+    pub key: PathBuf,
+    /// A node's address on a ring, where Corosync's file does not give it:
+    /// NODE:ringN=IP[/PREFIX] (repeat).
+    #[arg(long = "address", value_name = "NODE:ringN=IP[/PREFIX]")]
+    pub addresses: Vec<String>,
+    /// The cluster's name (default: the CIB's cluster-name, else
+    /// Corosync's, else ha).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Write the configuration here (never over an existing file) instead
+    /// of standard output.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
 }
 
 /// `tandem import keepalived`.

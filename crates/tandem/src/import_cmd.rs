@@ -6,9 +6,9 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use tandem_core::import::{heartbeat, keepalived, Imported};
+use tandem_core::import::{heartbeat, keepalived, pacemaker, Imported};
 
-use crate::cli::{ImportHeartbeatArgs, ImportKeepalivedArgs};
+use crate::cli::{ImportHeartbeatArgs, ImportKeepalivedArgs, ImportPacemakerArgs};
 
 /// Largest input file read (heartbeat's files are a few KiB).
 const MAX_INPUT_BYTES: u64 = 1 << 20;
@@ -116,6 +116,30 @@ pub fn keepalived(args: &ImportKeepalivedArgs) -> Result<bool> {
         addresses,
     };
     let imported = keepalived::import(&files, &facts).map_err(|e| anyhow::anyhow!("{e}"))?;
+    finish(&imported, &key, args.out.as_deref())
+}
+
+/// `tandem import pacemaker CIB.xml`: whether the result passed
+/// validation.
+pub fn pacemaker(args: &ImportPacemakerArgs) -> Result<bool> {
+    // A CIB may be larger than the other files (status sections).
+    let cib = std::fs::read_to_string(&args.cib)
+        .with_context(|| format!("reading {}", args.cib.display()))?;
+    let corosync = args.corosync.as_deref().map(read).transpose()?;
+    let addresses = args
+        .addresses
+        .iter()
+        .map(|a| parse_address(a))
+        .collect::<Result<Vec<_>>>()?;
+    let key = std::path::absolute(&args.key)
+        .with_context(|| format!("resolving {}", args.key.display()))?;
+    let facts = pacemaker::Facts {
+        cluster: args.name.clone(),
+        key_file: key.display().to_string(),
+        addresses,
+    };
+    let imported =
+        pacemaker::import(&cib, corosync.as_deref(), &facts).map_err(|e| anyhow::anyhow!("{e}"))?;
     finish(&imported, &key, args.out.as_deref())
 }
 

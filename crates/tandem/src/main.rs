@@ -213,6 +213,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } else {
             ExitCode::FAILURE
         }),
+        Command::Import(ImportCommand::Pacemaker(args)) => Ok(if import_cmd::pacemaker(&args)? {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }),
         Command::Import(ImportCommand::Keepalived(args)) => Ok(if import_cmd::keepalived(&args)? {
             ExitCode::SUCCESS
         } else {

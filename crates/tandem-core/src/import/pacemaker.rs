@@ -15,12 +15,11 @@
 //! | meta `migration-threshold`, `failure-timeout` | the group's `migration_threshold`, `failure_expiry_ms` |
 //! | `resource-stickiness` (and `rsc_defaults`) | `failback = "manual"` when above 0, else `"auto"` |
 //! | `rsc_location` node scores | the group's `preferred` order; `-INFINITY`: left out |
-//! | `rsc_colocation` of two groups, INFINITY | `colocate_with` |
 //! | `stonith:AGENT`, `pcmk_host_list`/`pcmk_host_map`, `fencing-topology` | `[[fence_device]]` `/usr/sbin/AGENT` with `hosts`, `options` and `level` |
 //!
 //! Reported, not mapped: clones and promotable clones (until clones
-//! exist), `rsc_order` (a colocated group starts where the other runs
-//! healthy), rules, `target-role`/`is-managed`, templates, tags, bundles,
+//! exist), `rsc_colocation` and `rsc_order` between groups (Tandem places
+//! groups one by one: put them in one group), rules, `target-role`/`is-managed`, templates, tags, bundles,
 //! most cluster properties.
 
 use std::collections::BTreeMap;
@@ -730,20 +729,58 @@ pub fn import(
     if nodes.len() == 2 {
         t.push_str("[quorum]\ntwo_node = true\n\n");
     }
+    // The floating addresses' subnets (IPaddr2's ip and cidr_netmask):
+    // a ring whose every node address lies in one is on that subnet.
+    let vip_nets: Vec<(Ipv4Addr, u8)> = conf
+        .child("resources")
+        .map(|r| {
+            r.children
+                .iter()
+                .flat_map(|c| std::iter::once(c).chain(c.children.iter()))
+                .filter(|p| {
+                    p.name == "primitive" && matches!(p.attr("type"), Some("IPaddr2" | "IPaddr"))
+                })
+                .filter_map(|p| {
+                    let params = p.nvpairs("instance_attributes");
+                    let ip = params.iter().find(|(k, _)| k == "ip")?.1.parse().ok()?;
+                    let pre = params
+                        .iter()
+                        .find(|(k, _)| k == "cidr_netmask")?
+                        .1
+                        .parse()
+                        .ok()
+                        .filter(|p: &u8| *p <= 32)?;
+                    Some((ip, pre))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mask = |p: u8| {
+        if p == 0 {
+            0
+        } else {
+            u32::MAX << (32 - u32::from(p.min(32)))
+        }
+    };
     for r in 0..rings {
         t.push_str(&format!("[[link]]\nname = \"ring{r}\"\n"));
-        if let Some((ip, p)) = nodes.iter().find_map(|n| {
+        let given = nodes.iter().find_map(|n| {
             let (ip, p) = addr.get(&(n.clone(), r))?;
-            Some((*ip, (*p)?))
-        }) {
-            let mask = if p == 0 {
-                0
-            } else {
-                u32::MAX << (32 - u32::from(p))
-            };
+            Some((*ip, (*p).filter(|p| *p <= 32)?))
+        });
+        let from_vip = || {
+            vip_nets.iter().copied().find(|(vip, p)| {
+                nodes.iter().all(|n| {
+                    addr.get(&(n.clone(), r)).is_some_and(|(ip, _)| {
+                        u32::from(*ip) & mask(*p) == u32::from(*vip) & mask(*p)
+                    })
+                })
+            })
+        };
+        if let Some((ip, p)) = given.or_else(from_vip) {
             t.push_str(&format!(
                 "subnet = \"{}/{p}\"\n",
-                Ipv4Addr::from(u32::from(ip) & mask)
+                Ipv4Addr::from(u32::from(ip) & mask(p))
             ));
         }
         t.push('\n');
@@ -841,6 +878,9 @@ pub fn import(
         }
         t.push('\n');
         let keys: Vec<&str> = options.iter().map(|(k, _)| k.as_str()).collect();
+        if keys.iter().any(|k| k.contains("passw")) {
+            im.say(&at, Verdict::Changed, "its password is written into the configuration as the CIB held it: keep the file 0600, or use `password_script`".into());
+        }
         im.say(
             &at,
             Verdict::Mapped,
@@ -893,7 +933,6 @@ pub fn import(
     }
     // Constraints.
     let mut prefs: BTreeMap<String, Vec<(String, i64)>> = BTreeMap::new();
-    let mut colocate: BTreeMap<String, String> = BTreeMap::new();
     let group_of = |id: &str| -> Option<String> {
         groups
             .iter()
@@ -928,17 +967,18 @@ pub fn import(
                     let (rsc, with) = (c.attr("rsc").unwrap_or(""), c.attr("with-rsc").unwrap_or(""));
                     let sc = c.attr("score").and_then(score).unwrap_or(0);
                     match (group_of(rsc), group_of(with)) {
-                        (Some(a), Some(b)) if sc >= INFINITY => {
-                            im.say(&at, Verdict::Mapped, format!("{rsc} with {with} INFINITY -> {a}: colocate_with = \"{b}\""));
-                            colocate.insert(a, b);
-                        }
+                        (Some(a), Some(b)) if sc >= INFINITY => im.say(
+                            &at,
+                            Verdict::NotMapped,
+                            format!("{rsc} with {with} INFINITY: Tandem places whole groups one by one in this version: move {a}'s resources to the end of {b} to keep them together"),
+                        ),
                         _ => im.say(&at, Verdict::NotMapped, format!("{rsc} with {with} score {}: only INFINITY between whole groups maps (colocate_with)", c.attr("score").unwrap_or(""))),
                     }
                 }
                 "rsc_order" => im.say(
                     &at,
                     Verdict::NotMapped,
-                    format!("{} then {}: Tandem orders resources within a group; a group colocated with another starts only where that one runs healthy", c.attr("first").unwrap_or(""), c.attr("then").unwrap_or("")),
+                    format!("{} then {}: Tandem orders resources within a group: put both in one group, in this order", c.attr("first").unwrap_or(""), c.attr("then").unwrap_or("")),
                 ),
                 other => im.say(&at, Verdict::NotMapped, format!("{other}: not imported")),
             }
@@ -978,9 +1018,6 @@ pub fn import(
             quoted(&safe_name(gid)),
             quoted_list(&preferred)
         ));
-        if let Some(with) = colocate.get(gid) {
-            t.push_str(&format!("colocate_with = {}\n", quoted(&safe_name(with))));
-        }
         let mt = gmeta
             .migration_threshold
             .or_else(|| members.iter().filter_map(|m| m.migration_threshold).min());
@@ -1045,7 +1082,9 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("no <cib>"));
-        let e = import("<cib><configuration>", None, &f).unwrap_err().to_string();
+        let e = import("<cib><configuration>", None, &f)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("cut short"), "{e}");
         let deep = format!("<cib>{}", "<a>".repeat(100));
         assert!(import(&deep, None, &f)
