@@ -972,7 +972,7 @@ pub fn import(
                             Verdict::NotMapped,
                             format!("{rsc} with {with} INFINITY: Tandem places whole groups one by one in this version: move {a}'s resources to the end of {b} to keep them together"),
                         ),
-                        _ => im.say(&at, Verdict::NotMapped, format!("{rsc} with {with} score {}: only INFINITY between whole groups maps (colocate_with)", c.attr("score").unwrap_or(""))),
+                        _ => im.say(&at, Verdict::NotMapped, format!("{rsc} with {with} score {}: Tandem places groups one by one: put them in one group", c.attr("score").unwrap_or(""))),
                     }
                 }
                 "rsc_order" => im.say(
