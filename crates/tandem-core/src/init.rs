@@ -131,16 +131,10 @@ fn err(what: impl Into<String>, fix: impl Into<String>) -> InitError {
     }
 }
 
-fn mask(prefix: u8) -> u32 {
-    if prefix == 0 {
-        0
-    } else {
-        u32::MAX << (32 - u32::from(prefix.min(32)))
-    }
-}
+use crate::import::network;
 
 fn within(ip: Ipv4Addr, net: Ipv4Addr, prefix: u8) -> bool {
-    u32::from(ip) & mask(prefix) == u32::from(net) & mask(prefix)
+    network(ip, prefix) == network(net, prefix)
 }
 
 /// The configuration, and notes on what was found (for the operator).
@@ -185,7 +179,7 @@ pub fn init(spec: &InitSpec) -> Result<(String, Vec<String>), InitError> {
             .find(|a| addrs.iter().all(|x| within(*x, a.ip, a.prefix)));
         let subnet = match (here, spec.vip) {
             (Some(a), _) => {
-                let net = Ipv4Addr::from(u32::from(a.ip) & mask(a.prefix));
+                let net = network(a.ip, a.prefix);
                 notes.push(format!(
                     "link {}: {net}/{} (found on {} here)",
                     spec.links[l], a.prefix, a.interface
@@ -193,7 +187,7 @@ pub fn init(spec: &InitSpec) -> Result<(String, Vec<String>), InitError> {
                 Some((net, a.prefix))
             }
             (None, Some((vip, p))) if l == 0 && addrs.iter().all(|x| within(*x, vip, p)) => {
-                let net = Ipv4Addr::from(u32::from(vip) & mask(p));
+                let net = network(vip, p);
                 notes.push(format!(
                     "link {}: {net}/{p} (from the floating address; no interface here holds it)",
                     spec.links[l]
@@ -271,14 +265,7 @@ pub fn init(spec: &InitSpec) -> Result<(String, Vec<String>), InitError> {
     }
     let mut used = vec!["vip".to_string()];
     for s in &spec.services {
-        let base = s.name();
-        let mut name = base.clone();
-        let mut k = 2;
-        while used.contains(&name) {
-            name = format!("{base}-{k}");
-            k += 1;
-        }
-        used.push(name.clone());
+        let name = crate::import::unique(&s.name(), &mut used);
         resources.push(format!("{{ name = {}, {} }}", quoted(&name), s.fields()));
     }
     let group = spec.group.clone().unwrap_or_else(|| {

@@ -296,7 +296,7 @@ pub struct InitArgs {
     pub links: Vec<String>,
     /// A witness's address (a `tandem witness` on a third machine); two
     /// nodes without one decide a partition by fencing.
-    #[arg(long, value_name = "ADDR:PORT")]
+    #[arg(long, value_name = "ADDR:PORT", value_parser = parse_witness)]
     pub witness: Option<std::net::SocketAddr>,
     /// The floating address clients use, with its prefix.
     #[arg(long, value_name = "IP/PREFIX")]
@@ -316,6 +316,13 @@ pub struct InitArgs {
     /// of standard output.
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
+}
+
+/// `--witness`: an address and port, e.g. 10.0.0.5:5405.
+fn parse_witness(text: &str) -> Result<std::net::SocketAddr, String> {
+    text.parse().map_err(|_| {
+        format!("`{text}` is not ADDRESS:PORT: the witness listens on a port too, e.g. {text}:5405")
+    })
 }
 
 /// `tandem import ...`.

@@ -356,32 +356,65 @@ fn describe(cfg: &Config) -> String {
     o
 }
 
-/// Writes a new configuration (`tandem import`, `tandem init`): creates
-/// `key` as `tandem keygen` does when it is missing, writes `config` to
-/// `out` (never over an existing file) or stdout, and checks it as
-/// `config validate` does, the verdict on stderr. Returns whether it
-/// passed (a file that does not is still written: the report says what
-/// to fix).
+/// Writes a new configuration (`tandem import`, `tandem init`). It is
+/// checked first, as `config validate` checks it, with `key` as it will
+/// be (created as `tandem keygen` does when missing): when invalid,
+/// nothing is written (no key, no file, nothing on stdout) and the
+/// diagnostics say why. Otherwise the key is created if missing and the
+/// configuration goes to `out` (mode 0600, since it may hold fence
+/// credentials; never over an existing file) or stdout. The verdict goes
+/// to stderr. Returns whether it passed.
 pub fn write_new(config: &str, key: &Path, out: Option<&Path>) -> Result<bool> {
     use std::io::Write as _;
-    if !key.exists() {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    if let Some(path) = out {
+        if path.exists() {
+            anyhow::bail!(
+                "{} exists: an existing file is never replaced (write elsewhere, or remove it)",
+                path.display()
+            );
+        }
+    }
+    let label = out.map_or_else(
+        || "(configuration)".to_string(),
+        |p| p.display().to_string(),
+    );
+    let base = out
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let will_exist = !key.exists();
+    let facts = |p: &Path| {
+        if will_exist && p == key {
+            // As `tandem keygen` will write it.
+            config::KeyFileFacts::Present {
+                len: 32,
+                mode: 0o600,
+            }
+        } else {
+            keyfile::facts(p)
+        }
+    };
+    let loaded = config::load(config, &base, &facts);
+    if !check_to_stderr(&label, config, &loaded) {
+        eprintln!(
+            "nothing written: the configuration above is not valid (the report and the errors say what to change)"
+        );
+        return Ok(false);
+    }
+    if will_exist {
         keyfile::generate(key)?;
         eprintln!(
             "created    {:<16} a new 32-byte cluster key (mode 0600): copy it to every node",
             key.display()
         );
     }
-    let label = out.map_or_else(|| "(written)".to_string(), |p| p.display().to_string());
-    let base = out
-        .and_then(Path::parent)
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
-    let loaded = config::load(config, &base, &keyfile::facts);
     match out {
         Some(path) => {
             let mut f = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
+                .mode(0o600)
                 .open(path)
                 .with_context(|| {
                     format!(
@@ -391,8 +424,9 @@ pub fn write_new(config: &str, key: &Path, out: Option<&Path>) -> Result<bool> {
                 })?;
             f.write_all(config.as_bytes())
                 .with_context(|| format!("writing {}", path.display()))?;
+            eprintln!("wrote      {} (mode 0600)", path.display());
         }
         None => print!("{config}"),
     }
-    Ok(check_to_stderr(&label, config, &loaded))
+    Ok(true)
 }

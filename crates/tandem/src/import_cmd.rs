@@ -51,6 +51,20 @@ fn parse_address(text: &str) -> Result<tandem_core::import::Address> {
     })
 }
 
+/// What every importer takes: the `--address` flags, and the key's
+/// absolute path (the configuration names it so).
+fn common(
+    addresses: &[String],
+    key: &Path,
+) -> Result<(Vec<tandem_core::import::Address>, std::path::PathBuf)> {
+    let addresses = addresses
+        .iter()
+        .map(|a| parse_address(a))
+        .collect::<Result<Vec<_>>>()?;
+    let key = std::path::absolute(key).with_context(|| format!("resolving {}", key.display()))?;
+    Ok((addresses, key))
+}
+
 /// `tandem import heartbeat DIR`: whether the result passed validation.
 pub fn heartbeat(args: &ImportHeartbeatArgs) -> Result<bool> {
     let dir = &args.dir;
@@ -69,13 +83,7 @@ pub fn heartbeat(args: &ImportHeartbeatArgs) -> Result<bool> {
                 .collect()
         })
         .unwrap_or_default();
-    let addresses = args
-        .addresses
-        .iter()
-        .map(|a| parse_address(a))
-        .collect::<Result<Vec<_>>>()?;
-    let key = std::path::absolute(&args.key)
-        .with_context(|| format!("resolving {}", args.key.display()))?;
+    let (addresses, key) = common(&args.addresses, &args.key)?;
     let facts = heartbeat::Facts {
         cluster: args.name.clone(),
         key_file: key.display().to_string(),
@@ -103,13 +111,7 @@ pub fn keepalived(args: &ImportKeepalivedArgs) -> Result<bool> {
         .iter()
         .map(|p| Ok((p.display().to_string(), read(p)?)))
         .collect::<Result<Vec<_>>>()?;
-    let addresses = args
-        .addresses
-        .iter()
-        .map(|a| parse_address(a))
-        .collect::<Result<Vec<_>>>()?;
-    let key = std::path::absolute(&args.key)
-        .with_context(|| format!("resolving {}", args.key.display()))?;
+    let (addresses, key) = common(&args.addresses, &args.key)?;
     let facts = keepalived::Facts {
         cluster: args.name.clone(),
         key_file: key.display().to_string(),
@@ -126,13 +128,7 @@ pub fn pacemaker(args: &ImportPacemakerArgs) -> Result<bool> {
     let cib = std::fs::read_to_string(&args.cib)
         .with_context(|| format!("reading {}", args.cib.display()))?;
     let corosync = args.corosync.as_deref().map(read).transpose()?;
-    let addresses = args
-        .addresses
-        .iter()
-        .map(|a| parse_address(a))
-        .collect::<Result<Vec<_>>>()?;
-    let key = std::path::absolute(&args.key)
-        .with_context(|| format!("resolving {}", args.key.display()))?;
+    let (addresses, key) = common(&args.addresses, &args.key)?;
     let facts = pacemaker::Facts {
         cluster: args.name.clone(),
         key_file: key.display().to_string(),
@@ -149,7 +145,27 @@ fn finish(imported: &Imported, key: &Path, out: Option<&Path>) -> Result<bool> {
     for line in &imported.report {
         eprintln!("{line}");
     }
-    crate::config_cmd::write_new(&imported.config, key, out)
+    crate::config_cmd::write_new(&with_open_items(imported), key, out)
+}
+
+/// The configuration with what was not mapped listed at its top, as
+/// comments: the file itself says what it lacks.
+fn with_open_items(imported: &Imported) -> String {
+    use tandem_core::import::Verdict;
+    let open: Vec<String> = imported
+        .report
+        .iter()
+        .filter(|r| r.verdict == Verdict::NotMapped)
+        .map(|r| format!("#   {}: {}", r.source, r.text.replace('\n', " ")))
+        .collect();
+    if open.is_empty() {
+        return imported.config.clone();
+    }
+    format!(
+        "# Not mapped (do these by hand before relying on this file):\n{}\n\n{}",
+        open.join("\n"),
+        imported.config
+    )
 }
 
 #[cfg(test)]

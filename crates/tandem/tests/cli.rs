@@ -401,6 +401,11 @@ fn init_writes_a_valid_two_node_cluster_with_a_witness_in_under_ten_lines() {
     let v = tandem(&["config", "validate", out.to_str().unwrap()]);
     assert!(v.status.success(), "{}", text(&v));
     assert_eq!(std::fs::metadata(&key).unwrap().len(), 32);
+    assert_eq!(
+        std::fs::metadata(&out).unwrap().permissions().mode() & 0o777,
+        0o600,
+        "it may hold fence credentials"
+    );
     // Never over an existing file, and what is missing is named.
     let again = tandem(&[
         "init",
@@ -417,6 +422,36 @@ fn init_writes_a_valid_two_node_cluster_with_a_witness_in_under_ten_lines() {
     ]);
     assert!(!again.status.success());
     assert!(text(&again).contains("never replaced"), "{}", text(&again));
+    // From a new user's trial: an invalid result wrote its file and key
+    // anyway, and the corrected command then refused the existing file.
+    // Now nothing is written.
+    let (key2, out2) = (dir.path().join("new.key"), dir.path().join("bad.toml"));
+    let bad = tandem(&[
+        "init",
+        "--node",
+        "n1=10.0.0.11",
+        "--node",
+        "n2=10.0.0.12",
+        "--vip",
+        "192.168.5.1/24",
+        "--key",
+        key2.to_str().unwrap(),
+        "--out",
+        out2.to_str().unwrap(),
+    ]);
+    assert!(!bad.status.success());
+    assert!(text(&bad).contains("nothing written"), "{}", text(&bad));
+    assert!(!out2.exists() && !key2.exists());
+    let w = tandem(&[
+        "init",
+        "--node",
+        "n1=10.0.0.11",
+        "--node",
+        "n2=10.0.0.12",
+        "--witness",
+        "10.0.0.5",
+    ]);
+    assert!(text(&w).contains("10.0.0.5:5405"), "{}", text(&w));
     let one = tandem(&["init", "--node", "n1=10.0.0.11", "--vip", "10.0.0.100/24"]);
     assert!(!one.status.success());
     assert!(text(&one).contains("--node NAME=ADDRESS"), "{}", text(&one));

@@ -1844,6 +1844,38 @@ command = ["/bin/sleep", "100"]
     /// `[http]`: off unless present; loopback by default; a link's name
     /// gives each node its own address; off loopback TLS and a token are
     /// required, and one machine's address is refused.
+    /// From a new user's trial: an haresources line whose address was a
+    /// node's own validated, and a failover would have taken that node's
+    /// address away.
+    #[test]
+    fn a_floating_address_that_is_a_nodes_own_is_refused() {
+        let load = |vip: &str| {
+            let text = format!(
+                "[cluster]\nname = \"c\"\nkey_file = \"k\"\n\n[[link]]\nname = \"lan\"\nsubnet = \"10.0.0.0/24\"\n\n[[node]]\nname = \"n1\"\naddresses = {{ lan = \"10.0.0.1\" }}\n\n[[node]]\nname = \"n2\"\naddresses = {{ lan = \"10.0.0.2\" }}\n\n[quorum]\ntwo_node = true\n\n[[group]]\nname = \"g\"\n\n[[group.resource]]\nname = \"vip\"\nkind = \"ip\"\naddress = \"{vip}\"\n"
+            );
+            crate::config::load(&text, Path::new("/etc/tandem"), &|_| {
+                crate::config::KeyFileFacts::Present {
+                    mode: 0o600,
+                    len: KEY_LEN as u64,
+                }
+            })
+        };
+        let errors = |vip: &str| -> Vec<String> {
+            load(vip)
+                .diagnostics
+                .iter()
+                .filter(|d| d.is_error())
+                .map(|d| d.message.clone())
+                .collect()
+        };
+        assert_eq!(errors("10.0.0.100/24"), Vec::<String>::new());
+        let e = errors("10.0.0.2/24");
+        assert!(
+            e.iter().any(|m| m.contains("node n2's own address")),
+            "{e:?}"
+        );
+    }
+
     #[test]
     fn the_http_api_is_private_unless_tls_and_a_token_guard_it() {
         let load = |http: &str| {

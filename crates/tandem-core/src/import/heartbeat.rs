@@ -552,14 +552,7 @@ impl Res {
 fn prefix_for(ip: Ipv4Addr, subnets: &[(String, Ipv4Addr, u8)]) -> Option<(u8, String)> {
     subnets
         .iter()
-        .find(|(_, net, p)| {
-            let mask = if *p == 0 {
-                0
-            } else {
-                u32::MAX << (32 - u32::from(*p))
-            };
-            u32::from(ip) & mask == u32::from(*net) & mask
-        })
+        .find(|(_, net, p)| super::network(ip, *p) == super::network(*net, *p))
         .map(|(l, _, p)| (*p, l.clone()))
 }
 
@@ -595,14 +588,11 @@ pub fn import(input: &Input<'_>, facts: &Facts) -> Result<Imported, ImportError>
         })
         .collect();
 
-    let mut t = String::new();
-    t.push_str("# Imported from heartbeat's ha.cf, haresources and authkeys by\n");
-    t.push_str("# `tandem import heartbeat`; its report says what became of every line.\n\n");
-    t.push_str(&format!(
-        "[cluster]\nname = {}\nkey_file = {}\n\n",
-        quoted(&safe_name(&facts.cluster)),
-        quoted(&facts.key_file)
-    ));
+    let mut t = super::head(
+        "Imported from heartbeat's ha.cf, haresources and authkeys by\n# `tandem import heartbeat`",
+        &facts.cluster,
+        &facts.key_file,
+    );
     let timing: Vec<String> = [
         ("heartbeat_ms", cf.heartbeat_ms),
         ("deadtime_ms", cf.deadtime_ms),
@@ -626,15 +616,7 @@ pub fn import(input: &Input<'_>, facts: &Facts) -> Result<Imported, ImportError>
     for i in &cf.interfaces {
         t.push_str(&format!("[[link]]\nname = {}\n", quoted(&safe_name(i))));
         if let Some((_, net, p)) = subnets.iter().find(|(l, _, _)| l == i) {
-            let mask = if *p == 0 {
-                0
-            } else {
-                u32::MAX << (32 - u32::from(*p))
-            };
-            t.push_str(&format!(
-                "subnet = \"{}/{p}\"\n",
-                Ipv4Addr::from(u32::from(*net) & mask)
-            ));
+            t.push_str(&format!("subnet = \"{}/{p}\"\n", super::network(*net, *p)));
         }
         t.push('\n');
     }
@@ -654,14 +636,23 @@ pub fn import(input: &Input<'_>, facts: &Facts) -> Result<Imported, ImportError>
             a.join(", ")
         ));
     }
-    for (name, targets, _, _) in &cf.pings {
+    for (name, targets, line, _) in &cf.pings {
         let targets: Vec<String> = targets.iter().map(ToString::to_string).collect();
-        let link = targets
+        let found = targets
             .first()
             .and_then(|t| t.parse::<Ipv4Addr>().ok())
             .and_then(|ip| prefix_for(ip, &subnets))
-            .map(|(_, l)| l)
-            .unwrap_or_else(|| cf.interfaces[0].clone());
+            .map(|(_, l)| l);
+        let link = match found {
+            Some(l) => l,
+            None => {
+                // A guess, said as one: the link whose failure the ping
+                // node stands for is not in ha.cf.
+                let first = cf.interfaces[0].clone();
+                im.say("ha.cf", *line, Verdict::Changed, format!("ping monitor `{name}`: {} is in no link's subnet: put on link {first}, the first (set `link` to the one whose failure it stands for)", targets.join(", ")));
+                first
+            }
+        };
         t.push_str(&format!(
             "[[monitor]]\nname = {}\nkind = \"ping\"\nlink = {}\ntargets = {}\n\n",
             quoted(name),
@@ -825,7 +816,7 @@ fn groups(
                         format!("/etc/init.d/{head}")
                     };
                     let shown = if args.is_empty() { String::new() } else { format!(" {}", args.join(" ")) };
-                    im.say("haresources", n, Verdict::Mapped, format!("{token} -> exec resource `{script}{shown} start|stop|status`, status read from its words (running, OK) as heartbeat did"));
+                    im.say("haresources", n, Verdict::Changed, format!("{token} -> exec resource `{script}{shown} start|stop|status`, status read from its words (running, OK); Tandem calls status every 500 ms (heartbeat only at takeover): check that it prints running or OK while the service runs"));
                     res.push(Res::Exec {
                         name: head.to_string(),
                         script,
@@ -869,14 +860,7 @@ fn groups(
         ));
         let mut used: Vec<String> = Vec::new();
         for r in &res {
-            let base = r.base_name();
-            let mut name = base.clone();
-            let mut k = 2;
-            while used.contains(&name) {
-                name = format!("{base}-{k}");
-                k += 1;
-            }
-            used.push(name.clone());
+            let name = super::unique(&r.base_name(), &mut used);
             t.push_str(&r.toml(&name));
             t.push('\n');
         }

@@ -81,7 +81,19 @@ fn top_level(im: &mut Importer, f: &NodeFile) {
                     }
                 }
             }
-            "vrrp_instance" | "vrrp_script" | "vrrp_sync_group" => {}
+            "vrrp_instance" | "vrrp_sync_group" => {}
+            "vrrp_script" => {
+                for c in &it.block {
+                    let (verdict, why) = match c.key.as_str() {
+                        "script" | "interval" | "timeout" | "fall" => (Verdict::Mapped, "the exec monitor where it is tracked".to_string()),
+                        "rise" => (Verdict::NotNeeded, "Tandem counts a check healthy again at its first success".to_string()),
+                        "weight" => (Verdict::Changed, "a failing check moves the group; priorities are not weighed".to_string()),
+                        "user" => (Verdict::NotMapped, "the check runs as the agent's user (root): wrap it in `runuser -u USER --`".to_string()),
+                        _ => (Verdict::NotMapped, "not imported".to_string()),
+                    };
+                    im.say(file, c.line, verdict, format!("vrrp_script {}: {}: {why}", it.arg().unwrap_or(""), c.all()));
+                }
+            }
             "virtual_server" | "virtual_server_group" => im.say(
                 file,
                 n,
@@ -278,14 +290,11 @@ pub fn import(files: &[(String, String)], facts: &Facts) -> Result<Imported, Imp
         });
     }
 
-    let mut t = String::new();
-    t.push_str("# Imported from every node's keepalived.conf by `tandem import keepalived`;\n");
-    t.push_str("# its report says what became of every line.\n\n");
-    t.push_str(&format!(
-        "[cluster]\nname = {}\nkey_file = {}\n\n",
-        quoted(&safe_name(&facts.cluster)),
-        quoted(&facts.key_file)
-    ));
+    let mut t = super::head(
+        "Imported from every node's keepalived.conf by `tandem import keepalived`",
+        &facts.cluster,
+        &facts.key_file,
+    );
     if names.len() == 2 {
         t.push_str("# Two nodes, as VRRP ran them: the survivor acts alone (add a\n");
         t.push_str("# [[fence_device]] per node, or a witness instead, against split brain).\n");
@@ -298,15 +307,7 @@ pub fn import(files: &[(String, String)], facts: &Facts) -> Result<Imported, Imp
             Some((*ip, (*p)?))
         });
         if let Some((ip, p)) = prefixed {
-            let mask = if p == 0 {
-                0
-            } else {
-                u32::MAX << (32 - u32::from(p))
-            };
-            t.push_str(&format!(
-                "subnet = \"{}/{p}\"\n",
-                Ipv4Addr::from(u32::from(ip) & mask)
-            ));
+            t.push_str(&format!("subnet = \"{}/{p}\"\n", super::network(ip, p)));
         }
         t.push('\n');
     }
@@ -353,16 +354,7 @@ pub fn import(files: &[(String, String)], facts: &Facts) -> Result<Imported, Imp
         let mut monitors: Vec<String> = Vec::new();
         let mut used: Vec<String> = Vec::new();
         let mut seen_vips: Vec<(Ipv4Addr, u8)> = Vec::new();
-        let unique = |base: String, used: &mut Vec<String>| {
-            let mut name = base.clone();
-            let mut k = 2;
-            while used.contains(&name) {
-                name = format!("{base}-{k}");
-                k += 1;
-            }
-            used.push(name.clone());
-            name
-        };
+        let unique = |base: String, used: &mut Vec<String>| super::unique(&base, used);
         for m in members {
             let Some(insts) = instances.get(m) else {
                 continue;
@@ -393,7 +385,7 @@ pub fn import(files: &[(String, String)], facts: &Facts) -> Result<Imported, Imp
                             failback = "manual";
                             im.say(&file, n, Verdict::Mapped, format!("{all} -> failback = \"manual\""));
                         }
-                        "preempt_delay" => im.say(&file, n, Verdict::Changed, format!("{all} -> failback = \"auto\", at once (a delay is not kept)")),
+                        "preempt_delay" => im.say(&file, n, Verdict::Changed, format!("{all}: the delay is not kept (failback happens at once when it is auto)")),
                         "advert_int" => im.say(&file, n, Verdict::Changed, format!("{all}: Tandem's heartbeats replace VRRP adverts (every 50 ms on every link by default)")),
                         "authentication" => im.say(&file, n, Verdict::Changed, format!("authentication: its password is not reused; every Tandem packet carries a BLAKE3 MAC under {}", facts.key_file)),
                         "unicast_peer" => im.say(&file, n, Verdict::Mapped, "unicast_peer -> the other nodes (heartbeats go to each peer's address)".into()),
@@ -411,7 +403,8 @@ pub fn import(files: &[(String, String)], facts: &Facts) -> Result<Imported, Imp
                                             quoted(&name),
                                             quoted_list(&[dev.as_str()])
                                         ));
-                                        im.say(&file, v.line, Verdict::Mapped, format!("{} -> ip resource {ip}/{p} on {dev}", v.all()));
+                                        let dropped = if v.args.iter().any(|a| a == "label") { " (its label is not kept)" } else { "" };
+                                        im.say(&file, v.line, Verdict::Mapped, format!("{} -> ip resource {ip}/{p} on {dev}{dropped}", v.all()));
                                     }
                                     None => im.say(&file, v.line, Verdict::NotMapped, format!("{}: not an IPv4 address (IPv6 is not supported yet)", v.all())),
                                 }
@@ -425,7 +418,11 @@ pub fn import(files: &[(String, String)], facts: &Facts) -> Result<Imported, Imp
                                 };
                                 let cmd = script.child("script").and_then(Item::arg).unwrap_or("true").to_string();
                                 let interval = script.child("interval").and_then(Item::arg).and_then(|v| v.parse::<u64>().ok()).unwrap_or(1).max(1);
-                                let timeout = script.child("timeout").and_then(Item::arg).and_then(|v| v.parse::<u64>().ok());
+                                let mut timeout = script.child("timeout").and_then(Item::arg).and_then(|v| v.parse::<u64>().ok());
+                                if timeout.is_some_and(|to| to > interval) {
+                                    im.say(&file, s.line, Verdict::Changed, format!("vrrp_script {}: timeout {} s is longer than its interval {interval} s: the check's timeout is the interval", s.key, timeout.unwrap_or(0)));
+                                    timeout = Some(interval);
+                                }
                                 let fall = script.child("fall").and_then(Item::arg).and_then(|v| v.parse::<u32>().ok()).unwrap_or(1).max(1);
                                 let name = unique(safe_name(&s.key), &mut used);
                                 let mut m = format!(
@@ -472,6 +469,45 @@ pub fn import(files: &[(String, String)], facts: &Facts) -> Result<Imported, Imp
                         "smtp_alert" => im.say(&file, n, Verdict::NotMapped, "smtp_alert: add an [[alert]] running Pacemaker's alert_smtp.sh.sample".into()),
                         _ => im.say(&file, n, Verdict::NotNeeded, format!("{all}: VRRP's own setting")),
                     }
+                }
+            }
+        }
+        // The nodes' files must agree on what the group is: every
+        // difference is said (the first file's addresses and checks are
+        // used; any nopreempt makes failback manual).
+        for m in members {
+            let Some(insts) = instances.get(m) else {
+                continue;
+            };
+            let set = |it: &Item, key: &str| -> Vec<String> {
+                let mut v: Vec<String> = it
+                    .child(key)
+                    .map(|c| c.block.iter().map(|x| x.key.clone()).collect())
+                    .unwrap_or_default();
+                v.sort();
+                v
+            };
+            let first = &insts[0];
+            for other in &insts[1..] {
+                for key in ["virtual_ipaddress", "track_script", "track_interface"] {
+                    let (a, b) = (set(first.item, key), set(other.item, key));
+                    if a != b {
+                        im.say(
+                            &nodes[other.node].file,
+                            other.item.line,
+                            Verdict::NotMapped,
+                            format!("{m}: {key} differs from {}'s ({} here, {} there): only {}'s is used; make the files agree", names[first.node], b.join(" "), a.join(" "), names[first.node]),
+                        );
+                    }
+                }
+                let np = |it: &Item| it.child("nopreempt").is_some();
+                if np(first.item) != np(other.item) {
+                    im.say(
+                        &nodes[other.node].file,
+                        other.item.line,
+                        Verdict::Changed,
+                        format!("{m}: nopreempt on {} but not on {}: failback = \"manual\" for the group", if np(first.item) { &names[first.node] } else { &names[other.node] }, if np(first.item) { &names[other.node] } else { &names[first.node] }),
+                    );
                 }
             }
         }
@@ -529,6 +565,57 @@ pub fn import(files: &[(String, String)], facts: &Facts) -> Result<Imported, Imp
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// From a new user's trial: lb2's different address was dropped
+    /// without a word, and a timeout longer than the interval made an
+    /// invalid configuration.
+    #[test]
+    fn files_that_disagree_are_reported_and_a_long_timeout_is_the_interval() {
+        let file = |id: &str, src: &str, vip: &str, extra: &str| {
+            format!(
+                "global_defs {{\n router_id {id}\n}}\nvrrp_script chk {{\n script \"true\"\n interval 2\n timeout 3\n}}\nvrrp_instance V {{\n interface eth0\n priority 100\n unicast_src_ip {src}\n {extra}\n virtual_ipaddress {{\n  {vip}/24\n }}\n track_script {{\n  chk\n }}\n}}\n"
+            )
+        };
+        let files = vec![
+            (
+                "a.conf".to_string(),
+                file("a", "10.0.0.1", "10.0.0.100", "nopreempt"),
+            ),
+            (
+                "b.conf".to_string(),
+                file("b", "10.0.0.2", "10.0.0.101", ""),
+            ),
+        ];
+        let i = import(&files, &Facts::default()).unwrap();
+        let said = |verdict: Verdict, words: &[&str]| {
+            i.report
+                .iter()
+                .any(|r| r.verdict == verdict && words.iter().all(|w| r.text.contains(w)))
+        };
+        assert!(
+            said(
+                Verdict::NotMapped,
+                &["virtual_ipaddress differs", "10.0.0.101"]
+            ),
+            "{:#?}",
+            i.report
+        );
+        assert!(
+            said(Verdict::Changed, &["nopreempt on a but not on b"]),
+            "{:#?}",
+            i.report
+        );
+        assert!(said(
+            Verdict::Changed,
+            &["timeout 3 s is longer than its interval 2 s"]
+        ));
+        assert!(
+            i.config.contains("timeout_ms = 2000") && i.config.contains("failback = \"manual\""),
+            "{}",
+            i.config
+        );
+        assert!(!i.config.contains("10.0.0.101"));
+    }
 
     #[test]
     fn one_file_is_not_a_cluster() {

@@ -113,6 +113,35 @@ pub(crate) fn quoted_list<S: AsRef<str>>(items: &[S]) -> String {
     format!("[{}]", q.join(", "))
 }
 
+/// `base`, else `base-2`, `base-3`, ...: the first not in `used`, which
+/// it joins.
+pub(crate) fn unique(base: &str, used: &mut Vec<String>) -> String {
+    let mut name = base.to_string();
+    let mut k = 2;
+    while used.contains(&name) {
+        name = format!("{base}-{k}");
+        k += 1;
+    }
+    used.push(name.clone());
+    name
+}
+
+/// The network of `ip` with a prefix of `prefix` bits (above 32: 32).
+pub(crate) fn network(ip: Ipv4Addr, prefix: u8) -> Ipv4Addr {
+    let p = u32::from(prefix.min(32));
+    let mask = if p == 0 { 0 } else { u32::MAX << (32 - p) };
+    Ipv4Addr::from(u32::from(ip) & mask)
+}
+
+/// The head of a written configuration: what made it, and its cluster.
+pub(crate) fn head(made_by: &str, cluster: &str, key_file: &str) -> String {
+    format!(
+        "# {made_by}; its report says what became of every line.\n\n[cluster]\nname = {}\nkey_file = {}\n\n",
+        quoted(&safe_name(cluster)),
+        quoted(key_file)
+    )
+}
+
 /// A name Tandem accepts (letters, digits, `-`, `_`, `.`; a letter or
 /// digit first; at most 63) made from `s`.
 pub(crate) fn safe_name(s: &str) -> String {
@@ -147,6 +176,21 @@ mod tests {
         assert_eq!(safe_name("/data1"), "data1");
         assert_eq!(safe_name("my service"), "my-service");
         assert_eq!(safe_name("///"), "x");
+        let mut used = Vec::new();
+        assert_eq!(unique("vip", &mut used), "vip");
+        assert_eq!(unique("vip", &mut used), "vip-2");
+        assert_eq!(
+            network(Ipv4Addr::new(10, 1, 2, 3), 24),
+            Ipv4Addr::new(10, 1, 2, 0)
+        );
+        assert_eq!(
+            network(Ipv4Addr::new(10, 1, 2, 3), 40),
+            Ipv4Addr::new(10, 1, 2, 3)
+        );
+        assert_eq!(
+            network(Ipv4Addr::new(10, 1, 2, 3), 0),
+            Ipv4Addr::new(0, 0, 0, 0)
+        );
         for s in ["a\"b", "it's", "plain", "back\\slash"] {
             let v: toml::Table = toml::from_str(&format!("x = {}", quoted(s))).unwrap();
             assert_eq!(v["x"].as_str(), Some(s));

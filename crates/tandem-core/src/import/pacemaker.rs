@@ -25,12 +25,12 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-use quick_xml::events::{BytesStart, Event};
+use quick_xml::events::Event;
 use quick_xml::Reader;
 
 use super::blocks::{parse, Item};
 use super::{quoted, quoted_list, safe_name, Address, ImportError, Imported, ReportLine, Verdict};
-use crate::kinds::ocf::metadata::duration_ms;
+use crate::kinds::ocf::metadata::{attributes, duration_ms};
 
 /// Largest CIB read.
 const MAX_CIB_BYTES: usize = 8 << 20;
@@ -82,17 +82,6 @@ impl Elem {
             .filter_map(|p| Some((p.attr("name")?.to_string(), p.attr("value")?.to_string())))
             .collect()
     }
-}
-
-fn attributes(e: &BytesStart<'_>) -> BTreeMap<String, String> {
-    e.attributes()
-        .flatten()
-        .filter_map(|a| {
-            let k = String::from_utf8(a.key.as_ref().to_vec()).ok()?;
-            let v = a.unescape_value().ok()?.into_owned();
-            Some((k, v))
-        })
-        .collect()
 }
 
 /// The document's root element.
@@ -445,6 +434,8 @@ fn primitive(im: &mut Importer, p: &Elem) -> Option<Prim> {
                     if let Some(i) = op.attr("interval").and_then(duration_ms).filter(|i| *i > 0) {
                         if class == "ocf" && ty != "IPaddr2" && ty != "IPaddr" {
                             fields.push(format!("check_interval_ms = {i}"));
+                        } else {
+                            im.say(&at, Verdict::Changed, format!("op monitor interval={}: this kind is checked every 500 ms (its interval is not kept)", op.attr("interval").unwrap_or("")));
                         }
                     }
                     if let Some(d) = op
@@ -541,7 +532,7 @@ fn meta_attributes(im: &mut Importer, at: &str, meta: &[(String, String)], prim:
                 im.say(
                     at,
                     Verdict::Mapped,
-                    format!("{k}={v} -> failback (manual when above 0)"),
+                    format!("{k}={v} -> failback: auto when the preferred node's lead in location score beats the stickiness of the group's resources, else manual"),
                 );
             }
             "target-role" | "is-managed" => im.say(
@@ -755,13 +746,6 @@ pub fn import(
                 .collect()
         })
         .unwrap_or_default();
-    let mask = |p: u8| {
-        if p == 0 {
-            0
-        } else {
-            u32::MAX << (32 - u32::from(p.min(32)))
-        }
-    };
     for r in 0..rings {
         t.push_str(&format!("[[link]]\nname = \"ring{r}\"\n"));
         let given = nodes.iter().find_map(|n| {
@@ -771,17 +755,13 @@ pub fn import(
         let from_vip = || {
             vip_nets.iter().copied().find(|(vip, p)| {
                 nodes.iter().all(|n| {
-                    addr.get(&(n.clone(), r)).is_some_and(|(ip, _)| {
-                        u32::from(*ip) & mask(*p) == u32::from(*vip) & mask(*p)
-                    })
+                    addr.get(&(n.clone(), r))
+                        .is_some_and(|(ip, _)| super::network(*ip, *p) == super::network(*vip, *p))
                 })
             })
         };
         if let Some((ip, p)) = given.or_else(from_vip) {
-            t.push_str(&format!(
-                "subnet = \"{}/{p}\"\n",
-                Ipv4Addr::from(u32::from(ip) & mask(p))
-            ));
+            t.push_str(&format!("subnet = \"{}/{p}\"\n", super::network(ip, p)));
         }
         t.push('\n');
     }
@@ -1012,7 +992,14 @@ pub fn import(
             .or_else(|| members.iter().find_map(|m| m.stickiness))
             .or(default_stickiness)
             .unwrap_or(0);
-        let failback = if stickiness > 0 { "manual" } else { "auto" };
+        // Pacemaker fails back when the preferred node's score beats the
+        // stickiness the group's members add up to where they run.
+        let lead = match (order.first(), order.get(1)) {
+            (Some(a), Some(b)) => a.1.saturating_sub(b.1),
+            _ => 0,
+        };
+        let held = stickiness.saturating_mul(i64::try_from(members.len()).unwrap_or(1));
+        let failback = if lead > held { "auto" } else { "manual" };
         t.push_str(&format!(
             "[[group]]\nname = {}\npreferred = {}\nfailback = \"{failback}\"\n",
             quoted(&safe_name(gid)),

@@ -70,7 +70,26 @@ impl Kind for Ip {
                 .map(|l| l.name.get_ref().clone()),
         };
         if interfaces.is_empty() && link.is_none() {
-            f.error(address_at, format!("no interface for address {address}: it is in no link's subnet and `interfaces` is not set"), "add `interfaces = [\"eth0\"]`, or `link = \"lan\"`, or a `subnet` to the link it belongs to");
+            f.error(address_at.clone(), format!("no interface for address {address}: it is in no link's subnet and `interfaces` is not set"), "add `interfaces = [\"eth0\"]`, or `link = \"lan\"`, or a `subnet` to the link it belongs to");
+        }
+        // A node's own address cannot float: removing it on failover would
+        // cut that node off its link.
+        let owner = f.cx.file.nodes.iter().find(|n| {
+            n.addresses
+                .get_ref()
+                .values()
+                .any(|a| *a.get_ref() == address.addr)
+        });
+        if let Some(n) = owner {
+            f.error(
+                address_at.clone(),
+                format!(
+                    "address {} is node {}'s own address on a link: a floating address must be one no node has",
+                    address.addr,
+                    n.name.get_ref()
+                ),
+                "choose a free address in the subnet for the group",
+            );
         }
         Some(Ip {
             address,

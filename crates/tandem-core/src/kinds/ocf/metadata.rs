@@ -173,7 +173,7 @@ impl Metadata {
 
 /// An element's attributes, unescaped (malformed ones are skipped: the
 /// meta-data is advice, and the agent's own checks run anyway).
-fn attributes(e: &BytesStart<'_>) -> BTreeMap<String, String> {
+pub(crate) fn attributes(e: &BytesStart<'_>) -> BTreeMap<String, String> {
     e.attributes()
         .flatten()
         .filter_map(|a| {
