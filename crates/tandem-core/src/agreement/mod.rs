@@ -646,7 +646,10 @@ impl Agreement {
     /// Leader: the membership heartbeat of `from` says that in `term` it
     /// follows `follows` and has committed up to `commit`. Following this
     /// leader in its term counts for check-quorum as an append reply does,
-    /// and spares it the empty appends while nothing is missing there.
+    /// and, from a follower that `counts` beats itself, spares it the
+    /// empty appends while nothing is missing there. A heartbeat that
+    /// says it follows no one or another (a restarted follower, one in
+    /// another term) gets it an append at once.
     pub fn on_follower_beat(
         &mut self,
         now_ms: u64,
@@ -654,15 +657,21 @@ impl Agreement {
         term: u64,
         follows: Option<NodeId>,
         commit: u64,
+        counts: bool,
     ) {
-        if self.role != Role::Leader || term != self.durable.term || follows != Some(self.id) {
+        if self.role != Role::Leader || !self.peers().any(|p| p == from) {
             return;
         }
-        if !self.peers().any(|p| p == from) {
+        if term == self.durable.term && follows == Some(self.id) {
+            if counts {
+                self.last_ack_ms.insert(from, now_ms);
+                self.beats.insert(from, (now_ms, commit));
+            }
             return;
         }
-        self.last_ack_ms.insert(from, now_ms);
-        self.beats.insert(from, (now_ms, commit));
+        if self.beats.remove(&from).is_some() {
+            self.heartbeat_due_ms = now_ms;
+        }
     }
 
     /// Whether `peer` needs an append at this beat: it lacks entries or

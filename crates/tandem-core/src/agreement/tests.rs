@@ -77,9 +77,7 @@ impl Net {
                 if leader == Some(id(i)) && !self.old[j] {
                     self.nodes[j].on_leader_beat(now, id(i), term, commit);
                 }
-                if !self.old[i] {
-                    self.nodes[j].on_follower_beat(now, id(i), term, leader, commit.0);
-                }
+                self.nodes[j].on_follower_beat(now, id(i), term, leader, commit.0, !self.old[i]);
             }
         }
     }
@@ -227,6 +225,31 @@ fn an_older_follower_that_does_not_count_beats_still_gets_its_appends() {
     net.run(3000);
     assert_eq!((net.leader(), net.nodes[l].term()), (l, term));
     assert_eq!(net.nodes[f].leader(), Some(id(l)));
+}
+
+/// CI caught it: a follower restarted just after its heartbeat; its
+/// leader trusted that heartbeat for two more beats and sent no append, so
+/// the restarted node learned its leader, and with it the record it needed
+/// for a lease, only after the lease it inherited had ended (it stopped
+/// its group). A heartbeat that follows no one gets an append at once.
+#[test]
+fn a_restarted_follower_gets_an_append_at_its_first_heartbeat() {
+    let mut net = Net::new(3, 0).with_beats();
+    net.run(1500);
+    while net.now % 50 != 0 {
+        net.run(10);
+    }
+    let l = net.leader();
+    let f = (l + 1) % 3;
+    net.crash(f);
+    net.restart(f);
+    assert_eq!(net.nodes[f].leader(), None);
+    net.run(60);
+    assert_eq!(
+        net.nodes[f].leader(),
+        Some(id(l)),
+        "no append within a heartbeat of its first beat"
+    );
 }
 
 #[test]

@@ -95,10 +95,14 @@ impl Member {
                 self.agreement
                     .on_leader_beat(now_ms, from, r.term, r.commit);
             }
-            if r.beats_count {
-                self.agreement
-                    .on_follower_beat(now_ms, from, r.term, r.leader, r.commit.0);
-            }
+            self.agreement.on_follower_beat(
+                now_ms,
+                from,
+                r.term,
+                r.leader,
+                r.commit.0,
+                r.beats_count,
+            );
             // What that heartbeat committed here is noted as leaving
             // before its echo counts (the lease's proof excludes echoes on
             // a record not yet noted).
