@@ -255,7 +255,8 @@ fn debians_heartbeat_samples_import() {
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let (config, report) = golden(&out, &o);
-    let report = report.replace(&tmp.path().display().to_string(), "TMP");
+    let root = tmp.path().display().to_string();
+    let (config, report) = (config.replace(&root, "TMP"), report.replace(&root, "TMP"));
     insta::assert_snapshot!("heartbeat_debian_sample_config", config);
     insta::assert_snapshot!("heartbeat_debian_sample_report", report);
     validates(&out);
@@ -392,7 +393,11 @@ fn a_unicast_keepalived_pair_imports_and_validates() {
     let o = import_keepalived(&files, tmp.path(), &["--name", "lb"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let (config, report) = golden(tmp.path(), &o);
-    let report = report.replace(&dir.display().to_string(), "FIXTURE");
+    let fixture = dir.display().to_string();
+    let (config, report) = (
+        config.replace(&fixture, "FIXTURE"),
+        report.replace(&fixture, "FIXTURE"),
+    );
     insta::assert_snapshot!("keepalived_pair_config", config);
     insta::assert_snapshot!("keepalived_pair_report", report);
     validates(tmp.path());
@@ -446,7 +451,8 @@ fn debians_keepalived_samples_import() {
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let (config, report) = golden(&out, &o);
-    let report = report.replace(&tmp.path().display().to_string(), "TMP");
+    let root = tmp.path().display().to_string();
+    let (config, report) = (config.replace(&root, "TMP"), report.replace(&root, "TMP"));
     insta::assert_snapshot!("keepalived_debian_vrrp_config", config);
     insta::assert_snapshot!("keepalived_debian_vrrp_report", report);
     validates(&out);
