@@ -870,15 +870,17 @@ impl Agreement {
     /// Accepts `from` as the leader of `term` (an append or snapshot came).
     fn follow(&mut self, now_ms: u64, term: u64, from: NodeId) {
         self.become_follower(now_ms, term, Some(from));
-        if self.durable.recovering && term == self.durable.term {
+        if self.durable.recovering && term == self.durable.term && self.durable.voted_for.is_none()
+        {
             // Whatever this node voted before it lost its state, `from`
             // won this term: count the vote as its, never give another.
-            self.durable.recovering = false;
-            if self.durable.voted_for.is_none() {
-                self.durable.voted_for = Some(from);
-            }
+            // It stays `recovering` (no vote, no campaign) until its log
+            // holds what the leader has committed ([`Agreement::on_append`]):
+            // a voter with an empty log could otherwise elect, with another
+            // empty one, a leader that lacks committed entries (simulation
+            // seed 286 with groups).
+            self.durable.voted_for = Some(from);
             self.dirty = true;
-            self.out.notes.push(Note::Recovered { term, leader: from });
         }
         self.leader_contact_ms = Some(now_ms);
         self.reset_election_timer(now_ms);
@@ -1097,6 +1099,13 @@ impl Agreement {
         }
         if commit <= index && !fenced_you {
             self.synced = true;
+            if self.durable.recovering {
+                // Its log now holds everything the leader has committed.
+                self.durable.recovering = false;
+                self.dirty = true;
+                let term = self.durable.term;
+                self.out.notes.push(Note::Recovered { term, leader: from });
+            }
         }
         let new_commit = commit.min(index);
         if new_commit > self.commit {
