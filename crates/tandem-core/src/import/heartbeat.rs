@@ -182,16 +182,12 @@ struct HaCf {
 
 struct Importer<'f> {
     facts: &'f Facts,
-    report: Vec<ReportLine>,
+    report: super::Report,
 }
 
 impl Importer<'_> {
     fn say(&mut self, file: &str, line: usize, verdict: Verdict, text: String) {
-        self.report.push(ReportLine {
-            source: format!("{file}:{line}"),
-            verdict,
-            text,
-        });
+        self.report.say_at(file, line, verdict, text);
     }
 
     fn ha_cf(&mut self, text: &str) -> Result<HaCf, ImportError> {
@@ -360,7 +356,7 @@ impl Importer<'_> {
             }
         }
         // In the file's order (ping lines were judged at the end).
-        self.report.sort_by_key(|r| {
+        self.report.report.sort_by_key(|r| {
             r.source
                 .strip_prefix("ha.cf:")
                 .and_then(|l| l.parse::<usize>().ok())
@@ -560,13 +556,13 @@ fn prefix_for(ip: Ipv4Addr, subnets: &[(String, Ipv4Addr, u8)]) -> Option<(u8, S
 pub fn import(input: &Input<'_>, facts: &Facts) -> Result<Imported, ImportError> {
     let mut im = Importer {
         facts,
-        report: Vec::new(),
+        report: super::Report::default(),
     };
     let cf = im.ha_cf(input.ha_cf)?;
     let addrs = im.addresses(&cf)?;
     match input.authkeys {
         Some(a) => im.authkeys(a),
-        None => im.report.push(ReportLine {
+        None => im.report.report.push(ReportLine {
             source: "authkeys".into(),
             verdict: Verdict::Changed,
             text: format!(
@@ -671,10 +667,7 @@ pub fn import(input: &Input<'_>, facts: &Facts) -> Result<Imported, ImportError>
             })
         }
     }
-    Ok(Imported {
-        config: t.trim_end().to_string() + "\n",
-        report: im.report,
-    })
+    Ok(Imported::new(&t, im.report))
 }
 
 /// The groups of `haresources`, as TOML.
@@ -866,7 +859,7 @@ fn groups(
         }
     }
     if cf.failback_auto.is_none() && !group_names.is_empty() {
-        im.report.push(ReportLine {
+        im.report.report.push(ReportLine {
             source: "ha.cf".into(),
             verdict: Verdict::Changed,
             text: "no auto_failback: heartbeat's default (legacy) failed back: failback = \"auto\""

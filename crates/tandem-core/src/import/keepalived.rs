@@ -48,19 +48,7 @@ struct Instance<'a> {
     item: &'a Item,
 }
 
-struct Importer {
-    report: Vec<ReportLine>,
-}
-
-impl Importer {
-    fn say(&mut self, file: &str, line: usize, verdict: Verdict, text: String) {
-        self.report.push(ReportLine {
-            source: format!("{file}:{line}"),
-            verdict,
-            text,
-        });
-    }
-}
+type Importer = super::Report;
 
 /// What the top level of a file says that is not an instance.
 fn top_level(im: &mut Importer, f: &NodeFile) {
@@ -70,14 +58,14 @@ fn top_level(im: &mut Importer, f: &NodeFile) {
             "global_defs" => {
                 for g in &it.block {
                     match g.key.as_str() {
-                        "router_id" => im.say(file, g.line, Verdict::Mapped, format!("{} -> the node's name", g.all())),
-                        "notification_email" | "notification_email_from" | "smtp_server" | "smtp_connect_timeout" => im.say(
+                        "router_id" => im.say_at(file, g.line, Verdict::Mapped, format!("{} -> the node's name", g.all())),
+                        "notification_email" | "notification_email_from" | "smtp_server" | "smtp_connect_timeout" => im.say_at(
                             file,
                             g.line,
                             Verdict::NotMapped,
                             format!("{}: mail on changes: add an [[alert]] running Pacemaker's alert_smtp.sh.sample", g.key),
                         ),
-                        _ => im.say(file, g.line, Verdict::NotNeeded, format!("{}: keepalived's own setting", g.all())),
+                        _ => im.say_at(file, g.line, Verdict::NotNeeded, format!("{}: keepalived's own setting", g.all())),
                     }
                 }
             }
@@ -91,28 +79,28 @@ fn top_level(im: &mut Importer, f: &NodeFile) {
                         "user" => (Verdict::NotMapped, "the check runs as the agent's user (root): wrap it in `runuser -u USER --`".to_string()),
                         _ => (Verdict::NotMapped, "not imported".to_string()),
                     };
-                    im.say(file, c.line, verdict, format!("vrrp_script {}: {}: {why}", it.arg().unwrap_or(""), c.all()));
+                    im.say_at(file, c.line, verdict, format!("vrrp_script {}: {}: {why}", it.arg().unwrap_or(""), c.all()));
                 }
             }
-            "virtual_server" | "virtual_server_group" => im.say(
+            "virtual_server" | "virtual_server_group" => im.say_at(
                 file,
                 n,
                 Verdict::NotMapped,
                 format!("{}: load balancing (LVS) does not exist in Tandem yet; keep running it beside Tandem, or use haproxy as a group's service", it.all()),
             ),
-            "static_ipaddress" | "static_routes" | "static_rules" => im.say(
+            "static_ipaddress" | "static_routes" | "static_rules" => im.say_at(
                 file,
                 n,
                 Verdict::NotMapped,
                 format!("{}: configure these with the system's network configuration", it.key),
             ),
-            "include" => im.say(
+            "include" => im.say_at(
                 file,
                 n,
                 Verdict::NotMapped,
                 format!("{}: give the included file's content to the importer too (it does not follow includes)", it.all()),
             ),
-            _ => im.say(file, n, Verdict::NotMapped, format!("{}: a keyword this importer does not know", it.all())),
+            _ => im.say_at(file, n, Verdict::NotMapped, format!("{}: a keyword this importer does not know", it.all())),
         }
     }
 }
@@ -135,7 +123,7 @@ fn vip(it: &Item, default_if: &str) -> Option<(Ipv4Addr, u8, String)> {
 
 /// Imports every node's `keepalived.conf` (`files`: name, text).
 pub fn import(files: &[(String, String)], facts: &Facts) -> Result<Imported, ImportError> {
-    let mut im = Importer { report: Vec::new() };
+    let mut im = Importer::default();
     let mut nodes: Vec<NodeFile> = Vec::new();
     for (name, text) in files {
         let items = parse(name, text)?;
@@ -330,7 +318,7 @@ pub fn import(files: &[(String, String)], facts: &Facts) -> Result<Imported, Imp
     // alone.
     let mut groups: Vec<(String, Vec<String>)> = Vec::new();
     for (name, members, it) in &sync {
-        im.say(
+        im.say_at(
             &nodes[0].file,
             it.line,
             Verdict::Mapped,
@@ -377,23 +365,23 @@ pub fn import(files: &[(String, String)], facts: &Facts) -> Result<Imported, Imp
                 for c in &it.block {
                     let (n, all) = (c.line, c.all());
                     match c.key.as_str() {
-                        "priority" => im.say(&file, n, Verdict::Mapped, format!("{all} -> {}'s place in {gname}'s preferred order", names[inst.node])),
-                        "interface" | "unicast_src_ip" => im.say(&file, n, Verdict::Mapped, format!("{all} -> the link {} and the node's address on it", safe_name(&iface))),
-                        "virtual_router_id" => im.say(&file, n, Verdict::NotNeeded, format!("{all}: VRRP's router id; Tandem's groups are known by name")),
-                        "state" => im.say(&file, n, Verdict::Changed, format!("{all}: the first holder is the most preferred node that is up")),
+                        "priority" => im.say_at(&file, n, Verdict::Mapped, format!("{all} -> {}'s place in {gname}'s preferred order", names[inst.node])),
+                        "interface" | "unicast_src_ip" => im.say_at(&file, n, Verdict::Mapped, format!("{all} -> the link {} and the node's address on it", safe_name(&iface))),
+                        "virtual_router_id" => im.say_at(&file, n, Verdict::NotNeeded, format!("{all}: VRRP's router id; Tandem's groups are known by name")),
+                        "state" => im.say_at(&file, n, Verdict::Changed, format!("{all}: the first holder is the most preferred node that is up")),
                         "nopreempt" => {
                             failback = "manual";
-                            im.say(&file, n, Verdict::Mapped, format!("{all} -> failback = \"manual\""));
+                            im.say_at(&file, n, Verdict::Mapped, format!("{all} -> failback = \"manual\""));
                         }
-                        "preempt_delay" => im.say(&file, n, Verdict::Changed, format!("{all}: the delay is not kept (failback happens at once when it is auto)")),
-                        "advert_int" => im.say(&file, n, Verdict::Changed, format!("{all}: Tandem's heartbeats replace VRRP adverts (every 50 ms on every link by default)")),
-                        "authentication" => im.say(&file, n, Verdict::Changed, format!("authentication: its password is not reused; every Tandem packet carries a BLAKE3 MAC under {}", facts.key_file)),
-                        "unicast_peer" => im.say(&file, n, Verdict::Mapped, "unicast_peer -> the other nodes (heartbeats go to each peer's address)".into()),
+                        "preempt_delay" => im.say_at(&file, n, Verdict::Changed, format!("{all}: the delay is not kept (failback happens at once when it is auto)")),
+                        "advert_int" => im.say_at(&file, n, Verdict::Changed, format!("{all}: Tandem's heartbeats replace VRRP adverts (every 50 ms on every link by default)")),
+                        "authentication" => im.say_at(&file, n, Verdict::Changed, format!("authentication: its password is not reused; every Tandem packet carries a BLAKE3 MAC under {}", facts.key_file)),
+                        "unicast_peer" => im.say_at(&file, n, Verdict::Mapped, "unicast_peer -> the other nodes (heartbeats go to each peer's address)".into()),
                         "virtual_ipaddress" if first => {
                             for v in &c.block {
                                 match vip(v, &iface) {
                                     Some((ip, p, _)) if seen_vips.contains(&(ip, p)) => {
-                                        im.say(&file, v.line, Verdict::NotNeeded, format!("{}: {ip}/{p} is already listed", v.all()));
+                                        im.say_at(&file, v.line, Verdict::NotNeeded, format!("{}: {ip}/{p} is already listed", v.all()));
                                     }
                                     Some((ip, p, dev)) => {
                                         seen_vips.push((ip, p));
@@ -404,23 +392,23 @@ pub fn import(files: &[(String, String)], facts: &Facts) -> Result<Imported, Imp
                                             quoted_list(&[dev.as_str()])
                                         ));
                                         let dropped = if v.args.iter().any(|a| a == "label") { " (its label is not kept)" } else { "" };
-                                        im.say(&file, v.line, Verdict::Mapped, format!("{} -> ip resource {ip}/{p} on {dev}{dropped}", v.all()));
+                                        im.say_at(&file, v.line, Verdict::Mapped, format!("{} -> ip resource {ip}/{p} on {dev}{dropped}", v.all()));
                                     }
-                                    None => im.say(&file, v.line, Verdict::NotMapped, format!("{}: not an IPv4 address (IPv6 is not supported yet)", v.all())),
+                                    None => im.say_at(&file, v.line, Verdict::NotMapped, format!("{}: not an IPv4 address (IPv6 is not supported yet)", v.all())),
                                 }
                             }
                         }
                         "track_script" if first => {
                             for s in &c.block {
                                 let Some(script) = scripts.get(&(inst.node, s.key.clone())) else {
-                                    im.say(&file, s.line, Verdict::NotMapped, format!("{}: no vrrp_script of that name", s.key));
+                                    im.say_at(&file, s.line, Verdict::NotMapped, format!("{}: no vrrp_script of that name", s.key));
                                     continue;
                                 };
                                 let cmd = script.child("script").and_then(Item::arg).unwrap_or("true").to_string();
                                 let interval = script.child("interval").and_then(Item::arg).and_then(|v| v.parse::<u64>().ok()).unwrap_or(1).max(1);
                                 let mut timeout = script.child("timeout").and_then(Item::arg).and_then(|v| v.parse::<u64>().ok());
                                 if timeout.is_some_and(|to| to > interval) {
-                                    im.say(&file, s.line, Verdict::Changed, format!("vrrp_script {}: timeout {} s is longer than its interval {interval} s: the check's timeout is the interval", s.key, timeout.unwrap_or(0)));
+                                    im.say_at(&file, s.line, Verdict::Changed, format!("vrrp_script {}: timeout {} s is longer than its interval {interval} s: the check's timeout is the interval", s.key, timeout.unwrap_or(0)));
                                     timeout = Some(interval);
                                 }
                                 let fall = script.child("fall").and_then(Item::arg).and_then(|v| v.parse::<u32>().ok()).unwrap_or(1).max(1);
@@ -440,7 +428,7 @@ pub fn import(files: &[(String, String)], facts: &Facts) -> Result<Imported, Imp
                                     Some(w) if !w.contains("weight 0") => format!(" ({w}: Tandem moves the group when the check fails, rather than weighing priorities)"),
                                     _ => String::new(),
                                 };
-                                im.say(&file, s.line, Verdict::Changed, format!("track_script {} -> exec monitor `{cmd}` every {interval} s, {fall} failure(s) then move{how}", s.key));
+                                im.say_at(&file, s.line, Verdict::Changed, format!("track_script {} -> exec monitor `{cmd}` every {interval} s, {fall} failure(s) then move{how}", s.key));
                             }
                         }
                         "track_interface" if first => {
@@ -452,7 +440,7 @@ pub fn import(files: &[(String, String)], facts: &Facts) -> Result<Imported, Imp
                                     quoted(&name),
                                     quoted_list(&["/bin/sh", "-c", check.as_str()])
                                 ));
-                                im.say(&file, i.line, Verdict::Changed, format!("track_interface {} -> exec monitor of its operstate, then move (weights are not kept)", i.all()));
+                                im.say_at(&file, i.line, Verdict::Changed, format!("track_interface {} -> exec monitor of its operstate, then move (weights are not kept)", i.all()));
                             }
                         }
                         "notify_master" | "notify_backup" | "notify_fault" | "notify_stop" | "notify" if first => {
@@ -460,14 +448,14 @@ pub fn import(files: &[(String, String)], facts: &Facts) -> Result<Imported, Imp
                             if !alerts.iter().any(|(_, p)| *p == prog) {
                                 alerts.push((format!("{}-notify", safe_name(gname)), prog.clone()));
                             }
-                            im.say(&file, n, Verdict::Changed, format!("{all} -> [[alert]] running {prog} with Pacemaker's CRM_alert_* variables (not keepalived's arguments: adapt the script)"));
+                            im.say_at(&file, n, Verdict::Changed, format!("{all} -> [[alert]] running {prog} with Pacemaker's CRM_alert_* variables (not keepalived's arguments: adapt the script)"));
                         }
                         "virtual_ipaddress" | "track_script" | "track_interface" | "notify_master" | "notify_backup" | "notify_fault" | "notify_stop" | "notify" => {
-                            im.say(&file, n, Verdict::Mapped, format!("{}: as on {}", c.key, names[insts[0].node]));
+                            im.say_at(&file, n, Verdict::Mapped, format!("{}: as on {}", c.key, names[insts[0].node]));
                         }
-                        "virtual_ipaddress_excluded" | "virtual_routes" | "virtual_rules" => im.say(&file, n, Verdict::NotMapped, format!("{}: not supported; configure them in the group's service", c.key)),
-                        "smtp_alert" => im.say(&file, n, Verdict::NotMapped, "smtp_alert: add an [[alert]] running Pacemaker's alert_smtp.sh.sample".into()),
-                        _ => im.say(&file, n, Verdict::NotNeeded, format!("{all}: VRRP's own setting")),
+                        "virtual_ipaddress_excluded" | "virtual_routes" | "virtual_rules" => im.say_at(&file, n, Verdict::NotMapped, format!("{}: not supported; configure them in the group's service", c.key)),
+                        "smtp_alert" => im.say_at(&file, n, Verdict::NotMapped, "smtp_alert: add an [[alert]] running Pacemaker's alert_smtp.sh.sample".into()),
+                        _ => im.say_at(&file, n, Verdict::NotNeeded, format!("{all}: VRRP's own setting")),
                     }
                 }
             }
@@ -492,7 +480,7 @@ pub fn import(files: &[(String, String)], facts: &Facts) -> Result<Imported, Imp
                 for key in ["virtual_ipaddress", "track_script", "track_interface"] {
                     let (a, b) = (set(first.item, key), set(other.item, key));
                     if a != b {
-                        im.say(
+                        im.say_at(
                             &nodes[other.node].file,
                             other.item.line,
                             Verdict::NotMapped,
@@ -502,7 +490,7 @@ pub fn import(files: &[(String, String)], facts: &Facts) -> Result<Imported, Imp
                 }
                 let np = |it: &Item| it.child("nopreempt").is_some();
                 if np(first.item) != np(other.item) {
-                    im.say(
+                    im.say_at(
                         &nodes[other.node].file,
                         other.item.line,
                         Verdict::Changed,
@@ -556,10 +544,7 @@ pub fn import(files: &[(String, String)], facts: &Facts) -> Result<Imported, Imp
             });
         }
     }
-    Ok(Imported {
-        config: t.trim_end().to_string() + "\n",
-        report: im.report,
-    })
+    Ok(Imported::new(&t, im))
 }
 
 #[cfg(test)]

@@ -86,6 +86,39 @@ pub struct Imported {
     pub report: Vec<ReportLine>,
 }
 
+impl Imported {
+    /// The result: `config` ending in one newline, and the report.
+    pub(crate) fn new(config: &str, report: Report) -> Imported {
+        Imported {
+            config: config.trim_end().to_string() + "\n",
+            report: report.report,
+        }
+    }
+}
+
+/// The report an importer writes as it goes.
+#[derive(Debug, Default)]
+pub(crate) struct Report {
+    /// Its lines, in the order said.
+    pub(crate) report: Vec<ReportLine>,
+}
+
+impl Report {
+    /// A line about `source` (`primitive web`, `corosync.conf:3`).
+    pub(crate) fn say(&mut self, source: &str, verdict: Verdict, text: String) {
+        self.report.push(ReportLine {
+            source: source.to_string(),
+            verdict,
+            text,
+        });
+    }
+
+    /// A line about line `line` of `file`.
+    pub(crate) fn say_at(&mut self, file: &str, line: usize, verdict: Verdict, text: String) {
+        self.say(&format!("{file}:{line}"), verdict, text);
+    }
+}
+
 /// Why an import cannot produce a configuration.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ImportError {

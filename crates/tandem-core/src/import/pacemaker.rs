@@ -29,7 +29,7 @@ use quick_xml::events::Event;
 use quick_xml::Reader;
 
 use super::blocks::{parse, Item};
-use super::{quoted, quoted_list, safe_name, Address, ImportError, Imported, ReportLine, Verdict};
+use super::{quoted, quoted_list, safe_name, Address, ImportError, Imported, Verdict};
 use crate::kinds::ocf::metadata::{attributes, duration_ms};
 
 /// Largest CIB read.
@@ -167,19 +167,7 @@ fn score(s: &str) -> Option<i64> {
     }
 }
 
-struct Importer {
-    report: Vec<ReportLine>,
-}
-
-impl Importer {
-    fn say(&mut self, source: &str, verdict: Verdict, text: String) {
-        self.report.push(ReportLine {
-            source: source.to_string(),
-            verdict,
-            text,
-        });
-    }
-}
+type Importer = super::Report;
 
 /// What Corosync's configuration says.
 #[derive(Debug, Default)]
@@ -551,7 +539,7 @@ pub fn import(
     corosync_conf: Option<&str>,
     facts: &Facts,
 ) -> Result<Imported, ImportError> {
-    let mut im = Importer { report: Vec::new() };
+    let mut im = Importer::default();
     let root = xml_tree(cib)?;
     let conf = root
         .child("configuration")
@@ -1043,10 +1031,7 @@ pub fn import(
             "two_node with other than two nodes".into(),
         );
     }
-    Ok(Imported {
-        config: t.trim_end().to_string() + "\n",
-        report: im.report,
-    })
+    Ok(Imported::new(&t, im))
 }
 
 #[cfg(test)]

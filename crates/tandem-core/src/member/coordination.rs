@@ -91,6 +91,7 @@ impl Member {
         // agent needs its empty appends). A late or repeated report, or a
         // leave, is no such evidence.
         if beat && fresh {
+            let commit_before = self.agreement.commit_index();
             if r.leader == Some(from) {
                 self.agreement
                     .on_leader_beat(now_ms, from, r.term, r.commit);
@@ -105,8 +106,10 @@ impl Member {
             );
             // What that heartbeat committed here is noted as leaving
             // before its echo counts (the lease's proof excludes echoes on
-            // a record not yet noted).
-            self.catch_up_leaving();
+            // a record not yet noted); most heartbeats commit nothing.
+            if self.agreement.commit_index() != commit_before {
+                self.catch_up_leaving();
+            }
         }
         if let (true, Some((index, d))) = (self.agreement.leader() == Some(from), r.record_at) {
             let v = self.record_check.note_leader(index, d);
