@@ -293,6 +293,16 @@ impl Cluster {
         self.start_agent(i, inherited);
     }
 
+    /// Node `i`'s agent switches in place to the configuration `hash`
+    /// (as `tandem config apply` makes it do; the groups stay the same).
+    pub fn switch_config(&mut self, i: usize, hash: &str) {
+        self.nodes[i].spec.config_hash = hash.to_string();
+        if let Some(m) = self.nodes[i].member.as_mut() {
+            m.set_config_identity(hash.to_string(), vec![]);
+        }
+        self.flush(i);
+    }
+
     /// Every node's agent handles a failure of `group`'s resource as
     /// `policy` says, and reports its failures to the leader.
     pub fn set_on_fail(&mut self, group: &str, policy: OnFail) {

@@ -10,6 +10,8 @@
 //!
 //! The rules, in order (the first that applies wins):
 //! 1. Shutting down: stop everything, maintenance or not (a clean leave).
+//!    Retiring (a configuration change removes the group or changes its
+//!    resources): stop it, maintenance or not, before the switch.
 //! 2. No lease of its own, but within the lease of the agent this one
 //!    replaced: leave what runs as it is (neither start nor stop).
 //! 3. The group is in maintenance: leave it.
@@ -33,6 +35,9 @@ pub struct Wants {
     /// The previous agent's lease end (this agent's clock), while it lasts
     /// and this agent holds no lease of its own yet.
     inherited_until_ms: Option<u64>,
+    /// Groups to stop before this node switches to another configuration
+    /// (removed by it, or with other resources).
+    retiring: std::collections::BTreeSet<String>,
 }
 
 /// One group as this node holds it, for [`Wants::decide`].
@@ -115,6 +120,12 @@ impl Wants {
         self.shutting_down = true;
     }
 
+    /// Groups to stop, whatever else holds, before a configuration switch
+    /// (replaces the previous set; empty: none).
+    pub fn retire(&mut self, groups: impl IntoIterator<Item = String>) {
+        self.retiring = groups.into_iter().collect();
+    }
+
     /// Whether a graceful stop was asked for.
     pub fn shutting_down(&self) -> bool {
         self.shutting_down
@@ -173,6 +184,7 @@ impl Wants {
                             == me,
                     maintenance: record.unmanaged(g.name),
                     active: g.active,
+                    retiring: self.retiring.contains(g.name),
                 };
                 self.decide_one(now_ms, facts, || member.group_until(g.name, now_ms))
             })
@@ -208,7 +220,7 @@ impl Wants {
 
     /// Rules 1-5 of the module's documentation for one group.
     fn want(&self, f: Facts, now_ms: u64) -> Want {
-        if self.shutting_down {
+        if self.shutting_down || f.retiring {
             return Want::Stop;
         }
         if !f.lease_ok && self.inheriting(now_ms) {
@@ -241,6 +253,8 @@ struct Facts {
     maintenance: bool,
     /// Something of the group may run here.
     active: bool,
+    /// The group stops before a configuration switch ([`Wants::retire`]).
+    retiring: bool,
 }
 
 #[cfg(test)]

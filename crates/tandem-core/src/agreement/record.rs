@@ -53,6 +53,14 @@ pub enum Command {
         /// Member node names, in configuration order.
         members: Vec<String>,
     },
+    /// A configuration change begins (Some: every node may switch to
+    /// the configuration of this hash, staged on each by `tandem config
+    /// apply`) or is abandoned (None). It ends when a [`Command::Config`]
+    /// of that hash commits.
+    ConfigNext {
+        /// The new configuration's hash, or None to abandon the change.
+        hash: Option<String>,
+    },
     /// Places `group` on `node` (None: stopped).
     Place {
         /// Group name.
@@ -153,6 +161,12 @@ pub struct Record {
     pub config_hash: String,
     /// Member node names.
     pub members: Vec<String>,
+    /// The configuration the cluster is switching to, while a change
+    /// (`tandem config apply`) is under way: a node running it counts as
+    /// running the committed one, and the leader places nothing until
+    /// the change ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_next: Option<String>,
     /// Placement of every group ever placed.
     pub placements: BTreeMap<String, Placement>,
     /// Intents in force: (target, intent).
@@ -217,6 +231,11 @@ impl Record {
                     self.config_hash = hash.clone();
                 }
                 self.members = members.clone();
+                // Whatever change was under way ends with any commit.
+                self.config_next = None;
+            }
+            Command::ConfigNext { hash } => {
+                self.config_next = hash.clone().filter(|h| *h != self.config_hash);
             }
             Command::Place { group, node, .. } => {
                 let p = self.placements.entry(group.clone()).or_insert(Placement {

@@ -8,6 +8,7 @@
 //! The file format is documented in `docs/CONFIG.md`; `examples/` holds one
 //! configuration per scenario in the product brief.
 
+pub mod change;
 mod diff;
 pub(crate) mod help;
 pub mod identity;

@@ -25,6 +25,19 @@ impl Member {
         self.lead_dirty = true;
     }
 
+    /// This node switched to another configuration in place (`tandem
+    /// config apply`): its identity, said to every peer at once.
+    pub fn set_config_identity(&mut self, hash: String, sections: Vec<(String, String)>) {
+        if self.spec.config_hash == hash {
+            return;
+        }
+        self.spec.config_hash = hash;
+        self.spec.config_sections = sections;
+        self.heartbeat_due_ms = self.now_ms;
+        self.lead_dirty = true;
+        self.note_own_digest();
+    }
+
     /// This node has armed a required watchdog that resets it at most
     /// `reset_ms` after its lease ended (None: it has not). Reported to
     /// the leader, which then counts this node fenced once silent that
@@ -763,6 +776,18 @@ impl Member {
                 }
                 cmds
             }
+            // One change at a time; the committed configuration is no change.
+            Request::ConfigNext { hash } => {
+                if *hash == record.config_hash
+                    || record.config_next.as_ref().is_some_and(|n| n != hash)
+                {
+                    vec![]
+                } else {
+                    vec![Command::ConfigNext {
+                        hash: Some(hash.clone()),
+                    }]
+                }
+            }
             Request::Volume {
                 volume,
                 expect_version,
@@ -877,7 +902,6 @@ impl Member {
                         failed_links: self.failed_links.clone(),
                     };
                 }
-                let committed = &self.agreement.record().config_hash;
                 NodeFacts {
                     name: h.clone(),
                     online: self.detector.node_state(id) == Some(NodeState::Alive)
@@ -885,9 +909,7 @@ impl Member {
                     // Unknown (no report, or a sender of an older version):
                     // not held against it.
                     config_ok: self.reports.get(&id).map_or(true, |r| {
-                        r.report.config.is_empty()
-                            || committed.is_empty()
-                            || r.report.config == *committed
+                        r.report.config.is_empty() || self.config_accepted(&r.report.config)
                     }),
                     failed_links: self
                         .reports
@@ -1087,6 +1109,9 @@ impl Member {
             || !self.view().quorate
             || self.agreement.last_index() != self.agreement.commit_index()
             || self.agreement.record().config_hash != self.spec.config_hash
+            // A configuration change under way: nothing moves until every
+            // node runs the new one (or its bound passes).
+            || self.agreement.record().config_next.is_some()
         {
             self.waiting.clear();
             self.lead_due_ms = None;
@@ -1124,8 +1149,15 @@ impl Member {
     /// Whether this member runs the committed configuration (or none is
     /// committed yet). A member that does not starts nothing new.
     pub fn config_committed(&self) -> bool {
-        let committed = &self.agreement.record().config_hash;
-        committed.is_empty() || *committed == self.spec.config_hash
+        self.config_accepted(&self.spec.config_hash)
+    }
+
+    /// Whether a node running the configuration of hash `hash` runs the
+    /// cluster's: none is committed yet, it is the committed one, or it is
+    /// the one a change under way switches to.
+    pub fn config_accepted(&self, hash: &str) -> bool {
+        let r = self.agreement.record();
+        r.config_hash.is_empty() || r.config_hash == hash || r.config_next.as_deref() == Some(hash)
     }
 
     /// Each voter's configuration identity as this member knows it (its
@@ -1181,6 +1213,11 @@ impl Member {
         if self.agreement.role() != Role::Leader {
             return;
         }
+        if let Some(next) = self.agreement.record().config_next.clone() {
+            self.lead_config_change(next);
+            return;
+        }
+        self.config_next_since = None;
         let mine = self.spec.config_hash.clone();
         let committed = self.agreement.record().config_hash.clone();
         if committed != mine && self.may_commit_config() {
@@ -1221,6 +1258,64 @@ impl Member {
         if !candidates.is_empty() && !recently {
             self.config_handoff_ms = Some(self.now_ms);
             self.agreement.hand_off_to(&candidates);
+        }
+    }
+
+    /// The leader's rule while a configuration change is under way (see
+    /// [`Record::config_next`](crate::agreement::Record::config_next)):
+    /// commit the new configuration once every node heard runs it; past
+    /// [`CONFIG_SWITCH_BOUND_MS`], once a majority of voters runs it (the
+    /// others catch up, ineligible until then), or abandon the change when
+    /// no majority does. A leader that has not switched yet leaves the
+    /// commit to one that has.
+    fn lead_config_change(&mut self, next: String) {
+        let now = self.now_ms;
+        let since = match &self.config_next_since {
+            Some((h, t)) if *h == next => *t,
+            _ => {
+                self.config_next_since = Some((next.clone(), now));
+                now
+            }
+        };
+        // One proposal at a time (the placement pass runs at least once a
+        // heartbeat, so the bound is seen when it passes).
+        if self.agreement.last_index() != self.agreement.commit_index() {
+            return;
+        }
+        let mine = self.spec.config_hash.clone();
+        let heard_on_next = self
+            .spec
+            .peers
+            .iter()
+            .filter(|p| self.detector.node_state(p.id) == Some(NodeState::Alive))
+            .all(|p| {
+                self.reports
+                    .get(&p.id)
+                    .is_some_and(|r| r.report.config == next)
+            });
+        let voters_on_next = self
+            .voter_configs()
+            .iter()
+            .filter(|(_, c)| *c == Some(next.as_str()))
+            .count();
+        let bound_passed = now >= since + CONFIG_SWITCH_BOUND_MS;
+        let cmd = if mine == next && (heard_on_next || bound_passed) {
+            if voters_on_next < self.majority() {
+                // Past its bound without a majority: give up the change.
+                Some(Command::ConfigNext { hash: None })
+            } else {
+                Some(Command::Config {
+                    hash: next,
+                    members: self.spec.member_names.clone(),
+                })
+            }
+        } else if bound_passed && voters_on_next < self.majority() {
+            Some(Command::ConfigNext { hash: None })
+        } else {
+            None
+        };
+        if let Some(cmd) = cmd {
+            let _ = self.agreement.propose(now, cmd);
         }
     }
 

@@ -373,6 +373,12 @@ pub enum Request {
         #[serde(default)]
         then: crate::on_fail::Escalation,
     },
+    /// `tandem config apply`: every member has staged and accepted the
+    /// configuration of this hash; the cluster may switch to it.
+    ConfigNext {
+        /// The new configuration's hash.
+        hash: String,
+    },
 }
 
 /// A request with its sender's id for it (duplicates are dropped): the
@@ -526,7 +532,16 @@ pub struct Member {
     /// Leader: when it last handed leadership over because its
     /// configuration is not the one a majority runs.
     config_handoff_ms: Option<u64>,
+    /// Leader: the configuration change under way ([`Record::config_next`])
+    /// and when this member first saw it while leading, for its bound.
+    config_next_since: Option<(String, u64)>,
 }
+
+/// How long a configuration change may take before the leader commits it
+/// with the voters that switched (a majority; the others catch up) or
+/// abandons it: the slowest node's switch stops the groups the change
+/// restarts, within their stop timeouts.
+pub const CONFIG_SWITCH_BOUND_MS: u64 = 30_000;
 
 /// Fence outcomes kept for the record while not leading.
 const MAX_PENDING_FENCE_LOGS: usize = 16;
@@ -621,6 +636,7 @@ impl Member {
             own_watchdog_reset_ms: None,
             bad_mac_from: BTreeMap::new(),
             config_handoff_ms: None,
+            config_next_since: None,
             spec,
         };
         m.update_view();
@@ -1102,7 +1118,10 @@ impl Member {
     /// A new leader records the configuration it runs, if it is new and
     /// may be (see [`Member::may_commit_config`]).
     fn propose_config(&mut self) {
-        if self.agreement.record().config_hash == self.spec.config_hash || !self.may_commit_config()
+        // A change under way is the leader's own rule's ([`Member::lead`]).
+        if self.agreement.record().config_hash == self.spec.config_hash
+            || self.agreement.record().config_next.is_some()
+            || !self.may_commit_config()
         {
             return;
         }

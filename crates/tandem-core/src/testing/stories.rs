@@ -297,3 +297,99 @@ mod on_fail {
         }
     }
 }
+
+/// `tandem config apply`: a change begins when the leader commits the
+/// new configuration's hash as the next one; each node switches in place
+/// when it sees that; nothing moves meanwhile, not even with some nodes
+/// switched and others not; the change commits once every node runs it.
+#[test]
+fn a_configuration_change_commits_once_every_node_runs_it_and_moves_nothing() {
+    use crate::member::Request;
+    let mut c = Cluster::new(3, &["web", "db"]);
+    c.run_for(SETTLE_MS);
+    c.request(
+        0,
+        Request::Move {
+            group: "db".into(),
+            node: Some("n2".into()),
+        },
+    );
+    c.run_for(SETTLE_MS);
+    let (web, db) = (c.placed_on("web").unwrap(), c.placed_on("db").unwrap());
+    assert_ne!(web, db);
+    let leader = c.leader().unwrap();
+    let epoch = c.record(leader).unwrap().config_epoch;
+    let t = c.now_ms();
+    c.request(2, Request::ConfigNext { hash: "v2".into() });
+    c.run_for(1_000);
+    for i in 0..3 {
+        assert_eq!(c.record(i).unwrap().config_next.as_deref(), Some("v2"));
+    }
+    // One node at a time, the leader not last, with time between: no
+    // node running the old or the new configuration loses its groups.
+    let mut order: Vec<usize> = (0..3).collect();
+    order.rotate_left(leader);
+    for (k, i) in order.into_iter().enumerate() {
+        c.switch_config(i, "v2");
+        c.run_for(2_000);
+        if k < 2 {
+            assert_eq!(c.record(i).unwrap().config_hash, "story", "not before all");
+        }
+    }
+    c.run_for(1_000);
+    for i in 0..3 {
+        let r = c.record(i).unwrap();
+        assert_eq!((r.config_hash.as_str(), r.config_epoch), ("v2", epoch + 1));
+        assert_eq!(r.config_next, None);
+    }
+    for (g, n) in [("web", web), ("db", db)] {
+        assert_eq!(c.actions_on(n, g, t), vec![], "{g} on n{}", n + 1);
+        assert_eq!(c.running_on(g), vec![n], "{g}");
+    }
+    assert!(c.dual_active().is_empty(), "{:?}", c.dual_active());
+}
+
+/// A node that does not switch (its agent stuck, or the new file refused
+/// there) holds the change up only until its bound: then the voters that
+/// switched commit it, and that node, on another configuration, gives up
+/// its groups.
+#[test]
+fn a_configuration_change_past_its_bound_commits_with_a_majority() {
+    use crate::member::{Request, CONFIG_SWITCH_BOUND_MS};
+    let mut c = Cluster::new(3, &["web"]);
+    c.run_for(SETTLE_MS);
+    let web = c.placed_on("web").unwrap();
+    c.request(0, Request::ConfigNext { hash: "v2".into() });
+    c.run_for(1_000);
+    for i in (0..3).filter(|&i| i != web) {
+        c.switch_config(i, "v2");
+    }
+    c.run_for(CONFIG_SWITCH_BOUND_MS / 2);
+    assert_eq!(c.record(0).unwrap().config_next.as_deref(), Some("v2"));
+    assert_eq!(c.running_on("web"), vec![web], "frozen meanwhile");
+    c.run_for(CONFIG_SWITCH_BOUND_MS / 2 + SETTLE_MS);
+    let r = c.record((web + 1) % 3).unwrap();
+    assert_eq!((r.config_hash.as_str(), r.config_next.as_ref()), ("v2", None));
+    let now = c.running_on("web");
+    assert!(now.len() == 1 && now[0] != web, "{now:?}");
+    assert!(c.dual_active().is_empty(), "{:?}", c.dual_active());
+}
+
+/// A change no majority switches to is abandoned at its bound: the
+/// committed configuration stays, and a second change is refused while
+/// one is under way.
+#[test]
+fn a_configuration_change_no_majority_takes_is_abandoned() {
+    use crate::member::{Request, CONFIG_SWITCH_BOUND_MS};
+    let mut c = Cluster::new(3, &["web"]);
+    c.run_for(SETTLE_MS);
+    c.request(0, Request::ConfigNext { hash: "v2".into() });
+    c.run_for(1_000);
+    c.request(1, Request::ConfigNext { hash: "v3".into() });
+    c.run_for(1_000);
+    assert_eq!(c.record(0).unwrap().config_next.as_deref(), Some("v2"));
+    c.run_for(CONFIG_SWITCH_BOUND_MS + SETTLE_MS);
+    let r = c.record(0).unwrap();
+    assert_eq!((r.config_hash.as_str(), r.config_next.as_ref()), ("story", None));
+    assert_eq!(c.running_on("web").len(), 1);
+}

@@ -3,14 +3,15 @@
 
 use super::*;
 
-/// Every combination of the five facts.
+/// Every combination of the six facts.
 fn all_facts() -> impl Iterator<Item = Facts> {
-    (0u8..32).map(|bits| Facts {
+    (0u8..64).map(|bits| Facts {
         lease_ok: bits & 1 != 0,
         config_ok: bits & 2 != 0,
         placed_here: bits & 4 != 0,
         maintenance: bits & 8 != 0,
         active: bits & 16 != 0,
+        retiring: bits & 32 != 0,
     })
 }
 
@@ -39,8 +40,12 @@ fn run_only_when_placed_here_with_a_lease_and_the_committed_configuration() {
     for w in all_agents() {
         for f in all_facts() {
             let want = w.want(f, NOW_MS);
-            let may_run =
-                f.placed_here && f.lease_ok && f.config_ok && !f.maintenance && !w.shutting_down();
+            let may_run = f.placed_here
+                && f.lease_ok
+                && f.config_ok
+                && !f.maintenance
+                && !f.retiring
+                && !w.shutting_down();
             assert_eq!(want == Want::Run, may_run, "{w:?} {f:?}");
         }
     }
@@ -59,7 +64,7 @@ fn a_graceful_stop_stops_everything_even_in_maintenance() {
 fn a_restarted_agent_within_the_old_lease_neither_starts_nor_stops() {
     let mut w = Wants::new();
     w.inherit_lease(1_000);
-    for f in all_facts().filter(|f| !f.lease_ok) {
+    for f in all_facts().filter(|f| !f.lease_ok && !f.retiring) {
         assert_eq!(w.want(f, NOW_MS), Want::Leave, "{f:?}");
         // The previous agent's guard entry covers it: no end of its own.
         let d = w.decide_one(NOW_MS, f, || Some(0));
@@ -88,6 +93,7 @@ fn our_own_lease_ends_the_inherited_one_for_good() {
         placed_here: true,
         maintenance: false,
         active: true,
+        retiring: false,
     };
     assert_eq!(w.want(f, NOW_MS), Want::Stop);
 }
@@ -95,7 +101,7 @@ fn our_own_lease_ends_the_inherited_one_for_good() {
 #[test]
 fn maintenance_leaves_the_group_as_it_is() {
     let w = Wants::new();
-    for f in all_facts().filter(|f| f.maintenance) {
+    for f in all_facts().filter(|f| f.maintenance && !f.retiring) {
         assert_eq!(w.want(f, NOW_MS), Want::Leave, "{f:?}");
     }
 }
@@ -103,7 +109,9 @@ fn maintenance_leaves_the_group_as_it_is() {
 #[test]
 fn an_uncommitted_configuration_starts_nothing_and_stops_nothing_placed_here() {
     let w = Wants::new();
-    for f in all_facts().filter(|f| f.placed_here && f.lease_ok && !f.config_ok && !f.maintenance) {
+    for f in all_facts()
+        .filter(|f| f.placed_here && f.lease_ok && !f.config_ok && !f.maintenance && !f.retiring)
+    {
         let want = w.want(f, NOW_MS);
         if f.active {
             assert_eq!(want, Want::Leave, "{f:?}");
@@ -122,6 +130,7 @@ fn a_group_moved_away_may_keep_running_until_its_end_then_is_cut_short() {
         placed_here: false,
         maintenance: false,
         active: true,
+        retiring: false,
     };
     let d = w.decide_one(NOW_MS, moved, || Some(700));
     assert_eq!(d.want, Want::Stop);
@@ -169,4 +178,17 @@ fn what_may_still_run_is_killed_past_its_end_and_only_then() {
     assert!(!none.kills(0, 699));
     // A group the pass does not know is not killed.
     assert!(!held.kills(2, 10_000));
+}
+
+#[test]
+fn a_retiring_group_stops_whatever_else_holds_and_only_it() {
+    let mut w = Wants::new();
+    w.retire(["old".to_string()]);
+    for f in all_facts().filter(|f| f.retiring) {
+        assert_eq!(w.want(f, NOW_MS), Want::Stop, "{f:?}");
+    }
+    // Through `decide`, by name: only the group named retires.
+    assert!(w.retiring.contains("old") && !w.retiring.contains("web"));
+    w.retire(Vec::new());
+    assert!(w.retiring.is_empty());
 }

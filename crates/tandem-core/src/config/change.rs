@@ -1,0 +1,239 @@
+//! A configuration change on a running cluster (`tandem config apply`):
+//! what a node must do to switch from one configuration to another without
+//! a restart, and which changes cannot be made that way.
+//!
+//! A node switches in place: groups the new configuration removes, and
+//! groups whose resources change, are stopped first; every other group
+//! keeps running untouched (its monitors may change: they are checked
+//! anew from the switch on). Changes to what the membership itself runs
+//! on (cluster, timing, quorum, links, nodes, keys), to fence devices,
+//! volumes, the watchdog, the HTTP API or alerts need each agent
+//! restarted, one node at a time, and are refused here with that advice.
+
+use std::fmt;
+
+use super::diff::{diff, Change, ChangeKind, Section};
+use super::model::Config;
+
+/// What switching from one configuration to another does on a node.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Plan {
+    /// Every change, as `config diff` shows it.
+    pub changes: Vec<Change>,
+    /// Groups stopped before the switch: removed by the new configuration,
+    /// or with resources added, removed, changed or reordered (they start
+    /// again, as the new configuration says, once the switch is done).
+    pub restart: Vec<String>,
+}
+
+impl Plan {
+    /// Whether the two configurations say the same.
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
+}
+
+/// Changes a running node cannot make in place.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct NotLive {
+    /// The changes that need a restart of every agent.
+    pub changes: Vec<Change>,
+}
+
+impl fmt::Display for NotLive {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let list: Vec<String> = self.changes.iter().map(ToString::to_string).collect();
+        write!(
+            f,
+            "these changes cannot be applied to a running cluster: {}; install the new file on every node and restart the agents one node at a time (each keeps its groups running), or apply only the group, resource and monitor changes",
+            list.join("; ")
+        )
+    }
+}
+
+/// Whether a change can be made while the agents run.
+fn live(c: &Change) -> bool {
+    matches!(
+        c.section,
+        Section::Group | Section::Resource | Section::Monitor
+    )
+}
+
+/// The group a change is in, when it is a group's resource change that
+/// restarts the group (or the group's removal).
+fn restarts(c: &Change) -> Option<&str> {
+    match (c.section, &c.kind) {
+        (Section::Group, ChangeKind::Removed) => Some(&c.name),
+        (Section::Resource, _) => c.name.split('/').next(),
+        (
+            Section::Group,
+            ChangeKind::Reordered {
+                list: Section::Resource,
+            },
+        ) => Some(&c.name),
+        _ => None,
+    }
+}
+
+/// What switching a running node from `old` to `new` does, or why it
+/// cannot be done in place.
+pub fn plan(old: &Config, new: &Config) -> Result<Plan, NotLive> {
+    let changes = diff(old, new);
+    let refused: Vec<Change> = changes.iter().filter(|c| !live(c)).cloned().collect();
+    if !refused.is_empty() {
+        return Err(NotLive { changes: refused });
+    }
+    let mut restart: Vec<String> = changes
+        .iter()
+        .filter_map(restarts)
+        .filter(|g| !g.is_empty())
+        .map(String::from)
+        .collect();
+    restart.sort();
+    restart.dedup();
+    Ok(Plan { changes, restart })
+}
+
+/// Whether a node running the configuration `mine` runs an older one of
+/// the cluster's and should fetch the committed one: `mine` is not the
+/// committed configuration, and this node saw `mine` committed before,
+/// at an earlier epoch than the committed one (`seen`: each
+/// configuration this node saw committed, with its epoch). A
+/// configuration the cluster never committed (an operator's edit, rolled
+/// out node by node) is never replaced.
+pub fn is_stale(mine: &str, committed: &str, committed_epoch: u64, seen: &[(u64, String)]) -> bool {
+    !committed.is_empty()
+        && mine != committed
+        && seen
+            .iter()
+            .any(|(epoch, hash)| hash == mine && *epoch < committed_epoch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::load;
+    use crate::config::KeyFileFacts;
+
+    const BASE: &str = r#"
+[cluster]
+name = "c"
+key_file = "/k"
+
+[[link]]
+name = "lan"
+subnet = "10.0.0.0/24"
+
+[[node]]
+name = "n1"
+addresses = { lan = "10.0.0.1" }
+
+[[node]]
+name = "n2"
+addresses = { lan = "10.0.0.2" }
+
+[[node]]
+name = "n3"
+addresses = { lan = "10.0.0.3" }
+
+[[group]]
+name = "web"
+[[group.resource]]
+name = "vip"
+kind = "ip"
+address = "10.0.0.100/24"
+[[group.monitor]]
+name = "http"
+kind = "tcp"
+address = "10.0.0.100:80"
+interval_ms = 2000
+
+[[group]]
+name = "old"
+[[group.resource]]
+name = "vip"
+kind = "ip"
+address = "10.0.0.101/24"
+
+[[group]]
+name = "db"
+[[group.resource]]
+name = "vip"
+kind = "ip"
+address = "10.0.0.102/24"
+"#;
+
+    fn cfg(text: &str) -> Config {
+        let facts = |_: &std::path::Path| KeyFileFacts::Present {
+            len: 32,
+            mode: 0o600,
+        };
+        let l = load(text, std::path::Path::new("/"), &facts);
+        match l.config {
+            Some(c) => c,
+            None => panic!("invalid test configuration: {:?}", l.diagnostics),
+        }
+    }
+
+    #[test]
+    fn adding_removing_and_changing_groups_is_live_and_restarts_only_what_it_must() {
+        let old = cfg(BASE);
+        let new_text = BASE
+            // The monitor of `web` changes: web keeps running.
+            .replace("interval_ms = 2000", "interval_ms = 1000")
+            // `db`'s address changes: db restarts.
+            .replace("10.0.0.102/24", "10.0.0.103/24")
+            // `old` goes.
+            .replace(
+                "[[group]]\nname = \"old\"\n[[group.resource]]\nname = \"vip\"\nkind = \"ip\"\naddress = \"10.0.0.101/24\"\n",
+                "",
+            )
+            + "\n[[group]]\nname = \"extra\"\n[[group.resource]]\nname = \"vip\"\nkind = \"ip\"\naddress = \"10.0.0.104/24\"\n";
+        let new = cfg(&new_text);
+        let p = plan(&old, &new).unwrap();
+        assert_eq!(p.restart, vec!["db".to_string(), "old".to_string()]);
+        let shown: Vec<String> = p.changes.iter().map(ToString::to_string).collect();
+        assert!(shown.contains(&"monitor `web/http` changed: interval_ms".to_string()), "{shown:?}");
+        assert!(shown.contains(&"group `extra` added".to_string()), "{shown:?}");
+        assert!(!p.is_empty());
+        assert!(plan(&old, &old).unwrap().is_empty());
+    }
+
+    #[test]
+    fn membership_changes_are_refused_with_what_to_do() {
+        let old = cfg(BASE);
+        let new = cfg(&BASE.replace("10.0.0.2\" }", "10.0.0.9\" }"));
+        let e = plan(&old, &new).unwrap_err();
+        assert_eq!(e.changes.len(), 1);
+        let text = e.to_string();
+        assert!(text.contains("node `n2` changed: addresses"), "{text}");
+        assert!(text.contains("one node at a time"), "{text}");
+    }
+
+    #[test]
+    fn reordering_resources_restarts_the_group_reordering_groups_does_not() {
+        let text = BASE.replace(
+            "[[group]]\nname = \"db\"\n[[group.resource]]\nname = \"vip\"\nkind = \"ip\"\naddress = \"10.0.0.102/24\"\n",
+            "[[group]]\nname = \"db\"\n[[group.resource]]\nname = \"vip\"\nkind = \"ip\"\naddress = \"10.0.0.102/24\"\n[[group.resource]]\nname = \"vip2\"\nkind = \"ip\"\naddress = \"10.0.0.105/24\"\n",
+        );
+        let two = cfg(&text);
+        let swapped = cfg(&text.replace("name = \"vip\"\nkind = \"ip\"\naddress = \"10.0.0.102/24\"\n[[group.resource]]\nname = \"vip2\"\nkind = \"ip\"\naddress = \"10.0.0.105/24\"", "name = \"vip2\"\nkind = \"ip\"\naddress = \"10.0.0.105/24\"\n[[group.resource]]\nname = \"vip\"\nkind = \"ip\"\naddress = \"10.0.0.102/24\""));
+        assert_eq!(plan(&two, &swapped).unwrap().restart, vec!["db".to_string()]);
+        let mut reordered = two.clone();
+        reordered.groups.reverse();
+        let p = plan(&two, &reordered).unwrap();
+        assert!(p.restart.is_empty() && !p.is_empty(), "{p:?}");
+    }
+
+    #[test]
+    fn only_a_configuration_this_node_saw_committed_earlier_is_stale() {
+        let seen = vec![(1, "a".to_string()), (2, "b".to_string())];
+        assert!(is_stale("a", "b", 2, &seen));
+        // The committed one, an operator's edit, nothing committed yet.
+        assert!(!is_stale("b", "b", 2, &seen));
+        assert!(!is_stale("z", "b", 2, &seen));
+        assert!(!is_stale("a", "", 0, &seen));
+        // Seen committed at the current epoch: a rollback made it current.
+        assert!(!is_stale("b", "a", 2, &seen));
+    }
+}
