@@ -46,8 +46,12 @@ use crate::volume::{Hub, VolumeAnswer, VolumeCommand};
 
 /// The protocol version this agent and client speak.
 pub const PROTOCOL_VERSION: u32 = 1;
-/// Largest request line read from a client.
-pub const MAX_REQUEST_BYTES: usize = 4096;
+/// Largest request line read from a client: a configuration offered by
+/// `tandem config apply`, escaped in JSON, fits.
+pub const MAX_REQUEST_BYTES: usize = 2 * crate::config_store::MAX_CONFIG_BYTES + 4096;
+/// How long a client waits for the answer to `config apply` (every node
+/// checks the file, each within its own limit).
+const APPLY_CLIENT_LIMIT: Duration = Duration::from_secs(60);
 /// Largest answer a client reads.
 pub const MAX_ANSWER_BYTES: u64 = 16 << 20;
 /// How long the agent waits for a client's request line.
@@ -128,6 +132,23 @@ pub enum ControlRequest {
         #[serde(default)]
         max: Option<usize>,
     },
+    /// `tandem config apply`: offer this configuration to every node and,
+    /// when each accepts it, begin the change.
+    ConfigApply {
+        /// The new configuration file's text.
+        text: String,
+        /// Begin even though some nodes did not answer (they catch up
+        /// when they return).
+        #[serde(default)]
+        force: bool,
+    },
+    /// Internal (from this agent's own change, never from a client): ask
+    /// the leader to begin the change to the configuration `hash`, staged
+    /// on every node.
+    ConfigBegin {
+        /// The staged configuration's identity hash.
+        hash: String,
+    },
 }
 
 impl ControlRequest {
@@ -150,7 +171,9 @@ impl ControlRequest {
             ControlRequest::Status
             | ControlRequest::Volume { .. }
             | ControlRequest::Events { .. }
-            | ControlRequest::Report { .. } => return None,
+            | ControlRequest::Report { .. }
+            | ControlRequest::ConfigApply { .. } => return None,
+            ControlRequest::ConfigBegin { hash } => Request::ConfigNext { hash },
             ControlRequest::Move { group, node } => Request::Move { group, node },
             ControlRequest::Failover { group } => Request::Failover { group },
             ControlRequest::Standby { node, on } => Request::Standby { node, on },
@@ -187,6 +210,10 @@ impl std::fmt::Display for ControlRequest {
             ControlRequest::Fence { node, on: false } => write!(f, "fence {node}"),
             ControlRequest::Fence { node, on: true } => write!(f, "power {node} on"),
             ControlRequest::Volume { command } => write!(f, "volume {command:?}"),
+            ControlRequest::ConfigApply { .. } => f.write_str("config apply"),
+            ControlRequest::ConfigBegin { hash } => {
+                write!(f, "begin the change to configuration {hash}")
+            }
         }
     }
 }
@@ -227,6 +254,11 @@ pub enum ControlResponse {
     Events {
         /// Every node's events and the peers that did not answer.
         events: crate::peer_service::Gathered,
+    },
+    /// What `config apply` got from every node.
+    ConfigApply {
+        /// The outcome.
+        outcome: crate::config_change::ApplyOutcome,
     },
     /// The request was refused.
     Error {
@@ -286,6 +318,12 @@ pub enum ControlError {
     NoAnswer {
         /// The limit.
         limit_ms: u64,
+    },
+    /// A configuration change this node refused (before asking anyone).
+    #[error("the configuration is refused:\n  {}", why.join("\n  "))]
+    ConfigRefused {
+        /// Every reason.
+        why: Vec<String>,
     },
     /// The request line is not a request.
     #[error("malformed request: {why}")]
@@ -369,6 +407,15 @@ impl Handler {
             return ControlResponse::Events {
                 events: e.gather(since_unix_ms.unwrap_or(0), max).await,
             };
+        }
+        if let ControlRequest::ConfigApply { text, force } = request {
+            let Some(e) = &self.events else {
+                return ControlError::Malformed {
+                    why: "the witness runs no configuration change".into(),
+                }
+                .into();
+            };
+            return crate::config_change::apply(e, self, text, force).await;
         }
         if let ControlRequest::Volume { command } = request {
             return match &self.hub {
@@ -473,9 +520,16 @@ fn parse(line: &str) -> Result<ControlRequest, Parsed> {
             speaks: PROTOCOL_VERSION,
         }));
     }
-    serde_json::from_value::<Envelope>(value)
+    let request = serde_json::from_value::<Envelope>(value)
         .map(|e| e.request)
-        .map_err(|e| Parsed::Refused(ControlError::Malformed { why: e.to_string() }))
+        .map_err(|e| Parsed::Refused(ControlError::Malformed { why: e.to_string() }))?;
+    // The agent's own step of a change: a client may not skip the checks.
+    if let ControlRequest::ConfigBegin { .. } = request {
+        return Err(Parsed::Refused(ControlError::Malformed {
+            why: "`config_begin` is the agent's own step; use `tandem config apply`".into(),
+        }));
+    }
+    Ok(request)
 }
 
 /// A request as the HTTP API receives it: the control socket's request
@@ -547,7 +601,7 @@ impl Client {
     }
 
     /// Sends one line and reads the whole answer.
-    fn exchange(&self, line: &[u8]) -> Result<Vec<u8>, ClientError> {
+    fn exchange(&self, line: &[u8], limit: Duration) -> Result<Vec<u8>, ClientError> {
         let path = || self.socket.clone();
         let mut s = std::os::unix::net::UnixStream::connect(&self.socket).map_err(|source| {
             ClientError::Connect {
@@ -559,7 +613,7 @@ impl Client {
             path: path(),
             source,
         };
-        s.set_read_timeout(Some(CLIENT_LIMIT)).map_err(io)?;
+        s.set_read_timeout(Some(limit)).map_err(io)?;
         let mut msg = line.to_vec();
         msg.push(b'\n');
         // One write: the agent answers as soon as it has the line.
@@ -577,7 +631,11 @@ impl Client {
             request: request.clone(),
         })
         .map_err(|e| ClientError::Answer { why: e.to_string() })?;
-        let buf = self.exchange(&line)?;
+        let limit = match request {
+            ControlRequest::ConfigApply { .. } => APPLY_CLIENT_LIMIT,
+            _ => CLIENT_LIMIT,
+        };
+        let buf = self.exchange(&line, limit)?;
         #[derive(Deserialize)]
         struct Head {
             answer: Option<String>,
@@ -625,7 +683,7 @@ impl Client {
 
     /// The bare `status` line of the previous version, and its bare answer.
     fn older_status(&self) -> Result<String, ClientError> {
-        let buf = self.exchange(b"status")?;
+        let buf = self.exchange(b"status", CLIENT_LIMIT)?;
         String::from_utf8(buf).map_err(|e| ClientError::Answer { why: e.to_string() })
     }
 
@@ -695,6 +753,7 @@ fn unexpected(answer: &ControlResponse) -> ClientError {
         ControlResponse::Volume { .. } => "volume",
         ControlResponse::Events { .. } => "events",
         ControlResponse::Report { .. } => "report",
+        ControlResponse::ConfigApply { .. } => "config_apply",
         ControlResponse::Error { .. } => "error",
     };
     ClientError::Answer {
@@ -768,6 +827,7 @@ mod tests {
         for line in [
             r#"{"v":1,"request":"failed","group":"web","node":"n1","reason":"x"}"#,
             r#"{"v":1,"request":"volume_facts"}"#,
+            r#"{"v":1,"request":"config_begin","hash":"ab"}"#,
         ] {
             assert!(matches!(
                 parse(line),

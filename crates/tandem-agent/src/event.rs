@@ -369,6 +369,31 @@ pub enum AgentEvent {
         /// Its identity.
         identity: String,
     },
+    /// This node begins its switch to another configuration in place
+    /// (`tandem config apply`, or catching up with the cluster's).
+    ConfigSwitching {
+        /// The new configuration's identity.
+        identity: String,
+        /// Groups stopped first (removed, or with other resources).
+        restart: Vec<String>,
+    },
+    /// This node switched to another configuration in place.
+    ConfigSwitched {
+        /// The new configuration's identity.
+        identity: String,
+        /// What changed, in words.
+        changes: Vec<String>,
+        /// Where the new file was written (None: it could not be; a
+        /// restart would run the old file and catch up again).
+        file: Option<String>,
+    },
+    /// This node cannot switch to the cluster's configuration.
+    ConfigSwitchFailed {
+        /// The configuration's identity.
+        identity: String,
+        /// Why, with what to do.
+        why: String,
+    },
     /// An operator's request waited so long in the queue that its asker
     /// gave up: it was not acted on.
     RequestDropped {
@@ -410,6 +435,7 @@ impl AgentEvent {
             | AgentEvent::FenceNotStarted { .. }
             | AgentEvent::FenceDone { ok: false, .. }
             | AgentEvent::StateDirFailed { .. }
+            | AgentEvent::ConfigSwitchFailed { .. }
             | AgentEvent::WatchdogFeedFailed { .. }
             | AgentEvent::WatchdogDisarmed { error: Some(_) } => Error,
             AgentEvent::ActionFailed { .. }
@@ -658,6 +684,34 @@ impl std::fmt::Display for AgentEvent {
             ),
             AgentEvent::ConfigCommitted { identity } => {
                 write!(f, "this node runs the committed configuration ({identity})")
+            }
+            AgentEvent::ConfigSwitching { identity, restart } if restart.is_empty() => {
+                write!(f, "switching to configuration {identity}; every group keeps running")
+            }
+            AgentEvent::ConfigSwitching { identity, restart } => write!(
+                f,
+                "switching to configuration {identity}: stopping {} first (removed, or their resources change)",
+                restart.join(", ")
+            ),
+            AgentEvent::ConfigSwitched {
+                identity,
+                changes,
+                file,
+            } => write!(
+                f,
+                "now running configuration {identity} ({}); {}",
+                if changes.is_empty() {
+                    "no change here".to_string()
+                } else {
+                    changes.join("; ")
+                },
+                match file {
+                    Some(p) => format!("written to {p}"),
+                    None => "its file could not be written: a restart would run the old one".into(),
+                }
+            ),
+            AgentEvent::ConfigSwitchFailed { identity, why } => {
+                write!(f, "cannot switch to configuration {identity}: {why}")
             }
             AgentEvent::VolumeRequest { request } => write!(f, "volume request: {request}"),
             AgentEvent::RequestDropped { request } => write!(

@@ -294,11 +294,17 @@ pub fn status_code(answer: &ControlResponse) -> StatusCode {
         | ControlResponse::Report { .. } => StatusCode::OK,
         ControlResponse::Volume { volume } if volume.error.is_some() => StatusCode::CONFLICT,
         ControlResponse::Volume { .. } => StatusCode::OK,
+        ControlResponse::ConfigApply { outcome } if outcome.begun || outcome.changes.is_empty() => {
+            StatusCode::OK
+        }
+        ControlResponse::ConfigApply { .. } => StatusCode::CONFLICT,
         ControlResponse::Error { error } => match error {
             ControlError::UnknownGroup { .. }
             | ControlError::UnknownNode { .. }
             | ControlError::NoVolume => StatusCode::NOT_FOUND,
-            ControlError::NoFenceDevice { .. } => StatusCode::CONFLICT,
+            ControlError::NoFenceDevice { .. } | ControlError::ConfigRefused { .. } => {
+                StatusCode::CONFLICT
+            }
             ControlError::Busy => StatusCode::SERVICE_UNAVAILABLE,
             ControlError::NoAnswer { .. } | ControlError::Unreachable { .. } => {
                 StatusCode::GATEWAY_TIMEOUT

@@ -37,6 +37,15 @@ const FAILOVER_WINDOW_MS: u64 = 120_000;
 /// bounds a confused one).
 const MAX_TRACKED: usize = 256;
 
+/// Each group's last resource (its start completes the group), for
+/// [`Tally::new`].
+pub fn last_resources(cfg: &tandem_core::config::Config) -> BTreeMap<String, String> {
+    cfg.groups
+        .iter()
+        .filter_map(|g| Some((g.name.clone(), g.resources.last()?.name.clone())))
+        .collect()
+}
+
 /// What the metrics keep between scrapes, fed by [`Tally::observe`].
 pub struct Tally {
     inner: Mutex<Inner>,
@@ -70,6 +79,14 @@ impl Tally {
                 fence_attempts: Family::default(),
                 failover: Histogram::new(FAILOVER_BUCKETS_S),
             }),
+        }
+    }
+
+    /// The groups changed (a configuration change): the resources that
+    /// complete them from now on.
+    pub fn set_groups(&self, last_resource: BTreeMap<String, String>) {
+        if let Ok(mut i) = self.inner.lock() {
+            i.last_resource = last_resource;
         }
     }
 

@@ -10,6 +10,12 @@
 //! its links in turn, within [`FETCH_LIMIT`]), and merges by time; a peer
 //! that does not answer is named, not waited for.
 //!
+//! It also carries a configuration change (`tandem config apply`): the
+//! node the operator asked offers the new configuration to every peer
+//! (`config-stage`: each checks it on its own machine, keeps it staged and
+//! says whether it accepts it), and a node whose configuration is behind
+//! the cluster's fetches the committed one from a peer (`config-fetch`).
+//!
 //! One request, one answer, then the connection closes. Frames are the
 //! replication link's (`kind u8 | length u32 | body`), sealed; bodies are
 //! JSON. At most [`MAX_UNAUTHENTICATED`] connections in authentication at
@@ -42,6 +48,13 @@ pub const REPORT: &str = "report";
 pub const REPORT_LIMIT: Duration = Duration::from_secs(6);
 /// Limit on one peer's answer, connection included.
 pub const FETCH_LIMIT: Duration = Duration::from_secs(3);
+/// The handshake's name for offering a configuration to a peer.
+pub const STAGE: &str = "config-stage";
+/// The handshake's name for asking a peer for a configuration's text.
+pub const CONFIG_FETCH: &str = "config-fetch";
+/// Limit on one peer's check of a configuration offered to it (it runs
+/// the fence and resource agents' own checks of their options).
+pub const STAGE_LIMIT: Duration = Duration::from_secs(25);
 /// Most events one answer carries (the newest).
 pub const MAX_EVENTS: usize = 20_000;
 /// Largest frame read (an answer of [`MAX_EVENTS`] events fits).
@@ -68,6 +81,31 @@ struct Ask {
     max: usize,
 }
 
+/// A configuration offered to a peer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StageAsk {
+    text: String,
+}
+
+/// A configuration asked of a peer, by its identity hash.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct FetchAsk {
+    hash: String,
+}
+
+/// A node's answer to a configuration offered to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "verdict", rename_all = "snake_case")]
+pub enum StageAnswer {
+    /// Checked on that node and staged there.
+    Accepted,
+    /// Refused, with every reason.
+    Refused {
+        /// What that node found wrong, one line each.
+        why: Vec<String>,
+    },
+}
+
 /// The cluster's events as one node gathers them.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Gathered {
@@ -80,7 +118,14 @@ pub struct Gathered {
 /// This node's side of the service: who it is, its journal, its peers.
 pub struct PeerService {
     /// Its configuration as `config show` writes it (secrets redacted).
-    config: String,
+    config: std::sync::Mutex<String>,
+    /// The configuration it runs (a change offered is checked against it).
+    running: std::sync::Mutex<Arc<Config>>,
+    /// The directory of its configuration file (relative paths in a
+    /// configuration offered resolve there).
+    config_dir: PathBuf,
+    /// Its staged and committed configurations.
+    store: crate::config_store::Store,
     /// Its configuration's secrets, scrubbed from whatever a report of
     /// this node sends (an agent's failure text that echoed a password).
     secrets: Vec<String>,
@@ -107,6 +152,7 @@ impl PeerService {
         me: &str,
         key: [u8; 32],
         state_dir: PathBuf,
+        config_dir: PathBuf,
         secrets: Vec<String>,
     ) -> PeerService {
         let addrs = |n: &tandem_core::config::NodeSpec| -> Vec<Option<IpAddr>> {
@@ -116,9 +162,10 @@ impl PeerService {
                 .collect()
         };
         PeerService {
-            config: cfg
-                .to_toml()
-                .unwrap_or_else(|e| format!("# the configuration could not be written: {e}\n")),
+            config: std::sync::Mutex::new(shown(cfg)),
+            running: std::sync::Mutex::new(Arc::new(cfg.clone())),
+            config_dir,
+            store: crate::config_store::Store::new(&state_dir),
             handler: std::sync::OnceLock::new(),
             secrets,
             me: me.to_string(),
@@ -133,6 +180,94 @@ impl PeerService {
             mine: cfg.node(me).map(addrs).unwrap_or_default(),
             gathering: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// This node switched to configuration `cfg` (`tandem config apply`).
+    pub fn set_running(&self, cfg: &Config) {
+        if let Ok(mut c) = self.config.lock() {
+            *c = shown(cfg);
+        }
+        if let Ok(mut r) = self.running.lock() {
+            *r = Arc::new(cfg.clone());
+        }
+    }
+
+    /// The configuration this node runs.
+    pub fn running(&self) -> Option<Arc<Config>> {
+        self.running.lock().ok().map(|r| r.clone())
+    }
+
+    /// Where relative paths of this node's configuration resolve.
+    pub fn config_dir(&self) -> &std::path::Path {
+        &self.config_dir
+    }
+
+    /// This node's name.
+    pub fn me(&self) -> &str {
+        &self.me
+    }
+
+    /// Checks configuration `text` on this machine against the one it
+    /// runs and, when it passes, stages it: the answer this node gives
+    /// when it is offered a change.
+    pub async fn stage_here(&self, text: String) -> StageAnswer {
+        let Some(running) = self.running() else {
+            return StageAnswer::Refused {
+                why: vec!["this agent lost its own configuration (a panic held its lock)".into()],
+            };
+        };
+        let dir = self.config_dir.clone();
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            match crate::config_change::accept(&text, &dir, &running) {
+                Ok(a) => match store.stage(&a.identity.hash, &text) {
+                    Ok(()) => StageAnswer::Accepted,
+                    Err(e) => StageAnswer::Refused {
+                        why: vec![format!("cannot stage it: {e:#}")],
+                    },
+                },
+                Err(why) => StageAnswer::Refused { why },
+            }
+        })
+        .await
+        .unwrap_or_else(|e| StageAnswer::Refused {
+            why: vec![format!("its check failed: {e}")],
+        })
+    }
+
+    /// Offers configuration `text` to every peer at once; each peer's
+    /// answer, or why it gave none.
+    pub async fn stage_everywhere(&self, text: &str) -> Vec<(String, Result<StageAnswer, String>)> {
+        let ask = StageAsk {
+            text: text.to_string(),
+        };
+        let asks = self.peers.iter().map(|(name, ips)| {
+            let ask = ask.clone();
+            async move {
+                (
+                    name.clone(),
+                    self.ask_peer(STAGE, ips, ask, STAGE_LIMIT).await,
+                )
+            }
+        });
+        futures_util::future::join_all(asks).await
+    }
+
+    /// The text of configuration `hash`, from the first peer that has it
+    /// (each peer in turn, each within [`FETCH_LIMIT`]); None when none
+    /// answers with it.
+    pub async fn fetch_config(&self, hash: &str) -> Option<String> {
+        for (_, ips) in &self.peers {
+            let ask = FetchAsk {
+                hash: hash.to_string(),
+            };
+            let got: Result<Option<String>, String> =
+                self.ask_peer(CONFIG_FETCH, ips, ask, FETCH_LIMIT).await;
+            if let Ok(Some(text)) = got {
+                return Some(text);
+            }
+        }
+        None
     }
 
     /// The control handler whose status a report of this node carries.
@@ -151,9 +286,10 @@ impl PeerService {
             },
             None => None,
         };
+        let config = self.config.lock().map(|c| c.clone()).unwrap_or_default();
         let r = crate::node_report::gather(
             &self.me,
-            self.config.clone(),
+            config,
             status,
             &self.dir,
             since_unix_ms,
@@ -239,7 +375,7 @@ impl PeerService {
         let authed = tokio::time::timeout(
             crate::peer_auth::PREAUTH_LIMIT,
             crate::peer_auth::accept(&mut stream, &self.key, |name, node| {
-                ((name == NAME || name == REPORT)
+                ([NAME, REPORT, STAGE, CONFIG_FETCH].contains(&name)
                     && self
                         .peers
                         .iter()
@@ -250,6 +386,29 @@ impl PeerService {
         .await;
         count.fetch_sub(1, Ordering::AcqRel);
         let (name, mut session, _) = authed.context("handshake timed out")??;
+        if name == STAGE {
+            let work = async {
+                let ask: StageAsk = recv(&mut stream, &mut session, K_ASK).await?;
+                let answer = self.stage_here(ask.text).await;
+                send(&mut stream, &mut session, K_EVENTS, &answer).await
+            };
+            return tokio::time::timeout(STAGE_LIMIT, work)
+                .await
+                .context("configuration check timed out")?;
+        }
+        if name == CONFIG_FETCH {
+            let work = async {
+                let ask: FetchAsk = recv(&mut stream, &mut session, K_ASK).await?;
+                let store = self.store.clone();
+                let text = tokio::task::spawn_blocking(move || store.text(&ask.hash))
+                    .await
+                    .unwrap_or_default();
+                send(&mut stream, &mut session, K_EVENTS, &text).await
+            };
+            return tokio::time::timeout(FETCH_LIMIT, work)
+                .await
+                .context("configuration fetch timed out")?;
+        }
         if name == REPORT {
             let work = async {
                 let ask: Ask = recv(&mut stream, &mut session, K_ASK).await?;
@@ -320,11 +479,11 @@ impl PeerService {
     /// in turn, from this node's own address on it (the peer serves a
     /// member only from that member's addresses), all within `limit`;
     /// the answer, or why the last link failed.
-    async fn ask_peer<T: for<'de> Deserialize<'de>>(
+    async fn ask_peer<A: Serialize + Clone, T: for<'de> Deserialize<'de>>(
         &self,
         name: &str,
         ips: &[Option<IpAddr>],
-        ask: Ask,
+        ask: A,
         limit: Duration,
     ) -> Result<T, String> {
         let mut why = String::from("no address on a link this node has");
@@ -339,7 +498,7 @@ impl PeerService {
             if left.is_zero() {
                 break;
             }
-            match tokio::time::timeout(left, self.ask(name, mine, at, ask)).await {
+            match tokio::time::timeout(left, self.ask(name, mine, at, ask.clone())).await {
                 Ok(Ok(answer)) => return Ok(answer),
                 Ok(Err(e)) => why = format!("{at}: {e:#}"),
                 Err(_) => why = format!("{at}: no answer within {} s", limit.as_secs()),
@@ -350,12 +509,12 @@ impl PeerService {
 
     /// One request to the peer at `at`, from this node's address `from`,
     /// under the handshake's `name`.
-    async fn ask<T: for<'de> Deserialize<'de>>(
+    async fn ask<A: Serialize, T: for<'de> Deserialize<'de>>(
         &self,
         name: &str,
         from: IpAddr,
         at: SocketAddr,
-        ask: Ask,
+        ask: A,
     ) -> Result<T> {
         let socket = if from.is_ipv4() {
             tokio::net::TcpSocket::new_v4()
@@ -371,6 +530,13 @@ impl PeerService {
         send(&mut stream, &mut session, K_ASK, &ask).await?;
         recv(&mut stream, &mut session, K_EVENTS).await
     }
+}
+
+/// A configuration as `config show` writes it (secrets redacted), for
+/// reports.
+fn shown(cfg: &Config) -> String {
+    cfg.to_toml()
+        .unwrap_or_else(|e| format!("# the configuration could not be written: {e}\n"))
 }
 
 async fn send<T: Serialize>(
@@ -452,6 +618,7 @@ mod tests {
                 &format!("n{}", i + 1),
                 key,
                 dirs[i].path().to_path_buf(),
+                dirs[i].path().to_path_buf(),
                 Vec::new(),
             ))
         };
@@ -488,6 +655,70 @@ mod tests {
             let g = node(0, [1u8; 32]).gather(0, 100).await;
             assert!(g.events.iter().all(|e| e.node == "n1"), "{g:?}");
             assert!(g.unreachable.iter().any(|(n, _)| n == "n2"), "{g:?}");
+        });
+    }
+
+    /// `tandem config apply`'s offer over real connections: the peer that
+    /// serves checks the file on its machine and stages it, the silent one
+    /// is named, a change a running cluster cannot make is refused with its
+    /// reason, and the staged text is fetched back by its hash.
+    #[test]
+    fn a_configuration_is_offered_checked_staged_and_fetched_by_hash() {
+        let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+        for d in &dirs {
+            let k = d.path().join("k");
+            std::fs::write(&k, [5u8; 32]).unwrap();
+            std::fs::set_permissions(&k, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .unwrap();
+        }
+        let text = "[cluster]\nname = \"c\"\nkey_file = \"k\"\n\n[[link]]\nname = \"lan\"\n\n[[node]]\nname = \"n1\"\naddresses = { lan = \"127.0.0.31\" }\n\n[[node]]\nname = \"n2\"\naddresses = { lan = \"127.0.0.32\" }\n\n[[node]]\nname = \"n3\"\naddresses = { lan = \"127.0.0.33\" }\n";
+        let load = |t: &str| {
+            tandem_core::config::load(t, dirs[0].path(), &crate::keyfile::facts)
+                .config
+                .unwrap()
+        };
+        let cfg = load(text);
+        let key = [9u8; 32];
+        let node = |i: usize| {
+            Arc::new(PeerService::new(
+                &cfg,
+                &format!("n{}", i + 1),
+                key,
+                dirs[i].path().to_path_buf(),
+                dirs[i].path().to_path_buf(),
+                Vec::new(),
+            ))
+        };
+        let extra = format!(
+            "{text}\n[[group]]\nname = \"extra\"\n[[group.resource]]\nname = \"app\"\nkind = \"process\"\ncommand = [\"/bin/sleep\", \"1000\"]\n"
+        );
+        let hash = tandem_core::config::identity::of(&load(&extra)).hash;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&rt, async {
+            assert!(node(1).serve().await.is_empty());
+            let asker = node(0);
+            let answers = asker.stage_everywhere(&extra).await;
+            let of = |n: &str| answers.iter().find(|(m, _)| m == n).map(|(_, a)| a.clone());
+            assert_eq!(of("n2"), Some(Ok(StageAnswer::Accepted)), "{answers:?}");
+            assert!(matches!(of("n3"), Some(Err(_))), "{answers:?}");
+            assert_eq!(
+                crate::config_store::Store::new(dirs[1].path()).text(&hash),
+                Some(extra.clone())
+            );
+            assert_eq!(asker.fetch_config(&hash).await, Some(extra.clone()));
+            assert_eq!(asker.fetch_config("00ff").await, None);
+            let moved = text.replace("127.0.0.33", "127.0.0.34");
+            let answers = asker.stage_everywhere(&moved).await;
+            match &answers.iter().find(|(m, _)| m == "n2").unwrap().1 {
+                Ok(StageAnswer::Refused { why }) => {
+                    assert!(why[0].contains("node `n3` changed"), "{why:?}")
+                }
+                other => panic!("{other:?}"),
+            }
         });
     }
 }

@@ -319,6 +319,29 @@ impl Runner {
         self.wants.inherit_lease(until_ms);
     }
 
+    /// Groups to stop before a configuration switch (replaces the
+    /// previous set; empty: none).
+    pub fn retire(&mut self, groups: Vec<String>) {
+        self.wants.retire(groups);
+    }
+
+    /// Whether this runner may be replaced by another configuration's:
+    /// no action runs or is due on any group (no resource starting,
+    /// stopping or unprobed), and none of `retired` may still run here.
+    pub fn settled(&self, retired: &[String]) -> bool {
+        use tandem_core::group::ResourceState as R;
+        (0..self.groups.len()).all(|g| {
+            let busy = self
+                .groups
+                .resources(g)
+                .iter()
+                .any(|r| matches!(r, R::Starting | R::Stopping | R::Unknown));
+            let retiring = self.names.get(g).is_some_and(|n| retired.contains(n));
+            let stopping_first = retiring && self.groups.active(g);
+            !busy && !stopping_first
+        })
+    }
+
     /// A graceful stop: every group here stops (maintenance or not).
     pub fn shut_down(&mut self) {
         self.wants.shut_down();

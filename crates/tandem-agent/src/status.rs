@@ -73,6 +73,10 @@ pub struct ConfigStatus {
     pub identity: String,
     /// Identity of the committed configuration (the record's).
     pub committed: String,
+    /// The configuration a change under way switches every node to
+    /// (`tandem config apply`), until it commits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
     /// Fingerprint of the key this node sends with.
     pub key_fingerprint: String,
     /// Nodes whose configuration is not the committed one (this one

@@ -698,17 +698,82 @@ pub enum ConfigCommand {
         format: ShowFormat,
     },
     /// Print what changes from one configuration file to another, entry by
-    /// entry (paired by name, not position). Exits 0 when they say the
+    /// entry (paired by name, not position). With one file: from this
+    /// node's configuration (`--config`) to it. Exits 0 when they say the
     /// same, 3 when they differ, 1 when either file is invalid.
     Diff {
-        /// The configuration as it is.
+        /// The configuration as it is (or, alone, as it would be).
         old: PathBuf,
         /// The configuration as it would be.
-        new: PathBuf,
+        new: Option<PathBuf>,
+        /// This node's configuration, compared with a single file.
+        #[arg(short = 'c', long, value_name = "FILE", default_value = "/etc/tandem/tandem.toml")]
+        config: PathBuf,
         /// Print the changes as JSON.
         #[arg(long)]
         json: bool,
     },
+    /// Change the running cluster's configuration. Every node checks FILE
+    /// on its own machine (as `config validate` does, and whether the
+    /// change can be made while running); once all accept, each switches in
+    /// place: the groups the change removes, or whose resources change,
+    /// stop and start again; every other group keeps running untouched.
+    /// Each node writes the new file over its own, and a node that was
+    /// offline catches up when it returns. Changes to nodes, links, timing,
+    /// quorum, keys, fence devices, volumes, the watchdog, the HTTP API or
+    /// alerts are refused: they need the agents restarted one at a time.
+    /// Exits 0 once every node runs it, 1 when refused or not done in time.
+    Apply(ApplyArgs),
+    /// The configurations this node saw committed, oldest first, with
+    /// their epochs (`config rollback EPOCH` applies one again).
+    History {
+        /// This node's state directory (default: the configuration's, else
+        /// /var/lib/tandem).
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+        /// This node's configuration (for its state directory).
+        #[arg(short = 'c', long, value_name = "FILE", default_value = "/etc/tandem/tandem.toml")]
+        config: PathBuf,
+        /// Print the history as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Apply the configuration of an earlier epoch again, as `config
+    /// apply` would (its text as this node kept it; see `config history`).
+    Rollback {
+        /// The epoch to return to.
+        epoch: u64,
+        /// This node's state directory (default: the configuration's, else
+        /// /var/lib/tandem).
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+        #[command(flatten)]
+        apply: ApplyOptions,
+    },
+}
+
+/// Arguments of `tandem config apply`.
+#[derive(Debug, Clone, Args)]
+pub struct ApplyArgs {
+    /// The new configuration file.
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub apply: ApplyOptions,
+}
+
+/// How `config apply` and `config rollback` proceed.
+#[derive(Debug, Clone, Args)]
+pub struct ApplyOptions {
+    #[command(flatten)]
+    pub at: AgentAt,
+    /// Begin even though some nodes do not answer (they catch up when they
+    /// return); every node that answers must still accept it.
+    #[arg(long)]
+    pub force: bool,
+    /// Give up waiting for every node to switch after this many seconds
+    /// (the change goes on).
+    #[arg(long, value_name = "SECS", default_value_t = 120)]
+    pub timeout: u64,
 }
 
 /// How `config show` prints the model.

@@ -71,7 +71,7 @@ fn check_into(
     let machine = loaded
         .config
         .as_ref()
-        .map(machine_checks)
+        .map(tandem_agent::machine_checks::of)
         .unwrap_or_default();
     let errors = loaded
         .diagnostics
@@ -108,69 +108,6 @@ fn check_into(
         eprintln!("note: {label}: {note}");
     }
     !failed
-}
-
-/// Checks of this machine that the agent makes at its start (errors: it
-/// refuses to start), that the fence devices' own programs make of their
-/// options (`validate-all`; warnings: fencing would fail), and of OCF
-/// resources against their agents' meta-data.
-fn machine_checks(cfg: &Config) -> Vec<(Severity, String)> {
-    let mut out = Vec::new();
-    if let Some(w) = cfg.watchdog.as_ref().filter(|w| w.required) {
-        if !w.device.exists() {
-            out.push((
-                Severity::Error,
-                format!(
-                    "the watchdog is required but {} does not exist on this machine: the agent refuses to start; load a driver (`modprobe softdog`) or set `[watchdog] required = false`",
-                    w.device.display()
-                ),
-            ));
-        }
-    }
-    if let Some(g) = &cfg.cluster.control_group {
-        if tandem_agent::agent::group_id(g).is_err() {
-            out.push((
-                Severity::Error,
-                format!(
-                    "control_group `{g}` does not exist on this machine: the agent refuses to start; create it (`groupadd {g}`) or remove `control_group`"
-                ),
-            ));
-        }
-    }
-    for (sev, text) in tandem_agent::fence_agent::check_devices(cfg) {
-        out.push((sev, text));
-    }
-    // OCF agents: installed here, parameters as their meta-data says,
-    // and what their own validate-all says.
-    out.extend(tandem_agent::kinds::ocf::check_resources(cfg));
-    // systemd units: known to the manager, and not enabled at boot.
-    out.extend(tandem_agent::kinds::systemd::check_resources(cfg));
-    // The HTTP API's tokens and TLS identity, as the agent reads them.
-    if let Some(spec) = &cfg.http {
-        if let Err(e) = tandem_agent::http::load_files(cfg, spec) {
-            out.push((
-                Severity::Error,
-                format!("[http] on this machine: {e:#}; the agent refuses to start"),
-            ));
-        }
-    }
-    // A TLS export's credentials, as the agent of a node with a copy
-    // loads them at its start.
-    for v in &cfg.volumes {
-        let (Some(_), Some(dir)) = (&v.nbd_tcp, &v.nbd_tls) else {
-            continue;
-        };
-        if let Err(e) = tandem_agent::volume::nbd_tls::NbdTls::load(dir) {
-            out.push((
-                Severity::Error,
-                format!(
-                    "volume `{}`: the NBD export's TLS credentials on this machine: {e:#}; the agent of a node with a copy refuses to start",
-                    v.name
-                ),
-            ));
-        }
-    }
-    out
 }
 
 /// Loads a configuration that must be valid; prints its diagnostics (errors

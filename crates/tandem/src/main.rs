@@ -3,6 +3,7 @@
 
 mod admin;
 mod cli;
+mod config_change_cmd;
 mod config_cmd;
 #[cfg(feature = "demo")]
 mod demo;
@@ -199,7 +200,27 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Config(ConfigCommand::Show { file, format }) => {
             config_cmd::show(&file, format).map(|()| ExitCode::SUCCESS)
         }
-        Command::Config(ConfigCommand::Diff { old, new, json }) => {
+        Command::Config(ConfigCommand::Apply(args)) => config_change_cmd::apply(&args),
+        Command::Config(ConfigCommand::History {
+            state_dir,
+            config,
+            json,
+        }) => config_change_cmd::history(state_dir.as_deref(), &config, json),
+        Command::Config(ConfigCommand::Rollback {
+            epoch,
+            state_dir,
+            apply,
+        }) => config_change_cmd::rollback(epoch, state_dir.as_deref(), &apply),
+        Command::Config(ConfigCommand::Diff {
+            old,
+            new,
+            config,
+            json,
+        }) => {
+            let (old, new) = match new {
+                Some(n) => (old, n),
+                None => (config, old),
+            };
             config_cmd::diff(&old, &new, json).map(|differ| {
                 if differ {
                     ExitCode::from(DIFFERENT)
@@ -276,6 +297,10 @@ fn run_member(
 ) -> Result<()> {
     let cfg = config_cmd::load_valid(config)?;
     let identity = tandem_core::config::identity::of(&cfg);
+    // Read again for its text: a configuration change rewrites the file
+    // and keeps the text of each committed one.
+    let text = std::fs::read_to_string(config)
+        .with_context(|| format!("reading configuration file {}", config.display()))?;
     agent::run(
         cfg,
         agent::AgentOptions {
@@ -284,6 +309,7 @@ fn run_member(
             state_dir,
             config: identity,
             recovery,
+            config_file: Some((config.to_path_buf(), text)),
         },
     )
 }

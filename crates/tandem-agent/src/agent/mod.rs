@@ -39,6 +39,7 @@ use crate::status::{
 use tandem_core::group::GroupState;
 
 mod fencing;
+mod switch;
 mod topology;
 mod view;
 
@@ -93,6 +94,9 @@ pub struct AgentOptions {
     pub config: tandem_core::config::identity::Identity,
     /// What to do with a state file that fails its check.
     pub recovery: crate::state_file::Recovery,
+    /// The configuration file's path and text, as read (a configuration
+    /// change rewrites it, and its history keeps the text; None: neither).
+    pub config_file: Option<(PathBuf, String)>,
 }
 
 use crate::clock::unix_ms;
@@ -211,6 +215,13 @@ pub fn run(cfg: Config, opts: AgentOptions) -> Result<()> {
     } else {
         crate::filesync::Service::start(&cfg, &topo.names[me], volume_key)?
     };
+    let (fetched_tx, fetched_rx) = mpsc::channel::<(String, Option<String>)>(1);
+    let config_dir = opts
+        .config_file
+        .as_ref()
+        .and_then(|(p, _)| p.parent())
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
     let runner = if witness {
         None
     } else {
@@ -255,10 +266,7 @@ pub fn run(cfg: Config, opts: AgentOptions) -> Result<()> {
     };
     let tally = Arc::new(crate::metrics::Tally::new(
         cfg.timing.deadtime_ms,
-        cfg.groups
-            .iter()
-            .filter_map(|g| Some((g.name.clone(), g.resources.last()?.name.clone())))
-            .collect(),
+        crate::metrics::last_resources(&cfg),
     ));
     let journal = crate::event_journal::Journal::open(&state_dir);
     // Scrubbed from every event and every report this node sends.
@@ -272,11 +280,18 @@ pub fn run(cfg: Config, opts: AgentOptions) -> Result<()> {
         &topo.names[me],
         volume_key,
         state_dir.clone(),
+        config_dir,
         secrets.clone(),
     ));
     // The witness sends no alerts.
     let alerts = (!witness).then(|| crate::alerts::Alerts::new(&cfg, &topo.names[me]));
+    let cs = switch::ConfigState::new(cfg.clone(), opts.config_file.clone(), &state_dir, fetched_tx);
     let agent = Agent {
+        cs,
+        fetched_rx,
+        state_dir: state_dir.clone(),
+        unix_at_zero_ms,
+        filesync,
         api_problem,
         secrets,
         sd: crate::sd_notify::Notifier::from_env(),
@@ -323,6 +338,17 @@ pub fn run(cfg: Config, opts: AgentOptions) -> Result<()> {
 type FenceDone = (String, bool, bool, Vec<String>);
 
 struct Agent {
+    /// The configuration this agent runs, its files, and a change under
+    /// way ([`switch`]).
+    cs: switch::ConfigState,
+    /// Configurations fetched from peers.
+    fetched_rx: mpsc::Receiver<(String, Option<String>)>,
+    /// This node's state directory.
+    state_dir: PathBuf,
+    /// The wall clock at this agent's time 0.
+    unix_at_zero_ms: u64,
+    /// The `filesync` resources' service (None on the witness).
+    filesync: Option<Arc<crate::filesync::Service>>,
     /// Why the HTTP API is off although configured, to log once running.
     api_problem: Option<String>,
     /// The configuration's secrets, scrubbed from every event.
@@ -608,6 +634,7 @@ impl Agent {
                     self.member.request(now, r);
                 }
                 Some(e) = self.volume_event_rx.recv() => self.log(e),
+                Some((hash, text)) = self.fetched_rx.recv() => self.on_fetched(hash, text),
                 Some((node, on, ok, attempts)) = self.fence_rx.recv() => {
                     let now = self.now_ms();
                     self.fences.done(&(node.clone(), on));
@@ -698,6 +725,7 @@ impl Agent {
     /// then the watchdog's feeding by what the pass left.
     fn drive(&mut self) {
         let now = self.now_ms();
+        self.config_step(now);
         if let Some(r) = self.runner.as_mut() {
             for event in r.drive(now, &mut self.member) {
                 self.log(event);
@@ -813,10 +841,20 @@ impl Agent {
                     Err(ControlError::NoFenceDevice { node: node.clone() })
                 }
             }
+            ControlRequest::ConfigBegin { hash } => {
+                if self.cs.store.text(hash).is_some() {
+                    Ok(())
+                } else {
+                    Err(ControlError::ConfigRefused {
+                        why: vec![format!("configuration {hash} is not staged on this node")],
+                    })
+                }
+            }
             ControlRequest::Status
             | ControlRequest::Volume { .. }
             | ControlRequest::Events { .. }
-            | ControlRequest::Report { .. } => Ok(()),
+            | ControlRequest::Report { .. }
+            | ControlRequest::ConfigApply { .. } => Ok(()),
         }
     }
 

@@ -260,6 +260,7 @@ impl Agent {
         crate::status::ConfigStatus {
             identity: self.config.hash.clone(),
             committed,
+            next: m.agreement().record().config_next.clone(),
             key_fingerprint: self.key_fingerprint.clone(),
             differing,
             unauthenticated,
@@ -418,5 +419,6 @@ pub(super) fn describe_request(r: &Request) -> String {
                 up_to_date.join(", ")
             }
         ),
+        Request::ConfigNext { hash } => format!("switch to configuration {hash}"),
     }
 }

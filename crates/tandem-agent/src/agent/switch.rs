@@ -1,0 +1,328 @@
+//! This node's side of a configuration change: switching in place to the
+//! configuration the record names as the next one (`tandem config apply`)
+//! or, for a node whose configuration is an older one of the cluster's,
+//! to the committed one, fetched from a peer.
+//!
+//! A switch stops the groups the change removes or whose resources change
+//! ([`tandem_core::config::change::Plan::restart`]), waits until no action
+//! runs, then installs the new file and replaces the runner: every other
+//! group is probed, found running and kept, while the membership, the
+//! lease and the guard carry on untouched. The rules (when a change
+//! begins, when it commits, what is stale) are the core's; this file only
+//! moves files and runners.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tandem_core::config::change;
+use tandem_core::config::Config;
+use tokio::sync::mpsc;
+
+use super::Agent;
+use crate::config_change::Accepted;
+use crate::config_store::Store;
+use crate::event::AgentEvent;
+use crate::runner::{Done, Runner};
+
+/// How long after a failed fetch of the cluster's configuration the next
+/// one begins.
+const FETCH_RETRY_MS: u64 = 5_000;
+
+/// A switch under way: the groups it restarts are stopping.
+pub(super) struct Switching {
+    accepted: Accepted,
+    text: String,
+    /// The runner of the new configuration, built before anything stopped
+    /// (a configuration this node cannot run stops nothing), and its
+    /// outcomes' channel.
+    runner: Runner,
+    done_rx: mpsc::Receiver<Done>,
+}
+
+/// This node's configuration, its files, and a switch under way.
+pub(super) struct ConfigState {
+    /// The file this agent runs (None: unknown, nothing is written).
+    pub path: Option<PathBuf>,
+    /// Its text (None: unknown; not remembered in the history).
+    pub text: Option<String>,
+    /// The configuration this agent runs.
+    pub cfg: Config,
+    /// Staged and committed configurations in the state directory.
+    pub store: Store,
+    /// (epoch, hash) of every configuration this node saw committed
+    /// (kept in memory: read once at start, grown as it remembers).
+    pub seen: Vec<(u64, String)>,
+    /// The latest epoch remembered (or given up on).
+    pub remembered_epoch: u64,
+    /// A switch under way.
+    pub switching: Option<Switching>,
+    /// The configuration being fetched from a peer.
+    pub fetching: Option<String>,
+    /// No fetch begins before this (this agent's clock).
+    pub fetch_after_ms: u64,
+    /// The configuration this node could not switch to (said once).
+    pub failed: Option<String>,
+    /// The configuration no peer sent yet (said once).
+    pub unfetched: Option<String>,
+    /// Fetched texts come back here.
+    pub fetched_tx: mpsc::Sender<(String, Option<String>)>,
+}
+
+impl ConfigState {
+    /// The state of an agent running `cfg` from `file` (path and text).
+    pub fn new(
+        cfg: Config,
+        file: Option<(PathBuf, String)>,
+        state_dir: &std::path::Path,
+        fetched_tx: mpsc::Sender<(String, Option<String>)>,
+    ) -> ConfigState {
+        let store = Store::new(state_dir);
+        let (path, text) = match file {
+            Some((p, t)) => (Some(p), Some(t)),
+            None => (None, None),
+        };
+        ConfigState {
+            path,
+            text,
+            cfg,
+            seen: store.seen(),
+            store,
+            remembered_epoch: 0,
+            switching: None,
+            fetching: None,
+            fetch_after_ms: 0,
+            failed: None,
+            unfetched: None,
+            fetched_tx,
+        }
+    }
+}
+
+impl Agent {
+    /// One pass of the configuration rules (every loop pass; without a
+    /// change under way it compares a few strings).
+    pub(super) fn config_step(&mut self, now: u64) {
+        if self.runner.is_none() || self.shutting_down {
+            return;
+        }
+        let record = self.member.agreement().record();
+        let (committed, epoch, next) = (
+            record.config_hash.clone(),
+            record.config_epoch,
+            record.config_next.clone(),
+        );
+        let mine = self.config.hash.clone();
+        if !committed.is_empty() && committed == mine && epoch > self.cs.remembered_epoch {
+            self.cs.remembered_epoch = epoch;
+            if let Some(text) = &self.cs.text {
+                match self.cs.store.remember(epoch, &mine, text) {
+                    Ok(true) => {
+                        self.cs.seen.push((epoch, mine.clone()));
+                        let keep = crate::config_store::MAX_HISTORY;
+                        if self.cs.seen.len() > keep {
+                            let extra = self.cs.seen.len() - keep;
+                            self.cs.seen.drain(..extra);
+                        }
+                    }
+                    Ok(false) => {}
+                    Err(e) => self.log(AgentEvent::ServiceUnavailable {
+                        what: format!("the configuration history cannot be written ({e:#}); `tandem config history` and rollback miss epoch {epoch}"),
+                    }),
+                }
+            }
+        }
+        if let Some(hash) = self.cs.switching.as_ref().map(|s| s.accepted.identity.hash.clone()) {
+            let wanted = next.as_deref() == Some(hash.as_str()) || committed == hash;
+            if wanted {
+                self.finish_switch(now);
+            } else {
+                // The change was abandoned: what stopped for it starts again.
+                self.cancel_switch();
+            }
+            return;
+        }
+        let target = match next {
+            Some(n) if n != mine => Some(n),
+            Some(_) => None,
+            None => change::is_stale(&mine, &committed, epoch, &self.cs.seen).then_some(committed),
+        };
+        let Some(target) = target else {
+            return;
+        };
+        if self.cs.failed.as_deref() == Some(target.as_str()) {
+            return;
+        }
+        match self.cs.store.text(&target) {
+            Some(text) => self.begin_switch(target, text),
+            None => self.fetch_config(target, now),
+        }
+    }
+
+    /// Checks the staged text, builds its runner and retires the groups it
+    /// restarts.
+    fn begin_switch(&mut self, target: String, text: String) {
+        let dir = self
+            .cs
+            .path
+            .as_ref()
+            .and_then(|p| p.parent())
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_default();
+        let accepted = match crate::config_change::prepare(&text, &dir, &self.cs.cfg) {
+            Ok(a) if a.identity.hash == target => a,
+            Ok(a) => {
+                return self.switch_failed(
+                    target,
+                    format!(
+                        "the text kept for it is configuration {}; apply the change again",
+                        a.identity.hash
+                    ),
+                )
+            }
+            Err(why) => return self.switch_failed(target, why.join("; ")),
+        };
+        let (done_tx, done_rx) = mpsc::channel::<Done>(super::DONE_QUEUE);
+        let runner = match Runner::new(
+            &accepted.cfg,
+            &self.topo.names[self.me],
+            self.state_dir.join("run"),
+            self.unix_at_zero_ms,
+            done_tx,
+            self.hub.as_ref(),
+            self.filesync.as_ref(),
+        ) {
+            Ok(r) => r,
+            Err(e) => return self.switch_failed(target, format!("{e:#}")),
+        };
+        if let Some(r) = self.runner.as_mut() {
+            r.retire(accepted.plan.restart.clone());
+        }
+        self.log(AgentEvent::ConfigSwitching {
+            identity: target,
+            restart: accepted.plan.restart.clone(),
+        });
+        self.cs.switching = Some(Switching {
+            accepted,
+            text,
+            runner,
+            done_rx,
+        });
+    }
+
+    /// Once the retired groups stopped and no action runs: the new file,
+    /// runner, groups and identity.
+    fn finish_switch(&mut self, _now: u64) {
+        let settled = match (&self.runner, &self.cs.switching) {
+            (Some(r), Some(s)) => r.settled(&s.accepted.plan.restart),
+            _ => false,
+        };
+        if !settled {
+            return;
+        }
+        let Some(sw) = self.cs.switching.take() else {
+            return;
+        };
+        let Switching {
+            accepted,
+            text,
+            runner,
+            done_rx,
+        } = sw;
+        let groups =
+            match super::groups_spec(&accepted.cfg, &self.topo, &self.fence_devices) {
+                Ok(g) => g,
+                Err(e) => {
+                    let hash = accepted.identity.hash.clone();
+                    self.cancel_switch();
+                    return self.switch_failed(hash, format!("{e:#}"));
+                }
+            };
+        let file = match &self.cs.path {
+            Some(p) => match crate::config_store::install(p, &text) {
+                Ok(()) => Some(p.display().to_string()),
+                Err(e) => {
+                    self.log(AgentEvent::ServiceUnavailable {
+                        what: format!("{e:#}"),
+                    });
+                    None
+                }
+            },
+            None => None,
+        };
+        self.runner = Some(runner);
+        self.done_rx = done_rx;
+        self.member.set_groups(groups, self.unix_at_zero_ms);
+        self.member.set_config_identity(
+            accepted.identity.hash.clone(),
+            accepted.identity.sections.clone(),
+        );
+        self.tally.set_groups(crate::metrics::last_resources(&accepted.cfg));
+        self.peer_service.set_running(&accepted.cfg);
+        self.config = accepted.identity.clone();
+        self.cs.cfg = accepted.cfg;
+        self.cs.text = Some(text);
+        self.cs.failed = None;
+        self.log(AgentEvent::ConfigSwitched {
+            identity: accepted.identity.hash,
+            changes: accepted.plan.changes.iter().map(ToString::to_string).collect(),
+            file,
+        });
+    }
+
+    /// Gives a switch up: the groups it retired are managed again.
+    fn cancel_switch(&mut self) {
+        self.cs.switching = None;
+        if let Some(r) = self.runner.as_mut() {
+            r.retire(Vec::new());
+        }
+    }
+
+    fn switch_failed(&mut self, identity: String, why: String) {
+        self.cs.failed = Some(identity.clone());
+        self.log(AgentEvent::ConfigSwitchFailed {
+            identity,
+            why: format!(
+                "{why}; this node starts nothing new until it runs the cluster's configuration (`tandem status`)"
+            ),
+        });
+    }
+
+    /// Asks the peers for configuration `hash` (one fetch at a time, at
+    /// most every [`FETCH_RETRY_MS`]).
+    fn fetch_config(&mut self, hash: String, now: u64) {
+        if self.cs.fetching.is_some() || now < self.cs.fetch_after_ms {
+            return;
+        }
+        self.cs.fetching = Some(hash.clone());
+        self.cs.fetch_after_ms = now + FETCH_RETRY_MS;
+        let (svc, tx) = (Arc::clone(&self.peer_service), self.cs.fetched_tx.clone());
+        tokio::task::spawn_local(async move {
+            let text = svc.fetch_config(&hash).await;
+            let _ = tx.send((hash, text)).await;
+        });
+    }
+
+    /// A fetch came back: its text is staged (the switch checks that it
+    /// is what was asked for).
+    pub(super) fn on_fetched(&mut self, hash: String, text: Option<String>) {
+        self.cs.fetching = None;
+        match text {
+            Some(t) => {
+                if let Err(e) = self.cs.store.stage(&hash, &t) {
+                    self.switch_failed(hash, format!("cannot keep it: {e:#}"));
+                }
+            }
+            None if self.cs.unfetched.as_deref() != Some(hash.as_str()) => {
+                self.cs.unfetched = Some(hash.clone());
+                self.log(AgentEvent::ConfigSwitchFailed {
+                    identity: hash,
+                    why: format!(
+                        "no peer sent it yet (asking again every {} s)",
+                        FETCH_RETRY_MS / 1000
+                    ),
+                });
+            }
+            None => {}
+        }
+    }
+}

@@ -1,0 +1,246 @@
+//! `tandem config apply`, `config history` and `config rollback`: change
+//! the running cluster's configuration through the local agent, which
+//! offers it to every node ([`tandem_agent::config_change`]), then watch
+//! the local agent's status until every node runs it.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use tandem_agent::config_change::ApplyOutcome;
+use tandem_agent::config_store::{Store, MAX_CONFIG_BYTES};
+use tandem_agent::control::{Client, ControlRequest, ControlResponse};
+use tandem_agent::status::Status;
+
+use crate::cli::{ApplyArgs, ApplyOptions};
+
+/// Poll interval while waiting for the switch.
+const POLL: Duration = Duration::from_millis(100);
+
+/// `tandem config apply FILE`.
+pub fn apply(args: &ApplyArgs) -> Result<ExitCode> {
+    let text = std::fs::read_to_string(&args.file)
+        .with_context(|| format!("reading configuration file {}", args.file.display()))?;
+    // This machine's checks first, with file positions: the agent says
+    // the same in fewer words.
+    let label = args.file.display().to_string();
+    let base = args.file.parent().map(Path::to_path_buf).unwrap_or_default();
+    let loaded = tandem_core::config::load(&text, &base, &tandem_agent::keyfile::facts);
+    if !crate::config_cmd::check_to_stderr(&label, &text, &loaded) {
+        eprintln!("nothing was changed: fix {label} first");
+        return Ok(ExitCode::FAILURE);
+    }
+    run(&text, &label, &args.apply)
+}
+
+/// `tandem config rollback EPOCH`.
+pub fn rollback(epoch: u64, state_dir: Option<&Path>, opts: &ApplyOptions) -> Result<ExitCode> {
+    let dir = state_dir_of(state_dir, opts.at.config.as_deref())?;
+    let store = Store::new(&dir);
+    let history = store.history();
+    let Some(entry) = history.iter().rev().find(|e| e.epoch == epoch) else {
+        let known: Vec<String> = history.iter().map(|e| e.epoch.to_string()).collect();
+        bail!(
+            "no configuration of epoch {epoch} in {} (kept: {}); `tandem config history` lists them",
+            dir.display(),
+            if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            }
+        );
+    };
+    let text = std::fs::read_to_string(&entry.path)
+        .with_context(|| format!("reading {}", entry.path.display()))?;
+    run(
+        &text,
+        &format!("the configuration of epoch {epoch} ({})", entry.hash),
+        opts,
+    )
+}
+
+/// `tandem config history`.
+pub fn history(state_dir: Option<&Path>, config: &Path, json: bool) -> Result<ExitCode> {
+    let dir = state_dir_of(state_dir, Some(config))?;
+    let entries = Store::new(&dir).history();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&entries)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if entries.is_empty() {
+        println!(
+            "no configuration recorded in {} yet (a node records each one it sees committed)",
+            dir.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{:>6}  {:<16}  recorded", "epoch", "configuration");
+    for e in &entries {
+        println!(
+            "{:>6}  {:<16}  {}",
+            e.epoch,
+            e.hash,
+            tandem_agent::clock::format_utc(e.at_unix_ms)
+        );
+    }
+    println!("`tandem config rollback EPOCH` applies one of them again");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The state directory: as given, else the configuration's.
+fn state_dir_of(given: Option<&Path>, config: Option<&Path>) -> Result<PathBuf> {
+    if let Some(d) = given {
+        return Ok(d.to_path_buf());
+    }
+    let config = config.unwrap_or(Path::new("/etc/tandem/tandem.toml"));
+    let cfg = crate::config_cmd::load_valid(config).with_context(|| {
+        format!(
+            "finding this node's state directory from {} (or give --state-dir)",
+            config.display()
+        )
+    })?;
+    Ok(cfg.cluster.state_dir)
+}
+
+/// Offers `text` to the cluster through the local agent and waits for
+/// every node to run it.
+fn run(text: &str, label: &str, opts: &ApplyOptions) -> Result<ExitCode> {
+    if text.len() > MAX_CONFIG_BYTES {
+        bail!(
+            "{label} is {} bytes; at most {MAX_CONFIG_BYTES} are accepted",
+            text.len()
+        );
+    }
+    let sock = opts.at.socket()?;
+    let client = Client::new(&sock);
+    eprintln!("offering {label} to every node (each checks it on its own machine)...");
+    let answer = client.call(&ControlRequest::ConfigApply {
+        text: text.to_string(),
+        force: opts.force,
+    })?;
+    let outcome = match answer {
+        ControlResponse::ConfigApply { outcome } => outcome,
+        ControlResponse::Error { error } => {
+            eprintln!("error: {error}");
+            eprintln!("nothing was changed");
+            return Ok(ExitCode::FAILURE);
+        }
+        other => bail!("the agent answered `config apply` with {other:?}"),
+    };
+    print_outcome(&outcome);
+    if outcome.changes.is_empty() {
+        println!(
+            "no change: the cluster already runs configuration {}",
+            outcome.hash
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !outcome.begun {
+        if outcome.nodes.iter().any(|n| n.verdict == "refused") {
+            eprintln!("nothing was changed: fix what the nodes above refused, then apply again");
+        } else {
+            eprintln!(
+                "nothing was changed: some nodes did not answer; bring them up, or `--force` to change without them (they catch up when they return)"
+            );
+        }
+        return Ok(ExitCode::FAILURE);
+    }
+    wait(&client, &outcome, Duration::from_secs(opts.timeout))
+}
+
+fn print_outcome(o: &ApplyOutcome) {
+    for c in &o.changes {
+        println!("  {c}");
+    }
+    if !o.restart.is_empty() {
+        println!(
+            "  restarted by the change: {} (every other group keeps running)",
+            o.restart.join(", ")
+        );
+    }
+    for n in &o.nodes {
+        match n.why.as_slice() {
+            [] => println!("  {:<12} {}", n.node, n.verdict),
+            why => {
+                println!("  {:<12} {}:", n.node, n.verdict);
+                for w in why {
+                    println!("      {w}");
+                }
+            }
+        }
+    }
+}
+
+/// Watches the local agent until configuration `o.hash` is committed and
+/// every node heard runs it.
+fn wait(client: &Client, o: &ApplyOutcome, limit: Duration) -> Result<ExitCode> {
+    let t0 = Instant::now();
+    let mut said = String::new();
+    let mut last: Option<Status> = None;
+    while t0.elapsed() < limit {
+        std::thread::sleep(POLL);
+        let Ok(s) = client.status() else { continue };
+        let c = &s.config;
+        if c.committed == o.hash && c.next.is_none() {
+            let behind: Vec<&str> = c
+                .differing
+                .iter()
+                .filter(|d| d.identity != o.hash)
+                .map(|d| d.node.as_str())
+                .collect();
+            println!(
+                "configuration {} committed as epoch {} in {} ms{}",
+                o.hash,
+                s.agreement.config_epoch,
+                t0.elapsed().as_millis(),
+                if behind.is_empty() {
+                    "; every node heard runs it".to_string()
+                } else {
+                    format!(
+                        "; still switching or catching up: {}",
+                        behind.join(", ")
+                    )
+                }
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        if c.next.is_none() && c.committed != o.hash && t0.elapsed() > Duration::from_secs(2) {
+            eprintln!(
+                "the change to {} was abandoned: no majority of voters switched to it in time; `tandem events` says why on each node",
+                o.hash
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+        let switched: Vec<&str> = c
+            .differing
+            .iter()
+            .filter(|d| d.identity == o.hash)
+            .map(|d| d.node.as_str())
+            .collect();
+        let note = format!("switched so far: {}", list(&switched));
+        if note != said {
+            println!("  {note}");
+            said = note;
+        }
+        last = Some(s);
+    }
+    eprintln!(
+        "configuration {} not committed after {} s (the change goes on; `tandem status` shows it){}",
+        o.hash,
+        limit.as_secs(),
+        last.map_or(String::new(), |s| format!(
+            "; committed now: {}",
+            s.config.committed
+        ))
+    );
+    Ok(ExitCode::FAILURE)
+}
+
+fn list(v: &[&str]) -> String {
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.join(", ")
+    }
+}
