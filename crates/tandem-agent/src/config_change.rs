@@ -157,7 +157,12 @@ pub async fn apply(
     let mut outcome = ApplyOutcome {
         hash: accepted.identity.hash.clone(),
         begun: false,
-        changes: accepted.plan.changes.iter().map(ToString::to_string).collect(),
+        changes: accepted
+            .plan
+            .changes
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
         restart: accepted.plan.restart.clone(),
         nodes: Vec::new(),
     };
@@ -213,11 +218,8 @@ mod tests {
         let key = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(key.path(), [7u8; 32]).unwrap();
         let path = key.into_temp_path().keep().unwrap();
-        std::fs::set_permissions(
-            &path,
-            std::os::unix::fs::PermissionsExt::from_mode(0o600),
-        )
-        .unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
         format!(
             r#"
 [cluster]

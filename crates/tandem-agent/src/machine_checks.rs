@@ -70,4 +70,3 @@ pub fn of(cfg: &Config) -> Vec<(Severity, String)> {
     }
     out
 }
-

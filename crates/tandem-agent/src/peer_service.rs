@@ -287,14 +287,8 @@ impl PeerService {
             None => None,
         };
         let config = self.config.lock().map(|c| c.clone()).unwrap_or_default();
-        let r = crate::node_report::gather(
-            &self.me,
-            config,
-            status,
-            &self.dir,
-            since_unix_ms,
-        )
-        .await;
+        let r =
+            crate::node_report::gather(&self.me, config, status, &self.dir, since_unix_ms).await;
         crate::node_report::scrub(r, &self.secrets)
     }
 

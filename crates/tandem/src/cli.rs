@@ -707,7 +707,12 @@ pub enum ConfigCommand {
         /// The configuration as it would be.
         new: Option<PathBuf>,
         /// This node's configuration, compared with a single file.
-        #[arg(short = 'c', long, value_name = "FILE", default_value = "/etc/tandem/tandem.toml")]
+        #[arg(
+            short = 'c',
+            long,
+            value_name = "FILE",
+            default_value = "/etc/tandem/tandem.toml"
+        )]
         config: PathBuf,
         /// Print the changes as JSON.
         #[arg(long)]
@@ -732,7 +737,12 @@ pub enum ConfigCommand {
         #[arg(long, value_name = "DIR")]
         state_dir: Option<PathBuf>,
         /// This node's configuration (for its state directory).
-        #[arg(short = 'c', long, value_name = "FILE", default_value = "/etc/tandem/tandem.toml")]
+        #[arg(
+            short = 'c',
+            long,
+            value_name = "FILE",
+            default_value = "/etc/tandem/tandem.toml"
+        )]
         config: PathBuf,
         /// Print the history as JSON.
         #[arg(long)]

@@ -25,7 +25,11 @@ pub fn apply(args: &ApplyArgs) -> Result<ExitCode> {
     // This machine's checks first, with file positions: the agent says
     // the same in fewer words.
     let label = args.file.display().to_string();
-    let base = args.file.parent().map(Path::to_path_buf).unwrap_or_default();
+    let base = args
+        .file
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
     let loaded = tandem_core::config::load(&text, &base, &tandem_agent::keyfile::facts);
     if !crate::config_cmd::check_to_stderr(&label, &text, &loaded) {
         eprintln!("nothing was changed: fix {label} first");
@@ -198,7 +202,7 @@ fn wait(client: &Client, o: &ApplyOutcome, limit: Duration) -> Result<ExitCode> 
                     "; every node heard runs it".to_string()
                 } else {
                     format!(
-                        "; still switching or catching up: {}",
+                        "; not running it yet: {} (a node offline now catches up when it returns)",
                         behind.join(", ")
                     )
                 }

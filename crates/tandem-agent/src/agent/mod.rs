@@ -58,6 +58,8 @@ const UNAUTHENTICATED_RECENT_MS: u64 = 10_000;
 const MAX_BATCH: usize = 32;
 /// Outcomes of resource actions and checks waiting for the main loop.
 const DONE_QUEUE: usize = 256;
+/// Control connections served at once; more are closed at once.
+const MAX_CONTROL_CONNECTIONS: usize = 32;
 /// Fencings run at once by this agent (as leader); more wait their turn.
 const MAX_CONCURRENT_FENCES: usize = 4;
 /// Fencings waiting for a slot (more than the largest cluster has nodes
@@ -285,7 +287,12 @@ pub fn run(cfg: Config, opts: AgentOptions) -> Result<()> {
     ));
     // The witness sends no alerts.
     let alerts = (!witness).then(|| crate::alerts::Alerts::new(&cfg, &topo.names[me]));
-    let cs = switch::ConfigState::new(cfg.clone(), opts.config_file.clone(), &state_dir, fetched_tx);
+    let cs = switch::ConfigState::new(
+        cfg.clone(),
+        opts.config_file.clone(),
+        &state_dir,
+        fetched_tx,
+    );
     let agent = Agent {
         cs,
         fetched_rx,
@@ -331,6 +338,16 @@ pub fn run(cfg: Config, opts: AgentOptions) -> Result<()> {
         last_quorate: std::cell::Cell::new(None),
     };
     local.block_on(&rt, agent.run())
+}
+
+/// One control connection's place among [`MAX_CONTROL_CONNECTIONS`],
+/// given back when its task ends, however it ends.
+struct OpenSlot(Rc<std::cell::Cell<usize>>);
+
+impl Drop for OpenSlot {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
+    }
 }
 
 /// A finished fencing: node, power on (not off), success, one line per
@@ -504,6 +521,7 @@ impl Agent {
         self.log(AgentEvent::Watchdog { text });
         self.flush().await?;
         let mut shutdown_deadline: Option<Instant> = None;
+        let control_open = Rc::new(std::cell::Cell::new(0usize));
         let (ctl_tx, mut ctl_rx) = mpsc::channel::<LoopCall>(crate::control::LOOP_QUEUE);
         let handler = Handler::new(ctl_tx, self.hub.clone()).with_events(self.peer_service.clone());
         self.peer_service.set_handler(handler.clone());
@@ -621,9 +639,17 @@ impl Agent {
                     }
                 }
                 conn = control.accept() => {
+                    // At most MAX_CONTROL_CONNECTIONS at once: each may hold
+                    // a request of up to a configuration's size.
                     if let Ok((stream, _)) = conn {
-                        let handler = handler.clone();
-                        tokio::task::spawn_local(async move { handler.serve(stream).await });
+                        if control_open.get() < MAX_CONTROL_CONNECTIONS {
+                            control_open.set(control_open.get() + 1);
+                            let (handler, open) = (handler.clone(), OpenSlot(control_open.clone()));
+                            tokio::task::spawn_local(async move {
+                                handler.serve(stream).await;
+                                drop(open);
+                            });
+                        }
                     }
                 }
                 Some(r) = self.volume_rx.recv() => {

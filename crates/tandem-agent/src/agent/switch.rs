@@ -131,7 +131,12 @@ impl Agent {
                 }
             }
         }
-        if let Some(hash) = self.cs.switching.as_ref().map(|s| s.accepted.identity.hash.clone()) {
+        if let Some(hash) = self
+            .cs
+            .switching
+            .as_ref()
+            .map(|s| s.accepted.identity.hash.clone())
+        {
             let wanted = next.as_deref() == Some(hash.as_str()) || committed == hash;
             if wanted {
                 self.finish_switch(now);
@@ -228,15 +233,14 @@ impl Agent {
             runner,
             done_rx,
         } = sw;
-        let groups =
-            match super::groups_spec(&accepted.cfg, &self.topo, &self.fence_devices) {
-                Ok(g) => g,
-                Err(e) => {
-                    let hash = accepted.identity.hash.clone();
-                    self.cancel_switch();
-                    return self.switch_failed(hash, format!("{e:#}"));
-                }
-            };
+        let groups = match super::groups_spec(&accepted.cfg, &self.topo, &self.fence_devices) {
+            Ok(g) => g,
+            Err(e) => {
+                let hash = accepted.identity.hash.clone();
+                self.cancel_switch();
+                return self.switch_failed(hash, format!("{e:#}"));
+            }
+        };
         let file = match &self.cs.path {
             Some(p) => match crate::config_store::install(p, &text) {
                 Ok(()) => Some(p.display().to_string()),
@@ -256,7 +260,8 @@ impl Agent {
             accepted.identity.hash.clone(),
             accepted.identity.sections.clone(),
         );
-        self.tally.set_groups(crate::metrics::last_resources(&accepted.cfg));
+        self.tally
+            .set_groups(crate::metrics::last_resources(&accepted.cfg));
         self.peer_service.set_running(&accepted.cfg);
         self.config = accepted.identity.clone();
         self.cs.cfg = accepted.cfg;
@@ -264,7 +269,12 @@ impl Agent {
         self.cs.failed = None;
         self.log(AgentEvent::ConfigSwitched {
             identity: accepted.identity.hash,
-            changes: accepted.plan.changes.iter().map(ToString::to_string).collect(),
+            changes: accepted
+                .plan
+                .changes
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
             file,
         });
     }

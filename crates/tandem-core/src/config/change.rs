@@ -193,8 +193,14 @@ address = "10.0.0.102/24"
         let p = plan(&old, &new).unwrap();
         assert_eq!(p.restart, vec!["db".to_string(), "old".to_string()]);
         let shown: Vec<String> = p.changes.iter().map(ToString::to_string).collect();
-        assert!(shown.contains(&"monitor `web/http` changed: interval_ms".to_string()), "{shown:?}");
-        assert!(shown.contains(&"group `extra` added".to_string()), "{shown:?}");
+        assert!(
+            shown.contains(&"monitor `web/http` changed: interval_ms".to_string()),
+            "{shown:?}"
+        );
+        assert!(
+            shown.contains(&"group `extra` added".to_string()),
+            "{shown:?}"
+        );
         assert!(!p.is_empty());
         assert!(plan(&old, &old).unwrap().is_empty());
     }
@@ -218,7 +224,10 @@ address = "10.0.0.102/24"
         );
         let two = cfg(&text);
         let swapped = cfg(&text.replace("name = \"vip\"\nkind = \"ip\"\naddress = \"10.0.0.102/24\"\n[[group.resource]]\nname = \"vip2\"\nkind = \"ip\"\naddress = \"10.0.0.105/24\"", "name = \"vip2\"\nkind = \"ip\"\naddress = \"10.0.0.105/24\"\n[[group.resource]]\nname = \"vip\"\nkind = \"ip\"\naddress = \"10.0.0.102/24\""));
-        assert_eq!(plan(&two, &swapped).unwrap().restart, vec!["db".to_string()]);
+        assert_eq!(
+            plan(&two, &swapped).unwrap().restart,
+            vec!["db".to_string()]
+        );
         let mut reordered = two.clone();
         reordered.groups.reverse();
         let p = plan(&two, &reordered).unwrap();

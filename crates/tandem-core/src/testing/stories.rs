@@ -369,7 +369,10 @@ fn a_configuration_change_past_its_bound_commits_with_a_majority() {
     assert_eq!(c.running_on("web"), vec![web], "frozen meanwhile");
     c.run_for(CONFIG_SWITCH_BOUND_MS / 2 + SETTLE_MS);
     let r = c.record((web + 1) % 3).unwrap();
-    assert_eq!((r.config_hash.as_str(), r.config_next.as_ref()), ("v2", None));
+    assert_eq!(
+        (r.config_hash.as_str(), r.config_next.as_ref()),
+        ("v2", None)
+    );
     let now = c.running_on("web");
     assert!(now.len() == 1 && now[0] != web, "{now:?}");
     assert!(c.dual_active().is_empty(), "{:?}", c.dual_active());
@@ -390,6 +393,9 @@ fn a_configuration_change_no_majority_takes_is_abandoned() {
     assert_eq!(c.record(0).unwrap().config_next.as_deref(), Some("v2"));
     c.run_for(CONFIG_SWITCH_BOUND_MS + SETTLE_MS);
     let r = c.record(0).unwrap();
-    assert_eq!((r.config_hash.as_str(), r.config_next.as_ref()), ("story", None));
+    assert_eq!(
+        (r.config_hash.as_str(), r.config_next.as_ref()),
+        ("story", None)
+    );
     assert_eq!(c.running_on("web").len(), 1);
 }

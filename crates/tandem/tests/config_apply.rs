@@ -1,0 +1,282 @@
+//! `tandem config apply` and `config rollback` on a running 3-node cluster
+//! under client load (needs root; CI runs as root). Each node runs its own
+//! copy of the configuration file, as on real machines.
+//!
+//! The change adds a group, changes the monitor of the group the client
+//! uses (`web`), and removes a group, while one node (n3) is offline: the
+//! client must see no gap, `web`'s service must be neither stopped nor
+//! started again, both online nodes must run the new configuration at the
+//! new epoch with their files rewritten, and n3, started again with its
+//! old file, must catch up by itself. A rollback then restores the first
+//! configuration everywhere.
+//!
+//! Time bounds are generous safety limits, not measurements.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a panic is how a test reports failure"
+)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
+use tandem_testbed::agents::{self, all_online, AgentCluster, ClusterShape};
+use tandem_testbed::checker::{analyze, CheckOptions, ProbeKind};
+use tandem_testbed::prober::{unix_ms, ProbeSpec, Prober};
+use tandem_testbed::require_root;
+
+const TANDEM: &str = env!("CARGO_BIN_EXE_tandem");
+const GENEROUS: Duration = Duration::from_secs(30);
+
+fn group<'a>(s: &'a Value, name: &str) -> Option<&'a Value> {
+    s["groups"].as_array()?.iter().find(|g| g["name"] == name)
+}
+
+fn running(s: &Value, name: &str) -> bool {
+    group(s, name).is_some_and(|g| g["state"] == "running")
+}
+
+fn tandem(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(TANDEM)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// `old` (a process on n2) and the client's `web` (process + address,
+/// with a TCP monitor every 2 s).
+fn groups(tandem: &Path) -> String {
+    agents::web_group_config(tandem, "manual", 3, 8080, 7000)
+        + r#"
+[[group.monitor]]
+name = "http"
+kind = "tcp"
+address = "10.77.1.100:8080"
+interval_ms = 2000
+
+[[group]]
+name = "old"
+preferred = ["n2"]
+
+[[group.resource]]
+name = "sleeper"
+kind = "process"
+command = ["/bin/sleep", "3600"]
+"#
+}
+
+#[test]
+fn config_apply_adds_changes_and_removes_groups_without_a_gap_and_rollback_restores() {
+    if !require_root(
+        "config_apply_adds_changes_and_removes_groups_without_a_gap_and_rollback_restores",
+    ) {
+        return;
+    }
+    let shape = ClusterShape {
+        extra: groups(Path::new(TANDEM)),
+        ..ClusterShape::nodes(3)
+    };
+    let mut c = AgentCluster::prepare(TANDEM, &shape).unwrap();
+    let first = std::fs::read_to_string(c.config_path()).unwrap();
+    let file = |n: usize| -> PathBuf { c.dir().join(format!("n{n}.toml")) };
+    let files: Vec<PathBuf> = (1..=3).map(file).collect();
+    for f in &files {
+        std::fs::write(f, &first).unwrap();
+    }
+    for (i, f) in files.iter().enumerate() {
+        let pid = c.spawn_agent_with(i + 1, f).unwrap();
+        c.pids.push(pid);
+    }
+    for n in 1..=3 {
+        c.wait(n, GENEROUS, "all online, web and old running", |s| {
+            all_online(s) && running(s, "web") && running(s, "old")
+        })
+        .unwrap();
+    }
+    let s1 = c.status(1).unwrap();
+    let (first_hash, first_epoch) = (
+        s1["config"]["committed"].as_str().unwrap().to_string(),
+        s1["agreement"]["config_epoch"].as_u64().unwrap(),
+    );
+    let web_on: usize = group(&s1, "web").unwrap()["placed_on"].as_str().unwrap()[1..]
+        .parse()
+        .unwrap();
+    assert_ne!(web_on, 3, "web prefers n1");
+
+    // n3 leaves cleanly and stays away during the change.
+    c.bed
+        .stop_gracefully(c.pids[2], Duration::from_secs(20))
+        .unwrap();
+    c.wait(1, GENEROUS, "n3 gone", |s| {
+        agents::peer(s, "n3")["state"] != "online"
+    })
+    .unwrap();
+
+    let second = first
+        .replace("interval_ms = 2000", "interval_ms = 1000")
+        .replace(
+            "[[group]]\nname = \"old\"\npreferred = [\"n2\"]\n\n[[group.resource]]\nname = \"sleeper\"\nkind = \"process\"\ncommand = [\"/bin/sleep\", \"3600\"]\n",
+            "[[group]]\nname = \"extra\"\npreferred = [\"n2\"]\n\n[[group.resource]]\nname = \"sleeper2\"\nkind = \"process\"\ncommand = [\"/bin/sleep\", \"3601\"]\n",
+        );
+    assert_ne!(second, first);
+    let new_file = c.dir().join("second.toml");
+    std::fs::write(&new_file, &second).unwrap();
+    let sock1 = c.socket(1);
+    let sock1 = sock1.to_str().unwrap();
+
+    // Without --force the offline node stops the change before it begins.
+    let (ok, out) = tandem(&[
+        "config",
+        "apply",
+        new_file.to_str().unwrap(),
+        "--socket",
+        sock1,
+    ]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("unreachable") && out.contains("--force"),
+        "{out}"
+    );
+    assert!(out.contains("nothing was changed"), "{out}");
+
+    let prober = Prober::start(
+        &c.bed.client_ns(),
+        ProbeSpec::new(SocketAddr::new(c.bed.vip("lan").into(), 7000), 120_000),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let t = unix_ms();
+    let (ok, out) = tandem(&[
+        "config",
+        "apply",
+        new_file.to_str().unwrap(),
+        "--force",
+        "--socket",
+        sock1,
+    ]);
+    assert!(ok, "{out}\n{}", c.logs());
+    eprintln!("config apply:\n{out}");
+    assert!(out.contains("group `extra` added"), "{out}");
+    assert!(out.contains("group `old` removed"), "{out}");
+    assert!(
+        out.contains("monitor `web/http` changed: interval_ms"),
+        "{out}"
+    );
+    assert!(out.contains("restarted by the change: old"), "{out}");
+    for n in [1, 2] {
+        c.wait(
+            n,
+            GENEROUS,
+            "the new configuration, extra running, old gone",
+            |s| {
+                s["config"]["committed"] == s["config"]["identity"]
+                    && s["config"]["committed"] != first_hash.as_str()
+                    && s["agreement"]["config_epoch"] == first_epoch + 1
+                    && running(s, "extra")
+                    && group(s, "old").is_none()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&files[n - 1]).unwrap(),
+            second,
+            "n{n}'s file"
+        );
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let log = prober.stop().unwrap();
+    let report = analyze(&log.records, CheckOptions::default());
+    let gap = report.kind(ProbeKind::Udp).max_gap_ms();
+    assert_eq!(report.dual_active().count(), 0);
+    // Probes go every 5 ms: a lost one or two is the network, a restart
+    // of the service or its address is hundreds.
+    assert!(
+        gap < 100.0,
+        "web had a {gap} ms gap during the change\n{}",
+        c.logs()
+    );
+    let holder = c.status(web_on).unwrap();
+    let restarted = holder["events"].as_array().unwrap().iter().any(|e| {
+        e["at_unix_ms"].as_u64().unwrap_or(0) >= t
+            && e["event"]["group"] == "web"
+            && e["event"]["kind"] == "action_begun"
+            && e["event"]["action"] != "probe"
+    });
+    assert!(
+        !restarted,
+        "web was stopped or started: {}",
+        holder["events"]
+    );
+    // The old group's process is gone from n2.
+    let sleepers = c
+        .bed
+        .exec(2, "pgrep", &["-f", "^/bin/sleep 3600$"])
+        .unwrap_or_default();
+    assert!(
+        sleepers.trim().is_empty(),
+        "old's process still runs: {sleepers}"
+    );
+
+    // n3 comes back with its old file and catches up by itself.
+    let new_hash = c.status(1).unwrap()["config"]["committed"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    c.pids[2] = c.spawn_agent_with(3, &files[2]).unwrap();
+    c.wait(3, GENEROUS, "n3 caught up", |s| {
+        all_online(s)
+            && s["config"]["identity"] == new_hash.as_str()
+            && s["config"]["committed"] == new_hash.as_str()
+    })
+    .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&files[2]).unwrap(),
+        second,
+        "n3's file"
+    );
+
+    // The history lists both; a rollback to the first restores it.
+    let state1 = c.state_dir(1);
+    let (ok, out) = tandem(&["config", "history", "--state-dir", state1.to_str().unwrap()]);
+    assert!(
+        ok && out.contains(&first_hash) && out.contains(&new_hash),
+        "{out}"
+    );
+    let (ok, out) = tandem(&[
+        "config",
+        "rollback",
+        &first_epoch.to_string(),
+        "--state-dir",
+        state1.to_str().unwrap(),
+        "--socket",
+        sock1,
+    ]);
+    assert!(ok, "{out}\n{}", c.logs());
+    eprintln!("config rollback:\n{out}");
+    for n in 1..=3 {
+        c.wait(n, GENEROUS, "the first configuration again", |s| {
+            s["config"]["committed"] == first_hash.as_str()
+                && s["config"]["identity"] == first_hash.as_str()
+                && s["agreement"]["config_epoch"] == first_epoch + 2
+                && running(s, "old")
+                && group(s, "extra").is_none()
+        })
+        .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&files[n - 1]).unwrap(),
+            first,
+            "n{n}'s file"
+        );
+    }
+}
