@@ -106,6 +106,14 @@ impl Agent {
             return;
         }
         let record = self.member.agreement().record();
+        // The common case, on every pass: nothing to do, nothing copied.
+        if self.cs.switching.is_none()
+            && record.config_next.is_none()
+            && record.config_hash == self.config.hash
+            && record.config_epoch <= self.cs.remembered_epoch
+        {
+            return;
+        }
         let (committed, epoch, next) = (
             record.config_hash.clone(),
             record.config_epoch,
