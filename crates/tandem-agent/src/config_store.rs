@@ -79,6 +79,11 @@ impl Store {
         Ok(())
     }
 
+    /// Whether configuration `hash` was staged here by a change.
+    pub fn is_staged(&self, hash: &str) -> bool {
+        checked(hash).is_ok_and(|h| self.staged_path(h).exists())
+    }
+
     /// The text of configuration `hash`, staged or in the history.
     pub fn text(&self, hash: &str) -> Option<String> {
         let hash = checked(hash).ok()?;
@@ -190,6 +195,7 @@ mod tests {
         let s = Store::new(dir.path());
         s.stage("ab12", "one").unwrap();
         assert_eq!(s.text("ab12").as_deref(), Some("one"));
+        assert!(s.is_staged("ab12") && !s.is_staged("cd34") && !s.is_staged("../x"));
         assert!(s.remember(1, "cd34", "two").unwrap());
         assert!(!s.remember(1, "cd34", "two").unwrap());
         assert_eq!(s.text("cd34").as_deref(), Some("two"));

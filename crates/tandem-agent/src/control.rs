@@ -165,6 +165,12 @@ impl ControlRequest {
         }
     }
 
+    /// Whether only root may ask it, on the control socket: a
+    /// configuration change decides what every node runs as root.
+    pub fn root_only(&self) -> bool {
+        matches!(self, ControlRequest::ConfigApply { .. })
+    }
+
     /// The cluster request it becomes (None: answered by this node alone).
     pub fn to_member(&self) -> Option<Request> {
         Some(match self.clone() {
@@ -325,6 +331,9 @@ pub enum ControlError {
         /// Every reason.
         why: Vec<String>,
     },
+    /// A request only root may make, from someone else or over HTTP.
+    #[error("only root may change the configuration (it decides what every node runs as root): run `tandem config apply` as root on a node")]
+    RootOnly,
     /// The request line is not a request.
     #[error("malformed request: {why}")]
     Malformed {
@@ -445,6 +454,20 @@ impl Handler {
         }
     }
 
+    /// Answers one request line (the Unix socket's framing) from a client
+    /// that is root or not: the bytes to send back.
+    pub async fn handle_line_from(&self, line: &str, root: bool) -> Vec<u8> {
+        if !root {
+            if let Ok(r) = parse(line.trim()) {
+                if r.root_only() {
+                    let answer: ControlResponse = ControlError::RootOnly.into();
+                    return serde_json::to_vec(&answer).unwrap_or_default();
+                }
+            }
+        }
+        self.handle_line(line).await
+    }
+
     /// Answers one request line (the Unix socket's framing): the bytes
     /// to send back.
     pub async fn handle_line(&self, line: &str) -> Vec<u8> {
@@ -491,7 +514,11 @@ impl Handler {
         let Ok(req) = tokio::time::timeout(READ_LIMIT, read_line).await else {
             return;
         };
-        let answer = self.handle_line(&String::from_utf8_lossy(&req)).await;
+        // Who asks: root, or a member of the socket's group.
+        let root = stream.peer_cred().is_ok_and(|c| c.uid() == 0);
+        let answer = self
+            .handle_line_from(&String::from_utf8_lossy(&req), root)
+            .await;
         let _ = tokio::time::timeout(ANSWER_LIMIT, stream.write_all(&answer)).await;
     }
 }
@@ -834,6 +861,22 @@ mod tests {
                 Err(Parsed::Refused(ControlError::Malformed { .. }))
             ));
         }
+    }
+
+    #[test]
+    fn only_root_may_apply_a_configuration() {
+        let (tx, _rx) = mpsc::channel::<LoopCall>(1);
+        let h = Handler::new(tx, None);
+        let line = r#"{"v":1,"request":"config_apply","text":"x"}"#;
+        let answer = run(h.handle_line_from(line, false));
+        let v: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+        assert_eq!(v["error"]["kind"], "root_only", "{v}");
+        assert!(ControlRequest::ConfigApply {
+            text: String::new(),
+            force: false
+        }
+        .root_only());
+        assert!(!ControlRequest::Status.root_only());
     }
 
     #[test]

@@ -31,7 +31,11 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tandem_core::config::{Config, HttpSpec};
 use tandem_core::http_access::{bearer, Access, Refusal, Role, Token};
 
-use crate::control::{ControlError, ControlRequest, ControlResponse, Handler, MAX_REQUEST_BYTES};
+use crate::control::{ControlError, ControlRequest, ControlResponse, Handler};
+
+/// Largest request body: every request the API takes is a short line
+/// (`config apply`, which carries a file, is the control socket's only).
+const MAX_HTTP_REQUEST_BYTES: usize = 4096;
 use crate::metrics::Tally;
 
 /// Connections served at once; more wait in the kernel's backlog until
@@ -246,7 +250,7 @@ fn router(s: Served) -> Router {
         .route("/v1/status/stream", get(status_stream))
         .route("/", get(dashboard))
         .fallback(not_found)
-        .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
+        .layer(DefaultBodyLimit::max(MAX_HTTP_REQUEST_BYTES))
         .with_state(s)
 }
 
@@ -305,6 +309,7 @@ pub fn status_code(answer: &ControlResponse) -> StatusCode {
             ControlError::NoFenceDevice { .. } | ControlError::ConfigRefused { .. } => {
                 StatusCode::CONFLICT
             }
+            ControlError::RootOnly => StatusCode::FORBIDDEN,
             ControlError::Busy => StatusCode::SERVICE_UNAVAILABLE,
             ControlError::NoAnswer { .. } | ControlError::Unreachable { .. } => {
                 StatusCode::GATEWAY_TIMEOUT
@@ -342,6 +347,9 @@ async fn control(State(s): State<Served>, headers: HeaderMap, body: Bytes) -> Re
     };
     if let Err(r) = s.authorize(&headers, request.role()) {
         return refused(r);
+    }
+    if request.root_only() {
+        return answer(ControlError::RootOnly.into());
     }
     answer(s.handler.handle(request).await)
 }

@@ -128,7 +128,7 @@ pub struct PeerService {
     store: crate::config_store::Store,
     /// Its configuration's secrets, scrubbed from whatever a report of
     /// this node sends (an agent's failure text that echoed a password).
-    secrets: Vec<String>,
+    secrets: std::sync::Mutex<Vec<String>>,
     /// Its control handler, for its own status in a report (set once the
     /// loop runs).
     handler: std::sync::OnceLock<crate::control::Handler>,
@@ -167,7 +167,7 @@ impl PeerService {
             config_dir,
             store: crate::config_store::Store::new(&state_dir),
             handler: std::sync::OnceLock::new(),
-            secrets,
+            secrets: std::sync::Mutex::new(secrets),
             me: me.to_string(),
             key,
             dir: state_dir,
@@ -182,8 +182,12 @@ impl PeerService {
         }
     }
 
-    /// This node switched to configuration `cfg` (`tandem config apply`).
-    pub fn set_running(&self, cfg: &Config) {
+    /// This node switched to configuration `cfg` (`tandem config apply`);
+    /// `secrets` are scrubbed from its reports from now on.
+    pub fn set_running(&self, cfg: &Config, secrets: &[String]) {
+        if let Ok(mut s) = self.secrets.lock() {
+            *s = secrets.to_vec();
+        }
         if let Ok(mut c) = self.config.lock() {
             *c = shown(cfg);
         }
@@ -289,7 +293,8 @@ impl PeerService {
         let config = self.config.lock().map(|c| c.clone()).unwrap_or_default();
         let r =
             crate::node_report::gather(&self.me, config, status, &self.dir, since_unix_ms).await;
-        crate::node_report::scrub(r, &self.secrets)
+        let secrets = self.secrets.lock().map(|s| s.clone()).unwrap_or_default();
+        crate::node_report::scrub(r, &secrets)
     }
 
     /// Node `node`'s part of a report (this node's own, or a peer's over

@@ -727,13 +727,14 @@ pub enum ConfigCommand {
     /// offline catches up when it returns. Changes to nodes, links, timing,
     /// quorum, keys, fence devices, volumes, the watchdog, the HTTP API or
     /// alerts are refused: they need the agents restarted one at a time.
-    /// Exits 0 once every node runs it, 1 when refused or not done in time.
+    /// Only root may apply, on a node's control socket (never over HTTP).
+    /// Exits 0 once the cluster committed it (naming any node that does not
+    /// run it yet), 1 when refused, abandoned or not done in time.
     Apply(ApplyArgs),
     /// The configurations this node saw committed, oldest first, with
     /// their epochs (`config rollback EPOCH` applies one again).
     History {
-        /// This node's state directory (default: the configuration's, else
-        /// /var/lib/tandem).
+        /// This node's state directory (default: the configuration's).
         #[arg(long, value_name = "DIR")]
         state_dir: Option<PathBuf>,
         /// This node's configuration (for its state directory).
@@ -753,8 +754,8 @@ pub enum ConfigCommand {
     Rollback {
         /// The epoch to return to.
         epoch: u64,
-        /// This node's state directory (default: the configuration's, else
-        /// /var/lib/tandem).
+        /// This node's state directory (default: the configuration's, as
+        /// `--config` names it, else /etc/tandem/tandem.toml's).
         #[arg(long, value_name = "DIR")]
         state_dir: Option<PathBuf>,
         #[command(flatten)]
@@ -765,7 +766,9 @@ pub enum ConfigCommand {
 /// Arguments of `tandem config apply`.
 #[derive(Debug, Clone, Args)]
 pub struct ApplyArgs {
-    /// The new configuration file.
+    /// The new configuration file. Relative paths in it (the key file)
+    /// resolve on each node in the directory of that node's configuration;
+    /// this machine's check uses `--config`'s directory, else FILE's.
     pub file: PathBuf,
     #[command(flatten)]
     pub apply: ApplyOptions,

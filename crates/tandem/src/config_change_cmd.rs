@@ -17,6 +17,8 @@ use crate::cli::{ApplyArgs, ApplyOptions};
 
 /// Poll interval while waiting for the switch.
 const POLL: Duration = Duration::from_millis(100);
+/// How long the leader may take to begin a change it was asked for.
+const NOT_BEGUN: Duration = Duration::from_secs(5);
 
 /// `tandem config apply FILE`.
 pub fn apply(args: &ApplyArgs) -> Result<ExitCode> {
@@ -25,9 +27,15 @@ pub fn apply(args: &ApplyArgs) -> Result<ExitCode> {
     // This machine's checks first, with file positions: the agent says
     // the same in fewer words.
     let label = args.file.display().to_string();
+    // Where the agents resolve relative paths: their configuration's
+    // directory (`--config`), else the file's own.
     let base = args
-        .file
-        .parent()
+        .apply
+        .at
+        .config
+        .as_deref()
+        .or(Some(args.file.as_path()))
+        .and_then(Path::parent)
         .map(Path::to_path_buf)
         .unwrap_or_default();
     let loaded = tandem_core::config::load(&text, &base, &tandem_agent::keyfile::facts);
@@ -182,10 +190,12 @@ fn wait(client: &Client, o: &ApplyOutcome, limit: Duration) -> Result<ExitCode> 
     let t0 = Instant::now();
     let mut said = String::new();
     let mut last: Option<Status> = None;
+    let mut begun = false;
     while t0.elapsed() < limit {
         std::thread::sleep(POLL);
         let Ok(s) = client.status() else { continue };
         let c = &s.config;
+        begun |= c.next.as_deref() == Some(o.hash.as_str());
         if c.committed == o.hash && c.next.is_none() {
             let behind: Vec<&str> = c
                 .differing
@@ -209,10 +219,24 @@ fn wait(client: &Client, o: &ApplyOutcome, limit: Duration) -> Result<ExitCode> 
             );
             return Ok(ExitCode::SUCCESS);
         }
-        if c.next.is_none() && c.committed != o.hash && t0.elapsed() > Duration::from_secs(2) {
+        if begun && c.next.is_none() && c.committed != o.hash {
             eprintln!(
-                "the change to {} was abandoned: no majority of voters switched to it in time; `tandem events` says why on each node",
+                "the change to {} was abandoned: no majority of voters switched to it in time (the nodes that did switch back); `tandem events` says why on each node",
                 o.hash
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+        if !begun && c.next.as_ref().is_some_and(|n| *n != o.hash) {
+            eprintln!(
+                "another change (to {}) began first; this one was not begun: wait for it, then apply again",
+                c.next.as_deref().unwrap_or_default()
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+        if !begun && t0.elapsed() > NOT_BEGUN {
+            eprintln!(
+                "the leader did not begin the change within {} s: fewer than a majority of voters may be online (`tandem status`), or the leader changed; apply again",
+                NOT_BEGUN.as_secs()
             );
             return Ok(ExitCode::FAILURE);
         }

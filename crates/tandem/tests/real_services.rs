@@ -865,7 +865,10 @@ fn ordered_takeover_of_postgresql_on_a_replicated_volume_loses_no_committed_tran
         "mkfs.ext4 -q -F {img} && mkdir -p {m} && mount -o loop {img} {m} && mkdir {m}/pgdata && chown postgres:postgres {m}/pgdata \
          && su postgres -s /bin/sh -c '/usr/lib/postgresql/15/bin/initdb -D {m}/pgdata --auth=trust -U postgres' >/dev/null \
          && printf \"listen_addresses='*'\\nunix_socket_directories='{PG_SOCKETS}'\\n\" >> {m}/pgdata/postgresql.conf \
-         && echo 'host all all 0.0.0.0/0 trust' >> {m}/pgdata/pg_hba.conf; r=$?; umount {m}; exit $r",
+         && echo 'host all all 0.0.0.0/0 trust' >> {m}/pgdata/pg_hba.conf && sync -f {m}/pgdata/postgresql.conf; r=$?; \
+         umount {m} || {{ echo \"umount {m} failed: the image may lack the last writes\" >&2; exit 90; }}; [ $r -eq 0 ] || exit $r; \
+         debugfs -R 'cat /pgdata/postgresql.conf' {img} 2>/dev/null | grep -q \"^unix_socket_directories='{PG_SOCKETS}'\" \
+         || {{ echo \"{img} lacks the lines appended to postgresql.conf after umount\" >&2; exit 91; }}",
         img = img.display(),
         m = mnt.display()
     ));

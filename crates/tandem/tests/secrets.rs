@@ -109,8 +109,25 @@ fn planted_fence_credentials_appear_nowhere() {
         seen.push(("status --json", c.status(n).unwrap().to_string()));
         let mut files = Vec::new();
         files_under(&c.state_dir(n), &mut files);
+        let config = std::fs::read(c.config_path()).unwrap();
         for f in files {
             let bytes = std::fs::read(&f).unwrap_or_default();
+            // The history of committed configurations (for `config
+            // rollback` and a peer catching up) is the configuration file
+            // itself, kept as privately: byte for byte, mode 0600.
+            if f.parent()
+                .is_some_and(|d| d.ends_with("config-history") || d.ends_with("config-staged"))
+            {
+                assert_eq!(
+                    bytes,
+                    config,
+                    "{} is a copy of the configuration",
+                    f.display()
+                );
+                let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o777;
+                assert_eq!(mode, 0o600, "{}", f.display());
+                continue;
+            }
             seen.push(("state file", String::from_utf8_lossy(&bytes).into_owned()));
         }
     }

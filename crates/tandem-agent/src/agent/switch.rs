@@ -27,6 +27,8 @@ use crate::runner::{Done, Runner};
 /// How long after a failed fetch of the cluster's configuration the next
 /// one begins.
 const FETCH_RETRY_MS: u64 = 5_000;
+/// How long after a failed switch the next attempt begins.
+const SWITCH_RETRY_MS: u64 = 30_000;
 
 /// A switch under way: the groups it restarts are stopping.
 pub(super) struct Switching {
@@ -60,8 +62,12 @@ pub(super) struct ConfigState {
     pub fetching: Option<String>,
     /// No fetch begins before this (this agent's clock).
     pub fetch_after_ms: u64,
-    /// The configuration this node could not switch to (said once).
-    pub failed: Option<String>,
+    /// The configuration this node could not switch to (said once), and
+    /// when it tries again (this agent's clock).
+    pub failed: Option<(String, u64)>,
+    /// Whether the configuration this node runs came from a change
+    /// (staged here): checked once per configuration.
+    pub from_change: Option<(String, bool)>,
     /// The configuration no peer sent yet (said once).
     pub unfetched: Option<String>,
     /// Fetched texts come back here.
@@ -92,6 +98,7 @@ impl ConfigState {
             fetching: None,
             fetch_after_ms: 0,
             failed: None,
+            from_change: None,
             unfetched: None,
             fetched_tx,
         }
@@ -154,26 +161,44 @@ impl Agent {
             }
             return;
         }
-        let target = match next {
-            Some(n) if n != mine => Some(n),
-            Some(_) => None,
-            None => change::is_stale(&mine, &committed, epoch, &self.cs.seen).then_some(committed),
-        };
-        let Some(target) = target else {
+        if next.is_none() && committed == mine {
             return;
+        }
+        if self.cs.failed.as_ref().is_some_and(|(h, retry_ms)| {
+            now < *retry_ms && (Some(h) == next.as_ref() || *h == committed)
+        }) {
+            return;
+        }
+        // Whether this node's configuration came from a change: a file
+        // looked up once per configuration, not every pass.
+        let from_change = match &self.cs.from_change {
+            Some((h, b)) if *h == mine => *b,
+            _ => {
+                let b = self.cs.store.is_staged(&mine);
+                self.cs.from_change = Some((mine.clone(), b));
+                b
+            }
         };
-        if self.cs.failed.as_deref() == Some(target.as_str()) {
+        let (target, catching_up) = match next {
+            Some(n) if n != mine => (n, false),
+            Some(_) => return,
+            None if change::is_stale(&mine, &committed, epoch, &self.cs.seen, from_change) => {
+                (committed, true)
+            }
+            None => return,
+        };
+        if self.cs.fetching.is_some() || now < self.cs.fetch_after_ms {
             return;
         }
         match self.cs.store.text(&target) {
-            Some(text) => self.begin_switch(target, text),
+            Some(text) => self.begin_switch(now, target, text, catching_up),
             None => self.fetch_config(target, now),
         }
     }
 
     /// Checks the staged text, builds its runner and retires the groups it
     /// restarts.
-    fn begin_switch(&mut self, target: String, text: String) {
+    fn begin_switch(&mut self, now: u64, target: String, text: String, catching_up: bool) {
         let dir = self
             .cs
             .path
@@ -185,6 +210,7 @@ impl Agent {
             Ok(a) if a.identity.hash == target => a,
             Ok(a) => {
                 return self.switch_failed(
+                    now,
                     target,
                     format!(
                         "the text kept for it is configuration {}; apply the change again",
@@ -192,7 +218,14 @@ impl Agent {
                     ),
                 )
             }
-            Err(why) => return self.switch_failed(target, why.join("; ")),
+            // Catching up across a change made by hand (nodes, links...):
+            // the operator rolls it out by restarting this agent, as the
+            // warning that this node runs another configuration says.
+            Err(_) if catching_up => {
+                self.cs.failed = Some((target, now + SWITCH_RETRY_MS));
+                return;
+            }
+            Err(why) => return self.switch_failed(now, target, why.join("; ")),
         };
         let (done_tx, done_rx) = mpsc::channel::<Done>(super::DONE_QUEUE);
         let runner = match Runner::new(
@@ -205,7 +238,7 @@ impl Agent {
             self.filesync.as_ref(),
         ) {
             Ok(r) => r,
-            Err(e) => return self.switch_failed(target, format!("{e:#}")),
+            Err(e) => return self.switch_failed(now, target, format!("{e:#}")),
         };
         if let Some(r) = self.runner.as_mut() {
             r.retire(accepted.plan.restart.clone());
@@ -224,7 +257,7 @@ impl Agent {
 
     /// Once the retired groups stopped and no action runs: the new file,
     /// runner, groups and identity.
-    fn finish_switch(&mut self, _now: u64) {
+    fn finish_switch(&mut self, now: u64) {
         let settled = match (&self.runner, &self.cs.switching) {
             (Some(r), Some(s)) => r.settled(&s.accepted.plan.restart),
             _ => false,
@@ -246,7 +279,7 @@ impl Agent {
             Err(e) => {
                 let hash = accepted.identity.hash.clone();
                 self.cancel_switch();
-                return self.switch_failed(hash, format!("{e:#}"));
+                return self.switch_failed(now, hash, format!("{e:#}"));
             }
         };
         let file = match &self.cs.path {
@@ -270,11 +303,19 @@ impl Agent {
         );
         self.tally
             .set_groups(crate::metrics::last_resources(&accepted.cfg));
-        self.peer_service.set_running(&accepted.cfg);
+        // The new configuration's secrets are scrubbed from events and
+        // reports from now on (the old ones still are).
+        for (_, v) in accepted.cfg.secrets() {
+            if !self.secrets.iter().any(|s| s == v) {
+                self.secrets.push(v.to_string());
+            }
+        }
+        self.peer_service.set_running(&accepted.cfg, &self.secrets);
         self.config = accepted.identity.clone();
         self.cs.cfg = accepted.cfg;
         self.cs.text = Some(text);
         self.cs.failed = None;
+        self.cs.from_change = None;
         self.log(AgentEvent::ConfigSwitched {
             identity: accepted.identity.hash,
             changes: accepted
@@ -295,12 +336,13 @@ impl Agent {
         }
     }
 
-    fn switch_failed(&mut self, identity: String, why: String) {
-        self.cs.failed = Some(identity.clone());
+    fn switch_failed(&mut self, now: u64, identity: String, why: String) {
+        self.cs.failed = Some((identity.clone(), now + SWITCH_RETRY_MS));
         self.log(AgentEvent::ConfigSwitchFailed {
             identity,
             why: format!(
-                "{why}; this node starts nothing new until it runs the cluster's configuration (`tandem status`)"
+                "{why}; this node starts nothing new until it runs the cluster's configuration: fix that (it tries again every {} s), or apply a configuration this node accepts",
+                SWITCH_RETRY_MS / 1000
             ),
         });
     }
@@ -320,14 +362,27 @@ impl Agent {
         });
     }
 
-    /// A fetch came back: its text is staged (the switch checks that it
-    /// is what was asked for).
+    /// A fetch came back: its text is staged once it is what was asked
+    /// for.
     pub(super) fn on_fetched(&mut self, hash: String, text: Option<String>) {
         self.cs.fetching = None;
+        let now = self.now_ms();
+        let dir = self
+            .cs
+            .path
+            .as_ref()
+            .and_then(|p| p.parent())
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_default();
+        let text = text.filter(|t| {
+            tandem_core::config::load(t, &dir, &crate::keyfile::facts)
+                .config
+                .is_some_and(|c| tandem_core::config::identity::of(&c).hash == hash)
+        });
         match text {
             Some(t) => {
                 if let Err(e) = self.cs.store.stage(&hash, &t) {
-                    self.switch_failed(hash, format!("cannot keep it: {e:#}"));
+                    self.switch_failed(now, hash, format!("cannot keep it: {e:#}"));
                 }
             }
             None if self.cs.unfetched.as_deref() != Some(hash.as_str()) => {
@@ -335,7 +390,7 @@ impl Agent {
                 self.log(AgentEvent::ConfigSwitchFailed {
                     identity: hash,
                     why: format!(
-                        "no peer sent it yet (asking again every {} s)",
+                        "no peer sent it yet, or not as that configuration (asking again every {} s)",
                         FETCH_RETRY_MS / 1000
                     ),
                 });

@@ -43,12 +43,32 @@ pub struct NotLive {
 impl fmt::Display for NotLive {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let list: Vec<String> = self.changes.iter().map(ToString::to_string).collect();
+        let filesync = if self.changes.iter().any(|c| c.section == Section::Resource) {
+            " (a filesync resource's sync service is set up when the agent starts)"
+        } else {
+            ""
+        };
         write!(
             f,
-            "these changes cannot be applied to a running cluster: {}; install the new file on every node and restart the agents one node at a time (each keeps its groups running), or apply only the group, resource and monitor changes",
+            "these changes cannot be applied to a running cluster: {}{filesync}; install the new file on every node and restart the agents one node at a time (each keeps its groups running), or apply only the group, resource and monitor changes",
             list.join("; ")
         )
     }
+}
+
+/// Whether resource change `c` (named `group/resource`) touches a
+/// `filesync` resource in `old` or `new`.
+fn filesync(c: &Change, old: &Config, new: &Config) -> bool {
+    let Some((g, r)) = c.name.split_once('/') else {
+        return false;
+    };
+    [old, new].iter().any(|cfg| {
+        cfg.groups
+            .iter()
+            .filter(|x| x.name == g)
+            .flat_map(|x| &x.resources)
+            .any(|x| x.name == r && matches!(x.params, crate::kinds::Params::Filesync(_)))
+    })
 }
 
 /// Whether a change can be made while the agents run.
@@ -79,7 +99,11 @@ fn restarts(c: &Change) -> Option<&str> {
 /// cannot be done in place.
 pub fn plan(old: &Config, new: &Config) -> Result<Plan, NotLive> {
     let changes = diff(old, new);
-    let refused: Vec<Change> = changes.iter().filter(|c| !live(c)).cloned().collect();
+    let refused: Vec<Change> = changes
+        .iter()
+        .filter(|c| !live(c) || (c.section == Section::Resource && filesync(c, old, new)))
+        .cloned()
+        .collect();
     if !refused.is_empty() {
         return Err(NotLive { changes: refused });
     }
@@ -94,19 +118,28 @@ pub fn plan(old: &Config, new: &Config) -> Result<Plan, NotLive> {
     Ok(Plan { changes, restart })
 }
 
-/// Whether a node running the configuration `mine` runs an older one of
-/// the cluster's and should fetch the committed one: `mine` is not the
-/// committed configuration, and this node saw `mine` committed before,
-/// at an earlier epoch than the committed one (`seen`: each
-/// configuration this node saw committed, with its epoch). A
-/// configuration the cluster never committed (an operator's edit, rolled
-/// out node by node) is never replaced.
-pub fn is_stale(mine: &str, committed: &str, committed_epoch: u64, seen: &[(u64, String)]) -> bool {
+/// Whether a node running the configuration `mine`, with no change under
+/// way, should switch to the committed one: `mine` is not the committed
+/// configuration, and either this node saw `mine` committed before, at an
+/// earlier epoch than the committed one (`seen`: each configuration this
+/// node saw committed, with its epoch), or `mine` came from a change
+/// (`from_change`: it was staged here by `tandem config apply`) that was
+/// abandoned or overtaken. A configuration the cluster never committed
+/// and no change brought (an operator's edit, rolled out node by node) is
+/// never replaced.
+pub fn is_stale(
+    mine: &str,
+    committed: &str,
+    committed_epoch: u64,
+    seen: &[(u64, String)],
+    from_change: bool,
+) -> bool {
     !committed.is_empty()
         && mine != committed
-        && seen
-            .iter()
-            .any(|(epoch, hash)| hash == mine && *epoch < committed_epoch)
+        && (from_change
+            || seen
+                .iter()
+                .any(|(epoch, hash)| hash == mine && *epoch < committed_epoch))
 }
 
 #[cfg(test)]
@@ -217,6 +250,15 @@ address = "10.0.0.102/24"
     }
 
     #[test]
+    fn a_filesync_resource_cannot_be_added_live() {
+        let old = cfg(BASE);
+        let new = cfg(&(BASE.to_string()
+            + "[[group.resource]]\nname = \"files\"\nkind = \"filesync\"\npaths = [\"/srv/www\"]\nlink = \"lan\"\n"));
+        let e = plan(&old, &new).unwrap_err();
+        assert!(e.to_string().contains("filesync"), "{e}");
+    }
+
+    #[test]
     fn reordering_resources_restarts_the_group_reordering_groups_does_not() {
         let text = BASE.replace(
             "[[group]]\nname = \"db\"\n[[group.resource]]\nname = \"vip\"\nkind = \"ip\"\naddress = \"10.0.0.102/24\"\n",
@@ -235,14 +277,17 @@ address = "10.0.0.102/24"
     }
 
     #[test]
-    fn only_a_configuration_this_node_saw_committed_earlier_is_stale() {
+    fn only_an_older_committed_configuration_or_an_abandoned_change_is_stale() {
         let seen = vec![(1, "a".to_string()), (2, "b".to_string())];
-        assert!(is_stale("a", "b", 2, &seen));
+        assert!(is_stale("a", "b", 2, &seen, false));
         // The committed one, an operator's edit, nothing committed yet.
-        assert!(!is_stale("b", "b", 2, &seen));
-        assert!(!is_stale("z", "b", 2, &seen));
-        assert!(!is_stale("a", "", 0, &seen));
+        assert!(!is_stale("b", "b", 2, &seen, false));
+        assert!(!is_stale("z", "b", 2, &seen, false));
+        assert!(!is_stale("a", "", 0, &seen, false));
         // Seen committed at the current epoch: a rollback made it current.
-        assert!(!is_stale("b", "a", 2, &seen));
+        assert!(!is_stale("b", "a", 2, &seen, false));
+        // A change's configuration left behind when the change was abandoned.
+        assert!(is_stale("z", "b", 2, &seen, true));
+        assert!(!is_stale("b", "b", 2, &seen, true));
     }
 }

@@ -776,10 +776,18 @@ impl Member {
                 }
                 cmds
             }
-            // One change at a time; the committed configuration is no change.
+            // One change at a time; the committed configuration is no change;
+            // a change that no majority of voters online could commit is
+            // not begun.
             Request::ConfigNext { hash } => {
+                let online = self
+                    .voter_configs()
+                    .iter()
+                    .filter(|(_, c)| c.is_some())
+                    .count();
                 if *hash == record.config_hash
                     || record.config_next.as_ref().is_some_and(|n| n != hash)
+                    || online < self.majority()
                 {
                     vec![]
                 } else {
@@ -1131,6 +1139,7 @@ impl Member {
         // and pull it there later, as a hidden pin).
         let mut cmds = self.expired_failures(now);
         cmds.extend(self.stale_moves());
+        cmds.extend(self.removed_placements());
         if cmds.is_empty() {
             let steps = self.plan(now);
             self.waiting = steps.waiting;
@@ -1263,11 +1272,18 @@ impl Member {
 
     /// The leader's rule while a configuration change is under way (see
     /// [`Record::config_next`](crate::agreement::Record::config_next)):
-    /// commit the new configuration once every node heard runs it; past
-    /// [`CONFIG_SWITCH_BOUND_MS`], once a majority of voters runs it (the
-    /// others catch up, ineligible until then), or abandon the change when
-    /// no majority does. A leader that has not switched yet leaves the
-    /// commit to one that has.
+    ///
+    /// - a leader running the new configuration commits it once every
+    ///   hosting node it hears runs it; past the change's bound
+    ///   ([`Member::config_switch_bound_ms`]), once a majority of voters
+    ///   runs it and no node still runs a group the new configuration
+    ///   removed (that node's groups then move away as on any node that
+    ///   runs another configuration);
+    /// - a leader that has not switched (the witness, which never does, or
+    ///   a node whose switch fails) hands leadership to a voter that has,
+    ///   once a majority has, or at the bound;
+    /// - past the bound without a majority, the change is abandoned (the
+    ///   nodes that switched switch back: [`crate::config::change::is_stale`]).
     fn lead_config_change(&mut self, next: String) {
         let now = self.now_ms;
         let since = match &self.config_next_since {
@@ -1283,40 +1299,88 @@ impl Member {
             return;
         }
         let mine = self.spec.config_hash.clone();
-        let heard_on_next = self
+        let alive: Vec<NodeId> = self
             .spec
             .peers
             .iter()
             .filter(|p| self.detector.node_state(p.id) == Some(NodeState::Alive))
-            .all(|p| {
+            .map(|p| p.id)
+            .collect();
+        // The witness hosts nothing and never switches: only hosts count.
+        let hosts_on_next = alive
+            .iter()
+            .filter(|id| self.groups.host_ids.contains(id))
+            .all(|id| {
                 self.reports
-                    .get(&p.id)
+                    .get(id)
                     .is_some_and(|r| r.report.config == next)
             });
-        let voters_on_next = self
+        let voters_on_next: Vec<NodeId> = self
             .voter_configs()
             .iter()
             .filter(|(_, c)| *c == Some(next.as_str()))
-            .count();
-        let bound_passed = now >= since + CONFIG_SWITCH_BOUND_MS;
-        let cmd = if mine == next && (heard_on_next || bound_passed) {
-            if voters_on_next < self.majority() {
-                // Past its bound without a majority: give up the change.
-                Some(Command::ConfigNext { hash: None })
-            } else {
+            .map(|(id, _)| *id)
+            .collect();
+        let majority = voters_on_next.len() >= self.majority();
+        let bound_passed = now >= since + self.config_switch_bound_ms();
+        if mine == next {
+            // A group the new configuration removed, still running on a
+            // node that has not switched: committing now would let a group
+            // that replaces it (a rename) start beside it.
+            let known: BTreeSet<&str> =
+                self.groups.groups.iter().map(|g| g.name.as_str()).collect();
+            let removed_running = alive.iter().any(|id| {
+                self.reports.get(id).is_some_and(|r| {
+                    r.report.config != next
+                        && r.report
+                            .groups
+                            .iter()
+                            .any(|g| g.active && !known.contains(g.name.as_str()))
+                })
+            });
+            let cmd = if hosts_on_next || (bound_passed && majority && !removed_running) {
                 Some(Command::Config {
                     hash: next,
                     members: self.spec.member_names.clone(),
                 })
+            } else if bound_passed && !majority {
+                Some(Command::ConfigNext { hash: None })
+            } else {
+                None
+            };
+            if let Some(cmd) = cmd {
+                let _ = self.agreement.propose(now, cmd);
             }
-        } else if bound_passed && voters_on_next < self.majority() {
-            Some(Command::ConfigNext { hash: None })
-        } else {
-            None
-        };
-        if let Some(cmd) = cmd {
-            let _ = self.agreement.propose(now, cmd);
+            return;
         }
+        if bound_passed && !majority {
+            let _ = self
+                .agreement
+                .propose(now, Command::ConfigNext { hash: None });
+            return;
+        }
+        let hosting = self.groups.host_ids.contains(&self.spec.me);
+        let waited = now >= since + self.spec.timing.deadtime_ms * HAND_OFF_AFTER_DEADTIMES;
+        let recently = self
+            .config_handoff_ms
+            .is_some_and(|t| now < t + self.spec.timing.deadtime_ms);
+        let candidates: Vec<NodeId> = voters_on_next
+            .into_iter()
+            .filter(|id| *id != self.spec.me)
+            .collect();
+        if majority && (!hosting || waited || bound_passed) && !candidates.is_empty() && !recently {
+            self.config_handoff_ms = Some(now);
+            self.agreement.hand_off_to(&candidates);
+        }
+    }
+
+    /// How long a configuration change may take before the leader acts
+    /// without the nodes that did not switch: [`CONFIG_SWITCH_BOUND_MS`],
+    /// or twice the longest stop bound of a group (a switch stops the
+    /// groups it restarts first).
+    pub fn config_switch_bound_ms(&self) -> u64 {
+        let stops = self.groups.stop_bound_ms.iter().copied().max().unwrap_or(0);
+        CONFIG_SWITCH_BOUND_MS.max(stops.saturating_mul(2))
     }
 
     /// What `peer` last said of its configuration (sections only while
@@ -1341,6 +1405,23 @@ impl Member {
             .iter()
             .filter(|(id, _)| self.detector.node_state(**id) != Some(NodeState::Alive))
             .map(|(id, (n, at))| (*id, *n, *at))
+            .collect()
+    }
+
+    /// Stops everywhere every group the committed configuration (this
+    /// leader's) no longer has but the record still places on a node: a
+    /// node that still runs one (it has not switched yet) stops it.
+    pub(super) fn removed_placements(&self) -> Vec<Command> {
+        self.agreement
+            .record()
+            .placements
+            .iter()
+            .filter(|(g, p)| p.node.is_some() && !self.groups.groups.iter().any(|x| x.name == **g))
+            .map(|(g, _)| Command::Place {
+                group: g.clone(),
+                node: None,
+                reason: Some("removed from the configuration".into()),
+            })
             .collect()
     }
 

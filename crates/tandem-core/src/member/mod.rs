@@ -543,6 +543,11 @@ pub struct Member {
 /// restarts, within their stop timeouts.
 pub const CONFIG_SWITCH_BOUND_MS: u64 = 30_000;
 
+/// A leader that has not switched to a configuration a majority of voters
+/// switched to hands leadership over after this many deadtimes (it
+/// normally switches within that time itself).
+const HAND_OFF_AFTER_DEADTIMES: u64 = 5;
+
 /// Fence outcomes kept for the record while not leading.
 const MAX_PENDING_FENCE_LOGS: usize = 16;
 

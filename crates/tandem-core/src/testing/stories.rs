@@ -399,3 +399,31 @@ fn a_configuration_change_no_majority_takes_is_abandoned() {
     );
     assert_eq!(c.running_on("web").len(), 1);
 }
+
+/// A leader that does not switch (the witness never does; a node's switch
+/// may fail) must not hold the change up: once a majority of voters runs
+/// the new configuration it hands leadership to one of them, which
+/// commits it (at the change's bound, since the old leader hosts groups
+/// and has not switched).
+#[test]
+fn a_leader_that_does_not_switch_hands_the_change_to_one_that_did() {
+    use crate::member::{Request, CONFIG_SWITCH_BOUND_MS};
+    let mut c = Cluster::new(3, &["web"]);
+    c.run_for(SETTLE_MS);
+    let leader = c.leader().unwrap();
+    c.request(leader, Request::ConfigNext { hash: "v2".into() });
+    c.run_for(1_000);
+    for i in (0..3).filter(|&i| i != leader) {
+        c.switch_config(i, "v2");
+    }
+    // Five deadtimes (the hand-off), well within the change's bound.
+    c.run_for(8_000);
+    let now = c.leader().unwrap();
+    assert_ne!(now, leader, "leadership handed over");
+    assert_eq!(c.record(now).unwrap().config_next.as_deref(), Some("v2"));
+    c.run_for(CONFIG_SWITCH_BOUND_MS);
+    let r = c.record(now).unwrap();
+    assert_eq!((r.config_hash.as_str(), r.config_next.as_ref()), ("v2", None));
+    assert_eq!(c.running_on("web").len(), 1);
+    assert!(c.dual_active().is_empty(), "{:?}", c.dual_active());
+}
