@@ -39,7 +39,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test harness")]
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -67,6 +67,8 @@ const MAX_STEPS: u64 = 2_000_000;
 const DEFAULT_RUNS: u64 = 1_000;
 /// Seeded runs with groups.
 const DEFAULT_GROUP_RUNS: u64 = 400;
+/// Seeded runs with groups and configuration changes.
+const DEFAULT_CHANGE_RUNS: u64 = 200;
 /// Groups and their resources in the group runs.
 const GROUPS: [&str; 2] = ["db", "web"];
 const RESOURCES: usize = 2;
@@ -111,6 +113,21 @@ struct Node {
     damaged: bool,
 }
 
+/// Configuration changes in a run: requested now and then by an
+/// operator on a random node; every node hosting groups switches to the
+/// record's next configuration (or catches up with the committed one)
+/// after a random while, as its agent does once its retired groups have
+/// stopped; the witness never switches.
+struct Changes {
+    rng: StdRng,
+    /// Changes requested so far (each a new configuration).
+    requested: u64,
+    /// Per node: when it switches, and to what.
+    switch_at: Vec<Option<(u64, String)>>,
+    /// Configurations committed by a change, for the report.
+    committed: BTreeSet<String>,
+}
+
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
 struct InFlight {
     at: u64,
@@ -132,6 +149,9 @@ struct Faults {
 }
 
 struct Sim {
+    /// Configuration changes (`tandem config apply`) run too: their own
+    /// random source, so the other runs replay as before.
+    changes: Option<Changes>,
     rng: StdRng,
     shape: Shape,
     nodes: Vec<Node>,
@@ -256,6 +276,7 @@ impl Sim {
             })
             .collect();
         Sim {
+            changes: None,
             rng,
             shape,
             nodes,
@@ -1194,6 +1215,86 @@ impl Sim {
         }
     }
 
+    /// Now and then, an operator asks a random node for a change.
+    fn propose_change(&mut self) {
+        if self.quiet {
+            return;
+        }
+        let n = self.nodes.len();
+        let Some(c) = self.changes.as_mut() else {
+            return;
+        };
+        if c.rng.gen_range(0..6) != 0 {
+            return;
+        }
+        let i = c.rng.gen_range(0..n);
+        c.requested += 1;
+        let hash = format!("cfg{}", c.requested);
+        let local = self.local(i);
+        if self.nodes[i].frozen_until.is_some() {
+            return;
+        }
+        if self.nodes[i].member.is_none() {
+            return;
+        }
+        self.log(|| format!("n{} operator applies {hash}", i + 1));
+        if let Some(m) = self.nodes[i].member.as_mut() {
+            m.request(local, Request::ConfigNext { hash });
+        }
+        self.flush(i);
+    }
+
+    /// Every running, unfrozen host switches to the record's next
+    /// configuration, or to the committed one when it runs another (a
+    /// change it missed, or one abandoned), after a random while.
+    fn switch_configs(&mut self) {
+        let Some(mut c) = self.changes.take() else {
+            return;
+        };
+        for i in 0..self.nodes.len() {
+            if !self.hosts_groups(i) || self.nodes[i].frozen_until.is_some() {
+                continue;
+            }
+            let Some(m) = self.nodes[i].member.as_ref() else {
+                c.switch_at[i] = None;
+                continue;
+            };
+            let r = m.agreement().record();
+            if r.config_hash.starts_with("cfg") && r.config_next.is_none() {
+                c.committed.insert(r.config_hash.clone());
+            }
+            let mine = &self.nodes[i].spec.config_hash;
+            let target = match &r.config_next {
+                Some(next) if next != mine => Some(next.clone()),
+                Some(_) => None,
+                None if !r.config_hash.is_empty() && r.config_hash != *mine => {
+                    Some(r.config_hash.clone())
+                }
+                None => None,
+            };
+            match (target, &c.switch_at[i]) {
+                (Some(t), Some((_, h))) if *h == t => {}
+                (Some(t), _) => {
+                    let at = self.now + c.rng.gen_range(0..1_500);
+                    c.switch_at[i] = Some((at, t));
+                }
+                (None, _) => c.switch_at[i] = None,
+            }
+            if let Some((at, hash)) = c.switch_at[i].clone() {
+                if at <= self.now {
+                    c.switch_at[i] = None;
+                    self.nodes[i].spec.config_hash = hash.clone();
+                    self.log(|| format!("n{} switches to {hash}", i + 1));
+                    if let Some(m) = self.nodes[i].member.as_mut() {
+                        m.set_config_identity(hash, vec![]);
+                    }
+                    self.flush(i);
+                }
+            }
+        }
+        self.changes = Some(c);
+    }
+
     fn run_until(&mut self, end: u64, steps: &mut u64, faults: bool) -> Result<(), String> {
         let mut next_fault = self.now + self.rng.gen_range(100..800);
         let mut next_proposal = self.now + 200;
@@ -1214,8 +1315,10 @@ impl Sim {
             }
             if self.now >= next_proposal {
                 self.propose();
+                self.propose_change();
                 next_proposal = self.now + 200;
             }
+            self.switch_configs();
             self.check()?;
         }
         Ok(())
@@ -1339,10 +1442,55 @@ impl Sim {
 }
 
 fn run_seed_with(seed: u64, trace: bool, groups: bool) -> Result<(Shape, u64, u64), String> {
+    run_seed_changing(seed, trace, groups, false).map(|(s, t, p, _)| (s, t, p))
+}
+
+/// One seeded run, with configuration changes when `changes`; also
+/// returns how many of them were committed.
+fn run_seed_changing(
+    seed: u64,
+    trace: bool,
+    groups: bool,
+    changes: bool,
+) -> Result<(Shape, u64, u64, usize), String> {
     let mut sim = Sim::with(seed, trace, groups);
+    if changes {
+        sim.changes = Some(Changes {
+            rng: StdRng::seed_from_u64(seed ^ 0xC0F1_6C4A_0000_0001),
+            requested: 0,
+            switch_at: vec![None; sim.nodes.len()],
+            committed: BTreeSet::new(),
+        });
+    }
     let shape = sim.shape;
     let t = sim.run()?;
-    Ok((shape, t, sim.proposals))
+    let committed = sim.changes.as_ref().map_or(0, |c| c.committed.len());
+    Ok((shape, t, sim.proposals, committed))
+}
+
+/// Seeded runs with groups, faults and configuration changes
+/// (`tandem config apply`): never dual-active, never two leaders in a
+/// term, one record, and convergence after healing, as in every run.
+#[test]
+fn seeded_config_change_runs() {
+    let runs: u64 = std::env::var("TANDEM_SIM_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(DEFAULT_CHANGE_RUNS);
+    let mut changes = 0;
+    for seed in 0..runs {
+        match run_seed_changing(seed, false, true, true) {
+            Ok((_, _, _, c)) => changes += c,
+            Err(e) => panic!(
+                "simulation seed {seed} (with groups and configuration changes) failed: {e}\nreplay with a trace:\n  TANDEM_SIM_SEED={seed} TANDEM_SIM_CHANGES=1 cargo test -p tandem-core --test simulation replay -- --nocapture"
+            ),
+        }
+    }
+    println!("{runs} seeded runs with configuration changes passed; {changes} configurations committed by changes");
+    assert!(
+        changes > runs as usize / 2,
+        "the changes must happen: {changes} in {runs} runs"
+    );
 }
 
 fn run_range(part: u64, parts: u64) {
@@ -1426,8 +1574,9 @@ fn replay() {
         return;
     };
     let groups = std::env::var("TANDEM_SIM_GROUPS").is_ok_and(|v| v == "1");
-    match run_seed_with(seed, true, groups) {
-        Ok((shape, t, p)) => println!(
+    let changes = std::env::var("TANDEM_SIM_CHANGES").is_ok_and(|v| v == "1");
+    match run_seed_changing(seed, true, groups || changes, changes) {
+        Ok((shape, t, p, _)) => println!(
             "seed {seed} ({shape:?}) passed: converged {t} ms after healing, {p} proposals"
         ),
         Err(e) => panic!("seed {seed} failed: {e}"),

@@ -423,7 +423,10 @@ fn a_leader_that_does_not_switch_hands_the_change_to_one_that_did() {
     assert_eq!(c.record(now).unwrap().config_next.as_deref(), Some("v2"));
     c.run_for(CONFIG_SWITCH_BOUND_MS);
     let r = c.record(now).unwrap();
-    assert_eq!((r.config_hash.as_str(), r.config_next.as_ref()), ("v2", None));
+    assert_eq!(
+        (r.config_hash.as_str(), r.config_next.as_ref()),
+        ("v2", None)
+    );
     assert_eq!(c.running_on("web").len(), 1);
     assert!(c.dual_active().is_empty(), "{:?}", c.dual_active());
 }
