@@ -24,6 +24,10 @@ const MAX_STAGED: usize = 8;
 /// Committed configurations kept in the history (the oldest go first).
 pub const MAX_HISTORY: usize = 64;
 const STAGED: &str = "config-staged";
+/// Names the configuration this node switched to because a change began
+/// (until it commits): a node left on it by an abandoned change switches
+/// back.
+const SWITCHED: &str = "config-switched";
 const HISTORY: &str = "config-history";
 
 /// One configuration this node saw committed.
@@ -79,9 +83,27 @@ impl Store {
         Ok(())
     }
 
-    /// Whether configuration `hash` was staged here by a change.
-    pub fn is_staged(&self, hash: &str) -> bool {
-        checked(hash).is_ok_and(|h| self.staged_path(h).exists())
+    /// Records that this node switched to configuration `hash` because a
+    /// change began (None: clears it, the change committed or this node
+    /// switched for another reason).
+    pub fn set_switched(&self, hash: Option<&str>) -> Result<()> {
+        let path = self.dir.join(SWITCHED);
+        match hash {
+            Some(h) => atomic_file::replace(&path, checked(h)?.as_bytes(), Durability::Synced),
+            None => match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(e).with_context(|| format!("removing {}", path.display()))
+                }
+                _ => Ok(()),
+            },
+        }
+    }
+
+    /// The configuration this node switched to because a change began,
+    /// if that change has not committed yet.
+    pub fn switched(&self) -> Option<String> {
+        let text = std::fs::read_to_string(self.dir.join(SWITCHED)).ok()?;
+        checked(text.trim()).ok().map(String::from)
     }
 
     /// The text of configuration `hash`, staged or in the history.
@@ -195,7 +217,12 @@ mod tests {
         let s = Store::new(dir.path());
         s.stage("ab12", "one").unwrap();
         assert_eq!(s.text("ab12").as_deref(), Some("one"));
-        assert!(s.is_staged("ab12") && !s.is_staged("cd34") && !s.is_staged("../x"));
+        assert_eq!(s.switched(), None);
+        s.set_switched(Some("ab12")).unwrap();
+        assert_eq!(s.switched().as_deref(), Some("ab12"));
+        s.set_switched(None).unwrap();
+        s.set_switched(None).unwrap();
+        assert_eq!(s.switched(), None);
         assert!(s.remember(1, "cd34", "two").unwrap());
         assert!(!s.remember(1, "cd34", "two").unwrap());
         assert_eq!(s.text("cd34").as_deref(), Some("two"));

@@ -387,6 +387,15 @@ pub enum AgentEvent {
         /// restart would run the old file and catch up again).
         file: Option<String>,
     },
+    /// This node runs an older configuration of the cluster's and cannot
+    /// switch to the committed one in place (a change made by hand, such
+    /// as a node or link, needs its agent restarted with the new file).
+    ConfigNotCaughtUp {
+        /// The committed configuration's identity.
+        identity: String,
+        /// Why, in words.
+        why: String,
+    },
     /// This node cannot switch to the cluster's configuration.
     ConfigSwitchFailed {
         /// The configuration's identity.
@@ -453,6 +462,7 @@ impl AgentEvent {
             | AgentEvent::ServiceUnavailable { .. }
             | AgentEvent::WatchdogStarving { .. }
             | AgentEvent::ConfigNotCommitted { .. }
+            | AgentEvent::ConfigNotCaughtUp { .. }
             | AgentEvent::RequestDropped { .. } => Warn,
             _ => Info,
         }
@@ -709,6 +719,10 @@ impl std::fmt::Display for AgentEvent {
                     Some(p) => format!("written to {p}"),
                     None => "its file could not be written: a restart would run the old one".into(),
                 }
+            ),
+            AgentEvent::ConfigNotCaughtUp { identity, why } => write!(
+                f,
+                "this node's configuration is older than the cluster's ({identity}) and cannot be switched in place: {why}; install the cluster's file here and restart this agent (`tandem config history` on a peer shows it)"
             ),
             AgentEvent::ConfigSwitchFailed { identity, why } => {
                 write!(f, "cannot switch to configuration {identity}: {why}")

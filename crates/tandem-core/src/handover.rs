@@ -84,6 +84,9 @@ pub struct HandoverInput<'a> {
     pub targets: &'a BTreeMap<String, Target>,
     /// Every node (the witness excluded).
     pub nodes: &'a [NodeView],
+    /// Groups the record knows but the committed configuration no longer
+    /// has (`tandem config apply` removed or renamed them).
+    pub removed: &'a [String],
 }
 
 /// The leader's next proposals, and why the other groups wait.
@@ -422,6 +425,56 @@ impl std::fmt::Display for Protection {
 /// The commands that move the placement one safe step toward the targets.
 pub fn steps(input: &HandoverInput<'_>) -> Steps {
     let mut out = Steps::default();
+    // Groups the configuration no longer has are stopped everywhere; until
+    // each is known stopped on every node, no new group starts (it may
+    // replace one: a rename keeps the address).
+    let mut removed_wait: Option<String> = None;
+    for group in input.removed {
+        let placement = input.record.placements.get(group);
+        if placement.is_some_and(|p| p.node.is_some()) {
+            out.propose.push(Command::Place {
+                group: group.clone(),
+                node: None,
+                reason: Some("removed from the configuration".into()),
+            });
+            removed_wait.get_or_insert_with(|| {
+                format!("waiting for {group}, removed from the configuration, to stop everywhere")
+            });
+            continue;
+        }
+        let epoch = placement.map_or(0, |p| p.epoch);
+        // A heard node whose reports no longer list the group runs a
+        // configuration without it: it stopped it before it switched.
+        let gone = |n: &NodeView| {
+            !n.silent
+                && n.last_report_ms.is_some()
+                && !n.seen.contains_key(group)
+                && !n.active.iter().any(|g| g == group)
+        };
+        let blocked: Vec<(String, Option<u64>)> = input
+            .nodes
+            .iter()
+            .filter(|n| !gone(n))
+            .filter_map(|n| known_stopped(input, n, group, epoch).err())
+            .collect();
+        for at in blocked.iter().filter_map(|b| b.1) {
+            out.retry_at_ms = Some(out.retry_at_ms.map_or(at, |r| r.min(at)));
+        }
+        for n in input.nodes.iter().filter(|n| {
+            n.fence_required && !n.fenced && (n.silent || n.stop_failed.contains_key(group))
+        }) {
+            if known_stopped(input, n, group, epoch).is_err() && !out.fence.contains(&n.name) {
+                out.fence.push(n.name.clone());
+            }
+        }
+        if !blocked.is_empty() && removed_wait.is_none() {
+            let why: Vec<String> = blocked.into_iter().map(|b| b.0).collect();
+            removed_wait = Some(format!(
+                "waiting for {group}, removed from the configuration, to be known stopped everywhere: {}",
+                why.join("; ")
+            ));
+        }
+    }
     for (group, target) in input.targets {
         let Target::Node(target) = target else {
             continue;
@@ -449,6 +502,12 @@ pub fn steps(input: &HandoverInput<'_>) -> Steps {
             }
             (None, Some(next)) => {
                 let epoch = placement.map_or(0, |p| p.epoch);
+                // A group never placed yet (a new one) waits for removed
+                // ones; a group that ran before is not held by them.
+                if let Some(why) = removed_wait.as_ref().filter(|_| epoch <= 1) {
+                    out.waiting.insert(group.clone(), why.clone());
+                    continue;
+                }
                 let blocked: Vec<(String, Option<u64>)> = input
                     .nodes
                     .iter()
@@ -530,7 +589,69 @@ mod tests {
             record,
             targets,
             nodes,
+            removed: &[],
         }
+    }
+
+    /// A group the configuration removed is stopped everywhere, and a new
+    /// group (a rename that keeps its address) starts only once the removed
+    /// one is known stopped on every node: reported stopped, or the silent
+    /// holder's lease ended.
+    #[test]
+    fn a_new_group_waits_until_a_removed_one_is_known_stopped_everywhere() {
+        let mut r = Record::default();
+        place(&mut r, Some("n1")); // `web`, now removed
+        let targets: BTreeMap<String, Target> =
+            [("www".to_string(), Target::Node(Some("n2".into())))]
+                .into_iter()
+                .collect();
+        let removed = vec!["web".to_string()];
+        let nodes = vec![
+            view("n1", Some(0), &["web"], 1),
+            view("n2", Some(0), &[], 1),
+        ];
+        let mut i = input(10, &r, &targets, &nodes);
+        i.removed = &removed;
+        let s = steps(&i);
+        assert!(s.propose.contains(&Command::Place {
+            group: "web".into(),
+            node: None,
+            reason: Some("removed from the configuration".into()),
+        }));
+        assert!(s.waiting.contains_key("www"), "{s:?}");
+        place(&mut r, None);
+        // n1 has not reported the stop yet (it silently went away): wait
+        // for its lease; n1 reports it stopped: go.
+        let mut silent = view("n1", Some(0), &["web"], 1);
+        silent.silent = true;
+        let nodes = vec![silent, view("n2", Some(0), &[], 2)];
+        let mut i = input(10, &r, &targets, &nodes);
+        i.removed = &removed;
+        let s = steps(&i);
+        assert!(
+            s.waiting.contains_key("www") && s.propose.is_empty(),
+            "{s:?}"
+        );
+        let nodes = vec![view("n1", Some(5), &[], 2), view("n2", Some(0), &[], 2)];
+        let mut i = input(10, &r, &targets, &nodes);
+        i.removed = &removed;
+        let s = steps(&i);
+        assert_eq!(s.propose.len(), 1, "{s:?}");
+        // Heard, and its reports no longer name `web` (it switched).
+        let mut switched = view("n1", Some(5), &[], 0);
+        switched.seen.clear();
+        let nodes = vec![switched, view("n2", Some(0), &[], 2)];
+        let mut i = input(10, &r, &targets, &nodes);
+        i.removed = &removed;
+        let s = steps(&i);
+        assert_eq!(
+            s.propose,
+            vec![Command::Place {
+                group: "www".into(),
+                node: Some("n2".into()),
+                reason: None,
+            }]
+        );
     }
 
     fn to(node: Option<&str>) -> BTreeMap<String, Target> {

@@ -75,6 +75,15 @@ pub fn rollback(epoch: u64, state_dir: Option<&Path>, opts: &ApplyOptions) -> Re
 /// `tandem config history`.
 pub fn history(state_dir: Option<&Path>, config: &Path, json: bool) -> Result<ExitCode> {
     let dir = state_dir_of(state_dir, Some(config))?;
+    // A history that cannot be read is said, not shown as empty.
+    if let Err(e) = std::fs::read_dir(dir.join("config-history")) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            bail!(
+                "cannot read {} ({e}): the history is root's, like the configuration",
+                dir.join("config-history").display()
+            );
+        }
+    }
     let entries = Store::new(&dir).history();
     if json {
         println!("{}", serde_json::to_string_pretty(&entries)?);
@@ -197,10 +206,11 @@ fn wait(client: &Client, o: &ApplyOutcome, limit: Duration) -> Result<ExitCode> 
         let c = &s.config;
         begun |= c.next.as_deref() == Some(o.hash.as_str());
         if c.committed == o.hash && c.next.is_none() {
+            // The witness keeps its own file (it runs nothing).
             let behind: Vec<&str> = c
                 .differing
                 .iter()
-                .filter(|d| d.identity != o.hash)
+                .filter(|d| d.identity != o.hash && d.node != tandem_agent::agent::WITNESS_NAME)
                 .map(|d| d.node.as_str())
                 .collect();
             println!(

@@ -257,7 +257,17 @@ pub fn status(st: &Status) -> String {
         },
         c.key_fingerprint
     );
+    if let Some(next) = &c.next {
+        let _ = writeln!(
+            o,
+            "  config next: {next}: a change (`tandem config apply`) is under way; nothing moves until every node runs it"
+        );
+    }
     for d in &c.differing {
+        if c.next.as_deref() == Some(d.identity.as_str()) {
+            let _ = writeln!(o, "  {} switched to {}", d.node, d.identity);
+            continue;
+        }
         let which = if d.sections.is_empty() {
             String::new()
         } else {

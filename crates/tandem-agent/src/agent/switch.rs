@@ -34,6 +34,9 @@ const SWITCH_RETRY_MS: u64 = 30_000;
 pub(super) struct Switching {
     accepted: Accepted,
     text: String,
+    /// To the committed configuration (catching up, or back from an
+    /// abandoned change), not to a change's next one.
+    catching_up: bool,
     /// The runner of the new configuration, built before anything stopped
     /// (a configuration this node cannot run stops nothing), and its
     /// outcomes' channel.
@@ -65,9 +68,9 @@ pub(super) struct ConfigState {
     /// The configuration this node could not switch to (said once), and
     /// when it tries again (this agent's clock).
     pub failed: Option<(String, u64)>,
-    /// Whether the configuration this node runs came from a change
-    /// (staged here): checked once per configuration.
-    pub from_change: Option<(String, bool)>,
+    /// The configuration this node switched to because a change began,
+    /// until that change commits (read once at start, kept on disk).
+    pub switched: Option<String>,
     /// The configuration no peer sent yet (said once).
     pub unfetched: Option<String>,
     /// Fetched texts come back here.
@@ -92,13 +95,13 @@ impl ConfigState {
             text,
             cfg,
             seen: store.seen(),
+            switched: store.switched(),
             store,
             remembered_epoch: 0,
             switching: None,
             fetching: None,
             fetch_after_ms: 0,
             failed: None,
-            from_change: None,
             unfetched: None,
             fetched_tx,
         }
@@ -115,6 +118,7 @@ impl Agent {
         let record = self.member.agreement().record();
         // The common case, on every pass: nothing to do, nothing copied.
         if self.cs.switching.is_none()
+            && self.cs.switched.is_none()
             && record.config_next.is_none()
             && record.config_hash == self.config.hash
             && record.config_epoch <= self.cs.remembered_epoch
@@ -162,6 +166,15 @@ impl Agent {
             return;
         }
         if next.is_none() && committed == mine {
+            // The change this node switched for committed.
+            if self.cs.switched.is_some() {
+                self.cs.switched = None;
+                if let Err(e) = self.cs.store.set_switched(None) {
+                    self.log(AgentEvent::ServiceUnavailable {
+                        what: format!("{e:#}"),
+                    });
+                }
+            }
             return;
         }
         if self.cs.failed.as_ref().is_some_and(|(h, retry_ms)| {
@@ -169,16 +182,8 @@ impl Agent {
         }) {
             return;
         }
-        // Whether this node's configuration came from a change: a file
-        // looked up once per configuration, not every pass.
-        let from_change = match &self.cs.from_change {
-            Some((h, b)) if *h == mine => *b,
-            _ => {
-                let b = self.cs.store.is_staged(&mine);
-                self.cs.from_change = Some((mine.clone(), b));
-                b
-            }
-        };
+        // This node runs a change's configuration that did not commit.
+        let from_change = self.cs.switched.as_deref() == Some(mine.as_str());
         let (target, catching_up) = match next {
             Some(n) if n != mine => (n, false),
             Some(_) => return,
@@ -221,7 +226,13 @@ impl Agent {
             // Catching up across a change made by hand (nodes, links...):
             // the operator rolls it out by restarting this agent, as the
             // warning that this node runs another configuration says.
-            Err(_) if catching_up => {
+            Err(why) if catching_up => {
+                if self.cs.failed.as_ref().map(|f| &f.0) != Some(&target) {
+                    self.log(AgentEvent::ConfigNotCaughtUp {
+                        identity: target.clone(),
+                        why: why.join("; "),
+                    });
+                }
                 self.cs.failed = Some((target, now + SWITCH_RETRY_MS));
                 return;
             }
@@ -250,6 +261,7 @@ impl Agent {
         self.cs.switching = Some(Switching {
             accepted,
             text,
+            catching_up,
             runner,
             done_rx,
         });
@@ -271,9 +283,19 @@ impl Agent {
         let Switching {
             accepted,
             text,
+            catching_up,
             runner,
             done_rx,
         } = sw;
+        // Said before anything changes: a node that restarts midway must
+        // still know its file came from a change that may not commit.
+        let switched = (!catching_up).then(|| accepted.identity.hash.clone());
+        if let Err(e) = self.cs.store.set_switched(switched.as_deref()) {
+            self.log(AgentEvent::ServiceUnavailable {
+                what: format!("{e:#}"),
+            });
+        }
+        self.cs.switched = switched;
         let groups = match super::groups_spec(&accepted.cfg, &self.topo, &self.fence_devices) {
             Ok(g) => g,
             Err(e) => {
@@ -315,7 +337,6 @@ impl Agent {
         self.cs.cfg = accepted.cfg;
         self.cs.text = Some(text);
         self.cs.failed = None;
-        self.cs.from_change = None;
         self.log(AgentEvent::ConfigSwitched {
             identity: accepted.identity.hash,
             changes: accepted

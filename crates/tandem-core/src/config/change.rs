@@ -79,11 +79,21 @@ fn live(c: &Change) -> bool {
     )
 }
 
+/// A resource's fields that change how it is watched, not what runs: a
+/// change of these alone restarts nothing (the new limits and checks apply
+/// from the switch on).
+const WATCH_FIELDS: [&str; 4] = ["check_interval_ms", "check_level", "on_fail", "timeout_ms"];
+
 /// The group a change is in, when it is a group's resource change that
 /// restarts the group (or the group's removal).
 fn restarts(c: &Change) -> Option<&str> {
     match (c.section, &c.kind) {
         (Section::Group, ChangeKind::Removed) => Some(&c.name),
+        (Section::Resource, ChangeKind::Changed { fields })
+            if fields.iter().all(|f| WATCH_FIELDS.contains(&f.as_str())) =>
+        {
+            None
+        }
         (Section::Resource, _) => c.name.split('/').next(),
         (
             Section::Group,
@@ -247,6 +257,17 @@ address = "10.0.0.102/24"
         let text = e.to_string();
         assert!(text.contains("node `n2` changed: addresses"), "{text}");
         assert!(text.contains("one node at a time"), "{text}");
+    }
+
+    #[test]
+    fn a_resource_watched_differently_restarts_nothing() {
+        let old = cfg(BASE);
+        let new = cfg(&BASE.replace(
+            "address = \"10.0.0.102/24\"\n",
+            "address = \"10.0.0.102/24\"\ntimeout_ms = 5000\non_fail = \"block\"\n",
+        ));
+        let p = plan(&old, &new).unwrap();
+        assert!(!p.is_empty() && p.restart.is_empty(), "{p:?}");
     }
 
     #[test]

@@ -1139,7 +1139,6 @@ impl Member {
         // and pull it there later, as a hidden pin).
         let mut cmds = self.expired_failures(now);
         cmds.extend(self.stale_moves());
-        cmds.extend(self.removed_placements());
         if cmds.is_empty() {
             let steps = self.plan(now);
             self.waiting = steps.waiting;
@@ -1338,12 +1337,16 @@ impl Member {
                             .any(|g| g.active && !known.contains(g.name.as_str()))
                 })
             });
+            // Past the bound, a node that has not switched and still runs
+            // a removed group abandons the change rather than freeze
+            // placements until it stops (the nodes that switched switch
+            // back).
             let cmd = if hosts_on_next || (bound_passed && majority && !removed_running) {
                 Some(Command::Config {
                     hash: next,
                     members: self.spec.member_names.clone(),
                 })
-            } else if bound_passed && !majority {
+            } else if bound_passed {
                 Some(Command::ConfigNext { hash: None })
             } else {
                 None
@@ -1408,23 +1411,6 @@ impl Member {
             .collect()
     }
 
-    /// Stops everywhere every group the committed configuration (this
-    /// leader's) no longer has but the record still places on a node: a
-    /// node that still runs one (it has not switched yet) stops it.
-    pub(super) fn removed_placements(&self) -> Vec<Command> {
-        self.agreement
-            .record()
-            .placements
-            .iter()
-            .filter(|(g, p)| p.node.is_some() && !self.groups.groups.iter().any(|x| x.name == **g))
-            .map(|(g, _)| Command::Place {
-                group: g.clone(),
-                node: None,
-                reason: Some("removed from the configuration".into()),
-            })
-            .collect()
-    }
-
     /// Clears every one-time move whose node cannot host its group now.
     pub(super) fn stale_moves(&self) -> Vec<Command> {
         let record = self.agreement.record();
@@ -1480,6 +1466,12 @@ impl Member {
             policy::targets(&self.groups.groups, &facts, record);
         let views = self.node_views();
         let reasons = policy::reasons(&self.groups.groups, &facts, record, &targets);
+        let removed: Vec<String> = record
+            .placements
+            .keys()
+            .filter(|g| !self.groups.groups.iter().any(|x| x.name == **g))
+            .cloned()
+            .collect();
         let mut steps = handover::steps(&handover::HandoverInput {
             now_ms,
             leader_since_ms: self.leader_since_ms,
@@ -1491,11 +1483,14 @@ impl Member {
             record,
             targets: &targets,
             nodes: &views,
+            removed: &removed,
         });
         // Every placement says why, in the words every node will log.
         for cmd in &mut steps.propose {
             if let Command::Place { group, reason, .. } = cmd {
-                *reason = reasons.get(group).cloned();
+                if let Some(r) = reasons.get(group) {
+                    *reason = Some(r.clone());
+                }
             }
         }
         steps
