@@ -108,6 +108,18 @@ impl ConfigState {
     }
 }
 
+impl ConfigState {
+    /// Where relative paths of this node's configuration resolve: its
+    /// file's directory.
+    fn dir(&self) -> PathBuf {
+        self.path
+            .as_ref()
+            .and_then(|p| p.parent())
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_default()
+    }
+}
+
 impl Agent {
     /// One pass of the configuration rules (every loop pass; without a
     /// change under way it compares a few strings).
@@ -204,13 +216,7 @@ impl Agent {
     /// Checks the staged text, builds its runner and retires the groups it
     /// restarts.
     fn begin_switch(&mut self, now: u64, target: String, text: String, catching_up: bool) {
-        let dir = self
-            .cs
-            .path
-            .as_ref()
-            .and_then(|p| p.parent())
-            .map(std::path::Path::to_path_buf)
-            .unwrap_or_default();
+        let dir = self.cs.dir();
         let accepted = match crate::config_change::prepare(&text, &dir, &self.cs.cfg) {
             Ok(a) if a.identity.hash == target => a,
             Ok(a) => {
@@ -388,13 +394,7 @@ impl Agent {
     pub(super) fn on_fetched(&mut self, hash: String, text: Option<String>) {
         self.cs.fetching = None;
         let now = self.now_ms();
-        let dir = self
-            .cs
-            .path
-            .as_ref()
-            .and_then(|p| p.parent())
-            .map(std::path::Path::to_path_buf)
-            .unwrap_or_default();
+        let dir = self.cs.dir();
         let text = text.filter(|t| {
             tandem_core::config::load(t, &dir, &crate::keyfile::facts)
                 .config
