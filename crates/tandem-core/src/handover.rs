@@ -44,6 +44,10 @@ pub struct NodeView {
     pub fence_backed: bool,
     /// The leader does not hear it.
     pub silent: bool,
+    /// Its latest report says it runs the committed configuration and
+    /// lists that configuration's groups (a report made before its runner
+    /// ran lists none).
+    pub reports_committed: bool,
     /// It left on purpose with a statement of what it runs (its last
     /// report, in `active`), and has not come back since: what the
     /// statement does not list is stopped there, with no fence and no
@@ -429,6 +433,9 @@ pub fn steps(input: &HandoverInput<'_>) -> Steps {
     // each is known stopped on every node, no new group starts (it may
     // replace one: a rename keeps the address).
     let mut removed_wait: Option<String> = None;
+    // Nodes to fence for a removed group: only when a new group waits.
+    let mut removed_fence: Vec<String> = Vec::new();
+    let mut held_by_removed = false;
     for group in input.removed {
         let placement = input.record.placements.get(group);
         if placement.is_some_and(|p| p.node.is_some()) {
@@ -443,11 +450,13 @@ pub fn steps(input: &HandoverInput<'_>) -> Steps {
             continue;
         }
         let epoch = placement.map_or(0, |p| p.epoch);
-        // A heard node whose reports no longer list the group runs a
-        // configuration without it: it stopped it before it switched.
+        // A heard node that reports the committed configuration's groups
+        // and not this one runs a configuration without it: it stopped it
+        // before it switched.
         let gone = |n: &NodeView| {
             !n.silent
                 && n.last_report_ms.is_some()
+                && n.reports_committed
                 && !n.seen.contains_key(group)
                 && !n.active.iter().any(|g| g == group)
         };
@@ -461,13 +470,23 @@ pub fn steps(input: &HandoverInput<'_>) -> Steps {
             out.retry_at_ms = Some(out.retry_at_ms.map_or(at, |r| r.min(at)));
         }
         for n in input.nodes.iter().filter(|n| {
-            n.fence_required && !n.fenced && (n.silent || n.stop_failed.contains_key(group))
+            n.fence_required
+                && !n.fenced
+                && (n.silent
+                    || n.stop_failed.contains_key(group)
+                    || (n.fence_backed && lease_bound_passed(input, n, group)))
         }) {
-            if known_stopped(input, n, group, epoch).is_err() && !out.fence.contains(&n.name) {
-                out.fence.push(n.name.clone());
+            if known_stopped(input, n, group, epoch).is_err() && !removed_fence.contains(&n.name) {
+                removed_fence.push(n.name.clone());
             }
         }
-        if !blocked.is_empty() && removed_wait.is_none() {
+        if blocked.is_empty() {
+            // Stopped everywhere: forgotten, so that the name, given
+            // again, makes a new group that waits like any other.
+            out.propose.push(Command::Forget {
+                group: group.clone(),
+            });
+        } else if removed_wait.is_none() {
             let why: Vec<String> = blocked.into_iter().map(|b| b.0).collect();
             removed_wait = Some(format!(
                 "waiting for {group}, removed from the configuration, to be known stopped everywhere: {}",
@@ -506,6 +525,7 @@ pub fn steps(input: &HandoverInput<'_>) -> Steps {
                 // ones; a group that ran before is not held by them.
                 if let Some(why) = removed_wait.as_ref().filter(|_| epoch <= 1) {
                     out.waiting.insert(group.clone(), why.clone());
+                    held_by_removed = true;
                     continue;
                 }
                 let blocked: Vec<(String, Option<u64>)> = input
@@ -545,6 +565,13 @@ pub fn steps(input: &HandoverInput<'_>) -> Steps {
             }
         }
     }
+    if held_by_removed {
+        for n in removed_fence {
+            if !out.fence.contains(&n) {
+                out.fence.push(n);
+            }
+        }
+    }
     out
 }
 
@@ -565,6 +592,7 @@ mod tests {
             fence_required: false,
             fence_backed: false,
             silent: false,
+            reports_committed: true,
             left_stopped: false,
             fenced: false,
             watchdog_reset_ms: None,
@@ -632,25 +660,38 @@ mod tests {
             s.waiting.contains_key("www") && s.propose.is_empty(),
             "{s:?}"
         );
+        let go = vec![
+            Command::Forget {
+                group: "web".into(),
+            },
+            Command::Place {
+                group: "www".into(),
+                node: Some("n2".into()),
+                reason: None,
+            },
+        ];
         let nodes = vec![view("n1", Some(5), &[], 2), view("n2", Some(0), &[], 2)];
         let mut i = input(10, &r, &targets, &nodes);
         i.removed = &removed;
-        let s = steps(&i);
-        assert_eq!(s.propose.len(), 1, "{s:?}");
-        // Heard, and its reports no longer name `web` (it switched).
+        assert_eq!(steps(&i).propose, go);
+        // Heard, and its reports of the committed configuration no longer
+        // name `web` (it switched): stopped.
         let mut switched = view("n1", Some(5), &[], 0);
         switched.seen.clear();
+        let nodes = vec![switched.clone(), view("n2", Some(0), &[], 2)];
+        let mut i = input(10, &r, &targets, &nodes);
+        i.removed = &removed;
+        assert_eq!(steps(&i).propose, go);
+        // The same report before its runner ran, or of another
+        // configuration, proves nothing: its lease is waited out.
+        switched.reports_committed = false;
         let nodes = vec![switched, view("n2", Some(0), &[], 2)];
         let mut i = input(10, &r, &targets, &nodes);
         i.removed = &removed;
         let s = steps(&i);
-        assert_eq!(
-            s.propose,
-            vec![Command::Place {
-                group: "www".into(),
-                node: Some("n2".into()),
-                reason: None,
-            }]
+        assert!(
+            s.propose.is_empty() && s.waiting.contains_key("www"),
+            "{s:?}"
         );
     }
 

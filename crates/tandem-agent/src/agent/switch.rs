@@ -37,6 +37,8 @@ pub(super) struct Switching {
     /// To the committed configuration (catching up, or back from an
     /// abandoned change), not to a change's next one.
     catching_up: bool,
+    /// The new configuration's groups, for the core.
+    groups: tandem_core::member::GroupsSpec,
     /// The runner of the new configuration, built before anything stopped
     /// (a configuration this node cannot run stops nothing), and its
     /// outcomes' channel.
@@ -257,6 +259,10 @@ impl Agent {
             Ok(r) => r,
             Err(e) => return self.switch_failed(now, target, format!("{e:#}")),
         };
+        let groups = match super::groups_spec(&accepted.cfg, &self.topo, &self.fence_devices) {
+            Ok(g) => g,
+            Err(e) => return self.switch_failed(now, target, format!("{e:#}")),
+        };
         if let Some(r) = self.runner.as_mut() {
             r.retire(accepted.plan.restart.clone());
         }
@@ -268,6 +274,7 @@ impl Agent {
             accepted,
             text,
             catching_up,
+            groups,
             runner,
             done_rx,
         });
@@ -290,26 +297,21 @@ impl Agent {
             accepted,
             text,
             catching_up,
+            groups,
             runner,
             done_rx,
         } = sw;
         // Said before anything changes: a node that restarts midway must
-        // still know its file came from a change that may not commit.
+        // still know its file came from a change that may not commit (and
+        // one that cannot say so does not switch: it could be left on a
+        // change that is abandoned).
         let switched = (!catching_up).then(|| accepted.identity.hash.clone());
         if let Err(e) = self.cs.store.set_switched(switched.as_deref()) {
-            self.log(AgentEvent::ServiceUnavailable {
-                what: format!("{e:#}"),
-            });
+            let hash = accepted.identity.hash.clone();
+            self.cancel_switch();
+            return self.switch_failed(now, hash, format!("{e:#}"));
         }
         self.cs.switched = switched;
-        let groups = match super::groups_spec(&accepted.cfg, &self.topo, &self.fence_devices) {
-            Ok(g) => g,
-            Err(e) => {
-                let hash = accepted.identity.hash.clone();
-                self.cancel_switch();
-                return self.switch_failed(now, hash, format!("{e:#}"));
-            }
-        };
         let file = match &self.cs.path {
             Some(p) => match crate::config_store::install(p, &text) {
                 Ok(()) => Some(p.display().to_string()),

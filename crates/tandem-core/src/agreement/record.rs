@@ -150,6 +150,13 @@ pub enum Command {
         /// When the fence device confirmed it.
         at_unix_ms: u64,
     },
+    /// Forgets `group` (removed from the configuration, and known stopped
+    /// on every node): its placement, pins, failures and intents, so that
+    /// a group given that name again starts as a new one.
+    Forget {
+        /// Group name.
+        group: String,
+    },
 }
 
 /// The replicated record.
@@ -288,6 +295,14 @@ impl Record {
             Command::Fenced { node, at_unix_ms } => {
                 self.fenced.insert(node.clone(), *at_unix_ms);
             }
+            Command::Forget { group } => {
+                self.placements.remove(group);
+                self.pins.remove(group);
+                self.moves.remove(group);
+                self.fail_counts.remove(group);
+                self.failures.remove(group);
+                self.intents.retain(|(t, _)| t != group);
+            }
             Command::FailedAt {
                 group,
                 node,
@@ -415,6 +430,35 @@ mod tests {
         // No change, no new decision: the index stays.
         r.apply_at(18, &place("web", Some("n1")));
         assert_eq!(r.placements["web"].index, 17);
+    }
+
+    #[test]
+    fn a_forgotten_group_leaves_nothing_behind() {
+        let mut r = Record::default();
+        r.apply(&Command::Place {
+            group: "web".into(),
+            node: None,
+            reason: None,
+        });
+        r.apply(&Command::Pin {
+            group: "web".into(),
+            node: Some("n1".into()),
+        });
+        r.apply(&Command::SetIntent {
+            target: "web".into(),
+            intent: Intent::Maintenance,
+            on: true,
+        });
+        r.apply(&Command::FailCount {
+            group: "web".into(),
+            node: "n1".into(),
+            count: 2,
+        });
+        r.apply(&Command::Forget {
+            group: "web".into(),
+        });
+        assert!(r.placements.is_empty() && r.pins.is_empty() && r.fail_counts.is_empty());
+        assert!(!r.has_intent("web", Intent::Maintenance));
     }
 
     #[test]

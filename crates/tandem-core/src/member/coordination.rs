@@ -984,6 +984,14 @@ impl Member {
                     fence_backed: self.spec.mode == quorum::Mode::TwoNode
                         && self.groups.fence_hosts.contains(h),
                     silent,
+                    reports_committed: !groups.is_empty()
+                        && if id == self.spec.me {
+                            self.spec.config_hash == record.config_hash
+                        } else {
+                            self.reports
+                                .get(&id)
+                                .is_some_and(|r| r.report.config == record.config_hash)
+                        },
                     left_stopped: silent
                         && self.detector.node_state(id) == Some(NodeState::Left)
                         && self.left_clean.get(&id).copied() == self.detector.incarnation(id),
