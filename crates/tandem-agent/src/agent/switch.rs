@@ -164,14 +164,18 @@ impl Agent {
                 }
             }
         }
+        let word = change::Committed {
+            hash: &committed,
+            epoch,
+            next: next.as_deref(),
+        };
         if let Some(hash) = self
             .cs
             .switching
             .as_ref()
             .map(|s| s.accepted.identity.hash.clone())
         {
-            let wanted = next.as_deref() == Some(hash.as_str()) || committed == hash;
-            if wanted {
+            if change::still_wanted(&hash, word) {
                 self.finish_switch(now);
             } else {
                 // The change was abandoned: what stopped for it starts again.
@@ -196,22 +200,16 @@ impl Agent {
         }) {
             return;
         }
-        // This node runs a change's configuration that did not commit.
-        let from_change = self.cs.switched.as_deref() == Some(mine.as_str());
-        let (target, catching_up) = match next {
-            Some(n) if n != mine => (n, false),
-            Some(_) => return,
-            None if change::is_stale(&mine, &committed, epoch, &self.cs.seen, from_change) => {
-                (committed, true)
-            }
-            None => return,
+        let Some(target) = change::target(&mine, word, &self.cs.seen, self.cs.switched.as_deref())
+        else {
+            return;
         };
         if self.cs.fetching.is_some() || now < self.cs.fetch_after_ms {
             return;
         }
-        match self.cs.store.text(&target) {
-            Some(text) => self.begin_switch(now, target, text, catching_up),
-            None => self.fetch_config(target, now),
+        match self.cs.store.text(&target.hash) {
+            Some(text) => self.begin_switch(now, target.hash, text, target.catching_up),
+            None => self.fetch_config(target.hash, now),
         }
     }
 

@@ -152,6 +152,65 @@ pub fn is_stale(
                 .any(|(epoch, hash)| hash == mine && *epoch < committed_epoch))
 }
 
+/// Where a node's configuration goes next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The configuration to switch to.
+    pub hash: String,
+    /// To the committed configuration (catching up, or back from an
+    /// abandoned change), not to a change's next one.
+    pub catching_up: bool,
+}
+
+/// The record's word on configurations, as a node reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Committed<'a> {
+    /// The committed configuration (empty: none yet).
+    pub hash: &'a str,
+    /// Its epoch.
+    pub epoch: u64,
+    /// The configuration a change under way switches to.
+    pub next: Option<&'a str>,
+}
+
+/// The configuration a node running `mine` switches to now: the next one
+/// while a change is under way; with none under way, the committed one
+/// when `mine` is stale ([`is_stale`]; `switched`: the configuration this
+/// node switched to because a change began, until it commits); None when
+/// it stays.
+pub fn target(
+    mine: &str,
+    record: Committed<'_>,
+    seen: &[(u64, String)],
+    switched: Option<&str>,
+) -> Option<Target> {
+    match record.next {
+        Some(n) if n != mine => Some(Target {
+            hash: n.to_string(),
+            catching_up: false,
+        }),
+        Some(_) => None,
+        None => is_stale(
+            mine,
+            record.hash,
+            record.epoch,
+            seen,
+            switched == Some(mine),
+        )
+        .then(|| Target {
+            hash: record.hash.to_string(),
+            catching_up: true,
+        }),
+    }
+}
+
+/// Whether a switch to `hash` under way is still wanted: it is the next
+/// configuration or the committed one (else the change was abandoned, and
+/// what stopped for it starts again).
+pub fn still_wanted(hash: &str, record: Committed<'_>) -> bool {
+    record.next == Some(hash) || record.hash == hash
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -295,6 +354,36 @@ address = "10.0.0.102/24"
         reordered.groups.reverse();
         let p = plan(&two, &reordered).unwrap();
         assert!(p.restart.is_empty() && !p.is_empty(), "{p:?}");
+    }
+
+    #[test]
+    fn a_node_follows_the_next_configuration_then_catches_up_with_the_committed_one() {
+        let seen = vec![(1, "a".to_string())];
+        let rec = |hash, epoch, next| Committed { hash, epoch, next };
+        let to = |hash: &str, catching_up| {
+            Some(Target {
+                hash: hash.into(),
+                catching_up,
+            })
+        };
+        // A change under way: to its configuration, unless already there.
+        assert_eq!(
+            target("a", rec("a", 1, Some("b")), &seen, None),
+            to("b", false)
+        );
+        assert_eq!(target("b", rec("a", 1, Some("b")), &seen, Some("b")), None);
+        // It committed while this node was away: catch up.
+        assert_eq!(target("a", rec("b", 2, None), &seen, None), to("b", true));
+        // It was abandoned after this node switched: back.
+        assert_eq!(
+            target("b", rec("a", 1, None), &seen, Some("b")),
+            to("a", true)
+        );
+        // An operator's own file: left alone.
+        assert_eq!(target("z", rec("a", 1, None), &seen, None), None);
+        assert!(still_wanted("b", rec("a", 1, Some("b"))));
+        assert!(still_wanted("b", rec("b", 2, None)));
+        assert!(!still_wanted("b", rec("a", 1, None)));
     }
 
     #[test]
