@@ -16,6 +16,22 @@
 //! and hearing the leader while the leader cannot hear it, does not take
 //! itself for in sync.
 //!
+//! Voters change one at a time (Raft's single-server membership change,
+//! thesis section 4.1): a [`Command::Voters`] entry names the voters from
+//! the moment it is in a node's log, committed or not, and a node that
+//! loses the entry to a conflicting leader returns to the voters before
+//! it. Any majority of the voters before a one-voter change and any
+//! majority after it share a node, so two leaders of a term cannot be
+//! elected by old and new voters. A leader proposes a change only once
+//! an entry of its own term has committed and no change is uncommitted
+//! (the correction to the thesis's rule for changes across leaders); a
+//! leader that is no longer a voter hands over and steps down once the
+//! change committed. A fenced voter counts as a vote only among exactly
+//! two voters with no change uncommitted, and a change away from a pair
+//! commits only once both of the pair hold it: the two-node rule is about
+//! that pair alone, and neither may be left believing in it while others
+//! vote.
+//!
 //! Why not openraft: its engine is driven through async storage and network
 //! traits on a runtime, while the deterministic simulation (`tests/simulation.rs`)
 //! needs to step every node by hand with simulated time. The protocol here
@@ -117,6 +133,16 @@ pub struct Durable {
     /// recovering does not forget it.
     #[serde(default)]
     pub recovering: bool,
+    /// Index of the latest [`Command::Voters`] this node knew committed
+    /// (0: none). Raft keeps the commit index in memory only; this one
+    /// fact survives a restart so that a lone voter, or a node weighing
+    /// an election across a change, knows the change is settled.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub voters_committed: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Messages between voters and learners.
@@ -284,6 +310,20 @@ pub enum ProposeError {
     /// Too many entries wait for a majority.
     #[error("too many uncommitted entries; is a majority of voters reachable?")]
     Busy,
+    /// A change of voters waits: one is uncommitted, or this leader has
+    /// not committed an entry of its own term yet.
+    #[error("a change of voters is already under way (or this leader is new); try again once it committed")]
+    VotersChanging,
+    /// A change of voters must add or remove exactly one known node and
+    /// leave at least one voter.
+    #[error("voters change one node at a time, among the cluster's nodes, leaving at least one")]
+    NotOneVoter,
+    /// A node becomes a voter only once it holds the committed log and
+    /// answered within the last election timeout, and a change needs a
+    /// majority of the new voters in that state: a voter that cannot vote
+    /// yet would only make majorities harder to reach.
+    #[error("the new voter has not caught up with the leader yet; wait until it follows")]
+    NotCaughtUp,
 }
 
 /// A small deterministic generator for election timeouts (splitmix64).
@@ -304,7 +344,15 @@ impl Rng {
 #[derive(Debug, Clone)]
 pub struct Agreement {
     id: NodeId,
+    /// Every node this engine talks to (voters and learners as given at
+    /// start); voters change among these only.
+    known: Vec<NodeId>,
+    /// The voters given at start, before any [`Command::Voters`].
+    base_voters: Vec<NodeId>,
+    /// The voters now: from the latest [`Command::Voters`] in the log or
+    /// snapshot, else `base_voters` ([`Agreement::refresh_voters`]).
     voters: Vec<NodeId>,
+    /// `known` minus `voters`: they receive the log but do not vote.
     learners: Vec<NodeId>,
     fenced: BTreeSet<NodeId>,
     /// Since this start, this node held everything a leader had committed.
@@ -355,6 +403,8 @@ impl Agreement {
         self.commit = 0;
         self.applied = 0;
         self.record = Record::default();
+        self.durable.voters_committed = 0;
+        self.refresh_voters();
         self.synced = self.voters == [self.id];
         self.dirty = true;
     }
@@ -373,8 +423,24 @@ impl Agreement {
         let mut durable = durable;
         let commit = durable.snapshot.last_index;
         let record = durable.snapshot.record.clone();
-        // A lone voter holds everything by definition.
-        let synced = voters == [id];
+        let mut known: Vec<NodeId> = voters.iter().chain(&learners).copied().collect();
+        known.sort();
+        known.dedup();
+        let mut base_voters = voters;
+        base_voters.sort();
+        base_voters.dedup();
+        let voters = current_voters(&durable, &base_voters);
+        let learners = learners_of(&known, &voters);
+        // A lone voter holds everything by definition, once it knows
+        // that it is one: a change to it alone that may not have
+        // committed leaves its old peers a say.
+        let last_change = durable
+            .log
+            .iter()
+            .rposition(|e| matches!(e.cmd, Command::Voters { .. }))
+            .map(|i| durable.snapshot.last_index + 1 + i as u64);
+        let settled = last_change.map_or(true, |c| c <= durable.voters_committed);
+        let synced = voters == [id] && settled;
         // ... and has no one to recover from: its state starts afresh.
         // (Two voters still recover: in two-node mode one vote elects.)
         if synced {
@@ -382,6 +448,8 @@ impl Agreement {
         }
         let mut a = Agreement {
             id,
+            known,
+            base_voters,
             voters,
             learners,
             fenced: BTreeSet::new(),
@@ -521,6 +589,92 @@ impl Agreement {
         self.voters.contains(&id)
     }
 
+    /// The voters now, sorted (the latest [`Command::Voters`] in this
+    /// node's log, committed or not, else the voters given at start).
+    pub fn voters(&self) -> &[NodeId] {
+        &self.voters
+    }
+
+    /// Whether a change of voters is in the log but not yet committed.
+    pub fn voters_changing(&self) -> bool {
+        self.pending_change().is_some()
+    }
+
+    /// Index of the latest [`Command::Voters`] in the log when it is not
+    /// known committed here.
+    fn pending_change(&self) -> Option<u64> {
+        let settled = self.commit.max(self.durable.voters_committed);
+        self.last_voters_index().filter(|index| *index > settled)
+    }
+
+    /// Index of the latest [`Command::Voters`] still in the log.
+    fn last_voters_index(&self) -> Option<u64> {
+        let snap = self.durable.snapshot.last_index;
+        self.durable
+            .log
+            .iter()
+            .rposition(|e| matches!(e.cmd, Command::Voters { .. }))
+            .map(|i| snap + 1 + i as u64)
+    }
+
+    /// Sets the voters from the log after it changed (appended, truncated,
+    /// replaced by a snapshot). A leader starts replicating to a voter it
+    /// did not know at once.
+    fn refresh_voters(&mut self) {
+        let voters = current_voters(&self.durable, &self.base_voters);
+        if voters == self.voters {
+            return;
+        }
+        self.voters = voters;
+        self.learners = learners_of(&self.known, &self.voters);
+        if self.voters == [self.id] && !self.voters_changing() {
+            self.synced = true;
+        }
+        if self.role == Role::Leader {
+            let next = self.last_index() + 1;
+            for p in self.voters.clone() {
+                if p != self.id {
+                    self.next.entry(p).or_insert(next);
+                    self.matched.entry(p).or_insert(0);
+                }
+            }
+        }
+    }
+
+    /// Checks a proposed [`Command::Voters`]: one node added or removed,
+    /// among the known nodes, at least one voter left, no other change
+    /// uncommitted, an entry of this leader's term committed, and an
+    /// added node caught up and answering.
+    fn check_voters(&self, now_ms: u64, proposed: &[NodeId]) -> Result<(), ProposeError> {
+        if self.voters_changing() || self.term_at(self.commit) != Some(self.durable.term) {
+            return Err(ProposeError::VotersChanging);
+        }
+        let sorted = proposed.windows(2).all(|w| w[0] < w[1]);
+        let known = proposed.iter().all(|v| self.known.contains(v));
+        let differ = proposed.iter().filter(|v| !self.voters.contains(v)).count()
+            + self.voters.iter().filter(|v| !proposed.contains(v)).count();
+        if !sorted || !known || proposed.is_empty() || differ != 1 {
+            return Err(ProposeError::NotOneVoter);
+        }
+        let since = now_ms.saturating_sub(self.timing.election_min_ms);
+        let current = |v: &NodeId| {
+            *v == self.id
+                || (self.matched.get(v).copied().unwrap_or(0) >= self.commit
+                    && self.last_ack_ms.get(v).is_some_and(|t| *t >= since))
+        };
+        // The added node, and a majority of the new voters, must be able
+        // to commit the change now: a change no majority can commit would
+        // hold every later entry back.
+        let added_lags = proposed
+            .iter()
+            .any(|v| !self.voters.contains(v) && !current(v));
+        let able = proposed.iter().filter(|v| current(v)).count();
+        if added_lags || able * 2 <= proposed.len() {
+            return Err(ProposeError::NotCaughtUp);
+        }
+        Ok(())
+    }
+
     /// Marks a voter as confirmed fenced (it counts as a vote and as an
     /// acknowledgement) or clears that when it is seen alive again.
     pub fn set_fenced(&mut self, now_ms: u64, peer: NodeId, fenced: bool) {
@@ -562,6 +716,13 @@ impl Agreement {
         if self.last_index() - self.commit >= MAX_UNCOMMITTED {
             return Err(ProposeError::Busy);
         }
+        if let Command::Voters { voters } = &cmd {
+            self.check_voters(now_ms, voters)?;
+        }
+        if !self.is_voter(self.id) && !self.voters_changing() {
+            // Removed, handing over: the voters take proposals now.
+            return Err(ProposeError::NotLeader { leader: None });
+        }
         let index = self.append_local(cmd);
         self.broadcast(now_ms);
         Ok(index)
@@ -600,6 +761,19 @@ impl Agreement {
 
     /// Timers: heartbeats and check-quorum for a leader, elections otherwise.
     pub fn on_tick(&mut self, now_ms: u64) {
+        if self.role == Role::Leader && !self.is_voter(self.id) && !self.voters_changing() {
+            // The change that removed this leader committed: it hands
+            // over to a voter holding its whole log and steps down. Until
+            // one does, it goes on replicating (taking no proposals): a
+            // voter that lacks its last entries could not win without it
+            // (simulation `voter_changes`, seed 44819).
+            if self.hand_off_ready() {
+                let voters = self.voters.clone();
+                self.hand_off_to(&voters);
+                self.become_follower(now_ms, self.durable.term, None);
+                return;
+            }
+        }
         if self.role == Role::Leader {
             if now_ms >= self.quorum_check_due_ms {
                 self.quorum_check_due_ms = now_ms + self.timing.election_min_ms;
@@ -615,7 +789,14 @@ impl Agreement {
             }
         } else if now_ms >= self.election_deadline_ms {
             self.reset_election_timer(now_ms);
-            if self.is_voter(self.id) && !self.durable.recovering {
+            // A node that the latest change removed still campaigns (its
+            // votes counted among the new voters, as any candidate's
+            // among its latest): it may hold the only copy of entries
+            // that the new voters need, and a leader need not be a voter
+            // (it hands over once they hold everything). Pre-votes keep
+            // it from disturbing a leader they hear.
+            let may_lead = self.is_voter(self.id) || self.removed_by_latest_change();
+            if may_lead && !self.durable.recovering {
                 self.start_pre_vote(now_ms);
             }
         }
@@ -708,7 +889,7 @@ impl Agreement {
 
     /// Handles a message from `from`.
     pub fn on_message(&mut self, now_ms: u64, from: NodeId, msg: Message) {
-        if from == self.id || !(self.is_voter(from) || self.learners.contains(&from)) {
+        if from == self.id || !(self.known.contains(&from) || self.is_voter(from)) {
             return;
         }
         let term = self.durable.term;
@@ -725,6 +906,7 @@ impl Agreement {
                 let granted = t > term
                     && !leader_fresh
                     && !self.durable.recovering
+                    && self.may_vote_for(from)
                     && self.log_ok(last_index, last_term);
                 let reply_term = if granted { t } else { term };
                 self.out.send.push((
@@ -754,6 +936,7 @@ impl Agreement {
                 let term = self.durable.term;
                 let granted = t == term
                     && !self.durable.recovering
+                    && self.may_vote_for(from)
                     && self.durable.voted_for.map_or(true, |v| v == from)
                     && self.log_ok(last_index, last_term);
                 if granted && self.durable.voted_for.is_none() {
@@ -770,7 +953,7 @@ impl Agreement {
                     self.become_follower(now_ms, t, None);
                 } else if granted && t == term && self.role == Role::Candidate {
                     self.votes.insert(from);
-                    if self.is_majority(|v| self.votes.contains(&v)) {
+                    if self.won_votes() {
                         // Real votes from a majority: this log holds every
                         // committed entry (Raft's election restriction).
                         self.synced = true;
@@ -826,12 +1009,102 @@ impl Agreement {
     }
 
     fn is_majority(&self, yes: impl Fn(NodeId) -> bool) -> bool {
+        // The two-node rule (a fenced peer's vote) holds for a member of
+        // a settled pair only: across a change the overlap of majorities
+        // needs real votes, and a node outside the pair counting both
+        // fenced would elect itself (simulation `voter_changes`, seed 221).
+        let pair = self.voters.len() == 2 && self.is_voter(self.id) && !self.voters_changing();
         let count = self
             .voters
             .iter()
-            .filter(|&&v| v == self.id || (self.synced && self.fenced.contains(&v)) || yes(v))
+            .filter(|&&v| {
+                (v == self.id && self.is_voter(self.id))
+                    || (pair && self.synced && self.fenced.contains(&v))
+                    || yes(v)
+            })
             .count();
         count * 2 > self.voters.len()
+    }
+
+    /// Whether the votes gathered elect: a majority of the voters, and,
+    /// while a change away from a pair is uncommitted, both of that pair
+    /// (one confirmed fenced counts, on a node in sync since its start,
+    /// as in the pair's own rule). Raft needs only the first. The second
+    /// keeps the two-node rule sound: the pair member that did not see
+    /// the change may take its peer's fencing for the vote it lacks, so
+    /// its peer must not win among the new voters without it (simulation
+    /// `voter_changes`, seeds 1189 and 9078).
+    fn won_votes(&self) -> bool {
+        if !self.is_majority(|v| self.votes.contains(&v)) {
+            return false;
+        }
+        match self.pending_change() {
+            None => true,
+            Some(change) => {
+                let before = self.voters_before(change);
+                let member = before.contains(&self.id);
+                before.len() != 2
+                    || before.iter().all(|v| {
+                        self.votes.contains(v) || (member && self.synced && self.fenced.contains(v))
+                    })
+            }
+        }
+    }
+
+    /// Whether this node may vote for `candidate` at all. A node not in
+    /// sync since its start whose log holds an uncommitted change away
+    /// from a pair votes only for one of that pair: it may have been
+    /// fenced, its peer counting its vote meanwhile (the two-node rule),
+    /// and in a fixed pair that counted vote could only ever go to one
+    /// of the two; a vote for a node the change adds would elect a second
+    /// leader beside the one its fencing elected (simulation
+    /// `voter_changes`, seed 4570).
+    fn may_vote_for(&self, candidate: NodeId) -> bool {
+        if self.synced {
+            return true;
+        }
+        match self.pending_change() {
+            None => true,
+            Some(change) => {
+                let before = self.voters_before(change);
+                before.len() != 2 || before.contains(&candidate)
+            }
+        }
+    }
+
+    /// Whether a voter holds this leader's whole log (a hand-off to it
+    /// loses nothing).
+    fn hand_off_ready(&self) -> bool {
+        let last = self.last_index();
+        self.voters.iter().any(|v| {
+            *v != self.id
+                && !self.fenced.contains(v)
+                && self.matched.get(v).copied().unwrap_or(0) == last
+        })
+    }
+
+    /// Whether this node voted before the latest change in its log and
+    /// not after it.
+    fn removed_by_latest_change(&self) -> bool {
+        match self.last_voters_index() {
+            Some(change) => {
+                !self.is_voter(self.id) && self.voters_before(change).contains(&self.id)
+            }
+            None => false,
+        }
+    }
+
+    /// Whom a campaign asks: the voters, and while a change is
+    /// uncommitted those before it ([`Agreement::won_votes`]).
+    fn electorate(&self) -> Vec<NodeId> {
+        let mut all = self.voters.clone();
+        if let Some(change) = self.pending_change() {
+            all.extend(self.voters_before(change));
+        }
+        all.sort();
+        all.dedup();
+        all.retain(|v| *v != self.id);
+        all
     }
 
     fn reset_election_timer(&mut self, now_ms: u64) {
@@ -891,7 +1164,7 @@ impl Agreement {
         self.set_leader(None);
         self.votes = BTreeSet::from([self.id]);
         let (last_index, last_term) = self.last();
-        for v in self.other_voters() {
+        for v in self.electorate() {
             self.out.send.push((
                 v,
                 Message::PreVote {
@@ -905,7 +1178,7 @@ impl Agreement {
     }
 
     fn check_pre_vote_won(&mut self, now_ms: u64) {
-        if self.role == Role::PreCandidate && self.is_majority(|v| self.votes.contains(&v)) {
+        if self.role == Role::PreCandidate && self.won_votes() {
             self.start_election(now_ms);
         }
     }
@@ -919,7 +1192,7 @@ impl Agreement {
         self.votes = BTreeSet::from([self.id]);
         self.reset_election_timer(now_ms);
         let (last_index, last_term) = self.last();
-        for v in self.other_voters() {
+        for v in self.electorate() {
             self.out.send.push((
                 v,
                 Message::Vote {
@@ -929,7 +1202,7 @@ impl Agreement {
                 },
             ));
         }
-        if self.is_majority(|v| self.votes.contains(&v)) {
+        if self.won_votes() {
             self.become_leader(now_ms);
         }
     }
@@ -952,11 +1225,15 @@ impl Agreement {
     }
 
     fn append_local(&mut self, cmd: Command) -> u64 {
+        let voters = matches!(cmd, Command::Voters { .. });
         self.durable.log.push(Entry {
             term: self.durable.term,
             cmd,
         });
         self.dirty = true;
+        if voters {
+            self.refresh_voters();
+        }
         let index = self.last_index();
         self.advance_commit();
         index
@@ -965,14 +1242,6 @@ impl Agreement {
     fn last(&self) -> (u64, u64) {
         let i = self.last_index();
         (i, self.term_at(i).unwrap_or(0))
-    }
-
-    fn other_voters(&self) -> Vec<NodeId> {
-        self.voters
-            .iter()
-            .copied()
-            .filter(|v| *v != self.id)
-            .collect()
     }
 
     fn peers(&self) -> impl Iterator<Item = NodeId> + '_ {
@@ -1097,6 +1366,7 @@ impl Agreement {
             }
             self.dirty = true;
         }
+        self.refresh_voters();
         if commit <= index && !fenced_you {
             self.synced = true;
             if self.durable.recovering {
@@ -1133,6 +1403,7 @@ impl Agreement {
         let index = snapshot.last_index;
         self.durable.snapshot = snapshot;
         self.dirty = true;
+        self.refresh_voters();
         self.out.notes.push(Note::Applied { index });
         self.reply_append(from, true, index);
     }
@@ -1175,6 +1446,7 @@ impl Agreement {
             // Only entries of the current term commit by counting (Raft 5.4.2).
             if self.term_at(n) == Some(term)
                 && self.is_majority(|v| self.matched.get(&v).is_some_and(|m| *m >= n))
+                && self.pair_holds_change(n)
             {
                 self.commit = n;
                 self.apply_committed();
@@ -1187,6 +1459,43 @@ impl Agreement {
         }
     }
 
+    /// Whether committing `n` keeps the two-node rule sound while a
+    /// change of voters away from a pair is uncommitted: each of the pair
+    /// must hold `n` or the change itself (or be fenced, off, as the
+    /// pair's own rule allows). Otherwise one of them, not knowing of the
+    /// change, could take its peer's fencing for the vote it lacks and
+    /// overwrite entries that the new voters committed without it
+    /// (simulation `voter_changes`, seeds 100 and 1107).
+    fn pair_holds_change(&self, n: u64) -> bool {
+        let Some(change) = self.pending_change() else {
+            return true;
+        };
+        let before = self.voters_before(change);
+        let need = n.min(change);
+        let member = before.contains(&self.id);
+        before.len() != 2
+            || before.iter().all(|v| {
+                *v == self.id
+                    || (member && self.synced && self.fenced.contains(v))
+                    || self.matched.get(v).is_some_and(|m| *m >= need)
+            })
+    }
+
+    /// The voters in force before the entry at `index` (a change).
+    fn voters_before(&self, index: u64) -> Vec<NodeId> {
+        let snap = self.durable.snapshot.last_index;
+        let upto = slot(index.saturating_sub(snap + 1)).min(self.durable.log.len());
+        self.durable.log[..upto]
+            .iter()
+            .rev()
+            .find_map(|e| match &e.cmd {
+                Command::Voters { voters } => Some(voters.clone()),
+                _ => None,
+            })
+            .or_else(|| self.durable.snapshot.record.voters.clone())
+            .unwrap_or_else(|| self.base_voters.clone())
+    }
+
     fn apply_committed(&mut self) {
         let start = self.applied;
         while self.applied < self.commit {
@@ -1196,6 +1505,13 @@ impl Agreement {
             let before = self.placement_epoch(&cmd);
             self.record.apply_at(next, &cmd);
             self.applied = next;
+            if matches!(cmd, Command::Voters { .. }) {
+                self.durable.voters_committed = next;
+                self.dirty = true;
+                if self.voters == [self.id] {
+                    self.synced = true;
+                }
+            }
             if let Command::Place { group, reason, .. } = &cmd {
                 if let Some(p) = self
                     .record
@@ -1248,6 +1564,30 @@ impl Agreement {
 
 #[cfg(test)]
 mod tests;
+
+/// The voters named by the latest [`Command::Voters`] in `durable`'s log,
+/// else in its snapshot's record, else `base`.
+fn current_voters(durable: &Durable, base: &[NodeId]) -> Vec<NodeId> {
+    durable
+        .log
+        .iter()
+        .rev()
+        .find_map(|e| match &e.cmd {
+            Command::Voters { voters } => Some(voters.clone()),
+            _ => None,
+        })
+        .or_else(|| durable.snapshot.record.voters.clone())
+        .unwrap_or_else(|| base.to_vec())
+}
+
+/// The known nodes that do not vote.
+fn learners_of(known: &[NodeId], voters: &[NodeId]) -> Vec<NodeId> {
+    known
+        .iter()
+        .copied()
+        .filter(|k| !voters.contains(k))
+        .collect()
+}
 
 /// A log position as an index into memory: on a 64-bit machine every u64
 /// fits; elsewhere an index past `usize` is past the end of any log held.

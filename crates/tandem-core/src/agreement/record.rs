@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::wire::NodeId;
+
 /// Where a resource group is placed, with the epoch of that decision.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Placement {
@@ -157,6 +159,13 @@ pub enum Command {
         /// Group name.
         group: String,
     },
+    /// The nodes that vote from this entry on (Raft's membership change,
+    /// one voter added or removed at a time): every node uses the latest
+    /// such entry in its log, committed or not ([`crate::agreement`]).
+    Voters {
+        /// The voters, sorted.
+        voters: Vec<NodeId>,
+    },
 }
 
 /// The replicated record.
@@ -200,6 +209,11 @@ pub struct Record {
     /// Replicated volumes: which copies are up to date.
     #[serde(default)]
     pub volumes: BTreeMap<String, crate::volume::VolumeFacts>,
+    /// The voters set by the latest committed [`Command::Voters`] (None:
+    /// the configuration's, never changed; skipped then, so the digest of
+    /// a record that never changed voters is what it always was).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub voters: Option<Vec<NodeId>>,
 }
 
 /// Fencings kept in the record.
@@ -294,6 +308,9 @@ impl Record {
             }
             Command::Fenced { node, at_unix_ms } => {
                 self.fenced.insert(node.clone(), *at_unix_ms);
+            }
+            Command::Voters { voters } => {
+                self.voters = Some(voters.clone());
             }
             Command::Forget { group } => {
                 self.placements.remove(group);
