@@ -109,7 +109,7 @@ fn config_apply_adds_changes_and_removes_groups_without_a_gap_and_rollback_resto
         s1["config"]["committed"].as_str().unwrap().to_string(),
         s1["agreement"]["config_epoch"].as_u64().unwrap(),
     );
-    let web_on: usize = group(&s1, "web").unwrap()["placed_on"].as_str().unwrap()[1..]
+    let mut web_on: usize = group(&s1, "web").unwrap()["placed_on"].as_str().unwrap()[1..]
         .parse()
         .unwrap();
     assert_ne!(web_on, 3, "web prefers n1");
@@ -118,10 +118,36 @@ fn config_apply_adds_changes_and_removes_groups_without_a_gap_and_rollback_resto
     c.bed
         .stop_gracefully(c.pids[2], Duration::from_secs(20))
         .unwrap();
-    c.wait(1, GENEROUS, "n3 gone", |s| {
+    c.wait(1, GENEROUS, "n3 gone, a leader among n1 and n2", |s| {
         agents::peer(s, "n3")["state"] != "online"
+            && matches!(s["agreement"]["leader"].as_str(), Some("n1" | "n2"))
     })
     .unwrap();
+    let s1 = c.status(1).unwrap();
+    // The group under load runs on a follower, not on the leader that
+    // drives the change: a follower's switch is the one that once cut
+    // services (the leader's is tested by the rollback below).
+    let leader: usize = s1["agreement"]["leader"].as_str().unwrap()[1..]
+        .parse()
+        .unwrap();
+    if web_on == leader {
+        let to = 3 - leader;
+        let (ok, out) = tandem(&[
+            "move",
+            "web",
+            "--to",
+            &format!("n{to}"),
+            "--socket",
+            c.socket(1).to_str().unwrap(),
+        ]);
+        assert!(ok, "{out}");
+        c.wait(to, GENEROUS, "web moved to the follower", |s| {
+            running(s, "web") && group(s, "web").unwrap()["placed_on"] == format!("n{to}").as_str()
+        })
+        .unwrap();
+        web_on = to;
+    }
+    eprintln!("leader n{leader}, web on n{web_on}");
 
     let second = first
         .replace("interval_ms = 2000", "interval_ms = 1000")
