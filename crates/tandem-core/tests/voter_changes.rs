@@ -2,16 +2,20 @@
 //!
 //! Up to five [`Agreement`] engines on a seeded random network (delay and
 //! so reordering, loss, duplication, links cut one way or both), with
-//! seeded crashes (everything not persisted is lost) and restarts, the
-//! two-node rule (a crashed peer fenced, so its vote counts) whenever two
-//! voters are left, placements proposed, and the leader adding or
-//! removing one voter at a time at random: a learner promoted, a voter
-//! (the leader itself, sometimes) demoted. After every step:
+//! seeded crashes (everything not persisted is lost), graceful stops (a
+//! leader hands over first) and restarts, fencing (a crashed node is
+//! confirmed off on every live node, which the engine counts as a vote
+//! only where the two-node rule allows; a restarted one is seen alive a
+//! random while after it runs again), placements proposed one by one and
+//! in bursts (so logs are compacted into snapshots, which carry the
+//! voters), and the leader adding or removing one voter at a time at
+//! random: a learner promoted, a voter (the leader itself, sometimes)
+//! demoted. Checked after every message and every tick: at most one
+//! leader per term, over the whole run. After every step:
 //!
-//! - at most one leader per term, over the whole run;
 //! - committed entries never differ between nodes, and the record at a
-//!   given commit index is the same everywhere (nothing committed lost);
-//! - every node's voters are those of the latest change in its log.
+//!   given commit index is the same everywhere (nothing committed lost;
+//!   the record holds the committed voters).
 //!
 //! After the faults heal the cluster must converge: one leader, known to
 //! every node, every node at its commit index with the same voters.
@@ -77,8 +81,14 @@ struct Sim {
     committed: BTreeMap<u64, (u64, Command)>,
     /// Commit index -> the record there, as first seen.
     records: BTreeMap<u64, Record>,
-    /// Changes of voters committed (a run that makes none proves little).
+    /// Changes of voters appended by a leader.
     changes: usize,
+    /// Restarted nodes the others still count as fenced: (when they are
+    /// seen alive, node).
+    unfence: Vec<(u64, usize)>,
+    /// Snapshots seen installed or taken (a run that never compacts
+    /// proves nothing about snapshots).
+    compacted: bool,
 }
 
 impl Sim {
@@ -120,6 +130,8 @@ impl Sim {
             committed: BTreeMap::new(),
             records: BTreeMap::new(),
             changes: 0,
+            unfence: Vec::new(),
+            compacted: false,
         }
     }
 
@@ -173,12 +185,29 @@ impl Sim {
             }
             let now = self.now;
             self.nodes[to].on_message(now, id(from), msg);
+            self.check_leader(to)?;
             self.flush(to)?;
+        }
+        let now = self.now;
+        let due: Vec<usize> = self
+            .unfence
+            .iter()
+            .filter(|(at, _)| *at <= now)
+            .map(|(_, i)| *i)
+            .collect();
+        self.unfence.retain(|(at, _)| *at > now);
+        for i in due {
+            self.log(|| format!("{:?} seen alive again", id(i)));
+            for j in 0..self.nodes.len() {
+                if j != i && self.up[j] {
+                    self.nodes[j].set_fenced(now, id(i), false);
+                }
+            }
         }
         for i in 0..self.nodes.len() {
             if self.up[i] && self.nodes[i].next_deadline() <= self.now {
-                let now = self.now;
                 self.nodes[i].on_tick(now);
+                self.check_leader(i)?;
             }
             if self.up[i] {
                 self.flush(i)?;
@@ -187,25 +216,33 @@ impl Sim {
         self.check()
     }
 
+    /// At most one leader per term, over the whole run.
+    fn check_leader(&mut self, i: usize) -> Result<(), String> {
+        let n = &self.nodes[i];
+        if n.role() == Role::Leader {
+            let prior = *self.leaders.entry(n.term()).or_insert(n.id());
+            if prior != n.id() {
+                return Err(format!(
+                    "two leaders in term {}: {:?} and {:?}",
+                    n.term(),
+                    prior,
+                    n.id()
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The invariants, on every live node.
     fn check(&mut self) -> Result<(), String> {
         for i in 0..self.nodes.len() {
             if !self.up[i] {
                 continue;
             }
+            self.check_leader(i)?;
             let n = &self.nodes[i];
-            if n.role() == Role::Leader {
-                let prior = *self.leaders.entry(n.term()).or_insert(n.id());
-                if prior != n.id() {
-                    return Err(format!(
-                        "two leaders in term {}: {:?} and {:?}",
-                        n.term(),
-                        prior,
-                        n.id()
-                    ));
-                }
-            }
             let snap = n.durable().snapshot.last_index;
+            self.compacted |= snap > 0;
             for index in (snap + 1)..=n.commit_index() {
                 let Some(e) = n.entry(index) else { continue };
                 let seen = self
@@ -220,6 +257,15 @@ impl Sim {
                     ));
                 }
             }
+            if snap > 0 {
+                let at = self
+                    .records
+                    .entry(snap)
+                    .or_insert_with(|| n.durable().snapshot.record.clone());
+                if *at != n.durable().snapshot.record {
+                    return Err(format!("snapshot at {snap} differs on {:?}", n.id()));
+                }
+            }
             let record = self
                 .records
                 .entry(n.commit_index())
@@ -229,24 +275,6 @@ impl Sim {
                     "record at commit {} differs on {:?}",
                     n.commit_index(),
                     n.id()
-                ));
-            }
-            let from_log = n
-                .durable()
-                .log
-                .iter()
-                .rev()
-                .find_map(|e| match &e.cmd {
-                    Command::Voters { voters } => Some(voters.clone()),
-                    _ => None,
-                })
-                .or_else(|| n.durable().snapshot.record.voters.clone())
-                .unwrap_or_else(|| self.base_voters.clone());
-            if n.voters() != from_log {
-                return Err(format!(
-                    "{:?} uses voters {:?}, its log says {from_log:?}",
-                    n.id(),
-                    n.voters()
                 ));
             }
         }
@@ -262,9 +290,10 @@ impl Sim {
     fn crash(&mut self, i: usize) {
         self.log(|| format!("crash {:?}", id(i)));
         self.up[i] = false;
-        // The two-node rule: with two voters, a peer confirmed off counts.
+        self.unfence.retain(|(_, k)| *k != i);
+        // Confirmed off everywhere; the engine decides where that counts.
         for j in 0..self.nodes.len() {
-            if j != i && self.up[j] && self.nodes[j].voters().len() == 2 {
+            if j != i && self.up[j] {
                 let now = self.now;
                 self.nodes[j].set_fenced(now, id(i), true);
                 self.nodes[j].on_peer_dead(now, id(i));
@@ -272,15 +301,21 @@ impl Sim {
         }
     }
 
+    /// A graceful stop: a leader hands over, then the node goes down.
+    fn stop(&mut self, i: usize) -> Result<(), String> {
+        self.log(|| format!("graceful stop {:?}", id(i)));
+        self.nodes[i].hand_off();
+        self.flush(i)?;
+        self.up[i] = false;
+        self.unfence.retain(|(_, k)| *k != i);
+        Ok(())
+    }
+
     fn restart(&mut self, i: usize) {
         self.log(|| format!("restart {:?}", id(i)));
-        // Seen alive again: nobody counts it as fenced any more.
-        for j in 0..self.nodes.len() {
-            if j != i {
-                let now = self.now;
-                self.nodes[j].set_fenced(now, id(i), false);
-            }
-        }
+        // The others count it as fenced until they hear it again.
+        let seen = self.now + self.rng.gen_range(0..=300);
+        self.unfence.push((seen, i));
         self.nodes[i] = Agreement::new(
             id(i),
             self.base_voters.clone(),
@@ -328,21 +363,23 @@ impl Sim {
         }
     }
 
-    fn place(&mut self) {
+    fn place(&mut self, count: usize) {
         let Some(l) = self.leader() else { return };
-        let node = format!("n{}", self.rng.gen_range(1..=3));
-        let now = self.now;
-        let _ = self.nodes[l].propose(
-            now,
-            Command::Place {
-                group: "web".into(),
-                node: Some(node),
-                reason: None,
-            },
-        );
+        for _ in 0..count {
+            let node = format!("n{}", self.rng.gen_range(1..=3));
+            let now = self.now;
+            let _ = self.nodes[l].propose(
+                now,
+                Command::Place {
+                    group: "web".into(),
+                    node: Some(node),
+                    reason: None,
+                },
+            );
+        }
     }
 
-    fn fault(&mut self) {
+    fn fault(&mut self) -> Result<(), String> {
         let n = self.nodes.len();
         let i = self.rng.gen_range(0..n);
         match self.rng.gen_range(0..100) {
@@ -370,9 +407,16 @@ impl Sim {
                 self.cut[i][j] = false;
                 self.cut[j][i] = false;
             }
-            55..=79 => self.change_voters(),
-            _ => self.place(),
+            55..=76 => self.change_voters(),
+            77..=79 => {
+                if self.up[i] && self.up.iter().filter(|u| **u).count() > 1 {
+                    self.stop(i)?;
+                }
+            }
+            80..=89 => self.place(50),
+            _ => self.place(1),
         }
+        Ok(())
     }
 
     fn heal(&mut self) {
@@ -406,7 +450,7 @@ impl Sim {
     fn run(&mut self) -> Result<u64, String> {
         while self.now < FAULT_PHASE_MS {
             if self.now % 50 == 0 && self.rng.gen_range(0..100) < 30 {
-                self.fault();
+                self.fault()?;
             }
             self.step()?;
         }
@@ -435,7 +479,9 @@ impl Sim {
     }
 }
 
-fn run_seed(seed: u64, trace: bool) -> Result<(usize, usize, u64), String> {
+/// One run: changes appended, changes seen committed, whether any node
+/// compacted, convergence time after healing.
+fn run_seed(seed: u64, trace: bool) -> Result<(usize, usize, bool, u64), String> {
     let mut sim = Sim::new(seed, trace);
     let t = sim.run()?;
     let committed = sim
@@ -443,7 +489,7 @@ fn run_seed(seed: u64, trace: bool) -> Result<(usize, usize, u64), String> {
         .values()
         .filter(|(_, c)| matches!(c, Command::Voters { .. }))
         .count();
-    Ok((sim.changes, committed, t))
+    Ok((sim.changes, committed, sim.compacted, t))
 }
 
 /// Seeded runs with voters changing under faults: never two leaders in a
@@ -459,12 +505,13 @@ fn seeded_voter_change_runs() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let (mut proposed, mut committed, mut worst) = (0, 0, 0);
+    let (mut proposed, mut committed, mut compacted, mut worst) = (0, 0, 0, 0);
     for seed in base..base + runs {
         match run_seed(seed, false) {
-            Ok((p, c, t)) => {
+            Ok((p, c, k, t)) => {
                 proposed += p;
                 committed += c;
+                compacted += usize::from(k);
                 worst = worst.max(t);
             }
             Err(e) => panic!(
@@ -473,11 +520,15 @@ fn seeded_voter_change_runs() {
         }
     }
     println!(
-        "{runs} seeded runs with voter changes passed; {proposed} changes appended by a leader, {committed} committed; slowest convergence after healing {worst} ms"
+        "{runs} seeded runs with voter changes passed; {proposed} changes appended by a leader, {committed} committed; {compacted} runs compacted a log; slowest convergence after healing {worst} ms"
     );
     assert!(
         committed as u64 > runs,
         "the voters must change: {committed} changes committed in {runs} runs"
+    );
+    assert!(
+        compacted as u64 > runs / 4,
+        "logs must be compacted: {compacted} runs of {runs} did"
     );
 }
 
@@ -491,28 +542,27 @@ fn replay() {
         return;
     };
     match run_seed(seed, true) {
-        Ok((p, c, t)) => println!("seed {seed}: {p} changes, {c} committed, converged in {t} ms"),
+        Ok((p, c, k, t)) => {
+            println!("seed {seed}: {p} changes, {c} committed, compacted: {k}, converged in {t} ms")
+        }
         Err(e) => panic!("seed {seed}: {e}"),
     }
 }
 
-/// Seeds that failed while the rules were being found, each pinned: 11
-/// (a removed leader's change stuck with no one allowed to campaign),
-/// 100 (a change away from a pair committed without one of the pair,
-/// which then elected itself by its peer's fencing), 1107 (entries
-/// before such a change committed by the new voters alone, then
-/// overwritten the same way) and 1189 (a pair member fenced with a
-/// change only it held elected itself among its new voters on reboot),
-/// 44819 (the only voter of a committed change, not knowing it
-/// committed, could not win against the removed leader's longer log),
-/// 4570 (a pair member with a change adding a node, fenced and
-/// rebooted, voted that node in beside the leader its fencing elected),
-/// 9078 (a pair member with such a change, never restarted, won a term
-/// among the new voters that its peer, fencing it, also won), 221 (a
-/// removed node counted both of a pair fenced and elected itself).
+/// Seeds of this harness that fail with one of the engine's rules taken
+/// out (each checked so): 37 (a node outside the pair counting a fenced
+/// peer), 948 (the two-node rule used while a change is uncommitted), 237
+/// (a change away from a pair committed without one of the pair holding
+/// it), 1208 (an election won among the new voters without both of the
+/// old pair: two leaders in one term) and 1338 (with no voter change: a
+/// follower of a restarted leader took itself for in sync before that
+/// leader had committed an entry of its term, then, fencing it, overwrote
+/// what it had committed alone). Earlier versions of the harness found
+/// the rules with other seeds (11, 100, 221, 1107, 1189, 4570, 9078,
+/// 44819); it has since grown, so those now run other histories.
 #[test]
 fn regression_voter_change_seeds_found_failing() {
-    for seed in [11, 100, 221, 1107, 1189, 4570, 9078, 44819] {
+    for seed in [37, 237, 948, 1208, 1338] {
         if let Err(e) = run_seed(seed, false) {
             panic!("seed {seed}: {e}");
         }

@@ -163,6 +163,11 @@ pub enum Message {
         term: u64,
         /// Whether it would vote.
         granted: bool,
+        /// The replier's commit index and that entry's term: a candidate
+        /// whose log holds that entry learns it is committed (see
+        /// [`Agreement::learn_commit`]). Absent from older agents.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        commit: Option<(u64, u64)>,
     },
     /// Request for a vote in `term`.
     Vote {
@@ -179,6 +184,9 @@ pub enum Message {
         term: u64,
         /// Whether the vote was given.
         granted: bool,
+        /// As in [`Message::PreVoteReply`].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        commit: Option<(u64, u64)>,
     },
     /// Entries (maybe none) from the leader, and its commit index.
     Append {
@@ -219,6 +227,11 @@ pub enum Message {
     TimeoutNow {
         /// Leader's term.
         term: u64,
+        /// As in [`Message::PreVoteReply`]: a leader removed from the
+        /// voters hands over as soon as the change committed, maybe before
+        /// an append told its successor so.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        commit: Option<(u64, u64)>,
     },
 }
 
@@ -233,7 +246,7 @@ impl Message {
             | Message::Append { term, .. }
             | Message::AppendReply { term, .. }
             | Message::InstallSnapshot { term, .. }
-            | Message::TimeoutNow { term } => *term,
+            | Message::TimeoutNow { term, .. } => *term,
         }
     }
 }
@@ -411,6 +424,14 @@ impl Agreement {
 
     /// A node restarting from `durable` (default for a first start).
     /// `seed` varies election timeouts between nodes and runs.
+    ///
+    /// `voters` must be the voters in force as far as the caller knows:
+    /// the log's latest [`Command::Voters`] overrides them, but a node
+    /// whose log is gone (a first start, a discarded state) falls back to
+    /// them, and a lone voter among them starts afresh without asking
+    /// anyone. While every voter comes from the configuration that holds;
+    /// once the agent changes voters it must keep the latest ones outside
+    /// the log too (hostile review of the voter changes).
     pub fn new(
         id: NodeId,
         voters: Vec<NodeId>,
@@ -749,10 +770,12 @@ impl Agreement {
             .max_by_key(|v| (self.matched.get(v).copied().unwrap_or(0), v.0));
         if let Some(&to) = best {
             if self.matched.get(&to).copied().unwrap_or(0) == last {
+                let commit = self.commit_mark();
                 self.out.send.push((
                     to,
                     Message::TimeoutNow {
                         term: self.durable.term,
+                        commit,
                     },
                 ));
             }
@@ -909,15 +932,22 @@ impl Agreement {
                     && self.may_vote_for(from)
                     && self.log_ok(last_index, last_term);
                 let reply_term = if granted { t } else { term };
+                let commit = self.commit_mark();
                 self.out.send.push((
                     from,
                     Message::PreVoteReply {
                         term: reply_term,
                         granted,
+                        commit,
                     },
                 ));
             }
-            Message::PreVoteReply { term: t, granted } => {
+            Message::PreVoteReply {
+                term: t,
+                granted,
+                commit,
+            } => {
+                self.learn_commit(commit);
                 if granted && self.role == Role::PreCandidate && t == term + 1 {
                     self.votes.insert(from);
                     self.check_pre_vote_won(now_ms);
@@ -944,11 +974,22 @@ impl Agreement {
                     self.dirty = true;
                     self.reset_election_timer(now_ms);
                 }
-                self.out
-                    .send
-                    .push((from, Message::VoteReply { term, granted }));
+                let commit = self.commit_mark();
+                self.out.send.push((
+                    from,
+                    Message::VoteReply {
+                        term,
+                        granted,
+                        commit,
+                    },
+                ));
             }
-            Message::VoteReply { term: t, granted } => {
+            Message::VoteReply {
+                term: t,
+                granted,
+                commit,
+            } => {
+                self.learn_commit(commit);
                 if t > term {
                     self.become_follower(now_ms, t, None);
                 } else if granted && t == term && self.role == Role::Candidate {
@@ -995,11 +1036,32 @@ impl Agreement {
                     self.on_append_reply(now_ms, from, ok, last_index);
                 }
             }
-            Message::TimeoutNow { term: t } => {
+            Message::TimeoutNow { term: t, commit } => {
+                self.learn_commit(commit);
                 if t == term && self.leader == Some(from) && self.is_voter(self.id) {
                     self.start_election(now_ms);
                 }
             }
+        }
+    }
+
+    /// This node's commit index and the term of that entry, for replies
+    /// ([`Message::PreVoteReply`]).
+    fn commit_mark(&self) -> Option<(u64, u64)> {
+        Some((self.commit, self.term_at(self.commit)?))
+    }
+
+    /// Another node says `(index, term)` is committed: when this log holds
+    /// that very entry, its whole prefix is the committer's (Log
+    /// Matching), so it is committed here too. This is how a voter learns
+    /// that a change of voters committed when no leader is left to tell
+    /// it: one whose removal the change was and that compacted it away,
+    /// or that handed over at once (hostile review of the voter changes).
+    fn learn_commit(&mut self, commit: Option<(u64, u64)>) {
+        let Some((index, term)) = commit else { return };
+        if index > self.commit && index <= self.last_index() && self.term_at(index) == Some(term) {
+            self.commit = index;
+            self.apply_committed();
         }
     }
 
@@ -1367,7 +1429,16 @@ impl Agreement {
             self.dirty = true;
         }
         self.refresh_voters();
-        if commit <= index && !fenced_you {
+        // In sync once this log holds the leader's commit index *and* that
+        // entry is of the leader's own term: only then does the leader's
+        // commit cover everything committed before it. A leader restarted
+        // knows no commit index until its term's first entry commits, and
+        // its log may hold entries it committed alone, its peer fenced,
+        // before it went down; a follower holding part of them took itself
+        // for in sync and, fencing that leader in turn, overwrote them
+        // (simulation `voter_changes`, seed 1338, with no voter change).
+        let leader_commit_current = self.term_at(commit) == Some(self.durable.term);
+        if commit <= index && !fenced_you && leader_commit_current {
             self.synced = true;
             if self.durable.recovering {
                 // Its log now holds everything the leader has committed.

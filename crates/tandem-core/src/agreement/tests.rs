@@ -711,3 +711,96 @@ fn a_fenced_peer_counts_only_for_a_settled_pair() {
     net.run(1000);
     assert!(net.nodes[l].commit_index() < j);
 }
+
+/// From a hostile review: a pair's leader removes itself; the change
+/// commits, the leader hands over at once and is switched off for good.
+/// The successor learns that the change committed from the hand-off
+/// itself: otherwise it would still need the old leader's vote (a change
+/// away from a pair is won only with both) and could never lead.
+#[test]
+fn a_pair_leader_that_removes_itself_and_goes_leaves_a_lone_voter_that_leads() {
+    let mut net = Net::new(2, 0);
+    net.run(1500);
+    let l = net.leader();
+    let other = 1 - l;
+    let i = change_voters(&mut net, &[other]).unwrap();
+    net.deliver();
+    assert!(net.nodes[l].commit_index() >= i, "the change committed");
+    // The hand-off at the next tick is all the successor hears: the
+    // leader is switched off right after sending it.
+    let now = net.now + 10;
+    net.now = now;
+    net.nodes[l].on_tick(now);
+    let out = net.nodes[l].take_output();
+    assert_ne!(net.nodes[l].role(), Role::Leader);
+    let handover = out
+        .send
+        .into_iter()
+        .find(|(to, m)| *to == id(other) && matches!(m, Message::TimeoutNow { .. }))
+        .expect("a hand-off");
+    net.crash(l);
+    net.nodes[other].on_message(now, id(l), handover.1);
+    net.run(2000);
+    assert_eq!(net.leader(), other);
+    assert_eq!(net.nodes[other].voters(), voters_of(&[other]));
+    let j = net.propose("web", "n2");
+    net.run(100);
+    assert!(net.nodes[other].commit_index() >= j);
+}
+
+/// From a hostile review: the removed leader compacted its own removal
+/// away (so it may never campaign again) and holds entries its successor
+/// lacks (so it refuses it a vote); only its replies can tell the
+/// successor, which never heard that the change committed, that it did.
+#[test]
+fn a_voter_learns_a_committed_change_from_the_replies_of_the_node_it_removed() {
+    let mut net = Net::new(2, 0);
+    net.run(1500);
+    let l = net.leader();
+    let other = 1 - l;
+    for k in 0..100 {
+        net.propose("web", if k % 2 == 0 { "n1" } else { "n2" });
+        net.deliver();
+    }
+    // The change and 31 entries in one append, and 5 more behind them;
+    // the other gets the first append only, and its answer only.
+    net.cut[l][other] = true;
+    net.cut[other][l] = true;
+    let c = change_voters(&mut net, &[other]).unwrap();
+    for k in 0..36 {
+        let now = net.now;
+        let cmd = Command::Place {
+            group: "web".into(),
+            node: Some(if k % 2 == 0 { "n1" } else { "n2" }.into()),
+            reason: None,
+        };
+        net.nodes[l].propose(now, cmd).unwrap();
+    }
+    let _ = net.nodes[l].take_output();
+    net.nodes[l].next.insert(id(other), c);
+    net.nodes[l].send_append(id(other));
+    let out = net.nodes[l].take_output();
+    let (to, append) = out.send.into_iter().next().unwrap();
+    assert_eq!(to, id(other));
+    let now = net.now;
+    net.nodes[other].on_message(now, id(l), append);
+    let reply = net.nodes[other].take_output().send.pop().unwrap().1;
+    net.nodes[l].on_message(now, id(other), reply);
+    let _ = net.nodes[l].take_output();
+    assert!(net.nodes[l].commit_index() >= c + 31, "committed");
+    assert!(net.nodes[l].durable().snapshot.last_index >= c, "compacted");
+    assert!(
+        net.nodes[other].commit_index() < c,
+        "the other does not know"
+    );
+    // The old leader steps down for want of answers; then they talk.
+    net.run(2000);
+    assert_ne!(net.nodes[l].role(), Role::Leader);
+    net.cut[l][other] = false;
+    net.cut[other][l] = false;
+    net.run(3000);
+    assert_eq!(net.leader(), other, "the lone voter must lead");
+    let j = net.propose("web", "n2");
+    net.run(200);
+    assert!(net.nodes[l].commit_index() >= j);
+}
