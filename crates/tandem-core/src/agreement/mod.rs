@@ -26,11 +26,11 @@
 //! an entry of its own term has committed and no change is uncommitted
 //! (the correction to the thesis's rule for changes across leaders); a
 //! leader that is no longer a voter hands over and steps down once the
-//! change committed. A fenced voter counts as a vote only among exactly
-//! two voters with no change uncommitted, and a change away from a pair
-//! commits only once both of the pair hold it: the two-node rule is about
-//! that pair alone, and neither may be left believing in it while others
-//! vote.
+//! change committed. A fenced voter counts as a vote only for a member
+//! of a settled pair (exactly two voters, no change uncommitted), and a
+//! change away from a pair commits, and is won in elections, only with
+//! both of the pair: the two-node rule is about that pair alone, and
+//! neither may be left believing in it while others vote.
 //!
 //! Why not openraft: its engine is driven through async storage and network
 //! traits on a runtime, while the deterministic simulation (`tests/simulation.rs`)
@@ -929,7 +929,6 @@ impl Agreement {
                 let granted = t > term
                     && !leader_fresh
                     && !self.durable.recovering
-                    && self.may_vote_for(from)
                     && self.log_ok(last_index, last_term);
                 let reply_term = if granted { t } else { term };
                 let commit = self.commit_mark();
@@ -966,7 +965,6 @@ impl Agreement {
                 let term = self.durable.term;
                 let granted = t == term
                     && !self.durable.recovering
-                    && self.may_vote_for(from)
                     && self.durable.voted_for.map_or(true, |v| v == from)
                     && self.log_ok(last_index, last_term);
                 if granted && self.durable.voted_for.is_none() {
@@ -1109,27 +1107,6 @@ impl Agreement {
                     || before.iter().all(|v| {
                         self.votes.contains(v) || (member && self.synced && self.fenced.contains(v))
                     })
-            }
-        }
-    }
-
-    /// Whether this node may vote for `candidate` at all. A node not in
-    /// sync since its start whose log holds an uncommitted change away
-    /// from a pair votes only for one of that pair: it may have been
-    /// fenced, its peer counting its vote meanwhile (the two-node rule),
-    /// and in a fixed pair that counted vote could only ever go to one
-    /// of the two; a vote for a node the change adds would elect a second
-    /// leader beside the one its fencing elected (simulation
-    /// `voter_changes`, seed 4570).
-    fn may_vote_for(&self, candidate: NodeId) -> bool {
-        if self.synced {
-            return true;
-        }
-        match self.pending_change() {
-            None => true,
-            Some(change) => {
-                let before = self.voters_before(change);
-                before.len() != 2 || before.contains(&candidate)
             }
         }
     }
