@@ -109,8 +109,14 @@ pub struct ApplyOutcome {
     pub begun: bool,
     /// Every change, in words.
     pub changes: Vec<String>,
-    /// Groups stopped and started again by the switch.
+    /// Groups stopped by the switch (removed ones, and those that start
+    /// again).
     pub restart: Vec<String>,
+    /// What the switch does to groups, in words
+    /// ([`tandem_core::config::change::Plan::summary`]); empty from an
+    /// older agent.
+    #[serde(default)]
+    pub summary: String,
     /// Every node's verdict, this one first.
     pub nodes: Vec<NodeVerdict>,
 }
@@ -164,6 +170,7 @@ pub async fn apply(
             .map(ToString::to_string)
             .collect(),
         restart: accepted.plan.restart.clone(),
+        summary: accepted.plan.summary(),
         nodes: Vec::new(),
     };
     if accepted.plan.is_empty() {

@@ -578,7 +578,7 @@ fn legacy_error(text: &str) -> Vec<u8> {
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// No agent listens there (or no permission).
-    #[error("connecting to the agent at {path} (is `tandem agent` running, and are you root?): {source}")]
+    #[error("connecting to the agent at {path} (is `tandem agent` running, and are you root?)")]
     Connect {
         /// The socket.
         path: PathBuf,

@@ -237,7 +237,8 @@ pub enum Command {
         #[command(flatten)]
         log: LogArgs,
     },
-    /// Check, or show, a cluster configuration file.
+    /// Check, show or compare configuration files, and change the running
+    /// cluster's configuration (apply, history, rollback).
     #[command(subcommand)]
     Config(ConfigCommand),
     /// Write a new cluster's key and a short, commented configuration from
@@ -256,8 +257,10 @@ pub enum Command {
     /// Write a new random 32-byte cluster key (mode 0600); never overwrites.
     ///
     /// Copy the same key file to every node. To rotate a key, write the new
-    /// one elsewhere, set it as `key_file` and the old one as
-    /// `previous_key_file` on every node, then drop `previous_key_file`.
+    /// one elsewhere and restart the agents one at a time three times
+    /// (docs/CONFIG.md): first with the new key as `previous_key_file`
+    /// (accepted, never used to send), then with the two swapped, then
+    /// without `previous_key_file`.
     Keygen {
         /// Where to write the key, e.g. /etc/tandem/cluster.key.
         file: PathBuf,
@@ -724,9 +727,10 @@ pub enum ConfigCommand {
     /// place: the groups the change removes, or whose resources change,
     /// stop and start again; every other group keeps running untouched.
     /// Each node writes the new file over its own, and a node that was
-    /// offline catches up when it returns. Changes to nodes, links, timing,
-    /// quorum, keys, fence devices, volumes, the watchdog, the HTTP API or
-    /// alerts are refused: they need the agents restarted one at a time.
+    /// offline catches up when it returns. Changes to `[cluster]`, nodes,
+    /// links, timing, quorum, keys, fence devices, volumes, `filesync`
+    /// resources, the watchdog, the HTTP API or alerts are refused: they
+    /// need the agents restarted one at a time (docs/CONFIG.md).
     /// Only root may apply, on a node's control socket (never over HTTP).
     /// Exits 0 once the cluster committed it (naming any node that does not
     /// run it yet), 1 when refused, abandoned or not done in time.

@@ -75,6 +75,14 @@ pub fn rollback(epoch: u64, state_dir: Option<&Path>, opts: &ApplyOptions) -> Re
 /// `tandem config history`.
 pub fn history(state_dir: Option<&Path>, config: &Path, json: bool) -> Result<ExitCode> {
     let dir = state_dir_of(state_dir, Some(config))?;
+    // A state directory that is not there is a wrong path (or a node that
+    // never ran), not an empty history.
+    if !dir.is_dir() {
+        bail!(
+            "no state directory at {}: give this node's (`--state-dir`, or `-c` its configuration, whose `state_dir` it is)",
+            dir.display()
+        );
+    }
     // A history that cannot be read is said, not shown as empty.
     if let Err(e) = std::fs::read_dir(dir.join("config-history")) {
         if e.kind() != std::io::ErrorKind::NotFound {
@@ -96,7 +104,7 @@ pub fn history(state_dir: Option<&Path>, config: &Path, json: bool) -> Result<Ex
         );
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{:>6}  {:<16}  recorded", "epoch", "configuration");
+    println!("{:>6}  {:<16}  recorded (UTC)", "epoch", "configuration");
     for e in &entries {
         println!(
             "{:>6}  {:<16}  {}",
@@ -174,9 +182,11 @@ fn print_outcome(o: &ApplyOutcome) {
     for c in &o.changes {
         println!("  {c}");
     }
-    if !o.restart.is_empty() {
+    if !o.summary.is_empty() {
+        println!("  {}", o.summary);
+    } else if !o.restart.is_empty() {
         println!(
-            "  restarted by the change: {} (every other group keeps running)",
+            "  stopped by the change: {} (every other group keeps running)",
             o.restart.join(", ")
         );
     }

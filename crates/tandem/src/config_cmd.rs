@@ -161,13 +161,7 @@ pub fn diff(old: &Path, new: &Path, json: bool) -> Result<bool> {
         }
         // What `config apply` would do with it on a running cluster.
         match config::change::plan(&a, &b) {
-            Ok(p) if p.restart.is_empty() => {
-                println!("`tandem config apply` makes it live with every group running on")
-            }
-            Ok(p) => println!(
-                "`tandem config apply` makes it live, stopping and starting again: {} (every other group runs on)",
-                p.restart.join(", ")
-            ),
+            Ok(p) => println!("`tandem config apply` makes it live: {}", p.summary()),
             Err(e) => println!("`tandem config apply` refuses it: {e}"),
         }
     }

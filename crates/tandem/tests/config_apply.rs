@@ -199,7 +199,10 @@ fn config_apply_adds_changes_and_removes_groups_without_a_gap_and_rollback_resto
         out.contains("monitor `web/http` changed: interval_ms"),
         "{out}"
     );
-    assert!(out.contains("restarted by the change: old"), "{out}");
+    assert!(
+        out.contains("stops for good: old") && out.contains("starts: extra"),
+        "{out}"
+    );
     for n in [1, 2] {
         c.wait(
             n,

@@ -31,6 +31,44 @@ impl Plan {
     pub fn is_empty(&self) -> bool {
         self.changes.is_empty()
     }
+
+    /// The groups whose entry the change adds or removes.
+    fn groups(&self, kind: &ChangeKind) -> Vec<String> {
+        self.changes
+            .iter()
+            .filter(|c| c.section == Section::Group && c.kind == *kind)
+            .map(|c| c.name.clone())
+            .collect()
+    }
+
+    /// What a switch does to groups, in words: which stop for good (the
+    /// new configuration removes them), which stop and start again,
+    /// which start (new); every other group runs on untouched.
+    pub fn summary(&self) -> String {
+        let removed = self.groups(&ChangeKind::Removed);
+        let added = self.groups(&ChangeKind::Added);
+        let restarted: Vec<String> = self
+            .restart
+            .iter()
+            .filter(|g| !removed.contains(g))
+            .cloned()
+            .collect();
+        let mut parts = Vec::new();
+        for (what, list) in [
+            ("stops for good", &removed),
+            ("stops and starts again", &restarted),
+            ("starts", &added),
+        ] {
+            if !list.is_empty() {
+                parts.push(format!("{what}: {}", list.join(", ")));
+            }
+        }
+        if parts.is_empty() {
+            "no group stops or starts".to_string()
+        } else {
+            format!("{}; every other group runs on untouched", parts.join("; "))
+        }
+    }
 }
 
 /// Changes a running node cannot make in place.
@@ -305,6 +343,15 @@ address = "10.0.0.102/24"
         );
         assert!(!p.is_empty());
         assert!(plan(&old, &old).unwrap().is_empty());
+        // From a new user's trial: a removed group is not "started again".
+        assert_eq!(
+            p.summary(),
+            "stops for good: old; stops and starts again: db; starts: extra; every other group runs on untouched"
+        );
+        assert_eq!(
+            plan(&old, &old).unwrap().summary(),
+            "no group stops or starts"
+        );
     }
 
     #[test]
