@@ -257,8 +257,22 @@ fn the_dashboard_shows_the_cluster_moves_a_group_and_sees_a_node_die() {
     let b = start_browser(&c);
     println!("browser session {}", b.session);
     let page = format!("https://{}:{PORT}/", c.bed.address(1, "lan"));
-    b.call("POST", "/url", Some(json!({ "url": page })));
-    println!("page loaded");
+    // The cluster being up does not mean n1's HTTPS listener already
+    // answers: a refused first load leaves Chromium on its error page for
+    // good (seen once in CI), so load again until the dashboard is there.
+    let t0 = Instant::now();
+    loop {
+        b.call("POST", "/url", Some(json!({ "url": page })));
+        if b.script("return document.getElementById('conn') !== null") == json!(true) {
+            break;
+        }
+        assert!(
+            t0.elapsed() < GENEROUS,
+            "the dashboard at {page} did not load within {GENEROUS:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    println!("page loaded after {:?}", t0.elapsed());
     // Without a token the page says so; the operator types it in.
     b.until(
         "return document.getElementById('conn').textContent",
