@@ -455,12 +455,7 @@ impl Agreement {
         // A lone voter holds everything by definition, once it knows
         // that it is one: a change to it alone that may not have
         // committed leaves its old peers a say.
-        let last_change = durable
-            .log
-            .iter()
-            .rposition(|e| matches!(e.cmd, Command::Voters { .. }))
-            .map(|i| durable.snapshot.last_index + 1 + i as u64);
-        let settled = last_change.map_or(true, |c| c <= durable.voters_committed);
+        let settled = last_change_index(&durable).map_or(true, |c| c <= durable.voters_committed);
         let synced = voters == [id] && settled;
         // ... and has no one to recover from: its state starts afresh.
         // (Two voters still recover: in two-node mode one vote elects.)
@@ -630,12 +625,7 @@ impl Agreement {
 
     /// Index of the latest [`Command::Voters`] still in the log.
     fn last_voters_index(&self) -> Option<u64> {
-        let snap = self.durable.snapshot.last_index;
-        self.durable
-            .log
-            .iter()
-            .rposition(|e| matches!(e.cmd, Command::Voters { .. }))
-            .map(|i| snap + 1 + i as u64)
+        last_change_index(&self.durable)
     }
 
     /// Sets the voters from the log after it changed (appended, truncated,
@@ -1387,8 +1377,12 @@ impl Agreement {
             return;
         }
         let mut index = prev_index;
+        // The voters change only with a `Voters` entry added or dropped:
+        // most appends need no look back over the log.
+        let mut voters_touched = false;
         for e in entries {
             index += 1;
+            voters_touched |= matches!(e.cmd, Command::Voters { .. });
             match self.term_at(index) {
                 Some(t) if t == e.term => continue,
                 Some(_) => {
@@ -1399,13 +1393,16 @@ impl Agreement {
                         return;
                     }
                     self.durable.log.truncate(slot(index - snap - 1));
+                    voters_touched = true;
                     self.durable.log.push(e);
                 }
                 None => self.durable.log.push(e),
             }
             self.dirty = true;
         }
-        self.refresh_voters();
+        if voters_touched {
+            self.refresh_voters();
+        }
         // In sync once this log holds the leader's commit index *and* that
         // entry is of the leader's own term: only then does the leader's
         // commit cover everything committed before it. A leader restarted
@@ -1533,15 +1530,7 @@ impl Agreement {
     fn voters_before(&self, index: u64) -> Vec<NodeId> {
         let snap = self.durable.snapshot.last_index;
         let upto = slot(index.saturating_sub(snap + 1)).min(self.durable.log.len());
-        self.durable.log[..upto]
-            .iter()
-            .rev()
-            .find_map(|e| match &e.cmd {
-                Command::Voters { voters } => Some(voters.clone()),
-                _ => None,
-            })
-            .or_else(|| self.durable.snapshot.record.voters.clone())
-            .unwrap_or_else(|| self.base_voters.clone())
+        voters_in(&self.durable, upto, &self.base_voters)
     }
 
     fn apply_committed(&mut self) {
@@ -1616,8 +1605,13 @@ mod tests;
 /// The voters named by the latest [`Command::Voters`] in `durable`'s log,
 /// else in its snapshot's record, else `base`.
 fn current_voters(durable: &Durable, base: &[NodeId]) -> Vec<NodeId> {
-    durable
-        .log
+    voters_in(durable, durable.log.len(), base)
+}
+
+/// As [`current_voters`], looking only at the first `log_len` entries of
+/// the log (the voters before a change).
+fn voters_in(durable: &Durable, log_len: usize, base: &[NodeId]) -> Vec<NodeId> {
+    durable.log[..log_len.min(durable.log.len())]
         .iter()
         .rev()
         .find_map(|e| match &e.cmd {
@@ -1626,6 +1620,15 @@ fn current_voters(durable: &Durable, base: &[NodeId]) -> Vec<NodeId> {
         })
         .or_else(|| durable.snapshot.record.voters.clone())
         .unwrap_or_else(|| base.to_vec())
+}
+
+/// Index of the latest [`Command::Voters`] still in `durable`'s log.
+fn last_change_index(durable: &Durable) -> Option<u64> {
+    durable
+        .log
+        .iter()
+        .rposition(|e| matches!(e.cmd, Command::Voters { .. }))
+        .map(|i| durable.snapshot.last_index + 1 + i as u64)
 }
 
 /// The known nodes that do not vote.
