@@ -13,6 +13,11 @@
 /// Largest number of voters; further nodes join as non-voters.
 pub const MAX_VOTERS: usize = 7;
 
+/// A strict majority of `voters` votes.
+pub fn majority_of(voters: usize) -> usize {
+    voters / 2 + 1
+}
+
 /// How the cluster decides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {

@@ -330,6 +330,37 @@ impl Cluster {
         self.flush(i);
     }
 
+    /// The leader (node `i`, which must lead) proposes that exactly the
+    /// nodes `voters` vote ([`Member::change_voters`]).
+    pub fn change_voters(
+        &mut self,
+        i: usize,
+        voters: &[usize],
+    ) -> Result<u64, crate::member::VoterChangeError> {
+        let local = self.now_ms - self.nodes[i].start_ms;
+        let mut ids: Vec<NodeId> = voters.iter().map(|v| self.ids[*v]).collect();
+        ids.sort();
+        let Some(m) = self.nodes[i].member.as_mut() else {
+            return Err(crate::member::VoterChangeError::Agreement(
+                crate::agreement::ProposeError::NotLeader { leader: None },
+            ));
+        };
+        let r = m.change_voters(local, ids);
+        self.flush(i);
+        r
+    }
+
+    /// The voters as node `i`'s log has them (None: its agent is down).
+    pub fn voters(&self, i: usize) -> Option<Vec<usize>> {
+        let m = self.nodes[i].member.as_ref()?;
+        Some(
+            m.voters()
+                .iter()
+                .filter_map(|v| self.ids.iter().position(|id| id == v))
+                .collect(),
+        )
+    }
+
     /// Every fence done: (time, node fenced).
     pub fn fenced(&self) -> &[(u64, usize)] {
         &self.fenced

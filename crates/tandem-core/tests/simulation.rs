@@ -69,6 +69,8 @@ const DEFAULT_RUNS: u64 = 1_000;
 const DEFAULT_GROUP_RUNS: u64 = 400;
 /// Seeded runs with groups and configuration changes.
 const DEFAULT_CHANGE_RUNS: u64 = 200;
+/// Seeded runs with groups and changes of voters.
+const DEFAULT_VOTER_CHANGE_RUNS: u64 = 1_000;
 /// Groups and their resources in the group runs.
 const GROUPS: [&str; 2] = ["db", "web"];
 const RESOURCES: usize = 2;
@@ -128,6 +130,17 @@ struct Changes {
     committed: BTreeSet<String>,
 }
 
+/// Changes of voters in a run (`tandem node add|remove`): now and then
+/// the leader adds a configured node that does not vote, or removes a
+/// voter (itself included), one at a time, as the operator asks.
+struct VoterChanges {
+    rng: StdRng,
+    /// Changes the leader appended.
+    appended: u64,
+    /// Voter sets seen committed in some node's record.
+    committed: BTreeSet<Vec<NodeId>>,
+}
+
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
 struct InFlight {
     at: u64,
@@ -152,11 +165,12 @@ struct Sim {
     /// Configuration changes (`tandem config apply`) run too: their own
     /// random source, so the other runs replay as before.
     changes: Option<Changes>,
+    /// Changes of voters run too: their own random source, likewise.
+    voter_changes: Option<VoterChanges>,
     rng: StdRng,
     shape: Shape,
     nodes: Vec<Node>,
     ids: Vec<NodeId>,
-    voters: Vec<bool>,
     links: usize,
     now: u64,
     net: BinaryHeap<Reverse<InFlight>>,
@@ -277,11 +291,11 @@ impl Sim {
             .collect();
         Sim {
             changes: None,
+            voter_changes: None,
             rng,
             shape,
             nodes,
             ids,
-            voters,
             links,
             now: 0,
             net: BinaryHeap::new(),
@@ -406,9 +420,14 @@ impl Sim {
                 && self.now - self.nodes[j].disturbed_at > window
                 && self.now - self.net_disturbed_at > window
         };
-        let voters = self.voters.iter().filter(|v| **v).count();
+        // The voters as node i's log has them (the configured ones unless
+        // the run changes voters).
+        let Some(voter_ids) = self.nodes[i].member.as_ref().map(|m| m.voters().to_vec()) else {
+            return;
+        };
+        let voters = voter_ids.len();
         let calm_voters = (0..self.nodes.len())
-            .filter(|&j| self.voters[j] && calm(j))
+            .filter(|&j| voter_ids.contains(&self.ids[j]) && calm(j))
             .count();
         let majority = if self.shape == Shape::TwoNode {
             2
@@ -430,8 +449,9 @@ impl Sim {
             .any(|o| {
                 let a = o.agreement();
                 (commit + 1..=a.last_index()).any(|k| {
-                    a.entry(k)
-                        .is_some_and(|e| matches!(e.cmd, Command::Place { .. }))
+                    a.entry(k).is_some_and(|e| {
+                        matches!(e.cmd, Command::Place { .. } | Command::Voters { .. })
+                    })
                 })
             });
         if on_its_way {
@@ -553,7 +573,15 @@ impl Sim {
         // Two-node mode: a recovering node waits until its peer leads,
         // which it does only once it has fenced it (CONFIG.md: stop it
         // until the other one leads); not a fault to ride out either.
-        if recovering || self.shape == Shape::TwoNode {
+        // Likewise a voter of one or two (runs changing voters): a pair
+        // whose other voter lost its state elects no one until it has
+        // followed a leader, which only the pair could elect.
+        let id = self.ids[i];
+        let small = self
+            .voter_sets()
+            .iter()
+            .any(|v| v.len() < 3 && v.contains(&id));
+        if recovering || small || self.shape == Shape::TwoNode {
             return;
         }
         self.nodes[i].persisted.agreement = tandem_core::agreement::Durable {
@@ -561,6 +589,29 @@ impl Sim {
             ..Default::default()
         };
         self.log(|| format!("n{}: state discarded, recovering", i + 1));
+    }
+
+    /// Every set of voters some node's log or state holds (the
+    /// configured one included).
+    fn voter_sets(&self) -> Vec<Vec<NodeId>> {
+        let mut sets = vec![self
+            .nodes
+            .iter()
+            .filter(|n| n.spec.voter)
+            .map(|n| n.spec.me)
+            .collect::<Vec<_>>()];
+        for n in &self.nodes {
+            if let Some(m) = &n.member {
+                sets.push(m.voters().to_vec());
+            }
+            let d = &n.persisted.agreement;
+            sets.extend(d.snapshot.record.voters.clone());
+            sets.extend(d.log.iter().filter_map(|e| match &e.cmd {
+                Command::Voters { voters } => Some(voters.clone()),
+                _ => None,
+            }));
+        }
+        sets
     }
 
     /// A down node's state file is edited so that a committed placement
@@ -1078,10 +1129,13 @@ impl Sim {
             }
             return Ok(());
         }
+        // The voters as this member's log has them (they change in runs
+        // with voter changes; otherwise they are the configured ones).
+        let voters = m.voters();
         let votes = (0..self.nodes.len())
-            .filter(|&j| self.voters[j] && (j == i || heard(j)))
+            .filter(|&j| voters.contains(&self.ids[j]) && (j == i || heard(j)))
             .count();
-        let total = self.voters.iter().filter(|v| **v).count();
+        let total = voters.len();
         if votes * 2 <= total {
             return Err(format!(
                 "n{} claims quorum but heard only {votes} of {total} voters within deadtime",
@@ -1244,6 +1298,83 @@ impl Sim {
         self.flush(i);
     }
 
+    /// Now and then, the leader adds a node that does not vote or removes
+    /// a voter (two-node mode refuses: see `Member::change_voters`).
+    fn change_voters(&mut self) {
+        if self.quiet {
+            return;
+        }
+        let Some(mut c) = self.voter_changes.take() else {
+            return;
+        };
+        self.change_voters_with(&mut c);
+        self.voter_changes = Some(c);
+    }
+
+    fn change_voters_with(&mut self, c: &mut VoterChanges) {
+        let n = self.nodes.len();
+        for m in self.nodes.iter().filter_map(|n| n.member.as_ref()) {
+            if let Some(v) = &m.agreement().record().voters {
+                c.committed.insert(v.clone());
+            }
+        }
+        if c.rng.gen_range(0..4) != 0 {
+            return;
+        }
+        let pick = c.rng.gen_range(0..n);
+        let Some(i) = (0..n).find(|&i| {
+            self.nodes[i].frozen_until.is_none()
+                && self.nodes[i]
+                    .member
+                    .as_ref()
+                    .is_some_and(|m| m.agreement().role() == Role::Leader)
+        }) else {
+            return;
+        };
+        let local = self.local(i);
+        let id = self.ids[pick];
+        let Some(m) = self.nodes[i].member.as_ref() else {
+            return;
+        };
+        let mut voters = m.voters().to_vec();
+        if voters.contains(&id) {
+            if voters.len() == 1 {
+                return;
+            }
+            voters.retain(|v| *v != id);
+        } else {
+            if voters.len() >= tandem_core::quorum::MAX_VOTERS {
+                return;
+            }
+            voters.push(id);
+            voters.sort();
+        }
+        // Not down to a pair or one while a node recovers a lost state:
+        // the same disaster recovery `discard_state` keeps out of runs.
+        let recovering = self.nodes.iter().any(|n| {
+            n.persisted.agreement.recovering
+                || n.member
+                    .as_ref()
+                    .is_some_and(|m| m.agreement().recovering())
+        });
+        if recovering && voters.len() < 3 {
+            return;
+        }
+        let Some(m) = self.nodes[i].member.as_mut() else {
+            return;
+        };
+        let want = voters.clone();
+        let outcome = m.change_voters(local, voters);
+        match outcome {
+            Ok(index) => {
+                c.appended += 1;
+                self.log(|| format!("n{} leader appends voters {want:?} at {index}", i + 1));
+            }
+            Err(e) => self.log(|| format!("n{} leader refuses voters {want:?}: {e}", i + 1)),
+        }
+        self.flush(i);
+    }
+
     /// Every running, unfrozen host switches to the record's next
     /// configuration, or to the committed one when it runs another (a
     /// change it missed, or one abandoned), after a random while.
@@ -1316,6 +1447,7 @@ impl Sim {
             if self.now >= next_proposal {
                 self.propose();
                 self.propose_change();
+                self.change_voters();
                 next_proposal = self.now + 200;
             }
             self.switch_configs();
@@ -1443,6 +1575,76 @@ impl Sim {
 
 fn run_seed_with(seed: u64, trace: bool, groups: bool) -> Result<(Shape, u64, u64), String> {
     run_seed_changing(seed, trace, groups, false).map(|(s, t, p, _)| (s, t, p))
+}
+
+/// One seeded run with groups and changes of voters; also returns how
+/// many changes the leaders appended and how many voter sets were seen
+/// committed.
+fn run_seed_voters(seed: u64, trace: bool) -> Result<(Shape, u64, u64, usize), String> {
+    let mut sim = Sim::with(seed, trace, true);
+    sim.voter_changes = Some(VoterChanges {
+        rng: StdRng::seed_from_u64(seed ^ 0x707E_5C4A_0000_0002),
+        appended: 0,
+        committed: BTreeSet::new(),
+    });
+    let shape = sim.shape;
+    let t = sim.run()?;
+    let c = sim
+        .voter_changes
+        .as_ref()
+        .map_or((0, 0), |c| (c.appended, c.committed.len()));
+    Ok((shape, t, c.0, c.1))
+}
+
+/// Seeds that found dual-active with a rule of leases across a change of
+/// voters taken out (each fails without it): 2608, a lease from the new
+/// voters alone while the change was uncommitted (a holder must have a
+/// majority of the voters before it too); 1262, a takeover bounded by the
+/// new voters alone (the leader's bound is the later of both sets', and
+/// a lease after it saw the change committed).
+#[test]
+fn regression_leases_hold_across_a_change_of_voters() {
+    for seed in [1262, 2608] {
+        if let Err(e) = run_seed_voters(seed, false) {
+            panic!("seed {seed}: {e}");
+        }
+    }
+}
+
+/// Seeded runs with groups, faults and changes of voters (`tandem node
+/// add|remove`): never dual-active, never two leaders in a term, one
+/// record, and convergence after healing, as in every run.
+#[test]
+fn seeded_voter_change_runs() {
+    let base: u64 = std::env::var("TANDEM_SIM_BASE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let runs: u64 = std::env::var("TANDEM_SIM_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(DEFAULT_VOTER_CHANGE_RUNS);
+    let (mut appended, mut sets, mut changing_runs, mut worst) = (0, 0, 0, 0);
+    for seed in base..base + runs {
+        match run_seed_voters(seed, false) {
+            Ok((shape, t, a, c)) => {
+                appended += a;
+                sets += c;
+                worst = worst.max(t);
+                if shape != Shape::TwoNode {
+                    changing_runs += 1;
+                }
+            }
+            Err(e) => panic!(
+                "simulation seed {seed} (with groups and voter changes) failed: {e}\nreplay with a trace:\n  TANDEM_SIM_SEED={seed} TANDEM_SIM_VOTERS=1 cargo test -p tandem-core --test simulation replay -- --nocapture"
+            ),
+        }
+    }
+    println!("{runs} seeded runs with voter changes passed ({changing_runs} of them not two-node: two-node mode refuses changes); {appended} changes appended by leaders; {sets} voter sets seen committed; slowest convergence after healing {worst} ms");
+    assert!(
+        appended > changing_runs,
+        "the changes must happen: {appended} in {changing_runs} runs"
+    );
 }
 
 /// One seeded run, with configuration changes when `changes`; also
@@ -1575,6 +1777,15 @@ fn replay() {
     };
     let groups = std::env::var("TANDEM_SIM_GROUPS").is_ok_and(|v| v == "1");
     let changes = std::env::var("TANDEM_SIM_CHANGES").is_ok_and(|v| v == "1");
+    if std::env::var("TANDEM_SIM_VOTERS").is_ok_and(|v| v == "1") {
+        match run_seed_voters(seed, true) {
+            Ok((shape, t, a, c)) => println!(
+                "seed {seed} ({shape:?}) passed: converged {t} ms after healing, {a} changes of voters appended, {c} voter sets committed"
+            ),
+            Err(e) => panic!("seed {seed} failed: {e}"),
+        }
+        return;
+    }
     match run_seed_changing(seed, true, groups || changes, changes) {
         Ok((shape, t, p, _)) => println!(
             "seed {seed} ({shape:?}) passed: converged {t} ms after healing, {p} proposals"

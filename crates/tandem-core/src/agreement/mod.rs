@@ -368,6 +368,9 @@ pub struct Agreement {
     /// `known` minus `voters`: they receive the log but do not vote.
     learners: Vec<NodeId>,
     fenced: BTreeSet<NodeId>,
+    /// Whether a confirmed-fenced voter may count as a vote (two-node
+    /// mode): the pair rules across a change of voters apply only then.
+    fence_votes: bool,
     /// Since this start, this node held everything a leader had committed.
     synced: bool,
     timing: Timing,
@@ -469,6 +472,7 @@ impl Agreement {
             voters,
             learners,
             fenced: BTreeSet::new(),
+            fence_votes: true,
             synced,
             timing,
             durable,
@@ -616,6 +620,30 @@ impl Agreement {
         self.pending_change().is_some()
     }
 
+    /// The voters before the change in the log that is not yet committed
+    /// (None when there is none): a lease holds across the change only
+    /// with a majority of these and of [`Agreement::voters`].
+    pub fn voters_before_change(&self) -> Option<Vec<NodeId>> {
+        self.pending_change().map(|index| self.voters_before(index))
+    }
+
+    /// An index at or after the latest [`Command::Voters`] this node
+    /// holds (0: none ever): what a node must have committed before it
+    /// may count this node's echo, so that a lease never rests on a
+    /// majority of voters the cluster has left. A change compacted into
+    /// the snapshot counts as its last index (later, so safe).
+    pub fn voters_index(&self) -> u64 {
+        let compacted = if self.durable.snapshot.record.voters.is_some() {
+            self.durable.snapshot.last_index
+        } else {
+            0
+        };
+        self.last_voters_index()
+            .unwrap_or(0)
+            .max(compacted)
+            .max(self.durable.voters_committed)
+    }
+
     /// Index of the latest [`Command::Voters`] in the log when it is not
     /// known committed here.
     fn pending_change(&self) -> Option<u64> {
@@ -684,6 +712,16 @@ impl Agreement {
             return Err(ProposeError::NotCaughtUp);
         }
         Ok(())
+    }
+
+    /// Whether a voter confirmed fenced may count as a vote (the default;
+    /// the two-node hook). A cluster that never counts one (majority
+    /// mode) turns it off: then plain Raft rules a change of voters, and a
+    /// change away from a pair commits and elects with a majority of the
+    /// new voters (the pair rules exist only for the hook, and would
+    /// otherwise wait for a pair member that lost its state).
+    pub fn set_fence_votes(&mut self, on: bool) {
+        self.fence_votes = on;
     }
 
     /// Marks a voter as confirmed fenced (it counts as a vote and as an
@@ -1063,7 +1101,10 @@ impl Agreement {
         // a settled pair only: across a change the overlap of majorities
         // needs real votes, and a node outside the pair counting both
         // fenced would elect itself (simulation `voter_changes`, seed 221).
-        let pair = self.voters.len() == 2 && self.is_voter(self.id) && !self.voters_changing();
+        let pair = self.fence_votes
+            && self.voters.len() == 2
+            && self.is_voter(self.id)
+            && !self.voters_changing();
         let count = self
             .voters
             .iter()
@@ -1093,7 +1134,8 @@ impl Agreement {
             Some(change) => {
                 let before = self.voters_before(change);
                 let member = before.contains(&self.id);
-                before.len() != 2
+                !self.fence_votes
+                    || before.len() != 2
                     || before.iter().all(|v| {
                         self.votes.contains(v) || (member && self.synced && self.fenced.contains(v))
                     })
@@ -1518,7 +1560,8 @@ impl Agreement {
         let before = self.voters_before(change);
         let need = n.min(change);
         let member = before.contains(&self.id);
-        before.len() != 2
+        !self.fence_votes
+            || before.len() != 2
             || before.iter().all(|v| {
                 *v == self.id
                     || (member && self.synced && self.fenced.contains(v))

@@ -128,8 +128,11 @@ impl Member {
             let v = self.record_check.note_leader(index, d);
             self.on_record_verdict(v);
         }
-        let voter = self.spec.peers.iter().any(|p| p.id == from && p.voter);
-        if let (true, Some((inc, echoed))) = (voter, r.echo) {
+        // Echoes are kept from every configured peer (bounded by the
+        // configuration): which of them vote is the log's to say, and it
+        // changes ([`Member::change_voters`]).
+        let peer = self.spec.peers.iter().any(|p| p.id == from);
+        if let (true, Some((inc, echoed))) = (peer, r.echo) {
             if inc == self.incarnation {
                 let commit = self.agreement.commit_index();
                 self.echoes
@@ -189,14 +192,18 @@ impl Member {
             })
             .max()
             .unwrap_or(0);
+        // A change of voters counts as a placement does: a node counts
+        // this member's echo only once it committed every change this
+        // member holds, so its lease never rests on voters it left.
         let pending = (a.commit_index() + 1..=a.last_index())
             .rev()
             .find(|k| {
-                a.entry(*k)
-                    .map_or(true, |e| matches!(e.cmd, Command::Place { .. }))
+                a.entry(*k).map_or(true, |e| {
+                    matches!(e.cmd, Command::Place { .. } | Command::Voters { .. })
+                })
             })
             .unwrap_or(0);
-        applied.max(pending)
+        applied.max(pending).max(a.voters_index())
     }
 
     pub(super) fn report_for(&self, peer: NodeId) -> Report {
@@ -272,21 +279,27 @@ impl Member {
     /// When (this leader's clock) every lease `x` could hold on a record
     /// older than the committed entry `index` has ended, or None while it
     /// cannot be bounded yet (see [`crate::lease`]).
+    ///
+    /// Across a change of voters `x` may count a majority of the voters
+    /// before it: while the change is uncommitted, the bound is the later
+    /// of the two sets' bounds; once committed, a node that does not hold
+    /// it has no lease a `lease_ms` after this member saw it committed
+    /// (its echoes from the voters that committed it no longer count), so
+    /// the bound is at least that (see [`Member::change_voters`]).
     pub(super) fn lease_end(&self, x: NodeId, index: u64) -> Option<u64> {
+        let current = self.lease_end_over(self.agreement.voters(), x, index)?;
+        match self.agreement.voters_before_change() {
+            Some(before) => Some(current.max(self.lease_end_over(&before, x, index)?)),
+            None => Some(current.max(self.voters_moved_ms + self.groups.lease_ms)),
+        }
+    }
+
+    /// [`Member::lease_end`] for a lease from a majority of `voters`.
+    fn lease_end_over(&self, voters: &[NodeId], x: NodeId, index: u64) -> Option<u64> {
         let me = self.spec.me;
         let mut bounds: Vec<Option<u64>> = Vec::new();
         let mut x_votes = false;
-        let mut voters: Vec<NodeId> = self
-            .spec
-            .peers
-            .iter()
-            .filter(|p| p.voter)
-            .map(|p| p.id)
-            .collect();
-        if self.spec.voter {
-            voters.push(me);
-        }
-        for v in voters {
+        for &v in voters {
             if v == x {
                 x_votes = true;
                 continue;
@@ -309,7 +322,12 @@ impl Member {
                 (a, b) => a.or(b),
             });
         }
-        lease::lease_end_bound(x_votes, self.majority(), &bounds, self.groups.lease_ms)
+        lease::lease_end_bound(
+            x_votes,
+            quorum::majority_of(voters.len()),
+            &bounds,
+            self.groups.lease_ms,
+        )
     }
 
     /// Per group stopped everywhere in the record: when every lease `x`
@@ -331,11 +349,9 @@ impl Member {
             .collect()
     }
 
+    /// A majority of the voters now (two-node mode: both).
     pub(super) fn majority(&self) -> usize {
-        match self.spec.mode {
-            quorum::Mode::Majority { voters } => voters / 2 + 1,
-            quorum::Mode::TwoNode => 2,
-        }
+        quorum::majority_of(self.agreement.voters().len())
     }
 
     /// Until when (this member's clock) it may run its groups, if at all.
@@ -381,30 +397,38 @@ impl Member {
 
     /// A lease from one echo per voter (`echo_of`; voters confirmed fenced
     /// count as "now": they are off), this member's own "now" when it votes.
+    /// While a change of voters is uncommitted here, the lease needs a
+    /// majority of the voters before it and of those after (the shorter
+    /// of the two leases): whichever commits, every leader's bound covers it.
     fn lease_from_voters(
         &self,
         now_ms: u64,
         echo_of: impl Fn(NodeId) -> Option<u64>,
     ) -> Option<u64> {
-        let echoes: Vec<u64> = self
-            .spec
-            .peers
-            .iter()
-            .filter(|p| p.voter)
-            .filter_map(|p| {
-                if self.fenced.contains(&p.id) {
-                    return Some(now_ms);
-                }
-                echo_of(p.id)
-            })
-            .collect();
-        lease::lease_until(
-            now_ms,
-            &echoes,
-            self.spec.voter,
-            self.majority(),
-            self.groups.lease_ms,
-        )
+        let over = |voters: &[NodeId]| {
+            let echoes: Vec<u64> = voters
+                .iter()
+                .filter(|v| **v != self.spec.me)
+                .filter_map(|v| {
+                    if self.fenced.contains(v) {
+                        return Some(now_ms);
+                    }
+                    echo_of(*v)
+                })
+                .collect();
+            lease::lease_until(
+                now_ms,
+                &echoes,
+                voters.contains(&self.spec.me),
+                quorum::majority_of(voters.len()),
+                self.groups.lease_ms,
+            )
+        };
+        let current = over(self.agreement.voters())?;
+        match self.agreement.voters_before_change() {
+            Some(before) => Some(current.min(over(&before)?)),
+            None => Some(current),
+        }
     }
 
     /// The latest stop grant from a node that claims to lead (in this
@@ -1180,28 +1204,25 @@ impl Member {
     /// own included; None: no report yet, or not alive now: a dead node's
     /// last word must not commit a configuration nor attract a hand-off).
     pub fn voter_configs(&self) -> Vec<(NodeId, Option<&str>)> {
-        let mut v: Vec<(NodeId, Option<&str>)> = self
-            .spec
-            .peers
+        self.agreement
+            .voters()
             .iter()
-            .filter(|p| p.voter)
-            .map(|p| {
-                if self.detector.node_state(p.id) != Some(NodeState::Alive) {
-                    return (p.id, None);
+            .map(|&id| {
+                if id == self.spec.me {
+                    return (id, Some(self.spec.config_hash.as_str()));
+                }
+                if self.detector.node_state(id) != Some(NodeState::Alive) {
+                    return (id, None);
                 }
                 (
-                    p.id,
+                    id,
                     self.reports
-                        .get(&p.id)
+                        .get(&id)
                         .map(|r| r.report.config.as_str())
                         .filter(|c| !c.is_empty()),
                 )
             })
-            .collect();
-        if self.spec.voter {
-            v.push((self.spec.me, Some(self.spec.config_hash.as_str())));
-        }
-        v
+            .collect()
     }
 
     /// A leader may commit its configuration when none is committed yet,

@@ -535,6 +535,31 @@ pub struct Member {
     /// Leader: the configuration change under way ([`Record::config_next`])
     /// and when this member first saw it while leading, for its bound.
     config_next_since: Option<(String, u64)>,
+    /// When (this member's clock) the voters last moved here: a change
+    /// appended, committed or dropped, or this start. See
+    /// [`Member::change_voters`] for what waits on it.
+    voters_moved_ms: u64,
+    /// The voters and whether a change of them was uncommitted, when
+    /// `voters_moved_ms` was last set.
+    voters_noted: (Vec<NodeId>, bool),
+}
+
+/// Why a change of voters was refused ([`Member::change_voters`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VoterChangeError {
+    /// Two-node mode changes its voters only by a restart.
+    #[error("a two-node cluster with fencing does not change its voters while running: install the new configuration on every node and restart the agents one at a time")]
+    TwoNode,
+    /// The previous change is too recent: nodes that missed it may still
+    /// hold a lease on the voters before it.
+    #[error("the previous change of voters is too recent: try again in {wait_ms} ms")]
+    Settling {
+        /// How long until a change may be proposed.
+        wait_ms: u64,
+    },
+    /// The agreement engine refused it.
+    #[error(transparent)]
+    Agreement(ProposeError),
 }
 
 /// How long a configuration change may take before the leader commits it
@@ -582,7 +607,7 @@ impl Member {
         }
         voters.sort();
         learners.sort();
-        let agreement = Agreement::new(
+        let mut agreement = Agreement::new(
             spec.me,
             voters,
             learners,
@@ -591,6 +616,8 @@ impl Member {
             now_ms,
             seed ^ incarnation,
         );
+        // Only two-node mode counts a fenced peer as its vote.
+        agreement.set_fence_votes(spec.mode == quorum::Mode::TwoNode);
         let mut m = Member {
             detector: FailureDetector::new(spec.timing, &ids, spec.links, now_ms),
             incarnation,
@@ -642,8 +669,11 @@ impl Member {
             bad_mac_from: BTreeMap::new(),
             config_handoff_ms: None,
             config_next_since: None,
+            voters_moved_ms: now_ms,
+            voters_noted: (Vec::new(), false),
             spec,
         };
+        m.voters_noted = (m.agreement.voters().to_vec(), m.agreement.voters_changing());
         m.update_view();
         m.note_own_digest();
         m
@@ -684,16 +714,34 @@ impl Member {
         self.spec.wait_for_all && !self.all_seen
     }
 
+    /// The voters now: the latest change of voters in this member's log,
+    /// committed or not, else those of the configuration.
+    pub fn voters(&self) -> &[NodeId] {
+        self.agreement.voters()
+    }
+
+    /// The quorum rule over the voters now: two-node mode as configured
+    /// (its voters never change while running, see
+    /// [`Member::change_voters`]), else a majority of however many vote.
+    pub fn mode(&self) -> quorum::Mode {
+        match self.spec.mode {
+            quorum::Mode::TwoNode => quorum::Mode::TwoNode,
+            quorum::Mode::Majority { .. } => quorum::Mode::Majority {
+                voters: self.voters().len(),
+            },
+        }
+    }
+
     /// The current quorum view.
     pub fn view(&self) -> View {
-        let heard = self
-            .spec
-            .peers
+        let me = self.spec.me;
+        let voters = self.voters();
+        let heard = voters
             .iter()
-            .filter(|p| p.voter && self.detector.node_state(p.id) == Some(NodeState::Alive))
+            .filter(|v| **v != me && self.detector.node_state(**v) == Some(NodeState::Alive))
             .count();
         let peer_fenced = !self.fenced.is_empty();
-        let mut v = quorum::view(self.spec.mode, self.spec.voter, heard, peer_fenced);
+        let mut v = quorum::view(self.mode(), voters.contains(&me), heard, peer_fenced);
         if self.waiting_for_all() {
             v.quorate = false;
         }
@@ -725,6 +773,7 @@ impl Member {
         }
         let a = self.agreement.take_output();
         self.absorb(a);
+        self.note_voters();
         self.note_lease();
         if self.log_lost && self.agreement.synced() {
             self.log_lost = false;
@@ -905,8 +954,71 @@ impl Member {
 
     /// Proposes a change to the record (only the leader accepts).
     pub fn propose(&mut self, now_ms: u64, cmd: Command) -> Result<u64, ProposeError> {
+        if let Command::Voters { voters } = cmd {
+            return self.change_voters(now_ms, voters).map_err(|e| match e {
+                VoterChangeError::Agreement(p) => p,
+                _ => ProposeError::VotersChanging,
+            });
+        }
         self.now_ms = now_ms;
         self.agreement.propose(now_ms, cmd)
+    }
+
+    /// On the leader: proposes that `voters` (sorted, one node more or
+    /// less than now, among the configured nodes) vote from now on.
+    ///
+    /// Leases stay sound across the change because (a) a node counts an
+    /// echo only once it has committed every change of voters the echoing
+    /// voter held (`place_index`), (b) while a change is
+    /// uncommitted a lease needs a majority of the voters before and after
+    /// it, and a leader's takeover bound is the later of both sets', and
+    /// (c) a change is proposed only a lease after the previous one was
+    /// seen committed (`voters_moved_ms`): by then a node that missed it
+    /// has no lease left (the voters that committed it no longer echo
+    /// for it), so a lease rests on the voters of the latest change, or of
+    /// the one before while the latest is uncommitted, never older ones.
+    ///
+    /// Refused in two-node mode: a fence-backed holder keeps its groups
+    /// without a lease's end, which no takeover bound could cover across a
+    /// change; such a pair changes its voters by a restart with a new
+    /// configuration.
+    pub fn change_voters(
+        &mut self,
+        now_ms: u64,
+        voters: Vec<NodeId>,
+    ) -> Result<u64, VoterChangeError> {
+        self.now_ms = now_ms;
+        if self.spec.mode == quorum::Mode::TwoNode {
+            return Err(VoterChangeError::TwoNode);
+        }
+        let ready_at_ms = self.voters_moved_ms + self.groups.lease_ms;
+        if now_ms < ready_at_ms {
+            return Err(VoterChangeError::Settling {
+                wait_ms: ready_at_ms - now_ms,
+            });
+        }
+        let index = self
+            .agreement
+            .propose(now_ms, Command::Voters { voters })
+            .map_err(VoterChangeError::Agreement)?;
+        self.note_voters();
+        Ok(index)
+    }
+
+    /// Notes when the voters moved here (a change appended, committed or
+    /// dropped): the time [`Member::change_voters`] and the takeover bound
+    /// ([`Member::lease_end`]) count from.
+    fn note_voters(&mut self) {
+        let now = (
+            self.agreement.voters().to_vec(),
+            self.agreement.voters_changing(),
+        );
+        if now != self.voters_noted {
+            self.voters_noted = now;
+            self.voters_moved_ms = self.now_ms;
+            self.lead_dirty = true;
+            self.update_view();
+        }
     }
 
     /// The fencing machinery confirmed `peer` off (or it came back).
@@ -1169,13 +1281,13 @@ impl Member {
         self.out
             .events
             .extend(events.into_iter().map(MemberEvent::Detector));
+        let me = self.spec.me;
         if !self.all_seen
             && self
-                .spec
-                .peers
+                .agreement
+                .voters()
                 .iter()
-                .filter(|p| p.voter)
-                .all(|p| self.seen.contains(&p.id))
+                .all(|v| *v == me || self.seen.contains(v))
         {
             self.all_seen = true;
         }

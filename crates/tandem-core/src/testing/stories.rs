@@ -430,3 +430,96 @@ fn a_leader_that_does_not_switch_hands_the_change_to_one_that_did() {
     assert_eq!(c.running_on("web").len(), 1);
     assert!(c.dual_active().is_empty(), "{:?}", c.dual_active());
 }
+
+/// Issue 19 (`tandem node remove`, then `node add`): a voter leaves the
+/// voters and comes back, one change at a time, while every group keeps
+/// running where it is: no stop, no second start, never dual-active. The
+/// next change waits a lease after the previous one was seen committed.
+#[test]
+fn voters_change_one_at_a_time_without_touching_a_running_group() {
+    let mut c = Cluster::new(3, &["web", "db"]);
+    c.run_for(SETTLE_MS);
+    let leader = c.leader().expect("a leader");
+    // A follower that runs a group, if any: its lease must hold across.
+    let follower = (0..3)
+        .filter(|i| *i != leader)
+        .max_by_key(|i| {
+            ["web", "db"]
+                .iter()
+                .filter(|g| c.placed_on(g) == Some(*i))
+                .count()
+        })
+        .expect("a follower");
+    let placed: Vec<(&str, usize)> = ["web", "db"]
+        .into_iter()
+        .map(|g| (g, c.placed_on(g).expect("placed")))
+        .collect();
+    let since = c.now_ms();
+    let rest: Vec<usize> = (0..3).filter(|i| *i != follower).collect();
+    c.change_voters(leader, &rest).expect("remove a voter");
+    // At once: too soon for the next change.
+    assert!(
+        matches!(
+            c.change_voters(leader, &[0, 1, 2]),
+            Err(crate::member::VoterChangeError::Settling { .. })
+                | Err(crate::member::VoterChangeError::Agreement(_))
+        ),
+        "a second change while the first is fresh"
+    );
+    c.run_for(1_000);
+    for i in 0..3 {
+        assert_eq!(c.voters(i), Some(rest.clone()), "n{}", i + 1);
+    }
+    // A lease after the leader saw the change committed, the next one.
+    let mut added = Err(crate::member::VoterChangeError::TwoNode);
+    for _ in 0..20 {
+        let leader = c.leader().expect("a leader");
+        added = c.change_voters(leader, &[0, 1, 2]);
+        if added.is_ok() {
+            break;
+        }
+        c.run_for(100);
+    }
+    added.expect("add it back");
+    c.run_for(1_000);
+    for i in 0..3 {
+        assert_eq!(c.voters(i), Some(vec![0, 1, 2]), "n{}", i + 1);
+    }
+    for (g, n) in &placed {
+        assert_eq!(c.actions_on(*n, g, since), vec![], "{g} on n{}", n + 1);
+        assert_eq!(c.running_on(g), vec![*n], "{g}");
+    }
+    assert!(c.dual_active().is_empty(), "{:?}", c.dual_active());
+}
+
+/// Two-node mode with fencing refuses a change of voters: a fence-backed
+/// holder keeps its groups with no lease end a takeover could wait for.
+#[test]
+fn a_two_node_cluster_with_fencing_refuses_to_change_voters() {
+    use crate::member::{Member, MemberSpec, PeerSpec, Persisted, VoterChangeError};
+    use crate::wire::{ClusterId, NodeId};
+    let spec = MemberSpec {
+        cluster: ClusterId(7),
+        me: NodeId(1),
+        voter: true,
+        peers: vec![PeerSpec {
+            id: NodeId(2),
+            links: vec![true],
+            voter: true,
+        }],
+        links: 1,
+        mode: crate::quorum::Mode::TwoNode,
+        wait_for_all: true,
+        timing: super::TIMING,
+        keys: vec![[3u8; 32]],
+        config_hash: "story".into(),
+        config_sections: vec![],
+        key_fingerprint: "fp".into(),
+        member_names: vec!["n1".into(), "n2".into()],
+    };
+    let mut m = Member::new(spec, 1, Persisted::default(), 0, 1);
+    assert_eq!(
+        m.change_voters(60_000, vec![NodeId(1)]),
+        Err(VoterChangeError::TwoNode)
+    );
+}
