@@ -1601,10 +1601,14 @@ fn run_seed_voters(seed: u64, trace: bool) -> Result<(Shape, u64, u64, usize), S
 /// voters alone while the change was uncommitted (a holder must have a
 /// majority of the voters before it too); 1262, a takeover bounded by the
 /// new voters alone (the leader's bound is the later of both sets', and
-/// a lease after it saw the change committed).
+/// a lease after it saw the change committed). 12196: a leader that had
+/// restarted, never heard from a node whose agent and guard were killed,
+/// took over at its lease bound while only that node's watchdog would
+/// stop its group (a node not heard is taken to arm the watchdog the
+/// cluster requires).
 #[test]
 fn regression_leases_hold_across_a_change_of_voters() {
-    for seed in [1262, 2608] {
+    for seed in [1262, 2608, 12196] {
         if let Err(e) = run_seed_voters(seed, false) {
             panic!("seed {seed}: {e}");
         }

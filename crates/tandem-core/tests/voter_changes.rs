@@ -24,7 +24,8 @@
 //!
 //! A failure prints the seed and the command that replays it with a
 //! trace. `TANDEM_VOTER_SIM_RUNS` sets how many runs (default 1 000),
-//! `TANDEM_VOTER_SIM_BASE` the first seed.
+//! `TANDEM_VOTER_SIM_BASE` the first seed. Majority-mode runs (no fencing,
+//! `Agreement::set_fence_votes(false)`) replay with `TANDEM_VOTER_SIM_MAJORITY=1`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test harness")]
 
@@ -53,6 +54,8 @@ const CONVERGE_BOUND_MS: u64 = 6_000;
 /// Most messages in flight, so a storm fails instead of eating memory.
 const MAX_IN_FLIGHT: usize = 100_000;
 const DEFAULT_RUNS: u64 = 1_000;
+/// Seeded runs in majority mode.
+const DEFAULT_MAJORITY_MODE_RUNS: u64 = 500;
 
 fn id(i: usize) -> NodeId {
     NodeId(i as u64 + 1)
@@ -95,10 +98,13 @@ struct Sim {
     /// Snapshots seen installed or taken (a run that never compacts
     /// proves nothing about snapshots).
     compacted: bool,
+    /// Majority mode: nobody fences, and the engines count no fenced
+    /// peer as a vote (`Agreement::set_fence_votes(false)`): plain Raft.
+    majority_mode: bool,
 }
 
 impl Sim {
-    fn new(seed: u64, trace: bool) -> Sim {
+    fn new(seed: u64, trace: bool, majority_mode: bool) -> Sim {
         let mut rng = StdRng::seed_from_u64(seed);
         let n = rng.gen_range(2..=5);
         let v = rng.gen_range(1..=n.min(3));
@@ -106,7 +112,7 @@ impl Sim {
         let learners: Vec<NodeId> = (v..n).map(id).collect();
         let nodes = (0..n)
             .map(|i| {
-                Agreement::new(
+                let mut a = Agreement::new(
                     id(i),
                     base_voters.clone(),
                     learners.clone(),
@@ -114,7 +120,9 @@ impl Sim {
                     Durable::default(),
                     0,
                     seed,
-                )
+                );
+                a.set_fence_votes(!majority_mode);
+                a
             })
             .collect();
         let loss_pct = rng.gen_range(0..=10);
@@ -139,6 +147,7 @@ impl Sim {
             unfence: Vec::new(),
             beats: (seed % 3 != 0).then(|| StdRng::seed_from_u64(seed ^ 0xBEA7_5EED)),
             compacted: false,
+            majority_mode,
         }
     }
 
@@ -343,7 +352,9 @@ impl Sim {
         for j in 0..self.nodes.len() {
             if j != i && self.up[j] {
                 let now = self.now;
-                self.nodes[j].set_fenced(now, id(i), true);
+                if !self.majority_mode {
+                    self.nodes[j].set_fenced(now, id(i), true);
+                }
                 self.nodes[j].on_peer_dead(now, id(i));
             }
         }
@@ -373,6 +384,7 @@ impl Sim {
             self.now,
             self.rng.gen(),
         );
+        self.nodes[i].set_fence_votes(!self.majority_mode);
         self.up[i] = true;
     }
 
@@ -530,7 +542,16 @@ impl Sim {
 /// One run: changes appended, changes seen committed, whether any node
 /// compacted, convergence time after healing.
 fn run_seed(seed: u64, trace: bool) -> Result<(usize, usize, bool, u64), String> {
-    let mut sim = Sim::new(seed, trace);
+    run_seed_in(seed, trace, false)
+}
+
+/// As [`run_seed`], in majority mode when `majority_mode` (no fencing).
+fn run_seed_in(
+    seed: u64,
+    trace: bool,
+    majority_mode: bool,
+) -> Result<(usize, usize, bool, u64), String> {
+    let mut sim = Sim::new(seed, trace, majority_mode);
     let t = sim.run()?;
     let committed = sim
         .committed
@@ -545,17 +566,29 @@ fn run_seed(seed: u64, trace: bool) -> Result<(usize, usize, bool, u64), String>
 /// after healing.
 #[test]
 fn seeded_voter_change_runs() {
+    seeded_runs(false, DEFAULT_RUNS);
+}
+
+/// The same in majority mode (no fencing, the pair rules off): plain
+/// Raft's single-server change, which the member layer uses outside
+/// two-node mode.
+#[test]
+fn seeded_majority_mode_voter_change_runs() {
+    seeded_runs(true, DEFAULT_MAJORITY_MODE_RUNS);
+}
+
+fn seeded_runs(majority_mode: bool, default_runs: u64) {
     let runs: u64 = std::env::var("TANDEM_VOTER_SIM_RUNS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(DEFAULT_RUNS);
+        .unwrap_or(default_runs);
     let base: u64 = std::env::var("TANDEM_VOTER_SIM_BASE")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     let (mut proposed, mut committed, mut compacted, mut worst) = (0, 0, 0, 0);
     for seed in base..base + runs {
-        match run_seed(seed, false) {
+        match run_seed_in(seed, false, majority_mode) {
             Ok((p, c, k, t)) => {
                 proposed += p;
                 committed += c;
@@ -563,12 +596,15 @@ fn seeded_voter_change_runs() {
                 worst = worst.max(t);
             }
             Err(e) => panic!(
-                "voter simulation seed {seed} failed: {e}\nreplay with a trace:\n  TANDEM_VOTER_SIM_SEED={seed} cargo test -p tandem-core --test voter_changes replay -- --nocapture"
+                "voter simulation seed {seed}{} failed: {e}\nreplay with a trace:\n  TANDEM_VOTER_SIM_SEED={seed}{} cargo test -p tandem-core --test voter_changes replay -- --nocapture",
+                if majority_mode { " (majority mode)" } else { "" },
+                if majority_mode { " TANDEM_VOTER_SIM_MAJORITY=1" } else { "" },
             ),
         }
     }
     println!(
-        "{runs} seeded runs with voter changes passed; {proposed} changes appended by a leader, {committed} committed; {compacted} runs compacted a log; slowest convergence after healing {worst} ms"
+        "{runs} seeded runs with voter changes{} passed; {proposed} changes appended by a leader, {committed} committed; {compacted} runs compacted a log; slowest convergence after healing {worst} ms",
+        if majority_mode { " in majority mode" } else { "" }
     );
     assert!(
         committed as u64 > runs,
@@ -589,7 +625,8 @@ fn replay() {
     else {
         return;
     };
-    match run_seed(seed, true) {
+    let majority_mode = std::env::var("TANDEM_VOTER_SIM_MAJORITY").is_ok_and(|v| v == "1");
+    match run_seed_in(seed, true, majority_mode) {
         Ok((p, c, k, t)) => {
             println!("seed {seed}: {p} changes, {c} committed, compacted: {k}, converged in {t} ms")
         }

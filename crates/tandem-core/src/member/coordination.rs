@@ -1020,12 +1020,20 @@ impl Member {
                         && self.detector.node_state(id) == Some(NodeState::Left)
                         && self.left_clean.get(&id).copied() == self.detector.incarnation(id),
                     fenced,
+                    // A node not heard since this member started may
+                    // arm the watchdog the cluster requires (this node's
+                    // own, from the same configuration): with its guard
+                    // killed too, only that reset stops what it runs, so
+                    // it is waited for (group simulation with voter
+                    // changes, seed 12196: a new leader that had
+                    // restarted took over at the lease bound alone).
                     watchdog_reset_ms: if id == self.spec.me {
                         self.own_watchdog_reset_ms
                     } else {
-                        self.reports
-                            .get(&id)
-                            .and_then(|r| r.report.watchdog_reset_ms)
+                        match self.reports.get(&id) {
+                            Some(r) => r.report.watchdog_reset_ms,
+                            None => self.own_watchdog_reset_ms,
+                        }
                     },
                     fence_note,
                     active: groups
