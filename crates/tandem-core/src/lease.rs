@@ -15,7 +15,10 @@
 //!
 //! A node `x` *counts* an echo from voter `v` only once `x` has committed
 //! (and so applied) its log up to the `p` carried with it: by then it has
-//! applied every placement decision `v` held when it echoed. Its lease runs
+//! applied every placement decision, and every change of voters, `v` held
+//! when it echoed (`p` is the newest such entry's index; a change of
+//! voters compacted into a snapshot counts as the snapshot's last index).
+//! Its lease runs
 //! until `b + lease_ms`, where `b` is the largest time such that a majority
 //! of voters gave a counted echo of a stamp `>= b` (`x` itself, when it
 //! votes, counting as "now"). An echo, once counted, stays counted: `x`'s
@@ -25,8 +28,12 @@
 //! end it. (Echoes that arrive while `x` has not yet caught up with `p` are
 //! held back, at most [`MAX_PENDING_ECHOES`] per voter, and count as soon as
 //! it has; meanwhile the older counted ones keep the lease. Entries that
-//! are not placement decisions, such as pins, fail counts and fence logs,
-//! never hold an echo back.)
+//! are neither placement decisions nor changes of voters, such as pins,
+//! fail counts and fence logs, never hold an echo back.) `x` itself counts
+//! only while it votes and has not lost its log (a log it lost may have
+//! held the decision that moved its groups away). Across a change of
+//! voters the majority is of both sets while it is uncommitted (see
+//! `Member::change_voters`).
 //!
 //! ## Why the leader may take over: one committed entry
 //!

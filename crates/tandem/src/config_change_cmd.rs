@@ -38,12 +38,18 @@ pub fn apply(args: &ApplyArgs) -> Result<ExitCode> {
         .and_then(Path::parent)
         .map(Path::to_path_buf)
         .unwrap_or_default();
-    let loaded = tandem_core::config::load(&text, &base, &tandem_agent::keyfile::facts);
-    if !crate::config_cmd::check_to_stderr(&label, &text, &loaded) {
+    if !checked_here(&text, &label, &base) {
         eprintln!("nothing was changed: fix {label} first");
         return Ok(ExitCode::FAILURE);
     }
     run(&text, &label, &args.apply)
+}
+
+/// This machine's checks of `text` (relative paths resolved in `base`),
+/// said on stderr with positions; whether it passed.
+fn checked_here(text: &str, label: &str, base: &Path) -> bool {
+    let loaded = tandem_core::config::load(text, base, &tandem_agent::keyfile::facts);
+    crate::config_cmd::check_to_stderr(label, text, &loaded)
 }
 
 /// `tandem config rollback EPOCH`.
@@ -65,11 +71,24 @@ pub fn rollback(epoch: u64, state_dir: Option<&Path>, opts: &ApplyOptions) -> Re
     };
     let text = std::fs::read_to_string(&entry.path)
         .with_context(|| format!("reading {}", entry.path.display()))?;
-    run(
-        &text,
-        &format!("the configuration of epoch {epoch} ({})", entry.hash),
-        opts,
-    )
+    let label = format!("the configuration of epoch {epoch} ({})", entry.hash);
+    // Checked here first, as `apply` does: a key file or binary gone
+    // since that epoch is said with its position before any node is asked.
+    let base = opts
+        .at
+        .config
+        .as_deref()
+        .unwrap_or(Path::new("/etc/tandem/tandem.toml"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    if !checked_here(&text, &label, &base) {
+        eprintln!(
+            "nothing was changed: {label} no longer passes this node's checks; fix what they name, or apply a corrected copy with `tandem config apply FILE`"
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    run(&text, &label, opts)
 }
 
 /// `tandem config history`.

@@ -258,7 +258,12 @@ fn config_show_writes_the_full_model_and_config_diff_pairs_entries_by_name() {
         edited.to_str().unwrap(),
     ]);
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
-    assert!(text(&o).contains("changed: failback"), "{}", text(&o));
+    // Each changed field with its values, as the file says them.
+    assert!(
+        text(&o).contains(r#"changed: failback "auto" -> "manual""#),
+        "{}",
+        text(&o)
+    );
     let o = tandem(&[
         "config",
         "diff",
@@ -268,6 +273,9 @@ fn config_show_writes_the_full_model_and_config_diff_pairs_entries_by_name() {
     ]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v[0]["section"], "group", "{v}");
+    assert_eq!(v[0]["values"][0]["field"], "failback", "{v}");
+    assert_eq!(v[0]["values"][0]["old"], r#""auto""#, "{v}");
+    assert_eq!(v[0]["values"][0]["new"], r#""manual""#, "{v}");
     assert_eq!(v[0]["change"], "changed", "{v}");
     // An invalid file is an error, not a difference.
     let broken = concat!(
@@ -455,4 +463,40 @@ fn init_writes_a_valid_two_node_cluster_with_a_witness_in_under_ten_lines() {
     let one = tandem(&["init", "--node", "n1=10.0.0.11", "--vip", "10.0.0.100/24"]);
     assert!(!one.status.success());
     assert!(text(&one).contains("--node NAME=ADDRESS"), "{}", text(&one));
+}
+
+/// Found in a review: `config rollback` offered a recorded configuration
+/// to the cluster without this node's checks, which `config apply` runs
+/// first (a key file gone since that epoch reached the agents). Now it is
+/// checked here and nothing is asked of any agent (none runs here).
+#[test]
+fn rollback_checks_the_recorded_configuration_here_first() {
+    let dir = examples();
+    let example = dir.path().join("web-two-node.toml");
+    let recorded = std::fs::read_to_string(&example)
+        .unwrap()
+        .replace("key_file = \"EXAMPLE-ONLY.key\"", "key_file = \"gone.key\"");
+    assert!(
+        recorded.contains("gone.key"),
+        "the example names no key file"
+    );
+    let history = dir.path().join("state/config-history");
+    std::fs::create_dir_all(&history).unwrap();
+    std::fs::write(history.join("0000000003-abcdef0123456789.toml"), recorded).unwrap();
+    let o = tandem(&[
+        "config",
+        "rollback",
+        "3",
+        "--state-dir",
+        dir.path().join("state").to_str().unwrap(),
+        "-c",
+        example.to_str().unwrap(),
+        "--socket",
+        dir.path().join("no-agent.sock").to_str().unwrap(),
+    ]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains("gone.key"), "{out}");
+    assert!(out.contains("nothing was changed"), "{out}");
+    assert!(!out.contains("no-agent.sock"), "it asked the agent: {out}");
 }

@@ -414,6 +414,11 @@ impl Agreement {
     /// record was found to differ from the leader's at the same index, so
     /// it is damaged; the leader sends it again from the start.
     pub fn discard_record(&mut self) {
+        // The voters it knew stay its fallback: those given at start may
+        // be older (the configuration's, before changes in the log), and
+        // a node taking itself for a lone voter would elect itself
+        // (hostile review of the voter changes).
+        self.base_voters = self.voters.clone();
         self.durable.snapshot = Snapshot::default();
         self.durable.log.clear();
         self.commit = 0;

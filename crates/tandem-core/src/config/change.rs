@@ -334,7 +334,7 @@ address = "10.0.0.102/24"
         assert_eq!(p.restart, vec!["db".to_string(), "old".to_string()]);
         let shown: Vec<String> = p.changes.iter().map(ToString::to_string).collect();
         assert!(
-            shown.contains(&"monitor `web/http` changed: interval_ms".to_string()),
+            shown.contains(&"monitor `web/http` changed: interval_ms 2000 -> 1000".to_string()),
             "{shown:?}"
         );
         assert!(

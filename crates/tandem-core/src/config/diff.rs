@@ -86,6 +86,36 @@ pub enum ChangeKind {
     },
 }
 
+/// One field's value before and after a change, as the file says it
+/// (TOML-like, shortened past [`MAX_VALUE_CHARS`]). Secrets never appear:
+/// the model never serializes them (a fence device's options are
+/// compared apart and shown by name only).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldChange {
+    /// The field, as the file names it.
+    pub field: String,
+    /// Its value before (None: not set).
+    pub old: Option<String>,
+    /// Its value after (None: not set).
+    pub new: Option<String>,
+}
+
+/// Longest value shown in a [`FieldChange`]; longer ones are cut.
+pub const MAX_VALUE_CHARS: usize = 60;
+
+impl fmt::Display for FieldChange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "unset".to_string());
+        write!(
+            f,
+            "{} {} -> {}",
+            self.field,
+            show(&self.old),
+            show(&self.new)
+        )
+    }
+}
+
 /// One change between two configurations.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Change {
@@ -98,6 +128,10 @@ pub struct Change {
     /// What happened to it.
     #[serde(flatten)]
     pub kind: ChangeKind,
+    /// For a change of fields, each field's value before and after (the
+    /// fields holding nested lists, diffed on their own, are left out).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<FieldChange>,
 }
 
 impl fmt::Display for Change {
@@ -110,7 +144,19 @@ impl fmt::Display for Change {
         match &self.kind {
             ChangeKind::Added => write!(f, "{what} added"),
             ChangeKind::Removed => write!(f, "{what} removed"),
-            ChangeKind::Changed { fields } => write!(f, "{what} changed: {}", fields.join(", ")),
+            ChangeKind::Changed { fields } => {
+                // Each field with its values where known, else its name.
+                let shown: Vec<String> = fields
+                    .iter()
+                    .map(|name| {
+                        self.values
+                            .iter()
+                            .find(|v| v.field == *name)
+                            .map_or_else(|| name.clone(), ToString::to_string)
+                    })
+                    .collect();
+                write!(f, "{what} changed: {}", shown.join(", "))
+            }
             ChangeKind::Reordered { list } if self.name.is_empty() => {
                 write!(f, "{}s reordered", list.word())
             }
@@ -180,14 +226,26 @@ impl Differ {
             section,
             name: name.to_string(),
             kind,
+            values: Vec::new(),
+        });
+    }
+
+    /// A change of the fields in `values` (at least one).
+    fn push_changed(&mut self, section: Section, name: &str, values: Vec<FieldChange>) {
+        let fields = values.iter().map(|v| v.field.clone()).collect();
+        self.out.push(Change {
+            section,
+            name: name.to_string(),
+            kind: ChangeKind::Changed { fields },
+            values,
         });
     }
 
     /// A section that is one table.
     fn single<T: Serialize>(&mut self, section: Section, a: &T, b: &T) {
-        let fields = differing_fields(a, b, &[]);
-        if !fields.is_empty() {
-            self.push(section, "", ChangeKind::Changed { fields });
+        let values = differing_fields(a, b, &[]);
+        if !values.is_empty() {
+            self.push_changed(section, "", values);
         }
     }
 
@@ -214,9 +272,9 @@ impl Differ {
             match new.iter().find(|b| name(b) == name(a)) {
                 None => self.push(section, &full(name(a)), ChangeKind::Removed),
                 Some(b) => {
-                    let fields = differing_fields(a, b, nested);
-                    if !fields.is_empty() {
-                        self.push(section, &full(name(a)), ChangeKind::Changed { fields });
+                    let values = differing_fields(a, b, nested);
+                    if !values.is_empty() {
+                        self.push_changed(section, &full(name(a)), values);
                     }
                     both.push((a, b));
                 }
@@ -309,14 +367,18 @@ impl Differ {
 
 /// The top-level fields of `a` and `b` (serialized as the file writes
 /// them) whose values differ, sorted; `skip` fields are not compared.
-fn differing_fields<T: Serialize>(a: &T, b: &T, skip: &[&str]) -> Vec<String> {
+fn differing_fields<T: Serialize>(a: &T, b: &T, skip: &[&str]) -> Vec<FieldChange> {
     use serde_json::Value;
     let (Ok(Value::Object(a)), Ok(Value::Object(b))) =
         (serde_json::to_value(a), serde_json::to_value(b))
     else {
         // Every model type serializes to an object; should one not, call
         // the whole entry changed rather than miss a change.
-        return vec!["*".into()];
+        return vec![FieldChange {
+            field: "*".into(),
+            old: None,
+            new: None,
+        }];
     };
     let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
     keys.sort();
@@ -324,8 +386,26 @@ fn differing_fields<T: Serialize>(a: &T, b: &T, skip: &[&str]) -> Vec<String> {
     keys.into_iter()
         .filter(|k| !skip.contains(&k.as_str()))
         .filter(|k| a.get(*k) != b.get(*k))
-        .cloned()
+        .map(|k| FieldChange {
+            field: k.clone(),
+            old: a.get(k).and_then(show_value),
+            new: b.get(k).and_then(show_value),
+        })
         .collect()
+}
+
+/// A value as the file would say it (a string quoted), cut past
+/// [`MAX_VALUE_CHARS`]; None for null (not set).
+fn show_value(v: &serde_json::Value) -> Option<String> {
+    let text = match v {
+        serde_json::Value::Null => return None,
+        other => other.to_string(),
+    };
+    if text.chars().count() <= MAX_VALUE_CHARS {
+        return Some(text);
+    }
+    let cut: String = text.chars().take(MAX_VALUE_CHARS).collect();
+    Some(format!("{cut}..."))
 }
 
 #[cfg(test)]
@@ -449,6 +529,11 @@ command = ["/usr/bin/db"]
                 kind: ChangeKind::Changed {
                     fields: vec!["address".into()]
                 },
+                values: vec![FieldChange {
+                    field: "address".into(),
+                    old: Some("\"10.0.0.100/24\"".into()),
+                    new: Some("\"10.0.0.101/24\"".into()),
+                }],
             }]
         );
         let c = cfg(&BASE.replace(
@@ -459,7 +544,7 @@ command = ["/usr/bin/db"]
             shown(&diff(&a, &c)),
             // The kill delay follows a shorter timeout: effective values
             // are compared, not what was written.
-            vec!["resource `web/daemon` changed: kill_after_ms, timeout_ms"]
+            vec!["resource `web/daemon` changed: kill_after_ms 5000 -> 2500, timeout_ms 20000 -> 5000"]
         );
     }
 
@@ -486,8 +571,8 @@ command = ["/usr/bin/db"]
             vec![
                 "node `n1` removed",
                 "node `n0` added",
-                "fence device `ipmi` changed: hosts",
-                "group `web` changed: preferred"
+                r#"fence device `ipmi` changed: hosts {"n1":"1","n2":"2","n3":"3"} -> {"n0":"1","n2":"2","n3":"3"}"#,
+                r#"group `web` changed: preferred ["n1"] -> ["n0"]"#
             ]
         );
     }
@@ -537,7 +622,7 @@ command = ["/usr/bin/db"]
         assert_eq!(
             shown(&diff(&a, &b)),
             vec![
-                "[timing] changed: deadtime_ms, heartbeat_ms, startup_wait_ms, warntime_ms",
+                "[timing] changed: deadtime_ms 200 -> 1000, heartbeat_ms 50 -> 200, startup_wait_ms 5000 -> 10000, warntime_ms 150 -> 600",
                 "[watchdog] removed"
             ]
         );

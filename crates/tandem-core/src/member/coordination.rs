@@ -333,7 +333,21 @@ impl Member {
     /// Per group stopped everywhere in the record: when every lease `x`
     /// could hold on a record that still placed it on `x` has ended (only
     /// the groups with a bound so far).
+    ///
+    /// A node not heard since this member started may arm the watchdog
+    /// the cluster requires (this node's own, from the same
+    /// configuration): with its agent and guard both killed, only that
+    /// reset stops what it runs, so its bounds are that much later (group
+    /// simulation with voter changes, seed 12196: a leader that had
+    /// restarted took over at the lease bound alone). Only later: such a
+    /// node never counts as reset by it (a fence device that lists it is
+    /// still waited for), since this member does not know it armed one.
     fn lease_ends(&self, x: NodeId) -> BTreeMap<String, u64> {
+        let unheard_wait_ms = if self.reports.contains_key(&x) {
+            0
+        } else {
+            self.own_watchdog_reset_ms.unwrap_or(0)
+        };
         let commit = self.agreement.commit_index();
         self.agreement
             .record()
@@ -344,7 +358,7 @@ impl Member {
                 // Unknown index (a record from before it was kept): the
                 // commit index is later, so its bound is later, still safe.
                 let index = if p.index == 0 { commit } else { p.index };
-                Some((g.clone(), self.lease_end(x, index)?))
+                Some((g.clone(), self.lease_end(x, index)? + unheard_wait_ms))
             })
             .collect()
     }
@@ -416,10 +430,14 @@ impl Member {
                     echo_of(*v)
                 })
                 .collect();
+            // A member that lost its log (and has not caught up) is no
+            // vote for its own lease: the log it lost may have held the
+            // decision that moved its groups away, committed with its
+            // acknowledgement (group simulation, seed 28121).
             lease::lease_until(
                 now_ms,
                 &echoes,
-                voters.contains(&self.spec.me),
+                voters.contains(&self.spec.me) && !self.log_lost(),
                 quorum::majority_of(voters.len()),
                 self.groups.lease_ms,
             )
@@ -576,7 +594,7 @@ impl Member {
     /// Pacemaker's two-node clusters do) instead of stopping them for as
     /// long as the fence takes, and while a fenced peer comes back.
     pub(super) fn fence_backed(&self) -> bool {
-        self.fence_listed && !self.waiting_for_all()
+        self.fence_listed && self.two_node() && !self.waiting_for_all()
     }
 
     /// The shell finished fencing `node` (on this leader): records the
@@ -603,7 +621,7 @@ impl Member {
                     .iter()
                     .position(|h| h == node)
                     .and_then(|i| self.groups.host_ids.get(i).copied());
-                if let (quorum::Mode::TwoNode, Some(id)) = (self.spec.mode, id) {
+                if let (true, Some(id)) = (self.two_node(), id) {
                     if id != self.spec.me && !self.behind(id) {
                         self.set_fenced(now_ms, id, true);
                     }
@@ -1005,8 +1023,7 @@ impl Member {
                         self.lease_ends(id)
                     },
                     fence_required: self.groups.fence_hosts.contains(h),
-                    fence_backed: self.spec.mode == quorum::Mode::TwoNode
-                        && self.groups.fence_hosts.contains(h),
+                    fence_backed: self.two_node() && self.groups.fence_hosts.contains(h),
                     silent,
                     reports_committed: !groups.is_empty()
                         && if id == self.spec.me {
@@ -1020,20 +1037,12 @@ impl Member {
                         && self.detector.node_state(id) == Some(NodeState::Left)
                         && self.left_clean.get(&id).copied() == self.detector.incarnation(id),
                     fenced,
-                    // A node not heard since this member started may
-                    // arm the watchdog the cluster requires (this node's
-                    // own, from the same configuration): with its guard
-                    // killed too, only that reset stops what it runs, so
-                    // it is waited for (group simulation with voter
-                    // changes, seed 12196: a new leader that had
-                    // restarted took over at the lease bound alone).
                     watchdog_reset_ms: if id == self.spec.me {
                         self.own_watchdog_reset_ms
                     } else {
-                        match self.reports.get(&id) {
-                            Some(r) => r.report.watchdog_reset_ms,
-                            None => self.own_watchdog_reset_ms,
-                        }
+                        self.reports
+                            .get(&id)
+                            .and_then(|r| r.report.watchdog_reset_ms)
                     },
                     fence_note,
                     active: groups
@@ -1558,7 +1567,7 @@ impl Member {
     /// for all (a node back from being fenced must not fence the survivor:
     /// no fence loops), and only a peer that some device lists.
     pub(super) fn two_node_fence(&mut self, now_ms: u64) {
-        if self.spec.mode != quorum::Mode::TwoNode || self.waiting_for_all() {
+        if !self.two_node() || self.waiting_for_all() {
             return;
         }
         let peers: Vec<(String, NodeId)> = self

@@ -550,6 +550,12 @@ pub enum VoterChangeError {
     /// Two-node mode changes its voters only by a restart.
     #[error("a two-node cluster with fencing does not change its voters while running: install the new configuration on every node and restart the agents one at a time")]
     TwoNode,
+    /// More than [`quorum::MAX_VOTERS`] voters.
+    #[error(
+        "at most {} nodes vote; the others follow as non-voters",
+        quorum::MAX_VOTERS
+    )]
+    TooMany,
     /// The previous change is too recent: nodes that missed it may still
     /// hold a lease on the voters before it.
     #[error("the previous change of voters is too recent: try again in {wait_ms} ms")]
@@ -724,12 +730,21 @@ impl Member {
     /// (its voters never change while running, see
     /// [`Member::change_voters`]), else a majority of however many vote.
     pub fn mode(&self) -> quorum::Mode {
-        match self.spec.mode {
-            quorum::Mode::TwoNode => quorum::Mode::TwoNode,
-            quorum::Mode::Majority { .. } => quorum::Mode::Majority {
+        if self.two_node() {
+            quorum::Mode::TwoNode
+        } else {
+            quorum::Mode::Majority {
                 voters: self.voters().len(),
-            },
+            }
         }
+    }
+
+    /// Two-node mode: configured so, and two voters. A log whose voters
+    /// changed before a restart with a two-node configuration (its voters
+    /// override the configuration's) is ruled by majority, never by the
+    /// two-node hook meant for a pair.
+    pub(crate) fn two_node(&self) -> bool {
+        self.spec.mode == quorum::Mode::TwoNode && self.voters().len() == 2
     }
 
     /// The current quorum view.
@@ -767,6 +782,10 @@ impl Member {
     pub fn step(&mut self) {
         let a = self.agreement.take_output();
         self.absorb(a);
+        // Before the placement pass: its takeover bounds count from when
+        // the voters moved (hostile review: a commit first seen here was
+        // otherwise dated from its append).
+        self.note_voters();
         self.flush_requests();
         if self.lead_needed() {
             self.lead();
@@ -990,6 +1009,9 @@ impl Member {
         self.now_ms = now_ms;
         if self.spec.mode == quorum::Mode::TwoNode {
             return Err(VoterChangeError::TwoNode);
+        }
+        if voters.len() > quorum::MAX_VOTERS {
+            return Err(VoterChangeError::TooMany);
         }
         let ready_at_ms = self.voters_moved_ms + self.groups.lease_ms;
         if now_ms < ready_at_ms {
