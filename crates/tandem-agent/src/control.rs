@@ -91,6 +91,14 @@ pub enum ControlRequest {
         /// Standby (true) or online (false).
         on: bool,
     },
+    /// `tandem node add|remove`: `node` votes (and may host groups) or
+    /// stops voting (and hosts none).
+    Voter {
+        /// Node.
+        node: String,
+        /// Vote (add) or not (remove).
+        vote: bool,
+    },
     /// Maintenance of `group` on or off.
     Maintenance {
         /// Group.
@@ -183,6 +191,7 @@ impl ControlRequest {
             ControlRequest::Move { group, node } => Request::Move { group, node },
             ControlRequest::Failover { group } => Request::Failover { group },
             ControlRequest::Standby { node, on } => Request::Standby { node, on },
+            ControlRequest::Voter { node, vote } => Request::Voter { node, vote },
             ControlRequest::Maintenance { group, on } => Request::Maintenance { group, on },
             ControlRequest::Cleanup { group } => Request::Cleanup { group },
             ControlRequest::Fence { node, on } => Request::Fence { node, on },
@@ -204,6 +213,9 @@ impl std::fmt::Display for ControlRequest {
             ControlRequest::Failover { group } => write!(f, "fail {group} over"),
             ControlRequest::Standby { node, on } => {
                 write!(f, "node {node} {}", if *on { "standby" } else { "online" })
+            }
+            ControlRequest::Voter { node, vote } => {
+                write!(f, "node {} {node}", if *vote { "add" } else { "remove" })
             }
             ControlRequest::Maintenance { group, on } => {
                 write!(
@@ -304,6 +316,12 @@ pub enum ControlError {
     NoFenceDevice {
         /// The node.
         node: String,
+    },
+    /// `tandem node add|remove` that can never be done.
+    #[error("{why}; nothing was changed")]
+    VoterRefused {
+        /// Why.
+        why: String,
     },
     /// A volume command on a node that holds no copy.
     #[error("this node holds no copy of any volume")]
@@ -1040,6 +1058,10 @@ mod tests {
             ControlRequest::Standby {
                 node: "n".into(),
                 on: true,
+            },
+            ControlRequest::Voter {
+                node: "n".into(),
+                vote: false,
             },
             ControlRequest::Maintenance {
                 group: "g".into(),

@@ -43,6 +43,37 @@ impl Action {
     }
 }
 
+/// What became of `tandem node add|remove` on the leader.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "step", rename_all = "snake_case")]
+pub enum VoterStep {
+    /// The change of voters was proposed at this log index.
+    Proposed {
+        /// Its index.
+        index: u64,
+    },
+    /// The log says what was asked, committed.
+    Done,
+    /// Not done, and the leader stopped trying.
+    Refused {
+        /// Why, and what to do.
+        reason: String,
+    },
+}
+
+impl From<&tandem_core::member::VoterOutcome> for VoterStep {
+    fn from(o: &tandem_core::member::VoterOutcome) -> VoterStep {
+        use tandem_core::member::VoterOutcome;
+        match o {
+            VoterOutcome::Proposed { index } => VoterStep::Proposed { index: *index },
+            VoterOutcome::Done => VoterStep::Done,
+            VoterOutcome::Refused { reason } => VoterStep::Refused {
+                reason: reason.clone(),
+            },
+        }
+    }
+}
+
 /// One event on this node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -236,6 +267,16 @@ pub enum AgentEvent {
         term: u64,
         /// Leader followed.
         leader: String,
+    },
+    /// On the leader: what became of `tandem node add|remove` (a change
+    /// of voters).
+    VoterChange {
+        /// The node.
+        node: String,
+        /// Whether it was to vote (add) or not (remove).
+        vote: bool,
+        /// Proposed, done or refused.
+        outcome: VoterStep,
     },
     /// A datagram could not be sent.
     SendFailed {
@@ -457,6 +498,10 @@ impl AgentEvent {
             | AgentEvent::LinkDown { .. }
             | AgentEvent::NodeDead { .. }
             | AgentEvent::SendFailed { .. }
+            | AgentEvent::VoterChange {
+                outcome: VoterStep::Refused { .. },
+                ..
+            }
             | AgentEvent::Quorum { quorate: false, .. }
             | AgentEvent::FenceBegun { .. }
             | AgentEvent::ServiceUnavailable { .. }
@@ -603,6 +648,26 @@ impl std::fmt::Display for AgentEvent {
                 f,
                 "state recovered: followed leader {leader} in term {term}; this node votes again from the next term"
             ),
+            AgentEvent::VoterChange {
+                node,
+                vote,
+                outcome,
+            } => {
+                let what = if *vote { "add" } else { "remove" };
+                match outcome {
+                    VoterStep::Proposed { index } => {
+                        write!(f, "node {what} {node}: change of voters proposed at index {index}")
+                    }
+                    VoterStep::Done => write!(
+                        f,
+                        "node {what} {node}: done, {node} {} from now on",
+                        if *vote { "votes" } else { "no longer votes" }
+                    ),
+                    VoterStep::Refused { reason } => {
+                        write!(f, "node {what} {node}: refused: {reason}")
+                    }
+                }
+            }
             AgentEvent::SendFailed { node, reason } => {
                 write!(f, "could not send to {node}: {reason}")
             }

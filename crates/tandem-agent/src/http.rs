@@ -306,9 +306,9 @@ pub fn status_code(answer: &ControlResponse) -> StatusCode {
             ControlError::UnknownGroup { .. }
             | ControlError::UnknownNode { .. }
             | ControlError::NoVolume => StatusCode::NOT_FOUND,
-            ControlError::NoFenceDevice { .. } | ControlError::ConfigRefused { .. } => {
-                StatusCode::CONFLICT
-            }
+            ControlError::NoFenceDevice { .. }
+            | ControlError::ConfigRefused { .. }
+            | ControlError::VoterRefused { .. } => StatusCode::CONFLICT,
             ControlError::RootOnly => StatusCode::FORBIDDEN,
             ControlError::Busy => StatusCode::SERVICE_UNAVAILABLE,
             ControlError::NoAnswer { .. } | ControlError::Unreachable { .. } => {

@@ -426,6 +426,10 @@ pub struct AgreementStatus {
     pub commit_index: u64,
     /// Configuration epoch of the record.
     pub config_epoch: u64,
+    /// A change of voters is in this node's log, not yet committed (the
+    /// `voter` flags already show it).
+    #[serde(default)]
+    pub voters_changing: bool,
 }
 
 /// What keeps one node that went silent from running its groups.

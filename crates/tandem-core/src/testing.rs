@@ -35,7 +35,7 @@ use std::collections::BinaryHeap;
 use crate::agreement::{Record, Role};
 use crate::config::{OnFail, Timing};
 use crate::group::ResourceState;
-use crate::member::{GroupsSpec, Member, MemberSpec, PeerSpec, Persisted, Request};
+use crate::member::{GroupsSpec, Member, MemberEvent, MemberSpec, PeerSpec, Persisted, Request};
 use crate::policy::{Failback, GroupPolicy};
 use crate::quorum::Mode;
 use crate::wire::{ClusterId, NodeId};
@@ -97,6 +97,8 @@ pub struct Cluster {
     fences: Vec<(u64, usize, usize)>,
     /// Fences done: (time, target).
     fenced: Vec<(u64, usize)>,
+    /// Every [`MemberEvent::VoterChange`]: (time, node that said it, event).
+    voter_events: Vec<(u64, usize, MemberEvent)>,
 }
 
 impl Cluster {
@@ -158,6 +160,7 @@ impl Cluster {
             fencing,
             fences: Vec::new(),
             fenced: Vec::new(),
+            voter_events: Vec::new(),
         };
         for i in 0..n {
             c.start_agent(i, None);
@@ -361,6 +364,12 @@ impl Cluster {
         )
     }
 
+    /// Every outcome of an operator's wish for a node's vote: (time, the
+    /// leader that said it, the event).
+    pub fn voter_events(&self) -> &[(u64, usize, MemberEvent)] {
+        &self.voter_events
+    }
+
     /// Every fence done: (time, node fenced).
     pub fn fenced(&self) -> &[(u64, usize)] {
         &self.fenced
@@ -490,6 +499,11 @@ impl Cluster {
         let out = m.take_output();
         if let Some(p) = out.persist {
             self.nodes[i].persisted = p;
+        }
+        for e in out.events {
+            if matches!(e, MemberEvent::VoterChange { .. }) {
+                self.voter_events.push((self.now_ms, i, e));
+            }
         }
         for (name, on) in out.fence {
             let target = name

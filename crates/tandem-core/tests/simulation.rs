@@ -71,6 +71,10 @@ const DEFAULT_GROUP_RUNS: u64 = 400;
 const DEFAULT_CHANGE_RUNS: u64 = 200;
 /// Seeded runs with groups and changes of voters.
 const DEFAULT_VOTER_CHANGE_RUNS: u64 = 1_000;
+
+/// Seeded group runs in which `tandem node add|remove` requests change
+/// the voters (as the operator asks, through any node).
+const DEFAULT_VOTER_REQUEST_RUNS: u64 = 200;
 /// Groups and their resources in the group runs.
 const GROUPS: [&str; 2] = ["db", "web"];
 const RESOURCES: usize = 2;
@@ -139,6 +143,12 @@ struct VoterChanges {
     appended: u64,
     /// Voter sets seen committed in some node's record.
     committed: BTreeSet<Vec<NodeId>>,
+    /// Ask as the operator does (`Request::Voter` through any running
+    /// node: the leader carries it out when it can, and a removed node
+    /// goes into standby) instead of calling the leader directly.
+    via_requests: bool,
+    /// Requests sent that way.
+    requested: u64,
 }
 
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
@@ -1311,6 +1321,37 @@ impl Sim {
         self.voter_changes = Some(c);
     }
 
+    /// After healing, when the operator's requests changed voters: every
+    /// host back, voting and online (`tandem node add` for each: one wish
+    /// at a time is carried out, the standby of each is cleared at once),
+    /// so the groups can converge.
+    fn hosts_back(&mut self) {
+        if !self.voter_changes.as_ref().is_some_and(|c| c.via_requests) {
+            return;
+        }
+        let n = self.nodes.len();
+        let Some(from) = (0..n)
+            .find(|&j| self.nodes[j].member.is_some() && self.nodes[j].frozen_until.is_none())
+        else {
+            return;
+        };
+        let local = self.local(from);
+        let hosts: Vec<usize> = (0..n).filter(|&h| self.hosts_groups(h)).collect();
+        if let Some(m) = self.nodes[from].member.as_mut() {
+            for h in hosts {
+                m.request(
+                    local,
+                    Request::Voter {
+                        node: format!("n{}", h + 1),
+                        vote: true,
+                    },
+                );
+            }
+        }
+        self.log(|| format!("n{} asks: every host votes and is online", from + 1));
+        self.flush(from);
+    }
+
     fn change_voters_with(&mut self, c: &mut VoterChanges) {
         let n = self.nodes.len();
         for m in self.nodes.iter().filter_map(|n| n.member.as_ref()) {
@@ -1358,6 +1399,39 @@ impl Sim {
                     .is_some_and(|m| m.agreement().recovering())
         });
         if recovering && voters.len() < 3 {
+            return;
+        }
+        if c.via_requests {
+            if !self.hosts_groups(pick) {
+                return;
+            }
+            // Through any running node, as `tandem node add|remove` does.
+            let from = c.rng.gen_range(0..n);
+            if self.nodes[from].frozen_until.is_some() {
+                return;
+            }
+            let vote = voters.contains(&id);
+            let local = self.local(from);
+            let Some(m) = self.nodes[from].member.as_mut() else {
+                return;
+            };
+            m.request(
+                local,
+                Request::Voter {
+                    node: format!("n{}", pick + 1),
+                    vote,
+                },
+            );
+            c.requested += 1;
+            self.log(|| {
+                format!(
+                    "n{} asks: n{} {}",
+                    from + 1,
+                    pick + 1,
+                    if vote { "votes" } else { "stops voting" }
+                )
+            });
+            self.flush(from);
             return;
         }
         let Some(m) = self.nodes[i].member.as_mut() else {
@@ -1561,6 +1635,9 @@ impl Sim {
         // Converged at the first check point that passes, within the bound.
         let healed = self.now;
         while self.now < healed + CONVERGE_BOUND_MS {
+            if (self.now - healed) % 500 < 100 {
+                self.hosts_back();
+            }
             let next = self.now + 100;
             self.run_until(next, &mut steps, false)?;
             if self.converged().is_ok() {
@@ -1581,19 +1658,75 @@ fn run_seed_with(seed: u64, trace: bool, groups: bool) -> Result<(Shape, u64, u6
 /// many changes the leaders appended and how many voter sets were seen
 /// committed.
 fn run_seed_voters(seed: u64, trace: bool) -> Result<(Shape, u64, u64, usize), String> {
+    run_seed_voters_as(seed, trace, false)
+}
+
+/// As [`run_seed_voters`]; with `via_requests`, the changes are asked as
+/// the operator asks them (`Request::Voter`), and the count returned is
+/// of requests.
+fn run_seed_voters_as(
+    seed: u64,
+    trace: bool,
+    via_requests: bool,
+) -> Result<(Shape, u64, u64, usize), String> {
     let mut sim = Sim::with(seed, trace, true);
     sim.voter_changes = Some(VoterChanges {
         rng: StdRng::seed_from_u64(seed ^ 0x707E_5C4A_0000_0002),
         appended: 0,
         committed: BTreeSet::new(),
+        via_requests,
+        requested: 0,
     });
     let shape = sim.shape;
     let t = sim.run()?;
-    let c = sim
-        .voter_changes
-        .as_ref()
-        .map_or((0, 0), |c| (c.appended, c.committed.len()));
+    let c = sim.voter_changes.as_ref().map_or((0, 0), |c| {
+        (
+            if via_requests {
+                c.requested
+            } else {
+                c.appended
+            },
+            c.committed.len(),
+        )
+    });
     Ok((shape, t, c.0, c.1))
+}
+
+/// `tandem node add|remove` as the operator runs it, in the group
+/// simulation: requests through random nodes, carried out by whichever
+/// member leads (`member::voter_request`), removed nodes put in standby.
+/// Never two leaders for a term, never dual-active, and voter sets other
+/// than the configured one are seen committed.
+#[test]
+fn seeded_voter_request_runs() {
+    let base: u64 = std::env::var("TANDEM_SIM_BASE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let runs: u64 = std::env::var("TANDEM_SIM_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(DEFAULT_VOTER_REQUEST_RUNS);
+    let (mut requested, mut changed_runs) = (0, 0);
+    for seed in base..base + runs {
+        match run_seed_voters_as(seed, false, true) {
+            Ok((_, _, r, sets)) => {
+                requested += r;
+                // The configured set plus at least one other.
+                if sets > 1 {
+                    changed_runs += 1;
+                }
+            }
+            Err(e) => panic!(
+                "simulation seed {seed} (with groups and voter requests) failed: {e}\nreplay with a trace:\n  TANDEM_SIM_SEED={seed} TANDEM_SIM_VOTERS=2 cargo test -p tandem-core --test simulation replay -- --nocapture"
+            ),
+        }
+    }
+    println!("{runs} seeded runs with voter requests passed: {requested} requests, {changed_runs} runs saw another voter set committed");
+    assert!(
+        changed_runs > runs / 4,
+        "the requests must change voters: {changed_runs} of {runs} runs did"
+    );
 }
 
 /// Seeds that found dual-active with a rule of leases across a change of
@@ -1796,10 +1929,11 @@ fn replay() {
     };
     let groups = std::env::var("TANDEM_SIM_GROUPS").is_ok_and(|v| v == "1");
     let changes = std::env::var("TANDEM_SIM_CHANGES").is_ok_and(|v| v == "1");
-    if std::env::var("TANDEM_SIM_VOTERS").is_ok_and(|v| v == "1") {
-        match run_seed_voters(seed, true) {
+    let voters = std::env::var("TANDEM_SIM_VOTERS").unwrap_or_default();
+    if voters == "1" || voters == "2" {
+        match run_seed_voters_as(seed, true, voters == "2") {
             Ok((shape, t, a, c)) => println!(
-                "seed {seed} ({shape:?}) passed: converged {t} ms after healing, {a} changes of voters appended, {c} voter sets committed"
+                "seed {seed} ({shape:?}) passed: converged {t} ms after healing, {a} changes of voters appended (or requested), {c} voter sets committed"
             ),
             Err(e) => panic!("seed {seed} failed: {e}"),
         }

@@ -12,6 +12,7 @@ use anyhow::{bail, Result};
 
 use crate::cli::AdminArgs;
 use tandem_agent::control::{Client, ControlRequest};
+use tandem_agent::event::{AgentEvent, VoterStep};
 use tandem_agent::status::{GroupStatus, Status};
 
 /// Poll interval while waiting for an outcome.
@@ -364,6 +365,105 @@ pub fn node(a: &AdminArgs, node: &str, standby: bool) -> Result<ExitCode> {
             (!s.standby.iter().any(|n| n == node)).then(|| format!("{node} may host groups again"))
         })
     }
+}
+
+/// `tandem node add|remove NODE`: one change of voters, carried out by the
+/// leader (it waits, up to half a minute, until the change may be made).
+/// Done once this node's log holds the change committed; a refusal the
+/// leader logs here (this node leads) ends the wait at once with its reason.
+pub fn node_vote(a: &AdminArgs, node: &str, vote: bool) -> Result<ExitCode> {
+    let sock = socket(a)?;
+    let s = status(&sock)?;
+    if s.quorum.mode == tandem_agent::status::QuorumMode::TwoNode {
+        bail!(
+            "this is a two-node cluster with fencing: it does not change its voters while running \
+             (a fence-backed node holds its groups with no lease end to wait out); install the new \
+             configuration on every node and restart the agents one at a time; nothing was changed"
+        );
+    }
+    let what = format!("node {} {node}", if vote { "add" } else { "remove" });
+    let votes = |st: &Status| {
+        if st.node == node {
+            Some(st.agreement.voter)
+        } else {
+            st.peers.iter().find(|p| p.name == node).map(|p| p.voter)
+        }
+    };
+    let done = |st: &Status| {
+        let busy = st
+            .groups
+            .iter()
+            .any(|g| g.placed_on.as_deref() == Some(node) || g.active_on.iter().any(|n| n == node));
+        let voters = st.peers.iter().filter(|p| p.voter).count() + usize::from(st.agreement.voter);
+        if st.agreement.voters_changing {
+            return None;
+        }
+        match (votes(st), vote) {
+            (Some(true), true) if !st.standby.iter().any(|n| n == node) => Some(format!(
+                "{node} votes and may host groups ({voters} voters)"
+            )),
+            (Some(false), false) if !busy => Some(format!(
+                "{node} runs no group and follows as a non-voter ({voters} voters)"
+            )),
+            _ => None,
+        }
+    };
+    if let Some(msg) = done(&s) {
+        println!("{what}: already so ({msg})");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let since_ms = s.events.last().map_or(0, |e| e.at_unix_ms);
+    send(
+        &sock,
+        &ControlRequest::Voter {
+            node: node.to_string(),
+            vote,
+        },
+    )?;
+    if a.no_wait {
+        println!("{what}: requested (not waiting; `tandem status` shows the voters)");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let t0 = Instant::now();
+    let limit = Duration::from_secs(a.timeout);
+    let mut last = s;
+    while t0.elapsed() < limit {
+        std::thread::sleep(POLL);
+        let Ok(st) = status(&sock) else { continue };
+        if let Some(msg) = done(&st) {
+            println!("{what}: done in {} ms — {msg}", t0.elapsed().as_millis());
+            return Ok(ExitCode::SUCCESS);
+        }
+        // The leader's own word, when this node leads.
+        let refused = st.events.iter().rev().find_map(|e| match &e.event {
+            Some(AgentEvent::VoterChange {
+                node: n,
+                vote: v,
+                outcome: VoterStep::Refused { reason },
+            }) if e.at_unix_ms >= since_ms && n == node && *v == vote => Some(reason.clone()),
+            _ => None,
+        });
+        if let Some(reason) = refused {
+            bail!("{what}: refused by the leader: {reason}");
+        }
+        last = st;
+    }
+    eprintln!(
+        "{what}: not done after {} s (now {node} {}); the leader gives up after 30 s and logs why: \
+         `tandem events --since 5m` on any node shows it. A change waits for the previous one to \
+         settle (a lease), for an added node to catch up with the log, and for a majority of the \
+         new voters to answer",
+        a.timeout,
+        match votes(&last) {
+            Some(true) => "votes",
+            Some(false) => "does not vote",
+            None => "is unknown here",
+        }
+    );
+    if !last.quorum.quorate {
+        eprintln!("this node has no quorum: the cluster cannot act until it does");
+    }
+    Ok(ExitCode::FAILURE)
 }
 
 /// `tandem maintenance on|off [GROUP]`.

@@ -142,9 +142,11 @@ pub enum Command {
         admin: AdminArgs,
     },
     /// Put a node in standby (it hosts nothing; its groups move away) or
-    /// back online.
+    /// back online; or take a configured node's vote away (`remove`: its
+    /// groups move away and it follows as a non-voter) or give it back
+    /// (`add`).
     Node {
-        /// `standby` or `online`.
+        /// `standby`, `online`, `add` or `remove`.
         action: NodeAction,
         /// The node.
         node: String,
@@ -674,6 +676,11 @@ pub enum NodeAction {
     Standby,
     /// The node may host groups again.
     Online,
+    /// The node votes (one change of voters) and may host groups.
+    Add,
+    /// The node's groups move away and it stops voting (one change of
+    /// voters); its agent keeps following the cluster as a non-voter.
+    Remove,
 }
 
 /// On or off.

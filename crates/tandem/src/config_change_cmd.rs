@@ -74,19 +74,23 @@ pub fn rollback(epoch: u64, state_dir: Option<&Path>, opts: &ApplyOptions) -> Re
     let label = format!("the configuration of epoch {epoch} ({})", entry.hash);
     // Checked here first, as `apply` does: a key file or binary gone
     // since that epoch is said with its position before any node is asked.
-    let base = opts
-        .at
-        .config
-        .as_deref()
-        .unwrap_or(Path::new("/etc/tandem/tandem.toml"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
-    if !checked_here(&text, &label, &base) {
-        eprintln!(
-            "nothing was changed: {label} no longer passes this node's checks; fix what they name, or apply a corrected copy with `tandem config apply FILE`"
-        );
-        return Ok(ExitCode::FAILURE);
+    // Relative paths resolve in the directory of the node's configuration:
+    // `--config`'s, or /etc/tandem's when the state directory is its
+    // default one. With only `--state-dir` that directory is unknown here,
+    // and the nodes' own checks (each in its configuration's directory)
+    // are the only ones.
+    let base = match (opts.at.config.as_deref(), state_dir) {
+        (Some(cfg), _) => cfg.parent().map(Path::to_path_buf),
+        (None, None) => Some(PathBuf::from("/etc/tandem")),
+        (None, Some(_)) => None,
+    };
+    if let Some(base) = base {
+        if !checked_here(&text, &label, &base) {
+            eprintln!(
+                "nothing was changed: {label} no longer passes this node's checks; fix what they name, or apply a corrected copy with `tandem config apply FILE`"
+            );
+            return Ok(ExitCode::FAILURE);
+        }
     }
     run(&text, &label, opts)
 }

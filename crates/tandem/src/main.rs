@@ -115,7 +115,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             action,
             node,
             admin,
-        } => admin::node(&admin, &node, action == cli::NodeAction::Standby),
+        } => match action {
+            cli::NodeAction::Standby => admin::node(&admin, &node, true),
+            cli::NodeAction::Online => admin::node(&admin, &node, false),
+            cli::NodeAction::Add => admin::node_vote(&admin, &node, true),
+            cli::NodeAction::Remove => admin::node_vote(&admin, &node, false),
+        },
         Command::Maintenance {
             action,
             group,

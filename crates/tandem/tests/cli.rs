@@ -324,6 +324,8 @@ fn admin_commands_without_an_agent_say_what_to_do() {
         vec!["move", "web", "--to", "n2", "--socket", sock],
         vec!["failover", "web", "--socket", sock],
         vec!["node", "standby", "n1", "--socket", sock],
+        vec!["node", "remove", "n1", "--socket", sock],
+        vec!["node", "add", "n1", "--socket", sock],
         vec!["maintenance", "on", "--socket", sock],
         vec!["cleanup", "web", "--socket", sock],
         vec!["status", "--socket", sock],

@@ -613,6 +613,93 @@ fn operator_commands_standby_maintenance_failure_and_cleanup() {
     .unwrap();
 }
 
+/// Issue 19: `tandem node remove` takes a node's vote away and `node add`
+/// gives it back, on a running cluster under client load. Removing a
+/// node that runs nothing leaves the group untouched (no stop, no gap);
+/// removing the holder moves the group off it cleanly. Every node
+/// agrees on the voters; never dual-active.
+#[test]
+fn node_remove_and_add_change_the_voters_under_client_load() {
+    if !require_root("node_remove_and_add_change_the_voters_under_client_load") {
+        return;
+    }
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let fx = Fx::start("node remove/add");
+    let holder = fx.holder();
+    let other = Fx::other(holder);
+    let prober = fx.prober();
+    std::thread::sleep(Duration::from_millis(300));
+    let t0 = unix_ms();
+    let voter_of = |s: &Value, n: usize| -> Option<bool> {
+        if s["node"] == format!("n{n}") {
+            return s["agreement"]["voter"].as_bool();
+        }
+        peer(s, &format!("n{n}"))["voter"].as_bool()
+    };
+    let agree = |n: usize, vote: bool, voters: u64| {
+        for ask in 1..=NODES {
+            fx.c.wait(ask, GENEROUS, "voters agree", |s| {
+                voter_of(s, n) == Some(vote) && s["quorum"]["expected"] == voters
+            })
+            .unwrap_or_else(|e| panic!("n{ask}: {e:?}\nlogs:\n{}", fx.c.logs()));
+        }
+    };
+
+    // A node that runs nothing: the group keeps running, untouched.
+    let t = tandem_cmd(
+        &["node", "remove", &format!("n{other}")],
+        &fx.c.socket(holder),
+    );
+    assert!(t.contains("follows as a non-voter (2 voters)"), "{t}");
+    agree(other, false, 2);
+    let t = tandem_cmd(&["node", "add", &format!("n{other}")], &fx.c.socket(other));
+    assert!(t.contains("votes and may host groups (3 voters)"), "{t}");
+    agree(other, true, 3);
+    let s = fx.c.status(holder).unwrap();
+    assert_eq!(running_on(&s), Some(holder));
+    assert_eq!(
+        event_at(&s, "stopped", "web/vip", t0),
+        None,
+        "the group stopped on n{holder}: {}",
+        s["events"]
+    );
+    let log = prober.stop().unwrap();
+    let report = analyze(&log.records, CheckOptions::default());
+    assert_eq!(report.dual_active().count(), 0);
+    let untouched_gap = report
+        .kind(tandem_testbed::checker::ProbeKind::Udp)
+        .max_gap_ms();
+
+    // The holder itself: its group moves away first, then it stops voting.
+    let prober = fx.prober();
+    let t = tandem_cmd(
+        &["node", "remove", &format!("n{holder}")],
+        &fx.c.socket(other),
+    );
+    assert!(
+        t.contains("runs no group and follows as a non-voter"),
+        "{t}"
+    );
+    agree(holder, false, 2);
+    let new = fx.wait_moved(holder);
+    let t = tandem_cmd(
+        &["node", "add", &format!("n{holder}")],
+        &fx.c.socket(holder),
+    );
+    assert!(t.contains("votes and may host groups"), "{t}");
+    agree(holder, true, 3);
+    let log = prober.stop().unwrap();
+    let report = analyze(&log.records, CheckOptions::default());
+    assert_eq!(report.dual_active().count(), 0);
+    println!(
+        "node remove/add: untouched group's largest gap {untouched_gap:.0} ms; \
+         holder removed: group moved n{holder} -> n{new}, largest gap {:.0} ms; 0 dual-active",
+        report
+            .kind(tandem_testbed::checker::ProbeKind::Udp)
+            .max_gap_ms()
+    );
+}
+
 #[test]
 fn address_follows_the_interface_preference_list() {
     if !require_root("address_follows_the_interface_preference_list") {

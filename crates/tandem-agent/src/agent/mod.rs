@@ -859,6 +859,15 @@ impl Agent {
             | ControlRequest::Cleanup { group }
             | ControlRequest::Maintenance { group, .. } => group_ok(group),
             ControlRequest::Standby { node, .. } => node_ok(node),
+            ControlRequest::Voter { node, vote } => {
+                node_ok(node)?;
+                // What can never be done is said at once (the leader
+                // checks again: this node's log may be behind).
+                self.member
+                    .voter_refusal(node, *vote)
+                    .map(|_| ())
+                    .map_err(|why| ControlError::VoterRefused { why })
+            }
             ControlRequest::Fence { node, .. } => {
                 node_ok(node)?;
                 if crate::fence_agent::covers(&self.fence_devices, node) {

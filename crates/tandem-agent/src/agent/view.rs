@@ -64,6 +64,15 @@ impl Agent {
                 term: *term,
                 leader: name(*leader),
             },
+            MemberEvent::VoterChange {
+                node,
+                vote,
+                outcome,
+            } => AgentEvent::VoterChange {
+                node: node.clone(),
+                vote: *vote,
+                outcome: outcome.into(),
+            },
             MemberEvent::SendFailed { to, reason } => AgentEvent::SendFailed {
                 node: name(*to),
                 reason: reason.clone(),
@@ -108,7 +117,8 @@ impl Agent {
                     name: t.names[i].clone(),
                     state,
                     incarnation: m.peer_incarnation(id),
-                    voter: t.voters[i],
+                    // From the log: `tandem node add|remove` changes it.
+                    voter: m.voters().contains(&t.ids[i]),
                     links,
                 }
             })
@@ -133,11 +143,12 @@ impl Agent {
                     Role::Follower => AgreementRole::Follower,
                     Role::PreCandidate | Role::Candidate => AgreementRole::Candidate,
                 },
-                voter: t.voters[self.me],
+                voter: m.voters().contains(&t.ids[self.me]),
                 term: a.term(),
                 leader: a.leader().map(|l| t.name_of(l).to_string()),
                 commit_index: a.commit_index(),
                 config_epoch: record.config_epoch,
+                voters_changing: a.voters_changing(),
             },
             peers,
             dropped: m
@@ -397,6 +408,8 @@ pub(super) fn describe_request(r: &Request) -> String {
         Request::Standby { node, on } => {
             format!("node {node} {}", if *on { "standby" } else { "online" })
         }
+        Request::Voter { node, vote: true } => format!("node add {node}"),
+        Request::Voter { node, vote: false } => format!("node remove {node}"),
         Request::Maintenance { group, on } => {
             format!("maintenance {} for {group}", if *on { "on" } else { "off" })
         }

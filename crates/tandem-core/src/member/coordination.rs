@@ -737,6 +737,12 @@ impl Member {
                 self.fence_for_placement(now_ms, node.clone());
             }
         }
+        if let Request::Voter { node, vote } = &env.request {
+            // The change itself may have to wait; the standby below not.
+            if !self.want_voter(node, *vote) {
+                return;
+            }
+        }
         for cmd in self.commands_for(&env.request) {
             // A refused proposal (too many uncommitted) is lost; the
             // operator's command then times out and says so.
@@ -777,6 +783,13 @@ impl Member {
                 target: node.clone(),
                 intent: Intent::Standby,
                 on: *on,
+            }],
+            // A node that stops voting hosts nothing (its groups move away
+            // while the change waits); one that votes again may host.
+            Request::Voter { node, vote } => vec![Command::SetIntent {
+                target: node.clone(),
+                intent: Intent::Standby,
+                on: !*vote,
             }],
             Request::Maintenance { group, on } => vec![Command::SetIntent {
                 target: group.clone(),
@@ -1161,6 +1174,7 @@ impl Member {
         self.lead_dirty = false;
         self.last_lead_ms = self.now_ms;
         self.lead_config();
+        self.lead_voters();
         if self.agreement.role() != Role::Leader
             || self.groups.groups.is_empty()
             || !self.view().quorate

@@ -21,6 +21,8 @@ use crate::quorum::{self, View};
 use crate::wire::{self, replay::ReplayGuard, Body, ClusterId, DropReason, Header, Key, NodeId};
 
 mod coordination;
+mod voter_request;
+pub use voter_request::{VoterOutcome, MAX_VOTER_WISHES, VOTER_WISH_MS};
 pub mod record_check;
 
 /// A peer as this member sees the configuration.
@@ -157,6 +159,16 @@ pub enum MemberEvent {
         term: u64,
         /// Leader of that term.
         leader: NodeId,
+    },
+    /// What became of an operator's wish that a node vote or not
+    /// (`tandem node add|remove`), on the leader.
+    VoterChange {
+        /// The node.
+        node: String,
+        /// Whether it was to vote.
+        vote: bool,
+        /// Proposed, done, or refused with why.
+        outcome: VoterOutcome,
     },
     /// An agreement message could not be sent (too large for a packet).
     SendFailed {
@@ -314,6 +326,14 @@ pub enum Request {
         node: String,
         /// Standby on or off.
         on: bool,
+    },
+    /// `tandem node add|remove`: the node votes from now on (and may host
+    /// groups), or stops voting (and hosts none: standby).
+    Voter {
+        /// Node.
+        node: String,
+        /// Vote (add) or not (remove).
+        vote: bool,
     },
     /// `tandem maintenance on|off` for a group (or the whole cluster with
     /// every group named).
@@ -542,6 +562,9 @@ pub struct Member {
     /// The voters and whether a change of them was uncommitted, when
     /// `voters_moved_ms` was last set.
     voters_noted: (Vec<NodeId>, bool),
+    /// Leader only: operators' wishes for nodes' votes, carried out in
+    /// order ([`voter_request`]; at most [`MAX_VOTER_WISHES`]).
+    voter_wishes: std::collections::VecDeque<voter_request::VoterWish>,
 }
 
 /// Why a change of voters was refused ([`Member::change_voters`]).
@@ -677,6 +700,7 @@ impl Member {
             config_next_since: None,
             voters_moved_ms: now_ms,
             voters_noted: (Vec::new(), false),
+            voter_wishes: std::collections::VecDeque::new(),
             spec,
         };
         m.voters_noted = (m.agreement.voters().to_vec(), m.agreement.voters_changing());

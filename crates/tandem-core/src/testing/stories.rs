@@ -492,6 +492,124 @@ fn voters_change_one_at_a_time_without_touching_a_running_group() {
     assert!(c.dual_active().is_empty(), "{:?}", c.dual_active());
 }
 
+/// Issue 19, as the operator runs it: `tandem node remove` (a request
+/// through a follower) empties the node and takes its vote away, waiting
+/// for the change to be proposable; `tandem node add` gives it back (the
+/// leader waits a lease after the first change by itself). Groups on the
+/// other nodes never stop; never dual-active; each wish ends in `Done`.
+#[test]
+fn node_remove_then_add_through_a_follower_changes_one_vote_each() {
+    use crate::member::{MemberEvent, Request, VoterOutcome};
+    let mut c = Cluster::new(3, &["web", "db"]);
+    c.run_for(SETTLE_MS);
+    let leader = c.leader().expect("a leader");
+    let asked = (0..3).find(|i| *i != leader).expect("a follower");
+    let gone = (0..3)
+        .find(|i| *i != leader && *i != asked)
+        .expect("another");
+    let stay: Vec<(&str, usize)> = ["web", "db"]
+        .into_iter()
+        .filter_map(|g| c.placed_on(g).filter(|n| *n != gone).map(|n| (g, n)))
+        .collect();
+    let since = c.now_ms();
+    let name = format!("n{}", gone + 1);
+    c.request(
+        asked,
+        Request::Voter {
+            node: name.clone(),
+            vote: false,
+        },
+    );
+    c.run_for(3_000);
+    let rest: Vec<usize> = (0..3).filter(|i| *i != gone).collect();
+    for i in 0..3 {
+        assert_eq!(c.voters(i), Some(rest.clone()), "n{}", i + 1);
+    }
+    for g in ["web", "db"] {
+        assert_ne!(c.placed_on(g), Some(gone), "{g} still on the removed node");
+        assert_eq!(c.running_on(g).len(), 1, "{g}");
+    }
+    // At once after: the leader waits a lease after the first change.
+    c.request(
+        asked,
+        Request::Voter {
+            node: name.clone(),
+            vote: true,
+        },
+    );
+    c.run_for(3_000);
+    for i in 0..3 {
+        assert_eq!(c.voters(i), Some(vec![0, 1, 2]), "n{}", i + 1);
+    }
+    for (g, n) in &stay {
+        assert_eq!(c.actions_on(*n, g, since), vec![], "{g} on n{}", n + 1);
+    }
+    assert!(c.dual_active().is_empty(), "{:?}", c.dual_active());
+    let outcomes: Vec<(bool, &VoterOutcome)> = c
+        .voter_events()
+        .iter()
+        .filter_map(|(_, _, e)| match e {
+            MemberEvent::VoterChange {
+                node,
+                vote,
+                outcome,
+            } if *node == name => Some((*vote, outcome)),
+            _ => None,
+        })
+        .collect();
+    let done: Vec<bool> = outcomes
+        .iter()
+        .filter(|(_, o)| **o == VoterOutcome::Done)
+        .map(|(v, _)| *v)
+        .collect();
+    assert_eq!(done, vec![false, true], "{outcomes:?}");
+    assert!(
+        !outcomes
+            .iter()
+            .any(|(_, o)| matches!(o, VoterOutcome::Refused { .. })),
+        "{outcomes:?}"
+    );
+}
+
+/// A wish nobody can meet ends with a reason: the last voter cannot go,
+/// and an unknown node is no node.
+#[test]
+fn node_remove_of_the_last_voter_or_an_unknown_node_is_refused_with_why() {
+    use crate::member::{MemberEvent, Request, VoterOutcome};
+    let mut c = Cluster::new(1, &["web"]);
+    c.run_for(SETTLE_MS);
+    for node in ["n1", "n9"] {
+        c.request(
+            0,
+            Request::Voter {
+                node: node.into(),
+                vote: false,
+            },
+        );
+    }
+    c.run_for(1_000);
+    let reasons: Vec<String> = c
+        .voter_events()
+        .iter()
+        .filter_map(|(_, _, e)| match e {
+            MemberEvent::VoterChange {
+                node,
+                outcome: VoterOutcome::Refused { reason },
+                ..
+            } => Some(format!("{node}: {reason}")),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        reasons,
+        vec![
+            "n1: n1 is the only voter: removing it would leave no voter".to_string(),
+            "n9: n9 is not a node of this cluster's configuration".to_string(),
+        ]
+    );
+    assert_eq!(c.voters(0), Some(vec![0]));
+}
+
 /// Two-node mode with fencing refuses a change of voters: a fence-backed
 /// holder keeps its groups with no lease end a takeover could wait for.
 #[test]
