@@ -37,13 +37,18 @@ pub fn status(st: &Status) -> String {
     let a = &st.agreement;
     let _ = writeln!(
         o,
-        "record: leader {}, term {}, this node {}{}, commit index {}, config epoch {}",
+        "record: leader {}, term {}, this node {}{}, commit index {}, config epoch {}{}",
         a.leader.as_deref().unwrap_or("none"),
         a.term,
         a.role.as_str(),
         if a.voter { "" } else { " (non-voter)" },
         a.commit_index,
-        a.config_epoch
+        a.config_epoch,
+        if a.voters_changing {
+            " (a change of voters is being committed)"
+        } else {
+            ""
+        }
     );
     let _ = writeln!(
         o,

@@ -732,6 +732,23 @@ struct DbClient {
 }
 
 const PSQL: &str = "/usr/lib/postgresql/15/bin/psql";
+
+/// How the client reaches the database: through the floating address,
+/// never waiting long on a dead connection. A server that acknowledged the
+/// last statement and then vanished with its address leaves nothing to
+/// retransmit, and the connection would wait for the default keepalive (2
+/// hours): CI once hung there. Probes after 1 s idle reach the address's
+/// new holder, whose kernel resets the connection.
+fn pg_conninfo() -> String {
+    format!(
+        "host={VIP} user=postgres connect_timeout=1 keepalives=1 keepalives_idle=1 \
+         keepalives_interval=1 keepalives_count=2 tcp_user_timeout=3000"
+    )
+}
+
+/// A client session with no commit acknowledged for this long is killed
+/// and a new one opened (the writer must never block on a stuck `psql`).
+const PG_STALL: Duration = Duration::from_secs(10);
 /// PostgreSQL's socket directory, which every node has its own of.
 const PG_SOCKETS: &str = "/run/tandem-test-pgsql";
 
@@ -749,10 +766,8 @@ impl DbClient {
                 && t0.elapsed() < Duration::from_secs(600)
             {
                 let child = std::process::Command::new("ip")
-                    .args([
-                        "netns", "exec", &ns, PSQL, "-h", VIP, "-U", "postgres", "-X", "-q", "-A",
-                        "-t",
-                    ])
+                    .args(["netns", "exec", &ns, PSQL, "-X", "-q", "-A", "-t", "-d"])
+                    .arg(pg_conninfo())
                     .args(["-v", "ON_ERROR_STOP=1"])
                     .env("PGCONNECT_TIMEOUT", "1")
                     .stdin(std::process::Stdio::piped())
@@ -776,12 +791,22 @@ impl DbClient {
                 let mut ok = input
                     .write_all(b"CREATE TABLE IF NOT EXISTS t (i bigint PRIMARY KEY);\n")
                     .is_ok();
+                // Progress: acknowledgements counted, and when they last grew.
+                let mut seen = (a.lock().unwrap().len(), Instant::now());
                 while ok && !s.load(std::sync::atomic::Ordering::Relaxed) {
                     ok = writeln!(input, "INSERT INTO t VALUES ({next}) RETURNING i;").is_ok()
                         && input.flush().is_ok();
                     next += 1;
                     std::thread::sleep(Duration::from_millis(10));
                     if matches!(child.try_wait(), Ok(Some(_))) {
+                        break;
+                    }
+                    // A stuck session stops reading its input long before
+                    // the pipe (64 KiB, about 16 s of statements) is full.
+                    let count = a.lock().unwrap().len();
+                    if count != seen.0 {
+                        seen = (count, Instant::now());
+                    } else if seen.1.elapsed() > PG_STALL {
                         break;
                     }
                 }
@@ -994,10 +1019,8 @@ address = "{VIP}/24"
             "exec",
             &c.bed.client_ns(),
             PSQL,
-            "-h",
-            VIP,
-            "-U",
-            "postgres",
+            "-d",
+            &pg_conninfo(),
             "-X",
             "-A",
             "-t",
