@@ -1699,16 +1699,10 @@ fn run_seed_voters_as(
 /// than the configured one are seen committed.
 #[test]
 fn seeded_voter_request_runs() {
-    let base: u64 = std::env::var("TANDEM_SIM_BASE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let runs: u64 = std::env::var("TANDEM_SIM_RUNS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(DEFAULT_VOTER_REQUEST_RUNS);
+    let seeds = seed_range(DEFAULT_VOTER_REQUEST_RUNS);
+    let runs = seeds.end - seeds.start;
     let (mut requested, mut changed_runs) = (0, 0);
-    for seed in base..base + runs {
+    for seed in seeds {
         match run_seed_voters_as(seed, false, true) {
             Ok((_, _, r, sets)) => {
                 requested += r;
@@ -1768,16 +1762,10 @@ fn regression_a_member_that_lost_its_log_is_no_vote_for_its_own_lease() {
 /// record, and convergence after healing, as in every run.
 #[test]
 fn seeded_voter_change_runs() {
-    let base: u64 = std::env::var("TANDEM_SIM_BASE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let runs: u64 = std::env::var("TANDEM_SIM_RUNS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(DEFAULT_VOTER_CHANGE_RUNS);
+    let seeds = seed_range(DEFAULT_VOTER_CHANGE_RUNS);
+    let runs = seeds.end - seeds.start;
     let (mut appended, mut sets, mut changing_runs, mut worst) = (0, 0, 0, 0);
-    for seed in base..base + runs {
+    for seed in seeds {
         match run_seed_voters(seed, false) {
             Ok((shape, t, a, c)) => {
                 appended += a;
@@ -1847,27 +1835,28 @@ fn seeded_config_change_runs() {
     );
 }
 
+/// The seeds to run: `TANDEM_SIM_RUNS` (else `default_runs`) from
+/// `TANDEM_SIM_BASE` (else 0).
+fn seed_range(default_runs: u64) -> std::ops::Range<u64> {
+    let var = |name: &str| -> Option<u64> { std::env::var(name).ok()?.parse().ok() };
+    let base = var("TANDEM_SIM_BASE").unwrap_or(0);
+    base..base + var("TANDEM_SIM_RUNS").unwrap_or(default_runs)
+}
+
 fn run_range(part: u64, parts: u64) {
     run_range_with(part, parts, false);
 }
 
 fn run_range_with(part: u64, parts: u64, groups: bool) {
-    let base: u64 = std::env::var("TANDEM_SIM_BASE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let runs: u64 = std::env::var("TANDEM_SIM_RUNS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(if groups {
-            DEFAULT_GROUP_RUNS
-        } else {
-            DEFAULT_RUNS
-        });
+    let seeds = seed_range(if groups {
+        DEFAULT_GROUP_RUNS
+    } else {
+        DEFAULT_RUNS
+    });
     let mut worst = 0;
     let mut proposals = 0;
     let mut count = 0;
-    for seed in (base..base + runs).filter(|s| s % parts == part) {
+    for seed in seeds.filter(|s| s % parts == part) {
         match run_seed_with(seed, false, groups) {
             Ok((_, t, p)) => {
                 worst = worst.max(t);
