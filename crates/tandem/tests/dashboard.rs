@@ -314,11 +314,19 @@ fn the_dashboard_shows_the_cluster_moves_a_group_and_sees_a_node_die() {
 
     // A move through the page: choose the node, click, confirm.
     let target = (1..=3).find(|n| *n != holder && *n != 3).unwrap_or(3);
-    b.script(&format!(
-        "document.querySelector('tr[data-group=web] select').value = 'n{target}'; return true"
-    ));
-    let id = b.element("tr[data-group=web] button.move");
-    b.call("POST", &format!("/element/{id}/click"), Some(json!({})));
+    // The row is built again when what it shows changes (a monitor's
+    // result): an element found just before may be gone by the click.
+    for attempt in 0..5 {
+        b.script(&format!(
+            "document.querySelector('tr[data-group=web] select').value = 'n{target}'; return true"
+        ));
+        let id = b.element("tr[data-group=web] button.move");
+        let clicked = b.call("POST", &format!("/element/{id}/click"), Some(json!({})));
+        if clicked["value"]["error"] != "stale element reference" {
+            break;
+        }
+        println!("the row was built again before the click (attempt {attempt}); again");
+    }
     let asked = b.call("GET", "/alert/text", None)["value"]
         .as_str()
         .unwrap_or_default()
