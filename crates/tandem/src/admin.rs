@@ -368,7 +368,7 @@ pub fn node(a: &AdminArgs, node: &str, standby: bool) -> Result<ExitCode> {
 }
 
 /// `tandem node add|remove NODE`: one change of voters, carried out by the
-/// leader (it waits, up to half a minute, until the change may be made).
+/// leader (it waits, up to `VOTER_WISH_MS`, until the change may be made).
 /// Done once this node's log holds the change committed; a refusal the
 /// leader logs here (this node leads) ends the wait at once with its reason.
 pub fn node_vote(a: &AdminArgs, node: &str, vote: bool) -> Result<ExitCode> {
@@ -449,7 +449,7 @@ pub fn node_vote(a: &AdminArgs, node: &str, vote: bool) -> Result<ExitCode> {
         last = st;
     }
     eprintln!(
-        "{what}: not done after {} s (now {node} {}); the leader gives up after 30 s and logs why: \
+        "{what}: not done after {} s (now {node} {}); the leader gives up after {} s and logs why: \
          `tandem events --since 5m` on any node shows it. A change waits for the previous one to \
          settle (a lease), for an added node to catch up with the log, and for a majority of the \
          new voters to answer",
@@ -458,7 +458,8 @@ pub fn node_vote(a: &AdminArgs, node: &str, vote: bool) -> Result<ExitCode> {
             Some(true) => "votes",
             Some(false) => "does not vote",
             None => "is unknown here",
-        }
+        },
+        tandem_core::member::VOTER_WISH_MS / 1000
     );
     if !last.quorum.quorate {
         eprintln!("this node has no quorum: the cluster cannot act until it does");

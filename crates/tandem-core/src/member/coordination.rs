@@ -516,6 +516,15 @@ impl Member {
             .map(String::as_str)
     }
 
+    /// The id of the host called `name` (None: no host has that name).
+    pub(super) fn host_id(&self, name: &str) -> Option<NodeId> {
+        self.groups
+            .hosts
+            .iter()
+            .position(|h| h == name)
+            .and_then(|i| self.groups.host_ids.get(i).copied())
+    }
+
     /// Runs [`Member::note_leaving`] once per commit index reached.
     pub(super) fn catch_up_leaving(&mut self) {
         let commit = self.agreement.commit_index();
@@ -615,12 +624,7 @@ impl Member {
                 self.fenced_at_ms.insert(node.to_string(), now_ms);
                 self.fence_retry.remove(node);
                 // Two-node quorum: a peer confirmed off counts as its vote.
-                let id = self
-                    .groups
-                    .hosts
-                    .iter()
-                    .position(|h| h == node)
-                    .and_then(|i| self.groups.host_ids.get(i).copied());
+                let id = self.host_id(node);
                 if let (true, Some(id)) = (self.two_node(), id) {
                     if id != self.spec.me && !self.behind(id) {
                         self.set_fenced(now_ms, id, true);

@@ -163,11 +163,7 @@ impl Member {
     /// table, else (a witness) by its name's id.
     fn agreement_node(&self, name: &str) -> Option<NodeId> {
         let id = self
-            .groups
-            .hosts
-            .iter()
-            .position(|h| h == name)
-            .and_then(|i| self.groups.host_ids.get(i).copied())
+            .host_id(name)
             .unwrap_or_else(|| NodeId::from_name(name));
         (id == self.spec.me || self.spec.peers.iter().any(|p| p.id == id)).then_some(id)
     }
