@@ -428,6 +428,13 @@ pub enum AgentEvent {
         /// restart would run the old file and catch up again).
         file: Option<String>,
     },
+    /// A node the configuration gained while running (`tandem node add
+    /// NAME --address`) is a member here from now on: heard, sent to, and
+    /// given the log; it votes once a change of voters names it.
+    NodeAdded {
+        /// Its name.
+        node: String,
+    },
     /// This node runs an older configuration of the cluster's and cannot
     /// switch to the committed one in place (a change made by hand, such
     /// as a node or link, needs its agent restarted with the new file).
@@ -784,6 +791,10 @@ impl std::fmt::Display for AgentEvent {
                     Some(p) => format!("written to {p}"),
                     None => "its file could not be written: a restart would run the old one".into(),
                 }
+            ),
+            AgentEvent::NodeAdded { node } => write!(
+                f,
+                "node {node} added to the members: heard, sent to and given the log from now on; it votes once `tandem node add {node}` gives it a vote"
             ),
             AgentEvent::ConfigNotCaughtUp { identity, why } => write!(
                 f,

@@ -52,6 +52,9 @@ pub const FETCH_LIMIT: Duration = Duration::from_secs(3);
 pub const STAGE: &str = "config-stage";
 /// The handshake's name for asking a peer for a configuration's text.
 pub const CONFIG_FETCH: &str = "config-fetch";
+/// The handshake's name for a new node's first ask (`tandem agent
+/// --join`): the configuration that lists it, and its name there.
+pub const JOIN: &str = "join";
 /// Limit on one peer's check of a configuration offered to it (it runs
 /// the fence and resource agents' own checks of their options).
 pub const STAGE_LIMIT: Duration = Duration::from_secs(25);
@@ -91,6 +94,17 @@ struct StageAsk {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct FetchAsk {
     hash: String,
+}
+
+/// What a member answers a new node (`tandem agent --join`): the
+/// configuration it runs, which lists the new node (it was identified by
+/// the address it connected from), and that node's name there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinAnswer {
+    /// The new node's name in the configuration.
+    pub node: String,
+    /// The configuration's text, as the cluster committed it.
+    pub text: String,
 }
 
 /// A node's answer to a configuration offered to it.
@@ -135,8 +149,9 @@ pub struct PeerService {
     me: String,
     key: [u8; 32],
     dir: PathBuf,
-    /// Each peer with its addresses (per link, in link order).
-    peers: Vec<(String, Vec<Option<IpAddr>>)>,
+    /// Each peer with its addresses (per link, in link order); a switch
+    /// to a configuration that adds a node adds it here.
+    peers: std::sync::Mutex<Vec<Peer>>,
     /// This node's own addresses (per link, in link order).
     mine: Vec<Option<IpAddr>>,
     /// One gathering at a time (each may move megabytes through the
@@ -171,12 +186,7 @@ impl PeerService {
             me: me.to_string(),
             key,
             dir: state_dir,
-            peers: cfg
-                .nodes
-                .iter()
-                .filter(|n| n.name != me)
-                .map(|n| (n.name.clone(), addrs(n)))
-                .collect(),
+            peers: std::sync::Mutex::new(peers_of(cfg, me)),
             mine: cfg.node(me).map(addrs).unwrap_or_default(),
             gathering: tokio::sync::Mutex::new(()),
         }
@@ -193,6 +203,57 @@ impl PeerService {
         }
         if let Ok(mut r) = self.running.lock() {
             *r = Arc::new(cfg.clone());
+        }
+        if let Ok(mut p) = self.peers.lock() {
+            *p = peers_of(cfg, &self.me);
+        }
+    }
+
+    /// Each peer with its addresses, as the configuration running says.
+    fn peers(&self) -> Vec<Peer> {
+        self.peers.lock().map(|p| p.clone()).unwrap_or_default()
+    }
+
+    /// The peer whose address `ip` is, if any.
+    fn peer_at(&self, ip: IpAddr) -> Option<String> {
+        self.peers()
+            .into_iter()
+            .find(|(_, ips)| ips.contains(&Some(ip)))
+            .map(|(n, _)| n)
+    }
+
+    /// Whether `node` is a peer and `ip` one of its addresses.
+    fn is_peer_at(&self, node: &str, ip: IpAddr) -> bool {
+        self.peers()
+            .iter()
+            .any(|(n, ips)| n == node && ips.contains(&Some(ip)))
+    }
+
+    /// A new node's first ask, from its address `from`: the committed
+    /// configuration this node runs (which lists that address) and the
+    /// new node's name in it.
+    async fn join_answer(&self, from: IpAddr) -> Result<JoinAnswer, String> {
+        let node = self.peer_at(from).ok_or_else(|| {
+            format!(
+                "{from} is no node's address in the configuration {} runs",
+                self.me
+            )
+        })?;
+        let running = self
+            .running()
+            .ok_or_else(|| format!("{} lost its own configuration", self.me))?;
+        let hash = tandem_core::config::identity::of(&running).hash;
+        let store = self.store.clone();
+        let wanted = hash.clone();
+        let text = tokio::task::spawn_blocking(move || store.text(&wanted))
+            .await
+            .unwrap_or_default();
+        match text {
+            Some(text) => Ok(JoinAnswer { node, text }),
+            None => Err(format!(
+                "{} keeps no text of the configuration it runs ({hash}); ask a node that took part in the change, or run `tandem config apply` with it again",
+                self.me
+            )),
         }
     }
 
@@ -245,7 +306,8 @@ impl PeerService {
         let ask = StageAsk {
             text: text.to_string(),
         };
-        let asks = self.peers.iter().map(|(name, ips)| {
+        let peers = self.peers();
+        let asks = peers.iter().map(|(name, ips)| {
             let ask = ask.clone();
             async move {
                 (
@@ -261,7 +323,7 @@ impl PeerService {
     /// (each peer in turn, each within [`FETCH_LIMIT`]); None when none
     /// answers with it.
     pub async fn fetch_config(&self, hash: &str) -> Option<String> {
-        for (_, ips) in &self.peers {
+        for (_, ips) in &self.peers() {
             let ask = FetchAsk {
                 hash: hash.to_string(),
             };
@@ -308,14 +370,14 @@ impl PeerService {
         if node == self.me {
             return Ok(self.own_report(since_unix_ms).await);
         }
-        let Some((_, ips)) = self.peers.iter().find(|(n, _)| n == node) else {
+        let Some((_, ips)) = self.peers().into_iter().find(|(n, _)| n == node) else {
             return Err(format!("no node named {node}"));
         };
         let ask = Ask {
             since_unix_ms,
             max: crate::node_report::MAX_REPORT_EVENTS,
         };
-        self.ask_peer(REPORT, ips, ask, REPORT_LIMIT).await
+        self.ask_peer(REPORT, &ips, ask, REPORT_LIMIT).await
     }
 
     /// Binds a listener on each of this node's link addresses and serves
@@ -345,11 +407,7 @@ impl PeerService {
             };
             // Only a member's address takes one of the few slots: a
             // stranger's connections are closed at once.
-            if !self
-                .peers
-                .iter()
-                .any(|(_, ips)| ips.contains(&Some(from.ip())))
-            {
+            if self.peer_at(from.ip()).is_none() {
                 continue;
             }
             if count.fetch_add(1, Ordering::AcqRel) >= MAX_UNAUTHENTICATED {
@@ -374,12 +432,15 @@ impl PeerService {
         let authed = tokio::time::timeout(
             crate::peer_auth::PREAUTH_LIMIT,
             crate::peer_auth::accept(&mut stream, &self.key, |name, node| {
-                ([NAME, REPORT, STAGE, CONFIG_FETCH].contains(&name)
-                    && self
-                        .peers
-                        .iter()
-                        .any(|(n, ips)| n == node && ips.contains(&Some(from.ip()))))
-                .then(|| name.to_string())
+                // A new node does not know its name yet: its address says
+                // who it is (the key proves it is one of the cluster's).
+                let admitted = if name == JOIN {
+                    self.peer_at(from.ip()).is_some()
+                } else {
+                    [NAME, REPORT, STAGE, CONFIG_FETCH].contains(&name)
+                        && self.is_peer_at(node, from.ip())
+                };
+                admitted.then(|| name.to_string())
             }),
         )
         .await;
@@ -394,6 +455,16 @@ impl PeerService {
             return tokio::time::timeout(STAGE_LIMIT, work)
                 .await
                 .context("configuration check timed out")?;
+        }
+        if name == JOIN {
+            let work = async {
+                let _: JoinAsk = recv(&mut stream, &mut session, K_ASK).await?;
+                let answer = self.join_answer(from.ip()).await;
+                send(&mut stream, &mut session, K_EVENTS, &answer).await
+            };
+            return tokio::time::timeout(FETCH_LIMIT, work)
+                .await
+                .context("answering a joining node timed out")?;
         }
         if name == CONFIG_FETCH {
             let work = async {
@@ -444,7 +515,8 @@ impl PeerService {
         let own = tokio::task::spawn_blocking(move || {
             crate::event_journal::read(&dir, since_unix_ms, max)
         });
-        let asks = self.peers.iter().map(|(name, ips)| async move {
+        let peers = self.peers();
+        let asks = peers.iter().map(|(name, ips)| async move {
             (
                 name.clone(),
                 self.ask_peer(NAME, ips, ask, FETCH_LIMIT).await,
@@ -529,6 +601,51 @@ impl PeerService {
         send(&mut stream, &mut session, K_ASK, &ask).await?;
         recv(&mut stream, &mut session, K_EVENTS).await
     }
+}
+
+/// A peer's name and its address on each link, in link order.
+type Peer = (String, Vec<Option<IpAddr>>);
+
+/// Every node of `cfg` but `me`, with its addresses.
+fn peers_of(cfg: &Config, me: &str) -> Vec<Peer> {
+    cfg.nodes
+        .iter()
+        .filter(|n| n.name != me)
+        .map(|n| {
+            let ips = cfg
+                .links
+                .iter()
+                .map(|l| n.addresses.get(&l.name).copied())
+                .collect();
+            (n.name.clone(), ips)
+        })
+        .collect()
+}
+
+/// A new node's ask (`tandem agent --join`); it carries nothing: the
+/// address it comes from names the node.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+struct JoinAsk {}
+
+/// A new node's first ask, dialled from whichever of its addresses the
+/// route to `at` (a member, port [`EVENTS_PORT`] if none given) picks:
+/// the configuration that lists this node and its name there. Sealed
+/// with the cluster key `key`; within [`FETCH_LIMIT`].
+pub async fn join(at: SocketAddr, key: &[u8; 32]) -> Result<JoinAnswer> {
+    let work = async {
+        let mut stream = TcpStream::connect(at)
+            .await
+            .with_context(|| format!("connecting to {at}"))?;
+        let mut session = crate::peer_auth::dial(&mut stream, key, JOIN, "")
+            .await
+            .with_context(|| format!("authenticating with {at}"))?;
+        send(&mut stream, &mut session, K_ASK, &JoinAsk {}).await?;
+        let answer: Result<JoinAnswer, String> = recv(&mut stream, &mut session, K_EVENTS).await?;
+        answer.map_err(|why| anyhow::anyhow!("{at} answered: {why}"))
+    };
+    tokio::time::timeout(FETCH_LIMIT, work)
+        .await
+        .map_err(|_| anyhow::anyhow!("{at} did not answer within {} s", FETCH_LIMIT.as_secs()))?
 }
 
 /// A configuration as `config show` writes it (secrets redacted), for

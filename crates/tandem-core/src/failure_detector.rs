@@ -177,6 +177,26 @@ impl FailureDetector {
         }
     }
 
+    /// A peer the configuration gained while running, not heard yet: it
+    /// counts as never seen (dead at the next tick, as a configured node
+    /// that never started) until its first heartbeat. Returns false when it
+    /// was a peer already.
+    pub fn add_peer(&mut self, peer: NodeId, links: usize) -> bool {
+        if self.peers.contains_key(&peer) {
+            return false;
+        }
+        self.peers.insert(
+            peer,
+            Peer {
+                state: NodeState::Unknown,
+                incarnation: None,
+                links: vec![(LinkState::Unknown, None); links],
+                hears_me: vec![false; links],
+            },
+        );
+        true
+    }
+
     /// State of `peer` (None for a node that is not a peer).
     pub fn node_state(&self, peer: NodeId) -> Option<NodeState> {
         self.peers.get(&peer).map(|p| p.state)

@@ -218,6 +218,58 @@ impl Cluster {
         self.flush(i);
     }
 
+    /// A node that was in no configuration joins (`tandem node add NAME
+    /// --address`, then `tandem agent --join`): every running member adds
+    /// it as a peer and a host, as the agent does when it switches to the
+    /// configuration that lists it, and its own agent starts with that
+    /// configuration (every node a voter, as a configuration says; the
+    /// log's voters override that). Returns its index.
+    pub fn add_node(&mut self) -> usize {
+        let k = self.nodes.len();
+        let id = NodeId(100 + k as u64);
+        let name = format!("n{}", k + 1);
+        self.ids.push(id);
+        let names: Vec<String> = (0..=k).map(|i| format!("n{}", i + 1)).collect();
+        let mut spec = self.nodes[0].spec.clone();
+        spec.me = id;
+        spec.peers = (0..k)
+            .map(|i| PeerSpec {
+                id: self.ids[i],
+                links: vec![true, true],
+                voter: true,
+            })
+            .collect();
+        spec.member_names = names;
+        self.nodes.push(Node {
+            spec,
+            member: None,
+            persisted: Persisted::default(),
+            start_ms: self.now_ms,
+            host: Host::new(
+                &self.groups.iter().map(String::as_str).collect::<Vec<_>>(),
+                1,
+            ),
+            cut: false,
+        });
+        let groups = self.groups_spec();
+        for i in 0..k {
+            let node = &mut self.nodes[i];
+            // A restart reads the new configuration: the node is listed.
+            node.spec.peers.push(PeerSpec {
+                id,
+                links: vec![true, true],
+                voter: true,
+            });
+            node.spec.member_names.push(name.clone());
+            if let Some(m) = node.member.as_mut() {
+                m.add_peer(id, &name, vec![true, true]);
+                m.set_groups(groups.clone(), 0);
+            }
+        }
+        self.start_agent(k, None);
+        k
+    }
+
     /// The current simulated time (ms since the story began).
     pub fn now_ms(&self) -> u64 {
         self.now_ms

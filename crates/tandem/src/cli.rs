@@ -34,6 +34,16 @@ pub enum Command {
         /// This node's name (default: the node whose address is on this machine).
         #[arg(long)]
         node: Option<String>,
+        /// A new machine's first start: ask the running node at ADDRESS
+        /// (IP or IP:PORT, port 5411 by default) for the configuration that
+        /// lists this machine (`tandem node add NAME --address ...` there
+        /// first), write it to --config and the key where it names one,
+        /// then run as that node. Needs --key.
+        #[arg(long, value_name = "ADDRESS", requires = "key")]
+        join: Option<String>,
+        /// With --join: the cluster's key file (copied from a member).
+        #[arg(long, value_name = "FILE", requires = "join")]
+        key: Option<PathBuf>,
         /// Control socket path (default: the configuration's, else /run/tandem/control.sock).
         #[arg(long, value_name = "PATH")]
         control_socket: Option<PathBuf>,
@@ -150,6 +160,15 @@ pub enum Command {
         action: NodeAction,
         /// The node.
         node: String,
+        /// With `add`, for a node the configuration does not list yet: its
+        /// address on each link, `LINK=IP` (repeat, or separate with
+        /// commas). The cluster's configuration gains the node first
+        /// (as `tandem config apply` would, every node checking it), then
+        /// waits for it to join (`tandem agent --join` on it) and gives it
+        /// a vote. Reads the configuration from --config (default
+        /// /etc/tandem/tandem.toml).
+        #[arg(long, value_name = "LINK=IP", value_delimiter = ',')]
+        address: Vec<String>,
         #[command(flatten)]
         admin: AdminArgs,
     },

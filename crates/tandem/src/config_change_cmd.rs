@@ -315,3 +315,195 @@ fn list(v: &[&str]) -> String {
         v.join(", ")
     }
 }
+
+/// How often the wait for a new node to join looks at the status.
+const JOIN_POLL: Duration = Duration::from_millis(200);
+
+/// `tandem node add NAME --address LINK=IP...` for a node the
+/// configuration does not list: the configuration (read from --config)
+/// gains it at the end of its nodes, applied through the cluster as
+/// `tandem config apply` does; then, unless --no-wait, this waits for the
+/// node to join (`tandem agent --join` on it) and gives it a vote.
+pub fn add_node(a: &crate::cli::AdminArgs, node: &str, addresses: &[String]) -> Result<ExitCode> {
+    let path =
+        a.at.config
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/etc/tandem/tandem.toml"));
+    let label = path.display().to_string();
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!("reading configuration file {label} (give this node's with --config)")
+    })?;
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    // Its own warnings are the running cluster's: said once, below, for
+    // the configuration with the node.
+    let Some(cfg) = tandem_core::config::load(&text, &base, &tandem_agent::keyfile::facts).config
+    else {
+        bail!("{label} does not pass `tandem config validate {label}`: fix it first");
+    };
+    let added = with_node(&text, &cfg, node, addresses)?;
+    let added_label = format!("{label} with node {node}");
+    if !checked_here(&added, &added_label, &base) {
+        eprintln!("nothing was changed: the addresses above do not fit the configuration");
+        return Ok(ExitCode::FAILURE);
+    }
+    let opts = ApplyOptions {
+        at: a.at.clone(),
+        force: false,
+        timeout: a.timeout,
+    };
+    let applied = run(&added, &added_label, &opts)?;
+    if applied != ExitCode::SUCCESS {
+        return Ok(applied);
+    }
+    let sock = opts.at.socket()?;
+    let me = crate::admin::status(&sock)?.node;
+    let hint = join_hint(&cfg, &me, &label);
+    if a.no_wait {
+        println!("{node} is in the configuration; start it with:\n  {hint}\nthen `tandem node add {node}` gives it a vote");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{node} is in the configuration; start it now with:\n  {hint}");
+    eprintln!("waiting up to {} s for {node} to join...", a.timeout);
+    let t0 = Instant::now();
+    let limit = Duration::from_secs(a.timeout);
+    while t0.elapsed() < limit {
+        let heard = crate::admin::status(&sock).ok().is_some_and(|st| {
+            st.peers
+                .iter()
+                .any(|p| p.name == node && p.state == tandem_agent::status::PeerState::Online)
+        });
+        if heard {
+            eprintln!(
+                "{node} joined after {} s; giving it a vote",
+                t0.elapsed().as_secs()
+            );
+            return crate::admin::node_vote(a, node, true);
+        }
+        std::thread::sleep(JOIN_POLL);
+    }
+    eprintln!(
+        "{node} is in the configuration but was not heard within {} s: start it with `{hint}`, then `tandem node add {node}` gives it a vote",
+        a.timeout
+    );
+    Ok(ExitCode::FAILURE)
+}
+
+/// `text` with node `node` added at the end of its nodes, its address on
+/// each link from `LINK=IP` items; refused when the node is there already
+/// or an item names no link of `cfg` or no address.
+fn with_node(
+    text: &str,
+    cfg: &tandem_core::config::Config,
+    node: &str,
+    addresses: &[String],
+) -> Result<String> {
+    if cfg.node(node).is_some() {
+        bail!(
+            "{node} is in the configuration already: `tandem node add {node}` (without --address) gives it a vote"
+        );
+    }
+    if node.is_empty()
+        || !node
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        bail!("{node:?}: a node's name is letters, digits, `-` and `_`");
+    }
+    let mut pairs = Vec::new();
+    for item in addresses {
+        let Some((link, ip)) = item.split_once('=') else {
+            bail!(
+                "--address {item}: write LINK=IP (links: {})",
+                link_names(cfg)
+            );
+        };
+        let (link, ip) = (link.trim(), ip.trim());
+        if !cfg.links.iter().any(|l| l.name == link) {
+            bail!(
+                "--address {item}: no link named {link} (links: {})",
+                link_names(cfg)
+            );
+        }
+        let ip: std::net::IpAddr = ip
+            .parse()
+            .with_context(|| format!("--address {item}: {ip} is not an IP address"))?;
+        if pairs.iter().any(|(l, _)| *l == link) {
+            bail!("--address {item}: link {link} given twice");
+        }
+        pairs.push((link, ip));
+    }
+    let list: Vec<String> = pairs
+        .iter()
+        .map(|(l, ip)| format!("{l} = \"{ip}\""))
+        .collect();
+    let mut out = text.to_string();
+    if !out.ends_with('\n') {
+        out.push('\n');
+    }
+    out.push_str(&format!(
+        "\n# Added by `tandem node add {node} --address ...`.\n[[node]]\nname = \"{node}\"\naddresses = {{ {} }}\n",
+        list.join(", ")
+    ));
+    Ok(out)
+}
+
+fn link_names(cfg: &tandem_core::config::Config) -> String {
+    let names: Vec<&str> = cfg.links.iter().map(|l| l.name.as_str()).collect();
+    names.join(", ")
+}
+
+/// The command a new node starts with: this node's address on the first
+/// link they can share, the key file and the configuration's path.
+fn join_hint(cfg: &tandem_core::config::Config, me: &str, config: &str) -> String {
+    let at = cfg
+        .node(me)
+        .and_then(|n| cfg.links.iter().find_map(|l| n.addresses.get(&l.name)))
+        .map_or_else(|| "ADDRESS".to_string(), ToString::to_string);
+    format!(
+        "tandem agent --join {at} --key {} --config {config}",
+        cfg.key_path().display()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "[cluster]\nname = \"c\"\nkey_file = \"/k\"\n\n[[link]]\nname = \"lan\"\nsubnet = \"10.0.0.0/24\"\n\n[[node]]\nname = \"n1\"\naddresses = { lan = \"10.0.0.1\" }\n\n[[node]]\nname = \"n2\"\naddresses = { lan = \"10.0.0.2\" }\n\n[[node]]\nname = \"n3\"\naddresses = { lan = \"10.0.0.3\" }\n";
+
+    fn cfg(text: &str) -> tandem_core::config::Config {
+        let facts = |_: &Path| tandem_core::config::KeyFileFacts::Present {
+            len: 32,
+            mode: 0o600,
+        };
+        let l = tandem_core::config::load(text, Path::new("/"), &facts);
+        match l.config {
+            Some(c) => c,
+            None => panic!("invalid test configuration: {:?}", l.diagnostics),
+        }
+    }
+
+    #[test]
+    fn a_node_is_added_at_the_end_with_its_addresses_or_refused_with_why() {
+        let c = cfg(BASE);
+        let out = with_node(BASE, &c, "n4", &["lan=10.0.0.4".into()]).unwrap_or_default();
+        let added = cfg(&out);
+        let names: Vec<&str> = added.nodes.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["n1", "n2", "n3", "n4"]);
+        let lan = added.nodes[3].addresses.get("lan").map(ToString::to_string);
+        assert_eq!(lan.as_deref(), Some("10.0.0.4"));
+        let why = |node: &str, a: &[&str]| {
+            let a: Vec<String> = a.iter().map(|s| s.to_string()).collect();
+            with_node(BASE, &c, node, &a)
+                .err()
+                .map(|e| format!("{e:#}"))
+                .unwrap_or_default()
+        };
+        assert!(why("n1", &["lan=10.0.0.4"]).contains("already"));
+        assert!(why("n4", &["wan=10.0.0.4"]).contains("no link named wan (links: lan)"));
+        assert!(why("n4", &["lan"]).contains("LINK=IP"));
+        assert!(why("n4", &["lan=x"]).contains("not an IP address"));
+        assert!(why("n4", &["lan=10.0.0.4", "lan=10.0.0.5"]).contains("given twice"));
+        assert!(why("n 4", &["lan=10.0.0.4"]).contains("letters"));
+    }
+}

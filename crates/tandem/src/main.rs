@@ -9,6 +9,7 @@ mod config_cmd;
 mod demo;
 mod import_cmd;
 mod init_cmd;
+mod join_cmd;
 mod man;
 mod render;
 mod report;
@@ -44,12 +45,27 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Agent {
             config,
             node,
+            join,
+            key,
             control_socket,
             state_dir,
             recovery,
             log,
         } => {
             tandem_agent::logging::init(&log.options(), tandem_agent::logging::Program::Agent)?;
+            let node = match (join, key) {
+                (Some(at), Some(key)) => {
+                    let joined = join_cmd::join(&config, &at, &key)?;
+                    if node.as_ref().is_some_and(|n| *n != joined) {
+                        anyhow::bail!(
+                            "--node {}: the cluster knows this machine as {joined}",
+                            node.unwrap_or_default()
+                        );
+                    }
+                    Some(joined)
+                }
+                _ => node,
+            };
             run_member(
                 &config,
                 agent::MemberRole::Node(node),
@@ -114,10 +130,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Node {
             action,
             node,
+            address,
             admin,
         } => match action {
+            _ if !address.is_empty() && action != cli::NodeAction::Add => {
+                anyhow::bail!("--address goes with `tandem node add` only")
+            }
             cli::NodeAction::Standby => admin::node(&admin, &node, true),
             cli::NodeAction::Online => admin::node(&admin, &node, false),
+            cli::NodeAction::Add if !address.is_empty() => {
+                config_change_cmd::add_node(&admin, &node, &address)
+            }
             cli::NodeAction::Add => admin::node_vote(&admin, &node, true),
             cli::NodeAction::Remove => admin::node_vote(&admin, &node, false),
         },

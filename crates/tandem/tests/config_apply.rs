@@ -312,3 +312,214 @@ fn config_apply_adds_changes_and_removes_groups_without_a_gap_and_rollback_resto
         );
     }
 }
+
+/// Issue 19: a machine that was in no configuration joins a running
+/// 3-node cluster. `tandem node add n4 --address ...` on one node commits
+/// a configuration listing n4 (every node checks it and switches in place)
+/// and waits; n4 starts with `tandem agent --join` and only the key, gets
+/// the configuration from a member, joins as a learner and is given a
+/// vote. The client's group, on a follower, sees no gap and is neither
+/// stopped nor started; n4's file is the cluster's; n4 can then host it.
+#[test]
+fn a_node_not_in_the_configuration_joins_with_node_add_and_agent_join_without_a_gap() {
+    if !require_root(
+        "a_node_not_in_the_configuration_joins_with_node_add_and_agent_join_without_a_gap",
+    ) {
+        return;
+    }
+    let shape = ClusterShape {
+        extra: agents::web_group_config(Path::new(TANDEM), "manual", 3, 8080, 7000),
+        ..ClusterShape::nodes(4)
+    };
+    let mut c = AgentCluster::prepare(TANDEM, &shape).unwrap();
+    let full = std::fs::read_to_string(c.config_path()).unwrap();
+    let (lan4, sync4) = (c.bed.address(4, "lan"), c.bed.address(4, "sync"));
+    let n4_block = format!(
+        "[[node]]\nname = \"n4\"\naddresses = {{ lan = \"{lan4}\", sync = \"{sync4}\" }}\n\n"
+    );
+    assert!(full.contains(&n4_block), "{full}");
+    let three = full.replace(&n4_block, "");
+    let dir = c.dir().to_path_buf();
+    let file = |n: usize| -> PathBuf { dir.join(format!("n{n}.toml")) };
+    for n in 1..=3 {
+        std::fs::write(file(n), &three).unwrap();
+        let pid = c.spawn_agent_with(n, &file(n)).unwrap();
+        c.pids.push(pid);
+    }
+    for n in 1..=3 {
+        c.wait(n, GENEROUS, "all online, web running", |s| {
+            all_online(s) && running(s, "web")
+        })
+        .unwrap();
+    }
+    let s1 = c.status(1).unwrap();
+    let leader: usize = s1["agreement"]["leader"].as_str().unwrap()[1..]
+        .parse()
+        .unwrap();
+    let mut web_on: usize = group(&s1, "web").unwrap()["placed_on"].as_str().unwrap()[1..]
+        .parse()
+        .unwrap();
+    // The client's group on a follower: the node that asks is another.
+    if web_on == leader {
+        let to = if leader == 1 { 2 } else { 1 };
+        let (ok, out) = tandem(&[
+            "move",
+            "web",
+            "--to",
+            &format!("n{to}"),
+            "--socket",
+            c.socket(1).to_str().unwrap(),
+        ]);
+        assert!(ok, "{out}");
+        c.wait(to, GENEROUS, "web moved to a follower", |s| {
+            running(s, "web") && group(s, "web").unwrap()["placed_on"] == format!("n{to}").as_str()
+        })
+        .unwrap();
+        web_on = to;
+    }
+    let asker = (1..=3).find(|n| *n != web_on).unwrap();
+    eprintln!("leader n{leader}, web on n{web_on}, node add run on n{asker}");
+    // Before `node add`, the machine is a stranger: refused, nothing written.
+    let key = c.dir().join("cluster.key");
+    let n4_file = file(4);
+    let early = c.bed.exec(
+        4,
+        TANDEM,
+        &[
+            "agent",
+            "--join",
+            &c.bed.address(asker, "lan").to_string(),
+            "--key",
+            key.to_str().unwrap(),
+            "--config",
+            n4_file.to_str().unwrap(),
+        ],
+    );
+    let early = format!("{early:?}");
+    assert!(
+        early.contains("did not give this machine its configuration"),
+        "{early}"
+    );
+    assert!(
+        !n4_file.exists(),
+        "a refused join wrote {}",
+        n4_file.display()
+    );
+    eprintln!("a join before node add: {early}");
+    let prober = Prober::start(
+        &c.bed.client_ns(),
+        ProbeSpec::new(SocketAddr::new(c.bed.vip("lan").into(), 7000), 120_000),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let t = unix_ms();
+    let adding = std::process::Command::new(TANDEM)
+        .args([
+            "node",
+            "add",
+            "n4",
+            "--address",
+            &format!("lan={lan4},sync={sync4}"),
+            "--config",
+            file(asker).to_str().unwrap(),
+            "--socket",
+            c.socket(asker).to_str().unwrap(),
+            "--timeout",
+            "60",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Every member knows n4 once it switched to the configuration that
+    // lists it; then the new machine starts with the key alone.
+    for n in 1..=3 {
+        c.wait(n, GENEROUS, "n4 among the members", |s| {
+            s["peers"]
+                .as_array()
+                .is_some_and(|p| p.iter().any(|p| p["name"] == "n4"))
+                && s["config"]["committed"] == s["config"]["identity"]
+        })
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", c.logs()));
+    }
+    let pid = c
+        .spawn_agent_args(
+            4,
+            &n4_file,
+            &[
+                "--join",
+                &c.bed.address(asker, "lan").to_string(),
+                "--key",
+                key.to_str().unwrap(),
+            ],
+        )
+        .unwrap();
+    c.pids.push(pid);
+    let out = adding.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("node add:\n{said}");
+    assert!(out.status.success(), "{said}\n{}", c.logs());
+    assert!(said.contains("node `n4` added"), "{said}");
+    assert!(said.contains("tandem agent --join"), "{said}");
+    assert!(
+        said.contains("votes and may host groups (4 voters)"),
+        "{said}"
+    );
+    let committed = c.status(1).unwrap()["config"]["committed"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for n in 1..=4 {
+        c.wait(n, GENEROUS, "4 voters, one configuration", |s| {
+            all_online(s)
+                && s["quorum"]["expected"] == 4
+                && s["config"]["identity"] == committed.as_str()
+        })
+        .unwrap_or_else(|e| panic!("n{n}: {e:?}\n{}", c.logs()));
+        assert_eq!(
+            std::fs::read_to_string(file(n)).unwrap(),
+            std::fs::read_to_string(file(asker)).unwrap(),
+            "n{n}'s file"
+        );
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let log = prober.stop().unwrap();
+    let report = analyze(&log.records, CheckOptions::default());
+    let gap = report.kind(ProbeKind::Udp).max_gap_ms();
+    assert_eq!(report.dual_active().count(), 0);
+    assert!(
+        gap < 100.0,
+        "web had a {gap} ms gap during the add\n{}",
+        c.logs()
+    );
+    let holder = c.status(web_on).unwrap();
+    let touched = holder["events"].as_array().unwrap().iter().any(|e| {
+        e["at_unix_ms"].as_u64().unwrap_or(0) >= t
+            && e["event"]["group"] == "web"
+            && e["event"]["kind"] == "action_begun"
+            && e["event"]["action"] != "probe"
+    });
+    assert!(!touched, "web was stopped or started: {}", holder["events"]);
+
+    // The new node hosts.
+    let (ok, out) = tandem(&[
+        "move",
+        "web",
+        "--to",
+        "n4",
+        "--socket",
+        c.socket(4).to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}\n{}", c.logs());
+    c.wait(4, GENEROUS, "web runs on n4", |s| {
+        running(s, "web") && group(s, "web").unwrap()["placed_on"] == "n4"
+    })
+    .unwrap_or_else(|e| panic!("{e:?}\n{}", c.logs()));
+    eprintln!(
+        "node add n4: joined and voting; web untouched on n{web_on} (largest gap {gap:.0} ms, 0 dual-active), then moved to n4"
+    );
+}

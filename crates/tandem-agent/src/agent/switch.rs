@@ -39,6 +39,8 @@ pub(super) struct Switching {
     catching_up: bool,
     /// The new configuration's groups, for the core.
     groups: tandem_core::member::GroupsSpec,
+    /// The members with the node the change adds, if it adds one.
+    topo: Option<super::Topology>,
     /// The runner of the new configuration, built before anything stopped
     /// (a configuration this node cannot run stops nothing), and its
     /// outcomes' channel.
@@ -257,7 +259,21 @@ impl Agent {
             Ok(r) => r,
             Err(e) => return self.switch_failed(now, target, format!("{e:#}")),
         };
-        let groups = match super::groups_spec(&accepted.cfg, &self.topo, &self.fence_devices) {
+        let topo = match &accepted.plan.added_node {
+            Some(name) => match self.topo.with_node(&accepted.cfg, name) {
+                Some(t) => Some(t),
+                None => {
+                    return self.switch_failed(
+                        now,
+                        target,
+                        format!("the node it adds, {name}, is not in it"),
+                    )
+                }
+            },
+            None => None,
+        };
+        let members = topo.as_ref().unwrap_or(&self.topo);
+        let groups = match super::groups_spec(&accepted.cfg, members, &self.fence_devices) {
             Ok(g) => g,
             Err(e) => return self.switch_failed(now, target, format!("{e:#}")),
         };
@@ -273,6 +289,7 @@ impl Agent {
             text,
             catching_up,
             groups,
+            topo,
             runner,
             done_rx,
         });
@@ -296,6 +313,7 @@ impl Agent {
             text,
             catching_up,
             groups,
+            topo,
             runner,
             done_rx,
         } = sw;
@@ -324,6 +342,18 @@ impl Agent {
         };
         self.runner = Some(runner);
         self.done_rx = done_rx;
+        if let Some(topo) = topo {
+            // The node the change adds: heard, sent to, given the log.
+            for j in self.topo.names.len()..topo.names.len() {
+                let links = topo.shared_links(self.me, j);
+                if self.member.add_peer(topo.ids[j], &topo.names[j], links) {
+                    self.log(AgentEvent::NodeAdded {
+                        node: topo.names[j].clone(),
+                    });
+                }
+            }
+            self.topo = topo;
+        }
         self.member.set_groups(groups, self.unix_at_zero_ms);
         self.member.set_config_identity(
             accepted.identity.hash.clone(),

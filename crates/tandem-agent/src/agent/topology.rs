@@ -5,7 +5,10 @@
 use super::*;
 
 /// Every member's address per link, in configuration order; the witness
-/// (if any) last, on the one link whose subnet holds its address.
+/// (if any) after the nodes, on the one link whose subnet holds its
+/// address; a node added while running (`tandem node add NAME --address`)
+/// after those.
+#[derive(Clone)]
 pub(super) struct Topology {
     pub(super) names: Vec<String>,
     pub(super) ids: Vec<NodeId>,
@@ -50,6 +53,38 @@ impl Topology {
             links,
             addrs,
         }
+    }
+
+    /// This topology with node `name` of `cfg` added at the end, not
+    /// voting (the log's voters say who votes); None when `cfg` has no
+    /// such node. Unchanged when it is a member already.
+    pub(super) fn with_node(&self, cfg: &Config, name: &str) -> Option<Topology> {
+        let node = cfg.node(name)?;
+        let mut t = self.clone();
+        if t.names.iter().any(|n| n == name) {
+            return Some(t);
+        }
+        t.addrs.push(
+            cfg.links
+                .iter()
+                .map(|l| {
+                    node.addresses
+                        .get(&l.name)
+                        .map(|ip| SocketAddr::new(*ip, l.port))
+                })
+                .collect(),
+        );
+        t.names.push(name.to_string());
+        t.ids.push(NodeId::from_name(name));
+        t.voters.push(false);
+        Some(t)
+    }
+
+    /// Per link: whether member `j` and member `me` are both on it.
+    pub(super) fn shared_links(&self, me: usize, j: usize) -> Vec<bool> {
+        (0..self.links.len())
+            .map(|l| self.addrs[me][l].is_some() && self.addrs[j][l].is_some())
+            .collect()
     }
 
     pub(super) fn name_of(&self, id: NodeId) -> &str {
@@ -129,9 +164,7 @@ pub(super) fn spec(
         .filter(|&j| j != me)
         .map(|j| PeerSpec {
             id: topo.ids[j],
-            links: (0..topo.links.len())
-                .map(|l| topo.addrs[me][l].is_some() && topo.addrs[j][l].is_some())
-                .collect(),
+            links: topo.shared_links(me, j),
             voter: topo.voters[j],
         })
         .collect();

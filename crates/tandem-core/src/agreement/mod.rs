@@ -505,6 +505,38 @@ impl Agreement {
         a
     }
 
+    /// A node that joined the cluster while this engine runs (the
+    /// configuration gained it: `tandem node add NAME --address`): it
+    /// receives the log from now on as a learner; it votes only once a
+    /// committed [`Command::Voters`] names it. Returns false when it was
+    /// known already (nothing changes).
+    pub fn add_known(&mut self, id: NodeId) -> bool {
+        if id == self.id || self.known.contains(&id) {
+            return false;
+        }
+        self.known.push(id);
+        self.known.sort();
+        self.learners = learners_of(&self.known, &self.voters);
+        if self.role == Role::Leader {
+            let next = self.last_index() + 1;
+            self.next.insert(id, next);
+            self.matched.insert(id, 0);
+        }
+        true
+    }
+
+    /// Whether the log or its snapshot names the voters (a
+    /// [`Command::Voters`]); if not, they are the ones this engine was
+    /// started with, from the configuration.
+    pub fn voters_written(&self) -> bool {
+        self.last_voters_index().is_some() || self.durable.snapshot.record.voters.is_some()
+    }
+
+    /// Whether some node receives the log without voting.
+    pub fn has_learners(&self) -> bool {
+        !self.learners.is_empty()
+    }
+
     /// Leader only: the time (this leader's clock) at which `peer` first
     /// acknowledged holding this leader's log up to `index` or beyond, in
     /// the current term. None when it has not (or this node does not lead).
@@ -697,7 +729,12 @@ impl Agreement {
         let known = proposed.iter().all(|v| self.known.contains(v));
         let differ = proposed.iter().filter(|v| !self.voters.contains(v)).count()
             + self.voters.iter().filter(|v| !proposed.contains(v)).count();
-        if !sorted || !known || proposed.is_empty() || differ != 1 {
+        // The same voters again is a pin, allowed only while neither the
+        // log nor the snapshot names the voters: it changes no quorum, and
+        // from then on every node holding the log agrees on the voters
+        // whatever its configuration lists ([`Agreement::voters_written`]).
+        let pin = differ == 0 && !self.voters_written();
+        if !sorted || !known || proposed.is_empty() || (differ != 1 && !pin) {
             return Err(ProposeError::NotOneVoter);
         }
         let since = now_ms.saturating_sub(self.timing.election_min_ms);

@@ -5,10 +5,13 @@
 //! A node switches in place: groups the new configuration removes, and
 //! groups whose resources change, are stopped first; every other group
 //! keeps running untouched (its monitors may change: they are checked
-//! anew from the switch on). Changes to what the membership itself runs
-//! on (cluster, timing, quorum, links, nodes, keys), to fence devices,
-//! volumes, the watchdog, the HTTP API or alerts need each agent
-//! restarted, one node at a time, and are refused here with that advice.
+//! anew from the switch on). One node may be added, at the end of the
+//! list (`tandem node add NAME --address`): every member then hears it and
+//! sends it the log, and it votes only once a change of voters names it.
+//! Other changes to what the membership itself runs on (cluster, timing,
+//! quorum, links, existing nodes, keys), to fence devices, volumes, the
+//! watchdog, the HTTP API or alerts need each agent restarted, one node at
+//! a time, and are refused here with that advice.
 
 use std::fmt;
 
@@ -24,6 +27,9 @@ pub struct Plan {
     /// or with resources added, removed, changed or reordered (they start
     /// again, as the new configuration says, once the switch is done).
     pub restart: Vec<String>,
+    /// The node the new configuration adds (at the end of its list), if
+    /// any: every member adds it as a peer when it switches.
+    pub added_node: Option<String>,
 }
 
 impl Plan {
@@ -149,7 +155,10 @@ pub fn plan(old: &Config, new: &Config) -> Result<Plan, NotLive> {
     let changes = diff(old, new);
     let refused: Vec<Change> = changes
         .iter()
-        .filter(|c| !live(c) || (c.section == Section::Resource && filesync(c, old, new)))
+        .filter(|c| {
+            !(live(c) || node_added(c, old, new))
+                || (c.section == Section::Resource && filesync(c, old, new))
+        })
         .cloned()
         .collect();
     if !refused.is_empty() {
@@ -163,7 +172,30 @@ pub fn plan(old: &Config, new: &Config) -> Result<Plan, NotLive> {
         .collect();
     restart.sort();
     restart.dedup();
-    Ok(Plan { changes, restart })
+    let added_node = changes
+        .iter()
+        .find(|c| c.section == Section::Node)
+        .map(|c| c.name.clone());
+    Ok(Plan {
+        changes,
+        restart,
+        added_node,
+    })
+}
+
+/// Whether `c` adds one node at the end of the list, the only change of
+/// nodes a running cluster makes: the others keep their places (who votes
+/// by the configuration's order) and their addresses.
+fn node_added(c: &Change, old: &Config, new: &Config) -> bool {
+    c.section == Section::Node
+        && c.kind == ChangeKind::Added
+        && new.nodes.len() == old.nodes.len() + 1
+        && new.nodes.last().is_some_and(|n| n.name == c.name)
+        && old
+            .nodes
+            .iter()
+            .zip(&new.nodes)
+            .all(|(a, b)| a.name == b.name)
 }
 
 /// Whether a node running the configuration `mine`, with no change under
@@ -363,6 +395,41 @@ address = "10.0.0.102/24"
         let text = e.to_string();
         assert!(text.contains("node `n2` changed: addresses"), "{text}");
         assert!(text.contains("one node at a time"), "{text}");
+    }
+
+    /// `tandem node add NAME --address`: one node at the end of the list
+    /// is live (every member adds the peer, nothing restarts); two at once,
+    /// one placed before others, or a removal are not.
+    #[test]
+    fn one_node_added_at_the_end_is_live_other_node_changes_are_not() {
+        let n = |name: &str, ip: &str| {
+            format!("\n[[node]]\nname = \"{name}\"\naddresses = {{ lan = \"{ip}\" }}\n")
+        };
+        let (head, groups) = BASE.split_at(BASE.find("[[group]]").unwrap_or(BASE.len()));
+        let with = |extra: &str| cfg(&format!("{head}{extra}\n{groups}"));
+        let old = cfg(BASE);
+        let p = plan(&old, &with(&n("n4", "10.0.0.4"))).expect("live");
+        assert_eq!(p.added_node.as_deref(), Some("n4"));
+        assert!(p.restart.is_empty(), "{:?}", p.restart);
+        let two = with(&format!("{}{}", n("n4", "10.0.0.4"), n("n5", "10.0.0.5")));
+        assert!(plan(&old, &two).is_err(), "two nodes at once");
+        let before = cfg(&BASE.replacen(
+            "[[node]]\nname = \"n1\"",
+            &format!(
+                "{}\n[[node]]\nname = \"n1\"",
+                n("n0", "10.0.0.9").trim_start()
+            ),
+            1,
+        ));
+        assert!(
+            plan(&old, &before).is_err(),
+            "a node placed before the others"
+        );
+        let removed = plan(&with(&n("n4", "10.0.0.4")), &old).unwrap_err();
+        assert!(
+            removed.to_string().contains("node `n4` removed"),
+            "{removed}"
+        );
     }
 
     #[test]

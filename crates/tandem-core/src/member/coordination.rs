@@ -25,6 +25,32 @@ impl Member {
         self.lead_dirty = true;
     }
 
+    /// A node the configuration gained while running (`tandem node add
+    /// NAME --address`, committed through `tandem config apply`'s
+    /// machinery): from now on this member sends it heartbeats on the
+    /// links they share, hears it, and (leading) replicates the log to it
+    /// as a learner. It votes only once a committed change of voters names
+    /// it (`tandem node add NAME` once it runs), so the voters in force
+    /// stay those of the log. Returns false when it was a member already.
+    pub fn add_peer(&mut self, id: NodeId, name: &str, links: Vec<bool>) -> bool {
+        if id == self.spec.me || self.spec.peers.iter().any(|p| p.id == id) {
+            return false;
+        }
+        let mut links = links;
+        links.resize(self.spec.links, false);
+        self.spec.peers.push(PeerSpec {
+            id,
+            links,
+            voter: false,
+        });
+        self.spec.member_names.push(name.to_string());
+        self.detector.add_peer(id, self.spec.links);
+        self.agreement.add_known(id);
+        self.heartbeat_due_ms = self.now_ms;
+        self.lead_dirty = true;
+        true
+    }
+
     /// This node switched to another configuration in place (`tandem
     /// config apply`): its identity, said to every peer at once.
     pub fn set_config_identity(&mut self, hash: String, sections: Vec<(String, String)>) {

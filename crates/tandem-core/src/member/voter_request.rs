@@ -171,6 +171,9 @@ impl Member {
     /// On every pass of the leader's loop: one step towards the first
     /// wish, and on to the next while wishes end.
     pub(super) fn lead_voters(&mut self) {
+        if self.voter_wishes.is_empty() {
+            self.pin_voters();
+        }
         for _ in 0..=MAX_VOTER_WISHES {
             let Some(wish) = self.voter_wishes.pop_front() else {
                 return;
@@ -183,6 +186,25 @@ impl Member {
                 None => continue,
             }
         }
+    }
+
+    /// On the leader, while a node receives the log without a vote (one
+    /// added while running, `tandem node add NAME --address`) and the log
+    /// does not name the voters yet: write the voters in force into the log
+    /// (the same ones: no quorum changes). Every node's configuration
+    /// lists the added node, and one started or restarted with it would
+    /// otherwise take it for a voter until a change names the voters.
+    /// Refusals pass (tried again on the next pass).
+    fn pin_voters(&mut self) {
+        if self.agreement.role() != Role::Leader
+            || self.agreement.voters_written()
+            || !self.agreement.has_learners()
+            || self.spec.mode == quorum::Mode::TwoNode
+        {
+            return;
+        }
+        let voters = self.agreement.voters().to_vec();
+        let _ = self.change_voters(self.now_ms, voters);
     }
 
     /// One step towards `wish`: it back while under way, None once it ended

@@ -571,6 +571,68 @@ fn node_remove_then_add_through_a_follower_changes_one_vote_each() {
     );
 }
 
+/// Issue 19: a node that was in no configuration joins a running
+/// cluster. Every member adds it as a peer, the leader writes the voters
+/// in force into the log (the new node's own configuration lists it as a
+/// voter, and the log must say otherwise), it holds the record as a
+/// learner, `node add` then gives it a vote, and it can host a group.
+/// Groups already placed never stop; never dual-active.
+#[test]
+fn a_node_added_while_running_learns_the_log_then_gets_a_vote_and_hosts() {
+    use crate::member::Request;
+    let mut c = Cluster::new(3, &["web", "db"]);
+    c.run_for(SETTLE_MS);
+    let placed: Vec<(&str, usize)> = ["web", "db"]
+        .into_iter()
+        .filter_map(|g| c.placed_on(g).map(|n| (g, n)))
+        .collect();
+    assert_eq!(placed.len(), 2);
+    let since = c.now_ms();
+    let new = c.add_node();
+    c.run_for(3_000);
+    for i in 0..4 {
+        assert_eq!(c.voters(i), Some(vec![0, 1, 2]), "n{}: voters", i + 1);
+    }
+    let leader = c.leader().expect("a leader");
+    assert_ne!(leader, new, "a learner does not lead");
+    let held = c.record(leader).map(|r| r.placements.clone());
+    assert_eq!(
+        c.record(new).map(|r| r.placements.clone()),
+        held,
+        "the learner holds the record"
+    );
+    let asked = (0..3).find(|i| *i != leader).expect("a follower");
+    c.request(
+        asked,
+        Request::Voter {
+            node: "n4".into(),
+            vote: true,
+        },
+    );
+    c.run_for(3_000);
+    for i in 0..4 {
+        assert_eq!(c.voters(i), Some(vec![0, 1, 2, 3]), "n{}: voters", i + 1);
+    }
+    let (g, from) = placed[0];
+    c.request(
+        asked,
+        Request::Move {
+            group: g.to_string(),
+            node: Some("n4".into()),
+        },
+    );
+    c.run_for(3_000);
+    assert_eq!(
+        c.running_on(g),
+        vec![new],
+        "{g} moved to the new node from n{}",
+        from + 1
+    );
+    let (other, on) = placed[1];
+    assert_eq!(c.actions_on(on, other, since), vec![], "{other} untouched");
+    assert!(c.dual_active().is_empty(), "{:?}", c.dual_active());
+}
+
 /// A wish nobody can meet ends with a reason: the last voter cannot go,
 /// and an unknown node is no node.
 #[test]
