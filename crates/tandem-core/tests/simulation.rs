@@ -151,6 +151,23 @@ struct VoterChanges {
     requested: u64,
 }
 
+/// A node the configuration did not list joins during the run (`tandem
+/// node add NAME --address`, then `tandem agent --join` on it). Until then
+/// it does not run, no fault touches it, and the others' specs and groups
+/// leave it out; each member then adds it as a peer and a host at its own
+/// moment (as each agent does when it switches to the configuration that
+/// lists it), every node's spec lists it from then on (a restart reads
+/// the new file), and it starts with a spec listing every node as a voter
+/// (its configuration says so; the log's voters rule).
+struct Join {
+    /// The joining node (the last).
+    node: usize,
+    /// When each member adds it (None: done, or the node itself).
+    add_at: Vec<Option<u64>>,
+    /// When its agent starts (None once started).
+    start_at: Option<u64>,
+}
+
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
 struct InFlight {
     at: u64,
@@ -177,6 +194,8 @@ struct Sim {
     changes: Option<Changes>,
     /// Changes of voters run too: their own random source, likewise.
     voter_changes: Option<VoterChanges>,
+    /// A node joins during the run.
+    join: Option<Join>,
     rng: StdRng,
     shape: Shape,
     nodes: Vec<Node>,
@@ -302,6 +321,7 @@ impl Sim {
         Sim {
             changes: None,
             voter_changes: None,
+            join: None,
             rng,
             shape,
             nodes,
@@ -335,9 +355,105 @@ impl Sim {
         }
     }
 
+    /// Whether node `i` has not joined yet (it is in no configuration).
+    fn unjoined(&self, i: usize) -> bool {
+        self.join
+            .as_ref()
+            .is_some_and(|j| j.node == i && j.start_at.is_some())
+    }
+
+    /// The last node is left out until it joins, between 500 ms and the
+    /// end of the fault phase less 1 s ([`Join`]).
+    fn unlist_last(&mut self, rng: &mut StdRng) {
+        let k = self.nodes.len() - 1;
+        let at = rng.gen_range(500..FAULT_PHASE_MS - 1_000);
+        let id = self.ids[k];
+        for (j, node) in self.nodes.iter_mut().enumerate() {
+            if j == k {
+                node.restart_at = None;
+                continue;
+            }
+            node.spec.peers.retain(|p| p.id != id);
+            node.spec.member_names.truncate(k);
+        }
+        let add_at = (0..self.nodes.len())
+            .map(|j| (j != k).then(|| at + rng.gen_range(0..400)))
+            .collect();
+        self.join = Some(Join {
+            node: k,
+            add_at,
+            start_at: Some(at + rng.gen_range(0..600)),
+        });
+        self.log(|| format!("n{} joins at {at} ms", k + 1));
+    }
+
+    /// The joining node's moments ([`Join`]) that are due.
+    fn joins(&mut self) {
+        let Some(mut join) = self.join.take() else {
+            return;
+        };
+        let k = join.node;
+        let (id, name) = (self.ids[k], format!("n{}", k + 1));
+        if join.start_at.is_some_and(|t| t <= self.now) {
+            join.start_at = None;
+            self.nodes[k].restart_at = Some(self.now);
+            self.log(|| format!("{name} starts with --join"));
+        }
+        self.join = Some(join);
+        for j in 0..self.nodes.len() {
+            let due = self
+                .join
+                .as_ref()
+                .and_then(|x| x.add_at[j])
+                .is_some_and(|t| t <= self.now);
+            if !due || self.nodes[j].frozen_until.is_some() {
+                continue;
+            }
+            if let Some(x) = self.join.as_mut() {
+                x.add_at[j] = None;
+            }
+            let links = vec![true; self.links];
+            let node = &mut self.nodes[j];
+            node.spec.peers.push(PeerSpec {
+                id,
+                links: links.clone(),
+                voter: true,
+            });
+            node.spec.member_names.push(name.clone());
+            // The joining node is a host of this member's configuration
+            // from now on (started or not).
+            let groups = self.groups_spec_for(j);
+            if let Some(m) = self.nodes[j].member.as_mut() {
+                m.add_peer(id, &name, links);
+                if self.groups {
+                    m.set_groups(groups, 0);
+                }
+            }
+            self.log(|| format!("n{} adds {name}", j + 1));
+            self.flush(j);
+        }
+    }
+
+    /// The groups as every node's configuration says (the joining node
+    /// once it started).
     fn groups_spec(&self) -> GroupsSpec {
+        self.groups_spec_with(|h| !self.unjoined(h))
+    }
+
+    /// The groups as node `i`'s configuration says: the joining node is a
+    /// host once `i` added it ([`Join`]).
+    fn groups_spec_for(&self, i: usize) -> GroupsSpec {
+        self.groups_spec_with(|h| {
+            h == i
+                || !self.join.as_ref().is_some_and(|j| j.node == h)
+                || self.nodes[i].spec.peers.iter().any(|p| p.id == self.ids[h])
+        })
+    }
+
+    fn groups_spec_with(&self, listed: impl Fn(usize) -> bool) -> GroupsSpec {
         let hosts: Vec<String> = (0..self.nodes.len())
             .filter(|&i| self.shape != Shape::Witness || i < 2)
+            .filter(|&i| listed(i))
             .map(|i| format!("n{}", i + 1))
             .collect();
         let mut reversed = hosts.clone();
@@ -586,11 +702,16 @@ impl Sim {
         // Likewise a voter of one or two (runs changing voters): a pair
         // whose other voter lost its state elects no one until it has
         // followed a leader, which only the pair could elect.
+        // An operator's request (runs asking as the operator does) may
+        // be carried out after the loss, unseen here: then one voter
+        // fewer must still leave three.
         let id = self.ids[i];
+        let requests = self.voter_changes.as_ref().is_some_and(|c| c.via_requests);
+        let least = if requests { 4 } else { 3 };
         let small = self
             .voter_sets()
             .iter()
-            .any(|v| v.len() < 3 && v.contains(&id));
+            .any(|v| v.len() < least && v.contains(&id));
         if recovering || small || self.shape == Shape::TwoNode {
             return;
         }
@@ -688,7 +809,7 @@ impl Sim {
         let m = Member::new(self.nodes[i].spec.clone(), inc, p, 0, seed);
         let mut m = m;
         if self.groups {
-            m.set_groups(self.groups_spec(), 0);
+            m.set_groups(self.groups_spec_for(i), 0);
         }
         // Each node says it arms a required watchdog, and its bound: the
         // grace, a timeout, and one more for the ping of a dying holder.
@@ -1162,6 +1283,10 @@ impl Sim {
         let which = self.rng.gen_range(0..if self.groups { 13 } else { 10 });
         // (12: a crash whose state file is found damaged and discarded.)
         let node = self.rng.gen_range(0..n);
+        if self.unjoined(node) && matches!(which, 0 | 1 | 10 | 11 | 12) {
+            // No agent runs there yet.
+            return;
+        }
         match which {
             // (Group runs only; two-node group runs fence, so a killed
             // agent or a frozen node is fenced by its peer.)
@@ -1525,6 +1650,7 @@ impl Sim {
                 next_proposal = self.now + 200;
             }
             self.switch_configs();
+            self.joins();
             self.check()?;
         }
         Ok(())
@@ -1561,6 +1687,19 @@ impl Sim {
                 .ok_or(format!("n{} knows no leader", i + 1))?;
             if *leader.get_or_insert(l) != l {
                 return Err("nodes disagree on the leader".into());
+            }
+        }
+        if let Some(j) = &self.join {
+            // After healing every host is asked to vote: the node that
+            // joined too, once the leader can give it a vote.
+            let id = self.ids[j.node];
+            if let Some(i) = (0..n).find(|&i| {
+                self.nodes[i]
+                    .member
+                    .as_ref()
+                    .is_some_and(|m| !m.voters().contains(&id))
+            }) {
+                return Err(format!("n{} does not count n{} a voter", i + 1, j.node + 1));
             }
         }
         let first = self.nodes[0].member.as_ref().unwrap().agreement();
@@ -1658,18 +1797,33 @@ fn run_seed_with(seed: u64, trace: bool, groups: bool) -> Result<(Shape, u64, u6
 /// many changes the leaders appended and how many voter sets were seen
 /// committed.
 fn run_seed_voters(seed: u64, trace: bool) -> Result<(Shape, u64, u64, usize), String> {
-    run_seed_voters_as(seed, trace, false)
+    run_seed_voters_as(seed, trace, false).map(|r| (r.shape, r.converged_ms, r.changes, r.sets))
 }
 
 /// As [`run_seed_voters`]; with `via_requests`, the changes are asked as
 /// the operator asks them (`Request::Voter`), and the count returned is
 /// of requests.
-fn run_seed_voters_as(
-    seed: u64,
-    trace: bool,
-    via_requests: bool,
-) -> Result<(Shape, u64, u64, usize), String> {
+/// What one run with changes of voters did.
+struct VoterRun {
+    shape: Shape,
+    /// Convergence after healing.
+    converged_ms: u64,
+    /// Changes appended by leaders, or requests sent (`via_requests`).
+    changes: u64,
+    /// Voter sets seen committed.
+    sets: usize,
+    /// A node joined during the run ([`Join`]): whether it votes at the end.
+    joined_voting: Option<bool>,
+}
+
+fn run_seed_voters_as(seed: u64, trace: bool, via_requests: bool) -> Result<VoterRun, String> {
     let mut sim = Sim::with(seed, trace, true);
+    // Operators' requests, and in half the runs of a majority of up to
+    // six a node that joins: its own random source, as above.
+    let mut join_rng = StdRng::seed_from_u64(seed ^ 0x707E_5C4A_0000_0003);
+    if via_requests && matches!(sim.shape, Shape::Majority(_)) && join_rng.gen_bool(0.5) {
+        sim.unlist_last(&mut join_rng);
+    }
     sim.voter_changes = Some(VoterChanges {
         rng: StdRng::seed_from_u64(seed ^ 0x707E_5C4A_0000_0002),
         appended: 0,
@@ -1679,6 +1833,14 @@ fn run_seed_voters_as(
     });
     let shape = sim.shape;
     let t = sim.run()?;
+    // A node that joined and votes at the end (after healing every host
+    // is asked to vote), as every member's log says.
+    let joined_voting = sim.join.as_ref().map(|j| {
+        let id = sim.ids[j.node];
+        sim.nodes
+            .iter()
+            .all(|n| n.member.as_ref().is_some_and(|m| m.voters().contains(&id)))
+    });
     let c = sim.voter_changes.as_ref().map_or((0, 0), |c| {
         (
             if via_requests {
@@ -1689,7 +1851,13 @@ fn run_seed_voters_as(
             c.committed.len(),
         )
     });
-    Ok((shape, t, c.0, c.1))
+    Ok(VoterRun {
+        shape,
+        converged_ms: t,
+        changes: c.0,
+        sets: c.1,
+        joined_voting,
+    })
 }
 
 /// `tandem node add|remove` as the operator runs it, in the group
@@ -1701,22 +1869,28 @@ fn run_seed_voters_as(
 fn seeded_voter_request_runs() {
     let seeds = seed_range(DEFAULT_VOTER_REQUEST_RUNS);
     let runs = seeds.end - seeds.start;
-    let (mut requested, mut changed_runs) = (0, 0);
+    let (mut requested, mut changed_runs, mut joined, mut joined_voting) = (0, 0, 0, 0);
     for seed in seeds {
         match run_seed_voters_as(seed, false, true) {
-            Ok((_, _, r, sets)) => {
-                requested += r;
+            Ok(r) => {
+                requested += r.changes;
                 // The configured set plus at least one other.
-                if sets > 1 {
+                if r.sets > 1 {
                     changed_runs += 1;
                 }
+                joined += u64::from(r.joined_voting.is_some());
+                joined_voting += u64::from(r.joined_voting == Some(true));
             }
             Err(e) => panic!(
                 "simulation seed {seed} (with groups and voter requests) failed: {e}\nreplay with a trace:\n  TANDEM_SIM_SEED={seed} TANDEM_SIM_VOTERS=2 cargo test -p tandem-core --test simulation replay -- --nocapture"
             ),
         }
     }
-    println!("{runs} seeded runs with voter requests passed: {requested} requests, {changed_runs} runs saw another voter set committed");
+    println!("{runs} seeded runs with voter requests passed: {requested} requests, {changed_runs} runs saw another voter set committed; in {joined} a node not in the configuration joined, and it voted at the end in {joined_voting}");
+    assert!(
+        joined > runs / 10 && joined_voting == joined,
+        "nodes must join and get their vote: {joined} joined, {joined_voting} voting"
+    );
     assert!(
         changed_runs > runs / 4,
         "the requests must change voters: {changed_runs} of {runs} runs did"
@@ -1921,8 +2095,9 @@ fn replay() {
     let voters = std::env::var("TANDEM_SIM_VOTERS").unwrap_or_default();
     if voters == "1" || voters == "2" {
         match run_seed_voters_as(seed, true, voters == "2") {
-            Ok((shape, t, a, c)) => println!(
-                "seed {seed} ({shape:?}) passed: converged {t} ms after healing, {a} changes of voters appended (or requested), {c} voter sets committed"
+            Ok(r) => println!(
+                "seed {seed} ({:?}) passed: converged {} ms after healing, {} changes of voters appended (or requested), {} voter sets committed; a node joined: {:?} (voting at the end)",
+                r.shape, r.converged_ms, r.changes, r.sets, r.joined_voting
             ),
             Err(e) => panic!("seed {seed} failed: {e}"),
         }

@@ -532,11 +532,6 @@ impl Agreement {
         self.last_voters_index().is_some() || self.durable.snapshot.record.voters.is_some()
     }
 
-    /// Whether some node receives the log without voting.
-    pub fn has_learners(&self) -> bool {
-        !self.learners.is_empty()
-    }
-
     /// Leader only: the time (this leader's clock) at which `peer` first
     /// acknowledged holding this leader's log up to `index` or beyond, in
     /// the current term. None when it has not (or this node does not lead).

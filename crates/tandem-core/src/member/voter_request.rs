@@ -188,17 +188,20 @@ impl Member {
         }
     }
 
-    /// On the leader, while a node receives the log without a vote (one
-    /// added while running, `tandem node add NAME --address`) and the log
-    /// does not name the voters yet: write the voters in force into the log
-    /// (the same ones: no quorum changes). Every node's configuration
-    /// lists the added node, and one started or restarted with it would
-    /// otherwise take it for a voter until a change names the voters.
-    /// Refusals pass (tried again on the next pass).
+    /// On the leader, while the log does not name the voters yet (a new
+    /// cluster): write the voters in force into the log (the same ones: no
+    /// quorum changes). From then on the log, not each node's
+    /// configuration, says who votes: a node added while running (`tandem
+    /// node add NAME --address`) is listed as a voter by the configuration
+    /// every node switches to, and one started or restarted with it would
+    /// otherwise count it as a voter while the others do not. (Until the
+    /// first leader writes them, the nodes' voters can differ by the one
+    /// node being added, which Raft's single-server change rule keeps
+    /// safe; the first leader's are then everyone's.) Refusals pass (tried
+    /// again on the next pass).
     fn pin_voters(&mut self) {
         if self.agreement.role() != Role::Leader
             || self.agreement.voters_written()
-            || !self.agreement.has_learners()
             || self.spec.mode == quorum::Mode::TwoNode
         {
             return;
