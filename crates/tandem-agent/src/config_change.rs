@@ -136,15 +136,17 @@ pub async fn apply(
         .into();
     };
     // A change under way is finished (or abandoned) first.
-    if let ControlResponse::Status { status } = handler.ask_loop(ControlRequest::Status).await {
-        if let Some(next) = status.config.next.as_ref() {
-            return ControlError::ConfigRefused {
-                why: vec![format!(
-                    "a change to configuration {next} is under way; wait for it (`tandem status`) and apply again"
-                )],
-            }
-            .into();
+    let status = match handler.ask_loop(ControlRequest::Status).await {
+        ControlResponse::Status { status } => Some(status),
+        _ => None,
+    };
+    if let Some(next) = status.as_ref().and_then(|s| s.config.next.as_ref()) {
+        return ControlError::ConfigRefused {
+            why: vec![format!(
+                "a change to configuration {next} is under way; wait for it (`tandem status`) and apply again"
+            )],
         }
+        .into();
     }
     let (dir, t) = (svc.config_dir().to_path_buf(), text.clone());
     let checked =
@@ -175,6 +177,12 @@ pub async fn apply(
     };
     if accepted.plan.is_empty() {
         return ControlResponse::ConfigApply { outcome };
+    }
+    if let Some(why) = status
+        .as_ref()
+        .and_then(|s| membership_refusal(&accepted.plan, s))
+    {
+        return ControlError::ConfigRefused { why: vec![why] }.into();
     }
     let verdict = |node: &str, a: Result<StageAnswer, String>| match a {
         Ok(StageAnswer::Accepted) => NodeVerdict {
@@ -215,6 +223,32 @@ pub async fn apply(
         }
         other => other,
     }
+}
+
+/// Why a change of the nodes cannot begin as this node's status says
+/// (None: it may). A node is added only once the record names the voters
+/// (else a node started with the new file could count the new node as a
+/// voter); a node is removed only once it neither votes nor hosts a group
+/// (`tandem node remove NAME` first).
+fn membership_refusal(plan: &Plan, s: &crate::status::Status) -> Option<String> {
+    if plan.added_node.is_some() && !s.agreement.voters_written {
+        return Some(
+            "the cluster's record does not name its voters yet (its leader writes them once it leads: is there a leader?); try again in a few seconds".into(),
+        );
+    }
+    let gone = plan.removed_node.as_deref()?;
+    let votes =
+        s.peers.iter().any(|p| p.name == gone && p.voter) || (s.node == gone && s.agreement.voter);
+    let hosts = s
+        .groups
+        .iter()
+        .any(|g| g.placed_on.as_deref() == Some(gone) || g.active_on.iter().any(|n| n == gone));
+    (votes || hosts).then(|| {
+        format!(
+            "{gone} still {}: `tandem node remove {gone}` first (its groups move away and its vote goes), then remove it from the configuration",
+            if votes { "votes" } else { "hosts a group" }
+        )
+    })
 }
 
 #[cfg(test)]

@@ -435,6 +435,12 @@ pub enum AgentEvent {
         /// Its name.
         node: String,
     },
+    /// A node the configuration dropped while running (`tandem node remove
+    /// NAME --forget`) is no member here any more.
+    NodeForgotten {
+        /// Its name.
+        node: String,
+    },
     /// This node runs an older configuration of the cluster's and cannot
     /// switch to the committed one in place (a change made by hand, such
     /// as a node or link, needs its agent restarted with the new file).
@@ -795,6 +801,10 @@ impl std::fmt::Display for AgentEvent {
             AgentEvent::NodeAdded { node } => write!(
                 f,
                 "node {node} added to the members: heard, sent to and given the log from now on; it votes once `tandem node add {node}` gives it a vote"
+            ),
+            AgentEvent::NodeForgotten { node } => write!(
+                f,
+                "node {node} is no member any more: not heard, sent to or given the log"
             ),
             AgentEvent::ConfigNotCaughtUp { identity, why } => write!(
                 f,

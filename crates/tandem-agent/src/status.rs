@@ -430,6 +430,11 @@ pub struct AgreementStatus {
     /// `voter` flags already show it).
     #[serde(default)]
     pub voters_changing: bool,
+    /// The record names the voters (its first leader wrote them); until
+    /// then they are each node's configuration's, and no node is added
+    /// to the configuration while running.
+    #[serde(default)]
+    pub voters_written: bool,
 }
 
 /// What keeps one node that went silent from running its groups.

@@ -177,9 +177,9 @@ impl FailureDetector {
         }
     }
 
-    /// A peer the configuration gained while running, not heard yet: it
-    /// counts as never seen (dead at the next tick, as a configured node
-    /// that never started) until its first heartbeat. Returns false when it
+    /// A peer the configuration gained while running, not heard yet: dead
+    /// until its first heartbeat, without an event (it did not die: it has
+    /// not started; an alert for it would be false). Returns false when it
     /// was a peer already.
     pub fn add_peer(&mut self, peer: NodeId, links: usize) -> bool {
         if self.peers.contains_key(&peer) {
@@ -188,13 +188,18 @@ impl FailureDetector {
         self.peers.insert(
             peer,
             Peer {
-                state: NodeState::Unknown,
+                state: NodeState::Dead,
                 incarnation: None,
                 links: vec![(LinkState::Unknown, None); links],
                 hears_me: vec![false; links],
             },
         );
         true
+    }
+
+    /// A peer the configuration dropped while running: forgotten.
+    pub fn remove_peer(&mut self, peer: NodeId) {
+        self.peers.remove(&peer);
     }
 
     /// State of `peer` (None for a node that is not a peer).

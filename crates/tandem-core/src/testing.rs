@@ -270,6 +270,25 @@ impl Cluster {
         k
     }
 
+    /// Node `k` leaves the configuration (`tandem node remove NAME
+    /// --forget`): every other running member forgets it, each answer in
+    /// node order (a refusal says why); once all forgot it, it is powered
+    /// off.
+    pub fn forget_node(&mut self, k: usize) -> Vec<Result<bool, String>> {
+        let (id, name) = (self.ids[k], format!("n{}", k + 1));
+        let mut answers = Vec::new();
+        for i in (0..self.nodes.len()).filter(|i| *i != k) {
+            if let Some(m) = self.nodes[i].member.as_mut() {
+                answers.push(m.remove_peer(id, &name));
+            }
+            self.flush(i);
+        }
+        if answers.iter().all(Result::is_ok) {
+            self.power_off(k);
+        }
+        answers
+    }
+
     /// The current simulated time (ms since the story began).
     pub fn now_ms(&self) -> u64 {
         self.now_ms

@@ -169,6 +169,13 @@ pub enum Command {
         /// /etc/tandem/tandem.toml).
         #[arg(long, value_name = "LINK=IP", value_delimiter = ',')]
         address: Vec<String>,
+        /// With `remove`: once the node votes no more and runs nothing,
+        /// drop it from the cluster's configuration too (the last node of
+        /// the list only, as `node add --address` added it), applied as
+        /// `tandem config apply` does; then stop its agent. Reads the
+        /// configuration from --config (default /etc/tandem/tandem.toml).
+        #[arg(long)]
+        forget: bool,
         #[command(flatten)]
         admin: AdminArgs,
     },

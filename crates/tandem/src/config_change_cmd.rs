@@ -340,10 +340,12 @@ pub fn add_node(a: &crate::cli::AdminArgs, node: &str, addresses: &[String]) -> 
     else {
         bail!("{label} does not pass `tandem config validate {label}`: fix it first");
     };
+    let sock = a.at.socket()?;
+    committed_here(&cfg, &label, &sock)?;
     let added = with_node(&text, &cfg, node, addresses)?;
     let added_label = format!("{label} with node {node}");
     if !checked_here(&added, &added_label, &base) {
-        eprintln!("nothing was changed: the addresses above do not fit the configuration");
+        eprintln!("nothing was changed: fix what is said above");
         return Ok(ExitCode::FAILURE);
     }
     let opts = ApplyOptions {
@@ -355,7 +357,6 @@ pub fn add_node(a: &crate::cli::AdminArgs, node: &str, addresses: &[String]) -> 
     if applied != ExitCode::SUCCESS {
         return Ok(applied);
     }
-    let sock = opts.at.socket()?;
     let me = crate::admin::status(&sock)?.node;
     let hint = join_hint(&cfg, &me, &label);
     if a.no_wait {
@@ -386,6 +387,19 @@ pub fn add_node(a: &crate::cli::AdminArgs, node: &str, addresses: &[String]) -> 
         a.timeout
     );
     Ok(ExitCode::FAILURE)
+}
+
+/// Refuses a file that is not the cluster's committed configuration: the
+/// change must be that one node and nothing else of a local edit.
+fn committed_here(cfg: &tandem_core::config::Config, label: &str, sock: &Path) -> Result<()> {
+    let committed = crate::admin::status(sock)?.config.committed;
+    let mine = tandem_core::config::identity::of(cfg).hash;
+    if mine != committed {
+        bail!(
+            "{label} is configuration {mine}, not the cluster's committed one ({committed}): give this node's file with --config, or apply your edits first (`tandem config apply`); nothing was changed"
+        );
+    }
+    Ok(())
 }
 
 /// `text` with node `node` added at the end of its nodes, its address on
@@ -465,6 +479,84 @@ fn join_hint(cfg: &tandem_core::config::Config, me: &str, config: &str) -> Strin
     )
 }
 
+/// `tandem node remove NAME --forget`: the node's vote goes and its groups
+/// move away (as `tandem node remove NAME`), then the configuration read
+/// from --config drops it (the last node of its list) and is applied
+/// through the cluster as `tandem config apply` does.
+pub fn forget_node(a: &crate::cli::AdminArgs, node: &str) -> Result<ExitCode> {
+    let path =
+        a.at.config
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/etc/tandem/tandem.toml"));
+    let label = path.display().to_string();
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!("reading configuration file {label} (give this node's with --config)")
+    })?;
+    // Checked before anything changes: the vote is not taken for nothing.
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let Some(cfg) = tandem_core::config::load(&text, &base, &tandem_agent::keyfile::facts).config
+    else {
+        bail!("{label} does not pass `tandem config validate {label}`: fix it first");
+    };
+    committed_here(&cfg, &label, &a.at.socket()?)?;
+    let dropped = without_node(&text, node)?;
+    let removed = crate::admin::node_vote(a, node, false)?;
+    if removed != ExitCode::SUCCESS {
+        return Ok(removed);
+    }
+    let dropped_label = format!("{label} without node {node}");
+    if !checked_here(&dropped, &dropped_label, &base) {
+        eprintln!(
+            "{node} votes no more, but the configuration still lists it: fix what is said above"
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    let opts = ApplyOptions {
+        at: a.at.clone(),
+        force: false,
+        timeout: a.timeout,
+    };
+    let applied = run(&dropped, &dropped_label, &opts)?;
+    if applied == ExitCode::SUCCESS {
+        println!("{node} is no member any more: stop its agent now (it hears no one)");
+    }
+    Ok(applied)
+}
+
+/// `text` without node `node`, which must be the last of its nodes (the
+/// one a running cluster can forget), keeping every other line as it is.
+fn without_node(text: &str, node: &str) -> Result<String> {
+    let mut doc: toml_edit::DocumentMut = text
+        .parse()
+        .context("the configuration is not TOML: check it with `tandem config validate`")?;
+    let nodes = doc
+        .get_mut("node")
+        .and_then(toml_edit::Item::as_array_of_tables_mut)
+        .context("the configuration lists no [[node]]")?;
+    let names: Vec<String> = nodes
+        .iter()
+        .map(|t| {
+            t.get("name")
+                .and_then(|v| v.as_str())
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect();
+    let Some(i) = names.iter().position(|n| n == node) else {
+        bail!(
+            "{node} is not in the configuration (nodes: {})",
+            names.join(", ")
+        );
+    };
+    if i + 1 != names.len() {
+        bail!(
+            "{node} is not the last node of the configuration: a running cluster forgets only the last one (as `node add --address` added it); `tandem node remove {node}` takes its vote and its groups, and the file's other nodes change by a restart of each agent"
+        );
+    }
+    nodes.remove(i);
+    Ok(doc.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -505,5 +597,23 @@ mod tests {
         assert!(why("n4", &["lan=x"]).contains("not an IP address"));
         assert!(why("n4", &["lan=10.0.0.4", "lan=10.0.0.5"]).contains("given twice"));
         assert!(why("n 4", &["lan=10.0.0.4"]).contains("letters"));
+    }
+
+    #[test]
+    fn only_the_last_node_is_forgotten_and_every_other_line_is_kept() {
+        let c = cfg(BASE);
+        let four = with_node(BASE, &c, "n4", &["lan=10.0.0.4".into()]).unwrap_or_default();
+        let back = without_node(&four, "n4").unwrap_or_default();
+        let names: Vec<String> = cfg(&back).nodes.iter().map(|n| n.name.clone()).collect();
+        assert_eq!(names, ["n1", "n2", "n3"]);
+        assert!(back.starts_with(BASE), "{back}");
+        let e = |n: &str| {
+            without_node(&four, n)
+                .err()
+                .map(|e| format!("{e:#}"))
+                .unwrap_or_default()
+        };
+        assert!(e("n2").contains("not the last node"), "{}", e("n2"));
+        assert!(e("n9").contains("not in the configuration"), "{}", e("n9"));
     }
 }

@@ -31,7 +31,7 @@ fn member_address(at: &str) -> Result<SocketAddr> {
 /// Fetches the configuration from the member at `at`, writes it to
 /// `config` (refusing to replace a different file there) and installs
 /// the key from `key_file` where it names one; returns the node's name.
-pub fn join(config: &Path, at: &str, key_file: &Path) -> Result<String> {
+pub fn join(config: &Path, at: &str, key_file: &Path, node_given: Option<&str>) -> Result<String> {
     let at = member_address(at)?;
     let key = tandem_agent::keyfile::load(key_file)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -42,6 +42,12 @@ pub fn join(config: &Path, at: &str, key_file: &Path) -> Result<String> {
     let JoinAnswer { node, text } = runtime
         .block_on(peer_service::join(at, &key))
         .context("the cluster did not give this machine its configuration (run `tandem node add NAME --address LINK=IP` on a running node first, with this machine's addresses, and check --key is the cluster's key)")?;
+    if node_given.is_some_and(|n| n != node) {
+        bail!(
+            "--node {}: the cluster knows this machine as {node} (by its address); nothing was written",
+            node_given.unwrap_or_default()
+        );
+    }
     let dir = config
         .parent()
         .filter(|d| !d.as_os_str().is_empty())

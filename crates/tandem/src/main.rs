@@ -54,16 +54,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             tandem_agent::logging::init(&log.options(), tandem_agent::logging::Program::Agent)?;
             let node = match (join, key) {
-                (Some(at), Some(key)) => {
-                    let joined = join_cmd::join(&config, &at, &key)?;
-                    if node.as_ref().is_some_and(|n| *n != joined) {
-                        anyhow::bail!(
-                            "--node {}: the cluster knows this machine as {joined}",
-                            node.unwrap_or_default()
-                        );
-                    }
-                    Some(joined)
-                }
+                (Some(at), Some(key)) => Some(join_cmd::join(&config, &at, &key, node.as_deref())?),
                 _ => node,
             };
             run_member(
@@ -131,11 +122,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
             action,
             node,
             address,
+            forget,
             admin,
         } => match action {
             _ if !address.is_empty() && action != cli::NodeAction::Add => {
                 anyhow::bail!("--address goes with `tandem node add` only")
             }
+            _ if forget && action != cli::NodeAction::Remove => {
+                anyhow::bail!("--forget goes with `tandem node remove` only")
+            }
+            cli::NodeAction::Remove if forget => config_change_cmd::forget_node(&admin, &node),
             cli::NodeAction::Standby => admin::node(&admin, &node, true),
             cli::NodeAction::Online => admin::node(&admin, &node, false),
             cli::NodeAction::Add if !address.is_empty() => {

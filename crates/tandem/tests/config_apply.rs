@@ -395,7 +395,10 @@ fn a_node_not_in_the_configuration_joins_with_node_add_and_agent_join_without_a_
             n4_file.to_str().unwrap(),
         ],
     );
-    let early = format!("{early:?}");
+    let early = match early {
+        Ok(out) => format!("succeeded: {out}"),
+        Err(e) => format!("{e:#}"),
+    };
     assert!(
         early.contains("did not give this machine its configuration"),
         "{early}"
@@ -519,7 +522,50 @@ fn a_node_not_in_the_configuration_joins_with_node_add_and_agent_join_without_a_
         running(s, "web") && group(s, "web").unwrap()["placed_on"] == "n4"
     })
     .unwrap_or_else(|e| panic!("{e:?}\n{}", c.logs()));
+
+    // `node remove n4 --forget` reverses it: web moves off n4, its vote
+    // goes, and the configuration drops it everywhere.
+    let prober = Prober::start(
+        &c.bed.client_ns(),
+        ProbeSpec::new(SocketAddr::new(c.bed.vip("lan").into(), 7000), 120_000),
+    )
+    .unwrap();
+    let (ok, out) = tandem(&[
+        "node",
+        "remove",
+        "n4",
+        "--forget",
+        "--config",
+        file(asker).to_str().unwrap(),
+        "--socket",
+        c.socket(asker).to_str().unwrap(),
+    ]);
+    eprintln!("node remove n4 --forget:\n{out}");
+    assert!(ok, "{out}\n{}", c.logs());
+    assert!(out.contains("node `n4` removed"), "{out}");
+    assert!(out.contains("no member any more"), "{out}");
+    for n in 1..=3 {
+        c.wait(n, GENEROUS, "3 voters, n4 forgotten, web running", |s| {
+            s["quorum"]["expected"] == 3
+                && s["peers"]
+                    .as_array()
+                    .is_some_and(|p| p.len() == 2 && p.iter().all(|p| p["name"] != "n4"))
+                && s["config"]["committed"] == s["config"]["identity"]
+                && group(s, "web").is_some_and(|g| g["placed_on"] != "n4")
+        })
+        .unwrap_or_else(|e| panic!("n{n}: {e:?}\n{}", c.logs()));
+        let text = std::fs::read_to_string(file(n)).unwrap();
+        assert!(!text.contains("\"n4\""), "n{n}'s file:\n{text}");
+    }
+    c.bed
+        .stop_gracefully(c.pids[3], Duration::from_secs(20))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let log = prober.stop().unwrap();
+    let report = analyze(&log.records, CheckOptions::default());
+    assert_eq!(report.dual_active().count(), 0);
     eprintln!(
-        "node add n4: joined and voting; web untouched on n{web_on} (largest gap {gap:.0} ms, 0 dual-active), then moved to n4"
+        "node add n4: joined and voting; web untouched on n{web_on} (largest gap {gap:.0} ms, 0 dual-active), then moved to n4; node remove n4 --forget: web moved off (largest gap {:.0} ms, 0 dual-active), 3 voters, n4 gone from every file",
+        report.kind(ProbeKind::Udp).max_gap_ms()
     );
 }

@@ -39,8 +39,9 @@ pub(super) struct Switching {
     catching_up: bool,
     /// The new configuration's groups, for the core.
     groups: tandem_core::member::GroupsSpec,
-    /// The members with the node the change adds, if it adds one.
-    topo: Option<super::Topology>,
+    /// The members with the node the change adds, or without the one it
+    /// drops, and this node's index there.
+    topo: Option<(super::Topology, usize)>,
     /// The runner of the new configuration, built before anything stopped
     /// (a configuration this node cannot run stops nothing), and its
     /// outcomes' channel.
@@ -259,9 +260,9 @@ impl Agent {
             Ok(r) => r,
             Err(e) => return self.switch_failed(now, target, format!("{e:#}")),
         };
-        let topo = match &accepted.plan.added_node {
-            Some(name) => match self.topo.with_node(&accepted.cfg, name) {
-                Some(t) => Some(t),
+        let topo = match (&accepted.plan.added_node, &accepted.plan.removed_node) {
+            (Some(name), _) => match self.topo.with_node(&accepted.cfg, name) {
+                Some(t) => Some((t, self.me)),
                 None => {
                     return self.switch_failed(
                         now,
@@ -270,9 +271,24 @@ impl Agent {
                     )
                 }
             },
-            None => None,
+            (None, Some(name)) => {
+                let id = tandem_core::wire::NodeId::from_name(name);
+                let refusal = self.member.peer_removal_refusal(id, name);
+                match (refusal, self.topo.without_node(name, self.me)) {
+                    (None, Some(t)) => Some(t),
+                    (Some(why), _) => return self.switch_failed(now, target, why),
+                    (None, None) => {
+                        return self.switch_failed(
+                            now,
+                            target,
+                            format!("it drops this node, {name}: stop this agent instead"),
+                        )
+                    }
+                }
+            }
+            (None, None) => None,
         };
-        let members = topo.as_ref().unwrap_or(&self.topo);
+        let members = topo.as_ref().map_or(&self.topo, |(t, _)| t);
         let groups = match super::groups_spec(&accepted.cfg, members, &self.fence_devices) {
             Ok(g) => g,
             Err(e) => return self.switch_failed(now, target, format!("{e:#}")),
@@ -342,7 +358,7 @@ impl Agent {
         };
         self.runner = Some(runner);
         self.done_rx = done_rx;
-        if let Some(topo) = topo {
+        if let Some((topo, me)) = topo {
             // The node the change adds: heard, sent to, given the log.
             for j in self.topo.names.len()..topo.names.len() {
                 let links = topo.shared_links(self.me, j);
@@ -352,7 +368,27 @@ impl Agent {
                     });
                 }
             }
+            // The node it drops (checked when the switch began; a vote
+            // given meanwhile keeps it a member, and says so).
+            let dropped: Vec<(tandem_core::wire::NodeId, String)> = self
+                .topo
+                .ids
+                .iter()
+                .zip(&self.topo.names)
+                .filter(|(id, _)| !topo.ids.contains(id))
+                .map(|(id, n)| (*id, n.clone()))
+                .collect();
+            for (id, name) in dropped {
+                match self.member.remove_peer(id, &name) {
+                    Ok(true) => self.log(AgentEvent::NodeForgotten { node: name }),
+                    Ok(false) => {}
+                    Err(why) => self.log(AgentEvent::ServiceUnavailable {
+                        what: format!("{name} stays a member here: {why}"),
+                    }),
+                }
+            }
             self.topo = topo;
+            self.me = me;
         }
         self.member.set_groups(groups, self.unix_at_zero_ms);
         self.member.set_config_identity(

@@ -80,6 +80,23 @@ impl Topology {
         Some(t)
     }
 
+    /// This topology without node `name` and the index `me` has in it
+    /// (unchanged when `name` is no member; None when it is `me`).
+    pub(super) fn without_node(&self, name: &str, me: usize) -> Option<(Topology, usize)> {
+        let Some(j) = self.names.iter().position(|n| n == name) else {
+            return Some((self.clone(), me));
+        };
+        if j == me {
+            return None;
+        }
+        let mut t = self.clone();
+        t.names.remove(j);
+        t.ids.remove(j);
+        t.voters.remove(j);
+        t.addrs.remove(j);
+        Some((t, if j < me { me - 1 } else { me }))
+    }
+
     /// Per link: whether member `j` and member `me` are both on it.
     pub(super) fn shared_links(&self, me: usize, j: usize) -> Vec<bool> {
         (0..self.links.len())

@@ -149,6 +149,7 @@ impl Agent {
                 commit_index: a.commit_index(),
                 config_epoch: record.config_epoch,
                 voters_changing: a.voters_changing(),
+                voters_written: a.voters_written(),
             },
             peers,
             dropped: m

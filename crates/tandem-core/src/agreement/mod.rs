@@ -525,6 +525,20 @@ impl Agreement {
         true
     }
 
+    /// A learner the cluster forgets (the configuration dropped it):
+    /// nothing is sent to it any more. Refused (false) for a voter, and
+    /// while the voters change.
+    pub fn remove_known(&mut self, id: NodeId) -> bool {
+        if id == self.id || self.voters.contains(&id) || self.voters_changing() {
+            return false;
+        }
+        self.known.retain(|k| *k != id);
+        self.learners = learners_of(&self.known, &self.voters);
+        self.next.remove(&id);
+        self.matched.remove(&id);
+        true
+    }
+
     /// Whether the log or its snapshot names the voters (a
     /// [`Command::Voters`]); if not, they are the ones this engine was
     /// started with, from the configuration.

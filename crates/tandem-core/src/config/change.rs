@@ -30,6 +30,10 @@ pub struct Plan {
     /// The node the new configuration adds (at the end of its list), if
     /// any: every member adds it as a peer when it switches.
     pub added_node: Option<String>,
+    /// The node the new configuration drops (the last of the old list),
+    /// if any: every member forgets it as a peer when it switches, which
+    /// it refuses while that node votes or hosts a group.
+    pub removed_node: Option<String>,
 }
 
 impl Plan {
@@ -156,7 +160,7 @@ pub fn plan(old: &Config, new: &Config) -> Result<Plan, NotLive> {
     let refused: Vec<Change> = changes
         .iter()
         .filter(|c| {
-            !(live(c) || node_added(c, old, new))
+            !(live(c) || node_added(c, old, new) || node_removed(c, old, new))
                 || (c.section == Section::Resource && filesync(c, old, new))
         })
         .cloned()
@@ -172,15 +176,44 @@ pub fn plan(old: &Config, new: &Config) -> Result<Plan, NotLive> {
         .collect();
     restart.sort();
     restart.dedup();
-    let added_node = changes
-        .iter()
-        .find(|c| c.section == Section::Node)
-        .map(|c| c.name.clone());
+    let node = |kind: ChangeKind| {
+        changes
+            .iter()
+            .find(|c| c.section == Section::Node && c.kind == kind)
+            .map(|c| c.name.clone())
+    };
+    let (added_node, removed_node) = (node(ChangeKind::Added), node(ChangeKind::Removed));
     Ok(Plan {
         changes,
         restart,
         added_node,
+        removed_node,
     })
+}
+
+/// Whether `cfg` syncs files between nodes: its sync service learns its
+/// peers when the agent starts, so the nodes do not change while it runs.
+fn has_filesync(cfg: &Config) -> bool {
+    cfg.groups
+        .iter()
+        .flat_map(|g| &g.resources)
+        .any(|r| matches!(r.params, crate::kinds::Params::Filesync(_)))
+}
+
+/// Whether `c` removes the last node of the list, the one a running
+/// cluster forgets (one added while running, or an abandoned addition
+/// undone): the others keep their places.
+fn node_removed(c: &Change, old: &Config, new: &Config) -> bool {
+    c.section == Section::Node
+        && c.kind == ChangeKind::Removed
+        && old.nodes.len() == new.nodes.len() + 1
+        && old.nodes.last().is_some_and(|n| n.name == c.name)
+        && new
+            .nodes
+            .iter()
+            .zip(&old.nodes)
+            .all(|(a, b)| a.name == b.name)
+        && !has_filesync(old)
 }
 
 /// Whether `c` adds one node at the end of the list, the only change of
@@ -196,6 +229,7 @@ fn node_added(c: &Change, old: &Config, new: &Config) -> bool {
             .iter()
             .zip(&new.nodes)
             .all(|(a, b)| a.name == b.name)
+        && !has_filesync(new)
 }
 
 /// Whether a node running the configuration `mine`, with no change under
@@ -398,8 +432,10 @@ address = "10.0.0.102/24"
     }
 
     /// `tandem node add NAME --address`: one node at the end of the list
-    /// is live (every member adds the peer, nothing restarts); two at once,
-    /// one placed before others, or a removal are not.
+    /// is live (every member adds the peer, nothing restarts), and so is
+    /// its removal (`tandem node remove NAME --forget`, or an abandoned
+    /// addition undone); two at once, one placed before others, the
+    /// removal of another node, or either beside filesync are not.
     #[test]
     fn one_node_added_at_the_end_is_live_other_node_changes_are_not() {
         let n = |name: &str, ip: &str| {
@@ -425,10 +461,24 @@ address = "10.0.0.102/24"
             plan(&old, &before).is_err(),
             "a node placed before the others"
         );
-        let removed = plan(&with(&n("n4", "10.0.0.4")), &old).unwrap_err();
+        let back = plan(&with(&n("n4", "10.0.0.4")), &old).expect("the last node removed");
+        assert_eq!(back.removed_node.as_deref(), Some("n4"));
+        assert_eq!(back.added_node, None);
+        let four = format!("{head}{}\n{groups}", n("n4", "10.0.0.4"));
+        let first = cfg(&four.replacen(
+            "[[node]]\nname = \"n1\"\naddresses = { lan = \"10.0.0.1\" }\n\n",
+            "",
+            1,
+        ));
+        let e = plan(&cfg(&four), &first).unwrap_err();
+        assert!(e.to_string().contains("node `n1` removed"), "{e}");
+        // Filesync learns its peers at start: no node comes or goes.
+        let files = "[[group.resource]]\nname = \"files\"\nkind = \"filesync\"\npaths = [\"/srv/www\"]\nlink = \"lan\"\n";
+        let synced = cfg(&(BASE.to_string() + files));
+        let synced_more = cfg(&format!("{head}{}\n{groups}{files}", n("n4", "10.0.0.4")));
         assert!(
-            removed.to_string().contains("node `n4` removed"),
-            "{removed}"
+            plan(&synced, &synced_more).is_err(),
+            "a node added beside filesync"
         );
     }
 

@@ -51,6 +51,56 @@ impl Member {
         true
     }
 
+    /// Why node `name` cannot be forgotten now, if it cannot: it votes (in
+    /// this member's log, or a change of voters is under way), or the
+    /// record places a group on it (`tandem node remove NAME` first).
+    pub fn peer_removal_refusal(&self, id: NodeId, name: &str) -> Option<String> {
+        if id == self.spec.me {
+            return Some(format!("{name} is this node"));
+        }
+        if self.agreement.voters().contains(&id) || self.agreement.voters_changing() {
+            return Some(format!(
+                "{name} votes, or a change of voters is under way: `tandem node remove {name}` first"
+            ));
+        }
+        let placed = self
+            .agreement
+            .record()
+            .placements
+            .iter()
+            .find(|(_, p)| p.node.as_deref() == Some(name));
+        placed.map(|(g, _)| {
+            format!("group {g} is placed on {name}: `tandem node remove {name}` first")
+        })
+    }
+
+    /// A node the configuration dropped while running (`tandem node remove
+    /// NAME --forget`, or an abandoned addition undone): no longer heard,
+    /// sent to, or given the log. Refused, with why, while it votes or
+    /// hosts a group ([`Member::peer_removal_refusal`]); Ok(false) when it
+    /// was no member.
+    pub fn remove_peer(&mut self, id: NodeId, name: &str) -> Result<bool, String> {
+        if !self.spec.peers.iter().any(|p| p.id == id) {
+            return Ok(false);
+        }
+        if let Some(why) = self.peer_removal_refusal(id, name) {
+            return Err(why);
+        }
+        if !self.agreement.remove_known(id) {
+            return Err(format!("{name} votes: `tandem node remove {name}` first"));
+        }
+        self.spec.peers.retain(|p| p.id != id);
+        self.spec.member_names.retain(|n| n != name);
+        self.detector.remove_peer(id);
+        self.reports.remove(&id);
+        self.stamps.remove(&id);
+        self.echoes.remove(&id);
+        self.link_stamps.retain(|(p, _), _| *p != id);
+        self.rtt.retain(|(p, _), _| *p != id);
+        self.lead_dirty = true;
+        Ok(true)
+    }
+
     /// This node switched to another configuration in place (`tandem
     /// config apply`): its identity, said to every peer at once.
     pub fn set_config_identity(&mut self, hash: String, sections: Vec<(String, String)>) {

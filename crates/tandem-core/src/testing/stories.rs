@@ -576,7 +576,9 @@ fn node_remove_then_add_through_a_follower_changes_one_vote_each() {
 /// in force into the log (the new node's own configuration lists it as a
 /// voter, and the log must say otherwise), it holds the record as a
 /// learner, `node add` then gives it a vote, and it can host a group.
-/// Groups already placed never stop; never dual-active.
+/// Groups already placed never stop; never dual-active. Then `node remove
+/// --forget` reverses it: the members refuse to forget a voter, and
+/// forget it once its vote and group are gone.
 #[test]
 fn a_node_added_while_running_learns_the_log_then_gets_a_vote_and_hosts() {
     use crate::member::Request;
@@ -630,6 +632,31 @@ fn a_node_added_while_running_learns_the_log_then_gets_a_vote_and_hosts() {
     );
     let (other, on) = placed[1];
     assert_eq!(c.actions_on(on, other, since), vec![], "{other} untouched");
+
+    // `node remove n4 --forget`: refused while it votes; its vote and its
+    // group go first, then every member forgets it.
+    let refused = c.forget_node(new);
+    assert!(
+        refused
+            .iter()
+            .all(|r| r.as_ref().is_err_and(|e| e.contains("votes"))),
+        "{refused:?}"
+    );
+    c.request(
+        asked,
+        Request::Voter {
+            node: "n4".into(),
+            vote: false,
+        },
+    );
+    c.run_for(3_000);
+    assert_ne!(c.placed_on(g), Some(new), "{g} still on n4");
+    assert_eq!(c.forget_node(new), vec![Ok(true); 3]);
+    c.run_for(3_000);
+    for i in 0..3 {
+        assert_eq!(c.voters(i), Some(vec![0, 1, 2]), "n{}: voters", i + 1);
+    }
+    assert_eq!(c.running_on(g).len(), 1, "{g}");
     assert!(c.dual_active().is_empty(), "{:?}", c.dual_active());
 }
 
