@@ -325,23 +325,13 @@ const JOIN_POLL: Duration = Duration::from_millis(200);
 /// `tandem config apply` does; then, unless --no-wait, this waits for the
 /// node to join (`tandem agent --join` on it) and gives it a vote.
 pub fn add_node(a: &crate::cli::AdminArgs, node: &str, addresses: &[String]) -> Result<ExitCode> {
-    let path =
-        a.at.config
-            .clone()
-            .unwrap_or_else(|| PathBuf::from("/etc/tandem/tandem.toml"));
-    let label = path.display().to_string();
-    let text = std::fs::read_to_string(&path).with_context(|| {
-        format!("reading configuration file {label} (give this node's with --config)")
-    })?;
-    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    // Its own warnings are the running cluster's: said once, below, for
-    // the configuration with the node.
-    let Some(cfg) = tandem_core::config::load(&text, &base, &tandem_agent::keyfile::facts).config
-    else {
-        bail!("{label} does not pass `tandem config validate {label}`: fix it first");
-    };
+    let Committed {
+        label,
+        text,
+        base,
+        cfg,
+    } = committed_file(a)?;
     let sock = a.at.socket()?;
-    committed_here(&cfg, &label, &sock)?;
     let added = with_node(&text, &cfg, node, addresses)?;
     let added_label = format!("{label} with node {node}");
     if !checked_here(&added, &added_label, &base) {
@@ -389,17 +379,49 @@ pub fn add_node(a: &crate::cli::AdminArgs, node: &str, addresses: &[String]) -> 
     Ok(ExitCode::FAILURE)
 }
 
-/// Refuses a file that is not the cluster's committed configuration: the
-/// change must be that one node and nothing else of a local edit.
-fn committed_here(cfg: &tandem_core::config::Config, label: &str, sock: &Path) -> Result<()> {
-    let committed = crate::admin::status(sock)?.config.committed;
-    let mine = tandem_core::config::identity::of(cfg).hash;
+/// The configuration file a change of nodes starts from.
+struct Committed {
+    /// Its path, for messages.
+    label: String,
+    /// Its text.
+    text: String,
+    /// Where its relative paths resolve.
+    base: PathBuf,
+    /// What it says.
+    cfg: tandem_core::config::Config,
+}
+
+/// Reads --config (default /etc/tandem/tandem.toml), which must be the
+/// cluster's committed configuration: the change must be that one node
+/// and nothing else of a local edit. Its own warnings are the running
+/// cluster's, not said here.
+fn committed_file(a: &crate::cli::AdminArgs) -> Result<Committed> {
+    let path =
+        a.at.config
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/etc/tandem/tandem.toml"));
+    let label = path.display().to_string();
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!("reading configuration file {label} (give this node's with --config)")
+    })?;
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let Some(cfg) = tandem_core::config::load(&text, &base, &tandem_agent::keyfile::facts).config
+    else {
+        bail!("{label} does not pass `tandem config validate {label}`: fix it first");
+    };
+    let committed = crate::admin::status(&a.at.socket()?)?.config.committed;
+    let mine = tandem_core::config::identity::of(&cfg).hash;
     if mine != committed {
         bail!(
             "{label} is configuration {mine}, not the cluster's committed one ({committed}): give this node's file with --config, or apply your edits first (`tandem config apply`); nothing was changed"
         );
     }
-    Ok(())
+    Ok(Committed {
+        label,
+        text,
+        base,
+        cfg,
+    })
 }
 
 /// `text` with node `node` added at the end of its nodes, its address on
@@ -484,21 +506,10 @@ fn join_hint(cfg: &tandem_core::config::Config, me: &str, config: &str) -> Strin
 /// from --config drops it (the last node of its list) and is applied
 /// through the cluster as `tandem config apply` does.
 pub fn forget_node(a: &crate::cli::AdminArgs, node: &str) -> Result<ExitCode> {
-    let path =
-        a.at.config
-            .clone()
-            .unwrap_or_else(|| PathBuf::from("/etc/tandem/tandem.toml"));
-    let label = path.display().to_string();
-    let text = std::fs::read_to_string(&path).with_context(|| {
-        format!("reading configuration file {label} (give this node's with --config)")
-    })?;
     // Checked before anything changes: the vote is not taken for nothing.
-    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let Some(cfg) = tandem_core::config::load(&text, &base, &tandem_agent::keyfile::facts).config
-    else {
-        bail!("{label} does not pass `tandem config validate {label}`: fix it first");
-    };
-    committed_here(&cfg, &label, &a.at.socket()?)?;
+    let Committed {
+        label, text, base, ..
+    } = committed_file(a)?;
     let dropped = without_node(&text, node)?;
     let removed = crate::admin::node_vote(a, node, false)?;
     if removed != ExitCode::SUCCESS {

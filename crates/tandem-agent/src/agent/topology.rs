@@ -24,16 +24,7 @@ impl Topology {
         let mut addrs = Vec::new();
         for n in &cfg.nodes {
             names.push(n.name.clone());
-            addrs.push(
-                cfg.links
-                    .iter()
-                    .map(|l| {
-                        n.addresses
-                            .get(&l.name)
-                            .map(|ip| SocketAddr::new(*ip, l.port))
-                    })
-                    .collect(),
-            );
+            addrs.push(node_addrs(cfg, n));
         }
         let mut voters: Vec<bool> = (0..names.len()).map(|i| i < MAX_VOTERS).collect();
         if let Some(w) = cfg.quorum.witness {
@@ -64,16 +55,7 @@ impl Topology {
         if t.names.iter().any(|n| n == name) {
             return Some(t);
         }
-        t.addrs.push(
-            cfg.links
-                .iter()
-                .map(|l| {
-                    node.addresses
-                        .get(&l.name)
-                        .map(|ip| SocketAddr::new(*ip, l.port))
-                })
-                .collect(),
-        );
+        t.addrs.push(node_addrs(cfg, node));
         t.names.push(name.to_string());
         t.ids.push(NodeId::from_name(name));
         t.voters.push(false);
@@ -119,6 +101,18 @@ impl Topology {
     pub(super) fn index_of(&self, id: NodeId) -> Option<usize> {
         self.ids.iter().position(|i| *i == id)
     }
+}
+
+/// Node `n`'s heartbeat address on each link of `cfg`, in link order.
+fn node_addrs(cfg: &Config, n: &tandem_core::config::NodeSpec) -> Vec<Option<SocketAddr>> {
+    cfg.links
+        .iter()
+        .map(|l| {
+            n.addresses
+                .get(&l.name)
+                .map(|ip| SocketAddr::new(*ip, l.port))
+        })
+        .collect()
 }
 
 /// Which configured node is this machine: the one whose addresses can be
