@@ -183,6 +183,7 @@ impl Wants {
                             .and_then(|p| p.node.as_deref())
                             == me,
                     maintenance: record.unmanaged(g.name),
+                    moved_in_log: member.moved_in_log(g.name),
                     active: g.active,
                     retiring: self.retiring.contains(g.name),
                 };
@@ -234,6 +235,9 @@ impl Wants {
             // did not agree on; leave what runs.
             (true, false, true) => Want::Leave,
             (true, false, false) => Want::Stop,
+            // A decision in this node's log moves it away: not started
+            // here until that decision is committed or dropped.
+            (true, true, false) if f.moved_in_log => Want::Stop,
             (true, true, _) => Want::Run,
             (false, _, _) => Want::Stop,
         }
@@ -251,6 +255,9 @@ struct Facts {
     placed_here: bool,
     /// The group is in maintenance.
     maintenance: bool,
+    /// This node's log holds an uncommitted decision that moves the group
+    /// away ([`Member::moved_in_log`]): it is not started here meanwhile.
+    moved_in_log: bool,
     /// Something of the group may run here.
     active: bool,
     /// The group stops before a configuration switch ([`Wants::retire`]).

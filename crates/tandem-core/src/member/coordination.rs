@@ -582,6 +582,27 @@ impl Member {
             .max()
     }
 
+    /// Whether this member's log holds, past its commit index, a decision
+    /// that places `group` elsewhere (or nowhere). A leader appended it
+    /// once it knew the group stopped here; if it commits, it is taken as
+    /// the truth without that check being made again. So a member whose
+    /// committed record still places the group here (a restart re-applies
+    /// the older committed prefix) must not start it meanwhile: simulation
+    /// seed 4891 of the operator-request runs (a leader failed a group
+    /// over and crashed before the decision committed; the holder
+    /// restarted, started the group from the committed prefix, and the
+    /// next leader committed the move: dual-active).
+    pub fn moved_in_log(&self, group: &str) -> bool {
+        let me = self.host_name();
+        let a = &self.agreement;
+        (a.commit_index() + 1..=a.last_index()).any(|i| {
+            a.entry(i).is_some_and(|e| {
+                matches!(&e.cmd, Command::Place { group: g, node, .. }
+                    if g == group && node.as_deref() != me)
+            })
+        })
+    }
+
     /// This member's name among the hosts (None: the witness).
     pub fn host_name(&self) -> Option<&str> {
         self.groups

@@ -3,15 +3,16 @@
 
 use super::*;
 
-/// Every combination of the six facts.
+/// Every combination of the seven facts.
 fn all_facts() -> impl Iterator<Item = Facts> {
-    (0u8..64).map(|bits| Facts {
+    (0u8..128).map(|bits| Facts {
         lease_ok: bits & 1 != 0,
         config_ok: bits & 2 != 0,
         placed_here: bits & 4 != 0,
         maintenance: bits & 8 != 0,
         active: bits & 16 != 0,
         retiring: bits & 32 != 0,
+        moved_in_log: bits & 64 != 0,
     })
 }
 
@@ -45,7 +46,8 @@ fn run_only_when_placed_here_with_a_lease_and_the_committed_configuration() {
                 && f.config_ok
                 && !f.maintenance
                 && !f.retiring
-                && !w.shutting_down();
+                && !w.shutting_down()
+                && (f.active || !f.moved_in_log);
             assert_eq!(want == Want::Run, may_run, "{w:?} {f:?}");
         }
     }
@@ -94,6 +96,7 @@ fn our_own_lease_ends_the_inherited_one_for_good() {
         maintenance: false,
         active: true,
         retiring: false,
+        moved_in_log: false,
     };
     assert_eq!(w.want(f, NOW_MS), Want::Stop);
 }
@@ -131,6 +134,7 @@ fn a_group_moved_away_may_keep_running_until_its_end_then_is_cut_short() {
         maintenance: false,
         active: true,
         retiring: false,
+        moved_in_log: false,
     };
     let d = w.decide_one(NOW_MS, moved, || Some(700));
     assert_eq!(d.want, Want::Stop);
@@ -191,4 +195,30 @@ fn a_retiring_group_stops_whatever_else_holds_and_only_it() {
     assert!(w.retiring.contains("old") && !w.retiring.contains("web"));
     w.retire(Vec::new());
     assert!(w.retiring.is_empty());
+}
+
+/// Simulation seed 4891 (operator-request runs): a restarted holder
+/// started a group from its committed prefix while its own log held the
+/// leader's uncommitted decision to move it away; the next leader
+/// committed that decision and the group ran on two nodes. Placed here
+/// with a lease, a group that such a decision moves is not started, and
+/// one that runs is kept (the decision may never commit).
+#[test]
+fn regression_a_move_in_the_uncommitted_log_starts_nothing_here() {
+    let w = Wants::new();
+    for f in all_facts().filter(|f| {
+        f.placed_here
+            && f.lease_ok
+            && f.config_ok
+            && !f.maintenance
+            && !f.retiring
+            && f.moved_in_log
+    }) {
+        let want = w.want(f, NOW_MS);
+        if f.active {
+            assert_eq!(want, Want::Run, "{f:?}");
+        } else {
+            assert_eq!(want, Want::Stop, "{f:?}");
+        }
+    }
 }
