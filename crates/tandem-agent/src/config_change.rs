@@ -226,29 +226,18 @@ pub async fn apply(
 }
 
 /// Why a change of the nodes cannot begin as this node's status says
-/// (None: it may). A node is added only once the record names the voters
-/// (else a node started with the new file could count the new node as a
-/// voter); a node is removed only once it neither votes nor hosts a group
-/// (`tandem node remove NAME` first).
+/// (None: it may): the core's rule ([`Plan::membership_refusal`]) over
+/// what the status says of the voters and the groups.
 fn membership_refusal(plan: &Plan, s: &crate::status::Status) -> Option<String> {
-    if plan.added_node.is_some() && !s.agreement.voters_written {
-        return Some(
-            "the cluster's record does not name its voters yet (its leader writes them once it leads: is there a leader?); try again in a few seconds".into(),
-        );
-    }
-    let gone = plan.removed_node.as_deref()?;
-    let votes =
-        s.peers.iter().any(|p| p.name == gone && p.voter) || (s.node == gone && s.agreement.voter);
-    let hosts = s
-        .groups
-        .iter()
-        .any(|g| g.placed_on.as_deref() == Some(gone) || g.active_on.iter().any(|n| n == gone));
-    (votes || hosts).then(|| {
-        format!(
-            "{gone} still {}: `tandem node remove {gone}` first (its groups move away and its vote goes), then remove it from the configuration",
-            if votes { "votes" } else { "hosts a group" }
-        )
-    })
+    let votes = |n: &str| {
+        s.peers.iter().any(|p| p.name == n && p.voter) || (s.node == n && s.agreement.voter)
+    };
+    let hosts = |n: &str| {
+        s.groups
+            .iter()
+            .any(|g| g.placed_on.as_deref() == Some(n) || g.active_on.iter().any(|a| a == n))
+    };
+    plan.membership_refusal(s.agreement.voters_written, votes, hosts)
 }
 
 #[cfg(test)]

@@ -97,13 +97,14 @@ struct FetchAsk {
 }
 
 /// What a member answers a new node (`tandem agent --join`): the
-/// configuration it runs, which lists the new node (it was identified by
-/// the address it connected from), and that node's name there.
+/// configuration it runs (the committed one, or during a change the one
+/// it switched to), which lists the new node (it was identified by the
+/// address it connected from), and that node's name there.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JoinAnswer {
     /// The new node's name in the configuration.
     pub node: String,
-    /// The configuration's text, as the cluster committed it.
+    /// The configuration's text, as the member keeps it.
     pub text: String,
 }
 
@@ -170,12 +171,6 @@ impl PeerService {
         config_dir: PathBuf,
         secrets: Vec<String>,
     ) -> PeerService {
-        let addrs = |n: &tandem_core::config::NodeSpec| -> Vec<Option<IpAddr>> {
-            cfg.links
-                .iter()
-                .map(|l| n.addresses.get(&l.name).copied())
-                .collect()
-        };
         PeerService {
             config: std::sync::Mutex::new(shown(cfg)),
             running: std::sync::Mutex::new(Arc::new(cfg.clone())),
@@ -187,7 +182,7 @@ impl PeerService {
             key,
             dir: state_dir,
             peers: std::sync::Mutex::new(peers_of(cfg, me)),
-            mine: cfg.node(me).map(addrs).unwrap_or_default(),
+            mine: cfg.node(me).map(|n| ips_of(cfg, n)).unwrap_or_default(),
             gathering: tokio::sync::Mutex::new(()),
         }
     }
@@ -229,9 +224,9 @@ impl PeerService {
             .any(|(n, ips)| n == node && ips.contains(&Some(ip)))
     }
 
-    /// A new node's first ask, from its address `from`: the committed
-    /// configuration this node runs (which lists that address) and the
-    /// new node's name in it.
+    /// A new node's first ask, from its address `from`: the configuration
+    /// this node runs (which lists that address) and the new node's name
+    /// in it.
     async fn join_answer(&self, from: IpAddr) -> Result<JoinAnswer, String> {
         let node = self.peer_at(from).ok_or_else(|| {
             format!(
@@ -611,14 +606,15 @@ fn peers_of(cfg: &Config, me: &str) -> Vec<Peer> {
     cfg.nodes
         .iter()
         .filter(|n| n.name != me)
-        .map(|n| {
-            let ips = cfg
-                .links
-                .iter()
-                .map(|l| n.addresses.get(&l.name).copied())
-                .collect();
-            (n.name.clone(), ips)
-        })
+        .map(|n| (n.name.clone(), ips_of(cfg, n)))
+        .collect()
+}
+
+/// Node `n`'s address on each link of `cfg`, in link order.
+fn ips_of(cfg: &Config, n: &tandem_core::config::NodeSpec) -> Vec<Option<IpAddr>> {
+    cfg.links
+        .iter()
+        .map(|l| n.addresses.get(&l.name).copied())
         .collect()
 }
 

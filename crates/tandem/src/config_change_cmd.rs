@@ -330,24 +330,20 @@ pub fn add_node(a: &crate::cli::AdminArgs, node: &str, addresses: &[String]) -> 
         text,
         base,
         cfg,
+        me,
     } = committed_file(a)?;
     let sock = a.at.socket()?;
     let added = with_node(&text, &cfg, node, addresses)?;
-    let added_label = format!("{label} with node {node}");
-    if !checked_here(&added, &added_label, &base) {
-        eprintln!("nothing was changed: fix what is said above");
-        return Ok(ExitCode::FAILURE);
-    }
-    let opts = ApplyOptions {
-        at: a.at.clone(),
-        force: false,
-        timeout: a.timeout,
-    };
-    let applied = run(&added, &added_label, &opts)?;
+    let applied = apply_nodes(
+        a,
+        &added,
+        &format!("{label} with node {node}"),
+        &base,
+        "nothing was changed",
+    )?;
     if applied != ExitCode::SUCCESS {
         return Ok(applied);
     }
-    let me = crate::admin::status(&sock)?.node;
     let hint = join_hint(&cfg, &me, &label);
     if a.no_wait {
         println!("{node} is in the configuration; start it with:\n  {hint}\nthen `tandem node add {node}` gives it a vote");
@@ -389,6 +385,30 @@ struct Committed {
     base: PathBuf,
     /// What it says.
     cfg: tandem_core::config::Config,
+    /// The node whose agent was asked.
+    me: String,
+}
+
+/// Checks `text` here (as `config apply` does), then applies it through
+/// the local agent, waiting as long as the command's --timeout; when the
+/// check fails, `unchanged` says what was left as it was.
+fn apply_nodes(
+    a: &crate::cli::AdminArgs,
+    text: &str,
+    label: &str,
+    base: &Path,
+    unchanged: &str,
+) -> Result<ExitCode> {
+    if !checked_here(text, label, base) {
+        eprintln!("{unchanged}: fix what is said above");
+        return Ok(ExitCode::FAILURE);
+    }
+    let opts = ApplyOptions {
+        at: a.at.clone(),
+        force: false,
+        timeout: a.timeout,
+    };
+    run(text, label, &opts)
 }
 
 /// Reads --config (default /etc/tandem/tandem.toml), which must be the
@@ -409,7 +429,8 @@ fn committed_file(a: &crate::cli::AdminArgs) -> Result<Committed> {
     else {
         bail!("{label} does not pass `tandem config validate {label}`: fix it first");
     };
-    let committed = crate::admin::status(&a.at.socket()?)?.config.committed;
+    let status = crate::admin::status(&a.at.socket()?)?;
+    let committed = status.config.committed;
     let mine = tandem_core::config::identity::of(&cfg).hash;
     if mine != committed {
         bail!(
@@ -421,6 +442,7 @@ fn committed_file(a: &crate::cli::AdminArgs) -> Result<Committed> {
         text,
         base,
         cfg,
+        me: status.node,
     })
 }
 
@@ -515,19 +537,13 @@ pub fn forget_node(a: &crate::cli::AdminArgs, node: &str) -> Result<ExitCode> {
     if removed != ExitCode::SUCCESS {
         return Ok(removed);
     }
-    let dropped_label = format!("{label} without node {node}");
-    if !checked_here(&dropped, &dropped_label, &base) {
-        eprintln!(
-            "{node} votes no more, but the configuration still lists it: fix what is said above"
-        );
-        return Ok(ExitCode::FAILURE);
-    }
-    let opts = ApplyOptions {
-        at: a.at.clone(),
-        force: false,
-        timeout: a.timeout,
-    };
-    let applied = run(&dropped, &dropped_label, &opts)?;
+    let applied = apply_nodes(
+        a,
+        &dropped,
+        &format!("{label} without node {node}"),
+        &base,
+        &format!("{node} votes no more, but the configuration still lists it"),
+    )?;
     if applied == ExitCode::SUCCESS {
         println!("{node} is no member any more: stop its agent now (it hears no one)");
     }

@@ -37,6 +37,34 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// Why this change of the nodes cannot begin (None: it may, or it
+    /// changes no node): a node is added only once the record names the
+    /// voters (`voters_written`; else a node started with the new file
+    /// could count the new node as a voter), and removed only once it
+    /// neither `votes` nor `hosts` a group (`tandem node remove NAME`
+    /// first). Checked by the node asked, before any node is offered it;
+    /// each member's switch checks again ([`crate::member::Member::remove_peer`]).
+    pub fn membership_refusal(
+        &self,
+        voters_written: bool,
+        votes: impl Fn(&str) -> bool,
+        hosts: impl Fn(&str) -> bool,
+    ) -> Option<String> {
+        if self.added_node.is_some() && !voters_written {
+            return Some(
+                "the cluster's record does not name its voters yet (its leader writes them once it leads: is there a leader?); try again in a few seconds".into(),
+            );
+        }
+        let gone = self.removed_node.as_deref()?;
+        let (votes, hosts) = (votes(gone), hosts(gone));
+        (votes || hosts).then(|| {
+            format!(
+                "{gone} still {}: `tandem node remove {gone}` first (its groups move away and its vote goes), then remove it from the configuration",
+                if votes { "votes" } else { "hosts a group" }
+            )
+        })
+    }
+
     /// Whether the two configurations say the same.
     pub fn is_empty(&self) -> bool {
         self.changes.is_empty()
@@ -200,36 +228,33 @@ fn has_filesync(cfg: &Config) -> bool {
         .any(|r| matches!(r.params, crate::kinds::Params::Filesync(_)))
 }
 
-/// Whether `c` removes the last node of the list, the one a running
-/// cluster forgets (one added while running, or an abandoned addition
-/// undone): the others keep their places.
-fn node_removed(c: &Change, old: &Config, new: &Config) -> bool {
-    c.section == Section::Node
-        && c.kind == ChangeKind::Removed
-        && old.nodes.len() == new.nodes.len() + 1
-        && old.nodes.last().is_some_and(|n| n.name == c.name)
-        && new
-            .nodes
-            .iter()
-            .zip(&old.nodes)
-            .all(|(a, b)| a.name == b.name)
-        && !has_filesync(old)
-}
-
 /// Whether `c` adds one node at the end of the list, the only change of
 /// nodes a running cluster makes: the others keep their places (who votes
 /// by the configuration's order) and their addresses.
 fn node_added(c: &Change, old: &Config, new: &Config) -> bool {
+    c.kind == ChangeKind::Added && last_node_only(c, old, new)
+}
+
+/// Whether `c` removes the last node of the list, the one a running
+/// cluster forgets (one added while running, or an abandoned addition
+/// undone): the others keep their places.
+fn node_removed(c: &Change, old: &Config, new: &Config) -> bool {
+    c.kind == ChangeKind::Removed && last_node_only(c, new, old)
+}
+
+/// Whether node change `c` is `longer`'s last node, `shorter` holding the
+/// same nodes before it in the same order, and no `filesync` resource in
+/// `longer` (its peers are fixed when the agent starts).
+fn last_node_only(c: &Change, shorter: &Config, longer: &Config) -> bool {
     c.section == Section::Node
-        && c.kind == ChangeKind::Added
-        && new.nodes.len() == old.nodes.len() + 1
-        && new.nodes.last().is_some_and(|n| n.name == c.name)
-        && old
+        && longer.nodes.len() == shorter.nodes.len() + 1
+        && longer.nodes.last().is_some_and(|n| n.name == c.name)
+        && shorter
             .nodes
             .iter()
-            .zip(&new.nodes)
+            .zip(&longer.nodes)
             .all(|(a, b)| a.name == b.name)
-        && !has_filesync(new)
+        && !has_filesync(longer)
 }
 
 /// Whether a node running the configuration `mine`, with no change under
@@ -480,6 +505,33 @@ address = "10.0.0.102/24"
             plan(&synced, &synced_more).is_err(),
             "a node added beside filesync"
         );
+    }
+
+    #[test]
+    fn a_node_is_added_once_the_voters_are_written_and_dropped_once_it_neither_votes_nor_hosts() {
+        let add = Plan {
+            added_node: Some("n4".into()),
+            ..Plan::default()
+        };
+        let never = |_: &str| false;
+        assert!(add
+            .membership_refusal(false, never, never)
+            .is_some_and(|w| w.contains("voters")));
+        assert_eq!(add.membership_refusal(true, never, never), None);
+        let drop = Plan {
+            removed_node: Some("n4".into()),
+            ..Plan::default()
+        };
+        let n4 = |n: &str| n == "n4";
+        assert_eq!(drop.membership_refusal(false, never, never), None);
+        let w = drop.membership_refusal(true, n4, never).unwrap_or_default();
+        assert!(
+            w.contains("n4 still votes") && w.contains("tandem node remove n4"),
+            "{w}"
+        );
+        let w = drop.membership_refusal(true, never, n4).unwrap_or_default();
+        assert!(w.contains("n4 still hosts a group"), "{w}");
+        assert_eq!(Plan::default().membership_refusal(false, n4, n4), None);
     }
 
     #[test]
