@@ -39,6 +39,17 @@ fn running(s: &Value, name: &str) -> bool {
     group(s, name).is_some_and(|g| g["state"] == "running")
 }
 
+/// Whether status `s` logs a start or stop of `group` (not a probe) since
+/// `since_unix_ms`.
+fn stopped_or_started(s: &Value, group: &str, since_unix_ms: u64) -> bool {
+    s["events"].as_array().unwrap().iter().any(|e| {
+        e["at_unix_ms"].as_u64().unwrap_or(0) >= since_unix_ms
+            && e["event"]["group"] == group
+            && e["event"]["kind"] == "action_begun"
+            && e["event"]["action"] != "probe"
+    })
+}
+
 fn tandem(args: &[&str]) -> (bool, String) {
     let out = std::process::Command::new(TANDEM)
         .args(args)
@@ -236,12 +247,7 @@ fn config_apply_adds_changes_and_removes_groups_without_a_gap_and_rollback_resto
         c.logs()
     );
     let holder = c.status(web_on).unwrap();
-    let restarted = holder["events"].as_array().unwrap().iter().any(|e| {
-        e["at_unix_ms"].as_u64().unwrap_or(0) >= t
-            && e["event"]["group"] == "web"
-            && e["event"]["kind"] == "action_begun"
-            && e["event"]["action"] != "probe"
-    });
+    let restarted = stopped_or_started(&holder, "web", t);
     assert!(
         !restarted,
         "web was stopped or started: {}",
@@ -500,12 +506,7 @@ fn a_node_not_in_the_configuration_joins_with_node_add_and_agent_join_without_a_
         c.logs()
     );
     let holder = c.status(web_on).unwrap();
-    let touched = holder["events"].as_array().unwrap().iter().any(|e| {
-        e["at_unix_ms"].as_u64().unwrap_or(0) >= t
-            && e["event"]["group"] == "web"
-            && e["event"]["kind"] == "action_begun"
-            && e["event"]["action"] != "probe"
-    });
+    let touched = stopped_or_started(&holder, "web", t);
     assert!(!touched, "web was stopped or started: {}", holder["events"]);
 
     // The new node hosts.
