@@ -165,8 +165,9 @@ pub enum Command {
         /// commas). The cluster's configuration gains the node first
         /// (as `tandem config apply` would, every node checking it), then
         /// waits for it to join (`tandem agent --join` on it) and gives it
-        /// a vote. Reads the configuration from --config (default
-        /// /etc/tandem/tandem.toml).
+        /// a vote; with --no-wait it returns once the configuration is
+        /// committed. Reads the committed configuration from --config
+        /// (default /etc/tandem/tandem.toml) and changes it. Root only.
         #[arg(long, value_name = "LINK=IP", value_delimiter = ',')]
         address: Vec<String>,
         /// With `remove`: once the node votes no more and runs nothing,
