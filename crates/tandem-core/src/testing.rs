@@ -114,6 +114,38 @@ impl Cluster {
         Cluster::build(n, groups, true)
     }
 
+    /// One node standing alone in two-node mode (`two_node = true`, wait
+    /// for all), a fence device listing every node: the stand-alone node
+    /// that [`Cluster::add_node`] makes a pair.
+    pub fn alone_in_two_node_mode(groups: &[&str]) -> Cluster {
+        let mut c = Cluster::build(0, groups, true);
+        c.nodes.push(Node {
+            spec: MemberSpec {
+                cluster: ClusterId(7),
+                me: NodeId(100),
+                voter: true,
+                peers: vec![],
+                links: 2,
+                mode: Mode::TwoNode,
+                wait_for_all: true,
+                timing: TIMING,
+                keys: vec![[3u8; 32]],
+                config_hash: "story".into(),
+                config_sections: vec![],
+                key_fingerprint: "fp".into(),
+                member_names: vec!["n1".into()],
+            },
+            member: None,
+            persisted: Persisted::default(),
+            start_ms: 0,
+            host: Host::new(groups, 1),
+            cut: false,
+        });
+        c.ids.push(NodeId(100));
+        c.start_agent(0, None);
+        c
+    }
+
     fn build(n: usize, groups: &[&str], fencing: bool) -> Cluster {
         let ids: Vec<NodeId> = (0..n).map(|i| NodeId(100 + i as u64)).collect();
         let names: Vec<String> = (0..n).map(|i| format!("n{}", i + 1)).collect();

@@ -8,7 +8,8 @@
 //! anew from the switch on). One node may be added, at the end of the
 //! list (`tandem node add NAME --address`): every member then hears it and
 //! sends it the log, and it votes only once a change of voters names it.
-//! Other changes to what the membership itself runs on (cluster, timing,
+//! A volume with one copy may take its second, and the last node's copies
+//! go with it when it is forgotten. Other changes to what the membership itself runs on (cluster, timing,
 //! quorum, links, existing nodes, keys), to fence devices, volumes, the
 //! watchdog, the HTTP API or alerts need each agent restarted, one node at
 //! a time, and are refused here with that advice.
@@ -34,6 +35,22 @@ pub struct Plan {
     /// if any: every member forgets it as a peer when it switches, which
     /// it refuses while that node votes or hosts a group.
     pub removed_node: Option<String>,
+    /// Copies the change gives volumes: a volume with one copy takes its
+    /// second (`tandem node add NAME --volume VOLUME=PATH`); the new copy
+    /// does a full sync from the running one.
+    pub copies_added: Vec<VolumeCopy>,
+    /// Copies the change drops: the removed node's (`tandem node remove
+    /// NAME --forget`), leaving its volumes one copy each.
+    pub copies_dropped: Vec<VolumeCopy>,
+}
+
+/// One copy of a volume: the volume and the node that holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeCopy {
+    /// Volume name.
+    pub volume: String,
+    /// The node holding the copy.
+    pub node: String,
 }
 
 impl Plan {
@@ -188,7 +205,10 @@ pub fn plan(old: &Config, new: &Config) -> Result<Plan, NotLive> {
     let refused: Vec<Change> = changes
         .iter()
         .filter(|c| {
-            !(live(c) || node_added(c, old, new) || node_removed(c, old, new))
+            !(live(c)
+                || node_added(c, old, new)
+                || node_removed(c, old, new)
+                || copy_change(c, old, new).is_some())
                 || (c.section == Section::Resource && filesync(c, old, new))
         })
         .cloned()
@@ -211,11 +231,60 @@ pub fn plan(old: &Config, new: &Config) -> Result<Plan, NotLive> {
             .map(|c| c.name.clone())
     };
     let (added_node, removed_node) = (node(ChangeKind::Added), node(ChangeKind::Removed));
+    let mut copies_added = Vec::new();
+    let mut copies_dropped = Vec::new();
+    for (copy, added) in changes.iter().filter_map(|c| copy_change(c, old, new)) {
+        if added {
+            copies_added.push(copy);
+        } else {
+            copies_dropped.push(copy);
+        }
+    }
     Ok(Plan {
         changes,
         restart,
         added_node,
         removed_node,
+        copies_added,
+        copies_dropped,
+    })
+}
+
+/// The volume fields a change of copies touches.
+const COPY_FIELDS: [&str; 2] = ["nodes", "backing"];
+
+/// Whether volume change `c` is one a running cluster makes: a volume
+/// with one copy takes a second on another node (true), or one that the
+/// change removes from the configuration loses its copy (false, the
+/// volume keeps the other). Nothing else about the volume changes, and
+/// the copy that stays keeps its backing path: it runs on untouched.
+fn copy_change(c: &Change, old: &Config, new: &Config) -> Option<(VolumeCopy, bool)> {
+    let ChangeKind::Changed { fields } = &c.kind else {
+        return None;
+    };
+    if c.section != Section::Volume || !fields.iter().all(|f| COPY_FIELDS.contains(&f.as_str())) {
+        return None;
+    }
+    let (a, b) = (old.volume(&c.name)?, new.volume(&c.name)?);
+    let (shorter, longer, added) = match (a.nodes.len(), b.nodes.len()) {
+        (1, 2) => (a, b, true),
+        (2, 1) => (b, a, false),
+        _ => return None,
+    };
+    let kept = &shorter.nodes[0];
+    let other = longer.nodes.iter().find(|n| *n != kept)?;
+    let same_kept = longer.nodes.contains(kept) && a.backing_of(kept) == b.backing_of(kept);
+    // A copy is dropped only with its node: forgetting the node is what
+    // checks that it hosts nothing.
+    let node_ok = added || new.node(other).is_none();
+    (same_kept && node_ok).then(|| {
+        (
+            VolumeCopy {
+                volume: c.name.clone(),
+                node: other.clone(),
+            },
+            added,
+        )
     })
 }
 
@@ -532,6 +601,45 @@ address = "10.0.0.102/24"
         let w = drop.membership_refusal(true, never, n4).unwrap_or_default();
         assert!(w.contains("n4 still hosts a group"), "{w}");
         assert_eq!(Plan::default().membership_refusal(false, n4, n4), None);
+    }
+
+    #[test]
+    fn a_volume_takes_its_second_copy_live_and_loses_it_only_with_its_node() {
+        let vol = |nodes: &str, backing: &str| {
+            format!("\n[[volume]]\nname = \"data\"\nnodes = [{nodes}]\nsize = \"16MiB\"\nlink = \"lan\"\nbacking = {{ {backing} }}\n")
+        };
+        let n4 = "\n[[node]]\nname = \"n4\"\naddresses = { lan = \"10.0.0.4\" }\n";
+        let one = cfg(&format!("{BASE}{}", vol("\"n1\"", "n1 = \"/a\"")));
+        let pair_text = format!(
+            "{BASE}{n4}{}",
+            vol("\"n1\", \"n4\"", "n1 = \"/a\", n4 = \"/b\"")
+        );
+        let pair = cfg(&pair_text);
+        let copy = |node: &str| VolumeCopy {
+            volume: "data".into(),
+            node: node.into(),
+        };
+        // n4 added with the volume's second copy: both live, no group
+        // restarted (the running copy runs on).
+        let grow = plan(&one, &pair).unwrap_or_default();
+        assert_eq!(grow.copies_added, [copy("n4")]);
+        assert_eq!(grow.added_node.as_deref(), Some("n4"));
+        assert!(grow.restart.is_empty(), "{grow:?}");
+        // Forgetting n4 drops its copy with it.
+        let shrink = plan(&pair, &one).unwrap_or_default();
+        assert_eq!(shrink.copies_dropped, [copy("n4")]);
+        assert_eq!(shrink.removed_node.as_deref(), Some("n4"));
+        // A copy dropped from a node that stays, or the running copy's
+        // backing moved, or a third copy: a restart of every agent.
+        let kept = cfg(&format!("{BASE}{n4}{}", vol("\"n1\"", "n1 = \"/a\"")));
+        assert!(plan(&pair, &kept).is_err());
+        let moved = cfg(&format!(
+            "{BASE}{n4}{}",
+            vol("\"n1\", \"n4\"", "n1 = \"/c\", n4 = \"/b\"")
+        ));
+        assert!(plan(&one, &moved).is_err());
+        let bigger = cfg(&pair_text.replace("16MiB", "32MiB"));
+        assert!(plan(&pair, &bigger).is_err());
     }
 
     #[test]

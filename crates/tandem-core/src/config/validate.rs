@@ -975,11 +975,13 @@ fn check_quorum(c: &mut Checker<'_>, file: &ConfigFile) {
         );
     }
     let n = file.nodes.len();
-    if two_node && n != 2 {
+    // One node with `two_node` stands alone (a majority of one) until
+    // `tandem node add` gives it its peer.
+    if two_node && n > 2 {
         c.error(
             q.two_node.as_ref().and_then(span),
             format!("`two_node = true` but the cluster has {n} nodes"),
-            "two_node mode is for exactly two nodes; remove it to use majority quorum",
+            "two_node mode is for two nodes (or one that a second joins later); remove it to use majority quorum",
         );
     }
     if n == 2 && !two_node && q.witness.is_none() {
@@ -1064,15 +1066,25 @@ fn check_volumes(
 ) {
     for v in &file.volumes {
         let vol_nodes = v.nodes.get_ref();
-        if vol_nodes.len() != 2 {
+        if vol_nodes.is_empty() || vol_nodes.len() > 2 {
             c.error(
                 span(&v.nodes),
                 format!(
-                    "volume `{}` lists {} nodes; a volume has exactly two copies",
+                    "volume `{}` lists {} nodes; a volume has two copies (one while it waits for its second)",
                     v.name.get_ref(),
                     vol_nodes.len()
                 ),
                 "list the primary's and the secondary's node: nodes = [\"n1\", \"n2\"]",
+            );
+        } else if vol_nodes.len() == 1 {
+            c.warn(
+                span(&v.nodes),
+                format!(
+                    "volume `{}` has one copy, on {}: nothing replicates it, and its group cannot fail over",
+                    v.name.get_ref(),
+                    vol_nodes[0].get_ref()
+                ),
+                "give it a second copy on a running cluster with `tandem node add NAME --address LINK=IP --volume VOLUME=PATH` (it then takes a full sync), or list a second node here",
             );
         } else if vol_nodes[0].get_ref() == vol_nodes[1].get_ref() {
             c.error(

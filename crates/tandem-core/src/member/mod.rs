@@ -571,7 +571,7 @@ pub struct Member {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum VoterChangeError {
     /// Two-node mode changes its voters only by a restart.
-    #[error("a two-node cluster with fencing does not change its voters while running: install the new configuration on every node and restart the agents one at a time")]
+    #[error("a two-node cluster changes its voters while running only between one node and two (`tandem node add` to a node standing alone, `tandem node remove` of one of a pair): install the new configuration on every node and restart the agents one at a time")]
     TwoNode,
     /// More than [`quorum::MAX_VOTERS`] voters.
     #[error(
@@ -589,6 +589,18 @@ pub enum VoterChangeError {
     /// The agreement engine refused it.
     #[error(transparent)]
     Agreement(ProposeError),
+}
+
+/// Whether a two-node cluster may change its voters from `from` voters to
+/// `to` while running: a node standing alone (two-node mode configured,
+/// one voter, ruled by a majority of one) takes a second voter (`tandem
+/// node add`), and a pair gives one vote up to stand alone again (`tandem
+/// node remove`), the same set rewritten included. No fence-backed holder
+/// crosses such a change: a lone voter holds by its majority of one, and
+/// the voter leaving a pair hosts no group by then (`node remove` moves
+/// its groups away first; forgetting it is refused while it hosts one).
+pub fn two_node_change_ok(from: usize, to: usize) -> bool {
+    (1..=2).contains(&from) && (1..=2).contains(&to) && (from == 1 || to == 1)
 }
 
 /// How long a configuration change may take before the leader commits it
@@ -704,6 +716,7 @@ impl Member {
             spec,
         };
         m.voters_noted = (m.agreement.voters().to_vec(), m.agreement.voters_changing());
+        m.note_all_seen();
         m.update_view();
         m.note_own_digest();
         m
@@ -1021,17 +1034,20 @@ impl Member {
     /// for it), so a lease rests on the voters of the latest change, or of
     /// the one before while the latest is uncommitted, never older ones.
     ///
-    /// Refused in two-node mode: a fence-backed holder keeps its groups
+    /// In two-node mode only between one voter and two
+    /// ([`two_node_change_ok`]): a fence-backed holder keeps its groups
     /// without a lease's end, which no takeover bound could cover across a
-    /// change; such a pair changes its voters by a restart with a new
-    /// configuration.
+    /// change of a pair into another pair; a pair changes those by a
+    /// restart with a new configuration.
     pub fn change_voters(
         &mut self,
         now_ms: u64,
         voters: Vec<NodeId>,
     ) -> Result<u64, VoterChangeError> {
         self.now_ms = now_ms;
-        if self.spec.mode == quorum::Mode::TwoNode {
+        if self.spec.mode == quorum::Mode::TwoNode
+            && !two_node_change_ok(self.voters().len(), voters.len())
+        {
             return Err(VoterChangeError::TwoNode);
         }
         if voters.len() > quorum::MAX_VOTERS {
@@ -1327,6 +1343,13 @@ impl Member {
         self.out
             .events
             .extend(events.into_iter().map(MemberEvent::Detector));
+        self.note_all_seen();
+        self.update_view();
+    }
+
+    /// Wait-for-all ends once every voter was seen (at once for a node
+    /// that is its only voter: one standing alone in two-node mode).
+    fn note_all_seen(&mut self) {
         let me = self.spec.me;
         if !self.all_seen
             && self
@@ -1337,7 +1360,6 @@ impl Member {
         {
             self.all_seen = true;
         }
-        self.update_view();
     }
 
     fn update_view(&mut self) {

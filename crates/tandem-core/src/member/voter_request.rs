@@ -87,7 +87,11 @@ impl Member {
         };
         let voters = self.agreement.voters();
         let others = voters.iter().filter(|v| **v != id).count();
-        if self.spec.mode == quorum::Mode::TwoNode && voters.contains(&id) != vote {
+        let after = voters.len() + usize::from(vote) - usize::from(voters.contains(&id));
+        if self.spec.mode == quorum::Mode::TwoNode
+            && voters.contains(&id) != vote
+            && !super::two_node_change_ok(voters.len(), after)
+        {
             Err(VoterChangeError::TwoNode.to_string())
         } else if !vote && others == 0 {
             Err(format!(
@@ -202,7 +206,7 @@ impl Member {
     fn pin_voters(&mut self) {
         if self.agreement.role() != Role::Leader
             || self.agreement.voters_written()
-            || self.spec.mode == quorum::Mode::TwoNode
+            || self.two_node()
         {
             return;
         }

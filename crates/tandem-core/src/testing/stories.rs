@@ -699,8 +699,9 @@ fn node_remove_of_the_last_voter_or_an_unknown_node_is_refused_with_why() {
     assert_eq!(c.voters(0), Some(vec![0]));
 }
 
-/// Two-node mode with fencing refuses a change of voters: a fence-backed
-/// holder keeps its groups with no lease end a takeover could wait for.
+/// Two-node mode with fencing refuses a change of voters other than
+/// between one voter and two: a fence-backed holder keeps its groups with
+/// no lease end a takeover could wait for.
 #[test]
 fn a_two_node_cluster_with_fencing_refuses_to_change_voters() {
     use crate::member::{Member, MemberSpec, PeerSpec, Persisted, VoterChangeError};
@@ -726,7 +727,84 @@ fn a_two_node_cluster_with_fencing_refuses_to_change_voters() {
     };
     let mut m = Member::new(spec, 1, Persisted::default(), 0, 1);
     assert_eq!(
-        m.change_voters(60_000, vec![NodeId(1)]),
+        m.change_voters(60_000, vec![NodeId(1), NodeId(2), NodeId(3)]),
         Err(VoterChangeError::TwoNode)
     );
+    assert_eq!(
+        m.change_voters(60_000, vec![NodeId(1), NodeId(3)]),
+        Err(VoterChangeError::TwoNode)
+    );
+}
+
+/// Issue 19, seed 000's `startHA` and `stopHA`: a node standing alone in
+/// two-node mode runs its groups by a majority of one; `tandem node add`
+/// makes it a pair (the new node learns the log, then gets its vote, and
+/// the pair is in two-node mode with fencing); the first node crashes and
+/// the second fences it and takes its groups; back up, `tandem node
+/// remove` of the second moves its groups back and takes its vote, the
+/// first stands alone again (a majority of one, quorate without its
+/// peer), and forgetting the second powers it off. Never dual-active.
+#[test]
+fn a_node_standing_alone_becomes_a_pair_fails_over_and_stands_alone_again() {
+    use crate::member::Request;
+    use crate::quorum::Mode;
+    let mut c = Cluster::alone_in_two_node_mode(&["web", "db"]);
+    c.run_for(SETTLE_MS);
+    for g in ["web", "db"] {
+        assert_eq!(c.running_on(g), vec![0], "{g} alone");
+    }
+    let mode = |c: &Cluster, i: usize| c.member(i).map(|m| m.mode());
+    assert_eq!(mode(&c, 0), Some(Mode::Majority { voters: 1 }));
+    assert!(c.member(0).is_some_and(|m| m.agreement().voters_written()));
+    let since = c.now_ms();
+    let second = c.add_node();
+    c.run_for(3_000);
+    assert_eq!(c.voters(second), Some(vec![0]), "a learner first");
+    c.request(
+        0,
+        Request::Voter {
+            node: "n2".into(),
+            vote: true,
+        },
+    );
+    c.run_for(3_000);
+    for i in 0..2 {
+        assert_eq!(c.voters(i), Some(vec![0, 1]), "n{}", i + 1);
+        assert_eq!(mode(&c, i), Some(Mode::TwoNode), "n{}", i + 1);
+    }
+    for g in ["web", "db"] {
+        assert_eq!(c.actions_on(0, g, since), vec![], "{g} ran on untouched");
+    }
+    // Failover: the first node dies; the second fences it and takes over.
+    c.power_off(0);
+    c.run_for(8_000);
+    assert!(c.fenced().iter().any(|(_, t)| *t == 0), "{:?}", c.fenced());
+    for g in ["web", "db"] {
+        assert_eq!(c.running_on(g), vec![1], "{g} failed over");
+    }
+    c.power_on(0);
+    c.run_for(5_000);
+    // stopHA: the second gives its groups back and its vote up.
+    let leader = c.leader().expect("a leader");
+    c.request(
+        leader,
+        Request::Voter {
+            node: "n2".into(),
+            vote: false,
+        },
+    );
+    c.run_for(8_000);
+    for i in 0..2 {
+        assert_eq!(c.voters(i), Some(vec![0]), "n{}", i + 1);
+    }
+    for g in ["web", "db"] {
+        assert_eq!(c.running_on(g), vec![0], "{g} back on the first");
+    }
+    assert_eq!(c.forget_node(second), vec![Ok(true)]);
+    c.run_for(5_000);
+    assert_eq!(mode(&c, 0), Some(Mode::Majority { voters: 1 }));
+    for g in ["web", "db"] {
+        assert_eq!(c.running_on(g), vec![0], "{g} alone again");
+    }
+    assert!(c.dual_active().is_empty(), "{:?}", c.dual_active());
 }
