@@ -170,6 +170,20 @@ pub enum Command {
         /// (default /etc/tandem/tandem.toml) and changes it. Root only.
         #[arg(long, value_name = "LINK=IP", value_delimiter = ',')]
         address: Vec<String>,
+        /// With `add --address`: the new node holds the second copy of
+        /// VOLUME, a volume that has one copy, in its backing store PATH
+        /// (repeat, or separate with commas). `tandem agent --join` creates
+        /// the copy; it then takes a full sync from the running one
+        /// (`tandem volume status` shows its progress) while the volume's
+        /// clients run on.
+        #[arg(long, value_name = "VOLUME=PATH", value_delimiter = ',')]
+        volume: Vec<String>,
+        /// With `add --address`: fence device DEVICE (a `[[fence_device]]`
+        /// of the configuration) fences the new node as PLUG, its name for
+        /// it (repeat for more devices). A pair in two-node mode needs
+        /// each node fenceable: the survivor of a crash fences its peer.
+        #[arg(long, value_name = "DEVICE=PLUG", value_delimiter = ',')]
+        fence: Vec<String>,
         /// With `remove`: once the node votes no more and runs nothing,
         /// drop it from the cluster's configuration too (the last node of
         /// the list only, as `node add --address` added it), applied as

@@ -324,7 +324,13 @@ const JOIN_POLL: Duration = Duration::from_millis(200);
 /// gains it at the end of its nodes, applied through the cluster as
 /// `tandem config apply` does; then, unless --no-wait, this waits for the
 /// node to join (`tandem agent --join` on it) and gives it a vote.
-pub fn add_node(a: &crate::cli::AdminArgs, node: &str, addresses: &[String]) -> Result<ExitCode> {
+pub fn add_node(
+    a: &crate::cli::AdminArgs,
+    node: &str,
+    addresses: &[String],
+    volumes: &[String],
+    fence: &[String],
+) -> Result<ExitCode> {
     let Committed {
         label,
         text,
@@ -334,6 +340,12 @@ pub fn add_node(a: &crate::cli::AdminArgs, node: &str, addresses: &[String]) -> 
     } = committed_file(a)?;
     let sock = a.at.socket()?;
     let added = with_node(&text, &cfg, node, addresses)?;
+    let added = with_fencing(
+        &with_copies(&added, &cfg, node, volumes)?,
+        &cfg,
+        node,
+        fence,
+    )?;
     let applied = apply_nodes(
         a,
         &added,
@@ -505,6 +517,131 @@ fn with_node(
     Ok(out)
 }
 
+/// `text` with node `node` holding the second copy of each volume of
+/// `copies` (`VOLUME=PATH`: its backing store there): added to the
+/// volume's `nodes` and `backing`. Only a volume with one copy takes one.
+fn with_copies(
+    text: &str,
+    cfg: &tandem_core::config::Config,
+    node: &str,
+    copies: &[String],
+) -> Result<String> {
+    if copies.is_empty() {
+        return Ok(text.to_string());
+    }
+    let mut doc: toml_edit::DocumentMut = text
+        .parse()
+        .context("the configuration is not TOML: check it with `tandem config validate`")?;
+    let names: Vec<&str> = cfg.volumes.iter().map(|v| v.name.as_str()).collect();
+    for item in copies {
+        let Some((volume, path)) = item.split_once('=') else {
+            bail!(
+                "--volume {item}: write VOLUME=PATH (volumes: {})",
+                list(&names)
+            );
+        };
+        let (volume, path) = (volume.trim(), path.trim());
+        let Some(v) = cfg.volume(volume) else {
+            bail!(
+                "--volume {item}: no volume named {volume} (volumes: {})",
+                list(&names)
+            );
+        };
+        if v.nodes.len() != 1 {
+            bail!(
+                "--volume {item}: volume {volume} has its two copies already (on {})",
+                v.nodes.join(", ")
+            );
+        }
+        if !path.starts_with('/') {
+            bail!("--volume {item}: {path} is not an absolute path");
+        }
+        let table = doc
+            .get_mut("volume")
+            .and_then(toml_edit::Item::as_array_of_tables_mut)
+            .and_then(|a| {
+                a.iter_mut()
+                    .find(|t| t.get("name").and_then(|n| n.as_str()) == Some(volume))
+            })
+            .with_context(|| {
+                format!("--volume {item}: no [[volume]] named {volume} in the file")
+            })?;
+        let nodes = table
+            .get_mut("nodes")
+            .and_then(toml_edit::Item::as_array_mut)
+            .with_context(|| format!("volume {volume}: `nodes` is not a list"))?;
+        nodes.push(node);
+        let kept = &v.nodes[0];
+        let mut backing = toml_edit::InlineTable::new();
+        match &v.backing {
+            tandem_core::config::Backing::Same(p) => {
+                backing.insert(kept, p.display().to_string().into());
+            }
+            tandem_core::config::Backing::PerNode(m) => {
+                for (n, p) in m {
+                    backing.insert(n, p.display().to_string().into());
+                }
+            }
+        }
+        backing.insert(node, path.into());
+        table["backing"] = toml_edit::value(backing);
+    }
+    Ok(doc.to_string())
+}
+
+/// `text` with node `node` fenced by each device of `plugs`
+/// (`DEVICE=PLUG`: the device's name for the node), added to the device's
+/// `hosts`.
+fn with_fencing(
+    text: &str,
+    cfg: &tandem_core::config::Config,
+    node: &str,
+    plugs: &[String],
+) -> Result<String> {
+    if plugs.is_empty() {
+        return Ok(text.to_string());
+    }
+    let mut doc: toml_edit::DocumentMut = text
+        .parse()
+        .context("the configuration is not TOML: check it with `tandem config validate`")?;
+    let names: Vec<&str> = cfg.fence_devices.iter().map(|d| d.name.as_str()).collect();
+    for item in plugs {
+        let Some((device, plug)) = item.split_once('=') else {
+            bail!(
+                "--fence {item}: write DEVICE=PLUG (fence devices: {})",
+                list(&names)
+            );
+        };
+        let (device, plug) = (device.trim(), plug.trim());
+        if plug.is_empty() || !names.contains(&device) {
+            bail!(
+                "--fence {item}: no fence device named {device}, or no plug (fence devices: {}; add a [[fence_device]] by a restart of each agent first)",
+                list(&names)
+            );
+        }
+        let table = doc
+            .get_mut("fence_device")
+            .and_then(toml_edit::Item::as_array_of_tables_mut)
+            .and_then(|a| {
+                a.iter_mut()
+                    .find(|t| t.get("name").and_then(|n| n.as_str()) == Some(device))
+            })
+            .with_context(|| {
+                format!("--fence {item}: no [[fence_device]] named {device} in the file")
+            })?;
+        match table.get_mut("hosts") {
+            Some(toml_edit::Item::Value(toml_edit::Value::InlineTable(t))) => {
+                t.insert(node, plug.into());
+            }
+            Some(toml_edit::Item::Table(t)) => {
+                t.insert(node, toml_edit::value(plug));
+            }
+            _ => bail!("--fence {item}: device {device}'s `hosts` is not a table"),
+        }
+    }
+    Ok(doc.to_string())
+}
+
 fn link_names(cfg: &tandem_core::config::Config) -> String {
     let names: Vec<&str> = cfg.links.iter().map(|l| l.name.as_str()).collect();
     names.join(", ")
@@ -581,6 +718,48 @@ fn without_node(text: &str, node: &str) -> Result<String> {
         );
     }
     nodes.remove(i);
+    // How to fence it goes with it: a device for it alone goes whole.
+    if let Some(devices) = doc
+        .get_mut("fence_device")
+        .and_then(toml_edit::Item::as_array_of_tables_mut)
+    {
+        for d in devices.iter_mut() {
+            match d.get_mut("hosts") {
+                Some(toml_edit::Item::Value(toml_edit::Value::InlineTable(t))) => {
+                    t.remove(node);
+                }
+                Some(toml_edit::Item::Table(t)) => {
+                    t.remove(node);
+                }
+                _ => {}
+            }
+        }
+        devices.retain(|d| match d.get("hosts") {
+            Some(toml_edit::Item::Value(toml_edit::Value::InlineTable(t))) => !t.is_empty(),
+            Some(toml_edit::Item::Table(t)) => !t.is_empty(),
+            _ => true,
+        });
+    }
+    // Its volume copies go with it: each volume it held runs on one copy.
+    if let Some(volumes) = doc
+        .get_mut("volume")
+        .and_then(toml_edit::Item::as_array_of_tables_mut)
+    {
+        for v in volumes.iter_mut() {
+            if let Some(list) = v.get_mut("nodes").and_then(toml_edit::Item::as_array_mut) {
+                list.retain(|n| n.as_str() != Some(node));
+            }
+            match v.get_mut("backing") {
+                Some(toml_edit::Item::Value(toml_edit::Value::InlineTable(t))) => {
+                    t.remove(node);
+                }
+                Some(toml_edit::Item::Table(t)) => {
+                    t.remove(node);
+                }
+                _ => {}
+            }
+        }
+    }
     Ok(doc.to_string())
 }
 
@@ -624,6 +803,61 @@ mod tests {
         assert!(why("n4", &["lan=x"]).contains("not an IP address"));
         assert!(why("n4", &["lan=10.0.0.4", "lan=10.0.0.5"]).contains("given twice"));
         assert!(why("n 4", &["lan=10.0.0.4"]).contains("letters"));
+    }
+
+    #[test]
+    fn a_node_standing_alone_takes_a_peer_with_its_volume_copy_and_gives_both_back() {
+        let alone = "[cluster]\nname = \"c\"\nkey_file = \"/k\"\n\n[[link]]\nname = \"lan\"\nsubnet = \"10.0.0.0/24\"\n\n[[node]]\nname = \"n1\"\naddresses = { lan = \"10.0.0.1\" }\n\n[quorum]\ntwo_node = true\n\n# The data.\n[[volume]]\nname = \"data\"\nnodes = [\"n1\"]\nsize = \"16MiB\"\nlink = \"lan\"\nbacking = \"/srv/data.img\"\n\n[[fence_device]]\nname = \"power\"\nagent = \"/bin/true\"\nhosts = { n1 = \"1\" }\n";
+        let c = cfg(alone);
+        let node = with_node(alone, &c, "n2", &["lan=10.0.0.2".into()]).unwrap_or_default();
+        let pair_text = with_copies(&node, &c, "n2", &["data=/srv/b.img".into()])
+            .and_then(|t| with_fencing(&t, &c, "n2", &["power=2".into()]))
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        let pair = cfg(&pair_text);
+        let v = pair.volume("data").unwrap_or_else(|| panic!("{pair_text}"));
+        assert_eq!(v.nodes, ["n1", "n2"]);
+        assert_eq!(v.backing_of("n1"), Some(Path::new("/srv/data.img")));
+        assert_eq!(v.backing_of("n2"), Some(Path::new("/srv/b.img")));
+        assert!(pair_text.contains("# The data."), "{pair_text}");
+        let hosts = |c: &tandem_core::config::Config| c.fence_devices[0].hosts.clone();
+        assert_eq!(
+            hosts(&pair),
+            [
+                ("n1".to_string(), "1".to_string()),
+                ("n2".into(), "2".into())
+            ]
+        );
+        let plan = tandem_core::config::change::plan(&c, &pair)
+            .unwrap_or_else(|e| panic!("a live change: {e}"));
+        assert_eq!(plan.copies_added.len(), 1, "{plan:?}");
+        // --forget gives it back: one node, one copy, the same backing,
+        // fenced as before; a live change too.
+        let back_text = without_node(&pair_text, "n2").unwrap_or_default();
+        let back = cfg(&back_text);
+        assert_eq!(hosts(&back), [("n1".to_string(), "1".to_string())]);
+        assert!(tandem_core::config::change::plan(&pair, &back).is_ok());
+        let v = back.volume("data").unwrap_or_else(|| panic!("no volume"));
+        assert_eq!(v.nodes, ["n1"]);
+        assert_eq!(v.backing_of("n1"), Some(Path::new("/srv/data.img")));
+        assert_eq!(back.nodes.len(), 1);
+        let why = |copies: &[&str]| {
+            let copies: Vec<String> = copies.iter().map(|s| s.to_string()).collect();
+            with_copies(&node, &c, "n2", &copies)
+                .err()
+                .map(|e| format!("{e:#}"))
+                .unwrap_or_default()
+        };
+        assert!(why(&["data"]).contains("VOLUME=PATH"));
+        assert!(why(&["web=/x"]).contains("no volume named web (volumes: data)"));
+        assert!(why(&["data=x.img"]).contains("not an absolute path"));
+        assert!(why(&["data=/a"]).is_empty());
+        assert!(with_fencing(&node, &c, "n2", &["pdu=2".into()])
+            .err()
+            .is_some_and(|e| e.to_string().contains("no fence device named pdu")));
+        let p = cfg(&pair_text);
+        assert!(with_copies(&pair_text, &p, "n3", &["data=/c".into()])
+            .err()
+            .is_some_and(|e| e.to_string().contains("two copies already")));
     }
 
     #[test]

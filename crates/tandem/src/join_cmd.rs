@@ -29,9 +29,17 @@ fn member_address(at: &str) -> Result<SocketAddr> {
 }
 
 /// Fetches the configuration from the member at `at`, writes it to
-/// `config` (refusing to replace a different file there) and installs
-/// the key from `key_file` where it names one; returns the node's name.
-pub fn join(config: &Path, at: &str, key_file: &Path, node_given: Option<&str>) -> Result<String> {
+/// `config` (refusing to replace a different file there), installs the
+/// key from `key_file` where it names one, and creates this node's
+/// volume copies that do not exist yet (in `state_dir`, default the
+/// configuration's); returns the node's name.
+pub fn join(
+    config: &Path,
+    at: &str,
+    key_file: &Path,
+    node_given: Option<&str>,
+    state_dir: Option<&Path>,
+) -> Result<String> {
     let at = member_address(at)?;
     let key = tandem_agent::keyfile::load(key_file)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -70,7 +78,8 @@ pub fn join(config: &Path, at: &str, key_file: &Path, node_given: Option<&str>) 
     }
     install_key(&cfg.key_path(), key_file, &key)?;
     let loaded = tandem_core::config::load(&text, dir, &tandem_agent::keyfile::facts);
-    if loaded.has_errors() {
+    let errors = loaded.has_errors();
+    let Some(cfg) = loaded.config.filter(|_| !errors) else {
         let why: Vec<String> = loaded
             .diagnostics
             .iter()
@@ -84,7 +93,7 @@ pub fn join(config: &Path, at: &str, key_file: &Path, node_given: Option<&str>) 
             "the cluster's configuration does not pass its checks here: {}",
             why.join("; ")
         );
-    }
+    };
     match std::fs::read_to_string(config) {
         Ok(old) if old == text => {}
         Ok(_) => bail!(
@@ -102,7 +111,28 @@ pub fn join(config: &Path, at: &str, key_file: &Path, node_given: Option<&str>) 
         "tandem agent --join: this machine is {node}; configuration written to {}",
         config.display()
     );
+    create_copies(&cfg, &node, state_dir.unwrap_or(&cfg.cluster.state_dir))?;
     Ok(node)
+}
+
+/// Creates node `node`'s copies of the volumes that list it and have no
+/// metadata here yet: each starts Inconsistent and takes a full sync from
+/// the other copy once the agent runs. A copy that exists is kept.
+fn create_copies(cfg: &tandem_core::config::Config, node: &str, state_dir: &Path) -> Result<()> {
+    for v in cfg
+        .volumes
+        .iter()
+        .filter(|v| v.nodes.iter().any(|n| n == node))
+    {
+        let paths = tandem_agent::volume::store::MetaPaths::new(state_dir, &v.name);
+        if paths.meta.exists() {
+            continue;
+        }
+        let said = tandem_agent::volume::create(cfg, node, state_dir, &v.name, false, false)
+            .with_context(|| format!("creating this node's copy of volume `{}`", v.name))?;
+        eprintln!("tandem agent --join: {said}");
+    }
+    Ok(())
 }
 
 /// Puts the cluster key at `path` (where the configuration names it),

@@ -54,7 +54,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             tandem_agent::logging::init(&log.options(), tandem_agent::logging::Program::Agent)?;
             let node = match (join, key) {
-                (Some(at), Some(key)) => Some(join_cmd::join(&config, &at, &key, node.as_deref())?),
+                (Some(at), Some(key)) => Some(join_cmd::join(
+                    &config,
+                    &at,
+                    &key,
+                    node.as_deref(),
+                    state_dir.as_deref(),
+                )?),
                 _ => node,
             };
             run_member(
@@ -122,9 +128,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             action,
             node,
             address,
+            volume,
+            fence,
             forget,
             admin,
         } => match action {
+            _ if !(volume.is_empty() && fence.is_empty()) && address.is_empty() => {
+                anyhow::bail!("--volume and --fence go with `tandem node add NAME --address ...` only (a new node's copies and fencing)")
+            }
             _ if !address.is_empty() && action != cli::NodeAction::Add => {
                 anyhow::bail!("--address goes with `tandem node add` only")
             }
@@ -135,7 +146,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             cli::NodeAction::Standby => admin::node(&admin, &node, true),
             cli::NodeAction::Online => admin::node(&admin, &node, false),
             cli::NodeAction::Add if !address.is_empty() => {
-                config_change_cmd::add_node(&admin, &node, &address)
+                config_change_cmd::add_node(&admin, &node, &address, &volume, &fence)
             }
             cli::NodeAction::Add => admin::node_vote(&admin, &node, true),
             cli::NodeAction::Remove => admin::node_vote(&admin, &node, false),

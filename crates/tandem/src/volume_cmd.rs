@@ -212,6 +212,9 @@ pub fn render(vols: &[VolumeStatus], detail: bool) -> String {
                     _ => "",
                 }
             ),
+            LinkState::Connecting if v.peer.is_empty() => {
+                "one copy, not replicated (`tandem node add NAME --address LINK=IP --volume VOLUME=PATH` gives it a second)".into()
+            }
             LinkState::Connecting => format!("not connected to {} (trying)", v.peer),
             LinkState::SplitBrain(t) | LinkState::Refused(t) => format!("STOPPED: {t}"),
             LinkState::AdminDown => {

@@ -42,6 +42,9 @@ pub(super) struct Switching {
     /// The members with the node the change adds, or without the one it
     /// drops, and this node's index there.
     topo: Option<(super::Topology, usize)>,
+    /// The new configuration's fence devices (a change may say how to
+    /// fence the node it adds, or forget the one it removes).
+    fence_devices: Vec<crate::fence_agent::FenceDevice>,
     /// The runner of the new configuration, built before anything stopped
     /// (a configuration this node cannot run stops nothing), and its
     /// outcomes' channel.
@@ -289,7 +292,8 @@ impl Agent {
             (None, None) => None,
         };
         let members = topo.as_ref().map_or(&self.topo, |(t, _)| t);
-        let groups = match super::groups_spec(&accepted.cfg, members, &self.fence_devices) {
+        let fence_devices = crate::fence_agent::devices(&accepted.cfg);
+        let groups = match super::groups_spec(&accepted.cfg, members, &fence_devices) {
             Ok(g) => g,
             Err(e) => return self.switch_failed(now, target, format!("{e:#}")),
         };
@@ -306,9 +310,37 @@ impl Agent {
             catching_up,
             groups,
             topo,
+            fence_devices,
             runner,
             done_rx,
         });
+    }
+
+    /// The copies a change gives this node's volumes or takes from them:
+    /// each running copy here starts its link to the new one, or ends the
+    /// link to the one whose node is forgotten; the exports run on.
+    fn switch_volume_copies(&mut self, plan: &change::Plan, cfg: &Config) {
+        let Some(hub) = self.hub.clone() else {
+            return;
+        };
+        let me = self.topo.names[self.me].clone();
+        let mine = |c: &&change::VolumeCopy| c.node != me && hub.holds(&c.volume);
+        for c in plan.copies_added.iter().filter(mine) {
+            let added = crate::volume::peer_copy(cfg, &c.volume, &me)
+                .and_then(|p| anyhow::Context::context(p, "the volume lists no other copy"))
+                .and_then(|p| Ok(hub.add_peer(&c.volume, p)?));
+            if let Err(e) = added {
+                self.log(AgentEvent::ServiceUnavailable {
+                    what: format!(
+                        "volume `{}` could not start its link to {}'s new copy: {e:#}",
+                        c.volume, c.node
+                    ),
+                });
+            }
+        }
+        for c in plan.copies_dropped.iter().filter(mine) {
+            let _ = hub.drop_peer(&c.volume);
+        }
     }
 
     /// Once the retired groups stopped and no action runs: the new file,
@@ -330,6 +362,7 @@ impl Agent {
             catching_up,
             groups,
             topo,
+            fence_devices,
             runner,
             done_rx,
         } = sw;
@@ -358,6 +391,7 @@ impl Agent {
         };
         self.runner = Some(runner);
         self.done_rx = done_rx;
+        self.fence_devices = std::rc::Rc::new(fence_devices);
         if let Some((topo, me)) = topo {
             // The node the change adds: heard, sent to, given the log.
             for j in self.topo.names.len()..topo.names.len() {
@@ -390,6 +424,7 @@ impl Agent {
             self.topo = topo;
             self.me = me;
         }
+        self.switch_volume_copies(&accepted.plan, &accepted.cfg);
         self.member.set_groups(groups, self.unix_at_zero_ms);
         self.member.set_config_identity(
             accepted.identity.hash.clone(),

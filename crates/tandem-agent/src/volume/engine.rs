@@ -263,8 +263,12 @@ impl Landed {
 
 /// One copy of a volume.
 pub struct Volume {
-    /// Its configuration on this node.
+    /// Its configuration on this node (its `peer` as it started: see
+    /// [`Volume::peer`] for the one now).
     pub cfg: VolumeConfig,
+    /// The other copy now: a configuration change may give a volume with
+    /// one copy its second, or take the second away.
+    peer: Mutex<Option<super::PeerCopy>>,
     /// The backing store (shared with the link's writer, which sends
     /// written ranges from its page cache).
     pub backing: Arc<Backing>,
@@ -314,7 +318,7 @@ pub struct VolumeStatus {
     pub name: String,
     /// This node.
     pub node: String,
-    /// The peer node.
+    /// The node of the other copy (empty: the volume has one copy).
     pub peer: String,
     /// `primary` or `secondary`.
     pub role: String,
@@ -376,6 +380,7 @@ impl Volume {
         meta.clean = false;
         cfg.paths.save_meta(&meta)?;
         Ok(Volume {
+            peer: Mutex::new(cfg.peer.clone()),
             cfg,
             backing: Arc::new(backing),
             st: Mutex::new(State {
@@ -408,6 +413,51 @@ impl Volume {
             link_refusals: Default::default(),
             unauthenticated: Default::default(),
         })
+    }
+
+    /// The other copy now (None: this volume has one copy).
+    pub fn peer(&self) -> Option<super::PeerCopy> {
+        self.peer.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The other copy's node, or empty when there is none.
+    pub fn peer_name(&self) -> String {
+        self.peer().map(|p| p.node).unwrap_or_default()
+    }
+
+    /// Sets the other copy; true when it was none and now is one (the
+    /// caller starts the link). Set to None, the session ends at once:
+    /// the link's loops end at their next look, and this copy runs alone
+    /// (a primary then asks the record to name it alone).
+    pub fn set_peer(&self, peer: Option<super::PeerCopy>) -> bool {
+        let was = {
+            let mut p = self.peer.lock().unwrap_or_else(|p| p.into_inner());
+            std::mem::replace(&mut *p, peer.clone())
+        };
+        match (&was, &peer) {
+            (None, Some(p)) => {
+                self.event(format!(
+                    "{} holds this volume's second copy now: connecting",
+                    p.node
+                ));
+                true
+            }
+            (Some(p), None) => {
+                let live = self.lock().conn.as_ref().map(|c| c.epoch);
+                // A session authenticating now cannot install itself.
+                self.next_epoch();
+                if let Some(epoch) = live {
+                    self.teardown(epoch, &format!("{} left the configuration", p.node));
+                }
+                self.event(format!(
+                    "{}'s copy is gone from the configuration: this copy runs alone",
+                    p.node
+                ));
+                self.changed.notify_waiters();
+                false
+            }
+            _ => false,
+        }
     }
 
     /// Counts a replication frame that failed authentication. Never waits.
@@ -612,7 +662,7 @@ impl Volume {
             if !cluster && !force {
                 return Err(CommandError::PeerIsPrimary {
                     volume: self.cfg.name.clone(),
-                    peer: self.cfg.peer.clone(),
+                    peer: self.peer_name(),
                 });
             }
             // The cluster moved the volume here: the old primary may no
@@ -1063,7 +1113,7 @@ impl Volume {
         drop(st);
         self.event(format!(
             "disconnected from {} ({why}); {unacked} changes unacknowledged, marked for resync",
-            self.cfg.peer
+            self.peer_name()
         ));
         self.changed.notify_waiters();
     }
@@ -1072,14 +1122,15 @@ impl Volume {
     /// change and periodically.
     pub fn keep_record(&self) {
         let record = self.record();
+        let peer = self.peer();
         let mut st = self.lock();
         let conn = st.conn.as_ref();
         let copy = rules::Copy {
             me: &self.cfg.me,
-            peer: &self.cfg.peer,
+            peer: peer.as_ref().map_or("", |p| p.node.as_str()),
             primary: self.is_primary(),
             in_sync: conn.is_some_and(|c| c.replicating && c.sync_role == SyncRole::InSync),
-            dialer: self.cfg.dialer,
+            dialer: peer.as_ref().is_some_and(|p| p.dialer),
             peer_primary: conn.is_some_and(|c| c.peer_primary),
             forced: st.forced,
             may_run: self.may_run.load(Ordering::SeqCst),
@@ -1131,7 +1182,7 @@ impl Volume {
         VolumeStatus {
             name: self.cfg.name.clone(),
             node: self.cfg.me.clone(),
-            peer: self.cfg.peer.clone(),
+            peer: self.peer_name(),
             role: if self.is_primary() {
                 "primary"
             } else {
@@ -1215,13 +1266,15 @@ pub(crate) mod tests {
         let cfg = VolumeConfig {
             name: "data".into(),
             me: me.into(),
-            peer: peer.into(),
-            dialer,
+            peer: Some(super::super::PeerCopy {
+                node: peer.into(),
+                addr: peer_addr,
+                dialer,
+            }),
             size,
             backing: dir.join("data.img"),
             protocol: Protocol::C,
             my_addr,
-            peer_addr,
             nbd_socket: None,
             nbd_tcp: None,
             nbd_tls: None,

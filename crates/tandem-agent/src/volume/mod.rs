@@ -48,10 +48,9 @@ pub struct VolumeConfig {
     pub name: String,
     /// This node.
     pub me: String,
-    /// The node with the other copy.
-    pub peer: String,
-    /// This node dials the peer (the first node listed); the other accepts.
-    pub dialer: bool,
+    /// The other copy (None: the volume has one copy until `tandem node
+    /// add NAME --volume` gives it a second, see [`Hub::add_peer`]).
+    pub peer: Option<PeerCopy>,
     /// Size in bytes.
     pub size: u64,
     /// Backing file or device on this node.
@@ -60,8 +59,6 @@ pub struct VolumeConfig {
     pub protocol: Protocol,
     /// This node's replication address.
     pub my_addr: SocketAddr,
-    /// The peer's replication address.
-    pub peer_addr: SocketAddr,
     /// NBD on a Unix socket.
     pub nbd_socket: Option<PathBuf>,
     /// NBD on TCP.
@@ -92,18 +89,27 @@ impl std::fmt::Debug for VolumeConfig {
             .field("name", &self.name)
             .field("me", &self.me)
             .field("peer", &self.peer)
-            .field("dialer", &self.dialer)
             .field("size", &self.size)
             .field("backing", &self.backing)
             .field("protocol", &self.protocol)
             .field("my_addr", &self.my_addr)
-            .field("peer_addr", &self.peer_addr)
             .field("nbd_socket", &self.nbd_socket)
             .field("nbd_tcp", &self.nbd_tcp)
             .field("nbd_tls", &self.nbd_tls)
             .field("key", &"<redacted>")
             .finish_non_exhaustive()
     }
+}
+
+/// A volume's other copy, as this node reaches it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerCopy {
+    /// The node holding it.
+    pub node: String,
+    /// Its replication address.
+    pub addr: SocketAddr,
+    /// This node dials it (this node is listed first); else it dials.
+    pub dialer: bool,
 }
 
 /// The volumes of `cfg` that have a copy on node `me`.
@@ -115,11 +121,10 @@ pub fn configs(
 ) -> Result<Vec<VolumeConfig>> {
     let mut out = Vec::new();
     for v in &cfg.volumes {
-        let Some(pos) = v.nodes.iter().position(|n| n == me) else {
+        if !v.nodes.iter().any(|n| n == me) {
             continue;
-        };
+        }
         let name = v.name.clone();
-        let peer = v.nodes[1 - pos].clone();
         let link = v.link.as_str();
         let addr_of = |node: &str| -> Result<SocketAddr> {
             let n = cfg.node(node).with_context(|| {
@@ -134,14 +139,14 @@ pub fn configs(
             .backing_of(me)
             .map(Path::to_path_buf)
             .with_context(|| format!("volume `{name}` has no backing path for node `{me}`"))?;
+        let peer = peer_copy(cfg, &name, me)?;
+        let my_addr = addr_of(me)?;
         out.push(VolumeConfig {
             me: me.to_string(),
-            dialer: pos == 0,
             size: v.size.bytes,
             backing,
             protocol: v.protocol,
-            my_addr: addr_of(me)?,
-            peer_addr: addr_of(&peer)?,
+            my_addr,
             peer,
             // Private by default: a root-only socket in the state
             // directory.
@@ -169,6 +174,34 @@ pub fn configs(
         });
     }
     Ok(out)
+}
+
+/// Volume `volume`'s other copy as node `me` reaches it in `cfg` (None:
+/// the volume has one copy, or none on `me`).
+pub fn peer_copy(cfg: &Config, volume: &str, me: &str) -> Result<Option<PeerCopy>> {
+    let v = cfg
+        .volume(volume)
+        .with_context(|| format!("no volume `{volume}` in the configuration"))?;
+    let Some(pos) = v.nodes.iter().position(|n| n == me) else {
+        return Ok(None);
+    };
+    let Some(node) = v.nodes.iter().find(|n| *n != me) else {
+        return Ok(None);
+    };
+    let ip = cfg
+        .node(node)
+        .and_then(|n| n.addresses.get(&v.link).copied())
+        .with_context(|| {
+            format!(
+                "volume `{volume}`: node `{node}` has no address on link `{}`",
+                v.link
+            )
+        })?;
+    Ok(Some(PeerCopy {
+        node: node.clone(),
+        addr: SocketAddr::new(ip, v.port),
+        dialer: pos == 0,
+    }))
 }
 
 /// A `tandem volume` command sent to the agent.
@@ -343,7 +376,9 @@ impl Hub {
             may_run,
         });
         for v in hub.volumes.values() {
-            hub.handle.spawn(peer::run(v.clone()));
+            if v.peer().is_some() {
+                hub.handle.spawn(peer::run(v.clone()));
+            }
             if let Some(p) = v.cfg.nbd_socket.clone() {
                 let v = v.clone();
                 hub.handle.spawn(async move {
@@ -366,6 +401,31 @@ impl Hub {
             hub.handle.spawn(keeper(v.clone()));
         }
         Ok(Some(hub))
+    }
+
+    /// Whether this node holds a copy of volume `name`.
+    pub fn holds(&self, name: &str) -> bool {
+        self.volumes.contains_key(name)
+    }
+
+    /// Volume `name`'s copy here takes `peer` as its other copy (a
+    /// configuration change gave the volume its second copy): the link
+    /// starts, and the sync decides who copies what (a new copy holds no
+    /// data: a full sync from this one). Nothing else changes: the export
+    /// and its clients run on.
+    pub fn add_peer(&self, name: &str, peer: PeerCopy) -> Result<(), CommandError> {
+        let v = self.get(name)?;
+        if v.set_peer(Some(peer)) {
+            self.handle.spawn(peer::run(v));
+        }
+        Ok(())
+    }
+
+    /// Volume `name`'s other copy is gone from the configuration (its node
+    /// was forgotten): the link ends, and this copy runs alone.
+    pub fn drop_peer(&self, name: &str) -> Result<(), CommandError> {
+        self.get(name)?.set_peer(None);
+        Ok(())
     }
 
     /// Whether this node holds its lease (may run groups), from the agent.

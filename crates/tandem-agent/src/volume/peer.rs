@@ -47,15 +47,19 @@ const RETRY: Duration = Duration::from_millis(500);
 /// Pause between attempts while split brain or refused (each attempt
 /// re-checks; an operator's `connect --discard-my-data` settles it).
 const RETRY_STOPPED: Duration = Duration::from_secs(3);
+/// How often a listening copy looks whether its peer is still configured.
+const PEER_LOOK: Duration = Duration::from_secs(1);
 /// Differing blocks listed in a verify result.
 const VERIFY_LISTED: usize = 20;
 
 /// Runs the link of one volume for as long as the agent runs.
+/// Runs the link of one volume for as long as the agent runs and the
+/// volume has a second copy (see [`Volume::set_peer`]).
 pub async fn run(vol: Arc<Volume>) {
-    if vol.cfg.dialer {
-        dial_loop(vol).await
-    } else {
-        accept_loop(vol).await
+    match vol.peer() {
+        Some(p) if p.dialer => dial_loop(vol).await,
+        Some(_) => accept_loop(vol).await,
+        None => {}
     }
 }
 
@@ -70,13 +74,16 @@ fn stopped(vol: &Volume) -> Option<Duration> {
 async fn dial_loop(vol: Arc<Volume>) {
     let mut last_error = String::new();
     loop {
+        let Some(peer) = vol.peer() else {
+            return;
+        };
         if let Some(pause) = stopped(&vol) {
             tokio::time::sleep(pause).await;
             if !vol.lock().link.admits_session() {
                 continue;
             }
         }
-        match tokio::time::timeout(HANDSHAKE_LIMIT, dial(&vol)).await {
+        match tokio::time::timeout(HANDSHAKE_LIMIT, dial(&vol, &peer)).await {
             Ok(Ok((stream, keys))) => {
                 last_error.clear();
                 session(vol.clone(), stream, keys).await;
@@ -84,7 +91,7 @@ async fn dial_loop(vol: Arc<Volume>) {
             Ok(Err(e)) => {
                 let text = format!("{e:#}");
                 if text != last_error {
-                    vol.event(format!("cannot reach {}: {text}", vol.cfg.peer));
+                    vol.event(format!("cannot reach {}: {text}", peer.node));
                     last_error = text;
                 }
             }
@@ -94,8 +101,8 @@ async fn dial_loop(vol: Arc<Volume>) {
     }
 }
 
-async fn dial(vol: &Volume) -> Result<(TcpStream, Session)> {
-    let sock = if vol.cfg.peer_addr.is_ipv4() {
+async fn dial(vol: &Volume, peer: &super::PeerCopy) -> Result<(TcpStream, Session)> {
+    let sock = if peer.addr.is_ipv4() {
         TcpSocket::new_v4()
     } else {
         TcpSocket::new_v6()
@@ -106,17 +113,21 @@ async fn dial(vol: &Volume) -> Result<(TcpStream, Session)> {
     sock.bind(std::net::SocketAddr::new(vol.cfg.my_addr.ip(), 0))
         .with_context(|| format!("binding {}", vol.cfg.my_addr.ip()))?;
     let mut stream = sock
-        .connect(vol.cfg.peer_addr)
+        .connect(peer.addr)
         .await
-        .with_context(|| format!("connecting to {}", vol.cfg.peer_addr))?;
+        .with_context(|| format!("connecting to {}", peer.addr))?;
     stream.set_nodelay(true).ok();
-    let keys = authenticate_as_dialer(vol, &mut stream).await?;
+    let keys = authenticate_as_dialer(vol, peer, &mut stream).await?;
     Ok((stream, keys))
 }
 
 /// The dialer's half of the handshake on a connected stream: hello, the
 /// acceptor's challenge checked, our proof; the session's keys.
-async fn authenticate_as_dialer(vol: &Volume, stream: &mut TcpStream) -> Result<Session> {
+async fn authenticate_as_dialer(
+    vol: &Volume,
+    peer: &super::PeerCopy,
+    stream: &mut TcpStream,
+) -> Result<Session> {
     let mut nonce = [0u8; 16];
     rand::rngs::OsRng.fill_bytes(&mut nonce);
     write_msg(
@@ -141,8 +152,8 @@ async fn authenticate_as_dialer(vol: &Volume, stream: &mut TcpStream) -> Result<
     ) {
         bail!(
             "{} failed authentication (is it node {} with the same cluster key?)",
-            vol.cfg.peer_addr,
-            vol.cfg.peer
+            peer.addr,
+            peer.node
         );
     }
     let proof = auth_mac(&vol.cfg.key, "dialer", &vol.cfg.name, &nonce, &theirs);
@@ -170,7 +181,15 @@ async fn accept_loop(vol: Arc<Volume>) {
         }
     };
     loop {
-        let Ok((mut stream, from)) = listener.accept().await else {
+        // The second copy left the configuration: stop listening (looked
+        // at every PEER_LOOK at least).
+        if vol.peer().is_none() {
+            return;
+        }
+        let Ok(accepted) = tokio::time::timeout(PEER_LOOK, listener.accept()).await else {
+            continue;
+        };
+        let Ok((mut stream, from)) = accepted else {
             tokio::time::sleep(RETRY).await;
             continue;
         };
@@ -214,11 +233,11 @@ async fn accept(vol: &Volume, stream: &mut TcpStream) -> Result<Session> {
     else {
         bail!("expected a hello");
     };
-    if volume != vol.cfg.name || node != vol.cfg.peer {
+    let peer = vol.peer_name();
+    if volume != vol.cfg.name || node != peer {
         bail!(
-            "it asked for volume `{volume}` as node `{node}`; this node serves `{}` with peer `{}`",
+            "it asked for volume `{volume}` as node `{node}`; this node serves `{}` with peer `{peer}`",
             vol.cfg.name,
-            vol.cfg.peer
         );
     }
     let mut nonce = [0u8; 16];
@@ -512,7 +531,7 @@ async fn handshake(
                 let _ = vol.cfg.paths.save_meta(&st.meta);
             }
             drop(st);
-            vol.event(format!("connected to {}: in sync", vol.cfg.peer));
+            vol.event(format!("connected to {}: in sync", vol.peer_name()));
         }
         Sync::Source { full } | Sync::Target { full } => {
             let source = matches!(sync, Sync::Source { .. });
@@ -565,7 +584,7 @@ async fn handshake(
             drop(st);
             vol.event(format!(
                 "connected to {}: this copy is the sync {} ({}, {} MiB to {})",
-                vol.cfg.peer,
+                vol.peer_name(),
                 if source { "source" } else { "target" },
                 if full { "full sync" } else { "by bitmap" },
                 t >> 20,
@@ -578,7 +597,10 @@ async fn handshake(
         Sync::SplitBrain => {
             let text = format!(
                 "SPLIT BRAIN: both copies changed while apart (this copy: {} blocks, {}: {} blocks). No data was discarded. Decide which changes to keep, then on the other node run `tandem volume connect {} --discard-my-data`",
-                side.dirty_blocks, vol.cfg.peer, theirs.dirty_blocks, vol.cfg.name
+                side.dirty_blocks,
+                vol.peer_name(),
+                theirs.dirty_blocks,
+                vol.cfg.name
             );
             let mut st = vol.lock();
             let first = !matches!(st.link, LinkState::SplitBrain(_));
@@ -604,7 +626,8 @@ async fn handshake(
         Sync::Unrelated => {
             let text = format!(
                 "the copies share no history (different data): refusing to sync. If {}'s copy is the one to keep, recreate this one with `tandem volume create {} --force`",
-                vol.cfg.peer, vol.cfg.name
+                vol.peer_name(),
+                vol.cfg.name
             );
             vol.lock().link.settle(LinkState::Refused(text.clone()));
             vol.event(text);
@@ -1331,6 +1354,58 @@ mod tests {
         ))
     }
 
+    /// A volume with one copy runs no link; given its second copy (a
+    /// configuration change), it connects; when that copy's node is
+    /// forgotten, the link ends and the copy runs alone.
+    #[tokio::test]
+    async fn a_copy_links_only_while_the_configuration_gives_it_a_peer() {
+        let dir = tempfile::tempdir().unwrap();
+        let (da, db) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::create_dir_all(&da).unwrap();
+        std::fs::create_dir_all(&db).unwrap();
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let b_addr = free.local_addr().unwrap();
+        drop(free);
+        let a_addr: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let a = copy(&da, "n1", "n2", true, a_addr, b_addr);
+        let b = copy(&db, "n2", "n1", false, b_addr, a_addr);
+        let peer = a.peer().unwrap();
+        assert!(!a.set_peer(None));
+        assert_eq!(a.status().peer, "");
+        tokio::time::timeout(Duration::from_secs(2), run(a.clone()))
+            .await
+            .expect("no link without a second copy");
+        tokio::spawn(run(b.clone()));
+        assert!(a.set_peer(Some(peer.clone())));
+        assert!(!a.set_peer(Some(peer)), "the link starts once");
+        tokio::spawn(run(a.clone()));
+        let link = |v: &Volume| v.status().link;
+        for _ in 0..1000 {
+            if link(&a) == LinkState::Connected {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(link(&a), LinkState::Connected);
+        assert!(!a.set_peer(None));
+        assert_eq!(a.status().peer, "");
+        for _ in 0..1000 {
+            if link(&b) != LinkState::Connected {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_ne!(
+            link(&b),
+            LinkState::Connected,
+            "the other side saw the link end"
+        );
+        // No dial again: a stays alone.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_ne!(link(&a), LinkState::Connected);
+        assert_ne!(link(&b), LinkState::Connected);
+    }
+
     /// Regression (CI: `resync_after_disconnect_copies_only_what_changed`
     /// found 0 dirty bytes after writes made while disconnected): a
     /// connection that was authenticating when the operator disconnected
@@ -1370,7 +1445,10 @@ mod tests {
         assert_eq!(b.unauthenticated.load(Ordering::Acquire), 1);
         b.disconnect_by_operator();
         // Authentication itself still completes (the acceptor answers).
-        authenticate_as_dialer(&a, &mut stream).await.unwrap();
+        let peer = a.peer().expect("a's peer");
+        authenticate_as_dialer(&a, &peer, &mut stream)
+            .await
+            .unwrap();
         // Then the acceptor must close the connection, not start a session
         // (which would send its state at once).
         let mut buf = [0u8; 64];

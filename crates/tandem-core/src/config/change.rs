@@ -208,7 +208,8 @@ pub fn plan(old: &Config, new: &Config) -> Result<Plan, NotLive> {
             !(live(c)
                 || node_added(c, old, new)
                 || node_removed(c, old, new)
-                || copy_change(c, old, new).is_some())
+                || copy_change(c, old, new).is_some()
+                || fence_hosts_change(c, old, new))
                 || (c.section == Section::Resource && filesync(c, old, new))
         })
         .cloned()
@@ -250,13 +251,40 @@ pub fn plan(old: &Config, new: &Config) -> Result<Plan, NotLive> {
     })
 }
 
+/// Whether fence-device change `c` only says how to fence the node the
+/// change adds, or forgets how to fence the node it removes: a device
+/// listing it alone comes or goes, or a device gains or loses its entry
+/// (`tandem node add NAME --fence DEVICE=PLUG`). Every other node is
+/// fenced as before.
+fn fence_hosts_change(c: &Change, old: &Config, new: &Config) -> bool {
+    if c.section != Section::FenceDevice {
+        return false;
+    }
+    let added = |n: &str| old.node(n).is_none() && new.node(n).is_some();
+    let removed = |n: &str| old.node(n).is_some() && new.node(n).is_none();
+    let device = |cfg: &Config| cfg.fence_devices.iter().find(|d| d.name == c.name).cloned();
+    match (&c.kind, device(old), device(new)) {
+        (ChangeKind::Added, None, Some(d)) => d.hosts.iter().all(|(n, _)| added(n)),
+        (ChangeKind::Removed, Some(d), None) => d.hosts.iter().all(|(n, _)| removed(n)),
+        (ChangeKind::Changed { fields }, Some(a), Some(b)) if *fields == ["hosts"] => {
+            let only =
+                |x: &[(String, String)], y: &[(String, String)], ok: &dyn Fn(&str) -> bool| {
+                    y.iter().all(|h| x.contains(h) || ok(&h.0))
+                };
+            // Entries of the other nodes are the same on both sides.
+            only(&a.hosts, &b.hosts, &added) && only(&b.hosts, &a.hosts, &removed)
+        }
+        _ => false,
+    }
+}
+
 /// The volume fields a change of copies touches.
 const COPY_FIELDS: [&str; 2] = ["nodes", "backing"];
 
 /// Whether volume change `c` is one a running cluster makes: a volume
-/// with one copy takes a second on another node (true), or one that the
-/// change removes from the configuration loses its copy (false, the
-/// volume keeps the other). Nothing else about the volume changes, and
+/// with one copy takes a second on the node the change adds (true), or
+/// the node the change removes loses its copy (false, the volume keeps
+/// the other). Nothing else about the volume changes, and
 /// the copy that stays keeps its backing path: it runs on untouched.
 fn copy_change(c: &Change, old: &Config, new: &Config) -> Option<(VolumeCopy, bool)> {
     let ChangeKind::Changed { fields } = &c.kind else {
@@ -274,9 +302,14 @@ fn copy_change(c: &Change, old: &Config, new: &Config) -> Option<(VolumeCopy, bo
     let kept = &shorter.nodes[0];
     let other = longer.nodes.iter().find(|n| *n != kept)?;
     let same_kept = longer.nodes.contains(kept) && a.backing_of(kept) == b.backing_of(kept);
-    // A copy is dropped only with its node: forgetting the node is what
-    // checks that it hosts nothing.
-    let node_ok = added || new.node(other).is_none();
+    // A copy comes and goes only with its node: the node added opens it
+    // when its agent starts (a running agent opens its copies at start),
+    // and forgetting the node is what checks that it hosts nothing.
+    let node_ok = if added {
+        old.node(other).is_none()
+    } else {
+        new.node(other).is_none()
+    };
     (same_kept && node_ok).then(|| {
         (
             VolumeCopy {
@@ -629,10 +662,12 @@ address = "10.0.0.102/24"
         let shrink = plan(&pair, &one).unwrap_or_default();
         assert_eq!(shrink.copies_dropped, [copy("n4")]);
         assert_eq!(shrink.removed_node.as_deref(), Some("n4"));
-        // A copy dropped from a node that stays, or the running copy's
-        // backing moved, or a third copy: a restart of every agent.
+        // A copy dropped from a node that stays, or given to a node
+        // already running, or the running copy's backing moved, or a
+        // bigger volume: a restart of every agent.
         let kept = cfg(&format!("{BASE}{n4}{}", vol("\"n1\"", "n1 = \"/a\"")));
         assert!(plan(&pair, &kept).is_err());
+        assert!(plan(&kept, &pair).is_err());
         let moved = cfg(&format!(
             "{BASE}{n4}{}",
             vol("\"n1\", \"n4\"", "n1 = \"/c\", n4 = \"/b\"")
@@ -640,6 +675,31 @@ address = "10.0.0.102/24"
         assert!(plan(&one, &moved).is_err());
         let bigger = cfg(&pair_text.replace("16MiB", "32MiB"));
         assert!(plan(&pair, &bigger).is_err());
+    }
+
+    #[test]
+    fn only_the_added_or_removed_nodes_fencing_changes_live() {
+        let dev = |hosts: &str| {
+            format!("\n[[fence_device]]\nname = \"power\"\nagent = \"/bin/true\"\nhosts = {{ {hosts} }}\n")
+        };
+        let n4 = "\n[[node]]\nname = \"n4\"\naddresses = { lan = \"10.0.0.4\" }\n";
+        let three = cfg(&format!("{BASE}{}", dev("n1 = \"1\"")));
+        let four = cfg(&format!("{BASE}{n4}{}", dev("n1 = \"1\", n4 = \"4\"")));
+        assert!(plan(&three, &four).is_ok());
+        assert!(plan(&four, &three).is_ok());
+        // Another node's plug, or a node running already: a restart.
+        let moved = cfg(&format!("{BASE}{n4}{}", dev("n1 = \"9\", n4 = \"4\"")));
+        assert!(plan(&three, &moved).is_err());
+        let three_more = cfg(&format!("{BASE}{}", dev("n1 = \"1\", n2 = \"2\"")));
+        assert!(plan(&three, &three_more).is_err());
+        // A device for the added node alone comes with it.
+        let own = cfg(&format!(
+            "{BASE}{n4}{}{}",
+            dev("n1 = \"1\""),
+            dev("n4 = \"4\"").replace("\"power\"", "\"power4\"")
+        ));
+        assert!(plan(&three, &own).is_ok());
+        assert!(plan(&own, &three).is_ok());
     }
 
     #[test]
