@@ -376,7 +376,11 @@ pub fn add_node(
                 "{node} joined after {} s; giving it a vote",
                 t0.elapsed().as_secs()
             );
-            return crate::admin::node_vote(a, node, true);
+            let voted = crate::admin::node_vote(a, node, true)?;
+            if voted != ExitCode::SUCCESS || volumes.is_empty() {
+                return Ok(voted);
+            }
+            return follow_full_sync(&sock, node, volumes, limit.saturating_sub(t0.elapsed()));
         }
         std::thread::sleep(JOIN_POLL);
     }
@@ -385,6 +389,77 @@ pub fn add_node(
         a.timeout
     );
     Ok(ExitCode::FAILURE)
+}
+
+/// How often the full sync of a new copy is reported.
+const SYNC_REPORT: Duration = Duration::from_secs(2);
+
+/// Follows the full sync of each new copy of `copies` (`VOLUME=PATH`) on
+/// `node` from this node's copy, a line of progress every
+/// [`SYNC_REPORT`], until both copies are up to date or `limit` passes
+/// (the sync goes on: `tandem volume status` shows it).
+fn follow_full_sync(
+    sock: &Path,
+    node: &str,
+    copies: &[String],
+    limit: Duration,
+) -> Result<ExitCode> {
+    let names: Vec<&str> = copies
+        .iter()
+        .filter_map(|c| c.split_once('=').map(|(v, _)| v.trim()))
+        .collect();
+    let t0 = Instant::now();
+    let mut last_report: Option<Instant> = None;
+    loop {
+        let st = crate::admin::status(sock)?;
+        let mine: Vec<&tandem_agent::volume::engine::VolumeStatus> = st
+            .volumes
+            .iter()
+            .filter(|v| names.contains(&v.name.as_str()) && v.peer == node)
+            .collect();
+        let done = |v: &&tandem_agent::volume::engine::VolumeStatus| {
+            v.sync.is_none()
+                && v.disk == tandem_core::volume::DiskState::UpToDate
+                && v.peer_disk == tandem_core::volume::DiskState::UpToDate
+        };
+        if mine.len() == names.len() && mine.iter().all(done) {
+            eprintln!(
+                "{node}'s copies are in sync ({}) after {} s: the volumes fail over to it",
+                names.join(", "),
+                t0.elapsed().as_secs()
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        if last_report.map_or(true, |r| r.elapsed() >= SYNC_REPORT) {
+            last_report = Some(Instant::now());
+            for v in &mine {
+                match &v.sync {
+                    Some(s) => eprintln!(
+                        "volume {} to {node}: {} sync {:>3}%, {} of {} MiB, {:.1} MiB/s, ETA {}",
+                        v.name,
+                        if s.full { "full" } else { "bitmap" },
+                        s.done_bytes * 100 / s.total_bytes.max(1),
+                        s.done_bytes >> 20,
+                        s.total_bytes >> 20,
+                        s.rate_bytes_s / f64::from(1u32 << 20),
+                        s.eta_s.map_or("unknown".into(), |e| format!("{e} s"))
+                    ),
+                    None => eprintln!(
+                        "volume {} to {node}: {}/{} (connecting)",
+                        v.name, v.disk, v.peer_disk
+                    ),
+                }
+            }
+        }
+        if t0.elapsed() >= limit {
+            eprintln!(
+                "the new copies are not in sync after {} s; the sync goes on (`tandem volume status` shows it)",
+                limit.as_secs()
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+        std::thread::sleep(JOIN_POLL);
+    }
 }
 
 /// The configuration file a change of nodes starts from.
@@ -444,6 +519,11 @@ fn committed_file(a: &crate::cli::AdminArgs) -> Result<Committed> {
     let status = crate::admin::status(&a.at.socket()?)?;
     let committed = status.config.committed;
     let mine = tandem_core::config::identity::of(&cfg).hash;
+    if committed.is_empty() {
+        bail!(
+            "this node does not know the cluster's committed configuration yet (its agent has just started, or the cluster has no leader: see `tandem status`); try again in a few seconds; nothing was changed"
+        );
+    }
     if mine != committed {
         bail!(
             "{label} is configuration {mine}, not the cluster's committed one ({committed}): give this node's file with --config, or apply your edits first (`tandem config apply`); nothing was changed"

@@ -570,3 +570,306 @@ fn a_node_not_in_the_configuration_joins_with_node_add_and_agent_join_without_a_
         report.kind(ProbeKind::Udp).max_gap_ms()
     );
 }
+
+/// Runs `program` in the testbed's client namespace, bounded in time;
+/// its stdout.
+fn client(c: &AgentCluster, program: &str, args: &[&str]) -> String {
+    let ns = c.bed.client_ns();
+    let mut full = vec!["netns", "exec", &ns, "timeout", "120", program];
+    full.extend_from_slice(args);
+    let out = std::process::Command::new("ip")
+        .args(&full)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        c.logs()
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Issue 19, seed 000's `startHA` and `stopHA` on real agents: n1 stands
+/// alone (`two_node = true`, one node) with group `db` = volume `data`
+/// (one copy) + a service + the floating address, a client probing the
+/// service and an image written over NBD. `tandem node add n2 --address
+/// ... --volume data=PATH --fence power=n2` makes it a pair while the
+/// client runs: n2 joins (`agent --join` creates its copy), gets its
+/// vote, and takes a full sync with progress shown; `db` is never stopped
+/// and the client sees no gap. Then n1 crashes (kill -9): n2 fences it
+/// and serves the same image. n1 comes back, and `tandem node remove n2
+/// --forget` moves `db` back and leaves n1 alone again: one voter, one
+/// copy, n2 gone from the file. Never dual-active.
+#[test]
+fn a_node_standing_alone_becomes_a_pair_with_a_replicated_volume_and_back() {
+    if !require_root("a_node_standing_alone_becomes_a_pair_with_a_replicated_volume_and_back") {
+        return;
+    }
+    let images = tempfile::tempdir().unwrap();
+    let fence = agents::testbed_fence_script(images.path(), Path::new(TANDEM)).unwrap();
+    let extra = format!(
+        r#"
+[[fence_device]]
+name = "power"
+agent = "{fence}"
+hosts = {{ n1 = "n1" }}
+options = {{ testbed = "@TESTBED_ID@" }}
+
+[[volume]]
+name = "data"
+nodes = ["n1"]
+size = "64MiB"
+backing = {{ n1 = "{img1}" }}
+nbd_tcp = "0.0.0.0:10809"
+# The testbed's client network is its own namespace.
+nbd_insecure = true
+# Slow enough that the sync's progress shows.
+resync_rate_mib_s = 16
+
+[[group]]
+name = "db"
+failback = "manual"
+
+[[group.resource]]
+name = "disk"
+kind = "volume"
+volume = "data"
+
+[[group.resource]]
+name = "service"
+kind = "process"
+command = ["{TANDEM}", "demo-service", "--port", "8080", "--probe-port", "7000"]
+
+[[group.resource]]
+name = "vip"
+kind = "ip"
+address = "10.77.1.100/24"
+"#,
+        fence = fence.display(),
+        img1 = images.path().join("n1.img").display(),
+    );
+    let shape = ClusterShape {
+        extra,
+        ..ClusterShape::nodes(2)
+    };
+    let mut c = AgentCluster::prepare(TANDEM, &shape).unwrap();
+    let full = std::fs::read_to_string(c.config_path()).unwrap();
+    let (lan2, sync2) = (c.bed.address(2, "lan"), c.bed.address(2, "sync"));
+    let n2_block = format!(
+        "[[node]]\nname = \"n2\"\naddresses = {{ lan = \"{lan2}\", sync = \"{sync2}\" }}\n\n"
+    );
+    assert!(full.contains(&n2_block), "{full}");
+    let alone = full.replace(&n2_block, "");
+    let dir = c.dir().to_path_buf();
+    let file = |n: usize| -> PathBuf { dir.join(format!("n{n}.toml")) };
+    std::fs::write(file(1), &alone).unwrap();
+    let (ok, out) = tandem(&[
+        "volume",
+        "create",
+        "data",
+        "--config",
+        file(1).to_str().unwrap(),
+        "--node",
+        "n1",
+        "--state-dir",
+        c.state_dir(1).to_str().unwrap(),
+        "--source",
+    ]);
+    assert!(ok, "{out}");
+    let pid = c.spawn_agent_with(1, &file(1)).unwrap();
+    c.pids.push(pid);
+    c.wait(1, GENEROUS, "db running on n1 alone", |s| {
+        running(s, "db") && s["quorum"]["expected"] == 1
+    })
+    .unwrap_or_else(|e| panic!("{e:?}\n{}", c.logs()));
+    // An image through the export, to find again after the failover.
+    let image = images.path().join("image");
+    {
+        use std::io::Write as _;
+        let mut f = std::fs::File::create(&image).unwrap();
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut buf = Vec::with_capacity(64 << 20);
+        while buf.len() < 64 << 20 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            buf.extend_from_slice(&x.to_le_bytes());
+        }
+        f.write_all(&buf).unwrap();
+    }
+    const URI: &str = "nbd://10.77.1.100:10809/data";
+    client(&c, "nbdcopy", &[image.to_str().unwrap(), URI]);
+
+    let prober = Prober::start(
+        &c.bed.client_ns(),
+        ProbeSpec::new(SocketAddr::new(c.bed.vip("lan").into(), 7000), 120_000),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let t = unix_ms();
+    let adding = std::process::Command::new(TANDEM)
+        .args([
+            "node",
+            "add",
+            "n2",
+            "--address",
+            &format!("lan={lan2},sync={sync2}"),
+            "--volume",
+            &format!("data={}", images.path().join("n2.img").display()),
+            "--fence",
+            "power=n2",
+            "--config",
+            file(1).to_str().unwrap(),
+            "--socket",
+            c.socket(1).to_str().unwrap(),
+            "--timeout",
+            "120",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.wait(1, GENEROUS, "n2 a member of n1", |s| {
+        s["peers"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|p| p["name"] == "n2"))
+            && s["config"]["committed"] == s["config"]["identity"]
+    })
+    .unwrap_or_else(|e| panic!("{e:?}\n{}", c.logs()));
+    let key = c.dir().join("cluster.key");
+    let pid = c
+        .spawn_agent_args(
+            2,
+            &file(2),
+            &[
+                "--join",
+                &c.bed.address(1, "lan").to_string(),
+                "--key",
+                key.to_str().unwrap(),
+            ],
+        )
+        .unwrap();
+    c.pids.push(pid);
+    let out = adding.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("node add n2:\n{said}");
+    assert!(out.status.success(), "{said}\n{}", c.logs());
+    assert!(said.contains("full sync"), "no progress shown: {said}");
+    assert!(said.contains("copies are in sync"), "{said}");
+    for n in 1..=2 {
+        c.wait(n, GENEROUS, "a pair in two-node mode, in sync", |s| {
+            all_online(s)
+                && s["quorum"]["expected"] == 2
+                && s["quorum"]["mode"] == "two_node"
+                && s["volumes"][0]["disk"] == "UpToDate"
+                && s["volumes"][0]["peer_disk"] == "UpToDate"
+                && s["volumes"][0]["record_up_to_date"] == serde_json::json!(["n1", "n2"])
+        })
+        .unwrap_or_else(|e| panic!("n{n}: {e:?}\n{}", c.logs()));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let log = prober.stop().unwrap();
+    let report = analyze(&log.records, CheckOptions::default());
+    let add_gap = report.kind(ProbeKind::Udp).max_gap_ms();
+    assert_eq!(report.dual_active().count(), 0);
+    assert!(
+        add_gap < 100.0,
+        "db had a {add_gap} ms gap during the add\n{}",
+        c.logs()
+    );
+    let holder = c.status(1).unwrap();
+    assert!(
+        !stopped_or_started(&holder, "db", t),
+        "db was stopped or started: {}",
+        holder["events"]
+    );
+
+    // Failover: n1 crashes; n2 fences it and serves the same image.
+    let t_crash = std::time::Instant::now();
+    c.bed.kill9(c.pids[0]).unwrap();
+    c.wait(2, GENEROUS, "db running on n2", |s| {
+        running(s, "db") && group(s, "db").unwrap()["placed_on"] == "n2"
+    })
+    .unwrap_or_else(|e| panic!("{e:?}\n{}", c.logs()));
+    let failover_ms = t_crash.elapsed().as_millis();
+    // In two-node mode the survivor holds only by fencing its peer.
+    let s2 = c.status(2).unwrap();
+    let fenced = s2["events"].as_array().unwrap().iter().any(|e| {
+        e["event"]["kind"] == "fence_done" && e["event"]["node"] == "n1" && e["event"]["ok"] == true
+    });
+    assert!(fenced, "n2 took db without fencing n1: {}", s2["events"]);
+    let back = images.path().join("back");
+    client(&c, "nbdcopy", &[URI, back.to_str().unwrap()]);
+    let same = std::process::Command::new("cmp")
+        .arg("-s")
+        .arg(&image)
+        .arg(&back)
+        .status()
+        .unwrap()
+        .success();
+    assert!(same, "n2 serves other data than was written through n1");
+
+    // n1 back (powered on by the fence device, as a reboot), then stopHA.
+    let (code, said) =
+        tandem_testbed::fence::agent(&format!("action=on\ntestbed={}\nplug=n1\n", c.bed.id()));
+    assert_eq!(code, 0, "{said}");
+    c.bed.restore_node(1).unwrap();
+    c.pids[0] = c.spawn_agent_with(1, &file(1)).unwrap();
+    for n in 1..=2 {
+        c.wait(n, GENEROUS, "both online, n1's copy in sync again", |s| {
+            all_online(s)
+                && s["config"]["committed"] == s["config"]["identity"]
+                && s["volumes"][0]["disk"] == "UpToDate"
+                && s["volumes"][0]["peer_disk"] == "UpToDate"
+        })
+        .unwrap_or_else(|e| panic!("n{n}: {e:?}\n{}", c.logs()));
+    }
+    let prober = Prober::start(
+        &c.bed.client_ns(),
+        ProbeSpec::new(SocketAddr::new(c.bed.vip("lan").into(), 7000), 120_000),
+    )
+    .unwrap();
+    let (ok, out) = tandem(&[
+        "node",
+        "remove",
+        "n2",
+        "--forget",
+        "--config",
+        file(1).to_str().unwrap(),
+        "--socket",
+        c.socket(1).to_str().unwrap(),
+        "--timeout",
+        "120",
+    ]);
+    eprintln!("node remove n2 --forget:\n{out}");
+    assert!(ok, "{out}\n{}", c.logs());
+    c.wait(1, GENEROUS, "n1 alone again, db on it", |s| {
+        s["quorum"]["expected"] == 1
+            && s["peers"].as_array().is_some_and(|p| p.is_empty())
+            && running(s, "db")
+            && group(s, "db").unwrap()["placed_on"] == "n1"
+            && s["volumes"][0]["peer"] == ""
+            && s["config"]["committed"] == s["config"]["identity"]
+    })
+    .unwrap_or_else(|e| panic!("{e:?}\n{}", c.logs()));
+    let text = std::fs::read_to_string(file(1)).unwrap();
+    assert!(!text.contains("\"n2\""), "n1's file:\n{text}");
+    c.bed
+        .stop_gracefully(c.pids[1], Duration::from_secs(20))
+        .unwrap();
+    // n1 alone writes on: the record names its copy alone.
+    client(&c, "nbdcopy", &[image.to_str().unwrap(), URI]);
+    std::thread::sleep(Duration::from_millis(300));
+    let log = prober.stop().unwrap();
+    let report = analyze(&log.records, CheckOptions::default());
+    assert_eq!(report.dual_active().count(), 0);
+    eprintln!(
+        "n1 alone -> node add n2 with volume data: full sync shown, db untouched (largest gap {add_gap:.0} ms, 0 dual-active); kill -9 of n1: db on n2 after {failover_ms} ms with the same 64 MiB image; node remove n2 --forget: db back on n1 (largest gap {:.0} ms, 0 dual-active), one voter, one copy",
+        report.kind(ProbeKind::Udp).max_gap_ms()
+    );
+}

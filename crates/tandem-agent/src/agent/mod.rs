@@ -177,10 +177,6 @@ pub fn run(cfg: Config, opts: AgentOptions) -> Result<()> {
     let volume_key = keys[0];
     let key_fingerprint = tandem_core::config::identity::key_fingerprint(&keys[0]);
     let spec = spec(&cfg, &topo, me, keys, &opts.config);
-    let mode = match spec.mode {
-        quorum::Mode::TwoNode => crate::status::QuorumMode::TwoNode,
-        quorum::Mode::Majority { .. } => crate::status::QuorumMode::Majority,
-    };
     let fence_devices = Rc::new(crate::fence_agent::devices(&cfg));
     let groups = groups_spec(&cfg, &topo, &fence_devices)?;
     let started = Instant::now();
@@ -334,7 +330,6 @@ pub fn run(cfg: Config, opts: AgentOptions) -> Result<()> {
         config: opts.config.clone(),
         key_fingerprint,
         config_note: None,
-        mode,
         last_quorate: std::cell::Cell::new(None),
     };
     local.block_on(&rt, agent.run())
@@ -424,8 +419,6 @@ struct Agent {
     control_group: Option<String>,
     state: StateFile,
     config_epoch: Option<u64>,
-    /// `majority` or `two_node`, for status.
-    mode: crate::status::QuorumMode,
     /// Last quorum state logged, so a change of votes alone reads as such.
     last_quorate: std::cell::Cell<Option<bool>>,
 }

@@ -131,7 +131,14 @@ impl Agent {
             heartbeat_ms: self.timing.heartbeat_ms,
             deadtime_ms: self.timing.deadtime_ms,
             quorum: QuorumStatus {
-                mode: self.mode,
+                // The rule in force: a node standing alone in two-node
+                // mode is ruled by a majority of one.
+                mode: match m.mode() {
+                    tandem_core::quorum::Mode::TwoNode => crate::status::QuorumMode::TwoNode,
+                    tandem_core::quorum::Mode::Majority { .. } => {
+                        crate::status::QuorumMode::Majority
+                    }
+                },
                 votes: v.votes,
                 expected: v.expected,
                 quorate: v.quorate,
