@@ -173,9 +173,9 @@ pub enum Command {
         /// With `add --address`: the new node holds the second copy of
         /// VOLUME, a volume that has one copy, in its backing store PATH
         /// (repeat, or separate with commas). `tandem agent --join` creates
-        /// the copy; it then takes a full sync from the running one
-        /// (`tandem volume status` shows its progress) while the volume's
-        /// clients run on.
+        /// the copy; it then takes a full sync from the running one while
+        /// the volume's clients run on, and `node add` shows its progress
+        /// until both copies are up to date (`tandem volume status` too).
         #[arg(long, value_name = "VOLUME=PATH", value_delimiter = ',')]
         volume: Vec<String>,
         /// With `add --address`: fence device DEVICE (a `[[fence_device]]`
@@ -186,8 +186,9 @@ pub enum Command {
         fence: Vec<String>,
         /// With `remove`: once the node votes no more and runs nothing,
         /// drop it from the cluster's configuration too (the last node of
-        /// the list only, as `node add --address` added it), applied as
-        /// `tandem config apply` does; then stop its agent. Reads the
+        /// the list only, as `node add --address` added it), with its
+        /// volume copies and fence plugs, applied as `tandem config apply`
+        /// does; then stop its agent. Reads the
         /// configuration from --config (default /etc/tandem/tandem.toml).
         #[arg(long)]
         forget: bool,
