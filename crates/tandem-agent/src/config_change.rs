@@ -237,7 +237,8 @@ fn membership_refusal(plan: &Plan, s: &crate::status::Status) -> Option<String> 
             .iter()
             .any(|g| g.placed_on.as_deref() == Some(n) || g.active_on.iter().any(|a| a == n))
     };
-    plan.membership_refusal(s.agreement.voters_written, votes, hosts)
+    let up_to_date = |volume: &str, node: &str| s.agreement.copy_up_to_date(volume, node);
+    plan.membership_refusal(s.agreement.voters_written, votes, hosts, up_to_date)
 }
 
 #[cfg(test)]

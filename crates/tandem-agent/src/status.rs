@@ -435,6 +435,22 @@ pub struct AgreementStatus {
     /// to the configuration while running.
     #[serde(default)]
     pub voters_written: bool,
+    /// The record's word on each volume it has one for: the copies that
+    /// hold every acknowledged write.
+    #[serde(default)]
+    pub volumes_up_to_date: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+impl AgreementStatus {
+    /// Whether `node`'s copy of `volume` holds every acknowledged write as
+    /// the record says (true when the record has no word on the volume:
+    /// nothing was written through the cluster).
+    pub fn copy_up_to_date(&self, volume: &str, node: &str) -> bool {
+        self.volumes_up_to_date
+            .get(volume)
+            .filter(|c| !c.is_empty())
+            .map_or(true, |c| c.iter().any(|n| n == node))
+    }
 }
 
 /// What keeps one node that went silent from running its groups.

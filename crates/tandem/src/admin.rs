@@ -374,15 +374,6 @@ pub fn node(a: &AdminArgs, node: &str, standby: bool) -> Result<ExitCode> {
 pub fn node_vote(a: &AdminArgs, node: &str, vote: bool) -> Result<ExitCode> {
     let sock = socket(a)?;
     let s = status(&sock)?;
-    // A pair in two-node mode gives a vote up (one node then stands
-    // alone), never takes a third.
-    if vote && s.quorum.mode == tandem_agent::status::QuorumMode::TwoNode {
-        bail!(
-            "this is a two-node cluster with fencing: it does not take a third voter while running \
-             (a fence-backed node holds its groups with no lease end to wait out); install the new \
-             configuration on every node and restart the agents one at a time; nothing was changed"
-        );
-    }
     let what = format!("node {} {node}", if vote { "add" } else { "remove" });
     let votes = |st: &Status| {
         if st.node == node {
@@ -391,6 +382,18 @@ pub fn node_vote(a: &AdminArgs, node: &str, vote: bool) -> Result<ExitCode> {
             st.peers.iter().find(|p| p.name == node).map(|p| p.voter)
         }
     };
+    // A pair in two-node mode gives a vote up (one node then stands
+    // alone), never takes a third.
+    if vote
+        && votes(&s) == Some(false)
+        && s.quorum.mode == tandem_agent::status::QuorumMode::TwoNode
+    {
+        bail!(
+            "this is a two-node cluster with fencing: it does not take a third voter while running \
+             (a fence-backed node holds its groups with no lease end to wait out); install the new \
+             configuration on every node and restart the agents one at a time; nothing was changed"
+        );
+    }
     let done = |st: &Status| {
         let busy = st
             .groups

@@ -174,8 +174,11 @@ pub enum Command {
         /// VOLUME, a volume that has one copy, in its backing store PATH
         /// (repeat, or separate with commas). `tandem agent --join` creates
         /// the copy; it then takes a full sync from the running one while
-        /// the volume's clients run on, and `node add` shows its progress
-        /// until both copies are up to date (`tandem volume status` too).
+        /// the volume's clients run on. `node add` shows its progress
+        /// (`tandem volume status` too) and gives the vote only once both
+        /// copies are up to date, however long that takes (not bounded by
+        /// --timeout; Ctrl-C stops following, the sync goes on, and
+        /// `tandem node add NAME` gives the vote later).
         #[arg(long, value_name = "VOLUME=PATH", value_delimiter = ',')]
         volume: Vec<String>,
         /// With `add --address`: fence device DEVICE (a `[[fence_device]]`

@@ -371,16 +371,26 @@ pub fn add_node(
                 .iter()
                 .any(|p| p.name == node && p.state == tandem_agent::status::PeerState::Online)
         });
-        if heard {
+        if heard && volumes.is_empty() {
             eprintln!(
                 "{node} joined after {} s; giving it a vote",
                 t0.elapsed().as_secs()
             );
-            let voted = crate::admin::node_vote(a, node, true)?;
-            if voted != ExitCode::SUCCESS || volumes.is_empty() {
-                return Ok(voted);
+            return crate::admin::node_vote(a, node, true);
+        }
+        if heard {
+            // The vote only once its copies hold the data: a pair member
+            // whose copy is still a sync target could win a fence race
+            // and leave the only good copy powered off.
+            eprintln!(
+                "{node} joined after {} s; its copies sync first (as long as it takes: Ctrl-C stops following, the sync goes on), then it gets its vote",
+                t0.elapsed().as_secs()
+            );
+            if follow_full_sync(&sock, node, volumes, FULL_SYNC_LIMIT)? != ExitCode::SUCCESS {
+                eprintln!("once they are in sync, `tandem node add {node}` gives {node} its vote");
+                return Ok(ExitCode::FAILURE);
             }
-            return follow_full_sync(&sock, node, volumes, limit.saturating_sub(t0.elapsed()));
+            return crate::admin::node_vote(a, node, true);
         }
         std::thread::sleep(JOIN_POLL);
     }
@@ -390,6 +400,10 @@ pub fn add_node(
     );
     Ok(ExitCode::FAILURE)
 }
+
+/// Longest `node add` follows a new copy's full sync (a week: a sync
+/// takes as long as the data does).
+const FULL_SYNC_LIMIT: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// How often the full sync of a new copy is reported.
 const SYNC_REPORT: Duration = Duration::from_secs(2);
@@ -424,7 +438,7 @@ fn follow_full_sync(
         };
         if mine.len() == names.len() && mine.iter().all(done) {
             eprintln!(
-                "{node}'s copies are in sync ({}) after {} s: the volumes fail over to it",
+                "{node}'s copies are in sync ({}) after {} s; giving it a vote",
                 names.join(", "),
                 t0.elapsed().as_secs()
             );
@@ -650,21 +664,29 @@ fn with_copies(
             .get_mut("nodes")
             .and_then(toml_edit::Item::as_array_mut)
             .with_context(|| format!("volume {volume}: `nodes` is not a list"))?;
+        if nodes.iter().any(|n| n.as_str() == Some(node)) {
+            bail!("--volume {item}: {volume} given twice");
+        }
         nodes.push(node);
-        let kept = &v.nodes[0];
-        let mut backing = toml_edit::InlineTable::new();
-        match &v.backing {
-            tandem_core::config::Backing::Same(p) => {
-                backing.insert(kept, p.display().to_string().into());
+        // The table as written keeps its form and comments; one path for
+        // every node becomes a table (the new node's path differs).
+        match table.get_mut("backing") {
+            Some(toml_edit::Item::Value(toml_edit::Value::InlineTable(t))) => {
+                t.insert(node, path.into());
             }
-            tandem_core::config::Backing::PerNode(m) => {
-                for (n, p) in m {
-                    backing.insert(n, p.display().to_string().into());
+            Some(toml_edit::Item::Table(t)) => {
+                t.insert(node, toml_edit::value(path));
+            }
+            _ => {
+                let kept = &v.nodes[0];
+                let mut backing = toml_edit::InlineTable::new();
+                if let tandem_core::config::Backing::Same(p) = &v.backing {
+                    backing.insert(kept, p.display().to_string().into());
                 }
+                backing.insert(node, path.into());
+                table["backing"] = toml_edit::value(backing);
             }
         }
-        backing.insert(node, path.into());
-        table["backing"] = toml_edit::value(backing);
     }
     Ok(doc.to_string())
 }
@@ -693,11 +715,19 @@ fn with_fencing(
             );
         };
         let (device, plug) = (device.trim(), plug.trim());
-        if plug.is_empty() || !names.contains(&device) {
+        let Some(spec) = cfg
+            .fence_devices
+            .iter()
+            .find(|d| d.name == device)
+            .filter(|_| !plug.is_empty())
+        else {
             bail!(
                 "--fence {item}: no fence device named {device}, or no plug (fence devices: {}; add a [[fence_device]] by a restart of each agent first)",
                 list(&names)
             );
+        };
+        if let Some((other, _)) = spec.hosts.iter().find(|(_, p)| p == plug) {
+            bail!("--fence {item}: device {device} fences {other} as {plug} already: fencing {node} would power {other} off");
         }
         let table = doc
             .get_mut("fence_device")
@@ -747,9 +777,28 @@ fn join_hint(cfg: &tandem_core::config::Config, me: &str, config: &str) -> Strin
 pub fn forget_node(a: &crate::cli::AdminArgs, node: &str) -> Result<ExitCode> {
     // Checked before anything changes: the vote is not taken for nothing.
     let Committed {
-        label, text, base, ..
+        label,
+        text,
+        base,
+        cfg,
+        ..
     } = committed_file(a)?;
     let dropped = without_node(&text, node)?;
+    let label_dropped = format!("{label} without node {node}");
+    if !checked_here(&dropped, &label_dropped, &base) {
+        bail!("{node} was left as it is (its vote too): fix what is said above");
+    }
+    // Its volume copies go only while the copies that stay hold every
+    // write (the agent asked checks this again before anything switches).
+    let new = tandem_core::config::load(&dropped, &base, &tandem_agent::keyfile::facts)
+        .config
+        .with_context(|| format!("{label_dropped} does not load"))?;
+    let plan = tandem_core::config::change::plan(&cfg, &new).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let status = crate::admin::status(&a.at.socket()?)?;
+    let up_to_date = |volume: &str, n: &str| status.agreement.copy_up_to_date(volume, n);
+    if let Some(why) = plan.membership_refusal(true, |_| false, |_| false, up_to_date) {
+        bail!("{why}; nothing was changed");
+    }
     let removed = crate::admin::node_vote(a, node, false)?;
     if removed != ExitCode::SUCCESS {
         return Ok(removed);
@@ -757,7 +806,7 @@ pub fn forget_node(a: &crate::cli::AdminArgs, node: &str) -> Result<ExitCode> {
     let applied = apply_nodes(
         a,
         &dropped,
-        &format!("{label} without node {node}"),
+        &label_dropped,
         &base,
         &format!("{node} votes no more, but the configuration still lists it"),
     )?;
@@ -931,6 +980,9 @@ mod tests {
         assert!(why(&["web=/x"]).contains("no volume named web (volumes: data)"));
         assert!(why(&["data=x.img"]).contains("not an absolute path"));
         assert!(why(&["data=/a"]).is_empty());
+        assert!(with_fencing(&node, &c, "n2", &["power=1".into()])
+            .err()
+            .is_some_and(|e| e.to_string().contains("fences n1 as 1 already")));
         assert!(with_fencing(&node, &c, "n2", &["pdu=2".into()])
             .err()
             .is_some_and(|e| e.to_string().contains("no fence device named pdu")));

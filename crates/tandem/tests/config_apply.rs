@@ -814,6 +814,29 @@ address = "10.77.1.100/24"
         .success();
     assert!(same, "n2 serves other data than was written through n1");
 
+    // Forgetting n2 now would take the only copy holding every write
+    // with it (n1's is behind): refused, n2 keeps its vote (found by
+    // review: the vote went first, then the copy).
+    c.wait(2, GENEROUS, "the record names n2's copy alone", |s| {
+        s["volumes"][0]["record_up_to_date"] == serde_json::json!(["n2"])
+    })
+    .unwrap_or_else(|e| panic!("{e:?}\n{}", c.logs()));
+    let (ok, out) = tandem(&[
+        "node",
+        "remove",
+        "n2",
+        "--forget",
+        "--config",
+        file(2).to_str().unwrap(),
+        "--socket",
+        c.socket(2).to_str().unwrap(),
+    ]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("n1's copy does not hold every write yet"),
+        "{out}"
+    );
+    assert_eq!(c.status(2).unwrap()["agreement"]["voter"], true);
     // n1 back (powered on by the fence device, as a reboot), then stopHA.
     let (code, said) =
         tandem_testbed::fence::agent(&format!("action=on\ntestbed={}\nplug=n1\n", c.bed.id()));

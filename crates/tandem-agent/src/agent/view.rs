@@ -157,6 +157,11 @@ impl Agent {
                 config_epoch: record.config_epoch,
                 voters_changing: a.voters_changing(),
                 voters_written: a.voters_written(),
+                volumes_up_to_date: record
+                    .volumes
+                    .iter()
+                    .map(|(v, f)| (v.clone(), f.up_to_date.clone()))
+                    .collect(),
             },
             peers,
             dropped: m

@@ -269,6 +269,10 @@ pub struct Volume {
     /// The other copy now: a configuration change may give a volume with
     /// one copy its second, or take the second away.
     peer: Mutex<Option<super::PeerCopy>>,
+    /// Grows at every change of `peer`: a link's loops end once it moved
+    /// (a peer forgotten and given again at once gets a new link, never
+    /// two).
+    peer_generation: std::sync::atomic::AtomicU64,
     /// The backing store (shared with the link's writer, which sends
     /// written ranges from its page cache).
     pub backing: Arc<Backing>,
@@ -381,6 +385,7 @@ impl Volume {
         cfg.paths.save_meta(&meta)?;
         Ok(Volume {
             peer: Mutex::new(cfg.peer.clone()),
+            peer_generation: std::sync::atomic::AtomicU64::new(0),
             cfg,
             backing: Arc::new(backing),
             st: Mutex::new(State {
@@ -420,44 +425,53 @@ impl Volume {
         self.peer.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// Which setting of the other copy this is (see [`Volume::set_peer`]).
+    pub fn peer_generation(&self) -> u64 {
+        self.peer_generation.load(Ordering::SeqCst)
+    }
+
     /// The other copy's node, or empty when there is none.
     pub fn peer_name(&self) -> String {
         self.peer().map(|p| p.node).unwrap_or_default()
     }
 
-    /// Sets the other copy; true when it was none and now is one (the
-    /// caller starts the link). Set to None, the session ends at once:
-    /// the link's loops end at their next look, and this copy runs alone
+    /// Sets the other copy; true when the caller must start a link (a
+    /// copy now, none or another before). The link to the copy before, if
+    /// any, ends at once: its session is torn down, one still
+    /// authenticating is refused ([`Volume::peer_generation`]), and its
+    /// loops end at their next look. Without a copy, this one runs alone
     /// (a primary then asks the record to name it alone).
     pub fn set_peer(&self, peer: Option<super::PeerCopy>) -> bool {
-        let was = {
-            let mut p = self.peer.lock().unwrap_or_else(|p| p.into_inner());
-            std::mem::replace(&mut *p, peer.clone())
-        };
+        let was = self.peer();
+        if was == peer {
+            return false;
+        }
+        self.peer_generation.fetch_add(1, Ordering::SeqCst);
+        if let Some(p) = &was {
+            let live = self.lock().conn.as_ref().map(|c| c.epoch);
+            self.next_epoch();
+            if let Some(epoch) = live {
+                self.teardown(epoch, &format!("{} left the configuration", p.node));
+            }
+        }
+        *self.peer.lock().unwrap_or_else(|p| p.into_inner()) = peer.clone();
         match (&was, &peer) {
-            (None, Some(p)) => {
+            (_, Some(p)) => {
                 self.event(format!(
                     "{} holds this volume's second copy now: connecting",
                     p.node
                 ));
-                true
             }
             (Some(p), None) => {
-                let live = self.lock().conn.as_ref().map(|c| c.epoch);
-                // A session authenticating now cannot install itself.
-                self.next_epoch();
-                if let Some(epoch) = live {
-                    self.teardown(epoch, &format!("{} left the configuration", p.node));
-                }
                 self.event(format!(
                     "{}'s copy is gone from the configuration: this copy runs alone",
                     p.node
                 ));
-                self.changed.notify_waiters();
-                false
             }
-            _ => false,
+            (None, None) => {}
         }
+        self.changed.notify_waiters();
+        peer.is_some()
     }
 
     /// Counts a replication frame that failed authentication. Never waits.
@@ -1129,7 +1143,8 @@ impl Volume {
             me: &self.cfg.me,
             peer: peer.as_ref().map_or("", |p| p.node.as_str()),
             primary: self.is_primary(),
-            in_sync: conn.is_some_and(|c| c.replicating && c.sync_role == SyncRole::InSync),
+            in_sync: peer.is_some()
+                && conn.is_some_and(|c| c.replicating && c.sync_role == SyncRole::InSync),
             dialer: peer.as_ref().is_some_and(|p| p.dialer),
             peer_primary: conn.is_some_and(|c| c.peer_primary),
             forced: st.forced,

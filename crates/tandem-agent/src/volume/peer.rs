@@ -49,16 +49,22 @@ const RETRY: Duration = Duration::from_millis(500);
 const RETRY_STOPPED: Duration = Duration::from_secs(3);
 /// How often a listening copy looks whether its peer is still configured.
 const PEER_LOOK: Duration = Duration::from_secs(1);
+/// Quiet retries of a busy listening port (covering PEER_LOOK), and their
+/// pause.
+const BIND_QUIET_TRIES: u32 = 15;
+const BIND_QUIET_RETRY: Duration = Duration::from_millis(100);
 /// Differing blocks listed in a verify result.
 const VERIFY_LISTED: usize = 20;
 
-/// Runs the link of one volume for as long as the agent runs.
 /// Runs the link of one volume for as long as the agent runs and the
 /// volume has a second copy (see [`Volume::set_peer`]).
 pub async fn run(vol: Arc<Volume>) {
+    // The loops end once the peer changes: a link started for a later
+    // peer is another run's.
+    let generation = vol.peer_generation();
     match vol.peer() {
-        Some(p) if p.dialer => dial_loop(vol).await,
-        Some(_) => accept_loop(vol).await,
+        Some(p) if p.dialer => dial_loop(vol, generation).await,
+        Some(_) => accept_loop(vol, generation).await,
         None => {}
     }
 }
@@ -71,10 +77,10 @@ fn stopped(vol: &Volume) -> Option<Duration> {
     })
 }
 
-async fn dial_loop(vol: Arc<Volume>) {
+async fn dial_loop(vol: Arc<Volume>, generation: u64) {
     let mut last_error = String::new();
     loop {
-        let Some(peer) = vol.peer() else {
+        let Some(peer) = vol.peer().filter(|_| vol.peer_generation() == generation) else {
             return;
         };
         if let Some(pause) = stopped(&vol) {
@@ -86,7 +92,7 @@ async fn dial_loop(vol: Arc<Volume>) {
         match tokio::time::timeout(HANDSHAKE_LIMIT, dial(&vol, &peer)).await {
             Ok(Ok((stream, keys))) => {
                 last_error.clear();
-                session(vol.clone(), stream, keys).await;
+                session(vol.clone(), stream, keys, generation).await;
             }
             Ok(Err(e)) => {
                 let text = format!("{e:#}");
@@ -167,10 +173,20 @@ async fn authenticate_as_dialer(
     ))
 }
 
-async fn accept_loop(vol: Arc<Volume>) {
+async fn accept_loop(vol: Arc<Volume>, generation: u64) {
+    let mut tries: u32 = 0;
     let listener = loop {
+        if vol.peer_generation() != generation {
+            return;
+        }
         match TcpListener::bind(vol.cfg.my_addr).await {
             Ok(l) => break l,
+            // A link that just ended may hold the port for up to
+            // PEER_LOOK: retried quietly that long first.
+            Err(_) if tries < BIND_QUIET_TRIES => {
+                tries += 1;
+                tokio::time::sleep(BIND_QUIET_RETRY).await;
+            }
             Err(e) => {
                 vol.event(format!(
                     "cannot listen for the peer on {}: {e}; retrying",
@@ -183,7 +199,7 @@ async fn accept_loop(vol: Arc<Volume>) {
     loop {
         // The second copy left the configuration: stop listening (looked
         // at every PEER_LOOK at least).
-        if vol.peer().is_none() {
+        if vol.peer_generation() != generation {
             return;
         }
         let Ok(accepted) = tokio::time::timeout(PEER_LOOK, listener.accept()).await else {
@@ -208,7 +224,7 @@ async fn accept_loop(vol: Arc<Volume>) {
             let r = tokio::time::timeout(PREAUTH_LIMIT, accept(&vol, &mut stream)).await;
             vol.unauthenticated.fetch_sub(1, Ordering::AcqRel);
             match r {
-                Ok(Ok(keys)) => session(vol, stream, keys).await,
+                Ok(Ok(keys)) => session(vol, stream, keys, generation).await,
                 Ok(Err(e)) => {
                     vol.count_refused();
                     vol.event(format!("refused a connection from {from}: {e:#}"));
@@ -396,7 +412,9 @@ fn set_congestion_control(vol: &Volume, stream: &TcpStream) {
     }
 }
 
-async fn session(vol: Arc<Volume>, stream: TcpStream, keys: Session) {
+/// Runs one authenticated connection, made for the peer as it was at
+/// `generation` (see [`Volume::set_peer`]).
+async fn session(vol: Arc<Volume>, stream: TcpStream, keys: Session, generation: u64) {
     set_congestion_control(&vol, &stream);
     let epoch = vol.next_epoch();
     let (rd, wr) = stream.into_split();
@@ -415,7 +433,9 @@ async fn session(vol: Arc<Volume>, stream: TcpStream, keys: Session) {
         // An operator's disconnect that came while this connection was
         // authenticating wins: it must not come back up by itself
         // (regression: resync_after_disconnect_copies_only_what_changed).
-        if !st.link.admits_session() {
+        // Nor does a connection to a copy the configuration dropped (or
+        // replaced) while it was authenticating.
+        if !st.link.admits_session() || vol.peer_generation() != generation {
             drop(st);
             writer.abort();
             return;
@@ -1370,6 +1390,7 @@ mod tests {
         let a = copy(&da, "n1", "n2", true, a_addr, b_addr);
         let b = copy(&db, "n2", "n1", false, b_addr, a_addr);
         let peer = a.peer().unwrap();
+        let again = peer.clone();
         assert!(!a.set_peer(None));
         assert_eq!(a.status().peer, "");
         tokio::time::timeout(Duration::from_secs(2), run(a.clone()))
@@ -1404,6 +1425,27 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(1500)).await;
         assert_ne!(link(&a), LinkState::Connected);
         assert_ne!(link(&b), LinkState::Connected);
+        // The acceptor's peer forgotten and given again at once: its old
+        // listener ends, the new link's takes the port, and the copies
+        // connect again (two listeners would fight over the port).
+        let b_peer = b.peer().unwrap();
+        assert!(!b.set_peer(None));
+        assert!(b.set_peer(Some(b_peer)));
+        tokio::spawn(run(b.clone()));
+        assert!(a.set_peer(Some(again)));
+        tokio::spawn(run(a.clone()));
+        for _ in 0..1000 {
+            if link(&a) == LinkState::Connected && link(&b) == LinkState::Connected {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(link(&a), LinkState::Connected);
+        let events = b.status().events;
+        assert!(
+            !events.iter().any(|e| e.contains("cannot listen")),
+            "{events:?}"
+        );
     }
 
     /// Regression (CI: `resync_after_disconnect_copies_only_what_changed`

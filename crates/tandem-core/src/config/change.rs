@@ -51,6 +51,8 @@ pub struct VolumeCopy {
     pub volume: String,
     /// The node holding the copy.
     pub node: String,
+    /// The node holding the volume's other copy, which runs on.
+    pub kept: String,
 }
 
 impl Plan {
@@ -61,16 +63,33 @@ impl Plan {
     /// neither `votes` nor `hosts` a group (`tandem node remove NAME`
     /// first). Checked by the node asked, before any node is offered it;
     /// each member's switch checks again ([`crate::member::Member::remove_peer`]).
+    /// A copy is dropped only while the one that stays holds every
+    /// acknowledged write (`up_to_date(volume, node)`: the record names
+    /// it, or has no word on the volume): else the only good copy would
+    /// go with the forgotten node.
     pub fn membership_refusal(
         &self,
         voters_written: bool,
         votes: impl Fn(&str) -> bool,
         hosts: impl Fn(&str) -> bool,
+        up_to_date: impl Fn(&str, &str) -> bool,
     ) -> Option<String> {
         if self.added_node.is_some() && !voters_written {
             return Some(
                 "the cluster's record does not name its voters yet (its leader writes them once it leads: is there a leader?); try again in a few seconds".into(),
             );
+        }
+        if let Some(c) = self
+            .copies_dropped
+            .iter()
+            .find(|c| !up_to_date(&c.volume, &c.kept))
+        {
+            return Some(format!(
+                "volume {v}: {kept}'s copy does not hold every write yet (the cluster's record names {node}'s), and {node}'s copy would go with it; wait until `tandem volume status {v}` on {kept} shows both copies UpToDate, then try again",
+                v = c.volume,
+                kept = c.kept,
+                node = c.node
+            ));
         }
         let gone = self.removed_node.as_deref()?;
         let (votes, hosts) = (votes(gone), hosts(gone));
@@ -315,6 +334,7 @@ fn copy_change(c: &Change, old: &Config, new: &Config) -> Option<(VolumeCopy, bo
             VolumeCopy {
                 volume: c.name.clone(),
                 node: other.clone(),
+                kept: kept.clone(),
             },
             added,
         )
@@ -616,24 +636,48 @@ address = "10.0.0.102/24"
             ..Plan::default()
         };
         let never = |_: &str| false;
+        let all = |_: &str, _: &str| true;
         assert!(add
-            .membership_refusal(false, never, never)
+            .membership_refusal(false, never, never, all)
             .is_some_and(|w| w.contains("voters")));
-        assert_eq!(add.membership_refusal(true, never, never), None);
+        assert_eq!(add.membership_refusal(true, never, never, all), None);
         let drop = Plan {
             removed_node: Some("n4".into()),
             ..Plan::default()
         };
         let n4 = |n: &str| n == "n4";
-        assert_eq!(drop.membership_refusal(false, never, never), None);
-        let w = drop.membership_refusal(true, n4, never).unwrap_or_default();
+        assert_eq!(drop.membership_refusal(false, never, never, all), None);
+        let w = drop
+            .membership_refusal(true, n4, never, all)
+            .unwrap_or_default();
         assert!(
             w.contains("n4 still votes") && w.contains("tandem node remove n4"),
             "{w}"
         );
-        let w = drop.membership_refusal(true, never, n4).unwrap_or_default();
+        let w = drop
+            .membership_refusal(true, never, n4, all)
+            .unwrap_or_default();
         assert!(w.contains("n4 still hosts a group"), "{w}");
-        assert_eq!(Plan::default().membership_refusal(false, n4, n4), None);
+        assert_eq!(Plan::default().membership_refusal(false, n4, n4, all), None);
+        // A copy goes only while the one that stays holds every write.
+        let forget = Plan {
+            removed_node: Some("n4".into()),
+            copies_dropped: vec![VolumeCopy {
+                volume: "data".into(),
+                node: "n4".into(),
+                kept: "n1".into(),
+            }],
+            ..Plan::default()
+        };
+        assert_eq!(forget.membership_refusal(true, never, never, all), None);
+        let n4_only = |_: &str, n: &str| n == "n4";
+        let w = forget
+            .membership_refusal(true, never, never, n4_only)
+            .unwrap_or_default();
+        assert!(
+            w.contains("volume data: n1's copy does not hold every write yet"),
+            "{w}"
+        );
     }
 
     #[test]
@@ -651,6 +695,7 @@ address = "10.0.0.102/24"
         let copy = |node: &str| VolumeCopy {
             volume: "data".into(),
             node: node.into(),
+            kept: "n1".into(),
         };
         // n4 added with the volume's second copy: both live, no group
         // restarted (the running copy runs on).

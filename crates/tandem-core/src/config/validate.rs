@@ -1084,7 +1084,7 @@ fn check_volumes(
                     v.name.get_ref(),
                     vol_nodes[0].get_ref()
                 ),
-                "give it a second copy on a running cluster with `tandem node add NAME --address LINK=IP --volume VOLUME=PATH` (it then takes a full sync), or list a second node here",
+                "a new node takes its second copy while running (`tandem node add NAME --address LINK=IP --volume VOLUME=PATH`, then a full sync); a node already listed takes it by this file on every node and a restart of each agent",
             );
         } else if vol_nodes[0].get_ref() == vol_nodes[1].get_ref() {
             c.error(

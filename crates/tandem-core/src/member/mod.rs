@@ -1079,6 +1079,7 @@ impl Member {
             self.voters_noted = now;
             self.voters_moved_ms = self.now_ms;
             self.lead_dirty = true;
+            self.note_all_seen();
             self.update_view();
         }
     }
@@ -1348,10 +1349,14 @@ impl Member {
     }
 
     /// Wait-for-all ends once every voter was seen (at once for a node
-    /// that is its only voter: one standing alone in two-node mode).
+    /// that is its only voter: one standing alone in two-node mode). Not
+    /// while a change of voters is uncommitted: a pair member restarted
+    /// with a change to itself alone in its log may see the change
+    /// dropped, and must then not fence a peer it never saw.
     fn note_all_seen(&mut self) {
         let me = self.spec.me;
         if !self.all_seen
+            && !self.agreement.voters_changing()
             && self
                 .agreement
                 .voters()
