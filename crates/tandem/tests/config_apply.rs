@@ -451,27 +451,7 @@ fn a_node_not_in_the_configuration_joins_with_node_add_and_agent_join_without_a_
         })
         .unwrap_or_else(|e| panic!("{e:?}\n{}", c.logs()));
     }
-    let pid = c
-        .spawn_agent_args(
-            4,
-            &n4_file,
-            &[
-                "--join",
-                &c.bed.address(asker, "lan").to_string(),
-                "--key",
-                key.to_str().unwrap(),
-            ],
-        )
-        .unwrap();
-    c.pids.push(pid);
-    let out = adding.wait_with_output().unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    eprintln!("node add:\n{said}");
-    assert!(out.status.success(), "{said}\n{}", c.logs());
+    let said = join_and_finish(&mut c, 4, asker, &n4_file, adding);
     assert!(said.contains("node `n4` added"), "{said}");
     assert!(said.contains("tandem agent --join"), "{said}");
     assert!(
@@ -569,6 +549,42 @@ fn a_node_not_in_the_configuration_joins_with_node_add_and_agent_join_without_a_
         "node add n4: joined and voting; web untouched on n{web_on} (largest gap {gap:.0} ms, 0 dual-active), then moved to n4; node remove n4 --forget: web moved off (largest gap {:.0} ms, 0 dual-active), 3 voters, n4 gone from every file",
         report.kind(ProbeKind::Udp).max_gap_ms()
     );
+}
+
+/// Starts member `n` with `tandem agent --join` (member `at`'s `lan`
+/// address, the cluster key, configuration `file`), then waits for the
+/// `tandem node add` run `adding` to end: its output, which must say it
+/// succeeded.
+fn join_and_finish(
+    c: &mut AgentCluster,
+    n: usize,
+    at: usize,
+    file: &Path,
+    adding: std::process::Child,
+) -> String {
+    let key = c.dir().join("cluster.key");
+    let pid = c
+        .spawn_agent_args(
+            n,
+            file,
+            &[
+                "--join",
+                &c.bed.address(at, "lan").to_string(),
+                "--key",
+                key.to_str().unwrap(),
+            ],
+        )
+        .unwrap();
+    c.pids.push(pid);
+    let out = adding.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("node add n{n}:\n{said}");
+    assert!(out.status.success(), "{said}\n{}", c.logs());
+    said
 }
 
 /// Runs `program` in the testbed's client namespace, bounded in time;
@@ -737,28 +753,7 @@ address = "10.77.1.100/24"
             && s["config"]["committed"] == s["config"]["identity"]
     })
     .unwrap_or_else(|e| panic!("{e:?}\n{}", c.logs()));
-    let key = c.dir().join("cluster.key");
-    let pid = c
-        .spawn_agent_args(
-            2,
-            &file(2),
-            &[
-                "--join",
-                &c.bed.address(1, "lan").to_string(),
-                "--key",
-                key.to_str().unwrap(),
-            ],
-        )
-        .unwrap();
-    c.pids.push(pid);
-    let out = adding.wait_with_output().unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    eprintln!("node add n2:\n{said}");
-    assert!(out.status.success(), "{said}\n{}", c.logs());
+    let said = join_and_finish(&mut c, 2, 1, &file(2), adding);
     assert!(said.contains("full sync"), "no progress shown: {said}");
     assert!(said.contains("copies are in sync"), "{said}");
     for n in 1..=2 {

@@ -1374,13 +1374,10 @@ mod tests {
         ))
     }
 
-    /// A volume with one copy runs no link; given its second copy (a
-    /// configuration change), it connects; when that copy's node is
-    /// forgotten, the link ends and the copy runs alone.
-    #[tokio::test]
-    async fn a_copy_links_only_while_the_configuration_gives_it_a_peer() {
-        let dir = tempfile::tempdir().unwrap();
-        let (da, db) = (dir.path().join("a"), dir.path().join("b"));
+    /// Copies of one volume in `dir`: `a` (n1) dials `b` (n2), which
+    /// listens on a free loopback port (returned).
+    fn two_copies(dir: &std::path::Path) -> (Arc<Volume>, Arc<Volume>, std::net::SocketAddr) {
+        let (da, db) = (dir.join("a"), dir.join("b"));
         std::fs::create_dir_all(&da).unwrap();
         std::fs::create_dir_all(&db).unwrap();
         let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -1389,6 +1386,16 @@ mod tests {
         let a_addr: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
         let a = copy(&da, "n1", "n2", true, a_addr, b_addr);
         let b = copy(&db, "n2", "n1", false, b_addr, a_addr);
+        (a, b, b_addr)
+    }
+
+    /// A volume with one copy runs no link; given its second copy (a
+    /// configuration change), it connects; when that copy's node is
+    /// forgotten, the link ends and the copy runs alone.
+    #[tokio::test]
+    async fn a_copy_links_only_while_the_configuration_gives_it_a_peer() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, _) = two_copies(dir.path());
         let peer = a.peer().unwrap();
         let again = peer.clone();
         assert!(!a.set_peer(None));
@@ -1458,15 +1465,7 @@ mod tests {
     async fn regression_a_connection_authenticating_during_a_disconnect_brought_the_link_back() {
         use std::sync::atomic::Ordering;
         let dir = tempfile::tempdir().unwrap();
-        let (da, db) = (dir.path().join("a"), dir.path().join("b"));
-        std::fs::create_dir_all(&da).unwrap();
-        std::fs::create_dir_all(&db).unwrap();
-        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let b_addr = free.local_addr().unwrap();
-        drop(free);
-        let a_addr: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let a = copy(&da, "n1", "n2", true, a_addr, b_addr);
-        let b = copy(&db, "n2", "n1", false, b_addr, a_addr);
+        let (a, b, b_addr) = two_copies(dir.path());
         tokio::spawn(run(b.clone()));
         let mut stream = None;
         for _ in 0..500 {
