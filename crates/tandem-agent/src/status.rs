@@ -446,10 +446,10 @@ impl AgreementStatus {
     /// the record says (true when the record has no word on the volume:
     /// nothing was written through the cluster).
     pub fn copy_up_to_date(&self, volume: &str, node: &str) -> bool {
-        self.volumes_up_to_date
-            .get(volume)
-            .filter(|c| !c.is_empty())
-            .map_or(true, |c| c.iter().any(|n| n == node))
+        tandem_core::volume::rules::holds_every_write(
+            self.volumes_up_to_date.get(volume).map(Vec::as_slice),
+            node,
+        )
     }
 }
 

@@ -650,16 +650,9 @@ fn with_copies(
         if !path.starts_with('/') {
             bail!("--volume {item}: {path} is not an absolute path");
         }
-        let table = doc
-            .get_mut("volume")
-            .and_then(toml_edit::Item::as_array_of_tables_mut)
-            .and_then(|a| {
-                a.iter_mut()
-                    .find(|t| t.get("name").and_then(|n| n.as_str()) == Some(volume))
-            })
-            .with_context(|| {
-                format!("--volume {item}: no [[volume]] named {volume} in the file")
-            })?;
+        let table = named_table(&mut doc, "volume", volume).with_context(|| {
+            format!("--volume {item}: no [[volume]] named {volume} in the file")
+        })?;
         let nodes = table
             .get_mut("nodes")
             .and_then(toml_edit::Item::as_array_mut)
@@ -670,14 +663,14 @@ fn with_copies(
         nodes.push(node);
         // The table as written keeps its form and comments; one path for
         // every node becomes a table (the new node's path differs).
-        match table.get_mut("backing") {
-            Some(toml_edit::Item::Value(toml_edit::Value::InlineTable(t))) => {
-                t.insert(node, path.into());
-            }
-            Some(toml_edit::Item::Table(t)) => {
+        match table
+            .get_mut("backing")
+            .and_then(toml_edit::Item::as_table_like_mut)
+        {
+            Some(t) => {
                 t.insert(node, toml_edit::value(path));
             }
-            _ => {
+            None => {
                 let kept = &v.nodes[0];
                 let mut backing = toml_edit::InlineTable::new();
                 if let tandem_core::config::Backing::Same(p) = &v.backing {
@@ -689,6 +682,18 @@ fn with_copies(
         }
     }
     Ok(doc.to_string())
+}
+
+/// The `[[KIND]]` table of `doc` named `name`, if any.
+fn named_table<'a>(
+    doc: &'a mut toml_edit::DocumentMut,
+    kind: &str,
+    name: &str,
+) -> Option<&'a mut toml_edit::Table> {
+    doc.get_mut(kind)
+        .and_then(toml_edit::Item::as_array_of_tables_mut)?
+        .iter_mut()
+        .find(|t| t.get("name").and_then(|n| n.as_str()) == Some(name))
 }
 
 /// `text` with node `node` fenced by each device of `plugs`
@@ -729,25 +734,14 @@ fn with_fencing(
         if let Some((other, _)) = spec.hosts.iter().find(|(_, p)| p == plug) {
             bail!("--fence {item}: device {device} fences {other} as {plug} already: fencing {node} would power {other} off");
         }
-        let table = doc
-            .get_mut("fence_device")
-            .and_then(toml_edit::Item::as_array_of_tables_mut)
-            .and_then(|a| {
-                a.iter_mut()
-                    .find(|t| t.get("name").and_then(|n| n.as_str()) == Some(device))
-            })
+        let hosts = named_table(&mut doc, "fence_device", device)
             .with_context(|| {
                 format!("--fence {item}: no [[fence_device]] named {device} in the file")
-            })?;
-        match table.get_mut("hosts") {
-            Some(toml_edit::Item::Value(toml_edit::Value::InlineTable(t))) => {
-                t.insert(node, plug.into());
-            }
-            Some(toml_edit::Item::Table(t)) => {
-                t.insert(node, toml_edit::value(plug));
-            }
-            _ => bail!("--fence {item}: device {device}'s `hosts` is not a table"),
-        }
+            })?
+            .get_mut("hosts")
+            .and_then(toml_edit::Item::as_table_like_mut)
+            .with_context(|| format!("--fence {item}: device {device}'s `hosts` is not a table"))?;
+        hosts.insert(node, toml_edit::value(plug));
     }
     Ok(doc.to_string())
 }
@@ -853,20 +847,17 @@ fn without_node(text: &str, node: &str) -> Result<String> {
         .and_then(toml_edit::Item::as_array_of_tables_mut)
     {
         for d in devices.iter_mut() {
-            match d.get_mut("hosts") {
-                Some(toml_edit::Item::Value(toml_edit::Value::InlineTable(t))) => {
-                    t.remove(node);
-                }
-                Some(toml_edit::Item::Table(t)) => {
-                    t.remove(node);
-                }
-                _ => {}
+            if let Some(hosts) = d
+                .get_mut("hosts")
+                .and_then(toml_edit::Item::as_table_like_mut)
+            {
+                hosts.remove(node);
             }
         }
-        devices.retain(|d| match d.get("hosts") {
-            Some(toml_edit::Item::Value(toml_edit::Value::InlineTable(t))) => !t.is_empty(),
-            Some(toml_edit::Item::Table(t)) => !t.is_empty(),
-            _ => true,
+        devices.retain(|d| {
+            d.get("hosts")
+                .and_then(toml_edit::Item::as_table_like)
+                .map_or(true, |t| !t.is_empty())
         });
     }
     // Its volume copies go with it: each volume it held runs on one copy.
@@ -878,14 +869,11 @@ fn without_node(text: &str, node: &str) -> Result<String> {
             if let Some(list) = v.get_mut("nodes").and_then(toml_edit::Item::as_array_mut) {
                 list.retain(|n| n.as_str() != Some(node));
             }
-            match v.get_mut("backing") {
-                Some(toml_edit::Item::Value(toml_edit::Value::InlineTable(t))) => {
-                    t.remove(node);
-                }
-                Some(toml_edit::Item::Table(t)) => {
-                    t.remove(node);
-                }
-                _ => {}
+            if let Some(backing) = v
+                .get_mut("backing")
+                .and_then(toml_edit::Item::as_table_like_mut)
+            {
+                backing.remove(node);
             }
         }
     }

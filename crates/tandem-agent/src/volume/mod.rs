@@ -125,22 +125,12 @@ pub fn configs(
             continue;
         }
         let name = v.name.clone();
-        let link = v.link.as_str();
-        let addr_of = |node: &str| -> Result<SocketAddr> {
-            let n = cfg.node(node).with_context(|| {
-                format!("volume `{name}`: node `{node}` is not in the configuration")
-            })?;
-            let ip = n.addresses.get(link).copied().with_context(|| {
-                format!("volume `{name}`: node `{node}` has no address on link `{link}`; add it to the node's `addresses`")
-            })?;
-            Ok(SocketAddr::new(ip, v.port))
-        };
         let backing = v
             .backing_of(me)
             .map(Path::to_path_buf)
             .with_context(|| format!("volume `{name}` has no backing path for node `{me}`"))?;
         let peer = peer_copy(cfg, &name, me)?;
-        let my_addr = addr_of(me)?;
+        let my_addr = replication_addr(cfg, v, me)?;
         out.push(VolumeConfig {
             me: me.to_string(),
             size: v.size.bytes,
@@ -188,20 +178,28 @@ pub fn peer_copy(cfg: &Config, volume: &str, me: &str) -> Result<Option<PeerCopy
     let Some(node) = v.nodes.iter().find(|n| *n != me) else {
         return Ok(None);
     };
-    let ip = cfg
-        .node(node)
-        .and_then(|n| n.addresses.get(&v.link).copied())
-        .with_context(|| {
-            format!(
-                "volume `{volume}`: node `{node}` has no address on link `{}`",
-                v.link
-            )
-        })?;
     Ok(Some(PeerCopy {
+        addr: replication_addr(cfg, v, node)?,
         node: node.clone(),
-        addr: SocketAddr::new(ip, v.port),
         dialer: pos == 0,
     }))
+}
+
+/// Where node `node`'s copy of volume `v` replicates: its address on the
+/// volume's link, the volume's port.
+fn replication_addr(
+    cfg: &Config,
+    v: &tandem_core::config::VolumeSpec,
+    node: &str,
+) -> Result<SocketAddr> {
+    let (name, link) = (&v.name, &v.link);
+    let n = cfg
+        .node(node)
+        .with_context(|| format!("volume `{name}`: node `{node}` is not in the configuration"))?;
+    let ip = n.addresses.get(link).copied().with_context(|| {
+        format!("volume `{name}`: node `{node}` has no address on link `{link}`; add it to the node's `addresses`")
+    })?;
+    Ok(SocketAddr::new(ip, v.port))
 }
 
 /// A `tandem volume` command sent to the agent.

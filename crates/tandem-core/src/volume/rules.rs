@@ -49,6 +49,16 @@ pub fn alone_ok(record: Option<&VolumeFacts>, me: &str) -> bool {
     record.is_some_and(|r| r.up_to_date.len() == 1 && r.up_to_date[0] == me)
 }
 
+/// Whether copy `node` holds every acknowledged write by the record's
+/// list of up-to-date copies `up_to_date` (None or empty: the record has
+/// no word, nothing was written through the cluster). A copy that does
+/// not is never the one left when the other's node is forgotten.
+pub fn holds_every_write(up_to_date: Option<&[String]>, node: &str) -> bool {
+    up_to_date
+        .filter(|c| !c.is_empty())
+        .map_or(true, |c| c.iter().any(|n| n == node))
+}
+
 /// Rule 3: the record names other copies but not `me`, and no operator
 /// forced it up: this copy is outdated.
 pub fn excluded(record: Option<&VolumeFacts>, me: &str, forced: bool) -> bool {
@@ -130,6 +140,16 @@ mod tests {
         }
         assert_eq!(ack(Protocol::A, true), Ack::Local);
         assert_eq!(ack(Protocol::C, true), Ack::Peer);
+    }
+
+    #[test]
+    fn a_copy_holds_every_write_when_the_record_names_it_or_says_nothing() {
+        let both = ["n1".to_string(), "n2".to_string()];
+        let n2 = ["n2".to_string()];
+        assert!(holds_every_write(Some(&both), "n1"));
+        assert!(!holds_every_write(Some(&n2), "n1"));
+        assert!(holds_every_write(Some(&[]), "n1"));
+        assert!(holds_every_write(None, "n1"));
     }
 
     #[test]
